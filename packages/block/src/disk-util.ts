@@ -1,0 +1,58 @@
+/** Small helpers shared by format implementations. */
+
+/** Throws a RangeError unless `[offset, offset+length)` lies inside a disk of `size` bytes. */
+export function checkDiskRange(format: string, size: number, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new RangeError(`${format}: range ${offset}+${length} is outside the disk (${size} bytes)`);
+  }
+}
+
+/** Rounds `value` up to a multiple of `align`. */
+export function alignUp(value: number, align: number): number {
+  return Math.ceil(value / align) * align;
+}
+
+/** Rounds `value` down to a multiple of `align`. */
+export function alignDown(value: number, align: number): number {
+  return Math.floor(value / align) * align;
+}
+
+/**
+ * A tiny async mutex keyed by number (cluster or block index), so that
+ * concurrent writers touching the same metadata take turns.
+ */
+export class KeyedLock {
+  #tails = new Map<number, Promise<void>>();
+
+  async run<T>(key: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.#tails.set(key, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+    }
+  }
+}
+
+/** A single async mutex. */
+export class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.#tail;
+    let release!: () => void;
+    this.#tail = new Promise<void>((r) => (release = r));
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}

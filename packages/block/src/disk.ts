@@ -1,0 +1,217 @@
+/**
+ * Disk, Extent and FormatDriver: the shapes every format implements and
+ * every tool (sparseCopy, convert, the CLI) relies on.
+ */
+import type { Storage } from './storage.js';
+
+/**
+ * - `data`: bytes are stored in the layer `depth` (read them).
+ * - `zero`: known to read as zeros (a zero cluster, an unused VHD block).
+ * - `hole`: allocated nowhere in the chain: reads as zeros. With
+ *   `topOnly`, a hole means "not in the top layer" (falls through).
+ */
+export type ExtentKind = 'data' | 'zero' | 'hole';
+
+export interface Extent {
+  /** Guest offset in bytes. */
+  offset: number;
+  length: number;
+  kind: ExtentKind;
+  /**
+   * The chain layer that decides the bytes: 0 is the image itself, 1 its
+   * backing file, ... For holes, the deepest layer looked at (as qemu-img map).
+   */
+  depth?: number;
+  /** Where `data` lives in that layer's file, when asked for with `hostOffsets`. */
+  hostOffset?: number;
+  /** The file of that layer, when asked for with `hostOffsets`. */
+  file?: string;
+}
+
+export interface ExtentOptions {
+  /** Start of the range (default 0). */
+  offset?: number;
+  /** Length of the range (default: to the end of the disk). */
+  length?: number;
+  /** Report only the top layer's allocation: everything it does not hold is a hole. */
+  topOnly?: boolean;
+  /** Report host offsets; extents are then also split where host offsets are not contiguous. */
+  hostOffsets?: boolean;
+}
+
+export interface WriteZeroesOptions {
+  /** May the range be deallocated (made a hole/zero cluster) instead of writing zeros? Default true. */
+  mayUnmap?: boolean;
+}
+
+/**
+ * The virtual disk a guest sees. Offsets are bytes; alignment is the
+ * format's business. All methods may be called concurrently.
+ */
+export interface Disk {
+  /** Format name ("raw", "qcow2", "vhd"). */
+  readonly format: string;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** The storage the top layer lives in. */
+  readonly storage: Storage;
+  /** Reads `length` bytes at `offset` (must lie inside the disk). */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Reads target.length bytes at `offset` into target. */
+  readInto(offset: number, target: Uint8Array): Promise<void>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
+  /** Tells the format the range is unused: it may deallocate it. Reads after discard return zeros or backing data. */
+  discard(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  /**
+   * A sorted, gap-free, non-overlapping, maximally merged cover of the
+   * range, from metadata only (never reads data).
+   */
+  extents(options?: ExtentOptions): AsyncIterable<Extent>;
+  /** What `img info` shows (optional: formats with more than a size implement it). */
+  info?(): Promise<ImageInfo>;
+  /** Changes the virtual size (optional). Shrinking must be asked for. */
+  resize?(newSize: number, options?: { shrink?: boolean }): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** What a resolver is asked to open. */
+export interface ResolveRequest {
+  /** The name as stored in the image (backing file name, parent locator path, data file name). */
+  name: string;
+  /** Why it is needed. */
+  kind: 'backing' | 'data-file' | 'parent';
+  /** The storage of the image that refers to it (its name is the base for relative names). */
+  from: Storage;
+  /** Open for writing? Backing files and parents are opened read-only unless a commit needs them. */
+  writable: boolean;
+}
+
+/**
+ * Opens storages named inside images. The caller controls it: the Node
+ * entry's `fileResolver` opens files relative to the referring image;
+ * untrusted opens refuse to call any resolver.
+ */
+export type Resolver = (request: ResolveRequest) => Promise<Storage>;
+
+export interface OpenOptions {
+  /** Open read-only (default true for open(), false for create()). */
+  readOnly?: boolean;
+  /** Opens backing files, data files and parents. Without one they cannot be opened. */
+  resolver?: Resolver;
+  /** Formats a backing file may be opened with (default: the format's own plus raw). */
+  formats?: FormatRegistryLike;
+  /** Never open anything named inside the image; apply every bound strictly. */
+  untrusted?: boolean;
+  /** Do not open backing files/parents at all: unallocated ranges read as zeros. */
+  noBacking?: boolean;
+  /** How deep a chain may go (default 64). */
+  maxChainDepth?: number;
+  /** Internal: the names of images already open above this one, for cycle detection. */
+  chain?: readonly string[];
+}
+
+export interface CreateOptions {
+  /** Virtual size in bytes. */
+  size: number;
+  /** Format-specific options, as parsed from `-o key=value` (strings) or given typed. */
+  [key: string]: unknown;
+}
+
+/** The minimal registry shape formats use to open backing images of another format. */
+export interface FormatRegistryLike {
+  get(name: string): FormatDriver | undefined;
+  probe(head: Uint8Array, size: number, tail?: Uint8Array): ProbeResult[];
+}
+
+export interface ProbeResult {
+  format: string;
+  /** 0 = not this format, 100 = certainly this format. raw answers 1 for anything. */
+  score: number;
+}
+
+/** How many bytes of a file probe() wants to see. */
+export const PROBE_BYTES = 4096;
+
+/** What a format package exports for the registry. */
+export interface FormatDriver {
+  readonly name: string;
+  /** Other names accepted on the command line ("vpc" for vhd). */
+  readonly aliases?: readonly string[];
+  /**
+   * How sure is this format that these bytes are one of its images?
+   * `head` is the first PROBE_BYTES bytes (less for small files), `tail`
+   * the last 512 bytes (VHD keeps its footer there).
+   */
+  probe(head: Uint8Array, size: number, tail?: Uint8Array): number;
+  open(storage: Storage, options?: OpenOptions): Promise<Disk>;
+  create(storage: Storage, options: CreateOptions): Promise<Disk>;
+  /** Keys accepted by create(), with a line of help each, for `-o help`. */
+  readonly createOptions?: Readonly<Record<string, string>>;
+  /** Consistency check (and repair) of an image in `storage`. */
+  check?(storage: Storage, options?: CheckOptions): Promise<CheckResult>;
+}
+
+/** An internal snapshot as `img info` and `img snapshot -l` show it (qemu-img's fields). */
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  /** Seconds and nanoseconds since the epoch when it was taken. */
+  dateSec: number;
+  dateNsec: number;
+  /** Guest clock at the snapshot, in nanoseconds. */
+  vmClockNsec: number;
+  /** Bytes of saved VM state. */
+  vmStateSize: number;
+  /** Virtual disk size of the snapshot. */
+  diskSize: number;
+  /** Guest instruction count, when recorded (-1 / undefined otherwise). */
+  icount?: number;
+}
+
+/** What `img info` prints about an image; field meanings follow qemu-img info. */
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+  clusterSize?: number;
+  /** Backing file / parent name as stored in the image. */
+  backingFile?: string;
+  /** The resolved path or name of the backing file, where known. */
+  fullBackingFile?: string;
+  backingFormat?: string;
+  dirty?: boolean;
+  snapshots?: SnapshotInfo[];
+  /** Format-specific fields, keyed as qemu-img's "format-specific" data prints them (kebab-case). */
+  formatSpecific?: Record<string, unknown>;
+}
+
+/** The verdict of a consistency check, modelled on qemu-img check. */
+export interface CheckResult {
+  format: string;
+  /** Problems that can lose or expose data. */
+  corruptions: number;
+  /** Allocated space nothing refers to (harmless, reclaimable). */
+  leaks: number;
+  /** Internal errors while checking (I/O errors, unreadable tables). */
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  /** One line per problem found, for people. */
+  messages: string[];
+  /** End of the last used byte of the file, where the format knows it. */
+  imageEndOffset?: number;
+  totalClusters?: number;
+  allocatedClusters?: number;
+  fragmentedClusters?: number;
+  compressedClusters?: number;
+}
+
+export interface CheckOptions {
+  /** Repair: leaks only, or everything that can be repaired. */
+  repair?: 'leaks' | 'all';
+  resolver?: Resolver;
+  formats?: FormatRegistryLike;
+}

@@ -1,0 +1,124 @@
+/**
+ * One error class for everything an image can do wrong. The `code` is stable
+ * and meant for programs; the message is for people and always names the
+ * format, and where it can, the file, the field and the offset.
+ */
+
+/** Stable error codes. New codes may be added; existing ones never change meaning. */
+export const ERROR_CODES = {
+  /** The image's metadata contradicts itself, the spec or the file size. */
+  CORRUPT: 'ERR_IMG_CORRUPT',
+  /** A valid image that uses a feature this library does not implement. */
+  UNSUPPORTED: 'ERR_IMG_UNSUPPORTED',
+  /** Refused for safety: untrusted mode, format confusion, a reference to another file. */
+  UNSAFE: 'ERR_IMG_UNSAFE',
+  /** The caller asked for something impossible (bad size, bad option). */
+  INVALID_ARG: 'ERR_IMG_INVALID_ARG',
+  /** A write to an image or storage opened read-only. */
+  READ_ONLY: 'ERR_IMG_READ_ONLY',
+  /** The underlying storage failed. */
+  IO: 'ERR_IMG_IO',
+  /** A file or a referenced image (backing file, parent) could not be found. */
+  NOT_FOUND: 'ERR_IMG_NOT_FOUND',
+  /** The operation was cancelled through an AbortSignal. */
+  ABORTED: 'ERR_IMG_ABORTED',
+  /** The image or storage was used after close(). */
+  CLOSED: 'ERR_IMG_CLOSED',
+  /** A format name nobody registered, or bytes no registered format recognises. */
+  UNKNOWN_FORMAT: 'ERR_IMG_UNKNOWN_FORMAT',
+  /** Two images differ where they were required to be equal (compare, rebase checks). */
+  MISMATCH: 'ERR_IMG_MISMATCH',
+  /** A chain is too deep or has a cycle. */
+  CHAIN: 'ERR_IMG_CHAIN',
+} as const;
+
+export type ImageErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
+
+/** Structured context carried by every ImageError. */
+export interface ImageErrorData {
+  /** Storage name (usually a path) of the image the error is about. */
+  file?: string;
+  /** Format that raised it ("qcow2", "vhd", "raw", ...). */
+  format?: string;
+  /** The spec's name of the field at fault. */
+  field?: string;
+  /** Byte offset in the file (host offset) where the bad value sits. */
+  offset?: number;
+  expected?: unknown;
+  actual?: unknown;
+  [key: string]: unknown;
+}
+
+const MARK = Symbol.for('@img/block.ImageError');
+
+export interface ImageErrorOptions {
+  data?: ImageErrorData;
+  cause?: unknown;
+}
+
+/**
+ * The error every package throws for image problems.
+ *
+ * @example
+ * ```ts
+ * try { await openQcow2(storage); }
+ * catch (e) { if (ImageError.isInstance(e) && e.code === 'ERR_IMG_CORRUPT') ... }
+ * ```
+ */
+export class ImageError extends Error {
+  readonly code: ImageErrorCode;
+  readonly data: ImageErrorData;
+
+  constructor(code: ImageErrorCode, message: string, options: ImageErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ImageError';
+    this.code = code;
+    this.data = options.data ?? {};
+    Object.defineProperty(this, MARK, { value: true });
+  }
+
+  /** True for ImageErrors from any copy of this package (works across duplicated installs). */
+  static isInstance(value: unknown): value is ImageError {
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[MARK] === true;
+  }
+}
+
+/** Formats an offset the way messages show it: hex with a 0x prefix. */
+export function hex(value: number): string {
+  return `0x${value.toString(16)}`;
+}
+
+/** Prefix for messages: "qcow2: a.qcow2: " or "qcow2: " when the name is unknown. */
+export function where(format: string, file?: string): string {
+  return file ? `${format}: ${file}: ` : `${format}: `;
+}
+
+/** Shorthand for the most common error: metadata that cannot be right. */
+export function corrupt(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + message, { data: { format, file, ...data } });
+}
+
+export function unsupported(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + message, { data: { format, file, ...data } });
+}
+
+export function unsafe(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.UNSAFE, where(format, file) + message, { data: { format, file, ...data } });
+}
+
+export function invalidArg(format: string, message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, where(format) + message, { data: { format, ...data } });
+}
+
+export function readOnlyError(format: string, file: string | undefined): ImageError {
+  return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'image is open read-only', { data: { format, file } });
+}
+
+export function abortError(signal: AbortSignal | undefined): ImageError {
+  return new ImageError(ERROR_CODES.ABORTED, 'operation aborted', { cause: signal?.reason });
+}
+
+/** Throws ERR_IMG_ABORTED if the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}

@@ -1,0 +1,127 @@
+/**
+ * Tools over extent sequences. Formats produce raw runs (often one per
+ * cluster); these merge, clip, check and re-chunk them.
+ */
+import type { Disk, Extent, ExtentOptions } from './disk.js';
+
+type Extents = Iterable<Extent> | AsyncIterable<Extent>;
+
+function canMerge(a: Extent, b: Extent): boolean {
+  if (a.kind !== b.kind || a.depth !== b.depth || a.file !== b.file) return false;
+  if (a.offset + a.length !== b.offset) return false;
+  if (a.hostOffset === undefined && b.hostOffset === undefined) return true;
+  if (a.hostOffset === undefined || b.hostOffset === undefined) return false;
+  return a.hostOffset + a.length === b.hostOffset;
+}
+
+/** Merges adjacent extents that have the same kind, depth, file and contiguous host offsets. */
+export async function* mergeExtents(extents: Extents): AsyncGenerator<Extent> {
+  let pending: Extent | undefined;
+  for await (const e of extents) {
+    if (e.length === 0) continue;
+    if (pending && canMerge(pending, e)) {
+      pending.length += e.length;
+      continue;
+    }
+    if (pending) yield pending;
+    pending = { ...e };
+  }
+  if (pending) yield pending;
+}
+
+/** Clips extents to `[offset, offset + length)`, dropping what lies outside. */
+export async function* clipExtents(extents: Extents, offset: number, length: number): AsyncGenerator<Extent> {
+  const end = offset + length;
+  for await (const e of extents) {
+    const s = Math.max(e.offset, offset);
+    const t = Math.min(e.offset + e.length, end);
+    if (t <= s) {
+      if (e.offset >= end) break;
+      continue;
+    }
+    const out: Extent = { ...e, offset: s, length: t - s };
+    if (e.hostOffset !== undefined) out.hostOffset = e.hostOffset + (s - e.offset);
+    yield out;
+  }
+}
+
+/** Collects an extent sequence into an array. */
+export async function collectExtents(extents: Extents): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for await (const e of extents) out.push(e);
+  return out;
+}
+
+/** Problems found by validateExtentCover; empty when the cover is valid. */
+export function validateExtentCover(
+  extents: readonly Extent[],
+  offset: number,
+  length: number,
+  { requireMerged = true }: { requireMerged?: boolean } = {},
+): string[] {
+  const problems: string[] = [];
+  let pos = offset;
+  let prev: Extent | undefined;
+  for (const [i, e] of extents.entries()) {
+    if (!Number.isSafeInteger(e.offset) || !Number.isSafeInteger(e.length) || e.length <= 0) {
+      problems.push(`extent ${i} has a bad offset/length (${e.offset}+${e.length})`);
+    }
+    if (e.kind !== 'data' && e.kind !== 'zero' && e.kind !== 'hole') problems.push(`extent ${i} has unknown kind ${String(e.kind)}`);
+    if (e.offset !== pos) problems.push(`extent ${i} starts at ${e.offset}, expected ${pos} (${e.offset > pos ? 'gap' : 'overlap'})`);
+    if (requireMerged && prev && canMerge(prev, e)) problems.push(`extents ${i - 1} and ${i} should have been merged`);
+    pos = e.offset + e.length;
+    prev = e;
+  }
+  if (pos !== offset + length) problems.push(`extents end at ${pos}, expected ${offset + length}`);
+  return problems;
+}
+
+/** Throws an Error listing the problems if the cover is not valid. For tests. */
+export function assertExtentCover(extents: readonly Extent[], offset: number, length: number, options?: { requireMerged?: boolean }): void {
+  const problems = validateExtentCover(extents, offset, length, options);
+  if (problems.length) throw new Error(`invalid extent cover:\n  ${problems.slice(0, 10).join('\n  ')}`);
+}
+
+/**
+ * Splits extents so that no piece is longer than `chunkSize` and pieces of
+ * long extents start on multiples of `chunkSize` (aligned I/O).
+ */
+export async function* chunkExtents(extents: Extents, chunkSize: number): AsyncGenerator<Extent> {
+  if (!(chunkSize > 0)) throw new RangeError('chunkSize must be positive');
+  for await (const e of extents) {
+    let pos = e.offset;
+    const end = e.offset + e.length;
+    while (pos < end) {
+      const next = Math.min(end, (Math.floor(pos / chunkSize) + 1) * chunkSize);
+      const piece: Extent = { ...e, offset: pos, length: next - pos };
+      if (e.hostOffset !== undefined) piece.hostOffset = e.hostOffset + (pos - e.offset);
+      yield piece;
+      pos = next;
+    }
+  }
+}
+
+/**
+ * Validates and normalises an ExtentOptions range for a disk of `size` bytes.
+ * Formats call this at the top of extents().
+ */
+export function extentRange(options: ExtentOptions | undefined, size: number): { start: number; end: number } {
+  const start = options?.offset ?? 0;
+  const length = options?.length ?? size - start;
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(length) || start < 0 || length < 0 || start + length > size) {
+    throw new RangeError(`extents range ${start}+${length} is outside a disk of ${size} bytes`);
+  }
+  return { start, end: start + length };
+}
+
+/** Sums extent lengths by kind. */
+export async function summarizeExtents(extents: Extents): Promise<Record<'data' | 'zero' | 'hole', number>> {
+  const totals = { data: 0, zero: 0, hole: 0 };
+  for await (const e of extents) totals[e.kind] += e.length;
+  return totals;
+}
+
+/** All extents of a disk as an array (convenience for tools and tests). */
+export function diskExtents(disk: Disk, options?: ExtentOptions): Promise<Extent[]> {
+  return collectExtents(disk.extents(options));
+}

@@ -1,0 +1,12 @@
+export * from './errors.js';
+export * from './bytes.js';
+export type { Storage, StorageRange } from './storage.js';
+export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
+export * from './disk.js';
+export * from './disk-util.js';
+export * from './extents.js';
+export * from './zero.js';
+export { FormatRegistry } from './registry.js';
+export { RawDisk, openRaw, createRaw, rawDriver, RAW_SECTOR, type RawCreateOptions } from './raw.js';
+export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
+export { parseSize, formatSize, parseBool } from './size.js';

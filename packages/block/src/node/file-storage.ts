@@ -1,0 +1,165 @@
+/**
+ * Storage over a local file, through fs/promises FileHandle positional
+ * reads and writes (pread/pwrite). flush() is fdatasync.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { ERROR_CODES, ImageError } from '../errors.js';
+import type { Storage } from '../storage.js';
+
+export interface FileStorageOptions {
+  readOnly?: boolean;
+}
+
+function ioError(path: string, what: string, cause: unknown): ImageError {
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+  const notFound = code === 'ENOENT';
+  return new ImageError(notFound ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed${code ? ` (${code})` : ''}: ${(cause as Error)?.message ?? String(cause)}`, {
+    cause,
+    data: { file: path, errno: code },
+  });
+}
+
+export class FileStorage implements Storage {
+  readonly name: string;
+  readonly readOnly: boolean;
+  #fh: FileHandle;
+  #closed = false;
+
+  private constructor(path: string, fh: FileHandle, readOnly: boolean) {
+    this.name = path;
+    this.#fh = fh;
+    this.readOnly = readOnly;
+  }
+
+  /** Opens an existing file (read-only unless told otherwise). */
+  static async open(path: string, options: FileStorageOptions = {}): Promise<FileStorage> {
+    const readOnly = options.readOnly ?? true;
+    try {
+      return new FileStorage(path, await open(path, readOnly ? 'r' : 'r+'), readOnly);
+    } catch (e) {
+      throw ioError(path, 'open', e);
+    }
+  }
+
+  /** Creates a file, truncating an existing one unless `exclusive`. */
+  static async create(path: string, options: { exclusive?: boolean } = {}): Promise<FileStorage> {
+    try {
+      return new FileStorage(path, await open(path, options.exclusive ? 'wx+' : 'w+'), false);
+    } catch (e) {
+      throw ioError(path, 'create', e);
+    }
+  }
+
+  /** The underlying file descriptor (for native helpers). */
+  get fd(): number {
+    return this.#fh.fd;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `${this.name}: file is closed`);
+  }
+
+  #checkWritable(): void {
+    this.#check();
+    if (this.readOnly) throw new ImageError(ERROR_CODES.READ_ONLY, `${this.name}: file is open read-only`, { data: { file: this.name } });
+  }
+
+  async size(): Promise<number> {
+    this.#check();
+    try {
+      return (await this.#fh.stat()).size;
+    } catch (e) {
+      throw ioError(this.name, 'stat', e);
+    }
+  }
+
+  async read(position: number, length: number): Promise<Uint8Array> {
+    const buf = new Uint8Array(length);
+    const n = await this.readInto(position, buf);
+    return n === length ? buf : buf.subarray(0, n);
+  }
+
+  async readInto(position: number, target: Uint8Array): Promise<number> {
+    this.#check();
+    let done = 0;
+    try {
+      while (done < target.length) {
+        const { bytesRead } = await this.#fh.read(target, done, target.length - done, position + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (e) {
+      throw ioError(this.name, `read at ${position}`, e);
+    }
+    return done;
+  }
+
+  async write(position: number, data: Uint8Array): Promise<void> {
+    this.#checkWritable();
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.#fh.write(data, done, data.length - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      throw ioError(this.name, `write at ${position}`, e);
+    }
+  }
+
+  /** Writes several buffers at consecutive positions with one writev call. */
+  async writev(position: number, chunks: readonly Uint8Array[]): Promise<void> {
+    this.#checkWritable();
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    try {
+      const { bytesWritten } = await this.#fh.writev(chunks as Uint8Array[], position);
+      if (bytesWritten < total) {
+        // Short writev: finish the rest piece by piece.
+        let skip = bytesWritten;
+        let pos = position + bytesWritten;
+        for (const c of chunks) {
+          if (skip >= c.length) {
+            skip -= c.length;
+            continue;
+          }
+          const rest = c.subarray(skip);
+          skip = 0;
+          await this.write(pos, rest);
+          pos += rest.length;
+        }
+      }
+    } catch (e) {
+      if (ImageError.isInstance(e)) throw e;
+      throw ioError(this.name, `writev at ${position}`, e);
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.#checkWritable();
+    try {
+      await this.#fh.truncate(size);
+    } catch (e) {
+      throw ioError(this.name, 'truncate', e);
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.#check();
+    if (this.readOnly) return;
+    try {
+      await this.#fh.datasync();
+    } catch (e) {
+      throw ioError(this.name, 'fdatasync', e);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#fh.close();
+    } catch (e) {
+      throw ioError(this.name, 'close', e);
+    }
+  }
+}

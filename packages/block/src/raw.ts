@@ -1,0 +1,174 @@
+/**
+ * The raw format: the disk is the file. A file whose size is not a
+ * multiple of 512 is a disk rounded up to the next sector, the tail reading
+ * as zeros (as qemu does).
+ */
+import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, OpenOptions, WriteZeroesOptions } from './disk.js';
+import { checkDiskRange, alignUp } from './disk-util.js';
+import { ERROR_CODES, ImageError, invalidArg, readOnlyError } from './errors.js';
+import { extentRange, mergeExtents } from './extents.js';
+import type { Storage } from './storage.js';
+
+export const RAW_SECTOR = 512;
+const ZERO_CHUNK = 1024 * 1024;
+
+export class RawDisk implements Disk {
+  readonly format = 'raw';
+  readonly storage: Storage;
+  readonly readOnly: boolean;
+  #size: number;
+  #closed = false;
+
+  constructor(storage: Storage, fileSize: number, readOnly: boolean) {
+    this.storage = storage;
+    this.readOnly = readOnly;
+    this.#size = alignUp(fileSize, RAW_SECTOR);
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `raw: ${this.storage.name}: disk is closed`);
+  }
+
+  #checkWrite(offset: number, length: number): void {
+    this.#check();
+    if (this.readOnly) throw readOnlyError('raw', this.storage.name);
+    checkDiskRange('raw', this.#size, offset, length);
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    this.#check();
+    checkDiskRange('raw', this.#size, offset, target.length);
+    const n = await this.storage.readInto(offset, target);
+    if (n < target.length) target.fill(0, n);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkWrite(offset, data.length);
+    await this.storage.write(offset, data);
+  }
+
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    this.#checkWrite(offset, length);
+    if (length === 0) return;
+    if (options.mayUnmap !== false && this.storage.punchHole) {
+      const fileSize = await this.storage.size();
+      const end = Math.min(offset + length, fileSize);
+      if (offset >= end || (await this.storage.punchHole(offset, end - offset))) return;
+    }
+    const zeros = new Uint8Array(Math.min(ZERO_CHUNK, length));
+    for (let pos = offset; pos < offset + length; pos += zeros.length) {
+      const n = Math.min(zeros.length, offset + length - pos);
+      await this.storage.write(pos, n === zeros.length ? zeros : zeros.subarray(0, n));
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length, { mayUnmap: true });
+  }
+
+  async info(): Promise<ImageInfo> {
+    this.#check();
+    return { format: 'raw', virtualSize: this.#size };
+  }
+
+  /** Grows or (with `shrink`) shrinks the file; new space reads as zeros. */
+  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+    this.#check();
+    if (this.readOnly) throw readOnlyError('raw', this.storage.name);
+    if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalidArg('raw', `invalid size ${newSize}`, { field: 'size' });
+    const rounded = alignUp(newSize, RAW_SECTOR);
+    if (rounded < this.#size && !options.shrink) {
+      throw invalidArg('raw', `shrinking from ${this.#size} to ${rounded} bytes loses data; pass shrink to allow it`, { field: 'size' });
+    }
+    await this.storage.truncate(rounded);
+    this.#size = rounded;
+  }
+
+  async flush(): Promise<void> {
+    this.#check();
+    if (!this.readOnly) await this.storage.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.storage.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#check();
+    const { start, end } = extentRange(options, this.#size);
+    return mergeExtents(this.#runs(start, end, options?.hostOffsets ?? false));
+  }
+
+  async *#runs(start: number, end: number, hostOffsets: boolean): AsyncGenerator<Extent> {
+    if (start >= end) return;
+    const fileSize = await this.storage.size();
+    const fileEnd = Math.min(end, Math.max(start, fileSize));
+    const host = (offset: number) => (hostOffsets ? { hostOffset: offset, file: this.storage.name } : {});
+    if (start < fileEnd) {
+      if (this.storage.ranges) {
+        for (const r of await this.storage.ranges(start, fileEnd - start)) {
+          if (r.data) yield { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...host(r.offset) };
+          else yield { offset: r.offset, length: r.length, kind: 'zero', depth: 0, ...host(r.offset) };
+        }
+      } else {
+        yield { offset: start, length: fileEnd - start, kind: 'data', depth: 0, ...host(start) };
+      }
+    }
+    // The sector padding past the end of the file reads as zeros.
+    if (fileEnd < end) yield { offset: fileEnd, length: end - fileEnd, kind: 'zero', depth: 0, ...host(fileEnd) };
+  }
+}
+
+/** Opens a raw image over a storage. */
+export async function openRaw(storage: Storage, options: OpenOptions = {}): Promise<RawDisk> {
+  const readOnly = options.readOnly ?? true;
+  if (!readOnly && storage.readOnly) throw readOnlyError('raw', storage.name);
+  return new RawDisk(storage, await storage.size(), readOnly || storage.readOnly);
+}
+
+export interface RawCreateOptions extends CreateOptions {
+  /** "off" (sparse, default) or "full" (zeros written). */
+  preallocation?: 'off' | 'falloc' | 'full' | string;
+}
+
+/** Creates a raw image: sets the storage's size (rounded up to a sector). */
+export async function createRaw(storage: Storage, options: RawCreateOptions): Promise<RawDisk> {
+  const size = options.size;
+  if (!Number.isSafeInteger(size) || size < 0) throw invalidArg('raw', `invalid size ${String(size)}`, { field: 'size' });
+  const prealloc = options.preallocation ?? 'off';
+  if (!['off', 'falloc', 'full'].includes(String(prealloc))) {
+    throw invalidArg('raw', `invalid preallocation "${String(prealloc)}" (off, falloc, full)`, { field: 'preallocation' });
+  }
+  const rounded = alignUp(size, RAW_SECTOR);
+  await storage.truncate(0);
+  await storage.truncate(rounded);
+  const disk = new RawDisk(storage, rounded, false);
+  if (prealloc === 'full' && rounded > 0) await disk.writeZeroes(0, rounded, { mayUnmap: false });
+  return disk;
+}
+
+export const rawDriver: FormatDriver = {
+  name: 'raw',
+  probe: () => 1,
+  open: openRaw,
+  create: (storage, options) => createRaw(storage, options as RawCreateOptions),
+  createOptions: {
+    preallocation: 'off (sparse, default), falloc or full (write zeros)',
+  },
+};

@@ -1,0 +1,90 @@
+/**
+ * img-convert <src-format> <dst-format> <input> <output> [options]
+ */
+import { parseArgs } from 'node:util';
+import { formatSize, parseSize } from '@img/block';
+import { parseCreateOptions } from '../convert.js';
+import { defaultRegistry } from '../formats.js';
+import { convertFile } from '../node.js';
+import { progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+
+export const CONVERT_HELP = `Usage: img-convert [options] <src-format> <dst-format> <input> <output>
+
+Copies any image format into any other, sparsely: only allocated data is
+read and written, so the cost follows the data, not the virtual size.
+
+Formats: FORMATS
+
+Options:
+  -o key=value[,...]  options for the new image (see the format's create options)
+  -S <size>           minimum run of zeros left sparse (default 4k; 0 writes everything)
+  -p                  show progress on stderr
+  --json-progress     progress as one JSON line per update on stderr
+  --force-format      accept an input whose bytes look like another format
+  --untrusted         never open files named inside the input image
+  --keep-partial      keep the output after a failure
+  --debug             print stack traces
+  -h, --help          this help
+  --version           print the version
+
+Example:
+  img-convert raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
+`;
+
+export function convertOptions() {
+  return {
+    o: { type: 'string', multiple: true },
+    S: { type: 'string' },
+    p: { type: 'boolean' },
+    'json-progress': { type: 'boolean' },
+    'force-format': { type: 'boolean' },
+    untrusted: { type: 'boolean' },
+    'keep-partial': { type: 'boolean' },
+    debug: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean' },
+  } as const;
+}
+
+/** The body of img-convert (and `img convert`), given its arguments after the command name. */
+export async function convertMain(prog: string, argv: string[], io: Io): Promise<number> {
+  return runCommand(prog, argv, io, async () => {
+    const { values, positionals } = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
+    const registry = defaultRegistry();
+    if (values.help) {
+      io.stdout(CONVERT_HELP.replace('FORMATS', registry.names().join(', ')));
+      return 0;
+    }
+    if (values.version) {
+      io.stdout(`${prog} ${version()}\n`);
+      return 0;
+    }
+    if (positionals.length !== 4) {
+      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
+    }
+    const [srcFormat, dstFormat, input, output] = positionals as [string, string, string, string];
+    registry.require(srcFormat);
+    registry.require(dstFormat);
+    const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
+    const showProgress = values.p || values['json-progress'];
+    const result = await convertFile({
+      srcFormat,
+      dstFormat,
+      input,
+      output,
+      registry,
+      minZeroRun,
+      createOptions: parseCreateOptions(values.o),
+      forceFormat: values['force-format'] ?? false,
+      untrusted: values.untrusted ?? false,
+      keepPartial: values['keep-partial'] ?? false,
+      ...(showProgress ? { onProgress: progressPrinter(io, values['json-progress'] ?? false) } : {}),
+    });
+    const secs = (result.durationMs / 1000).toFixed(2);
+    io.stderr(
+      `${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` +
+        `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`,
+    );
+    return 0;
+  });
+}

@@ -1,0 +1,96 @@
+/**
+ * The file-level API the commands use: open an image file by format,
+ * convert a file into a new one. Node only (uses the file system).
+ */
+import { rm } from 'node:fs/promises';
+import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver } from '@img/block';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
+import { defaultRegistry } from './formats.js';
+import { checkDeclaredFormat, probeStorage } from './probe.js';
+
+/** A resolver for untrusted images: any name inside the image is refused. */
+export const refusingResolver: Resolver = async (request) => {
+  throw new ImageError(ERROR_CODES.UNSAFE, `${request.from.name}: refusing to open ${request.kind} "${request.name}" named inside an untrusted image`, {
+    data: { file: request.from.name, field: request.kind, actual: request.name },
+  });
+};
+
+export interface OpenImageOptions {
+  /** Declared format; when omitted the format is probed (and reported). */
+  format?: string;
+  readOnly?: boolean;
+  registry?: FormatRegistry;
+  /** Accept bytes that look like another format than the declared one. */
+  forceFormat?: boolean;
+  untrusted?: boolean;
+  resolver?: Resolver;
+  /** Do not open backing files or parents. */
+  noBacking?: boolean;
+}
+
+/** Opens an image file. With no format given, probes it (raw only if nothing else matches). */
+export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
+  const registry = options.registry ?? defaultRegistry();
+  const readOnly = options.readOnly ?? true;
+  const storage = await FileStorage.open(path, { readOnly });
+  try {
+    let format = options.format;
+    if (format === undefined) {
+      format = (await probeStorage(registry, storage))[0]?.format ?? 'raw';
+    } else if (!options.forceFormat) {
+      await checkDeclaredFormat(registry, storage, format);
+    }
+    const driver = registry.require(format);
+    return await driver.open(storage, {
+      readOnly,
+      formats: registry,
+      untrusted: options.untrusted ?? false,
+      resolver: options.untrusted ? refusingResolver : (options.resolver ?? fileResolver),
+      noBacking: options.noBacking ?? false,
+    });
+  } catch (e) {
+    await storage.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+export interface ConvertFileOptions extends ConvertDiskOptions {
+  srcFormat: string;
+  dstFormat: string;
+  input: string;
+  output: string;
+  registry?: FormatRegistry;
+  forceFormat?: boolean;
+  untrusted?: boolean;
+  /** Keep a half-written output after a failure (default: remove it). */
+  keepPartial?: boolean;
+}
+
+/**
+ * Converts `input` (of `srcFormat`) into a new file `output` of `dstFormat`.
+ * A failed conversion removes the output unless `keepPartial`.
+ */
+export async function convertFile(options: ConvertFileOptions): Promise<ConvertResult> {
+  const registry = options.registry ?? defaultRegistry();
+  const dstDriver = registry.require(options.dstFormat);
+  const src = await openImageFile(options.input, {
+    format: options.srcFormat,
+    registry,
+    forceFormat: options.forceFormat ?? false,
+    untrusted: options.untrusted ?? false,
+  });
+  let created = false;
+  try {
+    const target = await FileStorage.create(options.output);
+    created = true;
+    const { disk, result } = await convertDisk(src, dstDriver, target, options);
+    await disk.close();
+    return result;
+  } catch (e) {
+    if (created && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
+    throw e;
+  } finally {
+    await src.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,4 @@
+export * from './qemu.js';
+export * from './golden.js';
+export { seededBytes } from './random.js';
+export { tempDir } from './temp.js';

@@ -1,0 +1,118 @@
+/**
+ * qemu-img as the oracle. In CI (CI=true) a missing qemu-img is a test
+ * failure; on a developer's machine the suites are skipped with a notice.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { describe, it } from 'vitest';
+
+function which(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+export const inCI = process.env.CI === 'true' || process.env.CI === '1';
+export const hasQemuImg = which('qemu-img');
+export const hasQemuIo = which('qemu-io');
+export const hasVhdimount = which('vhdimount');
+
+const warned = new Set<string>();
+function notice(tool: string): void {
+  if (warned.has(tool)) return;
+  warned.add(tool);
+  process.stderr.write(`\n[img tests] NOTICE: ${tool} not found; tests that need it are SKIPPED (install qemu-utils / libvhdi-utils). In CI this is a failure.\n`);
+}
+
+/**
+ * describe() for suites that need a tool. Missing tool: in CI, one failing
+ * test that says so; elsewhere, a visible skip.
+ */
+export function describeWith(tool: 'qemu-img' | 'qemu-io' | 'vhdimount', name: string, fn: () => void): void {
+  const present = tool === 'qemu-img' ? hasQemuImg : tool === 'qemu-io' ? hasQemuIo : hasVhdimount;
+  if (present) {
+    describe(name, fn);
+  } else if (inCI) {
+    describe(name, () => {
+      it(`requires ${tool}`, () => {
+        throw new Error(`${tool} is required in CI but was not found on PATH`);
+      });
+    });
+  } else {
+    notice(tool);
+    describe.skip(`${name} (skipped: ${tool} missing)`, fn);
+  }
+}
+
+/** describe() for suites that use qemu-img. */
+export function describeQemu(name: string, fn: () => void): void {
+  describeWith('qemu-img', name, fn);
+}
+
+/** Runs qemu-img and returns stdout (throws with stderr on failure). */
+export function qemuImg(args: string[], options: { allowFail?: boolean } = {}): { stdout: string; stderr: string; status: number } {
+  const r = spawnSync('qemu-img', args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 });
+  if (r.error) throw r.error;
+  const status = r.status ?? -1;
+  if (status !== 0 && !options.allowFail) {
+    throw new Error(`qemu-img ${args.join(' ')} exited ${status}: ${r.stderr}`);
+  }
+  return { stdout: r.stdout, stderr: r.stderr, status };
+}
+
+/** Runs qemu-io with -c commands on a file. */
+export function qemuIo(file: string, format: string, commands: string[]): string {
+  const args = ['-f', format];
+  for (const c of commands) args.push('-c', c);
+  args.push(file);
+  return execFileSync('qemu-io', args, { encoding: 'utf8' });
+}
+
+/** An entry of `qemu-img map --output=json`. */
+export interface QemuMapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+}
+
+export function qemuMap(file: string, format?: string): QemuMapEntry[] {
+  const args = ['map', '--output=json'];
+  if (format) args.push('-f', format);
+  args.push(file);
+  return JSON.parse(qemuImg(args).stdout) as QemuMapEntry[];
+}
+
+export function qemuInfo(file: string, format?: string): Record<string, unknown> {
+  const args = ['info', '--output=json'];
+  if (format) args.push('-f', format);
+  args.push(file);
+  return JSON.parse(qemuImg(args).stdout) as Record<string, unknown>;
+}
+
+/** qemu-img check; returns exit status and parsed JSON where qemu printed it. */
+export function qemuCheck(file: string, format?: string): { status: number; result: Record<string, unknown> | undefined; stderr: string } {
+  const args = ['check', '--output=json'];
+  if (format) args.push('-f', format);
+  args.push(file);
+  const r = qemuImg(args, { allowFail: true });
+  let result: Record<string, unknown> | undefined;
+  try {
+    result = JSON.parse(r.stdout) as Record<string, unknown>;
+  } catch {
+    result = undefined;
+  }
+  return { status: r.status, result, stderr: r.stderr };
+}
+
+/** qemu-img compare; true when identical. */
+export function qemuCompare(a: string, b: string, fa?: string, fb?: string): boolean {
+  const args = ['compare'];
+  if (fa) args.push('-f', fa);
+  if (fb) args.push('-F', fb);
+  args.push(a, b);
+  const r = qemuImg(args, { allowFail: true });
+  if (r.status === 0) return true;
+  if (r.status === 1) return false;
+  throw new Error(`qemu-img compare failed (${r.status}): ${r.stderr}`);
+}
