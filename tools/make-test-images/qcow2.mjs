@@ -280,7 +280,10 @@ export const recipes = [
   {
     file: 'qcow2/snapshots.qcow2',
     format: 'qcow2',
-    description: 'internal snapshots: s1 (128 KiB), s2 (128 KiB), then the active layer grown to 192 KiB and changed',
+    // Snapshots keep the image's size here: the manifest records a snapshot's size from
+    // qemu-img info, which does not report it, so a resized image would record the wrong
+    // one. packages/qcow2 tests snapshots of another size against qemu at test time.
+    description: 'internal snapshots s1 and s2, then the active layer changed',
     build({ path, dir }) {
       const f = basename(path);
       create(dir, path, 128 * K, 'cluster_size=4k');
@@ -288,8 +291,7 @@ export const recipes = [
       img(dir, 'snapshot', '-c', 's1', f);
       io(dir, f, 'write -P 0xd3 4k 4k', 'write -z 64k 4k', 'discard 68k 4k');
       img(dir, 'snapshot', '-c', 's2', f);
-      img(dir, 'resize', f, String(192 * K));
-      io(dir, f, 'write -P 0xd4 0 2k', 'write -P 0xd5 150k 8k');
+      io(dir, f, 'write -P 0xd4 0 2k', 'write -P 0xd5 100k 8k');
     },
   },
   {

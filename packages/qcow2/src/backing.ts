@@ -1,0 +1,89 @@
+/**
+ * Backing files and external data files: named inside the image, opened
+ * through the caller's resolver, never through the file system directly.
+ */
+import { ERROR_CODES, ImageError, PROBE_BYTES, unsafe, unsupported } from '@img/block';
+import type { Disk, FormatRegistryLike, OpenOptions, Storage } from '@img/block';
+
+const FORMAT = 'qcow2';
+/** Default bound on chain depth. */
+export const DEFAULT_MAX_CHAIN_DEPTH = 64;
+
+/** An opened backing image. */
+export interface OpenedBacking {
+  disk: Disk;
+  /** The format it was opened with. */
+  format: string;
+  /** True when the image did not name the format and it was probed. */
+  probed: boolean;
+  /** The resolved name of the backing storage (its path for files). */
+  fullName: string;
+}
+
+/**
+ * Opens the backing file `name` of the image in `from`. `format` is the
+ * backing format extension's value (undefined: probe among `formats`).
+ */
+export async function openBacking(
+  from: Storage,
+  name: string,
+  format: string | undefined,
+  options: OpenOptions,
+  formats: FormatRegistryLike,
+): Promise<OpenedBacking> {
+  const file = from.name;
+  if (options.untrusted) {
+    throw unsafe(FORMAT, file, `refusing to open backing file "${name}" of an untrusted image`, { field: 'backing_file' });
+  }
+  if (!options.resolver) {
+    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${file}: the image has a backing file "${name}" but no resolver was given to open it (pass resolver, or noBacking to read without it)`, {
+      data: { format: FORMAT, file, field: 'backing_file' },
+    });
+  }
+  const chain = [...(options.chain ?? []), file];
+  const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+  if (chain.length > maxDepth) {
+    throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is deeper than ${maxDepth} images`, { data: { format: FORMAT, file, field: 'backing_file' } });
+  }
+  const storage = await options.resolver({ name, kind: 'backing', from, writable: false });
+  try {
+    if (chain.includes(storage.name)) {
+      throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing file "${name}" (${storage.name}) is already in the chain: a cycle`, {
+        data: { format: FORMAT, file, field: 'backing_file', chain },
+      });
+    }
+    let chosen = format;
+    let probed = false;
+    if (chosen === undefined) {
+      const size = await storage.size();
+      const head = await storage.read(0, Math.min(PROBE_BYTES, size));
+      const tail = size >= 512 ? await storage.read(size - 512, 512) : undefined;
+      const best = formats.probe(head, size, tail)[0];
+      if (!best) throw unsupported(FORMAT, file, `cannot tell the format of backing file "${name}"`, { field: 'backing_file' });
+      chosen = best.format;
+      probed = true;
+    }
+    const driver = formats.get(chosen);
+    if (!driver) throw unsupported(FORMAT, file, `backing file "${name}" has format "${chosen}", which is not registered`, { field: 'backing format', actual: chosen });
+    const disk = await driver.open(storage, { ...options, readOnly: true, chain });
+    return { disk, format: driver.name, probed, fullName: storage.name };
+  } catch (e) {
+    await storage.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Opens the external data file `name` of the image in `from`. */
+export async function openDataFile(from: Storage, name: string | undefined, options: OpenOptions, writable: boolean): Promise<Storage> {
+  const file = from.name;
+  if (name === undefined) {
+    throw unsupported(FORMAT, file, 'the image uses an external data file but names none (no data file name extension)', { field: 'data file' });
+  }
+  if (options.untrusted) throw unsafe(FORMAT, file, `refusing to open external data file "${name}" of an untrusted image`, { field: 'data file' });
+  if (!options.resolver) {
+    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${file}: the image stores its data in an external data file "${name}" but no resolver was given to open it`, {
+      data: { format: FORMAT, file, field: 'data file' },
+    });
+  }
+  return options.resolver({ name, kind: 'data-file', from, writable });
+}

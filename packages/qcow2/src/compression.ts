@@ -1,0 +1,180 @@
+/**
+ * Compressed clusters (spec: "Compressed Clusters Descriptor",
+ * compression_type): deflate as raw RFC 1951 streams, zstd as one or more
+ * frames. Both decoders are bounded: a cluster inflates to exactly one
+ * cluster or the image is corrupt, and no allocation depends on a size
+ * read from the image beyond one cluster.
+ *
+ * This is the one module that imports from Node (node:zlib); zstd comes
+ * from node:zlib where the platform has it (Node >= 22.15) and from the
+ * pure-JS `fzstd` package elsewhere.
+ */
+import * as zlib from 'node:zlib';
+import { decompress as fzstdDecompress } from 'fzstd';
+import { corrupt, hex } from '@img/block';
+import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
+
+const FORMAT = 'qcow2';
+
+type ZstdSync = (input: Uint8Array, options?: { maxOutputLength?: number }) => Uint8Array;
+const nodeZstdDecompress = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
+const nodeZstdCompress = (zlib as unknown as { zstdCompressSync?: (input: Uint8Array) => Uint8Array }).zstdCompressSync;
+
+/** Largest zstd window a compressed cluster may ask for (qemu's frames never exceed one 2 MiB cluster). */
+const MAX_ZSTD_WINDOW = 8 * 1024 * 1024;
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/** Context for messages: the file and where the compressed cluster sits. */
+export interface CompressedContext {
+  file?: string;
+  hostOffset: number;
+}
+
+/** The name qemu-img info uses for a compression_type value. */
+export function compressionTypeName(type: number): string {
+  return type === COMPRESSION_ZSTD ? 'zstd' : type === COMPRESSION_ZLIB ? 'zlib' : `unknown (${type})`;
+}
+
+/**
+ * Decompresses one cluster: fills all of `output` from `input` (the
+ * compressed bytes, possibly followed by unrelated bytes up to the end of
+ * the last sector), or throws ERR_IMG_CORRUPT.
+ */
+export function decompressCluster(type: number, input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
+  if (type === COMPRESSION_ZLIB) inflateCluster(input, output, ctx);
+  else if (type === COMPRESSION_ZSTD) zstdCluster(input, output, ctx);
+  else throw corrupt(FORMAT, ctx.file, `unknown compression type ${type}`, { field: 'compression_type' });
+}
+
+function bad(ctx: CompressedContext, what: string, cause?: unknown): Error {
+  const e = corrupt(FORMAT, ctx.file, `compressed cluster at ${hex(ctx.hostOffset)} ${what}`, { field: 'compressed cluster', offset: ctx.hostOffset });
+  if (cause !== undefined) Object.defineProperty(e, 'cause', { value: cause });
+  return e;
+}
+
+function inflateCluster(input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
+  let result: Uint8Array;
+  try {
+    result = zlib.inflateRawSync(input, {
+      finishFlush: zlib.constants.Z_SYNC_FLUSH,
+      maxOutputLength: output.length,
+      chunkSize: Math.max(64, output.length),
+    });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `inflates to more than one cluster (${output.length} bytes)`, e);
+    throw bad(ctx, `is not a valid deflate stream (${(e as Error).message})`, e);
+  }
+  if (result.length !== output.length) throw bad(ctx, `inflates to ${result.length} bytes instead of one cluster (${output.length})`);
+  output.set(result);
+}
+
+function readLe(buf: Uint8Array, at: number, width: number): number {
+  let v = 0;
+  for (let i = width - 1; i >= 0; i--) v = v * 256 + buf[at + i]!;
+  return v;
+}
+
+/** Where a zstd frame starting at `at` ends, and what it asks for; walks block headers only. */
+function zstdFrame(input: Uint8Array, at: number, ctx: CompressedContext): { end: number; window: number; contentSize: number | undefined; skippable: boolean } {
+  if (at + 4 > input.length) throw bad(ctx, 'ends inside a zstd frame header');
+  const magic = readLe(input, at, 4);
+  if (magic >>> 4 === 0x184d2a5) {
+    if (at + 8 > input.length) throw bad(ctx, 'ends inside a skippable zstd frame');
+    const end = at + 8 + readLe(input, at + 4, 4);
+    if (end > input.length) throw bad(ctx, 'has a skippable zstd frame past its end');
+    return { end, window: 0, contentSize: 0, skippable: true };
+  }
+  if (magic !== ZSTD_MAGIC) throw bad(ctx, `is not zstd data (magic ${hex(magic)})`);
+  let pos = at + 4;
+  if (pos >= input.length) throw bad(ctx, 'ends inside a zstd frame header');
+  const fhd = input[pos++]!;
+  const fcsFlag = fhd >> 6;
+  const singleSegment = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const dictFlag = fhd & 3;
+  if ((fhd >> 3) & 1) throw bad(ctx, 'has a zstd frame with the reserved bit set');
+  let window = 0;
+  if (!singleSegment) {
+    if (pos >= input.length) throw bad(ctx, 'ends inside a zstd frame header');
+    const wd = input[pos++]!;
+    const base = 2 ** (10 + (wd >> 3));
+    window = base + (base / 8) * (wd & 7);
+  }
+  const dictBytes = [0, 1, 2, 4][dictFlag]!;
+  if (dictBytes && pos + dictBytes <= input.length && readLe(input, pos, dictBytes) !== 0) throw bad(ctx, 'needs a zstd dictionary');
+  pos += dictBytes;
+  const fcsBytes = fcsFlag === 0 ? singleSegment : [0, 2, 4, 8][fcsFlag]!;
+  let contentSize: number | undefined;
+  if (fcsBytes) {
+    if (pos + fcsBytes > input.length) throw bad(ctx, 'ends inside a zstd frame header');
+    contentSize = readLe(input, pos, fcsBytes) + (fcsBytes === 2 ? 256 : 0);
+    pos += fcsBytes;
+  }
+  if (singleSegment) window = contentSize ?? 0;
+  for (;;) {
+    if (pos + 3 > input.length) throw bad(ctx, 'ends inside a zstd block');
+    const bh = readLe(input, pos, 3);
+    pos += 3;
+    const last = bh & 1;
+    const type = (bh >> 1) & 3;
+    const size = bh >>> 3;
+    if (type === 3) throw bad(ctx, 'has a reserved zstd block type');
+    pos += type === 1 ? 1 : size;
+    if (pos > input.length) throw bad(ctx, 'ends inside a zstd block');
+    if (last) break;
+  }
+  pos += checksum ? 4 : 0;
+  if (pos > input.length) throw bad(ctx, 'ends inside a zstd checksum');
+  return { end: pos, window, contentSize, skippable: false };
+}
+
+function zstdCluster(input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
+  let inPos = 0;
+  let outPos = 0;
+  // qemu's decoder reads frames until one cluster is produced; what follows is the next cluster's data or padding.
+  while (outPos < output.length) {
+    const frame = zstdFrame(input, inPos, ctx);
+    const slice = input.subarray(inPos, frame.end);
+    inPos = frame.end;
+    if (frame.skippable) continue;
+    const room = output.length - outPos;
+    if (frame.contentSize !== undefined && frame.contentSize > room) throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`);
+    if (frame.window > MAX_ZSTD_WINDOW) throw bad(ctx, `asks for a zstd window of ${frame.window} bytes`);
+    let produced: Uint8Array;
+    try {
+      produced = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdDecompress(slice);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`, e);
+      throw bad(ctx, `is not valid zstd data (${(e as Error).message})`, e);
+    }
+    if (produced.length > room) throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`);
+    output.set(produced, outPos);
+    outPos += produced.length;
+    if (produced.length === 0 && inPos >= input.length) break;
+  }
+  if (outPos !== output.length) throw bad(ctx, `decompresses to ${outPos} bytes instead of one cluster (${output.length})`);
+}
+
+/**
+ * Compresses one cluster. Returns undefined when the result would not be
+ * smaller than the cluster (the caller then stores it uncompressed).
+ */
+export function compressCluster(type: number, input: Uint8Array): Uint8Array | undefined {
+  let out: Uint8Array;
+  if (type === COMPRESSION_ZLIB) {
+    out = zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
+  } else if (type === COMPRESSION_ZSTD) {
+    const c = zstdCompressor();
+    if (!c) return undefined;
+    out = c(input);
+  } else {
+    return undefined;
+  }
+  return out.length < input.length ? out : undefined;
+}
+
+/** A zstd compressor, where the platform has one. */
+export function zstdCompressor(): ((input: Uint8Array) => Uint8Array) | undefined {
+  return nodeZstdCompress;
+}

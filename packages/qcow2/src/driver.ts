@@ -1,0 +1,26 @@
+/**
+ * The qcow2 FormatDriver: what @img/convert's registry and the CLI use.
+ */
+import type { FormatDriver } from '@img/block';
+import { FormatRegistry, rawDriver } from '@img/block';
+import { hasQcow2Magic } from './header.js';
+import { openQcow2, registryHook } from './image.js';
+import { unsupported } from '@img/block';
+
+/** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic). */
+export const qcow2Driver: FormatDriver = {
+  name: 'qcow2',
+  probe: (head) => (hasQcow2Magic(head) ? 100 : 0),
+  open: (storage, options) => openQcow2(storage, options),
+  create: async (storage) => {
+    throw unsupported('qcow2', storage.name, 'creating images is not implemented yet');
+  },
+};
+
+let formats: FormatRegistry | undefined;
+/** The registry backing files are opened with when the caller gives none: raw and qcow2. */
+export function defaultBackingFormats(): FormatRegistry {
+  formats ??= new FormatRegistry([rawDriver, qcow2Driver]);
+  return formats;
+}
+registryHook.formats = defaultBackingFormats;

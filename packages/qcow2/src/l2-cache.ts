@@ -1,0 +1,81 @@
+/**
+ * A bounded cache of L2 tables keyed by host offset: least recently used
+ * tables are evicted past the capacity, and concurrent loads of one table
+ * share one read.
+ */
+
+/** Default cache size: enough tables to map 100 GiB with 64 KiB clusters (200 tables of 64 KiB), rounded up. */
+export const DEFAULT_L2_CACHE_BYTES = 16 * 1024 * 1024;
+
+export class L2Cache {
+  readonly capacity: number;
+  #tables = new Map<number, Uint8Array>();
+  #loading = new Map<number, Promise<Uint8Array>>();
+  #hits = 0;
+  #misses = 0;
+
+  /** `capacity` is a number of tables (at least 1). */
+  constructor(capacity: number) {
+    this.capacity = Math.max(1, Math.floor(capacity));
+  }
+
+  /** Tables held now. */
+  get size(): number {
+    return this.#tables.size;
+  }
+
+  get stats(): { hits: number; misses: number } {
+    return { hits: this.#hits, misses: this.#misses };
+  }
+
+  /** The table at `offset`, loaded with `load` on a miss. */
+  get(offset: number, load: () => Promise<Uint8Array>): Promise<Uint8Array> | Uint8Array {
+    const hit = this.#tables.get(offset);
+    if (hit) {
+      this.#hits++;
+      // Refresh its place in the LRU order.
+      this.#tables.delete(offset);
+      this.#tables.set(offset, hit);
+      return hit;
+    }
+    const pending = this.#loading.get(offset);
+    if (pending) return pending;
+    this.#misses++;
+    const p = load().then(
+      (table) => {
+        this.#loading.delete(offset);
+        this.put(offset, table);
+        return table;
+      },
+      (e: unknown) => {
+        this.#loading.delete(offset);
+        throw e;
+      },
+    );
+    this.#loading.set(offset, p);
+    return p;
+  }
+
+  /** Inserts or replaces a table (writers keep the cache in step with the file). */
+  put(offset: number, table: Uint8Array): void {
+    this.#tables.delete(offset);
+    this.#tables.set(offset, table);
+    while (this.#tables.size > this.capacity) {
+      const oldest = this.#tables.keys().next().value as number;
+      this.#tables.delete(oldest);
+    }
+  }
+
+  /** The table if cached, without loading. */
+  peek(offset: number): Uint8Array | undefined {
+    return this.#tables.get(offset);
+  }
+
+  delete(offset: number): void {
+    this.#tables.delete(offset);
+  }
+
+  clear(): void {
+    this.#tables.clear();
+  }
+}

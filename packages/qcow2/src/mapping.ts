@@ -1,0 +1,91 @@
+/**
+ * L1 and L2 entries (spec: "Cluster mapping", "Extended L2 Entries"):
+ * decoding an entry into what a guest cluster is: unallocated, zero,
+ * stored at a host offset, compressed, or split into subclusters.
+ */
+import { readU32Be, corrupt, hex } from '@img/block';
+import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
+
+const FORMAT = 'qcow2';
+
+/** What one L2 entry says about its guest cluster. */
+export type ClusterEntry =
+  | { type: 'unallocated' }
+  /** Reads as zeros; `host` is set for a preallocated zero cluster. */
+  | { type: 'zero'; host: number | undefined }
+  | { type: 'normal'; host: number; copied: boolean }
+  /** `size` is the number of bytes from `host` that may hold the compressed data. */
+  | { type: 'compressed'; host: number; size: number }
+  /** Extended L2: per-subcluster allocation (`alloc`) and zero (`zero`) bitmaps, bit i = subcluster i. */
+  | { type: 'subclusters'; host: number | undefined; copied: boolean; alloc: number; zero: number };
+
+/** Offset bits 9-55 of an L1/L2 entry given as two 32-bit halves. */
+export function entryOffset(hi: number, lo: number): number {
+  return (hi & OFFSET_MASK_HI) * 0x1_0000_0000 + ((lo & OFFSET_MASK_LO) >>> 0);
+}
+
+/** Reads L1 entry `index` of a raw L1 table: the L2 table offset, 0 if unallocated. */
+export function l1EntryOffset(l1: Uint8Array, index: number, clusterSize: number, file: string | undefined, l1Offset: number): number {
+  const at = index * 8;
+  if (at + 8 > l1.length) return 0;
+  const offset = entryOffset(readU32Be(l1, at), readU32Be(l1, at + 4));
+  if (offset % clusterSize !== 0) {
+    throw corrupt(FORMAT, file, `L1 entry ${index} at ${hex(l1Offset + at)} points to an unaligned L2 table offset ${hex(offset)}`, { field: 'L1 entry', offset: l1Offset + at, actual: offset });
+  }
+  return offset;
+}
+
+/** The geometry fields decodeL2Entry needs. */
+export interface EntryGeometry {
+  clusterBits: number;
+  clusterSize: number;
+  extendedL2: boolean;
+  /** v3 zero flag (bit 0) allowed: version 3 without extended L2. */
+  zeroFlag: boolean;
+  /** External data file: host offset 0 with the COPIED bit is a valid allocation. */
+  dataFile: boolean;
+}
+
+/**
+ * Decodes L2 entry `index` of `table`. `tableOffset` is the table's host
+ * offset (for messages). Throws ERR_IMG_CORRUPT for entries that cannot be.
+ */
+export function decodeL2Entry(table: Uint8Array, index: number, g: EntryGeometry, file: string | undefined, tableOffset: number): ClusterEntry {
+  const entrySize = g.extendedL2 ? 16 : 8;
+  const at = index * entrySize;
+  const hi = readU32Be(table, at);
+  const lo = readU32Be(table, at + 4);
+  const where = () => hex(tableOffset + at);
+  if (hi & ENTRY_COMPRESSED_HI) {
+    if (g.dataFile) throw corrupt(FORMAT, file, `L2 entry at ${where()} is compressed, which an external data file does not allow`, { field: 'L2 entry', offset: tableOffset + at });
+    // Compressed descriptor: offset in bits 0..x-1, additional sectors in bits x..61, x = 62 - (cluster_bits - 8).
+    const x = 62 - (g.clusterBits - 8);
+    const desc = hi & 0x3fffffff;
+    const offHiBits = x - 32;
+    const host = (desc & (2 ** offHiBits - 1)) * 0x1_0000_0000 + lo;
+    const sectors = Math.floor(desc / 2 ** offHiBits) & (2 ** (g.clusterBits - 8) - 1);
+    const size = (sectors + 1) * COMPRESSED_SECTOR - (host % COMPRESSED_SECTOR);
+    return { type: 'compressed', host, size };
+  }
+  const copied = (hi & ENTRY_COPIED_HI) !== 0;
+  const host = entryOffset(hi, lo);
+  const allocated = host !== 0 || (copied && g.dataFile);
+  if (allocated && host % g.clusterSize !== 0) {
+    throw corrupt(FORMAT, file, `L2 entry at ${where()} points to an unaligned cluster offset ${hex(host)}`, { field: 'L2 entry', offset: tableOffset + at, actual: host });
+  }
+  if (g.extendedL2) {
+    const zero = readU32Be(table, at + 8);
+    const alloc = readU32Be(table, at + 12);
+    if ((alloc & zero) !== 0) {
+      throw corrupt(FORMAT, file, `extended L2 entry at ${where()} marks subclusters both allocated and zero (bitmap ${hex(alloc & zero)})`, { field: 'L2 bitmap', offset: tableOffset + at + 8 });
+    }
+    if (!allocated && alloc !== 0) {
+      throw corrupt(FORMAT, file, `extended L2 entry at ${where()} has allocated subclusters but no cluster offset`, { field: 'L2 bitmap', offset: tableOffset + at + 8 });
+    }
+    if (alloc === 0 && zero === 0) return { type: 'unallocated' };
+    return { type: 'subclusters', host: allocated ? host : undefined, copied, alloc, zero };
+  }
+  if (g.zeroFlag && (lo & 1)) return { type: 'zero', host: allocated ? host : undefined };
+  if (!allocated) return { type: 'unallocated' };
+  return { type: 'normal', host, copied };
+}
