@@ -42,8 +42,9 @@ export async function openBacking(
   }
   const chain = [...(options.chain ?? []), file];
   const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
-  if (chain.length > maxDepth) {
-    throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is deeper than ${maxDepth} images`, { data: { format: FORMAT, file, field: 'backing_file' } });
+  // `chain` holds the images above the backing file; with it the chain has chain.length + 1 images.
+  if (chain.length + 1 > maxDepth) {
+    throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is longer than ${maxDepth} images (maxChainDepth)`, { data: { format: FORMAT, file, field: 'backing_file' } });
   }
   const storage = await options.resolver({ name, kind: 'backing', from, writable: false });
   try {

@@ -36,14 +36,15 @@ export function compressionTypeName(type: number): string {
 }
 
 /**
- * Decompresses one cluster: fills all of `output` from `input` (the
+ * Decompresses one cluster of `clusterSize` bytes from `input` (the
  * compressed bytes, possibly followed by unrelated bytes up to the end of
- * the last sector), or throws ERR_IMG_CORRUPT.
+ * the last sector), or throws ERR_IMG_CORRUPT. The result is the decoder's
+ * own buffer where it can be (no copy), so it belongs to the caller.
  */
-export function decompressCluster(type: number, input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
-  if (type === COMPRESSION_ZLIB) inflateCluster(input, output, ctx);
-  else if (type === COMPRESSION_ZSTD) zstdCluster(input, output, ctx);
-  else throw corrupt(FORMAT, ctx.file, `unknown compression type ${type}`, { field: 'compression_type' });
+export function decompressCluster(type: number, input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
+  if (type === COMPRESSION_ZLIB) return inflateCluster(input, clusterSize, ctx);
+  if (type === COMPRESSION_ZSTD) return zstdCluster(input, clusterSize, ctx);
+  throw corrupt(FORMAT, ctx.file, `unknown compression type ${type}`, { field: 'compression_type' });
 }
 
 function bad(ctx: CompressedContext, what: string, cause?: unknown): Error {
@@ -52,21 +53,21 @@ function bad(ctx: CompressedContext, what: string, cause?: unknown): Error {
   return e;
 }
 
-function inflateCluster(input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
+function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
   let result: Uint8Array;
   try {
     result = zlib.inflateRawSync(input, {
       finishFlush: zlib.constants.Z_SYNC_FLUSH,
-      maxOutputLength: output.length,
-      chunkSize: Math.max(64, output.length),
+      maxOutputLength: clusterSize,
+      chunkSize: Math.max(64, clusterSize),
     });
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `inflates to more than one cluster (${output.length} bytes)`, e);
+    if (code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `inflates to more than one cluster (${clusterSize} bytes)`, e);
     throw bad(ctx, `is not a valid deflate stream (${(e as Error).message})`, e);
   }
-  if (result.length !== output.length) throw bad(ctx, `inflates to ${result.length} bytes instead of one cluster (${output.length})`);
-  output.set(result);
+  if (result.length !== clusterSize) throw bad(ctx, `inflates to ${result.length} bytes instead of one cluster (${clusterSize})`);
+  return result;
 }
 
 function readLe(buf: Uint8Array, at: number, width: number): number {
@@ -129,31 +130,35 @@ function zstdFrame(input: Uint8Array, at: number, ctx: CompressedContext): { end
   return { end: pos, window, contentSize, skippable: false };
 }
 
-function zstdCluster(input: Uint8Array, output: Uint8Array, ctx: CompressedContext): void {
+function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
+  let output: Uint8Array | undefined;
   let inPos = 0;
   let outPos = 0;
   // qemu's decoder reads frames until one cluster is produced; what follows is the next cluster's data or padding.
-  while (outPos < output.length) {
+  while (outPos < clusterSize) {
     const frame = zstdFrame(input, inPos, ctx);
     const slice = input.subarray(inPos, frame.end);
     inPos = frame.end;
     if (frame.skippable) continue;
-    const room = output.length - outPos;
-    if (frame.contentSize !== undefined && frame.contentSize > room) throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`);
+    const room = clusterSize - outPos;
+    if (frame.contentSize !== undefined && frame.contentSize > room) throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`);
     if (frame.window > MAX_ZSTD_WINDOW) throw bad(ctx, `asks for a zstd window of ${frame.window} bytes`);
     let produced: Uint8Array;
     try {
       produced = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdDecompress(slice);
     } catch (e) {
-      if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`, e);
+      if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`, e);
       throw bad(ctx, `is not valid zstd data (${(e as Error).message})`, e);
     }
-    if (produced.length > room) throw bad(ctx, `decompresses to more than one cluster (${output.length} bytes)`);
+    if (produced.length > room) throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`);
+    if (outPos === 0 && produced.length === clusterSize) return produced;
+    output ??= new Uint8Array(clusterSize);
     output.set(produced, outPos);
     outPos += produced.length;
     if (produced.length === 0 && inPos >= input.length) break;
   }
-  if (outPos !== output.length) throw bad(ctx, `decompresses to ${outPos} bytes instead of one cluster (${output.length})`);
+  if (outPos !== clusterSize || !output) throw bad(ctx, `decompresses to ${outPos} bytes instead of one cluster (${clusterSize})`);
+  return output;
 }
 
 /**

@@ -217,9 +217,7 @@ export async function loadCompressed(state: ReaderState, pool: BufferPool, host:
   try {
     const view = input.subarray(0, csize);
     await readHost(state.storage, host, view);
-    const cluster = new Uint8Array(state.geom.clusterSize);
-    decompressCluster(state.compressionType, view, cluster, { file: state.file, hostOffset: host });
-    return cluster;
+    return decompressCluster(state.compressionType, view, state.geom.clusterSize, { file: state.file, hostOffset: host });
   } finally {
     pool.release(input);
   }
