@@ -67,7 +67,7 @@ function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedC
     throw bad(ctx, `is not a valid deflate stream (${(e as Error).message})`, e);
   }
   if (result.length !== clusterSize) throw bad(ctx, `inflates to ${result.length} bytes instead of one cluster (${clusterSize})`);
-  return result;
+  return new Uint8Array(result.buffer, result.byteOffset, result.length);
 }
 
 function readLe(buf: Uint8Array, at: number, width: number): number {
@@ -145,7 +145,8 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
     if (frame.window > MAX_ZSTD_WINDOW) throw bad(ctx, `asks for a zstd window of ${frame.window} bytes`);
     let produced: Uint8Array;
     try {
-      produced = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdDecompress(slice);
+      const out = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdDecompress(slice);
+      produced = new Uint8Array(out.buffer, out.byteOffset, out.length);
     } catch (e) {
       if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`, e);
       throw bad(ctx, `is not valid zstd data (${(e as Error).message})`, e);

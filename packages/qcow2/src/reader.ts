@@ -17,7 +17,10 @@ export interface Segment {
   offset: number;
   length: number;
   kind: 'data' | 'zero' | 'hole' | 'compressed';
-  /** data: host offset of `offset`; zero: host offset of a preallocated zero cluster; compressed: start of the compressed bytes. */
+  /**
+   * data: host offset of `offset`; zero, hole: host offset where the cluster has one (preallocated zero
+   * cluster, unallocated subcluster of an allocated cluster); compressed: start of the compressed bytes.
+   */
   host?: number;
   /** compressed: bytes that may hold the compressed data. */
   csize?: number;
@@ -67,7 +70,6 @@ export function loadL2(state: ReaderState, offset: number, l1Index: number): Pro
 
 function canMerge(a: Segment, b: Segment): boolean {
   if (a.kind !== b.kind || a.kind === 'compressed' || a.offset + a.length !== b.offset) return false;
-  if (a.kind === 'hole') return true;
   if (a.host === undefined && b.host === undefined) return true;
   return a.host !== undefined && b.host !== undefined && a.host + a.length === b.host;
 }
@@ -130,7 +132,8 @@ export async function* segments(state: ReaderState, view: MappingView, start: nu
               const host = entry.host === undefined ? undefined : entry.host + (p - cStart);
               if (Math.floor(entry.alloc / bit) % 2) push({ offset: p, length: scEnd - p, kind: 'data', host });
               else if (Math.floor(entry.zero / bit) % 2) push({ offset: p, length: scEnd - p, kind: 'zero', host });
-              else push({ offset: p, length: scEnd - p, kind: 'hole' });
+              // qemu-img map reports the host offset of unallocated subclusters too.
+              else push({ offset: p, length: scEnd - p, kind: 'hole', host });
               p = scEnd;
             }
             break;

@@ -1,0 +1,80 @@
+import { describe, expect, it } from 'vitest';
+import { deflateRawSync } from 'node:zlib';
+import { ImageError } from '@img/block';
+import { seededBytes } from '@img/testkit';
+import { decompressCluster, compressCluster } from './compression.js';
+
+const ctx = { file: 'x.qcow2', hostOffset: 0x1234 };
+const CS = 512;
+
+/** A zstd frame of one raw or RLE block (single segment, 4-byte content size) holding `data`. */
+function zstdRawFrame(data: Uint8Array, { rle = false } = {}): Uint8Array {
+  const out: number[] = [0x28, 0xb5, 0x2f, 0xfd, 0xa0]; // magic; FHD: FCS flag 2 (4 bytes), single segment
+  const fcs = data.length;
+  out.push(fcs & 0xff, (fcs >> 8) & 0xff, 0, 0);
+  const size = data.length;
+  const type = rle ? 1 : 0;
+  const bh = 1 | (type << 1) | (size << 3);
+  out.push(bh & 0xff, (bh >> 8) & 0xff, bh >> 16);
+  if (rle) out.push(data[0]!);
+  else out.push(...data);
+  return new Uint8Array(out);
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  return new Uint8Array(parts.flatMap((p) => [...p]));
+}
+
+function corruptMessage(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    expect(ImageError.isInstance(e)).toBe(true);
+    expect((e as ImageError).code).toBe('ERR_IMG_CORRUPT');
+    return (e as Error).message;
+  }
+  throw new Error('expected ERR_IMG_CORRUPT');
+}
+
+describe('deflate clusters', () => {
+  const data = seededBytes(CS, 3).map((b) => b & 7);
+  it('inflate exactly one cluster, ignoring bytes after the stream', () => {
+    const z = deflateRawSync(data);
+    expect(decompressCluster(0, concat(z, new Uint8Array([1, 2, 3, 4])), CS, ctx)).toEqual(data);
+  });
+  it('more or less than one cluster is corrupt, and bounded', () => {
+    expect(corruptMessage(() => decompressCluster(0, deflateRawSync(new Uint8Array(CS - 1)), CS, ctx))).toMatch(/instead of one cluster/);
+    expect(corruptMessage(() => decompressCluster(0, deflateRawSync(new Uint8Array(64 * 1024 * 1024)), CS, ctx))).toMatch(/more than one cluster/);
+    expect(corruptMessage(() => decompressCluster(0, new Uint8Array([0xff, 0xff, 0xff]), CS, ctx))).toMatch(/qcow2: x.qcow2: compressed cluster at 0x1234/);
+  });
+  it('round trip through compressCluster, which refuses what does not shrink', () => {
+    const z = compressCluster(0, data)!;
+    expect(z.length).toBeLessThan(CS);
+    expect(decompressCluster(0, z, CS, ctx)).toEqual(data);
+    expect(compressCluster(0, seededBytes(CS, 9))).toBeUndefined();
+  });
+});
+
+describe('zstd clusters', () => {
+  const data = seededBytes(CS, 4);
+  it('one frame, with whatever follows it', () => {
+    expect(decompressCluster(1, concat(zstdRawFrame(data), new Uint8Array([9, 9, 9])), CS, ctx)).toEqual(data);
+  });
+  it('several frames and skippable frames until one cluster is produced', () => {
+    const skippable = new Uint8Array([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 7, 7, 7]);
+    const input = concat(skippable, zstdRawFrame(data.subarray(0, 300)), zstdRawFrame(data.subarray(300)), new Uint8Array(40));
+    expect(decompressCluster(1, input, CS, ctx)).toEqual(data);
+  });
+  it('RLE blocks', () => {
+    expect(decompressCluster(1, zstdRawFrame(new Uint8Array(CS).fill(0x42), { rle: true }), CS, ctx)).toEqual(new Uint8Array(CS).fill(0x42));
+  });
+  it('too much, too little, truncated, a huge window, not zstd: corrupt', () => {
+    expect(corruptMessage(() => decompressCluster(1, zstdRawFrame(seededBytes(CS + 100, 1)), CS, ctx))).toMatch(/more than one cluster/);
+    expect(corruptMessage(() => decompressCluster(1, concat(zstdRawFrame(data.subarray(0, 300)), new Uint8Array(16)), CS, ctx))).toMatch(/not zstd data/);
+    expect(corruptMessage(() => decompressCluster(1, zstdRawFrame(data).subarray(0, 100), CS, ctx))).toMatch(/ends inside/);
+    // Not single segment, window descriptor 0xf8: 2^41-byte window.
+    const huge = new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 1 | (0 << 1) | (4 << 3), 0, 0, 1, 2, 3, 4]);
+    expect(corruptMessage(() => decompressCluster(1, huge, CS, ctx))).toMatch(/window/);
+    expect(corruptMessage(() => decompressCluster(1, new Uint8Array(64), CS, ctx))).toMatch(/not zstd data/);
+  });
+});
