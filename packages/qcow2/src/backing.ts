@@ -3,7 +3,7 @@
  * through the caller's resolver, never through the file system directly.
  */
 import { ERROR_CODES, ImageError, PROBE_BYTES, unsafe, unsupported } from '@img/block';
-import type { Disk, FormatRegistryLike, OpenOptions, Storage } from '@img/block';
+import type { Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
 
 const FORMAT = 'qcow2';
 /** Default bound on chain depth. */
@@ -46,7 +46,7 @@ export async function openBacking(
   if (chain.length + 1 > maxDepth) {
     throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is longer than ${maxDepth} images (maxChainDepth)`, { data: { format: FORMAT, file, field: 'backing_file' } });
   }
-  const storage = await options.resolver({ name, kind: 'backing', from, writable: false });
+  const storage = await resolve(options.resolver, { name, kind: 'backing', from, writable: false });
   try {
     if (chain.includes(storage.name)) {
       throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing file "${name}" (${storage.name}) is already in the chain: a cycle`, {
@@ -86,5 +86,19 @@ export async function openDataFile(from: Storage, name: string | undefined, opti
       data: { format: FORMAT, file, field: 'data file' },
     });
   }
-  return options.resolver({ name, kind: 'data-file', from, writable });
+  return resolve(options.resolver, { name, kind: 'data-file', from, writable });
+}
+
+/** Calls the resolver; its own failures become ImageErrors that name the file asked for. */
+async function resolve(resolver: Resolver, request: ResolveRequest): Promise<Storage> {
+  try {
+    return await resolver(request);
+  } catch (e) {
+    if (ImageError.isInstance(e)) throw e;
+    const what = request.kind === 'data-file' ? 'external data file' : 'backing file';
+    throw new ImageError(ERROR_CODES.IO, `${FORMAT}: ${request.from.name}: cannot open ${what} "${request.name}": ${(e as Error)?.message ?? String(e)}`, {
+      cause: e,
+      data: { format: FORMAT, file: request.from.name, field: request.kind },
+    });
+  }
 }

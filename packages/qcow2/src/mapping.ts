@@ -7,6 +7,8 @@ import { readU32Be, corrupt, hex } from '@img/block';
 import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
 
 const FORMAT = 'qcow2';
+/** Host offsets past this cannot be file positions (2^53 minus room for a 2 MiB cluster and its compressed tail). */
+export const MAX_HOST_OFFSET = 2 ** 53 - 8 * 1024 * 1024;
 
 /** What one L2 entry says about its guest cluster. */
 export type ClusterEntry =
@@ -29,6 +31,9 @@ export function l1EntryOffset(l1: Uint8Array, index: number, clusterSize: number
   const at = index * 8;
   if (at + 8 > l1.length) return 0;
   const offset = entryOffset(readU32Be(l1, at), readU32Be(l1, at + 4));
+  if (offset > MAX_HOST_OFFSET) {
+    throw corrupt(FORMAT, file, `L1 entry ${index} at ${hex(l1Offset + at)} points past any possible file size (${hex(offset)})`, { field: 'L1 entry', offset: l1Offset + at, actual: offset });
+  }
   if (offset % clusterSize !== 0) {
     throw corrupt(FORMAT, file, `L1 entry ${index} at ${hex(l1Offset + at)} points to an unaligned L2 table offset ${hex(offset)}`, { field: 'L1 entry', offset: l1Offset + at, actual: offset });
   }
@@ -65,11 +70,17 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: EntryGeometry
     const host = (desc & (2 ** offHiBits - 1)) * 0x1_0000_0000 + lo;
     const sectors = Math.floor(desc / 2 ** offHiBits) & (2 ** (g.clusterBits - 8) - 1);
     const size = (sectors + 1) * COMPRESSED_SECTOR - (host % COMPRESSED_SECTOR);
+    if (host > MAX_HOST_OFFSET) {
+      throw corrupt(FORMAT, file, `L2 entry at ${where()} points past any possible file size (${hex(host)})`, { field: 'L2 entry', offset: tableOffset + at, actual: host });
+    }
     return { type: 'compressed', host, size };
   }
   const copied = (hi & ENTRY_COPIED_HI) !== 0;
   const host = entryOffset(hi, lo);
   const allocated = host !== 0 || (copied && g.dataFile);
+  if (host > MAX_HOST_OFFSET) {
+    throw corrupt(FORMAT, file, `L2 entry at ${where()} points past any possible file size (${hex(host)})`, { field: 'L2 entry', offset: tableOffset + at, actual: host });
+  }
   if (allocated && host % g.clusterSize !== 0) {
     throw corrupt(FORMAT, file, `L2 entry at ${where()} points to an unaligned cluster offset ${hex(host)}`, { field: 'L2 entry', offset: tableOffset + at, actual: host });
   }
