@@ -1,1 +1,14 @@
-export {};
+export { VhdDisk, type VhdSectorLocation } from './image.js';
+export { openVhd, type VhdOpenOptions } from './open.js';
+export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions, type VhdParentSpec } from './create.js';
+export { openVhdChain, vhdChainLayers, parentCandidates, DEFAULT_MAX_CHAIN_DEPTH, type VhdChainOptions } from './chain.js';
+export { vhdDriver, probeVhd } from './driver.js';
+export * from './footer.js';
+export * from './dynamic-header.js';
+export * from './bat.js';
+export * from './bitmap.js';
+export * from './geometry.js';
+export * from './parent-locator.js';
+export { vhdChecksum } from './checksum.js';
+export { formatUuid, parseUuid, newUuid, NIL_UUID } from './uuid.js';
+export { MAX_BLOCK_SIZE } from './state.js';

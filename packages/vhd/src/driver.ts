@@ -1,0 +1,63 @@
+/** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
+import type { CreateOptions, FormatDriver, OpenOptions, Storage } from '@img/block';
+import { invalidArg } from '@img/block';
+import { createVhd, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
+import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
+import { VhdDisk } from './image.js';
+import { openVhd } from './open.js';
+import { isAbsolutePath } from './parent-locator.js';
+
+function hasCookie(bytes: Uint8Array | undefined, at: number): boolean {
+  if (!bytes || at < 0 || at + 8 > bytes.length) return false;
+  const c = readCookie(bytes, at);
+  return c === FOOTER_COOKIE || c === COALESCE_COOKIE;
+}
+
+/** 100 if "conectix" is at offset 0 or starts the last 512 (or 511) bytes. */
+export function probeVhd(head: Uint8Array, size: number, tail?: Uint8Array): number {
+  if (hasCookie(head, 0) && readCookie(head, 0) === FOOTER_COOKIE) return 100;
+  if (tail && (readCookie(tail, Math.max(0, tail.length - 512)) === FOOTER_COOKIE && tail.length >= 512)) return 100;
+  if (tail && tail.length >= 511 && readCookie(tail, tail.length - 511) === FOOTER_COOKIE) return 100;
+  // Small files: the tail may be inside head.
+  if (size <= head.length && size >= 511) {
+    if (readCookie(head, size - 512) === FOOTER_COOKIE || readCookie(head, size - 511) === FOOTER_COOKIE) return 100;
+  }
+  return 0;
+}
+
+async function create(storage: Storage, options: CreateOptions): Promise<VhdDisk> {
+  const typed: VhdCreateOptions = vhdCreateOptionsFrom(options);
+  const backing = (options.backingFile ?? options.backing_file) as string | undefined;
+  if (backing !== undefined && !typed.parent) {
+    const resolver = (options as OpenOptions).resolver;
+    if (!resolver) throw invalidArg('vhd', 'a differencing disk needs a resolver to open its parent', { field: 'backing_file' });
+    const parentStorage = await resolver({ name: backing, kind: 'parent', from: storage, writable: false });
+    const disk = await openVhd(parentStorage, { resolver });
+    typed.parent = { disk, relativePath: backing, ...(isAbsolutePath(parentStorage.name) ? { absolutePath: parentStorage.name } : {}) };
+    typed.type = 'differencing';
+    if (options.size === undefined) delete typed.size;
+  }
+  return createVhd(storage, typed);
+}
+
+/**
+ * The VHD format driver: name "vhd", alias "vpc".
+ *
+ * @example
+ * ```ts
+ * const registry = new FormatRegistry([rawDriver, vhdDriver]);
+ * ```
+ */
+export const vhdDriver: FormatDriver = {
+  name: 'vhd',
+  aliases: ['vpc'],
+  probe: probeVhd,
+  open: (storage, options) => openVhd(storage, options),
+  create,
+  createOptions: {
+    subformat: 'dynamic (default) or fixed',
+    block_size: 'block size of dynamic disks, a power of two from 512 (default 2M)',
+    force_size: 'on: exact size with the maximal CHS geometry, as qemu-img (creator "qem2"); off: round up to a CHS-exact size; default: exact size (creator "win ")',
+    backing_file: 'parent of a differencing disk (needs a resolver)',
+  },
+};

@@ -1,0 +1,474 @@
+/**
+ * VhdDisk: a fixed, dynamic or differencing VHD opened over a Storage.
+ * Reads and writes are sector-granular inside blocks; metadata is written
+ * after the data it describes (data and bitmap, then the BAT entry).
+ */
+import {
+  ERROR_CODES,
+  ImageError,
+  KeyedLock,
+  Mutex,
+  checkDiskRange,
+  extentRange,
+  mergeExtents,
+  readOnlyError,
+  type Disk,
+  type Extent,
+  type ExtentOptions,
+  type ImageInfo,
+  type Storage,
+  type WriteZeroesOptions,
+} from '@img/block';
+import { BAT_UNUSED } from './bat.js';
+import { allBitsSet, bitRuns, setBits } from './bitmap.js';
+import { displayField, fromVhdTimestamp, serializeFooter } from './footer.js';
+import { VHD_SECTOR } from './geometry.js';
+import { FORMAT, type VhdState } from './state.js';
+import { resizeVhd } from './resize.js';
+import { writeBatEntry, writeFooters } from './write-metadata.js';
+
+const ZERO_CHUNK = 4 * 1024 * 1024;
+const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
+
+/** Where one sector of the disk comes from. */
+export interface VhdSectorLocation {
+  /** 0 = this image, 1 = its parent, ... */
+  depth: number;
+  /** `data`: stored at hostOffset in file; `zero`: reads as zeros; `hole`: in no layer. */
+  kind: 'data' | 'zero' | 'hole';
+  file?: string;
+  hostOffset?: number;
+  /** Block index in the layer that holds it (dynamic and differencing). */
+  block?: number;
+}
+
+/**
+ * An open VHD. Created by openVhd / createVhd / openVhdChain.
+ *
+ * @example
+ * ```ts
+ * await using disk = await openVhd(await FileStorage.open('a.vhd'));
+ * const first = await disk.read(0, 512);
+ * ```
+ */
+export class VhdDisk implements Disk {
+  readonly format = FORMAT;
+  readonly readOnly: boolean;
+  /** @internal The layout; modules of this package share it. */
+  readonly _state: VhdState;
+  #closed = false;
+  #locks = new KeyedLock();
+  #alloc = new Mutex();
+  #bitmaps = new Map<number, Uint8Array>();
+
+  /** @internal Use openVhd or createVhd. */
+  constructor(state: VhdState, readOnly: boolean) {
+    this._state = state;
+    this.readOnly = readOnly;
+  }
+
+  get size(): number {
+    return this._state.size;
+  }
+  get storage(): Storage {
+    return this._state.storage;
+  }
+  /** "fixed", "dynamic" or "differencing". */
+  get type(): VhdState['type'] {
+    return this._state.type;
+  }
+  /** The footer in use (a copy). */
+  get footer(): VhdState['footer'] {
+    return { ...this._state.footer };
+  }
+  /** The unique id of this image. */
+  get uniqueId(): string {
+    return this._state.footer.uniqueId;
+  }
+  /** The open parent of a differencing disk (undefined with noBacking). */
+  get parent(): Disk | undefined {
+    return this._state.parent;
+  }
+  /** Problems seen while opening that did not prevent it (footer copy mismatch, checksums, parent timestamp). */
+  get problems(): readonly string[] {
+    return this._state.problems;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `vhd: ${this.storage.name}: disk is closed`);
+  }
+
+  #checkWrite(offset: number, length: number): void {
+    this.#check();
+    if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
+    checkDiskRange(FORMAT, this.size, offset, length);
+  }
+
+  /** @internal The sector bitmap of an allocated block (cached). */
+  async _bitmap(block: number): Promise<Uint8Array> {
+    const cached = this.#bitmaps.get(block);
+    if (cached) return cached;
+    const s = this._state;
+    const at = s.bat[block]! * VHD_SECTOR;
+    const bytes = new Uint8Array(s.bitmapBytes);
+    await s.storage.readInto(at, bytes);
+    if (this.#bitmaps.size * s.bitmapBytes >= BITMAP_CACHE_BYTES) this.#bitmaps.clear();
+    this.#bitmaps.set(block, bytes);
+    return bytes;
+  }
+
+  /** @internal Forget cached bitmaps (after metadata was changed behind our back). */
+  _dropCaches(): void {
+    this.#bitmaps.clear();
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    this.#check();
+    checkDiskRange(FORMAT, this.size, offset, target.length);
+    const s = this._state;
+    if (s.type === 'fixed') {
+      const n = await s.storage.readInto(offset, target);
+      if (n < target.length) target.fill(0, n);
+      return;
+    }
+    let done = 0;
+    while (done < target.length) {
+      const pos = offset + done;
+      const block = Math.floor(pos / s.blockSize);
+      const inBlock = pos - block * s.blockSize;
+      const n = Math.min(s.blockSize - inBlock, target.length - done);
+      await this.#readBlock(block, inBlock, target.subarray(done, done + n));
+      done += n;
+    }
+  }
+
+  async #readBlock(block: number, inBlock: number, out: Uint8Array): Promise<void> {
+    const s = this._state;
+    const base = block * s.blockSize;
+    const entry = block < s.bat.length ? s.bat[block]! : BAT_UNUSED;
+    if (entry === BAT_UNUSED) return this.#readBelow(base + inBlock, out);
+    const bitmap = await this._bitmap(block);
+    const dataStart = entry * VHD_SECTOR + s.bitmapBytes;
+    const first = Math.floor(inBlock / VHD_SECTOR);
+    const last = Math.ceil((inBlock + out.length) / VHD_SECTOR);
+    for (const run of bitRuns(bitmap, first, last - first)) {
+      const from = Math.max(run.start * VHD_SECTOR, inBlock);
+      const to = Math.min((run.start + run.count) * VHD_SECTOR, inBlock + out.length);
+      const piece = out.subarray(from - inBlock, to - inBlock);
+      if (run.set) {
+        const n = await s.storage.readInto(dataStart + from, piece);
+        if (n < piece.length) piece.fill(0, n);
+      } else {
+        await this.#readBelow(base + from, piece);
+      }
+    }
+  }
+
+  /** What a sector not stored in this layer reads as: zeros, or the parent's bytes. */
+  async #readBelow(offset: number, out: Uint8Array): Promise<void> {
+    const parent = this._state.type === 'differencing' ? this._state.parent : undefined;
+    if (!parent || offset >= parent.size) {
+      out.fill(0);
+      return;
+    }
+    const n = Math.min(out.length, parent.size - offset);
+    await parent.readInto(offset, out.subarray(0, n));
+    if (n < out.length) out.fill(0, n);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkWrite(offset, data.length);
+    await this.#writeRange(offset, data.length, data);
+  }
+
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    this.#checkWrite(offset, length);
+    const s = this._state;
+    if (s.type === 'fixed') {
+      await this.#writeRange(offset, length, undefined);
+      return;
+    }
+    void options;
+    // Dynamic: unallocated blocks already read as zeros. Differencing: only
+    // where the parent has nothing but zeros may a block stay unallocated.
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const block = Math.floor(pos / s.blockSize);
+      const next = Math.min(end, (block + 1) * s.blockSize);
+      if (s.bat[block] === BAT_UNUSED && (await this.#belowIsZero(pos, next - pos))) {
+        pos = next;
+        continue;
+      }
+      await this.#writeRange(pos, next - pos, undefined);
+      pos = next;
+    }
+  }
+
+  async #belowIsZero(offset: number, length: number): Promise<boolean> {
+    const s = this._state;
+    if (s.type !== 'differencing' || !s.parent || offset >= s.parent.size) return true;
+    const n = Math.min(length, s.parent.size - offset);
+    for await (const e of s.parent.extents({ offset, length: n })) if (e.kind === 'data') return false;
+    return true;
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length, { mayUnmap: true });
+  }
+
+  /** Writes `data` (or zeros when undefined) over [offset, offset + length). */
+  async #writeRange(offset: number, length: number, data: Uint8Array | undefined): Promise<void> {
+    const s = this._state;
+    if (s.type === 'fixed') {
+      if (data) return s.storage.write(offset, data);
+      const zeros = new Uint8Array(Math.min(ZERO_CHUNK, length));
+      for (let pos = 0; pos < length; pos += zeros.length) {
+        const n = Math.min(zeros.length, length - pos);
+        await s.storage.write(offset + pos, zeros.subarray(0, n));
+      }
+      return;
+    }
+    let done = 0;
+    while (done < length) {
+      const pos = offset + done;
+      const block = Math.floor(pos / s.blockSize);
+      const inBlock = pos - block * s.blockSize;
+      const n = Math.min(s.blockSize - inBlock, length - done, ZERO_CHUNK);
+      const piece = data ? data.subarray(done, done + n) : new Uint8Array(n);
+      await this.#locks.run(block, () => this.#writeBlock(block, inBlock, piece));
+      done += n;
+    }
+  }
+
+  /** Writes `piece` at `inBlock` of `block`; runs under the block's lock. */
+  async #writeBlock(block: number, inBlock: number, piece: Uint8Array): Promise<void> {
+    const s = this._state;
+    const first = Math.floor(inBlock / VHD_SECTOR);
+    const last = Math.ceil((inBlock + piece.length) / VHD_SECTOR);
+    let sectors = piece;
+    if (inBlock % VHD_SECTOR !== 0 || piece.length % VHD_SECTOR !== 0) {
+      // Partial sectors: start from what the sectors read as now (in a
+      // differencing disk that is the parent's data: copy-on-write).
+      sectors = new Uint8Array((last - first) * VHD_SECTOR);
+      await this.#readBlock(block, first * VHD_SECTOR, sectors);
+      sectors.set(piece, inBlock - first * VHD_SECTOR);
+    }
+    if (s.bat[block] === BAT_UNUSED) {
+      await this.#alloc.run(() => this.#allocate(block, first, last, sectors));
+      return;
+    }
+    const dataStart = s.bat[block]! * VHD_SECTOR + s.bitmapBytes;
+    await s.storage.write(dataStart + first * VHD_SECTOR, sectors);
+    const bitmap = await this._bitmap(block);
+    if (!allBitsSet(bitmap, first, last - first)) {
+      // The data must be stable before a bit says it is there.
+      await s.storage.flush();
+      const updated = bitmap.slice();
+      setBits(updated, first, last - first);
+      await s.storage.write(s.bat[block]! * VHD_SECTOR, updated);
+      this.#bitmaps.set(block, updated);
+    }
+  }
+
+  /**
+   * Allocates `block` at the end of the data: bitmap and data, the footer
+   * moved behind them, a flush, then the BAT entry and another flush. A
+   * crash before the BAT write leaves an unreferenced block (a leak), never
+   * a BAT entry pointing at unwritten data.
+   */
+  async #allocate(block: number, first: number, last: number, sectors: Uint8Array): Promise<void> {
+    const s = this._state;
+    const at = s.nextFree;
+    const span = s.bitmapBytes + s.blockSize;
+    const fileSize = await s.storage.size();
+    const bitmap = new Uint8Array(s.bitmapBytes);
+    // Dynamic disks: every sector present, as qemu does (it ignores bitmaps
+    // on read); the block's unwritten sectors are zeros. Differencing disks:
+    // only the sectors written.
+    if (s.type === 'dynamic') bitmap.fill(0xff);
+    else setBits(bitmap, first, last - first);
+    const dataStart = at + s.bitmapBytes;
+    await s.storage.write(at, bitmap);
+    await s.storage.write(dataStart + first * VHD_SECTOR, sectors);
+    // Space past the old end of the file reads as zeros; anything before it (an
+    // old footer, junk) is zeroed where the block's data will be read.
+    for (const [from, to] of [
+      [dataStart, dataStart + first * VHD_SECTOR],
+      [dataStart + last * VHD_SECTOR, at + span],
+    ] as const) {
+      const stop = Math.min(to, fileSize);
+      for (let pos = from; pos < stop; pos += ZERO_CHUNK) {
+        await s.storage.write(pos, new Uint8Array(Math.min(ZERO_CHUNK, stop - pos)));
+      }
+    }
+    s.nextFree = at + span;
+    await writeFooters(s, { head: false });
+    if (fileSize > s.nextFree + VHD_SECTOR) await s.storage.truncate(s.nextFree + VHD_SECTOR);
+    await s.storage.flush();
+    await writeBatEntry(s, block, at / VHD_SECTOR);
+    await s.storage.flush();
+    s.bat[block] = at / VHD_SECTOR;
+    this.#bitmaps.set(block, bitmap);
+  }
+
+  async flush(): Promise<void> {
+    this.#check();
+    if (!this.readOnly) await this.storage.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this._state.parent?.close();
+    } finally {
+      await this.storage.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /**
+   * The allocation map from the BAT and the sector bitmaps (never data).
+   * Dynamic disks: unallocated blocks and clear sectors are `zero`.
+   * Differencing disks: they fall through to the parent (depth + 1), or are
+   * `hole` with `topOnly` or without a parent.
+   */
+  extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#check();
+    const { start, end } = extentRange(options, this.size);
+    return mergeExtents(this.#extentRuns(start, end, options ?? {}));
+  }
+
+  async *#extentRuns(start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
+    const s = this._state;
+    const host = (hostOffset: number) => (options.hostOffsets ? { hostOffset, file: s.storage.name } : {});
+    if (start >= end) return;
+    if (s.type === 'fixed') {
+      yield { offset: start, length: end - start, kind: 'data', depth: 0, ...host(start) };
+      return;
+    }
+    let pos = start;
+    while (pos < end) {
+      const block = Math.floor(pos / s.blockSize);
+      const base = block * s.blockSize;
+      const next = Math.min(end, base + s.blockSize);
+      const entry = s.bat[block] ?? BAT_UNUSED;
+      if (entry === BAT_UNUSED) {
+        yield* this.#extentsBelow(pos, next, options);
+      } else {
+        const bitmap = await this._bitmap(block);
+        const dataStart = entry * VHD_SECTOR + s.bitmapBytes;
+        const first = Math.floor((pos - base) / VHD_SECTOR);
+        const last = Math.ceil((next - base) / VHD_SECTOR);
+        for (const run of bitRuns(bitmap, first, last - first)) {
+          const from = Math.max(base + run.start * VHD_SECTOR, pos);
+          const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
+          if (run.set) yield { offset: from, length: to - from, kind: 'data', depth: 0, ...host(dataStart + from - base) };
+          else yield* this.#extentsBelow(from, to, options);
+        }
+      }
+      pos = next;
+    }
+  }
+
+  async *#extentsBelow(from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
+    const s = this._state;
+    if (s.type === 'dynamic') {
+      yield { offset: from, length: to - from, kind: 'zero', depth: 0 };
+      return;
+    }
+    const parent = s.parent;
+    if (options.topOnly || !parent) {
+      yield { offset: from, length: to - from, kind: 'hole', depth: 0 };
+      return;
+    }
+    const stop = Math.min(to, parent.size);
+    if (from < stop) {
+      for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
+        yield { ...e, depth: (e.depth ?? 0) + 1 };
+      }
+    }
+    if (stop < to) yield { offset: Math.max(from, stop), length: to - Math.max(from, stop), kind: 'hole', depth: 1 };
+  }
+
+  /** Which layer and file offset hold the sector containing `offset`. */
+  async sectorLocation(offset: number): Promise<VhdSectorLocation> {
+    this.#check();
+    checkDiskRange(FORMAT, this.size, offset, 1);
+    const sector = Math.floor(offset / VHD_SECTOR) * VHD_SECTOR;
+    for await (const e of this.extents({ offset: sector, length: Math.min(VHD_SECTOR, this.size - sector), hostOffsets: true })) {
+      const loc: VhdSectorLocation = { depth: e.depth ?? 0, kind: e.kind };
+      if (e.file !== undefined) loc.file = e.file;
+      if (e.hostOffset !== undefined) loc.hostOffset = e.hostOffset + (offset - sector);
+      if (this._state.type !== 'fixed' && e.kind === 'data') loc.block = Math.floor(offset / this._state.blockSize);
+      return loc;
+    }
+    throw new RangeError(`vhd: no extent covers ${offset}`);
+  }
+
+  /** What `img info` shows, with VHD details under formatSpecific. */
+  async info(): Promise<ImageInfo> {
+    this.#check();
+    const s = this._state;
+    const f = s.footer;
+    const specific: Record<string, unknown> = {
+      type: s.type,
+      'creator-app': displayField(f.creatorApp),
+      'creator-version': `${f.creatorVersion >>> 16}.${f.creatorVersion & 0xffff}`,
+      'creator-os': displayField(f.creatorHostOs),
+      uuid: f.uniqueId,
+      timestamp: fromVhdTimestamp(f.timestamp).toISOString(),
+      'current-size': f.currentSize,
+      'original-size': f.originalSize,
+      geometry: { cylinders: f.geometry.cylinders, heads: f.geometry.heads, sectors: f.geometry.sectorsPerTrack },
+      'size-mode': s.sizeMode,
+    };
+    if (s.header) specific['block-size'] = s.blockSize;
+    if (s.type === 'differencing' && s.header) {
+      specific['parent-uuid'] = s.header.parentUniqueId;
+      specific['parent-timestamp'] = fromVhdTimestamp(s.header.parentTimestamp).toISOString();
+      specific['parent-name'] = s.header.parentUnicodeName;
+    }
+    const mismatch = s.problems.filter((p) => p.includes('footer'));
+    if (mismatch.length) specific['footer-mismatch'] = mismatch.join('; ');
+    if (s.problems.length) specific.problems = [...s.problems];
+    if (s.coalescing) specific.coalescing = true;
+    const info: ImageInfo = { format: FORMAT, virtualSize: this.size, formatSpecific: specific };
+    if (s.type !== 'fixed') info.clusterSize = s.blockSize;
+    if (s.type === 'differencing') {
+      const name = s.parentName ?? s.header?.parentUnicodeName;
+      if (name) info.backingFile = name;
+      if (s.parentFile) info.fullBackingFile = s.parentFile;
+      info.backingFormat = FORMAT;
+    }
+    return info;
+  }
+
+  /** Grows (or with `shrink`, shrinks) the disk. See resize.ts. */
+  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+    this.#check();
+    if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
+    await this.#alloc.run(() => resizeVhd(this, newSize, options));
+    this.#bitmaps.clear();
+  }
+
+  /** @internal Runs `fn` with the allocator held (no block allocation meanwhile). */
+  _withAllocator<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#alloc.run(fn);
+  }
+
+  /** @internal The footer bytes as they are written now. */
+  _footerBytes(): Uint8Array {
+    return serializeFooter(this._state.footer);
+  }
+}

@@ -1,0 +1,292 @@
+/**
+ * openVhd: find the footer (copy at offset 0 and at the end of the file),
+ * read the dynamic header and the BAT, and validate every size, count and
+ * offset against the file size before anything is allocated or looped over.
+ */
+import { ImageError, corrupt, hex, readOnlyError, unsafe, type OpenOptions, type Storage } from '@img/block';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, parseBat } from './bat.js';
+import { bitmapSize } from './bitmap.js';
+import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
+import {
+  COALESCE_COOKIE,
+  FOOTER_COOKIE,
+  FOOTER_SIZE,
+  diskTypeName,
+  footerChecksum,
+  parseFooter,
+  readCookie,
+  type VhdFooter,
+} from './footer.js';
+import { VHD_MAX_SIZE, VHD_SECTOR, vhdVirtualSize, type VhdSizeMode } from './geometry.js';
+import { VhdDisk } from './image.js';
+import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
+import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
+import { openParent } from './chain.js';
+import { readU32Be } from '@img/block';
+
+/** Options of openVhd: the generic OpenOptions plus VHD's own. */
+export interface VhdOpenOptions extends OpenOptions {
+  /**
+   * How to derive the virtual size: `auto` (default) as qemu does, from the
+   * creator application; `chs` or `current-size` to force one (qemu's
+   * force_size_calc). The maximal CHS geometry always means current size.
+   */
+  sizeMode?: VhdSizeMode;
+  /** Open a parent whose unique id differs from the child's parent id (recorded as a problem). */
+  allowUuidMismatch?: boolean;
+  /** Directories to look for a parent in, by its base name, when its locators fail. */
+  searchPath?: readonly string[];
+  /**
+   * Open an image whose coalesce was interrupted (it is then only
+   * meaningful under its child). Set internally when opening a parent.
+   */
+  allowCoalescing?: boolean;
+  /** Open the parent writable (coalesce does). */
+  writableParent?: boolean;
+}
+
+interface FooterCopy {
+  bytes: Uint8Array;
+  offset: number;
+  cookie: string;
+  checksumOk: boolean;
+}
+
+async function readCopy(storage: Storage, offset: number, length: number): Promise<FooterCopy | undefined> {
+  if (offset < 0) return undefined;
+  const bytes = await storage.read(offset, length);
+  if (bytes.length < length) return undefined;
+  const cookie = readCookie(bytes);
+  const padded = new Uint8Array(FOOTER_SIZE);
+  padded.set(bytes);
+  return { bytes: padded, offset, cookie, checksumOk: footerChecksum(padded) === readU32Be(padded, 64) };
+}
+
+function isCookie(c: FooterCopy | undefined): c is FooterCopy {
+  return c !== undefined && (c.cookie === FOOTER_COOKIE || c.cookie === COALESCE_COOKIE);
+}
+
+function typeOf(c: FooterCopy): number {
+  return readU32Be(c.bytes, 0x3c);
+}
+
+/**
+ * Reads the footer and layout of a VHD into a VhdState (no parent yet).
+ * Exported for check and coalesce.
+ */
+export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = {}): Promise<VhdState> {
+  const file = storage.name;
+  const fileSize = await storage.size();
+  if (fileSize < FOOTER_SIZE - 1) throw corrupt(FORMAT, file, `file is too small for a VHD footer (${fileSize} bytes)`, { field: 'footer' });
+  const tail = await readCopy(storage, fileSize - FOOTER_SIZE, FOOTER_SIZE);
+  const head = fileSize >= FOOTER_SIZE * 2 ? await readCopy(storage, 0, FOOTER_SIZE) : undefined;
+  const problems: string[] = [];
+  const good = (c: FooterCopy | undefined): c is FooterCopy => isCookie(c) && c.checksumOk;
+  const sparse = (c: FooterCopy) => typeOf(c) === 3 || typeOf(c) === 4;
+
+  let chosen: FooterCopy | undefined;
+  let footerLength = FOOTER_SIZE;
+  if (good(tail) && typeOf(tail) === 2) chosen = tail;
+  else if (good(head) && sparse(head)) chosen = head;
+  else if (good(tail) && sparse(tail)) chosen = tail;
+  if (!chosen) {
+    const short = await readCopy(storage, fileSize - (FOOTER_SIZE - 1), FOOTER_SIZE - 1);
+    if (good(short) && typeOf(short) === 2) {
+      chosen = short;
+      footerLength = FOOTER_SIZE - 1;
+    }
+  }
+  if (!chosen) {
+    // A cookie without a good checksum: qemu warns and goes on; so do we.
+    if (isCookie(tail) && typeOf(tail) === 2) chosen = tail;
+    else if (isCookie(head) && sparse(head)) chosen = head;
+    else if (isCookie(tail)) chosen = tail;
+    if (!chosen) throw corrupt(FORMAT, file, 'no VHD footer ("conectix") at offset 0 or at the end of the file', { field: 'footer cookie', offset: Math.max(0, fileSize - FOOTER_SIZE) });
+    problems.push(`footer checksum at ${hex(chosen.offset)} is wrong`);
+  }
+  let footer: VhdFooter;
+  try {
+    footer = parseFooter(footerLength === FOOTER_SIZE ? chosen.bytes : chosen.bytes.subarray(0, FOOTER_SIZE - 1));
+  } catch (e) {
+    if (ImageError.isInstance(e)) throw corrupt(FORMAT, file, `${e.message.replace(/^vhd: /, '')} (footer at ${hex(chosen.offset)})`, { field: e.data.field, offset: chosen.offset });
+    throw e;
+  }
+  const type = diskTypeName(footer.diskType);
+  if (!type) throw corrupt(FORMAT, file, `footer disk type ${footer.diskType} is not 2, 3 or 4 (footer at ${hex(chosen.offset)})`, { field: 'disk type', offset: chosen.offset + 0x3c });
+  const coalescing = chosen.cookie === COALESCE_COOKIE || (good(head) && head.cookie === COALESCE_COOKIE) || (good(tail) && tail.cookie === COALESCE_COOKIE);
+  if (coalescing && !options.allowCoalescing) {
+    throw unsafe(FORMAT, file, 'a coalesce into this image was interrupted: its content is only valid under the child; run coalesceVhd on the child again to finish it', {
+      field: 'footer cookie',
+      offset: chosen.offset,
+    });
+  }
+  if (type !== 'fixed') {
+    // Both copies should be present and equal (up to the cookie while coalescing).
+    const other = chosen === head ? tail : head;
+    const where = chosen === head ? 'at the end of the file' : 'at offset 0';
+    if (!good(other)) problems.push(`footer copy ${where} is missing or invalid`);
+    else if (!sameFooter(other.bytes, chosen.bytes)) problems.push(`footer copies at offset 0 and at the end of the file differ`);
+  }
+
+  const sizeMode = options.sizeMode ?? 'auto';
+  const size = vhdVirtualSize(footer.creatorApp, footer.geometry, footer.currentSize, sizeMode);
+  if (size > VHD_MAX_SIZE) {
+    throw corrupt(FORMAT, file, `disk size ${size} is larger than the VHD maximum of 2040 GiB`, { field: 'current size', offset: chosen.offset + 0x30, actual: size });
+  }
+  const state: VhdState = {
+    storage,
+    type,
+    footer,
+    sizeMode,
+    size,
+    fixedFooterOffset: fileSize - footerLength,
+    shortFooter: footerLength !== FOOTER_SIZE,
+    headerOffset: 0,
+    bat: new Uint32Array(0),
+    blockSize: 0,
+    bitmapBytes: 0,
+    sectorsPerBlock: 0,
+    nextFree: 0,
+    metadata: [],
+    problems,
+    coalescing,
+  };
+  if (type === 'fixed') {
+    if (size > fileSize - footerLength) {
+      throw corrupt(FORMAT, file, `fixed disk of ${size} bytes does not fit in a file of ${fileSize} bytes`, { field: 'current size', offset: chosen.offset + 0x30 });
+    }
+    return state;
+  }
+  await readDynamic(state, fileSize, options);
+  return state;
+}
+
+function sameFooter(a: Uint8Array, b: Uint8Array): boolean {
+  // The cookie may differ while a coalesce is running; the checksum follows it.
+  for (let i = 8; i < FOOTER_SIZE; i++) if (i < 64 || i >= 68) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOptions): Promise<void> {
+  const file = s.storage.name;
+  const f = s.footer;
+  const dataOffset = f.dataOffset;
+  if (dataOffset < 512n || dataOffset + BigInt(DYNAMIC_HEADER_SIZE) > BigInt(fileSize) || dataOffset % 512n !== 0n) {
+    throw corrupt(FORMAT, file, `footer data offset ${hex(Number(dataOffset))} does not point at a dynamic header inside the file (${fileSize} bytes)`, {
+      field: 'data offset',
+      offset: 0x10,
+    });
+  }
+  s.headerOffset = Number(dataOffset);
+  const hb = await s.storage.read(s.headerOffset, DYNAMIC_HEADER_SIZE);
+  const h = parseDynamicHeader(hb);
+  const at = s.headerOffset;
+  if (h.cookie !== DYNAMIC_HEADER_COOKIE) throw corrupt(FORMAT, file, `no dynamic disk header ("cxsparse") at ${hex(at)}`, { field: 'dynamic header cookie', offset: at });
+  if (dynamicHeaderChecksum(hb) !== h.checksum) s.problems.push(`dynamic header checksum at ${hex(at + 0x24)} is wrong`);
+  const bs = h.blockSize;
+  if (bs < VHD_SECTOR || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0) {
+    throw corrupt(FORMAT, file, `block size ${bs} at ${hex(at + 0x20)} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'block size', offset: at + 0x20, actual: bs });
+  }
+  const entries = h.maxTableEntries;
+  if (entries > MAX_BAT_ENTRIES) {
+    throw corrupt(FORMAT, file, `max table entries ${entries} at ${hex(at + 0x1c)} exceeds the limit of ${MAX_BAT_ENTRIES}`, { field: 'max table entries', offset: at + 0x1c, actual: entries });
+  }
+  if (entries * bs < s.size) {
+    throw corrupt(FORMAT, file, `BAT of ${entries} entries of ${bs} bytes cannot cover a disk of ${s.size} bytes`, { field: 'max table entries', offset: at + 0x1c, actual: entries });
+  }
+  if (entries * bs > VHD_MAX_SIZE + bs) {
+    throw corrupt(FORMAT, file, `max table entries ${entries} at ${hex(at + 0x1c)} describes more than 2040 GiB`, { field: 'max table entries', offset: at + 0x1c, actual: entries });
+  }
+  const tableBytes = batBytes(entries);
+  if (h.tableOffset % VHD_SECTOR !== 0 || h.tableOffset < VHD_SECTOR || h.tableOffset + entries * 4 > fileSize) {
+    throw corrupt(FORMAT, file, `BAT at ${hex(h.tableOffset)} (${entries} entries) lies outside the file (${fileSize} bytes)`, { field: 'table offset', offset: at + 0x10 });
+  }
+  s.header = h;
+  s.blockSize = bs;
+  s.bitmapBytes = bitmapSize(bs);
+  s.sectorsPerBlock = bs / VHD_SECTOR;
+  const metadata: VhdState['metadata'] = [
+    { start: 0, end: FOOTER_SIZE, what: 'the footer copy' },
+    { start: at, end: at + DYNAMIC_HEADER_SIZE, what: 'the dynamic header' },
+    { start: h.tableOffset, end: h.tableOffset + tableBytes, what: 'the BAT' },
+  ];
+  if (overlaps(metadata[2]!, metadata[0]!) || overlaps(metadata[2]!, metadata[1]!)) {
+    throw corrupt(FORMAT, file, `BAT at ${hex(h.tableOffset)} overlaps the footer copy or the dynamic header`, { field: 'table offset', offset: at + 0x10 });
+  }
+  h.parentLocators.forEach((l, i) => {
+    if (l.platformCode === PLATFORM_CODE.NONE || l.platformDataLength === 0) return;
+    const end = l.platformDataOffset + l.platformDataLength;
+    if (l.platformDataLength > MAX_LOCATOR_DATA || !Number.isSafeInteger(end) || end > fileSize || l.platformDataOffset < VHD_SECTOR) {
+      s.problems.push(`parent locator ${i} (${l.platformCode}) data at ${hex(l.platformDataOffset)}+${l.platformDataLength} lies outside the file`);
+      return;
+    }
+    const start = l.platformDataOffset;
+    metadata.push({ start, end: start + Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, what: `parent locator ${i}` });
+  });
+  s.metadata = metadata;
+  s.bat = parseBat(await s.storage.read(h.tableOffset, entries * 4), entries);
+  let nextFree = 0;
+  for (const m of metadata) nextFree = Math.max(nextFree, m.end);
+  nextFree = Math.ceil(nextFree / VHD_SECTOR) * VHD_SECTOR;
+  const span = s.bitmapBytes + bs;
+  const blocks: Array<{ start: number; index: number }> = [];
+  for (let i = 0; i < entries; i++) {
+    const e = s.bat[i]!;
+    if (e === BAT_UNUSED) continue;
+    const start = e * VHD_SECTOR;
+    const batAt = h.tableOffset + i * 4;
+    if (start + span > fileSize) {
+      throw corrupt(FORMAT, file, `BAT entry ${i} points past the end of the file (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+    }
+    for (const m of metadata) {
+      if (overlaps({ start, end: start + span }, m)) {
+        throw corrupt(FORMAT, file, `BAT entry ${i} points into ${m.what} (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      }
+    }
+    blocks.push({ start, index: i });
+    nextFree = Math.max(nextFree, start + span);
+  }
+  blocks.sort((a, b) => a.start - b.start);
+  for (let k = 1; k < blocks.length; k++) {
+    const a = blocks[k - 1]!;
+    const b = blocks[k]!;
+    if (a.start + span > b.start) {
+      throw corrupt(FORMAT, file, `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, {
+        field: `BAT entry ${b.index}`,
+        offset: h.tableOffset + b.index * 4,
+      });
+    }
+  }
+  s.nextFree = nextFree;
+  void options;
+}
+
+function overlaps(a: { start: number; end: number }, b: { start: number; end: number }): boolean {
+  return a.start < b.end && b.start < a.end;
+}
+
+/**
+ * Opens a VHD (fixed, dynamic or differencing) over a storage.
+ *
+ * A differencing disk's parent is opened through `options.resolver`
+ * (kind "parent"), like a qcow2 backing file; `untrusted` refuses to
+ * (ERR_IMG_UNSAFE) and `noBacking` reads the parent's sectors as zeros.
+ *
+ * @example
+ * ```ts
+ * const disk = await openVhd(await FileStorage.open('child.vhd'), { resolver: fileResolver });
+ * ```
+ */
+export async function openVhd(storage: Storage, options: VhdOpenOptions = {}): Promise<VhdDisk> {
+  const readOnly = options.readOnly ?? true;
+  if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, storage.name);
+  const state = await readVhdLayout(storage, options);
+  if (state.type === 'differencing' && !options.noBacking) {
+    if (options.untrusted) {
+      throw unsafe(FORMAT, storage.name, 'differencing disk refers to a parent; untrusted opens do not follow it (use noBacking)', { field: 'parent locator' });
+    }
+    await openParent(state, options);
+  }
+  return new VhdDisk(state, readOnly || storage.readOnly);
+}
+

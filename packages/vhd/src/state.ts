@@ -1,0 +1,45 @@
+/**
+ * The in-memory layout of an open VHD, shared by the modules that read,
+ * write, resize, check and coalesce it. Internal: not exported from index.
+ */
+import type { Disk, Storage } from '@img/block';
+import type { VhdDynamicHeader } from './dynamic-header.js';
+import type { VhdFooter, VhdType } from './footer.js';
+import type { VhdSizeMode } from './geometry.js';
+
+export const FORMAT = 'vhd';
+
+/** Largest block size accepted (1 GiB). 2^31 and above are corrupt. */
+export const MAX_BLOCK_SIZE = 2 ** 30;
+
+export interface VhdState {
+  storage: Storage;
+  type: VhdType;
+  footer: VhdFooter;
+  /** How the virtual size was derived. */
+  sizeMode: VhdSizeMode;
+  size: number;
+  /** Fixed disks: where the footer lives (end of the data area). */
+  fixedFooterOffset: number;
+  /** Fixed disks: the footer was 511 bytes long. */
+  shortFooter: boolean;
+  /** Dynamic and differencing disks. */
+  header?: VhdDynamicHeader;
+  headerOffset: number;
+  bat: Uint32Array;
+  blockSize: number;
+  bitmapBytes: number;
+  sectorsPerBlock: number;
+  /** File offset where the next block goes (the tail footer sits there). */
+  nextFree: number;
+  /** Metadata ranges (footer copy, header, BAT, locator data), [start, end). */
+  metadata: Array<{ start: number; end: number; what: string }>;
+  /** Problems found while opening that did not stop it (footer copies, checksums, timestamps). */
+  problems: string[];
+  /** Set while a coalesce into this image is in progress (COALESCE_COOKIE on disk). */
+  coalescing: boolean;
+  parent?: Disk;
+  /** The name the parent was found under, and its storage name. */
+  parentName?: string;
+  parentFile?: string;
+}
