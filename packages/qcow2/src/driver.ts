@@ -5,16 +5,17 @@ import type { FormatDriver } from '@img/block';
 import { FormatRegistry, rawDriver } from '@img/block';
 import { hasQcow2Magic } from './header.js';
 import { openQcow2, registryHook } from './image.js';
-import { unsupported } from '@img/block';
+import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
+import { checkQcow2 } from './check.js';
 
 /** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic). */
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
   probe: (head) => (hasQcow2Magic(head) ? 100 : 0),
   open: (storage, options) => openQcow2(storage, options),
-  create: async (storage) => {
-    throw unsupported('qcow2', storage.name, 'creating images is not implemented yet');
-  },
+  create: (storage, options) => createQcow2(storage, options as Qcow2CreateOptions),
+  createOptions: QCOW2_CREATE_OPTIONS,
+  check: (storage, options) => checkQcow2(storage, options),
 };
 
 let formats: FormatRegistry | undefined;

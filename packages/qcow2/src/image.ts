@@ -16,6 +16,7 @@ import {
   unsupported,
   hex,
   readOnlyError,
+  invalidArg,
   readU32Be,
   utf8Decode,
 } from '@img/block';
@@ -65,17 +66,11 @@ import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import { compressionTypeName } from './compression.js';
 import type { EntryGeometry } from './mapping.js';
-import {
-  segments,
-  segmentExtent,
-  readHost,
-  readBacking,
-  loadCompressed,
-  BufferPool,
-  DecompressedCache,
-  type MappingView,
-  type ReaderState,
-} from './reader.js';
+import { segments, segmentExtent, readHost, readRange, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
+import { serializeHeader } from './header.js';
+import { compressCluster } from './compression.js';
+import { Refcounts } from './refcount.js';
+import { Qcow2Writer } from './writer.js';
 
 const FORMAT = 'qcow2';
 
@@ -85,6 +80,10 @@ export interface Qcow2OpenOptions extends OpenOptions {
   l2CacheSize?: number;
   /** Open this internal snapshot (id or name) read-only instead of the active layer. */
   snapshot?: string;
+  /** Do not open the external data file (metadata-only uses such as check; data reads then fail). */
+  noDataFile?: boolean;
+  /** @internal Opened by checkQcow2: the corrupt and dirty bits do not stop a writable open. */
+  checkOnly?: boolean;
 }
 
 /** Everything an open image shares between its active view and snapshot views. */
@@ -100,6 +99,57 @@ export interface Qcow2State extends ReaderState {
   dataFile: Storage | undefined;
   pool: BufferPool;
   decompressed: DecompressedCache;
+  /** Present when the image is open for writing. */
+  writer: Qcow2Writer | undefined;
+  /** A write met corrupt metadata: the corrupt bit is set and writes are refused. */
+  corruptFound: boolean;
+  /** The dirty bit was set by us (lazy refcounts) and must be cleared on flush. */
+  dirtySet: boolean;
+  /** The once-per-session header update before the first write. */
+  firstWrite: Promise<void> | undefined;
+}
+
+/** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
+export async function writeHeader(s: Qcow2State): Promise<void> {
+  await s.storage.write(0, serializeHeader(s.header));
+}
+
+/** Sets the corrupt bit (v3) after a write met corrupt metadata, and refuses further writes. */
+async function markCorrupt(s: Qcow2State): Promise<void> {
+  if (s.corruptFound) return;
+  s.corruptFound = true;
+  if (s.header.version < 3) return;
+  s.header.incompatibleFeatures |= 1n << BigInt(INCOMPAT_CORRUPT);
+  try {
+    await writeHeader(s);
+    await s.storage.flush();
+  } catch {
+    // The original error matters more than a failure to mark the image.
+  }
+}
+
+/**
+ * Before the first change: clear autoclear bits this code does not keep
+ * consistent (every one but "raw external data", which writes honour), and
+ * set the dirty bit when lazy refcounts are on.
+ */
+function beforeFirstWrite(s: Qcow2State): Promise<void> {
+  s.firstWrite ??= (async () => {
+    const h = s.header;
+    const before = { a: h.autoclearFeatures, i: h.incompatibleFeatures };
+    if (h.version >= 3) {
+      h.autoclearFeatures &= 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW);
+      if (hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS) && !hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
+        h.incompatibleFeatures |= 1n << BigInt(INCOMPAT_DIRTY);
+        s.dirtySet = true;
+      }
+    }
+    if (before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
+      await writeHeader(s);
+      await s.storage.flush();
+    }
+  })();
+  return s.firstWrite;
 }
 
 /**
@@ -128,6 +178,7 @@ export class Qcow2Disk implements Disk {
     this.readOnly = options.readOnly;
     this.#owner = options.owner;
     this.snapshot = options.snapshot;
+    states.set(this, { state, view });
   }
 
   get storage(): Storage {
@@ -177,60 +228,121 @@ export class Qcow2Disk implements Disk {
     this.#check();
     checkDiskRange(FORMAT, this.#view.size, offset, target.length);
     if (target.length === 0) return;
-    const s = this.#state;
-    const io: Promise<void>[] = [];
-    for await (const seg of segments(s, this.#view, offset, offset + target.length)) {
-      const sub = target.subarray(seg.offset - offset, seg.offset - offset + seg.length);
-      switch (seg.kind) {
-        case 'zero':
-          sub.fill(0);
-          break;
-        case 'hole':
-          io.push(readBacking(s.backing, seg.offset, sub));
-          break;
-        case 'data':
-          io.push(readHost(s.dataStorage, seg.host!, sub));
-          break;
-        case 'compressed': {
-          const host = seg.host!;
-          const within = seg.offset - seg.clusterOffset!;
-          io.push(
-            s.decompressed.get(host, () => loadCompressed(s, s.pool, host, seg.csize!)).then((cluster) => {
-              sub.set(cluster.subarray(within, within + sub.length));
-            }),
-          );
-          break;
-        }
-      }
-    }
-    await Promise.all(io);
+    await readRange(this.#state, this.#state, this.#view, offset, target);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#refuseWrite(offset, data.length);
+    const w = this.#writable(offset, data.length);
+    if (data.length) await this.#guard(() => w.write(offset, data));
   }
 
-  async writeZeroes(offset: number, length: number, _options?: WriteZeroesOptions): Promise<void> {
-    this.#refuseWrite(offset, length);
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    const w = this.#writable(offset, length);
+    if (length) await this.#guard(() => w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true));
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    this.#refuseWrite(offset, length);
+    const w = this.#writable(offset, length);
+    if (length) await this.#guard(() => w.zeroOrDiscard(offset, length, 'discard', true));
   }
 
-  #refuseWrite(offset: number, length: number): void {
+  /**
+   * Writes whole clusters compressed (`offset` cluster-aligned, `data` a
+   * multiple of the cluster size, or ending at the end of the disk). A
+   * cluster that does not get smaller is stored uncompressed.
+   */
+  async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
+    const w = this.#writable(offset, data.length);
+    const s = this.#state;
+    const cs = s.geom.clusterSize;
+    if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== this.size)) {
+      throw invalidArg(FORMAT, `writeCompressed needs whole clusters (${cs} bytes) at a cluster boundary, got ${offset}+${data.length}`, { field: 'offset' });
+    }
+    if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
+    await this.#guard(async () => {
+      const jobs: Promise<void>[] = [];
+      for (let at = 0; at < data.length; at += cs) {
+        let cluster = data.subarray(at, at + cs);
+        if (cluster.length < cs) {
+          const padded = new Uint8Array(cs);
+          padded.set(cluster);
+          cluster = padded;
+        }
+        const packed = compressCluster(s.compressionType, cluster);
+        jobs.push(packed ? w.writeCompressedCluster(offset + at, packed) : w.write(offset + at, data.subarray(at, at + cs)));
+      }
+      const results = await Promise.allSettled(jobs);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
+    });
+  }
+
+  /** Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
+  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+    const w = this.#writable(0, 0);
+    const s = this.#state;
+    if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % 512 !== 0) {
+      throw invalidArg(FORMAT, `invalid size ${newSize} (a non-negative multiple of 512)`, { field: 'size' });
+    }
+    const old = this.#view.size;
+    if (newSize < old && !options.shrink) {
+      throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
+    }
+    await this.#guard(async () => {
+      if (newSize < old) {
+        const cs = s.geom.clusterSize;
+        const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
+        // Zero the tail of the last cluster so that growing again shows zeros there, then drop the rest.
+        if (tailEnd > newSize) await w.zeroOrDiscard(newSize, tailEnd - newSize, 'zero', true);
+        if (old > tailEnd) await w.zeroOrDiscard(tailEnd, old - tailEnd, 'discard', true);
+        await w.dropTablesFrom(Math.ceil(newSize / s.geom.l2Coverage));
+      } else {
+        await w.growL1(Math.ceil(newSize / s.geom.l2Coverage));
+      }
+      s.header.size = newSize;
+      this.#view.size = newSize;
+      await writeHeader(s);
+      await s.storage.flush();
+    });
+  }
+
+  #writable(offset: number, length: number): Qcow2Writer {
     this.#check();
-    if (this.readOnly) throw readOnlyError(FORMAT, this.#state.file);
+    const s = this.#state;
+    if (this.readOnly || !s.writer) throw readOnlyError(FORMAT, s.file);
+    if (s.corruptFound) throw Qcow2Writer.corruptError(s.file);
     checkDiskRange(FORMAT, this.#view.size, offset, length);
-    throw unsupported(FORMAT, this.#state.file, 'writing is not implemented yet');
+    return s.writer;
+  }
+
+  /** Runs a write; corrupt metadata found on the way sets the corrupt bit (spec: incompatible bit 1). */
+  async #guard(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (e) {
+      if (ImageError.isInstance(e) && e.code === ERROR_CODES.CORRUPT) await markCorrupt(this.#state);
+      throw e;
+    }
   }
 
   async flush(): Promise<void> {
     this.#check();
+    const s = this.#state;
+    if (this.readOnly || !s.writer) return;
+    await s.dataFile?.flush();
+    await s.storage.flush();
+    // Lazy refcounts: refcounts are exact once everything is flushed, so the image is clean again.
+    if (s.dirtySet) {
+      s.header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
+      await writeHeader(s);
+      await s.storage.flush();
+      s.dirtySet = false;
+      s.firstWrite = undefined;
+    }
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    if (this.#owner && !this.readOnly && this.#state.writer && !this.#state.corruptFound) await this.flush();
     this.#closed = true;
     if (!this.#owner) return;
     const s = this.#state;
@@ -356,6 +468,60 @@ function badField(file: string, field: string, offset: number, message: string, 
   return corrupt(FORMAT, file, message, { field, offset, actual });
 }
 
+/** A data file that was not opened: metadata works, data reads fail clearly. */
+function missingDataFile(file: string, name: string | undefined): Storage {
+  const fail = async (): Promise<never> => {
+    throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${file}: the external data file "${name ?? ''}" was not opened`, { data: { format: FORMAT, file, field: 'data file' } });
+  };
+  return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
+}
+
+const states = new WeakMap<object, { state: Qcow2State; view: MappingView }>();
+
+/** @internal The state behind a Qcow2Disk (for check). */
+export function stateOf(disk: Qcow2Disk): { state: Qcow2State; view: MappingView } {
+  const s = states.get(disk);
+  if (!s) throw new TypeError('not a Qcow2Disk');
+  return s;
+}
+
+/** Set by check.ts: rebuilds refcounts of a dirty image opened for writing. */
+export const repairHook: { repair: ((state: Qcow2State, view: MappingView) => Promise<void>) | undefined } = { repair: undefined };
+
+/** Loads the refcounts and attaches a writer to an image opened for writing. */
+export async function attachWriter(state: Qcow2State, view: MappingView): Promise<void> {
+  const h = state.header;
+  const lazy = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
+  const barrier = async () => {
+    // With lazy refcounts the dirty bit stands in for ordered refcount updates (qemu skips these flushes too).
+    if (lazy) return;
+    await state.dataFile?.flush();
+    await state.storage.flush();
+  };
+  const refcounts = await Refcounts.load({
+    storage: state.storage,
+    file: state.file,
+    clusterSize: state.geom.clusterSize,
+    refcountBits: state.geom.refcountBits,
+    tableOffset: h.refcountTableOffset,
+    tableClusters: h.refcountTableClusters,
+    fileSize: state.fileSize,
+    onTableMoved: async (offset, clusters) => {
+      h.refcountTableOffset = offset;
+      h.refcountTableClusters = clusters;
+      await writeHeader(state);
+    },
+    barrier,
+  });
+  const caches = state;
+  state.writer = new Qcow2Writer(state, view, refcounts, {
+    read: (offset, target) => readRange(state, caches, view, offset, target),
+    writeHeader: () => writeHeader(state),
+    beforeFirstWrite: () => beforeFirstWrite(state),
+    barrier,
+  });
+}
+
 /** Set by driver.ts so that openQcow2 can build its default registry without an import cycle. */
 export const registryHook: { formats: (() => FormatRegistryLike) | undefined } = { formats: undefined };
 
@@ -402,7 +568,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     throw unsupported(FORMAT, file, `image is encrypted (${kind}); encrypted images are not supported`, { field: 'crypt_method', offset: 32, actual: header.cryptMethod });
   }
   const corruptBit = hasFeature(header.incompatibleFeatures, INCOMPAT_CORRUPT);
-  if (corruptBit && !readOnly) {
+  if (corruptBit && !readOnly && !options.checkOnly) {
     throw corrupt(FORMAT, file, 'image is marked corrupt (incompatible bit 1): it can only be opened read-only', { field: 'incompatible_features', offset: 72 });
   }
   const compressionBit = hasFeature(header.incompatibleFeatures, INCOMPAT_COMPRESSION);
@@ -460,11 +626,12 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
   const cacheBytes = options.l2CacheSize ?? DEFAULT_L2_CACHE_BYTES;
   if (!(cacheBytes >= 0)) throw new RangeError(`l2CacheSize must be a non-negative number of bytes, got ${cacheBytes}`);
   const entryGeom: EntryGeometry = { clusterBits, clusterSize: cs, extendedL2, zeroFlag: header.version >= 3 && !extendedL2, dataFile: dataFileBit };
+  if (!readOnly && dataFileBit && options.noDataFile && !options.checkOnly) throw invalidArg(FORMAT, 'an image with an external data file cannot be written without it', { field: 'noDataFile' });
 
   let dataFile: Storage | undefined;
   let backingInfo: OpenedBacking | undefined;
   try {
-    if (dataFileBit) dataFile = await openDataFile(storage, dataFileName, options, !readOnly);
+    if (dataFileBit && !options.noDataFile) dataFile = await openDataFile(storage, dataFileName, options, !readOnly);
     if (backingName !== undefined && !options.noBacking) {
       const formats = options.formats ?? registryHook.formats?.() ?? new FormatRegistry([rawDriver]);
       const backingFormat = extensionString(findExtension(extensions, EXT_BACKING_FORMAT));
@@ -485,8 +652,8 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     entryGeom,
     cache: new L2Cache(cacheBytes / cs),
     compressionType: header.compressionType,
-    dataStorage: dataFile ?? storage,
-    rawDataFile: dataFile !== undefined && rawDataFileBit && !backingInfo,
+    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : storage),
+    rawDataFile: dataFile !== undefined && rawDataFileBit,
     backing: backingInfo?.disk,
     fileSize,
     snapshots,
@@ -496,11 +663,29 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     dataFile,
     pool: new BufferPool(2 * cs),
     decompressed: new DecompressedCache(),
+    writer: undefined,
+    corruptFound: false,
+    dirtySet: false,
+    firstWrite: undefined,
   };
-  const active = new Qcow2Disk(state, { l1, l1Offset: header.l1TableOffset, size: header.size }, { readOnly, owner: true });
-  if (!readOnly) {
-    await active.close();
-    throw unsupported(FORMAT, file, 'opening for writing is not implemented yet');
+  const view: MappingView = { l1, l1Offset: header.l1TableOffset, size: header.size };
+  const active = new Qcow2Disk(state, view, { readOnly, owner: true });
+  try {
+    if (!readOnly) {
+      if (options.snapshot !== undefined) throw invalidArg(FORMAT, 'snapshots open read-only', { field: 'snapshot' });
+      await attachWriter(state, view);
+      // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
+      if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
+        await repairHook.repair?.(state, view);
+        header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
+        await writeHeader(state);
+        await storage.flush();
+        await attachWriter(state, view);
+      }
+    }
+  } catch (e) {
+    await active.close().catch(() => undefined);
+    throw e;
   }
   if (options.snapshot !== undefined) {
     // The snapshot view takes over the state: closing it closes the image.

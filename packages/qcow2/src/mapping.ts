@@ -14,7 +14,7 @@ export const MAX_HOST_OFFSET = 2 ** 53 - 8 * 1024 * 1024;
 export type ClusterEntry =
   | { type: 'unallocated' }
   /** Reads as zeros; `host` is set for a preallocated zero cluster. */
-  | { type: 'zero'; host: number | undefined }
+  | { type: 'zero'; host: number | undefined; copied: boolean }
   | { type: 'normal'; host: number; copied: boolean }
   /** `size` is the number of bytes from `host` that may hold the compressed data. */
   | { type: 'compressed'; host: number; size: number }
@@ -96,7 +96,7 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: EntryGeometry
     if (alloc === 0 && zero === 0) return { type: 'unallocated' };
     return { type: 'subclusters', host: allocated ? host : undefined, copied, alloc, zero };
   }
-  if (g.zeroFlag && (lo & 1)) return { type: 'zero', host: allocated ? host : undefined };
+  if (g.zeroFlag && (lo & 1)) return { type: 'zero', host: allocated ? host : undefined, copied };
   if (!allocated) return { type: 'unallocated' };
   return { type: 'normal', host, copied };
 }

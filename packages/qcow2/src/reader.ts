@@ -38,7 +38,7 @@ export interface ReaderState {
   readonly compressionType: number;
   /** Storage guest clusters live in (the image, or its external data file). */
   readonly dataStorage: Storage;
-  /** Raw external data file and no backing image: unallocated clusters read from the data file. */
+  /** Raw external data file (data_file_raw): the data file must read as the disk, so zeroes are written for real. */
   readonly rawDataFile: boolean;
   backing: Disk | undefined;
   fileSize: number;
@@ -83,10 +83,6 @@ export async function* segments(state: ReaderState, view: MappingView, start: nu
   let pending: Segment | undefined;
   const out: Segment[] = [];
   const push = (s: Segment) => {
-    if (s.kind === 'hole' && state.rawDataFile) {
-      s.kind = 'data';
-      s.host = s.offset;
-    }
     if (pending && canMerge(pending, s)) pending.length += s.length;
     else {
       if (pending) out.push(pending);
@@ -224,6 +220,45 @@ export async function loadCompressed(state: ReaderState, pool: BufferPool, host:
   } finally {
     pool.release(input);
   }
+}
+
+/** What readRange needs besides the reader state. */
+export interface ReadCaches {
+  pool: BufferPool;
+  decompressed: DecompressedCache;
+}
+
+/**
+ * Reads `target.length` guest bytes of a view at `offset` (inside the
+ * view): one host I/O per merged segment, all in flight together.
+ */
+export async function readRange(state: ReaderState, caches: ReadCaches, view: MappingView, offset: number, target: Uint8Array): Promise<void> {
+  const io: Promise<void>[] = [];
+  for await (const seg of segments(state, view, offset, offset + target.length)) {
+    const sub = target.subarray(seg.offset - offset, seg.offset - offset + seg.length);
+    switch (seg.kind) {
+      case 'zero':
+        sub.fill(0);
+        break;
+      case 'hole':
+        io.push(readBacking(state.backing, seg.offset, sub));
+        break;
+      case 'data':
+        io.push(readHost(state.dataStorage, seg.host!, sub));
+        break;
+      case 'compressed': {
+        const host = seg.host!;
+        const within = seg.offset - seg.clusterOffset!;
+        io.push(
+          caches.decompressed.get(host, () => loadCompressed(state, caches.pool, host, seg.csize!)).then((cluster) => {
+            sub.set(cluster.subarray(within, within + sub.length));
+          }),
+        );
+        break;
+      }
+    }
+  }
+  await Promise.all(io);
 }
 
 /** Turns a segment into an extent of depth 0. */

@@ -1,0 +1,300 @@
+/**
+ * checkQcow2: qemu-img check for qcow2. Counts the references to every
+ * host cluster from all metadata (header, L1/L2 tables of the active
+ * layer and of every snapshot, refcount structures, snapshot table,
+ * bitmaps), compares them with the stored refcounts and the COPIED flags,
+ * and repairs leaks (or everything) on request.
+ */
+import { ImageError, ERROR_CODES, readU32Be, readU64Be, writeU32Be, hex } from '@img/block';
+import type { CheckOptions, CheckResult, Storage } from '@img/block';
+import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
+import { loadL2, type MappingView } from './reader.js';
+import { readRefcount } from './refcount.js';
+import { findExtension, parseBitmapsExtension } from './extensions.js';
+import { snapshotEntrySize } from './snapshot.js';
+import { EXT_BITMAPS, ENTRY_COPIED_HI, INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
+import { openQcow2, repairHook, attachWriter, writeHeader, stateOf, type Qcow2State } from './image.js';
+
+const FORMAT = 'qcow2';
+/** Largest number of host clusters a check will count (a 512 MiB counter array). */
+const MAX_CHECK_CLUSTERS = 128 * 1024 * 1024;
+
+interface CopiedFix {
+  /** Host offset of the 8-byte entry to rewrite. */
+  at: number;
+  set: boolean;
+}
+
+interface Scan {
+  refs: Uint32Array;
+  corruptions: number;
+  checkErrors: number;
+  messages: string[];
+  allocated: number;
+  fragmented: number;
+  compressed: number;
+  /** Entries whose COPIED flag must change, with the refcount it depends on. */
+  copied: Array<{ at: number; cluster: number; isSet: boolean; implicit: boolean }>;
+}
+
+async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
+  const cs = s.geom.clusterSize;
+  const nClusters = Math.ceil(s.fileSize / cs);
+  if (nClusters > MAX_CHECK_CLUSTERS) {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${FORMAT}: ${s.file}: file too large to check (${nClusters} clusters)`, { data: { format: FORMAT, file: s.file } });
+  }
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copied: [] };
+  const ref = (offset: number, bytes: number, what: string) => {
+    if (bytes <= 0) return;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + bytes - 1) / cs);
+    for (let c = first; c <= last; c++) {
+      if (c >= nClusters) {
+        r.corruptions++;
+        r.messages.push(`ERROR ${what} at ${hex(c * cs)} lies past the end of the file`);
+        continue;
+      }
+      if (r.refs[c]! < 0xffffffff) r.refs[c]!++;
+    }
+  };
+  const h = s.header;
+  ref(0, cs, 'header');
+  ref(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
+  const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rtBytes);
+  for (let i = 0; i < rtBytes.length / 8; i++) {
+    const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
+    if (off) ref(off, cs, 'refcount block');
+  }
+  if (h.nbSnapshots) ref(h.snapshotsOffset, s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0), 'snapshot table');
+  // Bitmaps: directory, bitmap tables and their data clusters.
+  const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+  if (bm && bm.bitmapDirectoryOffset + bm.bitmapDirectorySize <= s.fileSize) {
+    ref(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize, 'bitmap directory');
+    const dir = await s.storage.read(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize);
+    for (let at = 0, i = 0; i < bm.nbBitmaps && at + 24 <= dir.length; i++) {
+      const tableOffset = readU64Be(dir, at, { format: FORMAT, file: s.file, field: 'bitmap_table_offset' });
+      const tableSize = readU32Be(dir, at + 8);
+      if (tableSize * 8 <= 64 * 1024 * 1024 && tableOffset + tableSize * 8 <= s.fileSize) {
+        ref(tableOffset, tableSize * 8, 'bitmap table');
+        const table = await s.storage.read(tableOffset, tableSize * 8);
+        for (let e = 0; e < tableSize; e++) {
+          const off = entryOffset(readU32Be(table, e * 8), readU32Be(table, e * 8 + 4));
+          if (off) ref(off, cs, 'bitmap data');
+        }
+      }
+      at = Math.ceil((at + 24 + readU32Be(dir, at + 20) + (dir[at + 18]! << 8) + dir[at + 19]!) / 8) * 8;
+    }
+  }
+
+  const walk = async (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean) => {
+    ref(l1Offset, l1Size * 8, 'L1 table');
+    for (let i = 0; i < l1Size; i++) {
+      let l2Offset: number;
+      try {
+        l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
+      } catch (e) {
+        r.corruptions++;
+        r.messages.push(`ERROR ${(e as Error).message}`);
+        continue;
+      }
+      if (!l2Offset) continue;
+      ref(l2Offset, cs, 'L2 table');
+      if (active) r.copied.push({ at: l1Offset + i * 8, cluster: l2Offset / cs, isSet: (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, implicit: false });
+      let table: Uint8Array;
+      try {
+        table = await loadL2(s, l2Offset, i);
+      } catch (e) {
+        r.corruptions++;
+        r.messages.push(`ERROR ${(e as Error).message}`);
+        continue;
+      }
+      // Fragmentation is counted within each L2 table, as qemu-img check does.
+      let nextContiguous = 0;
+      for (let j = 0; j < s.geom.l2Entries; j++) {
+        let e;
+        try {
+          e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
+        } catch (err) {
+          r.corruptions++;
+          r.messages.push(`ERROR ${(err as Error).message}`);
+          continue;
+        }
+        const at = l2Offset + j * s.geom.l2EntrySize;
+        if (e.type === 'compressed') {
+          ref(e.host, e.size, 'compressed cluster');
+          if (active) {
+            r.allocated++;
+            r.compressed++;
+            r.fragmented++;
+          }
+        } else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) {
+          if (!s.entryGeom.dataFile) ref(e.host, cs, 'data cluster');
+          if (active) {
+            r.allocated++;
+            if (nextContiguous && e.host !== nextContiguous) r.fragmented++;
+            nextContiguous = e.host + cs;
+            r.copied.push({ at, cluster: e.host / cs, isSet: e.copied, implicit: s.entryGeom.dataFile });
+          }
+        }
+      }
+    }
+  };
+  await walk(view.l1, view.l1Offset, h.l1Size, true);
+  for (const sn of s.snapshots) {
+    const l1 = new Uint8Array(sn.l1Size * 8);
+    await s.storage.readInto(sn.l1TableOffset, l1);
+    await walk(l1, sn.l1TableOffset, sn.l1Size, false);
+  }
+  return r;
+}
+
+/** Stored refcounts of clusters [0, n), read block by block. */
+async function storedRefcounts(s: Qcow2State, n: number): Promise<{ stored: Float64Array; problems: string[] }> {
+  const cs = s.geom.clusterSize;
+  const bits = s.geom.refcountBits;
+  const perBlock = (cs * 8) / bits;
+  const h = s.header;
+  const rt = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rt);
+  const stored = new Float64Array(n);
+  const problems: string[] = [];
+  const block = new Uint8Array(cs);
+  for (let t = 0; t * perBlock < n; t++) {
+    if ((t + 1) * 8 > rt.length) break;
+    const off = entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4));
+    if (!off) continue;
+    if (off % cs || off + cs > s.fileSize) {
+      problems.push(`ERROR refcount block ${t} at ${hex(off)} is unaligned or lies past the end of the file`);
+      continue;
+    }
+    await s.storage.readInto(off, block);
+    for (let k = 0; k < perBlock && t * perBlock + k < n; k++) stored[t * perBlock + k] = readRefcount(block, k, bits);
+  }
+  return { stored, problems };
+}
+
+interface Tally {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  messages: string[];
+  imageEnd: number;
+  scan: Scan;
+  mismatched: Array<{ cluster: number; stored: number; computed: number }>;
+  copiedFixes: CopiedFix[];
+}
+
+async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
+  const sc = await scan(s, view);
+  const n = sc.refs.length;
+  const { stored, problems } = await storedRefcounts(s, n);
+  const t: Tally = { corruptions: sc.corruptions + problems.length, leaks: 0, checkErrors: sc.checkErrors, messages: [...sc.messages, ...problems], imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [] };
+  for (let c = 0; c < n; c++) {
+    const st = stored[c]!;
+    const computed = sc.refs[c]!;
+    if (st > 0 || computed > 0) t.imageEnd = (c + 1) * s.geom.clusterSize;
+    if (st === computed) continue;
+    t.mismatched.push({ cluster: c, stored: st, computed });
+    if (st < computed) {
+      t.corruptions++;
+      t.messages.push(`ERROR cluster ${c} refcount=${st} reference=${computed}`);
+    } else {
+      t.leaks++;
+      t.messages.push(`Leaked cluster ${c} refcount=${st} reference=${computed}`);
+    }
+  }
+  for (const e of sc.copied) {
+    const refcount = e.implicit ? 1 : e.cluster < n ? stored[e.cluster]! : 0;
+    const want = refcount === 1;
+    if (want === e.isSet) continue;
+    t.corruptions++;
+    t.messages.push(`ERROR OFLAG_COPIED entry at ${hex(e.at)}: refcount=${refcount}`);
+    t.copiedFixes.push({ at: e.at, set: want });
+  }
+  return t;
+}
+
+/** Checks an open image (and repairs it when `repair` is given and the image is writable). */
+export async function checkState(s: Qcow2State, view: MappingView, repair?: 'leaks' | 'all'): Promise<CheckResult> {
+  let t = await tally(s, view);
+  let corruptionsFixed = 0;
+  let leaksFixed = 0;
+  if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
+    const rc = s.writer?.refcounts;
+    if (!rc) throw new ImageError(ERROR_CODES.READ_ONLY, `${FORMAT}: ${s.file}: repairing needs the image open for writing`, { data: { format: FORMAT, file: s.file } });
+    for (const m of t.mismatched) {
+      if (m.stored > m.computed || repair === 'all') await rc.set(m.cluster, m.computed);
+    }
+    if (repair === 'all') {
+      // COPIED flags follow the refcounts as they are after the refcount repairs.
+      const entry = new Uint8Array(8);
+      for (const f of (await tally(s, view)).copiedFixes) {
+        await s.storage.readInto(f.at, entry);
+        const hi = readU32Be(entry, 0);
+        writeU32Be(entry, 0, (f.set ? hi | ENTRY_COPIED_HI : hi & ~ENTRY_COPIED_HI) >>> 0);
+        await s.storage.write(f.at, entry.subarray(0, 4));
+        if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry.subarray(0, 4), f.at - view.l1Offset);
+      }
+      s.cache.clear();
+    }
+    await s.storage.flush();
+    const before = t;
+    t = await tally(s, view);
+    corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
+    leaksFixed = Math.max(0, before.leaks - t.leaks);
+  }
+  const cs = s.geom.clusterSize;
+  return {
+    format: FORMAT,
+    corruptions: t.corruptions,
+    leaks: t.leaks,
+    checkErrors: t.checkErrors,
+    corruptionsFixed,
+    leaksFixed,
+    messages: t.messages,
+    imageEndOffset: t.imageEnd,
+    totalClusters: Math.ceil(s.header.size / cs),
+    allocatedClusters: t.scan.allocated,
+    fragmentedClusters: t.scan.fragmented,
+    compressedClusters: t.scan.compressed,
+  };
+}
+
+/**
+ * Checks the image in `storage` the way `qemu-img check` does: leaks
+ * (allocated clusters nothing refers to), corruptions (refcounts too low,
+ * wrong COPIED flags, tables out of bounds), and the allocation figures.
+ * With `repair` ('leaks' or 'all') the storage must be writable.
+ */
+export async function checkQcow2(storage: Storage, options: CheckOptions = {}): Promise<CheckResult> {
+  const disk = await openQcow2(storage, {
+    readOnly: !options.repair,
+    noBacking: true,
+    noDataFile: true,
+    checkOnly: true,
+    resolver: options.resolver,
+    formats: options.formats,
+  });
+  try {
+    const { state, view } = stateOf(disk);
+    const result = await checkState(state, view, options.repair);
+    // A repaired image is consistent again: the dirty and corrupt bits go (as qemu-img check -r does).
+    const h = state.header;
+    const flags = (1n << BigInt(INCOMPAT_DIRTY)) | (1n << BigInt(INCOMPAT_CORRUPT));
+    if (options.repair && result.corruptions === 0 && (h.incompatibleFeatures & flags) !== 0n && (options.repair === 'all' || result.leaks === 0)) {
+      h.incompatibleFeatures &= ~flags;
+      await writeHeader(state);
+      await storage.flush();
+    }
+    return result;
+  } finally {
+    await disk.close();
+  }
+}
+
+// A dirty image opened for writing is repaired like `qemu-img check -r all` first.
+repairHook.repair = async (state, view) => {
+  await checkState(state, view, 'all');
+  await attachWriter(state, view);
+};

@@ -1,0 +1,334 @@
+/**
+ * createQcow2: lays out a new image (header, refcount table and blocks,
+ * L1 table, and with preallocation the L2 tables and data clusters) and
+ * opens it for writing. Options come typed or as the strings of
+ * `qemu-img create -o key=value`.
+ */
+import { invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, ImageError, ERROR_CODES } from '@img/block';
+import type { CreateOptions, FormatRegistryLike, Resolver, Storage } from '@img/block';
+import {
+  QCOW2_V2_HEADER_LENGTH,
+  QCOW2_V3_HEADER_LENGTH,
+  QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION,
+  MIN_CLUSTER_BITS,
+  MAX_CLUSTER_BITS,
+  MIN_EXTENDED_L2_CLUSTER_BITS,
+  MAX_L1_TABLE_BYTES,
+  MAX_REFCOUNT_TABLE_BYTES,
+  MAX_BACKING_FILE_NAME,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTENDED_L2,
+  COMPAT_LAZY_REFCOUNTS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  COMPRESSION_ZLIB,
+  COMPRESSION_ZSTD,
+  EXT_BACKING_FORMAT,
+  EXT_DATA_FILE,
+  ENTRY_COPIED_HI,
+} from './constants.js';
+import { serializeHeader, type Qcow2Header } from './header.js';
+import { serializeExtensions, serializeFeatureTable, stringExtension, extensionsLength, type HeaderExtension } from './extensions.js';
+import { writeRefcount } from './refcount.js';
+import { openQcow2, type Qcow2Disk } from './image.js';
+
+const FORMAT = 'qcow2';
+
+/** Options of {@link createQcow2}; snake_case keys as `qemu-img create -o` spells them are accepted too. */
+export interface Qcow2CreateOptions extends CreateOptions {
+  /** Virtual size in bytes (rounded up to 512 as qemu does). */
+  size: number;
+  /** "v3"/"1.1"/3 (default) or "v2"/"0.10"/2. */
+  compat?: string | number;
+  /** Cluster size, 512 B to 2 MiB, power of two (default 64 KiB). */
+  clusterSize?: number | string;
+  /** Refcount width in bits: 1, 2, 4, 8, 16 (default), 32, 64. */
+  refcountBits?: number | string;
+  lazyRefcounts?: boolean | string;
+  /** Extended L2 entries with 32 subclusters (clusters of at least 16 KiB). */
+  extendedL2?: boolean | string;
+  compressionType?: 'zlib' | 'zstd' | string;
+  /** off (default), metadata, falloc (as metadata) or full. */
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full' | string;
+  /** Backing file name, stored as given. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** External data file name, stored as given. */
+  dataFile?: string;
+  dataFileRaw?: boolean | string;
+  /** The data file's storage (else it is opened through the resolver; it must exist). */
+  dataFileStorage?: Storage;
+  /** 104 or 112 (default; zstd needs 112). */
+  headerLength?: number | string;
+  /** Opens the backing file (needed when there is one, unless `noBacking`). */
+  resolver?: Resolver;
+  formats?: FormatRegistryLike;
+  /** Open the new image without its backing file (writes then copy zeros instead of backing data). */
+  noBacking?: boolean;
+}
+
+/** The create options this driver accepts, for `-o help`. */
+export const QCOW2_CREATE_OPTIONS: Readonly<Record<string, string>> = {
+  compat: 'v3 (1.1, default) or v2 (0.10)',
+  cluster_size: 'cluster size, 512 to 2M (default 64k)',
+  refcount_bits: 'refcount width: 1, 2, 4, 8, 16 (default), 32 or 64',
+  lazy_refcounts: 'on/off: postpone refcount updates (v3)',
+  extended_l2: 'on/off: 32 subclusters per cluster (v3, clusters >= 16k)',
+  compression_type: 'zlib (default) or zstd (v3)',
+  preallocation: 'off (default), metadata, falloc or full',
+  backing_file: 'backing file name, stored as given',
+  backing_fmt: 'backing file format',
+  data_file: 'external data file name (v3)',
+  data_file_raw: 'on/off: the data file is a raw image of the disk',
+  header_length: '104 or 112 (default)',
+};
+
+/** Normalised create options. */
+export interface Qcow2Layout {
+  size: number;
+  version: 2 | 3;
+  clusterBits: number;
+  refcountOrder: number;
+  lazyRefcounts: boolean;
+  extendedL2: boolean;
+  compressionType: number;
+  preallocation: 'off' | 'metadata' | 'full';
+  backingFile: string | undefined;
+  backingFormat: string | undefined;
+  dataFile: string | undefined;
+  dataFileRaw: boolean;
+  headerLength: number;
+}
+
+function pick(o: Record<string, unknown>, ...keys: string[]): unknown {
+  for (const k of keys) if (o[k] !== undefined) return o[k];
+  return undefined;
+}
+
+/** Reads typed or string options (camelCase or qemu's snake_case keys) and checks every combination qemu refuses. */
+export function parseCreateOptions(options: Qcow2CreateOptions): Qcow2Layout {
+  const o = options as Record<string, unknown>;
+  const rawSize = pick(o, 'size');
+  if (rawSize === undefined) throw invalidArg(FORMAT, 'size is required', { field: 'size' });
+  const size = Math.ceil(parseSize(rawSize as string | number, 'size') / 512) * 512;
+  const compat = String(pick(o, 'compat') ?? 'v3');
+  let version: 2 | 3;
+  if (['v3', '1.1', '3'].includes(compat)) version = 3;
+  else if (['v2', '0.10', '2'].includes(compat)) version = 2;
+  else throw invalidArg(FORMAT, `invalid compat "${compat}" (v2/0.10 or v3/1.1)`, { field: 'compat' });
+  const clusterSize = parseSize((pick(o, 'clusterSize', 'cluster_size') ?? 65536) as string | number, 'cluster_size');
+  const clusterBits = Math.log2(clusterSize);
+  if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw invalidArg(FORMAT, `invalid cluster_size ${clusterSize} (a power of two from 512 to 2M)`, { field: 'cluster_size' });
+  }
+  const refcountBits = Number(pick(o, 'refcountBits', 'refcount_bits') ?? 16);
+  const refcountOrder = Math.log2(refcountBits);
+  if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) {
+    throw invalidArg(FORMAT, `invalid refcount_bits ${String(pick(o, 'refcountBits', 'refcount_bits'))} (1, 2, 4, 8, 16, 32 or 64)`, { field: 'refcount_bits' });
+  }
+  const flag = (v: unknown, what: string) => (v === undefined ? false : parseBool(v, what));
+  const lazyRefcounts = flag(pick(o, 'lazyRefcounts', 'lazy_refcounts'), 'lazy_refcounts');
+  const extendedL2 = flag(pick(o, 'extendedL2', 'extended_l2'), 'extended_l2');
+  const ctype = String(pick(o, 'compressionType', 'compression_type') ?? 'zlib');
+  if (ctype !== 'zlib' && ctype !== 'zstd') throw invalidArg(FORMAT, `invalid compression_type "${ctype}" (zlib or zstd)`, { field: 'compression_type' });
+  const prealloc = String(pick(o, 'preallocation') ?? 'off');
+  if (!['off', 'metadata', 'falloc', 'full'].includes(prealloc)) {
+    throw invalidArg(FORMAT, `invalid preallocation "${prealloc}" (off, metadata, falloc or full)`, { field: 'preallocation' });
+  }
+  const backingFile = pick(o, 'backingFile', 'backing_file') as string | undefined;
+  const backingFormat = pick(o, 'backingFormat', 'backing_fmt', 'backing_format') as string | undefined;
+  const dataFile = pick(o, 'dataFile', 'data_file') as string | undefined;
+  const dataFileRaw = flag(pick(o, 'dataFileRaw', 'data_file_raw'), 'data_file_raw');
+  const headerLength = Number(pick(o, 'headerLength', 'header_length') ?? QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION);
+  const need = (ok: boolean, message: string, field: string) => {
+    if (!ok) throw invalidArg(FORMAT, message, { field });
+  };
+  need(headerLength === QCOW2_V3_HEADER_LENGTH || headerLength === QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION, `invalid header_length ${headerLength} (104 or 112)`, 'header_length');
+  if (version === 2) {
+    need(refcountBits === 16, 'compat=v2 supports only refcount_bits=16', 'refcount_bits');
+    need(!lazyRefcounts, 'lazy_refcounts needs compat=v3', 'lazy_refcounts');
+    need(!extendedL2, 'extended_l2 needs compat=v3', 'extended_l2');
+    need(ctype === 'zlib', 'compression_type=zstd needs compat=v3', 'compression_type');
+    need(dataFile === undefined, 'data_file needs compat=v3', 'data_file');
+  }
+  need(!extendedL2 || clusterBits >= MIN_EXTENDED_L2_CLUSTER_BITS, 'extended_l2 needs a cluster size of at least 16k', 'extended_l2');
+  need(ctype === 'zlib' || headerLength >= QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION, 'compression_type=zstd needs header_length 112', 'header_length');
+  need(!dataFileRaw || dataFile !== undefined, 'data_file_raw needs data_file', 'data_file_raw');
+  need(!(dataFileRaw && backingFile !== undefined), 'a raw external data file cannot be combined with a backing file', 'data_file_raw');
+  need(backingFile === undefined || prealloc === 'off', 'preallocation cannot be combined with a backing file', 'preallocation');
+  need(backingFile === undefined || utf8Encode(backingFile).length <= MAX_BACKING_FILE_NAME, 'backing file name longer than 1023 bytes', 'backing_file');
+  need(backingFile === undefined || backingFile.length > 0, 'empty backing file name', 'backing_file');
+  return {
+    size,
+    version,
+    clusterBits,
+    refcountOrder,
+    lazyRefcounts,
+    extendedL2,
+    compressionType: ctype === 'zstd' ? COMPRESSION_ZSTD : COMPRESSION_ZLIB,
+    // A raw data file is the disk: every cluster is mapped to it from the start (as qemu does).
+    preallocation: prealloc === 'full' ? 'full' : prealloc === 'off' && !dataFileRaw ? 'off' : 'metadata',
+    backingFile,
+    backingFormat,
+    dataFile,
+    dataFileRaw,
+    headerLength: version === 2 ? QCOW2_V2_HEADER_LENGTH : headerLength,
+  };
+}
+
+/** Builds cluster 0: header, extensions, backing file name. */
+function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8Array {
+  const exts: HeaderExtension[] = [];
+  if (l.backingFormat !== undefined) exts.push(stringExtension(EXT_BACKING_FORMAT, l.backingFormat));
+  if (l.dataFile !== undefined) exts.push(stringExtension(EXT_DATA_FILE, l.dataFile));
+  const name = l.backingFile === undefined ? new Uint8Array(0) : utf8Encode(l.backingFile);
+  // The feature name table is a courtesy: left out when it does not fit (small clusters).
+  const withTable = l.version === 3 ? [...exts, serializeFeatureTable()] : exts;
+  const fits = (list: HeaderExtension[]) => h.headerLength + extensionsLength(list) + name.length <= cs;
+  const chosen = fits(withTable) ? withTable : exts;
+  if (!fits(chosen)) throw invalidArg(FORMAT, `the header, its extensions and the backing file name do not fit in one ${cs}-byte cluster`, { field: 'cluster_size' });
+  const extBytes = l.version === 3 || chosen.length ? serializeExtensions(chosen) : new Uint8Array(0);
+  if (name.length) {
+    h.backingFileOffset = h.headerLength + extBytes.length;
+    h.backingFileSize = name.length;
+  }
+  const out = new Uint8Array(cs);
+  out.set(serializeHeader(h), 0);
+  out.set(extBytes, h.headerLength);
+  out.set(name, h.backingFileOffset);
+  return out;
+}
+
+function put64(buf: Uint8Array, at: number, value: number, flagsHi = 0): void {
+  writeU32Be(buf, at, (flagsHi | Math.floor(value / 0x1_0000_0000)) >>> 0);
+  writeU32Be(buf, at + 4, value >>> 0);
+}
+
+/**
+ * Creates a qcow2 image in `storage` (which is truncated first) and
+ * returns it open for writing.
+ *
+ * @example
+ * ```ts
+ * const disk = await createQcow2(await FileStorage.create('new.qcow2'), { size: 10 * 2 ** 30, cluster_size: '64k' });
+ * await disk.write(0, bootSector);
+ * await disk.close();
+ * ```
+ */
+export async function createQcow2(storage: Storage, options: Qcow2CreateOptions): Promise<Qcow2Disk> {
+  const l = parseCreateOptions(options);
+  if (l.backingFile !== undefined && !options.resolver && !options.noBacking) {
+    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${storage.name}: a backing file needs a resolver to open it (or noBacking)`, { data: { format: FORMAT, field: 'backingFile' } });
+  }
+  const cs = 2 ** l.clusterBits;
+  const l2Entries = cs / (l.extendedL2 ? 16 : 8);
+  const l2Coverage = l2Entries * cs;
+  const l1Entries = Math.ceil(l.size / l2Coverage);
+  if (l1Entries * 8 > MAX_L1_TABLE_BYTES) throw invalidArg(FORMAT, `size ${l.size} needs an L1 table over 32 MiB with ${cs}-byte clusters`, { field: 'size' });
+  const l1Clusters = Math.max(1, Math.ceil((l1Entries * 8) / cs));
+  const prealloc = l.preallocation !== 'off';
+  const l2Tables = prealloc ? l1Entries : 0;
+  const guestClusters = Math.ceil(l.size / cs);
+  const dataClusters = prealloc && l.dataFile === undefined ? guestClusters : 0;
+  const perBlock = (cs * 8) / 2 ** l.refcountOrder;
+  // Refcount table and blocks must cover every cluster, themselves included.
+  let blocks = 1;
+  let rtClusters = 1;
+  for (;;) {
+    const total = 1 + rtClusters + blocks + l1Clusters + l2Tables + dataClusters;
+    const needBlocks = Math.ceil(total / perBlock);
+    const needRt = Math.max(1, Math.ceil((needBlocks * 8) / cs));
+    if (needBlocks <= blocks && needRt <= rtClusters) break;
+    blocks = Math.max(blocks, needBlocks);
+    rtClusters = Math.max(rtClusters, needRt);
+  }
+  if (rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
+  const rtAt = 1;
+  const blocksAt = rtAt + rtClusters;
+  const l1At = blocksAt + blocks;
+  const l2At = l1At + l1Clusters;
+  const dataAt = l2At + l2Tables;
+  const total = dataAt + dataClusters;
+
+  const h: Qcow2Header = {
+    version: l.version,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: l.clusterBits,
+    size: l.size,
+    cryptMethod: 0,
+    l1Size: l1Entries,
+    l1TableOffset: l1At * cs,
+    refcountTableOffset: rtAt * cs,
+    refcountTableClusters: rtClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures:
+      (l.dataFile !== undefined ? 1n << BigInt(INCOMPAT_DATA_FILE) : 0n) |
+      (l.compressionType !== COMPRESSION_ZLIB ? 1n << BigInt(INCOMPAT_COMPRESSION) : 0n) |
+      (l.extendedL2 ? 1n << BigInt(INCOMPAT_EXTENDED_L2) : 0n),
+    compatibleFeatures: l.lazyRefcounts ? 1n << BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
+    autoclearFeatures: l.dataFileRaw ? 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n,
+    refcountOrder: l.refcountOrder,
+    headerLength: l.headerLength,
+    compressionType: l.compressionType,
+    extraFields: new Uint8Array(Math.max(0, l.headerLength - 105)),
+  };
+
+  // The data file first: if it cannot be opened, nothing is written.
+  let dataStorage: Storage | undefined;
+  if (l.dataFile !== undefined) {
+    dataStorage = options.dataFileStorage;
+    if (!dataStorage) {
+      if (!options.resolver) throw invalidArg(FORMAT, 'an external data file needs dataFileStorage or a resolver', { field: 'dataFile' });
+      dataStorage = await options.resolver({ name: l.dataFile, kind: 'data-file', from: storage, writable: true });
+    }
+  }
+  try {
+    await storage.truncate(0);
+    const meta = new Uint8Array(dataAt * cs);
+    meta.set(headerCluster(l, h, cs), 0);
+    for (let b = 0; b < blocks; b++) put64(meta, rtAt * cs + b * 8, (blocksAt + b) * cs);
+    for (let c = 0; c < total; c++) {
+      const block = meta.subarray((blocksAt + Math.floor(c / perBlock)) * cs);
+      writeRefcount(block, c % perBlock, 2 ** l.refcountOrder, 1);
+    }
+    if (prealloc) {
+      const es = l.extendedL2 ? 16 : 8;
+      for (let t = 0; t < l2Tables; t++) put64(meta, l1At * cs + t * 8, (l2At + t) * cs, ENTRY_COPIED_HI);
+      for (let c = 0; c < guestClusters; c++) {
+        const at = l2At * cs + c * es; // tables are consecutive, so entry c of the guest is at c * es
+        const host = l.dataFile === undefined ? (dataAt + c) * cs : c * cs;
+        put64(meta, at, host, ENTRY_COPIED_HI);
+        if (l.extendedL2) writeU32Be(meta, at + 12, 0xffffffff);
+      }
+    }
+    await storage.write(0, meta);
+    if (dataClusters) {
+      await storage.truncate(total * cs);
+      if (l.preallocation === 'full') {
+        const zeros = new Uint8Array(Math.min(dataClusters * cs, 4 * 1024 * 1024));
+        for (let at = dataAt * cs; at < total * cs; at += zeros.length) await storage.write(at, zeros.subarray(0, Math.min(zeros.length, total * cs - at)));
+      }
+    }
+    if (dataStorage) {
+      await dataStorage.truncate(0);
+      await dataStorage.truncate(l.size);
+      if (l.preallocation === 'full') {
+        const zeros = new Uint8Array(Math.min(l.size, 4 * 1024 * 1024));
+        for (let at = 0; at < l.size; at += zeros.length) await dataStorage.write(at, zeros.subarray(0, Math.min(zeros.length, l.size - at)));
+      }
+      await dataStorage.flush();
+    }
+    await storage.flush();
+  } finally {
+    // The data file is opened again by openQcow2 through the same route.
+    if (dataStorage && dataStorage !== options.dataFileStorage) await dataStorage.close();
+  }
+  const given = options.dataFileStorage;
+  const resolver: Resolver | undefined =
+    given !== undefined
+      ? async (request) => (request.kind === 'data-file' ? given : options.resolver ? options.resolver(request) : Promise.reject(new Error('no resolver')))
+      : options.resolver;
+  return openQcow2(storage, { readOnly: false, resolver, formats: options.formats, noBacking: options.noBacking });
+}

@@ -1,0 +1,378 @@
+/**
+ * Refcounts (spec: "Host cluster management"): the refcount table, its
+ * refcount blocks, and the cluster allocator built on them.
+ *
+ * Refcount changes are written through at once (a block is written back
+ * whenever it changes), so that callers can order them against other
+ * metadata with flush barriers: refcounts are raised before anything
+ * points at a cluster and lowered only after nothing does.
+ */
+import { readU32Be, writeU32Be, corrupt, hex } from '@img/block';
+import type { Storage } from '@img/block';
+import { L2Cache } from './l2-cache.js';
+import { MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
+import { MAX_HOST_OFFSET } from './mapping.js';
+
+const FORMAT = 'qcow2';
+
+/** Reads entry `index` of a refcount block with `bits`-wide entries. */
+export function readRefcount(block: Uint8Array, index: number, bits: number): number {
+  if (bits === 16) return (block[index * 2]! << 8) | block[index * 2 + 1]!;
+  if (bits < 8) {
+    const bit = index * bits;
+    return (block[bit >> 3]! >> (bit & 7)) & ((1 << bits) - 1);
+  }
+  if (bits === 8) return block[index]!;
+  if (bits === 32) return readU32Be(block, index * 4);
+  // 64-bit: values past 2^53 cannot be real counts; report them as the largest safe value.
+  const hi = readU32Be(block, index * 8);
+  const lo = readU32Be(block, index * 8 + 4);
+  return hi > 0x1fffff ? Number.MAX_SAFE_INTEGER : hi * 0x1_0000_0000 + lo;
+}
+
+/** Writes entry `index` of a refcount block. */
+export function writeRefcount(block: Uint8Array, index: number, bits: number, value: number): void {
+  if (bits === 16) {
+    block[index * 2] = value >>> 8;
+    block[index * 2 + 1] = value & 0xff;
+  } else if (bits < 8) {
+    const bit = index * bits;
+    const mask = ((1 << bits) - 1) << (bit & 7);
+    block[bit >> 3] = (block[bit >> 3]! & ~mask) | ((value << (bit & 7)) & mask);
+  } else if (bits === 8) {
+    block[index] = value;
+  } else if (bits === 32) {
+    writeU32Be(block, index * 4, value);
+  } else {
+    writeU32Be(block, index * 8, Math.floor(value / 0x1_0000_0000));
+    writeU32Be(block, index * 8 + 4, value >>> 0);
+  }
+}
+
+/** Refcount table entries: offsets of refcount blocks (0: none). */
+function parseTable(bytes: Uint8Array, clusterSize: number, fileSize: number, tableOffset: number, file?: string): number[] {
+  const out: number[] = new Array(bytes.length / 8);
+  for (let i = 0; i < out.length; i++) {
+    const hi = readU32Be(bytes, i * 8);
+    const lo = readU32Be(bytes, i * 8 + 4);
+    const offset = (hi & OFFSET_MASK_HI) * 0x1_0000_0000 + ((lo & OFFSET_MASK_LO) >>> 0);
+    if (offset !== 0 && (offset % clusterSize !== 0 || offset + clusterSize > fileSize || offset > MAX_HOST_OFFSET)) {
+      throw corrupt(FORMAT, file, `refcount block at ${hex(offset)} (refcount table entry ${i} at ${hex(tableOffset + i * 8)}) is unaligned or lies past the end of the file`, {
+        field: 'refcount table entry',
+        offset: tableOffset + i * 8,
+        actual: offset,
+      });
+    }
+    out[i] = offset;
+  }
+  return out;
+}
+
+export interface RefcountOptions {
+  storage: Storage;
+  file: string;
+  clusterSize: number;
+  refcountBits: number;
+  tableOffset: number;
+  tableClusters: number;
+  fileSize: number;
+  /** Called after the refcount table moved (the header must be rewritten). */
+  onTableMoved: (offset: number, clusters: number) => Promise<void>;
+  /** Flush barrier between dependent metadata writes (a no-op with lazy refcounts). */
+  barrier: () => Promise<void>;
+}
+
+/** The refcount structures of an open, writable image, and its cluster allocator. */
+export class Refcounts {
+  readonly clusterSize: number;
+  readonly bits: number;
+  /** Entries per refcount block. */
+  readonly perBlock: number;
+  readonly maxRefcount: number;
+  #o: RefcountOptions;
+  #table: number[];
+  #tableOffset: number;
+  #tableClusters: number;
+  #blocks: L2Cache;
+  /** One past the last cluster in use (the allocation frontier). */
+  #end: number;
+  /** No free cluster lies below this one. */
+  #freeHint = 0;
+  /** No free run of more than one cluster starts below this one (except clusters freed since). */
+  #runHint = 0;
+
+  private constructor(o: RefcountOptions, table: number[]) {
+    this.#o = o;
+    this.clusterSize = o.clusterSize;
+    this.bits = o.refcountBits;
+    this.perBlock = (o.clusterSize * 8) / o.refcountBits;
+    this.maxRefcount = o.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** o.refcountBits - 1;
+    this.#table = table;
+    this.#tableOffset = o.tableOffset;
+    this.#tableClusters = o.tableClusters;
+    this.#blocks = new L2Cache(Math.max(4, Math.floor((4 * 1024 * 1024) / o.clusterSize)));
+    this.#end = Math.ceil(o.fileSize / o.clusterSize);
+  }
+
+  /** Loads the refcount table (bounded by qemu's 8 MiB) and checks every entry. */
+  static async load(o: RefcountOptions): Promise<Refcounts> {
+    const bytes = o.tableClusters * o.clusterSize;
+    if (bytes > MAX_REFCOUNT_TABLE_BYTES) throw corrupt(FORMAT, o.file, `refcount table of ${o.tableClusters} clusters exceeds 8 MiB`, { field: 'refcount_table_clusters', offset: 56 });
+    const raw = new Uint8Array(bytes);
+    const n = await o.storage.readInto(o.tableOffset, raw);
+    if (n < bytes) throw corrupt(FORMAT, o.file, `refcount table at ${hex(o.tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
+    return new Refcounts(o, parseTable(raw, o.clusterSize, o.fileSize, o.tableOffset, o.file));
+  }
+
+  get tableOffset(): number {
+    return this.#tableOffset;
+  }
+
+  get tableClusters(): number {
+    return this.#tableClusters;
+  }
+
+  /** Refcount block offsets, by table index (a copy). */
+  get table(): readonly number[] {
+    return this.#table;
+  }
+
+  /** One past the highest cluster index allocated so far. */
+  get endCluster(): number {
+    return this.#end;
+  }
+
+  async #block(tableIndex: number): Promise<Uint8Array | undefined> {
+    const offset = this.#table[tableIndex] ?? 0;
+    if (offset === 0) return undefined;
+    return this.#blocks.get(offset, async () => {
+      const b = new Uint8Array(this.clusterSize);
+      await this.#o.storage.readInto(offset, b);
+      return b;
+    });
+  }
+
+  /** The refcount of cluster `index`. */
+  async get(index: number): Promise<number> {
+    const block = await this.#block(Math.floor(index / this.perBlock));
+    return block ? readRefcount(block, index % this.perBlock, this.bits) : 0;
+  }
+
+  /**
+   * Adds `delta` to the refcounts of clusters [first, first+count). Blocks
+   * are created where needed; each changed block is written once.
+   */
+  async add(first: number, count: number, delta: number): Promise<void> {
+    let i = first;
+    const end = first + count;
+    while (i < end) {
+      const t = Math.floor(i / this.perBlock);
+      const stop = Math.min(end, (t + 1) * this.perBlock);
+      if (delta > 0) await this.#ensureBlock(t);
+      const block = await this.#block(t);
+      if (!block) {
+        throw corrupt(FORMAT, this.#o.file, `refcount of cluster ${i} (${hex(i * this.clusterSize)}) would drop below zero: no refcount block covers it`, { field: 'refcount', offset: i * this.clusterSize });
+      }
+      for (let j = i; j < stop; j++) {
+        const k = j % this.perBlock;
+        const v = readRefcount(block, k, this.bits) + delta;
+        if (v < 0) throw corrupt(FORMAT, this.#o.file, `refcount of cluster ${j} (${hex(j * this.clusterSize)}) would drop below zero`, { field: 'refcount', offset: j * this.clusterSize });
+        if (v > this.maxRefcount) throw corrupt(FORMAT, this.#o.file, `refcount of cluster ${j} would exceed ${this.maxRefcount}`, { field: 'refcount', offset: j * this.clusterSize });
+        writeRefcount(block, k, this.bits, v);
+        if (v === 0) {
+          if (j < this.#freeHint) this.#freeHint = j;
+          if (j < this.#runHint) this.#runHint = j;
+        }
+      }
+      await this.#writeBlockRange(t, block, i % this.perBlock, stop - t * this.perBlock);
+      i = stop;
+    }
+  }
+
+  /** Sets the refcount of one cluster (repairs). */
+  async set(index: number, value: number): Promise<void> {
+    const current = await this.get(index);
+    if (current !== value) await this.add(index, 1, value - current);
+  }
+
+  async #writeBlockRange(t: number, block: Uint8Array, fromEntry: number, toEntry: number): Promise<void> {
+    const from = Math.floor((fromEntry * this.bits) / 8);
+    const to = Math.ceil((toEntry * this.bits) / 8);
+    await this.#o.storage.write(this.#table[t]! + from, block.subarray(from, to));
+  }
+
+  /**
+   * Makes sure refcount block `t` exists. A new block goes at the end of
+   * the file; if it lies in its own range it describes itself, else the
+   * block covering it is made first.
+   */
+  async #ensureBlock(t: number): Promise<void> {
+    while ((this.#table[t] ?? 0) === 0) {
+      const at = this.#end;
+      const ownerIndex = Math.floor(at / this.perBlock);
+      if (ownerIndex !== t && (this.#table[ownerIndex] ?? 0) === 0) {
+        await this.#ensureBlock(ownerIndex);
+        continue;
+      }
+      if (t >= this.#table.length || ownerIndex >= this.#table.length) {
+        await this.#growTable(Math.max(t, ownerIndex) + 1);
+        continue;
+      }
+      this.#end = at + 1;
+      const block = new Uint8Array(this.clusterSize);
+      if (ownerIndex === t) writeRefcount(block, at % this.perBlock, this.bits, 1);
+      await this.#o.storage.write(at * this.clusterSize, block);
+      if (ownerIndex !== t) await this.add(at, 1, 1);
+      await this.#o.barrier();
+      this.#table[t] = at * this.clusterSize;
+      this.#blocks.put(at * this.clusterSize, block);
+      const entry = new Uint8Array(8);
+      writeU32Be(entry, 0, Math.floor((at * this.clusterSize) / 0x1_0000_0000));
+      writeU32Be(entry, 4, (at * this.clusterSize) >>> 0);
+      await this.#o.storage.write(this.#tableOffset + t * 8, entry);
+      await this.#o.barrier();
+    }
+  }
+
+  /**
+   * Moves the refcount table to a bigger one at the end of the file, with
+   * new self-describing refcount blocks for its own clusters where needed.
+   */
+  async #growTable(minEntries: number): Promise<void> {
+    const cs = this.clusterSize;
+    const perCluster = cs / 8;
+    let entries = Math.max(minEntries, Math.ceil(this.#table.length * 1.5), perCluster);
+    let clusters = 0;
+    let newBlocks: number[] = [];
+    const start = this.#end;
+    // Find a size that covers the table itself and the blocks that describe it.
+    for (;;) {
+      clusters = Math.ceil(entries / perCluster);
+      newBlocks = [];
+      // Blocks are needed for every block index covering [start, start+clusters+newBlocks) that has none.
+      let span = clusters;
+      for (let guard = 0; guard < 64; guard++) {
+        newBlocks = [];
+        for (let t = Math.floor(start / this.perBlock); t <= Math.floor((start + span - 1) / this.perBlock); t++) {
+          if ((this.#table[t] ?? 0) === 0) newBlocks.push(t);
+        }
+        if (clusters + newBlocks.length === span) break;
+        span = clusters + newBlocks.length;
+      }
+      const maxIndex = Math.max(this.#table.length, minEntries, ...newBlocks.map((t) => t + 1));
+      if (maxIndex <= clusters * perCluster) break;
+      entries = maxIndex;
+    }
+    if (clusters * cs > MAX_REFCOUNT_TABLE_BYTES) {
+      throw corrupt(FORMAT, this.#o.file, `the refcount table would exceed qemu's 8 MiB bound`, { field: 'refcount_table_clusters' });
+    }
+    const table = this.#table.slice();
+    while (table.length < clusters * perCluster) table.push(0);
+    // Write the new blocks (they count the table and themselves), then the table.
+    const blockAt = start + clusters;
+    const blocks = new Map<number, Uint8Array>();
+    newBlocks.forEach((t, i) => {
+      table[t] = (blockAt + i) * cs;
+      blocks.set(t, new Uint8Array(cs));
+    });
+    this.#end = blockAt + newBlocks.length;
+    // Refcounts of the new clusters: in new blocks directly, in existing blocks through add().
+    const fresh: number[] = [];
+    for (let c = start; c < this.#end; c++) {
+      const t = Math.floor(c / this.perBlock);
+      const nb = blocks.get(t);
+      if (nb) writeRefcount(nb, c % this.perBlock, this.bits, 1);
+      else fresh.push(c);
+    }
+    for (const [t, b] of blocks) {
+      await this.#o.storage.write(table[t]!, b);
+      this.#blocks.put(table[t]!, b);
+    }
+    this.#table = table;
+    for (const c of fresh) await this.add(c, 1, 1);
+    const bytes = new Uint8Array(clusters * cs);
+    table.forEach((off, i) => {
+      writeU32Be(bytes, i * 8, Math.floor(off / 0x1_0000_0000));
+      writeU32Be(bytes, i * 8 + 4, off >>> 0);
+    });
+    await this.#o.storage.write(start * cs, bytes);
+    await this.#o.barrier();
+    const oldOffset = this.#tableOffset;
+    const oldClusters = this.#tableClusters;
+    this.#tableOffset = start * cs;
+    this.#tableClusters = clusters;
+    await this.#o.onTableMoved(this.#tableOffset, clusters);
+    await this.#o.barrier();
+    await this.add(oldOffset / cs, oldClusters, -1);
+  }
+
+  /**
+   * Allocates `count` contiguous clusters (refcount 1) and returns the host
+   * offset of the first. Reuses free clusters inside the file before
+   * growing it.
+   */
+  async allocate(count: number): Promise<number> {
+    const first = await this.#findFree(count);
+    if (first + count > this.#end) this.#end = first + count;
+    await this.add(first, count, 1);
+    if (first + count > this.#end) this.#end = first + count;
+    return first * this.clusterSize;
+  }
+
+  /**
+   * The first cluster of a free run of `count` clusters at or after the
+   * hint, or the end of the file (a free run touching the end continues
+   * into new clusters). Single clusters and runs keep separate hints so
+   * that a lone free cluster does not make every multi-cluster search
+   * rescan the file.
+   */
+  async #findFree(count: number): Promise<number> {
+    const from = count === 1 ? this.#freeHint : Math.max(this.#freeHint, this.#runHint);
+    let run = 0;
+    let runStart = from;
+    let firstFree = -1;
+    let i = from;
+    while (i < this.#end) {
+      const t = Math.floor(i / this.perBlock);
+      const block = await this.#block(t);
+      const stop = Math.min(this.#end, (t + 1) * this.perBlock);
+      for (; i < stop; i++) {
+        if (!block || readRefcount(block, i % this.perBlock, this.bits) === 0) {
+          if (firstFree < 0) firstFree = i;
+          if (run === 0) runStart = i;
+          if (++run === count) return this.#found(count, runStart, firstFree);
+        } else {
+          run = 0;
+        }
+      }
+    }
+    return this.#found(count, run > 0 ? runStart : this.#end, firstFree);
+  }
+
+  #found(count: number, start: number, firstFree: number): number {
+    if (count === 1) this.#freeHint = start + 1;
+    else {
+      // Nothing below `start` held a long enough run; single clusters may still fit below.
+      this.#runHint = start + count;
+      if (firstFree === start) this.#freeHint = Math.max(this.#freeHint, start + count);
+    }
+    return start;
+  }
+
+  /** Drops one reference from each cluster in [offset, offset + bytes). */
+  async release(offset: number, bytes: number): Promise<void> {
+    const first = Math.floor(offset / this.clusterSize);
+    const last = Math.floor((offset + bytes - 1) / this.clusterSize);
+    await this.add(first, last - first + 1, -1);
+  }
+
+  /** Forgets cached blocks (after a repair rewrote them). */
+  clearCache(): void {
+    this.#blocks.clear();
+  }
+
+  /** Marks cluster indices up to `end` as in use by the file (after external growth). */
+  noteEnd(endCluster: number): void {
+    if (endCluster > this.#end) this.#end = endCluster;
+  }
+}

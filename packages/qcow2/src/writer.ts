@@ -1,0 +1,535 @@
+/**
+ * Guest writes: write, writeZeroes, discard and writeCompressed over the
+ * active L1/L2 tables, with copy-on-write from the backing image, from
+ * compressed clusters and from clusters shared with snapshots.
+ *
+ * Ordering (crash safety): a cluster's refcount is raised before anything
+ * points at it, its data is written and flushed before the L2 entry that
+ * maps it, and an old cluster's refcount is lowered only after the new
+ * entry is on disk. Work is done per L2 table under that table's lock;
+ * refcounts and the L1 table are changed under one metadata lock.
+ */
+import { KeyedLock, Mutex, ImageError, ERROR_CODES, concatBytes, readU32Be, writeU32Be } from '@img/block';
+import { decodeL2Entry, l1EntryOffset } from './mapping.js';
+import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, COMPRESSED_SECTOR } from './constants.js';
+import { loadL2, type MappingView } from './reader.js';
+import type { Refcounts } from './refcount.js';
+import type { Qcow2State } from './image.js';
+
+/** One L2 entry in a form that covers both entry layouts. */
+interface Entry {
+  host: number | undefined;
+  copied: boolean;
+  /** Compressed data: [host, host + size) in the image file. */
+  compressed: { host: number; size: number } | undefined;
+  /** Allocated units (subclusters; bit 0 only without extended L2). */
+  alloc: number;
+  /** Units that read as zeros. */
+  zero: number;
+}
+
+/** What the writer needs from the image besides its state. */
+export interface WriterHooks {
+  /** Reads guest bytes of the active layer as they are now (for copy-on-write). */
+  read(offset: number, target: Uint8Array): Promise<void>;
+  /** Writes the header (after the writer changed it). */
+  writeHeader(): Promise<void>;
+  /** Runs once before the first change to the image (dirty bit, autoclear bits). */
+  beforeFirstWrite(): Promise<void>;
+  /** Flush barrier between dependent metadata writes. */
+  barrier(): Promise<void>;
+}
+
+const TWO32 = 0x1_0000_0000;
+
+/** Writes the 64-bit offset-with-flags `hi:lo` pair at `at`. */
+function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
+  writeU32Be(buf, at, hi >>> 0);
+  writeU32Be(buf, at + 4, lo >>> 0);
+}
+
+export class Qcow2Writer {
+  #s: Qcow2State;
+  #view: MappingView;
+  #refcounts: Refcounts | undefined;
+  #hooks: WriterHooks;
+  #tables = new KeyedLock();
+  #meta = new Mutex();
+  /** Free space left in the last host cluster that compressed data went to. */
+  #ctail: { offset: number; end: number } | undefined;
+  readonly units: number;
+  readonly full: number;
+  readonly unitSize: number;
+
+  constructor(state: Qcow2State, view: MappingView, refcounts: Refcounts | undefined, hooks: WriterHooks) {
+    this.#s = state;
+    this.#view = view;
+    this.#refcounts = refcounts;
+    this.#hooks = hooks;
+    this.units = state.entryGeom.extendedL2 ? 32 : 1;
+    this.full = state.entryGeom.extendedL2 ? 0xffffffff : 1;
+    this.unitSize = state.geom.subclusterSize;
+  }
+
+  get refcounts(): Refcounts | undefined {
+    return this.#refcounts;
+  }
+
+  // ---- entries --------------------------------------------------------
+
+  #decode(table: Uint8Array, index: number, tableOffset: number): Entry {
+    const e = decodeL2Entry(table, index, this.#s.entryGeom, this.#s.file, tableOffset);
+    switch (e.type) {
+      case 'unallocated':
+        return { host: undefined, copied: false, compressed: undefined, alloc: 0, zero: 0 };
+      case 'zero':
+        return { host: e.host, copied: e.copied, compressed: undefined, alloc: 0, zero: this.full };
+      case 'normal':
+        return { host: e.host, copied: e.copied, compressed: undefined, alloc: this.full, zero: 0 };
+      case 'compressed':
+        return { host: undefined, copied: false, compressed: { host: e.host, size: e.size }, alloc: 0, zero: 0 };
+      case 'subclusters':
+        return { host: e.host, copied: e.copied, compressed: undefined, alloc: e.alloc, zero: e.zero };
+    }
+  }
+
+  #encode(table: Uint8Array, index: number, e: Entry): void {
+    const g = this.#s.entryGeom;
+    const at = index * (g.extendedL2 ? 16 : 8);
+    if (e.compressed) {
+      const x = 62 - (g.clusterBits - 8);
+      const sectors = Math.ceil(((e.compressed.host % COMPRESSED_SECTOR) + e.compressed.size) / COMPRESSED_SECTOR) - 1;
+      const hi = ENTRY_COMPRESSED_HI | (sectors * 2 ** (x - 32)) | Math.floor(e.compressed.host / TWO32);
+      put64(table, at, hi, e.compressed.host);
+      if (g.extendedL2) put64(table, at + 8, 0, 0);
+      return;
+    }
+    const host = e.host ?? 0;
+    const allocated = e.host !== undefined;
+    const hi = (allocated && e.copied ? ENTRY_COPIED_HI : 0) | Math.floor(host / TWO32);
+    if (g.extendedL2) {
+      put64(table, at, allocated ? hi : 0, allocated ? host : 0);
+      put64(table, at + 8, e.zero, e.alloc);
+      return;
+    }
+    if (e.alloc) put64(table, at, hi, host);
+    else if (e.zero) put64(table, at, allocated ? hi : 0, (allocated ? host : 0) | 1);
+    else put64(table, at, 0, 0);
+  }
+
+  /** Units of a cluster touched by bytes [a, b) of it, as a bit mask. */
+  #mask(a: number, b: number): number {
+    if (this.units === 1) return 1;
+    const first = Math.floor(a / this.unitSize);
+    const last = Math.ceil(b / this.unitSize) - 1;
+    let m = 0;
+    for (let i = first; i <= last; i++) m |= 1 << i;
+    return m >>> 0;
+  }
+
+  /** Units wholly inside bytes [a, b). */
+  #wholeMask(a: number, b: number): number {
+    const first = Math.ceil(a / this.unitSize);
+    const end = Math.floor(b / this.unitSize);
+    if (this.units === 1) return first === 0 && end === 1 ? 1 : 0;
+    let m = 0;
+    for (let i = first; i < end; i++) m |= 1 << i;
+    return m >>> 0;
+  }
+
+  // ---- metadata helpers ---------------------------------------------
+
+  async #allocate(count: number): Promise<number> {
+    const rc = this.#refcounts!;
+    const offset = await this.#meta.run(() => rc.allocate(count));
+    const end = offset + count * this.#s.geom.clusterSize;
+    if (end > this.#s.fileSize) {
+      // Grow the file over the whole run so that no mapped cluster lies past its end.
+      await this.#s.storage.truncate(end);
+      this.#s.fileSize = end;
+    }
+    return offset;
+  }
+
+  /** Drops one reference from each host cluster of [offset, offset + bytes). */
+  async #release(offset: number, bytes: number): Promise<void> {
+    const rc = this.#refcounts;
+    if (!rc) return;
+    const cs = this.#s.geom.clusterSize;
+    if (this.#ctail) {
+      const tail = Math.floor(this.#ctail.offset / cs);
+      if (tail >= Math.floor(offset / cs) && tail <= Math.floor((offset + bytes - 1) / cs)) this.#ctail = undefined;
+    }
+    await this.#meta.run(() => rc.release(offset, bytes));
+  }
+
+  /** Releases what an entry points to (data cluster or compressed bytes). */
+  async #releaseEntry(e: Entry): Promise<void> {
+    if (e.compressed) {
+      // Its host bytes may be reused: forget what was decompressed from them.
+      this.#s.decompressed.clear();
+      await this.#release(e.compressed.host, e.compressed.size);
+    }
+    else if (e.host !== undefined && !this.#s.dataFile) await this.#release(e.host, this.#s.geom.clusterSize);
+  }
+
+  #writeL1Entry(index: number, offset: number, copied: boolean): Promise<void> {
+    const l1 = this.#view.l1;
+    put64(l1, index * 8, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / TWO32), offset);
+    return this.#s.storage.write(this.#view.l1Offset + index * 8, l1.subarray(index * 8, index * 8 + 8));
+  }
+
+  /**
+   * The L2 table for L1 entry `l1Index`, ready to be changed: allocated if
+   * missing, copied if shared with a snapshot. Caller holds the table lock.
+   */
+  async #tableFor(l1Index: number): Promise<{ table: Uint8Array; offset: number }> {
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    const l2Offset = l1EntryOffset(this.#view.l1, l1Index, cs, s.file, this.#view.l1Offset);
+    const copied = l2Offset !== 0 && (readU32Be(this.#view.l1, l1Index * 8) & ENTRY_COPIED_HI) !== 0;
+    if (l2Offset !== 0 && copied) return { table: await loadL2(s, l2Offset, l1Index), offset: l2Offset };
+    const fresh = await this.#allocate(1);
+    let table: Uint8Array;
+    if (l2Offset === 0) {
+      table = new Uint8Array(cs);
+    } else {
+      // Shared with a snapshot: every cluster it maps gains a reference from the copy, which no longer owns any alone.
+      table = (await loadL2(s, l2Offset, l1Index)).slice();
+      for (let i = 0; i < s.geom.l2Entries; i++) {
+        const e = this.#decode(table, i, l2Offset);
+        if (e.compressed) await this.#meta.run(() => this.#refcounts!.add(Math.floor(e.compressed!.host / cs), Math.floor((e.compressed!.host + e.compressed!.size - 1) / cs) - Math.floor(e.compressed!.host / cs) + 1, 1));
+        else if (e.host !== undefined && !s.dataFile) await this.#meta.run(() => this.#refcounts!.add(e.host! / cs, 1, 1));
+        if (e.host !== undefined) this.#encode(table, i, { ...e, copied: false });
+      }
+    }
+    await s.storage.write(fresh, table);
+    await this.#hooks.barrier();
+    s.cache.put(fresh, table);
+    await this.#writeL1Entry(l1Index, fresh, true);
+    if (l2Offset !== 0) {
+      await this.#hooks.barrier();
+      await this.#release(l2Offset, cs);
+    }
+    return { table, offset: fresh };
+  }
+
+  async #writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
+    const es = this.#s.geom.l2EntrySize;
+    this.#s.cache.put(tableOffset, table);
+    await this.#s.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
+  }
+
+  /** Runs `fn` for each L2 table's share of [offset, offset+length), under that table's lock, tables in parallel. */
+  async #perTable(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
+    await this.#hooks.beforeFirstWrite();
+    const cov = this.#s.geom.l2Coverage;
+    const jobs: Promise<void>[] = [];
+    for (let pos = offset; pos < offset + length; ) {
+      const l1Index = Math.floor(pos / cov);
+      const end = Math.min(offset + length, (l1Index + 1) * cov);
+      const start = pos;
+      jobs.push(this.#tables.run(l1Index, () => fn(l1Index, start, end)));
+      pos = end;
+    }
+    const results = await Promise.allSettled(jobs);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  // ---- write ------------------------------------------------------------
+
+  /** Writes `data` at guest `offset`. */
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#perTable(offset, data.length, (l1Index, start, end) => this.#writeInTable(l1Index, start, data.subarray(start - offset, end - offset)));
+  }
+
+  async #writeInTable(l1Index: number, offset: number, data: Uint8Array): Promise<void> {
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+    interface Plan { index: number; guest: number; host: number | undefined; spanStart: number; spanEnd: number; a: number; b: number; fill: boolean; next: Entry; old: Entry; fresh: boolean }
+    const plans: Plan[] = [];
+    let fresh = 0;
+    for (let pos = offset; pos < offset + data.length; ) {
+      const guest = Math.floor(pos / cs) * cs;
+      const a = pos - guest;
+      const b = Math.min(cs, offset + data.length - guest);
+      const index = (guest / cs) % s.geom.l2Entries;
+      const old = this.#decode(table, index, tableOffset);
+      const mask = this.#mask(a, b);
+      const whole = this.#wholeMask(a, b);
+      const priv = old.host !== undefined && old.copied && !old.compressed;
+      let next: Entry;
+      let spanStart: number;
+      let spanEnd: number;
+      let fill: boolean;
+      if (priv) {
+        next = { ...old, alloc: (old.alloc | mask) >>> 0, zero: (old.zero & ~mask) >>> 0 };
+        // Units only partly written that hold no data yet need their old content around the new bytes.
+        fill = ((mask & ~whole & ~old.alloc) >>> 0) !== 0;
+        spanStart = fill ? Math.floor(a / this.unitSize) * this.unitSize : a;
+        spanEnd = fill ? Math.min(cs, Math.ceil(b / this.unitSize) * this.unitSize) : b;
+      } else {
+        const keep = old.compressed ? this.full : old.host !== undefined ? old.alloc : 0;
+        const alloc = (keep | mask) >>> 0;
+        next = { host: undefined, copied: true, compressed: undefined, alloc, zero: (old.compressed ? 0 : old.zero & ~alloc) >>> 0 };
+        const first = 31 - Math.clz32((alloc & -alloc) >>> 0);
+        const last = 31 - Math.clz32(alloc);
+        spanStart = this.units === 1 ? 0 : first * this.unitSize;
+        spanEnd = this.units === 1 ? cs : (last + 1) * this.unitSize;
+        fill = spanStart < a || spanEnd > b;
+        if (!s.dataFile) fresh++;
+      }
+      plans.push({ index, guest, host: priv ? old.host : s.dataFile ? guest : undefined, spanStart, spanEnd, a, b, fill, next, old, fresh: !priv });
+      pos = guest + b;
+    }
+    // Allocate every new cluster of this table at once, so that they lie together in the file.
+    if (fresh) {
+      let at = await this.#allocate(fresh);
+      for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
+    }
+    // Build the bytes: new data, with old content around it where a unit is only partly written.
+    const pieces = await Promise.all(
+      plans.map(async (p) => {
+        const piece = p.fill ? new Uint8Array(p.spanEnd - p.spanStart) : data.subarray(p.guest + p.a - offset, p.guest + p.b - offset);
+        if (p.fill) {
+          const within = Math.max(0, Math.min(p.spanEnd, this.#view.size - p.guest) - p.spanStart);
+          if (within > 0) await this.#hooks.read(p.guest + p.spanStart, piece.subarray(0, within));
+          piece.set(data.subarray(p.guest + p.a - offset, p.guest + p.b - offset), p.a - p.spanStart);
+        }
+        return { host: p.host! + (p.fill ? p.spanStart : p.a), bytes: piece };
+      }),
+    );
+    await this.#writeRuns(pieces);
+    // Point the entries at the data once it is on disk.
+    let first = -1;
+    let last = -1;
+    for (const p of plans) {
+      const next = { ...p.next, host: p.host, copied: true };
+      const changed = p.fresh || next.alloc !== p.old.alloc || next.zero !== p.old.zero;
+      if (!changed) continue;
+      this.#encode(table, p.index, next);
+      if (first < 0) first = p.index;
+      last = p.index;
+    }
+    if (first >= 0) {
+      await this.#hooks.barrier();
+      await this.#writeTableRange(tableOffset, table, first, last);
+    }
+    const stale = plans.filter((p) => p.fresh && (p.old.compressed || (p.old.host !== undefined && !s.dataFile)));
+    if (stale.length) {
+      await this.#hooks.barrier();
+      for (const p of stale) await this.#releaseEntry(p.old);
+    }
+  }
+
+  /** Writes pieces, joining those that are contiguous in the file into one I/O. */
+  async #writeRuns(pieces: { host: number; bytes: Uint8Array }[]): Promise<void> {
+    const target = this.#s.dataStorage;
+    const sorted = pieces.filter((p) => p.bytes.length).sort((x, y) => x.host - y.host);
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < sorted.length; ) {
+      let j = i + 1;
+      let end = sorted[i]!.host + sorted[i]!.bytes.length;
+      let size = sorted[i]!.bytes.length;
+      while (j < sorted.length && sorted[j]!.host === end && size < 16 * 1024 * 1024) {
+        end += sorted[j]!.bytes.length;
+        size += sorted[j]!.bytes.length;
+        j++;
+      }
+      const run = sorted.slice(i, j);
+      writes.push(target.write(run[0]!.host, run.length === 1 ? run[0]!.bytes : concatBytes(run.map((p) => p.bytes))));
+      i = j;
+    }
+    await Promise.all(writes);
+  }
+
+  // ---- zeroes and discard --------------------------------------------
+
+  /**
+   * Makes [offset, offset+length) read as zeros (`zero`) or as the backing
+   * image / zeros (`discard`). Whole units change entries only; partly
+   * covered units are written with zeros.
+   */
+  zeroOrDiscard(offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
+    return this.#perTable(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
+  }
+
+  async #zeroInTable(l1Index: number, start: number, end: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    const v3 = s.header.version >= 3;
+    const hasBacking = s.backing !== undefined;
+    // With a raw data file the data file itself must read as the disk: write real zeros.
+    // Version 2 has no zero flag: zeroing over a backing file needs real zeros too.
+    if (s.rawDataFile || (mode === 'zero' && !v3 && hasBacking)) {
+      await this.#writeZeros(l1Index, [[start, end]]);
+      return;
+    }
+    const l2Offset = l1EntryOffset(this.#view.l1, l1Index, cs, s.file, this.#view.l1Offset);
+    // Nothing mapped by this table: it already reads as zeros (or as the backing file, for a discard).
+    if (l2Offset === 0 && (mode === 'discard' || !hasBacking)) return;
+    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+    const partial: Array<[number, number]> = [];
+    const stale: Entry[] = [];
+    let first = -1;
+    let last = -1;
+    for (let pos = start; pos < end; ) {
+      const guest = Math.floor(pos / cs) * cs;
+      const a = pos - guest;
+      const b = Math.min(cs, end - guest);
+      pos = guest + b;
+      // In the last cluster of a disk whose size is not a multiple of it, bytes past the end count as covered.
+      const whole = this.#wholeMask(a, guest + b >= this.#view.size ? cs : b);
+      const index = (guest / cs) % s.geom.l2Entries;
+      const old = this.#decode(table, index, tableOffset);
+      if (whole === 0 || (old.compressed && whole !== this.full)) {
+        partial.push([guest + a, guest + b]);
+        continue;
+      }
+      // Bytes outside the whole units are written as zeros.
+      const lo = (31 - Math.clz32((whole & -whole) >>> 0)) * this.unitSize;
+      const hi = (32 - Math.clz32(whole)) * this.unitSize;
+      if (a < lo) partial.push([guest + a, guest + lo]);
+      if (hi < b) partial.push([guest + hi, guest + b]);
+      const zeroFlag = mode === 'zero' && v3;
+      let next: Entry;
+      if (old.compressed) {
+        next = { host: undefined, copied: false, compressed: undefined, alloc: 0, zero: zeroFlag ? this.full : 0 };
+        stale.push(old);
+      } else {
+        const alloc = (old.alloc & ~whole) >>> 0;
+        const zero = zeroFlag ? (old.zero | whole) >>> 0 : (old.zero & ~whole) >>> 0;
+        next = { ...old, alloc, zero };
+        // Keep the host cluster while it holds data, or as a preallocated zero cluster when asked not to unmap.
+        const keep = alloc !== 0 || (zeroFlag && !mayUnmap && old.copied) || s.dataFile !== undefined;
+        if (old.host !== undefined && !keep) {
+          next.host = undefined;
+          next.copied = false;
+          stale.push(old);
+        }
+        if (next.alloc === old.alloc && next.zero === old.zero && next.host === old.host) continue;
+      }
+      this.#encode(table, index, next);
+      if (first < 0) first = index;
+      last = index;
+    }
+    if (first >= 0) await this.#writeTableRange(tableOffset, table, first, last);
+    if (stale.length) {
+      await this.#hooks.barrier();
+      for (const e of stale) await this.#releaseEntry(e);
+    }
+    await this.#writeZeros(l1Index, partial);
+  }
+
+  /** Writes real zeros over guest ranges of one table (the caller holds its lock). */
+  async #writeZeros(l1Index: number, ranges: Array<[number, number]>): Promise<void> {
+    const chunk = 4 * 1024 * 1024;
+    for (const [a, b] of ranges) {
+      const stop = Math.min(b, this.#view.size);
+      for (let pos = a; pos < stop; pos += chunk) await this.#writeInTable(l1Index, pos, new Uint8Array(Math.min(chunk, stop - pos)));
+    }
+  }
+
+  // ---- compressed -----------------------------------------------------
+
+  /**
+   * Stores one compressed cluster at guest cluster offset `guest`:
+   * `compressed` are the bytes (shorter than a cluster).
+   */
+  writeCompressedCluster(guest: number, compressed: Uint8Array): Promise<void> {
+    const l1Index = Math.floor(guest / this.#s.geom.l2Coverage);
+    return this.#perTable(guest, 1, async () => {
+      const s = this.#s;
+      const cs = s.geom.clusterSize;
+      const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+      const index = (guest / cs) % s.geom.l2Entries;
+      const old = this.#decode(table, index, tableOffset);
+      const host = await this.#meta.run(() => this.#placeCompressed(compressed.length));
+      await s.storage.write(host, compressed);
+      await this.#hooks.barrier();
+      this.#encode(table, index, { host: undefined, copied: false, compressed: { host, size: compressed.length }, alloc: 0, zero: 0 });
+      await this.#writeTableRange(tableOffset, table, index, index);
+      if (old.compressed || old.host !== undefined) {
+        await this.#hooks.barrier();
+        await this.#releaseEntry(old);
+      }
+    });
+  }
+
+  /** Finds room for compressed bytes: the tail of the last compressed cluster, or new clusters. Holds the metadata lock. */
+  async #placeCompressed(length: number): Promise<number> {
+    const cs = this.#s.geom.clusterSize;
+    const rc = this.#refcounts!;
+    const tail = this.#ctail;
+    const shared = tail ? await rc.get(Math.floor(tail.offset / cs)) : 0;
+    // Share the tail cluster only while its refcount can still grow (refcount_bits 1 cannot share).
+    if (tail && length <= tail.end - tail.offset && shared > 0 && shared < rc.maxRefcount) {
+      const host = tail.offset;
+      await rc.add(Math.floor(host / cs), 1, 1);
+      this.#advanceTail(host + length, tail.end);
+      return host;
+    }
+    const count = Math.ceil(length / cs);
+    const host = await rc.allocate(count);
+    const end = host + count * cs;
+    if (end > this.#s.fileSize) {
+      await this.#s.storage.truncate(end);
+      this.#s.fileSize = end;
+    }
+    this.#advanceTail(host + length, end);
+    return host;
+  }
+
+  #advanceTail(used: number, end: number): void {
+    const next = Math.ceil(used / COMPRESSED_SECTOR) * COMPRESSED_SECTOR;
+    this.#ctail = next < end ? { offset: next, end } : undefined;
+  }
+
+  // ---- L1 growth --------------------------------------------------------
+
+  /** Grows the L1 table to at least `entries` entries (moves it to new clusters). */
+  async growL1(entries: number): Promise<void> {
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    const h = s.header;
+    if (entries <= h.l1Size) return;
+    const bytes = entries * 8;
+    const clusters = Math.ceil(bytes / cs);
+    const offset = await this.#allocate(clusters);
+    const l1 = new Uint8Array(clusters * cs);
+    l1.set(this.#view.l1.subarray(0, h.l1Size * 8));
+    await s.storage.write(offset, l1);
+    await this.#hooks.barrier();
+    const oldOffset = h.l1TableOffset;
+    const oldClusters = Math.ceil((h.l1Size * 8) / cs);
+    h.l1TableOffset = offset;
+    h.l1Size = entries;
+    this.#view.l1 = l1.subarray(0, bytes);
+    this.#view.l1Offset = offset;
+    await this.#hooks.writeHeader();
+    await this.#hooks.barrier();
+    if (oldClusters > 0 && oldOffset > 0) await this.#release(oldOffset, oldClusters * cs);
+  }
+
+  /** Drops the L2 tables of L1 entries at or past `fromIndex` (after shrinking: they map nothing). */
+  async dropTablesFrom(fromIndex: number): Promise<void> {
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    for (let i = fromIndex; i < s.header.l1Size; i++) {
+      await this.#tables.run(i, async () => {
+        const l2Offset = l1EntryOffset(this.#view.l1, i, cs, s.file, this.#view.l1Offset);
+        if (l2Offset === 0) return;
+        await this.#writeL1Entry(i, 0, false);
+        await this.#hooks.barrier();
+        s.cache.delete(l2Offset);
+        await this.#release(l2Offset, cs);
+      });
+    }
+  }
+
+  /** Throws if the writer met corrupt metadata earlier. */
+  static corruptError(file: string): ImageError {
+    return new ImageError(ERROR_CODES.CORRUPT, `qcow2: ${file}: the image was marked corrupt by an earlier write; it can only be read`, { data: { format: 'qcow2', file } });
+  }
+}
