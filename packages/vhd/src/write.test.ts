@@ -1,0 +1,178 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MemoryStorage, assertExtentCover, diskExtents } from '@img/block';
+import { FileStorage } from '@img/block/node';
+import { describeQemu, normalizeExtents, normalizeQemuMap, qemuCompare, qemuImg, qemuInfo, qemuIo, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import fc from 'fast-check';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createVhd, type VhdCreateOptions } from './create.js';
+import { vhdDriver } from './driver.js';
+import type { VhdDisk } from './image.js';
+import { openVhd } from './open.js';
+
+type Op = { kind: 'write' | 'zero' | 'discard'; offset: number; length: number; seed: number };
+
+function opArb(size: number): fc.Arbitrary<Op> {
+  return fc
+    .record({ kind: fc.constantFrom('write', 'write', 'write', 'zero', 'discard'), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: 70_000 }), seed: fc.nat() })
+    .map((o) => ({ ...o, length: Math.min(o.length, size - o.offset) }) as Op);
+}
+
+async function apply(disk: VhdDisk, model: Uint8Array, op: Op): Promise<void> {
+  if (op.kind === 'write') {
+    const data = seededBytes(op.length, op.seed);
+    await disk.write(op.offset, data);
+    model.set(data, op.offset);
+  } else {
+    if (op.kind === 'zero') await disk.writeZeroes(op.offset, op.length);
+    else await disk.discard(op.offset, op.length);
+    model.fill(0, op.offset, op.offset + op.length);
+  }
+}
+
+async function expectContent(disk: VhdDisk, model: Uint8Array): Promise<void> {
+  const got = await disk.read(0, disk.size);
+  expect(Buffer.from(got).equals(Buffer.from(model))).toBe(true);
+  const extents = await diskExtents(disk);
+  assertExtentCover(extents, 0, disk.size);
+  // Extents are metadata only, but must never call data "zero".
+  for (const e of extents) if (e.kind !== 'data') expect(model.subarray(e.offset, e.offset + e.length).every((b) => b === 0)).toBe(true);
+}
+
+describe('create and write (memory), checked against a flat model', () => {
+  for (const [label, options] of [
+    ['dynamic, 2 MiB blocks, size not CHS-exact', { type: 'dynamic', size: 3_000_000 }],
+    ['dynamic, 4 KiB blocks', { type: 'dynamic', size: 700_000, blockSize: 4096 }],
+    ['dynamic, 512-byte blocks', { type: 'dynamic', size: 200_000, blockSize: 512 }],
+    ['fixed', { type: 'fixed', size: 1_000_000 }],
+  ] as Array<[string, VhdCreateOptions]>) {
+    it(`${label}: random writes, zeroes and discards; reopened image reads the same`, async () => {
+      await fc.assert(
+        fc.asyncProperty(fc.array(opArb(Math.ceil(options.size! / 512) * 512), { minLength: 1, maxLength: 12 }), async (ops) => {
+          const storage = new MemoryStorage({ name: 'm.vhd' });
+          const disk = await createVhd(storage, options);
+          expect(disk.size).toBe(Math.ceil(options.size! / 512) * 512);
+          const model = new Uint8Array(disk.size);
+          for (const op of ops) await apply(disk, model, op);
+          await expectContent(disk, model);
+          const again = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'm.vhd' }));
+          expect(again.problems).toEqual([]);
+          await expectContent(again, model);
+        }),
+        { seed: 1234, numRuns: 25 },
+      );
+    });
+  }
+
+  it('concurrent writes into the same blocks are all kept', async () => {
+    const storage = new MemoryStorage({ name: 'c.vhd' });
+    const disk = await createVhd(storage, { size: 8 * 1024 * 1024, blockSize: 64 * 1024 });
+    const model = new Uint8Array(disk.size);
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 200; i++) {
+      const offset = (i * 37_123) % (disk.size - 5000);
+      const slot = Math.floor(offset / 5000) * 5000;
+      const data = seededBytes(4999, i + 1);
+      if (model.subarray(slot, slot + 4999).some((b) => b !== 0)) continue;
+      model.set(data, slot);
+      writes.push(disk.write(slot, data));
+    }
+    await Promise.all(writes);
+    await expectContent(disk, model);
+    await expectContent(await openVhd(MemoryStorage.from(storage.toBytes())), model);
+  });
+
+  it('vhdDriver.create takes the CLI string options', async () => {
+    const fixed = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, subformat: 'fixed' });
+    expect((await fixed.info!()).formatSpecific!.type).toBe('fixed');
+    const dyn = (await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, block_size: '64k', force_size: 'on' })) as VhdDisk;
+    expect(dyn.footer.creatorApp).toBe('qem2');
+    expect(dyn.footer.geometry).toEqual({ cylinders: 65535, heads: 16, sectorsPerTrack: 255 });
+    expect((await dyn.info()).clusterSize).toBe(65536);
+    const rounded = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, force_size: 'off' });
+    expect(rounded.size).toBe(1_009_664); // the next CHS-exact size, as qemu-img create gives
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1e6, block_size: '3k' })).rejects.toThrow(/power of two/);
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 2041 * 2 ** 30 })).rejects.toThrow(/2040 GiB/);
+  });
+
+  it('probes conectix at offset 0 and in the last 512 or 511 bytes', () => {
+    const footer = new TextEncoder().encode('conectix');
+    const head = new Uint8Array(4096);
+    expect(vhdDriver.probe(head, 1 << 20)).toBe(0);
+    head.set(footer);
+    expect(vhdDriver.probe(head, 1 << 20)).toBe(100);
+    const tail = new Uint8Array(512);
+    tail.set(footer);
+    expect(vhdDriver.probe(new Uint8Array(4096), 1 << 20, tail)).toBe(100);
+    const tail511 = new Uint8Array(512);
+    tail511.set(footer, 1);
+    expect(vhdDriver.probe(new Uint8Array(4096), 1 << 20, tail511)).toBe(100);
+  });
+});
+
+describeQemu('qemu-img reads what we write, we write what qemu made', () => {
+  const tmp = tempDir('vhd-write-');
+  afterAll(() => tmp.cleanup());
+
+  async function fill(disk: VhdDisk, raw: string): Promise<Uint8Array> {
+    const model = new Uint8Array(disk.size);
+    const pieces: Array<[number, number, number]> = [
+      [0, 1000, 1],
+      [disk.size - 3000, 3000, 2],
+      [Math.floor(disk.size / 3), 70_000, 3],
+      [2 * 1024 * 1024 - 100, 300, 4],
+    ];
+    for (const [offset, length, seed] of pieces) {
+      if (offset + length > disk.size) continue;
+      const data = seededBytes(length, seed);
+      await disk.write(offset, data);
+      model.set(data, offset);
+    }
+    writeFileSync(raw, model);
+    return model;
+  }
+
+  for (const [label, options] of [
+    ['dynamic 5000000 bytes (not CHS-exact)', { type: 'dynamic', size: 5_000_000 }],
+    ['dynamic 64 KiB blocks', { type: 'dynamic', size: 3_333_120, blockSize: 65536 }],
+    ['fixed 5000192 bytes (not CHS-exact)', { type: 'fixed', size: 5_000_192 }],
+    ['dynamic force_size', { type: 'dynamic', size: 4_000_256, forceSize: true }],
+  ] as Array<[string, VhdCreateOptions]>) {
+    it(`${label}: qemu-img info shows our size, compare is identical, map equals our extents`, async () => {
+      const path = join(tmp.path, `${label.replace(/\W+/g, '-')}.vhd`);
+      const raw = `${path}.raw`;
+      const disk = await createVhd(await FileStorage.create(path), options);
+      await fill(disk, raw);
+      const ours = normalizeExtents(await diskExtents(disk));
+      const size = disk.size;
+      await disk.close();
+      expect(qemuInfo(path, 'vpc')['virtual-size']).toBe(size);
+      expect(size).toBe(Math.ceil(options.size! / 512) * 512);
+      expect(qemuCompare(path, raw, 'vpc', 'raw')).toBe(true);
+      if (options.type !== 'fixed') expect(ours).toEqual(normalizeQemuMap(qemuMap(path, 'vpc')));
+    });
+  }
+
+  for (const [label, qemuOpts] of [
+    ['dynamic default', ''],
+    ['dynamic force_size', 'force_size=on'],
+    ['fixed default', 'subformat=fixed'],
+    ['fixed force_size', 'subformat=fixed,force_size=on'],
+  ] as Array<[string, string]>) {
+    it(`qemu-made ${label}: we read qemu's data at qemu's size and our writes read back in qemu`, async () => {
+      const path = join(tmp.path, `q-${label.replace(/\W+/g, '-')}.vhd`);
+      const raw = `${path}.raw`;
+      qemuImg(['create', '-q', '-f', 'vpc', ...(qemuOpts ? ['-o', qemuOpts] : []), path, '4000000']);
+      qemuIo(path, 'vpc', ['write -P 0x5a 1024 8192']);
+      const disk = await openVhd(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+      expect(disk.size).toBe(qemuInfo(path, 'vpc')['virtual-size']);
+      expect((await disk.read(1024, 8192)).every((b) => b === 0x5a)).toBe(true);
+      const model = await fill(disk, raw);
+      model.fill(0x5a, 1024, 1024 + 8192);
+      for (const [offset, length, seed] of [[0, 1000, 1]] as const) model.set(seededBytes(length, seed), offset);
+      writeFileSync(raw, model);
+      await disk.close();
+      expect(qemuCompare(path, raw, 'vpc', 'raw')).toBe(true);
+    });
+  }
+});
