@@ -302,6 +302,9 @@ export class Qcow2Disk implements Disk {
       this.#view.size = newSize;
       await writeHeader(s);
       await s.storage.flush();
+      // The new area reads as zeros even where a longer backing file has data (as qemu does).
+      const backingEnd = Math.min(newSize, s.backing?.size ?? 0);
+      if (backingEnd > old) await w.zeroOrDiscard(old, backingEnd - old, 'zero', true);
     });
   }
 

@@ -141,14 +141,25 @@ export class Qcow2Writer {
 
   async #allocate(count: number): Promise<number> {
     const rc = this.#refcounts!;
-    const offset = await this.#meta.run(() => rc.allocate(count));
-    const end = offset + count * this.#s.geom.clusterSize;
+    const offset = await this.#meta.run(async () => {
+      const at = await rc.allocate(count);
+      await this.#growFile();
+      return at;
+    });
+    return offset;
+  }
+
+  /**
+   * Grows the file over every allocated cluster (new refcount blocks
+   * included), so that no mapped cluster lies past its end. Never shrinks.
+   * Caller holds the metadata lock.
+   */
+  async #growFile(): Promise<void> {
+    const end = this.#refcounts!.endCluster * this.#s.geom.clusterSize;
     if (end > this.#s.fileSize) {
-      // Grow the file over the whole run so that no mapped cluster lies past its end.
       await this.#s.storage.truncate(end);
       this.#s.fileSize = end;
     }
-    return offset;
   }
 
   /** Drops one reference from each host cluster of [offset, offset + bytes). */
@@ -472,12 +483,8 @@ export class Qcow2Writer {
     }
     const count = Math.ceil(length / cs);
     const host = await rc.allocate(count);
-    const end = host + count * cs;
-    if (end > this.#s.fileSize) {
-      await this.#s.storage.truncate(end);
-      this.#s.fileSize = end;
-    }
-    this.#advanceTail(host + length, end);
+    await this.#growFile();
+    this.#advanceTail(host + length, host + count * cs);
     return host;
   }
 
