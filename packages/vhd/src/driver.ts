@@ -1,6 +1,7 @@
 /** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
 import type { CreateOptions, FormatDriver, OpenOptions, Storage } from '@img/block';
 import { invalidArg } from '@img/block';
+import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
 import { VhdDisk } from './image.js';
@@ -54,6 +55,7 @@ export const vhdDriver: FormatDriver = {
   probe: probeVhd,
   open: (storage, options) => openVhd(storage, options),
   create,
+  check: (storage, options) => checkVhd(storage, options),
   createOptions: {
     subformat: 'dynamic (default) or fixed',
     block_size: 'block size of dynamic disks, a power of two from 512 (default 2M)',

@@ -43,6 +43,8 @@ export interface VhdOpenOptions extends OpenOptions {
   allowCoalescing?: boolean;
   /** Open the parent writable (coalesce does). */
   writableParent?: boolean;
+  /** @internal check(): collect bad BAT entries here instead of refusing the image. */
+  _batProblems?: Array<{ index: number; message: string }>;
 }
 
 interface FooterCopy {
@@ -235,13 +237,21 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (e === BAT_UNUSED) continue;
     const start = e * VHD_SECTOR;
     const batAt = h.tableOffset + i * 4;
+    let problem: ImageError | undefined;
     if (start + span > fileSize) {
-      throw corrupt(FORMAT, file, `BAT entry ${i} points past the end of the file (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      problem = corrupt(FORMAT, file, `BAT entry ${i} points past the end of the file (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
     }
     for (const m of metadata) {
-      if (overlaps({ start, end: start + span }, m)) {
-        throw corrupt(FORMAT, file, `BAT entry ${i} points into ${m.what} (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      if (!problem && overlaps({ start, end: start + span }, m)) {
+        problem = corrupt(FORMAT, file, `BAT entry ${i} points into ${m.what} (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
       }
+    }
+    if (problem) {
+      // check() collects every bad entry and treats it as unallocated; open refuses.
+      if (!options._batProblems) throw problem;
+      options._batProblems.push({ index: i, message: problem.message.replace(/^vhd: [^:]*: /, '') });
+      s.bat[i] = BAT_UNUSED;
+      continue;
     }
     blocks.push({ start, index: i });
     nextFree = Math.max(nextFree, start + span);
@@ -251,6 +261,10 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     const a = blocks[k - 1]!;
     const b = blocks[k]!;
     if (a.start + span > b.start) {
+      if (options._batProblems) {
+        options._batProblems.push({ index: b.index, message: `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})` });
+        continue;
+      }
       throw corrupt(FORMAT, file, `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, {
         field: `BAT entry ${b.index}`,
         offset: h.tableOffset + b.index * 4,
@@ -258,7 +272,6 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     }
   }
   s.nextFree = nextFree;
-  void options;
 }
 
 function overlaps(a: { start: number; end: number }, b: { start: number; end: number }): boolean {

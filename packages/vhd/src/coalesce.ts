@@ -1,0 +1,127 @@
+/**
+ * coalesceVhd: merge a differencing disk into its parent, sector by sector.
+ *
+ * Crash safety (idempotent copy, then unmark):
+ *
+ * 1. The parent is marked: both footer copies get the cookie "coalesce"
+ *    instead of "conectix" (checksum updated), then a flush. No VHD reader
+ *    (qemu, Windows, libvhdi, ours without `allowCoalescing`) opens a
+ *    marked image on its own, so a half-merged parent can never be read as
+ *    if it were either its old or its new content.
+ * 2. Every sector the child holds (bitmap bit set) is written into the
+ *    parent through the parent's normal write path (allocation order: data
+ *    and bitmap, then the BAT entry). The child is never modified, so
+ *    running the copy again gives the same result: the copy is idempotent.
+ * 3. The parent is flushed and unmarked ("conectix" again), then flushed.
+ *
+ * While the mark is on, the chain child -> parent still reads correctly
+ * (every sector the copy touched is one the child overrides), and opening
+ * the child still works (a parent opened for its child may be marked).
+ * An interrupted coalesce is finished by calling coalesceVhd on the same
+ * child again: it sees the mark and resumes (`resumed: true`). checkVhd
+ * reports a marked image. Rolling back is not offered: the old content of
+ * overwritten parent sectors is not kept (that would need an undo journal).
+ */
+import { ERROR_CODES, ImageError, throwIfAborted, unsupported, type Resolver, type Storage } from '@img/block';
+import { BAT_UNUSED } from './bat.js';
+import { bitRuns } from './bitmap.js';
+import { COALESCE_COOKIE, FOOTER_COOKIE } from './footer.js';
+import { VHD_SECTOR } from './geometry.js';
+import { VhdDisk } from './image.js';
+import { openVhd } from './open.js';
+import { FORMAT } from './state.js';
+import { writeFooters } from './write-metadata.js';
+
+export interface VhdCoalesceOptions {
+  /** Opens the parent (writable). */
+  resolver: Resolver;
+  /** Directories to look for the parent in (see openVhdChain). */
+  searchPath?: readonly string[];
+  signal?: AbortSignal;
+  /** Called after each block with the number of blocks done and in all. */
+  onProgress?: (done: number, total: number) => void;
+  /** @internal Tests: throw after this many blocks, as a crash would stop the copy. */
+  _stopAfterBlocks?: number;
+}
+
+export interface VhdCoalesceResult {
+  /** The parent's storage name. */
+  parent: string;
+  /** Child blocks whose sectors were copied. */
+  blocks: number;
+  /** Sectors copied. */
+  sectors: number;
+  /** True if an interrupted coalesce was finished. */
+  resumed: boolean;
+}
+
+/**
+ * Merges the differencing disk in `child` into its parent. Afterwards the
+ * parent alone reads as the child did; the child is left unchanged (and
+ * redundant: delete it or keep it as an empty overlay).
+ *
+ * @example
+ * ```ts
+ * await coalesceVhd(await FileStorage.open('child.vhd'), { resolver: fileResolver });
+ * ```
+ */
+export async function coalesceVhd(child: Storage, options: VhdCoalesceOptions): Promise<VhdCoalesceResult> {
+  const disk = await openVhd(child, {
+    resolver: options.resolver,
+    writableParent: true,
+    ...(options.searchPath ? { searchPath: options.searchPath } : {}),
+  });
+  try {
+    if (disk.type !== 'differencing') throw unsupported(FORMAT, child.name, `only a differencing disk can be coalesced (this one is ${disk.type})`);
+    const parent = disk.parent;
+    if (!(parent instanceof VhdDisk)) throw new ImageError(ERROR_CODES.NOT_FOUND, `vhd: ${child.name}: parent is not open`);
+    if (parent.size !== disk.size) {
+      throw unsupported(FORMAT, child.name, `child (${disk.size} bytes) and parent (${parent.size} bytes) differ in size; resize the parent first`);
+    }
+    const ps = parent._state;
+    const resumed = ps.coalescing;
+    // 1. Mark.
+    if (!resumed) {
+      ps.footer = { ...ps.footer, cookie: COALESCE_COOKIE };
+      ps.coalescing = true;
+      await parent._withAllocator(() => writeFooters(ps));
+      await ps.storage.flush();
+    }
+    // 2. Copy every sector the child holds.
+    const cs = disk._state;
+    const blocks = [...cs.bat.keys()].filter((i) => cs.bat[i] !== BAT_UNUSED && i * cs.blockSize < disk.size);
+    let done = 0;
+    let sectors = 0;
+    for (const block of blocks) {
+      throwIfAborted(options.signal);
+      if (options._stopAfterBlocks !== undefined && done >= options._stopAfterBlocks) {
+        throw new Error('coalesce stopped (test hook)');
+      }
+      const bitmap = await disk._bitmap(block);
+      const base = block * cs.blockSize;
+      const dataStart = cs.bat[block]! * VHD_SECTOR + cs.bitmapBytes;
+      const count = Math.min(cs.sectorsPerBlock, Math.ceil((disk.size - base) / VHD_SECTOR));
+      for (const run of bitRuns(bitmap, 0, count)) {
+        if (!run.set) continue;
+        const from = run.start * VHD_SECTOR;
+        const length = Math.min(run.count * VHD_SECTOR, disk.size - base - from);
+        const data = new Uint8Array(length);
+        const n = await cs.storage.readInto(dataStart + from, data);
+        if (n < length) data.fill(0, n);
+        await parent.write(base + from, data);
+        sectors += run.count;
+      }
+      done++;
+      options.onProgress?.(done, blocks.length);
+    }
+    // 3. Flush, unmark, flush.
+    await ps.storage.flush();
+    ps.footer = { ...ps.footer, cookie: FOOTER_COOKIE };
+    await parent._withAllocator(() => writeFooters(ps));
+    await ps.storage.flush();
+    ps.coalescing = false;
+    return { parent: ps.storage.name, blocks: done, sectors, resumed };
+  } finally {
+    await disk.close();
+  }
+}

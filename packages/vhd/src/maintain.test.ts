@@ -1,0 +1,270 @@
+import { copyFileSync, readFileSync, statSync, truncateSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { MemoryStorage } from '@img/block';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { describeQemu, loadManifest, qemuCompare, qemuImg, qemuInfo, seededBytes, tempDir, testImagesDir } from '@img/testkit';
+import { afterAll, describe, expect, it } from 'vitest';
+import { checkVhd } from './check.js';
+import { coalesceVhd } from './coalesce.js';
+import { createVhd } from './create.js';
+import { vhdDriver } from './driver.js';
+import { createVhdFile, openVhdFile } from './node.js';
+import { openVhd } from './open.js';
+
+const tmp = tempDir('vhd-maintain-');
+afterAll(() => tmp.cleanup());
+let n = 0;
+const path = (name: string) => join(tmp.path, `${n++}-${name}`);
+
+function patch(file: string, at: number, bytes: number[]): void {
+  const fd = openSync(file, 'r+');
+  writeSync(fd, Buffer.from(bytes), 0, bytes.length, at);
+  closeSync(fd);
+}
+
+async function check(file: string, repair?: 'leaks' | 'all') {
+  const storage = await FileStorage.open(file, { readOnly: !repair });
+  try {
+    return await checkVhd(storage, repair ? { repair } : {});
+  } finally {
+    await storage.close();
+  }
+}
+
+async function dynamicWithData(file: string, size = 6 * 1024 * 1024): Promise<Uint8Array> {
+  const d = await createVhdFile(file, { size });
+  const data = seededBytes(3 * 1024 * 1024, 9);
+  await d.write(1024 * 1024, data);
+  const all = await d.read(0, d.size);
+  await d.close();
+  return all;
+}
+
+describe('checkVhd', () => {
+  it('every fixture and a fresh image are clean', async () => {
+    for (const e of loadManifest().images.filter((x) => x.format === 'vhd')) {
+      const r = await check(join(testImagesDir, e.file));
+      expect([e.file, r.corruptions, r.leaks, r.checkErrors]).toEqual([e.file, 0, 0, 0]);
+    }
+    const f = path('clean.vhd');
+    await dynamicWithData(f);
+    const fs = await FileStorage.open(f);
+    const r = await vhdDriver.check!(fs);
+    await fs.close();
+    expect(r).toMatchObject({ format: 'vhd', corruptions: 0, leaks: 0, totalClusters: 3, allocatedClusters: 2, imageEndOffset: statSync(f).size });
+  });
+
+  it('a missing footer at the end is found and rewritten from the copy at offset 0', async () => {
+    const f = path('nofooter.vhd');
+    const content = await dynamicWithData(f);
+    truncateSync(f, statSync(f).size - 512);
+    expect((await check(f)).corruptions).toBe(1);
+    const r = await check(f, 'all');
+    expect(r.corruptionsFixed).toBe(1);
+    expect(await check(f)).toMatchObject({ corruptions: 0, leaks: 0 });
+    const d = await openVhdFile(f);
+    expect(Buffer.from(await d.read(0, content.length)).equals(Buffer.from(content))).toBe(true);
+    await d.close();
+  });
+
+  it('a mismatched footer copy and a bad header checksum are repaired', async () => {
+    const f = path('mismatch.vhd');
+    await dynamicWithData(f);
+    patch(f, 0x18, [1, 2, 3, 4]); // timestamp of the copy at offset 0: its checksum no longer matches
+    patch(f, 512 + 0x3c, [9]); // reserved byte of the dynamic header
+    const before = await check(f);
+    expect(before.corruptions).toBe(2);
+    expect(before.messages.join('\n')).toMatch(/footer copy at offset 0/);
+    expect(before.messages.join('\n')).toMatch(/dynamic header checksum/);
+    await check(f, 'all');
+    expect(await check(f)).toMatchObject({ corruptions: 0, leaks: 0 });
+  });
+
+  it('junk after the last block is a leak; repair truncates it', async () => {
+    const f = path('junk.vhd');
+    await dynamicWithData(f);
+    const size = statSync(f).size;
+    const fd = openSync(f, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0xee), 0, 4096, size);
+    closeSync(fd);
+    expect((await check(f)).leaks).toBe(1);
+    expect((await check(f, 'leaks')).leaksFixed).toBe(1);
+    expect(statSync(f).size).toBe(size);
+    expect(await check(f)).toMatchObject({ corruptions: 0, leaks: 0 });
+  });
+
+  it('bad BAT entries are counted, not thrown; repair clears those outside the file', async () => {
+    const f = path('badbat.vhd');
+    await dynamicWithData(f);
+    patch(f, 1536, [0x00, 0xff, 0xff, 0x00]); // block 0 past the end
+    const r = await check(f);
+    expect(r.corruptions).toBe(1);
+    expect(r.messages.join()).toMatch(/BAT entry 0 points past the end of the file/);
+    await expect(openVhdFile(f)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+    await check(f, 'all');
+    expect((await check(f)).corruptions).toBe(0);
+    await (await openVhdFile(f)).close();
+  });
+
+  it('a header it cannot read is one corruption, not an exception', async () => {
+    const f = path('badhdr.vhd');
+    await dynamicWithData(f);
+    patch(f, 512, [0x41]);
+    const r = await check(f);
+    expect(r.corruptions).toBe(1);
+    expect(r.messages[0]).toMatch(/cxsparse/);
+  });
+});
+
+describe('coalesceVhd', () => {
+  async function chain(baseType: 'dynamic' | 'fixed') {
+    const base = path(`base-${baseType}.vhd`);
+    const child = path('child.vhd');
+    const b = await createVhdFile(base, { type: baseType, size: 5 * 1024 * 1024 + 1536 });
+    await b.write(0, seededBytes(b.size, 1));
+    await b.close();
+    const c = await createVhdFile(child, { parentPath: base, blockSize: 65536 });
+    await c.write(100, seededBytes(70_000, 2));
+    await c.write(3 * 1024 * 1024 + 7, seededBytes(1_000_000, 3));
+    await c.writeZeroes(5 * 1024 * 1024, 1536);
+    const view = await c.read(0, c.size);
+    await c.close();
+    return { base, child, view };
+  }
+
+  for (const baseType of ['dynamic', 'fixed'] as const) {
+    it(`merges a child into a ${baseType} parent: the parent alone reads as the child did`, async () => {
+      const { base, child, view } = await chain(baseType);
+      const r = await coalesceVhd(await FileStorage.open(child), { resolver: fileResolver });
+      expect(r.resumed).toBe(false);
+      expect(r.sectors).toBeGreaterThan(0);
+      const p = await openVhdFile(base);
+      expect(Buffer.from(await p.read(0, p.size)).equals(Buffer.from(view))).toBe(true);
+      await p.close();
+      expect(await check(base)).toMatchObject({ corruptions: 0, leaks: 0 });
+    });
+  }
+
+  it('an interrupted coalesce leaves the parent unreadable alone, the chain intact, and resumes', async () => {
+    const { base, child, view } = await chain('dynamic');
+    await expect(coalesceVhd(await FileStorage.open(child), { resolver: fileResolver, _stopAfterBlocks: 3 })).rejects.toThrow(/stopped/);
+    await expect(openVhdFile(base)).rejects.toMatchObject({ code: 'ERR_IMG_UNSAFE' });
+    expect((await check(base)).messages.join()).toMatch(/interrupted coalesce/);
+    const c = await openVhdFile(child);
+    expect(Buffer.from(await c.read(0, c.size)).equals(Buffer.from(view))).toBe(true);
+    await c.close();
+    const r = await coalesceVhd(await FileStorage.open(child), { resolver: fileResolver });
+    expect(r.resumed).toBe(true);
+    const p = await openVhdFile(base);
+    expect(Buffer.from(await p.read(0, p.size)).equals(Buffer.from(view))).toBe(true);
+    await p.close();
+  });
+
+  it('merges the top of a 3-deep chain into its differencing parent', async () => {
+    const images = new Map<string, MemoryStorage>();
+    const mk = (name: string) => {
+      const s = new MemoryStorage({ name });
+      images.set(name, s);
+      return s;
+    };
+    const base = await createVhd(mk('base.vhd'), { size: 1 << 20, blockSize: 4096 });
+    await base.write(0, seededBytes(1 << 20, 4));
+    const mid = await createVhd(mk('mid.vhd'), { parent: { disk: base, relativePath: 'base.vhd' }, blockSize: 4096 });
+    await mid.write(5000, seededBytes(20_000, 5));
+    const top = await createVhd(mk('top.vhd'), { parent: { disk: mid, relativePath: 'mid.vhd' }, blockSize: 8192 });
+    await top.write(15_000, seededBytes(30_000, 6));
+    const view = await top.read(0, 1 << 20);
+    // Resolver over the live storages (the mid must be written in place).
+    const resolver = async ({ name }: { name: string }) => images.get(name.replace(/^\.\//, ''))!;
+    await coalesceVhd(images.get('top.vhd')!, { resolver });
+    // coalesce closed them; read the results from copies.
+    const copy = async ({ name }: { name: string }) => MemoryStorage.from(images.get(name.replace(/^\.\//, ''))!.toBytes(), { name });
+    const again = await openVhd(await copy({ name: 'mid.vhd' }), { resolver: copy });
+    expect(Buffer.from(await again.read(0, 1 << 20)).equals(Buffer.from(view))).toBe(true);
+  });
+});
+
+describe('resize', () => {
+  it('dynamic: grows within the BAT, grows the BAT by moving the first blocks, shrinks', async () => {
+    const storage = new MemoryStorage({ name: 'r.vhd' });
+    const d = await createVhd(storage, { size: 100_000, blockSize: 4096 });
+    const data = seededBytes(100_000, 8);
+    await d.write(0, data);
+    await d.resize(100_352); // within the last block
+    expect(d.size).toBe(100_352);
+    await d.resize(3_000_000); // BAT: 25 -> 733 entries, 1 sector -> 6: blocks move
+    expect(d.size).toBe(3_000_320);
+    const again = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'r.vhd' }), { readOnly: false });
+    expect(again.problems).toEqual([]);
+    const got = await again.read(0, again.size);
+    expect(Buffer.from(got.subarray(0, 100_000)).equals(Buffer.from(data))).toBe(true);
+    expect(got.subarray(100_000).every((b) => b === 0)).toBe(true);
+    await again.write(2_999_000, new Uint8Array(1000).fill(3));
+    await expect(again.resize(50_000)).rejects.toThrow(/shrink/);
+    await again.resize(50_000, { shrink: true });
+    await again.resize(200_000);
+    const after = await again.read(0, 200_000);
+    // 50000 rounds up to 50176 (a sector): that much is kept.
+    expect(Buffer.from(after.subarray(0, 50_176)).equals(Buffer.from(data.subarray(0, 50_176)))).toBe(true);
+    expect(after.subarray(50_176).every((b) => b === 0)).toBe(true);
+    expect((await checkVhd(MemoryStorage.from(storage.toBytes()))).corruptions).toBe(0);
+  });
+
+  it('differencing: parent locators in the way of a larger BAT move too', async () => {
+    const images = new Map<string, MemoryStorage>();
+    const base = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20 });
+    await base.write(0, new Uint8Array(1 << 20).fill(1));
+    const s = new MemoryStorage({ name: 'c.vhd' });
+    const c = await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd', absolutePath: '/x/b.vhd' }, blockSize: 4096 });
+    await c.write(0, new Uint8Array(4096).fill(2));
+    await c.resize(8 << 20);
+    images.set('b.vhd', MemoryStorage.from(await base.read(0, 0)));
+    const reopened = await openVhd(MemoryStorage.from(s.toBytes(), { name: 'c.vhd' }), { noBacking: true });
+    expect(reopened.size).toBe(8 << 20);
+    expect(reopened._state.header!.parentLocators[0]!.platformDataOffset).toBeGreaterThan(reopened._state.header!.tableOffset + 2048 * 4 - 1);
+    const { parentCandidates } = await import('./chain.js');
+    expect(await parentCandidates(reopened._state)).toContain('./b.vhd');
+    expect((await checkVhd(MemoryStorage.from(s.toBytes()))).corruptions).toBe(0);
+  });
+
+  it('refuses a non-CHS-exact size for an image sized by CHS', async () => {
+    const f = path('chs.vhd');
+    copyFileSync(join(testImagesDir, 'vhd/dynamic-default.vhd'), f);
+    const d = await openVhdFile(f, { readOnly: false });
+    await expect(d.resize(d.size + 512 * 7)).rejects.toThrow(/CHS/);
+    await d.close();
+  });
+});
+
+describeQemu('qemu-img reads resized and coalesced images', () => {
+  it('fixed and dynamic grown: qemu-img info shows the new size, compare is identical', async () => {
+    for (const type of ['fixed', 'dynamic'] as const) {
+      const f = path(`grow-${type}.vhd`);
+      const d = await createVhdFile(f, { type, size: 1_000_000, blockSize: 4096 });
+      const data = seededBytes(1_000_000, 12);
+      await d.write(0, data);
+      await d.resize(9_000_000);
+      await d.write(8_000_000, data.subarray(0, 1000));
+      const model = new Uint8Array(d.size);
+      model.set(data);
+      model.set(data.subarray(0, 1000), 8_000_000);
+      await d.close();
+      writeFileSync(`${f}.raw`, model);
+      expect(qemuInfo(f, 'vpc')['virtual-size']).toBe(9_000_448);
+      expect(qemuCompare(f, `${f}.raw`, 'vpc', 'raw')).toBe(true);
+    }
+  });
+
+  it('a parent marked by an interrupted coalesce is refused by qemu too', async () => {
+    const base = path('qbase.vhd');
+    const b = await createVhdFile(base, { size: 1 << 20 });
+    await b.close();
+    const child = path('qchild.vhd');
+    const c = await createVhdFile(child, { parentPath: base });
+    await c.write(0, new Uint8Array(512).fill(1));
+    await c.close();
+    await expect(coalesceVhd(await FileStorage.open(child), { resolver: fileResolver, _stopAfterBlocks: 0 })).rejects.toThrow();
+    expect(qemuImg(['info', '-f', 'vpc', base], { allowFail: true }).status).not.toBe(0);
+    expect(readFileSync(base).subarray(0, 8).toString()).toBe('coalesce');
+  });
+});
