@@ -1,0 +1,143 @@
+/**
+ * Images we write, judged by qemu: `qemu-img check` finds no error and no
+ * leak, `qemu-img compare` finds them equal to the model; qemu-io writes
+ * into images we created and we read back what qemu reads.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { MemoryStorage, bytesEqual } from '@img/block';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededBytes } from '@img/testkit';
+import { createQcow2 } from './create.js';
+import { openQcow2 } from './image.js';
+import { checkQcow2 } from './check.js';
+import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from './test-write-model.js';
+
+let dir: string;
+let cleanup: () => void;
+
+describeQemu('qemu-img judges the images we write', () => {
+  beforeAll(() => {
+    ({ path: dir, cleanup } = tempDir('qcow2-write-'));
+  });
+  afterAll(() => cleanup());
+
+  let n = 0;
+  for (const shape of SHAPES) {
+    it(`${shape.name}: qemu-img check is clean and qemu-img compare matches the model`, async () => {
+      const cs = clusterSizeOf(shape);
+      await fc.assert(
+        fc.asyncProperty(opsArb(shape, cs, () => shape.size, shape.ops ?? 12), async (ops) => {
+          const result = await runOps(shape, ops);
+          await verify(shape, result);
+          const sub = join(dir, `case-${n++}`);
+          mkdirSync(sub);
+          const image = join(sub, 'image.qcow2');
+          writeFileSync(image, (result.storage as MemoryStorage).toBytes());
+          if (shape.backing) writeFileSync(join(sub, 'base.raw'), result.backing);
+          if (shape.options.dataFile) writeFileSync(join(sub, 'data.img'), result.dataFile().toBytes());
+          writeFileSync(join(sub, 'model.raw'), result.model);
+          // qemu resolves the data file name against its working directory.
+          const check = JSON.parse(spawnSyncIn(sub, ['check', '--output=json', 'image.qcow2'])) as Record<string, number>;
+          expect(check.corruptions ?? 0, JSON.stringify(check)).toBe(0);
+          expect(check.leaks ?? 0, JSON.stringify(check)).toBe(0);
+          expect(spawnSyncStatus(sub, ['compare', '-f', 'qcow2', '-F', 'raw', 'image.qcow2', 'model.raw'])).toBe(0);
+        }),
+        { seed: 777, numRuns: 4 },
+      );
+    });
+  }
+
+  it('qemu-io writes into images we created; we read what qemu reads', async () => {
+    const cases: Array<Record<string, unknown>> = [
+      { clusterSize: 4096 },
+      { clusterSize: 512, refcountBits: 1 },
+      { compat: 'v2', clusterSize: '8k' },
+      { clusterSize: '16k', extendedL2: 'on' },
+      { lazy_refcounts: 'on' },
+      { compression_type: 'zstd', cluster_size: '4k' },
+    ];
+    for (const [i, options] of cases.entries()) {
+      const path = join(dir, `ours-${i}.qcow2`);
+      const disk = await createQcow2(await FileStorage.create(path), { size: 1024 * 1024, ...options });
+      await disk.write(1000, seededBytes(70000, i + 1));
+      await disk.writeZeroes(20000, 10000);
+      await disk.close();
+      qemuIo(path, 'qcow2', ['write -P 0x5a 65536 65536', 'write -z 4096 4096', 'discard 131072 65536', 'write -P 0x11 500000 3000', 'write -c -P 0x22 786432 65536']);
+      const out = join(dir, `ours-${i}.raw`);
+      qemuImg(['convert', '-O', 'raw', path, out]);
+      const expected = new Uint8Array(readFileSync(out));
+      const again = await openQcow2(await FileStorage.open(path), { resolver: fileResolver });
+      expect(bytesEqual(await again.read(0, again.size), expected), JSON.stringify(options)).toBe(true);
+      await again.close();
+      expect((await checkQcow2(await FileStorage.open(path))).corruptions).toBe(0);
+      expect(qemuCheck(path).status, JSON.stringify(options)).toBe(0);
+    }
+  });
+
+  it('createQcow2 options give what qemu-img info reports, and fresh images check clean', async () => {
+    const base = join(dir, 'info-base.qcow2');
+    qemuImg(['create', '-f', 'qcow2', base, '1M']);
+    const cases: Array<[Record<string, unknown>, Record<string, unknown>]> = [
+      [{}, { compat: '1.1', 'refcount-bits': 16, 'lazy-refcounts': false, 'extended-l2': false, 'compression-type': 'zlib' }],
+      [{ compat: '0.10', cluster_size: '512' }, { compat: '0.10', 'refcount-bits': 16 }],
+      [{ refcount_bits: '64', lazy_refcounts: 'on', cluster_size: '2M' }, { 'refcount-bits': 64, 'lazy-refcounts': true }],
+      [{ extended_l2: 'on', cluster_size: '128k', compression_type: 'zstd' }, { 'extended-l2': true, 'compression-type': 'zstd' }],
+      [{ headerLength: 104 }, { compat: '1.1' }],
+      [{ preallocation: 'metadata', cluster_size: '4k' }, {}],
+      [{ preallocation: 'full', cluster_size: '4k' }, {}],
+      [{ backingFile: 'info-base.qcow2', backingFormat: 'qcow2', resolver: fileResolver }, {}],
+    ];
+    for (const [i, [options, expected]] of cases.entries()) {
+      const path = join(dir, `info-${i}.qcow2`);
+      const disk = await createQcow2(await FileStorage.create(path), { size: 1024 * 1024, ...options });
+      await disk.close();
+      const info = qemuInfo(path);
+      expect(info['virtual-size']).toBe(1024 * 1024);
+      expect((info['format-specific'] as { data: Record<string, unknown> }).data, JSON.stringify(options)).toMatchObject(expected);
+      if (options.backingFile) {
+        expect(info['backing-filename']).toBe('info-base.qcow2');
+        expect(info['backing-filename-format']).toBe('qcow2');
+      }
+      expect(qemuCheck(path).status, JSON.stringify(options)).toBe(0);
+      if (options.preallocation) {
+        const map = JSON.parse(qemuImg(['map', '--output=json', path]).stdout) as Array<{ data: boolean }>;
+        expect(map.every((m) => m.data)).toBe(true);
+      }
+    }
+    // A data file (the caller creates its storage) and data_file_raw.
+    const path = join(dir, 'with-data.qcow2');
+    const dataPath = join(dir, 'with-data.img');
+    const disk = await createQcow2(await FileStorage.create(path), {
+      size: 256 * 1024,
+      cluster_size: '4k',
+      data_file: 'with-data.img',
+      data_file_raw: 'on',
+      dataFileStorage: await FileStorage.create(dataPath),
+    });
+    await disk.write(8192, new Uint8Array(4096).fill(0x77));
+    await disk.close();
+    const r = spawnSyncIn(dir, ['info', '--output=json', 'with-data.qcow2']);
+    expect((JSON.parse(r)['format-specific'] as { data: Record<string, unknown> }).data).toMatchObject({ 'data-file': 'with-data.img', 'data-file-raw': true });
+    expect(JSON.parse(spawnSyncIn(dir, ['check', '--output=json', 'with-data.qcow2'])).corruptions ?? 0).toBe(0);
+    const raw = readFileSync(dataPath);
+    expect(raw[8192]).toBe(0x77);
+    expect(createHash('sha256').update(raw).digest('hex')).toBe(createHash('sha256').update(rawOf(dir, 'with-data.qcow2')).digest('hex'));
+  });
+});
+
+function spawnSyncIn(cwd: string, args: string[]): string {
+  const r = spawnSync('qemu-img', args, { cwd, encoding: 'utf8' });
+  return r.stdout;
+}
+function spawnSyncStatus(cwd: string, args: string[]): number {
+  return spawnSync('qemu-img', args, { cwd, encoding: 'utf8' }).status ?? -1;
+}
+function rawOf(cwd: string, file: string): Uint8Array {
+  spawnSync('qemu-img', ['convert', '-O', 'raw', file, 'export.raw'], { cwd });
+  return new Uint8Array(readFileSync(join(cwd, 'export.raw')));
+}
