@@ -8,6 +8,7 @@ import { VhdDisk } from './image.js';
 import { openVhd } from './open.js';
 import { isAbsolutePath } from './parent-locator.js';
 
+/** The VHD cookie, or the mark of an interrupted coalesce (so that such an image is opened as a VHD, which refuses it, never as raw). */
 function hasCookie(bytes: Uint8Array | undefined, at: number): boolean {
   if (!bytes || at < 0 || at + 8 > bytes.length) return false;
   const c = readCookie(bytes, at);
@@ -16,13 +17,11 @@ function hasCookie(bytes: Uint8Array | undefined, at: number): boolean {
 
 /** 100 if "conectix" is at offset 0 or starts the last 512 (or 511) bytes. */
 export function probeVhd(head: Uint8Array, size: number, tail?: Uint8Array): number {
-  if (hasCookie(head, 0) && readCookie(head, 0) === FOOTER_COOKIE) return 100;
-  if (tail && (readCookie(tail, Math.max(0, tail.length - 512)) === FOOTER_COOKIE && tail.length >= 512)) return 100;
-  if (tail && tail.length >= 511 && readCookie(tail, tail.length - 511) === FOOTER_COOKIE) return 100;
+  if (hasCookie(head, 0)) return 100;
+  if (tail && tail.length >= 512 && hasCookie(tail, tail.length - 512)) return 100;
+  if (tail && tail.length >= 511 && hasCookie(tail, tail.length - 511)) return 100;
   // Small files: the tail may be inside head.
-  if (size <= head.length && size >= 511) {
-    if (readCookie(head, size - 512) === FOOTER_COOKIE || readCookie(head, size - 511) === FOOTER_COOKIE) return 100;
-  }
+  if (size <= head.length && size >= 511 && (hasCookie(head, size - 512) || hasCookie(head, size - 511))) return 100;
   return 0;
 }
 

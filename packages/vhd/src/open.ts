@@ -173,7 +173,7 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   const file = s.storage.name;
   const f = s.footer;
   const dataOffset = f.dataOffset;
-  if (dataOffset < 512n || dataOffset + BigInt(DYNAMIC_HEADER_SIZE) > BigInt(fileSize) || dataOffset % 512n !== 0n) {
+  if (dataOffset < 512n || dataOffset + BigInt(DYNAMIC_HEADER_SIZE) > BigInt(fileSize)) {
     throw corrupt(FORMAT, file, `footer data offset ${hex(Number(dataOffset))} does not point at a dynamic header inside the file (${fileSize} bytes)`, {
       field: 'data offset',
       offset: 0x10,
@@ -200,7 +200,7 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     throw corrupt(FORMAT, file, `max table entries ${entries} at ${hex(at + 0x1c)} describes more than 2040 GiB`, { field: 'max table entries', offset: at + 0x1c, actual: entries });
   }
   const tableBytes = batBytes(entries);
-  if (h.tableOffset % VHD_SECTOR !== 0 || h.tableOffset < VHD_SECTOR || h.tableOffset + entries * 4 > fileSize) {
+  if (h.tableOffset < VHD_SECTOR || h.tableOffset + entries * 4 > fileSize) {
     throw corrupt(FORMAT, file, `BAT at ${hex(h.tableOffset)} (${entries} entries) lies outside the file (${fileSize} bytes)`, { field: 'table offset', offset: at + 0x10 });
   }
   s.header = h;

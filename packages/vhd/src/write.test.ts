@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage, assertExtentCover, diskExtents } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, normalizeExtents, normalizeQemuMap, qemuCompare, qemuImg, qemuInfo, qemuIo, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, normalizeExtents, normalizeQemuMap, qemuCompare, qemuImg, qemuInfo, qemuIo, qemuMap, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createVhd, type VhdCreateOptions } from './create.js';
@@ -175,4 +175,38 @@ describeQemu('qemu-img reads what we write, we write what qemu made', () => {
       expect(qemuCompare(path, raw, 'vpc', 'raw')).toBe(true);
     });
   }
+});
+
+describe('extents options and copying', () => {
+  it('hostOffsets: data extents name the file and the offset that holds the bytes', async () => {
+    const storage = new MemoryStorage({ name: 'h.vhd' });
+    const disk = await createVhd(storage, { size: 1 << 20, blockSize: 65536 });
+    await disk.write(70_000, seededBytes(100_000, 3));
+    const extents = await diskExtents(disk, { hostOffsets: true });
+    assertExtentCover(extents, 0, disk.size);
+    const data = extents.filter((e) => e.kind === 'data');
+    expect(data.length).toBeGreaterThan(1); // split at each block's bitmap
+    for (const e of data) {
+      expect(e.file).toBe('h.vhd');
+      expect(Buffer.from(await storage.read(e.hostOffset!, e.length)).equals(Buffer.from(await disk.read(e.offset, e.length)))).toBe(true);
+    }
+    const loc = await disk.sectorLocation(70_000 + 5);
+    expect(loc).toMatchObject({ depth: 0, kind: 'data', file: 'h.vhd', block: 1 });
+    expect((await storage.read(loc.hostOffset!, 1))[0]).toBe((await disk.read(70_005, 1))[0]);
+    expect(await disk.sectorLocation(900_000)).toMatchObject({ kind: 'zero', depth: 0 });
+  });
+
+  it('sparseCopy from a qemu fixture to raw and back into a new VHD keeps the content', async () => {
+    const { sparseCopy, openRaw } = await import('@img/block');
+    const src = await openVhd(await FileStorage.open(join(testImagesDir, 'vhd/dynamic-default.vhd')));
+    const rawStorage = new MemoryStorage();
+    await rawStorage.truncate(src.size);
+    const raw = await openRaw(rawStorage, { readOnly: false });
+    const r = await sparseCopy(src, raw);
+    expect(r.bytesRead).toBe(2 * 1024 * 1024); // one allocated block, nothing else read
+    const dst = await createVhd(new MemoryStorage(), { size: src.size });
+    await sparseCopy(src, dst);
+    expect(Buffer.from(await dst.read(0, dst.size)).equals(Buffer.from(rawStorage.toBytes()))).toBe(true);
+    await src.close();
+  });
 });
