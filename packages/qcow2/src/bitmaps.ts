@@ -43,3 +43,29 @@ export async function readBitmapDirectory(storage: Storage, ext: BitmapsExtensio
   }
   return out;
 }
+
+/**
+ * Every host range the bitmaps use: the directory, each bitmap table and
+ * the data clusters the tables point to (for check and for dropping them).
+ */
+export async function bitmapRanges(storage: Storage, ext: BitmapsExtension, fileSize: number, clusterSize: number): Promise<Array<{ offset: number; bytes: number; what: string }>> {
+  const out: Array<{ offset: number; bytes: number; what: string }> = [];
+  const { bitmapDirectoryOffset: dirOffset, bitmapDirectorySize: dirSize, nbBitmaps } = ext;
+  if (dirSize > MAX_BITMAP_DIRECTORY_SIZE || dirOffset + dirSize > fileSize) return out;
+  out.push({ offset: dirOffset, bytes: dirSize, what: 'bitmap directory' });
+  const dir = await storage.read(dirOffset, dirSize);
+  for (let at = 0, i = 0; i < nbBitmaps && at + ENTRY_FIXED <= dir.length; i++) {
+    const tableOffset = readU32Be(dir, at) * 0x1_0000_0000 + readU32Be(dir, at + 4);
+    const tableSize = readU32Be(dir, at + 8);
+    if (tableSize * 8 <= MAX_BITMAP_DIRECTORY_SIZE && tableOffset + tableSize * 8 <= fileSize) {
+      out.push({ offset: tableOffset, bytes: tableSize * 8, what: 'bitmap table' });
+      const table = await storage.read(tableOffset, tableSize * 8);
+      for (let e = 0; e < tableSize; e++) {
+        const off = (readU32Be(table, e * 8) & 0x00ffffff) * 0x1_0000_0000 + ((readU32Be(table, e * 8 + 4) & 0xfffffe00) >>> 0);
+        if (off) out.push({ offset: off, bytes: clusterSize, what: 'bitmap data' });
+      }
+    }
+    at = Math.ceil((at + ENTRY_FIXED + readU32Be(dir, at + 20) + readU16Be(dir, at + 18)) / 8) * 8;
+  }
+  return out;
+}

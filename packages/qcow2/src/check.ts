@@ -5,13 +5,14 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { ImageError, ERROR_CODES, readU32Be, readU64Be, writeU32Be, hex } from '@img/block';
+import { ImageError, ERROR_CODES, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckOptions, CheckResult, Storage } from '@img/block';
 import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './reader.js';
 import { readRefcount } from './refcount.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
+import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI, INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
 import { openQcow2, repairHook, attachWriter, writeHeader, stateOf, type Qcow2State } from './image.js';
 
@@ -69,23 +70,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   if (h.nbSnapshots) ref(h.snapshotsOffset, s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0), 'snapshot table');
   // Bitmaps: directory, bitmap tables and their data clusters.
   const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-  if (bm && bm.bitmapDirectoryOffset + bm.bitmapDirectorySize <= s.fileSize) {
-    ref(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize, 'bitmap directory');
-    const dir = await s.storage.read(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize);
-    for (let at = 0, i = 0; i < bm.nbBitmaps && at + 24 <= dir.length; i++) {
-      const tableOffset = readU64Be(dir, at, { format: FORMAT, file: s.file, field: 'bitmap_table_offset' });
-      const tableSize = readU32Be(dir, at + 8);
-      if (tableSize * 8 <= 64 * 1024 * 1024 && tableOffset + tableSize * 8 <= s.fileSize) {
-        ref(tableOffset, tableSize * 8, 'bitmap table');
-        const table = await s.storage.read(tableOffset, tableSize * 8);
-        for (let e = 0; e < tableSize; e++) {
-          const off = entryOffset(readU32Be(table, e * 8), readU32Be(table, e * 8 + 4));
-          if (off) ref(off, cs, 'bitmap data');
-        }
-      }
-      at = Math.ceil((at + 24 + readU32Be(dir, at + 20) + (dir[at + 18]! << 8) + dir[at + 19]!) / 8) * 8;
-    }
-  }
+  if (bm) for (const r of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(r.offset, r.bytes, r.what);
 
   const walk = async (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean) => {
     ref(l1Offset, l1Size * 8, 'L1 table');

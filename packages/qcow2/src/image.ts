@@ -57,11 +57,13 @@ import {
   parseFeatureTable,
   featureName,
   parseBitmapsExtension,
+  serializeExtensions,
+  extensionsLength,
   type HeaderExtension,
   type FeatureName,
 } from './extensions.js';
 import { readSnapshotTable, snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
-import { readBitmapDirectory } from './bitmaps.js';
+import { readBitmapDirectory, bitmapRanges } from './bitmaps.js';
 import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import { compressionTypeName } from './compression.js';
@@ -144,10 +146,21 @@ function beforeFirstWrite(s: Qcow2State): Promise<void> {
         s.dirtySet = true;
       }
     }
-    if (before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
+    // Bitmaps are not kept up to date by this writer: drop them (extension and clusters) rather than leave stale ones.
+    const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+    const stale = bitmaps ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
+    if (bitmaps) {
+      const oldLength = extensionsLength(s.extensions);
+      s.extensions = s.extensions.filter((e) => e.type !== EXT_BITMAPS);
+      const area = new Uint8Array(oldLength);
+      area.set(serializeExtensions(s.extensions));
+      await s.storage.write(h.headerLength, area);
+    }
+    if (bitmaps || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
       await writeHeader(s);
       await s.storage.flush();
     }
+    for (const r of stale) await s.writer?.refcounts?.release(r.offset, r.bytes);
   })();
   return s.firstWrite;
 }

@@ -1,0 +1,209 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryStorage, readU32Be, readU64Be, writeU32Be, bytesEqual } from '@img/block';
+import type { Storage } from '@img/block';
+import { createQcow2, parseCreateOptions } from './create.js';
+import { openQcow2 } from './image.js';
+import { checkQcow2 } from './check.js';
+import { imageError, loadFixture, memoryResolver } from './test-fixtures.js';
+import { seededBytes } from '@img/testkit';
+
+const bit = (bytes: Uint8Array, at: number, n: number) => (readU32Be(bytes, at) >>> n) & 1;
+
+describe('feature bits on write', () => {
+  it('unknown autoclear bits (and bitmaps) are cleared by the first write; compatible bits stay', async () => {
+    const storage = MemoryStorage.from(loadFixture('unknown-features.qcow2'), { name: 'u.qcow2' });
+    const disk = await openQcow2(storage, { readOnly: false });
+    expect(bit(storage.toBytes(), 92, 9)).toBe(1);
+    await disk.write(0, new Uint8Array([1]));
+    expect(readU32Be(storage.toBytes(), 92)).toBe(0);
+    expect(bit(storage.toBytes(), 84, 7)).toBe(1);
+    await disk.close();
+    // The unknown header extension is still there.
+    const again = await openQcow2(MemoryStorage.from(storage.toBytes(), { name: 'u.qcow2' }));
+    expect(again.extensions[0]!.type).toBe(0x0badcafe);
+  });
+
+  it('lazy refcounts: dirty while writing, clean after flush', async () => {
+    const storage = new MemoryStorage({ name: 'lazy.qcow2' });
+    const disk = await createQcow2(storage, { size: 1 << 20, lazy_refcounts: 'on', cluster_size: '4k' });
+    expect(bit(storage.toBytes(), 76, 0)).toBe(0);
+    await disk.write(5000, new Uint8Array(100).fill(1));
+    expect(bit(storage.toBytes(), 76, 0)).toBe(1);
+    expect((await disk.info()).dirty).toBe(true);
+    await disk.flush();
+    expect(bit(storage.toBytes(), 76, 0)).toBe(0);
+    await disk.write(9000, new Uint8Array(100).fill(2));
+    expect(bit(storage.toBytes(), 76, 0)).toBe(1);
+    await disk.close();
+    expect(bit(storage.toBytes(), 76, 0)).toBe(0);
+  });
+
+  it('a write that meets corrupt metadata sets the corrupt bit and stops writing', async () => {
+    const bytes = loadFixture('refcount-16.qcow2');
+    const l1 = readU64Be(bytes, 40);
+    const l2 = (readU32Be(bytes, l1) & 0xffffff) * 2 ** 32 + ((readU32Be(bytes, l1 + 4) & 0xfffffe00) >>> 0);
+    writeU32Be(bytes, l2 + 4, (readU32Be(bytes, l2 + 4) + 512) >>> 0); // unaligned data cluster
+    const storage = MemoryStorage.from(bytes, { name: 'c.qcow2' });
+    const disk = await openQcow2(storage, { readOnly: false });
+    const e = await imageError(disk.write(10, new Uint8Array(5)));
+    expect(e.code).toBe('ERR_IMG_CORRUPT');
+    expect(bit(storage.toBytes(), 76, 1)).toBe(1);
+    expect((await imageError(disk.write(70000, new Uint8Array(5)))).message).toMatch(/marked corrupt/);
+    await disk.close();
+    expect((await imageError(openQcow2(MemoryStorage.from(storage.toBytes(), { name: 'c.qcow2' }), { readOnly: false }))).code).toBe('ERR_IMG_CORRUPT');
+  });
+
+  it('read-only images refuse every write path', async () => {
+    const disk = await openQcow2(MemoryStorage.from(loadFixture('refcount-16.qcow2')));
+    for (const p of [disk.write(0, new Uint8Array(1)), disk.writeZeroes(0, 1), disk.discard(0, 1), disk.writeCompressed(0, new Uint8Array(4096)), disk.resize(1 << 20)]) {
+      expect((await imageError(p)).code).toBe('ERR_IMG_READ_ONLY');
+    }
+  });
+});
+
+describe('resize', () => {
+  it('grows (moving the L1 table), shrinks only when asked, and regrown space reads as zeros', async () => {
+    const storage = new MemoryStorage({ name: 'r.qcow2' });
+    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: 512 });
+    const data = seededBytes(64 * 1024, 3);
+    await disk.write(0, data);
+    const l1Before = readU64Be(storage.toBytes(), 40);
+    await disk.resize(4 * 1024 * 1024);
+    expect(readU64Be(storage.toBytes(), 40)).not.toBe(l1Before);
+    expect(readU32Be(storage.toBytes(), 36)).toBe(4 * 1024 * 1024 / (512 * 64));
+    await disk.write(4 * 1024 * 1024 - 700, data.subarray(0, 700));
+    expect(bytesEqual(await disk.read(0, 64 * 1024), data)).toBe(true);
+    expect((await imageError(disk.resize(1024))).code).toBe('ERR_IMG_INVALID_ARG');
+    expect((await imageError(disk.resize(1000, { shrink: true }))).code).toBe('ERR_IMG_INVALID_ARG');
+    await disk.resize(10 * 1024 + 512, { shrink: true });
+    expect(disk.size).toBe(10 * 1024 + 512);
+    await disk.resize(64 * 1024);
+    const back = await disk.read(0, 64 * 1024);
+    expect(bytesEqual(back.subarray(0, 10 * 1024 + 512), data.subarray(0, 10 * 1024 + 512))).toBe(true);
+    expect(back.subarray(10 * 1024 + 512).every((b) => b === 0)).toBe(true);
+    await disk.close();
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
+  });
+
+  it('growing over a longer backing file shows zeros, not the backing data', async () => {
+    const base = MemoryStorage.from(new Uint8Array(256 * 1024).fill(9), { name: 'b.raw' });
+    const disk = await createQcow2(new MemoryStorage(), { size: 64 * 1024, cluster_size: '4k', backingFile: 'b.raw', backingFormat: 'raw', resolver: async () => base });
+    expect((await disk.read(0, 1))[0]).toBe(9);
+    await disk.resize(128 * 1024);
+    expect((await disk.read(64 * 1024, 64 * 1024)).every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe('writeCompressed', () => {
+  it('stores compressible clusters compressed, others uncompressed, and needs whole clusters', async () => {
+    const disk = await createQcow2(new MemoryStorage({ name: 'c.qcow2' }), { size: 64 * 1024, cluster_size: '4k' });
+    await disk.writeCompressed(0, new Uint8Array(8192).fill(7));
+    await disk.writeCompressed(8192, seededBytes(4096, 1));
+    const check = await checkQcow2(MemoryStorage.from((disk.storage as MemoryStorage).toBytes()));
+    expect(check.compressedClusters).toBe(2);
+    expect(check.allocatedClusters).toBe(3);
+    expect((await imageError(disk.writeCompressed(100, new Uint8Array(4096)))).code).toBe('ERR_IMG_INVALID_ARG');
+    expect((await imageError(disk.writeCompressed(0, new Uint8Array(100)))).code).toBe('ERR_IMG_INVALID_ARG');
+    // Two compressed clusters share one host cluster (refcount 2).
+    expect(check.corruptions + check.leaks).toBe(0);
+  });
+});
+
+describe('create options', () => {
+  it('reads strings and typed values alike', () => {
+    expect(parseCreateOptions({ size: '1G' as unknown as number, cluster_size: '4k', refcount_bits: '8', lazy_refcounts: 'on', extended_l2: 'off', compression_type: 'zstd' })).toMatchObject({
+      size: 2 ** 30,
+      clusterBits: 12,
+      refcountOrder: 3,
+      lazyRefcounts: true,
+      extendedL2: false,
+      compressionType: 1,
+      version: 3,
+    });
+    expect(parseCreateOptions({ size: 1000, compat: '0.10' })).toMatchObject({ size: 1024, version: 2, headerLength: 72 });
+  });
+
+  it('refuses what qemu refuses', () => {
+    const bad = [
+      { size: 1, cluster_size: '3k' },
+      { size: 1, cluster_size: '4M' },
+      { size: 1, refcount_bits: 3 },
+      { size: 1, compat: 'v2', lazy_refcounts: true },
+      { size: 1, compat: 'v2', refcount_bits: 8 },
+      { size: 1, extended_l2: true, cluster_size: '4k' },
+      { size: 1, compression_type: 'lz4' },
+      { size: 1, compression_type: 'zstd', header_length: 104 },
+      { size: 1, data_file_raw: true },
+      { size: 1, preallocation: 'sometimes' },
+      { size: 1, lazy_refcounts: 'maybe' },
+    ];
+    for (const b of bad) expect(() => parseCreateOptions(b as never), JSON.stringify(b)).toThrow(expect.objectContaining({ code: 'ERR_IMG_INVALID_ARG' }));
+  });
+
+  it('a backing file needs a resolver', async () => {
+    expect((await imageError(createQcow2(new MemoryStorage(), { size: 1 << 20, backingFile: 'x.qcow2' }))).code).toBe('ERR_IMG_INVALID_ARG');
+  });
+});
+
+/**
+ * A storage that records every write, truncate and flush, so that a test
+ * can rebuild the file as it was at any point: what a crash would leave.
+ */
+class RecordingStorage extends MemoryStorage {
+  log: Array<{ kind: 'write'; at: number; data: Uint8Array } | { kind: 'truncate'; size: number } | { kind: 'flush' }> = [];
+  override async write(position: number, data: Uint8Array): Promise<void> {
+    this.log.push({ kind: 'write', at: position, data: data.slice() });
+    await super.write(position, data);
+  }
+  override async truncate(size: number): Promise<void> {
+    this.log.push({ kind: 'truncate', size });
+    await super.truncate(size);
+  }
+  override async flush(): Promise<void> {
+    this.log.push({ kind: 'flush' });
+    await super.flush();
+  }
+}
+
+async function replay(initial: Uint8Array, log: RecordingStorage['log'], upTo: number): Promise<Storage> {
+  const s = MemoryStorage.from(initial, { name: 'crash.qcow2' });
+  for (const e of log.slice(0, upTo)) {
+    if (e.kind === 'write') await s.write(e.at, e.data);
+    else if (e.kind === 'truncate') await s.truncate(e.size);
+  }
+  return s;
+}
+
+describe('crash safety', () => {
+  for (const [name, options] of [
+    ['4k clusters', { cluster_size: '4k' }],
+    ['512-byte clusters, 64-bit refcounts (refcount growth)', { cluster_size: 512, refcount_bits: 64 }],
+    ['extended L2', { cluster_size: '16k', extended_l2: true }],
+  ] as const) {
+    it(`${name}: a crash after any write leaves an image with no corruption`, async () => {
+      const base = await createQcow2(new MemoryStorage({ name: 'x' }), { size: 2 << 20, ...options });
+      await base.write(0, seededBytes(300 * 1024, 5));
+      await base.close();
+      const initial = (base.storage as MemoryStorage).toBytes();
+      const storage = new RecordingStorage({ name: 'crash.qcow2', data: initial });
+      const disk = await openQcow2(storage, { readOnly: false, resolver: memoryResolver });
+      await disk.write(100 * 1024 + 7, seededBytes(200 * 1024, 6));
+      await disk.writeZeroes(10 * 1024, 50 * 1024);
+      await disk.discard(150 * 1024, 30 * 1024);
+      await disk.writeCompressed(1 << 20, new Uint8Array(64 * 1024).fill(3));
+      await disk.write((2 << 20) - 5000, seededBytes(5000, 8));
+      await disk.close();
+      const log = storage.log;
+      const points = new Set<number>();
+      for (let i = 0; i <= log.length; i += Math.max(1, Math.floor(log.length / 60))) points.add(i);
+      log.forEach((e, i) => e.kind === 'flush' && points.add(i));
+      points.add(log.length);
+      for (const i of points) {
+        const s = await replay(initial, log, i);
+        const check = await checkQcow2(s);
+        expect(check.corruptions, `after ${i} of ${log.length} logged operations: ${check.messages.slice(0, 3).join('; ')}`).toBe(0);
+      }
+    });
+  }
+});
