@@ -21,9 +21,11 @@ import {
 } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { allBitsSet, bitRuns, setBits } from './bitmap.js';
-import { displayField, fromVhdTimestamp, serializeFooter } from './footer.js';
+import { serializeFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import { FORMAT, type VhdState } from './state.js';
+import { extentRuns } from './extents.js';
+import { vhdInfo } from './info.js';
 import { resizeVhd } from './resize.js';
 import { writeBatEntry, writeFooters } from './write-metadata.js';
 
@@ -346,59 +348,7 @@ export class VhdDisk implements Disk {
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
     this.#check();
     const { start, end } = extentRange(options, this.size);
-    return mergeExtents(this.#extentRuns(start, end, options ?? {}));
-  }
-
-  async *#extentRuns(start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
-    const s = this._state;
-    const host = (hostOffset: number) => (options.hostOffsets ? { hostOffset, file: s.storage.name } : {});
-    if (start >= end) return;
-    if (s.type === 'fixed') {
-      yield { offset: start, length: end - start, kind: 'data', depth: 0, ...host(start) };
-      return;
-    }
-    let pos = start;
-    while (pos < end) {
-      const block = Math.floor(pos / s.blockSize);
-      const base = block * s.blockSize;
-      const next = Math.min(end, base + s.blockSize);
-      const entry = s.bat[block] ?? BAT_UNUSED;
-      if (entry === BAT_UNUSED) {
-        yield* this.#extentsBelow(pos, next, options);
-      } else {
-        const bitmap = await this._bitmap(block);
-        const dataStart = entry * VHD_SECTOR + s.bitmapBytes;
-        const first = Math.floor((pos - base) / VHD_SECTOR);
-        const last = Math.ceil((next - base) / VHD_SECTOR);
-        for (const run of bitRuns(bitmap, first, last - first)) {
-          const from = Math.max(base + run.start * VHD_SECTOR, pos);
-          const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-          if (run.set) yield { offset: from, length: to - from, kind: 'data', depth: 0, ...host(dataStart + from - base) };
-          else yield* this.#extentsBelow(from, to, options);
-        }
-      }
-      pos = next;
-    }
-  }
-
-  async *#extentsBelow(from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
-    const s = this._state;
-    if (s.type === 'dynamic') {
-      yield { offset: from, length: to - from, kind: 'zero', depth: 0 };
-      return;
-    }
-    const parent = s.parent;
-    if (options.topOnly || !parent) {
-      yield { offset: from, length: to - from, kind: 'hole', depth: 0 };
-      return;
-    }
-    const stop = Math.min(to, parent.size);
-    if (from < stop) {
-      for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
-        yield { ...e, depth: (e.depth ?? 0) + 1 };
-      }
-    }
-    if (stop < to) yield { offset: Math.max(from, stop), length: to - Math.max(from, stop), kind: 'hole', depth: 1 };
+    return mergeExtents(extentRuns(this, start, end, options ?? {}));
   }
 
   /** Which layer and file offset hold the sector containing `offset`. */
@@ -419,39 +369,7 @@ export class VhdDisk implements Disk {
   /** What `img info` shows, with VHD details under formatSpecific. */
   async info(): Promise<ImageInfo> {
     this.#check();
-    const s = this._state;
-    const f = s.footer;
-    const specific: Record<string, unknown> = {
-      type: s.type,
-      'creator-app': displayField(f.creatorApp),
-      'creator-version': `${f.creatorVersion >>> 16}.${f.creatorVersion & 0xffff}`,
-      'creator-os': displayField(f.creatorHostOs),
-      uuid: f.uniqueId,
-      timestamp: fromVhdTimestamp(f.timestamp).toISOString(),
-      'current-size': f.currentSize,
-      'original-size': f.originalSize,
-      geometry: { cylinders: f.geometry.cylinders, heads: f.geometry.heads, sectors: f.geometry.sectorsPerTrack },
-      'size-mode': s.sizeMode,
-    };
-    if (s.header) specific['block-size'] = s.blockSize;
-    if (s.type === 'differencing' && s.header) {
-      specific['parent-uuid'] = s.header.parentUniqueId;
-      specific['parent-timestamp'] = fromVhdTimestamp(s.header.parentTimestamp).toISOString();
-      specific['parent-name'] = s.header.parentUnicodeName;
-    }
-    const mismatch = s.problems.filter((p) => p.includes('footer'));
-    if (mismatch.length) specific['footer-mismatch'] = mismatch.join('; ');
-    if (s.problems.length) specific.problems = [...s.problems];
-    if (s.coalescing) specific.coalescing = true;
-    const info: ImageInfo = { format: FORMAT, virtualSize: this.size, formatSpecific: specific };
-    if (s.type !== 'fixed') info.clusterSize = s.blockSize;
-    if (s.type === 'differencing') {
-      const name = s.parentName ?? s.header?.parentUnicodeName;
-      if (name) info.backingFile = name;
-      if (s.parentFile) info.fullBackingFile = s.parentFile;
-      info.backingFormat = FORMAT;
-    }
-    return info;
+    return vhdInfo(this._state);
   }
 
   /** Grows (or with `shrink`, shrinks) the disk. See resize.ts. */
