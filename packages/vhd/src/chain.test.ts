@@ -225,3 +225,32 @@ describe('finding parents', () => {
     expect(vhdChainLayers(ok).length).toBe(5);
   });
 });
+
+describe('vhdDriver with a parent, as the CLI calls it', () => {
+  const tmp = tempDir('vhd-driver-');
+  afterAll(() => tmp.cleanup());
+  it('create with backingFile (size -1: from the parent) and open through the generic resolver', async () => {
+    const { vhdDriver } = await import('./driver.js');
+    const { FileStorage, fileResolver } = await import('@img/block/node');
+    const base = await createVhdFile(join(tmp.path, 'base.vhd'), { size: 3 << 20 });
+    await base.write(0, new Uint8Array(4096).fill(4));
+    await base.close();
+    const storage = await FileStorage.create(join(tmp.path, 'top.vhd'));
+    const top = await vhdDriver.create(storage, { size: -1, backingFile: 'base.vhd', resolver: fileResolver });
+    expect(top.size).toBe(3 << 20);
+    await top.write(512, new Uint8Array(512).fill(5));
+    await top.close();
+    const calls: ResolveRequest[] = [];
+    const opened = await vhdDriver.open(await FileStorage.open(join(tmp.path, 'top.vhd')), {
+      resolver: async (r) => (calls.push(r), fileResolver(r)),
+    });
+    expect(calls.map((c) => [c.name, c.kind])).toEqual([['./base.vhd', 'parent']]);
+    const got = await opened.read(0, 2048);
+    expect([got[0], got[600], got[1500]]).toEqual([4, 5, 4]);
+    const info = await opened.info!();
+    expect(info.backingFile).toBe('./base.vhd');
+    expect(info.fullBackingFile).toBe(join(tmp.path, 'base.vhd'));
+    await opened.close();
+    await expect(vhdDriver.create(new MemoryStorage(), { size: -1, backingFile: 'base.vhd' })).rejects.toThrow(/resolver/);
+  });
+});

@@ -216,7 +216,8 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
  */
 export function vhdCreateOptionsFrom(options: Record<string, unknown>): VhdCreateOptions {
   const out: VhdCreateOptions = {};
-  if (options.size !== undefined) out.size = parseSize(options.size as string | number);
+  // The CLI passes -1 when the size is to come from the backing file.
+  if (options.size !== undefined && !(typeof options.size === 'number' && options.size < 0)) out.size = parseSize(options.size as string | number);
   const type = options.type ?? options.subformat;
   if (type !== undefined) {
     if (type !== 'fixed' && type !== 'dynamic' && type !== 'differencing') {

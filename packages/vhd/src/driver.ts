@@ -28,14 +28,20 @@ export function probeVhd(head: Uint8Array, size: number, tail?: Uint8Array): num
 async function create(storage: Storage, options: CreateOptions): Promise<VhdDisk> {
   const typed: VhdCreateOptions = vhdCreateOptionsFrom(options);
   const backing = (options.backingFile ?? options.backing_file) as string | undefined;
+  const backingFormat = (options.backingFormat ?? options.backing_fmt) as string | undefined;
+  if (backingFormat !== undefined && backingFormat !== 'vhd' && backingFormat !== 'vpc') {
+    throw invalidArg('vhd', `the parent of a differencing VHD must be a VHD, not ${backingFormat}`, { field: 'backing_fmt' });
+  }
   if (backing !== undefined && !typed.parent) {
     const resolver = (options as OpenOptions).resolver;
-    if (!resolver) throw invalidArg('vhd', 'a differencing disk needs a resolver to open its parent', { field: 'backing_file' });
+    if (!resolver) throw invalidArg('vhd', 'a differencing disk needs a resolver to open its parent (pass resolver: fileResolver)', { field: 'backing_file' });
     const parentStorage = await resolver({ name: backing, kind: 'parent', from: storage, writable: false });
-    const disk = await openVhd(parentStorage, { resolver });
+    const disk = await openVhd(parentStorage, { resolver }).catch(async (e: unknown) => {
+      await parentStorage.close().catch(() => undefined);
+      throw e;
+    });
     typed.parent = { disk, relativePath: backing, ...(isAbsolutePath(parentStorage.name) ? { absolutePath: parentStorage.name } : {}) };
     typed.type = 'differencing';
-    if (options.size === undefined) delete typed.size;
   }
   return createVhd(storage, typed);
 }
