@@ -254,3 +254,22 @@ describe('vhdDriver with a parent, as the CLI calls it', () => {
     await expect(vhdDriver.create(new MemoryStorage(), { size: -1, backingFile: 'base.vhd' })).rejects.toThrow(/resolver/);
   });
 });
+
+describe('a differencing disk opened writable without its parent', () => {
+  it('writes zeros instead of leaving parent data visible, and refuses partial sectors it cannot fill', async () => {
+    const base = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20 });
+    await base.write(0, new Uint8Array(1 << 20).fill(8));
+    const s = new MemoryStorage({ name: 'c.vhd' });
+    await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd' }, blockSize: 4096 });
+    const lonely = await openVhd(s, { noBacking: true, readOnly: false });
+    await lonely.writeZeroes(8192, 4096);
+    await lonely.write(0, new Uint8Array(512).fill(1));
+    await lonely.write(10, new Uint8Array([2])); // sector 0 is in this layer: fine
+    await expect(lonely.write(700, new Uint8Array([3]))).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+    const images = new Map([['b.vhd', base.storage as MemoryStorage]]);
+    const again = await openVhd(MemoryStorage.from(s.toBytes(), { name: 'c.vhd' }), { resolver: memoryResolver(images) });
+    const got = await again.read(0, 16384);
+    expect(got.subarray(8192, 12288).every((b) => b === 0)).toBe(true);
+    expect([got[0], got[10], got[600], got[12288]]).toEqual([1, 2, 8, 8]);
+  });
+});

@@ -12,6 +12,7 @@ import {
   extentRange,
   mergeExtents,
   readOnlyError,
+  unsupported,
   type Disk,
   type Extent,
   type ExtentOptions,
@@ -215,7 +216,10 @@ export class VhdDisk implements Disk {
 
   async #belowIsZero(offset: number, length: number): Promise<boolean> {
     const s = this._state;
-    if (s.type !== 'differencing' || !s.parent || offset >= s.parent.size) return true;
+    if (s.type !== 'differencing') return true;
+    // Without its parent (noBacking) a differencing disk cannot know: write the zeros.
+    if (!s.parent) return false;
+    if (offset >= s.parent.size) return true;
     const n = Math.min(length, s.parent.size - offset);
     for await (const e of s.parent.extents({ offset, length: n })) if (e.kind === 'data') return false;
     return true;
@@ -249,6 +253,13 @@ export class VhdDisk implements Disk {
     }
   }
 
+  /** Do the first and last sectors of [first, last) of `block` live in this layer? */
+  async #sectorsPresent(block: number, first: number, last: number): Promise<boolean> {
+    if (this._state.bat[block] === BAT_UNUSED) return false;
+    const bitmap = await this._bitmap(block);
+    return allBitsSet(bitmap, first, 1) && allBitsSet(bitmap, last - 1, 1);
+  }
+
   /** Writes `piece` at `inBlock` of `block`; runs under the block's lock. */
   async #writeBlock(block: number, inBlock: number, piece: Uint8Array): Promise<void> {
     const s = this._state;
@@ -258,6 +269,9 @@ export class VhdDisk implements Disk {
     if (inBlock % VHD_SECTOR !== 0 || piece.length % VHD_SECTOR !== 0) {
       // Partial sectors: start from what the sectors read as now (in a
       // differencing disk that is the parent's data: copy-on-write).
+      if (s.type === 'differencing' && !s.parent && !(await this.#sectorsPresent(block, first, last))) {
+        throw unsupported(FORMAT, s.storage.name, 'a partial-sector write into a differencing disk opened without its parent (noBacking) would lose the parent\'s bytes');
+      }
       sectors = new Uint8Array((last - first) * VHD_SECTOR);
       await this.#readBlock(block, first * VHD_SECTOR, sectors);
       sectors.set(piece, inBlock - first * VHD_SECTOR);
