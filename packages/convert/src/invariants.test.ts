@@ -1,0 +1,80 @@
+// Invariants every published package keeps: ESM exports with types first,
+// no side effects, public access, Node >= 20, and no Node-only imports in
+// core modules (only the node entry points and the CLI may use them).
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { repoRoot } from '@img/testkit';
+
+const packagesDir = join(repoRoot, 'packages');
+const packages = readdirSync(packagesDir).filter((d) => statSync(join(packagesDir, d)).isDirectory());
+
+/** Files allowed to import node: modules, relative to packages/. */
+const NODE_ALLOWED = [
+  /^block\/src\/node\//,
+  /^convert\/src\/cli\//,
+  /^convert\/src\/bin\//,
+  /^convert\/src\/node\.ts$/,
+  /^vhd\/src\/node\.ts$/,
+  /^qcow2\/src\/node\.ts$/,
+  // zlib (deflate, and zstd where the platform has it); isolated in one module
+  /^qcow2\/src\/compression\.ts$/,
+];
+
+function walk(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...walk(p));
+    else if (p.endsWith('.ts') && !p.endsWith('.test.ts') && !/\/test[-/]/.test(p) && !/\/test-[^/]*\.ts$/.test(p)) out.push(p);
+  }
+  return out;
+}
+
+describe('package invariants', () => {
+  it('finds the four packages', () => {
+    expect(packages.sort()).toEqual(['block', 'convert', 'qcow2', 'vhd']);
+  });
+
+  for (const name of packages) {
+    it(`@img/${name}: package.json is publishable ESM`, () => {
+      const pkg = JSON.parse(readFileSync(join(packagesDir, name, 'package.json'), 'utf8'));
+      expect(pkg.name).toBe(`@img/${name}`);
+      expect(pkg.type).toBe('module');
+      expect(pkg.sideEffects).toBe(false);
+      expect(pkg.publishConfig?.access).toBe('public');
+      expect(pkg.engines?.node).toBe('>=20');
+      expect(pkg.files).toContain('dist');
+      expect(pkg.private).toBeUndefined();
+      for (const [key, entry] of Object.entries(pkg.exports as Record<string, unknown>)) {
+        if (typeof entry === 'string') continue;
+        expect(Object.keys(entry as object)[0], `exports["${key}"] lists types first`).toBe('types');
+      }
+      for (const dep of Object.keys(pkg.dependencies ?? {})) {
+        if (dep.startsWith('@img/')) expect(pkg.dependencies[dep]).toMatch(/^workspace:/);
+      }
+    });
+
+    it(`@img/${name}: core modules use no Node-only API`, () => {
+      const offenders: string[] = [];
+      for (const file of walk(join(packagesDir, name, 'src'))) {
+        const rel = relative(packagesDir, file);
+        if (NODE_ALLOWED.some((r) => r.test(rel))) continue;
+        const text = readFileSync(file, 'utf8')
+          .replace(/\/\*[\s\S]*?\*\//g, '')
+          .replace(/^\s*\/\/.*$/gm, '');
+        if (/from ['"]node:|require\(['"]node:|\bBuffer\.|process\./.test(text)) offenders.push(rel);
+      }
+      expect(offenders).toEqual([]);
+    });
+  }
+
+  it('qcow2 and vhd never import each other', () => {
+    for (const [a, b] of [
+      ['qcow2', 'vhd'],
+      ['vhd', 'qcow2'],
+    ]) {
+      for (const file of walk(join(packagesDir, a!, 'src'))) expect(readFileSync(file, 'utf8')).not.toMatch(new RegExp(`@img/${b}`));
+    }
+  });
+});
