@@ -73,6 +73,7 @@ import { serializeHeader } from './header.js';
 import { compressCluster } from './compression.js';
 import { Refcounts } from './refcount.js';
 import { Qcow2Writer } from './writer.js';
+import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
 
 const FORMAT = 'qcow2';
 
@@ -319,6 +320,31 @@ export class Qcow2Disk implements Disk {
       const backingEnd = Math.min(newSize, s.backing?.size ?? 0);
       if (backingEnd > old) await w.zeroOrDiscard(old, backingEnd - old, 'zero', true);
     });
+  }
+
+  /**
+   * Takes an internal snapshot of the active layer (qemu-img snapshot -c).
+   * Writes started before it finish first; writes started after wait.
+   */
+  async createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+    const w = this.#writable(0, 0);
+    let made: SnapshotInfo | undefined;
+    await this.#guard(() => w.exclusive(async () => {
+      made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
+    }));
+    return made!;
+  }
+
+  /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
+  async applySnapshot(idOrName: string): Promise<void> {
+    const w = this.#writable(0, 0);
+    await this.#guard(() => w.exclusive(() => applySnapshot(this.#state, this.#view, idOrName)));
+  }
+
+  /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
+  async deleteSnapshot(idOrName: string): Promise<void> {
+    const w = this.#writable(0, 0);
+    await this.#guard(() => w.exclusive(() => deleteSnapshot(this.#state, this.#view, idOrName)));
   }
 
   #writable(offset: number, length: number): Qcow2Writer {

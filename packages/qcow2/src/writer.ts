@@ -205,13 +205,12 @@ export class Qcow2Writer {
     if (l2Offset === 0) {
       table = new Uint8Array(cs);
     } else {
-      // Shared with a snapshot: every cluster it maps gains a reference from the copy, which no longer owns any alone.
+      // Shared with a snapshot. The clusters it maps already count one reference per L1 table that
+      // reaches them (taking the snapshot added them), so the copy changes no refcount but the table's.
       table = (await loadL2(s, l2Offset, l1Index)).slice();
       for (let i = 0; i < s.geom.l2Entries; i++) {
         const e = this.#decode(table, i, l2Offset);
-        if (e.compressed) await this.#meta.run(() => this.#refcounts!.add(Math.floor(e.compressed!.host / cs), Math.floor((e.compressed!.host + e.compressed!.size - 1) / cs) - Math.floor(e.compressed!.host / cs) + 1, 1));
-        else if (e.host !== undefined && !s.dataFile) await this.#meta.run(() => this.#refcounts!.add(e.host! / cs, 1, 1));
-        if (e.host !== undefined) this.#encode(table, i, { ...e, copied: false });
+        if (e.host !== undefined && e.copied) this.#encode(table, i, { ...e, copied: false });
       }
     }
     await s.storage.write(fresh, table);
@@ -231,8 +230,40 @@ export class Qcow2Writer {
     await this.#s.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
   }
 
+  /**
+   * Runs `fn` with no guest write in flight and none starting (snapshot
+   * operations, resize). Writes wait for it to finish.
+   */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.#gate;
+    let release!: () => void;
+    this.#gate = new Promise<void>((r) => (release = r));
+    await prev;
+    while (this.#inflight > 0) await new Promise<void>((r) => this.#idle.push(r));
+    try {
+      await this.#hooks.beforeFirstWrite();
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  #gate: Promise<void> = Promise.resolve();
+  #inflight = 0;
+  #idle: Array<() => void> = [];
+
   /** Runs `fn` for each L2 table's share of [offset, offset+length), under that table's lock, tables in parallel. */
   async #perTable(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
+    await this.#gate;
+    this.#inflight++;
+    try {
+      await this.#perTableInner(offset, length, fn);
+    } finally {
+      if (--this.#inflight === 0) for (const wake of this.#idle.splice(0)) wake();
+    }
+  }
+
+  async #perTableInner(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
     await this.#hooks.beforeFirstWrite();
     const cov = this.#s.geom.l2Coverage;
     const jobs: Promise<void>[] = [];
