@@ -14,3 +14,4 @@ export * from './parent-locator.js';
 export { vhdChecksum } from './checksum.js';
 export { formatUuid, parseUuid, newUuid, NIL_UUID } from './uuid.js';
 export { MAX_BLOCK_SIZE } from './state.js';
+export { streamVhd, type VhdStreamOptions } from './stream.js';

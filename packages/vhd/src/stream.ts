@@ -1,0 +1,154 @@
+/**
+ * streamVhd: a complete VHD as a byte stream, with no seeking (stdout, a
+ * pipe, an HTTP upload). The source's extents are read first (metadata
+ * only), every table is laid out, then footer copy, dynamic header, BAT,
+ * blocks (bitmap + data) and footer are emitted in file order.
+ */
+import { extentRange, invalidArg, type Disk } from '@img/block';
+import { BAT_UNUSED, batBytes, serializeBat } from './bat.js';
+import { bitmapSize } from './bitmap.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, type VhdCreateOptions } from './create.js';
+import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, serializeDynamicHeader } from './dynamic-header.js';
+import { DISK_TYPE, FEATURE_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, FOOTER_SIZE, NO_DATA_OFFSET, serializeFooter, toVhdTimestamp, type VhdFooter } from './footer.js';
+import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors } from './geometry.js';
+import { FORMAT, MAX_BLOCK_SIZE } from './state.js';
+import { NIL_UUID, newUuid } from './uuid.js';
+
+export interface VhdStreamOptions extends Pick<VhdCreateOptions, 'blockSize' | 'uuid' | 'timestamp' | 'creator'> {
+  /** "dynamic" (default) or "fixed". */
+  type?: 'dynamic' | 'fixed';
+  /** Largest piece yielded, in bytes (default 2 MiB, at least one block for dynamic images). */
+  chunkSize?: number;
+}
+
+/**
+ * Yields the bytes of a VHD holding `source`'s content. Dynamic images
+ * allocate exactly the blocks the source's extents say hold data; the
+ * sizing rules are createVhd's (creator "win ", exact size).
+ *
+ * @example
+ * ```ts
+ * for await (const chunk of streamVhd(disk)) process.stdout.write(chunk);
+ * ```
+ */
+export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): AsyncGenerator<Uint8Array> {
+  const type = options.type ?? 'dynamic';
+  const size = Math.ceil(source.size / VHD_SECTOR) * VHD_SECTOR;
+  if (size > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${size} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
+  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+  if (!Number.isSafeInteger(blockSize) || blockSize < VHD_SECTOR || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw invalidArg(FORMAT, `block size ${blockSize} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'blockSize' });
+  }
+  const chunk = Math.max(options.chunkSize ?? 2 * 1024 * 1024, VHD_SECTOR);
+  const footer: VhdFooter = {
+    cookie: FOOTER_COOKIE,
+    features: FEATURE_RESERVED,
+    fileFormatVersion: FILE_FORMAT_VERSION,
+    dataOffset: type === 'fixed' ? NO_DATA_OFFSET : BigInt(VHD_SECTOR),
+    timestamp: toVhdTimestamp(options.timestamp ?? new Date()),
+    creatorApp: (options.creator?.app ?? DEFAULT_CREATOR.app).padEnd(4, ' ').slice(0, 4),
+    creatorVersion: options.creator?.version ?? DEFAULT_CREATOR.version,
+    creatorHostOs: (options.creator?.os ?? DEFAULT_CREATOR.os).padEnd(4, ' ').slice(0, 4),
+    originalSize: size,
+    currentSize: size,
+    geometry: chsForSectors(size / VHD_SECTOR),
+    diskType: DISK_TYPE[type],
+    checksum: 0,
+    uniqueId: options.uuid ?? newUuid(),
+    savedState: 0,
+    reserved: new Uint8Array(FOOTER_SIZE - 0x55),
+  };
+  const footerBytes = serializeFooter(footer);
+  if (type === 'fixed') {
+    yield* readRange(source, 0, size, chunk, await dataRanges(source, 0, size));
+    yield footerBytes;
+    return;
+  }
+  // Which blocks hold data: from the extents only.
+  const entries = Math.ceil(size / blockSize);
+  const used = new Uint8Array(entries);
+  const ranges = await dataRanges(source, 0, source.size);
+  for (const [from, to] of ranges) {
+    for (let b = Math.floor(from / blockSize); b * blockSize < to; b++) used[b] = 1;
+  }
+  const tableOffset = VHD_SECTOR + DYNAMIC_HEADER_SIZE;
+  const bitmapBytes = bitmapSize(blockSize);
+  let next = tableOffset + batBytes(entries);
+  const bat = new Uint32Array(entries).fill(BAT_UNUSED);
+  for (let b = 0; b < entries; b++) {
+    if (!used[b]) continue;
+    bat[b] = next / VHD_SECTOR;
+    next += bitmapBytes + blockSize;
+  }
+  const header = serializeDynamicHeader({
+    cookie: DYNAMIC_HEADER_COOKIE,
+    dataOffset: NO_DATA_OFFSET,
+    tableOffset,
+    headerVersion: DYNAMIC_HEADER_VERSION,
+    maxTableEntries: entries,
+    blockSize,
+    checksum: 0,
+    parentUniqueId: NIL_UUID,
+    parentTimestamp: 0,
+    reserved1: 0,
+    parentUnicodeName: '',
+    parentLocators: Array.from({ length: 8 }, emptyLocator),
+    reserved2: new Uint8Array(256),
+  });
+  yield footerBytes;
+  yield header;
+  yield serializeBat(bat);
+  const bitmap = new Uint8Array(bitmapBytes).fill(0xff);
+  for (let b = 0; b < entries; b++) {
+    if (!used[b]) continue;
+    yield bitmap;
+    const start = b * blockSize;
+    const end = Math.min(start + blockSize, source.size);
+    yield* readRange(source, start, end, chunk, clip(ranges, start, end));
+    if (end < start + blockSize) yield new Uint8Array(start + blockSize - end);
+  }
+  yield footerBytes;
+}
+
+/** [from, to) ranges the source's extents call data, merged. */
+async function dataRanges(source: Disk, offset: number, end: number): Promise<Array<[number, number]>> {
+  const out: Array<[number, number]> = [];
+  const range = extentRange({ offset, length: Math.min(end, source.size) - offset }, source.size);
+  for await (const e of source.extents({ offset: range.start, length: range.end - range.start })) {
+    if (e.kind !== 'data') continue;
+    const last = out[out.length - 1];
+    if (last && last[1] === e.offset) last[1] = e.offset + e.length;
+    else out.push([e.offset, e.offset + e.length]);
+  }
+  return out;
+}
+
+function clip(ranges: Array<[number, number]>, start: number, end: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [a, b] of ranges) if (a < end && b > start) out.push([Math.max(a, start), Math.min(b, end)]);
+  return out;
+}
+
+/** Yields [start, end): data ranges read from the source, the rest as zeros (never read). */
+async function* readRange(source: Disk, start: number, end: number, chunk: number, ranges: Array<[number, number]>): AsyncGenerator<Uint8Array> {
+  let pos = start;
+  const zeros = new Uint8Array(Math.min(chunk, Math.max(end - start, 0)));
+  const emitZeros = function* (to: number) {
+    while (pos < to) {
+      const n = Math.min(zeros.length, to - pos);
+      yield n === zeros.length ? zeros : zeros.subarray(0, n);
+      pos += n;
+    }
+  };
+  for (const [a, b] of ranges) {
+    if (b <= pos) continue;
+    yield* emitZeros(Math.max(a, pos));
+    while (pos < Math.min(b, end)) {
+      const n = Math.min(chunk, Math.min(b, end) - pos, source.size - pos);
+      if (n <= 0) break;
+      yield await source.read(pos, n);
+      pos += n;
+    }
+  }
+  yield* emitZeros(end);
+}
