@@ -163,24 +163,36 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
 }
 
 /**
- * Compresses one cluster. Returns undefined when the result would not be
- * smaller than the cluster (the caller then stores it uncompressed).
+ * Compresses one cluster: raw deflate with qemu's 4 KiB window, or a zstd
+ * frame. Resolves to undefined when the result would not be smaller than
+ * the cluster (the caller then stores it uncompressed).
  */
-export function compressCluster(type: number, input: Uint8Array): Uint8Array | undefined {
+export async function compressCluster(type: number, input: Uint8Array): Promise<Uint8Array | undefined> {
   let out: Uint8Array;
-  if (type === COMPRESSION_ZLIB) {
-    out = zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
-  } else if (type === COMPRESSION_ZSTD) {
-    const c = zstdCompressor();
-    if (!c) return undefined;
-    out = c(input);
-  } else {
-    return undefined;
-  }
-  return out.length < input.length ? out : undefined;
+  if (type === COMPRESSION_ZLIB) out = zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
+  else if (type === COMPRESSION_ZSTD) out = (await zstdCompressor())(input);
+  else throw new RangeError(`unknown compression type ${type}`);
+  return out.length < input.length ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
 }
 
-/** A zstd compressor, where the platform has one. */
-export function zstdCompressor(): ((input: Uint8Array) => Uint8Array) | undefined {
-  return nodeZstdCompress;
+interface ZstdWasm {
+  init(): Promise<void>;
+  compress(input: Uint8Array, level?: number): Uint8Array;
+}
+
+let zstdWasm: Promise<(input: Uint8Array) => Uint8Array> | undefined;
+
+/**
+ * A zstd compressor: node:zlib's where the platform has one, else libzstd
+ * compiled to WebAssembly (@bokuweb/zstd-wasm), loaded on first use.
+ */
+export function zstdCompressor(): Promise<(input: Uint8Array) => Uint8Array> {
+  if (nodeZstdCompress) return Promise.resolve(nodeZstdCompress);
+  zstdWasm ??= (async () => {
+    const mod = (await import('@bokuweb/zstd-wasm')) as unknown as ZstdWasm & { default?: ZstdWasm };
+    const z = mod.default ?? mod;
+    await z.init();
+    return (input: Uint8Array) => z.compress(input, 3);
+  })();
+  return zstdWasm;
 }

@@ -282,8 +282,8 @@ export class Qcow2Disk implements Disk {
           padded.set(cluster);
           cluster = padded;
         }
-        const packed = compressCluster(s.compressionType, cluster);
-        jobs.push(packed ? w.writeCompressedCluster(offset + at, packed) : w.write(offset + at, data.subarray(at, at + cs)));
+        const plain = data.subarray(at, at + cs);
+        jobs.push(compressCluster(s.compressionType, cluster).then((packed) => (packed ? w.writeCompressedCluster(offset + at, packed) : w.write(offset + at, plain))));
       }
       const results = await Promise.allSettled(jobs);
       for (const r of results) if (r.status === 'rejected') throw r.reason;

@@ -108,6 +108,17 @@ describe('writeCompressed', () => {
     // Two compressed clusters share one host cluster (refcount 2).
     expect(check.corruptions + check.leaks).toBe(0);
   });
+
+  it('zstd images store zstd clusters (node:zlib or WebAssembly libzstd)', async () => {
+    const storage = new MemoryStorage({ name: 'z.qcow2' });
+    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: '4k', compression_type: 'zstd' });
+    const text = new TextEncoder().encode('compressible text '.repeat(1000)).subarray(0, 8192);
+    await disk.writeCompressed(8192, text);
+    expect(bytesEqual(await disk.read(8192, 8192), text)).toBe(true);
+    await disk.close();
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect(check).toMatchObject({ compressedClusters: 2, corruptions: 0, leaks: 0 });
+  });
 });
 
 describe('create options', () => {
