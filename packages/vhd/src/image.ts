@@ -63,6 +63,9 @@ export class VhdDisk implements Disk {
   #locks = new KeyedLock();
   #alloc = new Mutex();
   #bitmaps = new Map<number, Uint8Array>();
+  #inflight = 0;
+  #drained: (() => void) | undefined;
+  #gate: Promise<void> | undefined;
 
   /** @internal Use openVhd or createVhd. */
   constructor(state: VhdState, readOnly: boolean) {
@@ -132,6 +135,10 @@ export class VhdDisk implements Disk {
   }
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#shared(() => this.#readInto(offset, target));
+  }
+
+  async #readInto(offset: number, target: Uint8Array): Promise<void> {
     this.#check();
     checkDiskRange(FORMAT, this.size, offset, target.length);
     const s = this._state;
@@ -186,11 +193,17 @@ export class VhdDisk implements Disk {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkWrite(offset, data.length);
-    await this.#writeRange(offset, data.length, data);
+    return this.#shared(async () => {
+      this.#checkWrite(offset, data.length);
+      await this.#writeRange(offset, data.length, data);
+    });
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    return this.#shared(() => this.#writeZeroes(offset, length, options));
+  }
+
+  async #writeZeroes(offset: number, length: number, options: WriteZeroesOptions): Promise<void> {
     this.#checkWrite(offset, length);
     const s = this._state;
     if (s.type === 'fixed') {
@@ -390,8 +403,35 @@ export class VhdDisk implements Disk {
   async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
     this.#check();
     if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
-    await this.#alloc.run(() => resizeVhd(this, newSize, options));
+    // Blocks may move: no read or write may be in flight meanwhile.
+    await this.#exclusive(() => this.#alloc.run(() => resizeVhd(this, newSize, options)));
     this.#bitmaps.clear();
+  }
+
+  /** Runs an I/O operation; waits while an exclusive one (resize) runs. */
+  async #shared<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#gate) await this.#gate;
+    this.#inflight++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.#inflight === 0) this.#drained?.();
+    }
+  }
+
+  /** Runs `fn` alone: new I/O waits, in-flight I/O is drained first. */
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#gate) await this.#gate;
+    let open!: () => void;
+    this.#gate = new Promise<void>((r) => (open = r));
+    try {
+      if (this.#inflight > 0) await new Promise<void>((r) => (this.#drained = r));
+      this.#drained = undefined;
+      return await fn();
+    } finally {
+      this.#gate = undefined;
+      open();
+    }
   }
 
   /** @internal Runs `fn` with the allocator held (no block allocation meanwhile). */

@@ -268,3 +268,41 @@ describeQemu('qemu-img reads resized and coalesced images', () => {
     expect(readFileSync(base).subarray(0, 8).toString()).toBe('coalesce');
   });
 });
+
+describe('resize while I/O is in flight', () => {
+  it('overwrites and reads issued around a BAT-growing resize all land', async () => {
+    // Every storage call waits a little (seeded), so that I/O interleaves with the resize.
+    let x = 7;
+    class SlowStorage extends MemoryStorage {
+      async #pause(): Promise<void> {
+        x = (x * 1103515245 + 12345) >>> 0;
+        await new Promise((r) => setTimeout(r, x % 3));
+      }
+      override async write(p: number, d: Uint8Array): Promise<void> {
+        await this.#pause();
+        return super.write(p, d);
+      }
+      override async readInto(p: number, t: Uint8Array): Promise<number> {
+        await this.#pause();
+        return super.readInto(p, t);
+      }
+    }
+    const storage = new SlowStorage({ name: 'g.vhd' });
+    const d = await createVhd(storage, { size: 64 * 1024, blockSize: 4096 });
+    const model = new Uint8Array(2 << 20);
+    await d.write(0, new Uint8Array(64 * 1024).fill(1)); // every block allocated: overwrites need no allocator
+    const ops: Promise<void>[] = [];
+    for (let i = 15; i >= 0; i--) {
+      const data = seededBytes(4096, i + 1);
+      model.set(data, i * 4096);
+      ops.push(d.write(i * 4096, data));
+      if (i === 8) ops.push(d.resize(2 << 20));
+      if (i < 4) ops.push(d.read(0, 8192).then(() => undefined));
+    }
+    await Promise.all(ops);
+    await d.write((2 << 20) - 4096, seededBytes(4096, 99));
+    model.set(seededBytes(4096, 99), (2 << 20) - 4096);
+    const again = await openVhd(MemoryStorage.from(storage.toBytes()));
+    expect(Buffer.from(await again.read(0, again.size)).equals(Buffer.from(model))).toBe(true);
+  });
+});
