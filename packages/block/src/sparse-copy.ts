@@ -45,10 +45,18 @@ export interface SparseCopyOptions {
   onProgress?: (progress: CopyProgress) => void;
   signal?: AbortSignal;
   /**
+   * Data is read, zero-scanned and written in whole units of this many
+   * bytes, aligned to it (default 512). A compressing writer sets it to the
+   * cluster size, so every write is whole clusters.
+   */
+  alignment?: number;
+  /**
    * Writes a data run to the destination. Default `dst.write`. Lets a caller
    * compress (qcow2 -c) or filter without a second copy loop.
    */
   writeData?: (offset: number, data: Uint8Array) => Promise<void>;
+  /** Makes a range of the destination read as zeros. Default `dst.writeZeroes`. */
+  writeZeroes?: (offset: number, length: number) => Promise<void>;
 }
 
 export interface SparseCopyResult extends CopyProgress {
@@ -80,8 +88,13 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const length = options.length ?? src.size - offset;
   const signal = options.signal;
   const writeData = options.writeData ?? ((o: number, d: Uint8Array) => dst.write(o, d));
+  const alignment = options.alignment ?? 512;
+  const writeZeroes = options.writeZeroes ?? ((o: number, n: number) => dst.writeZeroes(o, n));
 
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw invalidArg('copy', `invalid chunk size ${chunkSize}`);
+  if (!Number.isSafeInteger(alignment) || alignment < 1 || chunkSize % Math.min(alignment, chunkSize) !== 0 || (alignment > 512 && chunkSize % alignment !== 0)) {
+    throw invalidArg('copy', `invalid alignment ${alignment} for chunk size ${chunkSize}`);
+  }
   if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 0) throw invalidArg('copy', `invalid minimum zero run ${minZeroRun}`);
   if (offset < 0 || length < 0 || offset + length > src.size) {
     throw invalidArg('copy', `range ${offset}+${length} is outside the source (${src.size} bytes)`);
@@ -119,13 +132,13 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
         progress.bytesWritten += e.length;
         return;
       }
-      for (const run of findZeroRuns(view, minZeroRun, 512, e.offset)) {
+      for (const run of findZeroRuns(view, Math.max(minZeroRun, alignment), Math.max(512, alignment), e.offset)) {
         const n = run.end - run.start;
         if (!run.zero) {
           await writeData(e.offset + run.start, view.subarray(run.start, run.end));
           progress.bytesWritten += n;
         } else {
-          if (!dstIsZero) await dst.writeZeroes(e.offset + run.start, n);
+          if (!dstIsZero) await writeZeroes(e.offset + run.start, n);
           progress.bytesSkipped += n;
         }
       }
@@ -143,7 +156,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
       await writeZeroData(e.offset, e.length);
       return;
     }
-    if (!dstIsZero) await dst.writeZeroes(e.offset, e.length);
+    if (!dstIsZero) await writeZeroes(e.offset, e.length);
     progress.bytesSkipped += e.length;
   };
 
@@ -162,7 +175,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     inFlight.add(p);
   };
 
-  const source = src.extents({ offset, length, topOnly: options.topOnly ?? false });
+  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false });
+  const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
   try {
     for await (const big of source) {
       // Zero and hole extents are handled whole; data is split into chunks.
@@ -182,4 +196,41 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   if (failure) throw failure;
   if (signal?.aborted) throw abortError(signal);
   return progress;
+}
+
+/**
+ * Widens data extents to whole `alignment` units (never past `end`); the
+ * zero and hole extents they swallow become data. Used when the writer
+ * needs whole clusters (compression).
+ */
+export async function* alignDataExtents(extents: AsyncIterable<Extent>, alignment: number, end: number): AsyncGenerator<Extent> {
+  let pending: Extent | undefined;
+  for await (const e of extents) {
+    let cur: Extent = { ...e };
+    if (pending && pending.kind === 'data' && cur.offset < pending.offset + pending.length) {
+      // Part of this extent was swallowed by the previous widened data extent.
+      const covered = pending.offset + pending.length - cur.offset;
+      if (covered >= cur.length) continue;
+      cur = { ...cur, offset: cur.offset + covered, length: cur.length - covered };
+    }
+    if (cur.kind === 'data') {
+      const start = Math.floor(cur.offset / alignment) * alignment;
+      const stop = Math.min(end, Math.ceil((cur.offset + cur.length) / alignment) * alignment);
+      if (pending && pending.kind !== 'data' && start < pending.offset + pending.length) {
+        pending.length = start - pending.offset;
+        if (pending.length > 0) yield pending;
+        pending = undefined;
+      }
+      if (pending && pending.kind === 'data' && pending.offset + pending.length >= start) {
+        pending.length = stop - pending.offset;
+        continue;
+      }
+      if (pending) yield pending;
+      pending = { offset: start, length: stop - start, kind: 'data', ...(cur.depth !== undefined ? { depth: cur.depth } : {}) };
+      continue;
+    }
+    if (pending) yield pending;
+    pending = cur;
+  }
+  if (pending && pending.length > 0) yield pending;
 }

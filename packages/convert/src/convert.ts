@@ -3,23 +3,54 @@
  * the extent iterator: no code for a particular pair of formats.
  */
 import {
+  bytesEqual,
+  ERROR_CODES,
+  ImageError,
   sparseCopy,
   type CreateOptions,
   type Disk,
   type FormatDriver,
+  type FormatRegistryLike,
+  type Resolver,
   type SparseCopyOptions,
   type SparseCopyResult,
   type Storage,
 } from '@img/block';
+import { OverlayDiff } from './overlay-diff.js';
 
-export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero'> {
-  /** Destination create options (`-o` keys, or typed values). `size` defaults to the source's. */
+export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
+  /** Destination create options (`-o` keys, or typed values). `size` is the source's. */
   createOptions?: Record<string, unknown>;
+  /** Store data compressed (qcow2 -c); the destination format must support it. */
+  compress?: boolean;
+  /**
+   * Make the output an overlay of this backing file, storing only what
+   * differs from it (qemu-img convert -B). Resolved relative to the output.
+   */
+  backingFile?: string;
+  backingFormat?: string;
+  /** Opens the backing file named by `backingFile` (e.g. fileResolver). */
+  resolver?: Resolver;
+  formats?: FormatRegistryLike;
 }
 
 export interface ConvertResult extends SparseCopyResult {
   virtualSize: number;
   durationMs: number;
+}
+
+interface CompressingDisk extends Disk {
+  writeCompressed(offset: number, data: Uint8Array): Promise<void>;
+}
+
+function canCompress(disk: Disk): disk is CompressingDisk {
+  return typeof (disk as Partial<CompressingDisk>).writeCompressed === 'function';
+}
+
+/** The destination's allocation unit (cluster or block size), or 64 KiB if it has none. */
+async function allocationUnit(disk: Disk): Promise<number> {
+  const info = await disk.info?.();
+  return info?.clusterSize ?? 65536;
 }
 
 /**
@@ -29,8 +60,8 @@ export interface ConvertResult extends SparseCopyResult {
  *
  * @example
  * ```ts
- * const dst = await convertDisk(src, qcow2Driver, await FileStorage.create('out.qcow2'));
- * await dst.disk.close();
+ * const { disk } = await convertDisk(src, qcow2Driver, await FileStorage.create('out.qcow2'), { compress: true });
+ * await disk.close();
  * ```
  */
 export async function convertDisk(
@@ -41,11 +72,40 @@ export async function convertDisk(
 ): Promise<{ disk: Disk; result: ConvertResult }> {
   const started = Date.now();
   const createOptions: CreateOptions = { ...(options.createOptions ?? {}), size: src.size };
+  if (options.backingFile !== undefined) {
+    createOptions.backingFile = options.backingFile;
+    if (options.backingFormat !== undefined) createOptions.backingFormat = options.backingFormat;
+    if (options.resolver) createOptions.resolver = options.resolver;
+    if (options.formats) createOptions.formats = options.formats;
+  }
   const disk = await driver.create(target, createOptions);
   try {
-    const copy = await sparseCopy(src, disk, { ...options, dstIsZero: true });
+    const copy: SparseCopyOptions = { ...options, dstIsZero: true };
+    if (options.compress) {
+      if (!canCompress(disk)) {
+        throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot store compressed data (-c)`, { data: { format: driver.name } });
+      }
+      const cluster = await allocationUnit(disk);
+      copy.alignment = cluster;
+      copy.chunkSize = Math.max(cluster, Math.floor((options.chunkSize ?? 4 << 20) / cluster) * cluster);
+      copy.writeData = (o, d) => disk.writeCompressed(o, d);
+    }
+    if (options.backingFile !== undefined) {
+      const diff = new OverlayDiff(disk, await allocationUnit(disk));
+      copy.dstIsZero = false;
+      const plainWrite = copy.writeData;
+      copy.writeData = plainWrite
+        ? async (o, d) => {
+            // Compressed overlay: compare first, then write whole clusters compressed.
+            const current = await disk.read(o, d.length);
+            if (!bytesEqual(current, d)) await plainWrite(o, d);
+          }
+        : (o, d) => diff.write(o, d);
+      copy.writeZeroes = (o, n) => diff.writeZeroes(o, n);
+    }
+    const result = await sparseCopy(src, disk, copy);
     await disk.flush();
-    return { disk, result: { ...copy, virtualSize: src.size, durationMs: Date.now() - started } };
+    return { disk, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
   } catch (e) {
     await disk.close().catch(() => undefined);
     throw e;

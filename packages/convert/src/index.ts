@@ -1,3 +1,4 @@
 export { convertDisk, parseCreateOptions, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 export { builtinDrivers, defaultRegistry } from './formats.js';
 export { checkDeclaredFormat, probeStorage, probeBytes, CONFIDENT } from './probe.js';
+export { OverlayDiff } from './overlay-diff.js';

@@ -65,6 +65,21 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   untrusted?: boolean;
   /** Keep a half-written output after a failure (default: remove it). */
   keepPartial?: boolean;
+  /** Convert this internal snapshot (id or name) of the source instead of its current state (-l). */
+  snapshot?: string;
+}
+
+interface SnapshotCapable extends Disk {
+  openSnapshot(idOrName: string): Promise<Disk>;
+}
+
+/** Opens snapshot `name` of `disk` (formats with internal snapshots). */
+export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> {
+  const s = disk as Partial<SnapshotCapable>;
+  if (typeof s.openSnapshot !== 'function') {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: ${disk.storage.name}: this format has no internal snapshots`, { data: { file: disk.storage.name } });
+  }
+  return s.openSnapshot.call(disk, name);
 }
 
 /**
@@ -81,16 +96,23 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     untrusted: options.untrusted ?? false,
   });
   let created = false;
+  let snapshot: Disk | undefined;
   try {
+    if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     const target = await FileStorage.create(options.output);
     created = true;
-    const { disk, result } = await convertDisk(src, dstDriver, target, options);
+    const { disk, result } = await convertDisk(snapshot ?? src, dstDriver, target, {
+      ...options,
+      resolver: options.resolver ?? fileResolver,
+      formats: options.formats ?? registry,
+    });
     await disk.close();
     return result;
   } catch (e) {
     if (created && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
     throw e;
   } finally {
+    await snapshot?.close().catch(() => undefined);
     await src.close().catch(() => undefined);
   }
 }

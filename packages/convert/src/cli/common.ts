@@ -45,6 +45,10 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
       io.stderr(`${prog}: ${e.message}\n${prog}: try '${prog} --help'\n`);
       return 1;
     }
+    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') {
+      io.stderr(`\n${prog}: interrupted; ${argv.includes('--keep-partial') ? 'the partial output was kept' : 'the partial output was removed'}\n`);
+      return 130;
+    }
     if (ImageError.isInstance(e)) {
       io.stderr(`${prog}: ${e.code}: ${e.message}\n`);
     } else if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
@@ -59,12 +63,15 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
 }
 
 /** A progress line on stderr: bytes done, percent, rate and ETA. */
-export function progressPrinter(io: Io, json: boolean): (p: { bytesDone: number; bytesTotal: number }) => void {
+export function progressPrinter(io: Io, json: boolean, delayMs = 0): (p: { bytesDone: number; bytesTotal: number }) => void {
   const started = Date.now();
   let last = 0;
+  let shown = false;
   return (p) => {
     const now = Date.now();
     const done = p.bytesDone >= p.bytesTotal;
+    if (!shown && now - started < delayMs) return;
+    shown = true;
     if (!done && now - last < 200) return;
     last = now;
     const secs = Math.max(0.001, (now - started) / 1000);

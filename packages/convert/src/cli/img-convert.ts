@@ -16,8 +16,12 @@ read and written, so the cost follows the data, not the virtual size.
 Formats: FORMATS
 
 Options:
-  -o key=value[,...]  options for the new image (see the format's create options)
+  -o key=value[,...]  options for the new image ('-o help' lists the output format's)
+  -c                  compress the output (qcow2; deflate, or zstd with -o compression_type=zstd)
   -S <size>           minimum run of zeros left sparse (default 4k; 0 writes everything)
+  -B <backing>        make the output an overlay of <backing>, storing only what differs
+  -F <fmt>            format of the -B backing file
+  -l <snapshot>       convert this internal snapshot (id or name) of the input
   -p                  show progress on stderr
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
@@ -34,7 +38,11 @@ Example:
 export function convertOptions() {
   return {
     o: { type: 'string', multiple: true },
+    c: { type: 'boolean' },
     S: { type: 'string' },
+    B: { type: 'string' },
+    F: { type: 'string' },
+    l: { type: 'string' },
     p: { type: 'boolean' },
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
@@ -64,22 +72,46 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     }
     const [srcFormat, dstFormat, input, output] = positionals as [string, string, string, string];
     registry.require(srcFormat);
-    registry.require(dstFormat);
+    const dstDriver = registry.require(dstFormat);
+    const createOptions = parseCreateOptions(values.o);
+    if ('help' in createOptions) {
+      io.stdout(`Create options for ${dstDriver.name}:\n`);
+      for (const [k, v] of Object.entries(dstDriver.createOptions ?? {})) io.stdout(`  ${k.padEnd(18)} ${v}\n`);
+      return 0;
+    }
+    if (values.F !== undefined && values.B === undefined) throw new UsageError('-F needs -B');
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
-    const showProgress = values.p || values['json-progress'];
-    const result = await convertFile({
+    const json = values['json-progress'] ?? false;
+    // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
+    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY ? progressPrinter(io, false, 1000) : undefined;
+    const controller = new AbortController();
+    const onSignal = () => controller.abort(new Error('interrupted'));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    let result;
+    try {
+      result = await convertFile({
       srcFormat,
       dstFormat,
       input,
       output,
       registry,
       minZeroRun,
-      createOptions: parseCreateOptions(values.o),
+      createOptions,
+      compress: values.c ?? false,
       forceFormat: values['force-format'] ?? false,
       untrusted: values.untrusted ?? false,
       keepPartial: values['keep-partial'] ?? false,
-      ...(showProgress ? { onProgress: progressPrinter(io, values['json-progress'] ?? false) } : {}),
-    });
+      signal: controller.signal,
+      ...(values.B !== undefined ? { backingFile: values.B } : {}),
+      ...(values.F !== undefined ? { backingFormat: values.F } : {}),
+      ...(values.l !== undefined ? { snapshot: values.l } : {}),
+      ...(printer ? { onProgress: printer } : {}),
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     const secs = (result.durationMs / 1000).toFixed(2);
     io.stderr(
       `${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` +

@@ -3,8 +3,8 @@
  */
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo } from '@img/block';
-import { FileStorage } from '@img/block/node';
+import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
@@ -293,23 +293,39 @@ const create: Handler = async (argv, io) => {
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
   const path = positionals[0]!;
   const options: Record<string, unknown> = parseCreateOptions(values.o);
-  if (values.b !== undefined) {
-    options.backingFile = values.b;
-    if (values.F !== undefined) options.backingFormat = values.F;
+  if ('help' in options) {
+    io.stdout(`Create options for ${driver.name}:\n`);
+    for (const [k, v] of Object.entries(driver.createOptions ?? {})) io.stdout(`  ${k.padEnd(18)} ${v}\n`);
+    return 0;
   }
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
-  if (size === undefined && values.b === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
+  if (values.b !== undefined) {
+    options.backingFile = values.b;
+    if (values.F !== undefined) options.backingFormat = values.F;
+    options.resolver = fileResolver;
+    options.formats = registry;
+    if (size === undefined) {
+      // The size comes from the backing file, opened relative to the new image.
+      const backing = await openImageFile(resolveRelative({ name: values.b, from: { name: path } as Storage }), {
+        ...(values.F !== undefined ? { format: values.F } : {}),
+        registry,
+      });
+      size = backing.size;
+      await backing.close();
+    }
+  }
+  if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
   const storage = await FileStorage.create(path);
   try {
-    const disk = await driver.create(storage, { ...options, size: size ?? -1 });
+    const disk = await driver.create(storage, { ...options, size });
     await disk.flush();
     await disk.close();
   } catch (e) {
     await storage.close().catch(() => undefined);
     throw e;
   }
-  io.stdout(`Formatting '${path}', fmt=${driver.name} size=${size ?? 'from backing file'}\n`);
+  io.stdout(`Formatting '${path}', fmt=${driver.name} size=${size}\n`);
   return 0;
 };
 
