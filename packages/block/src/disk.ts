@@ -75,7 +75,33 @@ export interface Disk {
   info?(): Promise<ImageInfo>;
   /** Changes the virtual size (optional). Shrinking must be asked for. */
   resize?(newSize: number, options?: { shrink?: boolean }): Promise<void>;
+  /** Opens an internal snapshot read-only (formats with snapshots). */
+  openSnapshot?(idOrName: string): Promise<Disk>;
+  /**
+   * Rewrites the backing file reference only (rebase -u): the name and
+   * format stored in the image, or none. Content is not touched.
+   */
+  setBacking?(name: string | undefined, format?: string): Promise<void>;
+  /** Deallocates every cluster/block of this layer so reads fall through to the backing image (commit). */
+  makeEmpty?(): Promise<void>;
+  /** The open backing image (or parent), if any. */
+  readonly backing?: Disk | undefined;
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** What `img measure` prints, as qemu-img measure. */
+export interface MeasureResult {
+  /** Bytes the new image needs for this content. */
+  required: number;
+  /** Bytes it would need fully allocated. */
+  fullyAllocated: number;
+}
+
+/** Input of FormatDriver.measure: a size, or a source disk whose extents say what is allocated. */
+export interface MeasureInput {
+  size: number;
+  source?: Disk;
+  options?: Record<string, unknown>;
 }
 
 /** What a resolver is asked to open. */
@@ -110,6 +136,8 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** How deep a chain may go (default 64). */
   maxChainDepth?: number;
+  /** Open backing files / parents writable too (commit needs it). */
+  backingWritable?: boolean;
   /** Internal: the names of images already open above this one, for cycle detection. */
   chain?: readonly string[];
 }
@@ -153,6 +181,8 @@ export interface FormatDriver {
   readonly createOptions?: Readonly<Record<string, string>>;
   /** Consistency check (and repair) of an image in `storage`. */
   check?(storage: Storage, options?: CheckOptions): Promise<CheckResult>;
+  /** Size a new image of this format would need (qemu-img measure). */
+  measure?(input: MeasureInput): Promise<MeasureResult>;
 }
 
 /** An internal snapshot as `img info` and `img snapshot -l` show it (qemu-img's fields). */
