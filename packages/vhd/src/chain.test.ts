@@ -273,3 +273,22 @@ describe('a differencing disk opened writable without its parent', () => {
     expect([got[0], got[10], got[600], got[12288]]).toEqual([1, 2, 8, 8]);
   });
 });
+
+describe('concurrent writes into a differencing disk', () => {
+  it('byte-sized writes sharing sectors, issued at once on slow storage, all land over the parent data', async () => {
+    const { SlowStorage } = await import('./test-slow-storage.js');
+    const base = await createVhd(new MemoryStorage({ name: 'b' }), { size: 1 << 20 });
+    await base.write(0, new Uint8Array(1 << 20).fill(0x40));
+    const child = await createVhd(new SlowStorage({ name: 'c', seed: 3 }), { parent: { disk: base, relativePath: 'b' }, blockSize: 4096 });
+    const model = new Uint8Array(1 << 20).fill(0x40);
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 120; i++) {
+      const offset = 3000 + i * 97; // several writes per sector and per block, never overlapping
+      const data = seededBytes(90, i + 1);
+      model.set(data, offset);
+      writes.push(child.write(offset, data));
+    }
+    await Promise.all(writes);
+    expect(Buffer.from(await child.read(0, 1 << 20)).equals(Buffer.from(model))).toBe(true);
+  });
+});

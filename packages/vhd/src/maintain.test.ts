@@ -272,21 +272,7 @@ describeQemu('qemu-img reads resized and coalesced images', () => {
 describe('resize while I/O is in flight', () => {
   it('overwrites and reads issued around a BAT-growing resize all land', async () => {
     // Every storage call waits a little (seeded), so that I/O interleaves with the resize.
-    let x = 7;
-    class SlowStorage extends MemoryStorage {
-      async #pause(): Promise<void> {
-        x = (x * 1103515245 + 12345) >>> 0;
-        await new Promise((r) => setTimeout(r, x % 3));
-      }
-      override async write(p: number, d: Uint8Array): Promise<void> {
-        await this.#pause();
-        return super.write(p, d);
-      }
-      override async readInto(p: number, t: Uint8Array): Promise<number> {
-        await this.#pause();
-        return super.readInto(p, t);
-      }
-    }
+    const { SlowStorage } = await import('./test-slow-storage.js');
     const storage = new SlowStorage({ name: 'g.vhd' });
     const d = await createVhd(storage, { size: 64 * 1024, blockSize: 4096 });
     const model = new Uint8Array(2 << 20);
