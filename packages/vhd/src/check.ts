@@ -18,6 +18,7 @@ import { BAT_UNUSED } from './bat.js';
 import { testBit } from './bitmap.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
+import { openParent } from './chain.js';
 import { readVhdLayout } from './open.js';
 import { FORMAT, type VhdState } from './state.js';
 import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
@@ -74,6 +75,20 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
   if (s.shortFooter) {
     result.messages.push('the footer is 511 bytes long (old Virtual PC); a repair rewrites it as 512 bytes');
     footerFix = true;
+  }
+
+  if (s.type === 'differencing' && options.resolver) {
+    // With a resolver, the parent is looked up and its unique id checked.
+    try {
+      await openParent(s, { resolver: options.resolver });
+      for (const p of s.problems.filter((x) => /parent timestamp/.test(x))) result.messages.push(p);
+    } catch (e) {
+      result.corruptions++;
+      result.messages.push(`parent: ${(e as Error).message}`);
+    } finally {
+      await s.parent?.close().catch(() => undefined);
+      s.parent = undefined;
+    }
   }
 
   if (s.type === 'fixed') {

@@ -21,11 +21,15 @@
  * child again: it sees the mark and resumes (`resumed: true`). checkVhd
  * reports a marked image. Rolling back is not offered: the old content of
  * overwritten parent sectors is not kept (that would need an undo journal).
+ *
+ * The parent gets a new timestamp when the merge completes, so any other
+ * child of it reports a parent timestamp mismatch: a parent with more than
+ * one child should not be coalesced into (their content would change).
  */
 import { ERROR_CODES, ImageError, throwIfAborted, unsupported, type Resolver, type Storage } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
-import { COALESCE_COOKIE, FOOTER_COOKIE } from './footer.js';
+import { COALESCE_COOKIE, FOOTER_COOKIE, toVhdTimestamp } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import { VhdDisk } from './image.js';
 import { openVhd } from './open.js';
@@ -116,7 +120,8 @@ export async function coalesceVhd(child: Storage, options: VhdCoalesceOptions): 
     }
     // 3. Flush, unmark, flush.
     await ps.storage.flush();
-    ps.footer = { ...ps.footer, cookie: FOOTER_COOKIE };
+    // The parent changed: a new timestamp lets its other children notice (they record the old one).
+    ps.footer = { ...ps.footer, cookie: FOOTER_COOKIE, timestamp: toVhdTimestamp(new Date()) };
     await parent._withAllocator(() => writeFooters(ps));
     await ps.storage.flush();
     ps.coalescing = false;

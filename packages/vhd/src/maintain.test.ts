@@ -292,3 +292,34 @@ describe('resize while I/O is in flight', () => {
     expect(Buffer.from(await again.read(0, again.size)).equals(Buffer.from(model))).toBe(true);
   });
 });
+
+describe('parents in check and after coalesce', () => {
+  it('check with a resolver finds a wrong parent; coalesce gives the parent a new timestamp its other children notice', async () => {
+    const { coalesceVhdFile } = await import('./node.js');
+    const base = path('pbase.vhd');
+    const b = await createVhdFile(base, { size: 1 << 20, timestamp: new Date('2020-05-05Z') });
+    await b.close();
+    const c1 = path('c1.vhd');
+    const c2 = path('c2.vhd');
+    for (const c of [c1, c2]) {
+      const d = await createVhdFile(c, { parentPath: base });
+      await d.write(0, new Uint8Array(512).fill(1));
+      await d.close();
+    }
+    const ok = await FileStorage.open(c2);
+    expect(await checkVhd(ok, { resolver: fileResolver })).toMatchObject({ corruptions: 0 });
+    await ok.close();
+    await coalesceVhdFile(c1);
+    const after = await openVhdFile(c2);
+    expect(after.problems.join()).toMatch(/parent timestamp mismatch/);
+    await after.close();
+    // A different image under the parent's name: check reports it.
+    const impostor = await createVhdFile(base, { size: 1 << 20 });
+    await impostor.close();
+    const s = await FileStorage.open(c2);
+    const r = await checkVhd(s, { resolver: fileResolver });
+    await s.close();
+    expect(r.corruptions).toBe(1);
+    expect(r.messages.join()).toMatch(/unique id/);
+  });
+});

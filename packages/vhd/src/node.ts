@@ -5,6 +5,7 @@
 import { FileStorage, fileResolver } from '@img/block/node';
 import { dirname, relative, resolve } from 'node:path';
 import { openVhdChain as openChain, type VhdChainOptions } from './chain.js';
+import { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';
 import { createVhd, type VhdCreateOptions } from './create.js';
 import type { VhdDisk } from './image.js';
 import { openVhd, type VhdOpenOptions } from './open.js';
@@ -55,4 +56,9 @@ export async function createVhdFile(path: string, options: VhdCreateFileOptions)
     await typed.parent?.disk.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** Merges the differencing disk at `path` into its parent (found relative to it); see coalesceVhd. */
+export async function coalesceVhdFile(path: string, options: Partial<VhdCoalesceOptions> = {}): Promise<VhdCoalesceResult> {
+  return coalesceVhd(await FileStorage.open(path), { resolver: fileResolver, ...options });
 }
