@@ -7,7 +7,7 @@ import { describeQemu, qemuCheck, tempDir } from '@img/testkit';
 import { checkQcow2 } from './check.js';
 import { spawnSync } from 'node:child_process';
 import { fixtureNames, fixturePath, loadFixture, qcow2Dir } from './test-fixtures.js';
-import { openQcow2 } from './image.js';
+import { openQcow2 } from './open.js';
 
 describeQemu('checkQcow2 agrees with qemu-img check', () => {
   for (const name of fixtureNames()) {

@@ -14,7 +14,9 @@ import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI, INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
-import { openQcow2, repairHook, attachWriter, writeHeader, stateOf, type Qcow2State } from './image.js';
+import { openQcow2 } from './open.js';
+import { repairHook, attachWriter, writeHeader, type Qcow2State } from './state.js';
+import { stateOf } from './image.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (a 512 MiB counter array). */

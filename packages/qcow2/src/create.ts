@@ -30,7 +30,8 @@ import {
 import { serializeHeader, type Qcow2Header } from './header.js';
 import { serializeExtensions, serializeFeatureTable, stringExtension, extensionsLength, type HeaderExtension } from './extensions.js';
 import { writeRefcount } from './refcount.js';
-import { openQcow2, type Qcow2Disk } from './image.js';
+import { openQcow2 } from './open.js';
+import { type Qcow2Disk } from './image.js';
 
 const FORMAT = 'qcow2';
 

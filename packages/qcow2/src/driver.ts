@@ -4,7 +4,7 @@
 import type { FormatDriver } from '@img/block';
 import { FormatRegistry, rawDriver } from '@img/block';
 import { hasQcow2Magic } from './header.js';
-import { openQcow2, registryHook } from './image.js';
+import { openQcow2, registryHook } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
 import { checkQcow2 } from './check.js';
 

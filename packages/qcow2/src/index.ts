@@ -1,4 +1,5 @@
-export { openQcow2, Qcow2Disk, type Qcow2OpenOptions } from './image.js';
+export { openQcow2, type Qcow2OpenOptions } from './open.js';
+export { Qcow2Disk } from './image.js';
 export { qcow2Driver, defaultBackingFormats } from './driver.js';
 export { createQcow2, parseCreateOptions, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 export { checkQcow2 } from './check.js';

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { bytesEqual, diskExtents } from '@img/block';
 import { type QemuMapEntry, loadManifest, describeQemu, qemuImg, qemuIo, qemuInfo, qemuMap, tempDir, normalizeExtents, normalizeQemuMap, seededBytes, diskSha256 } from '@img/testkit';
-import { openQcow2, type Qcow2OpenOptions } from './image.js';
+import { openQcow2, type Qcow2OpenOptions } from './open.js';
 import { fixtureNames, fixturePath } from './test-fixtures.js';
 import './driver.js';
 

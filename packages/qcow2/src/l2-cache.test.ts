@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, writeU32Be } from '@img/block';
 import { L2Cache } from './l2-cache.js';
-import { openQcow2 } from './image.js';
+import { openQcow2 } from './open.js';
 import { loadFixture, memoryResolver, openBytes } from './test-fixtures.js';
 
 describe('L2 cache', () => {

@@ -13,7 +13,7 @@ import { l1EntryOffset, decodeL2Entry } from './mapping.js';
 import { ENTRY_COPIED_HI, MAX_SNAPSHOTS } from './constants.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { loadL2, type MappingView } from './reader.js';
-import { writeHeader, type Qcow2State } from './image.js';
+import { writeHeader, type Qcow2State } from './state.js';
 import type { Refcounts } from './refcount.js';
 
 const FORMAT = 'qcow2';
@@ -137,7 +137,7 @@ export interface SnapshotCreateOptions {
 
 /** Takes an internal snapshot of the active layer (qemu-img snapshot -c). */
 export async function createSnapshot(s: Qcow2State, view: MappingView, name: string, options: SnapshotCreateOptions = {}): Promise<Qcow2Snapshot> {
-  const rc = refcountsOf(s);
+  refcountsOf(s);
   if (s.entryGeom.dataFile) throw invalidArg(FORMAT, 'images with an external data file cannot have internal snapshots', { field: 'snapshot' });
   if (!name || utf8Encode(name).length > 0xffff) throw invalidArg(FORMAT, 'a snapshot needs a name of 1 to 65535 bytes', { field: 'name' });
   if (s.snapshots.length >= MAX_SNAPSHOTS) throw invalidArg(FORMAT, `at most ${MAX_SNAPSHOTS} snapshots`, { field: 'snapshot' });

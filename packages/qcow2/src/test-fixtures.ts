@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { MemoryStorage, ImageError, writeU32Be, writeU64Be } from '@img/block';
 import type { Resolver } from '@img/block';
 import { testImagesDir } from '@img/testkit';
-import { openQcow2, type Qcow2OpenOptions } from './image.js';
+import { openQcow2, type Qcow2OpenOptions } from './open.js';
 import './driver.js';
 
 export const qcow2Dir = join(testImagesDir, 'qcow2');

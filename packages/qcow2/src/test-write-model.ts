@@ -7,7 +7,8 @@ import { MemoryStorage, bytesEqual } from '@img/block';
 import type { Resolver, Storage } from '@img/block';
 import { seededBytes } from '@img/testkit';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
-import { openQcow2, type Qcow2Disk } from './image.js';
+import { openQcow2 } from './open.js';
+import { type Qcow2Disk } from './image.js';
 import { checkQcow2 } from './check.js';
 import './driver.js';
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { hasQemuImg, qemuCheck, tempDir } from '@img/testkit';
-import { openQcow2 } from './image.js';
+import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check.js';
 import { dataFor } from './test-write-model.js';
 import { loadFixture, memoryResolver, qcow2Dir } from './test-fixtures.js';

@@ -13,7 +13,7 @@ import { MemoryStorage, bytesEqual } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededBytes } from '@img/testkit';
 import { createQcow2 } from './create.js';
-import { openQcow2 } from './image.js';
+import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check.js';
 import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from './test-write-model.js';
 
@@ -51,6 +51,23 @@ describeQemu('qemu-img judges the images we write', () => {
       );
     });
   }
+
+  it('refcount table growth (512-byte clusters, 64-bit refcounts) passes qemu-img check and compare', async () => {
+    const path = join(dir, 'growth.qcow2');
+    const disk = await createQcow2(await FileStorage.create(path), { size: 8 << 20, cluster_size: 512, refcount_bits: 64 });
+    const data = seededBytes(6 << 20, 11);
+    for (let at = 0; at < data.length; at += 1 << 20) await disk.write(at, data.subarray(at, at + (1 << 20)));
+    await disk.discard(1 << 20, 1 << 20);
+    await disk.write(1 << 20, data.subarray(0, 300_000));
+    await disk.close();
+    const model = new Uint8Array(8 << 20);
+    model.set(data);
+    model.fill(0, 1 << 20, 2 << 20);
+    model.set(data.subarray(0, 300_000), 1 << 20);
+    writeFileSync(join(dir, 'growth.raw'), model);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(spawnSyncStatus(dir, ['compare', '-f', 'qcow2', '-F', 'raw', 'growth.qcow2', 'growth.raw'])).toBe(0);
+  });
 
   it('qemu-io writes into images we created; we read what qemu reads', async () => {
     const cases: Array<Record<string, unknown>> = [

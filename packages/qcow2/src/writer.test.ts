@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStorage, readU32Be, readU64Be, writeU32Be, bytesEqual } from '@img/block';
 import type { Storage } from '@img/block';
 import { createQcow2, parseCreateOptions } from './create.js';
-import { openQcow2 } from './image.js';
+import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check.js';
 import { imageError, loadFixture, memoryResolver } from './test-fixtures.js';
 import { seededBytes } from '@img/testkit';
@@ -92,6 +92,24 @@ describe('resize', () => {
     expect((await disk.read(0, 1))[0]).toBe(9);
     await disk.resize(128 * 1024);
     expect((await disk.read(64 * 1024, 64 * 1024)).every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe('refcount structures grow', () => {
+  it('512-byte clusters with 64-bit refcounts: new self-describing blocks and a moved, larger refcount table', async () => {
+    const storage = new MemoryStorage({ name: 'g.qcow2' });
+    const disk = await createQcow2(storage, { size: 8 << 20, cluster_size: 512, refcount_bits: 64 });
+    const before = { table: readU64Be(storage.toBytes(), 48), clusters: readU32Be(storage.toBytes(), 56) };
+    const data = seededBytes(6 << 20, 4);
+    for (let at = 0; at < data.length; at += 1 << 20) await disk.write(at, data.subarray(at, at + (1 << 20)));
+    expect(bytesEqual(await disk.read(0, data.length), data)).toBe(true);
+    await disk.close();
+    const after = { table: readU64Be(storage.toBytes(), 48), clusters: readU32Be(storage.toBytes(), 56) };
+    // One table cluster covers 64 blocks of 64 clusters: 2 MiB of file. 6 MiB of data needs more.
+    expect(after.clusters).toBeGreaterThan(before.clusters);
+    expect(after.table).not.toBe(before.table);
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 });
 

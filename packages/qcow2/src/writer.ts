@@ -10,23 +10,12 @@
  * refcounts and the L1 table are changed under one metadata lock.
  */
 import { KeyedLock, Mutex, ImageError, ERROR_CODES, concatBytes, readU32Be, writeU32Be } from '@img/block';
-import { decodeL2Entry, l1EntryOffset } from './mapping.js';
-import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, COMPRESSED_SECTOR } from './constants.js';
+import { l1EntryOffset } from './mapping.js';
+import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
+import { ENTRY_COPIED_HI, COMPRESSED_SECTOR } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import type { Refcounts } from './refcount.js';
-import type { Qcow2State } from './image.js';
-
-/** One L2 entry in a form that covers both entry layouts. */
-interface Entry {
-  host: number | undefined;
-  copied: boolean;
-  /** Compressed data: [host, host + size) in the image file. */
-  compressed: { host: number; size: number } | undefined;
-  /** Allocated units (subclusters; bit 0 only without extended L2). */
-  alloc: number;
-  /** Units that read as zeros. */
-  zero: number;
-}
+import type { Qcow2State } from './state.js';
 
 /** What the writer needs from the image besides its state. */
 export interface WriterHooks {
@@ -75,46 +64,12 @@ export class Qcow2Writer {
     return this.#refcounts;
   }
 
-  // ---- entries --------------------------------------------------------
-
   #decode(table: Uint8Array, index: number, tableOffset: number): Entry {
-    const e = decodeL2Entry(table, index, this.#s.entryGeom, this.#s.file, tableOffset);
-    switch (e.type) {
-      case 'unallocated':
-        return { host: undefined, copied: false, compressed: undefined, alloc: 0, zero: 0 };
-      case 'zero':
-        return { host: e.host, copied: e.copied, compressed: undefined, alloc: 0, zero: this.full };
-      case 'normal':
-        return { host: e.host, copied: e.copied, compressed: undefined, alloc: this.full, zero: 0 };
-      case 'compressed':
-        return { host: undefined, copied: false, compressed: { host: e.host, size: e.size }, alloc: 0, zero: 0 };
-      case 'subclusters':
-        return { host: e.host, copied: e.copied, compressed: undefined, alloc: e.alloc, zero: e.zero };
-    }
+    return decodeEntry(table, index, this.#s.entryGeom, this.#s.file, tableOffset);
   }
 
   #encode(table: Uint8Array, index: number, e: Entry): void {
-    const g = this.#s.entryGeom;
-    const at = index * (g.extendedL2 ? 16 : 8);
-    if (e.compressed) {
-      const x = 62 - (g.clusterBits - 8);
-      const sectors = Math.ceil(((e.compressed.host % COMPRESSED_SECTOR) + e.compressed.size) / COMPRESSED_SECTOR) - 1;
-      const hi = ENTRY_COMPRESSED_HI | (sectors * 2 ** (x - 32)) | Math.floor(e.compressed.host / TWO32);
-      put64(table, at, hi, e.compressed.host);
-      if (g.extendedL2) put64(table, at + 8, 0, 0);
-      return;
-    }
-    const host = e.host ?? 0;
-    const allocated = e.host !== undefined;
-    const hi = (allocated && e.copied ? ENTRY_COPIED_HI : 0) | Math.floor(host / TWO32);
-    if (g.extendedL2) {
-      put64(table, at, allocated ? hi : 0, allocated ? host : 0);
-      put64(table, at + 8, e.zero, e.alloc);
-      return;
-    }
-    if (e.alloc) put64(table, at, hi, host);
-    else if (e.zero) put64(table, at, allocated ? hi : 0, (allocated ? host : 0) | 1);
-    else put64(table, at, 0, 0);
+    encodeEntry(table, index, e, this.#s.entryGeom);
   }
 
   /** Units of a cluster touched by bytes [a, b) of it, as a bit mask. */

@@ -1,0 +1,70 @@
+/**
+ * L2 entries as the writer sees them: one shape for both layouts (standard
+ * and extended), with allocation and zero state per unit (the subcluster,
+ * or the whole cluster without extended L2 entries).
+ */
+import { writeU32Be } from '@img/block';
+import { decodeL2Entry, type EntryGeometry } from './mapping.js';
+import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, COMPRESSED_SECTOR } from './constants.js';
+
+const TWO32 = 0x1_0000_0000;
+
+/** One L2 entry in a form that covers both entry layouts. */
+export interface Entry {
+  host: number | undefined;
+  copied: boolean;
+  /** Compressed data: [host, host + size) in the image file. */
+  compressed: { host: number; size: number } | undefined;
+  /** Allocated units (subclusters; bit 0 only without extended L2). */
+  alloc: number;
+  /** Units that read as zeros. */
+  zero: number;
+}
+
+
+function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
+  writeU32Be(buf, at, hi >>> 0);
+  writeU32Be(buf, at + 4, lo >>> 0);
+}
+
+/** Decodes entry `index` of an L2 table. */
+export function decodeEntry(table: Uint8Array, index: number, g: EntryGeometry, file: string, tableOffset: number): Entry {
+  const full = g.extendedL2 ? 0xffffffff : 1;
+  const e = decodeL2Entry(table, index, g, file, tableOffset);
+  switch (e.type) {
+    case 'unallocated':
+      return { host: undefined, copied: false, compressed: undefined, alloc: 0, zero: 0 };
+    case 'zero':
+      return { host: e.host, copied: e.copied, compressed: undefined, alloc: 0, zero: full };
+    case 'normal':
+      return { host: e.host, copied: e.copied, compressed: undefined, alloc: full, zero: 0 };
+    case 'compressed':
+      return { host: undefined, copied: false, compressed: { host: e.host, size: e.size }, alloc: 0, zero: 0 };
+    case 'subclusters':
+      return { host: e.host, copied: e.copied, compressed: undefined, alloc: e.alloc, zero: e.zero };
+  }
+}
+
+/** Encodes `e` as entry `index` of an L2 table. */
+export function encodeEntry(table: Uint8Array, index: number, e: Entry, g: EntryGeometry): void {
+  const at = index * (g.extendedL2 ? 16 : 8);
+  if (e.compressed) {
+    const x = 62 - (g.clusterBits - 8);
+    const sectors = Math.ceil(((e.compressed.host % COMPRESSED_SECTOR) + e.compressed.size) / COMPRESSED_SECTOR) - 1;
+    const hi = ENTRY_COMPRESSED_HI | (sectors * 2 ** (x - 32)) | Math.floor(e.compressed.host / TWO32);
+    put64(table, at, hi, e.compressed.host);
+    if (g.extendedL2) put64(table, at + 8, 0, 0);
+    return;
+  }
+  const host = e.host ?? 0;
+  const allocated = e.host !== undefined;
+  const hi = (allocated && e.copied ? ENTRY_COPIED_HI : 0) | Math.floor(host / TWO32);
+  if (g.extendedL2) {
+    put64(table, at, allocated ? hi : 0, allocated ? host : 0);
+    put64(table, at + 8, e.zero, e.alloc);
+    return;
+  }
+  if (e.alloc) put64(table, at, hi, host);
+  else if (e.zero) put64(table, at, allocated ? hi : 0, (allocated ? host : 0) | 1);
+  else put64(table, at, 0, 0);
+}

@@ -1,0 +1,210 @@
+/**
+ * openQcow2: validates the header, its extensions and every table bound
+ * before anything is allocated, opens the backing image and the external
+ * data file through the resolver, and returns a Qcow2Disk.
+ */
+import { ImageError, FormatRegistry, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
+import type { FormatRegistryLike, OpenOptions, Storage } from '@img/block';
+import { QCOW2_MAGIC, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
+import { parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
+import { parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
+import { readSnapshotTable } from './snapshot.js';
+import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
+import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
+import type { EntryGeometry } from './mapping.js';
+import { BufferPool, DecompressedCache, type MappingView } from './reader.js';
+import { Qcow2Disk, openSnapshotView } from './image.js';
+import { attachWriter, missingDataFile, readL1, repairHook, writeHeader, type Qcow2State } from './state.js';
+
+const FORMAT = 'qcow2';
+
+/** Options of {@link openQcow2}. */
+export interface Qcow2OpenOptions extends OpenOptions {
+  /** Bytes of L2 tables kept in memory (default 16 MiB: all tables of a 100 GiB image with 64 KiB clusters). */
+  l2CacheSize?: number;
+  /** Open this internal snapshot (id or name) read-only instead of the active layer. */
+  snapshot?: string;
+  /** Do not open the external data file (metadata-only uses such as check; data reads then fail). */
+  noDataFile?: boolean;
+  /** @internal Opened by checkQcow2: the corrupt and dirty bits do not stop a writable open. */
+  checkOnly?: boolean;
+}
+
+function badField(file: string, field: string, offset: number, message: string, actual?: unknown): ImageError {
+  return corrupt(FORMAT, file, message, { field, offset, actual });
+}
+
+/** Set by driver.ts so that openQcow2 can build its default registry without an import cycle. */
+export const registryHook: { formats: (() => FormatRegistryLike) | undefined } = { formats: undefined };
+
+/**
+ * Opens a qcow2 image read-only (the default) over `storage`.
+ *
+ * Backing files and an external data file are opened through
+ * `options.resolver`; `noBacking` reads unallocated ranges as zeros;
+ * `untrusted` refuses every reference to another file.
+ */
+export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}): Promise<Qcow2Disk> {
+  const file = storage.name;
+  const readOnly = options.readOnly ?? true;
+  if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, file);
+  const fileSize = await storage.size();
+  const head = await storage.read(0, Math.min(fileSize, 4096));
+  if (head.length < 24 || readU32Be(head, 0) !== QCOW2_MAGIC) {
+    // parseHeader names the exact problem (short file or bad magic).
+    parseHeader(head, file);
+  }
+  const clusterBits = readU32Be(head, 20);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw badField(file, 'cluster_bits', 20, `cluster_bits ${clusterBits} at 0x14 is outside 9..21 (512 B to 2 MiB clusters)`, clusterBits);
+  }
+  const cs = 2 ** clusterBits;
+  const cluster0 = cs <= head.length ? head.subarray(0, cs) : await storage.read(0, Math.min(fileSize, cs));
+  const header = parseHeader(cluster0, file);
+  validateHeaderBasics(header, file);
+
+  const extensions = parseExtensions(cluster0, header.headerLength, cs, file);
+  checkDuplicateExtensions(extensions, file);
+  const featureTable = parseFeatureTable(findExtension(extensions, EXT_FEATURE_TABLE));
+
+  const unknown = featureBits(header.incompatibleFeatures & ~KNOWN_INCOMPAT_MASK);
+  if (unknown.length) {
+    const names = unknown.map((b) => {
+      const n = featureName(featureTable, FEATURE_TYPE_INCOMPATIBLE, b);
+      return n ? `bit ${b} (${n})` : `bit ${b}`;
+    });
+    throw unsupported(FORMAT, file, `unsupported incompatible feature ${names.join(', ')}`, { field: 'incompatible_features', offset: 72, actual: unknown });
+  }
+  if (header.cryptMethod !== CRYPT_NONE) {
+    const kind = header.cryptMethod === CRYPT_AES ? 'AES' : header.cryptMethod === CRYPT_LUKS ? 'LUKS' : `method ${header.cryptMethod}`;
+    throw unsupported(FORMAT, file, `image is encrypted (${kind}); encrypted images are not supported`, { field: 'crypt_method', offset: 32, actual: header.cryptMethod });
+  }
+  const corruptBit = hasFeature(header.incompatibleFeatures, INCOMPAT_CORRUPT);
+  if (corruptBit && !readOnly && !options.checkOnly) {
+    throw corrupt(FORMAT, file, 'image is marked corrupt (incompatible bit 1): it can only be opened read-only', { field: 'incompatible_features', offset: 72 });
+  }
+  const compressionBit = hasFeature(header.incompatibleFeatures, INCOMPAT_COMPRESSION);
+  if (compressionBit && header.compressionType === COMPRESSION_ZLIB) {
+    throw badField(file, 'compression_type', 104, 'compression type bit is set but compression_type is zlib (0) or absent');
+  }
+  if (!compressionBit && header.compressionType !== COMPRESSION_ZLIB) {
+    throw badField(file, 'compression_type', 104, `compression_type ${header.compressionType} at 0x68 without the compression type bit`, header.compressionType);
+  }
+  if (header.compressionType !== COMPRESSION_ZLIB && header.compressionType !== COMPRESSION_ZSTD) {
+    throw unsupported(FORMAT, file, `unknown compression_type ${header.compressionType} at 0x68`, { field: 'compression_type', offset: 104, actual: header.compressionType });
+  }
+  const extendedL2 = hasFeature(header.incompatibleFeatures, INCOMPAT_EXTENDED_L2);
+  if (extendedL2 && clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) {
+    throw badField(file, 'cluster_bits', 20, `extended L2 entries need clusters of at least 16 KiB (cluster_bits ${clusterBits})`, clusterBits);
+  }
+  const geom = geometry(header, extendedL2);
+
+  // L1 table: bound, alignment, inside the file, large enough for the virtual size.
+  if (header.l1Size * 8 > MAX_L1_TABLE_BYTES) {
+    throw badField(file, 'l1_size', 36, `l1_size ${header.l1Size} at 0x24 exceeds qemu's 32 MiB L1 bound`, header.l1Size);
+  }
+  const neededL1 = Math.ceil(header.size / geom.l2Coverage);
+  if (neededL1 > header.l1Size) {
+    throw badField(file, 'l1_size', 36, `l1_size ${header.l1Size} at 0x24 is too small for a ${header.size}-byte disk (needs ${neededL1})`, header.l1Size);
+  }
+  if (header.l1Size > 0 && (header.l1TableOffset % cs !== 0 || header.l1TableOffset < cs || header.l1TableOffset + header.l1Size * 8 > fileSize)) {
+    throw badField(file, 'l1_table_offset', 40, `L1 table at ${hex(header.l1TableOffset)} (${header.l1Size} entries) is unaligned, overlaps the header or lies past the end of the file`, header.l1TableOffset);
+  }
+  // Refcount table: checked now although only writers read it.
+  if (header.refcountTableClusters * cs > MAX_REFCOUNT_TABLE_BYTES) {
+    throw badField(file, 'refcount_table_clusters', 56, `refcount_table_clusters ${header.refcountTableClusters} at 0x38 exceeds qemu's 8 MiB bound`, header.refcountTableClusters);
+  }
+  if (header.refcountTableOffset % cs !== 0 || header.refcountTableOffset < cs || header.refcountTableOffset + header.refcountTableClusters * cs > fileSize) {
+    throw badField(file, 'refcount_table_offset', 48, `refcount table at ${hex(header.refcountTableOffset)} (${header.refcountTableClusters} clusters) is unaligned, overlaps the header or lies past the end of the file`, header.refcountTableOffset);
+  }
+  // Backing file name: inside the first cluster (qemu's rule) and the file.
+  let backingName: string | undefined;
+  if (header.backingFileOffset !== 0) {
+    if (header.backingFileSize > MAX_BACKING_FILE_NAME) {
+      throw badField(file, 'backing_file_size', 16, `backing file name of ${header.backingFileSize} bytes at 0x10 is longer than ${MAX_BACKING_FILE_NAME}`, header.backingFileSize);
+    }
+    if (header.backingFileOffset + header.backingFileSize > Math.min(cs, cluster0.length)) {
+      throw badField(file, 'backing_file_offset', 8, `backing file name at ${hex(header.backingFileOffset)} (${header.backingFileSize} bytes) lies outside the first cluster or the file`, header.backingFileOffset);
+    }
+    backingName = utf8Decode(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
+  }
+  const dataFileBit = hasFeature(header.incompatibleFeatures, INCOMPAT_DATA_FILE);
+  const dataFileName = extensionString(findExtension(extensions, EXT_DATA_FILE));
+  const rawDataFileBit = hasFeature(header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
+
+  const snapshots = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots, fileSize, cs, file);
+  const l1 = await readL1(storage, header.l1TableOffset, header.l1Size);
+
+  const cacheBytes = options.l2CacheSize ?? DEFAULT_L2_CACHE_BYTES;
+  if (!(cacheBytes >= 0)) throw new RangeError(`l2CacheSize must be a non-negative number of bytes, got ${cacheBytes}`);
+  const entryGeom: EntryGeometry = { clusterBits, clusterSize: cs, extendedL2, zeroFlag: header.version >= 3 && !extendedL2, dataFile: dataFileBit };
+  if (!readOnly && dataFileBit && options.noDataFile && !options.checkOnly) throw invalidArg(FORMAT, 'an image with an external data file cannot be written without it', { field: 'noDataFile' });
+
+  let dataFile: Storage | undefined;
+  let backingInfo: OpenedBacking | undefined;
+  try {
+    if (dataFileBit && !options.noDataFile) dataFile = await openDataFile(storage, dataFileName, options, !readOnly);
+    if (backingName !== undefined && !options.noBacking) {
+      const formats = options.formats ?? registryHook.formats?.() ?? new FormatRegistry([rawDriver]);
+      const backingFormat = extensionString(findExtension(extensions, EXT_BACKING_FORMAT));
+      backingInfo = await openBacking(storage, backingName, backingFormat, options, formats);
+    }
+  } catch (e) {
+    await dataFile?.close().catch(() => undefined);
+    throw e;
+  }
+
+  const state: Qcow2State = {
+    storage,
+    file,
+    header,
+    extensions,
+    featureTable,
+    geom,
+    entryGeom,
+    cache: new L2Cache(cacheBytes / cs),
+    compressionType: header.compressionType,
+    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : storage),
+    rawDataFile: dataFile !== undefined && rawDataFileBit,
+    backing: backingInfo?.disk,
+    fileSize,
+    snapshots,
+    backingName,
+    backingInfo,
+    dataFileName,
+    dataFile,
+    pool: new BufferPool(2 * cs),
+    decompressed: new DecompressedCache(),
+    writer: undefined,
+    corruptFound: false,
+    dirtySet: false,
+    firstWrite: undefined,
+  };
+  const view: MappingView = { l1, l1Offset: header.l1TableOffset, size: header.size };
+  const active = new Qcow2Disk(state, view, { readOnly, owner: true });
+  try {
+    if (!readOnly) {
+      if (options.snapshot !== undefined) throw invalidArg(FORMAT, 'snapshots open read-only', { field: 'snapshot' });
+      await attachWriter(state, view);
+      // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
+      if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
+        await repairHook.repair?.(state, view);
+        header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
+        await writeHeader(state);
+        await storage.flush();
+        await attachWriter(state, view);
+      }
+    }
+  } catch (e) {
+    await active.close().catch(() => undefined);
+    throw e;
+  }
+  if (options.snapshot !== undefined) {
+    // The snapshot view takes over the state: closing it closes the image.
+    return openSnapshotView(state, options.snapshot, true).catch(async (e: unknown) => {
+      await active.close();
+      throw e;
+    });
+  }
+  return active;
+}

@@ -1,0 +1,146 @@
+/**
+ * What an open image shares between its views (active layer, snapshots):
+ * header, tables, caches, the writer; and the header updates writes make.
+ */
+import { ERROR_CODES, ImageError } from '@img/block';
+import type { Storage } from '@img/block';
+import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS } from './constants.js';
+import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
+import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
+import { type Qcow2Snapshot } from './snapshot.js';
+import { bitmapRanges } from './bitmaps.js';
+import { type OpenedBacking } from './backing.js';
+import { readHost, readRange, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
+import { serializeHeader } from './header.js';
+import { Refcounts } from './refcount.js';
+import { Qcow2Writer } from './writer.js';
+
+const FORMAT = 'qcow2';
+
+/** Everything an open image shares between its active view and snapshot views. */
+export interface Qcow2State extends ReaderState {
+  header: Qcow2Header;
+  extensions: HeaderExtension[];
+  featureTable: FeatureName[];
+  geom: Qcow2Geometry;
+  snapshots: Qcow2Snapshot[];
+  backingName: string | undefined;
+  backingInfo: OpenedBacking | undefined;
+  dataFileName: string | undefined;
+  dataFile: Storage | undefined;
+  pool: BufferPool;
+  decompressed: DecompressedCache;
+  /** Present when the image is open for writing. */
+  writer: Qcow2Writer | undefined;
+  /** A write met corrupt metadata: the corrupt bit is set and writes are refused. */
+  corruptFound: boolean;
+  /** The dirty bit was set by us (lazy refcounts) and must be cleared on flush. */
+  dirtySet: boolean;
+  /** The once-per-session header update before the first write. */
+  firstWrite: Promise<void> | undefined;
+}
+
+/** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
+export async function writeHeader(s: Qcow2State): Promise<void> {
+  await s.storage.write(0, serializeHeader(s.header));
+}
+
+/** Sets the corrupt bit (v3) after a write met corrupt metadata, and refuses further writes. */
+export async function markCorrupt(s: Qcow2State): Promise<void> {
+  if (s.corruptFound) return;
+  s.corruptFound = true;
+  if (s.header.version < 3) return;
+  s.header.incompatibleFeatures |= 1n << BigInt(INCOMPAT_CORRUPT);
+  try {
+    await writeHeader(s);
+    await s.storage.flush();
+  } catch {
+    // The original error matters more than a failure to mark the image.
+  }
+}
+
+/**
+ * Before the first change: clear autoclear bits this code does not keep
+ * consistent (every one but "raw external data", which writes honour), and
+ * set the dirty bit when lazy refcounts are on.
+ */
+export function beforeFirstWrite(s: Qcow2State): Promise<void> {
+  s.firstWrite ??= (async () => {
+    const h = s.header;
+    const before = { a: h.autoclearFeatures, i: h.incompatibleFeatures };
+    if (h.version >= 3) {
+      h.autoclearFeatures &= 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW);
+      if (hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS) && !hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
+        h.incompatibleFeatures |= 1n << BigInt(INCOMPAT_DIRTY);
+        s.dirtySet = true;
+      }
+    }
+    // Bitmaps are not kept up to date by this writer: drop them (extension and clusters) rather than leave stale ones.
+    const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+    const stale = bitmaps ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
+    if (bitmaps) {
+      const oldLength = extensionsLength(s.extensions);
+      s.extensions = s.extensions.filter((e) => e.type !== EXT_BITMAPS);
+      const area = new Uint8Array(oldLength);
+      area.set(serializeExtensions(s.extensions));
+      await s.storage.write(h.headerLength, area);
+    }
+    if (bitmaps || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
+      await writeHeader(s);
+      await s.storage.flush();
+    }
+    for (const r of stale) await s.writer?.refcounts?.release(r.offset, r.bytes);
+  })();
+  return s.firstWrite;
+}
+
+export async function readL1(storage: Storage, offset: number, entries: number): Promise<Uint8Array> {
+  const l1 = new Uint8Array(entries * 8);
+  if (entries) await readHost(storage, offset, l1);
+  return l1;
+}
+
+/** A data file that was not opened: metadata works, data reads fail clearly. */
+export function missingDataFile(file: string, name: string | undefined): Storage {
+  const fail = async (): Promise<never> => {
+    throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${file}: the external data file "${name ?? ''}" was not opened`, { data: { format: FORMAT, file, field: 'data file' } });
+  };
+  return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
+}
+
+/** Set by check.ts: rebuilds refcounts of a dirty image opened for writing. */
+export const repairHook: { repair: ((state: Qcow2State, view: MappingView) => Promise<void>) | undefined } = { repair: undefined };
+
+/** Loads the refcounts and attaches a writer to an image opened for writing. */
+export async function attachWriter(state: Qcow2State, view: MappingView): Promise<void> {
+  const h = state.header;
+  const lazy = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
+  const barrier = async () => {
+    // With lazy refcounts the dirty bit stands in for ordered refcount updates (qemu skips these flushes too).
+    if (lazy) return;
+    await state.dataFile?.flush();
+    await state.storage.flush();
+  };
+  const refcounts = await Refcounts.load({
+    storage: state.storage,
+    file: state.file,
+    clusterSize: state.geom.clusterSize,
+    refcountBits: state.geom.refcountBits,
+    tableOffset: h.refcountTableOffset,
+    tableClusters: h.refcountTableClusters,
+    fileSize: state.fileSize,
+    onTableMoved: async (offset, clusters) => {
+      h.refcountTableOffset = offset;
+      h.refcountTableClusters = clusters;
+      await writeHeader(state);
+    },
+    barrier,
+  });
+  const caches = state;
+  state.writer = new Qcow2Writer(state, view, refcounts, {
+    read: (offset, target) => readRange(state, caches, view, offset, target),
+    writeHeader: () => writeHeader(state),
+    beforeFirstWrite: () => beforeFirstWrite(state),
+    barrier,
+  });
+}
