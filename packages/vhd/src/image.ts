@@ -207,10 +207,11 @@ export class VhdDisk implements Disk {
     this.#checkWrite(offset, length);
     const s = this._state;
     if (s.type === 'fixed') {
+      // The data area is a raw disk: punch a hole where the storage can.
+      if (options.mayUnmap !== false && s.storage.punchHole && (await s.storage.punchHole(offset, length))) return;
       await this.#writeRange(offset, length, undefined);
       return;
     }
-    void options;
     // Dynamic: unallocated blocks already read as zeros. Differencing: only
     // where the parent has nothing but zeros may a block stay unallocated.
     let pos = offset;
