@@ -226,7 +226,7 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
   const l2Coverage = l2Entries * cs;
   const l1Entries = Math.ceil(l.size / l2Coverage);
   if (l1Entries * 8 > MAX_L1_TABLE_BYTES) throw invalidArg(FORMAT, `size ${l.size} needs an L1 table over 32 MiB with ${cs}-byte clusters`, { field: 'size' });
-  const l1Clusters = Math.max(1, Math.ceil((l1Entries * 8) / cs));
+  const l1Clusters = Math.ceil((l1Entries * 8) / cs);
   const prealloc = l.preallocation !== 'off';
   const l2Tables = prealloc ? l1Entries : 0;
   const guestClusters = Math.ceil(l.size / cs);
@@ -259,7 +259,7 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     size: l.size,
     cryptMethod: 0,
     l1Size: l1Entries,
-    l1TableOffset: l1At * cs,
+    l1TableOffset: l1Entries ? l1At * cs : 0,
     refcountTableOffset: rtAt * cs,
     refcountTableClusters: rtClusters,
     nbSnapshots: 0,

@@ -86,6 +86,17 @@ describe('resize', () => {
     expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
+  it('an empty (size 0) image has no L1 table, and grows cleanly', async () => {
+    const storage = new MemoryStorage({ name: 'z.qcow2' });
+    const disk = await createQcow2(storage, { size: 0 });
+    expect(readU64Be(storage.toBytes(), 40)).toBe(0);
+    await disk.resize(1 << 20);
+    await disk.write(5, new Uint8Array([1, 2, 3]));
+    await disk.close();
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
+  });
+
   it('growing over a longer backing file shows zeros, not the backing data', async () => {
     const base = MemoryStorage.from(new Uint8Array(256 * 1024).fill(9), { name: 'b.raw' });
     const disk = await createQcow2(new MemoryStorage(), { size: 64 * 1024, cluster_size: '4k', backingFile: 'b.raw', backingFormat: 'raw', resolver: async () => base });
