@@ -46,7 +46,8 @@ export async function openBacking(
   if (chain.length + 1 > maxDepth) {
     throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is longer than ${maxDepth} images (maxChainDepth)`, { data: { format: FORMAT, file, field: 'backing_file' } });
   }
-  const storage = await resolve(options.resolver, { name, kind: 'backing', from, writable: false });
+  const writable = options.backingWritable === true;
+  const storage = await resolve(options.resolver, { name, kind: 'backing', from, writable });
   try {
     if (chain.includes(storage.name)) {
       throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing file "${name}" (${storage.name}) is already in the chain: a cycle`, {
@@ -66,7 +67,8 @@ export async function openBacking(
     }
     const driver = formats.get(chosen);
     if (!driver) throw unsupported(FORMAT, file, `backing file "${name}" has format "${chosen}", which is not registered`, { field: 'backing format', actual: chosen });
-    const disk = await driver.open(storage, { ...options, readOnly: true, chain });
+    // Only the immediate backing file is opened writable (commit writes into it), never deeper layers.
+    const disk = await driver.open(storage, { ...options, readOnly: !writable, backingWritable: false, chain });
     return { disk, format: driver.name, probed, fullName: storage.name };
   } catch (e) {
     await storage.close().catch(() => undefined);

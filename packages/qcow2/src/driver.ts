@@ -7,6 +7,7 @@ import { hasQcow2Magic } from './header.js';
 import { openQcow2, registryHook } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
 import { checkQcow2 } from './check.js';
+import { measureQcow2 } from './measure.js';
 
 /** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic). */
 export const qcow2Driver: FormatDriver = {
@@ -16,6 +17,7 @@ export const qcow2Driver: FormatDriver = {
   create: (storage, options) => createQcow2(storage, options as Qcow2CreateOptions),
   createOptions: QCOW2_CREATE_OPTIONS,
   check: (storage, options) => checkQcow2(storage, options),
+  measure: (input) => measureQcow2(input),
 };
 
 let formats: FormatRegistry | undefined;

@@ -14,7 +14,8 @@ import { segments, segmentExtent, readRange, type MappingView } from './reader.j
 import { compressCluster } from './compression.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
-import { markCorrupt, readL1, writeHeader, type Qcow2State } from './state.js';
+import { markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
+import { stringExtension } from './extensions.js';
 
 const FORMAT = 'qcow2';
 
@@ -197,6 +198,39 @@ export class Qcow2Disk implements Disk {
   async deleteSnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
     await this.#guard(() => w.exclusive(() => deleteSnapshot(this.#state, this.#view, idOrName)));
+  }
+
+  /**
+   * Rewrites the backing file reference only (qemu-img rebase -u): the
+   * name and format stored in the image, or none. Content is not touched;
+   * the backing image open now stays in use until the image is reopened.
+   */
+  async setBacking(name: string | undefined, format?: string): Promise<void> {
+    const w = this.#writable(0, 0);
+    const s = this.#state;
+    if (name !== undefined && (name.length === 0 || hasFeature(s.header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW))) {
+      throw invalidArg(FORMAT, name.length === 0 ? 'empty backing file name' : 'an image with a raw external data file cannot have a backing file', { field: 'backing_file' });
+    }
+    await this.#guard(() =>
+      w.exclusive(async () => {
+        const others = s.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
+        s.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
+        s.backingName = name;
+        s.backingInfo = undefined;
+        await rewriteHeaderCluster(s);
+        await s.storage.flush();
+      }),
+    );
+  }
+
+  /** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image (commit). */
+  async makeEmpty(): Promise<void> {
+    const w = this.#writable(0, 0);
+    await this.#guard(async () => {
+      if (this.#view.size) await w.zeroOrDiscard(0, this.#view.size, 'discard', true);
+      await w.dropTablesFrom(0);
+      await this.#state.storage.flush();
+    });
   }
 
   #writable(offset: number, length: number): Qcow2Writer {

@@ -6,8 +6,8 @@
 import { ImageError, FormatRegistry, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
 import type { FormatRegistryLike, OpenOptions, Storage } from '@img/block';
 import { QCOW2_MAGIC, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
-import { parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
-import { parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
+import { hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
+import { extensionsLength, parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
 import { readSnapshotTable } from './snapshot.js';
 import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
@@ -145,7 +145,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
   try {
     if (dataFileBit && !options.noDataFile) dataFile = await openDataFile(storage, dataFileName, options, !readOnly);
     if (backingName !== undefined && !options.noBacking) {
-      const formats = options.formats ?? registryHook.formats?.() ?? new FormatRegistry([rawDriver]);
+      const formats = options.formats ?? registryHook.formats?.() ?? new FormatRegistry([rawDriver, { name: FORMAT, probe: (head) => (hasQcow2Magic(head) ? 100 : 0), open: openQcow2, create: () => Promise.reject(new TypeError('not for creating')) }]);
       const backingFormat = extensionString(findExtension(extensions, EXT_BACKING_FORMAT));
       backingInfo = await openBacking(storage, backingName, backingFormat, options, formats);
     }
@@ -179,6 +179,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     corruptFound: false,
     dirtySet: false,
     firstWrite: undefined,
+    headerAreaEnd: Math.max(header.headerLength + (header.version >= 3 || extensions.length ? extensionsLength(extensions) : 0), header.backingFileOffset + header.backingFileSize),
   };
   const view: MappingView = { l1, l1Offset: header.l1TableOffset, size: header.size };
   const active = new Qcow2Disk(state, view, { readOnly, owner: true });

@@ -2,9 +2,9 @@
  * What an open image shares between its views (active layer, snapshots):
  * header, tables, caches, the writer; and the header updates writes make.
  */
-import { ERROR_CODES, ImageError } from '@img/block';
+import { ERROR_CODES, ImageError, invalidArg, utf8Encode } from '@img/block';
 import type { Storage } from '@img/block';
-import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS } from './constants.js';
+import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
 import { type Qcow2Snapshot } from './snapshot.js';
@@ -38,6 +38,8 @@ export interface Qcow2State extends ReaderState {
   dirtySet: boolean;
   /** The once-per-session header update before the first write. */
   firstWrite: Promise<void> | undefined;
+  /** End of header, extensions and backing file name in cluster 0. */
+  headerAreaEnd: number;
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
@@ -143,4 +145,29 @@ export async function attachWriter(state: Qcow2State, view: MappingView): Promis
     beforeFirstWrite: () => beforeFirstWrite(state),
     barrier,
   });
+}
+
+/**
+ * Rewrites cluster 0 after a change of the header, its extensions or the
+ * backing file name: header, extensions and name are laid out again and
+ * written with one write. Everything must fit in the first cluster.
+ */
+export async function rewriteHeaderCluster(s: Qcow2State): Promise<void> {
+  const h = s.header;
+  const cs = s.geom.clusterSize;
+  const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);
+  if (name.length > MAX_BACKING_FILE_NAME) throw invalidArg(FORMAT, `backing file name longer than ${MAX_BACKING_FILE_NAME} bytes`, { field: 'backing_file' });
+  const exts = h.version >= 3 || s.extensions.length ? serializeExtensions(s.extensions) : new Uint8Array(0);
+  const end = h.headerLength + exts.length + name.length;
+  if (end > cs) throw invalidArg(FORMAT, `the header, its extensions and the backing file name need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'backing_file' });
+  h.backingFileOffset = name.length ? h.headerLength + exts.length : 0;
+  h.backingFileSize = name.length;
+  // Zero what the old layout used past the new end, so no stale bytes look like extensions.
+  const oldEnd = Math.min(cs, Math.max(end, s.headerAreaEnd));
+  const area = new Uint8Array(oldEnd);
+  area.set(serializeHeader(h), 0);
+  area.set(exts, h.headerLength);
+  area.set(name, h.backingFileOffset);
+  await s.storage.write(0, area);
+  s.headerAreaEnd = end;
 }

@@ -1,0 +1,69 @@
+/**
+ * measureQcow2: how big a qcow2 image would be, as `qemu-img measure`
+ * computes it: the metadata of a fully allocated image of the size, plus
+ * the clusters the source's data touches (or the whole size when
+ * preallocating fully).
+ */
+import type { MeasureInput, MeasureResult } from '@img/block';
+import { parseCreateOptions, type Qcow2CreateOptions } from './create.js';
+
+/**
+ * Clusters of refcount table and blocks needed to count `clusters`
+ * clusters plus themselves (qemu's fixed-point loop).
+ */
+export function refcountMetadataClusters(clusters: number, clusterSize: number, refcountOrder: number): number {
+  const perTableCluster = clusterSize / 8;
+  const perBlock = (clusterSize * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / perBlock);
+    table = Math.ceil(blocks / perTableCluster);
+    n = clusters + blocks + table;
+  } while (n !== last);
+  return blocks + table;
+}
+
+/** Bytes of a fully allocated image of `size` bytes: header, L1, L2, refcounts and data. */
+export function fullyAllocatedSize(size: number, clusterSize: number, refcountOrder: number, extendedL2: boolean): number {
+  const aligned = Math.ceil(size / clusterSize) * clusterSize;
+  const entrySize = extendedL2 ? 16 : 8;
+  let meta = clusterSize; // header
+  const l2Entries = Math.ceil(aligned / clusterSize / (clusterSize / entrySize)) * (clusterSize / entrySize);
+  meta += l2Entries * entrySize;
+  const l1Entries = Math.ceil((l2Entries * entrySize) / clusterSize / (clusterSize / 8)) * (clusterSize / 8);
+  meta += l1Entries * 8;
+  meta += refcountMetadataClusters((meta + aligned) / clusterSize, clusterSize, refcountOrder) * clusterSize;
+  return meta + aligned;
+}
+
+/**
+ * What a new qcow2 image needs (qemu-img measure -O qcow2): `input.size`
+ * or a source disk, with create options (`cluster_size`, `refcount_bits`,
+ * `extended_l2`, `preallocation`).
+ */
+export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
+  const size = input.source?.size ?? input.size;
+  const layout = parseCreateOptions({ ...(input.options ?? {}), size } as Qcow2CreateOptions);
+  const cs = 2 ** layout.clusterBits;
+  const virtual = Math.ceil(size / cs) * cs;
+  const fullyAllocated = fullyAllocatedSize(virtual, cs, layout.refcountOrder, layout.extendedL2);
+  let data = 0;
+  if (layout.preallocation === 'full') {
+    data = virtual;
+  } else if (input.source) {
+    // Clusters that hold data anywhere in the source's chain (zeros and holes need none).
+    let counted = -1;
+    for await (const e of input.source.extents()) {
+      if (e.kind !== 'data') continue;
+      const first = Math.max(Math.floor(e.offset / cs), counted + 1);
+      const last = Math.floor((e.offset + e.length - 1) / cs);
+      if (last >= first) data += (last - first + 1) * cs;
+      counted = Math.max(counted, last);
+    }
+  }
+  return { required: fullyAllocated - virtual + data, fullyAllocated };
+}
