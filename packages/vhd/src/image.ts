@@ -63,6 +63,7 @@ export class VhdDisk implements Disk {
   #locks = new KeyedLock();
   #alloc = new Mutex();
   #bitmaps = new Map<number, Uint8Array>();
+  #bitmapGeneration = 0;
   #inflight = 0;
   #drained: (() => void) | undefined;
   #gate: Promise<void> | undefined;
@@ -117,14 +118,27 @@ export class VhdDisk implements Disk {
     const s = this._state;
     const at = s.bat[block]! * VHD_SECTOR;
     const bytes = new Uint8Array(s.bitmapBytes);
+    // A reader does not hold the block lock: if a writer changed any bitmap
+    // while this read was in flight, what was read may be stale; use it once
+    // but do not cache it.
+    const generation = this.#bitmapGeneration;
     await s.storage.readInto(at, bytes);
+    const newer = this.#bitmaps.get(block);
+    if (newer) return newer;
+    if (generation !== this.#bitmapGeneration) return bytes;
     if (this.#bitmaps.size * s.bitmapBytes >= BITMAP_CACHE_BYTES) this.#bitmaps.clear();
     this.#bitmaps.set(block, bytes);
     return bytes;
   }
 
+  #setBitmap(block: number, bitmap: Uint8Array): void {
+    this.#bitmapGeneration++;
+    this.#bitmaps.set(block, bitmap);
+  }
+
   /** @internal Forget cached bitmaps (after metadata was changed behind our back). */
   _dropCaches(): void {
+    this.#bitmapGeneration++;
     this.#bitmaps.clear();
   }
 
@@ -303,7 +317,7 @@ export class VhdDisk implements Disk {
       const updated = bitmap.slice();
       setBits(updated, first, last - first);
       await s.storage.write(s.bat[block]! * VHD_SECTOR, updated);
-      this.#bitmaps.set(block, updated);
+      this.#setBitmap(block, updated);
     }
   }
 
@@ -345,7 +359,7 @@ export class VhdDisk implements Disk {
     await writeBatEntry(s, block, at / VHD_SECTOR);
     await s.storage.flush();
     s.bat[block] = at / VHD_SECTOR;
-    this.#bitmaps.set(block, bitmap);
+    this.#setBitmap(block, bitmap);
   }
 
   async flush(): Promise<void> {
@@ -405,8 +419,12 @@ export class VhdDisk implements Disk {
     this.#check();
     if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
     // Blocks may move: no read or write may be in flight meanwhile.
-    await this.#exclusive(() => this.#alloc.run(() => resizeVhd(this, newSize, options)));
-    this.#bitmaps.clear();
+    await this.#exclusive(() =>
+      this.#alloc.run(async () => {
+        await resizeVhd(this, newSize, options);
+        this._dropCaches();
+      }),
+    );
   }
 
   /** Runs an I/O operation; waits while an exclusive one (resize) runs. */

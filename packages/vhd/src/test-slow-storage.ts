@@ -15,8 +15,11 @@ export class SlowStorage extends MemoryStorage {
     await this.#pause();
     return super.write(p, d);
   }
+  /** Waits before and after taking the bytes, so a read can return data that has changed since. */
   override async readInto(p: number, t: Uint8Array): Promise<number> {
     await this.#pause();
-    return super.readInto(p, t);
+    const n = await super.readInto(p, t);
+    await this.#pause();
+    return n;
   }
 }
