@@ -127,18 +127,36 @@ export class Qcow2Disk implements Disk {
     }
     if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
     await this.#guard(async () => {
-      const jobs: Promise<void>[] = [];
+      const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
+      const work: Promise<void>[] = [];
       for (let at = 0; at < data.length; at += cs) {
-        let cluster = data.subarray(at, at + cs);
-        if (cluster.length < cs) {
-          const padded = new Uint8Array(cs);
-          padded.set(cluster);
-          cluster = padded;
-        }
         const plain = data.subarray(at, at + cs);
-        jobs.push(compressCluster(s.compressionType, cluster).then((packed) => (packed ? w.writeCompressedCluster(offset + at, packed) : w.write(offset + at, plain))));
+        let cluster = plain;
+        if (cluster.length < cs) {
+          cluster = new Uint8Array(cs);
+          cluster.set(plain);
+        }
+        const entry = { guest: offset + at, plain, packed: undefined as Uint8Array | undefined };
+        clusters.push(entry);
+        work.push(compressCluster(s.compressionType, cluster).then((packed) => void (entry.packed = packed)));
       }
-      const results = await Promise.allSettled(jobs);
+      await Promise.all(work);
+      // Clusters that did not get smaller are written as they are, in runs.
+      const writes: Promise<void>[] = [];
+      for (let i = 0; i < clusters.length; ) {
+        if (clusters[i]!.packed) {
+          i++;
+          continue;
+        }
+        let j = i;
+        while (j < clusters.length && !clusters[j]!.packed) j++;
+        const start = clusters[i]!.guest - offset;
+        const end = clusters[j - 1]!.guest - offset + clusters[j - 1]!.plain.length;
+        writes.push(w.write(offset + start, data.subarray(start, end)));
+        i = j;
+      }
+      writes.push(w.writeCompressedClusters(clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! }))));
+      const results = await Promise.allSettled(writes);
       for (const r of results) if (r.status === 'rejected') throw r.reason;
     });
   }

@@ -10,6 +10,7 @@
  * refcounts and the L1 table are changed under one metadata lock.
  */
 import { KeyedLock, Mutex, ImageError, ERROR_CODES, concatBytes, readU32Be, writeU32Be } from '@img/block';
+import type { Storage } from '@img/block';
 import { l1EntryOffset } from './mapping.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI, COMPRESSED_SECTOR } from './constants.js';
@@ -321,8 +322,7 @@ export class Qcow2Writer {
   }
 
   /** Writes pieces, joining those that are contiguous in the file into one I/O. */
-  async #writeRuns(pieces: { host: number; bytes: Uint8Array }[]): Promise<void> {
-    const target = this.#s.dataStorage;
+  async #writeRuns(pieces: { host: number; bytes: Uint8Array }[], target: Storage = this.#s.dataStorage): Promise<void> {
     const sorted = pieces.filter((p) => p.bytes.length).sort((x, y) => x.host - y.host);
     const writes: Promise<void>[] = [];
     for (let i = 0; i < sorted.length; ) {
@@ -431,27 +431,44 @@ export class Qcow2Writer {
   // ---- compressed -----------------------------------------------------
 
   /**
-   * Stores one compressed cluster at guest cluster offset `guest`:
-   * `compressed` are the bytes (shorter than a cluster).
+   * Stores compressed clusters: `guest` is a cluster offset, `packed` its
+   * compressed bytes (shorter than a cluster). Per L2 table: the bytes are
+   * packed together and written, then the entries, with one barrier each.
    */
-  writeCompressedCluster(guest: number, compressed: Uint8Array): Promise<void> {
-    const l1Index = Math.floor(guest / this.#s.geom.l2Coverage);
-    return this.#perTable(guest, 1, async () => {
-      const s = this.#s;
-      const cs = s.geom.clusterSize;
-      const { table, offset: tableOffset } = await this.#tableFor(l1Index);
-      const index = (guest / cs) % s.geom.l2Entries;
-      const old = this.#decode(table, index, tableOffset);
-      const host = await this.#meta.run(() => this.#placeCompressed(compressed.length));
-      await s.storage.write(host, compressed);
-      await this.#hooks.barrier();
-      this.#encode(table, index, { host: undefined, copied: false, compressed: { host, size: compressed.length }, alloc: 0, zero: 0 });
-      await this.#writeTableRange(tableOffset, table, index, index);
-      if (old.compressed || old.host !== undefined) {
-        await this.#hooks.barrier();
-        await this.#releaseEntry(old);
-      }
+  writeCompressedClusters(items: ReadonlyArray<{ guest: number; packed: Uint8Array }>): Promise<void> {
+    if (!items.length) return Promise.resolve();
+    const first = Math.min(...items.map((i) => i.guest));
+    const last = Math.max(...items.map((i) => i.guest));
+    return this.#perTable(first, last + 1 - first, (l1Index, start, end) => this.#compressedInTable(l1Index, items.filter((i) => i.guest >= start && i.guest < end)));
+  }
+
+  async #compressedInTable(l1Index: number, items: ReadonlyArray<{ guest: number; packed: Uint8Array }>): Promise<void> {
+    if (!items.length) return;
+    const s = this.#s;
+    const cs = s.geom.clusterSize;
+    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+    const olds = items.map((i) => this.#decode(table, (i.guest / cs) % s.geom.l2Entries, tableOffset));
+    const hosts = await this.#meta.run(async () => {
+      const out: number[] = [];
+      for (const i of items) out.push(await this.#placeCompressed(i.packed.length));
+      return out;
     });
+    await this.#writeRuns(items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })), s.storage);
+    await this.#hooks.barrier();
+    let lo = Infinity;
+    let hi = -1;
+    items.forEach((i, k) => {
+      const index = (i.guest / cs) % s.geom.l2Entries;
+      this.#encode(table, index, { host: undefined, copied: false, compressed: { host: hosts[k]!, size: i.packed.length }, alloc: 0, zero: 0 });
+      lo = Math.min(lo, index);
+      hi = Math.max(hi, index);
+    });
+    await this.#writeTableRange(tableOffset, table, lo, hi);
+    const stale = olds.filter((o) => o.compressed || o.host !== undefined);
+    if (stale.length) {
+      await this.#hooks.barrier();
+      for (const o of stale) await this.#releaseEntry(o);
+    }
   }
 
   /** Finds room for compressed bytes: the tail of the last compressed cluster, or new clusters. Holds the metadata lock. */
