@@ -151,7 +151,7 @@ export function isValidFooter(bytes: Uint8Array): boolean {
   if (bytes.length < FOOTER_SIZE - 1) return false;
   const cookie = readCookie(bytes);
   if (cookie !== FOOTER_COOKIE && cookie !== COALESCE_COOKIE) return false;
-  return footerChecksum(bytes) === readU32Be(new Uint8Array([...bytes.subarray(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 4)]), 0);
+  return footerChecksum(bytes) === readU32Be(bytes, CHECKSUM_OFFSET);
 }
 
 /** The name of a disk type number ("fixed", ...), or undefined. */

@@ -3,9 +3,10 @@
  * read the dynamic header and the BAT, and validate every size, count and
  * offset against the file size before anything is allocated or looped over.
  */
-import { ImageError, corrupt, hex, readOnlyError, unsafe, type OpenOptions, type Storage } from '@img/block';
+import { ImageError, corrupt, hex, readOnlyError, readU32Be, unsafe, type OpenOptions, type Storage } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, parseBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
+import { openParent } from './chain.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
 import {
   COALESCE_COOKIE,
@@ -21,8 +22,6 @@ import { VHD_MAX_SIZE, VHD_SECTOR, vhdVirtualSize, type VhdSizeMode } from './ge
 import { VhdDisk } from './image.js';
 import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
-import { openParent } from './chain.js';
-import { readU32Be } from '@img/block';
 
 /** Options of openVhd: the generic OpenOptions plus VHD's own. */
 export interface VhdOpenOptions extends OpenOptions {
