@@ -210,3 +210,33 @@ describe('extents options and copying', () => {
     await src.close();
   });
 });
+
+describe('extents read metadata only', () => {
+  it('a chain map reads sector bitmaps and nothing else', async () => {
+    class CountingStorage extends MemoryStorage {
+      reads: Array<[number, number]> = [];
+      override async readInto(p: number, t: Uint8Array): Promise<number> {
+        this.reads.push([p, t.length]);
+        return super.readInto(p, t);
+      }
+    }
+    const baseStorage = new CountingStorage({ name: 'b' });
+    const base = await createVhd(baseStorage, { size: 4 << 20, blockSize: 65536 });
+    await base.write(0, seededBytes(300_000, 1));
+    const topStorage = new CountingStorage({ name: 't' });
+    const top = await createVhd(topStorage, { parent: { disk: base, relativePath: 'b' }, blockSize: 65536 });
+    await top.write(100_000, seededBytes(10_000, 2));
+    await top.write(3_000_000, seededBytes(1000, 3));
+    for (const d of [base, top]) d._dropCaches();
+    baseStorage.reads = [];
+    topStorage.reads = [];
+    const extents = await diskExtents(top);
+    assertExtentCover(extents, 0, top.size);
+    expect(extents.some((e) => e.depth === 1 && e.kind === 'data')).toBe(true);
+    for (const [disk, storage] of [[base, baseStorage], [top, topStorage]] as const) {
+      const bitmaps = new Set([...disk._state.bat].filter((e) => e !== 0xffffffff).map((e) => e * 512));
+      expect(storage.reads.length).toBeGreaterThan(0);
+      for (const [at, length] of storage.reads) expect([bitmaps.has(at), length]).toEqual([true, disk._state.bitmapBytes]);
+    }
+  });
+});
