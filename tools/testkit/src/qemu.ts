@@ -47,8 +47,8 @@ export function describeQemu(name: string, fn: () => void): void {
 }
 
 /** Runs qemu-img and returns stdout (throws with stderr on failure). */
-export function qemuImg(args: string[], options: { allowFail?: boolean } = {}): { stdout: string; stderr: string; status: number } {
-  const r = spawnSync('qemu-img', args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 });
+export function qemuImg(args: string[], options: { allowFail?: boolean; cwd?: string } = {}): { stdout: string; stderr: string; status: number } {
+  const r = spawnSync('qemu-img', args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, ...(options.cwd ? { cwd: options.cwd } : {}) });
   if (r.error) throw r.error;
   const status = r.status ?? -1;
   if (status !== 0 && !options.allowFail) {
@@ -83,19 +83,19 @@ export function qemuMap(file: string, format?: string): QemuMapEntry[] {
   return JSON.parse(qemuImg(args).stdout) as QemuMapEntry[];
 }
 
-export function qemuInfo(file: string, format?: string): Record<string, unknown> {
+export function qemuInfo(file: string, format?: string, cwd?: string): Record<string, unknown> {
   const args = ['info', '--output=json'];
   if (format) args.push('-f', format);
   args.push(file);
-  return JSON.parse(qemuImg(args).stdout) as Record<string, unknown>;
+  return JSON.parse(qemuImg(args, cwd ? { cwd } : {}).stdout) as Record<string, unknown>;
 }
 
 /** qemu-img check; returns exit status and parsed JSON where qemu printed it. */
-export function qemuCheck(file: string, format?: string): { status: number; result: Record<string, unknown> | undefined; stderr: string } {
+export function qemuCheck(file: string, format?: string, cwd?: string): { status: number; result: Record<string, unknown> | undefined; stderr: string } {
   const args = ['check', '--output=json'];
   if (format) args.push('-f', format);
   args.push(file);
-  const r = qemuImg(args, { allowFail: true });
+  const r = qemuImg(args, { allowFail: true, ...(cwd ? { cwd } : {}) });
   let result: Record<string, unknown> | undefined;
   try {
     result = JSON.parse(r.stdout) as Record<string, unknown>;

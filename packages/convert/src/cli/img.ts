@@ -72,7 +72,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
   if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
   if (info.fullBackingFile !== undefined) out['full-backing-filename'] = info.fullBackingFile;
   if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
-  if (info.dirty !== undefined) out['dirty-flag'] = info.dirty;
+  out['dirty-flag'] = info.dirty ?? false;
   if (info.snapshots?.length) {
     out.snapshots = info.snapshots.map((s) => ({
       id: s.id,
@@ -89,46 +89,74 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
   return out;
 }
 
+/** The backing image (qcow2) or parent (VHD) of an open disk, if it has one open. */
+function backingOf(disk: Disk): Disk | undefined {
+  return disk.backing ?? (disk as { parent?: Disk }).parent;
+}
+
+async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; actual: number; path: string }> {
+  const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+  let actual = 0;
+  try {
+    actual = (await stat(path)).blocks * 512;
+  } catch {
+    actual = 0;
+  }
+  return { data, actual, path };
+}
+
+function humanInfo({ data, actual, path }: { data: ImageInfo; actual: number; path: string }): string {
+  const lines = [
+    `image: ${path}`,
+    `file format: ${data.format}`,
+    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
+    `disk size: ${formatSize(actual)}`,
+  ];
+  if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
+  if (data.backingFile !== undefined) {
+    lines.push(`backing file: ${data.backingFile}${data.fullBackingFile && data.fullBackingFile !== data.backingFile ? ` (actual path: ${data.fullBackingFile})` : ''}`);
+  }
+  if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
+  if (data.snapshots?.length) {
+    lines.push('Snapshot list:');
+    lines.push('ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
+    for (const s of data.snapshots) {
+      lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${new Date(s.dateSec * 1000).toISOString().replace('T', ' ').slice(0, 19)} ${formatClock(s.vmClockNsec)} ${s.icount ?? '--'}`);
+    }
+  }
+  if (data.formatSpecific) {
+    lines.push('Format specific information:');
+    for (const [k, v] of Object.entries(data.formatSpecific)) lines.push(`    ${k.replace(/-/g, ' ')}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
 const info: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img info [-f fmt] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info disk.qcow2\n');
+    io.stdout('Usage: img info [-f fmt] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
   const path = onePath(positionals);
-  const disk = await open(path, values);
+  // Without --backing-chain the backing file is not needed: do not open it.
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+    noBacking: !values['backing-chain'],
+  });
   try {
-    const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
-    const st = await stat(path);
-    const actual = st.blocks * 512;
+    const layers = [await describe(disk, path)];
+    if (values['backing-chain']) {
+      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, b.storage.name));
+    }
     if (mode === 'json') {
-      io.stdout(JSON.stringify(infoJson(path, data, actual), null, 4) + '\n');
-      return 0;
+      const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
+      io.stdout(JSON.stringify(values['backing-chain'] ? objects : objects[0], null, 4) + '\n');
+    } else {
+      io.stdout(layers.map(humanInfo).join('\n'));
     }
-    const lines = [
-      `image: ${path}`,
-      `file format: ${data.format}`,
-      `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
-      `disk size: ${formatSize(actual)}`,
-    ];
-    if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
-    if (data.backingFile !== undefined) {
-      lines.push(`backing file: ${data.backingFile}${data.fullBackingFile && data.fullBackingFile !== data.backingFile ? ` (actual path: ${data.fullBackingFile})` : ''}`);
-    }
-    if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
-    if (data.snapshots?.length) {
-      lines.push('Snapshot list:');
-      lines.push('ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
-      for (const s of data.snapshots) {
-        lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${new Date(s.dateSec * 1000).toISOString().replace('T', ' ').slice(0, 19)} ${formatClock(s.vmClockNsec)} ${s.icount ?? '--'}`);
-      }
-    }
-    if (data.formatSpecific) {
-      lines.push('Format specific information:');
-      for (const [k, v] of Object.entries(data.formatSpecific)) lines.push(`    ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
-    }
-    io.stdout(lines.join('\n') + '\n');
     return 0;
   } finally {
     await disk.close();
