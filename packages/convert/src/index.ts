@@ -2,3 +2,4 @@ export { convertDisk, parseCreateOptions, type ConvertDiskOptions, type ConvertR
 export { builtinDrivers, defaultRegistry } from './formats.js';
 export { checkDeclaredFormat, probeStorage, probeBytes, CONFIDENT } from './probe.js';
 export { OverlayDiff } from './overlay-diff.js';
+export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';

@@ -27,6 +27,8 @@ export interface OpenImageOptions {
   resolver?: Resolver;
   /** Do not open backing files or parents. */
   noBacking?: boolean;
+  /** Open backing files / parents writable (commit). */
+  backingWritable?: boolean;
 }
 
 /** Opens an image file. With no format given, probes it (raw only if nothing else matches). */
@@ -48,6 +50,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       untrusted: options.untrusted ?? false,
       resolver: options.untrusted ? refusingResolver : (options.resolver ?? fileResolver),
       noBacking: options.noBacking ?? false,
+      backingWritable: options.backingWritable ?? false,
     });
   } catch (e) {
     await storage.close().catch(() => undefined);

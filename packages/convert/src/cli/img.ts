@@ -8,7 +8,8 @@ import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
-import { ExitCode, runCommand, UsageError, version, type Io } from './common.js';
+import { ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { commitDisk, rebaseDisk } from '../maintain.js';
 import { convertMain } from './img-convert.js';
 
 type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -23,6 +24,10 @@ Commands:
   compare  [-f fmt] [-F fmt] [--strict] <a> <b>              compare contents (exit 0 same, 1 different, 2 error)
   create   -f fmt [-o opts] [-b backing -F fmt] <file> <size> create an image
   resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size
+  commit   [-f fmt] [-d] [-p] <file>                         write an overlay's data into its backing file
+  rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
+  snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
+  measure  -O fmt [-o opts] (--size N | <file>)              space a new image needs
   convert  <src-format> <dst-format> <input> <output> [...]  the same as img-convert
 
 Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
@@ -447,6 +452,125 @@ const check: Handler = async (argv, io) => {
   return 0;
 };
 
+const commit: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img commit [-f fmt] [-d] [-p] <file>\n\nWrites the image\'s data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, backingWritable: true });
+  try {
+    await commitDisk(disk, { keepTop: values.d ?? false, ...(values.p ? { onProgress: progressPrinter(io, false) } : {}) });
+  } finally {
+    await disk.close();
+  }
+  io.stdout('Image committed.\n');
+  return 0;
+};
+
+const rebase: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout(
+      'Usage: img rebase [-f fmt] [-u] -b <backing> [-F fmt] <file>\n\nChanges the backing file. Safe mode (default) copies whatever would change into the image first;\n-u only rewrites the name. -b "" removes the backing file.\n\nExample:\n  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n',
+    );
+    return 0;
+  }
+  const path = onePath(positionals);
+  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
+  const registry = defaultRegistry();
+  const name = values.b === '' ? undefined : values.b;
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, registry, noBacking: values.u ?? false });
+  let next: Disk | undefined;
+  try {
+    if (name !== undefined && !values.u) {
+      next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry });
+    }
+    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u ?? false });
+  } finally {
+    await next?.close();
+    await disk.close();
+  }
+  return 0;
+};
+
+interface SnapshotDisk extends Disk {
+  createSnapshot(name: string): Promise<unknown>;
+  applySnapshot(idOrName: string): Promise<void>;
+  deleteSnapshot(idOrName: string): Promise<void>;
+}
+
+const snapshot: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img snapshot [-f fmt] (-l | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
+  if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: Boolean(values.l), noBacking: true });
+  try {
+    const s = disk as Partial<SnapshotDisk>;
+    if (values.l) {
+      const snaps = (await disk.info?.())?.snapshots ?? [];
+      if (values.output === 'json') {
+        io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
+      } else if (snaps.length) {
+        io.stdout('Snapshot list:\n' + humanInfo({ data: { format: disk.format, virtualSize: disk.size, snapshots: snaps }, actual: 0, path }).split('Snapshot list:\n')[1]);
+      }
+      return 0;
+    }
+    if (typeof s.createSnapshot !== 'function') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: this format has no internal snapshots`);
+    if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
+    if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
+    if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
+    await disk.flush();
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};
+
+const measure: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  if (values.O === undefined) throw new UsageError('expected -O <output format>');
+  if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
+  const registry = defaultRegistry();
+  const driver = registry.require(values.O);
+  if (!driver.measure) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be measured`);
+  const options = parseCreateOptions(values.o);
+  let source: Disk | undefined;
+  try {
+    if (positionals.length) source = await open(onePath(positionals), values);
+    const size = source?.size ?? parseSize(values.size!);
+    const result = await driver.measure({ size, options, ...(source ? { source } : {}) });
+    if (mode === 'json') io.stdout(JSON.stringify({ 'fully-allocated': result.fullyAllocated, required: result.required }, null, 4) + '\n');
+    else io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`);
+    return 0;
+  } finally {
+    await source?.close();
+  }
+};
+
 const commands: Record<string, Handler> = {
   info,
   map,
@@ -454,6 +578,10 @@ const commands: Record<string, Handler> = {
   compare,
   create,
   resize,
+  commit,
+  rebase,
+  snapshot,
+  measure,
   convert: (argv, io) => convertMain('img convert', argv, io),
 };
 

@@ -1,0 +1,120 @@
+/**
+ * commit and rebase for any format whose Disk offers the maintenance
+ * capabilities (backing, setBacking, makeEmpty): built on extents and
+ * sparseCopy, so they are written once for every format.
+ */
+import {
+  ERROR_CODES,
+  ImageError,
+  bytesEqual,
+  sparseCopy,
+  type CopyProgress,
+  type Disk,
+  type Extent,
+} from '@img/block';
+
+function backingOf(disk: Disk): Disk | undefined {
+  return disk.backing ?? (disk as { parent?: Disk }).parent;
+}
+
+export interface CommitOptions {
+  /** Keep the top image's data after committing (qemu-img commit -d). Default: empty it where the format can. */
+  keepTop?: boolean;
+  onProgress?: (p: CopyProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface CommitResult {
+  bytesCommitted: number;
+  /** True if the top layer was emptied after the commit. */
+  emptied: boolean;
+}
+
+/**
+ * Pushes what the top layer holds into its backing image (opened
+ * writable: `backingWritable: true`), growing the backing image if it is
+ * smaller; then empties the top unless `keepTop`.
+ */
+export async function commitDisk(top: Disk, options: CommitOptions = {}): Promise<CommitResult> {
+  const base = backingOf(top);
+  if (!base) throw new ImageError(ERROR_CODES.INVALID_ARG, `${top.format}: ${top.storage.name}: the image has no backing file to commit into`, { data: { file: top.storage.name } });
+  if (base.readOnly) {
+    throw new ImageError(ERROR_CODES.READ_ONLY, `${top.format}: ${top.storage.name}: the backing image ${base.storage.name} is open read-only (open with backingWritable)`, {
+      data: { file: base.storage.name },
+    });
+  }
+  if (base.size < top.size) {
+    if (!base.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${base.format}: ${base.storage.name}: the backing image is smaller than the top and cannot grow`);
+    await base.resize(top.size);
+  }
+  const copy = await sparseCopy(top, base, {
+    topOnly: true,
+    dstIsZero: false,
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  await base.flush();
+  let emptied = false;
+  if (!options.keepTop && top.makeEmpty) {
+    await top.makeEmpty();
+    await top.flush();
+    emptied = true;
+  }
+  return { bytesCommitted: copy.bytesWritten, emptied };
+}
+
+export interface RebaseOptions {
+  /** Only rewrite the stored name and format (qemu-img rebase -u). */
+  unsafe?: boolean;
+  /** Comparison unit in bytes (default: 64 KiB). */
+  unit?: number;
+  signal?: AbortSignal;
+}
+
+async function dataRanges(disk: Disk | undefined, offset: number, length: number): Promise<Extent[]> {
+  if (!disk || offset >= disk.size) return [];
+  const out: Extent[] = [];
+  for await (const e of disk.extents({ offset, length: Math.min(length, disk.size - offset) })) if (e.kind === 'data') out.push(e);
+  return out;
+}
+
+/**
+ * Changes the backing file of `top` to `newBacking` (open, or undefined
+ * for none). Safe mode keeps the guest view unchanged: wherever the top
+ * falls through and the old and new backing read differently, the old
+ * content is copied into the top first. Then the stored name and format
+ * are rewritten.
+ */
+export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: string | undefined, format: string | undefined, options: RebaseOptions = {}): Promise<{ bytesCopied: number }> {
+  if (!top.setBacking) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${top.format}: ${top.storage.name}: this format cannot change its backing file`);
+  let copied = 0;
+  if (!options.unsafe) {
+    const unit = options.unit ?? 65536;
+    const old = backingOf(top);
+    // Collected first: the loop writes into the top, which changes its extents.
+    const holes: Extent[] = [];
+    for await (const e of top.extents({ topOnly: true })) if (e.kind === 'hole') holes.push(e);
+    for (const hole of holes) {
+      // Only where the old chain or the new backing has data can they differ.
+      const ranges = [...(await dataRanges(old, hole.offset, hole.length)), ...(await dataRanges(newBacking, hole.offset, hole.length))];
+      const units = new Set<number>();
+      for (const r of ranges) for (let u = Math.floor(r.offset / unit); u * unit < r.offset + r.length; u++) units.add(u);
+      for (const u of [...units].sort((a, b) => a - b)) {
+        if (options.signal?.aborted) throw new ImageError(ERROR_CODES.ABORTED, 'rebase aborted');
+        const start = Math.max(hole.offset, u * unit);
+        const end = Math.min(hole.offset + hole.length, (u + 1) * unit);
+        const before = await top.read(start, end - start);
+        const after = new Uint8Array(end - start);
+        if (newBacking && start < newBacking.size) await newBacking.readInto(start, after.subarray(0, Math.min(end, newBacking.size) - start));
+        if (!bytesEqual(before, after)) {
+          await top.write(start, before);
+          copied += before.length;
+        }
+      }
+    }
+    await top.flush();
+  }
+  await top.setBacking(name, format);
+  await top.flush();
+  return { bytesCopied: copied };
+}
