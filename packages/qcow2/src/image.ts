@@ -95,7 +95,15 @@ export class Qcow2Disk implements Disk {
     this.#check();
     checkDiskRange(FORMAT, this.#view.size, offset, target.length);
     if (target.length === 0) return;
-    await readRange(this.#state, this.#state, this.#view, offset, target);
+    const s = this.#state;
+    s.activeReads++;
+    try {
+      await readRange(s, s, this.#view, offset, target);
+    } finally {
+      if (--s.activeReads === 0 && s.pendingReleases.length && s.writer) {
+        s.writer.drainReleases().catch((e: unknown) => void (s.deferredError ??= e));
+      }
+    }
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -274,6 +282,12 @@ export class Qcow2Disk implements Disk {
     this.#check();
     const s = this.#state;
     if (this.readOnly || !s.writer) return;
+    await s.writer.drainReleases();
+    if (s.deferredError !== undefined) {
+      const e = s.deferredError;
+      s.deferredError = undefined;
+      throw e;
+    }
     await s.dataFile?.flush();
     await s.storage.flush();
     // Lazy refcounts: refcounts are exact once everything is flushed, so the image is clean again.

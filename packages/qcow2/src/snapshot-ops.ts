@@ -42,19 +42,21 @@ async function allocate(s: Qcow2State, count: number): Promise<number> {
 }
 
 /** Adds `delta` to the refcount of every L2 table and cluster an L1 table reaches. */
-async function adjustTree(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Size: number, delta: number): Promise<void> {
+async function adjustTree(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Size: number, delta: 1 | -1): Promise<void> {
   const rc = refcountsOf(s);
   const cs = s.geom.clusterSize;
+  // Drops go through the writer, which holds them back while reads are in flight.
+  const change = (first: number, count: number) => (delta > 0 ? rc.add(first, count, 1) : s.writer!.release(first * cs, count * cs));
   for (let i = 0; i < l1Size; i++) {
     const l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
     if (!l2Offset) continue;
     const table = await loadL2(s, l2Offset, i);
     for (let j = 0; j < s.geom.l2Entries; j++) {
       const e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
-      if (e.type === 'compressed') await rc.add(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1, delta);
-      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) await rc.add(e.host / cs, 1, delta);
+      if (e.type === 'compressed') await change(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1);
+      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) await change(e.host / cs, 1);
     }
-    await rc.add(l2Offset / cs, 1, delta);
+    await change(l2Offset / cs, 1);
   }
 }
 
@@ -118,7 +120,7 @@ async function storeTable(s: Qcow2State, snapshots: Qcow2Snapshot[]): Promise<vo
     at += snapshotEntrySize(sn);
     return placed;
   });
-  if (oldBytes && oldOffset) await rc.release(oldOffset, oldBytes);
+  if (oldBytes && oldOffset) await s.writer!.release(oldOffset, oldBytes);
 }
 
 function find(s: Qcow2State, idOrName: string): Qcow2Snapshot {
@@ -188,7 +190,7 @@ export async function createSnapshot(s: Qcow2State, view: MappingView, name: str
 
 /** Deletes an internal snapshot (qemu-img snapshot -d). */
 export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
-  const rc = refcountsOf(s);
+  refcountsOf(s);
   const snap = find(s, idOrName);
   const cs = s.geom.clusterSize;
   await flush(s);
@@ -197,10 +199,11 @@ export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName:
   const l1 = new Uint8Array(snap.l1Size * 8);
   await s.storage.readInto(snap.l1TableOffset, l1);
   await adjustTree(s, l1, snap.l1TableOffset, snap.l1Size, -1);
-  if (snap.l1Size) await rc.release(snap.l1TableOffset, Math.ceil((snap.l1Size * 8) / cs) * cs);
+  if (snap.l1Size) await s.writer!.release(snap.l1TableOffset, Math.ceil((snap.l1Size * 8) / cs) * cs);
   // Freed tables and clusters may be reused: forget cached copies.
   s.cache.clear();
   s.decompressed.clear();
+  await s.writer!.drainReleases();
   await flush(s);
   await fixCopied(s, view);
   await flush(s);
@@ -208,7 +211,7 @@ export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName:
 
 /** Reverts the active layer to a snapshot (qemu-img snapshot -a); the disk takes the snapshot's size. */
 export async function applySnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
-  const rc = refcountsOf(s);
+  refcountsOf(s);
   const snap = find(s, idOrName);
   const cs = s.geom.clusterSize;
   const h = s.header;
@@ -237,9 +240,10 @@ export async function applySnapshot(s: Qcow2State, view: MappingView, idOrName: 
   await flush(s);
   // 3. The old active layer's references go.
   await adjustTree(s, old.l1, old.offset, old.size, -1);
-  if (old.size) await rc.release(old.offset, Math.ceil((old.size * 8) / cs) * cs);
+  if (old.size) await s.writer!.release(old.offset, Math.ceil((old.size * 8) / cs) * cs);
   s.cache.clear();
   s.decompressed.clear();
+  await s.writer!.drainReleases();
   await flush(s);
   await fixCopied(s, view);
   await flush(s);

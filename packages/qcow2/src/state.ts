@@ -40,6 +40,12 @@ export interface Qcow2State extends ReaderState {
   firstWrite: Promise<void> | undefined;
   /** End of header, extensions and backing file name in cluster 0. */
   headerAreaEnd: number;
+  /** Guest reads in flight (cluster releases wait until there are none). */
+  activeReads: number;
+  /** Releases postponed while reads were in flight. */
+  pendingReleases: Array<{ offset: number; bytes: number }>;
+  /** A postponed release that failed: reported by the next flush. */
+  deferredError: unknown;
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
@@ -91,7 +97,7 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
       await writeHeader(s);
       await s.storage.flush();
     }
-    for (const r of stale) await s.writer?.refcounts?.release(r.offset, r.bytes);
+    for (const r of stale) await s.writer?.release(r.offset, r.bytes);
   })();
   return s.firstWrite;
 }

@@ -120,23 +120,48 @@ export class Qcow2Writer {
 
   /** Drops one reference from each host cluster of [offset, offset + bytes). */
   async #release(offset: number, bytes: number): Promise<void> {
-    const rc = this.#refcounts;
-    if (!rc) return;
+    await this.release(offset, bytes);
+  }
+
+  /**
+   * Drops one reference from each host cluster of [offset, offset + bytes).
+   * While guest reads are in flight the drop waits for them (a read may
+   * still be fetching from a cluster that would otherwise be reused).
+   */
+  async release(offset: number, bytes: number): Promise<void> {
+    if (!this.#refcounts) return;
+    if (this.#s.activeReads > 0) {
+      this.#s.pendingReleases.push({ offset, bytes });
+      return;
+    }
+    await this.#releaseNow(offset, bytes);
+  }
+
+  /** Performs the releases that waited for reads; called when the last read finishes, and on flush. */
+  async drainReleases(): Promise<void> {
+    const pending = this.#s.pendingReleases;
+    while (pending.length && this.#s.activeReads === 0) {
+      const r = pending.shift()!;
+      await this.#releaseNow(r.offset, r.bytes);
+    }
+  }
+
+  async #releaseNow(offset: number, bytes: number): Promise<void> {
+    const rc = this.#refcounts!;
     const cs = this.#s.geom.clusterSize;
     if (this.#ctail) {
       const tail = Math.floor(this.#ctail.offset / cs);
       if (tail >= Math.floor(offset / cs) && tail <= Math.floor((offset + bytes - 1) / cs)) this.#ctail = undefined;
     }
+    // The bytes may be reused: forget what was decompressed or cached from them.
+    this.#s.decompressed.clear();
+    this.#s.cache.delete(offset);
     await this.#meta.run(() => rc.release(offset, bytes));
   }
 
   /** Releases what an entry points to (data cluster or compressed bytes). */
   async #releaseEntry(e: Entry): Promise<void> {
-    if (e.compressed) {
-      // Its host bytes may be reused: forget what was decompressed from them.
-      this.#s.decompressed.clear();
-      await this.#release(e.compressed.host, e.compressed.size);
-    }
+    if (e.compressed) await this.#release(e.compressed.host, e.compressed.size);
     else if (e.host !== undefined && !this.#s.dataFile) await this.#release(e.host, this.#s.geom.clusterSize);
   }
 
