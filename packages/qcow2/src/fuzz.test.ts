@@ -46,3 +46,43 @@ describe('random metadata damage', () => {
     });
   }
 });
+
+describe('random metadata damage, then writes', () => {
+  for (const name of ['refcount-16.qcow2', 'compressed-zlib-4k.qcow2', 'extended-l2.qcow2', 'snapshots.qcow2', 'v2-4k.qcow2']) {
+    it(`${name}: writable open, writes, zeroes, discards and a check either work or throw ImageError`, async () => {
+      const original = loadFixture(name);
+      const span = Math.min(original.length, 48 * 1024);
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.tuple(fc.nat(span - 1), fc.nat(255)), { minLength: 1, maxLength: 6 }), fc.nat(), async (edits, seed) => {
+          const bytes = original.slice();
+          for (const [at, value] of edits) bytes[at] = value;
+          try {
+            const disk = await openBytes(bytes, { readOnly: false, resolver: memoryResolver });
+            try {
+              const size = disk.size;
+              if (size > 0 && size <= 64 * 1024 * 1024) {
+                const at = seed % size;
+                const len = Math.min(size - at, 1 + (seed % 20000));
+                await disk.write(at, new Uint8Array(len).fill(seed & 0xff)).catch(rethrowUnlessImageError);
+                await disk.writeZeroes((at * 7) % size, Math.min(size - ((at * 7) % size), 5000)).catch(rethrowUnlessImageError);
+                await disk.discard((at * 3) % size, Math.min(size - ((at * 3) % size), 9000)).catch(rethrowUnlessImageError);
+              }
+            } finally {
+              await disk.close().catch(rethrowUnlessImageError);
+            }
+            const { checkQcow2 } = await import('./check.js');
+            const { MemoryStorage } = await import('@img/block');
+            await checkQcow2(MemoryStorage.from(bytes)).catch(rethrowUnlessImageError);
+          } catch (e) {
+            rethrowUnlessImageError(e);
+          }
+        }),
+        { seed: Number(process.env.IMG_SEED ?? 4242), numRuns: Number(process.env.IMG_RUNS ?? 100) },
+      );
+    });
+  }
+});
+
+function rethrowUnlessImageError(e: unknown): void {
+  if (!ImageError.isInstance(e)) throw e;
+}
