@@ -3,3 +3,4 @@ export { builtinDrivers, defaultRegistry } from './formats.js';
 export { checkDeclaredFormat, probeStorage, probeBytes, CONFIDENT } from './probe.js';
 export { OverlayDiff } from './overlay-diff.js';
 export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';
+export { inspectImage, unsafeSummary, type InspectResult, type InspectOptions, type SafetyFinding, type FindingCode } from './inspect.js';

@@ -8,6 +8,7 @@ import { FileStorage, fileResolver } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, probeStorage } from './probe.js';
+import { inspectImage, unsafeSummary } from './inspect.js';
 
 /** A resolver for untrusted images: any name inside the image is refused. */
 export const refusingResolver: Resolver = async (request) => {
@@ -38,7 +39,16 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
   const storage = await FileStorage.open(path, { readOnly });
   try {
     let format = options.format;
-    if (format === undefined) {
+    if (options.untrusted) {
+      // Untrusted: inspect first and refuse anything unsafe, whatever --force-format says.
+      const report = await inspectImage(storage, { registry, ...(format !== undefined ? { format } : {}) });
+      if (!report.safe) {
+        throw new ImageError(ERROR_CODES.UNSAFE, `${path}: refusing an untrusted image: ${unsafeSummary(report)}`, {
+          data: { file: path, findings: report.findings },
+        });
+      }
+      format = report.format ?? format ?? 'raw';
+    } else if (format === undefined) {
       format = (await probeStorage(registry, storage))[0]?.format ?? 'raw';
     } else if (!options.forceFormat) {
       await checkDeclaredFormat(registry, storage, format);

@@ -10,6 +10,7 @@ import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
+import { inspectImage } from '../inspect.js';
 import { convertMain } from './img-convert.js';
 
 type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -28,6 +29,7 @@ Commands:
   rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] (--size N | <file>)              space a new image needs
+  inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
   convert  <src-format> <dst-format> <input> <output> [...]  the same as img-convert
 
 Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
@@ -571,6 +573,34 @@ const measure: Handler = async (argv, io) => {
   }
 };
 
+const inspect: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  if (values.help) {
+    io.stdout(
+      'Usage: img inspect [-f fmt] [--output=human|json] <file>\n\nInspects an untrusted image without opening anything it names: format (and mismatches),\nvirtual size, backing files, data files, parents, encryption, corruption. Exit 0 safe, 2 unsafe.\n\nExample:\n  img inspect -f qcow2 upload.qcow2\n',
+    );
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const path = onePath(positionals);
+  const storage = await FileStorage.open(path);
+  try {
+    const report = await inspectImage(storage, { registry: defaultRegistry(), ...(values.f !== undefined ? { format: values.f } : {}) });
+    if (mode === 'json') {
+      const { info: _info, ...rest } = report;
+      io.stdout(JSON.stringify({ filename: path, ...rest }, null, 4) + '\n');
+    } else {
+      io.stdout(`image: ${path}\nformat: ${report.format ?? 'unknown'}${report.declared && report.declared !== report.format ? ` (declared ${report.declared})` : ''}\n`);
+      if (report.virtualSize !== undefined) io.stdout(`virtual size: ${formatSize(report.virtualSize)} (${report.virtualSize} bytes)\n`);
+      io.stdout(`safe: ${report.safe ? 'yes' : 'no'}\n`);
+      for (const f of report.findings) io.stdout(`  ${f.severity === 'unsafe' ? 'UNSAFE' : 'info'} ${f.code}: ${f.message}\n`);
+    }
+    return report.safe ? 0 : 2;
+  } finally {
+    await storage.close();
+  }
+};
+
 const commands: Record<string, Handler> = {
   info,
   map,
@@ -582,6 +612,7 @@ const commands: Record<string, Handler> = {
   rebase,
   snapshot,
   measure,
+  inspect,
   convert: (argv, io) => convertMain('img convert', argv, io),
 };
 

@@ -1,0 +1,182 @@
+/**
+ * inspectImage: what an upload service needs to know before it converts
+ * an image from a stranger. It looks at the bytes (every registered
+ * format's probe plus a few foreign signatures), opens the image without
+ * following any name inside it, and checks its metadata. It never calls a
+ * resolver: nothing outside the given storage is ever opened.
+ */
+import {
+  ERROR_CODES,
+  ImageError,
+  readAscii,
+  type FormatRegistryLike,
+  type ImageInfo,
+  type Resolver,
+  type Storage,
+} from '@img/block';
+import { CONFIDENT, probeBytes } from './probe.js';
+
+export type FindingCode =
+  | 'format-mismatch'
+  | 'multiple-formats'
+  | 'unknown-format'
+  | 'backing-file'
+  | 'data-file'
+  | 'parent-reference'
+  | 'encrypted'
+  | 'unsupported'
+  | 'corrupt'
+  | 'leaks';
+
+export interface SafetyFinding {
+  code: FindingCode;
+  /** `unsafe` findings make the image unsafe to process; `info` ones do not. */
+  severity: 'unsafe' | 'info';
+  message: string;
+  /** The ImageError code behind it, where there was one. */
+  errorCode?: string;
+  field?: string;
+  offset?: number;
+}
+
+export interface InspectResult {
+  /** The format the bytes say (undefined if none matched confidently and none was declared). */
+  format: string | undefined;
+  declared: string | undefined;
+  virtualSize: number | undefined;
+  /** True when there is no `unsafe` finding. */
+  safe: boolean;
+  findings: SafetyFinding[];
+  info?: ImageInfo;
+}
+
+export interface InspectOptions {
+  /** The format the caller expects (e.g. what the upload said it is). */
+  format?: string;
+  registry: FormatRegistryLike;
+  /** Run the format's consistency check too (default true; cost follows the metadata size). */
+  check?: boolean;
+}
+
+const refuseAll: Resolver = async (request) => {
+  throw new ImageError(ERROR_CODES.UNSAFE, `refusing to open ${request.kind} "${request.name}" named inside an inspected image`, {
+    data: { field: request.kind, actual: request.name },
+  });
+};
+
+/** Signatures of formats we do not open but must not confuse with ours. */
+async function foreignSignatures(storage: Storage, size: number): Promise<string[]> {
+  const found: string[] = [];
+  if (size >= 1024) {
+    const gpt = await storage.read(512, 8);
+    if (readAscii(gpt, 0, 8) === 'EFI PART') found.push('gpt');
+  }
+  if (size >= 0x8006) {
+    const iso = await storage.read(0x8001, 5);
+    if (readAscii(iso, 0, 5) === 'CD001') found.push('iso');
+  }
+  return found;
+}
+
+function finding(code: FindingCode, message: string, extra: Partial<SafetyFinding> = {}): SafetyFinding {
+  return { code, severity: code === 'leaks' ? 'info' : 'unsafe', message, ...extra };
+}
+
+function fromError(e: unknown): SafetyFinding {
+  if (!ImageError.isInstance(e)) return finding('corrupt', `could not be read: ${(e as Error)?.message ?? String(e)}`);
+  const extra: Partial<SafetyFinding> = { errorCode: e.code };
+  if (typeof e.data.field === 'string') extra.field = e.data.field;
+  if (typeof e.data.offset === 'number') extra.offset = e.data.offset;
+  const text = e.message;
+  if (/encrypt/i.test(text)) return finding('encrypted', text, extra);
+  if (e.code === ERROR_CODES.UNSAFE) {
+    if (/data file/i.test(text)) return finding('data-file', text, extra);
+    if (/parent/i.test(text)) return finding('parent-reference', text, extra);
+    if (/backing/i.test(text)) return finding('backing-file', text, extra);
+    return finding('unsupported', text, extra);
+  }
+  if (e.code === ERROR_CODES.UNSUPPORTED) return finding('unsupported', text, extra);
+  return finding('corrupt', text, extra);
+}
+
+/**
+ * Inspects an image without trusting it.
+ *
+ * @example
+ * ```ts
+ * const report = await inspectImage(storage, { registry: defaultRegistry(), format: 'qcow2' });
+ * if (!report.safe) throw new Error(report.findings.map((f) => f.message).join('; '));
+ * ```
+ */
+export async function inspectImage(storage: Storage, options: InspectOptions): Promise<InspectResult> {
+  const { registry } = options;
+  const declared = options.format === undefined ? undefined : (registry.get(options.format)?.name ?? options.format);
+  const findings: SafetyFinding[] = [];
+  const { head, tail, size } = await probeBytes(storage);
+  const confident = registry.probe(head, size, tail).filter((r) => r.score >= CONFIDENT);
+  const detected = confident[0]?.format;
+
+  if (confident.length > 1) {
+    findings.push(finding('multiple-formats', `the bytes look like more than one format (${confident.map((c) => c.format).join(', ')})`));
+  }
+  if (detected && detected !== 'raw') {
+    const foreign = await foreignSignatures(storage, size);
+    if (foreign.length) findings.push(finding('multiple-formats', `a ${detected} image that also carries ${foreign.join(' and ')} signatures`));
+  }
+  if (declared !== undefined && detected !== undefined && detected !== declared) {
+    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are ${detected}`, { field: 'format' }));
+  }
+  if (declared !== undefined && declared !== 'raw' && detected === undefined) {
+    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are not a ${declared} image`, { field: 'format' }));
+  }
+  const format = detected ?? declared ?? 'raw';
+  const driver = registry.get(format);
+  if (!driver) {
+    findings.push(finding('unknown-format', `no driver for format "${format}"`));
+    return { format: detected, declared, virtualSize: undefined, safe: false, findings };
+  }
+
+  let info: ImageInfo | undefined;
+  let virtualSize: number | undefined;
+  let opened = false;
+  try {
+    // noBacking: read the image's own metadata without following its backing file / parent.
+    const disk = await driver.open(storage, { readOnly: true, untrusted: true, noBacking: true, resolver: refuseAll, formats: registry });
+    opened = true;
+    virtualSize = disk.size;
+    info = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+    // The disk owns the storage; the caller's storage stays open for the check below, so do not close it here.
+  } catch (e) {
+    findings.push(fromError(e));
+  }
+  if (info) {
+    if (info.backingFile !== undefined) {
+      const code: FindingCode = driver.name === 'vhd' ? 'parent-reference' : 'backing-file';
+      findings.push(finding(code, `the image refers to ${driver.name === 'vhd' ? 'a parent' : 'a backing file'} "${info.backingFile}"`, { field: code === 'backing-file' ? 'backing_file' : 'parent locator' }));
+    }
+    const dataFile = info.formatSpecific?.['data-file'];
+    if (typeof dataFile === 'string') findings.push(finding('data-file', `the image keeps its data in an external file "${dataFile}"`, { field: 'data_file' }));
+    if (info.formatSpecific?.type === 'differencing' && info.backingFile === undefined) {
+      findings.push(finding('parent-reference', 'a differencing disk refers to a parent image', { field: 'disk type' }));
+    }
+  }
+  if (opened && (options.check ?? true) && driver.check) {
+    try {
+      const result = await driver.check(storage, { resolver: refuseAll, formats: registry });
+      if (result.corruptions > 0) {
+        findings.push(finding('corrupt', `check found ${result.corruptions} corruption${result.corruptions === 1 ? '' : 's'}${result.messages[0] ? `: ${result.messages[0]}` : ''}`));
+      }
+      if (result.leaks > 0) findings.push(finding('leaks', `check found ${result.leaks} leaked cluster${result.leaks === 1 ? '' : 's'} (harmless)`));
+    } catch (e) {
+      findings.push(fromError(e));
+    }
+  }
+  const safe = !findings.some((f) => f.severity === 'unsafe');
+  return { format: detected ?? (opened ? format : undefined), declared, virtualSize, safe, findings, ...(info ? { info } : {}) };
+}
+
+/** One line saying why an image is unsafe, for errors and the CLI. */
+export function unsafeSummary(result: InspectResult): string {
+  const bad = result.findings.filter((f) => f.severity === 'unsafe');
+  return bad.map((f) => `${f.code}: ${f.message}`).join('; ');
+}
