@@ -177,8 +177,36 @@ export function parseCreateOptions(options: Qcow2CreateOptions): Qcow2Layout {
   };
 }
 
+/** The header of a new image with this layout and these table positions. */
+export function headerFor(l: Qcow2Layout, t: { l1Entries: number; l1Offset: number; refcountTableOffset: number; refcountTableClusters: number }): Qcow2Header {
+  return {
+    version: l.version,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: l.clusterBits,
+    size: l.size,
+    cryptMethod: 0,
+    l1Size: t.l1Entries,
+    l1TableOffset: t.l1Offset,
+    refcountTableOffset: t.refcountTableOffset,
+    refcountTableClusters: t.refcountTableClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures:
+      (l.dataFile !== undefined ? 1n << BigInt(INCOMPAT_DATA_FILE) : 0n) |
+      (l.compressionType !== COMPRESSION_ZLIB ? 1n << BigInt(INCOMPAT_COMPRESSION) : 0n) |
+      (l.extendedL2 ? 1n << BigInt(INCOMPAT_EXTENDED_L2) : 0n),
+    compatibleFeatures: l.lazyRefcounts ? 1n << BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
+    autoclearFeatures: l.dataFileRaw ? 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n,
+    refcountOrder: l.refcountOrder,
+    headerLength: l.headerLength,
+    compressionType: l.compressionType,
+    extraFields: new Uint8Array(Math.max(0, l.headerLength - 105)),
+  };
+}
+
 /** Builds cluster 0: header, extensions, backing file name. */
-function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8Array {
+export function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8Array {
   const exts: HeaderExtension[] = [];
   if (l.backingFormat !== undefined) exts.push(stringExtension(EXT_BACKING_FORMAT, l.backingFormat));
   if (l.dataFile !== undefined) exts.push(stringExtension(EXT_DATA_FILE, l.dataFile));
@@ -251,30 +279,8 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
   const dataAt = l2At + l2Tables;
   const total = dataAt + dataClusters;
 
-  const h: Qcow2Header = {
-    version: l.version,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits: l.clusterBits,
-    size: l.size,
-    cryptMethod: 0,
-    l1Size: l1Entries,
-    l1TableOffset: l1Entries ? l1At * cs : 0,
-    refcountTableOffset: rtAt * cs,
-    refcountTableClusters: rtClusters,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatibleFeatures:
-      (l.dataFile !== undefined ? 1n << BigInt(INCOMPAT_DATA_FILE) : 0n) |
-      (l.compressionType !== COMPRESSION_ZLIB ? 1n << BigInt(INCOMPAT_COMPRESSION) : 0n) |
-      (l.extendedL2 ? 1n << BigInt(INCOMPAT_EXTENDED_L2) : 0n),
-    compatibleFeatures: l.lazyRefcounts ? 1n << BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
-    autoclearFeatures: l.dataFileRaw ? 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n,
-    refcountOrder: l.refcountOrder,
-    headerLength: l.headerLength,
-    compressionType: l.compressionType,
-    extraFields: new Uint8Array(Math.max(0, l.headerLength - 105)),
-  };
+  const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
+
 
   // The data file first: if it cannot be opened, nothing is written.
   let dataStorage: Storage | undefined;

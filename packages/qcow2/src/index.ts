@@ -4,6 +4,7 @@ export { qcow2Driver, defaultBackingFormats } from './driver.js';
 export { createQcow2, parseCreateOptions, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 export { checkQcow2 } from './check.js';
 export { measureQcow2 } from './measure.js';
+export { streamQcow2, type Qcow2StreamOptions } from './stream.js';
 export { type SnapshotCreateOptions } from './snapshot-ops.js';
 export { parseHeader, serializeHeader, hasQcow2Magic, type Qcow2Header } from './header.js';
 export { parseExtensions, serializeExtensions, type HeaderExtension, type FeatureName } from './extensions.js';

@@ -98,7 +98,6 @@ async function fixCopied(s: Qcow2State, view: MappingView): Promise<void> {
 
 /** Writes the snapshot table to new clusters, points the header at it and frees the old one. */
 async function storeTable(s: Qcow2State, snapshots: Qcow2Snapshot[]): Promise<void> {
-  const rc = refcountsOf(s);
   const cs = s.geom.clusterSize;
   const h = s.header;
   const bytes = serializeSnapshotTable(snapshots);

@@ -1,0 +1,132 @@
+/**
+ * streamQcow2: a complete qcow2 image as a byte stream, with no seeking
+ * (stdout, a pipe, an HTTP upload). The source's extents are read first
+ * (metadata only); every table is laid out; then header, refcount table
+ * and blocks, L1 table, L2 tables and the data clusters are emitted in
+ * file order. Only clusters holding data are allocated; zeros and holes
+ * stay unallocated (they read as zeros: the image has no backing file).
+ */
+import { invalidArg, writeU32Be } from '@img/block';
+import type { Disk } from '@img/block';
+import { ENTRY_COPIED_HI, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { encodeEntry } from './l2-entry.js';
+import { writeRefcount } from './refcount.js';
+import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions } from './create.js';
+
+const FORMAT = 'qcow2';
+
+/** Options of {@link streamQcow2}: the create options that make sense for a new stand-alone image. */
+export type Qcow2StreamOptions = Omit<Partial<Qcow2CreateOptions>, 'size' | 'backingFile' | 'backingFormat' | 'dataFile' | 'dataFileRaw' | 'dataFileStorage' | 'preallocation' | 'resolver' | 'formats' | 'noBacking'> & {
+  /** Largest piece yielded, in bytes (default 4 MiB, at least one cluster). */
+  chunkSize?: number;
+};
+
+/** Runs of guest clusters holding data, in guest order. */
+async function dataRuns(source: Disk, cs: number): Promise<Array<[number, number]>> {
+  const runs: Array<[number, number]> = [];
+  for await (const e of source.extents()) {
+    if (e.kind !== 'data') continue;
+    const first = Math.floor(e.offset / cs);
+    const end = Math.ceil((e.offset + e.length) / cs);
+    const last = runs[runs.length - 1];
+    if (last && first <= last[1]) last[1] = Math.max(last[1], end);
+    else runs.push([first, end]);
+  }
+  return runs;
+}
+
+/**
+ * Yields the bytes of a qcow2 image holding `source`'s content.
+ *
+ * @example
+ * ```ts
+ * for await (const chunk of streamQcow2(disk, { cluster_size: '64k' })) process.stdout.write(chunk);
+ * ```
+ */
+export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {}): AsyncGenerator<Uint8Array> {
+  const { chunkSize, ...rest } = options;
+  const l = parseCreateOptions({ ...rest, size: source.size } as Qcow2CreateOptions);
+  if (l.size !== source.size) throw invalidArg(FORMAT, `the source size ${source.size} is not a multiple of 512`, { field: 'size' });
+  const cs = 2 ** l.clusterBits;
+  const es = l.extendedL2 ? 16 : 8;
+  const l2Entries = cs / es;
+  const runs = await dataRuns(source, cs);
+  const dataClusters = runs.reduce((n, [a, b]) => n + b - a, 0);
+  // Tables: one per L1 entry that maps any data.
+  const tableIndex: number[] = [];
+  for (const [a, b] of runs) {
+    for (let t = Math.floor(a / l2Entries); t <= Math.floor((b - 1) / l2Entries); t++) if (tableIndex[tableIndex.length - 1] !== t) tableIndex.push(t);
+  }
+  const l1Entries = Math.ceil(l.size / (l2Entries * cs));
+  const l1Clusters = Math.ceil((l1Entries * 8) / cs);
+  const perBlock = (cs * 8) / 2 ** l.refcountOrder;
+  let blocks = 1;
+  let rtClusters = 1;
+  for (;;) {
+    const total = 1 + rtClusters + blocks + l1Clusters + tableIndex.length + dataClusters;
+    const needBlocks = Math.ceil(total / perBlock);
+    const needRt = Math.ceil((needBlocks * 8) / cs);
+    if (needBlocks <= blocks && needRt <= rtClusters) break;
+    blocks = Math.max(blocks, needBlocks);
+    rtClusters = Math.max(rtClusters, needRt);
+  }
+  if (rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
+  const rtAt = 1;
+  const blocksAt = rtAt + rtClusters;
+  const l1At = blocksAt + blocks;
+  const l2At = l1At + l1Clusters;
+  const dataAt = l2At + tableIndex.length;
+  const total = dataAt + dataClusters;
+  const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
+
+  yield headerCluster(l, h, cs);
+  const rt = new Uint8Array(rtClusters * cs);
+  for (let b = 0; b < blocks; b++) {
+    const off = (blocksAt + b) * cs;
+    writeU32Be(rt, b * 8, Math.floor(off / 0x1_0000_0000));
+    writeU32Be(rt, b * 8 + 4, off >>> 0);
+  }
+  yield rt;
+  for (let b = 0; b < blocks; b++) {
+    const block = new Uint8Array(cs);
+    for (let c = b * perBlock; c < Math.min(total, (b + 1) * perBlock); c++) writeRefcount(block, c - b * perBlock, 2 ** l.refcountOrder, 1);
+    yield block;
+  }
+  if (l1Clusters) {
+    const l1 = new Uint8Array(l1Clusters * cs);
+    tableIndex.forEach((t, k) => {
+      const off = (l2At + k) * cs;
+      writeU32Be(l1, t * 8, (ENTRY_COPIED_HI | Math.floor(off / 0x1_0000_0000)) >>> 0);
+      writeU32Be(l1, t * 8 + 4, off >>> 0);
+    });
+    yield l1;
+  }
+  // L2 tables: the data clusters get consecutive host clusters in guest order.
+  const g = { clusterBits: l.clusterBits, clusterSize: cs, extendedL2: l.extendedL2, zeroFlag: l.version >= 3 && !l.extendedL2, dataFile: false };
+  let host = dataAt;
+  let r = 0;
+  for (const t of tableIndex) {
+    const table = new Uint8Array(cs);
+    const lo = t * l2Entries;
+    const hi = lo + l2Entries;
+    while (r < runs.length && runs[r]![1] <= lo) r++;
+    for (let k = r; k < runs.length && runs[k]![0] < hi; k++) {
+      for (let c = Math.max(lo, runs[k]![0]); c < Math.min(hi, runs[k]![1]); c++) {
+        encodeEntry(table, c - lo, { host: host++ * cs, copied: true, compressed: undefined, alloc: l.extendedL2 ? 0xffffffff : 1, zero: 0 }, g);
+      }
+    }
+    yield table;
+  }
+  // Data, read in large pieces; the tail of the last cluster past the disk end is zeros.
+  const piece = Math.max(cs, Math.floor((chunkSize ?? 4 * 1024 * 1024) / cs) * cs);
+  for (const [a, b] of runs) {
+    for (let c = a; c < b; ) {
+      const n = Math.min(b - c, piece / cs);
+      const buf = new Uint8Array(n * cs);
+      const inDisk = Math.min(buf.length, source.size - c * cs);
+      await source.readInto(c * cs, buf.subarray(0, inDisk));
+      yield buf;
+      c += n;
+    }
+  }
+}
