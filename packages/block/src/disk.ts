@@ -183,6 +183,34 @@ export interface FormatDriver {
   check?(storage: Storage, options?: CheckOptions): Promise<CheckResult>;
   /** Size a new image of this format would need (qemu-img measure). */
   measure?(input: MeasureInput): Promise<MeasureResult>;
+  /**
+   * A sequential writer: the whole image as a byte stream with no seeking
+   * (stdout, a pipe, an HTTP upload). Metadata is laid out from the
+   * source's extents first, so `length` is known before the first byte.
+   */
+  stream?(source: Disk, options?: Record<string, unknown>): Promise<ImageStream>;
+  /**
+   * A sequential reader: the guest data of an image arriving as a stream,
+   * possible when its metadata precedes the data it describes. Pieces come
+   * in increasing host order; anything out of order is an ImageError that
+   * names the first offending cluster or block.
+   */
+  readStream?(input: AsyncIterable<Uint8Array>, options?: OpenOptions): Promise<StreamSource>;
+}
+
+/** An image as a byte stream of known length. */
+export interface ImageStream {
+  /** Total bytes the stream will yield. */
+  length: number;
+  chunks: AsyncIterable<Uint8Array>;
+}
+
+/** Guest data decoded from an image stream. */
+export interface StreamSource {
+  /** Virtual size of the disk. */
+  size: number;
+  /** Data pieces at guest offsets; what no piece covers reads as zeros. Pieces never overlap. */
+  pieces: AsyncIterable<{ offset: number; data: Uint8Array }>;
 }
 
 /** An internal snapshot as `img info` and `img snapshot -l` show it (qemu-img's fields). */
