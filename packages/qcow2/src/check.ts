@@ -19,8 +19,8 @@ import { repairHook, attachWriter, writeHeader, type Qcow2State } from './state.
 import { stateOf } from './image.js';
 
 const FORMAT = 'qcow2';
-/** Largest number of host clusters a check will count (a 512 MiB counter array). */
-const MAX_CHECK_CLUSTERS = 128 * 1024 * 1024;
+/** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
+const MAX_CHECK_CLUSTERS = 64 * 1024 * 1024;
 
 interface CopiedFix {
   /** Host offset of the 8-byte entry to rewrite. */
@@ -36,8 +36,8 @@ interface Scan {
   allocated: number;
   fragmented: number;
   compressed: number;
-  /** Entries whose COPIED flag must change, with the refcount it depends on. */
-  copied: Array<{ at: number; cluster: number; isSet: boolean; implicit: boolean }>;
+  /** Active L1/L2 entries with a COPIED flag to check: where, which cluster, flags (1: set, 2: implicit refcount 1). */
+  copied: { at: number[]; cluster: number[]; flags: number[] };
 }
 
 async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
@@ -46,7 +46,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw new ImageError(ERROR_CODES.UNSUPPORTED, `${FORMAT}: ${s.file}: file too large to check (${nClusters} clusters)`, { data: { format: FORMAT, file: s.file } });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copied: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copied: { at: [], cluster: [], flags: [] } };
   const ref = (offset: number, bytes: number, what: string) => {
     if (bytes <= 0) return;
     const first = Math.floor(offset / cs);
@@ -59,6 +59,11 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
       }
       if (r.refs[c]! < 0xffffffff) r.refs[c]!++;
     }
+  };
+  const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean) => {
+    r.copied.at.push(at);
+    r.copied.cluster.push(cluster);
+    r.copied.flags.push((isSet ? 1 : 0) | (implicit ? 2 : 0));
   };
   const h = s.header;
   ref(0, cs, 'header');
@@ -87,7 +92,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
       }
       if (!l2Offset) continue;
       ref(l2Offset, cs, 'L2 table');
-      if (active) r.copied.push({ at: l1Offset + i * 8, cluster: l2Offset / cs, isSet: (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, implicit: false });
+      if (active) copied(l1Offset + i * 8, l2Offset / cs, (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, false);
       let table: Uint8Array;
       try {
         table = await loadL2(s, l2Offset, i);
@@ -121,7 +126,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
             r.allocated++;
             if (nextContiguous && e.host !== nextContiguous) r.fragmented++;
             nextContiguous = e.host + cs;
-            r.copied.push({ at, cluster: e.host / cs, isSet: e.copied, implicit: s.entryGeom.dataFile });
+            copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
           }
         }
       }
@@ -136,31 +141,6 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   return r;
 }
 
-/** Stored refcounts of clusters [0, n), read block by block. */
-async function storedRefcounts(s: Qcow2State, n: number): Promise<{ stored: Float64Array; problems: string[] }> {
-  const cs = s.geom.clusterSize;
-  const bits = s.geom.refcountBits;
-  const perBlock = (cs * 8) / bits;
-  const h = s.header;
-  const rt = new Uint8Array(h.refcountTableClusters * cs);
-  await s.storage.readInto(h.refcountTableOffset, rt);
-  const stored = new Float64Array(n);
-  const problems: string[] = [];
-  const block = new Uint8Array(cs);
-  for (let t = 0; t * perBlock < n; t++) {
-    if ((t + 1) * 8 > rt.length) break;
-    const off = entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4));
-    if (!off) continue;
-    if (off % cs || off + cs > s.fileSize) {
-      problems.push(`ERROR refcount block ${t} at ${hex(off)} is unaligned or lies past the end of the file`);
-      continue;
-    }
-    await s.storage.readInto(off, block);
-    for (let k = 0; k < perBlock && t * perBlock + k < n; k++) stored[t * perBlock + k] = readRefcount(block, k, bits);
-  }
-  return { stored, problems };
-}
-
 interface Tally {
   corruptions: number;
   leaks: number;
@@ -172,32 +152,63 @@ interface Tally {
   copiedFixes: CopiedFix[];
 }
 
+/** Messages kept per check (the counts are always complete). */
+const MAX_MESSAGES = 1000;
+
+/**
+ * Compares stored refcounts with the counted references, block by block
+ * (no array of stored refcounts: only whether each is exactly one, a byte
+ * per cluster, for the COPIED checks).
+ */
 async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
   const sc = await scan(s, view);
   const n = sc.refs.length;
-  const { stored, problems } = await storedRefcounts(s, n);
-  const t: Tally = { corruptions: sc.corruptions + problems.length, leaks: 0, checkErrors: sc.checkErrors, messages: [...sc.messages, ...problems], imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [] };
-  for (let c = 0; c < n; c++) {
-    const st = stored[c]!;
-    const computed = sc.refs[c]!;
-    if (st > 0 || computed > 0) t.imageEnd = (c + 1) * s.geom.clusterSize;
-    if (st === computed) continue;
-    t.mismatched.push({ cluster: c, stored: st, computed });
-    if (st < computed) {
+  const cs = s.geom.clusterSize;
+  const bits = s.geom.refcountBits;
+  const perBlock = (cs * 8) / bits;
+  const h = s.header;
+  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [] };
+  const say = (m: string) => {
+    if (t.messages.length < MAX_MESSAGES) t.messages.push(m);
+  };
+  const rt = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rt);
+  const isOne = new Uint8Array(n);
+  const block = new Uint8Array(cs);
+  for (let b = 0; b * perBlock < n; b++) {
+    let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
+    if (off && (off % cs || off + cs > s.fileSize)) {
       t.corruptions++;
-      t.messages.push(`ERROR cluster ${c} refcount=${st} reference=${computed}`);
-    } else {
-      t.leaks++;
-      t.messages.push(`Leaked cluster ${c} refcount=${st} reference=${computed}`);
+      say(`ERROR refcount block ${b} at ${hex(off)} is unaligned or lies past the end of the file`);
+      off = 0;
+    }
+    if (off) await s.storage.readInto(off, block);
+    for (let k = 0; k < perBlock && b * perBlock + k < n; k++) {
+      const c = b * perBlock + k;
+      const st = off ? readRefcount(block, k, bits) : 0;
+      const computed = sc.refs[c]!;
+      if (st === 1) isOne[c] = 1;
+      if (st > 0 || computed > 0) t.imageEnd = (c + 1) * cs;
+      if (st === computed) continue;
+      t.mismatched.push({ cluster: c, stored: st, computed });
+      if (st < computed) {
+        t.corruptions++;
+        say(`ERROR cluster ${c} refcount=${st} reference=${computed}`);
+      } else {
+        t.leaks++;
+        say(`Leaked cluster ${c} refcount=${st} reference=${computed}`);
+      }
     }
   }
-  for (const e of sc.copied) {
-    const refcount = e.implicit ? 1 : e.cluster < n ? stored[e.cluster]! : 0;
-    const want = refcount === 1;
-    if (want === e.isSet) continue;
+  const { at, cluster, flags } = sc.copied;
+  for (let i = 0; i < at.length; i++) {
+    const implicit = (flags[i]! & 2) !== 0;
+    const c = cluster[i]!;
+    const one = implicit || (c < n && isOne[c] === 1);
+    if (one === ((flags[i]! & 1) !== 0)) continue;
     t.corruptions++;
-    t.messages.push(`ERROR OFLAG_COPIED entry at ${hex(e.at)}: refcount=${refcount}`);
-    t.copiedFixes.push({ at: e.at, set: want });
+    say(`ERROR OFLAG_COPIED entry at ${hex(at[i]!)}: refcount is ${one ? '' : 'not '}1`);
+    t.copiedFixes.push({ at: at[i]!, set: one });
   }
   return t;
 }
