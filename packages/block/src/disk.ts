@@ -207,7 +207,10 @@ export interface ImageStream {
 
 /** Guest data decoded from an image stream. */
 export interface StreamSource {
-  /** Virtual size of the disk. */
+  /**
+   * Virtual size of the disk; -1 while unknown (a raw stream only knows it
+   * at its end, when it sets it).
+   */
   size: number;
   /** Data pieces at guest offsets; what no piece covers reads as zeros. Pieces never overlap. */
   pieces: AsyncIterable<{ offset: number; data: Uint8Array }>;

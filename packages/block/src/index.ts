@@ -7,7 +7,7 @@ export * from './disk-util.js';
 export * from './extents.js';
 export * from './zero.js';
 export { FormatRegistry } from './registry.js';
-export { RawDisk, openRaw, createRaw, rawDriver, RAW_SECTOR, type RawCreateOptions } from './raw.js';
+export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, type RawCreateOptions } from './raw.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';

@@ -3,7 +3,7 @@
  * multiple of 512 is a disk rounded up to the next sector, the tail reading
  * as zeros (as qemu does).
  */
-import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, OpenOptions, WriteZeroesOptions } from './disk.js';
+import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { ERROR_CODES, ImageError, invalidArg, readOnlyError } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
@@ -163,11 +163,64 @@ export async function createRaw(storage: Storage, options: RawCreateOptions): Pr
   return disk;
 }
 
+const STREAM_CHUNK = 4 * 1024 * 1024;
+let zeroChunk: Uint8Array | undefined;
+
+/**
+ * A raw image as a byte stream: the disk's bytes in order, holes and
+ * zero extents as zeros (a stream cannot be sparse).
+ */
+export async function streamRaw(source: Disk): Promise<ImageStream> {
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    zeroChunk ??= new Uint8Array(STREAM_CHUNK);
+    for await (const e of source.extents()) {
+      for (let pos = e.offset; pos < e.offset + e.length; pos += STREAM_CHUNK) {
+        const n = Math.min(STREAM_CHUNK, e.offset + e.length - pos);
+        if (e.kind !== 'data') {
+          // The shared zero chunk is never written to, so consumers may keep it.
+          yield n === STREAM_CHUNK ? zeroChunk : zeroChunk.subarray(0, n);
+          continue;
+        }
+        const buf = new Uint8Array(n);
+        await source.readInto(pos, buf);
+        yield buf;
+      }
+    }
+  }
+  return { length: source.size, chunks: chunks() };
+}
+
+/**
+ * Reads a raw image from a byte stream: every chunk is guest data at the
+ * running offset. The size is only known at the end, so `size` is -1
+ * until the stream is exhausted (consumers grow the destination).
+ */
+export async function readRawStream(input: AsyncIterable<Uint8Array>): Promise<StreamSource> {
+  const state = { size: -1 };
+  const pieces = (async function* () {
+    let offset = 0;
+    for await (const chunk of input) {
+      if (chunk.length === 0) continue;
+      yield { offset, data: chunk };
+      offset += chunk.length;
+    }
+    state.size = alignUp(offset, RAW_SECTOR);
+  })();
+  return {
+    get size() {
+      return state.size;
+    },
+    pieces,
+  };
+}
+
 export const rawDriver: FormatDriver = {
   name: 'raw',
   probe: () => 1,
   open: openRaw,
   create: (storage, options) => createRaw(storage, options as RawCreateOptions),
+  stream: (source) => streamRaw(source),
+  readStream: (input) => readRawStream(input),
   createOptions: {
     preallocation: 'off (sparse, default), falloc or full (write zeros)',
   },

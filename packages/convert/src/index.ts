@@ -4,3 +4,4 @@ export { checkDeclaredFormat, probeStorage, probeBytes, CONFIDENT } from './prob
 export { OverlayDiff } from './overlay-diff.js';
 export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';
 export { inspectImage, unsafeSummary, type InspectResult, type InspectOptions, type SafetyFinding, type FindingCode } from './inspect.js';
+export { toStream, fromStream, pipeImageStream, copyStreamToDisk, type ToStreamOptions, type StreamCopyOptions, type NodeWritableLike } from './streams.js';

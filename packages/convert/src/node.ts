@@ -9,6 +9,7 @@ import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './conv
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, probeStorage } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
+import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 
 /** A resolver for untrusted images: any name inside the image is refused. */
 export const refusingResolver: Resolver = async (request) => {
@@ -80,6 +81,10 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   keepPartial?: boolean;
   /** Convert this internal snapshot (id or name) of the source instead of its current state (-l). */
   snapshot?: string;
+  /** Where input "-" reads from (default process.stdin). */
+  stdin?: AsyncIterable<Uint8Array>;
+  /** Where output "-" writes to (default process.stdout). */
+  stdout?: NodeWritableLike;
 }
 
 interface SnapshotCapable extends Disk {
@@ -102,6 +107,11 @@ export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> 
 export async function convertFile(options: ConvertFileOptions): Promise<ConvertResult> {
   const registry = options.registry ?? defaultRegistry();
   const dstDriver = registry.require(options.dstFormat);
+  if (options.input === '-' && options.output === '-') {
+    throw new ImageError(ERROR_CODES.INVALID_ARG, 'input and output cannot both be streams: convert into a file, or from one');
+  }
+  if (options.input === '-') return convertFromStream(options, registry);
+  if (options.output === '-') return convertToStream(options, registry);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
     registry,
@@ -124,6 +134,64 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   } catch (e) {
     if (created && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
     throw e;
+  } finally {
+    await snapshot?.close().catch(() => undefined);
+    await src.close().catch(() => undefined);
+  }
+}
+
+async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
+  const started = Date.now();
+  if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined) {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c, -B and -l need the input in a file, not a stream');
+  }
+  const srcDriver = registry.require(options.srcFormat);
+  if (options.untrusted && srcDriver.name !== 'raw') {
+    throw new ImageError(ERROR_CODES.UNSAFE, `${srcDriver.name}: an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
+  }
+  const source = await fromStream((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>, srcDriver.name, { registry });
+  const target = await FileStorage.create(options.output);
+  try {
+    const disk = await registry.require(options.dstFormat).create(target, { ...(options.createOptions ?? {}), size: Math.max(0, source.size) });
+    try {
+      const copy = await copyStreamToDisk(source, disk, {
+        ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+      await disk.flush();
+      return { ...copy, bytesSkipped: copy.bytesDone - copy.bytesWritten, virtualSize: disk.size, durationMs: Date.now() - started };
+    } finally {
+      await disk.close();
+    }
+  } catch (e) {
+    await target.close().catch(() => undefined);
+    if (!options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
+  const started = Date.now();
+  if (options.compress || options.backingFile !== undefined) {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c and -B need the output in a file, not a stream');
+  }
+  const src = await openImageFile(options.input, {
+    format: options.srcFormat,
+    registry,
+    forceFormat: options.forceFormat ?? false,
+    untrusted: options.untrusted ?? false,
+  });
+  let snapshot: Disk | undefined;
+  try {
+    if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
+    const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions: options.createOptions ?? {} });
+    const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
+    if (written !== stream.length) {
+      throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);
+    }
+    const size = (snapshot ?? src).size;
+    return { bytesDone: size, bytesTotal: size, bytesRead: written, bytesWritten: written, bytesSkipped: 0, virtualSize: size, durationMs: Date.now() - started };
   } finally {
     await snapshot?.close().catch(() => undefined);
     await src.close().catch(() => undefined);

@@ -31,8 +31,13 @@ Options:
   -h, --help          this help
   --version           print the version
 
-Example:
+Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
+before the data); output "-" writes it to stdout (its length is known up front).
+
+Examples:
   img-convert raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
+  img-convert qcow2 vhd disk.qcow2 - | ssh host 'cat > disk.vhd'
+  cat disk.img | img-convert raw qcow2 - disk.qcow2
 `;
 
 export function convertOptions() {
@@ -83,7 +88,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
-    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY ? progressPrinter(io, false, 1000) : undefined;
+    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY && output !== '-' ? progressPrinter(io, false, 1000) : undefined;
     const controller = new AbortController();
     const onSignal = () => controller.abort(new Error('interrupted'));
     process.once('SIGINT', onSignal);

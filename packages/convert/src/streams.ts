@@ -1,0 +1,139 @@
+/**
+ * Streaming in and out: an image as a byte stream of known length (for a
+ * pipe or an HTTP upload), and an image arriving as a byte stream.
+ */
+import {
+  ERROR_CODES,
+  ImageError,
+  abortError,
+  alignUp,
+  findZeroRuns,
+  type CopyProgress,
+  type Disk,
+  type FormatRegistryLike,
+  type ImageStream,
+  type StreamSource,
+} from '@img/block';
+import { defaultRegistry } from './formats.js';
+
+export interface ToStreamOptions {
+  registry?: FormatRegistryLike;
+  /** The output format's create options (`-o` keys or typed). */
+  createOptions?: Record<string, unknown>;
+}
+
+/**
+ * The image of `format` holding `disk`'s content, as a byte stream whose
+ * length is known before the first byte.
+ *
+ * @example
+ * ```ts
+ * const s = await toStream(disk, 'qcow2');
+ * res.setHeader('Content-Length', s.length);
+ * await pipeImageStream(s, res);
+ * ```
+ */
+export async function toStream(disk: Disk, format: string, options: ToStreamOptions = {}): Promise<ImageStream> {
+  const registry = options.registry ?? defaultRegistry();
+  const driver = registry.get(format);
+  if (!driver) throw new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${format}"`);
+  if (!driver.stream) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be written as a stream; write a file instead`);
+  return driver.stream(disk, options.createOptions ?? {});
+}
+
+/** Decodes an image of `format` arriving as a byte stream. */
+export async function fromStream(input: AsyncIterable<Uint8Array>, format: string, options: { registry?: FormatRegistryLike } = {}): Promise<StreamSource> {
+  const registry = options.registry ?? defaultRegistry();
+  const driver = registry.get(format);
+  if (!driver) throw new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${format}"`);
+  if (!driver.readStream) {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be read from a stream; save it to a file first`);
+  }
+  return driver.readStream(input);
+}
+
+/** Minimal shape of a Node Writable (no import of node:stream in core code). */
+export interface NodeWritableLike {
+  write(chunk: Uint8Array): boolean;
+  once(event: 'drain' | 'error', listener: (...args: unknown[]) => void): unknown;
+  off?(event: 'drain' | 'error', listener: (...args: unknown[]) => void): unknown;
+}
+
+/** Writes an image stream to a Node Writable (respecting backpressure) or a Web WritableStream. Returns the bytes written. */
+export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>): Promise<number> {
+  let written = 0;
+  if ('getWriter' in target) {
+    const writer = target.getWriter();
+    try {
+      for await (const chunk of stream.chunks) {
+        await writer.ready;
+        await writer.write(chunk);
+        written += chunk.length;
+      }
+      await writer.close();
+    } finally {
+      writer.releaseLock();
+    }
+    return written;
+  }
+  for await (const chunk of stream.chunks) {
+    written += chunk.length;
+    if (!target.write(chunk)) {
+      await new Promise<void>((resolve, reject) => {
+        const onError = (e: unknown) => reject(e as Error);
+        target.once('drain', () => {
+          target.off?.('error', onError);
+          resolve();
+        });
+        target.once('error', onError);
+      });
+    }
+  }
+  return written;
+}
+
+export interface StreamCopyOptions {
+  /** Zero runs at least this long inside data are not written (default 4096; 0 writes everything). */
+  minZeroRun?: number;
+  onProgress?: (p: CopyProgress) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Writes a decoded stream into `dst` (a fresh image). When the stream's
+ * size is not known up front (raw), `dst` grows as data arrives and is
+ * cut to the exact size at the end.
+ */
+export async function copyStreamToDisk(source: StreamSource, dst: Disk, options: StreamCopyOptions = {}): Promise<CopyProgress> {
+  const minZeroRun = options.minZeroRun ?? 4096;
+  const progress: CopyProgress = { bytesDone: 0, bytesTotal: Math.max(0, source.size), bytesRead: 0, bytesWritten: 0 };
+  const grow = async (end: number) => {
+    if (end <= dst.size) return;
+    if (!dst.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${dst.format}: cannot grow to take a stream of unknown size`);
+    await dst.resize(Math.max(alignUp(end, 512), Math.min(dst.size * 2, dst.size + (1 << 30)), 64 << 20));
+  };
+  for await (const { offset, data } of source.pieces) {
+    if (options.signal?.aborted) throw abortError(options.signal);
+    await grow(offset + data.length);
+    progress.bytesRead += data.length;
+    if (minZeroRun === 0) {
+      await dst.write(offset, data);
+      progress.bytesWritten += data.length;
+    } else {
+      for (const run of findZeroRuns(data, minZeroRun, 512, offset)) {
+        if (run.zero) continue;
+        await dst.write(offset + run.start, data.subarray(run.start, run.end));
+        progress.bytesWritten += run.end - run.start;
+      }
+    }
+    progress.bytesDone = offset + data.length;
+    options.onProgress?.({ ...progress });
+  }
+  if (source.size >= 0 && source.size !== dst.size) {
+    if (!dst.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${dst.format}: cannot set the size of the stream's image`);
+    await dst.resize(source.size, { shrink: true });
+  }
+  progress.bytesTotal = dst.size;
+  progress.bytesDone = dst.size;
+  return progress;
+}
