@@ -15,7 +15,7 @@ import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI, INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
 import { openQcow2 } from './open.js';
-import { repairHook, attachWriter, writeHeader, type Qcow2State } from './state.js';
+import { writeHeader, type Qcow2State } from './state.js';
 import { stateOf } from './image.js';
 
 const FORMAT = 'qcow2';
@@ -290,9 +290,3 @@ export async function checkQcow2(storage: Storage, options: CheckOptions = {}): 
     await disk.close();
   }
 }
-
-// A dirty image opened for writing is repaired like `qemu-img check -r all` first.
-repairHook.repair = async (state, view) => {
-  await checkState(state, view, 'all');
-  await attachWriter(state, view);
-};

@@ -4,7 +4,7 @@
 import type { FormatDriver } from '@img/block';
 import { FormatRegistry, rawDriver } from '@img/block';
 import { hasQcow2Magic } from './header.js';
-import { openQcow2, registryHook } from './open.js';
+import { openQcow2 } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
 import { checkQcow2 } from './check.js';
 import { measureQcow2 } from './measure.js';
@@ -26,4 +26,3 @@ export function defaultBackingFormats(): FormatRegistry {
   formats ??= new FormatRegistry([rawDriver, qcow2Driver]);
   return formats;
 }
-registryHook.formats = defaultBackingFormats;

@@ -4,7 +4,7 @@
  * data file through the resolver, and returns a Qcow2Disk.
  */
 import { ImageError, FormatRegistry, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
-import type { FormatRegistryLike, OpenOptions, Storage } from '@img/block';
+import type { OpenOptions, Storage } from '@img/block';
 import { QCOW2_MAGIC, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
 import { hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
 import { extensionsLength, parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
@@ -14,7 +14,8 @@ import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import type { EntryGeometry } from './mapping.js';
 import { BufferPool, DecompressedCache, type MappingView } from './reader.js';
 import { Qcow2Disk, openSnapshotView } from './image.js';
-import { attachWriter, missingDataFile, readL1, repairHook, writeHeader, type Qcow2State } from './state.js';
+import { attachWriter, missingDataFile, readL1, writeHeader, type Qcow2State } from './state.js';
+import { checkState } from './check.js';
 
 const FORMAT = 'qcow2';
 
@@ -34,8 +35,16 @@ function badField(file: string, field: string, offset: number, message: string, 
   return corrupt(FORMAT, file, message, { field, offset, actual });
 }
 
-/** Set by driver.ts so that openQcow2 can build its default registry without an import cycle. */
-export const registryHook: { formats: (() => FormatRegistryLike) | undefined } = { formats: undefined };
+let ownFormats: FormatRegistry | undefined;
+
+/** Formats a backing file may have when the caller gives no registry: raw and qcow2. */
+function defaultFormats(): FormatRegistry {
+  ownFormats ??= new FormatRegistry([
+    rawDriver,
+    { name: FORMAT, probe: (head) => (hasQcow2Magic(head) ? 100 : 0), open: openQcow2, create: () => Promise.reject(new TypeError('qcow2: use createQcow2')) },
+  ]);
+  return ownFormats;
+}
 
 /**
  * Opens a qcow2 image read-only (the default) over `storage`.
@@ -145,7 +154,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
   try {
     if (dataFileBit && !options.noDataFile) dataFile = await openDataFile(storage, dataFileName, options, !readOnly);
     if (backingName !== undefined && !options.noBacking) {
-      const formats = options.formats ?? registryHook.formats?.() ?? new FormatRegistry([rawDriver, { name: FORMAT, probe: (head) => (hasQcow2Magic(head) ? 100 : 0), open: openQcow2, create: () => Promise.reject(new TypeError('not for creating')) }]);
+      const formats = options.formats ?? defaultFormats();
       const backingFormat = extensionString(findExtension(extensions, EXT_BACKING_FORMAT));
       backingInfo = await openBacking(storage, backingName, backingFormat, options, formats);
     }
@@ -192,7 +201,10 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
       await attachWriter(state, view);
       // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
       if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
-        await repairHook.repair?.(state, view);
+        const repaired = await checkState(state, view, 'all');
+        if (repaired.corruptions) {
+          throw corrupt(FORMAT, file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
+        }
         header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
         await writeHeader(state);
         await storage.flush();

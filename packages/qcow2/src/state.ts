@@ -116,8 +116,6 @@ export function missingDataFile(file: string, name: string | undefined): Storage
   return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
 
-/** Set by check.ts: rebuilds refcounts of a dirty image opened for writing. */
-export const repairHook: { repair: ((state: Qcow2State, view: MappingView) => Promise<void>) | undefined } = { repair: undefined };
 
 /** Loads the refcounts and attaches a writer to an image opened for writing. */
 export async function attachWriter(state: Qcow2State, view: MappingView): Promise<void> {
