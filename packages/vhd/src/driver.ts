@@ -7,6 +7,8 @@ import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
 import { VhdDisk } from './image.js';
 import { openVhd } from './open.js';
 import { isAbsolutePath } from './parent-locator.js';
+import { readVhdStream } from './read-stream.js';
+import { createVhdStream, vhdStreamOptionsFrom } from './stream.js';
 
 /** The VHD cookie, or the mark of an interrupted coalesce (so that such an image is opened as a VHD, which refuses it, never as raw). */
 function hasCookie(bytes: Uint8Array | undefined, at: number): boolean {
@@ -61,6 +63,8 @@ export const vhdDriver: FormatDriver = {
   open: (storage, options) => openVhd(storage, options),
   create,
   check: (storage, options) => checkVhd(storage, options),
+  stream: async (source, options) => createVhdStream(source, vhdStreamOptionsFrom(options)),
+  readStream: async (input, options) => readVhdStream(input, options),
   createOptions: {
     subformat: 'dynamic (default) or fixed',
     block_size: 'block size of dynamic disks, a power of two from 512 (default 2M)',

@@ -15,3 +15,5 @@ export { vhdChecksum } from './checksum.js';
 export { formatUuid, parseUuid, newUuid, NIL_UUID } from './uuid.js';
 export { MAX_BLOCK_SIZE } from './state.js';
 export { streamVhd, type VhdStreamOptions } from './stream.js';
+export { createVhdStream, vhdStreamOptionsFrom } from './stream.js';
+export { readVhdStream, type VhdReadStreamOptions } from './read-stream.js';

@@ -4,10 +4,10 @@
  * only), every table is laid out, then footer copy, dynamic header, BAT,
  * blocks (bitmap + data) and footer are emitted in file order.
  */
-import { extentRange, invalidArg, type Disk } from '@img/block';
+import { extentRange, invalidArg, isAllZero, parseBool, type Disk, type ImageStream } from '@img/block';
 import { BAT_UNUSED, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, type VhdCreateOptions } from './create.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, serializeDynamicHeader } from './dynamic-header.js';
 import { DISK_TYPE, FEATURE_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, FOOTER_SIZE, NO_DATA_OFFSET, serializeFooter, toVhdTimestamp, type VhdFooter } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors } from './geometry.js';
@@ -19,20 +19,52 @@ export interface VhdStreamOptions extends Pick<VhdCreateOptions, 'blockSize' | '
   type?: 'dynamic' | 'fixed';
   /** Largest piece yielded, in bytes (default 2 MiB, at least one block for dynamic images). */
   chunkSize?: number;
+  /**
+   * Dynamic images: read every block the extents call data once before the
+   * first byte and leave blocks that hold only zeros unallocated. Costs a
+   * second read of the data (the layout must be known before the first
+   * byte). Default false.
+   */
+  detectZeroes?: boolean;
 }
 
-/**
- * Yields the bytes of a VHD holding `source`'s content. Dynamic images
- * allocate exactly the blocks the source's extents say hold data; the
- * sizing rules are createVhd's (creator "win ", exact size).
- *
- * @example
- * ```ts
- * for await (const chunk of streamVhd(disk)) process.stdout.write(chunk);
- * ```
- */
-export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): AsyncGenerator<Uint8Array> {
+/** What the writer decided before the first byte. */
+interface VhdStreamPlan {
+  type: 'dynamic' | 'fixed';
+  size: number;
+  blockSize: number;
+  chunk: number;
+  footerBytes: Uint8Array;
+  /** Dynamic: the BAT (BAT_UNUSED for blocks not emitted). */
+  bat: Uint32Array;
+  /** Merged [from, to) data ranges of the source. */
+  ranges: Array<[number, number]>;
+  /** Total bytes of the stream. */
+  length: number;
+}
+
+/** Maps the CLI's strings (`subformat`, `block_size`, `detect_zeroes`) and typed keys to VhdStreamOptions. */
+export function vhdStreamOptionsFrom(options: Record<string, unknown> = {}): VhdStreamOptions {
+  const typed = vhdCreateOptionsFrom({ ...options, size: undefined });
+  if (typed.type === 'differencing' || typed.parent || options.backing_file !== undefined || options.backingFile !== undefined) {
+    throw invalidArg(FORMAT, 'a stream holds a whole disk: differencing VHDs cannot be streamed (subformat=dynamic or fixed)', { field: 'subformat' });
+  }
+  if (typed.forceSize !== undefined) throw invalidArg(FORMAT, 'force_size is not supported by the streaming writer (it writes the exact size, creator "win ")', { field: 'force_size' });
+  const out: VhdStreamOptions = {};
+  if (typed.type) out.type = typed.type;
+  if (typed.blockSize !== undefined) out.blockSize = typed.blockSize;
+  if (typed.uuid !== undefined) out.uuid = typed.uuid;
+  if (typed.timestamp !== undefined) out.timestamp = typed.timestamp;
+  if (typed.creator !== undefined) out.creator = typed.creator;
+  if (typeof options.chunkSize === 'number') out.chunkSize = options.chunkSize;
+  const dz = options.detectZeroes ?? options.detect_zeroes;
+  if (dz !== undefined) out.detectZeroes = parseBool(dz as string | boolean, 'detect_zeroes');
+  return out;
+}
+
+async function planVhdStream(source: Disk, options: VhdStreamOptions): Promise<VhdStreamPlan> {
   const type = options.type ?? 'dynamic';
+  if (type !== 'dynamic' && type !== 'fixed') throw invalidArg(FORMAT, `a stream is a dynamic or fixed VHD, not ${String(type)}`, { field: 'type' });
   const size = Math.ceil(source.size / VHD_SECTOR) * VHD_SECTOR;
   if (size > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${size} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
@@ -59,31 +91,56 @@ export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): 
     reserved: new Uint8Array(FOOTER_SIZE - 0x55),
   };
   const footerBytes = serializeFooter(footer);
+  const ranges = await dataRanges(source, 0, source.size);
   if (type === 'fixed') {
-    yield* readRange(source, 0, size, chunk, await dataRanges(source, 0, size));
-    yield footerBytes;
-    return;
+    return { type, size, blockSize, chunk, footerBytes, bat: new Uint32Array(0), ranges, length: size + FOOTER_SIZE };
   }
-  // Which blocks hold data: from the extents only.
+  // Which blocks hold data: from the extents (metadata), then optionally their bytes.
   const entries = Math.ceil(size / blockSize);
   const used = new Uint8Array(entries);
-  const ranges = await dataRanges(source, 0, source.size);
   for (const [from, to] of ranges) {
     for (let b = Math.floor(from / blockSize); b * blockSize < to; b++) used[b] = 1;
   }
+  if (options.detectZeroes) {
+    for (let b = 0; b < entries; b++) {
+      if (!used[b]) continue;
+      const start = b * blockSize;
+      const end = Math.min(start + blockSize, source.size);
+      if (await rangesAreZero(source, clip(ranges, start, end), chunk)) used[b] = 0;
+    }
+  }
   const tableOffset = VHD_SECTOR + DYNAMIC_HEADER_SIZE;
-  const bitmapBytes = bitmapSize(blockSize);
   let next = tableOffset + batBytes(entries);
   const bat = new Uint32Array(entries).fill(BAT_UNUSED);
   for (let b = 0; b < entries; b++) {
     if (!used[b]) continue;
     bat[b] = next / VHD_SECTOR;
-    next += bitmapBytes + blockSize;
+    next += bitmapSize(blockSize) + blockSize;
   }
+  return { type, size, blockSize, chunk, footerBytes, bat, ranges, length: next + FOOTER_SIZE };
+}
+
+async function rangesAreZero(source: Disk, ranges: Array<[number, number]>, chunk: number): Promise<boolean> {
+  for (const [a, b] of ranges) {
+    for (let pos = a; pos < b; pos += chunk) {
+      if (!isAllZero(await source.read(pos, Math.min(chunk, b - pos)))) return false;
+    }
+  }
+  return true;
+}
+
+async function* emit(source: Disk, plan: VhdStreamPlan): AsyncGenerator<Uint8Array> {
+  const { size, blockSize, chunk, footerBytes, bat, ranges } = plan;
+  if (plan.type === 'fixed') {
+    yield* readRange(source, 0, size, chunk, ranges);
+    yield footerBytes;
+    return;
+  }
+  const entries = bat.length;
   const header = serializeDynamicHeader({
     cookie: DYNAMIC_HEADER_COOKIE,
     dataOffset: NO_DATA_OFFSET,
-    tableOffset,
+    tableOffset: VHD_SECTOR + DYNAMIC_HEADER_SIZE,
     headerVersion: DYNAMIC_HEADER_VERSION,
     maxTableEntries: entries,
     blockSize,
@@ -98,9 +155,9 @@ export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): 
   yield footerBytes;
   yield header;
   yield serializeBat(bat);
-  const bitmap = new Uint8Array(bitmapBytes).fill(0xff);
+  const bitmap = new Uint8Array(bitmapSize(blockSize)).fill(0xff);
   for (let b = 0; b < entries; b++) {
-    if (!used[b]) continue;
+    if (bat[b] === BAT_UNUSED) continue;
     yield bitmap;
     const start = b * blockSize;
     const end = Math.min(start + blockSize, source.size);
@@ -108,6 +165,38 @@ export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): 
     if (end < start + blockSize) yield new Uint8Array(start + blockSize - end);
   }
   yield footerBytes;
+}
+
+/**
+ * A dynamic or fixed VHD holding `source`'s content as an ImageStream: the
+ * layout is computed from the source's extents (and, with `detectZeroes`,
+ * its data) before the first byte, so `length` can be sent ahead (an HTTP
+ * Content-Length). The source must not change while the stream is read.
+ *
+ * @example
+ * ```ts
+ * const { length, chunks } = await createVhdStream(disk, { type: 'dynamic' });
+ * res.setHeader('Content-Length', length);
+ * for await (const c of chunks) res.write(c);
+ * ```
+ */
+export async function createVhdStream(source: Disk, options: VhdStreamOptions = {}): Promise<ImageStream> {
+  const plan = await planVhdStream(source, options);
+  return { length: plan.length, chunks: emit(source, plan) };
+}
+
+/**
+ * Yields the bytes of a VHD holding `source`'s content. Dynamic images
+ * allocate exactly the blocks the source's extents say hold data; the
+ * sizing rules are createVhd's (creator "win ", exact size).
+ *
+ * @example
+ * ```ts
+ * for await (const chunk of streamVhd(disk)) process.stdout.write(chunk);
+ * ```
+ */
+export async function* streamVhd(source: Disk, options: VhdStreamOptions = {}): AsyncGenerator<Uint8Array> {
+  yield* emit(source, await planVhdStream(source, options));
 }
 
 /** [from, to) ranges the source's extents call data, merged. */
