@@ -5,6 +5,9 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '@img/testkit';
+import { LIMITS } from '@img/block';
+import * as qcow2 from '@img/qcow2';
+import * as vhd from '@img/vhd';
 
 const packagesDir = join(repoRoot, 'packages');
 const packages = readdirSync(packagesDir).filter((d) => statSync(join(packagesDir, d)).isDirectory());
@@ -68,6 +71,17 @@ describe('package invariants', () => {
       expect(offenders).toEqual([]);
     });
   }
+
+  it('the formats apply the bounds documented in LIMITS', () => {
+    expect(qcow2.MAX_L1_TABLE_BYTES).toBe(LIMITS.qcow2MaxL1TableBytes);
+    expect(qcow2.MAX_REFCOUNT_TABLE_BYTES).toBe(LIMITS.qcow2MaxRefcountTableBytes);
+    expect(qcow2.MAX_SNAPSHOTS).toBe(LIMITS.qcow2MaxSnapshots);
+    expect(qcow2.MAX_SNAPSHOT_EXTRA_DATA).toBe(LIMITS.qcow2MaxSnapshotExtraData);
+    expect(qcow2.MIN_CLUSTER_BITS).toBe(LIMITS.qcow2MinClusterBits);
+    expect(qcow2.MAX_CLUSTER_BITS).toBe(LIMITS.qcow2MaxClusterBits);
+    expect(vhd.DEFAULT_MAX_CHAIN_DEPTH).toBe(LIMITS.maxChainDepth);
+    expect(vhd.VHD_MAX_SIZE).toBe(LIMITS.vhdMaxSize);
+  });
 
   it('qcow2 and vhd never import each other', () => {
     for (const [a, b] of [
