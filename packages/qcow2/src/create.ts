@@ -293,24 +293,42 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
   }
   try {
     await storage.truncate(0);
-    const meta = new Uint8Array(dataAt * cs);
-    meta.set(headerCluster(l, h, cs), 0);
-    for (let b = 0; b < blocks; b++) put64(meta, rtAt * cs + b * 8, (blocksAt + b) * cs);
-    for (let c = 0; c < total; c++) {
-      const block = meta.subarray((blocksAt + Math.floor(c / perBlock)) * cs);
-      writeRefcount(block, c % perBlock, 2 ** l.refcountOrder, 1);
-    }
-    if (prealloc) {
-      const es = l.extendedL2 ? 16 : 8;
-      for (let t = 0; t < l2Tables; t++) put64(meta, l1At * cs + t * 8, (l2At + t) * cs, ENTRY_COPIED_HI);
-      for (let c = 0; c < guestClusters; c++) {
-        const at = l2At * cs + c * es; // tables are consecutive, so entry c of the guest is at c * es
-        const host = l.dataFile === undefined ? (dataAt + c) * cs : c * cs;
-        put64(meta, at, host, ENTRY_COPIED_HI);
-        if (l.extendedL2) writeU32Be(meta, at + 12, 0xffffffff);
+    // Metadata is built and written a window at a time, so that preallocating a large disk stays within bounded memory.
+    const window = Math.max(cs, Math.floor((4 * 1024 * 1024) / cs) * cs);
+    const refBits = 2 ** l.refcountOrder;
+    const es = l.extendedL2 ? 16 : 8;
+    const fill = (buf: Uint8Array, start: number) => {
+      // `buf` holds file bytes [start, start + buf.length) of the metadata area.
+      const end = start + buf.length;
+      const overlap = (a: number, b: number) => a < end && b > start;
+      if (start === 0) buf.set(headerCluster(l, h, cs).subarray(0, Math.min(cs, buf.length)), 0);
+      if (overlap(rtAt * cs, blocksAt * cs)) {
+        const first = Math.max(0, Math.floor((start - rtAt * cs) / 8));
+        for (let b = first; b < blocks && rtAt * cs + b * 8 + 8 <= end; b++) put64(buf, rtAt * cs + b * 8 - start, (blocksAt + b) * cs);
       }
+      for (let b = Math.max(0, Math.floor(start / cs) - blocksAt); b < blocks && (blocksAt + b) * cs < end; b++) {
+        const block = buf.subarray((blocksAt + b) * cs - start, (blocksAt + b + 1) * cs - start);
+        for (let c = b * perBlock; c < Math.min(total, (b + 1) * perBlock); c++) writeRefcount(block, c - b * perBlock, refBits, 1);
+      }
+      if (!prealloc) return;
+      for (let t = Math.max(0, Math.floor((start - l1At * cs) / 8)); t < l2Tables && l1At * cs + t * 8 + 8 <= end; t++) {
+        put64(buf, l1At * cs + t * 8 - start, (l2At + t) * cs, ENTRY_COPIED_HI);
+      }
+      // Tables are consecutive, so guest cluster c's entry is at l2At * cs + c * es.
+      const firstC = Math.max(0, Math.floor((start - l2At * cs) / es));
+      for (let c = firstC; c < guestClusters; c++) {
+        const at = l2At * cs + c * es - start;
+        if (at + es > buf.length) break;
+        const host = l.dataFile === undefined ? (dataAt + c) * cs : c * cs;
+        put64(buf, at, host, ENTRY_COPIED_HI);
+        if (l.extendedL2) writeU32Be(buf, at + 12, 0xffffffff);
+      }
+    };
+    for (let start = 0; start < dataAt * cs; start += window) {
+      const buf = new Uint8Array(Math.min(window, dataAt * cs - start));
+      fill(buf, start);
+      await storage.write(start, buf);
     }
-    await storage.write(0, meta);
     if (dataClusters) {
       await storage.truncate(total * cs);
       if (l.preallocation === 'full') {

@@ -4,7 +4,7 @@
  */
 import { ERROR_CODES, ImageError, checkDiskRange, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
 import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
-import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_EXTENDED_L2, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_BITMAPS } from './constants.js';
+import { MAX_L1_TABLE_BYTES, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_EXTENDED_L2, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header } from './header.js';
 import { findExtension, extensionString, parseBitmapsExtension, type HeaderExtension } from './extensions.js';
 import { snapshotInfo } from './snapshot.js';
@@ -177,6 +177,9 @@ export class Qcow2Disk implements Disk {
       throw invalidArg(FORMAT, `invalid size ${newSize} (a non-negative multiple of 512)`, { field: 'size' });
     }
     const old = this.#view.size;
+    if (Math.ceil(newSize / s.geom.l2Coverage) * 8 > MAX_L1_TABLE_BYTES) {
+      throw invalidArg(FORMAT, `size ${newSize} needs an L1 table over qemu's 32 MiB bound with ${s.geom.clusterSize}-byte clusters`, { field: 'size' });
+    }
     if (newSize < old && !options.shrink) {
       throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
     }

@@ -69,6 +69,17 @@ describeQemu('qemu-img judges the images we write', () => {
     expect(spawnSyncStatus(dir, ['compare', '-f', 'qcow2', '-F', 'raw', 'growth.qcow2', 'growth.raw'])).toBe(0);
   });
 
+  it('preallocation=metadata of an 8 GiB disk (metadata written a window at a time) checks clean', async () => {
+    const path = join(dir, 'prealloc-big.qcow2');
+    const disk = await createQcow2(await FileStorage.create(path), { size: 8 * 2 ** 30, cluster_size: '4k', preallocation: 'metadata' });
+    await disk.write(5 * 2 ** 30 + 100, new Uint8Array([1, 2, 3]));
+    await disk.close();
+    expect(qemuCheck(path).status).toBe(0);
+    const map = JSON.parse(qemuImg(['map', '--output=json', path]).stdout) as Array<{ data: boolean; start: number; length: number }>;
+    expect(map.every((m) => m.data)).toBe(true);
+    expect(map.reduce((n, m) => n + m.length, 0)).toBe(8 * 2 ** 30);
+  });
+
   it('qemu-io writes into images we created; we read what qemu reads', async () => {
     const cases: Array<Record<string, unknown>> = [
       { clusterSize: 4096 },

@@ -75,6 +75,8 @@ describe('resize', () => {
     expect(bytesEqual(await disk.read(0, 64 * 1024), data)).toBe(true);
     expect((await imageError(disk.resize(1024))).code).toBe('ERR_IMG_INVALID_ARG');
     expect((await imageError(disk.resize(1000, { shrink: true }))).code).toBe('ERR_IMG_INVALID_ARG');
+    // 512-byte clusters map 32 KiB per L1 entry: 32 MiB of L1 entries is 128 GiB.
+    expect((await imageError(disk.resize(256 * 2 ** 30))).message).toMatch(/32 MiB/);
     await disk.resize(10 * 1024 + 512, { shrink: true });
     expect(disk.size).toBe(10 * 1024 + 512);
     await disk.resize(64 * 1024);
