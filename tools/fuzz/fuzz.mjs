@@ -5,8 +5,11 @@
 // return within the time bound.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ImageError, MemoryStorage, seededRandom } from '@img/block';
-import { defaultRegistry } from '@img/convert';
+import { FormatRegistry, ImageError, MemoryStorage, rawDriver, seededRandom } from '@img/block';
+import { qcow2Driver } from '@img/qcow2';
+import { vhdDriver } from '@img/vhd';
+
+const defaultRegistry = () => new FormatRegistry([rawDriver, qcow2Driver, vhdDriver]);
 
 const root = new URL('../../test-images/', import.meta.url).pathname;
 
