@@ -183,13 +183,14 @@ export class Qcow2Disk implements Disk {
     if (newSize < old && !options.shrink) {
       throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
     }
-    await this.#guard(async () => {
+    // Writes in flight finish first and new ones wait: the L1 table may move.
+    await this.#guard(() => w.exclusive(async () => {
       if (newSize < old) {
         const cs = s.geom.clusterSize;
         const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
         // Zero the tail of the last cluster so that growing again shows zeros there, then drop the rest.
-        if (tailEnd > newSize) await w.zeroOrDiscard(newSize, tailEnd - newSize, 'zero', true);
-        if (old > tailEnd) await w.zeroOrDiscard(tailEnd, old - tailEnd, 'discard', true);
+        if (tailEnd > newSize) await w.zeroOrDiscardExclusive(newSize, tailEnd - newSize, 'zero', true);
+        if (old > tailEnd) await w.zeroOrDiscardExclusive(tailEnd, old - tailEnd, 'discard', true);
         await w.dropTablesFrom(Math.ceil(newSize / s.geom.l2Coverage));
       } else {
         await w.growL1(Math.ceil(newSize / s.geom.l2Coverage));
@@ -200,8 +201,8 @@ export class Qcow2Disk implements Disk {
       await s.storage.flush();
       // The new area reads as zeros even where a longer backing file has data (as qemu does).
       const backingEnd = Math.min(newSize, s.backing?.size ?? 0);
-      if (backingEnd > old) await w.zeroOrDiscard(old, backingEnd - old, 'zero', true);
-    });
+      if (backingEnd > old) await w.zeroOrDiscardExclusive(old, backingEnd - old, 'zero', true);
+    }));
   }
 
   /**
@@ -255,11 +256,13 @@ export class Qcow2Disk implements Disk {
   /** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image (commit). */
   async makeEmpty(): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#guard(async () => {
-      if (this.#view.size) await w.zeroOrDiscard(0, this.#view.size, 'discard', true);
-      await w.dropTablesFrom(0);
-      await this.#state.storage.flush();
-    });
+    await this.#guard(() =>
+      w.exclusive(async () => {
+        if (this.#view.size) await w.zeroOrDiscardExclusive(0, this.#view.size, 'discard', true);
+        await w.dropTablesFrom(0);
+        await this.#state.storage.flush();
+      }),
+    );
   }
 
   #writable(offset: number, length: number): Qcow2Writer {

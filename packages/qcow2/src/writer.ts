@@ -377,6 +377,11 @@ export class Qcow2Writer {
     return this.#perTable(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
   }
 
+  /** zeroOrDiscard for use inside {@link exclusive} (it does not wait for the gate that exclusive holds). */
+  zeroOrDiscardExclusive(offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
+    return this.#perTableInner(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
+  }
+
   async #zeroInTable(l1Index: number, start: number, end: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
     const s = this.#s;
     const cs = s.geom.clusterSize;
