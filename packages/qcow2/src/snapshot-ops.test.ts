@@ -18,7 +18,14 @@ async function clean(storage: MemoryStorage): Promise<void> {
 
 describe('internal snapshots: create, apply, delete', () => {
   it('random writes, snapshots, reverts and deletes against models of every snapshot', async () => {
-    type Op = { op: 'write'; offset: number; length: number; seed: number } | { op: 'snap' } | { op: 'apply'; pick: number } | { op: 'delete'; pick: number } | { op: 'zero'; offset: number; length: number };
+    type Op =
+      | { op: 'write'; offset: number; length: number; seed: number }
+      | { op: 'snap' }
+      | { op: 'apply'; pick: number }
+      | { op: 'delete'; pick: number }
+      | { op: 'zero'; offset: number; length: number }
+      | { op: 'compressed'; cluster: number; seed: number }
+      | { op: 'discard'; offset: number; length: number };
     const size = 256 * 1024;
     const range = fc.record({ offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: 20000 }) }).map((r) => ({ offset: r.offset, length: Math.min(r.length, size - r.offset) }));
     const op: fc.Arbitrary<Op> = fc.oneof(
@@ -27,6 +34,8 @@ describe('internal snapshots: create, apply, delete', () => {
       { weight: 2, arbitrary: fc.constant({ op: 'snap' as const }) },
       { weight: 1, arbitrary: fc.nat().map((pick) => ({ op: 'apply' as const, pick })) },
       { weight: 1, arbitrary: fc.nat().map((pick) => ({ op: 'delete' as const, pick })) },
+      { weight: 1, arbitrary: fc.tuple(fc.nat(), fc.nat()).map(([cluster, seed]) => ({ op: 'compressed' as const, cluster, seed: seed * 3 })) },
+      { weight: 1, arbitrary: range.map((r) => ({ op: 'discard' as const, ...r })) },
     );
     await fc.assert(
       fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 14 }), fc.constantFrom('4k', '512', '16k-ext'), async (ops, kind) => {
@@ -44,6 +53,15 @@ describe('internal snapshots: create, apply, delete', () => {
           } else if (o.op === 'zero') {
             await disk.writeZeroes(o.offset, o.length);
             model.fill(0, o.offset, o.offset + o.length);
+          } else if (o.op === 'compressed') {
+            const cs = disk.clusterSize;
+            const c = o.cluster % Math.ceil(size / cs);
+            const d = dataFor(Math.min(cs, size - c * cs), o.seed);
+            await disk.writeCompressed(c * cs, d);
+            model.set(d, c * cs);
+          } else if (o.op === 'discard') {
+            await disk.discard(o.offset, o.length);
+            model.set(await disk.read(o.offset, o.length), o.offset);
           } else if (o.op === 'snap') {
             const info = await disk.createSnapshot(`snap-${n++}`);
             snaps.set(info.name, model.slice());
