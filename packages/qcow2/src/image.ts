@@ -14,7 +14,7 @@ import { segments, segmentExtent, readRange, type MappingView } from './reader.j
 import { compressCluster } from './compression.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
-import { markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
+import { beforeFirstWrite, markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
 import { stringExtension } from './extensions.js';
 
 const FORMAT = 'qcow2';
@@ -108,17 +108,26 @@ export class Qcow2Disk implements Disk {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     const w = this.#writable(offset, data.length);
-    if (data.length) await this.#guard(() => w.write(offset, data));
+    if (data.length) await this.#guard(async () => {
+      await this.#changing(offset, data.length);
+      await w.write(offset, data);
+    });
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#guard(() => w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true));
+    if (length) await this.#guard(async () => {
+      await this.#changing(offset, length);
+      await w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true);
+    });
   }
 
   async discard(offset: number, length: number): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#guard(() => w.zeroOrDiscard(offset, length, 'discard', true));
+    if (length) await this.#guard(async () => {
+      await this.#changing(offset, length);
+      await w.zeroOrDiscard(offset, length, 'discard', true);
+    });
   }
 
   /**
@@ -135,6 +144,7 @@ export class Qcow2Disk implements Disk {
     }
     if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
     await this.#guard(async () => {
+      await this.#changing(offset, data.length);
       const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
       const work: Promise<void>[] = [];
       for (let at = 0; at < data.length; at += cs) {
@@ -185,6 +195,9 @@ export class Qcow2Disk implements Disk {
     }
     // Writes in flight finish first and new ones wait: the L1 table may move.
     await this.#guard(() => w.exclusive(async () => {
+      if (findExtension(s.extensions, EXT_BITMAPS)) {
+        throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });
+      }
       if (newSize < old) {
         const cs = s.geom.clusterSize;
         const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
@@ -221,7 +234,12 @@ export class Qcow2Disk implements Disk {
   /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
   async applySnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#guard(() => w.exclusive(() => applySnapshot(this.#state, this.#view, idOrName)));
+    await this.#guard(async () => {
+      // Switching snapshots changes every byte as far as dirty bitmaps know.
+      await this.#changing(0, this.#view.size);
+      await w.exclusive(() => applySnapshot(this.#state, this.#view, idOrName));
+      await this.#changing(0, this.#view.size);
+    });
   }
 
   /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
@@ -258,11 +276,18 @@ export class Qcow2Disk implements Disk {
     const w = this.#writable(0, 0);
     await this.#guard(() =>
       w.exclusive(async () => {
+        await this.#changing(0, this.#view.size);
         if (this.#view.size) await w.zeroOrDiscardExclusive(0, this.#view.size, 'discard', true);
         await w.dropTablesFrom(0);
         await this.#state.storage.flush();
       }),
     );
+  }
+
+  /** Before a change: the once-per-session header update, then the dirty bitmaps learn the range. */
+  async #changing(offset: number, length: number): Promise<void> {
+    await beforeFirstWrite(this.#state);
+    await this.#state.bitmaps?.change(offset, length);
   }
 
   #writable(offset: number, length: number): Qcow2Writer {
@@ -289,6 +314,7 @@ export class Qcow2Disk implements Disk {
     const s = this.#state;
     if (this.readOnly || !s.writer) return;
     await s.writer.drainReleases();
+    await s.bitmaps?.commit();
     if (s.deferredError !== undefined) {
       const e = s.deferredError;
       s.deferredError = undefined;

@@ -191,6 +191,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     activeReads: 0,
     pendingReleases: [],
     deferredError: undefined,
+    bitmaps: undefined,
     headerAreaEnd: Math.max(header.headerLength + (header.version >= 3 || extensions.length ? extensionsLength(extensions) : 0), header.backingFileOffset + header.backingFileSize),
   };
   const view: MappingView = { l1, l1Offset: header.l1TableOffset, size: header.size };

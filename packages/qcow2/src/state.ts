@@ -4,11 +4,12 @@
  */
 import { ERROR_CODES, ImageError, invalidArg, utf8Encode } from '@img/block';
 import type { Storage } from '@img/block';
-import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS } from './constants.js';
+import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
 import { type Qcow2Snapshot } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
+import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
 import { readHost, readRange, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
 import { serializeHeader } from './header.js';
@@ -46,6 +47,8 @@ export interface Qcow2State extends ReaderState {
   pendingReleases: Array<{ offset: number; bytes: number }>;
   /** A postponed release that failed: reported by the next flush. */
   deferredError: unknown;
+  /** Enabled persistent bitmaps being kept up to date (after the first write). */
+  bitmaps: BitmapTracker | undefined;
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
@@ -83,17 +86,28 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
         s.dirtySet = true;
       }
     }
-    // Bitmaps are not kept up to date by this writer: drop them (extension and clusters) rather than leave stale ones.
+    // Persistent bitmaps: consistent ones (autoclear bit 0) are kept up to date; inconsistent ones are
+    // dropped (extension and clusters), since qemu would otherwise count their clusters as leaked.
     const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-    const stale = bitmaps ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
-    if (bitmaps) {
+    const consistent = bitmaps !== undefined && (before.a & (1n << BigInt(AUTOCLEAR_BITMAPS))) !== 0n;
+    if (consistent && h.version >= 3) {
+      h.autoclearFeatures |= 1n << BigInt(AUTOCLEAR_BITMAPS);
+      const w = s.writer!;
+      s.bitmaps = await BitmapTracker.load(
+        { storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => w.allocateClusters(n), flush: () => s.storage.flush() },
+        bitmaps!,
+        s.fileSize,
+      );
+    }
+    const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
+    if (bitmaps && !consistent) {
       const oldLength = extensionsLength(s.extensions);
       s.extensions = s.extensions.filter((e) => e.type !== EXT_BITMAPS);
       const area = new Uint8Array(oldLength);
       area.set(serializeExtensions(s.extensions));
       await s.storage.write(h.headerLength, area);
     }
-    if (bitmaps || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
+    if ((bitmaps && !consistent) || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
       await writeHeader(s);
       await s.storage.flush();
     }

@@ -105,6 +105,11 @@ export class Qcow2Writer {
     return offset;
   }
 
+  /** Allocates `count` contiguous clusters (refcount 1) for metadata outside the L1/L2 tables (bitmaps). */
+  allocateClusters(count: number): Promise<number> {
+    return this.#allocate(count);
+  }
+
   /**
    * Grows the file over every allocated cluster (new refcount blocks
    * included), so that no mapped cluster lies past its end. Never shrinks.
