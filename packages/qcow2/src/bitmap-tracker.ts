@@ -94,9 +94,13 @@ export class BitmapTracker {
   /** Records a change of guest bytes [offset, offset + length); marks the bitmaps in_use first. */
   async change(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
-    if (!this.#inUse) await this.#lock.run(async () => (this.#inUse ? undefined : this.#setInUse(true)));
-    this.#ranges.push([offset, offset + length]);
-    if (this.#ranges.length > 4096) this.#ranges = merge(this.#ranges);
+    // Under the lock: a change recorded while a commit runs would otherwise be left out of it after
+    // in_use was cleared, and a crash would then go unnoticed.
+    await this.#lock.run(async () => {
+      if (!this.#inUse) await this.#setInUse(true);
+      this.#ranges.push([offset, offset + length]);
+      if (this.#ranges.length > 4096) this.#ranges = merge(this.#ranges);
+    });
   }
 
   /** Writes the collected changes into every tracked bitmap and clears in_use (on flush and close). */
