@@ -334,16 +334,20 @@ export class Qcow2Disk implements Disk {
 
   async close(): Promise<void> {
     if (this.#closed) return;
-    if (this.#owner && !this.readOnly && this.#state.writer && !this.#state.corruptFound) await this.flush();
+    const errors: unknown[] = [];
+    // A failed flush still closes the files; its error is the one reported.
+    if (this.#owner && !this.readOnly && this.#state.writer && !this.#state.corruptFound) await this.flush().catch((e: unknown) => errors.push(e));
     this.#closed = true;
-    if (!this.#owner) return;
+    if (!this.#owner) {
+      if (errors.length) throw errors[0];
+      return;
+    }
     const s = this.#state;
     s.cache.clear();
     s.decompressed.clear();
-    const errors: unknown[] = [];
-    for (const c of [s.backing?.close(), s.dataFile?.close(), s.storage.close()]) {
+    for (const close of [() => s.backing?.close(), () => s.dataFile?.close(), () => s.storage.close()]) {
       try {
-        await c;
+        await close();
       } catch (e) {
         errors.push(e);
       }
