@@ -185,7 +185,9 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
   let snapshot: Disk | undefined;
   try {
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
-    const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions: options.createOptions ?? {} });
+    // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
+    const createOptions = { detect_zeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
+    const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions });
     const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
     if (written !== stream.length) {
       throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);

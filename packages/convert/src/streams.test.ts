@@ -73,6 +73,31 @@ describeQemu('img-convert with pipes', () => {
     });
   }
 
+  it('img-convert raw vhd in - produces a VHD of the announced length that qemu accepts, and reads back from a pipe', () => {
+    const input = join(testImagesDir, 'raw', 'demo.img');
+    const r = pipe(['raw', 'vhd', input, '-']);
+    expect(r.status, r.stderr).toBe(0);
+    const out = join(tmp.path, 'streamed.vhd');
+    writeFileSync(out, r.stdout);
+    expect(qemuCompare(input, out, 'raw', 'vpc')).toBe(true);
+    // zero blocks were detected: only the blocks holding data are in the file
+    expect(r.stdout.length).toBeLessThan(8 << 20);
+    const back = join(tmp.path, 'back.raw');
+    const b = pipe(['vhd', 'raw', '-', back], r.stdout);
+    expect(b.status, b.stderr).toBe(0);
+    expect(qemuCompare(input, back, 'raw', 'raw')).toBe(true);
+  });
+
+  it('the library announces the length before the first byte', async () => {
+    const { openImageFile } = await import('./node.js');
+    const disk = await openImageFile(join(testImagesDir, 'vhd', 'dynamic-default.vhd'), { format: 'vhd' });
+    const s = await toStream(disk, 'vhd');
+    let n = 0;
+    for await (const c of s.chunks) n += c.length;
+    await disk.close();
+    expect(n).toBe(s.length);
+  });
+
   it('refuses stream to stream', () => {
     const r = pipe(['raw', 'raw', '-', '-'], Buffer.alloc(512));
     expect(r.status).toBe(1);
