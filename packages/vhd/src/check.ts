@@ -72,6 +72,13 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
     if (/footer/.test(p)) footerFix = true;
     if (/dynamic header checksum/.test(p)) headerFix = true;
   }
+  const repairable = s.repairable ?? [];
+  const unfinished = repairable.some((p) => /unfinished block allocation/.test(p));
+  for (const p of repairable) {
+    // An unfinished allocation is also junk after the last block (counted there) unless only its bitmap landed.
+    if (!/unfinished block allocation/.test(p) || (await storage.size()) <= s.nextFree + FOOTER_SIZE) result.leaks++;
+    result.messages.push(p);
+  }
   if (s.shortFooter) {
     result.messages.push('the footer is 511 bytes long (old Virtual PC); a repair rewrites it as 512 bytes');
     footerFix = true;
@@ -161,11 +168,16 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
     }
     await storage.flush();
   }
-  if (repairLeaks && junk > 0 && !s.coalescing) {
+  if (repairLeaks && (junk > 0 || unfinished) && !s.coalescing) {
     // The footer goes to its place first, then the junk behind it is cut off.
     await writeFooters(s, { head: false });
     await storage.flush();
     await storage.truncate(end);
+    await storage.flush();
+    result.leaksFixed++;
+  }
+  if (repairLeaks && repairable.some((p) => /stale/.test(p)) && !s.coalescing) {
+    await writeFooters(s);
     await storage.flush();
     result.leaksFixed++;
   }

@@ -61,6 +61,8 @@ export interface VhdCreateOptions {
   creator?: { app?: string; version?: number; os?: string };
   /** qemu-img's force_size: true = "qem2" and maximal geometry; false = round up to CHS. Default: exact size, "win ". */
   forceSize?: boolean;
+  /** @internal Tests: put parent locator data after the BAT, as Hyper-V does (our default puts it before). */
+  _locatorsAfterBat?: boolean;
 }
 
 function geometryFor(size: number, forceSize: boolean | undefined): { geometry: VhdGeometry; size: number; app?: string } {
@@ -135,6 +137,7 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     nextFree: 0,
     metadata: [],
     problems: [],
+    repairable: [],
     coalescing: false,
   };
   await storage.truncate(0);
@@ -145,8 +148,12 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     return new VhdDisk(state, false);
   }
   const entries = Math.ceil(size / blockSize);
-  const tableOffset = VHD_SECTOR + DYNAMIC_HEADER_SIZE;
-  let next = tableOffset + batBytes(entries);
+  // Parent locator data goes between the header and the BAT, so that the BAT
+  // can grow in place (resize) by moving blocks only: moving locator data
+  // would mean rewriting both sectors of the header, which a torn write can
+  // leave with a wrong checksum.
+  const legacy = options._locatorsAfterBat === true;
+  let next = VHD_SECTOR + DYNAMIC_HEADER_SIZE + (legacy ? batBytes(entries) : 0);
   const locators: ParentLocatorEntry[] = [];
   const locatorData: Array<{ at: number; bytes: Uint8Array }> = [];
   let parentName = '';
@@ -169,6 +176,8 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     }
   }
   while (locators.length < 8) locators.push(emptyLocator());
+  const tableOffset = legacy ? VHD_SECTOR + DYNAMIC_HEADER_SIZE : next;
+  if (!legacy) next = tableOffset + batBytes(entries);
   const parentFooter = parent?.disk.footer;
   const header: VhdDynamicHeader = {
     cookie: DYNAMIC_HEADER_COOKIE,
@@ -193,7 +202,7 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
   state.nextFree = next;
   state.metadata = [
     { start: 0, end: FOOTER_SIZE, what: 'the footer copy' },
-    { start: VHD_SECTOR, end: tableOffset, what: 'the dynamic header' },
+    { start: VHD_SECTOR, end: VHD_SECTOR + DYNAMIC_HEADER_SIZE, what: 'the dynamic header' },
     { start: tableOffset, end: tableOffset + batBytes(entries), what: 'the BAT' },
     ...locatorData.map((l, i) => ({ start: l.at, end: l.at + locators[i]!.platformDataSpace, what: `parent locator ${i}` })),
   ];

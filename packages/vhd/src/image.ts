@@ -96,9 +96,10 @@ export class VhdDisk implements Disk {
   get parent(): Disk | undefined {
     return this._state.parent;
   }
-  /** Problems seen while opening that did not prevent it (footer copy mismatch, checksums, parent timestamp). */
+  /** Problems seen while opening that did not prevent it (footer copy mismatch, checksums, parent timestamp, what a crash left: see checkVhd). */
   get problems(): readonly string[] {
-    return this._state.problems;
+    const r = this._state.repairable;
+    return r && r.length ? [...this._state.problems, ...r] : this._state.problems;
   }
 
   #check(): void {

@@ -27,6 +27,7 @@ export function vhdInfo(s: VhdState): ImageInfo {
   const mismatch = s.problems.filter((p) => p.includes('footer'));
   if (mismatch.length) specific['footer-mismatch'] = mismatch.join('; ');
   if (s.problems.length) specific.problems = [...s.problems];
+  if (s.repairable?.length) specific.repairable = [...s.repairable];
   if (s.coalescing) specific.coalescing = true;
   const info: ImageInfo = { format: FORMAT, virtualSize: s.size, formatSpecific: specific };
   if (s.type !== 'fixed') info.clusterSize = s.blockSize;

@@ -210,12 +210,28 @@ describe('resize', () => {
     expect((await checkVhd(MemoryStorage.from(storage.toBytes()))).corruptions).toBe(0);
   });
 
-  it('differencing: parent locators in the way of a larger BAT move too', async () => {
+  it('differencing: our parent locators sit before the BAT, so a larger BAT moves blocks only', async () => {
+    const base = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20 });
+    const s = new MemoryStorage({ name: 'c.vhd' });
+    const c = await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd', absolutePath: '/x/b.vhd' }, blockSize: 4096 });
+    await c.write(0, new Uint8Array(4096).fill(2));
+    const header = s.toBytes().slice(1024, 1536); // second sector of the dynamic header: the locator entries
+    await c.resize(8 << 20);
+    const bytes = s.toBytes();
+    expect(Buffer.from(bytes.subarray(1024, 1536)).equals(Buffer.from(header))).toBe(true);
+    const reopened = await openVhd(MemoryStorage.from(bytes, { name: 'c.vhd' }), { noBacking: true });
+    expect(reopened._state.header!.parentLocators[0]!.platformDataOffset).toBeLessThan(reopened._state.header!.tableOffset);
+    expect((await reopened.read(0, 1))[0]).toBe(2);
+    expect((await checkVhd(MemoryStorage.from(bytes))).corruptions).toBe(0);
+  });
+
+  it('differencing: parent locators in the way of a larger BAT (Hyper-V layout) move too', async () => {
     const images = new Map<string, MemoryStorage>();
     const base = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20 });
     await base.write(0, new Uint8Array(1 << 20).fill(1));
     const s = new MemoryStorage({ name: 'c.vhd' });
-    const c = await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd', absolutePath: '/x/b.vhd' }, blockSize: 4096 });
+    const c = await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd', absolutePath: '/x/b.vhd' }, blockSize: 4096, _locatorsAfterBat: true });
+    expect(c._state.header!.parentLocators[0]!.platformDataOffset).toBeGreaterThan(c._state.header!.tableOffset);
     await c.write(0, new Uint8Array(4096).fill(2));
     await c.resize(8 << 20);
     images.set('b.vhd', MemoryStorage.from(await base.read(0, 0)));

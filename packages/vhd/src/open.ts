@@ -121,12 +121,23 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
       offset: chosen.offset,
     });
   }
+  const repairable: string[] = [];
+  let tailMissing = false;
   if (type !== 'fixed') {
     // Both copies should be present and equal (up to the cookie while coalescing).
     const other = chosen === head ? tail : head;
     const where = chosen === head ? 'at the end of the file' : 'at offset 0';
-    if (!good(other)) problems.push(`footer copy ${where} is missing or invalid`);
-    else if (!sameFooter(other.bytes, chosen.bytes)) problems.push(`footer copies at offset 0 and at the end of the file differ`);
+    if (!good(other)) {
+      // No footer at all at the end, behind a valid copy at offset 0: decided once the layout is known.
+      if (chosen === head && !isCookie(tail)) tailMissing = true;
+      else problems.push(`footer copy ${where} is missing or invalid`);
+    } else if (!sameFooter(other.bytes, chosen.bytes)) {
+      if (sameLayout(other.bytes, chosen.bytes)) {
+        repairable.push(`footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`);
+      } else {
+        problems.push(`footer copies at offset 0 and at the end of the file differ`);
+      }
+    }
   }
 
   const sizeMode = options.sizeMode ?? 'auto';
@@ -150,6 +161,7 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     nextFree: 0,
     metadata: [],
     problems,
+    repairable,
     coalescing,
   };
   if (type === 'fixed') {
@@ -159,7 +171,23 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     return state;
   }
   await readDynamic(state, fileSize, options);
+  if (tailMissing) {
+    // A crash while a block was being added at the end of the file: the block
+    // (unreferenced) may have landed but the footer behind it did not.
+    if (fileSize >= state.nextFree + FOOTER_SIZE) {
+      repairable.push(`no footer at the end of the file: an unfinished block allocation after the last block (repair writes the footer at ${hex(state.nextFree)} and cuts what follows)`);
+    } else {
+      problems.push('footer copy at the end of the file is missing or invalid');
+    }
+  }
   return state;
+}
+
+/** Do two footers describe the same disk layout (all but the fields a resize, a timestamp or a coalesce mark change)? */
+function sameLayout(a: Uint8Array, b: Uint8Array): boolean {
+  const changing = (i: number) => i < 8 || (i >= 0x18 && i < 0x1c) || (i >= 0x30 && i < 0x3c) || (i >= 64 && i < 68);
+  for (let i = 0; i < FOOTER_SIZE; i++) if (!changing(i) && a[i] !== b[i]) return false;
+  return true;
 }
 
 function sameFooter(a: Uint8Array, b: Uint8Array): boolean {

@@ -188,7 +188,7 @@ describe('readVhdStream / vhdDriver.readStream', () => {
     const good = await collect((await createVhdStream(d, { blockSize: 4096 })).chunks);
     const fixed = await collect((await createVhdStream(d, { type: 'fixed' })).chunks);
     const cases: Array<[string, Uint8Array]> = [
-      ['footer checksum', (() => { const b = good.slice(); b[0x30] ^= 1; return b; })()],
+      ['footer checksum', (() => { const b = good.slice(); b[0x30] = b[0x30]! ^ 1; return b; })()],
       ['header checksum', (() => { const b = good.slice(); b[512 + 0x3c] = 1; return b; })()],
       ['block size 3000', (() => { const b = good.slice(); u32(b, 512 + 0x20, 3000); u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24)); return b; })()],
       ['huge BAT', (() => { const b = good.slice(); u32(b, 512 + 0x1c, 0xfffffff0); u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24)); return b; })()],

@@ -36,6 +36,12 @@ export interface VhdState {
   metadata: Array<{ start: number; end: number; what: string }>;
   /** Problems found while opening that did not stop it (footer copies, checksums, timestamps). */
   problems: string[];
+  /**
+   * Harmless states a crash leaves behind (an unfinished block allocation
+   * at the end of the file, a stale footer copy): readable as they are,
+   * counted by check as leaks and fixed by its repair.
+   */
+  repairable?: string[];
   /** Set while a coalesce into this image is in progress (COALESCE_COOKIE on disk). */
   coalescing: boolean;
   parent?: Disk;
