@@ -72,6 +72,20 @@ describe('zstd clusters', () => {
     expect(decompressCluster(1, z, 4096, ctx)).toEqual(text);
     expect(await compressCluster(1, seededBytes(4096, 9))).toBeUndefined();
   });
+  it('a frame of many tiny blocks that would expand to gigabytes stops at one cluster', () => {
+    // 60000 RLE blocks of 128 KiB each: 7.5 GiB from 240 KB of input.
+    const blocks = 60000;
+    const frame = new Uint8Array(4 + 2 + blocks * 4);
+    frame.set([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58], 0); // no content size, 32 MiB... window descriptor 0x58: 2^21 = 2 MiB
+    for (let i = 0; i < blocks; i++) {
+      const last = i === blocks - 1 ? 1 : 0;
+      const bh = last | (1 << 1) | ((128 * 1024) << 3);
+      frame.set([bh & 0xff, (bh >> 8) & 0xff, bh >> 16, 7], 6 + i * 4);
+    }
+    const before = process.memoryUsage().arrayBuffers;
+    expect(corruptMessage(() => decompressCluster(1, frame, 65536, ctx))).toMatch(/more than one cluster/);
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * 1024 * 1024);
+  });
   it('RLE blocks', () => {
     expect(decompressCluster(1, zstdRawFrame(new Uint8Array(CS).fill(0x42), { rle: true }), CS, ctx)).toEqual(new Uint8Array(CS).fill(0x42));
   });

@@ -10,7 +10,7 @@
  * pure-JS `fzstd` package elsewhere.
  */
 import * as zlib from 'node:zlib';
-import { decompress as fzstdDecompress } from 'fzstd';
+import { Decompress as FzstdDecompress } from 'fzstd';
 import { corrupt, hex } from '@img/block';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 
@@ -130,6 +130,25 @@ function zstdFrame(input: Uint8Array, at: number, ctx: CompressedContext): { end
   return { end: pos, window, contentSize, skippable: false };
 }
 
+const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
+
+/**
+ * One zstd frame through fzstd's streaming decoder, block by block, so
+ * that a frame of many tiny blocks that each expand to 128 KiB stops at
+ * `room` bytes instead of being decoded whole.
+ */
+function fzstdBounded(frame: Uint8Array, room: number): Uint8Array {
+  const out = new Uint8Array(room);
+  let n = 0;
+  const d = new FzstdDecompress((chunk) => {
+    if (n + chunk.length > room) throw Object.assign(new RangeError('zstd frame decodes past one cluster'), { code: TOO_LARGE });
+    out.set(chunk, n);
+    n += chunk.length;
+  });
+  d.push(frame, true);
+  return out.subarray(0, n);
+}
+
 function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
   let output: Uint8Array | undefined;
   let inPos = 0;
@@ -145,7 +164,7 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
     if (frame.window > MAX_ZSTD_WINDOW) throw bad(ctx, `asks for a zstd window of ${frame.window} bytes`);
     let produced: Uint8Array;
     try {
-      const out = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdDecompress(slice);
+      const out = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdBounded(slice, room);
       produced = new Uint8Array(out.buffer, out.byteOffset, out.length);
     } catch (e) {
       if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`, e);
