@@ -53,7 +53,7 @@ export class BitmapTracker {
   }
 
   /** Reads the directory; undefined when no bitmap is enabled (nothing to track). */
-  static async load(hooks: TrackerHooks, ext: BitmapsExtension, fileSize: number): Promise<BitmapTracker | undefined> {
+  static async load(hooks: TrackerHooks, ext: BitmapsExtension, fileSize: number, diskSize: number): Promise<BitmapTracker | undefined> {
     const { bitmapDirectoryOffset: offset, bitmapDirectorySize: size, nbBitmaps } = ext;
     if (offset + size > fileSize || size > 64 * 1024 * 1024) return undefined;
     const dir = await hooks.storage.read(offset, size);
@@ -67,7 +67,9 @@ export class BitmapTracker {
       const nameSize = readU16Be(dir, at + 18);
       const extra = readU32Be(dir, at + 20);
       const usable = (flags & FLAG_AUTO) !== 0 && (flags & FLAG_IN_USE) === 0 && type === TYPE_DIRTY_TRACKING && (extra === 0 || (flags & FLAG_EXTRA_COMPATIBLE) !== 0);
-      if (usable && granularityBits >= 9 && granularityBits <= 31 && tableOffset + tableSize * 8 <= fileSize) {
+      // The table must have exactly the entries the disk size needs (which also bounds what is read).
+      const expected = Math.ceil(Math.ceil(diskSize / 2 ** granularityBits) / (hooks.clusterSize * 8));
+      if (usable && granularityBits >= 9 && granularityBits <= 31 && tableSize === expected && tableOffset + tableSize * 8 <= fileSize) {
         const name = new TextDecoder().decode(dir.subarray(at + ENTRY_FIXED + extra, at + ENTRY_FIXED + extra + nameSize));
         tracked.push({ entryAt: at, tableOffset, tableSize, granularity: 2 ** granularityBits, name });
       }

@@ -97,6 +97,7 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
         { storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => w.allocateClusters(n), flush: () => s.storage.flush() },
         bitmaps!,
         s.fileSize,
+        h.size,
       );
     }
     const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
