@@ -1,10 +1,13 @@
 /**
  * Storage over a local file, through fs/promises FileHandle positional
- * reads and writes (pread/pwrite). flush() is fdatasync.
+ * reads and writes (pread/pwrite). flush() is fdatasync. Where the optional
+ * native helper was built at install time, `ranges()` reports the file's
+ * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { ERROR_CODES, ImageError } from '../errors.js';
-import type { Storage } from '../storage.js';
+import type { Storage, StorageRange } from '../storage.js';
+import { seekAddon } from './seek.js';
 
 export interface FileStorageOptions {
   readOnly?: boolean;
@@ -24,11 +27,39 @@ export class FileStorage implements Storage {
   readonly readOnly: boolean;
   #fh: FileHandle;
   #closed = false;
+  /**
+   * Data and hole runs of the file (SEEK_DATA/SEEK_HOLE). Present only when
+   * the native helper is available; otherwise callers read everything.
+   */
+  readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
 
   private constructor(path: string, fh: FileHandle, readOnly: boolean) {
     this.name = path;
     this.#fh = fh;
     this.readOnly = readOnly;
+    const addon = seekAddon();
+    if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
+  }
+
+  async #ranges(seekRanges: (fd: number, offset: number, length: number) => Float64Array, offset: number, length: number): Promise<StorageRange[]> {
+    this.#check();
+    let runs: Float64Array;
+    try {
+      runs = seekRanges(this.#fh.fd, offset, length);
+    } catch (e) {
+      throw ioError(this.name, `lseek at ${offset}`, e);
+    }
+    const out: StorageRange[] = [];
+    let pos = offset;
+    for (let i = 0; i + 1 < runs.length; i += 2) {
+      const start = runs[i]!;
+      const end = runs[i + 1]!;
+      if (start > pos) out.push({ offset: pos, length: start - pos, data: false });
+      out.push({ offset: start, length: end - start, data: true });
+      pos = end;
+    }
+    if (pos < offset + length) out.push({ offset: pos, length: offset + length - pos, data: false });
+    return out;
   }
 
   /** Opens an existing file (read-only unless told otherwise). */

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "img_seek",
+      "sources": ["native/seek.c"],
+      "cflags": ["-O2", "-Wall"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

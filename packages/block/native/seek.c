@@ -1,0 +1,108 @@
+/*
+ * seek_ranges(fd, offset, length) -> Float64Array [start0, end0, start1, end1, ...]
+ *
+ * The data runs of [offset, offset+length) of an open file, found with
+ * lseek(SEEK_DATA / SEEK_HOLE): holes are never read. Node has no lseek,
+ * so this is the one native helper of @img/block; it is optional and the
+ * raw driver falls back to reading (and zero-scanning) everything.
+ *
+ * lseek moves the descriptor's cursor; FileStorage only uses positional
+ * I/O (pread/pwrite), so the cursor is never relied on. Runs on the main
+ * thread: SEEK_DATA/SEEK_HOLE answer from the file system's extent tree
+ * without I/O on the file's data.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#define CHECK(call)                                  \
+  do {                                               \
+    if ((call) != napi_ok) return NULL;              \
+  } while (0)
+
+static napi_value throw_errno(napi_env env, int err, const char *what) {
+  char code[32];
+  char msg[160];
+  snprintf(code, sizeof code, "E%d", err);
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, code, msg);
+  return NULL;
+}
+
+static napi_value seek_ranges(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3) {
+    napi_throw_type_error(env, NULL, "seekRanges(fd, offset, length)");
+    return NULL;
+  }
+  int32_t fd;
+  double offset_d, length_d;
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_double(env, argv[1], &offset_d));
+  CHECK(napi_get_value_double(env, argv[2], &length_d));
+  if (offset_d < 0 || length_d < 0 || offset_d + length_d > 9007199254740991.0) {
+    napi_throw_range_error(env, NULL, "seekRanges: offset/length out of range");
+    return NULL;
+  }
+  off_t pos = (off_t)offset_d;
+  off_t end = (off_t)(offset_d + length_d);
+
+  size_t cap = 64, n = 0;
+  double *runs = malloc(cap * sizeof(double));
+  if (!runs) return throw_errno(env, ENOMEM, "seekRanges");
+  while (pos < end) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break; /* no data past pos: the rest is a hole */
+      int err = errno;
+      free(runs);
+      return throw_errno(env, err, "lseek(SEEK_DATA)");
+    }
+    if (data >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) {
+      int err = errno;
+      free(runs);
+      return throw_errno(env, err, "lseek(SEEK_HOLE)");
+    }
+    if (hole > end) hole = end;
+    if (hole <= data) break; /* cannot happen on a sane file system; never loop forever */
+    if (n + 2 > cap) {
+      cap *= 2;
+      double *grown = realloc(runs, cap * sizeof(double));
+      if (!grown) {
+        free(runs);
+        return throw_errno(env, ENOMEM, "seekRanges");
+      }
+      runs = grown;
+    }
+    runs[n++] = (double)data;
+    runs[n++] = (double)hole;
+    pos = hole;
+  }
+
+  napi_value ab, out;
+  void *bytes;
+  if (napi_create_arraybuffer(env, n * sizeof(double), &bytes, &ab) != napi_ok) {
+    free(runs);
+    return NULL;
+  }
+  if (n) memcpy(bytes, runs, n * sizeof(double));
+  free(runs);
+  CHECK(napi_create_typedarray(env, napi_float64_array, n, ab, 0, &out));
+  return out;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_value fn;
+  CHECK(napi_create_function(env, "seekRanges", NAPI_AUTO_LENGTH, seek_ranges, NULL, &fn));
+  CHECK(napi_set_named_property(env, exports, "seekRanges", fn));
+  return exports;
+}

@@ -1,0 +1,73 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { tempDir } from '@img/testkit';
+import { FileStorage } from './file-storage.js';
+import { seekAddon } from './seek.js';
+import { openRaw } from '../raw.js';
+import { sparseCopy } from '../sparse-copy.js';
+import { createRaw } from '../raw.js';
+import { MemoryStorage } from '../memory-storage.js';
+
+const MiB = 1024 * 1024;
+const built = existsSync(new URL('../../build/Release/img_seek.node', import.meta.url));
+
+describe('SEEK_DATA/SEEK_HOLE helper', () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.cleanup());
+
+  it('is loaded when it was built, and FileStorage has ranges exactly then', async () => {
+    if (!built) console.warn('native helper not built: FileStorage.ranges is absent and raw holes are read (fallback)');
+    expect(seekAddon() !== undefined).toBe(built && !process.env.IMG_NO_NATIVE);
+    const s = await FileStorage.create(join(tmp.path, 'probe.bin'));
+    expect(typeof s.ranges === 'function').toBe(seekAddon() !== undefined);
+    await s.close();
+  });
+
+  it.skipIf(!seekAddon())('reports data and hole runs of a sparse file as a gap-free cover, and raw extents follow them', async () => {
+    const path = join(tmp.path, 'sparse.raw');
+    const s = await FileStorage.create(path);
+    await s.truncate(64 * MiB);
+    await s.write(4 * MiB, new Uint8Array(MiB).fill(1));
+    await s.write(40 * MiB, new Uint8Array(2 * MiB).fill(2));
+    const ranges = await s.ranges!(0, 64 * MiB);
+    expect(ranges).toEqual([
+      { offset: 0, length: 4 * MiB, data: false },
+      { offset: 4 * MiB, length: MiB, data: true },
+      { offset: 5 * MiB, length: 35 * MiB, data: false },
+      { offset: 40 * MiB, length: 2 * MiB, data: true },
+      { offset: 42 * MiB, length: 22 * MiB, data: false },
+    ]);
+    // A window that starts and ends inside runs is clipped to the window.
+    expect(await s.ranges!(4 * MiB + 4096, 36 * MiB)).toEqual([
+      { offset: 4 * MiB + 4096, length: MiB - 4096, data: true },
+      { offset: 5 * MiB, length: 35 * MiB, data: false },
+      { offset: 40 * MiB, length: 4096, data: true },
+    ]);
+    await s.close();
+
+    const disk = await openRaw(await FileStorage.open(path));
+    const extents = [];
+    for await (const e of disk.extents()) extents.push([e.offset / MiB, e.length / MiB, e.kind]);
+    expect(extents).toEqual([
+      [0, 4, 'zero'],
+      [4, 1, 'data'],
+      [5, 35, 'zero'],
+      [40, 2, 'data'],
+      [42, 22, 'zero'],
+    ]);
+    // A copy reads only the data runs.
+    const dst = await createRaw(new MemoryStorage(), { size: disk.size });
+    const result = await sparseCopy(disk, dst);
+    expect(result.bytesRead).toBe(3 * MiB);
+    expect(await dst.read(40 * MiB, 4)).toEqual(new Uint8Array([2, 2, 2, 2]));
+    await disk.close();
+  });
+
+  it.skipIf(!seekAddon())('reports an I/O error (not a crash) on a closed descriptor', async () => {
+    const s = await FileStorage.create(join(tmp.path, 'closed.bin'));
+    const ranges = s.ranges!;
+    await s.close();
+    await expect(ranges(0, 4096)).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+  });
+});
