@@ -109,7 +109,7 @@ describe('writing into qemu-made images', () => {
             expect(q.status, q.stderr + JSON.stringify(q.result)).toBe(0);
           }
         }),
-        { seed: 99, numRuns: 12 },
+        { seed: Number(process.env.IMG_SEED ?? 99), numRuns: Number(process.env.IMG_RUNS ?? 12) },
       );
     });
   }
