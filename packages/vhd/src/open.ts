@@ -23,6 +23,9 @@ import { VhdDisk } from './image.js';
 import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
 
+/** Largest block size an untrusted open accepts (the largest any known writer uses). */
+export const UNTRUSTED_MAX_BLOCK_SIZE = 2 * 1024 * 1024;
+
 /** Options of openVhd: the generic OpenOptions plus VHD's own. */
 export interface VhdOpenOptions extends OpenOptions {
   /**
@@ -103,6 +106,9 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     else if (isCookie(head) && sparse(head)) chosen = head;
     else if (isCookie(tail)) chosen = tail;
     if (!chosen) throw corrupt(FORMAT, file, 'no VHD footer ("conectix") at offset 0 or at the end of the file', { field: 'footer cookie', offset: Math.max(0, fileSize - FOOTER_SIZE) });
+    if (options.untrusted) {
+      throw corrupt(FORMAT, file, `footer checksum at ${hex(chosen.offset + 64)} is wrong (untrusted opens need a valid footer)`, { field: 'footer checksum', offset: chosen.offset + 64 });
+    }
     problems.push(`footer checksum at ${hex(chosen.offset)} is wrong`);
   }
   let footer: VhdFooter;
@@ -135,6 +141,9 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
       if (sameLayout(other.bytes, chosen.bytes)) {
         repairable.push(`footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`);
       } else {
+        if (options.untrusted) {
+          throw corrupt(FORMAT, file, 'the footer copies at offset 0 and at the end of the file describe different disks (untrusted opens refuse to choose)', { field: 'footer', offset: 0 });
+        }
         problems.push(`footer copies at offset 0 and at the end of the file differ`);
       }
     }
@@ -211,10 +220,20 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   const h = parseDynamicHeader(hb);
   const at = s.headerOffset;
   if (h.cookie !== DYNAMIC_HEADER_COOKIE) throw corrupt(FORMAT, file, `no dynamic disk header ("cxsparse") at ${hex(at)}`, { field: 'dynamic header cookie', offset: at });
-  if (dynamicHeaderChecksum(hb) !== h.checksum) s.problems.push(`dynamic header checksum at ${hex(at + 0x24)} is wrong`);
+  if (dynamicHeaderChecksum(hb) !== h.checksum) {
+    if (options.untrusted) throw corrupt(FORMAT, file, `dynamic header checksum at ${hex(at + 0x24)} is wrong`, { field: 'dynamic header checksum', offset: at + 0x24 });
+    s.problems.push(`dynamic header checksum at ${hex(at + 0x24)} is wrong`);
+  }
   const bs = h.blockSize;
   if (bs < VHD_SECTOR || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0) {
     throw corrupt(FORMAT, file, `block size ${bs} at ${hex(at + 0x20)} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'block size', offset: at + 0x20, actual: bs });
+  }
+  if (options.untrusted && bs > UNTRUSTED_MAX_BLOCK_SIZE) {
+    throw unsafe(FORMAT, file, `block size ${bs} at ${hex(at + 0x20)} is larger than ${UNTRUSTED_MAX_BLOCK_SIZE} (what Hyper-V, Virtual PC and qemu write); untrusted opens refuse it`, {
+      field: 'block size',
+      offset: at + 0x20,
+      actual: bs,
+    });
   }
   const entries = h.maxTableEntries;
   if (entries > MAX_BAT_ENTRIES) {
@@ -246,7 +265,9 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (l.platformCode === PLATFORM_CODE.NONE || l.platformDataLength === 0) return;
     const end = l.platformDataOffset + l.platformDataLength;
     if (l.platformDataLength > MAX_LOCATOR_DATA || !Number.isSafeInteger(end) || end > fileSize || l.platformDataOffset < VHD_SECTOR) {
-      s.problems.push(`parent locator ${i} (${l.platformCode}) data at ${hex(l.platformDataOffset)}+${l.platformDataLength} lies outside the file`);
+      const message = `parent locator ${i} (${l.platformCode}) data at ${hex(l.platformDataOffset)}+${l.platformDataLength} lies outside the file`;
+      if (options.untrusted) throw corrupt(FORMAT, file, message, { field: `parent locator ${i}`, offset: at + 0x240 + i * 24 });
+      s.problems.push(message);
       return;
     }
     const start = l.platformDataOffset;
