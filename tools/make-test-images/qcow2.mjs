@@ -114,7 +114,7 @@ const refcountRecipes = [1, 2, 4, 8, 16, 32, 64].map((bits) => ({
 
 const compressionRecipes = [];
 for (const type of ['zlib', 'zstd']) {
-  for (const [cs, label, size] of [[512, '512', 24 * K], [4 * K, '4k', 96 * K], [64 * K, '64k', 256 * K]]) {
+  for (const [cs, label, size] of [[512, '512', 24 * K], [4 * K, '4k', 96 * K], [64 * K, '64k', 128 * K]]) {
     compressionRecipes.push({
       file: `qcow2/compressed-${type}-${label}.qcow2`,
       format: 'qcow2',
@@ -131,10 +131,10 @@ export const recipes = [
   {
     file: 'qcow2/v3-64k.qcow2',
     format: 'qcow2',
-    description: 'v3 defaults (64 KiB clusters): data, unaligned partial clusters, a zero cluster, holes',
+    description: 'v3 defaults (64 KiB clusters): data, a partial cluster, a zero cluster, holes',
     build({ path, dir }) {
       create(dir, path, 1 * M);
-      io(dir, basename(path), 'write -P 0xab 0 64k', 'write -P 0xcd 100k 8k', 'write -z 512k 64k', 'write -P 0xef 1000k 24k');
+      io(dir, basename(path), 'write -P 0xab 0 40k', 'write -z 512k 64k', 'write -P 0xef 1000k 24k');
     },
   },
   {
@@ -244,7 +244,7 @@ export const recipes = [
     manifest: false,
     description: 'raw backing file of over-raw.qcow2 (fully written, so qemu sees no holes)',
     build({ path }) {
-      writeFileSync(path, Buffer.concat([noise(64 * K, 7), text(64 * K, 8)]));
+      writeFileSync(path, Buffer.concat([noise(32 * K, 7), text(32 * K, 8)]));
     },
   },
   {
@@ -327,11 +327,11 @@ export const recipes = [
   {
     file: 'qcow2/shrunk.qcow2',
     format: 'qcow2',
-    description: 'created at 256 KiB, written, shrunk to 100 KiB (qemu-img resize --shrink)',
+    description: 'created at 256 KiB, written across the new end, shrunk to 100 KiB (qemu-img resize --shrink)',
     build({ path, dir }) {
       const f = basename(path);
       create(dir, path, 256 * K, 'cluster_size=4k');
-      io(dir, f, 'write -P 0xf5 0 256k');
+      io(dir, f, 'write -P 0xf5 0 64k', 'write -P 0xf6 96k 8k', 'write -P 0xf7 200k 56k');
       img(dir, 'resize', '--shrink', f, String(100 * K));
     },
   },
@@ -358,8 +358,8 @@ export const recipes = [
       // until the restore-cwd recipe below.
       process.chdir(dir);
       const f = basename(path);
-      create(dir, path, 128 * K, 'cluster_size=4k,data_file=data-file.img,data_file_raw=on');
-      io(dir, f, 'write -P 0x13 0 12k', 'write -P 0x14 64k 4k', 'write -z 4k 4k');
+      create(dir, path, 64 * K, 'cluster_size=4k,data_file=data-file.img,data_file_raw=on');
+      io(dir, f, 'write -P 0x13 0 12k', 'write -P 0x14 40k 4k', 'write -z 4k 4k');
     },
   },
   {
