@@ -1,0 +1,30 @@
+#!/usr/bin/env node
+/**
+ * pnpm bench: runs the benchmark and writes its table into BENCHMARKS.md.
+ *
+ * Environment (all optional):
+ *   IMG_BENCH_DIR      work directory for inputs and outputs (default /tmp/img-bench)
+ *   IMG_BENCH_RUNS     timed runs per tool and row (default 5), after IMG_BENCH_WARMUP (default 1)
+ *   IMG_BENCH_INPUTS   e.g. A,B (default A,B,C,D); E (for -c and the Disk API) is always made when needed
+ *   IMG_BENCH_PAIRS    e.g. raw:qcow2,qcow2:raw (qemu format names; default all seven)
+ *   IMG_BENCH_COMPRESS deflate,zstd (default) or none
+ *   IMG_BENCH_DISK_OPS 4 KiB requests per Disk API row (default 100000; 0 skips)
+ *   IMG_BENCH_SCALE    shrink the inputs (e.g. 0.001 for a smoke run)
+ *   IMG_BENCH_OUT      report path (default BENCHMARKS.md at the repository root); "-" prints it
+ *   IMG_BENCH_KEEP=1   keep the inputs for the next run
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { configFromEnv, runBench } from './bench.mjs';
+import { renderMarkdown, writeReport } from './report.mjs';
+
+const cfg = configFromEnv();
+const result = await runBench(cfg);
+// The raw numbers, for a closer look (not committed).
+writeFileSync(join(cfg.dir, 'last-run.json'), JSON.stringify(result, null, 2));
+const markdown = renderMarkdown(result);
+if (cfg.out === '-') process.stdout.write(`${markdown}\n`);
+else {
+  writeReport(cfg.out, markdown);
+  process.stderr.write(`wrote ${cfg.out}\n`);
+}

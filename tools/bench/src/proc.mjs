@@ -1,0 +1,66 @@
+/**
+ * Child processes: run a command, or run it under GNU time (Debian's
+ * `time` package) to get wall time, CPU time and peak RSS of the child.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** Runs a command; resolves with its stdout, rejects with its stderr on failure. */
+export function run(cmd, args, options = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+    const out = [];
+    const err = [];
+    child.stdout.on('data', (d) => out.push(d));
+    child.stderr.on('data', (d) => err.push(d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const stdout = Buffer.concat(out).toString();
+      const stderr = Buffer.concat(err).toString();
+      if (code === 0 || options.allowFail) resolve({ code, stdout, stderr });
+      else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}: ${stderr.trim()}`));
+    });
+  });
+}
+
+export const GNU_TIME = '/usr/bin/time';
+
+export function haveGnuTime() {
+  return existsSync(GNU_TIME);
+}
+
+let counter = 0;
+
+/**
+ * Runs a command under GNU time. Returns { wall, user, sys, cpu, rssMiB }
+ * (seconds, MiB). Without GNU time, falls back to wall time only.
+ */
+export async function timed(cmd, args, options = {}) {
+  if (!haveGnuTime()) {
+    const t0 = performance.now();
+    const { stdout, stderr } = await run(cmd, args, options);
+    const wall = (performance.now() - t0) / 1000;
+    return { wall, user: NaN, sys: NaN, cpu: NaN, rssMiB: NaN, stdout, stderr };
+  }
+  const out = join(tmpdir(), `img-bench-time-${process.pid}-${counter++}.txt`);
+  try {
+    // GNU time's %e has 10 ms resolution: wall time is taken here instead.
+    const t0 = performance.now();
+    const { stdout, stderr } = await run(GNU_TIME, ['-o', out, '-f', '%e %U %S %M', cmd, ...args], options);
+    const wall = (performance.now() - t0) / 1000;
+    const [, user, sys, rss] = readFileSync(out, 'utf8').trim().split('\n').pop().split(/\s+/).map(Number);
+    return { wall, user, sys, cpu: user + sys, rssMiB: rss / 1024, stdout, stderr };
+  } finally {
+    await rm(out, { force: true });
+  }
+}
+
+export function median(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
