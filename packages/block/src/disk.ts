@@ -78,6 +78,12 @@ export interface Disk {
   /** Opens an internal snapshot read-only (formats with snapshots). */
   openSnapshot?(idOrName: string): Promise<Disk>;
   /**
+   * Writes whole clusters compressed (formats with compression: qcow2).
+   * `offset` is cluster-aligned and `data` whole clusters (or ends at the
+   * end of the disk); a cluster that does not shrink is stored plain.
+   */
+  writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
+  /**
    * Rewrites the backing file reference only (rebase -u): the name and
    * format stored in the image, or none. Content is not touched.
    */
@@ -114,6 +120,8 @@ export interface ResolveRequest {
   from: Storage;
   /** Open for writing? Backing files and parents are opened read-only unless a commit needs them. */
   writable: boolean;
+  /** Create the file (a new external data file); implies writable. */
+  create?: boolean;
 }
 
 /**

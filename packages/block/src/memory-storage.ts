@@ -110,6 +110,16 @@ export class MemoryStorage implements Storage {
     this.#size = Math.max(this.#size, position + data.length);
   }
 
+  async writev(position: number, chunks: readonly Uint8Array[]): Promise<void> {
+    this.#checkWritable();
+    let at = position;
+    for (const c of chunks) {
+      checkRange(at, c.length);
+      this.#writeSync(at, c);
+      at += c.length;
+    }
+  }
+
   async truncate(size: number): Promise<void> {
     this.#checkWritable();
     checkRange(size, 0);

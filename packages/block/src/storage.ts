@@ -31,6 +31,11 @@ export interface Storage {
   readInto(position: number, target: Uint8Array): Promise<number>;
   /** Writes all of `data` at `position`, growing the storage if needed. */
   write(position: number, data: Uint8Array): Promise<void>;
+  /**
+   * Optional: writes several buffers at consecutive positions in one call
+   * (writev), so callers need not copy contiguous pieces together.
+   */
+  writev?(position: number, chunks: readonly Uint8Array[]): Promise<void>;
   /** Sets the size; growing fills with zeros (sparse where the backend can). */
   truncate(size: number): Promise<void>;
   /** Durability barrier: everything written before is on stable storage when it resolves. */

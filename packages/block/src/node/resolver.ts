@@ -17,4 +17,6 @@ export function resolveRelative(request: Pick<ResolveRequest, 'name' | 'from'>):
  * data files relative to the image that names them.
  */
 export const fileResolver: Resolver = async (request) =>
-  FileStorage.open(resolveRelative(request), { readOnly: !request.writable });
+  request.create
+    ? FileStorage.create(resolveRelative(request), { exclusive: true })
+    : FileStorage.open(resolveRelative(request), { readOnly: !request.writable });
