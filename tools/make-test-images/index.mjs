@@ -60,7 +60,9 @@ async function main() {
           entry.snapshots.push({
             id: s.id,
             name: s.name,
-            virtualSize: s['disk-size'] ?? info['virtual-size'],
+            // qemu-img info does not print a snapshot's disk size, and convert -l exports at the
+            // current size: the manifest records the size the export has.
+            virtualSize: info['virtual-size'],
             sha256: await rawSha256(path, recipe.qemuFormat ?? recipe.format, s.id),
           });
         }

@@ -4,7 +4,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 export function run(cmd, args, options = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, ...options });
@@ -17,6 +17,12 @@ export function run(cmd, args, options = {}) {
 
 export function qemuImg(...args) {
   return run('qemu-img', args).stdout;
+}
+
+// qemu 7.2 resolves some names found inside an image (external data files)
+// against its working directory, not the image's: run it beside the image.
+function beside(path) {
+  return { cwd: dirname(path) };
 }
 
 /** qemu-io -f fmt -c cmd -c cmd file */
@@ -47,7 +53,7 @@ export async function rawSha256(path, format, snapshot) {
     const args = ['convert', '-f', format, '-O', 'raw'];
     if (snapshot !== undefined) args.push('-l', `snapshot.id=${snapshot}`);
     args.push(path, out);
-    run('qemu-img', args);
+    run('qemu-img', args, beside(path));
     return await sha256File(out);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -55,11 +61,11 @@ export async function rawSha256(path, format, snapshot) {
 }
 
 export function qemuMap(path, format) {
-  return JSON.parse(qemuImg('map', '--output=json', '-f', format, path));
+  return JSON.parse(run('qemu-img', ['map', '--output=json', '-f', format, path], beside(path)).stdout);
 }
 
 export function qemuInfo(path, format) {
-  return JSON.parse(qemuImg('info', '--output=json', '-f', format, path));
+  return JSON.parse(run('qemu-img', ['info', '--output=json', '-f', format, path], beside(path)).stdout);
 }
 
 export { execFileSync };
