@@ -67,13 +67,14 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
       data: { format: FORMAT, file, field: 'parent locator' },
     });
   }
+  const writable = options.writableParent ?? options.backingWritable ?? false;
   const candidates = await parentCandidates(s, options.searchPath);
   const tried: string[] = [];
   let mismatch: ImageError | undefined;
   for (const name of candidates) {
     let storage: Storage;
     try {
-      storage = await resolver({ name, kind: 'parent', from: s.storage, writable: options.writableParent ?? false });
+      storage = await resolver({ name, kind: 'parent', from: s.storage, writable: writable });
     } catch (e) {
       tried.push(`${name} (${(e as Error).message})`);
       continue;
@@ -86,8 +87,9 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
     try {
       parent = await openVhd(storage, {
         ...options,
-        readOnly: !(options.writableParent ?? false),
+        readOnly: !writable,
         writableParent: false,
+        backingWritable: false,
         allowCoalescing: true,
         chain: [...chain, file],
         _uuids: [...uuids, s.footer.uniqueId],

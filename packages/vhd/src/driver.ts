@@ -45,7 +45,10 @@ async function create(storage: Storage, options: CreateOptions): Promise<VhdDisk
     typed.parent = { disk, relativePath: backing, ...(isAbsolutePath(parentStorage.name) ? { absolutePath: parentStorage.name } : {}) };
     typed.type = 'differencing';
   }
-  return createVhd(storage, typed);
+  const disk = await createVhd(storage, typed);
+  const resolver = (options as OpenOptions).resolver;
+  if (resolver) disk._state.resolver = resolver;
+  return disk;
 }
 
 /**

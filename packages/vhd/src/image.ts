@@ -28,6 +28,7 @@ import { FORMAT, type VhdState } from './state.js';
 import { extentRuns } from './extents.js';
 import { vhdInfo } from './info.js';
 import { resizeVhd } from './resize.js';
+import { makeVhdEmpty, setVhdBacking } from './backing.js';
 import { writeBatEntry, writeFooters } from './write-metadata.js';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
@@ -94,6 +95,10 @@ export class VhdDisk implements Disk {
   }
   /** The open parent of a differencing disk (undefined with noBacking). */
   get parent(): Disk | undefined {
+    return this._state.parent;
+  }
+  /** The open parent (the generic Disk name for `parent`, used by img commit and rebase). */
+  get backing(): Disk | undefined {
     return this._state.parent;
   }
   /** Problems seen while opening that did not prevent it (footer copy mismatch, checksums, parent timestamp, what a crash left: see checkVhd). */
@@ -426,6 +431,32 @@ export class VhdDisk implements Disk {
         this._dropCaches();
       }),
     );
+  }
+
+  /**
+   * Deallocates every block so reads fall through to the parent (zeros in a
+   * dynamic disk): what `img commit` does to the top after copying it down.
+   */
+  async makeEmpty(): Promise<void> {
+    this.#check();
+    if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
+    await this.#exclusive(() =>
+      this.#alloc.run(async () => {
+        await makeVhdEmpty(this);
+        this._dropCaches();
+      }),
+    );
+  }
+
+  /**
+   * Rewrites the parent reference (rebase -u): locators, unicode name and,
+   * when the resolver finds the new parent, its unique id and timestamp;
+   * `undefined` makes the disk dynamic. See backing.ts.
+   */
+  async setBacking(name: string | undefined, format?: string): Promise<void> {
+    this.#check();
+    if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
+    await this.#exclusive(() => this.#alloc.run(() => setVhdBacking(this, name, format)));
   }
 
   /** Runs an I/O operation; waits while an exclusive one (resize) runs. */

@@ -43,7 +43,7 @@ export interface VhdOpenOptions extends OpenOptions {
    * meaningful under its child). Set internally when opening a parent.
    */
   allowCoalescing?: boolean;
-  /** Open the parent writable (coalesce does). */
+  /** Open the parent writable (coalesce does; `backingWritable` is the generic name). */
   writableParent?: boolean;
   /** @internal check(): collect bad BAT entries here instead of refusing the image. */
   _batProblems?: Array<{ index: number; message: string }>;
@@ -342,6 +342,7 @@ export async function openVhd(storage: Storage, options: VhdOpenOptions = {}): P
   const readOnly = options.readOnly ?? true;
   if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, storage.name);
   const state = await readVhdLayout(storage, options);
+  if (options.resolver && !options.untrusted) state.resolver = options.resolver;
   if (state.type === 'differencing' && !options.noBacking) {
     if (options.untrusted) {
       throw unsafe(FORMAT, storage.name, 'differencing disk refers to a parent; untrusted opens do not follow it (use noBacking)', { field: 'parent locator' });

@@ -2,7 +2,7 @@
  * The in-memory layout of an open VHD, shared by the modules that read,
  * write, resize, check and coalesce it. Internal: not exported from index.
  */
-import type { Disk, Storage } from '@img/block';
+import type { Disk, Resolver, Storage } from '@img/block';
 import type { VhdDynamicHeader } from './dynamic-header.js';
 import type { VhdFooter, VhdType } from './footer.js';
 import type { VhdSizeMode } from './geometry.js';
@@ -45,6 +45,8 @@ export interface VhdState {
   /** Set while a coalesce into this image is in progress (COALESCE_COOKIE on disk). */
   coalescing: boolean;
   parent?: Disk;
+  /** The resolver the image was opened with (setBacking looks the new parent up through it). */
+  resolver?: Resolver;
   /** The name the parent was found under, and its storage name. */
   parentName?: string;
   parentFile?: string;
