@@ -1,5 +1,10 @@
 #!/usr/bin/env node
-import { processIo } from '../cli/common.js';
-import { convertMain } from '../cli/img-convert.js';
+// libuv's pool runs every file read and write; its default of 4 threads is
+// shared by reads, writes and flushes of both images, so a copy with
+// several requests in flight queues behind it. The size is read once, when
+// the pool starts (first I/O), so it is set before anything is imported.
+process.env.UV_THREADPOOL_SIZE ??= '8';
+const { processIo } = await import('../cli/common.js');
+const { convertMain } = await import('../cli/img-convert.js');
 
 process.exitCode = await convertMain('img-convert', process.argv.slice(2), processIo);

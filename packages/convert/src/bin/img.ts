@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-import { processIo } from '../cli/common.js';
-import { imgMain } from '../cli/img.js';
+// See img-convert.ts: the libuv pool size must be set before the first I/O.
+process.env.UV_THREADPOOL_SIZE ??= '8';
+const { processIo } = await import('../cli/common.js');
+const { imgMain } = await import('../cli/img.js');
 
 process.exitCode = await imgMain(process.argv.slice(2), processIo);
