@@ -31,6 +31,7 @@ export function configFromEnv(env = process.env) {
     inputs: list(env.IMG_BENCH_INPUTS, ['A', 'B', 'C', 'D']),
     pairs: list(env.IMG_BENCH_PAIRS, ALL_PAIRS),
     compress: list(env.IMG_BENCH_COMPRESS, ['deflate', 'zstd']).filter((c) => c !== 'none' && c !== '0'),
+    compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
     out: env.IMG_BENCH_OUT ?? join(repoRoot, 'BENCHMARKS.md'),
@@ -111,7 +112,7 @@ async function convertRows(cfg, files, layout) {
 async function compressRows(cfg, paths) {
   const rows = [];
   for (const codec of cfg.compress) {
-    for (const from of ['raw', 'qcow2']) {
+    for (const from of cfg.compressFrom) {
       const opts = codec === 'zstd' ? ['-o', 'compression_type=zstd'] : [];
       const dstImg = join(cfg.dir, 'out-img-c.qcow2');
       const dstQemu = join(cfg.dir, 'out-qemu-c.qcow2');

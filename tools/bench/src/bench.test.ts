@@ -25,6 +25,7 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
       IMG_BENCH_INPUTS: 'A,B,D',
       IMG_BENCH_DISK_OPS: '64',
       IMG_BENCH_QUIET: '1',
+      IMG_BENCH_COMPRESS_FROM: 'raw,qcow2',
     });
     const result = await runBench(cfg);
     expect(result.convert).toHaveLength(3 * 7);
