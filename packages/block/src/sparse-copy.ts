@@ -179,8 +179,10 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
   try {
     for await (const big of source) {
-      // Zero and hole extents are handled whole; data is split into chunks.
-      const pieces = big.kind === 'data' ? chunkExtents([big], chunkSize) : clipExtents([big], big.offset, big.length);
+      // Extents that only need skipping are handled whole; anything that
+      // reads or writes is split into chunks, so progress and abort stay responsive.
+      const skipOnly = big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly));
+      const pieces = skipOnly ? clipExtents([big], big.offset, big.length) : chunkExtents([big], chunkSize);
       for await (const e of pieces) {
         if (failure) break;
         if (signal?.aborted) throw abortError(signal);
