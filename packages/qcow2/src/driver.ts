@@ -8,6 +8,8 @@ import { openQcow2 } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
 import { checkQcow2 } from './check.js';
 import { measureQcow2 } from './measure.js';
+import { createQcow2Stream, qcow2StreamOptionsFrom } from './stream.js';
+import { readQcow2Stream } from './read-stream.js';
 
 /** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic). */
 export const qcow2Driver: FormatDriver = {
@@ -18,6 +20,8 @@ export const qcow2Driver: FormatDriver = {
   createOptions: QCOW2_CREATE_OPTIONS,
   check: (storage, options) => checkQcow2(storage, options),
   measure: (input) => measureQcow2(input),
+  stream: async (source, options) => createQcow2Stream(source, qcow2StreamOptionsFrom(options)),
+  readStream: (input, options) => readQcow2Stream(input, options),
 };
 
 let formats: FormatRegistry | undefined;

@@ -4,14 +4,17 @@
  * (metadata only); every table is laid out; then header, refcount table
  * and blocks, L1 table, L2 tables and the data clusters are emitted in
  * file order. Only clusters holding data are allocated; zeros and holes
- * stay unallocated (they read as zeros: the image has no backing file).
+ * stay unallocated (they read as zeros: the image has no backing file),
+ * and with `detectZeroes` so do data clusters that hold only zeros.
+ * The layout is fixed before the first byte, so the length is known
+ * first (createQcow2Stream, qcow2Driver.stream).
  */
-import { invalidArg, writeU32Be } from '@img/block';
-import type { Disk } from '@img/block';
-import { ENTRY_COPIED_HI, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { invalidArg, isAllZero, parseBool, writeU32Be } from '@img/block';
+import type { Disk, ImageStream } from '@img/block';
+import { ENTRY_COPIED_HI, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeEntry } from './l2-entry.js';
 import { writeRefcount } from './refcount.js';
-import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions } from './create.js';
+import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 
 const FORMAT = 'qcow2';
 
@@ -19,7 +22,33 @@ const FORMAT = 'qcow2';
 export type Qcow2StreamOptions = Omit<Partial<Qcow2CreateOptions>, 'size' | 'backingFile' | 'backingFormat' | 'dataFile' | 'dataFileRaw' | 'dataFileStorage' | 'preallocation' | 'resolver' | 'formats' | 'noBacking'> & {
   /** Largest piece yielded, in bytes (default 4 MiB, at least one cluster). */
   chunkSize?: number;
+  /**
+   * Read every cluster the extents call data once before the first byte
+   * and leave clusters holding only zeros unallocated (they read as zeros).
+   * Costs a second read of the data: the layout must be known before the
+   * first byte. Default false; `detect_zeroes: 'on'` as a string works too.
+   */
+  detectZeroes?: boolean | string;
 };
+
+/** Keys a stand-alone stream cannot honour: it has no other file and writes no preallocated space. */
+const REFUSED = ['backingFile', 'backing_file', 'backingFormat', 'backing_fmt', 'dataFile', 'data_file', 'dataFileRaw', 'data_file_raw', 'preallocation'];
+
+/** What the writer decided before the first byte. */
+interface Qcow2StreamPlan {
+  l: Qcow2Layout;
+  /** Runs [first, end) of guest clusters that are allocated, in guest order. */
+  runs: Array<[number, number]>;
+  /** L1 indices that get an L2 table, ascending. */
+  tableIndex: number[];
+  rtClusters: number;
+  blocks: number;
+  l1Clusters: number;
+  l1Entries: number;
+  /** Clusters in the image: the stream is `total` clusters long. */
+  total: number;
+  piece: number;
+}
 
 /** Runs of guest clusters holding data, in guest order. */
 async function dataRuns(source: Disk, cs: number): Promise<Array<[number, number]>> {
@@ -35,22 +64,50 @@ async function dataRuns(source: Disk, cs: number): Promise<Array<[number, number
   return runs;
 }
 
-/**
- * Yields the bytes of a qcow2 image holding `source`'s content.
- *
- * @example
- * ```ts
- * for await (const chunk of streamQcow2(disk, { cluster_size: '64k' })) process.stdout.write(chunk);
- * ```
- */
-export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {}): AsyncGenerator<Uint8Array> {
-  const { chunkSize, ...rest } = options;
+/** The runs without the clusters that hold only zeros (reads every run once, `piece` bytes at a time). */
+async function withoutZeroClusters(source: Disk, runs: Array<[number, number]>, cs: number, piece: number): Promise<Array<[number, number]>> {
+  const out: Array<[number, number]> = [];
+  const push = (c: number) => {
+    const last = out[out.length - 1];
+    if (last && last[1] === c) last[1] = c + 1;
+    else out.push([c, c + 1]);
+  };
+  const buf = new Uint8Array(piece);
+  for (const [a, b] of runs) {
+    for (let c = a; c < b; ) {
+      const n = Math.min(b - c, piece / cs);
+      const inDisk = Math.max(0, Math.min(n * cs, source.size - c * cs));
+      const view = buf.subarray(0, inDisk);
+      await source.readInto(c * cs, view);
+      for (let k = 0; k < n; k++) if (!isAllZero(view.subarray(k * cs, Math.min(inDisk, (k + 1) * cs)))) push(c + k);
+      c += n;
+    }
+  }
+  return out;
+}
+
+/** Maps the CLI's strings and typed keys to Qcow2StreamOptions, refusing what a stand-alone stream cannot be. */
+export function qcow2StreamOptionsFrom(options: Record<string, unknown> = {}): Qcow2StreamOptions {
+  for (const k of REFUSED) {
+    if (options[k] !== undefined) throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
+  }
+  const { detect_zeroes: dz, detectZeroes, ...rest } = options;
+  const out = { ...rest } as Qcow2StreamOptions;
+  const z = detectZeroes ?? dz;
+  if (z !== undefined) out.detectZeroes = parseBool(z as string | boolean, 'detect_zeroes');
+  return out;
+}
+
+async function planQcow2Stream(source: Disk, options: Qcow2StreamOptions): Promise<Qcow2StreamPlan> {
+  const { chunkSize, detectZeroes, ...rest } = qcow2StreamOptionsFrom(options as Record<string, unknown>);
   const l = parseCreateOptions({ ...rest, size: source.size } as Qcow2CreateOptions);
   if (l.size !== source.size) throw invalidArg(FORMAT, `the source size ${source.size} is not a multiple of 512`, { field: 'size' });
   const cs = 2 ** l.clusterBits;
   const es = l.extendedL2 ? 16 : 8;
   const l2Entries = cs / es;
-  const runs = await dataRuns(source, cs);
+  const piece = Math.max(cs, Math.floor((chunkSize ?? 4 * 1024 * 1024) / cs) * cs);
+  let runs = await dataRuns(source, cs);
+  if (detectZeroes === true) runs = await withoutZeroClusters(source, runs, cs, piece);
   const dataClusters = runs.reduce((n, [a, b]) => n + b - a, 0);
   // Tables: one per L1 entry that maps any data.
   const tableIndex: number[] = [];
@@ -58,6 +115,7 @@ export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {
     for (let t = Math.floor(a / l2Entries); t <= Math.floor((b - 1) / l2Entries); t++) if (tableIndex[tableIndex.length - 1] !== t) tableIndex.push(t);
   }
   const l1Entries = Math.ceil(l.size / (l2Entries * cs));
+  if (l1Entries * 8 > MAX_L1_TABLE_BYTES) throw invalidArg(FORMAT, `size ${l.size} needs an L1 table over 32 MiB with ${cs}-byte clusters`, { field: 'size' });
   const l1Clusters = Math.ceil((l1Entries * 8) / cs);
   const perBlock = (cs * 8) / 2 ** l.refcountOrder;
   let blocks = 1;
@@ -71,12 +129,20 @@ export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {
     rtClusters = Math.max(rtClusters, needRt);
   }
   if (rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
+  const total = 1 + rtClusters + blocks + l1Clusters + tableIndex.length + dataClusters;
+  return { l, runs, tableIndex, rtClusters, blocks, l1Clusters, l1Entries, total, piece };
+}
+
+async function* emit(source: Disk, plan: Qcow2StreamPlan): AsyncGenerator<Uint8Array> {
+  const { l, runs, tableIndex, rtClusters, blocks, l1Clusters, l1Entries, total, piece } = plan;
+  const cs = 2 ** l.clusterBits;
+  const l2Entries = cs / (l.extendedL2 ? 16 : 8);
+  const perBlock = (cs * 8) / 2 ** l.refcountOrder;
   const rtAt = 1;
   const blocksAt = rtAt + rtClusters;
   const l1At = blocksAt + blocks;
   const l2At = l1At + l1Clusters;
   const dataAt = l2At + tableIndex.length;
-  const total = dataAt + dataClusters;
   const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
 
   yield headerCluster(l, h, cs);
@@ -118,7 +184,6 @@ export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {
     yield table;
   }
   // Data, read in large pieces; the tail of the last cluster past the disk end is zeros.
-  const piece = Math.max(cs, Math.floor((chunkSize ?? 4 * 1024 * 1024) / cs) * cs);
   for (const [a, b] of runs) {
     for (let c = a; c < b; ) {
       const n = Math.min(b - c, piece / cs);
@@ -129,4 +194,34 @@ export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {
       c += n;
     }
   }
+}
+
+/**
+ * A qcow2 image holding `source`'s content as an ImageStream: the layout
+ * is computed from the source's extents (and, with `detectZeroes`, its
+ * data) before the first byte, so `length` can be sent ahead (an HTTP
+ * Content-Length). The source must not change while the stream is read.
+ *
+ * @example
+ * ```ts
+ * const { length, chunks } = await createQcow2Stream(disk, { cluster_size: '64k', detect_zeroes: 'on' });
+ * res.setHeader('Content-Length', length);
+ * for await (const c of chunks) res.write(c);
+ * ```
+ */
+export async function createQcow2Stream(source: Disk, options: Qcow2StreamOptions = {}): Promise<ImageStream> {
+  const plan = await planQcow2Stream(source, options);
+  return { length: plan.total * 2 ** plan.l.clusterBits, chunks: emit(source, plan) };
+}
+
+/**
+ * Yields the bytes of a qcow2 image holding `source`'s content.
+ *
+ * @example
+ * ```ts
+ * for await (const chunk of streamQcow2(disk, { cluster_size: '64k' })) process.stdout.write(chunk);
+ * ```
+ */
+export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {}): AsyncGenerator<Uint8Array> {
+  yield* emit(source, await planQcow2Stream(source, options));
 }
