@@ -183,6 +183,21 @@ describe('readVhdStream / vhdDriver.readStream', () => {
     expect(Buffer.from(out).equals(Buffer.from(model))).toBe(true);
   });
 
+  it('a header claiming 2^26 BAT entries on a short stream allocates nothing like 256 MiB', async () => {
+    const d = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20, blockSize: 512 });
+    const head = (d.storage as MemoryStorage).toBytes().slice(0, 1536 + 4096);
+    // 2^26 entries of 512 bytes: a 32 GiB disk (within every bound), its BAT cut after 4 KiB.
+    new DataView(head.buffer).setUint32(0x34, 0, false); // current size 2^35 = 8 << 32
+    new DataView(head.buffer).setUint32(0x30, 8, false);
+    u32(head, 64, vhdChecksum(head.subarray(0, 512), 64));
+    u32(head, 512 + 0x1c, 2 ** 26);
+    u32(head, 512 + 0x24, vhdChecksum(head.subarray(512, 1536), 0x24));
+    expect(new DataView(head.buffer).getUint32(512 + 0x1c, false)).toBe(2 ** 26);
+    const before = process.memoryUsage().arrayBuffers;
+    expect(await codeOf(readVhdStream(chunked(head)))).toMatch(/^ERR_IMG_CORRUPT .*ends.*inside the BAT/);
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(32 * 1024 * 1024);
+  });
+
   it('damage and truncation are ERR_IMG_CORRUPT, never a hang or a crash', async () => {
     const d = await sample(4096);
     const good = await collect((await createVhdStream(d, { blockSize: 4096 })).chunks);

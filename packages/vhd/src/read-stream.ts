@@ -122,8 +122,8 @@ function isFooter(b: Uint8Array): boolean {
  * comes through `pieces`, in stream order, each piece at its guest offset.
  * Sectors whose bitmap bit is clear and unallocated blocks yield nothing
  * (they read as zeros). Every size and count is validated before anything
- * is allocated; memory use is bounded by the BAT (at most 2^26 entries)
- * and one input chunk.
+ * is allocated; memory use is bounded by the allocated blocks of the BAT
+ * bytes received and one input chunk.
  *
  * @example
  * ```ts
@@ -202,37 +202,62 @@ async function readDynamic(reader: ByteReader, first: Uint8Array, options: VhdRe
     });
   }
   await reader.skipTo(tableOffset, 'the BAT');
-  const raw = await reader.exact(entries * 4, 'the BAT');
-  const batEnd = reader.position;
-  // Allocated blocks, sorted by file offset.
+  // The BAT is read a piece at a time and only its allocated entries are
+  // kept: memory grows with the bytes that actually arrive, not with the
+  // entry count the header claims.
+  const batEnd = tableOffset + entries * 4;
   let count = 0;
-  for (let i = 0; i < entries; i++) if (readU32Be(raw, i * 4) !== BAT_UNUSED) count++;
-  const order = new Uint32Array(count);
-  const sectors = new Uint32Array(entries);
-  for (let i = 0, k = 0; i < entries; i++) {
-    const e = readU32Be(raw, i * 4);
-    sectors[i] = e;
-    if (e === BAT_UNUSED) continue;
-    order[k++] = i;
-    const start = e * VHD_SECTOR;
-    if (start < batEnd) {
-      const inMeta = start < FOOTER_SIZE || (start < at + DYNAMIC_HEADER_SIZE && start + VHD_SECTOR > at) || (start < batEnd && start + VHD_SECTOR > tableOffset);
-      if (inMeta) throw corrupt(FORMAT, NAME, `BAT entry ${i} points into the metadata (${hex(start)})`, { field: `BAT entry ${i}`, offset: tableOffset + i * 4, actual: e });
-      throw unsupported(FORMAT, NAME, `BAT entry ${i} points backwards, to ${hex(start)}, before the end of the BAT at ${hex(batEnd)}: this VHD's blocks are not in stream order; save it to a file and open it`, {
-        field: `BAT entry ${i}`,
-        offset: tableOffset + i * 4,
-        actual: e,
-      });
+  let blockOf = new Uint32Array(1024);
+  let sectorOf = new Uint32Array(1024);
+  for (let first = 0; first < entries; ) {
+    const n = Math.min(entries - first, 256 * 1024);
+    const raw = await reader.exact(n * 4, 'the BAT');
+    for (let j = 0; j < n; j++) {
+      const e = readU32Be(raw, j * 4);
+      if (e === BAT_UNUSED) continue;
+      const i = first + j;
+      const start = e * VHD_SECTOR;
+      if (start < batEnd) {
+        const inMeta = start < FOOTER_SIZE || (start < at + DYNAMIC_HEADER_SIZE && start + VHD_SECTOR > at) || start + VHD_SECTOR > tableOffset;
+        if (inMeta) throw corrupt(FORMAT, NAME, `BAT entry ${i} points into the metadata (${hex(start)})`, { field: `BAT entry ${i}`, offset: tableOffset + i * 4, actual: e });
+        throw unsupported(FORMAT, NAME, `BAT entry ${i} points backwards, to ${hex(start)}, before the end of the BAT at ${hex(batEnd)}: this VHD's blocks are not in stream order; save it to a file and open it`, {
+          field: `BAT entry ${i}`,
+          offset: tableOffset + i * 4,
+          actual: e,
+        });
+      }
+      if (count === blockOf.length) {
+        const grow = (a: Uint32Array) => {
+          const b = new Uint32Array(a.length * 2);
+          b.set(a);
+          return b;
+        };
+        blockOf = grow(blockOf);
+        sectorOf = grow(sectorOf);
+      }
+      blockOf[count] = i;
+      sectorOf[count] = e;
+      count++;
     }
+    first += n;
   }
-  order.sort((a, b) => sectors[a]! - sectors[b]!);
+  // Allocated blocks in file order.
+  const byOffset = new Uint32Array(count);
+  for (let k = 0; k < count; k++) byOffset[k] = k;
+  byOffset.sort((x, y) => sectorOf[x]! - sectorOf[y]!);
+  const order = new Uint32Array(count);
+  const sectors = new Uint32Array(count);
+  for (let k = 0; k < count; k++) {
+    order[k] = blockOf[byOffset[k]!]!;
+    sectors[k] = sectorOf[byOffset[k]!]!;
+  }
   const bitmapBytes = bitmapSize(bs);
   const span = bitmapBytes + bs;
   for (let k = 1; k < count; k++) {
-    const a = order[k - 1]!;
-    const b = order[k]!;
-    if (sectors[a]! * VHD_SECTOR + span > sectors[b]! * VHD_SECTOR) {
-      throw corrupt(FORMAT, NAME, `BAT entries ${a} and ${b} point at overlapping blocks (${hex(sectors[a]! * VHD_SECTOR)}, ${hex(sectors[b]! * VHD_SECTOR)})`, {
+    if (sectors[k - 1]! * VHD_SECTOR + span > sectors[k]! * VHD_SECTOR) {
+      const a = order[k - 1]!;
+      const b = order[k]!;
+      throw corrupt(FORMAT, NAME, `BAT entries ${a} and ${b} point at overlapping blocks (${hex(sectors[k - 1]! * VHD_SECTOR)}, ${hex(sectors[k]! * VHD_SECTOR)})`, {
         field: `BAT entry ${b}`,
         offset: tableOffset + b * 4,
       });
@@ -242,7 +267,7 @@ async function readDynamic(reader: ByteReader, first: Uint8Array, options: VhdRe
   async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
     for (let k = 0; k < count; k++) {
       const block = order[k]!;
-      const start = sectors[block]! * VHD_SECTOR;
+      const start = sectors[k]! * VHD_SECTOR;
       const guest = block * bs;
       if (guest >= size) {
         // A block past the end of the disk (a BAT larger than needed): nothing to read.
