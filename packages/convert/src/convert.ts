@@ -117,7 +117,8 @@ export function parseCreateOptions(text: string | readonly string[] | undefined)
   const out: Record<string, string> = {};
   const parts = text === undefined ? [] : typeof text === 'string' ? [text] : text;
   for (const part of parts) {
-    for (const item of part.split(',')) {
+    // As qemu-img: ",," is a literal comma inside a value.
+    for (const item of part.split(/(?<!,),(?!,)/).map((x) => x.replace(/,,/g, ','))) {
       const trimmed = item.trim();
       if (!trimmed) continue;
       const eq = trimmed.indexOf('=');

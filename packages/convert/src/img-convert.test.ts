@@ -78,3 +78,15 @@ describeQemu('img-convert raw raw on a 1 GiB sparse file with 64 MiB of data in 
     expect(JSON.parse(qemuImg(['info', '--output=json', output]).stdout)['virtual-size']).toBe(1 << 30);
   });
 });
+
+describe('-o parsing', () => {
+  it('splits on commas, keeps ",," as a literal comma, and takes bare keys as on', async () => {
+    const { parseCreateOptions } = await import('./convert.js');
+    expect(parseCreateOptions(['cluster_size=4k,lazy_refcounts', 'backing_file=a,,b.qcow2,compat=1.1'])).toEqual({
+      cluster_size: '4k',
+      lazy_refcounts: 'on',
+      backing_file: 'a,b.qcow2',
+      compat: '1.1',
+    });
+  });
+});
