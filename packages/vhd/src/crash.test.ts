@@ -218,9 +218,9 @@ function crossCheck(samples: Sampled[], name: string): number {
     const raw = join(tmp.path, `${name}-${i}.raw`);
     writeFileSync(vhd, s.bytes);
     writeFileSync(raw, s.read);
-    if (process.env.VHD_CRASH_DUMP) {
-      writeFileSync(`${process.env.VHD_CRASH_DUMP}/${name}-${i}.vhd`, s.bytes);
-      writeFileSync(`${process.env.VHD_CRASH_DUMP}/${name}-${i}.raw`, s.read);
+    if (process.env.IMG_VHD_CRASH_DUMP) {
+      writeFileSync(`${process.env.IMG_VHD_CRASH_DUMP}/${name}-${i}.vhd`, s.bytes);
+      writeFileSync(`${process.env.IMG_VHD_CRASH_DUMP}/${name}-${i}.raw`, s.read);
     }
     expect(qemuCompare(vhd, raw, 'vpc', 'raw'), s.label).toBe(true);
     n++;
@@ -250,9 +250,9 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
         const mnt = join(tmp.path, `mnt-${i}`);
         mkdirSync(mnt, { recursive: true });
         writeFileSync(file, s.bytes);
-        if (process.env.VHD_CRASH_DUMP) {
-          writeFileSync(`${process.env.VHD_CRASH_DUMP}/mount-${i}.vhd`, s.bytes);
-          writeFileSync(`${process.env.VHD_CRASH_DUMP}/mount-${i}.raw`, s.read);
+        if (process.env.IMG_VHD_CRASH_DUMP) {
+          writeFileSync(`${process.env.IMG_VHD_CRASH_DUMP}/mount-${i}.vhd`, s.bytes);
+          writeFileSync(`${process.env.IMG_VHD_CRASH_DUMP}/mount-${i}.raw`, s.read);
         }
         const r = spawnSync('vhdimount', [file, mnt], { encoding: 'utf8' });
         expect(r.status, r.stderr).toBe(0);

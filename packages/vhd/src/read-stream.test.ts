@@ -164,6 +164,15 @@ describe('readVhdStream / vhdDriver.readStream', () => {
     expect(r).toMatch(new RegExp(`^ERR_IMG_UNSUPPORTED .*BAT entry ${first} points backwards.*save it to a file`));
   });
 
+  it('a fixed disk whose data starts with a dynamic VHD is refused at the end of the stream (openVhd reads it as fixed)', async () => {
+    const inner = await collect((await createVhdStream(await sample(4096), { blockSize: 4096 })).chunks);
+    const outer = await createVhd(new MemoryStorage({ name: 'o.vhd' }), { type: 'fixed', size: inner.length + 4096 });
+    await outer.write(0, inner);
+    const bytes = (outer.storage as MemoryStorage).toBytes();
+    expect((await openVhd(MemoryStorage.from(bytes))).type).toBe('fixed');
+    expect(await codeOf(readVhdStream(chunked(bytes)))).toMatch(/^ERR_IMG_UNSUPPORTED .*fixed disk whose data starts with another VHD/);
+  });
+
   it('blocks stored out of block order are decoded in file order', async () => {
     const d = await createVhd(new MemoryStorage({ name: 'r.vhd' }), { size: 64 * 1024, blockSize: 4096 });
     const model = new Uint8Array(d.size);

@@ -293,7 +293,15 @@ async function readDynamic(reader: ByteReader, first: Uint8Array, options: VhdRe
         }
       }
     }
-    await reader.drain(FOOTER_SIZE);
+    const tail = await reader.drain(FOOTER_SIZE);
+    // openVhd trusts a fixed disk's footer at the end first; a stream sees the start first. A fixed disk whose
+    // data begins with another VHD would decode as that inner VHD: its footer at the end gives it away.
+    if (tail.length === FOOTER_SIZE && isFooter(tail) && footerChecksum(tail) === readU32Be(tail, CHECKSUM_OFFSET) && readU32Be(tail, 0x3c) === DISK_TYPE.fixed) {
+      throw unsupported(FORMAT, NAME, 'the stream ends with the footer of a fixed disk whose data starts with another VHD; it cannot be told apart as a stream: save it to a file and open it', {
+        field: 'footer',
+        offset: reader.position - FOOTER_SIZE,
+      });
+    }
   }
   return { size, pieces: pieces() };
 }
