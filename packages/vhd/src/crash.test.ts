@@ -1,7 +1,7 @@
 /**
  * Crash consistency with FaultStorage: a randomized workload (writes at
  * random offsets and lengths, some not sector-aligned, writeZeroes,
- * discard, resize, flushes) runs on a dynamic and on a differencing disk;
+ * discard, resize, makeEmpty, flushes) runs on a dynamic and on a differencing disk;
  * then the image is rebuilt as a crash would leave it after every storage
  * operation (or a sample when there are too many), in the three crash
  * models: `drop` (unflushed writes lost), `subset` (any subset of them
@@ -61,7 +61,7 @@ async function runWorkload(
   initial: Uint8Array,
   seed: number,
   steps: number,
-  options: { resizes: Array<{ at: number; to: number }> },
+  options: { resizes: Array<{ at: number; to: number }>; makeEmptyAt?: number },
 ): Promise<Workload> {
   const random = seededRandom(seed);
   const int = (n: number) => Math.floor(random() * n);
@@ -81,7 +81,12 @@ async function runWorkload(
       length = Math.max(512, length - (length % 512));
       if (offset + length > size) length = size - offset;
     }
-    if (options.resizes.some((x) => x.at === i)) {
+    if (options.makeEmptyAt === i) {
+      await disk.makeEmpty();
+      model.fill(0);
+      model.set(initial.subarray(0, Math.min(initial.length, disk.size)));
+      description.push('makeEmpty');
+    } else if (options.resizes.some((x) => x.at === i)) {
       const to = options.resizes.find((x) => x.at === i)!.to;
       await disk.resize(to, { shrink: true });
       if (to < size) model.fill(0, to);
@@ -275,7 +280,7 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
     expect(stats.repaired).toBeGreaterThan(0);
   });
 
-  it('differencing disk over a full parent: same, including partial-sector copy-on-write and a BAT that grows', async () => {
+  it('differencing disk over a full parent: same, including partial-sector copy-on-write, a BAT that grows and makeEmpty', async () => {
     const SIZE = 400 * 1024;
     const parent = await createVhd(new MemoryStorage({ name: 'p.vhd' }), { size: SIZE, blockSize: 16384 });
     const base = seededBytes(SIZE, 99);
@@ -288,11 +293,11 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
       const made = await createVhd(new MemoryStorage({ name: 'child.vhd' }), { parent: { disk: await openVhd(await resolver()), relativePath: 'p.vhd' }, blockSize: 4096 });
       const storage = new FaultStorage((made.storage as MemoryStorage).toBytes(), 'child.vhd');
       const child = await openVhd(storage, { readOnly: false, resolver });
-      const w = await runWorkload(child, storage, base, seed, 28, { resizes: [{ at: seed === 21 ? 8 : 16, to: 640 * 1024 }] });
+      const w = await runWorkload(child, storage, base, seed, 28, { resizes: [{ at: seed === 21 ? 8 : 16, to: 640 * 1024 }], makeEmptyAt: seed === 21 ? 20 : 6 });
       await child.close();
       const r = await crashAll(w, (s) => openVhd(s, { resolver }), seed, samples);
       totalImages += r.images;
-      summary.push(`differencing seed ${seed} (${w.description.filter((d) => d.startsWith("resize")).join()}): ${w.storage.ops.length} ops, ${r.points} crash points x 3 modes`);
+      summary.push(`differencing seed ${seed} (${w.description.filter((d) => /^(resize|makeEmpty)/.test(d)).join()}): ${w.storage.ops.length} ops, ${r.points} crash points x 3 modes`);
     }
     // qemu reads a differencing disk without its parent and ignores sector bitmaps: where our
     // top layer says a sector is present, qemu must read the same bytes.
