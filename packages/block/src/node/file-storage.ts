@@ -11,6 +11,15 @@ import { seekAddon } from './seek.js';
 
 export interface FileStorageOptions {
   readOnly?: boolean;
+  /**
+   * `writeback` (default): flush() is fdatasync. `unsafe`: flush() returns
+   * at once and the page cache writes the file back in its own time, as
+   * qemu-img's cache=unsafe (what `qemu-img convert` uses for its output).
+   * Only for files that are thrown away if the process dies, such as a
+   * conversion's output: every flush barrier of a format writer (one or two
+   * per allocation) otherwise forces the data written so far to disk.
+   */
+  cache?: 'writeback' | 'unsafe';
 }
 
 function ioError(path: string, what: string, cause: unknown): ImageError {
@@ -33,10 +42,13 @@ export class FileStorage implements Storage {
    */
   readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
 
-  private constructor(path: string, fh: FileHandle, readOnly: boolean) {
+  readonly cache: 'writeback' | 'unsafe';
+
+  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback') {
     this.name = path;
     this.#fh = fh;
     this.readOnly = readOnly;
+    this.cache = cache;
     const addon = seekAddon();
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
   }
@@ -66,16 +78,16 @@ export class FileStorage implements Storage {
   static async open(path: string, options: FileStorageOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? true;
     try {
-      return new FileStorage(path, await open(path, readOnly ? 'r' : 'r+'), readOnly);
+      return new FileStorage(path, await open(path, readOnly ? 'r' : 'r+'), readOnly, options.cache);
     } catch (e) {
       throw ioError(path, 'open', e);
     }
   }
 
   /** Creates a file, truncating an existing one unless `exclusive`. */
-  static async create(path: string, options: { exclusive?: boolean } = {}): Promise<FileStorage> {
+  static async create(path: string, options: { exclusive?: boolean; cache?: FileStorageOptions['cache'] } = {}): Promise<FileStorage> {
     try {
-      return new FileStorage(path, await open(path, options.exclusive ? 'wx+' : 'w+'), false);
+      return new FileStorage(path, await open(path, options.exclusive ? 'wx+' : 'w+'), false, options.cache);
     } catch (e) {
       throw ioError(path, 'create', e);
     }
@@ -176,7 +188,7 @@ export class FileStorage implements Storage {
 
   async flush(): Promise<void> {
     this.#check();
-    if (this.readOnly) return;
+    if (this.readOnly || this.cache === 'unsafe') return;
     try {
       await this.#fh.datasync();
     } catch (e) {
