@@ -9,7 +9,7 @@
  * rounds the size up to a CHS-exact one, as qemu-img does by default.
  */
 import { invalidArg, parseBool, parseSize, type Disk, type Storage } from '@img/block';
-import { BAT_UNUSED, batBytes, serializeBat } from './bat.js';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, type ParentLocatorEntry, type VhdDynamicHeader } from './dynamic-header.js';
 import {
@@ -148,6 +148,9 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     return new VhdDisk(state, false);
   }
   const entries = Math.ceil(size / blockSize);
+  if (entries > MAX_BAT_ENTRIES) {
+    throw invalidArg(FORMAT, `a ${size}-byte disk of ${blockSize}-byte blocks needs ${entries} BAT entries, more than readers accept (${MAX_BAT_ENTRIES}): use larger blocks`, { field: 'blockSize' });
+  }
   // Parent locator data goes between the header and the BAT, so that the BAT
   // can grow in place (resize) by moving blocks only: moving locator data
   // would mean rewriting both sectors of the header, which a torn write can

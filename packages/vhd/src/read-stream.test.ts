@@ -93,6 +93,12 @@ describe('createVhdStream / vhdDriver.stream', () => {
     for (const o of [{ subformat: 'differencing' }, { force_size: 'on' }, { block_size: '3000' }, { subformat: 'qcow' }]) {
       expect(await codeOf(vhdDriver.stream!(d, o))).toMatch(/^ERR_IMG_INVALID_ARG/);
     }
+    // 40 GiB of 512-byte blocks: a BAT of 80 Mi entries, beyond what any reader accepts (and a 320 MiB table).
+    const big = await openVhd(MemoryStorage.from(new Uint8Array(readFileSync(join(testImagesDir, 'vhd/dynamic-40g.vhd')))));
+    expect(await codeOf(vhdDriver.stream!(big, { block_size: '512' }))).toMatch(/^ERR_IMG_INVALID_ARG .*BAT entries/);
+    expect(await codeOf(createVhd(new MemoryStorage(), { size: big.size, blockSize: 512 }))).toMatch(/^ERR_IMG_INVALID_ARG .*BAT entries/);
+    const small = await createVhd(new MemoryStorage(), { size: 1 << 20, blockSize: 512 });
+    expect(await codeOf(small.resize(big.size))).toMatch(/^ERR_IMG_INVALID_ARG .*BAT entries/);
   });
 });
 

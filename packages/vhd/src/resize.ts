@@ -10,7 +10,7 @@
  * with leaked, unreferenced copies).
  */
 import { invalidArg, unsupported } from '@img/block';
-import { BAT_UNUSED, batBytes, serializeBat } from './bat.js';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
 import { CURRENT_SIZE_CREATORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry } from './geometry.js';
 import type { VhdDisk } from './image.js';
@@ -87,6 +87,9 @@ export async function resizeVhd(disk: VhdDisk, requested: number, options: { shr
     return;
   }
   const needed = Math.ceil(newSize / s.blockSize);
+  if (needed > MAX_BAT_ENTRIES) {
+    throw invalidArg(FORMAT, `${newSize} bytes of ${s.blockSize}-byte blocks need ${needed} BAT entries, more than readers accept (${MAX_BAT_ENTRIES})`, { field: 'size' });
+  }
   if (newSize < oldSize) {
     if (s.type === 'differencing') throw unsupported(FORMAT, s.storage.name, 'shrinking a differencing disk is not supported');
     // Blocks past the new end are dropped; the tail of the last block is zeroed

@@ -5,7 +5,7 @@
  * blocks (bitmap + data) and footer are emitted in file order.
  */
 import { extentRange, invalidArg, isAllZero, parseBool, type Disk, type ImageStream } from '@img/block';
-import { BAT_UNUSED, batBytes, serializeBat } from './bat.js';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, serializeDynamicHeader } from './dynamic-header.js';
@@ -97,6 +97,9 @@ async function planVhdStream(source: Disk, options: VhdStreamOptions): Promise<V
   }
   // Which blocks hold data: from the extents (metadata), then optionally their bytes.
   const entries = Math.ceil(size / blockSize);
+  if (entries > MAX_BAT_ENTRIES) {
+    throw invalidArg(FORMAT, `a ${size}-byte disk of ${blockSize}-byte blocks needs ${entries} BAT entries, more than readers accept (${MAX_BAT_ENTRIES}): use larger blocks`, { field: 'blockSize' });
+  }
   const used = new Uint8Array(entries);
   for (const [from, to] of ranges) {
     for (let b = Math.floor(from / blockSize); b * blockSize < to; b++) used[b] = 1;
