@@ -7,13 +7,19 @@ import { vhdChecksum } from './checksum.js';
 import { readCookie } from './footer.js';
 import { formatUuid, parseUuid } from './uuid.js';
 
+/** Bytes of the dynamic disk header. */
 export const DYNAMIC_HEADER_SIZE = 1024;
+/** 0x00: the header's cookie. */
 export const DYNAMIC_HEADER_COOKIE = 'cxsparse';
+/** 0x18: the only header version (1.0). */
 export const DYNAMIC_HEADER_VERSION = 0x00010000;
+/** Offset of the header's checksum field. */
 export const DYNAMIC_CHECKSUM_OFFSET = 0x24;
 /** Bytes of the parent unicode name field (256 UTF-16 code units). */
 export const PARENT_NAME_SIZE = 512;
+/** Parent locator entries in the header. */
 export const PARENT_LOCATOR_COUNT = 8;
+/** Bytes of one parent locator entry. */
 export const PARENT_LOCATOR_ENTRY_SIZE = 24;
 const LOCATORS_AT = 0x240;
 

@@ -9,6 +9,7 @@ import { formatUuid, parseUuid } from './uuid.js';
 
 /** Size of the footer. Some old Virtual PC fixed disks end with a 511-byte one. */
 export const FOOTER_SIZE = 512;
+/** 0x00: the footer's cookie. */
 export const FOOTER_COOKIE = 'conectix';
 /**
  * Cookie of a parent whose coalesce is in progress (our own marker, see
@@ -18,7 +19,9 @@ export const FOOTER_COOKIE = 'conectix';
 export const COALESCE_COOKIE = 'coalesce';
 /** Features bit that every footer must have set ("reserved", spec). */
 export const FEATURE_RESERVED = 0x2;
+/** Features bit: the disk is a temporary one (may be deleted on shutdown). */
 export const FEATURE_TEMPORARY = 0x1;
+/** 0x0c: the only file format version (1.0). */
 export const FILE_FORMAT_VERSION = 0x00010000;
 /** Data offset of a fixed disk: no dynamic header. */
 export const NO_DATA_OFFSET = 0xffff_ffff_ffff_ffffn;
@@ -30,6 +33,7 @@ export type VhdType = keyof typeof DISK_TYPE;
 /** Seconds between 1970-01-01 and 2000-01-01, the VHD epoch. */
 export const VHD_EPOCH = 946_684_800;
 
+/** Offset of the footer's checksum field. */
 export const CHECKSUM_OFFSET = 64;
 
 export interface VhdFooter {

@@ -7,6 +7,7 @@ import type { VhdDynamicHeader } from './dynamic-header.js';
 import type { VhdFooter, VhdType } from './footer.js';
 import type { VhdSizeMode } from './geometry.js';
 
+/** The format name in messages and ImageError data. */
 export const FORMAT = 'vhd';
 
 /** Largest block size accepted (1 GiB). 2^31 and above are corrupt. */
