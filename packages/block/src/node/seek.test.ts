@@ -64,6 +64,29 @@ describe('SEEK_DATA/SEEK_HOLE helper', () => {
     await disk.close();
   });
 
+  it.skipIf(!seekAddon()?.nowait)('reads small ranges from the page cache on the calling thread, short at the end of the file', async () => {
+    const path = join(tmp.path, 'nowait.bin');
+    const s = await FileStorage.create(path);
+    const data = new Uint8Array(10_000).map((_, i) => (i * 7) & 255);
+    await s.write(0, data);
+    const { openSync, closeSync } = await import('node:fs');
+    const fd = openSync(path, 'r');
+    const buf = new Uint8Array(4096);
+    const n = seekAddon()!.nowait!(false, fd, buf.subarray(100), 5000);
+    closeSync(fd);
+    // Just written, so cached: read in place (or -1 if the kernel would block, -2 if unsupported).
+    expect([3996, -1, -2]).toContain(n);
+    if (n === 3996) expect(buf.subarray(100)).toEqual(data.subarray(5000, 8996));
+    // Through FileStorage: whole, short at the end, and past the end.
+    expect(await s.read(8000, 4096)).toEqual(data.subarray(8000));
+    expect(await s.read(20_000, 4096)).toEqual(new Uint8Array(0));
+    const into = new Uint8Array(300);
+    expect(await s.readInto(123, into)).toBe(300);
+    expect(into).toEqual(data.subarray(123, 423));
+    await s.close();
+    await expect(s.readInto(0, into)).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+  });
+
   it.skipIf(!seekAddon())('reports an I/O error (not a crash) on a closed descriptor', async () => {
     const s = await FileStorage.create(join(tmp.path, 'closed.bin'));
     const ranges = s.ranges!;

@@ -1,13 +1,20 @@
 /**
- * Loads the optional native SEEK_DATA/SEEK_HOLE helper (built at install
- * time by native/build.mjs with node-gyp). Missing, unloadable or disabled
- * with IMG_NO_NATIVE=1: undefined, and FileStorage has no `ranges`.
+ * Loads the optional native helper (built at install time by
+ * native/build.mjs with node-gyp): SEEK_DATA/SEEK_HOLE and RWF_NOWAIT reads.
+ * Missing, unloadable or disabled with IMG_NO_NATIVE=1: undefined, and
+ * FileStorage has no `ranges` and reads everything through libuv's pool.
  */
 import { createRequire } from 'node:module';
 
 export interface SeekAddon {
   /** Data runs of `[offset, offset+length)` as [start, end, start, end, ...]. */
   seekRanges(fd: number, offset: number, length: number): Float64Array;
+  /**
+   * preadv2/pwritev2 with RWF_NOWAIT on the calling thread: bytes moved,
+   * -1 if it would block (not in the page cache), -2 if unsupported here.
+   * Absent from helpers built before it existed.
+   */
+  nowait?(write: boolean, fd: number, bytes: Uint8Array, position: number): number;
 }
 
 let loaded: SeekAddon | null | undefined;
