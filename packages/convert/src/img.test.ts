@@ -1,6 +1,7 @@
 // `img` subcommands, run as a user would, compared field by field with qemu-img.
 import { closeSync, copyFileSync, cpSync, existsSync, openSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { describeQemu, loadManifest, normalizeQemuMap, qemuCheck, qemuImg, qemuInfo, tempDir, testImagesDir, type QemuMapEntry } from '@img/testkit';
 import { run } from './test/cli.js';
@@ -27,6 +28,13 @@ describe('img basics', () => {
       expect(r.stdout, cmd).toMatch(/Usage: img/);
       expect(r.stdout, cmd).toMatch(/Example/);
     }
+  });
+
+  it('ends quietly when the reader closes the pipe (img map | head)', () => {
+    const bin = new URL('../dist/bin/img.js', import.meta.url).pathname;
+    const r = spawnSync('sh', ['-c', `"${process.execPath}" "${bin}" map --output=json ${join(testImagesDir, 'qcow2', 'v3-512.qcow2')} | head -c 10`], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stderr).not.toMatch(/EPIPE|Unhandled/);
   });
 
   it('rejects unknown commands, unknown options and missing arguments with one line and status 1', () => {

@@ -4,7 +4,9 @@
 // several requests in flight queues behind it. The size is read once, when
 // the pool starts (first I/O), so it is set before anything is imported.
 process.env.UV_THREADPOOL_SIZE ??= '8';
-const { processIo } = await import('../cli/common.js');
+const { onClosedStdout, processIo } = await import('../cli/common.js');
 const { convertMain } = await import('../cli/img-convert.js');
 
+// An image cut short by a closed pipe is not an image: fail.
+onClosedStdout(1, 'img-convert: ERR_IMG_IO: the output pipe was closed before the image was complete');
 process.exitCode = await convertMain('img-convert', process.argv.slice(2), processIo);

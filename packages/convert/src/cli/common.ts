@@ -17,6 +17,18 @@ export interface Io {
   isTTY: boolean;
 }
 
+/**
+ * A reader that stops listening (`img map x | head`) closes the pipe: end
+ * quietly with `status` instead of crashing on EPIPE.
+ */
+export function onClosedStdout(status: number, message?: string): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    if (message) process.stderr.write(message + '\n');
+    process.exit(status);
+  });
+}
+
 export const processIo: Io = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
