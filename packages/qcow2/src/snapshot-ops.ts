@@ -10,7 +10,7 @@
  */
 import { ImageError, ERROR_CODES, readU32Be, writeU32Be, invalidArg, utf8Encode } from '@img/block';
 import { l1EntryOffset, decodeL2Entry } from './mapping.js';
-import { ENTRY_COPIED_HI, MAX_SNAPSHOTS } from './constants.js';
+import { ENTRY_COPIED_HI, INCOMPAT_DIRTY, MAX_SNAPSHOTS } from './constants.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { loadL2, type MappingView } from './reader.js';
 import { writeHeader, type Qcow2State } from './state.js';
@@ -122,6 +122,28 @@ async function storeTable(s: Qcow2State, snapshots: Qcow2Snapshot[]): Promise<vo
   if (oldBytes && oldOffset) await s.writer!.release(oldOffset, oldBytes);
 }
 
+/**
+ * Runs a snapshot operation with the dirty bit set (version 3): its
+ * refcount changes and COPIED flag updates cannot all reach the disk at
+ * once, so a crash in between leaves a dirty image, which the next
+ * read-write open repairs (as qemu does), instead of one that looks
+ * corrupt. Version 2 has no dirty bit: a crash there may need
+ * `checkQcow2(storage, { repair: 'all' })`, as with qemu.
+ */
+async function dirtyDuring<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
+  const bit = 1n << BigInt(INCOMPAT_DIRTY);
+  if (s.header.version < 3 || (s.header.incompatibleFeatures & bit) !== 0n) return fn();
+  s.header.incompatibleFeatures |= bit;
+  await writeHeader(s);
+  await flush(s);
+  const result = await fn();
+  await flush(s);
+  s.header.incompatibleFeatures &= ~bit;
+  await writeHeader(s);
+  await flush(s);
+  return result;
+}
+
 function find(s: Qcow2State, idOrName: string): Qcow2Snapshot {
   const snap = s.snapshots.find((x) => x.id === idOrName) ?? s.snapshots.find((x) => x.name === idOrName);
   if (!snap) throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${s.file}: no snapshot with id or name "${idOrName}"`, { data: { format: FORMAT, file: s.file, field: 'snapshot' } });
@@ -138,6 +160,11 @@ export interface SnapshotCreateOptions {
 
 /** Takes an internal snapshot of the active layer (qemu-img snapshot -c). */
 export async function createSnapshot(s: Qcow2State, view: MappingView, name: string, options: SnapshotCreateOptions = {}): Promise<Qcow2Snapshot> {
+  validateNew(s, name, options);
+  return dirtyDuring(s, () => createSnapshotNow(s, view, name, options));
+}
+
+function validateNew(s: Qcow2State, name: string, options: SnapshotCreateOptions): void {
   refcountsOf(s);
   if (s.entryGeom.dataFile) throw invalidArg(FORMAT, 'images with an external data file cannot have internal snapshots', { field: 'snapshot' });
   if (!name || utf8Encode(name).length > 0xffff) throw invalidArg(FORMAT, 'a snapshot needs a name of 1 to 65535 bytes', { field: 'name' });
@@ -145,6 +172,10 @@ export async function createSnapshot(s: Qcow2State, view: MappingView, name: str
   if (s.snapshots.some((x) => x.name === name)) throw invalidArg(FORMAT, `a snapshot named "${name}" exists already`, { field: 'name' });
   const id = options.id ?? String(s.snapshots.reduce((m, x) => Math.max(m, Number(x.id) || 0), 0) + 1);
   if (s.snapshots.some((x) => x.id === id)) throw invalidArg(FORMAT, `a snapshot with id "${id}" exists already`, { field: 'id' });
+}
+
+async function createSnapshotNow(s: Qcow2State, view: MappingView, name: string, options: SnapshotCreateOptions): Promise<Qcow2Snapshot> {
+  const id = options.id ?? String(s.snapshots.reduce((m, x) => Math.max(m, Number(x.id) || 0), 0) + 1);
   const cs = s.geom.clusterSize;
   const h = s.header;
   await flush(s);
@@ -191,6 +222,10 @@ export async function createSnapshot(s: Qcow2State, view: MappingView, name: str
 export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
   refcountsOf(s);
   const snap = find(s, idOrName);
+  await dirtyDuring(s, () => deleteSnapshotNow(s, view, snap));
+}
+
+async function deleteSnapshotNow(s: Qcow2State, view: MappingView, snap: Qcow2Snapshot): Promise<void> {
   const cs = s.geom.clusterSize;
   await flush(s);
   // The table stops naming it first; its references go after.
@@ -212,6 +247,10 @@ export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName:
 export async function applySnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
   refcountsOf(s);
   const snap = find(s, idOrName);
+  await dirtyDuring(s, () => applySnapshotNow(s, view, snap));
+}
+
+async function applySnapshotNow(s: Qcow2State, view: MappingView, snap: Qcow2Snapshot): Promise<void> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const snapL1 = new Uint8Array(snap.l1Size * 8);
