@@ -156,6 +156,9 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
     }
     const dataFile = info.formatSpecific?.['data-file'];
     if (typeof dataFile === 'string') findings.push(finding('data-file', `the image keeps its data in an external file "${dataFile}"`, { field: 'data_file' }));
+    if (info.formatSpecific?.corrupt === true) {
+      findings.push(finding('corrupt', 'the image is marked corrupt (a writer found inconsistent metadata)', { field: 'incompatible_features' }));
+    }
     if (info.formatSpecific?.type === 'differencing' && info.backingFile === undefined) {
       findings.push(finding('parent-reference', 'a differencing disk refers to a parent image', { field: 'disk type' }));
     }

@@ -2,7 +2,7 @@
 // point at FIFOs: opening one for reading blocks until a writer comes, so
 // a command that follows a name hangs and is killed by the timeout.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, rmSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryStorage, type ResolveRequest } from '@img/block';
@@ -132,4 +132,30 @@ describe('untrusted mode on images without references', () => {
     const report = await inspectImage(MemoryStorage.from(copy), { registry: defaultRegistry(), format: 'qcow2' });
     expect(report.findings.map((f) => f.code)).toContain('multiple-formats');
   });
+});
+
+describe('inspectImage on every committed fixture', () => {
+  const expected: Record<string, string[]> = {
+    'qcow2/chain-mid.qcow2': ['backing-file'],
+    'qcow2/chain-top.qcow2': ['backing-file'],
+    'qcow2/extended-l2-overlay.qcow2': ['backing-file'],
+    'qcow2/no-backing-format.qcow2': ['backing-file'],
+    'qcow2/over-raw.qcow2': ['backing-file'],
+    'qcow2/data-file.qcow2': ['data-file'],
+    'qcow2/data-file-nonraw.qcow2': ['data-file'],
+    'qcow2/corrupt-bit.qcow2': ['corrupt'],
+    // lazy refcounts left dirty: the refcounts are stale until repaired
+    'qcow2/dirty.qcow2': ['corrupt'],
+  };
+  const manifest = JSON.parse(readFileSync(join(testImagesDir, 'MANIFEST.json'), 'utf8')) as { images: Array<{ file: string; format: string }> };
+  for (const entry of manifest.images.filter((e) => e.format !== 'raw')) {
+    it(`${entry.file}: ${expected[entry.file]?.join(', ') ?? 'safe'}`, async () => {
+      const storage = await FileStorage.open(join(testImagesDir, entry.file));
+      const report = await inspectImage(storage, { registry: defaultRegistry(), format: entry.format });
+      await storage.close();
+      expect(report.format).toBe(entry.format);
+      expect(report.findings.filter((f) => f.severity === 'unsafe').map((f) => f.code)).toEqual(expected[entry.file] ?? []);
+      expect(report.safe).toBe(!expected[entry.file]);
+    });
+  }
 });
