@@ -12,6 +12,7 @@ import { readBitmapDirectory } from './bitmaps.js';
 import { compressionTypeName } from './compression.js';
 import { segments, segmentExtent, readRange, type MappingView } from './reader.js';
 import { compressCluster } from './compression.js';
+import { compressInPool } from './compress-pool.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
 import { beforeFirstWrite, markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
@@ -146,16 +147,19 @@ export class Qcow2Disk implements Disk {
     await this.#guard(async () => {
       await this.#changing(offset, data.length);
       const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
+      // Many clusters go to the worker pool (all cores); few, or where there are no workers, are compressed here.
+      const pooled = await compressInPool(s.compressionType, data, cs);
       const work: Promise<void>[] = [];
       for (let at = 0; at < data.length; at += cs) {
         const plain = data.subarray(at, at + cs);
+        const entry = { guest: offset + at, plain, packed: pooled?.[at / cs] };
+        clusters.push(entry);
+        if (pooled) continue;
         let cluster = plain;
         if (cluster.length < cs) {
           cluster = new Uint8Array(cs);
           cluster.set(plain);
         }
-        const entry = { guest: offset + at, plain, packed: undefined as Uint8Array | undefined };
-        clusters.push(entry);
         work.push(compressCluster(s.compressionType, cluster).then((packed) => void (entry.packed = packed)));
       }
       await Promise.all(work);

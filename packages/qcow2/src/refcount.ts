@@ -320,6 +320,18 @@ export class Refcounts {
   }
 
   /**
+   * Allocates exactly clusters [first, first+count) (refcount 1) if every
+   * one of them is free; answers false (and changes nothing) otherwise.
+   * Compressed data that runs on past the cluster it starts in uses it.
+   */
+  async allocateAt(first: number, count: number): Promise<boolean> {
+    for (let c = first; c < Math.min(first + count, this.#end); c++) if ((await this.get(c)) !== 0) return false;
+    if (first + count > this.#end) this.#end = first + count;
+    await this.add(first, count, 1);
+    return true;
+  }
+
+  /**
    * The first cluster of a free run of `count` clusters at or after the
    * hint, or the end of the file (a free run touching the end continues
    * into new clusters). Single clusters and runs keep separate hints so

@@ -513,11 +513,23 @@ export class Qcow2Writer {
     const tail = this.#ctail;
     const shared = tail ? await rc.get(Math.floor(tail.offset / cs)) : 0;
     // Share the tail cluster only while its refcount can still grow (refcount_bits 1 cannot share).
-    if (tail && length <= tail.end - tail.offset && shared > 0 && shared < rc.maxRefcount) {
+    if (tail && shared > 0 && shared < rc.maxRefcount) {
       const host = tail.offset;
-      await rc.add(Math.floor(host / cs), 1, 1);
-      this.#advanceTail(host + length, tail.end);
-      return host;
+      if (length <= tail.end - tail.offset) {
+        await rc.add(Math.floor(host / cs), 1, 1);
+        this.#advanceTail(host + length, tail.end);
+        return host;
+      }
+      // As qemu: the bytes run on into new clusters right after the tail, when those are free, so that
+      // compressed clusters pack without a gap (data compressing to more than half a cluster would
+      // otherwise take a whole cluster each).
+      const more = Math.ceil((length - (tail.end - tail.offset)) / cs);
+      if (await rc.allocateAt(tail.end / cs, more)) {
+        await rc.add(Math.floor(host / cs), 1, 1);
+        await this.#growFile();
+        this.#advanceTail(host + length, tail.end + more * cs);
+        return host;
+      }
     }
     const count = Math.ceil(length / cs);
     const host = await rc.allocate(count);
