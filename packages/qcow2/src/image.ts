@@ -4,19 +4,17 @@
  */
 import { ERROR_CODES, ImageError, checkDiskRange, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
 import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
-import { MAX_L1_TABLE_BYTES, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_EXTENDED_L2, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_BITMAPS } from './constants.js';
+import { INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './constants.js';
 import { hasFeature, type Qcow2Header } from './header.js';
-import { findExtension, extensionString, parseBitmapsExtension, type HeaderExtension } from './extensions.js';
+import { stringExtension, type HeaderExtension } from './extensions.js';
 import { snapshotInfo } from './snapshot.js';
-import { readBitmapDirectory } from './bitmaps.js';
-import { compressionTypeName } from './compression.js';
 import { segments, segmentExtent, readRange, type MappingView } from './reader.js';
-import { compressCluster } from './compression.js';
-import { compressInPool } from './compress-pool.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
 import { beforeFirstWrite, markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
-import { stringExtension } from './extensions.js';
+import { qcow2Info } from './info.js';
+import { checkResize, resizeLayer } from './resize.js';
+import { writeCompressedData } from './compressed-write.js';
 
 const FORMAT = 'qcow2';
 
@@ -146,80 +144,16 @@ export class Qcow2Disk implements Disk {
     if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
     await this.#guard(async () => {
       await this.#changing(offset, data.length);
-      const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
-      // Many clusters go to the worker pool (all cores); few, or where there are no workers, are compressed here.
-      const pooled = await compressInPool(s.compressionType, data, cs);
-      const work: Promise<void>[] = [];
-      for (let at = 0; at < data.length; at += cs) {
-        const plain = data.subarray(at, at + cs);
-        const entry = { guest: offset + at, plain, packed: pooled?.[at / cs] };
-        clusters.push(entry);
-        if (pooled) continue;
-        let cluster = plain;
-        if (cluster.length < cs) {
-          cluster = new Uint8Array(cs);
-          cluster.set(plain);
-        }
-        work.push(compressCluster(s.compressionType, cluster).then((packed) => void (entry.packed = packed)));
-      }
-      await Promise.all(work);
-      // Clusters that did not get smaller are written as they are, in runs.
-      const writes: Promise<void>[] = [];
-      for (let i = 0; i < clusters.length; ) {
-        if (clusters[i]!.packed) {
-          i++;
-          continue;
-        }
-        let j = i;
-        while (j < clusters.length && !clusters[j]!.packed) j++;
-        const start = clusters[i]!.guest - offset;
-        const end = clusters[j - 1]!.guest - offset + clusters[j - 1]!.plain.length;
-        writes.push(w.write(offset + start, data.subarray(start, end)));
-        i = j;
-      }
-      writes.push(w.writeCompressedClusters(clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! }))));
-      const results = await Promise.allSettled(writes);
-      for (const r of results) if (r.status === 'rejected') throw r.reason;
+      await writeCompressedData(s, w, offset, data);
     });
   }
 
   /** Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
   async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
     const w = this.#writable(0, 0);
-    const s = this.#state;
-    if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % 512 !== 0) {
-      throw invalidArg(FORMAT, `invalid size ${newSize} (a non-negative multiple of 512)`, { field: 'size' });
-    }
-    const old = this.#view.size;
-    if (Math.ceil(newSize / s.geom.l2Coverage) * 8 > MAX_L1_TABLE_BYTES) {
-      throw invalidArg(FORMAT, `size ${newSize} needs an L1 table over qemu's 32 MiB bound with ${s.geom.clusterSize}-byte clusters`, { field: 'size' });
-    }
-    if (newSize < old && !options.shrink) {
-      throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
-    }
+    checkResize(this.#state, this.#view.size, newSize, options);
     // Writes in flight finish first and new ones wait: the L1 table may move.
-    await this.#guard(() => w.exclusive(async () => {
-      if (findExtension(s.extensions, EXT_BITMAPS)) {
-        throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });
-      }
-      if (newSize < old) {
-        const cs = s.geom.clusterSize;
-        const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
-        // Zero the tail of the last cluster so that growing again shows zeros there, then drop the rest.
-        if (tailEnd > newSize) await w.zeroOrDiscardExclusive(newSize, tailEnd - newSize, 'zero', true);
-        if (old > tailEnd) await w.zeroOrDiscardExclusive(tailEnd, old - tailEnd, 'discard', true);
-        await w.dropTablesFrom(Math.ceil(newSize / s.geom.l2Coverage));
-      } else {
-        await w.growL1(Math.ceil(newSize / s.geom.l2Coverage));
-      }
-      s.header.size = newSize;
-      this.#view.size = newSize;
-      await writeHeader(s);
-      await s.storage.flush();
-      // The new area reads as zeros even where a longer backing file has data (as qemu does).
-      const backingEnd = Math.min(newSize, s.backing?.size ?? 0);
-      if (backingEnd > old) await w.zeroOrDiscardExclusive(old, backingEnd - old, 'zero', true);
-    }));
+    await this.#guard(() => w.exclusive(() => resizeLayer(this.#state, this.#view, w, newSize)));
   }
 
   /**
@@ -410,41 +344,7 @@ export class Qcow2Disk implements Disk {
   /** What qemu-img info shows. */
   async info(): Promise<ImageInfo> {
     this.#check();
-    const s = this.#state;
-    const h = s.header;
-    const v3 = h.version >= 3;
-    const specific: Record<string, unknown> = {
-      compat: v3 ? '1.1' : '0.10',
-      'compression-type': compressionTypeName(s.compressionType),
-    };
-    if (v3) specific['lazy-refcounts'] = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
-    const bitmapsExt = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-    if (bitmapsExt) specific.bitmaps = await readBitmapDirectory(s.storage, bitmapsExt, s.fileSize, s.geom.clusterSize, s.file);
-    specific['refcount-bits'] = s.geom.refcountBits;
-    if (s.dataFileName !== undefined) {
-      specific['data-file'] = s.dataFileName;
-      specific['data-file-raw'] = hasFeature(h.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
-    }
-    if (v3) {
-      specific.corrupt = hasFeature(h.incompatibleFeatures, INCOMPAT_CORRUPT);
-      specific['extended-l2'] = hasFeature(h.incompatibleFeatures, INCOMPAT_EXTENDED_L2);
-    }
-    if (s.backingInfo?.probed) specific['backing-format-probed'] = true;
-    const info: ImageInfo = {
-      format: FORMAT,
-      virtualSize: this.#view.size,
-      clusterSize: s.geom.clusterSize,
-      dirty: hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY),
-      formatSpecific: specific,
-    };
-    if (s.backingName !== undefined) {
-      info.backingFile = s.backingName;
-      if (s.backingInfo) info.fullBackingFile = s.backingInfo.fullName;
-      const fmt = extensionString(findExtension(s.extensions, EXT_BACKING_FORMAT)) ?? s.backingInfo?.format;
-      if (fmt !== undefined) info.backingFormat = fmt;
-    }
-    if (s.snapshots.length) info.snapshots = this.snapshots;
-    return info;
+    return qcow2Info(this.#state, this.#view.size, this.snapshots);
   }
 }
 

@@ -9,71 +9,20 @@
  * entry is on disk. Work is done per L2 table under that table's lock;
  * refcounts and the L1 table are changed under one metadata lock.
  */
-import { KeyedLock, Mutex, ImageError, ERROR_CODES, concatBytes, readU32Be, writeU32Be } from '@img/block';
+import { concatBytes } from '@img/block';
 import type { Storage } from '@img/block';
 import { l1EntryOffset } from './mapping.js';
-import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
-import { ENTRY_COPIED_HI, COMPRESSED_SECTOR } from './constants.js';
-import { loadL2, type MappingView } from './reader.js';
-import type { Refcounts } from './refcount.js';
-import type { Qcow2State } from './state.js';
+import type { Entry } from './l2-entry.js';
+import { COMPRESSED_SECTOR } from './constants.js';
+import { TableWriter } from './table-writer.js';
 
-/** What the writer needs from the image besides its state. */
-export interface WriterHooks {
-  /** Reads guest bytes of the active layer as they are now (for copy-on-write). */
-  read(offset: number, target: Uint8Array): Promise<void>;
-  /** Writes the header (after the writer changed it). */
-  writeHeader(): Promise<void>;
-  /** Runs once before the first change to the image (dirty bit, autoclear bits). */
-  beforeFirstWrite(): Promise<void>;
-  /** Flush barrier between dependent metadata writes. */
-  barrier(): Promise<void>;
-}
+export type { WriterHooks } from './table-writer.js';
 
-const TWO32 = 0x1_0000_0000;
-
-/** Writes the 64-bit offset-with-flags `hi:lo` pair at `at`. */
-function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
-  writeU32Be(buf, at, hi >>> 0);
-  writeU32Be(buf, at + 4, lo >>> 0);
-}
-
-export class Qcow2Writer {
-  #s: Qcow2State;
-  #view: MappingView;
-  #refcounts: Refcounts | undefined;
-  #hooks: WriterHooks;
-  #tables = new KeyedLock();
-  #meta = new Mutex();
-  /** Free space left in the last host cluster that compressed data went to. */
-  #ctail: { offset: number; end: number } | undefined;
-  readonly units: number;
-  readonly full: number;
-  readonly unitSize: number;
-
-  constructor(state: Qcow2State, view: MappingView, refcounts: Refcounts | undefined, hooks: WriterHooks) {
-    this.#s = state;
-    this.#view = view;
-    this.#refcounts = refcounts;
-    this.#hooks = hooks;
-    this.units = state.entryGeom.extendedL2 ? 32 : 1;
-    this.full = state.entryGeom.extendedL2 ? 0xffffffff : 1;
-    this.unitSize = state.geom.subclusterSize;
-  }
-
-  get refcounts(): Refcounts | undefined {
-    return this.#refcounts;
-  }
-
-  #decode(table: Uint8Array, index: number, tableOffset: number): Entry {
-    return decodeEntry(table, index, this.#s.entryGeom, this.#s.file, tableOffset);
-  }
-
-  #encode(table: Uint8Array, index: number, e: Entry): void {
-    encodeEntry(table, index, e, this.#s.entryGeom);
-  }
-
-  /** Units of a cluster touched by bytes [a, b) of it, as a bit mask. */
+/**
+ * The writer of an image open for writing: guest writes over the tables
+ * {@link TableWriter} keeps private.
+ */
+export class Qcow2Writer extends TableWriter {
   #mask(a: number, b: number): number {
     if (this.units === 1) return 1;
     const first = Math.floor(a / this.unitSize);
@@ -93,188 +42,17 @@ export class Qcow2Writer {
     return m >>> 0;
   }
 
-  // ---- metadata helpers ---------------------------------------------
-
-  async #allocate(count: number): Promise<number> {
-    const rc = this.#refcounts!;
-    const offset = await this.#meta.run(async () => {
-      const at = await rc.allocate(count);
-      await this.#growFile();
-      return at;
-    });
-    return offset;
-  }
-
-  /** Allocates `count` contiguous clusters (refcount 1) for metadata outside the L1/L2 tables (bitmaps). */
-  allocateClusters(count: number): Promise<number> {
-    return this.#allocate(count);
-  }
-
-  /**
-   * Grows the file over every allocated cluster (new refcount blocks
-   * included), so that no mapped cluster lies past its end. Never shrinks.
-   * Caller holds the metadata lock.
-   */
-  async #growFile(): Promise<void> {
-    const end = this.#refcounts!.endCluster * this.#s.geom.clusterSize;
-    if (end > this.#s.fileSize) {
-      await this.#s.storage.truncate(end);
-      this.#s.fileSize = end;
-    }
-  }
-
-  /** Drops one reference from each host cluster of [offset, offset + bytes). */
-  async #release(offset: number, bytes: number): Promise<void> {
-    await this.release(offset, bytes);
-  }
-
-  /**
-   * Drops one reference from each host cluster of [offset, offset + bytes).
-   * While guest reads are in flight the drop waits for them (a read may
-   * still be fetching from a cluster that would otherwise be reused).
-   */
-  async release(offset: number, bytes: number): Promise<void> {
-    if (!this.#refcounts) return;
-    if (this.#s.activeReads > 0) {
-      this.#s.pendingReleases.push({ offset, bytes });
-      return;
-    }
-    await this.#releaseNow(offset, bytes);
-  }
-
-  /** Performs the releases that waited for reads; called when the last read finishes, and on flush. */
-  async drainReleases(): Promise<void> {
-    const pending = this.#s.pendingReleases;
-    while (pending.length && this.#s.activeReads === 0) {
-      const r = pending.shift()!;
-      await this.#releaseNow(r.offset, r.bytes);
-    }
-  }
-
-  async #releaseNow(offset: number, bytes: number): Promise<void> {
-    const rc = this.#refcounts!;
-    const cs = this.#s.geom.clusterSize;
-    if (this.#ctail) {
-      const tail = Math.floor(this.#ctail.offset / cs);
-      if (tail >= Math.floor(offset / cs) && tail <= Math.floor((offset + bytes - 1) / cs)) this.#ctail = undefined;
-    }
-    // The bytes may be reused: forget what was decompressed or cached from them.
-    this.#s.decompressed.clear();
-    this.#s.cache.delete(offset);
-    await this.#meta.run(() => rc.release(offset, bytes));
-  }
-
-  /** Releases what an entry points to (data cluster or compressed bytes). */
-  async #releaseEntry(e: Entry): Promise<void> {
-    if (e.compressed) await this.#release(e.compressed.host, e.compressed.size);
-    else if (e.host !== undefined && !this.#s.dataFile) await this.#release(e.host, this.#s.geom.clusterSize);
-  }
-
-  #writeL1Entry(index: number, offset: number, copied: boolean): Promise<void> {
-    const l1 = this.#view.l1;
-    put64(l1, index * 8, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / TWO32), offset);
-    return this.#s.storage.write(this.#view.l1Offset + index * 8, l1.subarray(index * 8, index * 8 + 8));
-  }
-
-  /**
-   * The L2 table for L1 entry `l1Index`, ready to be changed: allocated if
-   * missing, copied if shared with a snapshot. Caller holds the table lock.
-   */
-  async #tableFor(l1Index: number): Promise<{ table: Uint8Array; offset: number }> {
-    const s = this.#s;
-    const cs = s.geom.clusterSize;
-    const l2Offset = l1EntryOffset(this.#view.l1, l1Index, cs, s.file, this.#view.l1Offset);
-    const copied = l2Offset !== 0 && (readU32Be(this.#view.l1, l1Index * 8) & ENTRY_COPIED_HI) !== 0;
-    if (l2Offset !== 0 && copied) return { table: await loadL2(s, l2Offset, l1Index), offset: l2Offset };
-    const fresh = await this.#allocate(1);
-    let table: Uint8Array;
-    if (l2Offset === 0) {
-      table = new Uint8Array(cs);
-    } else {
-      // Shared with a snapshot. The clusters it maps already count one reference per L1 table that
-      // reaches them (taking the snapshot added them), so the copy changes no refcount but the table's.
-      table = (await loadL2(s, l2Offset, l1Index)).slice();
-      for (let i = 0; i < s.geom.l2Entries; i++) {
-        const e = this.#decode(table, i, l2Offset);
-        if (e.host !== undefined && e.copied) this.#encode(table, i, { ...e, copied: false });
-      }
-    }
-    await s.storage.write(fresh, table);
-    await this.#hooks.barrier();
-    s.cache.put(fresh, table);
-    await this.#writeL1Entry(l1Index, fresh, true);
-    if (l2Offset !== 0) {
-      await this.#hooks.barrier();
-      await this.#release(l2Offset, cs);
-    }
-    return { table, offset: fresh };
-  }
-
-  async #writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
-    const es = this.#s.geom.l2EntrySize;
-    this.#s.cache.put(tableOffset, table);
-    await this.#s.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
-  }
-
-  /**
-   * Runs `fn` with no guest write in flight and none starting (snapshot
-   * operations, resize). Writes wait for it to finish.
-   */
-  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.#gate;
-    let release!: () => void;
-    this.#gate = new Promise<void>((r) => (release = r));
-    await prev;
-    while (this.#inflight > 0) await new Promise<void>((r) => this.#idle.push(r));
-    try {
-      await this.#hooks.beforeFirstWrite();
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-
-  #gate: Promise<void> = Promise.resolve();
-  #inflight = 0;
-  #idle: Array<() => void> = [];
-
-  /** Runs `fn` for each L2 table's share of [offset, offset+length), under that table's lock, tables in parallel. */
-  async #perTable(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
-    await this.#gate;
-    this.#inflight++;
-    try {
-      await this.#perTableInner(offset, length, fn);
-    } finally {
-      if (--this.#inflight === 0) for (const wake of this.#idle.splice(0)) wake();
-    }
-  }
-
-  async #perTableInner(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
-    await this.#hooks.beforeFirstWrite();
-    const cov = this.#s.geom.l2Coverage;
-    const jobs: Promise<void>[] = [];
-    for (let pos = offset; pos < offset + length; ) {
-      const l1Index = Math.floor(pos / cov);
-      const end = Math.min(offset + length, (l1Index + 1) * cov);
-      const start = pos;
-      jobs.push(this.#tables.run(l1Index, () => fn(l1Index, start, end)));
-      pos = end;
-    }
-    const results = await Promise.allSettled(jobs);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-  }
-
   // ---- write ------------------------------------------------------------
 
   /** Writes `data` at guest `offset`. */
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#perTable(offset, data.length, (l1Index, start, end) => this.#writeInTable(l1Index, start, data.subarray(start - offset, end - offset)));
+    return this.perTable(offset, data.length, (l1Index, start, end) => this.#writeInTable(l1Index, start, data.subarray(start - offset, end - offset)));
   }
 
   async #writeInTable(l1Index: number, offset: number, data: Uint8Array): Promise<void> {
-    const s = this.#s;
+    const s = this.s;
     const cs = s.geom.clusterSize;
-    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+    const { table, offset: tableOffset } = await this.tableFor(l1Index);
     interface Plan { index: number; guest: number; host: number | undefined; spanStart: number; spanEnd: number; a: number; b: number; fill: boolean; next: Entry; old: Entry; fresh: boolean }
     const plans: Plan[] = [];
     let fresh = 0;
@@ -283,7 +61,7 @@ export class Qcow2Writer {
       const a = pos - guest;
       const b = Math.min(cs, offset + data.length - guest);
       const index = (guest / cs) % s.geom.l2Entries;
-      const old = this.#decode(table, index, tableOffset);
+      const old = this.decode(table, index, tableOffset);
       const mask = this.#mask(a, b);
       const whole = this.#wholeMask(a, b);
       const priv = old.host !== undefined && old.copied && !old.compressed;
@@ -313,7 +91,7 @@ export class Qcow2Writer {
     }
     // Allocate every new cluster of this table at once, so that they lie together in the file.
     if (fresh) {
-      let at = await this.#allocate(fresh);
+      let at = await this.allocate(fresh);
       for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
     }
     // Build the bytes: new data, with old content around it where a unit is only partly written.
@@ -321,8 +99,8 @@ export class Qcow2Writer {
       plans.map(async (p) => {
         const piece = p.fill ? new Uint8Array(p.spanEnd - p.spanStart) : data.subarray(p.guest + p.a - offset, p.guest + p.b - offset);
         if (p.fill) {
-          const within = Math.max(0, Math.min(p.spanEnd, this.#view.size - p.guest) - p.spanStart);
-          if (within > 0) await this.#hooks.read(p.guest + p.spanStart, piece.subarray(0, within));
+          const within = Math.max(0, Math.min(p.spanEnd, this.view.size - p.guest) - p.spanStart);
+          if (within > 0) await this.hooks.read(p.guest + p.spanStart, piece.subarray(0, within));
           piece.set(data.subarray(p.guest + p.a - offset, p.guest + p.b - offset), p.a - p.spanStart);
         }
         return { host: p.host! + (p.fill ? p.spanStart : p.a), bytes: piece };
@@ -336,23 +114,23 @@ export class Qcow2Writer {
       const next = { ...p.next, host: p.host, copied: true };
       const changed = p.fresh || next.alloc !== p.old.alloc || next.zero !== p.old.zero;
       if (!changed) continue;
-      this.#encode(table, p.index, next);
+      this.encode(table, p.index, next);
       if (first < 0) first = p.index;
       last = p.index;
     }
     if (first >= 0) {
-      await this.#hooks.barrier();
-      await this.#writeTableRange(tableOffset, table, first, last);
+      await this.hooks.barrier();
+      await this.writeTableRange(tableOffset, table, first, last);
     }
     const stale = plans.filter((p) => p.fresh && (p.old.compressed || (p.old.host !== undefined && !s.dataFile)));
     if (stale.length) {
-      await this.#hooks.barrier();
-      for (const p of stale) await this.#releaseEntry(p.old);
+      await this.hooks.barrier();
+      for (const p of stale) await this.releaseEntry(p.old);
     }
   }
 
   /** Writes pieces, joining those that are contiguous in the file into one I/O. */
-  async #writeRuns(pieces: { host: number; bytes: Uint8Array }[], target: Storage = this.#s.dataStorage): Promise<void> {
+  async #writeRuns(pieces: { host: number; bytes: Uint8Array }[], target: Storage = this.s.dataStorage): Promise<void> {
     const sorted = pieces.filter((p) => p.bytes.length).sort((x, y) => x.host - y.host);
     const writes: Promise<void>[] = [];
     for (let i = 0; i < sorted.length; ) {
@@ -379,16 +157,16 @@ export class Qcow2Writer {
    * covered units are written with zeros.
    */
   zeroOrDiscard(offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
-    return this.#perTable(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
+    return this.perTable(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
   }
 
   /** zeroOrDiscard for use inside {@link exclusive} (it does not wait for the gate that exclusive holds). */
   zeroOrDiscardExclusive(offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
-    return this.#perTableInner(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
+    return this.perTableInner(offset, length, (l1Index, start, end) => this.#zeroInTable(l1Index, start, end, mode, mayUnmap));
   }
 
   async #zeroInTable(l1Index: number, start: number, end: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
-    const s = this.#s;
+    const s = this.s;
     const cs = s.geom.clusterSize;
     const v3 = s.header.version >= 3;
     const hasBacking = s.backing !== undefined;
@@ -398,10 +176,10 @@ export class Qcow2Writer {
       await this.#writeZeros(l1Index, [[start, end]]);
       return;
     }
-    const l2Offset = l1EntryOffset(this.#view.l1, l1Index, cs, s.file, this.#view.l1Offset);
+    const l2Offset = l1EntryOffset(this.view.l1, l1Index, cs, s.file, this.view.l1Offset);
     // Nothing mapped by this table: it already reads as zeros (or as the backing file, for a discard).
     if (l2Offset === 0 && (mode === 'discard' || !hasBacking)) return;
-    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
+    const { table, offset: tableOffset } = await this.tableFor(l1Index);
     const partial: Array<[number, number]> = [];
     const stale: Entry[] = [];
     let first = -1;
@@ -412,9 +190,9 @@ export class Qcow2Writer {
       const b = Math.min(cs, end - guest);
       pos = guest + b;
       // In the last cluster of a disk whose size is not a multiple of it, bytes past the end count as covered.
-      const whole = this.#wholeMask(a, guest + b >= this.#view.size ? cs : b);
+      const whole = this.#wholeMask(a, guest + b >= this.view.size ? cs : b);
       const index = (guest / cs) % s.geom.l2Entries;
-      const old = this.#decode(table, index, tableOffset);
+      const old = this.decode(table, index, tableOffset);
       if (whole === 0 || (old.compressed && whole !== this.full)) {
         partial.push([guest + a, guest + b]);
         continue;
@@ -442,14 +220,14 @@ export class Qcow2Writer {
         }
         if (next.alloc === old.alloc && next.zero === old.zero && next.host === old.host) continue;
       }
-      this.#encode(table, index, next);
+      this.encode(table, index, next);
       if (first < 0) first = index;
       last = index;
     }
-    if (first >= 0) await this.#writeTableRange(tableOffset, table, first, last);
+    if (first >= 0) await this.writeTableRange(tableOffset, table, first, last);
     if (stale.length) {
-      await this.#hooks.barrier();
-      for (const e of stale) await this.#releaseEntry(e);
+      await this.hooks.barrier();
+      for (const e of stale) await this.releaseEntry(e);
     }
     await this.#writeZeros(l1Index, partial);
   }
@@ -458,7 +236,7 @@ export class Qcow2Writer {
   async #writeZeros(l1Index: number, ranges: Array<[number, number]>): Promise<void> {
     const chunk = 4 * 1024 * 1024;
     for (const [a, b] of ranges) {
-      const stop = Math.min(b, this.#view.size);
+      const stop = Math.min(b, this.view.size);
       for (let pos = a; pos < stop; pos += chunk) await this.#writeInTable(l1Index, pos, new Uint8Array(Math.min(chunk, stop - pos)));
     }
   }
@@ -474,43 +252,43 @@ export class Qcow2Writer {
     if (!items.length) return Promise.resolve();
     const first = Math.min(...items.map((i) => i.guest));
     const last = Math.max(...items.map((i) => i.guest));
-    return this.#perTable(first, last + 1 - first, (l1Index, start, end) => this.#compressedInTable(l1Index, items.filter((i) => i.guest >= start && i.guest < end)));
+    return this.perTable(first, last + 1 - first, (l1Index, start, end) => this.#compressedInTable(l1Index, items.filter((i) => i.guest >= start && i.guest < end)));
   }
 
   async #compressedInTable(l1Index: number, items: ReadonlyArray<{ guest: number; packed: Uint8Array }>): Promise<void> {
     if (!items.length) return;
-    const s = this.#s;
+    const s = this.s;
     const cs = s.geom.clusterSize;
-    const { table, offset: tableOffset } = await this.#tableFor(l1Index);
-    const olds = items.map((i) => this.#decode(table, (i.guest / cs) % s.geom.l2Entries, tableOffset));
-    const hosts = await this.#meta.run(async () => {
+    const { table, offset: tableOffset } = await this.tableFor(l1Index);
+    const olds = items.map((i) => this.decode(table, (i.guest / cs) % s.geom.l2Entries, tableOffset));
+    const hosts = await this.meta.run(async () => {
       const out: number[] = [];
       for (const i of items) out.push(await this.#placeCompressed(i.packed.length));
       return out;
     });
     await this.#writeRuns(items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })), s.storage);
-    await this.#hooks.barrier();
+    await this.hooks.barrier();
     let lo = Infinity;
     let hi = -1;
     items.forEach((i, k) => {
       const index = (i.guest / cs) % s.geom.l2Entries;
-      this.#encode(table, index, { host: undefined, copied: false, compressed: { host: hosts[k]!, size: i.packed.length }, alloc: 0, zero: 0 });
+      this.encode(table, index, { host: undefined, copied: false, compressed: { host: hosts[k]!, size: i.packed.length }, alloc: 0, zero: 0 });
       lo = Math.min(lo, index);
       hi = Math.max(hi, index);
     });
-    await this.#writeTableRange(tableOffset, table, lo, hi);
+    await this.writeTableRange(tableOffset, table, lo, hi);
     const stale = olds.filter((o) => o.compressed || o.host !== undefined);
     if (stale.length) {
-      await this.#hooks.barrier();
-      for (const o of stale) await this.#releaseEntry(o);
+      await this.hooks.barrier();
+      for (const o of stale) await this.releaseEntry(o);
     }
   }
 
   /** Finds room for compressed bytes: the tail of the last compressed cluster, or new clusters. Holds the metadata lock. */
   async #placeCompressed(length: number): Promise<number> {
-    const cs = this.#s.geom.clusterSize;
-    const rc = this.#refcounts!;
-    const tail = this.#ctail;
+    const cs = this.s.geom.clusterSize;
+    const rc = this.rc!;
+    const tail = this.ctail;
     const shared = tail ? await rc.get(Math.floor(tail.offset / cs)) : 0;
     // Share the tail cluster only while its refcount can still grow (refcount_bits 1 cannot share).
     if (tail && shared > 0 && shared < rc.maxRefcount) {
@@ -526,67 +304,21 @@ export class Qcow2Writer {
       const more = Math.ceil((length - (tail.end - tail.offset)) / cs);
       if (await rc.allocateAt(tail.end / cs, more)) {
         await rc.add(Math.floor(host / cs), 1, 1);
-        await this.#growFile();
+        await this.growFile();
         this.#advanceTail(host + length, tail.end + more * cs);
         return host;
       }
     }
     const count = Math.ceil(length / cs);
     const host = await rc.allocate(count);
-    await this.#growFile();
+    await this.growFile();
     this.#advanceTail(host + length, host + count * cs);
     return host;
   }
 
   #advanceTail(used: number, end: number): void {
     const next = Math.ceil(used / COMPRESSED_SECTOR) * COMPRESSED_SECTOR;
-    this.#ctail = next < end ? { offset: next, end } : undefined;
+    this.ctail = next < end ? { offset: next, end } : undefined;
   }
 
-  // ---- L1 growth --------------------------------------------------------
-
-  /** Grows the L1 table to at least `entries` entries (moves it to new clusters). */
-  async growL1(entries: number): Promise<void> {
-    const s = this.#s;
-    const cs = s.geom.clusterSize;
-    const h = s.header;
-    if (entries <= h.l1Size) return;
-    const bytes = entries * 8;
-    const clusters = Math.ceil(bytes / cs);
-    const offset = await this.#allocate(clusters);
-    const l1 = new Uint8Array(clusters * cs);
-    l1.set(this.#view.l1.subarray(0, h.l1Size * 8));
-    await s.storage.write(offset, l1);
-    await this.#hooks.barrier();
-    const oldOffset = h.l1TableOffset;
-    const oldClusters = Math.ceil((h.l1Size * 8) / cs);
-    h.l1TableOffset = offset;
-    h.l1Size = entries;
-    this.#view.l1 = l1.subarray(0, bytes);
-    this.#view.l1Offset = offset;
-    await this.#hooks.writeHeader();
-    await this.#hooks.barrier();
-    if (oldClusters > 0 && oldOffset > 0) await this.#release(oldOffset, oldClusters * cs);
-  }
-
-  /** Drops the L2 tables of L1 entries at or past `fromIndex` (after shrinking: they map nothing). */
-  async dropTablesFrom(fromIndex: number): Promise<void> {
-    const s = this.#s;
-    const cs = s.geom.clusterSize;
-    for (let i = fromIndex; i < s.header.l1Size; i++) {
-      await this.#tables.run(i, async () => {
-        const l2Offset = l1EntryOffset(this.#view.l1, i, cs, s.file, this.#view.l1Offset);
-        if (l2Offset === 0) return;
-        await this.#writeL1Entry(i, 0, false);
-        await this.#hooks.barrier();
-        s.cache.delete(l2Offset);
-        await this.#release(l2Offset, cs);
-      });
-    }
-  }
-
-  /** Throws if the writer met corrupt metadata earlier. */
-  static corruptError(file: string): ImageError {
-    return new ImageError(ERROR_CODES.CORRUPT, `qcow2: ${file}: the image was marked corrupt by an earlier write; it can only be read`, { data: { format: 'qcow2', file } });
-  }
 }
