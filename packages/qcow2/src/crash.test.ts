@@ -75,9 +75,13 @@ interface ModelState {
 }
 
 function dataFor(length: number, seed: number): Uint8Array {
-  if (seed % 3 === 0) return new Uint8Array(length).fill(seed & 0xff);
-  if (seed % 3 === 1) return new TextEncoder().encode(`sector ${seed} `.repeat(Math.ceil(length / 8))).subarray(0, length);
-  return seededBytes(length, seed);
+  if (seed % 4 === 0) return new Uint8Array(length).fill(seed & 0xff);
+  if (seed % 4 === 1) return new TextEncoder().encode(`sector ${seed} `.repeat(Math.ceil(length / 8))).subarray(0, length);
+  if (seed % 4 === 2) return seededBytes(length, seed);
+  // Compresses to about half: compressed clusters that run on past the tail of the last one.
+  const out = seededBytes(length, seed);
+  for (let i = 0; i < out.length; i++) out[i] = 0x61 + (out[i]! & 15);
+  return out;
 }
 
 async function runWorkload(config: Config, seed: number): Promise<{ fault: FaultStorage; states: ModelState[]; resolver: Resolver; backing: Uint8Array; log: string[] }> {

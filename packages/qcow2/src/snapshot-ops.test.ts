@@ -146,3 +146,20 @@ describeQemu('snapshots and qemu-img', () => {
     expect(qemuImg(['snapshot', '-l', path]).stdout).not.toMatch(/s2/);
   });
 });
+
+describe('snapshots and narrow refcounts', () => {
+  it('a snapshot that would overflow a refcount is refused before anything changes (no corrupt bit, still writable)', async () => {
+    const storage = new MemoryStorage({ name: 'n.qcow2' });
+    const disk = await createQcow2(storage, { size: 1 << 20, cluster_size: 4096, refcount_bits: 2 });
+    // Three small compressed clusters share one host cluster: its refcount is 3, the most 2 bits hold.
+    await disk.writeCompressed(0, new Uint8Array(3 * 4096).fill(9));
+    await disk.write(65536, seededBytes(4096, 1));
+    const before = storage.toBytes();
+    await expect(disk.createSnapshot('s1')).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+    expect(bytesEqual(storage.toBytes(), before)).toBe(true);
+    await disk.write(8192 * 4, seededBytes(4096, 2));
+    await disk.close();
+    await clean(storage);
+    expect((await openQcow2(MemoryStorage.from(storage.toBytes()))).header.incompatibleFeatures).toBe(0n);
+  });
+});

@@ -8,7 +8,7 @@
  * refcounts afterwards (they mean "refcount is exactly one"; in a table
  * shared with a snapshot only the flags change, as qemu does).
  */
-import { ImageError, ERROR_CODES, readU32Be, writeU32Be, invalidArg, utf8Encode } from '@img/block';
+import { ImageError, ERROR_CODES, readU32Be, writeU32Be, invalidArg, utf8Encode, unsupported, hex } from '@img/block';
 import { l1EntryOffset, decodeL2Entry } from './mapping.js';
 import { ENTRY_COPIED_HI, INCOMPAT_DIRTY, MAX_SNAPSHOTS } from './constants.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
@@ -57,6 +57,41 @@ async function adjustTree(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Siz
       else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) await change(e.host / cs, 1);
     }
     await change(l2Offset / cs, 1);
+  }
+}
+
+/**
+ * Refuses (before anything changes) a snapshot operation whose extra
+ * references would overflow a refcount: narrow refcounts (refcount_bits
+ * 1 to 16) count few references, and compressed clusters packed into one
+ * host cluster already use several. qemu fails such an operation too.
+ */
+async function checkIncrement(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Size: number): Promise<void> {
+  const rc = refcountsOf(s);
+  if (rc.bits > 16) return;
+  const cs = s.geom.clusterSize;
+  const adds = new Map<number, number>();
+  const add = (first: number, count: number) => {
+    for (let c = first; c < first + count; c++) adds.set(c, (adds.get(c) ?? 0) + 1);
+  };
+  for (let i = 0; i < l1Size; i++) {
+    const l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
+    if (!l2Offset) continue;
+    const table = await loadL2(s, l2Offset, i);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      const e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
+      if (e.type === 'compressed') add(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1);
+      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) add(e.host / cs, 1);
+    }
+    add(l2Offset / cs, 1);
+  }
+  for (const [c, n] of adds) {
+    const now = await rc.get(c);
+    if (now + n > rc.maxRefcount) {
+      throw unsupported(FORMAT, s.file, `refcount_bits ${rc.bits} cannot count the references a snapshot adds to cluster ${c} (${hex(c * cs)}): ${now} + ${n} > ${rc.maxRefcount}; use wider refcounts (qemu-img amend -o refcount_bits=16)`, {
+        field: 'refcount_bits',
+      });
+    }
   }
 }
 
@@ -161,6 +196,7 @@ export interface SnapshotCreateOptions {
 /** Takes an internal snapshot of the active layer (qemu-img snapshot -c). */
 export async function createSnapshot(s: Qcow2State, view: MappingView, name: string, options: SnapshotCreateOptions = {}): Promise<Qcow2Snapshot> {
   validateNew(s, name, options);
+  await checkIncrement(s, view.l1, view.l1Offset, s.header.l1Size);
   return dirtyDuring(s, () => createSnapshotNow(s, view, name, options));
 }
 
@@ -247,6 +283,9 @@ async function deleteSnapshotNow(s: Qcow2State, view: MappingView, snap: Qcow2Sn
 export async function applySnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
   refcountsOf(s);
   const snap = find(s, idOrName);
+  const snapL1 = new Uint8Array(snap.l1Size * 8);
+  await s.storage.readInto(snap.l1TableOffset, snapL1);
+  await checkIncrement(s, snapL1, snap.l1TableOffset, snap.l1Size);
   await dirtyDuring(s, () => applySnapshotNow(s, view, snap));
 }
 
