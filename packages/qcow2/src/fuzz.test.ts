@@ -86,3 +86,33 @@ describe('random metadata damage, then writes', () => {
 function rethrowUnlessImageError(e: unknown): void {
   if (!ImageError.isInstance(e)) throw e;
 }
+
+describe('random metadata damage, read as a stream', () => {
+  for (const name of ['v3-64k.qcow2', 'compressed-zstd-512.qcow2', 'compressed-zlib-4k.qcow2', 'extended-l2.qcow2', 'refcount-1.qcow2']) {
+    it(`${name}: readQcow2Stream decodes or throws ImageError, and never hands out more than the disk`, async () => {
+      const { readQcow2Stream } = await import('./read-stream.js');
+      const original = loadFixture(name);
+      const span = Math.min(original.length, 48 * 1024);
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.tuple(fc.nat(span - 1), fc.nat(255)), { minLength: 1, maxLength: 8 }), fc.integer({ min: 1, max: 70_000 }), async (edits, chunk) => {
+          const bytes = original.slice();
+          for (const [at, value] of edits) bytes[at] = value;
+          try {
+            const src = await readQcow2Stream((async function* () {
+              for (let at = 0; at < bytes.length; at += chunk) yield bytes.subarray(at, at + chunk);
+            })());
+            let total = 0;
+            for await (const p of src.pieces) {
+              expect(p.offset + p.data.length).toBeLessThanOrEqual(src.size);
+              total += p.data.length;
+              if (total > 256 * 1024 * 1024) break;
+            }
+          } catch (e) {
+            rethrowUnlessImageError(e);
+          }
+        }),
+        { seed: Number(process.env.IMG_SEED ?? 777), numRuns: Number(process.env.IMG_RUNS ?? 60) },
+      );
+    });
+  }
+});
