@@ -84,7 +84,7 @@ describe('createQcow2Stream / qcow2Driver.stream', () => {
     const plain = await createQcow2Stream(d, { cluster_size: '4k' });
     const sparse = await createQcow2Stream(d, { cluster_size: '4k', detect_zeroes: 'on' });
     expect(plain.length - sparse.length).toBe(3 * 4096);
-    const off = await createQcow2Stream(d, { cluster_size: '4k', detect_zeroes: 'off' });
+    const off = await createQcow2Stream(d, { cluster_size: '4k', detect_zeroes: 'off', preallocation: 'off', data_file_raw: false });
     expect(off.length).toBe(plain.length);
   });
 

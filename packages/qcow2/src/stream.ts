@@ -89,7 +89,10 @@ async function withoutZeroClusters(source: Disk, runs: Array<[number, number]>, 
 /** Maps the CLI's strings and typed keys to Qcow2StreamOptions, refusing what a stand-alone stream cannot be. */
 export function qcow2StreamOptionsFrom(options: Record<string, unknown> = {}): Qcow2StreamOptions {
   for (const k of REFUSED) {
-    if (options[k] !== undefined) throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
+    const v = options[k];
+    // "off" is what a stream is anyway.
+    if (v === undefined || v === false || v === 'off' || v === 'false') continue;
+    throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
   }
   const { detect_zeroes: dz, detectZeroes, ...rest } = options;
   const out = { ...rest } as Qcow2StreamOptions;
