@@ -4,7 +4,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStorage, createRaw, openRaw } from '@img/block';
-import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir, testImagesDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import { copyStreamToDisk, fromStream, toStream } from './streams.js';
 
 const tmp = tempDir('img-streams-');
@@ -96,6 +96,31 @@ describeQemu('img-convert with pipes', () => {
     for await (const c of s.chunks) n += c.length;
     await disk.close();
     expect(n).toBe(s.length);
+  });
+
+  it('img-convert raw qcow2 in - > out.qcow2: qemu-img check and compare accept it; cat out | img-convert qcow2 raw - works', () => {
+    const input = join(testImagesDir, 'raw', 'demo.img');
+    const r = pipe(['raw', 'qcow2', input, '-']);
+    expect(r.status, r.stderr).toBe(0);
+    const out = join(tmp.path, 'streamed.qcow2');
+    writeFileSync(out, r.stdout);
+    expect(qemuCheck(out, 'qcow2').status).toBe(0);
+    expect(qemuCompare(input, out, 'raw', 'qcow2')).toBe(true);
+    expect(r.stdout.length).toBeLessThan(3 << 20);
+    const back = join(tmp.path, 'back-from-qcow2.raw');
+    const b = pipe(['qcow2', 'raw', '-', back], r.stdout);
+    expect(b.status, b.stderr).toBe(0);
+    expect(qemuCompare(input, back, 'raw', 'raw')).toBe(true);
+  });
+
+  it('reads what qemu-img convert -O qcow2 writes, from a pipe', () => {
+    const input = join(testImagesDir, 'raw', 'demo.img');
+    const q = join(tmp.path, 'by-qemu.qcow2');
+    qemuImg(['convert', '-O', 'qcow2', input, q]);
+    const back = join(tmp.path, 'by-qemu.raw');
+    const b = pipe(['qcow2', 'raw', '-', back], readFileSync(q));
+    expect(b.status, b.stderr).toBe(0);
+    expect(qemuCompare(input, back, 'raw', 'raw')).toBe(true);
   });
 
   it('refuses stream to stream', () => {
