@@ -12,3 +12,4 @@ export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyPro
 export { parseSize, formatSize, parseBool } from './size.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
 export { LIMITS } from './limits.js';
+export { ByteStreamReader } from './byte-stream.js';

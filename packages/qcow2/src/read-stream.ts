@@ -15,8 +15,7 @@
  * one entry, so memory grows with the fragmentation of the image, not its
  * size. Compressed clusters are decompressed as they arrive.
  */
-import { ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
-import { ByteReader } from './byte-reader.js';
+import { ByteStreamReader, ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { decompressCluster } from './compression.js';
 import {
   COMPRESSION_ZLIB,
@@ -153,7 +152,7 @@ class HostQueue {
  * ```
  */
 export async function readQcow2Stream(input: AsyncIterable<Uint8Array>, _options: OpenOptions = {}): Promise<StreamSource> {
-  const reader = new ByteReader(input, NAME);
+  const reader = new ByteStreamReader(input, FORMAT, NAME);
   try {
     return await readHeaderAndL1(reader);
   } catch (e) {
@@ -162,7 +161,7 @@ export async function readQcow2Stream(input: AsyncIterable<Uint8Array>, _options
   }
 }
 
-async function readHeaderAndL1(reader: ByteReader): Promise<StreamSource> {
+async function readHeaderAndL1(reader: ByteStreamReader): Promise<StreamSource> {
   const head = await reader.upTo(QCOW2_V2_HEADER_LENGTH);
   if (head.length < QCOW2_V2_HEADER_LENGTH || readU32Be(head, 0) !== QCOW2_MAGIC) parseHeader(head, NAME);
   const clusterBits = readU32Be(head, 20);
@@ -254,7 +253,7 @@ interface Retained {
   bytes: Uint8Array;
 }
 
-async function* decode(reader: ByteReader, queue: HostQueue, c: DecodeContext): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+async function* decode(reader: ByteStreamReader, queue: HostQueue, c: DecodeContext): AsyncGenerator<{ offset: number; data: Uint8Array }> {
   const { size, cs } = c;
   // Compressed clusters are packed: qemu (and our writer) put the next compressed cluster in the free
   // tail of the host cluster the last one ended in, even when L2 tables and plain clusters were

@@ -11,7 +11,7 @@
  * (it needs its parent). Fixed disks are their guest data followed by the
  * footer: the size is known only at the end (`size` is -1 until then).
  */
-import { ERROR_CODES, ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
+import { ByteStreamReader, ERROR_CODES, ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes } from './bat.js';
 import { bitRuns, bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
@@ -26,89 +26,6 @@ const NAME = 'stream';
 export interface VhdReadStreamOptions extends OpenOptions {
   /** How the virtual size is derived (see openVhd). */
   sizeMode?: VhdSizeMode;
-}
-
-/** Sequential reader over an async iterable of chunks: exact reads and skips, never more buffered than one chunk. */
-class ByteReader {
-  readonly #it: AsyncIterator<Uint8Array>;
-  #chunk: Uint8Array = new Uint8Array(0);
-  #at = 0;
-  /** Stream offset of the next byte. */
-  position = 0;
-  #done = false;
-
-  constructor(input: AsyncIterable<Uint8Array>) {
-    this.#it = input[Symbol.asyncIterator]();
-  }
-
-  async #fill(): Promise<boolean> {
-    while (this.#at >= this.#chunk.length) {
-      if (this.#done) return false;
-      const r = await this.#it.next();
-      if (r.done) {
-        this.#done = true;
-        return false;
-      }
-      this.#chunk = r.value;
-      this.#at = 0;
-    }
-    return true;
-  }
-
-  /** Up to `max` bytes (at least one), or undefined at the end. The bytes may be shared with the input chunk. */
-  async some(max: number): Promise<Uint8Array | undefined> {
-    if (!(await this.#fill())) return undefined;
-    const n = Math.min(max, this.#chunk.length - this.#at);
-    const out = this.#chunk.subarray(this.#at, this.#at + n);
-    this.#at += n;
-    this.position += n;
-    return out;
-  }
-
-  /** Exactly `n` bytes (copied when they span chunks); `what` names them if the stream ends first. */
-  async exact(n: number, what: string): Promise<Uint8Array> {
-    const first = await this.some(n);
-    if (first && first.length === n) return first;
-    const out = new Uint8Array(n);
-    let got = 0;
-    if (first) {
-      out.set(first);
-      got = first.length;
-    }
-    while (got < n) {
-      const piece = await this.some(n - got);
-      if (!piece) throw corrupt(FORMAT, NAME, `the stream ends at ${hex(this.position)}, inside ${what}`, { field: what, offset: this.position });
-      out.set(piece, got);
-      got += piece.length;
-    }
-    return out;
-  }
-
-  /** Skips to stream offset `to` (which must not lie behind). */
-  async skipTo(to: number, what: string): Promise<void> {
-    while (this.position < to) {
-      const piece = await this.some(Math.min(to - this.position, PIECE));
-      if (!piece) throw corrupt(FORMAT, NAME, `the stream ends at ${hex(this.position)}, before ${what} at ${hex(to)}`, { field: what, offset: to });
-    }
-  }
-
-  /** Reads and discards the rest of the stream; returns its last `keep` bytes. */
-  async drain(keep: number): Promise<Uint8Array> {
-    const tail = new Uint8Array(keep);
-    let have = 0;
-    for (;;) {
-      const piece = await this.some(PIECE);
-      if (!piece) return tail.subarray(keep - have);
-      if (piece.length >= keep) {
-        tail.set(piece.subarray(piece.length - keep));
-        have = keep;
-      } else {
-        tail.copyWithin(0, piece.length);
-        tail.set(piece, keep - piece.length);
-        have = Math.min(keep, have + piece.length);
-      }
-    }
-  }
 }
 
 function isFooter(b: Uint8Array): boolean {
@@ -132,7 +49,7 @@ function isFooter(b: Uint8Array): boolean {
  * ```
  */
 export async function readVhdStream(input: AsyncIterable<Uint8Array>, options: VhdReadStreamOptions = {}): Promise<StreamSource> {
-  const reader = new ByteReader(input);
+  const reader = new ByteStreamReader(input, FORMAT, NAME);
   const first = await reader.exact(FOOTER_SIZE, 'the footer copy').catch((e: unknown) => {
     if (ImageError.isInstance(e)) throw corrupt(FORMAT, NAME, `the stream is shorter than a VHD footer (${reader.position} bytes)`, { field: 'footer' });
     throw e;
@@ -166,7 +83,7 @@ function virtualSize(f: VhdFooter, at: number, options: VhdReadStreamOptions): n
   return size;
 }
 
-async function readDynamic(reader: ByteReader, first: Uint8Array, options: VhdReadStreamOptions): Promise<StreamSource> {
+async function readDynamic(reader: ByteStreamReader, first: Uint8Array, options: VhdReadStreamOptions): Promise<StreamSource> {
   const footer = checkedFooter(first, 0);
   const size = virtualSize(footer, 0, options);
   // 0x10: data offset (spec, Hard Disk Footer): where the dynamic header is.
@@ -306,7 +223,7 @@ async function readDynamic(reader: ByteReader, first: Uint8Array, options: VhdRe
   return { size, pieces: pieces() };
 }
 
-async function readFixed(reader: ByteReader, first: Uint8Array, options: VhdReadStreamOptions): Promise<StreamSource> {
+async function readFixed(reader: ByteStreamReader, first: Uint8Array, options: VhdReadStreamOptions): Promise<StreamSource> {
   const state = { size: -1 };
   async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
     // The last 512 (or 511) bytes are the footer: hold back 512 bytes at all times.

@@ -1,16 +1,18 @@
 /**
- * A sequential reader over an async iterable of chunks (a pipe, an HTTP
- * body): exact reads, partial reads and skips, never more buffered than
- * the chunk at hand. What readQcow2Stream consumes its input with.
+ * ByteStreamReader: sequential reads over an async iterable of chunks (a
+ * pipe, an HTTP body), for the formats' stream readers. Exact reads,
+ * partial reads, skips and a drain, never buffering more than the chunk at
+ * hand; running out of input where bytes are required is ERR_IMG_CORRUPT
+ * naming what was being read.
  */
-import { corrupt, hex } from '@img/block';
+import { corrupt, hex } from './errors.js';
 
-const FORMAT = 'qcow2';
 /** Largest piece handed out by skips and drains. */
 const PIECE = 1024 * 1024;
 
-export class ByteReader {
+export class ByteStreamReader {
   readonly #it: AsyncIterator<Uint8Array>;
+  readonly #format: string;
   readonly #file: string;
   #chunk: Uint8Array = new Uint8Array(0);
   #at = 0;
@@ -18,8 +20,10 @@ export class ByteReader {
   /** Stream offset of the next byte. */
   position = 0;
 
-  constructor(input: AsyncIterable<Uint8Array>, file: string) {
+  /** `format` and `file` name the stream in errors. */
+  constructor(input: AsyncIterable<Uint8Array>, format: string, file = 'stream') {
     this.#it = input[Symbol.asyncIterator]();
+    this.#format = format;
     this.#file = file;
   }
 
@@ -47,7 +51,7 @@ export class ByteReader {
     return out;
   }
 
-  /** Up to `n` bytes into a new buffer: fewer only where the stream ends. */
+  /** Up to `n` bytes in a new buffer: fewer only where the stream ends. */
   async upTo(n: number): Promise<Uint8Array> {
     const out = new Uint8Array(n);
     let got = 0;
@@ -64,22 +68,44 @@ export class ByteReader {
   async exact(n: number, what: string): Promise<Uint8Array> {
     const at = this.position;
     const out = await this.upTo(n);
-    if (out.length < n) throw corrupt(FORMAT, this.#file, `the stream ends at ${hex(this.position)}, inside ${what} at ${hex(at)}`, { field: what, offset: this.position });
+    if (out.length < n) {
+      throw corrupt(this.#format, this.#file, `the stream ends at ${hex(this.position)}, inside ${what} at ${hex(at)}`, { field: what, offset: this.position });
+    }
     return out;
   }
 
-  /** Skips to stream offset `to` (at or after the position); false if the stream ends first. */
-  async skipTo(to: number): Promise<boolean> {
+  /**
+   * Skips to stream offset `to` (at or after the position). Returns false if
+   * the stream ends first; with `what`, that is an error naming it instead.
+   */
+  async skipTo(to: number, what?: string): Promise<boolean> {
     while (this.position < to) {
       const piece = await this.some(Math.min(to - this.position, PIECE));
-      if (!piece) return false;
+      if (!piece) {
+        if (what === undefined) return false;
+        throw corrupt(this.#format, this.#file, `the stream ends at ${hex(this.position)}, before ${what} at ${hex(to)}`, { field: what, offset: to });
+      }
     }
     return true;
   }
 
-  /** Reads and discards the rest of the stream. */
-  async drain(): Promise<void> {
-    while (await this.some(PIECE));
+  /** Reads and discards the rest of the stream; returns its last `keep` bytes (fewer if it was shorter). */
+  async drain(keep = 0): Promise<Uint8Array> {
+    const tail = new Uint8Array(keep);
+    let have = 0;
+    for (;;) {
+      const piece = await this.some(PIECE);
+      if (!piece) return tail.subarray(keep - have);
+      if (keep === 0) continue;
+      if (piece.length >= keep) {
+        tail.set(piece.subarray(piece.length - keep));
+        have = keep;
+      } else {
+        tail.copyWithin(0, piece.length);
+        tail.set(piece, keep - piece.length);
+        have = Math.min(keep, have + piece.length);
+      }
+    }
   }
 
   /** Stops reading: the input's iterator is told (a generator's finally blocks run). */
