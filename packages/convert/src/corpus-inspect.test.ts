@@ -32,5 +32,26 @@ for (const format of ['qcow2', 'vhd']) {
       }
       expect(wrong).toEqual([]);
     }, 120_000);
+
+    it('with deep, also calls unsafe every image whose data cannot be read', async () => {
+      const { cases } = (await import(module)) as { cases: CorpusCase[] };
+      const registry = defaultRegistry();
+      const driver = registry.require(format);
+      const wrong: string[] = [];
+      for (const c of cases) {
+        const bytes = typeof c.bytes === 'function' ? await c.bytes() : c.bytes;
+        const report = await inspectImage(MemoryStorage.from(bytes), { registry, format, deep: true });
+        // The reference: does reading every allocated byte fail?
+        let readFails = false;
+        try {
+          const disk = await driver.open(MemoryStorage.from(bytes), { untrusted: true, noBacking: true, formats: registry });
+          for await (const e of disk.extents({ topOnly: true })) if (e.kind === 'data') await disk.read(e.offset, e.length);
+        } catch {
+          readFails = true;
+        }
+        if (readFails && report.safe) wrong.push(`${c.name}: unreadable, but deep inspection says safe`);
+      }
+      expect(wrong).toEqual([]);
+    }, 120_000);
   });
 }

@@ -56,6 +56,13 @@ export interface InspectOptions {
   registry: FormatRegistryLike;
   /** Run the format's consistency check too (default true; cost follows the metadata size). */
   check?: boolean;
+  /**
+   * Also read every allocated byte (cost follows the allocated data): finds
+   * what only reading shows, such as compressed clusters that inflate to the
+   * wrong size (decompression bombs are bounded, never allocated, but still
+   * an unusable image).
+   */
+  deep?: boolean;
 }
 
 const refuseAll: Resolver = async (request) => {
@@ -145,6 +152,20 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
     opened = true;
     virtualSize = disk.size;
     info = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+    if (options.deep) {
+      const chunk = new Uint8Array(1 << 20);
+      try {
+        for await (const e of disk.extents({ topOnly: true })) {
+          if (e.kind !== 'data') continue;
+          for (let pos = e.offset; pos < e.offset + e.length; pos += chunk.length) {
+            const n = Math.min(chunk.length, e.offset + e.length - pos);
+            await disk.readInto(pos, chunk.subarray(0, n));
+          }
+        }
+      } catch (e) {
+        findings.push(fromError(e));
+      }
+    }
     // The disk owns the storage; the caller's storage stays open for the check below, so do not close it here.
   } catch (e) {
     findings.push(fromError(e));

@@ -574,10 +574,10 @@ const measure: Handler = async (argv, io) => {
 };
 
 const inspect: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, deep: { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
     io.stdout(
-      'Usage: img inspect [-f fmt] [--output=human|json] <file>\n\nInspects an untrusted image without opening anything it names: format (and mismatches),\nvirtual size, backing files, data files, parents, encryption, corruption. Exit 0 safe, 2 unsafe.\n\nExample:\n  img inspect -f qcow2 upload.qcow2\n',
+      'Usage: img inspect [-f fmt] [--deep] [--output=human|json] <file>\n\nInspects an untrusted image without opening anything it names: format (and mismatches),\nvirtual size, backing files, data files, parents, encryption, corruption. --deep also reads every\nallocated byte (finds compressed clusters that inflate wrongly). Exit 0 safe, 2 unsafe.\n\nExample:\n  img inspect -f qcow2 upload.qcow2\n',
     );
     return 0;
   }
@@ -585,7 +585,7 @@ const inspect: Handler = async (argv, io) => {
   const path = onePath(positionals);
   const storage = await FileStorage.open(path);
   try {
-    const report = await inspectImage(storage, { registry: defaultRegistry(), ...(values.f !== undefined ? { format: values.f } : {}) });
+    const report = await inspectImage(storage, { registry: defaultRegistry(), deep: values.deep ?? false, ...(values.f !== undefined ? { format: values.f } : {}) });
     if (mode === 'json') {
       const { info: _info, ...rest } = report;
       io.stdout(JSON.stringify({ filename: path, ...rest }, null, 4) + '\n');
