@@ -1,0 +1,380 @@
+/**
+ * amendQcow2: qemu-img amend for qcow2. Switches lazy refcounts on and off
+ * and moves an image between version 2 (compat=0.10) and version 3
+ * (compat=1.1) where the image allows it, as qemu does (block/qcow2.c:
+ * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
+ * qcow2_expand_zero_clusters).
+ */
+import { corrupt, invalidArg, parseBool, unsupported, utf8Encode, writeU32Be } from '@img/block';
+import type { Storage } from '@img/block';
+import {
+  QCOW2_V2_HEADER_LENGTH,
+  QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION,
+  INCOMPAT_DIRTY,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTENDED_L2,
+  COMPAT_LAZY_REFCOUNTS,
+  COMPRESSION_ZLIB,
+  EXT_BACKING_FORMAT,
+  EXT_BITMAPS,
+  EXT_CRYPTO,
+  EXT_DATA_FILE,
+  EXT_FEATURE_TABLE,
+  ENTRY_COPIED_HI,
+} from './constants.js';
+import { hasFeature, featureBits, serializeHeader } from './header.js';
+import { extensionsLength, findExtension, serializeExtensions, serializeFeatureTable, type HeaderExtension } from './extensions.js';
+import { l1EntryOffset, decodeL2Entry } from './mapping.js';
+import { loadL2, type MappingView } from './reader.js';
+import { openQcow2 } from './open.js';
+import { stateOf } from './image.js';
+import { checkState } from './check.js';
+import { attachWriter, readL1, writeHeader, type Qcow2State } from './state.js';
+
+const FORMAT = 'qcow2';
+const bit = (b: number) => 1n << BigInt(b);
+
+/**
+ * Options of {@link amendQcow2}: typed values or the strings of
+ * `qemu-img amend -o key=value` (camelCase or qemu's snake_case keys).
+ */
+export interface Qcow2AmendOptions {
+  /** true/'on' or false/'off'. On needs version 3. */
+  lazyRefcounts?: boolean | string;
+  lazy_refcounts?: boolean | string;
+  /** '1.1'/'v3'/3 or '0.10'/'v2'/2. */
+  compat?: '0.10' | '1.1' | 'v2' | 'v3' | string | number;
+  [key: string]: unknown;
+}
+
+/** What an amend asks for, once the options are read. */
+export interface Qcow2AmendRequest {
+  version: 2 | 3 | undefined;
+  lazyRefcounts: boolean | undefined;
+}
+
+const AMENDABLE = new Set(['compat', 'lazyRefcounts', 'lazy_refcounts']);
+
+/**
+ * Reads amend options. Keys other than compat and lazy_refcounts (cluster
+ * size, refcount width, extended L2, compression type, preallocation,
+ * backing or data file, ...) are ERR_IMG_UNSUPPORTED naming the key.
+ */
+export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest {
+  if (options === null || typeof options !== 'object') throw new TypeError('amendQcow2: options must be an object');
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined || AMENDABLE.has(key)) continue;
+    throw unsupported(FORMAT, undefined, `amend cannot change ${key}: only compat and lazy_refcounts can be amended (qemu-img amend refuses the rest, or we do not support it)`, { field: key });
+  }
+  const lazyRaw = options.lazyRefcounts ?? options.lazy_refcounts;
+  const lazyRefcounts = lazyRaw === undefined ? undefined : parseBool(lazyRaw, 'lazy_refcounts');
+  let version: 2 | 3 | undefined;
+  if (options.compat !== undefined) {
+    const c = String(options.compat);
+    if (['1.1', 'v3', '3'].includes(c)) version = 3;
+    else if (['0.10', 'v2', '2'].includes(c)) version = 2;
+    else throw invalidArg(FORMAT, `invalid compat "${c}" (0.10/v2 or 1.1/v3)`, { field: 'compat', actual: c });
+  }
+  if (version === undefined && lazyRefcounts === undefined) throw invalidArg(FORMAT, 'nothing to amend: give compat and/or lazy_refcounts', { field: 'options' });
+  return { version, lazyRefcounts };
+}
+
+/**
+ * qemu-img amend for qcow2: `lazy_refcounts=on|off` and `compat=0.10|1.1`.
+ * Opens `storage` for writing (the backing and data files are not needed
+ * and not opened) and closes it when done, like {@link checkQcow2}.
+ *
+ * - A dirty image (lazy refcounts, not closed cleanly) has its refcounts
+ *   rebuilt first, as qemu does when it opens one for writing.
+ * - `lazy_refcounts=on` needs version 3; `off` clears the bit once the
+ *   refcounts are exact.
+ * - `compat=1.1` rewrites the header as version 3 (header_length 112, as
+ *   qemu writes it, with qemu's feature name table for clusters over 4 KiB
+ *   when it fits), keeping
+ *   extensions and the backing file name.
+ * - `compat=0.10` is refused (ERR_IMG_UNSUPPORTED, saying why) with extended
+ *   L2 entries, an external data file, compressed clusters of a zstd image,
+ *   a refcount width other than 16 bits, bitmaps, or snapshots qemu refuses
+ *   (disk size other than the image's, VM state over 4 GiB). Zero clusters
+ *   of the active layer and of every snapshot are expanded as qemu expands
+ *   them; the version 2 header is written last.
+ *
+ * @example
+ * ```ts
+ * await amendQcow2(await FileStorage.open('vm.qcow2', { readOnly: false }), { compat: '0.10' });
+ * ```
+ */
+export async function amendQcow2(storage: Storage, options: Qcow2AmendOptions): Promise<void> {
+  const want = parseAmendOptions(options);
+  const disk = await openQcow2(storage, { readOnly: false, noBacking: true, noDataFile: true, checkOnly: true });
+  try {
+    const { state, view } = stateOf(disk);
+    await amendState(state, view, want);
+  } finally {
+    await disk.close();
+  }
+}
+
+async function amendState(s: Qcow2State, view: MappingView, want: Qcow2AmendRequest): Promise<void> {
+  const h = s.header;
+  if (hasFeature(h.incompatibleFeatures, INCOMPAT_CORRUPT)) {
+    throw corrupt(FORMAT, s.file, 'image is marked corrupt (incompatible bit 1): repair it (check -r all) before amending', { field: 'incompatible_features', offset: 72 });
+  }
+  const from = h.version;
+  const to = want.version ?? from;
+  if (want.lazyRefcounts === true && to < 3) {
+    throw unsupported(FORMAT, s.file, 'lazy refcounts need compat=1.1 (version 3); this image is or would become version 2', { field: 'lazy_refcounts' });
+  }
+  // Everything that can refuse is checked before anything changes.
+  let upgradeExtensions: HeaderExtension[] | undefined;
+  if (to > from) upgradeExtensions = planUpgrade(s);
+  if (to < from) await checkDowngrade(s, view);
+
+  if (hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) await makeClean(s, view);
+  if (upgradeExtensions) await upgrade(s, upgradeExtensions);
+  const lazyNow = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
+  const lazy = to < 3 ? false : (want.lazyRefcounts ?? lazyNow);
+  if (lazy !== lazyNow && to >= 3) {
+    if (lazy) h.compatibleFeatures |= bit(COMPAT_LAZY_REFCOUNTS);
+    else h.compatibleFeatures &= ~bit(COMPAT_LAZY_REFCOUNTS);
+    await writeHeader(s);
+    await s.storage.flush();
+  }
+  if (to < from) await downgrade(s, view);
+}
+
+/** Rebuilds the refcounts of a dirty image (the repair qemu runs on opening it) and clears the dirty bit. */
+async function makeClean(s: Qcow2State, view: MappingView): Promise<void> {
+  const repaired = await checkState(s, view, 'all');
+  if (repaired.corruptions) {
+    throw corrupt(FORMAT, s.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
+  }
+  s.header.incompatibleFeatures &= ~bit(INCOMPAT_DIRTY);
+  await writeHeader(s);
+  await s.storage.flush();
+  // The repair changed refcounts and flags behind the writer's caches.
+  s.cache.clear();
+  await attachWriter(s, view);
+}
+
+// ---- compat=1.1 ------------------------------------------------------------
+
+/** qemu leaves the feature name table out of images with clusters this small or smaller. */
+const FEATURE_TABLE_MIN_CLUSTER = 4096;
+
+const KNOWN_EXTENSIONS = new Set([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_CRYPTO, EXT_BITMAPS, EXT_FEATURE_TABLE]);
+
+/** The version 3 extensions (qemu's order: known ones, the feature name table, unknown ones), or a refusal if they cannot fit. */
+function planUpgrade(s: Qcow2State): HeaderExtension[] {
+  const cs = s.geom.clusterSize;
+  const nameBytes = s.header.backingFileSize;
+  const known = s.extensions.filter((e) => KNOWN_EXTENSIONS.has(e.type));
+  const unknown = s.extensions.filter((e) => !KNOWN_EXTENSIONS.has(e.type));
+  // qemu writes the feature name table only with clusters larger than 4 KiB.
+  const withTable = findExtension(known, EXT_FEATURE_TABLE) || cs <= FEATURE_TABLE_MIN_CLUSTER ? [...known, ...unknown] : [...known, serializeFeatureTable(), ...unknown];
+  const fits = (list: HeaderExtension[]) => QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION + extensionsLength(list) + nameBytes <= cs;
+  // The feature name table is optional: an image whose first cluster is too full goes without it.
+  if (fits(withTable)) return withTable;
+  const without = s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE);
+  if (fits(without)) return without;
+  const need = QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION + extensionsLength(without) + nameBytes;
+  throw unsupported(FORMAT, s.file, `compat=1.1 needs ${need} bytes for the version 3 header, its extensions and the backing file name, more than one ${cs}-byte cluster`, { field: 'compat', expected: cs, actual: need });
+}
+
+/** Rewrites cluster 0 as version 3 (one write, flushed): no feature bits, refcount_order 4, zlib. */
+async function upgrade(s: Qcow2State, extensions: HeaderExtension[]): Promise<void> {
+  const h = s.header;
+  h.version = 3;
+  h.headerLength = QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION;
+  h.incompatibleFeatures = 0n;
+  h.compatibleFeatures = 0n;
+  h.autoclearFeatures = 0n;
+  h.refcountOrder = 4;
+  h.compressionType = COMPRESSION_ZLIB;
+  h.extraFields = new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105);
+  s.extensions = extensions;
+  await s.storage.flush();
+  await writeHeaderCluster(s);
+}
+
+const SECTOR = 512;
+
+/**
+ * Lays out cluster 0 again (header, extensions, backing file name, as
+ * qemu lays it out) after a version change, and writes it so that a crash
+ * leaves the old header or the new one: a sector is written whole or not
+ * at all, so whatever the header in sector 0 refers to beyond it is
+ * written (and flushed) first where the old layout does not use it, and
+ * stale bytes past the new layout are cleared only after the new header is
+ * on disk. Where both layouts reach past the first sector it is one write,
+ * as qemu's. Everything before it is flushed first.
+ */
+async function writeHeaderCluster(s: Qcow2State): Promise<void> {
+  const h = s.header;
+  const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);
+  const exts = h.version >= 3 || s.extensions.length ? serializeExtensions(s.extensions) : new Uint8Array(0);
+  const end = h.headerLength + exts.length + name.length;
+  if (end > s.geom.clusterSize) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${end} bytes, more than one ${s.geom.clusterSize}-byte cluster`, { field: 'compat' });
+  h.backingFileOffset = name.length ? h.headerLength + exts.length : 0;
+  h.backingFileSize = name.length;
+  const oldEnd = s.headerAreaEnd;
+  const area = new Uint8Array(Math.min(s.geom.clusterSize, Math.max(end, oldEnd)));
+  area.set(serializeHeader(h), 0);
+  area.set(exts, h.headerLength);
+  area.set(name, h.backingFileOffset);
+  await s.storage.flush();
+  if (end <= SECTOR) {
+    await s.storage.write(0, area.subarray(0, Math.min(SECTOR, area.length)));
+    await s.storage.flush();
+    if (area.length > SECTOR) await s.storage.write(SECTOR, area.subarray(SECTOR));
+  } else if (oldEnd <= SECTOR) {
+    await s.storage.write(SECTOR, area.subarray(SECTOR));
+    await s.storage.flush();
+    await s.storage.write(0, area.subarray(0, SECTOR));
+  } else {
+    await s.storage.write(0, area);
+  }
+  await s.storage.flush();
+  s.headerAreaEnd = end;
+}
+
+// ---- compat=0.10 -----------------------------------------------------------
+
+interface L1Ref {
+  l1: Uint8Array;
+  l1Offset: number;
+  l1Size: number;
+}
+
+async function allL1Tables(s: Qcow2State, view: MappingView): Promise<L1Ref[]> {
+  const out: L1Ref[] = [{ l1: view.l1, l1Offset: view.l1Offset, l1Size: s.header.l1Size }];
+  for (const sn of s.snapshots) out.push({ l1: await readL1(s.storage, sn.l1TableOffset, sn.l1Size), l1Offset: sn.l1TableOffset, l1Size: sn.l1Size });
+  return out;
+}
+
+/** Calls `fn` once for every distinct L2 table of the active layer and of every snapshot. */
+async function eachL2Table(s: Qcow2State, view: MappingView, fn: (offset: number, table: Uint8Array) => Promise<void>): Promise<void> {
+  const cs = s.geom.clusterSize;
+  const seen = new Set<number>();
+  for (const t of await allL1Tables(s, view)) {
+    for (let i = 0; i < t.l1Size; i++) {
+      const l2Offset = l1EntryOffset(t.l1, i, cs, s.file, t.l1Offset);
+      if (l2Offset === 0 || seen.has(l2Offset)) continue;
+      seen.add(l2Offset);
+      await fn(l2Offset, await loadL2(s, l2Offset, i));
+    }
+  }
+}
+
+function refuse(s: Qcow2State, why: string, field: string): never {
+  throw unsupported(FORMAT, s.file, `cannot amend to compat=0.10: ${why}`, { field });
+}
+
+/** The refusals of qemu's qcow2_downgrade, plus bitmaps and zstd-compressed clusters of snapshots. */
+async function checkDowngrade(s: Qcow2State, view: MappingView): Promise<void> {
+  const h = s.header;
+  if (h.refcountOrder !== 4) refuse(s, `version 2 has 16-bit refcounts only (this image has refcount_bits=${2 ** h.refcountOrder})`, 'refcount_bits');
+  if (hasFeature(h.incompatibleFeatures, INCOMPAT_DATA_FILE) || findExtension(s.extensions, EXT_DATA_FILE)) refuse(s, 'version 2 has no external data files', 'data_file');
+  if (hasFeature(h.incompatibleFeatures, INCOMPAT_EXTENDED_L2)) refuse(s, 'version 2 has no extended L2 entries (subclusters)', 'extended_l2');
+  if (findExtension(s.extensions, EXT_BITMAPS)) {
+    // qemu downgrades them anyway and leaves a v2 image whose bitmap clusters its own check counts as leaked.
+    refuse(s, 'version 2 has no persistent bitmaps (remove them first: qemu-img bitmap --remove)', 'bitmaps');
+  }
+  const left = h.incompatibleFeatures & ~(bit(INCOMPAT_DIRTY) | bit(INCOMPAT_COMPRESSION));
+  if (left !== 0n) refuse(s, `incompatible features ${featureBits(left).join(', ')} are set`, 'incompatible_features');
+  for (const sn of s.snapshots) {
+    if (sn.vmStateSize > 0xffffffff || (sn.diskSize !== undefined && sn.diskSize !== h.size)) {
+      refuse(s, `internal snapshot "${sn.name}" has a disk size other than the image's or more than 4 GiB of VM state, which version 2 readers would not know`, 'snapshots');
+    }
+  }
+  if (h.compressionType !== COMPRESSION_ZLIB) {
+    // qemu looks at the active layer only; the clusters of snapshots would be just as unreadable.
+    let compressed = 0;
+    await eachL2Table(s, view, async (offset, table) => {
+      for (let j = 0; j < s.geom.l2Entries; j++) if (decodeL2Entry(table, j, s.entryGeom, s.file, offset).type === 'compressed') compressed++;
+    });
+    if (compressed) refuse(s, `the image uses zstd compression and has ${compressed} compressed clusters (version 2 knows zlib only)`, 'compression_type');
+  }
+}
+
+function putEntry(table: Uint8Array, index: number, host: number, copied: boolean): void {
+  writeU32Be(table, index * 8, ((copied && host ? ENTRY_COPIED_HI : 0) | Math.floor(host / 0x1_0000_0000)) >>> 0);
+  writeU32Be(table, index * 8 + 4, host >>> 0);
+}
+
+/**
+ * qcow2_expand_zero_clusters: version 2 has no zero flag. A zero cluster
+ * without a host cluster becomes unallocated when there is no backing file
+ * (reads as zeros anyway), else it gets a new cluster of zeros; a
+ * preallocated zero cluster has zeros written into its host cluster. Each
+ * L2 table is done once, however many L1 tables share it: new clusters
+ * take the table's refcount. A preallocated zero cluster whose host cluster
+ * is also referenced from elsewhere (a snapshot reading data there) gets a
+ * new cluster rather than zeros written over the shared one.
+ *
+ * Order: new clusters are counted, then zeroed and flushed, then the L2
+ * table is written and flushed, and only then are old references dropped.
+ */
+async function expandZeroClusters(s: Qcow2State, view: MappingView): Promise<number> {
+  const cs = s.geom.clusterSize;
+  const w = s.writer!;
+  const rc = w.refcounts!;
+  const backed = s.backingName !== undefined;
+  const zeros = new Uint8Array(cs);
+  let expanded = 0;
+  await eachL2Table(s, view, async (l2Offset, cached) => {
+    const tableRefs = await rc.get(l2Offset / cs);
+    let table: Uint8Array | undefined;
+    const toZero: number[] = [];
+    const toRelease: number[] = [];
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      const e = decodeL2Entry(table ?? cached, j, s.entryGeom, s.file, l2Offset);
+      if (e.type !== 'zero') continue;
+      table ??= cached.slice();
+      expanded++;
+      if (e.host === undefined && !backed) {
+        putEntry(table, j, 0, false);
+        continue;
+      }
+      let host = e.host;
+      if (host !== undefined && (await rc.get(host / cs)) !== tableRefs) {
+        toRelease.push(host);
+        host = undefined;
+      }
+      if (host === undefined) {
+        host = await w.allocateClusters(1);
+        if (tableRefs > 1) await rc.add(host / cs, 1, tableRefs - 1);
+      }
+      toZero.push(host);
+      putEntry(table, j, host, tableRefs === 1);
+    }
+    if (!table) return;
+    for (const at of toZero) await s.storage.write(at, zeros);
+    await s.storage.flush();
+    await s.storage.write(l2Offset, table);
+    await s.storage.flush();
+    s.cache.delete(l2Offset);
+    for (const at of toRelease) await rc.add(at / cs, 1, -tableRefs);
+  });
+  return expanded;
+}
+
+/** Expands zero clusters, then rewrites cluster 0 as version 2 (last, flushed). */
+async function downgrade(s: Qcow2State, view: MappingView): Promise<void> {
+  await expandZeroClusters(s, view);
+  await s.storage.flush();
+  const h = s.header;
+  h.version = 2;
+  h.headerLength = QCOW2_V2_HEADER_LENGTH;
+  h.incompatibleFeatures = 0n;
+  h.compatibleFeatures = 0n;
+  h.autoclearFeatures = 0n;
+  h.refcountOrder = 4;
+  h.compressionType = COMPRESSION_ZLIB;
+  h.extraFields = new Uint8Array(0);
+  // The feature name table describes version 3 bits; qemu writes it for version 3 only.
+  s.extensions = s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE);
+  await writeHeaderCluster(s);
+}
