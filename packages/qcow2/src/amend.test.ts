@@ -229,6 +229,32 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     await amendBoth(path, { compat: '0.10' }, 'compat=0.10', { compat: '0.10' }, ['old']);
   });
 
+  it('compat=0.10 with 512-byte clusters and a backing file: thousands of new zeroed clusters grow the refcount structures', async () => {
+    const base = fresh('small-base.raw');
+    writeFileSync(base, seededBytes(4 << 20, 12));
+    const path = fresh('small.qcow2');
+    create(path, '4M', ['cluster_size=512'], ['-b', base.split('/').pop()!, '-F', 'raw']);
+    qemuIo(path, 'qcow2', ['write -P 1 0 100k', 'write -z 64k 3M', 'write -P 2 2M 4k']);
+    qemuImg(['snapshot', '-c', 'z', path]);
+    await amendBoth(path, { compat: '0.10' }, 'compat=0.10', { compat: '0.10' }, ['z']);
+  });
+
+  it('keeps an unknown header extension up and down, where qemu keeps it', async () => {
+    const path = fresh('unknown-ext.qcow2');
+    create(path, '1M', ['compat=0.10']);
+    qemuIo(path, 'qcow2', ['write -P 2 0 64k']);
+    const bytes = readFileSync(path);
+    bytes.writeUInt32BE(0x12345678, 72);
+    bytes.writeUInt32BE(5, 76);
+    bytes.write('hello', 80);
+    bytes.fill(0, 85, 96);
+    writeFileSync(path, bytes);
+    await amendBoth(path, { compat: '1.1' }, 'compat=1.1', { compat: '1.1' });
+    expect(readFileSync(path).includes(Buffer.from('hello'))).toBe(true);
+    await amendBoth(path, { compat: '0.10' }, 'compat=0.10', { compat: '0.10' });
+    expect(readFileSync(path).readUInt32BE(72)).toBe(0x12345678);
+  });
+
   it('compat=1.1 and lazy_refcounts=on in one call', async () => {
     const path = fresh('v2-lazy.qcow2');
     create(path, '1M', ['compat=0.10']);
