@@ -130,3 +130,24 @@ describeQemu('img measure', () => {
     expect(a.required).toBeGreaterThanOrEqual(b.required);
   });
 });
+
+describeQemu('img amend', () => {
+  it('switches compat and lazy refcounts as qemu-img amend does', () => {
+    const { top } = chain('amend');
+    const before = p('amend-before.img');
+    qemuImg(['convert', '-O', 'raw', top, before]);
+    expect(run('img', ['amend', '-o', 'lazy_refcounts=on', top]).status).toBe(0);
+    expect((qemuInfo(top, 'qcow2') as { 'format-specific': { data: Record<string, unknown> } })['format-specific'].data['lazy-refcounts']).toBe(true);
+    expect(run('img', ['amend', '-o', 'compat=0.10', top]).status).toBe(0);
+    const info = qemuInfo(top, 'qcow2') as { 'format-specific': { data: Record<string, unknown> } };
+    expect(info['format-specific'].data.compat).toBe('0.10');
+    expect(qemuCheck(top, 'qcow2').status).toBe(0);
+    expect(qemuCompare(top, before, 'qcow2', 'raw')).toBe(true);
+    expect(run('img', ['amend', '-o', 'compat=1.1', top]).status).toBe(0);
+    expect((qemuInfo(top, 'qcow2') as { 'format-specific': { data: Record<string, unknown> } })['format-specific'].data.compat).toBe('1.1');
+    expect(qemuCompare(top, before, 'qcow2', 'raw')).toBe(true);
+    const bad = run('img', ['amend', '-o', 'cluster_size=4k', top]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/ERR_IMG_UNSUPPORTED/);
+  });
+});

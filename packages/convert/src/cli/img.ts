@@ -11,6 +11,7 @@ import { openImageFile } from '../node.js';
 import { ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
+import { amendQcow2 } from '@img/qcow2';
 import { convertMain } from './img-convert.js';
 
 type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -29,6 +30,7 @@ Commands:
   rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] (--size N | <file>)              space a new image needs
+  amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
   inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
   convert  <src-format> <dst-format> <input> <output> [...]  the same as img-convert
 
@@ -601,6 +603,31 @@ const inspect: Handler = async (argv, io) => {
   }
 };
 
+const amend: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img amend [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const options = parseCreateOptions(values.o);
+  if (Object.keys(options).length === 0) throw new UsageError('expected -o key=value[,...]');
+  let format = values.f;
+  if (format === undefined) {
+    const probe = await open(path, values);
+    format = probe.format;
+    await probe.close();
+  }
+  if (defaultRegistry().require(format).name !== 'qcow2') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${format}: amend is supported for qcow2 images`);
+  const storage = await FileStorage.open(path, { readOnly: false });
+  try {
+    await amendQcow2(storage, options);
+  } finally {
+    await storage.close();
+  }
+  return 0;
+};
+
 const commands: Record<string, Handler> = {
   info,
   map,
@@ -612,6 +639,7 @@ const commands: Record<string, Handler> = {
   rebase,
   snapshot,
   measure,
+  amend,
   inspect,
   convert: (argv, io) => convertMain('img convert', argv, io),
 };
