@@ -126,6 +126,38 @@ describeQemu('img-convert options', () => {
     expect(qemuCompare(dense, sparse)).toBe(true);
   });
 
+  const combos = [
+    'cluster_size=512,compat=0.10',
+    'cluster_size=512,refcount_bits=1',
+    'cluster_size=4k,refcount_bits=2,lazy_refcounts=on',
+    'cluster_size=64k,refcount_bits=4,extended_l2=on',
+    'cluster_size=2M,refcount_bits=64,lazy_refcounts=off,compat=1.1',
+    'cluster_size=16k,refcount_bits=32,extended_l2=on,lazy_refcounts=on',
+    'compat=0.10,refcount_bits=16',
+  ];
+  for (const combo of combos) {
+    for (const compress of [false, true]) {
+      it(`raw -> qcow2 -o ${combo}${compress ? ' -c' : ''}: qemu-img check clean, compare identical`, () => {
+        const input = join(testImagesDir, 'raw', 'demo.img');
+        const out = join(tmp.path, `combo-${combos.indexOf(combo)}-${compress}.qcow2`);
+        const r = run('img-convert', [...(compress ? ['-c'] : []), '-o', combo, 'raw', 'qcow2', input, out]);
+        expect(r.status, r.stderr).toBe(0);
+        const check = qemuCheck(out, 'qcow2');
+        expect(check.status, check.stderr).toBe(0);
+        expect(qemuCompare(input, out, 'raw', 'qcow2')).toBe(true);
+        const info = qemuInfo(out, 'qcow2') as { 'cluster-size': number; 'format-specific': { data: Record<string, unknown> } };
+        for (const kv of combo.split(',')) {
+          const [k, v] = kv.split('=') as [string, string];
+          const data = info['format-specific'].data;
+          if (k === 'refcount_bits') expect(data['refcount-bits']).toBe(Number(v));
+          if (k === 'compat') expect(data.compat).toBe(v);
+          if (k === 'lazy_refcounts') expect(data['lazy-refcounts']).toBe(v === 'on');
+          if (k === 'extended_l2') expect(data['extended-l2']).toBe(v === 'on');
+        }
+      });
+    }
+  }
+
   it('-o passes create options and -o help lists them', () => {
     const input = join(testImagesDir, 'raw', 'demo.img');
     const out = join(tmp.path, 'opts.qcow2');
