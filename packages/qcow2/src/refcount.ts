@@ -160,9 +160,14 @@ export class Refcounts {
 
   /**
    * Adds `delta` to the refcounts of clusters [first, first+count). Blocks
-   * are created where needed; each changed block is written once.
+   * are created where needed; each changed block is written once. With
+   * `pending`, the block writes are started but not awaited: their
+   * promises are pushed there, for a caller that has other I/O to overlap
+   * with them and awaits them all before its next barrier. (Each write
+   * sends the block as it is when the write runs, so overlapping writes of
+   * one block still leave the latest counts on disk.)
    */
-  async add(first: number, count: number, delta: number): Promise<void> {
+  async add(first: number, count: number, delta: number, pending?: Promise<void>[]): Promise<void> {
     let i = first;
     const end = first + count;
     while (i < end) {
@@ -184,7 +189,14 @@ export class Refcounts {
           if (j < this.#runHint) this.#runHint = j;
         }
       }
-      await this.#writeBlockRange(t, block, i % this.perBlock, stop - t * this.perBlock);
+      const written = this.#writeBlockRange(t, block, i % this.perBlock, stop - t * this.perBlock);
+      if (pending) {
+        // The caller awaits it (before its barrier); until then a failure must not go unhandled.
+        written.catch(() => undefined);
+        pending.push(written);
+      } else {
+        await written;
+      }
       i = stop;
     }
   }
@@ -309,12 +321,12 @@ export class Refcounts {
   /**
    * Allocates `count` contiguous clusters (refcount 1) and returns the host
    * offset of the first. Reuses free clusters inside the file before
-   * growing it.
+   * growing it. `pending`: as in {@link add}.
    */
-  async allocate(count: number): Promise<number> {
+  async allocate(count: number, pending?: Promise<void>[]): Promise<number> {
     const first = await this.#findFree(count);
     if (first + count > this.#end) this.#end = first + count;
-    await this.add(first, count, 1);
+    await this.add(first, count, 1, pending);
     if (first + count > this.#end) this.#end = first + count;
     return first * this.clusterSize;
   }

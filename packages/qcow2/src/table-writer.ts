@@ -88,6 +88,23 @@ export class TableWriter {
     return offset;
   }
 
+  /**
+   * Allocates `count` contiguous data clusters that the caller writes in
+   * full before anything points at them: the file is not grown first (the
+   * data write grows it; see {@link noteWritten}), and the refcount block
+   * writes are left in flight, their promises pushed to `pending`, so that
+   * they overlap the data write. The caller awaits them before its barrier.
+   */
+  protected allocateForData(count: number, pending: Promise<void>[]): Promise<number> {
+    const rc = this.rc!;
+    return this.meta.run(() => rc.allocate(count, pending));
+  }
+
+  /** Records that the file now reaches at least `end` (a data write past its old end). */
+  protected noteWritten(end: number): void {
+    if (end > this.s.fileSize) this.s.fileSize = end;
+  }
+
   /** Allocates `count` contiguous clusters (refcount 1) for metadata outside the L1/L2 tables (bitmaps). */
   allocateClusters(count: number): Promise<number> {
     return this.allocate(count);

@@ -19,6 +19,26 @@ import { TableWriter } from './table-writer.js';
 export type { WriterHooks } from './table-writer.js';
 
 /**
+ * Writes pieces that follow each other in the file as one I/O: one view
+ * when they also follow each other in memory (consecutive clusters of one
+ * guest write, the usual case), else one joined copy (pieces padded with
+ * old content are few).
+ */
+function writeRun(target: Storage, run: { host: number; bytes: Uint8Array }[]): Promise<void> {
+  const first = run[0]!.bytes;
+  if (run.length === 1) return target.write(run[0]!.host, first);
+  let end = first.byteOffset + first.length;
+  let adjacent = true;
+  for (let k = 1; k < run.length && adjacent; k++) {
+    const b = run[k]!.bytes;
+    adjacent = b.buffer === first.buffer && b.byteOffset === end;
+    end += b.length;
+  }
+  if (adjacent) return target.write(run[0]!.host, new Uint8Array(first.buffer, first.byteOffset, end - first.byteOffset));
+  return target.write(run[0]!.host, concatBytes(run.map((p) => p.bytes)));
+}
+
+/**
  * The writer of an image open for writing: guest writes over the tables
  * {@link TableWriter} keeps private.
  */
@@ -90,9 +110,15 @@ export class Qcow2Writer extends TableWriter {
       pos = guest + b;
     }
     // Allocate every new cluster of this table at once, so that they lie together in the file.
+    // Without subclusters every new cluster is written whole below, so the data write itself grows
+    // the file and the refcount update can run alongside it (both land before the barrier).
+    const pending: Promise<void>[] = [];
+    let freshEnd = 0;
     if (fresh) {
-      let at = await this.allocate(fresh);
+      const whole = this.units === 1;
+      let at = whole ? await this.allocateForData(fresh, pending) : await this.allocate(fresh);
       for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
+      if (whole) freshEnd = at;
     }
     // Build the bytes: new data, with old content around it where a unit is only partly written.
     const pieces = await Promise.all(
@@ -106,7 +132,10 @@ export class Qcow2Writer extends TableWriter {
         return { host: p.host! + (p.fill ? p.spanStart : p.a), bytes: piece };
       }),
     );
-    await this.#writeRuns(pieces);
+    pending.push(this.#writeRuns(pieces));
+    const settled = await Promise.allSettled(pending);
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    this.noteWritten(freshEnd);
     // Point the entries at the data once it is on disk.
     let first = -1;
     let last = -1;
@@ -142,8 +171,7 @@ export class Qcow2Writer extends TableWriter {
         size += sorted[j]!.bytes.length;
         j++;
       }
-      const run = sorted.slice(i, j);
-      writes.push(target.write(run[0]!.host, run.length === 1 ? run[0]!.bytes : concatBytes(run.map((p) => p.bytes))));
+      writes.push(writeRun(target, sorted.slice(i, j)));
       i = j;
     }
     await Promise.all(writes);
