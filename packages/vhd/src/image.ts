@@ -64,6 +64,8 @@ export class VhdDisk implements Disk {
   #locks = new KeyedLock();
   #alloc = new Mutex();
   #bitmaps = new Map<number, Uint8Array>();
+  /** The file's size after this disk's last block allocation, while `nextFree` is where it left it (saves a stat per block). */
+  #sizeAfterAlloc: { nextFree: number; size: number } | undefined;
   #bitmapGeneration = 0;
   #inflight = 0;
   #drained: (() => void) | undefined;
@@ -144,6 +146,7 @@ export class VhdDisk implements Disk {
 
   /** @internal Forget cached bitmaps (after metadata was changed behind our back). */
   _dropCaches(): void {
+    this.#sizeAfterAlloc = undefined;
     this.#bitmapGeneration++;
     this.#bitmaps.clear();
   }
@@ -275,6 +278,9 @@ export class VhdDisk implements Disk {
       }
       return;
     }
+    // Blocks are written side by side (each under its own lock; allocations still take turns), so a
+    // chunk that spans blocks costs the slowest block, not their sum. Zeros are written a piece at a time.
+    const pieces: Promise<void>[] = [];
     let done = 0;
     while (done < length) {
       const pos = offset + done;
@@ -282,9 +288,13 @@ export class VhdDisk implements Disk {
       const inBlock = pos - block * s.blockSize;
       const n = Math.min(s.blockSize - inBlock, length - done, ZERO_CHUNK);
       const piece = data ? data.subarray(done, done + n) : new Uint8Array(n);
-      await this.#locks.run(block, () => this.#writeBlock(block, inBlock, piece));
+      const p = this.#locks.run(block, () => this.#writeBlock(block, inBlock, piece));
+      if (data) pieces.push(p);
+      else await p;
       done += n;
     }
+    const results = await Promise.allSettled(pieces);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
   /** Do the first and last sectors of [first, last) of `block` live in this layer? */
@@ -337,7 +347,9 @@ export class VhdDisk implements Disk {
     const s = this._state;
     const at = s.nextFree;
     const span = s.bitmapBytes + s.blockSize;
-    const fileSize = await s.storage.size();
+    const known = this.#sizeAfterAlloc;
+    this.#sizeAfterAlloc = undefined;
+    const fileSize = known && known.nextFree === at ? known.size : await s.storage.size();
     const bitmap = new Uint8Array(s.bitmapBytes);
     // Dynamic disks: every sector present, as qemu does (it ignores bitmaps
     // on read); the block's unwritten sectors are zeros. Differencing disks:
@@ -345,8 +357,9 @@ export class VhdDisk implements Disk {
     if (s.type === 'dynamic') bitmap.fill(0xff);
     else setBits(bitmap, first, last - first);
     const dataStart = at + s.bitmapBytes;
-    await s.storage.write(at, bitmap);
-    await s.storage.write(dataStart + first * VHD_SECTOR, sectors);
+    // Bitmap, data, zeros and the moved footer lie apart from each other and all land before the
+    // flush that precedes the BAT entry: they are started together (in this order) and awaited once.
+    const writes: Promise<void>[] = [s.storage.write(at, bitmap), s.storage.write(dataStart + first * VHD_SECTOR, sectors)];
     // Space past the old end of the file reads as zeros; anything before it (an
     // old footer, junk) is zeroed where the block's data will be read.
     for (const [from, to] of [
@@ -355,17 +368,21 @@ export class VhdDisk implements Disk {
     ] as const) {
       const stop = Math.min(to, fileSize);
       for (let pos = from; pos < stop; pos += ZERO_CHUNK) {
-        await s.storage.write(pos, new Uint8Array(Math.min(ZERO_CHUNK, stop - pos)));
+        writes.push(s.storage.write(pos, new Uint8Array(Math.min(ZERO_CHUNK, stop - pos))));
       }
     }
-    s.nextFree = at + span;
-    await writeFooters(s, { head: false });
-    if (fileSize > s.nextFree + VHD_SECTOR) await s.storage.truncate(s.nextFree + VHD_SECTOR);
+    const nextFree = at + span;
+    s.nextFree = nextFree;
+    writes.push(writeFooters(s, { head: false }));
+    const results = await Promise.allSettled(writes);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    if (fileSize > nextFree + VHD_SECTOR) await s.storage.truncate(nextFree + VHD_SECTOR);
     await s.storage.flush();
     await writeBatEntry(s, block, at / VHD_SECTOR);
     await s.storage.flush();
     s.bat[block] = at / VHD_SECTOR;
     this.#setBitmap(block, bitmap);
+    this.#sizeAfterAlloc = { nextFree, size: nextFree + VHD_SECTOR };
   }
 
   async flush(): Promise<void> {
