@@ -251,6 +251,7 @@ export class Qcow2Disk implements Disk {
     this.#check();
     const s = this.#state;
     if (this.readOnly || !s.writer) return;
+    await s.writer.settle();
     await s.writer.drainReleases();
     await s.bitmaps?.commit();
     if (s.deferredError !== undefined) {
@@ -281,6 +282,8 @@ export class Qcow2Disk implements Disk {
       return;
     }
     const s = this.#state;
+    // Without a flush (corrupt, or an error above), deferred L2 writes still finish before the file closes.
+    await s.writer?.settle().catch((e: unknown) => errors.push(e));
     s.cache.clear();
     s.decompressed.clear();
     for (const close of [() => s.backing?.close(), () => s.dataFile?.close(), () => s.storage.close()]) {

@@ -10,6 +10,8 @@ export const DEFAULT_L2_CACHE_BYTES = 16 * 1024 * 1024;
 export class L2Cache {
   readonly capacity: number;
   #tables = new Map<number, Uint8Array>();
+  /** Tables with a write in flight: never reloaded from the file meanwhile, evicted or not. */
+  #pins = new Map<number, { table: Uint8Array; count: number }>();
   #loading = new Map<number, Promise<Uint8Array>>();
   #hits = 0;
   #misses = 0;
@@ -37,6 +39,12 @@ export class L2Cache {
       this.#tables.delete(offset);
       this.#tables.set(offset, hit);
       return hit;
+    }
+    const pinned = this.#pins.get(offset);
+    if (pinned) {
+      this.#hits++;
+      this.put(offset, pinned.table);
+      return pinned.table;
     }
     const pending = this.#loading.get(offset);
     if (pending) return pending;
@@ -66,9 +74,29 @@ export class L2Cache {
     }
   }
 
+  /**
+   * Holds `table` for `offset` until as many {@link unpin} calls: while
+   * its write is in flight the file may still hold the older table, so a
+   * miss must not read it from there.
+   */
+  pin(offset: number, table: Uint8Array): void {
+    const p = this.#pins.get(offset);
+    if (p) {
+      p.table = table;
+      p.count++;
+    } else {
+      this.#pins.set(offset, { table, count: 1 });
+    }
+  }
+
+  unpin(offset: number): void {
+    const p = this.#pins.get(offset);
+    if (p && --p.count === 0) this.#pins.delete(offset);
+  }
+
   /** The table if cached, without loading. */
   peek(offset: number): Uint8Array | undefined {
-    return this.#tables.get(offset);
+    return this.#tables.get(offset) ?? this.#pins.get(offset)?.table;
   }
 
   delete(offset: number): void {

@@ -205,6 +205,46 @@ export class TableWriter {
     return { table, offset: fresh };
   }
 
+  /** L2 entry writes that guest writes left in flight ({@link deferTableRange}). */
+  #tableWrites = new Set<Promise<void>>();
+  #tableWriteError: unknown;
+
+  /**
+   * Writes entries first..last of an L2 table without waiting for it: for
+   * a guest write that only filled unallocated entries (nothing to release
+   * after it), so that the table's lock is free for the next write while
+   * this one lands. Nothing depends on it before the next flush, which
+   * (like {@link exclusive}) waits for it through {@link settle}; the
+   * table stays pinned in the cache until then. Overlapping writes of one
+   * table send the table as it is when they run, so the latest entries win.
+   */
+  protected deferTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
+    const cache = this.s.cache;
+    cache.pin(tableOffset, table);
+    const p: Promise<void> = this.writeTableRange(tableOffset, table, first, last).then(
+      () => {
+        this.#tableWrites.delete(p);
+        cache.unpin(tableOffset);
+      },
+      (e: unknown) => {
+        this.#tableWrites.delete(p);
+        cache.unpin(tableOffset);
+        this.#tableWriteError ??= e;
+      },
+    );
+    this.#tableWrites.add(p);
+  }
+
+  /** Waits for every deferred L2 write; reports the first that failed. */
+  async settle(): Promise<void> {
+    while (this.#tableWrites.size) await Promise.all([...this.#tableWrites]);
+    if (this.#tableWriteError !== undefined) {
+      const e = this.#tableWriteError;
+      this.#tableWriteError = undefined;
+      throw e;
+    }
+  }
+
   protected async writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
     const es = this.s.geom.l2EntrySize;
     this.s.cache.put(tableOffset, table);
@@ -222,6 +262,7 @@ export class TableWriter {
     await prev;
     while (this.#inflight > 0) await new Promise<void>((r) => this.#idle.push(r));
     try {
+      await this.settle();
       await this.hooks.beforeFirstWrite();
       return await fn();
     } finally {

@@ -147,11 +147,13 @@ export class Qcow2Writer extends TableWriter {
       if (first < 0) first = p.index;
       last = p.index;
     }
+    const stale = plans.filter((p) => p.fresh && (p.old.compressed || (p.old.host !== undefined && !s.dataFile)));
     if (first >= 0) {
       await this.hooks.barrier();
-      await this.writeTableRange(tableOffset, table, first, last);
+      // Nothing to release after it: the entries need not be on disk before the next flush.
+      if (stale.length) await this.writeTableRange(tableOffset, table, first, last);
+      else this.deferTableRange(tableOffset, table, first, last);
     }
-    const stale = plans.filter((p) => p.fresh && (p.old.compressed || (p.old.host !== undefined && !s.dataFile)));
     if (stale.length) {
       await this.hooks.barrier();
       for (const p of stale) await this.releaseEntry(p.old);
