@@ -39,6 +39,14 @@ function ioError(path: string, what: string, cause: unknown): ImageError {
   });
 }
 
+/**
+ * A local file as Storage.
+ *
+ * @example
+ * ```ts
+ * await using disk = await openRaw(await FileStorage.open('disk.img'));
+ * ```
+ */
 export class FileStorage implements Storage {
   readonly name: string;
   readonly readOnly: boolean;

@@ -19,6 +19,7 @@ export interface SeekAddon {
 
 let loaded: SeekAddon | null | undefined;
 
+/** The native helper, loaded once; undefined where it was not built or IMG_NO_NATIVE is set. */
 export function seekAddon(): SeekAddon | undefined {
   if (loaded === undefined) {
     loaded = null;
