@@ -21,7 +21,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FaultStorage, ImageError, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
-import { hasQemuImg, seededBytes, tempDir } from '@img/testkit';
+import { crashWindow, hasQemuImg, seededBytes, tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
@@ -184,19 +184,7 @@ async function runWorkload(config: Config, seed: number): Promise<{ fault: Fault
   return { fault, states, resolver, backing, log };
 }
 
-/** The states a crash after `count` storage operations may show: from the last completed flush to the step in flight. */
-function windowAt(states: ModelState[], count: number): ModelState[] {
-  let from = 0;
-  for (let i = 0; i < states.length; i++) if (states[i]!.flushed && states[i]!.opEnd <= count) from = i;
-  let to = states.length - 1;
-  for (let i = from; i < states.length; i++) {
-    if (states[i]!.opEnd >= count) {
-      to = i;
-      break;
-    }
-  }
-  return states.slice(from, to + 1);
-}
+const windowAt = crashWindow;
 
 function sameSector(a: Uint8Array, b: Uint8Array, at: number, end: number): boolean {
   for (let i = at; i < end; i++) if (a[i] !== b[i]) return false;

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageError, MemoryStorage, bytesEqual, concatBytes, writeU32Be, type Disk, type StreamSource } from '@img/block';
-import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img/testkit';
+import { chunked, collectBytes, describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check.js';
@@ -12,22 +12,7 @@ import { createQcow2Stream } from './stream.js';
 import { readQcow2Stream } from './read-stream.js';
 import { fixtureNames, loadFixture, memoryResolver } from './test-fixtures.js';
 
-/** Cuts `bytes` into chunks of pseudo-random sizes (1 byte to 300 KiB), as a network would. */
-async function* chunked(bytes: Uint8Array, seed = 1): AsyncGenerator<Uint8Array> {
-  let x = seed;
-  for (let pos = 0; pos < bytes.length; ) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    const n = Math.min(bytes.length - pos, x % 7 === 0 ? 1 + (x % 700) : 1 + (x % 300_000));
-    yield bytes.slice(pos, pos + n);
-    pos += n;
-  }
-}
-
-async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for await (const c of chunks) parts.push(c.slice());
-  return concatBytes(parts);
-}
+const collect = collectBytes;
 
 /** Applies a StreamSource's pieces to a flat buffer, checking that they never overlap. */
 async function flatten(src: StreamSource): Promise<Uint8Array> {

@@ -20,7 +20,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FaultStorage, ImageError, MemoryStorage, seededRandom, type CrashMode, type Storage } from '@img/block';
-import { hasQemuImg, hasVhdimount, qemuCompare, seededBytes, tempDir } from '@img/testkit';
+import { crashWindow, hasQemuImg, hasVhdimount, qemuCompare, seededBytes, tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { coalesceVhd } from './coalesce.js';
@@ -117,19 +117,7 @@ async function runWorkload(
   return { states, storage, description };
 }
 
-/** The states a crash after `count` storage operations may show: from the last completed flush to the step in flight. */
-function windowAt(states: ModelState[], count: number): ModelState[] {
-  let from = 0;
-  for (let i = 0; i < states.length; i++) if (states[i]!.flushed && states[i]!.opEnd <= count) from = i;
-  let to = states.length - 1;
-  for (let i = from; i < states.length; i++) {
-    if (states[i]!.opEnd >= count) {
-      to = i;
-      break;
-    }
-  }
-  return states.slice(from, to + 1);
-}
+const windowAt = crashWindow;
 
 function explainMismatch(got: Uint8Array, size: number, window: ModelState[]): string | undefined {
   if (!window.some((w) => w.size === size)) return `size ${size} is none of ${window.map((w) => w.size).join(', ')}`;

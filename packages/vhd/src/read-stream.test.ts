@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageError, MemoryStorage, concatBytes, type StreamSource } from '@img/block';
-import { describeQemu, qemuCompare, qemuInfo, seededBytes, tempDir, testImagesDir } from '@img/testkit';
+import { chunked, collectBytes, describeQemu, qemuCompare, qemuInfo, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vhdChecksum } from './checksum.js';
 import { checkVhd } from './check.js';
@@ -13,22 +13,7 @@ import { openVhd } from './open.js';
 import { readVhdStream } from './read-stream.js';
 import { createVhdStream } from './stream.js';
 
-/** Cuts `bytes` into chunks of pseudo-random sizes (1 byte to 300 KiB), as a network would. */
-async function* chunked(bytes: Uint8Array, seed = 1): AsyncGenerator<Uint8Array> {
-  let x = seed;
-  for (let pos = 0; pos < bytes.length; ) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    const n = Math.min(bytes.length - pos, x % 7 === 0 ? 1 + (x % 700) : 1 + (x % 300_000));
-    yield bytes.slice(pos, pos + n);
-    pos += n;
-  }
-}
-
-async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for await (const c of chunks) parts.push(c.slice());
-  return concatBytes(parts);
-}
+const collect = collectBytes;
 
 /** Applies a StreamSource's pieces to a flat buffer, checking they never overlap and come in increasing order per block. */
 async function flatten(src: StreamSource): Promise<{ bytes: Uint8Array; pieces: number }> {
