@@ -10,7 +10,7 @@ import { closeSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { run } from './lib.mjs';
+import { noise, run } from './lib.mjs';
 
 function img(dir, ...args) {
   return run('qemu-img', args, { cwd: dir }).stdout;
@@ -23,17 +23,6 @@ function io(dir, file, ...commands) {
   const r = run('qemu-io', args, { cwd: dir });
   if (/error|failed/i.test(r.stdout + r.stderr)) throw new Error(`qemu-io ${commands.join('; ')} on ${file}: ${r.stdout}${r.stderr}`);
   return r.stdout;
-}
-
-/** Deterministic bytes (xorshift32): incompressible. */
-function noise(length, seed) {
-  const out = Buffer.alloc(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
 }
 
 /** Compressible but not trivial: text-like lines with counters. */

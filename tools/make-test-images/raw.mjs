@@ -1,15 +1,6 @@
 // Raw fixtures. The demo image is what the README's first command converts.
 import { writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
-
-function pattern(length, seed) {
-  const out = Buffer.alloc(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+import { noise as pattern } from './lib.mjs';
 
 function sparseFile(path, size, pieces) {
   writeFileSync(path, '');

@@ -262,15 +262,23 @@ export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName:
 }
 
 async function deleteSnapshotNow(s: Qcow2State, view: MappingView, snap: Qcow2Snapshot): Promise<void> {
-  const cs = s.geom.clusterSize;
   await flush(s);
   // The table stops naming it first; its references go after.
   await storeTable(s, s.snapshots.filter((x) => x !== snap));
   const l1 = new Uint8Array(snap.l1Size * 8);
   await s.storage.readInto(snap.l1TableOffset, l1);
-  await adjustTree(s, l1, snap.l1TableOffset, snap.l1Size, -1);
-  if (snap.l1Size) await s.writer!.release(snap.l1TableOffset, Math.ceil((snap.l1Size * 8) / cs) * cs);
-  // Freed tables and clusters may be reused: forget cached copies.
+  await dropTree(s, view, l1, snap.l1TableOffset, snap.l1Size);
+}
+
+/**
+ * Lowers the references of an L1 table's tree and frees the table, then
+ * forgets cached copies (freed clusters may be reused) and fixes the active
+ * layer's COPIED flags, with barriers between.
+ */
+async function dropTree(s: Qcow2State, view: MappingView, l1: Uint8Array, offset: number, size: number): Promise<void> {
+  const cs = s.geom.clusterSize;
+  await adjustTree(s, l1, offset, size, -1);
+  if (size) await s.writer!.release(offset, Math.ceil((size * 8) / cs) * cs);
   s.cache.clear();
   s.decompressed.clear();
   await s.writer!.drainReleases();
@@ -316,12 +324,5 @@ async function applySnapshotNow(s: Qcow2State, view: MappingView, snap: Qcow2Sna
   await writeHeader(s);
   await flush(s);
   // 3. The old active layer's references go.
-  await adjustTree(s, old.l1, old.offset, old.size, -1);
-  if (old.size) await s.writer!.release(old.offset, Math.ceil((old.size * 8) / cs) * cs);
-  s.cache.clear();
-  s.decompressed.clear();
-  await s.writer!.drainReleases();
-  await flush(s);
-  await fixCopied(s, view);
-  await flush(s);
+  await dropTree(s, view, old.l1, old.offset, old.size);
 }
