@@ -4,6 +4,7 @@ import { ImageError, MemoryStorage, assertExtentCover, diskExtents, type Resolve
 import { seededBytes, tempDir } from '@img/testkit';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { apply, opArb as opArbOf } from './test-ops.js';
 import { openVhdChain as openChainCore, vhdChainLayers } from './chain.js';
 import { createVhd, type VhdParentSpec } from './create.js';
 import { VhdDisk } from './image.js';
@@ -21,24 +22,9 @@ function memoryResolver(images: Map<string, MemoryStorage>, calls: ResolveReques
   };
 }
 
-type Op = { kind: 'write' | 'zero' | 'discard'; offset: number; length: number; seed: number };
 const SIZE = 1024 * 1024 + 3 * 512;
 
-const opArb: fc.Arbitrary<Op> = fc
-  .record({ kind: fc.constantFrom('write', 'write', 'write', 'zero', 'discard'), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 40_000 }), seed: fc.nat() })
-  .map((o) => ({ ...o, length: Math.min(o.length, SIZE - o.offset) }) as Op);
-
-async function apply(disk: VhdDisk, model: Uint8Array, op: Op): Promise<void> {
-  if (op.kind === 'write') {
-    const data = seededBytes(op.length, op.seed);
-    await disk.write(op.offset, data);
-    model.set(data, op.offset);
-  } else {
-    if (op.kind === 'zero') await disk.writeZeroes(op.offset, op.length);
-    else await disk.discard(op.offset, op.length);
-    model.fill(0, op.offset, op.offset + op.length);
-  }
-}
+const opArb = opArbOf(SIZE, 40_000);
 
 function same(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a).equals(Buffer.from(b));

@@ -5,30 +5,13 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, normalizeExtents, normalizeQemuMap, qemuCompare, qemuImg, qemuInfo, qemuIo, qemuMap, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { apply, opArb as opArbOf } from './test-ops.js';
 import { createVhd, type VhdCreateOptions } from './create.js';
 import { vhdDriver } from './driver.js';
 import type { VhdDisk } from './image.js';
 import { openVhd } from './open.js';
 
-type Op = { kind: 'write' | 'zero' | 'discard'; offset: number; length: number; seed: number };
-
-function opArb(size: number): fc.Arbitrary<Op> {
-  return fc
-    .record({ kind: fc.constantFrom('write', 'write', 'write', 'zero', 'discard'), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: 70_000 }), seed: fc.nat() })
-    .map((o) => ({ ...o, length: Math.min(o.length, size - o.offset) }) as Op);
-}
-
-async function apply(disk: VhdDisk, model: Uint8Array, op: Op): Promise<void> {
-  if (op.kind === 'write') {
-    const data = seededBytes(op.length, op.seed);
-    await disk.write(op.offset, data);
-    model.set(data, op.offset);
-  } else {
-    if (op.kind === 'zero') await disk.writeZeroes(op.offset, op.length);
-    else await disk.discard(op.offset, op.length);
-    model.fill(0, op.offset, op.offset + op.length);
-  }
-}
+const opArb = (size: number) => opArbOf(size, 70_000);
 
 async function expectContent(disk: VhdDisk, model: Uint8Array): Promise<void> {
   const got = await disk.read(0, disk.size);
