@@ -1,7 +1,8 @@
-import { open } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it, vi } from 'vitest';
+import { createRaw } from '../raw.js';
 import { FileStorage } from './file-storage.js';
 
 describe('FileStorage cache modes', () => {
@@ -32,6 +33,33 @@ describe('FileStorage cache modes', () => {
       await reopened.flush();
       expect(spy).toHaveBeenCalledTimes(1);
       await reopened.close();
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('create empties an existing file without truncating through the descriptor it returns', async () => {
+    // ext4 flushes a file on close when it was truncated to zero through
+    // that descriptor: the storage create() returns must never do that.
+    const path = join(tmp.path, 'existing.bin');
+    await writeFile(path, new Uint8Array(8192).fill(9));
+    const probe = await open(join(tmp.path, 'probe2'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { truncate: (n?: number) => Promise<void> };
+    await probe.close();
+    const spy = vi.spyOn(proto, 'truncate');
+    try {
+      const storage = await FileStorage.create(path);
+      expect(await storage.size()).toBe(0);
+      const disk = await createRaw(storage, { size: 1 << 20 });
+      expect(spy.mock.calls).toEqual([[1 << 20]]);
+      await disk.write(4096, new Uint8Array(512).fill(3));
+      await disk.close();
+      const back = await FileStorage.open(path);
+      expect(await back.size()).toBe(1 << 20);
+      expect((await back.read(4096, 512)).every((b) => b === 3)).toBe(true);
+      expect((await back.read(0, 4096)).every((b) => b === 0)).toBe(true);
+      await back.close();
+      await expect(FileStorage.create(path, { exclusive: true })).rejects.toMatchObject({ code: 'ERR_IMG_IO' });
     } finally {
       spy.mockRestore();
     }

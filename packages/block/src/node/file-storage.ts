@@ -102,10 +102,20 @@ export class FileStorage implements Storage {
     }
   }
 
-  /** Creates a file, truncating an existing one unless `exclusive`. */
+  /**
+   * Creates a file, truncating an existing one unless `exclusive`.
+   *
+   * The descriptor that created (or truncated) the file is closed and the
+   * file opened again, as qemu-img does. ext4 (`auto_da_alloc`) marks a file
+   * truncated to zero for "replace via truncate" and, when that descriptor
+   * is closed, starts writeback of everything written through it: for a
+   * 1 GiB conversion output that close took 0.6 s. Closed while still
+   * empty, the mark costs nothing.
+   */
   static async create(path: string, options: { exclusive?: boolean; cache?: FileStorageOptions['cache'] } = {}): Promise<FileStorage> {
     try {
-      return new FileStorage(path, await open(path, options.exclusive ? 'wx+' : 'w+'), false, options.cache);
+      await (await open(path, options.exclusive ? 'wx' : 'w')).close();
+      return new FileStorage(path, await open(path, 'r+'), false, options.cache);
     } catch (e) {
       throw ioError(path, 'create', e);
     }
@@ -204,6 +214,9 @@ export class FileStorage implements Storage {
   async truncate(size: number): Promise<void> {
     this.#checkWritable();
     try {
+      // Emptying an empty file changes nothing, but on ext4 it would mark the
+      // file for writeback on close (see create): skip it.
+      if (size === 0 && (await this.#fh.stat()).size === 0) return;
       await this.#fh.truncate(size);
     } catch (e) {
       throw ioError(this.name, 'truncate', e);
