@@ -107,25 +107,41 @@ export class Qcow2Disk implements Disk {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     const w = this.#writable(offset, data.length);
-    if (data.length) await this.#guard(async () => {
-      await this.#changing(offset, data.length);
-      await w.write(offset, data);
-    });
+    if (!data.length) return;
+    // A write over allocated clusters starts at once (no metadata changes, no bitmaps to update).
+    const direct = this.#state.bitmaps ? undefined : w.writeInPlace(offset, data);
+    if (direct) return direct;
+    await this.#inOrder(w, offset, data.length, () => w.write(offset, data));
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#guard(async () => {
-      await this.#changing(offset, length);
-      await w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true);
-    });
+    if (length) await this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true));
   }
 
   async discard(offset: number, length: number): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#guard(async () => {
-      await this.#changing(offset, length);
-      await w.zeroOrDiscard(offset, length, 'discard', true);
+    if (length) await this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'discard', true));
+  }
+
+  /**
+   * Runs a guest operation after {@link #changing}, keeping call order:
+   * until `op` has taken its places in the table locks' queues (which it
+   * does before it returns), later operations cannot overtake it (see
+   * TableWriter.hold).
+   */
+  async #inOrder(w: Qcow2Writer, offset: number, length: number, op: () => Promise<void>): Promise<void> {
+    await this.#guard(async () => {
+      let running: Promise<void>;
+      const ready = w.inOrder && !this.#state.bitmaps;
+      w.hold();
+      try {
+        if (!ready) await this.#changing(offset, length);
+        running = op();
+      } finally {
+        w.unhold();
+      }
+      await running;
     });
   }
 
@@ -142,10 +158,16 @@ export class Qcow2Disk implements Disk {
       throw invalidArg(FORMAT, `writeCompressed needs whole clusters (${cs} bytes) at a cluster boundary, got ${offset}+${data.length}`, { field: 'offset' });
     }
     if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
-    await this.#guard(async () => {
-      await this.#changing(offset, data.length);
-      await writeCompressedData(s, w, offset, data);
-    });
+    // Compression comes before the writer sees the clusters: later writes wait behind it all along.
+    w.hold();
+    try {
+      await this.#guard(async () => {
+        await this.#changing(offset, data.length);
+        await writeCompressedData(s, w, offset, data);
+      });
+    } finally {
+      w.unhold();
+    }
   }
 
   /** Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
@@ -268,6 +290,7 @@ export class Qcow2Disk implements Disk {
       await s.storage.flush();
       s.dirtySet = false;
       s.firstWrite = undefined;
+      s.firstWriteDone = false;
     }
   }
 

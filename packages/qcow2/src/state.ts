@@ -39,6 +39,8 @@ export interface Qcow2State extends ReaderState {
   dirtySet: boolean;
   /** The once-per-session header update before the first write. */
   firstWrite: Promise<void> | undefined;
+  /** {@link firstWrite} has finished (a write may start without waiting for it). */
+  firstWriteDone?: boolean;
   /** End of header, extensions and backing file name in cluster 0. */
   headerAreaEnd: number;
   /** Guest reads in flight (cluster releases wait until there are none). */
@@ -113,6 +115,7 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
       await s.storage.flush();
     }
     for (const r of stale) await s.writer?.release(r.offset, r.bytes);
+    s.firstWriteDone = true;
   })();
   return s.firstWrite;
 }

@@ -11,13 +11,23 @@
  * entry is on disk. Work is done per L2 table under that table's lock;
  * refcounts and the L1 table are changed under one metadata lock.
  */
-import { KeyedLock, Mutex, ImageError, ERROR_CODES, readU32Be, writeU32Be } from '@img/block';
+import { Mutex, ImageError, ERROR_CODES, readU32Be, writeU32Be } from '@img/block';
 import { l1EntryOffset } from './mapping.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import type { Refcounts } from './refcount.js';
 import type { Qcow2State } from './state.js';
+import { InFlightWrites, TableLocks } from './in-flight.js';
+
+/**
+ * What a per-table step may leave running after its table's lock is
+ * released: the data write of a write that changed no metadata.
+ */
+export type TableTail = { after: Promise<void> } | undefined;
+
+/** One table's share of an operation: L1 index and the guest bytes [start, end) it maps. */
+type TableStep = (l1Index: number, start: number, end: number) => Promise<TableTail | void>;
 
 /** What the writer needs from the image besides its state. */
 export interface WriterHooks {
@@ -45,8 +55,10 @@ export class TableWriter {
   protected readonly view: MappingView;
   protected readonly rc: Refcounts | undefined;
   protected readonly hooks: WriterHooks;
-  protected readonly tables = new KeyedLock();
+  protected readonly tables = new TableLocks();
   protected readonly meta = new Mutex();
+  /** Data writes running outside their table's lock (see {@link InFlightWrites}). */
+  protected readonly flights = new InFlightWrites();
   /** Free space left in the last host cluster that compressed data went to. */
   protected ctail: { offset: number; end: number } | undefined;
   readonly units: number;
@@ -235,8 +247,9 @@ export class TableWriter {
     this.#tableWrites.add(p);
   }
 
-  /** Waits for every deferred L2 write; reports the first that failed. */
+  /** Waits for the data writes in flight and every deferred L2 write; reports the first L2 write that failed. */
   async settle(): Promise<void> {
+    await this.flights.settled();
     while (this.#tableWrites.size) await Promise.all([...this.#tableWrites]);
     if (this.#tableWriteError !== undefined) {
       const e = this.#tableWriteError;
@@ -259,45 +272,129 @@ export class TableWriter {
     const prev = this.#gate;
     let release!: () => void;
     this.#gate = new Promise<void>((r) => (release = r));
-    await prev;
-    while (this.#inflight > 0) await new Promise<void>((r) => this.#idle.push(r));
+    this.#exclusives++;
     try {
+      await prev;
+      while (this.#inflight > 0) await new Promise<void>((r) => this.#idle.push(r));
+      // settle() also waits for the data writes that started without a table lock.
       await this.settle();
       await this.hooks.beforeFirstWrite();
       return await fn();
     } finally {
+      this.#exclusives--;
       release();
     }
   }
 
+  /** No exclusive operation is running or waiting: a write may start without passing the gate. */
+  protected get gateOpen(): boolean {
+    return this.#exclusives === 0;
+  }
+
+  /**
+   * Guest operations take their places in the table locks' queues in the
+   * order they are called, so that overlapping ones take effect in that
+   * order. One that must wait first (for the header update before the
+   * first write, dirty bitmaps, an exclusive operation) holds later ones
+   * back from starting without a lock ({@link inOrder}) until it has its
+   * places; the waits are the same for all, so they stay in order.
+   */
+  hold(): void {
+    this.#entering++;
+  }
+
+  /** Ends a {@link hold}; call it right after the operation took its places (or failed). */
+  unhold(): void {
+    this.#entering--;
+  }
+
+  /**
+   * Nothing called earlier is still on its way to the table locks and no
+   * exclusive operation is pending: an operation called now may take its
+   * places at once, and a write that changes no metadata may skip them.
+   */
+  get inOrder(): boolean {
+    return this.#entering === 0 && this.#exclusives === 0 && this.s.firstWriteDone === true;
+  }
+
+  #exclusives = 0;
+  #entering = 0;
   #gate: Promise<void> = Promise.resolve();
   #inflight = 0;
   #idle: Array<() => void> = [];
 
-  /** Runs `fn` for each L2 table's share of [offset, offset+length), under that table's lock, tables in parallel. */
-  protected async perTable(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
-    await this.#gate;
-    this.#inflight++;
+  /**
+   * Runs `fn` for each L2 table's share of [offset, offset+length), under
+   * that table's lock, tables in parallel. With the gate open and the
+   * header updated, the places in the locks' queues are taken before this
+   * returns.
+   */
+  protected perTable(offset: number, length: number, fn: TableStep): Promise<void> {
+    if (this.gateOpen && this.s.firstWriteDone) return this.#counted(offset, length, fn);
+    return this.#gated(offset, length, fn);
+  }
+
+  async #gated(offset: number, length: number, fn: TableStep): Promise<void> {
+    this.hold();
+    let counted = false;
     try {
-      await this.perTableInner(offset, length, fn);
+      await this.#gate;
+      this.#inflight++;
+      counted = true;
+      await this.hooks.beforeFirstWrite();
+    } catch (e) {
+      this.unhold();
+      if (counted) this.#done();
+      throw e;
+    }
+    this.unhold();
+    try {
+      await this.#enqueue(offset, length, fn);
     } finally {
-      if (--this.#inflight === 0) for (const wake of this.#idle.splice(0)) wake();
+      this.#done();
     }
   }
 
-  protected async perTableInner(offset: number, length: number, fn: (l1Index: number, start: number, end: number) => Promise<void>): Promise<void> {
+  async #counted(offset: number, length: number, fn: TableStep): Promise<void> {
+    this.#inflight++;
+    try {
+      await this.#enqueue(offset, length, fn);
+    } finally {
+      this.#done();
+    }
+  }
+
+  #done(): void {
+    if (--this.#inflight === 0) for (const wake of this.#idle.splice(0)) wake();
+  }
+
+  /** perTable without the gate (for use inside {@link exclusive}). */
+  protected async perTableInner(offset: number, length: number, fn: TableStep): Promise<void> {
     await this.hooks.beforeFirstWrite();
+    await this.#enqueue(offset, length, fn);
+  }
+
+  /**
+   * Queues `fn` on each table's lock now. A step may return a
+   * {@link TableTail}: the lock is released when the step returns, and
+   * the tail is awaited after.
+   */
+  #enqueue(offset: number, length: number, fn: TableStep): Promise<void> {
     const cov = this.s.geom.l2Coverage;
+    const first = Math.floor(offset / cov);
+    // One table (the usual case): no need to gather outcomes.
+    if (offset + length <= (first + 1) * cov) return this.tables.run(first, () => fn(first, offset, offset + length)).then((tail) => tail?.after);
     const jobs: Promise<void>[] = [];
     for (let pos = offset; pos < offset + length; ) {
       const l1Index = Math.floor(pos / cov);
       const end = Math.min(offset + length, (l1Index + 1) * cov);
       const start = pos;
-      jobs.push(this.tables.run(l1Index, () => fn(l1Index, start, end)));
+      jobs.push(this.tables.run(l1Index, () => fn(l1Index, start, end)).then((tail) => tail?.after));
       pos = end;
     }
-    const results = await Promise.allSettled(jobs);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    return Promise.allSettled(jobs).then((results) => {
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
+    });
   }
 
   // ---- L1 growth --------------------------------------------------------

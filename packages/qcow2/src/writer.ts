@@ -9,12 +9,14 @@
  * entry is on disk. Work is done per L2 table under that table's lock;
  * refcounts and the L1 table are changed under one metadata lock.
  */
-import { concatBytes } from '@img/block';
+import { concatBytes, readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { l1EntryOffset } from './mapping.js';
 import type { Entry } from './l2-entry.js';
-import { COMPRESSED_SECTOR } from './constants.js';
-import { TableWriter } from './table-writer.js';
+import { COMPRESSED_SECTOR, ENTRY_COPIED_HI } from './constants.js';
+import { loadL2 } from './reader.js';
+import { TableWriter, type TableTail } from './table-writer.js';
+import type { ClusterSpan, InFlightWrites } from './in-flight.js';
 
 export type { WriterHooks } from './table-writer.js';
 
@@ -69,13 +71,87 @@ export class Qcow2Writer extends TableWriter {
     return this.perTable(offset, data.length, (l1Index, start, end) => this.#writeInTable(l1Index, start, data.subarray(start - offset, end - offset)));
   }
 
-  async #writeInTable(l1Index: number, offset: number, data: Uint8Array): Promise<void> {
+  /**
+   * Starts a write that changes no metadata at once, without queueing for
+   * its table's lock: when operations are {@link inOrder}, the write
+   * lies in one L2 table that is cached, private and not locked, and every
+   * cluster it touches is private, allocated and not a zero cluster. Its
+   * data write then runs as one of the {@link InFlightWrites}. Answers
+   * undefined when that does not hold (the caller takes {@link write}).
+   */
+  writeInPlace(offset: number, data: Uint8Array): Promise<void> | undefined {
+    const cov = this.s.geom.l2Coverage;
+    const l1Index = Math.floor(offset / cov);
+    if (!this.inOrder || offset + data.length > (l1Index + 1) * cov || !this.tables.isFree(l1Index)) return undefined;
+    return this.#tryInPlace(l1Index, offset, data);
+  }
+
+  /** {@link writeInPlace} for a write within table `l1Index`, once nothing but the mapping can stop it. */
+  #tryInPlace(l1Index: number, offset: number, data: Uint8Array): Promise<void> | undefined {
+    const s = this.s;
+    const l1 = this.view.l1;
+    if (l1Index * 8 >= l1.length || (readU32Be(l1, l1Index * 8) & ENTRY_COPIED_HI) === 0) return undefined;
+    try {
+      const tableOffset = l1EntryOffset(l1, l1Index, s.geom.clusterSize, s.file, this.view.l1Offset);
+      const table = loadL2(s, tableOffset, l1Index);
+      if (table instanceof Promise) {
+        // Not cached: the locked path shares this load.
+        table.catch(() => undefined);
+        return undefined;
+      }
+      return this.#inPlace(l1Index, table, tableOffset, offset, data);
+    } catch {
+      // Corrupt metadata: the locked path meets it again and reports it.
+      return undefined;
+    }
+  }
+
+  /**
+   * The data write of a write into private, allocated, non-zero units of
+   * one table, as an in-flight write; undefined if any cluster is not
+   * such. Runs without yielding, with the table's lock held or free.
+   */
+  #inPlace(l1Index: number, table: Uint8Array, tableOffset: number, offset: number, data: Uint8Array): Promise<void> | undefined {
     const s = this.s;
     const cs = s.geom.clusterSize;
+    const end = offset + data.length;
+    const spans: ClusterSpan[] = [];
+    const pieces: { host: number; bytes: Uint8Array }[] = [];
+    for (let pos = offset; pos < end; ) {
+      const guest = pos - (pos % cs);
+      const a = pos - guest;
+      const b = Math.min(cs, end - guest);
+      const e = this.decode(table, (guest / cs) % s.geom.l2Entries, tableOffset);
+      if (e.host === undefined || !e.copied || e.compressed) return undefined;
+      const mask = this.#mask(a, b);
+      if (((mask & ~e.alloc) | (mask & e.zero)) !== 0) return undefined;
+      spans.push({ cluster: guest / cs, a, b });
+      pieces.push({ host: e.host + a, bytes: data.subarray(pos - offset, guest + b - offset) });
+      pos = guest + b;
+    }
+    const only = pieces.length === 1 ? pieces[0]! : undefined;
+    return this.flights.run(l1Index, spans, only ? () => s.dataStorage.write(only.host, only.bytes) : () => this.#writeRuns(pieces));
+  }
+
+  /**
+   * One table's share of a write, under its lock. A write that changes no
+   * entry (every cluster private, allocated and not a zero cluster) only
+   * looks the mapping up here: its data write is returned as the tail and
+   * runs after the lock is released (see {@link InFlightWrites}).
+   */
+  async #writeInTable(l1Index: number, offset: number, data: Uint8Array): Promise<TableTail> {
+    const s = this.s;
+    const cs = s.geom.clusterSize;
+    // Holding the lock from here without a pause: a write that changes no entry is only a lookup.
+    const quick = this.#tryInPlace(l1Index, offset, data);
+    if (quick) return { after: quick };
     const { table, offset: tableOffset } = await this.tableFor(l1Index);
+    const direct = this.#inPlace(l1Index, table, tableOffset, offset, data);
+    if (direct) return { after: direct };
     interface Plan { index: number; guest: number; host: number | undefined; spanStart: number; spanEnd: number; a: number; b: number; fill: boolean; next: Entry; old: Entry; fresh: boolean }
     const plans: Plan[] = [];
     let fresh = 0;
+    let mapped = false;
     for (let pos = offset; pos < offset + data.length; ) {
       const guest = Math.floor(pos / cs) * cs;
       const a = pos - guest;
@@ -107,8 +183,12 @@ export class Qcow2Writer extends TableWriter {
         if (!s.dataFile) fresh++;
       }
       plans.push({ index, guest, host: priv ? old.host : s.dataFile ? guest : undefined, spanStart, spanEnd, a, b, fill, next, old, fresh: !priv });
+      if (old.host !== undefined || old.compressed) mapped = true;
       pos = guest + b;
     }
+    // Entries that map something change below: data writes in flight to this table finish first
+    // (they may target a cluster that is about to be freed, or that a later write overlaps).
+    if (mapped) await this.flights.drain(l1Index);
     // Allocate every new cluster of this table at once, so that they lie together in the file.
     // Without subclusters every new cluster is written whole below, so the data write itself grows
     // the file and the refcount update can run alongside it (both land before the barrier).
@@ -158,6 +238,7 @@ export class Qcow2Writer extends TableWriter {
       await this.hooks.barrier();
       for (const p of stale) await this.releaseEntry(p.old);
     }
+    return undefined;
   }
 
   /** Writes pieces, joining those that are contiguous in the file into one I/O. */
@@ -210,6 +291,7 @@ export class Qcow2Writer extends TableWriter {
     // Nothing mapped by this table: it already reads as zeros (or as the backing file, for a discard).
     if (l2Offset === 0 && (mode === 'discard' || !hasBacking)) return;
     const { table, offset: tableOffset } = await this.tableFor(l1Index);
+    await this.flights.drain(l1Index);
     const partial: Array<[number, number]> = [];
     const stale: Entry[] = [];
     let first = -1;
@@ -267,7 +349,10 @@ export class Qcow2Writer extends TableWriter {
     const chunk = 4 * 1024 * 1024;
     for (const [a, b] of ranges) {
       const stop = Math.min(b, this.view.size);
-      for (let pos = a; pos < stop; pos += chunk) await this.#writeInTable(l1Index, pos, new Uint8Array(Math.min(chunk, stop - pos)));
+      for (let pos = a; pos < stop; pos += chunk) {
+        const tail = await this.#writeInTable(l1Index, pos, new Uint8Array(Math.min(chunk, stop - pos)));
+        if (tail) await tail.after;
+      }
     }
   }
 
@@ -290,6 +375,7 @@ export class Qcow2Writer extends TableWriter {
     const s = this.s;
     const cs = s.geom.clusterSize;
     const { table, offset: tableOffset } = await this.tableFor(l1Index);
+    await this.flights.drain(l1Index);
     const olds = items.map((i) => this.decode(table, (i.guest / cs) % s.geom.l2Entries, tableOffset));
     const hosts = await this.meta.run(async () => {
       const out: number[] = [];
