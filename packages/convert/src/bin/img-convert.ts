@@ -9,8 +9,8 @@ process.env.UV_THREADPOOL_SIZE ??= '8';
   const mod = (await import('node:module')) as { enableCompileCache?: () => unknown };
   mod.enableCompileCache?.();
 }
-const { onClosedStdout, processIo } = await import('../cli/common.js');
-const { convertMain } = await import('../cli/img-convert.js');
+// Built, this file is one bundle of every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
+const [{ onClosedStdout, processIo }, { convertMain }] = await Promise.all([import('../cli/common.js'), import('../cli/img-convert.js')]);
 
 // An image cut short by a closed pipe is not an image: fail.
 onClosedStdout(1, 'img-convert: ERR_IMG_IO: the output pipe was closed before the image was complete');

@@ -6,8 +6,8 @@ process.env.UV_THREADPOOL_SIZE ??= '8';
   const mod = (await import('node:module')) as { enableCompileCache?: () => unknown };
   mod.enableCompileCache?.();
 }
-const { onClosedStdout, processIo } = await import('../cli/common.js');
-const { imgMain } = await import('../cli/img.js');
+// Built, this file is one bundle of every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
+const [{ onClosedStdout, processIo }, { imgMain }] = await Promise.all([import('../cli/common.js'), import('../cli/img.js')]);
 
 onClosedStdout(0);
 process.exitCode = await imgMain(process.argv.slice(2), processIo);

@@ -3,9 +3,6 @@
  */
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '@img/block';
-import { parseCreateOptions } from '../convert.js';
-import { defaultRegistry } from '../formats.js';
-import { convertFile } from '../node.js';
 import { progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 
 export const CONVERT_HELP = `Usage: img-convert [options] <src-format> <dst-format> <input> <output>
@@ -63,17 +60,19 @@ export function convertOptions() {
 export async function convertMain(prog: string, argv: string[], io: Io): Promise<number> {
   return runCommand(prog, argv, io, async () => {
     const { values, positionals } = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
+    if (values.version && !values.help) {
+      io.stdout(`${prog} ${version()}\n`);
+      return 0;
+    }
+    if (!values.help && positionals.length !== 4) {
+      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
+    }
+    // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
+    const [{ defaultRegistry }, { convertFile }, { parseCreateOptions }] = await Promise.all([import('../formats.js'), import('../node.js'), import('../convert.js')]);
     const registry = defaultRegistry();
     if (values.help) {
       io.stdout(CONVERT_HELP.replace('FORMATS', registry.names().join(', ')));
       return 0;
-    }
-    if (values.version) {
-      io.stdout(`${prog} ${version()}\n`);
-      return 0;
-    }
-    if (positionals.length !== 4) {
-      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
     }
     const [srcFormat, dstFormat, input, output] = positionals as [string, string, string, string];
     registry.require(srcFormat);

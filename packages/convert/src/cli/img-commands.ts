@@ -1,0 +1,623 @@
+/**
+ * The subcommands of img, loaded once img knows it runs one (see img.ts).
+ */
+import { stat } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { parseCreateOptions } from '../convert.js';
+import { defaultRegistry } from '../formats.js';
+import { openImageFile } from '../node.js';
+import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
+import { commitDisk, rebaseDisk } from '../maintain.js';
+import { inspectImage } from '../inspect.js';
+import { amendQcow2 } from '@img/qcow2';
+import { convertMain } from './img-convert.js';
+
+type Handler = (argv: string[], io: Io) => Promise<number>;
+
+const common = {
+  f: { type: 'string' },
+  output: { type: 'string' },
+  untrusted: { type: 'boolean' },
+  'force-format': { type: 'boolean' },
+  debug: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function outputMode(value: string | undefined): 'human' | 'json' {
+  if (value === undefined || value === 'human') return 'human';
+  if (value === 'json') return 'json';
+  throw new UsageError(`--output must be human or json, not "${value}"`);
+}
+
+function onePath(positionals: string[], what = '<file>'): string {
+  if (positionals.length !== 1) throw new UsageError(`expected ${what}`);
+  return positionals[0]!;
+}
+
+async function open(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean }, readOnly = true): Promise<Disk> {
+  return openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly,
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+  });
+}
+
+/** qemu-img info's JSON for an image. */
+export function infoJson(path: string, info: ImageInfo, actualSize: number): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    'virtual-size': info.virtualSize,
+    filename: path,
+    format: info.format,
+    'actual-size': actualSize,
+  };
+  if (info.clusterSize !== undefined) out['cluster-size'] = info.clusterSize;
+  if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
+  if (info.fullBackingFile !== undefined) out['full-backing-filename'] = info.fullBackingFile;
+  if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
+  out['dirty-flag'] = info.dirty ?? false;
+  if (info.snapshots?.length) {
+    out.snapshots = info.snapshots.map((s) => ({
+      id: s.id,
+      name: s.name,
+      'vm-state-size': s.vmStateSize,
+      'date-sec': s.dateSec,
+      'date-nsec': s.dateNsec,
+      'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
+      'vm-clock-nsec': s.vmClockNsec % 1e9,
+      ...(s.icount !== undefined ? { icount: s.icount } : {}),
+    }));
+  }
+  if (info.formatSpecific) out['format-specific'] = { type: info.format, data: info.formatSpecific };
+  return out;
+}
+
+/** The backing image (qcow2) or parent (VHD) of an open disk, if it has one open. */
+function backingOf(disk: Disk): Disk | undefined {
+  return disk.backing ?? (disk as { parent?: Disk }).parent;
+}
+
+async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; actual: number; path: string }> {
+  const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+  let actual = 0;
+  try {
+    actual = (await stat(path)).blocks * 512;
+  } catch {
+    actual = 0;
+  }
+  return { data, actual, path };
+}
+
+function humanInfo({ data, actual, path }: { data: ImageInfo; actual: number; path: string }): string {
+  const lines = [
+    `image: ${path}`,
+    `file format: ${data.format}`,
+    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
+    `disk size: ${formatSize(actual)}`,
+  ];
+  if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
+  if (data.backingFile !== undefined) {
+    lines.push(`backing file: ${data.backingFile}${data.fullBackingFile && data.fullBackingFile !== data.backingFile ? ` (actual path: ${data.fullBackingFile})` : ''}`);
+  }
+  if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
+  if (data.snapshots?.length) {
+    lines.push('Snapshot list:');
+    lines.push('ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
+    for (const s of data.snapshots) {
+      lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${new Date(s.dateSec * 1000).toISOString().replace('T', ' ').slice(0, 19)} ${formatClock(s.vmClockNsec)} ${s.icount ?? '--'}`);
+    }
+  }
+  if (data.formatSpecific) {
+    lines.push('Format specific information:');
+    for (const [k, v] of Object.entries(data.formatSpecific)) lines.push(`    ${k.replace(/-/g, ' ')}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+const info: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img info [-f fmt] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const path = onePath(positionals);
+  // Without --backing-chain the backing file is not needed: do not open it.
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+    noBacking: !values['backing-chain'],
+  });
+  try {
+    const layers = [await describe(disk, path)];
+    if (values['backing-chain']) {
+      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, b.storage.name));
+    }
+    if (mode === 'json') {
+      const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
+      io.stdout(JSON.stringify(values['backing-chain'] ? objects : objects[0], null, 4) + '\n');
+    } else {
+      io.stdout(layers.map(humanInfo).join('\n'));
+    }
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};
+
+function formatClock(nsec: number): string {
+  const ms = Math.floor(nsec / 1e6);
+  const h = Math.floor(ms / 3_600_000);
+  const m = Math.floor(ms / 60_000) % 60;
+  const s = Math.floor(ms / 1000) % 60;
+  return `${String(h).padStart(4, '0')}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}.${String(ms % 1000).padStart(3, '0')}`;
+}
+
+/** One entry of qemu-img map --output=json for an extent. */
+export function mapEntry(e: Extent): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    start: e.offset,
+    length: e.length,
+    depth: e.depth ?? 0,
+    present: e.kind !== 'hole',
+    zero: e.kind !== 'data',
+    data: e.kind === 'data',
+  };
+  if (e.hostOffset !== undefined) out.offset = e.hostOffset;
+  return out;
+}
+
+const map: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img map [-f fmt] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const disk = await open(onePath(positionals), values);
+  try {
+    if (mode === 'json') {
+      const rows: string[] = [];
+      for await (const e of disk.extents({ hostOffsets: true })) rows.push(JSON.stringify(mapEntry(e)));
+      io.stdout(`[${rows.join(',\n')}]\n`);
+    } else {
+      io.stdout(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}${'Mapped to'.padEnd(20)}File\n`);
+      for await (const e of disk.extents({ hostOffsets: true })) {
+        if (e.kind !== 'data') continue;
+        const hexs = (n: number) => `0x${n.toString(16)}`.padEnd(20);
+        io.stdout(`${hexs(e.offset)}${hexs(e.length)}${hexs(e.hostOffset ?? e.offset)}${e.file ?? ''}\n`);
+      }
+    }
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};
+
+const compare: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img compare [-f fmt] [-F fmt] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    return 0;
+  }
+  try {
+    if (positionals.length !== 2) throw new UsageError('expected <a> <b>');
+    const a = await open(positionals[0]!, values);
+    const b = await open(positionals[1]!, { ...values, f: values.F });
+    try {
+      const diff = await firstDifference(a, b, values.strict ?? false);
+      if (diff === undefined) {
+        io.stdout('Images are identical.\n');
+        return 0;
+      }
+      io.stdout(diff.message + '\n');
+      return 1;
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    const text = ImageError.isInstance(e) ? `${e.code}: ${e.message}` : (e as Error).message;
+    throw new ExitCode(2, text);
+  }
+};
+
+/** Zero-or-hole ranges of a disk as a sorted list, for skipping reads that cannot differ. */
+async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
+  const out: Array<[number, number]> = [];
+  for await (const e of disk.extents()) if (e.kind !== 'data') out.push([e.offset, e.offset + e.length]);
+  return out;
+}
+
+/** The first offset at which two disks differ, or undefined if they read the same. */
+export async function firstDifference(a: Disk, b: Disk, strict: boolean): Promise<{ offset: number; message: string } | undefined> {
+  if (strict && a.size !== b.size) return { offset: Math.min(a.size, b.size), message: `Strict mode: Image size mismatch!` };
+  const common = Math.min(a.size, b.size);
+  const za = await sparseRanges(a);
+  const zb = await sparseRanges(b);
+  const chunk = 1024 * 1024;
+  const bufA = new Uint8Array(chunk);
+  const bufB = new Uint8Array(chunk);
+  let ia = 0;
+  let ib = 0;
+  const zeroUntil = (ranges: Array<[number, number]>, idx: number, pos: number): [number, number] => {
+    while (idx < ranges.length && ranges[idx]![1] <= pos) idx++;
+    const r = ranges[idx];
+    return [idx, r && r[0] <= pos ? r[1] : pos];
+  };
+  let pos = 0;
+  while (pos < common) {
+    let endA: number;
+    let endB: number;
+    [ia, endA] = zeroUntil(za, ia, pos);
+    [ib, endB] = zeroUntil(zb, ib, pos);
+    const skip = Math.min(endA, endB, common);
+    if (skip > pos) {
+      pos = skip;
+      continue;
+    }
+    const n = Math.min(chunk, common - pos);
+    await a.readInto(pos, bufA.subarray(0, n));
+    await b.readInto(pos, bufB.subarray(0, n));
+    for (let i = 0; i < n; i++) {
+      if (bufA[i] !== bufB[i]) {
+        const at = pos + i;
+        return { offset: at, message: `Content mismatch at offset ${at}!` };
+      }
+    }
+    pos += n;
+  }
+  // The longer image must read as zeros past the shorter one's end.
+  const longer = a.size > b.size ? a : b;
+  for await (const e of longer.extents({ offset: common, length: longer.size - common })) {
+    if (e.kind !== 'data') continue;
+    for (let p = e.offset; p < e.offset + e.length; p += chunk) {
+      const n = Math.min(chunk, e.offset + e.length - p);
+      const view = bufA.subarray(0, n);
+      await longer.readInto(p, view);
+      const i = view.findIndex((x) => x !== 0);
+      if (i >= 0) return { offset: p + i, message: `Content mismatch at offset ${p + i}!` };
+    }
+  }
+  return undefined;
+}
+
+const create: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img create -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\nExample:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n');
+    return 0;
+  }
+  const registry = defaultRegistry();
+  const format = values.f ?? 'raw';
+  const driver = registry.require(format);
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
+  const path = positionals[0]!;
+  const options: Record<string, unknown> = parseCreateOptions(values.o);
+  if ('help' in options) {
+    io.stdout(`Create options for ${driver.name}:\n`);
+    for (const [k, v] of Object.entries(driver.createOptions ?? {})) io.stdout(`  ${k.padEnd(18)} ${v}\n`);
+    return 0;
+  }
+  let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
+  if (options.size !== undefined) size = parseSize(String(options.size));
+  if (values.b !== undefined) {
+    options.backingFile = values.b;
+    if (values.F !== undefined) options.backingFormat = values.F;
+    options.resolver = fileResolver;
+    options.formats = registry;
+    if (size === undefined) {
+      // The size comes from the backing file, opened relative to the new image.
+      const backing = await openImageFile(resolveRelative({ name: values.b, from: { name: path } as Storage }), {
+        ...(values.F !== undefined ? { format: values.F } : {}),
+        registry,
+      });
+      size = backing.size;
+      await backing.close();
+    }
+  }
+  if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
+  const storage = await FileStorage.create(path);
+  try {
+    const disk = await driver.create(storage, { ...options, size });
+    await disk.flush();
+    await disk.close();
+  } catch (e) {
+    await storage.close().catch(() => undefined);
+    throw e;
+  }
+  io.stdout(`Formatting '${path}', fmt=${driver.name} size=${size}\n`);
+  return 0;
+};
+
+const resize: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, shrink: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img resize [-f fmt] [--shrink] <file> [+|-]<size>\n\nExample:\n  img resize disk.qcow2 +10G\n');
+    return 0;
+  }
+  if (positionals.length !== 2) throw new UsageError('expected <file> [+|-]<size>');
+  const [path, sizeText] = positionals as [string, string];
+  const disk = await open(path, values, false);
+  try {
+    if (!disk.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: resizing is not supported for this format`);
+    const delta = sizeText.startsWith('+') ? 1 : sizeText.startsWith('-') ? -1 : 0;
+    const amount = parseSize(delta ? sizeText.slice(1) : sizeText);
+    const target = delta === 0 ? amount : disk.size + delta * amount;
+    if (target < 0) throw new UsageError('the new size would be negative');
+    await disk.resize(target, { shrink: values.shrink ?? false });
+    await disk.flush();
+  } finally {
+    await disk.close();
+  }
+  io.stdout('Image resized.\n');
+  return 0;
+};
+
+const check: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, r: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img check [-f fmt] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const path = onePath(positionals);
+  if (values.r !== undefined && values.r !== 'leaks' && values.r !== 'all') throw new UsageError('-r takes leaks or all');
+  const registry = defaultRegistry();
+  let format = values.f;
+  if (format === undefined) {
+    const probe = await open(path, values);
+    format = probe.format;
+    await probe.close();
+  }
+  const driver = registry.require(format);
+  if (!driver.check) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format does not support checks`);
+  const storage = await FileStorage.open(path, { readOnly: values.r === undefined });
+  let result;
+  try {
+    result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
+  } finally {
+    await storage.close();
+  }
+  if (mode === 'json') {
+    const out: Record<string, unknown> = {
+      filename: path,
+      format: result.format,
+      'check-errors': result.checkErrors,
+    };
+    if (result.corruptions) out.corruptions = result.corruptions;
+    if (result.leaks) out.leaks = result.leaks;
+    if (result.corruptionsFixed) out['corruptions-fixed'] = result.corruptionsFixed;
+    if (result.leaksFixed) out['leaks-fixed'] = result.leaksFixed;
+    if (result.imageEndOffset !== undefined) out['image-end-offset'] = result.imageEndOffset;
+    if (result.totalClusters !== undefined) out['total-clusters'] = result.totalClusters;
+    if (result.allocatedClusters !== undefined) out['allocated-clusters'] = result.allocatedClusters;
+    if (result.fragmentedClusters !== undefined) out['fragmented-clusters'] = result.fragmentedClusters;
+    if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
+    io.stdout(JSON.stringify(out, null, 4) + '\n');
+  } else {
+    for (const m of result.messages) io.stdout(m + '\n');
+    if (result.corruptions === 0 && result.leaks === 0 && result.checkErrors === 0) io.stdout('No errors were found on the image.\n');
+    if (result.corruptions) io.stdout(`\n${result.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`);
+    if (result.leaks) io.stdout(`\n${result.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`);
+    if (result.allocatedClusters !== undefined && result.totalClusters !== undefined) {
+      const pct = result.totalClusters ? ((100 * result.allocatedClusters) / result.totalClusters).toFixed(2) : '0.00';
+      io.stdout(`${result.allocatedClusters}/${result.totalClusters} = ${pct}% allocated\n`);
+    }
+    if (result.imageEndOffset !== undefined) io.stdout(`Image end offset: ${result.imageEndOffset}\n`);
+  }
+  if (result.checkErrors) return 1;
+  if (result.corruptions) return 2;
+  if (result.leaks) return 3;
+  return 0;
+};
+
+const commit: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img commit [-f fmt] [-d] [-p] <file>\n\nWrites the image\'s data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, backingWritable: true });
+  try {
+    await commitDisk(disk, { keepTop: values.d ?? false, ...(values.p ? { onProgress: progressPrinter(io, false) } : {}) });
+  } finally {
+    await disk.close();
+  }
+  io.stdout('Image committed.\n');
+  return 0;
+};
+
+const rebase: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout(
+      'Usage: img rebase [-f fmt] [-u] -b <backing> [-F fmt] <file>\n\nChanges the backing file. Safe mode (default) copies whatever would change into the image first;\n-u only rewrites the name. -b "" removes the backing file.\n\nExample:\n  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n',
+    );
+    return 0;
+  }
+  const path = onePath(positionals);
+  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
+  const registry = defaultRegistry();
+  const name = values.b === '' ? undefined : values.b;
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, registry, noBacking: values.u ?? false });
+  let next: Disk | undefined;
+  try {
+    if (name !== undefined && !values.u) {
+      next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry });
+    }
+    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u ?? false });
+  } finally {
+    await next?.close();
+    await disk.close();
+  }
+  return 0;
+};
+
+interface SnapshotDisk extends Disk {
+  createSnapshot(name: string): Promise<unknown>;
+  applySnapshot(idOrName: string): Promise<void>;
+  deleteSnapshot(idOrName: string): Promise<void>;
+}
+
+const snapshot: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img snapshot [-f fmt] (-l | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
+  if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
+  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: Boolean(values.l), noBacking: true });
+  try {
+    const s = disk as Partial<SnapshotDisk>;
+    if (values.l) {
+      const snaps = (await disk.info?.())?.snapshots ?? [];
+      if (values.output === 'json') {
+        io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
+      } else if (snaps.length) {
+        io.stdout('Snapshot list:\n' + humanInfo({ data: { format: disk.format, virtualSize: disk.size, snapshots: snaps }, actual: 0, path }).split('Snapshot list:\n')[1]);
+      }
+      return 0;
+    }
+    if (typeof s.createSnapshot !== 'function') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: this format has no internal snapshots`);
+    if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
+    if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
+    if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
+    await disk.flush();
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};
+
+const measure: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  if (values.O === undefined) throw new UsageError('expected -O <output format>');
+  if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
+  const registry = defaultRegistry();
+  const driver = registry.require(values.O);
+  if (!driver.measure) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be measured`);
+  const options = parseCreateOptions(values.o);
+  let source: Disk | undefined;
+  try {
+    if (positionals.length) source = await open(onePath(positionals), values);
+    const size = source?.size ?? parseSize(values.size!);
+    const result = await driver.measure({ size, options, ...(source ? { source } : {}) });
+    if (mode === 'json') io.stdout(JSON.stringify({ 'fully-allocated': result.fullyAllocated, required: result.required }, null, 4) + '\n');
+    else io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`);
+    return 0;
+  } finally {
+    await source?.close();
+  }
+};
+
+const inspect: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, deep: { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout(
+      'Usage: img inspect [-f fmt] [--deep] [--output=human|json] <file>\n\nInspects an untrusted image without opening anything it names: format (and mismatches),\nvirtual size, backing files, data files, parents, encryption, corruption. --deep also reads every\nallocated byte (finds compressed clusters that inflate wrongly). Exit 0 safe, 2 unsafe.\n\nExample:\n  img inspect -f qcow2 upload.qcow2\n',
+    );
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const path = onePath(positionals);
+  const storage = await FileStorage.open(path);
+  try {
+    const report = await inspectImage(storage, { registry: defaultRegistry(), deep: values.deep ?? false, ...(values.f !== undefined ? { format: values.f } : {}) });
+    if (mode === 'json') {
+      const { info: _info, ...rest } = report;
+      io.stdout(JSON.stringify({ filename: path, ...rest }, null, 4) + '\n');
+    } else {
+      io.stdout(`image: ${path}\nformat: ${report.format ?? 'unknown'}${report.declared && report.declared !== report.format ? ` (declared ${report.declared})` : ''}\n`);
+      if (report.virtualSize !== undefined) io.stdout(`virtual size: ${formatSize(report.virtualSize)} (${report.virtualSize} bytes)\n`);
+      io.stdout(`safe: ${report.safe ? 'yes' : 'no'}\n`);
+      for (const f of report.findings) io.stdout(`  ${f.severity === 'unsafe' ? 'UNSAFE' : 'info'} ${f.code}: ${f.message}\n`);
+    }
+    return report.safe ? 0 : 2;
+  } finally {
+    await storage.close();
+  }
+};
+
+const amend: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img amend [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const options = parseCreateOptions(values.o);
+  if (Object.keys(options).length === 0) throw new UsageError('expected -o key=value[,...]');
+  let format = values.f;
+  if (format === undefined) {
+    const probe = await open(path, values);
+    format = probe.format;
+    await probe.close();
+  }
+  if (defaultRegistry().require(format).name !== 'qcow2') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${format}: amend is supported for qcow2 images`);
+  const storage = await FileStorage.open(path, { readOnly: false });
+  try {
+    await amendQcow2(storage, options);
+  } finally {
+    await storage.close();
+  }
+  return 0;
+};
+
+/** Each subcommand's body, by name. */
+export const commands: Record<string, Handler> = {
+  info,
+  map,
+  check,
+  compare,
+  create,
+  resize,
+  commit,
+  rebase,
+  snapshot,
+  measure,
+  amend,
+  inspect,
+  convert: (argv, io) => convertMain('img convert', argv, io),
+};
+
