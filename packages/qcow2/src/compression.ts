@@ -5,11 +5,15 @@
  * cluster or the image is corrupt, and no allocation depends on a size
  * read from the image beyond one cluster.
  *
- * This is the one module that imports from Node (node:zlib); zstd comes
- * from node:zlib where the platform has it (Node >= 22.15) and from the
- * pure-JS `fzstd` package elsewhere.
+ * This is the one module that imports from Node (node:zlib, node:module);
+ * zstd decodes with node:zlib where the platform has it (Node >= 22.15)
+ * and with the pure-JS `fzstd` package elsewhere, and encodes with, in
+ * order: node:zlib, the optional native addon `@toondepauw/node-zstd`
+ * (prebuilt libzstd for the common platforms, no install script), libzstd
+ * in WebAssembly (`@bokuweb/zstd-wasm`).
  */
 import * as zlib from 'node:zlib';
+import { createRequire } from 'node:module';
 import { Decompress as FzstdDecompress } from 'fzstd';
 import { corrupt, hex } from '@img/block';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
@@ -194,24 +198,120 @@ export async function compressCluster(type: number, input: Uint8Array): Promise<
   return out.length < input.length ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
 }
 
+/** The level qemu compresses at (it sets none: libzstd's default, ZSTD_CLEVEL_DEFAULT). */
+export const ZSTD_LEVEL = 3;
+
+/**
+ * Copies the zstd frame `frame` (the whole encoding of `contentSize`
+ * bytes) into `out` at `at` and answers how many bytes it wrote. A
+ * streaming encoder (the native addon's) writes a window descriptor and no
+ * content size; this rewrites such a header to the single-segment form
+ * with Frame_Content_Size that libzstd's one-shot ZSTD_compress and qemu
+ * write, which is valid for the same blocks (RFC 8878 3.1.1.1: the window
+ * becomes the content size, and no offset in a frame reaches past its own
+ * content), one byte longer, and lets a decoder size its output from the
+ * header. Any other frame is copied as it is.
+ *
+ * Self-contained on purpose: the worker pool embeds its source.
+ */
+export function copyZstdFrame(frame: Uint8Array, contentSize: number, out: Uint8Array, at: number): number {
+  const fhd = frame.length > 5 ? frame[4]! : 0;
+  // Magic 0xFD2FB528 (LE); frame header descriptor: FCS flag 0, not single segment, reserved bit clear, no dictionary.
+  const patchable = frame.length > 6 && frame[0] === 0x28 && frame[1] === 0xb5 && frame[2] === 0x2f && frame[3] === 0xfd && (fhd & 0xeb) === 0 && contentSize > 0 && contentSize < 2 ** 32;
+  if (!patchable) {
+    out.set(frame, at);
+    return frame.length;
+  }
+  const fcsBytes = contentSize < 256 ? 1 : contentSize < 65536 + 256 ? 2 : 4;
+  const stored = fcsBytes === 2 ? contentSize - 256 : contentSize;
+  out.set(frame.subarray(0, 4), at);
+  out[at + 4] = ((fcsBytes === 1 ? 0 : fcsBytes === 2 ? 1 : 2) << 6) | 0x20 | (fhd & 0x04);
+  for (let i = 0; i < fcsBytes; i++) out[at + 5 + i] = Math.floor(stored / 2 ** (8 * i)) & 0xff;
+  out.set(frame.subarray(6), at + 5 + fcsBytes);
+  return frame.length - 1 + fcsBytes;
+}
+
+/** How zstd clusters are encoded here: node:zlib's libzstd, the native addon's, or libzstd in WebAssembly. */
+export type ZstdEncoderKind = 'node:zlib' | 'native' | 'wasm';
+
+/**
+ * Where the zstd encoders live, for this thread and the worker pool's:
+ * module paths resolved from this module (or, where a bundler moved it,
+ * from wherever `@img/qcow2` itself resolves), '' where absent.
+ * `IMG_ZSTD=wasm` skips the native addon (tests, comparisons).
+ */
+export function zstdModulePaths(): { native: string; wasm: string } {
+  const bases = [import.meta.url];
+  try {
+    bases.push(createRequire(import.meta.url).resolve('@img/qcow2/package.json'));
+  } catch {
+    // Not installed as a package (tests run from src): the first base is enough.
+  }
+  const find = (name: string): string => {
+    for (const base of bases) {
+      try {
+        return createRequire(base).resolve(name);
+      } catch {
+        // Try the next base.
+      }
+    }
+    return '';
+  };
+  return { native: process.env.IMG_ZSTD === 'wasm' ? '' : find('@toondepauw/node-zstd'), wasm: find('@bokuweb/zstd-wasm') };
+}
+
+interface NativeZstd {
+  Encoder: new (level: number) => { encodeSync(data: Uint8Array): Uint8Array };
+}
+
+/** The native addon's encoder, or undefined where it is not installed or does not load on this platform. */
+function loadNativeZstd(path: string): ((input: Uint8Array) => Uint8Array) | undefined {
+  if (!path) return undefined;
+  try {
+    // Two statements: \`new (require(path)).Encoder()\` loses its parentheses in tsc 7's output.
+    const addon = createRequire(import.meta.url)(path) as NativeZstd;
+    const encoder = new addon.Encoder(ZSTD_LEVEL);
+    return (input) => {
+      const frame = encoder.encodeSync(input);
+      const out = new Uint8Array(frame.length + 4);
+      return out.subarray(0, copyZstdFrame(frame, input.length, out, 0));
+    };
+  } catch {
+    return undefined;
+  }
+}
+
 interface ZstdWasm {
   init(): Promise<void>;
   compress(input: Uint8Array, level?: number): Uint8Array;
 }
 
-let zstdWasm: Promise<(input: Uint8Array) => Uint8Array> | undefined;
+let zstdEncoder: Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> | undefined;
 
-/**
- * A zstd compressor: node:zlib's where the platform has one, else libzstd
- * compiled to WebAssembly (@bokuweb/zstd-wasm), loaded on first use.
- */
-export function zstdCompressor(): Promise<(input: Uint8Array) => Uint8Array> {
-  if (nodeZstdCompress) return Promise.resolve(nodeZstdCompress);
-  zstdWasm ??= (async () => {
+function chooseZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> {
+  zstdEncoder ??= (async () => {
+    if (nodeZstdCompress) return { kind: 'node:zlib' as const, compress: nodeZstdCompress };
+    const paths = zstdModulePaths();
+    const native = loadNativeZstd(paths.native);
+    if (native) return { kind: 'native' as const, compress: native };
     const mod = (await import('@bokuweb/zstd-wasm')) as unknown as ZstdWasm & { default?: ZstdWasm };
     const z = mod.default ?? mod;
     await z.init();
-    return (input: Uint8Array) => z.compress(input, 3);
+    return { kind: 'wasm' as const, compress: (input: Uint8Array) => z.compress(input, ZSTD_LEVEL) };
   })();
-  return zstdWasm;
+  return zstdEncoder;
+}
+
+/**
+ * A zstd compressor (one frame per call, at qemu's level): node:zlib's
+ * where the platform has one, else the native addon where it is installed,
+ * else libzstd compiled to WebAssembly, loaded on first use.
+ */
+export async function zstdCompressor(): Promise<(input: Uint8Array) => Uint8Array> {
+  return (await chooseZstdEncoder()).compress;
+}
+
+/** Which zstd encoder this thread uses (and so the worker pool: both choose in the same order). */
+export async function zstdEncoderKind(): Promise<ZstdEncoderKind> {
+  return (await chooseZstdEncoder()).kind;
 }
