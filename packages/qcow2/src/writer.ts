@@ -7,7 +7,9 @@
  * points at it, its data is written and flushed before the L2 entry that
  * maps it, and an old cluster's refcount is lowered only after the new
  * entry is on disk. Work is done per L2 table under that table's lock;
- * refcounts and the L1 table are changed under one metadata lock.
+ * refcounts and the L1 table are changed under one metadata lock. A write
+ * that changes no entry writes its data after the lock is released, and
+ * anything that changes entries first waits for those (in-flight.ts).
  */
 import { concatBytes, readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
