@@ -165,12 +165,24 @@ parentPort.on('message', (job) => {
 
 type Result = Array<Uint8Array | undefined>;
 
+/** One job's answer: the clusters' results, views of `buffer`. */
+interface JobResult {
+  clusters: Result;
+  buffer: ArrayBuffer;
+}
+
+/** Buffers kept for reuse: a few jobs in flight and the results of a few calls still being written. */
+const FREE_BUFFERS = 24;
+
+/** An idle pool lets go of its spare buffers after this long. */
+const IDLE_TRIM_MS = 2000;
+
 interface Job {
   type: number;
   /** The caller's bytes, not copied until the job is handed to a worker. */
   data: Uint8Array;
   clusterSize: number;
-  resolve: (value: Result) => void;
+  resolve: (value: JobResult) => void;
   reject: (e: unknown) => void;
 }
 
@@ -190,9 +202,10 @@ interface Slot {
 class CompressPool {
   #slots: Slot[];
   #queue: Job[] = [];
-  /** Input buffers back from the workers, for the next jobs (at most one per job a worker may hold). */
+  /** Job buffers to reuse: back from a worker with an error, or released by the caller once written. */
   #free: ArrayBuffer[] = [];
   #nextId = 1;
+  #trim: ReturnType<typeof setTimeout> | undefined;
   broken = false;
 
   constructor(slots: Slot[]) {
@@ -211,27 +224,28 @@ class CompressPool {
 
   #done(slot: Slot, m: Reply): void {
     const job = slot.running.get(m.id);
-    // The results, out of the job's buffer (which goes back to the free list for the next job).
-    const packed = m.buffer && m.total !== undefined && m.error === undefined ? new Uint8Array(m.buffer, 0, m.total).slice() : undefined;
-    if (m.buffer && this.#free.length < this.#slots.length * DEPTH) this.#free.push(m.buffer);
+    const failed = m.error !== undefined || !m.sizes || !m.buffer || m.total === undefined;
+    if (failed && m.buffer) this.release([m.buffer]);
     if (!job) return;
     slot.running.delete(m.id);
     this.#pump();
     if (slot.running.size === 0) slot.worker.unref();
-    if (m.error !== undefined || !m.sizes || !packed) {
+    if (failed) {
       job.reject(new Error(`compression worker: ${m.error ?? 'no result'}`));
       return;
     }
-    const out: Result = [];
+    // The results stay in the job's buffer (no copy); it is reused once the caller releases it.
+    const clusters: Result = [];
     let at = 0;
-    for (const n of m.sizes) {
-      if (n < 0) out.push(undefined);
+    for (const n of m.sizes!) {
+      if (n < 0) clusters.push(undefined);
       else {
-        out.push(packed.subarray(at, at + n));
+        clusters.push(new Uint8Array(m.buffer!, at, n));
         at += n;
       }
     }
-    job.resolve(out);
+    job.resolve({ clusters, buffer: m.buffer! });
+    this.#idle();
   }
 
   #fail(e: unknown): void {
@@ -241,6 +255,22 @@ class CompressPool {
       slot.running.clear();
     }
     for (const job of this.#queue.splice(0)) job.reject(e);
+  }
+
+  /** Takes back job buffers whose results are no longer needed. */
+  release(buffers: readonly ArrayBuffer[]): void {
+    for (const b of buffers) if (this.#free.length < FREE_BUFFERS && b.byteLength >= JOB_BYTES) this.#free.push(b);
+    this.#idle();
+  }
+
+  /** With nothing to do, the spare buffers go after a while (a long-lived process does not keep them). */
+  #idle(): void {
+    if (this.#trim !== undefined || this.#queue.length > 0 || this.#slots.some((s) => s.running.size > 0)) return;
+    this.#trim = setTimeout(() => {
+      this.#trim = undefined;
+      if (this.#queue.length === 0 && this.#slots.every((s) => s.running.size === 0)) this.#free.length = 0;
+    }, IDLE_TRIM_MS);
+    this.#trim.unref();
   }
 
   /** Hands queued jobs to workers with room, least busy first; the input is copied only now. */
@@ -263,7 +293,11 @@ class CompressPool {
   }
 
   /** Compresses `data` (whole clusters; the last may be short and is padded) on the next free worker. */
-  run(type: number, data: Uint8Array, clusterSize: number): Promise<Result> {
+  run(type: number, data: Uint8Array, clusterSize: number): Promise<JobResult> {
+    if (this.#trim !== undefined) {
+      clearTimeout(this.#trim);
+      this.#trim = undefined;
+    }
     return new Promise((resolve, reject) => {
       if (this.broken) return reject(new Error('compression pool is broken'));
       this.#queue.push({ type, data, clusterSize, resolve, reject });
@@ -297,12 +331,18 @@ async function startPool(): Promise<CompressPool | undefined> {
   }
 }
 
+/** The job buffers behind each answer of compressInPool, for releasePooled. */
+const owners = new WeakMap<Result, { pool: CompressPool; buffers: ArrayBuffer[] }>();
+
 /**
  * Compresses whole clusters of `data` in the worker pool: one entry per
  * cluster, the compressed bytes or undefined where they would not be
  * smaller. Answers undefined when the pool is not available (the caller
  * then compresses on its own thread); cuts large inputs into jobs that
- * every worker takes from.
+ * every worker takes from. The bytes are views of the pool's buffers: a
+ * caller that is done with them (written) hands them back with
+ * {@link releasePooled}; one that does not leaves them to the garbage
+ * collector.
  */
 export async function compressInPool(type: number, data: Uint8Array, clusterSize: number): Promise<Result | undefined> {
   if (type !== COMPRESSION_ZLIB && type !== COMPRESSION_ZSTD) return undefined;
@@ -315,13 +355,29 @@ export async function compressInPool(type: number, data: Uint8Array, clusterSize
   // At least one job per worker where there are enough clusters, so one call alone keeps every core busy.
   const jobs = Math.max(Math.ceil(clusters / perJob), Math.min(p.size, Math.floor(clusters / POOL_MIN_CLUSTERS)));
   const per = Math.ceil(clusters / jobs);
-  const running: Array<Promise<Result>> = [];
+  const running: Array<Promise<JobResult>> = [];
   for (let c = 0; c < clusters; c += per) running.push(p.run(type, data.subarray(c * clusterSize, Math.min(data.length, (c + per) * clusterSize)), clusterSize));
-  try {
-    return (await Promise.all(running)).flat();
-  } catch {
+  const settled = await Promise.allSettled(running);
+  const done = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  if (done.length < settled.length) {
     // A worker failed (or zstd is not available there): this call and later ones compress on the calling thread.
     p.broken = true;
+    p.release(done.map((r) => r.buffer));
     return undefined;
   }
+  const result = done.flatMap((r) => r.clusters);
+  owners.set(result, { pool: p, buffers: done.map((r) => r.buffer) });
+  return result;
+}
+
+/**
+ * Hands the buffers behind a compressInPool answer back to the pool, once
+ * the caller has written the bytes and holds no view of them. Optional
+ * (memory is reused sooner); anything else is ignored.
+ */
+export function releasePooled(result: Result | undefined): void {
+  const owner = result && owners.get(result);
+  if (!owner) return;
+  owners.delete(result!);
+  owner.pool.release(owner.buffers);
 }

@@ -6,7 +6,7 @@
  * everything is compressed, so the writer's ordering is unchanged.
  */
 import { compressCluster } from './compression.js';
-import { compressInPool } from './compress-pool.js';
+import { compressInPool, releasePooled } from './compress-pool.js';
 import type { Qcow2State } from './state.js';
 import type { Qcow2Writer } from './writer.js';
 
@@ -46,5 +46,7 @@ export async function writeCompressedData(s: Qcow2State, w: Qcow2Writer, offset:
   }
   writes.push(w.writeCompressedClusters(clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! }))));
   const results = await Promise.allSettled(writes);
+  // Written (or failed): the pool may reuse the buffers behind the compressed bytes.
+  releasePooled(pooled);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
