@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { seededBytes } from '@img/testkit';
-import { compressInPool, POOL_MIN_CLUSTERS } from './compress-pool.js';
+import { compressInPool, JOB_BYTES, POOL_MIN_CLUSTERS, releasePooled } from './compress-pool.js';
 import { compressCluster, decompressCluster } from './compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { createQcow2 } from './create.js';
@@ -78,6 +78,31 @@ describe('compression worker pool', () => {
       if (s![i]) expect(bytesEqual(decompressCluster(COMPRESSION_ZSTD, s![i]!, cs, { hostOffset: 0 }), cluster)).toBe(true);
       else expect(i >= 8 && i < 12).toBe(true);
     }
+  });
+
+  it('answers stay intact until released, whatever runs meanwhile; released buffers are reused', async () => {
+    const cs = 65536;
+    const first = text(2 * JOB_BYTES, 101);
+    const held = (await compressInPool(COMPRESSION_ZSTD, first, cs))!;
+    const copies = held.map((p) => p!.slice());
+    // Many more calls, each released at once: none may write into the buffers still held. A
+    // released buffer goes back to a worker with the next job (transferred: the old views detach).
+    let detached = 0;
+    let previous: Array<Uint8Array | undefined> | undefined;
+    for (let k = 0; k < 6; k++) {
+      const out = (await compressInPool(k % 2 ? COMPRESSION_ZLIB : COMPRESSION_ZSTD, text(JOB_BYTES, 200 + k), cs))!;
+      if (previous) detached += previous.filter((p) => p!.buffer.byteLength === 0).length;
+      releasePooled(out);
+      previous = out;
+    }
+    expect(detached).toBeGreaterThan(0);
+    expect(held.every((p) => p!.byteLength > 0)).toBe(true);
+    held.forEach((p, i) => expect(bytesEqual(p!, copies[i]!), `${i}`).toBe(true));
+    held.forEach((p, i) => expect(bytesEqual(decompressCluster(COMPRESSION_ZSTD, p!, cs, { hostOffset: 0 }), first.subarray(i * cs, (i + 1) * cs))).toBe(true));
+    releasePooled(held);
+    releasePooled(held); // twice, or an answer that is not the pool's: ignored
+    releasePooled(undefined);
+    releasePooled([new Uint8Array(4)]);
   });
 
   it('leaves small writes to the calling thread', async () => {

@@ -74,12 +74,13 @@ function zstdCodec() {
       return n < cluster.length ? n : -1;
     };
     if (zlib.zstdCompressSync) return frame((b) => zlib.zstdCompressSync(b));
-    if (workerData.native) {
+    // The native addon (its platform binaries, then its own loader), in the calling thread's order.
+    for (const path of workerData.native) {
       try {
-        const encoder = new (require(workerData.native).Encoder)(LEVEL);
+        const encoder = new (require(path).Encoder)(LEVEL);
         return frame((b) => encoder.encodeSync(b));
       } catch {
-        // Not loadable on this platform: libzstd in WebAssembly, as on the calling thread.
+        // Not loadable here: the next candidate, and libzstd in WebAssembly after the last.
       }
     }
     // libzstd in WebAssembly: one compression context and one pair of buffers for every cluster,

@@ -2,7 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { deflateRawSync } from 'node:zlib';
 import { ImageError } from '@img/block';
 import { seededBytes } from '@img/testkit';
-import { decompressCluster, compressCluster } from './compression.js';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as zlib from 'node:zlib';
+import { decompressCluster, compressCluster, copyZstdFrame, zstdEncoderKind, zstdModulePaths } from './compression.js';
 
 const ctx = { file: 'x.qcow2', hostOffset: 0x1234 };
 const CS = 512;
@@ -97,5 +101,76 @@ describe('zstd clusters', () => {
     const huge = new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 1 | (0 << 1) | (4 << 3), 0, 0, 1, 2, 3, 4]);
     expect(corruptMessage(() => decompressCluster(1, huge, CS, ctx))).toMatch(/window/);
     expect(corruptMessage(() => decompressCluster(1, new Uint8Array(64), CS, ctx))).toMatch(/not zstd data/);
+  });
+});
+
+describe('zstd encoders', () => {
+  /** What a streaming encoder writes: no content size, a 2 MiB window descriptor, raw blocks. */
+  function streamingFrame(data: Uint8Array, fhd = 0x00, checksum = false): Uint8Array {
+    const out: number[] = [0x28, 0xb5, 0x2f, 0xfd, fhd, 0x58];
+    const bh = 1 | (0 << 1) | (data.length << 3);
+    out.push(bh & 0xff, (bh >> 8) & 0xff, bh >> 16, ...data);
+    if (checksum) out.push(1, 2, 3, 4);
+    return new Uint8Array(out);
+  }
+  function copied(frame: Uint8Array, size: number): Uint8Array {
+    const out = new Uint8Array(frame.length + 8);
+    return out.subarray(0, copyZstdFrame(frame, size, out, 0));
+  }
+
+  it('a streaming frame gets the single-segment header with its content size (1, 2 or 4 bytes) and decodes the same', () => {
+    for (const [size, fhd, fcs] of [
+      [100, 0x20, [100]],
+      [300, 0x60, [44, 0]],
+      [65536, 0x60, [0x00, 0xff]],
+      [65792, 0xa0, [0x00, 0x01, 0x01, 0x00]],
+    ] as const) {
+      const data = seededBytes(size, size);
+      const frame = copied(streamingFrame(data), size);
+      expect([...frame.subarray(0, 5 + fcs.length)], `${size}`).toEqual([0x28, 0xb5, 0x2f, 0xfd, fhd, ...fcs]);
+      expect(frame.length).toBe(streamingFrame(data).length - 1 + fcs.length);
+      expect(decompressCluster(1, frame, size, ctx)).toEqual(data);
+    }
+    // The checksum flag stays, and so do the checksum's bytes.
+    const withSum = copied(streamingFrame(seededBytes(300, 1), 0x04, true), 300);
+    expect(withSum[4]).toBe(0x64);
+    expect([...withSum.subarray(-4)]).toEqual([1, 2, 3, 4]);
+  });
+
+  it('frames that already declare a size, use a dictionary, or are not zstd are copied as they are', () => {
+    const data = seededBytes(300, 2);
+    for (const frame of [zstdRawFrame(data), streamingFrame(data, 0x01), new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8])]) {
+      const out = new Uint8Array(frame.length + 10).fill(0xee);
+      expect(copyZstdFrame(frame, 300, out, 3)).toBe(frame.length);
+      expect(out.subarray(3, 3 + frame.length)).toEqual(frame);
+      expect(out[2]).toBe(0xee);
+      expect(out[3 + frame.length]).toBe(0xee);
+    }
+  });
+
+  it('uses the native addon where it is installed; its clusters carry their size and round-trip', async () => {
+    const kind = await zstdEncoderKind();
+    const nodeHasZstd = typeof (zlib as { zstdCompressSync?: unknown }).zstdCompressSync === 'function';
+    if (nodeHasZstd) expect(kind).toBe('node:zlib');
+    else expect(kind).toBe(zstdModulePaths().native.length > 0 && process.env.IMG_ZSTD !== 'wasm' ? 'native' : 'wasm');
+    const text = new TextEncoder().encode('native zstd in a qcow2 cluster, '.repeat(3000)).subarray(0, 65536);
+    const z = (await compressCluster(1, text))!;
+    // Single segment with a 2-byte content size, as qemu and ZSTD_compress write it.
+    expect([...z.subarray(0, 7)]).toEqual([0x28, 0xb5, 0x2f, 0xfd, 0x60, 0x00, 0xff]);
+    expect(decompressCluster(1, z, 65536, ctx)).toEqual(text);
+  });
+
+  it('IMG_ZSTD=wasm falls back to libzstd in WebAssembly, with the same header form', () => {
+    const dist = fileURLToPath(new URL('../dist/compression.js', import.meta.url));
+    if (!existsSync(dist)) return; // the package is built before its tests in the workspace pipeline
+    const script = `
+      import { compressCluster, decompressCluster, zstdEncoderKind } from ${JSON.stringify(dist)};
+      const text = new TextEncoder().encode('wasm zstd in a qcow2 cluster, '.repeat(3000)).subarray(0, 65536);
+      const z = await compressCluster(1, text);
+      const back = decompressCluster(1, z, 65536, { hostOffset: 0 });
+      console.log(await zstdEncoderKind(), [...z.subarray(0, 7)].join(','), back.every((b, i) => b === text[i]));
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, IMG_ZSTD: 'wasm' }, timeout: 20_000 });
+    expect(r.stdout.trim(), r.stderr).toBe('wasm 40,181,47,253,96,0,255 true');
   });
 });
