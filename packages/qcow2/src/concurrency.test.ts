@@ -29,7 +29,7 @@ function turns(n: number): Promise<void> {
  * A MemoryStorage whose writes land late: each takes effect a (seeded)
  * random number of event loop turns after the call, just before its
  * promise resolves, so that writes in flight overtake each other. A write
- * whose bytes touch `blockAt` waits for `release()` first.
+ * whose bytes touch the position given to `block()` waits for `release()`.
  */
 class LateStorage implements Storage {
   readonly name: string;
@@ -69,14 +69,16 @@ class LateStorage implements Storage {
   }
 
   async write(position: number, data: Uint8Array): Promise<void> {
-    const copy = data.slice();
     if (this.#blockAt !== undefined && position <= this.#blockAt && this.#blockAt < position + data.length) {
       this.held++;
       await new Promise<void>((r) => this.#blocked.push(r));
       this.held--;
     }
     await turns(Math.floor(this.#random() * 6));
-    await this.inner.write(position, copy);
+    // The bytes are taken when the write lands, as a file's pwrite takes them when it runs: the
+    // writer sends live views of its tables and relies on that (the last write of a range sends the
+    // latest entries).
+    await this.inner.write(position, data);
   }
 
   truncate(size: number): Promise<void> {
@@ -207,6 +209,7 @@ describe('a write into an allocated cluster, in flight without its table lock', 
 
 /** One guest operation of a burst; `apply` changes the model as the operation will change the disk. */
 interface BurstOp {
+  desc: string;
   run: (disk: Qcow2Disk) => Promise<unknown>;
   apply: (model: Uint8Array) => void;
   /** A compressed write's guest range (later operations must not overlap it in the same burst). */
@@ -249,20 +252,20 @@ function burst(random: () => number, size: number, cluster: number, l2Coverage: 
   for (let i = 0; i < count; i++) {
     if (i === compressedAt) {
       const data = int(2) ? new Uint8Array(cClusters * cluster).fill(1 + int(200)) : seededBytes(cClusters * cluster, int(1 << 30));
-      ops.push({ run: (d) => d.writeCompressed(cStart, data), apply: (m) => m.set(data, cStart), compressed: [cStart, cStart + data.length] });
+      ops.push({ desc: `compressed ${cStart}+${data.length}`, run: (d) => d.writeCompressed(cStart, data), apply: (m) => m.set(data, cStart), compressed: [cStart, cStart + data.length] });
     }
-    if (i === flushAt) ops.push({ run: (d) => d.flush(), apply: () => undefined });
+    if (i === flushAt) ops.push({ desc: 'flush', run: (d) => d.flush(), apply: () => undefined });
     const [offset, length] = range();
     const what = int(10);
     if (what < 7) {
       const data = seededBytes(length, int(1 << 30));
-      ops.push({ run: (d) => d.write(offset, data), apply: (m) => m.set(data, offset) });
+      ops.push({ desc: `write ${offset}+${length}`, run: (d) => d.write(offset, data), apply: (m) => m.set(data, offset) });
     } else if (what < 8) {
       const mayUnmap = int(2) === 0;
-      ops.push({ run: (d) => d.writeZeroes(offset, length, { mayUnmap }), apply: (m) => m.fill(0, offset, offset + length) });
+      ops.push({ desc: `zero ${offset}+${length} ${mayUnmap}`, run: (d) => d.writeZeroes(offset, length, { mayUnmap }), apply: (m) => m.fill(0, offset, offset + length) });
     } else {
       // No backing file: discarded bytes read as zeros.
-      ops.push({ run: (d) => d.discard(offset, length), apply: (m) => m.fill(0, offset, offset + length) });
+      ops.push({ desc: `discard ${offset}+${length}`, run: (d) => d.discard(offset, length), apply: (m) => m.fill(0, offset, offset + length) });
     }
   }
   return ops;
@@ -303,13 +306,13 @@ describe('bursts of unawaited operations over writes that land late, against a f
             // Before the compressed write: while one compresses, later operations may pass it (and a snapshot).
             const at = Math.floor(random() * ops.findIndex((o) => o.compressed));
             let saved: Uint8Array | undefined;
-            ops.splice(at, 0, { run: (d) => d.createSnapshot(name), apply: (m) => void (saved = m.slice()) });
+            ops.splice(at, 0, { desc: `snapshot ${name}`, run: (d) => d.createSnapshot(name), apply: (m) => void (saved = m.slice()) });
             await runBurst(disk, ops, model);
             snapshots.push({ name, model: saved! });
           } else {
             await runBurst(disk, ops, model);
           }
-          expect(bytesEqual(await disk.read(0, shape.size), model), `run ${run} round ${round}`).toBe(true);
+          expect(bytesEqual(await disk.read(0, shape.size), model), `run ${run} round ${round}:\n${ops.map((o) => o.desc).join('\n')}`).toBe(true);
           for (const s of snapshots) {
             const view = await disk.openSnapshot(s.name);
             expect(bytesEqual(await view.read(0, shape.size), s.model), `snapshot ${s.name}`).toBe(true);
@@ -354,7 +357,7 @@ describeQemu('bursts on a real file, judged by qemu-img', () => {
         const at = Math.floor(random() * (size / 4096)) * 4096;
         if (at + 4096 > cStart && at < cEnd) continue;
         const data = seededBytes(4096, Math.floor(random() * 1e9));
-        ops.splice(Math.floor(random() * ops.length), 0, { run: (d) => d.write(at, data), apply: (m) => m.set(data, at) });
+        ops.splice(Math.floor(random() * ops.length), 0, { desc: `write ${at}+4096`, run: (d) => d.write(at, data), apply: (m) => m.set(data, at) });
       }
       await runBurst(disk, ops, model);
     }
