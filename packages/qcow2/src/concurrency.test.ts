@@ -186,6 +186,27 @@ describe('a write into an allocated cluster, in flight without its table lock', 
     await expectClean(disk, late, model);
   });
 
+  it('holds back a shrinking resize and makeEmpty', async () => {
+    for (const change of ['shrink', 'empty'] as const) {
+      const { disk, late, model } = await allocated(64 * C);
+      const host = await hostOf(disk, 40 * C);
+      late.block(host);
+      const write = disk.write(40 * C, new Uint8Array(C).fill(6));
+      await turns(2);
+      const op = change === 'shrink' ? disk.resize(32 * C, { shrink: true }) : disk.makeEmpty();
+      expect(await pending(op)).toBe(true);
+      expect(await hostOf(disk, 40 * C)).toBe(host);
+      late.release();
+      await Promise.all([write, op]);
+      // Clusters freed by the change are reused by new writes; the held write landed before.
+      const fresh = seededBytes(8 * C, 12);
+      await disk.write(0, fresh);
+      const expected = change === 'shrink' ? model.slice(0, 32 * C) : new Uint8Array(64 * C);
+      expected.set(fresh);
+      await expectClean(disk, late, expected);
+    }
+  });
+
   it('overlapping writes land in call order; others pass it', async () => {
     const { disk, late, model } = await allocated(64 * C);
     const host = await hostOf(disk, 3 * C);
