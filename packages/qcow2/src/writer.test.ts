@@ -4,6 +4,7 @@ import type { Storage } from '@img/block';
 import { createQcow2, parseCreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check.js';
+import { decodeL2Entry, l1EntryOffset } from './mapping.js';
 import { imageError, loadFixture, memoryResolver } from './test-fixtures.js';
 import { seededBytes } from '@img/testkit';
 
@@ -138,6 +139,26 @@ describe('writeCompressed', () => {
     expect((await imageError(disk.writeCompressed(0, new Uint8Array(100)))).code).toBe('ERR_IMG_INVALID_ARG');
     // Two compressed clusters share one host cluster (refcount 2).
     expect(check.corruptions + check.leaks).toBe(0);
+  });
+
+  it('packs compressed clusters byte after byte, as qemu does', async () => {
+    const storage = new MemoryStorage({ name: 'p.qcow2' });
+    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: '4k' });
+    const text = new TextEncoder().encode('packed compressed clusters '.repeat(700)).subarray(0, 4 * 4096);
+    await disk.writeCompressed(0, text);
+    await disk.close();
+    const bytes = storage.toBytes();
+    const l1 = bytes.subarray(Number(readU64Be(bytes, 40)), Number(readU64Be(bytes, 40)) + 8);
+    const l2At = l1EntryOffset(l1, 0, 4096, 'p.qcow2', 0);
+    const geometry = { clusterBits: 12, clusterSize: 4096, extendedL2: false, zeroFlag: true, dataFile: false };
+    const hosts = [0, 1, 2, 3].map((i) => decodeL2Entry(bytes.subarray(l2At, l2At + 4096), i, geometry, 'p.qcow2', l2At));
+    for (const h of hosts) expect(h.type).toBe('compressed');
+    // Each cluster starts where the compressed bytes before it end, not at the next sector.
+    const starts = hosts.map((h) => (h.type === 'compressed' ? h.host : -1));
+    expect(starts.some((at) => at % 512 !== 0)).toBe(true);
+    const reopened = await openQcow2(MemoryStorage.from(bytes));
+    expect(bytesEqual(await reopened.read(0, text.length), text)).toBe(true);
+    expect(await checkQcow2(MemoryStorage.from(bytes))).toMatchObject({ compressedClusters: 4, corruptions: 0, leaks: 0 });
   });
 
   it('zstd images store zstd clusters (node:zlib or WebAssembly libzstd)', async () => {

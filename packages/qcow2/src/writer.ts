@@ -15,7 +15,7 @@ import { concatBytes, readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { l1EntryOffset } from './mapping.js';
 import type { Entry } from './l2-entry.js';
-import { COMPRESSED_SECTOR, ENTRY_COPIED_HI } from './constants.js';
+import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2 } from './reader.js';
 import { TableWriter, type TableTail } from './table-writer.js';
 import type { ClusterSpan, InFlightWrites } from './in-flight.js';
@@ -434,9 +434,14 @@ export class Qcow2Writer extends TableWriter {
     return host;
   }
 
+  /**
+   * The next compressed cluster starts at the byte after this one, as qemu
+   * packs them: descriptors address bytes, and a reader stops at the end of
+   * the compressed stream, so the bytes that share its last sector are never
+   * taken for its own.
+   */
   #advanceTail(used: number, end: number): void {
-    const next = Math.ceil(used / COMPRESSED_SECTOR) * COMPRESSED_SECTOR;
-    this.ctail = next < end ? { offset: next, end } : undefined;
+    this.ctail = used < end ? { offset: used, end } : undefined;
   }
 
 }
