@@ -64,4 +64,19 @@ describe('FileStorage cache modes', () => {
       spy.mockRestore();
     }
   });
+
+  it('close waits for reads and writes still in flight', async () => {
+    const path = join(tmp.path, 'inflight.bin');
+    const storage = await FileStorage.create(path);
+    const chunk = new Uint8Array(1 << 20).fill(5);
+    const writes = Array.from({ length: 8 }, (_, i) => storage.write(i * chunk.length, chunk));
+    const read = storage.read(0, 4096);
+    await storage.close();
+    await Promise.all(writes);
+    expect((await read).length).toBeLessThanOrEqual(4096);
+    const back = await FileStorage.open(path);
+    expect(await back.size()).toBe(8 << 20);
+    expect((await back.read((8 << 20) - 4096, 4096)).every((b) => b === 5)).toBe(true);
+    await back.close();
+  });
 });

@@ -1,9 +1,11 @@
 /**
- * Storage over a local file, through fs/promises FileHandle positional
- * reads and writes (pread/pwrite). flush() is fdatasync. Where the optional
+ * Storage over a local file: positional reads and writes (pread/pwrite,
+ * pwritev) through node:fs's callback functions on the FileHandle's
+ * descriptor, the rest through the FileHandle. flush() is fdatasync. Where the optional
  * native helper was built at install time, `ranges()` reports the file's
  * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them.
  */
+import { read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ERROR_CODES, ImageError } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
@@ -52,6 +54,9 @@ export class FileStorage implements Storage {
   readonly readOnly: boolean;
   #fh: FileHandle;
   #closed = false;
+  /** Reads and writes under way on the raw descriptor; close() waits for them (FileHandle's own close would not know of them). */
+  #busy = 0;
+  #idle: (() => void) | undefined;
   /**
    * Data and hole runs of the file (SEEK_DATA/SEEK_HOLE). Present only when
    * the native helper is available; otherwise callers read everything.
@@ -160,8 +165,12 @@ export class FileStorage implements Storage {
       else if (n > 0) done = n; // partly cached, or the end of the file: the pool does the rest
     }
     try {
+      const fd = this.#fh.fd;
       while (done < target.length) {
-        const { bytesRead } = await this.#fh.read(target, done, target.length - done, position + done);
+        const bytesRead = await new Promise<number>((resolve, reject) => {
+          this.#busy++;
+          fsRead(fd, target, done, target.length - done, position + done, (e, n) => this.#settle(e, n, resolve, reject));
+        });
         if (bytesRead === 0) break;
         done += bytesRead;
       }
@@ -175,9 +184,12 @@ export class FileStorage implements Storage {
     this.#checkWritable();
     let done = 0;
     try {
+      const fd = this.#fh.fd;
       while (done < data.length) {
-        const { bytesWritten } = await this.#fh.write(data, done, data.length - done, position + done);
-        done += bytesWritten;
+        done += await new Promise<number>((resolve, reject) => {
+          this.#busy++;
+          fsWrite(fd, data, done, data.length - done, position + done, (e, n) => this.#settle(e, n, resolve, reject));
+        });
       }
     } catch (e) {
       throw ioError(this.name, `write at ${position}`, e);
@@ -189,7 +201,10 @@ export class FileStorage implements Storage {
     this.#checkWritable();
     const total = chunks.reduce((n, c) => n + c.length, 0);
     try {
-      const { bytesWritten } = await this.#fh.writev(chunks as Uint8Array[], position);
+      const bytesWritten = await new Promise<number>((resolve, reject) => {
+        this.#busy++;
+        fsWritev(this.#fh.fd, chunks as Uint8Array[], position, (e, n) => this.#settle(e, n, resolve, reject));
+      });
       if (bytesWritten < total) {
         // Short writev: finish the rest piece by piece.
         let skip = bytesWritten;
@@ -233,9 +248,25 @@ export class FileStorage implements Storage {
     }
   }
 
+  /**
+   * Completes a read or write made on the raw descriptor. They use node:fs's
+   * callback functions, not FileHandle's methods: each FileHandle call builds
+   * a promise request with its own stats array, which costs the calling
+   * thread about as much again as the request itself (4 KiB writes at depth
+   * 16: 92k/s through FileHandle, 145k/s with callbacks).
+   */
+  #settle(e: NodeJS.ErrnoException | null, n: number, resolve: (n: number) => void, reject: (e: unknown) => void): void {
+    if (--this.#busy === 0) this.#idle?.();
+    if (e) reject(e);
+    else resolve(n);
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // The descriptor stays open until the requests on it have finished, so its number cannot be reused under them.
+    while (this.#busy > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
+    this.#idle = undefined;
     try {
       await this.#fh.close();
     } catch (e) {
