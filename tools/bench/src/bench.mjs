@@ -205,6 +205,15 @@ export async function machine() {
   };
 }
 
+/**
+ * Writes back what making an input left dirty (up to 4 GiB for B): left to
+ * the kernel, that writeback lands on the first rows timed after it, and on
+ * whichever tool happens to run then.
+ */
+async function settleInputs() {
+  await run('sync', []);
+}
+
 /** Runs everything the config asks for; returns { machine, convert, compress, disk }. */
 export async function runBench(cfg) {
   await mkdir(cfg.dir, { recursive: true });
@@ -215,6 +224,7 @@ export async function runBench(cfg) {
   for (const name of cfg.inputs) {
     cfg.log(`input ${name}: ${layout[name].note}`);
     files[name] = await ensureInput(cfg.dir, name, layout[name]);
+    await settleInputs();
     // Raw C is 1 TiB: without SEEK_DATA both tools must not read it all, qemu skips holes, so does img with the helper.
     result.convert.push(...(await convertRows(cfg, { [name]: files[name] }, layout)));
     if (!cfg.keep && name !== 'E') for (const f of Object.values(files[name])) await rm(f, { force: true });
@@ -223,6 +233,7 @@ export async function runBench(cfg) {
   if (cfg.compress.length || cfg.diskOps > 0) {
     cfg.log(`input E: ${layout.E.note}`);
     const e = await ensureInput(cfg.dir, 'E', layout.E, ['raw', 'qcow2']);
+    await settleInputs();
     if (cfg.compress.length) result.compress = await compressRows(cfg, e);
     if (cfg.diskOps > 0) {
       cfg.log(`disk API: 4 KiB, depth ${cfg.diskDepth}, ${cfg.diskOps} ops, on E.qcow2 (fully allocated)`);
