@@ -9,7 +9,7 @@ import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureInput, layouts } from './inputs.mjs';
-import { median, run, timed } from './proc.mjs';
+import { childEnv, median, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
@@ -201,6 +201,7 @@ export async function machine() {
     qemu: qv.split('\n')[0],
     uvThreadpool: 'set by img-convert (see packages/convert/src/bin)',
     load: loadavg().map((x) => x.toFixed(2)).join(' '),
+    envDropped: childEnv.dropped,
     date: new Date().toISOString(),
   };
 }

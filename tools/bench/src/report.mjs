@@ -47,6 +47,9 @@ export function renderMarkdown(result) {
   lines.push(`- Machine: ${m.cpu}, ${m.memory}, ${m.kernel}`);
   lines.push(`- Node ${m.node}; ${m.qemu}`);
   lines.push(`- Load average at start ${m.load}, at end ${m.loadAfter} (the machine is shared; ratios come from interleaved runs)`);
+  if (m.envDropped?.length) {
+    lines.push(`- Both tools ran without ${m.envDropped.map((v) => `\`${v}\``).join(', ')}, set on this machine: Node parses that CA bundle at every start (about 40 ms here); img uses no TLS and qemu-img does not read it (\`IMG_BENCH_KEEP_CA=1\` keeps it)`);
+  }
   lines.push('');
   lines.push('Times are medians of wall-clock seconds of the whole process (start-up included), CPU = user + sys seconds, RSS = largest peak resident set over the runs. ratio = img / qemu-img wall time.');
   lines.push('');
