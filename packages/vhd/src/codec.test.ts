@@ -125,6 +125,16 @@ describe('bitmaps and BAT', () => {
     expect(bytes.subarray(12).every((x) => x === 0xff)).toBe(true);
     expect([...parseBat(bytes, 3)]).toEqual([5, BAT_UNUSED, 7]);
   });
+  it('BAT entries are big-endian on disk', () => {
+    const mixed = new Uint32Array([0x01020304, 0xfffffffe, 0, BAT_UNUSED, 0x80000001]);
+    const bytes = serializeBat(mixed);
+    expect([...bytes.subarray(0, 20)]).toEqual([1, 2, 3, 4, 0xff, 0xff, 0xff, 0xfe, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x80, 0, 0, 1]);
+    expect([...parseBat(bytes, 5)]).toEqual([...mixed]);
+    // An unaligned view of the bytes parses the same.
+    const shifted = new Uint8Array(bytes.length + 1);
+    shifted.set(bytes, 1);
+    expect([...parseBat(shifted.subarray(1), 5)]).toEqual([...mixed]);
+  });
 });
 
 describe('uuids and parent locators', () => {
