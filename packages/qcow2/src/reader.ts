@@ -233,32 +233,44 @@ export interface ReadCaches {
  * view): one host I/O per merged segment, all in flight together.
  */
 export async function readRange(state: ReaderState, caches: ReadCaches, view: MappingView, offset: number, target: Uint8Array): Promise<void> {
+  // Each I/O gets its handler as it starts: one can fail while the mapping
+  // is still being walked (an L2 table read in between), and a rejection
+  // nobody listens to yet would end the process. The walk's own error wins;
+  // either way nothing is left writing into `target` after this returns.
   const io: Promise<void>[] = [];
-  for await (const seg of segments(state, view, offset, offset + target.length)) {
-    const sub = target.subarray(seg.offset - offset, seg.offset - offset + seg.length);
-    switch (seg.kind) {
-      case 'zero':
-        sub.fill(0);
-        break;
-      case 'hole':
-        io.push(readBacking(state.backing, seg.offset, sub));
-        break;
-      case 'data':
-        io.push(readHost(state.dataStorage, seg.host!, sub));
-        break;
-      case 'compressed': {
-        const host = seg.host!;
-        const within = seg.offset - seg.clusterOffset!;
-        io.push(
-          caches.decompressed.get(host, () => loadCompressed(state, caches.pool, host, seg.csize!)).then((cluster) => {
-            sub.set(cluster.subarray(within, within + sub.length));
-          }),
-        );
-        break;
+  let failure: { error: unknown } | undefined;
+  const track = (p: Promise<void>) => {
+    io.push(p.catch((error: unknown) => void (failure ??= { error })));
+  };
+  try {
+    for await (const seg of segments(state, view, offset, offset + target.length)) {
+      const sub = target.subarray(seg.offset - offset, seg.offset - offset + seg.length);
+      switch (seg.kind) {
+        case 'zero':
+          sub.fill(0);
+          break;
+        case 'hole':
+          track(readBacking(state.backing, seg.offset, sub));
+          break;
+        case 'data':
+          track(readHost(state.dataStorage, seg.host!, sub));
+          break;
+        case 'compressed': {
+          const host = seg.host!;
+          const within = seg.offset - seg.clusterOffset!;
+          track(
+            caches.decompressed.get(host, () => loadCompressed(state, caches.pool, host, seg.csize!)).then((cluster) => {
+              sub.set(cluster.subarray(within, within + sub.length));
+            }),
+          );
+          break;
+        }
       }
     }
+  } finally {
+    await Promise.all(io);
   }
-  await Promise.all(io);
+  if (failure) throw failure.error;
 }
 
 /** Turns a segment into an extent of depth 0. */

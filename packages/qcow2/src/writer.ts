@@ -202,6 +202,9 @@ export class Qcow2Writer extends TableWriter {
       for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
       if (whole) freshEnd = at;
     }
+    // The refcount update runs while the bytes are built below: should it fail first, or the building
+    // fail and leave it unawaited, its rejection must already have a listener (allSettled reports it).
+    for (const p of pending) p.catch(() => undefined);
     // Build the bytes: new data, with old content around it where a unit is only partly written.
     const pieces = await Promise.all(
       plans.map(async (p) => {
