@@ -41,23 +41,38 @@ async function allocate(s: Qcow2State, count: number): Promise<number> {
   return offset;
 }
 
-/** Adds `delta` to the refcount of every L2 table and cluster an L1 table reaches. */
-async function adjustTree(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Size: number, delta: 1 | -1): Promise<void> {
-  const rc = refcountsOf(s);
+/**
+ * Calls `visit` with every run of host clusters an L1 table references:
+ * each cluster its L2 entries map (a compressed entry's whole span) and
+ * each L2 table, in table order.
+ */
+async function forEachReference(
+  s: Qcow2State,
+  l1: Uint8Array,
+  l1Offset: number,
+  l1Size: number,
+  visit: (first: number, count: number) => unknown,
+): Promise<void> {
   const cs = s.geom.clusterSize;
-  // Drops go through the writer, which holds them back while reads are in flight.
-  const change = (first: number, count: number) => (delta > 0 ? rc.add(first, count, 1) : s.writer!.release(first * cs, count * cs));
   for (let i = 0; i < l1Size; i++) {
     const l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
     if (!l2Offset) continue;
     const table = await loadL2(s, l2Offset, i);
     for (let j = 0; j < s.geom.l2Entries; j++) {
       const e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
-      if (e.type === 'compressed') await change(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1);
-      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) await change(e.host / cs, 1);
+      if (e.type === 'compressed') await visit(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1);
+      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) await visit(e.host / cs, 1);
     }
-    await change(l2Offset / cs, 1);
+    await visit(l2Offset / cs, 1);
   }
+}
+
+/** Adds `delta` to the refcount of every L2 table and cluster an L1 table reaches. */
+async function adjustTree(s: Qcow2State, l1: Uint8Array, l1Offset: number, l1Size: number, delta: 1 | -1): Promise<void> {
+  const rc = refcountsOf(s);
+  const cs = s.geom.clusterSize;
+  // Drops go through the writer, which holds them back while reads are in flight.
+  await forEachReference(s, l1, l1Offset, l1Size, (first, count) => (delta > 0 ? rc.add(first, count, 1) : s.writer!.release(first * cs, count * cs)));
 }
 
 /**
@@ -71,20 +86,9 @@ async function checkIncrement(s: Qcow2State, l1: Uint8Array, l1Offset: number, l
   if (rc.bits > 16) return;
   const cs = s.geom.clusterSize;
   const adds = new Map<number, number>();
-  const add = (first: number, count: number) => {
+  await forEachReference(s, l1, l1Offset, l1Size, (first, count) => {
     for (let c = first; c < first + count; c++) adds.set(c, (adds.get(c) ?? 0) + 1);
-  };
-  for (let i = 0; i < l1Size; i++) {
-    const l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
-    if (!l2Offset) continue;
-    const table = await loadL2(s, l2Offset, i);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      const e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
-      if (e.type === 'compressed') add(Math.floor(e.host / cs), Math.floor((e.host + e.size - 1) / cs) - Math.floor(e.host / cs) + 1);
-      else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) add(e.host / cs, 1);
-    }
-    add(l2Offset / cs, 1);
-  }
+  });
   for (const [c, n] of adds) {
     const now = await rc.get(c);
     if (now + n > rc.maxRefcount) {
