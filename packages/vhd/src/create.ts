@@ -35,6 +35,42 @@ export const DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024;
 /** Creator written by default: sized by current size everywhere (see module doc). */
 export const DEFAULT_CREATOR = { app: 'win ', version: 0x000a_0000, os: 'Wi2k' } as const;
 
+/** The block size asked for (default 2 MiB), checked: a power of two from 512 bytes to the largest we open. */
+export function checkedBlockSize(blockSize: number = DEFAULT_BLOCK_SIZE): number {
+  if (!Number.isSafeInteger(blockSize) || blockSize < VHD_SECTOR || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw invalidArg(FORMAT, `block size ${blockSize} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'blockSize' });
+  }
+  return blockSize;
+}
+
+/** A new disk's footer (its checksum is set when it is serialized); `app` overrides the default creator application. */
+export function newFooter(
+  type: VhdType,
+  size: number,
+  geometry: VhdGeometry,
+  options: Pick<VhdCreateOptions, 'creator' | 'timestamp' | 'uuid'>,
+  app?: string,
+): VhdFooter {
+  return {
+    cookie: FOOTER_COOKIE,
+    features: FEATURE_RESERVED,
+    fileFormatVersion: FILE_FORMAT_VERSION,
+    dataOffset: type === 'fixed' ? NO_DATA_OFFSET : BigInt(VHD_SECTOR),
+    timestamp: toVhdTimestamp(options.timestamp ?? new Date()),
+    creatorApp: (options.creator?.app ?? app ?? DEFAULT_CREATOR.app).padEnd(4, ' ').slice(0, 4),
+    creatorVersion: options.creator?.version ?? DEFAULT_CREATOR.version,
+    creatorHostOs: (options.creator?.os ?? DEFAULT_CREATOR.os).padEnd(4, ' ').slice(0, 4),
+    originalSize: size,
+    currentSize: size,
+    geometry,
+    diskType: DISK_TYPE[type],
+    checksum: 0,
+    uniqueId: options.uuid ?? newUuid(),
+    savedState: 0,
+    reserved: new Uint8Array(FOOTER_SIZE - 0x55),
+  };
+}
+
 /** The parent of a new differencing disk. */
 export interface VhdParentSpec {
   /** The open parent (a VhdDisk). The child takes ownership: closing the child closes it. */
@@ -94,33 +130,13 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
   const requested = options.size ?? parent?.disk.size;
   if (requested === undefined || !Number.isSafeInteger(requested) || requested < 0) throw invalidArg(FORMAT, `invalid size ${String(requested)}`, { field: 'size' });
   if (requested > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${requested} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
-  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-  if (!Number.isSafeInteger(blockSize) || blockSize < VHD_SECTOR || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw invalidArg(FORMAT, `block size ${blockSize} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'blockSize' });
-  }
+  const blockSize = checkedBlockSize(options.blockSize);
   const sized = geometryFor(Math.ceil(requested / VHD_SECTOR) * VHD_SECTOR, options.forceSize);
   const size = sized.size;
-  const creatorApp = (options.creator?.app ?? sized.app ?? DEFAULT_CREATOR.app).padEnd(4, ' ').slice(0, 4);
   const uuid = options.uuid ?? newUuid();
   parseUuid(uuid);
-  const footer: VhdFooter = {
-    cookie: FOOTER_COOKIE,
-    features: FEATURE_RESERVED,
-    fileFormatVersion: FILE_FORMAT_VERSION,
-    dataOffset: type === 'fixed' ? NO_DATA_OFFSET : BigInt(VHD_SECTOR),
-    timestamp: toVhdTimestamp(options.timestamp ?? new Date()),
-    creatorApp,
-    creatorVersion: options.creator?.version ?? DEFAULT_CREATOR.version,
-    creatorHostOs: (options.creator?.os ?? DEFAULT_CREATOR.os).padEnd(4, ' ').slice(0, 4),
-    originalSize: size,
-    currentSize: size,
-    geometry: sized.geometry,
-    diskType: DISK_TYPE[type],
-    checksum: 0,
-    uniqueId: uuid,
-    savedState: 0,
-    reserved: new Uint8Array(FOOTER_SIZE - 0x55),
-  };
+  const footer = newFooter(type, size, sized.geometry, { ...options, uuid }, sized.app);
+  const creatorApp = footer.creatorApp;
   const state: VhdState = {
     storage,
     type,

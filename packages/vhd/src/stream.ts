@@ -7,12 +7,12 @@
 import { extentRange, invalidArg, isAllZero, parseBool, type Disk, type ImageStream } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
+import { checkedBlockSize, newFooter, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, serializeDynamicHeader } from './dynamic-header.js';
-import { DISK_TYPE, FEATURE_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, FOOTER_SIZE, NO_DATA_OFFSET, serializeFooter, toVhdTimestamp, type VhdFooter } from './footer.js';
+import { FOOTER_SIZE, NO_DATA_OFFSET, serializeFooter } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors } from './geometry.js';
-import { FORMAT, MAX_BLOCK_SIZE } from './state.js';
-import { NIL_UUID, newUuid } from './uuid.js';
+import { FORMAT } from './state.js';
+import { NIL_UUID } from './uuid.js';
 
 export interface VhdStreamOptions extends Pick<VhdCreateOptions, 'blockSize' | 'uuid' | 'timestamp' | 'creator'> {
   /** "dynamic" (default) or "fixed". */
@@ -67,29 +67,9 @@ async function planVhdStream(source: Disk, options: VhdStreamOptions): Promise<V
   if (type !== 'dynamic' && type !== 'fixed') throw invalidArg(FORMAT, `a stream is a dynamic or fixed VHD, not ${String(type)}`, { field: 'type' });
   const size = Math.ceil(source.size / VHD_SECTOR) * VHD_SECTOR;
   if (size > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${size} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
-  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-  if (!Number.isSafeInteger(blockSize) || blockSize < VHD_SECTOR || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw invalidArg(FORMAT, `block size ${blockSize} is not a power of two between 512 and ${MAX_BLOCK_SIZE}`, { field: 'blockSize' });
-  }
+  const blockSize = checkedBlockSize(options.blockSize);
   const chunk = Math.max(options.chunkSize ?? 2 * 1024 * 1024, VHD_SECTOR);
-  const footer: VhdFooter = {
-    cookie: FOOTER_COOKIE,
-    features: FEATURE_RESERVED,
-    fileFormatVersion: FILE_FORMAT_VERSION,
-    dataOffset: type === 'fixed' ? NO_DATA_OFFSET : BigInt(VHD_SECTOR),
-    timestamp: toVhdTimestamp(options.timestamp ?? new Date()),
-    creatorApp: (options.creator?.app ?? DEFAULT_CREATOR.app).padEnd(4, ' ').slice(0, 4),
-    creatorVersion: options.creator?.version ?? DEFAULT_CREATOR.version,
-    creatorHostOs: (options.creator?.os ?? DEFAULT_CREATOR.os).padEnd(4, ' ').slice(0, 4),
-    originalSize: size,
-    currentSize: size,
-    geometry: chsForSectors(size / VHD_SECTOR),
-    diskType: DISK_TYPE[type],
-    checksum: 0,
-    uniqueId: options.uuid ?? newUuid(),
-    savedState: 0,
-    reserved: new Uint8Array(FOOTER_SIZE - 0x55),
-  };
+  const footer = newFooter(type, size, chsForSectors(size / VHD_SECTOR), options);
   const footerBytes = serializeFooter(footer);
   const ranges = await dataRanges(source, 0, source.size);
   if (type === 'fixed') {
