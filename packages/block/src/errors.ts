@@ -30,6 +30,12 @@ export const ERROR_CODES = {
   MISMATCH: 'ERR_IMG_MISMATCH',
   /** A chain is too deep or has a cycle. */
   CHAIN: 'ERR_IMG_CHAIN',
+  /** Another process (qemu, img) holds the image with a lock that excludes this open. */
+  LOCKED: 'ERR_IMG_LOCKED',
+  /** A command would write a file it also reads (same device and inode, through links or a chain). */
+  SAME_FILE: 'ERR_IMG_SAME_FILE',
+  /** The bytes are not an image of the format asked for (another format, or none). */
+  WRONG_FORMAT: 'ERR_IMG_WRONG_FORMAT',
 } as const;
 
 export type ImageErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
@@ -121,4 +127,23 @@ export function abortError(signal: AbortSignal | undefined): ImageError {
 /** Throws ERR_IMG_ABORTED if the signal has fired. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw abortError(signal);
+}
+
+/** Another process holds the image: `file` is the path, `hint` says who may hold it. */
+export function lockedError(file: string, message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.LOCKED, `${file}: ${message}`, { data: { file, ...data } });
+}
+
+/** A command would write `written`, which is (or is linked to) `read`, a file it reads. */
+export function sameFileError(written: string, read: string, role: string, data: ImageErrorData = {}): ImageError {
+  const alias = written === read ? '' : ` (the same file as ${read})`;
+  return new ImageError(ERROR_CODES.SAME_FILE, `${written}: refusing to write the ${role}${alias}: it is also read by this command, and writing it would destroy it`, {
+    data: { file: written, actual: read, field: role, ...data },
+  });
+}
+
+/** The bytes are not a `format` image; `looksLike` names what they seem to be instead. */
+export function wrongFormat(format: string, file: string | undefined, looksLike?: string, data: ImageErrorData = {}): ImageError {
+  const tail = looksLike ? `: it looks like ${looksLike}` : '';
+  return new ImageError(ERROR_CODES.WRONG_FORMAT, where(format, file) + `not a ${format} image${tail}`, { data: { format, file, ...(looksLike ? { actual: looksLike } : {}), ...data } });
 }
