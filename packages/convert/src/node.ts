@@ -3,13 +3,14 @@
  * convert a file into a new one. Node only (uses the file system).
  */
 import { rm } from 'node:fs/promises';
-import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver } from '@img/block';
-import { FileStorage, fileResolver } from '@img/block/node';
+import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, probeStorage } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
+import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './same-file.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -45,11 +46,16 @@ export interface OpenImageOptions {
   backingWritable?: boolean;
 }
 
-/** Opens an image file. With no format given, probes it (raw only if nothing else matches). */
+/**
+ * Opens an image file. With no format given, probes it (raw only if nothing else matches).
+ * A writable open refuses an image whose chain reaches its own file again
+ * (ERR_IMG_SAME_FILE): writing it would change what it reads.
+ */
 export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
   const storage = await FileStorage.open(path, { readOnly });
+  const files: Storage[] = [storage];
   try {
     let format = options.format;
     if (options.untrusted) {
@@ -67,14 +73,24 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       await checkDeclaredFormat(registry, storage, format);
     }
     const driver = registry.require(format);
-    return await driver.open(storage, {
+    const disk = await driver.open(storage, {
       readOnly,
       formats: registry,
       untrusted: options.untrusted ?? false,
-      resolver: options.untrusted ? refusingResolver : (options.resolver ?? fileResolver),
+      resolver: recordingResolver(options.untrusted ? refusingResolver : (options.resolver ?? fileResolver), files),
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
     });
+    rememberFiles(disk, files);
+    if (!readOnly) {
+      try {
+        assertChainDistinct(disk);
+      } catch (e) {
+        await disk.close().catch(() => undefined);
+        throw e;
+      }
+    }
+    return disk;
   } catch (e) {
     await storage.close().catch(() => undefined);
     throw e;
@@ -133,6 +149,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   let created = false;
   let snapshot: Disk | undefined;
   try {
+    await guardOutput(options, registry, filesOf(src));
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
@@ -154,6 +171,30 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   }
 }
 
+/**
+ * Refuses (ERR_IMG_SAME_FILE, before anything is created or truncated) an
+ * output that is a file the conversion reads: the input or any member of
+ * its chain, or the -B backing file and its chain.
+ */
+async function guardOutput(options: ConvertFileOptions, registry: FormatRegistry, read: FileIdentity[]): Promise<void> {
+  const target = identityOfPath(options.output);
+  if (!target) return;
+  assertNotRead(target, read, 'output');
+  if (options.backingFile === undefined) return;
+  const backingPath = resolveRelative({ name: options.backingFile, from: { name: options.output } as Storage });
+  if (!identityOfPath(backingPath)) return; // creating the overlay reports the missing file
+  const backing = await openImageFile(backingPath, {
+    registry,
+    ...(options.backingFormat !== undefined ? { format: options.backingFormat } : {}),
+    forceFormat: options.forceFormat ?? false,
+  });
+  try {
+    assertNotRead(target, filesOf(backing), 'output');
+  } finally {
+    await backing.close();
+  }
+}
+
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
   const started = Date.now();
   if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined) {
@@ -163,6 +204,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
   if (options.untrusted && srcDriver.name !== 'raw') {
     throw new ImageError(ERROR_CODES.UNSAFE, `${srcDriver.name}: an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
   }
+  if (options.stdin === undefined) assertNotRead(identityOfPath(options.output), [identityOfFd(0, 'standard input')].filter((x) => x !== undefined), 'output');
   const source = await fromStream((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>, srcDriver.name, { registry });
   const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
   try {
@@ -198,6 +240,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
   });
   let snapshot: Disk | undefined;
   try {
+    if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
     const createOptions = { detect_zeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };

@@ -8,6 +8,7 @@ import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
+import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../same-file.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
@@ -318,14 +319,20 @@ const create: Handler = async (argv, io) => {
     if (values.F !== undefined) options.backingFormat = values.F;
     options.resolver = fileResolver;
     options.formats = registry;
-    if (size === undefined) {
-      // The size comes from the backing file, opened relative to the new image.
+    const target = identityOfPath(path);
+    if (size === undefined || target) {
+      // The size comes from the backing file, opened relative to the new image; and a new image
+      // must not replace a file of its own backing chain (it would be read after being truncated).
       const backing = await openImageFile(resolveRelative({ name: values.b, from: { name: path } as Storage }), {
         ...(values.F !== undefined ? { format: values.F } : {}),
         registry,
       });
-      size = backing.size;
-      await backing.close();
+      try {
+        assertNotRead(target, filesOf(backing), 'new image');
+        size ??= backing.size;
+      } finally {
+        await backing.close();
+      }
     }
   }
   if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
@@ -470,6 +477,11 @@ const rebase: Handler = async (argv, io) => {
   try {
     if (name !== undefined && !values.u) {
       next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry });
+      assertNotRead(identityOfStorage(disk.storage), filesOf(next), 'image');
+    } else if (name !== undefined) {
+      // Unsafe: the new backing file is not opened, but naming the image itself would make a cycle.
+      const named = identityOfPath(resolveRelative({ name, from: disk.storage }));
+      if (named) assertNotRead(identityOfStorage(disk.storage), [named], 'image');
     }
     await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u ?? false });
   } finally {

@@ -1,0 +1,101 @@
+/**
+ * The same-file guard: a command never writes a file it also reads.
+ *
+ * Files are compared by identity (device and inode, after following
+ * links), not by name, so a symlink, a hard link, `./x` against `x`, or a
+ * backing file that names the output all count as the same file. The
+ * files an open image reads are collected as they are opened: the image
+ * itself and everything its format opens through the resolver (backing
+ * files, parents, external data files).
+ */
+import { fstatSync, statSync } from 'node:fs';
+import { sameFileError, type Disk, type Resolver, type Storage } from '@img/block';
+import { FileStorage } from '@img/block/node';
+
+/** A file as the kernel knows it. */
+export interface FileIdentity {
+  /** The name it was reached by (for messages). */
+  path: string;
+  /** `dev:ino`, exact even where inode numbers pass 2^53. */
+  key: string;
+}
+
+function keyOf(st: { dev: bigint; ino: bigint }): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+/** The identity of the file `path` names (links followed), or undefined if there is none yet. */
+export function identityOfPath(path: string): FileIdentity | undefined {
+  const st = statSync(path, { bigint: true, throwIfNoEntry: false });
+  return st ? { path, key: keyOf(st) } : undefined;
+}
+
+/** The identity of an open file storage; undefined for storages that are not local files. */
+export function identityOfStorage(storage: Storage): FileIdentity | undefined {
+  if (!(storage instanceof FileStorage)) return undefined;
+  try {
+    return { path: storage.name, key: keyOf(fstatSync(storage.fd, { bigint: true })) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The identity of an open file descriptor (stdin, stdout), if it is a regular file. */
+export function identityOfFd(fd: number, path: string): FileIdentity | undefined {
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return st.isFile() ? { path, key: keyOf(st) } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const opened = new WeakMap<Disk, Storage[]>();
+
+/**
+ * Wraps a resolver so that every storage it opens is recorded in `into`:
+ * the files a chain reads are known whatever the format calls them.
+ */
+export function recordingResolver(inner: Resolver, into: Storage[]): Resolver {
+  return async (request) => {
+    const storage = await inner(request);
+    into.push(storage);
+    return storage;
+  };
+}
+
+/** Remembers which storages `disk` was opened over (its own first). */
+export function rememberFiles(disk: Disk, storages: Storage[]): void {
+  opened.set(disk, storages);
+}
+
+/** The files an image opened through openImageFile reads: itself first, then its chain. */
+export function filesOf(disk: Disk): FileIdentity[] {
+  const storages = opened.get(disk) ?? [disk.storage];
+  return storages.map(identityOfStorage).filter((x): x is FileIdentity => x !== undefined);
+}
+
+/**
+ * Throws ERR_IMG_SAME_FILE if `written` is one of `read`. `role` names
+ * what the command would write ("output", "backing file", ...).
+ */
+export function assertNotRead(written: FileIdentity | undefined, read: readonly FileIdentity[], role: string): void {
+  if (!written) return;
+  const hit = read.find((r) => r.key === written.key);
+  if (hit) throw sameFileError(written.path, hit.path, role);
+}
+
+/**
+ * Throws ERR_IMG_SAME_FILE if an image's chain reaches its own file again
+ * (a backing file that is a link to the image): writing the image would
+ * change what it reads. `writable` also counts every other member opened
+ * for writing (commit writes the backing file).
+ */
+export function assertChainDistinct(disk: Disk): void {
+  const files = filesOf(disk);
+  for (let i = 0; i < files.length; i++) {
+    for (let j = i + 1; j < files.length; j++) {
+      if (files[i]!.key === files[j]!.key) throw sameFileError(files[i]!.path, files[j]!.path, i === 0 ? 'image' : 'backing file');
+    }
+  }
+}
