@@ -1,0 +1,61 @@
+// Ctrl-C typed at a terminal, and a disk that fills up: a clean stop, the
+// documented status, one line of explanation, and no half-written output left.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inCI } from '@img/testkit';
+import { expectOneLine, userShell } from './user.js';
+
+const user = userShell('img-e2e-term-');
+afterAll(() => user.cleanup());
+const driver = fileURLToPath(new URL('./pty-interrupt.py', import.meta.url));
+const hasPython = spawnSync('python3', ['-c', 'import pty'], { encoding: 'utf8' }).status === 0;
+
+describe('Ctrl-C at a terminal', () => {
+  beforeAll(() => {
+    // 2 GiB of non-zero data written sparsely would be quick; a dense raw input makes the copy take a while.
+    user.sh('truncate -s 3G big.raw && yes img | head -c 1G | dd of=big.raw conv=notrunc status=none');
+  });
+
+  it.skipIf(!hasPython && !inCI)('stops img-convert -p with status 130 and removes the partial output', () => {
+    if (!hasPython) throw new Error('python3 with the pty module is needed to type Ctrl-C at a terminal');
+    const bin = join(user.dir, '..', '.bin', 'img-convert');
+    const r = spawnSync('python3', [driver, '%', bin, '-p', '-S', '0', 'raw', 'qcow2', 'big.raw', 'out.qcow2'], { cwd: user.dir, encoding: 'utf8', timeout: 90_000 });
+    const result = JSON.parse(r.stdout) as { status: number; sent: boolean; output: string };
+    expect(result.sent, result.output).toBe(true);
+    expect(result.status).toBe(130);
+    expect(result.output).toMatch(/interrupted; the partial output was removed/);
+    expect(result.output).not.toMatch(/^\s+at /m);
+    expect(existsSync(user.path('out.qcow2'))).toBe(false);
+  });
+});
+
+const canMount = process.getuid?.() === 0 && spawnSync('sh', ['-c', 'd=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs "$d" && umount "$d" && rmdir "$d"']).status === 0;
+
+describe('a disk that fills up', () => {
+  const mnt = join(user.dir, 'small');
+  beforeAll(() => {
+    if (!canMount) return;
+    mkdirSync(mnt);
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]).status).toBe(0);
+    user.sh('truncate -s 64M data.raw && yes data | head -c 8M | dd of=data.raw conv=notrunc status=none');
+  });
+  afterAll(() => {
+    if (canMount) spawnSync('umount', [mnt]);
+  });
+
+  it.skipIf(!canMount && !inCI)('a conversion onto a full tmpfs fails in one line and leaves nothing behind', () => {
+    if (!canMount) throw new Error('mounting a tmpfs needs root (CI runs as root)');
+    for (const fmt of ['raw', 'qcow2', 'vhd']) {
+      const r = user.sh(`img-convert raw ${fmt} data.raw small/out.${fmt}`);
+      expect(r.status, `${fmt}: ${r.stderr}`).toBe(1);
+      const lines = expectOneLine(r.stderr);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/ERR_IMG_IO: .*No space left on device|ENOSPC/);
+      expect(readdirSync(mnt)).toEqual([]);
+    }
+  });
+
+});
