@@ -5,10 +5,11 @@
  * native helper was built at install time, `ranges()` reports the file's
  * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them.
  */
-import { read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { ERROR_CODES, ImageError } from '../errors.js';
+import { ERROR_CODES, ImageError, invalidArg } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
+import { lockImage, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
 
 /**
@@ -30,6 +31,32 @@ export interface FileStorageOptions {
    * per allocation) otherwise forces the data written so far to disk.
    */
   cache?: 'writeback' | 'unsafe';
+  /**
+   * Take qemu's image locks (default true): a read-only open takes a shared
+   * lock that refuses writers, a read-write open one that refuses every
+   * other reader and writer (qemu-img info, qemu-io, a VM, another img).
+   * An open that another holder excludes fails with ERR_IMG_LOCKED.
+   * `false` takes no locks and checks nothing (qemu's `locking=off`), in
+   * either mode: for file systems without byte-range locks, or a caller
+   * that coordinates access itself.
+   */
+  lock?: boolean;
+  /**
+   * qemu-img's -U (`force-share`): open an image another process holds,
+   * even one a running VM writes, without locks or checks. Only for
+   * read-only opens (ERR_IMG_INVALID_ARG otherwise); what is read may be
+   * inconsistent while the other process writes.
+   */
+  forceShare?: boolean;
+}
+
+/** Options of FileStorage.create. */
+export interface FileStorageCreateOptions {
+  /** Fail if the file exists (O_EXCL) instead of emptying it. */
+  exclusive?: boolean;
+  cache?: FileStorageOptions['cache'];
+  /** Take qemu's read-write image locks before the file is emptied (default true); see FileStorageOptions.lock. */
+  lock?: boolean;
 }
 
 function ioError(path: string, what: string, cause: unknown): ImageError {
@@ -64,13 +91,20 @@ export class FileStorage implements Storage {
   readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
 
   readonly cache: 'writeback' | 'unsafe';
+  /**
+   * How this open is protected by qemu's image locks: `ofd` or `posix` (img
+   * holds them), `check-only` (no native helper: other holders were checked
+   * in /proc/locks, but img holds nothing), `none`. See image-lock.ts.
+   */
+  readonly lock: LockState;
   #nowait: SeekAddon['nowait'];
 
-  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback') {
+  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: LockState = 'none') {
     this.name = path;
     this.#fh = fh;
     this.readOnly = readOnly;
     this.cache = cache;
+    this.lock = lock;
     const addon = seekAddon();
     this.#nowait = addon?.nowait;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
@@ -97,33 +131,73 @@ export class FileStorage implements Storage {
     return out;
   }
 
-  /** Opens an existing file (read-only unless told otherwise). */
+  /**
+   * Opens an existing file (read-only unless told otherwise), taking qemu's
+   * image locks unless `lock: false` or `forceShare`.
+   *
+   * @example
+   * ```ts
+   * const s = await FileStorage.open('vm.qcow2', { readOnly: false }); // ERR_IMG_LOCKED while a VM runs on it
+   * const peek = await FileStorage.open('vm.qcow2', { forceShare: true }); // qemu-img -U
+   * ```
+   */
   static async open(path: string, options: FileStorageOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? true;
+    if (options.forceShare && !readOnly) {
+      throw invalidArg('file', `${path}: forceShare (qemu-img -U) can only be used with read-only opens`, { file: path, field: 'forceShare' });
+    }
+    let fh: FileHandle;
     try {
-      return new FileStorage(path, await open(path, readOnly ? 'r' : 'r+'), readOnly, options.cache);
+      fh = await open(path, readOnly ? 'r' : 'r+');
     } catch (e) {
       throw ioError(path, 'open', e);
+    }
+    const lock = options.lock === false || options.forceShare ? 'none' : await FileStorage.#lockOrClose(fh, path, !readOnly);
+    return new FileStorage(path, fh, readOnly, options.cache, lock);
+  }
+
+  /** Takes the locks on `fh`; when that fails (a holder excludes this open), closes `fh` (releasing what was set) and throws. */
+  static async #lockOrClose(fh: FileHandle, path: string, write: boolean): Promise<LockState> {
+    try {
+      return await lockImage(fh, path, write);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      if (ImageError.isInstance(e)) throw e;
+      throw ioError(path, 'lock', e);
     }
   }
 
   /**
-   * Creates a file, truncating an existing one unless `exclusive`.
+   * Creates a file, emptying an existing one unless `exclusive` (then it
+   * must not exist). The file is opened without truncation first and
+   * locked read-write (unless `lock: false`), so an image another process
+   * holds is refused before a byte of it is lost.
    *
-   * The descriptor that created (or truncated) the file is closed and the
-   * file opened again, as qemu-img does. ext4 (`auto_da_alloc`) marks a file
-   * truncated to zero for "replace via truncate" and, when that descriptor
-   * is closed, starts writeback of everything written through it: for a
-   * 1 GiB conversion output that close took 0.6 s. Closed while still
-   * empty, the mark costs nothing.
+   * An existing file is emptied through a second descriptor that is closed
+   * at once, as qemu-img does. ext4 (`auto_da_alloc`) marks a file
+   * truncated to zero for "replace via truncate" and, when a descriptor of
+   * it is closed, starts writeback of everything written: for a 1 GiB
+   * conversion output that close took 0.6 s. Closed while still empty,
+   * the mark costs nothing.
    */
-  static async create(path: string, options: { exclusive?: boolean; cache?: FileStorageOptions['cache'] } = {}): Promise<FileStorage> {
+  static async create(path: string, options: FileStorageCreateOptions = {}): Promise<FileStorage> {
+    let fh: FileHandle;
     try {
-      await (await open(path, options.exclusive ? 'wx' : 'w')).close();
-      return new FileStorage(path, await open(path, 'r+'), false, options.cache);
+      fh = await open(path, fsConstants.O_RDWR | fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : 0), 0o666);
     } catch (e) {
       throw ioError(path, 'create', e);
     }
+    const locking = options.lock !== false;
+    let lock: LockState = locking ? await FileStorage.#lockOrClose(fh, path, true) : 'none';
+    try {
+      if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw ioError(path, 'create', e);
+    }
+    // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
+    if (lock === 'posix') lock = await FileStorage.#lockOrClose(fh, path, true);
+    return new FileStorage(path, fh, false, options.cache, lock);
   }
 
   /** The underlying file descriptor (for native helpers). */
