@@ -18,8 +18,8 @@ const LOCK_LINE = /\d+:\s+(?:POSIX|OFDLCK)\s+\S+\s+(?:READ|WRITE)\s+-?\d+\s+([0-
 
 function bytesOf(file: string, lines: string[]): number[] {
   const st = statSync(file, { bigint: true });
-  const major = Number(((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn));
-  const minor = Number((st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn));
+  const major = Number(((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & 0xfffff000n));
+  const minor = Number((st.dev & 0xffn) | ((st.dev >> 12n) & 0xffffff00n));
   const held = new Set<number>();
   for (const line of lines) {
     if (line.includes('->')) continue;

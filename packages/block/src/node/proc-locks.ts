@@ -55,8 +55,8 @@ export function parseProcLocks(text: string): ProcLock[] {
 
 /** Major and minor device numbers of a Linux `st_dev` (glibc's encoding: 12+20 bits of major, 8+24 of minor). */
 export function deviceNumbers(dev: bigint): { major: number; minor: number } {
-  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
-  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
   return { major: Number(major), minor: Number(minor) };
 }
 
