@@ -3,7 +3,8 @@
  * pwritev) through node:fs's callback functions on the FileHandle's
  * descriptor, the rest through the FileHandle. flush() is fdatasync. Where the optional
  * native helper was built at install time, `ranges()` reports the file's
- * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them.
+ * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them. Opens take
+ * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
 import { constants as fsConstants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -59,7 +60,7 @@ export interface FileStorageCreateOptions {
   lock?: boolean;
 }
 
-function ioError(path: string, what: string, cause: unknown): ImageError {
+function fsError(path: string, what: string, cause: unknown): ImageError {
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
   const notFound = code === 'ENOENT';
   return new ImageError(notFound ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed${code ? ` (${code})` : ''}: ${(cause as Error)?.message ?? String(cause)}`, {
@@ -116,7 +117,7 @@ export class FileStorage implements Storage {
     try {
       runs = seekRanges(this.#fh.fd, offset, length);
     } catch (e) {
-      throw ioError(this.name, `lseek at ${offset}`, e);
+      throw fsError(this.name, `lseek at ${offset}`, e);
     }
     const out: StorageRange[] = [];
     let pos = offset;
@@ -150,7 +151,7 @@ export class FileStorage implements Storage {
     try {
       fh = await open(path, readOnly ? 'r' : 'r+');
     } catch (e) {
-      throw ioError(path, 'open', e);
+      throw fsError(path, 'open', e);
     }
     const lock = options.lock === false || options.forceShare ? 'none' : await FileStorage.#lockOrClose(fh, path, !readOnly);
     return new FileStorage(path, fh, readOnly, options.cache, lock);
@@ -163,7 +164,7 @@ export class FileStorage implements Storage {
     } catch (e) {
       await fh.close().catch(() => undefined);
       if (ImageError.isInstance(e)) throw e;
-      throw ioError(path, 'lock', e);
+      throw fsError(path, 'lock', e);
     }
   }
 
@@ -185,7 +186,7 @@ export class FileStorage implements Storage {
     try {
       fh = await open(path, fsConstants.O_RDWR | fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : 0), 0o666);
     } catch (e) {
-      throw ioError(path, 'create', e);
+      throw fsError(path, 'create', e);
     }
     const locking = options.lock !== false;
     let lock: LockState = locking ? await FileStorage.#lockOrClose(fh, path, true) : 'none';
@@ -193,7 +194,7 @@ export class FileStorage implements Storage {
       if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
     } catch (e) {
       await fh.close().catch(() => undefined);
-      throw ioError(path, 'create', e);
+      throw fsError(path, 'create', e);
     }
     // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
     if (lock === 'posix') lock = await FileStorage.#lockOrClose(fh, path, true);
@@ -219,7 +220,7 @@ export class FileStorage implements Storage {
     try {
       return (await this.#fh.stat()).size;
     } catch (e) {
-      throw ioError(this.name, 'stat', e);
+      throw fsError(this.name, 'stat', e);
     }
   }
 
@@ -249,7 +250,7 @@ export class FileStorage implements Storage {
         done += bytesRead;
       }
     } catch (e) {
-      throw ioError(this.name, `read at ${position}`, e);
+      throw fsError(this.name, `read at ${position}`, e);
     }
     return done;
   }
@@ -266,7 +267,7 @@ export class FileStorage implements Storage {
         });
       }
     } catch (e) {
-      throw ioError(this.name, `write at ${position}`, e);
+      throw fsError(this.name, `write at ${position}`, e);
     }
   }
 
@@ -296,7 +297,7 @@ export class FileStorage implements Storage {
       }
     } catch (e) {
       if (ImageError.isInstance(e)) throw e;
-      throw ioError(this.name, `writev at ${position}`, e);
+      throw fsError(this.name, `writev at ${position}`, e);
     }
   }
 
@@ -308,7 +309,7 @@ export class FileStorage implements Storage {
       if (size === 0 && (await this.#fh.stat()).size === 0) return;
       await this.#fh.truncate(size);
     } catch (e) {
-      throw ioError(this.name, 'truncate', e);
+      throw fsError(this.name, 'truncate', e);
     }
   }
 
@@ -318,7 +319,7 @@ export class FileStorage implements Storage {
     try {
       await this.#fh.datasync();
     } catch (e) {
-      throw ioError(this.name, 'fdatasync', e);
+      throw fsError(this.name, 'fdatasync', e);
     }
   }
 
@@ -344,7 +345,7 @@ export class FileStorage implements Storage {
     try {
       await this.#fh.close();
     } catch (e) {
-      throw ioError(this.name, 'close', e);
+      throw fsError(this.name, 'close', e);
     }
   }
 }
