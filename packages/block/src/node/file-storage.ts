@@ -10,7 +10,7 @@ import { constants as fsConstants, read as fsRead, write as fsWrite, writev as f
 import { open, type FileHandle } from 'node:fs/promises';
 import { ERROR_CODES, ImageError, invalidArg } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
-import { lockImage, type LockState } from './image-lock.js';
+import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
 
 /**
@@ -98,14 +98,16 @@ export class FileStorage implements Storage {
    * in /proc/locks, but img holds nothing), `none`. See image-lock.ts.
    */
   readonly lock: LockState;
+  #unlock: (() => void) | undefined;
   #nowait: SeekAddon['nowait'];
 
-  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: LockState = 'none') {
+  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }) {
     this.name = path;
     this.#fh = fh;
     this.readOnly = readOnly;
     this.cache = cache;
-    this.lock = lock;
+    this.lock = lock.state;
+    this.#unlock = lock.release;
     const addon = seekAddon();
     this.#nowait = addon?.nowait;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
@@ -153,12 +155,12 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw fsError(path, 'open', e);
     }
-    const lock = options.lock === false || options.forceShare ? 'none' : await FileStorage.#lockOrClose(fh, path, !readOnly);
+    const lock = options.lock === false || options.forceShare ? undefined : await FileStorage.#lockOrClose(fh, path, !readOnly);
     return new FileStorage(path, fh, readOnly, options.cache, lock);
   }
 
   /** Takes the locks on `fh`; when that fails (a holder excludes this open), closes `fh` (releasing what was set) and throws. */
-  static async #lockOrClose(fh: FileHandle, path: string, write: boolean): Promise<LockState> {
+  static async #lockOrClose(fh: FileHandle, path: string, write: boolean): Promise<ImageLock> {
     try {
       return await lockImage(fh, path, write);
     } catch (e) {
@@ -188,16 +190,17 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw fsError(path, 'create', e);
     }
-    const locking = options.lock !== false;
-    let lock: LockState = locking ? await FileStorage.#lockOrClose(fh, path, true) : 'none';
+    const lock = options.lock === false ? undefined : await FileStorage.#lockOrClose(fh, path, true);
     try {
       if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
+      // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
+      if (lock?.state === 'posix') await lockImage(fh, path, true);
     } catch (e) {
+      lock?.release?.();
       await fh.close().catch(() => undefined);
+      if (ImageError.isInstance(e)) throw e;
       throw fsError(path, 'create', e);
     }
-    // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
-    if (lock === 'posix') lock = await FileStorage.#lockOrClose(fh, path, true);
     return new FileStorage(path, fh, false, options.cache, lock);
   }
 
@@ -346,6 +349,8 @@ export class FileStorage implements Storage {
       await this.#fh.close();
     } catch (e) {
       throw fsError(this.name, 'close', e);
+    } finally {
+      this.#unlock?.();
     }
   }
 }

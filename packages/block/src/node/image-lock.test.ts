@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -211,5 +211,32 @@ catch (e) { process.stdout.write(String(e.code) + ' ' + e.message); }`;
     } finally {
       await ro.stop();
     }
+  });
+
+  it.skipIf(!linux)('(f) opens in one process see each other through the module\'s table', () => {
+    const image = join(tmp.path, 'f2.raw');
+    writeFileSync(image, new Uint8Array(4096));
+    const script = `import { FileStorage } from ${JSON.stringify(dist)};
+const path = ${JSON.stringify(image)};
+const out = [];
+const attempt = async (options) => { try { return await FileStorage.open(path, options); } catch (e) { out.push(e.code); } };
+const w = await attempt({ readOnly: false });
+out.push(w.lock);
+await attempt({ readOnly: false });
+await attempt({});
+await w.close();
+const r1 = await attempt({});
+const r2 = await attempt({});
+await attempt({ readOnly: false });
+await r1.close();
+await attempt({ readOnly: false });
+await r2.close();
+const again = await attempt({ readOnly: false });
+out.push(again.lock);
+await again.close();
+process.stdout.write(out.join(' '));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, IMG_NO_NATIVE: '1' } });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('check-only ERR_IMG_LOCKED ERR_IMG_LOCKED ERR_IMG_LOCKED ERR_IMG_LOCKED check-only');
   });
 });

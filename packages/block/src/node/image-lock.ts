@@ -53,7 +53,8 @@ export interface LockPlan {
  *   and closing any descriptor of the file drops them.
  * - `check-only`: no native helper; /proc/locks was read and nobody held a
  *   conflicting byte, but img holds no lock itself (a qemu started later is
- *   not refused).
+ *   not refused). Other `check-only` opens in this process are seen: they
+ *   are kept in a table of this module until closed.
  * - `none`: no lock and no check (asked for, or no way to do either).
  */
 export type LockState = 'ofd' | 'posix' | 'check-only' | 'none';
@@ -100,13 +101,26 @@ function errnoName(errno: number): string {
 }
 
 /**
+ * The lock bytes that `check-only` opens of this process would hold, per
+ * file (`dev:ino`): without the helper they hold nothing in the kernel, so
+ * this is how two of them see each other.
+ */
+const unheld = new Map<string, Map<symbol, LockPlan>>();
+
+/** What lockImage did; `release` (check-only opens) must be called when the file is closed. */
+export interface ImageLock {
+  state: LockState;
+  release?: () => void;
+}
+
+/**
  * Takes qemu's locks for an open of `path` on `fh` (write: the read-write
  * plan, else the read-only one) and checks that nobody else's locks exclude
  * it. Locks are set before the check, as qemu does, so two opens racing
  * each other cannot both pass; on a conflict the caller closes `fh`, which
  * releases what was set. Throws ERR_IMG_LOCKED with qemu's message.
  */
-export async function lockImage(fh: FileHandle, path: string, write: boolean): Promise<LockState> {
+export async function lockImage(fh: FileHandle, path: string, write: boolean): Promise<ImageLock> {
   const plan = lockPlan(write);
   const conflicts = conflictBytes(plan);
   const addon = seekAddon();
@@ -125,15 +139,25 @@ export async function lockImage(fh: FileHandle, path: string, write: boolean): P
       if (held === 1) throw lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
       if (held < 0) throw ioError(path, `could not test the lock on byte ${c.byte} (${errnoName(-held)})`, { offset: c.byte, errno: errnoName(-held) });
     }
-    return addon.lockStyle?.(fd) ?? 'ofd';
+    return { state: addon.lockStyle?.(fd) ?? 'ofd' };
   }
-  if (process.platform !== 'linux') return 'none';
+  if (process.platform !== 'linux') return { state: 'none' };
   // No helper: img cannot lock, but it can still see who does.
   const st = await fh.stat({ bigint: true });
   const held = await heldBytes({ dev: st.dev, ino: st.ino }, conflicts.map((c) => c.byte));
-  if (!held) return 'none';
+  if (!held) return { state: 'none' };
+  const key = `${st.dev}:${st.ino}`;
+  const mine = unheld.get(key) ?? new Map<symbol, LockPlan>();
+  for (const other of mine.values()) for (const byte of lockBytes(other)) held.add(byte);
   for (const c of conflicts) {
     if (held.has(c.byte)) throw lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
   }
-  return 'check-only';
+  const id = Symbol(path);
+  mine.set(id, plan);
+  unheld.set(key, mine);
+  const release = (): void => {
+    mine.delete(id);
+    if (mine.size === 0 && unheld.get(key) === mine) unheld.delete(key);
+  };
+  return { state: 'check-only', release };
 }
