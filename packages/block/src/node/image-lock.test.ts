@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { describeWith, holdWithQemuIo, lockedBytes, qemuImg, QEMU_RO_LOCK_BYTES, QEMU_RW_LOCK_BYTES, tempDir, type QemuIoHolder } from '@img/testkit';
+import { MemoryStorage } from '../memory-storage.js';
 import { FileStorage } from './file-storage.js';
+import { fileResolver, fileResolverWith } from './resolver.js';
 import { lockBytes, lockPlan } from './image-lock.js';
 import { seekAddon } from './seek.js';
 
@@ -114,6 +116,19 @@ describeWith('qemu-io', 'image locks against qemu-io', () => {
     } finally {
       await s.close();
     }
+  });
+
+  it.skipIf(!native && !linux)('fileResolver locks backing files; fileResolverWith({ forceShare }) opens them as qemu-img -U', async () => {
+    const base = join(tmp.path, `base${n}.qcow2`);
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '1M']);
+    holder = await holdWithQemuIo(base, { format: 'qcow2' });
+    const from = new MemoryStorage({ name: join(tmp.path, 'top.qcow2') });
+    const request = { name: `base${n}.qcow2`, kind: 'backing', from, writable: false } as const;
+    await expect(fileResolver(request)).rejects.toMatchObject({ code: 'ERR_IMG_LOCKED' });
+    const shared = await fileResolverWith({ forceShare: true })(request);
+    expect((shared as FileStorage).lock).toBe('none');
+    await shared.close();
+    await expect(fileResolverWith({ forceShare: true })({ ...request, writable: true })).rejects.toMatchObject({ code: 'ERR_IMG_LOCKED' });
   });
 
   it.skipIf(!native)('qemu-io -r reads beside an img reader, and is refused beside an img writer', async () => {
