@@ -72,7 +72,8 @@ export interface QemuIoHolder {
  * (its /proc/PID/fdinfo, polled every few ms). Rejects with qemu-io's
  * stderr if it exits first, or after `timeoutMs`. For an image nobody else
  * holds: qemu sets its locks before it checks for others', so a qemu-io
- * about to be refused holds them for an instant too.
+ * about to be refused holds them for an instant too (two polls in a row
+ * must see them).
  */
 export async function holdWithQemuIo(file: string, options: { format: string; readOnly?: boolean; timeoutMs?: number }): Promise<QemuIoHolder> {
   const args = [...(options.readOnly ? ['-r'] : []), '-f', options.format, '-c', 'sleep 86400000', file];
@@ -94,10 +95,15 @@ export async function holdWithQemuIo(file: string, options: { format: string; re
   };
   const want = options.readOnly ? QEMU_RO_LOCK_BYTES : QEMU_RW_LOCK_BYTES;
   const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  // qemu tests for other holders right after it sets its bytes: the bytes
+  // seen on two polls in a row are past that test (a refused qemu-io drops
+  // them and exits).
+  let seen = 0;
   for (;;) {
     if (exited) throw new Error(`qemu-io ${args.join(' ')} exited before it held the image: ${stderr.trim()}`);
     const held = lockedBytesOf(child.pid!, file);
-    if (want.every((b) => held.includes(b))) return { pid: child.pid!, stop };
+    seen = want.every((b) => held.includes(b)) ? seen + 1 : 0;
+    if (seen === 2) return { pid: child.pid!, stop };
     if (Date.now() > deadline) {
       await stop();
       throw new Error(`qemu-io did not lock ${file} within ${options.timeoutMs ?? 10_000} ms (held: ${held.join(',')}): ${stderr.trim()}`);
