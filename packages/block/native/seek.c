@@ -1,6 +1,6 @@
 /*
  * The optional native helper of @img/block (Linux and other systems with
- * SEEK_DATA; Node has neither lseek nor preadv2 flags).
+ * SEEK_DATA; Node has neither lseek, preadv2 flags nor fcntl locks).
  *
  * seek_ranges(fd, offset, length) -> Float64Array [start0, end0, start1, end1, ...]
  *
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <sys/uio.h>
 #include <node_api.h>
@@ -157,11 +158,118 @@ static napi_value nowait_io(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * Byte-range locks as qemu's file-posix driver takes them: shared (read)
+ * locks on single bytes, one byte per permission an image user takes or
+ * refuses to share (see src/node/image-lock.ts for the meaning of the
+ * bytes). Open-file-description locks (F_OFD_*, Linux 3.15+) belong to the
+ * descriptor: two opens in one process see each other, and closing one
+ * descriptor releases only its own locks. Where the kernel lacks them, the
+ * classic process-wide F_SETLK/F_GETLK are used, as qemu does; those cannot
+ * see the same process's other opens and are dropped when the process
+ * closes any descriptor of the file.
+ */
+static int ofd_locks = -1; /* -1: not probed yet, 1: F_OFD_* work, 0: classic locks */
+
+static int lock_cmd(int fd, bool test) {
+#ifdef F_OFD_SETLK
+  if (ofd_locks < 0) {
+    struct flock probe = {0};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    ofd_locks = (fcntl(fd, F_OFD_GETLK, &probe) == 0 || errno != EINVAL) ? 1 : 0;
+  }
+  if (ofd_locks == 1) return test ? F_OFD_GETLK : F_OFD_SETLK;
+#else
+  (void)fd;
+  ofd_locks = 0;
+#endif
+  return test ? F_GETLK : F_SETLK;
+}
+
+static bool lock_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, int32_t *fd, double *byte) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
+  if (argc < want) {
+    napi_throw_type_error(env, NULL, want == 3 ? "lockByte(fd, byte, set)" : "lockTest(fd, byte)");
+    return false;
+  }
+  if (napi_get_value_int32(env, argv[0], fd) != napi_ok || napi_get_value_double(env, argv[1], byte) != napi_ok) return false;
+  if (*byte < 0 || *byte > 1e9) {
+    napi_throw_range_error(env, NULL, "lock byte out of range");
+    return false;
+  }
+  return true;
+}
+
+/* lockByte(fd, byte, set) -> 0, or the errno of a failed fcntl (never blocks). */
+static napi_value lock_byte(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t fd;
+  double byte;
+  bool set;
+  if (!lock_args(env, info, 3, argv, &fd, &byte)) return NULL;
+  CHECK(napi_get_value_bool(env, argv[2], &set));
+  struct flock fl = {0};
+  fl.l_type = set ? F_RDLCK : F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)byte;
+  fl.l_len = 1;
+  int result = fcntl(fd, lock_cmd(fd, false), &fl) == 0 ? 0 : errno;
+  napi_value out;
+  CHECK(napi_create_int32(env, result, &out));
+  return out;
+}
+
+/*
+ * lockTest(fd, byte) -> 0 if no other open file description (other process,
+ * for classic locks) holds a lock on the byte, 1 if one does, -errno if the
+ * test failed. Asks as a writer would: any lock, shared or not, is reported.
+ */
+static napi_value lock_test(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd;
+  double byte;
+  if (!lock_args(env, info, 2, argv, &fd, &byte)) return NULL;
+  struct flock fl = {0};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)byte;
+  fl.l_len = 1;
+  int result = fcntl(fd, lock_cmd(fd, true), &fl) == 0 ? (fl.l_type == F_UNLCK ? 0 : 1) : -errno;
+  napi_value out;
+  CHECK(napi_create_int32(env, result, &out));
+  return out;
+}
+
+/* lockStyle(fd) -> "ofd" (per open file description) or "posix" (per process). */
+static napi_value lock_style(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, NULL, "lockStyle(fd)");
+    return NULL;
+  }
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  lock_cmd(fd, true);
+  napi_value out;
+  CHECK(napi_create_string_utf8(env, ofd_locks == 1 ? "ofd" : "posix", NAPI_AUTO_LENGTH, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value fn;
   CHECK(napi_create_function(env, "seekRanges", NAPI_AUTO_LENGTH, seek_ranges, NULL, &fn));
   CHECK(napi_set_named_property(env, exports, "seekRanges", fn));
   CHECK(napi_create_function(env, "nowait", NAPI_AUTO_LENGTH, nowait_io, NULL, &fn));
   CHECK(napi_set_named_property(env, exports, "nowait", fn));
+  CHECK(napi_create_function(env, "lockByte", NAPI_AUTO_LENGTH, lock_byte, NULL, &fn));
+  CHECK(napi_set_named_property(env, exports, "lockByte", fn));
+  CHECK(napi_create_function(env, "lockTest", NAPI_AUTO_LENGTH, lock_test, NULL, &fn));
+  CHECK(napi_set_named_property(env, exports, "lockTest", fn));
+  CHECK(napi_create_function(env, "lockStyle", NAPI_AUTO_LENGTH, lock_style, NULL, &fn));
+  CHECK(napi_set_named_property(env, exports, "lockStyle", fn));
   return exports;
 }

@@ -147,3 +147,8 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
   const tail = looksLike ? `: it looks like ${looksLike}` : '';
   return new ImageError(ERROR_CODES.WRONG_FORMAT, where(format, file) + `not a ${format} image${tail}`, { data: { format, file, ...(looksLike ? { actual: looksLike } : {}), ...data } });
 }
+
+/** The storage under an image failed (a system call returned an error); `cause` is the system's error. */
+export function ioError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
+  return new ImageError(ERROR_CODES.IO, `${file}: ${message}`, { data: { file, ...data }, cause });
+}

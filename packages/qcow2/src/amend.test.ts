@@ -55,7 +55,15 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
 
   const fresh = (name: string) => join(dir, `${n++}-${name}`);
   const create = (path: string, size: string, opts: string[] = [], extra: string[] = []) => qemuImg(['create', '-q', '-f', 'qcow2', ...(opts.length ? ['-o', opts.join(',')] : []), ...extra, path, size]);
-  const amend = async (path: string, options: Qcow2AmendOptions) => amendQcow2(await FileStorage.open(path, { readOnly: false }), options);
+  const amend = async (path: string, options: Qcow2AmendOptions) => {
+    // Closed here too: a refused option leaves the storage (and its image lock) with the caller.
+    const storage = await FileStorage.open(path, { readOnly: false });
+    try {
+      await amendQcow2(storage, options);
+    } finally {
+      await storage.close();
+    }
+  };
   const formatSpecific = (path: string) => (qemuInfo(path, 'qcow2', dir)['format-specific'] as { data: Record<string, unknown> }).data;
   const compare = (a: string, b: string) => qemuImg(['compare', '-f', 'qcow2', '-F', 'qcow2', a, b], { allowFail: true, cwd: dir }).status;
   const expectClean = (path: string) => {

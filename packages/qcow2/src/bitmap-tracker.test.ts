@@ -99,7 +99,8 @@ describeQemu('dirty bitmaps kept up to date', () => {
     const disk = await openQcow2(storage, { readOnly: false });
     await disk.write(0, new Uint8Array(512).fill(1));
     // No flush, no close: what a crash would leave on disk.
-    const info = qemuInfo(path, 'qcow2') as { 'format-specific': { data: { bitmaps: Array<{ flags: string[] }> } } };
+    // -U: img still holds the image read-write, as a crashed VM's image would be found.
+    const info = JSON.parse(qemuImg(['info', '-U', '--output=json', '-f', 'qcow2', path]).stdout) as { 'format-specific': { data: { bitmaps: Array<{ flags: string[] }> } } };
     expect(info['format-specific'].data.bitmaps[0]!.flags).toContain('in-use');
     await disk.close();
     const after = qemuInfo(path, 'qcow2') as { 'format-specific': { data: { bitmaps: Array<{ flags: string[] }> } } };

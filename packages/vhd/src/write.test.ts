@@ -147,8 +147,9 @@ describeQemu('qemu-img reads what we write, we write what qemu made', () => {
       const raw = `${path}.raw`;
       qemuImg(['create', '-q', '-f', 'vpc', ...(qemuOpts ? ['-o', qemuOpts] : []), path, '4000000']);
       qemuIo(path, 'vpc', ['write -P 0x5a 1024 8192']);
+      const qemuSize = qemuInfo(path, 'vpc')['virtual-size']; // asked before img holds the image (qemu-img info would be refused)
       const disk = await openVhd(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
-      expect(disk.size).toBe(qemuInfo(path, 'vpc')['virtual-size']);
+      expect(disk.size).toBe(qemuSize);
       expect((await disk.read(1024, 8192)).every((b) => b === 0x5a)).toBe(true);
       const model = await fill(disk, raw);
       model.fill(0x5a, 1024, 1024 + 8192);

@@ -3,12 +3,14 @@
  * pwritev) through node:fs's callback functions on the FileHandle's
  * descriptor, the rest through the FileHandle. flush() is fdatasync. Where the optional
  * native helper was built at install time, `ranges()` reports the file's
- * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them.
+ * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them. Opens take
+ * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
-import { read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { ERROR_CODES, ImageError } from '../errors.js';
+import { ERROR_CODES, ImageError, invalidArg } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
+import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
 
 /**
@@ -30,9 +32,35 @@ export interface FileStorageOptions {
    * per allocation) otherwise forces the data written so far to disk.
    */
   cache?: 'writeback' | 'unsafe';
+  /**
+   * Take qemu's image locks (default true): a read-only open takes a shared
+   * lock that refuses writers, a read-write open one that refuses every
+   * other reader and writer (qemu-img info, qemu-io, a VM, another img).
+   * An open that another holder excludes fails with ERR_IMG_LOCKED.
+   * `false` takes no locks and checks nothing (qemu's `locking=off`), in
+   * either mode: for file systems without byte-range locks, or a caller
+   * that coordinates access itself.
+   */
+  lock?: boolean;
+  /**
+   * qemu-img's -U (`force-share`): open an image another process holds,
+   * even one a running VM writes, without locks or checks. Only for
+   * read-only opens (ERR_IMG_INVALID_ARG otherwise); what is read may be
+   * inconsistent while the other process writes.
+   */
+  forceShare?: boolean;
 }
 
-function ioError(path: string, what: string, cause: unknown): ImageError {
+/** Options of FileStorage.create. */
+export interface FileStorageCreateOptions {
+  /** Fail if the file exists (O_EXCL) instead of emptying it. */
+  exclusive?: boolean;
+  cache?: FileStorageOptions['cache'];
+  /** Take qemu's read-write image locks before the file is emptied (default true); see FileStorageOptions.lock. */
+  lock?: boolean;
+}
+
+function fsError(path: string, what: string, cause: unknown): ImageError {
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
   const notFound = code === 'ENOENT';
   return new ImageError(notFound ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed${code ? ` (${code})` : ''}: ${(cause as Error)?.message ?? String(cause)}`, {
@@ -64,13 +92,22 @@ export class FileStorage implements Storage {
   readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
 
   readonly cache: 'writeback' | 'unsafe';
+  /**
+   * How this open is protected by qemu's image locks: `ofd` or `posix` (img
+   * holds them), `check-only` (no native helper: other holders were checked
+   * in /proc/locks, but img holds nothing), `none`. See image-lock.ts.
+   */
+  readonly lock: LockState;
+  #unlock: (() => void) | undefined;
   #nowait: SeekAddon['nowait'];
 
-  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback') {
+  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }) {
     this.name = path;
     this.#fh = fh;
     this.readOnly = readOnly;
     this.cache = cache;
+    this.lock = lock.state;
+    this.#unlock = lock.release;
     const addon = seekAddon();
     this.#nowait = addon?.nowait;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
@@ -82,7 +119,7 @@ export class FileStorage implements Storage {
     try {
       runs = seekRanges(this.#fh.fd, offset, length);
     } catch (e) {
-      throw ioError(this.name, `lseek at ${offset}`, e);
+      throw fsError(this.name, `lseek at ${offset}`, e);
     }
     const out: StorageRange[] = [];
     let pos = offset;
@@ -97,33 +134,74 @@ export class FileStorage implements Storage {
     return out;
   }
 
-  /** Opens an existing file (read-only unless told otherwise). */
+  /**
+   * Opens an existing file (read-only unless told otherwise), taking qemu's
+   * image locks unless `lock: false` or `forceShare`.
+   *
+   * @example
+   * ```ts
+   * const s = await FileStorage.open('vm.qcow2', { readOnly: false }); // ERR_IMG_LOCKED while a VM runs on it
+   * const peek = await FileStorage.open('vm.qcow2', { forceShare: true }); // qemu-img -U
+   * ```
+   */
   static async open(path: string, options: FileStorageOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? true;
+    if (options.forceShare && !readOnly) {
+      throw invalidArg('file', `${path}: forceShare (qemu-img -U) can only be used with read-only opens`, { file: path, field: 'forceShare' });
+    }
+    let fh: FileHandle;
     try {
-      return new FileStorage(path, await open(path, readOnly ? 'r' : 'r+'), readOnly, options.cache);
+      fh = await open(path, readOnly ? 'r' : 'r+');
     } catch (e) {
-      throw ioError(path, 'open', e);
+      throw fsError(path, 'open', e);
+    }
+    const lock = options.lock === false || options.forceShare ? undefined : await FileStorage.#lockOrClose(fh, path, !readOnly);
+    return new FileStorage(path, fh, readOnly, options.cache, lock);
+  }
+
+  /** Takes the locks on `fh`; when that fails (a holder excludes this open), closes `fh` (releasing what was set) and throws. */
+  static async #lockOrClose(fh: FileHandle, path: string, write: boolean): Promise<ImageLock> {
+    try {
+      return await lockImage(fh, path, write);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      if (ImageError.isInstance(e)) throw e;
+      throw fsError(path, 'lock', e);
     }
   }
 
   /**
-   * Creates a file, truncating an existing one unless `exclusive`.
+   * Creates a file, emptying an existing one unless `exclusive` (then it
+   * must not exist). The file is opened without truncation first and
+   * locked read-write (unless `lock: false`), so an image another process
+   * holds is refused before a byte of it is lost.
    *
-   * The descriptor that created (or truncated) the file is closed and the
-   * file opened again, as qemu-img does. ext4 (`auto_da_alloc`) marks a file
-   * truncated to zero for "replace via truncate" and, when that descriptor
-   * is closed, starts writeback of everything written through it: for a
-   * 1 GiB conversion output that close took 0.6 s. Closed while still
-   * empty, the mark costs nothing.
+   * An existing file is emptied through a second descriptor that is closed
+   * at once, as qemu-img does. ext4 (`auto_da_alloc`) marks a file
+   * truncated to zero for "replace via truncate" and, when a descriptor of
+   * it is closed, starts writeback of everything written: for a 1 GiB
+   * conversion output that close took 0.6 s. Closed while still empty,
+   * the mark costs nothing.
    */
-  static async create(path: string, options: { exclusive?: boolean; cache?: FileStorageOptions['cache'] } = {}): Promise<FileStorage> {
+  static async create(path: string, options: FileStorageCreateOptions = {}): Promise<FileStorage> {
+    let fh: FileHandle;
     try {
-      await (await open(path, options.exclusive ? 'wx' : 'w')).close();
-      return new FileStorage(path, await open(path, 'r+'), false, options.cache);
+      fh = await open(path, fsConstants.O_RDWR | fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : 0), 0o666);
     } catch (e) {
-      throw ioError(path, 'create', e);
+      throw fsError(path, 'create', e);
     }
+    const lock = options.lock === false ? undefined : await FileStorage.#lockOrClose(fh, path, true);
+    try {
+      if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
+      // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
+      if (lock?.state === 'posix') await lockImage(fh, path, true);
+    } catch (e) {
+      lock?.release?.();
+      await fh.close().catch(() => undefined);
+      if (ImageError.isInstance(e)) throw e;
+      throw fsError(path, 'create', e);
+    }
+    return new FileStorage(path, fh, false, options.cache, lock);
   }
 
   /** The underlying file descriptor (for native helpers). */
@@ -145,7 +223,7 @@ export class FileStorage implements Storage {
     try {
       return (await this.#fh.stat()).size;
     } catch (e) {
-      throw ioError(this.name, 'stat', e);
+      throw fsError(this.name, 'stat', e);
     }
   }
 
@@ -175,7 +253,7 @@ export class FileStorage implements Storage {
         done += bytesRead;
       }
     } catch (e) {
-      throw ioError(this.name, `read at ${position}`, e);
+      throw fsError(this.name, `read at ${position}`, e);
     }
     return done;
   }
@@ -192,7 +270,7 @@ export class FileStorage implements Storage {
         });
       }
     } catch (e) {
-      throw ioError(this.name, `write at ${position}`, e);
+      throw fsError(this.name, `write at ${position}`, e);
     }
   }
 
@@ -222,7 +300,7 @@ export class FileStorage implements Storage {
       }
     } catch (e) {
       if (ImageError.isInstance(e)) throw e;
-      throw ioError(this.name, `writev at ${position}`, e);
+      throw fsError(this.name, `writev at ${position}`, e);
     }
   }
 
@@ -234,7 +312,7 @@ export class FileStorage implements Storage {
       if (size === 0 && (await this.#fh.stat()).size === 0) return;
       await this.#fh.truncate(size);
     } catch (e) {
-      throw ioError(this.name, 'truncate', e);
+      throw fsError(this.name, 'truncate', e);
     }
   }
 
@@ -244,7 +322,7 @@ export class FileStorage implements Storage {
     try {
       await this.#fh.datasync();
     } catch (e) {
-      throw ioError(this.name, 'fdatasync', e);
+      throw fsError(this.name, 'fdatasync', e);
     }
   }
 
@@ -270,7 +348,9 @@ export class FileStorage implements Storage {
     try {
       await this.#fh.close();
     } catch (e) {
-      throw ioError(this.name, 'close', e);
+      throw fsError(this.name, 'close', e);
+    } finally {
+      this.#unlock?.();
     }
   }
 }

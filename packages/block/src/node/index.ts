@@ -1,2 +1,3 @@
-export { FileStorage, type FileStorageOptions } from './file-storage.js';
-export { fileResolver, resolveRelative } from './resolver.js';
+export { FileStorage, type FileStorageOptions, type FileStorageCreateOptions } from './file-storage.js';
+export { type LockState } from './image-lock.js';
+export { fileResolver, fileResolverWith, resolveRelative, type FileResolverOptions } from './resolver.js';

@@ -12,11 +12,42 @@ export function resolveRelative(request: Pick<ResolveRequest, 'name' | 'from'>):
   return resolve(dirname(request.from.name), name);
 }
 
+/** How fileResolverWith opens what it resolves. */
+export interface FileResolverOptions {
+  /**
+   * Open backing files and parents read-only with qemu-img -U semantics (no
+   * locks, no checks), as `qemu-img info -U` does for the whole chain.
+   * Writable requests (commit into a backing file) still lock.
+   */
+  forceShare?: boolean;
+  /** `false`: no image locks at all (FileStorageOptions.lock). */
+  lock?: boolean;
+}
+
+/**
+ * A resolver for local files, like fileResolver, with lock options for the
+ * files it opens.
+ *
+ * @example
+ * ```ts
+ * await openQcow2(await FileStorage.open('top.qcow2', { forceShare: true }), { resolver: fileResolverWith({ forceShare: true }) });
+ * ```
+ */
+export function fileResolverWith(options: FileResolverOptions = {}): Resolver {
+  const lock = options.lock ?? true;
+  return async (request) =>
+    request.create
+      ? FileStorage.create(resolveRelative(request), { exclusive: true, lock })
+      : FileStorage.open(resolveRelative(request), {
+          readOnly: !request.writable,
+          lock,
+          forceShare: !request.writable && options.forceShare === true,
+        });
+}
+
 /**
  * The default resolver for local files: opens backing files, parents and
- * data files relative to the image that names them.
+ * data files relative to the image that names them, with image locks
+ * (shared for read-only files).
  */
-export const fileResolver: Resolver = async (request) =>
-  request.create
-    ? FileStorage.create(resolveRelative(request), { exclusive: true })
-    : FileStorage.open(resolveRelative(request), { readOnly: !request.writable });
+export const fileResolver: Resolver = fileResolverWith();

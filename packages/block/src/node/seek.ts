@@ -1,6 +1,7 @@
 /**
  * Loads the optional native helper (built at install time by
- * native/build.mjs with node-gyp): SEEK_DATA/SEEK_HOLE and RWF_NOWAIT reads.
+ * native/build.mjs with node-gyp): SEEK_DATA/SEEK_HOLE, RWF_NOWAIT reads and
+ * qemu-compatible byte-range locks.
  * Missing, unloadable or disabled with IMG_NO_NATIVE=1: undefined, and
  * FileStorage has no `ranges` and reads everything through libuv's pool.
  */
@@ -15,6 +16,17 @@ export interface SeekAddon {
    * Absent from helpers built before it existed.
    */
   nowait?(write: boolean, fd: number, bytes: Uint8Array, position: number): number;
+  /**
+   * Sets (`set`) or releases a shared lock on one byte of the file, without
+   * waiting: 0, or the errno of the failed fcntl. An open-file-description
+   * lock (F_OFD_SETLK) where the kernel has them, else a classic F_SETLK.
+   * Absent from helpers built before it existed (as the two below).
+   */
+  lockByte?(fd: number, byte: number, set: boolean): number;
+  /** Whether another open file description holds any lock on the byte: 0 no, 1 yes, -errno if the test failed. */
+  lockTest?(fd: number, byte: number): number;
+  /** `ofd` (locks belong to the descriptor) or `posix` (to the process: classic fcntl locks). */
+  lockStyle?(fd: number): 'ofd' | 'posix';
 }
 
 let loaded: SeekAddon | null | undefined;
