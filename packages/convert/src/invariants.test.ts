@@ -18,6 +18,7 @@ const NODE_ALLOWED = [
   /^convert\/src\/cli\//,
   /^convert\/src\/bin\//,
   /^convert\/src\/node\.ts$/,
+  /^convert\/src\/node\//,
   /^vhd\/src\/node\.ts$/,
   /^qcow2\/src\/node\.ts$/,
   // zlib (deflate, and zstd where the platform has it) and the worker pool

@@ -10,7 +10,7 @@ import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, probeStorage } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
-import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './same-file.js';
+import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`

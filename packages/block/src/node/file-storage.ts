@@ -194,7 +194,7 @@ export class FileStorage implements Storage {
     try {
       if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
       // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
-      if (lock?.state === 'posix') await lockImage(fh, path, true);
+      if (lock?.state === 'posix') await lockImage(fh, path, true, true);
     } catch (e) {
       lock?.release?.();
       await fh.close().catch(() => undefined);

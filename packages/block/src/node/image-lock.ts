@@ -24,7 +24,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { ioError, lockedError } from '../errors.js';
+import { ioError, lockedError, sameFileError, type ImageError } from '../errors.js';
 import { heldBytes } from './proc-locks.js';
 import { seekAddon } from './seek.js';
 
@@ -107,7 +107,34 @@ function errnoName(errno: number): string {
  */
 const unheld = new Map<string, Map<symbol, LockPlan>>();
 
-/** What lockImage did; `release` (check-only opens) must be called when the file is closed. */
+/**
+ * Every image this process holds locked, per file (`dev:ino`). A conflict
+ * with one of these is not "another process": it is one command opening
+ * the same file twice (an output that is its input, a backing file that
+ * is a link to the image), which is reported as ERR_IMG_SAME_FILE.
+ */
+const ownOpens = new Map<string, Map<symbol, { path: string; write: boolean }>>();
+
+function ownConflict(key: string, path: string, write: boolean): ImageError | undefined {
+  for (const other of ownOpens.get(key)?.values() ?? []) {
+    if (write) return sameFileError(path, other.path, 'image');
+    if (other.write) return sameFileError(other.path, path, 'image');
+  }
+  return undefined;
+}
+
+function registerOwn(key: string, path: string, write: boolean): () => void {
+  const opens = ownOpens.get(key) ?? new Map<symbol, { path: string; write: boolean }>();
+  const id = Symbol(path);
+  opens.set(id, { path, write });
+  ownOpens.set(key, opens);
+  return () => {
+    opens.delete(id);
+    if (opens.size === 0 && ownOpens.get(key) === opens) ownOpens.delete(key);
+  };
+}
+
+/** What lockImage did; `release` must be called when the file is closed. */
 export interface ImageLock {
   state: LockState;
   release?: () => void;
@@ -120,42 +147,44 @@ export interface ImageLock {
  * each other cannot both pass; on a conflict the caller closes `fh`, which
  * releases what was set. Throws ERR_IMG_LOCKED with qemu's message.
  */
-export async function lockImage(fh: FileHandle, path: string, write: boolean): Promise<ImageLock> {
+export async function lockImage(fh: FileHandle, path: string, write: boolean, again = false): Promise<ImageLock> {
   const plan = lockPlan(write);
   const conflicts = conflictBytes(plan);
   const addon = seekAddon();
+  const st = await fh.stat({ bigint: true });
+  const key = `${st.dev}:${st.ino}`;
   if (addon?.lockByte && addon.lockTest) {
     const fd = fh.fd;
     for (const byte of lockBytes(plan)) {
       const err = addon.lockByte(fd, byte, true);
       if (err === 0) continue;
       if (err === constants.errno.EAGAIN || err === constants.errno.EACCES) {
-        throw lockedError(path, `Failed to lock byte ${byte}. ${hint(path)}`, { offset: byte });
+        throw ownConflict(key, path, write) ?? lockedError(path, `Failed to lock byte ${byte}. ${hint(path)}`, { offset: byte });
       }
       throw ioError(path, `could not lock byte ${byte} (${errnoName(err)}); on a file system without byte-range locks, open with { lock: false }`, { offset: byte, errno: errnoName(err) });
     }
     for (const c of conflicts) {
       const held = addon.lockTest(fd, c.byte);
-      if (held === 1) throw lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
+      if (held === 1) throw ownConflict(key, path, write) ?? lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
       if (held < 0) throw ioError(path, `could not test the lock on byte ${c.byte} (${errnoName(-held)})`, { offset: c.byte, errno: errnoName(-held) });
     }
-    return { state: addon.lockStyle?.(fd) ?? 'ofd' };
+    return again ? { state: addon.lockStyle?.(fd) ?? 'ofd' } : { state: addon.lockStyle?.(fd) ?? 'ofd', release: registerOwn(key, path, write) };
   }
   if (process.platform !== 'linux') return { state: 'none' };
   // No helper: img cannot lock, but it can still see who does.
-  const st = await fh.stat({ bigint: true });
   const held = await heldBytes({ dev: st.dev, ino: st.ino }, conflicts.map((c) => c.byte));
   if (!held) return { state: 'none' };
-  const key = `${st.dev}:${st.ino}`;
   const mine = unheld.get(key) ?? new Map<symbol, LockPlan>();
   for (const other of mine.values()) for (const byte of lockBytes(other)) held.add(byte);
   for (const c of conflicts) {
-    if (held.has(c.byte)) throw lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
+    if (held.has(c.byte)) throw ownConflict(key, path, write) ?? lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
   }
+  const releaseOwn = registerOwn(key, path, write);
   const id = Symbol(path);
   mine.set(id, plan);
   unheld.set(key, mine);
   const release = (): void => {
+    releaseOwn();
     mine.delete(id);
     if (mine.size === 0 && unheld.get(key) === mine) unheld.delete(key);
   };

@@ -8,7 +8,7 @@ import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
-import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../same-file.js';
+import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../node/same-file.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';

@@ -8,8 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeEach, expect, it } from 'vitest';
 import { ImageError } from '@img/block';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
-import { convertFile } from './node.js';
-import { run } from './test/cli.js';
+import { convertFile } from '../node.js';
+import { run } from '../test/cli.js';
 
 const tmp = tempDir('img-same-file-');
 afterAll(() => tmp.cleanup());
@@ -88,7 +88,7 @@ describeQemu('same-file guard', () => {
   });
 
   it('refuses an output on standard output that is the input, and an output that is standard input', () => {
-    const bin = (name: string) => new URL(`../dist/bin/${name}.js`, import.meta.url).pathname;
+    const bin = (name: string) => new URL(`../../dist/bin/${name}.js`, import.meta.url).pathname;
     const out = spawnSync('sh', ['-c', `"${process.execPath}" "${bin('img-convert')}" qcow2 raw base.qcow2 - >> base.qcow2`], { cwd: tmp.path, encoding: 'utf8' });
     expect(out.status).toBe(1);
     expect(out.stderr).toMatch(/ERR_IMG_SAME_FILE: standard output/);
