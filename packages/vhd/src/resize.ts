@@ -12,7 +12,7 @@
 import { invalidArg, unsupported } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
-import { CURRENT_SIZE_CREATORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry } from './geometry.js';
+import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry, vhdSizeRule } from './geometry.js';
 import type { VhdDisk } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
 import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
@@ -36,7 +36,7 @@ async function copyWithin(s: VhdState, from: number, to: number, length: number)
 function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   const f = { ...s.footer };
   const sectors = newSize / VHD_SECTOR;
-  const byCurrentSize = s.sizeMode === 'current-size' || CURRENT_SIZE_CREATORS.includes(f.creatorApp) || isMaxGeometry(f.geometry);
+  const byCurrentSize = vhdSizeRule(f.creatorApp, f.geometry, s.sizeMode).rule === 'current-size';
   if (byCurrentSize) {
     if (!isMaxGeometry(f.geometry)) f.geometry = chsForSectors(sectors);
   } else {
