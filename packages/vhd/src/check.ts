@@ -150,7 +150,8 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
   }
   if (paddedBlocks) report(vhdProblem('bitmap-padding', 'info', `${paddedBlocks} blocks have sector bitmap padding bits set (harmless: qemu sets them)`));
   regions.sort((a, b) => a.start - b.start);
-  const firstBlock = Math.min(...blockStarts, Infinity);
+  let firstBlock = Infinity;
+  for (const b of blockStarts) firstBlock = Math.min(firstBlock, b);
   const alignment = blockAlignment(blockStarts, s.bitmapBytes);
   let pos = 0;
   for (const r of regions) {

@@ -87,18 +87,20 @@ export async function reservedSpace(s: VhdState, fileSize: number, blocks: Reado
 }
 
 /**
- * The alignment every allocated block shares, anchored at the block
- * (its sector bitmap) or at its data: what Windows (4 KiB) and Hyper-V
- * (2 MiB) place blocks on. 0 when there are no blocks or no common
- * alignment of 4 KiB or more.
+ * The alignment the writer placed blocks on, read from the first block
+ * (the lowest in the file, which the image's creator placed; blocks added
+ * later by another writer such as this one may follow with no gap and no
+ * alignment). Anchored at the block (its sector bitmap) or at its data:
+ * Windows aligns data to 4 KiB, Hyper-V blocks to 2 MiB. 0 when there are
+ * no blocks or the first is not aligned to 4 KiB or more.
  */
 export function blockAlignment(blockStarts: readonly number[], bitmapBytes: number): { alignment: number; anchor: number } {
   let best = { alignment: 0, anchor: 0 };
   if (blockStarts.length === 0) return best;
+  let first = Infinity;
+  for (const b of blockStarts) first = Math.min(first, b);
   for (const anchor of [0, bitmapBytes]) {
-    for (const a of WRITER_ALIGNMENTS) {
-      if (a > best.alignment && blockStarts.every((b) => (b + anchor) % a === 0)) best = { alignment: a, anchor };
-    }
+    for (const a of WRITER_ALIGNMENTS) if (a > best.alignment && (first + anchor) % a === 0) best = { alignment: a, anchor };
   }
   return best;
 }
@@ -108,8 +110,8 @@ export function blockAlignment(blockStarts: readonly number[], bitmapBytes: numb
  * - less than a sector up to a sector boundary (a BAT padded to a sector);
  * - before the first block (or, with no blocks, before the footer):
  *   too small to hold a block, or padding up to a 4 KiB .. 2 MiB boundary;
- * - elsewhere: padding up to the next block's place under the alignment
- *   all blocks share (`blockAlignment`), or up to the footer under it.
+ * - elsewhere: padding up to the next block's place under the writer's
+ *   alignment (`blockAlignment`), or up to the footer under it.
  */
 export function isWriterPadding(
   gap: { start: number; end: number },
