@@ -63,7 +63,7 @@ export const vhdDriver: FormatDriver = {
   name: 'vhd',
   aliases: ['vpc'],
   probe: probeVhd,
-  open: (storage, options) => openVhd(storage, vhdOpenOptionsFrom(options ?? {})),
+  open: async (storage, options) => openVhd(storage, vhdOpenOptionsFrom(options ?? {})),
   create,
   check: (storage, options) => checkVhd(storage, options),
   stream: async (source, options) => createVhdStream(source, vhdStreamOptionsFrom(options)),
