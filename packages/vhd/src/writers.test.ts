@@ -6,8 +6,12 @@
  * leaves them byte for byte, they read as their writer meant, and space a
  * writer really leaked is still found.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
-import { describe, expect, it } from 'vitest';
+import { FileStorage } from '@img/block/node';
+import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { openVhd } from './open.js';
 
@@ -108,5 +112,27 @@ describe('what a writer really leaked is still a leak', () => {
     u32(b, built.tableOffset! + 4, 0xffffffff);
     const r = await checkVhd(MemoryStorage.from(b));
     expect(r.problems.filter((p) => p.severity !== 'info').map((p) => p.code)).toEqual(['unreferenced-space']);
+  });
+});
+
+describeQemu('images qemu-img writes are clean and a leak repair leaves them alone', () => {
+  const tmp = tempDir('vhd-qemu-layout-');
+  afterAll(() => tmp.cleanup());
+  it('dynamic and fixed, with and without force_size, after qemu-io writes', async () => {
+    let n = 0;
+    for (const options of ['subformat=dynamic', 'subformat=dynamic,force_size=on', 'subformat=fixed']) {
+      const file = join(tmp.path, `q${n++}.vhd`);
+      qemuImg(['create', '-q', '-f', 'vpc', '-o', options, file, '7M']);
+      qemuIo(file, 'vpc', ['write -P 0x61 0 65536', 'write -P 0x62 3M 1M']);
+      const before = readFileSync(file);
+      const storage = await FileStorage.open(file, { readOnly: false });
+      try {
+        const r = await checkVhd(storage, { repair: 'leaks' });
+        expect([options, r.corruptions, r.leaks, r.leaksFixed, r.checkErrors], r.messages.join('; ')).toEqual([options, 0, 0, 0, 0]);
+      } finally {
+        await storage.close();
+      }
+      expect(readFileSync(file).equals(before)).toBe(true);
+    }
   });
 });
