@@ -73,7 +73,7 @@ describe('virtual size by creator', () => {
   it('force_size_calc overrides the creator rule, through the driver as the CLI passes it', async () => {
     const caml = build('caml', 'dynamic').bytes;
     const vpc = build('vpc ', 'fixed').bytes;
-    const open = (b: Uint8Array, force?: string) => vhdDriver.open(MemoryStorage.from(b), force ? ({ force_size_calc: force } as object) : {});
+    const open = (b: Uint8Array, force?: string) => vhdDriver.open!(MemoryStorage.from(b), force ? ({ force_size_calc: force } as object) : {});
     expect((await open(caml, 'chs')).size).toBe(CHS_SIZE);
     expect((await open(vpc, 'current_size')).size).toBe(SIZE);
     const forced = await open(caml, 'chs');
@@ -84,7 +84,7 @@ describe('virtual size by creator', () => {
 
   it('the maximal geometry 65535/16/255 always means the current size, even forced to CHS', async () => {
     const built = vhdImage({ type: 'fixed', creator: 'vpc ', size: SIZE, geometry: { c: 65535, h: 16, s: 255 } });
-    const disk = await vhdDriver.open(MemoryStorage.from(built.bytes), { force_size_calc: 'chs' } as object);
+    const disk = await vhdDriver.open!(MemoryStorage.from(built.bytes), { force_size_calc: 'chs' } as object);
     expect(disk.size).toBe(SIZE);
     expect((await disk.info()).formatSpecific!['size-rule-reason']).toMatch(/maximal/);
   });

@@ -52,7 +52,7 @@ describe('untrusted opens refuse untrustworthy footers', () => {
 
   it('footer copies that disagree (both valid): refused, naming the copy; trusted: recorded and checked', async () => {
     const b = dynamic();
-    b[0x18] ^= 1; // the copy's timestamp
+    b[0x18] = b[0x18]! ^ 1; // the copy's timestamp
     reseal(b, 0);
     const tail = b.length - 512;
     const e = await refusal(b);
@@ -65,7 +65,7 @@ describe('untrusted opens refuse untrustworthy footers', () => {
 
   it('copies describing different disks', async () => {
     const b = dynamic();
-    b[0x44] ^= 1; // the copy's unique id
+    b[0x44] = b[0x44]! ^ 1; // the copy's unique id
     reseal(b, 0);
     expect((await refusal(b)).code).toBe('ERR_IMG_UNSAFE');
     const tail = b.length - 512;
@@ -82,8 +82,8 @@ describe('untrusted opens refuse untrustworthy footers', () => {
 
   it('a bad footer checksum (the one in use, or the copy)', async () => {
     const both = dynamic();
-    both[64] ^= 1;
-    both[both.length - 512 + 64] ^= 1;
+    both[64] = both[64]! ^ 1;
+    both[both.length - 512 + 64] = both[both.length - 512 + 64]! ^ 1;
     let e = await refusal(both);
     expect(e.code).toBe('ERR_IMG_UNSAFE');
     expect(e.message).toBe('vhd: u.vhd: footer checksum at 0x40 is wrong, and untrusted opens need a valid footer');
@@ -91,13 +91,13 @@ describe('untrusted opens refuse untrustworthy footers', () => {
     expect((await trusted(both)).problems).toContainEqual(['footer-checksum', 0x40]);
 
     const copy = dynamic();
-    copy[64] ^= 1;
+    copy[64] = copy[64]! ^ 1;
     e = await refusal(copy);
     expect([e.code, e.data.offset]).toEqual(['ERR_IMG_UNSAFE', 0]);
     expect(await trusted(copy)).toEqual({ problems: [['footer-copy-invalid', 0]], check: [['footer-copy-invalid', 0]] });
 
     const f = fixed();
-    f[f.length - 512 + 64] ^= 1;
+    f[f.length - 512 + 64] = f[f.length - 512 + 64]! ^ 1;
     e = await refusal(f);
     expect([e.code, e.data.offset]).toEqual(['ERR_IMG_UNSAFE', SIZE + 64]);
     expect((await trusted(f)).check).toEqual([['footer-checksum', SIZE + 64]]);
