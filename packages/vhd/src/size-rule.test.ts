@@ -77,7 +77,7 @@ describe('virtual size by creator', () => {
     expect((await open(caml, 'chs')).size).toBe(CHS_SIZE);
     expect((await open(vpc, 'current_size')).size).toBe(SIZE);
     const forced = await open(caml, 'chs');
-    expect((await forced.info()).formatSpecific).toMatchObject({ 'size-rule': 'chs', 'size-rule-reason': 'forced by force_size_calc=chs' });
+    expect((await forced.info!()).formatSpecific).toMatchObject({ 'size-rule': 'chs', 'size-rule-reason': 'forced by force_size_calc=chs' });
     await expect(open(caml, 'geometry')).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG', data: { field: 'force_size_calc' } });
     expect((await openVhd(MemoryStorage.from(vpc), { sizeMode: 'current-size' })).size).toBe(SIZE);
   });
@@ -86,7 +86,7 @@ describe('virtual size by creator', () => {
     const built = vhdImage({ type: 'fixed', creator: 'vpc ', size: SIZE, geometry: { c: 65535, h: 16, s: 255 } });
     const disk = await vhdDriver.open!(MemoryStorage.from(built.bytes), { force_size_calc: 'chs' } as object);
     expect(disk.size).toBe(SIZE);
-    expect((await disk.info()).formatSpecific!['size-rule-reason']).toMatch(/maximal/);
+    expect((await disk.info!()).formatSpecific!["size-rule-reason"]).toMatch(/maximal/);
   });
 });
 
