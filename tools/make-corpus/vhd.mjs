@@ -293,6 +293,8 @@ export const cases = [
   },
   // --- other ---
   { name: 'coalesce-interrupted', expect: 'ERR_IMG_UNSAFE', description: 'footer cookie "coalesce": a merge into this image was interrupted', bytes: mutate(dynamic, (b) => { ascii(b, 0, 'coalesce'); ascii(b, b.length - 512, 'coalesce'); }, ['footers']) },
+  { name: 'boot-signature-footer', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'a fixed disk whose footer ends with the MBR boot signature 0x55AA (a raw disk whose last sector looks like a footer?): qemu reads it as VHD; untrusted opens refuse', bytes: mutate(fixed, (b) => { b[b.length - 2] = 0x55; b[b.length - 1] = 0xaa; }, ['tail']) },
+  { name: 'boot-signature-copy', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'the footer copy at offset 0 of a dynamic disk ends with 0x55AA (both copies valid and equal)', bytes: mutate(dynamic, (b) => { for (const at of [0, b.length - 512]) { b[at + 510] = 0x55; b[at + 511] = 0xaa; } }, ['footers']) },
   { name: 'junk-after-footer', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', check: 'leak', description: '4 KiB of junk after the footer (an unfinished block allocation): readable, repairable', bytes: () => { const d = dynamic(); const b = new Uint8Array(d.bytes.length + 4096).fill(0xee); b.set(d.bytes); return b; } },
   { name: 'valid-dynamic', expect: 'ok', description: 'the unmodified dynamic image every mutation starts from', bytes: () => dynamic().bytes },
   { name: 'valid-fixed', expect: 'ok', description: 'the unmodified fixed image', bytes: () => fixed() },
