@@ -13,6 +13,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
+import { parseDynamicHeader } from './dynamic-header.js';
 import { openVhd } from './open.js';
 
 interface Built {
@@ -134,5 +135,41 @@ describeQemu('images qemu-img writes are clean and a leak repair leaves them alo
       }
       expect(readFileSync(file).equals(before)).toBe(true);
     }
+  });
+});
+
+describe('maintenance keeps what a writer reserved', () => {
+  it('growing the BAT over reserved locator space moves the reservation; over a batmap drops it; both check clean and read the same', async () => {
+    for (const name of ['reserved-locators-dynamic', 'vhdutil-dynamic', 'hyperv-dynamic']) {
+      const built = writers[name]!();
+      const storage = MemoryStorage.from(built.bytes, { name: `${name}.vhd` });
+      const disk = await openVhd(storage, { readOnly: false });
+      const newSize = 600 * 1024 * 1024; // 300 BAT entries: the BAT grows past its first sector
+      await disk.resize!(newSize);
+      await disk.close();
+      const after = MemoryStorage.from(storage.toBytes());
+      const r = await checkVhd(after);
+      expect([name, r.corruptions, r.leaks, r.checkErrors], r.messages.join('; ')).toEqual([name, 0, 0, 0]);
+      const again = await openVhd(after);
+      expect(again.size).toBe(newSize);
+      const head = await again.read(0, built.size);
+      expect(Buffer.from(head).equals(Buffer.from(built.content))).toBe(true);
+      const h = parseDynamicHeader(after.toBytes().subarray(512, 1536)); // every fixture's header is at 0x200
+      const batEnd = h.tableOffset + h.maxTableEntries * 4;
+      for (const l of h.parentLocators) if (l.platformDataSpace) expect(l.platformDataOffset >= batEnd || l.platformDataOffset + 512 <= h.tableOffset).toBe(true);
+      await again.close();
+    }
+  });
+
+  it('makeEmpty does not cut reserved locator space', async () => {
+    const built = writers['reserved-locators-empty']!();
+    const storage = MemoryStorage.from(built.bytes);
+    const disk = await openVhd(storage, { readOnly: false });
+    await disk.write(0, new Uint8Array(4096).fill(7));
+    await disk.makeEmpty!();
+    await disk.close();
+    expect(storage.toBytes().length).toBe(built.bytes.length);
+    const r = await checkVhd(MemoryStorage.from(storage.toBytes()));
+    expect([r.corruptions, r.leaks, r.checkErrors], r.messages.join('; ')).toEqual([0, 0, 0]);
   });
 });
