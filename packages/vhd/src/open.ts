@@ -99,7 +99,7 @@ export function vhdOpenOptionsFrom(options: VhdOpenOptions | (OpenOptions & { fo
   return { ...(rest as VhdOpenOptions), sizeMode: force === 'chs' ? 'chs' : 'current-size' };
 }
 
-/** Bytes 510-511 of a footer-sized sector: the MBR boot signature 0x55AA there means a boot sector, not a footer. */
+/** Bytes 510-511 of a footer-sized sector: the MBR boot signature 0x55AA there suggests a boot sector, not a footer (a footer's reserved bytes are zeros). */
 function hasBootSignature(c: FooterCopy): boolean {
   return c.bytes[510] === 0x55 && c.bytes[511] === 0xaa;
 }
@@ -137,12 +137,11 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
 
   let chosen: FooterCopy | undefined;
   let footerLength = FOOTER_SIZE;
-  let short: FooterCopy | undefined;
   if (good(tail) && typeOf(tail) === 2) chosen = tail;
   else if (good(head) && sparse(head)) chosen = head;
   else if (good(tail) && sparse(tail)) chosen = tail;
   if (!chosen && fileSize >= FOOTER_SIZE - 1) {
-    short = await readCopy(storage, fileSize - (FOOTER_SIZE - 1), FOOTER_SIZE - 1);
+    const short = await readCopy(storage, fileSize - (FOOTER_SIZE - 1), FOOTER_SIZE - 1);
     if (good(short) && typeOf(short) === 2) {
       chosen = short;
       footerLength = FOOTER_SIZE - 1;
