@@ -22,6 +22,9 @@ export interface VhdRegion {
 /** Cookie of blktap's batmap header, one sector right behind the BAT ("tdbatmap"). */
 export const BATMAP_COOKIE = 'tdbatmap';
 
+/** Only blktap (creator "tap\0") writes a batmap: other images cost no read for it. */
+const BATMAP_CREATOR = 'tap\0';
+
 /** Alignments writers place the BAT's end and blocks on (besides the sector). */
 export const WRITER_ALIGNMENTS: readonly number[] = [4096, 64 * 1024, 1024 * 1024, 2 * 1024 * 1024];
 
@@ -81,8 +84,10 @@ export async function reservedSpace(s: VhdState, fileSize: number, blocks: Reado
     const r = { start, end: start + bytes, what: `parent locator ${i}'s reserved space` };
     if (clear(r)) out.push(r);
   });
-  const batEnd = roundUp(h.tableOffset + s.bat.length * 4, VHD_SECTOR);
-  for (const r of await batmapRegions(s.storage, batEnd, limit)) if (clear(r)) out.push(r);
+  if (s.footer.creatorApp === BATMAP_CREATOR) {
+    const batEnd = roundUp(h.tableOffset + s.bat.length * 4, VHD_SECTOR);
+    for (const r of await batmapRegions(s.storage, batEnd, limit)) if (clear(r)) out.push(r);
+  }
   return out;
 }
 
