@@ -221,8 +221,8 @@ export const cases = [
   { name: 'truncated-block', expect: 'ERR_IMG_CORRUPT', description: 'the last block is cut in the middle of its data (no footer after it)', bytes: () => { const d = dynamic(); return d.bytes.slice(0, d.blockAt[3] + d.bitmapBytes + 1000); } },
   { name: 'partial-block-bitmap-at-eof', expect: 'ERR_IMG_CORRUPT', description: 'the file ends inside the sector bitmap of its last block', bytes: () => { const d = dynamic({ blockSize: 2 * 1024 * 1024, size: 8 * 1024 * 1024, data: { 0: 1, 2: 2 } }); return d.bytes.slice(0, d.blockAt[2] + 256); } },
   // --- checksums ---
-  { name: 'bad-footer-checksum', expect: 'problem', untrusted: 'ERR_IMG_CORRUPT', description: 'both footer copies carry a wrong checksum (qemu warns and reads on; so do we)', bytes: mutate(dynamic, (b) => { u32(b, 64, 1); u32(b, b.length - 512 + 64, 1); }) },
-  { name: 'bad-footer-copy-checksum', expect: 'problem', description: 'the copy at offset 0 has a wrong checksum: the one at the end is used', bytes: mutate(dynamic, (b) => { b[0x20] ^= 0x40; }) },
+  { name: 'bad-footer-checksum', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'both footer copies carry a wrong checksum (qemu warns and reads on; so do we)', bytes: mutate(dynamic, (b) => { u32(b, 64, 1); u32(b, b.length - 512 + 64, 1); }) },
+  { name: 'bad-footer-copy-checksum', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'the copy at offset 0 has a wrong checksum: the one at the end is used', bytes: mutate(dynamic, (b) => { b[0x20] ^= 0x40; }) },
   { name: 'bad-header-checksum', expect: 'problem', untrusted: 'ERR_IMG_CORRUPT', description: 'the dynamic header checksum is wrong', bytes: mutate(dynamic, (b) => { u32(b, H + 0x24, 0x12345678); }) },
   { name: 'bad-header-cookie', expect: 'ERR_IMG_CORRUPT', description: 'no "cxsparse" at the data offset', bytes: mutate(dynamic, (b) => ascii(b, H, 'cxspars!'), ['header']) },
   { name: 'bad-disk-type', expect: 'ERR_IMG_CORRUPT', description: 'disk type 7', bytes: mutate(dynamic, (b) => { u32(b, 0x3c, 7); u32(b, b.length - 512 + 0x3c, 7); }, ['footers']) },
@@ -293,7 +293,9 @@ export const cases = [
   },
   // --- other ---
   { name: 'coalesce-interrupted', expect: 'ERR_IMG_UNSAFE', description: 'footer cookie "coalesce": a merge into this image was interrupted', bytes: mutate(dynamic, (b) => { ascii(b, 0, 'coalesce'); ascii(b, b.length - 512, 'coalesce'); }, ['footers']) },
-  { name: 'junk-after-footer', expect: 'problem', check: 'leak', description: '4 KiB of junk after the footer (an unfinished block allocation): readable, repairable', bytes: () => { const d = dynamic(); const b = new Uint8Array(d.bytes.length + 4096).fill(0xee); b.set(d.bytes); return b; } },
+  { name: 'boot-signature-footer', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'a fixed disk whose footer ends with the MBR boot signature 0x55AA (a raw disk whose last sector looks like a footer?): qemu reads it as VHD; untrusted opens refuse', bytes: mutate(fixed, (b) => { b[b.length - 2] = 0x55; b[b.length - 1] = 0xaa; }, ['tail']) },
+  { name: 'boot-signature-copy', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', description: 'the footer copy at offset 0 of a dynamic disk ends with 0x55AA (both copies valid and equal)', bytes: mutate(dynamic, (b) => { for (const at of [0, b.length - 512]) { b[at + 510] = 0x55; b[at + 511] = 0xaa; } }, ['footers']) },
+  { name: 'junk-after-footer', expect: 'problem', untrusted: 'ERR_IMG_UNSAFE', check: 'leak', description: '4 KiB of junk after the footer (an unfinished block allocation): readable, repairable', bytes: () => { const d = dynamic(); const b = new Uint8Array(d.bytes.length + 4096).fill(0xee); b.set(d.bytes); return b; } },
   { name: 'valid-dynamic', expect: 'ok', description: 'the unmodified dynamic image every mutation starts from', bytes: () => dynamic().bytes },
   { name: 'valid-fixed', expect: 'ok', description: 'the unmodified fixed image', bytes: () => fixed() },
 ];

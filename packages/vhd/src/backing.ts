@@ -19,10 +19,10 @@ import { writeFooters, writeHeader } from './write-metadata.js';
 
 const CHUNK = 1024 * 1024;
 
-/** Where the file's metadata ends (the first byte a block could use). */
+/** Where the file's metadata and reserved space end (the first byte a block could use). */
 function metadataEnd(s: VhdState): number {
   let end = 0;
-  for (const m of s.metadata) end = Math.max(end, m.end);
+  for (const m of [...s.metadata, ...(s.reserved ?? [])]) end = Math.max(end, m.end);
   return Math.ceil(end / VHD_SECTOR) * VHD_SECTOR;
 }
 

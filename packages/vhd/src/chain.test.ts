@@ -161,8 +161,8 @@ describe('finding parents', () => {
     expect(ImageError.isInstance(e) && e.code).toBe('ERR_IMG_MISMATCH');
     expect(String((e as Error).message)).toMatch(/unique id/);
     const d = await openVhdFile(child, { allowUuidMismatch: true });
-    expect(d.problems.join('\n')).toMatch(/unique id/);
-    expect(d.problems.join('\n')).toMatch(/timestamp mismatch/);
+    expect(d.problems.map((p) => p.message).join('\n')).toMatch(/unique id/);
+    expect(d.problems.map((p) => p.message).join('\n')).toMatch(/timestamp mismatch/);
     await d.close();
   });
 

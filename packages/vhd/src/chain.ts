@@ -8,6 +8,7 @@ import { fromVhdTimestamp } from './footer.js';
 import type { VhdDisk } from './image.js';
 import { openVhd, type VhdOpenOptions } from './open.js';
 import { PLATFORM_CODE, baseName, decodeLocatorData, joinPath, locatorToName } from './parent-locator.js';
+import { vhdProblem } from './problems.js';
 import { FORMAT, type VhdState } from './state.js';
 
 /** Default limit on the number of layers in a chain. */
@@ -101,7 +102,7 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
     if (parent.uniqueId !== h.parentUniqueId) {
       const message = `parent ${storage.name} has unique id ${parent.uniqueId}, the child expects ${h.parentUniqueId}`;
       if (options.allowUuidMismatch) {
-        s.problems.push(message);
+        s.problems.push(vhdProblem('parent-uuid-mismatch', 'corruption', message, s.headerOffset + 0x28));
       } else {
         await parent.close();
         mismatch = new ImageError(ERROR_CODES.MISMATCH, `vhd: ${file}: ${message}`, {
@@ -112,7 +113,7 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
     }
     if (parent.footer.timestamp !== h.parentTimestamp) {
       s.problems.push(
-        `parent timestamp mismatch: the child recorded ${fromVhdTimestamp(h.parentTimestamp).toISOString()}, ${storage.name} has ${fromVhdTimestamp(parent.footer.timestamp).toISOString()}`,
+        vhdProblem('parent-timestamp-mismatch', 'info', `parent timestamp mismatch: the child recorded ${fromVhdTimestamp(h.parentTimestamp).toISOString()}, ${storage.name} has ${fromVhdTimestamp(parent.footer.timestamp).toISOString()}`, s.headerOffset + 0x38),
       );
     }
     s.parent = parent;

@@ -71,11 +71,11 @@ describe('geometry', () => {
     expect(chsProduct(g) * 512).toBe(5013504);
     expect(chsProduct(chsForSectors(VHD_MAX_CHS_SECTORS * 2))).toBe(VHD_MAX_CHS_SECTORS);
   });
-  it('sizes like qemu: CHS for vpc/qemu/unknown, current size for win/qem2/d2v/CTXS/tap, maximal CHS always current size', () => {
+  it('sizes like qemu >= 10: CHS for vpc and qemu only, current size for every other creator, maximal CHS always current size', () => {
     const g = { cylinders: 10, heads: 4, sectorsPerTrack: 17 };
     const cur = 1_000_000;
-    for (const app of ['vpc ', 'qemu', 'abcd']) expect(vhdVirtualSize(app, g, cur)).toBe(680 * 512);
-    for (const app of ['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0']) expect(vhdVirtualSize(app, g, cur)).toBe(999_936);
+    for (const app of ['vpc ', 'qemu']) expect(vhdVirtualSize(app, g, cur)).toBe(680 * 512);
+    for (const app of ['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0', 'caml', 'mkim', 'vs  ', 'xen ', 'wa\0\0', 'abcd', 'VPC ', 'qemU']) expect(vhdVirtualSize(app, g, cur)).toBe(999_936);
     expect(vhdVirtualSize('vpc ', { cylinders: 65535, heads: 16, sectorsPerTrack: 255 }, cur)).toBe(999_936);
     expect(vhdVirtualSize('vpc ', g, cur, 'current-size')).toBe(999_936);
     expect(vhdVirtualSize('win ', g, cur, 'chs')).toBe(680 * 512);

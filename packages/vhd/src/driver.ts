@@ -5,7 +5,7 @@ import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
 import { VhdDisk } from './image.js';
-import { openVhd } from './open.js';
+import { openVhd, vhdOpenOptionsFrom } from './open.js';
 import { isAbsolutePath } from './parent-locator.js';
 import { readVhdStream } from './read-stream.js';
 import { createVhdStream, vhdStreamOptionsFrom } from './stream.js';
@@ -63,7 +63,7 @@ export const vhdDriver: FormatDriver = {
   name: 'vhd',
   aliases: ['vpc'],
   probe: probeVhd,
-  open: (storage, options) => openVhd(storage, options),
+  open: async (storage, options) => openVhd(storage, vhdOpenOptionsFrom(options ?? {})),
   create,
   check: (storage, options) => checkVhd(storage, options),
   stream: async (source, options) => createVhdStream(source, vhdStreamOptionsFrom(options)),

@@ -1,6 +1,6 @@
 /**
- * CHS geometry (spec, Appendix "CHS Calculation") and the rules qemu uses
- * to decide whether a VHD's size is its CHS product or its current size.
+ * CHS geometry (spec, Appendix "CHS Calculation") and the rule that decides
+ * whether a VHD's size is its CHS product or its current size.
  */
 
 /** Sector size of every VHD structure and of the virtual disk. */
@@ -71,26 +71,52 @@ export function chsRoundUp(totalSectors: number): VhdGeometry {
 }
 
 /**
- * Creator applications whose images are sized by the footer's current
- * size (qemu's list: Hyper-V, qemu with force_size, disk2vhd, XenConverter,
- * XenServer's tapdisk). Every other creator (Virtual PC's "vpc ", "qemu",
- * anything unknown) is sized by its CHS geometry, unless the geometry is
- * the maximal one.
+ * Creator applications whose images are sized by their CHS geometry:
+ * Virtual PC ("vpc ") and qemu before force_size ("qemu"). Every other
+ * creator, known or not, is sized by the footer's current size, as the
+ * spec says and as libvhdi, dissect.hypervisor and qemu >= 10.0 read it
+ * (qemu 7.2 still had the opposite default: a list of current-size
+ * creators, CHS for the rest).
  */
-export const CURRENT_SIZE_CREATORS: readonly string[] = ['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0'];
+export const CHS_CREATORS: readonly string[] = ['vpc ', 'qemu'];
 
-/** How the virtual size is derived from the footer. */
+/** How the virtual size is derived from the footer: `auto` applies the creator rule. */
 export type VhdSizeMode = 'auto' | 'chs' | 'current-size';
 
+/** The rule that sized a disk: its CHS product or its current size. */
+export type VhdSizeRule = 'chs' | 'current-size';
+
+/** Which rule sizes a disk, and why (for info). */
+export interface VhdSizeDecision {
+  rule: VhdSizeRule;
+  reason: string;
+}
+
+function quoted(creatorApp: string): string {
+  return JSON.stringify(creatorApp);
+}
+
 /**
- * The virtual size in bytes, exactly as qemu computes it: the CHS product
- * for CHS creators, otherwise (or for the maximal geometry, or when
- * forced) the current size rounded down to a sector.
+ * Decides how a footer sizes its disk: the maximal geometry 65535/16/255
+ * always means current size (its CHS product cannot be meant); otherwise
+ * a forced mode wins; otherwise CHS for Virtual PC and old qemu, current
+ * size for every other creator.
+ */
+export function vhdSizeRule(creatorApp: string, geometry: VhdGeometry, mode: VhdSizeMode = 'auto'): VhdSizeDecision {
+  if (isMaxGeometry(geometry)) return { rule: 'current-size', reason: 'the geometry is the maximal 65535/16/255, which always means the current size' };
+  if (mode === 'chs') return { rule: 'chs', reason: 'forced by force_size_calc=chs' };
+  if (mode === 'current-size') return { rule: 'current-size', reason: 'forced by force_size_calc=current_size' };
+  if (CHS_CREATORS.includes(creatorApp)) {
+    return { rule: 'chs', reason: `creator ${quoted(creatorApp)} (${creatorApp === 'vpc ' ? 'Virtual PC' : 'qemu without force_size'}) sizes disks by their CHS geometry` };
+  }
+  return { rule: 'current-size', reason: `creator ${quoted(creatorApp)} is sized by the footer's current size (every creator but "vpc " and "qemu", as qemu >= 10.0)` };
+}
+
+/**
+ * The virtual size in bytes: the CHS product when the rule says CHS,
+ * otherwise the current size rounded down to a sector.
  */
 export function vhdVirtualSize(creatorApp: string, geometry: VhdGeometry, currentSize: number, mode: VhdSizeMode = 'auto'): number {
-  const chs = chsProduct(geometry);
-  let useChs = !CURRENT_SIZE_CREATORS.includes(creatorApp);
-  if (mode === 'chs') useChs = true;
-  if (mode === 'current-size' || isMaxGeometry(geometry)) useChs = false;
-  return useChs ? chs * VHD_SECTOR : Math.floor(currentSize / VHD_SECTOR) * VHD_SECTOR;
+  const { rule } = vhdSizeRule(creatorApp, geometry, mode);
+  return rule === 'chs' ? chsProduct(geometry) * VHD_SECTOR : Math.floor(currentSize / VHD_SECTOR) * VHD_SECTOR;
 }

@@ -25,6 +25,7 @@ import { allBitsSet, bitRuns, setBits } from './bitmap.js';
 import { serializeFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import { FORMAT, type VhdState } from './state.js';
+import type { VhdProblem } from './problems.js';
 import { extentRuns } from './extents.js';
 import { vhdInfo } from './info.js';
 import { resizeVhd } from './resize.js';
@@ -104,7 +105,7 @@ export class VhdDisk implements Disk {
     return this._state.parent;
   }
   /** Problems seen while opening that did not prevent it (footer copy mismatch, checksums, parent timestamp, what a crash left: see checkVhd). */
-  get problems(): readonly string[] {
+  get problems(): readonly VhdProblem[] {
     const r = this._state.repairable;
     return r && r.length ? [...this._state.problems, ...r] : this._state.problems;
   }

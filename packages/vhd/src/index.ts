@@ -1,8 +1,9 @@
 export { VhdDisk, type VhdSectorLocation } from './image.js';
-export { openVhd, type VhdOpenOptions } from './open.js';
+export { openVhd, vhdOpenOptionsFrom, type VhdOpenOptions } from './open.js';
+export { vhdProblem, type VhdProblem, type VhdProblemCode, type VhdProblemSeverity } from './problems.js';
 export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions, type VhdParentSpec } from './create.js';
 export { openVhdChain, vhdChainLayers, parentCandidates, DEFAULT_MAX_CHAIN_DEPTH, type VhdChainOptions } from './chain.js';
-export { checkVhd, type VhdCheckOptions } from './check.js';
+export { checkVhd, type VhdCheckOptions, type VhdCheckResult } from './check.js';
 export { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';
 export { vhdDriver, probeVhd } from './driver.js';
 export * from './footer.js';

@@ -99,7 +99,8 @@ describe('checkVhd', () => {
     patch(f, 1536, [0x00, 0xff, 0xff, 0x00]); // block 0 past the end
     const r = await check(f);
     expect(r.corruptions).toBe(1);
-    expect(r.messages.join()).toMatch(/BAT entry 0 points past the end of the file/);
+    expect(r.messages.join()).toMatch(/BAT entry 0 at 0x600 points past the end of the file/);
+    expect(r.problems.filter((p) => p.severity === 'corruption').map((p) => [p.code, p.offset])).toEqual([['bat-entry-outside', 0x600]]);
     await expect(openVhdFile(f)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
     await check(f, 'all');
     expect((await check(f)).corruptions).toBe(0);
@@ -327,7 +328,7 @@ describe('parents in check and after coalesce', () => {
     await ok.close();
     await coalesceVhdFile(c1);
     const after = await openVhdFile(c2);
-    expect(after.problems.join()).toMatch(/parent timestamp mismatch/);
+    expect(after.problems.map((p) => p.message).join()).toMatch(/parent timestamp mismatch/);
     await after.close();
     // A different image under the parent's name: check reports it.
     const impostor = await createVhdFile(base, { size: 1 << 20 });

@@ -3,12 +3,13 @@
  * read the dynamic header and the BAT, and validate every size, count and
  * offset against the file size before anything is allocated or looped over.
  */
-import { ImageError, corrupt, hex, readOnlyError, readU32Be, unsafe, type OpenOptions, type Storage } from '@img/block';
+import { ImageError, corrupt, hex, invalidArg, readOnlyError, readU32Be, unsafe, wrongFormat, type OpenOptions, type Storage } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, parseBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { openParent } from './chain.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
 import {
+  CHECKSUM_OFFSET,
   COALESCE_COOKIE,
   FOOTER_COOKIE,
   FOOTER_SIZE,
@@ -21,6 +22,8 @@ import {
 import { VHD_MAX_SIZE, VHD_SECTOR, vhdVirtualSize, type VhdSizeMode } from './geometry.js';
 import { VhdDisk } from './image.js';
 import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
+import { vhdProblem, type VhdProblem } from './problems.js';
+import { blockAlignment, isWriterPadding, reservedSpace } from './reserved-space.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
 
 /** Largest block size an untrusted open accepts (the largest any known writer uses). */
@@ -29,9 +32,12 @@ export const UNTRUSTED_MAX_BLOCK_SIZE = 2 * 1024 * 1024;
 /** Options of openVhd: the generic OpenOptions plus VHD's own. */
 export interface VhdOpenOptions extends OpenOptions {
   /**
-   * How to derive the virtual size: `auto` (default) as qemu does, from the
-   * creator application; `chs` or `current-size` to force one (qemu's
-   * force_size_calc). The maximal CHS geometry always means current size.
+   * How to derive the virtual size: `auto` (default) from the creator
+   * application (CHS for "vpc " and "qemu", the current size for every
+   * other creator, as qemu >= 10.0); `chs` or `current-size` to force one
+   * (qemu's vpc option force_size_calc, which the driver also takes as
+   * `force_size_calc: 'chs' | 'current_size'`). The maximal CHS geometry
+   * always means current size.
    */
   sizeMode?: VhdSizeMode;
   /** Open a parent whose unique id differs from the child's parent id (recorded as a problem). */
@@ -45,8 +51,6 @@ export interface VhdOpenOptions extends OpenOptions {
   allowCoalescing?: boolean;
   /** Open the parent writable (coalesce does; `backingWritable` is the generic name). */
   writableParent?: boolean;
-  /** @internal check(): collect bad BAT entries here instead of refusing the image. */
-  _batProblems?: Array<{ index: number; message: string }>;
 }
 
 interface FooterCopy {
@@ -74,17 +78,60 @@ function typeOf(c: FooterCopy): number {
   return readU32Be(c.bytes, 0x3c);
 }
 
+const SIZE_MODES: readonly VhdSizeMode[] = ['auto', 'chs', 'current-size'];
+
+/**
+ * Open options as the CLI gives them: qemu's vpc option
+ * `force_size_calc=chs|current_size` becomes `sizeMode`; typed keys pass
+ * through. An unknown force_size_calc value is ERR_IMG_INVALID_ARG.
+ *
+ * @example
+ * ```ts
+ * await openVhd(storage, vhdOpenOptionsFrom({ force_size_calc: 'current_size' }));
+ * ```
+ */
+export function vhdOpenOptionsFrom(options: VhdOpenOptions | (OpenOptions & { force_size_calc?: unknown })): VhdOpenOptions {
+  const { force_size_calc: force, ...rest } = options as OpenOptions & { force_size_calc?: unknown };
+  if (force === undefined) return rest as VhdOpenOptions;
+  if (force !== 'chs' && force !== 'current_size') {
+    throw invalidArg(FORMAT, `force_size_calc must be chs or current_size, not ${JSON.stringify(force)}`, { field: 'force_size_calc', actual: force });
+  }
+  return { ...(rest as VhdOpenOptions), sizeMode: force === 'chs' ? 'chs' : 'current-size' };
+}
+
+/** Bytes 510-511 of a footer-sized sector: the MBR boot signature 0x55AA there suggests a boot sector, not a footer (a footer's reserved bytes are zeros). */
+function hasBootSignature(c: FooterCopy): boolean {
+  return c.bytes[510] === 0x55 && c.bytes[511] === 0xaa;
+}
+
+/** Is the footer cookie anywhere a reader could look: the first sector, or the last two (a cut or old footer)? */
+async function cookieAnywhere(storage: Storage, fileSize: number): Promise<boolean> {
+  const find = (bytes: Uint8Array) => {
+    for (let i = 0; i + 8 <= bytes.length; i++) {
+      const c = readCookie(bytes, i);
+      if (c === FOOTER_COOKIE || c === COALESCE_COOKIE) return true;
+    }
+    return false;
+  };
+  const start = Math.max(0, fileSize - 2 * FOOTER_SIZE);
+  return find(await storage.read(0, Math.min(fileSize, FOOTER_SIZE))) || find(await storage.read(start, fileSize - start));
+}
+
+function describeCopy(c: FooterCopy, fileSize: number): string {
+  return c.offset === 0 ? 'the footer copy at offset 0' : c.offset >= fileSize - FOOTER_SIZE ? `the footer at ${hex(c.offset)} (the end of the file)` : `the footer at ${hex(c.offset)}`;
+}
+
 /**
  * Reads the footer and layout of a VHD into a VhdState (no parent yet).
- * Exported for check and coalesce.
+ * Exported for check and coalesce; check passes `batProblems` to collect
+ * bad BAT entries (treated as unallocated) instead of refusing the image.
  */
-export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = {}): Promise<VhdState> {
+export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = {}, batProblems?: VhdProblem[]): Promise<VhdState> {
   const file = storage.name;
   const fileSize = await storage.size();
-  if (fileSize < FOOTER_SIZE - 1) throw corrupt(FORMAT, file, `file is too small for a VHD footer (${fileSize} bytes)`, { field: 'footer' });
-  const tail = await readCopy(storage, fileSize - FOOTER_SIZE, FOOTER_SIZE);
+  const tail = fileSize >= FOOTER_SIZE ? await readCopy(storage, fileSize - FOOTER_SIZE, FOOTER_SIZE) : undefined;
   const head = fileSize >= FOOTER_SIZE * 2 ? await readCopy(storage, 0, FOOTER_SIZE) : undefined;
-  const problems: string[] = [];
+  const problems: VhdProblem[] = [];
   const good = (c: FooterCopy | undefined): c is FooterCopy => isCookie(c) && c.checksumOk;
   const sparse = (c: FooterCopy) => typeOf(c) === 3 || typeOf(c) === 4;
 
@@ -93,7 +140,7 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
   if (good(tail) && typeOf(tail) === 2) chosen = tail;
   else if (good(head) && sparse(head)) chosen = head;
   else if (good(tail) && sparse(tail)) chosen = tail;
-  if (!chosen) {
+  if (!chosen && fileSize >= FOOTER_SIZE - 1) {
     const short = await readCopy(storage, fileSize - (FOOTER_SIZE - 1), FOOTER_SIZE - 1);
     if (good(short) && typeOf(short) === 2) {
       chosen = short;
@@ -101,15 +148,31 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     }
   }
   if (!chosen) {
-    // A cookie without a good checksum: qemu warns and goes on; so do we.
+    // A cookie without a good checksum: qemu warns and goes on; so do we (untrusted opens refuse below).
     if (isCookie(tail) && typeOf(tail) === 2) chosen = tail;
     else if (isCookie(head) && sparse(head)) chosen = head;
     else if (isCookie(tail)) chosen = tail;
-    if (!chosen) throw corrupt(FORMAT, file, 'no VHD footer ("conectix") at offset 0 or at the end of the file', { field: 'footer cookie', offset: Math.max(0, fileSize - FOOTER_SIZE) });
-    if (options.untrusted) {
-      throw corrupt(FORMAT, file, `footer checksum at ${hex(chosen.offset + 64)} is wrong (untrusted opens need a valid footer)`, { field: 'footer checksum', offset: chosen.offset + 64 });
+    if (!chosen) {
+      if (!(await cookieAnywhere(storage, fileSize))) throw wrongFormat(FORMAT, file, undefined, { field: 'footer cookie', offset: Math.max(0, fileSize - FOOTER_SIZE) });
+      throw corrupt(FORMAT, file, `no usable VHD footer at offset 0 or at the end of the file (${fileSize} bytes), though the "conectix" cookie is there`, {
+        field: 'footer cookie',
+        offset: Math.max(0, fileSize - FOOTER_SIZE),
+      });
     }
-    problems.push(`footer checksum at ${hex(chosen.offset)} is wrong`);
+    const at = chosen.offset + CHECKSUM_OFFSET;
+    if (!chosen.checksumOk) {
+      if (options.untrusted) {
+        throw unsafe(FORMAT, file, `footer checksum at ${hex(at)} is wrong, and untrusted opens need a valid footer`, { field: 'footer checksum', offset: at });
+      }
+      problems.push(vhdProblem('footer-checksum', 'corruption', `footer checksum at ${hex(at)} is wrong`, at));
+    }
+  }
+  for (const c of [chosen, chosen === head ? tail : head]) {
+    if (!c || !isCookie(c) || !hasBootSignature(c)) continue;
+    if (c !== chosen && typeOf(chosen) === 2) continue; // a fixed disk's first sector is guest data
+    const message = `${describeCopy(c, fileSize)} carries the MBR boot signature 0x55AA at ${hex(c.offset + 510)}, so it may be a raw disk's boot sector that looks like a footer`;
+    if (options.untrusted) throw unsafe(FORMAT, file, `${message}; untrusted opens refuse it`, { field: 'footer reserved', offset: c.offset + 510 });
+    problems.push(vhdProblem('footer-boot-signature', 'corruption', message, c.offset + 510));
   }
   let footer: VhdFooter;
   try {
@@ -127,29 +190,43 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
       offset: chosen.offset,
     });
   }
-  const repairable: string[] = [];
+  const repairable: VhdProblem[] = [];
   let tailMissing = false;
+  let refusal: ImageError | undefined;
   if (type !== 'fixed') {
     // Both copies should be present and equal (up to the cookie while coalescing).
     const other = chosen === head ? tail : head;
     const where = chosen === head ? 'at the end of the file' : 'at offset 0';
+    const otherAt = chosen === head ? fileSize - FOOTER_SIZE : 0;
+    if (options.untrusted && (!good(other) || !sameFooter(other.bytes, chosen.bytes) || other.cookie !== chosen.cookie)) {
+      // Thrown once the layout is known to be sound otherwise (a broken layout is ERR_IMG_CORRUPT first).
+      const why = good(other) ? `differs from the one at ${hex(chosen.offset)}` : 'is missing or invalid';
+      refusal = unsafe(FORMAT, file, `the footer copy ${where} (${hex(otherAt)}) ${why}, and untrusted opens refuse to choose between them`, { field: 'footer', offset: otherAt });
+    }
     if (!good(other)) {
       // No footer at all at the end, behind a valid copy at offset 0: decided once the layout is known.
       if (chosen === head && !isCookie(tail)) tailMissing = true;
-      else problems.push(`footer copy ${where} is missing or invalid`);
+      else problems.push(vhdProblem('footer-copy-invalid', 'corruption', `footer copy ${where} is missing or invalid`, otherAt));
     } else if (!sameFooter(other.bytes, chosen.bytes)) {
       if (sameLayout(other.bytes, chosen.bytes)) {
-        repairable.push(`footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`);
+        repairable.push(
+          vhdProblem(
+            'footer-copy-stale',
+            'leak',
+            `footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`,
+            otherAt,
+          ),
+        );
       } else {
-        if (options.untrusted) {
-          throw corrupt(FORMAT, file, 'the footer copies at offset 0 and at the end of the file describe different disks (untrusted opens refuse to choose)', { field: 'footer', offset: 0 });
-        }
-        problems.push(`footer copies at offset 0 and at the end of the file differ`);
+        problems.push(vhdProblem('footer-copies-differ', 'corruption', 'footer copies at offset 0 and at the end of the file differ', otherAt));
       }
     }
   }
 
   const sizeMode = options.sizeMode ?? 'auto';
+  if (!SIZE_MODES.includes(sizeMode)) {
+    throw invalidArg(FORMAT, `sizeMode must be auto, chs or current-size, not ${JSON.stringify(sizeMode)}`, { field: 'sizeMode', actual: sizeMode });
+  }
   const size = vhdVirtualSize(footer.creatorApp, footer.geometry, footer.currentSize, sizeMode);
   if (size > VHD_MAX_SIZE) {
     throw corrupt(FORMAT, file, `disk size ${size} is larger than the VHD maximum of 2040 GiB`, { field: 'current size', offset: chosen.offset + 0x30, actual: size });
@@ -179,14 +256,22 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     }
     return state;
   }
-  await readDynamic(state, fileSize, options);
+  await readDynamic(state, fileSize, options, good(tail), batProblems);
+  if (refusal) throw refusal;
   if (tailMissing) {
     // A crash while a block was being added at the end of the file: the block
     // (unreferenced) may have landed but the footer behind it did not.
     if (fileSize >= state.nextFree + FOOTER_SIZE) {
-      repairable.push(`no footer at the end of the file: an unfinished block allocation after the last block (repair writes the footer at ${hex(state.nextFree)} and cuts what follows)`);
+      repairable.push(
+        vhdProblem(
+          'unfinished-allocation',
+          'leak',
+          `no footer at the end of the file: an unfinished block allocation after the last block (repair writes the footer at ${hex(state.nextFree)} and cuts what follows)`,
+          state.nextFree,
+        ),
+      );
     } else {
-      problems.push('footer copy at the end of the file is missing or invalid');
+      problems.push(vhdProblem('footer-copy-invalid', 'corruption', 'footer copy at the end of the file is missing or invalid', Math.max(0, fileSize - FOOTER_SIZE)));
     }
   }
   return state;
@@ -205,7 +290,7 @@ function sameFooter(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOptions): Promise<void> {
+async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOptions, tailFooterValid: boolean, batProblems: VhdProblem[] | undefined): Promise<void> {
   const file = s.storage.name;
   const f = s.footer;
   const dataOffset = f.dataOffset;
@@ -222,7 +307,7 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   if (h.cookie !== DYNAMIC_HEADER_COOKIE) throw corrupt(FORMAT, file, `no dynamic disk header ("cxsparse") at ${hex(at)}`, { field: 'dynamic header cookie', offset: at });
   if (dynamicHeaderChecksum(hb) !== h.checksum) {
     if (options.untrusted) throw corrupt(FORMAT, file, `dynamic header checksum at ${hex(at + 0x24)} is wrong`, { field: 'dynamic header checksum', offset: at + 0x24 });
-    s.problems.push(`dynamic header checksum at ${hex(at + 0x24)} is wrong`);
+    s.problems.push(vhdProblem('header-checksum', 'corruption', `dynamic header checksum at ${hex(at + 0x24)} is wrong`, at + 0x24));
   }
   const bs = h.blockSize;
   if (bs < VHD_SECTOR || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0) {
@@ -267,7 +352,7 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (l.platformDataLength > MAX_LOCATOR_DATA || !Number.isSafeInteger(end) || end > fileSize || l.platformDataOffset < VHD_SECTOR) {
       const message = `parent locator ${i} (${l.platformCode}) data at ${hex(l.platformDataOffset)}+${l.platformDataLength} lies outside the file`;
       if (options.untrusted) throw corrupt(FORMAT, file, message, { field: `parent locator ${i}`, offset: at + 0x240 + i * 24 });
-      s.problems.push(message);
+      s.problems.push(vhdProblem('locator-outside', 'corruption', message, at + 0x240 + i * 24));
       return;
     }
     const start = l.platformDataOffset;
@@ -285,19 +370,19 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (e === BAT_UNUSED) continue;
     const start = e * VHD_SECTOR;
     const batAt = h.tableOffset + i * 4;
-    let problem: ImageError | undefined;
+    let problem: VhdProblem | undefined;
     if (start + span > fileSize) {
-      problem = corrupt(FORMAT, file, `BAT entry ${i} points past the end of the file (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      problem = vhdProblem('bat-entry-outside', 'corruption', `BAT entry ${i} at ${hex(batAt)} points past the end of the file (${hex(start)})`, batAt);
     }
     for (const m of metadata) {
       if (!problem && overlaps({ start, end: start + span }, m)) {
-        problem = corrupt(FORMAT, file, `BAT entry ${i} points into ${m.what} (${hex(start)})`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+        problem = vhdProblem('bat-entry-in-metadata', 'corruption', `BAT entry ${i} at ${hex(batAt)} points into ${m.what} (${hex(start)})`, batAt);
       }
     }
     if (problem) {
       // check() collects every bad entry and treats it as unallocated; open refuses.
-      if (!options._batProblems) throw problem;
-      options._batProblems.push({ index: i, message: problem.message.replace(/^vhd: [^:]*: /, '') });
+      if (!batProblems) throw corrupt(FORMAT, file, problem.message, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      batProblems.push(problem);
       s.bat[i] = BAT_UNUSED;
       continue;
     }
@@ -309,8 +394,9 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     const a = blocks[k - 1]!;
     const b = blocks[k]!;
     if (a.start + span > b.start) {
-      if (options._batProblems) {
-        options._batProblems.push({ index: b.index, message: `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})` });
+      if (batProblems) {
+        const batAt = h.tableOffset + b.index * 4;
+        batProblems.push(vhdProblem('bat-entries-overlap', 'corruption', `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, batAt));
         continue;
       }
       throw corrupt(FORMAT, file, `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, {
@@ -318,6 +404,15 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
         offset: h.tableOffset + b.index * 4,
       });
     }
+  }
+  // Space a writer reserved (locator space, blktap's batmap) is never allocated over.
+  s.reserved = await reservedSpace(s, fileSize, blocks.map((b) => ({ start: b.start, end: b.start + span })));
+  for (const r of s.reserved) nextFree = Math.max(nextFree, r.end);
+  // A footer behind alignment padding (a BAT padded to 2 MiB, blocks aligned) stays where its writer put it.
+  const tailAt = fileSize - FOOTER_SIZE;
+  if (tailFooterValid && tailAt > nextFree) {
+    const alignment = blockAlignment(blocks.map((b) => b.start), s.bitmapBytes);
+    if (isWriterPadding({ start: nextFree, end: tailAt }, { beforeFirstBlock: blocks.length === 0, nextIsBlock: false, blockSpan: span, ...alignment })) nextFree = tailAt;
   }
   s.nextFree = nextFree;
 }

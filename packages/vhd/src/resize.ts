@@ -12,9 +12,10 @@
 import { invalidArg, unsupported } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
-import { CURRENT_SIZE_CREATORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry } from './geometry.js';
+import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry, vhdSizeRule } from './geometry.js';
 import type { VhdDisk } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
+import { locatorSpaceBytes } from './reserved-space.js';
 import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
 
 const COPY_CHUNK = 4 * 1024 * 1024;
@@ -36,7 +37,7 @@ async function copyWithin(s: VhdState, from: number, to: number, length: number)
 function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   const f = { ...s.footer };
   const sectors = newSize / VHD_SECTOR;
-  const byCurrentSize = s.sizeMode === 'current-size' || CURRENT_SIZE_CREATORS.includes(f.creatorApp) || isMaxGeometry(f.geometry);
+  const byCurrentSize = vhdSizeRule(f.creatorApp, f.geometry, s.sizeMode).rule === 'current-size';
   if (byCurrentSize) {
     if (!isMaxGeometry(f.geometry)) f.geometry = chsForSectors(sectors);
   } else {
@@ -136,10 +137,12 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
     await s.storage.flush();
     s.bat[i] = to / VHD_SECTOR;
   }
-  // Parent locator data in the way moves too (its entry points at the copy).
+  // Parent locator data in the way moves too (its entry points at the copy), and so does
+  // space a locator entry only reserves (Hyper-V, vhd-util), so that no later writer puts
+  // a locator into the grown BAT.
   for (const l of h.parentLocators) {
-    if (l.platformDataLength === 0) continue;
-    const space = Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR;
+    const space = Math.max(Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, locatorSpaceBytes(l.platformDataSpace));
+    if (space === 0 || l.platformDataOffset < VHD_SECTOR) continue;
     if (!inTheWay(l.platformDataOffset, l.platformDataOffset + space)) continue;
     const to = Math.max(s.nextFree, newEnd);
     await copyWithin(s, l.platformDataOffset, to, space);
@@ -152,6 +155,8 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
     if (meta) {
       meta.start = to;
       meta.end = to + space;
+    } else {
+      s.reserved = [...(s.reserved ?? []), { start: to, end: to + space, what: 'reserved parent locator space' }];
     }
     await writeHeader(s);
     await s.storage.flush();
@@ -168,4 +173,6 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
   s.bat = bat;
   const meta = s.metadata.find((m) => m.what === 'the BAT');
   if (meta) meta.end = newEnd;
+  // What the BAT grew over is no longer reserved (blktap's batmap header right behind it, for one).
+  s.reserved = (s.reserved ?? []).filter((r) => !inTheWay(r.start, r.end));
 }

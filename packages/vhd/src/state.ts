@@ -6,6 +6,7 @@ import type { Disk, Resolver, Storage } from '@img/block';
 import type { VhdDynamicHeader } from './dynamic-header.js';
 import type { VhdFooter, VhdType } from './footer.js';
 import type { VhdSizeMode } from './geometry.js';
+import type { VhdProblem } from './problems.js';
 
 /** The format name in messages and ImageError data. */
 export const FORMAT = 'vhd';
@@ -17,7 +18,7 @@ export interface VhdState {
   storage: Storage;
   type: VhdType;
   footer: VhdFooter;
-  /** How the virtual size was derived. */
+  /** The size mode asked for at open (auto: the creator rule). */
   sizeMode: VhdSizeMode;
   size: number;
   /** Fixed disks: where the footer lives (end of the data area). */
@@ -35,14 +36,20 @@ export interface VhdState {
   nextFree: number;
   /** Metadata ranges (footer copy, header, BAT, locator data), [start, end). */
   metadata: Array<{ start: number; end: number; what: string }>;
+  /**
+   * Space the image reserves without using it yet: parent locator space
+   * beyond its data (also in dynamic disks, as Hyper-V and vhd-util
+   * reserve it), blktap's batmap. Never allocated over, never cut.
+   */
+  reserved?: Array<{ start: number; end: number; what: string }>;
   /** Problems found while opening that did not stop it (footer copies, checksums, timestamps). */
-  problems: string[];
+  problems: VhdProblem[];
   /**
    * Harmless states a crash leaves behind (an unfinished block allocation
    * at the end of the file, a stale footer copy): readable as they are,
    * counted by check as leaks and fixed by its repair.
    */
-  repairable?: string[];
+  repairable?: VhdProblem[];
   /** Set while a coalesce into this image is in progress (COALESCE_COOKIE on disk). */
   coalescing: boolean;
   parent?: Disk;

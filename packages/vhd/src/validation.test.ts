@@ -50,12 +50,12 @@ describe('validation of untrusted metadata', () => {
   it('a BAT entry past the end of the file', async () => {
     const e = await openError(edit(DYN, (b) => u32(b, 1536 + 4, 0x00ffffff)));
     expect(e.code).toBe('ERR_IMG_CORRUPT');
-    expect(e.message).toBe('vhd: x.vhd: BAT entry 1 points past the end of the file (0x1fffffe00)');
+    expect(e.message).toBe('vhd: x.vhd: BAT entry 1 at 0x604 points past the end of the file (0x1fffffe00)');
     expect(e.data.offset).toBe(1536 + 4);
   });
   it('a BAT entry pointing into the BAT or the header', async () => {
     const e = await openError(edit(DYN, (b) => u32(b, 1536 + 8, 3)));
-    expect(e.message).toMatch(/BAT entry 2 points into the (BAT|dynamic header)/);
+    expect(e.message).toMatch(/BAT entry 2 at 0x608 points into the (BAT|dynamic header)/);
   });
   it('two BAT entries sharing a block', async () => {
     const b = DYN.slice();
@@ -93,9 +93,20 @@ describe('validation of untrusted metadata', () => {
     const e = await openError(edit(FIXED, (b) => (u32(b, b.length - 512 + 0x38, 0x0fff0411), u32(b, b.length - 512 + 64, vhdChecksum(b.subarray(b.length - 512), 64)))));
     expect(e.message).toMatch(/does not fit/);
   });
-  it('no footer at all, or a tiny file', async () => {
-    expect((await openError(MemoryStorage.from(new Uint8Array(4096), { name: 'x.vhd' }))).message).toMatch(/no VHD footer/);
-    expect((await openError(MemoryStorage.from(new Uint8Array(10), { name: 'x.vhd' }))).message).toMatch(/too small/);
+  it('no "conectix" anywhere (zeros, a tiny file, a qcow2 file): not a vhd image, ERR_IMG_WRONG_FORMAT', async () => {
+    const qcow2 = new Uint8Array(4096);
+    qcow2.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    for (const bytes of [new Uint8Array(4096), new Uint8Array(10), new Uint8Array(0), qcow2]) {
+      const e = await openError(MemoryStorage.from(bytes, { name: 'x.vhd' }));
+      expect([e.code, e.message]).toEqual(['ERR_IMG_WRONG_FORMAT', 'vhd: x.vhd: not a vhd image']);
+    }
+  });
+  it('the cookie with bad fields stays ERR_IMG_CORRUPT', async () => {
+    // A fixed footer whose disk type is 9, and a cookie at offset 0 of a file too short for anything.
+    const bad = edit(FIXED, (b) => (u32(b, b.length - 512 + 0x3c, 9), u32(b, b.length - 512 + 64, vhdChecksum(b.subarray(b.length - 512), 64))));
+    expect((await openError(bad)).code).toBe('ERR_IMG_CORRUPT');
+    const cut = DYN.slice(0, 700);
+    expect((await openError(MemoryStorage.from(cut, { name: 'x.vhd' }))).code).toBe('ERR_IMG_CORRUPT');
   });
   it('a bad dynamic header cookie', async () => {
     const e = await openError(edit(DYN, (b) => (b[512] = 0x58)));
@@ -107,17 +118,18 @@ describe('footer copies', () => {
   it('a damaged copy at offset 0: the copy at the end is used and the mismatch reported', async () => {
     const disk = await openVhd(edit(DYN, (b) => (b[0x30] = b[0x30]! ^ 1)));
     expect(disk.size).toBe(5013504);
-    expect(disk.problems.join()).toMatch(/footer copy at offset 0 is missing or invalid/);
+    expect(disk.problems.map((p) => p.message).join()).toMatch(/footer copy at offset 0 is missing or invalid/);
+    expect(disk.problems.map((p) => [p.code, p.offset])).toEqual([['footer-copy-invalid', 0]]);
     expect((await disk.info()).formatSpecific!['footer-mismatch']).toBeDefined();
   });
   it('a missing copy at the end (truncated after the last block): reported, still readable', async () => {
     const disk = await openVhd(MemoryStorage.from(DYN.slice(0, DYN.length - 512), { name: 'x.vhd' }));
-    expect(disk.problems.join()).toMatch(/at the end of the file is missing/);
+    expect(disk.problems.map((p) => p.message).join()).toMatch(/at the end of the file is missing/);
     expect((await disk.read(2 * 1024 * 1024, 1))[0]).toBe(0x11);
   });
   it('a bad checksum on both copies still opens (as qemu), and says so', async () => {
     const disk = await openVhd(edit(DYN, (b) => (u32(b, 64, 1), u32(b, b.length - 512 + 64, 1))));
-    expect(disk.problems.join()).toMatch(/checksum/);
+    expect(disk.problems.map((p) => p.code)).toContain('footer-checksum');
   });
   it('an old 511-byte footer on a fixed disk', async () => {
     const b = FIXED.slice(0, FIXED.length - 1);
