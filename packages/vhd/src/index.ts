@@ -1,6 +1,6 @@
 export { VhdDisk, type VhdSectorLocation } from './image.js';
 export { openVhd, type VhdOpenOptions } from './open.js';
-export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions, type VhdParentSpec } from './create.js';
+export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, type VhdCreateOptions, type VhdParentSpec } from './create.js';
 export { openVhdChain, vhdChainLayers, parentCandidates, DEFAULT_MAX_CHAIN_DEPTH, type VhdChainOptions } from './chain.js';
 export { checkVhd, type VhdCheckOptions } from './check.js';
 export { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';
