@@ -110,7 +110,10 @@ export function suggestOptionKey(table: OptionTable, key: string, extra: readonl
   let best: { key: string; d: number } | undefined;
   const candidates = [...table.flatMap((o) => [[o.key, o.key], [o.key, o.name]] as const), ...extra.map((k) => [k, k] as const)];
   for (const [typed, spelt] of candidates) {
-    const d = editDistance(folded, spelt.replace(/[-_]/g, '').toLowerCase());
+    const other = spelt.replace(/[-_]/g, '').toLowerCase();
+    // An abbreviation ("prealloc") or a longer spelling of a key is as good as a near miss.
+    if (folded.length >= 4 && (other.startsWith(folded) || folded.startsWith(other))) return typed;
+    const d = editDistance(folded, other);
     if (!best || d < best.d) best = { key: typed, d };
   }
   return best && best.d <= Math.max(2, Math.floor(folded.length / 4)) ? best.key : undefined;

@@ -147,3 +147,24 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
   const tail = looksLike ? `: it looks like ${looksLike}` : '';
   return new ImageError(ERROR_CODES.WRONG_FORMAT, where(format, file) + `not a ${format} image${tail}`, { data: { format, file, ...(looksLike ? { actual: looksLike } : {}), ...data } });
 }
+
+/**
+ * A file an image names (backing file, parent, external data file) does
+ * not exist: `file` is the image that names it, `name` the name as stored
+ * and `resolved` the path it was looked for at (left out when the same).
+ */
+export function missingFileError(
+  format: string,
+  file: string | undefined,
+  what: string,
+  name: string,
+  resolved?: string,
+  options: { cause?: unknown; data?: ImageErrorData; alsoTried?: readonly string[] } = {},
+): ImageError {
+  const at = resolved !== undefined && resolved !== name ? ` (resolved to ${resolved})` : '';
+  const also = options.alsoTried?.length ? `; also looked for ${options.alsoTried.join(', ')}` : '';
+  return new ImageError(ERROR_CODES.NOT_FOUND, where(format, file) + `${what} "${name}"${at} does not exist${also}`, {
+    cause: options.cause,
+    data: { format, file, field: what, expected: name, ...(resolved !== undefined ? { actual: resolved } : {}), ...options.data },
+  });
+}
