@@ -221,7 +221,7 @@ export async function createQcow2Stream(source: Disk, options: Qcow2StreamOption
  *
  * @example
  * ```ts
- * for await (const chunk of streamQcow2(disk, { cluster_size: '64k' })) process.stdout.write(chunk);
+ * for await (const chunk of streamQcow2(disk, { clusterSize: '64k' })) process.stdout.write(chunk);
  * ```
  */
 export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {}): AsyncGenerator<Uint8Array> {
