@@ -1,9 +1,20 @@
 /** Small helpers shared by format implementations. */
+import { invalidArg } from './errors.js';
 
-/** Throws a RangeError unless `[offset, offset+length)` lies inside a disk of `size` bytes. */
-export function checkDiskRange(format: string, size: number, offset: number, length: number): void {
+/**
+ * Throws ERR_IMG_INVALID_ARG unless `[offset, offset+length)` lies inside a
+ * disk of `size` bytes (offset and length non-negative safe integers).
+ */
+export function checkDiskRange(format: string, size: number, offset: number, length: number, file?: string): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
-    throw new RangeError(`${format}: range ${offset}+${length} is outside the disk (${size} bytes)`);
+    const name = file ? `${file}: ` : '';
+    throw invalidArg(format, `${name}the range at offset ${String(offset)} of length ${String(length)} is outside the disk of ${size} bytes`, {
+      ...(file ? { file } : {}),
+      field: 'offset',
+      offset: typeof offset === 'number' ? offset : undefined,
+      actual: { offset, length },
+      expected: { size },
+    });
   }
 }
 

@@ -2,6 +2,7 @@
  * Disk, Extent and FormatDriver: the shapes every format implements and
  * every tool (sparseCopy, convert, the CLI) relies on.
  */
+import type { OptionTable } from './create-options.js';
 import type { Storage } from './storage.js';
 
 /**
@@ -150,10 +151,29 @@ export interface OpenOptions {
   chain?: readonly string[];
 }
 
+/**
+ * The base of every format's create options (`Qcow2CreateOptions`,
+ * `RawCreateOptions`, ...), which add their own typed, camelCase keys.
+ */
 export interface CreateOptions {
   /** Virtual size in bytes. */
   size: number;
-  /** Format-specific options, as parsed from `-o key=value` (strings) or given typed. */
+}
+
+/**
+ * What a caller that knows only the FormatDriver shape (the registry,
+ * convert) passes to `create()`: the size, the plumbing that opens a
+ * backing file, and format options under their typed (camelCase) keys.
+ * The keys cannot be checked by the compiler here; each driver checks them
+ * against its option table and refuses any it does not declare
+ * (ERR_IMG_INVALID_ARG, "did you mean ...?").
+ */
+export interface DriverCreateOptions extends CreateOptions {
+  backingFile?: string;
+  backingFormat?: string;
+  resolver?: Resolver;
+  formats?: FormatRegistryLike;
+  noBacking?: boolean;
   [key: string]: unknown;
 }
 
@@ -184,9 +204,11 @@ export interface FormatDriver {
    */
   probe(head: Uint8Array, size: number, tail?: Uint8Array): number;
   open(storage: Storage, options?: OpenOptions): Promise<Disk>;
-  create(storage: Storage, options: CreateOptions): Promise<Disk>;
-  /** Keys accepted by create(), with a line of help each, for `-o help`. */
+  create(storage: Storage, options: DriverCreateOptions): Promise<Disk>;
+  /** `-o` names accepted by create(), with a line of help each (derived from `createOptionTable`). */
   readonly createOptions?: Readonly<Record<string, string>>;
+  /** The options create() accepts: typed key, qemu-img's `-o` name, help, parser. */
+  readonly createOptionTable?: OptionTable;
   /** Consistency check (and repair) of an image in `storage`. */
   check?(storage: Storage, options?: CheckOptions): Promise<CheckResult>;
   /** Size a new image of this format would need (qemu-img measure). */

@@ -152,3 +152,24 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
 export function ioError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
   return new ImageError(ERROR_CODES.IO, `${file}: ${message}`, { data: { file, ...data }, cause });
 }
+
+/**
+ * A file an image names (backing file, parent, external data file) does
+ * not exist: `file` is the image that names it, `name` the name as stored
+ * and `resolved` the path it was looked for at (left out when the same).
+ */
+export function missingFileError(
+  format: string,
+  file: string | undefined,
+  what: string,
+  name: string,
+  resolved?: string,
+  options: { cause?: unknown; data?: ImageErrorData; alsoTried?: readonly string[] } = {},
+): ImageError {
+  const at = resolved !== undefined && resolved !== name ? ` (resolved to ${resolved})` : '';
+  const also = options.alsoTried?.length ? `; also looked for ${options.alsoTried.join(', ')}` : '';
+  return new ImageError(ERROR_CODES.NOT_FOUND, where(format, file) + `${what} "${name}"${at} does not exist${also}`, {
+    cause: options.cause,
+    data: { format, file, field: what, expected: name, ...(resolved !== undefined ? { actual: resolved } : {}), ...options.data },
+  });
+}

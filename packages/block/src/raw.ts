@@ -5,6 +5,7 @@
  */
 import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
+import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
 import { ERROR_CODES, ImageError, invalidArg, readOnlyError } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
@@ -36,10 +37,12 @@ export class RawDisk implements Disk {
   #checkWrite(offset: number, length: number): void {
     this.#check();
     if (this.readOnly) throw readOnlyError('raw', this.storage.name);
-    checkDiskRange('raw', this.#size, offset, length);
+    checkDiskRange('raw', this.#size, offset, length, this.storage.name);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#check();
+    checkDiskRange('raw', this.#size, offset, length, this.storage.name);
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
     return out;
@@ -47,7 +50,7 @@ export class RawDisk implements Disk {
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
     this.#check();
-    checkDiskRange('raw', this.#size, offset, target.length);
+    checkDiskRange('raw', this.#size, offset, target.length, this.storage.name);
     const n = await this.storage.readInto(offset, target);
     if (n < target.length) target.fill(0, n);
   }
@@ -147,8 +150,16 @@ export interface RawCreateOptions extends CreateOptions {
   preallocation?: 'off' | 'falloc' | 'full' | string;
 }
 
+/** The options createRaw accepts (qemu-img's raw driver takes size and preallocation). */
+export const RAW_CREATE_OPTIONS: OptionTable = [
+  { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
+  { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (sparse, default), falloc or full (write zeros)' },
+];
+
 /** Creates a raw image: sets the storage's size (rounded up to a sector). */
 export async function createRaw(storage: Storage, options: RawCreateOptions): Promise<RawDisk> {
+  if (options === null || typeof options !== 'object') throw invalidArg('raw', 'size is required', { field: 'size' });
+  checkOptionKeys('raw', RAW_CREATE_OPTIONS, options);
   const size = options.size;
   if (!Number.isSafeInteger(size) || size < 0) throw invalidArg('raw', `invalid size ${String(size)}`, { field: 'size' });
   const prealloc = options.preallocation ?? 'off';
@@ -221,7 +232,6 @@ export const rawDriver: FormatDriver = {
   create: (storage, options) => createRaw(storage, options as RawCreateOptions),
   stream: (source) => streamRaw(source),
   readStream: (input) => readRawStream(input),
-  createOptions: {
-    preallocation: 'off (sparse, default), falloc or full (write zeros)',
-  },
+  createOptions: optionHelp(RAW_CREATE_OPTIONS),
+  createOptionTable: RAW_CREATE_OPTIONS,
 };

@@ -7,7 +7,7 @@ import {
   ERROR_CODES,
   ImageError,
   sparseCopy,
-  type CreateOptions,
+  type DriverCreateOptions,
   type Disk,
   type FormatDriver,
   type FormatRegistryLike,
@@ -19,7 +19,12 @@ import {
 import { OverlayDiff } from './overlay-diff.js';
 
 export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
-  /** Destination create options (`-o` keys, or typed values). `size` is the source's. */
+  /**
+   * Destination create options under the format's typed (camelCase) keys
+   * (`clusterSize`, `lazyRefcounts`, ...; values may be `-o` strings such as
+   * '64k'). `size` is the source's. A key the format does not declare is
+   * ERR_IMG_INVALID_ARG, thrown before anything is written.
+   */
   createOptions?: Record<string, unknown>;
   /** Store data compressed (qcow2 -c); the destination format must support it. */
   compress?: boolean;
@@ -71,7 +76,7 @@ export async function convertDisk(
   options: ConvertDiskOptions = {},
 ): Promise<{ disk: Disk; result: ConvertResult }> {
   const started = Date.now();
-  const createOptions: CreateOptions = { ...(options.createOptions ?? {}), size: src.size };
+  const createOptions: DriverCreateOptions = { ...(options.createOptions ?? {}), size: src.size };
   if (options.backingFile !== undefined) {
     createOptions.backingFile = options.backingFile;
     if (options.backingFormat !== undefined) createOptions.backingFormat = options.backingFormat;

@@ -148,6 +148,6 @@ describeQemu('img amend', () => {
     expect(qemuCompare(top, before, 'qcow2', 'raw')).toBe(true);
     const bad = run('img', ['amend', '-o', 'cluster_size=4k', top]);
     expect(bad.status).toBe(1);
-    expect(bad.stderr).toMatch(/ERR_IMG_UNSUPPORTED/);
+    expect(bad.stderr).toMatch(/Invalid parameter 'cluster_size'\nThis option is only supported for image creation/);
   });
 });

@@ -243,7 +243,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
-    const createOptions = { detect_zeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
+    const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
     const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions });
     const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
     if (written !== stream.length) {

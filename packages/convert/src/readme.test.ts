@@ -1,16 +1,50 @@
-// The README's TypeScript examples, run as written: each ```ts block is
-// saved as a module beside this package (so its imports resolve) and
-// imported in a scratch directory that holds the files it names.
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+// The READMEs' TypeScript examples. Every ```ts block of the root README
+// and of each package README is type-checked against the shipped types
+// (the packages' dist/ declarations, as a user's compiler sees them); the
+// root README's blocks are also run as written: each is saved as a module
+// beside this package (so its imports resolve) and imported in a scratch
+// directory that holds the files it names.
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, repoRoot, tempDir } from '@img/testkit';
 
-const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
-const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
+const tsBlocks = (path: string) => [...readFileSync(path, 'utf8').matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
+const blocks = tsBlocks(join(repoRoot, 'README.md'));
 const snippetDir = join(repoRoot, 'packages', 'convert', '.readme-snippets');
 const work = tempDir('img-readme-');
 const startDir = process.cwd();
+
+describe('README examples type-check against the shipped types', () => {
+  const readmes = ['README.md', ...['block', 'qcow2', 'vhd', 'convert'].map((p) => join('packages', p, 'README.md'))].filter((p) => existsSync(join(repoRoot, p)));
+  const checkDir = join(repoRoot, 'packages', 'convert', '.readme-typecheck');
+  afterAll(() => rmSync(checkDir, { recursive: true, force: true }));
+
+  it('compiles every ```ts block with tsc --noEmit', () => {
+    rmSync(checkDir, { recursive: true, force: true });
+    mkdirSync(checkDir, { recursive: true });
+    const files: string[] = [];
+    for (const readme of readmes) {
+      tsBlocks(join(repoRoot, readme)).forEach((code, i) => {
+        const name = `${readme.replace(/[/.]/g, '-')}-${i + 1}.ts`;
+        // Each block is a module of its own (top-level await, its own names).
+        writeFileSync(join(checkDir, name), `// ${readme}, block ${i + 1}\n${code}\nexport {};\n`);
+        files.push(name);
+      });
+    }
+    expect(files.length).toBeGreaterThanOrEqual(5);
+    writeFileSync(
+      join(checkDir, 'tsconfig.json'),
+      JSON.stringify({ extends: '../../../tsconfig.base.json', compilerOptions: { noEmit: true, types: ['node'], lib: ['ES2023', 'ESNext.Disposable'] }, files }),
+    );
+    const tsc = createRequire(import.meta.url).resolve('typescript/package.json').replace(/package\.json$/, 'bin/tsc');
+    const r = spawnSync(process.execPath, [tsc, '-p', join(checkDir, 'tsconfig.json')], { encoding: 'utf8' });
+    expect(r.stdout + r.stderr, 'tsc output').toBe('');
+    expect(r.status).toBe(0);
+  });
+});
 
 describeQemu('README examples', () => {
   beforeAll(() => {

@@ -22,16 +22,32 @@ describe('parseAmendOptions', () => {
   it('reads typed values and -o strings, camelCase and snake_case', () => {
     expect(parseAmendOptions({ compat: '0.10' })).toEqual({ version: 2, lazyRefcounts: undefined });
     expect(parseAmendOptions({ compat: 'v3', lazyRefcounts: true })).toEqual({ version: 3, lazyRefcounts: true });
-    expect(parseAmendOptions({ lazy_refcounts: 'off' })).toEqual({ version: undefined, lazyRefcounts: false });
-    expect(parseAmendOptions({ compat: '1.1', lazy_refcounts: 'on' })).toEqual({ version: 3, lazyRefcounts: true });
-    expect(parseAmendOptions({ compat: 2, cluster_size: undefined })).toEqual({ version: 2, lazyRefcounts: undefined });
+    expect(parseAmendOptions({ lazyRefcounts: 'off' })).toEqual({ version: undefined, lazyRefcounts: false });
+    expect(parseAmendOptions({ compat: '1.1', lazyRefcounts: 'on' })).toEqual({ version: 3, lazyRefcounts: true });
+    expect(parseAmendOptions({ compat: 2, clusterSize: undefined } as never)).toEqual({ version: 2, lazyRefcounts: undefined });
+  });
+
+  it('refuses unknown and snake_case keys with the right spelling', () => {
+    for (const [key, hint] of [['lazy_refcounts', 'lazyRefcounts'], ['cluster_size', 'clusterSize'], ['lazyRefcount', 'lazyRefcounts'], ['compt', 'compat']]) {
+      let err: unknown;
+      try {
+        parseAmendOptions({ [key!]: 'on' } as never);
+      } catch (e) {
+        err = e;
+      }
+      expect((err as { code: string }).code, key).toBe('ERR_IMG_INVALID_ARG');
+      expect((err as Error).message).toContain(`"${key}"`);
+      expect((err as Error).message).toContain(`did you mean ${hint}?`);
+    }
+    expect(() => parseAmendOptions({ bogus: 1 } as never)).toThrow(/unknown amend option "bogus" \(amend takes compat and lazyRefcounts\)/);
+    expect(() => parseAmendOptions(undefined as never)).toThrow(expect.objectContaining({ code: 'ERR_IMG_INVALID_ARG' }));
   });
 
   it('refuses keys it cannot amend, naming them, and bad values', () => {
-    for (const key of ['cluster_size', 'refcount_bits', 'extended_l2', 'compression_type', 'preallocation', 'backing_file', 'data_file', 'clusterSize', 'size']) {
+    for (const key of ['clusterSize', 'refcountBits', 'extendedL2', 'compressionType', 'preallocation', 'backingFile', 'dataFile', 'size']) {
       let err: unknown;
       try {
-        parseAmendOptions({ [key]: '4k' });
+        parseAmendOptions({ [key]: '4k' } as never);
       } catch (e) {
         err = e;
       }
@@ -39,7 +55,7 @@ describe('parseAmendOptions', () => {
       expect((err as Error).message).toContain(key);
     }
     expect(() => parseAmendOptions({ compat: '0.9' })).toThrow(/invalid compat/);
-    expect(() => parseAmendOptions({ lazy_refcounts: 'maybe' })).toThrow(/on or off/);
+    expect(() => parseAmendOptions({ lazyRefcounts: 'maybe' })).toThrow(/on or off/);
     expect(() => parseAmendOptions({})).toThrow(/nothing to amend/);
   });
 });
@@ -196,7 +212,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
       // killed on purpose
     }
     expect(qemuCheck(path).status).not.toBe(0);
-    await amendBoth(path, { lazy_refcounts: 'off' }, 'lazy_refcounts=off', { compat: '1.1', lazy: false });
+    await amendBoth(path, { lazyRefcounts: 'off' }, 'lazy_refcounts=off', { compat: '1.1', lazy: false });
     expect(qemuInfo(path)['dirty-flag']).toBe(false);
   });
 
@@ -210,12 +226,12 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     const withData = fresh('with-data.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${join(dir, 'lazy-data.raw')}`, withData, '1M'], { cwd: dir });
     qemuIo(withData, 'qcow2', ['write -P 5 0 64k']);
-    await amend(withData, { lazy_refcounts: 'on' });
+    await amend(withData, { lazyRefcounts: 'on' });
     expectClean(withData);
     expect(formatSpecific(withData)['lazy-refcounts']).toBe(true);
     // Asking for what the image already has changes nothing.
     const before = readFileSync(path);
-    await amend(path, { compat: '1.1', lazy_refcounts: 'off' });
+    await amend(path, { compat: '1.1', lazyRefcounts: 'off' });
     expect(readFileSync(path).equals(before)).toBe(true);
   });
 
@@ -232,7 +248,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     expect(info['backing-filename']).toBe(base.split('/').pop());
     expect(info['backing-filename-format']).toBe('raw');
     expect(readFileSync(path).readUInt32BE(100)).toBe(112);
-    await amendBoth(path, { lazy_refcounts: 'on' }, 'lazy_refcounts=on', { compat: '1.1', lazy: true }, ['old']);
+    await amendBoth(path, { lazyRefcounts: 'on' }, 'lazy_refcounts=on', { compat: '1.1', lazy: true }, ['old']);
     // And back down again.
     await amendBoth(path, { compat: '0.10' }, 'compat=0.10', { compat: '0.10' }, ['old']);
   });
@@ -267,7 +283,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     const path = fresh('v2-lazy.qcow2');
     create(path, '1M', ['compat=0.10']);
     qemuIo(path, 'qcow2', ['write -P 4 0 64k']);
-    await amendBoth(path, { compat: '1.1', lazy_refcounts: 'on' }, 'compat=1.1,lazy_refcounts=on', { compat: '1.1', lazy: true });
+    await amendBoth(path, { compat: '1.1', lazyRefcounts: 'on' }, 'compat=1.1,lazy_refcounts=on', { compat: '1.1', lazy: true });
   });
 
   it('images made by createQcow2: v3 with zeros, a snapshot and a backing file down to 0.10, v2 up to 1.1', async () => {
@@ -275,7 +291,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     writeFileSync(base, seededBytes(4 << 20, 9));
     const path = fresh('ours.qcow2');
     const name = base.split('/').pop()!;
-    const disk = await createQcow2(await FileStorage.create(path), { size: 4 << 20, cluster_size: '4k', backingFile: name, backingFormat: 'raw', resolver: fileResolver, lazy_refcounts: true });
+    const disk = await createQcow2(await FileStorage.create(path), { size: 4 << 20, clusterSize: '4k', backingFile: name, backingFormat: 'raw', resolver: fileResolver, lazyRefcounts: true });
     await disk.write(0, seededBytes(300_000, 1));
     await disk.writeZeroes(8192, 8192, { mayUnmap: false });
     await disk.writeZeroes(1 << 20, 1 << 20);
@@ -286,7 +302,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     await amendBoth(path, { compat: '0.10' }, 'compat=0.10', { compat: '0.10' }, ['snap']);
 
     const v2 = fresh('ours-v2.qcow2');
-    const d2 = await createQcow2(await FileStorage.create(v2), { size: 1 << 20, compat: 'v2', cluster_size: 512 });
+    const d2 = await createQcow2(await FileStorage.create(v2), { size: 1 << 20, compat: 'v2', clusterSize: 512 });
     await d2.write(1000, seededBytes(70_000, 3));
     await d2.createSnapshot('a');
     await d2.write(0, seededBytes(512, 4));
@@ -312,19 +328,19 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     it('lazy_refcounts=on on a v2 image (qemu: needs compat=1.1)', async () => {
       const path = fresh('v2-lazy-refused.qcow2');
       create(path, '1M', ['compat=0.10']);
-      await refused(path, { lazy_refcounts: 'on' }, /compat=1\.1/);
+      await refused(path, { lazyRefcounts: 'on' }, /compat=1\.1/);
       await refused(path, { compat: '0.10', lazyRefcounts: true }, /compat=1\.1/);
       expect(qemuImg(['amend', '-f', 'qcow2', '-o', 'lazy_refcounts=on', path], { allowFail: true }).status).not.toBe(0);
       const v3 = fresh('v3-lazy-down.qcow2');
       create(v3, '1M');
-      await refused(v3, { compat: '0.10', lazy_refcounts: 'on' }, /compat=1\.1/);
+      await refused(v3, { compat: '0.10', lazyRefcounts: 'on' }, /compat=1\.1/);
     });
 
     it('options amend cannot change', async () => {
       const path = fresh('keys.qcow2');
       create(path, '1M');
-      await refused(path, { cluster_size: '4k' }, /cluster_size/);
-      await refused(path, { compat: '0.10', refcount_bits: 8 }, /refcount_bits/);
+      await refused(path, { clusterSize: '4k' } as never, /clusterSize/);
+      await refused(path, { compat: '0.10', refcountBits: 8 } as never, /refcountBits/);
       expect(qemuImg(['amend', '-f', 'qcow2', '-o', 'cluster_size=4k', path], { allowFail: true }).status).not.toBe(0);
     });
 
@@ -363,7 +379,7 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
       const bytes = readFileSync(path);
       bytes[79] = bytes[79]! | 2;
       writeFileSync(path, bytes);
-      await refused(path, { lazy_refcounts: 'on' }, /corrupt/, 'ERR_IMG_CORRUPT');
+      await refused(path, { lazyRefcounts: 'on' }, /corrupt/, 'ERR_IMG_CORRUPT');
     });
 
     it('compat=1.1 when the v3 header, extensions and backing name no longer fit in the first cluster', async () => {
@@ -400,7 +416,7 @@ describe('amendQcow2 crash safety (FaultStorage)', () => {
       options: { compat: '0.10' },
       build: async () => {
         const st = new MemoryStorage({ name: 'a.qcow2' });
-        const disk = await createQcow2(st, { size: 1 << 20, cluster_size: '4k', lazy_refcounts: 'on', backingFile: backingName, backingFormat: 'raw', noBacking: true });
+        const disk = await createQcow2(st, { size: 1 << 20, clusterSize: '4k', lazyRefcounts: 'on', backingFile: backingName, backingFormat: 'raw', noBacking: true });
         await disk.write(0, seededBytes(40_000, 1));
         await disk.writeZeroes(4096, 8192, { mayUnmap: false });
         await disk.writeZeroes(100_000, 20_000);
@@ -413,10 +429,10 @@ describe('amendQcow2 crash safety (FaultStorage)', () => {
     },
     {
       name: 'compat=1.1 and lazy refcounts of a v2 image whose new header runs past the first sector',
-      options: { compat: '1.1', lazy_refcounts: 'on' },
+      options: { compat: '1.1', lazyRefcounts: 'on' },
       build: async () => {
         const st = new MemoryStorage({ name: 'a.qcow2' });
-        const disk = await createQcow2(st, { size: 1 << 20, compat: 'v2', cluster_size: '64k', backingFile: backingName, backingFormat: 'raw', noBacking: true });
+        const disk = await createQcow2(st, { size: 1 << 20, compat: 'v2', clusterSize: '64k', backingFile: backingName, backingFormat: 'raw', noBacking: true });
         await disk.write(5000, seededBytes(30_000, 2));
         await disk.createSnapshot('s');
         await disk.write(0, seededBytes(4096, 3));

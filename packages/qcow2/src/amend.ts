@@ -5,8 +5,8 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { corrupt, invalidArg, parseBool, unsupported, utf8Encode, writeU32Be } from '@img/block';
-import type { Storage } from '@img/block';
+import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, utf8Encode, writeU32Be } from '@img/block';
+import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
   QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION,
@@ -31,23 +31,36 @@ import { loadL2, type MappingView } from './reader.js';
 import { openQcow2 } from './open.js';
 import { stateOf } from './image.js';
 import { checkState } from './check.js';
+import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { attachWriter, readL1, writeHeader, type Qcow2State } from './state.js';
 
 const FORMAT = 'qcow2';
 const bit = (b: number) => 1n << BigInt(b);
 
 /**
- * Options of {@link amendQcow2}: typed values or the strings of
- * `qemu-img amend -o key=value` (camelCase or qemu's snake_case keys).
+ * Options of {@link amendQcow2}, camelCase keys (`qemu-img amend -o` names
+ * map to them through {@link QCOW2_AMEND_OPTIONS}); values typed or as the
+ * `-o` strings.
  */
 export interface Qcow2AmendOptions {
   /** true/'on' or false/'off'. On needs version 3. */
   lazyRefcounts?: boolean | string;
-  lazy_refcounts?: boolean | string;
   /** '1.1'/'v3'/3 or '0.10'/'v2'/2. */
   compat?: '0.10' | '1.1' | 'v2' | 'v3' | string | number;
-  [key: string]: unknown;
 }
+
+/** What `qemu-img amend -o` can change here: typed key, `-o` name, help. */
+export const QCOW2_AMEND_OPTIONS: OptionTable = [
+  { key: 'compat', name: 'compat', kind: 'str', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
+  { key: 'lazyRefcounts', name: 'lazy_refcounts', kind: 'bool', help: 'Postpone refcount updates' },
+];
+
+/**
+ * `-o` names qemu-img amend takes for qcow2 but this library does not
+ * change (ERR_IMG_UNSUPPORTED); every other create option is one qemu
+ * accepts only when creating an image.
+ */
+export const QCOW2_AMEND_UNSUPPORTED: readonly string[] = ['size', 'refcount_bits', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw'];
 
 /** What an amend asks for, once the options are read. */
 export interface Qcow2AmendRequest {
@@ -55,20 +68,23 @@ export interface Qcow2AmendRequest {
   lazyRefcounts: boolean | undefined;
 }
 
-const AMENDABLE = new Set(['compat', 'lazyRefcounts', 'lazy_refcounts']);
-
 /**
- * Reads amend options. Keys other than compat and lazy_refcounts (cluster
- * size, refcount width, extended L2, compression type, preallocation,
- * backing or data file, ...) are ERR_IMG_UNSUPPORTED naming the key.
+ * Reads amend options. The typed key of another create option
+ * (clusterSize, refcountBits, backingFile, ...) is ERR_IMG_UNSUPPORTED
+ * naming it; a key that is no option at all, or spelt as `-o` spells it,
+ * is ERR_IMG_INVALID_ARG with the right spelling where one is close.
  */
 export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest {
-  if (options === null || typeof options !== 'object') throw new TypeError('amendQcow2: options must be an object');
+  if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'amend options must be an object, e.g. { compat: "1.1" }', { field: 'options' });
   for (const [key, value] of Object.entries(options)) {
-    if (value === undefined || AMENDABLE.has(key)) continue;
-    throw unsupported(FORMAT, undefined, `amend cannot change ${key}: only compat and lazy_refcounts can be amended (qemu-img amend refuses the rest, or we do not support it)`, { field: key });
+    if (value === undefined || QCOW2_AMEND_OPTIONS.some((o) => o.key === key)) continue;
+    if (QCOW2_CREATE_OPTIONS.some((o) => o.key === key)) {
+      throw unsupported(FORMAT, undefined, `amend cannot change ${key}: only compat and lazyRefcounts can be amended (qemu-img amend refuses the rest, or we do not support it)`, { field: key });
+    }
+    const hint = suggestOptionKey([...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS], key);
+    throw invalidArg(FORMAT, `unknown amend option "${key}" (${hint ? `did you mean ${hint}?` : 'amend takes compat and lazyRefcounts'})`, { field: key, ...(hint ? { expected: hint } : {}) });
   }
-  const lazyRaw = options.lazyRefcounts ?? options.lazy_refcounts;
+  const lazyRaw = options.lazyRefcounts;
   const lazyRefcounts = lazyRaw === undefined ? undefined : parseBool(lazyRaw, 'lazy_refcounts');
   let version: 2 | 3 | undefined;
   if (options.compat !== undefined) {

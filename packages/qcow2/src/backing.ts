@@ -2,7 +2,7 @@
  * Backing files and external data files: named inside the image, opened
  * through the caller's resolver, never through the file system directly.
  */
-import { ERROR_CODES, ImageError, PROBE_BYTES, unsafe, unsupported } from '@img/block';
+import { ERROR_CODES, ImageError, PROBE_BYTES, missingFileError, unsafe, unsupported } from '@img/block';
 import type { Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
 
 const FORMAT = 'qcow2';
@@ -96,8 +96,11 @@ async function resolve(resolver: Resolver, request: ResolveRequest): Promise<Sto
   try {
     return await resolver(request);
   } catch (e) {
-    if (ImageError.isInstance(e)) throw e;
     const what = request.kind === 'data-file' ? 'external data file' : 'backing file';
+    if (ImageError.isInstance(e) && e.code === ERROR_CODES.NOT_FOUND) {
+      throw missingFileError(FORMAT, request.from.name, what, request.name, typeof e.data.file === 'string' ? e.data.file : undefined, { cause: e });
+    }
+    if (ImageError.isInstance(e)) throw e;
     throw new ImageError(ERROR_CODES.IO, `${FORMAT}: ${request.from.name}: cannot open ${what} "${request.name}": ${(e as Error)?.message ?? String(e)}`, {
       cause: e,
       data: { format: FORMAT, file: request.from.name, field: request.kind },

@@ -40,7 +40,7 @@ describe('compression worker pool', () => {
     for (const compressionType of ['zstd', 'zlib']) {
       const cs = 16384;
       const storage = new MemoryStorage({ name: 'p.qcow2' });
-      const disk = await createQcow2(storage, { size: 8 << 20, cluster_size: cs, compression_type: compressionType });
+      const disk = await createQcow2(storage, { size: 8 << 20, clusterSize: cs, compressionType: compressionType });
       const want = new Uint8Array(disk.size);
       const jobs: Promise<void>[] = [];
       for (let k = 0; k < 8; k++) {
@@ -115,7 +115,7 @@ describe('compression worker pool', () => {
     const script = `
       import { createQcow2 } from ${JSON.stringify(dist)};
       import { MemoryStorage } from '@img/block';
-      const d = await createQcow2(new MemoryStorage(), { size: 4 << 20, cluster_size: 4096 });
+      const d = await createQcow2(new MemoryStorage(), { size: 4 << 20, clusterSize: 4096 });
       await d.writeCompressed(0, new Uint8Array(1 << 20).fill(65));
       await d.close();
       console.log('done');

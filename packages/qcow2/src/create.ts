@@ -4,8 +4,8 @@
  * opens it for writing. Options come typed or as the strings of
  * `qemu-img create -o key=value`.
  */
-import { invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, ImageError, ERROR_CODES } from '@img/block';
-import type { CreateOptions, FormatRegistryLike, Resolver, Storage } from '@img/block';
+import { checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be } from '@img/block';
+import type { CreateOptions, FormatRegistryLike, OptionTable, Resolver, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
   QCOW2_V3_HEADER_LENGTH,
@@ -35,7 +35,11 @@ import { type Qcow2Disk } from './image.js';
 
 const FORMAT = 'qcow2';
 
-/** Options of {@link createQcow2}; snake_case keys as `qemu-img create -o` spells them are accepted too. */
+/**
+ * Options of {@link createQcow2}, under camelCase keys only (`qemu-img
+ * create -o` names map to them through {@link QCOW2_CREATE_OPTIONS};
+ * a snake_case or unknown key is ERR_IMG_INVALID_ARG).
+ */
 export interface Qcow2CreateOptions extends CreateOptions {
   /** Virtual size in bytes (rounded up to 512 as qemu does). */
   size: number;
@@ -68,21 +72,25 @@ export interface Qcow2CreateOptions extends CreateOptions {
   noBacking?: boolean;
 }
 
-/** The create options this driver accepts, for `-o help`. */
-export const QCOW2_CREATE_OPTIONS: Readonly<Record<string, string>> = {
-  compat: 'v3 (1.1, default) or v2 (0.10)',
-  cluster_size: 'cluster size, 512 to 2M (default 64k)',
-  refcount_bits: 'refcount width: 1, 2, 4, 8, 16 (default), 32 or 64',
-  lazy_refcounts: 'on/off: postpone refcount updates (v3)',
-  extended_l2: 'on/off: 32 subclusters per cluster (v3, clusters >= 16k)',
-  compression_type: 'zlib (default) or zstd (v3)',
-  preallocation: 'off (default), metadata, falloc or full',
-  backing_file: 'backing file name, stored as given',
-  backing_fmt: 'backing file format',
-  data_file: 'external data file name (v3)',
-  data_file_raw: 'on/off: the data file is a raw image of the disk',
-  header_length: '104 or 112 (default)',
-};
+/** The create options: typed key, `qemu-img create -o` name, help, kind of value. */
+export const QCOW2_CREATE_OPTIONS: OptionTable = [
+  { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
+  { key: 'compat', name: 'compat', kind: 'str', help: 'v3 (1.1, default) or v2 (0.10)' },
+  { key: 'clusterSize', name: 'cluster_size', kind: 'size', help: 'cluster size, 512 to 2M (default 64k)' },
+  { key: 'refcountBits', name: 'refcount_bits', kind: 'num', help: 'refcount width: 1, 2, 4, 8, 16 (default), 32 or 64' },
+  { key: 'lazyRefcounts', name: 'lazy_refcounts', kind: 'bool', help: 'postpone refcount updates (v3)' },
+  { key: 'extendedL2', name: 'extended_l2', kind: 'bool', help: '32 subclusters per cluster (v3, clusters >= 16k)' },
+  { key: 'compressionType', name: 'compression_type', kind: 'str', help: 'zlib (default) or zstd (v3)' },
+  { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (default), metadata, falloc or full' },
+  { key: 'backingFile', name: 'backing_file', kind: 'str', help: 'backing file name, stored as given' },
+  { key: 'backingFormat', name: 'backing_fmt', kind: 'str', help: 'backing file format' },
+  { key: 'dataFile', name: 'data_file', kind: 'str', help: 'external data file name (v3)' },
+  { key: 'dataFileRaw', name: 'data_file_raw', kind: 'bool', help: 'the data file is a raw image of the disk' },
+  { key: 'headerLength', name: 'header_length', kind: 'num', help: '104 or 112 (default)' },
+];
+
+/** Typed keys of Qcow2CreateOptions that have no `-o` name. */
+const TYPED_ONLY = ['dataFileStorage'];
 
 /** Normalised create options. */
 export interface Qcow2Layout {
@@ -101,14 +109,20 @@ export interface Qcow2Layout {
   headerLength: number;
 }
 
-function pick(o: Record<string, unknown>, ...keys: string[]): unknown {
-  for (const k of keys) if (o[k] !== undefined) return o[k];
-  return undefined;
+function pick(o: Record<string, unknown>, key: string): unknown {
+  return o[key];
 }
 
-/** Reads typed or string options (camelCase or qemu's snake_case keys) and checks every combination qemu refuses. */
-export function parseCreateOptions(options: Qcow2CreateOptions): Qcow2Layout {
-  const o = options as Record<string, unknown>;
+/**
+ * Reads typed options (values may be strings, as `-o` gives them: '64k',
+ * 'on') and checks every combination qemu refuses. Keys are camelCase;
+ * any other key is ERR_IMG_INVALID_ARG. `extra` names keys a caller (the
+ * streaming writer) handles itself.
+ */
+export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly string[] = []): Qcow2Layout {
+  if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'size is required', { field: 'size' });
+  checkOptionKeys(FORMAT, QCOW2_CREATE_OPTIONS, options, [...TYPED_ONLY, ...extra]);
+  const o = options as unknown as Record<string, unknown>;
   const rawSize = pick(o, 'size');
   if (rawSize === undefined) throw invalidArg(FORMAT, 'size is required', { field: 'size' });
   const size = Math.ceil(parseSize(rawSize as string | number, 'size') / 512) * 512;
@@ -117,30 +131,30 @@ export function parseCreateOptions(options: Qcow2CreateOptions): Qcow2Layout {
   if (['v3', '1.1', '3'].includes(compat)) version = 3;
   else if (['v2', '0.10', '2'].includes(compat)) version = 2;
   else throw invalidArg(FORMAT, `invalid compat "${compat}" (v2/0.10 or v3/1.1)`, { field: 'compat' });
-  const clusterSize = parseSize((pick(o, 'clusterSize', 'cluster_size') ?? 65536) as string | number, 'cluster_size');
+  const clusterSize = parseSize((pick(o, 'clusterSize') ?? 65536) as string | number, 'cluster_size');
   const clusterBits = Math.log2(clusterSize);
   if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw invalidArg(FORMAT, `invalid cluster_size ${clusterSize} (a power of two from 512 to 2M)`, { field: 'cluster_size' });
   }
-  const refcountBits = Number(pick(o, 'refcountBits', 'refcount_bits') ?? 16);
+  const refcountBits = Number(pick(o, 'refcountBits') ?? 16);
   const refcountOrder = Math.log2(refcountBits);
   if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) {
-    throw invalidArg(FORMAT, `invalid refcount_bits ${String(pick(o, 'refcountBits', 'refcount_bits'))} (1, 2, 4, 8, 16, 32 or 64)`, { field: 'refcount_bits' });
+    throw invalidArg(FORMAT, `invalid refcount_bits ${String(pick(o, 'refcountBits'))} (1, 2, 4, 8, 16, 32 or 64)`, { field: 'refcount_bits' });
   }
   const flag = (v: unknown, what: string) => (v === undefined ? false : parseBool(v, what));
-  const lazyRefcounts = flag(pick(o, 'lazyRefcounts', 'lazy_refcounts'), 'lazy_refcounts');
-  const extendedL2 = flag(pick(o, 'extendedL2', 'extended_l2'), 'extended_l2');
-  const ctype = String(pick(o, 'compressionType', 'compression_type') ?? 'zlib');
+  const lazyRefcounts = flag(pick(o, 'lazyRefcounts'), 'lazy_refcounts');
+  const extendedL2 = flag(pick(o, 'extendedL2'), 'extended_l2');
+  const ctype = String(pick(o, 'compressionType') ?? 'zlib');
   if (ctype !== 'zlib' && ctype !== 'zstd') throw invalidArg(FORMAT, `invalid compression_type "${ctype}" (zlib or zstd)`, { field: 'compression_type' });
   const prealloc = String(pick(o, 'preallocation') ?? 'off');
   if (!['off', 'metadata', 'falloc', 'full'].includes(prealloc)) {
     throw invalidArg(FORMAT, `invalid preallocation "${prealloc}" (off, metadata, falloc or full)`, { field: 'preallocation' });
   }
-  const backingFile = pick(o, 'backingFile', 'backing_file') as string | undefined;
-  const backingFormat = pick(o, 'backingFormat', 'backing_fmt', 'backing_format') as string | undefined;
-  const dataFile = pick(o, 'dataFile', 'data_file') as string | undefined;
-  const dataFileRaw = flag(pick(o, 'dataFileRaw', 'data_file_raw'), 'data_file_raw');
-  const headerLength = Number(pick(o, 'headerLength', 'header_length') ?? QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION);
+  const backingFile = pick(o, 'backingFile') as string | undefined;
+  const backingFormat = pick(o, 'backingFormat') as string | undefined;
+  const dataFile = pick(o, 'dataFile') as string | undefined;
+  const dataFileRaw = flag(pick(o, 'dataFileRaw'), 'data_file_raw');
+  const headerLength = Number(pick(o, 'headerLength') ?? QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION);
   const need = (ok: boolean, message: string, field: string) => {
     if (!ok) throw invalidArg(FORMAT, message, { field });
   };
@@ -239,7 +253,7 @@ function put64(buf: Uint8Array, at: number, value: number, flagsHi = 0): void {
  *
  * @example
  * ```ts
- * const disk = await createQcow2(await FileStorage.create('new.qcow2'), { size: 10 * 2 ** 30, cluster_size: '64k' });
+ * const disk = await createQcow2(await FileStorage.create('new.qcow2'), { size: 10 * 2 ** 30, clusterSize: '64k' });
  * await disk.write(0, bootSector);
  * await disk.close();
  * ```
@@ -247,7 +261,7 @@ function put64(buf: Uint8Array, at: number, value: number, flagsHi = 0): void {
 export async function createQcow2(storage: Storage, options: Qcow2CreateOptions): Promise<Qcow2Disk> {
   const l = parseCreateOptions(options);
   if (l.backingFile !== undefined && !options.resolver && !options.noBacking) {
-    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${storage.name}: a backing file needs a resolver to open it (or noBacking)`, { data: { format: FORMAT, field: 'backingFile' } });
+    throw invalidArg(FORMAT, `${storage.name}: a backing file needs a resolver to open it (or noBacking)`, { file: storage.name, field: 'backingFile' });
   }
   const cs = 2 ** l.clusterBits;
   const l2Entries = cs / (l.extendedL2 ? 16 : 8);

@@ -31,7 +31,7 @@ const TABLE_SPAN = (CLUSTER / 8) * CLUSTER;
 describe('deferred L2 writes', () => {
   it('reads see every write while the L2 writes are in flight and the cache holds one table; flush lands them all', async () => {
     const size = 8 * TABLE_SPAN;
-    const created = await createQcow2(new MemoryStorage({ name: 'd.qcow2' }), { size, cluster_size: '4k' });
+    const created = await createQcow2(new MemoryStorage({ name: 'd.qcow2' }), { size, clusterSize: '4k' });
     await created.close();
     const storage = new SlowStorage({ name: 'd.qcow2', data: (created.storage as MemoryStorage).toBytes() });
     const disk = await openQcow2(storage, { readOnly: false, l2CacheSize: CLUSTER });
@@ -60,7 +60,7 @@ describe('deferred L2 writes', () => {
   });
 
   it('a deferred L2 write that fails is reported by the next flush', async () => {
-    const created = await createQcow2(new MemoryStorage({ name: 'f.qcow2' }), { size: TABLE_SPAN, cluster_size: '4k' });
+    const created = await createQcow2(new MemoryStorage({ name: 'f.qcow2' }), { size: TABLE_SPAN, clusterSize: '4k' });
     await created.write(0, seededBytes(CLUSTER, 1)); // the L2 table exists from here on
     await created.close();
     const storage = new SlowStorage({ name: 'f.qcow2', data: (created.storage as MemoryStorage).toBytes() });

@@ -2,7 +2,7 @@
  * The qcow2 FormatDriver: what @img/convert's registry and the CLI use.
  */
 import type { FormatDriver } from '@img/block';
-import { FormatRegistry, rawDriver } from '@img/block';
+import { FormatRegistry, optionHelp, rawDriver } from '@img/block';
 import { hasQcow2Magic } from './header.js';
 import { openQcow2 } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
@@ -17,7 +17,8 @@ export const qcow2Driver: FormatDriver = {
   probe: (head) => (hasQcow2Magic(head) ? 100 : 0),
   open: (storage, options) => openQcow2(storage, options),
   create: (storage, options) => createQcow2(storage, options as Qcow2CreateOptions),
-  createOptions: QCOW2_CREATE_OPTIONS,
+  createOptions: optionHelp(QCOW2_CREATE_OPTIONS),
+  createOptionTable: QCOW2_CREATE_OPTIONS,
   check: (storage, options) => checkQcow2(storage, options),
   measure: (input) => measureQcow2(input),
   stream: async (source, options) => createQcow2Stream(source, qcow2StreamOptionsFrom(options)),

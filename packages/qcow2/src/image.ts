@@ -85,6 +85,8 @@ export class Qcow2Disk implements Disk {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#check();
+    checkDiskRange(FORMAT, this.#view.size, offset, length, this.#state.file);
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
     return out;
@@ -92,7 +94,7 @@ export class Qcow2Disk implements Disk {
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
     this.#check();
-    checkDiskRange(FORMAT, this.#view.size, offset, target.length);
+    checkDiskRange(FORMAT, this.#view.size, offset, target.length, this.#state.file);
     if (target.length === 0) return;
     const s = this.#state;
     s.activeReads++;
@@ -255,7 +257,7 @@ export class Qcow2Disk implements Disk {
     const s = this.#state;
     if (this.readOnly || !s.writer) throw readOnlyError(FORMAT, s.file);
     if (s.corruptFound) throw Qcow2Writer.corruptError(s.file);
-    checkDiskRange(FORMAT, this.#view.size, offset, length);
+    checkDiskRange(FORMAT, this.#view.size, offset, length, s.file);
     return s.writer;
   }
 

@@ -50,10 +50,10 @@ describeQemu('maintenance operations', () => {
     const base = join(dir, 'cbase.qcow2');
     const top = join(dir, 'ctop.qcow2');
     const baseData = seededBytes(1 << 20, 1);
-    const b = await createQcow2(await FileStorage.create(base), { size: 1 << 20, cluster_size: '4k' });
+    const b = await createQcow2(await FileStorage.create(base), { size: 1 << 20, clusterSize: '4k' });
     await b.write(0, baseData);
     await b.close();
-    const t = await createQcow2(await FileStorage.create(top), { size: 1 << 20, cluster_size: '16k', backingFile: 'cbase.qcow2', backingFormat: 'qcow2', resolver: fileResolver });
+    const t = await createQcow2(await FileStorage.create(top), { size: 1 << 20, clusterSize: '16k', backingFile: 'cbase.qcow2', backingFormat: 'qcow2', resolver: fileResolver });
     const topData = seededBytes(100_000, 2);
     await t.write(300_000, topData);
     await t.writeZeroes(600_000, 50_000);
@@ -83,11 +83,11 @@ describeQemu('maintenance operations', () => {
 describeQemu('measureQcow2 agrees with qemu-img measure', () => {
   const optionSets: Array<[string[], Record<string, unknown>]> = [
     [[], {}],
-    [['-o', 'cluster_size=4k'], { cluster_size: '4k' }],
-    [['-o', 'cluster_size=512,refcount_bits=64'], { cluster_size: '512', refcount_bits: '64' }],
-    [['-o', 'extended_l2=on'], { extended_l2: 'on' }],
-    [['-o', 'cluster_size=2M,refcount_bits=1'], { cluster_size: '2M', refcount_bits: '1' }],
-    [['-o', 'preallocation=full,cluster_size=4k'], { preallocation: 'full', cluster_size: '4k' }],
+    [['-o', 'cluster_size=4k'], { clusterSize: '4k' }],
+    [['-o', 'cluster_size=512,refcount_bits=64'], { clusterSize: '512', refcountBits: '64' }],
+    [['-o', 'extended_l2=on'], { extendedL2: 'on' }],
+    [['-o', 'cluster_size=2M,refcount_bits=1'], { clusterSize: '2M', refcountBits: '1' }],
+    [['-o', 'preallocation=full,cluster_size=4k'], { preallocation: 'full', clusterSize: '4k' }],
   ];
   it('for sizes', async () => {
     const { measureQcow2 } = await import('./measure.js');

@@ -42,8 +42,8 @@ export function fullyAllocatedSize(size: number, clusterSize: number, refcountOr
 
 /**
  * What a new qcow2 image needs (qemu-img measure -O qcow2): `input.size`
- * or a source disk, with create options (`cluster_size`, `refcount_bits`,
- * `extended_l2`, `preallocation`).
+ * or a source disk, with create options (`clusterSize`, `refcountBits`,
+ * `extendedL2`, `preallocation`).
  */
 export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
   const size = input.source?.size ?? input.size;

@@ -33,7 +33,7 @@ describe('a read that fails while the mapping is still being walked', () => {
   it('rejects with the corruption, and no rejection goes unheard in between', async () => {
     // 512-byte clusters: one L2 table maps 32 KiB, so a 64 KiB read walks two tables.
     const storage = new MemoryStorage({ name: 'walk.qcow2' });
-    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: 512 });
+    const disk = await createQcow2(storage, { size: 64 * 1024, clusterSize: 512 });
     await disk.writeCompressed(0, new Uint8Array(512).fill(0x61));
     await disk.write(32 * 1024, seededBytes(512, 4));
     await disk.close();

@@ -40,7 +40,7 @@ async function codeOf(p: Promise<StreamSource>): Promise<string> {
 }
 
 async function sample(): Promise<Disk> {
-  const d = await createQcow2(new MemoryStorage({ name: 's.qcow2' }), { size: 5 * 1024 * 1024 + 512, cluster_size: '4k' });
+  const d = await createQcow2(new MemoryStorage({ name: 's.qcow2' }), { size: 5 * 1024 * 1024 + 512, clusterSize: '4k' });
   await d.write(1000, seededBytes(300_000, 1));
   await d.write(2 * 1024 * 1024, new Uint8Array(3 * 4096)); // allocated clusters that hold only zeros
   await d.write(3 * 1024 * 1024 + 4096, seededBytes(5000, 2));
@@ -53,7 +53,7 @@ describe('createQcow2Stream / qcow2Driver.stream', () => {
   it('announces the exact length before the first chunk; the image reads back as the source and checks clean', async () => {
     const d = await sample();
     const want = await d.read(0, d.size);
-    for (const options of [{}, { cluster_size: '512', refcount_bits: '1' }, { cluster_size: 65536, compat: 'v2' }, { extended_l2: 'on', cluster_size: '32k' }, { detect_zeroes: 'on' }, { detectZeroes: true, lazy_refcounts: 'on', refcount_bits: 64 }]) {
+    for (const options of [{}, { clusterSize: '512', refcountBits: '1' }, { clusterSize: 65536, compat: 'v2' }, { extendedL2: 'on', clusterSize: '32k' }, { detectZeroes: 'on' }, { detectZeroes: true, lazyRefcounts: 'on', refcountBits: 64 }]) {
       const s = await qcow2Driver.stream!(d, options);
       const bytes = await collect(s.chunks);
       expect(bytes.length, JSON.stringify(options)).toBe(s.length);
@@ -66,16 +66,16 @@ describe('createQcow2Stream / qcow2Driver.stream', () => {
 
   it('detect_zeroes leaves all-zero clusters unallocated', async () => {
     const d = await sample();
-    const plain = await createQcow2Stream(d, { cluster_size: '4k' });
-    const sparse = await createQcow2Stream(d, { cluster_size: '4k', detect_zeroes: 'on' });
+    const plain = await createQcow2Stream(d, { clusterSize: '4k' });
+    const sparse = await createQcow2Stream(d, { clusterSize: '4k', detectZeroes: 'on' });
     expect(plain.length - sparse.length).toBe(3 * 4096);
-    const off = await createQcow2Stream(d, { cluster_size: '4k', detect_zeroes: 'off', preallocation: 'off', data_file_raw: false });
+    const off = await createQcow2Stream(d, { clusterSize: '4k', detectZeroes: 'off', preallocation: 'off', dataFileRaw: false } as Record<string, unknown>);
     expect(off.length).toBe(plain.length);
   });
 
   it('refuses what a stand-alone stream cannot hold, as ERR_IMG_INVALID_ARG', async () => {
     const d = await sample();
-    for (const o of [{ backing_file: 'x' }, { data_file: 'd' }, { preallocation: 'full' }, { cluster_size: '3000' }, { detect_zeroes: 'maybe' }]) {
+    for (const o of [{ backingFile: 'x' }, { dataFile: 'd' }, { preallocation: 'full' }, { clusterSize: '3000' }, { detectZeroes: 'maybe' }]) {
       const e = await qcow2Driver.stream!(d, o).then(
         () => undefined,
         (x: unknown) => x,
@@ -89,7 +89,7 @@ describe('readQcow2Stream / qcow2Driver.readStream', () => {
   it('our streams decode to the source, whatever the chunking and layout', async () => {
     const d = await sample();
     const want = await d.read(0, d.size);
-    for (const options of [{}, { cluster_size: '512', refcount_bits: 1 }, { compat: 'v2' }, { extended_l2: true, cluster_size: '64k' }, { detect_zeroes: 'on', cluster_size: '2M' }]) {
+    for (const options of [{}, { clusterSize: '512', refcountBits: 1 }, { compat: 'v2' }, { extendedL2: true, clusterSize: '64k' }, { detectZeroes: 'on', clusterSize: '2M' }]) {
       const bytes = await collect((await createQcow2Stream(d, options)).chunks);
       for (const seed of [1, 2]) {
         const src = await qcow2Driver.readStream!(chunked(bytes, seed));
@@ -127,7 +127,7 @@ describe('readQcow2Stream / qcow2Driver.readStream', () => {
   it('a cluster placed before the L2 table that maps it is ERR_IMG_UNSUPPORTED naming it and suggesting a file', async () => {
     const cs = 4096;
     const storage = new MemoryStorage({ name: 'o.qcow2' });
-    const d = await createQcow2(storage, { size: 8 << 20, cluster_size: cs });
+    const d = await createQcow2(storage, { size: 8 << 20, clusterSize: cs });
     const cover = (cs / 8) * cs; // guest bytes per L2 table
     await d.write(0, seededBytes(cs, 1)); // table 0, then its data cluster
     await d.write(cover, seededBytes(cs, 2)); // table 1, then its data
@@ -196,7 +196,7 @@ describeQemu('streams and qemu-img', () => {
     expect(d).toBeUndefined();
     const src = await createQcow2(new MemoryStorage(), { size: want.length });
     await src.write(0, want);
-    for (const options of [{ detect_zeroes: 'on' }, { cluster_size: '512', extended_l2: 'off', refcount_bits: '2' }]) {
+    for (const options of [{ detectZeroes: 'on' }, { clusterSize: '512', extendedL2: 'off', refcountBits: '2' }]) {
       const s = await qcow2Driver.stream!(src, options);
       const bytes = await collect(s.chunks);
       expect(bytes.length).toBe(s.length);

@@ -40,7 +40,7 @@ describe('internal snapshots: create, apply, delete', () => {
     await fc.assert(
       fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 14 }), fc.constantFrom('4k', '512', '16k-ext'), async (ops, kind) => {
         const storage = new MemoryStorage({ name: 's.qcow2' });
-        const options = kind === '16k-ext' ? { cluster_size: '16k', extended_l2: true } : { cluster_size: kind, refcount_bits: kind === '512' ? 4 : 16 };
+        const options = kind === '16k-ext' ? { clusterSize: '16k', extendedL2: true } : { clusterSize: kind, refcountBits: kind === '512' ? 4 : 16 };
         const disk = await createQcow2(storage, { size, ...options });
         let model = new Uint8Array(size);
         const snaps = new Map<string, Uint8Array>();
@@ -102,7 +102,7 @@ describeQemu('snapshots and qemu-img', () => {
 
   it('qemu lists and exports the snapshots we take, and checks the image clean after apply and delete', async () => {
     const path = join(dir, 'ours.qcow2');
-    const disk = await createQcow2(await FileStorage.create(path), { size: 512 * 1024, cluster_size: '4k' });
+    const disk = await createQcow2(await FileStorage.create(path), { size: 512 * 1024, clusterSize: '4k' });
     const a = seededBytes(512 * 1024, 1);
     await disk.write(0, a);
     await disk.createSnapshot('first', { date: new Date(1_700_000_000_123) });
@@ -150,7 +150,7 @@ describeQemu('snapshots and qemu-img', () => {
 describe('snapshots and narrow refcounts', () => {
   it('a snapshot that would overflow a refcount is refused before anything changes (no corrupt bit, still writable)', async () => {
     const storage = new MemoryStorage({ name: 'n.qcow2' });
-    const disk = await createQcow2(storage, { size: 1 << 20, cluster_size: 4096, refcount_bits: 2 });
+    const disk = await createQcow2(storage, { size: 1 << 20, clusterSize: 4096, refcountBits: 2 });
     // Three small compressed clusters share one host cluster: its refcount is 3, the most 2 bits hold.
     await disk.writeCompressed(0, new Uint8Array(3 * 4096).fill(9));
     await disk.write(65536, seededBytes(4096, 1));

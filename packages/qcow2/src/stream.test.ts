@@ -19,9 +19,9 @@ async function streamToBytes(it: AsyncIterable<Uint8Array>): Promise<Uint8Array>
 }
 
 describe('streamQcow2', () => {
-  for (const options of [{}, { cluster_size: '4k' }, { cluster_size: 512, refcount_bits: 1 }, { compat: 'v2', cluster_size: '8k' }, { extended_l2: true, cluster_size: '32k' }]) {
+  for (const options of [{}, { clusterSize: '4k' }, { clusterSize: 512, refcountBits: 1 }, { compat: 'v2', clusterSize: '8k' }, { extendedL2: true, clusterSize: '32k' }]) {
     it(`reads back as its source: ${JSON.stringify(options)}`, async () => {
-      const src = await createQcow2(new MemoryStorage(), { size: 3 * 1024 * 1024 + 512, cluster_size: '4k' });
+      const src = await createQcow2(new MemoryStorage(), { size: 3 * 1024 * 1024 + 512, clusterSize: '4k' });
       await src.write(1000, seededBytes(300_000, 1));
       await src.write(2 * 1024 * 1024, seededBytes(5000, 2));
       await src.write(3 * 1024 * 1024, seededBytes(512, 3));
@@ -48,7 +48,7 @@ describeQemu('streamQcow2 output judged by qemu-img', () => {
     it(`${name}: check clean, compare equal`, async () => {
       const src = await openQcow2(await FileStorage.open(fixturePath(name)), { resolver: fileResolver });
       const out = join(dir, name);
-      await pipeline(Readable.from(streamQcow2(src, { cluster_size: '4k' })), createWriteStream(out));
+      await pipeline(Readable.from(streamQcow2(src, { clusterSize: '4k' })), createWriteStream(out));
       await src.close();
       expect(qemuCheck(out).status).toBe(0);
       expect(qemuCompare(fixturePath(name), out, 'qcow2', 'qcow2')).toBe(true);

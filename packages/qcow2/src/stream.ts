@@ -26,13 +26,13 @@ export type Qcow2StreamOptions = Omit<Partial<Qcow2CreateOptions>, 'size' | 'bac
    * Read every cluster the extents call data once before the first byte
    * and leave clusters holding only zeros unallocated (they read as zeros).
    * Costs a second read of the data: the layout must be known before the
-   * first byte. Default false; `detect_zeroes: 'on'` as a string works too.
+   * first byte. Default false; `'on'` as a string works too.
    */
   detectZeroes?: boolean | string;
 };
 
 /** Keys a stand-alone stream cannot honour: it has no other file and writes no preallocated space. */
-const REFUSED = ['backingFile', 'backing_file', 'backingFormat', 'backing_fmt', 'dataFile', 'data_file', 'dataFileRaw', 'data_file_raw', 'preallocation'];
+const REFUSED = ['backingFile', 'backingFormat', 'dataFile', 'dataFileRaw', 'preallocation'];
 
 /** What the writer decided before the first byte. */
 interface Qcow2StreamPlan {
@@ -86,7 +86,7 @@ async function withoutZeroClusters(source: Disk, runs: Array<[number, number]>, 
   return out;
 }
 
-/** Maps the CLI's strings and typed keys to Qcow2StreamOptions, refusing what a stand-alone stream cannot be. */
+/** Reads typed keys (values may be `-o` strings) into Qcow2StreamOptions, refusing what a stand-alone stream cannot be. */
 export function qcow2StreamOptionsFrom(options: Record<string, unknown> = {}): Qcow2StreamOptions {
   for (const k of REFUSED) {
     const v = options[k];
@@ -94,10 +94,9 @@ export function qcow2StreamOptionsFrom(options: Record<string, unknown> = {}): Q
     if (v === undefined || v === false || v === 'off' || v === 'false') continue;
     throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
   }
-  const { detect_zeroes: dz, detectZeroes, ...rest } = options;
+  const { detectZeroes, ...rest } = options;
   const out = { ...rest } as Qcow2StreamOptions;
-  const z = detectZeroes ?? dz;
-  if (z !== undefined) out.detectZeroes = parseBool(z as string | boolean, 'detect_zeroes');
+  if (detectZeroes !== undefined) out.detectZeroes = parseBool(detectZeroes as string | boolean, 'detectZeroes');
   return out;
 }
 
@@ -207,7 +206,7 @@ async function* emit(source: Disk, plan: Qcow2StreamPlan): AsyncGenerator<Uint8A
  *
  * @example
  * ```ts
- * const { length, chunks } = await createQcow2Stream(disk, { cluster_size: '64k', detect_zeroes: 'on' });
+ * const { length, chunks } = await createQcow2Stream(disk, { clusterSize: '64k', detectZeroes: 'on' });
  * res.setHeader('Content-Length', length);
  * for await (const c of chunks) res.write(c);
  * ```
@@ -222,7 +221,7 @@ export async function createQcow2Stream(source: Disk, options: Qcow2StreamOption
  *
  * @example
  * ```ts
- * for await (const chunk of streamQcow2(disk, { cluster_size: '64k' })) process.stdout.write(chunk);
+ * for await (const chunk of streamQcow2(disk, { clusterSize: '64k' })) process.stdout.write(chunk);
  * ```
  */
 export async function* streamQcow2(source: Disk, options: Qcow2StreamOptions = {}): AsyncGenerator<Uint8Array> {

@@ -54,7 +54,7 @@ describeQemu('qemu-img judges the images we write', () => {
 
   it('refcount table growth (512-byte clusters, 64-bit refcounts) passes qemu-img check and compare', async () => {
     const path = join(dir, 'growth.qcow2');
-    const disk = await createQcow2(await FileStorage.create(path), { size: 8 << 20, cluster_size: 512, refcount_bits: 64 });
+    const disk = await createQcow2(await FileStorage.create(path), { size: 8 << 20, clusterSize: 512, refcountBits: 64 });
     const data = seededBytes(6 << 20, 11);
     for (let at = 0; at < data.length; at += 1 << 20) await disk.write(at, data.subarray(at, at + (1 << 20)));
     await disk.discard(1 << 20, 1 << 20);
@@ -71,7 +71,7 @@ describeQemu('qemu-img judges the images we write', () => {
 
   it('preallocation=metadata of an 8 GiB disk (metadata written a window at a time) checks clean', async () => {
     const path = join(dir, 'prealloc-big.qcow2');
-    const disk = await createQcow2(await FileStorage.create(path), { size: 8 * 2 ** 30, cluster_size: '4k', preallocation: 'metadata' });
+    const disk = await createQcow2(await FileStorage.create(path), { size: 8 * 2 ** 30, clusterSize: '4k', preallocation: 'metadata' });
     await disk.write(5 * 2 ** 30 + 100, new Uint8Array([1, 2, 3]));
     await disk.close();
     expect(qemuCheck(path).status).toBe(0);
@@ -86,8 +86,8 @@ describeQemu('qemu-img judges the images we write', () => {
       { clusterSize: 512, refcountBits: 1 },
       { compat: 'v2', clusterSize: '8k' },
       { clusterSize: '16k', extendedL2: 'on' },
-      { lazy_refcounts: 'on' },
-      { compression_type: 'zstd', cluster_size: '4k' },
+      { lazyRefcounts: 'on' },
+      { compressionType: 'zstd', clusterSize: '4k' },
     ];
     for (const [i, options] of cases.entries()) {
       const path = join(dir, `ours-${i}.qcow2`);
@@ -112,12 +112,12 @@ describeQemu('qemu-img judges the images we write', () => {
     qemuImg(['create', '-f', 'qcow2', base, '1M']);
     const cases: Array<[Record<string, unknown>, Record<string, unknown>]> = [
       [{}, { compat: '1.1', 'refcount-bits': 16, 'lazy-refcounts': false, 'extended-l2': false, 'compression-type': 'zlib' }],
-      [{ compat: '0.10', cluster_size: '512' }, { compat: '0.10', 'refcount-bits': 16 }],
-      [{ refcount_bits: '64', lazy_refcounts: 'on', cluster_size: '2M' }, { 'refcount-bits': 64, 'lazy-refcounts': true }],
-      [{ extended_l2: 'on', cluster_size: '128k', compression_type: 'zstd' }, { 'extended-l2': true, 'compression-type': 'zstd' }],
+      [{ compat: '0.10', clusterSize: '512' }, { compat: '0.10', 'refcount-bits': 16 }],
+      [{ refcountBits: '64', lazyRefcounts: 'on', clusterSize: '2M' }, { 'refcount-bits': 64, 'lazy-refcounts': true }],
+      [{ extendedL2: 'on', clusterSize: '128k', compressionType: 'zstd' }, { 'extended-l2': true, 'compression-type': 'zstd' }],
       [{ headerLength: 104 }, { compat: '1.1' }],
-      [{ preallocation: 'metadata', cluster_size: '4k' }, {}],
-      [{ preallocation: 'full', cluster_size: '4k' }, {}],
+      [{ preallocation: 'metadata', clusterSize: '4k' }, {}],
+      [{ preallocation: 'full', clusterSize: '4k' }, {}],
       [{ backingFile: 'info-base.qcow2', backingFormat: 'qcow2', resolver: fileResolver }, {}],
     ];
     for (const [i, [options, expected]] of cases.entries()) {
@@ -142,9 +142,9 @@ describeQemu('qemu-img judges the images we write', () => {
     const dataPath = join(dir, 'with-data.img');
     const disk = await createQcow2(await FileStorage.create(path), {
       size: 256 * 1024,
-      cluster_size: '4k',
-      data_file: 'with-data.img',
-      data_file_raw: 'on',
+      clusterSize: '4k',
+      dataFile: 'with-data.img',
+      dataFileRaw: 'on',
       dataFileStorage: await FileStorage.create(dataPath),
     });
     await disk.write(8192, new Uint8Array(4096).fill(0x77));

@@ -26,7 +26,7 @@ describe('feature bits on write', () => {
 
   it('lazy refcounts: dirty while writing, clean after flush', async () => {
     const storage = new MemoryStorage({ name: 'lazy.qcow2' });
-    const disk = await createQcow2(storage, { size: 1 << 20, lazy_refcounts: 'on', cluster_size: '4k' });
+    const disk = await createQcow2(storage, { size: 1 << 20, lazyRefcounts: 'on', clusterSize: '4k' });
     expect(bit(storage.toBytes(), 76, 0)).toBe(0);
     await disk.write(5000, new Uint8Array(100).fill(1));
     expect(bit(storage.toBytes(), 76, 0)).toBe(1);
@@ -65,7 +65,7 @@ describe('feature bits on write', () => {
 describe('resize', () => {
   it('grows (moving the L1 table), shrinks only when asked, and regrown space reads as zeros', async () => {
     const storage = new MemoryStorage({ name: 'r.qcow2' });
-    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: 512 });
+    const disk = await createQcow2(storage, { size: 64 * 1024, clusterSize: 512 });
     const data = seededBytes(64 * 1024, 3);
     await disk.write(0, data);
     const l1Before = readU64Be(storage.toBytes(), 40);
@@ -102,7 +102,7 @@ describe('resize', () => {
 
   it('growing over a longer backing file shows zeros, not the backing data', async () => {
     const base = MemoryStorage.from(new Uint8Array(256 * 1024).fill(9), { name: 'b.raw' });
-    const disk = await createQcow2(new MemoryStorage(), { size: 64 * 1024, cluster_size: '4k', backingFile: 'b.raw', backingFormat: 'raw', resolver: async () => base });
+    const disk = await createQcow2(new MemoryStorage(), { size: 64 * 1024, clusterSize: '4k', backingFile: 'b.raw', backingFormat: 'raw', resolver: async () => base });
     expect((await disk.read(0, 1))[0]).toBe(9);
     await disk.resize(128 * 1024);
     expect((await disk.read(64 * 1024, 64 * 1024)).every((b) => b === 0)).toBe(true);
@@ -112,7 +112,7 @@ describe('resize', () => {
 describe('refcount structures grow', () => {
   it('512-byte clusters with 64-bit refcounts: new self-describing blocks and a moved, larger refcount table', async () => {
     const storage = new MemoryStorage({ name: 'g.qcow2' });
-    const disk = await createQcow2(storage, { size: 8 << 20, cluster_size: 512, refcount_bits: 64 });
+    const disk = await createQcow2(storage, { size: 8 << 20, clusterSize: 512, refcountBits: 64 });
     const before = { table: readU64Be(storage.toBytes(), 48), clusters: readU32Be(storage.toBytes(), 56) };
     const data = seededBytes(6 << 20, 4);
     for (let at = 0; at < data.length; at += 1 << 20) await disk.write(at, data.subarray(at, at + (1 << 20)));
@@ -129,7 +129,7 @@ describe('refcount structures grow', () => {
 
 describe('writeCompressed', () => {
   it('stores compressible clusters compressed, others uncompressed, and needs whole clusters', async () => {
-    const disk = await createQcow2(new MemoryStorage({ name: 'c.qcow2' }), { size: 64 * 1024, cluster_size: '4k' });
+    const disk = await createQcow2(new MemoryStorage({ name: 'c.qcow2' }), { size: 64 * 1024, clusterSize: '4k' });
     await disk.writeCompressed(0, new Uint8Array(8192).fill(7));
     await disk.writeCompressed(8192, seededBytes(4096, 1));
     const check = await checkQcow2(MemoryStorage.from((disk.storage as MemoryStorage).toBytes()));
@@ -143,7 +143,7 @@ describe('writeCompressed', () => {
 
   it('packs compressed clusters byte after byte, as qemu does', async () => {
     const storage = new MemoryStorage({ name: 'p.qcow2' });
-    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: '4k' });
+    const disk = await createQcow2(storage, { size: 64 * 1024, clusterSize: '4k' });
     const text = new TextEncoder().encode('packed compressed clusters '.repeat(700)).subarray(0, 4 * 4096);
     await disk.writeCompressed(0, text);
     await disk.close();
@@ -163,7 +163,7 @@ describe('writeCompressed', () => {
 
   it('zstd images store zstd clusters (node:zlib or WebAssembly libzstd)', async () => {
     const storage = new MemoryStorage({ name: 'z.qcow2' });
-    const disk = await createQcow2(storage, { size: 64 * 1024, cluster_size: '4k', compression_type: 'zstd' });
+    const disk = await createQcow2(storage, { size: 64 * 1024, clusterSize: '4k', compressionType: 'zstd' });
     const text = new TextEncoder().encode('compressible text '.repeat(1000)).subarray(0, 8192);
     await disk.writeCompressed(8192, text);
     expect(bytesEqual(await disk.read(8192, 8192), text)).toBe(true);
@@ -175,7 +175,7 @@ describe('writeCompressed', () => {
 
 describe('create options', () => {
   it('reads strings and typed values alike', () => {
-    expect(parseCreateOptions({ size: '1G' as unknown as number, cluster_size: '4k', refcount_bits: '8', lazy_refcounts: 'on', extended_l2: 'off', compression_type: 'zstd' })).toMatchObject({
+    expect(parseCreateOptions({ size: '1G' as unknown as number, clusterSize: '4k', refcountBits: '8', lazyRefcounts: 'on', extendedL2: 'off', compressionType: 'zstd' })).toMatchObject({
       size: 2 ** 30,
       clusterBits: 12,
       refcountOrder: 3,
@@ -189,17 +189,17 @@ describe('create options', () => {
 
   it('refuses what qemu refuses', () => {
     const bad = [
-      { size: 1, cluster_size: '3k' },
-      { size: 1, cluster_size: '4M' },
-      { size: 1, refcount_bits: 3 },
-      { size: 1, compat: 'v2', lazy_refcounts: true },
-      { size: 1, compat: 'v2', refcount_bits: 8 },
-      { size: 1, extended_l2: true, cluster_size: '4k' },
-      { size: 1, compression_type: 'lz4' },
-      { size: 1, compression_type: 'zstd', header_length: 104 },
-      { size: 1, data_file_raw: true },
+      { size: 1, clusterSize: '3k' },
+      { size: 1, clusterSize: '4M' },
+      { size: 1, refcountBits: 3 },
+      { size: 1, compat: 'v2', lazyRefcounts: true },
+      { size: 1, compat: 'v2', refcountBits: 8 },
+      { size: 1, extendedL2: true, clusterSize: '4k' },
+      { size: 1, compressionType: 'lz4' },
+      { size: 1, compressionType: 'zstd', headerLength: 104 },
+      { size: 1, dataFileRaw: true },
       { size: 1, preallocation: 'sometimes' },
-      { size: 1, lazy_refcounts: 'maybe' },
+      { size: 1, lazyRefcounts: 'maybe' },
     ];
     for (const b of bad) expect(() => parseCreateOptions(b as never), JSON.stringify(b)).toThrow(expect.objectContaining({ code: 'ERR_IMG_INVALID_ARG' }));
   });
@@ -240,9 +240,9 @@ async function replay(initial: Uint8Array, log: RecordingStorage['log'], upTo: n
 
 describe('crash safety', () => {
   for (const [name, options] of [
-    ['4k clusters', { cluster_size: '4k' }],
-    ['512-byte clusters, 64-bit refcounts (refcount growth)', { cluster_size: 512, refcount_bits: 64 }],
-    ['extended L2', { cluster_size: '16k', extended_l2: true }],
+    ['4k clusters', { clusterSize: '4k' }],
+    ['512-byte clusters, 64-bit refcounts (refcount growth)', { clusterSize: 512, refcountBits: 64 }],
+    ['extended L2', { clusterSize: '16k', extendedL2: true }],
   ] as const) {
     it(`${name}: a crash after any write leaves an image with no corruption`, async () => {
       const base = await createQcow2(new MemoryStorage({ name: 'x' }), { size: 2 << 20, ...options });
@@ -309,7 +309,7 @@ describe('resize racing writes', () => {
       }
     }
     const storage = new SlowStorage({ name: 'rr.qcow2' });
-    const disk = await createQcow2(storage, { size: 1 << 20, cluster_size: 512 });
+    const disk = await createQcow2(storage, { size: 1 << 20, clusterSize: 512 });
     const model = new Uint8Array(4 << 20);
     const jobs: Promise<void>[] = [];
     for (let i = 0; i < 40; i++) {
@@ -333,7 +333,7 @@ describe('resize racing writes', () => {
 describe('reads racing writes', () => {
   it('a cluster freed while a read of it is in flight is not reused before the read ends', async () => {
     const storage = new GatedStorage({ name: 'gate.qcow2' });
-    const disk = await createQcow2(storage, { size: 1 << 20, cluster_size: '4k' });
+    const disk = await createQcow2(storage, { size: 1 << 20, clusterSize: '4k' });
     await disk.write(0, new Uint8Array(4096).fill(0xaa));
     const { stateOf } = await import('./image.js');
     const { state, view } = stateOf(disk);

@@ -3,7 +3,7 @@
  * MacX, then the deprecated ones), the parent unicode name and a search
  * path; checking its unique id; depth limit and cycle detection.
  */
-import { ERROR_CODES, ImageError, type Resolver, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, missingFileError, type Resolver, type Storage } from '@img/block';
 import { fromVhdTimestamp } from './footer.js';
 import type { VhdDisk } from './image.js';
 import { openVhd, type VhdOpenOptions } from './open.js';
@@ -72,12 +72,18 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
   const candidates = await parentCandidates(s, options.searchPath);
   const tried: string[] = [];
   let mismatch: ImageError | undefined;
+  // The first name that could not be opened is what the error names; the others are listed after it.
+  let missing: { name: string; resolved: string | undefined; cause: unknown } | undefined;
+  let failed: ImageError | undefined;
   for (const name of candidates) {
     let storage: Storage;
     try {
       storage = await resolver({ name, kind: 'parent', from: s.storage, writable: writable });
     } catch (e) {
+      const resolved = (e as { data?: { file?: unknown } } | undefined)?.data?.file;
       tried.push(`${name} (${(e as Error).message})`);
+      if (ImageError.isInstance(e) && e.code !== ERROR_CODES.NOT_FOUND) failed ??= e;
+      else missing ??= { name, resolved: typeof resolved === 'string' ? resolved : undefined, cause: e };
       continue;
     }
     if (storage.name === file || chain.includes(storage.name)) {
@@ -122,11 +128,11 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
     return;
   }
   if (mismatch) throw mismatch;
-  throw new ImageError(
-    ERROR_CODES.NOT_FOUND,
-    `vhd: ${file}: parent ${h.parentUnicodeName || h.parentUniqueId} not found (tried ${tried.length ? tried.join(', ') : 'no locator'})`,
-    { data: { format: FORMAT, file, field: 'parent locator', offset: s.headerOffset + 0x240 } },
-  );
+  const data = { field: 'parent locator', offset: s.headerOffset + 0x240, tried };
+  if (!missing && failed) throw failed;
+  if (!missing) throw missingFileError(FORMAT, file, 'parent', h.parentUnicodeName || h.parentUniqueId, undefined, { data });
+  const alsoTried = candidates.filter((c) => c !== missing!.name);
+  throw missingFileError(FORMAT, file, 'parent', missing.name, missing.resolved, { cause: missing.cause, data, alsoTried });
 }
 
 /** Options of openVhdChain. */

@@ -8,7 +8,7 @@
  * force_size=on writes ("qem2", maximal geometry); `forceSize: false`
  * rounds the size up to a CHS-exact one, as qemu-img does by default.
  */
-import { invalidArg, parseBool, parseSize, type Disk, type Storage } from '@img/block';
+import { checkOptionKeys, invalidArg, parseBool, parseSize, type Disk, type OptionTable, type Storage } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, type ParentLocatorEntry, type VhdDynamicHeader } from './dynamic-header.js';
@@ -101,6 +101,24 @@ export interface VhdCreateOptions {
   _locatorsAfterBat?: boolean;
 }
 
+/** The create options: typed key, `qemu-img create -o` name (qemu's vpc driver), help, kind of value. */
+export const VHD_CREATE_OPTIONS: OptionTable = [
+  { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
+  { key: 'type', name: 'subformat', kind: 'str', help: 'dynamic (default) or fixed' },
+  { key: 'blockSize', name: 'block_size', kind: 'size', help: 'block size of dynamic disks, a power of two from 512 (default 2M)' },
+  {
+    key: 'forceSize',
+    name: 'force_size',
+    kind: 'bool',
+    help: 'on: exact size with the maximal CHS geometry, as qemu-img (creator "qem2"); off: round up to a CHS-exact size; default: exact size (creator "win ")',
+  },
+  { key: 'backingFile', name: 'backing_file', kind: 'str', help: 'parent of a differencing disk (needs a resolver)' },
+  { key: 'backingFormat', name: 'backing_fmt', kind: 'str', help: 'format of the parent: vhd (vpc)' },
+];
+
+/** Typed keys of VhdCreateOptions that have no `-o` name. */
+export const VHD_TYPED_CREATE_KEYS: readonly string[] = ['parent', 'uuid', 'timestamp', 'creator', '_locatorsAfterBat'];
+
 function geometryFor(size: number, forceSize: boolean | undefined): { geometry: VhdGeometry; size: number; app?: string } {
   const sectors = size / VHD_SECTOR;
   if (forceSize === true) return { geometry: { cylinders: 65535, heads: 16, sectorsPerTrack: 255 }, size, app: 'qem2' };
@@ -122,6 +140,8 @@ function geometryFor(size: number, forceSize: boolean | undefined): { geometry: 
  * ```
  */
 export async function createVhd(storage: Storage, options: VhdCreateOptions): Promise<VhdDisk> {
+  if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'size is required', { field: 'size' });
+  checkOptionKeys(FORMAT, VHD_CREATE_OPTIONS.filter((o) => !o.key.startsWith('backing')), options, VHD_TYPED_CREATE_KEYS);
   const parent = options.parent;
   const type: VhdType = options.type ?? (parent ? 'differencing' : 'dynamic');
   if (!(type in DISK_TYPE)) throw invalidArg(FORMAT, `unknown VHD type "${String(type)}" (fixed, dynamic, differencing)`, { field: 'type' });

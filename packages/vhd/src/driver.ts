@@ -1,8 +1,8 @@
 /** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
-import type { CreateOptions, FormatDriver, OpenOptions, Storage } from '@img/block';
-import { invalidArg } from '@img/block';
+import type { DriverCreateOptions, FormatDriver, OpenOptions, Storage } from '@img/block';
+import { checkOptionKeys, invalidArg, optionHelp } from '@img/block';
 import { checkVhd } from './check.js';
-import { createVhd, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
+import { createVhd, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS, type VhdCreateOptions } from './create.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
 import { VhdDisk } from './image.js';
 import { openVhd, vhdOpenOptionsFrom } from './open.js';
@@ -27,15 +27,16 @@ export function probeVhd(head: Uint8Array, size: number, tail?: Uint8Array): num
   return 0;
 }
 
-async function create(storage: Storage, options: CreateOptions): Promise<VhdDisk> {
+async function create(storage: Storage, options: DriverCreateOptions): Promise<VhdDisk> {
+  checkOptionKeys('vhd', VHD_CREATE_OPTIONS, options, VHD_TYPED_CREATE_KEYS);
   const typed: VhdCreateOptions = vhdCreateOptionsFrom(options);
-  const backing = (options.backingFile ?? options.backing_file) as string | undefined;
-  const backingFormat = (options.backingFormat ?? options.backing_fmt) as string | undefined;
+  const backing = options.backingFile;
+  const backingFormat = options.backingFormat;
   if (backingFormat !== undefined && backingFormat !== 'vhd' && backingFormat !== 'vpc') {
     throw invalidArg('vhd', `the parent of a differencing VHD must be a VHD, not ${backingFormat}`, { field: 'backing_fmt' });
   }
   if (backing !== undefined && !typed.parent) {
-    const resolver = (options as OpenOptions).resolver;
+    const resolver = options.resolver;
     if (!resolver) throw invalidArg('vhd', 'a differencing disk needs a resolver to open its parent (pass resolver: fileResolver)', { field: 'backing_file' });
     const parentStorage = await resolver({ name: backing, kind: 'parent', from: storage, writable: false });
     const disk = await openVhd(parentStorage, { resolver }).catch(async (e: unknown) => {
@@ -46,7 +47,7 @@ async function create(storage: Storage, options: CreateOptions): Promise<VhdDisk
     typed.type = 'differencing';
   }
   const disk = await createVhd(storage, typed);
-  const resolver = (options as OpenOptions).resolver;
+  const resolver = options.resolver;
   if (resolver) disk._state.resolver = resolver;
   return disk;
 }
@@ -68,10 +69,6 @@ export const vhdDriver: FormatDriver = {
   check: (storage, options) => checkVhd(storage, options),
   stream: async (source, options) => createVhdStream(source, vhdStreamOptionsFrom(options)),
   readStream: async (input, options) => readVhdStream(input, options),
-  createOptions: {
-    subformat: 'dynamic (default) or fixed',
-    block_size: 'block size of dynamic disks, a power of two from 512 (default 2M)',
-    force_size: 'on: exact size with the maximal CHS geometry, as qemu-img (creator "qem2"); off: round up to a CHS-exact size; default: exact size (creator "win ")',
-    backing_file: 'parent of a differencing disk (needs a resolver)',
-  },
+  createOptions: optionHelp(VHD_CREATE_OPTIONS),
+  createOptionTable: VHD_CREATE_OPTIONS,
 };

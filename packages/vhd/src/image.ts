@@ -117,7 +117,7 @@ export class VhdDisk implements Disk {
   #checkWrite(offset: number, length: number): void {
     this.#check();
     if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
-    checkDiskRange(FORMAT, this.size, offset, length);
+    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
   }
 
   /** @internal The sector bitmap of an allocated block (cached). */
@@ -153,6 +153,8 @@ export class VhdDisk implements Disk {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#check();
+    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
     return out;
@@ -164,7 +166,7 @@ export class VhdDisk implements Disk {
 
   async #readInto(offset: number, target: Uint8Array): Promise<void> {
     this.#check();
-    checkDiskRange(FORMAT, this.size, offset, target.length);
+    checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
     const s = this._state;
     if (s.type === 'fixed') {
       const n = await s.storage.readInto(offset, target);

@@ -1,7 +1,7 @@
 export { VhdDisk, type VhdSectorLocation } from './image.js';
 export { openVhd, vhdOpenOptionsFrom, type VhdOpenOptions } from './open.js';
 export { vhdProblem, type VhdProblem, type VhdProblemCode, type VhdProblemSeverity } from './problems.js';
-export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, type VhdCreateOptions, type VhdParentSpec } from './create.js';
+export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, type VhdCreateOptions, type VhdParentSpec } from './create.js';
 export { openVhdChain, vhdChainLayers, parentCandidates, DEFAULT_MAX_CHAIN_DEPTH, type VhdChainOptions } from './chain.js';
 export { checkVhd, type VhdCheckOptions, type VhdCheckResult } from './check.js';
 export { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';

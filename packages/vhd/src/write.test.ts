@@ -65,16 +65,21 @@ describe('create and write (memory), checked against a flat model', () => {
     await expectContent(await openVhd(MemoryStorage.from(storage.toBytes())), model);
   });
 
-  it('vhdDriver.create takes the CLI string options', async () => {
-    const fixed = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, subformat: 'fixed' });
+  it('vhdDriver.create takes typed keys with string values, and refuses -o names', async () => {
+    const fixed = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, type: 'fixed' });
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, subformat: 'fixed' })).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      message: expect.stringContaining('"subformat" (did you mean type?)'),
+    });
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, block_size: '64k' })).rejects.toThrow(/did you mean blockSize\?/);
     expect((await fixed.info!()).formatSpecific!.type).toBe('fixed');
-    const dyn = (await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, block_size: '64k', force_size: 'on' })) as VhdDisk;
+    const dyn = (await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, blockSize: '64k', forceSize: 'on' })) as VhdDisk;
     expect(dyn.footer.creatorApp).toBe('qem2');
     expect(dyn.footer.geometry).toEqual({ cylinders: 65535, heads: 16, sectorsPerTrack: 255 });
     expect((await dyn.info()).clusterSize).toBe(65536);
-    const rounded = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, force_size: 'off' });
+    const rounded = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, forceSize: 'off' });
     expect(rounded.size).toBe(1_009_664); // the next CHS-exact size, as qemu-img create gives
-    await expect(vhdDriver.create(new MemoryStorage(), { size: 1e6, block_size: '3k' })).rejects.toThrow(/power of two/);
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1e6, blockSize: '3k' })).rejects.toThrow(/power of two/);
     await expect(vhdDriver.create(new MemoryStorage(), { size: 2041 * 2 ** 30 })).rejects.toThrow(/2040 GiB/);
   });
 

@@ -60,13 +60,24 @@ export interface FileStorageCreateOptions {
   lock?: boolean;
 }
 
+/**
+ * One sentence for a failed system call: "a.img: open failed: no such file
+ * or directory (ENOENT)". Node's message repeats the code and the path
+ * ("ENOENT: no such file or directory, open 'a.img'"): only its
+ * description is kept. A directory where an image was expected is said so.
+ */
 function fsError(path: string, what: string, cause: unknown): ImageError {
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
-  const notFound = code === 'ENOENT';
-  return new ImageError(notFound ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed${code ? ` (${code})` : ''}: ${(cause as Error)?.message ?? String(cause)}`, {
-    cause,
-    data: { file: path, errno: code },
-  });
+  const data = { file: path, errno: code };
+  if (code === 'EISDIR') return new ImageError(ERROR_CODES.INVALID_ARG, `${path}: is a directory, not an image file`, { cause, data });
+  let text = (cause as Error | undefined)?.message ?? String(cause);
+  if (code) {
+    const syscall = (cause as NodeJS.ErrnoException).syscall;
+    if (text.startsWith(`${code}: `)) text = text.slice(code.length + 2);
+    if (syscall) text = text.replace(new RegExp(`, ${syscall}(?: '.*')?$`), '');
+    text = `${text} (${code})`;
+  }
+  return new ImageError(code === 'ENOENT' ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed: ${text}`, { cause, data });
 }
 
 /**

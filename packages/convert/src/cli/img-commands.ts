@@ -5,14 +5,14 @@ import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
-import { parseCreateOptions } from '../convert.js';
+import { amendOptionsFromCli, createOptionsFromCli, printOptionHelp, readOptionText } from './options.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../node/same-file.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
-import { amendQcow2 } from '@img/qcow2';
+import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
 import { convertMain } from './img-convert.js';
 
 type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -304,14 +304,14 @@ const create: Handler = async (argv, io) => {
   const registry = defaultRegistry();
   const format = values.f ?? 'raw';
   const driver = registry.require(format);
-  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
-  const path = positionals[0]!;
-  const options: Record<string, unknown> = parseCreateOptions(values.o);
-  if ('help' in options) {
-    io.stdout(`Create options for ${driver.name}:\n`);
-    for (const [k, v] of Object.entries(driver.createOptions ?? {})) io.stdout(`  ${k.padEnd(18)} ${v}\n`);
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
     return 0;
   }
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
+  const path = positionals[0]!;
+  const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
   if (values.b !== undefined) {
@@ -549,7 +549,12 @@ const measure: Handler = async (argv, io) => {
   const registry = defaultRegistry();
   const driver = registry.require(values.O);
   if (!driver.measure) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be measured`);
-  const options = parseCreateOptions(values.o);
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    return 0;
+  }
+  const options = createOptionsFromCli(io, 'img measure', driver, optionText.text);
   let source: Disk | undefined;
   try {
     if (positionals.length) source = await open(onePath(positionals), values);
@@ -598,8 +603,13 @@ const amend: Handler = async (argv, io) => {
     return 0;
   }
   const path = onePath(positionals);
-  const options = parseCreateOptions(values.o);
-  if (Object.keys(options).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, 'Amend options for qcow2:', QCOW2_AMEND_OPTIONS);
+    return 0;
+  }
+  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
   let format = values.f;
   if (format === undefined) {
     const probe = await open(path, values);

@@ -68,7 +68,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       throw new UsageError(`expected <src-format> <dst-format> <input> <output>, got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
     }
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
-    const [{ defaultRegistry }, { convertFile }, { parseCreateOptions }] = await Promise.all([import('../formats.js'), import('../node.js'), import('../convert.js')]);
+    const [{ defaultRegistry }, { convertFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
     if (values.help) {
       io.stdout(CONVERT_HELP.replace('FORMATS', registry.names().join(', ')));
@@ -77,12 +77,12 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     const [srcFormat, dstFormat, input, output] = positionals as [string, string, string, string];
     registry.require(srcFormat);
     const dstDriver = registry.require(dstFormat);
-    const createOptions = parseCreateOptions(values.o);
-    if ('help' in createOptions) {
-      io.stdout(`Create options for ${dstDriver.name}:\n`);
-      for (const [k, v] of Object.entries(dstDriver.createOptions ?? {})) io.stdout(`  ${k.padEnd(18)} ${v}\n`);
+    const optionText = readOptionText(values.o);
+    if (optionText.help) {
+      printOptionHelp(io, `Supported ${dstDriver.name} options:`, dstDriver.createOptionTable ?? []);
       return 0;
     }
+    const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);
     if (values.F !== undefined && values.B === undefined) throw new UsageError('-F needs -B');
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;

@@ -1,0 +1,82 @@
+// `-o` on the command line: qemu-img's names, mapped through each format's
+// option table; an unknown name fails as qemu-img fails (same words, exit 1,
+// nothing created), followed by the names that are valid.
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { describeQemu, qemuImg, qemuInfo, tempDir, testImagesDir } from '@img/testkit';
+import { run } from './test/cli.js';
+
+const tmp = tempDir('img-cli-options-');
+afterAll(() => tmp.cleanup());
+
+describe('unknown -o names', () => {
+  const input = join(testImagesDir, 'raw', 'demo.img');
+  const cases: Array<[string, string[], string, string]> = [
+    ['img create', ['img', 'create', '-f', 'qcow2', '-o', 'clustr_size=4k', 'c.qcow2', '1M'], 'clustr_size', 'qcow2'],
+    ['img create (vhd)', ['img', 'create', '-f', 'vhd', '-o', 'subformat=fixed,blocksize=2M', 'c.vhd', '1M'], 'blocksize', 'vhd'],
+    ['img create (raw)', ['img', 'create', '-f', 'raw', '-o', 'cluster_size=4k', 'c.raw', '1M'], 'cluster_size', 'raw'],
+    ['img-convert', ['img-convert', '-o', 'clustr_size=4k', 'raw', 'qcow2', input, 'o.qcow2'], 'clustr_size', 'qcow2'],
+    ['img convert', ['img', 'convert', '-o', 'lazy_refcount=on', 'raw', 'qcow2', input, 'o2.qcow2'], 'lazy_refcount', 'qcow2'],
+    ['img measure', ['img', 'measure', '-O', 'qcow2', '-o', 'clustr_size=4k', '--size', '1G'], 'clustr_size', 'qcow2'],
+  ];
+  for (const [name, [cmd, ...args], bad, format] of cases) {
+    it(`${name}: Invalid parameter '${bad}', the valid names, exit 1, nothing created`, () => {
+      const before = readdirSync(tmp.path).length;
+      const r = run(cmd as 'img' | 'img-convert', args.map((a) => (/\.(qcow2|vhd|raw)$/.test(a) ? join(tmp.path, a) : a)));
+      expect(r.status, r.stderr).toBe(1);
+      const prog = cmd === 'img' ? `img ${args[0]}` : 'img-convert';
+      expect(r.stderr).toMatch(new RegExp(`^${prog}: Invalid parameter '${bad}'\\n`));
+      expect(r.stderr).toContain(`Supported ${format} options:`);
+      expect(r.stderr).toMatch(/^ {2}size=<size> +- /m);
+      if (format === 'qcow2') expect(r.stderr).toMatch(/^ {2}cluster_size=<size> +- /m);
+      if (format === 'vhd') expect(r.stderr).toMatch(/^ {2}subformat=<str> +- /m);
+      expect(r.stdout).toBe('');
+      expect(readdirSync(tmp.path).length).toBe(before);
+    });
+  }
+
+  it('-o help lists the table without needing a file', () => {
+    const r = run('img', ['create', '-f', 'vhd', '-o', 'help']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^Supported vhd options:\n/);
+    for (const name of ['size', 'subformat', 'block_size', 'force_size']) expect(r.stdout).toMatch(new RegExp(`^  ${name}=`, 'm'));
+  });
+});
+
+describe('img amend -o', () => {
+  it('refuses creation-only and unknown names in qemu-img amend words', () => {
+    const path = join(tmp.path, 'a.qcow2');
+    expect(run('img', ['create', '-f', 'qcow2', path, '1M']).status).toBe(0);
+    const creationOnly = run('img', ['amend', '-o', 'cluster_size=4k', path]);
+    expect(creationOnly.status).toBe(1);
+    expect(creationOnly.stderr).toBe("img amend: Invalid parameter 'cluster_size'\nThis option is only supported for image creation\n");
+    const unknown = run('img', ['amend', '-o', 'lazy_refcount=on', path]);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toMatch(/^img amend: Invalid parameter 'lazy_refcount'\nAmend options for qcow2:\n {2}compat=<str> +- .*\n {2}lazy_refcounts=<bool \(on\/off\)> +- /);
+    const unsupported = run('img', ['amend', '-o', 'refcount_bits=8', path]);
+    expect(unsupported.status).toBe(1);
+    expect(unsupported.stderr).toMatch(/ERR_IMG_UNSUPPORTED/);
+    expect(run('img', ['amend', '-o', 'lazy_refcounts=on', path]).status).toBe(0);
+  });
+});
+
+describeQemu('known -o names reach the image (judged by qemu-img)', () => {
+  it('img create -o maps every qcow2 name to the typed option', () => {
+    const path = join(tmp.path, 'k.qcow2');
+    const r = run('img', ['create', '-f', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=8,lazy_refcounts=on,extended_l2=off,compression_type=zstd,compat=1.1,size=2M', path]);
+    expect(r.status, r.stderr).toBe(0);
+    const info = qemuInfo(path, 'qcow2') as { 'virtual-size': number; 'cluster-size': number; 'format-specific': { data: Record<string, unknown> } };
+    expect(info['virtual-size']).toBe(2 << 20);
+    expect(info['cluster-size']).toBe(4096);
+    expect(info['format-specific'].data).toMatchObject({ 'refcount-bits': 8, 'lazy-refcounts': true, 'compression-type': 'zstd' });
+    expect(qemuImg(['check', path]).status).toBe(0);
+  });
+
+  it('img measure -o takes the same names as qemu-img measure', () => {
+    const ours = run('img', ['measure', '-O', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=8', '--size', '1G', '--output=json']);
+    expect(ours.status, ours.stderr).toBe(0);
+    const theirs = qemuImg(['measure', '-O', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=8', '--size', '1G', '--output=json']);
+    expect(JSON.parse(ours.stdout)).toEqual(JSON.parse(theirs.stdout));
+  });
+});

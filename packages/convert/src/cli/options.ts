@@ -1,0 +1,57 @@
+/**
+ * `-o key=value,...` as the commands read it: qemu-img's snake_case names,
+ * mapped through the format's option table to the typed (camelCase) keys
+ * the API takes. A name the table does not declare ends the command the
+ * way qemu-img does ("Invalid parameter 'clustr_size'", status 1) before
+ * any file is created, followed by the names that are valid.
+ */
+import { optionHelpLines, optionsFromText, unknownOptionName, type FormatDriver, type OptionTable } from '@img/block';
+import { QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
+import { parseCreateOptions } from '../convert.js';
+import { ExitCode, type Io } from './common.js';
+
+/** The `-o` values of a command: raw text, and whether `help` was asked for. */
+export function readOptionText(values: string | readonly string[] | undefined): { text: Record<string, string>; help: boolean } {
+  const text = parseCreateOptions(values);
+  const help = 'help' in text;
+  delete text.help;
+  return { text, help };
+}
+
+/** Prints `-o help` for a table: a title line and one line per option. */
+export function printOptionHelp(io: Io, title: string, table: OptionTable): void {
+  io.stdout(`${title}\n${optionHelpLines(table).join('\n')}\n`);
+}
+
+function refuse(io: Io, prog: string, name: string, lines: string[]): never {
+  io.stderr(`${prog}: Invalid parameter '${name}'\n${lines.join('\n')}\n`);
+  throw new ExitCode(1);
+}
+
+/**
+ * Maps `-o` text to `driver`'s typed create options. An unknown name
+ * prints qemu-img's "Invalid parameter" line and the supported options
+ * on stderr, and the command exits 1.
+ */
+export function createOptionsFromCli(io: Io, prog: string, driver: FormatDriver, text: Readonly<Record<string, string>>): Record<string, unknown> {
+  const table = driver.createOptionTable ?? [];
+  const bad = unknownOptionName(table, Object.keys(text));
+  if (bad !== undefined) refuse(io, prog, bad, [`Supported ${driver.name} options:`, ...optionHelpLines(table)]);
+  return optionsFromText(driver.name, table, text);
+}
+
+/**
+ * Maps `img amend -o` text (qcow2) to amendQcow2's options. Options qemu
+ * can only set at creation are refused in qemu-img amend's words; names
+ * qemu amends but this library does not are passed on, and amendQcow2
+ * refuses them (ERR_IMG_UNSUPPORTED).
+ */
+export function amendOptionsFromCli(io: Io, prog: string, text: Readonly<Record<string, string>>): Record<string, unknown> {
+  const all = [...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS.filter((o) => QCOW2_AMEND_UNSUPPORTED.includes(o.name))];
+  const bad = unknownOptionName(all, Object.keys(text));
+  if (bad !== undefined) {
+    const creationOnly = QCOW2_CREATE_OPTIONS.some((o) => o.name === bad);
+    refuse(io, prog, bad, creationOnly ? ['This option is only supported for image creation'] : ['Amend options for qcow2:', ...optionHelpLines(QCOW2_AMEND_OPTIONS)]);
+  }
+  return optionsFromText('qcow2', all, text);
+}
