@@ -1,7 +1,7 @@
 /**
  * img: the toolbox. Subcommands are spelled like qemu-img's.
  */
-import { runCommand, version, type Io } from './common.js';
+import { runCommand, statusAfterOutput, version, type Io } from './common.js';
 
 const HELP = `Usage: img <command> [options]
 
@@ -29,6 +29,10 @@ Example:
 
 /** The body of img, given its arguments after the command name. */
 export async function imgMain(argv: string[], io: Io): Promise<number> {
+  return statusAfterOutput('img', io, await imgCommand(argv, io));
+}
+
+async function imgCommand(argv: string[], io: Io): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     io.stdout(HELP);
