@@ -9,6 +9,7 @@ import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
+import { humanInfo, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
 import { amendQcow2 } from '@img/qcow2';
@@ -50,7 +51,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
   const out: Record<string, unknown> = {
     'virtual-size': info.virtualSize,
     filename: path,
-    format: info.format,
+    format: qemuFormatName(info.format),
     'actual-size': actualSize,
   };
   if (info.clusterSize !== undefined) out['cluster-size'] = info.clusterSize;
@@ -70,7 +71,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
       ...(s.icount !== undefined ? { icount: s.icount } : {}),
     }));
   }
-  if (info.formatSpecific) out['format-specific'] = { type: info.format, data: info.formatSpecific };
+  if (info.formatSpecific) out['format-specific'] = { type: qemuFormatName(info.format), data: info.formatSpecific };
   return out;
 }
 
@@ -79,7 +80,7 @@ function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
 }
 
-async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; actual: number; path: string }> {
+async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
   let actual = 0;
   try {
@@ -88,32 +89,6 @@ async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; ac
     actual = 0;
   }
   return { data, actual, path };
-}
-
-function humanInfo({ data, actual, path }: { data: ImageInfo; actual: number; path: string }): string {
-  const lines = [
-    `image: ${path}`,
-    `file format: ${data.format}`,
-    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
-    `disk size: ${formatSize(actual)}`,
-  ];
-  if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
-  if (data.backingFile !== undefined) {
-    lines.push(`backing file: ${data.backingFile}${data.fullBackingFile && data.fullBackingFile !== data.backingFile ? ` (actual path: ${data.fullBackingFile})` : ''}`);
-  }
-  if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
-  if (data.snapshots?.length) {
-    lines.push('Snapshot list:');
-    lines.push('ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
-    for (const s of data.snapshots) {
-      lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${new Date(s.dateSec * 1000).toISOString().replace('T', ' ').slice(0, 19)} ${formatClock(s.vmClockNsec)} ${s.icount ?? '--'}`);
-    }
-  }
-  if (data.formatSpecific) {
-    lines.push('Format specific information:');
-    for (const [k, v] of Object.entries(data.formatSpecific)) lines.push(`    ${k.replace(/-/g, ' ')}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
-  }
-  return lines.join('\n') + '\n';
 }
 
 const info: Handler = async (argv, io) => {
@@ -147,14 +122,6 @@ const info: Handler = async (argv, io) => {
     await disk.close();
   }
 };
-
-function formatClock(nsec: number): string {
-  const ms = Math.floor(nsec / 1e6);
-  const h = Math.floor(ms / 3_600_000);
-  const m = Math.floor(ms / 60_000) % 60;
-  const s = Math.floor(ms / 1000) % 60;
-  return `${String(h).padStart(4, '0')}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}.${String(ms % 1000).padStart(3, '0')}`;
-}
 
 /** One entry of qemu-img map --output=json for an extent. */
 export function mapEntry(e: Extent): Record<string, unknown> {
@@ -402,7 +369,7 @@ const check: Handler = async (argv, io) => {
   if (mode === 'json') {
     const out: Record<string, unknown> = {
       filename: path,
-      format: result.format,
+      format: qemuFormatName(result.format),
       'check-errors': result.checkErrors,
     };
     if (result.corruptions) out.corruptions = result.corruptions;
@@ -506,7 +473,7 @@ const snapshot: Handler = async (argv, io) => {
       if (values.output === 'json') {
         io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
       } else if (snaps.length) {
-        io.stdout('Snapshot list:\n' + humanInfo({ data: { format: disk.format, virtualSize: disk.size, snapshots: snaps }, actual: 0, path }).split('Snapshot list:\n')[1]);
+        io.stdout(['Snapshot list:', ...snapshotTable(snaps)].join('\n') + '\n');
       }
       return 0;
     }
