@@ -43,13 +43,17 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Open backing files / parents writable (commit). */
   backingWritable?: boolean;
+  /** Take no image locks, so an image a running qemu holds can be read (qemu-img -U); read-only opens only. */
+  forceShare?: boolean;
 }
 
 /** Opens an image file. With no format given, probes it (raw only if nothing else matches). */
 export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
-  const storage = await FileStorage.open(path, { readOnly });
+  // forceShare reaches FileStorage as it gains image locks; until then it is an extra key.
+  const storageOptions = { readOnly, forceShare: options.forceShare ?? false };
+  const storage = await FileStorage.open(path, storageOptions);
   try {
     let format = options.format;
     if (options.untrusted) {
@@ -93,6 +97,8 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   keepPartial?: boolean;
   /** Convert this internal snapshot (id or name) of the source instead of its current state (-l). */
   snapshot?: string;
+  /** Open the input without image locks (qemu-img convert -U). */
+  forceShare?: boolean;
   /** Where input "-" reads from (default process.stdin). */
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
@@ -129,6 +135,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     registry,
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
+    forceShare: options.forceShare ?? false,
   });
   let created = false;
   let snapshot: Disk | undefined;
@@ -195,6 +202,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     registry,
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
+    forceShare: options.forceShare ?? false,
   });
   let snapshot: Disk | undefined;
   try {

@@ -2,14 +2,16 @@
  * The subcommands of img, loaded once img knows it runs one (see img.ts).
  */
 import { stat } from 'node:fs/promises';
+import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { ImageError, formatSize, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
-import { humanInfo, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
+import { humanInfo, qdictSorted, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
+import { measureBitmaps, measureRaw } from './measure.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
 import { amendQcow2 } from '@img/qcow2';
@@ -26,6 +28,9 @@ const common = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** -U / --force-share (qemu-img's): read an image without taking its locks, for the commands that only read. */
+const shareOption = { 'force-share': { type: 'boolean', short: 'U' } } as const;
+
 function outputMode(value: string | undefined): 'human' | 'json' {
   if (value === undefined || value === 'human') return 'human';
   if (value === 'json') return 'json';
@@ -37,12 +42,13 @@ function onePath(positionals: string[], what = '<file>'): string {
   return positionals[0]!;
 }
 
-async function open(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean }, readOnly = true): Promise<Disk> {
+async function open(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true): Promise<Disk> {
   return openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
     readOnly,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
   });
 }
 
@@ -75,13 +81,26 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
   return out;
 }
 
+/**
+ * A name stored in an image, read from where the image is (qemu's
+ * path_combine): absolute names as they are, relative ones after the
+ * image's directory as the image's path spells it ("dir/base.qcow2").
+ */
+function combinePath(imagePath: string, name: string): string {
+  if (isAbsolute(name)) return name;
+  return imagePath.slice(0, imagePath.lastIndexOf('/') + 1) + name;
+}
+
 /** The backing image (qcow2) or parent (VHD) of an open disk, if it has one open. */
 function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
 }
 
 async function describe(disk: Disk, path: string): Promise<InfoLayer> {
-  const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+  const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
+  // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
+  // VHD's is the parent locator that was found, which may name another file than the stored name.
+  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2')) data.fullBackingFile = combinePath(path, data.backingFile);
   let actual = 0;
   try {
     actual = (await stat(path)).blocks * 512;
@@ -92,9 +111,9 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
 }
 
 const info: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img info [-f fmt] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
+    io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -104,16 +123,18 @@ const info: Handler = async (argv, io) => {
     ...(values.f !== undefined ? { format: values.f } : {}),
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
     noBacking: !values['backing-chain'],
   });
   try {
     const layers = [await describe(disk, path)];
     if (values['backing-chain']) {
-      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, b.storage.name));
+      // Each layer is named as the one above names it, as in qemu-img's list.
+      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, layers[layers.length - 1]!.data.fullBackingFile ?? b.storage.name));
     }
     if (mode === 'json') {
       const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
-      io.stdout(JSON.stringify(values['backing-chain'] ? objects : objects[0], null, 4) + '\n');
+      io.stdout(JSON.stringify(qdictSorted(values['backing-chain'] ? objects : objects[0]), null, 4) + '\n');
     } else {
       io.stdout(layers.map(humanInfo).join('\n'));
     }
@@ -138,9 +159,9 @@ export function mapEntry(e: Extent): Record<string, unknown> {
 }
 
 const map: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img map [-f fmt] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
+    io.stdout('Usage: img map [-f fmt] [-U] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -167,11 +188,11 @@ const map: Handler = async (argv, io) => {
 const compare: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
+    options: { ...common, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img compare [-f fmt] [-F fmt] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    io.stdout('Usage: img compare [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
     return 0;
   }
   try {
@@ -309,12 +330,20 @@ const create: Handler = async (argv, io) => {
   return 0;
 };
 
+/** A size that starts with a minus ("-10G"): an argument of resize, not an option (qemu-img reads it so). */
+const NEGATIVE_SIZE = /^-\d+(?:\.\d+)?[a-z]*$/i;
+
 const resize: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
+  // "-10G" would read as options -1, -0, -G: take it out before parsing and put it back as the size.
+  const dash = argv.indexOf('--');
+  const at = argv.findIndex((a, i) => NEGATIVE_SIZE.test(a) && (dash < 0 || i < dash));
+  const parsed = parseArgs({
+    args: at < 0 ? argv : argv.filter((_, i) => i !== at),
     options: { ...common, shrink: { type: 'boolean' } },
     allowPositionals: true,
   });
+  const { values } = parsed;
+  const positionals = at < 0 ? parsed.positionals : [...parsed.positionals, argv[at]!];
   if (values.help) {
     io.stdout('Usage: img resize [-f fmt] [--shrink] <file> [+|-]<size>\n\nExample:\n  img resize disk.qcow2 +10G\n');
     return 0;
@@ -323,7 +352,7 @@ const resize: Handler = async (argv, io) => {
   const [path, sizeText] = positionals as [string, string];
   const disk = await open(path, values, false);
   try {
-    if (!disk.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: resizing is not supported for this format`);
+    if (!disk.resize) throw unsupported(disk.format, path, 'resizing is not supported for this format');
     const delta = sizeText.startsWith('+') ? 1 : sizeText.startsWith('-') ? -1 : 0;
     const amount = parseSize(delta ? sizeText.slice(1) : sizeText);
     const target = delta === 0 ? amount : disk.size + delta * amount;
@@ -340,11 +369,11 @@ const resize: Handler = async (argv, io) => {
 const check: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, r: { type: 'string' } },
+    options: { ...common, ...shareOption, r: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img check [-f fmt] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
+    io.stdout('Usage: img check [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -358,8 +387,11 @@ const check: Handler = async (argv, io) => {
     await probe.close();
   }
   const driver = registry.require(format);
-  if (!driver.check) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format does not support checks`);
-  const storage = await FileStorage.open(path, { readOnly: values.r === undefined });
+  if (!driver.check) throw unsupported(driver.name, path, 'this format does not support checks');
+  if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');
+  // forceShare reaches FileStorage as it gains image locks; until then it is an extra key.
+  const storageOptions = { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false };
+  const storage = await FileStorage.open(path, storageOptions);
   let result;
   try {
     result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
@@ -381,7 +413,7 @@ const check: Handler = async (argv, io) => {
     if (result.allocatedClusters !== undefined) out['allocated-clusters'] = result.allocatedClusters;
     if (result.fragmentedClusters !== undefined) out['fragmented-clusters'] = result.fragmentedClusters;
     if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
-    io.stdout(JSON.stringify(out, null, 4) + '\n');
+    io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
   } else {
     for (const m of result.messages) io.stdout(m + '\n');
     if (result.corruptions === 0 && result.leaks === 0 && result.checkErrors === 0) io.stdout('No errors were found on the image.\n');
@@ -477,7 +509,7 @@ const snapshot: Handler = async (argv, io) => {
       }
       return 0;
     }
-    if (typeof s.createSnapshot !== 'function') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: this format has no internal snapshots`);
+    if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
     if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
     if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
     if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
@@ -491,11 +523,11 @@ const snapshot: Handler = async (argv, io) => {
 const measure: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
+    options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -503,15 +535,20 @@ const measure: Handler = async (argv, io) => {
   if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
   const registry = defaultRegistry();
   const driver = registry.require(values.O);
-  if (!driver.measure) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be measured`);
+  if (!driver.measure && driver.name !== 'raw') throw unsupported(driver.name, undefined, 'this format cannot be measured');
   const options = parseCreateOptions(values.o);
   let source: Disk | undefined;
   try {
     if (positionals.length) source = await open(onePath(positionals), values);
     const size = source?.size ?? parseSize(values.size!);
-    const result = await driver.measure({ size, options, ...(source ? { source } : {}) });
-    if (mode === 'json') io.stdout(JSON.stringify({ 'fully-allocated': result.fullyAllocated, required: result.required }, null, 4) + '\n');
-    else io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`);
+    const result = driver.measure ? await driver.measure({ size, options, ...(source ? { source } : {}) }) : measureRaw(size);
+    // qemu-img gives the bitmaps figure for a qcow2 output measured from an image that can hold bitmaps.
+    const bitmaps = source && driver.name === 'qcow2' ? await measureBitmaps(source, options) : undefined;
+    if (mode === 'json') {
+      io.stdout(JSON.stringify(qdictSorted({ ...(bitmaps !== undefined ? { bitmaps } : {}), required: result.required, 'fully-allocated': result.fullyAllocated }), null, 4) + '\n');
+    } else {
+      io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n${bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ''}`);
+    }
     return 0;
   } finally {
     await source?.close();
@@ -561,7 +598,7 @@ const amend: Handler = async (argv, io) => {
     format = probe.format;
     await probe.close();
   }
-  if (defaultRegistry().require(format).name !== 'qcow2') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${format}: amend is supported for qcow2 images`);
+  if (defaultRegistry().require(format).name !== 'qcow2') throw unsupported(format, path, 'amend is supported for qcow2 images only');
   const storage = await FileStorage.open(path, { readOnly: false });
   try {
     await amendQcow2(storage, options);

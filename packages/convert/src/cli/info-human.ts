@@ -116,3 +116,11 @@ function dumpValue(value: object, level: number, out: string[]): void {
     }
   }
 }
+
+/** A copy of a JSON value with every object's keys in qemu's QDict order, so `--output=json` lists fields as qemu-img does. */
+export function qdictSorted(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(qdictSorted);
+  if (!isComposite(value)) return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(qdictOrder(Object.keys(record)).map((k) => [k, qdictSorted(record[k])]));
+}
