@@ -2,9 +2,9 @@
  * The subcommands of img, loaded once img knows it runs one (see img.ts).
  */
 import { stat } from 'node:fs/promises';
-import { isAbsolute } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ImageError, formatSize, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { ImageError, formatSize, hex, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { parseCreateOptions } from '../convert.js';
 import { defaultRegistry } from '../formats.js';
@@ -12,6 +12,7 @@ import { openImageFile } from '../node.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
 import { humanInfo, qdictSorted, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
 import { measureBitmaps, measureRaw } from './measure.js';
+import { printfFixed } from './printf.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
 import { amendQcow2 } from '@img/qcow2';
@@ -158,6 +159,33 @@ export function mapEntry(e: Extent): Record<string, unknown> {
   return out;
 }
 
+/**
+ * The names qemu-img gives the files of a chain: the image as the command
+ * line names it, and each backing file and data file as the layer above
+ * names it, read from that layer's directory. Keyed by resolved path (what
+ * an extent's `file` resolves to).
+ */
+async function layerNames(disk: Disk, path: string): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  let name = path;
+  for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
+    names.set(resolve(layer.storage.name), name);
+    const info = await layer.info?.();
+    const dataFile = info?.formatSpecific?.['data-file'];
+    if (typeof dataFile === 'string') names.set(resolve(dirname(resolve(layer.storage.name)), dataFile), combinePath(name, dataFile));
+    if (info?.backingFile === undefined) break;
+    name = combinePath(name, info.backingFile);
+  }
+  return names;
+}
+
+/** A map entry as qemu-img prints one: `{ "start": 0, "length": 512, ... }`, spaced as its JSON writer spaces it. */
+function mapEntryText(entry: Record<string, unknown>): string {
+  return `{ ${Object.entries(entry)
+    .map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`)
+    .join(', ')}}`;
+}
+
 const map: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
   if (values.help) {
@@ -165,18 +193,26 @@ const map: Handler = async (argv, io) => {
     return 0;
   }
   const mode = outputMode(values.output);
-  const disk = await open(onePath(positionals), values);
+  const path = onePath(positionals);
+  const disk = await open(path, values);
   try {
     if (mode === 'json') {
       const rows: string[] = [];
-      for await (const e of disk.extents({ hostOffsets: true })) rows.push(JSON.stringify(mapEntry(e)));
+      for await (const e of disk.extents({ hostOffsets: true })) rows.push(mapEntryText(mapEntry(e)));
       io.stdout(`[${rows.join(',\n')}]\n`);
     } else {
-      io.stdout(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}${'Mapped to'.padEnd(20)}File\n`);
+      // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
+      const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
+      const names = await layerNames(disk, path);
+      io.stdout(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
       for await (const e of disk.extents({ hostOffsets: true })) {
         if (e.kind !== 'data') continue;
-        const hexs = (n: number) => `0x${n.toString(16)}`.padEnd(20);
-        io.stdout(`${hexs(e.offset)}${hexs(e.length)}${hexs(e.hostOffset ?? e.offset)}${e.file ?? ''}\n`);
+        if (e.hostOffset === undefined) {
+          // As qemu-img: data that is not stored as itself at an offset of a file cannot be shown in this form.
+          throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
+        }
+        const file = e.file === undefined ? '' : (names.get(resolve(e.file)) ?? e.file);
+        io.stdout(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
       }
     }
     return 0;
@@ -419,9 +455,11 @@ const check: Handler = async (argv, io) => {
     if (result.corruptions === 0 && result.leaks === 0 && result.checkErrors === 0) io.stdout('No errors were found on the image.\n');
     if (result.corruptions) io.stdout(`\n${result.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`);
     if (result.leaks) io.stdout(`\n${result.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`);
-    if (result.allocatedClusters !== undefined && result.totalClusters !== undefined) {
-      const pct = result.totalClusters ? ((100 * result.allocatedClusters) / result.totalClusters).toFixed(2) : '0.00';
-      io.stdout(`${result.allocatedClusters}/${result.totalClusters} = ${pct}% allocated\n`);
+    // qemu-img prints the allocation line only for an image with allocated clusters (the percentages divide by them).
+    const { allocatedClusters: allocated, totalClusters: total } = result;
+    if (allocated && total) {
+      const pct = (n: number | undefined, of: number) => printfFixed((100 * (n ?? 0)) / of, 2);
+      io.stdout(`${allocated}/${total} = ${pct(allocated, total)}% allocated, ${pct(result.fragmentedClusters, allocated)}% fragmented, ${pct(result.compressedClusters, allocated)}% compressed clusters\n`);
     }
     if (result.imageEndOffset !== undefined) io.stdout(`Image end offset: ${result.imageEndOffset}\n`);
   }
