@@ -27,7 +27,7 @@ interface Row {
   /** The arguments after the program name; OUT is the output file (one per tool), T names a per-tool copy of a prepared target. */
   args: string[];
   /** What must agree beyond the exit status. */
-  compare: 'status' | 'image' | 'json' | 'json-subset' | 'map' | 'virtual-size';
+  compare: 'status' | 'image' | 'json' | 'json-subset' | 'map' | 'virtual-size' | 'stdout';
   /** For -n: a target made by qemu-img before each tool runs (create arguments, size last). */
   target?: string[];
   /** For resize: the file both tools change, copied per tool. */
@@ -71,6 +71,10 @@ const rows: Row[] = [
   { args: ['measure', '--output=json', '-O', 'qcow2', '-o', 'cluster_size=4k', BITMAPS], compare: 'json' },
   { args: ['measure', '--output=json', '-O', 'qcow2', RAW], compare: 'json' },
   { args: ['measure', '--output=json', '-O', 'qcow2', '-f', 'vpc', VHD], compare: 'json' },
+  { args: ['snapshot', '-l', '-U', SNAPS], compare: 'stdout' },
+  { args: ['map', '-U', TOP], compare: 'stdout' },
+  { args: ['info', '-U', '--backing-chain', TOP], compare: 'stdout' },
+  { args: ['check', '-U', DIRTY], compare: 'status' },
   { args: ['resize', '--shrink', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '+1M'], compare: 'virtual-size', copyOf: V3 },
@@ -136,6 +140,9 @@ describeQemu('qemu-img spellings: img and qemu-img agree', () => {
           expect(size(img.out)).toBe(size(q.out));
           break;
         }
+        case 'stdout':
+          expect(img.r.stdout).toBe(q.r.stdout);
+          break;
         case 'status':
           break;
       }

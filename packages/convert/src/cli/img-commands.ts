@@ -525,17 +525,23 @@ interface SnapshotDisk extends Disk {
 const snapshot: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    options: { ...common, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img snapshot [-f fmt] (-l | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    io.stdout('Usage: img snapshot [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
     return 0;
   }
   const path = onePath(positionals);
   const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
   if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
-  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: Boolean(values.l), noBacking: true });
+  if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly: Boolean(values.l),
+    noBacking: true,
+    forceShare: values['force-share'] ?? false,
+  });
   try {
     const s = disk as Partial<SnapshotDisk>;
     if (values.l) {
