@@ -362,7 +362,7 @@ const create: Handler = async (argv, io) => {
     await storage.close().catch(() => undefined);
     throw e;
   }
-  io.stdout(`Formatting '${path}', fmt=${driver.name} size=${size}\n`);
+  io.stdout(`Formatting '${path}', fmt=${qemuFormatName(driver.name)} size=${size}\n`);
   return 0;
 };
 
