@@ -4,7 +4,8 @@
  * assumed to read as zeros, so the source's zero and unallocated ranges are
  * written as zeros too, and a target smaller than the source is refused.
  */
-import { invalidArg, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
+import { stat } from 'node:fs/promises';
+import { invalidArg, sameFileError, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
 import type { ConvertResult } from '../convert.js';
 import { openDiskSnapshot, openImageFile } from '../node.js';
 
@@ -24,6 +25,9 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
 /** Copies `input` over the existing image `output`, which must be at least as large. */
 export async function convertIntoExisting(options: ConvertIntoOptions): Promise<ConvertResult> {
   const started = Date.now();
+  // Writing the file being read would destroy it as it is copied (the target is written in place).
+  const [a, b] = await Promise.all([stat(options.input).catch(() => undefined), stat(options.output).catch(() => undefined)]);
+  if (a && b && a.dev === b.dev && a.ino === b.ino) throw sameFileError(options.output, options.input, 'output');
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
     registry: options.registry,
