@@ -19,9 +19,12 @@ describe('img-convert basics', () => {
   });
 
   it('reports usage errors in one line with status 1', () => {
-    const r = run('img-convert', ['raw', 'raw']);
+    const r = run('img-convert', ['raw', 'raw', 'x']);
     expect(r.status).toBe(1);
-    expect(r.stderr.split('\n')[0]).toMatch(/^img-convert: expected <src-format> <dst-format> <input> <output>/);
+    expect(r.stderr.split('\n')[0]).toMatch(/^img-convert: expected <src-format> <dst-format> <input> <output>, or \[-f fmt\] \[-O fmt\] <input> <output>; got 3 arguments/);
+    const mixed = run('img-convert', ['-O', 'qcow2', 'raw', 'raw', 'a', 'b']);
+    expect(mixed.status).toBe(1);
+    expect(mixed.stderr).toMatch(/^img-convert: -f and -O go with the two-argument form/);
     const u = run('img-convert', ['--bogus', 'raw', 'raw', 'a', 'b']);
     expect(u.status).toBe(1);
     expect(u.stderr).toMatch(/^img-convert: Unknown option '--bogus'/);

@@ -58,7 +58,7 @@ describeQemu('img info/map --output=json agree with qemu-img on every fixture', 
       for (const key of ['virtual-size', 'cluster-size', 'backing-filename', 'backing-filename-format', 'dirty-flag']) {
         expect(ours[key], key).toEqual(theirs[key]);
       }
-      expect(ours.format).toBe(entry.format);
+      expect(ours.format).toBe(qemuName(entry.format));
       const snaps = (s: unknown) => ((s as Array<Record<string, unknown>> | undefined) ?? []).map((x) => [x.id, x.name, x['vm-state-size'], x['date-sec'], x['vm-clock-nsec']]);
       expect(snaps(ours.snapshots)).toEqual(snaps(theirs.snapshots));
       if (entry.format === 'qcow2') {

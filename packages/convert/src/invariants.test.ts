@@ -51,6 +51,11 @@ describe('package invariants', () => {
       expect(pkg.publishConfig?.access).toBe('public');
       expect(pkg.engines?.node).toBe('>=20');
       expect(pkg.files).toContain('dist');
+      // The MIT text ships in every package (npm pack lists it), the same as the repository's.
+      expect(pkg.license).toBe('MIT');
+      expect(pkg.files).toContain('LICENSE');
+      expect(readFileSync(join(packagesDir, name, 'LICENSE'), 'utf8')).toBe(readFileSync(join(repoRoot, 'LICENSE'), 'utf8'));
+      expect(readFileSync(join(repoRoot, 'LICENSE'), 'utf8')).toMatch(/^MIT License\n\nCopyright \(c\) 2026 img contributors\n/);
       expect(pkg.private).toBeUndefined();
       for (const [key, entry] of Object.entries(pkg.exports as Record<string, unknown>)) {
         if (typeof entry === 'string') continue;

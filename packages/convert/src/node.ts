@@ -4,7 +4,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
-import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, probeStorage } from './probe.js';
@@ -44,6 +44,8 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Open backing files / parents writable (commit). */
   backingWritable?: boolean;
+  /** Take no image locks, so an image a running qemu holds can be read (qemu-img -U); read-only opens only. */
+  forceShare?: boolean;
 }
 
 /**
@@ -54,7 +56,7 @@ export interface OpenImageOptions {
 export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
-  const storage = await FileStorage.open(path, { readOnly });
+  const storage = await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false });
   const files: Storage[] = [storage];
   try {
     let format = options.format;
@@ -77,7 +79,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       readOnly,
       formats: registry,
       untrusted: options.untrusted ?? false,
-      resolver: recordingResolver(options.untrusted ? refusingResolver : (options.resolver ?? fileResolver), files),
+      resolver: recordingResolver(options.untrusted ? refusingResolver : (options.resolver ?? (options.forceShare ? fileResolverWith({ forceShare: true }) : fileResolver)), files),
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
     });
@@ -109,6 +111,8 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   keepPartial?: boolean;
   /** Convert this internal snapshot (id or name) of the source instead of its current state (-l). */
   snapshot?: string;
+  /** Open the input without image locks (qemu-img convert -U). */
+  forceShare?: boolean;
   /** Where input "-" reads from (default process.stdin). */
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
@@ -145,6 +149,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     registry,
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
+    forceShare: options.forceShare ?? false,
   });
   let created = false;
   let snapshot: Disk | undefined;
@@ -237,6 +242,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     registry,
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
+    forceShare: options.forceShare ?? false,
   });
   let snapshot: Disk | undefined;
   try {

@@ -25,7 +25,7 @@ describeQemu('typos and links', () => {
     ['img info --outptu=json disk.qcow2', /Unknown option|unknown option/i],
     ['img info', /expected <file>/],
     ['img info missing.qcow2', /missing\.qcow2/],
-    ['img info .', /directory/],
+    ['img info .', /is a directory, not an image file/],
     ['img-convert qcow2 raw disk.qcow2', /expected <src-format> <dst-format> <input> <output>/],
     ['img-convert qcow3 raw disk.qcow2 out.raw', /qcow3/],
     ['img-convert raw qcow2 disk.qcow2 out.qcow2', /looks like qcow2/],

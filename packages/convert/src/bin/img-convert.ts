@@ -1,4 +1,7 @@
 #!/usr/bin/env node
+// First of all: no error, wherever it comes from, may end this process with Node's report (a stack and a line of the bundle's source).
+const { guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
+guardProcess({ prog: 'img-convert', internalErrorStatus: 1, onStdoutError: imageOutputFailed('img-convert') });
 // libuv's pool runs every file read and write; its default of 4 threads is
 // shared by reads, writes and flushes of both images, so a copy with
 // several requests in flight queues behind it. The size is read once, when
@@ -10,8 +13,6 @@ process.env.UV_THREADPOOL_SIZE ??= '8';
   mod.enableCompileCache?.();
 }
 // Built, this file is one bundle of every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
-const [{ onClosedStdout, processIo }, { convertMain }] = await Promise.all([import('../cli/common.js'), import('../cli/img-convert.js')]);
+const { convertMain } = await import('../cli/img-convert.js');
 
-// An image cut short by a closed pipe is not an image: fail.
-onClosedStdout(1, 'img-convert: ERR_IMG_IO: the output pipe was closed before the image was complete');
 process.exitCode = await convertMain('img-convert', process.argv.slice(2), processIo);

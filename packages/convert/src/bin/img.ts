@@ -1,4 +1,14 @@
 #!/usr/bin/env node
+// First of all: no error, wherever it comes from, may end this process with Node's report (a stack and a line of the bundle's source).
+const { guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
+const argv = process.argv.slice(2);
+guardProcess({
+  prog: 'img',
+  // compare says 2 for "could not compare"; the others 1.
+  internalErrorStatus: argv[0] === 'compare' ? 2 : 1,
+  // convert may write an image to stdout: a stdout error ends it. The others run on and decide their status (img.ts).
+  ...(argv[0] === 'convert' ? { onStdoutError: imageOutputFailed('img convert') } : {}),
+});
 // See img-convert.ts: the libuv pool size must be set before the first I/O.
 process.env.UV_THREADPOOL_SIZE ??= '8';
 // V8's code cache for our modules (Node >= 22.1; a no-op where it is missing): start-up is most of a small conversion.
@@ -7,7 +17,6 @@ process.env.UV_THREADPOOL_SIZE ??= '8';
   mod.enableCompileCache?.();
 }
 // Built, this file is one bundle of every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
-const [{ onClosedStdout, processIo }, { imgMain }] = await Promise.all([import('../cli/common.js'), import('../cli/img.js')]);
+const { imgMain } = await import('../cli/img.js');
 
-onClosedStdout(0);
-process.exitCode = await imgMain(process.argv.slice(2), processIo);
+process.exitCode = await imgMain(argv, processIo);

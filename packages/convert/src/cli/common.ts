@@ -15,25 +15,53 @@ export interface Io {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   isTTY: boolean;
+  /**
+   * Waits for stdout writes in flight and returns the error that stopped
+   * them, if one did (EPIPE when the reader went away, ENOSPC, EIO...).
+   */
+  stdoutFailure?: () => Promise<NodeJS.ErrnoException | undefined>;
 }
 
 /**
- * A reader that stops listening (`img map x | head`) closes the pipe: end
- * quietly with `status` instead of crashing on EPIPE.
+ * The exit status of a command whose body returned `status`, once its
+ * output is settled. A reader that went away (EPIPE: `img check x | true`)
+ * changes nothing: the command's own status stands. Any other failure to
+ * write stdout is said in one line on stderr, and the status becomes 1,
+ * except that a status worse than 1 stands: a verdict (check's 2 or 3,
+ * compare's 2, inspect's 2) does not depend on the output.
  */
-export function onClosedStdout(status: number, message?: string): void {
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE') throw e;
-    if (message) process.stderr.write(message + '\n');
-    process.exit(status);
-  });
+export async function statusAfterOutput(prog: string, io: Io, status: number): Promise<number> {
+  const failure = await io.stdoutFailure?.();
+  if (failure === undefined || failure.code === 'EPIPE') return status;
+  io.stderr(`${prog}: error writing to stdout: ${describeErrno(failure)}\n`);
+  return status > 1 ? status : 1;
 }
 
-export const processIo: Io = {
-  stdout: (t) => process.stdout.write(t),
-  stderr: (t) => process.stderr.write(t),
-  isTTY: Boolean(process.stderr.isTTY),
+/** The C library's wording for the errors a write to stdout can meet (libuv's own is lower case and terse). */
+const STRERROR: Record<string, string> = {
+  ENOSPC: 'No space left on device',
+  EIO: 'Input/output error',
+  EPIPE: 'Broken pipe',
+  EBADF: 'Bad file descriptor',
+  EFBIG: 'File too large',
+  EDQUOT: 'Disk quota exceeded',
+  EAGAIN: 'Resource temporarily unavailable',
+  EINVAL: 'Invalid argument',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  ECONNRESET: 'Connection reset by peer',
 };
+
+/** "No space left on device" for an ENOSPC error, as strerror(3) says it. */
+export function describeErrno(e: unknown): string {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (err?.code && STRERROR[err.code]) return STRERROR[err.code]!;
+  // "ENOSPC: no space left on device, write" -> "No space left on device"
+  const text = String(err?.message ?? e)
+    .replace(/^[A-Z0-9_]+: /, '')
+    .replace(/, \w+$/, '');
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
 
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -2,14 +2,18 @@
  * The subcommands of img, loaded once img knows it runs one (see img.ts).
  */
 import { stat } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ERROR_CODES, ImageError, formatSize, parseSize, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { ImageError, formatSize, hex, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { amendOptionsFromCli, createOptionsFromCli, printOptionHelp, readOptionText } from './options.js';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../node/same-file.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
+import { humanInfo, qdictSorted, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
+import { measureBitmaps, measureRaw } from './measure.js';
+import { printfFixed } from './printf.js';
 import { commitDisk, rebaseDisk } from '../maintain.js';
 import { inspectImage } from '../inspect.js';
 import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
@@ -26,6 +30,9 @@ const common = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** -U / --force-share (qemu-img's): read an image without taking its locks, for the commands that only read. */
+const shareOption = { 'force-share': { type: 'boolean', short: 'U' } } as const;
+
 function outputMode(value: string | undefined): 'human' | 'json' {
   if (value === undefined || value === 'human') return 'human';
   if (value === 'json') return 'json';
@@ -37,12 +44,13 @@ function onePath(positionals: string[], what = '<file>'): string {
   return positionals[0]!;
 }
 
-async function open(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean }, readOnly = true): Promise<Disk> {
+async function open(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true): Promise<Disk> {
   return openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
     readOnly,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
   });
 }
 
@@ -51,7 +59,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
   const out: Record<string, unknown> = {
     'virtual-size': info.virtualSize,
     filename: path,
-    format: info.format,
+    format: qemuFormatName(info.format),
     'actual-size': actualSize,
   };
   if (info.clusterSize !== undefined) out['cluster-size'] = info.clusterSize;
@@ -71,8 +79,18 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number): Rec
       ...(s.icount !== undefined ? { icount: s.icount } : {}),
     }));
   }
-  if (info.formatSpecific) out['format-specific'] = { type: info.format, data: info.formatSpecific };
+  if (info.formatSpecific) out['format-specific'] = { type: qemuFormatName(info.format), data: info.formatSpecific };
   return out;
+}
+
+/**
+ * A name stored in an image, read from where the image is (qemu's
+ * path_combine): absolute names as they are, relative ones after the
+ * image's directory as the image's path spells it ("dir/base.qcow2").
+ */
+function combinePath(imagePath: string, name: string): string {
+  if (isAbsolute(name)) return name;
+  return imagePath.slice(0, imagePath.lastIndexOf('/') + 1) + name;
 }
 
 /** The backing image (qcow2) or parent (VHD) of an open disk, if it has one open. */
@@ -80,8 +98,11 @@ function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
 }
 
-async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; actual: number; path: string }> {
-  const data: ImageInfo = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
+async function describe(disk: Disk, path: string): Promise<InfoLayer> {
+  const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
+  // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
+  // VHD's is the parent locator that was found, which may name another file than the stored name.
+  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2')) data.fullBackingFile = combinePath(path, data.backingFile);
   let actual = 0;
   try {
     actual = (await stat(path)).blocks * 512;
@@ -91,36 +112,10 @@ async function describe(disk: Disk, path: string): Promise<{ data: ImageInfo; ac
   return { data, actual, path };
 }
 
-function humanInfo({ data, actual, path }: { data: ImageInfo; actual: number; path: string }): string {
-  const lines = [
-    `image: ${path}`,
-    `file format: ${data.format}`,
-    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
-    `disk size: ${formatSize(actual)}`,
-  ];
-  if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
-  if (data.backingFile !== undefined) {
-    lines.push(`backing file: ${data.backingFile}${data.fullBackingFile && data.fullBackingFile !== data.backingFile ? ` (actual path: ${data.fullBackingFile})` : ''}`);
-  }
-  if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
-  if (data.snapshots?.length) {
-    lines.push('Snapshot list:');
-    lines.push('ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
-    for (const s of data.snapshots) {
-      lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${new Date(s.dateSec * 1000).toISOString().replace('T', ' ').slice(0, 19)} ${formatClock(s.vmClockNsec)} ${s.icount ?? '--'}`);
-    }
-  }
-  if (data.formatSpecific) {
-    lines.push('Format specific information:');
-    for (const [k, v] of Object.entries(data.formatSpecific)) lines.push(`    ${k.replace(/-/g, ' ')}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
-  }
-  return lines.join('\n') + '\n';
-}
-
 const info: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img info [-f fmt] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
+    io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -130,16 +125,18 @@ const info: Handler = async (argv, io) => {
     ...(values.f !== undefined ? { format: values.f } : {}),
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
     noBacking: !values['backing-chain'],
   });
   try {
     const layers = [await describe(disk, path)];
     if (values['backing-chain']) {
-      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, b.storage.name));
+      // Each layer is named as the one above names it, as in qemu-img's list.
+      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, layers[layers.length - 1]!.data.fullBackingFile ?? b.storage.name));
     }
     if (mode === 'json') {
       const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
-      io.stdout(JSON.stringify(values['backing-chain'] ? objects : objects[0], null, 4) + '\n');
+      io.stdout(JSON.stringify(qdictSorted(values['backing-chain'] ? objects : objects[0]), null, 4) + '\n');
     } else {
       io.stdout(layers.map(humanInfo).join('\n'));
     }
@@ -148,14 +145,6 @@ const info: Handler = async (argv, io) => {
     await disk.close();
   }
 };
-
-function formatClock(nsec: number): string {
-  const ms = Math.floor(nsec / 1e6);
-  const h = Math.floor(ms / 3_600_000);
-  const m = Math.floor(ms / 60_000) % 60;
-  const s = Math.floor(ms / 1000) % 60;
-  return `${String(h).padStart(4, '0')}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}.${String(ms % 1000).padStart(3, '0')}`;
-}
 
 /** One entry of qemu-img map --output=json for an extent. */
 export function mapEntry(e: Extent): Record<string, unknown> {
@@ -171,25 +160,60 @@ export function mapEntry(e: Extent): Record<string, unknown> {
   return out;
 }
 
+/**
+ * The names qemu-img gives the files of a chain: the image as the command
+ * line names it, and each backing file and data file as the layer above
+ * names it, read from that layer's directory. Keyed by resolved path (what
+ * an extent's `file` resolves to).
+ */
+async function layerNames(disk: Disk, path: string): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  let name = path;
+  for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
+    names.set(resolve(layer.storage.name), name);
+    const info = await layer.info?.();
+    const dataFile = info?.formatSpecific?.['data-file'];
+    if (typeof dataFile === 'string') names.set(resolve(dirname(resolve(layer.storage.name)), dataFile), combinePath(name, dataFile));
+    if (info?.backingFile === undefined) break;
+    name = combinePath(name, info.backingFile);
+  }
+  return names;
+}
+
+/** A map entry as qemu-img prints one: `{ "start": 0, "length": 512, ... }`, spaced as its JSON writer spaces it. */
+function mapEntryText(entry: Record<string, unknown>): string {
+  return `{ ${Object.entries(entry)
+    .map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`)
+    .join(', ')}}`;
+}
+
 const map: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: common, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img map [-f fmt] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
+    io.stdout('Usage: img map [-f fmt] [-U] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
-  const disk = await open(onePath(positionals), values);
+  const path = onePath(positionals);
+  const disk = await open(path, values);
   try {
     if (mode === 'json') {
       const rows: string[] = [];
-      for await (const e of disk.extents({ hostOffsets: true })) rows.push(JSON.stringify(mapEntry(e)));
+      for await (const e of disk.extents({ hostOffsets: true })) rows.push(mapEntryText(mapEntry(e)));
       io.stdout(`[${rows.join(',\n')}]\n`);
     } else {
-      io.stdout(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}${'Mapped to'.padEnd(20)}File\n`);
+      // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
+      const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
+      const names = await layerNames(disk, path);
+      io.stdout(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
       for await (const e of disk.extents({ hostOffsets: true })) {
         if (e.kind !== 'data') continue;
-        const hexs = (n: number) => `0x${n.toString(16)}`.padEnd(20);
-        io.stdout(`${hexs(e.offset)}${hexs(e.length)}${hexs(e.hostOffset ?? e.offset)}${e.file ?? ''}\n`);
+        if (e.hostOffset === undefined) {
+          // As qemu-img: data that is not stored as itself at an offset of a file cannot be shown in this form.
+          throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
+        }
+        const file = e.file === undefined ? '' : (names.get(resolve(e.file)) ?? e.file);
+        io.stdout(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
       }
     }
     return 0;
@@ -201,11 +225,11 @@ const map: Handler = async (argv, io) => {
 const compare: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
+    options: { ...common, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img compare [-f fmt] [-F fmt] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    io.stdout('Usage: img compare [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
     return 0;
   }
   try {
@@ -345,16 +369,24 @@ const create: Handler = async (argv, io) => {
     await storage.close().catch(() => undefined);
     throw e;
   }
-  io.stdout(`Formatting '${path}', fmt=${driver.name} size=${size}\n`);
+  io.stdout(`Formatting '${path}', fmt=${qemuFormatName(driver.name)} size=${size}\n`);
   return 0;
 };
 
+/** A size that starts with a minus ("-10G"): an argument of resize, not an option (qemu-img reads it so). */
+const NEGATIVE_SIZE = /^-\d+(?:\.\d+)?[a-z]*$/i;
+
 const resize: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
+  // "-10G" would read as options -1, -0, -G: take it out before parsing and put it back as the size.
+  const dash = argv.indexOf('--');
+  const at = argv.findIndex((a, i) => NEGATIVE_SIZE.test(a) && (dash < 0 || i < dash));
+  const parsed = parseArgs({
+    args: at < 0 ? argv : argv.filter((_, i) => i !== at),
     options: { ...common, shrink: { type: 'boolean' } },
     allowPositionals: true,
   });
+  const { values } = parsed;
+  const positionals = at < 0 ? parsed.positionals : [...parsed.positionals, argv[at]!];
   if (values.help) {
     io.stdout('Usage: img resize [-f fmt] [--shrink] <file> [+|-]<size>\n\nExample:\n  img resize disk.qcow2 +10G\n');
     return 0;
@@ -363,7 +395,7 @@ const resize: Handler = async (argv, io) => {
   const [path, sizeText] = positionals as [string, string];
   const disk = await open(path, values, false);
   try {
-    if (!disk.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: resizing is not supported for this format`);
+    if (!disk.resize) throw unsupported(disk.format, path, 'resizing is not supported for this format');
     const delta = sizeText.startsWith('+') ? 1 : sizeText.startsWith('-') ? -1 : 0;
     const amount = parseSize(delta ? sizeText.slice(1) : sizeText);
     const target = delta === 0 ? amount : disk.size + delta * amount;
@@ -380,11 +412,11 @@ const resize: Handler = async (argv, io) => {
 const check: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, r: { type: 'string' } },
+    options: { ...common, ...shareOption, r: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img check [-f fmt] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
+    io.stdout('Usage: img check [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -398,8 +430,11 @@ const check: Handler = async (argv, io) => {
     await probe.close();
   }
   const driver = registry.require(format);
-  if (!driver.check) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format does not support checks`);
-  const storage = await FileStorage.open(path, { readOnly: values.r === undefined });
+  if (!driver.check) throw unsupported(driver.name, path, 'this format does not support checks');
+  if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');
+  // forceShare reaches FileStorage as it gains image locks; until then it is an extra key.
+  const storageOptions = { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false };
+  const storage = await FileStorage.open(path, storageOptions);
   let result;
   try {
     result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
@@ -409,7 +444,7 @@ const check: Handler = async (argv, io) => {
   if (mode === 'json') {
     const out: Record<string, unknown> = {
       filename: path,
-      format: result.format,
+      format: qemuFormatName(result.format),
       'check-errors': result.checkErrors,
     };
     if (result.corruptions) out.corruptions = result.corruptions;
@@ -421,15 +456,17 @@ const check: Handler = async (argv, io) => {
     if (result.allocatedClusters !== undefined) out['allocated-clusters'] = result.allocatedClusters;
     if (result.fragmentedClusters !== undefined) out['fragmented-clusters'] = result.fragmentedClusters;
     if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
-    io.stdout(JSON.stringify(out, null, 4) + '\n');
+    io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
   } else {
     for (const m of result.messages) io.stdout(m + '\n');
     if (result.corruptions === 0 && result.leaks === 0 && result.checkErrors === 0) io.stdout('No errors were found on the image.\n');
     if (result.corruptions) io.stdout(`\n${result.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`);
     if (result.leaks) io.stdout(`\n${result.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`);
-    if (result.allocatedClusters !== undefined && result.totalClusters !== undefined) {
-      const pct = result.totalClusters ? ((100 * result.allocatedClusters) / result.totalClusters).toFixed(2) : '0.00';
-      io.stdout(`${result.allocatedClusters}/${result.totalClusters} = ${pct}% allocated\n`);
+    // qemu-img prints the allocation line only for an image with allocated clusters (the percentages divide by them).
+    const { allocatedClusters: allocated, totalClusters: total } = result;
+    if (allocated && total) {
+      const pct = (n: number | undefined, of: number) => printfFixed((100 * (n ?? 0)) / of, 2);
+      io.stdout(`${allocated}/${total} = ${pct(allocated, total)}% allocated, ${pct(result.fragmentedClusters, allocated)}% fragmented, ${pct(result.compressedClusters, allocated)}% compressed clusters\n`);
     }
     if (result.imageEndOffset !== undefined) io.stdout(`Image end offset: ${result.imageEndOffset}\n`);
   }
@@ -500,17 +537,23 @@ interface SnapshotDisk extends Disk {
 const snapshot: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    options: { ...common, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img snapshot [-f fmt] (-l | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    io.stdout('Usage: img snapshot [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
     return 0;
   }
   const path = onePath(positionals);
   const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
   if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
-  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: Boolean(values.l), noBacking: true });
+  if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly: Boolean(values.l),
+    noBacking: true,
+    forceShare: values['force-share'] ?? false,
+  });
   try {
     const s = disk as Partial<SnapshotDisk>;
     if (values.l) {
@@ -518,11 +561,11 @@ const snapshot: Handler = async (argv, io) => {
       if (values.output === 'json') {
         io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
       } else if (snaps.length) {
-        io.stdout('Snapshot list:\n' + humanInfo({ data: { format: disk.format, virtualSize: disk.size, snapshots: snaps }, actual: 0, path }).split('Snapshot list:\n')[1]);
+        io.stdout(['Snapshot list:', ...snapshotTable(snaps)].join('\n') + '\n');
       }
       return 0;
     }
-    if (typeof s.createSnapshot !== 'function') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: this format has no internal snapshots`);
+    if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
     if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
     if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
     if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
@@ -536,11 +579,11 @@ const snapshot: Handler = async (argv, io) => {
 const measure: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
+    options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
     allowPositionals: true,
   });
   if (values.help) {
-    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -548,7 +591,7 @@ const measure: Handler = async (argv, io) => {
   if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
   const registry = defaultRegistry();
   const driver = registry.require(values.O);
-  if (!driver.measure) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be measured`);
+  if (!driver.measure && driver.name !== 'raw') throw unsupported(driver.name, undefined, 'this format cannot be measured');
   const optionText = readOptionText(values.o);
   if (optionText.help) {
     printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
@@ -559,9 +602,14 @@ const measure: Handler = async (argv, io) => {
   try {
     if (positionals.length) source = await open(onePath(positionals), values);
     const size = source?.size ?? parseSize(values.size!);
-    const result = await driver.measure({ size, options, ...(source ? { source } : {}) });
-    if (mode === 'json') io.stdout(JSON.stringify({ 'fully-allocated': result.fullyAllocated, required: result.required }, null, 4) + '\n');
-    else io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`);
+    const result = driver.measure ? await driver.measure({ size, options, ...(source ? { source } : {}) }) : measureRaw(size);
+    // qemu-img gives the bitmaps figure for a qcow2 output measured from an image that can hold bitmaps.
+    const bitmaps = source && driver.name === 'qcow2' ? await measureBitmaps(source, options) : undefined;
+    if (mode === 'json') {
+      io.stdout(JSON.stringify(qdictSorted({ ...(bitmaps !== undefined ? { bitmaps } : {}), required: result.required, 'fully-allocated': result.fullyAllocated }), null, 4) + '\n');
+    } else {
+      io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n${bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ''}`);
+    }
     return 0;
   } finally {
     await source?.close();
@@ -616,7 +664,7 @@ const amend: Handler = async (argv, io) => {
     format = probe.format;
     await probe.close();
   }
-  if (defaultRegistry().require(format).name !== 'qcow2') throw new ImageError(ERROR_CODES.UNSUPPORTED, `${format}: amend is supported for qcow2 images`);
+  if (defaultRegistry().require(format).name !== 'qcow2') throw unsupported(format, path, 'amend is supported for qcow2 images only');
   const storage = await FileStorage.open(path, { readOnly: false });
   try {
     await amendQcow2(storage, options);

@@ -1,24 +1,33 @@
 /**
- * img-convert <src-format> <dst-format> <input> <output> [options]
+ * img-convert <src-format> <dst-format> <input> <output> [options], and
+ * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '@img/block';
 import { progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 
-export const CONVERT_HELP = `Usage: img-convert [options] <src-format> <dst-format> <input> <output>
+export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
+       PROG [-f fmt] [-O fmt] [options] <input> <output>     (qemu-img convert's spelling)
 
 Copies any image format into any other, sparsely: only allocated data is
 read and written, so the cost follows the data, not the virtual size.
+In the second form the input's format is probed unless -f names it, and
+the output format is raw unless -O names another, as with qemu-img.
 
-Formats: FORMATS
+Formats: FORMATS (vpc is another name for vhd)
 
 Options:
+  -f <fmt>            format of the input (probed when absent)
+  -O <fmt>            format of the output (default raw)
   -o key=value[,...]  options for the new image ('-o help' lists the output format's)
   -c                  compress the output (qcow2; deflate, or zstd with -o compression_type=zstd)
   -S <size>           minimum run of zeros left sparse (default 4k; 0 writes everything)
-  -B <backing>        make the output an overlay of <backing>, storing only what differs
+  -B, -b <backing>    make the output an overlay of <backing>, storing only what differs
   -F <fmt>            format of the -B backing file
   -l <snapshot>       convert this internal snapshot (id or name) of the input
+  -n                  do not create the output: write into the existing image <output>
+                      (of -O's format; at least as large as the input; zeros are written too)
+  -U, --force-share   open the input without image locks (an image a running VM uses)
   -p                  show progress on stderr
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
@@ -29,22 +38,30 @@ Options:
   --version           print the version
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
-before the data); output "-" writes it to stdout (its length is known up front).
+before the data; -f is needed); output "-" writes it to stdout (its length is
+known up front).
 
 Examples:
-  img-convert raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
-  img-convert qcow2 vhd disk.qcow2 - | ssh host 'cat > disk.vhd'
-  cat disk.img | img-convert raw qcow2 - disk.qcow2
+  PROG raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
+  PROG -O qcow2 -c disk.img disk.qcow2
+  PROG -n -O raw disk.qcow2 /dev/vg0/disk
+  PROG qcow2 vhd disk.qcow2 - | ssh host 'cat > disk.vhd'
+  cat disk.img | PROG raw qcow2 - disk.qcow2
 `;
 
 export function convertOptions() {
   return {
+    f: { type: 'string' },
+    O: { type: 'string' },
     o: { type: 'string', multiple: true },
     c: { type: 'boolean' },
     S: { type: 'string' },
     B: { type: 'string' },
+    b: { type: 'string' },
     F: { type: 'string' },
     l: { type: 'string' },
+    n: { type: 'boolean' },
+    'force-share': { type: 'boolean', short: 'U' },
     p: { type: 'boolean' },
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
@@ -64,17 +81,36 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       io.stdout(`${prog} ${version()}\n`);
       return 0;
     }
-    if (!values.help && positionals.length !== 4) {
-      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
+    const qemuForm = positionals.length === 2;
+    if (!values.help && !qemuForm && positionals.length !== 4) {
+      throw new UsageError(
+        `expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`,
+      );
     }
+    if (!qemuForm && (values.f !== undefined || values.O !== undefined)) {
+      throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
+    }
+    if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b are the same option: give one');
+    const backing = values.B ?? values.b;
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
-    const [{ defaultRegistry }, { convertFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
+    const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
     if (values.help) {
-      io.stdout(CONVERT_HELP.replace('FORMATS', registry.names().join(', ')));
+      io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
       return 0;
     }
-    const [srcFormat, dstFormat, input, output] = positionals as [string, string, string, string];
+    const [input, output] = (qemuForm ? positionals : positionals.slice(2)) as [string, string];
+    const forceShare = values['force-share'] ?? false;
+    const untrusted = values.untrusted ?? false;
+    let srcFormat = qemuForm ? values.f : positionals[0]!;
+    const dstFormat = qemuForm ? (values.O ?? 'raw') : positionals[1]!;
+    if (srcFormat === undefined) {
+      if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
+      // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
+      const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true });
+      srcFormat = probe.format;
+      await probe.close();
+    }
     registry.require(srcFormat);
     const dstDriver = registry.require(dstFormat);
     const optionText = readOptionText(values.o);
@@ -83,7 +119,11 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       return 0;
     }
     const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);
-    if (values.F !== undefined && values.B === undefined) throw new UsageError('-F needs -B');
+    if (values.F !== undefined && backing === undefined) throw new UsageError('-F needs -B');
+    if (values.n) {
+      if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
+      if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');
+    }
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
@@ -94,24 +134,43 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     process.once('SIGTERM', onSignal);
     let result;
     try {
-      result = await convertFile({
-      srcFormat,
-      dstFormat,
-      input,
-      output,
-      registry,
-      minZeroRun,
-      createOptions,
-      compress: values.c ?? false,
-      forceFormat: values['force-format'] ?? false,
-      untrusted: values.untrusted ?? false,
-      keepPartial: values['keep-partial'] ?? false,
-      signal: controller.signal,
-      ...(values.B !== undefined ? { backingFile: values.B } : {}),
-      ...(values.F !== undefined ? { backingFormat: values.F } : {}),
-      ...(values.l !== undefined ? { snapshot: values.l } : {}),
-      ...(printer ? { onProgress: printer } : {}),
-      });
+      if (values.n) {
+        const { convertIntoExisting } = await import('./convert-into.js');
+        result = await convertIntoExisting({
+          input,
+          output,
+          srcFormat,
+          dstFormat,
+          registry,
+          minZeroRun,
+          forceFormat: values['force-format'] ?? false,
+          untrusted,
+          forceShare,
+          signal: controller.signal,
+          ...(values.l !== undefined ? { snapshot: values.l } : {}),
+          ...(printer ? { onProgress: printer } : {}),
+        });
+      } else {
+        result = await convertFile({
+          srcFormat,
+          dstFormat,
+          input,
+          output,
+          registry,
+          minZeroRun,
+          createOptions,
+          compress: values.c ?? false,
+          forceFormat: values['force-format'] ?? false,
+          untrusted,
+          forceShare,
+          keepPartial: values['keep-partial'] ?? false,
+          signal: controller.signal,
+          ...(backing !== undefined ? { backingFile: backing } : {}),
+          ...(values.F !== undefined ? { backingFormat: values.F } : {}),
+          ...(values.l !== undefined ? { snapshot: values.l } : {}),
+          ...(printer ? { onProgress: printer } : {}),
+        });
+      }
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);

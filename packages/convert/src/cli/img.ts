@@ -1,25 +1,29 @@
 /**
  * img: the toolbox. Subcommands are spelled like qemu-img's.
  */
-import { runCommand, version, type Io } from './common.js';
+import { runCommand, statusAfterOutput, version, type Io } from './common.js';
 
 const HELP = `Usage: img <command> [options]
 
 Commands:
-  info     [-f fmt] [--output=human|json] <file>            describe an image
-  map      [-f fmt] [--output=human|json] <file>            show allocation (the extent map)
-  check    [-f fmt] [-r leaks|all] [--output=human|json] <file>
+  info     [-f fmt] [-U] [--output=human|json] <file>       describe an image
+  map      [-f fmt] [-U] [--output=human|json] <file>       show allocation (the extent map)
+  check    [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>
                                                              check consistency (exit 0 clean, 2 corrupt, 3 leaks)
-  compare  [-f fmt] [-F fmt] [--strict] <a> <b>              compare contents (exit 0 same, 1 different, 2 error)
+  compare  [-f fmt] [-F fmt] [-U] [--strict] <a> <b>         compare contents (exit 0 same, 1 different, 2 error)
   create   -f fmt [-o opts] [-b backing -F fmt] <file> <size> create an image
-  resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size
+  resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size ("-10G" needs no "--")
   commit   [-f fmt] [-d] [-p] <file>                         write an overlay's data into its backing file
   rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
-  measure  -O fmt [-o opts] (--size N | <file>)              space a new image needs
+  measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
   amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
   inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
-  convert  <src-format> <dst-format> <input> <output> [...]  the same as img-convert
+  convert  [-f fmt] [-O fmt] [-n] [-U] [...] <input> <output>
+                                                             convert an image, spelled as qemu-img convert
+                                                             (or <src-format> <dst-format> <input> <output>, as img-convert)
+
+Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
 
 Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
 
@@ -29,6 +33,10 @@ Example:
 
 /** The body of img, given its arguments after the command name. */
 export async function imgMain(argv: string[], io: Io): Promise<number> {
+  return statusAfterOutput('img', io, await imgCommand(argv, io));
+}
+
+async function imgCommand(argv: string[], io: Io): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     io.stdout(HELP);

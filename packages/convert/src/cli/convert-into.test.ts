@@ -1,0 +1,48 @@
+import { copyFileSync, linkSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { tempDir, testImagesDir } from '@img/testkit';
+import { defaultRegistry } from '../formats.js';
+import { openImageFile } from '../node.js';
+import { convertIntoExisting } from './convert-into.js';
+
+const tmp = tempDir('img-convert-into-');
+afterAll(() => tmp.cleanup());
+
+describe('convertIntoExisting (convert -n)', () => {
+  const registry = defaultRegistry();
+  const base = { srcFormat: 'qcow2', dstFormat: 'qcow2', registry };
+
+  it('refuses to write the file it reads, through a hard link', async () => {
+    const a = join(tmp.path, 'a.qcow2');
+    const b = join(tmp.path, 'b.qcow2');
+    copyFileSync(join(testImagesDir, 'qcow2', 'v3-64k.qcow2'), a);
+    linkSync(a, b);
+    await expect(convertIntoExisting({ ...base, input: a, output: b })).rejects.toMatchObject({ code: 'ERR_IMG_SAME_FILE' });
+  });
+
+  it('refuses a smaller target, naming both sizes', async () => {
+    const small = join(tmp.path, 'small.qcow2');
+    copyFileSync(join(testImagesDir, 'qcow2', 'chain-base.qcow2'), small); // 256 KiB
+    await expect(convertIntoExisting({ ...base, input: join(testImagesDir, 'qcow2', 'v3-64k.qcow2'), output: small })).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      data: { expected: 1048576, actual: 262144 },
+    });
+  });
+
+  it('overwrites what the target held, zeros included', async () => {
+    const target = join(tmp.path, 'target.img');
+    copyFileSync(join(testImagesDir, 'raw', 'demo.img'), target);
+    const src = join(testImagesDir, 'qcow2', 'v3-64k.qcow2');
+    const disk0 = await openImageFile(target, { format: 'raw' });
+    const size = disk0.size;
+    await disk0.close();
+    expect(size).toBeGreaterThan(1048576); // demo.img's data must be overwritten, past the source's end it stays
+    await convertIntoExisting({ ...base, dstFormat: 'raw', input: src, output: target });
+    const a = await openImageFile(src, { format: 'qcow2' });
+    const b = await openImageFile(target, { format: 'raw' });
+    expect(Buffer.from(await b.read(0, a.size)).equals(Buffer.from(await a.read(0, a.size)))).toBe(true);
+    await a.close();
+    await b.close();
+  });
+});

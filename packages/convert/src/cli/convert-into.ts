@@ -1,0 +1,64 @@
+/**
+ * `convert -n` (qemu-img convert -n): the output exists already; write the
+ * source's contents into it instead of creating it. The target is not
+ * assumed to read as zeros, so the source's zero and unallocated ranges are
+ * written as zeros too, and a target smaller than the source is refused.
+ */
+import { invalidArg, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
+import type { ConvertResult } from '../convert.js';
+import { openDiskSnapshot, openImageFile } from '../node.js';
+import { assertNotRead, filesOf, identityOfPath } from '../node/same-file.js';
+
+export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal'> {
+  input: string;
+  output: string;
+  srcFormat: string;
+  dstFormat: string;
+  registry: FormatRegistry;
+  forceFormat?: boolean;
+  untrusted?: boolean;
+  forceShare?: boolean;
+  /** Convert this internal snapshot (id or name) of the input. */
+  snapshot?: string;
+}
+
+/** Copies `input` over the existing image `output`, which must be at least as large. */
+export async function convertIntoExisting(options: ConvertIntoOptions): Promise<ConvertResult> {
+  const started = Date.now();
+  const src = await openImageFile(options.input, {
+    format: options.srcFormat,
+    registry: options.registry,
+    forceFormat: options.forceFormat ?? false,
+    untrusted: options.untrusted ?? false,
+    forceShare: options.forceShare ?? false,
+  });
+  let snapshot: Disk | undefined;
+  let dst: Disk | undefined;
+  try {
+    // Writing a file being read (the input or any file of its chain) would destroy it as it is copied.
+    assertNotRead(identityOfPath(options.output), filesOf(src), 'output');
+    if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
+    const source = snapshot ?? src;
+    dst = await openImageFile(options.output, { format: options.dstFormat, registry: options.registry, readOnly: false, forceFormat: options.forceFormat ?? false });
+    if (dst.size < source.size) {
+      throw invalidArg('convert', `${options.output}: the target's virtual size (${dst.size} bytes) is smaller than the source's (${source.size} bytes); -n writes into the target as it is`, {
+        file: options.output,
+        field: 'virtual size',
+        expected: source.size,
+        actual: dst.size,
+      });
+    }
+    const copied = await sparseCopy(source, dst, {
+      dstIsZero: false,
+      ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    await dst.flush();
+    return { ...copied, virtualSize: source.size, durationMs: Date.now() - started };
+  } finally {
+    await dst?.close().catch(() => undefined);
+    await snapshot?.close().catch(() => undefined);
+    await src.close().catch(() => undefined);
+  }
+}

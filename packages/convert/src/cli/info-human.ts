@@ -1,0 +1,126 @@
+/**
+ * `img info`'s human output, line for line as qemu-img 7.2 prints it
+ * (block/qapi.c's image info dump): the same lines in the same order, sizes
+ * through formatSize, the snapshot table's columns, and "Format specific
+ * information" as qemu dumps a QAPI object, in the order its QDict keeps
+ * the keys.
+ */
+import { formatSize, type ImageInfo, type SnapshotInfo } from '@img/block';
+
+/** qemu's name for a format where it differs from ours: VHD is "vpc" to qemu-img. */
+export function qemuFormatName(format: string): string {
+  return format === 'vhd' ? 'vpc' : format;
+}
+
+export interface InfoLayer {
+  data: ImageInfo;
+  /** Bytes the file occupies on its device (st_blocks * 512). */
+  actual: number;
+  path: string;
+}
+
+/** The human `info` text of one image. */
+export function humanInfo({ data, actual, path }: InfoLayer): string {
+  const lines = [
+    `image: ${path}`,
+    `file format: ${qemuFormatName(data.format)}`,
+    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
+    `disk size: ${formatSize(actual)}`,
+  ];
+  if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
+  if (data.dirty) lines.push('cleanly shut down: no');
+  if (data.backingFile !== undefined) {
+    const full = data.fullBackingFile;
+    lines.push(`backing file: ${data.backingFile}${full !== undefined && full !== data.backingFile ? ` (actual path: ${full})` : ''}`);
+  }
+  if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
+  if (data.snapshots?.length) lines.push('Snapshot list:', ...snapshotTable(data.snapshots));
+  if (data.formatSpecific) {
+    lines.push('Format specific information:');
+    dumpValue(data.formatSpecific, 1, lines);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** The snapshot table (`info`, `snapshot -l`): a header line and one line per snapshot. */
+export function snapshotTable(snapshots: readonly SnapshotInfo[]): string[] {
+  const lines = [`${'ID'.padEnd(9)} ${'TAG'.padEnd(17)} ${'VM SIZE'.padStart(7)} ${'DATE'.padStart(19)} ${'VM CLOCK'.padStart(12)} ${'ICOUNT'.padStart(10)}`];
+  for (const s of snapshots) {
+    const icount = s.icount === undefined || s.icount < 0 ? '' : String(s.icount);
+    lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${localDate(s.dateSec)} ${formatClock(s.vmClockNsec)} ${icount.padStart(10)}`);
+  }
+  return lines;
+}
+
+/** "2026-11-21 12:51:07" in local time, as strftime("%Y-%m-%d %H:%M:%S") with localtime(). */
+function localDate(sec: number): string {
+  const d = new Date(sec * 1000);
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+}
+
+/** The guest clock as hours:minutes:seconds.milliseconds (hours at least two digits). */
+function formatClock(nsec: number): string {
+  const ms = Math.floor(nsec / 1e6);
+  const h = Math.floor(ms / 3_600_000);
+  const m = Math.floor(ms / 60_000) % 60;
+  const s = Math.floor(ms / 1000) % 60;
+  return `${String(h).padStart(2, '0')}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}.${String(ms % 1000).padStart(3, '0')}`;
+}
+
+/**
+ * qemu's hash for QDict keys (tdb_hash, from gdbm): its dictionaries iterate
+ * their 512 buckets in order, so this decides the order in which qemu-img
+ * prints an object's members.
+ */
+function qdictBucket(key: string): number {
+  const bytes = new TextEncoder().encode(key);
+  let value = Math.imul(0x238f13af, bytes.length) >>> 0;
+  for (let i = 0; i < bytes.length; i++) value = (value + ((bytes[i]! << ((i * 5) % 24)) >>> 0)) >>> 0;
+  return ((Math.imul(1103515243, value) + 12345) >>> 0) % 512;
+}
+
+/**
+ * An object's keys in the order qemu's QDict yields them: by bucket, and
+ * within a bucket the key inserted last first (keys are inserted in the
+ * order the object lists them).
+ */
+export function qdictOrder(keys: readonly string[]): string[] {
+  return keys
+    .map((key, index) => ({ key, index, bucket: qdictBucket(key) }))
+    .sort((a, b) => a.bucket - b.bucket || b.index - a.index)
+    .map((k) => k.key);
+}
+
+function isComposite(value: unknown): value is object {
+  return typeof value === 'object' && value !== null;
+}
+
+function scalar(value: unknown): string {
+  if (typeof value === 'number' && !Number.isInteger(value)) return value.toFixed(6);
+  return String(value);
+}
+
+/** qemu's dump of a QAPI value: `key: value`, composites on their own lines one level (4 spaces) deeper, list items as `[i]:`. */
+function dumpValue(value: object, level: number, out: string[]): void {
+  const pad = ' '.repeat(level * 4);
+  const entries: Array<[string, unknown]> = Array.isArray(value)
+    ? value.map((v, i) => [`[${i}]`, v])
+    : qdictOrder(Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined)).map((k) => [k.replace(/-/g, ' '), (value as Record<string, unknown>)[k]]);
+  for (const [label, v] of entries) {
+    if (isComposite(v)) {
+      out.push(`${pad}${label}:`);
+      dumpValue(v, level + 1, out);
+    } else {
+      out.push(`${pad}${label}: ${scalar(v)}`);
+    }
+  }
+}
+
+/** A copy of a JSON value with every object's keys in qemu's QDict order, so `--output=json` lists fields as qemu-img does. */
+export function qdictSorted(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(qdictSorted);
+  if (!isComposite(value)) return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(qdictOrder(Object.keys(record)).map((k) => [k, qdictSorted(record[k])]));
+}

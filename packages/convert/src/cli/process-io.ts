@@ -1,0 +1,99 @@
+/**
+ * The commands' hold on their process: stdout and stderr as an `Io`, what
+ * happens when stdout fails, and the last-resort handler that keeps an
+ * uncaught error from printing a stack and a line of bundled source.
+ *
+ * A failed stdout never crashes a command. Writing stops at the first
+ * error; the command's verdict is decided as usual and `stdoutFailure()`
+ * tells the caller what went wrong, so it can choose the exit status
+ * (see `statusAfterOutput` in common.ts).
+ */
+import { describeErrno, type Io } from './common.js';
+
+let failure: NodeJS.ErrnoException | undefined;
+
+function recordFailure(e: unknown): void {
+  failure ??= (e ?? new Error('unknown error')) as NodeJS.ErrnoException;
+}
+
+/** The process's stdout and stderr. Stdout writes stop, silently, after the first failure. */
+export const processIo: Io = {
+  stdout: (text) => {
+    if (failure !== undefined || process.stdout.destroyed) return;
+    try {
+      process.stdout.write(text);
+    } catch (e) {
+      recordFailure(e);
+    }
+  },
+  stderr: (text) => {
+    try {
+      process.stderr.write(text);
+    } catch {
+      // Nowhere left to say it.
+    }
+  },
+  isTTY: Boolean(process.stderr.isTTY),
+  stdoutFailure: async () => {
+    // Writes in flight finish (or fail) before the verdict is given.
+    if (failure === undefined && !process.stdout.destroyed && process.stdout.writableLength > 0) {
+      await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+    }
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    return failure;
+  },
+};
+
+export interface GuardOptions {
+  /** Name used in messages: "img", "img-convert". */
+  prog: string;
+  /** Exit status after an internal error (an uncaught exception). */
+  internalErrorStatus: number;
+  /**
+   * Called at the first stdout error, after it is recorded. Without it the
+   * command runs on and its caller decides the status from `stdoutFailure()`.
+   */
+  onStdoutError?: (e: NodeJS.ErrnoException) => void;
+}
+
+/**
+ * Installs the process-wide handlers a command needs: stdout errors are
+ * recorded instead of thrown, stderr errors are ignored, and an uncaught
+ * exception or rejection prints one line (`img: internal error: ...`), with a
+ * stack only under --debug, instead of Node's report with a line of source
+ * (which, for a bundle, is the whole bundle).
+ */
+export function guardProcess(options: GuardOptions): void {
+  const debug = process.argv.includes('--debug');
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    const first = failure === undefined;
+    recordFailure(e);
+    if (first) options.onStdoutError?.(e);
+  });
+  process.stderr.on('error', () => undefined);
+  const fatal = (e: unknown) => {
+    const message = e instanceof Error ? e.message : String(e);
+    processIo.stderr(`${options.prog}: internal error: ${message}\n`);
+    if (debug && e instanceof Error && e.stack) processIo.stderr(e.stack + '\n');
+    else processIo.stderr(`${options.prog}: run with --debug for a stack\n`);
+    process.exit(options.internalErrorStatus);
+  };
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
+}
+
+/**
+ * For a command that writes an image to stdout: an image cut short is not
+ * an image, so the first stdout error ends the process with status 1 (as
+ * `cat` fails on a write error) and one line on stderr.
+ */
+export function imageOutputFailed(prog: string): (e: NodeJS.ErrnoException) => void {
+  return (e) => {
+    processIo.stderr(
+      e.code === 'EPIPE'
+        ? `${prog}: ERR_IMG_IO: the output pipe was closed before the image was complete\n`
+        : `${prog}: error writing to stdout: ${describeErrno(e)}\n`,
+    );
+    process.exit(1);
+  };
+}
