@@ -19,25 +19,11 @@
 // disk as the footer's current size describes it (what libvhdi reads).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ascii, chs, u16, u32, u64, utf16le } from './vhd-bytes.mjs';
 
 const SECTOR = 512;
 const MiB = 1024 * 1024;
 
-function u16(b, at, v) {
-  b[at] = (v >> 8) & 0xff;
-  b[at + 1] = v & 0xff;
-}
-function u32(b, at, v) {
-  new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(at, v >>> 0, false);
-}
-function u64(b, at, v) {
-  const big = BigInt(v);
-  u32(b, at, Number((big >> 32n) & 0xffffffffn));
-  u32(b, at + 4, Number(big & 0xffffffffn));
-}
-function ascii(b, at, s) {
-  for (let i = 0; i < s.length; i++) b[at + i] = s.charCodeAt(i) & 0xff;
-}
 function seal(b, at, length, field) {
   let sum = 0;
   for (let i = 0; i < length; i++) if (i < field || i >= field + 4) sum = (sum + b[at + i]) >>> 0;
@@ -45,33 +31,8 @@ function seal(b, at, length, field) {
 }
 const roundUp = (v, a) => Math.ceil(v / a) * a;
 
-/** The spec's CHS algorithm (rounds down). */
-export function chs(totalSectors) {
-  const sectors = Math.min(totalSectors, 65535 * 16 * 255);
-  let spt;
-  let heads;
-  let cth;
-  if (sectors >= 65535 * 16 * 63) {
-    spt = 255;
-    heads = 16;
-    cth = Math.floor(sectors / spt);
-  } else {
-    spt = 17;
-    cth = Math.floor(sectors / spt);
-    heads = Math.max(Math.floor((cth + 1023) / 1024), 4);
-    if (cth >= heads * 1024 || heads > 16) {
-      spt = 31;
-      heads = 16;
-      cth = Math.floor(sectors / spt);
-    }
-    if (cth >= heads * 1024) {
-      spt = 63;
-      heads = 16;
-      cth = Math.floor(sectors / spt);
-    }
-  }
-  return { c: Math.floor(cth / heads), h: heads, s: spt };
-}
+export { chs };
+
 
 /** Deterministic bytes for guest offset `pos` (so any range can be recomputed). */
 function pattern(pos) {
@@ -217,14 +178,6 @@ export function vhdImage(spec) {
   return { bytes: b, content, size, tableOffset, blockAt, bitmapBytes };
 }
 
-function utf16le(s) {
-  const out = new Uint8Array(s.length * 2);
-  for (let i = 0; i < s.length; i++) {
-    out[i * 2] = s.charCodeAt(i) & 0xff;
-    out[i * 2 + 1] = s.charCodeAt(i) >> 8;
-  }
-  return out;
-}
 
 const SIZE = 5 * MiB + 123 * SECTOR; // not CHS-exact: the spec's CHS product of it is 16 KiB smaller
 

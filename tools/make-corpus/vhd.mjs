@@ -20,6 +20,7 @@
 // - untrusted: the code an `untrusted: true` open gives, when it differs.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { ascii, chs, u32, u64, utf16le } from './vhd-bytes.mjs';
 
 const SECTOR = 512;
 const FOOTER = 512;
@@ -28,17 +29,6 @@ const GiB = 1024 ** 3;
 
 // --- the structures (Microsoft VHD spec), just enough to write them ---
 
-function u32(b, at, v) {
-  new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(at, v >>> 0, false);
-}
-function u64(b, at, v) {
-  const big = BigInt(v);
-  u32(b, at, Number((big >> 32n) & 0xffffffffn));
-  u32(b, at + 4, Number(big & 0xffffffffn));
-}
-function ascii(b, at, s) {
-  for (let i = 0; i < s.length; i++) b[at + i] = s.charCodeAt(i) & 0xff;
-}
 function getU32(b, at) {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(at, false);
 }
@@ -60,33 +50,6 @@ function uuid(n) {
   return u;
 }
 
-/** CHS geometry of the spec's algorithm. */
-function chs(totalSectors) {
-  let sectors = Math.min(totalSectors, 65535 * 16 * 255);
-  let spt;
-  let heads;
-  let cth;
-  if (sectors >= 65535 * 16 * 63) {
-    spt = 255;
-    heads = 16;
-    cth = Math.floor(sectors / spt);
-  } else {
-    spt = 17;
-    cth = Math.floor(sectors / spt);
-    heads = Math.max(Math.floor((cth + 1023) / 1024), 4);
-    if (cth >= heads * 1024 || heads > 16) {
-      spt = 31;
-      heads = 16;
-      cth = Math.floor(sectors / spt);
-    }
-    if (cth >= heads * 1024) {
-      spt = 63;
-      heads = 16;
-      cth = Math.floor(sectors / spt);
-    }
-  }
-  return { c: Math.floor(cth / heads), h: heads, s: spt };
-}
 
 function footer({ type, size, dataOffset, id = 1, creator = 'win ', cookie = 'conectix' }) {
   const b = new Uint8Array(FOOTER);
@@ -112,14 +75,6 @@ function footer({ type, size, dataOffset, id = 1, creator = 'win ', cookie = 'co
   return b;
 }
 
-function utf16le(s) {
-  const out = new Uint8Array(s.length * 2);
-  for (let i = 0; i < s.length; i++) {
-    out[i * 2] = s.charCodeAt(i) & 0xff;
-    out[i * 2 + 1] = s.charCodeAt(i) >> 8;
-  }
-  return out;
-}
 
 /**
  * A dynamic (or, with `parent`, differencing) VHD: footer copy, header at
