@@ -16,7 +16,7 @@ import {
   type Resolver,
   type Storage,
 } from '@img/block';
-import { CONFIDENT, probeBytes } from './probe.js';
+import { identify, lookDescription, probeBytes } from './probe.js';
 
 export type FindingCode =
   | 'format-mismatch'
@@ -144,19 +144,20 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   const { registry } = options;
   const declared = options.format === undefined ? undefined : (registry.get(options.format)?.name ?? options.format);
   const findings: SafetyFinding[] = [];
-  const { head, tail, size } = await probeBytes(storage);
-  const confident = registry.probe(head, size, tail).filter((r) => r.score >= CONFIDENT);
-  const detected = confident[0]?.format;
+  const { head, tail, end, size } = await probeBytes(storage);
+  // Registered formats that probe confidently, and the signature of any container format, registered or not.
+  const identity = identify(registry, head, size, tail, end);
+  const detected = identity.formats[0];
 
-  if (confident.length > 1) {
-    findings.push(finding('multiple-formats', `the bytes look like more than one format (${confident.map((c) => c.format).join(', ')})`));
+  if (identity.formats.length > 1) {
+    findings.push(finding('multiple-formats', `the bytes look like more than one format (${identity.formats.map((f) => lookDescription(identity, f)).join(', ')})`));
   }
   if (detected && detected !== 'raw') {
     const foreign = await foreignSignatures(storage, size);
     if (foreign.length) findings.push(finding('multiple-formats', `a ${detected} image that also carries ${foreign.join(' and ')} signatures`));
   }
   if (declared !== undefined && detected !== undefined && detected !== declared) {
-    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are ${detected}`, { field: 'format' }));
+    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are ${lookDescription(identity, detected)}`, { field: 'format' }));
   }
   if (declared !== undefined && declared !== 'raw' && detected === undefined) {
     findings.push(finding('format-mismatch', `declared ${declared} but the bytes are not a ${declared} image`, { field: 'format' }));
@@ -164,7 +165,10 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   const format = detected ?? declared ?? 'raw';
   const driver = registry.get(format);
   if (!driver) {
-    findings.push(finding('unknown-format', `no driver for format "${format}"`));
+    // A container no driver here opens (QED, VDI, ...): never read as anything else.
+    if (!findings.some((f) => f.code === 'format-mismatch')) {
+      findings.push(finding('unknown-format', `the bytes are ${lookDescription(identity, format)}, a format this library does not open`, { field: 'format' }));
+    }
     return { format: detected, declared, virtualSize: undefined, safe: false, findings };
   }
 
