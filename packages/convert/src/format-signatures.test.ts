@@ -143,6 +143,9 @@ describeQemu('container signatures: refused as raw, as qemu-img probes them', ()
   it('a format no driver here opens is not guessed raw when nothing is declared', async () => {
     expect(await codeOf(openImageFile(p('real.qed')))).toMatch(/^ERR_IMG_UNSUPPORTED qed: .*real\.qed: a QED image \("QED\\x00" at 0x0\): this format is not supported/);
     expect(await codeOf(openImageFile(p('real.qed'), { format: 'raw', forceFormat: true }))).toBe('ok');
+    expect(await codeOf(openImageFile(p('real.vdi')))).toMatch(/^ERR_IMG_UNSUPPORTED vdi: .*a VDI image \(signature 0xbeda107f at 0x40\)/);
+    // A signature of a format we read, which its driver's probe missed: that driver decides, raw never does.
+    expect(await codeOf(openImageFile(p('vhd-footer-1024.img')))).toMatch(/^ERR_IMG_\w+ vhd: /);
   });
 
   it('a declared format the bytes contradict is ERR_IMG_WRONG_FORMAT, naming what they are', async () => {

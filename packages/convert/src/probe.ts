@@ -103,16 +103,20 @@ export async function checkDeclaredFormat(registry: FormatRegistryLike, storage:
 
 /**
  * The format of a file nobody declared: the best registered probe, raw
- * when nothing else matches. Bytes that carry the signature of a format no
- * driver here opens (QED, VDI, ...) are not guessed to be raw: that is
- * ERR_IMG_UNSUPPORTED, naming the format.
+ * when nothing else matches. Bytes that carry a container signature are
+ * never guessed to be raw: a registered format's driver gets them, and a
+ * format no driver here opens (QED, VDI, ...) is ERR_IMG_UNSUPPORTED,
+ * naming it.
  */
 export async function detectFormat(registry: FormatRegistryLike, storage: Storage): Promise<string> {
   const { head, tail, end, size } = await probeBytes(storage);
   const best = registry.probe(head, size, tail)[0];
   if (best && best.score >= CONFIDENT) return best.format;
-  const foreign = findSignatures(head, size, end).find((s) => !registry.get(s.format));
+  const foreign = findSignatures(head, size, end)[0];
   if (foreign) {
+    // A signature its driver's probe did not take up (an old VHD footer 1 KiB from the end): that driver decides.
+    const driver = registry.get(foreign.format);
+    if (driver) return driver.name;
     throw unsupported(foreign.format, storage.name, `${foreign.description} (${foreign.evidence}): this format is not supported; convert it with qemu-img first, or pass -f raw --force-format to read its bytes as a raw disk`, {
       field: 'format',
       actual: foreign.format,
