@@ -113,6 +113,9 @@ const vmdkDescriptor: Signature = {
   format: 'vmdk',
   qemuFormat: 'vmdk',
   find(w) {
+    // A descriptor starts with a comment, a line of spaces or the version line: skip decoding anything else.
+    const first = w.head[0];
+    if (first !== 0x23 && first !== 0x20 && first !== 0x76) return undefined;
     const text = readAscii(w.head, 0, w.head.length);
     const found = { offset: 0, description: 'a VMDK descriptor file', evidence: '' };
     if (text.startsWith('# Disk DescriptorFile')) return { ...found, evidence: '"# Disk DescriptorFile" at 0x0' };
