@@ -3,7 +3,7 @@
  * optional additional fields (compression_type at 104) and whatever a
  * newer writer put up to header_length, which is kept byte for byte.
  */
-import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, hex, unsupported, wrongFormat, findSignatures } from '@img/block';
+import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures } from '@img/block';
 import {
   QCOW2_MAGIC,
   QCOW2_V2_HEADER_LENGTH,

@@ -32,7 +32,6 @@ import {
   MIN_CLUSTER_BITS,
   MAX_CLUSTER_BITS,
   MIN_EXTENDED_L2_CLUSTER_BITS,
-  QCOW2_MAGIC,
   QCOW2_V2_HEADER_LENGTH,
 } from './constants.js';
 import { checkDuplicateExtensions, findExtension, parseExtensions } from './extensions.js';
