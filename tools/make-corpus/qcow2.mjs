@@ -10,7 +10,8 @@
 // A case: { name, description, bytes: Uint8Array | () => Uint8Array,
 //   expect, read?, check?, files? }
 // - expect: what openQcow2 does with it: an error code ('ERR_IMG_CORRUPT',
-//   'ERR_IMG_UNSUPPORTED', 'ERR_IMG_CHAIN') or 'ok' (it opens);
+//   'ERR_IMG_UNSUPPORTED', 'ERR_IMG_CHAIN', 'ERR_IMG_WRONG_FORMAT': not a
+//   qcow2 image) or 'ok' (it opens);
 // - read: for images that open, what reading every byte (and mapping the
 //   extents) gives: an error code or 'ok' (default 'ok');
 // - check: for images that open, what checkQcow2 says: 'corrupt'
@@ -257,7 +258,11 @@ export const cases = [
   { name: 'encrypted-unknown-method', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 77', bytes: mutate(plain, (b) => u32(b, 32, 77)) },
   { name: 'unknown-compression-type', expect: 'ERR_IMG_UNSUPPORTED', description: 'compression_type 9 with the compression bit', bytes: mutate(plain, (b) => { u64(b, 72, 1n << 3n); b[104] = 9; }) },
   { name: 'compression-type-without-bit', expect: 'ERR_IMG_CORRUPT', description: 'compression_type 1 without the compression type bit', bytes: mutate(plain, (b) => { b[104] = 1; }) },
-  { name: 'bad-version', expect: 'ERR_IMG_CORRUPT', description: 'version 4', bytes: mutate(plain, (b) => u32(b, 4, 4)) },
+  { name: 'bad-version', expect: 'ERR_IMG_UNSUPPORTED', description: 'version 4: a qcow2 newer than the reader (refused as unsupported, naming the version)', bytes: mutate(plain, (b) => u32(b, 4, 4)) },
+  { name: 'version-0', expect: 'ERR_IMG_CORRUPT', description: 'the qcow2 magic with version 0, which never existed', bytes: mutate(plain, (b) => u32(b, 4, 0)) },
+  { name: 'qcow-v1', expect: 'ERR_IMG_WRONG_FORMAT', description: 'version 1: the magic of qcow2, but an image of the older qcow format (its field at 20 is no cluster_bits)', bytes: mutate(plain, (b) => u32(b, 4, 1)) },
+  { name: 'bad-magic', expect: 'ERR_IMG_WRONG_FORMAT', description: 'no qcow2 magic: not a qcow2 image at all', bytes: mutate(plain, (b) => u32(b, 0, 0x12345678)) },
+  { name: 'vhd-footer-not-qcow2', expect: 'ERR_IMG_WRONG_FORMAT', description: 'no qcow2 magic, a VHD footer in the last 512 bytes: named in the error', bytes: mutate(plain, (b) => { b.set(new TextEncoder().encode('conectix'), b.length - 512); u32(b, 0, 0); }) },
   // --- compressed clusters ---
   { name: 'compressed-ok', expect: 'ok', description: 'two deflate clusters (the baseline the next cases damage)', bytes: () => withCompressed().bytes },
   { name: 'compressed-inflates-short', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'a deflate stream of 100 bytes of data', bytes: () => image({ data: [0], compressed: { 2: new Uint8Array(deflateRawSync(new Uint8Array(100).fill(7))) } }).bytes },

@@ -23,5 +23,6 @@ export {
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
+export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type SignatureMatch } from './signatures.js';
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';

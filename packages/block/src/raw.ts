@@ -9,6 +9,7 @@ import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.
 import { ERROR_CODES, ImageError, invalidArg, readOnlyError } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
+import { findSignatures } from './signatures.js';
 
 export const RAW_SECTOR = 512;
 const ZERO_CHUNK = 1024 * 1024;
@@ -227,7 +228,8 @@ export async function readRawStream(input: AsyncIterable<Uint8Array>): Promise<S
 
 export const rawDriver: FormatDriver = {
   name: 'raw',
-  probe: () => 1,
+  // Any bytes are a raw disk, but bytes that carry a container signature are first of all that container.
+  probe: (head, size, tail) => (findSignatures(head, size, tail).length ? 0 : 1),
   open: openRaw,
   create: (storage, options) => createRaw(storage, options as RawCreateOptions),
   stream: (source) => streamRaw(source),

@@ -1,6 +1,6 @@
 export { convertDisk, parseCreateOptions, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 export { builtinDrivers, defaultRegistry } from './formats.js';
-export { checkDeclaredFormat, probeStorage, probeBytes, CONFIDENT } from './probe.js';
+export { checkDeclaredFormat, detectFormat, identifyStorage, probeStorage, probeBytes, CONFIDENT, type Identity } from './probe.js';
 export { OverlayDiff } from './overlay-diff.js';
 export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';
 export { inspectImage, unsafeSummary, type InspectResult, type InspectOptions, type SafetyFinding, type FindingCode } from './inspect.js';

@@ -9,12 +9,14 @@ import {
   ERROR_CODES,
   ImageError,
   readAscii,
+  unsafe,
+  type Disk,
   type FormatRegistryLike,
   type ImageInfo,
   type Resolver,
   type Storage,
 } from '@img/block';
-import { CONFIDENT, probeBytes } from './probe.js';
+import { identify, lookDescription, probeBytes } from './probe.js';
 
 export type FindingCode =
   | 'format-mismatch'
@@ -65,11 +67,29 @@ export interface InspectOptions {
   deep?: boolean;
 }
 
-const refuseAll: Resolver = async (request) => {
-  throw new ImageError(ERROR_CODES.UNSAFE, `refusing to open ${request.kind} "${request.name}" named inside an inspected image`, {
-    data: { field: request.kind, actual: request.name },
+/** A resolver that opens nothing: every name inside an inspected `format` image is refused. */
+const refuseAll = (format: string): Resolver => async (request) => {
+  throw unsafe(format, request.from.name, `refusing to open ${request.kind} "${request.name}" named inside an inspected image`, {
+    field: request.kind,
+    actual: request.name,
   });
 };
+
+/**
+ * The caller's storage, lent to a driver: everything passes through except
+ * close(). Drivers own the storage they open (a disk's close() closes it,
+ * and so does a check that opens one), but inspectImage only borrows the
+ * caller's: openImageFile goes on to open the image from the same storage.
+ */
+function borrowed(storage: Storage): Storage {
+  return new Proxy(storage, {
+    get(target, key) {
+      if (key === 'close') return async () => undefined;
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
 
 /** Signatures of formats we do not open but must not confuse with ours. */
 async function foreignSignatures(storage: Storage, size: number): Promise<string[]> {
@@ -83,6 +103,11 @@ async function foreignSignatures(storage: Storage, size: number): Promise<string
     if (readAscii(iso, 0, 5) === 'CD001') found.push('iso');
   }
   return found;
+}
+
+/** A qcow2 left dirty with lazy refcounts: its refcounts may lag behind its L2 tables (spec: "dirty bit"). */
+function staleRefcounts(info: ImageInfo | undefined): boolean {
+  return info?.dirty === true && info.formatSpecific?.['lazy-refcounts'] === true;
 }
 
 function finding(code: FindingCode, message: string, extra: Partial<SafetyFinding> = {}): SafetyFinding {
@@ -119,19 +144,20 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   const { registry } = options;
   const declared = options.format === undefined ? undefined : (registry.get(options.format)?.name ?? options.format);
   const findings: SafetyFinding[] = [];
-  const { head, tail, size } = await probeBytes(storage);
-  const confident = registry.probe(head, size, tail).filter((r) => r.score >= CONFIDENT);
-  const detected = confident[0]?.format;
+  const { head, tail, end, size } = await probeBytes(storage);
+  // Registered formats that probe confidently, and the signature of any container format, registered or not.
+  const identity = identify(registry, head, size, tail, end);
+  const detected = identity.formats[0];
 
-  if (confident.length > 1) {
-    findings.push(finding('multiple-formats', `the bytes look like more than one format (${confident.map((c) => c.format).join(', ')})`));
+  if (identity.formats.length > 1) {
+    findings.push(finding('multiple-formats', `the bytes look like more than one format (${identity.formats.map((f) => lookDescription(identity, f)).join(', ')})`));
   }
   if (detected && detected !== 'raw') {
     const foreign = await foreignSignatures(storage, size);
     if (foreign.length) findings.push(finding('multiple-formats', `a ${detected} image that also carries ${foreign.join(' and ')} signatures`));
   }
   if (declared !== undefined && detected !== undefined && detected !== declared) {
-    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are ${detected}`, { field: 'format' }));
+    findings.push(finding('format-mismatch', `declared ${declared} but the bytes are ${lookDescription(identity, detected)}`, { field: 'format' }));
   }
   if (declared !== undefined && declared !== 'raw' && detected === undefined) {
     findings.push(finding('format-mismatch', `declared ${declared} but the bytes are not a ${declared} image`, { field: 'format' }));
@@ -139,16 +165,21 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   const format = detected ?? declared ?? 'raw';
   const driver = registry.get(format);
   if (!driver) {
-    findings.push(finding('unknown-format', `no driver for format "${format}"`));
+    // A container no driver here opens (QED, VDI, ...): never read as anything else.
+    if (!findings.some((f) => f.code === 'format-mismatch')) {
+      findings.push(finding('unknown-format', `the bytes are ${lookDescription(identity, format)}, a format this library does not open`, { field: 'format' }));
+    }
     return { format: detected, declared, virtualSize: undefined, safe: false, findings };
   }
 
   let info: ImageInfo | undefined;
   let virtualSize: number | undefined;
   let opened = false;
+  let disk: Disk | undefined;
+  const lent = borrowed(storage);
   try {
     // noBacking: read the image's own metadata without following its backing file / parent.
-    const disk = await driver.open(storage, { readOnly: true, untrusted: true, noBacking: true, resolver: refuseAll, formats: registry });
+    disk = await driver.open(lent, { readOnly: true, untrusted: true, noBacking: true, resolver: refuseAll(driver.name), formats: registry });
     opened = true;
     virtualSize = disk.size;
     info = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
@@ -166,9 +197,11 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
         findings.push(fromError(e));
       }
     }
-    // The disk owns the storage; the caller's storage stays open for the check below, so do not close it here.
   } catch (e) {
     findings.push(fromError(e));
+  } finally {
+    // Closing the disk releases what it holds (caches, workers) but not the lent storage.
+    await disk?.close().catch(() => undefined);
   }
   if (info) {
     if (info.backingFile !== undefined) {
@@ -178,7 +211,8 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
     const dataFile = info.formatSpecific?.['data-file'];
     if (typeof dataFile === 'string') findings.push(finding('data-file', `the image keeps its data in an external file "${dataFile}"`, { field: 'data_file' }));
     if (info.formatSpecific?.corrupt === true) {
-      findings.push(finding('corrupt', 'the image is marked corrupt (a writer found inconsistent metadata)', { field: 'incompatible_features' }));
+      // The bit forbids writing, not reading (qemu converts such an image): the check below judges the metadata.
+      findings.push(finding('corrupt', 'the image is marked corrupt (a writer found inconsistent metadata); it is only read, and the check judges it', { field: 'incompatible_features', severity: 'info' }));
     }
     if (info.formatSpecific?.type === 'differencing' && info.backingFile === undefined) {
       findings.push(finding('parent-reference', 'a differencing disk refers to a parent image', { field: 'disk type' }));
@@ -186,9 +220,13 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   }
   if (opened && (options.check ?? true) && driver.check) {
     try {
-      const result = await driver.check(storage, { resolver: refuseAll, formats: registry });
+      const result = await driver.check(lent, { resolver: refuseAll(driver.name), formats: registry });
       if (result.corruptions > 0) {
-        findings.push(finding('corrupt', `check found ${result.corruptions} corruption${result.corruptions === 1 ? '' : 's'}${result.messages[0] ? `: ${result.messages[0]}` : ''}`));
+        const text = `check found ${result.corruptions} corruption${result.corruptions === 1 ? '' : 's'}${result.messages[0] ? `: ${result.messages[0]}` : ''}`;
+        // Lazy refcounts left dirty are stale by design (the spec has the next writer rebuild them); reading
+        // never consults them, so what the check counts there is not a reason to refuse.
+        if (staleRefcounts(info)) findings.push(finding('corrupt', `${text} (expected: the image was left dirty with lazy refcounts)`, { severity: 'info' }));
+        else findings.push(finding('corrupt', text));
       }
       if (result.leaks > 0) findings.push(finding('leaks', `check found ${result.leaks} leaked cluster${result.leaks === 1 ? '' : 's'} (harmless)`));
     } catch (e) {

@@ -7,7 +7,7 @@ import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver,
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
-import { checkDeclaredFormat, probeStorage } from './probe.js';
+import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
@@ -70,7 +70,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       }
       format = report.format ?? format ?? 'raw';
     } else if (format === undefined) {
-      format = (await probeStorage(registry, storage))[0]?.format ?? 'raw';
+      format = await detectFormat(registry, storage);
     } else if (!options.forceFormat) {
       await checkDeclaredFormat(registry, storage, format);
     }

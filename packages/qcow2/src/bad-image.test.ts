@@ -24,11 +24,35 @@ async function expectCorrupt(bytes: Uint8Array, field: RegExp | string, message?
 }
 
 describe('bad headers', () => {
-  it('bad magic, short file, bad version', async () => {
-    await expectCorrupt(setU32(base(), 0, 0x12345678), 'magic');
+  it('short file, version 0', async () => {
     await expectCorrupt(base().slice(0, 50), 'header');
-    await expectCorrupt(setU32(base(), 4, 4), 'version');
-    await expectCorrupt(setU32(base(), 4, 1), 'version');
+    await expectCorrupt(setU32(base(), 4, 0), 'version', /version 0 at 0x4/);
+  });
+
+  it('not a qcow2 image: no magic (naming the format found), or the qcow v1 version', async () => {
+    const wrong = async (bytes: Uint8Array, message: string) => {
+      const e = await imageError(openBytes(bytes));
+      expect(e.code).toBe('ERR_IMG_WRONG_FORMAT');
+      expect(e.message).toBe(`qcow2: test.qcow2: ${message}`);
+      return e;
+    };
+    expect((await wrong(setU32(base(), 0, 0x12345678), 'not a qcow2 image')).data).toMatchObject({ field: 'magic', offset: 0 });
+    await wrong(new Uint8Array(0), 'not a qcow2 image');
+    await wrong(new Uint8Array(3), 'not a qcow2 image');
+    const v1 = await wrong(setU32(base(), 4, 1), 'not a qcow2 image: it looks like a qcow (v1) image');
+    expect(v1.data).toMatchObject({ field: 'version', offset: 4, actual: 1 });
+    // A fixed VHD: its footer is the last 512 bytes, past what a header read sees.
+    const vhd = new Uint8Array(64 * 1024);
+    vhd.set(new TextEncoder().encode('conectix'), vhd.length - 512);
+    await wrong(vhd, 'not a qcow2 image: it looks like a VHD image');
+    await wrong(new TextEncoder().encode('QED\0' + ' '.repeat(200)), 'not a qcow2 image: it looks like a QED image');
+  });
+
+  it('a version newer than 3 is unsupported, naming it', async () => {
+    const e = await imageError(openBytes(setU32(base(), 4, 4)));
+    expect(e.code).toBe('ERR_IMG_UNSUPPORTED');
+    expect(e.message).toMatch(/^qcow2: test\.qcow2: version 4 at 0x4 /);
+    expect(e.data).toMatchObject({ field: 'version', actual: 4 });
   });
 
   it('cluster_bits outside 9..21', async () => {

@@ -3,7 +3,7 @@
  */
 import type { FormatDriver } from '@img/block';
 import { FormatRegistry, optionHelp, rawDriver } from '@img/block';
-import { hasQcow2Magic } from './header.js';
+import { probeQcow2 } from './header.js';
 import { openQcow2 } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
 import { checkQcow2 } from './check.js';
@@ -11,10 +11,10 @@ import { measureQcow2 } from './measure.js';
 import { createQcow2Stream, qcow2StreamOptionsFrom } from './stream.js';
 import { readQcow2Stream } from './read-stream.js';
 
-/** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic). */
+/** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic with version 2 or later). */
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
-  probe: (head) => (hasQcow2Magic(head) ? 100 : 0),
+  probe: (head) => probeQcow2(head),
   open: (storage, options) => openQcow2(storage, options),
   create: (storage, options) => createQcow2(storage, options as Qcow2CreateOptions),
   createOptions: optionHelp(QCOW2_CREATE_OPTIONS),

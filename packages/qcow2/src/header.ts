@@ -3,7 +3,7 @@
  * optional additional fields (compression_type at 104) and whatever a
  * newer writer put up to header_length, which is kept byte for byte.
  */
-import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, hex } from '@img/block';
+import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures } from '@img/block';
 import {
   QCOW2_MAGIC,
   QCOW2_V2_HEADER_LENGTH,
@@ -57,19 +57,43 @@ export function hasQcow2Magic(head: Uint8Array): boolean {
   return head.length >= 4 && readU32Be(head, 0) === QCOW2_MAGIC;
 }
 
+/** qcow2's probe score: 100 for the magic with version 2 or later (version 1 is qcow, another format), else 0. */
+export function probeQcow2(head: Uint8Array): number {
+  return hasQcow2Magic(head) && head.length >= 8 && readU32Be(head, 4) >= 2 ? 100 : 0;
+}
+
+/**
+ * Is this a qcow2 image at all? The magic and the version say, before any
+ * other field means anything: bytes without the magic are not a qcow2
+ * image (ERR_IMG_WRONG_FORMAT, naming the format they carry when they
+ * carry one), version 1 is the older qcow format (same magic, another
+ * layout), version 4 and up are qcow2 images this code does not know
+ * (ERR_IMG_UNSUPPORTED). `tail`, the file's last bytes, lets the error
+ * name formats whose signature sits at the end (VHD, DMG).
+ */
+export function checkQcow2Identity(head: Uint8Array, file?: string, size = head.length, tail?: Uint8Array): void {
+  if (!hasQcow2Magic(head)) {
+    const found = findSignatures(head, size, tail)[0];
+    throw wrongFormat(FORMAT, file, found?.description, { field: 'magic', offset: 0, ...(found ? { evidence: found.evidence } : {}) });
+  }
+  if (head.length < 8) throw corrupt(FORMAT, file, `file is too short for a qcow2 header (${head.length} bytes)`, { field: 'header', offset: 0 });
+  const version = readU32Be(head, 4); // 4: version
+  if (version === 1) throw wrongFormat(FORMAT, file, 'a qcow (v1) image', { field: 'version', offset: 4, expected: [2, 3], actual: version });
+  if (version > 3) {
+    throw unsupported(FORMAT, file, `version ${version} at 0x4 is newer than this code knows (2 and 3)`, { field: 'version', offset: 4, expected: [2, 3], actual: version });
+  }
+  if (version !== 2 && version !== 3) throw corrupt(FORMAT, file, `version ${version} at 0x4 does not exist (2 and 3 do)`, { field: 'version', offset: 4, expected: [2, 3], actual: version });
+}
+
 /**
  * Decodes the header at the start of `buf` (which must hold at least
  * header_length bytes; 4 KiB always suffices for qemu's images). Checks only
  * what is needed to decode it; {@link validateHeader} checks the rest.
  */
 export function parseHeader(buf: Uint8Array, file?: string): Qcow2Header {
+  checkQcow2Identity(buf, file); // 0: magic, 4: version
   if (buf.length < QCOW2_V2_HEADER_LENGTH) throw corrupt(FORMAT, file, `file is too short for a qcow2 header (${buf.length} bytes)`, { field: 'header', offset: 0 });
-  const magic = readU32Be(buf, 0); // 0: magic
-  if (magic !== QCOW2_MAGIC) throw corrupt(FORMAT, file, `bad magic ${hex(magic)} at 0x0 (expected "QFI\\xfb")`, { field: 'magic', offset: 0 });
   const version = readU32Be(buf, 4); // 4: version
-  if (version !== 2 && version !== 3) {
-    throw corrupt(FORMAT, file, `unsupported version ${version} at 0x4 (2 and 3 exist)`, { field: 'version', offset: 4, actual: version });
-  }
   const h: Qcow2Header = {
     version,
     backingFileOffset: u64(buf, 8, 'backing_file_offset', file), // 8

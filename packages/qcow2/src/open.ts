@@ -3,10 +3,10 @@
  * before anything is allocated, opens the backing image and the external
  * data file through the resolver, and returns a Qcow2Disk.
  */
-import { ImageError, FormatRegistry, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
+import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
 import type { OpenOptions, Storage } from '@img/block';
-import { QCOW2_MAGIC, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
-import { hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
+import { MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
+import { checkQcow2Identity, hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
 import { extensionsLength, parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
 import { readSnapshotTable } from './snapshot.js';
 import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
@@ -59,10 +59,14 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
   if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, file);
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 4096));
-  if (head.length < 24 || readU32Be(head, 0) !== QCOW2_MAGIC) {
-    // parseHeader names the exact problem (short file or bad magic).
-    parseHeader(head, file);
+  if (!hasQcow2Magic(head)) {
+    // Not a qcow2 image: the error names what it is instead, footers included (a VHD, a DMG).
+    const tail = fileSize > head.length ? await storage.read(Math.max(head.length, fileSize - SIGNATURE_TAIL_BYTES), SIGNATURE_TAIL_BYTES) : undefined;
+    checkQcow2Identity(head, file, fileSize, tail);
   }
+  // The version decides what the other fields mean (qcow v1 has no cluster_bits at 20).
+  checkQcow2Identity(head, file);
+  if (head.length < 24) parseHeader(head, file);
   const clusterBits = readU32Be(head, 20);
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw badField(file, 'cluster_bits', 20, `cluster_bits ${clusterBits} at 0x14 is outside 9..21 (512 B to 2 MiB clusters)`, clusterBits);

@@ -32,11 +32,10 @@ import {
   MIN_CLUSTER_BITS,
   MAX_CLUSTER_BITS,
   MIN_EXTENDED_L2_CLUSTER_BITS,
-  QCOW2_MAGIC,
   QCOW2_V2_HEADER_LENGTH,
 } from './constants.js';
 import { checkDuplicateExtensions, findExtension, parseExtensions } from './extensions.js';
-import { featureBits, geometry, hasFeature, parseHeader, validateHeaderBasics } from './header.js';
+import { checkQcow2Identity, featureBits, geometry, hasFeature, parseHeader, validateHeaderBasics } from './header.js';
 import { decodeL2Entry, l1EntryOffset, type EntryGeometry } from './mapping.js';
 
 const FORMAT = 'qcow2';
@@ -163,7 +162,8 @@ export async function readQcow2Stream(input: AsyncIterable<Uint8Array>, _options
 
 async function readHeaderAndL1(reader: ByteStreamReader): Promise<StreamSource> {
   const head = await reader.upTo(QCOW2_V2_HEADER_LENGTH);
-  if (head.length < QCOW2_V2_HEADER_LENGTH || readU32Be(head, 0) !== QCOW2_MAGIC) parseHeader(head, NAME);
+  checkQcow2Identity(head, NAME);
+  if (head.length < QCOW2_V2_HEADER_LENGTH) parseHeader(head, NAME);
   const clusterBits = readU32Be(head, 20);
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw corrupt(FORMAT, NAME, `cluster_bits ${clusterBits} at 0x14 is outside 9..21 (512 B to 2 MiB clusters)`, { field: 'cluster_bits', offset: 20, actual: clusterBits });
