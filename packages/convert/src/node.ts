@@ -3,7 +3,7 @@
  * convert a file into a new one. Node only (uses the file system).
  */
 import { rm } from 'node:fs/promises';
-import { ERROR_CODES, ImageError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -200,6 +200,68 @@ async function guardOutput(options: ConvertFileOptions, registry: FormatRegistry
   }
 }
 
+/**
+ * A raw stream whose bytes are an image container (a qcow2 header, a VHD
+ * footer, ...) is refused, as a raw file is: the head is looked at before
+ * any byte is passed on, the tail (footers) when the stream ends, which
+ * fails the conversion and removes its output.
+ */
+async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const HEAD = 4096;
+  const held: Uint8Array[] = [];
+  let heldBytes = 0;
+  let checkedHead = false;
+  let tail: Uint8Array = new Uint8Array(0);
+  let total = 0;
+  const judge = (head: Uint8Array, size: number, end?: Uint8Array) => {
+    const found = findSignatures(head, size, end)[0];
+    if (found) {
+      throw unsafe('raw', 'standard input', `the bytes are ${found.description} (${found.evidence}), not a raw disk; refusing to read it as raw (pass --force-format to override)`, {
+        field: 'format',
+        offset: found.offset,
+        actual: found.format,
+      });
+    }
+  };
+  const keepTail = (chunk: Uint8Array) => {
+    const joined = new Uint8Array(Math.min(SIGNATURE_TAIL_BYTES, tail.length + chunk.length));
+    const fromChunk = Math.min(chunk.length, joined.length);
+    joined.set(tail.subarray(tail.length - (joined.length - fromChunk)), 0);
+    joined.set(chunk.subarray(chunk.length - fromChunk), joined.length - fromChunk);
+    tail = joined;
+  };
+  for await (const chunk of input) {
+    total += chunk.length;
+    keepTail(chunk);
+    if (checkedHead) {
+      yield chunk;
+      continue;
+    }
+    held.push(chunk);
+    heldBytes += chunk.length;
+    if (heldBytes < HEAD) continue;
+    const head = concatBytes(held);
+    judge(head.subarray(0, HEAD), Number.MAX_SAFE_INTEGER);
+    checkedHead = true;
+    held.length = 0;
+    yield head;
+  }
+  const rest = held.length ? concatBytes(held) : undefined;
+  judge(rest ?? new Uint8Array(0), total, tail);
+  if (rest && rest.length) yield rest;
+}
+
+function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
   const started = Date.now();
   if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined) {
@@ -210,7 +272,8 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
     throw new ImageError(ERROR_CODES.UNSAFE, `${srcDriver.name}: an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
   }
   if (options.stdin === undefined) assertNotRead(identityOfPath(options.output), [identityOfFd(0, 'standard input')].filter((x) => x !== undefined), 'output');
-  const source = await fromStream((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>, srcDriver.name, { registry });
+  const input = (options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>;
+  const source = await fromStream(srcDriver.name === 'raw' && (options.untrusted || !options.forceFormat) ? refuseContainers(input) : input, srcDriver.name, { registry });
   const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
   try {
     const disk = await registry.require(options.dstFormat).create(target, { ...(options.createOptions ?? {}), size: Math.max(0, source.size) });

@@ -86,4 +86,20 @@ describeQemu('pipes and full outputs', () => {
     expect(r.status).toBe(1);
     expect(expectOneLine(r.stderr)).toHaveLength(1);
   });
+
+  it('a container piped in as raw is refused (head: at once; footer: at the end), and no output is left', () => {
+    qemuImg(['create', '-f', 'vpc', '-o', 'subformat=fixed', user.path('fixed.vhd'), '8M']);
+    for (const [cmd, what] of [
+      ['cat ok.qcow2 | img-convert --untrusted raw raw - piped.raw', /qcow2 image/],
+      ['cat ok.qcow2 | img-convert raw qcow2 - piped.raw', /qcow2 image/],
+      ['cat fixed.vhd | img-convert raw raw - piped.raw', /VHD image/],
+    ] as const) {
+      const r = user.sh(cmd);
+      expect(r.status, cmd).toBe(1);
+      expect(expectOneLine(r.stderr)[0], cmd).toMatch(/ERR_IMG_UNSAFE: raw: standard input: the bytes are /);
+      expect(r.stderr).toMatch(what);
+      expect(user.sh('test -e piped.raw').status, cmd).not.toBe(0);
+    }
+    expect(user.sh('cat fixed.vhd | img-convert --force-format raw raw - piped.raw').status).toBe(0);
+  });
 });
