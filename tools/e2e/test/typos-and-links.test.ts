@@ -43,6 +43,15 @@ describeQemu('typos and links', () => {
     });
   }
 
+  it('img create with a missing backing file names the image and the name, and leaves no file (as qemu-img)', () => {
+    const r = user.sh('img create -f qcow2 -b gone.qcow2 -F qcow2 new.qcow2 1M');
+    expect(r.status).toBe(1);
+    expect(expectOneLine(r.stderr)).toEqual([expect.stringMatching(/ERR_IMG_NOT_FOUND: qcow2: new\.qcow2: backing file "gone\.qcow2" \(resolved to .*gone\.qcow2\) does not exist/)]);
+    expect(user.sh('test -e new.qcow2').status).not.toBe(0);
+    expect(qemuImg(['create', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', user.path('new.qcow2'), '1M'], { allowFail: true }).status).toBe(1);
+    expect(user.sh('test -e new.qcow2').status).not.toBe(0);
+  });
+
   for (const out of ['disk.qcow2', './disk.qcow2', 'link.qcow2', 'hard.qcow2', 'sub/up.qcow2', 'sub/../disk.qcow2']) {
     it(`img-convert onto ${out} is refused and the input survives`, () => {
       const r = user.sh(`img-convert qcow2 raw disk.qcow2 ${out}`);

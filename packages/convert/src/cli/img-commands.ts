@@ -1,10 +1,10 @@
 /**
  * The subcommands of img, loaded once img knows it runs one (see img.ts).
  */
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ImageError, formatSize, hex, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
+import { ImageError, formatSize, hex, missingFileError, parseSize, unsupported, type Disk, type Extent, type ImageInfo, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { amendOptionsFromCli, createOptionsFromCli, printOptionHelp, readOptionText } from './options.js';
 import { defaultRegistry } from '../formats.js';
@@ -344,12 +344,19 @@ const create: Handler = async (argv, io) => {
     options.resolver = fileResolver;
     options.formats = registry;
     const target = identityOfPath(path);
-    if (size === undefined || target) {
+    {
       // The size comes from the backing file, opened relative to the new image; and a new image
       // must not replace a file of its own backing chain (it would be read after being truncated).
-      const backing = await openImageFile(resolveRelative({ name: values.b, from: { name: path } as Storage }), {
+      const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
+      const backing = await openImageFile(backingPath, {
         ...(values.F !== undefined ? { format: values.F } : {}),
         registry,
+      }).catch((e: unknown) => {
+        // Say which image names the missing file, as a backing file missing at open does.
+        if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND' && e.data.file === backingPath) {
+          throw missingFileError(driver.name, path, 'backing file', values.b!, backingPath, { cause: e });
+        }
+        throw e;
       });
       try {
         assertNotRead(target, filesOf(backing), 'new image');
@@ -360,6 +367,7 @@ const create: Handler = async (argv, io) => {
     }
   }
   if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
+  const existed = identityOfPath(path) !== undefined;
   const storage = await FileStorage.create(path);
   try {
     const disk = await driver.create(storage, { ...options, size });
@@ -367,6 +375,8 @@ const create: Handler = async (argv, io) => {
     await disk.close();
   } catch (e) {
     await storage.close().catch(() => undefined);
+    // As qemu-img: a failed create leaves no file behind (one that was there is already emptied).
+    if (!existed) await rm(path, { force: true }).catch(() => undefined);
     throw e;
   }
   io.stdout(`Formatting '${path}', fmt=${qemuFormatName(driver.name)} size=${size}\n`);
