@@ -14,10 +14,23 @@ import type { VhdDisk } from './image.js';
 import { openVhd } from './open.js';
 import { PLATFORM_CODE, baseName, dirName, encodeLocatorData, isAbsolutePath, joinPath, pathToFileUrl, toWindowsRelative } from './parent-locator.js';
 import { FORMAT, type VhdState } from './state.js';
+import { ownsRegion } from './layout.js';
 import { NIL_UUID } from './uuid.js';
 import { writeFooters, writeHeader } from './write-metadata.js';
 
 const CHUNK = 1024 * 1024;
+
+/**
+ * Every region of the file something owns: metadata, reserved space, the
+ * blocks, and the footer at the end (at nextFree).
+ */
+function ownedRegions(s: VhdState): Array<{ start: number; end: number }> {
+  const span = s.bitmapBytes + s.blockSize;
+  const out: Array<{ start: number; end: number }> = [...s.metadata, ...(s.reserved ?? []).filter((r) => !r.what.startsWith('parent locator'))];
+  for (const e of s.bat) if (e !== BAT_UNUSED) out.push({ start: e * VHD_SECTOR, end: e * VHD_SECTOR + span });
+  out.push({ start: s.nextFree, end: s.nextFree + FOOTER_SIZE });
+  return out;
+}
 
 /** Where the file's metadata and reserved space end (the first byte a block could use). */
 function metadataEnd(s: VhdState): number {
@@ -89,12 +102,13 @@ export async function setVhdBacking(disk: VhdDisk, name: string | undefined, for
   if (s.type === 'dynamic') return;
   const h = s.header!;
   const old = h.parentLocators.map((l) => ({ ...l }));
+  // Only a locator's own region is reused: one that overlaps any other structure (a damaged
+  // layout; writable opens refuse those) is left alone, and its space is not counted on.
+  const others = ownedRegions(s);
   const regions = old
-    .filter((l) => l.platformCode !== PLATFORM_CODE.NONE && l.platformDataLength > 0 && s.metadata.some((m) => m.start === l.platformDataOffset))
-    .map((l) => {
-      const m = s.metadata.find((x) => x.start === l.platformDataOffset)!;
-      return { start: m.start, end: m.end, used: false };
-    });
+    .map((l, i) => ({ l, m: s.metadata.find((x) => x.what === `parent locator ${i}` && x.start === l.platformDataOffset) }))
+    .filter(({ l, m }) => l.platformCode !== PLATFORM_CODE.NONE && l.platformDataLength > 0 && m !== undefined && ownsRegion(m, others, m))
+    .map(({ m }) => ({ start: m!.start, end: m!.end, used: false }));
   // The old locator data is zeroed so that no stale path survives.
   for (const r of regions) await s.storage.write(r.start, new Uint8Array(r.end - r.start));
 

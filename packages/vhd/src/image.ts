@@ -9,6 +9,7 @@ import {
   KeyedLock,
   Mutex,
   checkDiskRange,
+  corrupt,
   extentRange,
   mergeExtents,
   readOnlyError,
@@ -22,7 +23,8 @@ import {
 } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { allBitsSet, bitRuns, setBits } from './bitmap.js';
-import { serializeFooter } from './footer.js';
+import { FOOTER_SIZE, serializeFooter } from './footer.js';
+import { overlapMessage, regionsOverlap } from './layout.js';
 import { VHD_SECTOR } from './geometry.js';
 import { FORMAT, type VhdState } from './state.js';
 import type { VhdProblem } from './problems.js';
@@ -372,6 +374,10 @@ export class VhdDisk implements Disk {
     const known = this.#sizeAfterAlloc;
     this.#sizeAfterAlloc = undefined;
     const fileSize = known && known.nextFree === at ? known.size : await s.storage.size();
+    // The block and the footer behind it land in space no structure owns (open validated the layout; this keeps it so).
+    const target = { start: at, end: at + span + FOOTER_SIZE, what: `block ${block} and the footer behind it` };
+    const taken = [...s.metadata, ...(s.reserved ?? [])].find((m) => regionsOverlap(target, m));
+    if (taken) throw corrupt(FORMAT, s.storage.name, `a new block would be written where it overlaps: ${overlapMessage(target, taken)}`, { field: `BAT entry ${block}`, offset: at });
     const bitmap = new Uint8Array(s.bitmapBytes);
     // Dynamic disks: every sector present, as qemu does (it ignores bitmaps
     // on read); the block's unwritten sectors are zeros. Differencing disks:

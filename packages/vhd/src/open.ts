@@ -21,6 +21,7 @@ import {
 } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, vhdVirtualSize, type VhdSizeMode } from './geometry.js';
 import { VhdDisk } from './image.js';
+import { describeRegion, layoutOverlaps, overlapMessage, regionsOverlap, type LayoutRegion } from './layout.js';
 import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
 import { vhdProblem, type VhdProblem } from './problems.js';
 import { blockAlignment, isWriterPadding, reservedSpace } from './reserved-space.js';
@@ -343,9 +344,28 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     { start: at, end: at + DYNAMIC_HEADER_SIZE, what: 'the dynamic header' },
     { start: h.tableOffset, end: h.tableOffset + tableBytes, what: 'the BAT' },
   ];
-  if (overlaps(metadata[2]!, metadata[0]!) || overlaps(metadata[2]!, metadata[1]!)) {
+  if (regionsOverlap(metadata[2]!, metadata[0]!) || regionsOverlap(metadata[2]!, metadata[1]!)) {
     throw corrupt(FORMAT, file, `BAT at ${hex(h.tableOffset)} overlaps the footer copy or the dynamic header`, { field: 'table offset', offset: at + 0x10 });
   }
+  const writable = options.readOnly === false;
+  // A structure whose region overlaps another's: readable (each reads its own bytes), never writable.
+  const layoutProblem = (a: LayoutRegion, b: LayoutRegion, field: string, offset: number) => {
+    const message = overlapMessage(a, b);
+    if (writable || options.untrusted) {
+      throw corrupt(FORMAT, file, `${message}, so a write to one would destroy the other; ${writable ? 'writable' : 'untrusted'} opens refuse it`, { field, offset });
+    }
+    s.problems.push(vhdProblem('layout-overlap', 'corruption', message, offset));
+  };
+  const tailFooter: LayoutRegion | undefined = tailFooterValid ? { start: fileSize - FOOTER_SIZE, end: fileSize, what: 'the footer at the end of the file' } : undefined;
+  if (tailFooter) {
+    for (const [m, field, offset] of [
+      [metadata[1]!, 'data offset', 0x10],
+      [metadata[2]!, 'table offset', at + 0x10],
+    ] as const) {
+      if (regionsOverlap(m, tailFooter)) layoutProblem(m, tailFooter, field, offset);
+    }
+  }
+  const locators: Array<LayoutRegion & { entry: number }> = [];
   h.parentLocators.forEach((l, i) => {
     if (l.platformCode === PLATFORM_CODE.NONE || l.platformDataLength === 0) return;
     const end = l.platformDataOffset + l.platformDataLength;
@@ -356,8 +376,12 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
       return;
     }
     const start = l.platformDataOffset;
-    metadata.push({ start, end: start + Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, what: `parent locator ${i}` });
+    locators.push({ start, end: start + Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, what: `parent locator ${i}`, entry: at + 0x240 + i * 24 });
   });
+  for (const [a, b] of layoutOverlaps(locators, tailFooter ? [...metadata, tailFooter] : metadata)) {
+    layoutProblem(a, b, a.what, (a as (typeof locators)[number]).entry);
+  }
+  for (const l of locators) metadata.push({ start: l.start, end: l.end, what: l.what });
   s.metadata = metadata;
   s.bat = parseBat(await s.storage.read(h.tableOffset, entries * 4), entries);
   let nextFree = 0;
@@ -370,14 +394,31 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (e === BAT_UNUSED) continue;
     const start = e * VHD_SECTOR;
     const batAt = h.tableOffset + i * 4;
+    const block: LayoutRegion = { start, end: start + span, what: `block ${i}` };
     let problem: VhdProblem | undefined;
-    if (start + span > fileSize) {
+    // A block that runs past the end of the file is a cut file's last block (salvage) only when no footer follows it.
+    if (start >= fileSize || (block.end > fileSize && tailFooter)) {
       problem = vhdProblem('bat-entry-outside', 'corruption', `BAT entry ${i} at ${hex(batAt)} points past the end of the file (${hex(start)})`, batAt);
     }
     for (const m of metadata) {
-      if (!problem && overlaps({ start, end: start + span }, m)) {
+      if (!problem && regionsOverlap(block, m)) {
         problem = vhdProblem('bat-entry-in-metadata', 'corruption', `BAT entry ${i} at ${hex(batAt)} points into ${m.what} (${hex(start)})`, batAt);
       }
+    }
+    if (!problem && block.end > fileSize) {
+      const message = `${describeRegion(block)} runs ${block.end - fileSize} bytes past the end of the file (${hex(fileSize)}): the file was cut`;
+      if (writable) throw corrupt(FORMAT, file, `${message}, and writable opens refuse a cut image`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
+      // Salvage: what lies past the end of the file reads as zeros, as in qemu.
+      s.problems.push(
+        vhdProblem(
+          'block-truncated',
+          'corruption',
+          `${message}, and those bytes read as zeros`,
+          batAt,
+        ),
+      );
+    } else if (!problem && tailFooter && regionsOverlap(block, tailFooter)) {
+      layoutProblem(block, tailFooter, `BAT entry ${i}`, batAt);
     }
     if (problem) {
       // check() collects every bad entry and treats it as unallocated; open refuses.
@@ -417,9 +458,6 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   s.nextFree = nextFree;
 }
 
-function overlaps(a: { start: number; end: number }, b: { start: number; end: number }): boolean {
-  return a.start < b.end && b.start < a.end;
-}
 
 /**
  * Opens a VHD (fixed, dynamic or differencing) over a storage.

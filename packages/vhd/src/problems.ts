@@ -37,6 +37,14 @@ export type VhdProblemCode =
   /** A BAT entry points into metadata (footer copy, header, BAT, locator data). */
   | 'bat-entry-in-metadata'
   | 'bat-entries-overlap'
+  /**
+   * Two structures' regions overlap (a parent locator's data and the BAT, the
+   * header or another locator; a block or the header or BAT and the footer at
+   * the end): read-only opens read on, writable opens refuse the image.
+   */
+  | 'layout-overlap'
+  /** The last block runs past the end of the file (a cut image): read-only opens read the missing bytes as zeros, writable opens refuse it. */
+  | 'block-truncated'
   /** An allocated BAT entry beyond the disk size. */
   | 'bat-entry-past-disk'
   /** Space between structures that nothing refers to and no writer's layout rule explains. */
