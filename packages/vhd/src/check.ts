@@ -7,7 +7,10 @@
  * them, the dynamic header checksum, BAT entries in bounds and clear of
  * metadata, blocks not overlapping each other, BAT size against the disk
  * size, sector bitmap padding, unreferenced space (gaps between blocks,
- * junk after the last block), an interrupted coalesce.
+ * junk after the last block), an interrupted coalesce, structures whose
+ * regions overlap (`layout-overlap`: locator data, header, BAT, blocks and
+ * the footer at the end; see layout.ts) and a last block cut by the end of
+ * the file (`block-truncated`).
  *
  * Not leaks: space a real writer leaves unused on purpose — alignment
  * padding (the BAT padded to a sector, 4 KiB or 2 MiB; blocks aligned to
