@@ -179,6 +179,6 @@ describeQemu('salvage: a file cut inside its last block', () => {
     const e = await refusal(() => openVhdFile(f, { readOnly: false }));
     expect(e.code).toBe('ERR_IMG_CORRUPT');
     expect(e.message).toMatch(/runs 2048 bytes past the end of the file .*: the file was cut, and writable opens refuse a cut image$/);
-    expect(readFileSync(f)).toEqual(before);
+    expect(same(readFileSync(f), before)).toBe(true);
   });
 });
