@@ -148,6 +148,15 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
   return new ImageError(ERROR_CODES.WRONG_FORMAT, where(format, file) + `not a ${format} image${tail}`, { data: { format, file, ...(looksLike ? { actual: looksLike } : {}), ...data } });
 }
 
+/**
+ * A file opened by name is not something an image can live in (a FIFO, a
+ * socket, a character device): "a.img: is a FIFO, not an image file".
+ * `kind` says what it is, with its article.
+ */
+export function notAnImageFile(file: string, kind: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, `${file}: is ${kind}, not an image file`, { data: { file, field: 'file type', actual: kind, ...data } });
+}
+
 /** The storage under an image failed (a system call returned an error); `cause` is the system's error. */
 export function ioError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
   return new ImageError(ERROR_CODES.IO, `${file}: ${message}`, { data: { file, ...data }, cause });

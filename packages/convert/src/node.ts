@@ -49,6 +49,30 @@ export interface OpenImageOptions {
 }
 
 /**
+ * The format an image file is opened as, from its bytes alone (head and
+ * tail; nothing else is parsed, no other file is opened): the declared one,
+ * refused when the bytes are plainly another format (unless `forceFormat`),
+ * or the probed one. `untrusted` inspects first and refuses anything
+ * unsafe, whatever `forceFormat` says.
+ */
+export async function imageFormatOf(storage: Storage, options: Pick<OpenImageOptions, 'format' | 'registry' | 'forceFormat' | 'untrusted'> = {}): Promise<string> {
+  const registry = options.registry ?? defaultRegistry();
+  const format = options.format;
+  if (options.untrusted) {
+    const report = await inspectImage(storage, { registry, ...(format !== undefined ? { format } : {}) });
+    if (!report.safe) {
+      throw new ImageError(ERROR_CODES.UNSAFE, `${storage.name}: refusing an untrusted image: ${unsafeSummary(report)}`, {
+        data: { file: storage.name, findings: report.findings },
+      });
+    }
+    return report.format ?? format ?? 'raw';
+  }
+  if (format === undefined) return detectFormat(registry, storage);
+  if (!options.forceFormat) await checkDeclaredFormat(registry, storage, format);
+  return format;
+}
+
+/**
  * Opens an image file. With no format given, probes it (raw only if nothing else matches).
  * A writable open refuses an image whose chain reaches its own file again
  * (ERR_IMG_SAME_FILE): writing it would change what it reads.
@@ -59,21 +83,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
   const storage = await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false });
   const files: Storage[] = [storage];
   try {
-    let format = options.format;
-    if (options.untrusted) {
-      // Untrusted: inspect first and refuse anything unsafe, whatever --force-format says.
-      const report = await inspectImage(storage, { registry, ...(format !== undefined ? { format } : {}) });
-      if (!report.safe) {
-        throw new ImageError(ERROR_CODES.UNSAFE, `${path}: refusing an untrusted image: ${unsafeSummary(report)}`, {
-          data: { file: path, findings: report.findings },
-        });
-      }
-      format = report.format ?? format ?? 'raw';
-    } else if (format === undefined) {
-      format = await detectFormat(registry, storage);
-    } else if (!options.forceFormat) {
-      await checkDeclaredFormat(registry, storage, format);
-    }
+    const format = await imageFormatOf(storage, { ...options, registry });
     const driver = registry.require(format);
     const disk = await driver.open(storage, {
       readOnly,

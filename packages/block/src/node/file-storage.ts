@@ -6,9 +6,9 @@
  * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them. Opens take
  * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
-import { constants as fsConstants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, type Stats, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { ERROR_CODES, ImageError, invalidArg } from '../errors.js';
+import { ERROR_CODES, ImageError, invalidArg, notAnImageFile } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
 import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
@@ -78,6 +78,37 @@ function fsError(path: string, what: string, cause: unknown): ImageError {
     text = `${text} (${code})`;
   }
   return new ImageError(code === 'ENOENT' ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed: ${text}`, { cause, data });
+}
+
+/** What `stat` says a file is, for a message: "a FIFO", "a character device". */
+function fileKind(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isSocket()) return 'a socket';
+  if (st.isDirectory()) return 'a directory';
+  return 'a special file';
+}
+
+/**
+ * Refuses (and closes) a descriptor that is neither a regular file nor a
+ * block device, before anything is read from it or locked on it: a FIFO or
+ * a terminal would block the first read forever (the open itself was made
+ * with O_NONBLOCK so that it could not block), and a character device has
+ * no size, so no image fits on it. O_NONBLOCK stays set on what is kept:
+ * Linux ignores it for regular files and block devices, and node has no
+ * fcntl to clear it.
+ */
+async function refuseNonImageFile(fh: FileHandle, path: string): Promise<void> {
+  let st: Stats;
+  try {
+    st = await fh.stat();
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    throw fsError(path, 'stat', e);
+  }
+  if (st.isFile() || st.isBlockDevice()) return;
+  await fh.close().catch(() => undefined);
+  throw notAnImageFile(path, fileKind(st));
 }
 
 /**
@@ -162,10 +193,11 @@ export class FileStorage implements Storage {
     }
     let fh: FileHandle;
     try {
-      fh = await open(path, readOnly ? 'r' : 'r+');
+      fh = await open(path, (readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR) | fsConstants.O_NONBLOCK);
     } catch (e) {
       throw fsError(path, 'open', e);
     }
+    await refuseNonImageFile(fh, path);
     const lock = options.lock === false || options.forceShare ? undefined : await FileStorage.#lockOrClose(fh, path, !readOnly);
     return new FileStorage(path, fh, readOnly, options.cache, lock);
   }
@@ -197,13 +229,14 @@ export class FileStorage implements Storage {
   static async create(path: string, options: FileStorageCreateOptions = {}): Promise<FileStorage> {
     let fh: FileHandle;
     try {
-      fh = await open(path, fsConstants.O_RDWR | fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : 0), 0o666);
+      fh = await open(path, fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_NONBLOCK | (options.exclusive ? fsConstants.O_EXCL : 0), 0o666);
     } catch (e) {
       throw fsError(path, 'create', e);
     }
+    await refuseNonImageFile(fh, path);
     const lock = options.lock === false ? undefined : await FileStorage.#lockOrClose(fh, path, true);
     try {
-      if ((await fh.stat()).size > 0) await (await open(path, 'w')).close();
+      if ((await fh.stat()).size > 0) await (await open(path, fsConstants.O_WRONLY | fsConstants.O_TRUNC | fsConstants.O_NONBLOCK)).close();
       // Classic (per-process) locks were dropped when the other descriptor closed: take them again.
       if (lock?.state === 'posix') await lockImage(fh, path, true, true);
     } catch (e) {

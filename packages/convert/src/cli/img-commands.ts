@@ -8,7 +8,7 @@ import { ImageError, formatSize, hex, missingFileError, parseSize, unsupported, 
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { amendOptionsFromCli, createOptionsFromCli, printOptionHelp, readOptionText } from './options.js';
 import { defaultRegistry } from '../formats.js';
-import { openImageFile } from '../node.js';
+import { imageFormatOf, openImageFile } from '../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../node/same-file.js';
 import { ExitCode, progressPrinter, UsageError, type Io } from './common.js';
 import { humanInfo, qdictSorted, qemuFormatName, snapshotTable, type InfoLayer } from './info-human.js';
@@ -432,21 +432,21 @@ const check: Handler = async (argv, io) => {
   const mode = outputMode(values.output);
   const path = onePath(positionals);
   if (values.r !== undefined && values.r !== 'leaks' && values.r !== 'all') throw new UsageError('-r takes leaks or all');
-  const registry = defaultRegistry();
-  let format = values.f;
-  if (format === undefined) {
-    const probe = await open(path, values);
-    format = probe.format;
-    await probe.close();
-  }
-  const driver = registry.require(format);
-  if (!driver.check) throw unsupported(driver.name, path, 'this format does not support checks');
   if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');
-  // forceShare reaches FileStorage as it gains image locks; until then it is an extra key.
-  const storageOptions = { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false };
-  const storage = await FileStorage.open(path, storageOptions);
+  const registry = defaultRegistry();
+  const storage = await FileStorage.open(path, { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false });
   let result;
   try {
+    // The format comes from the bytes alone (head and tail), as qemu-img check's probe: opening the image to learn it
+    // would refuse the very metadata problems check is there to count. The check reads this file only, never its chain.
+    const format = await imageFormatOf(storage, {
+      registry,
+      untrusted: values.untrusted ?? false,
+      forceFormat: values['force-format'] ?? false,
+      ...(values.f !== undefined ? { format: values.f } : {}),
+    });
+    const driver = registry.require(format);
+    if (!driver.check) throw unsupported(driver.name, path, 'this format does not support checks');
     result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
   } finally {
     await storage.close();
