@@ -4,6 +4,7 @@ export type { Storage, StorageRange } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
 export * from './disk.js';
 export * from './disk-util.js';
+export { CallOrder, type CallOrderRunOptions } from './call-order.js';
 export * from './extents.js';
 export * from './zero.js';
 export { FormatRegistry } from './registry.js';

@@ -2,7 +2,7 @@
  * Qcow2Disk: an open qcow2 image (or one of its internal snapshots) as a
  * Disk: reads, extents, info, and the write paths of the writer.
  */
-import { ERROR_CODES, ImageError, checkDiskRange, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
+import { CallOrder, ERROR_CODES, ImageError, checkDiskRange, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
 import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
 import { INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './constants.js';
 import { hasFeature, type Qcow2Header } from './header.js';
@@ -110,20 +110,42 @@ export class Qcow2Disk implements Disk {
   async write(offset: number, data: Uint8Array): Promise<void> {
     const w = this.#writable(offset, data.length);
     if (!data.length) return;
-    // A write over allocated clusters starts at once (no metadata changes, no bitmaps to update).
-    const direct = this.#state.bitmaps ? undefined : w.writeInPlace(offset, data);
-    if (direct) return direct;
-    await this.#inOrder(w, offset, data.length, () => w.write(offset, data));
+    return this.#ordered(w, offset, data.length, () => {
+      // A write over allocated clusters starts at once (no metadata changes, no bitmaps to update).
+      const direct = this.#state.bitmaps ? undefined : w.writeInPlace(offset, data);
+      return direct ?? this.#inOrder(w, offset, data.length, () => w.write(offset, data));
+    });
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true));
+    if (length) await this.#ordered(w, offset, length, () => this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'zero', options.mayUnmap ?? true)));
   }
 
   async discard(offset: number, length: number): Promise<void> {
     const w = this.#writable(offset, length);
-    if (length) await this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'discard', true));
+    if (length) await this.#ordered(w, offset, length, () => this.#inOrder(w, offset, length, () => w.zeroOrDiscard(offset, length, 'discard', true)));
+  }
+
+  /**
+   * Operations that pause before they take their places in the table
+   * locks' queues (a compressed write compresses first; before the first
+   * write, with dirty bitmaps or while a compressed write runs, every
+   * operation awaits the header update or the bitmaps) register in
+   * {@link #order}, and later operations that overlap them wait for them
+   * to finish: overlapping operations take effect in call order, whatever
+   * their kind. The others take their places before their first pause,
+   * which keeps that order by itself.
+   */
+  #order = new CallOrder();
+
+  #ordered(w: Qcow2Writer, offset: number, length: number, op: () => Promise<void>): Promise<void> {
+    return this.#order.run(offset, length, op, { register: !w.inOrder || this.#state.bitmaps !== undefined });
+  }
+
+  /** Runs an operation on the whole disk (resize, snapshots) after every registered operation called before it. */
+  #wholeDisk<T>(op: () => Promise<T>): Promise<T> {
+    return this.#order.run(0, Infinity, op);
   }
 
   /**
@@ -160,16 +182,24 @@ export class Qcow2Disk implements Disk {
       throw invalidArg(FORMAT, `writeCompressed needs whole clusters (${cs} bytes) at a cluster boundary, got ${offset}+${data.length}`, { field: 'offset' });
     }
     if (s.dataFile) throw unsupported(FORMAT, s.file, 'compressed clusters cannot be written to an image with an external data file');
-    // Compression comes before the writer sees the clusters: later writes wait behind it all along.
-    w.hold();
-    try {
-      await this.#guard(async () => {
-        await this.#changing(offset, data.length);
-        await writeCompressedData(s, w, offset, data);
-      });
-    } finally {
-      w.unhold();
-    }
+    // Compression comes before the writer sees the clusters: later overlapping operations wait for it
+    // (registered in the call order), and the others take the locked path meanwhile.
+    await this.#order.run(
+      offset,
+      data.length,
+      async () => {
+        w.hold();
+        try {
+          await this.#guard(async () => {
+            await this.#changing(offset, data.length);
+            await writeCompressedData(s, w, offset, data);
+          });
+        } finally {
+          w.unhold();
+        }
+      },
+      { register: true },
+    );
   }
 
   /** Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
@@ -177,7 +207,7 @@ export class Qcow2Disk implements Disk {
     const w = this.#writable(0, 0);
     checkResize(this.#state, this.#view.size, newSize, options);
     // Writes in flight finish first and new ones wait: the L1 table may move.
-    await this.#guard(() => w.exclusive(() => resizeLayer(this.#state, this.#view, w, newSize)));
+    await this.#wholeDisk(() => this.#guard(() => w.exclusive(() => resizeLayer(this.#state, this.#view, w, newSize))));
   }
 
   /**
@@ -187,27 +217,27 @@ export class Qcow2Disk implements Disk {
   async createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
     const w = this.#writable(0, 0);
     let made: SnapshotInfo | undefined;
-    await this.#guard(() => w.exclusive(async () => {
+    await this.#wholeDisk(() => this.#guard(() => w.exclusive(async () => {
       made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
-    }));
+    })));
     return made!;
   }
 
   /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
   async applySnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#guard(async () => {
+    await this.#wholeDisk(() => this.#guard(async () => {
       // Switching snapshots changes every byte as far as dirty bitmaps know.
       await this.#changing(0, this.#view.size);
       await w.exclusive(() => applySnapshot(this.#state, this.#view, idOrName));
       await this.#changing(0, this.#view.size);
-    });
+    }));
   }
 
   /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
   async deleteSnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#guard(() => w.exclusive(() => deleteSnapshot(this.#state, this.#view, idOrName)));
+    await this.#wholeDisk(() => this.#guard(() => w.exclusive(() => deleteSnapshot(this.#state, this.#view, idOrName))));
   }
 
   /**
@@ -221,28 +251,32 @@ export class Qcow2Disk implements Disk {
     if (name !== undefined && (name.length === 0 || hasFeature(s.header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW))) {
       throw invalidArg(FORMAT, name.length === 0 ? 'empty backing file name' : 'an image with a raw external data file cannot have a backing file', { field: 'backing_file' });
     }
-    await this.#guard(() =>
-      w.exclusive(async () => {
-        const others = s.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
-        s.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
-        s.backingName = name;
-        s.backingInfo = undefined;
-        await rewriteHeaderCluster(s);
-        await s.storage.flush();
-      }),
+    await this.#wholeDisk(() =>
+      this.#guard(() =>
+        w.exclusive(async () => {
+          const others = s.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
+          s.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
+          s.backingName = name;
+          s.backingInfo = undefined;
+          await rewriteHeaderCluster(s);
+          await s.storage.flush();
+        }),
+      ),
     );
   }
 
   /** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image (commit). */
   async makeEmpty(): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#guard(() =>
-      w.exclusive(async () => {
-        await this.#changing(0, this.#view.size);
-        if (this.#view.size) await w.zeroOrDiscardExclusive(0, this.#view.size, 'discard', true);
-        await w.dropTablesFrom(0);
-        await this.#state.storage.flush();
-      }),
+    await this.#wholeDisk(() =>
+      this.#guard(() =>
+        w.exclusive(async () => {
+          await this.#changing(0, this.#view.size);
+          if (this.#view.size) await w.zeroOrDiscardExclusive(0, this.#view.size, 'discard', true);
+          await w.dropTablesFrom(0);
+          await this.#state.storage.flush();
+        }),
+      ),
     );
   }
 

@@ -6,6 +6,7 @@
 import {
   ERROR_CODES,
   ImageError,
+  CallOrder,
   KeyedLock,
   Mutex,
   checkDiskRange,
@@ -73,6 +74,15 @@ export class VhdDisk implements Disk {
   #inflight = 0;
   #drained: (() => void) | undefined;
   #gate: Promise<void> | undefined;
+  /**
+   * Call order of overlapping writes, zero writes and discards: a zero
+   * write decides per block whether to write (the BAT, the parent) and
+   * takes the block locks one after another, and a fixed disk's writes go
+   * straight to the storage, so each operation registers its range and
+   * waits for the earlier ones it overlaps to finish (counted in flight
+   * meanwhile, so that resize waits for it too).
+   */
+  #order = new CallOrder();
 
   /** @internal Use openVhd or createVhd. */
   constructor(state: VhdState, readOnly: boolean) {
@@ -240,14 +250,24 @@ export class VhdDisk implements Disk {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#shared(async () => {
-      this.#checkWrite(offset, data.length);
-      await this.#writeRange(offset, data.length, data);
-    });
+    this.#checkWrite(offset, data.length);
+    return this.#shared(() =>
+      this.#order.run(
+        offset,
+        data.length,
+        async () => {
+          // Again once in order: a resize called earlier may have shrunk the disk.
+          this.#checkWrite(offset, data.length);
+          await this.#writeRange(offset, data.length, data);
+        },
+        { register: true },
+      ),
+    );
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
-    return this.#shared(() => this.#writeZeroes(offset, length, options));
+    this.#checkWrite(offset, length);
+    return this.#shared(() => this.#order.run(offset, length, () => this.#writeZeroes(offset, length, options), { register: true }));
   }
 
   async #writeZeroes(offset: number, length: number, options: WriteZeroesOptions): Promise<void> {
