@@ -266,7 +266,7 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
     // The interesting states were reached (and repaired).
     expect(stats.unfinished).toBeGreaterThan(0);
     expect(stats.repaired).toBeGreaterThan(0);
-  });
+  }, 180_000); // hundreds of crash images: seconds per core, minutes on a loaded machine
 
   it('differencing disk over a full parent: same, including partial-sector copy-on-write, a BAT that grows and makeEmpty', async () => {
     const SIZE = 400 * 1024;
@@ -311,7 +311,7 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
     }
     expect(totalImages).toBeGreaterThan(1000);
     if (hasQemuImg) expect(checked).toBeGreaterThan(3);
-  });
+  }, 180_000);
 
   it('coalesce: a crashed parent reads as exactly its old or its new content, or refuses to open alone; coalescing again finishes it', async () => {
     const SIZE = 256 * 1024;
