@@ -242,6 +242,9 @@ export class TableWriter {
    * table send the table as it is when they run, so the latest entries win.
    */
   protected deferTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
+    const es = this.s.geom.l2EntrySize;
+    // Checked now, so that the guest write that needs it fails (and marks the image corrupt).
+    this.s.overlap?.check(this.s.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
     const cache = this.s.cache;
     cache.pin(tableOffset, table);
     const p: Promise<void> = this.writeTableRange(tableOffset, table, first, last).then(
