@@ -142,6 +142,30 @@ describeQemu('overlap check on guest writes', () => {
     await d.close();
   });
 
+  it('an L2 entry pointing at a snapshot L1 table (map rebuilt after snapshot create): refused, the snapshot intact', async () => {
+    const l = await build();
+    const storage = MemoryStorage.from(l.bytes, { name: 'o.qcow2' });
+    let d = await openQcow2(storage, { readOnly: false });
+    await d.createSnapshot('s1');
+    // The map knows the new snapshot L1 in the same session: an allocating write never lands there.
+    await d.write(4 * CS, seededBytes(CS, 5));
+    await d.close();
+    const bytes = storage.toBytes().slice();
+    const snapL1 = readU64Be(bytes, readU64Be(bytes, 64)); // snapshots_offset at 64; l1_table_offset at 0 of the entry
+    const l2 = entryAt(bytes, readU64Be(bytes, 40));
+    setCopied(bytes, l2 + 8, snapL1);
+    const before = bytes.slice();
+    const s2 = MemoryStorage.from(bytes, { name: 'o.qcow2' });
+    d = await openQcow2(s2, { readOnly: false });
+    const e = await imageError(d.write(CS, seededBytes(CS, 9)));
+    expect(e.message).toMatch(/overlaps the snapshot L1 table/);
+    await d.close();
+    const after = s2.toBytes();
+    expect(Buffer.from(after.subarray(snapL1, snapL1 + CS)).equals(Buffer.from(before.subarray(snapL1, snapL1 + CS)))).toBe(true);
+    expect(readU32Be(after, 76) & 2).toBe(2);
+    expect(qemuCheck(after).corruptions).toBeGreaterThan(0);
+  });
+
   it('an L1 entry pointing at the refcount table as its L2 table: the L2 update is refused', async () => {
     const l = await build();
     setCopied(l.bytes, l.l1 + 8, l.refcountTable);
