@@ -11,7 +11,7 @@ import { snapshotInfo } from './snapshot.js';
 import { segments, segmentExtent, readRange, type MappingView } from './reader.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
-import { beforeFirstWrite, markCorrupt, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
+import { beforeFirstWrite, markCorrupt, refreshOverlapMap, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
 import { qcow2Info } from './info.js';
 import { checkResize, resizeLayer } from './resize.js';
 import { writeCompressedData } from './compressed-write.js';
@@ -207,7 +207,13 @@ export class Qcow2Disk implements Disk {
     const w = this.#writable(0, 0);
     checkResize(this.#state, this.#view.size, newSize, options);
     // Writes in flight finish first and new ones wait: the L1 table may move.
-    await this.#wholeDisk(() => this.#guard(() => w.exclusive(() => resizeLayer(this.#state, this.#view, w, newSize))));
+    await this.#wholeDisk(() => this.#guard(() => w.exclusive(async () => {
+      try {
+        await resizeLayer(this.#state, this.#view, w, newSize);
+      } finally {
+        await refreshOverlapMap(this.#state, this.#view);
+      }
+    })));
   }
 
   /**
@@ -218,7 +224,11 @@ export class Qcow2Disk implements Disk {
     const w = this.#writable(0, 0);
     let made: SnapshotInfo | undefined;
     await this.#wholeDisk(() => this.#guard(() => w.exclusive(async () => {
-      made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
+      try {
+        made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
+      } finally {
+        await refreshOverlapMap(this.#state, this.#view);
+      }
     })));
     return made!;
   }
@@ -229,7 +239,13 @@ export class Qcow2Disk implements Disk {
     await this.#wholeDisk(() => this.#guard(async () => {
       // Switching snapshots changes every byte as far as dirty bitmaps know.
       await this.#changing(0, this.#view.size);
-      await w.exclusive(() => applySnapshot(this.#state, this.#view, idOrName));
+      await w.exclusive(async () => {
+        try {
+          await applySnapshot(this.#state, this.#view, idOrName);
+        } finally {
+          await refreshOverlapMap(this.#state, this.#view);
+        }
+      });
       await this.#changing(0, this.#view.size);
     }));
   }
@@ -237,7 +253,15 @@ export class Qcow2Disk implements Disk {
   /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
   async deleteSnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#wholeDisk(() => this.#guard(() => w.exclusive(() => deleteSnapshot(this.#state, this.#view, idOrName))));
+    await this.#wholeDisk(() => this.#guard(() =>
+      w.exclusive(async () => {
+        try {
+          await deleteSnapshot(this.#state, this.#view, idOrName);
+        } finally {
+          await refreshOverlapMap(this.#state, this.#view);
+        }
+      }),
+    ));
   }
 
   /**

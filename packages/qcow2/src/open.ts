@@ -14,7 +14,7 @@ import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import type { EntryGeometry } from './mapping.js';
 import { BufferPool, DecompressedCache, type MappingView } from './reader.js';
 import { Qcow2Disk, openSnapshotView } from './image.js';
-import { attachWriter, missingDataFile, readL1, writeHeader, type Qcow2State } from './state.js';
+import { attachWriter, missingDataFile, guardedDataStorage, readL1, writeHeader, type Qcow2State } from './state.js';
 import { checkState } from './check.js';
 
 const FORMAT = 'qcow2';
@@ -180,7 +180,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     entryGeom,
     cache: new L2Cache(cacheBytes / cs),
     compressionType: header.compressionType,
-    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : storage),
+    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : readOnly ? storage : guardedDataStorage(storage, () => state)),
     rawDataFile: dataFile !== undefined && rawDataFileBit,
     backing: backingInfo?.disk,
     fileSize,

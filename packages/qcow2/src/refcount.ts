@@ -12,6 +12,7 @@ import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
 import { MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
 import { MAX_HOST_OFFSET } from './mapping.js';
+import { OVERLAP, overlapKindName, type OverlapMap } from './overlap.js';
 
 const FORMAT = 'qcow2';
 
@@ -80,6 +81,11 @@ export interface RefcountOptions {
   onTableMoved: (offset: number, clusters: number) => Promise<void>;
   /** Flush barrier between dependent metadata writes (a no-op with lazy refcounts). */
   barrier: () => Promise<void>;
+  /**
+   * The image's metadata map: refcount table and blocks are added to it,
+   * and the allocator never returns a cluster it holds.
+   */
+  overlap?: OverlapMap;
 }
 
 /** The refcount structures of an open, writable image, and its cluster allocator. */
@@ -100,6 +106,18 @@ export class Refcounts {
   #freeHint = 0;
   /** No free run of more than one cluster starts below this one (except clusters freed since). */
   #runHint = 0;
+  /** One past the last cluster of the file when it was opened. */
+  readonly #loadEnd: number;
+  /**
+   * Refcount table indices whose block cannot be trusted: missing although
+   * clusters of its range lie in the file, or pointing at other metadata
+   * (the refcount table itself, an L1 or L2 table, the header). Clusters
+   * of such a range that lie in the file count as used; the first change
+   * in the range replaces the block by a new one that says so.
+   */
+  #untrusted = new Set<number>();
+  /** What made each untrusted block untrusted (for the problem report). */
+  #untrustedWhy = new Map<number, string>();
 
   private constructor(o: RefcountOptions, table: number[]) {
     this.#o = o;
@@ -112,6 +130,53 @@ export class Refcounts {
     this.#tableClusters = o.tableClusters;
     this.#blocks = new L2Cache(Math.max(4, Math.floor((4 * 1024 * 1024) / o.clusterSize)));
     this.#end = Math.ceil(o.fileSize / o.clusterSize);
+    this.#loadEnd = this.#end;
+    const map = o.overlap;
+    map?.add(OVERLAP.REFCOUNT_TABLE, o.tableOffset, o.tableClusters * o.clusterSize);
+    const covering = Math.max(table.length, Math.ceil(this.#loadEnd / this.perBlock));
+    for (let t = 0; t < covering; t++) {
+      const at = table[t] ?? 0;
+      if (at === 0) {
+        if (t * this.perBlock < this.#loadEnd) this.#distrust(t, 'it is missing although clusters of its range lie in the file');
+        continue;
+      }
+      const held = map?.kindsAt(at / o.clusterSize) ?? 0;
+      if (held) {
+        this.#distrust(t, `its refcount block at ${hex(at)} is the ${overlapKindName(held)}`);
+        table[t] = 0;
+        continue;
+      }
+      map?.add(OVERLAP.REFCOUNT_BLOCK, at, o.clusterSize);
+    }
+  }
+
+  /** Adds the refcount table and the trusted refcount blocks to `map`. */
+  mapInto(map: OverlapMap): void {
+    map.add(OVERLAP.REFCOUNT_TABLE, this.#tableOffset, this.#tableClusters * this.clusterSize);
+    for (const at of this.#table) if (at !== 0) map.add(OVERLAP.REFCOUNT_BLOCK, at, this.clusterSize);
+  }
+
+  #distrust(t: number, why: string): void {
+    this.#untrusted.add(t);
+    this.#untrustedWhy.set(t, why);
+  }
+
+  /** Refcount table entries that could not be trusted, and why (problems found at open, not yet repaired). */
+  get untrustedBlocks(): ReadonlyArray<{ index: number; reason: string }> {
+    return [...this.#untrustedWhy].filter(([t]) => this.#untrusted.has(t)).map(([index, reason]) => ({ index, reason }));
+  }
+
+  /** The last cluster of [first, first + count) the overlap map holds, or -1. */
+  #heldIn(first: number, count: number): number {
+    const map = this.#o.overlap;
+    if (!map) return -1;
+    for (let c = first + count - 1; c >= first; c--) if (map.kindsAt(c)) return c;
+    return -1;
+  }
+
+  /** Whether the allocator may hand out cluster `index` with refcount `count`: never metadata the map holds. */
+  #free(index: number, count: number): boolean {
+    return count === 0 && !(this.#o.overlap?.kindsAt(index) ?? 0);
   }
 
   /** Loads the refcount table (bounded by qemu's 8 MiB) and checks every entry. */
@@ -154,7 +219,9 @@ export class Refcounts {
 
   /** The refcount of cluster `index`. */
   async get(index: number): Promise<number> {
-    const block = await this.#block(Math.floor(index / this.perBlock));
+    const t = Math.floor(index / this.perBlock);
+    if (this.#untrusted.has(t)) return index < this.#loadEnd ? 1 : 0;
+    const block = await this.#block(t);
     return block ? readRefcount(block, index % this.perBlock, this.bits) : 0;
   }
 
@@ -173,7 +240,7 @@ export class Refcounts {
     while (i < end) {
       const t = Math.floor(i / this.perBlock);
       const stop = Math.min(end, (t + 1) * this.perBlock);
-      if (delta > 0) await this.#ensureBlock(t);
+      if (delta > 0 || this.#untrusted.has(t)) await this.#ensureBlock(t);
       const block = await this.#block(t);
       if (!block) {
         throw corrupt(FORMAT, this.#o.file, `refcount of cluster ${i} (${hex(i * this.clusterSize)}) would drop below zero: no refcount block covers it`, { field: 'refcount', offset: i * this.clusterSize });
@@ -210,7 +277,9 @@ export class Refcounts {
   async #writeBlockRange(t: number, block: Uint8Array, fromEntry: number, toEntry: number): Promise<void> {
     const from = Math.floor((fromEntry * this.bits) / 8);
     const to = Math.ceil((toEntry * this.bits) / 8);
-    await this.#o.storage.write(this.#table[t]! + from, block.subarray(from, to));
+    const at = this.#table[t]!;
+    this.#o.overlap?.check(this.#o.file, at + from, to - from, OVERLAP.REFCOUNT_BLOCK);
+    await this.#o.storage.write(at + from, block.subarray(from, to));
   }
 
   /**
@@ -232,11 +301,18 @@ export class Refcounts {
       }
       this.#end = at + 1;
       const block = new Uint8Array(this.clusterSize);
+      // A block that replaces an untrusted one counts every cluster of its range in the file as used
+      // (leaks at worst, never a live cluster handed out again).
+      if (this.#untrusted.has(t)) {
+        for (let c = t * this.perBlock; c < Math.min(this.#loadEnd, (t + 1) * this.perBlock); c++) writeRefcount(block, c % this.perBlock, this.bits, 1);
+      }
       if (ownerIndex === t) writeRefcount(block, at % this.perBlock, this.bits, 1);
       await this.#o.storage.write(at * this.clusterSize, block);
       if (ownerIndex !== t) await this.add(at, 1, 1);
       await this.#o.barrier();
       this.#table[t] = at * this.clusterSize;
+      this.#untrusted.delete(t);
+      this.#o.overlap?.add(OVERLAP.REFCOUNT_BLOCK, at * this.clusterSize, this.clusterSize);
       this.#blocks.put(at * this.clusterSize, block);
       const entry = new Uint8Array(8);
       writeU32Be(entry, 0, Math.floor((at * this.clusterSize) / 0x1_0000_0000));
@@ -299,6 +375,7 @@ export class Refcounts {
     for (const [t, b] of blocks) {
       await this.#o.storage.write(table[t]!, b);
       this.#blocks.put(table[t]!, b);
+      this.#o.overlap?.add(OVERLAP.REFCOUNT_BLOCK, table[t]!, cs);
     }
     this.#table = table;
     for (const c of fresh) await this.add(c, 1, 1);
@@ -313,7 +390,9 @@ export class Refcounts {
     const oldClusters = this.#tableClusters;
     this.#tableOffset = start * cs;
     this.#tableClusters = clusters;
+    this.#o.overlap?.add(OVERLAP.REFCOUNT_TABLE, start * cs, clusters * cs);
     await this.#o.onTableMoved(this.#tableOffset, clusters);
+    this.#o.overlap?.remove(OVERLAP.REFCOUNT_TABLE, oldOffset, oldClusters * cs);
     await this.#o.barrier();
     await this.add(oldOffset / cs, oldClusters, -1);
   }
@@ -324,7 +403,12 @@ export class Refcounts {
    * growing it. `pending`: as in {@link add}.
    */
   async allocate(count: number, pending?: Promise<void>[]): Promise<number> {
-    const first = await this.#findFree(count);
+    let first = await this.#findFree(count);
+    // Past the end of the file the refcounts say nothing: metadata there (a table pointing past the end) still counts.
+    for (let held = this.#heldIn(first, count); held >= 0; held = this.#heldIn(first, count)) {
+      if (held + 1 > this.#end) this.#end = held + 1;
+      first = await this.#findFree(count);
+    }
     if (first + count > this.#end) this.#end = first + count;
     await this.add(first, count, 1, pending);
     if (first + count > this.#end) this.#end = first + count;
@@ -337,7 +421,10 @@ export class Refcounts {
    * Compressed data that runs on past the cluster it starts in uses it.
    */
   async allocateAt(first: number, count: number): Promise<boolean> {
-    for (let c = first; c < Math.min(first + count, this.#end); c++) if ((await this.get(c)) !== 0) return false;
+    for (let c = first; c < first + count; c++) {
+      if (this.#o.overlap?.kindsAt(c)) return false;
+      if (c < this.#end && (await this.get(c)) !== 0) return false;
+    }
     if (first + count > this.#end) this.#end = first + count;
     await this.add(first, count, 1);
     return true;
@@ -358,10 +445,12 @@ export class Refcounts {
     let i = from;
     while (i < this.#end) {
       const t = Math.floor(i / this.perBlock);
-      const block = await this.#block(t);
+      const untrusted = this.#untrusted.has(t);
+      const block = untrusted ? undefined : await this.#block(t);
       const stop = Math.min(this.#end, (t + 1) * this.perBlock);
       for (; i < stop; i++) {
-        if (!block || readRefcount(block, i % this.perBlock, this.bits) === 0) {
+        const refs = untrusted ? (i < this.#loadEnd ? 1 : 0) : block ? readRefcount(block, i % this.perBlock, this.bits) : 0;
+        if (this.#free(i, refs)) {
           if (firstFree < 0) firstFree = i;
           if (run === 0) runStart = i;
           if (++run === count) return this.#found(count, runStart, firstFree);

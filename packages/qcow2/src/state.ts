@@ -7,7 +7,9 @@ import type { Storage } from '@img/block';
 import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
-import { type Qcow2Snapshot } from './snapshot.js';
+import { type Qcow2Snapshot, snapshotEntrySize } from './snapshot.js';
+import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
+import { l1EntryOffset } from './mapping.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
@@ -51,6 +53,8 @@ export interface Qcow2State extends ReaderState {
   deferredError: unknown;
   /** Enabled persistent bitmaps being kept up to date (after the first write). */
   bitmaps: BitmapTracker | undefined;
+  /** Where the metadata is (writable opens): every write is checked against it. */
+  overlap?: OverlapMap;
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
@@ -135,6 +139,91 @@ export function missingDataFile(file: string, name: string | undefined): Storage
 }
 
 
+/** Adds the L2 tables an L1 table points at to the map (offsets only: the tables are not read). */
+function addL2Tables(map: OverlapMap, l1: Uint8Array, cs: number, file: string, l1Offset: number): void {
+  for (let i = 0; i < l1.length / 8; i++) {
+    const l2 = l1EntryOffset(l1, i, cs, file, l1Offset);
+    if (l2 !== 0) map.add(OVERLAP.L2, l2, cs);
+  }
+}
+
+/**
+ * The overlap map of an open image, from metadata only: header cluster,
+ * active L1 and its L2 tables, snapshot table, snapshot L1s and their L2
+ * tables, bitmap directory and tables. (Refcount table and blocks are
+ * added by {@link Refcounts.load}.)
+ */
+export async function buildOverlapMap(s: Qcow2State, view: MappingView): Promise<OverlapMap> {
+  const cs = s.geom.clusterSize;
+  const h = s.header;
+  const map = new OverlapMap(cs);
+  map.add(OVERLAP.HEADER, 0, cs);
+  map.add(OVERLAP.ACTIVE_L1, view.l1Offset, h.l1Size * 8);
+  addL2Tables(map, view.l1, cs, s.file, view.l1Offset);
+  if (s.snapshots.length) {
+    let bytes = 0;
+    for (const snap of s.snapshots) bytes += snapshotEntrySize(snap);
+    map.add(OVERLAP.SNAPSHOT_TABLE, h.snapshotsOffset, bytes);
+    for (const snap of s.snapshots) {
+      map.add(OVERLAP.SNAPSHOT_L1, snap.l1TableOffset, snap.l1Size * 8);
+      addL2Tables(map, await readL1(s.storage, snap.l1TableOffset, snap.l1Size), cs, s.file, snap.l1TableOffset);
+    }
+  }
+  const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+  if (bitmaps) {
+    for (const r of await bitmapRanges(s.storage, bitmaps, s.fileSize, cs)) {
+      if (r.what === 'bitmap directory') map.add(OVERLAP.BITMAP_DIRECTORY, r.offset, r.bytes);
+      else if (r.what === 'bitmap table') map.add(OVERLAP.BITMAP_TABLE, r.offset, r.bytes);
+    }
+  }
+  return map;
+}
+
+/**
+ * Builds the overlap map again after an operation that rewrote many tables
+ * at once (snapshot create, apply and delete, resize).
+ */
+export async function refreshOverlapMap(s: Qcow2State, view: MappingView): Promise<void> {
+  const rc = s.writer?.refcounts;
+  if (!s.overlap || !rc) return;
+  const fresh = await buildOverlapMap(s, view);
+  rc.mapInto(fresh);
+  s.overlap.assign(fresh);
+}
+
+/**
+ * The image file as guest data sees it: each write is checked against the
+ * overlap map first, and one that would hit metadata marks the image
+ * corrupt and is refused (qemu: "Preventing invalid write on metadata").
+ */
+export function guardedDataStorage(storage: Storage, state: () => Qcow2State): Storage {
+  const write = async (position: number, data: Uint8Array): Promise<void> => {
+    const s = state();
+    if (s.corruptFound) throw Qcow2Writer.corruptError(s.file);
+    const hit = s.overlap?.find(position, data.length);
+    if (hit) {
+      await markCorrupt(s);
+      throw overlapError(s.file, position, data.length, hit);
+    }
+    return storage.write(position, data);
+  };
+  return {
+    get name() {
+      return storage.name;
+    },
+    get readOnly() {
+      return storage.readOnly;
+    },
+    size: () => storage.size(),
+    read: (position, length) => storage.read(position, length),
+    readInto: (position, target) => storage.readInto(position, target),
+    write,
+    truncate: (size) => storage.truncate(size),
+    flush: () => storage.flush(),
+    close: () => storage.close(),
+  };
+}
+
 /** Loads the refcounts and attaches a writer to an image opened for writing. */
 export async function attachWriter(state: Qcow2State, view: MappingView): Promise<void> {
   const h = state.header;
@@ -147,7 +236,10 @@ export async function attachWriter(state: Qcow2State, view: MappingView): Promis
     await state.dataFile?.flush();
     await state.storage.flush();
   };
+  const overlap = await buildOverlapMap(state, view);
+  state.overlap = overlap;
   const refcounts = await Refcounts.load({
+    overlap,
     storage: state.storage,
     file: state.file,
     clusterSize: state.geom.clusterSize,

@@ -21,6 +21,7 @@ import { loadL2, type MappingView } from './reader.js';
 import type { Refcounts } from './refcount.js';
 import type { Qcow2State } from './state.js';
 import { InFlightWrites, TableLocks } from './in-flight.js';
+import { OVERLAP } from './overlap.js';
 
 /**
  * What a per-table step may leave running after its table's lock is
@@ -175,12 +176,17 @@ export class TableWriter {
 
   /** Releases what an entry points to (data cluster or compressed bytes). */
   protected async releaseEntry(e: Entry): Promise<void> {
+    // A data cluster that is also metadata is corruption: dropping its reference would free the metadata.
+    const map = this.s.overlap;
+    if (e.compressed) map?.check(this.s.file, e.compressed.host, e.compressed.size);
+    else if (e.host !== undefined && !this.s.dataFile) map?.check(this.s.file, e.host, this.s.geom.clusterSize);
     if (e.compressed) await this.release(e.compressed.host, e.compressed.size);
     else if (e.host !== undefined && !this.s.dataFile) await this.release(e.host, this.s.geom.clusterSize);
   }
 
   protected writeL1Entry(index: number, offset: number, copied: boolean): Promise<void> {
     const l1 = this.view.l1;
+    this.s.overlap?.check(this.s.file, this.view.l1Offset + index * 8, 8, OVERLAP.ACTIVE_L1);
     put64(l1, index * 8, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / TWO32), offset);
     return this.s.storage.write(this.view.l1Offset + index * 8, l1.subarray(index * 8, index * 8 + 8));
   }
@@ -208,11 +214,14 @@ export class TableWriter {
         if (e.host !== undefined && e.copied) this.encode(table, i, { ...e, copied: false });
       }
     }
+    s.overlap?.check(s.file, fresh, cs);
     await s.storage.write(fresh, table);
     await this.hooks.barrier();
     s.cache.put(fresh, table);
     await this.writeL1Entry(l1Index, fresh, true);
+    s.overlap?.add(OVERLAP.L2, fresh, cs);
     if (l2Offset !== 0) {
+      s.overlap?.remove(OVERLAP.L2, l2Offset, cs);
       await this.hooks.barrier();
       await this.release(l2Offset, cs);
     }
@@ -233,6 +242,9 @@ export class TableWriter {
    * table send the table as it is when they run, so the latest entries win.
    */
   protected deferTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
+    const es = this.s.geom.l2EntrySize;
+    // Checked now, so that the guest write that needs it fails (and marks the image corrupt).
+    this.s.overlap?.check(this.s.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
     const cache = this.s.cache;
     cache.pin(tableOffset, table);
     const p: Promise<void> = this.writeTableRange(tableOffset, table, first, last).then(
@@ -262,6 +274,7 @@ export class TableWriter {
 
   protected async writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
     const es = this.s.geom.l2EntrySize;
+    this.s.overlap?.check(this.s.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
     this.s.cache.put(tableOffset, table);
     await this.s.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
   }
@@ -412,6 +425,7 @@ export class TableWriter {
     const offset = await this.allocate(clusters);
     const l1 = new Uint8Array(clusters * cs);
     l1.set(this.view.l1.subarray(0, h.l1Size * 8));
+    s.overlap?.check(s.file, offset, l1.length);
     await s.storage.write(offset, l1);
     await this.hooks.barrier();
     const oldOffset = h.l1TableOffset;
@@ -421,6 +435,8 @@ export class TableWriter {
     this.view.l1 = l1.subarray(0, bytes);
     this.view.l1Offset = offset;
     await this.hooks.writeHeader();
+    s.overlap?.add(OVERLAP.ACTIVE_L1, offset, bytes);
+    s.overlap?.remove(OVERLAP.ACTIVE_L1, oldOffset, oldClusters * cs);
     await this.hooks.barrier();
     if (oldClusters > 0 && oldOffset > 0) await this.release(oldOffset, oldClusters * cs);
   }
@@ -434,6 +450,7 @@ export class TableWriter {
         const l2Offset = l1EntryOffset(this.view.l1, i, cs, s.file, this.view.l1Offset);
         if (l2Offset === 0) return;
         await this.writeL1Entry(i, 0, false);
+        s.overlap?.remove(OVERLAP.L2, l2Offset, cs);
         await this.hooks.barrier();
         s.cache.delete(l2Offset);
         await this.release(l2Offset, cs);

@@ -249,6 +249,8 @@ export class Qcow2Writer extends TableWriter {
   /** Writes pieces, joining those that are contiguous in the file into one I/O. */
   async #writeRuns(pieces: { host: number; bytes: Uint8Array }[], target: Storage = this.s.dataStorage): Promise<void> {
     const sorted = pieces.filter((p) => p.bytes.length).sort((x, y) => x.host - y.host);
+    // The guarded data storage checks its own writes; compressed data goes to the file directly.
+    if (target === this.s.storage) for (const p of sorted) this.s.overlap?.check(this.s.file, p.host, p.bytes.length);
     const writes: Promise<void>[] = [];
     for (let i = 0; i < sorted.length; ) {
       let j = i + 1;
