@@ -99,7 +99,8 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   };
   const useExclusive = (cluster: number, what: string, at: number, isCopied: boolean) => {
     if (meta.has(cluster)) note(cluster, what, at, true);
-    else if (used.has(cluster) || comp.has(cluster)) note(cluster, what, at, false);
+    else if (comp.has(cluster)) note(cluster, 'compressed data', at, false);
+    else if (used.has(cluster)) note(cluster, what, at, false);
     used.add(cluster);
     if (isCopied) copied.add(cluster);
   };
