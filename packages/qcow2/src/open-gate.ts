@@ -1,8 +1,8 @@
 /**
  * The consistency gate of a writable open: the checks that cost metadata
  * bytes, not data. One pass over the active L1 and L2 tables marks every
- * host cluster in bitsets (allocated in 64 KiB chunks as clusters are
- * seen, so memory follows the metadata); a cluster seen twice is a
+ * host cluster in a flag byte (allocated in 1 MiB chunks as clusters are
+ * seen); a cluster seen twice is a
  * candidate, refused unless its refcount covers the sharing and no COPIED
  * flag allows writing it in place. Snapshot L1 tables may not be or
  * overlap the active one. `img check -r all` repairs what refcounts and
@@ -10,36 +10,40 @@
  */
 import { corrupt, hex, readU32Be } from '@img/block';
 import { decodeL2Entry, entryOffset } from './mapping.js';
-import { ENTRY_COPIED_HI } from './constants.js';
+import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
 import type { Qcow2State } from './state.js';
 
 const FORMAT = 'qcow2';
-/** Clusters per bitset chunk (64 KiB of bits). */
-const CHUNK_BITS = 19;
+/** Clusters per flag chunk (1 MiB). */
+const CHUNK_CLUSTERS = 2 ** 20;
 /** Largest read of consecutive L2 tables. */
 const MAX_READ = 4 * 1024 * 1024;
 /** Shared clusters looked at in detail (more than this is refused without looking). */
 const MAX_SHARED = 4096;
 
-/** A bitset over cluster numbers, chunks allocated on first use. */
-class ClusterBits {
-  #chunks = new Map<number, Uint8Array>();
-  has(c: number): boolean {
-    const chunk = this.#chunks.get(Math.floor(c / 2 ** CHUNK_BITS));
-    if (!chunk) return false;
-    const i = c % 2 ** CHUNK_BITS;
-    return (chunk[i >> 3]! & (1 << (i & 7))) !== 0;
+const META = 1;
+const USED = 2;
+const COMPRESSED = 4;
+const COPIED = 8;
+
+/** A flag byte per host cluster, in 1 MiB chunks allocated on first use. */
+class ClusterFlags {
+  #chunks: Array<Uint8Array | undefined> = [];
+  get(c: number): number {
+    const k = Math.floor(c / CHUNK_CLUSTERS);
+    const chunk = this.#chunks[k];
+    return chunk ? chunk[c - k * CHUNK_CLUSTERS]! : 0;
   }
-  add(c: number): void {
-    const k = Math.floor(c / 2 ** CHUNK_BITS);
-    let chunk = this.#chunks.get(k);
-    if (!chunk) {
-      chunk = new Uint8Array(2 ** (CHUNK_BITS - 3));
-      this.#chunks.set(k, chunk);
-    }
-    const i = c % 2 ** CHUNK_BITS;
-    chunk[i >> 3]! |= 1 << (i & 7);
+  /** Sets `bits` on cluster `c` and returns the flags it had. */
+  add(c: number, bits: number): number {
+    const k = Math.floor(c / CHUNK_CLUSTERS);
+    let chunk = this.#chunks[k];
+    if (!chunk) chunk = this.#chunks[k] = new Uint8Array(CHUNK_CLUSTERS);
+    const i = c - k * CHUNK_CLUSTERS;
+    const old = chunk[i]!;
+    chunk[i] = old | bits;
+    return old;
   }
 }
 
@@ -74,14 +78,11 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
       return { problem: `the L1 table of snapshot ${sn.id} at ${hex(sn.l1TableOffset)} ${how} the active L1 table at ${hex(view.l1Offset)}`, offset: sn.l1TableOffset, l2Tables: 0 };
     }
   }
-  const meta = new ClusterBits();
-  const used = new ClusterBits();
-  const comp = new ClusterBits();
-  const copied = new ClusterBits();
+  const flags = new ClusterFlags();
   const shared: Shared[] = [];
   let sharedCount = 0;
   const markRange = (offset: number, bytes: number) => {
-    for (let c = Math.floor(offset / cs); c * cs < offset + bytes; c++) meta.add(c);
+    for (let c = Math.floor(offset / cs); c * cs < offset + bytes; c++) flags.add(c, META);
   };
   markRange(0, cs);
   markRange(view.l1Offset, h.l1Size * 8);
@@ -98,11 +99,11 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
     if (shared.length < MAX_SHARED) shared.push({ cluster, what, at, metadata });
   };
   const useExclusive = (cluster: number, what: string, at: number, isCopied: boolean) => {
-    if (meta.has(cluster)) note(cluster, what, at, true);
-    else if (comp.has(cluster)) note(cluster, 'compressed data', at, false);
-    else if (used.has(cluster)) note(cluster, what, at, false);
-    used.add(cluster);
-    if (isCopied) copied.add(cluster);
+    const old = flags.add(cluster, isCopied ? USED | COPIED : USED);
+    if (old === 0) return;
+    if (old & META) note(cluster, what, at, true);
+    else if (old & COMPRESSED) note(cluster, 'compressed data', at, false);
+    else if (old & USED) note(cluster, what, at, false);
   };
 
   // L2 tables of the active layer, read in file order, consecutive tables in one read.
@@ -117,6 +118,11 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   }
   tables.sort((a, b) => a[0] - b[0]);
   const buf = new Uint8Array(Math.min(MAX_READ, Math.max(cs, tables.length * cs)));
+  const dv = new DataView(buf.buffer);
+  const cb = s.entryGeom.clusterBits;
+  const hiScale = 2 ** (32 - cb);
+  const inCluster = (cs - 1) & ~0x1ff;
+  const dataFile = s.entryGeom.dataFile;
   for (let t = 0; t < tables.length; ) {
     let n = 1;
     while (t + n < tables.length && (n + 1) * cs <= buf.length && tables[t + n]![0] === tables[t]![0] + n * cs) n++;
@@ -125,18 +131,30 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
       const l2 = tables[t + k]![0];
       const table = buf.subarray(k * cs, (k + 1) * cs);
       for (let j = 0; j < s.geom.l2Entries; j++) {
+        const at = l2 + j * s.geom.l2EntrySize;
+        if (!s.entryGeom.extendedL2) {
+          // Fast path for standard entries that are not compressed (most of them): no object per entry.
+          const hi = dv.getUint32(k * cs + j * 8);
+          if ((hi & ENTRY_COMPRESSED_HI) === 0) {
+            const lo = dv.getUint32(k * cs + j * 8 + 4);
+            // Cluster number from the two halves without a float division; unaligned or zero entries are the reader's.
+            if ((lo & inCluster) !== 0 || dataFile) continue;
+            const cluster = (hi & OFFSET_MASK_HI) * hiScale + (lo >>> cb);
+            if (cluster !== 0) useExclusive(cluster, 'data cluster', at, (hi & ENTRY_COPIED_HI) !== 0);
+            continue;
+          }
+        }
         let e;
         try {
           e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
         } catch {
           continue; // a bad entry is the reader's to report when it is read
         }
-        const at = l2 + j * s.geom.l2EntrySize;
         if (e.type === 'compressed') {
           for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) {
-            if (meta.has(c)) note(c, 'compressed data', at, true);
-            else if (used.has(c)) note(c, 'compressed data', at, false);
-            comp.add(c);
+            const was = flags.add(c, COMPRESSED);
+            if (was & META) note(c, 'compressed data', at, true);
+            else if (was & USED) note(c, 'compressed data', at, false);
           }
         } else if (e.type !== 'unallocated' && e.host !== undefined && !s.entryGeom.dataFile) {
           useExclusive(e.host / cs, 'data cluster', at, e.copied);
@@ -157,9 +175,10 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
     if (x.metadata) return { problem: `the ${x.what} at ${host} (entry at ${hex(x.at)}) lies on metadata`, offset: x.at, l2Tables };
     const users = 1 + extra.get(x.cluster)!;
     const refcount = await refcountOf(x.cluster);
-    if (refcount < users || copied.has(x.cluster)) {
+    const copied = (flags.get(x.cluster) & COPIED) !== 0;
+    if (refcount < users || copied) {
       const as = x.what === 'compressed data' ? 'compressed data spans into a cluster in use' : `${x.what} is used ${users} times`;
-      return { problem: `${as} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied.has(x.cluster) ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
+      return { problem: `${as} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
     }
   }
   return { problem: undefined, offset: 0, l2Tables };
