@@ -70,6 +70,14 @@ describeQemu('bounded check (issue 13 point 6)', () => {
       const ours = await checkQcow2(await FileStorage.open(path));
       expect(ours.messages.join('\n')).toMatch(/active L1 entry 3 at 0x30018 points at an L2 table \(0x[0-9a-f]+\) past the virtual size/);
       // Read-only opens read it as before.
+      {
+        await using disk = await openQcow2(await FileStorage.open(path));
+        expect((await disk.read(0, 4)).every((b) => b === 0x55)).toBe(true);
+      }
+      // check -r all clears the entry (and the rest of the bomb), and qemu-img check agrees.
+      const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+      expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+      expect(qemuCheck(path).status).toBe(0);
       await using disk = await openQcow2(await FileStorage.open(path));
       expect((await disk.read(0, 4)).every((b) => b === 0x55)).toBe(true);
     } finally {

@@ -40,6 +40,8 @@ interface Scan {
   compressed: number;
   /** COPIED flags of the active layer that disagree with the stored refcounts (counted in `corruptions`). */
   copiedFixes: CopiedFix[];
+  /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
+  pastSizeL1: number[];
 }
 
 /** Messages kept per check (the counts are always complete). */
@@ -92,7 +94,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [] };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -134,8 +136,8 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
 
   // L1 tables of every layer: each L2 reference becomes a key (cluster * 2 + 1 for the active layer), sorted below.
   const keys = new NumberList();
-  const inUse = Math.ceil(h.size / s.geom.l2Coverage);
-  const readL1Refs = (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean, layer: string) => {
+  const readL1Refs = (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean, layer: string, size: number | undefined) => {
+    const inUse = size === undefined ? l1Size : Math.ceil(size / s.geom.l2Coverage);
     ref(l1Offset, l1Size * 8, 'L1 table');
     for (let i = 0; i < l1Size; i++) {
       let l2Offset: number;
@@ -151,6 +153,7 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
         // Past the virtual size nothing reads it: reported, not followed (its clusters then show as leaked).
         r.corruptions++;
         say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
+        if (active) r.pastSizeL1.push(l1Offset + i * 8);
         continue;
       }
       if (keys.length >= MAX_CHECK_L1_REFS) {
@@ -161,11 +164,11 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
       keys.push((l2Offset / cs) * 2 + (active ? 1 : 0));
     }
   };
-  readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active');
+  readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
   for (const sn of s.snapshots) {
     const l1 = new Uint8Array(sn.l1Size * 8);
     await s.storage.readInto(sn.l1TableOffset, l1);
-    readL1Refs(l1, sn.l1TableOffset, sn.l1Size, false, `snapshot ${sn.id}`);
+    readL1Refs(l1, sn.l1TableOffset, sn.l1Size, false, `snapshot ${sn.id}`, sn.diskSize);
   }
 
   const sorted = keys.sorted();
@@ -284,6 +287,17 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
     const rc = s.writer?.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
+    const before = t;
+    if (repair === 'all' && t.scan.pastSizeL1.length) {
+      // Entries past the virtual size are cleared first: their tables then count as leaks, freed below.
+      const zero = new Uint8Array(8);
+      for (const at of t.scan.pastSizeL1) {
+        await s.storage.write(at, zero);
+        view.l1.set(zero, at - view.l1Offset);
+      }
+      await s.storage.flush();
+      t = await tally(s, view);
+    }
     for (const m of t.mismatched) {
       if (m.stored > m.computed || repair === 'all') await rc.set(m.cluster, m.computed);
     }
@@ -300,7 +314,6 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
       s.cache.clear();
     }
     await s.storage.flush();
-    const before = t;
     t = await tally(s, view);
     corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
     leaksFixed = Math.max(0, before.leaks - t.leaks);
