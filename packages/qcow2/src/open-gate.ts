@@ -8,15 +8,17 @@
  * overlap the active one. `img check -r all` repairs what refcounts and
  * COPIED flags can repair; the gate then lets the image through.
  */
-import { corrupt, hex, readU32Be } from '@img/block';
+import { corrupt, hex, readU32Be, unsupported } from '@img/block';
 import { decodeL2Entry, entryOffset } from './mapping.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
 import type { Qcow2State } from './state.js';
 
 const FORMAT = 'qcow2';
-/** Clusters per flag chunk (1 MiB). */
-const CHUNK_CLUSTERS = 2 ** 20;
+/** Clusters per flag chunk (64 KiB). */
+/** Flag bytes the gate may hold (one per host cluster in use, in chunks): 256 MiB. */
+const MAX_FLAG_BYTES = 256 * 1024 * 1024;
+const CHUNK_CLUSTERS = 2 ** 16;
 /** Largest read of consecutive L2 tables. */
 const MAX_READ = 4 * 1024 * 1024;
 /** Shared clusters looked at in detail (more than this is refused without looking). */
@@ -27,9 +29,11 @@ const USED = 2;
 const COMPRESSED = 4;
 const COPIED = 8;
 
-/** A flag byte per host cluster, in 1 MiB chunks allocated on first use. */
+/** A flag byte per host cluster, in 64 KiB chunks allocated on first use (at most MAX_FLAG_BYTES). */
 class ClusterFlags {
   #chunks: Array<Uint8Array | undefined> = [];
+  bytes = 0;
+  constructor(readonly file: string | undefined) {}
   get(c: number): number {
     const k = Math.floor(c / CHUNK_CLUSTERS);
     const chunk = this.#chunks[k];
@@ -39,7 +43,13 @@ class ClusterFlags {
   add(c: number, bits: number): number {
     const k = Math.floor(c / CHUNK_CLUSTERS);
     let chunk = this.#chunks[k];
-    if (!chunk) chunk = this.#chunks[k] = new Uint8Array(CHUNK_CLUSTERS);
+    if (!chunk) {
+      this.bytes += CHUNK_CLUSTERS;
+      if (this.bytes > MAX_FLAG_BYTES) {
+        throw unsupported(FORMAT, this.file, `refusing to open for writing: the image uses host clusters too scattered to check within ${MAX_FLAG_BYTES / 2 ** 20} MiB`, { field: 'L2 entry' });
+      }
+      chunk = this.#chunks[k] = new Uint8Array(CHUNK_CLUSTERS);
+    }
     const i = c - k * CHUNK_CLUSTERS;
     const old = chunk[i]!;
     chunk[i] = old | bits;
@@ -78,11 +88,12 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
       return { problem: `the L1 table of snapshot ${sn.id} at ${hex(sn.l1TableOffset)} ${how} the active L1 table at ${hex(view.l1Offset)}`, offset: sn.l1TableOffset, l2Tables: 0 };
     }
   }
-  const flags = new ClusterFlags();
+  const flags = new ClusterFlags(s.file);
+  const fileClusters = Math.ceil(s.fileSize / cs);
   const shared: Shared[] = [];
   let sharedCount = 0;
   const markRange = (offset: number, bytes: number) => {
-    for (let c = Math.floor(offset / cs); c * cs < offset + bytes; c++) flags.add(c, META);
+    for (let c = Math.floor(offset / cs); c * cs < offset + bytes && c < fileClusters; c++) flags.add(c, META);
   };
   markRange(0, cs);
   markRange(view.l1Offset, h.l1Size * 8);
@@ -99,6 +110,7 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
     if (shared.length < MAX_SHARED) shared.push({ cluster, what, at, metadata });
   };
   const useExclusive = (cluster: number, what: string, at: number, isCopied: boolean) => {
+    if (cluster >= fileClusters) return; // past the end of the file: the reader's to report
     const old = flags.add(cluster, isCopied ? USED | COPIED : USED);
     if (old === 0) return;
     if (old & META) note(cluster, what, at, true);
@@ -151,7 +163,7 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
           continue; // a bad entry is the reader's to report when it is read
         }
         if (e.type === 'compressed') {
-          for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) {
+          for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size && c < fileClusters; c++) {
             const was = flags.add(c, COMPRESSED);
             if (was & META) note(c, 'compressed data', at, true);
             else if (was & USED) note(c, 'compressed data', at, false);
