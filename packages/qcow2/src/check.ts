@@ -21,8 +21,8 @@ import { stateOf } from './image.js';
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
 const MAX_CHECK_CLUSTERS = 64 * 1024 * 1024;
-/** Largest number of L1 entries (all layers together) a check will sort: 8 bytes each, 128 MiB at most. */
-const MAX_CHECK_L1_REFS = 16 * 1024 * 1024;
+/** Largest number of distinct L2 tables (all layers together) a check will count: 24 bytes each, 192 MiB at most. */
+const MAX_CHECK_L2_TABLES = 8 * 1024 * 1024;
 
 interface CopiedFix {
   /** Host offset of the 8-byte entry to rewrite. */
@@ -61,6 +61,55 @@ class NumberList {
   }
   sorted(): Float64Array {
     return this.items.subarray(0, this.length).sort();
+  }
+}
+
+/**
+ * The distinct L2 tables of all layers, sorted, with how many L1 entries
+ * point at each (all layers, and the active layer alone). Each layer is
+ * merged in as it is read, so memory follows distinct tables, not the
+ * sum of every snapshot's L1 entries.
+ */
+class L2Tables {
+  clusters = new Float64Array(0);
+  times = new Float64Array(0);
+  activeTimes = new Float64Array(0);
+  /** Merges one layer's references (cluster numbers, any order). */
+  merge(layer: NumberList, active: boolean, file: string | undefined): void {
+    const add = layer.sorted();
+    const n = this.clusters.length;
+    const out = new L2Tables();
+    let distinct = 0;
+    for (let i = 0; i < add.length; i++) if (i === 0 || add[i] !== add[i - 1]) distinct++;
+    const cap = n + distinct;
+    out.clusters = new Float64Array(cap);
+    out.times = new Float64Array(cap);
+    out.activeTimes = new Float64Array(cap);
+    let a = 0;
+    let b = 0;
+    let m = 0;
+    while (a < n || b < add.length) {
+      const ca = a < n ? this.clusters[a]! : Infinity;
+      const cb = b < add.length ? add[b]! : Infinity;
+      const c = Math.min(ca, cb);
+      out.clusters[m] = c;
+      if (ca === c) {
+        out.times[m] = this.times[a]!;
+        out.activeTimes[m] = this.activeTimes[a]!;
+        a++;
+      }
+      for (; b < add.length && add[b] === c; b++) {
+        out.times[m]!++;
+        if (active) out.activeTimes[m]!++;
+      }
+      m++;
+    }
+    if (m > MAX_CHECK_L2_TABLES) {
+      throw unsupported(FORMAT, file, `too many distinct L2 tables to check (${m}, at most ${MAX_CHECK_L2_TABLES})`, { field: 'l1_size' });
+    }
+    this.clusters = out.clusters.subarray(0, m);
+    this.times = out.times.subarray(0, m);
+    this.activeTimes = out.activeTimes.subarray(0, m);
   }
 }
 
@@ -134,11 +183,12 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   if (bm) for (const b of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(b.offset, b.bytes, b.what);
 
-  // L1 tables of every layer: each L2 reference becomes a key (cluster * 2 + 1 for the active layer), sorted below.
-  const keys = new NumberList();
+  // L1 tables of every layer, merged into the distinct L2 tables as each is read.
+  const tables = new L2Tables();
   const readL1Refs = (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean, layer: string, size: number | undefined) => {
     const inUse = size === undefined ? l1Size : Math.ceil(size / s.geom.l2Coverage);
     ref(l1Offset, l1Size * 8, 'L1 table');
+    const keys = new NumberList();
     for (let i = 0; i < l1Size; i++) {
       let l2Offset: number;
       try {
@@ -156,13 +206,11 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
         if (active) r.pastSizeL1.push(l1Offset + i * 8);
         continue;
       }
-      if (keys.length >= MAX_CHECK_L1_REFS) {
-        throw unsupported(FORMAT, s.file, `too many L2 table references to check (more than ${MAX_CHECK_L1_REFS} in all L1 tables)`, { field: 'l1_size', offset: l1Offset });
-      }
       ref(l2Offset, cs, 'L2 table');
       if (active) copied(l1Offset + i * 8, l2Offset / cs, (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, false);
-      keys.push((l2Offset / cs) * 2 + (active ? 1 : 0));
+      keys.push(l2Offset / cs);
     }
+    tables.merge(keys, active, s.file);
   };
   readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
   for (const sn of s.snapshots) {
@@ -171,16 +219,11 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
     readL1Refs(l1, sn.l1TableOffset, sn.l1Size, false, `snapshot ${sn.id}`, sn.diskSize);
   }
 
-  const sorted = keys.sorted();
   const table = new Uint8Array(cs);
-  for (let i = 0; i < sorted.length; ) {
-    const cluster = Math.floor(sorted[i]! / 2);
-    let times = 0;
-    let activeTimes = 0;
-    for (; i < sorted.length && Math.floor(sorted[i]! / 2) === cluster; i++) {
-      times++;
-      if (sorted[i]! % 2 === 1) activeTimes++;
-    }
+  for (let t = 0; t < tables.clusters.length; t++) {
+    const cluster = tables.clusters[t]!;
+    const times = tables.times[t]!;
+    const activeTimes = tables.activeTimes[t]!;
     const l2Offset = cluster * cs;
     // Counted through its refcount (too low, or COPIED wrong) as qemu-img check counts it; named here.
     if (activeTimes > 1) say(`Warning: L2 table at ${hex(l2Offset)} is shared by ${activeTimes} entries of the active L1 table`);
