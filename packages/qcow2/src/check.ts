@@ -5,10 +5,10 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { ImageError, ERROR_CODES, readU32Be, writeU32Be, hex } from '@img/block';
+import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckOptions, CheckResult, Storage } from '@img/block';
 import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
-import { loadL2, type MappingView } from './reader.js';
+import type { MappingView } from './reader.js';
 import { readRefcount } from './refcount.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
@@ -21,6 +21,8 @@ import { stateOf } from './image.js';
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
 const MAX_CHECK_CLUSTERS = 64 * 1024 * 1024;
+/** Largest number of distinct L2 tables (all layers together) a check will count: 24 bytes each, 192 MiB at most. */
+const MAX_CHECK_L2_TABLES = 8 * 1024 * 1024;
 
 interface CopiedFix {
   /** Host offset of the 8-byte entry to rewrite. */
@@ -36,34 +38,136 @@ interface Scan {
   allocated: number;
   fragmented: number;
   compressed: number;
-  /** Active L1/L2 entries with a COPIED flag to check: where, which cluster, flags (1: set, 2: implicit refcount 1). */
-  copied: { at: number[]; cluster: number[]; flags: number[] };
+  /** COPIED flags of the active layer that disagree with the stored refcounts (counted in `corruptions`). */
+  copiedFixes: CopiedFix[];
+  /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
+  pastSizeL1: number[];
 }
 
+/** Messages kept per check (the counts are always complete). */
+const MAX_MESSAGES = 1000;
+
+/** A growable Float64Array (memory follows the entries pushed, 8 bytes each). */
+class NumberList {
+  items = new Float64Array(1024);
+  length = 0;
+  push(v: number): void {
+    if (this.length === this.items.length) {
+      const next = new Float64Array(this.items.length * 2);
+      next.set(this.items);
+      this.items = next;
+    }
+    this.items[this.length++] = v;
+  }
+  sorted(): Float64Array {
+    return this.items.subarray(0, this.length).sort();
+  }
+}
+
+/**
+ * The distinct L2 tables of all layers, sorted, with how many L1 entries
+ * point at each (all layers, and the active layer alone). Each layer is
+ * merged in as it is read, so memory follows distinct tables, not the
+ * sum of every snapshot's L1 entries.
+ */
+class L2Tables {
+  clusters = new Float64Array(0);
+  times = new Float64Array(0);
+  activeTimes = new Float64Array(0);
+  /** Merges one layer's references (cluster numbers, any order). */
+  merge(layer: NumberList, active: boolean, file: string | undefined): void {
+    const add = layer.sorted();
+    const n = this.clusters.length;
+    const out = new L2Tables();
+    let distinct = 0;
+    for (let i = 0; i < add.length; i++) if (i === 0 || add[i] !== add[i - 1]) distinct++;
+    const cap = n + distinct;
+    out.clusters = new Float64Array(cap);
+    out.times = new Float64Array(cap);
+    out.activeTimes = new Float64Array(cap);
+    let a = 0;
+    let b = 0;
+    let m = 0;
+    while (a < n || b < add.length) {
+      const ca = a < n ? this.clusters[a]! : Infinity;
+      const cb = b < add.length ? add[b]! : Infinity;
+      const c = Math.min(ca, cb);
+      out.clusters[m] = c;
+      if (ca === c) {
+        out.times[m] = this.times[a]!;
+        out.activeTimes[m] = this.activeTimes[a]!;
+        a++;
+      }
+      for (; b < add.length && add[b] === c; b++) {
+        out.times[m]!++;
+        if (active) out.activeTimes[m]!++;
+      }
+      m++;
+    }
+    if (m > MAX_CHECK_L2_TABLES) {
+      throw unsupported(FORMAT, file, `too many distinct L2 tables to check (${m}, at most ${MAX_CHECK_L2_TABLES})`, { field: 'l1_size' });
+    }
+    this.clusters = out.clusters.subarray(0, m);
+    this.times = out.times.subarray(0, m);
+    this.activeTimes = out.activeTimes.subarray(0, m);
+  }
+}
+
+/** Which clusters have a stored refcount of exactly 1 (a byte per cluster), for the COPIED checks. */
+async function storedOnes(s: Qcow2State, n: number): Promise<Uint8Array> {
+  const cs = s.geom.clusterSize;
+  const bits = s.geom.refcountBits;
+  const perBlock = (cs * 8) / bits;
+  const h = s.header;
+  const rt = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rt);
+  const isOne = new Uint8Array(n);
+  const block = new Uint8Array(cs);
+  for (let b = 0; b * perBlock < n && (b + 1) * 8 <= rt.length; b++) {
+    const off = entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4));
+    if (!off || off % cs || off + cs > s.fileSize) continue;
+    await s.storage.readInto(off, block);
+    for (let k = 0; k < perBlock && b * perBlock + k < n; k++) if (readRefcount(block, k, bits) === 1) isOne[b * perBlock + k] = 1;
+  }
+  return isOne;
+}
+
+/**
+ * Counts references to every host cluster. Memory follows metadata bytes,
+ * not references: each distinct L2 table is read once and its entries
+ * counted with the number of L1 entries that point at it.
+ */
 async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   const cs = s.geom.clusterSize;
   const nClusters = Math.ceil(s.fileSize / cs);
   if (nClusters > MAX_CHECK_CLUSTERS) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${FORMAT}: ${s.file}: file too large to check (${nClusters} clusters)`, { data: { format: FORMAT, file: s.file } });
+    throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copied: { at: [], cluster: [], flags: [] } };
-  const ref = (offset: number, bytes: number, what: string) => {
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [] };
+  const say = (m: string) => {
+    if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
+  };
+  const ref = (offset: number, bytes: number, what: string, times = 1) => {
     if (bytes <= 0) return;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + bytes - 1) / cs);
     for (let c = first; c <= last; c++) {
       if (c >= nClusters) {
         r.corruptions++;
-        r.messages.push(`ERROR ${what} at ${hex(c * cs)} lies past the end of the file`);
+        say(`ERROR ${what} at ${hex(c * cs)} lies past the end of the file`);
         continue;
       }
-      if (r.refs[c]! < 0xffffffff) r.refs[c]!++;
+      r.refs[c] = Math.min(0xffffffff, r.refs[c]! + times);
     }
   };
+  const isOne = await storedOnes(s, nClusters);
+  // COPIED must be set exactly when the refcount is 1 (implicit: external data file clusters are never shared).
   const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean) => {
-    r.copied.at.push(at);
-    r.copied.cluster.push(cluster);
-    r.copied.flags.push((isSet ? 1 : 0) | (implicit ? 2 : 0));
+    const one = implicit || (cluster < nClusters && isOne[cluster] === 1);
+    if (one === isSet) return;
+    r.corruptions++;
+    say(`ERROR OFLAG_COPIED entry at ${hex(at)}: refcount is ${one ? '' : 'not '}1`);
+    r.copiedFixes.push({ at, set: one });
   };
   const h = s.header;
   ref(0, cs, 'header');
@@ -77,66 +181,85 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
   if (h.nbSnapshots) ref(h.snapshotsOffset, s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0), 'snapshot table');
   // Bitmaps: directory, bitmap tables and their data clusters.
   const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-  if (bm) for (const r of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(r.offset, r.bytes, r.what);
+  if (bm) for (const b of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(b.offset, b.bytes, b.what);
 
-  const walk = async (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean) => {
+  // L1 tables of every layer, merged into the distinct L2 tables as each is read.
+  const tables = new L2Tables();
+  const readL1Refs = (l1: Uint8Array, l1Offset: number, l1Size: number, active: boolean, layer: string, size: number | undefined) => {
+    const inUse = size === undefined ? l1Size : Math.ceil(size / s.geom.l2Coverage);
     ref(l1Offset, l1Size * 8, 'L1 table');
+    const keys = new NumberList();
     for (let i = 0; i < l1Size; i++) {
       let l2Offset: number;
       try {
         l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
       } catch (e) {
         r.corruptions++;
-        r.messages.push(`ERROR ${(e as Error).message}`);
+        say(`ERROR ${(e as Error).message}`);
         continue;
       }
       if (!l2Offset) continue;
-      ref(l2Offset, cs, 'L2 table');
-      if (active) copied(l1Offset + i * 8, l2Offset / cs, (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, false);
-      let table: Uint8Array;
-      try {
-        table = await loadL2(s, l2Offset, i);
-      } catch (e) {
+      if (i >= inUse) {
+        // Past the virtual size nothing reads it: reported, not followed (its clusters then show as leaked).
         r.corruptions++;
-        r.messages.push(`ERROR ${(e as Error).message}`);
+        say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
+        if (active) r.pastSizeL1.push(l1Offset + i * 8);
         continue;
       }
-      // Fragmentation is counted within each L2 table, as qemu-img check does.
-      let nextContiguous = 0;
-      for (let j = 0; j < s.geom.l2Entries; j++) {
-        let e;
-        try {
-          e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
-        } catch (err) {
-          r.corruptions++;
-          r.messages.push(`ERROR ${(err as Error).message}`);
-          continue;
-        }
-        const at = l2Offset + j * s.geom.l2EntrySize;
-        if (e.type === 'compressed') {
-          ref(e.host, e.size, 'compressed cluster');
-          if (active) {
-            r.allocated++;
-            r.compressed++;
-            r.fragmented++;
-          }
-        } else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) {
-          if (!s.entryGeom.dataFile) ref(e.host, cs, 'data cluster');
-          if (active) {
-            r.allocated++;
-            if (nextContiguous && e.host !== nextContiguous) r.fragmented++;
-            nextContiguous = e.host + cs;
-            copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
-          }
-        }
-      }
+      ref(l2Offset, cs, 'L2 table');
+      if (active) copied(l1Offset + i * 8, l2Offset / cs, (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, false);
+      keys.push(l2Offset / cs);
     }
+    tables.merge(keys, active, s.file);
   };
-  await walk(view.l1, view.l1Offset, h.l1Size, true);
+  readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
   for (const sn of s.snapshots) {
     const l1 = new Uint8Array(sn.l1Size * 8);
     await s.storage.readInto(sn.l1TableOffset, l1);
-    await walk(l1, sn.l1TableOffset, sn.l1Size, false);
+    readL1Refs(l1, sn.l1TableOffset, sn.l1Size, false, `snapshot ${sn.id}`, sn.diskSize);
+  }
+
+  const table = new Uint8Array(cs);
+  for (let t = 0; t < tables.clusters.length; t++) {
+    const cluster = tables.clusters[t]!;
+    const times = tables.times[t]!;
+    const activeTimes = tables.activeTimes[t]!;
+    const l2Offset = cluster * cs;
+    // Counted through its refcount (too low, or COPIED wrong) as qemu-img check counts it; named here.
+    if (activeTimes > 1) say(`Warning: L2 table at ${hex(l2Offset)} is shared by ${activeTimes} entries of the active L1 table`);
+    if (l2Offset < cs || l2Offset + cs > s.fileSize) {
+      r.corruptions += times;
+      say(`ERROR L2 table at ${hex(l2Offset)} overlaps the header or lies past the end of the file`);
+      continue;
+    }
+    await s.storage.readInto(l2Offset, table);
+    // Fragmentation is counted within each L2 table, as qemu-img check does.
+    let nextContiguous = 0;
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
+      } catch (err) {
+        r.corruptions += times;
+        say(`ERROR ${(err as Error).message}`);
+        continue;
+      }
+      const at = l2Offset + j * s.geom.l2EntrySize;
+      if (e.type === 'compressed') {
+        ref(e.host, e.size, 'compressed cluster', times);
+        r.allocated += activeTimes;
+        r.compressed += activeTimes;
+        r.fragmented += activeTimes;
+      } else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) {
+        if (!s.entryGeom.dataFile) ref(e.host, cs, 'data cluster', times);
+        if (activeTimes) {
+          r.allocated += activeTimes;
+          if (nextContiguous && e.host !== nextContiguous) r.fragmented += activeTimes;
+          nextContiguous = e.host + cs;
+          copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
+        }
+      }
+    }
   }
   return r;
 }
@@ -151,9 +274,6 @@ interface Tally {
   mismatched: Array<{ cluster: number; stored: number; computed: number }>;
   copiedFixes: CopiedFix[];
 }
-
-/** Messages kept per check (the counts are always complete). */
-const MAX_MESSAGES = 1000;
 
 /**
  * Compares stored refcounts with the counted references, block by block
@@ -173,7 +293,6 @@ async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
   };
   const rt = new Uint8Array(h.refcountTableClusters * cs);
   await s.storage.readInto(h.refcountTableOffset, rt);
-  const isOne = new Uint8Array(n);
   const block = new Uint8Array(cs);
   for (let b = 0; b * perBlock < n; b++) {
     let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
@@ -187,7 +306,6 @@ async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
       const c = b * perBlock + k;
       const st = off ? readRefcount(block, k, bits) : 0;
       const computed = sc.refs[c]!;
-      if (st === 1) isOne[c] = 1;
       if (st > 0 || computed > 0) t.imageEnd = (c + 1) * cs;
       if (st === computed) continue;
       t.mismatched.push({ cluster: c, stored: st, computed });
@@ -200,16 +318,7 @@ async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
       }
     }
   }
-  const { at, cluster, flags } = sc.copied;
-  for (let i = 0; i < at.length; i++) {
-    const implicit = (flags[i]! & 2) !== 0;
-    const c = cluster[i]!;
-    const one = implicit || (c < n && isOne[c] === 1);
-    if (one === ((flags[i]! & 1) !== 0)) continue;
-    t.corruptions++;
-    say(`ERROR OFLAG_COPIED entry at ${hex(at[i]!)}: refcount is ${one ? '' : 'not '}1`);
-    t.copiedFixes.push({ at: at[i]!, set: one });
-  }
+  t.copiedFixes = sc.copiedFixes;
   return t;
 }
 
@@ -220,7 +329,18 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
     const rc = s.writer?.refcounts;
-    if (!rc) throw new ImageError(ERROR_CODES.READ_ONLY, `${FORMAT}: ${s.file}: repairing needs the image open for writing`, { data: { format: FORMAT, file: s.file } });
+    if (!rc) throw readOnlyError(FORMAT, s.file);
+    const before = t;
+    if (repair === 'all' && t.scan.pastSizeL1.length) {
+      // Entries past the virtual size are cleared first: their tables then count as leaks, freed below.
+      const zero = new Uint8Array(8);
+      for (const at of t.scan.pastSizeL1) {
+        await s.storage.write(at, zero);
+        view.l1.set(zero, at - view.l1Offset);
+      }
+      await s.storage.flush();
+      t = await tally(s, view);
+    }
     for (const m of t.mismatched) {
       if (m.stored > m.computed || repair === 'all') await rc.set(m.cluster, m.computed);
     }
@@ -237,7 +357,6 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
       s.cache.clear();
     }
     await s.storage.flush();
-    const before = t;
     t = await tally(s, view);
     corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
     leaksFixed = Math.max(0, before.leaks - t.leaks);

@@ -16,6 +16,7 @@ import { BufferPool, DecompressedCache, type MappingView } from './reader.js';
 import { Qcow2Disk, openSnapshotView } from './image.js';
 import { attachWriter, missingDataFile, guardedDataStorage, readL1, writeHeader, type Qcow2State } from './state.js';
 import { checkState } from './check.js';
+import { gateWritableOpen } from './open-gate.js';
 
 const FORMAT = 'qcow2';
 
@@ -218,6 +219,9 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
         await storage.flush();
         await attachWriter(state, view);
       }
+      // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
+      const refcounts = state.writer?.refcounts;
+      if (!options.checkOnly && refcounts) await gateWritableOpen(state, view, (c) => refcounts.get(c));
     }
   } catch (e) {
     await active.close().catch(() => undefined);

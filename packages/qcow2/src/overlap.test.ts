@@ -7,12 +7,33 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MemoryStorage, readU32Be, readU64Be, writeU32Be, writeU64Be } from '@img/block';
+import { ImageError, MemoryStorage, readU32Be, readU64Be, writeU32Be, writeU64Be, type Storage } from '@img/block';
 import { describeQemu, qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
+import type { Qcow2Disk } from './image.js';
 import { imageError } from './test-fixtures.js';
 import { OverlapMap, OVERLAP } from './overlap.js';
+
+/**
+ * A writable open of these images is refused by the open gate (open-gate.ts)
+ * before anything is written; these tests judge the check behind it, the
+ * one every write passes, so they open past the gate (as check -r all does)
+ * where it refuses, and count that it did.
+ */
+let gateRefusals = 0;
+async function openPastGate(storage: Storage): Promise<Qcow2Disk> {
+  // The gate is tried on a copy: a refused open closes the storage it was given.
+  const copy = MemoryStorage.from(await storage.read(0, await storage.size()), { name: storage.name });
+  try {
+    await (await openQcow2(copy, { readOnly: false })).close();
+  } catch (e) {
+    if (!ImageError.isInstance(e) || e.code !== 'ERR_IMG_CORRUPT') throw e;
+    gateRefusals++;
+    return openQcow2(storage, { readOnly: false, checkOnly: true });
+  }
+  return openQcow2(storage, { readOnly: false });
+}
 
 const CS = 4096;
 const COVER = (CS / 8) * CS; // guest bytes one L2 table maps
@@ -105,7 +126,7 @@ describeQemu('overlap check on guest writes', () => {
       setCopied(l.bytes, l.l2 + 8, target);
       const before = l.bytes.slice();
       const storage = MemoryStorage.from(l.bytes.slice(), { name: 'o.qcow2' });
-      const d = await openQcow2(storage, { readOnly: false });
+      const d = await openPastGate(storage);
       for (const write of [() => d.write(CS, seededBytes(CS, 9)), () => d.write(CS + 100, seededBytes(200, 9))]) {
         const e = await imageError(write());
         expect(e.code).toBe('ERR_IMG_CORRUPT');
@@ -133,7 +154,7 @@ describeQemu('overlap check on guest writes', () => {
   it('the message names both ranges as qemu does', async () => {
     const l = await build();
     setCopied(l.bytes, l.l2 + 8, l.l1);
-    const d = await openQcow2(MemoryStorage.from(l.bytes, { name: 'o.qcow2' }), { readOnly: false });
+    const d = await openPastGate(MemoryStorage.from(l.bytes, { name: 'o.qcow2' }));
     const e = await imageError(d.write(CS, seededBytes(CS, 9)));
     const hex = (v: number) => `0x${v.toString(16)}`;
     expect(e.message).toBe(
@@ -145,7 +166,7 @@ describeQemu('overlap check on guest writes', () => {
   it('an L2 entry pointing at a snapshot L1 table (map rebuilt after snapshot create): refused, the snapshot intact', async () => {
     const l = await build();
     const storage = MemoryStorage.from(l.bytes, { name: 'o.qcow2' });
-    let d = await openQcow2(storage, { readOnly: false });
+    let d = await openPastGate(storage);
     await d.createSnapshot('s1');
     // The map knows the new snapshot L1 in the same session: an allocating write never lands there.
     await d.write(4 * CS, seededBytes(CS, 5));
@@ -156,7 +177,7 @@ describeQemu('overlap check on guest writes', () => {
     setCopied(bytes, l2 + 8, snapL1);
     const before = bytes.slice();
     const s2 = MemoryStorage.from(bytes, { name: 'o.qcow2' });
-    d = await openQcow2(s2, { readOnly: false });
+    d = await openPastGate(s2);
     const e = await imageError(d.write(CS, seededBytes(CS, 9)));
     expect(e.message).toMatch(/overlaps the snapshot L1 table/);
     await d.close();
@@ -171,7 +192,7 @@ describeQemu('overlap check on guest writes', () => {
     setCopied(l.bytes, l.l1 + 8, l.refcountTable);
     const before = l.bytes.slice();
     const storage = MemoryStorage.from(l.bytes.slice(), { name: 'o.qcow2' });
-    const d = await openQcow2(storage, { readOnly: false });
+    const d = await openPastGate(storage);
     const e = await imageError(d.write(COVER + 5 * CS, seededBytes(CS, 4)));
     expect(e.message).toMatch(/overlaps the refcount table/);
     await d.close();
@@ -199,7 +220,7 @@ describeQemu('an allocator that trusts nothing', () => {
       const checkedBefore = qemuCheck(l.bytes);
 
       const storage = MemoryStorage.from(l.bytes.slice(), { name: 'o.qcow2' });
-      const d = await openQcow2(storage, { readOnly: false });
+      const d = await openPastGate(storage);
       const model = l.model.slice();
       // New clusters in both existing L2 tables, a new L2 table, and a multi-cluster write.
       for (const [at, len] of [[CS, CS], [COVER + CS, 2 * CS], [3 * COVER, CS], [5 * CS, 6 * CS], [COVER + 10 * CS, 100]] as const) {
@@ -230,4 +251,11 @@ describeQemu('an allocator that trusts nothing', () => {
       expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', toFile(after), raw], { allowFail: true }).status).toBe(0);
     });
   }
+});
+
+describe('the open gate in front of the overlap check', () => {
+  it('refused the writable open of the images above before any write was tried', () => {
+    // Runs after the tests above in this file (vitest keeps file order): each pointed guest data at metadata.
+    expect(gateRefusals).toBeGreaterThanOrEqual(4);
+  });
 });
