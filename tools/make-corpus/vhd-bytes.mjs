@@ -53,3 +53,13 @@ export function utf16le(s) {
   }
   return out;
 }
+
+/** The dynamic header's fixed fields at `h`: cookie, no next header, the BAT's offset and size, the block size. */
+export function dynamicHeaderFields(b, h, { tableOffset, entries, blockSize }) {
+  ascii(b, h, 'cxsparse');
+  u64(b, h + 0x08, 0xffffffffffffffffn);
+  u64(b, h + 0x10, tableOffset);
+  u32(b, h + 0x18, 0x00010000);
+  u32(b, h + 0x1c, entries);
+  u32(b, h + 0x20, blockSize);
+}

@@ -19,7 +19,7 @@
 // disk as the footer's current size describes it (what libvhdi reads).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ascii, chs, u16, u32, u64, utf16le } from './vhd-bytes.mjs';
+import { ascii, chs, u16, u32, u64, utf16le, dynamicHeaderFields } from './vhd-bytes.mjs';
 
 const SECTOR = 512;
 const MiB = 1024 * 1024;
@@ -137,12 +137,7 @@ export function vhdImage(spec) {
   b.set(f, 0);
   b.set(f, tail);
   const h = dataOffset;
-  ascii(b, h, 'cxsparse');
-  u64(b, h + 0x08, 0xffffffffffffffffn);
-  u64(b, h + 0x10, tableOffset);
-  u32(b, h + 0x18, 0x00010000);
-  u32(b, h + 0x1c, entries);
-  u32(b, h + 0x20, blockSize);
+  dynamicHeaderFields(b, h, { tableOffset, entries, blockSize });
   if (type === 'differencing') {
     for (let i = 0; i < 16; i++) b[h + 0x28 + i] = (99 * 41 + i * 13 + 7) & 0xff;
     const name = 'parent.vhd';

@@ -20,7 +20,7 @@
 // - untrusted: the code an `untrusted: true` open gives, when it differs.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ascii, chs, u32, u64, utf16le } from './vhd-bytes.mjs';
+import { ascii, chs, u32, u64, utf16le, dynamicHeaderFields } from './vhd-bytes.mjs';
 
 const SECTOR = 512;
 const FOOTER = 512;
@@ -108,12 +108,7 @@ function dynamic({ size = 64 * 1024, blockSize = 4096, data = { 0: 0x11, 3: 0x33
   b.set(f, 0);
   b.set(f, next);
   const h = SECTOR;
-  ascii(b, h, 'cxsparse');
-  u64(b, h + 0x08, 0xffffffffffffffffn);
-  u64(b, h + 0x10, tableOffset);
-  u32(b, h + 0x18, 0x00010000);
-  u32(b, h + 0x1c, entries);
-  u32(b, h + 0x20, blockSize);
+  dynamicHeaderFields(b, h, { tableOffset, entries, blockSize });
   if (parent) {
     b.set(uuid(parent.id), h + 0x28);
     u32(b, h + 0x38, 0x2a000000);

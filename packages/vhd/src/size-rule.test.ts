@@ -12,19 +12,14 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
-import { describeQemu, describeWith, qemuImg, tempDir } from '@img/testkit';
+import { describeQemu, describeWith, qemuImg, tempDir, loadVhdWriters, type VhdWriterImage } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vhdDriver } from './driver.js';
 import { chsForSectors, chsProduct } from './geometry.js';
 import { openVhd } from './open.js';
 
-interface Built {
-  bytes: Uint8Array;
-  content: Uint8Array;
-  size: number;
-}
-const url = new URL('../../../tools/make-corpus/vhd-writers.mjs', import.meta.url).href;
-const { vhdImage } = (await import(url)) as { vhdImage: (spec: Record<string, unknown>) => Built };
+const { vhdImage } = await loadVhdWriters();
+type Built = VhdWriterImage;
 
 /** 5 MiB + 61.5 KiB: the spec's CHS geometry of it covers 27 sectors (13.5 KiB) less. */
 const SIZE = 5 * 1024 * 1024 + 123 * 512;

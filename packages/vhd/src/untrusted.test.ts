@@ -5,19 +5,15 @@
  * Trusted opens read on as qemu does and record each in `problems`, and
  * check reports it with its code and offset.
  */
+import { loadVhdWriters, type VhdWriterImage } from '@img/testkit';
 import { ImageError, MemoryStorage } from '@img/block';
 import { describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { vhdChecksum } from './checksum.js';
 import { openVhd } from './open.js';
 
-interface Built {
-  bytes: Uint8Array;
-  content: Uint8Array;
-  size: number;
-}
-const url = new URL('../../../tools/make-corpus/vhd-writers.mjs', import.meta.url).href;
-const { vhdImage } = (await import(url)) as { vhdImage: (spec: Record<string, unknown>) => Built };
+const { vhdImage } = await loadVhdWriters();
+type Built = VhdWriterImage;
 
 const SIZE = 4 * 1024 * 1024;
 const dynamic = (spec: Record<string, unknown> = {}) => vhdImage({ size: SIZE, blocks: [0], ...spec }).bytes;

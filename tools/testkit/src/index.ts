@@ -6,3 +6,4 @@ export { chunked, collectBytes, crashWindow, type CrashModelState } from './harn
 export { holdWithQemuIo, lockedBytes, lockedBytesOf, QEMU_RO_LOCK_BYTES, QEMU_RW_LOCK_BYTES, type QemuIoHolder } from './qemu-hold.js';
 export { makeFifo, settleWithin } from './fifo.js';
 export { readQcow2Bytes, entryAt, entryOffsetAt, qemuQcow2, writeCheckBomb, type Qcow2Bytes } from './qcow2-corrupt.js';
+export { loadVhdWriters, type VhdWriterImage, type VhdWriters } from './vhd-writers.js';
