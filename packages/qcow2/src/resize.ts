@@ -31,6 +31,12 @@ export async function resizeLayer(s: Qcow2State, view: MappingView, w: Qcow2Writ
     throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });
   }
   if (newSize < old) {
+    // The new size reaches the disk before anything past it is freed: a crash in between leaves the
+    // new size with clusters past it still referenced (unreachable, at worst leaked when dropped),
+    // never the old size with part of its tail gone.
+    s.header.size = newSize;
+    await writeHeader(s);
+    await s.storage.flush();
     const cs = s.geom.clusterSize;
     const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
     // Zero the tail of the last cluster so that growing again shows zeros there, then drop the rest.
