@@ -153,8 +153,13 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
  * socket, a character device): "a.img: is a FIFO, not an image file".
  * `kind` says what it is, with its article.
  */
-export function notAnImageFile(file: string, kind: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, `${file}: is ${kind}, not an image file`, { data: { file, field: 'file type', actual: kind, ...data } });
+export function notAnImageFile(file: string, kind: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, `${file}: is ${kind}, not an image file`, { data: { file, field: 'file type', actual: kind, ...data }, cause });
+}
+
+/** A file the caller named does not exist; `cause` is the system's error. */
+export function notFoundError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
+  return new ImageError(ERROR_CODES.NOT_FOUND, `${file}: ${message}`, { data: { file, ...data }, cause });
 }
 
 /** The storage under an image failed (a system call returned an error); `cause` is the system's error. */

@@ -3,7 +3,7 @@
  * convert a file into a new one. Node only (uses the file system).
  */
 import { rm } from 'node:fs/promises';
-import { ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { concatBytes, ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -61,9 +61,7 @@ export async function imageFormatOf(storage: Storage, options: Pick<OpenImageOpt
   if (options.untrusted) {
     const report = await inspectImage(storage, { registry, ...(format !== undefined ? { format } : {}) });
     if (!report.safe) {
-      throw new ImageError(ERROR_CODES.UNSAFE, `${storage.name}: refusing an untrusted image: ${unsafeSummary(report)}`, {
-        data: { file: storage.name, findings: report.findings },
-      });
+      throw unsafe(report.format ?? format ?? 'raw', storage.name, `refusing an untrusted image: ${unsafeSummary(report)}`, { findings: report.findings });
     }
     return report.format ?? format ?? 'raw';
   }
@@ -259,17 +257,6 @@ async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerat
   const rest = held.length ? concatBytes(held) : undefined;
   judge(rest ?? new Uint8Array(0), total, tail);
   if (rest && rest.length) yield rest;
-}
-
-function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {

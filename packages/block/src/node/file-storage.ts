@@ -8,7 +8,7 @@
  */
 import { constants as fsConstants, type Stats, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { ERROR_CODES, ImageError, invalidArg, notAnImageFile } from '../errors.js';
+import { ERROR_CODES, ImageError, invalidArg, ioError, notAnImageFile, notFoundError } from '../errors.js';
 import type { Storage, StorageRange } from '../storage.js';
 import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
@@ -68,8 +68,8 @@ export interface FileStorageCreateOptions {
  */
 function fsError(path: string, what: string, cause: unknown): ImageError {
   const code = (cause as NodeJS.ErrnoException | undefined)?.code;
-  const data = { file: path, errno: code };
-  if (code === 'EISDIR') return new ImageError(ERROR_CODES.INVALID_ARG, `${path}: is a directory, not an image file`, { cause, data });
+  const data = { errno: code };
+  if (code === 'EISDIR') return notAnImageFile(path, 'a directory', data, cause);
   let text = (cause as Error | undefined)?.message ?? String(cause);
   if (code) {
     const syscall = (cause as NodeJS.ErrnoException).syscall;
@@ -77,7 +77,7 @@ function fsError(path: string, what: string, cause: unknown): ImageError {
     if (syscall) text = text.replace(new RegExp(`, ${syscall}(?: '.*')?$`), '');
     text = `${text} (${code})`;
   }
-  return new ImageError(code === 'ENOENT' ? ERROR_CODES.NOT_FOUND : ERROR_CODES.IO, `${path}: ${what} failed: ${text}`, { cause, data });
+  return (code === 'ENOENT' ? notFoundError : ioError)(path, `${what} failed: ${text}`, data, cause);
 }
 
 /** What `stat` says a file is, for a message: "a FIFO", "a character device". */

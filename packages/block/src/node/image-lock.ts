@@ -101,17 +101,12 @@ function errnoName(errno: number): string {
 }
 
 /**
- * The lock bytes that `check-only` opens of this process would hold, per
- * file (`dev:ino`): without the helper they hold nothing in the kernel, so
- * this is how two of them see each other.
- */
-const unheld = new Map<string, Map<symbol, LockPlan>>();
-
-/**
  * Every image this process holds locked, per file (`dev:ino`). A conflict
  * with one of these is not "another process": it is one command opening
  * the same file twice (an output that is its input, a backing file that
- * is a link to the image), which is reported as ERR_IMG_SAME_FILE.
+ * is a link to the image), which is reported as ERR_IMG_SAME_FILE. Without
+ * the helper (`check-only`) the kernel holds nothing for these opens, so
+ * this table is also how two of them see each other's bytes.
  */
 const ownOpens = new Map<string, Map<symbol, { path: string; write: boolean }>>();
 
@@ -174,19 +169,9 @@ export async function lockImage(fh: FileHandle, path: string, write: boolean, ag
   // No helper: img cannot lock, but it can still see who does.
   const held = await heldBytes({ dev: st.dev, ino: st.ino }, conflicts.map((c) => c.byte));
   if (!held) return { state: 'none' };
-  const mine = unheld.get(key) ?? new Map<symbol, LockPlan>();
-  for (const other of mine.values()) for (const byte of lockBytes(other)) held.add(byte);
+  for (const other of ownOpens.get(key)?.values() ?? []) for (const byte of lockBytes(lockPlan(other.write))) held.add(byte);
   for (const c of conflicts) {
     if (held.has(c.byte)) throw ownConflict(key, path, write) ?? lockedError(path, `${c.what}. ${hint(path)}`, { field: c.name, offset: c.byte });
   }
-  const releaseOwn = registerOwn(key, path, write);
-  const id = Symbol(path);
-  mine.set(id, plan);
-  unheld.set(key, mine);
-  const release = (): void => {
-    releaseOwn();
-    mine.delete(id);
-    if (mine.size === 0 && unheld.get(key) === mine) unheld.delete(key);
-  };
-  return { state: 'check-only', release };
+  return { state: 'check-only', release: registerOwn(key, path, write) };
 }

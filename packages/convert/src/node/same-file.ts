@@ -86,10 +86,9 @@ export function assertNotRead(written: FileIdentity | undefined, read: readonly 
 }
 
 /**
- * Throws ERR_IMG_SAME_FILE if an image's chain reaches its own file again
- * (a backing file that is a link to the image): writing the image would
- * change what it reads. `writable` also counts every other member opened
- * for writing (commit writes the backing file).
+ * Throws ERR_IMG_SAME_FILE if any file of an image's chain appears twice
+ * (a backing file that is a link to the image, or to another member):
+ * writing one of them would change what the chain reads.
  */
 export function assertChainDistinct(disk: Disk): void {
   const files = filesOf(disk);
