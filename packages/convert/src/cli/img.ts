@@ -22,6 +22,8 @@ Commands:
   convert  [-f fmt] [-O fmt] [-n] [-U] [...] <input> <output>
                                                              convert an image, spelled as qemu-img convert
                                                              (or <src-format> <dst-format> <input> <output>, as img-convert)
+  dd       [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=<input> of=<output>
+                                                             copy a range of an image into a new one, as qemu-img dd
 
 Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
 
