@@ -8,13 +8,14 @@ import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
-import { type Handler, common, onePath, openForCommand } from './shared.js';
+import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img amend [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
     return 0;
   }
   const path = onePath(positionals);

@@ -9,17 +9,18 @@ import { qdictSorted, qemuFormatName } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
-import { type Handler, common, shareOption, outputMode, onePath } from './shared.js';
+import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
 
 /** img check. */
 export const check: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, ...shareOption, r: { type: 'string' } },
+    options: { ...common, ...quietOption, ...shareOption, r: { type: 'string' } },
     allowPositionals: true,
   });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img check [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
+    io.stdout('Usage: img check [-q] [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);

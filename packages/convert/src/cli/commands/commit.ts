@@ -5,13 +5,14 @@ import { parseArgs } from 'node:util';
 import { progressPrinter } from '../common.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
-import { type Handler, common, onePath } from './shared.js';
+import { type Handler, common, onePath, quietOption, quietIo } from './shared.js';
 
 /** img commit. */
 export const commit: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img commit [-f fmt] [-d] [-p] <file>\n\nWrites the image\'s data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n');
+    io.stdout('Usage: img commit [-q] [-f fmt] [-d] [-p] <file>\n\nWrites the image\'s data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n');
     return 0;
   }
   const path = onePath(positionals);

@@ -4,17 +4,18 @@
 import { parseArgs } from 'node:util';
 import { ImageError, type Disk } from '@img/block';
 import { ExitCode, UsageError } from '../common.js';
-import { type Handler, common, shareOption, openForCommand } from './shared.js';
+import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
 export const compare: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
+    options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
     allowPositionals: true,
   });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img compare [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    io.stdout('Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
     return 0;
   }
   try {

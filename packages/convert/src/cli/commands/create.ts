@@ -7,21 +7,22 @@ import { ImageError, missingFileError, parseSize, type Storage } from '@img/bloc
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
-import { qemuFormatName } from '../info-human.js';
+import { formattingLine } from '../formatting-line.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
-import { type Handler, common } from './shared.js';
+import { type Handler, common, quietOption, quietIo } from './shared.js';
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } },
+    options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } },
     allowPositionals: true,
   });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img create -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\nExample:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n');
+    io.stdout('Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\nExample:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n');
     return 0;
   }
   const registry = defaultRegistry();
@@ -78,6 +79,6 @@ export const create: Handler = async (argv, io) => {
     if (!existed) await rm(path, { force: true }).catch(() => undefined);
     throw e;
   }
-  io.stdout(`Formatting '${path}', fmt=${qemuFormatName(driver.name)} size=${size}\n`);
+  io.stdout(formattingLine(path, driver.name, size, optionText.text, values.b !== undefined ? { file: values.b, ...(values.F !== undefined ? { format: values.F } : {}) } : undefined));
   return 0;
 };

@@ -9,18 +9,19 @@ import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
-import { type Handler, common, onePath } from './shared.js';
+import { type Handler, common, onePath, quietOption, quietIo } from './shared.js';
 
 /** img rebase. */
 export const rebase: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } },
+    options: { ...common, ...quietOption, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } },
     allowPositionals: true,
   });
+  io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(
-      'Usage: img rebase [-f fmt] [-u] -b <backing> [-F fmt] <file>\n\nChanges the backing file. Safe mode (default) copies whatever would change into the image first;\n-u only rewrites the name. -b "" removes the backing file.\n\nExample:\n  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n',
+      'Usage: img rebase [-q] [-f fmt] [-u] -b <backing> [-F fmt] <file>\n\nChanges the backing file. Safe mode (default) copies whatever would change into the image first;\n-u only rewrites the name. -b "" removes the backing file.\n\nExample:\n  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n',
     );
     return 0;
   }

@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { parseSize, unsupported } from '@img/block';
 import { UsageError } from '../common.js';
-import { type Handler, common, openForCommand } from './shared.js';
+import { type Handler, common, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** A size that starts with a minus ("-10G"): an argument of resize, not an option (qemu-img reads it so). */
 const NEGATIVE_SIZE = /^-\d+(?:\.\d+)?[a-z]*$/i;
@@ -16,13 +16,14 @@ export const resize: Handler = async (argv, io) => {
   const at = argv.findIndex((a, i) => NEGATIVE_SIZE.test(a) && (dash < 0 || i < dash));
   const parsed = parseArgs({
     args: at < 0 ? argv : argv.filter((_, i) => i !== at),
-    options: { ...common, shrink: { type: 'boolean' } },
+    options: { ...common, ...quietOption, shrink: { type: 'boolean' } },
     allowPositionals: true,
   });
   const { values } = parsed;
+  io = quietIo(io, values.quiet);
   const positionals = at < 0 ? parsed.positionals : [...parsed.positionals, argv[at]!];
   if (values.help) {
-    io.stdout('Usage: img resize [-f fmt] [--shrink] <file> [+|-]<size>\n\nExample:\n  img resize disk.qcow2 +10G\n');
+    io.stdout('Usage: img resize [-q] [-f fmt] [--shrink] <file> [+|-]<size>\n\nExample:\n  img resize disk.qcow2 +10G\n');
     return 0;
   }
   if (positionals.length !== 2) throw new UsageError('expected <file> [+|-]<size>');

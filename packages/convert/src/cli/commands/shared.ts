@@ -61,3 +61,11 @@ export function combinePath(imagePath: string, name: string): string {
 export function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
 }
+
+/** -q / --quiet (qemu-img's): print nothing on stdout; errors still go to stderr and the exit status is unchanged. */
+export const quietOption = { quiet: { type: 'boolean', short: 'q' } } as const;
+
+/** The streams a command writes to, with stdout silenced when it runs quietly (-q). */
+export function quietIo(io: Io, quiet: boolean | undefined): Io {
+  return quiet ? { ...io, stdout: () => {} } : io;
+}

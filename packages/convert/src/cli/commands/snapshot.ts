@@ -6,7 +6,7 @@ import { unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { snapshotTable } from '../info-human.js';
 import { openImageFile } from '../../node.js';
-import { type Handler, common, shareOption, onePath } from './shared.js';
+import { type Handler, common, shareOption, onePath, quietOption, quietIo } from './shared.js';
 import { infoJson } from './info.js';
 
 interface SnapshotDisk extends Disk {
@@ -19,11 +19,12 @@ interface SnapshotDisk extends Disk {
 export const snapshot: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ...common, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
     allowPositionals: true,
   });
+  io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img snapshot [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    io.stdout('Usage: img snapshot [-q] [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
     return 0;
   }
   const path = onePath(positionals);
