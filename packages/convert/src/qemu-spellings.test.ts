@@ -75,6 +75,8 @@ const rows: Row[] = [
   { args: ['map', '-U', TOP], compare: 'stdout' },
   { args: ['info', '-U', '--backing-chain', TOP], compare: 'stdout' },
   { args: ['check', '-U', DIRTY], compare: 'status' },
+  // 63: the format has no check.
+  { args: ['check', '-f', 'raw', RAW], compare: 'status' },
   { args: ['resize', '--shrink', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '+1M'], compare: 'virtual-size', copyOf: V3 },

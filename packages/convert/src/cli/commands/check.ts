@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { UsageError } from '../common.js';
+import { ExitCode, UsageError } from '../common.js';
 import { qdictSorted, qemuFormatName } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
@@ -20,7 +20,7 @@ export const check: Handler = async (argv, io) => {
   });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img check [-q] [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only.\n\nExample:\n  img check disk.qcow2\n');
+    io.stdout('Usage: img check [-q] [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the format has no check (raw).\n\nExample:\n  img check disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
@@ -40,7 +40,8 @@ export const check: Handler = async (argv, io) => {
       ...(values.f !== undefined ? { format: values.f } : {}),
     });
     const driver = registry.require(format);
-    if (!driver.check) throw unsupported(driver.name, path, 'this format does not support checks');
+    // As qemu-img check: status 63 says the format has no check (scripts tell it from a failed one, 1).
+    if (!driver.check) throw new ExitCode(63, `ERR_IMG_UNSUPPORTED: ${unsupported(driver.name, path, 'this format does not support checks').message}`);
     result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
   } finally {
     await storage.close();
