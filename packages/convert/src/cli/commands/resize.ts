@@ -35,6 +35,9 @@ export const resize: Handler = async (argv, io) => {
     const amount = parseSize(delta ? sizeText.slice(1) : sizeText);
     const target = delta === 0 ? amount : disk.size + delta * amount;
     if (target < 0) throw new UsageError('the new size would be negative');
+    if (target < disk.size && !values.shrink) {
+      throw new UsageError(`shrinking ${path} from ${disk.size} to ${target} bytes deletes the data past the new end: pass --shrink to do it`);
+    }
     await disk.resize(target, { shrink: values.shrink ?? false });
     await disk.flush();
   } finally {
