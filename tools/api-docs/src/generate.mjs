@@ -24,6 +24,7 @@ export const ENTRY_POINTS = [
   'packages/vhd/src/index.ts',
   'packages/vhd/src/node.ts',
   'packages/convert/src/index.ts',
+  'packages/nbd/src/index.ts',
 ].filter((p) => {
   try {
     return statSync(join(root, p)).isFile();

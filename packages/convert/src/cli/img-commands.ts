@@ -15,6 +15,7 @@ import { map } from './commands/map.js';
 import { measure } from './commands/measure.js';
 import { rebase } from './commands/rebase.js';
 import { resize } from './commands/resize.js';
+import { serve } from './commands/serve.js';
 import type { Handler } from './commands/shared.js';
 import { snapshot } from './commands/snapshot.js';
 
@@ -33,5 +34,6 @@ export const commands: Record<string, Handler> = {
   amend,
   inspect,
   dd,
+  serve,
   convert: (argv, io) => convertMain('img convert', argv, io),
 };

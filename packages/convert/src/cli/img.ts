@@ -24,6 +24,7 @@ Commands:
                                                              (or <src-format> <dst-format> <input> <output>, as img-convert)
   dd       [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=<input> of=<output>
                                                              copy a range of an image into a new one, as qemu-img dd
+  serve    [-f fmt] [-w] [-k socket | -p port] [-x name] <file>  export an image over NBD (as qemu-nbd -t)
 
 Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
 
