@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { tempDir } from '@img/testkit';
@@ -62,17 +62,27 @@ describe('native helper loader', () => {
     expect(loadNativeFrom(root, { disabled: true }).status.reason).toBe('IMG_NO_NATIVE=1 is set');
   });
 
-  it.runIf(linux && existsSync(localBuild))('loads a prebuild for this platform before a local build, and passes over one that does not load', () => {
+  it.runIf(linux && existsSync(localBuild))('loads a prebuild for this platform before an older local build, a newer local build first, and passes over one that does not load', () => {
     const libc = runtimeLibc();
     const tagged = prebuildPath(process.platform, process.arch, libc);
     const good = fakePackage('good', { [tagged]: localBuild, [`build/Release/${NATIVE_ADDON_NAME}.node`]: localBuild });
+    // As in an installed tarball: npm gives every packed file the same old date.
+    const packed = new Date('1985-10-26T08:15:00Z');
+    utimesSync(new URL(tagged, good), packed, packed);
+    utimesSync(new URL(`build/Release/${NATIVE_ADDON_NAME}.node`, good), packed, packed);
     const r = loadNativeFrom(good, { disabled: false });
     expect(r.status).toMatchObject({ loaded: true, source: 'prebuild', tried: [] });
     expect(r.status.path).toBe(join(new URL(tagged, good).pathname));
     expect(typeof r.exports?.seekRanges).toBe('function');
 
+    // A from-source build made after the prebuild (npm install --build-from-source, a developer's rebuild) goes first.
+    utimesSync(new URL(`build/Release/${NATIVE_ADDON_NAME}.node`, good), new Date(), new Date());
+    expect(loadNativeFrom(good, { disabled: false }).status).toMatchObject({ loaded: true, source: 'build', tried: [] });
+
     // A damaged prebuild (not an ELF file): the local build is used, and the failure is recorded.
     const bad = fakePackage('bad', { [tagged]: new Uint8Array(64).fill(0x41), [`build/Release/${NATIVE_ADDON_NAME}.node`]: localBuild });
+    utimesSync(new URL(tagged, bad), packed, packed);
+    utimesSync(new URL(`build/Release/${NATIVE_ADDON_NAME}.node`, bad), packed, packed);
     const b = loadNativeFrom(bad, { disabled: false });
     expect(b.status).toMatchObject({ loaded: true, source: 'build' });
     expect(b.status.tried[0]).toMatch(new RegExp(`^${tagged.replaceAll('.', '\\.')}: .*(invalid ELF header|file too short)`));

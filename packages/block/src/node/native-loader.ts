@@ -6,14 +6,17 @@
  *    in the package (built at pack time by native/prebuild.mjs), then the
  *    same name without a libc tag (the prebuildify / node-gyp-build layout);
  * 2. `build/Release/img_seek.node`, a from-source build (native/build.mjs at
- *    install, where install scripts run and a compiler exists);
+ *    install, where install scripts run and a compiler exists). A build
+ *    made after the prebuild goes first: it was asked for
+ *    (`npm install --build-from-source`, a developer's `node-gyp rebuild`
+ *    after changing the C), and a tarball's files all carry npm's 1985 date;
  * 3. nothing: the pure JavaScript paths (raw files read in full and
  *    zero-scanned, image locks only checked through /proc/locks).
  *
  * `IMG_NO_NATIVE=1` skips all three. The loader never throws: a binary that
  * does not load is a reason in the status, and the next place is tried.
  */
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
@@ -119,7 +122,7 @@ export function loadNativeFrom(root: URL, options: { platform?: string; arch?: s
   const require = createRequire(import.meta.url);
   const tried: string[] = [];
   let firstFailure: string | undefined;
-  for (const c of nativeCandidates(platform, arch, libc)) {
+  for (const c of newestBuildFirst(root, nativeCandidates(platform, arch, libc))) {
     const file = fileURLToPath(new URL(c.path, root));
     if (!existsSync(file)) {
       tried.push(`${c.path}: absent`);
@@ -137,6 +140,25 @@ export function loadNativeFrom(root: URL, options: { platform?: string; arch?: s
   }
   const reason = firstFailure ?? `no prebuilt binary for ${target} and no build from source`;
   return { exports: undefined, status: { loaded: false, source: 'none', reason, target, tried } };
+}
+
+/** The modification time of `path` under `root` in ms, or undefined where there is no such file. */
+function mtimeOf(root: URL, path: string): number | undefined {
+  try {
+    return statSync(new URL(path, root)).mtimeMs;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The candidates, with a from-source build moved to the front when it is newer than every prebuild present. */
+function newestBuildFirst(root: URL, candidates: { source: 'prebuild' | 'build'; path: string }[]): { source: 'prebuild' | 'build'; path: string }[] {
+  const build = candidates.find((c) => c.source === 'build');
+  const buildTime = build && mtimeOf(root, build.path);
+  if (buildTime === undefined) return candidates;
+  const prebuildTimes = candidates.filter((c) => c.source === 'prebuild').map((c) => mtimeOf(root, c.path) ?? -Infinity);
+  if (!prebuildTimes.every((t) => buildTime > t)) return candidates;
+  return [build!, ...candidates.filter((c) => c !== build)];
 }
 
 /** The loaded helper's exports, loading it on first use; undefined where none loads. */
