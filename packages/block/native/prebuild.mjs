@@ -85,6 +85,22 @@ function elfHeader(file) {
   return { elf: true, is64: b[4] === 2, type: u16(16), machine: u16(18) };
 }
 
+/**
+ * The newest glibc symbol version a binary asks for ("2.26"), read from the
+ * version names in its dynamic string table; undefined for musl.
+ */
+function glibcFloor(file) {
+  let best;
+  for (const m of readFileSync(file, 'latin1').matchAll(/GLIBC_(\d+)\.(\d+)/g)) {
+    const v = [Number(m[1]), Number(m[2])];
+    if (!best || v[0] > best[0] || (v[0] === best[0] && v[1] > best[1])) best = v;
+  }
+  return best;
+}
+
+/** Node 20's own Linux binaries need glibc 2.28: a prebuild must not ask for more. */
+const GLIBC_MAX = [2, 28];
+
 function run(cmd, argv, options = {}) {
   const r = spawnSync(cmd, argv, { encoding: 'utf8', ...options });
   return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
@@ -132,7 +148,12 @@ try {
       fail(`the output is not a 64-bit ELF shared object for machine ${target.machine}: ${JSON.stringify(h)}`);
       continue;
     }
-    let verified;
+    const floor = target.libc === 'glibc' ? glibcFloor(tmpOut) : undefined;
+    if (floor && (floor[0] > GLIBC_MAX[0] || (floor[0] === GLIBC_MAX[0] && floor[1] > GLIBC_MAX[1]))) {
+      fail(`it needs glibc ${floor.join('.')}, newer than the ${GLIBC_MAX.join('.')} Node 20 itself needs`);
+      continue;
+    }
+    let verified = floor ? `glibc >= ${floor.join('.')}; ` : '';
     if (isHost) {
       // The real thing: this node loads it and it answers with its functions.
       const probe = run(process.execPath, ['-e', `const m={exports:{}};process.dlopen(m,${JSON.stringify(tmpOut)});if(typeof m.exports.seekRanges!=='function')process.exit(3);console.log(Object.keys(m.exports).join(','))`]);
@@ -140,16 +161,16 @@ try {
         fail(`node cannot load it: ${probe.out.split('\n')[0]}`);
         continue;
       }
-      verified = `loaded by node ${process.version} (exports ${probe.out})`;
+      verified += `loaded by node ${process.version} (exports ${probe.out})`;
     } else {
       // Loadable by the target's own dynamic linker: a C program built for the target dlopen()s it.
       const checker = join(work, `${target.id}-dlopen-check`);
       const cBuild = run(cc, ['-O1', '-o', checker, join(packageRoot, 'native', 'dlopen-check.c'), '-ldl']);
       const runner = target.runner.length === 0 ? [] : existsSync('/usr/bin/' + target.runner[0]) || runs(target.runner[0]) ? target.runner : undefined;
       if (!cBuild.ok) {
-        verified = `not loaded (the dlopen check did not build: ${cBuild.out.split('\n')[0]})`;
+        verified += `not loaded (the dlopen check did not build: ${cBuild.out.split('\n')[0]})`;
       } else if (runner === undefined) {
-        verified = `not loaded (${target.runner[0]} is not installed)`;
+        verified += `not loaded (${target.runner[0]} is not installed)`;
       } else {
         const argv = [...runner, checker, tmpOut];
         const check = run(argv[0], argv.slice(1));
@@ -157,7 +178,7 @@ try {
           fail(`its dynamic linker refuses it: ${check.out.split('\n')[0]}`);
           continue;
         }
-        verified = `dlopen()ed by the ${target.libc} loader${runner.length ? ` under ${runner[0]}` : ''}: ${check.out}`;
+        verified += `dlopen()ed by the ${target.libc} loader${runner.length ? ` under ${runner[0]}` : ''}: ${check.out}`;
       }
     }
     mkdirSync(dirname(out), { recursive: true });
