@@ -70,6 +70,10 @@ describe('the native helper in the commands', () => {
     const legacy = run('img-convert', ['raw', 'qcow2', a, join(tmp.path, 'out2.qcow2')], NO_NATIVE);
     expect(legacy.stderr).toMatch(/^img-convert: native helper not loaded \(IMG_NO_NATIVE=1 is set\)/);
 
+    const dd = run('img', ['dd', `if=${a}`, `of=${join(tmp.path, 'dd.raw')}`, '-O', 'raw'], NO_NATIVE);
+    expect(dd.status, dd.stderr).toBe(0);
+    expect(dd.stderr.match(WARNING)?.length).toBe(1);
+
     // A qcow2 input maps its own holes: nothing to warn about.
     const map = run('img', ['map', '--output=json', out], NO_NATIVE);
     expect(map.status).toBe(0);
