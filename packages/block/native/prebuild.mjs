@@ -166,7 +166,7 @@ try {
       // Loadable by the target's own dynamic linker: a C program built for the target dlopen()s it.
       const checker = join(work, `${target.id}-dlopen-check`);
       const cBuild = run(cc, ['-O1', '-o', checker, join(packageRoot, 'native', 'dlopen-check.c'), '-ldl']);
-      const runner = target.runner.length === 0 ? [] : existsSync('/usr/bin/' + target.runner[0]) || runs(target.runner[0]) ? target.runner : undefined;
+      const runner = target.runner.length === 0 || runs(target.runner[0]) ? target.runner : undefined;
       if (!cBuild.ok) {
         verified += `not loaded (the dlopen check did not build: ${cBuild.out.split('\n')[0]})`;
       } else if (runner === undefined) {

@@ -8,9 +8,11 @@
 // loader (src/node/native-loader.ts) computes the same names; a test pins
 // the two against each other.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** The package's root folder (this file lives in <root>/native/). */
-export const packageRoot = new URL('..', import.meta.url).pathname;
+export const packageRoot = fileURLToPath(new URL('..', import.meta.url));
 
 /**
  * The addon target of binding.gyp: `{ name, sources, defines, cflags }`.
@@ -18,7 +20,7 @@ export const packageRoot = new URL('..', import.meta.url).pathname;
  */
 export function readBindingGyp(root = packageRoot) {
   // gyp files are Python literals; ours is plain JSON apart from # comments.
-  const text = readFileSync(new URL('binding.gyp', `file://${root.endsWith('/') ? root : root + '/'}`), 'utf8')
+  const text = readFileSync(join(root, 'binding.gyp'), 'utf8')
     .split('\n')
     .filter((line) => !line.trimStart().startsWith('#'))
     .join('\n');

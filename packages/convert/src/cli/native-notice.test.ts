@@ -38,8 +38,9 @@ describe('the native helper in the commands', () => {
     expect(doctor.status).toBe(0);
     expect(run('img', ['--version', '--verbose']).stdout).toBe(doctor.stdout);
     expect(doctor.stdout).toMatch(/^img \d+\.\d+\.\d+\nnode: v\d+/);
-    expect(doctor.stdout).toContain(s.loaded ? `native helper: loaded, ` : `native helper: not loaded (${s.reason})`);
-    if (s.loaded) expect(doctor.stdout).toContain(s.path);
+    // Which file loads may differ between two processes while a pack test builds prebuilds in the checkout: the kind and the features may not.
+    if (s.loaded) expect(doctor.stdout).toMatch(/\nnative helper: loaded, (prebuilt binary shipped in @img\/block|built from source at install): \/\S*img_seek[.\w]*\.node\n/);
+    else expect(doctor.stdout).toContain(`native helper: not loaded (${s.reason})`);
     expect(doctor.stdout).toContain(`seek data/holes (SEEK_DATA/SEEK_HOLE): ${s.features.seekData ? 'active' : 'inactive'}`);
     expect(doctor.stdout).toContain(`image locks: ${s.features.locks === 'none' ? 'inactive' : 'active'}`);
     expect(doctor.stdout).toMatch(/copy_file_range: (in)?active/);
