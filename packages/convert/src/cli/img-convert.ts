@@ -114,6 +114,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       await probe.close();
     }
     registry.require(srcFormat);
+    (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     const dstDriver = registry.require(dstFormat);
     const optionText = readOptionText(values.o);
     if (optionText.help) {

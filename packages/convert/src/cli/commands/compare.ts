@@ -20,8 +20,8 @@ export const compare: Handler = async (argv, io) => {
   }
   try {
     if (positionals.length !== 2) throw new UsageError('expected <a> <b>');
-    const a = await openForCommand(positionals[0]!, values);
-    const b = await openForCommand(positionals[1]!, { ...values, f: values.F });
+    const a = await openForCommand(positionals[0]!, values, true, io);
+    const b = await openForCommand(positionals[1]!, { ...values, f: values.F }, true, io);
     try {
       const diff = await firstDifference(a, b, values.strict ?? false);
       if (diff === undefined) {

@@ -9,6 +9,7 @@ import { formatSize, parseSize } from '@img/block';
 import { progressPrinter, UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';
+import { warnIfRawReadInFull } from '../native-notice.js';
 import { type Handler, common, shareOption } from './shared.js';
 
 /** The largest bs qemu-img dd takes (INT_MAX). */
@@ -93,6 +94,7 @@ export const dd: Handler = async (argv, io) => {
   // The range is known only from the input's size: open it (without its chain) before anything is created.
   const probe = await openImageFile(input, { ...(values.f !== undefined ? { format: values.f } : {}), registry, untrusted, forceShare, forceFormat, noBacking: true });
   const srcFormat = probe.format;
+  warnIfRawReadInFull(io, 'img', srcFormat, input);
   const size = probe.size;
   await probe.close();
   const offset = ops.skip * ops.bs;

@@ -56,7 +56,7 @@ export const map: Handler = async (argv, io) => {
   }
   const mode = outputMode(values.output);
   const path = onePath(positionals);
-  const disk = await openForCommand(path, values);
+  const disk = await openForCommand(path, values, true, io);
   try {
     if (mode === 'json') {
       const rows: string[] = [];

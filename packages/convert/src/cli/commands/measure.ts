@@ -35,7 +35,7 @@ export const measure: Handler = async (argv, io) => {
   const options = createOptionsFromCli(io, 'img measure', driver, optionText.text);
   let source: Disk | undefined;
   try {
-    if (positionals.length) source = await openForCommand(onePath(positionals), values);
+    if (positionals.length) source = await openForCommand(onePath(positionals), values, true, io);
     const size = source?.size ?? parseSize(values.size!);
     const result = driver.measure ? await driver.measure({ size, options, ...(source ? { source } : {}) }) : measureRaw(size);
     // qemu-img gives the bitmaps figure for a qcow2 output measured from an image that can hold bitmaps.

@@ -5,6 +5,7 @@ import { isAbsolute } from 'node:path';
 import type { Disk } from '@img/block';
 import { UsageError, type Io } from '../common.js';
 import { openImageFile } from '../../node.js';
+import { warnIfRawReadInFull } from '../native-notice.js';
 
 /** A subcommand: its arguments after the name, the process streams; resolves to the exit status. */
 export type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -35,15 +36,20 @@ export function onePath(positionals: string[], what = '<file>'): string {
   return positionals[0]!;
 }
 
-/** Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U). */
-export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true): Promise<Disk> {
-  return openImageFile(path, {
+/**
+ * Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U).
+ * Given `io` (the commands that read the data), a raw file without the native helper gets its one warning.
+ */
+export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io): Promise<Disk> {
+  const disk = await openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
     readOnly,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,
   });
+  if (io) warnIfRawReadInFull(io, 'img', disk.format, path);
+  return disk;
 }
 
 
