@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 
-it('docs/api is generated from the current TSDoc (pnpm docs)', () => {
+it('docs/api is generated from the current TSDoc (pnpm api-docs)', () => {
   const script = fileURLToPath(new URL('./generate.mjs', import.meta.url));
   const r = spawnSync(process.execPath, [script, '--check'], { encoding: 'utf8' });
   expect(r.status, r.stdout + r.stderr).toBe(0);

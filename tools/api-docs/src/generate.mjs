@@ -94,7 +94,7 @@ if (check) {
   }
   rmSync(out, { recursive: true, force: true });
   if (stale.length) {
-    console.error(`api-docs: docs/api is out of date in ${stale.length} file(s) (${stale.slice(0, 5).join(', ')}${stale.length > 5 ? ', ...' : ''}); run: pnpm docs`);
+    console.error(`api-docs: docs/api is out of date in ${stale.length} file(s) (${stale.slice(0, 5).join(', ')}${stale.length > 5 ? ', ...' : ''}); run: pnpm api-docs`);
     process.exit(1);
   }
 }
