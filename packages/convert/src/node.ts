@@ -10,6 +10,7 @@ import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
 import { diskWindow } from './disk-window.js';
+import { isNbdUri, NbdStorage } from '@img/nbd';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 
@@ -79,7 +80,8 @@ export async function imageFormatOf(storage: Storage, options: Pick<OpenImageOpt
 export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
-  const storage = await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false });
+  // An NBD URI (nbd://, nbd+unix://) is an export of a server, read as qemu-img reads one: probed like a file.
+  const storage: Storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: !readOnly }) : await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false });
   const files: Storage[] = [storage];
   try {
     const format = await imageFormatOf(storage, { ...options, registry });

@@ -54,3 +54,32 @@ describeWith('nbdinfo', 'img serve', () => {
     expect(run('img', ['serve', '-w', '-l', 's', 'none.qcow2']).stderr).toContain('exclude each other');
   });
 });
+
+describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
+  it('info, map, compare and a sparse convert from a qemu-nbd export', async () => {
+    const file = join(tmp.path, 'q.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', file, '64M']);
+    qemuIo(file, 'qcow2', ['write -P 0x61 4M 1M', 'write -P 0x62 40M 64k']);
+    const sock = join(tmp.path, 'q.sock');
+    const server = spawn('qemu-nbd', ['-t', '-r', '-e', '8', '-f', 'qcow2', '-k', sock, file], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+      const u = `nbd+unix:///?socket=${sock}`;
+      const ours = JSON.parse(run('img', ['map', '--output=json', u]).stdout) as unknown;
+      const theirs = JSON.parse((await client('qemu-img', ['map', '--output=json', u])).stdout) as unknown;
+      expect(ours).toEqual(theirs);
+      const info = run('img', ['info', u]);
+      expect(info.stdout).toContain('virtual size: 64 MiB (67108864 bytes)');
+      expect(info.stdout).toContain('disk size: unavailable');
+      expect(run('img', ['compare', file, u]).status).toBe(0);
+      const out = join(tmp.path, 'copy.qcow2');
+      const conv = run('img', ['convert', '-O', 'qcow2', u, out]);
+      expect(conv.status, conv.stderr).toBe(0);
+      expect(conv.stderr).toMatch(/, 1\.06 MiB read,/);
+      expect(qemuImg(['compare', file, out], { allowFail: true }).status).toBe(0);
+      expect(run('img', ['check', u]).status).toBe(63);
+    } finally {
+      server.kill();
+    }
+  });
+});

@@ -51,7 +51,7 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
   it('answers nbdinfo --map (base:allocation and qemu:allocation-depth) as qemu-nbd does, and reads the same bytes', async () => {
     const disk = await openQcow2(await FileStorage.open(at('top.qcow2')), { resolver: fileResolver });
     const server = await serveNbd([{ name: '', disk }], { socket: at('img.sock') });
-    qemuNbd = spawn('qemu-nbd', ['-t', '-r', '-A', '-f', 'qcow2', '-k', at('q.sock'), at('top.qcow2')], { stdio: 'ignore' });
+    qemuNbd = spawn('qemu-nbd', ['-t', '-r', '-e', '4', '-A', '-f', 'qcow2', '-k', at('q.sock'), at('top.qcow2')], { stdio: 'ignore' });
     await waitFor(at('q.sock'));
     try {
       for (const map of ['--map', '--map=qemu:allocation-depth']) {

@@ -75,7 +75,7 @@ describe('pnpm pack + npm install --ignore-scripts', () => {
     // Optional dependencies (a native zstd) are left out: they have nothing to do with this and cost time.
     const install = sh('npm', ['install', '--ignore-scripts', '--no-audit', '--no-fund', '--omit=optional', '--prefer-offline', ...files.map((f) => join(tarballs, f))], { cwd: project });
     expect(install.status, install.stderr).toBe(0);
-  }, 120_000);
+  }, 300_000);
 
   it('ships the prebuilt helpers in @img/block and loads the one for this machine, with no install script run', () => {
     const block = join(project, 'node_modules', '@img', 'block');

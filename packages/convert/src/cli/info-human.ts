@@ -15,7 +15,8 @@ export function qemuFormatName(format: string): string {
 export interface InfoLayer {
   data: ImageInfo;
   /** Bytes the file occupies on its device (st_blocks * 512). */
-  actual: number;
+  /** Bytes the file takes on its disk; undefined where there is no file (an NBD export), which qemu-img calls unavailable. */
+  actual: number | undefined;
   path: string;
 }
 
@@ -25,7 +26,7 @@ export function humanInfo({ data, actual, path }: InfoLayer): string {
     `image: ${path}`,
     `file format: ${qemuFormatName(data.format)}`,
     `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
-    `disk size: ${formatSize(actual)}`,
+    `disk size: ${actual === undefined ? 'unavailable' : formatSize(actual)}`,
   ];
   if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
   if (data.dirty) lines.push('cleanly shut down: no');

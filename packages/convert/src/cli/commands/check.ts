@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
+import { isNbdUri, NbdStorage } from '@img/nbd';
 import { ExitCode, UsageError } from '../common.js';
 import { qdictSorted, qemuFormatName } from '../info-human.js';
 import { printfFixed } from '../printf.js';
@@ -28,7 +29,7 @@ export const check: Handler = async (argv, io) => {
   if (values.r !== undefined && values.r !== 'leaks' && values.r !== 'all') throw new UsageError('-r takes leaks or all');
   if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');
   const registry = defaultRegistry();
-  const storage = await FileStorage.open(path, { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false });
+  const storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: values.r !== undefined }) : await FileStorage.open(path, { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false });
   let result;
   try {
     // The format comes from the bytes alone (head and tail), as qemu-img check's probe: opening the image to learn it

@@ -3,18 +3,19 @@
  */
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { isNbdUri } from '@img/nbd';
 import type { Disk, ImageInfo } from '@img/block';
 import { humanInfo, qdictSorted, qemuFormatName, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
 import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
 
 /** qemu-img info's JSON for an image. */
-export function infoJson(path: string, info: ImageInfo, actualSize: number): Record<string, unknown> {
+export function infoJson(path: string, info: ImageInfo, actualSize: number | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {
     'virtual-size': info.virtualSize,
     filename: path,
     format: qemuFormatName(info.format),
-    'actual-size': actualSize,
+    ...(actualSize !== undefined ? { 'actual-size': actualSize } : {}),
   };
   if (info.clusterSize !== undefined) out['cluster-size'] = info.clusterSize;
   if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
@@ -43,9 +44,9 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
   // VHD's is the parent locator that was found, which may name another file than the stored name.
   if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2')) data.fullBackingFile = combinePath(path, data.backingFile);
-  let actual = 0;
+  let actual: number | undefined = 0;
   try {
-    actual = (await stat(path)).blocks * 512;
+    actual = isNbdUri(path) ? undefined : (await stat(path)).blocks * 512;
   } catch {
     actual = 0;
   }

@@ -1,0 +1,95 @@
+// NbdStorage against two servers: qemu-nbd (the independent one) and img's own, with a model of the bytes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MemoryStorage, createRaw, openRaw } from '@img/block';
+import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NbdStorage, parseNbdUri, serveNbd } from './index.js';
+
+const tmp = tempDir('img-nbd-client-');
+afterAll(() => tmp.cleanup());
+const at = (n: string) => join(tmp.path, n);
+
+describe('NBD URIs', () => {
+  it('parse as qemu-img and nbdinfo take them', () => {
+    expect(parseNbdUri('nbd://example.com/disk')).toEqual({ host: 'example.com', port: 10809, exportName: 'disk' });
+    expect(parseNbdUri('nbd://[::1]:10900/')).toEqual({ host: '::1', port: 10900, exportName: '' });
+    expect(parseNbdUri('nbd+unix:///a%20b?socket=/tmp/x.sock')).toEqual({ socket: '/tmp/x.sock', exportName: 'a b' });
+    expect(() => parseNbdUri('nbd+unix:///x')).toThrow(/names no socket/);
+    expect(() => parseNbdUri('nbds://h/x')).toThrow(/not an NBD scheme/);
+    expect(() => parseNbdUri('nbd:/bad')).toThrow();
+  });
+});
+
+describe('NbdStorage against img serve', () => {
+  it('reads, writes, flushes and reports allocation of an in-memory disk', async () => {
+    const disk = await createRaw(new MemoryStorage(), { size: 8 << 20 });
+    await disk.write(1 << 20, new Uint8Array(65536).fill(9));
+    const server = await serveNbd([{ name: 'm', disk, writable: true }], { socket: at('mem.sock') });
+    const storage = await NbdStorage.connect(`nbd+unix:///m?socket=${at('mem.sock')}`, { writable: true });
+    try {
+      expect(await storage.size()).toBe(8 << 20);
+      const got = await storage.read((1 << 20) - 4, 8);
+      expect([...got]).toEqual([0, 0, 0, 0, 9, 9, 9, 9]);
+      await storage.write(3 << 20, new Uint8Array(4096).fill(7));
+      await storage.flush();
+      expect((await disk.read(3 << 20, 4096)).every((b) => b === 7)).toBe(true);
+      // Many requests in flight at once, each answered by its own cookie.
+      const reads = await Promise.all(Array.from({ length: 64 }, (_, i) => storage.read(i * 65536, 65536)));
+      reads.forEach((r, i) => expect(r.every((b) => b === (i === 16 ? 9 : i === 48 ? (b === 7 ? 7 : 0) : 0))).toBe(true));
+      await expect(storage.truncate(1)).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+      await expect(storage.write(8 << 20, new Uint8Array(1))).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+    } finally {
+      await storage.close();
+      await server.close();
+    }
+    // A read-only export refuses a writable connection, and writes through a read-only one.
+    const ro = await serveNbd([{ name: '', disk }], { socket: at('ro.sock') });
+    try {
+      await expect(NbdStorage.connect(`nbd+unix:///?socket=${at('ro.sock')}`, { writable: true })).rejects.toMatchObject({ code: 'ERR_IMG_READ_ONLY' });
+      await expect(NbdStorage.connect(`nbd+unix:///nope?socket=${at('ro.sock')}`)).rejects.toThrow(/refused export "nope"/);
+      const s = await NbdStorage.connect(`nbd+unix:///?socket=${at('ro.sock')}`);
+      await expect(s.write(0, new Uint8Array(1))).rejects.toMatchObject({ code: 'ERR_IMG_READ_ONLY' });
+      await s.close();
+    } finally {
+      await ro.close();
+      await disk.close();
+    }
+  });
+
+  it('fails cleanly when nothing listens', async () => {
+    await expect(NbdStorage.connect(`nbd+unix:///?socket=${at('none.sock')}`)).rejects.toMatchObject({ code: 'ERR_IMG_IO' });
+  });
+});
+
+describeWith('qemu-nbd', 'NbdStorage against qemu-nbd', () => {
+  let server: ChildProcess;
+  beforeAll(async () => {
+    qemuImg(['create', '-q', '-f', 'raw', at('d.raw'), '16M']);
+    qemuIo(at('d.raw'), 'raw', ['write -P 0x41 1M 1M', 'write -P 0x42 9M 64k']);
+    server = spawn('qemu-nbd', ['-t', '-r', '-e', '4', '-f', 'raw', '-k', at('q.sock'), at('d.raw')], { stdio: 'ignore' });
+    for (let i = 0; i < 200 && !existsSync(at('q.sock')); i++) await new Promise((r) => setTimeout(r, 25));
+  });
+  afterAll(() => {
+    server.kill();
+  });
+
+  it('reads the bytes and the allocation qemu-nbd serves', async () => {
+    const storage = await NbdStorage.connect(`nbd+unix:///?socket=${at('q.sock')}`);
+    try {
+      const disk = await openRaw(storage);
+      const all = await disk.read(0, 16 << 20);
+      expect(Buffer.from(all).equals(readFileSync(at('d.raw')))).toBe(true);
+      // The allocation qemu's own client sees through the same server (qemu reports a raw file's first block as data).
+      const data = (await storage.ranges(0, 16 << 20)).filter((r) => r.data).map((r) => [r.offset, r.length]);
+      const theirs = (JSON.parse(qemuImg(['map', '--output=json', '-f', 'raw', `nbd+unix:///?socket=${at('q.sock')}`]).stdout) as Array<{ start: number; length: number; data: boolean }>)
+        .filter((e) => e.data)
+        .map((e) => [e.start, e.length]);
+      expect(data).toEqual(theirs);
+      expect(data).toContainEqual([9 << 20, 65536]);
+    } finally {
+      await storage.close();
+    }
+  });
+});
