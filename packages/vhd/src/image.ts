@@ -521,7 +521,12 @@ export class VhdDisk implements Disk {
   async setBacking(name: string | undefined, format?: string): Promise<void> {
     this.#check();
     if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
-    await this.#exclusive(() => this.#alloc.run(() => setVhdBacking(this, name, format)));
+    await this.#exclusive(() =>
+      this.#alloc.run(async () => {
+        await setVhdBacking(this, name, format);
+        this._dropCaches();
+      }),
+    );
   }
 
   /** Runs an I/O operation; waits while an exclusive one (resize) runs. */

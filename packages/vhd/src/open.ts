@@ -278,9 +278,12 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
   return state;
 }
 
-/** Do two footers describe the same disk layout (all but the fields a resize, a timestamp or a coalesce mark change)? */
+/** Do two footers describe the same disk layout (all but the fields a resize, a timestamp, a coalesce mark or dropping the parent change)? */
 function sameLayout(a: Uint8Array, b: Uint8Array): boolean {
-  const changing = (i: number) => i < 8 || (i >= 0x18 && i < 0x1c) || (i >= 0x30 && i < 0x3c) || (i >= 64 && i < 68);
+  // Dropping the parent (rebase to none) turns a differencing disk into a dynamic one, footer first.
+  const sparse = (x: Uint8Array) => readU32Be(x, 0x3c) === 3 || readU32Be(x, 0x3c) === 4;
+  const retyped = sparse(a) && sparse(b);
+  const changing = (i: number) => i < 8 || (i >= 0x18 && i < 0x1c) || (i >= 0x30 && i < 0x3c) || (retyped && i >= 0x3c && i < 0x40) || (i >= 64 && i < 68);
   for (let i = 0; i < FOOTER_SIZE; i++) if (!changing(i) && a[i] !== b[i]) return false;
   return true;
 }
