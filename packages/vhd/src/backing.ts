@@ -3,15 +3,15 @@
  * makeEmpty (deallocate every block so reads fall through to the parent)
  * and setBacking (rewrite the parent reference: locators, unicode name,
  * parent unique id and timestamp; or drop it, making the disk dynamic).
- * Called by VhdDisk with no I/O in flight and the allocator held.
+ * Each runs alone (no I/O in flight) with the allocator held.
  */
 import { invalidArg, unsupported } from '@img/block';
 import { BAT_UNUSED, batBytes } from './bat.js';
 import { PARENT_LOCATOR_COUNT, emptyLocator, type ParentLocatorEntry } from './dynamic-header.js';
 import { DISK_TYPE, FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
-import type { VhdDisk } from './image.js';
-import { openVhd } from './open.js';
+import type { VhdImage } from './image.js';
+import { readVhdLayout } from './read-layout.js';
 import { PLATFORM_CODE, baseName, dirName, encodeLocatorData, isAbsolutePath, joinPath, pathToFileUrl, toWindowsRelative } from './parent-locator.js';
 import { FORMAT, type VhdState } from './state.js';
 import { regionsOverlap } from './layout.js';
@@ -19,18 +19,6 @@ import { NIL_UUID } from './uuid.js';
 import { writeFooters, writeHeader } from './write-metadata.js';
 
 const CHUNK = 1024 * 1024;
-
-/**
- * Every region of the file something owns: metadata, reserved space, the
- * blocks, and the footer at the end (at nextFree).
- */
-function ownedRegions(s: VhdState): Array<{ start: number; end: number }> {
-  const span = s.bitmapBytes + s.blockSize;
-  const out: Array<{ start: number; end: number }> = [...s.metadata, ...(s.reserved ?? []).filter((r) => !r.what.startsWith('parent locator'))];
-  for (const e of s.bat) if (e !== BAT_UNUSED) out.push({ start: e * VHD_SECTOR, end: e * VHD_SECTOR + span });
-  out.push({ start: s.nextFree, end: s.nextFree + FOOTER_SIZE });
-  return out;
-}
 
 /** Where the file's metadata and reserved space end (the first byte a block could use). */
 function metadataEnd(s: VhdState): number {
@@ -44,8 +32,17 @@ function metadataEnd(s: VhdState): number {
  * first (the blocks become unreferenced: a crash leaves leaks at worst),
  * then the footer moves behind the metadata and the file is cut there.
  */
-export async function makeVhdEmpty(disk: VhdDisk): Promise<void> {
-  const s = disk._state;
+export async function makeVhdEmpty(core: VhdImage): Promise<void> {
+  core.assertMutable();
+  await core.exclusive(() =>
+    core.allocator.run(async () => {
+      await makeEmpty(core.state);
+      core.dropCaches();
+    }),
+  );
+}
+
+async function makeEmpty(s: VhdState): Promise<void> {
   if (s.type === 'fixed') throw unsupported(FORMAT, s.storage.name, 'a fixed disk has no blocks to deallocate');
   const h = s.header!;
   const total = batBytes(s.bat.length);
@@ -291,8 +288,17 @@ async function releaseRegions(s: VhdState, regions: readonly { start: number; en
  * rebase leaves the file its old size and layout (locator data before the
  * BAT, which a resize relies on).
  */
-export async function setVhdBacking(disk: VhdDisk, name: string | undefined, format: string | undefined): Promise<void> {
-  const s = disk._state;
+export async function setVhdBacking(core: VhdImage, name: string | undefined, format: string | undefined): Promise<void> {
+  core.assertMutable();
+  await core.exclusive(() =>
+    core.allocator.run(async () => {
+      await setBacking(core.state, name, format);
+      core.dropCaches();
+    }),
+  );
+}
+
+async function setBacking(s: VhdState, name: string | undefined, format: string | undefined): Promise<void> {
   const file = s.storage.name;
   if (format !== undefined && format !== 'vhd' && format !== 'vpc') {
     throw invalidArg(FORMAT, `the parent of a differencing VHD must be a VHD, not ${format}`, { field: 'backing_fmt' });
@@ -321,9 +327,12 @@ export async function setVhdBacking(disk: VhdDisk, name: string | undefined, for
   if (s.resolver) {
     try {
       const storage = await s.resolver({ name, kind: 'parent', from: s.storage, writable: false });
-      const opened = await openVhd(storage, { noBacking: true, allowCoalescing: true });
-      parent = { ...parent, id: opened.uniqueId, timestamp: opened.footer.timestamp };
-      await opened.close();
+      try {
+        const found = await readVhdLayout(storage, { allowCoalescing: true });
+        parent = { ...parent, id: found.footer.uniqueId, timestamp: found.footer.timestamp };
+      } finally {
+        await storage.close();
+      }
     } catch {
       // Not there (yet): rebase -u records the name only.
     }

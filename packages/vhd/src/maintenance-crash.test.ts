@@ -24,7 +24,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';
 import { parseDynamicHeader } from './dynamic-header.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd } from './open.js';
 
 const MODES: CrashMode[] = ['drop', 'subset', 'torn'];
@@ -210,7 +210,7 @@ async function childImage(files: Map<string, Uint8Array>, options: { locatorsAft
   const c = await createVhd(storage, {
     parent: { disk: parent, relativePath: posix.relative('/img', path), absolutePath: path },
     blockSize: 4096,
-    ...(options.locatorsAfterBat ? { _locatorsAfterBat: true } : {}),
+    ...(options.locatorsAfterBat ? { locatorPlacement: 'after-bat' as const } : {}),
   });
   await c.write(4096, seededBytes(8192, 2));
   await c.write(30_000, seededBytes(700, 3));

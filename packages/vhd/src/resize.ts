@@ -21,7 +21,7 @@ import { invalidArg, unsupported } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry, vhdSizeRule } from './geometry.js';
-import type { VhdDisk } from './image.js';
+import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
 import { locatorSpaceBytes } from './reserved-space.js';
 import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
@@ -67,9 +67,22 @@ function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   return f;
 }
 
-/** Resizes an open, writable VHD (called by VhdDisk.resize with the allocator held). */
-export async function resizeVhd(disk: VhdDisk, requested: number, options: { shrink?: boolean }): Promise<void> {
-  const s = disk._state;
+/**
+ * Resizes an open, writable VHD. Blocks may move: it runs alone (no read
+ * or write in flight) with the allocator held, and the caches are dropped
+ * afterwards.
+ */
+export async function resizeVhd(core: VhdImage, requested: number, options: { shrink?: boolean }): Promise<void> {
+  core.assertMutable();
+  await core.exclusive(() =>
+    core.allocator.run(async () => {
+      await resize(core.state, requested, options);
+      core.dropCaches();
+    }),
+  );
+}
+
+async function resize(s: VhdState, requested: number, options: { shrink?: boolean }): Promise<void> {
   if (!Number.isSafeInteger(requested) || requested < 0) throw invalidArg(FORMAT, `invalid size ${requested}`, { field: 'size' });
   const newSize = Math.ceil(requested / VHD_SECTOR) * VHD_SECTOR;
   if (newSize > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${newSize} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
