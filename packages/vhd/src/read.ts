@@ -11,8 +11,12 @@ import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
 import { FORMAT } from './state.js';
 
-/** Reads [offset, offset + target.length) of the disk into `target` (waits while resize or rebase runs). */
-export async function readVhdInto(core: VhdImage, offset: number, target: Uint8Array): Promise<void> {
+/**
+ * Reads [offset, offset + target.length) of the disk into `target` (waits
+ * while resize or rebase runs). Not async itself: the facade's call is the
+ * only hop in front of the core's gate, as before the split.
+ */
+export function readVhdInto(core: VhdImage, offset: number, target: Uint8Array): Promise<void> {
   return core.shared(() => readRange(core, offset, target));
 }
 

@@ -17,8 +17,12 @@ import { FORMAT } from './state.js';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
 
-/** Writes `data` at `offset`. */
-export async function writeVhd(core: VhdImage, offset: number, data: Uint8Array): Promise<void> {
+/**
+ * Writes `data` at `offset`. Not async itself (so a bad range throws at
+ * once; the facade turns that into a rejection), which keeps the hops in
+ * front of the core's gate what they were.
+ */
+export function writeVhd(core: VhdImage, offset: number, data: Uint8Array): Promise<void> {
   core.assertWritable(offset, data.length);
   return core.shared(() =>
     core.order.run(
@@ -34,8 +38,8 @@ export async function writeVhd(core: VhdImage, offset: number, data: Uint8Array)
   );
 }
 
-/** Makes [offset, offset + length) read as zeros (discard is the same with `mayUnmap`). */
-export async function writeVhdZeroes(core: VhdImage, offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+/** Makes [offset, offset + length) read as zeros (discard is the same with `mayUnmap`); not async itself, as writeVhd. */
+export function writeVhdZeroes(core: VhdImage, offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
   core.assertWritable(offset, length);
   return core.shared(() => core.order.run(offset, length, () => writeZeroes(core, offset, length, options), { register: true }));
 }
