@@ -9,6 +9,7 @@ import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './conv
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
+import { diskWindow } from './disk-window.js';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 
@@ -125,6 +126,17 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
   stdout?: NodeWritableLike;
+  /**
+   * Convert only this byte range of the source (qemu-img dd's skip= and
+   * count=): the output is `length` bytes and its byte 0 is the source's
+   * byte `offset`.
+   */
+  range?: { offset: number; length: number };
+}
+
+/** The source a conversion copies: the disk, or the window of it that `range` names. */
+function sourceView(disk: Disk, range: ConvertFileOptions['range']): Disk {
+  return range ? diskWindow(disk, range.offset, range.length) : disk;
 }
 
 interface SnapshotCapable extends Disk {
@@ -168,7 +180,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
     created = true;
-    const { disk, result } = await convertDisk(snapshot ?? src, dstDriver, target, {
+    const { disk, result } = await convertDisk(sourceView(snapshot ?? src, options.range), dstDriver, target, {
       ...options,
       resolver: options.resolver ?? fileResolver,
       formats: options.formats ?? registry,
@@ -261,8 +273,8 @@ async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerat
 
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
   const started = Date.now();
-  if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c, -B and -l need the input in a file, not a stream');
+  if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined || options.range !== undefined) {
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c, -B, -l and a range need the input in a file, not a stream');
   }
   const srcDriver = registry.require(options.srcFormat);
   if (options.untrusted && srcDriver.name !== 'raw') {
@@ -310,12 +322,12 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
     const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
-    const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions });
+    const stream = await toStream(sourceView(snapshot ?? src, options.range), options.dstFormat, { registry, createOptions });
     const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
     if (written !== stream.length) {
       throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);
     }
-    const size = (snapshot ?? src).size;
+    const size = sourceView(snapshot ?? src, options.range).size;
     return { bytesDone: size, bytesTotal: size, bytesRead: written, bytesWritten: written, bytesSkipped: 0, virtualSize: size, durationMs: Date.now() - started };
   } finally {
     await snapshot?.close().catch(() => undefined);

@@ -75,9 +75,22 @@ const rows: Row[] = [
   { args: ['map', '-U', TOP], compare: 'stdout' },
   { args: ['info', '-U', '--backing-chain', TOP], compare: 'stdout' },
   { args: ['check', '-U', DIRTY], compare: 'status' },
+  // 63: the format has no check.
+  { args: ['check', '-f', 'raw', RAW], compare: 'status' },
   { args: ['resize', '--shrink', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '-512K'], compare: 'virtual-size', copyOf: V3 },
   { args: ['resize', 'T', '+1M'], compare: 'virtual-size', copyOf: V3 },
+  { args: ['dd', `if=${V3}`, 'of=OUT'], compare: 'image', outFormat: 'raw' },
+  { args: ['dd', '-f', 'qcow2', '-O', 'qcow2', 'bs=4k', 'skip=3', `if=${V3}`, 'of=OUT'], compare: 'image' },
+  // qemu-img dd's count= counts from the input's start, skipped blocks included: 1000 - 7 blocks are copied.
+  { args: ['dd', '-O', 'qcow2', 'bs=512', 'skip=7', 'count=1000', `if=${V3}`, 'of=OUT'], compare: 'image' },
+  { args: ['dd', '-U', 'bs=3', 'count=1k', `if=${TOP}`, 'of=OUT'], compare: 'image', outFormat: 'raw' },
+  { args: ['dd', 'bs=1M', 'count=0', `if=${V3}`, 'of=OUT'], compare: 'image', outFormat: 'raw' },
+  { args: ['dd', 'bs=64k', 'skip=16', `if=${V3}`, 'of=OUT'], compare: 'image', outFormat: 'raw' },
+  { args: ['dd', 'bs=0', `if=${V3}`, 'of=OUT'], compare: 'status' },
+  { args: ['dd', 'bs=1x', `if=${V3}`, 'of=OUT'], compare: 'status' },
+  { args: ['dd', 'bs=1k', 'colour=blue', `if=${V3}`, 'of=OUT'], compare: 'status' },
+  { args: ['dd', `if=${V3}`], compare: 'status' },
 ];
 
 function qemu(args: string[]): Result {
@@ -108,7 +121,7 @@ describeQemu('qemu-img spellings: img and qemu-img agree', () => {
         const out = join(tmp.path, `${n}-${tool}.out`);
         if (row.target) qemuImg(['create', '-q', ...row.target.slice(0, -1), out, row.target[row.target.length - 1]!]);
         if (row.copyOf) copyFileSync(row.copyOf, out);
-        const args = row.args.map((a) => (a === 'OUT' || a === 'T' ? out : a));
+        const args = row.args.map((a) => (a === 'OUT' || a === 'T' ? out : a === 'of=OUT' ? `of=${out}` : a));
         const r = tool === 'img' ? run('img', args) : qemu(args);
         results[tool] = { r, out };
       }

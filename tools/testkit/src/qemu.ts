@@ -18,15 +18,15 @@ const warned = new Set<string>();
 function notice(tool: string): void {
   if (warned.has(tool)) return;
   warned.add(tool);
-  process.stderr.write(`\n[img tests] NOTICE: ${tool} not found; tests that need it are SKIPPED (install qemu-utils / libvhdi-utils). In CI this is a failure.\n`);
+  process.stderr.write(`\n[img tests] NOTICE: ${tool} not found; tests that need it are SKIPPED (install qemu-utils / libvhdi-utils / libnbd-bin / libvmdk-utils). In CI this is a failure.\n`);
 }
 
 /**
  * describe() for suites that need a tool. Missing tool: in CI, one failing
  * test that says so; elsewhere, a visible skip.
  */
-export function describeWith(tool: 'qemu-img' | 'qemu-io' | 'vhdimount', name: string, fn: () => void): void {
-  const present = tool === 'qemu-img' ? hasQemuImg : tool === 'qemu-io' ? hasQemuIo : hasVhdimount;
+export function describeWith(tool: string, name: string, fn: () => void): void {
+  const present = tool === 'qemu-img' ? hasQemuImg : tool === 'qemu-io' ? hasQemuIo : tool === 'vhdimount' ? hasVhdimount : hasTool(tool);
   if (present) {
     describe(name, fn);
   } else if (inCI) {
@@ -39,6 +39,17 @@ export function describeWith(tool: 'qemu-img' | 'qemu-io' | 'vhdimount', name: s
     notice(tool);
     describe.skip(`${name} (skipped: ${tool} missing)`, fn);
   }
+}
+
+const known = new Map<string, boolean>();
+/** Is a command on PATH (looked up once)? */
+export function hasTool(cmd: string): boolean {
+  let v = known.get(cmd);
+  if (v === undefined) {
+    v = which(cmd);
+    known.set(cmd, v);
+  }
+  return v;
 }
 
 /** describe() for suites that use qemu-img. */

@@ -1,3 +1,4 @@
 export { FileStorage, type FileStorageOptions, type FileStorageCreateOptions } from './file-storage.js';
 export { type LockState } from './image-lock.js';
 export { fileResolver, fileResolverWith, resolveRelative, type FileResolverOptions } from './resolver.js';
+export { nativeStatus, type NativeStatus, type NativeFeatures } from './native-loader.js';

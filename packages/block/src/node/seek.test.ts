@@ -1,24 +1,24 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
 import { tempDir } from '@img/testkit';
 import { FileStorage } from './file-storage.js';
 import { seekAddon } from './seek.js';
+import { nativeStatus } from './native-loader.js';
 import { openRaw } from '../raw.js';
 import { sparseCopy } from '../sparse-copy.js';
 import { createRaw } from '../raw.js';
 import { MemoryStorage } from '../memory-storage.js';
 
 const MiB = 1024 * 1024;
-const built = existsSync(new URL('../../build/Release/img_seek.node', import.meta.url));
 
 describe('SEEK_DATA/SEEK_HOLE helper', () => {
   const tmp = tempDir();
   afterAll(() => tmp.cleanup());
 
-  it('is loaded when it was built, and FileStorage has ranges exactly then', async () => {
-    if (!built) console.warn('native helper not built: FileStorage.ranges is absent and raw holes are read (fallback)');
-    expect(seekAddon() !== undefined).toBe(built && !process.env.IMG_NO_NATIVE);
+  it('is loaded when the loader found it, and FileStorage has ranges exactly then', async () => {
+    const status = nativeStatus();
+    if (!status.loaded) console.warn(`native helper not loaded (${status.reason}): FileStorage.ranges is absent and raw holes are read (fallback)`);
+    expect(seekAddon() !== undefined).toBe(status.loaded && status.features.seekData);
     const s = await FileStorage.create(join(tmp.path, 'probe.bin'));
     expect(typeof s.ranges === 'function').toBe(seekAddon() !== undefined);
     await s.close();

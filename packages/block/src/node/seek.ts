@@ -1,11 +1,11 @@
 /**
- * Loads the optional native helper (built at install time by
- * native/build.mjs with node-gyp): SEEK_DATA/SEEK_HOLE, RWF_NOWAIT reads and
- * qemu-compatible byte-range locks.
+ * The native helper's file functions, typed: SEEK_DATA/SEEK_HOLE, RWF_NOWAIT
+ * reads and qemu-compatible byte-range locks. native-loader.ts finds the
+ * binary (a prebuild shipped in the package, else a from-source build).
  * Missing, unloadable or disabled with IMG_NO_NATIVE=1: undefined, and
  * FileStorage has no `ranges` and reads everything through libuv's pool.
  */
-import { createRequire } from 'node:module';
+import { nativeExports } from './native-loader.js';
 
 export interface SeekAddon {
   /** Data runs of `[offset, offset+length)` as [start, end, start, end, ...]. */
@@ -29,20 +29,8 @@ export interface SeekAddon {
   lockStyle?(fd: number): 'ofd' | 'posix';
 }
 
-let loaded: SeekAddon | null | undefined;
-
-/** The native helper, loaded once; undefined where it was not built or IMG_NO_NATIVE is set. */
+/** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */
 export function seekAddon(): SeekAddon | undefined {
-  if (loaded === undefined) {
-    loaded = null;
-    if (!process.env.IMG_NO_NATIVE) {
-      try {
-        // dist/node/seek.js -> build/Release (next to dist/ in the package).
-        loaded = createRequire(import.meta.url)('../../build/Release/img_seek.node') as SeekAddon;
-      } catch {
-        loaded = null;
-      }
-    }
-  }
-  return loaded ?? undefined;
+  // The loader checked that seekRanges is a function; the rest are optional members.
+  return nativeExports() as SeekAddon | undefined;
 }

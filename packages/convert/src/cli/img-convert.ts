@@ -29,6 +29,7 @@ Options:
                       (of -O's format; at least as large as the input; zeros are written too)
   -U, --force-share   open the input without image locks (an image a running VM uses)
   -p                  show progress on stderr
+  -q, --quiet         print no summary line (errors are still printed)
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
   --untrusted         never open files named inside the input image
@@ -63,6 +64,7 @@ export function convertOptions() {
     n: { type: 'boolean' },
     'force-share': { type: 'boolean', short: 'U' },
     p: { type: 'boolean' },
+    quiet: { type: 'boolean', short: 'q' },
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
     untrusted: { type: 'boolean' },
@@ -112,6 +114,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       await probe.close();
     }
     registry.require(srcFormat);
+    (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     const dstDriver = registry.require(dstFormat);
     const optionText = readOptionText(values.o);
     if (optionText.help) {
@@ -127,7 +130,8 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
-    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY && output !== '-' ? progressPrinter(io, false, 1000) : undefined;
+    const quiet = values.quiet ?? false;
+    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY && output !== '-' && !quiet ? progressPrinter(io, false, 1000) : undefined;
     const controller = new AbortController();
     const onSignal = () => controller.abort(new Error('interrupted'));
     process.once('SIGINT', onSignal);
@@ -175,6 +179,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     }
+    if (quiet) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
     io.stderr(
       `${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` +

@@ -22,6 +22,11 @@ Commands:
   convert  [-f fmt] [-O fmt] [-n] [-U] [...] <input> <output>
                                                              convert an image, spelled as qemu-img convert
                                                              (or <src-format> <dst-format> <input> <output>, as img-convert)
+  dd       [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=<input> of=<output>
+                                                             copy a range of an image into a new one, as qemu-img dd
+  serve    [-f fmt] [-w] [-k socket | -p port] [-x name] <file>  export an image over NBD (as qemu-nbd -t)
+  doctor                                                     show the version and which native features are active
+                                                             (the same as --version --verbose)
 
 Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
 
@@ -42,8 +47,10 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     io.stdout(HELP);
     return name === undefined ? 1 : 0;
   }
-  if (name === '--version') {
+  if (name === '--version' || name === 'doctor') {
     io.stdout(`img ${version()}\n`);
+    // Which native features this install has and where its helper came from (loads @img/block/node: only when asked).
+    if (name === 'doctor' || rest.includes('--verbose')) io.stdout((await import('./native-notice.js')).nativeReport());
     return 0;
   }
   // The commands (and with them every format) load here: --help and --version do without them.

@@ -1,0 +1,43 @@
+/**
+ * img amend: change format options of a qcow2 image in place.
+ */
+import { parseArgs } from 'node:util';
+import { unsupported } from '@img/block';
+import { FileStorage } from '@img/block/node';
+import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
+import { UsageError } from '../common.js';
+import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { defaultRegistry } from '../../formats.js';
+import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
+
+/** img amend. */
+export const amend: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  io = quietIo(io, values.quiet);
+  if (values.help) {
+    io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, 'Amend options for qcow2:', QCOW2_AMEND_OPTIONS);
+    return 0;
+  }
+  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
+  let format = values.f;
+  if (format === undefined) {
+    const probe = await openForCommand(path, values);
+    format = probe.format;
+    await probe.close();
+  }
+  if (defaultRegistry().require(format).name !== 'qcow2') throw unsupported(format, path, 'amend is supported for qcow2 images only');
+  const storage = await FileStorage.open(path, { readOnly: false });
+  try {
+    await amendQcow2(storage, options);
+  } finally {
+    await storage.close();
+  }
+  return 0;
+};

@@ -1,0 +1,84 @@
+/**
+ * img create: a new image of a format, size and options.
+ */
+import { rm } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { ImageError, missingFileError, parseSize, type Storage } from '@img/block';
+import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { UsageError } from '../common.js';
+import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { formattingLine } from '../formatting-line.js';
+import { defaultRegistry } from '../../formats.js';
+import { openImageFile } from '../../node.js';
+import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
+import { type Handler, common, quietOption, quietIo } from './shared.js';
+
+/** img create. */
+export const create: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } },
+    allowPositionals: true,
+  });
+  io = quietIo(io, values.quiet);
+  if (values.help) {
+    io.stdout('Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\nExample:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n');
+    return 0;
+  }
+  const registry = defaultRegistry();
+  const format = values.f ?? 'raw';
+  const driver = registry.require(format);
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    return 0;
+  }
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
+  const path = positionals[0]!;
+  const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
+  let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
+  if (options.size !== undefined) size = parseSize(String(options.size));
+  if (values.b !== undefined) {
+    options.backingFile = values.b;
+    if (values.F !== undefined) options.backingFormat = values.F;
+    options.resolver = fileResolver;
+    options.formats = registry;
+    const target = identityOfPath(path);
+    {
+      // The size comes from the backing file, opened relative to the new image; and a new image
+      // must not replace a file of its own backing chain (it would be read after being truncated).
+      const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
+      const backing = await openImageFile(backingPath, {
+        ...(values.F !== undefined ? { format: values.F } : {}),
+        registry,
+      }).catch((e: unknown) => {
+        // Say which image names the missing file, as a backing file missing at open does.
+        if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND' && e.data.file === backingPath) {
+          throw missingFileError(driver.name, path, 'backing file', values.b!, backingPath, { cause: e });
+        }
+        throw e;
+      });
+      try {
+        assertNotRead(target, filesOf(backing), 'new image');
+        size ??= backing.size;
+      } finally {
+        await backing.close();
+      }
+    }
+  }
+  if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
+  const existed = identityOfPath(path) !== undefined;
+  const storage = await FileStorage.create(path);
+  try {
+    const disk = await driver.create(storage, { ...options, size });
+    await disk.flush();
+    await disk.close();
+  } catch (e) {
+    await storage.close().catch(() => undefined);
+    // As qemu-img: a failed create leaves no file behind (one that was there is already emptied).
+    if (!existed) await rm(path, { force: true }).catch(() => undefined);
+    throw e;
+  }
+  io.stdout(formattingLine(path, driver.name, size, optionText.text, values.b !== undefined ? { file: values.b, ...(values.F !== undefined ? { format: values.F } : {}) } : undefined));
+  return 0;
+};

@@ -1,0 +1,88 @@
+/**
+ * img info: an image's format, sizes, backing chain and snapshots, as qemu-img info prints them.
+ */
+import { stat } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import type { Disk, ImageInfo } from '@img/block';
+import { humanInfo, qdictSorted, qemuFormatName, type InfoLayer } from '../info-human.js';
+import { openImageFile } from '../../node.js';
+import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
+
+/** qemu-img info's JSON for an image. */
+export function infoJson(path: string, info: ImageInfo, actualSize: number): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    'virtual-size': info.virtualSize,
+    filename: path,
+    format: qemuFormatName(info.format),
+    'actual-size': actualSize,
+  };
+  if (info.clusterSize !== undefined) out['cluster-size'] = info.clusterSize;
+  if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
+  if (info.fullBackingFile !== undefined) out['full-backing-filename'] = info.fullBackingFile;
+  if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
+  out['dirty-flag'] = info.dirty ?? false;
+  if (info.snapshots?.length) {
+    out.snapshots = info.snapshots.map((s) => ({
+      id: s.id,
+      name: s.name,
+      'vm-state-size': s.vmStateSize,
+      'date-sec': s.dateSec,
+      'date-nsec': s.dateNsec,
+      'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
+      'vm-clock-nsec': s.vmClockNsec % 1e9,
+      ...(s.icount !== undefined ? { icount: s.icount } : {}),
+    }));
+  }
+  if (info.formatSpecific) out['format-specific'] = { type: qemuFormatName(info.format), data: info.formatSpecific };
+  return out;
+}
+
+
+async function describe(disk: Disk, path: string): Promise<InfoLayer> {
+  const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
+  // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
+  // VHD's is the parent locator that was found, which may name another file than the stored name.
+  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2')) data.fullBackingFile = combinePath(path, data.backingFile);
+  let actual = 0;
+  try {
+    actual = (await stat(path)).blocks * 512;
+  } catch {
+    actual = 0;
+  }
+  return { data, actual, path };
+}
+
+/** img info. */
+export const info: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  const path = onePath(positionals);
+  // Without --backing-chain the backing file is not needed: do not open it.
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
+    noBacking: !values['backing-chain'],
+  });
+  try {
+    const layers = [await describe(disk, path)];
+    if (values['backing-chain']) {
+      // Each layer is named as the one above names it, as in qemu-img's list.
+      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, layers[layers.length - 1]!.data.fullBackingFile ?? b.storage.name));
+    }
+    if (mode === 'json') {
+      const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
+      io.stdout(JSON.stringify(qdictSorted(values['backing-chain'] ? objects : objects[0]), null, 4) + '\n');
+    } else {
+      io.stdout(layers.map(humanInfo).join('\n'));
+    }
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};

@@ -1,0 +1,52 @@
+/**
+ * img measure: the file size a conversion or a new image needs.
+ */
+import { parseArgs } from 'node:util';
+import { parseSize, unsupported, type Disk } from '@img/block';
+import { UsageError } from '../common.js';
+import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { qdictSorted } from '../info-human.js';
+import { measureBitmaps, measureRaw } from '../measure.js';
+import { defaultRegistry } from '../../formats.js';
+import { type Handler, common, shareOption, outputMode, onePath, openForCommand } from './shared.js';
+
+/** img measure. */
+export const measure: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    return 0;
+  }
+  const mode = outputMode(values.output);
+  if (values.O === undefined) throw new UsageError('expected -O <output format>');
+  if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
+  const registry = defaultRegistry();
+  const driver = registry.require(values.O);
+  if (!driver.measure && driver.name !== 'raw') throw unsupported(driver.name, undefined, 'this format cannot be measured');
+  const optionText = readOptionText(values.o);
+  if (optionText.help) {
+    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    return 0;
+  }
+  const options = createOptionsFromCli(io, 'img measure', driver, optionText.text);
+  let source: Disk | undefined;
+  try {
+    if (positionals.length) source = await openForCommand(onePath(positionals), values, true, io);
+    const size = source?.size ?? parseSize(values.size!);
+    const result = driver.measure ? await driver.measure({ size, options, ...(source ? { source } : {}) }) : measureRaw(size);
+    // qemu-img gives the bitmaps figure for a qcow2 output measured from an image that can hold bitmaps.
+    const bitmaps = source && driver.name === 'qcow2' ? await measureBitmaps(source, options) : undefined;
+    if (mode === 'json') {
+      io.stdout(JSON.stringify(qdictSorted({ ...(bitmaps !== undefined ? { bitmaps } : {}), required: result.required, 'fully-allocated': result.fullyAllocated }), null, 4) + '\n');
+    } else {
+      io.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n${bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ''}`);
+    }
+    return 0;
+  } finally {
+    await source?.close();
+  }
+};

@@ -1,0 +1,99 @@
+/**
+ * img serve: export an image over NBD until interrupted, as qemu-nbd
+ * --persistent does: read-only unless -w, on a Unix socket (-k) or TCP
+ * (-p, -b; 127.0.0.1:10809 by default).
+ */
+import { parseArgs } from 'node:util';
+import { parseSize, type Disk } from '@img/block';
+import { serveNbd } from '@img/nbd';
+import { UsageError } from '../common.js';
+import { openDiskSnapshot, openImageFile } from '../../node.js';
+import { type Handler, common, onePath, shareOption } from './shared.js';
+
+const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-e clients] <file>
+
+Exports the image over NBD until interrupted (Ctrl-C, SIGTERM), to any number of clients in turn or at
+once, as qemu-nbd --persistent does. Read-only unless -w. Block status answers base:allocation and
+qemu:allocation-depth. The URI to give clients is printed on stderr.
+
+  -k, --socket <path>      listen on a Unix socket
+  -p, --port <port>        listen on TCP (default 10809)
+  -b, --bind <address>     TCP address (default 127.0.0.1)
+  -x, --export-name <name> the export's name (default "")
+  -w, --writable           accept writes (the image is opened read-write and locked)
+  -l, --snapshot <name>    export an internal snapshot (read-only)
+  -e, --shared <n>         most clients at once (default 16)
+  -U, --force-share        open a read-only export without image locks
+
+Examples:
+  img serve -k /tmp/vm.sock vm.qcow2 &
+  nbdinfo --map 'nbd+unix:///?socket=/tmp/vm.sock'
+  qemu-img convert -O raw 'nbd+unix:///?socket=/tmp/vm.sock' vm.raw
+`;
+
+/** The NBD URI of an address, as nbdinfo and qemu-img take it. */
+export function nbdUri(address: { socket: string } | { host: string; port: number }, name: string): string {
+  const path = encodeURIComponent(name).replace(/%2F/g, '/');
+  if ('socket' in address) return `nbd+unix:///${path}?socket=${address.socket}`;
+  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  return `nbd://${host}:${address.port}/${path}`;
+}
+
+/** img serve. */
+export const serve: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      ...common,
+      ...shareOption,
+      socket: { type: 'string', short: 'k' },
+      port: { type: 'string', short: 'p' },
+      bind: { type: 'string', short: 'b' },
+      'export-name': { type: 'string', short: 'x' },
+      writable: { type: 'boolean', short: 'w' },
+      snapshot: { type: 'string', short: 'l' },
+      shared: { type: 'string', short: 'e' },
+    },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    io.stdout(SERVE_HELP);
+    return 0;
+  }
+  const path = onePath(positionals);
+  if (values.socket !== undefined && (values.port !== undefined || values.bind !== undefined)) throw new UsageError('-k (a Unix socket) and -p/-b (TCP) exclude each other');
+  if (values.writable && values.snapshot !== undefined) throw new UsageError('a snapshot is exported read-only: -l and -w exclude each other');
+  if (values.writable && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -w');
+  const port = values.port === undefined ? undefined : Number(values.port);
+  if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`-p takes a port number (0-65535), not "${values.port}"`);
+  const shared = values.shared === undefined ? 16 : parseSize(values.shared, '-e');
+  if (shared < 1) throw new UsageError('-e takes at least 1');
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly: !values.writable,
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
+  });
+  let exported: Disk = disk;
+  try {
+    if (values.snapshot !== undefined) exported = await openDiskSnapshot(disk, values.snapshot);
+    const name = values['export-name'] ?? '';
+    const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path }], {
+      ...(values.socket !== undefined ? { socket: values.socket } : { host: values.bind ?? '127.0.0.1', port: port ?? 10809 }),
+      maxConnections: shared,
+      onConnectionError: (e) => io.stderr(`img serve: a client connection ended: ${e.message}\n`),
+    });
+    io.stderr(`img serve: serving ${path} (${values.writable ? 'read-write' : 'read-only'}) at ${nbdUri(server.address, name)}\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await server.close();
+    if (values.writable) await exported.flush();
+  } finally {
+    if (exported !== disk) await exported.close();
+    await disk.close();
+  }
+  return 0;
+};

@@ -1,0 +1,77 @@
+/**
+ * What the subcommands of img share: the Handler shape, common options, opening an image.
+ */
+import { isAbsolute } from 'node:path';
+import type { Disk } from '@img/block';
+import { UsageError, type Io } from '../common.js';
+import { openImageFile } from '../../node.js';
+import { warnIfRawReadInFull } from '../native-notice.js';
+
+/** A subcommand: its arguments after the name, the process streams; resolves to the exit status. */
+export type Handler = (argv: string[], io: Io) => Promise<number>;
+
+/** Options every subcommand takes. */
+export const common = {
+  f: { type: 'string' },
+  output: { type: 'string' },
+  untrusted: { type: 'boolean' },
+  'force-format': { type: 'boolean' },
+  debug: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** -U / --force-share (qemu-img's): read an image without taking its locks, for the commands that only read. */
+export const shareOption = { 'force-share': { type: 'boolean', short: 'U' } } as const;
+
+/** The --output value: human (default) or json. */
+export function outputMode(value: string | undefined): 'human' | 'json' {
+  if (value === undefined || value === 'human') return 'human';
+  if (value === 'json') return 'json';
+  throw new UsageError(`--output must be human or json, not "${value}"`);
+}
+
+/** The single file argument of a command. */
+export function onePath(positionals: string[], what = '<file>'): string {
+  if (positionals.length !== 1) throw new UsageError(`expected ${what}`);
+  return positionals[0]!;
+}
+
+/**
+ * Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U).
+ * Given `io` (the commands that read the data), a raw file without the native helper gets its one warning.
+ */
+export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io): Promise<Disk> {
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly,
+    untrusted: values.untrusted ?? false,
+    forceFormat: values['force-format'] ?? false,
+    forceShare: values['force-share'] ?? false,
+  });
+  if (io) warnIfRawReadInFull(io, 'img', disk.format, path);
+  return disk;
+}
+
+
+/**
+ * A name stored in an image, read from where the image is (qemu's
+ * path_combine): absolute names as they are, relative ones after the
+ * image's directory as the image's path spells it ("dir/base.qcow2").
+ */
+export function combinePath(imagePath: string, name: string): string {
+  if (isAbsolute(name)) return name;
+  return imagePath.slice(0, imagePath.lastIndexOf('/') + 1) + name;
+}
+
+/** The backing image (qcow2) or parent (VHD) of an open disk, if it has one open. */
+export function backingOf(disk: Disk): Disk | undefined {
+  return disk.backing ?? (disk as { parent?: Disk }).parent;
+}
+
+/** -q / --quiet (qemu-img's): print nothing on stdout; errors still go to stderr and the exit status is unchanged. */
+export const quietOption = { quiet: { type: 'boolean', short: 'q' } } as const;
+
+/** The streams a command writes to, with stdout silenced when it runs quietly (-q). */
+export function quietIo(io: Io, quiet: boolean | undefined): Io {
+  return quiet ? { ...io, stdout: () => {} } : io;
+}

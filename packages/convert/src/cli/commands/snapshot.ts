@@ -1,0 +1,60 @@
+/**
+ * img snapshot: list, create, apply and delete internal snapshots.
+ */
+import { parseArgs } from 'node:util';
+import { unsupported, type Disk } from '@img/block';
+import { UsageError } from '../common.js';
+import { snapshotTable } from '../info-human.js';
+import { openImageFile } from '../../node.js';
+import { type Handler, common, shareOption, onePath, quietOption, quietIo } from './shared.js';
+import { infoJson } from './info.js';
+
+interface SnapshotDisk extends Disk {
+  createSnapshot(name: string): Promise<unknown>;
+  applySnapshot(idOrName: string): Promise<void>;
+  deleteSnapshot(idOrName: string): Promise<void>;
+}
+
+/** img snapshot. */
+export const snapshot: Handler = async (argv, io) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
+    allowPositionals: true,
+  });
+  io = quietIo(io, values.quiet);
+  if (values.help) {
+    io.stdout('Usage: img snapshot [-q] [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    return 0;
+  }
+  const path = onePath(positionals);
+  const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
+  if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
+  if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly: Boolean(values.l),
+    noBacking: true,
+    forceShare: values['force-share'] ?? false,
+  });
+  try {
+    const s = disk as Partial<SnapshotDisk>;
+    if (values.l) {
+      const snaps = (await disk.info?.())?.snapshots ?? [];
+      if (values.output === 'json') {
+        io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
+      } else if (snaps.length) {
+        io.stdout(['Snapshot list:', ...snapshotTable(snaps)].join('\n') + '\n');
+      }
+      return 0;
+    }
+    if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
+    if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
+    if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
+    if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
+    await disk.flush();
+    return 0;
+  } finally {
+    await disk.close();
+  }
+};

@@ -1,0 +1,183 @@
+// img's NBD server judged by independent clients: nbdinfo (libnbd) and qemu-img/qemu-io (qemu's client),
+// and compared with qemu-nbd serving the same file.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { join } from 'node:path';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { openQcow2 } from '@img/qcow2';
+import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { serveNbd, type NbdServer } from './index.js';
+
+const tmp = tempDir('img-nbd-');
+afterAll(() => tmp.cleanup());
+const at = (name: string) => join(tmp.path, name);
+const uri = (socket: string, name = '') => `nbd+unix:///${name}?socket=${socket}`;
+
+/** Runs a client without blocking this process's event loop (the server under test runs in it). */
+function run(cmd: string, args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ status: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+async function waitFor(path: string): Promise<void> {
+  for (let i = 0; i < 200 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 25));
+}
+
+describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () => {
+  let qemuNbd: ChildProcess | undefined;
+  beforeAll(() => {
+    // A chain with data in both layers, a zero cluster in the base and a compressed cluster on top.
+    qemuImg(['create', '-q', '-f', 'qcow2', at('base.qcow2'), '64M']);
+    qemuIo(at('base.qcow2'), 'qcow2', ['write -P 0x11 0 4M', 'write -z 8M 1M', 'write -P 0x12 30M 64k']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', at('top.qcow2')]);
+    qemuIo(at('top.qcow2'), 'qcow2', ['write -P 0x22 1M 1M', 'write -c -P 0x33 16M 64k', 'write -z 30M 32k']);
+  });
+  afterAll(() => {
+    qemuNbd?.kill();
+  });
+
+  it('answers nbdinfo --map (base:allocation and qemu:allocation-depth) as qemu-nbd does, and reads the same bytes', async () => {
+    const disk = await openQcow2(await FileStorage.open(at('top.qcow2')), { resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk }], { socket: at('img.sock') });
+    qemuNbd = spawn('qemu-nbd', ['-t', '-r', '-A', '-f', 'qcow2', '-k', at('q.sock'), at('top.qcow2')], { stdio: 'ignore' });
+    await waitFor(at('q.sock'));
+    try {
+      for (const map of ['--map', '--map=qemu:allocation-depth']) {
+        const ours = await run('nbdinfo', [map, uri(at('img.sock'))]);
+        const theirs = await run('nbdinfo', [map, uri(at('q.sock'))]);
+        expect(ours.status, ours.stderr).toBe(0);
+        expect(ours.stdout).toBe(theirs.stdout);
+        expect(ours.stdout.split('\n').length).toBeGreaterThan(4);
+      }
+      const info = await run('nbdinfo', ['--json', uri(at('img.sock'))]);
+      const exp = (JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!;
+      expect(exp['export-size']).toBe(64 * 2 ** 20);
+      expect(exp.is_read_only).toBe(true);
+      expect(exp.contexts).toEqual(['base:allocation', 'qemu:allocation-depth']);
+      expect((await run('qemu-img', ['compare', '-f', 'qcow2', at('top.qcow2'), uri(at('img.sock'))])).status).toBe(0);
+      // qemu's NBD client over img's server sees the allocation qemu-nbd reports.
+      const mapOf = async (s: string) => (await run('qemu-img', ['map', '--output=json', '-f', 'raw', uri(s)])).stdout;
+      expect(await mapOf(at('img.sock'))).toBe(await mapOf(at('q.sock')));
+      // A read-only export refuses writes.
+      const w = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 512', uri(at('img.sock'))]);
+      expect(w.stdout + w.stderr).toMatch(/Permission denied|not permitted|read-only/i);
+    } finally {
+      await server.close();
+      await disk.close();
+      qemuNbd.kill();
+      qemuNbd = undefined;
+    }
+  });
+
+  it('takes writes from qemu-img convert -n and qemu-io; the image is qemu-img check clean and equal to a model', async () => {
+    qemuImg(['create', '-q', '-f', 'qcow2', at('w.qcow2'), '64M']);
+    qemuImg(['create', '-q', '-f', 'raw', at('model.raw'), '64M']);
+    const disk = await openQcow2(await FileStorage.open(at('w.qcow2'), { readOnly: false }), { readOnly: false, resolver: fileResolver });
+    const server = await serveNbd([{ name: 'disk', disk, writable: true }], { socket: at('w.sock') });
+    try {
+      const target = uri(at('w.sock'), 'disk');
+      const conv = await run('qemu-img', ['convert', '-n', '-f', 'qcow2', '-O', 'raw', at('top.qcow2'), target]);
+      expect(conv.status, conv.stderr).toBe(0);
+      qemuImg(['convert', '-n', '-f', 'qcow2', '-O', 'raw', at('top.qcow2'), at('model.raw')]);
+      const ops = ['write -P 0x77 40M 1M', 'write -z 1M 512k', 'discard 16M 64k', 'write -P 0x78 63M 4k', 'aio_write -P 0x79 50M 64k', 'aio_flush'];
+      for (const op of ops) {
+        const r = await run('qemu-io', ['-f', 'raw', '-c', op, target]);
+        expect(r.status, `${op}: ${r.stderr}`).toBe(0);
+      }
+      // The model: the same operations on a raw file (a discard reads as zeros on both).
+      qemuIo(at('model.raw'), 'raw', ops.map((o) => o.replace('discard', 'write -z')));
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+    expect(qemuImg(['check', at('w.qcow2')], { allowFail: true }).status).toBe(0);
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', at('w.qcow2'), at('model.raw')], { allowFail: true }).status).toBe(0);
+  });
+
+  it('lists exports and answers NBD_OPT_INFO for each', async () => {
+    const disk = await openQcow2(await FileStorage.open(at('base.qcow2')), { resolver: fileResolver });
+    const server = await serveNbd(
+      [
+        { name: 'a', disk, description: 'the base' },
+        { name: 'b/c', disk },
+      ],
+      { socket: at('l.sock') },
+    );
+    try {
+      const list = await run('nbdinfo', ['--list', '--json', uri(at('l.sock'))]);
+      expect(list.status, list.stderr).toBe(0);
+      const names = (JSON.parse(list.stdout) as { exports: Array<{ 'export-name': string; description?: string }> }).exports.map((e) => [e['export-name'], e.description]);
+      expect(names).toEqual([
+        ['a', 'the base'],
+        ['b/c', undefined],
+      ]);
+      expect((await run('nbdinfo', ['--size', uri(at('l.sock'), 'b/c')])).stdout.trim()).toBe(String(64 * 2 ** 20));
+      expect((await run('nbdinfo', ['--size', uri(at('l.sock'), 'nope')])).status).not.toBe(0);
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+  });
+
+  it('survives malformed clients and abrupt disconnects, and then serves correctly', async () => {
+    const disk = await openQcow2(await FileStorage.open(at('base.qcow2')), { resolver: fileResolver });
+    const errors: string[] = [];
+    const server: NbdServer = await serveNbd([{ name: '', disk }], { socket: at('m.sock'), onConnectionError: (e) => errors.push(e.message) });
+    const be = (words: Array<[number, number]>) => {
+      const out = Buffer.alloc(words.reduce((n, [, size]) => n + size, 0));
+      let o = 0;
+      for (const [v, size] of words) {
+        if (size === 2) out.writeUInt16BE(v, o);
+        else if (size === 4) out.writeUInt32BE(v >>> 0, o);
+        else out.writeBigUInt64BE(BigInt(v), o);
+        o += size;
+      }
+      return out;
+    };
+    const ihaveopt = Buffer.from('IHAVEOPT');
+    const sessions: Buffer[][] = [
+      [Buffer.from([1, 2, 3])], // cut off during the client flags
+      [be([[3, 4]]), Buffer.from('NOTMAGIC'), be([[1, 4]])], // a bad option magic
+      [be([[0xff, 4]])], // unknown client flags
+      [be([[3, 4]]), ihaveopt, be([[7, 4], [0xffffffff, 4]])], // a 4 GiB GO option
+      [be([[3, 4]]), ihaveopt, be([[99, 4], [3, 4]]), Buffer.from('abc')], // an unknown option, then gone
+      [be([[3, 4]]), ihaveopt, be([[7, 4], [3, 4]]), Buffer.from([0, 0, 9])], // a GO whose name runs past it
+      [be([[3, 4]]), ihaveopt, be([[1, 4], [0, 4]]), be([[0x25609513, 4], [0, 2], [1, 2], [0, 8], [0, 8], [0x7fffffff, 4]])], // a 2 GiB write
+      [be([[3, 4]]), ihaveopt, be([[1, 4], [0, 4]]), be([[0x25609513, 4], [0, 2], [0, 2], [0, 8], [2 ** 40, 8], [512, 4]]), be([[0xdeadbeef, 4]])], // a read past the end, then garbage
+    ];
+    for (const bytes of sessions) {
+      await new Promise<void>((resolve) => {
+        const s = createConnection(at('m.sock'));
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        s.on('connect', () => {
+          for (const b of bytes) s.write(b);
+          setTimeout(() => s.destroy(), 100);
+        });
+        s.on('data', () => {});
+      });
+    }
+    try {
+      const r = await run('nbdinfo', ['--map', uri(at('m.sock'))]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toContain('data');
+      expect((await run('qemu-img', ['compare', '-f', 'qcow2', at('base.qcow2'), uri(at('m.sock'))])).status).toBe(0);
+      expect(errors.length).toBeGreaterThan(0);
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+  });
+});

@@ -1,0 +1,227 @@
+/**
+ * The transmission phase (proto.md "Transmission"): requests are read in
+ * order and run concurrently up to a queue depth; each reply is written
+ * whole, so replies of different requests never interleave inside a chunk.
+ * The disk keeps call order for overlapping requests.
+ */
+import { ImageError, type Disk, type Extent } from '@img/block';
+import type { Agreement } from './handshake.js';
+import { MAX_REQUEST } from './handshake.js';
+import * as P from './protocol.js';
+import { ByteReader, FieldReader, MessageBuilder } from './wire.js';
+
+/** Limits on a connection's requests. */
+export interface TransmissionLimits {
+  /** Requests running at once on one connection (default 16); reading pauses beyond it. */
+  queueDepth: number;
+  /** Most extents in one BLOCK_STATUS reply chunk (default 65536). */
+  maxExtents: number;
+}
+
+interface Request {
+  flags: number;
+  type: number;
+  cookie: Uint8Array;
+  offset: number;
+  length: number;
+}
+
+type Write = (parts: Uint8Array[]) => Promise<void>;
+
+/** Ends the connection after the replies in flight (DISC, or a violation). */
+export class TransmissionEnd extends Error {}
+
+/** The protocol's errno for what a disk operation threw. */
+export function nbdErrno(e: unknown): number {
+  if (ImageError.isInstance(e)) {
+    switch (e.code) {
+      case 'ERR_IMG_READ_ONLY':
+      case 'ERR_IMG_LOCKED':
+        return P.EPERM;
+      case 'ERR_IMG_INVALID_ARG':
+        return P.EINVAL;
+      case 'ERR_IMG_UNSUPPORTED':
+        return P.ENOTSUP;
+      default:
+        return P.EIO;
+    }
+  }
+  const code = (e as { code?: string } | undefined)?.code;
+  if (code === 'ENOSPC') return P.ENOSPC;
+  return P.EIO;
+}
+
+function messageOf(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).slice(0, 4096);
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly errno: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Serves requests until DISC or the end of the connection. */
+export async function transmit(reader: ByteReader, write: Write, agreement: Agreement, limits: TransmissionLimits): Promise<void> {
+  const { export: exp, structured } = agreement;
+  const disk = exp.disk;
+  const running = new Set<Promise<void>>();
+  const simpleReply = (req: Request, errno: number, data?: Uint8Array) => {
+    const head = new MessageBuilder().u32(P.SIMPLE_REPLY_MAGIC).u32(errno).bytes(req.cookie).build();
+    return write(data ? [head, data] : [head]);
+  };
+  const chunk = (req: Request, flags: number, type: number, payload: Uint8Array[]) => {
+    const length = payload.reduce((n, p) => n + p.length, 0);
+    return [new MessageBuilder().u32(P.STRUCTURED_REPLY_MAGIC).u16(flags).u16(type).bytes(req.cookie).u32(length).build(), ...payload];
+  };
+  const errorReply = (req: Request, errno: number, message: string) => {
+    if (!structured) return simpleReply(req, errno);
+    const text = new TextEncoder().encode(message);
+    return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR, [new MessageBuilder().u32(errno).u16(text.length).bytes(text).build()]));
+  };
+
+  const checkRange = (req: Request) => {
+    if (req.offset < 0 || req.offset + req.length > disk.size) {
+      throw new RequestError(req.type === P.CMD_WRITE || req.type === P.CMD_WRITE_ZEROES ? P.ENOSPC : P.EINVAL, `${req.offset}+${req.length} is past the end of the ${disk.size}-byte export`);
+    }
+  };
+  const checkWritable = () => {
+    if (!exp.writable) throw new RequestError(P.EPERM, 'the export is read-only');
+  };
+
+  const read = async (req: Request) => {
+    checkRange(req);
+    if (!structured) {
+      const data = await disk.read(req.offset, req.length);
+      return simpleReply(req, 0, data);
+    }
+    if (req.flags & P.CMD_FLAG_DF || req.length === 0) {
+      const data = await disk.read(req.offset, req.length);
+      if (req.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
+      return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(req.offset).build(), data]));
+    }
+    // Sparse read: holes and zero runs as OFFSET_HOLE chunks, data as OFFSET_DATA, all in one write.
+    const parts: Uint8Array[] = [];
+    const runs: Extent[] = [];
+    for await (const e of disk.extents({ offset: req.offset, length: req.length })) runs.push(e);
+    for (let i = 0; i < runs.length; i++) {
+      const e = runs[i]!;
+      const last = i === runs.length - 1;
+      const flags = last ? P.REPLY_FLAG_DONE : 0;
+      if (e.kind === 'data') {
+        const data = await disk.read(e.offset, e.length);
+        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(e.offset).build(), data]));
+      } else {
+        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_HOLE, [new MessageBuilder().u64(e.offset).u32(e.length).build()]));
+      }
+    }
+    if (runs.length === 0) parts.push(...chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
+    return write(parts);
+  };
+
+  const blockStatus = async (req: Request) => {
+    if (!structured || agreement.contexts.size === 0) throw new RequestError(P.EINVAL, 'BLOCK_STATUS needs a metadata context (NBD_OPT_SET_META_CONTEXT)');
+    checkRange(req);
+    if (req.length === 0) throw new RequestError(P.EINVAL, 'BLOCK_STATUS of 0 bytes');
+    const one = (req.flags & P.CMD_FLAG_REQ_ONE) !== 0;
+    const max = one ? 1 : limits.maxExtents;
+    const extents: Extent[] = [];
+    for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
+      extents.push(e);
+      if (extents.length >= max) break;
+    }
+    const parts: Uint8Array[] = [];
+    const ids = [...agreement.contexts.entries()];
+    ids.forEach(([id, name], n) => {
+      const body = new MessageBuilder().u32(id);
+      let prev: { flags: number; length: number } | undefined;
+      const flush = () => {
+        if (prev) body.u32(prev.length).u32(prev.flags);
+      };
+      for (const e of extents) {
+        const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
+        // Runs of one state are one descriptor: extents differ in ways a context may not show.
+        if (prev && prev.flags === flags && prev.length + e.length <= 0xffffffff) prev.length += e.length;
+        else {
+          flush();
+          prev = { flags, length: Math.min(e.length, 0xffffffff) };
+        }
+      }
+      flush();
+      parts.push(...chunk(req, n === ids.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, [body.build()]));
+    });
+    return write(parts);
+  };
+
+  const handle = async (req: Request, payload: Uint8Array | undefined): Promise<void> => {
+    try {
+      switch (req.type) {
+        case P.CMD_READ:
+          return await read(req);
+        case P.CMD_WRITE:
+          checkWritable();
+          checkRange(req);
+          await disk.write(req.offset, payload!);
+          if (req.flags & P.CMD_FLAG_FUA) await disk.flush();
+          break;
+        case P.CMD_WRITE_ZEROES:
+          checkWritable();
+          checkRange(req);
+          await disk.writeZeroes(req.offset, req.length, { mayUnmap: (req.flags & P.CMD_FLAG_NO_HOLE) === 0 });
+          if (req.flags & P.CMD_FLAG_FUA) await disk.flush();
+          break;
+        case P.CMD_TRIM:
+          checkWritable();
+          checkRange(req);
+          await disk.discard(req.offset, req.length);
+          if (req.flags & P.CMD_FLAG_FUA) await disk.flush();
+          break;
+        case P.CMD_FLUSH:
+          if (exp.writable) await disk.flush();
+          break;
+        case P.CMD_CACHE:
+          // A hint; reads are not cached beyond the format's own metadata caches, so there is nothing to prefetch.
+          checkRange(req);
+          break;
+        case P.CMD_BLOCK_STATUS:
+          return await blockStatus(req);
+        default:
+          throw new RequestError(P.EINVAL, `unknown command ${req.type}`);
+      }
+      await (structured ? write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, [])) : simpleReply(req, 0));
+    } catch (e) {
+      const errno = e instanceof RequestError ? e.errno : nbdErrno(e);
+      await errorReply(req, errno, messageOf(e));
+    }
+  };
+
+  try {
+    for (;;) {
+      const f = new FieldReader(await reader.read(28));
+      if (f.u32() !== P.REQUEST_MAGIC) throw new TransmissionEnd('a request without the request magic');
+      const flags = f.u16();
+      const type = f.u16();
+      const cookie = f.take(8).slice();
+      const offset = f.u64();
+      const length = f.u32();
+      const req: Request = { flags, type, cookie, offset, length };
+      if (type === P.CMD_DISC) break;
+      let payload: Uint8Array | undefined;
+      if (type === P.CMD_WRITE) {
+        if (length > MAX_REQUEST) throw new TransmissionEnd(`a write of ${length} bytes (over the ${MAX_REQUEST}-byte limit)`);
+        payload = (await reader.read(length)).slice();
+      } else if (type === P.CMD_READ && length > MAX_REQUEST) {
+        await errorReply(req, P.EOVERFLOW, `a read of ${length} bytes is over the ${MAX_REQUEST}-byte limit`);
+        continue;
+      }
+      const job: Promise<void> = handle(req, payload).finally(() => running.delete(job));
+      running.add(job);
+      if (running.size >= limits.queueDepth) await Promise.race(running);
+    }
+  } finally {
+    await Promise.allSettled(running);
+  }
+}
