@@ -8,9 +8,10 @@ import { parentCandidates } from './chain.js';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';
 import { vhdDriver } from './driver.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { createVhdFile, openVhdFile } from './node.js';
 import { openVhd } from './open.js';
+import { readVhdLayout } from './read-layout.js';
 
 const SIZE = 256 * 1024;
 
@@ -79,7 +80,7 @@ describe('backing, backingWritable, makeEmpty', () => {
     const bytes = files.get('c.vhd')!;
     // The file is cut behind its metadata.
     const reopened = await openC(files, resolver);
-    expect(reopened._state.bat.every((e) => e === 0xffffffff)).toBe(true);
+    expect((await readVhdLayout(reopened.storage)).bat.every((e) => e === 0xffffffff)).toBe(true);
     expect(same(await reopened.read(0, SIZE), top)).toBe(true);
     await reopened.close();
     expect(await checkVhd(MemoryStorage.from(bytes))).toMatchObject({ corruptions: 0, leaks: 0 });
@@ -111,8 +112,8 @@ describe('setBacking (rebase -u)', () => {
     await c.close();
     files.delete('p.vhd');
     const again = await openC(files, resolver);
-    expect(await parentCandidates(again._state)).toEqual(['./q.vhd', 'q.vhd']);
-    expect(again._state.header!.parentUnicodeName).toBe('q.vhd');
+    expect(await parentCandidates((await readVhdLayout(again.storage)))).toEqual(['./q.vhd', 'q.vhd']);
+    expect((await readVhdLayout(again.storage)).header!.parentUnicodeName).toBe('q.vhd');
     expect(same(await again.read(0, SIZE), top)).toBe(true);
     expect(await checkVhd(MemoryStorage.from(files.get('c.vhd')!), { resolver })).toMatchObject({ corruptions: 0, leaks: 0 });
   });
@@ -128,7 +129,7 @@ describe('setBacking (rebase -u)', () => {
     await c.setBacking('o.vhd');
     await c.close();
     const again = await openC(files, resolver);
-    expect(again._state.header!.parentUniqueId).toBe(o.uniqueId);
+    expect((await readVhdLayout(again.storage)).header!.parentUniqueId).toBe(o.uniqueId);
     expect(again.problems).toEqual([]);
     expect(same(await again.read(0, SIZE), top)).toBe(true);
   });
@@ -136,12 +137,12 @@ describe('setBacking (rebase -u)', () => {
   it('a parent that cannot be opened yet: only the names change', async () => {
     const { files, resolver } = await chain();
     const c = await openC(files, resolver, { readOnly: false });
-    const id = c._state.header!.parentUniqueId;
+    const id = (await readVhdLayout(c.storage)).header!.parentUniqueId;
     await c.setBacking('later.vhd');
     await c.close();
     const again = await openVhd(MemoryStorage.from(files.get('c.vhd')!), { noBacking: true });
-    expect(again._state.header!.parentUniqueId).toBe(id);
-    expect(await parentCandidates(again._state)).toContain('./later.vhd');
+    expect((await readVhdLayout(again.storage)).header!.parentUniqueId).toBe(id);
+    expect(await parentCandidates((await readVhdLayout(again.storage)))).toContain('./later.vhd');
   });
 
   it('a name longer than the old locator space goes behind the last block', async () => {
@@ -154,7 +155,7 @@ describe('setBacking (rebase -u)', () => {
     const now = await c.read(0, SIZE);
     await c.close();
     const again = await openC(files, resolver);
-    expect((await parentCandidates(again._state))[0]).toBe(`./${long}`);
+    expect((await parentCandidates((await readVhdLayout(again.storage))))[0]).toBe(`./${long}`);
     expect(same(await again.read(0, SIZE), now)).toBe(true);
     expect(same(now.subarray(0, 200_000), top.subarray(0, 200_000))).toBe(true);
     const r = await checkVhd(MemoryStorage.from(files.get('c.vhd')!));
@@ -169,7 +170,7 @@ describe('setBacking (rebase -u)', () => {
     await c.close();
     const again = await openVhd(MemoryStorage.from(files.get('c.vhd')!));
     expect(again.type).toBe('dynamic');
-    expect(again._state.header!.parentUnicodeName).toBe('');
+    expect((await readVhdLayout(again.storage)).header!.parentUnicodeName).toBe('');
     const got = await again.read(0, SIZE);
     expect(same(got.subarray(4096, 4096 + 8192), top.subarray(4096, 4096 + 8192))).toBe(true);
     expect(got.subarray(0, 4096).every((x) => x === 0)).toBe(true);
@@ -207,7 +208,7 @@ describeQemu('files: rebase -u after moving the parent, commit judged by qemu-im
     expect(statSync(join(dir, 'c.vhd')).size).toBe(size);
     const again = await openVhdFile(join(dir, 'c.vhd'));
     expect(same(await again.read(0, SIZE), want)).toBe(true);
-    expect((await parentCandidates(again._state)).slice(0, 2)).toEqual(['./moved/p.vhd', join(dir, 'moved/p.vhd')]);
+    expect((await parentCandidates((await readVhdLayout(again.storage)))).slice(0, 2)).toEqual(['./moved/p.vhd', join(dir, 'moved/p.vhd')]);
     await again.close();
     const fs = await FileStorage.open(join(dir, 'c.vhd'));
     expect(await checkVhd(fs, { resolver: fileResolver })).toMatchObject({ corruptions: 0, leaks: 0 });

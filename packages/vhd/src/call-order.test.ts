@@ -17,7 +17,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCompare, qemuInfo, seededBytes, tempDir } from '@img/testkit';
 import { createVhd } from './create.js';
 import { checkVhd } from './check.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 
 type OrderOp = { op: 'write' | 'zero' | 'discard'; offset: number; length: number; seed: number; mayUnmap: boolean };
 

@@ -1,16 +1,18 @@
 import { copyFileSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageError, MemoryStorage, assertExtentCover, diskExtents, type ResolveRequest, type Storage } from '@img/block';
-import { seededBytes, tempDir } from '@img/testkit';
+import { VHD_OP_KINDS, applyVhdOp as apply, clampVhdOp, seededBytes, slowStorage, tempDir, type VhdOp } from '@img/testkit';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { apply, opArb as opArbOf } from './test-ops.js';
-import { openVhdChain as openChainCore, vhdChainLayers } from './chain.js';
-import { createVhd, type VhdParentSpec } from './create.js';
-import { VhdDisk } from './image.js';
+import { vhdChainLayers } from './chain.js';
+import { createVhd, createVhdImage, type VhdParentSpec } from './create.js';
+import { VhdDisk } from './disk.js';
 import { createVhdFile, openVhdChain, openVhdFile } from './node.js';
-import { openVhd } from './open.js';
+import { openVhd, openVhdChain as openChainCore } from './open.js';
+import { readVhdInto } from './read.js';
+import { writeVhd } from './write.js';
 import { baseName } from './parent-locator.js';
+import { readVhdLayout } from './read-layout.js';
 
 /** A resolver over named in-memory images (fresh storage per open, so closing is harmless). */
 function memoryResolver(images: Map<string, MemoryStorage>, calls: ResolveRequest[] = []) {
@@ -24,6 +26,12 @@ function memoryResolver(images: Map<string, MemoryStorage>, calls: ResolveReques
 
 const SIZE = 1024 * 1024 + 3 * 512;
 
+/** Steps inside a disk of `size` bytes, each at most `maxLength` long. */
+function opArbOf(size: number, maxLength: number): fc.Arbitrary<VhdOp> {
+  return fc
+    .record({ kind: fc.constantFrom(...VHD_OP_KINDS), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: maxLength }), seed: fc.nat() })
+    .map((o) => clampVhdOp(o, size));
+}
 const opArb = opArbOf(SIZE, 40_000);
 
 function same(a: Uint8Array, b: Uint8Array): boolean {
@@ -122,7 +130,7 @@ describe('finding parents', () => {
   it('records W2ru, W2ku and MacX locators and the parent name', async () => {
     const { child } = await makeChain(join(tmp.path, 'a'));
     const disk = await openVhdFile(child);
-    const h = disk._state.header!;
+    const h = (await readVhdLayout(disk.storage)).header!;
     expect(h.parentLocators.slice(0, 3).map((l) => l.platformCode)).toEqual(['W2ru', 'W2ku', 'MacX']);
     expect(h.parentUnicodeName).toBe('base.vhd');
     const info = await disk.info();
@@ -161,8 +169,7 @@ describe('finding parents', () => {
     expect(ImageError.isInstance(e) && e.code).toBe('ERR_IMG_MISMATCH');
     expect(String((e as Error).message)).toMatch(/unique id/);
     const d = await openVhdFile(child, { allowUuidMismatch: true });
-    expect(d.problems.map((p) => p.message).join('\n')).toMatch(/unique id/);
-    expect(d.problems.map((p) => p.message).join('\n')).toMatch(/timestamp mismatch/);
+    expect(d.problems.map((p) => p.code)).toEqual(expect.arrayContaining(['parent-uuid-mismatch', 'parent-timestamp-mismatch']));
     await d.close();
   });
 
@@ -262,24 +269,27 @@ describe('a differencing disk opened writable without its parent', () => {
 
 describe('concurrent writes into a differencing disk', () => {
   it('byte-sized writes sharing sectors, with racing reads, issued at once on slow storage, all land over the parent data', async () => {
-    const { SlowStorage } = await import('./test-slow-storage.js');
     const base = await createVhd(new MemoryStorage({ name: 'b' }), { size: 1 << 20 });
     await base.write(0, new Uint8Array(1 << 20).fill(0x40));
-    const child = await createVhd(new SlowStorage({ name: 'c', seed: 3 }), { parent: { disk: base, relativePath: 'b' }, blockSize: 4096 });
+    // The core, so that the bitmap cache can be dropped while writes are in flight.
+    const child = await createVhdImage(slowStorage(new MemoryStorage({ name: 'c' }), 3), { parent: { disk: base, relativePath: 'b' }, blockSize: 4096 });
     const model = new Uint8Array(1 << 20).fill(0x40);
     const writes: Promise<void>[] = [];
     for (let i = 0; i < 120; i++) {
       const offset = 3000 + i * 97; // several writes per sector and per block, never overlapping
       const data = seededBytes(90, i + 1);
       model.set(data, offset);
-      writes.push(child.write(offset, data));
+      writes.push(writeVhd(child, offset, data));
       // Readers racing the writers must not leave a stale sector bitmap in the cache.
       if (i % 3 === 0) {
-        child._dropCaches();
-        writes.push(child.read(offset - 2000 > 0 ? offset - 2000 : 0, 4096).then(() => undefined));
+        child.dropCaches();
+        writes.push(readVhdInto(child, offset - 2000 > 0 ? offset - 2000 : 0, new Uint8Array(4096)));
       }
     }
     await Promise.all(writes);
-    expect(Buffer.from(await child.read(0, 1 << 20)).equals(Buffer.from(model))).toBe(true);
+    const all = new Uint8Array(1 << 20);
+    await readVhdInto(child, 0, all);
+    expect(Buffer.from(all).equals(Buffer.from(model))).toBe(true);
+    await child.close();
   });
 });

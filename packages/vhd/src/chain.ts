@@ -3,10 +3,10 @@
  * MacX, then the deprecated ones), the parent unicode name and a search
  * path; checking its unique id; depth limit and cycle detection.
  */
-import { ERROR_CODES, ImageError, missingFileError, type Resolver, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, missingFileError, type Storage } from '@img/block';
+import { VhdDisk } from './disk.js';
 import { fromVhdTimestamp } from './footer.js';
-import type { VhdDisk } from './image.js';
-import { openVhd, type VhdOpenOptions } from './open.js';
+import type { VhdOpenOptions } from './open-options.js';
 import { PLATFORM_CODE, baseName, decodeLocatorData, joinPath, locatorToName } from './parent-locator.js';
 import { vhdProblem } from './problems.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -16,9 +16,16 @@ export const DEFAULT_MAX_CHAIN_DEPTH = 64;
 
 const LOCATOR_ORDER = [PLATFORM_CODE.W2RU, PLATFORM_CODE.W2KU, PLATFORM_CODE.MACX, PLATFORM_CODE.WI2R, PLATFORM_CODE.WI2K];
 
-interface ChainOptions extends VhdOpenOptions {
-  /** @internal unique ids of the layers above, for cycle detection. */
-  _uuids?: readonly string[];
+/** Open options as they pass down a chain: with the unique ids of the layers above (cycle detection). */
+export interface LayerOptions extends VhdOpenOptions {
+  uuids?: readonly string[];
+}
+
+/** What the chain walker needs of an opened parent (a VhdDisk, or the core when check and coalesce open it). */
+export interface ParentLayer {
+  readonly uniqueId: string;
+  readonly footer: { readonly timestamp: number };
+  close(): Promise<void>;
 }
 
 function chainError(file: string, message: string): ImageError {
@@ -51,12 +58,16 @@ export async function parentCandidates(s: VhdState, searchPath: readonly string[
   return [...new Set(names)];
 }
 
-/** Finds, opens and checks the parent of the differencing disk in `s`. */
-export async function openParent(s: VhdState, options: ChainOptions): Promise<void> {
+/**
+ * Finds, opens (with `open`, which opens the parent's own parents in
+ * turn) and checks the parent of the differencing disk in `s`; records the
+ * name it was found under in `s` and returns it (the caller keeps it).
+ */
+export async function openParent<L extends ParentLayer>(s: VhdState, options: LayerOptions, open: (storage: Storage, options: LayerOptions) => Promise<L>): Promise<L> {
   const file = s.storage.name;
   const h = s.header!;
   const chain = options.chain ?? [];
-  const uuids = options._uuids ?? [];
+  const uuids = options.uuids ?? [];
   const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   if (chain.length + 2 > maxDepth) throw chainError(file, `chain is deeper than ${maxDepth} layers`);
   if ([...uuids, s.footer.uniqueId].includes(h.parentUniqueId)) {
@@ -90,17 +101,17 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
       await storage.close();
       throw chainError(file, `parent ${storage.name} is already in the chain (a cycle)`);
     }
-    let parent: VhdDisk;
+    let parent: L;
     try {
-      parent = await openVhd(storage, {
+      parent = await open(storage, {
         ...options,
         readOnly: !writable,
         writableParent: false,
         backingWritable: false,
         allowCoalescing: true,
         chain: [...chain, file],
-        _uuids: [...uuids, s.footer.uniqueId],
-      } as ChainOptions);
+        uuids: [...uuids, s.footer.uniqueId],
+      });
     } catch (e) {
       await storage.close().catch(() => undefined);
       throw e;
@@ -122,10 +133,9 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
         vhdProblem('parent-timestamp-mismatch', 'info', `parent timestamp mismatch: the child recorded ${fromVhdTimestamp(h.parentTimestamp).toISOString()}, ${storage.name} has ${fromVhdTimestamp(parent.footer.timestamp).toISOString()}`, s.headerOffset + 0x38),
       );
     }
-    s.parent = parent;
     s.parentName = name;
     s.parentFile = storage.name;
-    return;
+    return parent;
   }
   if (mismatch) throw mismatch;
   const data = { field: 'parent locator', offset: s.headerOffset + 0x240, tried };
@@ -135,42 +145,6 @@ export async function openParent(s: VhdState, options: ChainOptions): Promise<vo
   throw missingFileError(FORMAT, file, 'parent', missing.name, missing.resolved, { cause: missing.cause, data, alsoTried });
 }
 
-/** Options of openVhdChain. */
-export interface VhdChainOptions extends VhdOpenOptions {
-  /** Opens parents (alias of `resolver`). */
-  resolve?: Resolver;
-  /** Opens the top image when `source` is a path. */
-  openFile?: (path: string) => Promise<Storage>;
-}
-
-/**
- * Opens a VHD and every parent below it. Parents must carry the unique id
- * their child records (unless `allowUuidMismatch`); a parent timestamp
- * mismatch is recorded in `problems`.
- *
- * @example
- * ```ts
- * const top = await openVhdChain(storage, { resolve: fileResolver, searchPath: ['/images'] });
- * for (const layer of top.layers) console.log(layer.storage.name);
- * ```
- */
-export async function openVhdChain(source: Storage | string, options: VhdChainOptions = {}): Promise<VhdDisk> {
-  let storage: Storage;
-  if (typeof source === 'string') {
-    if (!options.openFile) throw new TypeError('vhd: openVhdChain(path) needs options.openFile (or use @img/vhd/node)');
-    storage = await options.openFile(source);
-  } else {
-    storage = source;
-  }
-  const resolver = options.resolve ?? options.resolver;
-  try {
-    return await openVhd(storage, { ...options, ...(resolver ? { resolver } : {}) });
-  } catch (e) {
-    if (typeof source === 'string') await storage.close().catch(() => undefined);
-    throw e;
-  }
-}
-
 /** Every layer of a chain, top first. */
 export function vhdChainLayers(disk: VhdDisk): VhdDisk[] {
   const out: VhdDisk[] = [];
@@ -178,7 +152,7 @@ export function vhdChainLayers(disk: VhdDisk): VhdDisk[] {
   while (d) {
     out.push(d);
     const p: unknown = d.parent;
-    d = p && (p as VhdDisk).format === FORMAT && '_state' in (p as object) ? (p as VhdDisk) : undefined;
+    d = p instanceof VhdDisk ? p : undefined;
   }
   return out;
 }

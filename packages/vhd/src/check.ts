@@ -30,7 +30,9 @@ import { testBit } from './bitmap.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import { openParent } from './chain.js';
-import { readVhdLayout } from './open.js';
+import type { VhdImage } from './image.js';
+import { loadVhdImage } from './open.js';
+import { readVhdLayout } from './read-layout.js';
 import { vhdProblem, type VhdProblem, type VhdProblemCode } from './problems.js';
 import { blockAlignment, isWriterPadding } from './reserved-space.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -105,14 +107,14 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
   if (s.type === 'differencing' && options.resolver) {
     // With a resolver, the parent is looked up and its unique id checked.
     const known = s.problems.length;
+    let parent: VhdImage | undefined;
     try {
-      await openParent(s, { resolver: options.resolver });
+      parent = await openParent(s, { resolver: options.resolver }, loadVhdImage);
       for (const p of s.problems.slice(known)) report(p);
     } catch (e) {
       report(vhdProblem('parent-unusable', 'corruption', `parent: ${(e as Error).message}`, s.headerOffset + 0x28));
     } finally {
-      await s.parent?.close().catch(() => undefined);
-      s.parent = undefined;
+      await parent?.close().catch(() => undefined);
     }
   }
 

@@ -26,14 +26,16 @@
  * child of it reports a parent timestamp mismatch: a parent with more than
  * one child should not be coalesced into (their content would change).
  */
-import { ERROR_CODES, ImageError, throwIfAborted, unsupported, type Resolver, type Storage } from '@img/block';
+import { throwIfAborted, unsupported, type Resolver, type Storage } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
+import { openParent } from './chain.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, toVhdTimestamp } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
-import { VhdDisk } from './image.js';
-import { openVhd } from './open.js';
+import type { VhdImage } from './image.js';
+import { loadVhdImage } from './open.js';
 import { FORMAT } from './state.js';
+import { writeVhd } from './write.js';
 import { writeFooters } from './write-metadata.js';
 
 export interface VhdCoalesceOptions {
@@ -41,11 +43,10 @@ export interface VhdCoalesceOptions {
   resolver: Resolver;
   /** Directories to look for the parent in (see openVhdChain). */
   searchPath?: readonly string[];
+  /** Stops the copy before the next block (ERR_IMG_ABORTED); running coalesceVhd again finishes it. */
   signal?: AbortSignal;
   /** Called after each block with the number of blocks done and in all. */
   onProgress?: (done: number, total: number) => void;
-  /** @internal Tests: throw after this many blocks, as a crash would stop the copy. */
-  _stopAfterBlocks?: number;
 }
 
 export interface VhdCoalesceResult {
@@ -70,49 +71,45 @@ export interface VhdCoalesceResult {
  * ```
  */
 export async function coalesceVhd(child: Storage, options: VhdCoalesceOptions): Promise<VhdCoalesceResult> {
-  const disk = await openVhd(child, {
-    resolver: options.resolver,
-    writableParent: true,
-    ...(options.searchPath ? { searchPath: options.searchPath } : {}),
-  });
+  // The child's core alone (it is only read, sector by sector, from its own file); its parent's
+  // core opened writable through the chain's lookup, with the parent's own parents below it.
+  const childCore = await loadVhdImage(child, { noBacking: true });
+  let parentCore: VhdImage | undefined;
   try {
-    if (disk.type !== 'differencing') throw unsupported(FORMAT, child.name, `only a differencing disk can be coalesced (this one is ${disk.type})`);
-    const parent = disk.parent;
-    if (!(parent instanceof VhdDisk)) throw new ImageError(ERROR_CODES.NOT_FOUND, `vhd: ${child.name}: parent is not open`);
-    if (parent.size !== disk.size) {
-      throw unsupported(FORMAT, child.name, `child (${disk.size} bytes) and parent (${parent.size} bytes) differ in size; resize the parent first`);
+    const cs = childCore.state;
+    if (cs.type !== 'differencing') throw unsupported(FORMAT, child.name, `only a differencing disk can be coalesced (this one is ${cs.type})`);
+    parentCore = await openParent(cs, { resolver: options.resolver, writableParent: true, ...(options.searchPath ? { searchPath: options.searchPath } : {}) }, loadVhdImage);
+    const ps = parentCore.state;
+    if (ps.size !== cs.size) {
+      throw unsupported(FORMAT, child.name, `child (${cs.size} bytes) and parent (${ps.size} bytes) differ in size; resize the parent first`);
     }
-    const ps = parent._state;
+    const parent = parentCore;
     const resumed = ps.coalescing;
     // 1. Mark.
     if (!resumed) {
       ps.footer = { ...ps.footer, cookie: COALESCE_COOKIE };
       ps.coalescing = true;
-      await parent._withAllocator(() => writeFooters(ps));
+      await parent.allocator.run(() => writeFooters(ps));
       await ps.storage.flush();
     }
     // 2. Copy every sector the child holds.
-    const cs = disk._state;
-    const blocks = [...cs.bat.keys()].filter((i) => cs.bat[i] !== BAT_UNUSED && i * cs.blockSize < disk.size);
+    const blocks = [...cs.bat.keys()].filter((i) => cs.bat[i] !== BAT_UNUSED && i * cs.blockSize < cs.size);
     let done = 0;
     let sectors = 0;
     for (const block of blocks) {
       throwIfAborted(options.signal);
-      if (options._stopAfterBlocks !== undefined && done >= options._stopAfterBlocks) {
-        throw new Error('coalesce stopped (test hook)');
-      }
-      const bitmap = await disk._bitmap(block);
+      const bitmap = await childCore.bitmap(block);
       const base = block * cs.blockSize;
       const dataStart = cs.bat[block]! * VHD_SECTOR + cs.bitmapBytes;
-      const count = Math.min(cs.sectorsPerBlock, Math.ceil((disk.size - base) / VHD_SECTOR));
+      const count = Math.min(cs.sectorsPerBlock, Math.ceil((cs.size - base) / VHD_SECTOR));
       for (const run of bitRuns(bitmap, 0, count)) {
         if (!run.set) continue;
         const from = run.start * VHD_SECTOR;
-        const length = Math.min(run.count * VHD_SECTOR, disk.size - base - from);
+        const length = Math.min(run.count * VHD_SECTOR, cs.size - base - from);
         const data = new Uint8Array(length);
         const n = await cs.storage.readInto(dataStart + from, data);
         if (n < length) data.fill(0, n);
-        await parent.write(base + from, data);
+        await writeVhd(parent, base + from, data);
         sectors += run.count;
       }
       done++;
@@ -122,11 +119,15 @@ export async function coalesceVhd(child: Storage, options: VhdCoalesceOptions): 
     await ps.storage.flush();
     // The parent changed: a new timestamp lets its other children notice (they record the old one).
     ps.footer = { ...ps.footer, cookie: FOOTER_COOKIE, timestamp: toVhdTimestamp(new Date()) };
-    await parent._withAllocator(() => writeFooters(ps));
+    await parent.allocator.run(() => writeFooters(ps));
     await ps.storage.flush();
     ps.coalescing = false;
     return { parent: ps.storage.name, blocks: done, sectors, resumed };
   } finally {
-    await disk.close();
+    try {
+      await parentCore?.close();
+    } finally {
+      await childCore.close();
+    }
   }
 }

@@ -13,7 +13,7 @@ import { describeQemu, loadManifest, seededBytes, tempDir, testImagesDir } from 
 import { afterAll, describe, expect, it } from 'vitest';
 import { createVhd } from './create.js';
 import { checkVhd } from './check.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd } from './open.js';
 import { readVhdStream } from './read-stream.js';
 

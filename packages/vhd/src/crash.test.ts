@@ -25,7 +25,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { coalesceVhd } from './coalesce.js';
 import { createVhd } from './create.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd } from './open.js';
 
 const MODES: CrashMode[] = ['drop', 'subset', 'torn'];
@@ -166,14 +166,16 @@ async function crashAll(
       const report = await checkVhd(MemoryStorage.from(bytes, { name: 'crash.vhd' }));
       expect(damage(report), label).toEqual([]);
       if (report.leaks > 0) stats.leaky++;
-      if (report.messages.some((m) => /unfinished block allocation/.test(m))) stats.unfinished++;
-      if (report.messages.some((m) => /stale/.test(m))) stats.stale++;
+      const codes = report.problems.map((p) => p.code);
+      if (codes.includes('unfinished-allocation')) stats.unfinished++;
+      if (codes.includes('footer-copy-stale')) stats.stale++;
       if (report.leaks > 0 && stats.leaky % 5 === 1) {
         // What check calls repairable, it repairs: afterwards only gaps between blocks may remain.
         const copy = MemoryStorage.from(bytes, { name: 'crash.vhd' });
         await checkVhd(copy, { repair: 'leaks' });
         const after = await checkVhd(copy);
-        expect([after.corruptions, after.messages.filter((m) => /junk|unfinished|stale/.test(m))], label).toEqual([0, []]);
+        const left = after.problems.filter((p) => p.code === 'junk-after-end' || p.code === 'unfinished-allocation' || p.code === 'footer-copy-stale');
+        expect([after.corruptions, left], label).toEqual([0, []]);
         const repaired = await open(copy);
         expect(explainMismatch(await repaired.read(0, repaired.size), repaired.size, windowAt(w.states, count)), label).toBeUndefined();
         await repaired.close();
@@ -343,7 +345,7 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
         const crashed = (await fault.crashImage(count, mode, random)).toBytes();
         const image = MemoryStorage.from(crashed, { name: 'p.vhd' });
         const report = await checkVhd(MemoryStorage.from(crashed));
-        expect([report.corruptions, report.checkErrors], `${label}: ${report.messages.join('; ')}`).toEqual([report.messages.some((m) => /interrupted coalesce/.test(m)) ? 1 : 0, 0]);
+        expect([report.corruptions, report.checkErrors], `${label}: ${report.messages.join('; ')}`).toEqual([report.problems.some((p) => p.code === 'coalescing') ? 1 : 0, 0]);
         let alone: VhdDisk | undefined;
         try {
           alone = await openVhd(MemoryStorage.from(crashed, { name: 'p.vhd' }));

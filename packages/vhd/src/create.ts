@@ -8,7 +8,7 @@
  * force_size=on writes ("qem2", maximal geometry); `forceSize: false`
  * rounds the size up to a CHS-exact one, as qemu-img does by default.
  */
-import { checkOptionKeys, invalidArg, parseBool, parseSize, type Disk, type OptionTable, type Storage } from '@img/block';
+import { checkOptionKeys, invalidArg, parseBool, parseSize, type Disk, type OptionTable, type Resolver, type Storage } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, type ParentLocatorEntry, type VhdDynamicHeader } from './dynamic-header.js';
@@ -24,7 +24,8 @@ import {
   type VhdType,
 } from './footer.js';
 import { VHD_MAX_CHS_SECTORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, chsRoundUp, vhdVirtualSize, type VhdGeometry } from './geometry.js';
-import { VhdDisk } from './image.js';
+import { VhdDisk } from './disk.js';
+import { VhdImage } from './image.js';
 import { PLATFORM_CODE, baseName, encodeLocatorData, isAbsolutePath, pathToFileUrl, toWindowsRelative } from './parent-locator.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
 import { NIL_UUID, newUuid, parseUuid } from './uuid.js';
@@ -97,8 +98,14 @@ export interface VhdCreateOptions {
   creator?: { app?: string; version?: number; os?: string };
   /** qemu-img's force_size: true = "qem2" and maximal geometry; false = round up to CHS. Default: exact size, "win ". */
   forceSize?: boolean;
-  /** @internal Tests: put parent locator data after the BAT, as Hyper-V does (our default puts it before). */
-  _locatorsAfterBat?: boolean;
+  /**
+   * Where a differencing disk's parent locator data goes: `before-bat`
+   * (default: the BAT can then grow in place by moving blocks only) or
+   * `after-bat`, as Hyper-V places it.
+   */
+  locatorPlacement?: 'before-bat' | 'after-bat';
+  /** Looks parents up for a later setBacking (kind "parent"), as openVhd's `resolver`. */
+  resolver?: Resolver;
 }
 
 /** The create options: typed key, `qemu-img create -o` name (qemu's vpc driver), help, kind of value. */
@@ -117,7 +124,7 @@ export const VHD_CREATE_OPTIONS: OptionTable = [
 ];
 
 /** Typed keys of VhdCreateOptions that have no `-o` name. */
-export const VHD_TYPED_CREATE_KEYS: readonly string[] = ['parent', 'uuid', 'timestamp', 'creator', '_locatorsAfterBat'];
+export const VHD_TYPED_CREATE_KEYS: readonly string[] = ['parent', 'uuid', 'timestamp', 'creator', 'locatorPlacement', 'resolver'];
 
 function geometryFor(size: number, forceSize: boolean | undefined): { geometry: VhdGeometry; size: number; app?: string } {
   const sectors = size / VHD_SECTOR;
@@ -140,6 +147,11 @@ function geometryFor(size: number, forceSize: boolean | undefined): { geometry: 
  * ```
  */
 export async function createVhd(storage: Storage, options: VhdCreateOptions): Promise<VhdDisk> {
+  return new VhdDisk(await createVhdImage(storage, options));
+}
+
+/** createVhd's work: the new image's core, open for writing. */
+export async function createVhdImage(storage: Storage, options: VhdCreateOptions): Promise<VhdImage> {
   if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'size is required', { field: 'size' });
   checkOptionKeys(FORMAT, VHD_CREATE_OPTIONS.filter((o) => !o.key.startsWith('backing')), options, VHD_TYPED_CREATE_KEYS);
   const parent = options.parent;
@@ -176,12 +188,13 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     repairable: [],
     coalescing: false,
   };
+  if (options.resolver) state.resolver = options.resolver;
   await storage.truncate(0);
   if (type === 'fixed') {
     await storage.truncate(size + FOOTER_SIZE);
     await writeFooters(state);
     await storage.flush();
-    return new VhdDisk(state, false);
+    return new VhdImage(state, false);
   }
   const entries = Math.ceil(size / blockSize);
   if (entries > MAX_BAT_ENTRIES) {
@@ -191,7 +204,7 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
   // can grow in place (resize) by moving blocks only: moving locator data
   // would mean rewriting both sectors of the header, which a torn write can
   // leave with a wrong checksum.
-  const legacy = options._locatorsAfterBat === true;
+  const legacy = options.locatorPlacement === 'after-bat';
   let next = VHD_SECTOR + DYNAMIC_HEADER_SIZE + (legacy ? batBytes(entries) : 0);
   const locators: ParentLocatorEntry[] = [];
   const locatorData: Array<{ at: number; bytes: Uint8Array }> = [];
@@ -255,7 +268,7 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
     state.parentName = parent.relativePath;
     state.parentFile = parent.disk.storage.name;
   }
-  return new VhdDisk(state, false);
+  return new VhdImage(state, false);
 }
 
 /**

@@ -4,7 +4,7 @@ import { checkOptionKeys, invalidArg, optionHelp } from '@img/block';
 import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS, type VhdCreateOptions } from './create.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
-import { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd, vhdOpenOptionsFrom } from './open.js';
 import { isAbsolutePath } from './parent-locator.js';
 import { readVhdStream } from './read-stream.js';
@@ -46,10 +46,8 @@ async function create(storage: Storage, options: DriverCreateOptions): Promise<V
     typed.parent = { disk, relativePath: backing, ...(isAbsolutePath(parentStorage.name) ? { absolutePath: parentStorage.name } : {}) };
     typed.type = 'differencing';
   }
-  const disk = await createVhd(storage, typed);
-  const resolver = options.resolver;
-  if (resolver) disk._state.resolver = resolver;
-  return disk;
+  if (options.resolver) typed.resolver = options.resolver;
+  return createVhd(storage, typed);
 }
 
 /**

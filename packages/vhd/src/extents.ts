@@ -4,16 +4,51 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import type { Extent, ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, mergeExtents, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
-import type { VhdDisk } from './image.js';
-import type { VhdState } from './state.js';
+import type { VhdImage } from './image.js';
+import { FORMAT, type VhdState } from './state.js';
+
+/** Where one sector of the disk comes from. */
+export interface VhdSectorLocation {
+  /** 0 = this image, 1 = its parent, ... */
+  depth: number;
+  /** `data`: stored at hostOffset in file; `zero`: reads as zeros; `hole`: in no layer. */
+  kind: 'data' | 'zero' | 'hole';
+  file?: string;
+  hostOffset?: number;
+  /** Block index in the layer that holds it (dynamic and differencing). */
+  block?: number;
+}
+
+/** The merged extents of the requested range (see VhdDisk.extents). */
+export function vhdExtents(core: VhdImage, options?: ExtentOptions): AsyncIterable<Extent> {
+  core.assertOpen();
+  const { start, end } = extentRange(options, core.size);
+  return mergeExtents(extentRuns(core, start, end, options ?? {}));
+}
+
+/** Which layer and file offset hold the sector containing `offset`. */
+export async function vhdSectorLocation(core: VhdImage, offset: number): Promise<VhdSectorLocation> {
+  core.assertOpen();
+  checkDiskRange(FORMAT, core.size, offset, 1);
+  const s = core.state;
+  const sector = Math.floor(offset / VHD_SECTOR) * VHD_SECTOR;
+  for await (const e of vhdExtents(core, { offset: sector, length: Math.min(VHD_SECTOR, core.size - sector), hostOffsets: true })) {
+    const loc: VhdSectorLocation = { depth: e.depth ?? 0, kind: e.kind };
+    if (e.file !== undefined) loc.file = e.file;
+    if (e.hostOffset !== undefined) loc.hostOffset = e.hostOffset + (offset - sector);
+    if (s.type !== 'fixed' && e.kind === 'data') loc.block = Math.floor(offset / s.blockSize);
+    return loc;
+  }
+  throw new RangeError(`vhd: no extent covers ${offset}`);
+}
 
 /** Raw (unmerged) extents of [start, end). */
-export async function* extentRuns(disk: VhdDisk, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
-  const s = disk._state;
+async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
+  const s = core.state;
   const host = (hostOffset: number) => (options.hostOffsets ? { hostOffset, file: s.storage.name } : {});
   if (start >= end) return;
   if (s.type === 'fixed') {
@@ -35,7 +70,7 @@ export async function* extentRuns(disk: VhdDisk, start: number, end: number, opt
       pos = runEnd;
       continue;
     } else {
-      const bitmap = await disk._bitmap(block);
+      const bitmap = await core.bitmap(block);
       const dataStart = entry * VHD_SECTOR + s.bitmapBytes;
       const first = Math.floor((pos - base) / VHD_SECTOR);
       const last = Math.ceil((next - base) / VHD_SECTOR);

@@ -11,9 +11,11 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
-import { createVhd } from './create.js';
+import { setVhdBacking } from './backing.js';
+import { createVhd, createVhdImage } from './create.js';
 import { openVhdFile } from './node.js';
 import { openVhd } from './open.js';
+import { writeVhd } from './write.js';
 
 interface CorpusCase {
   name: string;
@@ -101,37 +103,37 @@ describe('layout validation', () => {
 });
 
 describe('writers stay inside what they own (even if the layout changed behind the open)', () => {
+  // These change the core's layout behind its back, so they work on the core (VhdImage) directly.
   it('a new block is never placed over metadata: the allocation is refused and the file is unchanged', async () => {
     const storage = new MemoryStorage({ name: 'w.vhd' });
-    const disk = await createVhd(storage, { size: 1 << 20, blockSize: 4096 });
-    await disk.write(0, new Uint8Array(4096).fill(1));
-    const s = disk._state;
+    const core = await createVhdImage(storage, { size: 1 << 20, blockSize: 4096 });
+    await writeVhd(core, 0, new Uint8Array(4096).fill(1));
+    const s = core.state;
     s.metadata.push({ start: s.nextFree + 4096, end: s.nextFree + 4608, what: 'parent locator 3' });
     const before = storage.toBytes().slice();
-    const e = await refusal(() => disk.write(8192, new Uint8Array(4096).fill(2)));
+    const e = await refusal(() => writeVhd(core, 8192, new Uint8Array(4096).fill(2)));
     expect(e.code).toBe('ERR_IMG_CORRUPT');
     expect(e.message).toMatch(/a new block would be written where it overlaps: block 2 and the footer behind it \[0x[0-9a-f]+, 0x[0-9a-f]+\) overlaps parent locator 3/);
     expect(storage.toBytes()).toEqual(before);
-    await disk.close();
+    await core.close();
   });
 
   it('setBacking neither zeroes nor reuses locator space that overlaps another structure', async () => {
     const ps = new MemoryStorage({ name: 'p.vhd' });
     const parent = await createVhd(ps, { size: 1 << 20, blockSize: 4096 });
     const cs = new MemoryStorage({ name: 'c.vhd' });
-    const child = await createVhd(cs, { parent: { disk: parent, relativePath: 'p.vhd' }, blockSize: 4096 });
-    const s = child._state;
+    const core = await createVhdImage(cs, { parent: { disk: parent, relativePath: 'p.vhd' }, blockSize: 4096 });
+    const s = core.state;
     const locator = s.metadata.find((m) => m.what === 'parent locator 0')!;
     // Pretend another structure shares the locator's sector (open refuses such a file; this is the writer's own guard).
     s.metadata.push({ start: locator.start, end: locator.end, what: 'the BAT' });
     const old = cs.toBytes().slice(locator.start, locator.end);
-    await child.setBacking('other-parent.vhd', 'vpc');
+    await setVhdBacking(core, 'other-parent.vhd', 'vpc');
     expect(cs.toBytes().slice(locator.start, locator.end)).toEqual(old);
     const placed = s.header!.parentLocators.filter((l) => l.platformDataLength > 0).map((l) => l.platformDataOffset);
     expect(placed.length).toBeGreaterThan(0);
     expect(placed.every((at) => at >= locator.end)).toBe(true);
-    await child.close();
-    await parent.close();
+    await core.close();
   });
 });
 

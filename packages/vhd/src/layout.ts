@@ -44,11 +44,3 @@ export function layoutOverlaps(subjects: readonly LayoutRegion[], others: readon
   });
   return out;
 }
-
-/**
- * Does [start, end) lie clear of every region in `owned` except `own`?
- * What a writer asks before it writes a region it believes it owns.
- */
-export function ownsRegion(range: { start: number; end: number }, regions: readonly { start: number; end: number }[], own?: { start: number; end: number }): boolean {
-  return regions.every((r) => r === own || !regionsOverlap(range, r));
-}

@@ -4,10 +4,10 @@
  */
 import { FileStorage, fileResolver } from '@img/block/node';
 import { dirname, relative, resolve } from 'node:path';
-import { openVhdChain as openChain, type VhdChainOptions } from './chain.js';
+import { openVhdChain as openChain, type VhdChainOptions } from './open.js';
 import { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';
 import { createVhd, type VhdCreateOptions } from './create.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd, type VhdOpenOptions } from './open.js';
 
 /** Opens a VHD file; parents are found with fileResolver unless options say otherwise. */

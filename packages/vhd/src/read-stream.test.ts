@@ -8,10 +8,11 @@ import { vhdChecksum } from './checksum.js';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';
 import { vhdDriver } from './driver.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd } from './open.js';
 import { readVhdStream } from './read-stream.js';
 import { createVhdStream } from './stream.js';
+import { readVhdLayout } from './read-layout.js';
 
 const collect = collectBytes;
 
@@ -69,8 +70,8 @@ describe('createVhdStream / vhdDriver.stream', () => {
     const d = await sample();
     const plain = await openVhd(MemoryStorage.from(await collect((await createVhdStream(d, { blockSize: 65536 })).chunks)));
     const sparse = await openVhd(MemoryStorage.from(await collect((await createVhdStream(d, { blockSize: 65536, detectZeroes: true })).chunks)));
-    const used = (x: VhdDisk) => x._state.bat.filter((e) => e !== 0xffffffff).length;
-    expect(used(plain) - used(sparse)).toBe(2);
+    const used = async (x: VhdDisk) => (await readVhdLayout(x.storage)).bat.filter((e) => e !== 0xffffffff).length;
+    expect((await used(plain)) - (await used(sparse))).toBe(2);
   });
 
   it('refuses differencing and force_size, and bad block sizes, as ERR_IMG_INVALID_ARG', async () => {
@@ -150,7 +151,7 @@ describe('readVhdStream / vhdDriver.readStream', () => {
     u32(moved, 512 + 0x24, vhdChecksum(moved.subarray(512, 1536), 0x24));
     const asFile = await openVhd(MemoryStorage.from(moved));
     expect(Buffer.from(await asFile.read(0, d.size)).equals(Buffer.from(await d.read(0, d.size)))).toBe(true);
-    const first = asFile._state.bat.findIndex((e) => e !== 0xffffffff);
+    const first = (await readVhdLayout(asFile.storage)).bat.findIndex((e) => e !== 0xffffffff);
     const r = await codeOf(readVhdStream(chunked(moved)));
     expect(r).toMatch(new RegExp(`^ERR_IMG_UNSUPPORTED .*BAT entry ${first} points backwards.*save it to a file`));
   });

@@ -1,19 +1,27 @@
 /**
  * Resizing fixed, dynamic and differencing disks.
  *
+ * Fixed disks: growing writes the unchanged footer at the new end, zeros
+ * over the old one, then the new size; shrinking writes the new size in
+ * place, the footer at the new end, then cuts the file. Each step is one
+ * sector (or zeros behind the disk's end) and is flushed.
+ *
  * Dynamic and differencing disks grow within their BAT when it has room;
  * otherwise the BAT grows in place: the blocks (and parent locator data)
  * that lie where the larger BAT will go are first copied to the end of the
  * file, each one's BAT entry switched after its copy is flushed, then the
- * larger BAT, the header and the footer are written in that order. A crash
- * at any point leaves a valid image of the old or the new size (at worst
- * with leaked, unreferenced copies).
+ * larger BAT, the header and the footer are written in that order. Whenever
+ * a write goes where the footer at the end of the file is, the footer moves
+ * behind it first (and is flushed), so the file always ends with a footer.
+ * A shrink writes the new size first, then clears what lies behind it. A
+ * crash at any point leaves a valid image of the old or the new size (at
+ * worst with leaked, unreferenced copies).
  */
 import { invalidArg, unsupported } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, isMaxGeometry, vhdSizeRule } from './geometry.js';
-import type { VhdDisk } from './image.js';
+import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
 import { locatorSpaceBytes } from './reserved-space.js';
 import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
@@ -31,6 +39,10 @@ async function copyWithin(s: VhdState, from: number, to: number, length: number)
     })();
     await s.storage.write(to + pos, full);
   }
+}
+
+async function writeZeros(s: VhdState, at: number, length: number): Promise<void> {
+  for (let pos = 0; pos < length; pos += COPY_CHUNK) await s.storage.write(at + pos, new Uint8Array(Math.min(COPY_CHUNK, length - pos)));
 }
 
 /** Sets the footer's sizes and geometry for `newSize`, keeping the sizing rule readers apply. */
@@ -55,9 +67,22 @@ function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   return f;
 }
 
-/** Resizes an open, writable VHD (called by VhdDisk.resize with the allocator held). */
-export async function resizeVhd(disk: VhdDisk, requested: number, options: { shrink?: boolean }): Promise<void> {
-  const s = disk._state;
+/**
+ * Resizes an open, writable VHD. Blocks may move: it runs alone (no read
+ * or write in flight) with the allocator held, and the caches are dropped
+ * afterwards.
+ */
+export async function resizeVhd(core: VhdImage, requested: number, options: { shrink?: boolean }): Promise<void> {
+  core.assertMutable();
+  await core.exclusive(() =>
+    core.allocator.run(async () => {
+      await resize(core.state, requested, options);
+      core.dropCaches();
+    }),
+  );
+}
+
+async function resize(s: VhdState, requested: number, options: { shrink?: boolean }): Promise<void> {
   if (!Number.isSafeInteger(requested) || requested < 0) throw invalidArg(FORMAT, `invalid size ${requested}`, { field: 'size' });
   const newSize = Math.ceil(requested / VHD_SECTOR) * VHD_SECTOR;
   if (newSize > VHD_MAX_SIZE) throw invalidArg(FORMAT, `size ${newSize} is larger than the VHD maximum of 2040 GiB`, { field: 'size' });
@@ -68,16 +93,26 @@ export async function resizeVhd(disk: VhdDisk, requested: number, options: { shr
   const oldSize = s.size;
   const footer = footerForSize(s, newSize);
   if (s.type === 'fixed') {
-    s.footer = footer;
+    // Every step writes one sector (or zeros behind the disk's end) and is flushed; a footer may
+    // describe a disk smaller than the data area in front of it, which is what bridges the steps.
     const oldFooterAt = s.fixedFooterOffset;
     if (newSize > oldSize) {
-      await s.storage.truncate(newSize + FOOTER_SIZE);
+      // 1. The footer as it is at the new end of the file: the file grows, the disk not yet.
       s.fixedFooterOffset = newSize;
       await writeFooters(s);
       await s.storage.flush();
-      // The old footer now lies inside the disk: it must read as zeros.
-      await s.storage.write(oldFooterAt, new Uint8Array(Math.min(FOOTER_SIZE, newSize - oldFooterAt)));
+      // 2. The old footer (and anything else behind the old end) must read as zeros once inside the disk.
+      await writeZeros(s, oldSize, Math.min(newSize, oldFooterAt + FOOTER_SIZE) - oldSize);
+      await s.storage.flush();
+      // 3. The new size.
+      s.footer = footer;
+      await writeFooters(s);
     } else {
+      // 1. The new size in the footer where it is: the disk shrinks, the file not yet.
+      s.footer = footer;
+      await writeFooters(s);
+      await s.storage.flush();
+      // 2. The footer at the new end, 3. the file cut behind it.
       s.fixedFooterOffset = newSize;
       await writeFooters(s);
       await s.storage.flush();
@@ -93,27 +128,59 @@ export async function resizeVhd(disk: VhdDisk, requested: number, options: { shr
   }
   if (newSize < oldSize) {
     if (s.type === 'differencing') throw unsupported(FORMAT, s.storage.name, 'shrinking a differencing disk is not supported');
-    // Blocks past the new end are dropped; the tail of the last block is zeroed
-    // so that growing again shows zeros there.
-    const tail = newSize % s.blockSize;
-    const last = Math.floor(newSize / s.blockSize);
-    if (tail !== 0 && s.bat[last] !== BAT_UNUSED) {
-      const dataStart = s.bat[last]! * VHD_SECTOR + s.bitmapBytes;
-      await s.storage.write(dataStart + tail, new Uint8Array(s.blockSize - tail));
-      await s.storage.flush();
-    }
-    for (let i = needed; i < s.bat.length; i++) {
-      if (s.bat[i] === BAT_UNUSED) continue;
-      await writeBatEntry(s, i, BAT_UNUSED);
-      s.bat[i] = BAT_UNUSED;
-    }
+    // The new size first: until it is durable the disk reads as before. A crash after it leaves
+    // the dropped blocks referenced past the end (a leak) and old bytes behind the end in the
+    // last block, which clearPastEnd (here, or before a later grow) removes before they can show.
+    s.footer = footer;
+    s.size = newSize;
+    await writeFooters(s);
     await s.storage.flush();
-  } else if (needed > s.bat.length) {
-    await growBat(s, needed);
+    await clearPastEnd(s, newSize);
+    return;
   }
+  // What a shrink (maybe interrupted) left behind the old end must read as zeros once the disk grows.
+  await clearPastEnd(s, oldSize);
+  if (needed > s.bat.length) await growBat(s, needed);
   s.footer = footer;
   s.size = newSize;
   await writeFooters(s);
+  await s.storage.flush();
+}
+
+/**
+ * Makes everything behind `size` read as zeros: the rest of the last
+ * block's data is zeroed (only when it is not zero already) and BAT
+ * entries past it are cleared, each followed by a flush.
+ */
+async function clearPastEnd(s: VhdState, size: number): Promise<void> {
+  const tail = size % s.blockSize;
+  const last = Math.floor(size / s.blockSize);
+  if (tail !== 0 && last < s.bat.length && s.bat[last] !== BAT_UNUSED) {
+    const at = s.bat[last]! * VHD_SECTOR + s.bitmapBytes + tail;
+    const old = await s.storage.read(at, s.blockSize - tail);
+    if (old.some((b) => b !== 0)) {
+      await s.storage.write(at, new Uint8Array(s.blockSize - tail));
+      await s.storage.flush();
+    }
+  }
+  let cleared = false;
+  for (let i = Math.ceil(size / s.blockSize); i < s.bat.length; i++) {
+    if (s.bat[i] === BAT_UNUSED) continue;
+    await writeBatEntry(s, i, BAT_UNUSED);
+    s.bat[i] = BAT_UNUSED;
+    cleared = true;
+  }
+  if (cleared) await s.storage.flush();
+}
+
+/**
+ * Moves the footer at the end of the file to `at` (behind where the
+ * caller is about to write), and flushes, so that the file ends with a
+ * footer whatever part of the following writes a crash keeps.
+ */
+async function footerTo(s: VhdState, at: number): Promise<void> {
+  s.nextFree = at;
+  await writeFooters(s, { head: false });
   await s.storage.flush();
 }
 
@@ -129,9 +196,8 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
     const start = s.bat[i]! * VHD_SECTOR;
     if (!inTheWay(start, start + span)) continue;
     const to = Math.max(s.nextFree, newEnd);
+    await footerTo(s, to + span);
     await copyWithin(s, start, to, span);
-    s.nextFree = to + span;
-    await writeFooters(s, { head: false });
     await s.storage.flush();
     await writeBatEntry(s, i, to / VHD_SECTOR);
     await s.storage.flush();
@@ -145,9 +211,8 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
     if (space === 0 || l.platformDataOffset < VHD_SECTOR) continue;
     if (!inTheWay(l.platformDataOffset, l.platformDataOffset + space)) continue;
     const to = Math.max(s.nextFree, newEnd);
+    await footerTo(s, to + space);
     await copyWithin(s, l.platformDataOffset, to, space);
-    s.nextFree = to + space;
-    await writeFooters(s, { head: false });
     await s.storage.flush();
     const old = l.platformDataOffset;
     l.platformDataOffset = to;
@@ -161,11 +226,10 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
     await writeHeader(s);
     await s.storage.flush();
   }
-  s.nextFree = Math.max(s.nextFree, newEnd);
+  if (newEnd > s.nextFree) await footerTo(s, newEnd);
   const bat = new Uint32Array(entries).fill(BAT_UNUSED);
   bat.set(s.bat);
   await s.storage.write(h.tableOffset, serializeBat(bat));
-  await writeFooters(s, { head: false });
   await s.storage.flush();
   h.maxTableEntries = entries;
   await writeHeader(s);

@@ -6,9 +6,10 @@ import { describeQemu, qemuCompare, qemuInfo, seededBytes, tempDir, testImagesDi
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { openVhd } from './open.js';
 import { streamVhd, type VhdStreamOptions } from './stream.js';
+import { readVhdLayout } from './read-layout.js';
 
 async function collect(disk: VhdDisk, options?: VhdStreamOptions): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
@@ -26,7 +27,7 @@ describe('streamVhd', () => {
     const out = await openVhd(MemoryStorage.from(bytes, { name: 's.vhd' }));
     expect(out.size).toBe(top.size);
     expect(Buffer.from(await out.read(0, out.size)).equals(Buffer.from(await top.read(0, top.size)))).toBe(true);
-    expect(out._state.bat.filter((e) => e !== 0xffffffff).length).toBe(3); // 2 blocks for 70000 bytes, 1 for 5000
+    expect((await readVhdLayout(out.storage)).bat.filter((e) => e !== 0xffffffff).length).toBe(3); // 2 blocks for 70000 bytes, 1 for 5000
     expect(await checkVhd(MemoryStorage.from(bytes))).toMatchObject({ corruptions: 0, leaks: 0 });
     const fixed = await openVhd(MemoryStorage.from(await collect(top, { type: 'fixed' })));
     expect(Buffer.from(await fixed.read(0, fixed.size)).equals(Buffer.from(await top.read(0, top.size)))).toBe(true);

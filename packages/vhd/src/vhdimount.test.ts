@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeWith, seededBytes, tempDir } from '@img/testkit';
 import { afterAll, expect, it } from 'vitest';
-import type { VhdDisk } from './image.js';
+import type { VhdDisk } from './disk.js';
 import { createVhdFile, openVhdFile } from './node.js';
 
 const fuse = existsSync('/dev/fuse');
