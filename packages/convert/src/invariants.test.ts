@@ -20,11 +20,8 @@ const NODE_ALLOWED = [
   /^convert\/src\/node\.ts$/,
   /^convert\/src\/node\//,
   /^vhd\/src\/node\.ts$/,
-  /^qcow2\/src\/node\.ts$/,
-  // zlib (deflate, and zstd where the platform has it) and the worker pool
-  // that compresses off the main thread: the qcow2 codecs, isolated in two modules
-  /^qcow2\/src\/compression\.ts$/,
-  /^qcow2\/src\/compress-pool\.ts$/,
+  // Node's qcow2 codecs (zlib, the native zstd addon) and the worker pool, behind the "node" condition
+  /^qcow2\/src\/node\//,
 ];
 
 function walk(dir: string): string[] {
