@@ -1,0 +1,96 @@
+import { describe, expect, it } from 'vitest';
+import { seededBytes } from '@img/testkit';
+import { BlobStorage, storageToBlob, type BlobLike } from './blob-storage.js';
+import { ImageError } from './errors.js';
+import { MemoryStorage } from './memory-storage.js';
+import { openRaw } from './raw.js';
+
+async function codeOf(work: () => Promise<unknown>): Promise<string | undefined> {
+  try {
+    await work();
+  } catch (e) {
+    expect(ImageError.isInstance(e), String(e)).toBe(true);
+    return (e as ImageError).code;
+  }
+  return undefined;
+}
+
+describe('BlobStorage', () => {
+  const bytes = seededBytes(100_003, 7);
+
+  it('reads positional ranges of a Blob, short only at its end', async () => {
+    const s = new BlobStorage(new Blob([bytes]));
+    expect(s.name).toBe('blob');
+    expect(s.readOnly).toBe(true);
+    expect(await s.size()).toBe(bytes.length);
+    expect(await s.read(0, 10)).toEqual(bytes.subarray(0, 10));
+    expect(await s.read(65_530, 20)).toEqual(bytes.subarray(65_530, 65_550));
+    expect(await s.read(100_000, 10)).toEqual(bytes.subarray(100_000));
+    expect((await s.read(200_000, 10)).length).toBe(0);
+    expect((await s.read(5, 0)).length).toBe(0);
+    const target = new Uint8Array(16).fill(0xee);
+    expect(await s.readInto(99_995, target)).toBe(8);
+    expect(target.subarray(0, 8)).toEqual(bytes.subarray(99_995));
+    expect(target[8]).toBe(0xee);
+  });
+
+  it('takes its name from a File, or from the options', () => {
+    expect(new BlobStorage(new File([bytes], 'disk.qcow2')).name).toBe('disk.qcow2');
+    expect(new BlobStorage(new File([bytes], 'disk.qcow2'), { name: 'upload' }).name).toBe('upload');
+  });
+
+  it('is read-only, refuses use after close and bad ranges, each with its code', async () => {
+    const s = new BlobStorage(new Blob([bytes]));
+    expect(await codeOf(() => s.write())).toBe('ERR_IMG_READ_ONLY');
+    expect(await codeOf(() => s.truncate())).toBe('ERR_IMG_READ_ONLY');
+    expect(await codeOf(() => s.read(-1, 4))).toBe('ERR_IMG_INVALID_ARG');
+    expect(await codeOf(() => s.read(0, 2 ** 53))).toBe('ERR_IMG_INVALID_ARG');
+    await s.close();
+    expect(await codeOf(() => s.read(0, 4))).toBe('ERR_IMG_CLOSED');
+    expect(await codeOf(() => s.size())).toBe('ERR_IMG_CLOSED');
+  });
+
+  it('reports a Blob that cannot be read (a File changed since it was picked) as ERR_IMG_IO with the offset', async () => {
+    const failing: BlobLike = {
+      size: 4096,
+      slice: () => ({ arrayBuffer: () => Promise.reject(new Error('The requested file could not be read')) }),
+    };
+    const s = new BlobStorage(failing, { name: 'gone.vhd' });
+    const e = await s.read(512, 512).catch((x: unknown) => x as ImageError);
+    expect(ImageError.isInstance(e)).toBe(true);
+    expect((e as ImageError).code).toBe('ERR_IMG_IO');
+    expect((e as ImageError).message).toMatch(/^gone\.vhd: cannot read 512 bytes at 512 \(The requested file could not be read\)$/);
+    expect((e as ImageError).data.offset).toBe(512);
+  });
+
+  it('loads only the ranges asked for', async () => {
+    const sliced: Array<[number, number]> = [];
+    const blob = new Blob([bytes]);
+    const counting: BlobLike = {
+      size: blob.size,
+      slice: (a, b) => {
+        sliced.push([a!, b!]);
+        return blob.slice(a, b);
+      },
+    };
+    const disk = await openRaw(new BlobStorage(counting), { readOnly: true });
+    expect(await disk.read(4096, 512)).toEqual(bytes.subarray(4096, 4608));
+    await disk.close();
+    expect(sliced.reduce((n, [a, b]) => n + (b - a), 0)).toBeLessThanOrEqual(512);
+  });
+});
+
+describe('storageToBlob', () => {
+  it('gives a Storage\'s whole content as a Blob, chunk by chunk', async () => {
+    const data = seededBytes(10_007, 3);
+    const mem = MemoryStorage.from(data);
+    for (const chunkSize of [1000, 4096, 1 << 22]) {
+      const blob = await storageToBlob(mem, { chunkSize });
+      expect(blob.size).toBe(data.length);
+      expect(blob.type).toBe('application/octet-stream');
+      expect(new Uint8Array(await blob.arrayBuffer())).toEqual(data);
+    }
+    expect((await storageToBlob(new MemoryStorage(), { type: 'application/x-qcow2' })).type).toBe('application/x-qcow2');
+    expect(await codeOf(() => storageToBlob(mem, { chunkSize: 0 }))).toBe('ERR_IMG_INVALID_ARG');
+  });
+});

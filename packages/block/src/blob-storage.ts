@@ -1,0 +1,154 @@
+/**
+ * Storage over a Blob: a `File` from `<input type=file>` or a drop, a
+ * `fetch()` answer's `blob()`, anything with a size and a `slice` that
+ * reads as an ArrayBuffer. Read-only; each read is one
+ * `blob.slice(a, b).arrayBuffer()`, so only the bytes an image's metadata
+ * points at are ever loaded. And the way back: {@link storageToBlob} turns
+ * what was written to a Storage (a MemoryStorage, say) into a Blob to
+ * download.
+ */
+import { closedError, invalidArg, ioError, readOnlyError } from './errors.js';
+import type { Storage } from './storage.js';
+
+/**
+ * The part of the DOM's `Blob` this needs (so that the types check without
+ * the DOM library, and any object of that shape will do).
+ */
+export interface BlobLike {
+  readonly size: number;
+  slice(start?: number, end?: number): { arrayBuffer(): Promise<ArrayBuffer> };
+}
+
+/** What {@link BlobStorage} is told besides the blob. */
+export interface BlobStorageOptions {
+  /** The name messages use: by default the File's name, else "blob". */
+  name?: string;
+}
+
+/**
+ * A read-only {@link Storage} over a Blob or File, for the formats to open
+ * in a browser (or anywhere a Blob exists: Node >= 20, Deno, Bun).
+ *
+ * @example
+ * ```ts
+ * import { BlobStorage, MemoryStorage, sparseCopy, storageToBlob } from '@img/block';
+ * import { openQcow2 } from '@img/qcow2';
+ * import { createVhd } from '@img/vhd';
+ *
+ * input.onchange = async () => {
+ *   const file = input.files![0]!;
+ *   await using disk = await openQcow2(new BlobStorage(file), { readOnly: true });
+ *   const first = await disk.read(0, 512);            // guest bytes, decompressed
+ *   for await (const e of disk.extents()) console.log(e.offset, e.length, e.kind);
+ *   // Convert to a dynamic VHD in memory and offer it as a download.
+ *   const out = new MemoryStorage();
+ *   const vhd = await createVhd(out, { size: disk.size });
+ *   await sparseCopy(disk, vhd);
+ *   await vhd.close();
+ *   const a = document.createElement('a');
+ *   a.href = URL.createObjectURL(await storageToBlob(out));
+ *   a.download = file.name.replace(/\.qcow2$/, '') + '.vhd';
+ *   a.click();
+ * };
+ * ```
+ */
+export class BlobStorage implements Storage {
+  readonly name: string;
+  readonly readOnly = true;
+  #blob: BlobLike;
+  #closed = false;
+
+  constructor(blob: BlobLike, options: BlobStorageOptions = {}) {
+    this.#blob = blob;
+    const fileName = (blob as { name?: unknown }).name;
+    this.name = options.name ?? (typeof fileName === 'string' && fileName !== '' ? fileName : 'blob');
+  }
+
+  #check(): void {
+    if (this.#closed) throw closedError(this.name);
+  }
+
+  async size(): Promise<number> {
+    this.#check();
+    return this.#blob.size;
+  }
+
+  async read(position: number, length: number): Promise<Uint8Array> {
+    this.#check();
+    checkRange(position, length);
+    const end = Math.min(this.#blob.size, position + length);
+    if (end <= position) return new Uint8Array(0);
+    let bytes: ArrayBuffer;
+    try {
+      bytes = await this.#blob.slice(position, end).arrayBuffer();
+    } catch (e) {
+      // A File changed or removed since it was picked reads as NotReadableError.
+      throw ioError(this.name, `cannot read ${end - position} bytes at ${position} (${(e as Error).message ?? e})`, { offset: position }, e);
+    }
+    return new Uint8Array(bytes);
+  }
+
+  async readInto(position: number, target: Uint8Array): Promise<number> {
+    const bytes = await this.read(position, target.length);
+    target.set(bytes);
+    return bytes.length;
+  }
+
+  async write(): Promise<void> {
+    throw this.#refuse();
+  }
+
+  async truncate(): Promise<void> {
+    throw this.#refuse();
+  }
+
+  #refuse(): Error {
+    this.#check();
+    return readOnlyError('blob', this.name);
+  }
+
+  async flush(): Promise<void> {
+    this.#check();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+}
+
+/** What {@link storageToBlob} is told. */
+export interface StorageToBlobOptions {
+  /** The Blob's MIME type; "application/octet-stream" by default. */
+  type?: string;
+  /** Bytes read per step (each becomes one part of the Blob); 4 MiB by default. */
+  chunkSize?: number;
+}
+
+/**
+ * The whole content of a Storage as a Blob, read in chunks (no single
+ * buffer of the whole size): the image a browser wrote into a
+ * MemoryStorage, ready for `URL.createObjectURL` or an upload.
+ *
+ * @example
+ * ```ts
+ * const out = new MemoryStorage();
+ * const disk = await createQcow2(out, { size: 1 << 30 });
+ * await disk.write(0, bytes);
+ * await disk.close();
+ * const blob = await storageToBlob(out);
+ * ```
+ */
+export async function storageToBlob(storage: Storage, options: StorageToBlobOptions = {}): Promise<Blob> {
+  const chunkSize = options.chunkSize ?? 4 * 1024 * 1024;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw invalidArg('blob', `storageToBlob: chunkSize must be a positive integer, got ${chunkSize}`, { field: 'chunkSize', actual: chunkSize });
+  const size = await storage.size();
+  const parts: Uint8Array[] = [];
+  for (let at = 0; at < size; at += chunkSize) parts.push(await storage.read(at, Math.min(chunkSize, size - at)));
+  return new Blob(parts, { type: options.type ?? 'application/octet-stream' });
+}
+
+function checkRange(position: number, length: number): void {
+  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw invalidArg('blob', `invalid storage range: position ${position}, length ${length}`, { offset: position, actual: length });
+  }
+}
