@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { seededBytes } from '@img/testkit';
-import { BlobStorage, storageToBlob, type BlobLike } from './blob-storage.js';
+import { BlobStorage, BlobTarget, storageToBlob, type BlobLike } from './blob-storage.js';
 import { ImageError } from './errors.js';
 import { MemoryStorage } from './memory-storage.js';
-import { openRaw } from './raw.js';
+import { createRaw, openRaw } from './raw.js';
 
 async function codeOf(work: () => Promise<unknown>): Promise<string | undefined> {
   try {
@@ -92,5 +92,26 @@ describe('storageToBlob', () => {
     }
     expect((await storageToBlob(new MemoryStorage(), { type: 'application/x-qcow2' })).type).toBe('application/x-qcow2');
     expect(await codeOf(() => storageToBlob(mem, { chunkSize: 0 }))).toBe('ERR_IMG_INVALID_ARG');
+  });
+});
+
+describe('BlobTarget', () => {
+  it('is a writable Storage whose bytes outlive close(), as a Blob', async () => {
+    const t = new BlobTarget({ name: 'out.img' });
+    expect(t.readOnly).toBe(false);
+    const disk = await createRaw(t, { size: 8192 });
+    await disk.write(4096, seededBytes(4096, 1));
+    await disk.close();
+    expect(await codeOf(() => t.read(0, 1))).toBe('ERR_IMG_CLOSED');
+    expect(await codeOf(() => t.write(0, new Uint8Array(1)))).toBe('ERR_IMG_CLOSED');
+    const blob = await t.toBlob({ type: 'application/octet-stream' });
+    expect(blob.size).toBe(8192);
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    expect(bytes.subarray(0, 4096).every((b) => b === 0)).toBe(true);
+    expect(bytes.subarray(4096)).toEqual(seededBytes(4096, 1));
+    // And back in through BlobStorage.
+    const again = await openRaw(new BlobStorage(blob), { readOnly: true });
+    expect(await again.read(4096, 16)).toEqual(seededBytes(4096, 1).subarray(0, 16));
+    await again.close();
   });
 });

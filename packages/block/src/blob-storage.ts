@@ -3,12 +3,13 @@
  * `fetch()` answer's `blob()`, anything with a size and a `slice` that
  * reads as an ArrayBuffer. Read-only; each read is one
  * `blob.slice(a, b).arrayBuffer()`, so only the bytes an image's metadata
- * points at are ever loaded. And the way back: {@link storageToBlob} turns
- * what was written to a Storage (a MemoryStorage, say) into a Blob to
- * download.
+ * points at are ever loaded. And the way back: {@link BlobTarget}, a
+ * Storage in memory to create an image in that yields a Blob once the image
+ * is closed, and {@link storageToBlob} for any open Storage.
  */
 import { closedError, invalidArg, ioError, readOnlyError } from './errors.js';
-import type { Storage } from './storage.js';
+import { MemoryStorage } from './memory-storage.js';
+import type { Storage, StorageRange } from './storage.js';
 
 /**
  * The part of the DOM's `Blob` this needs (so that the types check without
@@ -31,7 +32,7 @@ export interface BlobStorageOptions {
  *
  * @example
  * ```ts
- * import { BlobStorage, MemoryStorage, sparseCopy, storageToBlob } from '@img/block';
+ * import { BlobStorage, BlobTarget, sparseCopy } from '@img/block';
  * import { openQcow2 } from '@img/qcow2';
  * import { createVhd } from '@img/vhd';
  *
@@ -41,12 +42,12 @@ export interface BlobStorageOptions {
  *   const first = await disk.read(0, 512);            // guest bytes, decompressed
  *   for await (const e of disk.extents()) console.log(e.offset, e.length, e.kind);
  *   // Convert to a dynamic VHD in memory and offer it as a download.
- *   const out = new MemoryStorage();
+ *   const out = new BlobTarget({ name: 'out.vhd' });
  *   const vhd = await createVhd(out, { size: disk.size });
  *   await sparseCopy(disk, vhd);
  *   await vhd.close();
  *   const a = document.createElement('a');
- *   a.href = URL.createObjectURL(await storageToBlob(out));
+ *   a.href = URL.createObjectURL(await out.toBlob());
  *   a.download = file.name.replace(/\.qcow2$/, '') + '.vhd';
  *   a.click();
  * };
@@ -116,6 +117,102 @@ export class BlobStorage implements Storage {
   }
 }
 
+/** What {@link BlobTarget} is told. */
+export interface BlobTargetOptions {
+  /** The name messages use; "memory" by default. */
+  name?: string;
+}
+
+/**
+ * A writable Storage in memory (sparse, as MemoryStorage) to create or
+ * convert an image into, whose bytes outlive close(): closing the image
+ * closes its storage, and {@link BlobTarget.toBlob} still answers the
+ * finished image as a Blob to download or upload.
+ *
+ * @example
+ * ```ts
+ * const out = new BlobTarget({ name: 'disk.qcow2' });
+ * const disk = await createQcow2(out, { size: 64 << 20 });
+ * await disk.writeCompressed(0, bytes);
+ * await disk.close();
+ * const blob = await out.toBlob({ type: 'application/x-qcow2' });
+ * ```
+ */
+export class BlobTarget implements Storage {
+  readonly name: string;
+  readonly readOnly = false;
+  #memory: MemoryStorage;
+  #closed = false;
+
+  constructor(options: BlobTargetOptions = {}) {
+    this.name = options.name ?? 'memory';
+    this.#memory = new MemoryStorage({ name: this.name });
+  }
+
+  #check(): void {
+    if (this.#closed) throw closedError(this.name);
+  }
+
+  /** Bytes held (the image's size once it is closed). */
+  get byteLength(): number {
+    return this.#memory.byteLength;
+  }
+
+  async size(): Promise<number> {
+    this.#check();
+    return this.#memory.size();
+  }
+
+  async read(position: number, length: number): Promise<Uint8Array> {
+    this.#check();
+    return this.#memory.read(position, length);
+  }
+
+  async readInto(position: number, target: Uint8Array): Promise<number> {
+    this.#check();
+    return this.#memory.readInto(position, target);
+  }
+
+  async write(position: number, data: Uint8Array): Promise<void> {
+    this.#check();
+    return this.#memory.write(position, data);
+  }
+
+  async writev(position: number, chunks: readonly Uint8Array[]): Promise<void> {
+    this.#check();
+    return this.#memory.writev(position, chunks);
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.#check();
+    return this.#memory.truncate(size);
+  }
+
+  async flush(): Promise<void> {
+    this.#check();
+  }
+
+  async ranges(offset: number, length: number): Promise<StorageRange[]> {
+    this.#check();
+    return this.#memory.ranges(offset, length);
+  }
+
+  async punchHole(offset: number, length: number): Promise<boolean> {
+    this.#check();
+    return this.#memory.punchHole(offset, length);
+  }
+
+  /** Refuses further use as a Storage; the bytes stay for toBlob(). */
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  /** The bytes written so far (all of them once the image is closed), as a Blob. */
+  toBlob(options: StorageToBlobOptions = {}): Promise<Blob> {
+    return storageToBlob(this.#memory, options);
+  }
+}
+
 /** What {@link storageToBlob} is told. */
 export interface StorageToBlobOptions {
   /** The Blob's MIME type; "application/octet-stream" by default. */
@@ -129,13 +226,12 @@ export interface StorageToBlobOptions {
  * buffer of the whole size): the image a browser wrote into a
  * MemoryStorage, ready for `URL.createObjectURL` or an upload.
  *
+ * The storage must still be open: to keep an image's bytes past its
+ * close(), create it in a {@link BlobTarget}.
+ *
  * @example
  * ```ts
- * const out = new MemoryStorage();
- * const disk = await createQcow2(out, { size: 1 << 30 });
- * await disk.write(0, bytes);
- * await disk.close();
- * const blob = await storageToBlob(out);
+ * const blob = await storageToBlob(storage, { type: 'application/x-qcow2' });
  * ```
  */
 export async function storageToBlob(storage: Storage, options: StorageToBlobOptions = {}): Promise<Blob> {
