@@ -7,7 +7,7 @@
 // deflate clusters must pass qemu-img check and convert to what it wrote.
 // With CI=true a missing Chromium fails; locally the suite skips with a
 // notice. IMG_CHROMIUM names another executable.
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -37,9 +37,40 @@ if (!haveChromium && !inCI) {
   console.warn(`\n*** tools/browser: no Chromium at ${CHROMIUM}: the browser suite is SKIPPED (CI=true makes this a failure; IMG_CHROMIUM names another) ***\n`);
 }
 
+/**
+ * Made here by qemu-img at test time: deflate clusters of 2 MiB (one
+ * cluster's stream spans many DecompressionStream chunks) and of 4 KiB.
+ */
+interface Generated {
+  file: string;
+  size: number;
+  sha256: string;
+}
+
+function generate(dir: string): Generated[] {
+  // Compressible text, then a random run (stored uncompressed), then zeros.
+  const size = 6 * 1024 * 1024;
+  const raw = Buffer.alloc(size);
+  const text = Buffer.from('qcow2 deflate cluster in a browser, made by qemu-img; ');
+  for (let at = 0; at < 4 * 1024 * 1024; at += text.length) text.copy(raw, at, 0, Math.min(text.length, 4 * 1024 * 1024 - at));
+  randomFillSync(raw, 4 * 1024 * 1024, 1024 * 1024);
+  const rawPath = join(dir, 'generated.raw');
+  writeFileSync(rawPath, raw);
+  const sha256 = createHash('sha256').update(raw).digest('hex');
+  return ['2M', '4k'].map((cs) => {
+    const file = join(dir, `generated-zlib-${cs}.qcow2`);
+    qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${cs},compression_type=zlib`, rawPath, file]);
+    const compressed = qemuCheck(file, 'qcow2').result?.['compressed-clusters'];
+    if (typeof compressed !== 'number' || compressed < 2) throw new Error(`${file}: qemu-img stored ${String(compressed)} compressed clusters`);
+    return { file, size, sha256 };
+  });
+}
+
 describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
   let browser: Browser | undefined;
   let results: PageResults;
+  let generated: Generated[] = [];
+  const work = tempDir('img-browser-gen-');
   const manifest = loadManifest();
 
   beforeAll(async () => {
@@ -60,7 +91,8 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
     });
     await page.goto(`${ORIGIN}/`);
     await page.waitForSelector('body[data-ready="true"]', { timeout: 20_000 });
-    await page.setInputFiles('#files', FIXTURES.map((f) => join(testImagesDir, f)));
+    if (hasQemuImg || inCI) generated = generate(work.path);
+    await page.setInputFiles('#files', [...FIXTURES.map((f) => join(testImagesDir, f)), ...generated.map((g) => g.file)]);
     await page.waitForFunction(() => window.__imgResults !== undefined, undefined, { timeout: 45_000 });
     results = (await page.evaluate(() => window.__imgResults))!;
     expect(errors).toEqual([]);
@@ -68,13 +100,14 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
 
   afterAll(async () => {
     await browser?.close();
+    work.cleanup();
   });
 
   it('runs the web codecs with no Node globals, without a page-level error', () => {
     expect(results.error).toBeUndefined();
     expect(results.codecs).toBe('web');
     expect(results.hasNodeGlobals).toBe(false);
-    expect(results.files.map((f) => f.name)).toEqual(FIXTURES.map((f) => f.split('/').pop()));
+    expect(results.files.map((f) => f.name)).toEqual([...FIXTURES, ...generated.map((g) => g.file)].map((f) => f.split('/').pop()));
   });
 
   for (const [i, fixture] of FIXTURES.entries()) {
@@ -94,6 +127,18 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
       }
     });
   }
+
+  it('qcow2 images qemu-img compressed with 2 MiB and 4 KiB clusters read to the bytes qemu-img was given', () => {
+    if (!hasQemuImg && !inCI) return;
+    expect(generated.length).toBe(2);
+    for (const [k, g] of generated.entries()) {
+      const r = results.files[FIXTURES.length + k]!;
+      expect(r.error, g.file).toBeUndefined();
+      expect(r.size).toBe(g.size);
+      expect(r.sha256, g.file).toBe(g.sha256);
+      expect(r.vhdSha256, g.file).toBe(g.sha256);
+    }
+  });
 
   it('a qcow2 written in the browser with deflate clusters reads back, passes qemu-img check and holds what was written', () => {
     const w = results.written!;
