@@ -8,6 +8,9 @@
 // With CI=true a missing Chromium fails; locally the suite skips with a
 // notice. IMG_CHROMIUM names another executable.
 import { createHash, randomFillSync } from 'node:crypto';
+import { deflateRawSync } from 'node:zlib';
+import { MemoryStorage } from '@img/block';
+import { createQcow2 } from '@img/qcow2';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,7 +69,39 @@ function generate(dir: string): Generated[] {
   });
 }
 
+/**
+ * Two damaged copies of a one-cluster compressed qcow2 (written here with
+ * Node's codecs, whose deflate bytes are known): the stream replaced by
+ * garbage, and by the start of a deflate bomb (64 MiB of zeros).
+ */
+async function damaged(dir: string): Promise<string[]> {
+  const clusterSize = 65536;
+  const cluster = Buffer.alloc(clusterSize);
+  for (let i = 0; i < clusterSize; i++) cluster[i] = (i * 7919) % 251 < 40 ? i & 0xff : 0x20;
+  const mem = new MemoryStorage();
+  const disk = await createQcow2(mem, { size: clusterSize, clusterSize });
+  await disk.writeCompressed(0, cluster);
+  await disk.close();
+  const image = Buffer.from(mem.toBytes());
+  const stream = deflateRawSync(cluster, { level: 6, windowBits: 12 });
+  const at = image.indexOf(stream);
+  if (at < 0 || stream.length < 200) throw new Error('the compressed cluster was not found in the image');
+  const garbage = Buffer.from(image);
+  garbage.fill(0xff, at, at + stream.length);
+  const bomb = Buffer.from(image);
+  deflateRawSync(Buffer.alloc(64 * 1024 * 1024)).copy(bomb, at, 0, stream.length);
+  return [
+    ['damaged-garbage.qcow2', garbage],
+    ['damaged-bomb.qcow2', bomb],
+  ].map(([name, bytes]) => {
+    const file = join(dir, name as string);
+    writeFileSync(file, bytes as Buffer);
+    return file;
+  });
+}
+
 describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
+  let bad: string[] = [];
   let browser: Browser | undefined;
   let results: PageResults;
   let generated: Generated[] = [];
@@ -92,7 +127,8 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
     await page.goto(`${ORIGIN}/`);
     await page.waitForSelector('body[data-ready="true"]', { timeout: 20_000 });
     if (hasQemuImg || inCI) generated = generate(work.path);
-    await page.setInputFiles('#files', [...FIXTURES.map((f) => join(testImagesDir, f)), ...generated.map((g) => g.file)]);
+    bad = await damaged(work.path);
+    await page.setInputFiles('#files', [...FIXTURES.map((f) => join(testImagesDir, f)), ...generated.map((g) => g.file), ...bad]);
     await page.waitForFunction(() => window.__imgResults !== undefined, undefined, { timeout: 45_000 });
     results = (await page.evaluate(() => window.__imgResults))!;
     expect(errors).toEqual([]);
@@ -107,7 +143,7 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
     expect(results.error).toBeUndefined();
     expect(results.codecs).toBe('web');
     expect(results.hasNodeGlobals).toBe(false);
-    expect(results.files.map((f) => f.name)).toEqual([...FIXTURES, ...generated.map((g) => g.file)].map((f) => f.split('/').pop()));
+    expect(results.files.map((f) => f.name)).toEqual([...FIXTURES, ...generated.map((g) => g.file), ...bad].map((f) => f.split('/').pop()));
   });
 
   for (const [i, fixture] of FIXTURES.entries()) {
@@ -138,6 +174,12 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
       expect(r.sha256, g.file).toBe(g.sha256);
       expect(r.vhdSha256, g.file).toBe(g.sha256);
     }
+  });
+
+  it('a damaged deflate cluster (garbage, a bomb) is ERR_IMG_CORRUPT naming the cluster, not a hang or a crash', () => {
+    const [garbage, bomb] = results.files.slice(-2);
+    expect(garbage!.error).toMatch(/^ERR_IMG_CORRUPT ImageError: qcow2: damaged-garbage\.qcow2: compressed cluster at 0x[0-9a-f]+ is not a valid deflate stream/);
+    expect(bomb!.error).toMatch(/^ERR_IMG_CORRUPT ImageError: qcow2: damaged-bomb\.qcow2: compressed cluster at 0x[0-9a-f]+ inflates to more than one cluster \(65536 bytes\)/);
   });
 
   it('a qcow2 written in the browser with deflate clusters reads back, passes qemu-img check and holds what was written', () => {
