@@ -18,6 +18,8 @@ export interface FileResult {
   vhdSha256?: string;
   vhdSize?: number;
   error?: string;
+  /** Milliseconds for this file: open, hash, extents and (qcow2) the VHD round trip. */
+  ms?: number;
 }
 
 export interface PageResults {
@@ -111,11 +113,13 @@ input.addEventListener('change', () => {
     };
     try {
       for (const file of input.files ?? []) {
+        const t = performance.now();
         try {
           results.files.push(await inspect(file));
         } catch (e) {
           results.files.push({ name: file.name, format: '?', size: -1, error: `${(e as { code?: string }).code ?? ''} ${String(e)}` });
         }
+        results.files[results.files.length - 1]!.ms = Math.round(performance.now() - t);
       }
       results.written = await writeCompressed();
     } catch (e) {

@@ -132,6 +132,7 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
     await page.waitForFunction(() => window.__imgResults !== undefined, undefined, { timeout: 45_000 });
     results = (await page.evaluate(() => window.__imgResults))!;
     expect(errors).toEqual([]);
+    if (process.env.IMG_BROWSER_TIMES) for (const f of results.files) console.log(`chromium: ${f.name}: ${f.ms} ms (${f.size} bytes)`);
   });
 
   afterAll(async () => {
