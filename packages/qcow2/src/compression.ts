@@ -90,7 +90,7 @@ function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedC
 
 function inflateFailure(e: unknown, clusterSize: number, ctx: CompressedContext): Error {
   if ((e as { code?: string }).code === TOO_LARGE) return bad(ctx, `inflates to more than one cluster (${clusterSize} bytes)`, e);
-  return bad(ctx, `is not a valid deflate stream (${(e as Error).message})`, e);
+  return bad(ctx, `is not a valid deflate stream (${e instanceof Error ? e.message : String(e)})`, e);
 }
 
 function oneCluster(result: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
