@@ -55,7 +55,7 @@ describe('BlobStorage', () => {
       size: 4096,
       slice: () => ({ arrayBuffer: () => Promise.reject(new Error('The requested file could not be read')) }),
     };
-    const s = new BlobStorage(failing, { name: 'gone.vhd' });
+    const s = new BlobStorage(failing, { name: 'gone.vhd', cacheBytes: 0 });
     const e = await s.read(512, 512).catch((x: unknown) => x as ImageError);
     expect(ImageError.isInstance(e)).toBe(true);
     expect((e as ImageError).code).toBe('ERR_IMG_IO');
@@ -63,7 +63,7 @@ describe('BlobStorage', () => {
     expect((e as ImageError).data.offset).toBe(512);
   });
 
-  it('loads only the ranges asked for', async () => {
+  it('with the cache off, loads only the ranges asked for', async () => {
     const sliced: Array<[number, number]> = [];
     const blob = new Blob([bytes]);
     const counting: BlobLike = {
@@ -73,10 +73,61 @@ describe('BlobStorage', () => {
         return blob.slice(a, b);
       },
     };
-    const disk = await openRaw(new BlobStorage(counting), { readOnly: true });
+    const disk = await openRaw(new BlobStorage(counting, { cacheBytes: 0 }), { readOnly: true });
     expect(await disk.read(4096, 512)).toEqual(bytes.subarray(4096, 4608));
     await disk.close();
     expect(sliced.reduce((n, [a, b]) => n + (b - a), 0)).toBeLessThanOrEqual(512);
+  });
+
+  it('serves short reads from cached blocks: the right bytes across block boundaries, few fetches, bounded memory', async () => {
+    const blob = new Blob([bytes]);
+    const sliced: Array<[number, number]> = [];
+    const counting: BlobLike = {
+      size: blob.size,
+      slice: (a, b) => {
+        sliced.push([a!, b!]);
+        return blob.slice(a, b);
+      },
+    };
+    const s = new BlobStorage(counting, { blockSize: 1000, cacheBytes: 3000 });
+    let x = 12345;
+    for (let i = 0; i < 2000; i++) {
+      x = (x * 1103515245 + 12345) >>> 0;
+      const at = x % 110_000;
+      const len = (x >>> 8) % 1200;
+      const want = bytes.subarray(at, Math.min(bytes.length, at + len));
+      expect(await s.read(at, len), `${at}+${len}`).toEqual(want);
+    }
+    // Short reads came in whole blocks; long ones (>= a block) as asked.
+    for (const [a, b] of sliced) expect(a % 1000 === 0 && (b - a === 1000 || b === bytes.length) || b - a >= 1000, `${a}..${b}`).toBe(true);
+    // Sequential short reads: one fetch per block, and a block dropped from the cache (3 kept) is fetched again.
+    sliced.length = 0;
+    const t = new BlobStorage(counting, { blockSize: 1000, cacheBytes: 3000 });
+    for (let at = 0; at < 5000; at += 100) await t.read(at, 100);
+    expect(sliced.length).toBe(5);
+    await t.read(0, 10);
+    expect(sliced.length).toBe(6);
+    await t.read(4500, 10);
+    expect(sliced.length).toBe(6);
+    // Concurrent readers of one block share its fetch.
+    sliced.length = 0;
+    const u = new BlobStorage(counting, { blockSize: 4096 });
+    await Promise.all(Array.from({ length: 16 }, (_, i) => u.read(i * 256, 256)));
+    expect(sliced.length).toBe(1);
+    expect(await codeOf(async () => new BlobStorage(blob, { blockSize: 0 }))).toBe('ERR_IMG_INVALID_ARG');
+  });
+
+  it('does not keep a failed block fetch: the next read tries again', async () => {
+    let fail = true;
+    const blob = new Blob([bytes]);
+    const flaky: BlobLike = {
+      size: blob.size,
+      slice: (a, b) => (fail ? { arrayBuffer: () => Promise.reject(new Error('busy')) } : blob.slice(a, b)),
+    };
+    const s = new BlobStorage(flaky, { name: 'f.img', blockSize: 4096 });
+    expect(await codeOf(() => s.read(10, 10))).toBe('ERR_IMG_IO');
+    fail = false;
+    expect(await s.read(10, 10)).toEqual(bytes.subarray(10, 20));
   });
 });
 
