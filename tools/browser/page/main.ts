@@ -17,6 +17,8 @@ export interface FileResult {
   /** qcow2 only: the same bytes after qcow2 -> dynamic VHD in memory, read back through a Blob. */
   vhdSha256?: string;
   vhdSize?: number;
+  /** The converted VHD itself (base64, when it is at most 8 MiB), for qemu-img on the Node side. */
+  vhdBase64?: string;
   error?: string;
   /** Milliseconds for this file: open, hash, extents and (qcow2) the VHD round trip. */
   ms?: number;
@@ -40,6 +42,12 @@ declare global {
 
 function hex(buf: ArrayBuffer): string {
   return [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function base64(bytes: Uint8Array): string {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
 }
 
 async function sha256Of(disk: Disk, size = disk.size): Promise<string> {
@@ -68,7 +76,9 @@ async function inspect(file: File): Promise<FileResult> {
       await sparseCopy(disk, vhd);
       await vhd.close();
       // Back through a Blob, as a download would be and a later upload read.
-      const back = await openVhd(new BlobStorage(await out.toBlob({ chunkSize: 1 << 20 }), { name: 'converted.vhd' }), { readOnly: true });
+      const blob = await out.toBlob({ chunkSize: 1 << 20 });
+      const back = await openVhd(new BlobStorage(blob, { name: 'converted.vhd' }), { readOnly: true });
+      if (blob.size <= 8 << 20) result.vhdBase64 = base64(new Uint8Array(await blob.arrayBuffer()));
       result.vhdSize = back.size;
       result.vhdSha256 = await sha256Of(back, disk.size);
       await back.close();
@@ -94,10 +104,7 @@ async function writeCompressed(): Promise<NonNullable<PageResults['written']>> {
   const back = await openQcow2(new BlobStorage(blob), { readOnly: true });
   const readBackSha256 = await sha256Of(back);
   await back.close();
-  const bytes = new Uint8Array(await blob.arrayBuffer());
-  let bin = '';
-  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return { qcow2Base64: btoa(bin), guestSha256: hex(await crypto.subtle.digest('SHA-256', guest)), readBackSha256 };
+  return { qcow2Base64: base64(new Uint8Array(await blob.arrayBuffer())), guestSha256: hex(await crypto.subtle.digest('SHA-256', guest)), readBackSha256 };
 }
 
 const input = document.querySelector<HTMLInputElement>('#files')!;
@@ -127,7 +134,7 @@ input.addEventListener('change', () => {
     }
     results.ms = Math.round(performance.now() - started);
     window.__imgResults = results;
-    output.textContent = JSON.stringify({ ...results, written: results.written ? '(base64 qcow2)' : undefined });
+    output.textContent = JSON.stringify({ ...results, files: results.files.map((f) => ({ ...f, vhdBase64: undefined })), written: results.written ? '(base64 qcow2)' : undefined });
   })();
 });
 document.body.dataset.ready = 'true';

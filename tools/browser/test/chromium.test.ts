@@ -177,6 +177,28 @@ describe.runIf(haveChromium || inCI)('the SDK in headless Chromium', () => {
     }
   });
 
+  it('the VHDs converted in the browser read in qemu-img (vpc) as the qcow2 guest bytes', () => {
+    if (!hasQemuImg && !inCI) return;
+    const dir = tempDir('img-browser-vhd-');
+    try {
+      const converted = results.files.filter((f) => f.vhdBase64);
+      expect(converted.length).toBeGreaterThanOrEqual(FIXTURES.filter((f) => f.endsWith('.qcow2')).length);
+      for (const r of converted) {
+        const vhd = join(dir.path, `${r.name}.vhd`);
+        const raw = join(dir.path, `${r.name}.raw`);
+        writeFileSync(vhd, Buffer.from(r.vhdBase64!, 'base64'));
+        qemuImg(['convert', '-f', 'vpc', '-O', 'raw', vhd, raw]);
+        const bytes = readFileSync(raw);
+        // qemu sizes a VHD as its footer says (or by CHS for some creators): at least the guest, zeros after it.
+        expect(bytes.length, r.name).toBeGreaterThanOrEqual(r.size);
+        expect(createHash('sha256').update(bytes.subarray(0, r.size)).digest('hex'), r.name).toBe(r.sha256);
+        expect(bytes.subarray(r.size).every((b) => b === 0), r.name).toBe(true);
+      }
+    } finally {
+      dir.cleanup();
+    }
+  });
+
   it('a damaged deflate cluster (garbage, a bomb) is ERR_IMG_CORRUPT naming the cluster, not a hang or a crash', () => {
     const [garbage, bomb] = results.files.slice(-2);
     expect(garbage!.error).toMatch(/^ERR_IMG_CORRUPT ImageError: qcow2: damaged-garbage\.qcow2: compressed cluster at 0x[0-9a-f]+ is not a valid deflate stream/);
