@@ -120,7 +120,8 @@ describe.runIf(haveChromium)('the SDK in headless Chromium', () => {
     const bundle = await bundleForBrowser(readFileSync(join(toolDir, 'page/main.ts'), 'utf8'), { minify: true });
     expect(bundle.nodeImports).toEqual([]);
     const html = readFileSync(join(toolDir, 'page/index.html'), 'utf8');
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+    // A container's /dev/shm is often 64 MiB: Chromium then shares memory through /tmp.
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--disable-dev-shm-usage'] });
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(String(e)));
