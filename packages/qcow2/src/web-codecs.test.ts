@@ -2,18 +2,20 @@
 // DecompressionStream/CompressionStream follow the same standard: the
 // committed compressed fixtures read as qemu wrote them, the bounds hold,
 // and deflate clusters written this way pass qemu-img check and compare.
-import { writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageError, MemoryStorage, bytesEqual } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, diskSha256, loadManifest, qemuCheck, qemuCompare, seededBytes, tempDir, testImagesDir } from '@img/testkit';
+import { chunked, describeQemu, diskSha256, loadManifest, qemuCheck, qemuCompare, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import type { Qcow2Codecs } from './codecs.js';
 import { compressCluster, decompressCluster, qcow2Codecs, setQcow2Codecs } from './compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
+import { readQcow2Stream } from './read-stream.js';
 import { inflateRawWeb, webCodecs } from './web-codecs.js';
 
 let before: Qcow2Codecs;
@@ -110,6 +112,18 @@ describe('web codecs: the committed compressed fixtures', () => {
       } finally {
         await disk.close();
       }
+    });
+  }
+});
+
+describe('web codecs: the streaming reader', () => {
+  for (const file of ['qcow2/compressed-zlib-64k.qcow2', 'qcow2/compressed-zlib-4k.qcow2', 'qcow2/compressed-zstd-512.qcow2']) {
+    it(`${file} decodes from a byte stream to the MANIFEST hash`, async () => {
+      const entry = loadManifest().images.find((i) => i.file === file)!;
+      const src = await readQcow2Stream(chunked(readFileSync(join(testImagesDir, file)), 5));
+      const guest = new Uint8Array(src.size);
+      for await (const piece of src.pieces) guest.set(piece.data, piece.offset);
+      expect(createHash('sha256').update(guest).digest('hex')).toBe(entry.sha256);
     });
   }
 });
