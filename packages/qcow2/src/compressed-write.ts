@@ -1,8 +1,9 @@
 /**
  * Writing compressed clusters (qemu-img convert -c, qemu-io write -c):
  * compression first (in Node's worker pool for many clusters, on the
- * calling thread for few or where the codecs have no pool), then clusters that did not shrink are written
- * plain and the rest as compressed clusters. Nothing is written before
+ * calling thread for few or where the codecs have no pool), then clusters
+ * that did not shrink are written plain and the rest as compressed
+ * clusters. Nothing is written before
  * everything is compressed, so the writer's ordering is unchanged.
  */
 import { compressCluster, qcow2Codecs } from './compression.js';
