@@ -3,8 +3,8 @@
  * compression first (in Node's worker pool for many clusters, on the
  * calling thread for few or where the codecs have no pool), then clusters
  * that did not shrink are written plain and the rest as compressed
- * clusters. Nothing is written before
- * everything is compressed, so the writer's ordering is unchanged.
+ * clusters. Nothing is written before everything is compressed, so the
+ * writer's ordering is unchanged.
  */
 import { compressCluster, qcow2Codecs } from './compression.js';
 import type { Qcow2State } from './state.js';
