@@ -11,8 +11,8 @@
  * codec is synchronous (Node) and a promise where it is not (the web's
  * DecompressionStream).
  */
-import { corrupt, hex } from '@img/block';
-import { TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
+import { corrupt, hex, unsupported } from '@img/block';
+import { CODEC_UNAVAILABLE, TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { webCodecs } from './web-codecs.js';
 
@@ -89,8 +89,16 @@ function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedC
 }
 
 function inflateFailure(e: unknown, clusterSize: number, ctx: CompressedContext): Error {
+  if ((e as { code?: string } | null)?.code === CODEC_UNAVAILABLE) return codecUnavailable(e, ctx.file, `compressed cluster at ${hex(ctx.hostOffset)}`);
   if ((e as { code?: string }).code === TOO_LARGE) return bad(ctx, `inflates to more than one cluster (${clusterSize} bytes)`, e);
   return bad(ctx, `is not a valid deflate stream (${e instanceof Error ? e.message : String(e)})`, e);
+}
+
+/** The platform cannot decode or encode deflate: not the image's fault (ERR_IMG_UNSUPPORTED), and the way out. */
+function codecUnavailable(e: unknown, file: string | undefined, what: string): Error {
+  const err = unsupported(FORMAT, file, `${what}: ${(e as Error).message}; install other codecs with setQcow2Codecs()`, { field: 'compression_type' });
+  Object.defineProperty(err, 'cause', { value: e });
+  return err;
 }
 
 function oneCluster(result: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
@@ -197,8 +205,14 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
  */
 export async function compressCluster(type: number, input: Uint8Array): Promise<Uint8Array | undefined> {
   let out: Uint8Array;
-  if (type === COMPRESSION_ZLIB) out = await codecs.deflateRaw(input);
-  else if (type === COMPRESSION_ZSTD) out = (await zstdCompressor())(input);
+  if (type === COMPRESSION_ZLIB) {
+    try {
+      out = await codecs.deflateRaw(input);
+    } catch (e) {
+      if ((e as { code?: string } | null)?.code === CODEC_UNAVAILABLE) throw codecUnavailable(e, undefined, 'deflate compression');
+      throw e;
+    }
+  } else if (type === COMPRESSION_ZSTD) out = (await zstdCompressor())(input);
   else throw new RangeError(`unknown compression type ${type}`);
   return out.length < input.length ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
 }

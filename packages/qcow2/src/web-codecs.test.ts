@@ -83,6 +83,30 @@ describe('web codecs: deflate', () => {
     await expect(inflateRawWeb(z.subarray(0, 100), 65536)).rejects.toThrow();
   });
 
+  it('a platform without DecompressionStream/CompressionStream("deflate-raw") is ERR_IMG_UNSUPPORTED, not a corrupt image', async () => {
+    const g = globalThis as { DecompressionStream?: unknown; CompressionStream?: unknown };
+    const saved = { d: g.DecompressionStream, c: g.CompressionStream };
+    // As an older browser: the constructors exist but refuse the format.
+    g.DecompressionStream = class {
+      constructor(format: string) {
+        throw new TypeError(`Unsupported compression format: '${format}'`);
+      }
+    };
+    g.CompressionStream = undefined;
+    try {
+      const e = await Promise.resolve(decompressCluster(COMPRESSION_ZLIB, deflateRawSync(new Uint8Array(512)), 512, ctx)).catch((x: unknown) => x as ImageError);
+      expect(ImageError.isInstance(e)).toBe(true);
+      expect((e as ImageError).code).toBe('ERR_IMG_UNSUPPORTED');
+      expect((e as ImageError).message).toBe('qcow2: x.qcow2: compressed cluster at 0x1234: this platform has no DecompressionStream("deflate-raw"); install other codecs with setQcow2Codecs()');
+      const c = await compressCluster(COMPRESSION_ZLIB, new Uint8Array(512)).catch((x: unknown) => x as ImageError);
+      expect((c as ImageError).code).toBe('ERR_IMG_UNSUPPORTED');
+      expect((c as ImageError).message).toMatch(/^qcow2: deflate compression: this platform has no CompressionStream\("deflate-raw"\)/);
+    } finally {
+      g.DecompressionStream = saved.d;
+      g.CompressionStream = saved.c;
+    }
+  });
+
   it('compress what node:zlib inflates (the platform level, a wider window than qemu uses); refuse what does not shrink', async () => {
     const data = compressible(65536, 9);
     const z = (await compressCluster(COMPRESSION_ZLIB, data))!;

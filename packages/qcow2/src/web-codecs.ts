@@ -7,7 +7,7 @@
  * which are faster and write qemu's exact deflate bytes.
  */
 import { Decompress as FzstdDecompress } from 'fzstd';
-import { TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
+import { CODEC_UNAVAILABLE, TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 
 /** Compressed bytes handed to the decompressor per write: bounds what one write can inflate to (deflate expands at most ~1032:1). */
 const INFLATE_SLICE = 4096;
@@ -17,6 +17,15 @@ const MIN_CHUNK = 1024;
 
 function tooLarge(what: string): Error {
   return Object.assign(new RangeError(what), { code: TOO_LARGE });
+}
+
+/** A platform stream for raw deflate, or an error with code CODEC_UNAVAILABLE where there is none. */
+function deflateStream<T>(make: () => T, what: string): T {
+  try {
+    return make();
+  } catch (e) {
+    throw Object.assign(new Error(`this platform has no ${what}("deflate-raw")`, { cause: e }), { code: CODEC_UNAVAILABLE });
+  }
 }
 
 /**
@@ -32,7 +41,7 @@ function tooLarge(what: string): Error {
  * exactly one cluster is a cluster whatever follows.
  */
 export async function inflateRawWeb(input: Uint8Array, limit: number): Promise<Uint8Array> {
-  const ds = new DecompressionStream('deflate-raw');
+  const ds = deflateStream(() => new DecompressionStream('deflate-raw'), 'DecompressionStream');
   const writer = ds.writable.getWriter();
   const reader = ds.readable.getReader();
   const out = new Uint8Array(limit);
@@ -116,7 +125,7 @@ async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array
  * window).
  */
 export async function deflateRawWeb(input: Uint8Array): Promise<Uint8Array> {
-  const cs = new CompressionStream('deflate-raw');
+  const cs = deflateStream(() => new CompressionStream('deflate-raw'), 'CompressionStream');
   const writer = cs.writable.getWriter();
   const reading = readAll(cs.readable);
   await Promise.all([writer.write(input), writer.close()]);
