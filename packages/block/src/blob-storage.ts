@@ -46,23 +46,22 @@ const DEFAULT_CACHE = 4 * 1024 * 1024;
  *
  * @example
  * ```ts
- * import { BlobStorage, BlobTarget, sparseCopy } from '@img/block';
+ * import { BlobStorage, BlobTarget, createRaw, sparseCopy } from '@img/block';
  * import { openQcow2 } from '@img/qcow2';
- * import { createVhd } from '@img/vhd';
  *
  * input.onchange = async () => {
- *   const file = input.files![0]!;
+ *   const file = input.files![0]!;                     // <input type=file>
  *   await using disk = await openQcow2(new BlobStorage(file), { readOnly: true });
  *   const first = await disk.read(0, 512);            // guest bytes, decompressed
  *   for await (const e of disk.extents()) console.log(e.offset, e.length, e.kind);
- *   // Convert to a dynamic VHD in memory and offer it as a download.
- *   const out = new BlobTarget({ name: 'out.vhd' });
- *   const vhd = await createVhd(out, { size: disk.size });
- *   await sparseCopy(disk, vhd);
- *   await vhd.close();
+ *   // Convert to raw in memory and offer it as a download.
+ *   const out = new BlobTarget({ name: 'disk.img' });
+ *   const raw = await createRaw(out, { size: disk.size });
+ *   await sparseCopy(disk, raw);
+ *   await raw.close();
  *   const a = document.createElement('a');
  *   a.href = URL.createObjectURL(await out.toBlob());
- *   a.download = file.name.replace(/\.qcow2$/, '') + '.vhd';
+ *   a.download = file.name.replace(/\.qcow2$/, '') + '.img';
  *   a.click();
  * };
  * ```
