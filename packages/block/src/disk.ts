@@ -5,6 +5,18 @@
 import type { OptionTable } from './create-options.js';
 import type { Storage } from './storage.js';
 
+// Open images are AsyncDisposable (`await using disk = ...`). The symbol's
+// type comes with lib "esnext.disposable" or @types/node; declared here as
+// well, so that the shipped types check in a project with lib
+// ["ES2022", "DOM"] and no Node types (the declarations merge where the
+// library has it). At run time it is the platform's symbol: where a runtime
+// lacks it, close() is the way to close.
+declare global {
+  interface SymbolConstructor {
+    readonly asyncDispose: unique symbol;
+  }
+}
+
 /**
  * - `data`: bytes are stored in the layer `depth` (read them).
  * - `zero`: known to read as zeros (a zero cluster, an unused VHD block).

@@ -120,6 +120,11 @@ export function readOnlyError(format: string, file: string | undefined): ImageEr
   return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'image is open read-only', { data: { format, file } });
 }
 
+/** A storage or image used after close(). */
+export function closedError(name: string): ImageError {
+  return new ImageError(ERROR_CODES.CLOSED, `${name}: used after close()`, { data: { file: name } });
+}
+
 export function abortError(signal: AbortSignal | undefined): ImageError {
   return new ImageError(ERROR_CODES.ABORTED, 'operation aborted', { cause: signal?.reason });
 }

@@ -2,6 +2,7 @@ export * from './errors.js';
 export * from './bytes.js';
 export type { Storage, StorageRange } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
+export { BlobStorage, BlobTarget, storageToBlob, type BlobLike, type BlobStorageOptions, type BlobTargetOptions, type StorageToBlobOptions } from './blob-storage.js';
 export * from './disk.js';
 export * from './disk-util.js';
 export { CallOrder, type CallOrderRunOptions } from './call-order.js';

@@ -1,12 +1,12 @@
 /**
  * Writing compressed clusters (qemu-img convert -c, qemu-io write -c):
- * compression first (in the worker pool for many clusters, on the
- * calling thread for few), then clusters that did not shrink are written
- * plain and the rest as compressed clusters. Nothing is written before
- * everything is compressed, so the writer's ordering is unchanged.
+ * compression first (in Node's worker pool for many clusters, on the
+ * calling thread for few or where the codecs have no pool), then clusters
+ * that did not shrink are written plain and the rest as compressed
+ * clusters. Nothing is written before everything is compressed, so the
+ * writer's ordering is unchanged.
  */
-import { compressCluster } from './compression.js';
-import { compressInPool, releasePooled } from './compress-pool.js';
+import { compressCluster, qcow2Codecs } from './compression.js';
 import type { Qcow2State } from './state.js';
 import type { Qcow2Writer } from './writer.js';
 
@@ -15,7 +15,8 @@ export async function writeCompressedData(s: Qcow2State, w: Qcow2Writer, offset:
   const cs = s.geom.clusterSize;
   const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
   // Many clusters go to the worker pool (all cores); few, or where there are no workers, are compressed here.
-  const pooled = await compressInPool(s.compressionType, data, cs);
+  const codecs = qcow2Codecs();
+  const pooled = await codecs.compressClusters?.(s.compressionType, data, cs);
   const work: Promise<void>[] = [];
   for (let at = 0; at < data.length; at += cs) {
     const plain = data.subarray(at, at + cs);
@@ -47,6 +48,6 @@ export async function writeCompressedData(s: Qcow2State, w: Qcow2Writer, offset:
   writes.push(w.writeCompressedClusters(clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! }))));
   const results = await Promise.allSettled(writes);
   // Written (or failed): the pool may reuse the buffers behind the compressed bytes.
-  releasePooled(pooled);
+  codecs.releaseClusters?.(pooled);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

@@ -5,24 +5,37 @@
  * cluster or the image is corrupt, and no allocation depends on a size
  * read from the image beyond one cluster.
  *
- * This is the one module that imports from Node (node:zlib, node:module);
- * zstd decodes with node:zlib where the platform has it (Node >= 22.15)
- * and with the pure-JS `fzstd` package elsewhere, and encodes with, in
- * order: node:zlib, the optional native addon `@toondepauw/node-zstd`
- * (prebuilt libzstd for the common platforms, no install script), libzstd
- * in WebAssembly (`@bokuweb/zstd-wasm`).
+ * The format's rules live here; the byte codecs under them are the
+ * platform's (codecs.ts): the web platform's by default, node:zlib's where
+ * Node's entry installed them. Decompression answers a value where the
+ * codec is synchronous (Node) and a promise where it is not (the web's
+ * DecompressionStream).
  */
-import * as zlib from 'node:zlib';
-import { createRequire } from 'node:module';
-import { Decompress as FzstdDecompress } from 'fzstd';
-import { corrupt, hex } from '@img/block';
+import { corrupt, hex, unsupported } from '@img/block';
+import { CODEC_UNAVAILABLE, TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
+import { webCodecs } from './web-codecs.js';
+
+export { ZSTD_LEVEL, type ZstdEncoderKind } from './codecs.js';
 
 const FORMAT = 'qcow2';
 
-type ZstdSync = (input: Uint8Array, options?: { maxOutputLength?: number }) => Uint8Array;
-const nodeZstdDecompress = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
-const nodeZstdCompress = (zlib as unknown as { zstdCompressSync?: (input: Uint8Array) => Uint8Array }).zstdCompressSync;
+let codecs: Qcow2Codecs = webCodecs;
+
+/** The codecs compressed clusters use in this realm: the web platform's unless others were installed. */
+export function qcow2Codecs(): Qcow2Codecs {
+  return codecs;
+}
+
+/**
+ * Replaces the codecs every qcow2 image in this realm uses for compressed
+ * clusters (Node's entry installs node:zlib's). Answers the ones replaced.
+ */
+export function setQcow2Codecs(next: Qcow2Codecs): Qcow2Codecs {
+  const before = codecs;
+  codecs = next;
+  return before;
+}
 
 /** Largest zstd window a compressed cluster may ask for (qemu's frames never exceed one 2 MiB cluster). */
 const MAX_ZSTD_WINDOW = 8 * 1024 * 1024;
@@ -42,10 +55,12 @@ export function compressionTypeName(type: number): string {
 /**
  * Decompresses one cluster of `clusterSize` bytes from `input` (the
  * compressed bytes, possibly followed by unrelated bytes up to the end of
- * the last sector), or throws ERR_IMG_CORRUPT. The result is the decoder's
- * own buffer where it can be (no copy), so it belongs to the caller.
+ * the last sector), or throws (or rejects with) ERR_IMG_CORRUPT. The
+ * result is the decoder's own buffer where it can be (no copy), so it
+ * belongs to the caller; it is a promise where the codec is asynchronous,
+ * and the caller must not reuse `input` until it settles.
  */
-export function decompressCluster(type: number, input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
+export function decompressCluster(type: number, input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array | Promise<Uint8Array> {
   if (type === COMPRESSION_ZLIB) return inflateCluster(input, clusterSize, ctx);
   if (type === COMPRESSION_ZSTD) return zstdCluster(input, clusterSize, ctx);
   throw corrupt(FORMAT, ctx.file, `unknown compression type ${type}`, { field: 'compression_type' });
@@ -57,19 +72,36 @@ function bad(ctx: CompressedContext, what: string, cause?: unknown): Error {
   return e;
 }
 
-function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
-  let result: Uint8Array;
+function inflateCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array | Promise<Uint8Array> {
+  let result: Uint8Array | Promise<Uint8Array>;
   try {
-    result = zlib.inflateRawSync(input, {
-      finishFlush: zlib.constants.Z_SYNC_FLUSH,
-      maxOutputLength: clusterSize,
-      chunkSize: Math.max(64, clusterSize),
-    });
+    result = codecs.inflateRaw(input, clusterSize);
   } catch (e) {
-    const code = (e as { code?: string }).code;
-    if (code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `inflates to more than one cluster (${clusterSize} bytes)`, e);
-    throw bad(ctx, `is not a valid deflate stream (${(e as Error).message})`, e);
+    throw inflateFailure(e, clusterSize, ctx);
   }
+  if (result instanceof Uint8Array) return oneCluster(result, clusterSize, ctx);
+  return result.then(
+    (r) => oneCluster(r, clusterSize, ctx),
+    (e: unknown) => {
+      throw inflateFailure(e, clusterSize, ctx);
+    },
+  );
+}
+
+function inflateFailure(e: unknown, clusterSize: number, ctx: CompressedContext): Error {
+  if ((e as { code?: string } | null)?.code === CODEC_UNAVAILABLE) return codecUnavailable(e, ctx.file, `compressed cluster at ${hex(ctx.hostOffset)}`);
+  if ((e as { code?: string }).code === TOO_LARGE) return bad(ctx, `inflates to more than one cluster (${clusterSize} bytes)`, e);
+  return bad(ctx, `is not a valid deflate stream (${e instanceof Error ? e.message : String(e)})`, e);
+}
+
+/** The platform cannot decode or encode deflate: not the image's fault (ERR_IMG_UNSUPPORTED), and the way out. */
+function codecUnavailable(e: unknown, file: string | undefined, what: string): Error {
+  const err = unsupported(FORMAT, file, `${what}: ${(e as Error).message}; install other codecs with setQcow2Codecs()`, { field: 'compression_type' });
+  Object.defineProperty(err, 'cause', { value: e });
+  return err;
+}
+
+function oneCluster(result: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
   if (result.length !== clusterSize) throw bad(ctx, `inflates to ${result.length} bytes instead of one cluster (${clusterSize})`);
   return new Uint8Array(result.buffer, result.byteOffset, result.length);
 }
@@ -134,25 +166,6 @@ function zstdFrame(input: Uint8Array, at: number, ctx: CompressedContext): { end
   return { end: pos, window, contentSize, skippable: false };
 }
 
-const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
-
-/**
- * One zstd frame through fzstd's streaming decoder, block by block, so
- * that a frame of many tiny blocks that each expand to 128 KiB stops at
- * `room` bytes instead of being decoded whole.
- */
-function fzstdBounded(frame: Uint8Array, room: number): Uint8Array {
-  const out = new Uint8Array(room);
-  let n = 0;
-  const d = new FzstdDecompress((chunk) => {
-    if (n + chunk.length > room) throw Object.assign(new RangeError('zstd frame decodes past one cluster'), { code: TOO_LARGE });
-    out.set(chunk, n);
-    n += chunk.length;
-  });
-  d.push(frame, true);
-  return out.subarray(0, n);
-}
-
 function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedContext): Uint8Array {
   let output: Uint8Array | undefined;
   let inPos = 0;
@@ -168,10 +181,10 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
     if (frame.window > MAX_ZSTD_WINDOW) throw bad(ctx, `asks for a zstd window of ${frame.window} bytes`);
     let produced: Uint8Array;
     try {
-      const out = nodeZstdDecompress ? nodeZstdDecompress(slice, { maxOutputLength: room }) : fzstdBounded(slice, room);
+      const out = codecs.zstdDecompress(slice, room);
       produced = new Uint8Array(out.buffer, out.byteOffset, out.length);
     } catch (e) {
-      if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`, e);
+      if ((e as { code?: string }).code === TOO_LARGE) throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`, e);
       throw bad(ctx, `is not valid zstd data (${(e as Error).message})`, e);
     }
     if (produced.length > room) throw bad(ctx, `decompresses to more than one cluster (${clusterSize} bytes)`);
@@ -186,20 +199,23 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
 }
 
 /**
- * Compresses one cluster: raw deflate with qemu's 4 KiB window, or a zstd
- * frame. Resolves to undefined when the result would not be smaller than
+ * Compresses one cluster: raw deflate (Node: qemu's 4 KiB window and
+ * level, byte for byte), or a zstd frame. Resolves to undefined when the result would not be smaller than
  * the cluster (the caller then stores it uncompressed).
  */
 export async function compressCluster(type: number, input: Uint8Array): Promise<Uint8Array | undefined> {
   let out: Uint8Array;
-  if (type === COMPRESSION_ZLIB) out = zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
-  else if (type === COMPRESSION_ZSTD) out = (await zstdCompressor())(input);
+  if (type === COMPRESSION_ZLIB) {
+    try {
+      out = await codecs.deflateRaw(input);
+    } catch (e) {
+      if ((e as { code?: string } | null)?.code === CODEC_UNAVAILABLE) throw codecUnavailable(e, undefined, 'deflate compression');
+      throw e;
+    }
+  } else if (type === COMPRESSION_ZSTD) out = (await zstdCompressor())(input);
   else throw new RangeError(`unknown compression type ${type}`);
   return out.length < input.length ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
 }
-
-/** The level qemu compresses at (it sets none: libzstd's default, ZSTD_CLEVEL_DEFAULT). */
-export const ZSTD_LEVEL = 3;
 
 /**
  * Copies the zstd frame `frame` (the whole encoding of `contentSize`
@@ -231,111 +247,12 @@ export function copyZstdFrame(frame: Uint8Array, contentSize: number, out: Uint8
   return frame.length - 1 + fcsBytes;
 }
 
-/** How zstd clusters are encoded here: node:zlib's libzstd, the native addon's, or libzstd in WebAssembly. */
-export type ZstdEncoderKind = 'node:zlib' | 'native' | 'wasm';
-
-/** The native addon's package; its prebuilt binaries come as one optional package per platform. */
-const NATIVE_ZSTD = '@toondepauw/node-zstd';
-
-/**
- * The addon's platform packages that may hold a binary for this process,
- * most likely first (napi-rs names). Loading one directly skips the
- * addon's own loader, which asks process.report whether libc is musl
- * (tens of milliseconds in every thread that loads it).
- */
-function nativeZstdPlatforms(): string[] {
-  const { platform, arch } = process;
-  if (platform === 'linux') return [`${NATIVE_ZSTD}-linux-${arch}-gnu`, `${NATIVE_ZSTD}-linux-${arch}-musl`];
-  if (platform === 'win32') return [`${NATIVE_ZSTD}-win32-${arch}-msvc`];
-  return [`${NATIVE_ZSTD}-${platform}-${arch}`];
-}
-
-/**
- * Where the zstd encoders live, for this thread and the worker pool's:
- * `native`, the native addon's modules to try in order (its platform
- * binaries, then its own loader), and `wasm`, libzstd in WebAssembly ('' if
- * absent). Resolved from this module or, where a bundler moved it, from
- * wherever `@img/qcow2` itself resolves. `IMG_ZSTD=wasm` skips the native
- * addon (tests, comparisons).
- */
-export function zstdModulePaths(): { native: string[]; wasm: string } {
-  const bases = [import.meta.url];
-  try {
-    bases.push(createRequire(import.meta.url).resolve('@img/qcow2/package.json'));
-  } catch {
-    // Not installed as a package (tests run from src): the first base is enough.
-  }
-  const find = (name: string, from = bases): string => {
-    for (const base of from) {
-      try {
-        return createRequire(base).resolve(name);
-      } catch {
-        // Try the next base.
-      }
-    }
-    return '';
-  };
-  const wasm = find('@bokuweb/zstd-wasm');
-  const main = process.env.IMG_ZSTD === 'wasm' ? '' : find(NATIVE_ZSTD);
-  // pnpm links the platform packages next to the addon, not next to us: resolve them from there.
-  const native = main ? [...nativeZstdPlatforms().map((name) => find(name, [main])).filter(Boolean), main] : [];
-  return { native, wasm };
-}
-
-interface NativeZstd {
-  Encoder: new (level: number) => { encodeSync(data: Uint8Array): Uint8Array };
-}
-
-/** The native addon's encoder, or undefined where it is not installed or does not load on this platform. */
-function loadNativeZstd(paths: readonly string[]): ((input: Uint8Array) => Uint8Array) | undefined {
-  for (const path of paths) {
-    try {
-      // Two statements: `new (require(path)).Encoder()` loses its parentheses in tsc 7's output.
-      const addon = createRequire(import.meta.url)(path) as NativeZstd;
-      const encoder = new addon.Encoder(ZSTD_LEVEL);
-      return (input) => {
-        const frame = encoder.encodeSync(input);
-        const out = new Uint8Array(frame.length + 4);
-        return out.subarray(0, copyZstdFrame(frame, input.length, out, 0));
-      };
-    } catch {
-      // A binary for another libc, or none: the next candidate.
-    }
-  }
-  return undefined;
-}
-
-interface ZstdWasm {
-  init(): Promise<void>;
-  compress(input: Uint8Array, level?: number): Uint8Array;
-}
-
-let zstdEncoder: Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> | undefined;
-
-function chooseZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> {
-  zstdEncoder ??= (async () => {
-    if (nodeZstdCompress) return { kind: 'node:zlib' as const, compress: nodeZstdCompress };
-    const paths = zstdModulePaths();
-    const native = loadNativeZstd(paths.native);
-    if (native) return { kind: 'native' as const, compress: native };
-    const mod = (await import('@bokuweb/zstd-wasm')) as unknown as ZstdWasm & { default?: ZstdWasm };
-    const z = mod.default ?? mod;
-    await z.init();
-    return { kind: 'wasm' as const, compress: (input: Uint8Array) => z.compress(input, ZSTD_LEVEL) };
-  })();
-  return zstdEncoder;
-}
-
-/**
- * A zstd compressor (one frame per call, at qemu's level): node:zlib's
- * where the platform has one, else the native addon where it is installed,
- * else libzstd compiled to WebAssembly, loaded on first use.
- */
+/** A zstd compressor (one frame per call, at qemu's level), from the codecs in use, loaded on first use. */
 export async function zstdCompressor(): Promise<(input: Uint8Array) => Uint8Array> {
-  return (await chooseZstdEncoder()).compress;
+  return (await codecs.zstdEncoder()).compress;
 }
 
-/** Which zstd encoder this thread uses (and so the worker pool: both choose in the same order). */
+/** Which zstd encoder the codecs in use have (Node's worker pool chooses in the same order). */
 export async function zstdEncoderKind(): Promise<ZstdEncoderKind> {
-  return (await chooseZstdEncoder()).kind;
+  return (await codecs.zstdEncoder()).kind;
 }

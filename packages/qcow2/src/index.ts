@@ -13,4 +13,7 @@ export { parseExtensions, serializeExtensions, type HeaderExtension, type Featur
 export { type Qcow2Snapshot } from './snapshot.js';
 export { type Qcow2BitmapInfo } from './bitmaps.js';
 export { DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
+export { qcow2Codecs, setQcow2Codecs } from './compression.js';
+export { webCodecs } from './web-codecs.js';
+export { type Qcow2Codecs, type ZstdEncoderKind, type CompressedClusters } from './codecs.js';
 export * from './constants.js';

@@ -291,7 +291,7 @@ async function* decode(reader: ByteStreamReader, queue: HostQueue, c: DecodeCont
       queue.pop();
       if (kind === KIND_COMPRESSED) {
         const bytes = await compressedBytes(host, len, guest);
-        const plain = decompressCluster(c.compressionType, bytes, cs, { file: NAME, hostOffset: host });
+        const plain = await decompressCluster(c.compressionType, bytes, cs, { file: NAME, hostOffset: host });
         yield { offset: guest, data: plain.subarray(0, Math.min(cs, size - guest)) };
         continue;
       }

@@ -216,7 +216,8 @@ export async function loadCompressed(state: ReaderState, pool: BufferPool, host:
   try {
     const view = input.subarray(0, csize);
     await readHost(state.storage, host, view);
-    return decompressCluster(state.compressionType, view, state.geom.clusterSize, { file: state.file, hostOffset: host });
+    // Awaited inside the try: an asynchronous codec still reads `input` until it settles.
+    return await decompressCluster(state.compressionType, view, state.geom.clusterSize, { file: state.file, hostOffset: host });
   } finally {
     pool.release(input);
   }

@@ -3,7 +3,7 @@
  * compress runs of clusters for writeCompressed, so that `img-convert -c`
  * uses every core while the main thread reads and writes.
  *
- * Node-only (node:worker_threads, node:os), like compression.ts. The pool
+ * Node-only (node:worker_threads, node:os), like the codecs in codecs.ts. The pool
  * is created on first use, its workers are unref'd whenever they have
  * nothing to do (they never keep a process alive), and where workers
  * cannot be started (another runtime, a failure) every call answers
@@ -24,8 +24,10 @@
  */
 import { availableParallelism } from 'node:os';
 import type { Worker as NodeWorker } from 'node:worker_threads';
-import { copyZstdFrame, zstdModulePaths, ZSTD_LEVEL } from './compression.js';
-import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
+import { ZSTD_LEVEL } from '../codecs.js';
+import { copyZstdFrame } from '../compression.js';
+import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
+import { zstdModulePaths } from './zstd-native.js';
 
 /** Below this many clusters a call is compressed on the calling thread (a message round trip costs more). */
 export const POOL_MIN_CLUSTERS = 4;

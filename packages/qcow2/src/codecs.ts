@@ -1,0 +1,58 @@
+/**
+ * The codecs under compressed clusters, as the platform provides them.
+ * compression.ts owns the format's rules (one cluster in, one cluster out,
+ * zstd frames walked and bounded, what is corrupt); a `Qcow2Codecs` only
+ * turns bytes into bytes. The default is the web platform's
+ * (`DecompressionStream`/`CompressionStream` for deflate, the pure-JS
+ * fzstd to decode zstd, libzstd in WebAssembly to encode it), which runs
+ * in a browser, a worker, Deno, Bun and Node alike (web-codecs.ts). Node
+ * resolves `@img/qcow2` to an entry that installs node:zlib's codecs and
+ * the worker pool instead (node/codecs.ts), so no core module imports from
+ * Node. This module only names the shapes; compression.ts holds the codecs
+ * in use.
+ */
+/** The error code a codec answers with when its output would pass the limit it was given. */
+export const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
+
+/** The error code a codec answers with when the platform lacks what it needs (an old browser's missing DecompressionStream). */
+export const CODEC_UNAVAILABLE = 'ERR_CODEC_UNAVAILABLE';
+
+/** The level qemu compresses zstd at (it sets none: libzstd's default, ZSTD_CLEVEL_DEFAULT). */
+export const ZSTD_LEVEL = 3;
+
+/** Which zstd encoder a codec set uses: node:zlib's libzstd, the native addon's, or libzstd in WebAssembly. */
+export type ZstdEncoderKind = 'node:zlib' | 'native' | 'wasm';
+
+/** One cluster per entry: its compressed bytes, or undefined where they would not be smaller. */
+export type CompressedClusters = Array<Uint8Array | undefined>;
+
+/**
+ * Byte codecs for compressed clusters. A method may answer with a value
+ * or a promise (the web's streams are asynchronous, node:zlib's one-shot
+ * calls are not, and the read path awaits neither when it need not).
+ */
+export interface Qcow2Codecs {
+  /** For messages and tests: "web" or "node". */
+  readonly name: string;
+  /**
+   * Inflates the raw deflate stream at the start of `input` (bytes after
+   * its end are ignored; a stream cut short yields what it holds). Throws
+   * an error with code {@link TOO_LARGE} rather than produce more than
+   * `limit` bytes, and never allocates much more than `limit`.
+   */
+  inflateRaw(input: Uint8Array, limit: number): Uint8Array | Promise<Uint8Array>;
+  /** Raw deflate of one cluster, in a form qemu's decoder reads. */
+  deflateRaw(input: Uint8Array): Uint8Array | Promise<Uint8Array>;
+  /** Decodes one whole zstd frame to at most `limit` bytes (throws with code {@link TOO_LARGE} past it). */
+  zstdDecompress(frame: Uint8Array, limit: number): Uint8Array;
+  /** The zstd encoder (one frame per call, in the single-segment form qemu writes), loaded on first use. */
+  zstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }>;
+  /**
+   * Optional: compresses many whole clusters at once (Node's worker
+   * pool). Answers undefined where it declines; the caller then
+   * compresses cluster by cluster.
+   */
+  compressClusters?(type: number, data: Uint8Array, clusterSize: number): Promise<CompressedClusters | undefined>;
+  /** Optional: takes back the buffers behind a compressClusters answer once it is written. */
+  releaseClusters?(result: CompressedClusters | undefined): void;
+}

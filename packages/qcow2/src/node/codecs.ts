@@ -1,0 +1,73 @@
+/**
+ * Node's codecs for compressed clusters: node:zlib for deflate (qemu's
+ * 4 KiB window and level 6, byte for byte what qemu writes) and for zstd
+ * where the platform has it (Node >= 22.15); elsewhere zstd decodes with
+ * the pure-JS fzstd and encodes with, in order, the optional native addon
+ * `@toondepauw/node-zstd` (prebuilt libzstd for the common platforms, no
+ * install script) and libzstd in WebAssembly (`@bokuweb/zstd-wasm`). Many
+ * clusters at once go to the worker pool (compress-pool.ts).
+ *
+ * Node-only; installed by Node's entry (root.ts) so that the core modules
+ * import nothing from Node.
+ */
+import * as zlib from 'node:zlib';
+import type { Qcow2Codecs, ZstdEncoderKind } from '../codecs.js';
+import { setQcow2Codecs } from '../compression.js';
+import { fzstdBounded, wasmZstdEncoder } from '../web-codecs.js';
+import { compressInPool, releasePooled } from './compress-pool.js';
+import { loadNativeZstd, zstdModulePaths } from './zstd-native.js';
+
+type ZstdSync = (input: Uint8Array, options?: { maxOutputLength?: number }) => Uint8Array;
+const nodeZstdDecompress = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
+const nodeZstdCompress = (zlib as unknown as { zstdCompressSync?: (input: Uint8Array) => Uint8Array }).zstdCompressSync;
+
+function inflateRawNode(input: Uint8Array, limit: number): Uint8Array {
+  // A stream cut short yields what it holds (Z_SYNC_FLUSH); past `limit`, node:zlib throws ERR_BUFFER_TOO_LARGE.
+  return zlib.inflateRawSync(input, {
+    finishFlush: zlib.constants.Z_SYNC_FLUSH,
+    maxOutputLength: limit,
+    chunkSize: Math.max(64, limit),
+  });
+}
+
+function deflateRawNode(input: Uint8Array): Uint8Array {
+  return zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
+}
+
+function zstdDecompressNode(frame: Uint8Array, limit: number): Uint8Array {
+  // Past the limit node:zlib throws ERR_BUFFER_TOO_LARGE, the code the codecs use (TOO_LARGE).
+  return nodeZstdDecompress ? nodeZstdDecompress(frame, { maxOutputLength: limit }) : fzstdBounded(frame, limit);
+}
+
+let zstdEncoder: Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> | undefined;
+
+/** node:zlib's zstd encoder where the platform has one, else the native addon where it loads, else libzstd in WebAssembly. */
+function nodeZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> {
+  zstdEncoder ??= (async () => {
+    if (nodeZstdCompress) return { kind: 'node:zlib' as const, compress: nodeZstdCompress };
+    const native = loadNativeZstd(zstdModulePaths().native);
+    if (native) return { kind: 'native' as const, compress: native };
+    return wasmZstdEncoder();
+  })();
+  return zstdEncoder;
+}
+
+/** Node's codecs: node:zlib, the native zstd addon or WebAssembly, and the worker pool for many clusters. */
+export const nodeCodecs: Qcow2Codecs = {
+  name: 'node',
+  inflateRaw: inflateRawNode,
+  deflateRaw: deflateRawNode,
+  zstdDecompress: zstdDecompressNode,
+  zstdEncoder: nodeZstdEncoder,
+  compressClusters: compressInPool,
+  releaseClusters: releasePooled,
+};
+
+/**
+ * Makes compressed clusters use Node's codecs in this realm. `@img/qcow2`
+ * does it when Node loads it; a bundle for Node that resolved the
+ * package's default entry calls it once. Answers the codecs it replaced.
+ */
+export function installNodeCodecs(): Qcow2Codecs {
+  return setQcow2Codecs(nodeCodecs);
+}
