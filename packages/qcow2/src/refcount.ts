@@ -479,6 +479,23 @@ export class Refcounts {
     await this.add(first, last - first + 1, -1);
   }
 
+  /**
+   * Takes over a refcount table (and its blocks) that another writer laid
+   * out and a header switch made current (snapshot-commit.ts): the table is
+   * read again, cached blocks and the free-space hints are forgotten.
+   */
+  async switchTable(tableOffset: number, tableClusters: number, fileSize: number): Promise<void> {
+    const raw = new Uint8Array(tableClusters * this.clusterSize);
+    const n = await this.#o.storage.readInto(tableOffset, raw);
+    if (n < raw.length) throw corrupt(FORMAT, this.#o.file, `refcount table at ${hex(tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
+    this.#table = parseTable(raw, this.clusterSize, fileSize, tableOffset, this.#o.file);
+    this.#tableOffset = tableOffset;
+    this.#tableClusters = tableClusters;
+    this.#blocks.clear();
+    this.#freeHint = 0;
+    this.#runHint = 0;
+  }
+
   /** Forgets cached blocks (after a repair rewrote them). */
   clearCache(): void {
     this.#blocks.clear();
