@@ -1,0 +1,237 @@
+/**
+ * Crash ordering of internal snapshot operations (issue 13, point 5):
+ * `snapshot -c`, `-d` and `-a`, on version 2 and 3, with and without a
+ * backing file, on an image whose active layer and snapshots share data
+ * and L2 tables. The operation runs on a FaultStorage that records every
+ * write, truncate and flush; then the file is rebuilt as a crash would
+ * leave it before each of those operations — a process kill (everything
+ * issued reached the file) and the power-loss models (`drop`, `subset`,
+ * `torn`) — and judged:
+ *
+ * - `qemu-img check --output=json`: no corruption, no check error (leaks
+ *   are allowed); img's own check agrees;
+ * - every view (active layer and each snapshot) reads as before the
+ *   operation or as after it, against flat models kept by this test, and
+ *   `qemu-img convert -l snapshot.name=X` reads the same bytes;
+ * - a write over the whole active layer afterwards leaves every snapshot
+ *   as it was (a COPIED flag left on a shared cluster would let it change).
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FaultStorage, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
+import { hasQemuImg, inCI, killedBytes, seededBytes, tempDir } from '@img/testkit';
+import { checkQcow2 } from './check.js';
+import { createQcow2 } from './create.js';
+import { openQcow2 } from './open.js';
+
+if (!hasQemuImg && inCI) throw new Error('qemu-img is needed in CI');
+const tmp = tempDir('img-snapshot-crash-');
+afterAll(() => tmp.cleanup());
+
+const CS = 1024;
+/** Three L2 tables (128 KiB each with 1 KiB clusters) and two refcount blocks. */
+const SIZE = 384 * 1024;
+const BACKING = 300 * 1024;
+type Mode = CrashMode | 'kill';
+const MODES: Mode[] = ['kill', 'drop', 'subset', 'torn'];
+
+type Views = Map<string, Uint8Array>; // '' = active layer, else snapshot name
+
+interface Base {
+  bytes: Uint8Array;
+  views: Views;
+  resolver: Resolver;
+}
+
+const backingBytes = seededBytes(BACKING, 77);
+const resolver: Resolver = async ({ name }) => {
+  if (name === 'base.raw') return MemoryStorage.from(backingBytes, { name, readOnly: true });
+  throw new Error(`unexpected backing file ${name}`);
+};
+
+/**
+ * The image every operation starts from: data written, snapshot s1, more
+ * written (one L2 table copied, one left shared), a zeroed range and a
+ * compressed cluster, snapshot s2, more written. The flat models follow
+ * each step.
+ */
+async function makeBase(compat: 'v2' | 'v3', backed: boolean): Promise<Base> {
+  const storage = new MemoryStorage({ name: 'snap.qcow2' });
+  const options = { size: SIZE, compat, clusterSize: CS, resolver, ...(backed ? { backingFile: 'base.raw', backingFormat: 'raw' } : {}) };
+  const disk = await createQcow2(storage, options);
+  const active = new Uint8Array(SIZE);
+  if (backed) active.set(backingBytes);
+  const views: Views = new Map();
+  const write = async (offset: number, length: number, seed: number) => {
+    const data = seededBytes(length, seed);
+    await disk.write(offset, data);
+    active.set(data, offset);
+  };
+  await write(0, 90 * 1024, 1);
+  await write(140 * 1024, 60 * 1024, 2);
+  await write(260 * 1024, 40 * 1024, 3);
+  await disk.createSnapshot('s1');
+  views.set('s1', active.slice());
+  await write(60 * 1024, 100 * 1024, 4);
+  await disk.writeZeroes(180 * 1024, 10 * 1024);
+  active.fill(0, 180 * 1024, 190 * 1024);
+  const packed = new Uint8Array(CS).fill(0x5a);
+  await disk.writeCompressed(330 * CS, packed);
+  active.set(packed, 330 * CS);
+  await disk.createSnapshot('s2');
+  views.set('s2', active.slice());
+  await write(10 * 1024, 10 * 1024, 5);
+  await write(270 * 1024, 3 * 1024, 6);
+  views.set('', active);
+  await disk.close();
+  return { bytes: storage.toBytes(), views, resolver };
+}
+
+interface Operation {
+  name: string;
+  run: (disk: Awaited<ReturnType<typeof openQcow2>>) => Promise<unknown>;
+  /** The views after the operation. */
+  after: (before: Views) => Views;
+}
+
+const OPERATIONS: Operation[] = [
+  {
+    name: 'snapshot -c s3',
+    run: (disk) => disk.createSnapshot('s3'),
+    after: (v) => new Map([...v, ['s3', v.get('')!]]),
+  },
+  {
+    name: 'snapshot -d s1',
+    run: (disk) => disk.deleteSnapshot('s1'),
+    after: (v) => new Map([...v].filter(([k]) => k !== 's1')),
+  },
+  {
+    name: 'snapshot -a s1',
+    run: (disk) => disk.applySnapshot('s1'),
+    after: (v) => new Map([...v, ['', v.get('s1')!]]),
+  },
+];
+
+function sha(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** What img reads: the active layer and every snapshot, by name. */
+async function readViews(bytes: Uint8Array): Promise<Views> {
+  const disk = await openQcow2(MemoryStorage.from(bytes, { name: 'crash.qcow2' }), { resolver });
+  const out: Views = new Map([['', await disk.read(0, disk.size)]]);
+  for (const sn of disk.snapshots) {
+    const view = await disk.openSnapshot(sn.name);
+    out.set(sn.name, await view.read(0, view.size));
+    await view.close();
+  }
+  await disk.close();
+  return out;
+}
+
+function sameViews(a: Views, b: Views): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) {
+    const w = b.get(k);
+    if (!w || sha(v) !== sha(w)) return false;
+  }
+  return true;
+}
+
+function describeViews(v: Views): string {
+  return [...v].map(([k, b]) => `${k || 'active'}=${sha(b).slice(0, 8)}`).join(' ');
+}
+
+/** qemu-img check: corruptions and check errors (leaks are allowed). */
+function qemuCheck(file: string): { corruptions: number; errors: number; text: string } {
+  const r = spawnSync('qemu-img', ['check', '--output=json', '-f', 'qcow2', file], { encoding: 'utf8', cwd: tmp.path });
+  let json: { corruptions?: number; 'check-errors'?: number } = {};
+  try {
+    json = JSON.parse(r.stdout) as typeof json;
+  } catch {
+    return { corruptions: -1, errors: -1, text: r.stdout + r.stderr };
+  }
+  return { corruptions: json.corruptions ?? 0, errors: json['check-errors'] ?? 0, text: r.stderr };
+}
+
+/** qemu-img's reading of a view (the active layer, or snapshot `name`). */
+function qemuView(file: string, name: string): Uint8Array {
+  const out = join(tmp.path, 'view.raw');
+  const args = ['convert', '-f', 'qcow2', '-O', 'raw', ...(name ? ['-l', `snapshot.name=${name}`] : []), file, out];
+  const r = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: tmp.path });
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
+  return readFileSync(out);
+}
+
+describe('snapshot operations, killed before every write, flush and truncate', () => {
+  if (hasQemuImg) writeFileSync(join(tmp.path, 'base.raw'), backingBytes);
+  for (const compat of ['v2', 'v3'] as const) {
+    for (const backed of [false, true]) {
+      const label = `${compat}${backed ? ', raw backing file' : ''}`;
+      it(`${label}: qemu-img check finds no corruption and every view is the old or the new one`, async () => {
+        const base = await makeBase(compat, backed);
+        // The models are what qemu reads from the starting image.
+        const file = join(tmp.path, `crash-${compat}-${backed}.qcow2`);
+        if (hasQemuImg) {
+          writeFileSync(file, base.bytes);
+          for (const [name, bytes] of base.views) expect(sha(qemuView(file, name)), `qemu reads ${name || 'active'} of the starting image`).toBe(sha(bytes));
+        }
+        for (const op of OPERATIONS) {
+          const fault = new FaultStorage(base.bytes, 'snap.qcow2');
+          const disk = await openQcow2(fault, { readOnly: false, resolver });
+          await op.run(disk);
+          await disk.close();
+          const before = base.views;
+          const after = op.after(before);
+          expect(sameViews(await readViews(fault.current()), after), `${label} ${op.name}: the finished operation`).toBe(true);
+          const random = seededRandom(7);
+          const judged = new Set<string>();
+          let sawOld = 0;
+          let sawNew = 0;
+          const points = [...Array(fault.ops.length + 1).keys()];
+          for (const mode of MODES) {
+            for (const n of points) {
+              const bytes = mode === 'kill' ? killedBytes(base.bytes, fault.ops, n) : (await fault.crashImage(n, mode, random)).toBytes();
+              const key = sha(bytes);
+              if (judged.has(key)) continue;
+              const where = `${label} ${op.name}: crash before op ${n} of ${fault.ops.length} (${mode})`;
+              judged.add(key);
+              const views = await readViews(bytes);
+              const isOld = sameViews(views, before);
+              const isNew = sameViews(views, after);
+              expect(isOld || isNew, `${where}: views ${describeViews(views)}, old ${describeViews(before)}, new ${describeViews(after)}`).toBe(true);
+              if (isOld) sawOld++;
+              else sawNew++;
+              const ours = await checkQcow2(MemoryStorage.from(bytes, { name: 'crash.qcow2' }));
+              expect(ours.corruptions, `${where}: img check: ${ours.messages.slice(0, 3).join('; ')}`).toBe(0);
+              if (hasQemuImg) {
+                writeFileSync(file, bytes);
+                const q = qemuCheck(file);
+                expect({ corruptions: q.corruptions, errors: q.errors }, `${where}: qemu-img check: ${q.text.split('\n').slice(0, 4).join('; ')}`).toEqual({ corruptions: 0, errors: 0 });
+                if (mode === 'kill' && n % 4 === 0) {
+                  for (const [name, b] of views) expect(sha(qemuView(file, name)), `${where}: qemu reads ${name || 'active'}`).toBe(sha(b));
+                }
+              }
+              // A write over the whole active layer must not reach any snapshot.
+              const storage = MemoryStorage.from(bytes, { name: 'crash.qcow2' });
+              const rw = await openQcow2(storage, { readOnly: false, resolver });
+              const fill = seededBytes(rw.size, n + 1000);
+              await rw.write(0, fill);
+              await rw.close();
+              const later = await readViews(storage.toBytes());
+              expect(sha(later.get('')!), `${where}: the write after the crash`).toBe(sha(fill));
+              for (const [name, b] of views) if (name) expect(sha(later.get(name)!), `${where}: a write after the crash changed snapshot ${name}`).toBe(sha(b));
+              const again = await checkQcow2(MemoryStorage.from(storage.toBytes(), { name: 'crash.qcow2' }));
+              expect(again.corruptions, `${where}: img check after the write: ${again.messages.slice(0, 3).join('; ')}`).toBe(0);
+            }
+          }
+          expect(sawOld, `${label} ${op.name}: some crash shows the old state`).toBeGreaterThan(0);
+          expect(sawNew, `${label} ${op.name}: some crash shows the new state`).toBeGreaterThan(0);
+        }
+      });
+    }
+  }
+});
