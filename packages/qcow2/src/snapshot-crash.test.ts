@@ -25,7 +25,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { FaultStorage, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
 import { hasQemuImg, inCI, killedBytes, seededBytes, tempDir } from '@img/testkit';
 import { checkQcow2 } from './check.js';
-import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 
 if (!hasQemuImg && inCI) throw new Error('qemu-img is needed in CI');
@@ -54,41 +53,40 @@ const resolver: Resolver = async ({ name }) => {
 };
 
 /**
- * The image every operation starts from: data written, snapshot s1, more
- * written (one L2 table copied, one left shared), a zeroed range and a
- * compressed cluster, snapshot s2, more written. The flat models follow
- * each step.
+ * The image every operation starts from, made by qemu (qemu-img create,
+ * qemu-io writes, qemu-img snapshot -c, so its snapshot L1 tables carry
+ * qemu's flags): data written, snapshot s1, more written (one L2 table
+ * copied, one left shared), a zeroed range and a compressed cluster,
+ * snapshot s2, more written. The flat models follow each step.
  */
-async function makeBase(compat: 'v2' | 'v3', backed: boolean): Promise<Base> {
-  const storage = new MemoryStorage({ name: 'snap.qcow2' });
-  const options = { size: SIZE, compat, clusterSize: CS, resolver, ...(backed ? { backingFile: 'base.raw', backingFormat: 'raw' } : {}) };
-  const disk = await createQcow2(storage, options);
+function makeBase(compat: 'v2' | 'v3', backed: boolean): Base {
+  const file = join(tmp.path, `base-${compat}-${backed}.qcow2`);
+  const options = [`compat=${compat === 'v2' ? '0.10' : '1.1'}`, `cluster_size=${CS}`, ...(backed ? ['backing_file=base.raw', 'backing_fmt=raw'] : [])];
+  const qemu = (tool: string, args: string[]) => {
+    const r = spawnSync(tool, args, { encoding: 'utf8', cwd: tmp.path });
+    if (r.status !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
+  };
+  qemu('qemu-img', ['create', '-f', 'qcow2', '-o', options.join(','), file, String(SIZE)]);
   const active = new Uint8Array(SIZE);
   if (backed) active.set(backingBytes);
   const views: Views = new Map();
-  const write = async (offset: number, length: number, seed: number) => {
-    const data = seededBytes(length, seed);
-    await disk.write(offset, data);
-    active.set(data, offset);
+  const io = (steps: Array<[op: 'write' | 'zero' | 'compressed', offset: number, length: number, pattern: number]>) => {
+    const commands: string[] = [];
+    for (const [op, offset, length, pattern] of steps) {
+      commands.push('-c', op === 'zero' ? `write -z ${offset} ${length}` : `write ${op === 'compressed' ? '-c ' : ''}-P ${pattern} ${offset} ${length}`);
+      active.fill(op === 'zero' ? 0 : pattern, offset, offset + length);
+    }
+    qemu('qemu-io', ['-f', 'qcow2', ...commands, file]);
   };
-  await write(0, 90 * 1024, 1);
-  await write(140 * 1024, 60 * 1024, 2);
-  await write(260 * 1024, 40 * 1024, 3);
-  await disk.createSnapshot('s1');
+  io([['write', 0, 90 * 1024, 1], ['write', 140 * 1024, 60 * 1024, 2], ['write', 260 * 1024, 40 * 1024, 3]]);
+  qemu('qemu-img', ['snapshot', '-c', 's1', file]);
   views.set('s1', active.slice());
-  await write(60 * 1024, 100 * 1024, 4);
-  await disk.writeZeroes(180 * 1024, 10 * 1024);
-  active.fill(0, 180 * 1024, 190 * 1024);
-  const packed = new Uint8Array(CS).fill(0x5a);
-  await disk.writeCompressed(330 * CS, packed);
-  active.set(packed, 330 * CS);
-  await disk.createSnapshot('s2');
+  io([['write', 60 * 1024, 100 * 1024, 4], ['zero', 180 * 1024, 10 * 1024, 0], ['compressed', 330 * CS, CS, 0x5a]]);
+  qemu('qemu-img', ['snapshot', '-c', 's2', file]);
   views.set('s2', active.slice());
-  await write(10 * 1024, 10 * 1024, 5);
-  await write(270 * 1024, 3 * 1024, 6);
+  io([['write', 10 * 1024, 10 * 1024, 5], ['write', 270 * 1024, 3 * 1024, 6]]);
   views.set('', active);
-  await disk.close();
-  return { bytes: storage.toBytes(), views, resolver };
+  return { bytes: new Uint8Array(readFileSync(file)), views, resolver };
 }
 
 interface Operation {
@@ -108,6 +106,12 @@ const OPERATIONS: Operation[] = [
     name: 'snapshot -d s1',
     run: (disk) => disk.deleteSnapshot('s1'),
     after: (v) => new Map([...v].filter(([k]) => k !== 's1')),
+  },
+  {
+    // The active layer shares most of its clusters with s2 alone: they become its own again (COPIED set).
+    name: 'snapshot -d s2',
+    run: (disk) => disk.deleteSnapshot('s2'),
+    after: (v) => new Map([...v].filter(([k]) => k !== 's2')),
   },
   {
     name: 'snapshot -a s1',
@@ -183,18 +187,17 @@ function qemuView(file: string, name: string): Uint8Array {
 }
 
 describe('snapshot operations, killed before every write, flush and truncate', () => {
-  if (hasQemuImg) writeFileSync(join(tmp.path, 'base.raw'), backingBytes);
+  writeFileSync(join(tmp.path, 'base.raw'), backingBytes);
   for (const compat of ['v2', 'v3'] as const) {
     for (const backed of [false, true]) {
       const label = `${compat}${backed ? ', raw backing file' : ''}`;
-      it(`${label}: qemu-img check finds no corruption and every view is the old or the new one`, async () => {
-        const base = await makeBase(compat, backed);
-        // The models are what qemu reads from the starting image.
+      it.skipIf(!hasQemuImg)(`${label}: qemu-img check finds no corruption and every view is the old or the new one`, async () => {
+        const base = makeBase(compat, backed);
+        // The models are what img and qemu read from the starting image.
+        expect(sameViews(await readViews(base.bytes), base.views), `${label}: img reads the starting image as the models say`).toBe(true);
         const file = join(tmp.path, `crash-${compat}-${backed}.qcow2`);
-        if (hasQemuImg) {
-          writeFileSync(file, base.bytes);
-          for (const [name, bytes] of base.views) expect(sha(qemuView(file, name)), `qemu reads ${name || 'active'} of the starting image`).toBe(sha(bytes));
-        }
+        writeFileSync(file, base.bytes);
+        for (const [name, bytes] of base.views) expect(sha(qemuView(file, name)), `qemu reads ${name || 'active'} of the starting image`).toBe(sha(bytes));
         for (const op of OPERATIONS) {
           const fault = new FaultStorage(base.bytes, 'snap.qcow2');
           const disk = await openQcow2(fault, { readOnly: false, resolver });
@@ -227,6 +230,8 @@ describe('snapshot operations, killed before every write, flush and truncate', (
               const ours = await checkQcow2(MemoryStorage.from(bytes, { name: 'crash.qcow2' }));
               expect(ours.corruptions, `${where}: img check: ${ours.messages.slice(0, 3).join('; ')}`).toBe(0);
               if (hasQemuImg) {
+                // Judged in batches, so that a failure shows early.
+                if (qemuJobs.length === 8) await pooled(qemuJobs.splice(0));
                 const path = join(tmp.path, `j${qemuJobs.length}.qcow2`);
                 qemuJobs.push(async () => {
                   writeFileSync(path, bytes);
@@ -250,7 +255,7 @@ describe('snapshot operations, killed before every write, flush and truncate', (
               expect(again.corruptions, `${where}: img check after the write: ${again.messages.slice(0, 3).join('; ')}`).toBe(0);
             }
           }
-          await pooled(qemuJobs);
+          await pooled(qemuJobs.splice(0));
           for (const sample of [samples.old, samples.new]) {
             if (!sample) continue;
             writeFileSync(file, sample.bytes);
@@ -264,7 +269,7 @@ describe('snapshot operations, killed before every write, flush and truncate', (
           expect(sawOld, `${label} ${op.name}: some crash shows the old state`).toBeGreaterThan(0);
           expect(sawNew, `${label} ${op.name}: some crash shows the new state`).toBeGreaterThan(0);
         }
-      });
+      }, 180_000);
     }
   }
 });
