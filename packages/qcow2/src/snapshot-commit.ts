@@ -97,17 +97,27 @@ function tablesOf(s: Qcow2State, t: L1Tree): number[] {
   return out;
 }
 
+/** Clusters per chunk of {@link Deltas}. */
+const CHUNK = 4096;
+
+/** Refcount changes by cluster, in dense chunks of {@link CHUNK} clusters (allocated as touched). */
 class Deltas {
-  readonly map = new Map<number, number>();
+  readonly #chunks = new Map<number, Int32Array>();
   add(first: number, count: number, d: number): void {
     for (let c = first; c < first + count; c++) {
-      const v = (this.map.get(c) ?? 0) + d;
-      if (v) this.map.set(c, v);
-      else this.map.delete(c);
+      const k = Math.floor(c / CHUNK);
+      let chunk = this.#chunks.get(k);
+      if (!chunk) this.#chunks.set(k, (chunk = new Int32Array(CHUNK)));
+      chunk[c - k * CHUNK]! += d;
     }
   }
   get(c: number): number {
-    return this.map.get(c) ?? 0;
+    const k = Math.floor(c / CHUNK);
+    return this.#chunks.get(k)?.[c - k * CHUNK] ?? 0;
+  }
+  /** Every change: [cluster, delta]. */
+  *entries(): Generator<[number, number]> {
+    for (const [k, chunk] of this.#chunks) for (let i = 0; i < CHUNK; i++) if (chunk[i]) yield [k * CHUNK + i, chunk[i]!];
   }
 }
 
@@ -185,7 +195,7 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
   for (const t of change.leaving) await countTree(s, tablesOf(s, t), -1, d);
   await countTree(s, newTables, 1, d);
   const after = async (c: number): Promise<number> => (await rc.get(c)) + d.get(c);
-  for (const [c, delta] of d.map) {
+  for (const [c, delta] of d.entries()) {
     const now = await rc.get(c);
     if (now + delta < 0) {
       throw corrupt(FORMAT, s.file, `refcount of cluster ${c} (${hex(c * cs)}) would drop below zero: it is ${now}, but more references to it go`, { field: 'refcount', offset: c * cs, actual: now });
@@ -196,17 +206,10 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
       });
     }
   }
-  // New contents of the active L2 tables whose COPIED flags change: copies for tables the active
-  // layer reaches now, in place for tables only snapshots reach.
-  const rewrite = new Map<number, { bytes: Uint8Array; copy: boolean; uses: number }>();
-  for (let i = 0; i < newTables.length; i++) {
-    const at = newTables[i]!;
-    if (!at) continue;
-    const known = rewrite.get(at);
-    if (known) {
-      known.uses++;
-      continue;
-    }
+  // The active L2 tables whose COPIED flags change: copied if the active layer reaches them now,
+  // changed in place if only snapshots do. (Their new bytes are made again when written, so that
+  // they are not all held at once.)
+  const withFlags = async (at: number, i: number): Promise<Uint8Array | undefined> => {
     const table = (await loadL2(s, at, i)).slice();
     let changed = false;
     for (let j = 0; j < s.geom.l2Entries; j++) {
@@ -215,7 +218,20 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
       const own = s.entryGeom.dataFile || (await after(c)) === 1;
       if (setCopied(table, j * es, own)) changed = true;
     }
-    if (changed) rewrite.set(at, { bytes: table, copy: beforeActive.has(at), uses: 1 });
+    return changed ? table : undefined;
+  };
+  const rewrite = new Map<number, { index: number; copy: boolean; uses: number }>();
+  const unchanged = new Set<number>();
+  for (let i = 0; i < newTables.length; i++) {
+    const at = newTables[i]!;
+    if (!at || unchanged.has(at)) continue;
+    const known = rewrite.get(at);
+    if (known) {
+      known.uses++;
+      continue;
+    }
+    if (await withFlags(at, i)) rewrite.set(at, { index: i, copy: beforeActive.has(at), uses: 1 });
+    else unchanged.add(at);
   }
   // Each copy takes one reference from the table it copies; the copy itself is allocated (refcount 1).
   for (const [at, r] of rewrite) {
@@ -226,13 +242,14 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
   // ---- 2. write the new state to fresh clusters ----------------------------
   const placed = new Map<number, number>();
   for (const [at, r] of rewrite) {
+    const bytes = (await withFlags(at, r.index))!;
     if (r.copy) {
       const fresh = await allocate(s, rc, 1);
       if (r.uses > 1) d.add(fresh / cs, 1, r.uses - 1);
-      await checkedWrite(s, fresh, r.bytes);
+      await checkedWrite(s, fresh, bytes);
       placed.set(at, fresh);
     } else {
-      await checkedWrite(s, at, r.bytes, OVERLAP.L2);
+      await checkedWrite(s, at, bytes, OVERLAP.L2);
     }
   }
   const l1 = change.active.l1.slice(0, change.active.entries * 8);
@@ -275,7 +292,7 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
   }
   // Refcount blocks whose counts change are copied with the new counts, under a new refcount table.
   const blocks = new Set<number>();
-  for (const c of d.map.keys()) blocks.add(Math.floor(c / rc.perBlock));
+  for (const [c] of d.entries()) blocks.add(Math.floor(c / rc.perBlock));
   const freshBlocks = new Map<number, number>();
   for (const t of blocks) freshBlocks.set(t, await allocate(s, rc, 1));
   let tableClusters = rc.tableClusters;
