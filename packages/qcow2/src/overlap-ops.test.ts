@@ -1,11 +1,14 @@
 /**
- * Snapshot operations write through the overlap check: on a corrupt image
- * where applying a snapshot would rewrite an "L2 table" that is really the
- * active L1 table, the operation is refused (ERR_IMG_CORRUPT, "preventing
- * invalid write on metadata") before anything is written.
+ * Snapshot operations and amend write through the overlap check: on a
+ * corrupt image where applying a snapshot would rewrite an "L2 table" that
+ * is really the active L1 table, or a downgrade would zero a "zero
+ * cluster" that is really a refcount block, the operation is refused
+ * (ERR_IMG_CORRUPT, "preventing invalid write on metadata") and the
+ * metadata stays as it was.
  */
 import { describe, expect, it } from 'vitest';
 import { ERROR_CODES, ImageError, MemoryStorage, readU32Be, writeU32Be } from '@img/block';
+import { amendQcow2 } from './amend.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 
@@ -61,4 +64,33 @@ describe('snapshot operations and the overlap check', () => {
       if (compat === 'v3') expect(after[79]! & 2).toBe(2);
     });
   }
+});
+
+describe('amend and the overlap check', () => {
+  it('compat=0.10 refuses to zero a preallocated zero cluster that is the refcount block', async () => {
+    const storage = new MemoryStorage({ name: 'bad.qcow2' });
+    const disk = await createQcow2(storage, { size: SIZE, clusterSize: CS });
+    await disk.write(0, new Uint8Array(4 * CS).fill(3));
+    await disk.writeZeroes(0, CS, { mayUnmap: false }); // a zero cluster that keeps its host cluster
+    await disk.close();
+    const bytes = storage.toBytes();
+    const l2 = u64(bytes, u64(bytes, 40));
+    const block = u64(bytes, u64(bytes, 48));
+    expect(readU32Be(bytes, l2 + 4) & 1, 'entry 0 is a zero cluster').toBe(1);
+    // Its host cluster becomes the refcount block (zero flag kept): the downgrade would write zeros over it.
+    put64(bytes, l2, block + 1); // bit 0: reads as zeros
+    writeU32Be(bytes, l2, 0x80000000 | Math.floor(block / 0x1_0000_0000)); // COPIED, as before
+    const refcounts = bytes.slice(block, block + CS);
+    const bad = MemoryStorage.from(bytes, { name: 'bad.qcow2' });
+    const error = await amendQcow2(bad, { compat: '0.10' }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(ImageError.isInstance(error), String(error)).toBe(true);
+    expect((error as ImageError).code).toBe(ERROR_CODES.CORRUPT);
+    expect((error as ImageError).message).toMatch(/preventing invalid write on metadata.*refcount block/);
+    const after = bad.toBytes();
+    expect(Array.from(after.subarray(block, block + CS))).toEqual(Array.from(refcounts));
+    expect(readU32Be(after, 4), 'still version 3').toBe(3);
+  });
 });
