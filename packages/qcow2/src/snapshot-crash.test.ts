@@ -29,12 +29,21 @@ import { openQcow2 } from './open.js';
 
 if (!hasQemuImg && inCI) throw new Error('qemu-img is needed in CI');
 const tmp = tempDir('img-snapshot-crash-');
-afterAll(() => tmp.cleanup());
+const tally = { points: 0, images: 0, distinct: 0 };
+afterAll(() => {
+  tmp.cleanup();
+  process.stderr.write(`[qcow2 snapshot crash] ${tally.points} crash points, ${tally.images} crash images, ${tally.distinct} distinct ones judged\n`);
+});
 
-const CS = 1024;
-/** Three L2 tables (128 KiB each with 1 KiB clusters) and two refcount blocks. */
-const SIZE = 384 * 1024;
-const BACKING = 300 * 1024;
+const CS = 512;
+const K = 1024;
+/**
+ * Four L2 tables (32 KiB each with 512-byte clusters). The file (about
+ * 110 KiB) spans one refcount block with version 2's 16-bit refcounts and
+ * two with the 32-bit refcounts the version 3 images use.
+ */
+const SIZE = 128 * K;
+const BACKING = 100 * K;
 type Mode = CrashMode | 'kill';
 const MODES: Mode[] = ['kill', 'drop', 'subset', 'torn'];
 
@@ -61,7 +70,7 @@ const resolver: Resolver = async ({ name }) => {
  */
 function makeBase(compat: 'v2' | 'v3', backed: boolean): Base {
   const file = join(tmp.path, `base-${compat}-${backed}.qcow2`);
-  const options = [`compat=${compat === 'v2' ? '0.10' : '1.1'}`, `cluster_size=${CS}`, ...(backed ? ['backing_file=base.raw', 'backing_fmt=raw'] : [])];
+  const options = [compat === 'v2' ? 'compat=0.10' : 'compat=1.1,refcount_bits=32', `cluster_size=${CS}`, ...(backed ? ['backing_file=base.raw', 'backing_fmt=raw'] : [])];
   const qemu = (tool: string, args: string[]) => {
     const r = spawnSync(tool, args, { encoding: 'utf8', cwd: tmp.path });
     if (r.status !== 0) throw new Error(`${tool} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
@@ -78,13 +87,13 @@ function makeBase(compat: 'v2' | 'v3', backed: boolean): Base {
     }
     qemu('qemu-io', ['-f', 'qcow2', ...commands, file]);
   };
-  io([['write', 0, 90 * 1024, 1], ['write', 140 * 1024, 60 * 1024, 2], ['write', 260 * 1024, 40 * 1024, 3]]);
+  io([['write', 0, 30 * K, 1], ['write', 46 * K, 20 * K, 2], ['write', 86 * K, 14 * K, 3]]);
   qemu('qemu-img', ['snapshot', '-c', 's1', file]);
   views.set('s1', active.slice());
-  io([['write', 60 * 1024, 100 * 1024, 4], ['zero', 180 * 1024, 10 * 1024, 0], ['compressed', 330 * CS, CS, 0x5a]]);
+  io([['write', 20 * K, 33 * K, 4], ['zero', 60 * K, 3 * K, 0], ['compressed', 220 * CS, CS, 0x5a]]);
   qemu('qemu-img', ['snapshot', '-c', 's2', file]);
   views.set('s2', active.slice());
-  io([['write', 10 * 1024, 10 * 1024, 5], ['write', 270 * 1024, 3 * 1024, 6]]);
+  io([['write', 3 * K, 4 * K, 5], ['write', 90 * K, 1 * K, 6]]);
   views.set('', active);
   return { bytes: new Uint8Array(readFileSync(file)), views, resolver };
 }
@@ -214,13 +223,16 @@ describe('snapshot operations, killed before every write, flush and truncate', (
           let sawOld = 0;
           let sawNew = 0;
           const points = [...Array(fault.ops.length + 1).keys()];
+          tally.points += points.length;
           for (const mode of MODES) {
             for (const n of points) {
               const bytes = mode === 'kill' ? killedBytes(base.bytes, fault.ops, n) : (await fault.crashImage(n, mode, random)).toBytes();
+              tally.images++;
               const key = sha(bytes);
               if (judged.has(key)) continue;
               const where = `${label} ${op.name}: crash before op ${n} of ${fault.ops.length} (${mode})`;
               judged.add(key);
+              tally.distinct++;
               const views = await readViews(bytes);
               const isOld = sameViews(views, before);
               const isNew = sameViews(views, after);
