@@ -235,8 +235,15 @@ export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcoun
   }
   // Each copy takes one reference from the table it copies; the copy itself is allocated (refcount 1).
   for (const [at, r] of rewrite) {
-    if (r.copy) d.add(at / cs, 1, -r.uses);
-    else s.overlap?.check(s.file, at, cs, OVERLAP.L2); // before anything is written
+    if (r.copy) {
+      d.add(at / cs, 1, -r.uses);
+      const now = await rc.get(at / cs);
+      if (now + d.get(at / cs) < 0) {
+        throw corrupt(FORMAT, s.file, `refcount of L2 table ${hex(at)} would drop below zero: it is ${now}, less than the L1 entries that point at it`, { field: 'refcount', offset: at, actual: now });
+      }
+    } else {
+      s.overlap?.check(s.file, at, cs, OVERLAP.L2); // before anything is written
+    }
   }
 
   // ---- 2. write the new state to fresh clusters ----------------------------
