@@ -33,6 +33,7 @@ import { stateOf } from './image.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { attachWriter, readL1, writeHeader, type Qcow2State } from './state.js';
+import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
 const bit = (b: number) => 1n << BigInt(b);
@@ -242,18 +243,24 @@ async function writeHeaderCluster(s: Qcow2State): Promise<void> {
   area.set(name, h.backingFileOffset);
   await s.storage.flush();
   if (end <= SECTOR) {
-    await s.storage.write(0, area.subarray(0, Math.min(SECTOR, area.length)));
+    await checkedWrite(s, 0, area.subarray(0, Math.min(SECTOR, area.length)), OVERLAP.HEADER);
     await s.storage.flush();
-    if (area.length > SECTOR) await s.storage.write(SECTOR, area.subarray(SECTOR));
+    if (area.length > SECTOR) await checkedWrite(s, SECTOR, area.subarray(SECTOR), OVERLAP.HEADER);
   } else if (oldEnd <= SECTOR) {
-    await s.storage.write(SECTOR, area.subarray(SECTOR));
+    await checkedWrite(s, SECTOR, area.subarray(SECTOR), OVERLAP.HEADER);
     await s.storage.flush();
-    await s.storage.write(0, area.subarray(0, SECTOR));
+    await checkedWrite(s, 0, area.subarray(0, SECTOR), OVERLAP.HEADER);
   } else {
-    await s.storage.write(0, area);
+    await checkedWrite(s, 0, area, OVERLAP.HEADER);
   }
   await s.storage.flush();
   s.headerAreaEnd = end;
+}
+
+/** A write through the overlap check: `allowed` names the metadata it may replace (ERR_IMG_CORRUPT otherwise). */
+async function checkedWrite(s: Qcow2State, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
+  s.overlap?.check(s.file, offset, bytes.length, allowed);
+  await s.storage.write(offset, bytes);
 }
 
 // ---- compat=0.10 -----------------------------------------------------------
@@ -367,6 +374,9 @@ async function expandZeroClusters(s: Qcow2State, view: MappingView): Promise<num
       putEntry(table, j, host, tableRefs === 1);
     }
     if (!table) return;
+    // Checked before any of them is written: zeros over metadata would destroy it.
+    for (const at of toZero) s.overlap?.check(s.file, at, cs);
+    s.overlap?.check(s.file, l2Offset, cs, OVERLAP.L2);
     for (const at of toZero) await s.storage.write(at, zeros);
     await s.storage.flush();
     await s.storage.write(l2Offset, table);

@@ -174,6 +174,12 @@ export class Refcounts {
     return -1;
   }
 
+  /** The last cluster of [first, first + count) at or past the allocation frontier whose refcount is not 0, or -1. */
+  async #countedPastEnd(first: number, count: number): Promise<number> {
+    for (let c = first + count - 1; c >= Math.max(first, this.#end); c--) if ((await this.get(c)) !== 0) return c;
+    return -1;
+  }
+
   /** Whether the allocator may hand out cluster `index` with refcount `count`: never metadata the map holds. */
   #free(index: number, count: number): boolean {
     return count === 0 && !(this.#o.overlap?.kindsAt(index) ?? 0);
@@ -404,9 +410,13 @@ export class Refcounts {
    */
   async allocate(count: number, pending?: Promise<void>[]): Promise<number> {
     let first = await this.#findFree(count);
-    // Past the end of the file the refcounts say nothing: metadata there (a table pointing past the end) still counts.
-    for (let held = this.#heldIn(first, count); held >= 0; held = this.#heldIn(first, count)) {
-      if (held + 1 > this.#end) this.#end = held + 1;
+    for (;;) {
+      // Past the end of the file the refcounts say nothing: metadata there (a table pointing past the end) still counts.
+      let used = this.#heldIn(first, count);
+      // So do refcounts raised past the end by a crash before the file grew over the clusters (a leak, not free space).
+      if (used < 0) used = await this.#countedPastEnd(first, count);
+      if (used < 0) break;
+      if (used + 1 > this.#end) this.#end = used + 1;
       first = await this.#findFree(count);
     }
     if (first + count > this.#end) this.#end = first + count;
@@ -423,7 +433,7 @@ export class Refcounts {
   async allocateAt(first: number, count: number): Promise<boolean> {
     for (let c = first; c < first + count; c++) {
       if (this.#o.overlap?.kindsAt(c)) return false;
-      if (c < this.#end && (await this.get(c)) !== 0) return false;
+      if ((await this.get(c)) !== 0) return false;
     }
     if (first + count > this.#end) this.#end = first + count;
     await this.add(first, count, 1);
@@ -477,6 +487,23 @@ export class Refcounts {
     const first = Math.floor(offset / this.clusterSize);
     const last = Math.floor((offset + bytes - 1) / this.clusterSize);
     await this.add(first, last - first + 1, -1);
+  }
+
+  /**
+   * Takes over a refcount table (and its blocks) that another writer laid
+   * out and a header switch made current (snapshot-commit.ts): the table is
+   * read again, cached blocks and the free-space hints are forgotten.
+   */
+  async switchTable(tableOffset: number, tableClusters: number, fileSize: number): Promise<void> {
+    const raw = new Uint8Array(tableClusters * this.clusterSize);
+    const n = await this.#o.storage.readInto(tableOffset, raw);
+    if (n < raw.length) throw corrupt(FORMAT, this.#o.file, `refcount table at ${hex(tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
+    this.#table = parseTable(raw, this.clusterSize, fileSize, tableOffset, this.#o.file);
+    this.#tableOffset = tableOffset;
+    this.#tableClusters = tableClusters;
+    this.#blocks.clear();
+    this.#freeHint = 0;
+    this.#runHint = 0;
   }
 
   /** Forgets cached blocks (after a repair rewrote them). */

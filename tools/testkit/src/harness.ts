@@ -54,3 +54,37 @@ export function crashWindow<S extends CrashModelState>(states: S[], count: numbe
   }
   return states.slice(from, to + 1);
 }
+
+/** A storage operation as FaultStorage records it. */
+export type RecordedOp = { kind: 'write'; position: number; data: Uint8Array } | { kind: 'truncate'; size: number } | { kind: 'flush' };
+
+/**
+ * The file a process kill leaves once the first `count` recorded
+ * operations were issued: every write and truncate issued before the kill
+ * reached the file (the page cache outlives the process), none after it.
+ * (FaultStorage's crash modes model a power loss instead.)
+ */
+export function killedBytes(initial: Uint8Array, ops: readonly RecordedOp[], count: number): Uint8Array {
+  let size = initial.length;
+  let buf = new Uint8Array(Math.max(16, size));
+  buf.set(initial);
+  const reserve = (end: number) => {
+    if (end <= buf.length) return;
+    const next = new Uint8Array(Math.max(end, buf.length * 2));
+    next.set(buf.subarray(0, size));
+    buf = next;
+  };
+  for (const op of ops.slice(0, count)) {
+    if (op.kind === 'write') {
+      reserve(op.position + op.data.length);
+      if (op.position > size) buf.fill(0, size, op.position);
+      buf.set(op.data, op.position);
+      size = Math.max(size, op.position + op.data.length);
+    } else if (op.kind === 'truncate') {
+      reserve(op.size);
+      if (op.size > size) buf.fill(0, size, op.size);
+      size = op.size;
+    }
+  }
+  return buf.slice(0, size);
+}

@@ -1,0 +1,371 @@
+/**
+ * The atomic metadata switch behind snapshot create, delete and apply.
+ *
+ * A snapshot operation changes refcounts and COPIED flags of many clusters
+ * at once, and `qemu-img check` counts a COPIED flag that disagrees with
+ * its refcount as corruption in either direction (set with a refcount of
+ * 2, clear with a refcount of 1). No order of in-place writes avoids that
+ * window, so nothing the header reaches is changed in place. Instead:
+ *
+ * 1. the new state is planned from the L1 trees alone (what each cluster's
+ *    refcount becomes, which COPIED flags change), and refused before any
+ *    write if a refcount would overflow or drop below zero;
+ * 2. everything that changes is written to freshly allocated clusters (a
+ *    crash leaves leaks only): active L2 tables whose flags change, the new
+ *    active L1 table, the new snapshot table, copies of the refcount blocks
+ *    whose counts change, and a new refcount table pointing at them. Only
+ *    L2 tables no active L1 entry reaches may be changed in place (their
+ *    flags are not checked and do not change what they map);
+ * 3. a flush, then one header write (one sector: L1, refcount table and
+ *    snapshot table pointers and counts, disk size) switches to the new
+ *    state, and a flush;
+ * 4. what only the old state used (old refcount blocks and table, old L1
+ *    and snapshot tables) is released: a crash before that leaks it.
+ *
+ * At every point `qemu-img check` finds leaks at worst, and every view
+ * (active layer and snapshots) is the old one or the new one. The dirty
+ * bit is not needed, so version 2 images are as safe as version 3.
+ */
+import { corrupt, hex, readU32Be, unsupported, writeU32Be } from '@img/block';
+import { decodeL2Entry, l1EntryOffset } from './mapping.js';
+import { ENTRY_COPIED_HI } from './constants.js';
+import { loadL2, type MappingView } from './reader.js';
+import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
+import { serializeHeader } from './header.js';
+import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
+import { OVERLAP } from './overlap.js';
+import type { Qcow2State } from './state.js';
+
+const FORMAT = 'qcow2';
+/** The header switch must be one sector write to be atomic. */
+const SECTOR = 512;
+
+/** An L1 table and its entry count. */
+export interface L1Tree {
+  l1: Uint8Array;
+  offset: number;
+  entries: number;
+}
+
+/** What a snapshot operation changes (see the module comment). */
+export interface MetadataChange {
+  /**
+   * Trees whose references go: the old active layer (on delete and apply;
+   * on create it stays, as the new snapshot's), a deleted snapshot. The
+   * new active tree gains its references.
+   */
+  leaving: L1Tree[];
+  /** The new active L1 entries (flags and shared L2 tables are fixed by the commit). */
+  active: { l1: Uint8Array; entries: number; size: number };
+  /**
+   * The old active L1 table: `release` it once the new one is in use (it
+   * may stay where it is when its bytes do not change), or `adopt` it (a
+   * new snapshot's L1 table: the active one always moves).
+   */
+  oldL1: 'release' | 'adopt';
+  /** The new snapshot table, or undefined to keep it. */
+  snapshots?: Qcow2Snapshot[];
+  /** Clusters only the old state used, released after the switch. */
+  release: Array<{ offset: number; bytes: number }>;
+  /** Text for refusal messages ("a snapshot adds"). */
+  verb: string;
+}
+
+/** Host clusters an L2 entry holds a reference to (compressed data may span two). */
+function entryClusters(s: Qcow2State, table: Uint8Array, j: number, tableOffset: number): [number, number] | undefined {
+  const cs = s.geom.clusterSize;
+  const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
+  if (e.type === 'compressed') {
+    const first = Math.floor(e.host / cs);
+    return [first, Math.floor((e.host + e.size - 1) / cs) - first + 1];
+  }
+  if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) return [e.host / cs, 1];
+  return undefined;
+}
+
+/** Whether entry `j` carries a COPIED flag (it maps a host cluster of its own, not compressed). */
+function flagCluster(s: Qcow2State, table: Uint8Array, j: number, tableOffset: number): number | undefined {
+  const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
+  if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) return e.host / s.geom.clusterSize;
+  return undefined;
+}
+
+/** L2 table offsets of a tree, by L1 index (0: none). */
+function tablesOf(s: Qcow2State, t: L1Tree): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < t.entries; i++) out.push(l1EntryOffset(t.l1, i, s.geom.clusterSize, s.file, t.offset));
+  return out;
+}
+
+/** Clusters per chunk of {@link Deltas}. */
+const CHUNK = 4096;
+
+/** Refcount changes by cluster, in dense chunks of {@link CHUNK} clusters (allocated as touched). */
+class Deltas {
+  readonly #chunks = new Map<number, Int32Array>();
+  add(first: number, count: number, d: number): void {
+    for (let c = first; c < first + count; c++) {
+      const k = Math.floor(c / CHUNK);
+      let chunk = this.#chunks.get(k);
+      if (!chunk) this.#chunks.set(k, (chunk = new Int32Array(CHUNK)));
+      chunk[c - k * CHUNK]! += d;
+    }
+  }
+  get(c: number): number {
+    const k = Math.floor(c / CHUNK);
+    return this.#chunks.get(k)?.[c - k * CHUNK] ?? 0;
+  }
+  /** Every change: [cluster, delta]. */
+  *entries(): Generator<[number, number]> {
+    for (const [k, chunk] of this.#chunks) for (let i = 0; i < CHUNK; i++) if (chunk[i]) yield [k * CHUNK + i, chunk[i]!];
+  }
+}
+
+/** Adds `sign` for every table of `tables` and every cluster its entries reference. */
+async function countTree(s: Qcow2State, tables: readonly number[], sign: number, d: Deltas): Promise<void> {
+  const cs = s.geom.clusterSize;
+  for (let i = 0; i < tables.length; i++) {
+    const at = tables[i]!;
+    if (!at) continue;
+    d.add(at / cs, 1, sign);
+    const table = await loadL2(s, at, i);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      const run = entryClusters(s, table, j, at);
+      if (run) d.add(run[0], run[1], sign);
+    }
+  }
+}
+
+async function flushAll(s: Qcow2State): Promise<void> {
+  await s.dataFile?.flush();
+  await s.storage.flush();
+}
+
+/** Allocates clusters (refcount 1, written in place: a crash leaks them) and grows the file over them. */
+async function allocate(s: Qcow2State, rc: Refcounts, count: number): Promise<number> {
+  const offset = await rc.allocate(count);
+  const end = rc.endCluster * s.geom.clusterSize;
+  if (end > s.fileSize) {
+    await s.storage.truncate(end);
+    s.fileSize = end;
+  }
+  return offset;
+}
+
+/** A write to clusters this commit allocated or may change: checked against the overlap map first. */
+async function checkedWrite(s: Qcow2State, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
+  s.overlap?.check(s.file, offset, bytes.length, allowed);
+  await s.storage.write(offset, bytes);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function setCopied(bytes: Uint8Array, at: number, copied: boolean): boolean {
+  const hi = readU32Be(bytes, at);
+  const next = copied ? (hi | ENTRY_COPIED_HI) >>> 0 : (hi & ~ENTRY_COPIED_HI) >>> 0;
+  if (next === hi) return false;
+  writeU32Be(bytes, at, next);
+  return true;
+}
+
+/**
+ * Applies `change` to the image with one header switch (see the module
+ * comment). On return the header, the active view, the snapshot list and
+ * the refcounts describe the new state.
+ */
+export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcounts, change: MetadataChange): Promise<void> {
+  const cs = s.geom.clusterSize;
+  const es = s.geom.l2EntrySize;
+  if (rc.untrustedBlocks.length) {
+    throw corrupt(FORMAT, s.file, `refusing the snapshot operation: refcount block ${rc.untrustedBlocks[0]!.index} cannot be trusted (${rc.untrustedBlocks[0]!.reason}); repair the image first (check -r all)`, {
+      field: 'refcount table entry',
+    });
+  }
+  await s.writer?.drainReleases();
+  await flushAll(s);
+
+  // ---- 1. plan ---------------------------------------------------------
+  const beforeActive = new Set(tablesOf(s, { l1: view.l1, offset: view.l1Offset, entries: s.header.l1Size }).filter((t) => t !== 0));
+  const newTables = tablesOf(s, { l1: change.active.l1, offset: view.l1Offset, entries: change.active.entries });
+  const d = new Deltas();
+  for (const t of change.leaving) await countTree(s, tablesOf(s, t), -1, d);
+  await countTree(s, newTables, 1, d);
+  const after = async (c: number): Promise<number> => (await rc.get(c)) + d.get(c);
+  for (const [c, delta] of d.entries()) {
+    const now = await rc.get(c);
+    if (now + delta < 0) {
+      throw corrupt(FORMAT, s.file, `refcount of cluster ${c} (${hex(c * cs)}) would drop below zero: it is ${now}, but more references to it go`, { field: 'refcount', offset: c * cs, actual: now });
+    }
+    if (now + delta > rc.maxRefcount) {
+      throw unsupported(FORMAT, s.file, `refcount_bits ${rc.bits} cannot count the references ${change.verb} to cluster ${c} (${hex(c * cs)}): ${now} + ${delta} > ${rc.maxRefcount}; use wider refcounts (qemu-img amend -o refcount_bits=16)`, {
+        field: 'refcount_bits',
+      });
+    }
+  }
+  // The active L2 tables whose COPIED flags change: copied if the active layer reaches them now,
+  // changed in place if only snapshots do. (Their new bytes are made again when written, so that
+  // they are not all held at once.)
+  const withFlags = async (at: number, i: number): Promise<Uint8Array | undefined> => {
+    const table = (await loadL2(s, at, i)).slice();
+    let changed = false;
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      const c = flagCluster(s, table, j, at);
+      if (c === undefined) continue;
+      const own = s.entryGeom.dataFile || (await after(c)) === 1;
+      if (setCopied(table, j * es, own)) changed = true;
+    }
+    return changed ? table : undefined;
+  };
+  const rewrite = new Map<number, { index: number; copy: boolean; uses: number }>();
+  const unchanged = new Set<number>();
+  for (let i = 0; i < newTables.length; i++) {
+    const at = newTables[i]!;
+    if (!at || unchanged.has(at)) continue;
+    const known = rewrite.get(at);
+    if (known) {
+      known.uses++;
+      continue;
+    }
+    if (await withFlags(at, i)) rewrite.set(at, { index: i, copy: beforeActive.has(at), uses: 1 });
+    else unchanged.add(at);
+  }
+  // Each copy takes one reference from the table it copies; the copy itself is allocated (refcount 1).
+  for (const [at, r] of rewrite) {
+    if (r.copy) {
+      d.add(at / cs, 1, -r.uses);
+      const now = await rc.get(at / cs);
+      if (now + d.get(at / cs) < 0) {
+        throw corrupt(FORMAT, s.file, `refcount of L2 table ${hex(at)} would drop below zero: it is ${now}, less than the L1 entries that point at it`, { field: 'refcount', offset: at, actual: now });
+      }
+    } else {
+      s.overlap?.check(s.file, at, cs, OVERLAP.L2); // before anything is written
+    }
+  }
+
+  // ---- 2. write the new state to fresh clusters ----------------------------
+  const placed = new Map<number, number>();
+  for (const [at, r] of rewrite) {
+    const bytes = (await withFlags(at, r.index))!;
+    if (r.copy) {
+      const fresh = await allocate(s, rc, 1);
+      if (r.uses > 1) d.add(fresh / cs, 1, r.uses - 1);
+      await checkedWrite(s, fresh, bytes);
+      placed.set(at, fresh);
+    } else {
+      await checkedWrite(s, at, bytes, OVERLAP.L2);
+    }
+  }
+  const l1 = change.active.l1.slice(0, change.active.entries * 8);
+  for (let i = 0; i < newTables.length; i++) {
+    const at = newTables[i]!;
+    if (!at) continue;
+    const target = placed.get(at) ?? at;
+    writeU32Be(l1, i * 8, Math.floor(target / 0x1_0000_0000));
+    writeU32Be(l1, i * 8 + 4, target >>> 0);
+    const refs = placed.has(at) ? 1 + d.get(target / cs) : await after(at / cs);
+    setCopied(l1, i * 8, refs === 1);
+  }
+  const l1Bytes = change.active.entries * 8;
+  const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && sameBytes(l1, view.l1.subarray(0, l1Bytes));
+  let l1Offset = view.l1Offset;
+  if (!sameL1 && l1Bytes) {
+    const padded = new Uint8Array(Math.ceil(l1Bytes / cs) * cs);
+    padded.set(l1);
+    l1Offset = await allocate(s, rc, padded.length / cs);
+    await checkedWrite(s, l1Offset, padded);
+    if (change.oldL1 === 'release') change.release.push({ offset: view.l1Offset, bytes: Math.ceil((s.header.l1Size * 8) / cs) * cs });
+  }
+  let snapshotsOffset = s.header.snapshotsOffset;
+  let snapshots = s.snapshots;
+  if (change.snapshots) {
+    const bytes = serializeSnapshotTable(change.snapshots);
+    const oldBytes = s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0);
+    if (oldBytes && snapshotsOffset) change.release.push({ offset: snapshotsOffset, bytes: oldBytes });
+    snapshotsOffset = 0;
+    if (bytes.length) {
+      snapshotsOffset = await allocate(s, rc, Math.ceil(bytes.length / cs));
+      await checkedWrite(s, snapshotsOffset, bytes);
+    }
+    let pos = snapshotsOffset;
+    snapshots = change.snapshots.map((sn) => {
+      const entry = { ...sn, entryOffset: pos };
+      pos += snapshotEntrySize(sn);
+      return entry;
+    });
+  }
+  // Refcount blocks whose counts change are copied with the new counts, under a new refcount table.
+  const blocks = new Set<number>();
+  for (const [c] of d.entries()) blocks.add(Math.floor(c / rc.perBlock));
+  const freshBlocks = new Map<number, number>();
+  for (const t of blocks) freshBlocks.set(t, await allocate(s, rc, 1));
+  let tableClusters = rc.tableClusters;
+  let tableOffset = rc.tableOffset;
+  if (blocks.size) {
+    tableOffset = await allocate(s, rc, tableClusters);
+    while (rc.tableClusters !== tableClusters) {
+      // Allocating grew the live refcount table: the new one must be as large.
+      await rc.release(tableOffset, tableClusters * cs);
+      tableClusters = rc.tableClusters;
+      tableOffset = await allocate(s, rc, tableClusters);
+    }
+  }
+  const live = rc.table;
+  const oldBlocks: number[] = [];
+  for (const [t, fresh] of freshBlocks) {
+    const old = live[t] ?? 0;
+    if (!old) throw corrupt(FORMAT, s.file, `no refcount block covers cluster ${t * rc.perBlock}, whose refcount the snapshot operation changes`, { field: 'refcount table entry' });
+    const block = new Uint8Array(cs);
+    await s.storage.readInto(old, block);
+    for (let k = 0; k < rc.perBlock; k++) {
+      const delta = d.get(t * rc.perBlock + k);
+      if (delta) writeRefcount(block, k, rc.bits, readRefcount(block, k, rc.bits) + delta);
+    }
+    await checkedWrite(s, fresh, block);
+    oldBlocks.push(old);
+  }
+  if (blocks.size) {
+    const table = new Uint8Array(tableClusters * cs);
+    for (let t = 0; t < live.length; t++) {
+      const at = freshBlocks.get(t) ?? live[t] ?? 0;
+      writeU32Be(table, t * 8, Math.floor(at / 0x1_0000_0000));
+      writeU32Be(table, t * 8 + 4, at >>> 0);
+    }
+    await checkedWrite(s, tableOffset, table);
+  }
+  await flushAll(s);
+
+  // ---- 3. the switch: one sector -----------------------------------------
+  const old = { tableOffset: rc.tableOffset, tableClusters: rc.tableClusters };
+  const h = { ...s.header };
+  h.l1TableOffset = l1Offset;
+  h.l1Size = change.active.entries;
+  h.size = change.active.size;
+  h.refcountTableOffset = tableOffset;
+  h.refcountTableClusters = tableClusters;
+  h.snapshotsOffset = snapshotsOffset;
+  h.nbSnapshots = snapshots.length;
+  const header = serializeHeader(h);
+  if (header.length > SECTOR) throw unsupported(FORMAT, s.file, `a header of ${header.length} bytes cannot be switched with one sector write`, { field: 'header_length' });
+  await checkedWrite(s, 0, header, OVERLAP.HEADER);
+  await flushAll(s);
+  Object.assign(s.header, h);
+  s.snapshots = snapshots;
+  view.l1 = sameL1 ? view.l1 : l1;
+  view.l1Offset = l1Offset;
+  view.size = change.active.size;
+  s.cache.clear();
+  s.decompressed.clear();
+  if (blocks.size) {
+    await rc.switchTable(tableOffset, tableClusters, s.fileSize);
+    for (const at of oldBlocks) change.release.push({ offset: at, bytes: cs });
+    change.release.push({ offset: old.tableOffset, bytes: old.tableClusters * cs });
+  }
+
+  // ---- 4. what only the old state used ---------------------------------------
+  for (const r of change.release) if (r.offset && r.bytes) await rc.release(r.offset, r.bytes);
+  await flushAll(s);
+}
