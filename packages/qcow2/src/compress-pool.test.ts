@@ -8,8 +8,7 @@ import { compressInPool, JOB_BYTES, POOL_MIN_CLUSTERS, releasePooled } from './c
 import { compressCluster, decompressCluster } from './compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { createQcow2 } from './create.js';
-import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 
 /** Text-like data: compresses, but not to nothing. */
 function text(length: number, seed: number): Uint8Array {

@@ -18,6 +18,8 @@ import type { Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2 } from './reader.js';
 import { TableWriter, type TableTail } from './table-writer.js';
+// InFlightWrites is named by the TSDoc links below.
+// oxlint-disable-next-line no-unused-vars
 import type { ClusterSpan, InFlightWrites } from './in-flight.js';
 
 export type { WriterHooks } from './table-writer.js';
@@ -199,7 +201,7 @@ export class Qcow2Writer extends TableWriter {
     if (fresh) {
       const whole = this.units === 1;
       let at = whole ? await this.allocateForData(fresh, pending) : await this.allocate(fresh);
-      for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
+      for (const p of plans) if (p.fresh && !s.dataFile) { p.host = at; at += cs; }
       if (whole) freshEnd = at;
     }
     // The refcount update runs while the bytes are built below: should it fail first, or the building
