@@ -1,4 +1,5 @@
 // Tests of the import-cycle finder behind tools/lint.mjs (node --test; run by the root lint:root task).
+// Each test() is awaited: they run one after another, and a failure to start one is not lost.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,16 +18,16 @@ const graphOf = (edges) => {
   return g;
 };
 
-test('a graph without cycles has none', () => {
+await test('a graph without cycles has none', () => {
   assert.deepEqual(findCycles(graphOf([['a', 'b'], ['b', 'c'], ['a', 'c']])), []);
 });
 
-test('a two-module cycle and a self-import are found', () => {
+await test('a two-module cycle and a self-import are found', () => {
   assert.deepEqual(findCycles(graphOf([['check', 'open'], ['open', 'check'], ['open', 'state']])), [['check', 'open', 'check']]);
   assert.deepEqual(findCycles(graphOf([['a', 'a']])), [['a', 'a']]);
 });
 
-test('two loops through one module are both reported, each shortest', () => {
+await test('two loops through one module are both reported, each shortest', () => {
   // vhd before its split: image -> backing -> open -> image, and open <-> chain.
   const g = graphOf([['image', 'backing'], ['backing', 'open'], ['open', 'image'], ['open', 'chain'], ['chain', 'open'], ['image', 'bat']]);
   const cycles = findCycles(g).map((c) => c.join(' -> '));
@@ -35,7 +36,7 @@ test('two loops through one module are both reported, each shortest', () => {
   assert.ok(cycles.includes('chain -> open -> chain'), cycles.join('; '));
 });
 
-test('a long chain does not overflow the stack', () => {
+await test('a long chain does not overflow the stack', () => {
   const edges = [];
   for (let i = 0; i < 20000; i++) edges.push([`m${i}`, `m${i + 1}`]);
   edges.push(['m20000', 'm0']);
@@ -44,7 +45,7 @@ test('a long chain does not overflow the stack', () => {
   assert.equal(cycles[0].length, 20002);
 });
 
-test('relativeImports reads every import form and tells type-only ones apart', () => {
+await test('relativeImports reads every import form and tells type-only ones apart', () => {
   const text = [
     '/**',
     " * Example: import { openQcow2 } from './not-an-import.js';",
@@ -78,7 +79,7 @@ test('relativeImports reads every import form and tells type-only ones apart', (
   ]);
 });
 
-test('tools/lint.mjs fails a package with a run-time cycle and only warns about a type-only one', () => {
+await test('tools/lint.mjs fails a package with a run-time cycle and only warns about a type-only one', () => {
   const dir = mkdtempSync(join(tmpdir(), 'img-lint-cycles-'));
   try {
     mkdirSync(join(dir, 'src'));
