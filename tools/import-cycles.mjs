@@ -10,11 +10,7 @@
 const SPECIFIER = String.raw`['"](\.{1,2}\/[^'"]+)['"]`;
 // `import ... from './x.js'` / `export ... from './x.js'` (the clause may span lines; group 1 is `type`
 // when the whole statement is type-only), `import './x.js'`, and `import('./x.js')`.
-const IMPORT_PATTERNS = [
-  new RegExp(String.raw`(?:^|[\n;])\s*(?:import|export)\s+(type\s)?[^'";]*?\bfrom\s*` + SPECIFIER, 'g'),
-  new RegExp(String.raw`(?:^|[\n;])\s*import\s*()` + SPECIFIER, 'g'),
-  new RegExp(String.raw`\bimport\(\s*()` + SPECIFIER + String.raw`\s*\)`, 'g'),
-];
+const IMPORT_PATTERNS = [new RegExp(String.raw`(?:^|[\n;])\s*(?:import|export)\s+(type\s)?[^'";]*?\bfrom\s*` + SPECIFIER, 'g'), new RegExp(String.raw`(?:^|[\n;])\s*import\s*()` + SPECIFIER, 'g'), new RegExp(String.raw`\bimport\(\s*()` + SPECIFIER + String.raw`\s*\)`, 'g')];
 
 /**
  * Blanks the comments that open a line (TSDoc, `//` notes), so an example in them is not

@@ -19,17 +19,42 @@ const graphOf = (edges) => {
 };
 
 await test('a graph without cycles has none', () => {
-  assert.deepEqual(findCycles(graphOf([['a', 'b'], ['b', 'c'], ['a', 'c']])), []);
+  assert.deepEqual(
+    findCycles(
+      graphOf([
+        ['a', 'b'],
+        ['b', 'c'],
+        ['a', 'c'],
+      ]),
+    ),
+    [],
+  );
 });
 
 await test('a two-module cycle and a self-import are found', () => {
-  assert.deepEqual(findCycles(graphOf([['check', 'open'], ['open', 'check'], ['open', 'state']])), [['check', 'open', 'check']]);
+  assert.deepEqual(
+    findCycles(
+      graphOf([
+        ['check', 'open'],
+        ['open', 'check'],
+        ['open', 'state'],
+      ]),
+    ),
+    [['check', 'open', 'check']],
+  );
   assert.deepEqual(findCycles(graphOf([['a', 'a']])), [['a', 'a']]);
 });
 
 await test('two loops through one module are both reported, each shortest', () => {
   // vhd before its split: image -> backing -> open -> image, and open <-> chain.
-  const g = graphOf([['image', 'backing'], ['backing', 'open'], ['open', 'image'], ['open', 'chain'], ['chain', 'open'], ['image', 'bat']]);
+  const g = graphOf([
+    ['image', 'backing'],
+    ['backing', 'open'],
+    ['open', 'image'],
+    ['open', 'chain'],
+    ['chain', 'open'],
+    ['image', 'bat'],
+  ]);
   const cycles = findCycles(g).map((c) => c.join(' -> '));
   assert.equal(cycles.length, 2);
   assert.ok(cycles.includes('backing -> open -> image -> backing'), cycles.join('; '));
@@ -52,7 +77,7 @@ await test('relativeImports reads every import form and tells type-only ones apa
     ' */',
     "import { a, type B } from './a.js';",
     "import type { C } from './c.js';",
-    "import {",
+    'import {',
     '  d,',
     '  e,',
     "} from './de.js';",

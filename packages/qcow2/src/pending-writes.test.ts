@@ -26,9 +26,23 @@ describe('PendingWrites', () => {
   it('waits for every write and throws the failure of the first added, whatever failed first', async () => {
     const pending = new PendingWrites();
     let finished = 0;
-    pending.add(tick().then(() => { finished++; throw new Error('first added'); }));
-    pending.add(Promise.resolve().then(() => { finished++; throw new Error('first to fail'); }));
-    pending.add(tick().then(() => { finished++; }));
+    pending.add(
+      tick().then(() => {
+        finished++;
+        throw new Error('first added');
+      }),
+    );
+    pending.add(
+      Promise.resolve().then(() => {
+        finished++;
+        throw new Error('first to fail');
+      }),
+    );
+    pending.add(
+      tick().then(() => {
+        finished++;
+      }),
+    );
     await expect(pending.settle()).rejects.toThrow('first added');
     expect(finished).toBe(3);
     expect(unhandled).toEqual([]);
