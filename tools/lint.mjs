@@ -1,8 +1,15 @@
 #!/usr/bin/env node
 // House-style lint for a package's src/ (STYLE.md): errors fail the run,
 // warnings are printed. Usage: node tools/lint.mjs <package-dir>
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, join, relative } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, join, relative } from 'node:path';
+import { findCycles, relativeImports } from './import-cycles.mjs';
+
+// Packages whose import cycles are printed as warnings instead of failing the lint, each until its cycles
+// are broken. The lead empties this list once the branches that remove them are merged; do not add to it.
+const CYCLES_ALLOWED = new Set([
+  '@img/vhd', // image -> backing -> open -> image and open <-> chain: being removed on another branch
+]);
 
 const dir = process.argv[2] ?? '.';
 const src = join(dir, 'src');
@@ -19,11 +26,28 @@ function walk(d) {
   return out;
 }
 
+const isTestFile = (file) => /\.test\.ts$|\/test-[^/]*\.ts$|\/test\//.test(file);
+/** Module graphs of the package's non-test sources, src-relative path -> the paths it imports: every import, and run-time imports only. */
+const graph = new Map();
+const runtimeGraph = new Map();
+
 for (const file of walk(src)) {
   const rel = relative(dir, file);
   const text = readFileSync(file, 'utf8');
   const lines = text.split('\n');
-  const isTest = /\.test\.ts$|\/test-[^/]*\.ts$|\/test\//.test(file);
+  const isTest = isTestFile(file);
+  if (!isTest) {
+    const targets = new Set();
+    const runtime = new Set();
+    for (const { spec, typeOnly } of relativeImports(text)) {
+      const target = join(dirname(file), spec.replace(/\.js$/, '.ts'));
+      if (!target.endsWith('.ts') || !existsSync(target)) continue;
+      targets.add(relative(src, target));
+      if (!typeOnly) runtime.add(relative(src, target));
+    }
+    graph.set(relative(src, file), targets);
+    runtimeGraph.set(relative(src, file), runtime);
+  }
   const isCli = /\/(cli|bin)\//.test(file);
   if (!/^[a-z0-9]+(-[a-z0-9]+)*(\.test)?\.ts$/.test(basename(file))) errors.push(`${rel}: file names are kebab-case`);
   lines.forEach((line, i) => {
@@ -39,6 +63,22 @@ for (const file of walk(src)) {
     }
   });
   if (!isTest && lines.length > 600) warnings.push(`${rel}: ${lines.length} lines (the guide is ~400)`);
+}
+
+// Imports of test files are not edges: a test may import anything.
+for (const g of [graph, runtimeGraph]) for (const targets of g.values()) for (const to of targets) if (!g.has(to)) targets.delete(to);
+const pkgName = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).name;
+const runtimeCycles = findCycles(runtimeGraph);
+for (const cycle of runtimeCycles) {
+  const line = `src/${cycle[0]}: import cycle ${cycle.join(' -> ')}`;
+  if (CYCLES_ALLOWED.has(pkgName)) warnings.push(`${line} (allowed for now in tools/lint.mjs)`);
+  else errors.push(line);
+}
+if (CYCLES_ALLOWED.has(pkgName) && !runtimeCycles.length) warnings.push(`${pkgName} has no import cycle left: remove it from CYCLES_ALLOWED in tools/lint.mjs`);
+// Cycles that only close through an `import type`: reported, not failed (see tools/import-cycles.mjs).
+for (const cycle of findCycles(graph)) {
+  if (cycle.every((m, i) => i === 0 || runtimeGraph.get(cycle[i - 1]).has(m))) continue;
+  warnings.push(`src/${cycle[0]}: import cycle through a type-only import ${cycle.join(' -> ')}`);
 }
 
 for (const w of warnings) console.log(`warning: ${w}`);

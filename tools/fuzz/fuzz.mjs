@@ -100,7 +100,7 @@ export async function runCase(format, bytes, random, { timeoutMs = 10_000 } = {}
     if (disk) {
       await step('extents', async () => {
         let count = 0;
-        for await (const e of disk.extents()) if (++count > 1_000_000) throw new Error('too many extents');
+        for await (const _ of disk.extents()) if (++count > 1_000_000) throw new Error('too many extents');
       });
       for (let i = 0; i < 4; i++) {
         const len = Math.min(disk.size, 1 + Math.floor(random() * 200_000));

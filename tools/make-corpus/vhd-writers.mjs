@@ -96,7 +96,7 @@ export function vhdImage(spec) {
   if (type === 'fixed') {
     for (let i = 0; i < size; i++) content[i] = pattern(i);
     const f = footerBytes({ type: diskType, creator, creatorVersion, hostOs, size, geometry, id });
-    if (bootSignature) (f[510] = 0x55), (f[511] = 0xaa), seal(f, 0, SECTOR, 64);
+    if (bootSignature) { f[510] = 0x55; f[511] = 0xaa; seal(f, 0, SECTOR, 64); }
     const b = new Uint8Array(size + SECTOR);
     b.set(content);
     b.set(f, size);
@@ -133,7 +133,7 @@ export function vhdImage(spec) {
   const tail = roundUp(next, footerAlign);
   const b = new Uint8Array(tail + SECTOR);
   const f = footerBytes({ type: diskType, creator, creatorVersion, hostOs, size, geometry, dataOffset, id });
-  if (bootSignature) (f[510] = 0x55), (f[511] = 0xaa), seal(f, 0, SECTOR, 64);
+  if (bootSignature) { f[510] = 0x55; f[511] = 0xaa; seal(f, 0, SECTOR, 64); }
   b.set(f, 0);
   b.set(f, tail);
   const h = dataOffset;

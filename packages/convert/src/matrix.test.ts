@@ -1,7 +1,7 @@
 // The full conversion matrix through the built img-convert, judged by qemu-img.
 import { writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
 import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuInfo, qemuIo, tempDir, testImagesDir } from '@img/testkit';
 import { run } from './test/cli.js';
 

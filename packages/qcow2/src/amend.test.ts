@@ -15,7 +15,7 @@ import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, qemuMap, tempDir, s
 import { amendQcow2, parseAmendOptions, type Qcow2AmendOptions } from './amend.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { imageError } from './test-fixtures.js';
 
 describe('parseAmendOptions', () => {

@@ -14,7 +14,7 @@ import type { Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import type { Qcow2Disk } from './image.js';
 import './driver.js';
 

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, tempDir, writeCheckBomb } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
 const dist = (p: string) => new URL(p, import.meta.url).href;

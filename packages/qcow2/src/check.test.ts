@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { MemoryStorage, readU64Be, readU32Be } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, tempDir } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { spawnSync } from 'node:child_process';
 import { fixtureNames, fixturePath, loadFixture, qcow2Dir } from './test-fixtures.js';
 import { openQcow2 } from './open.js';

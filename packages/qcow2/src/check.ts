@@ -1,22 +1,22 @@
 /**
- * checkQcow2: qemu-img check for qcow2. Counts the references to every
+ * The check of an open image (checkState; checkQcow2 in check-qcow2.ts
+ * opens the image for it, open.ts repairs with it): qemu-img check for
+ * qcow2. Counts the references to every
  * host cluster from all metadata (header, L1/L2 tables of the active
  * layer and of every snapshot, refcount structures, snapshot table,
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
 import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
-import type { CheckOptions, CheckResult, Storage } from '@img/block';
+import type { CheckResult } from '@img/block';
 import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
 import type { MappingView } from './reader.js';
 import { readRefcount } from './refcount.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
-import { EXT_BITMAPS, ENTRY_COPIED_HI, INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
-import { openQcow2 } from './open.js';
-import { writeHeader, type Qcow2State } from './state.js';
-import { stateOf } from './image.js';
+import { EXT_BITMAPS, ENTRY_COPIED_HI } from './constants.js';
+import type { Qcow2State } from './state.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
@@ -376,36 +376,4 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
     fragmentedClusters: t.scan.fragmented,
     compressedClusters: t.scan.compressed,
   };
-}
-
-/**
- * Checks the image in `storage` the way `qemu-img check` does: leaks
- * (allocated clusters nothing refers to), corruptions (refcounts too low,
- * wrong COPIED flags, tables out of bounds), and the allocation figures.
- * With `repair` ('leaks' or 'all') the storage must be writable.
- */
-export async function checkQcow2(storage: Storage, options: CheckOptions = {}): Promise<CheckResult> {
-  const disk = await openQcow2(storage, {
-    readOnly: !options.repair,
-    noBacking: true,
-    noDataFile: true,
-    checkOnly: true,
-    resolver: options.resolver,
-    formats: options.formats,
-  });
-  try {
-    const { state, view } = stateOf(disk);
-    const result = await checkState(state, view, options.repair);
-    // A repaired image is consistent again: the dirty and corrupt bits go (as qemu-img check -r does).
-    const h = state.header;
-    const flags = (1n << BigInt(INCOMPAT_DIRTY)) | (1n << BigInt(INCOMPAT_CORRUPT));
-    if (options.repair && result.corruptions === 0 && (h.incompatibleFeatures & flags) !== 0n && (options.repair === 'all' || result.leaks === 0)) {
-      h.incompatibleFeatures &= ~flags;
-      await writeHeader(state);
-      await storage.flush();
-    }
-    return result;
-  } finally {
-    await disk.close();
-  }
 }

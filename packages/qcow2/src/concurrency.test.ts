@@ -16,7 +16,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuCompare, qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import type { Qcow2Disk } from './image.js';
 import './driver.js';
 

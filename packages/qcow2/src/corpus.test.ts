@@ -8,7 +8,7 @@
 import { ImageError, MemoryStorage, type Resolver } from '@img/block';
 import { describe, expect, it } from 'vitest';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { readQcow2Stream } from './read-stream.js';
 import type { Qcow2Disk } from './image.js';
 

@@ -25,9 +25,8 @@ import { crashWindow, hasQemuImg, seededBytes, tempDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { INCOMPAT_DIRTY } from './constants.js';
-import type { Qcow2Disk } from './image.js';
 
 const MODES: CrashMode[] = ['drop', 'subset', 'torn'];
 /** At most this many crash points per mode and configuration (a seeded random sample beyond). */

@@ -10,7 +10,7 @@ import { MemoryStorage, bytesEqual, seededRandom } from '@img/block';
 import { seededBytes } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 
 /** Memory storage whose writes land after a random delay (so writes overlap and finish out of order). */
 class SlowStorage extends MemoryStorage {

@@ -6,7 +6,7 @@ import { FormatRegistry, optionHelp, rawDriver } from '@img/block';
 import { probeQcow2 } from './header.js';
 import { openQcow2 } from './open.js';
 import { createQcow2, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions } from './create.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { measureQcow2 } from './measure.js';
 import { createQcow2Stream, qcow2StreamOptionsFrom } from './stream.js';
 import { readQcow2Stream } from './read-stream.js';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { FileStorage } from '@img/block/node';
 import { ImageError } from '@img/block';
 import { describeQemu, entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, type Qcow2Bytes } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');

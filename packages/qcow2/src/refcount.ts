@@ -10,6 +10,7 @@
 import { readU32Be, writeU32Be, corrupt, hex } from '@img/block';
 import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
+import type { PendingWrites } from './pending-writes.js';
 import { MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
 import { MAX_HOST_OFFSET } from './mapping.js';
 import { OVERLAP, overlapKindName, type OverlapMap } from './overlap.js';
@@ -234,13 +235,13 @@ export class Refcounts {
   /**
    * Adds `delta` to the refcounts of clusters [first, first+count). Blocks
    * are created where needed; each changed block is written once. With
-   * `pending`, the block writes are started but not awaited: their
-   * promises are pushed there, for a caller that has other I/O to overlap
+   * `pending`, the block writes are started but not awaited: they are
+   * added there, for a caller that has other I/O to overlap
    * with them and awaits them all before its next barrier. (Each write
    * sends the block as it is when the write runs, so overlapping writes of
    * one block still leave the latest counts on disk.)
    */
-  async add(first: number, count: number, delta: number, pending?: Promise<void>[]): Promise<void> {
+  async add(first: number, count: number, delta: number, pending?: PendingWrites): Promise<void> {
     let i = first;
     const end = first + count;
     while (i < end) {
@@ -263,13 +264,9 @@ export class Refcounts {
         }
       }
       const written = this.#writeBlockRange(t, block, i % this.perBlock, stop - t * this.perBlock);
-      if (pending) {
-        // The caller awaits it (before its barrier); until then a failure must not go unhandled.
-        written.catch(() => undefined);
-        pending.push(written);
-      } else {
-        await written;
-      }
+      // The caller settles `pending` before its barrier (PendingWrites holds a failure until then).
+      if (pending) pending.add(written);
+      else await written;
       i = stop;
     }
   }
@@ -408,7 +405,7 @@ export class Refcounts {
    * offset of the first. Reuses free clusters inside the file before
    * growing it. `pending`: as in {@link add}.
    */
-  async allocate(count: number, pending?: Promise<void>[]): Promise<number> {
+  async allocate(count: number, pending?: PendingWrites): Promise<number> {
     let first = await this.#findFree(count);
     for (;;) {
       // Past the end of the file the refcounts say nothing: metadata there (a table pointing past the end) still counts.

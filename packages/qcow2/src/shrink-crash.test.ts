@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FaultStorage, MemoryStorage, seededRandom, type CrashMode } from '@img/block';
 import { hasQemuImg, inCI, seededBytes, tempDir } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 

@@ -31,7 +31,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FaultStorage, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
 import { hasQemuImg, inCI, killedBytes, seededBytes, tempDir } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
 if (!hasQemuImg && inCI) throw new Error('qemu-img is needed in CI');

@@ -7,7 +7,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { dataFor } from './test-write-model.js';
 import { fixturePath } from './test-fixtures.js';
 

@@ -9,7 +9,7 @@ import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img
 import { streamQcow2 } from './stream.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { fixtureNames, fixturePath } from './test-fixtures.js';
 
 async function streamToBytes(it: AsyncIterable<Uint8Array>): Promise<Uint8Array> {

@@ -19,6 +19,7 @@ import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import type { Refcounts } from './refcount.js';
+import type { PendingWrites } from './pending-writes.js';
 import type { Qcow2State } from './state.js';
 import { InFlightWrites, TableLocks } from './in-flight.js';
 import { OVERLAP } from './overlap.js';
@@ -107,10 +108,10 @@ export class TableWriter {
    * Allocates `count` contiguous data clusters that the caller writes in
    * full before anything points at them: the file is not grown first (the
    * data write grows it; see {@link noteWritten}), and the refcount block
-   * writes are left in flight, their promises pushed to `pending`, so that
+   * writes are left in flight, added to `pending`, so that
    * they overlap the data write. The caller awaits them before its barrier.
    */
-  protected allocateForData(count: number, pending: Promise<void>[]): Promise<number> {
+  protected allocateForData(count: number, pending: PendingWrites): Promise<number> {
     const rc = this.rc!;
     return this.meta.run(() => rc.allocate(count, pending));
   }

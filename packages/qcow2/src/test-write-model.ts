@@ -9,7 +9,7 @@ import { seededBytes } from '@img/testkit';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
 import { type Qcow2Disk } from './image.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import './driver.js';
 
 export type Op =

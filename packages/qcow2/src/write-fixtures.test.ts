@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { hasQemuImg, qemuCheck, tempDir } from '@img/testkit';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { dataFor } from './test-write-model.js';
 import { loadFixture, memoryResolver, qcow2Dir } from './test-fixtures.js';
 import { copyFileSync } from 'node:fs';

@@ -14,7 +14,7 @@ import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededBytes } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from './test-write-model.js';
 
 let dir: string;

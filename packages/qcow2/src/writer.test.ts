@@ -3,7 +3,7 @@ import { MemoryStorage, readU32Be, readU64Be, writeU32Be, bytesEqual } from '@im
 import type { Storage } from '@img/block';
 import { createQcow2, parseCreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { decodeL2Entry, l1EntryOffset } from './mapping.js';
 import { imageError, loadFixture, memoryResolver } from './test-fixtures.js';
 import { seededBytes } from '@img/testkit';

@@ -18,6 +18,9 @@ import type { Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2 } from './reader.js';
 import { TableWriter, type TableTail } from './table-writer.js';
+import { PendingWrites } from './pending-writes.js';
+// InFlightWrites is named by the TSDoc links below.
+// oxlint-disable-next-line no-unused-vars
 import type { ClusterSpan, InFlightWrites } from './in-flight.js';
 
 export type { WriterHooks } from './table-writer.js';
@@ -95,12 +98,12 @@ export class Qcow2Writer extends TableWriter {
     if (l1Index * 8 >= l1.length || (readU32Be(l1, l1Index * 8) & ENTRY_COPIED_HI) === 0) return undefined;
     try {
       const tableOffset = l1EntryOffset(l1, l1Index, s.geom.clusterSize, s.file, this.view.l1Offset);
+      // Not cached (or still loading): the locked path loads it, and meets a bad table there. Starting
+      // the load here would leave a promise that nobody awaits.
+      if (s.cache.peek(tableOffset) === undefined) return undefined;
+      // A cache hit (this refreshes its place in the LRU order), so no promise.
       const table = loadL2(s, tableOffset, l1Index);
-      if (table instanceof Promise) {
-        // Not cached: the locked path shares this load.
-        table.catch(() => undefined);
-        return undefined;
-      }
+      if (table instanceof Promise) return undefined;
       return this.#inPlace(l1Index, table, tableOffset, offset, data);
     } catch {
       // Corrupt metadata: the locked path meets it again and reports it.
@@ -194,18 +197,16 @@ export class Qcow2Writer extends TableWriter {
     // Allocate every new cluster of this table at once, so that they lie together in the file.
     // Without subclusters every new cluster is written whole below, so the data write itself grows
     // the file and the refcount update can run alongside it (both land before the barrier).
-    const pending: Promise<void>[] = [];
+    const pending = new PendingWrites();
     let freshEnd = 0;
     if (fresh) {
       const whole = this.units === 1;
       let at = whole ? await this.allocateForData(fresh, pending) : await this.allocate(fresh);
-      for (const p of plans) if (p.fresh && !s.dataFile) (p.host = at), (at += cs);
+      for (const p of plans) if (p.fresh && !s.dataFile) { p.host = at; at += cs; }
       if (whole) freshEnd = at;
     }
-    // The refcount update runs while the bytes are built below: should it fail first, or the building
-    // fail and leave it unawaited, its rejection must already have a listener (allSettled reports it).
-    for (const p of pending) p.catch(() => undefined);
     // Build the bytes: new data, with old content around it where a unit is only partly written.
+    // The refcount update runs meanwhile; should the building fail, it lands before the error is reported.
     const pieces = await Promise.all(
       plans.map(async (p) => {
         const piece = p.fill ? new Uint8Array(p.spanEnd - p.spanStart) : data.subarray(p.guest + p.a - offset, p.guest + p.b - offset);
@@ -216,10 +217,12 @@ export class Qcow2Writer extends TableWriter {
         }
         return { host: p.host! + (p.fill ? p.spanStart : p.a), bytes: piece };
       }),
-    );
-    pending.push(this.#writeRuns(pieces));
-    const settled = await Promise.allSettled(pending);
-    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    ).catch(async (error: unknown) => {
+      await pending.drain();
+      throw error;
+    });
+    pending.add(this.#writeRuns(pieces));
+    await pending.settle();
     this.noteWritten(freshEnd);
     // Point the entries at the data once it is on disk.
     let first = -1;

@@ -1,5 +1,5 @@
 /** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
-import type { DriverCreateOptions, FormatDriver, OpenOptions, Storage } from '@img/block';
+import type { DriverCreateOptions, FormatDriver, Storage } from '@img/block';
 import { checkOptionKeys, invalidArg, optionHelp } from '@img/block';
 import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS, type VhdCreateOptions } from './create.js';

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ImageError, MemoryStorage, concatBytes, type StreamSource } from '@img/block';
+import { ImageError, MemoryStorage, type StreamSource } from '@img/block';
 import { chunked, collectBytes, describeQemu, qemuCompare, qemuInfo, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vhdChecksum } from './checksum.js';

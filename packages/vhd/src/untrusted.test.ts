@@ -5,7 +5,7 @@
  * Trusted opens read on as qemu does and record each in `problems`, and
  * check reports it with its code and offset.
  */
-import { loadVhdWriters, type VhdWriterImage } from '@img/testkit';
+import { loadVhdWriters } from '@img/testkit';
 import { ImageError, MemoryStorage } from '@img/block';
 import { describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
@@ -13,7 +13,6 @@ import { vhdChecksum } from './checksum.js';
 import { openVhd } from './open.js';
 
 const { vhdImage } = await loadVhdWriters();
-type Built = VhdWriterImage;
 
 const SIZE = 4 * 1024 * 1024;
 const dynamic = (spec: Record<string, unknown> = {}) => vhdImage({ size: SIZE, blocks: [0], ...spec }).bytes;

@@ -10,14 +10,13 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuImg, qemuIo, tempDir, loadVhdWriters, type VhdWriterImage } from '@img/testkit';
+import { describeQemu, qemuImg, qemuIo, tempDir, loadVhdWriters } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { parseDynamicHeader } from './dynamic-header.js';
 import { openVhd } from './open.js';
 
 const { writers, vhdImage } = await loadVhdWriters();
-type Built = VhdWriterImage;
 
 function u32(b: Uint8Array, at: number, v: number): void {
   new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(at, v >>> 0, false);

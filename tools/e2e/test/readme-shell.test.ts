@@ -5,7 +5,7 @@
 // shell function stands for pnpm's script lookup and nothing else changes.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, repoRoot } from '@img/testkit';
 import { userShell } from './user.js';
 

@@ -18,7 +18,7 @@ export interface UserShell {
   dir: string;
   /** Runs `script` with bash -o pipefail off (as a user's shell): PIPESTATUS is how a test reads a piped command's own status. */
   sh(script: string, options?: { input?: string; timeoutMs?: number }): ShellResult;
-  path(name: string): string;
+  path: (name: string) => string;
   cleanup(): void;
 }
 

@@ -41,8 +41,8 @@ describe('/proc/locks', () => {
     writeFileSync(path, SAMPLE);
     const qemuBytes = [100, 101, 102, 103, 200, 201, 202, 203];
     const held = await heldBytes({ dev: 0xfe00n, ino: 2146969n }, qemuBytes, path);
-    expect([...held!].sort()).toEqual([100, 101, 201, 203]); // 103 is held on another device (fe:01)
-    expect([...(await heldBytes({ dev: 0x1030an, ino: 77n }, qemuBytes, path))!].sort()).toEqual(qemuBytes);
+    expect([...held!].sort((a, b) => a - b)).toEqual([100, 101, 201, 203]); // 103 is held on another device (fe:01)
+    expect([...(await heldBytes({ dev: 0x1030an, ino: 77n }, qemuBytes, path))!].sort((a, b) => a - b)).toEqual(qemuBytes);
     expect(await heldBytes({ dev: 0xfe00n, ino: 1n }, qemuBytes, path)).toEqual(new Set());
     expect(await heldBytes({ dev: 0xfe00n, ino: 1n }, qemuBytes, join(tmp.path, 'missing'))).toBeUndefined();
   });

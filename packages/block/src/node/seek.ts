@@ -9,13 +9,13 @@ import { nativeExports } from './native-loader.js';
 
 export interface SeekAddon {
   /** Data runs of `[offset, offset+length)` as [start, end, start, end, ...]. */
-  seekRanges(fd: number, offset: number, length: number): Float64Array;
+  seekRanges: (fd: number, offset: number, length: number) => Float64Array;
   /**
    * preadv2/pwritev2 with RWF_NOWAIT on the calling thread: bytes moved,
    * -1 if it would block (not in the page cache), -2 if unsupported here.
    * Absent from helpers built before it existed.
    */
-  nowait?(write: boolean, fd: number, bytes: Uint8Array, position: number): number;
+  nowait?: (write: boolean, fd: number, bytes: Uint8Array, position: number) => number;
   /**
    * Sets (`set`) or releases a shared lock on one byte of the file, without
    * waiting: 0, or the errno of the failed fcntl. An open-file-description

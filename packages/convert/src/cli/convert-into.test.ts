@@ -2,6 +2,8 @@ import { copyFileSync, linkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tempDir, testImagesDir } from '@img/testkit';
+import { FormatRegistry, rawDriver, type Disk, type FormatDriver } from '@img/block';
+import { qcow2Driver } from '@img/qcow2';
 import { defaultRegistry } from '../formats.js';
 import { openImageFile } from '../node.js';
 import { convertIntoExisting } from './convert-into.js';
@@ -44,5 +46,34 @@ describe('convertIntoExisting (convert -n)', () => {
     expect(Buffer.from(await b.read(0, a.size)).equals(Buffer.from(await a.read(0, a.size)))).toBe(true);
     await a.close();
     await b.close();
+  });
+
+  it('fails when closing the target fails, after a copy that succeeded', async () => {
+    const target = join(tmp.path, 'close-fails.img');
+    copyFileSync(join(testImagesDir, 'raw', 'demo.img'), target);
+    let closed = 0;
+    // A raw driver whose disks fail to close (as a qcow2 target can, writing its header), after really closing.
+    const failingClose: FormatDriver = {
+      ...rawDriver,
+      open: async (storage, options) => {
+        const disk = await rawDriver.open(storage, options);
+        return new Proxy(disk, {
+          get(t, key) {
+            if (key === 'close') {
+              return async () => {
+                await t.close();
+                closed++;
+                throw new Error('close failed while writing the header');
+              };
+            }
+            const v: unknown = Reflect.get(t, key, t);
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+          },
+        }) as Disk;
+      },
+    };
+    const failing = new FormatRegistry([failingClose, qcow2Driver]);
+    await expect(convertIntoExisting({ ...base, registry: failing, dstFormat: 'raw', input: join(testImagesDir, 'qcow2', 'v3-64k.qcow2'), output: target })).rejects.toThrow('close failed while writing the header');
+    expect(closed).toBe(1);
   });
 });

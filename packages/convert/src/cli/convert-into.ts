@@ -55,8 +55,13 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
       ...(options.signal ? { signal: options.signal } : {}),
     });
     await dst.flush();
+    // Closing the target can still write (a qcow2 header, its dirty bit): its failure is the command's.
+    const target = dst;
+    dst = undefined;
+    await target.close();
     return { ...copied, virtualSize: source.size, durationMs: Date.now() - started };
   } finally {
+    // Cleanup after a failure, which is what the caller must see; and the input, only read.
     await dst?.close().catch(() => undefined);
     await snapshot?.close().catch(() => undefined);
     await src.close().catch(() => undefined);

@@ -9,7 +9,7 @@ import { compressCluster, decompressCluster as decompressAny } from '../compress
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
 import { createQcow2 } from '../create.js';
 import { openQcow2 } from '../open.js';
-import { checkQcow2 } from '../check.js';
+import { checkQcow2 } from '../check-qcow2.js';
 
 /** Node's codecs decompress synchronously: the pool's tests read the answer at once. */
 function decompressCluster(...args: Parameters<typeof decompressAny>): Uint8Array {
