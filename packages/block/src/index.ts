@@ -1,6 +1,6 @@
 export * from './errors.js';
 export * from './bytes.js';
-export type { Storage, StorageRange } from './storage.js';
+export type { Storage, StorageRange, RunCopyOptions, RunCopyResult, RunReadResult } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
 export * from './disk.js';
 export * from './disk-util.js';

@@ -5,6 +5,8 @@
 import type { Disk, Extent } from './disk.js';
 import { abortError, invalidArg } from './errors.js';
 import { chunkExtents, clipExtents } from './extents.js';
+import { RawDisk } from './raw.js';
+import type { Storage } from './storage.js';
 import { findZeroRuns } from './zero.js';
 
 export interface CopyProgress {
@@ -57,6 +59,13 @@ export interface SparseCopyOptions {
   writeData?: (offset: number, data: Uint8Array) => Promise<void>;
   /** Makes a range of the destination read as zeros. Default `dst.writeZeroes`. */
   writeZeroes?: (offset: number, length: number) => Promise<void>;
+  /**
+   * Let storages copy batches of runs themselves (Storage.copyRunsTo: the
+   * native loop of local files) where the bytes go unchanged from a source
+   * file into a raw destination file. Default true; the result is the same
+   * either way.
+   */
+  batchRuns?: boolean;
 }
 
 export interface SparseCopyResult extends CopyProgress {
@@ -65,6 +74,33 @@ export interface SparseCopyResult extends CopyProgress {
 }
 
 const MiB = 1024 * 1024;
+/** A native batch holds up to this many bytes of runs: one thread hand-off each, progress and abort between batches. */
+const BATCH_BYTES = 32 * MiB;
+const BATCH_RUNS = 4096;
+/** Native batches in flight: two overlap one's reads with the other's writes; more only contend for the target's lock. */
+const BATCH_SLOTS = 2;
+
+/** Runs of one source storage waiting to be copied as one batch. */
+interface RunBatch {
+  from: Storage;
+  runs: number[];
+  bytes: number;
+}
+
+/**
+ * The storage a data extent's bytes can be copied from unchanged, when
+ * `dst` is a raw file the source's storage can copy runs into: the file of
+ * the extent's layer, named by the extent itself (a qcow2 external data
+ * file or a compressed cluster has no such host run, and is read through
+ * the format).
+ */
+function runSource(src: Disk, e: Extent, to: Storage): Storage | undefined {
+  if (e.hostOffset === undefined || e.file === undefined) return undefined;
+  let layer: Disk | undefined = src;
+  for (let d = e.depth ?? 0; d > 0 && layer; d--) layer = layer.backing;
+  const from = layer?.storage;
+  return from && from.name === e.file && from.canCopyRunsTo?.(to) ? from : undefined;
+}
 
 /**
  * Copies `src` into `dst` (same or larger size), skipping what reads as
@@ -103,6 +139,18 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     throw invalidArg('copy', `destination (${dst.size} bytes) is smaller than the range to copy (ends at ${offset + length})`);
   }
   const slots = Math.max(1, Math.min(concurrency, Math.floor(budget / chunkSize)));
+  // Raw destination, bytes unchanged, zeros either skipped on a fresh target or all written: storages may copy runs themselves.
+  const batchTarget =
+    (options.batchRuns ?? true) &&
+    dst instanceof RawDisk &&
+    !dst.readOnly &&
+    options.writeData === undefined &&
+    options.writeZeroes === undefined &&
+    options.alignment === undefined &&
+    (dstIsZero || minZeroRun === 0) &&
+    src.storage.canCopyRunsTo?.(dst.storage)
+      ? dst.storage
+      : undefined;
 
   const progress: SparseCopyResult = { bytesDone: 0, bytesTotal: length, bytesRead: 0, bytesWritten: 0, bytesSkipped: 0 };
   const report = () => options.onProgress?.({ ...progress });
@@ -162,10 +210,11 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
 
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
-  const launch = (e: Extent, work: (e: Extent) => Promise<void>) => {
-    const p: Promise<void> = work(e)
+  const launch = (e: Extent, work: (e: Extent) => Promise<void>) => start(e.length, () => work(e));
+  const start = (length: number, work: () => Promise<void>) => {
+    const p: Promise<void> = work()
       .then(() => {
-        progress.bytesDone += e.length;
+        progress.bytesDone += length;
         report();
       })
       .catch((err: unknown) => {
@@ -175,7 +224,45 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     inFlight.add(p);
   };
 
-  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false });
+  let batch: RunBatch | undefined;
+  let batchesInFlight = 0;
+  const copyBatch = async (b: RunBatch) => {
+    batchesInFlight++;
+    try {
+      const done = await b.from.copyRunsTo!(batchTarget!, Float64Array.from(b.runs), {
+        minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment),
+        granule: Math.max(512, alignment),
+        chunkSize,
+        ...(signal ? { signal } : {}),
+      });
+      progress.bytesRead += done.bytesRead;
+      progress.bytesWritten += done.bytesWritten;
+      progress.bytesSkipped += done.bytesSkipped;
+    } finally {
+      batchesInFlight--;
+    }
+  };
+  const flushBatch = async () => {
+    const b = batch;
+    batch = undefined;
+    if (!b) return;
+    while (inFlight.size >= slots || batchesInFlight >= BATCH_SLOTS) await Promise.race(inFlight);
+    if (failure) return;
+    start(b.bytes, () => copyBatch(b));
+  };
+  /** Queues a data extent for the native loop; false if it must be read through the format. */
+  const queueRun = async (e: Extent): Promise<boolean> => {
+    const from = runSource(src, e, batchTarget!);
+    if (!from) return false;
+    if (batch && batch.from !== from) await flushBatch();
+    batch ??= { from, runs: [], bytes: 0 };
+    batch.runs.push(e.hostOffset!, e.offset, e.length);
+    batch.bytes += e.length;
+    if (batch.bytes >= BATCH_BYTES || batch.runs.length >= 3 * BATCH_RUNS) await flushBatch();
+    return true;
+  };
+
+  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, ...(batchTarget ? { hostOffsets: true } : {}) });
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
   try {
     for await (const big of source) {
@@ -188,10 +275,12 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
         if (signal?.aborted) throw abortError(signal);
         while (inFlight.size >= slots) await Promise.race(inFlight);
         if (failure) break;
+        if (batchTarget && e.kind === 'data' && (await queueRun(e))) continue;
         launch(e, e.kind === 'data' ? copyData : copyZero);
       }
       if (failure) break;
     }
+    if (!failure) await flushBatch();
   } finally {
     await Promise.all(inFlight);
   }
