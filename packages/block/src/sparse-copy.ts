@@ -80,12 +80,15 @@ const BATCH_RUNS = 4096;
 /** Native batches in flight: two overlap one's reads with the other's writes; more only contend for the target's lock. */
 const BATCH_SLOTS = 2;
 
-/** Runs of one source storage waiting to be copied as one batch. */
+/** Runs of one source storage waiting to be copied (or read) as one batch. */
 interface RunBatch {
   from: Storage;
   runs: number[];
   bytes: number;
 }
+
+/** How data runs leave the source: copied file to file, read in batches and written through the format, or one read per chunk. */
+type RunMode = 'copy' | 'read' | undefined;
 
 /**
  * The storage a data extent's bytes can be copied from unchanged, when
@@ -94,12 +97,13 @@ interface RunBatch {
  * file or a compressed cluster has no such host run, and is read through
  * the format).
  */
-function runSource(src: Disk, e: Extent, to: Storage): Storage | undefined {
+function runSource(src: Disk, e: Extent, mode: RunMode, to: Storage): Storage | undefined {
   if (e.hostOffset === undefined || e.file === undefined) return undefined;
   let layer: Disk | undefined = src;
   for (let d = e.depth ?? 0; d > 0 && layer; d--) layer = layer.backing;
   const from = layer?.storage;
-  return from && from.name === e.file && from.canCopyRunsTo?.(to) ? from : undefined;
+  if (!from || from.name !== e.file) return undefined;
+  return (mode === 'copy' ? from.canCopyRunsTo?.(to) : typeof from.readRuns === 'function') ? from : undefined;
 }
 
 /**
@@ -140,17 +144,21 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   }
   const slots = Math.max(1, Math.min(concurrency, Math.floor(budget / chunkSize)));
   // Raw destination, bytes unchanged, zeros either skipped on a fresh target or all written: storages may copy runs themselves.
-  const batchTarget =
-    (options.batchRuns ?? true) &&
+  // Otherwise data runs of local files may still be read in batches (Storage.readRuns) and written through the format.
+  const batching = (options.batchRuns ?? true) && options.alignment === undefined;
+  const copyMode =
+    batching &&
     dst instanceof RawDisk &&
     !dst.readOnly &&
     options.writeData === undefined &&
     options.writeZeroes === undefined &&
-    options.alignment === undefined &&
     (dstIsZero || minZeroRun === 0) &&
-    src.storage.canCopyRunsTo?.(dst.storage)
-      ? dst.storage
-      : undefined;
+    src.storage.canCopyRunsTo?.(dst.storage) === true;
+  const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
+  const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize };
+  // A read batch's buffer: whole chunks, within the buffer budget.
+  const readBatchBytes = Math.max(chunkSize, Math.min(BATCH_BYTES, Math.floor(budget / BATCH_SLOTS / chunkSize) * chunkSize));
+  const batchBuffers: Uint8Array[] = [];
 
   const progress: SparseCopyResult = { bytesDone: 0, bytesTotal: length, bytesRead: 0, bytesWritten: 0, bytesSkipped: 0 };
   const report = () => options.onProgress?.({ ...progress });
@@ -227,19 +235,54 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   let batch: RunBatch | undefined;
   let batchesInFlight = 0;
   const copyBatch = async (b: RunBatch) => {
-    batchesInFlight++;
+    const done = await b.from.copyRunsTo!(dst.storage, Float64Array.from(b.runs), { ...runOptions, ...(signal ? { signal } : {}) });
+    progress.bytesRead += done.bytesRead;
+    progress.bytesWritten += done.bytesWritten;
+    progress.bytesSkipped += done.bytesSkipped;
+  };
+  /** Reads a batch in one native call, then writes its data runs through the format, `slots` at a time. */
+  const readBatch = async (b: RunBatch) => {
+    const buffer = batchBuffers.pop() ?? new Uint8Array(readBatchBytes);
     try {
-      const done = await b.from.copyRunsTo!(batchTarget!, Float64Array.from(b.runs), {
-        minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment),
-        granule: Math.max(512, alignment),
-        chunkSize,
-        ...(signal ? { signal } : {}),
-      });
-      progress.bytesRead += done.bytesRead;
-      progress.bytesWritten += done.bytesWritten;
-      progress.bytesSkipped += done.bytesSkipped;
+      const got = await b.from.readRuns!(Float64Array.from(b.runs), buffer, { ...runOptions, ...(signal ? { signal } : {}) });
+      progress.bytesRead += got.bytesRead;
+      const jobs: (() => Promise<void>)[] = [];
+      const zero = (at: number, n: number) => {
+        progress.bytesSkipped += n;
+        if (!dstIsZero) jobs.push(() => writeZeroes(at, n));
+      };
+      let base = 0;
+      for (let r = 0; r < got.pieces.length; r++) {
+        const guest = b.runs[3 * r + 1]!;
+        const len = b.runs[3 * r + 2]!;
+        const pieces = got.pieces[r]!;
+        let pos = base;
+        for (let k = 0; k + 1 < pieces.length; k += 2) {
+          const start = pieces[k]!;
+          const end = pieces[k + 1]!;
+          if (start > pos) zero(guest + pos - base, start - pos);
+          const at = guest + start - base;
+          jobs.push(async () => {
+            await writeData(at, buffer.subarray(start, end));
+            progress.bytesWritten += end - start;
+          });
+          pos = end;
+        }
+        if (pos < base + len) zero(guest + pos - base, base + len - pos);
+        base += len;
+      }
+      let next = 0;
+      const worker = async () => {
+        while (next < jobs.length) {
+          if (signal?.aborted) throw abortError(signal);
+          await jobs[next++]!();
+        }
+      };
+      // Every worker is done with the buffer before it goes back to the pool, even after a failure.
+      const settled = await Promise.allSettled(Array.from({ length: Math.min(concurrency, jobs.length) }, worker));
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
     } finally {
-      batchesInFlight--;
+      batchBuffers.push(buffer);
     }
   };
   const flushBatch = async () => {
@@ -248,21 +291,23 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     if (!b) return;
     while (inFlight.size >= slots || batchesInFlight >= BATCH_SLOTS) await Promise.race(inFlight);
     if (failure) return;
-    start(b.bytes, () => copyBatch(b));
+    batchesInFlight++;
+    start(b.bytes, () => (mode === 'copy' ? copyBatch(b) : readBatch(b)).finally(() => batchesInFlight--));
   };
   /** Queues a data extent for the native loop; false if it must be read through the format. */
   const queueRun = async (e: Extent): Promise<boolean> => {
-    const from = runSource(src, e, batchTarget!);
+    const from = runSource(src, e, mode, dst.storage);
     if (!from) return false;
-    if (batch && batch.from !== from) await flushBatch();
+    const limit = mode === 'copy' ? BATCH_BYTES : readBatchBytes;
+    if (batch && (batch.from !== from || batch.bytes + e.length > limit)) await flushBatch();
     batch ??= { from, runs: [], bytes: 0 };
     batch.runs.push(e.hostOffset!, e.offset, e.length);
     batch.bytes += e.length;
-    if (batch.bytes >= BATCH_BYTES || batch.runs.length >= 3 * BATCH_RUNS) await flushBatch();
+    if (batch.bytes >= limit || batch.runs.length >= 3 * BATCH_RUNS) await flushBatch();
     return true;
   };
 
-  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, ...(batchTarget ? { hostOffsets: true } : {}) });
+  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, ...(mode ? { hostOffsets: true } : {}) });
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
   try {
     for await (const big of source) {
@@ -275,7 +320,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
         if (signal?.aborted) throw abortError(signal);
         while (inFlight.size >= slots) await Promise.race(inFlight);
         if (failure) break;
-        if (batchTarget && e.kind === 'data' && (await queueRun(e))) continue;
+        if (mode && e.kind === 'data' && e.length <= readBatchBytes && (await queueRun(e))) continue;
         launch(e, e.kind === 'data' ? copyData : copyZero);
       }
       if (failure) break;
