@@ -254,6 +254,31 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await src.close();
   });
 
+  it('sparseCopy through readRuns reports a destination write that fails, and stops writing the batch', async () => {
+    const size = 16 * MiB;
+    const src = await openRaw(await FileStorage.open(file(patterned(size, 5)), { lock: false }));
+    const dst = await createRaw(new MemoryStorage(), { size });
+    let writes = 0;
+    let after = 0;
+    const boom = new Error('disk full');
+    const p = sparseCopy(src, dst, {
+      chunkSize: 256 * KiB,
+      concurrency: 1,
+      writeData: async (o, d) => {
+        if (writes > 0 && after === 0 && o >= 5 * MiB) {
+          after = writes;
+          throw boom;
+        }
+        writes++;
+        await dst.write(o, d);
+      },
+    });
+    await expect(p).rejects.toBe(boom);
+    // Nothing more is written once a write has failed.
+    expect(writes).toBe(after);
+    await src.close();
+  });
+
   it('sparseCopy into a raw file aborts mid-copy with ERR_IMG_ABORTED', async () => {
     const size = 64 * MiB;
     const srcPath = file(patterned(size, 4));
