@@ -34,6 +34,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -69,6 +70,49 @@ typedef struct {
   const char *err_what;
   double err_offset;
 } copy_job;
+
+/*
+ * Chunk buffers of copyRuns, kept between jobs: a fresh buffer per job is
+ * a fresh mapping, and the kernel faults in and zeroes every page of it
+ * again (with 2 MiB batches, as much memory zeroed as data copied).
+ */
+#define POOL_MAX 8
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  uint8_t *bytes;
+  size_t len;
+} pool[POOL_MAX];
+static int pool_n;
+
+static uint8_t *buffer_get(size_t len, size_t *got) {
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < pool_n; i++) {
+    if (pool[i].len >= len) {
+      uint8_t *b = pool[i].bytes;
+      *got = pool[i].len;
+      pool[i] = pool[--pool_n];
+      pthread_mutex_unlock(&pool_lock);
+      return b;
+    }
+  }
+  pthread_mutex_unlock(&pool_lock);
+  void *b = NULL;
+  if (posix_memalign(&b, 4096, len) != 0) return NULL;
+  *got = len;
+  return b;
+}
+
+static void buffer_put(uint8_t *b, size_t len) {
+  if (!b) return;
+  pthread_mutex_lock(&pool_lock);
+  if (pool_n < POOL_MAX) {
+    pool[pool_n].bytes = b, pool[pool_n].len = len;
+    pool_n++;
+    b = NULL;
+  }
+  pthread_mutex_unlock(&pool_lock);
+  free(b);
+}
 
 static bool cancelled(copy_job *j) {
   return j->cancel && __atomic_load_n(j->cancel, __ATOMIC_RELAXED) != 0;
@@ -251,8 +295,12 @@ static void execute(napi_env env, void *data) {
   (void)env;
   copy_job *j = data;
   if (!j->read_mode) {
-    j->buffer = NULL;
-    if (posix_memalign((void **)&j->buffer, 4096, j->chunk_size) != 0) {
+    /* No bigger than the job needs: a batch of small runs takes a small buffer. */
+    size_t need = j->chunk_size, total = 0;
+    for (size_t r = 0; r < j->nruns && total < need; r++) total += (size_t)j->runs[3 * r + 2];
+    if (total < need) need = total ? total : 1;
+    j->buffer = buffer_get(need, &j->buffer_len);
+    if (!j->buffer) {
       fail(j, ENOMEM, "copyRuns", 0);
       return;
     }
@@ -366,7 +414,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   if (j->cancel_ref) napi_delete_reference(env, j->cancel_ref);
   if (j->buffer_ref) napi_delete_reference(env, j->buffer_ref);
   napi_delete_async_work(env, j->work);
-  if (!j->read_mode) free(j->buffer);
+  if (!j->read_mode) buffer_put(j->buffer, j->buffer_len);
   free(j->runs);
   free(j->pieces);
   free(j);
