@@ -1,6 +1,6 @@
 export * from './errors.js';
 export * from './bytes.js';
-export type { Storage, StorageRange } from './storage.js';
+export type { Storage, StorageRange, RunCopyOptions, RunCopyResult, RunReadResult } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
 export { BlobStorage, BlobTarget, storageToBlob, type BlobLike, type BlobStorageOptions, type BlobTargetOptions, type StorageToBlobOptions } from './blob-storage.js';
 export * from './disk.js';

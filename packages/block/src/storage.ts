@@ -11,6 +11,45 @@ export interface StorageRange {
   data: boolean;
 }
 
+/** How {@link Storage.copyRunsTo} and {@link Storage.readRuns} treat the bytes they move. */
+export interface RunCopyOptions {
+  /**
+   * Zero runs of at least this many bytes inside a chunk are not written
+   * (copyRunsTo) or not reported as data (readRuns); 0 moves every byte.
+   * The rule is findZeroRuns' (granules aligned to the destination offset,
+   * zero runs at either end of a chunk kept whatever their length).
+   */
+  minZeroRun: number;
+  /** Zero detection works in whole granules of this many bytes (default 512). */
+  granule?: number;
+  /** Runs are read in chunks that end at multiples of this many destination bytes (default 4 MiB, at most 64 MiB). */
+  chunkSize?: number;
+  /** With minZeroRun 0, copyRunsTo may let the kernel copy (copy_file_range). Default true. */
+  copyRange?: boolean;
+  /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
+  signal?: AbortSignal;
+}
+
+/** What {@link Storage.copyRunsTo} did. */
+export interface RunCopyResult {
+  bytesRead: number;
+  /** Bytes written to the target. */
+  bytesWritten: number;
+  /** Bytes found to be zero and not written. */
+  bytesSkipped: number;
+}
+
+/** What {@link Storage.readRuns} read. */
+export interface RunReadResult {
+  bytesRead: number;
+  /**
+   * Per run, the data it holds as buffer ranges: for run i, `pieces[i]` is
+   * [start, end, start, end, ...] (positions in the buffer, where run i's
+   * bytes begin at the sum of the earlier runs' lengths). Zero runs are left out.
+   */
+  pieces: number[][];
+}
+
 export interface Storage {
   /** A name for messages: the path for files, "memory" for memory storage. */
   readonly name: string;
@@ -51,5 +90,24 @@ export interface Storage {
    * Returns false if the backend could not punch a hole.
    */
   punchHole?(offset: number, length: number): Promise<boolean>;
+  /**
+   * Optional: whether {@link copyRunsTo} can copy from this storage into `target`
+   * (both local files, with the native helper).
+   */
+  canCopyRunsTo?(target: Storage): boolean;
+  /**
+   * Optional: copies a batch of runs, `runs` being (source position,
+   * target position, length) triples, into `target` without a round trip
+   * through the caller per request; zero runs are skipped (the target must
+   * read as zeros there) unless `minZeroRun` is 0. Bytes past this
+   * storage's end read as zeros.
+   */
+  copyRunsTo?(target: Storage, runs: Float64Array, options: RunCopyOptions): Promise<RunCopyResult>;
+  /**
+   * Optional: reads a batch of runs ((position, destination offset, length)
+   * triples; the destination offset only aligns chunks and granules) into
+   * `buffer` one after another, and says where the data is.
+   */
+  readRuns?(runs: Float64Array, buffer: Uint8Array, options: RunCopyOptions): Promise<RunReadResult>;
 }
 

@@ -1,7 +1,8 @@
 /**
  * The native helper's file functions, typed: SEEK_DATA/SEEK_HOLE, RWF_NOWAIT
- * reads and qemu-compatible byte-range locks. native-loader.ts finds the
- * binary (a prebuild shipped in the package, else a from-source build).
+ * reads, qemu-compatible byte-range locks and the batch copy loop (copy.c).
+ * native-loader.ts finds the binary (a prebuild shipped in the package,
+ * else a from-source build).
  * Missing, unloadable or disabled with IMG_NO_NATIVE=1: undefined, and
  * FileStorage has no `ranges` and reads everything through libuv's pool.
  */
@@ -27,6 +28,26 @@ export interface SeekAddon {
   lockTest?(fd: number, byte: number): number;
   /** `ofd` (locks belong to the descriptor) or `posix` (to the process: classic fcntl locks). */
   lockStyle?(fd: number): 'ofd' | 'posix';
+  /**
+   * copy.c: copies (source, destination, length) runs between two
+   * descriptors on a pool thread, skipping zero runs; resolves with
+   * [bytesRead, bytesWritten, bytesSkipped, cancelled]. Setting `cancel[0]`
+   * to 1 stops it between chunks. Absent from helpers built before it existed.
+   */
+  copyRuns?(srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array): Promise<Float64Array>;
+  /**
+   * copy.c: reads runs into `buffer` one after another on a pool thread;
+   * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
+   */
+  readRuns?(srcFd: number, runs: Float64Array, buffer: Uint8Array, options: NativeRunOptions, cancel: Int32Array): Promise<Float64Array>;
+}
+
+/** Options of the native copyRuns/readRuns. */
+export interface NativeRunOptions {
+  chunkSize: number;
+  granule: number;
+  minZeroRun: number;
+  copyRange: boolean;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */

@@ -1,0 +1,561 @@
+/*
+ * The batch copy loop of @img/block's native helper.
+ *
+ * copyRuns(srcFd, dstFd, runs, options, cancel) -> Promise<Float64Array>
+ * readRuns(srcFd, runs, buffer, options, cancel) -> Promise<Float64Array>
+ *
+ * `runs` is a Float64Array of (source offset, destination offset, length)
+ * triples. Both functions do all their I/O on one libuv pool thread
+ * (napi async work), so JavaScript pays one thread hand-off per batch
+ * instead of one per read and one per write.
+ *
+ * copyRuns reads each run from srcFd and writes it to dstFd. With zero
+ * detection (options.minZeroRun > 0) the bytes are read in chunks, split
+ * into data and zero runs (the same rule as findZeroRuns in src/zero.ts:
+ * granules aligned to the destination offset, interior zero runs shorter
+ * than minZeroRun folded into the data, zero runs at either end of a chunk
+ * kept) and only the data runs are written: the destination must already
+ * read as zeros there. Without zero detection every byte is written, with
+ * copy_file_range where options.copyRange allows and the kernel can (the
+ * bytes then never enter user space), else pread/pwrite.
+ *
+ * readRuns reads the runs one after another into `buffer` (the batch must
+ * fit) and, with zero detection, reports the data/zero split of each run,
+ * so a format writer can write just the data.
+ *
+ * Bytes past the end of the source read as zeros (the formats' own readers
+ * do the same). `cancel` is an Int32Array whose first element JavaScript
+ * sets to 1 to stop the loop between chunks (AbortSignal); the promise then
+ * resolves with what was done and the cancelled flag set.
+ *
+ * Result (copyRuns): [bytesRead, bytesWritten, bytesSkipped, cancelled].
+ * Result (readRuns): [bytesRead, cancelled, then per run: count, then
+ * count pairs of (buffer start, buffer end) of its data runs].
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#define MAX_CHUNK (64u * 1024u * 1024u)
+#define MAX_SAFE 9007199254740991.0
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref cancel_ref;
+  napi_ref buffer_ref;
+  volatile int32_t *cancel;
+  int src_fd, dst_fd;
+  bool read_mode;
+  size_t nruns;
+  double *runs;
+  uint8_t *buffer; /* readRuns: the caller's buffer; copyRuns: our own chunk buffer */
+  size_t buffer_len;
+  size_t chunk_size, granule, min_zero_run;
+  bool copy_range;
+  /* results */
+  double bytes_read, bytes_written, bytes_skipped;
+  bool cancelled;
+  size_t chunk_at; /* readRuns: buffer position of the chunk being split */
+  double *pieces; /* readRuns: per run, count then pairs */
+  size_t npieces, cap_pieces;
+  int err;
+  const char *err_what;
+  double err_offset;
+} copy_job;
+
+/*
+ * Chunk buffers of copyRuns, kept between jobs: a fresh buffer per job is
+ * a fresh mapping, and the kernel faults in and zeroes every page of it
+ * again (with 2 MiB batches, as much memory zeroed as data copied).
+ */
+#define POOL_MAX 8
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  uint8_t *bytes;
+  size_t len;
+} pool[POOL_MAX];
+static int pool_n;
+
+static uint8_t *buffer_get(size_t len, size_t *got) {
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < pool_n; i++) {
+    if (pool[i].len >= len) {
+      uint8_t *b = pool[i].bytes;
+      *got = pool[i].len;
+      pool[i] = pool[--pool_n];
+      pthread_mutex_unlock(&pool_lock);
+      return b;
+    }
+  }
+  pthread_mutex_unlock(&pool_lock);
+  void *b = NULL;
+  if (posix_memalign(&b, 4096, len) != 0) return NULL;
+  *got = len;
+  return b;
+}
+
+static void buffer_put(uint8_t *b, size_t len) {
+  if (!b) return;
+  pthread_mutex_lock(&pool_lock);
+  if (pool_n < POOL_MAX) {
+    pool[pool_n].bytes = b, pool[pool_n].len = len;
+    pool_n++;
+    b = NULL;
+  }
+  pthread_mutex_unlock(&pool_lock);
+  free(b);
+}
+
+static bool cancelled(copy_job *j) {
+  return j->cancel && __atomic_load_n(j->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+static void fail(copy_job *j, int err, const char *what, double offset) {
+  if (j->err) return;
+  j->err = err;
+  j->err_what = what;
+  j->err_offset = offset;
+}
+
+/* Reads len bytes at off; what the file does not have (end of file) reads as zeros. */
+static bool read_full(copy_job *j, uint8_t *buf, size_t len, off_t off) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(j->src_fd, buf + done, len - done, off + (off_t)done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(j, errno, "read", (double)(off + (off_t)done));
+      return false;
+    }
+    if (n == 0) {
+      memset(buf + done, 0, len - done);
+      break;
+    }
+    done += (size_t)n;
+  }
+  j->bytes_read += (double)len;
+  return true;
+}
+
+static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(j->dst_fd, buf + done, len - done, off + (off_t)done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(j, errno, "write", (double)(off + (off_t)done));
+      return false;
+    }
+    if (n == 0) {
+      fail(j, EIO, "write", (double)(off + (off_t)done));
+      return false;
+    }
+    done += (size_t)n;
+  }
+  j->bytes_written += (double)len;
+  return true;
+}
+
+static bool is_zero(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  /* Word at a time once aligned; most data granules stop at their first word. */
+  while (i < n && ((uintptr_t)(p + i) & 7)) {
+    if (p[i]) return false;
+    i++;
+  }
+  const uint64_t *w = (const uint64_t *)(p + i);
+  size_t words = (n - i) / 8;
+  if (words && w[0]) return false;
+  size_t k = 0;
+  for (; k + 4 <= words; k += 4)
+    if (w[k] | w[k + 1] | w[k + 2] | w[k + 3]) return false;
+  for (; k < words; k++)
+    if (w[k]) return false;
+  for (i += words * 8; i < n; i++)
+    if (p[i]) return false;
+  return true;
+}
+
+/*
+ * Splits buf[0, len) (destination offset base) into runs and calls emit for
+ * each, with findZeroRuns' rule. Returns false if emit failed.
+ */
+typedef bool (*emit_fn)(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base);
+
+static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double base, emit_fn emit) {
+  size_t g = j->granule;
+  uint64_t b = (uint64_t)base;
+  /* First pass: maximal runs of one kind, granules aligned to base. */
+  size_t run_start = 0;
+  bool run_zero = false;
+  bool have = false;
+  /* The pending output run, after folding. */
+  size_t out_start = 0, out_end = 0;
+  bool out_zero = false, out_have = false;
+  bool first_run = true;
+  size_t pos = 0;
+#define FLUSH_OUT()                                                        \
+  do {                                                                     \
+    if (out_have && !emit(j, buf, out_start, out_end, out_zero, base)) return false; \
+  } while (0)
+#define PUSH_OUT(s, e, z)                                                  \
+  do {                                                                     \
+    if (out_have && out_zero == (z)) out_end = (e);                        \
+    else {                                                                 \
+      FLUSH_OUT();                                                         \
+      out_start = (s), out_end = (e), out_zero = (z), out_have = true;     \
+    }                                                                      \
+  } while (0)
+  while (pos < len) {
+    size_t next = (size_t)(((b + pos) / g + 1) * g - b);
+    if (next > len) next = len;
+    bool z = is_zero(buf + pos, next - pos);
+    if (!have) {
+      run_start = pos, run_zero = z, have = true;
+    } else if (z != run_zero) {
+      /* The run [run_start, pos) is complete and not the last one. */
+      bool keep_zero = run_zero && (first_run || pos - run_start >= j->min_zero_run);
+      PUSH_OUT(run_start, pos, keep_zero);
+      first_run = false;
+      run_start = pos, run_zero = z;
+    }
+    pos = next;
+  }
+  if (have) PUSH_OUT(run_start, len, run_zero); /* the last run: a zero one is kept whatever its length */
+  FLUSH_OUT();
+#undef PUSH_OUT
+#undef FLUSH_OUT
+  return true;
+}
+
+static bool emit_copy(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base) {
+  if (zero) {
+    j->bytes_skipped += (double)(end - start);
+    return true;
+  }
+  return write_full(j, buf + start, end - start, (off_t)base + (off_t)start);
+}
+
+static bool push_piece(copy_job *j, double v) {
+  if (j->npieces == j->cap_pieces) {
+    size_t cap = j->cap_pieces ? j->cap_pieces * 2 : 256;
+    double *grown = realloc(j->pieces, cap * sizeof(double));
+    if (!grown) {
+      fail(j, ENOMEM, "readRuns", 0);
+      return false;
+    }
+    j->pieces = grown, j->cap_pieces = cap;
+  }
+  j->pieces[j->npieces++] = v;
+  return true;
+}
+
+static bool emit_read(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base) {
+  (void)buf, (void)base;
+  if (zero) return true;
+  size_t a = j->chunk_at + start, e = j->chunk_at + end;
+  return push_piece(j, (double)a) && push_piece(j, (double)e);
+}
+
+/* Copies one run with copy_file_range; false with j->err unset means "not here: use read/write". */
+static bool copy_range(copy_job *j, off_t src, off_t dst, size_t len, size_t *moved) {
+  *moved = 0;
+  while (*moved < len) {
+    if (cancelled(j)) return true;
+    loff_t in = src + (off_t)*moved, out = dst + (off_t)*moved;
+    size_t want = len - *moved;
+    if (want > j->chunk_size) want = j->chunk_size;
+    ssize_t n = copy_file_range(j->src_fd, &in, j->dst_fd, &out, want, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF || errno == ETXTBSY) {
+        j->copy_range = false;
+        return false;
+      }
+      fail(j, errno, "copy_file_range", (double)in);
+      return false;
+    }
+    if (n == 0) return false; /* end of the source: the rest reads as zeros, written below */
+    *moved += (size_t)n;
+    j->bytes_read += (double)n;
+    j->bytes_written += (double)n;
+  }
+  return true;
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  copy_job *j = data;
+  if (!j->read_mode) {
+    /* No bigger than the job needs: a batch of small runs takes a small buffer. */
+    size_t need = j->chunk_size, total = 0;
+    for (size_t r = 0; r < j->nruns && total < need; r++) total += (size_t)j->runs[3 * r + 2];
+    if (total < need) need = total ? total : 1;
+    j->buffer = buffer_get(need, &j->buffer_len);
+    if (!j->buffer) {
+      fail(j, ENOMEM, "copyRuns", 0);
+      return;
+    }
+  }
+  size_t at = 0; /* readRuns: where the next run goes in the buffer */
+  for (size_t r = 0; r < j->nruns && !j->err; r++) {
+    double src = j->runs[3 * r], dst = j->runs[3 * r + 1], len_d = j->runs[3 * r + 2];
+    size_t len = (size_t)len_d;
+    size_t done = 0;
+    size_t count_index = 0;
+    if (j->read_mode) {
+      count_index = j->npieces;
+      if (!push_piece(j, 0)) return;
+    }
+    if (!j->read_mode && j->min_zero_run == 0 && j->copy_range) {
+      size_t moved;
+      bool ok = copy_range(j, (off_t)src, (off_t)dst, len, &moved);
+      if (j->err) return;
+      if (cancelled(j)) {
+        j->cancelled = true;
+        return;
+      }
+      done = moved;
+      (void)ok;
+    }
+    while (done < len) {
+      if (cancelled(j)) {
+        j->cancelled = true;
+        return;
+      }
+      /* Chunks end at multiples of chunk_size in destination offsets, as sparseCopy's chunks do. */
+      uint64_t d = (uint64_t)dst + done;
+      size_t n = (size_t)((d / j->chunk_size + 1) * j->chunk_size - d);
+      if (n > len - done) n = len - done;
+      uint8_t *buf = j->read_mode ? j->buffer + at : j->buffer;
+      if (!read_full(j, buf, n, (off_t)src + (off_t)done)) return;
+      if (j->read_mode) {
+        if (j->min_zero_run == 0) {
+          if (!push_piece(j, (double)at) || !push_piece(j, (double)(at + n))) return;
+        } else {
+          j->chunk_at = at;
+          if (!split_zero_runs(j, buf, n, (double)d, emit_read)) return;
+        }
+        at += n;
+      } else if (j->min_zero_run == 0) {
+        if (!write_full(j, buf, n, (off_t)d)) return;
+      } else if (!split_zero_runs(j, buf, n, (double)d, emit_copy)) {
+        return;
+      }
+      done += n;
+    }
+    if (j->read_mode) {
+      /* Count the pairs of this run, joining pairs that touch (chunk boundaries). */
+      size_t first = count_index + 1, w = first;
+      for (size_t k = first; k + 1 < j->npieces; k += 2) {
+        if (w > first && j->pieces[w - 1] == j->pieces[k]) {
+          j->pieces[w - 1] = j->pieces[k + 1];
+        } else {
+          j->pieces[w] = j->pieces[k], j->pieces[w + 1] = j->pieces[k + 1];
+          w += 2;
+        }
+      }
+      j->npieces = w;
+      j->pieces[count_index] = (double)((w - first) / 2);
+    }
+  }
+}
+
+static napi_value make_error(napi_env env, copy_job *j) {
+  char code[32], msg[200];
+  snprintf(code, sizeof code, "E%d", j->err);
+  snprintf(msg, sizeof msg, "%s at %.0f: %s", j->err_what, j->err_offset, strerror(j->err));
+  napi_value code_v, msg_v, err, errno_v, off_v;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
+  napi_create_error(env, code_v, msg_v, &err);
+  napi_create_int32(env, j->err, &errno_v);
+  napi_set_named_property(env, err, "errno", errno_v);
+  napi_create_double(env, j->err_offset, &off_v);
+  napi_set_named_property(env, err, "offset", off_v);
+  napi_value syscall;
+  napi_create_string_utf8(env, j->err_what, NAPI_AUTO_LENGTH, &syscall);
+  napi_set_named_property(env, err, "syscall", syscall);
+  return err;
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  copy_job *j = data;
+  if (status != napi_ok && !j->err) fail(j, EINTR, "async work", 0);
+  if (j->err) {
+    napi_reject_deferred(env, j->deferred, make_error(env, j));
+  } else {
+    size_t n = j->read_mode ? 2 + j->npieces : 4;
+    napi_value ab, out;
+    void *bytes;
+    if (napi_create_arraybuffer(env, n * sizeof(double), &bytes, &ab) == napi_ok &&
+        napi_create_typedarray(env, napi_float64_array, n, ab, 0, &out) == napi_ok) {
+      double *d = bytes;
+      if (j->read_mode) {
+        d[0] = j->bytes_read, d[1] = j->cancelled ? 1 : 0;
+        if (j->npieces) memcpy(d + 2, j->pieces, j->npieces * sizeof(double));
+      } else {
+        d[0] = j->bytes_read, d[1] = j->bytes_written, d[2] = j->bytes_skipped, d[3] = j->cancelled ? 1 : 0;
+      }
+      napi_resolve_deferred(env, j->deferred, out);
+    } else {
+      j->err = ENOMEM, j->err_what = "result";
+      napi_reject_deferred(env, j->deferred, make_error(env, j));
+    }
+  }
+  if (j->cancel_ref) napi_delete_reference(env, j->cancel_ref);
+  if (j->buffer_ref) napi_delete_reference(env, j->buffer_ref);
+  napi_delete_async_work(env, j->work);
+  if (!j->read_mode) buffer_put(j->buffer, j->buffer_len);
+  free(j->runs);
+  free(j->pieces);
+  free(j);
+}
+
+static double get_number(napi_env env, napi_value obj, const char *name, double fallback) {
+  napi_value v;
+  bool has = false;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) return fallback;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok) return fallback;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return fallback;
+  if (t == napi_boolean) {
+    bool b;
+    napi_get_value_bool(env, v, &b);
+    return b ? 1 : 0;
+  }
+  double d;
+  if (t != napi_number || napi_get_value_double(env, v, &d) != napi_ok) return fallback;
+  return d;
+}
+
+static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  const char *usage = read_mode ? "readRuns(srcFd, runs, buffer, options, cancel)" : "copyRuns(srcFd, dstFd, runs, options, cancel)";
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  int32_t src_fd, dst_fd = -1;
+  if (napi_get_value_int32(env, argv[0], &src_fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  napi_value runs_v = read_mode ? argv[1] : argv[2];
+  napi_value opts_v = argv[3];
+  napi_value cancel_v = argv[4];
+  if (!read_mode && napi_get_value_int32(env, argv[1], &dst_fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t len;
+  void *runs_data;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, runs_v, &type, &len, &runs_data, &ab, &off) != napi_ok || type != napi_float64_array || len % 3 != 0) {
+    napi_throw_type_error(env, NULL, "runs must be a Float64Array of (source, destination, length) triples");
+    return NULL;
+  }
+  int32_t *cancel = NULL;
+  size_t cancel_len = 0;
+  void *cancel_data;
+  if (napi_get_typedarray_info(env, cancel_v, &type, &cancel_len, &cancel_data, &ab, &off) != napi_ok || type != napi_int32_array || cancel_len < 1) {
+    napi_throw_type_error(env, NULL, "cancel must be an Int32Array");
+    return NULL;
+  }
+  cancel = cancel_data;
+  double chunk = get_number(env, opts_v, "chunkSize", 4 * 1024 * 1024);
+  double granule = get_number(env, opts_v, "granule", 512);
+  double min_zero = get_number(env, opts_v, "minZeroRun", 4096);
+  double copy_range = get_number(env, opts_v, "copyRange", 0);
+  if (!(chunk >= 512 && chunk <= MAX_CHUNK) || !(granule >= 1 && granule <= chunk) || !(min_zero >= 0 && min_zero <= MAX_SAFE)) {
+    napi_throw_range_error(env, NULL, "copyRuns: chunkSize must be 512 bytes to 64 MiB, granule 1 to chunkSize");
+    return NULL;
+  }
+  size_t nruns = len / 3;
+  double *runs_in = runs_data;
+  double total = 0;
+  for (size_t r = 0; r < nruns; r++) {
+    double s = runs_in[3 * r], d = runs_in[3 * r + 1], n = runs_in[3 * r + 2];
+    if (!(s >= 0 && d >= 0 && n >= 0) || s + n > MAX_SAFE || d + n > MAX_SAFE || s != (double)(int64_t)s || d != (double)(int64_t)d || n != (double)(int64_t)n) {
+      napi_throw_range_error(env, NULL, "copyRuns: a run's offsets and length must be whole numbers from 0 to 2^53");
+      return NULL;
+    }
+    total += n;
+  }
+  uint8_t *buffer = NULL;
+  size_t buffer_len = 0;
+  if (read_mode) {
+    void *bdata;
+    if (napi_get_typedarray_info(env, argv[2], &type, &buffer_len, &bdata, &ab, &off) != napi_ok || type != napi_uint8_array) {
+      napi_throw_type_error(env, NULL, "readRuns: buffer must be a Uint8Array");
+      return NULL;
+    }
+    if (total > (double)buffer_len) {
+      napi_throw_range_error(env, NULL, "readRuns: the runs do not fit in the buffer");
+      return NULL;
+    }
+    buffer = bdata;
+  }
+  copy_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, "ENOMEM", "copyRuns: out of memory");
+    return NULL;
+  }
+  j->runs = malloc((nruns ? nruns : 1) * 3 * sizeof(double));
+  if (!j->runs) {
+    free(j);
+    napi_throw_error(env, "ENOMEM", "copyRuns: out of memory");
+    return NULL;
+  }
+  if (nruns) memcpy(j->runs, runs_in, nruns * 3 * sizeof(double));
+  j->nruns = nruns;
+  j->src_fd = src_fd, j->dst_fd = dst_fd;
+  j->read_mode = read_mode;
+  j->buffer = buffer, j->buffer_len = buffer_len;
+  j->chunk_size = (size_t)chunk, j->granule = (size_t)granule, j->min_zero_run = (size_t)min_zero;
+  j->copy_range = copy_range != 0;
+  j->cancel = cancel;
+  napi_value promise, name;
+  if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||
+      (read_mode && napi_create_reference(env, argv[2], 1, &j->buffer_ref) != napi_ok) ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, read_mode ? "img.readRuns" : "img.copyRuns", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    /* Only reached when N-API itself fails; the references are leaked with the job rather than risk a double free. */
+    napi_throw_error(env, NULL, "copyRuns: could not start the work");
+    return NULL;
+  }
+  return promise;
+}
+
+static napi_value copy_runs(napi_env env, napi_callback_info info) {
+  return start(env, info, false);
+}
+
+static napi_value read_runs(napi_env env, napi_callback_info info) {
+  return start(env, info, true);
+}
+
+/* Adds copyRuns and readRuns to the module's exports (called from seek.c's module init). */
+napi_status img_copy_register(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_status s = napi_create_function(env, "copyRuns", NAPI_AUTO_LENGTH, copy_runs, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "copyRuns", fn);
+  if (s == napi_ok) s = napi_create_function(env, "readRuns", NAPI_AUTO_LENGTH, read_runs, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "readRuns", fn);
+  return s;
+}

@@ -1,0 +1,327 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from '@img/testkit';
+import { seededRandom } from '../fault-storage.js';
+import { ImageError } from '../errors.js';
+import { MemoryStorage } from '../memory-storage.js';
+import { createRaw, openRaw } from '../raw.js';
+import { sparseCopy } from '../sparse-copy.js';
+import { findZeroRuns } from '../zero.js';
+import { FileStorage } from './file-storage.js';
+import { seekAddon } from './seek.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const native = seekAddon()?.copyRuns !== undefined;
+
+/** Bytes with data, short and long zero stretches, at odd places: what zero detection has to split. */
+function patterned(size: number, seed: number): Uint8Array {
+  const rnd = seededRandom(seed);
+  const out = new Uint8Array(size);
+  let pos = 0;
+  while (pos < size) {
+    const len = Math.min(size - pos, 1 + Math.floor(rnd() * 20 * KiB));
+    if (rnd() < 0.5) for (let i = pos; i < pos + len; i++) out[i] = 1 + Math.floor(rnd() * 255);
+    pos += len;
+  }
+  return out;
+}
+
+/**
+ * What the native loop must write for one run, computed with the JS zero
+ * detector: chunks end at multiples of `chunk` in destination offsets, and
+ * each chunk is split by findZeroRuns.
+ */
+function expectedWrites(src: Uint8Array, s: number, d: number, n: number, chunk: number, minZeroRun: number, granule = 512): { written: number; image: Map<number, Uint8Array> } {
+  const image = new Map<number, Uint8Array>();
+  let written = 0;
+  for (let pos = 0; pos < n; ) {
+    const next = Math.min(n, Math.floor((d + pos) / chunk + 1) * chunk - d);
+    const bytes = new Uint8Array(next - pos);
+    bytes.set(src.subarray(Math.min(src.length, s + pos), Math.min(src.length, s + next)));
+    for (const r of findZeroRuns(bytes, minZeroRun, granule, d + pos)) {
+      if (r.zero) continue;
+      image.set(d + pos + r.start, bytes.subarray(r.start, r.end));
+      written += r.end - r.start;
+    }
+    pos = next;
+  }
+  return { written, image };
+}
+
+describe.skipIf(!native)('native batch copy (copy.c)', () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.cleanup());
+  let serial = 0;
+  const file = (bytes?: Uint8Array) => {
+    const path = join(tmp.path, `f${serial++}.bin`);
+    writeFileSync(path, bytes ?? new Uint8Array(0));
+    return path;
+  };
+
+  it('copies unaligned runs, writing exactly the data runs findZeroRuns finds, chunk by chunk', async () => {
+    const data = patterned(3 * MiB + 777, 1);
+    const srcPath = file(data);
+    const dstPath = file();
+    const src = await FileStorage.open(srcPath, { lock: false });
+    const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+    expect(src.canCopyRunsTo?.(dst)).toBe(true);
+    // Odd offsets and lengths; a run that crosses chunk boundaries several times; destination offsets unlike the source's.
+    const runs = [
+      [1, 5 * MiB + 3, 100_001],
+      [200_000, 1000, 1 * MiB + 12345],
+      [2 * MiB + 511, 7 * MiB - 513, 600_000],
+      [0, 9 * MiB, 64 * KiB],
+    ];
+    const chunk = 256 * KiB;
+    const res = await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun: 4096, chunkSize: chunk });
+    const total = runs.reduce((n, r) => n + r[2]!, 0);
+    const out = new Uint8Array(readFileSync(dstPath));
+    let written = 0;
+    const want = new Uint8Array(out.length);
+    for (const [s, d, n] of runs) {
+      const e = expectedWrites(data, s!, d!, n!, chunk, 4096);
+      written += e.written;
+      for (const [at, bytes] of e.image) want.set(bytes, at);
+    }
+    expect(res).toEqual({ bytesRead: total, bytesWritten: written, bytesSkipped: total - written });
+    expect(written).toBeGreaterThan(0);
+    expect(written).toBeLessThan(total);
+    expect(Buffer.compare(out, want)).toBe(0);
+    // The file ends at the end of the last data written, not of the last run: zero runs were not written.
+    await src.close();
+    await dst.close();
+  });
+
+  it('classifies zero runs that straddle chunk and batch boundaries as the JS detector does (readRuns)', async () => {
+    // Zero stretches placed across 64 KiB chunk edges, some shorter than minZeroRun.
+    const data = new Uint8Array(512 * KiB).fill(7);
+    for (const [a, b] of [
+      [60 * KiB, 70 * KiB],
+      [128 * KiB - 1024, 128 * KiB + 1024],
+      [200 * KiB, 200 * KiB + 1536],
+      [300 * KiB + 100, 340 * KiB + 100],
+    ]) data.fill(0, a, b);
+    const src = await FileStorage.open(file(data), { lock: false });
+    const chunk = 64 * KiB;
+    // Two batches that split the data in the middle of a zero stretch.
+    const cut = 65 * KiB;
+    for (const runs of [
+      [0, 0, cut],
+      [cut, cut, data.length - cut],
+    ]) {
+      const buffer = new Uint8Array(runs[2]!);
+      const res = await src.readRuns!(Float64Array.from(runs), buffer, { minZeroRun: 8192, chunkSize: chunk });
+      expect(res.bytesRead).toBe(runs[2]);
+      expect(Buffer.compare(buffer, data.subarray(runs[0]!, runs[0]! + runs[2]!))).toBe(0);
+      const want: number[] = [];
+      const e = expectedWrites(data, runs[0]!, runs[1]!, runs[2]!, chunk, 8192);
+      for (const [at, bytes] of [...e.image].sort((x, y) => x[0] - y[0])) {
+        const start = at - runs[1]!;
+        if (want.length && want[want.length - 1] === start) want[want.length - 1] = start + bytes.length;
+        else want.push(start, start + bytes.length);
+      }
+      expect(res.pieces).toEqual([want]);
+    }
+    await src.close();
+  });
+
+  it('reads past the end of the source as zeros (short reads at EOF), and writes them when nothing is skipped', async () => {
+    const data = new Uint8Array(10_000).fill(9);
+    const src = await FileStorage.open(file(data), { lock: false });
+    const dstPath = file();
+    const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+    // Skipping zeros: only the 10,000 - 4,000 bytes that exist are written.
+    let res = await src.copyRunsTo(dst, Float64Array.of(4000, 0, 20_000), { minZeroRun: 4096 });
+    expect(res).toEqual({ bytesRead: 20_000, bytesWritten: 6144, bytesSkipped: 13_856 });
+    expect(readFileSync(dstPath).length).toBe(6144); // whole 512-byte granules: the tail of the last one is zero
+    // -S 0, with and without copy_file_range: every byte, the missing ones as zeros.
+    for (const copyRange of [true, false]) {
+      res = await src.copyRunsTo(dst, Float64Array.of(4000, 100_000, 20_000), { minZeroRun: 0, copyRange });
+      expect(res.bytesWritten).toBe(20_000);
+      const out = readFileSync(dstPath);
+      expect(out.length).toBe(120_000);
+      expect(out.subarray(100_000, 106_000).every((b) => b === 9)).toBe(true);
+      expect(out.subarray(106_000, 120_000).every((b) => b === 0)).toBe(true);
+    }
+    // readRuns: the buffer gets zeros for the missing bytes (and old contents are overwritten).
+    const buffer = new Uint8Array(20_000).fill(0xee);
+    const got = await src.readRuns!(Float64Array.of(4000, 0, 20_000), buffer, { minZeroRun: 0 });
+    expect(got.pieces).toEqual([[0, 20_000]]);
+    expect(buffer.subarray(6000).every((b) => b === 0)).toBe(true);
+    await src.close();
+    await dst.close();
+  });
+
+  it('stops between chunks when the signal aborts mid-batch, and the files stay usable', async () => {
+    const data = patterned(8 * MiB, 2);
+    const src = await FileStorage.open(file(data), { lock: false });
+    const dstPath = file();
+    const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+    const runs: number[] = [];
+    // 512 MiB of runs read in 4 KiB chunks: far longer than the abort below takes to arrive.
+    for (let i = 0; i < 64; i++) runs.push(0, i * 8 * MiB, 8 * MiB);
+    const ac = new AbortController();
+    const p = src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, chunkSize: 4096, signal: ac.signal });
+    setTimeout(() => ac.abort(), 5);
+    const err = await p.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(ImageError.isInstance(err) && err.code).toBe('ERR_IMG_ABORTED');
+    expect(readFileSync(dstPath).length).toBeLessThan(64 * 8 * MiB);
+    // An abort before the call: nothing starts.
+    await expect(src.copyRunsTo(dst, Float64Array.of(0, 0, 4096), { minZeroRun: 0, signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    const after = await src.copyRunsTo(dst, Float64Array.of(0, 0, 4096), { minZeroRun: 0 });
+    expect(after.bytesWritten).toBe(4096);
+    await src.close();
+    await dst.close();
+  });
+
+  it('refuses bad runs, a read-only or closed target and itself with ImageErrors, and reports a failed write with the target file', async () => {
+    const src = await FileStorage.open(file(new Uint8Array(4096).fill(1)), { lock: false });
+    const roPath = file();
+    const ro = await FileStorage.open(roPath, { lock: false });
+    const dstPath = file();
+    const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+    expect(src.canCopyRunsTo?.(ro)).toBe(false);
+    expect(src.canCopyRunsTo?.(new MemoryStorage())).toBe(false);
+    await expect(src.copyRunsTo(ro, Float64Array.of(0, 0, 10), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_READ_ONLY' });
+    await expect(src.copyRunsTo(new MemoryStorage(), Float64Array.of(0, 0, 10), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await expect(src.copyRunsTo(dst, Float64Array.of(0, 0), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await expect(src.copyRunsTo(dst, Float64Array.of(0, -1, 10), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await expect(src.copyRunsTo(dst, Float64Array.of(0.5, 0, 10), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await expect(src.copyRunsTo(dst, Float64Array.of(0, 0, 10), { minZeroRun: 0, chunkSize: 100 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await expect(src.readRuns!(Float64Array.of(0, 0, 100), new Uint8Array(99), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    // ext4 and most file systems refuse a file offset of 2^52 (EFBIG or EINVAL): an ERR_IMG_IO naming the target.
+    const err = await src.copyRunsTo(dst, Float64Array.of(0, 2 ** 52, 4096), { minZeroRun: 0, copyRange: false }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    if (err !== undefined) {
+      expect(err).toMatchObject({ code: 'ERR_IMG_IO' });
+      expect((err as Error).message).toContain(dstPath);
+      expect((err as Error).message).toMatch(/write at 4503599627370496 failed: .* \(E[A-Z]+\)/);
+    }
+    await dst.close();
+    expect(src.canCopyRunsTo?.(dst)).toBe(false);
+    await expect(src.copyRunsTo(dst, Float64Array.of(0, 0, 10), { minZeroRun: 0 })).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+    await src.close();
+    await ro.close();
+  });
+
+  it('sparseCopy gives the same bytes, counts and progress through the native loop as through JavaScript, into a raw file and into another disk', async () => {
+    const size = 24 * MiB;
+    const srcPath = join(tmp.path, 'sparse-src.raw');
+    const s = await FileStorage.create(srcPath, { lock: false });
+    await s.truncate(size);
+    const rnd = seededRandom(3);
+    for (let i = 0; i < 40; i++) {
+      const at = Math.floor(rnd() * (size - 300 * KiB));
+      await s.write(at, patterned(1 + Math.floor(rnd() * 300 * KiB), 10 + i));
+    }
+    await s.close();
+    const src = await openRaw(await FileStorage.open(srcPath, { lock: false }));
+    const results = [];
+    const images = [];
+    for (const batchRuns of [true, false]) {
+      const outPath = join(tmp.path, `out-${batchRuns}.raw`);
+      const dst = await createRaw(await FileStorage.create(outPath, { lock: false }), { size });
+      const seen: number[] = [];
+      results.push(await sparseCopy(src, dst, { batchRuns, onProgress: (p) => seen.push(p.bytesDone) }));
+      expect(seen[seen.length - 1]).toBe(size);
+      expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+      await dst.close();
+      images.push(readFileSync(outPath));
+      // Into a disk that is not a local file: runs are read in batches and written through it.
+      const mem = await createRaw(new MemoryStorage(), { size });
+      results.push(await sparseCopy(src, mem, { batchRuns, chunkSize: MiB }));
+      images.push(Buffer.from(await mem.read(0, size)));
+    }
+    expect(results[0]).toEqual(results[2]);
+    expect(results[1]).toEqual(results[3]);
+    expect(results[0]!.bytesWritten).toBeGreaterThan(0);
+    for (const img of images.slice(1)) expect(Buffer.compare(img, images[0]!)).toBe(0);
+    expect(Buffer.compare(images[0]!, readFileSync(srcPath))).toBe(0);
+    // qemu-img agrees the copy is the source (skipped where qemu-img is absent).
+    try {
+      execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', srcPath, join(tmp.path, 'out-true.raw')]);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    await src.close();
+  });
+
+  it('sparseCopy through readRuns reports a destination write that fails, and stops writing the batch', async () => {
+    const size = 16 * MiB;
+    const src = await openRaw(await FileStorage.open(file(patterned(size, 5)), { lock: false }));
+    const dst = await createRaw(new MemoryStorage(), { size });
+    let writes = 0;
+    let after = 0;
+    const boom = new Error('disk full');
+    const p = sparseCopy(src, dst, {
+      chunkSize: 256 * KiB,
+      concurrency: 1,
+      writeData: async (o, d) => {
+        if (writes > 0 && after === 0 && o >= 5 * MiB) {
+          after = writes;
+          throw boom;
+        }
+        writes++;
+        await dst.write(o, d);
+      },
+    });
+    await expect(p).rejects.toBe(boom);
+    // Nothing more is written once a write has failed.
+    expect(writes).toBe(after);
+    await src.close();
+  });
+
+  it('sparseCopy into a raw file aborts mid-copy with ERR_IMG_ABORTED', async () => {
+    const size = 64 * MiB;
+    const srcPath = file(patterned(size, 4));
+    const src = await openRaw(await FileStorage.open(srcPath, { lock: false }));
+    const dst = await createRaw(await FileStorage.create(join(tmp.path, 'aborted.raw'), { lock: false }), { size });
+    const ac = new AbortController();
+    const p = sparseCopy(src, dst, { signal: ac.signal, chunkSize: 64 * KiB, onProgress: () => ac.abort() });
+    await expect(p).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    await dst.close();
+    await src.close();
+  });
+});
+
+describe('without the native helper (IMG_NO_NATIVE=1)', () => {
+  it('FileStorage has no batch copy and sparseCopy copies through JavaScript, byte for byte', () => {
+    const script = `
+      import { FileStorage } from '@img/block/node';
+      import { openRaw, createRaw, sparseCopy } from '@img/block';
+      import { writeFileSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
+      import { join } from 'node:path';
+      import { tmpdir } from 'node:os';
+      const dir = mkdtempSync(join(tmpdir(), 'img-nonative-'));
+      try {
+        const bytes = new Uint8Array(3 << 20);
+        for (let i = 0; i < bytes.length; i += 7919) bytes.fill(i % 251 + 1, i, i + 3000);
+        writeFileSync(join(dir, 'a.raw'), bytes);
+        const s = await FileStorage.open(join(dir, 'a.raw'), { lock: false });
+        const src = await openRaw(s);
+        const dst = await createRaw(await FileStorage.create(join(dir, 'b.raw'), { lock: false }), { size: src.size });
+        const r = await sparseCopy(src, dst);
+        await dst.close();
+        await src.close();
+        const same = Buffer.compare(readFileSync(join(dir, 'a.raw')), readFileSync(join(dir, 'b.raw'))) === 0;
+        console.log(JSON.stringify({ copy: typeof s.copyRunsTo === 'function' && typeof s.canCopyRunsTo === 'function', read: typeof s.readRuns, same, written: r.bytesWritten }));
+      } finally { rmSync(dir, { recursive: true, force: true }); }
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('../..', import.meta.url).pathname,
+      env: { ...process.env, IMG_NO_NATIVE: '1' },
+      encoding: 'utf8',
+    });
+    const got = JSON.parse(out.trim().split('\n').pop()!) as { copy: boolean; read: string; same: boolean; written: number };
+    expect(got).toMatchObject({ copy: false, read: 'undefined', same: true });
+    expect(got.written).toBeGreaterThan(0);
+  });
+});
