@@ -268,8 +268,15 @@ export class Refcounts {
     }
   }
 
-  /** Sets the refcount of one cluster (repairs). */
+  /**
+   * Sets the refcount of one cluster (repairs). A block that could not be
+   * trusted at open is replaced first (by one that counts every cluster of
+   * its range in the file as used), so the value reaches the disk even
+   * where the untrusted block already answered `value`.
+   */
   async set(index: number, value: number): Promise<void> {
+    const t = Math.floor(index / this.perBlock);
+    if (this.#untrusted.has(t)) await this.#ensureBlock(t);
     const current = await this.get(index);
     if (current !== value) await this.add(index, 1, value - current);
   }
