@@ -10,6 +10,7 @@
  */
 import { corrupt, hex, readU32Be, unsupported } from '@img/block';
 import { decodeL2Entry, entryOffset } from './mapping.js';
+import { readRefcount } from './refcount.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
 import type { Qcow2State } from './state.js';
@@ -38,6 +39,13 @@ class ClusterFlags {
     const k = Math.floor(c / CHUNK_CLUSTERS);
     const chunk = this.#chunks[k];
     return chunk ? chunk[c - k * CHUNK_CLUSTERS]! : 0;
+  }
+  /** The allocated chunks in cluster order: [first cluster, flag bytes]. */
+  *chunks(): Generator<[number, Uint8Array]> {
+    for (let k = 0; k < this.#chunks.length; k++) {
+      const chunk = this.#chunks[k];
+      if (chunk) yield [k * CHUNK_CLUSTERS, chunk];
+    }
   }
   /** Sets `bits` on cluster `c` and returns the flags it had. */
   add(c: number, bits: number): number {
@@ -77,7 +85,7 @@ export interface GateResult {
 }
 
 /** Runs the gate's checks on an open image (read-only work: nothing is written). */
-export async function inspectForWriting(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>): Promise<GateResult> {
+export async function inspectForWriting(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<GateResult> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const activeEnd = view.l1Offset + h.l1Size * 8;
@@ -193,15 +201,109 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
       return { problem: `${as} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
     }
   }
+  const unreferenced = await firstWithoutRefcount(s, flags, rt, untrusted);
+  if (unreferenced) {
+    const use = await describeUse(s, view, unreferenced.cluster);
+    return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
+  }
   return { problem: undefined, offset: 0, l2Tables };
+}
+
+/**
+ * The first host cluster in use (any flag set) whose stored refcount is 0,
+ * and why: its refcount block says 0, is missing, or cannot be trusted.
+ * Reads each refcount block that covers a cluster in use once.
+ */
+async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
+  const cs = s.geom.clusterSize;
+  const bits = s.geom.refcountBits;
+  const perBlock = (cs * 8) / bits;
+  const block = new Uint8Array(cs);
+  let loaded = -1;
+  for (const [base, chunk] of flags.chunks()) {
+    for (let i = 0; i < chunk.length; ) {
+      if (chunk[i] === 0) {
+        i++;
+        continue;
+      }
+      const c = base + i;
+      const t = Math.floor(c / perBlock);
+      // Clusters of this chunk that block t covers.
+      const stop = Math.min(chunk.length, (t + 1) * perBlock - base);
+      const why = untrusted.get(t);
+      const entry = hex(s.header.refcountTableOffset + t * 8);
+      if (why !== undefined) return { cluster: c, why: `has no refcount to trust (refcount table entry ${t} at ${entry}: ${why})` };
+      const at = (t + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4)) : 0;
+      if (!at) return { cluster: c, why: `has no refcount: refcount table entry ${t} at ${entry} is empty` };
+      if (loaded !== t) {
+        await s.storage.readInto(at, block);
+        loaded = t;
+      }
+      for (; i < stop; i++) {
+        if (chunk[i] !== 0 && readRefcount(block, (base + i) % perBlock, bits) === 0) {
+          return { cluster: base + i, why: `has refcount 0 in the refcount block at ${hex(at)}: the allocator would hand it out again` };
+        }
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * What uses host cluster `c` and where that use is written down (for the
+ * refusal): looked for only after a problem is found, in the order of the
+ * gate's own pass.
+ */
+async function describeUse(s: Qcow2State, view: MappingView, c: number): Promise<{ what: string; offset: number }> {
+  const cs = s.geom.clusterSize;
+  const h = s.header;
+  const host = c * cs;
+  const inRange = (offset: number, bytes: number) => bytes > 0 && host + cs > offset && host < offset + bytes;
+  if (c === 0) return { what: 'the header cluster', offset: 0 };
+  if (inRange(view.l1Offset, h.l1Size * 8)) return { what: `the active L1 table at ${hex(view.l1Offset)}`, offset: 40 };
+  if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) return { what: `the refcount table at ${hex(h.refcountTableOffset)}`, offset: 48 };
+  const rt = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rt);
+  for (let i = 0; i < rt.length / 8; i++) {
+    if (entryOffset(readU32Be(rt, i * 8), readU32Be(rt, i * 8 + 4)) === host) return { what: `the refcount block at ${hex(host)} (refcount table entry ${i})`, offset: h.refcountTableOffset + i * 8 };
+  }
+  for (const sn of s.snapshots) {
+    if (inRange(sn.l1TableOffset, sn.l1Size * 8)) return { what: `the L1 table of snapshot ${sn.id} at ${hex(sn.l1TableOffset)}`, offset: sn.entryOffset };
+  }
+  const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
+  const tables: number[] = [];
+  for (let i = 0; i < inUse; i++) {
+    const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
+    if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
+    if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
+  }
+  const table = new Uint8Array(cs);
+  for (const l2 of tables.sort((a, b) => a - b)) {
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      const at = l2 + j * s.geom.l2EntrySize;
+      if (e.type === 'compressed') {
+        if (host + cs > e.host && host < e.host + e.size) return { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+      } else if (e.type !== 'unallocated' && e.host === host) {
+        return { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+      }
+    }
+  }
+  return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 
 /**
  * Refuses a writable open of an image that fails the gate, with the
  * problem named in one sentence (ERR_IMG_CORRUPT).
  */
-export async function gateWritableOpen(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>): Promise<void> {
-  const r = await inspectForWriting(s, view, refcountOf);
+export async function gateWritableOpen(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<void> {
+  const r = await inspectForWriting(s, view, refcountOf, untrusted);
   if (r.problem) {
     throw corrupt(FORMAT, s.file, `refusing to open for writing: ${r.problem}; img check -r all may repair it, read-only opens still work`, { field: 'L2 entry', offset: r.offset });
   }
