@@ -16,7 +16,8 @@
  *   the next step);
  * - a data cluster used by more than one active L2 entry is copied for
  *   each extra entry, in guest order (the lowest guest offset keeps it);
- *   one that lies on metadata is copied for every entry;
+ *   one that lies on metadata is copied for every entry, with the bytes
+ *   the guest read before the repair (captureDataOnMetadata);
  * - a compressed cluster whose sectors reach a data cluster or metadata is
  *   decompressed into a cluster of its own.
  *
@@ -100,7 +101,7 @@ function named(list: number[]): string {
  * own copy (see the module comment). `rc` is the open image's refcounts,
  * already raised to cover every reference.
  */
-export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcounts): Promise<SharingRepair> {
+export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcounts, captured: ReadonlyMap<number, Uint8Array>): Promise<SharingRepair> {
   const out: SharingRepair = { copies: 0, dropped: 0, messages: [] };
   const say = (m: string) => {
     if (out.messages.length < MAX_MESSAGES) out.messages.push(`Repaired: ${m}`);
@@ -117,7 +118,7 @@ export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcou
   const fileEnd = s.fileSize;
   await copySnapshotL1s(s, view, rc, put, say, out);
   await unshareL2Tables(s, view, rc, fileEnd, budget, put, say, out);
-  if (!s.entryGeom.dataFile) await unshareDataClusters(s, view, rc, budget, put, say, out);
+  if (!s.entryGeom.dataFile) await unshareDataClusters(s, view, rc, budget, captured, put, say, out);
   s.cache.clear();
   s.decompressed.clear();
   return out;
@@ -148,6 +149,46 @@ async function copySnapshotL1s(s: Qcow2State, view: MappingView, rc: Refcounts, 
     sn.l1TableOffset = at;
     out.copies += table.length / cs;
   }
+}
+
+/** Bytes of data clusters on metadata a repair keeps in memory (more are dropped instead of copied). */
+export const MAX_CAPTURED_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The bytes of every data cluster of the active layer that lies on
+ * metadata, read before the repair changes anything (refcount repairs
+ * rewrite refcount blocks a guest cluster may lie on): the copy the
+ * repair gives such an entry holds what the guest read. At most
+ * {@link MAX_CAPTURED_BYTES}; clusters past that are dropped by the repair.
+ */
+export async function captureDataOnMetadata(s: Qcow2State, view: MappingView): Promise<Map<number, Uint8Array>> {
+  const out = new Map<number, Uint8Array>();
+  const map = s.overlap;
+  if (!map || s.entryGeom.dataFile) return out;
+  const cs = s.geom.clusterSize;
+  const table = new Uint8Array(cs);
+  let bytes = 0;
+  for (const [l2] of activeTables(s, view)) {
+    if (map.kindsAt(l2 / cs) & ~OVERLAP.L2) continue; // a table on other metadata is dropped, not read
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e: Entry;
+      try {
+        e = decodeEntry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      if (e.host === undefined || e.alloc === 0) continue;
+      const c = e.host / cs;
+      if (!map.kindsAt(c) || out.has(c)) continue;
+      if (bytes + cs > MAX_CAPTURED_BYTES) return out;
+      const data = new Uint8Array(cs);
+      await s.storage.readInto(e.host, data);
+      out.set(c, data);
+      bytes += cs;
+    }
+  }
+  return out;
 }
 
 /** Active L1 entries: each L2 table used once, none on other metadata or outside the file. */
@@ -238,7 +279,7 @@ async function snapshotTables(s: Qcow2State): Promise<Set<number>> {
 }
 
 /** Data clusters of the active layer: each used by one L2 entry, none on metadata, no compressed span into them. */
-async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
+async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcounts, budget: Budget, captured: ReadonlyMap<number, Uint8Array>, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const g = s.entryGeom;
   const n = Math.ceil((await s.storage.size()) / cs);
@@ -301,9 +342,9 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
         const [a, b] = span(e);
         let hit = '';
         for (let c = a; c <= b && !hit; c++) {
-          if (c >= n) hit = 'reaches past the end of the file';
-          else if (s.overlap?.kindsAt(c)) hit = `reaches the ${overlapKindName(s.overlap.kindsAt(c))}`;
-          else if (flags[c]! & USED) hit = 'reaches a data cluster in use';
+          if (c >= n) hit = 'reach past the end of the file';
+          else if (s.overlap?.kindsAt(c)) hit = `reach the ${overlapKindName(s.overlap.kindsAt(c))}`;
+          else if (flags[c]! & USED) hit = 'reach a data cluster in use';
         }
         if (!hit) continue;
         let plain: Uint8Array | undefined;
@@ -356,9 +397,12 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
         copy = budget.take((kinds ? (count ?? 1) : count! - 1) * cs);
         decided.set(c, copy);
       }
+      const saved = kinds ? captured.get(c) : undefined;
+      if (copy && kinds && !saved) copy = false;
       if (copy) {
         data.fill(0);
-        await s.storage.readInto(c * cs, data);
+        if (saved) data.set(saved);
+        else await s.storage.readInto(c * cs, data);
         const host = await rc.allocate(1);
         await put(host, data, 0);
         encodeEntry(table, j, { ...e, host, copied: true }, g);

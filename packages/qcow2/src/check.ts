@@ -11,7 +11,7 @@ import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
 import type { MappingView } from './reader.js';
 import { readRefcount, type Refcounts } from './refcount.js';
 import { OVERLAP } from './overlap.js';
-import { repairSharing } from './check-repair.js';
+import { captureDataOnMetadata, repairSharing } from './check-repair.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
@@ -388,6 +388,8 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
     const rc = s.writer?.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
     const before = t;
+    // What the guest reads from data clusters on metadata, before any repair rewrites some of it.
+    const captured = repair === 'all' ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();
     if (repair === 'all' && t.scan.pastSizeL1.length) {
       // Entries past the virtual size are cleared first: their tables then count as leaks, freed below.
       const zero = new Uint8Array(8);
@@ -401,7 +403,7 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
     }
     t = await fixRefcounts(s, view, rc, t, repair);
     if (repair === 'all') {
-      const shared = await repairSharing(s, view, rc);
+      const shared = await repairSharing(s, view, rc, captured);
       repaired.push(...shared.messages);
       if (shared.copies || shared.dropped) {
         await s.storage.flush();
