@@ -43,7 +43,7 @@ import { OVERLAP, overlapKindName } from './overlap.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { entryOffset } from './mapping.js';
 import { decompressCluster } from './compression.js';
-import { ENTRY_COPIED_HI } from './constants.js';
+import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI } from './constants.js';
 
 /** Bytes of copies a repair may write at least (the budget is the file's size when that is larger). */
 export const MIN_REPAIR_COPY_BYTES = 64 * 1024 * 1024;
@@ -167,23 +167,28 @@ export async function captureDataOnMetadata(s: Qcow2State, view: MappingView): P
   if (!map || s.entryGeom.dataFile) return out;
   const cs = s.geom.clusterSize;
   const table = new Uint8Array(cs);
+  const meta = metadataFlags(s, Math.ceil(s.fileSize / cs));
   let bytes = 0;
   for (const [l2] of activeTables(s, view)) {
     if (map.kindsAt(l2 / cs) & ~OVERLAP.L2) continue; // a table on other metadata is dropped, not read
     await s.storage.readInto(l2, table);
     for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e: Entry;
-      try {
-        e = decodeEntry(table, j, s.entryGeom, s.file, l2);
-      } catch {
-        continue;
+      let c = fastHost(table, j, s.entryGeom);
+      if (c === -1) continue;
+      if (c === -2) {
+        let e: Entry;
+        try {
+          e = decodeEntry(table, j, s.entryGeom, s.file, l2);
+        } catch {
+          continue;
+        }
+        if (e.host === undefined) continue;
+        c = e.host / cs;
       }
-      if (e.host === undefined || e.alloc === 0) continue;
-      const c = e.host / cs;
-      if (!map.kindsAt(c) || out.has(c)) continue;
+      if (c >= meta.length || !meta[c] || out.has(c)) continue;
       if (bytes + cs > MAX_CAPTURED_BYTES) return out;
       const data = new Uint8Array(cs);
-      await s.storage.readInto(e.host, data);
+      await s.storage.readInto(c * cs, data);
       out.set(c, data);
       bytes += cs;
     }
@@ -252,6 +257,40 @@ async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, 
   if (extra.size) await s.storage.flush();
 }
 
+/**
+ * The host cluster a standard L2 entry names without the full decoder:
+ * -1 for none (unallocated, a zero entry without a cluster, an unaligned
+ * offset the check reports), -2 where the full decoder is needed
+ * (compressed or extended entries). Repairs walk every entry of a large
+ * image up to three times; an object per entry would dominate.
+ */
+function fastHost(table: Uint8Array, j: number, g: Qcow2State['entryGeom']): number {
+  if (g.extendedL2) return -2;
+  const hi = readU32Be(table, j * 8);
+  if (hi & ENTRY_COMPRESSED_HI) return -2;
+  const host = entryOffset(hi, readU32Be(table, j * 8 + 4));
+  if (host === 0 || host % g.clusterSize !== 0) return -1;
+  return host / g.clusterSize;
+}
+
+/** A byte per cluster below `n`: 1 where the overlap map holds metadata (array reads instead of map lookups per entry). */
+function metadataFlags(s: Qcow2State, n: number): Uint8Array {
+  const meta = new Uint8Array(n);
+  if (s.overlap) for (const c of s.overlap.clusters()) if (c < n) meta[c] = 1;
+  return meta;
+}
+
+/**
+ * Whether any cluster the overlap map holds is counted more than once by
+ * the check (`refs`): only then can a data cluster lie on metadata, and
+ * the capture pass is worth its walk.
+ */
+export function mayHaveDataOnMetadata(s: Qcow2State, refs: Uint32Array): boolean {
+  if (!s.overlap) return false;
+  for (const c of s.overlap.clusters()) if (c < refs.length && refs[c]! > 1) return true;
+  return false;
+}
+
 /** The active L2 tables in L1 order, with the L1 index of each (after unshareL2Tables: each once). */
 function activeTables(s: Qcow2State, view: MappingView): Array<[number, number]> {
   const cs = s.geom.clusterSize;
@@ -302,22 +341,34 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
   };
 
   // Pass 1: who uses what.
+  const meta = metadataFlags(s, n);
+  let compressed = 0;
+  let onMetadata = 0;
   for (const [l2] of tables) {
     await s.storage.readInto(l2, table);
     for (let j = 0; j < entries; j++) {
-      const e = decode(l2, j);
-      if (!e) continue;
-      if (e.compressed) {
-        const [a, b] = span(e);
-        for (let c = a; c <= b && c < n; c++) flags[c]! |= COMPRESSED;
-      } else if (e.host !== undefined) {
-        const c = e.host / cs;
-        if (c >= n) continue;
-        if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
-        else flags[c]! |= USED;
+      let c = fastHost(table, j, g);
+      if (c === -1) continue;
+      if (c === -2) {
+        const e = decode(l2, j);
+        if (!e) continue;
+        if (e.compressed) {
+          compressed++;
+          const [a, b] = span(e);
+          for (let k = a; k <= b && k < n; k++) flags[k]! |= COMPRESSED;
+          continue;
+        }
+        if (e.host === undefined) continue;
+        c = e.host / cs;
       }
+      if (c >= n) continue;
+      if (meta[c]) onMetadata++;
+      if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
+      else flags[c]! |= USED;
     }
   }
+  // Nothing shared, nothing on metadata, nothing compressed: no second pass.
+  if (!users.size && !onMetadata && !compressed) return;
 
   // Pass 2: in guest order the first user keeps a shared cluster; the others, and every user of metadata, get copies.
   const shared = await snapshotTables(s);
@@ -335,6 +386,9 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
     await s.storage.readInto(l2, table);
     let changed = false;
     for (let j = 0; j < entries; j++) {
+      const fast = fastHost(table, j, g);
+      if (fast === -1) continue;
+      if (fast >= 0 && (fast >= n || (!meta[fast] && !users.has(fast)))) continue;
       const e = decode(l2, j);
       if (!e) continue;
       const at = l2 + j * s.geom.l2EntrySize;
@@ -343,7 +397,7 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
         let hit = '';
         for (let c = a; c <= b && !hit; c++) {
           if (c >= n) hit = 'reach past the end of the file';
-          else if (s.overlap?.kindsAt(c)) hit = `reach the ${overlapKindName(s.overlap.kindsAt(c))}`;
+          else if (meta[c]) hit = `reach the ${overlapKindName(s.overlap?.kindsAt(c) ?? 0)}`;
           else if (flags[c]! & USED) hit = 'reach a data cluster in use';
         }
         if (!hit) continue;
@@ -374,7 +428,7 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
       if (e.host === undefined) continue;
       const c = e.host / cs;
       if (c >= n) continue;
-      const kinds = s.overlap?.kindsAt(c) ?? 0;
+      const kinds = meta[c] ? (s.overlap?.kindsAt(c) ?? 0) : 0;
       const count = users.get(c);
       if (!kinds) {
         if (count === undefined) continue;

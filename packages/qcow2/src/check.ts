@@ -11,7 +11,7 @@ import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
 import type { MappingView } from './reader.js';
 import { readRefcount, type Refcounts } from './refcount.js';
 import { OVERLAP } from './overlap.js';
-import { captureDataOnMetadata, repairSharing } from './check-repair.js';
+import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
@@ -328,22 +328,31 @@ async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
 const MAX_REFCOUNT_ROUNDS = 4;
 
 /**
- * Sets stored refcounts to the counted references (only those that are too
- * high for 'leaks'), tallying again after each round until nothing is left
- * to set. Values past the refcount width are set to the largest it holds
- * (the copy-on-repair pass brings such counts down).
+ * Sets stored refcounts to the counted references of `t` (only those that
+ * are too high for 'leaks'). Values past the refcount width are set to the
+ * largest it holds (the copy-on-repair pass brings such counts down).
+ * Answers whether anything changed.
+ */
+async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<boolean> {
+  let changed = false;
+  for (const m of t.mismatched) {
+    if (m.stored <= m.computed && repair !== 'all') continue;
+    const value = Math.min(m.computed, rc.maxRefcount);
+    if (value === m.stored) continue;
+    await rc.set(m.cluster, value);
+    changed = true;
+  }
+  return changed;
+}
+
+/**
+ * Sets refcounts and tallies again until nothing is left to set: a repair
+ * that rebuilds a refcount block (which then counts every cluster of its
+ * range as used) changes what the next round finds.
  */
 async function fixRefcounts(s: Qcow2State, view: MappingView, rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<Tally> {
   for (let round = 0; round < MAX_REFCOUNT_ROUNDS; round++) {
-    let changed = false;
-    for (const m of t.mismatched) {
-      if (m.stored <= m.computed && repair !== 'all') continue;
-      const value = Math.min(m.computed, rc.maxRefcount);
-      if (value === m.stored) continue;
-      await rc.set(m.cluster, value);
-      changed = true;
-    }
-    if (!changed) break;
+    if (!(await setRefcounts(rc, t, repair))) break;
     await s.storage.flush();
     await noteGrowth(s);
     t = await tally(s, view);
@@ -389,7 +398,7 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
     if (!rc) throw readOnlyError(FORMAT, s.file);
     const before = t;
     // What the guest reads from data clusters on metadata, before any repair rewrites some of it.
-    const captured = repair === 'all' ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();
+    const captured = repair === 'all' && mayHaveDataOnMetadata(s, t.scan.refs) ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();
     if (repair === 'all' && t.scan.pastSizeL1.length) {
       // Entries past the virtual size are cleared first: their tables then count as leaks, freed below.
       const zero = new Uint8Array(8);
@@ -401,20 +410,24 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
       await s.storage.flush();
       t = await tally(s, view);
     }
-    t = await fixRefcounts(s, view, rc, t, repair);
     if (repair === 'all') {
+      // One round raises every refcount to cover its references (rebuilt blocks count their whole range):
+      // the copies below cannot be given a cluster in use. The tally after them sets them exactly.
+      await setRefcounts(rc, t, 'all');
+      await s.storage.flush();
+      await noteGrowth(s);
       const shared = await repairSharing(s, view, rc, captured);
       repaired.push(...shared.messages);
-      if (shared.copies || shared.dropped) {
-        await s.storage.flush();
-        await noteGrowth(s);
-        t = await fixRefcounts(s, view, rc, await tally(s, view), 'all');
-      }
+      await s.storage.flush();
+      await noteGrowth(s);
+      t = await fixRefcounts(s, view, rc, await tally(s, view), 'all');
       if (t.copiedFixes.length) {
         await fixCopied(s, view, t.copiedFixes);
         await s.storage.flush();
         t = await tally(s, view);
       }
+    } else {
+      t = await fixRefcounts(s, view, rc, t, repair);
     }
     corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
     leaksFixed = Math.max(0, before.leaks - t.leaks);
