@@ -218,8 +218,21 @@ async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint
   const cs = s.geom.clusterSize;
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
-  const block = new Uint8Array(cs);
-  let loaded = -1;
+  const offsetOf = (t: number) => ((t + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4)) : 0);
+  // Blocks [first, first + count) are in `buf`: consecutive blocks (as qemu-img lays them out) are read together.
+  const buf = new Uint8Array(Math.max(1, Math.min(Math.floor(MAX_READ / cs), Math.ceil(s.fileSize / cs / perBlock))) * cs);
+  let first = -1;
+  let count = 0;
+  const blockOf = async (t: number, at: number): Promise<Uint8Array> => {
+    if (t < first || t >= first + count) {
+      let n = 1;
+      while ((n + 1) * cs <= buf.length && !untrusted.has(t + n) && offsetOf(t + n) === at + n * cs) n++;
+      await s.storage.readInto(at, buf.subarray(0, n * cs));
+      first = t;
+      count = n;
+    }
+    return buf.subarray((t - first) * cs, (t - first + 1) * cs);
+  };
   for (const [base, chunk] of flags.chunks()) {
     for (let i = 0; i < chunk.length; ) {
       if (chunk[i] === 0) {
@@ -231,15 +244,10 @@ async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint
       // Clusters of this chunk that block t covers.
       const stop = Math.min(chunk.length, (t + 1) * perBlock - base);
       const why = untrusted.get(t);
-      const entry = hex(s.header.refcountTableOffset + t * 8);
-      if (why !== undefined) return { cluster: c, why: `has no refcount to trust (refcount table entry ${t} at ${entry}: ${why})` };
-      const at = (t + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4)) : 0;
-      if (!at) return { cluster: c, why: `has no refcount: refcount table entry ${t} at ${entry} is empty` };
-      if (loaded !== t) {
-        await s.storage.readInto(at, block);
-        loaded = t;
-      }
-      const zero = zeroRefcountIn(chunk, i, stop, block, t * perBlock - base, bits);
+      if (why !== undefined) return { cluster: c, why: `has no refcount to trust (refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)}: ${why})` };
+      const at = offsetOf(t);
+      if (!at) return { cluster: c, why: `has no refcount: refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)} is empty` };
+      const zero = zeroRefcountIn(chunk, i, stop, await blockOf(t, at), t * perBlock - base, bits);
       if (zero >= 0) return { cluster: base + zero, why: `has refcount 0 in the refcount block at ${hex(at)}: the allocator would hand it out again` };
       i = stop;
     }
@@ -255,11 +263,9 @@ async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint
  */
 function zeroRefcountIn(chunk: Uint8Array, from: number, to: number, block: Uint8Array, first: number, bits: number): number {
   if (bits === 16) {
-    for (let i = from; i < to; i++) {
-      if (chunk[i] === 0) continue;
-      const k = (i - first) * 2;
-      if (block[k] === 0 && block[k + 1] === 0) return i;
-    }
+    // A zero reads as zero in either byte order: a 16-bit view of the big-endian block (2-aligned) serves.
+    const counts = new Uint16Array(block.buffer, block.byteOffset, block.length / 2);
+    for (let i = from; i < to; i++) if (counts[i - first] === 0 && chunk[i] !== 0) return i;
     return -1;
   }
   for (let i = from; i < to; i++) if (chunk[i] !== 0 && readRefcount(block, i - first, bits) === 0) return i;
