@@ -183,4 +183,19 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     expect((await disk.read(CS, CS)).every((b) => b === 0)).toBe(true);
     expect(readFileSync(path).length).toBeLessThan(2 * 1024 * 1024);
   });
+
+  it('the check bomb (8 TiB, 134 M references in 448 KiB): extra L1 entries cleared, extra L2 entries dropped, the file does not grow', async () => {
+    const path = join(dir, 'bomb8t.qcow2');
+    writeCheckBomb(path);
+    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+    const text = fixed.messages.join('\n');
+    expect(text).toMatch(/the L2 table at 0x50000 was used by 16384 active L1 entries; the entries at 0x30008, .* and 16375 more were cleared, as copies would exceed the repair's copy budget/);
+    expect(text).toMatch(/data cluster at 0x60000 used by 8192 entries: dropped/);
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    expect(readFileSync(path).length).toBe(448 * 1024);
+    await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+    expect((await disk.read(0, CS)).every((b) => b === 0x55)).toBe(true);
+    expect((await disk.read(2 ** 29, CS)).every((b) => b === 0)).toBe(true);
+  });
 });

@@ -169,8 +169,11 @@ export async function captureDataOnMetadata(s: Qcow2State, view: MappingView): P
   const table = new Uint8Array(cs);
   const meta = metadataFlags(s, Math.ceil(s.fileSize / cs));
   let bytes = 0;
+  const seen = new Set<number>();
   for (const [l2] of activeTables(s, view)) {
-    if (map.kindsAt(l2 / cs) & ~OVERLAP.L2) continue; // a table on other metadata is dropped, not read
+    // A table on other metadata is dropped, not read; a table several L1 entries share is read once.
+    if (map.kindsAt(l2 / cs) & ~OVERLAP.L2 || seen.has(l2)) continue;
+    seen.add(l2);
     await s.storage.readInto(l2, table);
     for (let j = 0; j < s.geom.l2Entries; j++) {
       let c = fastHost(table, j, s.entryGeom);
@@ -203,24 +206,28 @@ async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, 
   const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
   const first = new Map<number, number>();
   const extra = new Map<number, number[]>();
-  const clear = async (i: number) => {
-    const zero = new Uint8Array(8);
-    await put(view.l1Offset + i * 8, zero, OVERLAP.ACTIVE_L1);
-    view.l1.set(zero, i * 8);
-    out.dropped++;
+  // Entries change in memory; the L1 table is written once, after the copies it points at reached the disk.
+  let changed = false;
+  const setEntry = (i: number, offset: number) => {
+    const entry = put64(offset);
+    if (offset) writeU32Be(entry, 0, (readU32Be(entry, 0) | ENTRY_COPIED_HI) >>> 0);
+    view.l1.set(entry, i * 8);
+    changed = true;
   };
   for (let i = 0; i < inUse; i++) {
     const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
     if (!l2) continue;
     const at = view.l1Offset + i * 8;
     if (l2 % cs || l2 < cs || l2 + cs > fileEnd) {
-      await clear(i);
+      setEntry(i, 0);
+      out.dropped++;
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that is unaligned or outside the file; cleared (its range is unallocated now)`);
       continue;
     }
     const kinds = (s.overlap?.kindsAt(l2 / cs) ?? 0) & ~OVERLAP.L2;
     if (kinds) {
-      await clear(i);
+      setEntry(i, 0);
+      out.dropped++;
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that lies on the ${overlapKindName(kinds)}; cleared (its range is unallocated now)`);
       continue;
     }
@@ -231,12 +238,12 @@ async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, 
       else extra.set(l2, [i]);
     }
   }
-  if (extra.size) await s.storage.flush();
   const table = new Uint8Array(cs);
   for (const [l2, list] of extra) {
     const entries = list.map((i) => view.l1Offset + i * 8);
     if (!budget.take(list.length * cs)) {
-      for (const i of list) await clear(i);
+      for (const i of list) setEntry(i, 0);
+      out.dropped += list.length;
       say(`the L2 table at ${hex(l2)} was used by ${list.length + 1} active L1 entries; the entries at ${named(entries)} were cleared, as copies would exceed the repair's copy budget`);
       continue;
     }
@@ -244,17 +251,16 @@ async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, 
     for (const i of list) {
       const at = await rc.allocate(1);
       await put(at, table, 0);
-      await s.storage.flush();
       s.overlap?.add(OVERLAP.L2, at, cs);
-      const entry = put64(at);
-      writeU32Be(entry, 0, (readU32Be(entry, 0) | ENTRY_COPIED_HI) >>> 0);
-      await put(view.l1Offset + i * 8, entry, OVERLAP.ACTIVE_L1);
-      view.l1.set(entry, i * 8);
+      setEntry(i, at);
       out.copies++;
     }
     say(`the L2 table at ${hex(l2)} was used by ${list.length + 1} active L1 entries; the entries at ${named(entries)} have copies of their own`);
   }
-  if (extra.size) await s.storage.flush();
+  if (!changed) return;
+  await s.storage.flush();
+  await put(view.l1Offset, view.l1.subarray(0, h.l1Size * 8), OVERLAP.ACTIVE_L1);
+  await s.storage.flush();
 }
 
 /**
