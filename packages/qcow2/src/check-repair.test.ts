@@ -12,6 +12,10 @@
  *   (1-2 OFLAG_COPIED errors). img copies the cluster for each extra user
  *   (the compressed one is decompressed into its own cluster), so writes
  *   keep it clean.
+ * - shared data cluster that a snapshot also uses (refcount 2 for 3 uses,
+ *   COPIED clear): qemu raises the refcount to 3 and checks clean; img
+ *   copies it for the second active user. (Before this, img's gate let it
+ *   through: two copy-on-writes would have freed the snapshot's cluster.)
  * - snapshot L1 is the active L1: qemu sets refcount 2 and checks clean,
  *   but its next write to the active layer is refused as a write on the
  *   inactive L1 table and marks the image corrupt. img gives the snapshot
@@ -49,6 +53,7 @@ const sha = (path: string) => createHash('sha256').update(readFileSync(path)).di
 /** What the gate says for each case. */
 const GATE: Record<Qcow2Corruption, RegExp> = {
   'shared-data-cluster': /data cluster is used 2 times at 0x50000 \(entry at 0x40008\) with refcount 1 and the COPIED flag set/,
+  'shared-data-with-snapshot': /data cluster is used 2 times \(and 1 time by snapshots\) at 0x50000 \(entry at 0x80008\) with refcount 2;/,
   'shared-l2-table': /L2 table is used 2 times at 0x40000 \(entry at 0x30008\) with refcount 1 and the COPIED flag set/,
   'compressed-span': /compressed data spans into a cluster in use at 0x60000 \(entry at 0x40008\)/,
   'snapshot-l1-is-active': /the L1 table of snapshot 1 at 0x30000 is the active L1 table at 0x30000/,
@@ -63,6 +68,7 @@ const GATE: Record<Qcow2Corruption, RegExp> = {
 /** What the repair says it did, where it did more than set refcounts. */
 const REPAIRED: Partial<Record<Qcow2Corruption, RegExp>> = {
   'shared-data-cluster': /Repaired: data cluster at 0x50000 used by 2 entries: copied \(L2 entry at 0x40008\)/,
+  'shared-data-with-snapshot': /Repaired: data cluster at 0x50000 used by 2 entries: copied \(L2 entry at 0x80008\)/,
   'shared-l2-table': /Repaired: the L2 table at 0x40000 was used by 2 active L1 entries; the entries at 0x30008 have copies of their own/,
   'compressed-span': /Repaired: compressed cluster whose sectors reach a data cluster in use: decompressed into a cluster of its own \(L2 entry at 0x40000\)/,
   'snapshot-l1-is-active': /Repaired: the L1 table of snapshot 1 was the active L1 table at 0x30000; the snapshot has its own copy at 0x[0-9a-f]+/,
@@ -115,7 +121,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
         // What every reader reads now (qemu reads the corrupt image read-only), the snapshot too.
         const before = join(dir, `${kind}-v${version}.raw`);
         qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, before]);
-        const snapshot = kind === 'snapshot-l1-is-active' ? join(dir, `${kind}-v${version}-s1.raw`) : undefined;
+        const snapshot = kind === 'snapshot-l1-is-active' || kind === 'shared-data-with-snapshot' ? join(dir, `${kind}-v${version}-s1.raw`) : undefined;
         if (snapshot) qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', '-l', 'snapshot.name=s1', path, snapshot]);
 
         // The bar: qemu-img check -r all on a copy.

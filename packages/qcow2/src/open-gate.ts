@@ -190,15 +190,22 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   }
   const extra = new Map<number, number>();
   for (const x of shared) extra.set(x.cluster, (extra.get(x.cluster) ?? 0) + 1);
+  const metadataUse = shared.find((x) => x.metadata);
+  if (metadataUse) {
+    return { problem: `the ${metadataUse.what} at ${hex(metadataUse.cluster * cs)} (entry at ${hex(metadataUse.at)}) lies on metadata`, offset: metadataUse.at, l2Tables };
+  }
+  // A refcount must cover the snapshots' uses too: else a copy-on-write by each active user frees the cluster under a snapshot.
+  const bySnapshots = shared.length ? await snapshotUses(s, new Set(extra.keys())) : new Map<number, number>();
   for (const x of shared) {
     const host = hex(x.cluster * cs);
-    if (x.metadata) return { problem: `the ${x.what} at ${host} (entry at ${hex(x.at)}) lies on metadata`, offset: x.at, l2Tables };
     const users = 1 + extra.get(x.cluster)!;
+    const snapshots = bySnapshots.get(x.cluster) ?? 0;
     const refcount = await refcountOf(x.cluster);
     const copied = (flags.get(x.cluster) & COPIED) !== 0;
-    if (refcount < users || copied) {
+    if (refcount < users + snapshots || copied) {
       const as = x.what === 'compressed data' ? 'compressed data spans into a cluster in use' : `${x.what} is used ${users} times`;
-      return { problem: `${as} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
+      const also = snapshots ? ` (and ${snapshots} time${snapshots === 1 ? '' : 's'} by snapshots)` : '';
+      return { problem: `${as}${also} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
     }
   }
   const unreferenced = await firstWithoutRefcount(s, flags, rt, untrusted);
@@ -207,6 +214,50 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
     return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
   }
   return { problem: undefined, offset: 0, l2Tables };
+}
+
+/**
+ * How many times the snapshots' L1 and L2 tables use each of `clusters`
+ * (data clusters, compressed spans and L2 tables). Read only when the
+ * active layer shares a cluster (rare): each distinct snapshot L2 table
+ * is read once and counted by the L1 entries that point at it.
+ */
+async function snapshotUses(s: Qcow2State, clusters: ReadonlySet<number>): Promise<Map<number, number>> {
+  const out = new Map<number, number>();
+  if (!s.snapshots.length) return out;
+  const cs = s.geom.clusterSize;
+  const count = (c: number, times: number) => {
+    if (clusters.has(c)) out.set(c, (out.get(c) ?? 0) + times);
+  };
+  const tables = new Map<number, number>();
+  for (const sn of s.snapshots) {
+    const l1 = new Uint8Array(sn.l1Size * 8);
+    await s.storage.readInto(sn.l1TableOffset, l1);
+    for (let i = 0; i < sn.l1Size; i++) {
+      const l2 = entryOffset(readU32Be(l1, i * 8), readU32Be(l1, i * 8 + 4));
+      if (!l2 || l2 % cs || l2 + cs > s.fileSize) continue;
+      count(l2 / cs, 1);
+      tables.set(l2, (tables.get(l2) ?? 0) + 1);
+    }
+  }
+  const table = new Uint8Array(cs);
+  for (const [l2, times] of tables) {
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      if (e.type === 'compressed') {
+        for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
+      } else if (e.type !== 'unallocated' && e.host !== undefined) {
+        count(e.host / cs, times);
+      }
+    }
+  }
+  return out;
 }
 
 /**

@@ -58,6 +58,7 @@ export function writeCheckBomb(path: string, size = '8T'): void {
 /** The corruptions the qcow2 writable-open gate refuses and `check -r all` must repair (issue 13). */
 export type Qcow2Corruption =
   | 'shared-data-cluster'
+  | 'shared-data-with-snapshot'
   | 'shared-l2-table'
   | 'compressed-span'
   | 'snapshot-l1-is-active'
@@ -71,6 +72,7 @@ export type Qcow2Corruption =
 /** Every {@link Qcow2Corruption}, in a fixed order. */
 export const QCOW2_CORRUPTIONS: readonly Qcow2Corruption[] = [
   'shared-data-cluster',
+  'shared-data-with-snapshot',
   'shared-l2-table',
   'compressed-span',
   'snapshot-l1-is-active',
@@ -96,6 +98,10 @@ function firstRefcountBlock(q: Qcow2Bytes): number {
  *
  * - shared-data-cluster: the L2 entries of guest clusters 0 and 1 both
  *   point at 0x50000 with COPIED set, refcount 1 (0x60000 leaks).
+ * - shared-data-with-snapshot: guest cluster 0 written, snapshot s1
+ *   taken, guest cluster 1 written (the active layer gets its own L2 table
+ *   at 0x80000); then guest cluster 1's entry points at guest cluster 0's
+ *   data, which s1 also uses: refcount 2 for 3 uses, no COPIED flag.
  * - shared-l2-table: a 1 GiB image whose L1 entries 0 and 1 both point at
  *   the L2 table of entry 0 (entry 1's own table and data leak).
  * - compressed-span: guest cluster 0 compressed, its sector count raised
@@ -117,6 +123,15 @@ export function writeCorruptQcow2(path: string, kind: Qcow2Corruption, version: 
   switch (kind) {
     case 'shared-data-cluster': {
       q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      const l2 = l2Of(q, 0);
+      q.view.setBigUint64(l2 + 8, entryAt(q, l2));
+      break;
+    }
+    case 'shared-data-with-snapshot': {
+      qemuQcow2(path, '1M', o, [[0, 65536, 0x11]]);
+      qemuImg(['snapshot', '-c', 's1', path]);
+      qemuIo(path, 'qcow2', ['write -P 0x22 64k 64k']);
+      q = readQcow2Bytes(path);
       const l2 = l2Of(q, 0);
       q.view.setBigUint64(l2 + 8, entryAt(q, l2));
       break;
