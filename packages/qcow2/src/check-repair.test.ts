@@ -35,7 +35,7 @@
  *   which were never guest data. Both check clean and stay clean.
  */
 import { afterAll, expect, it } from 'vitest';
-import { copyFileSync, openSync, writeSync, closeSync, readFileSync, truncateSync } from 'node:fs';
+import { copyFileSync, openSync, writeSync, closeSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FileStorage } from '@img/block/node';
@@ -172,6 +172,33 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
       });
     }
   }
+
+  it('extended L2 entries: two guest clusters on one host cluster get a cluster each, subcluster bitmaps kept', async () => {
+    const path = join(dir, 'extended.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536,extended_l2=on', path, '1M']);
+    // Guest cluster 0 fully written, guest cluster 1 only in its first subcluster (2 KiB).
+    qemuIo(path, 'qcow2', ['write -P 0x11 0 64k', 'write -P 0x22 64k 2k']);
+    const bytes = readFileSync(path);
+    const l1 = Number(bytes.readBigUInt64BE(40));
+    const l2 = Number(bytes.readBigUInt64BE(l1) & 0x00ff_ffff_ffff_fe00n);
+    // Entry 1 keeps its bitmap (subcluster 0 allocated) and takes entry 0's cluster.
+    bytes.copy(bytes, l2 + 16, l2, l2 + 8);
+    writeFileSync(path, bytes);
+    expect(counts(path).status).toBe(2);
+    const before = join(dir, 'extended.raw');
+    qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, before]);
+    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+    expect(fixed.messages.join('\n')).toMatch(/Repaired: data cluster at 0x50000 used by 2 entries: copied \(L2 entry at 0x40010\)/);
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    expect(qemuCompare(path, before, 'qcow2', 'raw')).toBe(true);
+    const d = await openWritable(path);
+    await d.write(0, new Uint8Array(CS).fill(0x33));
+    await d.close();
+    patchRaw(before, 0, new Uint8Array(CS).fill(0x33));
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    expect(qemuCompare(path, before, 'qcow2', 'raw')).toBe(true);
+  });
 
   it('a crafted image with 65536 references to one cluster: copies stay within the budget, the rest is dropped and said', async () => {
     const path = join(dir, 'bomb.qcow2');
