@@ -71,7 +71,7 @@ const REPAIRED: Partial<Record<Qcow2Corruption, RegExp>> = {
   'shared-data-with-snapshot': /Repaired: data cluster at 0x50000 used by 2 entries: copied \(L2 entry at 0x80008\)/,
   'shared-l2-table': /Repaired: the L2 table at 0x40000 was used by 2 active L1 entries; the entries at 0x30008 have copies of their own/,
   'compressed-span': /Repaired: compressed cluster whose sectors reach a data cluster in use: decompressed into a cluster of its own \(L2 entry at 0x40000\)/,
-  'snapshot-l1-is-active': /Repaired: the L1 table of snapshot 1 was the active L1 table at 0x30000; the snapshot has its own copy at 0x[0-9a-f]+/,
+  'snapshot-l1-is-active': /Repaired: the L1 table of snapshot 1 was the active L1 table at 0x30000; a copy of it is at 0x[0-9a-f]+/,
   'data-on-refcount-block': /Repaired: data cluster on the refcount block: copied \(L2 entry at 0x40008\)/,
   'l2-on-refcount-table': /Repaired: active L1 entry 1 at 0x30008 pointed at an L2 table at 0x10000 that lies on the refcount table; cleared/,
 };
@@ -198,6 +198,41 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     patchRaw(before, 0, new Uint8Array(CS).fill(0x33));
     expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
     expect(qemuCompare(path, before, 'qcow2', 'raw')).toBe(true);
+  });
+
+  it('two snapshots whose L1 tables are the active one share one copy, and keep their data through writes', async () => {
+    const path = join(dir, 'two-snapshots.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, '1M']);
+    qemuIo(path, 'qcow2', ['write -P 0x11 0 64k']);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    qemuImg(['snapshot', '-c', 's2', path]);
+    const bytes = readFileSync(path);
+    const l1 = bytes.readBigUInt64BE(40);
+    let entry = Number(bytes.readBigUInt64BE(64));
+    for (let i = 0; i < 2; i++) {
+      bytes.writeBigUInt64BE(l1, entry);
+      const size = 40 + bytes.readUInt32BE(entry + 36) + bytes.readUInt16BE(entry + 12) + bytes.readUInt16BE(entry + 14);
+      entry += Math.ceil(size / 8) * 8;
+    }
+    writeFileSync(path, bytes);
+    expect(counts(path).status).toBe(2);
+    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+    expect(fixed.messages.join('\n')).toMatch(/Repaired: the L1 table of snapshots 1, 2 was the active L1 table at 0x30000; a copy of it is at 0x[0-9a-f]+/);
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    const d = await openWritable(path);
+    await d.write(0, new Uint8Array(CS).fill(0x33));
+    await d.close();
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    for (const name of ['s1', 's2']) {
+      await using snap = await openQcow2(await FileStorage.open(path), { snapshot: name });
+      expect((await snap.read(0, CS)).every((b) => b === 0x11)).toBe(true);
+    }
+    // Deleting one snapshot leaves the other's L1 table (refcount 2 -> 1) and data in place.
+    qemuImg(['snapshot', '-d', 's1', path]);
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    await using snap = await openQcow2(await FileStorage.open(path), { snapshot: 's2' });
+    expect((await snap.read(0, CS)).every((b) => b === 0x11)).toBe(true);
   });
 
   it('a crafted image with 65536 references to one cluster: copies stay within the budget, the rest is dropped and said', async () => {

@@ -35,7 +35,7 @@
  * reference first, so that the allocator cannot hand out a cluster in use,
  * and sets them exactly afterwards.
  */
-import { hex, readU32Be, writeU32Be } from '@img/block';
+import { hex, readU32Be, unsupported, writeU32Be } from '@img/block';
 import type { MappingView } from './reader.js';
 import type { Qcow2State } from './state.js';
 import type { Refcounts } from './refcount.js';
@@ -44,6 +44,8 @@ import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { entryOffset } from './mapping.js';
 import { decompressCluster } from './compression.js';
 import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI } from './constants.js';
+
+const FORMAT = 'qcow2';
 
 /** Bytes of copies a repair may write at least (the budget is the file's size when that is larger). */
 export const MIN_REPAIR_COPY_BYTES = 64 * 1024 * 1024;
@@ -106,7 +108,6 @@ export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcou
   const say = (m: string) => {
     if (out.messages.length < MAX_MESSAGES) out.messages.push(`Repaired: ${m}`);
   };
-  const cs = s.geom.clusterSize;
   const budget = new Budget(Math.max(MIN_REPAIR_COPY_BYTES, s.fileSize));
   /** Writes `bytes` at `at` unless that would hit metadata of a kind other than `allowed`. */
   const put = async (at: number, bytes: Uint8Array, allowed: number) => {
@@ -116,7 +117,7 @@ export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcou
   };
 
   const fileEnd = s.fileSize;
-  await copySnapshotL1s(s, view, rc, put, say, out);
+  await copySnapshotL1s(s, view, rc, budget, put, say, out);
   await unshareL2Tables(s, view, rc, fileEnd, budget, put, say, out);
   if (!s.entryGeom.dataFile) await unshareDataClusters(s, view, rc, budget, captured, put, say, out);
   s.cache.clear();
@@ -127,26 +128,48 @@ export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcou
 type Put = (at: number, bytes: Uint8Array, allowed: number) => Promise<void>;
 type Say = (m: string) => void;
 
-/** A snapshot L1 table that is or overlaps the active one gets a copy of its own. */
-async function copySnapshotL1s(s: Qcow2State, view: MappingView, rc: Refcounts, put: Put, say: Say, out: SharingRepair): Promise<void> {
+/**
+ * A snapshot L1 table that is or overlaps the active one gets a copy of
+ * its own. Snapshots whose tables start at the same offset read the same
+ * bytes and share one copy (of the largest of them; a refcount per
+ * snapshot, as for any L1 table). Copies count against the budget; a
+ * crafted image that needs more is refused before anything is written.
+ */
+async function copySnapshotL1s(s: Qcow2State, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const activeEnd = view.l1Offset + s.header.l1Size * 8;
+  const groups = new Map<number, { bytes: number; snapshots: typeof s.snapshots }>();
   for (const sn of s.snapshots) {
     const bytes = sn.l1Size * 8;
     if (!bytes || !s.header.l1Size || sn.l1TableOffset >= activeEnd || view.l1Offset >= sn.l1TableOffset + bytes) continue;
-    // The snapshot keeps what it reads now: the bytes at its L1 offset (bounded by the 32 MiB L1 limit at open).
-    const table = new Uint8Array(Math.ceil(bytes / cs) * cs);
-    await s.storage.readInto(sn.l1TableOffset, table.subarray(0, bytes));
+    const g = groups.get(sn.l1TableOffset);
+    if (g) {
+      g.bytes = Math.max(g.bytes, bytes);
+      g.snapshots.push(sn);
+    } else {
+      groups.set(sn.l1TableOffset, { bytes, snapshots: [sn] });
+    }
+  }
+  let need = 0;
+  for (const g of groups.values()) need += Math.ceil(g.bytes / cs) * cs;
+  if (!budget.take(need)) {
+    throw unsupported(FORMAT, s.file, `${groups.size} snapshot L1 tables overlap the active L1 table; copies of them would need ${need} bytes, more than the repair's copy budget`, { field: 'l1_table_offset' });
+  }
+  for (const [offset, g] of groups) {
+    // The snapshots keep what they read now: the bytes at their L1 offset (each bounded by the 32 MiB L1 limit at open).
+    const table = new Uint8Array(Math.ceil(g.bytes / cs) * cs);
+    await s.storage.readInto(offset, table.subarray(0, g.bytes));
     const at = await rc.allocate(table.length / cs);
     await put(at, table, 0);
     await s.storage.flush();
-    // l1_table_offset is the first field of the snapshot's entry.
-    await put(sn.entryOffset, put64(at), OVERLAP.SNAPSHOT_TABLE);
+    // l1_table_offset is the first field of a snapshot's entry.
+    for (const sn of g.snapshots) await put(sn.entryOffset, put64(at), OVERLAP.SNAPSHOT_TABLE);
     await s.storage.flush();
-    s.overlap?.add(OVERLAP.SNAPSHOT_L1, at, bytes);
-    const how = sn.l1TableOffset === view.l1Offset ? 'was' : 'overlapped';
-    say(`the L1 table of snapshot ${sn.id} ${how} the active L1 table at ${hex(view.l1Offset)}; the snapshot has its own copy at ${hex(at)}`);
-    sn.l1TableOffset = at;
+    s.overlap?.add(OVERLAP.SNAPSHOT_L1, at, g.bytes);
+    const how = offset === view.l1Offset ? 'was' : 'overlapped';
+    const ids = g.snapshots.map((sn) => sn.id).join(', ');
+    say(`the L1 table of snapshot${g.snapshots.length > 1 ? 's' : ''} ${ids} ${how} the active L1 table at ${hex(view.l1Offset)}; a copy of it is at ${hex(at)}`);
+    for (const sn of g.snapshots) sn.l1TableOffset = at;
     out.copies += table.length / cs;
   }
 }
