@@ -200,6 +200,31 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     expect(qemuCompare(path, before, 'qcow2', 'raw')).toBe(true);
   });
 
+  it('a preallocated zero cluster on a data cluster in use keeps reading zeros, without the cluster (v3)', async () => {
+    const path = join(dir, 'zero-shared.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, '1M']);
+    qemuIo(path, 'qcow2', ['write -P 0x11 0 64k', 'write -P 0x22 64k 64k']);
+    const bytes = readFileSync(path);
+    const l2 = Number(bytes.readBigUInt64BE(Number(bytes.readBigUInt64BE(40))) & 0x00ff_ffff_ffff_fe00n);
+    // Entry 1: the zero flag, with entry 0's cluster as its preallocated host cluster.
+    bytes.writeBigUInt64BE(bytes.readBigUInt64BE(l2) | 1n, l2 + 8);
+    writeFileSync(path, bytes);
+    expect(counts(path).status).toBe(2);
+    const err = await openWritable(path).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect((err as Error).message).toMatch(/data cluster is used 2 times at 0x50000 \(entry at 0x40008\)/);
+    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+    expect(fixed.messages.join('\n')).toMatch(/a zero cluster\): it keeps reading zeros without a cluster \(L2 entry at 0x40008\)/);
+    expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
+    expect(readFileSync(path).readBigUInt64BE(l2 + 8)).toBe(1n);
+    await using d = await openWritable(path);
+    expect((await d.read(0, CS)).every((b) => b === 0x11)).toBe(true);
+    expect((await d.read(CS, CS)).every((b) => b === 0)).toBe(true);
+  });
+
   it('two snapshots whose L1 tables are the active one share one copy, and keep their data through writes', async () => {
     const path = join(dir, 'two-snapshots.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, '1M']);

@@ -468,8 +468,8 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
       }
       const why = kinds ? `data cluster on the ${overlapKindName(kinds)}` : `data cluster at ${hex(c * cs)} used by ${count} entries`;
       if (e.alloc === 0) {
-        // A preallocated zero cluster reads as zeros without its cluster: the entry stays zero, the cluster goes.
-        encodeEntry(table, j, dropped, g);
+        // A preallocated zero cluster reads as zeros without its cluster: the entry keeps its zero bits, the cluster goes.
+        encodeEntry(table, j, { ...e, host: undefined, copied: false }, g);
         note(`${why} (a zero cluster): it keeps reading zeros without a cluster`, at);
         out.dropped++;
         changed = true;
@@ -481,7 +481,8 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
         decided.set(c, copy);
       }
       const saved = kinds ? captured.get(c) : undefined;
-      if (copy && kinds && !saved) copy = false;
+      const lost = copy && kinds !== 0 && !saved;
+      if (lost) copy = false;
       if (copy) {
         data.fill(0);
         if (saved) data.set(saved);
@@ -494,7 +495,8 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
       } else {
         encodeEntry(table, j, dropped, g);
         out.dropped++;
-        note(`${why}: dropped, as copies would exceed the repair's copy budget (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
+        const because = lost ? `its bytes were not kept (more than ${MAX_CAPTURED_BYTES / 2 ** 20} MiB of data lies on metadata)` : "copies would exceed the repair's copy budget";
+        note(`${why}: dropped, as ${because} (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
       }
       changed = true;
     }
