@@ -11,7 +11,9 @@ import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/blo
 import type { CheckResult } from '@img/block';
 import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
 import type { MappingView } from './reader.js';
-import { readRefcount } from './refcount.js';
+import { readRefcount, type Refcounts } from './refcount.js';
+import { OVERLAP } from './overlap.js';
+import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
@@ -322,42 +324,111 @@ async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
   return t;
 }
 
-/** Checks an open image (and repairs it when `repair` is given and the image is writable). */
+/** Rounds of refcount repairs: a repair that rebuilds a refcount block changes what the next tally counts. */
+const MAX_REFCOUNT_ROUNDS = 4;
+
+/**
+ * Sets stored refcounts to the counted references of `t` (only those that
+ * are too high for 'leaks'). Values past the refcount width are set to the
+ * largest it holds (the copy-on-repair pass brings such counts down).
+ * Answers whether anything changed.
+ */
+async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<boolean> {
+  let changed = false;
+  for (const m of t.mismatched) {
+    if (m.stored <= m.computed && repair !== 'all') continue;
+    const value = Math.min(m.computed, rc.maxRefcount);
+    if (value === m.stored) continue;
+    await rc.set(m.cluster, value);
+    changed = true;
+  }
+  return changed;
+}
+
+/**
+ * Sets refcounts and tallies again until nothing is left to set: a repair
+ * that rebuilds a refcount block (which then counts every cluster of its
+ * range as used) changes what the next round finds.
+ */
+async function fixRefcounts(s: Qcow2State, view: MappingView, rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<Tally> {
+  for (let round = 0; round < MAX_REFCOUNT_ROUNDS; round++) {
+    if (!(await setRefcounts(rc, t, repair))) break;
+    await s.storage.flush();
+    await noteGrowth(s);
+    t = await tally(s, view);
+  }
+  return t;
+}
+
+/** Repairs allocate (refcount blocks, copies): the tally counts clusters up to the file's new end. */
+async function noteGrowth(s: Qcow2State): Promise<void> {
+  s.fileSize = Math.max(s.fileSize, await s.storage.size());
+}
+
+/** Rewrites the COPIED flags the tally found wrong (after the refcounts are exact). */
+async function fixCopied(s: Qcow2State, view: MappingView, fixes: CopiedFix[]): Promise<void> {
+  const entry = new Uint8Array(8);
+  for (const f of fixes) {
+    await s.storage.readInto(f.at, entry);
+    const hi = readU32Be(entry, 0);
+    writeU32Be(entry, 0, (f.set ? hi | ENTRY_COPIED_HI : hi & ~ENTRY_COPIED_HI) >>> 0);
+    // Only the flag of an L1 or L2 entry changes: never a write on other metadata.
+    s.overlap?.check(s.file, f.at, 4, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    await s.storage.write(f.at, entry.subarray(0, 4));
+    if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry.subarray(0, 4), f.at - view.l1Offset);
+  }
+  s.cache.clear();
+}
+
+/**
+ * Checks an open image (and repairs it when `repair` is given and the image
+ * is writable). Repair 'all' runs in this order: L1 entries past the
+ * virtual size cleared; refcounts raised to cover every reference (so the
+ * allocator cannot hand out a cluster in use); shared clusters of the
+ * active layer copied (check-repair.ts); refcounts set exactly; COPIED
+ * flags set from them.
+ */
 export async function checkState(s: Qcow2State, view: MappingView, repair?: 'leaks' | 'all'): Promise<CheckResult> {
   let t = await tally(s, view);
   let corruptionsFixed = 0;
   let leaksFixed = 0;
+  const repaired: string[] = [];
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
     const rc = s.writer?.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
     const before = t;
+    // What the guest reads from data clusters on metadata, before any repair rewrites some of it.
+    const captured = repair === 'all' && mayHaveDataOnMetadata(s, t.scan.refs) ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();
     if (repair === 'all' && t.scan.pastSizeL1.length) {
       // Entries past the virtual size are cleared first: their tables then count as leaks, freed below.
       const zero = new Uint8Array(8);
       for (const at of t.scan.pastSizeL1) {
+        s.overlap?.check(s.file, at, 8, OVERLAP.ACTIVE_L1);
         await s.storage.write(at, zero);
         view.l1.set(zero, at - view.l1Offset);
       }
       await s.storage.flush();
       t = await tally(s, view);
     }
-    for (const m of t.mismatched) {
-      if (m.stored > m.computed || repair === 'all') await rc.set(m.cluster, m.computed);
-    }
     if (repair === 'all') {
-      // COPIED flags follow the refcounts as they are after the refcount repairs.
-      const entry = new Uint8Array(8);
-      for (const f of (await tally(s, view)).copiedFixes) {
-        await s.storage.readInto(f.at, entry);
-        const hi = readU32Be(entry, 0);
-        writeU32Be(entry, 0, (f.set ? hi | ENTRY_COPIED_HI : hi & ~ENTRY_COPIED_HI) >>> 0);
-        await s.storage.write(f.at, entry.subarray(0, 4));
-        if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry.subarray(0, 4), f.at - view.l1Offset);
+      // One round raises every refcount to cover its references (rebuilt blocks count their whole range):
+      // the copies below cannot be given a cluster in use. The tally after them sets them exactly.
+      await setRefcounts(rc, t, 'all');
+      await s.storage.flush();
+      await noteGrowth(s);
+      const shared = await repairSharing(s, view, rc, captured);
+      repaired.push(...shared.messages);
+      await s.storage.flush();
+      await noteGrowth(s);
+      t = await fixRefcounts(s, view, rc, await tally(s, view), 'all');
+      if (t.copiedFixes.length) {
+        await fixCopied(s, view, t.copiedFixes);
+        await s.storage.flush();
+        t = await tally(s, view);
       }
-      s.cache.clear();
+    } else {
+      t = await fixRefcounts(s, view, rc, t, repair);
     }
-    await s.storage.flush();
-    t = await tally(s, view);
     corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
     leaksFixed = Math.max(0, before.leaks - t.leaks);
   }
@@ -369,7 +440,7 @@ export async function checkState(s: Qcow2State, view: MappingView, repair?: 'lea
     checkErrors: t.checkErrors,
     corruptionsFixed,
     leaksFixed,
-    messages: t.messages,
+    messages: [...repaired, ...t.messages].slice(0, MAX_MESSAGES),
     imageEndOffset: t.imageEnd,
     totalClusters: Math.ceil(s.header.size / cs),
     allocatedClusters: t.scan.allocated,

@@ -7,12 +7,14 @@ import { ImageError } from '@img/block';
 import { describeQemu, entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, type Qcow2Bytes } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
+import { readRefcount, writeRefcount } from './refcount.js';
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 const l2Of = (q: Qcow2Bytes, i: number) => Number(entryAt(q, q.l1Offset + i * 8) & 0x00ff_ffff_ffff_fe00n);
 
 /** Each case builds a corrupt image at `path` (64 KiB clusters, guest byte 0 is 0x11). */
-const cases: Array<{ name: string; build: (path: string) => void; message: RegExp; repairable: boolean }> = [
+/** `second`: what guest byte 65536 reads after the repair and a write to guest cluster 0. */
+const cases: Array<{ name: string; build: (path: string) => void; message: RegExp; second: number }> = [
   {
     name: 'two guest clusters sharing one host cluster at refcount 1',
     build: (path) => {
@@ -22,7 +24,7 @@ const cases: Array<{ name: string; build: (path: string) => void; message: RegEx
       writeFileSync(path, q.bytes);
     },
     message: /data cluster is used 2 times at 0x50000 \(entry at 0x40008\) with refcount 1 and the COPIED flag set/,
-    repairable: true,
+    second: 0x11,
   },
   {
     name: 'an L2 table shared by two L1 entries',
@@ -32,7 +34,7 @@ const cases: Array<{ name: string; build: (path: string) => void; message: RegEx
       writeFileSync(path, q.bytes);
     },
     message: /L2 table is used 2 times at 0x40000 \(entry at 0x30008\) with refcount 1 and the COPIED flag set/,
-    repairable: true,
+    second: 0,
   },
   {
     name: 'a compressed descriptor whose sector count spans the next cluster in use',
@@ -46,7 +48,7 @@ const cases: Array<{ name: string; build: (path: string) => void; message: RegEx
       writeFileSync(path, c.bytes);
     },
     message: /compressed data spans into a cluster in use at 0x60000 \(entry at 0x40008\) with refcount 1 and the COPIED flag set/,
-    repairable: false,
+    second: 0x22,
   },
   {
     name: 'a snapshot whose L1 table is the active one',
@@ -59,7 +61,7 @@ const cases: Array<{ name: string; build: (path: string) => void; message: RegEx
       writeFileSync(path, q.bytes);
     },
     message: /the L1 table of snapshot 1 at 0x[0-9a-f]+ is the active L1 table at 0x[0-9a-f]+/,
-    repairable: false,
+    second: 0,
   },
 ];
 
@@ -88,21 +90,47 @@ describeQemu('writable opens are gated by a consistency check (issue 13 point 3)
         }
         // img check calls it corrupt too.
         expect((await checkQcow2(await FileStorage.open(path))).corruptions).toBeGreaterThan(0);
-        if (c.repairable) {
-          const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
-          expect(fixed.corruptions).toBe(0);
-          expect(qemuCheck(path).status).toBe(0);
-          await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
-          await disk.write(0, new Uint8Array(65536).fill(0x33));
-          expect((await disk.read(0, 65536)).every((b) => b === 0x33)).toBe(true);
-          expect((await disk.read(65536, 1))[0]).toBe(c.name.startsWith('two') ? 0x11 : 0);
-          await disk.close();
-          // The copy-on-write leaves the other user at refcount 1 without COPIED: qemu-img check names
-          // that flag (a pessimistic one: writes copy again); refcounts themselves stay exact.
-          const after = qemuCheck(path);
-          expect(after.stderr).not.toMatch(/ERROR cluster|Leaked|overlap/i);
-          expect(after.result!.leaks ?? 0).toBe(0);
-        }
+        // check -r all repairs every case (check-repair.test.ts covers each against qemu-img check -r all).
+        const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+        expect(fixed.corruptions).toBe(0);
+        expect(qemuCheck(path).status).toBe(0);
+        await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+        await disk.write(0, new Uint8Array(65536).fill(0x33));
+        expect((await disk.read(0, 65536)).every((b) => b === 0x33)).toBe(true);
+        expect((await disk.read(65536, 1))[0]).toBe(c.second);
+        await disk.close();
+        // Each user had its own cluster after the repair: the write leaves qemu-img check nothing to say.
+        expect(qemuCheck(path).status).toBe(0);
+      } finally {
+        cleanup();
+      }
+    });
+  }
+});
+
+describeQemu('the gate refuses a cluster in use at refcount 0, at every refcount width', () => {
+  for (const bits of [1, 8, 64]) {
+    it(`refcount_bits=${bits}: the data cluster of guest cluster 0 at refcount 0`, async () => {
+      const { path: dir, cleanup } = tempDir();
+      try {
+        const path = join(dir, 'rc0.qcow2');
+        const q = qemuQcow2(path, '1M', `cluster_size=65536,refcount_bits=${bits}`, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+        const data = Number(entryAt(q, l2Of(q, 0)) & 0x00ff_ffff_ffff_fe00n);
+        const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))));
+        const blockBytes = q.bytes.subarray(block, block + q.clusterSize);
+        expect(readRefcount(blockBytes, data / q.clusterSize, bits)).toBe(1);
+        writeRefcount(blockBytes, data / q.clusterSize, bits, 0);
+        writeFileSync(path, q.bytes);
+        const err = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect((err as ImageError).code).toBe('ERR_IMG_CORRUPT');
+        expect((err as Error).message).toMatch(new RegExp(`the data cluster at ${'0x' + data.toString(16)} \\(L2 entry at 0x40000\\) has refcount 0 in the refcount block at`));
+        // check -r all sets the refcount, and the open goes through.
+        expect((await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' })).corruptions).toBe(0);
+        expect(qemuCheck(path).status).toBe(0);
+        await (await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false })).close();
       } finally {
         cleanup();
       }

@@ -10,6 +10,7 @@
  */
 import { corrupt, hex, readU32Be, unsupported } from '@img/block';
 import { decodeL2Entry, entryOffset } from './mapping.js';
+import { readRefcount } from './refcount.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
 import type { Qcow2State } from './state.js';
@@ -38,6 +39,13 @@ class ClusterFlags {
     const k = Math.floor(c / CHUNK_CLUSTERS);
     const chunk = this.#chunks[k];
     return chunk ? chunk[c - k * CHUNK_CLUSTERS]! : 0;
+  }
+  /** The allocated chunks in cluster order: [first cluster, flag bytes]. */
+  *chunks(): Generator<[number, Uint8Array]> {
+    for (let k = 0; k < this.#chunks.length; k++) {
+      const chunk = this.#chunks[k];
+      if (chunk) yield [k * CHUNK_CLUSTERS, chunk];
+    }
   }
   /** Sets `bits` on cluster `c` and returns the flags it had. */
   add(c: number, bits: number): number {
@@ -77,7 +85,7 @@ export interface GateResult {
 }
 
 /** Runs the gate's checks on an open image (read-only work: nothing is written). */
-export async function inspectForWriting(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>): Promise<GateResult> {
+export async function inspectForWriting(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<GateResult> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const activeEnd = view.l1Offset + h.l1Size * 8;
@@ -182,26 +190,194 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   }
   const extra = new Map<number, number>();
   for (const x of shared) extra.set(x.cluster, (extra.get(x.cluster) ?? 0) + 1);
+  const metadataUse = shared.find((x) => x.metadata);
+  if (metadataUse) {
+    return { problem: `the ${metadataUse.what} at ${hex(metadataUse.cluster * cs)} (entry at ${hex(metadataUse.at)}) lies on metadata`, offset: metadataUse.at, l2Tables };
+  }
+  // A refcount must cover the snapshots' uses too: else a copy-on-write by each active user frees the cluster under a snapshot.
+  const bySnapshots = shared.length ? await snapshotUses(s, new Set(extra.keys())) : new Map<number, number>();
   for (const x of shared) {
     const host = hex(x.cluster * cs);
-    if (x.metadata) return { problem: `the ${x.what} at ${host} (entry at ${hex(x.at)}) lies on metadata`, offset: x.at, l2Tables };
     const users = 1 + extra.get(x.cluster)!;
+    const snapshots = bySnapshots.get(x.cluster) ?? 0;
     const refcount = await refcountOf(x.cluster);
     const copied = (flags.get(x.cluster) & COPIED) !== 0;
-    if (refcount < users || copied) {
+    if (refcount < users + snapshots || copied) {
       const as = x.what === 'compressed data' ? 'compressed data spans into a cluster in use' : `${x.what} is used ${users} times`;
-      return { problem: `${as} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
+      const also = snapshots ? ` (and ${snapshots} time${snapshots === 1 ? '' : 's'} by snapshots)` : '';
+      return { problem: `${as}${also} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
     }
   }
+  const unreferenced = await firstWithoutRefcount(s, flags, rt, untrusted);
+  if (unreferenced) {
+    const use = await describeUse(s, view, unreferenced.cluster);
+    return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
+  }
   return { problem: undefined, offset: 0, l2Tables };
+}
+
+/**
+ * How many times the snapshots' L1 and L2 tables use each of `clusters`
+ * (data clusters, compressed spans and L2 tables). Read only when the
+ * active layer shares a cluster (rare): each distinct snapshot L2 table
+ * is read once and counted by the L1 entries that point at it.
+ */
+async function snapshotUses(s: Qcow2State, clusters: ReadonlySet<number>): Promise<Map<number, number>> {
+  const out = new Map<number, number>();
+  if (!s.snapshots.length) return out;
+  const cs = s.geom.clusterSize;
+  const count = (c: number, times: number) => {
+    if (clusters.has(c)) out.set(c, (out.get(c) ?? 0) + times);
+  };
+  const tables = new Map<number, number>();
+  for (const sn of s.snapshots) {
+    const l1 = new Uint8Array(sn.l1Size * 8);
+    await s.storage.readInto(sn.l1TableOffset, l1);
+    for (let i = 0; i < sn.l1Size; i++) {
+      const l2 = entryOffset(readU32Be(l1, i * 8), readU32Be(l1, i * 8 + 4));
+      if (!l2 || l2 % cs || l2 + cs > s.fileSize) continue;
+      count(l2 / cs, 1);
+      tables.set(l2, (tables.get(l2) ?? 0) + 1);
+    }
+  }
+  const table = new Uint8Array(cs);
+  for (const [l2, times] of tables) {
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      if (e.type === 'compressed') {
+        for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
+      } else if (e.type !== 'unallocated' && e.host !== undefined) {
+        count(e.host / cs, times);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The first host cluster in use (any flag set) whose stored refcount is 0,
+ * and why: its refcount block says 0, is missing, or cannot be trusted.
+ * Reads each refcount block that covers a cluster in use once.
+ */
+async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
+  const cs = s.geom.clusterSize;
+  const bits = s.geom.refcountBits;
+  const perBlock = (cs * 8) / bits;
+  const offsetOf = (t: number) => ((t + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, t * 8), readU32Be(rt, t * 8 + 4)) : 0);
+  // Blocks [first, first + count) are in `buf`: consecutive blocks (as qemu-img lays them out) are read together.
+  const buf = new Uint8Array(Math.max(1, Math.min(Math.floor(MAX_READ / cs), Math.ceil(s.fileSize / cs / perBlock))) * cs);
+  let first = -1;
+  let count = 0;
+  const blockOf = async (t: number, at: number): Promise<Uint8Array> => {
+    if (t < first || t >= first + count) {
+      let n = 1;
+      while ((n + 1) * cs <= buf.length && !untrusted.has(t + n) && offsetOf(t + n) === at + n * cs) n++;
+      await s.storage.readInto(at, buf.subarray(0, n * cs));
+      first = t;
+      count = n;
+    }
+    return buf.subarray((t - first) * cs, (t - first + 1) * cs);
+  };
+  for (const [base, chunk] of flags.chunks()) {
+    for (let i = 0; i < chunk.length; ) {
+      if (chunk[i] === 0) {
+        i++;
+        continue;
+      }
+      const c = base + i;
+      const t = Math.floor(c / perBlock);
+      // Clusters of this chunk that block t covers.
+      const stop = Math.min(chunk.length, (t + 1) * perBlock - base);
+      const why = untrusted.get(t);
+      if (why !== undefined) return { cluster: c, why: `has no refcount to trust (refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)}: ${why})` };
+      const at = offsetOf(t);
+      if (!at) return { cluster: c, why: `has no refcount: refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)} is empty` };
+      const zero = zeroRefcountIn(chunk, i, stop, await blockOf(t, at), t * perBlock - base, bits);
+      if (zero >= 0) return { cluster: base + zero, why: `has refcount 0 in the refcount block at ${hex(at)}: the allocator would hand it out again` };
+      i = stop;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The first index in chunk[from, to) with a flag set whose refcount in
+ * `block` is 0, or -1; chunk index i is entry i - first of the block. The
+ * default 16-bit width reads two bytes per cluster (a 1 TiB image has 16 M
+ * clusters in use).
+ */
+function zeroRefcountIn(chunk: Uint8Array, from: number, to: number, block: Uint8Array, first: number, bits: number): number {
+  if (bits === 16) {
+    // A zero reads as zero in either byte order: a 16-bit view of the big-endian block (2-aligned) serves.
+    const counts = new Uint16Array(block.buffer, block.byteOffset, block.length / 2);
+    for (let i = from; i < to; i++) if (counts[i - first] === 0 && chunk[i] !== 0) return i;
+    return -1;
+  }
+  for (let i = from; i < to; i++) if (chunk[i] !== 0 && readRefcount(block, i - first, bits) === 0) return i;
+  return -1;
+}
+
+/**
+ * What uses host cluster `c` and where that use is written down (for the
+ * refusal): looked for only after a problem is found, in the order of the
+ * gate's own pass.
+ */
+async function describeUse(s: Qcow2State, view: MappingView, c: number): Promise<{ what: string; offset: number }> {
+  const cs = s.geom.clusterSize;
+  const h = s.header;
+  const host = c * cs;
+  const inRange = (offset: number, bytes: number) => bytes > 0 && host + cs > offset && host < offset + bytes;
+  if (c === 0) return { what: 'the header cluster', offset: 0 };
+  if (inRange(view.l1Offset, h.l1Size * 8)) return { what: `the active L1 table at ${hex(view.l1Offset)}`, offset: 40 };
+  if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) return { what: `the refcount table at ${hex(h.refcountTableOffset)}`, offset: 48 };
+  const rt = new Uint8Array(h.refcountTableClusters * cs);
+  await s.storage.readInto(h.refcountTableOffset, rt);
+  for (let i = 0; i < rt.length / 8; i++) {
+    if (entryOffset(readU32Be(rt, i * 8), readU32Be(rt, i * 8 + 4)) === host) return { what: `the refcount block at ${hex(host)} (refcount table entry ${i})`, offset: h.refcountTableOffset + i * 8 };
+  }
+  for (const sn of s.snapshots) {
+    if (inRange(sn.l1TableOffset, sn.l1Size * 8)) return { what: `the L1 table of snapshot ${sn.id} at ${hex(sn.l1TableOffset)}`, offset: sn.entryOffset };
+  }
+  const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
+  const tables: number[] = [];
+  for (let i = 0; i < inUse; i++) {
+    const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
+    if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
+    if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
+  }
+  const table = new Uint8Array(cs);
+  for (const l2 of tables.sort((a, b) => a - b)) {
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      const at = l2 + j * s.geom.l2EntrySize;
+      if (e.type === 'compressed') {
+        if (host + cs > e.host && host < e.host + e.size) return { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+      } else if (e.type !== 'unallocated' && e.host === host) {
+        return { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+      }
+    }
+  }
+  return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 
 /**
  * Refuses a writable open of an image that fails the gate, with the
  * problem named in one sentence (ERR_IMG_CORRUPT).
  */
-export async function gateWritableOpen(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>): Promise<void> {
-  const r = await inspectForWriting(s, view, refcountOf);
+export async function gateWritableOpen(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<void> {
+  const r = await inspectForWriting(s, view, refcountOf, untrusted);
   if (r.problem) {
     throw corrupt(FORMAT, s.file, `refusing to open for writing: ${r.problem}; img check -r all may repair it, read-only opens still work`, { field: 'L2 entry', offset: r.offset });
   }

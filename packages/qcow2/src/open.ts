@@ -221,7 +221,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
       const refcounts = state.writer?.refcounts;
-      if (!options.checkOnly && refcounts) await gateWritableOpen(state, view, (c) => refcounts.get(c));
+      if (!options.checkOnly && refcounts) await gateWritableOpen(state, view, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
     }
   } catch (e) {
     await active.close().catch(() => undefined);

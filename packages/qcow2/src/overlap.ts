@@ -114,6 +114,11 @@ export class OverlapMap {
     this.#l2Refs.delete(index);
   }
 
+  /** The clusters that hold metadata, in no particular order. */
+  clusters(): IterableIterator<number> {
+    return this.#kinds.keys();
+  }
+
   /** Kind bits of cluster `index` (0: no metadata). */
   kindsAt(index: number): number {
     return this.#kinds.get(index) ?? 0;

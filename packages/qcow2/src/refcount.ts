@@ -181,6 +181,17 @@ export class Refcounts {
     return -1;
   }
 
+  /**
+   * The allocation frontier moved past clusters the overlap map holds
+   * (metadata a corrupt image points past the end of the file): new
+   * refcount blocks and tables never land on them.
+   */
+  #endPastHeld(): number {
+    const map = this.#o.overlap;
+    if (map) while (map.kindsAt(this.#end)) this.#end++;
+    return this.#end;
+  }
+
   /** Whether the allocator may hand out cluster `index` with refcount `count`: never metadata the map holds. */
   #free(index: number, count: number): boolean {
     return count === 0 && !(this.#o.overlap?.kindsAt(index) ?? 0);
@@ -271,8 +282,15 @@ export class Refcounts {
     }
   }
 
-  /** Sets the refcount of one cluster (repairs). */
+  /**
+   * Sets the refcount of one cluster (repairs). A block that could not be
+   * trusted at open is replaced first (by one that counts every cluster of
+   * its range in the file as used), so the value reaches the disk even
+   * where the untrusted block already answered `value`.
+   */
   async set(index: number, value: number): Promise<void> {
+    const t = Math.floor(index / this.perBlock);
+    if (this.#untrusted.has(t)) await this.#ensureBlock(t);
     const current = await this.get(index);
     if (current !== value) await this.add(index, 1, value - current);
   }
@@ -292,7 +310,7 @@ export class Refcounts {
    */
   async #ensureBlock(t: number): Promise<void> {
     while ((this.#table[t] ?? 0) === 0) {
-      const at = this.#end;
+      const at = this.#endPastHeld();
       const ownerIndex = Math.floor(at / this.perBlock);
       if (ownerIndex !== t && (this.#table[ownerIndex] ?? 0) === 0) {
         await this.#ensureBlock(ownerIndex);
@@ -310,6 +328,7 @@ export class Refcounts {
         for (let c = t * this.perBlock; c < Math.min(this.#loadEnd, (t + 1) * this.perBlock); c++) writeRefcount(block, c % this.perBlock, this.bits, 1);
       }
       if (ownerIndex === t) writeRefcount(block, at % this.perBlock, this.bits, 1);
+      this.#o.overlap?.check(this.#o.file, at * this.clusterSize, this.clusterSize);
       await this.#o.storage.write(at * this.clusterSize, block);
       if (ownerIndex !== t) await this.add(at, 1, 1);
       await this.#o.barrier();
@@ -320,6 +339,7 @@ export class Refcounts {
       const entry = new Uint8Array(8);
       writeU32Be(entry, 0, Math.floor((at * this.clusterSize) / 0x1_0000_0000));
       writeU32Be(entry, 4, (at * this.clusterSize) >>> 0);
+      this.#o.overlap?.check(this.#o.file, this.#tableOffset + t * 8, 8, OVERLAP.REFCOUNT_TABLE);
       await this.#o.storage.write(this.#tableOffset + t * 8, entry);
       await this.#o.barrier();
     }
@@ -335,8 +355,8 @@ export class Refcounts {
     let entries = Math.max(minEntries, Math.ceil(this.#table.length * 1.5), perCluster);
     let clusters = 0;
     let newBlocks: number[] = [];
-    const start = this.#end;
-    // Find a size that covers the table itself and the blocks that describe it.
+    let start = this.#endPastHeld();
+    // Find a size that covers the table itself and the blocks that describe it, on clusters no metadata holds.
     for (;;) {
       clusters = Math.ceil(entries / perCluster);
       newBlocks = [];
@@ -351,6 +371,12 @@ export class Refcounts {
         span = clusters + newBlocks.length;
       }
       const maxIndex = Math.max(this.#table.length, minEntries, ...newBlocks.map((t) => t + 1));
+      const held = this.#heldIn(start, clusters + newBlocks.length);
+      if (held >= 0) {
+        this.#end = held + 1;
+        start = this.#endPastHeld();
+        continue;
+      }
       if (maxIndex <= clusters * perCluster) break;
       entries = maxIndex;
     }
@@ -376,6 +402,7 @@ export class Refcounts {
       else fresh.push(c);
     }
     for (const [t, b] of blocks) {
+      this.#o.overlap?.check(this.#o.file, table[t]!, cs);
       await this.#o.storage.write(table[t]!, b);
       this.#blocks.put(table[t]!, b);
       this.#o.overlap?.add(OVERLAP.REFCOUNT_BLOCK, table[t]!, cs);
@@ -387,6 +414,7 @@ export class Refcounts {
       writeU32Be(bytes, i * 8, Math.floor(off / 0x1_0000_0000));
       writeU32Be(bytes, i * 8 + 4, off >>> 0);
     });
+    this.#o.overlap?.check(this.#o.file, start * cs, bytes.length);
     await this.#o.storage.write(start * cs, bytes);
     await this.#o.barrier();
     const oldOffset = this.#tableOffset;

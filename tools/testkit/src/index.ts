@@ -5,7 +5,7 @@ export { tempDir } from './temp.js';
 export { chunked, collectBytes, crashWindow, killedBytes, type CrashModelState, type RecordedOp } from './harness.js';
 export { holdWithQemuIo, lockedBytes, lockedBytesOf, QEMU_RO_LOCK_BYTES, QEMU_RW_LOCK_BYTES, type QemuIoHolder } from './qemu-hold.js';
 export { makeFifo, settleWithin } from './fifo.js';
-export { readQcow2Bytes, entryAt, entryOffsetAt, qemuQcow2, writeCheckBomb, type Qcow2Bytes } from './qcow2-corrupt.js';
+export { readQcow2Bytes, entryAt, entryOffsetAt, qemuQcow2, writeCheckBomb, writeCorruptQcow2, QCOW2_CORRUPTIONS, type Qcow2Bytes, type Qcow2Corruption } from './qcow2-corrupt.js';
 export { loadVhdWriters, type VhdWriterImage, type VhdWriters } from './vhd-writers.js';
 export { applyVhdOp, clampVhdOp, VHD_OP_KINDS, type VhdOp, type VhdOpTarget } from './vhd-ops.js';
 export { slowStorage, type SlowableStorage } from './vhd-slow-storage.js';
