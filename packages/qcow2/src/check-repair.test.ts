@@ -41,7 +41,7 @@ import { join } from 'node:path';
 import { FileStorage } from '@img/block/node';
 import { ImageError } from '@img/block';
 import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, tempDir, writeCheckBomb, writeCorruptQcow2, QCOW2_CORRUPTIONS, type Qcow2Corruption } from '@img/testkit';
-import { checkQcow2 } from './check.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
 const CS = 65536;

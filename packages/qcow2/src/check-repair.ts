@@ -435,7 +435,7 @@ async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcoun
           try {
             const bytes = new Uint8Array(Math.max(0, Math.min(e.compressed.size, n * cs - e.compressed.host)));
             await s.storage.readInto(e.compressed.host, bytes);
-            plain = decompressCluster(s.compressionType, bytes, cs, { file: s.file, hostOffset: e.compressed.host });
+            plain = await decompressCluster(s.compressionType, bytes, cs, { file: s.file, hostOffset: e.compressed.host });
           } catch {
             plain = undefined;
           }

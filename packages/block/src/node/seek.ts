@@ -34,12 +34,12 @@ export interface SeekAddon {
    * [bytesRead, bytesWritten, bytesSkipped, cancelled]. Setting `cancel[0]`
    * to 1 stops it between chunks. Absent from helpers built before it existed.
    */
-  copyRuns?(srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array): Promise<Float64Array>;
+  copyRuns?: (srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array) => Promise<Float64Array>;
   /**
    * copy.c: reads runs into `buffer` one after another on a pool thread;
    * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
    */
-  readRuns?(srcFd: number, runs: Float64Array, buffer: Uint8Array, options: NativeRunOptions, cancel: Int32Array): Promise<Float64Array>;
+  readRuns?: (srcFd: number, runs: Float64Array, buffer: Uint8Array, options: NativeRunOptions, cancel: Int32Array) => Promise<Float64Array>;
 }
 
 /** Options of the native copyRuns/readRuns. */
