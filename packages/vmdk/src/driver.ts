@@ -1,0 +1,37 @@
+/** vmdkDriver: the FormatDriver @img/convert registers for "vmdk". */
+import { findSignatures, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
+import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
+import type { VmdkDisk } from './disk.js';
+import { openVmdk } from './open.js';
+import { streamVmdk, vmdkStreamOptionsFrom } from './stream.js';
+import { FORMAT } from './image.js';
+import { unsupported } from '@img/block';
+
+/** 100 for a sparse extent ('KDMV', 'COWD') or a descriptor file, as qemu-img probes them; 0 otherwise. */
+export function probeVmdk(head: Uint8Array, size: number): number {
+  return findSignatures(head, size).some((m) => m.format === FORMAT) ? 100 : 0;
+}
+
+async function create(storage: Storage, options: DriverCreateOptions): Promise<VmdkDisk> {
+  const { backingFile, backingFormat: _bf, formats: _f, noBacking: _nb, ...rest } = options;
+  if (backingFile !== undefined) throw unsupported(FORMAT, storage.name, 'creating a VMDK with a parent (backing_file) is not supported yet', { field: 'backing_file' });
+  return createVmdk(storage, vmdkCreateOptionsFrom(rest));
+}
+
+/**
+ * The VMDK format driver: name "vmdk".
+ *
+ * @example
+ * ```ts
+ * const registry = new FormatRegistry([rawDriver, vmdkDriver]);
+ * ```
+ */
+export const vmdkDriver: FormatDriver = {
+  name: FORMAT,
+  probe: probeVmdk,
+  open: async (storage, options) => openVmdk(storage, options ?? {}),
+  create,
+  stream: async (source, options) => streamVmdk(source, vmdkStreamOptionsFrom(options ?? {})),
+  createOptions: optionHelp(VMDK_CREATE_OPTIONS),
+  createOptionTable: VMDK_CREATE_OPTIONS,
+};
