@@ -7,3 +7,4 @@ export { holdWithQemuIo, lockedBytes, lockedBytesOf, QEMU_RO_LOCK_BYTES, QEMU_RW
 export { makeFifo, settleWithin } from './fifo.js';
 export { readQcow2Bytes, entryAt, entryOffsetAt, qemuQcow2, writeCheckBomb, type Qcow2Bytes } from './qcow2-corrupt.js';
 export { loadVhdWriters, type VhdWriterImage, type VhdWriters } from './vhd-writers.js';
+export { readVmdkBytes, vmdkBytes, VMDK_HEADER, type VmdkBytes } from './vmdk-bytes.js';
