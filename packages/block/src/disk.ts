@@ -230,7 +230,10 @@ export interface FormatDriver {
 
 /** An image as a byte stream of known length. */
 export interface ImageStream {
-  /** Total bytes the stream will yield. */
+  /**
+   * Total bytes the stream will yield, or -1 when it is known only at the
+   * end (a compressed stream: vmdk streamOptimized).
+   */
   length: number;
   chunks: AsyncIterable<Uint8Array>;
 }

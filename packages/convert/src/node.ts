@@ -312,7 +312,8 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
     const stream = await toStream(snapshot ?? src, options.dstFormat, { registry, createOptions });
     const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
-    if (written !== stream.length) {
+    // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
+    if (stream.length >= 0 && written !== stream.length) {
       throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);
     }
     const size = (snapshot ?? src).size;

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { openVmdk, type VmdkOpenOptions } from './open.js';
+import { checkVmdk } from './check.js';
 
 const fixture = (name: string) => readVmdkBytes(join(testImagesDir, 'vmdk', name));
 
@@ -170,5 +171,38 @@ describe('extents() reads metadata only', () => {
     const firstGrain = 128 * 512; // overHead: grains start here
     for (const [p] of reads) expect(p).toBeLessThan(firstGrain);
     await disk.close();
+  });
+});
+
+describe('checkVmdk', () => {
+  it('every fixture is clean', async () => {
+    for (const name of ['sparse.vmdk', 'zeroed-grain.vmdk', 'stream-qemu.vmdk', 'stream-vmdkstream.vmdk', 'chain-top.vmdk', 'split-sparse.vmdk']) {
+      const r = await checkVmdk(await FileStorage.open(join(testImagesDir, 'vmdk', name)), { resolver: fileResolver });
+      expect([name, r.messages]).toEqual([name, []]);
+      expect(r.allocatedClusters).toBeGreaterThan(0);
+    }
+  });
+
+  it('finds a grain past the end, a grain in the descriptor, a shared grain, a redundant table that disagrees', async () => {
+    const v = fixture('sparse.vmdk');
+    const t = v.tableOffset(0);
+    const first = v.view.getUint32(t, true);
+    v.view.setUint32(t + 4 * 10, 0x100000, true); // far past the end
+    v.view.setUint32(t + 4 * 11, 3, true); // inside the descriptor
+    v.view.setUint32(t + 4 * 12, first, true); // shares grain 0's data
+    const r = await checkVmdk(MemoryStorage.from(v.bytes, { name: 'bad.vmdk' }));
+    const codes = r.problems.map((p) => p.code);
+    expect(codes).toContain('grain-out-of-bounds');
+    expect(codes).toContain('grain-overlap');
+    expect(codes).toContain('grain-shared');
+    expect(codes).toContain('redundant-mismatch');
+    expect(r.corruptions).toBe(r.problems.length - 1); // the redundant table's lag is no corruption
+  });
+
+  it('an image that does not open is one problem, not a throw', async () => {
+    const v = fixture('sparse.vmdk');
+    v.view.setBigUint64(56, 0x7fff_ffffn, true);
+    const r = await checkVmdk(MemoryStorage.from(v.bytes, { name: 'bad.vmdk' }));
+    expect(r.problems.map((p) => p.code)).toEqual(['open-failed']);
   });
 });

@@ -18,6 +18,7 @@ import {
 } from '@img/block';
 import { descriptorField, serializeDescriptor } from './descriptor.js';
 import { extentRuns } from './extents.js';
+import type { GrainMap } from './grain-map.js';
 import { FORMAT, type VmdkImage } from './image.js';
 import { imageCid, imageParentCid, vmdkInfo } from './info.js';
 import { readInto } from './read.js';
@@ -103,6 +104,11 @@ export class VmdkDisk implements Disk {
       ...(e.kind !== 'zero' ? { file: e.storage.name } : {}),
       ...(e.kind === 'sparse' ? { grainSize: e.map.grainBytes, compressed: e.map.compressed } : {}),
     }));
+  }
+
+  /** @internal The grain maps of the sparse extents (checkVmdk walks them). */
+  grainMaps(): GrainMap[] {
+    return this.#core.extents.flatMap((e) => (e.kind === 'sparse' ? [e.map] : []));
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {

@@ -1,5 +1,6 @@
 /** vmdkDriver: the FormatDriver @img/convert registers for "vmdk". */
 import { findSignatures, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
+import { checkVmdk } from './check.js';
 import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
 import type { VmdkDisk } from './disk.js';
 import { openVmdk } from './open.js';
@@ -31,6 +32,10 @@ export const vmdkDriver: FormatDriver = {
   probe: probeVmdk,
   open: async (storage, options) => openVmdk(storage, options ?? {}),
   create,
+  check: async (storage, options) => {
+    if (options?.repair) throw unsupported(FORMAT, storage.name, 'repairing a VMDK is not supported', { field: 'repair' });
+    return checkVmdk(storage, { ...(options?.resolver ? { resolver: options.resolver } : {}) });
+  },
   stream: async (source, options) => streamVmdk(source, vmdkStreamOptionsFrom(options ?? {})),
   createOptions: optionHelp(VMDK_CREATE_OPTIONS),
   createOptionTable: VMDK_CREATE_OPTIONS,

@@ -19,6 +19,8 @@ interface ExtentBase {
   length: number;
   /** The type as the descriptor names it (SPARSE, FLAT, VMFS, ZERO, ...). */
   type: ExtentType;
+  /** The file name as the descriptor line writes it (extents of a descriptor file). */
+  fileName?: string;
 }
 
 /** A flat extent: guest bytes stored in order in `storage` from `fileOffset`. */

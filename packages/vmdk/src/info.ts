@@ -13,6 +13,19 @@ export function imageParentCid(core: VmdkImage): number {
   return parseCid(descriptorField(core.descriptor, 'parentCID')) ?? CID_NO_PARENT;
 }
 
+/**
+ * An extent file's name as qemu-img prints it: the descriptor's name read
+ * from the descriptor's directory (as the image was named), or the file itself.
+ */
+function extentFileName(core: VmdkImage, e: { fileName?: string; storage: { name: string } }): string {
+  const name = e.fileName;
+  if (name === undefined) return e.storage.name;
+  if (name.startsWith('/')) return name;
+  const base = core.storage.name;
+  const slash = base.lastIndexOf('/');
+  return slash >= 0 ? base.slice(0, slash + 1) + name : name;
+}
+
 /** ImageInfo for `img info`. */
 export function vmdkInfo(core: VmdkImage): ImageInfo {
   const sparse = core.extents.find((e) => e.kind === 'sparse');
@@ -28,14 +41,16 @@ export function vmdkInfo(core: VmdkImage): ImageInfo {
         .filter((e) => e.kind !== 'zero')
         .map((e) =>
           e.kind === 'sparse'
-            ? { filename: e.storage.name, 'virtual-size': e.length, 'cluster-size': e.map.grainBytes, ...(e.map.compressed ? { compressed: true } : {}), format: '' }
-            : { filename: e.kind === 'flat' ? e.storage.name : '', 'virtual-size': e.length, format: e.type },
+            ? { ...(e.map.compressed ? { compressed: true } : {}), 'virtual-size': e.length, filename: extentFileName(core, e), 'cluster-size': e.map.grainBytes, format: e.fileName === undefined ? '' : e.type }
+            : { 'virtual-size': e.length, filename: e.kind === 'flat' ? extentFileName(core, e) : '', format: e.type },
         ),
-      ...(core.descriptor.ddb.length ? { ddb: Object.fromEntries(core.descriptor.ddb) } : {}),
     },
   };
   if (sparse) info.clusterSize = sparse.map.grainBytes;
-  if (core.parentName !== undefined) info.backingFile = core.parentName;
+  if (core.parentName !== undefined) {
+    info.backingFile = core.parentName;
+    info.backingFormat = FORMAT;
+  }
   if (core.parent) info.fullBackingFile = core.parent.storage.name;
   return info;
 }

@@ -107,6 +107,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
   }
   const parentOpen = await openParent(storage, descriptor, options);
   if (parentOpen) setParent(parentOpen.disk);
+  const hint = descriptorField(descriptor, 'parentFileNameHint');
   return new VmdkImage({
     storage,
     descriptor,
@@ -115,7 +116,8 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     extents,
     readOnly,
     owned,
-    ...(parentOpen ? { parent: parentOpen.disk, parentName: parentOpen.name } : {}),
+    ...(parentOpen ? { parent: parentOpen.disk } : {}),
+    ...(hint ? { parentName: hint } : {}),
     ...(options.resolver && !options.untrusted ? { resolver: options.resolver } : {}),
   });
 }
@@ -145,7 +147,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       const opened = await openSparseExtent(extentStorage, head);
       if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
       // As qemu: the extent's own header decides its size.
-      out.push({ kind: 'sparse', type: 'SPARSE', start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
+      out.push({ kind: 'sparse', type: 'SPARSE', fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
       start += opened.map.capacityBytes;
       continue;
     }
@@ -153,7 +155,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     if (fileOffset + length > size) {
       throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
     }
-    out.push({ kind: 'flat', type: line.type, start, length, storage: extentStorage, fileOffset });
+    out.push({ kind: 'flat', type: line.type, fileName: line.fileName!, start, length, storage: extentStorage, fileOffset });
     start += length;
   }
   return out;

@@ -70,8 +70,8 @@ describeQemu('images we write, judged by qemu-img (and vmdkinfo)', () => {
     const path = at('piped.vmdk');
     // A write stream appends only: no position is ever given.
     const out = createWriteStream(path);
-    for await (const chunk of s.chunks) if (!out.write(chunk)) await new Promise((r) => out.once('drain', r));
-    await new Promise((r) => out.end(r));
+    for await (const chunk of s.chunks) if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
+    await new Promise<void>((r) => out.end(() => r()));
     await src.close();
     expect(qemuCompare(raw, path, 'raw', 'vmdk')).toBe(true);
     expect(qemuCheck(path, 'vmdk').status).toBe(0);

@@ -13,6 +13,7 @@ import { formatCid, serializeDescriptor, setDescriptorField } from './descriptor
 import { FORMAT, grainKey, type SparseExtent, type VmdkImage } from './image.js';
 import { newCid } from './new-descriptor.js';
 import { readBelow } from './read.js';
+import { SECTOR } from './sparse-header.js';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
 
@@ -74,7 +75,7 @@ async function writeGrain(core: VmdkImage, index: number, e: SparseExtent, grain
   if (map.compressed) throw unsupported(FORMAT, e.storage.name, 'a compressed (streamOptimized) extent cannot be written in place', { field: 'flags' });
   const entry = await map.entry(grain);
   if (entry.kind === 'data') {
-    await e.storage.write(entry.hostOffset + inGrain, piece ?? new Uint8Array(n));
+    await writeSectors(e.storage, entry.hostOffset, inGrain, piece ?? new Uint8Array(n));
     return;
   }
   // Zeros over a grain that already reads as zeros need no allocation.
@@ -90,6 +91,22 @@ async function writeGrain(core: VmdkImage, index: number, e: SparseExtent, grain
   else bytes.fill(0, inGrain, inGrain + n);
   await core.allocation.run(() => allocateGrain(map, grain, bytes));
   core.dropGrain(grainKey(index, grain));
+}
+
+/**
+ * Writes `data` at `inGrain` of the grain at `grainAt` in whole sectors (a
+ * partial sector is read, patched and written back), so that no write ever
+ * leaves a sector half old and half new after a crash.
+ */
+async function writeSectors(storage: VmdkImage['storage'], grainAt: number, inGrain: number, data: Uint8Array): Promise<void> {
+  const first = Math.floor(inGrain / SECTOR) * SECTOR;
+  const end = Math.ceil((inGrain + data.length) / SECTOR) * SECTOR;
+  if (first === inGrain && end === inGrain + data.length) return storage.write(grainAt + inGrain, data);
+  const sectors = new Uint8Array(end - first);
+  const n = await storage.readInto(grainAt + first, sectors);
+  if (n < sectors.length) sectors.fill(0, n);
+  sectors.set(data, inGrain - first);
+  await storage.write(grainAt + first, sectors);
 }
 
 /**

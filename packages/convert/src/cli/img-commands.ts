@@ -109,6 +109,14 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   } catch {
     actual = 0;
   }
+  // As qemu-img: the disk size of an image kept in several files (vmdk extents) counts them all.
+  const extents = data.formatSpecific?.extents;
+  if (Array.isArray(extents)) {
+    for (const e of extents as Array<{ filename?: unknown }>) {
+      if (typeof e.filename !== 'string' || e.filename === '' || e.filename === path) continue;
+      actual += await stat(e.filename).then((s) => s.blocks * 512, () => 0);
+    }
+  }
   return { data, actual, path };
 }
 
@@ -338,10 +346,11 @@ const create: Handler = async (argv, io) => {
   const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
+  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it.
+  options.resolver = fileResolver;
   if (values.b !== undefined) {
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
-    options.resolver = fileResolver;
     options.formats = registry;
     const target = identityOfPath(path);
     {

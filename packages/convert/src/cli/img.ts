@@ -23,7 +23,7 @@ Commands:
                                                              convert an image, spelled as qemu-img convert
                                                              (or <src-format> <dst-format> <input> <output>, as img-convert)
 
-Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
+Formats: raw, qcow2, vhd (also called vpc, as qemu-img does), vmdk. -U reads an image a running VM holds (no locks).
 
 Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
 
