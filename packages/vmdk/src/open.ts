@@ -165,7 +165,7 @@ async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number
   const file = storage.name;
   const name = line.fileName!;
   if (options.untrusted) {
-    throw unsafe(FORMAT, file, `extent ${i + 1} is the file "${name}", outside the given storage; untrusted opens do not open files named inside an image`, { field: `extent ${i + 1}`, actual: name });
+    throw unsafe(FORMAT, file, `extent ${i + 1} is the data file "${name}", outside the given storage; untrusted opens do not open files named inside an image`, { field: `extent ${i + 1}`, actual: name });
   }
   if (!options.resolver) {
     throw invalidArg(FORMAT, `${file}: extent ${i + 1} is the file "${name}": pass a resolver (fileResolver) to open it`, { field: 'resolver', actual: name });
