@@ -4,6 +4,7 @@ import { checkVmdk } from './check.js';
 import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
 import type { VmdkDisk } from './disk.js';
 import { openVmdk } from './open.js';
+import { readVmdkStream } from './read-stream.js';
 import { streamVmdk, vmdkStreamOptionsFrom } from './stream.js';
 import { FORMAT } from './image.js';
 import { unsupported } from '@img/block';
@@ -37,6 +38,8 @@ export const vmdkDriver: FormatDriver = {
     return checkVmdk(storage, { ...(options?.resolver ? { resolver: options.resolver } : {}) });
   },
   stream: async (source, options) => streamVmdk(source, vmdkStreamOptionsFrom(options ?? {})),
+  readStream: async (input, options) => readVmdkStream(input, options),
+  streamOnly: (options) => options.subformat === 'streamOptimized',
   createOptions: optionHelp(VMDK_CREATE_OPTIONS),
   createOptionTable: VMDK_CREATE_OPTIONS,
 };

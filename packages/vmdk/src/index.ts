@@ -7,3 +7,4 @@ export { ADAPTER_TYPES, type AdapterType } from './new-descriptor.js';
 export { parseDescriptor, serializeDescriptor, type VmdkDescriptor, type DescriptorExtent, type DescriptorField, type ExtentAccess, type ExtentType } from './descriptor.js';
 export { parseSparseHeader, serializeSparseHeader, SPARSE_HEADER_SIZE, type SparseHeader } from './sparse-header.js';
 export { checkVmdk, type VmdkCheckResult, type VmdkProblem, type VmdkProblemCode } from './check.js';
+export { readVmdkStream } from './read-stream.js';
