@@ -69,3 +69,31 @@ async function writeEntry(s: Storage, at: number, value: number): Promise<void> 
   await s.write(at, b);
 }
 
+/**
+ * Allocates `count` consecutive grains of one grain table at once: their
+ * data in one write at the end of the file, a flush, then their entries
+ * (contiguous in the table) in one write per table copy, and a flush. The
+ * same order as allocateGrain, for a run. Caller holds the allocation lock
+ * and guarantees the grains are unallocated and lie in one table.
+ */
+export async function allocateGrains(map: GrainMap, first: number, count: number, bytes: Uint8Array): Promise<number> {
+  const s = map.storage;
+  const n = map.header.numGTEsPerGT;
+  const t = Math.floor(first / n);
+  const table = (await map.table(t)) ?? (await allocateTable(map, t));
+  const at = endOfFile(map);
+  const lastSector = (at + bytes.length) / SECTOR;
+  if (lastSector > 0xffffffff) throw corrupt(FORMAT, s.name, `new grains at ${hex(at)} are beyond what a grain table entry can address`, { field: 'grain', offset: at });
+  await s.write(at, bytes);
+  map.fileSize = at + bytes.length;
+  await s.flush();
+  const entries = new Uint8Array(count * ENTRY_BYTES);
+  const sector = at / SECTOR;
+  for (let i = 0; i < count; i++) writeU32Le(entries, i * ENTRY_BYTES, sector + i * map.header.grainSize);
+  await s.write(map.gd[t]! * SECTOR + (first % n) * ENTRY_BYTES, entries);
+  const rt = map.rgd?.[t];
+  if (map.redundant && rt) await s.write(rt * SECTOR + (first % n) * ENTRY_BYTES, entries);
+  await s.flush();
+  for (let i = 0; i < count; i++) table[(first % n) + i] = sector + i * map.header.grainSize;
+  return at;
+}
