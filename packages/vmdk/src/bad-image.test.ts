@@ -179,7 +179,7 @@ describe('checkVmdk', () => {
     for (const name of ['sparse.vmdk', 'zeroed-grain.vmdk', 'stream-qemu.vmdk', 'stream-vmdkstream.vmdk', 'chain-top.vmdk', 'split-sparse.vmdk']) {
       const r = await checkVmdk(await FileStorage.open(join(testImagesDir, 'vmdk', name)), { resolver: fileResolver });
       expect([name, r.messages]).toEqual([name, []]);
-      expect(r.allocatedClusters).toBeGreaterThan(0);
+      expect(r.allocatedGrains).toBeGreaterThan(0);
     }
   });
 

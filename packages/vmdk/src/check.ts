@@ -6,12 +6,13 @@
  * no two entries share a grain; the redundant directory's tables agree
  * with the primary ones. Problems are typed; nothing is repaired.
  */
-import { ImageError, hex, type CheckResult, type Storage } from '@img/block';
+import { ImageError, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
+import { decodeDescriptorBytes, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
 import { GTE_UNALLOCATED, GTE_ZEROED, parseEntries, ENTRY_BYTES } from './grain-table.js';
 import { FORMAT } from './image.js';
 import { openVmdk, type VmdkOpenOptions } from './open.js';
 import type { VmdkDisk } from './disk.js';
-import { SECTOR } from './sparse-header.js';
+import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
 
 /** What a check found wrong, in one word. */
@@ -30,6 +31,11 @@ export interface VmdkProblem {
 /** The verdict of checkVmdk: qemu-img check's counters plus the typed problems. */
 export interface VmdkCheckResult extends CheckResult {
   problems: VmdkProblem[];
+  /** Grains allocated in all sparse extents, and grains they could hold (qemu-img check prints neither for VMDK). */
+  allocatedGrains: number;
+  totalGrains: number;
+  /** End of the last grain or table of the image's own file. */
+  dataEnd?: number;
 }
 
 /** Checks one sparse extent's tables; returns its allocated grain count and end of data. */
@@ -90,9 +96,10 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
 }
 
 /**
- * Checks the VMDK in `storage` (extent files and parents through the
- * resolver in `options`). Never throws for a damaged image: what keeps it
- * from opening is reported as a problem.
+ * Checks the VMDK in `storage` (extent files through the resolver in
+ * `options`; without one, a descriptor file is checked alone). Never
+ * throws for a damaged image: what keeps it from opening is reported as a
+ * problem.
  *
  * @example
  * ```ts
@@ -102,9 +109,17 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
  */
 export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkCheckResult> {
   const problems: VmdkProblem[] = [];
-  const result: VmdkCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems };
+  const result: VmdkCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems, allocatedGrains: 0, totalGrains: 0 };
   let disk: VmdkDisk;
   try {
+    // A descriptor file checked without a resolver: only the descriptor itself is this file (as qemu-img check reads it).
+    const head = await storage.read(0, Math.min(await storage.size(), SECTOR));
+    if (!options.resolver && !hasSparseMagic(head)) {
+      const text = decodeDescriptorBytes(await storage.read(0, Math.min(await storage.size(), MAX_DESCRIPTOR_BYTES)));
+      if (!looksLikeDescriptor(text)) throw wrongFormat(FORMAT, storage.name);
+      parseDescriptor(text, storage.name);
+      return result;
+    }
     disk = await openVmdk(storage, { ...options, readOnly: true, noBacking: true });
   } catch (e) {
     if (!ImageError.isInstance(e)) throw e;
@@ -120,10 +135,10 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
       const r = await checkMap(map, problems);
       allocated += r.allocated;
       total += Math.ceil(map.capacityBytes / map.grainBytes);
-      if (map.storage === storage) result.imageEndOffset = r.end;
+      if (map.storage === storage) result.dataEnd = r.end;
     }
-    result.allocatedClusters = allocated;
-    result.totalClusters = total;
+    result.allocatedGrains = allocated;
+    result.totalGrains = total;
   } finally {
     await disk.close();
   }

@@ -5,7 +5,7 @@
  * or a hole), and an unallocated grain table skips its whole span at once.
  */
 import type { Extent, ExtentOptions } from '@img/block';
-import type { SparseExtent, VmdkImage } from './image.js';
+import { extentFileName, type SparseExtent, type VmdkImage } from './image.js';
 import { GTE_UNALLOCATED } from './grain-table.js';
 
 /** Raw (unmerged) extents of guest bytes [start, end). */
@@ -18,7 +18,7 @@ export async function* extentRuns(core: VmdkImage, start: number, end: number, o
     const stop = Math.min(end, e.start + e.length);
     if (e.kind === 'zero') yield { offset: pos, length: stop - pos, kind: 'zero', depth: 0 };
     else if (e.kind === 'flat') {
-      yield { offset: pos, length: stop - pos, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: e.fileOffset + (pos - e.start), file: e.storage.name } : {}) };
+      yield { offset: pos, length: stop - pos, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: e.fileOffset + (pos - e.start), file: extentFileName(core, e) } : {}) };
     } else yield* sparseRuns(core, e, pos, stop, options);
     pos = stop;
     index++;
@@ -61,7 +61,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       yield* flushHole(pos);
       if (entry.kind === 'zeroed') yield { offset: pos, length: next - pos, kind: 'zero', depth: 0 };
       else {
-        const host = options.hostOffsets && !entry.compressed ? { hostOffset: entry.hostOffset + (inExtent - grain * map.grainBytes), file: e.storage.name } : {};
+        const host = options.hostOffsets && !entry.compressed ? { hostOffset: entry.hostOffset + (inExtent - grain * map.grainBytes), file: extentFileName(core, e) } : {};
         yield { offset: pos, length: next - pos, kind: 'data', depth: 0, ...host };
       }
     }

@@ -74,6 +74,20 @@ export function grainKey(extentIndex: number, grain: number): number {
   return extentIndex * 0x100000000 + grain;
 }
 
+/**
+ * An extent file's name as qemu-img prints it (info, map): the name the
+ * descriptor gives, read from the descriptor's directory as the image was
+ * named; for the image's own sparse extent, the image's name.
+ */
+export function extentFileName(core: { storage: Storage }, e: { fileName?: string; storage: Storage }): string {
+  const name = e.fileName;
+  if (name === undefined) return e.storage.name;
+  if (name.startsWith('/')) return name;
+  const base = core.storage.name;
+  const slash = base.lastIndexOf('/');
+  return slash >= 0 ? base.slice(0, slash + 1) + name : name;
+}
+
 /** Decompressed grains kept for re-reads (small reads inside one grain). */
 const GRAIN_CACHE_ENTRIES = 32;
 

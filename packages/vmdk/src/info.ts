@@ -1,7 +1,7 @@
 /** What `img info` shows for a VMDK, with qemu-img's format-specific fields (cid, parent-cid, create-type, extents). */
 import type { ImageInfo } from '@img/block';
 import { CID_NO_PARENT, descriptorField, parseCid } from './descriptor.js';
-import { FORMAT, type VmdkImage } from './image.js';
+import { extentFileName, FORMAT, type VmdkImage } from './image.js';
 
 /** The image's CID (0 when the descriptor has none or a malformed one). */
 export function imageCid(core: VmdkImage): number {
@@ -11,19 +11,6 @@ export function imageCid(core: VmdkImage): number {
 /** The image's parentCID (CID_NO_PARENT when absent). */
 export function imageParentCid(core: VmdkImage): number {
   return parseCid(descriptorField(core.descriptor, 'parentCID')) ?? CID_NO_PARENT;
-}
-
-/**
- * An extent file's name as qemu-img prints it: the descriptor's name read
- * from the descriptor's directory (as the image was named), or the file itself.
- */
-function extentFileName(core: VmdkImage, e: { fileName?: string; storage: { name: string } }): string {
-  const name = e.fileName;
-  if (name === undefined) return e.storage.name;
-  if (name.startsWith('/')) return name;
-  const base = core.storage.name;
-  const slash = base.lastIndexOf('/');
-  return slash >= 0 ? base.slice(0, slash + 1) + name : name;
 }
 
 /** ImageInfo for `img info`. */
