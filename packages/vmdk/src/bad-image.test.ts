@@ -174,6 +174,37 @@ describe('extents() reads metadata only', () => {
   });
 });
 
+describe('a directory whose entries all name one grain table', () => {
+  it('reads that table once, and check reports the sharing', async () => {
+    const v = fixture('sparse.vmdk');
+    // 2^20 grains of 64 KiB: a 64 GiB disk in a 320 KiB file; its 2048 directory entries name one table.
+    v.view.setBigUint64(12, 1n << 27n, true);
+    const first = v.view.getUint32(v.gdOffset, true);
+    // The new directory goes at the end of the file.
+    const gd = v.bytes.length;
+    const bytes = new Uint8Array(gd + 2048 * 4);
+    bytes.set(v.bytes);
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(56, BigInt(gd / 512), true);
+    view.setUint32(0x08, view.getUint32(0x08, true) & ~2, true); // no redundant directory
+    for (let i = 0; i < 2048; i++) view.setUint32(gd + i * 4, first, true);
+    const storage = MemoryStorage.from(bytes, { name: 'shared.vmdk', readOnly: true });
+    let reads = 0;
+    const read = storage.read.bind(storage);
+    storage.read = async (p: number, n: number) => {
+      reads++;
+      return read(p, n);
+    };
+    const disk = await openVmdk(storage);
+    reads = 0;
+    await diskExtents(disk);
+    expect(reads).toBe(1);
+    await disk.close();
+    const r = await checkVmdk(MemoryStorage.from(bytes, { name: 'shared.vmdk' }));
+    expect(r.problems.filter((p) => p.code === 'table-shared')).toHaveLength(2047);
+  });
+});
+
 describe('checkVmdk', () => {
   it('every fixture is clean', async () => {
     for (const name of ['sparse.vmdk', 'zeroed-grain.vmdk', 'stream-qemu.vmdk', 'stream-vmdkstream.vmdk', 'chain-top.vmdk', 'split-sparse.vmdk']) {

@@ -16,7 +16,7 @@ import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
 
 /** What a check found wrong, in one word. */
-export type VmdkProblemCode = 'table-out-of-bounds' | 'table-overlap' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
+export type VmdkProblemCode = 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
 
 /** One problem a check found. */
 export interface VmdkProblem {
@@ -43,6 +43,7 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
   const file = map.storage.name;
   const n = map.header.numGTEsPerGT;
   const seen = new Set<number>();
+  const tables = new Set<number>();
   let allocated = 0;
   let end = map.fileSize;
   for (let t = 0; t < map.gd.length; t++) {
@@ -58,6 +59,11 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
       problems.push({ code: 'table-overlap', file, offset: map.gdOffset + t * ENTRY_BYTES, message: `grain table ${t} at ${hex(at)} overlaps the ${hit.what}` });
       continue;
     }
+    if (tables.has(sector)) {
+      problems.push({ code: 'table-shared', file, offset: map.gdOffset + t * ENTRY_BYTES, message: `grain table ${t} at ${hex(at)} is also another directory entry's table` });
+      continue;
+    }
+    tables.add(sector);
     const table = parseEntries(await map.storage.read(at, n * ENTRY_BYTES), n);
     if (map.redundant && map.rgd && map.rgd[t]) {
       const rat = map.rgd[t]! * SECTOR;

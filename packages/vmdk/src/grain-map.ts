@@ -105,26 +105,30 @@ export class GrainMap {
     }
   }
 
-  /** The grain table of directory entry `index` (cached), or undefined when the entry is 0. */
+  /**
+   * The grain table of directory entry `index` (cached), or undefined when
+   * the entry is 0. The cache is keyed by the table's sector, so that a
+   * directory whose entries all name one table (a hostile image) costs one
+   * read, not one per entry.
+   */
   async table(index: number): Promise<Uint32Array | undefined> {
-    const cached = this.#tables.get(index);
-    if (cached) return cached;
     const sector = this.gd[index] ?? GTE_UNALLOCATED;
     if (sector === GTE_UNALLOCATED) return undefined;
+    const cached = this.#tables.get(sector);
+    if (cached) return cached;
     this.checkTableOffset(sector, index, 'grain directory');
     const bytes = await this.storage.read(sector * SECTOR, this.header.numGTEsPerGT * ENTRY_BYTES);
-    const newer = this.#tables.get(index);
+    const newer = this.#tables.get(sector);
     if (newer) return newer;
     const t = parseEntries(bytes, this.header.numGTEsPerGT);
-    if (this.#tables.size >= GT_CACHE_TABLES) this.#tables.clear();
-    this.#tables.set(index, t);
+    this.cacheTable(index, t);
     return t;
   }
 
   /** Replaces the cached copy of table `index` (after the allocator wrote it). */
   cacheTable(index: number, table: Uint32Array): void {
     if (this.#tables.size >= GT_CACHE_TABLES) this.#tables.clear();
-    this.#tables.set(index, table);
+    this.#tables.set(this.gd[index]!, table);
   }
 
   /** The raw GTE of grain `grain` (0 when its table is not allocated). */
