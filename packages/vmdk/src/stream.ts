@@ -9,7 +9,7 @@
  */
 import { alignDown, alignUp, isAllZero, unsupported, type Disk, type ImageStream } from '@img/block';
 import { FORMAT } from './image.js';
-import { deflateGrain } from './compression.js';
+import { deflateGrains } from './compression.js';
 import { serializeDescriptor } from './descriptor.js';
 import { DEFAULT_GRAIN_SECTORS, vmdkCreateOptionsFrom, type VmdkCreateOptions } from './create.js';
 import { ADAPTER_TYPES, DEFAULT_HW_VERSION, DEFAULT_TOOLS_VERSION, newDescriptor, type AdapterType } from './new-descriptor.js';
@@ -50,34 +50,85 @@ export async function streamVmdk(source: Disk, options: VmdkStreamOptions = {}):
   return { length: -1, chunks: emit(source, layout) };
 }
 
-async function* emit(source: Disk, layout: StreamLayout): AsyncGenerator<Uint8Array> {
-  yield layout.head();
-  const grainBytes = layout.grainBytes;
-  const span = grainBytes * STREAM_GTES_PER_GT;
-  let table = 0;
+/** One chunk of grains read from the source: their numbers and their compressed streams (all-zero grains left out). */
+interface Batch {
+  grains: number[];
+  compressed: Promise<Uint8Array[]>;
+}
+
+/** Reads whole grains of the source's data extents, in order, a chunk at a time. */
+async function* chunks(source: Disk, grainBytes: number): AsyncGenerator<{ grains: number[]; data: Uint8Array }> {
+  let done = 0; // grains before this are emitted (extents may share a grain)
   for await (const e of source.extents()) {
     if (e.kind !== 'data') continue;
-    let pos = alignDown(e.offset, grainBytes);
+    let pos = Math.max(alignDown(e.offset, grainBytes), done);
     const end = Math.min(source.size, alignUp(e.offset + e.length, grainBytes));
     while (pos < end) {
       const n = Math.min(READ_CHUNK, end - pos);
       const buf = new Uint8Array(alignUp(n, grainBytes));
       await source.readInto(pos, buf.subarray(0, n));
+      const grains: number[] = [];
+      const keep: Uint8Array[] = [];
       for (let at = 0; at < n; at += grainBytes) {
-        const grain = (pos + at) / grainBytes;
+        const g = buf.subarray(at, at + grainBytes);
+        if (isAllZero(g)) continue;
+        grains.push((pos + at) / grainBytes);
+        keep.push(g);
+      }
+      pos += n;
+      done = pos;
+      if (grains.length === 0) continue;
+      const data = keep.length * grainBytes === buf.length ? buf : concat(keep, grainBytes);
+      yield { grains, data };
+    }
+  }
+}
+
+function concat(parts: Uint8Array[], grainBytes: number): Uint8Array {
+  const out = new Uint8Array(parts.length * grainBytes);
+  parts.forEach((p, i) => out.set(p, i * grainBytes));
+  return out;
+}
+
+/** Batches compressed ahead of the one being emitted (reading and compressing overlap). */
+const AHEAD = 3;
+
+async function* emit(source: Disk, layout: StreamLayout): AsyncGenerator<Uint8Array> {
+  yield layout.head();
+  const grainBytes = layout.grainBytes;
+  let table = 0;
+  const queue: Batch[] = [];
+  const it = chunks(source, grainBytes);
+  let ended = false;
+  const fill = async () => {
+    while (!ended && queue.length < AHEAD) {
+      const r = await it.next();
+      if (r.done) {
+        ended = true;
+        break;
+      }
+      const compressed = deflateGrains(r.value.data, grainBytes);
+      compressed.catch(() => undefined); // awaited in order below
+      queue.push({ grains: r.value.grains, compressed });
+    }
+  };
+  try {
+    await fill();
+    while (queue.length) {
+      const batch = queue.shift()!;
+      const streams = await batch.compressed;
+      await fill();
+      for (const [i, grain] of batch.grains.entries()) {
         // Tables whose span lies wholly before this grain are complete.
-        for (const t = Math.floor((pos + at) / span); table < t; table++) {
+        for (const t = Math.floor(grain / STREAM_GTES_PER_GT); table < t; table++) {
           const bytes = layout.table(table);
           if (bytes) yield bytes;
         }
-        const g = buf.subarray(at, at + grainBytes);
-        if (isAllZero(g)) continue;
-        // A grain may be reached twice when two extents share it: the first pass wrote it whole.
-        if (layout.entry(grain)) continue;
-        yield layout.grain(grain, deflateGrain(g));
+        yield layout.grain(grain, streams[i]!);
       }
-      pos += n;
     }
+  } finally {
+    await it.return(undefined);
   }
   for (const chunk of layout.finish()) yield chunk;
 }
