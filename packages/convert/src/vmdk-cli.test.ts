@@ -85,6 +85,30 @@ describeQemu('vmdk from the command line', () => {
     expect(existsSync(p('monolithicFlat-flat.vmdk'))).toBe(true);
   });
 
+  it('children: img create -b and img-convert -B make monolithicSparse children qemu-img reads through the parent', () => {
+    const base = p('base.vmdk');
+    expect(run('img-convert', ['raw', 'vmdk', raw, base]).status).toBe(0);
+    const child = p('child.vmdk');
+    const created = run('img', ['create', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', child]);
+    expect(created.status, created.stderr).toBe(0);
+    const info = JSON.parse(qemuImg(['info', '--output=json', child]).stdout) as Record<string, unknown>;
+    expect(info['backing-filename']).toBe('base.vmdk');
+    expect(qemuCompare(raw, child, 'raw', 'vmdk')).toBe(true);
+    // A new disk that differs from the base in a few places: the delta stores only those.
+    const changed = source();
+    changed.set(seededBytes(70_000, 9), 3 << 20);
+    writeFileSync(p('changed.raw'), changed);
+    const delta = p('delta.vmdk');
+    const r = run('img-convert', ['-B', 'base.vmdk', '-F', 'vmdk', 'raw', 'vmdk', p('changed.raw'), delta]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(qemuCompare(p('changed.raw'), delta, 'raw', 'vmdk')).toBe(true);
+    expect(qemuCheck(delta, 'vmdk').status).toBe(0);
+    const map = JSON.parse(qemuImg(['map', '--output=json', delta]).stdout) as Array<{ length: number; depth: number; data: boolean }>;
+    const own = map.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
+    expect(own).toBeGreaterThan(0);
+    expect(own).toBeLessThanOrEqual(3 * 65536);
+  });
+
   it('img create, info, map and check', () => {
     const out = p('new.vmdk');
     expect(run('img', ['create', '-f', 'vmdk', '-o', 'zeroed_grain=on', out, '3G']).status).toBe(0);

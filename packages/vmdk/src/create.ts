@@ -42,6 +42,12 @@ export interface VmdkCreateOptions {
   zeroedGrain?: boolean;
   /** monolithicFlat: opens (creates) the flat extent file next to `storage`. */
   resolver?: Resolver;
+  /**
+   * monolithicSparse: a child of this open VMDK, named in the descriptor as
+   * `fileName` (relative to the child), with its CID as parentCID. The new
+   * disk reads through it and closes it on close.
+   */
+  parent?: { disk: VmdkDisk; fileName: string };
 }
 
 function parseSubformat(text: string, name: string): VmdkSubformat {
@@ -128,10 +134,11 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
     hwVersion: options.hwVersion ?? DEFAULT_HW_VERSION,
     toolsVersion: options.toolsVersion ?? DEFAULT_TOOLS_VERSION,
   };
-  const descriptor = newDescriptor(spec);
+  if (options.parent && subformat !== 'monolithicSparse') throw invalidArg(FORMAT, `a parent needs subformat monolithicSparse, not ${subformat}`, { field: 'backing_file' });
+  const descriptor = newDescriptor({ ...spec, ...(options.parent ? { parent: { cid: options.parent.disk.cid, fileName: options.parent.fileName } } : {}) });
   if (subformat === 'monolithicFlat') return createFlat(storage, descriptor, sectors, options.resolver);
   if (subformat === 'streamOptimized') return createStream(storage, descriptor, sectors);
-  return createSparse(storage, descriptor, sectors, options.zeroedGrain ?? false);
+  return createSparse(storage, descriptor, sectors, options.zeroedGrain ?? false, options.parent);
 }
 
 async function createFlat(storage: Storage, descriptor: VmdkDescriptor, sectors: number, resolver: Resolver | undefined): Promise<VmdkDisk> {
@@ -162,7 +169,7 @@ async function createFlat(storage: Storage, descriptor: VmdkDescriptor, sectors:
 }
 
 /** Lays out an empty monolithicSparse extent as qemu-img does and returns its grain map. */
-async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sectors: number, zeroedGrain: boolean): Promise<VmdkDisk> {
+async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sectors: number, zeroedGrain: boolean, parent?: { disk: VmdkDisk; fileName: string }): Promise<VmdkDisk> {
   const grainSize = DEFAULT_GRAIN_SECTORS;
   const gtes = 512;
   const tables = Math.ceil(sectors / (grainSize * gtes));
@@ -227,6 +234,7 @@ async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sector
     extents: [{ kind: 'sparse', type: 'SPARSE', start: 0, length: sectors * SECTOR, storage, map }],
     readOnly: false,
     owned: [],
+    ...(parent ? { parent: parent.disk, parentName: parent.fileName } : {}),
   });
   core.cidUpdated = true;
   return new VmdkDisk(core);

@@ -1,5 +1,5 @@
 /** vmdkDriver: the FormatDriver @img/convert registers for "vmdk". */
-import { findSignatures, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
+import { findSignatures, invalidArg, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
 import { checkVmdk } from './check.js';
 import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
 import type { VmdkDisk } from './disk.js';
@@ -14,10 +14,28 @@ export function probeVmdk(head: Uint8Array, size: number): number {
   return findSignatures(head, size).some((m) => m.format === FORMAT) ? 100 : 0;
 }
 
+/** create(): with a backing file, a monolithicSparse child of that VMDK (opened through the resolver, read-only). */
 async function create(storage: Storage, options: DriverCreateOptions): Promise<VmdkDisk> {
-  const { backingFile, backingFormat: _bf, formats: _f, noBacking: _nb, ...rest } = options;
-  if (backingFile !== undefined) throw unsupported(FORMAT, storage.name, 'creating a VMDK with a parent (backing_file) is not supported yet', { field: 'backing_file' });
-  return createVmdk(storage, vmdkCreateOptionsFrom(rest));
+  const { backingFile, backingFormat, formats: _f, noBacking: _nb, ...rest } = options;
+  const typed = vmdkCreateOptionsFrom(rest);
+  if (backingFile === undefined) return createVmdk(storage, typed);
+  if (backingFormat !== undefined && backingFormat !== FORMAT) throw invalidArg(FORMAT, `the parent of a VMDK must be a VMDK, not ${backingFormat}`, { field: 'backing_fmt' });
+  const resolver = options.resolver;
+  if (!resolver) throw invalidArg(FORMAT, 'a child image needs a resolver to open its parent (pass resolver: fileResolver)', { field: 'backing_file' });
+  const parentStorage = await resolver({ name: backingFile, kind: 'parent', from: storage, writable: false });
+  let parent: VmdkDisk;
+  try {
+    parent = await openVmdk(parentStorage, { resolver });
+  } catch (e) {
+    await parentStorage.close().catch(() => undefined);
+    throw e;
+  }
+  try {
+    return await createVmdk(storage, { ...typed, size: typed.size || parent.size, parent: { disk: parent, fileName: backingFile } });
+  } catch (e) {
+    await parent.close().catch(() => undefined);
+    throw e;
+  }
 }
 
 /**
