@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { FormatRegistry, ImageError, MemoryStorage, rawDriver, seededRandom } from '@img/block';
 import { qcow2Driver } from '@img/qcow2';
 import { vhdDriver } from '@img/vhd';
+import { vmdkDriver } from '@img/vmdk';
 
-const defaultRegistry = () => new FormatRegistry([rawDriver, qcow2Driver, vhdDriver]);
+const defaultRegistry = () => new FormatRegistry([rawDriver, qcow2Driver, vhdDriver, vmdkDriver]);
 
 const root = new URL('../../test-images/', import.meta.url).pathname;
 

@@ -4,9 +4,9 @@ import { fuzz, loadSeeds } from './fuzz.mjs';
 
 describe('fuzzing every format reader (fixed seeds)', () => {
   const seeds = loadSeeds();
-  it('has qcow2 and vhd seeds', () => {
+  it('has qcow2, vhd and vmdk seeds', () => {
     const formats = new Set(seeds.map((s) => s.format));
-    expect(formats).toEqual(new Set(['qcow2', 'vhd']));
+    expect(formats).toEqual(new Set(['qcow2', 'vhd', 'vmdk']));
   });
   for (const seed of [1, 2, 3]) {
     it(`seed ${seed}: only ImageError escapes and every call returns`, async () => {

@@ -19,7 +19,7 @@ const root = resolve(here, '../..');
 const imagesDir = join(root, 'test-images');
 const manifestPath = join(imagesDir, 'MANIFEST.json');
 
-const FORMATS = ['raw', 'qcow2', 'vhd'];
+const FORMATS = ['raw', 'qcow2', 'vhd', 'vmdk'];
 
 async function loadRecipes(format) {
   const module = join(here, `${format}.mjs`);

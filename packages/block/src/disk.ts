@@ -232,6 +232,13 @@ export interface FormatDriver {
    */
   stream?(source: Disk, options?: Record<string, unknown>): Promise<ImageStream>;
   /**
+   * True when an image made with these create options is best written
+   * front to back through `stream()` (vmdk streamOptimized: grains in guest
+   * order, as VMware's exporters lay them out); convert then writes an
+   * output file through the stream writer instead of create().
+   */
+  streamOnly?(options: Record<string, unknown>): boolean;
+  /**
    * A sequential reader: the guest data of an image arriving as a stream,
    * possible when its metadata precedes the data it describes. Pieces come
    * in increasing host order; anything out of order is an ImageError that
@@ -242,7 +249,10 @@ export interface FormatDriver {
 
 /** An image as a byte stream of known length. */
 export interface ImageStream {
-  /** Total bytes the stream will yield. */
+  /**
+   * Total bytes the stream will yield, or -1 when it is known only at the
+   * end (a compressed stream: vmdk streamOptimized).
+   */
   length: number;
   chunks: AsyncIterable<Uint8Array>;
 }

@@ -77,10 +77,11 @@ export async function convertDisk(
 ): Promise<{ disk: Disk; result: ConvertResult }> {
   const started = Date.now();
   const createOptions: DriverCreateOptions = { ...(options.createOptions ?? {}), size: src.size };
+  // The resolver also creates files a format keeps beside the image (a vmdk monolithicFlat extent).
+  if (options.resolver) createOptions.resolver = options.resolver;
   if (options.backingFile !== undefined) {
     createOptions.backingFile = options.backingFile;
     if (options.backingFormat !== undefined) createOptions.backingFormat = options.backingFormat;
-    if (options.resolver) createOptions.resolver = options.resolver;
     if (options.formats) createOptions.formats = options.formats;
   }
   const disk = await driver.create(target, createOptions);

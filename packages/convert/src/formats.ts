@@ -1,9 +1,10 @@
 import { FormatRegistry, rawDriver, type FormatDriver } from '@img/block';
 import { qcow2Driver } from '@img/qcow2';
 import { vhdDriver } from '@img/vhd';
+import { vmdkDriver } from '@img/vmdk';
 
-/** Every format this package knows: raw, qcow2 and vhd (alias vpc). */
-export const builtinDrivers: FormatDriver[] = [rawDriver, qcow2Driver, vhdDriver];
+/** Every format this package knows: raw, qcow2, vhd (alias vpc) and vmdk. */
+export const builtinDrivers: FormatDriver[] = [rawDriver, qcow2Driver, vhdDriver, vmdkDriver];
 
 /** A registry with every built-in format. */
 export function defaultRegistry(): FormatRegistry {

@@ -24,6 +24,9 @@ const NODE_ALLOWED = [
   /^qcow2\/src\/node\//,
   // The NBD server and client are sockets (node:net); the protocol's codecs and state machines beside them are not.
   /^nbd\/src\/(server|client)\.ts$/,
+  // zlib for streamOptimized grains, isolated in one module (not yet on the web codecs qcow2 uses)
+  /^vmdk\/src\/compression\.ts$/,
+  /^vmdk\/src\/node\.ts$/,
 ];
 
 function walk(dir: string): string[] {
@@ -38,7 +41,7 @@ function walk(dir: string): string[] {
 
 describe('package invariants', () => {
   it('finds every package', () => {
-    expect(packages.sort()).toEqual(['block', 'convert', 'nbd', 'qcow2', 'vhd']);
+    expect(packages.sort()).toEqual(['block', 'convert', 'nbd', 'qcow2', 'vhd', 'vmdk']);
   });
 
   for (const name of packages) {

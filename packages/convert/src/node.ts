@@ -2,6 +2,7 @@
  * The file-level API the commands use: open an image file by format,
  * convert a file into a new one. Node only (uses the file system).
  */
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { concatBytes, ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
@@ -166,6 +167,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   }
   if (options.input === '-') return convertFromStream(options, registry);
   if (options.output === '-') return convertToStream(options, registry);
+  if (dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
     registry,
@@ -306,10 +308,11 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
   }
 }
 
-async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
+/** Writes the output through the format's stream writer: to stdout, or (`file`) to a new file written front to back. */
+async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry, file?: string): Promise<ConvertResult> {
   const started = Date.now();
   if (options.compress || options.backingFile !== undefined) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c and -B need the output in a file, not a stream');
+    throw new ImageError(ERROR_CODES.UNSUPPORTED, file === undefined ? '-c and -B need the output in a file, not a stream' : `${options.dstFormat}: -c and -B do not apply to an image written as a stream`);
   }
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
@@ -319,18 +322,32 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     forceShare: options.forceShare ?? false,
   });
   let snapshot: Disk | undefined;
+  let created = false;
   try {
-    if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
+    if (file !== undefined) await guardOutput(options, registry, filesOf(src));
+    else if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
     const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
     const stream = await toStream(sourceView(snapshot ?? src, options.range), options.dstFormat, { registry, createOptions });
-    const written = await pipeImageStream(stream, options.stdout ?? process.stdout);
-    if (written !== stream.length) {
+    let target: NodeWritableLike = options.stdout ?? process.stdout;
+    let out: WriteStream | undefined;
+    if (file !== undefined) {
+      out = createWriteStream(file);
+      created = true;
+      target = out;
+    }
+    const written = await pipeImageStream(stream, target);
+    if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
+    if (stream.length >= 0 && written !== stream.length) {
       throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);
     }
     const size = sourceView(snapshot ?? src, options.range).size;
     return { bytesDone: size, bytesTotal: size, bytesRead: written, bytesWritten: written, bytesSkipped: 0, virtualSize: size, durationMs: Date.now() - started };
+  } catch (e) {
+    if (created && file !== undefined && !options.keepPartial) await rm(file, { force: true }).catch(() => undefined);
+    throw e;
   } finally {
     await snapshot?.close().catch(() => undefined);
     await src.close().catch(() => undefined);

@@ -156,6 +156,12 @@ describe('inspectImage on every committed fixture', () => {
     'qcow2/over-raw.qcow2': ['backing-file'],
     'qcow2/data-file.qcow2': ['data-file'],
     'qcow2/data-file-nonraw.qcow2': ['data-file'],
+    // vmdk descriptor files keep their data in extent files; a child names its parent
+    'vmdk/chain-top.vmdk': ['backing-file'],
+    'vmdk/flat.vmdk': ['data-file'],
+    'vmdk/split-flat.vmdk': ['data-file'],
+    'vmdk/split-sparse.vmdk': ['data-file'],
+    'vmdk/vmfs.vmdk': ['data-file'],
   };
   // Readable images whose flags forbid writing: reported, but only as information (see inspect.ts).
   const noted: Record<string, string[]> = {

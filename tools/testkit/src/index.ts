@@ -9,3 +9,4 @@ export { readQcow2Bytes, entryAt, entryOffsetAt, qemuQcow2, writeCheckBomb, writ
 export { loadVhdWriters, type VhdWriterImage, type VhdWriters } from './vhd-writers.js';
 export { applyVhdOp, clampVhdOp, VHD_OP_KINDS, type VhdOp, type VhdOpTarget } from './vhd-ops.js';
 export { slowStorage, type SlowableStorage } from './vhd-slow-storage.js';
+export { readVmdkBytes, vmdkBytes, VMDK_HEADER, type VmdkBytes } from './vmdk-bytes.js';

@@ -39,8 +39,8 @@ Options:
   --version           print the version
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
-before the data; -f is needed); output "-" writes it to stdout (its length is
-known up front).
+before the data; vmdk streamOptimized; -f is needed); output "-" writes it to
+stdout (its length known up front, except vmdk streamOptimized's).
 
 Examples:
   PROG raw qcow2 disk.img disk.qcow2 -o cluster_size=64k

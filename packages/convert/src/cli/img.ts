@@ -28,7 +28,7 @@ Commands:
   doctor                                                     show the version and which native features are active
                                                              (the same as --version --verbose)
 
-Formats: raw, qcow2, vhd (also called vpc, as qemu-img does). -U reads an image a running VM holds (no locks).
+Formats: raw, qcow2, vhd (also called vpc, as qemu-img does), vmdk. -U reads an image a running VM holds (no locks).
 
 Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
 

@@ -38,10 +38,11 @@ export const create: Handler = async (argv, io) => {
   const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
+  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it.
+  options.resolver = fileResolver;
   if (values.b !== undefined) {
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
-    options.resolver = fileResolver;
     options.formats = registry;
     const target = identityOfPath(path);
     {

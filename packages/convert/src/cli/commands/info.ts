@@ -50,6 +50,17 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   } catch {
     actual = 0;
   }
+  // As qemu-img: the disk size of an image kept in several files (vmdk extents) counts them all.
+  const extents = data.formatSpecific?.extents;
+  if (actual !== undefined && Array.isArray(extents)) {
+    for (const e of extents as Array<{ filename?: unknown }>) {
+      if (typeof e.filename !== 'string' || e.filename === '' || e.filename === path) continue;
+      actual += await stat(e.filename).then(
+        (st) => st.blocks * 512,
+        () => 0,
+      );
+    }
+  }
   return { data, actual, path };
 }
 

@@ -1,0 +1,271 @@
+/**
+ * createVmdk: a new, empty image of one of the subformats this package
+ * writes. monolithicSparse is laid out as qemu-img lays it out (header,
+ * descriptor, redundant directory and tables, directory and tables, first
+ * grain at 64 KiB); monolithicFlat is a descriptor in `storage` and a flat
+ * extent file made through the resolver; streamOptimized is written front
+ * to back (see append-writer.ts and stream-layout.ts) and finished on close.
+ */
+import { checkOptionKeys, invalidArg, optionHelp, type OptionTable, type Resolver, type Storage } from '@img/block';
+import { ENTRY_BYTES, serializeEntries } from './grain-table.js';
+import { AppendWriter } from './append-writer.js';
+import { serializeDescriptor, type VmdkDescriptor } from './descriptor.js';
+import { VmdkDisk } from './disk.js';
+import { GrainMap } from './grain-map.js';
+import { FORMAT, VmdkImage } from './image.js';
+import { ADAPTER_TYPES, DEFAULT_HW_VERSION, DEFAULT_TOOLS_VERSION, newDescriptor, type AdapterType } from './new-descriptor.js';
+import { FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, FLAG_ZEROED_GRAIN_GTE, COMPRESSION_NONE, NEWLINE_CHARS, SECTOR, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
+import { STREAM_DESCRIPTOR_SECTORS, StreamLayout } from './stream-layout.js';
+
+/** The subformats createVmdk writes. */
+export const VMDK_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'streamOptimized'] as const;
+/** A subformat createVmdk writes. */
+export type VmdkSubformat = (typeof VMDK_SUBFORMATS)[number];
+/** Grain size of new sparse images: 128 sectors (64 KiB), as VMware and qemu write. */
+export const DEFAULT_GRAIN_SECTORS = 128;
+/** Largest virtual size of a hosted sparse extent: 2 TiB - 64 KiB... as qemu, capacity must fit 32-bit GTE addressing. */
+export const MAX_SPARSE_SIZE = 2 ** 41;
+
+/** Options of createVmdk. */
+export interface VmdkCreateOptions {
+  /** Virtual size in bytes (rounded up to a sector). */
+  size: number;
+  /** Default monolithicSparse. */
+  subformat?: VmdkSubformat;
+  /** ddb.adapterType: ide (default, as qemu-img), lsilogic, buslogic, legacyESX, pvscsi. */
+  adapterType?: AdapterType;
+  /** ddb.virtualHWVersion (default "4"). */
+  hwVersion?: string;
+  /** ddb.toolsVersion (default "2147483647"). */
+  toolsVersion?: string;
+  /** monolithicSparse: enable zeroed-grain GTEs (header flag bit 2), as qemu's zeroed_grain. */
+  zeroedGrain?: boolean;
+  /** monolithicFlat: opens (creates) the flat extent file next to `storage`. */
+  resolver?: Resolver;
+  /**
+   * monolithicSparse: a child of this open VMDK, named in the descriptor as
+   * `fileName` (relative to the child), with its CID as parentCID. The new
+   * disk reads through it and closes it on close.
+   */
+  parent?: { disk: VmdkDisk; fileName: string };
+}
+
+function parseSubformat(text: string, name: string): VmdkSubformat {
+  if ((VMDK_SUBFORMATS as readonly string[]).includes(text)) return text as VmdkSubformat;
+  throw invalidArg(FORMAT, `${name} must be one of ${VMDK_SUBFORMATS.join(', ')} (got "${text}")`, { field: name, actual: text });
+}
+
+function parseAdapter(text: string, name: string): AdapterType {
+  if ((ADAPTER_TYPES as readonly string[]).includes(text)) return text as AdapterType;
+  throw invalidArg(FORMAT, `${name} must be one of ${ADAPTER_TYPES.join(', ')} (got "${text}")`, { field: name, actual: text });
+}
+
+/** The `-o` options of `img create -f vmdk` and `img-convert ... vmdk`, in qemu-img's names. */
+export const VMDK_CREATE_OPTIONS: OptionTable = [
+  { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
+  { key: 'subformat', name: 'subformat', kind: 'str', help: 'VMDK subformat: monolithicSparse (default), monolithicFlat, streamOptimized', parse: parseSubformat },
+  { key: 'adapterType', name: 'adapter_type', kind: 'str', help: 'Virtual adapter type: ide (default), lsilogic, buslogic, legacyESX, pvscsi', parse: parseAdapter },
+  { key: 'hwVersion', name: 'hwversion', kind: 'str', help: 'VMDK hardware version (ddb.virtualHWVersion, default 4)' },
+  { key: 'toolsVersion', name: 'toolsversion', kind: 'str', help: 'VMware guest tools version (ddb.toolsVersion)' },
+  { key: 'zeroedGrain', name: 'zeroed_grain', kind: 'bool', help: 'Enable efficient zero writes (zeroed-grain GTEs)' },
+];
+
+/** `-o` name -> help, for `-o help`. */
+export const VMDK_CREATE_HELP = optionHelp(VMDK_CREATE_OPTIONS);
+
+/** Typed keys createVmdk takes beyond its table. */
+export const VMDK_TYPED_CREATE_KEYS: readonly string[] = ['resolver'];
+
+/**
+ * Typed options from whatever the registry passes (values may still be
+ * `-o` strings such as '64k' or 'on'); unknown keys are refused.
+ */
+export function vmdkCreateOptionsFrom(options: Record<string, unknown> & { size: number }): VmdkCreateOptions {
+  checkOptionKeys(FORMAT, VMDK_CREATE_OPTIONS, options, VMDK_TYPED_CREATE_KEYS);
+  const out: VmdkCreateOptions = { size: options.size };
+  for (const spec of VMDK_CREATE_OPTIONS) {
+    const v = options[spec.key];
+    if (v === undefined || spec.key === 'size') continue;
+    const value = typeof v === 'string' && spec.kind === 'bool' ? v === 'on' || v === 'true' || v === '1' : typeof v === 'string' && spec.parse ? spec.parse(v, spec.name) : v;
+    (out as unknown as Record<string, unknown>)[spec.key] = value;
+  }
+  if (options.resolver) out.resolver = options.resolver as Resolver;
+  return out;
+}
+
+/** The last path component of a storage name (what a descriptor names its extent by). */
+function baseName(name: string): string {
+  const i = Math.max(name.lastIndexOf('/'), name.lastIndexOf('\\'));
+  return i >= 0 ? name.slice(i + 1) : name;
+}
+
+/** "disk.vmdk" -> "disk-flat.vmdk", as qemu-img and VMware name a flat extent. */
+export function flatExtentName(descriptorName: string): string {
+  const base = baseName(descriptorName);
+  const stem = base.toLowerCase().endsWith('.vmdk') ? base.slice(0, -5) : base;
+  return `${stem}-flat.vmdk`;
+}
+
+/**
+ * Creates an empty VMDK in `storage` and opens it read-write.
+ *
+ * @example
+ * ```ts
+ * const disk = await createVmdk(await FileStorage.create('a.vmdk'), { size: 1 << 30 });
+ * await disk.write(0, bootSector);
+ * await disk.close();
+ * ```
+ */
+export async function createVmdk(storage: Storage, options: VmdkCreateOptions): Promise<VmdkDisk> {
+  const size = options.size;
+  if (!Number.isSafeInteger(size) || size <= 0) throw invalidArg(FORMAT, `size must be a positive number of bytes (got ${String(size)})`, { field: 'size', actual: size });
+  const subformat = options.subformat ?? 'monolithicSparse';
+  parseSubformat(subformat, 'subformat');
+  const adapterType = parseAdapter(options.adapterType ?? (subformat === 'streamOptimized' ? 'lsilogic' : 'ide'), 'adapter_type');
+  const sectors = Math.ceil(size / SECTOR);
+  if (subformat !== 'monolithicFlat' && sectors * SECTOR > MAX_SPARSE_SIZE) {
+    throw invalidArg(FORMAT, `a sparse VMDK holds at most ${MAX_SPARSE_SIZE} bytes (got ${size})`, { field: 'size', actual: size });
+  }
+  const spec = {
+    createType: subformat,
+    sectors,
+    extentFile: subformat === 'monolithicFlat' ? flatExtentName(storage.name) : baseName(storage.name),
+    adapterType,
+    hwVersion: options.hwVersion ?? DEFAULT_HW_VERSION,
+    toolsVersion: options.toolsVersion ?? DEFAULT_TOOLS_VERSION,
+  };
+  if (options.parent && subformat !== 'monolithicSparse') throw invalidArg(FORMAT, `a parent needs subformat monolithicSparse, not ${subformat}`, { field: 'backing_file' });
+  const descriptor = newDescriptor({ ...spec, ...(options.parent ? { parent: { cid: options.parent.disk.cid, fileName: options.parent.fileName } } : {}) });
+  if (subformat === 'monolithicFlat') return createFlat(storage, descriptor, sectors, options.resolver);
+  if (subformat === 'streamOptimized') return createStream(storage, descriptor, sectors);
+  return createSparse(storage, descriptor, sectors, options.zeroedGrain ?? false, options.parent);
+}
+
+async function createFlat(storage: Storage, descriptor: VmdkDescriptor, sectors: number, resolver: Resolver | undefined): Promise<VmdkDisk> {
+  const name = descriptor.extents[0]!.fileName!;
+  if (!resolver) throw invalidArg(FORMAT, `a monolithicFlat image needs a resolver to create its extent file "${name}"`, { field: 'resolver' });
+  const text = new TextEncoder().encode(serializeDescriptor(descriptor));
+  await storage.truncate(0);
+  await storage.write(0, text);
+  const flat = await resolver({ name, kind: 'data-file', from: storage, writable: true, create: true });
+  try {
+    await flat.truncate(sectors * SECTOR);
+  } catch (e) {
+    await flat.close().catch(() => undefined);
+    throw e;
+  }
+  const core = new VmdkImage({
+    storage,
+    descriptor,
+    home: { storage, offset: 0 },
+    createType: 'monolithicFlat',
+    extents: [{ kind: 'flat', type: 'FLAT', start: 0, length: sectors * SECTOR, storage: flat, fileOffset: 0 }],
+    readOnly: false,
+    owned: [flat],
+    resolver,
+  });
+  core.cidUpdated = true;
+  return new VmdkDisk(core);
+}
+
+/** Lays out an empty monolithicSparse extent as qemu-img does and returns its grain map. */
+async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sectors: number, zeroedGrain: boolean, parent?: { disk: VmdkDisk; fileName: string }): Promise<VmdkDisk> {
+  const grainSize = DEFAULT_GRAIN_SECTORS;
+  const gtes = 512;
+  const tables = Math.ceil(sectors / (grainSize * gtes));
+  const gdSectors = Math.ceil((tables * ENTRY_BYTES) / SECTOR);
+  const gtSectors = (gtes * ENTRY_BYTES) / SECTOR;
+  const descSectors = 20;
+  const rgdOffset = 1 + descSectors;
+  const gdOffset = rgdOffset + gdSectors + tables * gtSectors;
+  const overHead = Math.ceil((gdOffset + gdSectors + tables * gtSectors) / grainSize) * grainSize;
+  const header: SparseHeader = {
+    version: 1,
+    flags: FLAG_VALID_NEWLINE | FLAG_REDUNDANT_GRAIN_TABLE | (zeroedGrain ? FLAG_ZEROED_GRAIN_GTE : 0),
+    capacity: sectors,
+    grainSize,
+    descriptorOffset: 1,
+    descriptorSize: descSectors,
+    numGTEsPerGT: gtes,
+    rgdOffset,
+    gdOffset,
+    overHead,
+    uncleanShutdown: false,
+    newlineChars: [...NEWLINE_CHARS],
+    compressAlgorithm: COMPRESSION_NONE,
+  };
+  const text = new TextEncoder().encode(serializeDescriptor(descriptor));
+  if (text.length > descSectors * SECTOR) throw invalidArg(FORMAT, 'the descriptor does not fit in 20 sectors', { field: 'descriptor' });
+  const rgd = new Uint32Array(tables);
+  const gd = new Uint32Array(tables);
+  for (let t = 0; t < tables; t++) {
+    rgd[t] = rgdOffset + gdSectors + t * gtSectors;
+    gd[t] = gdOffset + gdSectors + t * gtSectors;
+  }
+  await storage.truncate(0);
+  const head = new Uint8Array(SECTOR * (1 + descSectors));
+  head.set(serializeSparseHeader(header), 0);
+  head.set(text, SECTOR);
+  await storage.write(0, head);
+  await storage.write(rgdOffset * SECTOR, serializeEntries(rgd, gdSectors * SECTOR));
+  await storage.write(gdOffset * SECTOR, serializeEntries(gd, gdSectors * SECTOR));
+  // The tables are zeros: growing the file to the first grain makes them so.
+  await storage.truncate(overHead * SECTOR);
+  const map = new GrainMap({
+    storage,
+    header,
+    gd,
+    rgd,
+    gdOffset: gdOffset * SECTOR,
+    rgdOffset: rgdOffset * SECTOR,
+    regions: [
+      { start: 0, end: SECTOR, what: 'header' },
+      { start: SECTOR, end: (1 + descSectors) * SECTOR, what: 'embedded descriptor' },
+      { start: rgdOffset * SECTOR, end: (rgdOffset + gdSectors) * SECTOR, what: 'redundant grain directory' },
+      { start: gdOffset * SECTOR, end: (gdOffset + gdSectors) * SECTOR, what: 'grain directory' },
+    ],
+    fileSize: overHead * SECTOR,
+  });
+  const core = new VmdkImage({
+    storage,
+    descriptor,
+    home: { storage, offset: SECTOR, capacity: descSectors * SECTOR },
+    createType: 'monolithicSparse',
+    extents: [{ kind: 'sparse', type: 'SPARSE', start: 0, length: sectors * SECTOR, storage, map }],
+    readOnly: false,
+    owned: [],
+    ...(parent ? { parent: parent.disk, parentName: parent.fileName } : {}),
+  });
+  core.cidUpdated = true;
+  return new VmdkDisk(core);
+}
+
+async function createStream(storage: Storage, descriptor: VmdkDescriptor, sectors: number): Promise<VmdkDisk> {
+  const text = new TextEncoder().encode(serializeDescriptor(descriptor));
+  if (text.length > STREAM_DESCRIPTOR_SECTORS * SECTOR) throw invalidArg(FORMAT, 'the descriptor does not fit in 20 sectors', { field: 'descriptor' });
+  const layout = new StreamLayout(sectors, DEFAULT_GRAIN_SECTORS, text);
+  await storage.truncate(0);
+  const head = layout.head();
+  await storage.write(0, head);
+  const map = new GrainMap({
+    storage,
+    header: layout.header,
+    gd: new Uint32Array(layout.tableCount),
+    gdOffset: 0,
+    rgdOffset: 0,
+    regions: [{ start: 0, end: head.length, what: 'header and descriptor' }],
+    fileSize: head.length,
+  });
+  const core = new VmdkImage({
+    storage,
+    descriptor,
+    home: { storage, offset: SECTOR, capacity: STREAM_DESCRIPTOR_SECTORS * SECTOR },
+    createType: 'streamOptimized',
+    extents: [{ kind: 'sparse', type: 'SPARSE', start: 0, length: sectors * SECTOR, storage, map }],
+    readOnly: false,
+    owned: [],
+  });
+  core.appendWriter = new AppendWriter(storage, layout, map, sectors * SECTOR);
+  core.cidUpdated = true;
+  return new VmdkDisk(core);
+}

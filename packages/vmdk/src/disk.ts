@@ -1,0 +1,188 @@
+/**
+ * VmdkDisk: the public face of an open VMDK. A thin facade: the open
+ * image (VmdkImage) lives in a private field and every method hands it to
+ * an operation (read.ts, write.ts, extents.ts, info.ts).
+ */
+import {
+  CallOrder,
+  checkDiskRange,
+  extentRange,
+  mergeExtents,
+  readOnlyError,
+  type Disk,
+  type Extent,
+  type ExtentOptions,
+  type ImageInfo,
+  type Storage,
+  type WriteZeroesOptions,
+} from '@img/block';
+import { descriptorField, serializeDescriptor } from './descriptor.js';
+import { extentRuns } from './extents.js';
+import type { GrainMap } from './grain-map.js';
+import { FORMAT, type VmdkImage } from './image.js';
+import { imageCid, imageParentCid, vmdkInfo } from './info.js';
+import { readInto } from './read.js';
+import { writeRange } from './write.js';
+
+/** One extent of an open image as the descriptor lists it. */
+export interface VmdkExtentInfo {
+  /** SPARSE, FLAT, VMFS, ZERO, ... */
+  type: string;
+  /** Guest byte range. */
+  start: number;
+  length: number;
+  /** The file it lives in (the storage's name); absent for ZERO extents. */
+  file?: string;
+  /** Sparse extents: grain size in bytes and whether grains are compressed. */
+  grainSize?: number;
+  compressed?: boolean;
+}
+
+/**
+ * An open VMDK. Made by openVmdk and createVmdk.
+ *
+ * @example
+ * ```ts
+ * await using disk = await openVmdk(await FileStorage.open('a.vmdk'), { resolver: fileResolver });
+ * for await (const e of disk.extents()) console.log(e.kind, e.offset, e.length);
+ * ```
+ */
+export class VmdkDisk implements Disk {
+  readonly format = FORMAT;
+  #core: VmdkImage;
+  /** Overlapping writes take effect in call order. */
+  #order = new CallOrder();
+
+  /** @internal Use openVmdk or createVmdk. */
+  constructor(core: VmdkImage) {
+    this.#core = core;
+  }
+
+  get size(): number {
+    return this.#core.size;
+  }
+  get readOnly(): boolean {
+    return this.#core.readOnly;
+  }
+  get storage(): Storage {
+    return this.#core.storage;
+  }
+  /** The descriptor's createType (monolithicSparse, streamOptimized, monolithicFlat, ...). */
+  get createType(): string {
+    return this.#core.createType;
+  }
+  /** The content id (CID) of this image. */
+  get cid(): number {
+    return imageCid(this.#core);
+  }
+  /** The parent's content id this image was made against (0xffffffff: no parent). */
+  get parentCid(): number {
+    return imageParentCid(this.#core);
+  }
+  /** The parent's name as the descriptor stores it (parentFileNameHint). */
+  get parentFileNameHint(): string | undefined {
+    return descriptorField(this.#core.descriptor, 'parentFileNameHint');
+  }
+  /** The open parent, if any. */
+  get backing(): Disk | undefined {
+    return this.#core.parent;
+  }
+  /** The descriptor as text (as it would be written now). */
+  get descriptorText(): string {
+    return serializeDescriptor(this.#core.descriptor);
+  }
+  /** The disk database (`ddb.*`) entries. */
+  get ddb(): Readonly<Record<string, string>> {
+    return Object.fromEntries(this.#core.descriptor.ddb);
+  }
+  /** The extents, in guest order. */
+  get extentList(): VmdkExtentInfo[] {
+    return this.#core.extents.map((e) => ({
+      type: e.type,
+      start: e.start,
+      length: e.length,
+      ...(e.kind !== 'zero' ? { file: e.storage.name } : {}),
+      ...(e.kind === 'sparse' ? { grainSize: e.map.grainBytes, compressed: e.map.compressed } : {}),
+    }));
+  }
+
+  /** @internal The grain maps of the sparse extents (checkVmdk walks them). */
+  grainMaps(): GrainMap[] {
+    return this.#core.extents.flatMap((e) => (e.kind === 'sparse' ? [e.map] : []));
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    this.#core.checkOpen();
+    checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
+    await readInto(this.#core, offset, target);
+  }
+
+  #checkWrite(offset: number, length: number): void {
+    this.#core.checkOpen();
+    if (this.readOnly) throw readOnlyError(FORMAT, this.storage.name);
+    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkWrite(offset, data.length);
+    await this.#order.run(offset, data.length, () => writeRange(this.#core, offset, data.length, data), { register: true });
+  }
+
+  async writeZeroes(offset: number, length: number, _options: WriteZeroesOptions = {}): Promise<void> {
+    this.#checkWrite(offset, length);
+    await this.#order.run(offset, length, () => writeRange(this.#core, offset, length, undefined), { register: true });
+  }
+
+  /** Reads as zeros afterwards (or the parent's bytes where this layer has none): grains are not given back. */
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
+  async flush(): Promise<void> {
+    this.#core.checkOpen();
+    if (this.readOnly) return;
+    for (const s of new Set(this.#storages())) await s.flush();
+  }
+
+  #storages(): Storage[] {
+    return [this.#core.storage, ...this.#core.owned];
+  }
+
+  /** Closes the image, its extent files and its parent. A streamOptimized image being created is finished first. */
+  async close(): Promise<void> {
+    const core = this.#core;
+    if (core.closed) return;
+    try {
+      if (core.appendWriter && !core.appendWriter.finished) await core.appendWriter.finish();
+      if (!core.readOnly) for (const s of new Set(this.#storages())) await s.flush();
+    } finally {
+      core.closed = true;
+      for (const s of core.owned) await s.close().catch(() => undefined);
+      await core.parent?.close().catch(() => undefined);
+      await core.storage.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** The allocation map from grain tables and extent types alone (never data). */
+  extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#core.checkOpen();
+    const { start, end } = extentRange(options, this.size);
+    return mergeExtents(extentRuns(this.#core, start, end, options ?? {}));
+  }
+
+  /** What `img info` shows, with qemu-img's vmdk fields under formatSpecific. */
+  async info(): Promise<ImageInfo> {
+    this.#core.checkOpen();
+    return vmdkInfo(this.#core);
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * VmdkImage: the core of one open VMDK (one object per open image): its
+ * descriptor, its extents in guest order, the open parent, the caches and
+ * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
+ * over it; VmdkDisk is the public facade that holds it privately.
+ */
+import { ERROR_CODES, ImageError, KeyedLock, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
+import type { ExtentType, VmdkDescriptor } from './descriptor.js';
+import type { GrainMap } from './grain-map.js';
+import type { AppendWriter } from './append-writer.js';
+
+/** The format name in messages and ImageError data. */
+export const FORMAT = 'vmdk';
+
+interface ExtentBase {
+  /** First guest byte this extent covers. */
+  start: number;
+  /** Guest bytes it covers. */
+  length: number;
+  /** The type as the descriptor names it (SPARSE, FLAT, VMFS, ZERO, ...). */
+  type: ExtentType;
+  /** The file name as the descriptor line writes it (extents of a descriptor file). */
+  fileName?: string;
+}
+
+/** A flat extent: guest bytes stored in order in `storage` from `fileOffset`. */
+export interface FlatExtent extends ExtentBase {
+  kind: 'flat';
+  storage: Storage;
+  fileOffset: number;
+}
+
+/** A hosted sparse extent: grains found through its grain map. */
+export interface SparseExtent extends ExtentBase {
+  kind: 'sparse';
+  storage: Storage;
+  map: GrainMap;
+}
+
+/** An extent with no file (ZERO, NOACCESS): reads as zeros. */
+export interface ZeroExtent extends ExtentBase {
+  kind: 'zero';
+}
+
+/** One extent of the image, in guest order. */
+export type VmdkExtent = FlatExtent | SparseExtent | ZeroExtent;
+
+/** Where the descriptor lives, so that a CID update can rewrite it. */
+export interface DescriptorHome {
+  storage: Storage;
+  /** Byte offset of the descriptor text (0 for a descriptor file). */
+  offset: number;
+  /** Bytes available for it (the embedded area), or undefined for a file of its own. */
+  capacity?: number;
+}
+
+/** Everything the core is built from (open.ts and create.ts fill it). */
+export interface VmdkImageInit {
+  storage: Storage;
+  descriptor: VmdkDescriptor;
+  home: DescriptorHome;
+  createType: string;
+  extents: VmdkExtent[];
+  readOnly: boolean;
+  parent?: Disk;
+  parentName?: string;
+  resolver?: Resolver;
+  /** Storages this image opened (extent files, not `storage`) and must close. */
+  owned: Storage[];
+}
+
+/** One number per (extent, grain): the key of grain locks and caches. */
+export function grainKey(extentIndex: number, grain: number): number {
+  return extentIndex * 0x100000000 + grain;
+}
+
+/**
+ * An extent file's name as qemu-img prints it (info, map): the name the
+ * descriptor gives, read from the descriptor's directory as the image was
+ * named; for the image's own sparse extent, the image's name.
+ */
+export function extentFileName(core: { storage: Storage }, e: { fileName?: string; storage: Storage }): string {
+  const name = e.fileName;
+  if (name === undefined) return e.storage.name;
+  if (name.startsWith('/')) return name;
+  const base = core.storage.name;
+  const slash = base.lastIndexOf('/');
+  return slash >= 0 ? base.slice(0, slash + 1) + name : name;
+}
+
+/** Decompressed grains kept for re-reads (small reads inside one grain). */
+const GRAIN_CACHE_ENTRIES = 32;
+
+/** The open image. Internal: not exported from index. */
+export class VmdkImage {
+  readonly storage: Storage;
+  readonly descriptor: VmdkDescriptor;
+  readonly home: DescriptorHome;
+  readonly createType: string;
+  readonly extents: VmdkExtent[];
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly parent: Disk | undefined;
+  readonly parentName: string | undefined;
+  readonly resolver: Resolver | undefined;
+  readonly owned: Storage[];
+  /** Per-grain write locks, keyed by grainKey(extent index, grain). */
+  readonly grainLocks = new KeyedLock();
+  /** Serializes allocation (grains, grain tables) and descriptor updates. */
+  readonly allocation = new Mutex();
+  /** The streamOptimized writer of an image being created as one. */
+  appendWriter: AppendWriter | undefined;
+  /** Set once the first write changed the CID (VMware and qemu change it once per open). */
+  cidUpdated = false;
+  closed = false;
+  #grains = new Map<number, Uint8Array>();
+
+  constructor(init: VmdkImageInit) {
+    this.storage = init.storage;
+    this.descriptor = init.descriptor;
+    this.home = init.home;
+    this.createType = init.createType;
+    this.extents = init.extents;
+    this.readOnly = init.readOnly;
+    this.parent = init.parent;
+    this.parentName = init.parentName;
+    this.resolver = init.resolver;
+    this.owned = init.owned;
+    const last = init.extents[init.extents.length - 1];
+    this.size = last ? last.start + last.length : 0;
+  }
+
+  /** Throws ERR_IMG_CLOSED after close. */
+  checkOpen(): void {
+    if (this.closed) throw new ImageError(ERROR_CODES.CLOSED, `vmdk: ${this.storage.name}: disk is closed`);
+  }
+
+  /** The index of the extent holding guest byte `offset` (binary search). */
+  extentIndexAt(offset: number): number {
+    let lo = 0;
+    let hi = this.extents.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.extents[mid]!.start <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  /** A cached decompressed grain. */
+  cachedGrain(key: number): Uint8Array | undefined {
+    return this.#grains.get(key);
+  }
+
+  /** Remembers a decompressed grain (a few, most recent first out). */
+  cacheGrain(key: number, grain: Uint8Array): void {
+    if (this.#grains.size >= GRAIN_CACHE_ENTRIES) {
+      const oldest = this.#grains.keys().next().value;
+      if (oldest !== undefined) this.#grains.delete(oldest);
+    }
+    this.#grains.set(key, grain);
+  }
+
+  /** Forgets a cached grain (after it was rewritten). */
+  dropGrain(key: number): void {
+    this.#grains.delete(key);
+  }
+}

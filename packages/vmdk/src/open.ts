@@ -1,0 +1,208 @@
+/**
+ * openVmdk: a file is either a hosted sparse extent ('KDMV', its
+ * descriptor embedded: monolithicSparse, streamOptimized) or a descriptor
+ * (text) naming extent files (monolithicFlat, twoGbMaxExtentSparse/Flat,
+ * vmfs). Extent files and the parent are opened through the caller's
+ * resolver; an untrusted open refuses every name found in the image.
+ */
+import {
+  corrupt,
+  hex,
+  invalidArg,
+  readU32Be,
+  unsafe,
+  unsupported,
+  wrongFormat,
+  type Disk,
+  type OpenOptions,
+  type Storage,
+} from '@img/block';
+import {
+  CID_NO_PARENT,
+  decodeDescriptorBytes,
+  descriptorField,
+  looksLikeDescriptor,
+  MAX_DESCRIPTOR_BYTES,
+  parseCid,
+  parseDescriptor,
+  type DescriptorExtent,
+  type VmdkDescriptor,
+} from './descriptor.js';
+import { VmdkDisk } from './disk.js';
+import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
+import { SECTOR, SPARSE_MAGIC, hasSparseMagic } from './sparse-header.js';
+import { openSparseExtent } from './sparse-extent.js';
+
+/** 'COWD' (ESXi vmfsSparse, VMDK version 3 of the old format), read as big-endian as qemu does. */
+const COWD_MAGIC = 0x434f5744;
+/** Default deepest parent chain. */
+const DEFAULT_MAX_CHAIN = 64;
+
+/** Options of openVmdk: the generic OpenOptions plus VMDK's own. */
+export interface VmdkOpenOptions extends OpenOptions {
+  /** Open a parent whose CID differs from the child's parentCID (VMware refuses it; by default so do we). */
+  allowCidMismatch?: boolean;
+}
+
+/** The createTypes whose descriptor is a file of its own (as qemu accepts them). */
+const DESCRIPTOR_FILE_TYPES = ['monolithicFlat', 'vmfs', 'vmfsSparse', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'vmfsRaw', 'vmfsRawDeviceMap', 'vmfsPassthroughRawDeviceMap', 'custom', 'fullDevice', 'partitionedDevice', 'seSparse'];
+
+/**
+ * Opens a VMDK over `storage` (the descriptor file, or the sparse extent
+ * with its embedded descriptor). Read-only unless `readOnly: false`.
+ *
+ * @example
+ * ```ts
+ * await using disk = await openVmdk(await FileStorage.open('a.vmdk'), { resolver: fileResolver });
+ * const first = await disk.read(0, 512);
+ * ```
+ */
+export async function openVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkDisk> {
+  const owned: Storage[] = [];
+  let parent: Disk | undefined;
+  try {
+    const core = await openCore(storage, options, owned, (p) => (parent = p));
+    return new VmdkDisk(core);
+  } catch (e) {
+    await parent?.close().catch(() => undefined);
+    for (const s of owned) await s.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Storage[], setParent: (p: Disk) => void): Promise<VmdkImage> {
+  const file = storage.name;
+  const readOnly = options.readOnly ?? true;
+  if (!readOnly && storage.readOnly) throw invalidArg(FORMAT, `${file}: a writable open needs a writable storage`, { field: 'readOnly' });
+  const fileSize = await storage.size();
+  if (fileSize < 4) throw wrongFormat(FORMAT, file);
+  const head = await storage.read(0, Math.min(fileSize, SECTOR));
+  let descriptor: VmdkDescriptor;
+  let extents: VmdkExtent[];
+  let home: VmdkImage['home'];
+  let createType: string;
+  if (hasSparseMagic(head)) {
+    const opened = await openSparseExtent(storage, head);
+    const h = opened.map.header;
+    if (h.capacity === 0) throw unsupported(FORMAT, file, 'a sparse extent of capacity 0 (a descriptor hidden in a sparse header) is not supported', { field: 'capacity', offset: 12 });
+    descriptor = parseDescriptor(opened.descriptorText ?? '', file);
+    createType = descriptorField(descriptor, 'createType') ?? (opened.map.compressed ? 'streamOptimized' : 'monolithicSparse');
+    extents = [{ kind: 'sparse', type: 'SPARSE', start: 0, length: opened.map.capacityBytes, storage, map: opened.map }];
+    home = opened.descriptorArea ? { storage, offset: opened.descriptorArea.offset, capacity: opened.descriptorArea.length } : { storage, offset: 0, capacity: 0 };
+    if (!readOnly) {
+      if (opened.map.compressed) throw unsupported(FORMAT, file, 'a streamOptimized (compressed) image can only be opened read-only', { field: 'flags' });
+      if (h.version === 3) throw unsupported(FORMAT, file, 'a version 3 hosted sparse extent can only be opened read-only (as qemu)', { field: 'version', offset: 4 });
+    }
+  } else {
+    if (readU32Be(head, 0) === COWD_MAGIC) throw unsupported(FORMAT, file, 'vmfsSparse (COWD) extents are not supported yet', { field: 'magic', offset: 0 });
+    const text = decodeDescriptorBytes(await storage.read(0, Math.min(fileSize, MAX_DESCRIPTOR_BYTES)));
+    if (!looksLikeDescriptor(text)) throw wrongFormat(FORMAT, file);
+    descriptor = parseDescriptor(text, file);
+    createType = descriptorField(descriptor, 'createType') ?? '';
+    if (!DESCRIPTOR_FILE_TYPES.includes(createType)) {
+      throw unsupported(FORMAT, file, `createType "${createType}" is not supported in a descriptor file`, { field: 'createType', actual: createType });
+    }
+    extents = await openExtents(storage, descriptor, options, owned, readOnly);
+    home = { storage, offset: 0 };
+  }
+  const parentOpen = await openParent(storage, descriptor, options);
+  if (parentOpen) setParent(parentOpen.disk);
+  const hint = descriptorField(descriptor, 'parentFileNameHint');
+  return new VmdkImage({
+    storage,
+    descriptor,
+    home,
+    createType,
+    extents,
+    readOnly,
+    owned,
+    ...(parentOpen ? { parent: parentOpen.disk } : {}),
+    ...(hint ? { parentName: hint } : {}),
+    ...(options.resolver && !options.untrusted ? { resolver: options.resolver } : {}),
+  });
+}
+
+/** Opens each extent line's file through the resolver, in guest order. */
+async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions, owned: Storage[], readOnly: boolean): Promise<VmdkExtent[]> {
+  const file = storage.name;
+  const out: VmdkExtent[] = [];
+  let start = 0;
+  if (d.extents.length === 0) throw corrupt(FORMAT, file, 'the descriptor lists no extent', { field: 'extents' });
+  for (const [i, line] of d.extents.entries()) {
+    const length = line.sectors * SECTOR;
+    if (line.type === 'ZERO' || line.access === 'NOACCESS') {
+      out.push({ kind: 'zero', type: line.type, start, length });
+      start += length;
+      continue;
+    }
+    if (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE') {
+      throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which is not supported yet`, { field: `extent ${i + 1}`, actual: line.type });
+    }
+    const extentStorage = await resolveExtent(storage, line, i, options, readOnly);
+    owned.push(extentStorage);
+    const size = await extentStorage.size();
+    if (line.type === 'SPARSE') {
+      const head = await extentStorage.read(0, Math.min(size, SECTOR));
+      if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a hosted sparse extent (no KDMV magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
+      const opened = await openSparseExtent(extentStorage, head);
+      if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
+      // As qemu: the extent's own header decides its size.
+      out.push({ kind: 'sparse', type: 'SPARSE', fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
+      start += opened.map.capacityBytes;
+      continue;
+    }
+    const fileOffset = (line.offset ?? 0) * SECTOR;
+    if (fileOffset + length > size) {
+      throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
+    }
+    out.push({ kind: 'flat', type: line.type, fileName: line.fileName!, start, length, storage: extentStorage, fileOffset });
+    start += length;
+  }
+  return out;
+}
+
+async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number, options: VmdkOpenOptions, readOnly: boolean): Promise<Storage> {
+  const file = storage.name;
+  const name = line.fileName!;
+  if (options.untrusted) {
+    throw unsafe(FORMAT, file, `extent ${i + 1} is the data file "${name}", outside the given storage; untrusted opens do not open files named inside an image`, { field: `extent ${i + 1}`, actual: name });
+  }
+  if (!options.resolver) {
+    throw invalidArg(FORMAT, `${file}: extent ${i + 1} is the file "${name}": pass a resolver (fileResolver) to open it`, { field: 'resolver', actual: name });
+  }
+  return options.resolver({ name, kind: 'data-file', from: storage, writable: !readOnly });
+}
+
+/** Opens the parent named by parentFileNameHint, checking its CID against parentCID. */
+async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions): Promise<{ disk: Disk; name: string } | undefined> {
+  const file = storage.name;
+  const name = descriptorField(d, 'parentFileNameHint');
+  const parentCid = parseCid(descriptorField(d, 'parentCID'));
+  if (name === undefined || name === '' || options.noBacking) return undefined;
+  if (options.untrusted) throw unsafe(FORMAT, file, `the image refers to a parent "${name}"; untrusted opens do not follow it (use noBacking)`, { field: 'parentFileNameHint', actual: name });
+  if (!options.resolver) throw invalidArg(FORMAT, `${file}: the image has a parent "${name}": pass a resolver (fileResolver) or noBacking`, { field: 'resolver', actual: name });
+  const chain = [...(options.chain ?? []), file];
+  const max = options.maxChainDepth ?? DEFAULT_MAX_CHAIN;
+  if (chain.length > max) throw unsupported(FORMAT, file, `the parent chain is deeper than ${max}`, { field: 'parentFileNameHint' });
+  const parentStorage = await options.resolver({ name, kind: 'parent', from: storage, writable: options.backingWritable ?? false });
+  if (chain.includes(parentStorage.name)) {
+    await parentStorage.close().catch(() => undefined);
+    throw corrupt(FORMAT, file, `the parent chain loops back to ${parentStorage.name}`, { field: 'parentFileNameHint', actual: name });
+  }
+  let disk: VmdkDisk;
+  try {
+    disk = await openVmdk(parentStorage, { ...options, readOnly: !(options.backingWritable ?? false), chain });
+  } catch (e) {
+    await parentStorage.close().catch(() => undefined);
+    throw e;
+  }
+  if (parentCid !== undefined && parentCid !== CID_NO_PARENT && !options.allowCidMismatch && disk.cid !== parentCid) {
+    await disk.close().catch(() => undefined);
+    throw corrupt(FORMAT, file, `the parent "${name}" has CID ${disk.cid.toString(16).padStart(8, '0')}, but this image expects parentCID ${parentCid.toString(16).padStart(8, '0')}: the parent changed after this image was made`, {
+      field: 'parentCID',
+      expected: parentCid,
+      actual: disk.cid,
+    });
+  }
+  return { disk, name };
+}

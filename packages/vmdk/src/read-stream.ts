@@ -1,0 +1,140 @@
+/**
+ * readVmdkStream: the guest data of a streamOptimized VMDK arriving as a
+ * byte stream (a pipe, an HTTP body, an OVA member), read front to back
+ * with no seek. The header gives the size; then each sector starts a
+ * marker: a grain marker (lba, size, zlib stream) yields a piece, a
+ * metadata marker (grain table, directory, footer) is skipped, the
+ * end-of-stream marker (or the end of the input) ends it. Grains usually
+ * come in guest order (VMware's exporters, streamVmdk); an image written
+ * through createVmdk may hold a partly written grain after later ones. A
+ * grain seen twice, or beyond the disk, is ERR_IMG_CORRUPT naming it.
+ */
+import { ByteStreamReader, corrupt, hex, readU32Le, unsupported, type OpenOptions, type StreamSource } from '@img/block';
+import { inflateGrain } from './compression.js';
+import { GRAIN_MARKER_HEADER, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT } from './marker.js';
+import { readU64Le } from './le64.js';
+import { FLAG_COMPRESSED, FLAG_MARKERS, SECTOR, parseSparseHeader } from './sparse-header.js';
+import { MAX_GRAIN_SECTORS } from './sparse-extent.js';
+import { maxCompressedBytes } from './read.js';
+
+const FORMAT = 'vmdk';
+const NAME = 'stream';
+
+/**
+ * Decodes a streamOptimized VMDK stream into guest pieces.
+ *
+ * @example
+ * ```ts
+ * const source = await readVmdkStream(process.stdin);
+ * for await (const { offset, data } of source.pieces) await disk.write(offset, data);
+ * ```
+ */
+export async function readVmdkStream(input: AsyncIterable<Uint8Array>, _options: OpenOptions = {}): Promise<StreamSource> {
+  const r = new ByteStreamReader(input, FORMAT, NAME);
+  const head = await r.exact(SECTOR, 'the sparse extent header');
+  const h = parseSparseHeader(head, 0, NAME);
+  if ((h.flags & FLAG_COMPRESSED) === 0 || (h.flags & FLAG_MARKERS) === 0) {
+    await r.cancel();
+    throw unsupported(FORMAT, NAME, 'only a streamOptimized VMDK (compressed grains with markers) can be read from a stream; save it to a file first', { field: 'flags', offset: 8 });
+  }
+  if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS || (h.grainSize & (h.grainSize - 1)) !== 0) {
+    await r.cancel();
+    throw unsupported(FORMAT, NAME, `grain size ${h.grainSize} sectors is not a power of two up to ${MAX_GRAIN_SECTORS}`, { field: 'grainSize', offset: 20 });
+  }
+  const size = h.capacity * SECTOR;
+  if (!Number.isSafeInteger(size)) throw corrupt(FORMAT, NAME, `capacity ${h.capacity} sectors does not fit`, { field: 'capacity', offset: 12 });
+  const grainBytes = h.grainSize * SECTOR;
+  // Metadata before the first grain (descriptor, and in qemu's layout the directory and tables).
+  await r.skipTo(h.overHead * SECTOR, 'the first grain');
+  return { size, pieces: pieces(r, size, grainBytes, h.grainSize) };
+}
+
+async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, grainSectors: number): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+  const limit = maxCompressedBytes(grainBytes);
+  /** Metadata a marker may announce: a directory of a 2^53-byte disk is far below this. */
+  const maxMetadataSectors = Math.ceil(size / grainBytes / 128) + 16;
+  const seen = new GrainRuns();
+  try {
+    for (;;) {
+      const at = r.position;
+      const sector = await r.upTo(SECTOR);
+      if (sector.length === 0) return; // qemu's streamOptimized files may end without an end-of-stream marker
+      if (sector.length < SECTOR) throw corrupt(FORMAT, NAME, `the stream ends inside the marker at ${hex(at)}`, { field: 'marker', offset: at });
+      const value = readU64Le(sector, 0, 'marker', NAME);
+      const compressed = readU32Le(sector, 8);
+      if (compressed === 0) {
+        const type = readU32Le(sector, 12);
+        if (type === MARKER_EOS) return;
+        if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) {
+          throw corrupt(FORMAT, NAME, `unknown metadata marker type ${type} at ${hex(at)}`, { field: 'marker type', offset: at + 12, actual: type });
+        }
+        if (value > maxMetadataSectors) throw corrupt(FORMAT, NAME, `metadata marker at ${hex(at)} announces ${value} sectors`, { field: 'marker', offset: at, actual: value });
+        await r.skipTo(r.position + value * SECTOR, 'the metadata a marker announced');
+        continue;
+      }
+      if (compressed > limit) {
+        throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} announces ${compressed} compressed bytes (a grain of ${grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: at + 8, actual: compressed });
+      }
+      const offset = value * SECTOR;
+      if (value % grainSectors !== 0 || offset >= size || !seen.add(value / grainSectors)) {
+        throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} is for sector ${value}: not the start of a grain inside the disk, or a grain already seen`, { field: 'grain marker lba', offset: at, actual: value });
+      }
+      const total = Math.ceil((GRAIN_MARKER_HEADER + compressed) / SECTOR) * SECTOR;
+      const rest = total > SECTOR ? await r.exact(total - SECTOR, 'a compressed grain') : new Uint8Array(0);
+      const data = new Uint8Array(compressed);
+      const first = Math.min(compressed, SECTOR - GRAIN_MARKER_HEADER);
+      data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
+      data.set(rest.subarray(0, compressed - first), first);
+      const grain = inflateGrain(data, grainBytes, { file: NAME, hostOffset: at });
+      const length = Math.min(grainBytes, size - offset);
+      const out = grain.length >= length ? grain.subarray(0, length) : padded(grain, length);
+      yield { offset, data: out };
+    }
+  } finally {
+    await r.cancel();
+  }
+}
+
+/** Most runs of seen grains kept (a stream in guest order keeps one). */
+const MAX_RUNS = 1 << 16;
+
+/** The grains seen so far, as sorted runs [start, end), so that memory follows fragmentation, not size. */
+class GrainRuns {
+  #runs: Array<[number, number]> = [];
+
+  /** Records `grain`; false if it was seen before. ERR_IMG_CORRUPT past MAX_RUNS runs. */
+  add(grain: number): boolean {
+    const runs = this.#runs;
+    let lo = 0;
+    let hi = runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (runs[mid]![1] <= grain) lo = mid + 1;
+      else hi = mid;
+    }
+    const at = runs[lo];
+    if (at && at[0] <= grain) return false;
+    const before = runs[lo - 1];
+    if (before && before[1] === grain) {
+      before[1]++;
+      if (at && at[0] === grain + 1) {
+        before[1] = at[1];
+        runs.splice(lo, 1);
+      }
+      return true;
+    }
+    if (at && at[0] === grain + 1) {
+      at[0] = grain;
+      return true;
+    }
+    if (runs.length >= MAX_RUNS) throw corrupt(FORMAT, NAME, `the stream's grains are scattered over more than ${MAX_RUNS} runs`, { field: 'grain marker lba' });
+    runs.splice(lo, 0, [grain, grain + 1]);
+    return true;
+  }
+}
+
+function padded(data: Uint8Array, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  out.set(data);
+  return out;
+}

@@ -1,0 +1,130 @@
+/**
+ * Reading guest bytes: each extent in turn; inside a sparse extent, grain
+ * by grain (plain grains straight from the file, compressed grains
+ * inflated and cached, unallocated grains from the parent or as zeros).
+ */
+import { corrupt, hex } from '@img/block';
+import { inflateGrain } from './compression.js';
+import { GRAIN_MARKER_HEADER, parseMarker } from './marker.js';
+import { grainKey, type SparseExtent, type VmdkImage } from './image.js';
+import { SECTOR } from './sparse-header.js';
+
+const FORMAT = 'vmdk';
+
+/** Reads target.length guest bytes at `offset` (the caller checked the range). */
+export async function readInto(core: VmdkImage, offset: number, target: Uint8Array): Promise<void> {
+  const pieces: Promise<void>[] = [];
+  let done = 0;
+  let index = core.extentIndexAt(offset);
+  while (done < target.length) {
+    const e = core.extents[index]!;
+    const pos = offset + done;
+    const n = Math.min(e.start + e.length - pos, target.length - done);
+    const out = target.subarray(done, done + n);
+    if (e.kind === 'zero') out.fill(0);
+    else if (e.kind === 'flat') pieces.push(readStorage(e.storage, e.fileOffset + (pos - e.start), out));
+    else pieces.push(readSparse(core, index, e, pos - e.start, pos, out));
+    done += n;
+    index++;
+  }
+  const results = await Promise.allSettled(pieces);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/** Reads from a file; bytes past its end read as zeros. */
+async function readStorage(storage: { readInto(p: number, t: Uint8Array): Promise<number> }, at: number, out: Uint8Array): Promise<void> {
+  const n = await storage.readInto(at, out);
+  if (n < out.length) out.fill(0, n);
+}
+
+/** What guest bytes not stored in this image read as: the parent's, or zeros. */
+export async function readBelow(core: VmdkImage, guest: number, out: Uint8Array): Promise<void> {
+  const parent = core.parent;
+  if (!parent || guest >= parent.size) {
+    out.fill(0);
+    return;
+  }
+  const n = Math.min(out.length, parent.size - guest);
+  await parent.readInto(guest, out.subarray(0, n));
+  if (n < out.length) out.fill(0, n);
+}
+
+async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExtent: number, guest: number, out: Uint8Array): Promise<void> {
+  const map = e.map;
+  const reads: Promise<void>[] = [];
+  let done = 0;
+  while (done < out.length) {
+    const at = inExtent + done;
+    const grain = Math.floor(at / map.grainBytes);
+    const inGrain = at - grain * map.grainBytes;
+    const n = Math.min(map.grainBytes - inGrain, out.length - done);
+    reads.push(readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n)));
+    done += n;
+  }
+  const results = await Promise.allSettled(reads);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+async function readGrain(core: VmdkImage, index: number, e: SparseExtent, grain: number, inGrain: number, guest: number, out: Uint8Array): Promise<void> {
+  const writer = core.appendWriter;
+  if (writer) {
+    // A streamOptimized image being written: grains are in the writer's buffers or appended.
+    const pending = writer.pendingGrain(grain);
+    if (pending) return void out.set(pending.subarray(inGrain, inGrain + out.length));
+    const sector = writer.appendedSector(grain);
+    if (!sector) return readBelow(core, guest, out);
+    const bytes = await compressedGrain(core, index, e, grain, sector * SECTOR);
+    return void out.set(bytes.subarray(inGrain, inGrain + out.length));
+  }
+  const entry = await e.map.entry(grain);
+  if (entry.kind === 'unallocated') return readBelow(core, guest, out);
+  if (entry.kind === 'zeroed') {
+    out.fill(0);
+    return;
+  }
+  if (!entry.compressed) return readStorage(e.storage, entry.hostOffset + inGrain, out);
+  const bytes = await compressedGrain(core, index, e, grain, entry.hostOffset);
+  out.set(bytes.subarray(inGrain, inGrain + out.length));
+}
+
+/** The largest compressed grain accepted: deflate never needs twice a grain plus a sector. */
+export function maxCompressedBytes(grainBytes: number): number {
+  return 2 * grainBytes + SECTOR;
+}
+
+/** Inflates (or finds in the cache) grain `grain` of a compressed extent, whose marker or stream is at `hostOffset`. */
+export async function compressedGrain(core: VmdkImage, index: number, e: SparseExtent, grain: number, hostOffset: number): Promise<Uint8Array> {
+  const key = grainKey(index, grain);
+  const cached = core.cachedGrain(key);
+  if (cached) return cached;
+  const map = e.map;
+  const file = e.storage.name;
+  const limit = maxCompressedBytes(map.grainBytes);
+  let data: Uint8Array;
+  if (map.markers) {
+    const head = await e.storage.read(hostOffset, GRAIN_MARKER_HEADER);
+    if (head.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
+    const marker = parseMarker(head, 0, file);
+    const lba = grain * map.header.grainSize;
+    if (marker.size === 0 || marker.size > limit) {
+      throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
+    }
+    if (marker.value !== lba) {
+      throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is for sector ${marker.value}, but the grain table maps sector ${lba} there`, { field: 'grain marker lba', offset: hostOffset, expected: lba, actual: marker.value });
+    }
+    if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
+      throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
+    }
+    data = await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
+  } else {
+    data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
+  }
+  const inflated = inflateGrain(data, map.grainBytes, { file, hostOffset });
+  let grainBytes = inflated;
+  if (inflated.length < map.grainBytes) {
+    grainBytes = new Uint8Array(map.grainBytes);
+    grainBytes.set(inflated);
+  }
+  core.cacheGrain(key, grainBytes);
+  return grainBytes;
+}

@@ -1,0 +1,177 @@
+/**
+ * monolithicSparse read-write through the Disk API, against a flat model:
+ * random writes (aligned or not, across grains), writeZeroes, discard and
+ * flushes, alone and over a parent (copy-on-write of partly written
+ * grains); then the image reads as the model, reopened too, checks clean,
+ * and qemu-img agrees (check, compare).
+ */
+import { MemoryStorage } from '@img/block';
+import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img/testkit';
+import fc from 'fast-check';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { checkVmdk } from './check.js';
+import { createVmdk } from './create.js';
+import type { VmdkDisk } from './disk.js';
+import { openVmdk } from './open.js';
+import { memoryResolver } from './test-resolver.js';
+
+const SIZE = 1536 * 1024 + 512 * 3; // 24 grains and a partial one
+
+type Op = { kind: 'write'; offset: number; length: number; seed: number } | { kind: 'zero'; offset: number; length: number } | { kind: 'discard'; offset: number; length: number } | { kind: 'flush' };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant('write' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 150_000 }), seed: fc.nat(1000) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('zero' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 200_000 }) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('discard' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 200_000 }) }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'flush' as const }) },
+);
+
+async function apply(disk: VmdkDisk, model: Uint8Array, ops: Op[]): Promise<void> {
+  // Runs of operations are issued together: the Disk must keep call order where they overlap.
+  let batch: Promise<void>[] = [];
+  for (const op of ops) {
+    if (op.kind === 'flush') {
+      await Promise.all(batch);
+      batch = [];
+      await disk.flush();
+      continue;
+    }
+    const length = Math.min(op.length, SIZE - op.offset);
+    if (op.kind === 'write') {
+      const data = seededBytes(length, op.seed);
+      model.set(data, op.offset);
+      batch.push(disk.write(op.offset, data));
+    } else {
+      model.fill(0, op.offset, op.offset + length);
+      batch.push(op.kind === 'zero' ? disk.writeZeroes(op.offset, length) : disk.discard(op.offset, length));
+    }
+  }
+  await Promise.all(batch);
+}
+
+function same(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
+}
+
+/** A parent with data in some grains, and the child over it (files in memory). */
+async function chain(): Promise<{ files: Map<string, Uint8Array | MemoryStorage>; parentBytes: Uint8Array }> {
+  const files = new Map<string, Uint8Array | MemoryStorage>();
+  const parentStorage = new MemoryStorage({ name: 'base.vmdk' });
+  const parent = await createVmdk(parentStorage, { size: SIZE });
+  const parentBytes = new Uint8Array(SIZE);
+  for (const [at, n, seed] of [[0, 200_000, 1], [700_000, 70_000, 2], [SIZE - 5000, 5000, 3]] as const) {
+    const d = seededBytes(n, seed);
+    parentBytes.set(d, at);
+    await parent.write(at, d);
+  }
+  const cid = parent.cid;
+  await parent.flush();
+  files.set('base.vmdk', parentStorage.toBytes());
+  await parent.close();
+  // The child: a fresh sparse image whose descriptor names the parent.
+  const childStorage = new MemoryStorage({ name: 'child.vmdk' });
+  const child = await createVmdk(childStorage, { size: SIZE });
+  await child.close();
+  const bytes = childStorage.toBytes();
+  const text = new TextDecoder().decode(bytes.subarray(512, 512 * 21)).replace(/\0+$/, '');
+  const withParent = text.replace('parentCID=ffffffff', `parentCID=${cid.toString(16).padStart(8, '0')}`).replace('createType="monolithicSparse"\n', 'createType="monolithicSparse"\nparentFileNameHint="base.vmdk"\n');
+  bytes.fill(0, 512, 512 * 21);
+  bytes.set(new TextEncoder().encode(withParent), 512);
+  files.set('child.vmdk', bytes);
+  return { files, parentBytes };
+}
+
+describe('monolithicSparse read-write against a flat model', () => {
+  it('random writes, zeros and discards read back as the model, before and after reopening, and check clean', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 25 }), async (ops) => {
+        const storage = new MemoryStorage({ name: 'p.vmdk' });
+        const disk = await createVmdk(storage, { size: SIZE, zeroedGrain: ops.length % 2 === 0 });
+        const model = new Uint8Array(SIZE);
+        await apply(disk, model, ops);
+        expect(same(await disk.read(0, SIZE), model)).toBe(true);
+        await disk.close();
+        const bytes = storage.toBytes();
+        const again = await openVmdk(MemoryStorage.from(bytes, { name: 'p.vmdk', readOnly: true }));
+        expect(same(await again.read(0, SIZE), model)).toBe(true);
+        await again.close();
+        const check = await checkVmdk(MemoryStorage.from(bytes, { name: 'p.vmdk', readOnly: true }));
+        expect(check.messages).toEqual([]);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('over a parent: partly written grains copy the parent, unwritten ones fall through', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 20 }), async (ops) => {
+        const { files, parentBytes } = await chain();
+        const child = files.get('child.vmdk') as Uint8Array;
+        const storage = MemoryStorage.from(child, { name: 'child.vmdk' });
+        const resolver = memoryResolver(files);
+        const disk = await openVmdk(storage, { readOnly: false, resolver });
+        const model = parentBytes.slice();
+        await apply(disk, model, ops);
+        expect(same(await disk.read(0, SIZE), model)).toBe(true);
+        await disk.close();
+        const again = await openVmdk(MemoryStorage.from(storage.toBytes(), { name: 'child.vmdk', readOnly: true }), { resolver });
+        expect(same(await again.read(0, SIZE), model)).toBe(true);
+        await again.close();
+      }),
+      { numRuns: 20 },
+    );
+  });
+
+  it('the first write gives the image a new CID; reads and a read-only open do not', async () => {
+    const storage = new MemoryStorage({ name: 'c.vmdk' });
+    const disk = await createVmdk(storage, { size: SIZE });
+    await disk.close();
+    const before = await openVmdk(MemoryStorage.from(storage.toBytes(), { name: 'c.vmdk' }), { readOnly: false });
+    const cid = before.cid;
+    await before.read(0, 4096);
+    expect(before.cid).toBe(cid);
+    await before.write(0, new Uint8Array(512).fill(1));
+    expect(before.cid).not.toBe(cid);
+    await before.close();
+  });
+
+  it('a parent whose CID changed is refused (VMware: the parent was modified)', async () => {
+    const { files } = await chain();
+    const base = files.get('base.vmdk') as Uint8Array;
+    const text = new TextDecoder().decode(base.subarray(512, 1024));
+    const changed = text.replace(/CID=[0-9a-f]{8}/, 'CID=0badc0de');
+    base.set(new TextEncoder().encode(changed), 512);
+    const child = MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true });
+    await expect(openVmdk(child, { resolver: memoryResolver(files) })).rejects.toThrow(/the parent changed after this image was made/);
+    const ok = await openVmdk(MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true }), { resolver: memoryResolver(files), allowCidMismatch: true });
+    await ok.close();
+  });
+});
+
+const dir = tempDir('vmdk-rw-');
+afterAll(() => dir.cleanup());
+
+describeQemu('monolithicSparse written through the Disk API, judged by qemu-img', () => {
+  it('random workloads: qemu-img check clean and compare equal to the model', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.boolean(), async (ops, zeroedGrain) => {
+        const storage = new MemoryStorage({ name: 'q.vmdk' });
+        const disk = await createVmdk(storage, { size: SIZE, zeroedGrain });
+        const model = new Uint8Array(SIZE);
+        await apply(disk, model, ops);
+        await disk.close();
+        const path = join(dir.path, 'q.vmdk');
+        const raw = join(dir.path, 'q.raw');
+        writeFileSync(path, storage.toBytes());
+        writeFileSync(raw, model);
+        const check = qemuCheck(path, 'vmdk');
+        expect(check.status, check.stderr).toBe(0);
+        expect(qemuCompare(raw, path, 'raw', 'vmdk')).toBe(true);
+      }),
+      { numRuns: 8 },
+    );
+  });
+});
+
