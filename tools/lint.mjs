@@ -5,10 +5,6 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
 import { findCycles, relativeImports } from './import-cycles.mjs';
 
-// Packages whose import cycles are printed as warnings instead of failing the lint, each until its cycles
-// are broken. The lead empties this list once the branches that remove them are merged; do not add to it.
-const CYCLES_ALLOWED = new Set([]);
-
 const dir = process.argv[2] ?? '.';
 const src = join(dir, 'src');
 const errors = [];
@@ -65,14 +61,9 @@ for (const file of walk(src)) {
 
 // Imports of test files are not edges: a test may import anything.
 for (const g of [graph, runtimeGraph]) for (const targets of g.values()) for (const to of targets) if (!g.has(to)) targets.delete(to);
-const pkgName = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).name;
 const runtimeCycles = findCycles(runtimeGraph);
-for (const cycle of runtimeCycles) {
-  const line = `src/${cycle[0]}: import cycle ${cycle.join(' -> ')}`;
-  if (CYCLES_ALLOWED.has(pkgName)) warnings.push(`${line} (allowed for now in tools/lint.mjs)`);
-  else errors.push(line);
-}
-if (CYCLES_ALLOWED.has(pkgName) && !runtimeCycles.length) warnings.push(`${pkgName} has no import cycle left: remove it from CYCLES_ALLOWED in tools/lint.mjs`);
+// No package has a run-time import cycle (STYLE.md): each one fails the lint.
+for (const cycle of runtimeCycles) errors.push(`src/${cycle[0]}: import cycle ${cycle.join(' -> ')}`);
 // Cycles that only close through an `import type`: reported, not failed (see tools/import-cycles.mjs).
 for (const cycle of findCycles(graph)) {
   if (cycle.every((m, i) => i === 0 || runtimeGraph.get(cycle[i - 1]).has(m))) continue;

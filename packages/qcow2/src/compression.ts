@@ -12,7 +12,7 @@
  * DecompressionStream).
  */
 import { corrupt, hex, unsupported } from '@img/block';
-import { CODEC_UNAVAILABLE, TOO_LARGE, ZSTD_LEVEL, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
+import { CODEC_UNAVAILABLE, TOO_LARGE, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { webCodecs } from './web-codecs.js';
 

@@ -8,7 +8,6 @@ import { compressInPool, JOB_BYTES, POOL_MIN_CLUSTERS, releasePooled } from './c
 import { compressCluster, decompressCluster as decompressAny } from '../compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
 import { createQcow2 } from '../create.js';
-import { openQcow2 } from '../open.js';
 import { checkQcow2 } from '../check-qcow2.js';
 
 /** Node's codecs decompress synchronously: the pool's tests read the answer at once. */
