@@ -25,6 +25,8 @@ export const ENTRY_POINTS = [
   'packages/vhd/src/node.ts',
   'packages/convert/src/index.ts',
   'packages/nbd/src/index.ts',
+  'packages/vmdk/src/index.ts',
+  'packages/vmdk/src/node.ts',
 ].filter((p) => {
   try {
     return statSync(join(root, p)).isFile();
