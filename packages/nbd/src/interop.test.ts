@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { openQcow2 } from '@img/qcow2';
+import { openQcow2, readQcow2DirtyBitmap } from '@img/qcow2';
 import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { serveNbd, type NbdServer } from './index.js';
@@ -104,6 +104,48 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
     }
     expect(qemuImg(['check', at('w.qcow2')], { allowFail: true }).status).toBe(0);
     expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', at('w.qcow2'), at('model.raw')], { allowFail: true }).status).toBe(0);
+  });
+
+  it('answers qemu:dirty-bitmap:NAME as qemu-nbd -B does, for bitmaps qemu-nbd kept while writing', async () => {
+    // Two enabled bitmaps (64 KiB and 512-byte granularity) made dirty by writes through qemu-nbd, which keeps them.
+    qemuImg(['create', '-q', '-f', 'qcow2', at('bm.qcow2'), '64M']);
+    qemuIo(at('bm.qcow2'), 'qcow2', ['write -P 1 0 8M']);
+    qemuImg(['bitmap', '--add', '-g', '64k', at('bm.qcow2'), 'b0']);
+    qemuImg(['bitmap', '--add', '-g', '512', at('bm.qcow2'), 'b1']);
+    const writer = spawn('qemu-nbd', ['-t', '-f', 'qcow2', '-k', at('bw.sock'), at('bm.qcow2')], { stdio: 'ignore' });
+    await waitFor(at('bw.sock'));
+    const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 2 1M 100k', '-c', 'write -P 3 20M 1k', '-c', 'write -z 40M 3M', '-c', 'write -P 4 63M 1M', uri(at('bw.sock'))]);
+    expect(w.status, w.stderr).toBe(0);
+    await new Promise<void>((resolve) => {
+      writer.once('exit', () => resolve());
+      writer.kill('SIGTERM');
+    });
+    const storage = await FileStorage.open(at('bm.qcow2'));
+    const bitmaps = [await readQcow2DirtyBitmap(storage, 'b0'), await readQcow2DirtyBitmap(storage, 'b1')];
+    await expect(readQcow2DirtyBitmap(storage, 'nope')).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await storage.close();
+    const disk = await openQcow2(await FileStorage.open(at('bm.qcow2')), { resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk, bitmaps }], { socket: at('bm.sock') });
+    try {
+      const info = await run('nbdinfo', ['--json', uri(at('bm.sock'))]);
+      expect((JSON.parse(info.stdout) as { exports: Array<{ contexts: string[] }> }).exports[0]!.contexts).toEqual(['base:allocation', 'qemu:allocation-depth', 'qemu:dirty-bitmap:b0', 'qemu:dirty-bitmap:b1']);
+      for (const b of ['b0', 'b1']) {
+        const q = spawn('qemu-nbd', ['-t', '-r', '-B', b, '-f', 'qcow2', '-k', at(`bq-${b}.sock`), at('bm.qcow2')], { stdio: 'ignore' });
+        await waitFor(at(`bq-${b}.sock`));
+        try {
+          const ours = await run('nbdinfo', [`--map=qemu:dirty-bitmap:${b}`, uri(at('bm.sock'))]);
+          const theirs = await run('nbdinfo', [`--map=qemu:dirty-bitmap:${b}`, uri(at(`bq-${b}.sock`))]);
+          expect(ours.status, ours.stderr).toBe(0);
+          expect(ours.stdout).toBe(theirs.stdout);
+          expect(ours.stdout.match(/dirty/g)?.length).toBe(4);
+        } finally {
+          q.kill();
+        }
+      }
+    } finally {
+      await server.close();
+      await disk.close();
+    }
   });
 
   it('lists exports and answers NBD_OPT_INFO for each', async () => {

@@ -5,6 +5,7 @@
  * The disk keeps call order for overlapping requests.
  */
 import { ImageError, type Disk, type Extent } from '@img/block';
+import { bitmapOf } from './export.js';
 import type { Agreement } from './handshake.js';
 import { MAX_REQUEST } from './handshake.js';
 import * as P from './protocol.js';
@@ -128,31 +129,50 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     if (req.length === 0) throw new RequestError(P.EINVAL, 'BLOCK_STATUS of 0 bytes');
     const one = (req.flags & P.CMD_FLAG_REQ_ONE) !== 0;
     const max = one ? 1 : limits.maxExtents;
-    const extents: Extent[] = [];
-    for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
-      extents.push(e);
-      if (extents.length >= max) break;
-    }
+    // Allocation contexts share one extents walk, fetched only if one of them was chosen.
+    let extents: Extent[] | undefined;
+    const allocation = async () => {
+      if (extents) return extents;
+      extents = [];
+      for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
+        extents.push(e);
+        if (extents.length >= max) break;
+      }
+      return extents;
+    };
     const parts: Uint8Array[] = [];
     const ids = [...agreement.contexts.entries()];
-    ids.forEach(([id, name], n) => {
+    for (let n = 0; n < ids.length; n++) {
+      const [id, name] = ids[n]!;
       const body = new MessageBuilder().u32(id);
       let prev: { flags: number; length: number } | undefined;
+      let count = 0;
       const flush = () => {
         if (prev) body.u32(prev.length).u32(prev.flags);
       };
-      for (const e of extents) {
-        const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
-        // Runs of one state are one descriptor: extents differ in ways a context may not show.
-        if (prev && prev.flags === flags && prev.length + e.length <= 0xffffffff) prev.length += e.length;
+      // Runs of one state are one descriptor: extents differ in ways a context may not show.
+      const add = (flags: number, length: number): boolean => {
+        if (prev && prev.flags === flags && prev.length + length <= 0xffffffff) prev.length += length;
         else {
+          if (count >= max) return false;
           flush();
-          prev = { flags, length: Math.min(e.length, 0xffffffff) };
+          prev = { flags, length: Math.min(length, 0xffffffff) };
+          count++;
+        }
+        return true;
+      };
+      const bitmap = bitmapOf(exp, name);
+      if (bitmap) {
+        for (const r of bitmap.runs(req.offset, req.length)) if (!add(r.dirty ? P.STATE_DIRTY : 0, r.length)) break;
+      } else {
+        for (const e of await allocation()) {
+          const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
+          if (!add(flags, e.length)) break;
         }
       }
       flush();
       parts.push(...chunk(req, n === ids.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, [body.build()]));
-    });
+    }
     return write(parts);
   };
 
