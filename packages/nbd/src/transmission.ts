@@ -56,6 +56,15 @@ function messageOf(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).slice(0, 4096);
 }
 
+/** Read buffers larger than this are not kept for reuse. */
+const POOL_BUFFER_MAX = 4 * 1024 * 1024;
+
+function offsetField(offset: number): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(offset));
+  return b;
+}
+
 class RequestError extends Error {
   constructor(
     readonly errno: number,
@@ -93,34 +102,59 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     if (!exp.writable) throw new RequestError(P.EPERM, 'the export is read-only');
   };
 
+  // Read buffers are reused once their reply is written (the write callback means the kernel has the bytes):
+  // a copy of 1 GiB then allocates a few buffers, not 4096 zero-filled ones for the collector.
+  const pool = new Map<number, Uint8Array[]>();
+  let pooled = 0;
+  const take = (length: number) => {
+    const reused = pool.get(length)?.pop();
+    if (!reused) return new Uint8Array(length);
+    pooled--;
+    return reused;
+  };
+  const give = (buf: Uint8Array) => {
+    if (buf.length > POOL_BUFFER_MAX || pooled >= limits.queueDepth) return;
+    const list = pool.get(buf.length) ?? [];
+    list.push(buf);
+    pool.set(buf.length, list);
+    pooled++;
+  };
+  const written = async (done: Promise<void>, buf: Uint8Array) => {
+    await done;
+    give(buf);
+  };
+
   const read = async (req: Request) => {
     checkRange(req);
-    if (!structured) {
-      const data = await disk.read(req.offset, req.length);
-      return simpleReply(req, 0, data);
-    }
-    if (req.flags & P.CMD_FLAG_DF || req.length === 0) {
-      const data = await disk.read(req.offset, req.length);
-      if (req.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
-      return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(req.offset).build(), data]));
+    if (req.length === 0) return structured ? write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, [])) : simpleReply(req, 0, new Uint8Array(0));
+    if (!structured || req.flags & P.CMD_FLAG_DF) {
+      const data = take(req.length);
+      await disk.readInto(req.offset, data);
+      const head = structured ? chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [offsetField(req.offset), data]) : undefined;
+      return written(head ? write(head) : simpleReply(req, 0, data), data);
     }
     // Sparse read: holes and zero runs as OFFSET_HOLE chunks, data as OFFSET_DATA, all in one write.
-    const parts: Uint8Array[] = [];
     const runs: Extent[] = [];
     for await (const e of disk.extents({ offset: req.offset, length: req.length })) runs.push(e);
+    if (runs.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
+    const hasData = runs.some((e) => e.kind === 'data');
+    // One buffer for the request; data runs read into their place in it.
+    const buf = hasData ? take(req.length) : undefined;
+    const parts: Uint8Array[] = [];
+    const reads: Promise<void>[] = [];
     for (let i = 0; i < runs.length; i++) {
       const e = runs[i]!;
-      const last = i === runs.length - 1;
-      const flags = last ? P.REPLY_FLAG_DONE : 0;
+      const flags = i === runs.length - 1 ? P.REPLY_FLAG_DONE : 0;
       if (e.kind === 'data') {
-        const data = await disk.read(e.offset, e.length);
-        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(e.offset).build(), data]));
+        const view = buf!.subarray(e.offset - req.offset, e.offset - req.offset + e.length);
+        reads.push(disk.readInto(e.offset, view));
+        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_DATA, [offsetField(e.offset), view]));
       } else {
         parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_HOLE, [new MessageBuilder().u64(e.offset).u32(e.length).build()]));
       }
     }
-    if (runs.length === 0) parts.push(...chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
-    return write(parts);
+    await Promise.all(reads);
+    return buf ? written(write(parts), buf) : write(parts);
   };
 
   const blockStatus = async (req: Request) => {
