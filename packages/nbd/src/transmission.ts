@@ -56,6 +56,17 @@ function messageOf(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).slice(0, 4096);
 }
 
+/** The command flags each command takes (others are answered EINVAL, as the protocol asks). */
+const FLAGS_OF: Record<number, number> = {
+  [P.CMD_READ]: P.CMD_FLAG_DF | P.CMD_FLAG_FUA,
+  [P.CMD_WRITE]: P.CMD_FLAG_FUA,
+  [P.CMD_FLUSH]: P.CMD_FLAG_FUA,
+  [P.CMD_TRIM]: P.CMD_FLAG_FUA,
+  [P.CMD_CACHE]: P.CMD_FLAG_FUA,
+  [P.CMD_WRITE_ZEROES]: P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_FAST_ZERO,
+  [P.CMD_BLOCK_STATUS]: P.CMD_FLAG_REQ_ONE | P.CMD_FLAG_FUA,
+};
+
 /** Read buffers larger than this are not kept for reuse. */
 const POOL_BUFFER_MAX = 4 * 1024 * 1024;
 
@@ -212,6 +223,8 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
 
   const handle = async (req: Request, payload: Uint8Array | undefined): Promise<void> => {
     try {
+      const unknown = req.flags & ~(FLAGS_OF[req.type] ?? 0);
+      if (unknown) throw new RequestError(P.EINVAL, `flags 0x${unknown.toString(16)} are not known for command ${req.type}`);
       switch (req.type) {
         case P.CMD_READ:
           return await read(req);
