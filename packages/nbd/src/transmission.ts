@@ -95,8 +95,17 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     return write(data ? [head, data] : [head]);
   };
   const chunk = (req: Request, flags: number, type: number, payload: Uint8Array[]) => {
-    const length = payload.reduce((n, p) => n + p.length, 0);
-    return [new MessageBuilder().u32(P.STRUCTURED_REPLY_MAGIC).u16(flags).u16(type).bytes(req.cookie).u32(length).build(), ...payload];
+    let length = 0;
+    for (const p of payload) length += p.length;
+    // The 20-byte chunk header in one allocation: a copy of 1 GiB sends thousands of them.
+    const head = new Uint8Array(20);
+    const v = new DataView(head.buffer);
+    v.setUint32(0, P.STRUCTURED_REPLY_MAGIC);
+    v.setUint16(4, flags);
+    v.setUint16(6, type);
+    head.set(req.cookie, 8);
+    v.setUint32(16, length);
+    return [head, ...payload];
   };
   const errorReply = (req: Request, errno: number, message: string) => {
     if (!structured) return simpleReply(req, errno);
