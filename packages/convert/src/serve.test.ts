@@ -75,6 +75,7 @@ describeWith('nbdinfo', 'img serve', () => {
 
   it('offers a qcow2 bitmap with -B and refuses -B for what it cannot serve', () => {
     expect(run('img', ['serve', '-w', '-B', 'b0', '-k', '/tmp/x.sock', 'none.qcow2']).stderr).toContain('read-only exports');
+    expect(run('img', ['serve', '-l', 's1', '-B', 'b0', '-k', '/tmp/x.sock', 'none.qcow2']).stderr).toContain('-l and -B exclude each other');
     const raw = join(tmp.path, 'plain.raw');
     qemuImg(['create', '-q', '-f', 'raw', raw, '1M']);
     const r = run('img', ['serve', '-B', 'b0', '-k', join(tmp.path, 'p.sock'), raw]);

@@ -73,6 +73,7 @@ export const serve: Handler = async (argv, io) => {
   if (values.writable && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -w');
   const bitmapNames = values.bitmap ?? [];
   if (values.writable && bitmapNames.length) throw new UsageError('-B exports a bitmap as it is when the server starts: it goes with read-only exports, not -w');
+  if (values.snapshot !== undefined && bitmapNames.length) throw new UsageError("-B offers the image's bitmaps, which track the image and not a snapshot: -l and -B exclude each other");
   const port = values.port === undefined ? undefined : Number(values.port);
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`-p takes a port number (0-65535), not "${values.port}"`);
   const shared = values.shared === undefined ? 16 : parseSize(values.shared, '-e');
