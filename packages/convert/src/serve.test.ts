@@ -47,6 +47,47 @@ describeWith('nbdinfo', 'img serve', () => {
     expect(existsSync(sock)).toBe(false);
   });
 
+  it('takes img convert -n into a writable export: zero runs go as WRITE_ZEROES and leave the target sparse', async () => {
+    const src = join(tmp.path, 'src.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', src, '64M']);
+    qemuIo(src, 'qcow2', ['write -P 0x31 0 4M', 'write -z 8M 4M', 'write -P 0x32 40M 1M']);
+    // The target starts fully allocated with other bytes: every zero run of the source must be written.
+    const dst = join(tmp.path, 'dst.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', dst, '64M']);
+    qemuIo(dst, 'qcow2', ['write -P 0x99 0 64M']);
+    const sock = join(tmp.path, 'dst.sock');
+    const server = spawn(process.execPath, [img, 'serve', '-w', '-k', sock, dst], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    for (let i = 0; i < 200 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25));
+    const conv = run('img', ['convert', '-n', '-O', 'raw', src, `nbd+unix:///?socket=${sock}`]);
+    expect(conv.status, conv.stderr).toBe(0);
+    expect(conv.stderr).toMatch(/, 5 MiB written,/);
+    const exited = new Promise<number>((resolve) => server.on('close', (code) => resolve(code ?? -1)));
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(qemuImg(['check', dst], { allowFail: true }).status).toBe(0);
+    expect(qemuImg(['compare', src, dst], { allowFail: true }).status).toBe(0);
+    // Only the 5 MiB of data stay allocated: the zero runs were deallocated, not written as zero bytes.
+    const map = JSON.parse(qemuImg(['map', '--output=json', dst]).stdout) as Array<{ length: number; data: boolean }>;
+    expect(map.filter((m) => m.data).reduce((n, m) => n + m.length, 0)).toBe(5 * 2 ** 20);
+  });
+
+  it('offers a qcow2 bitmap with -B and refuses -B for what it cannot serve', () => {
+    expect(run('img', ['serve', '-w', '-B', 'b0', '-k', '/tmp/x.sock', 'none.qcow2']).stderr).toContain('read-only exports');
+    expect(run('img', ['serve', '-l', 's1', '-B', 'b0', '-k', '/tmp/x.sock', 'none.qcow2']).stderr).toContain('-l and -B exclude each other');
+    const raw = join(tmp.path, 'plain.raw');
+    qemuImg(['create', '-q', '-f', 'raw', raw, '1M']);
+    const r = run('img', ['serve', '-B', 'b0', '-k', join(tmp.path, 'p.sock'), raw]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('-B needs a qcow2 image');
+    const q = join(tmp.path, 'nobitmap.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', q, '1M']);
+    const n = run('img', ['serve', '-B', 'b0', '-k', join(tmp.path, 'n.sock'), q]);
+    expect(n.status).not.toBe(0);
+    expect(n.stderr).toContain('no persistent bitmap named "b0"');
+  });
+
   it('refuses contradictory options before opening anything', () => {
     const r = run('img', ['serve', '-k', '/tmp/x.sock', '-p', '10809', 'none.qcow2']);
     expect(r.status).toBe(1);

@@ -1,7 +1,7 @@
 /**
  * `NbdStorage`: an NBD export as a `Storage` (the client side), so every
  * format opens over NBD as over a file, and raw images copy sparsely through
- * BLOCK_STATUS. Requests are pipelined: many may be in flight, each answered
+ * BLOCK_STATUS, and zero runs written as WRITE_ZEROES. Requests are pipelined: many may be in flight, each answered
  * by cookie.
  */
 import { createConnection, type Socket } from 'node:net';
@@ -28,6 +28,9 @@ interface Pending {
   resolve: () => void;
   reject: (e: Error) => void;
 }
+
+/** The most one WRITE_ZEROES asks for (it carries no payload; servers take far more than a write's block size). */
+const ZERO_REQUEST = 1024 * 1024 * 1024;
 
 const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN' };
 
@@ -267,6 +270,21 @@ export class NbdStorage implements Storage {
       jobs.push(this.#request(P.CMD_WRITE, 0, position + at, chunk.length, {}, chunk));
     }
     await Promise.all(jobs);
+  }
+
+  /**
+   * Makes `[offset, offset + length)` read as zeros with WRITE_ZEROES (the
+   * server may deallocate it), so zero runs cross the wire as a request
+   * header only. False when the export does not take WRITE_ZEROES.
+   */
+  async punchHole(offset: number, length: number): Promise<boolean> {
+    if (this.readOnly) throw readOnlyError('nbd', this.name);
+    if (!(this.#flags & P.FLAG_SEND_WRITE_ZEROES)) return false;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.#size) throw invalidArg('nbd', `${this.name}: zeroing ${offset}+${length} is outside the ${this.#size}-byte export`);
+    const jobs: Promise<void>[] = [];
+    for (let at = 0; at < length; at += ZERO_REQUEST) jobs.push(this.#request(P.CMD_WRITE_ZEROES, 0, offset + at, Math.min(ZERO_REQUEST, length - at)));
+    await Promise.all(jobs);
+    return true;
   }
 
   async truncate(size: number): Promise<void> {

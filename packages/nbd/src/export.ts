@@ -3,7 +3,17 @@
  * contexts each one answers BLOCK_STATUS with.
  */
 import type { Disk } from '@img/block';
-import { CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION } from './protocol.js';
+import { CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP } from './protocol.js';
+
+/**
+ * A dirty bitmap an export offers as the `qemu:dirty-bitmap:NAME` metadata
+ * context (a qcow2 persistent bitmap: `readQcow2DirtyBitmap` in @img/qcow2).
+ */
+export interface NbdDirtyBitmap {
+  name: string;
+  /** Dirty and clean runs covering [offset, offset + length), in order. */
+  runs(offset: number, length: number): Iterable<{ offset: number; length: number; dirty: boolean }>;
+}
 
 /** One export: a disk under a name. */
 export interface NbdExport {
@@ -14,11 +24,19 @@ export interface NbdExport {
   description?: string;
   /** Accept writes (default false: read-only, as qemu-nbd -r). The disk must be open writable. */
   writable?: boolean;
+  /** Dirty bitmaps offered as `qemu:dirty-bitmap:NAME` contexts (as qemu-nbd -B NAME). */
+  bitmaps?: readonly NbdDirtyBitmap[];
 }
 
 /** The metadata contexts of an export, in the order their ids are given. */
-export function contextsOf(_exp: NbdExport): string[] {
-  return [CONTEXT_BASE_ALLOCATION, CONTEXT_ALLOCATION_DEPTH];
+export function contextsOf(exp: NbdExport): string[] {
+  return [CONTEXT_BASE_ALLOCATION, CONTEXT_ALLOCATION_DEPTH, ...(exp.bitmaps ?? []).map((b) => CONTEXT_DIRTY_BITMAP + b.name)];
+}
+
+/** The bitmap a context name stands for, if it is a dirty-bitmap context of this export. */
+export function bitmapOf(exp: NbdExport, context: string): NbdDirtyBitmap | undefined {
+  if (!context.startsWith(CONTEXT_DIRTY_BITMAP)) return undefined;
+  return exp.bitmaps?.find((b) => CONTEXT_DIRTY_BITMAP + b.name === context);
 }
 
 /**

@@ -31,11 +31,17 @@ type Write = (bytes: Uint8Array) => Promise<void>;
 /** A protocol violation after which the connection is dropped. */
 export class HandshakeAbort extends Error {}
 
-/** Transmission flags of an export. */
+/**
+ * Transmission flags of an export. NBD_FLAG_CAN_MULTI_CONN holds for
+ * writable exports too: every connection goes to the one `Disk` object of
+ * the export, so a write one connection saw answered is visible to reads on
+ * every other, and FLUSH (or FUA) on any connection is `disk.flush()`, which
+ * makes every completed write durable, whichever connection sent it.
+ */
 export function transmissionFlags(exp: NbdExport, structured: boolean): number {
-  let flags = P.FLAG_HAS_FLAGS | P.FLAG_SEND_CACHE;
+  let flags = P.FLAG_HAS_FLAGS | P.FLAG_SEND_CACHE | P.FLAG_CAN_MULTI_CONN;
   if (exp.writable) flags |= P.FLAG_SEND_FLUSH | P.FLAG_SEND_FUA | P.FLAG_SEND_TRIM | P.FLAG_SEND_WRITE_ZEROES | P.FLAG_SEND_FAST_ZERO;
-  else flags |= P.FLAG_READ_ONLY | P.FLAG_CAN_MULTI_CONN;
+  else flags |= P.FLAG_READ_ONLY;
   if (structured) flags |= P.FLAG_SEND_DF;
   return flags;
 }

@@ -1,4 +1,4 @@
 export { serveNbd, type NbdServeOptions, type NbdServer } from './server.js';
-export { type NbdExport } from './export.js';
+export { type NbdExport, type NbdDirtyBitmap } from './export.js';
 export { NbdStorage, type NbdConnectOptions } from './client.js';
 export { isNbdUri, parseNbdUri, type NbdAddress } from './uri.js';

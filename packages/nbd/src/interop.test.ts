@@ -5,10 +5,10 @@ import { existsSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { openQcow2 } from '@img/qcow2';
+import { openQcow2, readQcow2DirtyBitmap } from '@img/qcow2';
 import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { serveNbd, type NbdServer } from './index.js';
+import { NbdStorage, serveNbd, type NbdServer } from './index.js';
 
 const tmp = tempDir('img-nbd-');
 afterAll(() => tmp.cleanup());
@@ -104,6 +104,104 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
     }
     expect(qemuImg(['check', at('w.qcow2')], { allowFail: true }).status).toBe(0);
     expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', at('w.qcow2'), at('model.raw')], { allowFail: true }).status).toBe(0);
+  });
+
+  it('answers qemu:dirty-bitmap:NAME as qemu-nbd -B does, for bitmaps qemu-nbd kept while writing', async () => {
+    // Two enabled bitmaps (64 KiB and 512-byte granularity) made dirty by writes through qemu-nbd, which keeps them.
+    qemuImg(['create', '-q', '-f', 'qcow2', at('bm.qcow2'), '64M']);
+    qemuIo(at('bm.qcow2'), 'qcow2', ['write -P 1 0 8M']);
+    qemuImg(['bitmap', '--add', '-g', '64k', at('bm.qcow2'), 'b0']);
+    qemuImg(['bitmap', '--add', '-g', '512', at('bm.qcow2'), 'b1']);
+    const writer = spawn('qemu-nbd', ['-t', '-f', 'qcow2', '-k', at('bw.sock'), at('bm.qcow2')], { stdio: 'ignore' });
+    await waitFor(at('bw.sock'));
+    const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 2 1M 100k', '-c', 'write -P 3 20M 1k', '-c', 'write -z 40M 3M', '-c', 'write -P 4 63M 1M', uri(at('bw.sock'))]);
+    expect(w.status, w.stderr).toBe(0);
+    await new Promise<void>((resolve) => {
+      writer.once('exit', () => resolve());
+      writer.kill('SIGTERM');
+    });
+    const storage = await FileStorage.open(at('bm.qcow2'));
+    const bitmaps = [await readQcow2DirtyBitmap(storage, 'b0'), await readQcow2DirtyBitmap(storage, 'b1')];
+    await expect(readQcow2DirtyBitmap(storage, 'nope')).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    await storage.close();
+    const disk = await openQcow2(await FileStorage.open(at('bm.qcow2')), { resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk, bitmaps }], { socket: at('bm.sock') });
+    try {
+      const info = await run('nbdinfo', ['--json', uri(at('bm.sock'))]);
+      expect((JSON.parse(info.stdout) as { exports: Array<{ contexts: string[] }> }).exports[0]!.contexts).toEqual(['base:allocation', 'qemu:allocation-depth', 'qemu:dirty-bitmap:b0', 'qemu:dirty-bitmap:b1']);
+      for (const b of ['b0', 'b1']) {
+        const q = spawn('qemu-nbd', ['-t', '-r', '-B', b, '-f', 'qcow2', '-k', at(`bq-${b}.sock`), at('bm.qcow2')], { stdio: 'ignore' });
+        await waitFor(at(`bq-${b}.sock`));
+        try {
+          const ours = await run('nbdinfo', [`--map=qemu:dirty-bitmap:${b}`, uri(at('bm.sock'))]);
+          const theirs = await run('nbdinfo', [`--map=qemu:dirty-bitmap:${b}`, uri(at(`bq-${b}.sock`))]);
+          expect(ours.status, ours.stderr).toBe(0);
+          expect(ours.stdout).toBe(theirs.stdout);
+          expect(ours.stdout.match(/dirty/g)?.length).toBe(4);
+        } finally {
+          q.kill();
+        }
+      }
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+  });
+
+  it('takes nbdcopy --connections=4 into a writable export (multi-conn), then the image is check clean and identical', async () => {
+    qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', at('top.qcow2'), at('top.raw')]);
+    qemuImg(['create', '-q', '-f', 'qcow2', at('mc.qcow2'), '64M']);
+    const disk = await openQcow2(await FileStorage.open(at('mc.qcow2'), { readOnly: false }), { readOnly: false, resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk, writable: true }], { socket: at('mc.sock') });
+    try {
+      const info = await run('nbdinfo', ['--json', uri(at('mc.sock'))]);
+      const exp = (JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!;
+      expect(exp.can_multi_conn).toBe(true);
+      expect(exp.is_read_only).toBe(false);
+      let most = 0;
+      const poll = setInterval(() => (most = Math.max(most, server.connections)), 1);
+      const copy = await run('nbdcopy', ['--connections=4', '--requests=16', '--flush', at('top.raw'), uri(at('mc.sock'))]);
+      clearInterval(poll);
+      expect(copy.status, copy.stderr).toBe(0);
+      expect(most).toBeGreaterThan(1); // nbdcopy opens several connections only to a server that says CAN_MULTI_CONN
+      expect(server.connections).toBe(0);
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+    expect(qemuImg(['check', at('mc.qcow2')], { allowFail: true }).status).toBe(0);
+    expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', at('top.raw'), at('mc.qcow2')], { allowFail: true }).status).toBe(0);
+  });
+
+  it('NbdStorage zeroes through WRITE_ZEROES: the server deallocates, no zero bytes cross the wire', async () => {
+    qemuImg(['create', '-q', '-f', 'qcow2', at('z.qcow2'), '16M']);
+    qemuIo(at('z.qcow2'), 'qcow2', ['write -P 0x44 0 16M']);
+    const disk = await openQcow2(await FileStorage.open(at('z.qcow2'), { readOnly: false }), { readOnly: false, resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk, writable: true }], { socket: at('z.sock') });
+    try {
+      const storage = await NbdStorage.connect(uri(at('z.sock')), { writable: true });
+      expect(await storage.punchHole(2 * 2 ** 20, 8 * 2 ** 20)).toBe(true);
+      await expect(storage.punchHole(15 * 2 ** 20, 2 * 2 ** 20)).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+      expect((await storage.ranges(0, 16 * 2 ** 20)).map((r) => [r.offset, r.length, r.data])).toEqual([
+        [0, 2 * 2 ** 20, true],
+        [2 * 2 ** 20, 8 * 2 ** 20, false],
+        [10 * 2 ** 20, 6 * 2 ** 20, true],
+      ]);
+      await storage.flush();
+      await storage.close();
+      const ro = await NbdStorage.connect(uri(at('z.sock')));
+      await expect(ro.punchHole(0, 512)).rejects.toMatchObject({ code: 'ERR_IMG_READ_ONLY' });
+      await ro.close();
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+    const model = at('z-model.raw');
+    qemuImg(['create', '-q', '-f', 'raw', model, '16M']);
+    qemuIo(model, 'raw', ['write -P 0x44 0 2M', 'write -P 0x44 10M 6M']);
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', at('z.qcow2'), model], { allowFail: true }).status).toBe(0);
+    const map = JSON.parse(qemuImg(['map', '--output=json', at('z.qcow2')]).stdout) as Array<{ start: number; length: number; data: boolean }>;
+    expect(map.filter((m) => m.data).reduce((n, m) => n + m.length, 0)).toBe(8 * 2 ** 20);
   });
 
   it('lists exports and answers NBD_OPT_INFO for each', async () => {

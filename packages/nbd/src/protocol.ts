@@ -86,6 +86,9 @@ export const REPLY_TYPE_ERROR_OFFSET = 2 ** 15 + 2;
 // base:allocation states.
 export const STATE_HOLE = 1 << 0;
 export const STATE_ZERO = 1 << 1;
+// qemu:dirty-bitmap states.
+/** qemu:dirty-bitmap: the range changed since the bitmap was started. */
+export const STATE_DIRTY = 1 << 0;
 
 // Errors (errno values the protocol fixes, whatever the platform's).
 export const EPERM = 1;
@@ -100,3 +103,5 @@ export const ESHUTDOWN = 108;
 /** The metadata contexts a server may offer. */
 export const CONTEXT_BASE_ALLOCATION = 'base:allocation';
 export const CONTEXT_ALLOCATION_DEPTH = 'qemu:allocation-depth';
+/** The prefix of a dirty bitmap's context: `qemu:dirty-bitmap:NAME`. */
+export const CONTEXT_DIRTY_BITMAP = 'qemu:dirty-bitmap:';

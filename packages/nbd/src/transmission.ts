@@ -5,6 +5,7 @@
  * The disk keeps call order for overlapping requests.
  */
 import { ImageError, type Disk, type Extent } from '@img/block';
+import { bitmapOf } from './export.js';
 import type { Agreement } from './handshake.js';
 import { MAX_REQUEST } from './handshake.js';
 import * as P from './protocol.js';
@@ -55,6 +56,26 @@ function messageOf(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).slice(0, 4096);
 }
 
+/** The command flags each command takes (others are answered EINVAL, as the protocol asks). */
+const FLAGS_OF: Record<number, number> = {
+  [P.CMD_READ]: P.CMD_FLAG_DF | P.CMD_FLAG_FUA,
+  [P.CMD_WRITE]: P.CMD_FLAG_FUA,
+  [P.CMD_FLUSH]: P.CMD_FLAG_FUA,
+  [P.CMD_TRIM]: P.CMD_FLAG_FUA,
+  [P.CMD_CACHE]: P.CMD_FLAG_FUA,
+  [P.CMD_WRITE_ZEROES]: P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_FAST_ZERO,
+  [P.CMD_BLOCK_STATUS]: P.CMD_FLAG_REQ_ONE | P.CMD_FLAG_FUA,
+};
+
+/** Read buffers larger than this are not kept for reuse. */
+const POOL_BUFFER_MAX = 4 * 1024 * 1024;
+
+function offsetField(offset: number): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(offset));
+  return b;
+}
+
 class RequestError extends Error {
   constructor(
     readonly errno: number,
@@ -74,8 +95,17 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     return write(data ? [head, data] : [head]);
   };
   const chunk = (req: Request, flags: number, type: number, payload: Uint8Array[]) => {
-    const length = payload.reduce((n, p) => n + p.length, 0);
-    return [new MessageBuilder().u32(P.STRUCTURED_REPLY_MAGIC).u16(flags).u16(type).bytes(req.cookie).u32(length).build(), ...payload];
+    let length = 0;
+    for (const p of payload) length += p.length;
+    // The 20-byte chunk header in one allocation: a copy of 1 GiB sends thousands of them.
+    const head = new Uint8Array(20);
+    const v = new DataView(head.buffer);
+    v.setUint32(0, P.STRUCTURED_REPLY_MAGIC);
+    v.setUint16(4, flags);
+    v.setUint16(6, type);
+    head.set(req.cookie, 8);
+    v.setUint32(16, length);
+    return [head, ...payload];
   };
   const errorReply = (req: Request, errno: number, message: string) => {
     if (!structured) return simpleReply(req, errno);
@@ -92,34 +122,59 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     if (!exp.writable) throw new RequestError(P.EPERM, 'the export is read-only');
   };
 
+  // Read buffers are reused once their reply is written (the write callback means the kernel has the bytes):
+  // a copy of 1 GiB then allocates a few buffers, not 4096 zero-filled ones for the collector.
+  const pool = new Map<number, Uint8Array[]>();
+  let pooled = 0;
+  const take = (length: number) => {
+    const reused = pool.get(length)?.pop();
+    if (!reused) return new Uint8Array(length);
+    pooled--;
+    return reused;
+  };
+  const give = (buf: Uint8Array) => {
+    if (buf.length > POOL_BUFFER_MAX || pooled >= limits.queueDepth) return;
+    const list = pool.get(buf.length) ?? [];
+    list.push(buf);
+    pool.set(buf.length, list);
+    pooled++;
+  };
+  const written = async (done: Promise<void>, buf: Uint8Array) => {
+    await done;
+    give(buf);
+  };
+
   const read = async (req: Request) => {
     checkRange(req);
-    if (!structured) {
-      const data = await disk.read(req.offset, req.length);
-      return simpleReply(req, 0, data);
-    }
-    if (req.flags & P.CMD_FLAG_DF || req.length === 0) {
-      const data = await disk.read(req.offset, req.length);
-      if (req.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
-      return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(req.offset).build(), data]));
+    if (req.length === 0) return structured ? write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, [])) : simpleReply(req, 0, new Uint8Array(0));
+    if (!structured || req.flags & P.CMD_FLAG_DF) {
+      const data = take(req.length);
+      await disk.readInto(req.offset, data);
+      const head = structured ? chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [offsetField(req.offset), data]) : undefined;
+      return written(head ? write(head) : simpleReply(req, 0, data), data);
     }
     // Sparse read: holes and zero runs as OFFSET_HOLE chunks, data as OFFSET_DATA, all in one write.
-    const parts: Uint8Array[] = [];
     const runs: Extent[] = [];
     for await (const e of disk.extents({ offset: req.offset, length: req.length })) runs.push(e);
+    if (runs.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
+    const hasData = runs.some((e) => e.kind === 'data');
+    // One buffer for the request; data runs read into their place in it.
+    const buf = hasData ? take(req.length) : undefined;
+    const parts: Uint8Array[] = [];
+    const reads: Promise<void>[] = [];
     for (let i = 0; i < runs.length; i++) {
       const e = runs[i]!;
-      const last = i === runs.length - 1;
-      const flags = last ? P.REPLY_FLAG_DONE : 0;
+      const flags = i === runs.length - 1 ? P.REPLY_FLAG_DONE : 0;
       if (e.kind === 'data') {
-        const data = await disk.read(e.offset, e.length);
-        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_DATA, [new MessageBuilder().u64(e.offset).build(), data]));
+        const view = buf!.subarray(e.offset - req.offset, e.offset - req.offset + e.length);
+        reads.push(disk.readInto(e.offset, view));
+        parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_DATA, [offsetField(e.offset), view]));
       } else {
         parts.push(...chunk(req, flags, P.REPLY_TYPE_OFFSET_HOLE, [new MessageBuilder().u64(e.offset).u32(e.length).build()]));
       }
     }
-    if (runs.length === 0) parts.push(...chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
-    return write(parts);
+    await Promise.all(reads);
+    return buf ? written(write(parts), buf) : write(parts);
   };
 
   const blockStatus = async (req: Request) => {
@@ -128,36 +183,57 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     if (req.length === 0) throw new RequestError(P.EINVAL, 'BLOCK_STATUS of 0 bytes');
     const one = (req.flags & P.CMD_FLAG_REQ_ONE) !== 0;
     const max = one ? 1 : limits.maxExtents;
-    const extents: Extent[] = [];
-    for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
-      extents.push(e);
-      if (extents.length >= max) break;
-    }
+    // Allocation contexts share one extents walk, fetched only if one of them was chosen.
+    let extents: Extent[] | undefined;
+    const allocation = async () => {
+      if (extents) return extents;
+      extents = [];
+      for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
+        extents.push(e);
+        if (extents.length >= max) break;
+      }
+      return extents;
+    };
     const parts: Uint8Array[] = [];
     const ids = [...agreement.contexts.entries()];
-    ids.forEach(([id, name], n) => {
+    for (let n = 0; n < ids.length; n++) {
+      const [id, name] = ids[n]!;
       const body = new MessageBuilder().u32(id);
       let prev: { flags: number; length: number } | undefined;
+      let count = 0;
       const flush = () => {
         if (prev) body.u32(prev.length).u32(prev.flags);
       };
-      for (const e of extents) {
-        const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
-        // Runs of one state are one descriptor: extents differ in ways a context may not show.
-        if (prev && prev.flags === flags && prev.length + e.length <= 0xffffffff) prev.length += e.length;
+      // Runs of one state are one descriptor: extents differ in ways a context may not show.
+      const add = (flags: number, length: number): boolean => {
+        if (prev && prev.flags === flags && prev.length + length <= 0xffffffff) prev.length += length;
         else {
+          if (count >= max) return false;
           flush();
-          prev = { flags, length: Math.min(e.length, 0xffffffff) };
+          prev = { flags, length: Math.min(length, 0xffffffff) };
+          count++;
+        }
+        return true;
+      };
+      const bitmap = bitmapOf(exp, name);
+      if (bitmap) {
+        for (const r of bitmap.runs(req.offset, req.length)) if (!add(r.dirty ? P.STATE_DIRTY : 0, r.length)) break;
+      } else {
+        for (const e of await allocation()) {
+          const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
+          if (!add(flags, e.length)) break;
         }
       }
       flush();
       parts.push(...chunk(req, n === ids.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, [body.build()]));
-    });
+    }
     return write(parts);
   };
 
   const handle = async (req: Request, payload: Uint8Array | undefined): Promise<void> => {
     try {
+      const unknown = req.flags & ~(FLAGS_OF[req.type] ?? 0);
+      if (unknown) throw new RequestError(P.EINVAL, `flags 0x${unknown.toString(16)} are not known for command ${req.type}`);
       switch (req.type) {
         case P.CMD_READ:
           return await read(req);

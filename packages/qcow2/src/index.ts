@@ -11,7 +11,7 @@ export { type SnapshotCreateOptions } from './snapshot-ops.js';
 export { parseHeader, serializeHeader, hasQcow2Magic, type Qcow2Header } from './header.js';
 export { parseExtensions, serializeExtensions, type HeaderExtension, type FeatureName } from './extensions.js';
 export { type Qcow2Snapshot } from './snapshot.js';
-export { type Qcow2BitmapInfo } from './bitmaps.js';
+export { type Qcow2BitmapInfo, type Qcow2DirtyBitmap, type DirtyRun, readQcow2DirtyBitmap } from './bitmaps.js';
 export { DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 export { qcow2Codecs, setQcow2Codecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';

@@ -9,11 +9,13 @@ import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureInput, layouts } from './inputs.mjs';
+import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { childEnv, median, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
 const IMG_CONVERT = join(repoRoot, 'packages', 'convert', 'dist', 'bin', 'img-convert.js');
+const IMG = join(repoRoot, 'packages', 'convert', 'dist', 'bin', 'img.js');
 const DISK_BENCH = join(here, 'disk-bench.mjs');
 
 /** qemu's format names and our file suffixes. */
@@ -28,12 +30,13 @@ export function configFromEnv(env = process.env) {
     runs: Number(env.IMG_BENCH_RUNS ?? 5),
     warmup: Number(env.IMG_BENCH_WARMUP ?? 1),
     scale: Number(env.IMG_BENCH_SCALE ?? 1),
-    inputs: list(env.IMG_BENCH_INPUTS, ['A', 'B', 'C', 'D']),
+    inputs: list(env.IMG_BENCH_INPUTS, ['A', 'B', 'C', 'D']).filter((n) => n !== 'none'),
     pairs: list(env.IMG_BENCH_PAIRS, ALL_PAIRS),
     compress: list(env.IMG_BENCH_COMPRESS, ['deflate', 'zstd']).filter((c) => c !== 'none' && c !== '0'),
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
+    nbd: env.IMG_BENCH_NBD !== '0',
     out: env.IMG_BENCH_OUT ?? join(repoRoot, 'BENCHMARKS.md'),
     keep: env.IMG_BENCH_KEEP === '1',
     log: env.IMG_BENCH_QUIET === '1' ? () => {} : (s) => process.stderr.write(`${s}\n`),
@@ -245,6 +248,10 @@ export async function runBench(cfg) {
       await rm(join(cfg.dir, 'E.stamp'), { force: true });
     }
   }
+  if (cfg.nbd && (await haveNbdTools())) {
+    cfg.log('nbd: nbdcopy from img serve vs qemu-nbd');
+    result.nbd = [await nbdRow(cfg, alternate, IMG)];
+  } else result.nbd = [];
   result.machine.loadAfter = loadavg().map((x) => x.toFixed(2)).join(' ');
   return result;
 }

@@ -38,6 +38,12 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
     }
     const md = renderMarkdown(result);
     expect(md).toContain('| B | qcow2->vpc |');
+    if (spawnSync('nbdcopy', ['--version']).status === 0) {
+      expect(result.nbd).toHaveLength(1);
+      expect(result.nbd[0].ok).toBe(true);
+      expect(result.nbd[0].throughputRatio).toBeGreaterThan(0);
+      expect(md).toContain('### NBD: nbdcopy from img serve vs qemu-nbd');
+    }
     expect(md).toContain('raw->qcow2 -c zstd');
     expect(targets(result).find((t: { target: string }) => t.target.startsWith('outputs identical')).met).toBe(true);
     // The report replaces only the generated section.

@@ -5,10 +5,11 @@
  * Environment (all optional):
  *   IMG_BENCH_DIR      work directory for inputs and outputs (default /tmp/img-bench)
  *   IMG_BENCH_RUNS     timed runs per tool and row (default 5), after IMG_BENCH_WARMUP (default 1)
- *   IMG_BENCH_INPUTS   e.g. A,B (default A,B,C,D); E (for -c and the Disk API) is always made when needed
+ *   IMG_BENCH_INPUTS   e.g. A,B (default A,B,C,D); none skips the conversion rows; E (for -c and the Disk API) is always made when needed
  *   IMG_BENCH_PAIRS    e.g. raw:qcow2,qcow2:raw (qemu format names; default all seven)
  *   IMG_BENCH_COMPRESS deflate,zstd (default) or none; IMG_BENCH_COMPRESS_FROM raw (default) or raw,qcow2
  *   IMG_BENCH_DISK_OPS 4 KiB requests per Disk API row (default 100000; 0 skips)
+ *   IMG_BENCH_NBD      0 skips the NBD row (nbdcopy from img serve vs qemu-nbd; needs libnbd-bin)
  *   IMG_BENCH_SCALE    shrink the inputs (e.g. 0.001 for a smoke run)
  *   IMG_BENCH_OUT      report path (default BENCHMARKS.md at the repository root); "-" prints it
  *   IMG_BENCH_KEEP=1   keep the inputs for the next run

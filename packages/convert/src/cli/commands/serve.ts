@@ -5,16 +5,18 @@
  */
 import { parseArgs } from 'node:util';
 import { parseSize, type Disk } from '@img/block';
-import { serveNbd } from '@img/nbd';
+import { FileStorage } from '@img/block/node';
+import { serveNbd, type NbdDirtyBitmap } from '@img/nbd';
+import { readQcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { openDiskSnapshot, openImageFile } from '../../node.js';
 import { type Handler, common, onePath, shareOption } from './shared.js';
 
-const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-e clients] <file>
+const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-B bitmap]... [-e clients] <file>
 
 Exports the image over NBD until interrupted (Ctrl-C, SIGTERM), to any number of clients in turn or at
-once, as qemu-nbd --persistent does. Read-only unless -w. Block status answers base:allocation and
-qemu:allocation-depth. The URI to give clients is printed on stderr.
+once, as qemu-nbd --persistent does. Read-only unless -w. Block status answers base:allocation,
+qemu:allocation-depth and, with -B, qemu:dirty-bitmap:NAME. The URI to give clients is printed on stderr.
 
   -k, --socket <path>      listen on a Unix socket
   -p, --port <port>        listen on TCP (default 10809)
@@ -22,12 +24,16 @@ qemu:allocation-depth. The URI to give clients is printed on stderr.
   -x, --export-name <name> the export's name (default "")
   -w, --writable           accept writes (the image is opened read-write and locked)
   -l, --snapshot <name>    export an internal snapshot (read-only)
+  -B, --bitmap <name>      offer a qcow2 persistent bitmap as qemu:dirty-bitmap:<name> (read-only
+                           exports; the bits are read once, when the server starts; repeatable)
   -e, --shared <n>         most clients at once (default 16)
   -U, --force-share        open a read-only export without image locks
 
 Examples:
   img serve -k /tmp/vm.sock vm.qcow2 &
   nbdinfo --map 'nbd+unix:///?socket=/tmp/vm.sock'
+  img serve -B b0 -k /tmp/vm.sock vm.qcow2 &
+  nbdinfo --map=qemu:dirty-bitmap:b0 'nbd+unix:///?socket=/tmp/vm.sock'
   qemu-img convert -O raw 'nbd+unix:///?socket=/tmp/vm.sock' vm.raw
 `;
 
@@ -53,6 +59,7 @@ export const serve: Handler = async (argv, io) => {
       writable: { type: 'boolean', short: 'w' },
       snapshot: { type: 'string', short: 'l' },
       shared: { type: 'string', short: 'e' },
+      bitmap: { type: 'string', short: 'B', multiple: true },
     },
     allowPositionals: true,
   });
@@ -64,6 +71,9 @@ export const serve: Handler = async (argv, io) => {
   if (values.socket !== undefined && (values.port !== undefined || values.bind !== undefined)) throw new UsageError('-k (a Unix socket) and -p/-b (TCP) exclude each other');
   if (values.writable && values.snapshot !== undefined) throw new UsageError('a snapshot is exported read-only: -l and -w exclude each other');
   if (values.writable && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -w');
+  const bitmapNames = values.bitmap ?? [];
+  if (values.writable && bitmapNames.length) throw new UsageError('-B exports a bitmap as it is when the server starts: it goes with read-only exports, not -w');
+  if (values.snapshot !== undefined && bitmapNames.length) throw new UsageError("-B offers the image's bitmaps, which track the image and not a snapshot: -l and -B exclude each other");
   const port = values.port === undefined ? undefined : Number(values.port);
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`-p takes a port number (0-65535), not "${values.port}"`);
   const shared = values.shared === undefined ? 16 : parseSize(values.shared, '-e');
@@ -78,8 +88,18 @@ export const serve: Handler = async (argv, io) => {
   let exported: Disk = disk;
   try {
     if (values.snapshot !== undefined) exported = await openDiskSnapshot(disk, values.snapshot);
+    const bitmaps: NbdDirtyBitmap[] = [];
+    if (bitmapNames.length) {
+      if (disk.format !== 'qcow2') throw new UsageError(`-B needs a qcow2 image (persistent bitmaps); ${path} is ${disk.format}`);
+      const storage = await FileStorage.open(path, { readOnly: true, forceShare: true });
+      try {
+        for (const b of bitmapNames) bitmaps.push(await readQcow2DirtyBitmap(storage, b, path));
+      } finally {
+        await storage.close();
+      }
+    }
     const name = values['export-name'] ?? '';
-    const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path }], {
+    const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path, bitmaps }], {
       ...(values.socket !== undefined ? { socket: values.socket } : { host: values.bind ?? '127.0.0.1', port: port ?? 10809 }),
       maxConnections: shared,
       onConnectionError: (e) => io.stderr(`img serve: a client connection ended: ${e.message}\n`),
