@@ -58,6 +58,27 @@ describe('NbdStorage against img serve', () => {
     }
   });
 
+  it('drops a client that stays silent past the idle timeout, and keeps serving', async () => {
+    const disk = await createRaw(new MemoryStorage(), { size: 1 << 20 });
+    const server = await serveNbd([{ name: '', disk }], { socket: at('idle.sock'), idleTimeoutMs: 300 });
+    try {
+      const { createConnection } = await import('node:net');
+      const started = Date.now();
+      await new Promise<void>((resolve) => {
+        const s = createConnection(at('idle.sock'));
+        s.on('data', () => {});
+        s.on('close', () => resolve());
+      });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+      const storage = await NbdStorage.connect(`nbd+unix:///?socket=${at('idle.sock')}`);
+      expect(await storage.size()).toBe(1 << 20);
+      await storage.close();
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+  });
+
   it('fails cleanly when nothing listens', async () => {
     await expect(NbdStorage.connect(`nbd+unix:///?socket=${at('none.sock')}`)).rejects.toMatchObject({ code: 'ERR_IMG_IO' });
   });

@@ -27,6 +27,7 @@ qemu:allocation-depth and, with -B, qemu:dirty-bitmap:NAME. The URI to give clie
   -B, --bitmap <name>      offer a qcow2 persistent bitmap as qemu:dirty-bitmap:<name> (read-only
                            exports; the bits are read once, when the server starts; repeatable)
   -e, --shared <n>         most clients at once (default 16)
+  --idle-timeout <secs>    drop a client silent for this long (default: never)
   -U, --force-share        open a read-only export without image locks
 
 Examples:
@@ -59,6 +60,7 @@ export const serve: Handler = async (argv, io) => {
       writable: { type: 'boolean', short: 'w' },
       snapshot: { type: 'string', short: 'l' },
       shared: { type: 'string', short: 'e' },
+      'idle-timeout': { type: 'string' },
       bitmap: { type: 'string', short: 'B', multiple: true },
     },
     allowPositionals: true,
@@ -78,6 +80,8 @@ export const serve: Handler = async (argv, io) => {
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`-p takes a port number (0-65535), not "${values.port}"`);
   const shared = values.shared === undefined ? 16 : parseSize(values.shared, '-e');
   if (shared < 1) throw new UsageError('-e takes at least 1');
+  const idle = values['idle-timeout'] === undefined ? undefined : Number(values['idle-timeout']);
+  if (idle !== undefined && (!Number.isFinite(idle) || idle <= 0)) throw new UsageError(`--idle-timeout takes a number of seconds above 0, not "${values['idle-timeout']}"`);
   const disk = await openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
     readOnly: !values.writable,
@@ -102,6 +106,7 @@ export const serve: Handler = async (argv, io) => {
     const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path, bitmaps }], {
       ...(values.socket !== undefined ? { socket: values.socket } : { host: values.bind ?? '127.0.0.1', port: port ?? 10809 }),
       maxConnections: shared,
+      ...(idle !== undefined ? { idleTimeoutMs: idle * 1000 } : {}),
       onConnectionError: (e) => io.stderr(`img serve: a client connection ended: ${e.message}\n`),
     });
     io.stderr(`img serve: serving ${path} (${values.writable ? 'read-write' : 'read-only'}) at ${nbdUri(server.address, name)}\n`);
