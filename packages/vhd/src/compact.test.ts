@@ -71,6 +71,7 @@ describe('sparsifyVhd + compactVhd', () => {
     expect(c.sizeAfter).toBe(c.allocatedBytes);
     expect(c.bytesMoved).toBe(c.blocksMoved * SPAN);
     expect(progress.length).toBe(c.blocksMoved);
+    expect(progress.at(-1)).toBe(c.bytesMoved);
     expect(c.blocksMoved).toBeGreaterThan(0);
     expect(c.blocksMoved).toBeLessThanOrEqual(16);
     expect(same(await guest(after), content)).toBe(true);
@@ -192,7 +193,7 @@ describe('sparsifyVhd + compactVhd', () => {
     const content = await guest(storage.toBytes());
     await sparsifyVhd(storage);
     const controller = new AbortController();
-    const err = await compactVhd(storage, { signal: controller.signal, onProgress: (done) => done === 3 && controller.abort() }).catch((e: unknown) => e);
+    const err = await compactVhd(storage, { signal: controller.signal, onProgress: (done) => done === 3 * SPAN && controller.abort() }).catch((e: unknown) => e);
     expect((err as ImageError).code).toBe('ERR_IMG_ABORTED');
     expect(same(await guest(storage.toBytes()), content)).toBe(true);
     const r = await checkVhd(MemoryStorage.from(storage.toBytes()));

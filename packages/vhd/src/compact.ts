@@ -36,7 +36,7 @@ const COPY_CHUNK = 4 * 1024 * 1024;
 
 /** Options of compactVhd. */
 export interface VhdCompactOptions {
-  /** Called after each block moved, with the moves done and planned. */
+  /** Called after each block moved, with the bytes moved so far and in all (sector bitmaps and data). */
   onProgress?: (done: number, total: number) => void;
   /** Stops before the next block move (ERR_IMG_ABORTED); the file stays consistent, and running compactVhd again finishes. */
   signal?: AbortSignal;
@@ -106,7 +106,7 @@ export async function compactVhd(storage: Storage, options: VhdCompactOptions = 
     await moveBlock(core, move, span);
     bytesMoved += span;
     done++;
-    options.onProgress?.(done, moves.length);
+    options.onProgress?.(done * span, moves.length * span);
   }
   // Footer at the new end, flush, cut (also after an abort: what was moved already is returned).
   const end = dataEnd(s, span);

@@ -41,7 +41,7 @@ export interface VhdSparsifyOptions {
   resolver?: Resolver;
   /** Directories to look for the parent in (see openVhdChain). */
   searchPath?: readonly string[];
-  /** Called after each allocated block, with the blocks scanned and in all. */
+  /** Called after each allocated block, with the bytes of allocated blocks scanned so far and in all. */
   onProgress?: (done: number, total: number) => void;
   /** Stops before the next block (ERR_IMG_ABORTED); what was released stays released. */
   signal?: AbortSignal;
@@ -106,7 +106,7 @@ export async function sparsifyVhd(storage: Storage, options: VhdSparsifyOptions 
         result.blocksFreed++;
         result.bytesReleased += s.bitmapBytes + s.blockSize;
       }
-      options.onProgress?.(result.blocksScanned, blocks.length);
+      options.onProgress?.(result.blocksScanned * s.blockSize, blocks.length * s.blockSize);
     }
     await storage.flush();
     if (aborted) throw aborted;
