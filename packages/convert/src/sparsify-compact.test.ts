@@ -1,6 +1,6 @@
 // img sparsify and img compact, run as a user would, on VHDs qemu wrote; qemu-img compare is the judge.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, tempDir } from '@img/testkit';
@@ -117,6 +117,22 @@ describeQemu('img sparsify / img compact', () => {
     }
     expect(statSync(file).size).toBe(size);
     expect(run('img', ['sparsify', file]).status).toBe(0);
+  });
+
+  it('a differencing VHD whose parent is its own file (a hard link) is refused (ERR_IMG_SAME_FILE), nothing written', () => {
+    const base = join(tmp.path, 'loop-base.vhd');
+    const child = join(tmp.path, 'loop-child.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', base, '8M']);
+    // Relative names (the locators then name loop-base.vhd beside the child).
+    expect(run('img', ['create', '-f', 'vpc', '-b', 'loop-base.vhd', '-F', 'vpc', 'loop-child.vhd'], { cwd: tmp.path }).status).toBe(0);
+    qemuIo(child, 'vpc', ['write -z 0 2M']);
+    unlinkSync(base);
+    linkSync(child, base);
+    const bytes = readFileSync(child);
+    const r = run('img', ['sparsify', 'loop-child.vhd'], { cwd: tmp.path });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^img sparsify: ERR_IMG_SAME_FILE: /);
+    expect(readFileSync(child).equals(bytes)).toBe(true);
   });
 
   it('--help shows usage and an example', () => {
