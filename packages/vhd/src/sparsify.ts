@@ -49,6 +49,7 @@ export interface VhdSparsifyOptions {
 
 /** What sparsifyVhd did. */
 export interface VhdSparsifyResult {
+  /** The disk type; a fixed disk is left as it is. */
   type: 'fixed' | 'dynamic' | 'differencing';
   /** Allocated blocks scanned. */
   blocksScanned: number;
