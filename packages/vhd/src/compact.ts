@@ -27,6 +27,7 @@ import { BAT_UNUSED } from './bat.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
+import { blockAlignment } from './reserved-space.js';
 import { loadVhdImage } from './open.js';
 import type { VhdState } from './state.js';
 import { writeBatEntry, writeFooters } from './write-metadata.js';
@@ -147,6 +148,10 @@ function occupied(s: VhdState, span: number): Range[] {
  * The moves, highest block first, each into the lowest hole below it that
  * holds a whole block. A block's old place lies above every block still to
  * move, so it never becomes a hole for them: the holes are computed once.
+ * Where the image's creator aligned every block (Hyper-V, Windows: see
+ * blockAlignment), a block goes on that alignment when the hole has room
+ * for it there, so that the gaps left between blocks stay padding, not
+ * leaks; otherwise (and in packed layouts) at the start of the hole.
  */
 function planMoves(s: VhdState, span: number): Move[] {
   const regions = occupied(s, span);
@@ -157,13 +162,35 @@ function planMoves(s: VhdState, span: number): Move[] {
     at = Math.max(at, r.end);
   }
   const blocks = [...s.bat.keys()].filter((i) => s.bat[i] !== BAT_UNUSED).sort((a, b) => s.bat[b]! - s.bat[a]!);
+  const starts = blocks.map((i) => s.bat[i]! * VHD_SECTOR);
+  const found = blockAlignment(starts, s.bitmapBytes);
+  // Only a layout whose every block sits on the alignment was laid out on it (blocks packed one after
+  // another, as qemu and img append them, may have a first block on a boundary by chance).
+  const aligned = found.alignment > 0 && starts.every((b) => (b + found.anchor) % found.alignment === 0);
+  const { alignment, anchor } = aligned ? found : { alignment: 0, anchor: 0 };
+  const place = (h: Range): number | undefined => {
+    if (alignment > 0) {
+      const aligned = Math.ceil((h.start + anchor) / alignment) * alignment - anchor;
+      if (aligned + span <= h.end) return aligned;
+    }
+    return h.start + span <= h.end ? h.start : undefined;
+  };
   const moves: Move[] = [];
   for (const block of blocks) {
     const from = s.bat[block]! * VHD_SECTOR;
-    const hole = holes.find((h) => h.end - h.start >= span);
-    if (!hole || hole.start >= from) break;
-    moves.push({ block, from, to: hole.start });
-    hole.start += span;
+    let to: number | undefined;
+    let hole: Range | undefined;
+    for (const h of holes) {
+      if (h.start >= from) break;
+      to = place(h);
+      if (to !== undefined) {
+        hole = h;
+        break;
+      }
+    }
+    if (!hole || to === undefined || to >= from) break;
+    moves.push({ block, from, to });
+    hole.start = to + span;
   }
   return moves;
 }
