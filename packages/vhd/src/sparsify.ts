@@ -27,6 +27,9 @@ import { writeBatEntry } from './write-metadata.js';
 /** Bytes of a block scanned at a time (a block may be up to 1 GiB). */
 const SCAN_CHUNK = 4 * 1024 * 1024;
 
+/** Blocks scanned ahead of the one being released. */
+const SCAN_AHEAD = 4;
+
 /** The default zero-run granularity (qemu-img convert's -S default). */
 export const DEFAULT_MIN_ZERO_RUN = 4096;
 
@@ -86,6 +89,7 @@ export async function sparsifyVhd(storage: Storage, options: VhdSparsifyOptions 
     ...(options.searchPath ? { searchPath: options.searchPath } : {}),
   });
   const s = core.state;
+  const scans: Array<Promise<Scan>> = [];
   try {
     if (s.type === 'fixed') {
       return { type: 'fixed', blocksScanned: 0, blocksFreed: 0, sectorsReleased: 0, bytesReleased: 0, nothingToDo: 'a fixed disk has no blocks to release' };
@@ -93,14 +97,24 @@ export async function sparsifyVhd(storage: Storage, options: VhdSparsifyOptions 
     const blocks = [...s.bat.keys()].filter((i) => s.bat[i] !== BAT_UNUSED);
     const result: VhdSparsifyResult = { type: s.type, blocksScanned: 0, blocksFreed: 0, sectorsReleased: 0, bytesReleased: 0 };
     let aborted: unknown;
-    for (const block of blocks) {
+    // Blocks are scanned (read) a few ahead of the one whose updates are written: reads overlap the
+    // scanning, while the writes stay one block at a time, in order (two BAT entries in one sector).
+    const scan = (k: number) => {
+      const p = scanBlock(core, blocks[k]!);
+      p.catch(() => undefined);
+      return p;
+    };
+    for (let k = 0; k < Math.min(SCAN_AHEAD, blocks.length); k++) scans.push(scan(k));
+    for (let k = 0; k < blocks.length; k++) {
       try {
         throwIfAborted(options.signal);
       } catch (e) {
         aborted = e;
         break;
       }
-      const cleared = await sparsifyBlock(core, block, minZeroRun / VHD_SECTOR);
+      const scanned = await scans[k]!;
+      if (k + SCAN_AHEAD < blocks.length) scans.push(scan(k + SCAN_AHEAD));
+      const cleared = await releaseBlock(core, blocks[k]!, scanned, minZeroRun / VHD_SECTOR);
       result.blocksScanned++;
       result.sectorsReleased += cleared.sectors;
       if (cleared.freed) {
@@ -114,18 +128,27 @@ export async function sparsifyVhd(storage: Storage, options: VhdSparsifyOptions 
     if (blocks.length === 0) result.nothingToDo = 'no block is allocated';
     return result;
   } finally {
+    // Reads still in flight after an error or an abort finish before the parent closes.
+    await Promise.allSettled(scans);
     await s.parent?.close();
   }
 }
 
-/** Releases the zero sectors of one block: a bitmap write, or the BAT entry when nothing stays. */
-async function sparsifyBlock(core: VhdImage, block: number, minSectors: number): Promise<{ sectors: number; freed: boolean }> {
+/** What a block's scan found: its bitmap, and per sector inside the disk whether it may go. */
+interface Scan {
+  bitmap: Uint8Array;
+  /** 1: the sector is stored and may go (it, and in a differencing disk the parent below it, read as zeros). */
+  releasable: Uint8Array;
+}
+
+/** Reads one block (and the parent under its zero sectors) and finds the sectors that may go. */
+async function scanBlock(core: VhdImage, block: number): Promise<Scan> {
   const s = core.state;
   const base = block * s.blockSize;
   // Sectors of the block inside the disk; bits past the disk's end are never read.
   const count = Math.max(0, Math.min(s.sectorsPerBlock, Math.ceil((s.size - base) / VHD_SECTOR)));
-  const bitmap = await core.bitmap(block);
-  // 1: the sector is stored and may go (it and the layer below read as zeros).
+  // The bitmap is copied: the one in the cache changes when the release writes it.
+  const bitmap = (await core.bitmap(block)).slice();
   const releasable = new Uint8Array(count);
   const dataStart = s.bat[block]! * VHD_SECTOR + s.bitmapBytes;
   const parent = s.type === 'differencing' ? s.parent : undefined;
@@ -158,6 +181,13 @@ async function sparsifyBlock(core: VhdImage, block: number, minSectors: number):
       releasable.fill(0, first + run.start / VHD_SECTOR, first + run.end / VHD_SECTOR);
     }
   }
+  return { bitmap, releasable };
+}
+
+/** Releases what a scan found: the BAT entry when nothing stays, else the bitmap sectors that changed. */
+async function releaseBlock(core: VhdImage, block: number, { bitmap, releasable }: Scan, minSectors: number): Promise<{ sectors: number; freed: boolean }> {
+  const s = core.state;
+  const count = releasable.length;
   let whole = true;
   let stored = 0;
   for (let k = 0; k < count; k++) {
