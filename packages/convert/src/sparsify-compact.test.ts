@@ -40,8 +40,8 @@ describeQemu('img sparsify / img compact', () => {
     expect(run('img', ['check', file]).status).toBe(0);
     expect(qemuImg(['info', '-f', 'vpc', file]).stdout).toMatch(/virtual size: 64 MiB/);
     if (hasVhdiinfo) expect(spawnSync('vhdiinfo', [file]).status).toBe(0);
-    // Again: nothing to do; JSON says so.
-    const again = run('img', ['compact', '--output=json', file]);
+    // Again (-f vpc, qemu's name): nothing to do; JSON says so.
+    const again = run('img', ['compact', '-f', 'vpc', '--output=json', file]);
     expect(again.status).toBe(0);
     expect(JSON.parse(again.stdout)).toMatchObject({ filename: file, blocksMoved: 0, sizeAfter: size0 - 5 * SPAN, nothingToDo: expect.any(String) });
   });

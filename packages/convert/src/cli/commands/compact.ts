@@ -17,12 +17,16 @@ import { type Handler, common, onePath, outputMode, quietOption, quietIo } from 
 export async function openInPlace(path: string, values: { f?: string | undefined; untrusted?: boolean | undefined; 'force-format'?: boolean | undefined }, verb: string): Promise<{ storage: Storage; format: string }> {
   const storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: true }) : await FileStorage.open(path, { readOnly: false });
   try {
-    const format = await imageFormatOf(storage, {
-      registry: defaultRegistry(),
-      untrusted: values.untrusted ?? false,
-      forceFormat: values['force-format'] ?? false,
-      ...(values.f !== undefined ? { format: values.f } : {}),
-    });
+    const registry = defaultRegistry();
+    // The driver's own name: "vpc" is the VHD driver's alias.
+    const format = registry.require(
+      await imageFormatOf(storage, {
+        registry,
+        untrusted: values.untrusted ?? false,
+        forceFormat: values['force-format'] ?? false,
+        ...(values.f !== undefined ? { format: values.f } : {}),
+      }),
+    ).name;
     if (format === 'qcow2') throw unsupported(format, path, `img ${verb} is not yet available for qcow2 images (VHD only for now)`);
     if (format !== 'vhd') throw unsupported(format, path, `img ${verb} works on VHD images; ${format} images have no blocks to ${verb === 'compact' ? 'move' : 'release'}`);
     return { storage, format };
