@@ -6,6 +6,8 @@ export type { VhdProblem, VhdProblemCode, VhdProblemSeverity } from './problems.
 export { createVhd, DEFAULT_BLOCK_SIZE, DEFAULT_CREATOR, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, type VhdCreateOptions, type VhdParentSpec } from './create.js';
 export { checkVhd, type VhdCheckOptions, type VhdCheckResult } from './check.js';
 export { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './coalesce.js';
+export { compactVhd, type VhdCompactOptions, type VhdCompactResult } from './compact.js';
+export { sparsifyVhd, DEFAULT_MIN_ZERO_RUN, type VhdSparsifyOptions, type VhdSparsifyResult } from './sparsify.js';
 export { vhdDriver, probeVhd } from './driver.js';
 export { streamVhd, createVhdStream, vhdStreamOptionsFrom, type VhdStreamOptions } from './stream.js';
 export { readVhdStream, type VhdReadStreamOptions } from './read-stream.js';

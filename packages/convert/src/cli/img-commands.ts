@@ -6,6 +6,7 @@ import { convertMain } from './img-convert.js';
 import { amend } from './commands/amend.js';
 import { check } from './commands/check.js';
 import { commit } from './commands/commit.js';
+import { compact } from './commands/compact.js';
 import { compare } from './commands/compare.js';
 import { create } from './commands/create.js';
 import { dd } from './commands/dd.js';
@@ -18,6 +19,7 @@ import { resize } from './commands/resize.js';
 import { serve } from './commands/serve.js';
 import type { Handler } from './commands/shared.js';
 import { snapshot } from './commands/snapshot.js';
+import { sparsify } from './commands/sparsify.js';
 
 /** Each subcommand's body, by name. */
 export const commands: Record<string, Handler> = {
@@ -34,6 +36,8 @@ export const commands: Record<string, Handler> = {
   amend,
   inspect,
   dd,
+  sparsify,
+  compact,
   serve,
   convert: (argv, io) => convertMain('img convert', argv, io),
 };

@@ -15,6 +15,8 @@ Commands:
   resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size ("-10G" needs no "--")
   commit   [-f fmt] [-d] [-p] <file>                         write an overlay's data into its backing file
   rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
+  sparsify [-f fmt] [-p] [-S size] <file>                    release data that reads as zeros, in place (VHD)
+  compact  [-f fmt] [-p] <file>                              shrink the file in place to what it holds (VHD)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
   amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)

@@ -1,0 +1,147 @@
+// img sparsify and img compact, run as a user would, on VHDs qemu wrote; qemu-img compare is the judge.
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { run } from './test/cli.js';
+
+const tmp = tempDir('img-sparsify-');
+afterAll(() => tmp.cleanup());
+const MIB = 2 ** 20;
+const SPAN = 2 * MIB + 512;
+const hasVhdiinfo = spawnSync('vhdiinfo', ['-V']).status === 0;
+
+function identical(a: string, b: string): void {
+  const r = qemuImg(['compare', '-f', 'vpc', '-F', 'vpc', a, b], { allowFail: true });
+  expect(r.status, r.stdout + r.stderr).toBe(0);
+}
+
+describeQemu('img sparsify / img compact', () => {
+  it('dynamic: zeroed blocks are freed, then the file shrinks by their space; qemu-img compare identical, check clean', () => {
+    const file = join(tmp.path, 'd.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', file, '64M']);
+    qemuIo(file, 'vpc', ['write -P 7 0 64M', 'write -z 0 8M', 'write -z 32M 2M', 'write -z 40M 4k']);
+    const before = join(tmp.path, 'd-before.vhd');
+    copyFileSync(file, before);
+    const size0 = statSync(file).size;
+    const sp = run('img', ['sparsify', file]);
+    expect(sp.status, sp.stderr).toBe(0);
+    expect(sp.stdout).toMatch(/^Released 20488 sectors; freed 5 of \d+ blocks \(10488320 bytes for img compact to return\)\.$/m);
+    identical(before, file);
+    // Freed blocks are leaks until compacted (qemu-img check has no check for vpc: img check counts them).
+    expect(run('img', ['check', file]).status).toBe(3);
+    const c = run('img', ['compact', '-p', file]);
+    expect(c.status, c.stderr).toBe(0);
+    expect(c.stdout).toBe(`Moved 5 blocks (${5 * SPAN} bytes); file size ${size0} -> ${size0 - 5 * SPAN} bytes (${5 * SPAN} released).\n`);
+    expect(c.stderr).toMatch(/100\.0%/);
+    expect(statSync(file).size).toBe(size0 - 5 * SPAN);
+    identical(before, file);
+    expect(run('img', ['check', file]).status).toBe(0);
+    expect(qemuImg(['info', '-f', 'vpc', file]).stdout).toMatch(/virtual size: 64 MiB/);
+    if (hasVhdiinfo) expect(spawnSync('vhdiinfo', [file]).status).toBe(0);
+    // Again (-f vpc, qemu's name): nothing to do; JSON says so.
+    const again = run('img', ['compact', '-f', 'vpc', '--output=json', file]);
+    expect(again.status).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ filename: file, blocksMoved: 0, sizeAfter: size0 - 5 * SPAN, nothingToDo: expect.any(String) });
+  });
+
+  it('-S: zero runs shorter than the granularity stay; 512 takes them; a size that is not a multiple of 512 is refused', () => {
+    const file = join(tmp.path, 's.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', file, '4M']);
+    qemuIo(file, 'vpc', ['write -P 9 0 4M', 'write -z 1024 1024', 'write -z 65536 8192']);
+    const before = join(tmp.path, 's-before.vhd');
+    copyFileSync(file, before);
+    expect(run('img', ['sparsify', '--output=json', file]).stdout).toMatch(/"sectorsReleased": 16,/);
+    expect(run('img', ['sparsify', '-S', '512', '--output=json', file]).stdout).toMatch(/"sectorsReleased": 2,/);
+    identical(before, file);
+    const bad = run('img', ['sparsify', '-S', '1000', file]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/^img sparsify: ERR_IMG_INVALID_ARG: .*multiple of 512/);
+  });
+
+  it('differencing: zeros over parent data stay, zeros over parent zeros go; the chain reads the same', () => {
+    const base = join(tmp.path, 'base.vhd');
+    const child = join(tmp.path, 'child.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', base, '16M']);
+    qemuIo(base, 'vpc', ['write -P 3 0 8M']);
+    // qemu-img cannot create a differencing VHD: img does, with the parent's locators.
+    const cr = run('img', ['create', '-f', 'vpc', '-b', base, '-F', 'vpc', child]);
+    expect(cr.status, cr.stderr).toBe(0);
+    qemuIo(child, 'vpc', ['write -P 5 0 16M', 'write -z 0 4M', 'write -z 8M 4M']);
+    const before = join(tmp.path, 'child-before.raw');
+    qemuImg(['convert', '-f', 'vpc', '-O', 'raw', child, before]);
+    const sp = run('img', ['sparsify', '--output=json', child]);
+    expect(sp.status, sp.stderr).toBe(0);
+    expect(JSON.parse(sp.stdout)).toMatchObject({ type: 'differencing', blocksFreed: 2 });
+    const c = run('img', ['compact', child]);
+    expect(c.status, c.stderr).toBe(0);
+    expect(c.stdout).toMatch(/^Moved \d+ blocks/);
+    const r = qemuImg(['compare', '-f', 'vpc', '-F', 'raw', child, before], { allowFail: true });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(run('img', ['check', child]).status).toBe(0);
+  });
+
+  it('qcow2: not yet (ERR_IMG_UNSUPPORTED); raw and fixed: nothing to move', () => {
+    const q = join(tmp.path, 'q.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', q, '1M']);
+    for (const verb of ['compact', 'sparsify']) {
+      const r = run('img', [verb, q]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toBe(`img ${verb}: ERR_IMG_UNSUPPORTED: qcow2: ${q}: img ${verb} is not yet available for qcow2 images (VHD only for now)\n`);
+    }
+    const raw = join(tmp.path, 'r.img');
+    writeFileSync(raw, new Uint8Array(MIB));
+    expect(run('img', ['compact', raw]).stderr).toMatch(/^img compact: ERR_IMG_UNSUPPORTED: raw: .*works on VHD images/);
+    const fixed = join(tmp.path, 'f.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', fixed, '1M']);
+    const f = run('img', ['compact', fixed]);
+    expect(f.status).toBe(0);
+    expect(f.stdout).toMatch(/^Nothing to compact: a fixed disk has no blocks to move\./);
+  });
+
+  it('takes the write lock: an image a qemu holds is refused (ERR_IMG_LOCKED) and left as it was', async () => {
+    const file = join(tmp.path, 'held.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', file, '8M']);
+    qemuIo(file, 'vpc', ['write -P 1 0 8M', 'write -z 0 4M']);
+    const size = statSync(file).size;
+    const holder = await holdWithQemuIo(file, { format: 'vpc', readOnly: true });
+    try {
+      for (const verb of ['sparsify', 'compact']) {
+        const r = run('img', [verb, file]);
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(new RegExp(`^img ${verb}: ERR_IMG_LOCKED: `));
+      }
+    } finally {
+      await holder.stop();
+    }
+    expect(statSync(file).size).toBe(size);
+    expect(run('img', ['sparsify', file]).status).toBe(0);
+  });
+
+  it('a differencing VHD whose parent is its own file (a hard link) is refused (ERR_IMG_SAME_FILE), nothing written', () => {
+    const base = join(tmp.path, 'loop-base.vhd');
+    const child = join(tmp.path, 'loop-child.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', base, '8M']);
+    // Relative names (the locators then name loop-base.vhd beside the child).
+    expect(run('img', ['create', '-f', 'vpc', '-b', 'loop-base.vhd', '-F', 'vpc', 'loop-child.vhd'], { cwd: tmp.path }).status).toBe(0);
+    qemuIo(child, 'vpc', ['write -z 0 2M']);
+    unlinkSync(base);
+    linkSync(child, base);
+    const bytes = readFileSync(child);
+    const r = run('img', ['sparsify', 'loop-child.vhd'], { cwd: tmp.path });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^img sparsify: ERR_IMG_SAME_FILE: /);
+    expect(readFileSync(child).equals(bytes)).toBe(true);
+  });
+
+  it('--help shows usage and an example', () => {
+    for (const verb of ['sparsify', 'compact']) {
+      const r = run('img', [verb, '--help']);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/Usage: img/);
+      expect(r.stdout).toMatch(/Example/);
+    }
+    expect(run('img', ['--help']).stdout).toMatch(/^ {2}sparsify .*\n {2}compact /m);
+  });
+});
