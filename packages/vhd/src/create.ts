@@ -26,7 +26,7 @@ import {
 import { VHD_MAX_CHS_SECTORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, chsRoundUp, vhdVirtualSize, type VhdGeometry } from './geometry.js';
 import { VhdDisk } from './disk.js';
 import { VhdImage } from './image.js';
-import { PLATFORM_CODE, baseName, encodeLocatorData, isAbsolutePath, pathToFileUrl, toWindowsRelative } from './parent-locator.js';
+import { PLATFORM_CODE, baseName, dirName, encodeLocatorData, isAbsolutePath, pathToFileUrl, relativePath, toWindowsRelative } from './parent-locator.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
 import { NIL_UUID, newUuid, parseUuid } from './uuid.js';
 import { writeFooters, writeHeader } from './write-metadata.js';
@@ -212,7 +212,11 @@ export async function createVhdImage(storage: Storage, options: VhdCreateOptions
   if (parent) {
     const rel = parent.relativePath.replace(/\\/g, '/');
     parentName = baseName(rel);
-    const wanted: Array<[string, string]> = [[PLATFORM_CODE.W2RU, toWindowsRelative(rel)]];
+    const wanted: Array<[string, string]> = [];
+    if (!isAbsolutePath(rel)) wanted.push([PLATFORM_CODE.W2RU, toWindowsRelative(rel)]);
+    // An absolute parent name: the relative locator is the way from the child's directory, when the child's own
+    // path says where that is; otherwise only the absolute locators are written (".\\/abs/path" would name nothing).
+    else if (rel.startsWith('/') && storage.name.startsWith('/')) wanted.push([PLATFORM_CODE.W2RU, toWindowsRelative(relativePath(dirName(storage.name), rel))]);
     const abs = parent.absolutePath ?? (isAbsolutePath(rel) ? rel : undefined);
     if (abs) {
       wanted.push([PLATFORM_CODE.W2KU, abs]);
