@@ -50,12 +50,7 @@ async function show(file: File): Promise<void> {
     const disk = await openPicked(file);
     try {
       const details = (await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size };
-      const lines = [
-        `image: ${file.name}`,
-        `file format: ${disk.format}`,
-        `virtual size: ${formatSize(disk.size)} (${disk.size} bytes)`,
-        `file size: ${formatSize(file.size)}`,
-      ];
+      const lines = [`image: ${file.name}`, `file format: ${disk.format}`, `virtual size: ${formatSize(disk.size)} (${disk.size} bytes)`, `file size: ${formatSize(file.size)}`];
       if (details.clusterSize !== undefined) lines.push(`cluster_size: ${details.clusterSize}`);
       if (details.backingFile !== undefined) lines.push(`backing file: ${details.backingFile} (not opened in a page)`);
       for (const s of details.snapshots ?? []) lines.push(`snapshot: ${s.id} ${s.name}`);

@@ -201,7 +201,16 @@ export const cases = [
   { name: 'truncated-header', expect: 'ERR_IMG_CORRUPT', description: 'a file of 50 bytes: less than a version 2 header', bytes: () => plain().bytes.slice(0, 50) },
   { name: 'truncated-header-v3', expect: 'ERR_IMG_CORRUPT', description: 'a version 3 header cut at 90 bytes (it needs 104)', bytes: () => plain().bytes.slice(0, 90) },
   { name: 'truncated-refcount-table', expect: 'ERR_IMG_CORRUPT', description: 'the file ends inside the refcount table', bytes: () => plain().bytes.slice(0, 4096 + 100) },
-  { name: 'truncated-l1', expect: 'ERR_IMG_CORRUPT', check: 'corrupt', description: 'an L1 table of 300 entries cut after 100 bytes', bytes: mutate(plain, (b) => { u32(b, 36, 300); return b.slice(0, 3 * 4096 + 100); }) },
+  {
+    name: 'truncated-l1',
+    expect: 'ERR_IMG_CORRUPT',
+    check: 'corrupt',
+    description: 'an L1 table of 300 entries cut after 100 bytes',
+    bytes: mutate(plain, (b) => {
+      u32(b, 36, 300);
+      return b.slice(0, 3 * 4096 + 100);
+    }),
+  },
   { name: 'truncated-l2', expect: 'ok', read: 'ERR_IMG_CORRUPT', check: 'corrupt', description: 'the file ends inside the L2 table', bytes: () => plain().bytes.slice(0, 4 * 4096 + 1000) },
   { name: 'truncated-data', expect: 'ok', description: 'the file ends inside the last data cluster: the rest reads as zeros and check accepts it, as qemu does (a last cluster written only in part is normal)', bytes: () => plain().bytes.slice(0, 6 * 4096 + 100) },
   // --- absurd sizes and counts ---
@@ -211,28 +220,85 @@ export const cases = [
   { name: 'refcount-table-over-8m', expect: 'ERR_IMG_CORRUPT', description: 'refcount_table_clusters 2049 of 4 KiB: over 8 MiB', bytes: mutate(plain, (b) => u32(b, 56, 2049)) },
   { name: 'refcount-table-past-eof', expect: 'ERR_IMG_CORRUPT', description: 'a refcount table of 1000 clusters in a small file', bytes: mutate(plain, (b) => u32(b, 56, 1000)) },
   { name: 'refcount-order-7', expect: 'ERR_IMG_CORRUPT', description: 'refcount_order 7 (128-bit refcounts)', bytes: mutate(plain, (b) => u32(b, 96, 7)) },
-  { name: 'snapshots-over-65536', expect: 'ERR_IMG_CORRUPT', description: 'nb_snapshots 65537', bytes: mutate(() => image({ extraClusters: 1 }), (b, img) => { u32(b, 60, 65537); u64(b, 64, (img.total - 1) * img.cs); }) },
+  {
+    name: 'snapshots-over-65536',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'nb_snapshots 65537',
+    bytes: mutate(
+      () => image({ extraClusters: 1 }),
+      (b, img) => {
+        u32(b, 60, 65537);
+        u64(b, 64, (img.total - 1) * img.cs);
+      },
+    ),
+  },
   {
     name: 'snapshot-extra-data-over-1k',
     expect: 'ERR_IMG_CORRUPT',
     description: 'one snapshot whose extra data is 2048 bytes',
-    bytes: mutate(() => image({ extraClusters: 2 }), (b, img) => {
-      b.set(snapshotEntry(img.l1At, 1, '1', 'snap', 2048), (img.total - 2) * img.cs);
-      u32(b, 60, 1);
-      u64(b, 64, (img.total - 2) * img.cs);
+    bytes: mutate(
+      () => image({ extraClusters: 2 }),
+      (b, img) => {
+        b.set(snapshotEntry(img.l1At, 1, '1', 'snap', 2048), (img.total - 2) * img.cs);
+        u32(b, 60, 1);
+        u64(b, 64, (img.total - 2) * img.cs);
+      },
+    ),
+  },
+  {
+    name: 'snapshot-table-past-eof',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'a snapshot table offset far past the end of the file',
+    bytes: mutate(plain, (b) => {
+      u32(b, 60, 3);
+      u64(b, 64, 1024 * MiB);
     }),
   },
-  { name: 'snapshot-table-past-eof', expect: 'ERR_IMG_CORRUPT', description: 'a snapshot table offset far past the end of the file', bytes: mutate(plain, (b) => { u32(b, 60, 3); u64(b, 64, 1024 * MiB); }) },
   { name: 'size-over-2^53', expect: 'ERR_IMG_CORRUPT', description: 'disk size 0xffffffffffffffff', bytes: mutate(plain, (b) => u64(b, 24, 0xffffffffffffffffn)) },
   { name: 'cluster-bits-8', expect: 'ERR_IMG_CORRUPT', description: 'cluster_bits 8 (256-byte clusters)', bytes: mutate(plain, (b) => u32(b, 20, 8)) },
   { name: 'cluster-bits-22', expect: 'ERR_IMG_CORRUPT', description: 'cluster_bits 22 (4 MiB clusters)', bytes: mutate(plain, (b) => u32(b, 20, 22)) },
   { name: 'cluster-bits-huge', expect: 'ERR_IMG_CORRUPT', description: 'cluster_bits 63', bytes: mutate(plain, (b) => u32(b, 20, 63)) },
   { name: 'header-length-not-multiple-of-8', expect: 'ERR_IMG_CORRUPT', description: 'header_length 108', bytes: mutate(plain, (b) => u32(b, 100, 108)) },
   { name: 'header-length-past-cluster', expect: 'ERR_IMG_CORRUPT', description: 'header_length 8192 in a 4 KiB cluster', bytes: mutate(plain, (b) => u32(b, 100, 8192)) },
-  { name: 'extension-past-cluster-0', expect: 'ERR_IMG_CORRUPT', description: 'a header extension of 5000 bytes starting in a 4 KiB cluster 0', bytes: mutate(plain, (b) => { u32(b, 112, 0x12345678); u32(b, 116, 5000); }) },
-  { name: 'extension-length-huge', expect: 'ERR_IMG_CORRUPT', description: 'a header extension of 0xffffffff bytes', bytes: mutate(plain, (b) => { u32(b, 112, 0x12345678); u32(b, 116, 0xffffffff); }) },
-  { name: 'backing-name-past-cluster', expect: 'ERR_IMG_CORRUPT', description: 'a backing file name at 4000, 200 bytes long, in a 4 KiB cluster 0', bytes: mutate(plain, (b) => { u64(b, 8, 4000); u32(b, 16, 200); }) },
-  { name: 'backing-name-too-long', expect: 'ERR_IMG_CORRUPT', description: 'a backing file name of 2000 bytes', bytes: mutate(() => image({ clusterBits: 16 }), (b) => { u64(b, 8, 1024); u32(b, 16, 2000); }) },
+  {
+    name: 'extension-past-cluster-0',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'a header extension of 5000 bytes starting in a 4 KiB cluster 0',
+    bytes: mutate(plain, (b) => {
+      u32(b, 112, 0x12345678);
+      u32(b, 116, 5000);
+    }),
+  },
+  {
+    name: 'extension-length-huge',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'a header extension of 0xffffffff bytes',
+    bytes: mutate(plain, (b) => {
+      u32(b, 112, 0x12345678);
+      u32(b, 116, 0xffffffff);
+    }),
+  },
+  {
+    name: 'backing-name-past-cluster',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'a backing file name at 4000, 200 bytes long, in a 4 KiB cluster 0',
+    bytes: mutate(plain, (b) => {
+      u64(b, 8, 4000);
+      u32(b, 16, 200);
+    }),
+  },
+  {
+    name: 'backing-name-too-long',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'a backing file name of 2000 bytes',
+    bytes: mutate(
+      () => image({ clusterBits: 16 }),
+      (b) => {
+        u64(b, 8, 1024);
+        u32(b, 16, 2000);
+      },
+    ),
+  },
   // --- offsets past the end, misaligned, overlapping ---
   { name: 'l1-past-eof', expect: 'ERR_IMG_CORRUPT', check: 'corrupt', description: 'l1_table_offset 1 GiB in a small file (check counts it, as qemu-img check does)', bytes: mutate(plain, (b) => u64(b, 40, 1024 * MiB)) },
   { name: 'l1-offset-over-2^56', expect: 'ERR_IMG_CORRUPT', description: 'l1_table_offset 2^60', bytes: mutate(plain, (b) => u64(b, 40, 2n ** 60n)) },
@@ -256,24 +322,65 @@ export const cases = [
   { name: 'encrypted-aes', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 1 (AES)', bytes: mutate(plain, (b) => u32(b, 32, 1)) },
   { name: 'encrypted-luks', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 2 (LUKS)', bytes: mutate(plain, (b) => u32(b, 32, 2)) },
   { name: 'encrypted-unknown-method', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 77', bytes: mutate(plain, (b) => u32(b, 32, 77)) },
-  { name: 'unknown-compression-type', expect: 'ERR_IMG_UNSUPPORTED', description: 'compression_type 9 with the compression bit', bytes: mutate(plain, (b) => { u64(b, 72, 1n << 3n); b[104] = 9; }) },
-  { name: 'compression-type-without-bit', expect: 'ERR_IMG_CORRUPT', description: 'compression_type 1 without the compression type bit', bytes: mutate(plain, (b) => { b[104] = 1; }) },
+  {
+    name: 'unknown-compression-type',
+    expect: 'ERR_IMG_UNSUPPORTED',
+    description: 'compression_type 9 with the compression bit',
+    bytes: mutate(plain, (b) => {
+      u64(b, 72, 1n << 3n);
+      b[104] = 9;
+    }),
+  },
+  {
+    name: 'compression-type-without-bit',
+    expect: 'ERR_IMG_CORRUPT',
+    description: 'compression_type 1 without the compression type bit',
+    bytes: mutate(plain, (b) => {
+      b[104] = 1;
+    }),
+  },
   { name: 'bad-version', expect: 'ERR_IMG_UNSUPPORTED', description: 'version 4: a qcow2 newer than the reader (refused as unsupported, naming the version)', bytes: mutate(plain, (b) => u32(b, 4, 4)) },
   { name: 'version-0', expect: 'ERR_IMG_CORRUPT', description: 'the qcow2 magic with version 0, which never existed', bytes: mutate(plain, (b) => u32(b, 4, 0)) },
   { name: 'qcow-v1', expect: 'ERR_IMG_WRONG_FORMAT', description: 'version 1: the magic of qcow2, but an image of the older qcow format (its field at 20 is no cluster_bits)', bytes: mutate(plain, (b) => u32(b, 4, 1)) },
   { name: 'bad-magic', expect: 'ERR_IMG_WRONG_FORMAT', description: 'no qcow2 magic: not a qcow2 image at all', bytes: mutate(plain, (b) => u32(b, 0, 0x12345678)) },
-  { name: 'vhd-footer-not-qcow2', expect: 'ERR_IMG_WRONG_FORMAT', description: 'no qcow2 magic, a VHD footer in the last 512 bytes: named in the error', bytes: mutate(plain, (b) => { b.set(new TextEncoder().encode('conectix'), b.length - 512); u32(b, 0, 0); }) },
+  {
+    name: 'vhd-footer-not-qcow2',
+    expect: 'ERR_IMG_WRONG_FORMAT',
+    description: 'no qcow2 magic, a VHD footer in the last 512 bytes: named in the error',
+    bytes: mutate(plain, (b) => {
+      b.set(new TextEncoder().encode('conectix'), b.length - 512);
+      u32(b, 0, 0);
+    }),
+  },
   // --- compressed clusters ---
   { name: 'compressed-ok', expect: 'ok', description: 'two deflate clusters (the baseline the next cases damage)', bytes: () => withCompressed().bytes },
   { name: 'compressed-inflates-short', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'a deflate stream of 100 bytes of data', bytes: () => image({ data: [0], compressed: { 2: new Uint8Array(deflateRawSync(new Uint8Array(100).fill(7))) } }).bytes },
   { name: 'compressed-inflates-long', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'a deflate stream of 64 MiB in a 4 KiB-cluster image', bytes: () => image({ data: [0], compressed: { 2: new Uint8Array(deflateRawSync(new Uint8Array(64 * MiB))) } }).bytes },
   { name: 'compressed-garbage', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'compressed bytes that are no deflate stream', bytes: () => image({ data: [0], compressed: { 2: new Uint8Array(300).fill(0xff) } }).bytes },
   { name: 'compressed-past-eof', expect: 'ok', read: 'ERR_IMG_CORRUPT', check: 'corrupt', description: 'a compressed descriptor pointing 1 GiB past the end', bytes: mutate(withCompressed, (b, img) => u64(b, img.l2At + 16, COMPRESSED | BigInt(1024 * MiB))) },
-  { name: 'compressed-sectors-past-eof', expect: 'ok', read: 'ERR_IMG_CORRUPT', check: 'corrupt', description: 'the last compressed cluster claims 8 sectors, running past the end of the file', bytes: mutate(withCompressed, (b, img) => { const x = 62 - (12 - 8); u64(b, img.l2At + 5 * 8, COMPRESSED | (7n << BigInt(x)) | BigInt(b.length - 600)); }) },
+  {
+    name: 'compressed-sectors-past-eof',
+    expect: 'ok',
+    read: 'ERR_IMG_CORRUPT',
+    check: 'corrupt',
+    description: 'the last compressed cluster claims 8 sectors, running past the end of the file',
+    bytes: mutate(withCompressed, (b, img) => {
+      const x = 62 - (12 - 8);
+      u64(b, img.l2At + 5 * 8, COMPRESSED | (7n << BigInt(x)) | BigInt(b.length - 600));
+    }),
+  },
   { name: 'zstd-bomb', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'a zstd frame of 1000 RLE blocks (125 MiB) in a 4 KiB cluster', bytes: () => image({ zstd: true, data: [0], compressed: { 2: zstdBomb(1000) } }).bytes },
   { name: 'zstd-bomb-64k', expect: 'ok', read: 'ERR_IMG_CORRUPT', description: 'a zstd frame of RLE blocks (1 GiB) in a 64 KiB cluster', bytes: () => image({ clusterBits: 16, zstd: true, data: [0], compressed: { 2: zstdBomb(8192) } }).bytes },
   // --- backing chains ---
-  { name: 'chain-cycle', expect: 'ERR_IMG_CHAIN', check: 'clean', description: 'A -> B -> A', self: 'chain-cycle.qcow2', bytes: () => image({ backing: 'chain-cycle-b.qcow2' }).bytes, files: () => ({ 'chain-cycle-b.qcow2': image({ backing: 'chain-cycle.qcow2' }).bytes, 'chain-cycle.qcow2': image({ backing: 'chain-cycle-b.qcow2' }).bytes }) },
+  {
+    name: 'chain-cycle',
+    expect: 'ERR_IMG_CHAIN',
+    check: 'clean',
+    description: 'A -> B -> A',
+    self: 'chain-cycle.qcow2',
+    bytes: () => image({ backing: 'chain-cycle-b.qcow2' }).bytes,
+    files: () => ({ 'chain-cycle-b.qcow2': image({ backing: 'chain-cycle.qcow2' }).bytes, 'chain-cycle.qcow2': image({ backing: 'chain-cycle-b.qcow2' }).bytes }),
+  },
   { name: 'chain-self', expect: 'ERR_IMG_CHAIN', check: 'clean', description: 'an image that is its own backing file', bytes: () => image({ backing: 'chain-self.qcow2' }).bytes, files: () => ({ 'chain-self.qcow2': image({ backing: 'chain-self.qcow2' }).bytes }) },
   { name: 'chain-too-deep', expect: 'ERR_IMG_CHAIN', check: 'clean', description: 'a chain of 70 images (the bound is 64)', bytes: () => image({ backing: 'deep0.qcow2' }).bytes, files: () => chain('deep', 70, 'deep-end.qcow2') },
 ];

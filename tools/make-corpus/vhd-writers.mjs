@@ -33,7 +33,6 @@ const roundUp = (v, a) => Math.ceil(v / a) * a;
 
 export { chs };
 
-
 /** Deterministic bytes for guest offset `pos` (so any range can be recomputed). */
 function pattern(pos) {
   const x = Math.imul(pos ^ 0x5bd1e995, 0x27d4eb2d) >>> 0;
@@ -96,7 +95,11 @@ export function vhdImage(spec) {
   if (type === 'fixed') {
     for (let i = 0; i < size; i++) content[i] = pattern(i);
     const f = footerBytes({ type: diskType, creator, creatorVersion, hostOs, size, geometry, id });
-    if (bootSignature) { f[510] = 0x55; f[511] = 0xaa; seal(f, 0, SECTOR, 64); }
+    if (bootSignature) {
+      f[510] = 0x55;
+      f[511] = 0xaa;
+      seal(f, 0, SECTOR, 64);
+    }
     const b = new Uint8Array(size + SECTOR);
     b.set(content);
     b.set(f, size);
@@ -133,7 +136,11 @@ export function vhdImage(spec) {
   const tail = roundUp(next, footerAlign);
   const b = new Uint8Array(tail + SECTOR);
   const f = footerBytes({ type: diskType, creator, creatorVersion, hostOs, size, geometry, dataOffset, id });
-  if (bootSignature) { f[510] = 0x55; f[511] = 0xaa; seal(f, 0, SECTOR, 64); }
+  if (bootSignature) {
+    f[510] = 0x55;
+    f[511] = 0xaa;
+    seal(f, 0, SECTOR, 64);
+  }
   b.set(f, 0);
   b.set(f, tail);
   const h = dataOffset;
@@ -172,7 +179,6 @@ export function vhdImage(spec) {
   }
   return { bytes: b, content, size, tableOffset, blockAt, bitmapBytes };
 }
-
 
 const SIZE = 5 * MiB + 123 * SECTOR; // not CHS-exact: the spec's CHS product of it is 16 KiB smaller
 

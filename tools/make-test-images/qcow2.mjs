@@ -40,11 +40,21 @@ function mixedRaw(path, size, unit) {
   while (pos < size) {
     const n = Math.min(unit * (1 + (i % 3)), size - pos);
     switch (i % 5) {
-      case 0: text(n, i).copy(buf, pos); break;
-      case 1: noise(n, i + 1).copy(buf, pos); break;
-      case 2: break; // zeros
-      case 3: buf.fill(0x5a, pos, pos + n); break;
-      case 4: text(n >> 1, i).copy(buf, pos); noise(n - (n >> 1), i).copy(buf, pos + (n >> 1)); break;
+      case 0:
+        text(n, i).copy(buf, pos);
+        break;
+      case 1:
+        noise(n, i + 1).copy(buf, pos);
+        break;
+      case 2:
+        break; // zeros
+      case 3:
+        buf.fill(0x5a, pos, pos + n);
+        break;
+      case 4:
+        text(n >> 1, i).copy(buf, pos);
+        noise(n - (n >> 1), i).copy(buf, pos + (n >> 1));
+        break;
     }
     pos += n;
     i++;
@@ -103,7 +113,11 @@ const refcountRecipes = [1, 2, 4, 8, 16, 32, 64].map((bits) => ({
 
 const compressionRecipes = [];
 for (const type of ['zlib', 'zstd']) {
-  for (const [cs, label, size] of [[512, '512', 24 * K], [4 * K, '4k', 96 * K], [64 * K, '64k', 128 * K]]) {
+  for (const [cs, label, size] of [
+    [512, '512', 24 * K],
+    [4 * K, '4k', 96 * K],
+    [64 * K, '64k', 128 * K],
+  ]) {
     compressionRecipes.push({
       file: `qcow2/compressed-${type}-${label}.qcow2`,
       format: 'qcow2',
@@ -256,7 +270,7 @@ export const recipes = [
       // as an unknown extension type that qemu ignores.
       patchHeader(path, (buf) => {
         const headerLength = buf.readUInt32BE(100);
-        for (let at = headerLength; at + 8 <= buf.length; ) {
+        for (let at = headerLength; at + 8 <= buf.length;) {
           const type = buf.readUInt32BE(at);
           const len = buf.readUInt32BE(at + 4);
           if (type === 0) break;

@@ -32,7 +32,10 @@ export const recipes = [
     format: 'raw',
     description: 'raw file of 1000003 bytes: a 1000448-byte disk, zero padded',
     build({ path }) {
-      sparseFile(path, 1000003, [[1000003 - 3000, pattern(3000, 4)], [0, pattern(1000, 5)]]);
+      sparseFile(path, 1000003, [
+        [1000003 - 3000, pattern(3000, 4)],
+        [0, pattern(1000, 5)],
+      ]);
     },
   },
   {

@@ -56,8 +56,7 @@ export const recipes = [
     qemuFormat: 'vpc',
     description: 'dynamic, qemu-img default (creator "qemu", size rounded up to CHS: 5000000 asked), data in one block',
     expect: { type: 'dynamic', creatorApp: 'qemu', blockSize: 2 * M, uuidByte: 1, cylinders: 144, heads: 4, sectors: 17 },
-    build: (ctx) =>
-      make(ctx, 5000000, '', ['write -P 0x11 2M 4k', `write -P 0x22 ${3 * M + 512} 1536`, `write -P 0x33 ${4 * M - 512} 512`], 1),
+    build: (ctx) => make(ctx, 5000000, '', ['write -P 0x11 2M 4k', `write -P 0x22 ${3 * M + 512} 1536`, `write -P 0x33 ${4 * M - 512} 512`], 1),
   },
   {
     file: 'vhd/dynamic-force-size.vhd',

@@ -125,8 +125,7 @@ export const recipes = [
       writeFileSync(join(dir, 'split-flat-f002.vmdk'), Buffer.concat([Buffer.alloc(4 * K, 0xee), noise(128 * K, 4), Buffer.alloc(128 * K)]));
       writeFileSync(
         path,
-        '# Disk DescriptorFile\nversion=1\nCID=55555555\nparentCID=ffffffff\ncreateType="twoGbMaxExtentFlat"\n\n# Extent description\n' +
-          'RW 1024 FLAT "split-flat-f001.vmdk" 0\nRW 512 FLAT "split-flat-f002.vmdk" 8\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\n',
+        '# Disk DescriptorFile\nversion=1\nCID=55555555\nparentCID=ffffffff\ncreateType="twoGbMaxExtentFlat"\n\n# Extent description\n' + 'RW 1024 FLAT "split-flat-f001.vmdk" 0\nRW 512 FLAT "split-flat-f002.vmdk" 8\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\n',
       );
     },
   },
@@ -192,4 +191,3 @@ export const recipes = [
     },
   },
 ];
-

@@ -44,6 +44,12 @@ const prefix = prefixes.find((p) => p && existsSync(join(p, 'include', 'node', '
 if (!process.env.npm_config_nodedir && prefix) args.push(`--nodedir=${prefix}`);
 const result = spawnSync('node-gyp', args, { cwd: packageRoot, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', shell: false });
 if (result.status !== 0) {
-  const why = result.error ? result.error.message : (result.stderr ?? '').split('\n').filter((l) => /error|ERR!/.test(l)).slice(0, 3).join('; ');
+  const why = result.error
+    ? result.error.message
+    : (result.stderr ?? '')
+        .split('\n')
+        .filter((l) => /error|ERR!/.test(l))
+        .slice(0, 3)
+        .join('; ');
   console.warn(`@img/block: optional native helper (SEEK_DATA/SEEK_HOLE, image locks) not built; raw holes will be found by reading. ${why}`);
 }

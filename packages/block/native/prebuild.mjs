@@ -131,14 +131,7 @@ try {
     const rel = prebuildPath(gyp.name, target.platform, target.arch, target.libc);
     const out = join(packageRoot, rel);
     const tmpOut = join(work, `${target.id}.node`);
-    const compile = run(cc, [
-      '-shared', '-fPIC', '-fvisibility=hidden', '-s', '-std=gnu11',
-      ...gyp.cflags,
-      ...gyp.defines.map((d) => `-D${d}`),
-      `-I${include}`,
-      ...gyp.sources.map((s) => join(packageRoot, s)),
-      '-o', tmpOut,
-    ]);
+    const compile = run(cc, ['-shared', '-fPIC', '-fvisibility=hidden', '-s', '-std=gnu11', ...gyp.cflags, ...gyp.defines.map((d) => `-D${d}`), `-I${include}`, ...gyp.sources.map((s) => join(packageRoot, s)), '-o', tmpOut]);
     if (!compile.ok) {
       fail(`${cc} failed: ${compile.out.split('\n').slice(0, 5).join(' | ')}`);
       continue;

@@ -99,7 +99,7 @@ describe('BlobStorage', () => {
       expect(await s.read(at, len), `${at}+${len}`).toEqual(want);
     }
     // Short reads came in whole blocks; long ones (>= a block) as asked.
-    for (const [a, b] of sliced) expect(a % 1000 === 0 && (b - a === 1000 || b === bytes.length) || b - a >= 1000, `${a}..${b}`).toBe(true);
+    for (const [a, b] of sliced) expect((a % 1000 === 0 && (b - a === 1000 || b === bytes.length)) || b - a >= 1000, `${a}..${b}`).toBe(true);
     // Sequential short reads: one fetch per block, and a block dropped from the cache (3 kept) is fetched again.
     sliced.length = 0;
     const t = new BlobStorage(counting, { blockSize: 1000, cacheBytes: 3000 });
@@ -132,7 +132,7 @@ describe('BlobStorage', () => {
 });
 
 describe('storageToBlob', () => {
-  it('gives a Storage\'s whole content as a Blob, chunk by chunk', async () => {
+  it("gives a Storage's whole content as a Blob, chunk by chunk", async () => {
     const data = seededBytes(10_007, 3);
     const mem = MemoryStorage.from(data);
     for (const chunkSize of [1000, 4096, 1 << 22]) {

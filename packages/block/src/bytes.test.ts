@@ -1,21 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  readAscii,
-  readI32Be,
-  readU16Be,
-  readU16Le,
-  readU32Be,
-  readU32Le,
-  readU64Be,
-  readU64BeParts,
-  writeAscii,
-  writeU16Be,
-  writeU16Le,
-  writeU32Be,
-  writeU32Le,
-  writeU64Be,
-} from './bytes.js';
+import { readAscii, readI32Be, readU16Be, readU16Le, readU32Be, readU32Le, readU64Be, readU64BeParts, writeAscii, writeU16Be, writeU16Le, writeU32Be, writeU32Le, writeU64Be } from './bytes.js';
 import { ImageError } from './errors.js';
 
 describe('big-endian codecs', () => {

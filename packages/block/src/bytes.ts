@@ -64,11 +64,9 @@ export function readU64Be(buf: Uint8Array, offset: number, ctx: U64Context = {})
   const lo = readU32Be(buf, offset + 4);
   if (hi > 0x1fffff) {
     const fmt = ctx.format ?? 'image';
-    throw new ImageError(
-      ERROR_CODES.CORRUPT,
-      `${fmt}: ${ctx.file ? ctx.file + ': ' : ''}${ctx.field ?? '64-bit field'} at ${hex(offset)} is too large (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`,
-      { data: { field: ctx.field, offset, format: ctx.format, file: ctx.file } },
-    );
+    throw new ImageError(ERROR_CODES.CORRUPT, `${fmt}: ${ctx.file ? ctx.file + ': ' : ''}${ctx.field ?? '64-bit field'} at ${hex(offset)} is too large (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`, {
+      data: { field: ctx.field, offset, format: ctx.format, file: ctx.file },
+    });
   }
   return hi * 0x1_0000_0000 + lo;
 }

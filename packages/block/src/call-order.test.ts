@@ -21,10 +21,15 @@ describe('CallOrder', () => {
     const order = new CallOrder();
     const log: string[] = [];
     const slow = gate();
-    const a = order.run(0, 10, async () => {
-      await slow.promise;
-      log.push('a');
-    }, { register: true });
+    const a = order.run(
+      0,
+      10,
+      async () => {
+        await slow.promise;
+        log.push('a');
+      },
+      { register: true },
+    );
     // Overlaps a: waits for it, and registers itself.
     const b = order.run(5, 10, async () => void log.push('b'));
     // Overlaps b only: waits for b (which waits for a).

@@ -108,7 +108,16 @@ export function suggestOptionKey(table: OptionTable, key: string, extra: readonl
   if (exact) return exact.key;
   const folded = key.replace(/[-_]/g, '').toLowerCase();
   let best: { key: string; d: number } | undefined;
-  const candidates = [...table.flatMap((o) => [[o.key, o.key], [o.key, o.name]] as const), ...extra.map((k) => [k, k] as const)];
+  const candidates = [
+    ...table.flatMap(
+      (o) =>
+        [
+          [o.key, o.key],
+          [o.key, o.name],
+        ] as const,
+    ),
+    ...extra.map((k) => [k, k] as const),
+  ];
   for (const [typed, spelt] of candidates) {
     const other = spelt.replace(/[-_]/g, '').toLowerCase();
     // An abbreviation ("prealloc") or a longer spelling of a key is as good as a near miss.

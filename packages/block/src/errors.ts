@@ -177,14 +177,7 @@ export function ioError(file: string, message: string, data: ImageErrorData = {}
  * not exist: `file` is the image that names it, `name` the name as stored
  * and `resolved` the path it was looked for at (left out when the same).
  */
-export function missingFileError(
-  format: string,
-  file: string | undefined,
-  what: string,
-  name: string,
-  resolved?: string,
-  options: { cause?: unknown; data?: ImageErrorData; alsoTried?: readonly string[] } = {},
-): ImageError {
+export function missingFileError(format: string, file: string | undefined, what: string, name: string, resolved?: string, options: { cause?: unknown; data?: ImageErrorData; alsoTried?: readonly string[] } = {}): ImageError {
   const at = resolved !== undefined && resolved !== name ? ` (resolved to ${resolved})` : '';
   const also = options.alsoTried?.length ? `; also looked for ${options.alsoTried.join(', ')}` : '';
   return new ImageError(ERROR_CODES.NOT_FOUND, where(format, file) + `${what} "${name}"${at} does not exist${also}`, {

@@ -90,11 +90,6 @@ describe('extent tools', () => {
         0,
         30,
       ),
-    ).toEqual([
-      'extent 1 starts at 12, expected 10 (gap)',
-      'extent 2 starts at 15, expected 17 (overlap)',
-      'extents 2 and 3 should have been merged',
-      'extents end at 25, expected 30',
-    ]);
+    ).toEqual(['extent 1 starts at 12, expected 10 (gap)', 'extent 2 starts at 15, expected 17 (overlap)', 'extents 2 and 3 should have been merged', 'extents end at 25, expected 30']);
   });
 });

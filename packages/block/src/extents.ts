@@ -53,12 +53,7 @@ export async function collectExtents(extents: Extents): Promise<Extent[]> {
 }
 
 /** Problems found by validateExtentCover; empty when the cover is valid. */
-export function validateExtentCover(
-  extents: readonly Extent[],
-  offset: number,
-  length: number,
-  { requireMerged = true }: { requireMerged?: boolean } = {},
-): string[] {
+export function validateExtentCover(extents: readonly Extent[], offset: number, length: number, { requireMerged = true }: { requireMerged?: boolean } = {}): string[] {
   const problems: string[] = [];
   let pos = offset;
   let prev: Extent | undefined;

@@ -15,10 +15,7 @@
 import { MemoryStorage } from './memory-storage.js';
 import type { Storage } from './storage.js';
 
-export type FaultOp =
-  | { kind: 'write'; position: number; data: Uint8Array }
-  | { kind: 'truncate'; size: number }
-  | { kind: 'flush' };
+export type FaultOp = { kind: 'write'; position: number; data: Uint8Array } | { kind: 'truncate'; size: number } | { kind: 'flush' };
 
 export type CrashMode = 'drop' | 'subset' | 'torn';
 

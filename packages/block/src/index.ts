@@ -10,18 +10,7 @@ export * from './extents.js';
 export * from './zero.js';
 export { FormatRegistry } from './registry.js';
 export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, RAW_CREATE_OPTIONS, type RawCreateOptions } from './raw.js';
-export {
-  PLUMBING_CREATE_KEYS,
-  checkOptionKeys,
-  optionHelp,
-  optionHelpLines,
-  optionsFromText,
-  suggestOptionKey,
-  unknownOptionName,
-  type OptionKind,
-  type OptionSpec,
-  type OptionTable,
-} from './create-options.js';
+export { PLUMBING_CREATE_KEYS, checkOptionKeys, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';

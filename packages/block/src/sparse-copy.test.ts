@@ -43,27 +43,28 @@ describe('sparseCopy', () => {
 
   it('with an alignment, writes only whole aligned units and still copies exactly', async () => {
     await fc.assert(
-      fc.asyncProperty(
-        fc.integer({ min: 1, max: 600_000 }),
-        fc.array(runArb, { maxLength: 12 }),
-        fc.constantFrom(512, 4096, 65536),
-        async (size, runs, alignment) => {
-          const src = modelFromRuns(size, runs.map((r) => ({ ...r, length: Math.ceil(r.length / 7) })));
-          const dst = new ModelDisk(size);
-          await sparseCopy(src, dst, { alignment, chunkSize: 1 << 20 });
-          expect(bytesEqual(dst.bytes, src.bytes)).toBe(true);
-          for (const [o, len] of dst.writes) {
-            expect(o % alignment).toBe(0);
-            if (o + len !== size) expect(len % alignment).toBe(0);
-          }
-        },
-      ),
+      fc.asyncProperty(fc.integer({ min: 1, max: 600_000 }), fc.array(runArb, { maxLength: 12 }), fc.constantFrom(512, 4096, 65536), async (size, runs, alignment) => {
+        const src = modelFromRuns(
+          size,
+          runs.map((r) => ({ ...r, length: Math.ceil(r.length / 7) })),
+        );
+        const dst = new ModelDisk(size);
+        await sparseCopy(src, dst, { alignment, chunkSize: 1 << 20 });
+        expect(bytesEqual(dst.bytes, src.bytes)).toBe(true);
+        for (const [o, len] of dst.writes) {
+          expect(o % alignment).toBe(0);
+          if (o + len !== size) expect(len % alignment).toBe(0);
+        }
+      }),
       { seed: 9, numRuns: 150 },
     );
   });
 
   it('copies with one-byte chunks', async () => {
-    const src = modelFromRuns(5000, [{ length: 3000, kind: 'data' }, { length: 2000, kind: 'zero' }]);
+    const src = modelFromRuns(5000, [
+      { length: 3000, kind: 'data' },
+      { length: 2000, kind: 'zero' },
+    ]);
     const dst = new ModelDisk(5000);
     await sparseCopy(src, dst, { chunkSize: 1, minZeroRun: 1 });
     expect(bytesEqual(dst.bytes, src.bytes)).toBe(true);

@@ -155,14 +155,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   // Raw destination, bytes unchanged, zeros either skipped on a fresh target or all written: storages may copy runs themselves.
   // Otherwise data runs of local files may still be read in batches (Storage.readRuns) and written through the format.
   const batching = (options.batchRuns ?? true) && options.alignment === undefined;
-  const copyMode =
-    batching &&
-    dst instanceof RawDisk &&
-    !dst.readOnly &&
-    options.writeData === undefined &&
-    options.writeZeroes === undefined &&
-    (dstIsZero || minZeroRun === 0) &&
-    src.storage.canCopyRunsTo?.(dst.storage) === true;
+  const copyMode = batching && dst instanceof RawDisk && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
   const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize };
   // A read batch's buffer: whole chunks, within the buffer budget.

@@ -110,4 +110,3 @@ export interface Storage {
    */
   readRuns?(runs: Float64Array, buffer: Uint8Array, options: RunCopyOptions): Promise<RunReadResult>;
 }
-

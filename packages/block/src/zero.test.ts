@@ -22,35 +22,30 @@ describe('isAllZero', () => {
 describe('findZeroRuns', () => {
   it('covers the buffer with alternating runs whose zero runs are all zero', () => {
     fc.assert(
-      fc.property(
-        fc.array(fc.record({ len: fc.integer({ min: 1, max: 3000 }), zero: fc.boolean() }), { minLength: 1, maxLength: 12 }),
-        fc.constantFrom(0, 512, 4096, 65536),
-        fc.integer({ min: 0, max: 4096 }),
-        (parts, minRun, base) => {
-          const total = parts.reduce((n, p) => n + p.len, 0);
-          const buf = new Uint8Array(total);
-          let at = 0;
-          for (const p of parts) {
-            if (!p.zero) for (let i = 0; i < p.len; i++) buf[at + i] = (i % 251) + 1;
-            at += p.len;
+      fc.property(fc.array(fc.record({ len: fc.integer({ min: 1, max: 3000 }), zero: fc.boolean() }), { minLength: 1, maxLength: 12 }), fc.constantFrom(0, 512, 4096, 65536), fc.integer({ min: 0, max: 4096 }), (parts, minRun, base) => {
+        const total = parts.reduce((n, p) => n + p.len, 0);
+        const buf = new Uint8Array(total);
+        let at = 0;
+        for (const p of parts) {
+          if (!p.zero) for (let i = 0; i < p.len; i++) buf[at + i] = (i % 251) + 1;
+          at += p.len;
+        }
+        const runs = findZeroRuns(buf, minRun, 512, base);
+        let pos = 0;
+        for (const [i, r] of runs.entries()) {
+          expect(r.start).toBe(pos);
+          expect(r.end).toBeGreaterThan(r.start);
+          if (i > 0) expect(r.zero).not.toBe(runs[i - 1]!.zero);
+          if (r.zero) {
+            expect(isAllZero(buf.subarray(r.start, r.end))).toBe(true);
+            const edge = i === 0 || i === runs.length - 1;
+            if (!edge) expect(r.end - r.start).toBeGreaterThanOrEqual(minRun);
           }
-          const runs = findZeroRuns(buf, minRun, 512, base);
-          let pos = 0;
-          for (const [i, r] of runs.entries()) {
-            expect(r.start).toBe(pos);
-            expect(r.end).toBeGreaterThan(r.start);
-            if (i > 0) expect(r.zero).not.toBe(runs[i - 1]!.zero);
-            if (r.zero) {
-              expect(isAllZero(buf.subarray(r.start, r.end))).toBe(true);
-              const edge = i === 0 || i === runs.length - 1;
-              if (!edge) expect(r.end - r.start).toBeGreaterThanOrEqual(minRun);
-            }
-            pos = r.end;
-          }
-          expect(pos).toBe(total);
-          if (minRun === 0) expect(runs).toEqual([{ start: 0, end: total, zero: false }]);
-        },
-      ),
+          pos = r.end;
+        }
+        expect(pos).toBe(total);
+        if (minRun === 0) expect(runs).toEqual([{ start: 0, end: total, zero: false }]);
+      }),
       { seed: 42, numRuns: 300 },
     );
   });

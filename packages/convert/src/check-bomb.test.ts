@@ -29,4 +29,3 @@ describeQemu('the check bomb ends cleanly in every command', () => {
     });
   }
 });
-

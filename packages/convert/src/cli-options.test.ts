@@ -23,7 +23,10 @@ describe('unknown -o names', () => {
   for (const [name, [cmd, ...args], bad, format] of cases) {
     it(`${name}: Invalid parameter '${bad}', the valid names, exit 1, nothing created`, () => {
       const before = readdirSync(tmp.path).length;
-      const r = run(cmd as 'img' | 'img-convert', args.map((a) => (/\.(qcow2|vhd|raw)$/.test(a) ? join(tmp.path, a) : a)));
+      const r = run(
+        cmd as 'img' | 'img-convert',
+        args.map((a) => (/\.(qcow2|vhd|raw)$/.test(a) ? join(tmp.path, a) : a)),
+      );
       expect(r.status, r.stderr).toBe(1);
       const prog = cmd === 'img' ? `img ${args[0]}` : 'img-convert';
       expect(r.stderr).toMatch(new RegExp(`^${prog}: Invalid parameter '${bad}'\\n`));

@@ -2,20 +2,7 @@
  * convert(): any registered format into any other, through sparseCopy and
  * the extent iterator: no code for a particular pair of formats.
  */
-import {
-  bytesEqual,
-  ERROR_CODES,
-  ImageError,
-  sparseCopy,
-  type DriverCreateOptions,
-  type Disk,
-  type FormatDriver,
-  type FormatRegistryLike,
-  type Resolver,
-  type SparseCopyOptions,
-  type SparseCopyResult,
-  type Storage,
-} from '@img/block';
+import { bytesEqual, ERROR_CODES, ImageError, sparseCopy, type DriverCreateOptions, type Disk, type FormatDriver, type FormatRegistryLike, type Resolver, type SparseCopyOptions, type SparseCopyResult, type Storage } from '@img/block';
 import { OverlayDiff } from './overlay-diff.js';
 
 export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
@@ -69,12 +56,7 @@ async function allocationUnit(disk: Disk): Promise<number> {
  * await disk.close();
  * ```
  */
-export async function convertDisk(
-  src: Disk,
-  driver: FormatDriver,
-  target: Storage,
-  options: ConvertDiskOptions = {},
-): Promise<{ disk: Disk; result: ConvertResult }> {
+export async function convertDisk(src: Disk, driver: FormatDriver, target: Storage, options: ConvertDiskOptions = {}): Promise<{ disk: Disk; result: ConvertResult }> {
   const started = Date.now();
   const createOptions: DriverCreateOptions = { ...(options.createOptions ?? {}), size: src.size };
   // The resolver also creates files a format keeps beside the image (a vmdk monolithicFlat extent).

@@ -92,7 +92,9 @@ describe('create entry points', () => {
     await expectCode(() => createVhd(storage, { size: 1 << 20, subformat: 'fixed' } as never), 'ERR_IMG_INVALID_ARG', /did you mean type\?/);
     expect(storage.toBytes().length).toBe(0);
     // The drivers (what the registry and convert call) check the same way; plumbing keys pass.
-    for (const driver of defaultRegistry().names().map((n) => defaultRegistry().require(n))) {
+    for (const driver of defaultRegistry()
+      .names()
+      .map((n) => defaultRegistry().require(n))) {
       await expectCode(() => driver.create(new MemoryStorage(), { size: 65536, clustr_size: '4k' }), 'ERR_IMG_INVALID_ARG', /clustr_size/);
       const disk = await driver.create(new MemoryStorage(), { size: 65536, resolver: fileResolver, formats: defaultRegistry(), noBacking: false });
       await disk.close();
@@ -148,17 +150,9 @@ describe('a missing backing file names the overlay and the name it holds', () =>
     const disk = await createQcow2(await FileStorage.create(overlay), { size: 1 << 20, backingFile: 'base.qcow2', backingFormat: 'qcow2', noBacking: true });
     await disk.close();
     expect(existsSync(join(dir, 'base.qcow2'))).toBe(false);
-    await expectCode(
-      async () => openQcow2(await FileStorage.open(overlay), { resolver: fileResolver }),
-      'ERR_IMG_NOT_FOUND',
-      `qcow2: ${overlay}: backing file "base.qcow2" (resolved to ${resolve(dir, 'base.qcow2')}) does not exist`,
-    );
+    await expectCode(async () => openQcow2(await FileStorage.open(overlay), { resolver: fileResolver }), 'ERR_IMG_NOT_FOUND', `qcow2: ${overlay}: backing file "base.qcow2" (resolved to ${resolve(dir, 'base.qcow2')}) does not exist`);
     await expectCode(() => openImageFile(overlay), 'ERR_IMG_NOT_FOUND', /backing file "base.qcow2" \(resolved to .*base\.qcow2\) does not exist$/);
-    await expectCode(
-      () => convertFile({ srcFormat: 'qcow2', dstFormat: 'raw', input: overlay, output: join(dir, 'out.raw') }),
-      'ERR_IMG_NOT_FOUND',
-      /overlay\.qcow2: backing file "base\.qcow2"/,
-    );
+    await expectCode(() => convertFile({ srcFormat: 'qcow2', dstFormat: 'raw', input: overlay, output: join(dir, 'out.raw') }), 'ERR_IMG_NOT_FOUND', /overlay\.qcow2: backing file "base\.qcow2"/);
   });
 
   it('vhd', async () => {

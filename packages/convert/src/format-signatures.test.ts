@@ -53,7 +53,16 @@ const cases: Case[] = [
   { file: 'vmdk-sparse.img', format: 'vmdk', qemu: 'vmdk', bytes: () => synthetic([[0, 'KDMV']]) },
   { file: 'vmdk-cowd.img', format: 'vmdk', qemu: 'vmdk', bytes: () => synthetic([[0, 'COWD']]) },
   { file: 'vmdk-descriptor.img', format: 'vmdk', qemu: 'vmdk', bytes: () => synthetic([[0, '# Disk DescriptorFile\nversion=1\n']], 512) },
-  { file: 'vdi.img', format: 'vdi', qemu: 'vdi', bytes: () => synthetic([[0, '<<< QEMU VM Virtual Disk Image >>>\n'], [0x40, le32(0xbeda107f)]]) },
+  {
+    file: 'vdi.img',
+    format: 'vdi',
+    qemu: 'vdi',
+    bytes: () =>
+      synthetic([
+        [0, '<<< QEMU VM Virtual Disk Image >>>\n'],
+        [0x40, le32(0xbeda107f)],
+      ]),
+  },
   { file: 'vhdx.img', format: 'vhdx', qemu: 'vhdx', bytes: () => synthetic([[0, 'vhdxfile']]) },
   { file: 'vhd-head.img', format: 'vhd', qemu: 'vpc', bytes: () => synthetic([[0, 'conectix']]) },
   // qemu's vpc_probe looks at offset 0 only: a footer at the end is a fixed VHD it opens as raw.
@@ -61,17 +70,61 @@ const cases: Case[] = [
   { file: 'vhd-footer-511.img', format: 'vhd', qemu: 'raw', bytes: () => synthetic([[-511, 'conectix']]) },
   { file: 'vhd-footer-1024.img', format: 'vhd', qemu: 'raw', bytes: () => synthetic([[-1024, 'conectix']]) },
   { file: 'luks.img', format: 'luks', qemu: 'luks', bytes: () => synthetic([[0, 'LUKS\xba\xbe\0\x01']]) },
-  { file: 'parallels.img', format: 'parallels', qemu: 'parallels', bytes: () => synthetic([[0, 'WithoutFreeSpace'], [16, le32(2)]]) },
-  { file: 'parallels-ext.img', format: 'parallels', qemu: 'parallels', bytes: () => synthetic([[0, 'WithouFreSpacExt'], [16, le32(2)]]) },
+  {
+    file: 'parallels.img',
+    format: 'parallels',
+    qemu: 'parallels',
+    bytes: () =>
+      synthetic([
+        [0, 'WithoutFreeSpace'],
+        [16, le32(2)],
+      ]),
+  },
+  {
+    file: 'parallels-ext.img',
+    format: 'parallels',
+    qemu: 'parallels',
+    bytes: () =>
+      synthetic([
+        [0, 'WithouFreSpacExt'],
+        [16, le32(2)],
+      ]),
+  },
   {
     file: 'bochs.img',
     format: 'bochs',
     qemu: 'bochs',
     // header: magic, type, subtype, version 2.0, header size 512, 1 catalog entry (unallocated), 4 KiB extents, 4 KiB disk
-    bytes: () => synthetic([[0, 'Bochs Virtual HD Image\0'], [32, 'Redolog\0'], [48, 'Growing\0'], [64, le32(0x20000)], [68, le32(512)], [72, le32(1)], [76, le32(1)], [80, le32(4096)], [88, le32(4096)], [512, le32(0xffffffff)]]),
+    bytes: () =>
+      synthetic([
+        [0, 'Bochs Virtual HD Image\0'],
+        [32, 'Redolog\0'],
+        [48, 'Growing\0'],
+        [64, le32(0x20000)],
+        [68, le32(512)],
+        [72, le32(1)],
+        [76, le32(1)],
+        [80, le32(4096)],
+        [88, le32(4096)],
+        [512, le32(0xffffffff)],
+      ]),
   },
   // cloop: the script banner, 512-byte blocks, no blocks, one offset
-  { file: 'cloop.img', format: 'cloop', qemu: 'cloop', bytes: () => synthetic([[0, CLOOP], [128, be32(512)], [132, be32(0)], [140, be32(144)]], 4096) },
+  {
+    file: 'cloop.img',
+    format: 'cloop',
+    qemu: 'cloop',
+    bytes: () =>
+      synthetic(
+        [
+          [0, CLOOP],
+          [128, be32(512)],
+          [132, be32(0)],
+          [140, be32(144)],
+        ],
+        4096,
+      ),
+  },
   // qemu's dmg_probe looks at the file name only (".dmg"): by the bytes it is raw to qemu.
   { file: 'dmg.img', format: 'dmg', qemu: 'raw', bytes: () => synthetic([[-512, 'koly']]) },
   { file: 'named.dmg', format: 'dmg', qemu: 'dmg', bytes: () => synthetic([[-512, 'koly']]) },

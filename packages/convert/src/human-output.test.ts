@@ -26,15 +26,7 @@ describe('qdictOrder (the order qemu-img prints an object in)', () => {
       'dirty-flag',
     ]);
     expect(qdictOrder(['name', 'granularity', 'flags'])).toEqual(['flags', 'name', 'granularity']);
-    expect(qdictOrder(['extended-l2', 'corrupt', 'bitmaps', 'refcount-bits', 'compat', 'lazy-refcounts', 'compression-type'])).toEqual([
-      'compat',
-      'compression-type',
-      'lazy-refcounts',
-      'bitmaps',
-      'refcount-bits',
-      'corrupt',
-      'extended-l2',
-    ]);
+    expect(qdictOrder(['extended-l2', 'corrupt', 'bitmaps', 'refcount-bits', 'compat', 'lazy-refcounts', 'compression-type'])).toEqual(['compat', 'compression-type', 'lazy-refcounts', 'bitmaps', 'refcount-bits', 'corrupt', 'extended-l2']);
   });
 });
 
@@ -45,11 +37,7 @@ describe('humanInfo', () => {
       actual: 4096,
       data: { format: 'vhd', virtualSize: 100 * 2 ** 20, dirty: true, formatSpecific: { list: [{ a: 1 }], empty: [] } },
     });
-    expect(text).toBe(
-      ['image: a.vhd', 'file format: vpc', 'virtual size: 100 MiB (104857600 bytes)', 'disk size: 4 KiB', 'cleanly shut down: no', 'Format specific information:', '    list:', '        [0]:', '            a: 1', '    empty:', ''].join(
-        '\n',
-      ),
-    );
+    expect(text).toBe(['image: a.vhd', 'file format: vpc', 'virtual size: 100 MiB (104857600 bytes)', 'disk size: 4 KiB', 'cleanly shut down: no', 'Format specific information:', '    list:', '        [0]:', '            a: 1', '    empty:', ''].join('\n'));
   });
 
   it('leaves the icount column blank when none was recorded', () => {

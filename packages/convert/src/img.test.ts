@@ -107,7 +107,6 @@ describeQemu('img check agrees with qemu-img check', () => {
       }
     });
   }
-
 });
 
 describeQemu('img compare, create, resize, info --backing-chain', () => {

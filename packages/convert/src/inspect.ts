@@ -5,30 +5,10 @@
  * following any name inside it, and checks its metadata. It never calls a
  * resolver: nothing outside the given storage is ever opened.
  */
-import {
-  ERROR_CODES,
-  ImageError,
-  readAscii,
-  unsafe,
-  type Disk,
-  type FormatRegistryLike,
-  type ImageInfo,
-  type Resolver,
-  type Storage,
-} from '@img/block';
+import { ERROR_CODES, ImageError, readAscii, unsafe, type Disk, type FormatRegistryLike, type ImageInfo, type Resolver, type Storage } from '@img/block';
 import { identify, lookDescription, probeBytes } from './probe.js';
 
-export type FindingCode =
-  | 'format-mismatch'
-  | 'multiple-formats'
-  | 'unknown-format'
-  | 'backing-file'
-  | 'data-file'
-  | 'parent-reference'
-  | 'encrypted'
-  | 'unsupported'
-  | 'corrupt'
-  | 'leaks';
+export type FindingCode = 'format-mismatch' | 'multiple-formats' | 'unknown-format' | 'backing-file' | 'data-file' | 'parent-reference' | 'encrypted' | 'unsupported' | 'corrupt' | 'leaks';
 
 export interface SafetyFinding {
   code: FindingCode;
@@ -68,12 +48,14 @@ export interface InspectOptions {
 }
 
 /** A resolver that opens nothing: every name inside an inspected `format` image is refused. */
-const refuseAll = (format: string): Resolver => async (request) => {
-  throw unsafe(format, request.from.name, `refusing to open ${request.kind} "${request.name}" named inside an inspected image`, {
-    field: request.kind,
-    actual: request.name,
-  });
-};
+const refuseAll =
+  (format: string): Resolver =>
+  async (request) => {
+    throw unsafe(format, request.from.name, `refusing to open ${request.kind} "${request.name}" named inside an inspected image`, {
+      field: request.kind,
+      actual: request.name,
+    });
+  };
 
 /**
  * The caller's storage, lent to a driver: everything passes through except

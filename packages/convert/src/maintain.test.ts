@@ -108,9 +108,18 @@ describeQemu('img snapshot', () => {
 
 describeQemu('img measure', () => {
   const cases: Array<[string[], string[]]> = [
-    [['-O', 'qcow2', '--size', '10G'], ['-O', 'qcow2', '--size', '10G']],
-    [['-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '1G'], ['-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '1G']],
-    [['-O', 'qcow2', '-o', 'refcount_bits=64,extended_l2=on', '--size', '3G'], ['-O', 'qcow2', '-o', 'refcount_bits=64,extended_l2=on', '--size', '3G']],
+    [
+      ['-O', 'qcow2', '--size', '10G'],
+      ['-O', 'qcow2', '--size', '10G'],
+    ],
+    [
+      ['-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '1G'],
+      ['-O', 'qcow2', '-o', 'cluster_size=4k', '--size', '1G'],
+    ],
+    [
+      ['-O', 'qcow2', '-o', 'refcount_bits=64,extended_l2=on', '--size', '3G'],
+      ['-O', 'qcow2', '-o', 'refcount_bits=64,extended_l2=on', '--size', '3G'],
+    ],
   ];
   for (const [ours, theirs] of cases) {
     it(`matches qemu-img measure ${theirs.join(' ')}`, () => {

@@ -3,15 +3,7 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
-import {
-  ERROR_CODES,
-  ImageError,
-  bytesEqual,
-  sparseCopy,
-  type CopyProgress,
-  type Disk,
-  type Extent,
-} from '@img/block';
+import { ERROR_CODES, ImageError, bytesEqual, sparseCopy, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;

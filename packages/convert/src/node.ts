@@ -284,7 +284,12 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
   if (options.untrusted && srcDriver.name !== 'raw') {
     throw new ImageError(ERROR_CODES.UNSAFE, `${srcDriver.name}: an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
   }
-  if (options.stdin === undefined) assertNotRead(identityOfPath(options.output), [identityOfFd(0, 'standard input')].filter((x) => x !== undefined), 'output');
+  if (options.stdin === undefined)
+    assertNotRead(
+      identityOfPath(options.output),
+      [identityOfFd(0, 'standard input')].filter((x) => x !== undefined),
+      'output',
+    );
   const input = (options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>;
   const source = await fromStream(srcDriver.name === 'raw' && (options.untrusted || !options.forceFormat) ? refuseContainers(input) : input, srcDriver.name, { registry });
   const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });

@@ -4,18 +4,7 @@
  * VMDK, VDI, ...), so that neither kind is ever taken for another, or for a
  * raw disk.
  */
-import {
-  findSignatures,
-  PROBE_BYTES,
-  SIGNATURE_TAIL_BYTES,
-  unsafe,
-  unsupported,
-  wrongFormat,
-  type FormatRegistryLike,
-  type ProbeResult,
-  type SignatureMatch,
-  type Storage,
-} from '@img/block';
+import { findSignatures, PROBE_BYTES, SIGNATURE_TAIL_BYTES, unsafe, unsupported, wrongFormat, type FormatRegistryLike, type ProbeResult, type SignatureMatch, type Storage } from '@img/block';
 
 /** The bytes formats probe with: the head of the file, its last 512 bytes (`tail`) and its last KiB (`end`). */
 export async function probeBytes(storage: Storage): Promise<{ head: Uint8Array; tail: Uint8Array; end: Uint8Array; size: number }> {

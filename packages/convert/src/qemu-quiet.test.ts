@@ -8,7 +8,7 @@ import { run } from './test/cli.js';
 const tmp = tempDir('img-quiet-');
 afterAll(() => tmp.cleanup());
 
-describeQemu('img create prints qemu-img create\'s line; -q silences stdout', () => {
+describeQemu("img create prints qemu-img create's line; -q silences stdout", () => {
   const cases: Array<[string, string[]]> = [
     ['qcow2', []],
     ['qcow2', ['-o', 'compat=0.10']],

@@ -35,11 +35,10 @@ describe('README examples type-check against the shipped types', () => {
       });
     }
     expect(files.length).toBeGreaterThanOrEqual(5);
-    writeFileSync(
-      join(checkDir, 'tsconfig.json'),
-      JSON.stringify({ extends: '../../../tsconfig.base.json', compilerOptions: { noEmit: true, types: ['node'], lib: ['ES2023', 'ESNext.Disposable'] }, files }),
-    );
-    const tsc = createRequire(import.meta.url).resolve('typescript/package.json').replace(/package\.json$/, 'bin/tsc');
+    writeFileSync(join(checkDir, 'tsconfig.json'), JSON.stringify({ extends: '../../../tsconfig.base.json', compilerOptions: { noEmit: true, types: ['node'], lib: ['ES2023', 'ESNext.Disposable'] }, files }));
+    const tsc = createRequire(import.meta.url)
+      .resolve('typescript/package.json')
+      .replace(/package\.json$/, 'bin/tsc');
     const r = spawnSync(process.execPath, [tsc, '-p', join(checkDir, 'tsconfig.json')], { encoding: 'utf8' });
     expect(r.stdout + r.stderr, 'tsc output').toBe('');
     expect(r.status).toBe(0);

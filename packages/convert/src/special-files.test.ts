@@ -71,10 +71,7 @@ describeQemu('FIFOs are refused, never waited on', () => {
       });
 
       it('the API refuses it (openImageFile, convertFile)', async () => {
-        for (const work of [
-          () => openImageFile(p(image)).then((d) => d.close()),
-          () => convertFile({ srcFormat: format, dstFormat: 'raw', input: p(image), output: p(`${image}.api`) }).then(() => undefined),
-        ]) {
+        for (const work of [() => openImageFile(p(image)).then((d) => d.close()), () => convertFile({ srcFormat: format, dstFormat: 'raw', input: p(image), output: p(`${image}.api`) }).then(() => undefined)]) {
           const e = await settleWithin(work(), 10_000, fifos).then(
             () => undefined,
             (err: unknown) => err,

@@ -2,18 +2,7 @@
  * Streaming in and out: an image as a byte stream of known length (for a
  * pipe or an HTTP upload), and an image arriving as a byte stream.
  */
-import {
-  ERROR_CODES,
-  ImageError,
-  abortError,
-  alignUp,
-  findZeroRuns,
-  type CopyProgress,
-  type Disk,
-  type FormatRegistryLike,
-  type ImageStream,
-  type StreamSource,
-} from '@img/block';
+import { ERROR_CODES, ImageError, abortError, alignUp, findZeroRuns, type CopyProgress, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
 import { defaultRegistry } from './formats.js';
 
 export interface ToStreamOptions {

@@ -67,7 +67,10 @@ describeQemu('untrusted mode accepts every fixture that names no other file', ()
       expect(qemuImg(['compare', '-f', 'raw', '-F', 'raw', ours, theirs], { allowFail: true }).status).toBe(0);
 
       // Probed (no -f) and declared.
-      for (const args of [['info', '--untrusted', '--output=json', path], ['info', '--untrusted', '-f', entry.format, '--output=json', path]]) {
+      for (const args of [
+        ['info', '--untrusted', '--output=json', path],
+        ['info', '--untrusted', '-f', entry.format, '--output=json', path],
+      ]) {
         const info = cli('img', args);
         expect(info.stderr).toBe('');
         expect(info.status).toBe(0);

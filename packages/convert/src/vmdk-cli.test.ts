@@ -44,7 +44,7 @@ describeQemu('vmdk from the command line', () => {
   const raw = p('src.raw');
   writeFileSync(raw, source());
 
-  it('img-convert -o subformat=streamOptimized writes VMware\'s layout: grains in guest order, GD at the end, footer', () => {
+  it("img-convert -o subformat=streamOptimized writes VMware's layout: grains in guest order, GD at the end, footer", () => {
     const out = p('so.vmdk');
     const r = run('img-convert', ['raw', 'vmdk', raw, out, '-o', 'subformat=streamOptimized,adapter_type=pvscsi,hwversion=14']);
     expect(r.stderr).not.toMatch(/ERR_/);

@@ -104,9 +104,7 @@ describeWith('qemu-nbd', 'NbdStorage against qemu-nbd', () => {
       expect(Buffer.from(all).equals(readFileSync(at('d.raw')))).toBe(true);
       // The allocation qemu's own client sees through the same server (qemu reports a raw file's first block as data).
       const data = (await storage.ranges(0, 16 << 20)).filter((r) => r.data).map((r) => [r.offset, r.length]);
-      const theirs = (JSON.parse(qemuImg(['map', '--output=json', '-f', 'raw', `nbd+unix:///?socket=${at('q.sock')}`]).stdout) as Array<{ start: number; length: number; data: boolean }>)
-        .filter((e) => e.data)
-        .map((e) => [e.start, e.length]);
+      const theirs = (JSON.parse(qemuImg(['map', '--output=json', '-f', 'raw', `nbd+unix:///?socket=${at('q.sock')}`]).stdout) as Array<{ start: number; length: number; data: boolean }>).filter((e) => e.data).map((e) => [e.start, e.length]);
       expect(data).toEqual(theirs);
       expect(data).toContainEqual([9 << 20, 65536]);
     } finally {

@@ -302,7 +302,7 @@ export class NbdStorage implements Storage {
     const end = Math.min(this.#size, offset + length);
     if (this.#allocationContext === undefined) return end > offset ? [{ offset, length: end - offset, data: true }] : [];
     const out: StorageRange[] = [];
-    for (let at = offset; at < end; ) {
+    for (let at = offset; at < end;) {
       const status: Array<[number, number]> = [];
       await this.#request(P.CMD_BLOCK_STATUS, 0, at, Math.min(end - at, 2 ** 32 - 2 ** 20), { status });
       if (status.length === 0) throw ioError(this.name, `no block status for offset ${at}`);
@@ -321,11 +321,16 @@ export class NbdStorage implements Storage {
 
   async close(): Promise<void> {
     if (!this.#closed) {
-      await Promise.allSettled([...this.#pending.values()].map((p) => new Promise<void>((r) => {
-        const { resolve, reject } = p;
-        p.resolve = () => (resolve(), r());
-        p.reject = (e) => (reject(e), r());
-      })));
+      await Promise.allSettled(
+        [...this.#pending.values()].map(
+          (p) =>
+            new Promise<void>((r) => {
+              const { resolve, reject } = p;
+              p.resolve = () => (resolve(), r());
+              p.reject = (e) => (reject(e), r());
+            }),
+        ),
+      );
       this.#closed = ioError(this.name, 'the storage is closed');
       this.#socket.write(new MessageBuilder().u32(P.REQUEST_MAGIC).u16(0).u16(P.CMD_DISC).u64(0).u64(0).u32(0).build());
       this.#socket.end();

@@ -60,7 +60,13 @@ function errorReply(option: number, type: number, message: string): Uint8Array {
  * client has entered transmission, or undefined when it aborted.
  */
 export async function negotiate(reader: ByteReader, write: Write, exports: readonly NbdExport[], limits: HandshakeLimits): Promise<Agreement | undefined> {
-  await write(new MessageBuilder().u64(P.NBDMAGIC).u64(P.IHAVEOPT).u16(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES).build());
+  await write(
+    new MessageBuilder()
+      .u64(P.NBDMAGIC)
+      .u64(P.IHAVEOPT)
+      .u16(P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES)
+      .build(),
+  );
   const clientFlags = new FieldReader(await reader.read(4)).u32();
   if ((clientFlags & ~(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES)) !== 0) throw new HandshakeAbort(`unknown client flags 0x${clientFlags.toString(16)}`);
   const noZeroes = (clientFlags & P.FLAG_C_NO_ZEROES) !== 0;
@@ -101,7 +107,17 @@ export async function negotiate(reader: ByteReader, write: Write, exports: reado
             await write(errorReply(option, P.REP_ERR_INVALID, 'NBD_OPT_LIST takes no data'));
             break;
           }
-          for (const e of exports) await write(optionReply(option, P.REP_SERVER, new MessageBuilder().u32(new TextEncoder().encode(e.name).length).string(e.name).string(e.description ?? '')));
+          for (const e of exports)
+            await write(
+              optionReply(
+                option,
+                P.REP_SERVER,
+                new MessageBuilder()
+                  .u32(new TextEncoder().encode(e.name).length)
+                  .string(e.name)
+                  .string(e.description ?? ''),
+              ),
+            );
           await write(optionReply(option, P.REP_ACK));
           break;
         }

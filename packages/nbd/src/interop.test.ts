@@ -148,7 +148,11 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
         expect(r.status, `${op}: ${r.stderr}`).toBe(0);
       }
       // The model: the same operations on a raw file (a discard reads as zeros on both).
-      qemuIo(at('model.raw'), 'raw', ops.map((o) => o.replace('discard', 'write -z')));
+      qemuIo(
+        at('model.raw'),
+        'raw',
+        ops.map((o) => o.replace('discard', 'write -z')),
+      );
     } finally {
       await server.close();
       await disk.close();
@@ -300,11 +304,65 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
       [Buffer.from([1, 2, 3])], // cut off during the client flags
       [be([[3, 4]]), Buffer.from('NOTMAGIC'), be([[1, 4]])], // a bad option magic
       [be([[0xff, 4]])], // unknown client flags
-      [be([[3, 4]]), ihaveopt, be([[7, 4], [0xffffffff, 4]])], // a 4 GiB GO option
-      [be([[3, 4]]), ihaveopt, be([[99, 4], [3, 4]]), Buffer.from('abc')], // an unknown option, then gone
-      [be([[3, 4]]), ihaveopt, be([[7, 4], [3, 4]]), Buffer.from([0, 0, 9])], // a GO whose name runs past it
-      [be([[3, 4]]), ihaveopt, be([[1, 4], [0, 4]]), be([[0x25609513, 4], [0, 2], [1, 2], [0, 8], [0, 8], [0x7fffffff, 4]])], // a 2 GiB write
-      [be([[3, 4]]), ihaveopt, be([[1, 4], [0, 4]]), be([[0x25609513, 4], [0, 2], [0, 2], [0, 8], [2 ** 40, 8], [512, 4]]), be([[0xdeadbeef, 4]])], // a read past the end, then garbage
+      [
+        be([[3, 4]]),
+        ihaveopt,
+        be([
+          [7, 4],
+          [0xffffffff, 4],
+        ]),
+      ], // a 4 GiB GO option
+      [
+        be([[3, 4]]),
+        ihaveopt,
+        be([
+          [99, 4],
+          [3, 4],
+        ]),
+        Buffer.from('abc'),
+      ], // an unknown option, then gone
+      [
+        be([[3, 4]]),
+        ihaveopt,
+        be([
+          [7, 4],
+          [3, 4],
+        ]),
+        Buffer.from([0, 0, 9]),
+      ], // a GO whose name runs past it
+      [
+        be([[3, 4]]),
+        ihaveopt,
+        be([
+          [1, 4],
+          [0, 4],
+        ]),
+        be([
+          [0x25609513, 4],
+          [0, 2],
+          [1, 2],
+          [0, 8],
+          [0, 8],
+          [0x7fffffff, 4],
+        ]),
+      ], // a 2 GiB write
+      [
+        be([[3, 4]]),
+        ihaveopt,
+        be([
+          [1, 4],
+          [0, 4],
+        ]),
+        be([
+          [0x25609513, 4],
+          [0, 2],
+          [0, 2],
+          [0, 8],
+          [2 ** 40, 8],
+          [512, 4],
+        ]),
+        be([[0xdeadbeef, 4]]),
+      ], // a read past the end, then garbage
     ];
     for (const bytes of sessions) {
       await new Promise<void>((resolve) => {

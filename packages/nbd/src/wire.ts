@@ -54,7 +54,7 @@ export class ByteReader {
 
   /** Reads and drops `length` bytes without holding them all. */
   async skip(length: number): Promise<void> {
-    for (let left = length; left > 0; ) {
+    for (let left = length; left > 0;) {
       const n = Math.min(left, 1 << 20);
       await this.read(n);
       left -= n;

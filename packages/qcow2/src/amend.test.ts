@@ -28,7 +28,12 @@ describe('parseAmendOptions', () => {
   });
 
   it('refuses unknown and snake_case keys with the right spelling', () => {
-    for (const [key, hint] of [['lazy_refcounts', 'lazyRefcounts'], ['cluster_size', 'clusterSize'], ['lazyRefcount', 'lazyRefcounts'], ['compt', 'compat']]) {
+    for (const [key, hint] of [
+      ['lazy_refcounts', 'lazyRefcounts'],
+      ['cluster_size', 'clusterSize'],
+      ['lazyRefcount', 'lazyRefcounts'],
+      ['compt', 'compat'],
+    ]) {
       let err: unknown;
       try {
         parseAmendOptions({ [key!]: 'on' } as never);
@@ -349,10 +354,15 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
       ['extended L2', ['extended_l2=on', 'cluster_size=64k'], /extended L2/, () => undefined],
       ['an external data file', ['data_file=data.raw'], /external data file/, () => undefined],
       ['zstd with compressed clusters', ['compression_type=zstd'], /zstd/, (p) => void qemuIo(p, 'qcow2', ['write -c -P 1 0 64k'])],
-      ['a snapshot of another disk size', [], /snapshot "s"/, (p) => {
-        qemuImg(['snapshot', '-c', 's', p]);
-        qemuImg(['resize', '-f', 'qcow2', p, '2M']);
-      }],
+      [
+        'a snapshot of another disk size',
+        [],
+        /snapshot "s"/,
+        (p) => {
+          qemuImg(['snapshot', '-c', 's', p]);
+          qemuImg(['resize', '-f', 'qcow2', p, '2M']);
+        },
+      ],
     ];
     for (const [what, opts, pattern, prepare] of downgradeRefused) {
       it(`compat=0.10 with ${what}, as qemu refuses`, async () => {

@@ -24,13 +24,7 @@ export interface OpenedBacking {
  * Opens the backing file `name` of the image in `from`. `format` is the
  * backing format extension's value (undefined: probe among `formats`).
  */
-export async function openBacking(
-  from: Storage,
-  name: string,
-  format: string | undefined,
-  options: OpenOptions,
-  formats: FormatRegistryLike,
-): Promise<OpenedBacking> {
+export async function openBacking(from: Storage, name: string, format: string | undefined, options: OpenOptions, formats: FormatRegistryLike): Promise<OpenedBacking> {
   const file = from.name;
   if (options.untrusted) {
     throw unsafe(FORMAT, file, `refusing to open backing file "${name}" of an untrusted image`, { field: 'backing_file' });

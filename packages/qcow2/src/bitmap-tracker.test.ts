@@ -67,7 +67,11 @@ describeQemu('dirty bitmaps kept up to date', () => {
       ['discard', 2 * 1024 * 1024, 4096],
       ['write', 4 * 1024 * 1024 - 100, 100],
     ];
-    qemuIo(theirs, 'qcow2', ops.map(([op, at, len]) => `${op === 'write' ? 'write -P 0x11' : op === 'zero' ? 'write -z' : 'discard'} ${at} ${len}`));
+    qemuIo(
+      theirs,
+      'qcow2',
+      ops.map(([op, at, len]) => `${op === 'write' ? 'write -P 0x11' : op === 'zero' ? 'write -z' : 'discard'} ${at} ${len}`),
+    );
     const disk = await openQcow2(await FileStorage.open(ours, { readOnly: false }), { readOnly: false });
     for (const [op, at, len] of ops) {
       if (op === 'write') await disk.write(at, new Uint8Array(len).fill(0x11));

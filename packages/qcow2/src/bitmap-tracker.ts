@@ -139,7 +139,7 @@ export class BitmapTracker {
       const hi = readU32Be(table, c * 8);
       const lo = readU32Be(table, c * 8 + 4);
       let host = entryOffset(hi, lo);
-      if (!host && (lo & 1)) continue; // already all ones
+      if (!host && lo & 1) continue; // already all ones
       const data = new Uint8Array(cs);
       if (host) await this.#hooks.storage.readInto(host, data);
       for (const [from, to] of bits) setBits(data, from, to);
@@ -161,7 +161,7 @@ export class BitmapTracker {
 
 /** Sets bits [from, to] (inclusive) of a little-endian bitmap. */
 function setBits(data: Uint8Array, from: number, to: number): void {
-  for (let bit = from; bit <= to; ) {
+  for (let bit = from; bit <= to;) {
     if (bit % 8 === 0 && bit + 7 <= to) {
       const end = Math.floor((to + 1) / 8);
       data.fill(0xff, bit / 8, end);

@@ -162,7 +162,7 @@ export async function readQcow2DirtyBitmap(storage: Storage, name: string, file?
     runs(offset, length) {
       const end = Math.min(header.size, offset + length);
       const out: DirtyRun[] = [];
-      for (let n = Math.floor(offset / granularity); n * granularity < end; ) {
+      for (let n = Math.floor(offset / granularity); n * granularity < end;) {
         const dirty = bit(n) === 1;
         let m = n + 1;
         // Whole bytes of the same state at once.

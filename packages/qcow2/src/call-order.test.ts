@@ -18,11 +18,7 @@ import { checkQcow2 } from './check-qcow2.js';
 import type { Qcow2Disk } from './image.js';
 import './driver.js';
 
-type OrderOp =
-  | { op: 'write'; offset: number; length: number; seed: number }
-  | { op: 'zero'; offset: number; length: number; mayUnmap: boolean }
-  | { op: 'discard'; offset: number; length: number }
-  | { op: 'compressed'; cluster: number; count: number; seed: number };
+type OrderOp = { op: 'write'; offset: number; length: number; seed: number } | { op: 'zero'; offset: number; length: number; mayUnmap: boolean } | { op: 'discard'; offset: number; length: number } | { op: 'compressed'; cluster: number; count: number; seed: number };
 
 interface OrderShape {
   name: string;

@@ -85,4 +85,3 @@ describeQemu('bounded check (issue 13 point 6)', () => {
     }
   });
 });
-

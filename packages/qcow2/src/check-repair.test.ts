@@ -143,7 +143,11 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
         // The guest reads what it read before, except a range the repair dropped (and said so).
         if (kind === 'l2-on-refcount-table') {
           // Guest range 512 MiB..1 GiB (L1 entry 1) read the refcount table as L2 entries; now it reads zeros.
-          expect(readFileSync(before).subarray(2 ** 29, 2 ** 29 + CS).some((x) => x !== 0)).toBe(true);
+          expect(
+            readFileSync(before)
+              .subarray(2 ** 29, 2 ** 29 + CS)
+              .some((x) => x !== 0),
+          ).toBe(true);
           truncateSync(before, 2 ** 29);
           truncateSync(before, 2 ** 30);
         }

@@ -180,7 +180,12 @@ async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
     const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
     if (off) ref(off, cs, 'refcount block');
   }
-  if (h.nbSnapshots) ref(h.snapshotsOffset, s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0), 'snapshot table');
+  if (h.nbSnapshots)
+    ref(
+      h.snapshotsOffset,
+      s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0),
+      'snapshot table',
+    );
   // Bitmaps: directory, bitmap tables and their data clusters.
   const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   if (bm) for (const b of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(b.offset, b.bytes, b.what);

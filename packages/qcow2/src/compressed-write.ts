@@ -33,7 +33,7 @@ export async function writeCompressedData(s: Qcow2State, w: Qcow2Writer, offset:
   await Promise.all(work);
   // Clusters that did not get smaller are written as they are, in runs.
   const writes: Promise<void>[] = [];
-  for (let i = 0; i < clusters.length; ) {
+  for (let i = 0; i < clusters.length;) {
     if (clusters[i]!.packed) {
       i++;
       continue;

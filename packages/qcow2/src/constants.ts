@@ -49,12 +49,7 @@ export const AUTOCLEAR_BITMAPS = 0;
 export const AUTOCLEAR_DATA_FILE_RAW = 1;
 
 /** Incompatible bits this implementation understands. */
-export const KNOWN_INCOMPAT_MASK =
-  (1n << BigInt(INCOMPAT_DIRTY)) |
-  (1n << BigInt(INCOMPAT_CORRUPT)) |
-  (1n << BigInt(INCOMPAT_DATA_FILE)) |
-  (1n << BigInt(INCOMPAT_COMPRESSION)) |
-  (1n << BigInt(INCOMPAT_EXTENDED_L2));
+export const KNOWN_INCOMPAT_MASK = (1n << BigInt(INCOMPAT_DIRTY)) | (1n << BigInt(INCOMPAT_CORRUPT)) | (1n << BigInt(INCOMPAT_DATA_FILE)) | (1n << BigInt(INCOMPAT_COMPRESSION)) | (1n << BigInt(INCOMPAT_EXTENDED_L2));
 /** Autoclear bits this implementation keeps consistent when writing. */
 export const KNOWN_AUTOCLEAR_MASK = (1n << BigInt(AUTOCLEAR_BITMAPS)) | (1n << BigInt(AUTOCLEAR_DATA_FILE_RAW));
 

@@ -58,10 +58,36 @@ describe('qcow2 negative corpus', () => {
   it('has every kind of damage the brief lists', () => {
     const names = cases.map((c) => c.name).join(' ');
     for (const kind of [
-      'truncated-header', 'truncated-l1', 'truncated-l2', 'truncated-refcount-table', 'l1-size-over-32m', 'refcount-table-over-8m', 'snapshots-over-65536',
-      'snapshot-extra-data-over-1k', 'cluster-bits-8', 'cluster-bits-22', 'header-length-not-multiple-of-8', 'header-length-past-cluster', 'extension-past-cluster-0',
-      'l1-past-eof', 'l2-past-eof', 'data-past-eof', 'l1-misaligned', 'l2-misaligned', 'data-misaligned', 'l1-over-header', 'l2-over-refcount-table', 'chain-cycle',
-      'chain-too-deep', 'unknown-incompatible-bit', 'encrypted-aes', 'encrypted-luks', 'compressed-inflates-short', 'compressed-inflates-long', 'compressed-past-eof', 'zstd-bomb',
+      'truncated-header',
+      'truncated-l1',
+      'truncated-l2',
+      'truncated-refcount-table',
+      'l1-size-over-32m',
+      'refcount-table-over-8m',
+      'snapshots-over-65536',
+      'snapshot-extra-data-over-1k',
+      'cluster-bits-8',
+      'cluster-bits-22',
+      'header-length-not-multiple-of-8',
+      'header-length-past-cluster',
+      'extension-past-cluster-0',
+      'l1-past-eof',
+      'l2-past-eof',
+      'data-past-eof',
+      'l1-misaligned',
+      'l2-misaligned',
+      'data-misaligned',
+      'l1-over-header',
+      'l2-over-refcount-table',
+      'chain-cycle',
+      'chain-too-deep',
+      'unknown-incompatible-bit',
+      'encrypted-aes',
+      'encrypted-luks',
+      'compressed-inflates-short',
+      'compressed-inflates-long',
+      'compressed-past-eof',
+      'zstd-bomb',
     ]) {
       expect(names).toContain(kind);
     }
@@ -102,9 +128,11 @@ describe('qcow2 negative corpus', () => {
       if (c.expect !== 'ok') expect(strict, 'untrusted open').not.toBe('ok');
       // The stream reader: decoded or refused with an ImageError, never anything else.
       await codeOf(async () => {
-        const src = await readQcow2Stream((async function* () {
-          yield bytes;
-        })());
+        const src = await readQcow2Stream(
+          (async function* () {
+            yield bytes;
+          })(),
+        );
         for await (const _ of src.pieces);
       });
       expect(Date.now() - started, 'time (ms)').toBeLessThan(3000);

@@ -206,10 +206,7 @@ export function headerFor(l: Qcow2Layout, t: { l1Entries: number; l1Offset: numb
     refcountTableClusters: t.refcountTableClusters,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatibleFeatures:
-      (l.dataFile !== undefined ? 1n << BigInt(INCOMPAT_DATA_FILE) : 0n) |
-      (l.compressionType !== COMPRESSION_ZLIB ? 1n << BigInt(INCOMPAT_COMPRESSION) : 0n) |
-      (l.extendedL2 ? 1n << BigInt(INCOMPAT_EXTENDED_L2) : 0n),
+    incompatibleFeatures: (l.dataFile !== undefined ? 1n << BigInt(INCOMPAT_DATA_FILE) : 0n) | (l.compressionType !== COMPRESSION_ZLIB ? 1n << BigInt(INCOMPAT_COMPRESSION) : 0n) | (l.extendedL2 ? 1n << BigInt(INCOMPAT_EXTENDED_L2) : 0n),
     compatibleFeatures: l.lazyRefcounts ? 1n << BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
     autoclearFeatures: l.dataFileRaw ? 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n,
     refcountOrder: l.refcountOrder,
@@ -295,7 +292,6 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
 
   const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
 
-
   // The data file first: if it cannot be opened, nothing is written.
   let dataStorage: Storage | undefined;
   if (l.dataFile !== undefined) {
@@ -365,9 +361,6 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     if (dataStorage && dataStorage !== options.dataFileStorage) await dataStorage.close();
   }
   const given = options.dataFileStorage;
-  const resolver: Resolver | undefined =
-    given !== undefined
-      ? async (request) => (request.kind === 'data-file' ? given : options.resolver ? options.resolver(request) : Promise.reject(new Error('no resolver')))
-      : options.resolver;
+  const resolver: Resolver | undefined = given !== undefined ? async (request) => (request.kind === 'data-file' ? given : options.resolver ? options.resolver(request) : Promise.reject(new Error('no resolver'))) : options.resolver;
   return openQcow2(storage, { readOnly: false, resolver, formats: options.formats, noBacking: options.noBacking });
 }

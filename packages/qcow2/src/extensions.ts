@@ -5,16 +5,7 @@
  * not, is kept in order so that rewriting the header preserves it.
  */
 import { readU32Be, readU64Be, writeU32Be, corrupt, hex, utf8Decode, utf8Encode } from '@img/block';
-import {
-  EXT_END,
-  EXT_BACKING_FORMAT,
-  EXT_FEATURE_TABLE,
-  EXT_BITMAPS,
-  EXT_CRYPTO,
-  EXT_DATA_FILE,
-  FEATURE_TABLE_ENTRY_SIZE,
-  KNOWN_FEATURE_NAMES,
-} from './constants.js';
+import { EXT_END, EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, FEATURE_TABLE_ENTRY_SIZE, KNOWN_FEATURE_NAMES } from './constants.js';
 
 /** One header extension as stored: its type and data (padding not included). */
 export interface HeaderExtension {

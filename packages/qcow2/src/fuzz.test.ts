@@ -98,9 +98,11 @@ describe('random metadata damage, read as a stream', () => {
           const bytes = original.slice();
           for (const [at, value] of edits) bytes[at] = value;
           try {
-            const src = await readQcow2Stream((async function* () {
-              for (let at = 0; at < bytes.length; at += chunk) yield bytes.subarray(at, at + chunk);
-            })());
+            const src = await readQcow2Stream(
+              (async function* () {
+                for (let at = 0; at < bytes.length; at += chunk) yield bytes.subarray(at, at + chunk);
+              })(),
+            );
             let total = 0;
             for await (const p of src.pieces) {
               expect(p.offset + p.data.length).toBeLessThanOrEqual(src.size);

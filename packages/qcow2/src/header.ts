@@ -4,14 +4,7 @@
  * newer writer put up to header_length, which is kept byte for byte.
  */
 import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures } from '@img/block';
-import {
-  QCOW2_MAGIC,
-  QCOW2_V2_HEADER_LENGTH,
-  QCOW2_V3_HEADER_LENGTH,
-  MIN_CLUSTER_BITS,
-  MAX_CLUSTER_BITS,
-  MAX_REFCOUNT_ORDER,
-} from './constants.js';
+import { QCOW2_MAGIC, QCOW2_V2_HEADER_LENGTH, QCOW2_V3_HEADER_LENGTH, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_REFCOUNT_ORDER } from './constants.js';
 
 /** The decoded header. 64-bit feature masks are bigints (never on a hot path). */
 export interface Qcow2Header {

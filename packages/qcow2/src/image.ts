@@ -207,13 +207,17 @@ export class Qcow2Disk implements Disk {
     const w = this.#writable(0, 0);
     checkResize(this.#state, this.#view.size, newSize, options);
     // Writes in flight finish first and new ones wait: the L1 table may move.
-    await this.#wholeDisk(() => this.#guard(() => w.exclusive(async () => {
-      try {
-        await resizeLayer(this.#state, this.#view, w, newSize);
-      } finally {
-        await refreshOverlapMap(this.#state, this.#view);
-      }
-    })));
+    await this.#wholeDisk(() =>
+      this.#guard(() =>
+        w.exclusive(async () => {
+          try {
+            await resizeLayer(this.#state, this.#view, w, newSize);
+          } finally {
+            await refreshOverlapMap(this.#state, this.#view);
+          }
+        }),
+      ),
+    );
   }
 
   /**
@@ -223,45 +227,53 @@ export class Qcow2Disk implements Disk {
   async createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
     const w = this.#writable(0, 0);
     let made: SnapshotInfo | undefined;
-    await this.#wholeDisk(() => this.#guard(() => w.exclusive(async () => {
-      try {
-        made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
-      } finally {
-        await refreshOverlapMap(this.#state, this.#view);
-      }
-    })));
+    await this.#wholeDisk(() =>
+      this.#guard(() =>
+        w.exclusive(async () => {
+          try {
+            made = snapshotInfo(await createSnapshot(this.#state, this.#view, name, options), this.#state.header.size);
+          } finally {
+            await refreshOverlapMap(this.#state, this.#view);
+          }
+        }),
+      ),
+    );
     return made!;
   }
 
   /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
   async applySnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#wholeDisk(() => this.#guard(async () => {
-      // Switching snapshots changes every byte as far as dirty bitmaps know.
-      await this.#changing(0, this.#view.size);
-      await w.exclusive(async () => {
-        try {
-          await applySnapshot(this.#state, this.#view, idOrName);
-        } finally {
-          await refreshOverlapMap(this.#state, this.#view);
-        }
-      });
-      await this.#changing(0, this.#view.size);
-    }));
+    await this.#wholeDisk(() =>
+      this.#guard(async () => {
+        // Switching snapshots changes every byte as far as dirty bitmaps know.
+        await this.#changing(0, this.#view.size);
+        await w.exclusive(async () => {
+          try {
+            await applySnapshot(this.#state, this.#view, idOrName);
+          } finally {
+            await refreshOverlapMap(this.#state, this.#view);
+          }
+        });
+        await this.#changing(0, this.#view.size);
+      }),
+    );
   }
 
   /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
   async deleteSnapshot(idOrName: string): Promise<void> {
     const w = this.#writable(0, 0);
-    await this.#wholeDisk(() => this.#guard(() =>
-      w.exclusive(async () => {
-        try {
-          await deleteSnapshot(this.#state, this.#view, idOrName);
-        } finally {
-          await refreshOverlapMap(this.#state, this.#view);
-        }
-      }),
-    ));
+    await this.#wholeDisk(() =>
+      this.#guard(() =>
+        w.exclusive(async () => {
+          try {
+            await deleteSnapshot(this.#state, this.#view, idOrName);
+          } finally {
+            await refreshOverlapMap(this.#state, this.#view);
+          }
+        }),
+      ),
+    );
   }
 
   /**

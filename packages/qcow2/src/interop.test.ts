@@ -146,9 +146,10 @@ describeQemu('qcow2 interop with qemu-img', () => {
         const ours = { ...info.formatSpecific };
         delete ours['backing-format-probed'];
         expect(ours, name).toEqual(data);
-        expect((info.snapshots ?? []).map((s) => [s.id, s.name, s.vmStateSize, s.dateSec, s.dateNsec]), name).toEqual(
-          ((q.snapshots ?? []) as Array<Record<string, unknown>>).map((s) => [s.id, s.name, s['vm-state-size'], s['date-sec'], s['date-nsec']]),
-        );
+        expect(
+          (info.snapshots ?? []).map((s) => [s.id, s.name, s.vmStateSize, s.dateSec, s.dateNsec]),
+          name,
+        ).toEqual(((q.snapshots ?? []) as Array<Record<string, unknown>>).map((s) => [s.id, s.name, s['vm-state-size'], s['date-sec'], s['date-nsec']]));
       } finally {
         await disk.close();
       }

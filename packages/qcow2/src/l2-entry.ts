@@ -21,7 +21,6 @@ export interface Entry {
   zero: number;
 }
 
-
 function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
   writeU32Be(buf, at, hi >>> 0);
   writeU32Be(buf, at + 4, lo >>> 0);

@@ -96,7 +96,7 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: EntryGeometry
     if (alloc === 0 && zero === 0) return { type: 'unallocated' };
     return { type: 'subclusters', host: allocated ? host : undefined, copied, alloc, zero };
   }
-  if (g.zeroFlag && (lo & 1)) return { type: 'zero', host: allocated ? host : undefined, copied };
+  if (g.zeroFlag && lo & 1) return { type: 'zero', host: allocated ? host : undefined, copied };
   if (!allocated) return { type: 'unallocated' };
   return { type: 'normal', host, copied };
 }

@@ -18,7 +18,10 @@ const cases: Array<{ name: string; build: (path: string) => void; message: RegEx
   {
     name: 'two guest clusters sharing one host cluster at refcount 1',
     build: (path) => {
-      const q = qemuQcow2(path, '1M', 'cluster_size=65536', [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      const q = qemuQcow2(path, '1M', 'cluster_size=65536', [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       const l2 = l2Of(q, 0);
       q.view.setBigUint64(l2 + 8, entryAt(q, l2));
       writeFileSync(path, q.bytes);
@@ -114,7 +117,10 @@ describeQemu('the gate refuses a cluster in use at refcount 0, at every refcount
       const { path: dir, cleanup } = tempDir();
       try {
         const path = join(dir, 'rc0.qcow2');
-        const q = qemuQcow2(path, '1M', `cluster_size=65536,refcount_bits=${bits}`, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+        const q = qemuQcow2(path, '1M', `cluster_size=65536,refcount_bits=${bits}`, [
+          [0, 65536, 0x11],
+          [65536, 65536, 0x22],
+        ]);
         const data = Number(entryAt(q, l2Of(q, 0)) & 0x00ff_ffff_ffff_fe00n);
         const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))));
         const blockBytes = q.bytes.subarray(block, block + q.clusterSize);

@@ -143,7 +143,7 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   const hiScale = 2 ** (32 - cb);
   const inCluster = (cs - 1) & ~0x1ff;
   const dataFile = s.entryGeom.dataFile;
-  for (let t = 0; t < tables.length; ) {
+  for (let t = 0; t < tables.length;) {
     let n = 1;
     while (t + n < tables.length && (n + 1) * cs <= buf.length && tables[t + n]![0] === tables[t]![0] + n * cs) n++;
     await s.storage.readInto(tables[t]![0], buf.subarray(0, n * cs));
@@ -285,7 +285,7 @@ async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint
     return buf.subarray((t - first) * cs, (t - first + 1) * cs);
   };
   for (const [base, chunk] of flags.chunks()) {
-    for (let i = 0; i < chunk.length; ) {
+    for (let i = 0; i < chunk.length;) {
       if (chunk[i] === 0) {
         i++;
         continue;

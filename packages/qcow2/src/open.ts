@@ -5,7 +5,30 @@
  */
 import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
 import type { OpenOptions, Storage } from '@img/block';
-import { MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, MIN_EXTENDED_L2_CLUSTER_BITS, KNOWN_INCOMPAT_MASK, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTENDED_L2, AUTOCLEAR_DATA_FILE_RAW, CRYPT_NONE, CRYPT_AES, CRYPT_LUKS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, FEATURE_TYPE_INCOMPATIBLE } from './constants.js';
+import {
+  MIN_CLUSTER_BITS,
+  MAX_CLUSTER_BITS,
+  MAX_L1_TABLE_BYTES,
+  MAX_REFCOUNT_TABLE_BYTES,
+  MAX_BACKING_FILE_NAME,
+  MIN_EXTENDED_L2_CLUSTER_BITS,
+  KNOWN_INCOMPAT_MASK,
+  INCOMPAT_DIRTY,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTENDED_L2,
+  AUTOCLEAR_DATA_FILE_RAW,
+  CRYPT_NONE,
+  CRYPT_AES,
+  CRYPT_LUKS,
+  COMPRESSION_ZLIB,
+  COMPRESSION_ZSTD,
+  EXT_BACKING_FORMAT,
+  EXT_DATA_FILE,
+  EXT_FEATURE_TABLE,
+  FEATURE_TYPE_INCOMPATIBLE,
+} from './constants.js';
 import { checkQcow2Identity, hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
 import { extensionsLength, parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
 import { readSnapshotTable } from './snapshot.js';
@@ -40,10 +63,7 @@ let ownFormats: FormatRegistry | undefined;
 
 /** Formats a backing file may have when the caller gives no registry: raw and qcow2. */
 function defaultFormats(): FormatRegistry {
-  ownFormats ??= new FormatRegistry([
-    rawDriver,
-    { name: FORMAT, probe: (head) => (hasQcow2Magic(head) ? 100 : 0), open: openQcow2, create: () => Promise.reject(new TypeError('qcow2: use createQcow2')) },
-  ]);
+  ownFormats ??= new FormatRegistry([rawDriver, { name: FORMAT, probe: (head) => (hasQcow2Magic(head) ? 100 : 0), open: openQcow2, create: () => Promise.reject(new TypeError('qcow2: use createQcow2')) }]);
   return ownFormats;
 }
 

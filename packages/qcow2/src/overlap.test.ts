@@ -105,9 +105,7 @@ describe('OverlapMap', () => {
     expect(m.find(8 * CS, 1)?.name).toBe('L2 table');
     m.remove(OVERLAP.L2, 8 * CS, CS);
     expect(m.find(8 * CS, 1)).toBeUndefined();
-    expect(() => m.check('x.qcow2', 4 * CS + 512, 1024)).toThrow(
-      /^qcow2: x\.qcow2: preventing invalid write on metadata: the write of 1024 bytes at 0x4200\.\.0x45ff overlaps the active L1 table at 0x3000\.\.0x4fff$/,
-    );
+    expect(() => m.check('x.qcow2', 4 * CS + 512, 1024)).toThrow(/^qcow2: x\.qcow2: preventing invalid write on metadata: the write of 1024 bytes at 0x4200\.\.0x45ff overlaps the active L1 table at 0x3000\.\.0x4fff$/);
   });
 });
 
@@ -157,9 +155,7 @@ describeQemu('overlap check on guest writes', () => {
     const d = await openPastGate(MemoryStorage.from(l.bytes, { name: 'o.qcow2' }));
     const e = await imageError(d.write(CS, seededBytes(CS, 9)));
     const hex = (v: number) => `0x${v.toString(16)}`;
-    expect(e.message).toBe(
-      `qcow2: o.qcow2: preventing invalid write on metadata: the write of ${CS} bytes at ${hex(l.l1)}..${hex(l.l1 + CS - 1)} overlaps the active L1 table at ${hex(l.l1)}..${hex(l.l1 + CS - 1)}`,
-    );
+    expect(e.message).toBe(`qcow2: o.qcow2: preventing invalid write on metadata: the write of ${CS} bytes at ${hex(l.l1)}..${hex(l.l1 + CS - 1)} overlaps the active L1 table at ${hex(l.l1)}..${hex(l.l1 + CS - 1)}`);
     await d.close();
   });
 
@@ -223,7 +219,13 @@ describeQemu('an allocator that trusts nothing', () => {
       const d = await openPastGate(storage);
       const model = l.model.slice();
       // New clusters in both existing L2 tables, a new L2 table, and a multi-cluster write.
-      for (const [at, len] of [[CS, CS], [COVER + CS, 2 * CS], [3 * COVER, CS], [5 * CS, 6 * CS], [COVER + 10 * CS, 100]] as const) {
+      for (const [at, len] of [
+        [CS, CS],
+        [COVER + CS, 2 * CS],
+        [3 * COVER, CS],
+        [5 * CS, 6 * CS],
+        [COVER + 10 * CS, 100],
+      ] as const) {
         const data = seededBytes(len, at + 7);
         await d.write(at, data);
         model.set(data, at);

@@ -143,8 +143,8 @@ export class OverlapMap {
     while (!(kinds & bit)) bit <<= 1;
     let lo = c;
     let hi = c + 1;
-    while (lo > 0 && (this.kindsAt(lo - 1) & bit) && bit !== OVERLAP.L2 && bit !== OVERLAP.REFCOUNT_BLOCK) lo--;
-    while ((this.kindsAt(hi) & bit) && bit !== OVERLAP.L2 && bit !== OVERLAP.REFCOUNT_BLOCK) hi++;
+    while (lo > 0 && this.kindsAt(lo - 1) & bit && bit !== OVERLAP.L2 && bit !== OVERLAP.REFCOUNT_BLOCK) lo--;
+    while (this.kindsAt(hi) & bit && bit !== OVERLAP.L2 && bit !== OVERLAP.REFCOUNT_BLOCK) hi++;
     return { kind: bit, name: overlapKindName(bit), offset: lo * this.clusterSize, length: (hi - lo) * this.clusterSize };
   }
 
@@ -160,10 +160,10 @@ export class OverlapMap {
 
 /** Preventing invalid write on metadata: one sentence naming the write and the structure it hits. */
 export function overlapError(file: string, offset: number, length: number, hit: OverlapHit) {
-  return corrupt(
-    FORMAT,
-    file,
-    `preventing invalid write on metadata: the write of ${length} bytes at ${hex(offset)}..${hex(offset + length - 1)} overlaps the ${hit.name} at ${hex(hit.offset)}..${hex(hit.offset + hit.length - 1)}`,
-    { field: hit.name, offset, expected: hit.offset, actual: offset },
-  );
+  return corrupt(FORMAT, file, `preventing invalid write on metadata: the write of ${length} bytes at ${hex(offset)}..${hex(offset + length - 1)} overlaps the ${hit.name} at ${hex(hit.offset)}..${hex(hit.offset + hit.length - 1)}`, {
+    field: hit.name,
+    offset,
+    expected: hit.offset,
+    actual: offset,
+  });
 }

@@ -306,7 +306,7 @@ async function* decode(reader: ByteStreamReader, queue: HostQueue, c: DecodeCont
         queueTable(queue, table, host, aux, reader.position, tail.retained, c);
       } else if (kind === KIND_DATA) {
         const stop = Math.min(len, size - guest);
-        for (let pos = 0; pos < stop; ) {
+        for (let pos = 0; pos < stop;) {
           const piece = await reader.some(Math.min(PIECE, stop - pos));
           if (!piece) break;
           // Pieces may share memory with the input: hand out copies the consumer may keep.
@@ -340,7 +340,7 @@ function overlap(host: number, guest: number, position: number): ImageError {
 /** Runs [first, end) of set bits of a 32-bit subcluster bitmap. */
 function bitRuns(mask: number): Array<[number, number]> {
   const out: Array<[number, number]> = [];
-  for (let i = 0; i < 32; ) {
+  for (let i = 0; i < 32;) {
     if (((mask >>> i) & 1) === 0) {
       i++;
       continue;
@@ -385,12 +385,11 @@ function queueTable(queue: HostQueue, table: Uint8Array, tableOffset: number, l1
           actual: host,
         });
       }
-      throw unsupported(
-        FORMAT,
-        NAME,
-        `the cluster for guest offset ${hex(guest)} lies at ${hex(host)}, before the L2 table at ${hex(tableOffset)} that maps it (the stream has passed it): this image's metadata does not precede its data; save it to a file and open it`,
-        { field: 'L2 entry', offset: tableOffset + i * (g.extendedL2 ? 16 : 8), actual: host },
-      );
+      throw unsupported(FORMAT, NAME, `the cluster for guest offset ${hex(guest)} lies at ${hex(host)}, before the L2 table at ${hex(tableOffset)} that maps it (the stream has passed it): this image's metadata does not precede its data; save it to a file and open it`, {
+        field: 'L2 entry',
+        offset: tableOffset + i * (g.extendedL2 ? 16 : 8),
+        actual: host,
+      });
     }
     if (e.type === 'compressed') {
       flush();

@@ -260,9 +260,11 @@ export async function readRange(state: ReaderState, caches: ReadCaches, view: Ma
           const host = seg.host!;
           const within = seg.offset - seg.clusterOffset!;
           track(
-            caches.decompressed.get(host, () => loadCompressed(state, caches.pool, host, seg.csize!)).then((cluster) => {
-              sub.set(cluster.subarray(within, within + sub.length));
-            }),
+            caches.decompressed
+              .get(host, () => loadCompressed(state, caches.pool, host, seg.csize!))
+              .then((cluster) => {
+                sub.set(cluster.subarray(within, within + sub.length));
+              }),
           );
           break;
         }

@@ -94,13 +94,24 @@ function makeBase(compat: 'v2' | 'v3', backed: boolean): Base {
     }
     qemu('qemu-io', ['-f', 'qcow2', ...commands, file]);
   };
-  io([['write', 0, 30 * K, 1], ['write', 46 * K, 20 * K, 2], ['write', 86 * K, 14 * K, 3]]);
+  io([
+    ['write', 0, 30 * K, 1],
+    ['write', 46 * K, 20 * K, 2],
+    ['write', 86 * K, 14 * K, 3],
+  ]);
   qemu('qemu-img', ['snapshot', '-c', 's1', file]);
   views.set('s1', active.slice());
-  io([['write', 20 * K, 33 * K, 4], ['zero', 60 * K, 3 * K, 0], ['compressed', 220 * CS, CS, 0x5a]]);
+  io([
+    ['write', 20 * K, 33 * K, 4],
+    ['zero', 60 * K, 3 * K, 0],
+    ['compressed', 220 * CS, CS, 0x5a],
+  ]);
   qemu('qemu-img', ['snapshot', '-c', 's2', file]);
   views.set('s2', active.slice());
-  io([['write', 3 * K, 4 * K, 5], ['write', 90 * K, 1 * K, 6]]);
+  io([
+    ['write', 3 * K, 4 * K, 5],
+    ['write', 90 * K, 1 * K, 6],
+  ]);
   views.set('', active);
   return { bytes: new Uint8Array(readFileSync(file)), views, resolver };
 }
@@ -207,90 +218,94 @@ describe('snapshot operations, killed before every write, flush and truncate', (
   for (const compat of ['v2', 'v3'] as const) {
     for (const backed of [false, true]) {
       const label = `${compat}${backed ? ', raw backing file' : ''}`;
-      it.skipIf(!hasQemuImg)(`${label}: qemu-img check finds no corruption and every view is the old or the new one`, async () => {
-        const base = makeBase(compat, backed);
-        // The models are what img and qemu read from the starting image.
-        expect(sameViews(await readViews(base.bytes), base.views), `${label}: img reads the starting image as the models say`).toBe(true);
-        const file = join(tmp.path, `crash-${compat}-${backed}.qcow2`);
-        writeFileSync(file, base.bytes);
-        for (const [name, bytes] of base.views) expect(sha(qemuView(file, name)), `qemu reads ${name || 'active'} of the starting image`).toBe(sha(bytes));
-        for (const op of OPERATIONS) {
-          const fault = new FaultStorage(base.bytes, 'snap.qcow2');
-          const disk = await openQcow2(fault, { readOnly: false, resolver });
-          await op.run(disk);
-          await disk.close();
-          const before = base.views;
-          const after = op.after(before);
-          expect(sameViews(await readViews(fault.current()), after), `${label} ${op.name}: the finished operation`).toBe(true);
-          const random = seededRandom(7);
-          const judged = new Set<string>();
-          // qemu-img judges every distinct crash image (in parallel, after img's own checks).
-          const qemuJobs: Array<() => Promise<void>> = [];
-          const samples: { old?: { bytes: Uint8Array; where: string }; new?: { bytes: Uint8Array; where: string } } = {};
-          let sawOld = 0;
-          let sawNew = 0;
-          const points = [...Array(fault.ops.length + 1).keys()];
-          tally.points += points.length;
-          for (const mode of MODES) {
-            for (const n of points) {
-              const bytes = mode === 'kill' ? killedBytes(base.bytes, fault.ops, n) : (await fault.crashImage(n, mode, random)).toBytes();
-              tally.images++;
-              const key = sha(bytes);
-              if (judged.has(key)) continue;
-              const where = `${label} ${op.name}: crash before op ${n} of ${fault.ops.length} (${mode})`;
-              judged.add(key);
-              tally.distinct++;
-              const views = await readViews(bytes);
-              const isOld = sameViews(views, before);
-              const isNew = sameViews(views, after);
-              expect(isOld || isNew, `${where}: views ${describeViews(views)}, old ${describeViews(before)}, new ${describeViews(after)}`).toBe(true);
-              if (isOld) sawOld++;
-              else sawNew++;
-              const ours = await checkQcow2(MemoryStorage.from(bytes, { name: 'crash.qcow2' }));
-              expect(ours.corruptions, `${where}: img check: ${ours.messages.slice(0, 3).join('; ')}`).toBe(0);
-              if (hasQemuImg) {
-                // Judged in batches, so that a failure shows early.
-                if (qemuJobs.length === 8) await pooled(qemuJobs.splice(0));
-                const path = join(tmp.path, `j${qemuJobs.length}.qcow2`);
-                qemuJobs.push(async () => {
-                  writeFileSync(path, bytes);
-                  const q = await qemuCheck(path);
-                  expect({ corruptions: q.corruptions, errors: q.errors }, `${where}: qemu-img check: ${q.text.split('\n').slice(0, 4).join('; ')}`).toEqual({ corruptions: 0, errors: 0 });
-                });
-                // The last old-state and first new-state image of a kill are read by qemu too.
-                if (mode === 'kill' && isOld) samples.old = { bytes, where };
-                if (mode === 'kill' && isNew) samples.new ??= { bytes, where };
+      it.skipIf(!hasQemuImg)(
+        `${label}: qemu-img check finds no corruption and every view is the old or the new one`,
+        async () => {
+          const base = makeBase(compat, backed);
+          // The models are what img and qemu read from the starting image.
+          expect(sameViews(await readViews(base.bytes), base.views), `${label}: img reads the starting image as the models say`).toBe(true);
+          const file = join(tmp.path, `crash-${compat}-${backed}.qcow2`);
+          writeFileSync(file, base.bytes);
+          for (const [name, bytes] of base.views) expect(sha(qemuView(file, name)), `qemu reads ${name || 'active'} of the starting image`).toBe(sha(bytes));
+          for (const op of OPERATIONS) {
+            const fault = new FaultStorage(base.bytes, 'snap.qcow2');
+            const disk = await openQcow2(fault, { readOnly: false, resolver });
+            await op.run(disk);
+            await disk.close();
+            const before = base.views;
+            const after = op.after(before);
+            expect(sameViews(await readViews(fault.current()), after), `${label} ${op.name}: the finished operation`).toBe(true);
+            const random = seededRandom(7);
+            const judged = new Set<string>();
+            // qemu-img judges every distinct crash image (in parallel, after img's own checks).
+            const qemuJobs: Array<() => Promise<void>> = [];
+            const samples: { old?: { bytes: Uint8Array; where: string }; new?: { bytes: Uint8Array; where: string } } = {};
+            let sawOld = 0;
+            let sawNew = 0;
+            const points = [...Array(fault.ops.length + 1).keys()];
+            tally.points += points.length;
+            for (const mode of MODES) {
+              for (const n of points) {
+                const bytes = mode === 'kill' ? killedBytes(base.bytes, fault.ops, n) : (await fault.crashImage(n, mode, random)).toBytes();
+                tally.images++;
+                const key = sha(bytes);
+                if (judged.has(key)) continue;
+                const where = `${label} ${op.name}: crash before op ${n} of ${fault.ops.length} (${mode})`;
+                judged.add(key);
+                tally.distinct++;
+                const views = await readViews(bytes);
+                const isOld = sameViews(views, before);
+                const isNew = sameViews(views, after);
+                expect(isOld || isNew, `${where}: views ${describeViews(views)}, old ${describeViews(before)}, new ${describeViews(after)}`).toBe(true);
+                if (isOld) sawOld++;
+                else sawNew++;
+                const ours = await checkQcow2(MemoryStorage.from(bytes, { name: 'crash.qcow2' }));
+                expect(ours.corruptions, `${where}: img check: ${ours.messages.slice(0, 3).join('; ')}`).toBe(0);
+                if (hasQemuImg) {
+                  // Judged in batches, so that a failure shows early.
+                  if (qemuJobs.length === 8) await pooled(qemuJobs.splice(0));
+                  const path = join(tmp.path, `j${qemuJobs.length}.qcow2`);
+                  qemuJobs.push(async () => {
+                    writeFileSync(path, bytes);
+                    const q = await qemuCheck(path);
+                    expect({ corruptions: q.corruptions, errors: q.errors }, `${where}: qemu-img check: ${q.text.split('\n').slice(0, 4).join('; ')}`).toEqual({ corruptions: 0, errors: 0 });
+                  });
+                  // The last old-state and first new-state image of a kill are read by qemu too.
+                  if (mode === 'kill' && isOld) samples.old = { bytes, where };
+                  if (mode === 'kill' && isNew) samples.new ??= { bytes, where };
+                }
+                // A write over the whole active layer must not reach any snapshot (kill and drop images;
+                // the others differ from them in leaks and torn unflushed writes, which check judges).
+                if (mode !== 'kill' && mode !== 'drop') continue;
+                const storage = MemoryStorage.from(bytes, { name: 'crash.qcow2' });
+                const rw = await openQcow2(storage, { readOnly: false, resolver });
+                const fill = seededBytes(rw.size, n + 1000);
+                await rw.write(0, fill);
+                await rw.close();
+                const later = await readViews(storage.toBytes());
+                expect(sha(later.get('')!), `${where}: the write after the crash`).toBe(sha(fill));
+                for (const [name, b] of views) if (name) expect(sha(later.get(name)!), `${where}: a write after the crash changed snapshot ${name}`).toBe(sha(b));
+                const again = await checkQcow2(MemoryStorage.from(storage.toBytes(), { name: 'crash.qcow2' }));
+                expect(again.corruptions, `${where}: img check after the write: ${again.messages.slice(0, 3).join('; ')}`).toBe(0);
               }
-              // A write over the whole active layer must not reach any snapshot (kill and drop images;
-              // the others differ from them in leaks and torn unflushed writes, which check judges).
-              if (mode !== 'kill' && mode !== 'drop') continue;
-              const storage = MemoryStorage.from(bytes, { name: 'crash.qcow2' });
-              const rw = await openQcow2(storage, { readOnly: false, resolver });
-              const fill = seededBytes(rw.size, n + 1000);
-              await rw.write(0, fill);
-              await rw.close();
-              const later = await readViews(storage.toBytes());
-              expect(sha(later.get('')!), `${where}: the write after the crash`).toBe(sha(fill));
-              for (const [name, b] of views) if (name) expect(sha(later.get(name)!), `${where}: a write after the crash changed snapshot ${name}`).toBe(sha(b));
-              const again = await checkQcow2(MemoryStorage.from(storage.toBytes(), { name: 'crash.qcow2' }));
-              expect(again.corruptions, `${where}: img check after the write: ${again.messages.slice(0, 3).join('; ')}`).toBe(0);
             }
-          }
-          await pooled(qemuJobs.splice(0));
-          for (const sample of [samples.old, samples.new]) {
-            if (!sample) continue;
-            writeFileSync(file, sample.bytes);
-            const views = await readViews(sample.bytes);
-            // The views the operation changes (create: the new snapshot; apply: the active layer; delete: none).
-            for (const [name, b] of views) {
-              if (before.has(name) && after.has(name) && sha(before.get(name)!) === sha(after.get(name)!)) continue;
-              expect(sha(qemuView(file, name)), `${sample.where}: qemu reads ${name || 'active'}`).toBe(sha(b));
+            await pooled(qemuJobs.splice(0));
+            for (const sample of [samples.old, samples.new]) {
+              if (!sample) continue;
+              writeFileSync(file, sample.bytes);
+              const views = await readViews(sample.bytes);
+              // The views the operation changes (create: the new snapshot; apply: the active layer; delete: none).
+              for (const [name, b] of views) {
+                if (before.has(name) && after.has(name) && sha(before.get(name)!) === sha(after.get(name)!)) continue;
+                expect(sha(qemuView(file, name)), `${sample.where}: qemu reads ${name || 'active'}`).toBe(sha(b));
+              }
             }
+            expect(sawOld, `${label} ${op.name}: some crash shows the old state`).toBeGreaterThan(0);
+            expect(sawNew, `${label} ${op.name}: some crash shows the new state`).toBeGreaterThan(0);
           }
-          expect(sawOld, `${label} ${op.name}: some crash shows the old state`).toBeGreaterThan(0);
-          expect(sawNew, `${label} ${op.name}: some crash shows the new state`).toBeGreaterThan(0);
-        }
-      }, 180_000);
+        },
+        180_000,
+      );
     }
   }
 });

@@ -99,12 +99,7 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
     if (consistent && h.version >= 3) {
       h.autoclearFeatures |= 1n << BigInt(AUTOCLEAR_BITMAPS);
       const w = s.writer!;
-      s.bitmaps = await BitmapTracker.load(
-        { storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => w.allocateClusters(n), flush: () => s.storage.flush() },
-        bitmaps!,
-        s.fileSize,
-        h.size,
-      );
+      s.bitmaps = await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => w.allocateClusters(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size);
     }
     const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
     if (bitmaps && !consistent) {
@@ -137,7 +132,6 @@ export function missingDataFile(file: string, name: string | undefined): Storage
   };
   return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
-
 
 /** Adds the L2 tables an L1 table points at to the map (offsets only: the tables are not read). */
 function addL2Tables(map: OverlapMap, l1: Uint8Array, cs: number, file: string, l1Offset: number): void {

@@ -74,7 +74,7 @@ async function withoutZeroClusters(source: Disk, runs: Array<[number, number]>, 
   };
   const buf = new Uint8Array(piece);
   for (const [a, b] of runs) {
-    for (let c = a; c < b; ) {
+    for (let c = a; c < b;) {
       const n = Math.min(b - c, piece / cs);
       const inDisk = Math.max(0, Math.min(n * cs, source.size - c * cs));
       const view = buf.subarray(0, inDisk);
@@ -187,7 +187,7 @@ async function* emit(source: Disk, plan: Qcow2StreamPlan): AsyncGenerator<Uint8A
   }
   // Data, read in large pieces; the tail of the last cluster past the disk end is zeros.
   for (const [a, b] of runs) {
-    for (let c = a; c < b; ) {
+    for (let c = a; c < b;) {
       const n = Math.min(b - c, piece / cs);
       const buf = new Uint8Array(n * cs);
       const inDisk = Math.min(buf.length, source.size - c * cs);

@@ -401,7 +401,7 @@ export class TableWriter {
     // One table (the usual case): no need to gather outcomes.
     if (offset + length <= (first + 1) * cov) return this.tables.run(first, () => fn(first, offset, offset + length)).then((tail) => tail?.after);
     const jobs: Promise<void>[] = [];
-    for (let pos = offset; pos < offset + length; ) {
+    for (let pos = offset; pos < offset + length;) {
       const l1Index = Math.floor(pos / cov);
       const end = Math.min(offset + length, (l1Index + 1) * cov);
       const start = pos;

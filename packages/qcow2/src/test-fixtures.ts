@@ -15,7 +15,9 @@ export function fixturePath(name: string): string {
 
 /** Every committed .qcow2 fixture's file name. */
 export function fixtureNames(): string[] {
-  return readdirSync(qcow2Dir).filter((f) => f.endsWith('.qcow2')).sort();
+  return readdirSync(qcow2Dir)
+    .filter((f) => f.endsWith('.qcow2'))
+    .sort();
 }
 
 export function loadFixture(name: string): Uint8Array {

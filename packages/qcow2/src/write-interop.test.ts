@@ -31,22 +31,25 @@ describeQemu('qemu-img judges the images we write', () => {
     it(`${shape.name}: qemu-img check is clean and qemu-img compare matches the model`, async () => {
       const cs = clusterSizeOf(shape);
       await fc.assert(
-        fc.asyncProperty(opsArb(shape, cs, () => shape.size, shape.ops ?? 12), async (ops) => {
-          const result = await runOps(shape, ops);
-          await verify(shape, result);
-          const sub = join(dir, `case-${n++}`);
-          mkdirSync(sub);
-          const image = join(sub, 'image.qcow2');
-          writeFileSync(image, (result.storage as MemoryStorage).toBytes());
-          if (shape.backing) writeFileSync(join(sub, 'base.raw'), result.backing);
-          if (shape.options.dataFile) writeFileSync(join(sub, 'data.img'), result.dataFile().toBytes());
-          writeFileSync(join(sub, 'model.raw'), result.model);
-          // qemu resolves the data file name against its working directory.
-          const check = JSON.parse(spawnSyncIn(sub, ['check', '--output=json', 'image.qcow2'])) as Record<string, number>;
-          expect(check.corruptions ?? 0, JSON.stringify(check)).toBe(0);
-          expect(check.leaks ?? 0, JSON.stringify(check)).toBe(0);
-          expect(spawnSyncStatus(sub, ['compare', '-f', 'qcow2', '-F', 'raw', 'image.qcow2', 'model.raw'])).toBe(0);
-        }),
+        fc.asyncProperty(
+          opsArb(shape, cs, () => shape.size, shape.ops ?? 12),
+          async (ops) => {
+            const result = await runOps(shape, ops);
+            await verify(shape, result);
+            const sub = join(dir, `case-${n++}`);
+            mkdirSync(sub);
+            const image = join(sub, 'image.qcow2');
+            writeFileSync(image, (result.storage as MemoryStorage).toBytes());
+            if (shape.backing) writeFileSync(join(sub, 'base.raw'), result.backing);
+            if (shape.options.dataFile) writeFileSync(join(sub, 'data.img'), result.dataFile().toBytes());
+            writeFileSync(join(sub, 'model.raw'), result.model);
+            // qemu resolves the data file name against its working directory.
+            const check = JSON.parse(spawnSyncIn(sub, ['check', '--output=json', 'image.qcow2'])) as Record<string, number>;
+            expect(check.corruptions ?? 0, JSON.stringify(check)).toBe(0);
+            expect(check.leaks ?? 0, JSON.stringify(check)).toBe(0);
+            expect(spawnSyncStatus(sub, ['compare', '-f', 'qcow2', '-F', 'raw', 'image.qcow2', 'model.raw'])).toBe(0);
+          },
+        ),
         { seed: 777, numRuns: 4 },
       );
     });
@@ -81,14 +84,7 @@ describeQemu('qemu-img judges the images we write', () => {
   });
 
   it('qemu-io writes into images we created; we read what qemu reads', async () => {
-    const cases: Array<Record<string, unknown>> = [
-      { clusterSize: 4096 },
-      { clusterSize: 512, refcountBits: 1 },
-      { compat: 'v2', clusterSize: '8k' },
-      { clusterSize: '16k', extendedL2: 'on' },
-      { lazyRefcounts: 'on' },
-      { compressionType: 'zstd', clusterSize: '4k' },
-    ];
+    const cases: Array<Record<string, unknown>> = [{ clusterSize: 4096 }, { clusterSize: 512, refcountBits: 1 }, { compat: 'v2', clusterSize: '8k' }, { clusterSize: '16k', extendedL2: 'on' }, { lazyRefcounts: 'on' }, { compressionType: 'zstd', clusterSize: '4k' }];
     for (const [i, options] of cases.entries()) {
       const path = join(dir, `ours-${i}.qcow2`);
       const disk = await createQcow2(await FileStorage.create(path), { size: 1024 * 1024, ...options });
@@ -112,9 +108,18 @@ describeQemu('qemu-img judges the images we write', () => {
     qemuImg(['create', '-f', 'qcow2', base, '1M']);
     const cases: Array<[Record<string, unknown>, Record<string, unknown>]> = [
       [{}, { compat: '1.1', 'refcount-bits': 16, 'lazy-refcounts': false, 'extended-l2': false, 'compression-type': 'zlib' }],
-      [{ compat: '0.10', clusterSize: '512' }, { compat: '0.10', 'refcount-bits': 16 }],
-      [{ refcountBits: '64', lazyRefcounts: 'on', clusterSize: '2M' }, { 'refcount-bits': 64, 'lazy-refcounts': true }],
-      [{ extendedL2: 'on', clusterSize: '128k', compressionType: 'zstd' }, { 'extended-l2': true, 'compression-type': 'zstd' }],
+      [
+        { compat: '0.10', clusterSize: '512' },
+        { compat: '0.10', 'refcount-bits': 16 },
+      ],
+      [
+        { refcountBits: '64', lazyRefcounts: 'on', clusterSize: '2M' },
+        { 'refcount-bits': 64, 'lazy-refcounts': true },
+      ],
+      [
+        { extendedL2: 'on', clusterSize: '128k', compressionType: 'zstd' },
+        { 'extended-l2': true, 'compression-type': 'zstd' },
+      ],
       [{ headerLength: 104 }, { compat: '1.1' }],
       [{ preallocation: 'metadata', clusterSize: '4k' }, {}],
       [{ preallocation: 'full', clusterSize: '4k' }, {}],

@@ -14,9 +14,12 @@ describe('write paths against a flat model', () => {
     it(shape.name, async () => {
       const cs = clusterSizeOf(shape);
       await fc.assert(
-        fc.asyncProperty(opsArb(shape, cs, () => shape.size, shape.ops ?? 12), async (ops) => {
-          await verify(shape, await runOps(shape, ops));
-        }),
+        fc.asyncProperty(
+          opsArb(shape, cs, () => shape.size, shape.ops ?? 12),
+          async (ops) => {
+            await verify(shape, await runOps(shape, ops));
+          },
+        ),
         { seed: Number(process.env.IMG_SEED ?? 424242), numRuns: Number(process.env.IMG_RUNS ?? shape.runs ?? 25), endOnFailure: true },
       );
     });

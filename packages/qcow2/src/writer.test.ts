@@ -71,7 +71,7 @@ describe('resize', () => {
     const l1Before = readU64Be(storage.toBytes(), 40);
     await disk.resize(4 * 1024 * 1024);
     expect(readU64Be(storage.toBytes(), 40)).not.toBe(l1Before);
-    expect(readU32Be(storage.toBytes(), 36)).toBe(4 * 1024 * 1024 / (512 * 64));
+    expect(readU32Be(storage.toBytes(), 36)).toBe((4 * 1024 * 1024) / (512 * 64));
     await disk.write(4 * 1024 * 1024 - 700, data.subarray(0, 700));
     expect(bytesEqual(await disk.read(0, 64 * 1024), data)).toBe(true);
     expect((await imageError(disk.resize(1024))).code).toBe('ERR_IMG_INVALID_ARG');

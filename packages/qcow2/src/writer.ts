@@ -122,7 +122,7 @@ export class Qcow2Writer extends TableWriter {
     const end = offset + data.length;
     const spans: ClusterSpan[] = [];
     const pieces: { host: number; bytes: Uint8Array }[] = [];
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const guest = pos - (pos % cs);
       const a = pos - guest;
       const b = Math.min(cs, end - guest);
@@ -153,11 +153,23 @@ export class Qcow2Writer extends TableWriter {
     const { table, offset: tableOffset } = await this.tableFor(l1Index);
     const direct = this.#inPlace(l1Index, table, tableOffset, offset, data);
     if (direct) return { after: direct };
-    interface Plan { index: number; guest: number; host: number | undefined; spanStart: number; spanEnd: number; a: number; b: number; fill: boolean; next: Entry; old: Entry; fresh: boolean }
+    interface Plan {
+      index: number;
+      guest: number;
+      host: number | undefined;
+      spanStart: number;
+      spanEnd: number;
+      a: number;
+      b: number;
+      fill: boolean;
+      next: Entry;
+      old: Entry;
+      fresh: boolean;
+    }
     const plans: Plan[] = [];
     let fresh = 0;
     let mapped = false;
-    for (let pos = offset; pos < offset + data.length; ) {
+    for (let pos = offset; pos < offset + data.length;) {
       const guest = Math.floor(pos / cs) * cs;
       const a = pos - guest;
       const b = Math.min(cs, offset + data.length - guest);
@@ -173,7 +185,7 @@ export class Qcow2Writer extends TableWriter {
       if (priv) {
         next = { ...old, alloc: (old.alloc | mask) >>> 0, zero: (old.zero & ~mask) >>> 0 };
         // Units only partly written that hold no data yet need their old content around the new bytes.
-        fill = ((mask & ~whole & ~old.alloc) >>> 0) !== 0;
+        fill = (mask & ~whole & ~old.alloc) >>> 0 !== 0;
         spanStart = fill ? Math.floor(a / this.unitSize) * this.unitSize : a;
         spanEnd = fill ? Math.min(cs, Math.ceil(b / this.unitSize) * this.unitSize) : b;
       } else {
@@ -202,7 +214,11 @@ export class Qcow2Writer extends TableWriter {
     if (fresh) {
       const whole = this.units === 1;
       let at = whole ? await this.allocateForData(fresh, pending) : await this.allocate(fresh);
-      for (const p of plans) if (p.fresh && !s.dataFile) { p.host = at; at += cs; }
+      for (const p of plans)
+        if (p.fresh && !s.dataFile) {
+          p.host = at;
+          at += cs;
+        }
       if (whole) freshEnd = at;
     }
     // Build the bytes: new data, with old content around it where a unit is only partly written.
@@ -255,7 +271,7 @@ export class Qcow2Writer extends TableWriter {
     // The guarded data storage checks its own writes; compressed data goes to the file directly.
     if (target === this.s.storage) for (const p of sorted) this.s.overlap?.check(this.s.file, p.host, p.bytes.length);
     const writes: Promise<void>[] = [];
-    for (let i = 0; i < sorted.length; ) {
+    for (let i = 0; i < sorted.length;) {
       let j = i + 1;
       let end = sorted[i]!.host + sorted[i]!.bytes.length;
       let size = sorted[i]!.bytes.length;
@@ -306,7 +322,7 @@ export class Qcow2Writer extends TableWriter {
     const stale: Entry[] = [];
     let first = -1;
     let last = -1;
-    for (let pos = start; pos < end; ) {
+    for (let pos = start; pos < end;) {
       const guest = Math.floor(pos / cs) * cs;
       const a = pos - guest;
       const b = Math.min(cs, end - guest);
@@ -377,7 +393,12 @@ export class Qcow2Writer extends TableWriter {
     if (!items.length) return Promise.resolve();
     const first = Math.min(...items.map((i) => i.guest));
     const last = Math.max(...items.map((i) => i.guest));
-    return this.perTable(first, last + 1 - first, (l1Index, start, end) => this.#compressedInTable(l1Index, items.filter((i) => i.guest >= start && i.guest < end)));
+    return this.perTable(first, last + 1 - first, (l1Index, start, end) =>
+      this.#compressedInTable(
+        l1Index,
+        items.filter((i) => i.guest >= start && i.guest < end),
+      ),
+    );
   }
 
   async #compressedInTable(l1Index: number, items: ReadonlyArray<{ guest: number; packed: Uint8Array }>): Promise<void> {
@@ -392,7 +413,10 @@ export class Qcow2Writer extends TableWriter {
       for (const i of items) out.push(await this.#placeCompressed(i.packed.length));
       return out;
     });
-    await this.#writeRuns(items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })), s.storage);
+    await this.#writeRuns(
+      items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })),
+      s.storage,
+    );
     await this.hooks.barrier();
     let lo = Infinity;
     let hi = -1;
@@ -451,5 +475,4 @@ export class Qcow2Writer extends TableWriter {
   #advanceTail(used: number, end: number): void {
     this.ctail = used < end ? { offset: used, end } : undefined;
   }
-
 }

@@ -112,7 +112,7 @@ describe('setBacking (rebase -u)', () => {
     await c.close();
     files.delete('p.vhd');
     const again = await openC(files, resolver);
-    expect(await parentCandidates((await readVhdLayout(again.storage)))).toEqual(['./q.vhd', 'q.vhd']);
+    expect(await parentCandidates(await readVhdLayout(again.storage))).toEqual(['./q.vhd', 'q.vhd']);
     expect((await readVhdLayout(again.storage)).header!.parentUnicodeName).toBe('q.vhd');
     expect(same(await again.read(0, SIZE), top)).toBe(true);
     expect(await checkVhd(MemoryStorage.from(files.get('c.vhd')!), { resolver })).toMatchObject({ corruptions: 0, leaks: 0 });
@@ -142,7 +142,7 @@ describe('setBacking (rebase -u)', () => {
     await c.close();
     const again = await openVhd(MemoryStorage.from(files.get('c.vhd')!), { noBacking: true });
     expect((await readVhdLayout(again.storage)).header!.parentUniqueId).toBe(id);
-    expect(await parentCandidates((await readVhdLayout(again.storage)))).toContain('./later.vhd');
+    expect(await parentCandidates(await readVhdLayout(again.storage))).toContain('./later.vhd');
   });
 
   it('a name longer than the old locator space goes behind the last block', async () => {
@@ -155,7 +155,7 @@ describe('setBacking (rebase -u)', () => {
     const now = await c.read(0, SIZE);
     await c.close();
     const again = await openC(files, resolver);
-    expect((await parentCandidates((await readVhdLayout(again.storage))))[0]).toBe(`./${long}`);
+    expect((await parentCandidates(await readVhdLayout(again.storage)))[0]).toBe(`./${long}`);
     expect(same(await again.read(0, SIZE), now)).toBe(true);
     expect(same(now.subarray(0, 200_000), top.subarray(0, 200_000))).toBe(true);
     const r = await checkVhd(MemoryStorage.from(files.get('c.vhd')!));
@@ -208,7 +208,7 @@ describeQemu('files: rebase -u after moving the parent, commit judged by qemu-im
     expect(statSync(join(dir, 'c.vhd')).size).toBe(size);
     const again = await openVhdFile(join(dir, 'c.vhd'));
     expect(same(await again.read(0, SIZE), want)).toBe(true);
-    expect((await parentCandidates((await readVhdLayout(again.storage)))).slice(0, 2)).toEqual(['./moved/p.vhd', join(dir, 'moved/p.vhd')]);
+    expect((await parentCandidates(await readVhdLayout(again.storage))).slice(0, 2)).toEqual(['./moved/p.vhd', join(dir, 'moved/p.vhd')]);
     await again.close();
     const fs = await FileStorage.open(join(dir, 'c.vhd'));
     expect(await checkVhd(fs, { resolver: fileResolver })).toMatchObject({ corruptions: 0, leaks: 0 });

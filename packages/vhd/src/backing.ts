@@ -104,12 +104,7 @@ function isLocatorRegion(m: { what: string }): boolean {
  */
 function freeSpace(s: VhdState, live: readonly { start: number; end: number }[]): Space[] {
   const span = s.bitmapBytes + s.blockSize;
-  const owned: Array<{ start: number; end: number }> = [
-    ...s.metadata.filter((m) => !isLocatorRegion(m)),
-    ...(s.reserved ?? []).filter((r) => !isLocatorRegion(r)),
-    ...live,
-    { start: 0, end: FOOTER_SIZE },
-  ];
+  const owned: Array<{ start: number; end: number }> = [...s.metadata.filter((m) => !isLocatorRegion(m)), ...(s.reserved ?? []).filter((r) => !isLocatorRegion(r)), ...live, { start: 0, end: FOOTER_SIZE }];
   for (const e of s.bat) if (e !== BAT_UNUSED) owned.push({ start: e * VHD_SECTOR, end: e * VHD_SECTOR + span });
   owned.sort((a, b) => a.start - b.start);
   const out: Space[] = [];
@@ -209,10 +204,7 @@ async function commitHeader(s: VhdState, entries: readonly ParentLocatorEntry[],
   await s.storage.flush();
   // An entry kept from before keeps the region open gave it; a new one owns its space.
   const known = (l: ParentLocatorEntry) => s.metadata.find((m) => isLocatorRegion(m) && m.start === l.platformDataOffset)?.end;
-  s.metadata = [
-    ...s.metadata.filter((m) => !isLocatorRegion(m)),
-    ...entries.map((l, i) => ({ start: l.platformDataOffset, end: known(l) ?? l.platformDataOffset + l.platformDataSpace, what: `parent locator ${i}` })),
-  ];
+  s.metadata = [...s.metadata.filter((m) => !isLocatorRegion(m)), ...entries.map((l, i) => ({ start: l.platformDataOffset, end: known(l) ?? l.platformDataOffset + l.platformDataSpace, what: `parent locator ${i}` }))];
   s.reserved = (s.reserved ?? []).filter((r) => !isLocatorRegion(r));
 }
 
@@ -347,7 +339,10 @@ async function setBacking(s: VhdState, name: string | undefined, format: string 
     const end = placeAtEnd(s, items);
     await switchLocators(s, await writeLocatorData(s, items, end), parent);
     await releaseRegions(s, old);
-    const later = place(items, freeSpace(s, end).filter((r) => r.end <= end[0]!.start));
+    const later = place(
+      items,
+      freeSpace(s, end).filter((r) => r.end <= end[0]!.start),
+    );
     if (later) {
       await switchLocators(s, await writeLocatorData(s, items, later), parent);
       await releaseRegions(s, end);

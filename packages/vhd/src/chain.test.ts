@@ -28,9 +28,7 @@ const SIZE = 1024 * 1024 + 3 * 512;
 
 /** Steps inside a disk of `size` bytes, each at most `maxLength` long. */
 function opArbOf(size: number, maxLength: number): fc.Arbitrary<VhdOp> {
-  return fc
-    .record({ kind: fc.constantFrom(...VHD_OP_KINDS), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: maxLength }), seed: fc.nat() })
-    .map((o) => clampVhdOp(o, size));
+  return fc.record({ kind: fc.constantFrom(...VHD_OP_KINDS), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: maxLength }), seed: fc.nat() }).map((o) => clampVhdOp(o, size));
 }
 const opArb = opArbOf(SIZE, 40_000);
 

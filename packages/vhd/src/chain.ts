@@ -129,9 +129,7 @@ export async function openParent<L extends ParentLayer>(s: VhdState, options: La
       }
     }
     if (parent.footer.timestamp !== h.parentTimestamp) {
-      s.problems.push(
-        vhdProblem('parent-timestamp-mismatch', 'info', `parent timestamp mismatch: the child recorded ${fromVhdTimestamp(h.parentTimestamp).toISOString()}, ${storage.name} has ${fromVhdTimestamp(parent.footer.timestamp).toISOString()}`, s.headerOffset + 0x38),
-      );
+      s.problems.push(vhdProblem('parent-timestamp-mismatch', 'info', `parent timestamp mismatch: the child recorded ${fromVhdTimestamp(h.parentTimestamp).toISOString()}, ${storage.name} has ${fromVhdTimestamp(parent.footer.timestamp).toISOString()}`, s.headerOffset + 0x38));
     }
     s.parentName = name;
     s.parentFile = storage.name;
@@ -156,4 +154,3 @@ export function vhdChainLayers(disk: VhdDisk): VhdDisk[] {
   }
   return out;
 }
-

@@ -82,7 +82,28 @@ function strictDefault(c: CorpusCase): string {
 describe('VHD negative corpus', () => {
   it('has every kind of damage the brief lists', () => {
     const names = cases.map((c) => c.name).join(' ');
-    for (const kind of ['truncated-footer', 'truncated-header', 'truncated-bat', 'bad-footer-checksum', 'bad-header-checksum', 'size-over-2040g', 'max-table-entries-huge', 'bat-past-eof', 'block-size-0', 'block-size-not-power-of-two', 'block-size-2^31', 'bat-entry-into-header', 'bat-entry-past-eof', 'bat-entries-overlap', 'data-offset-past-eof', 'locator-length-huge', 'locator-offset-huge', 'chain-cycle', 'chain-too-deep', 'partial-block-bitmap-at-eof']) {
+    for (const kind of [
+      'truncated-footer',
+      'truncated-header',
+      'truncated-bat',
+      'bad-footer-checksum',
+      'bad-header-checksum',
+      'size-over-2040g',
+      'max-table-entries-huge',
+      'bat-past-eof',
+      'block-size-0',
+      'block-size-not-power-of-two',
+      'block-size-2^31',
+      'bat-entry-into-header',
+      'bat-entry-past-eof',
+      'bat-entries-overlap',
+      'data-offset-past-eof',
+      'locator-length-huge',
+      'locator-offset-huge',
+      'chain-cycle',
+      'chain-too-deep',
+      'partial-block-bitmap-at-eof',
+    ]) {
       expect(names).toContain(kind);
     }
     expect(new Set(cases.map((c) => c.name)).size).toBe(cases.length);
@@ -107,7 +128,11 @@ describe('VHD negative corpus', () => {
 
       // A stream of the same bytes: decoded or refused with an ImageError, never anything else.
       try {
-        const src = await readVhdStream((async function* () { yield bytes; })());
+        const src = await readVhdStream(
+          (async function* () {
+            yield bytes;
+          })(),
+        );
         for await (const _ of src.pieces);
       } catch (e) {
         if (!ImageError.isInstance(e)) throw e;
@@ -123,7 +148,11 @@ describe('untrusted opens still accept real images', () => {
       const bytes = new Uint8Array(readFileSync(join(testImagesDir, e.file)));
       expect(await verdict(() => openVhd(MemoryStorage.from(bytes), { untrusted: true }), exercise), e.file).toBe('ok');
     }
-    for (const [type, blockSize] of [['dynamic', 512], ['dynamic', 2 * 1024 * 1024], ['fixed', 4096]] as const) {
+    for (const [type, blockSize] of [
+      ['dynamic', 512],
+      ['dynamic', 2 * 1024 * 1024],
+      ['fixed', 4096],
+    ] as const) {
       const s = new MemoryStorage({ name: 'w.vhd' });
       const d = await createVhd(s, { type, size: 5_000_000, blockSize });
       await d.write(1_000_000, seededBytes(300_000, 1));

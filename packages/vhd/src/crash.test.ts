@@ -55,14 +55,7 @@ interface Workload {
   description: string[];
 }
 
-async function runWorkload(
-  disk: VhdDisk,
-  storage: FaultStorage,
-  initial: Uint8Array,
-  seed: number,
-  steps: number,
-  options: { resizes: Array<{ at: number; to: number }>; makeEmptyAt?: number },
-): Promise<Workload> {
+async function runWorkload(disk: VhdDisk, storage: FaultStorage, initial: Uint8Array, seed: number, steps: number, options: { resizes: Array<{ at: number; to: number }>; makeEmptyAt?: number }): Promise<Workload> {
   const random = seededRandom(seed);
   const int = (n: number) => Math.floor(random() * n);
   const model = new Uint8Array(MAX_SIZE);
@@ -149,12 +142,7 @@ interface Sampled {
   label: string;
 }
 
-async function crashAll(
-  w: Workload,
-  open: (s: Storage) => Promise<VhdDisk>,
-  seed: number,
-  sample: Sampled[],
-): Promise<{ images: number; points: number }> {
+async function crashAll(w: Workload, open: (s: Storage) => Promise<VhdDisk>, seed: number, sample: Sampled[]): Promise<{ images: number; points: number }> {
   const random = seededRandom(seed);
   const points = pointsToTest(w.storage, random);
   let images = 0;
@@ -231,11 +219,19 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
       const made = await createVhd(new MemoryStorage({ name: 'dyn.vhd' }), { size: 400 * 1024 + 1536, blockSize: 4096 });
       const storage = new FaultStorage((made.storage as MemoryStorage).toBytes(), 'dyn.vhd');
       const disk = await openVhd(storage, { readOnly: false });
-      const w = await runWorkload(disk, storage, new Uint8Array(0), seed, 28, { resizes: seed === 11 ? [{ at: 9, to: 300 * 1024 }, { at: 18, to: 700 * 1024 }] : [{ at: 12, to: 700 * 1024 }] });
+      const w = await runWorkload(disk, storage, new Uint8Array(0), seed, 28, {
+        resizes:
+          seed === 11
+            ? [
+                { at: 9, to: 300 * 1024 },
+                { at: 18, to: 700 * 1024 },
+              ]
+            : [{ at: 12, to: 700 * 1024 }],
+      });
       await disk.close();
       const r = await crashAll(w, (s) => openVhd(s), seed, samples);
       totalImages += r.images;
-      summary.push(`dynamic seed ${seed} (${w.description.filter((d) => d.startsWith("resize")).join()}): ${w.storage.ops.length} ops, ${r.points} crash points x 3 modes`);
+      summary.push(`dynamic seed ${seed} (${w.description.filter((d) => d.startsWith('resize')).join()}): ${w.storage.ops.length} ops, ${r.points} crash points x 3 modes`);
     }
     const checked = crossCheck(samples, 'dyn');
     if (hasVhdimount && existsSync('/dev/fuse')) {
@@ -252,7 +248,10 @@ describe('crash consistency (FaultStorage: drop, subset, torn)', () => {
         const r = spawnSync('vhdimount', [file, mnt], { encoding: 'utf8' });
         expect(r.status, r.stderr).toBe(0);
         try {
-          const layer = readdirSync(mnt).filter((x) => /^vhdi\d+$/.test(x)).sort().pop()!;
+          const layer = readdirSync(mnt)
+            .filter((x) => /^vhdi\d+$/.test(x))
+            .sort()
+            .pop()!;
           // libvhdi sizes the disk by the footer's original size, which a resize leaves alone: compare what it shows.
           const theirs = new Uint8Array(readFileSync(join(mnt, layer)));
           expect(theirs.length).toBeGreaterThan(0);

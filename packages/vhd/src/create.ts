@@ -12,17 +12,7 @@ import { checkOptionKeys, invalidArg, parseBool, parseSize, type Disk, type Opti
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, type ParentLocatorEntry, type VhdDynamicHeader } from './dynamic-header.js';
-import {
-  DISK_TYPE,
-  FEATURE_RESERVED,
-  FILE_FORMAT_VERSION,
-  FOOTER_COOKIE,
-  FOOTER_SIZE,
-  NO_DATA_OFFSET,
-  toVhdTimestamp,
-  type VhdFooter,
-  type VhdType,
-} from './footer.js';
+import { DISK_TYPE, FEATURE_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, FOOTER_SIZE, NO_DATA_OFFSET, toVhdTimestamp, type VhdFooter, type VhdType } from './footer.js';
 import { VHD_MAX_CHS_SECTORS, VHD_MAX_SIZE, VHD_SECTOR, chsForSectors, chsProduct, chsRoundUp, vhdVirtualSize, type VhdGeometry } from './geometry.js';
 import { VhdDisk } from './disk.js';
 import { VhdImage } from './image.js';
@@ -45,13 +35,7 @@ export function checkedBlockSize(blockSize: number = DEFAULT_BLOCK_SIZE): number
 }
 
 /** A new disk's footer (its checksum is set when it is serialized); `app` overrides the default creator application. */
-export function newFooter(
-  type: VhdType,
-  size: number,
-  geometry: VhdGeometry,
-  options: Pick<VhdCreateOptions, 'creator' | 'timestamp' | 'uuid'>,
-  app?: string,
-): VhdFooter {
+export function newFooter(type: VhdType, size: number, geometry: VhdGeometry, options: Pick<VhdCreateOptions, 'creator' | 'timestamp' | 'uuid'>, app?: string): VhdFooter {
   return {
     cookie: FOOTER_COOKIE,
     features: FEATURE_RESERVED,
@@ -153,7 +137,12 @@ export async function createVhd(storage: Storage, options: VhdCreateOptions): Pr
 /** createVhd's work: the new image's core, open for writing. */
 export async function createVhdImage(storage: Storage, options: VhdCreateOptions): Promise<VhdImage> {
   if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'size is required', { field: 'size' });
-  checkOptionKeys(FORMAT, VHD_CREATE_OPTIONS.filter((o) => !o.key.startsWith('backing')), options, VHD_TYPED_CREATE_KEYS);
+  checkOptionKeys(
+    FORMAT,
+    VHD_CREATE_OPTIONS.filter((o) => !o.key.startsWith('backing')),
+    options,
+    VHD_TYPED_CREATE_KEYS,
+  );
   const parent = options.parent;
   const type: VhdType = options.type ?? (parent ? 'differencing' : 'dynamic');
   if (!(type in DISK_TYPE)) throw invalidArg(FORMAT, `unknown VHD type "${String(type)}" (fixed, dynamic, differencing)`, { field: 'type' });

@@ -46,7 +46,11 @@ async function exercise(bytes: Uint8Array): Promise<void> {
     }
   }
   try {
-    const src = await readVhdStream((async function* () { yield bytes; })());
+    const src = await readVhdStream(
+      (async function* () {
+        yield bytes;
+      })(),
+    );
     for await (const _ of src.pieces);
   } catch (e) {
     expectImageError(e);
@@ -65,17 +69,14 @@ describe('damaged metadata never crashes', () => {
         [512, Math.max(512, metaEnd)],
       ].filter(([a, b]) => b! > a!);
       await fc.assert(
-        fc.asyncProperty(
-          fc.array(fc.tuple(fc.nat(regions.length - 1), fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }),
-          async (edits) => {
-            const b = base.slice();
-            for (const [r, at, value] of edits) {
-              const [from, to] = regions[r]!;
-              b[from! + (at % (to! - from!))] = value;
-            }
-            await exercise(b);
-          },
-        ),
+        fc.asyncProperty(fc.array(fc.tuple(fc.nat(regions.length - 1), fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }), async (edits) => {
+          const b = base.slice();
+          for (const [r, at, value] of edits) {
+            const [from, to] = regions[r]!;
+            b[from! + (at % (to! - from!))] = value;
+          }
+          await exercise(b);
+        }),
         { seed: 2024, numRuns: 150 },
       );
     });

@@ -12,20 +12,7 @@ export { vhdDriver, probeVhd } from './driver.js';
 export { streamVhd, createVhdStream, vhdStreamOptionsFrom, type VhdStreamOptions } from './stream.js';
 export { readVhdStream, type VhdReadStreamOptions } from './read-stream.js';
 // The codecs: the spec's structures, parsed and serialized.
-export {
-  parseFooter,
-  serializeFooter,
-  footerChecksum,
-  diskTypeName,
-  toVhdTimestamp,
-  fromVhdTimestamp,
-  FOOTER_SIZE,
-  FOOTER_COOKIE,
-  COALESCE_COOKIE,
-  DISK_TYPE,
-  type VhdFooter,
-  type VhdType,
-} from './footer.js';
+export { parseFooter, serializeFooter, footerChecksum, diskTypeName, toVhdTimestamp, fromVhdTimestamp, FOOTER_SIZE, FOOTER_COOKIE, COALESCE_COOKIE, DISK_TYPE, type VhdFooter, type VhdType } from './footer.js';
 export { parseDynamicHeader, serializeDynamicHeader, dynamicHeaderChecksum, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_COOKIE, PARENT_LOCATOR_COUNT, type VhdDynamicHeader, type ParentLocatorEntry } from './dynamic-header.js';
 export { parseBat, serializeBat, batBytes, BAT_UNUSED, MAX_BAT_ENTRIES } from './bat.js';
 export { bitmapSize, testBit, setBits, allBitsSet, bitRuns } from './bitmap.js';

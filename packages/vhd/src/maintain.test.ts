@@ -75,7 +75,12 @@ describe('checkVhd', () => {
     patch(f, 512 + 0x3c, [9]); // reserved byte of the dynamic header
     const before = await check(f);
     expect(before.corruptions).toBe(2);
-    expect(before.problems.filter((p) => p.severity === 'corruption').map((p) => p.code).sort()).toEqual(['footer-copy-invalid', 'header-checksum']);
+    expect(
+      before.problems
+        .filter((p) => p.severity === 'corruption')
+        .map((p) => p.code)
+        .sort(),
+    ).toEqual(['footer-copy-invalid', 'header-checksum']);
     expect(before.messages.join('\n')).toMatch(/footer copy at offset 0/);
     await check(f, 'all');
     expect(await check(f)).toMatchObject({ corruptions: 0, leaks: 0 });
@@ -243,7 +248,7 @@ describe('resize', () => {
     expect(reopened.size).toBe(8 << 20);
     expect((await readVhdLayout(reopened.storage)).header!.parentLocators[0]!.platformDataOffset).toBeGreaterThan((await readVhdLayout(reopened.storage)).header!.tableOffset + 2048 * 4 - 1);
     const { parentCandidates } = await import('./chain.js');
-    expect(await parentCandidates((await readVhdLayout(reopened.storage)))).toContain('./b.vhd');
+    expect(await parentCandidates(await readVhdLayout(reopened.storage))).toContain('./b.vhd');
     expect((await checkVhd(MemoryStorage.from(s.toBytes()))).corruptions).toBe(0);
   });
 

@@ -95,9 +95,16 @@ async function view(bytes: Uint8Array, path: string, files: Map<string, Uint8Arr
 async function tornImage(fault: FaultStorage, initial: Uint8Array, count: number, random: () => number): Promise<Uint8Array> {
   const image = MemoryStorage.from(initial);
   let barrier = -1;
-  for (let i = count - 1; i >= 0; i--) if (fault.ops[i]!.kind === 'flush') { barrier = i; break; }
+  for (let i = count - 1; i >= 0; i--)
+    if (fault.ops[i]!.kind === 'flush') {
+      barrier = i;
+      break;
+    }
   const ops = fault.ops.slice(0, count).filter((op) => op.kind !== 'flush');
-  const lastPending = fault.ops.slice(barrier + 1, count).filter((op) => op.kind !== 'flush').pop();
+  const lastPending = fault.ops
+    .slice(barrier + 1, count)
+    .filter((op) => op.kind !== 'flush')
+    .pop();
   for (const op of ops) {
     if (op.kind === 'truncate') await image.truncate(op.size);
     else if (op.kind === 'write') {
@@ -367,9 +374,19 @@ describe('crash at every point of a maintenance operation: the image opens, chec
     const stale = await openVhd(MemoryStorage.from(junk, { name: '/img/c.vhd' }), { noBacking: true });
     expect((await checkVhd(MemoryStorage.from(junk))).leaks).toBeGreaterThan(0);
     await stale.close();
-    const v = await crashEveryPoint({ name: 'check -r leaks', image: junk, path: '/img/c.vhd', files, run: async () => undefined, raw: async (s) => {
-        await checkVhd(s, { repair: 'leaks' });
-      } }, 9);
+    const v = await crashEveryPoint(
+      {
+        name: 'check -r leaks',
+        image: junk,
+        path: '/img/c.vhd',
+        files,
+        run: async () => undefined,
+        raw: async (s) => {
+          await checkVhd(s, { repair: 'leaks' });
+        },
+      },
+      9,
+    );
     record('check -r leaks', v);
     expect(v.points).toBeGreaterThan(0);
   });

@@ -51,4 +51,3 @@ export function vhdOpenOptionsFrom(options: VhdOpenOptions | (OpenOptions & { fo
   }
   return { ...(rest as VhdOpenOptions), sizeMode: force === 'chs' ? 'chs' : 'current-size' };
 }
-

@@ -8,17 +8,7 @@ import { ImageError, corrupt, hex, invalidArg, readU32Be, unsafe, wrongFormat, t
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, parseBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
-import {
-  CHECKSUM_OFFSET,
-  COALESCE_COOKIE,
-  FOOTER_COOKIE,
-  FOOTER_SIZE,
-  diskTypeName,
-  footerChecksum,
-  parseFooter,
-  readCookie,
-  type VhdFooter,
-} from './footer.js';
+import { CHECKSUM_OFFSET, COALESCE_COOKIE, FOOTER_COOKIE, FOOTER_SIZE, diskTypeName, footerChecksum, parseFooter, readCookie, type VhdFooter } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, vhdVirtualSize } from './geometry.js';
 import { describeRegion, layoutOverlaps, overlapMessage, regionsOverlap, type LayoutRegion } from './layout.js';
 import { SIZE_MODES, type VhdOpenOptions } from './open-options.js';
@@ -165,14 +155,7 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
       else problems.push(vhdProblem('footer-copy-invalid', 'corruption', `footer copy ${where} is missing or invalid`, otherAt));
     } else if (!sameFooter(other.bytes, chosen.bytes)) {
       if (sameLayout(other.bytes, chosen.bytes)) {
-        repairable.push(
-          vhdProblem(
-            'footer-copy-stale',
-            'leak',
-            `footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`,
-            otherAt,
-          ),
-        );
+        repairable.push(vhdProblem('footer-copy-stale', 'leak', `footer copy ${where} is stale (an interrupted footer update: it differs only in size, timestamp or cookie); the copy ${chosen === head ? 'at offset 0' : 'at the end'} is in use`, otherAt));
       } else {
         problems.push(vhdProblem('footer-copies-differ', 'corruption', 'footer copies at offset 0 and at the end of the file differ', otherAt));
       }
@@ -218,14 +201,7 @@ export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = 
     // A crash while a block was being added at the end of the file: the block
     // (unreferenced) may have landed but the footer behind it did not.
     if (fileSize >= state.nextFree + FOOTER_SIZE) {
-      repairable.push(
-        vhdProblem(
-          'unfinished-allocation',
-          'leak',
-          `no footer at the end of the file: an unfinished block allocation after the last block (repair writes the footer at ${hex(state.nextFree)} and cuts what follows)`,
-          state.nextFree,
-        ),
-      );
+      repairable.push(vhdProblem('unfinished-allocation', 'leak', `no footer at the end of the file: an unfinished block allocation after the last block (repair writes the footer at ${hex(state.nextFree)} and cuts what follows)`, state.nextFree));
     } else {
       problems.push(vhdProblem('footer-copy-invalid', 'corruption', 'footer copy at the end of the file is missing or invalid', Math.max(0, fileSize - FOOTER_SIZE)));
     }
@@ -367,14 +343,7 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
       const message = `${describeRegion(block)} runs ${block.end - fileSize} bytes past the end of the file (${hex(fileSize)}): the file was cut`;
       if (writable) throw corrupt(FORMAT, file, `${message}, and writable opens refuse a cut image`, { field: `BAT entry ${i}`, offset: batAt, actual: e });
       // Salvage: what lies past the end of the file reads as zeros, as in qemu.
-      s.problems.push(
-        vhdProblem(
-          'block-truncated',
-          'corruption',
-          `${message}, and those bytes read as zeros`,
-          batAt,
-        ),
-      );
+      s.problems.push(vhdProblem('block-truncated', 'corruption', `${message}, and those bytes read as zeros`, batAt));
     } else if (!problem && tailFooter && regionsOverlap(block, tailFooter)) {
       layoutProblem(block, tailFooter, `BAT entry ${i}`, batAt);
     }
@@ -405,15 +374,20 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     }
   }
   // Space a writer reserved (locator space, blktap's batmap) is never allocated over.
-  s.reserved = await reservedSpace(s, fileSize, blocks.map((b) => ({ start: b.start, end: b.start + span })));
+  s.reserved = await reservedSpace(
+    s,
+    fileSize,
+    blocks.map((b) => ({ start: b.start, end: b.start + span })),
+  );
   for (const r of s.reserved) nextFree = Math.max(nextFree, r.end);
   // A footer behind alignment padding (a BAT padded to 2 MiB, blocks aligned) stays where its writer put it.
   const tailAt = fileSize - FOOTER_SIZE;
   if (tailFooterValid && tailAt > nextFree) {
-    const alignment = blockAlignment(blocks.map((b) => b.start), s.bitmapBytes);
+    const alignment = blockAlignment(
+      blocks.map((b) => b.start),
+      s.bitmapBytes,
+    );
     if (isWriterPadding({ start: nextFree, end: tailAt }, { beforeFirstBlock: blocks.length === 0, nextIsBlock: false, blockSpan: span, ...alignment })) nextFree = tailAt;
   }
   s.nextFree = nextFree;
 }
-
-

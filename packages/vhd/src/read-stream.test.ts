@@ -204,12 +204,56 @@ describe('readVhdStream / vhdDriver.readStream', () => {
     const good = await collect((await createVhdStream(d, { blockSize: 4096 })).chunks);
     const fixed = await collect((await createVhdStream(d, { type: 'fixed' })).chunks);
     const cases: Array<[string, Uint8Array]> = [
-      ['footer checksum', (() => { const b = good.slice(); b[0x30] = b[0x30]! ^ 1; return b; })()],
-      ['header checksum', (() => { const b = good.slice(); b[512 + 0x3c] = 1; return b; })()],
-      ['block size 3000', (() => { const b = good.slice(); u32(b, 512 + 0x20, 3000); u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24)); return b; })()],
-      ['huge BAT', (() => { const b = good.slice(); u32(b, 512 + 0x1c, 0xfffffff0); u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24)); return b; })()],
-      ['BAT into the header', (() => { const b = good.slice(); u32(b, 1536, 1); return b; })()],
-      ['overlapping blocks', (() => { const b = good.slice(); u32(b, 1536 + 4, new DataView(b.buffer).getUint32(1536, false)); return b; })()],
+      [
+        'footer checksum',
+        (() => {
+          const b = good.slice();
+          b[0x30] = b[0x30]! ^ 1;
+          return b;
+        })(),
+      ],
+      [
+        'header checksum',
+        (() => {
+          const b = good.slice();
+          b[512 + 0x3c] = 1;
+          return b;
+        })(),
+      ],
+      [
+        'block size 3000',
+        (() => {
+          const b = good.slice();
+          u32(b, 512 + 0x20, 3000);
+          u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24));
+          return b;
+        })(),
+      ],
+      [
+        'huge BAT',
+        (() => {
+          const b = good.slice();
+          u32(b, 512 + 0x1c, 0xfffffff0);
+          u32(b, 512 + 0x24, vhdChecksum(b.subarray(512, 1536), 0x24));
+          return b;
+        })(),
+      ],
+      [
+        'BAT into the header',
+        (() => {
+          const b = good.slice();
+          u32(b, 1536, 1);
+          return b;
+        })(),
+      ],
+      [
+        'overlapping blocks',
+        (() => {
+          const b = good.slice();
+          u32(b, 1536 + 4, new DataView(b.buffer).getUint32(1536, false));
+          return b;
+        })(),
+      ],
       ['truncated in a block', good.slice(0, 1536 + 2048 + 3000)],
       ['truncated in the BAT', good.slice(0, 1600)],
       ['only 100 bytes', good.slice(0, 100)],
@@ -244,7 +288,11 @@ describeQemu('streams and qemu-img', () => {
     model.set(seededBytes(70_000, 8), 4 * 1024 * 1024 + 512);
     const raw = join(tmp.path, 'q.raw');
     writeFileSync(raw, model);
-    for (const [name, extra] of [['q.vhd', []], ['q-force.vhd', ['-o', 'force_size=on']], ['q-fixed.vhd', ['-o', 'subformat=fixed']]] as const) {
+    for (const [name, extra] of [
+      ['q.vhd', []],
+      ['q-force.vhd', ['-o', 'force_size=on']],
+      ['q-fixed.vhd', ['-o', 'subformat=fixed']],
+    ] as const) {
       const out = join(tmp.path, name);
       execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'vpc', ...extra, raw, out]);
       const bytes = new Uint8Array(readFileSync(out));

@@ -126,7 +126,7 @@ async function readDynamic(reader: ByteStreamReader, first: Uint8Array, options:
   let count = 0;
   let blockOf = new Uint32Array(1024);
   let sectorOf = new Uint32Array(1024);
-  for (let first = 0; first < entries; ) {
+  for (let first = 0; first < entries;) {
     const n = Math.min(entries - first, 256 * 1024);
     const raw = await reader.exact(n * 4, 'the BAT');
     for (let j = 0; j < n; j++) {

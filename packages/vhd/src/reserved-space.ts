@@ -118,10 +118,7 @@ export function blockAlignment(blockStarts: readonly number[], bitmapBytes: numb
  * - elsewhere: padding up to the next block's place under the writer's
  *   alignment (`blockAlignment`), or up to the footer under it.
  */
-export function isWriterPadding(
-  gap: { start: number; end: number },
-  where: { beforeFirstBlock: boolean; nextIsBlock: boolean; blockSpan: number; alignment: number; anchor: number },
-): boolean {
+export function isWriterPadding(gap: { start: number; end: number }, where: { beforeFirstBlock: boolean; nextIsBlock: boolean; blockSpan: number; alignment: number; anchor: number }): boolean {
   const { start, end } = gap;
   if (end - start < VHD_SECTOR && end % VHD_SECTOR === 0) return true;
   if (where.beforeFirstBlock) {

@@ -32,11 +32,14 @@ async function copyWithin(s: VhdState, from: number, to: number, length: number)
   for (let pos = 0; pos < length; pos += COPY_CHUNK) {
     const n = Math.min(COPY_CHUNK, length - pos);
     const bytes = await s.storage.read(from + pos, n);
-    const full = bytes.length === n ? bytes : (() => {
-      const b = new Uint8Array(n);
-      b.set(bytes);
-      return b;
-    })();
+    const full =
+      bytes.length === n
+        ? bytes
+        : (() => {
+            const b = new Uint8Array(n);
+            b.set(bytes);
+            return b;
+          })();
     await s.storage.write(to + pos, full);
   }
 }
@@ -55,11 +58,7 @@ function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   } else {
     const g = chsForSectors(sectors);
     if (chsProduct(g) !== sectors) {
-      throw invalidArg(
-        FORMAT,
-        `${s.storage.name}: creator "${f.creatorApp}" is sized by its CHS geometry and ${newSize} bytes is not CHS-exact (nearest below: ${chsProduct(g) * VHD_SECTOR})`,
-        { field: 'size' },
-      );
+      throw invalidArg(FORMAT, `${s.storage.name}: creator "${f.creatorApp}" is sized by its CHS geometry and ${newSize} bytes is not CHS-exact (nearest below: ${chsProduct(g) * VHD_SECTOR})`, { field: 'size' });
     }
     f.geometry = g;
   }

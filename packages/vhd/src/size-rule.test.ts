@@ -81,7 +81,7 @@ describe('virtual size by creator', () => {
     const built = vhdImage({ type: 'fixed', creator: 'vpc ', size: SIZE, geometry: { c: 65535, h: 16, s: 255 } });
     const disk = await vhdDriver.open!(MemoryStorage.from(built.bytes), { force_size_calc: 'chs' } as object);
     expect(disk.size).toBe(SIZE);
-    expect((await disk.info!()).formatSpecific!["size-rule-reason"]).toMatch(/maximal/);
+    expect((await disk.info!()).formatSpecific!['size-rule-reason']).toMatch(/maximal/);
   });
 });
 

@@ -19,7 +19,9 @@ function mountRead(image: string, mountPoint: string): Buffer {
   const r = spawnSync('vhdimount', [image, mountPoint], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`vhdimount failed (${r.status}): ${r.stderr}`);
   try {
-    const layers = readdirSync(mountPoint).filter((n) => /^vhdi\d+$/.test(n)).sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+    const layers = readdirSync(mountPoint)
+      .filter((n) => /^vhdi\d+$/.test(n))
+      .sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
     return readFileSync(join(mountPoint, layers[layers.length - 1]!));
   } finally {
     spawnSync('umount', [mountPoint]);

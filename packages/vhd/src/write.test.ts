@@ -13,9 +13,7 @@ import { readVhdLayout } from './read-layout.js';
 
 /** Steps inside a disk of `size` bytes, each at most 70,000 bytes long. */
 function opArb(size: number): fc.Arbitrary<VhdOp> {
-  return fc
-    .record({ kind: fc.constantFrom(...VHD_OP_KINDS), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: 70_000 }), seed: fc.nat() })
-    .map((o) => clampVhdOp(o, size));
+  return fc.record({ kind: fc.constantFrom(...VHD_OP_KINDS), offset: fc.nat(size - 1), length: fc.integer({ min: 1, max: 70_000 }), seed: fc.nat() }).map((o) => clampVhdOp(o, size));
 }
 
 async function expectContent(disk: VhdDisk, model: Uint8Array): Promise<void> {
@@ -229,7 +227,10 @@ describe('extents read metadata only', () => {
     const extents = await diskExtents(fresh);
     assertExtentCover(extents, 0, top.size);
     expect(extents.some((e) => e.depth === 1 && e.kind === 'data')).toBe(true);
-    for (const [layout, storage] of [[layouts[0]!, baseStorage], [layouts[1]!, topStorage]] as const) {
+    for (const [layout, storage] of [
+      [layouts[0]!, baseStorage],
+      [layouts[1]!, topStorage],
+    ] as const) {
       const bitmaps = new Set([...layout.bat].filter((e) => e !== 0xffffffff).map((e) => e * 512));
       expect(storage.reads.length).toBeGreaterThan(0);
       for (const [at, length] of storage.reads) expect([bitmaps.has(at), length]).toEqual([true, layout.bitmapBytes]);

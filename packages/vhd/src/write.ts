@@ -128,7 +128,7 @@ async function writeBlock(core: VhdImage, block: number, inBlock: number, piece:
     // Partial sectors: start from what the sectors read as now (in a
     // differencing disk that is the parent's data: copy-on-write).
     if (s.type === 'differencing' && !s.parent && !(await sectorsPresent(core, block, first, last))) {
-      throw unsupported(FORMAT, s.storage.name, 'a partial-sector write into a differencing disk opened without its parent (noBacking) would lose the parent\'s bytes');
+      throw unsupported(FORMAT, s.storage.name, "a partial-sector write into a differencing disk opened without its parent (noBacking) would lose the parent's bytes");
     }
     sectors = new Uint8Array((last - first) * VHD_SECTOR);
     await readBlock(core, block, first * VHD_SECTOR, sectors);

@@ -56,7 +56,7 @@ describe('pristine images of real writers', () => {
     expect([r.corruptions, r.leaks, r.checkErrors], r.messages.join('; ')).toEqual([0, 0, 0]);
     const again = await openVhd(after);
     expect((await again.read(2 * 1024 * 1024, 8192)).subarray(4096)).toEqual(new Uint8Array(4096).fill(0x5a));
-    expect((await again.read(0, 4096))).toEqual(built.content.subarray(0, 4096));
+    expect(await again.read(0, 4096)).toEqual(built.content.subarray(0, 4096));
   });
 
   it('reserved locator space at the end of the file survives a write: new blocks go behind it', async () => {

@@ -135,4 +135,3 @@ function cover(ranges: Array<[number, number]>, start: number, end: number): Arr
   out.push([s, e]);
   return out.sort((x, y) => x[0] - y[0]);
 }
-

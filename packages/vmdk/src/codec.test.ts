@@ -66,7 +66,8 @@ describe('markers and grain tables', () => {
 });
 
 describe('descriptor', () => {
-  const text = '# Disk DescriptorFile\nversion=1\nencoding="windows-1252"\nCID=0a0b0c0d\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\n# Extent description\nRW 4192256 SPARSE "disk-s001.vmdk"\nRDONLY 100 FLAT "disk-f.vmdk" 8\nRW 2048 ZERO\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\n';
+  const text =
+    '# Disk DescriptorFile\nversion=1\nencoding="windows-1252"\nCID=0a0b0c0d\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\n# Extent description\nRW 4192256 SPARSE "disk-s001.vmdk"\nRDONLY 100 FLAT "disk-f.vmdk" 8\nRW 2048 ZERO\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\n';
 
   it('parses fields, extents and the disk database, and serializes back', () => {
     const d = parseDescriptor(text);

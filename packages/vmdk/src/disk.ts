@@ -3,19 +3,7 @@
  * image (VmdkImage) lives in a private field and every method hands it to
  * an operation (read.ts, write.ts, extents.ts, info.ts).
  */
-import {
-  CallOrder,
-  checkDiskRange,
-  extentRange,
-  mergeExtents,
-  readOnlyError,
-  type Disk,
-  type Extent,
-  type ExtentOptions,
-  type ImageInfo,
-  type Storage,
-  type WriteZeroesOptions,
-} from '@img/block';
+import { CallOrder, checkDiskRange, extentRange, mergeExtents, readOnlyError, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage, type WriteZeroesOptions } from '@img/block';
 import { descriptorField, serializeDescriptor } from './descriptor.js';
 import { extentRuns } from './extents.js';
 import type { GrainMap } from './grain-map.js';

@@ -50,11 +50,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
     const gte = table[grain % n] ?? GTE_UNALLOCATED;
     const next = Math.min(to, e.start + (grain + 1) * map.grainBytes);
     const writer = core.appendWriter;
-    const entry = writer
-      ? writer.pendingGrain(grain) || writer.appendedSector(grain)
-        ? ({ kind: 'data', hostOffset: 0, compressed: true } as const)
-        : ({ kind: 'unallocated' } as const)
-      : map.decode(gte, grain);
+    const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(gte, grain);
     if (entry.kind === 'unallocated') {
       if (holeStart < 0) holeStart = pos;
     } else {

@@ -63,16 +63,7 @@ export function newDescriptor(spec: NewDescriptorSpec): VmdkDescriptor {
   const g = geometry(spec.sectors, spec.adapterType);
   const ddb: Array<[string, string]> = [];
   if (stream) ddb.push(['ddb.longContentID', hex32() + hex32() + hex32() + formatCid(cid)]);
-  ddb.push(
-    ['ddb.virtualHWVersion', spec.hwVersion],
-    ['ddb.geometry.cylinders', String(g.cylinders)],
-    ['ddb.geometry.heads', String(g.heads)],
-    ['ddb.geometry.sectors', String(g.sectors)],
-    ['ddb.adapterType', spec.adapterType],
-    ['ddb.toolsVersion', spec.toolsVersion],
-  );
-  const extent = spec.createType === 'monolithicFlat'
-    ? { access: 'RW' as const, sectors: spec.sectors, type: 'FLAT' as const, fileName: spec.extentFile, offset: 0 }
-    : { access: 'RW' as const, sectors: spec.sectors, type: 'SPARSE' as const, fileName: spec.extentFile };
+  ddb.push(['ddb.virtualHWVersion', spec.hwVersion], ['ddb.geometry.cylinders', String(g.cylinders)], ['ddb.geometry.heads', String(g.heads)], ['ddb.geometry.sectors', String(g.sectors)], ['ddb.adapterType', spec.adapterType], ['ddb.toolsVersion', spec.toolsVersion]);
+  const extent = spec.createType === 'monolithicFlat' ? { access: 'RW' as const, sectors: spec.sectors, type: 'FLAT' as const, fileName: spec.extentFile, offset: 0 } : { access: 'RW' as const, sectors: spec.sectors, type: 'SPARSE' as const, fileName: spec.extentFile };
   return { fields, extents: [extent], ddb };
 }

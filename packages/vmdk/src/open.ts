@@ -5,29 +5,8 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import {
-  corrupt,
-  hex,
-  invalidArg,
-  readU32Be,
-  unsafe,
-  unsupported,
-  wrongFormat,
-  type Disk,
-  type OpenOptions,
-  type Storage,
-} from '@img/block';
-import {
-  CID_NO_PARENT,
-  decodeDescriptorBytes,
-  descriptorField,
-  looksLikeDescriptor,
-  MAX_DESCRIPTOR_BYTES,
-  parseCid,
-  parseDescriptor,
-  type DescriptorExtent,
-  type VmdkDescriptor,
-} from './descriptor.js';
+import { corrupt, hex, invalidArg, readU32Be, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
 import { SECTOR, SPARSE_MAGIC, hasSparseMagic } from './sparse-header.js';

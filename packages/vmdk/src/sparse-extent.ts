@@ -10,19 +10,7 @@ import { decodeDescriptorBytes, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { ENTRY_BYTES, MAX_GTES_PER_GT, parseEntries } from './grain-table.js';
 import { GrainMap, type Region } from './grain-map.js';
 import { MARKER_EOS, MARKER_FOOTER } from './marker.js';
-import {
-  COMPRESSION_DEFLATE,
-  COMPRESSION_NONE,
-  FLAG_REDUNDANT_GRAIN_TABLE,
-  FLAG_VALID_NEWLINE,
-  GD_AT_END,
-  NEWLINE_CHARS,
-  SECTOR,
-  SPARSE_HEADER_SIZE,
-  hasSparseMagic,
-  parseSparseHeader,
-  type SparseHeader,
-} from './sparse-header.js';
+import { COMPRESSION_DEFLATE, COMPRESSION_NONE, FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, GD_AT_END, NEWLINE_CHARS, SECTOR, SPARSE_HEADER_SIZE, hasSparseMagic, parseSparseHeader, type SparseHeader } from './sparse-header.js';
 
 const FORMAT = 'vmdk';
 /** Largest grain accepted: 1 MiB (VMware and qemu write 64 KiB). */

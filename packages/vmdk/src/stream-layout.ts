@@ -12,17 +12,7 @@
  */
 import { ENTRY_BYTES, serializeEntries } from './grain-table.js';
 import { GRAIN_MARKER_HEADER, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, serializeGrainMarker, serializeMetadataMarker } from './marker.js';
-import {
-  COMPRESSION_DEFLATE,
-  FLAG_COMPRESSED,
-  FLAG_MARKERS,
-  FLAG_VALID_NEWLINE,
-  GD_AT_END,
-  NEWLINE_CHARS,
-  SECTOR,
-  serializeSparseHeader,
-  type SparseHeader,
-} from './sparse-header.js';
+import { COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE, GD_AT_END, NEWLINE_CHARS, SECTOR, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
 
 /** Sectors of the embedded descriptor area (what VMware and qemu reserve). */
 export const STREAM_DESCRIPTOR_SECTORS = 20;

@@ -91,7 +91,9 @@ describeQemu('images we write, judged by qemu-img (and vmdkinfo)', () => {
   it('adapter_type, hwversion and toolsversion land in the descriptor qemu-img reads', async () => {
     const path = at('options.vmdk');
     await writeThroughDisk(path, 'monolithicSparse', { adapterType: 'lsilogic', hwVersion: '14', toolsVersion: '12345' });
-    const text = readFileSync(path).subarray(512, 512 * 21).toString('latin1');
+    const text = readFileSync(path)
+      .subarray(512, 512 * 21)
+      .toString('latin1');
     expect(text).toMatch(/ddb.adapterType = "lsilogic"/);
     expect(text).toMatch(/ddb.virtualHWVersion = "14"/);
     expect(text).toMatch(/ddb.toolsVersion = "12345"/);

@@ -61,7 +61,11 @@ async function chain(): Promise<{ files: Map<string, Uint8Array | MemoryStorage>
   const parentStorage = new MemoryStorage({ name: 'base.vmdk' });
   const parent = await createVmdk(parentStorage, { size: SIZE });
   const parentBytes = new Uint8Array(SIZE);
-  for (const [at, n, seed] of [[0, 200_000, 1], [700_000, 70_000, 2], [SIZE - 5000, 5000, 3]] as const) {
+  for (const [at, n, seed] of [
+    [0, 200_000, 1],
+    [700_000, 70_000, 2],
+    [SIZE - 5000, 5000, 3],
+  ] as const) {
     const d = seededBytes(n, seed);
     parentBytes.set(d, at);
     await parent.write(at, d);
@@ -174,4 +178,3 @@ describeQemu('monolithicSparse written through the Disk API, judged by qemu-img'
     );
   });
 });
-

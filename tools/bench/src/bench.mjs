@@ -24,7 +24,13 @@ export const ALL_PAIRS = ['raw:qcow2', 'qcow2:raw', 'vpc:qcow2', 'qcow2:vpc', 'q
 
 /** Benchmark settings, from IMG_BENCH_* environment variables. */
 export function configFromEnv(env = process.env) {
-  const list = (v, d) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : d);
+  const list = (v, d) =>
+    v
+      ? v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : d;
   return {
     dir: env.IMG_BENCH_DIR ?? '/tmp/img-bench',
     runs: Number(env.IMG_BENCH_RUNS ?? 5),
@@ -203,7 +209,9 @@ export async function machine() {
     node: process.version,
     qemu: qv.split('\n')[0],
     uvThreadpool: 'set by img-convert (see packages/convert/src/bin)',
-    load: loadavg().map((x) => x.toFixed(2)).join(' '),
+    load: loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' '),
     envDropped: childEnv.dropped,
     date: new Date().toISOString(),
   };
@@ -252,6 +260,8 @@ export async function runBench(cfg) {
     cfg.log('nbd: nbdcopy from img serve vs qemu-nbd');
     result.nbd = [await nbdRow(cfg, alternate, IMG)];
   } else result.nbd = [];
-  result.machine.loadAfter = loadavg().map((x) => x.toFixed(2)).join(' ');
+  result.machine.loadAfter = loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
   return result;
 }

@@ -25,7 +25,13 @@ export function summarise(profile, rows = 20) {
 if (import.meta.url === `file://${process.argv[1]}`) {
   const target = process.argv[2] ?? '.';
   const file = statSync(target).isDirectory()
-    ? join(target, readdirSync(target).filter((f) => f.endsWith('.cpuprofile')).sort().pop())
+    ? join(
+        target,
+        readdirSync(target)
+          .filter((f) => f.endsWith('.cpuprofile'))
+          .sort()
+          .pop(),
+      )
     : target;
   const { total, top } = summarise(JSON.parse(readFileSync(file, 'utf8')), Number(process.argv[3] ?? 20));
   console.log(`| self ms | function | (profile ${total.toFixed(0)} ms) |`);

@@ -84,7 +84,9 @@ export function renderMarkdown(result) {
     lines.push('');
     lines.push('### Disk API, 4 KiB requests on a fully allocated 1 GiB qcow2');
     lines.push('');
-    lines.push('`qemu-img bench` has no random mode: it steps by `-S`. Both sides run the strided pattern (an odd multiple of 4 KiB, so every block is visited far from the last); img also runs seeded uniform random offsets, compared with the same qemu-img strided run. IOPS from the time of the I/O loop as each tool reports it (start-up and open excluded; img includes the final flush of writes); s = whole-process wall time.');
+    lines.push(
+      '`qemu-img bench` has no random mode: it steps by `-S`. Both sides run the strided pattern (an odd multiple of 4 KiB, so every block is visited far from the last); img also runs seeded uniform random offsets, compared with the same qemu-img strided run. IOPS from the time of the I/O loop as each tool reports it (start-up and open excluded; img includes the final flush of writes); s = whole-process wall time.',
+    );
     lines.push('');
     lines.push('| op | pattern | img IOPS | qemu-img bench IOPS | ratio | img s | qemu s | img RSS MiB | image |');
     lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
@@ -96,7 +98,9 @@ export function renderMarkdown(result) {
     lines.push('');
     lines.push('### NBD: nbdcopy from img serve vs qemu-nbd');
     lines.push('');
-    lines.push('One qcow2 served read-only by both (`img serve -k`, `qemu-nbd -t -r -e 4 -k`, both advertising multi-conn), copied with `nbdcopy --connections=4 URI null:`, copies alternating. MiB/s = data bytes / nbdcopy wall time (holes are skipped through block status by both). ratio = img / qemu-nbd throughput (higher is better).');
+    lines.push(
+      'One qcow2 served read-only by both (`img serve -k`, `qemu-nbd -t -r -e 4 -k`, both advertising multi-conn), copied with `nbdcopy --connections=4 URI null:`, copies alternating. MiB/s = data bytes / nbdcopy wall time (holes are skipped through block status by both). ratio = img / qemu-nbd throughput (higher is better).',
+    );
     lines.push('');
     lines.push('| copy | img serve MiB/s | qemu-nbd MiB/s | ratio | img s | qemu-nbd s | export |');
     lines.push('| --- | ---: | ---: | ---: | ---: | ---: | --- |');

@@ -25,16 +25,7 @@ const haveChromium = existsSync(CHROMIUM);
 const ORIGIN = 'http://localhost';
 
 /** Uncompressed, deflate (64 KiB and 512-byte clusters), zstd, extended L2; VHD dynamic and fixed; raw. */
-const FIXTURES = [
-  'qcow2/v3-64k.qcow2',
-  'qcow2/compressed-zlib-64k.qcow2',
-  'qcow2/compressed-zlib-512.qcow2',
-  'qcow2/compressed-zstd-64k.qcow2',
-  'qcow2/extended-l2.qcow2',
-  'vhd/dynamic-default.vhd',
-  'vhd/fixed-default.vhd',
-  'raw/odd-size.img',
-];
+const FIXTURES = ['qcow2/v3-64k.qcow2', 'qcow2/compressed-zlib-64k.qcow2', 'qcow2/compressed-zlib-512.qcow2', 'qcow2/compressed-zstd-64k.qcow2', 'qcow2/extended-l2.qcow2', 'vhd/dynamic-default.vhd', 'vhd/fixed-default.vhd', 'raw/odd-size.img'];
 
 if (!haveChromium && !inCI) {
   console.warn(`\n*** tools/browser: no Chromium at ${CHROMIUM}: the browser suite is SKIPPED (CI=true makes this a failure; IMG_CHROMIUM names another) ***\n`);
@@ -200,7 +191,10 @@ describe.runIf(haveChromium)('the SDK in headless Chromium', () => {
         // qemu sizes a VHD as its footer says (or by CHS for some creators): at least the guest, zeros after it.
         expect(bytes.length, r.name).toBeGreaterThanOrEqual(r.size);
         expect(createHash('sha256').update(bytes.subarray(0, r.size)).digest('hex'), r.name).toBe(r.sha256);
-        expect(bytes.subarray(r.size).every((b) => b === 0), r.name).toBe(true);
+        expect(
+          bytes.subarray(r.size).every((b) => b === 0),
+          r.name,
+        ).toBe(true);
       }
     } finally {
       dir.cleanup();

@@ -24,7 +24,7 @@ run('examples/browser in headless Chromium', () => {
     await browser?.close();
   });
 
-  it('shows a qcow2 image\'s info and its allocation map', async () => {
+  it("shows a qcow2 image's info and its allocation map", async () => {
     const bundle = await bundleForBrowser(readFileSync(join(example, 'main.ts'), 'utf8'));
     expect(bundle.nodeImports).toEqual([]);
     const html = readFileSync(join(example, 'index.html'), 'utf8').replace('<script src="dist/main.js"></script>', '<script type="module" src="/main.js"></script>');

@@ -20,11 +20,11 @@ function runModule(file: string): string {
 }
 
 describe('@img/qcow2 under Node', () => {
-  it('has Node\'s codecs when vitest resolves it', () => {
+  it("has Node's codecs when vitest resolves it", () => {
     expect(qcow2Codecs().name).toBe('node');
   });
 
-  it('has Node\'s codecs when Node resolves it, and in a bundle built for Node', async () => {
+  it("has Node's codecs when Node resolves it, and in a bundle built for Node", async () => {
     const dir = mkdtempSync(join(toolDir, '.node-entry-'));
     try {
       const plain = join(dir, 'plain.mjs');

@@ -10,7 +10,10 @@ import { expectOneLine, userShell } from './user.js';
 
 const user = userShell('img-e2e-locks-');
 afterAll(() => user.cleanup());
-const sha = (name: string) => createHash('sha256').update(readFileSync(user.path(name))).digest('hex');
+const sha = (name: string) =>
+  createHash('sha256')
+    .update(readFileSync(user.path(name)))
+    .digest('hex');
 
 async function holding<T>(readOnly: boolean, body: (h: QemuIoHolder) => T): Promise<T> {
   const holder = await holdWithQemuIo(user.path('vm.qcow2'), { format: 'qcow2', readOnly });

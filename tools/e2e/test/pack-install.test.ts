@@ -80,7 +80,9 @@ describe('pnpm pack + npm install --ignore-scripts', () => {
   it('ships the prebuilt helpers in @img/block and loads the one for this machine, with no install script run', () => {
     const block = join(project, 'node_modules', '@img', 'block');
     expect(existsSync(join(block, 'build')), 'no install script ran, so no from-source build').toBe(false);
-    const shipped = readdirSync(join(block, 'prebuilds'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.node')).sort();
+    const shipped = readdirSync(join(block, 'prebuilds'), { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('.node'))
+      .sort();
     if (process.env.CI) {
       // .ci/run installs the cross compiler and musl-tools: every target is in the tarball.
       expect(shipped).toEqual(['linux-arm64/img_seek.napi.glibc.node', 'linux-x64/img_seek.napi.glibc.node', 'linux-x64/img_seek.napi.musl.node']);

@@ -38,18 +38,18 @@ describeQemu('pipes and full outputs', () => {
     expect(qemuImg(['compare', user.path('ok.qcow2'), user.path('other.qcow2')], { allowFail: true }).status).toBe(1);
   });
 
-  it('img check | true keeps check\'s verdict (2: corrupt)', () => {
+  it("img check | true keeps check's verdict (2: corrupt)", () => {
     const r = user.sh('img check bad.qcow2 | true; echo "status=${PIPESTATUS[0]}"');
     expect(r.stdout).toContain('status=2');
     expectOneLine(r.stderr);
   });
 
-  it('img check --output=json | head -c 1 keeps check\'s verdict', () => {
+  it("img check --output=json | head -c 1 keeps check's verdict", () => {
     const r = user.sh('img check --output=json bad.qcow2 | head -c 1 >/dev/null; echo "status=${PIPESTATUS[0]}"');
     expect(r.stdout).toContain('status=2');
   });
 
-  it('img compare | true keeps compare\'s verdict (1: different)', () => {
+  it("img compare | true keeps compare's verdict (1: different)", () => {
     const r = user.sh('img compare ok.qcow2 other.qcow2 | true; echo "status=${PIPESTATUS[0]}"');
     expect(r.stdout).toContain('status=1');
     expectOneLine(r.stderr);

@@ -10,9 +10,7 @@ import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, repoRoot } from '@img/te
 import { userShell } from './user.js';
 
 const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
-const blocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)]
-  .map((m) => m[1]!)
-  .filter((b) => /^(?:cat .*\| )?pnpm -s img/m.test(b));
+const blocks = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!).filter((b) => /^(?:cat .*\| )?pnpm -s img/m.test(b));
 const PNPM = 'pnpm() { [ "$1" = -s ] && shift; local cmd=$1; shift; case $cmd in img|img-convert) "$cmd" "$@";; *) echo "not a README command: $cmd" >&2; return 127;; esac; }';
 
 function prepare(at: (name: string) => string): void {

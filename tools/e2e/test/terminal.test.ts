@@ -57,5 +57,4 @@ describe('a disk that fills up', () => {
       expect(readdirSync(mnt)).toEqual([]);
     }
   });
-
 });

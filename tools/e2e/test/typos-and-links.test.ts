@@ -9,7 +9,10 @@ import { expectOneLine, userShell } from './user.js';
 
 const user = userShell('img-e2e-typos-');
 afterAll(() => user.cleanup());
-const sha = (name: string) => createHash('sha256').update(readFileSync(user.path(name))).digest('hex');
+const sha = (name: string) =>
+  createHash('sha256')
+    .update(readFileSync(user.path(name)))
+    .digest('hex');
 
 describeQemu('typos and links', () => {
   let before: string;

@@ -49,7 +49,10 @@ export function userShell(prefix: string): UserShell {
 
 /** What every failure a user sees must be: one line per message, no stack, no source. */
 export function expectOneLine(stderr: string): string[] {
-  const lines = stderr.trim().split('\n').filter((l) => l.trim() !== '');
+  const lines = stderr
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '');
   const bad = lines.filter((l) => /^\s+at |node:internal|\{$|=>|function\s*\(/.test(l) || l.length > 400);
   if (bad.length) throw new Error(`stack or source on stderr:\n${stderr.slice(0, 2000)}`);
   return lines;

@@ -68,12 +68,14 @@ function merge(list: NormExtent[]): NormExtent[] {
 /** qemu map entries as normalised extents. */
 export function normalizeQemuMap(map: readonly QemuMapEntry[]): NormExtent[] {
   return merge(
-    map.filter((m) => m.length > 0).map((m) => ({
-      offset: m.start,
-      length: m.length,
-      kind: m.data ? 'data' : m.present ? 'zero' : 'hole',
-      depth: m.depth,
-    })),
+    map
+      .filter((m) => m.length > 0)
+      .map((m) => ({
+        offset: m.start,
+        length: m.length,
+        kind: m.data ? 'data' : m.present ? 'zero' : 'hole',
+        depth: m.depth,
+      })),
   );
 }
 

@@ -3,7 +3,7 @@
 /** Cuts `bytes` into chunks of pseudo-random sizes (1 byte to 300 KiB), as a network would. */
 export async function* chunked(bytes: Uint8Array, seed = 1): AsyncGenerator<Uint8Array> {
   let x = seed;
-  for (let pos = 0; pos < bytes.length; ) {
+  for (let pos = 0; pos < bytes.length;) {
     x = (x * 1103515245 + 12345) >>> 0;
     const n = Math.min(bytes.length - pos, x % 7 === 0 ? 1 + (x % 700) : 1 + (x % 300_000));
     yield bytes.slice(pos, pos + n);

@@ -36,7 +36,12 @@ export function entryOffsetAt(q: Qcow2Bytes, at: number): number {
 /** Creates a qcow2 image with qemu-img and writes `writes` ([guest offset, length, pattern]) with qemu-io. */
 export function qemuQcow2(path: string, size: string, options: string, writes: Array<[number, number, number]> = []): Qcow2Bytes {
   qemuImg(['create', '-q', '-f', 'qcow2', '-o', options, path, size]);
-  if (writes.length) qemuIo(path, 'qcow2', writes.map(([o, l, p]) => `write -P ${p} ${o} ${l}`));
+  if (writes.length)
+    qemuIo(
+      path,
+      'qcow2',
+      writes.map(([o, l, p]) => `write -P ${p} ${o} ${l}`),
+    );
   return readQcow2Bytes(path);
 }
 
@@ -57,17 +62,7 @@ export function writeCheckBomb(path: string, size = '8T'): void {
 
 /** The corruptions the qcow2 writable-open gate refuses and `check -r all` must repair (issue 13). */
 export type Qcow2Corruption =
-  | 'shared-data-cluster'
-  | 'shared-data-with-snapshot'
-  | 'shared-l2-table'
-  | 'compressed-span'
-  | 'snapshot-l1-is-active'
-  | 'header-refcount-0'
-  | 'missing-refcount-block'
-  | 'refcount-table-as-block'
-  | 'data-refcount-0'
-  | 'data-on-refcount-block'
-  | 'l2-on-refcount-table';
+  'shared-data-cluster' | 'shared-data-with-snapshot' | 'shared-l2-table' | 'compressed-span' | 'snapshot-l1-is-active' | 'header-refcount-0' | 'missing-refcount-block' | 'refcount-table-as-block' | 'data-refcount-0' | 'data-on-refcount-block' | 'l2-on-refcount-table';
 
 /** Every {@link Qcow2Corruption}, in a fixed order. */
 export const QCOW2_CORRUPTIONS: readonly Qcow2Corruption[] = [
@@ -122,7 +117,10 @@ export function writeCorruptQcow2(path: string, kind: Qcow2Corruption, version: 
   let q: Qcow2Bytes;
   switch (kind) {
     case 'shared-data-cluster': {
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       const l2 = l2Of(q, 0);
       q.view.setBigUint64(l2 + 8, entryAt(q, l2));
       break;
@@ -137,7 +135,11 @@ export function writeCorruptQcow2(path: string, kind: Qcow2Corruption, version: 
       break;
     }
     case 'shared-l2-table':
-      q = qemuQcow2(path, '1G', o, [[0, 65536, 0x11], [65536, 65536, 0x12], [2 ** 29, 65536, 0x22]]);
+      q = qemuQcow2(path, '1G', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x12],
+        [2 ** 29, 65536, 0x22],
+      ]);
       q.view.setBigUint64(q.l1Offset + 8, entryAt(q, q.l1Offset));
       break;
     case 'compressed-span': {
@@ -155,33 +157,51 @@ export function writeCorruptQcow2(path: string, kind: Qcow2Corruption, version: 
       q.view.setBigUint64(Number(q.view.getBigUint64(64)), BigInt(q.l1Offset));
       break;
     case 'header-refcount-0':
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       q.view.setUint16(firstRefcountBlock(q), 0);
       break;
     case 'missing-refcount-block':
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       q.view.setBigUint64(Number(q.view.getBigUint64(48)), 0n);
       break;
     case 'refcount-table-as-block': {
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       const table = Number(q.view.getBigUint64(48));
       q.view.setBigUint64(table, BigInt(table));
       break;
     }
     case 'data-refcount-0': {
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       const data = entryOffsetAt(q, l2Of(q, 0));
       q.view.setUint16(firstRefcountBlock(q) + 2 * (data / q.clusterSize), 0);
       break;
     }
     case 'data-on-refcount-block': {
-      q = qemuQcow2(path, '1M', o, [[0, 65536, 0x11], [65536, 65536, 0x22]]);
+      q = qemuQcow2(path, '1M', o, [
+        [0, 65536, 0x11],
+        [65536, 65536, 0x22],
+      ]);
       const l2 = l2Of(q, 0);
       q.view.setBigUint64(l2 + 8, (entryAt(q, l2 + 8) & ~OFFSET_MASK) | BigInt(firstRefcountBlock(q)));
       break;
     }
     case 'l2-on-refcount-table':
-      q = qemuQcow2(path, '1G', o, [[0, 65536, 0x11], [2 ** 29, 65536, 0x22]]);
+      q = qemuQcow2(path, '1G', o, [
+        [0, 65536, 0x11],
+        [2 ** 29, 65536, 0x22],
+      ]);
       q.view.setBigUint64(q.l1Offset + 8, (entryAt(q, q.l1Offset + 8) & ~OFFSET_MASK) | q.view.getBigUint64(48));
       break;
   }

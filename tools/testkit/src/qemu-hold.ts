@@ -52,7 +52,11 @@ export function lockedBytesOf(pid: number, file: string): number[] {
   }
   for (const fd of fds) {
     try {
-      lines.push(...readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').filter((l) => l.startsWith('lock:')));
+      lines.push(
+        ...readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')
+          .split('\n')
+          .filter((l) => l.startsWith('lock:')),
+      );
     } catch {
       // closed meanwhile
     }

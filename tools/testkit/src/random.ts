@@ -15,4 +15,3 @@ export function seededBytes(length: number, seed: number): Uint8Array {
   }
   return out;
 }
-

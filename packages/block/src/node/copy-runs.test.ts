@@ -37,7 +37,7 @@ function patterned(size: number, seed: number): Uint8Array {
 function expectedWrites(src: Uint8Array, s: number, d: number, n: number, chunk: number, minZeroRun: number, granule = 512): { written: number; image: Map<number, Uint8Array> } {
   const image = new Map<number, Uint8Array>();
   let written = 0;
-  for (let pos = 0; pos < n; ) {
+  for (let pos = 0; pos < n;) {
     const next = Math.min(n, Math.floor((d + pos) / chunk + 1) * chunk - d);
     const bytes = new Uint8Array(next - pos);
     bytes.set(src.subarray(Math.min(src.length, s + pos), Math.min(src.length, s + next)));
@@ -103,7 +103,8 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       [128 * KiB - 1024, 128 * KiB + 1024],
       [200 * KiB, 200 * KiB + 1536],
       [300 * KiB + 100, 340 * KiB + 100],
-    ]) data.fill(0, a, b);
+    ])
+      data.fill(0, a, b);
     const src = await FileStorage.open(file(data), { lock: false });
     const chunk = 64 * KiB;
     // Two batches that split the data in the middle of a zero stretch.

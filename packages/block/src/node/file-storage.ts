@@ -7,18 +7,7 @@
  * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
 import { constants as osConstants } from 'node:os';
-import {
-  constants as fsConstants,
-  type Stats,
-  fstatSync,
-  ftruncateSync,
-  read as fsRead,
-  readSync,
-  statfsSync,
-  write as fsWrite,
-  writeSync,
-  writev as fsWritev,
-} from 'node:fs';
+import { constants as fsConstants, type Stats, fstatSync, ftruncateSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ERROR_CODES, ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError } from '../errors.js';
 import type { RunCopyOptions, RunCopyResult, RunReadResult, Storage, StorageRange } from '../storage.js';
@@ -468,7 +457,8 @@ export class FileStorage implements Storage {
     if (this.#nowait && target.length <= NOWAIT_MAX && target.length > 0) {
       const n = this.#nowait(false, this.#fh.fd, target, position);
       if (n === target.length) return n;
-      if (n === -2) this.#nowait = undefined; // not supported here: stop asking
+      if (n === -2)
+        this.#nowait = undefined; // not supported here: stop asking
       else if (n > 0) done = n; // partly cached, or the end of the file: the pool does the rest
     }
     try {

@@ -63,7 +63,7 @@ describeWith('qemu-io', 'image locks against qemu-io', () => {
     expect(lockedBytes(image)).toEqual(QEMU_RW_LOCK_BYTES);
     const peek = await FileStorage.open(image, { forceShare: true });
     expect(peek.lock).toBe('none');
-    expect((await peek.read(0, 4))).toEqual(new Uint8Array([0x51, 0x46, 0x49, 0xfb]));
+    expect(await peek.read(0, 4)).toEqual(new Uint8Array([0x51, 0x46, 0x49, 0xfb]));
     await peek.close();
     const creating = await openError(FileStorage.create(image));
     expect(creating.code).toBe('ERR_IMG_LOCKED');
@@ -230,7 +230,7 @@ catch (e) { process.stdout.write(String(e.code) + ' ' + e.message); }`;
     }
   });
 
-  it.skipIf(!linux)('(f) opens in one process see each other through the module\'s table', () => {
+  it.skipIf(!linux)("(f) opens in one process see each other through the module's table", () => {
     const image = join(tmp.path, 'f2.raw');
     writeFileSync(image, new Uint8Array(4096));
     const script = `import { FileStorage } from ${JSON.stringify(dist)};

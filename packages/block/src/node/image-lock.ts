@@ -167,7 +167,10 @@ export async function lockImage(fh: FileHandle, path: string, write: boolean, ag
   }
   if (process.platform !== 'linux') return { state: 'none' };
   // No helper: img cannot lock, but it can still see who does.
-  const held = await heldBytes({ dev: st.dev, ino: st.ino }, conflicts.map((c) => c.byte));
+  const held = await heldBytes(
+    { dev: st.dev, ino: st.ino },
+    conflicts.map((c) => c.byte),
+  );
   if (!held) return { state: 'none' };
   for (const other of ownOpens.get(key)?.values() ?? []) for (const byte of lockBytes(lockPlan(other.write))) held.add(byte);
   for (const c of conflicts) {

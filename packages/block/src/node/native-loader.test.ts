@@ -33,18 +33,19 @@ describe('native helper loader', () => {
     };
     expect(targets.readBindingGyp().name).toBe(NATIVE_ADDON_NAME);
     expect(targets.readBindingGyp().sources.every((s) => /^native\/[\w-]+\.c$/.test(s))).toBe(true);
-    for (const [p, a, l] of [['linux', 'x64', 'glibc'], ['linux', 'arm64', 'glibc'], ['linux', 'x64', 'musl'], ['darwin', 'arm64', undefined]] as const) {
+    for (const [p, a, l] of [
+      ['linux', 'x64', 'glibc'],
+      ['linux', 'arm64', 'glibc'],
+      ['linux', 'x64', 'musl'],
+      ['darwin', 'arm64', undefined],
+    ] as const) {
       expect(prebuildPath(p, a, l)).toBe(targets.prebuildPath(NATIVE_ADDON_NAME, p, a, l));
     }
     expect(prebuildPath('linux', 'x64', 'musl')).toBe('prebuilds/linux-x64/img_seek.napi.musl.node');
   });
 
   it('looks at the libc-tagged prebuild, the untagged one, then the local build', () => {
-    expect(nativeCandidates('linux', 'arm64', 'musl').map((c) => `${c.source}:${c.path}`)).toEqual([
-      'prebuild:prebuilds/linux-arm64/img_seek.napi.musl.node',
-      'prebuild:prebuilds/linux-arm64/img_seek.napi.node',
-      'build:build/Release/img_seek.node',
-    ]);
+    expect(nativeCandidates('linux', 'arm64', 'musl').map((c) => `${c.source}:${c.path}`)).toEqual(['prebuild:prebuilds/linux-arm64/img_seek.napi.musl.node', 'prebuild:prebuilds/linux-arm64/img_seek.napi.node', 'build:build/Release/img_seek.node']);
     expect(nativeCandidates('win32', 'x64', undefined).map((c) => c.path)).toEqual(['prebuilds/win32-x64/img_seek.napi.node', 'build/Release/img_seek.node']);
   });
 

@@ -6,7 +6,10 @@ export class UsageError extends Error {}
 
 /** An error with an exit status of its own (compare and check use 1, 2, 3). */
 export class ExitCode extends Error {
-  constructor(readonly status: number, message = '') {
+  constructor(
+    readonly status: number,
+    message = '',
+  ) {
     super(message);
   }
 }

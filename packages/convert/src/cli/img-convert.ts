@@ -85,9 +85,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     }
     const qemuForm = positionals.length === 2;
     if (!values.help && !qemuForm && positionals.length !== 4) {
-      throw new UsageError(
-        `expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`,
-      );
+      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
     }
     if (!qemuForm && (values.f !== undefined || values.O !== undefined)) {
       throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
@@ -181,10 +179,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     }
     if (quiet) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
-    io.stderr(
-      `${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` +
-        `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`,
-    );
+    io.stderr(`${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` + `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`);
     return 0;
   });
 }

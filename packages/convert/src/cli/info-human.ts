@@ -22,12 +22,7 @@ export interface InfoLayer {
 
 /** The human `info` text of one image. */
 export function humanInfo({ data, actual, path }: InfoLayer): string {
-  const lines = [
-    `image: ${path}`,
-    `file format: ${qemuFormatName(data.format)}`,
-    `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`,
-    `disk size: ${actual === undefined ? 'unavailable' : formatSize(actual)}`,
-  ];
+  const lines = [`image: ${path}`, `file format: ${qemuFormatName(data.format)}`, `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`, `disk size: ${actual === undefined ? 'unavailable' : formatSize(actual)}`];
   if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
   if (data.dirty) lines.push('cleanly shut down: no');
   if (data.backingFile !== undefined) {
@@ -105,9 +100,7 @@ function scalar(value: unknown): string {
 /** qemu's dump of a QAPI value: `key: value`, composites on their own lines one level (4 spaces) deeper, list items as `[i]:`. */
 function dumpValue(value: object, level: number, out: string[]): void {
   const pad = ' '.repeat(level * 4);
-  const entries: Array<[string, unknown]> = Array.isArray(value)
-    ? value.map((v, i) => [`[${i}]`, v])
-    : qdictOrder(Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined)).map((k) => [k.replace(/-/g, ' '), (value as Record<string, unknown>)[k]]);
+  const entries: Array<[string, unknown]> = Array.isArray(value) ? value.map((v, i) => [`[${i}]`, v]) : qdictOrder(Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined)).map((k) => [k.replace(/-/g, ' '), (value as Record<string, unknown>)[k]]);
   for (const [label, v] of entries) {
     if (isComposite(v)) {
       out.push(`${pad}${label}:`);

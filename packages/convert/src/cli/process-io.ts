@@ -89,11 +89,7 @@ export function guardProcess(options: GuardOptions): void {
  */
 export function imageOutputFailed(prog: string): (e: NodeJS.ErrnoException) => void {
   return (e) => {
-    processIo.stderr(
-      e.code === 'EPIPE'
-        ? `${prog}: ERR_IMG_IO: the output pipe was closed before the image was complete\n`
-        : `${prog}: error writing to stdout: ${describeErrno(e)}\n`,
-    );
+    processIo.stderr(e.code === 'EPIPE' ? `${prog}: ERR_IMG_IO: the output pipe was closed before the image was complete\n` : `${prog}: error writing to stdout: ${describeErrno(e)}\n`);
     process.exit(1);
   };
 }

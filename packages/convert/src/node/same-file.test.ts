@@ -16,7 +16,9 @@ afterAll(() => tmp.cleanup());
 const at = (name: string) => join(tmp.path, name);
 
 function digest(name: string): string {
-  return createHash('sha256').update(readFileSync(at(name))).digest('hex');
+  return createHash('sha256')
+    .update(readFileSync(at(name)))
+    .digest('hex');
 }
 
 function snapshotFiles(names: string[]): Record<string, { sha: string; mtime: number }> {

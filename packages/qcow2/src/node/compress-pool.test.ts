@@ -22,7 +22,7 @@ function text(length: number, seed: number): Uint8Array {
   const words = ['qcow2', 'cluster', 'refcount', 'table', 'the', 'of', 'guest', 'host', 'snapshot', String(seed)];
   const out = new Uint8Array(length);
   let x = seed;
-  for (let at = 0; at < length; ) {
+  for (let at = 0; at < length;) {
     x = (x * 1103515245 + 12345) >>> 0;
     const w = new TextEncoder().encode(`${words[x % words.length]}${x % 7 === 0 ? '.\n' : ' '}`);
     out.set(w.subarray(0, length - at), at);
@@ -115,7 +115,7 @@ describe('compression worker pool', () => {
     expect(await compressInPool(COMPRESSION_ZLIB, text((POOL_MIN_CLUSTERS - 1) * 4096, 1), 4096)).toBeUndefined();
   });
 
-  it('never keeps a process alive (workers are unref\'d when idle)', () => {
+  it("never keeps a process alive (workers are unref'd when idle)", () => {
     const dist = fileURLToPath(new URL('../../dist/node/root.js', import.meta.url));
     if (!existsSync(dist)) return; // the package is built before its tests in the workspace pipeline
     const script = `

@@ -51,7 +51,14 @@ export function zstdModulePaths(): { native: string[]; wasm: string } {
   const wasm = find('@bokuweb/zstd-wasm');
   const main = process.env.IMG_ZSTD === 'wasm' ? '' : find(NATIVE_ZSTD);
   // pnpm links the platform packages next to the addon, not next to us: resolve them from there.
-  const native = main ? [...nativeZstdPlatforms().map((name) => find(name, [main])).filter(Boolean), main] : [];
+  const native = main
+    ? [
+        ...nativeZstdPlatforms()
+          .map((name) => find(name, [main]))
+          .filter(Boolean),
+        main,
+      ]
+    : [];
   return { native, wasm };
 }
 

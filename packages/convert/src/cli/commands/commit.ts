@@ -12,7 +12,7 @@ export const commit: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img commit [-q] [-f fmt] [-d] [-p] <file>\n\nWrites the image\'s data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n');
+    io.stdout("Usage: img commit [-q] [-f fmt] [-d] [-p] <file>\n\nWrites the image's data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n");
     return 0;
   }
   const path = onePath(positionals);

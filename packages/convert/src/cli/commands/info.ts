@@ -38,7 +38,6 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
   return out;
 }
 
-
 async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
   // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).

@@ -52,7 +52,6 @@ export async function openForCommand(path: string, values: { f?: string; untrust
   return disk;
 }
 
-
 /**
  * A name stored in an image, read from where the image is (qemu's
  * path_combine): absolute names as they are, relative ones after the

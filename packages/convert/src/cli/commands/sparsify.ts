@@ -30,9 +30,7 @@ export const sparsify: Handler = async (argv, io) => {
   const { storage } = await openInPlace(path, values, 'sparsify');
   let result;
   try {
-    result = await interruptible('sparsify', (signal) =>
-      sparsifyVhd(storage, { minZeroRun, resolver: fileResolver, signal, ...(values.p ? { onProgress: bytesProgress(io) } : {}) }),
-    );
+    result = await interruptible('sparsify', (signal) => sparsifyVhd(storage, { minZeroRun, resolver: fileResolver, signal, ...(values.p ? { onProgress: bytesProgress(io) } : {}) }));
   } finally {
     await storage.close();
   }
