@@ -120,3 +120,29 @@ export async function summarizeExtents(extents: Extents): Promise<Record<'data' 
 export function diskExtents(disk: Disk, options?: ExtentOptions): Promise<Extent[]> {
   return collectExtents(disk.extents(options));
 }
+
+/**
+ * The extents of [from, to) an image does not hold itself, for a format
+ * whose unallocated ranges fall through to a parent (a backing file): the
+ * parent's extents one layer down (`depth` + 1), a hole past the parent's
+ * end; or a hole at depth 0 when there is no parent or only the top layer
+ * is asked for (`topOnly`).
+ *
+ * @example
+ * ```ts
+ * yield* parentExtents(this.parent, gapStart, gapEnd, options);
+ * ```
+ */
+export async function* parentExtents(parent: Disk | undefined, from: number, to: number, options: ExtentOptions = {}): AsyncGenerator<Extent> {
+  if (options.topOnly || !parent) {
+    yield { offset: from, length: to - from, kind: 'hole', depth: 0 };
+    return;
+  }
+  const stop = Math.min(to, parent.size);
+  if (from < stop) {
+    for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
+      yield { ...e, depth: (e.depth ?? 0) + 1 };
+    }
+  }
+  if (stop < to) yield { offset: Math.max(from, stop), length: to - Math.max(from, stop), kind: 'hole', depth: 1 };
+}

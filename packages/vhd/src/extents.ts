@@ -4,7 +4,7 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, mergeExtents, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -90,16 +90,5 @@ async function* extentsBelow(s: VhdState, from: number, to: number, options: Ext
     yield { offset: from, length: to - from, kind: 'zero', depth: 0 };
     return;
   }
-  const parent = s.parent;
-  if (options.topOnly || !parent) {
-    yield { offset: from, length: to - from, kind: 'hole', depth: 0 };
-    return;
-  }
-  const stop = Math.min(to, parent.size);
-  if (from < stop) {
-    for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
-      yield { ...e, depth: (e.depth ?? 0) + 1 };
-    }
-  }
-  if (stop < to) yield { offset: Math.max(from, stop), length: to - Math.max(from, stop), kind: 'hole', depth: 1 };
+  yield* parentExtents(s.parent, from, to, options);
 }

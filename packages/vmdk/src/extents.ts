@@ -4,7 +4,7 @@
  * data; zeroed: zero; unallocated: the parent's extents one layer down,
  * or a hole), and an unallocated grain table skips its whole span at once.
  */
-import type { Extent, ExtentOptions } from '@img/block';
+import { parentExtents, type Extent, type ExtentOptions } from '@img/block';
 import { extentFileName, type SparseExtent, type VmdkImage } from './image.js';
 import { GTE_UNALLOCATED } from './grain-table.js';
 
@@ -68,16 +68,5 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
 
 /** Extents of [from, to) not stored in this image: the parent's one layer down, or a hole. */
 async function* extentsBelow(core: VmdkImage, from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
-  const parent = core.parent;
-  if (options.topOnly || !parent) {
-    yield { offset: from, length: to - from, kind: 'hole', depth: 0 };
-    return;
-  }
-  const stop = Math.min(to, parent.size);
-  if (from < stop) {
-    for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
-      yield { ...e, depth: (e.depth ?? 0) + 1 };
-    }
-  }
-  if (stop < to) yield { offset: Math.max(from, stop), length: to - Math.max(from, stop), kind: 'hole', depth: 1 };
+  yield* parentExtents(core.parent, from, to, options);
 }
