@@ -26,7 +26,8 @@ Commands:
                                                              (or <src-format> <dst-format> <input> <output>, as img-convert)
   dd       [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=<input> of=<output>
                                                              copy a range of an image into a new one, as qemu-img dd
-  serve    [-f fmt] [-w] [-k socket | -p port] [-x name] <file>  export an image over NBD (as qemu-nbd -t)
+  serve    [-f fmt] [-w] [-k socket | -p port] [-x name] <file>
+                                                             export an image over NBD (as qemu-nbd -t)
   doctor                                                     show the version and which native features are active
                                                              (the same as --version --verbose)
 
