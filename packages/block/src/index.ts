@@ -13,7 +13,6 @@ export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_S
 export { PLUMBING_CREATE_KEYS, checkOptionKeys, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
-export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
 export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type SignatureMatch } from './signatures.js';
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';
