@@ -5,7 +5,8 @@
 // return within the time bound.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FormatRegistry, ImageError, MemoryStorage, rawDriver, seededRandom } from '@img/block';
+import { FormatRegistry, ImageError, MemoryStorage, rawDriver } from '@img/block';
+import { seededRandom } from '@img/testkit';
 import { qcow2Driver } from '@img/qcow2';
 import { vhdDriver } from '@img/vhd';
 import { vmdkDriver } from '@img/vmdk';

@@ -1,19 +1,87 @@
-export * from './errors.js';
-export * from './bytes.js';
+export {
+  ERROR_CODES,
+  type ImageErrorCode,
+  type ImageErrorData,
+  type ImageErrorOptions,
+  ImageError,
+  hex,
+  where,
+  corrupt,
+  unsupported,
+  unsafe,
+  invalidArg,
+  readOnlyError,
+  closedError,
+  abortError,
+  throwIfAborted,
+  lockedError,
+  sameFileError,
+  wrongFormat,
+  notAnImageFile,
+  notFoundError,
+  ioError,
+  missingFileError,
+} from './errors.js';
+export {
+  readU8,
+  readU16Be,
+  readU16Le,
+  readU32Be,
+  readU32Le,
+  readI32Be,
+  type U64Context,
+  readU64Be,
+  readU64BeParts,
+  writeU8,
+  writeU16Be,
+  writeU16Le,
+  writeU32Be,
+  writeU32Le,
+  writeU64Be,
+  writeU64BeParts,
+  readAscii,
+  writeAscii,
+  bytesEqual,
+  concatBytes,
+  utf8Encode,
+  utf8Decode,
+} from './bytes.js';
 export type { Storage, StorageRange, RunCopyOptions, RunCopyResult, RunReadResult } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
 export { BlobStorage, BlobTarget, storageToBlob, type BlobLike, type BlobStorageOptions, type BlobTargetOptions, type StorageToBlobOptions } from './blob-storage.js';
-export * from './disk.js';
-export * from './disk-util.js';
+export {
+  type ExtentKind,
+  type Extent,
+  type ExtentOptions,
+  type WriteZeroesOptions,
+  type Disk,
+  type MeasureResult,
+  type MeasureInput,
+  type ResolveRequest,
+  type Resolver,
+  type OpenOptions,
+  type CreateOptions,
+  type DriverCreateOptions,
+  type FormatRegistryLike,
+  type ProbeResult,
+  PROBE_BYTES,
+  type FormatDriver,
+  type ImageStream,
+  type StreamSource,
+  type SnapshotInfo,
+  type ImageInfo,
+  type CheckResult,
+  type CheckOptions,
+} from './disk.js';
+export { checkDiskRange, alignUp, alignDown, KeyedLock, Mutex } from './disk-util.js';
 export { CallOrder, type CallOrderRunOptions } from './call-order.js';
-export * from './extents.js';
-export * from './zero.js';
+export { mergeExtents, clipExtents, collectExtents, validateExtentCover, assertExtentCover, chunkExtents, extentRange, summarizeExtents, diskExtents, parentExtents } from './extents.js';
+export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';
 export { FormatRegistry } from './registry.js';
 export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, RAW_CREATE_OPTIONS, type RawCreateOptions } from './raw.js';
 export { PLUMBING_CREATE_KEYS, checkOptionKeys, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
-export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
 export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type SignatureMatch } from './signatures.js';
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';

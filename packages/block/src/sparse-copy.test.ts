@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { sparseCopy } from './sparse-copy.js';
-import { ModelDisk, modelFromRuns } from './test-model.js';
+import { ModelDisk, modelFromRuns } from '@img/testkit';
 import type { Extent } from './disk.js';
 import { bytesEqual } from './bytes.js';
 

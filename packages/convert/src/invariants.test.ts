@@ -6,7 +6,7 @@ import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '@img/testkit';
 import { LIMITS } from '@img/block';
-import * as qcow2 from '@img/qcow2';
+import * as qcow2Layout from '@img/qcow2/layout';
 import * as vhd from '@img/vhd';
 
 const packagesDir = join(repoRoot, 'packages');
@@ -86,12 +86,12 @@ describe('package invariants', () => {
   }
 
   it('the formats apply the bounds documented in LIMITS', () => {
-    expect(qcow2.MAX_L1_TABLE_BYTES).toBe(LIMITS.qcow2MaxL1TableBytes);
-    expect(qcow2.MAX_REFCOUNT_TABLE_BYTES).toBe(LIMITS.qcow2MaxRefcountTableBytes);
-    expect(qcow2.MAX_SNAPSHOTS).toBe(LIMITS.qcow2MaxSnapshots);
-    expect(qcow2.MAX_SNAPSHOT_EXTRA_DATA).toBe(LIMITS.qcow2MaxSnapshotExtraData);
-    expect(qcow2.MIN_CLUSTER_BITS).toBe(LIMITS.qcow2MinClusterBits);
-    expect(qcow2.MAX_CLUSTER_BITS).toBe(LIMITS.qcow2MaxClusterBits);
+    expect(qcow2Layout.MAX_L1_TABLE_BYTES).toBe(LIMITS.qcow2MaxL1TableBytes);
+    expect(qcow2Layout.MAX_REFCOUNT_TABLE_BYTES).toBe(LIMITS.qcow2MaxRefcountTableBytes);
+    expect(qcow2Layout.MAX_SNAPSHOTS).toBe(LIMITS.qcow2MaxSnapshots);
+    expect(qcow2Layout.MAX_SNAPSHOT_EXTRA_DATA).toBe(LIMITS.qcow2MaxSnapshotExtraData);
+    expect(qcow2Layout.MIN_CLUSTER_BITS).toBe(LIMITS.qcow2MinClusterBits);
+    expect(qcow2Layout.MAX_CLUSTER_BITS).toBe(LIMITS.qcow2MaxClusterBits);
     expect(vhd.DEFAULT_MAX_CHAIN_DEPTH).toBe(LIMITS.maxChainDepth);
     expect(vhd.VHD_MAX_SIZE).toBe(LIMITS.vhdMaxSize);
   });

@@ -10,10 +10,10 @@
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryStorage, bytesEqual, seededRandom } from '@img/block';
+import { MemoryStorage, bytesEqual } from '@img/block';
 import type { Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, seededBytes, tempDir, seededRandom } from '@img/testkit';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';

@@ -20,8 +20,8 @@
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FaultStorage, ImageError, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
-import { crashWindow, hasQemuImg, seededBytes, tempDir } from '@img/testkit';
+import { ImageError, MemoryStorage, type Resolver } from '@img/block';
+import { crashWindow, hasQemuImg, seededBytes, tempDir, FaultStorage, seededRandom, type CrashMode } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createQcow2, type Qcow2CreateOptions } from './create.js';
 import { openQcow2 } from './open.js';

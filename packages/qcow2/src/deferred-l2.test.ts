@@ -6,8 +6,8 @@
  * must be reported by the next flush.
  */
 import { describe, expect, it } from 'vitest';
-import { MemoryStorage, bytesEqual, seededRandom } from '@img/block';
-import { seededBytes } from '@img/testkit';
+import { MemoryStorage, bytesEqual } from '@img/block';
+import { seededBytes, seededRandom } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';

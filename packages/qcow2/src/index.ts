@@ -1,3 +1,5 @@
+// The public API of @img/qcow2 (Node's codecs and pool: @img/qcow2/node; the spec's
+// structures and constants: @img/qcow2/layout).
 export { openQcow2, type Qcow2OpenOptions } from './open.js';
 export { Qcow2Disk } from './image.js';
 export { qcow2Driver, defaultBackingFormats } from './driver.js';
@@ -8,12 +10,12 @@ export { measureQcow2 } from './measure.js';
 export { streamQcow2, createQcow2Stream, qcow2StreamOptionsFrom, type Qcow2StreamOptions } from './stream.js';
 export { readQcow2Stream, MAX_PENDING_RUNS } from './read-stream.js';
 export { type SnapshotCreateOptions } from './snapshot-ops.js';
-export { parseHeader, serializeHeader, hasQcow2Magic, type Qcow2Header } from './header.js';
-export { parseExtensions, serializeExtensions, type HeaderExtension, type FeatureName } from './extensions.js';
+// The types of Qcow2Disk's header and extensions getters (their codecs: @img/qcow2/layout).
+export { hasQcow2Magic, type Qcow2Header } from './header.js';
+export { type HeaderExtension, type FeatureName } from './extensions.js';
 export { type Qcow2Snapshot } from './snapshot.js';
 export { type Qcow2BitmapInfo, type Qcow2DirtyBitmap, type DirtyRun, readQcow2DirtyBitmap } from './bitmaps.js';
 export { DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 export { qcow2Codecs, setQcow2Codecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';
 export { type Qcow2Codecs, type ZstdEncoderKind, type CompressedClusters } from './codecs.js';
-export * from './constants.js';

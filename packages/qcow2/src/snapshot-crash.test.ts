@@ -29,8 +29,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FaultStorage, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
-import { hasQemuImg, inCI, killedBytes, seededBytes, tempDir } from '@img/testkit';
+import { MemoryStorage, type Resolver } from '@img/block';
+import { hasQemuImg, inCI, killedBytes, seededBytes, tempDir, FaultStorage, seededRandom, type CrashMode } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 

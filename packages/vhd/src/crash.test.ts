@@ -19,8 +19,8 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FaultStorage, ImageError, MemoryStorage, seededRandom, type CrashMode, type Storage } from '@img/block';
-import { crashWindow, hasQemuImg, hasVhdimount, qemuCompare, seededBytes, tempDir } from '@img/testkit';
+import { ImageError, MemoryStorage, type Storage } from '@img/block';
+import { crashWindow, hasQemuImg, hasVhdimount, qemuCompare, seededBytes, tempDir, FaultStorage, seededRandom, type CrashMode } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { coalesceVhd } from './coalesce.js';

@@ -18,8 +18,8 @@
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
-import { FaultStorage, ImageError, MemoryStorage, seededRandom, type CrashMode, type Resolver } from '@img/block';
-import { hasQemuImg, seededBytes, tempDir } from '@img/testkit';
+import { ImageError, MemoryStorage, type Resolver } from '@img/block';
+import { hasQemuImg, seededBytes, tempDir, FaultStorage, seededRandom, type CrashMode } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';

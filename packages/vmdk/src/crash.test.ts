@@ -10,8 +10,8 @@
  * of partial sectors, which a crash could leave half old and half new: they
  * are now read, patched and written whole.)
  */
-import { FaultStorage, MemoryStorage, seededRandom, type CrashMode } from '@img/block';
-import { crashWindow, seededBytes, type CrashModelState } from '@img/testkit';
+import { MemoryStorage } from '@img/block';
+import { crashWindow, seededBytes, type CrashModelState, FaultStorage, seededRandom, type CrashMode } from '@img/testkit';
 import { describe, expect, it } from 'vitest';
 import { checkVmdk } from './check.js';
 import { createVmdk } from './create.js';

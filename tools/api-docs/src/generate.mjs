@@ -21,6 +21,7 @@ export const ENTRY_POINTS = [
   'packages/block/src/index.ts',
   'packages/block/src/node/index.ts',
   'packages/qcow2/src/index.ts',
+  'packages/qcow2/src/layout.ts',
   'packages/vhd/src/index.ts',
   'packages/vhd/src/node.ts',
   'packages/convert/src/index.ts',

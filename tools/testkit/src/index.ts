@@ -10,3 +10,6 @@ export { loadVhdWriters, type VhdWriterImage, type VhdWriters } from './vhd-writ
 export { applyVhdOp, clampVhdOp, VHD_OP_KINDS, type VhdOp, type VhdOpTarget } from './vhd-ops.js';
 export { slowStorage, type SlowableStorage } from './vhd-slow-storage.js';
 export { readVmdkBytes, vmdkBytes, VMDK_HEADER, type VmdkBytes } from './vmdk-bytes.js';
+export { ByteStorage } from './byte-storage.js';
+export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
+export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';

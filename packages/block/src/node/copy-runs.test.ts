@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '@img/testkit';
-import { seededRandom } from '../fault-storage.js';
+import { seededRandom } from '@img/testkit';
 import { ImageError } from '../errors.js';
 import { MemoryStorage } from '../memory-storage.js';
 import { createRaw, openRaw } from '../raw.js';

@@ -10,13 +10,15 @@
  *   partly: a prefix of it, cut at a sector boundary.
  *
  * It is the crash-consistency harness's storage: run a workload on it,
- * then open `crashImage(n, mode)` for every n and check the image.
+ * then open `crashImage(n, mode)` for every n and check the image. It has
+ * the shape of @img/block's Storage (the testkit does not depend on block).
  */
-import { MemoryStorage } from './memory-storage.js';
-import type { Storage } from './storage.js';
+import { ByteStorage } from './byte-storage.js';
 
+/** One recorded operation. */
 export type FaultOp = { kind: 'write'; position: number; data: Uint8Array } | { kind: 'truncate'; size: number } | { kind: 'flush' };
 
+/** Which unflushed writes a crash keeps. */
 export type CrashMode = 'drop' | 'subset' | 'torn';
 
 /** A small deterministic PRNG (mulberry32) so crash images are reproducible from a seed. */
@@ -31,12 +33,13 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-export class FaultStorage implements Storage {
+/** A recording storage that can replay any prefix of its operations under a crash model. */
+export class FaultStorage {
   readonly name: string;
   readonly readOnly = false;
   /** Every mutating operation and flush, in order. */
   readonly ops: FaultOp[] = [];
-  readonly #live: MemoryStorage;
+  readonly #live: ByteStorage;
   readonly #initial: Uint8Array;
   /** When set, the storage fails every operation after this many ops (simulated power loss mid-run). */
   failAfter: number | undefined;
@@ -45,7 +48,7 @@ export class FaultStorage implements Storage {
   constructor(initial: Uint8Array = new Uint8Array(0), name = 'fault') {
     this.name = name;
     this.#initial = initial.slice();
-    this.#live = MemoryStorage.from(initial, { name });
+    this.#live = new ByteStorage(initial, name);
   }
 
   #record(op: FaultOp): void {
@@ -107,8 +110,8 @@ export class FaultStorage implements Storage {
    * The storage contents after a crash that happened once the first
    * `count` operations had been issued. `random` drives `subset` and `torn`.
    */
-  async crashImage(count: number, mode: CrashMode, random: () => number = Math.random): Promise<MemoryStorage> {
-    const image = MemoryStorage.from(this.#initial, { name: `${this.name}@${count}:${mode}` });
+  async crashImage(count: number, mode: CrashMode, random: () => number = Math.random): Promise<ByteStorage> {
+    const image = new ByteStorage(this.#initial, `${this.name}@${count}:${mode}`);
     const barrier = this.#lastFlush(count);
     const apply = async (op: FaultOp, data?: Uint8Array) => {
       if (op.kind === 'write') await image.write(op.position, data ?? op.data);
@@ -133,7 +136,7 @@ export class FaultStorage implements Storage {
   }
 
   /** The durable contents: what survives any crash right now (all flushed operations). */
-  async durableImage(): Promise<MemoryStorage> {
+  async durableImage(): Promise<ByteStorage> {
     return this.crashImage(this.#lastFlush(this.ops.length) + 1, 'drop');
   }
 }
