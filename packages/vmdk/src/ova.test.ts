@@ -9,6 +9,7 @@ import { afterAll, expect, it } from 'vitest';
 import { openOva } from './open-ova.js';
 import { readTar } from './ova.js';
 import { allocationUnits, parseOvf } from './ovf.js';
+import { newHasher } from './sha.js';
 
 const dir = tempDir('vmdk-ova-');
 afterAll(() => dir.cleanup());
@@ -146,4 +147,15 @@ it('parses OVF units and refuses entities it does not know', () => {
   expect(() => parseOvf('<Envelope><Name>&xxe;</Name></Envelope>', 'x')).toThrow(/not predefined/);
   expect(() => parseOvf('<Envelope><a></b></Envelope>', 'x')).toThrow(/not well-formed/);
   expect(() => parseOvf('<a>'.repeat(100) + '</a>'.repeat(100), 'x')).toThrow(/deeper/);
+});
+
+it('hashes SHA-256 and SHA-1 as node:crypto does, in pieces of any length', () => {
+  for (const len of [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, 100_000]) {
+    const data = seededBytes(len, len + 7);
+    for (const alg of ['sha256', 'sha1'] as const) {
+      const h = newHasher(alg);
+      for (let p = 0; p < len; p += 37) h.update(data.subarray(p, Math.min(len, p + 37)));
+      expect(h.hex()).toBe(createHash(alg).update(data).digest('hex'));
+    }
+  }
 });
