@@ -92,8 +92,10 @@ describe('create entry points', () => {
     await expectCode(() => createVhd(storage, { size: 1 << 20, subformat: 'fixed' } as never), 'ERR_IMG_INVALID_ARG', /did you mean type\?/);
     expect(storage.toBytes().length).toBe(0);
     // The drivers (what the registry and convert call) check the same way; plumbing keys pass.
+    // ova is read-only: its create() refuses every call.
     for (const driver of defaultRegistry()
       .names()
+      .filter((n) => n !== 'ova')
       .map((n) => defaultRegistry().require(n))) {
       await expectCode(() => driver.create(new MemoryStorage(), { size: 65536, clustr_size: '4k' }), 'ERR_IMG_INVALID_ARG', /clustr_size/);
       const disk = await driver.create(new MemoryStorage(), { size: 65536, resolver: fileResolver, formats: defaultRegistry(), noBacking: false });

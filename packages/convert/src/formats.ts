@@ -2,9 +2,10 @@ import { FormatRegistry, rawDriver, type FormatDriver } from '@img/block';
 import { qcow2Driver } from '@img/qcow2';
 import { vhdDriver } from '@img/vhd';
 import { vmdkDriver } from '@img/vmdk';
+import { ovaDriver } from './ova-driver.js';
 
-/** Every format this package knows: raw, qcow2, vhd (alias vpc) and vmdk. */
-export const builtinDrivers: FormatDriver[] = [rawDriver, qcow2Driver, vhdDriver, vmdkDriver];
+/** Every format this package knows: raw, qcow2, vhd (alias vpc), vmdk and ova (read only, its first disk). */
+export const builtinDrivers: FormatDriver[] = [rawDriver, qcow2Driver, vhdDriver, vmdkDriver, ovaDriver()];
 
 /** A registry with every built-in format. */
 export function defaultRegistry(): FormatRegistry {

@@ -1,5 +1,6 @@
 export { convertDisk, parseCreateOptions, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 export { builtinDrivers, defaultRegistry } from './formats.js';
+export { ovaDriver, probeOva, type OvaDriverOptions } from './ova-driver.js';
 export { checkDeclaredFormat, detectFormat, identifyStorage, probeStorage, probeBytes, CONFIDENT, type Identity } from './probe.js';
 export { OverlayDiff } from './overlay-diff.js';
 export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';

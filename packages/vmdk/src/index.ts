@@ -8,3 +8,9 @@ export { parseDescriptor, serializeDescriptor, type VmdkDescriptor, type Descrip
 export { parseSparseHeader, serializeSparseHeader, SPARSE_HEADER_SIZE, type SparseHeader } from './sparse-header.js';
 export { checkVmdk, type VmdkCheckResult, type VmdkProblem, type VmdkProblemCode } from './check.js';
 export { readVmdkStream } from './read-stream.js';
+export { openOva, readOva, type OvaOpenOptions } from './open-ova.js';
+export { OvaDisk, type OvaContents } from './ova-disk.js';
+export { readTar, confinePath, MAX_TAR_MEMBERS, type TarMember } from './ova.js';
+export { parseOvf, allocationUnits, MAX_OVF_BYTES, type OvfDescriptor, type OvfDisk, type OvfFile } from './ovf.js';
+export { parseManifest, verifyManifest, type ManifestEntry } from './ova-manifest.js';
+export { StorageWindow } from './storage-window.js';

@@ -33,6 +33,7 @@ Options:
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
   --untrusted         never open files named inside the input image
+  --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
   --keep-partial      keep the output after a failure
   --debug             print stack traces
   -h, --help          this help
@@ -68,6 +69,7 @@ export function convertOptions() {
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
     untrusted: { type: 'boolean' },
+    disk: { type: 'string' },
     'keep-partial': { type: 'boolean' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -95,6 +97,11 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
     const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
+    if (values.disk !== undefined) {
+      if (!/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
+      const { ovaDriver } = await import('../ova-driver.js');
+      registry.register(ovaDriver({ disk: Number(values.disk) }));
+    }
     if (values.help) {
       io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
       return 0;

@@ -1,0 +1,70 @@
+/**
+ * The "ova" FormatDriver: read-only. A disk of an OVA is opened where it
+ * lies in the tar (openOva from @img/vmdk); a member that is not a VMDK
+ * opens through the registry by its probed format (raw, qcow2, vhd).
+ */
+import { unsupported, type FormatDriver, type FormatRegistryLike } from '@img/block';
+import { detectFormat } from './probe.js';
+import { openOva } from '@img/vmdk';
+
+/** Options of an ova driver: which disk of the OVF it opens. */
+export interface OvaDriverOptions {
+  /** The disk of the OVF's DiskSection, counted from 0 (default 0). */
+  disk?: number;
+}
+
+function readAscii(bytes: Uint8Array, start: number, length: number): string {
+  let s = '';
+  for (let i = start; i < start + length && i < bytes.length && bytes[i] !== 0; i++) s += String.fromCharCode(bytes[i]!);
+  return s;
+}
+
+/** 100 when the bytes are a ustar archive whose first member is an .ovf (as DSP0243 requires of an OVA); 0 otherwise. */
+export function probeOva(head: Uint8Array): number {
+  if (head.length < 512) return 0;
+  const magic = readAscii(head, 257, 6);
+  if (magic !== 'ustar' && magic !== 'ustar ') return 0;
+  // A pax header may come first; its own name is then not the OVF's, so look for .ovf in the first headers the head holds.
+  for (let at = 0; at + 512 <= head.length; at += 512) {
+    if (readAscii(head, at + 257, 5) !== 'ustar') continue;
+    if (/\.ovf$/i.test(readAscii(head, at, 100))) return 100;
+  }
+  return 0;
+}
+
+/**
+ * An "ova" driver opening disk `options.disk`; `registry` opens members
+ * that are not VMDKs.
+ *
+ * @example
+ * ```ts
+ * const registry = defaultRegistry().register(ovaDriver({ disk: 1 }));
+ * ```
+ */
+export function ovaDriver(options: OvaDriverOptions = {}, registry?: FormatRegistryLike): FormatDriver {
+  return {
+    name: 'ova',
+    probe: (head) => probeOva(head),
+    open: async (storage, open = {}) => {
+      const formats = registry ?? open.formats;
+      return openOva(storage, {
+        ...open,
+        readOnly: true,
+        ...(options.disk !== undefined ? { disk: options.disk } : {}),
+        ...(formats
+          ? {
+              openMember: async (member) => {
+                const format = await detectFormat(formats, member);
+                const driver = formats.get(format);
+                if (!driver || format === 'ova') throw unsupported('ova', storage.name, `a disk member in ${format} format is not supported`, { field: 'format', actual: format });
+                return driver.open(member, { readOnly: true, untrusted: true, noBacking: true, formats });
+              },
+            }
+          : {}),
+      });
+    },
+    create: async (storage) => {
+      throw unsupported('ova', storage.name, 'writing an OVA is not supported yet (read only)', { field: 'format' });
+    },
+  };
+}

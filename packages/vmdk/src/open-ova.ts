@@ -1,0 +1,86 @@
+/**
+ * openOva: a disk of an OVA opened where it lies in the tar (a window of
+ * the file), after reading the OVF descriptor and, in untrusted mode (or
+ * when asked), checking the `.mf` manifest.
+ */
+import { invalidArg, corrupt, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { OvaDisk, type OvaContents } from './ova-disk.js';
+import { parseManifest, verifyManifest } from './ova-manifest.js';
+import { readTar, type TarMember } from './ova.js';
+import { MAX_OVF_BYTES, parseOvf } from './ovf.js';
+import { openVmdk } from './open.js';
+import { hasSparseMagic } from './sparse-header.js';
+import { StorageWindow } from './storage-window.js';
+
+/** Options of openOva. */
+export interface OvaOpenOptions extends OpenOptions {
+  /** Which disk of the OVF's DiskSection to open, counted from 0 (default 0). */
+  disk?: number;
+  /** Check the manifest's digests (default: in untrusted mode only). */
+  verifyManifest?: boolean;
+  /** Opens a member that is not a VMDK (raw, qcow2) read-only; without it such a member is ERR_IMG_UNSUPPORTED. */
+  openMember?: (storage: Storage, format: string | undefined) => Promise<Disk>;
+}
+
+/** Reads the OVA's member table, OVF and manifest (metadata only). */
+export async function readOva(storage: Storage): Promise<{ members: TarMember[]; contents: OvaContents }> {
+  const members = await readTar(storage);
+  const ovfMember = members.find((m) => m.name.toLowerCase().endsWith('.ovf'));
+  if (!ovfMember) throw corrupt('ova', storage.name, 'the OVA holds no .ovf descriptor', { field: 'ovf' });
+  if (ovfMember.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the OVF "${ovfMember.name}" is ${ovfMember.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: ovfMember.size });
+  const ovf = parseOvf(new TextDecoder().decode(await storage.read(ovfMember.offset, ovfMember.size)), `${storage.name}:${ovfMember.name}`);
+  const mf = members.find((m) => m.name.toLowerCase().endsWith('.mf'));
+  let manifest: OvaContents['manifest'];
+  if (mf) {
+    if (mf.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the manifest "${mf.name}" is ${mf.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: mf.size });
+    manifest = parseManifest(new TextDecoder().decode(await storage.read(mf.offset, mf.size)), `${storage.name}:${mf.name}`);
+  }
+  return { members, contents: { ovfName: ovfMember.name, ovf, members: members.map((m) => ({ name: m.name, size: m.size })), ...(manifest ? { manifest } : {}) } };
+}
+
+/**
+ * Opens disk `options.disk` (default 0) of the OVA in `storage`, read-only.
+ * A streamOptimized (or any sparse) VMDK member opens in place; other
+ * formats need `options.openMember`. Closing the disk closes `storage`.
+ *
+ * @example
+ * ```ts
+ * await using disk = await openOva(await FileStorage.open('vm.ova'), { disk: 0, untrusted: true });
+ * const boot = await disk.read(0, 512);
+ * ```
+ */
+export async function openOva(storage: Storage, options: OvaOpenOptions = {}): Promise<OvaDisk> {
+  if (options.readOnly === false) throw unsupported('ova', storage.name, 'an OVA can only be opened read-only', { field: 'readOnly' });
+  const { members, contents } = await readOva(storage);
+  const { ovf } = contents;
+  const index = options.disk ?? 0;
+  if (!Number.isInteger(index) || index < 0 || index >= ovf.disks.length) {
+    throw invalidArg('ova', `${storage.name}: disk ${index} does not exist (the OVF lists ${ovf.disks.length} disk${ovf.disks.length === 1 ? '' : 's'}, counted from 0)`, { field: 'disk', actual: index });
+  }
+  const d = ovf.disks[index]!;
+  const ref = ovf.files.find((f) => f.id === d.fileRef);
+  if (!ref) throw corrupt('ova', storage.name, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
+  const member = members.find((m) => m.name === ref.href.replace(/^(\.\/)+/, ''));
+  if (!member) throw corrupt('ova', storage.name, `the OVF's file "${ref.href}" is not in the OVA`, { field: 'href', actual: ref.href });
+  if (ref.size !== undefined && ref.size !== member.size) throw corrupt('ova', storage.name, `the OVF says "${ref.href}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
+  if (options.verifyManifest ?? options.untrusted ?? false) {
+    if (!contents.manifest && options.verifyManifest) throw corrupt('ova', storage.name, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
+    if (contents.manifest) await verifyManifest(storage, contents.manifest, members);
+  }
+  const window = new StorageWindow(storage, member.offset, member.size, `${storage.name}:${member.name}`, true);
+  const head = await window.read(0, 512);
+  let inner: Disk;
+  if (hasSparseMagic(head)) {
+    // No resolver: the sparse extent embeds its descriptor; a parent or extent file is refused.
+    inner = await openVmdk(window, { untrusted: true });
+  } else if (options.openMember) {
+    inner = await options.openMember(window, d.format);
+  } else {
+    throw unsupported('ova', storage.name, `disk "${d.diskId}" ("${member.name}") is not a sparse VMDK; opening other formats needs openMember (use @img/convert)`, { field: 'format', actual: d.format ?? '' });
+  }
+  if (inner.size !== d.capacity) {
+    await inner.close().catch(() => undefined);
+    throw corrupt('ova', storage.name, `the OVF says disk "${d.diskId}" holds ${d.capacity} bytes, but "${member.name}" holds ${inner.size}`, { field: 'capacity', expected: d.capacity, actual: inner.size });
+  }
+  return new OvaDisk(inner, contents, index);
+}
