@@ -42,7 +42,9 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
   // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
   // VHD's is the parent locator that was found, which may name another file than the stored name.
-  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2')) data.fullBackingFile = combinePath(path, data.backingFile);
+  // A VHD stores the parent's bare name; where the parent is, only its locators say, and they are resolved
+  // when the chain is opened (--backing-chain): without that, no path is made up from the name.
+  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2') && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
   let actual: number | undefined = 0;
   try {
     actual = isNbdUri(path) ? undefined : (await stat(path)).blocks * 512;
