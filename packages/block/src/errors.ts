@@ -121,6 +121,11 @@ export function readOnlyError(format: string, file: string | undefined): ImageEr
 }
 
 /** A storage or image used after close(). */
+/** A Disk used after its close(): "qcow2: a.qcow2: disk is closed". */
+export function diskClosedError(format: string, file: string | undefined): ImageError {
+  return new ImageError(ERROR_CODES.CLOSED, where(format, file) + 'disk is closed', { data: { format, file } });
+}
+
 export function closedError(name: string): ImageError {
   return new ImageError(ERROR_CODES.CLOSED, `${name}: used after close()`, { data: { file: name } });
 }

@@ -12,6 +12,7 @@ export {
   invalidArg,
   readOnlyError,
   closedError,
+  diskClosedError,
   abortError,
   throwIfAborted,
   lockedError,

@@ -6,7 +6,7 @@
 import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
-import { ERROR_CODES, ImageError, invalidArg, readOnlyError } from './errors.js';
+import { diskClosedError, invalidArg, readOnlyError } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
@@ -32,7 +32,7 @@ export class RawDisk implements Disk {
   }
 
   #check(): void {
-    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `raw: ${this.storage.name}: disk is closed`);
+    if (this.#closed) throw diskClosedError('raw', this.storage.name);
   }
 
   #checkWrite(offset: number, length: number): void {

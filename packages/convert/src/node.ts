@@ -4,7 +4,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { concatBytes, ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { concatBytes, ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, unsupported, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -278,7 +278,7 @@ async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerat
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
   const started = Date.now();
   if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined || options.range !== undefined) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, '-c, -B, -l and a range need the input in a file, not a stream');
+    throw unsupported(options.srcFormat, 'standard input', '-c, -B, -l and a range need the input in a file, not a stream');
   }
   const srcDriver = registry.require(options.srcFormat);
   if (options.untrusted && srcDriver.name !== 'raw') {
@@ -317,7 +317,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
 async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry, file?: string): Promise<ConvertResult> {
   const started = Date.now();
   if (options.compress || options.backingFile !== undefined) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, file === undefined ? '-c and -B need the output in a file, not a stream' : `${options.dstFormat}: -c and -B do not apply to an image written as a stream`);
+    throw unsupported(options.dstFormat, file, file === undefined ? '-c and -B need the output in a file, not a stream' : '-c and -B do not apply to an image written as a stream');
   }
   const src = await openImageFile(options.input, {
     format: options.srcFormat,

@@ -2,7 +2,7 @@
  * Qcow2Disk: an open qcow2 image (or one of its internal snapshots) as a
  * Disk: reads, extents, info, and the write paths of the writer.
  */
-import { CallOrder, ERROR_CODES, ImageError, checkDiskRange, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
+import { CallOrder, ERROR_CODES, ImageError, checkDiskRange, diskClosedError, extentRange, mergeExtents, unsupported, readOnlyError, invalidArg } from '@img/block';
 import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
 import { INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './constants.js';
 import { hasFeature, type Qcow2Header } from './header.js';
@@ -81,7 +81,7 @@ export class Qcow2Disk implements Disk {
   }
 
   #check(): void {
-    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `${FORMAT}: ${this.#state.file}: disk is closed`, { data: { format: FORMAT, file: this.#state.file } });
+    if (this.#closed) throw diskClosedError(FORMAT, this.#state.file);
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {

@@ -8,7 +8,7 @@
  * VhdDisk (disk.ts) is the public facade; check and coalesce load it
  * directly. Internal: not exported from index.
  */
-import { CallOrder, ERROR_CODES, ImageError, KeyedLock, Mutex, checkDiskRange, readOnlyError } from '@img/block';
+import { CallOrder, KeyedLock, diskClosedError, Mutex, checkDiskRange, readOnlyError } from '@img/block';
 import type { VhdFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -64,7 +64,7 @@ export class VhdImage {
 
   /** Throws ERR_IMG_CLOSED once closed. */
   assertOpen(): void {
-    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `vhd: ${this.name}: disk is closed`);
+    if (this.#closed) throw diskClosedError('vhd', this.name);
   }
 
   /** Open, writable, and [offset, offset + length) inside the disk. */

@@ -4,7 +4,7 @@
  * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
  * over it; VmdkDisk is the public facade that holds it privately.
  */
-import { ERROR_CODES, ImageError, KeyedLock, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
 import type { ExtentType, VmdkDescriptor } from './descriptor.js';
 import type { GrainMap } from './grain-map.js';
 import type { AppendWriter } from './append-writer.js';
@@ -132,7 +132,7 @@ export class VmdkImage {
 
   /** Throws ERR_IMG_CLOSED after close. */
   checkOpen(): void {
-    if (this.closed) throw new ImageError(ERROR_CODES.CLOSED, `vmdk: ${this.storage.name}: disk is closed`);
+    if (this.closed) throw diskClosedError('vmdk', this.storage.name);
   }
 
   /** The index of the extent holding guest byte `offset` (binary search). */
