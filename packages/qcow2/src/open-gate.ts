@@ -216,6 +216,23 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
   return { problem: undefined, offset: 0, l2Tables };
 }
 
+/** Each L2 entry of `tables` that decodes, in order (an entry that does not is check's to report, not the gate's to trip on). */
+async function* l2EntriesOf(s: Qcow2State, tables: Iterable<number>): AsyncGenerator<{ l2: number; j: number; e: ReturnType<typeof decodeL2Entry> }> {
+  const table = new Uint8Array(s.geom.clusterSize);
+  for (const l2 of tables) {
+    await s.storage.readInto(l2, table);
+    for (let j = 0; j < s.geom.l2Entries; j++) {
+      let e;
+      try {
+        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
+      } catch {
+        continue;
+      }
+      yield { l2, j, e };
+    }
+  }
+}
+
 /**
  * How many times the snapshots' L1 and L2 tables use each of `clusters`
  * (data clusters, compressed spans and L2 tables). Read only when the
@@ -240,21 +257,12 @@ async function snapshotUses(s: Qcow2State, clusters: ReadonlySet<number>): Promi
       tables.set(l2, (tables.get(l2) ?? 0) + 1);
     }
   }
-  const table = new Uint8Array(cs);
-  for (const [l2, times] of tables) {
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e;
-      try {
-        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
-      } catch {
-        continue;
-      }
-      if (e.type === 'compressed') {
-        for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
-      } else if (e.type !== 'unallocated' && e.host !== undefined) {
-        count(e.host / cs, times);
-      }
+  for await (const { l2, e } of l2EntriesOf(s, tables.keys())) {
+    const times = tables.get(l2)!;
+    if (e.type === 'compressed') {
+      for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
+    } else if (e.type !== 'unallocated' && e.host !== undefined) {
+      count(e.host / cs, times);
     }
   }
   return out;
@@ -351,22 +359,15 @@ async function describeUse(s: Qcow2State, view: MappingView, c: number): Promise
     if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
     if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
   }
-  const table = new Uint8Array(cs);
-  for (const l2 of tables.sort((a, b) => a - b)) {
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e;
-      try {
-        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
-      } catch {
-        continue;
-      }
-      const at = l2 + j * s.geom.l2EntrySize;
-      if (e.type === 'compressed') {
-        if (host + cs > e.host && host < e.host + e.size) return { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-      } else if (e.type !== 'unallocated' && e.host === host) {
-        return { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-      }
+  for await (const { l2, j, e } of l2EntriesOf(
+    s,
+    tables.sort((a, b) => a - b),
+  )) {
+    const at = l2 + j * s.geom.l2EntrySize;
+    if (e.type === 'compressed') {
+      if (host + cs > e.host && host < e.host + e.size) return { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+    } else if (e.type !== 'unallocated' && e.host === host) {
+      return { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
     }
   }
   return { what: `the host cluster at ${hex(host)}`, offset: host };
