@@ -16,7 +16,7 @@ import { amendQcow2, parseAmendOptions, type Qcow2AmendOptions } from './amend.j
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
-import { imageError } from './test-fixtures.js';
+import { imageError } from '../test/fixtures.js';
 
 describe('parseAmendOptions', () => {
   it('reads typed values and -o strings, camelCase and snake_case', () => {

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { readU32Be, readU64Be, MemoryStorage, writeU32Be } from '@img/block';
-import { openBytes, loadFixture, setU32, setU64, imageError, memoryResolver } from './test-fixtures.js';
+import { openBytes, loadFixture, setU32, setU64, imageError, memoryResolver } from '../test/fixtures.js';
 import { openQcow2 } from './open.js';
 
 const BASE = 'refcount-16.qcow2'; // v3, 4 KiB clusters, 128 KiB, data at 0 and 64 KiB

@@ -6,7 +6,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, tempDir } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { spawnSync } from 'node:child_process';
-import { fixtureNames, fixturePath, loadFixture, qcow2Dir } from './test-fixtures.js';
+import { fixtureNames, fixturePath, loadFixture, qcow2Dir } from '../test/fixtures.js';
 import { openQcow2 } from './open.js';
 
 describeQemu('checkQcow2 agrees with qemu-img check', () => {

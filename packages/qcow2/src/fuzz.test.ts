@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ImageError } from '@img/block';
-import { loadFixture, memoryResolver, openBytes } from './test-fixtures.js';
+import { loadFixture, memoryResolver, openBytes } from '../test/fixtures.js';
 
 async function exercise(bytes: Uint8Array): Promise<void> {
   const disk = await openBytes(bytes, { resolver: memoryResolver });

@@ -4,7 +4,7 @@ import { parseHeader, serializeHeader, validateHeaderBasics } from './header.js'
 import { parseExtensions, serializeExtensions, extensionsLength, parseFeatureTable } from './extensions.js';
 import { QCOW2_V2_HEADER_LENGTH, QCOW2_V3_HEADER_LENGTH, QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION, FEATURE_TABLE_ENTRY_SIZE, EXT_FEATURE_TABLE } from './constants.js';
 import { SNAPSHOT_ENTRY_FIXED_SIZE } from './snapshot.js';
-import { fixtureNames, loadFixture } from './test-fixtures.js';
+import { fixtureNames, loadFixture } from '../test/fixtures.js';
 
 describe('header codec', () => {
   it('pins the spec sizes', () => {

@@ -11,7 +11,7 @@ import { FileStorage, fileResolver } from '@img/block/node';
 import { bytesEqual, diskExtents } from '@img/block';
 import { type QemuMapEntry, loadManifest, describeQemu, qemuImg, qemuIo, qemuInfo, qemuMap, tempDir, normalizeExtents, normalizeQemuMap, seededBytes, diskSha256 } from '@img/testkit';
 import { openQcow2, type Qcow2OpenOptions } from './open.js';
-import { fixtureNames, fixturePath } from './test-fixtures.js';
+import { fixtureNames, fixturePath } from '../test/fixtures.js';
 import './driver.js';
 
 async function open(path: string, options: Qcow2OpenOptions = {}) {

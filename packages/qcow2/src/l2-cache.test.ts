@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStorage, writeU32Be } from '@img/block';
 import { L2Cache } from './l2-cache.js';
 import { openQcow2 } from './open.js';
-import { loadFixture, memoryResolver, openBytes } from './test-fixtures.js';
+import { loadFixture, memoryResolver, openBytes } from '../test/fixtures.js';
 
 describe('L2 cache', () => {
   it('never holds more tables than its capacity and evicts the least recently used', async () => {

@@ -101,7 +101,7 @@ describeQemu('measureQcow2 agrees with qemu-img measure', () => {
   });
   it('for source images (whole chains)', async () => {
     const { measureQcow2 } = await import('./measure.js');
-    const { fixtureNames, fixturePath } = await import('./test-fixtures.js');
+    const { fixtureNames, fixturePath } = await import('../test/fixtures.js');
     // qemu asks the file system where a source's host file has holes and skips them; extents come from
     // qcow2 metadata alone. How sparse a checked-out fixture is depends on how it got onto the disk, so
     // both measure copies written in full (no holes), beside each other so backing names resolve.

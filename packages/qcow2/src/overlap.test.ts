@@ -12,7 +12,7 @@ import { describeQemu, qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import type { Qcow2Disk } from './image.js';
-import { imageError } from './test-fixtures.js';
+import { imageError } from '../test/fixtures.js';
 import { OverlapMap, OVERLAP } from './overlap.js';
 
 /**

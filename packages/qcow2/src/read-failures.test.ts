@@ -4,7 +4,7 @@ import type { Storage } from '@img/block';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { decodeL2Entry, l1EntryOffset } from './mapping.js';
-import { imageError } from './test-fixtures.js';
+import { imageError } from '../test/fixtures.js';
 import { seededBytes } from '@img/testkit';
 
 /** A storage that answers reads at one offset only after a timer: the reader's walk waits there. */

@@ -10,7 +10,7 @@ import { checkQcow2 } from './check-qcow2.js';
 import { qcow2Driver } from './driver.js';
 import { createQcow2Stream } from './stream.js';
 import { readQcow2Stream } from './read-stream.js';
-import { fixtureNames, loadFixture, memoryResolver } from './test-fixtures.js';
+import { fixtureNames, loadFixture, memoryResolver } from '../test/fixtures.js';
 
 const collect = collectBytes;
 

@@ -8,8 +8,8 @@ import { describeQemu, qemuCheck, qemuImg, seededBytes, tempDir } from '@img/tes
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
-import { dataFor } from './test-write-model.js';
-import { fixturePath } from './test-fixtures.js';
+import { dataFor } from '../test/write-model.js';
+import { fixturePath } from '../test/fixtures.js';
 
 async function clean(storage: MemoryStorage): Promise<void> {
   const c = await checkQcow2(MemoryStorage.from(storage.toBytes(), { name: 'c.qcow2' }));

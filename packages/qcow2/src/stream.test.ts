@@ -10,7 +10,7 @@ import { streamQcow2 } from './stream.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
-import { fixtureNames, fixturePath } from './test-fixtures.js';
+import { fixtureNames, fixturePath } from '../test/fixtures.js';
 
 async function streamToBytes(it: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];

@@ -13,8 +13,8 @@ import { MemoryStorage, bytesEqual } from '@img/block';
 import { hasQemuImg, qemuCheck, tempDir } from '@img/testkit';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
-import { dataFor } from './test-write-model.js';
-import { loadFixture, memoryResolver, qcow2Dir } from './test-fixtures.js';
+import { dataFor } from '../test/write-model.js';
+import { loadFixture, memoryResolver, qcow2Dir } from '../test/fixtures.js';
 import { copyFileSync } from 'node:fs';
 
 type FOp = { op: 'write'; offset: number; length: number; seed: number } | { op: 'zero'; offset: number; length: number; unmap: boolean } | { op: 'discard'; offset: number; length: number } | { op: 'compressed'; cluster: number; seed: number };

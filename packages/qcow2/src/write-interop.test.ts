@@ -15,7 +15,7 @@ import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededByte
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
-import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from './test-write-model.js';
+import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from '../test/write-model.js';
 
 let dir: string;
 let cleanup: () => void;

@@ -7,7 +7,7 @@
  */
 import { describe, it } from 'vitest';
 import fc from 'fast-check';
-import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from './test-write-model.js';
+import { SHAPES, opsArb, runOps, verify, clusterSizeOf } from '../test/write-model.js';
 
 describe('write paths against a flat model', () => {
   for (const shape of SHAPES) {

@@ -5,7 +5,7 @@ import { createQcow2, parseCreateOptions } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { decodeL2Entry, l1EntryOffset } from './mapping.js';
-import { imageError, loadFixture, memoryResolver } from './test-fixtures.js';
+import { imageError, loadFixture, memoryResolver } from '../test/fixtures.js';
 import { seededBytes } from '@img/testkit';
 
 const bit = (bytes: Uint8Array, at: number, n: number) => (readU32Be(bytes, at) >>> n) & 1;

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { MemoryStorage, ImageError, writeU32Be, writeU64Be } from '@img/block';
 import type { Resolver } from '@img/block';
 import { testImagesDir } from '@img/testkit';
-import { openQcow2, type Qcow2OpenOptions } from './open.js';
-import './driver.js';
+import { openQcow2, type Qcow2OpenOptions } from '../src/open.js';
+import '../src/driver.js';
 
 export const qcow2Dir = join(testImagesDir, 'qcow2');
 

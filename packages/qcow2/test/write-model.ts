@@ -6,11 +6,11 @@ import fc from 'fast-check';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import type { Resolver, Storage } from '@img/block';
 import { seededBytes } from '@img/testkit';
-import { createQcow2, type Qcow2CreateOptions } from './create.js';
-import { openQcow2 } from './open.js';
-import { type Qcow2Disk } from './image.js';
-import { checkQcow2 } from './check-qcow2.js';
-import './driver.js';
+import { createQcow2, type Qcow2CreateOptions } from '../src/create.js';
+import { openQcow2 } from '../src/open.js';
+import { type Qcow2Disk } from '../src/image.js';
+import { checkQcow2 } from '../src/check-qcow2.js';
+import '../src/driver.js';
 
 export type Op =
   | { op: 'write'; offset: number; length: number; seed: number }
