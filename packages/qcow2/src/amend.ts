@@ -27,12 +27,13 @@ import {
 import { hasFeature, featureBits, serializeHeader } from './header.js';
 import { extensionsLength, findExtension, serializeExtensions, serializeFeatureTable, type HeaderExtension } from './extensions.js';
 import { l1EntryOffset, decodeL2Entry } from './mapping.js';
-import { loadL2, type MappingView } from './reader.js';
-import { openQcow2 } from './open.js';
-import { stateOf } from './image.js';
+import { loadL2, readL1, type MappingView } from './reader.js';
+import { openQcow2Image } from './open.js';
+import { closeQcow2 } from './io.js';
+import { attachWriter } from './writable.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
-import { attachWriter, readL1, writeHeader, type Qcow2State } from './state.js';
+import { writeHeader, type Qcow2Image } from './core.js';
 import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -125,16 +126,15 @@ export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest
  */
 export async function amendQcow2(storage: Storage, options: Qcow2AmendOptions): Promise<void> {
   const want = parseAmendOptions(options);
-  const disk = await openQcow2(storage, { readOnly: false, noBacking: true, noDataFile: true, checkOnly: true });
+  const core = await openQcow2Image(storage, { readOnly: false, noBacking: true, noDataFile: true, checkOnly: true });
   try {
-    const { state, view } = stateOf(disk);
-    await amendState(state, view, want);
+    await amendState(core, core.active, want);
   } finally {
-    await disk.close();
+    await closeQcow2(core);
   }
 }
 
-async function amendState(s: Qcow2State, view: MappingView, want: Qcow2AmendRequest): Promise<void> {
+async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequest): Promise<void> {
   const h = s.header;
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_CORRUPT)) {
     throw corrupt(FORMAT, s.file, 'image is marked corrupt (incompatible bit 1): repair it (check -r all) before amending', { field: 'incompatible_features', offset: 72 });
@@ -163,7 +163,7 @@ async function amendState(s: Qcow2State, view: MappingView, want: Qcow2AmendRequ
 }
 
 /** Rebuilds the refcounts of a dirty image (the repair qemu runs on opening it) and clears the dirty bit. */
-async function makeClean(s: Qcow2State, view: MappingView): Promise<void> {
+async function makeClean(s: Qcow2Image, view: MappingView): Promise<void> {
   const repaired = await checkState(s, view, 'all');
   if (repaired.corruptions) {
     throw corrupt(FORMAT, s.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
@@ -173,7 +173,7 @@ async function makeClean(s: Qcow2State, view: MappingView): Promise<void> {
   await s.storage.flush();
   // The repair changed refcounts and flags behind the writer's caches.
   s.cache.clear();
-  await attachWriter(s, view);
+  await attachWriter(s);
 }
 
 // ---- compat=1.1 ------------------------------------------------------------
@@ -184,7 +184,7 @@ const FEATURE_TABLE_MIN_CLUSTER = 4096;
 const KNOWN_EXTENSIONS = new Set([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_CRYPTO, EXT_BITMAPS, EXT_FEATURE_TABLE]);
 
 /** The version 3 extensions (qemu's order: known ones, the feature name table, unknown ones), or a refusal if they cannot fit. */
-function planUpgrade(s: Qcow2State): HeaderExtension[] {
+function planUpgrade(s: Qcow2Image): HeaderExtension[] {
   const cs = s.geom.clusterSize;
   const nameBytes = s.header.backingFileSize;
   const known = s.extensions.filter((e) => KNOWN_EXTENSIONS.has(e.type));
@@ -201,7 +201,7 @@ function planUpgrade(s: Qcow2State): HeaderExtension[] {
 }
 
 /** Rewrites cluster 0 as version 3 (one write, flushed): no feature bits, refcount_order 4, zlib. */
-async function upgrade(s: Qcow2State, extensions: HeaderExtension[]): Promise<void> {
+async function upgrade(s: Qcow2Image, extensions: HeaderExtension[]): Promise<void> {
   const h = s.header;
   h.version = 3;
   h.headerLength = QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION;
@@ -228,7 +228,7 @@ const SECTOR = 512;
  * on disk. Where both layouts reach past the first sector it is one write,
  * as qemu's. Everything before it is flushed first.
  */
-async function writeHeaderCluster(s: Qcow2State): Promise<void> {
+async function writeHeaderCluster(s: Qcow2Image): Promise<void> {
   const h = s.header;
   const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);
   const exts = h.version >= 3 || s.extensions.length ? serializeExtensions(s.extensions) : new Uint8Array(0);
@@ -258,7 +258,7 @@ async function writeHeaderCluster(s: Qcow2State): Promise<void> {
 }
 
 /** A write through the overlap check: `allowed` names the metadata it may replace (ERR_IMG_CORRUPT otherwise). */
-async function checkedWrite(s: Qcow2State, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
+async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
   s.overlap?.check(s.file, offset, bytes.length, allowed);
   await s.storage.write(offset, bytes);
 }
@@ -271,14 +271,14 @@ interface L1Ref {
   l1Size: number;
 }
 
-async function allL1Tables(s: Qcow2State, view: MappingView): Promise<L1Ref[]> {
+async function allL1Tables(s: Qcow2Image, view: MappingView): Promise<L1Ref[]> {
   const out: L1Ref[] = [{ l1: view.l1, l1Offset: view.l1Offset, l1Size: s.header.l1Size }];
   for (const sn of s.snapshots) out.push({ l1: await readL1(s.storage, sn.l1TableOffset, sn.l1Size), l1Offset: sn.l1TableOffset, l1Size: sn.l1Size });
   return out;
 }
 
 /** Calls `fn` once for every distinct L2 table of the active layer and of every snapshot. */
-async function eachL2Table(s: Qcow2State, view: MappingView, fn: (offset: number, table: Uint8Array) => Promise<void>): Promise<void> {
+async function eachL2Table(s: Qcow2Image, view: MappingView, fn: (offset: number, table: Uint8Array) => Promise<void>): Promise<void> {
   const cs = s.geom.clusterSize;
   const seen = new Set<number>();
   for (const t of await allL1Tables(s, view)) {
@@ -291,12 +291,12 @@ async function eachL2Table(s: Qcow2State, view: MappingView, fn: (offset: number
   }
 }
 
-function refuse(s: Qcow2State, why: string, field: string): never {
+function refuse(s: Qcow2Image, why: string, field: string): never {
   throw unsupported(FORMAT, s.file, `cannot amend to compat=0.10: ${why}`, { field });
 }
 
 /** The refusals of qemu's qcow2_downgrade, plus bitmaps and zstd-compressed clusters of snapshots. */
-async function checkDowngrade(s: Qcow2State, view: MappingView): Promise<void> {
+async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
   const h = s.header;
   if (h.refcountOrder !== 4) refuse(s, `version 2 has 16-bit refcounts only (this image has refcount_bits=${2 ** h.refcountOrder})`, 'refcount_bits');
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_DATA_FILE) || findExtension(s.extensions, EXT_DATA_FILE)) refuse(s, 'version 2 has no external data files', 'data_file');
@@ -340,7 +340,7 @@ function putEntry(table: Uint8Array, index: number, host: number, copied: boolea
  * Order: new clusters are counted, then zeroed and flushed, then the L2
  * table is written and flushed, and only then are old references dropped.
  */
-async function expandZeroClusters(s: Qcow2State, view: MappingView): Promise<number> {
+async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<number> {
   const cs = s.geom.clusterSize;
   const w = s.writer!;
   const rc = w.refcounts!;
@@ -388,7 +388,7 @@ async function expandZeroClusters(s: Qcow2State, view: MappingView): Promise<num
 }
 
 /** Expands zero clusters, then rewrites cluster 0 as version 2 (last, flushed). */
-async function downgrade(s: Qcow2State, view: MappingView): Promise<void> {
+async function downgrade(s: Qcow2Image, view: MappingView): Promise<void> {
   await expandZeroClusters(s, view);
   await s.storage.flush();
   const h = s.header;

@@ -6,9 +6,9 @@
 import type { CheckOptions, CheckResult, Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
 import { checkState } from './check.js';
-import { openQcow2 } from './open.js';
-import { writeHeader } from './state.js';
-import { stateOf } from './image.js';
+import { openQcow2Image } from './open.js';
+import { writeHeader } from './core.js';
+import { closeQcow2 } from './io.js';
 
 /**
  * Checks the image in `storage` the way `qemu-img check` does: leaks
@@ -17,7 +17,7 @@ import { stateOf } from './image.js';
  * With `repair` ('leaks' or 'all') the storage must be writable.
  */
 export async function checkQcow2(storage: Storage, options: CheckOptions = {}): Promise<CheckResult> {
-  const disk = await openQcow2(storage, {
+  const core = await openQcow2Image(storage, {
     readOnly: !options.repair,
     noBacking: true,
     noDataFile: true,
@@ -26,18 +26,17 @@ export async function checkQcow2(storage: Storage, options: CheckOptions = {}): 
     formats: options.formats,
   });
   try {
-    const { state, view } = stateOf(disk);
-    const result = await checkState(state, view, options.repair);
+    const result = await checkState(core, core.active, options.repair);
     // A repaired image is consistent again: the dirty and corrupt bits go (as qemu-img check -r does).
-    const h = state.header;
+    const h = core.header;
     const flags = (1n << BigInt(INCOMPAT_DIRTY)) | (1n << BigInt(INCOMPAT_CORRUPT));
     if (options.repair && result.corruptions === 0 && (h.incompatibleFeatures & flags) !== 0n && (options.repair === 'all' || result.leaks === 0)) {
       h.incompatibleFeatures &= ~flags;
-      await writeHeader(state);
+      await writeHeader(core);
       await storage.flush();
     }
     return result;
   } finally {
-    await disk.close();
+    await closeQcow2(core);
   }
 }

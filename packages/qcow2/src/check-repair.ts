@@ -37,7 +37,7 @@
  */
 import { hex, readU32Be, unsupported, writeU32Be } from '@img/block';
 import type { MappingView } from './reader.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
@@ -103,7 +103,7 @@ function named(list: number[]): string {
  * own copy (see the module comment). `rc` is the open image's refcounts,
  * already raised to cover every reference.
  */
-export async function repairSharing(s: Qcow2State, view: MappingView, rc: Refcounts, captured: ReadonlyMap<number, Uint8Array>): Promise<SharingRepair> {
+export async function repairSharing(s: Qcow2Image, view: MappingView, rc: Refcounts, captured: ReadonlyMap<number, Uint8Array>): Promise<SharingRepair> {
   const out: SharingRepair = { copies: 0, dropped: 0, messages: [] };
   const say = (m: string) => {
     if (out.messages.length < MAX_MESSAGES) out.messages.push(`Repaired: ${m}`);
@@ -135,7 +135,7 @@ type Say = (m: string) => void;
  * snapshot, as for any L1 table). Copies count against the budget; a
  * crafted image that needs more is refused before anything is written.
  */
-async function copySnapshotL1s(s: Qcow2State, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
+async function copySnapshotL1s(s: Qcow2Image, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const activeEnd = view.l1Offset + s.header.l1Size * 8;
   const groups = new Map<number, { bytes: number; snapshots: typeof s.snapshots }>();
@@ -184,7 +184,7 @@ export const MAX_CAPTURED_BYTES = 64 * 1024 * 1024;
  * repair gives such an entry holds what the guest read. At most
  * {@link MAX_CAPTURED_BYTES}; clusters past that are dropped by the repair.
  */
-export async function captureDataOnMetadata(s: Qcow2State, view: MappingView): Promise<Map<number, Uint8Array>> {
+export async function captureDataOnMetadata(s: Qcow2Image, view: MappingView): Promise<Map<number, Uint8Array>> {
   const out = new Map<number, Uint8Array>();
   const map = s.overlap;
   if (!map || s.entryGeom.dataFile) return out;
@@ -223,7 +223,7 @@ export async function captureDataOnMetadata(s: Qcow2State, view: MappingView): P
 }
 
 /** Active L1 entries: each L2 table used once, none on other metadata or outside the file. */
-async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, fileEnd: number, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
+async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, fileEnd: number, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
@@ -293,7 +293,7 @@ async function unshareL2Tables(s: Qcow2State, view: MappingView, rc: Refcounts, 
  * (compressed or extended entries). Repairs walk every entry of a large
  * image up to three times; an object per entry would dominate.
  */
-function fastHost(table: Uint8Array, j: number, g: Qcow2State['entryGeom']): number {
+function fastHost(table: Uint8Array, j: number, g: Qcow2Image['entryGeom']): number {
   if (g.extendedL2) return -2;
   const hi = readU32Be(table, j * 8);
   if (hi & ENTRY_COMPRESSED_HI) return -2;
@@ -303,7 +303,7 @@ function fastHost(table: Uint8Array, j: number, g: Qcow2State['entryGeom']): num
 }
 
 /** A byte per cluster below `n`: 1 where the overlap map holds metadata (array reads instead of map lookups per entry). */
-function metadataFlags(s: Qcow2State, n: number): Uint8Array {
+function metadataFlags(s: Qcow2Image, n: number): Uint8Array {
   const meta = new Uint8Array(n);
   if (s.overlap) for (const c of s.overlap.clusters()) if (c < n) meta[c] = 1;
   return meta;
@@ -314,14 +314,14 @@ function metadataFlags(s: Qcow2State, n: number): Uint8Array {
  * the check (`refs`): only then can a data cluster lie on metadata, and
  * the capture pass is worth its walk.
  */
-export function mayHaveDataOnMetadata(s: Qcow2State, refs: Uint32Array): boolean {
+export function mayHaveDataOnMetadata(s: Qcow2Image, refs: Uint32Array): boolean {
   if (!s.overlap) return false;
   for (const c of s.overlap.clusters()) if (c < refs.length && refs[c]! > 1) return true;
   return false;
 }
 
 /** The active L2 tables in L1 order, with the L1 index of each (after unshareL2Tables: each once). */
-function activeTables(s: Qcow2State, view: MappingView): Array<[number, number]> {
+function activeTables(s: Qcow2Image, view: MappingView): Array<[number, number]> {
   const cs = s.geom.clusterSize;
   const inUse = Math.min(s.header.l1Size, Math.ceil(s.header.size / s.geom.l2Coverage));
   const tables: Array<[number, number]> = [];
@@ -333,7 +333,7 @@ function activeTables(s: Qcow2State, view: MappingView): Array<[number, number]>
 }
 
 /** L2 tables that snapshots use (changed only through a copy: the snapshot must keep reading what it did). */
-async function snapshotTables(s: Qcow2State): Promise<Set<number>> {
+async function snapshotTables(s: Qcow2Image): Promise<Set<number>> {
   const set = new Set<number>();
   for (const sn of s.snapshots) {
     const l1 = new Uint8Array(sn.l1Size * 8);
@@ -347,7 +347,7 @@ async function snapshotTables(s: Qcow2State): Promise<Set<number>> {
 }
 
 /** Data clusters of the active layer: each used by one L2 entry, none on metadata, no compressed span into them. */
-async function unshareDataClusters(s: Qcow2State, view: MappingView, rc: Refcounts, budget: Budget, captured: ReadonlyMap<number, Uint8Array>, put: Put, say: Say, out: SharingRepair): Promise<void> {
+async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcounts, budget: Budget, captured: ReadonlyMap<number, Uint8Array>, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const g = s.entryGeom;
   const n = Math.ceil((await s.storage.size()) / cs);

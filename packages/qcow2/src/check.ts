@@ -18,7 +18,7 @@ import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI } from './constants.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
@@ -116,7 +116,7 @@ class L2Tables {
 }
 
 /** Which clusters have a stored refcount of exactly 1 (a byte per cluster), for the COPIED checks. */
-async function storedOnes(s: Qcow2State, n: number): Promise<Uint8Array> {
+async function storedOnes(s: Qcow2Image, n: number): Promise<Uint8Array> {
   const cs = s.geom.clusterSize;
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
@@ -139,7 +139,7 @@ async function storedOnes(s: Qcow2State, n: number): Promise<Uint8Array> {
  * not references: each distinct L2 table is read once and its entries
  * counted with the number of L1 entries that point at it.
  */
-async function scan(s: Qcow2State, view: MappingView): Promise<Scan> {
+async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   const cs = s.geom.clusterSize;
   const nClusters = Math.ceil(s.fileSize / cs);
   if (nClusters > MAX_CHECK_CLUSTERS) {
@@ -287,7 +287,7 @@ interface Tally {
  * (no array of stored refcounts: only whether each is exactly one, a byte
  * per cluster, for the COPIED checks).
  */
-async function tally(s: Qcow2State, view: MappingView): Promise<Tally> {
+async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const sc = await scan(s, view);
   const n = sc.refs.length;
   const cs = s.geom.clusterSize;
@@ -355,7 +355,7 @@ async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): P
  * that rebuilds a refcount block (which then counts every cluster of its
  * range as used) changes what the next round finds.
  */
-async function fixRefcounts(s: Qcow2State, view: MappingView, rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<Tally> {
+async function fixRefcounts(s: Qcow2Image, view: MappingView, rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): Promise<Tally> {
   for (let round = 0; round < MAX_REFCOUNT_ROUNDS; round++) {
     if (!(await setRefcounts(rc, t, repair))) break;
     await s.storage.flush();
@@ -366,12 +366,12 @@ async function fixRefcounts(s: Qcow2State, view: MappingView, rc: Refcounts, t: 
 }
 
 /** Repairs allocate (refcount blocks, copies): the tally counts clusters up to the file's new end. */
-async function noteGrowth(s: Qcow2State): Promise<void> {
+async function noteGrowth(s: Qcow2Image): Promise<void> {
   s.fileSize = Math.max(s.fileSize, await s.storage.size());
 }
 
 /** Rewrites the COPIED flags the tally found wrong (after the refcounts are exact). */
-async function fixCopied(s: Qcow2State, view: MappingView, fixes: CopiedFix[]): Promise<void> {
+async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): Promise<void> {
   const entry = new Uint8Array(8);
   for (const f of fixes) {
     await s.storage.readInto(f.at, entry);
@@ -393,7 +393,7 @@ async function fixCopied(s: Qcow2State, view: MappingView, fixes: CopiedFix[]): 
  * active layer copied (check-repair.ts); refcounts set exactly; COPIED
  * flags set from them.
  */
-export async function checkState(s: Qcow2State, view: MappingView, repair?: 'leaks' | 'all'): Promise<CheckResult> {
+export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'leaks' | 'all'): Promise<CheckResult> {
   let t = await tally(s, view);
   let corruptionsFixed = 0;
   let leaksFixed = 0;

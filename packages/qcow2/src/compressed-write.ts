@@ -7,11 +7,11 @@
  * writer's ordering is unchanged.
  */
 import { compressCluster, qcow2Codecs } from './compression.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 import type { Qcow2Writer } from './writer.js';
 
 /** Writes whole clusters of `data` at cluster-aligned guest `offset`, compressed where they get smaller. */
-export async function writeCompressedData(s: Qcow2State, w: Qcow2Writer, offset: number, data: Uint8Array): Promise<void> {
+export async function writeCompressedData(s: Qcow2Image, w: Qcow2Writer, offset: number, data: Uint8Array): Promise<void> {
   const cs = s.geom.clusterSize;
   const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
   // Many clusters go to the worker pool (all cores); few, or where there are no workers, are compressed here.

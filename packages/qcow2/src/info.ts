@@ -8,12 +8,12 @@ import { hasFeature } from './header.js';
 import { findExtension, extensionString, parseBitmapsExtension } from './extensions.js';
 import { readBitmapDirectory } from './bitmaps.js';
 import { compressionTypeName } from './compression.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 
 const FORMAT = 'qcow2';
 
 /** qemu-img info's fields for an image of virtual size `size` with these snapshots. */
-export async function qcow2Info(s: Qcow2State, size: number, snapshots: SnapshotInfo[]): Promise<ImageInfo> {
+export async function qcow2Info(s: Qcow2Image, size: number, snapshots: SnapshotInfo[]): Promise<ImageInfo> {
   const h = s.header;
   const v3 = h.version >= 3;
   const specific: Record<string, unknown> = {

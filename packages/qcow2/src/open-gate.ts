@@ -13,7 +13,7 @@ import { decodeL2Entry, entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 
 const FORMAT = 'qcow2';
 /** Clusters per flag chunk (64 KiB). */
@@ -85,7 +85,7 @@ export interface GateResult {
 }
 
 /** Runs the gate's checks on an open image (read-only work: nothing is written). */
-export async function inspectForWriting(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<GateResult> {
+export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<GateResult> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const activeEnd = view.l1Offset + h.l1Size * 8;
@@ -217,7 +217,7 @@ export async function inspectForWriting(s: Qcow2State, view: MappingView, refcou
 }
 
 /** Each L2 entry of `tables` that decodes, in order (an entry that does not is check's to report, not the gate's to trip on). */
-async function* l2EntriesOf(s: Qcow2State, tables: Iterable<number>): AsyncGenerator<{ l2: number; j: number; e: ReturnType<typeof decodeL2Entry> }> {
+async function* l2EntriesOf(s: Qcow2Image, tables: Iterable<number>): AsyncGenerator<{ l2: number; j: number; e: ReturnType<typeof decodeL2Entry> }> {
   const table = new Uint8Array(s.geom.clusterSize);
   for (const l2 of tables) {
     await s.storage.readInto(l2, table);
@@ -239,7 +239,7 @@ async function* l2EntriesOf(s: Qcow2State, tables: Iterable<number>): AsyncGener
  * active layer shares a cluster (rare): each distinct snapshot L2 table
  * is read once and counted by the L1 entries that point at it.
  */
-async function snapshotUses(s: Qcow2State, clusters: ReadonlySet<number>): Promise<Map<number, number>> {
+async function snapshotUses(s: Qcow2Image, clusters: ReadonlySet<number>): Promise<Map<number, number>> {
   const out = new Map<number, number>();
   if (!s.snapshots.length) return out;
   const cs = s.geom.clusterSize;
@@ -273,7 +273,7 @@ async function snapshotUses(s: Qcow2State, clusters: ReadonlySet<number>): Promi
  * and why: its refcount block says 0, is missing, or cannot be trusted.
  * Reads each refcount block that covers a cluster in use once.
  */
-async function firstWithoutRefcount(s: Qcow2State, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
+async function firstWithoutRefcount(s: Qcow2Image, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
   const cs = s.geom.clusterSize;
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
@@ -336,7 +336,7 @@ function zeroRefcountIn(chunk: Uint8Array, from: number, to: number, block: Uint
  * refusal): looked for only after a problem is found, in the order of the
  * gate's own pass.
  */
-async function describeUse(s: Qcow2State, view: MappingView, c: number): Promise<{ what: string; offset: number }> {
+async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise<{ what: string; offset: number }> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const host = c * cs;
@@ -377,7 +377,7 @@ async function describeUse(s: Qcow2State, view: MappingView, c: number): Promise
  * Refuses a writable open of an image that fails the gate, with the
  * problem named in one sentence (ERR_IMG_CORRUPT).
  */
-export async function gateWritableOpen(s: Qcow2State, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<void> {
+export async function gateWritableOpen(s: Qcow2Image, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<void> {
   const r = await inspectForWriting(s, view, refcountOf, untrusted);
   if (r.problem) {
     throw corrupt(FORMAT, s.file, `refusing to open for writing: ${r.problem}; img check -r all may repair it, read-only opens still work`, { field: 'L2 entry', offset: r.offset });

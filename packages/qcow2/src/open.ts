@@ -35,9 +35,12 @@ import { readSnapshotTable } from './snapshot.js';
 import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import type { EntryGeometry } from './mapping.js';
-import { BufferPool, DecompressedCache, type MappingView } from './reader.js';
-import { Qcow2Disk, openSnapshotView } from './image.js';
-import { attachWriter, missingDataFile, guardedDataStorage, readL1, writeHeader, type Qcow2State } from './state.js';
+import { readL1 } from './reader.js';
+import { Qcow2Disk } from './image.js';
+import { missingDataFile, writeHeader, Qcow2Image, type Qcow2ImageParts } from './core.js';
+import { attachWriter } from './writable.js';
+import { closeQcow2 } from './io.js';
+import { snapshotView } from './snapshot-ops.js';
 import { checkState } from './check.js';
 import { gateWritableOpen } from './open-gate.js';
 
@@ -68,13 +71,10 @@ function defaultFormats(): FormatRegistry {
 }
 
 /**
- * Opens a qcow2 image read-only (the default) over `storage`.
- *
- * Backing files and an external data file are opened through
- * `options.resolver`; `noBacking` reads unallocated ranges as zeros;
- * `untrusted` refuses every reference to another file.
+ * Opens the core of a qcow2 image (internal: check, amend and the public
+ * {@link openQcow2} use it). Validates everything before allocating.
  */
-export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}): Promise<Qcow2Disk> {
+export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
   const file = storage.name;
   const readOnly = options.readOnly ?? true;
   if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, file);
@@ -191,7 +191,7 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     throw e;
   }
 
-  const state: Qcow2State = {
+  const parts: Qcow2ImageParts = {
     storage,
     file,
     header,
@@ -201,7 +201,8 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     entryGeom,
     cache: new L2Cache(cacheBytes / cs),
     compressionType: header.compressionType,
-    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : readOnly ? storage : guardedDataStorage(storage, () => state)),
+    // A writable image's own data goes through the overlap guard (the core wraps it).
+    dataStorage: dataFile ?? (dataFileBit ? missingDataFile(file, dataFileName) : storage),
     rawDataFile: dataFile !== undefined && rawDataFileBit,
     backing: backingInfo?.disk,
     fileSize,
@@ -210,49 +211,50 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     backingInfo,
     dataFileName,
     dataFile,
-    pool: new BufferPool(2 * cs),
-    decompressed: new DecompressedCache(),
-    writer: undefined,
-    corruptFound: false,
-    dirtySet: false,
-    firstWrite: undefined,
-    activeReads: 0,
-    pendingReleases: [],
-    deferredError: undefined,
-    bitmaps: undefined,
     headerAreaEnd: Math.max(header.headerLength + (header.version >= 3 || extensions.length ? extensionsLength(extensions) : 0), header.backingFileOffset + header.backingFileSize),
   };
-  const view: MappingView = { l1, l1Offset: header.l1TableOffset, size: header.size };
-  const active = new Qcow2Disk(state, view, { readOnly, owner: true });
+  const core = new Qcow2Image(parts, { l1, l1Offset: header.l1TableOffset, size: header.size }, readOnly);
   try {
     if (!readOnly) {
       if (options.snapshot !== undefined) throw invalidArg(FORMAT, 'snapshots open read-only', { field: 'snapshot' });
-      await attachWriter(state, view);
+      await attachWriter(core);
       // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
       if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
-        const repaired = await checkState(state, view, 'all');
+        const repaired = await checkState(core, core.active, 'all');
         if (repaired.corruptions) {
           throw corrupt(FORMAT, file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
         }
         header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
-        await writeHeader(state);
+        await writeHeader(core);
         await storage.flush();
-        await attachWriter(state, view);
+        await attachWriter(core);
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
-      const refcounts = state.writer?.refcounts;
-      if (!options.checkOnly && refcounts) await gateWritableOpen(state, view, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
+      const refcounts = core.writer?.refcounts;
+      if (!options.checkOnly && refcounts) await gateWritableOpen(core, core.active, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
     }
   } catch (e) {
-    await active.close().catch(() => undefined);
+    await closeQcow2(core).catch(() => undefined);
     throw e;
   }
-  if (options.snapshot !== undefined) {
-    // The snapshot view takes over the state: closing it closes the image.
-    return openSnapshotView(state, options.snapshot, true).catch(async (e: unknown) => {
-      await active.close();
-      throw e;
-    });
+  return core;
+}
+
+/**
+ * Opens a qcow2 image read-only (the default) over `storage`.
+ *
+ * Backing files and an external data file are opened through
+ * `options.resolver`; `noBacking` reads unallocated ranges as zeros;
+ * `untrusted` refuses every reference to another file.
+ */
+export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}): Promise<Qcow2Disk> {
+  const core = await openQcow2Image(storage, options);
+  if (options.snapshot === undefined) return new Qcow2Disk(core, { owner: true });
+  try {
+    // The snapshot view takes over the image: closing it closes the image.
+    return new Qcow2Disk(core, { owner: true, snapshot: await snapshotView(core, options.snapshot) });
+  } catch (e) {
+    await closeQcow2(core);
+    throw e;
   }
-  return active;
 }

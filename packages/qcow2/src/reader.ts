@@ -223,6 +223,13 @@ export async function loadCompressed(state: ReaderState, pool: BufferPool, host:
   }
 }
 
+/** Reads an L1 table of `entries` entries at `offset`. */
+export async function readL1(storage: Storage, offset: number, entries: number): Promise<Uint8Array> {
+  const l1 = new Uint8Array(entries * 8);
+  if (entries) await readHost(storage, offset, l1);
+  return l1;
+}
+
 /** What readRange needs besides the reader state. */
 export interface ReadCaches {
   pool: BufferPool;

@@ -6,13 +6,22 @@ import { invalidArg, unsupported } from '@img/block';
 import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
 import { findExtension } from './extensions.js';
 import type { MappingView } from './reader.js';
-import { writeHeader, type Qcow2State } from './state.js';
+import { writeHeader, type Qcow2Image } from './core.js';
+import { exclusiveQcow2, writableRange } from './io.js';
 import type { Qcow2Writer } from './writer.js';
 
 const FORMAT = 'qcow2';
 
+/** Changes the virtual size of the active layer: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
+export async function resizeQcow2(core: Qcow2Image, newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  writableRange(core, 0, 0);
+  checkResize(core, core.active.size, newSize, options);
+  // Writes in flight finish first and new ones wait: the L1 table may move.
+  await exclusiveQcow2(core, (w) => resizeLayer(core, core.active, w, newSize), { refreshOverlap: true });
+}
+
 /** Refuses sizes that are not multiples of 512, need an L1 table past qemu's bound, or shrink without being asked to. */
-export function checkResize(s: Qcow2State, old: number, newSize: number, options: { shrink?: boolean }): void {
+function checkResize(s: Qcow2Image, old: number, newSize: number, options: { shrink?: boolean }): void {
   if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % 512 !== 0) {
     throw invalidArg(FORMAT, `invalid size ${newSize} (a non-negative multiple of 512)`, { field: 'size' });
   }
@@ -25,7 +34,7 @@ export function checkResize(s: Qcow2State, old: number, newSize: number, options
 }
 
 /** Changes the size of the active layer `view`; the caller holds the writer exclusively. */
-export async function resizeLayer(s: Qcow2State, view: MappingView, w: Qcow2Writer, newSize: number): Promise<void> {
+async function resizeLayer(s: Qcow2Image, view: MappingView, w: Qcow2Writer, newSize: number): Promise<void> {
   const old = view.size;
   if (findExtension(s.extensions, EXT_BITMAPS)) {
     throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });

@@ -34,7 +34,7 @@ import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { OVERLAP } from './overlap.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 
 const FORMAT = 'qcow2';
 /** The header switch must be one sector write to be atomic. */
@@ -72,7 +72,7 @@ export interface MetadataChange {
 }
 
 /** Host clusters an L2 entry holds a reference to (compressed data may span two). */
-function entryClusters(s: Qcow2State, table: Uint8Array, j: number, tableOffset: number): [number, number] | undefined {
+function entryClusters(s: Qcow2Image, table: Uint8Array, j: number, tableOffset: number): [number, number] | undefined {
   const cs = s.geom.clusterSize;
   const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
   if (e.type === 'compressed') {
@@ -84,14 +84,14 @@ function entryClusters(s: Qcow2State, table: Uint8Array, j: number, tableOffset:
 }
 
 /** Whether entry `j` carries a COPIED flag (it maps a host cluster of its own, not compressed). */
-function flagCluster(s: Qcow2State, table: Uint8Array, j: number, tableOffset: number): number | undefined {
+function flagCluster(s: Qcow2Image, table: Uint8Array, j: number, tableOffset: number): number | undefined {
   const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
   if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) return e.host / s.geom.clusterSize;
   return undefined;
 }
 
 /** L2 table offsets of a tree, by L1 index (0: none). */
-function tablesOf(s: Qcow2State, t: L1Tree): number[] {
+function tablesOf(s: Qcow2Image, t: L1Tree): number[] {
   const out: number[] = [];
   for (let i = 0; i < t.entries; i++) out.push(l1EntryOffset(t.l1, i, s.geom.clusterSize, s.file, t.offset));
   return out;
@@ -122,7 +122,7 @@ class Deltas {
 }
 
 /** Adds `sign` for every table of `tables` and every cluster its entries reference. */
-async function countTree(s: Qcow2State, tables: readonly number[], sign: number, d: Deltas): Promise<void> {
+async function countTree(s: Qcow2Image, tables: readonly number[], sign: number, d: Deltas): Promise<void> {
   const cs = s.geom.clusterSize;
   for (let i = 0; i < tables.length; i++) {
     const at = tables[i]!;
@@ -136,13 +136,13 @@ async function countTree(s: Qcow2State, tables: readonly number[], sign: number,
   }
 }
 
-async function flushAll(s: Qcow2State): Promise<void> {
+async function flushAll(s: Qcow2Image): Promise<void> {
   await s.dataFile?.flush();
   await s.storage.flush();
 }
 
 /** Allocates clusters (refcount 1, written in place: a crash leaks them) and grows the file over them. */
-async function allocate(s: Qcow2State, rc: Refcounts, count: number): Promise<number> {
+async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<number> {
   const offset = await rc.allocate(count);
   const end = rc.endCluster * s.geom.clusterSize;
   if (end > s.fileSize) {
@@ -153,7 +153,7 @@ async function allocate(s: Qcow2State, rc: Refcounts, count: number): Promise<nu
 }
 
 /** A write to clusters this commit allocated or may change: checked against the overlap map first. */
-async function checkedWrite(s: Qcow2State, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
+async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
   s.overlap?.check(s.file, offset, bytes.length, allowed);
   await s.storage.write(offset, bytes);
 }
@@ -177,7 +177,7 @@ function setCopied(bytes: Uint8Array, at: number, copied: boolean): boolean {
  * comment). On return the header, the active view, the snapshot list and
  * the refcounts describe the new state.
  */
-export async function commitChange(s: Qcow2State, view: MappingView, rc: Refcounts, change: MetadataChange): Promise<void> {
+export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcounts, change: MetadataChange): Promise<void> {
   const cs = s.geom.clusterSize;
   const es = s.geom.l2EntrySize;
   if (rc.untrustedBlocks.length) {

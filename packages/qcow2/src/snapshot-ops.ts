@@ -16,26 +16,49 @@
  * - apply: a copy of the snapshot's L1 table becomes the active one; the
  *   old active layer's references go.
  */
-import { invalidArg, notFoundError, readOnlyError, utf8Encode, writeU32Be } from '@img/block';
+import { invalidArg, readOnlyError, utf8Encode, writeU32Be } from '@img/block';
+import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
-import { type Qcow2Snapshot } from './snapshot.js';
+import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
 import { commitChange } from './snapshot-commit.js';
-import { type MappingView } from './reader.js';
-import { readL1, type Qcow2State } from './state.js';
+import { readL1, type MappingView } from './reader.js';
+import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
+import { exclusiveQcow2 } from './io.js';
 
 const FORMAT = 'qcow2';
 
-function refcountsOf(s: Qcow2State): Refcounts {
+function refcountsOf(s: Qcow2Image): Refcounts {
   const rc = s.writer?.refcounts;
   if (!rc) throw readOnlyError(FORMAT, s.file);
   return rc;
 }
 
-function find(s: Qcow2State, idOrName: string): Qcow2Snapshot {
-  const snap = s.snapshots.find((x) => x.id === idOrName) ?? s.snapshots.find((x) => x.name === idOrName);
-  if (!snap) throw notFoundError(s.file, `no snapshot with id or name "${idOrName}"`, { format: FORMAT, field: 'snapshot' });
-  return snap;
+/**
+ * Takes an internal snapshot of the active layer (qemu-img snapshot -c).
+ * Writes started before it finish first; writes started after wait.
+ */
+export function createQcow2Snapshot(core: Qcow2Image, name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+  return exclusiveQcow2(core, async () => snapshotInfo(await createSnapshot(core, core.active, name, options), core.header.size), { refreshOverlap: true });
+}
+
+/** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
+export function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+  // Switching snapshots changes every byte as far as dirty bitmaps know.
+  return exclusiveQcow2(core, () => applySnapshot(core, core.active, idOrName), { refreshOverlap: true, changesEverything: true });
+}
+
+/** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
+export function deleteQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+  return exclusiveQcow2(core, () => deleteSnapshot(core, core.active, idOrName), { refreshOverlap: true });
+}
+
+/** The L1 table, size and description of internal snapshot `idOrName`, for a read-only view of it. */
+export async function snapshotView(core: Qcow2Image, idOrName: string): Promise<{ view: MappingView; info: SnapshotInfo }> {
+  const snap = core.findSnapshot(idOrName);
+  const size = snap.diskSize ?? core.header.size;
+  const l1 = await readL1(core.storage, snap.l1TableOffset, snap.l1Size);
+  return { view: { l1, l1Offset: snap.l1TableOffset, size }, info: snapshotInfo(snap, core.header.size) };
 }
 
 /** Options of createSnapshot. */
@@ -46,8 +69,7 @@ export interface SnapshotCreateOptions {
   date?: Date;
 }
 
-/** Takes an internal snapshot of the active layer (qemu-img snapshot -c). */
-export async function createSnapshot(s: Qcow2State, view: MappingView, name: string, options: SnapshotCreateOptions = {}): Promise<Qcow2Snapshot> {
+async function createSnapshot(s: Qcow2Image, view: MappingView, name: string, options: SnapshotCreateOptions = {}): Promise<Qcow2Snapshot> {
   const rc = refcountsOf(s);
   const id = validateNew(s, name, options);
   const h = s.header;
@@ -84,7 +106,7 @@ export async function createSnapshot(s: Qcow2State, view: MappingView, name: str
   return s.snapshots[s.snapshots.length - 1]!;
 }
 
-function validateNew(s: Qcow2State, name: string, options: SnapshotCreateOptions): string {
+function validateNew(s: Qcow2Image, name: string, options: SnapshotCreateOptions): string {
   if (s.entryGeom.dataFile) throw invalidArg(FORMAT, 'images with an external data file cannot have internal snapshots', { field: 'snapshot' });
   if (!name || utf8Encode(name).length > 0xffff) throw invalidArg(FORMAT, 'a snapshot needs a name of 1 to 65535 bytes', { field: 'name' });
   if (s.snapshots.length >= MAX_SNAPSHOTS) throw invalidArg(FORMAT, `at most ${MAX_SNAPSHOTS} snapshots`, { field: 'snapshot' });
@@ -94,10 +116,9 @@ function validateNew(s: Qcow2State, name: string, options: SnapshotCreateOptions
   return id;
 }
 
-/** Deletes an internal snapshot (qemu-img snapshot -d). */
-export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
+async function deleteSnapshot(s: Qcow2Image, view: MappingView, idOrName: string): Promise<void> {
   const rc = refcountsOf(s);
-  const snap = find(s, idOrName);
+  const snap = s.findSnapshot(idOrName);
   const cs = s.geom.clusterSize;
   const l1 = await readL1(s.storage, snap.l1TableOffset, snap.l1Size);
   await commitChange(s, view, rc, {
@@ -114,10 +135,9 @@ export async function deleteSnapshot(s: Qcow2State, view: MappingView, idOrName:
   });
 }
 
-/** Reverts the active layer to a snapshot (qemu-img snapshot -a); the disk takes the snapshot's size. */
-export async function applySnapshot(s: Qcow2State, view: MappingView, idOrName: string): Promise<void> {
+async function applySnapshot(s: Qcow2Image, view: MappingView, idOrName: string): Promise<void> {
   const rc = refcountsOf(s);
-  const snap = find(s, idOrName);
+  const snap = s.findSnapshot(idOrName);
   const h = s.header;
   const snapL1 = await readL1(s.storage, snap.l1TableOffset, snap.l1Size);
   const size = snap.diskSize ?? h.size;

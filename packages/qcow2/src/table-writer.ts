@@ -20,7 +20,7 @@ import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import type { Refcounts } from './refcount.js';
 import type { PendingWrites } from './pending-writes.js';
-import type { Qcow2State } from './state.js';
+import type { Qcow2Image } from './core.js';
 import { InFlightWrites, TableLocks } from './in-flight.js';
 import { OVERLAP } from './overlap.js';
 
@@ -55,7 +55,7 @@ function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
 
 /** Allocation, release, L1/L2 table access and locking, shared by every guest write path ({@link Qcow2Writer}). */
 export class TableWriter {
-  protected readonly s: Qcow2State;
+  protected readonly s: Qcow2Image;
   protected readonly view: MappingView;
   protected readonly rc: Refcounts | undefined;
   protected readonly hooks: WriterHooks;
@@ -69,7 +69,7 @@ export class TableWriter {
   readonly full: number;
   readonly unitSize: number;
 
-  constructor(state: Qcow2State, view: MappingView, refcounts: Refcounts | undefined, hooks: WriterHooks) {
+  constructor(state: Qcow2Image, view: MappingView, refcounts: Refcounts | undefined, hooks: WriterHooks) {
     this.s = state;
     this.view = view;
     this.rc = refcounts;

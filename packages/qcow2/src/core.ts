@@ -1,9 +1,13 @@
 /**
- * What an open image shares between its views (active layer, snapshots):
- * header, tables, caches, the writer; and the header updates writes make.
+ * Qcow2Image: the core of one open qcow2 image, shared by its views (the
+ * active layer, read-only snapshot views). It owns the header and its
+ * extensions, the storage and external data file, the backing image, the
+ * L2 and decompressed caches, the overlap map, the writer (allocator,
+ * cluster map and scheduler), the bitmap tracker, and the header updates
+ * writes make (dirty and corrupt bits, cluster 0).
  */
-import { ERROR_CODES, ImageError, invalidArg, utf8Encode } from '@img/block';
-import type { Storage } from '@img/block';
+import { CallOrder, ERROR_CODES, ImageError, corrupt, diskClosedError, invalidArg, utf8Encode } from '@img/block';
+import type { Disk, Storage } from '@img/block';
 import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
@@ -13,15 +17,16 @@ import { l1EntryOffset } from './mapping.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
-import { readHost, readRange, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
+import { readL1, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
 import { serializeHeader } from './header.js';
-import { Refcounts } from './refcount.js';
-import { Qcow2Writer } from './writer.js';
+import type { EntryGeometry } from './mapping.js';
+import type { L2Cache } from './l2-cache.js';
+import type { Qcow2Writer } from './writer.js';
 
 const FORMAT = 'qcow2';
 
-/** Everything an open image shares between its active view and snapshot views. */
-export interface Qcow2State extends ReaderState {
+/** What {@link openQcow2Image} has read and opened, before the image takes it over. */
+export interface Qcow2ImageParts extends ReaderState {
   header: Qcow2Header;
   extensions: HeaderExtension[];
   featureTable: FeatureName[];
@@ -31,39 +36,163 @@ export interface Qcow2State extends ReaderState {
   backingInfo: OpenedBacking | undefined;
   dataFileName: string | undefined;
   dataFile: Storage | undefined;
-  pool: BufferPool;
-  decompressed: DecompressedCache;
+  /** End of header, extensions and backing file name in cluster 0. */
+  headerAreaEnd: number;
+}
+
+/**
+ * The core of one open qcow2 image (see the module comment). Operations
+ * are functions over it (io.ts, extents.ts, snapshot-ops.ts, resize.ts,
+ * rebase.ts, check.ts, amend.ts); Qcow2Disk (image.ts) is the public
+ * facade. Internal: not exported from index.
+ */
+export class Qcow2Image implements ReaderState {
+  readonly storage: Storage;
+  readonly file: string;
+  readonly geom: Qcow2Geometry;
+  readonly entryGeom: EntryGeometry;
+  readonly cache: L2Cache;
+  readonly compressionType: number;
+  dataStorage: Storage;
+  readonly rawDataFile: boolean;
+  backing: Disk | undefined;
+  fileSize: number;
+  header: Qcow2Header;
+  extensions: HeaderExtension[];
+  featureTable: FeatureName[];
+  snapshots: Qcow2Snapshot[];
+  backingName: string | undefined;
+  backingInfo: OpenedBacking | undefined;
+  dataFileName: string | undefined;
+  dataFile: Storage | undefined;
+  /** The active layer's L1 table (snapshot views have their own). */
+  readonly active: MappingView;
+  /** Opened read-only (no writer). */
+  readonly readOnly: boolean;
+  readonly pool: BufferPool;
+  readonly decompressed = new DecompressedCache();
+  /**
+   * Call order of overlapping guest operations that pause before taking
+   * their places in the table locks' queues (see io.ts).
+   */
+  readonly order = new CallOrder();
   /** Present when the image is open for writing. */
   writer: Qcow2Writer | undefined;
   /** A write met corrupt metadata: the corrupt bit is set and writes are refused. */
-  corruptFound: boolean;
+  corruptFound = false;
   /** The dirty bit was set by us (lazy refcounts) and must be cleared on flush. */
-  dirtySet: boolean;
+  dirtySet = false;
   /** The once-per-session header update before the first write. */
   firstWrite: Promise<void> | undefined;
   /** {@link firstWrite} has finished (a write may start without waiting for it). */
-  firstWriteDone?: boolean;
+  firstWriteDone = false;
   /** End of header, extensions and backing file name in cluster 0. */
   headerAreaEnd: number;
   /** Guest reads in flight (cluster releases wait until there are none). */
-  activeReads: number;
+  activeReads = 0;
   /** Releases postponed while reads were in flight. */
-  pendingReleases: Array<{ offset: number; bytes: number }>;
+  pendingReleases: Array<{ offset: number; bytes: number }> = [];
   /** A postponed release that failed: reported by the next flush. */
   deferredError: unknown;
   /** Enabled persistent bitmaps being kept up to date (after the first write). */
   bitmaps: BitmapTracker | undefined;
   /** Where the metadata is (writable opens): every write is checked against it. */
   overlap?: OverlapMap;
+  #closed = false;
+
+  constructor(parts: Qcow2ImageParts, active: MappingView, readOnly: boolean) {
+    this.storage = parts.storage;
+    this.file = parts.file;
+    this.geom = parts.geom;
+    this.entryGeom = parts.entryGeom;
+    this.cache = parts.cache;
+    this.compressionType = parts.compressionType;
+    // A writable image's own data goes through the overlap guard.
+    this.dataStorage = parts.dataStorage === parts.storage && !readOnly ? guardedDataStorage(parts.storage, this) : parts.dataStorage;
+    this.rawDataFile = parts.rawDataFile;
+    this.backing = parts.backing;
+    this.fileSize = parts.fileSize;
+    this.header = parts.header;
+    this.extensions = parts.extensions;
+    this.featureTable = parts.featureTable;
+    this.snapshots = parts.snapshots;
+    this.backingName = parts.backingName;
+    this.backingInfo = parts.backingInfo;
+    this.dataFileName = parts.dataFileName;
+    this.dataFile = parts.dataFile;
+    this.headerAreaEnd = parts.headerAreaEnd;
+    this.active = active;
+    this.readOnly = readOnly;
+    this.pool = new BufferPool(2 * parts.geom.clusterSize);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Throws ERR_IMG_CLOSED once closed. */
+  assertOpen(): void {
+    if (this.#closed) throw diskClosedError(FORMAT, this.file);
+  }
+
+  /** The internal snapshot with id `idOrName`, else the one named so (as qemu looks them up). */
+  findSnapshot(idOrName: string): Qcow2Snapshot {
+    const snap = this.snapshots.find((s) => s.id === idOrName) ?? this.snapshots.find((s) => s.name === idOrName);
+    if (!snap) {
+      throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${this.file}: no snapshot with id or name "${idOrName}"`, { data: { format: FORMAT, file: this.file, field: 'snapshot' } });
+    }
+    return snap;
+  }
+
+  /**
+   * Flush barrier between dependent metadata writes. Every barrier
+   * flushes, with lazy refcounts too: the dirty bit makes a rebuild of the
+   * refcounts safe, but not an L1 entry pointing at an L2 table that never
+   * reached the disk, an L2 entry pointing at a reused cluster whose new
+   * data (with the copied-on-write old bytes) never reached it, or a
+   * cluster reused while the entry that frees it is not yet on disk. The
+   * crash tests (crash.test.ts) find each of these when the barriers are
+   * skipped.
+   */
+  async barrier(): Promise<void> {
+    await this.dataFile?.flush();
+    await this.storage.flush();
+  }
+
+  /**
+   * Closes the image: deferred L2 writes finish, caches go, then the
+   * backing image, the data file and the storage close. Idempotent; the
+   * first error is reported after everything was closed.
+   */
+  async close(errors: unknown[] = []): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.writer?.settle().catch((e: unknown) => errors.push(e));
+    this.cache.clear();
+    this.decompressed.clear();
+    for (const close of [() => this.backing?.close(), () => this.dataFile?.close(), () => this.storage.close()]) {
+      try {
+        await close();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    if (errors.length) throw errors[0];
+  }
+}
+
+/** The error for a write after an earlier one met corrupt metadata. */
+export function corruptImageError(file: string): ImageError {
+  return corrupt(FORMAT, file, 'the image was marked corrupt by an earlier write; it can only be read');
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
-export async function writeHeader(s: Qcow2State): Promise<void> {
+export async function writeHeader(s: Qcow2Image): Promise<void> {
   await s.storage.write(0, serializeHeader(s.header));
 }
 
 /** Sets the corrupt bit (v3) after a write met corrupt metadata, and refuses further writes. */
-export async function markCorrupt(s: Qcow2State): Promise<void> {
+export async function markCorrupt(s: Qcow2Image): Promise<void> {
   if (s.corruptFound) return;
   s.corruptFound = true;
   if (s.header.version < 3) return;
@@ -81,7 +210,7 @@ export async function markCorrupt(s: Qcow2State): Promise<void> {
  * consistent (every one but "raw external data", which writes honour), and
  * set the dirty bit when lazy refcounts are on.
  */
-export function beforeFirstWrite(s: Qcow2State): Promise<void> {
+export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
   s.firstWrite ??= (async () => {
     const h = s.header;
     const before = { a: h.autoclearFeatures, i: h.incompatibleFeatures };
@@ -119,12 +248,6 @@ export function beforeFirstWrite(s: Qcow2State): Promise<void> {
   return s.firstWrite;
 }
 
-export async function readL1(storage: Storage, offset: number, entries: number): Promise<Uint8Array> {
-  const l1 = new Uint8Array(entries * 8);
-  if (entries) await readHost(storage, offset, l1);
-  return l1;
-}
-
 /** A data file that was not opened: metadata works, data reads fail clearly. */
 export function missingDataFile(file: string, name: string | undefined): Storage {
   const fail = async (): Promise<never> => {
@@ -147,7 +270,7 @@ function addL2Tables(map: OverlapMap, l1: Uint8Array, cs: number, file: string, 
  * tables, bitmap directory and tables. (Refcount table and blocks are
  * added by {@link Refcounts.load}.)
  */
-export async function buildOverlapMap(s: Qcow2State, view: MappingView): Promise<OverlapMap> {
+export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise<OverlapMap> {
   const cs = s.geom.clusterSize;
   const h = s.header;
   const map = new OverlapMap(cs);
@@ -177,7 +300,7 @@ export async function buildOverlapMap(s: Qcow2State, view: MappingView): Promise
  * Builds the overlap map again after an operation that rewrote many tables
  * at once (snapshot create, apply and delete, resize).
  */
-export async function refreshOverlapMap(s: Qcow2State, view: MappingView): Promise<void> {
+export async function refreshOverlapMap(s: Qcow2Image, view: MappingView): Promise<void> {
   const rc = s.writer?.refcounts;
   if (!s.overlap || !rc) return;
   const fresh = await buildOverlapMap(s, view);
@@ -190,10 +313,9 @@ export async function refreshOverlapMap(s: Qcow2State, view: MappingView): Promi
  * overlap map first, and one that would hit metadata marks the image
  * corrupt and is refused (qemu: "Preventing invalid write on metadata").
  */
-export function guardedDataStorage(storage: Storage, state: () => Qcow2State): Storage {
+export function guardedDataStorage(storage: Storage, s: Qcow2Image): Storage {
   const write = async (position: number, data: Uint8Array): Promise<void> => {
-    const s = state();
-    if (s.corruptFound) throw Qcow2Writer.corruptError(s.file);
+    if (s.corruptFound) throw corruptImageError(s.file);
     const hit = s.overlap?.find(position, data.length);
     if (hit) {
       await markCorrupt(s);
@@ -218,51 +340,12 @@ export function guardedDataStorage(storage: Storage, state: () => Qcow2State): S
   };
 }
 
-/** Loads the refcounts and attaches a writer to an image opened for writing. */
-export async function attachWriter(state: Qcow2State, view: MappingView): Promise<void> {
-  const h = state.header;
-  // Every barrier flushes, with lazy refcounts too: the dirty bit makes a rebuild of the refcounts
-  // safe, but not an L1 entry pointing at an L2 table that never reached the disk, an L2 entry
-  // pointing at a reused cluster whose new data (with the copied-on-write old bytes) never
-  // reached it, or a cluster reused while the entry that frees it is not yet on disk. The crash
-  // tests (crash.test.ts) find each of these when the barriers are skipped.
-  const barrier = async () => {
-    await state.dataFile?.flush();
-    await state.storage.flush();
-  };
-  const overlap = await buildOverlapMap(state, view);
-  state.overlap = overlap;
-  const refcounts = await Refcounts.load({
-    overlap,
-    storage: state.storage,
-    file: state.file,
-    clusterSize: state.geom.clusterSize,
-    refcountBits: state.geom.refcountBits,
-    tableOffset: h.refcountTableOffset,
-    tableClusters: h.refcountTableClusters,
-    fileSize: state.fileSize,
-    onTableMoved: async (offset, clusters) => {
-      h.refcountTableOffset = offset;
-      h.refcountTableClusters = clusters;
-      await writeHeader(state);
-    },
-    barrier,
-  });
-  const caches = state;
-  state.writer = new Qcow2Writer(state, view, refcounts, {
-    read: (offset, target) => readRange(state, caches, view, offset, target),
-    writeHeader: () => writeHeader(state),
-    beforeFirstWrite: () => beforeFirstWrite(state),
-    barrier,
-  });
-}
-
 /**
  * Rewrites cluster 0 after a change of the header, its extensions or the
  * backing file name: header, extensions and name are laid out again and
  * written with one write. Everything must fit in the first cluster.
  */
-export async function rewriteHeaderCluster(s: Qcow2State): Promise<void> {
+export async function rewriteHeaderCluster(s: Qcow2Image): Promise<void> {
   const h = s.header;
   const cs = s.geom.clusterSize;
   const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);

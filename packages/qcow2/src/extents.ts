@@ -1,0 +1,34 @@
+/**
+ * The extents of a view (active layer or snapshot), from L1/L2 metadata
+ * only: unallocated ranges are resolved through the backing chain (depth
+ * = layer), unless the caller asks for the top layer alone.
+ */
+import { extentRange, mergeExtents } from '@img/block';
+import type { Extent, ExtentOptions } from '@img/block';
+import { segments, segmentExtent, type MappingView } from './reader.js';
+import type { Qcow2Image } from './core.js';
+
+/** The merged extents of `view` over the requested range. */
+export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent> {
+  core.assertOpen();
+  const { start, end } = extentRange(options, view.size);
+  return mergeExtents(extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false));
+}
+
+async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean): AsyncGenerator<Extent> {
+  const fileName = core.dataFile?.name ?? core.storage.name;
+  for await (const seg of segments(core, view, start, end)) {
+    const backing = core.backing;
+    if (seg.kind !== 'hole' || topOnly || !backing) {
+      yield segmentExtent(seg, hostOffsets, fileName);
+      continue;
+    }
+    const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
+    if (inBacking > 0) {
+      for await (const e of backing.extents({ offset: seg.offset, length: inBacking, hostOffsets })) {
+        yield { ...e, depth: (e.depth ?? 0) + 1 };
+      }
+    }
+    if (inBacking < seg.length) yield { offset: seg.offset + inBacking, length: seg.length - inBacking, kind: 'hole', depth: 0 };
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * What commit and rebase change in the active layer's own metadata: the
+ * backing file reference (qemu-img rebase -u) and emptying the layer so
+ * that every read falls through to the backing image (after a commit).
+ */
+import { invalidArg } from '@img/block';
+import { AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './constants.js';
+import { hasFeature } from './header.js';
+import { stringExtension } from './extensions.js';
+import { rewriteHeaderCluster, type Qcow2Image } from './core.js';
+import { changing, exclusiveQcow2, writableRange } from './io.js';
+
+const FORMAT = 'qcow2';
+
+/**
+ * Rewrites the backing file reference only: the name and format stored in
+ * the image, or none. The backing image open now stays in use until the
+ * image is reopened.
+ */
+export async function setQcow2Backing(core: Qcow2Image, name: string | undefined, format?: string): Promise<void> {
+  writableRange(core, 0, 0);
+  if (name !== undefined && (name.length === 0 || hasFeature(core.header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW))) {
+    throw invalidArg(FORMAT, name.length === 0 ? 'empty backing file name' : 'an image with a raw external data file cannot have a backing file', { field: 'backing_file' });
+  }
+  await exclusiveQcow2(core, async () => {
+    const others = core.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
+    core.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
+    core.backingName = name;
+    core.backingInfo = undefined;
+    await rewriteHeaderCluster(core);
+    await core.storage.flush();
+  });
+}
+
+/** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image. */
+export async function makeQcow2Empty(core: Qcow2Image): Promise<void> {
+  await exclusiveQcow2(core, async (w) => {
+    const size = core.active.size;
+    await changing(core, 0, size);
+    if (size) await w.zeroOrDiscardExclusive(0, size, 'discard', true);
+    await w.dropTablesFrom(0);
+    await core.storage.flush();
+  });
+}
