@@ -343,7 +343,7 @@ function putEntry(table: Uint8Array, index: number, host: number, copied: boolea
 async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<number> {
   const cs = s.geom.clusterSize;
   const w = s.writer!;
-  const rc = w.refcounts!;
+  const rc = w.allocator.refcounts;
   const backed = s.backingName !== undefined;
   const zeros = new Uint8Array(cs);
   let expanded = 0;
@@ -367,7 +367,7 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
         host = undefined;
       }
       if (host === undefined) {
-        host = await w.allocateClusters(1);
+        host = await w.allocator.allocate(1);
         if (tableRefs > 1) await rc.add(host / cs, 1, tableRefs - 1);
       }
       toZero.push(host);

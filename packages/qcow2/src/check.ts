@@ -399,7 +399,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   const repaired: string[] = [];
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
-    const rc = s.writer?.refcounts;
+    const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
     const before = t;
     // What the guest reads from data clusters on metadata, before any repair rewrites some of it.

@@ -8,10 +8,10 @@
  */
 import { compressCluster, qcow2Codecs } from './compression.js';
 import type { Qcow2Image } from './core.js';
-import type { Qcow2Writer } from './writer.js';
+import { writeGuest, writeCompressedClusters } from './writer.js';
 
 /** Writes whole clusters of `data` at cluster-aligned guest `offset`, compressed where they get smaller. */
-export async function writeCompressedData(s: Qcow2Image, w: Qcow2Writer, offset: number, data: Uint8Array): Promise<void> {
+export async function writeCompressedData(s: Qcow2Image, offset: number, data: Uint8Array): Promise<void> {
   const cs = s.geom.clusterSize;
   const clusters: Array<{ guest: number; plain: Uint8Array; packed: Uint8Array | undefined }> = [];
   // Many clusters go to the worker pool (all cores); few, or where there are no workers, are compressed here.
@@ -42,10 +42,15 @@ export async function writeCompressedData(s: Qcow2Image, w: Qcow2Writer, offset:
     while (j < clusters.length && !clusters[j]!.packed) j++;
     const start = clusters[i]!.guest - offset;
     const end = clusters[j - 1]!.guest - offset + clusters[j - 1]!.plain.length;
-    writes.push(w.write(offset + start, data.subarray(start, end)));
+    writes.push(writeGuest(s, offset + start, data.subarray(start, end)));
     i = j;
   }
-  writes.push(w.writeCompressedClusters(clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! }))));
+  writes.push(
+    writeCompressedClusters(
+      s,
+      clusters.filter((c) => c.packed).map((c) => ({ guest: c.guest, packed: c.packed! })),
+    ),
+  );
   const results = await Promise.allSettled(writes);
   // Written (or failed): the pool may reuse the buffers behind the compressed bytes.
   codecs.releaseClusters?.(pooled);

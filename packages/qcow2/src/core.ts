@@ -18,12 +18,24 @@ import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
 import { readL1, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
-import { serializeHeader } from './header.js';
+import { serializeHeader, writeHeaderFields } from './header.js';
 import type { EntryGeometry } from './mapping.js';
 import type { L2Cache } from './l2-cache.js';
-import type { Qcow2Writer } from './writer.js';
+import type { Allocator } from './allocator.js';
+import type { ClusterMap } from './cluster-map.js';
+import type { Scheduler } from './scheduler.js';
 
 const FORMAT = 'qcow2';
+
+/** The metadata services of an image open for writing (writable.ts puts them together). */
+export interface Qcow2WriterParts {
+  /** Refcounts, cluster allocation and release. */
+  readonly allocator: Allocator;
+  /** The active layer's L1/L2 lookups and updates. */
+  readonly map: ClusterMap;
+  /** Locks, call order and the ordering of dependent writes. */
+  readonly scheduler: Scheduler;
+}
 
 /** What {@link openQcow2Image} has read and opened, before the image takes it over. */
 export interface Qcow2ImageParts extends ReaderState {
@@ -77,7 +89,7 @@ export class Qcow2Image implements ReaderState {
    */
   readonly order = new CallOrder();
   /** Present when the image is open for writing. */
-  writer: Qcow2Writer | undefined;
+  writer: Qcow2WriterParts | undefined;
   /** A write met corrupt metadata: the corrupt bit is set and writes are refused. */
   corruptFound = false;
   /** The dirty bit was set by us (lazy refcounts) and must be cleared on flush. */
@@ -88,10 +100,6 @@ export class Qcow2Image implements ReaderState {
   firstWriteDone = false;
   /** End of header, extensions and backing file name in cluster 0. */
   headerAreaEnd: number;
-  /** Guest reads in flight (cluster releases wait until there are none). */
-  activeReads = 0;
-  /** Releases postponed while reads were in flight. */
-  pendingReleases: Array<{ offset: number; bytes: number }> = [];
   /** A postponed release that failed: reported by the next flush. */
   deferredError: unknown;
   /** Enabled persistent bitmaps being kept up to date (after the first write). */
@@ -145,21 +153,6 @@ export class Qcow2Image implements ReaderState {
   }
 
   /**
-   * Flush barrier between dependent metadata writes. Every barrier
-   * flushes, with lazy refcounts too: the dirty bit makes a rebuild of the
-   * refcounts safe, but not an L1 entry pointing at an L2 table that never
-   * reached the disk, an L2 entry pointing at a reused cluster whose new
-   * data (with the copied-on-write old bytes) never reached it, or a
-   * cluster reused while the entry that frees it is not yet on disk. The
-   * crash tests (crash.test.ts) find each of these when the barriers are
-   * skipped.
-   */
-  async barrier(): Promise<void> {
-    await this.dataFile?.flush();
-    await this.storage.flush();
-  }
-
-  /**
    * Closes the image: deferred L2 writes finish, caches go, then the
    * backing image, the data file and the storage close. Idempotent; the
    * first error is reported after everything was closed.
@@ -167,7 +160,7 @@ export class Qcow2Image implements ReaderState {
   async close(errors: unknown[] = []): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.writer?.settle().catch((e: unknown) => errors.push(e));
+    await this.writer?.scheduler.settle().catch((e: unknown) => errors.push(e));
     this.cache.clear();
     this.decompressed.clear();
     for (const close of [() => this.backing?.close(), () => this.dataFile?.close(), () => this.storage.close()]) {
@@ -187,8 +180,8 @@ export function corruptImageError(file: string): ImageError {
 }
 
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
-export async function writeHeader(s: Qcow2Image): Promise<void> {
-  await s.storage.write(0, serializeHeader(s.header));
+export function writeHeader(s: Qcow2Image): Promise<void> {
+  return writeHeaderFields(s.storage, s.header);
 }
 
 /** Sets the corrupt bit (v3) after a write met corrupt metadata, and refuses further writes. */
@@ -227,8 +220,8 @@ export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
     const consistent = bitmaps !== undefined && (before.a & (1n << BigInt(AUTOCLEAR_BITMAPS))) !== 0n;
     if (consistent && h.version >= 3) {
       h.autoclearFeatures |= 1n << BigInt(AUTOCLEAR_BITMAPS);
-      const w = s.writer!;
-      s.bitmaps = await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => w.allocateClusters(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size);
+      const allocator = s.writer!.allocator;
+      s.bitmaps = await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size);
     }
     const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
     if (bitmaps && !consistent) {
@@ -242,7 +235,7 @@ export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
       await writeHeader(s);
       await s.storage.flush();
     }
-    for (const r of stale) await s.writer?.release(r.offset, r.bytes);
+    for (const r of stale) await s.writer?.allocator.release(r.offset, r.bytes);
     s.firstWriteDone = true;
   })();
   return s.firstWrite;
@@ -301,7 +294,7 @@ export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise
  * at once (snapshot create, apply and delete, resize).
  */
 export async function refreshOverlapMap(s: Qcow2Image, view: MappingView): Promise<void> {
-  const rc = s.writer?.refcounts;
+  const rc = s.writer?.allocator.refcounts;
   if (!s.overlap || !rc) return;
   const fresh = await buildOverlapMap(s, view);
   rc.mapInto(fresh);

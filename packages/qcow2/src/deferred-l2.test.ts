@@ -1,6 +1,6 @@
 /**
  * L2 entries of a write that releases nothing are written without holding
- * the table (writer.ts, TableWriter.deferTableRange): while such a write
+ * the table (writer.ts, ClusterMap.deferTableRange): while such a write
  * is in flight the table must stay readable from memory (an L2 cache of
  * one table evicts it at once), flush must wait for it, and a failed one
  * must be reported by the next flush.

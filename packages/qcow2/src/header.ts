@@ -4,6 +4,7 @@
  * newer writer put up to header_length, which is kept byte for byte.
  */
 import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures } from '@img/block';
+import type { Storage } from '@img/block';
 import { QCOW2_MAGIC, QCOW2_V2_HEADER_LENGTH, QCOW2_V3_HEADER_LENGTH, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_REFCOUNT_ORDER } from './constants.js';
 
 /** The decoded header. 64-bit feature masks are bigints (never on a hot path). */
@@ -127,6 +128,11 @@ export function parseHeader(buf: Uint8Array, file?: string): Qcow2Header {
     }
   }
   return h;
+}
+
+/** Writes the header fields (bytes 0..header_length); extensions and the backing file name are left as they are. */
+export function writeHeaderFields(storage: Storage, h: Qcow2Header): Promise<void> {
+  return storage.write(0, serializeHeader(h));
 }
 
 /** Encodes a header: exactly header_length bytes (72 for v2). */

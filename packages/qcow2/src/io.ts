@@ -16,28 +16,27 @@ import { ERROR_CODES, ImageError, checkDiskRange, invalidArg, readOnlyError, uns
 import type { WriteZeroesOptions } from '@img/block';
 import { INCOMPAT_DIRTY } from './constants.js';
 import { readRange, type MappingView } from './reader.js';
-import { beforeFirstWrite, corruptImageError, markCorrupt, refreshOverlapMap, writeHeader, type Qcow2Image } from './core.js';
+import { beforeFirstWrite, corruptImageError, markCorrupt, refreshOverlapMap, writeHeader, type Qcow2Image, type Qcow2WriterParts } from './core.js';
+import type { Scheduler } from './scheduler.js';
 import { writeCompressedData } from './compressed-write.js';
-import type { Qcow2Writer } from './writer.js';
+import { writeGuest, writeInPlace, zeroOrDiscardGuest } from './writer.js';
 
 const FORMAT = 'qcow2';
 
 /** Reads guest bytes of `view` at `offset` into `target` (range checked by the caller). */
 export async function readQcow2Into(core: Qcow2Image, view: MappingView, offset: number, target: Uint8Array): Promise<void> {
   if (target.length === 0) return;
-  core.activeReads++;
+  const allocator = core.writer?.allocator;
+  allocator?.readStarted();
   try {
     await readRange(core, core, view, offset, target);
   } finally {
-    const w = core.writer;
-    if (--core.activeReads === 0 && core.pendingReleases.length && w) {
-      w.drainReleases().catch((e: unknown) => void (core.deferredError ??= e));
-    }
+    if (allocator?.readEnded()) allocator.drainReleases().catch((e: unknown) => void (core.deferredError ??= e));
   }
 }
 
-/** The writer, once the image is open, writable, not marked corrupt, and the range lies inside the active layer. */
-export function writableRange(core: Qcow2Image, offset: number, length: number): Qcow2Writer {
+/** The writable parts, once the image is open, writable, not marked corrupt, and the range lies inside the active layer. */
+export function writableRange(core: Qcow2Image, offset: number, length: number): Qcow2WriterParts {
   core.assertOpen();
   if (core.readOnly || !core.writer) throw readOnlyError(FORMAT, core.file);
   if (core.corruptFound) throw corruptImageError(core.file);
@@ -61,7 +60,7 @@ export async function changing(core: Qcow2Image, offset: number, length: number)
   await core.bitmaps?.change(offset, length);
 }
 
-function ordered(core: Qcow2Image, w: Qcow2Writer, offset: number, length: number, op: () => Promise<void>): Promise<void> {
+function ordered(core: Qcow2Image, w: Scheduler, offset: number, length: number, op: () => Promise<void>): Promise<void> {
   return core.order.run(offset, length, op, { register: !w.inOrder || core.bitmaps !== undefined });
 }
 
@@ -71,7 +70,7 @@ function ordered(core: Qcow2Image, w: Qcow2Writer, offset: number, length: numbe
  * does before it returns), later operations cannot overtake it (see
  * Scheduler.hold).
  */
-async function inOrder(core: Qcow2Image, w: Qcow2Writer, offset: number, length: number, op: () => Promise<void>): Promise<void> {
+async function inOrder(core: Qcow2Image, w: Scheduler, offset: number, length: number, op: () => Promise<void>): Promise<void> {
   await guard(core, async () => {
     let running: Promise<void>;
     const ready = w.inOrder && !core.bitmaps;
@@ -88,19 +87,19 @@ async function inOrder(core: Qcow2Image, w: Qcow2Writer, offset: number, length:
 
 /** Writes `data` at guest `offset` of the active layer. */
 export async function writeQcow2(core: Qcow2Image, offset: number, data: Uint8Array): Promise<void> {
-  const w = writableRange(core, offset, data.length);
+  const w = writableRange(core, offset, data.length).scheduler;
   if (!data.length) return;
   return ordered(core, w, offset, data.length, () => {
     // A write over allocated clusters starts at once (no metadata changes, no bitmaps to update).
-    const direct = core.bitmaps ? undefined : w.writeInPlace(offset, data);
-    return direct ?? inOrder(core, w, offset, data.length, () => w.write(offset, data));
+    const direct = core.bitmaps ? undefined : writeInPlace(core, offset, data);
+    return direct ?? inOrder(core, w, offset, data.length, () => writeGuest(core, offset, data));
   });
 }
 
 /** Makes a range read as zeros (`zero`) or fall through to the backing image (`discard`). */
 export async function zeroOrDiscardQcow2(core: Qcow2Image, offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
-  const w = writableRange(core, offset, length);
-  if (length) await ordered(core, w, offset, length, () => inOrder(core, w, offset, length, () => w.zeroOrDiscard(offset, length, mode, mayUnmap)));
+  const w = writableRange(core, offset, length).scheduler;
+  if (length) await ordered(core, w, offset, length, () => inOrder(core, w, offset, length, () => zeroOrDiscardGuest(core, offset, length, mode, mayUnmap)));
 }
 
 /** writeZeroes of the Disk interface. */
@@ -113,7 +112,7 @@ export function writeQcow2Zeroes(core: Qcow2Image, offset: number, length: numbe
  * multiple of the cluster size, or ending at the end of the disk).
  */
 export async function writeQcow2Compressed(core: Qcow2Image, offset: number, data: Uint8Array): Promise<void> {
-  const w = writableRange(core, offset, data.length);
+  const w = writableRange(core, offset, data.length).scheduler;
   const cs = core.geom.clusterSize;
   if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== core.active.size)) {
     throw invalidArg(FORMAT, `writeCompressed needs whole clusters (${cs} bytes) at a cluster boundary, got ${offset}+${data.length}`, { field: 'offset' });
@@ -129,7 +128,7 @@ export async function writeQcow2Compressed(core: Qcow2Image, offset: number, dat
       try {
         await guard(core, async () => {
           await changing(core, offset, data.length);
-          await writeCompressedData(core, w, offset, data);
+          await writeCompressedData(core, offset, data);
         });
       } finally {
         w.unhold();
@@ -151,15 +150,15 @@ export interface WholeDiskOptions {
  * registered operation called before it, with no guest write in flight
  * and none starting (resize, snapshots, backing changes).
  */
-export async function exclusiveQcow2<T>(core: Qcow2Image, op: (w: Qcow2Writer) => Promise<T>, options: WholeDiskOptions = {}): Promise<T> {
-  const w = writableRange(core, 0, 0);
+export async function exclusiveQcow2<T>(core: Qcow2Image, op: () => Promise<T>, options: WholeDiskOptions = {}): Promise<T> {
+  const w = writableRange(core, 0, 0).scheduler;
   let out: T;
   await core.order.run(0, Infinity, () =>
     guard(core, async () => {
       if (options.changesEverything) await changing(core, 0, core.active.size);
       await w.exclusive(async () => {
         try {
-          out = await op(w);
+          out = await op();
         } finally {
           if (options.refreshOverlap) await refreshOverlapMap(core, core.active);
         }
@@ -175,8 +174,8 @@ export async function flushQcow2(core: Qcow2Image): Promise<void> {
   core.assertOpen();
   const w = core.writer;
   if (core.readOnly || !w) return;
-  await w.settle();
-  await w.drainReleases();
+  await w.scheduler.settle();
+  await w.allocator.drainReleases();
   await core.bitmaps?.commit();
   if (core.deferredError !== undefined) {
     const e = core.deferredError;

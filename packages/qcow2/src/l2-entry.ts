@@ -3,7 +3,7 @@
  * and extended), with allocation and zero state per unit (the subcluster,
  * or the whole cluster without extended L2 entries).
  */
-import { writeU32Be } from '@img/block';
+import { writeU64BeParts } from '@img/block';
 import { decodeL2Entry, type EntryGeometry } from './mapping.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, COMPRESSED_SECTOR } from './constants.js';
 
@@ -21,10 +21,7 @@ export interface Entry {
   zero: number;
 }
 
-function put64(buf: Uint8Array, at: number, hi: number, lo: number): void {
-  writeU32Be(buf, at, hi >>> 0);
-  writeU32Be(buf, at + 4, lo >>> 0);
-}
+const put64 = writeU64BeParts;
 
 /** Decodes entry `index` of an L2 table. */
 export function decodeEntry(table: Uint8Array, index: number, g: EntryGeometry, file: string, tableOffset: number): Entry {

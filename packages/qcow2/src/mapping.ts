@@ -3,7 +3,7 @@
  * decoding an entry into what a guest cluster is: unallocated, zero,
  * stored at a host offset, compressed, or split into subclusters.
  */
-import { readU32Be, corrupt, hex } from '@img/block';
+import { readU32Be, writeU64BeParts, corrupt, hex } from '@img/block';
 import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
 
 const FORMAT = 'qcow2';
@@ -38,6 +38,11 @@ export function l1EntryOffset(l1: Uint8Array, index: number, clusterSize: number
     throw corrupt(FORMAT, file, `L1 entry ${index} at ${hex(l1Offset + at)} points to an unaligned L2 table offset ${hex(offset)}`, { field: 'L1 entry', offset: l1Offset + at, actual: offset });
   }
   return offset;
+}
+
+/** Sets L1 entry `index` of a raw L1 table: the L2 table at `offset` (0: none), with the COPIED flag when it is the active layer's alone. */
+export function encodeL1Entry(l1: Uint8Array, index: number, offset: number, copied: boolean): void {
+  writeU64BeParts(l1, index * 8, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / 0x1_0000_0000), offset >>> 0);
 }
 
 /** The geometry fields decodeL2Entry needs. */

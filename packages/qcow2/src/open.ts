@@ -230,7 +230,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
         await attachWriter(core);
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
-      const refcounts = core.writer?.refcounts;
+      const refcounts = core.writer?.allocator.refcounts;
       if (!options.checkOnly && refcounts) await gateWritableOpen(core, core.active, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
     }
   } catch (e) {

@@ -9,6 +9,7 @@ import { hasFeature } from './header.js';
 import { stringExtension } from './extensions.js';
 import { rewriteHeaderCluster, type Qcow2Image } from './core.js';
 import { changing, exclusiveQcow2, writableRange } from './io.js';
+import { zeroOrDiscardExclusive } from './writer.js';
 
 const FORMAT = 'qcow2';
 
@@ -34,11 +35,11 @@ export async function setQcow2Backing(core: Qcow2Image, name: string | undefined
 
 /** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image. */
 export async function makeQcow2Empty(core: Qcow2Image): Promise<void> {
-  await exclusiveQcow2(core, async (w) => {
+  await exclusiveQcow2(core, async () => {
     const size = core.active.size;
     await changing(core, 0, size);
-    if (size) await w.zeroOrDiscardExclusive(0, size, 'discard', true);
-    await w.dropTablesFrom(0);
+    if (size) await zeroOrDiscardExclusive(core, 0, size, 'discard', true);
+    await core.writer!.map.dropTablesFrom(0);
     await core.storage.flush();
   });
 }

@@ -8,7 +8,7 @@ import { findExtension } from './extensions.js';
 import type { MappingView } from './reader.js';
 import { writeHeader, type Qcow2Image } from './core.js';
 import { exclusiveQcow2, writableRange } from './io.js';
-import type { Qcow2Writer } from './writer.js';
+import { zeroOrDiscardExclusive } from './writer.js';
 
 const FORMAT = 'qcow2';
 
@@ -17,7 +17,7 @@ export async function resizeQcow2(core: Qcow2Image, newSize: number, options: { 
   writableRange(core, 0, 0);
   checkResize(core, core.active.size, newSize, options);
   // Writes in flight finish first and new ones wait: the L1 table may move.
-  await exclusiveQcow2(core, (w) => resizeLayer(core, core.active, w, newSize), { refreshOverlap: true });
+  await exclusiveQcow2(core, () => resizeLayer(core, core.active, newSize), { refreshOverlap: true });
 }
 
 /** Refuses sizes that are not multiples of 512, need an L1 table past qemu's bound, or shrink without being asked to. */
@@ -34,7 +34,8 @@ function checkResize(s: Qcow2Image, old: number, newSize: number, options: { shr
 }
 
 /** Changes the size of the active layer `view`; the caller holds the writer exclusively. */
-async function resizeLayer(s: Qcow2Image, view: MappingView, w: Qcow2Writer, newSize: number): Promise<void> {
+async function resizeLayer(s: Qcow2Image, view: MappingView, newSize: number): Promise<void> {
+  const { map } = s.writer!;
   const old = view.size;
   if (findExtension(s.extensions, EXT_BITMAPS)) {
     throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });
@@ -49,11 +50,11 @@ async function resizeLayer(s: Qcow2Image, view: MappingView, w: Qcow2Writer, new
     const cs = s.geom.clusterSize;
     const tailEnd = Math.min(old, Math.ceil(newSize / cs) * cs);
     // Zero the tail of the last cluster so that growing again shows zeros there, then drop the rest.
-    if (tailEnd > newSize) await w.zeroOrDiscardExclusive(newSize, tailEnd - newSize, 'zero', true);
-    if (old > tailEnd) await w.zeroOrDiscardExclusive(tailEnd, old - tailEnd, 'discard', true);
-    await w.dropTablesFrom(Math.ceil(newSize / s.geom.l2Coverage));
+    if (tailEnd > newSize) await zeroOrDiscardExclusive(s, newSize, tailEnd - newSize, 'zero', true);
+    if (old > tailEnd) await zeroOrDiscardExclusive(s, tailEnd, old - tailEnd, 'discard', true);
+    await map.dropTablesFrom(Math.ceil(newSize / s.geom.l2Coverage));
   } else {
-    await w.growL1(Math.ceil(newSize / s.geom.l2Coverage));
+    await map.growL1(Math.ceil(newSize / s.geom.l2Coverage));
   }
   s.header.size = newSize;
   view.size = newSize;
@@ -61,5 +62,5 @@ async function resizeLayer(s: Qcow2Image, view: MappingView, w: Qcow2Writer, new
   await s.storage.flush();
   // The new area reads as zeros even where a longer backing file has data (as qemu does).
   const backingEnd = Math.min(newSize, s.backing?.size ?? 0);
-  if (backingEnd > old) await w.zeroOrDiscardExclusive(old, backingEnd - old, 'zero', true);
+  if (backingEnd > old) await zeroOrDiscardExclusive(s, old, backingEnd - old, 'zero', true);
 }

@@ -185,7 +185,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
       field: 'refcount table entry',
     });
   }
-  await s.writer?.drainReleases();
+  await s.writer?.allocator.drainReleases();
   await flushAll(s);
 
   // ---- 1. plan ---------------------------------------------------------

@@ -29,7 +29,7 @@ import { exclusiveQcow2 } from './io.js';
 const FORMAT = 'qcow2';
 
 function refcountsOf(s: Qcow2Image): Refcounts {
-  const rc = s.writer?.refcounts;
+  const rc = s.writer?.allocator.refcounts;
   if (!rc) throw readOnlyError(FORMAT, s.file);
   return rc;
 }

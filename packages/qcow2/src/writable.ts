@@ -1,18 +1,25 @@
 /**
- * Opening an image for writing: the refcounts are loaded, the overlap map
- * is built, and the writer is attached to the core.
+ * Opening an image for writing: the overlap map is built, the refcounts
+ * are loaded, and the allocator, cluster map and scheduler are put
+ * together on the core.
  */
-import { readRange } from './reader.js';
 import { Refcounts } from './refcount.js';
-import { Qcow2Writer } from './writer.js';
+import { Allocator } from './allocator.js';
+import { ClusterMap } from './cluster-map.js';
+import { Scheduler } from './scheduler.js';
 import { buildOverlapMap, beforeFirstWrite, writeHeader, type Qcow2Image } from './core.js';
 
-/** Loads the refcounts and attaches a writer to an image opened for writing (again after a refcount rebuild). */
+/** Loads the refcounts and attaches the writable parts to an image opened for writing (again after a refcount rebuild). */
 export async function attachWriter(core: Qcow2Image): Promise<void> {
   const h = core.header;
-  const view = core.active;
-  const overlap = await buildOverlapMap(core, view);
+  const overlap = await buildOverlapMap(core, core.active);
   core.overlap = overlap;
+  const scheduler = new Scheduler(core.storage, core.dataFile, core.geom.l2Coverage, {
+    get done() {
+      return core.firstWriteDone;
+    },
+    wait: () => beforeFirstWrite(core),
+  });
   const refcounts = await Refcounts.load({
     overlap,
     storage: core.storage,
@@ -27,12 +34,8 @@ export async function attachWriter(core: Qcow2Image): Promise<void> {
       h.refcountTableClusters = clusters;
       await writeHeader(core);
     },
-    barrier: () => core.barrier(),
+    barrier: () => scheduler.barrier(),
   });
-  core.writer = new Qcow2Writer(core, view, refcounts, {
-    read: (offset, target) => readRange(core, core, view, offset, target),
-    writeHeader: () => writeHeader(core),
-    beforeFirstWrite: () => beforeFirstWrite(core),
-    barrier: () => core.barrier(),
-  });
+  const allocator = new Allocator(core, refcounts);
+  core.writer = { allocator, map: new ClusterMap(core, core.active, allocator, scheduler), scheduler };
 }

@@ -1,0 +1,201 @@
+/**
+ * The allocator of an image open for writing (spec: "Host cluster
+ * management"; qemu: qcow2-refcount.c): clusters are allocated and
+ * released through the refcounts under one metadata lock, the file grows
+ * over every allocated cluster, compressed data is packed into the tail of
+ * the last compressed cluster, and releases wait while guest reads are in
+ * flight (a read may still be fetching a cluster that would be reused).
+ *
+ * It trusts nothing it is asked to free: a data cluster that is also
+ * metadata (the overlap map says so) is corruption, and releasing it would
+ * free the metadata, so that is refused.
+ */
+import { Mutex } from '@img/block';
+import type { Storage } from '@img/block';
+import type { Qcow2Geometry } from './header.js';
+import type { Entry } from './l2-entry.js';
+import type { L2Cache } from './l2-cache.js';
+import type { OverlapMap } from './overlap.js';
+import type { PendingWrites } from './pending-writes.js';
+import type { DecompressedCache } from './reader.js';
+import type { Refcounts } from './refcount.js';
+
+/** The parts of the open image the allocator reads and keeps up to date (the image core is one). */
+export interface AllocatorImage {
+  readonly storage: Storage;
+  readonly file: string;
+  readonly geom: Qcow2Geometry;
+  /** The file's size as far as the image knows it; the allocator grows it. */
+  fileSize: number;
+  readonly overlap?: OverlapMap;
+  /** Guest clusters live in an external data file: they are not counted in the refcounts. */
+  readonly dataFile: Storage | undefined;
+  readonly cache: L2Cache;
+  readonly decompressed: DecompressedCache;
+}
+
+/** Cluster allocation and release (see the module comment). */
+export class Allocator {
+  readonly refcounts: Refcounts;
+  readonly #img: AllocatorImage;
+  /** Refcounts change under it, and the file grows under it. */
+  readonly #meta = new Mutex();
+  /** Free space left in the last host cluster that compressed data went to. */
+  #ctail: { offset: number; end: number } | undefined;
+  /** Guest reads in flight (releases wait until there are none). */
+  #activeReads = 0;
+  /** Releases postponed while reads were in flight. */
+  readonly #pendingReleases: Array<{ offset: number; bytes: number }> = [];
+
+  constructor(img: AllocatorImage, refcounts: Refcounts) {
+    this.#img = img;
+    this.refcounts = refcounts;
+  }
+
+  /** Allocates `count` contiguous clusters (refcount 1) and grows the file over them. */
+  allocate(count: number): Promise<number> {
+    const rc = this.refcounts;
+    return this.#meta.run(async () => {
+      const at = await rc.allocate(count);
+      await this.#growFile();
+      return at;
+    });
+  }
+
+  /**
+   * Allocates `count` contiguous data clusters that the caller writes in
+   * full before anything points at them: the file is not grown first (the
+   * data write grows it; see {@link noteWritten}), and the refcount block
+   * writes are left in flight, added to `pending`, so that they overlap the
+   * data write. The caller awaits them before its barrier.
+   */
+  allocateForData(count: number, pending: PendingWrites): Promise<number> {
+    const rc = this.refcounts;
+    return this.#meta.run(() => rc.allocate(count, pending));
+  }
+
+  /** Records that the file now reaches at least `end` (a data write past its old end). */
+  noteWritten(end: number): void {
+    if (end > this.#img.fileSize) this.#img.fileSize = end;
+  }
+
+  /**
+   * Grows the file over every allocated cluster (new refcount blocks
+   * included), so that no mapped cluster lies past its end. Never shrinks.
+   * Caller holds the metadata lock.
+   */
+  async #growFile(): Promise<void> {
+    const img = this.#img;
+    const end = this.refcounts.endCluster * img.geom.clusterSize;
+    if (end > img.fileSize) {
+      await img.storage.truncate(end);
+      img.fileSize = end;
+    }
+  }
+
+  /** A guest read starts: releases wait until it ends. */
+  readStarted(): void {
+    this.#activeReads++;
+  }
+
+  /** A guest read ended; the last one answers whether postponed releases wait to be drained. */
+  readEnded(): boolean {
+    return --this.#activeReads === 0 && this.#pendingReleases.length > 0;
+  }
+
+  /**
+   * Drops one reference from each host cluster of [offset, offset + bytes).
+   * While guest reads are in flight the drop waits for them.
+   */
+  async release(offset: number, bytes: number): Promise<void> {
+    if (this.#activeReads > 0) {
+      this.#pendingReleases.push({ offset, bytes });
+      return;
+    }
+    await this.#releaseNow(offset, bytes);
+  }
+
+  /** Performs the releases that waited for reads; called when the last read finishes, and on flush. */
+  async drainReleases(): Promise<void> {
+    const pending = this.#pendingReleases;
+    while (pending.length && this.#activeReads === 0) {
+      const r = pending.shift()!;
+      await this.#releaseNow(r.offset, r.bytes);
+    }
+  }
+
+  async #releaseNow(offset: number, bytes: number): Promise<void> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    if (this.#ctail) {
+      const tail = Math.floor(this.#ctail.offset / cs);
+      if (tail >= Math.floor(offset / cs) && tail <= Math.floor((offset + bytes - 1) / cs)) this.#ctail = undefined;
+    }
+    // The bytes may be reused: forget what was decompressed or cached from them.
+    img.decompressed.clear();
+    img.cache.delete(offset);
+    await this.#meta.run(() => this.refcounts.release(offset, bytes));
+  }
+
+  /** Releases what an L2 entry pointed to (data cluster or compressed bytes), after checking it is no metadata. */
+  async releaseEntry(e: Entry): Promise<void> {
+    const img = this.#img;
+    // A data cluster that is also metadata is corruption: dropping its reference would free the metadata.
+    const map = img.overlap;
+    if (e.compressed) map?.check(img.file, e.compressed.host, e.compressed.size);
+    else if (e.host !== undefined && !img.dataFile) map?.check(img.file, e.host, img.geom.clusterSize);
+    if (e.compressed) await this.release(e.compressed.host, e.compressed.size);
+    else if (e.host !== undefined && !img.dataFile) await this.release(e.host, img.geom.clusterSize);
+  }
+
+  /** Finds room for compressed bytes of each length, in order (see {@link #placeCompressed}). */
+  placeCompressed(lengths: readonly number[]): Promise<number[]> {
+    return this.#meta.run(async () => {
+      const out: number[] = [];
+      for (const length of lengths) out.push(await this.#placeCompressed(length));
+      return out;
+    });
+  }
+
+  /** Finds room for compressed bytes: the tail of the last compressed cluster, or new clusters. Holds the metadata lock. */
+  async #placeCompressed(length: number): Promise<number> {
+    const cs = this.#img.geom.clusterSize;
+    const rc = this.refcounts;
+    const tail = this.#ctail;
+    const shared = tail ? await rc.get(Math.floor(tail.offset / cs)) : 0;
+    // Share the tail cluster only while its refcount can still grow (refcount_bits 1 cannot share).
+    if (tail && shared > 0 && shared < rc.maxRefcount) {
+      const host = tail.offset;
+      if (length <= tail.end - tail.offset) {
+        await rc.add(Math.floor(host / cs), 1, 1);
+        this.#advanceTail(host + length, tail.end);
+        return host;
+      }
+      // As qemu: the bytes run on into new clusters right after the tail, when those are free, so that
+      // compressed clusters pack without a gap (data compressing to more than half a cluster would
+      // otherwise take a whole cluster each).
+      const more = Math.ceil((length - (tail.end - tail.offset)) / cs);
+      if (await rc.allocateAt(tail.end / cs, more)) {
+        await rc.add(Math.floor(host / cs), 1, 1);
+        await this.#growFile();
+        this.#advanceTail(host + length, tail.end + more * cs);
+        return host;
+      }
+    }
+    const count = Math.ceil(length / cs);
+    const host = await rc.allocate(count);
+    await this.#growFile();
+    this.#advanceTail(host + length, host + count * cs);
+    return host;
+  }
+
+  /**
+   * The next compressed cluster starts at the byte after this one, as qemu
+   * packs them: descriptors address bytes, and a reader stops at the end of
+   * the compressed stream, so the bytes that share its last sector are never
+   * taken for its own.
+   */
+  #advanceTail(used: number, end: number): void {
+    this.#ctail = used < end ? { offset: used, end } : undefined;
+  }
+}

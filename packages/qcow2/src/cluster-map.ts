@@ -1,0 +1,186 @@
+/**
+ * The cluster map of the active layer (spec: "Cluster mapping"; qemu:
+ * qcow2-cluster.c): L1 entries, L2 tables made private before they change
+ * (allocated, or copied away from a snapshot), L2 entry writes, L1 growth,
+ * and dropping the tables past a new end.
+ *
+ * Ordering (crash safety): a new L2 table is written and flushed before
+ * the L1 entry that points at it, and the table it replaces is released
+ * only after that entry is on disk. Every metadata write is checked
+ * against the overlap map first.
+ */
+import { readU32Be } from '@img/block';
+import type { Storage } from '@img/block';
+import { encodeL1Entry, l1EntryOffset, type EntryGeometry } from './mapping.js';
+import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
+import { ENTRY_COPIED_HI } from './constants.js';
+import { writeHeaderFields, type Qcow2Geometry, type Qcow2Header } from './header.js';
+import { loadL2, type MappingView, type ReaderState } from './reader.js';
+import { OVERLAP, type OverlapMap } from './overlap.js';
+import type { Allocator } from './allocator.js';
+import type { Scheduler } from './scheduler.js';
+
+/** The parts of the open image the cluster map reads and changes (the image core is one). */
+export interface ClusterMapImage extends ReaderState {
+  readonly geom: Qcow2Geometry;
+  readonly entryGeom: EntryGeometry;
+  readonly header: Qcow2Header;
+  readonly overlap?: OverlapMap;
+  readonly storage: Storage;
+}
+
+/** L1/L2 lookups and updates of the active layer (see the module comment). */
+export class ClusterMap {
+  readonly #img: ClusterMapImage;
+  readonly #view: MappingView;
+  readonly #alloc: Allocator;
+  readonly #sched: Scheduler;
+
+  constructor(img: ClusterMapImage, view: MappingView, allocator: Allocator, scheduler: Scheduler) {
+    this.#img = img;
+    this.#view = view;
+    this.#alloc = allocator;
+    this.#sched = scheduler;
+  }
+
+  /** The active layer's L1 table. */
+  get view(): MappingView {
+    return this.#view;
+  }
+
+  /** Entry `index` of an L2 table. */
+  decode(table: Uint8Array, index: number, tableOffset: number): Entry {
+    return decodeEntry(table, index, this.#img.entryGeom, this.#img.file, tableOffset);
+  }
+
+  /** Sets entry `index` of an L2 table in memory (written by {@link writeTableRange} or {@link deferTableRange}). */
+  encode(table: Uint8Array, index: number, e: Entry): void {
+    encodeEntry(table, index, e, this.#img.entryGeom);
+  }
+
+  /** The L2 table of L1 entry `l1Index` as it is now, private or shared, if it has one (a cache hit answers without a promise). */
+  l2OffsetOf(l1Index: number): number {
+    return l1EntryOffset(this.#view.l1, l1Index, this.#img.geom.clusterSize, this.#img.file, this.#view.l1Offset);
+  }
+
+  /** L1 entry `l1Index` has the COPIED flag: its L2 table belongs to the active layer alone. */
+  isPrivate(l1Index: number): boolean {
+    const l1 = this.#view.l1;
+    return l1Index * 8 < l1.length && (readU32Be(l1, l1Index * 8) & ENTRY_COPIED_HI) !== 0;
+  }
+
+  #writeL1Entry(index: number, offset: number, copied: boolean): Promise<void> {
+    const img = this.#img;
+    const l1 = this.#view.l1;
+    img.overlap?.check(img.file, this.#view.l1Offset + index * 8, 8, OVERLAP.ACTIVE_L1);
+    encodeL1Entry(l1, index, offset, copied);
+    return img.storage.write(this.#view.l1Offset + index * 8, l1.subarray(index * 8, index * 8 + 8));
+  }
+
+  /**
+   * The L2 table for L1 entry `l1Index`, ready to be changed: allocated if
+   * missing, copied if shared with a snapshot. Caller holds the table lock.
+   */
+  async tableFor(l1Index: number): Promise<{ table: Uint8Array; offset: number }> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    const l2Offset = this.l2OffsetOf(l1Index);
+    if (l2Offset !== 0 && this.isPrivate(l1Index)) return { table: await loadL2(img, l2Offset, l1Index), offset: l2Offset };
+    const fresh = await this.#alloc.allocate(1);
+    let table: Uint8Array;
+    if (l2Offset === 0) {
+      table = new Uint8Array(cs);
+    } else {
+      // Shared with a snapshot. The clusters it maps already count one reference per L1 table that
+      // reaches them (taking the snapshot added them), so the copy changes no refcount but the table's.
+      table = (await loadL2(img, l2Offset, l1Index)).slice();
+      for (let i = 0; i < img.geom.l2Entries; i++) {
+        const e = this.decode(table, i, l2Offset);
+        if (e.host !== undefined && e.copied) this.encode(table, i, { ...e, copied: false });
+      }
+    }
+    img.overlap?.check(img.file, fresh, cs);
+    await img.storage.write(fresh, table);
+    await this.#sched.barrier();
+    img.cache.put(fresh, table);
+    await this.#writeL1Entry(l1Index, fresh, true);
+    img.overlap?.add(OVERLAP.L2, fresh, cs);
+    if (l2Offset !== 0) {
+      img.overlap?.remove(OVERLAP.L2, l2Offset, cs);
+      await this.#sched.barrier();
+      await this.#alloc.release(l2Offset, cs);
+    }
+    return { table, offset: fresh };
+  }
+
+  /** Writes entries first..last of an L2 table (and keeps the table in the cache). */
+  async writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
+    const img = this.#img;
+    const es = img.geom.l2EntrySize;
+    img.overlap?.check(img.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
+    img.cache.put(tableOffset, table);
+    await img.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
+  }
+
+  /**
+   * Writes entries first..last of an L2 table without waiting for it: for
+   * a guest write that only filled unallocated entries (nothing to release
+   * after it), so that the table's lock is free for the next write while
+   * this one lands ({@link Scheduler.defer}); the table stays pinned in
+   * the cache until then. Overlapping writes of one table send the table
+   * as it is when they run, so the latest entries win.
+   */
+  deferTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
+    const img = this.#img;
+    const es = img.geom.l2EntrySize;
+    // Checked now, so that the guest write that needs it fails (and marks the image corrupt).
+    img.overlap?.check(img.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
+    const cache = img.cache;
+    cache.pin(tableOffset, table);
+    this.#sched.defer(this.writeTableRange(tableOffset, table, first, last).finally(() => cache.unpin(tableOffset)));
+  }
+
+  /** Grows the L1 table to at least `entries` entries (moves it to new clusters). */
+  async growL1(entries: number): Promise<void> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    const h = img.header;
+    if (entries <= h.l1Size) return;
+    const bytes = entries * 8;
+    const clusters = Math.ceil(bytes / cs);
+    const offset = await this.#alloc.allocate(clusters);
+    const l1 = new Uint8Array(clusters * cs);
+    l1.set(this.#view.l1.subarray(0, h.l1Size * 8));
+    img.overlap?.check(img.file, offset, l1.length);
+    await img.storage.write(offset, l1);
+    await this.#sched.barrier();
+    const oldOffset = h.l1TableOffset;
+    const oldClusters = Math.ceil((h.l1Size * 8) / cs);
+    h.l1TableOffset = offset;
+    h.l1Size = entries;
+    this.#view.l1 = l1.subarray(0, bytes);
+    this.#view.l1Offset = offset;
+    await writeHeaderFields(img.storage, h);
+    img.overlap?.add(OVERLAP.ACTIVE_L1, offset, bytes);
+    img.overlap?.remove(OVERLAP.ACTIVE_L1, oldOffset, oldClusters * cs);
+    await this.#sched.barrier();
+    if (oldClusters > 0 && oldOffset > 0) await this.#alloc.release(oldOffset, oldClusters * cs);
+  }
+
+  /** Drops the L2 tables of L1 entries at or past `fromIndex` (after shrinking: they map nothing). */
+  async dropTablesFrom(fromIndex: number): Promise<void> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    for (let i = fromIndex; i < img.header.l1Size; i++) {
+      await this.#sched.tables.run(i, async () => {
+        const l2Offset = this.l2OffsetOf(i);
+        if (l2Offset === 0) return;
+        await this.#writeL1Entry(i, 0, false);
+        img.overlap?.remove(OVERLAP.L2, l2Offset, cs);
+        await this.#sched.barrier();
+        img.cache.delete(l2Offset);
+        await this.#alloc.release(l2Offset, cs);
+      });
+    }
+  }
+}
