@@ -3,38 +3,15 @@
  * before anything is allocated, opens the backing image and the external
  * data file through the resolver, and returns a Qcow2Disk.
  */
-import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, unsupported, hex, readOnlyError, invalidArg, readU32Be, utf8Decode } from '@img/block';
+import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, hex, readOnlyError, invalidArg, utf8Decode } from '@img/block';
 import type { OpenOptions, Storage } from '@img/block';
-import {
-  MIN_CLUSTER_BITS,
-  MAX_CLUSTER_BITS,
-  MAX_L1_TABLE_BYTES,
-  MAX_REFCOUNT_TABLE_BYTES,
-  MAX_BACKING_FILE_NAME,
-  MIN_EXTENDED_L2_CLUSTER_BITS,
-  KNOWN_INCOMPAT_MASK,
-  INCOMPAT_DIRTY,
-  INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_COMPRESSION,
-  INCOMPAT_EXTENDED_L2,
-  AUTOCLEAR_DATA_FILE_RAW,
-  CRYPT_NONE,
-  CRYPT_AES,
-  CRYPT_LUKS,
-  COMPRESSION_ZLIB,
-  COMPRESSION_ZSTD,
-  EXT_BACKING_FORMAT,
-  EXT_DATA_FILE,
-  EXT_FEATURE_TABLE,
-  FEATURE_TYPE_INCOMPATIBLE,
-} from './constants.js';
-import { checkQcow2Identity, hasQcow2Magic, parseHeader, validateHeaderBasics, geometry, hasFeature, featureBits } from './header.js';
-import { extensionsLength, parseExtensions, checkDuplicateExtensions, findExtension, extensionString, parseFeatureTable, featureName } from './extensions.js';
+import { MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_DATA_FILE } from './constants.js';
+import { headerClusterSize, validateHeaderCluster } from './header-check.js';
+import { checkQcow2Identity, hasQcow2Magic, hasFeature } from './header.js';
+import { extensionsLength, findExtension, extensionString } from './extensions.js';
 import { readSnapshotTable } from './snapshot.js';
 import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
-import type { EntryGeometry } from './mapping.js';
 import { readL1 } from './reader.js';
 import { Qcow2Disk } from './image.js';
 import { missingDataFile, writeHeader, Qcow2Image, type Qcow2ImageParts } from './core.js';
@@ -85,62 +62,14 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
     const tail = fileSize > head.length ? await storage.read(Math.max(head.length, fileSize - SIGNATURE_TAIL_BYTES), SIGNATURE_TAIL_BYTES) : undefined;
     checkQcow2Identity(head, file, fileSize, tail);
   }
-  // The version decides what the other fields mean (qcow v1 has no cluster_bits at 20).
-  checkQcow2Identity(head, file);
-  if (head.length < 24) parseHeader(head, file);
-  const clusterBits = readU32Be(head, 20);
-  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    throw badField(file, 'cluster_bits', 20, `cluster_bits ${clusterBits} at 0x14 is outside 9..21 (512 B to 2 MiB clusters)`, clusterBits);
-  }
-  const cs = 2 ** clusterBits;
+  const cs = headerClusterSize(head, file);
   const cluster0 = cs <= head.length ? head.subarray(0, cs) : await storage.read(0, Math.min(fileSize, cs));
-  const header = parseHeader(cluster0, file);
-  validateHeaderBasics(header, file);
-
-  const extensions = parseExtensions(cluster0, header.headerLength, cs, file);
-  checkDuplicateExtensions(extensions, file);
-  const featureTable = parseFeatureTable(findExtension(extensions, EXT_FEATURE_TABLE));
-
-  const unknown = featureBits(header.incompatibleFeatures & ~KNOWN_INCOMPAT_MASK);
-  if (unknown.length) {
-    const names = unknown.map((b) => {
-      const n = featureName(featureTable, FEATURE_TYPE_INCOMPATIBLE, b);
-      return n ? `bit ${b} (${n})` : `bit ${b}`;
-    });
-    throw unsupported(FORMAT, file, `unsupported incompatible feature ${names.join(', ')}`, { field: 'incompatible_features', offset: 72, actual: unknown });
-  }
-  if (header.cryptMethod !== CRYPT_NONE) {
-    const kind = header.cryptMethod === CRYPT_AES ? 'AES' : header.cryptMethod === CRYPT_LUKS ? 'LUKS' : `method ${header.cryptMethod}`;
-    throw unsupported(FORMAT, file, `image is encrypted (${kind}); encrypted images are not supported`, { field: 'crypt_method', offset: 32, actual: header.cryptMethod });
-  }
+  const { header, extensions, featureTable, geom, entryGeom } = validateHeaderCluster(cluster0, file);
   const corruptBit = hasFeature(header.incompatibleFeatures, INCOMPAT_CORRUPT);
   if (corruptBit && !readOnly && !options.checkOnly) {
     throw corrupt(FORMAT, file, 'image is marked corrupt (incompatible bit 1): it can only be opened read-only', { field: 'incompatible_features', offset: 72 });
   }
-  const compressionBit = hasFeature(header.incompatibleFeatures, INCOMPAT_COMPRESSION);
-  if (compressionBit && header.compressionType === COMPRESSION_ZLIB) {
-    throw badField(file, 'compression_type', 104, 'compression type bit is set but compression_type is zlib (0) or absent');
-  }
-  if (!compressionBit && header.compressionType !== COMPRESSION_ZLIB) {
-    throw badField(file, 'compression_type', 104, `compression_type ${header.compressionType} at 0x68 without the compression type bit`, header.compressionType);
-  }
-  if (header.compressionType !== COMPRESSION_ZLIB && header.compressionType !== COMPRESSION_ZSTD) {
-    throw unsupported(FORMAT, file, `unknown compression_type ${header.compressionType} at 0x68`, { field: 'compression_type', offset: 104, actual: header.compressionType });
-  }
-  const extendedL2 = hasFeature(header.incompatibleFeatures, INCOMPAT_EXTENDED_L2);
-  if (extendedL2 && clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) {
-    throw badField(file, 'cluster_bits', 20, `extended L2 entries need clusters of at least 16 KiB (cluster_bits ${clusterBits})`, clusterBits);
-  }
-  const geom = geometry(header, extendedL2);
 
-  // L1 table: bound, alignment, inside the file, large enough for the virtual size.
-  if (header.l1Size * 8 > MAX_L1_TABLE_BYTES) {
-    throw badField(file, 'l1_size', 36, `l1_size ${header.l1Size} at 0x24 exceeds qemu's 32 MiB L1 bound`, header.l1Size);
-  }
-  const neededL1 = Math.ceil(header.size / geom.l2Coverage);
-  if (neededL1 > header.l1Size) {
-    throw badField(file, 'l1_size', 36, `l1_size ${header.l1Size} at 0x24 is too small for a ${header.size}-byte disk (needs ${neededL1})`, header.l1Size);
-  }
   // A read-only check takes an L1 table past the end of the file as qemu reads it (zeros past the end), so that
   // check counts it as a corruption (and what it no longer references as leaks) instead of refusing the image.
   const l1PastEndCounted = options.checkOnly === true && readOnly;
@@ -174,7 +103,6 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
 
   const cacheBytes = options.l2CacheSize ?? DEFAULT_L2_CACHE_BYTES;
   if (!(cacheBytes >= 0)) throw new RangeError(`l2CacheSize must be a non-negative number of bytes, got ${cacheBytes}`);
-  const entryGeom: EntryGeometry = { clusterBits, clusterSize: cs, extendedL2, zeroFlag: header.version >= 3 && !extendedL2, dataFile: dataFileBit };
   if (!readOnly && dataFileBit && options.noDataFile && !options.checkOnly) throw invalidArg(FORMAT, 'an image with an external data file cannot be written without it', { field: 'noDataFile' });
 
   let dataFile: Storage | undefined;

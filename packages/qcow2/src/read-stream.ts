@@ -15,27 +15,11 @@
  * one entry, so memory grows with the fragmentation of the image, not its
  * size. Compressed clusters are decompressed as they arrive.
  */
-import { ByteStreamReader, ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
+import { ByteStreamReader, ImageError, corrupt, hex, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { decompressCluster } from './compression.js';
-import {
-  COMPRESSION_ZLIB,
-  COMPRESSION_ZSTD,
-  CRYPT_AES,
-  CRYPT_LUKS,
-  CRYPT_NONE,
-  EXT_DATA_FILE,
-  INCOMPAT_COMPRESSION,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_EXTENDED_L2,
-  KNOWN_INCOMPAT_MASK,
-  MAX_L1_TABLE_BYTES,
-  MIN_CLUSTER_BITS,
-  MAX_CLUSTER_BITS,
-  MIN_EXTENDED_L2_CLUSTER_BITS,
-  QCOW2_V2_HEADER_LENGTH,
-} from './constants.js';
-import { checkDuplicateExtensions, findExtension, parseExtensions } from './extensions.js';
-import { checkQcow2Identity, featureBits, geometry, hasFeature, parseHeader, validateHeaderBasics } from './header.js';
+import { EXT_DATA_FILE, QCOW2_V2_HEADER_LENGTH } from './constants.js';
+import { findExtension } from './extensions.js';
+import { headerClusterSize, validateHeaderCluster } from './header-check.js';
 import { decodeL2Entry, l1EntryOffset, type EntryGeometry } from './mapping.js';
 
 const FORMAT = 'qcow2';
@@ -162,53 +146,19 @@ export async function readQcow2Stream(input: AsyncIterable<Uint8Array>, _options
 
 async function readHeaderAndL1(reader: ByteStreamReader): Promise<StreamSource> {
   const head = await reader.upTo(QCOW2_V2_HEADER_LENGTH);
-  checkQcow2Identity(head, NAME);
-  if (head.length < QCOW2_V2_HEADER_LENGTH) parseHeader(head, NAME);
-  const clusterBits = readU32Be(head, 20);
-  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    throw corrupt(FORMAT, NAME, `cluster_bits ${clusterBits} at 0x14 is outside 9..21 (512 B to 2 MiB clusters)`, { field: 'cluster_bits', offset: 20, actual: clusterBits });
-  }
-  const cs = 2 ** clusterBits;
+  const cs = headerClusterSize(head, NAME);
   const cluster0 = new Uint8Array(cs);
   cluster0.set(head);
   cluster0.set(await reader.exact(cs - head.length, 'the header cluster'), head.length);
-  const h = parseHeader(cluster0, NAME);
-  validateHeaderBasics(h, NAME);
-  const extensions = parseExtensions(cluster0, h.headerLength, cs, NAME);
-  checkDuplicateExtensions(extensions, NAME);
-  const unknown = featureBits(h.incompatibleFeatures & ~KNOWN_INCOMPAT_MASK);
-  if (unknown.length) throw unsupported(FORMAT, NAME, `unsupported incompatible feature bit ${unknown.join(', ')}`, { field: 'incompatible_features', offset: 72, actual: unknown });
-  if (h.cryptMethod !== CRYPT_NONE) {
-    const kind = h.cryptMethod === CRYPT_AES ? 'AES' : h.cryptMethod === CRYPT_LUKS ? 'LUKS' : `method ${h.cryptMethod}`;
-    throw unsupported(FORMAT, NAME, `image is encrypted (${kind}); encrypted images are not supported`, { field: 'crypt_method', offset: 32, actual: h.cryptMethod });
-  }
+  const { header: h, extensions, geom, entryGeom: g } = validateHeaderCluster(cluster0, NAME);
   if (h.backingFileOffset !== 0) {
     throw unsupported(FORMAT, NAME, 'an image with a backing file cannot be read as a stream: its unallocated clusters come from the backing file; save it to a file and open it with its backing file', { field: 'backing_file_offset', offset: 8 });
   }
-  if (hasFeature(h.incompatibleFeatures, INCOMPAT_DATA_FILE) || findExtension(extensions, EXT_DATA_FILE)) {
+  if (g.dataFile || findExtension(extensions, EXT_DATA_FILE)) {
     throw unsupported(FORMAT, NAME, 'an image with an external data file cannot be read as a stream: its data lives in the other file', { field: 'incompatible_features', offset: 72 });
   }
-  const compressionBit = hasFeature(h.incompatibleFeatures, INCOMPAT_COMPRESSION);
-  if (compressionBit !== (h.compressionType !== COMPRESSION_ZLIB)) {
-    throw corrupt(FORMAT, NAME, `compression_type ${h.compressionType} at 0x68 disagrees with the compression type bit`, { field: 'compression_type', offset: 104 });
-  }
-  if (h.compressionType !== COMPRESSION_ZLIB && h.compressionType !== COMPRESSION_ZSTD) {
-    throw unsupported(FORMAT, NAME, `unknown compression_type ${h.compressionType} at 0x68`, { field: 'compression_type', offset: 104, actual: h.compressionType });
-  }
-  const extendedL2 = hasFeature(h.incompatibleFeatures, INCOMPAT_EXTENDED_L2);
-  if (extendedL2 && clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) {
-    throw corrupt(FORMAT, NAME, `extended L2 entries need clusters of at least 16 KiB (cluster_bits ${clusterBits})`, { field: 'cluster_bits', offset: 20 });
-  }
-  const geom = geometry(h, extendedL2);
-  if (h.l1Size * 8 > MAX_L1_TABLE_BYTES) {
-    throw corrupt(FORMAT, NAME, `l1_size ${h.l1Size} at 0x24 exceeds qemu's 32 MiB L1 bound`, { field: 'l1_size', offset: 36, actual: h.l1Size });
-  }
   const neededL1 = Math.ceil(h.size / geom.l2Coverage);
-  if (neededL1 > h.l1Size) {
-    throw corrupt(FORMAT, NAME, `l1_size ${h.l1Size} at 0x24 is too small for a ${h.size}-byte disk (needs ${neededL1})`, { field: 'l1_size', offset: 36, actual: h.l1Size });
-  }
   const size = h.size;
-  const g: EntryGeometry = { clusterBits, clusterSize: cs, extendedL2, zeroFlag: h.version >= 3 && !extendedL2, dataFile: false };
   const queue = new HostQueue();
   const l1Start = h.l1TableOffset;
   const l1End = l1Start + h.l1Size * 8;
