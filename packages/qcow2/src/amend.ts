@@ -5,7 +5,7 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, utf8Encode, writeU32Be } from '@img/block';
+import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, writeU32Be } from '@img/block';
 import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -24,8 +24,8 @@ import {
   EXT_FEATURE_TABLE,
   ENTRY_COPIED_HI,
 } from './constants.js';
-import { hasFeature, featureBits, serializeHeader } from './header.js';
-import { extensionsLength, findExtension, serializeExtensions, serializeFeatureTable, type HeaderExtension } from './extensions.js';
+import { hasFeature, featureBits } from './header.js';
+import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
 import { l1EntryOffset, decodeL2Entry } from './mapping.js';
 import { loadL2, readL1, type MappingView } from './reader.js';
 import { openQcow2Image } from './open.js';
@@ -33,7 +33,7 @@ import { closeQcow2 } from './io.js';
 import { attachWriter } from './writable.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
-import { writeHeader, type Qcow2Image } from './core.js';
+import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
 import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -213,54 +213,7 @@ async function upgrade(s: Qcow2Image, extensions: HeaderExtension[]): Promise<vo
   h.extraFields = new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105);
   s.extensions = extensions;
   await s.storage.flush();
-  await writeHeaderCluster(s);
-}
-
-const SECTOR = 512;
-
-/**
- * Lays out cluster 0 again (header, extensions, backing file name, as
- * qemu lays it out) after a version change, and writes it so that a crash
- * leaves the old header or the new one: a sector is written whole or not
- * at all, so whatever the header in sector 0 refers to beyond it is
- * written (and flushed) first where the old layout does not use it, and
- * stale bytes past the new layout are cleared only after the new header is
- * on disk. Where both layouts reach past the first sector it is one write,
- * as qemu's. Everything before it is flushed first.
- */
-async function writeHeaderCluster(s: Qcow2Image): Promise<void> {
-  const h = s.header;
-  const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);
-  const exts = h.version >= 3 || s.extensions.length ? serializeExtensions(s.extensions) : new Uint8Array(0);
-  const end = h.headerLength + exts.length + name.length;
-  if (end > s.geom.clusterSize) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${end} bytes, more than one ${s.geom.clusterSize}-byte cluster`, { field: 'compat' });
-  h.backingFileOffset = name.length ? h.headerLength + exts.length : 0;
-  h.backingFileSize = name.length;
-  const oldEnd = s.headerAreaEnd;
-  const area = new Uint8Array(Math.min(s.geom.clusterSize, Math.max(end, oldEnd)));
-  area.set(serializeHeader(h), 0);
-  area.set(exts, h.headerLength);
-  area.set(name, h.backingFileOffset);
-  await s.storage.flush();
-  if (end <= SECTOR) {
-    await checkedWrite(s, 0, area.subarray(0, Math.min(SECTOR, area.length)), OVERLAP.HEADER);
-    await s.storage.flush();
-    if (area.length > SECTOR) await checkedWrite(s, SECTOR, area.subarray(SECTOR), OVERLAP.HEADER);
-  } else if (oldEnd <= SECTOR) {
-    await checkedWrite(s, SECTOR, area.subarray(SECTOR), OVERLAP.HEADER);
-    await s.storage.flush();
-    await checkedWrite(s, 0, area.subarray(0, SECTOR), OVERLAP.HEADER);
-  } else {
-    await checkedWrite(s, 0, area, OVERLAP.HEADER);
-  }
-  await s.storage.flush();
-  s.headerAreaEnd = end;
-}
-
-/** A write through the overlap check: `allowed` names the metadata it may replace (ERR_IMG_CORRUPT otherwise). */
-async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
-  s.overlap?.check(s.file, offset, bytes.length, allowed);
-  await s.storage.write(offset, bytes);
+  await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }
 
 // ---- compat=0.10 -----------------------------------------------------------
@@ -402,5 +355,5 @@ async function downgrade(s: Qcow2Image, view: MappingView): Promise<void> {
   h.extraFields = new Uint8Array(0);
   // The feature name table describes version 3 bits; qemu writes it for version 3 only.
   s.extensions = s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE);
-  await writeHeaderCluster(s);
+  await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }

@@ -6,9 +6,9 @@
  * cluster map and scheduler), the bitmap tracker, and the header updates
  * writes make (dirty and corrupt bits, cluster 0).
  */
-import { CallOrder, ERROR_CODES, ImageError, corrupt, diskClosedError, invalidArg, utf8Encode } from '@img/block';
+import { CallOrder, ERROR_CODES, ImageError, corrupt, diskClosedError } from '@img/block';
 import type { Disk, Storage } from '@img/block';
-import { MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
+import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
 import { type Qcow2Snapshot, snapshotEntrySize } from './snapshot.js';
@@ -18,7 +18,8 @@ import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
 import { readL1, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
-import { serializeHeader, writeHeaderFields } from './header.js';
+import { writeHeaderFields } from './header.js';
+import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import type { EntryGeometry } from './mapping.js';
 import type { L2Cache } from './l2-cache.js';
 import type { Allocator } from './allocator.js';
@@ -333,27 +334,46 @@ export function guardedDataStorage(storage: Storage, s: Qcow2Image): Storage {
   };
 }
 
+/** A metadata write through the overlap check: `allowed` names the metadata it may replace (ERR_IMG_CORRUPT otherwise). */
+export async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
+  s.overlap?.check(s.file, offset, bytes.length, allowed);
+  await s.storage.write(offset, bytes);
+}
+
+const SECTOR = 512;
+
 /**
- * Rewrites cluster 0 after a change of the header, its extensions or the
- * backing file name: header, extensions and name are laid out again and
- * written with one write. Everything must fit in the first cluster.
+ * Writes cluster 0 again after a change of the header, its extensions or
+ * the backing file name (the one writer of cluster 0 in an open image:
+ * amend, backing file changes), laid out as qemu lays it out. A crash
+ * leaves the old header or the new one: a sector is written whole or not
+ * at all, so whatever the header in sector 0 refers to beyond it is
+ * written (and flushed) first where the old layout does not use it, and
+ * stale bytes past the new layout are cleared only after the new header
+ * is on disk. Where both layouts reach past the first sector it is one
+ * write, as qemu's. Everything before it is flushed first. `tooBig` makes
+ * the caller's error for a layout that does not fit in one cluster.
  */
-export async function rewriteHeaderCluster(s: Qcow2Image): Promise<void> {
+export async function writeHeaderCluster(s: Qcow2Image, tooBig: (need: number, clusterSize: number) => ImageError): Promise<void> {
   const h = s.header;
   const cs = s.geom.clusterSize;
-  const name = s.backingName === undefined ? new Uint8Array(0) : utf8Encode(s.backingName);
-  if (name.length > MAX_BACKING_FILE_NAME) throw invalidArg(FORMAT, `backing file name longer than ${MAX_BACKING_FILE_NAME} bytes`, { field: 'backing_file' });
-  const exts = h.version >= 3 || s.extensions.length ? serializeExtensions(s.extensions) : new Uint8Array(0);
-  const end = h.headerLength + exts.length + name.length;
-  if (end > cs) throw invalidArg(FORMAT, `the header, its extensions and the backing file name need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'backing_file' });
-  h.backingFileOffset = name.length ? h.headerLength + exts.length : 0;
-  h.backingFileSize = name.length;
-  // Zero what the old layout used past the new end, so no stale bytes look like extensions.
-  const oldEnd = Math.min(cs, Math.max(end, s.headerAreaEnd));
-  const area = new Uint8Array(oldEnd);
-  area.set(serializeHeader(h), 0);
-  area.set(exts, h.headerLength);
-  area.set(name, h.backingFileOffset);
-  await s.storage.write(0, area);
+  const end = headerClusterBytes(h, s.extensions, s.backingName);
+  if (end > cs) throw tooBig(end, cs);
+  const oldEnd = s.headerAreaEnd;
+  const area = layoutHeaderCluster(h, s.extensions, s.backingName, Math.min(cs, Math.max(end, oldEnd)));
+  const write = (offset: number, bytes: Uint8Array) => checkedWrite(s, offset, bytes, OVERLAP.HEADER);
+  await s.storage.flush();
+  if (end <= SECTOR) {
+    await write(0, area.subarray(0, Math.min(SECTOR, area.length)));
+    await s.storage.flush();
+    if (area.length > SECTOR) await write(SECTOR, area.subarray(SECTOR));
+  } else if (oldEnd <= SECTOR) {
+    await write(SECTOR, area.subarray(SECTOR));
+    await s.storage.flush();
+    await write(0, area.subarray(0, SECTOR));
+  } else {
+    await write(0, area);
+  }
+  await s.storage.flush();
   s.headerAreaEnd = end;
 }

@@ -27,8 +27,9 @@ import {
   EXT_DATA_FILE,
   ENTRY_COPIED_HI,
 } from './constants.js';
-import { serializeHeader, type Qcow2Header } from './header.js';
-import { serializeExtensions, serializeFeatureTable, stringExtension, extensionsLength, type HeaderExtension } from './extensions.js';
+import { type Qcow2Header } from './header.js';
+import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
+import { serializeFeatureTable, stringExtension, type HeaderExtension } from './extensions.js';
 import { writeRefcount } from './refcount.js';
 import { openQcow2 } from './open.js';
 import { type Qcow2Disk } from './image.js';
@@ -221,22 +222,12 @@ export function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8
   const exts: HeaderExtension[] = [];
   if (l.backingFormat !== undefined) exts.push(stringExtension(EXT_BACKING_FORMAT, l.backingFormat));
   if (l.dataFile !== undefined) exts.push(stringExtension(EXT_DATA_FILE, l.dataFile));
-  const name = l.backingFile === undefined ? new Uint8Array(0) : utf8Encode(l.backingFile);
   // The feature name table is a courtesy: left out when it does not fit (small clusters).
   const withTable = l.version === 3 ? [...exts, serializeFeatureTable()] : exts;
-  const fits = (list: HeaderExtension[]) => h.headerLength + extensionsLength(list) + name.length <= cs;
+  const fits = (list: HeaderExtension[]) => headerClusterBytes(h, list, l.backingFile) <= cs;
   const chosen = fits(withTable) ? withTable : exts;
   if (!fits(chosen)) throw invalidArg(FORMAT, `the header, its extensions and the backing file name do not fit in one ${cs}-byte cluster`, { field: 'cluster_size' });
-  const extBytes = l.version === 3 || chosen.length ? serializeExtensions(chosen) : new Uint8Array(0);
-  if (name.length) {
-    h.backingFileOffset = h.headerLength + extBytes.length;
-    h.backingFileSize = name.length;
-  }
-  const out = new Uint8Array(cs);
-  out.set(serializeHeader(h), 0);
-  out.set(extBytes, h.headerLength);
-  out.set(name, h.backingFileOffset);
-  return out;
+  return layoutHeaderCluster(h, chosen, l.backingFile, cs);
 }
 
 function put64(buf: Uint8Array, at: number, value: number, flagsHi = 0): void {

@@ -3,11 +3,11 @@
  * backing file reference (qemu-img rebase -u) and emptying the layer so
  * that every read falls through to the backing image (after a commit).
  */
-import { invalidArg } from '@img/block';
-import { AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './constants.js';
+import { invalidArg, utf8Encode } from '@img/block';
+import { AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, MAX_BACKING_FILE_NAME } from './constants.js';
 import { hasFeature } from './header.js';
 import { stringExtension } from './extensions.js';
-import { rewriteHeaderCluster, type Qcow2Image } from './core.js';
+import { writeHeaderCluster, type Qcow2Image } from './core.js';
 import { changing, exclusiveQcow2, writableRange } from './io.js';
 import { zeroOrDiscardExclusive } from './writer.js';
 
@@ -23,13 +23,13 @@ export async function setQcow2Backing(core: Qcow2Image, name: string | undefined
   if (name !== undefined && (name.length === 0 || hasFeature(core.header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW))) {
     throw invalidArg(FORMAT, name.length === 0 ? 'empty backing file name' : 'an image with a raw external data file cannot have a backing file', { field: 'backing_file' });
   }
+  if (name !== undefined && utf8Encode(name).length > MAX_BACKING_FILE_NAME) throw invalidArg(FORMAT, `backing file name longer than ${MAX_BACKING_FILE_NAME} bytes`, { field: 'backing_file' });
   await exclusiveQcow2(core, async () => {
     const others = core.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
     core.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
     core.backingName = name;
     core.backingInfo = undefined;
-    await rewriteHeaderCluster(core);
-    await core.storage.flush();
+    await writeHeaderCluster(core, (need, cs) => invalidArg(FORMAT, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'backing_file' }));
   });
 }
 

@@ -34,7 +34,7 @@ import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { OVERLAP } from './overlap.js';
-import type { Qcow2Image } from './core.js';
+import { checkedWrite, type Qcow2Image } from './core.js';
 
 const FORMAT = 'qcow2';
 /** The header switch must be one sector write to be atomic. */
@@ -150,12 +150,6 @@ async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<nu
     s.fileSize = end;
   }
   return offset;
-}
-
-/** A write to clusters this commit allocated or may change: checked against the overlap map first. */
-async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
-  s.overlap?.check(s.file, offset, bytes.length, allowed);
-  await s.storage.write(offset, bytes);
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
