@@ -5,7 +5,7 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, writeU32Be } from '@img/block';
+import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported } from '@img/block';
 import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -22,11 +22,10 @@ import {
   EXT_CRYPTO,
   EXT_DATA_FILE,
   EXT_FEATURE_TABLE,
-  ENTRY_COPIED_HI,
 } from './constants.js';
 import { hasFeature, featureBits } from './header.js';
 import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
-import { l1EntryOffset, decodeL2Entry } from './mapping.js';
+import { l1EntryOffset, decodeL2Entry, writeEntryOffset } from './mapping.js';
 import { loadL2, readL1, type MappingView } from './reader.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
@@ -276,8 +275,7 @@ async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
 }
 
 function putEntry(table: Uint8Array, index: number, host: number, copied: boolean): void {
-  writeU32Be(table, index * 8, ((copied && host ? ENTRY_COPIED_HI : 0) | Math.floor(host / 0x1_0000_0000)) >>> 0);
-  writeU32Be(table, index * 8 + 4, host >>> 0);
+  writeEntryOffset(table, index * 8, host, copied && host !== 0);
 }
 
 /**

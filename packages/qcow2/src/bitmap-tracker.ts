@@ -6,7 +6,7 @@
  * clears in_use again. A crash in between leaves in_use set, which is what
  * the spec asks for (the bitmap is then known to be inconsistent).
  */
-import { Mutex, readU16Be, readU32Be, writeU32Be } from '@img/block';
+import { Mutex, readU16Be, readU32Be, writeU32Be, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import type { BitmapsExtension } from './extensions.js';
 import { entryOffset } from './mapping.js';
@@ -145,8 +145,7 @@ export class BitmapTracker {
       for (const [from, to] of bits) setBits(data, from, to);
       if (!host) {
         host = await this.#hooks.allocate(1);
-        writeU32Be(table, c * 8, Math.floor(host / 0x1_0000_0000));
-        writeU32Be(table, c * 8 + 4, host >>> 0);
+        writeU64Be(table, c * 8, host);
         tableChanged = true;
       }
       await this.#hooks.storage.write(host, data);

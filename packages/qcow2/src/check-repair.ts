@@ -35,7 +35,7 @@
  * reference first, so that the allocator cannot hand out a cluster in use,
  * and sets them exactly afterwards.
  */
-import { hex, readU32Be, unsupported, writeU32Be } from '@img/block';
+import { hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
 import type { MappingView } from './reader.js';
 import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
@@ -85,10 +85,10 @@ function padded(bytes: Uint8Array, size: number): Uint8Array {
   return b;
 }
 
+/** An 8-byte big-endian offset (a refcount table or snapshot table field). */
 function put64(at: number): Uint8Array {
   const b = new Uint8Array(8);
-  writeU32Be(b, 0, Math.floor(at / 0x1_0000_0000));
-  writeU32Be(b, 4, at >>> 0);
+  writeU64Be(b, 0, at);
   return b;
 }
 

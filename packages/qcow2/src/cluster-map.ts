@@ -11,7 +11,7 @@
  */
 import { readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
-import { encodeL1Entry, l1EntryOffset, type EntryGeometry } from './mapping.js';
+import { writeEntryOffset, l1EntryOffset, type EntryGeometry } from './mapping.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { writeHeaderFields, type Qcow2Geometry, type Qcow2Header } from './header.js';
@@ -73,7 +73,7 @@ export class ClusterMap {
     const img = this.#img;
     const l1 = this.#view.l1;
     img.overlap?.check(img.file, this.#view.l1Offset + index * 8, 8, OVERLAP.ACTIVE_L1);
-    encodeL1Entry(l1, index, offset, copied);
+    writeEntryOffset(l1, index * 8, offset, copied);
     return img.storage.write(this.#view.l1Offset + index * 8, l1.subarray(index * 8, index * 8 + 8));
   }
 

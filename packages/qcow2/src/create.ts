@@ -4,7 +4,8 @@
  * opens it for writing. Options come typed or as the strings of
  * `qemu-img create -o key=value`.
  */
-import { checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be } from '@img/block';
+import { writeEntryOffset } from './mapping.js';
+import { checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
 import type { CreateOptions, FormatRegistryLike, OptionTable, Resolver, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -25,7 +26,6 @@ import {
   COMPRESSION_ZSTD,
   EXT_BACKING_FORMAT,
   EXT_DATA_FILE,
-  ENTRY_COPIED_HI,
 } from './constants.js';
 import { type Qcow2Header } from './header.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
@@ -230,11 +230,6 @@ export function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8
   return layoutHeaderCluster(h, chosen, l.backingFile, cs);
 }
 
-function put64(buf: Uint8Array, at: number, value: number, flagsHi = 0): void {
-  writeU32Be(buf, at, (flagsHi | Math.floor(value / 0x1_0000_0000)) >>> 0);
-  writeU32Be(buf, at + 4, value >>> 0);
-}
-
 /**
  * Creates a qcow2 image in `storage` (which is truncated first) and
  * returns it open for writing.
@@ -305,7 +300,7 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
       if (start === 0) buf.set(headerCluster(l, h, cs).subarray(0, Math.min(cs, buf.length)), 0);
       if (overlap(rtAt * cs, blocksAt * cs)) {
         const first = Math.max(0, Math.floor((start - rtAt * cs) / 8));
-        for (let b = first; b < blocks && rtAt * cs + b * 8 + 8 <= end; b++) put64(buf, rtAt * cs + b * 8 - start, (blocksAt + b) * cs);
+        for (let b = first; b < blocks && rtAt * cs + b * 8 + 8 <= end; b++) writeU64Be(buf, rtAt * cs + b * 8 - start, (blocksAt + b) * cs);
       }
       for (let b = Math.max(0, Math.floor(start / cs) - blocksAt); b < blocks && (blocksAt + b) * cs < end; b++) {
         const block = buf.subarray((blocksAt + b) * cs - start, (blocksAt + b + 1) * cs - start);
@@ -313,7 +308,7 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
       }
       if (!prealloc) return;
       for (let t = Math.max(0, Math.floor((start - l1At * cs) / 8)); t < l2Tables && l1At * cs + t * 8 + 8 <= end; t++) {
-        put64(buf, l1At * cs + t * 8 - start, (l2At + t) * cs, ENTRY_COPIED_HI);
+        writeEntryOffset(buf, l1At * cs + t * 8 - start, (l2At + t) * cs, true);
       }
       // Tables are consecutive, so guest cluster c's entry is at l2At * cs + c * es.
       const firstC = Math.max(0, Math.floor((start - l2At * cs) / es));
@@ -321,7 +316,7 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
         const at = l2At * cs + c * es - start;
         if (at + es > buf.length) break;
         const host = l.dataFile === undefined ? (dataAt + c) * cs : c * cs;
-        put64(buf, at, host, ENTRY_COPIED_HI);
+        writeEntryOffset(buf, at, host, true);
         if (l.extendedL2) writeU32Be(buf, at + 12, 0xffffffff);
       }
     };

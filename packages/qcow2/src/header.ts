@@ -3,7 +3,7 @@
  * optional additional fields (compression_type at 104) and whatever a
  * newer writer put up to header_length, which is kept byte for byte.
  */
-import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures } from '@img/block';
+import { readU32Be, readU64Be, writeU32Be, writeU64Be, corrupt, unsupported, wrongFormat, findSignatures, writeU64BeParts } from '@img/block';
 import type { Storage } from '@img/block';
 import { QCOW2_MAGIC, QCOW2_V2_HEADER_LENGTH, QCOW2_V3_HEADER_LENGTH, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_REFCOUNT_ORDER } from './constants.js';
 
@@ -152,10 +152,7 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
   writeU32Be(out, 60, h.nbSnapshots);
   writeU64Be(out, 64, h.snapshotsOffset);
   if (h.version !== 2) {
-    const put64 = (at: number, v: bigint) => {
-      writeU32Be(out, at, Number((v >> 32n) & 0xffffffffn));
-      writeU32Be(out, at + 4, Number(v & 0xffffffffn));
-    };
+    const put64 = (at: number, v: bigint) => writeU64BeParts(out, at, Number((v >> 32n) & 0xffffffffn), Number(v & 0xffffffffn));
     put64(72, h.incompatibleFeatures);
     put64(80, h.compatibleFeatures);
     put64(88, h.autoclearFeatures);

@@ -40,9 +40,13 @@ export function l1EntryOffset(l1: Uint8Array, index: number, clusterSize: number
   return offset;
 }
 
-/** Sets L1 entry `index` of a raw L1 table: the L2 table at `offset` (0: none), with the COPIED flag when it is the active layer's alone. */
-export function encodeL1Entry(l1: Uint8Array, index: number, offset: number, copied: boolean): void {
-  writeU64BeParts(l1, index * 8, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / 0x1_0000_0000), offset >>> 0);
+/**
+ * Writes the 8 bytes at byte `at` of a table as an L1 entry or a standard
+ * (not compressed) L2 entry: host `offset` (0: none) with the COPIED flag
+ * (refcount exactly 1). The inverse of {@link l1EntryOffset}.
+ */
+export function writeEntryOffset(table: Uint8Array, at: number, offset: number, copied: boolean): void {
+  writeU64BeParts(table, at, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / 0x1_0000_0000), offset >>> 0);
 }
 
 /** The geometry fields decodeL2Entry needs. */

@@ -7,7 +7,7 @@
  * metadata with flush barriers: refcounts are raised before anything
  * points at a cluster and lowered only after nothing does.
  */
-import { readU32Be, writeU32Be, corrupt, hex } from '@img/block';
+import { readU32Be, writeU32Be, corrupt, hex, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
 import type { PendingWrites } from './pending-writes.js';
@@ -46,8 +46,7 @@ export function writeRefcount(block: Uint8Array, index: number, bits: number, va
   } else if (bits === 32) {
     writeU32Be(block, index * 4, value);
   } else {
-    writeU32Be(block, index * 8, Math.floor(value / 0x1_0000_0000));
-    writeU32Be(block, index * 8 + 4, value >>> 0);
+    writeU64Be(block, index * 8, value);
   }
 }
 
@@ -337,8 +336,7 @@ export class Refcounts {
       this.#o.overlap?.add(OVERLAP.REFCOUNT_BLOCK, at * this.clusterSize, this.clusterSize);
       this.#blocks.put(at * this.clusterSize, block);
       const entry = new Uint8Array(8);
-      writeU32Be(entry, 0, Math.floor((at * this.clusterSize) / 0x1_0000_0000));
-      writeU32Be(entry, 4, (at * this.clusterSize) >>> 0);
+      writeU64Be(entry, 0, at * this.clusterSize);
       this.#o.overlap?.check(this.#o.file, this.#tableOffset + t * 8, 8, OVERLAP.REFCOUNT_TABLE);
       await this.#o.storage.write(this.#tableOffset + t * 8, entry);
       await this.#o.barrier();
@@ -410,10 +408,7 @@ export class Refcounts {
     this.#table = table;
     for (const c of fresh) await this.add(c, 1, 1);
     const bytes = new Uint8Array(clusters * cs);
-    table.forEach((off, i) => {
-      writeU32Be(bytes, i * 8, Math.floor(off / 0x1_0000_0000));
-      writeU32Be(bytes, i * 8 + 4, off >>> 0);
-    });
+    table.forEach((off, i) => writeU64Be(bytes, i * 8, off));
     this.#o.overlap?.check(this.#o.file, start * cs, bytes.length);
     await this.#o.storage.write(start * cs, bytes);
     await this.#o.barrier();

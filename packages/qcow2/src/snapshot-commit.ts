@@ -26,8 +26,8 @@
  * (active layer and snapshots) is the old one or the new one. The dirty
  * bit is not needed, so version 2 images are as safe as version 3.
  */
-import { corrupt, hex, readU32Be, unsupported, writeU32Be } from '@img/block';
-import { decodeL2Entry, l1EntryOffset } from './mapping.js';
+import { corrupt, hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
+import { decodeL2Entry, l1EntryOffset, writeEntryOffset } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
@@ -258,8 +258,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     const at = newTables[i]!;
     if (!at) continue;
     const target = placed.get(at) ?? at;
-    writeU32Be(l1, i * 8, Math.floor(target / 0x1_0000_0000));
-    writeU32Be(l1, i * 8 + 4, target >>> 0);
+    writeEntryOffset(l1, i * 8, target, false);
     const refs = placed.has(at) ? 1 + d.get(target / cs) : await after(at / cs);
     setCopied(l1, i * 8, refs === 1);
   }
@@ -325,8 +324,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     const table = new Uint8Array(tableClusters * cs);
     for (let t = 0; t < live.length; t++) {
       const at = freshBlocks.get(t) ?? live[t] ?? 0;
-      writeU32Be(table, t * 8, Math.floor(at / 0x1_0000_0000));
-      writeU32Be(table, t * 8 + 4, at >>> 0);
+      writeU64Be(table, t * 8, at);
     }
     await checkedWrite(s, tableOffset, table);
   }

@@ -16,7 +16,7 @@
  * - apply: a copy of the snapshot's L1 table becomes the active one; the
  *   old active layer's references go.
  */
-import { invalidArg, readOnlyError, utf8Encode, writeU32Be } from '@img/block';
+import { invalidArg, readOnlyError, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
 import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
@@ -75,8 +75,7 @@ async function createSnapshot(s: Qcow2Image, view: MappingView, name: string, op
   const h = s.header;
   const date = options.date ?? new Date();
   const extra = new Uint8Array(24);
-  writeU32Be(extra, 8, Math.floor(h.size / 0x1_0000_0000)); // disk_size
-  writeU32Be(extra, 12, h.size >>> 0);
+  writeU64Be(extra, 8, h.size); // disk_size
   writeU32Be(extra, 16, 0xffffffff); // icount: unknown
   writeU32Be(extra, 20, 0xffffffff);
   const snap: Qcow2Snapshot = {

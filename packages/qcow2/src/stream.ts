@@ -9,9 +9,10 @@
  * The layout is fixed before the first byte, so the length is known
  * first (createQcow2Stream, qcow2Driver.stream).
  */
-import { invalidArg, isAllZero, parseBool, writeU32Be } from '@img/block';
+import { invalidArg, isAllZero, parseBool, writeU64Be } from '@img/block';
+import { writeEntryOffset } from './mapping.js';
 import type { Disk, ImageStream } from '@img/block';
-import { ENTRY_COPIED_HI, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeEntry } from './l2-entry.js';
 import { writeRefcount } from './refcount.js';
 import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
@@ -151,8 +152,7 @@ async function* emit(source: Disk, plan: Qcow2StreamPlan): AsyncGenerator<Uint8A
   const rt = new Uint8Array(rtClusters * cs);
   for (let b = 0; b < blocks; b++) {
     const off = (blocksAt + b) * cs;
-    writeU32Be(rt, b * 8, Math.floor(off / 0x1_0000_0000));
-    writeU32Be(rt, b * 8 + 4, off >>> 0);
+    writeU64Be(rt, b * 8, off);
   }
   yield rt;
   for (let b = 0; b < blocks; b++) {
@@ -164,8 +164,7 @@ async function* emit(source: Disk, plan: Qcow2StreamPlan): AsyncGenerator<Uint8A
     const l1 = new Uint8Array(l1Clusters * cs);
     tableIndex.forEach((t, k) => {
       const off = (l2At + k) * cs;
-      writeU32Be(l1, t * 8, (ENTRY_COPIED_HI | Math.floor(off / 0x1_0000_0000)) >>> 0);
-      writeU32Be(l1, t * 8 + 4, off >>> 0);
+      writeEntryOffset(l1, t * 8, off, true);
     });
     yield l1;
   }
