@@ -25,14 +25,15 @@ import {
 } from './constants.js';
 import { hasFeature, featureBits } from './header.js';
 import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
-import { l1EntryOffset, decodeL2Entry, writeEntryOffset } from './mapping.js';
-import { loadL2, readL1, type MappingView } from './reader.js';
+import { decodeL2Entry, writeEntryOffset } from './mapping.js';
+import { type MappingView } from './reader.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { attachWriter } from './writable.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
+import { distinctL2Tables, imageL1Tables } from './l2-walk.js';
 import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -217,32 +218,6 @@ async function upgrade(s: Qcow2Image, extensions: HeaderExtension[]): Promise<vo
 
 // ---- compat=0.10 -----------------------------------------------------------
 
-interface L1Ref {
-  l1: Uint8Array;
-  l1Offset: number;
-  l1Size: number;
-}
-
-async function allL1Tables(s: Qcow2Image, view: MappingView): Promise<L1Ref[]> {
-  const out: L1Ref[] = [{ l1: view.l1, l1Offset: view.l1Offset, l1Size: s.header.l1Size }];
-  for (const sn of s.snapshots) out.push({ l1: await readL1(s.storage, sn.l1TableOffset, sn.l1Size), l1Offset: sn.l1TableOffset, l1Size: sn.l1Size });
-  return out;
-}
-
-/** Calls `fn` once for every distinct L2 table of the active layer and of every snapshot. */
-async function eachL2Table(s: Qcow2Image, view: MappingView, fn: (offset: number, table: Uint8Array) => Promise<void>): Promise<void> {
-  const cs = s.geom.clusterSize;
-  const seen = new Set<number>();
-  for (const t of await allL1Tables(s, view)) {
-    for (let i = 0; i < t.l1Size; i++) {
-      const l2Offset = l1EntryOffset(t.l1, i, cs, s.file, t.l1Offset);
-      if (l2Offset === 0 || seen.has(l2Offset)) continue;
-      seen.add(l2Offset);
-      await fn(l2Offset, await loadL2(s, l2Offset, i));
-    }
-  }
-}
-
 function refuse(s: Qcow2Image, why: string, field: string): never {
   throw unsupported(FORMAT, s.file, `cannot amend to compat=0.10: ${why}`, { field });
 }
@@ -267,9 +242,9 @@ async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
   if (h.compressionType !== COMPRESSION_ZLIB) {
     // qemu looks at the active layer only; the clusters of snapshots would be just as unreadable.
     let compressed = 0;
-    await eachL2Table(s, view, async (offset, table) => {
+    for await (const { offset, table } of distinctL2Tables(s, await imageL1Tables(s, view, h.l1Size))) {
       for (let j = 0; j < s.geom.l2Entries; j++) if (decodeL2Entry(table, j, s.entryGeom, s.file, offset).type === 'compressed') compressed++;
-    });
+    }
     if (compressed) refuse(s, `the image uses zstd compression and has ${compressed} compressed clusters (version 2 knows zlib only)`, 'compression_type');
   }
 }
@@ -298,7 +273,7 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
   const backed = s.backingName !== undefined;
   const zeros = new Uint8Array(cs);
   let expanded = 0;
-  await eachL2Table(s, view, async (l2Offset, cached) => {
+  for await (const { offset: l2Offset, table: cached } of distinctL2Tables(s, await imageL1Tables(s, view, s.header.l1Size))) {
     const tableRefs = await rc.get(l2Offset / cs);
     let table: Uint8Array | undefined;
     const toZero: number[] = [];
@@ -324,7 +299,7 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
       toZero.push(host);
       putEntry(table, j, host, tableRefs === 1);
     }
-    if (!table) return;
+    if (!table) continue;
     // Checked before any of them is written: zeros over metadata would destroy it.
     for (const at of toZero) s.overlap?.check(s.file, at, cs);
     s.overlap?.check(s.file, l2Offset, cs, OVERLAP.L2);
@@ -334,7 +309,7 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
     await s.storage.flush();
     s.cache.delete(l2Offset);
     for (const at of toRelease) await rc.add(at / cs, 1, -tableRefs);
-  });
+  }
   return expanded;
 }
 

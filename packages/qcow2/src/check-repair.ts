@@ -38,6 +38,7 @@
 import { hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
 import type { MappingView } from './reader.js';
 import type { Qcow2Image } from './core.js';
+import { l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 import type { Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
@@ -325,24 +326,16 @@ function activeTables(s: Qcow2Image, view: MappingView): Array<[number, number]>
   const cs = s.geom.clusterSize;
   const inUse = Math.min(s.header.l1Size, Math.ceil(s.header.size / s.geom.l2Coverage));
   const tables: Array<[number, number]> = [];
-  for (let i = 0; i < inUse; i++) {
-    const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
+  l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: s.header.l1Size }, cs, s.file, 'raw', inUse).forEach((l2, i) => {
     if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push([l2, i]);
-  }
+  });
   return tables;
 }
 
 /** L2 tables that snapshots use (changed only through a copy: the snapshot must keep reading what it did). */
 async function snapshotTables(s: Qcow2Image): Promise<Set<number>> {
   const set = new Set<number>();
-  for (const sn of s.snapshots) {
-    const l1 = new Uint8Array(sn.l1Size * 8);
-    await s.storage.readInto(sn.l1TableOffset, l1);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const l2 = entryOffset(readU32Be(l1, i * 8), readU32Be(l1, i * 8 + 4));
-      if (l2) set.add(l2);
-    }
-  }
+  for (const t of await snapshotL1Tables(s)) for (const l2 of l2TableOffsets(t, s.geom.clusterSize, s.file, 'raw')) if (l2) set.add(l2);
   return set;
 }
 

@@ -13,14 +13,14 @@ import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
 import { type Qcow2Snapshot, snapshotEntrySize } from './snapshot.js';
 import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
-import { l1EntryOffset } from './mapping.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
-import { readL1, BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
+import { BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
 import { writeHeaderFields } from './header.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import type { EntryGeometry } from './mapping.js';
+import { l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
 import type { L2Cache } from './l2-cache.js';
 import type { Allocator } from './allocator.js';
 import type { ClusterMap } from './cluster-map.js';
@@ -251,11 +251,8 @@ export function missingDataFile(file: string, name: string | undefined): Storage
 }
 
 /** Adds the L2 tables an L1 table points at to the map (offsets only: the tables are not read). */
-function addL2Tables(map: OverlapMap, l1: Uint8Array, cs: number, file: string, l1Offset: number): void {
-  for (let i = 0; i < l1.length / 8; i++) {
-    const l2 = l1EntryOffset(l1, i, cs, file, l1Offset);
-    if (l2 !== 0) map.add(OVERLAP.L2, l2, cs);
-  }
+function addL2Tables(map: OverlapMap, t: L1Table, cs: number, file: string): void {
+  for (const l2 of l2TableOffsets(t, cs, file, 'strict')) if (l2 !== 0) map.add(OVERLAP.L2, l2, cs);
 }
 
 /**
@@ -270,14 +267,14 @@ export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise
   const map = new OverlapMap(cs);
   map.add(OVERLAP.HEADER, 0, cs);
   map.add(OVERLAP.ACTIVE_L1, view.l1Offset, h.l1Size * 8);
-  addL2Tables(map, view.l1, cs, s.file, view.l1Offset);
+  addL2Tables(map, { l1: view.l1, offset: view.l1Offset, entries: view.l1.length / 8 }, cs, s.file);
   if (s.snapshots.length) {
     let bytes = 0;
     for (const snap of s.snapshots) bytes += snapshotEntrySize(snap);
     map.add(OVERLAP.SNAPSHOT_TABLE, h.snapshotsOffset, bytes);
-    for (const snap of s.snapshots) {
-      map.add(OVERLAP.SNAPSHOT_L1, snap.l1TableOffset, snap.l1Size * 8);
-      addL2Tables(map, await readL1(s.storage, snap.l1TableOffset, snap.l1Size), cs, s.file, snap.l1TableOffset);
+    for (const t of await snapshotL1Tables(s)) {
+      map.add(OVERLAP.SNAPSHOT_L1, t.offset, t.entries * 8);
+      addL2Tables(map, t, cs, s.file);
     }
   }
   const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);

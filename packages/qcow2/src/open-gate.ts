@@ -14,6 +14,7 @@ import { readRefcount } from './refcount.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
 import type { MappingView } from './reader.js';
 import type { Qcow2Image } from './core.js';
+import { l2EntriesOf, l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Clusters per flag chunk (64 KiB). */
@@ -216,23 +217,6 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   return { problem: undefined, offset: 0, l2Tables };
 }
 
-/** Each L2 entry of `tables` that decodes, in order (an entry that does not is check's to report, not the gate's to trip on). */
-async function* l2EntriesOf(s: Qcow2Image, tables: Iterable<number>): AsyncGenerator<{ l2: number; j: number; e: ReturnType<typeof decodeL2Entry> }> {
-  const table = new Uint8Array(s.geom.clusterSize);
-  for (const l2 of tables) {
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e;
-      try {
-        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
-      } catch {
-        continue;
-      }
-      yield { l2, j, e };
-    }
-  }
-}
-
 /**
  * How many times the snapshots' L1 and L2 tables use each of `clusters`
  * (data clusters, compressed spans and L2 tables). Read only when the
@@ -247,11 +231,8 @@ async function snapshotUses(s: Qcow2Image, clusters: ReadonlySet<number>): Promi
     if (clusters.has(c)) out.set(c, (out.get(c) ?? 0) + times);
   };
   const tables = new Map<number, number>();
-  for (const sn of s.snapshots) {
-    const l1 = new Uint8Array(sn.l1Size * 8);
-    await s.storage.readInto(sn.l1TableOffset, l1);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const l2 = entryOffset(readU32Be(l1, i * 8), readU32Be(l1, i * 8 + 4));
+  for (const t of await snapshotL1Tables(s)) {
+    for (const l2 of l2TableOffsets(t, cs, s.file, 'raw')) {
       if (!l2 || l2 % cs || l2 + cs > s.fileSize) continue;
       count(l2 / cs, 1);
       tables.set(l2, (tables.get(l2) ?? 0) + 1);
@@ -354,8 +335,9 @@ async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise
   }
   const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
   const tables: number[] = [];
-  for (let i = 0; i < inUse; i++) {
-    const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
+  const active = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
+  for (let i = 0; i < active.length; i++) {
+    const l2 = active[i]!;
     if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
     if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
   }

@@ -27,7 +27,7 @@
  * bit is not needed, so version 2 images are as safe as version 3.
  */
 import { corrupt, hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
-import { decodeL2Entry, l1EntryOffset, writeEntryOffset } from './mapping.js';
+import { decodeL2Entry, writeEntryOffset } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { loadL2, type MappingView } from './reader.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
@@ -35,17 +35,14 @@ import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { OVERLAP } from './overlap.js';
 import { checkedWrite, type Qcow2Image } from './core.js';
+import { l2TableOffsets, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** The header switch must be one sector write to be atomic. */
 const SECTOR = 512;
 
 /** An L1 table and its entry count. */
-export interface L1Tree {
-  l1: Uint8Array;
-  offset: number;
-  entries: number;
-}
+export type L1Tree = L1Table;
 
 /** What a snapshot operation changes (see the module comment). */
 export interface MetadataChange {
@@ -92,9 +89,7 @@ function flagCluster(s: Qcow2Image, table: Uint8Array, j: number, tableOffset: n
 
 /** L2 table offsets of a tree, by L1 index (0: none). */
 function tablesOf(s: Qcow2Image, t: L1Tree): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < t.entries; i++) out.push(l1EntryOffset(t.l1, i, s.geom.clusterSize, s.file, t.offset));
-  return out;
+  return l2TableOffsets(t, s.geom.clusterSize, s.file, 'strict');
 }
 
 /** Clusters per chunk of {@link Deltas}. */
