@@ -19,6 +19,7 @@ import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI } from './constants.js';
 import type { Qcow2Image } from './core.js';
+import { snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
@@ -220,11 +221,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     tables.merge(keys, active, s.file);
   };
   readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
-  for (const sn of s.snapshots) {
-    const l1 = new Uint8Array(sn.l1Size * 8);
-    await s.storage.readInto(sn.l1TableOffset, l1);
-    readL1Refs(l1, sn.l1TableOffset, sn.l1Size, false, `snapshot ${sn.id}`, sn.diskSize);
-  }
+  for (const t of await snapshotL1Tables(s)) readL1Refs(t.l1, t.offset, t.entries, false, `snapshot ${t.snapshot!.id}`, t.snapshot!.diskSize);
 
   const table = new Uint8Array(cs);
   for (let t = 0; t < tables.clusters.length; t++) {
