@@ -6,7 +6,7 @@
  * cluster map and scheduler), the bitmap tracker, and the header updates
  * writes make (dirty and corrupt bits, cluster 0).
  */
-import { CallOrder, ERROR_CODES, ImageError, corrupt, diskClosedError } from '@img/block';
+import { CallOrder, corrupt, diskClosedError, notFoundError, type ImageError } from '@img/block';
 import type { Disk, Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
@@ -148,7 +148,7 @@ export class Qcow2Image implements ReaderState {
   findSnapshot(idOrName: string): Qcow2Snapshot {
     const snap = this.snapshots.find((s) => s.id === idOrName) ?? this.snapshots.find((s) => s.name === idOrName);
     if (!snap) {
-      throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${this.file}: no snapshot with id or name "${idOrName}"`, { data: { format: FORMAT, file: this.file, field: 'snapshot' } });
+      throw notFoundError(this.file, `no snapshot with id or name "${idOrName}"`, { format: FORMAT, field: 'snapshot' });
     }
     return snap;
   }
@@ -245,7 +245,7 @@ export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
 /** A data file that was not opened: metadata works, data reads fail clearly. */
 export function missingDataFile(file: string, name: string | undefined): Storage {
   const fail = async (): Promise<never> => {
-    throw new ImageError(ERROR_CODES.NOT_FOUND, `${FORMAT}: ${file}: the external data file "${name ?? ''}" was not opened`, { data: { format: FORMAT, file, field: 'data file' } });
+    throw notFoundError(file, `the external data file "${name ?? ''}" was not opened`, { format: FORMAT, field: 'data file' });
   };
   return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
