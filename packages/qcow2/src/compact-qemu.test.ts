@@ -143,6 +143,18 @@ describeQemu('compactQcow2 and sparsifyQcow2 against qemu-img', () => {
     expect(again.compact.bytesMoved).toBe(0);
   });
 
+  it('512-byte clusters: refcount blocks, the refcount table and L2 tables move too', async () => {
+    const file = make('small.qcow2', '16M', ['-o', 'cluster_size=512']);
+    // 12 MiB of data needs new refcount blocks and a larger refcount table (written past the data); then most is freed.
+    io(file, ['write -P 0x81 0 12M', 'write -z -u 0 10M', 'write -P 0x82 11M 64k']);
+    const before = keep(file);
+    const { compact } = await run(file, { sparsify: false });
+    expect(compact.metadataClustersMoved).toBeGreaterThan(20);
+    expect(compact.sizeAfter).toBe(compact.allocatedBytes);
+    clean(file);
+    same(before, file);
+  });
+
   it('an external data file: only metadata moves', async () => {
     const file = make('df.qcow2', '32M', ['-o', `data_file=${join(tmp.path, 'df.raw')}`]);
     io(file, ['write -P 0x71 0 4M', 'write -P 0x72 20M 1M']);
