@@ -94,9 +94,10 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
   const extendedL2 = ((h.incompatibleFeatures >> BigInt(INCOMPAT_EXTENDED_L2)) & 1n) === 1n;
   const zeroFlag = h.version >= 3;
   const hasBacking = h.backingFileOffset !== 0 && h.backingFileSize > 0;
-  // A version 2 image can only punch holes: the backing file decides where that reads the same.
+  // A version 2 image can only punch holes: the backing file decides where that reads the same. The chain is opened
+  // for a version 3 image too (when a resolver is given), so that a backing file that is this very file is refused.
   let top: Disk | undefined;
-  if (!zeroFlag && hasBacking) {
+  if (hasBacking && (!zeroFlag || options.resolver)) {
     top = await openQcow2(keepOpen(storage), { readOnly: true, noDataFile: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
   }
   try {
