@@ -15,7 +15,7 @@
  * is the same 64-bit addition at each of its sites, whatever the flags
  * around the offset are.
  */
-import { corrupt, hex, readU32Be, readU64Be, unsafe, unsupported, writeU32Be, type Storage } from '@img/block';
+import { corrupt, hex, readOnlyError, readU32Be, readU64Be, unsafe, unsupported, writeU32Be, type Storage } from '@img/block';
 import { parseHeader, type Qcow2Header } from './header.js';
 import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
 import { readRefcount, writeRefcount } from './refcount.js';
@@ -137,6 +137,8 @@ function extensionDataOffset(extensions: readonly HeaderExtension[], start: numb
  */
 export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
   const file = storage.name;
+  // Both callers write: refuse a read-only storage before anything is read.
+  if (storage.readOnly) throw readOnlyError(FORMAT, file);
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
   const header = parseHeader(head, file);
