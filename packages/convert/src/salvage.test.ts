@@ -112,6 +112,13 @@ describeQemu('img convert --salvage against qemu-img --salvage', () => {
     const qemuOffsets = warnings(q.stderr, 'qemu-img');
     expect(qemuOffsets).toHaveLength(128);
     expect(warnings(r.stderr, 'img convert')).toEqual(qemuOffsets);
+    // Into an existing image (-n): the unreadable sectors are written as zeros over what was there.
+    const existing = join(tmp.path, 'existing.raw');
+    writeFileSync(existing, new Uint8Array(1 << 20).fill(0xee));
+    const n = run('img', ['convert', '-n', '--salvage', '-O', 'raw', image, existing]);
+    expect(n.status).toBe(0);
+    expect(warnings(n.stderr, 'img convert')).toEqual(qemuOffsets);
+    expect(Buffer.compare(readFileSync(existing), readFileSync(theirs))).toBe(0);
     // And into qcow2, through the -O qcow2 path: the same guest bytes.
     const asQcow2 = join(tmp.path, 'ours.qcow2');
     expect(run('img', ['convert', '--salvage', '-q', '-O', 'qcow2', image, asQcow2]).status).toBe(0);
