@@ -4,6 +4,7 @@
  */
 import { bytesEqual, ERROR_CODES, ImageError, sparseCopy, type DriverCreateOptions, type Disk, type FormatDriver, type FormatRegistryLike, type Resolver, type SparseCopyOptions, type SparseCopyResult, type Storage } from '@img/block';
 import { OverlayDiff } from './overlay-diff.js';
+import { salvagingDisk, type SalvageEvent } from './salvage.js';
 
 export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
   /**
@@ -24,6 +25,14 @@ export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' 
   /** Opens the backing file named by `backingFile` (e.g. fileResolver). */
   resolver?: Resolver;
   formats?: FormatRegistryLike;
+  /**
+   * Copy what can be read (qemu-img convert --salvage): a source range
+   * whose read fails is written as zeros instead of failing the
+   * conversion, sector by sector, and reported through `onSalvage`.
+   */
+  salvage?: boolean;
+  /** With `salvage`: called for each unreadable sector (or unreadable extent map) written as zeros. */
+  onSalvage?: (event: SalvageEvent) => void;
 }
 
 export interface ConvertResult extends SparseCopyResult {
@@ -69,6 +78,11 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
   const disk = await driver.create(target, createOptions);
   try {
     const copy: SparseCopyOptions = { ...options, dstIsZero: true };
+    // Salvage reads through a view that turns failed reads into zeros; host runs would read around it.
+    if (options.salvage) {
+      src = salvagingDisk(src, options.onSalvage ? { onSalvage: options.onSalvage } : {});
+      copy.batchRuns = false;
+    }
     if (options.compress) {
       if (!canCompress(disk)) {
         throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot store compressed data (-c)`, { data: { format: driver.name } });
