@@ -24,6 +24,14 @@ export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' 
   /** Opens the backing file named by `backingFile` (e.g. fileResolver). */
   resolver?: Resolver;
   formats?: FormatRegistryLike;
+  /**
+   * Write a new image through the format's one-pass writer
+   * (FormatDriver.createFresh: data laid out as it arrives, metadata
+   * written once at the end) where the options allow it. Default true;
+   * false always uses create() and the general writer. The image is the
+   * same either way, cluster for cluster.
+   */
+  bulk?: boolean;
 }
 
 export interface ConvertResult extends SparseCopyResult {
@@ -65,6 +73,18 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
     createOptions.backingFile = options.backingFile;
     if (options.backingFormat !== undefined) createOptions.backingFormat = options.backingFormat;
     if (options.formats) createOptions.formats = options.formats;
+  }
+  // A plain new image (no -c, no -B): the format's one-pass writer, where it has one for these options.
+  const fresh = options.bulk === false || options.compress || options.backingFile !== undefined ? undefined : await driver.createFresh?.(target, createOptions);
+  if (fresh) {
+    try {
+      const result = await sparseCopy(src, fresh, { ...options, dstIsZero: true });
+      const disk = await fresh.finish();
+      return { disk, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
+    } catch (e) {
+      await fresh.abort().catch(() => undefined);
+      throw e;
+    }
   }
   const disk = await driver.create(target, createOptions);
   try {
