@@ -265,6 +265,25 @@ export interface FormatDriver {
 export interface FreshImageWriter extends Disk {
   finish(): Promise<Disk>;
   abort(): Promise<void>;
+  /**
+   * Optional, for sparseCopy's file-to-file loop: true when the writer
+   * can place guest runs in `storage` ahead of the copy (placeRuns) so the
+   * bytes go from the source file straight to their host position.
+   */
+  canPlaceRuns?(): boolean;
+  /**
+   * Reserves host space for guest `[offset, offset + length)` (all of it
+   * becomes allocated) and answers (guest offset, host position, length)
+   * triples covering it.
+   */
+  placeRuns?(offset: number, length: number): number[];
+  /**
+   * After a batch of placed runs was copied with zero detection and some
+   * zeros were left unwritten: the writer gives back what it reserved and
+   * nothing was written into. `runs` are the batch's (source position,
+   * host position, length) triples.
+   */
+  settleRuns?(runs: Float64Array): Promise<void>;
 }
 
 /** An image as a byte stream of known length. */

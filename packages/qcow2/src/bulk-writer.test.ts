@@ -73,6 +73,42 @@ describe('createQcow2Fresh', () => {
     expect(storage.toBytes().length).toBeLessThanOrEqual(generalSize);
   });
 
+  it('placeRuns/settleRuns: clusters a copy left unwritten are given back, and finish closes the gaps', async () => {
+    const storage = new MemoryStorage();
+    const w = await fresh(storage, {});
+    const cs = 65536;
+    const model = new Uint8Array(w.size);
+    const placed = w.placeRuns!(0, 2 * MiB);
+    expect(placed).toEqual([0, cs, 2 * MiB]); // 32 clusters from host cluster 1, in one piece
+    // The copy writes only the data it found: guest clusters 3 and 20 whole, 100 bytes in cluster 30.
+    for (const [at, n, seed] of [
+      [3 * cs, cs, 1],
+      [20 * cs, cs, 2],
+      [30 * cs + 5, 100, 3],
+    ] as const) {
+      const d = seededBytes(n, seed);
+      model.set(d, at);
+      await storage.write(placed[1]! + at, d);
+    }
+    await w.settleRuns!(Float64Array.of(0, placed[1]!, placed[2]!));
+    expect((await collectExtents(w.extents())).filter((e) => e.kind === 'data').map((e) => [e.offset / cs, e.length / cs])).toEqual([
+      [3, 1],
+      [20, 1],
+      [30, 1],
+    ]);
+    // A later write takes a given-back cluster.
+    const d = seededBytes(1000, 4);
+    model.set(d, 4 * MiB);
+    await w.write(4 * MiB, d);
+    const disk = await w.finish();
+    expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
+    await disk.close();
+    // 1 header + 4 data + 1 L2 + 1 refcount block + 1 refcount table + 1 L1: no unused cluster left.
+    expect(storage.toBytes().length).toBe(9 * cs);
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
+  });
+
   it('leaves no image before finish and after abort: cluster 0 holds no header', async () => {
     const storage = new MemoryStorage();
     await storage.write(0, seededBytes(4096, 9)); // a stale file is emptied first

@@ -62,8 +62,12 @@ class Qcow2BulkWriter implements FreshImageWriter {
   readonly #perTable: number;
   /** L1 index -> host cluster number of each entry of its table (0: unallocated). */
   readonly #tables = new Map<number, Float64Array>();
-  /** The next host cluster to hand out (cluster 0 is the header's). */
+  /** The next host cluster to hand out at the end of the data (cluster 0 is the header's). */
   #next = 1;
+  /** Host clusters given back (placed for a copy that found only zeros there), handed out again first. */
+  #free: number[] = [];
+  /** Host cluster -> guest cluster + 1 (0: not in use), for giving clusters back and for closing gaps. */
+  #guestOf = new Float64Array(1024);
   #state: State = 'open';
   readonly #pending = new Set<Promise<void>>();
   #failure: unknown;
@@ -90,8 +94,96 @@ class Qcow2BulkWriter implements FreshImageWriter {
       this.#tables.set(t, table);
     }
     const i = c - t * this.#perTable;
-    if (table[i] === 0 && allocate) table[i] = this.#next++;
+    if (table[i] === 0 && allocate) {
+      const host = this.#free.pop() ?? this.#next++;
+      if (host >= this.#guestOf.length) {
+        const grown = new Float64Array(Math.max(host + 1, this.#guestOf.length * 2));
+        grown.set(this.#guestOf);
+        this.#guestOf = grown;
+      }
+      this.#guestOf[host] = c + 1;
+      table[i] = host;
+    }
     return table[i]!;
+  }
+
+  /** Makes host cluster `host` unallocated again: its guest cluster reads as zeros. */
+  #release(host: number): void {
+    const owner = this.#guestOf[host]! - 1;
+    if (owner < 0) return;
+    const t = Math.floor(owner / this.#perTable);
+    this.#tables.get(t)![owner - t * this.#perTable] = 0;
+    this.#guestOf[host] = 0;
+    this.#free.push(host);
+  }
+
+  /** sparseCopy may copy file to file into the positions placeRuns gives where settleRuns can see what was written. */
+  canPlaceRuns(): boolean {
+    return this.#state === 'open' && typeof this.storage.ranges === 'function';
+  }
+
+  /** Allocates guest `[offset, offset + length)` and answers its (guest offset, host position, length) pieces. */
+  placeRuns(offset: number, length: number): number[] {
+    this.#checkOpen();
+    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
+    const out: number[] = [];
+    this.#pieces(offset, length, true, (guest, host, n) => out.push(guest, host, n));
+    return out;
+  }
+
+  /**
+   * After a copy into placed runs left zeros unwritten: clusters wholly
+   * inside one run that hold no data in the file (holes: nothing was
+   * written there) are given back, so the image allocates what qemu-img
+   * would, the clusters holding data.
+   */
+  async settleRuns(runs: Float64Array): Promise<void> {
+    const cs = this.#cs;
+    const storage = this.storage;
+    if (!storage.ranges) return;
+    for (let k = 0; k + 2 < runs.length; k += 3) {
+      const host = runs[k + 1]!;
+      const first = Math.ceil(host / cs);
+      const end = Math.floor((host + runs[k + 2]!) / cs);
+      if (end <= first) continue;
+      const found = await storage.ranges(first * cs, (end - first) * cs);
+      const data = found.filter((r) => r.data);
+      for (let c = first; c < end; c++) {
+        if (!data.some((r) => r.offset < (c + 1) * cs && r.offset + r.length > c * cs)) this.#release(c);
+      }
+    }
+  }
+
+  /**
+   * Closes the gaps given-back clusters left in the data: the last data
+   * clusters move into them, so the file has no unused cluster.
+   */
+  async #closeGaps(): Promise<void> {
+    if (!this.#free.length) return;
+    const cs = this.#cs;
+    const gaps = this.#free.sort((a, b) => a - b);
+    this.#free = [];
+    let lo = 0;
+    let hi = gaps.length;
+    while (lo < hi) {
+      const last = this.#next - 1;
+      if (gaps[hi - 1] === last) {
+        hi--;
+        this.#next--;
+        continue;
+      }
+      const gap = gaps[lo++]!;
+      const bytes = new Uint8Array(cs);
+      await this.storage.readInto(last * cs, bytes);
+      await this.storage.write(gap * cs, bytes);
+      const owner = this.#guestOf[last]! - 1;
+      const t = Math.floor(owner / this.#perTable);
+      this.#tables.get(t)![owner - t * this.#perTable] = gap;
+      this.#guestOf[gap] = owner + 1;
+      this.#guestOf[last] = 0;
+      this.#next--;
+    }
+    await this.storage.truncate(this.#next * cs);
   }
 
   /** Runs `io` and keeps it in the set finish() waits for; a failure also fails finish(). */
@@ -232,6 +324,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
     try {
       await Promise.allSettled([...this.#pending]);
       if (this.#failure !== undefined) throw this.#failure;
+      await this.#closeGaps();
       await this.#writeMetadata();
       this.#state = 'finished';
     } catch (e) {
