@@ -119,7 +119,7 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
   } else {
     data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
   }
-  const inflated = inflateGrain(data, map.grainBytes, { file, hostOffset });
+  const inflated = await inflateGrain(data, map.grainBytes, { file, hostOffset });
   let grainBytes = inflated;
   if (inflated.length < map.grainBytes) {
     grainBytes = new Uint8Array(map.grainBytes);
