@@ -388,7 +388,7 @@ describeQemu('vmfsSparse and seSparse children over a base: qemu-img reads them 
     expect(info['virtual-size']).toBe(SIZE);
     expect(info['format-specific'].data.extents[0]!.format).toBe('VMFSSPARSE');
     await compare('c.vmdk');
-  });
+  }, 180_000);
 
   it('a COWD delta with 64 KiB grains, read alone (no base)', async () => {
     const grains: Array<[number, Uint8Array]> = [
@@ -399,7 +399,7 @@ describeQemu('vmfsSparse and seSparse children over a base: qemu-img reads them 
     writeFileSync(at('c2-delta.vmdk'), buildCowd(SECTORS, 128, grains));
     writeFileSync(at('c2.vmdk'), descriptor('vmfsSparse', 'VMFSSPARSE', SECTORS, 'c2-delta.vmdk'));
     await compare('c2.vmdk');
-  });
+  }, 180_000);
 
   it('a seSparse delta over a monolithicSparse base with holes', async () => {
     qemuImg(['create', '-f', 'vmdk', at('sparse.vmdk'), String(SIZE)]);
@@ -407,7 +407,7 @@ describeQemu('vmfsSparse and seSparse children over a base: qemu-img reads them 
     writeFileSync(at('s-sesparse.vmdk'), buildSeSparse(SECTORS, seGrains(), [4103, 0, 2, 1, 4]).bytes);
     writeFileSync(at('s.vmdk'), descriptor('seSparse', 'SESPARSE', SECTORS, 's-sesparse.vmdk', { name: 'sparse.vmdk', cid: baseCid(at('sparse.vmdk')) }));
     await compare('s.vmdk');
-  });
+  }, 180_000);
 
   // libvmdk reads COWD extents; it refuses SESPARSE extent lines ("unsupported extent type"), so qemu-img is seSparse's only oracle.
   it.runIf(hasVmdkinfo)('vmdkinfo (libvmdk) opens the COWD child as a second reader', () => {
