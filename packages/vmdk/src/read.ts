@@ -53,14 +53,31 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
   const map = e.map;
   const reads: Promise<void>[] = [];
   let done = 0;
+  // Runs of unallocated grains go to the parent as one read (small-grain deltas such as COWD's 512-byte grains).
+  let holeStart = -1;
+  const flushHole = (end: number): void => {
+    if (holeStart < 0) return;
+    const p = readBelow(core, guest + holeStart, out.subarray(holeStart, end));
+    p.catch(() => undefined); // judged below, with the others; handled now so that a later await cannot leave it unhandled
+    reads.push(p);
+    holeStart = -1;
+  };
   while (done < out.length) {
     const at = inExtent + done;
     const grain = Math.floor(at / map.grainBytes);
     const inGrain = at - grain * map.grainBytes;
     const n = Math.min(map.grainBytes - inGrain, out.length - done);
-    reads.push(readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n)));
+    if (!core.appendWriter && (await map.entry(grain)).kind === 'unallocated') {
+      if (holeStart < 0) holeStart = done;
+    } else {
+      flushHole(done);
+      const p = readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n));
+      p.catch(() => undefined);
+      reads.push(p);
+    }
     done += n;
   }
+  flushHole(done);
   const results = await Promise.allSettled(reads);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
@@ -119,7 +136,7 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
   } else {
     data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
   }
-  const inflated = inflateGrain(data, map.grainBytes, { file, hostOffset });
+  const inflated = await inflateGrain(data, map.grainBytes, { file, hostOffset });
   let grainBytes = inflated;
   if (inflated.length < map.grainBytes) {
     grainBytes = new Uint8Array(map.grainBytes);
