@@ -1,0 +1,197 @@
+// editQcow2Bitmaps against qemu-img bitmap: every operation is done by both on copies of one image, and the
+// results compared through qemu (qemu-img info's bitmap list, the bits through qemu-nbd -B + nbdinfo --map),
+// with qemu-img check clean after ours. Refusals carry qemu-img's wording.
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { FileStorage } from '@img/block/node';
+import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { editQcow2Bitmaps, type Qcow2BitmapOp } from './bitmap-edit.js';
+import { readQcow2DirtyBitmap } from './bitmaps.js';
+
+const tmp = tempDir('img-qcow2-bitmap-edit-');
+afterAll(() => tmp.cleanup());
+const at = (name: string) => join(tmp.path, name);
+
+/** An 8 MiB image with bitmaps b0 (64 KiB, enabled, dirty in three places) and b1 (4 KiB, disabled, dirty in one). */
+function base(): string {
+  const file = at('base.qcow2');
+  qemuImg(['create', '-q', '-f', 'qcow2', file, '8M']);
+  qemuImg(['bitmap', '--add', '-g', '64k', file, 'b0']);
+  qemuImg(['bitmap', '--add', '-g', '4k', file, 'b1']);
+  qemuIo(file, 'qcow2', ['write -P 1 100000 1000', 'write -P 2 3M 200000']);
+  qemuImg(['bitmap', '--disable', file, 'b1']);
+  qemuIo(file, 'qcow2', ['write -P 3 7M 4096']);
+  return file;
+}
+
+/** qemu-img bitmap's arguments for each operation (the bitmap name last). */
+function qemuArgs(ops: Qcow2BitmapOp[]): string[][] {
+  return ops.map((o) => {
+    switch (o.op) {
+      case 'add':
+        return ['--add', ...(o.granularity ? ['-g', String(o.granularity)] : []), ...(o.disabled ? ['--disable'] : []), o.name];
+      case 'merge':
+        return ['--merge', String(o.source), o.name];
+      default:
+        return [`--${o.op}`, o.name];
+    }
+  });
+}
+
+/** What qemu sees of every bitmap of a file. */
+function seen(file: string) {
+  return qemuBitmapList(file).map((b) => ({ ...b, runs: b.flags.includes('in-use') ? [] : qemuDirtyBitmap(file, b.name) }));
+}
+
+let n = 0;
+async function both(ops: Qcow2BitmapOp[], from = base()) {
+  const ours = at(`ours-${n}.qcow2`);
+  const theirs = at(`theirs-${n++}.qcow2`);
+  copyFileSync(from, ours);
+  copyFileSync(from, theirs);
+  // qemu-img bitmap takes one bitmap name per call: one call per operation, in order.
+  for (const args of qemuArgs(ops)) {
+    const name = args.pop()!;
+    qemuImg(['bitmap', ...args, theirs, name]);
+  }
+  await editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), ops);
+  return { ours, theirs };
+}
+
+describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
+  const cases: Array<[string, Qcow2BitmapOp[]]> = [
+    ['add (default granularity)', [{ op: 'add', name: 'new' }]],
+    ['add -g 128k --disable', [{ op: 'add', name: 'new', granularity: 131072, disabled: true }]],
+    ['remove', [{ op: 'remove', name: 'b0' }]],
+    [
+      'remove both (the extension goes)',
+      [
+        { op: 'remove', name: 'b0' },
+        { op: 'remove', name: 'b1' },
+      ],
+    ],
+    ['clear', [{ op: 'clear', name: 'b0' }]],
+    [
+      'disable, enable',
+      [
+        { op: 'disable', name: 'b0' },
+        { op: 'enable', name: 'b1' },
+      ],
+    ],
+    ['merge into a finer bitmap', [{ op: 'merge', name: 'b1', source: 'b0' }]],
+    ['merge into a coarser bitmap', [{ op: 'merge', name: 'b0', source: 'b1' }]],
+    [
+      'add, merge, clear the source, in one call',
+      [
+        { op: 'add', name: 'm', granularity: 1 << 20 },
+        { op: 'merge', name: 'm', source: 'b1' },
+        { op: 'merge', name: 'm', source: 'b0' },
+        { op: 'clear', name: 'b0' },
+      ],
+    ],
+  ];
+  for (const [title, ops] of cases) {
+    it(`${title}: the same bitmaps and bits as qemu-img, and qemu-img check clean`, async () => {
+      const { ours, theirs } = await both(ops);
+      expect(seen(ours)).toEqual(seen(theirs));
+      const check = qemuCheck(ours, 'qcow2');
+      expect(check.status, check.stderr).toBe(0);
+      expect(check.result).not.toHaveProperty('leaks');
+    });
+  }
+
+  it('merges a bitmap of another image (-b), as qemu-img does', async () => {
+    const other = at('other.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', other, '8M']);
+    qemuImg(['bitmap', '--add', '-g', '16k', other, 'x']);
+    qemuIo(other, 'qcow2', ['write 5M 70000']);
+    const ours = at('merge-b-ours.qcow2');
+    const theirs = at('merge-b-theirs.qcow2');
+    copyFileSync(base(), ours);
+    copyFileSync(at('base.qcow2'), theirs);
+    qemuImg(['bitmap', '--merge', 'x', '-b', other, '-F', 'qcow2', theirs, 'b0']);
+    const src = await readQcow2DirtyBitmap(await FileStorage.open(other, { readOnly: true }), 'x', other);
+    await editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), [{ op: 'merge', name: 'b0', source: src }]);
+    expect(seen(ours)).toEqual(seen(theirs));
+    expect(qemuCheck(ours, 'qcow2').status).toBe(0);
+    // Different virtual sizes: refused with qemu's sentence.
+    qemuImg(['create', '-q', '-f', 'qcow2', at('small.qcow2'), '4M']);
+    qemuImg(['bitmap', '--add', at('small.qcow2'), 's']);
+    const small = await readQcow2DirtyBitmap(await FileStorage.open(at('small.qcow2'), { readOnly: true }), 's');
+    await expect(editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), [{ op: 'merge', name: 'b0', source: small }])).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      message: expect.stringContaining("Bitmaps are of different sizes (destination size is 8388608, source size is 4194304) and can't be merged"),
+    });
+  });
+
+  it('refuses what qemu-img refuses, with its words, and leaves the image unchanged', async () => {
+    const file = base();
+    const v2 = at('v2.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', v2, '8M']);
+    const long = 'x'.repeat(1024);
+    const refusals: Array<[string, string, Qcow2BitmapOp[], string[]]> = [
+      [file, 'Bitmap already exists: b0', [{ op: 'add', name: 'b0' }], ['--add', file, 'b0']],
+      [file, "Dirty bitmap 'nope' not found", [{ op: 'remove', name: 'nope' }], ['--remove', file, 'nope']],
+      [file, "Dirty bitmap 'nope' not found", [{ op: 'merge', name: 'b0', source: 'nope' }], ['--merge', 'nope', file, 'b0']],
+      [file, 'Granularity must be power of 2 and at least 512', [{ op: 'add', name: 'g', granularity: 256 }], ['--add', '-g', '256', file, 'g']],
+      [file, 'Granularity must be power of 2 and at least 512', [{ op: 'add', name: 'g', granularity: 3000 }], ['--add', '-g', '3000', file, 'g']],
+      [file, 'Bitmap name cannot be empty', [{ op: 'add', name: '' }], ['--add', file, '']],
+      [file, 'Name length exceeds maximum (1023 characters)', [{ op: 'add', name: long }], ['--add', file, long]],
+      [v2, 'Cannot store dirty bitmaps in qcow2 v2 files', [{ op: 'add', name: 'b' }], ['--add', v2, 'b']],
+      // An op after a good one fails: ours changes nothing (qemu-img keeps the first).
+      [
+        file,
+        "Dirty bitmap 'z' not found",
+        [
+          { op: 'add', name: 'y' },
+          { op: 'clear', name: 'z' },
+        ],
+        ['--clear', file, 'z'],
+      ],
+    ];
+    for (const [target, words, ops, args] of refusals) {
+      const before = readFileSync(target);
+      await expect(editQcow2Bitmaps(await FileStorage.open(target, { readOnly: false }), ops)).rejects.toMatchObject({ message: expect.stringContaining(words) });
+      expect(readFileSync(target).equals(before)).toBe(true);
+      // qemu-img on a copy (it may keep what came before the failing operation).
+      copyFileSync(target, at('refused.qcow2'));
+      const q = qemuImg(['bitmap', ...args.map((a) => (a === target ? at('refused.qcow2') : a))], { allowFail: true });
+      expect(q.status).toBe(1);
+      expect(q.stderr).toContain(words);
+    }
+  });
+
+  it('refuses to use a bitmap left in use, as qemu-img does, but removes it', async () => {
+    const file = base();
+    // Set in_use on b0 by hand: the first directory entry's flags (offset 12).
+    const bytes = readFileSync(file);
+    const dirOffset = Number(findBitmapsExtension(bytes).dirOffset);
+    bytes[dirOffset + 15] |= 1;
+    writeFileSync(file, bytes);
+    for (const op of ['clear', 'enable', 'disable'] as const) {
+      const q = qemuImg(['bitmap', `--${op}`, file, 'b0'], { allowFail: true });
+      expect(q.stderr).toContain("Bitmap 'b0' is inconsistent and cannot be used");
+      await expect(editQcow2Bitmaps(await FileStorage.open(file, { readOnly: false }), [{ op, name: 'b0' }])).rejects.toMatchObject({
+        code: 'ERR_IMG_INVALID_ARG',
+        message: expect.stringContaining("Bitmap 'b0' is inconsistent and cannot be used"),
+      });
+    }
+    await expect(editQcow2Bitmaps(await FileStorage.open(file, { readOnly: false }), [{ op: 'merge', name: 'b1', source: 'b0' }])).rejects.toMatchObject({ message: expect.stringContaining("Bitmap 'b0' is inconsistent") });
+    const { ours, theirs } = await both([{ op: 'remove', name: 'b0' }], file);
+    expect(seen(ours)).toEqual(seen(theirs));
+    expect(qemuCheck(ours, 'qcow2').status).toBe(0);
+  });
+});
+
+/** The bitmaps extension of a qcow2 file's first cluster (test-side parse, independent of the codec). */
+function findBitmapsExtension(bytes: Buffer): { dirOffset: bigint } {
+  let p = bytes.readUInt32BE(100);
+  for (;;) {
+    const type = bytes.readUInt32BE(p);
+    const length = bytes.readUInt32BE(p + 4);
+    if (type === 0) throw new Error('no bitmaps extension');
+    if (type === 0x23852875) return { dirOffset: bytes.readBigUInt64BE(p + 8 + 16) };
+    p += 8 + Math.ceil(length / 8) * 8;
+  }
+}
