@@ -1,11 +1,11 @@
 // editQcow2Bitmaps against qemu-img bitmap: every operation is done by both on copies of one image, and the
 // results compared through qemu (qemu-img info's bitmap list, the bits through qemu-nbd -B + nbdinfo --map),
 // with qemu-img check clean after ours. Refusals carry qemu-img's wording.
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { FileStorage } from '@img/block/node';
-import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuIo, setQcow2BitmapInUse, tempDir } from '@img/testkit';
 import { editQcow2Bitmaps, type Qcow2BitmapOp } from './bitmap-edit.js';
 import { readQcow2DirtyBitmap } from './bitmaps.js';
 
@@ -164,11 +164,7 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
 
   it('refuses to use a bitmap left in use, as qemu-img does, but removes it', async () => {
     const file = base();
-    // Set in_use on b0 by hand: the first directory entry's flags (offset 12).
-    const bytes = readFileSync(file);
-    const dirOffset = Number(findBitmapsExtension(bytes).dirOffset);
-    bytes[dirOffset + 15] |= 1;
-    writeFileSync(file, bytes);
+    setQcow2BitmapInUse(file, 'b0');
     for (const op of ['clear', 'enable', 'disable'] as const) {
       const q = qemuImg(['bitmap', `--${op}`, file, 'b0'], { allowFail: true });
       expect(q.stderr).toContain("Bitmap 'b0' is inconsistent and cannot be used");
@@ -183,15 +179,3 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     expect(qemuCheck(ours, 'qcow2').status).toBe(0);
   });
 });
-
-/** The bitmaps extension of a qcow2 file's first cluster (test-side parse, independent of the codec). */
-function findBitmapsExtension(bytes: Buffer): { dirOffset: bigint } {
-  let p = bytes.readUInt32BE(100);
-  for (;;) {
-    const type = bytes.readUInt32BE(p);
-    const length = bytes.readUInt32BE(p + 4);
-    if (type === 0) throw new Error('no bitmaps extension');
-    if (type === 0x23852875) return { dirOffset: bytes.readBigUInt64BE(p + 8 + 16) };
-    p += 8 + Math.ceil(length / 8) * 8;
-  }
-}

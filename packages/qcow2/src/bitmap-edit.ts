@@ -24,14 +24,14 @@
 import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
-import { findExtension, parseBitmapsExtension, serializeExtensions, type HeaderExtension } from './extensions.js';
-import { hasFeature, serializeHeader } from './header.js';
+import { findExtension, parseBitmapsExtension, parseExtensions, serializeExtensions, type HeaderExtension } from './extensions.js';
+import { hasFeature, parseHeader, serializeHeader } from './header.js';
 import { entryOffset } from './mapping.js';
 import { openQcow2 } from './open.js';
 import { stateOf } from './image.js';
 import { beforeFirstWrite, refreshOverlapMap, type Qcow2State } from './state.js';
 import type { MappingView } from './reader.js';
-import type { Qcow2DirtyBitmap } from './bitmaps.js';
+import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
   BITMAP_FLAG_AUTO,
   BITMAP_FLAG_EXTRA_COMPATIBLE,
@@ -131,6 +131,27 @@ export function addQcow2Bitmap(storage: Storage, name: string, options: { granul
 /** Removes persistent bitmap `name`, as `qemu-img bitmap --remove`. See {@link editQcow2Bitmaps}. */
 export function removeQcow2Bitmap(storage: Storage, name: string): Promise<void> {
   return editQcow2Bitmaps(storage, [{ op: 'remove', name }]);
+}
+
+/**
+ * The persistent bitmaps of the qcow2 image in `storage` as qemu-img info
+ * lists them (name, granularity, flags "in-use"/"auto"), read-only. An
+ * image whose bitmaps are all inconsistent (autoclear bit 0 clear: a
+ * program that did not know them wrote it) and a version 2 image have none.
+ *
+ * @example
+ * ```ts
+ * for (const b of await listQcow2Bitmaps(storage)) console.log(b.name, b.granularity, b.flags);
+ * ```
+ */
+export async function listQcow2Bitmaps(storage: Storage, file: string = storage.name): Promise<Qcow2BitmapInfo[]> {
+  const fileSize = await storage.size();
+  const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
+  const header = parseHeader(head, file);
+  const clusterSize = 2 ** header.clusterBits;
+  if (header.version < 3 || !hasFeature(header.autoclearFeatures, AUTOCLEAR_BITMAPS)) return [];
+  const ext = parseBitmapsExtension(findExtension(parseExtensions(head.subarray(0, clusterSize), header.headerLength, clusterSize, file), EXT_BITMAPS), file);
+  return ext ? readBitmapDirectory(storage, ext, fileSize, clusterSize, file) : [];
 }
 
 /** The default granularity qemu gives a new bitmap: the cluster size, within 4 KiB..64 KiB. */
