@@ -1,11 +1,11 @@
 // editQcow2Bitmaps against qemu-img bitmap: every operation is done by both on copies of one image, and the
 // results compared through qemu (qemu-img info's bitmap list, the bits through qemu-nbd -B + nbdinfo --map),
 // with qemu-img check clean after ours. Refusals carry qemu-img's wording.
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { FileStorage } from '@img/block/node';
-import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuIo, setQcow2BitmapInUse, tempDir } from '@img/testkit';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuInfo, qemuIo, setQcow2BitmapInUse, tempDir } from '@img/testkit';
 import { editQcow2Bitmaps, type Qcow2BitmapOp } from './bitmap-edit.js';
 import { readQcow2DirtyBitmap } from './bitmaps.js';
 
@@ -160,6 +160,49 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
       expect(q.status).toBe(1);
       expect(q.stderr).toContain(words);
     }
+  });
+
+  it('works on images with lazy refcounts (left dirty too), an external data file, and a 1 TiB disk', async () => {
+    const lazy = at('lazy.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', lazy, '8M']);
+    qemuImg(['bitmap', '--add', lazy, 'b0']);
+    qemuIo(lazy, 'qcow2', ['write 1M 64k']);
+    const dirty = at('lazy-dirty.qcow2');
+    copyFileSync(lazy, dirty);
+    // A writer that stopped without closing leaves the dirty bit (incompatible bit 0) set.
+    const bytes = readFileSync(dirty);
+    bytes[79] = bytes[79]! | 1;
+    writeFileSync(dirty, bytes);
+    for (const file of [lazy, dirty]) {
+      const { ours, theirs } = await both(
+        [
+          { op: 'add', name: 'n', granularity: 8192 },
+          { op: 'merge', name: 'n', source: 'b0' },
+        ],
+        file,
+      );
+      expect(seen(ours)).toEqual(seen(theirs));
+      expect(qemuInfo(ours, 'qcow2')['dirty-flag']).toBe(false);
+      expect(qemuCheck(ours, 'qcow2').status).toBe(0);
+    }
+    const withData = at('data-file.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${at('data-file.raw')}`, withData, '8M']);
+    await editQcow2Bitmaps(await FileStorage.open(withData, { readOnly: false }), [{ op: 'add', name: 'd' }], { resolver: fileResolver });
+    expect(qemuBitmapList(withData).map((b) => b.name)).toEqual(['d']);
+    expect(qemuCheck(withData, 'qcow2').status).toBe(0);
+    // A bitmap of 256 MiB (1 TiB at 512 bytes a bit) is added without holding its bits; merging it is refused, bounded.
+    const big = at('big.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', big, '1T']);
+    await editQcow2Bitmaps(await FileStorage.open(big, { readOnly: false }), [
+      { op: 'add', name: 'fine', granularity: 512 },
+      { op: 'add', name: 'coarse' },
+    ]);
+    expect(qemuBitmapList(big).map((b) => [b.name, b.granularity])).toEqual([
+      ['fine', 512],
+      ['coarse', 65536],
+    ]);
+    expect(qemuCheck(big, 'qcow2').status).toBe(0);
+    await expect(editQcow2Bitmaps(await FileStorage.open(big, { readOnly: false }), [{ op: 'merge', name: 'coarse', source: 'fine' }])).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
   });
 
   it('refuses to use a bitmap left in use, as qemu-img does, but removes it', async () => {

@@ -22,7 +22,7 @@
  *    used are released (a crash before that leaks them).
  */
 import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64Be } from '@img/block';
-import type { Storage } from '@img/block';
+import type { Resolver, Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
 import { findExtension, parseBitmapsExtension, parseExtensions, serializeExtensions, type HeaderExtension } from './extensions.js';
 import { hasFeature, parseHeader, serializeHeader } from './header.js';
@@ -76,6 +76,8 @@ export type Qcow2BitmapOp =
 
 /** Options of {@link editQcow2Bitmaps}. */
 export interface Qcow2BitmapEditOptions {
+  /** Opens an external data file, if the image has one (the bitmaps do not need it, but a writable open does). */
+  resolver?: Resolver;
   /** Called once the new state is on disk, before old clusters are released (tests use it to stop there). */
   afterSwitch?: () => Promise<void> | void;
 }
@@ -111,7 +113,7 @@ interface Planned {
  */
 export async function editQcow2Bitmaps(storage: Storage, ops: readonly Qcow2BitmapOp[], options: Qcow2BitmapEditOptions = {}): Promise<void> {
   if (!Array.isArray(ops) || ops.length === 0) throw invalidArg(FORMAT, 'Need at least one of --add, --remove, --clear, --enable, --disable, or --merge', { field: 'ops' });
-  const disk = await openQcow2(storage, { readOnly: false, noBacking: true });
+  const disk = await openQcow2(storage, { readOnly: false, noBacking: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
   try {
     const { state, view } = stateOf(disk);
     await editState(state, view, ops, options);
@@ -171,7 +173,8 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
     stored = parseBitmapDirectory(await s.storage.read(ext.bitmapDirectoryOffset, ext.bitmapDirectorySize), ext.nbBitmaps, ext.bitmapDirectoryOffset, s.file);
   }
   const plan: Planned[] = stored.map((e) => ({ entry: { ...e }, replaced: false, stored: e }));
-  const loadBits = async (p: Planned): Promise<Uint8Array> => (p.bits ??= p.stored && !p.replaced ? await readBits(s, p.stored) : new Uint8Array(bitmapBytes(size, 2 ** p.entry.granularityBits)));
+  // A bitmap's bits are held in memory only to merge (a replaced bitmap without bits is all zeros).
+  const loadBits = async (p: Planned): Promise<Uint8Array> => (p.bits ??= p.stored && !p.replaced ? await readBits(s, p.stored) : zeroBits(s, p.entry, size));
   const removed: BitmapDirectoryEntry[] = [];
 
   for (const o of ops) {
@@ -203,7 +206,7 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
         if (plan.length >= MAX_BITMAPS) throw persistent('Maximum number of persistent bitmaps is already reached', 'bitmaps');
         const entry: BitmapDirectoryEntry = { tableOffset: 0, tableSize, flags: o.disabled ? 0 : BITMAP_FLAG_AUTO, type: BITMAP_TYPE_DIRTY_TRACKING, granularityBits: Math.log2(g), name, extra: new Uint8Array(0) };
         if (plan.reduce((n, x) => n + bitmapEntrySize(x.entry), bitmapEntrySize(entry)) > MAX_BITMAP_DIRECTORY_SIZE) throw persistent('Not enough space in the bitmap directory', 'bitmaps');
-        plan.push({ entry, bits: new Uint8Array(bytes), replaced: true });
+        plan.push({ entry, replaced: true });
         break;
       }
       case 'remove': {
@@ -214,7 +217,7 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
       }
       case 'clear': {
         const p = usable(find(name));
-        p.bits = new Uint8Array(bitmapBytes(size, 2 ** p.entry.granularityBits));
+        delete p.bits;
         p.replaced = true;
         break;
       }
@@ -264,9 +267,9 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
   // 1. new tables and data, new directory
   for (const p of plan) {
     if (!p.replaced) continue;
-    const bits = p.bits ?? new Uint8Array(bitmapBytes(size, 2 ** p.entry.granularityBits));
+    const bits = p.bits;
     const table = new Uint8Array(p.entry.tableSize * 8);
-    for (let e = 0; e < p.entry.tableSize; e++) {
+    for (let e = 0; bits && e < p.entry.tableSize; e++) {
       const chunk = bits.subarray(e * cs, Math.min(bits.length, (e + 1) * cs));
       if (chunk.every((b) => b === 0)) continue;
       const at = await allocate(cs);
@@ -329,6 +332,13 @@ async function readTable(s: Qcow2State, e: BitmapDirectoryEntry): Promise<Uint8A
     }
   }
   return table;
+}
+
+/** All-zero bits for a bitmap about to be merged into (bounded as {@link readBits}). */
+function zeroBits(s: Qcow2State, e: BitmapDirectoryEntry, size: number): Uint8Array {
+  const bytes = bitmapBytes(size, 2 ** e.granularityBits);
+  if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
+  return new Uint8Array(bytes);
 }
 
 /** The bits of a stored bitmap (bounded: at most {@link MAX_BITMAP_BYTES}). */

@@ -5,7 +5,7 @@
  * Inconsistent (in-use) bitmaps stop the conversion before anything is
  * written, unless --skip-broken-bitmaps skips them with a warning.
  */
-import { FileStorage } from '@img/block/node';
+import { FileStorage, fileResolver } from '@img/block/node';
 import { corrupt, unsupported, type Storage } from '@img/block';
 import { editQcow2Bitmaps, listQcow2Bitmaps, readQcow2DirtyBitmap, type Qcow2BitmapOp } from '@img/qcow2';
 import type { Io } from './common.js';
@@ -49,7 +49,7 @@ export async function applyBitmapCopy(output: string, copy: BitmapCopy): Promise
   if (copy.ops.length === 0) return;
   const storage = await FileStorage.open(output, { readOnly: false });
   try {
-    await editQcow2Bitmaps(storage, copy.ops);
+    await editQcow2Bitmaps(storage, copy.ops, { resolver: fileResolver });
   } finally {
     await storage.close();
   }

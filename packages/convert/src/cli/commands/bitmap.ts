@@ -6,7 +6,7 @@
 import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ImageError, invalidArg, parseSize, unsupported } from '@img/block';
-import { FileStorage } from '@img/block/node';
+import { FileStorage, fileResolver } from '@img/block/node';
 import { editQcow2Bitmaps, readQcow2DirtyBitmap, type Qcow2BitmapOp, type Qcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
@@ -116,7 +116,7 @@ export const bitmap: Handler = async (argv, io) => {
   }
   const storage = await FileStorage.open(path, { readOnly: false });
   try {
-    await editQcow2Bitmaps(storage, ops);
+    await editQcow2Bitmaps(storage, ops, { resolver: fileResolver });
   } finally {
     await storage.close();
   }
