@@ -176,6 +176,11 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
   // A bitmap's bits are held in memory only to merge (a replaced bitmap without bits is all zeros).
   const loadBits = async (p: Planned): Promise<Uint8Array> => (p.bits ??= p.stored && !p.replaced ? await readBits(s, p.stored) : zeroBits(s, p.entry, size));
   const removed: BitmapDirectoryEntry[] = [];
+  // A bitmap written anew gets the table size the disk size asks for (whatever the stored one said).
+  const replace = (p: Planned) => {
+    p.replaced = true;
+    p.entry.tableSize = Math.ceil(bitmapBytes(size, 2 ** p.entry.granularityBits) / cs);
+  };
 
   for (const o of ops) {
     const name = String(o?.name ?? '');
@@ -218,7 +223,7 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
       case 'clear': {
         const p = usable(find(name));
         delete p.bits;
-        p.replaced = true;
+        replace(p);
         break;
       }
       case 'enable':
@@ -241,7 +246,7 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
           const bits = await loadBits(dest);
           for (const run of src.runs(0, size)) if (run.dirty) setRange(bits, g, run.offset, run.offset + run.length);
         }
-        dest.replaced = true;
+        replace(dest);
         break;
       }
       default:
@@ -278,8 +283,8 @@ async function editState(s: Qcow2State, view: MappingView, ops: readonly Qcow2Bi
       await s.storage.write(at, data);
       writeU64Be(table, e * 8, at);
     }
-    p.entry.tableOffset = await allocate(table.length);
-    await s.storage.write(p.entry.tableOffset, table);
+    p.entry.tableOffset = table.length ? await allocate(table.length) : 0; // a disk of 0 bytes has an empty table
+    if (table.length) await s.storage.write(p.entry.tableOffset, table);
   }
   let newExt: HeaderExtension | undefined;
   if (plan.length) {
