@@ -15,6 +15,7 @@ export { hasQcow2Magic, type Qcow2Header } from './header.js';
 export { type HeaderExtension, type FeatureName } from './extensions.js';
 export { type Qcow2Snapshot } from './snapshot.js';
 export { type Qcow2BitmapInfo, type Qcow2DirtyBitmap, type DirtyRun, readQcow2DirtyBitmap } from './bitmaps.js';
+export { editQcow2Bitmaps, listQcow2Bitmaps, addQcow2Bitmap, removeQcow2Bitmap, defaultQcow2BitmapGranularity, type Qcow2BitmapOp, type Qcow2BitmapEditOptions } from './bitmap-edit.js';
 export { DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 export { qcow2Codecs, setQcow2Codecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';

@@ -41,6 +41,8 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --untrusted         never open files named inside the input image
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
   --keep-partial      keep the output after a failure
+  --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
+  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
@@ -85,6 +87,8 @@ export function convertOptions() {
     untrusted: { type: 'boolean' },
     disk: { type: 'string' },
     'keep-partial': { type: 'boolean' },
+    bitmaps: { type: 'boolean' },
+    'skip-broken-bitmaps': { type: 'boolean' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
@@ -172,6 +176,14 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
       if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');
     }
+    if (values['skip-broken-bitmaps'] && !values.bitmaps) throw new UsageError('Use of --skip-broken-bitmaps requires --bitmaps');
+    let bitmapCopy: import('./convert-bitmaps.js').BitmapCopy | undefined;
+    if (values.bitmaps) {
+      if (output === '-') throw new UsageError('--bitmaps needs an output file, not "-"');
+      const { planBitmapCopy } = await import('./convert-bitmaps.js');
+      const compat = (createOptions as { compat?: unknown }).compat;
+      bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
+    }
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
@@ -232,6 +244,16 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });
+      }
+      if (bitmapCopy) {
+        const { applyBitmapCopy } = await import('./convert-bitmaps.js');
+        try {
+          await applyBitmapCopy(output, bitmapCopy);
+        } catch (e) {
+          // A new output without its bitmaps is a failed conversion, as any other (-n leaves the image as it was).
+          if (!values.n && !values['keep-partial']) await (await import('node:fs/promises')).rm(output, { force: true }).catch(() => undefined);
+          throw e;
+        }
       }
     } finally {
       process.off('SIGINT', onSignal);

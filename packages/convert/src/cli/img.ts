@@ -21,6 +21,8 @@ Commands:
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
   amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
+  bitmap   (--add | --remove | --clear | --enable | --disable | --merge SRC)... [-g size] [-b file [-F fmt]] <file> <bitmap>
+                                                             change persistent dirty bitmaps (qcow2), as qemu-img bitmap
   inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
   convert  [-f fmt] [-O fmt] [-n] [-U] [...] <input> <output>
                                                              convert an image, spelled as qemu-img convert
