@@ -212,8 +212,22 @@ class Sha512 extends BlockHash {
       w[2 * i + 1] = lo;
     }
     const h = this.#h;
-    let ah = h[0]! | 0, al = h[1]! | 0, bh = h[2]! | 0, bl = h[3]! | 0, ch = h[4]! | 0, cl = h[5]! | 0, dh = h[6]! | 0, dl = h[7]! | 0;
-    let eh = h[8]! | 0, el = h[9]! | 0, fh = h[10]! | 0, fl = h[11]! | 0, gh = h[12]! | 0, gl = h[13]! | 0, hh = h[14]! | 0, hl = h[15]! | 0;
+    let ah = h[0]! | 0,
+      al = h[1]! | 0,
+      bh = h[2]! | 0,
+      bl = h[3]! | 0,
+      ch = h[4]! | 0,
+      cl = h[5]! | 0,
+      dh = h[6]! | 0,
+      dl = h[7]! | 0;
+    let eh = h[8]! | 0,
+      el = h[9]! | 0,
+      fh = h[10]! | 0,
+      fl = h[11]! | 0,
+      gh = h[12]! | 0,
+      gl = h[13]! | 0,
+      hh = h[14]! | 0,
+      hl = h[15]! | 0;
     for (let i = 0; i < 80; i++) {
       // Sigma1(e) = rotr14 ^ rotr18 ^ rotr41; Ch(e, f, g); Sigma0(a) = rotr28 ^ rotr34 ^ rotr39; Maj(a, b, c).
       const S1h = ((eh >>> 14) | (el << 18)) ^ ((eh >>> 18) | (el << 14)) ^ ((el >>> 9) | (eh << 23));
