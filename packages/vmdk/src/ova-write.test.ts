@@ -46,7 +46,10 @@ it('writes a ustar archive with the .ovf first, the disk, then the manifest', as
   expect(members.map((m) => m.name)).toEqual(['web.ovf', 'web-disk1.vmdk', 'web.mf']);
   expect(ova.length % 512).toBe(0);
   const mf = new TextDecoder().decode(ova.subarray(members[2]!.offset, members[2]!.offset + members[2]!.size));
-  const sha = (i: number) => createHash('sha256').update(ova.subarray(members[i]!.offset, members[i]!.offset + members[i]!.size)).digest('hex');
+  const sha = (i: number) =>
+    createHash('sha256')
+      .update(ova.subarray(members[i]!.offset, members[i]!.offset + members[i]!.size))
+      .digest('hex');
   expect(mf).toBe(`SHA256(web.ovf)= ${sha(0)}\nSHA256(web-disk1.vmdk)= ${sha(1)}\n`);
 });
 
@@ -162,10 +165,20 @@ describeQemu('the OVA through GNU tar, qemu-img and vmdkinfo', () => {
     writeFileSync(at('vm.ova'), await ovaOf(g, { name: 'tarred' }));
     const listing = run('tar', ['-tvf', 'vm.ova']);
     expect(listing.status).toBe(0);
-    expect(listing.stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/).pop())).toEqual(['tarred.ovf', 'tarred-disk1.vmdk', 'tarred.mf']);
+    expect(
+      listing.stdout
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/\s+/).pop()),
+    ).toEqual(['tarred.ovf', 'tarred-disk1.vmdk', 'tarred.mf']);
     expect(run('tar', ['-xf', 'vm.ova']).status).toBe(0);
     const mf = readFileSync(at('tarred.mf'), 'utf8');
-    for (const [, file, digest] of mf.matchAll(/^SHA256\((.+)\)= ([0-9a-f]+)$/gm)) expect(createHash('sha256').update(readFileSync(at(file!))).digest('hex')).toBe(digest);
+    for (const [, file, digest] of mf.matchAll(/^SHA256\((.+)\)= ([0-9a-f]+)$/gm))
+      expect(
+        createHash('sha256')
+          .update(readFileSync(at(file!)))
+          .digest('hex'),
+      ).toBe(digest);
     expect(qemuImg(['check', at('tarred-disk1.vmdk')]).stdout).toMatch(/No errors/);
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'vmdk', at('src.raw'), at('tarred-disk1.vmdk')]).stdout).toMatch(/identical/);
     const info = run('vmdkinfo', [at('tarred-disk1.vmdk')]);
