@@ -47,8 +47,9 @@ export function deflateGrain(data: Uint8Array, level = DEFLATE_LEVEL): Uint8Arra
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. A small pool of worker threads (one per core beyond the first, at
- * least one, at most 3), created on first use and unref'd while idle (they
+ * writes. A small pool of worker threads (one per core, at most 4, as
+ * qcow2's compress pool: the main thread mostly waits for I/O, so on two
+ * cores two workers keep both busy), created on first use and unref'd while idle (they
  * never keep a process alive); where workers cannot start, grains are
  * compressed here. The workers run the same zlib at the same level, so the
  * bytes are the same either way.
@@ -87,7 +88,7 @@ async function getPool(): Promise<PoolWorker[] | null> {
   if (pool !== undefined) return pool;
   try {
     const [{ Worker }, { availableParallelism }] = await Promise.all([import('node:worker_threads'), import('node:os')]);
-    const count = Math.max(1, Math.min(3, availableParallelism() - 1));
+    const count = Math.max(1, Math.min(4, availableParallelism()));
     pool = [];
     for (let i = 0; i < count; i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });

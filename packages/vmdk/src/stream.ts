@@ -92,8 +92,8 @@ function concat(parts: Uint8Array[], grainBytes: number): Uint8Array {
   return out;
 }
 
-/** Batches compressed ahead of the one being emitted (reading and compressing overlap). */
-const AHEAD = 3;
+/** Batches compressed ahead of the one being emitted (reading and compressing overlap; two per worker keep each busy). */
+const AHEAD = 6;
 
 async function* emit(source: Disk, layout: StreamLayout, onFinish: VmdkStreamOptions['onFinish']): AsyncGenerator<Uint8Array> {
   yield layout.head();
