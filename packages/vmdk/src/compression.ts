@@ -38,6 +38,18 @@ export function inflateGrain(input: Uint8Array, grainBytes: number, ctx: GrainCo
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
+/** inflateGrain on libuv's thread pool (same bounds, same errors), so that several grains inflate at once. */
+export function inflateGrainAsync(input: Uint8Array, grainBytes: number, ctx: GrainContext): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    zlib.inflate(input, { maxOutputLength: grainBytes, chunkSize: Math.max(1024, grainBytes) }, (e, out) => {
+      if (!e) return resolve(new Uint8Array(out.buffer, out.byteOffset, out.length));
+      const code = (e as { code?: string }).code;
+      const why = code === 'ERR_BUFFER_TOO_LARGE' ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${e.message})`;
+      reject(corrupt('vmdk', ctx.file, `compressed grain at ${hex(ctx.hostOffset)} ${why}`, { field: 'compressed grain', offset: ctx.hostOffset, cause: e }));
+    });
+  });
+}
+
 /** Compresses one grain as a zlib stream. */
 export function deflateGrain(data: Uint8Array, level = DEFLATE_LEVEL): Uint8Array {
   const out = zlib.deflateSync(data, { level });

@@ -71,7 +71,8 @@ it('refuses a disk whose SHA-512 does not match the manifest in untrusted mode',
   const members = await readTar(MemoryStorage.from(ova));
   const disk = members[1]!;
   // A byte of the descriptor area (not read when opening): only the manifest check can catch it.
-  ova[disk.offset + 512 + 400] ^= 0x20;
+  const flip = disk.offset + 512 + 400;
+  ova[flip] = ova[flip]! ^ 0x20;
   await expect(openOva(MemoryStorage.from(ova), { untrusted: true })).rejects.toMatchObject({ code: ERROR_CODES.UNSAFE, message: expect.stringMatching(/SHA512/) });
 });
 
