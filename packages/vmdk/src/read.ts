@@ -119,9 +119,10 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
   const limit = maxCompressedBytes(map.grainBytes);
   let data: Uint8Array;
   if (map.markers) {
-    const head = await e.storage.read(hostOffset, GRAIN_MARKER_HEADER);
-    if (head.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
-    const marker = parseMarker(head, 0, file);
+    // One read for the marker and (usually) the whole compressed grain: a grain rarely compresses to more than itself.
+    const first = await e.storage.read(hostOffset, Math.min(GRAIN_MARKER_HEADER + map.grainBytes, Math.max(0, map.fileSize - hostOffset)));
+    if (first.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
+    const marker = parseMarker(first, 0, file);
     const lba = grain * map.header.grainSize;
     if (marker.size === 0 || marker.size > limit) {
       throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
@@ -132,7 +133,7 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
     if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
       throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
     }
-    data = await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
+    data = GRAIN_MARKER_HEADER + marker.size <= first.length ? first.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + marker.size) : await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
   } else {
     data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
   }

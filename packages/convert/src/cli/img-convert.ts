@@ -40,6 +40,8 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --force-format      accept an input whose bytes look like another format
   --untrusted         never open files named inside the input image
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
+                      (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
+                      '-O ova -o help' lists them)
   --keep-partial      keep the output after a failure
   --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
   --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
@@ -49,14 +51,16 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
-before the data; vmdk streamOptimized; -f is needed); output "-" writes it to
-stdout (its length known up front, except vmdk streamOptimized's).
+before the data; vmdk streamOptimized; an ova whose .ovf comes before its
+streamOptimized disk; -f is needed); output "-" writes it to stdout (its
+length known up front, except vmdk streamOptimized's).
 
 Examples:
   PROG raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
   PROG -O qcow2 -c disk.img disk.qcow2
   PROG -n -O raw disk.qcow2 /dev/vg0/disk
   PROG qcow2 vhd disk.qcow2 - | ssh host 'cat > disk.vhd'
+  PROG qcow2 ova disk.qcow2 vm.ova -o name=web,cpus=2,memory=2048,os=ubuntu64Guest
   cat disk.img | PROG raw qcow2 - disk.qcow2
 `;
 
@@ -141,11 +145,10 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
     const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
-    if (values.disk !== undefined) {
-      if (!/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
-      const { ovaDriver } = await import('../ova-driver.js');
-      registry.register(ovaDriver({ disk: Number(values.disk) }));
-    }
+    if (values.disk !== undefined && !/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
+    // The ova driver of the CLI: --disk for reading, a temporary file for the disk of an OVA being written.
+    const [{ ovaDriver }, { ovaTempSpool }] = await Promise.all([import('../ova-driver.js'), import('../node/ova-spool.js')]);
+    registry.register(ovaDriver({ ...(values.disk !== undefined ? { disk: Number(values.disk) } : {}), spool: ovaTempSpool }));
     if (values.help) {
       io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
       return 0;

@@ -9,10 +9,15 @@ import * as zlib from 'node:zlib';
 import { DEFLATE_LEVEL, type VmdkCodecs } from '../codecs.js';
 import { setVmdkCodecs } from '../compression.js';
 
-function inflateNode(input: Uint8Array, limit: number): Uint8Array {
-  // Past `limit`, node:zlib throws ERR_BUFFER_TOO_LARGE, the code the codecs use (TOO_LARGE).
-  const out = zlib.inflateSync(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit) });
-  return new Uint8Array(out.buffer, out.byteOffset, out.length);
+function inflateNode(input: Uint8Array, limit: number): Promise<Uint8Array> {
+  // On libuv's thread pool, so that the grains of one read inflate on every core.
+  // Past `limit`, node:zlib fails with ERR_BUFFER_TOO_LARGE, the code the codecs use (TOO_LARGE).
+  return new Promise((resolve, reject) => {
+    zlib.inflate(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit) }, (e, out) => {
+      if (e) reject(e);
+      else resolve(new Uint8Array(out.buffer, out.byteOffset, out.length));
+    });
+  });
 }
 
 function deflateNode(input: Uint8Array): Uint8Array {
@@ -23,8 +28,8 @@ function deflateNode(input: Uint8Array): Uint8Array {
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. A small pool of worker threads (one per core beyond the first, at
- * least one, at most 3), created on first use and unref'd while idle (they
+ * writes. A small pool of worker threads (one per core, at most 4: the
+ * main thread mostly waits for I/O, so on two cores two workers keep both busy), created on first use and unref'd while idle (they
  * never keep a process alive); where workers cannot start, grains are
  * compressed here. The workers run the same zlib at the same level, so the
  * bytes are the same either way.
@@ -63,7 +68,7 @@ async function getPool(): Promise<PoolWorker[] | null> {
   if (pool !== undefined) return pool;
   try {
     const [{ Worker }, { availableParallelism }] = await Promise.all([import('node:worker_threads'), import('node:os')]);
-    const count = Math.max(1, Math.min(3, availableParallelism() - 1));
+    const count = Math.max(1, Math.min(4, availableParallelism()));
     pool = [];
     for (let i = 0; i < count; i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });
