@@ -23,8 +23,8 @@
  * fit) and, with zero detection, reports the data/zero split of each run,
  * so a format writer can write just the data.
  *
- * With zero detection, the file holes of the source (SEEK_HOLE/SEEK_DATA,
- * asked once per chunk) are neither read nor scanned: they are zeros, and
+ * With zero detection, the file holes of a sparse source (SEEK_DATA probes
+ * 128 KiB apart in each chunk) are neither read nor scanned: they are zeros, and
  * count as zero granules of the same rule, so the output is the one a full
  * read would give. A VHD block whose unwritten half is a hole in the file
  * (qemu-img leaves them so), or a raw run over a sparse file, then costs
@@ -49,12 +49,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <node_api.h>
 
 #define MAX_CHUNK (64u * 1024u * 1024u)
 #define MAX_SAFE 9007199254740991.0
 /* File holes looked for in one chunk; past this many the rest of the chunk is read. */
 #define MAX_HOLES 32
+/* Distance between the SEEK_DATA probes of one chunk. */
+#define HOLE_STEP ((off_t)128 * 1024)
 
 typedef struct {
   napi_async_work work;
@@ -283,40 +286,36 @@ static bool emit_read(copy_job *j, const uint8_t *buf, size_t start, size_t end,
 }
 
 /*
- * Finds the file holes of source bytes [off, off + n) (relative pairs in
- * j->holes); bytes at or past the end of the file count as a hole (they
- * read as zeros). A file system that cannot answer turns the search off.
+ * Finds file holes of source bytes [off, off + n) (relative pairs in
+ * j->holes) with SEEK_DATA probes HOLE_STEP apart: a probe in data answers
+ * at once on every file system, where SEEK_HOLE from inside data walks to
+ * the next hole (on tmpfs page by page: asked for each chunk of a dense
+ * file, that made copies quadratic). A hole that starts between two probes
+ * is found from the next one; what is not found is read, which is never
+ * wrong. Bytes at or past the end of the file count as a hole (they read
+ * as zeros). A file system that cannot answer turns the search off.
  */
 static void find_holes(copy_job *j, off_t off, size_t n) {
   j->nholes = 0;
   if (!j->seek_holes) return;
   off_t pos = off, end = off + (off_t)n;
   while (pos < end && j->nholes < MAX_HOLES) {
-    off_t h = lseek(j->src_fd, pos, SEEK_HOLE);
-    if (h < 0) {
-      if (errno != ENXIO) {
-        j->seek_holes = false;
-        j->nholes = 0;
-        return;
-      }
-      h = pos; /* at or past the end of the file */
+    off_t d = lseek(j->src_fd, pos, SEEK_DATA);
+    if (d < 0 && errno != ENXIO) {
+      j->seek_holes = false;
+      j->nholes = 0;
+      return;
     }
-    if (h >= end) return;
-    off_t d = lseek(j->src_fd, h, SEEK_DATA);
-    if (d < 0) {
-      if (errno != ENXIO) {
-        j->seek_holes = false;
-        j->nholes = 0;
-        return;
-      }
-      d = end; /* no data after h */
+    if (d < 0 || d > pos) {
+      /* A hole from pos to the next data (ENXIO: none, or past the end of the file). */
+      off_t stop = d < 0 || d > end ? end : d;
+      j->holes[2 * j->nholes] = (size_t)(pos - off);
+      j->holes[2 * j->nholes + 1] = (size_t)(stop - off);
+      j->nholes++;
+      pos = stop;
+      continue;
     }
-    if (d > end) d = end;
-    if (d <= h) return; /* a file changing under us: read the rest */
-    j->holes[2 * j->nholes] = (size_t)(h - off);
-    j->holes[2 * j->nholes + 1] = (size_t)(d - off);
-    j->nholes++;
-    pos = d;
+    pos = (pos / HOLE_STEP + 1) * HOLE_STEP;
   }
 }
 
@@ -377,6 +376,11 @@ static void execute(napi_env env, void *data) {
       fail(j, ENOMEM, "copyRuns", 0);
       return;
     }
+  }
+  if (j->seek_holes && j->min_zero_run > 0) {
+    /* Only a file with fewer blocks than bytes has holes to look for. */
+    struct stat st;
+    if (fstat(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
   }
   size_t at = 0; /* readRuns: where the next run goes in the buffer */
   for (size_t r = 0; r < j->nruns && !j->err; r++) {
