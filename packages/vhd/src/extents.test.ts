@@ -86,3 +86,47 @@ describe('vhd extents over sector bitmaps', () => {
     await disk.close();
   });
 });
+
+describe('vhd block allocation', () => {
+  it('writes a whole new block, its bitmap and the footer behind it with one writev, and the image reads back', async () => {
+    const storage = new MemoryStorage({ name: 'w.vhd' });
+    const disk = await createVhd(storage, { size: 8 * BLOCK, blockSize: BLOCK });
+    const calls: string[] = [];
+    const write = storage.write.bind(storage);
+    const writev = storage.writev.bind(storage);
+    storage.write = async (at, data) => {
+      calls.push(`write ${data.length}`);
+      return write(at, data);
+    };
+    storage.writev = async (at, chunks) => {
+      calls.push(`writev ${chunks.map((c) => c.length).join('+')}`);
+      return writev(at, chunks);
+    };
+    const whole = seededBytes(BLOCK, 1);
+    await disk.write(2 * BLOCK, whole);
+    // Bitmap (one sector), the block, the footer: one call. Then the BAT sector.
+    expect(calls).toEqual([`writev 512+${BLOCK}+512`, 'write 512']);
+    calls.length = 0;
+    // The first half of a block: bitmap and data joined, the footer on its own.
+    await disk.write(5 * BLOCK, whole.subarray(0, BLOCK / 2));
+    expect(calls).toEqual([`writev 512+${BLOCK / 2}`, 'write 512', 'write 512']);
+    calls.length = 0;
+    // The second half: bitmap on its own, data and footer joined.
+    await disk.write(6 * BLOCK + BLOCK / 2, whole.subarray(BLOCK / 2));
+    expect(calls).toEqual(['write 512', `writev ${BLOCK / 2}+512`, 'write 512']);
+    await disk.close();
+    const back = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'w.vhd', readOnly: true }));
+    expect(Buffer.compare(await back.read(2 * BLOCK, BLOCK), whole)).toBe(0);
+    expect(Buffer.compare(await back.read(5 * BLOCK, BLOCK / 2), whole.subarray(0, BLOCK / 2))).toBe(0);
+    expect((await back.read(5 * BLOCK + BLOCK / 2, BLOCK / 2)).every((b) => b === 0)).toBe(true);
+    expect(Buffer.compare(await back.read(6 * BLOCK + BLOCK / 2, BLOCK / 2), whole.subarray(BLOCK / 2))).toBe(0);
+    const blocks: Extent[] = [];
+    for await (const e of back.extents()) if (e.kind === 'data') blocks.push(e);
+    // Dynamic disks mark every sector of a new block present: blocks 5 and 6 are one extent.
+    expect(blocks.map((e) => [e.offset / BLOCK, e.length / BLOCK])).toEqual([
+      [2, 1],
+      [5, 2],
+    ]);
+    await back.close();
+  });
+});
