@@ -8,7 +8,8 @@ import { INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT } from './c
 import { hasFeature, type Qcow2Header } from './header.js';
 import { stringExtension, type HeaderExtension } from './extensions.js';
 import { snapshotInfo } from './snapshot.js';
-import { segments, segmentExtent, readRange, type MappingView } from './reader.js';
+import { segmentExtent, readRange, type MappingView } from './reader.js';
+import { qcow2HostSegments } from './host-runs.js';
 import { Qcow2Writer } from './writer.js';
 import { createSnapshot, applySnapshot, deleteSnapshot, type SnapshotCreateOptions } from './snapshot-ops.js';
 import { beforeFirstWrite, markCorrupt, refreshOverlapMap, readL1, writeHeader, rewriteHeaderCluster, type Qcow2State } from './state.js';
@@ -408,7 +409,7 @@ export class Qcow2Disk implements Disk {
   async *#extentRuns(start: number, end: number, topOnly: boolean, hostOffsets: boolean): AsyncGenerator<Extent> {
     const s = this.#state;
     const fileName = s.dataFile?.name ?? s.storage.name;
-    for await (const seg of segments(s, this.#view, start, end)) {
+    for await (const seg of qcow2HostSegments(s, this.#view, start, end)) {
       const backing = s.backing;
       if (seg.kind !== 'hole' || topOnly || !backing) {
         yield segmentExtent(seg, hostOffsets, fileName);
