@@ -23,6 +23,13 @@
  * fit) and, with zero detection, reports the data/zero split of each run,
  * so a format writer can write just the data.
  *
+ * With zero detection, the file holes of a sparse source (SEEK_DATA probes
+ * 128 KiB apart in each chunk) are neither read nor scanned: they are zeros, and
+ * count as zero granules of the same rule, so the output is the one a full
+ * read would give. A VHD block whose unwritten half is a hole in the file
+ * (qemu-img leaves them so), or a raw run over a sparse file, then costs
+ * no copy and no scan.
+ *
  * Bytes past the end of the source read as zeros (the formats' own readers
  * do the same). `cancel` is an Int32Array whose first element JavaScript
  * sets to 1 to stop the loop between chunks (AbortSignal); the promise then
@@ -42,10 +49,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <node_api.h>
 
 #define MAX_CHUNK (64u * 1024u * 1024u)
 #define MAX_SAFE 9007199254740991.0
+/* File holes looked for in one chunk; past this many the rest of the chunk is read. */
+#define MAX_HOLES 32
+/* Distance between the SEEK_DATA probes of one chunk. */
+#define HOLE_STEP ((off_t)128 * 1024)
 
 typedef struct {
   napi_async_work work;
@@ -65,6 +77,10 @@ typedef struct {
   double bytes_read, bytes_written, bytes_skipped;
   bool cancelled;
   size_t chunk_at; /* readRuns: buffer position of the chunk being split */
+  /* File holes of the chunk being split, as (start, end) pairs relative to its first byte. */
+  size_t holes[2 * MAX_HOLES];
+  size_t nholes;
+  bool seek_holes; /* false once the file system has said it cannot tell */
   double *pieces; /* readRuns: per run, count then pairs */
   size_t npieces, cap_pieces;
   int err;
@@ -215,10 +231,13 @@ static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double 
       out_start = (s), out_end = (e), out_zero = (z), out_have = true;     \
     }                                                                      \
   } while (0)
+  size_t hole = 0;
   while (pos < len) {
     size_t next = (size_t)(((b + pos) / g + 1) * g - b);
     if (next > len) next = len;
-    bool z = is_zero(buf + pos, next - pos);
+    while (hole < j->nholes && j->holes[2 * hole + 1] <= pos) hole++;
+    /* A granule inside a file hole is zeros without looking. */
+    bool z = (hole < j->nholes && j->holes[2 * hole] <= pos && j->holes[2 * hole + 1] >= next) || is_zero(buf + pos, next - pos);
     if (!have) {
       run_start = pos, run_zero = z, have = true;
     } else if (z != run_zero) {
@@ -266,6 +285,58 @@ static bool emit_read(copy_job *j, const uint8_t *buf, size_t start, size_t end,
   return push_piece(j, (double)a) && push_piece(j, (double)e);
 }
 
+/*
+ * Finds file holes of source bytes [off, off + n) (relative pairs in
+ * j->holes) with SEEK_DATA probes HOLE_STEP apart: a probe in data answers
+ * at once on every file system, where SEEK_HOLE from inside data walks to
+ * the next hole (on tmpfs page by page: asked for each chunk of a dense
+ * file, that made copies quadratic). A hole that starts between two probes
+ * is found from the next one; what is not found is read, which is never
+ * wrong. Bytes at or past the end of the file count as a hole (they read
+ * as zeros). A file system that cannot answer turns the search off.
+ */
+static void find_holes(copy_job *j, off_t off, size_t n) {
+  j->nholes = 0;
+  if (!j->seek_holes) return;
+  off_t pos = off, end = off + (off_t)n;
+  while (pos < end && j->nholes < MAX_HOLES) {
+    off_t d = lseek(j->src_fd, pos, SEEK_DATA);
+    if (d < 0 && errno != ENXIO) {
+      j->seek_holes = false;
+      j->nholes = 0;
+      return;
+    }
+    if (d < 0 || d > pos) {
+      /* A hole from pos to the next data (ENXIO: none, or past the end of the file). */
+      off_t stop = d < 0 || d > end ? end : d;
+      j->holes[2 * j->nholes] = (size_t)(pos - off);
+      j->holes[2 * j->nholes + 1] = (size_t)(stop - off);
+      j->nholes++;
+      pos = stop;
+      continue;
+    }
+    pos = (pos / HOLE_STEP + 1) * HOLE_STEP;
+  }
+}
+
+/*
+ * Reads source bytes [off, off + n) into buf for a zero scan: the file
+ * holes are zero-filled instead of read, and recorded for the scan.
+ */
+static bool read_chunk(copy_job *j, uint8_t *buf, size_t n, off_t off) {
+  find_holes(j, off, n);
+  if (j->nholes == 0) return read_full(j, buf, n, off);
+  size_t at = 0;
+  for (size_t k = 0; k < j->nholes; k++) {
+    size_t hs = j->holes[2 * k], he = j->holes[2 * k + 1];
+    if (hs > at && !read_full(j, buf + at, hs - at, off + (off_t)at)) return false;
+    memset(buf + hs, 0, he - hs);
+    j->bytes_read += (double)(he - hs);
+    at = he;
+  }
+  return at >= n || read_full(j, buf + at, n - at, off + (off_t)at);
+}
+
 /* Copies one run with copy_file_range; false with j->err unset means "not here: use read/write". */
 static bool copy_range(copy_job *j, off_t src, off_t dst, size_t len, size_t *moved) {
   *moved = 0;
@@ -306,6 +377,11 @@ static void execute(napi_env env, void *data) {
       return;
     }
   }
+  if (j->seek_holes && j->min_zero_run > 0) {
+    /* Only a file with fewer blocks than bytes has holes to look for. */
+    struct stat st;
+    if (fstat(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
+  }
   size_t at = 0; /* readRuns: where the next run goes in the buffer */
   for (size_t r = 0; r < j->nruns && !j->err; r++) {
     double src = j->runs[3 * r], dst = j->runs[3 * r + 1], len_d = j->runs[3 * r + 2];
@@ -337,7 +413,12 @@ static void execute(napi_env env, void *data) {
       size_t n = (size_t)((d / j->chunk_size + 1) * j->chunk_size - d);
       if (n > len - done) n = len - done;
       uint8_t *buf = j->read_mode ? j->buffer + at : j->buffer;
-      if (!read_full(j, buf, n, (off_t)src + (off_t)done)) return;
+      if (j->min_zero_run == 0) {
+        j->nholes = 0;
+        if (!read_full(j, buf, n, (off_t)src + (off_t)done)) return;
+      } else if (!read_chunk(j, buf, n, (off_t)src + (off_t)done)) {
+        return;
+      }
       if (j->read_mode) {
         if (j->min_zero_run == 0) {
           if (!push_piece(j, (double)at) || !push_piece(j, (double)(at + n))) return;
@@ -527,6 +608,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->buffer = buffer, j->buffer_len = buffer_len;
   j->chunk_size = (size_t)chunk, j->granule = (size_t)granule, j->min_zero_run = (size_t)min_zero;
   j->copy_range = copy_range != 0;
+  j->seek_holes = true;
   j->cancel = cancel;
   napi_value promise, name;
   if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||

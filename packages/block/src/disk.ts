@@ -245,6 +245,45 @@ export interface FormatDriver {
    * names the first offending cluster or block.
    */
   readStream?(input: AsyncIterable<Uint8Array>, options?: OpenOptions): Promise<StreamSource>;
+  /**
+   * A writer for a brand-new image in `storage` that nobody reads until it
+   * is finished (a conversion target): data is laid out as it arrives and
+   * the metadata is written once by {@link FreshImageWriter.finish}.
+   * Answers undefined where these create options need the general writer
+   * (backing file, preallocation, external data file, ...); convert then
+   * uses create().
+   */
+  createFresh?(storage: Storage, options: DriverCreateOptions): Promise<FreshImageWriter | undefined>;
+}
+
+/**
+ * A Disk that writes a new image for a one-shot copy (see
+ * {@link FormatDriver.createFresh}). Until `finish()` the storage holds
+ * no valid image; `finish()` writes the metadata (the header last) and
+ * answers the image opened for writing; `abort()` gives up without it.
+ */
+export interface FreshImageWriter extends Disk {
+  finish(): Promise<Disk>;
+  abort(): Promise<void>;
+  /**
+   * Optional, for sparseCopy's file-to-file loop: true when the writer
+   * can place guest runs in `storage` ahead of the copy (placeRuns) so the
+   * bytes go from the source file straight to their host position.
+   */
+  canPlaceRuns?(): boolean;
+  /**
+   * Reserves host space for guest `[offset, offset + length)` (all of it
+   * becomes allocated) and answers (guest offset, host position, length)
+   * triples covering it.
+   */
+  placeRuns?(offset: number, length: number): number[];
+  /**
+   * After a batch of placed runs was copied with zero detection and some
+   * zeros were left unwritten: the writer gives back what it reserved and
+   * nothing was written into. `runs` are the batch's (source position,
+   * host position, length) triples.
+   */
+  settleRuns?(runs: Float64Array): Promise<void>;
 }
 
 /** An image as a byte stream of known length. */

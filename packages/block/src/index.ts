@@ -67,6 +67,7 @@ export {
   type ProbeResult,
   PROBE_BYTES,
   type FormatDriver,
+  type FreshImageWriter,
   type ImageStream,
   type StreamSource,
   type SnapshotInfo,

@@ -2,7 +2,7 @@
  * sparseCopy: copy a disk into another through the extent iterator, so
  * that cost grows with allocated data and not with virtual size.
  */
-import type { Disk, Extent } from './disk.js';
+import type { Disk, Extent, FreshImageWriter } from './disk.js';
 import { abortError, invalidArg } from './errors.js';
 import { chunkExtents, clipExtents } from './extents.js';
 import { RawDisk } from './raw.js';
@@ -155,7 +155,9 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   // Raw destination, bytes unchanged, zeros either skipped on a fresh target or all written: storages may copy runs themselves.
   // Otherwise data runs of local files may still be read in batches (Storage.readRuns) and written through the format.
   const batching = (options.batchRuns ?? true) && options.alignment === undefined;
-  const copyMode = batching && dst instanceof RawDisk && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
+  // A new image whose writer places runs itself (a fresh qcow2): copied file to file as into raw, at the host positions it gives.
+  const placer = (dst as Partial<FreshImageWriter>).canPlaceRuns?.() === true ? (dst as FreshImageWriter) : undefined;
+  const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
   const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize };
   // A read batch's buffer: whole chunks, within the buffer budget.
@@ -236,7 +238,9 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
 
   let batch: RunBatch | undefined;
   const copyBatch = async (b: RunBatch) => {
-    const done = await b.from.copyRunsTo!(dst.storage, Float64Array.from(b.runs), { ...runOptions, ...(signal ? { signal } : {}) });
+    const runs = Float64Array.from(b.runs);
+    const done = await b.from.copyRunsTo!(dst.storage, runs, { ...runOptions, ...(signal ? { signal } : {}) });
+    if (placer && done.bytesSkipped > 0) await placer.settleRuns!(runs);
     progress.bytesRead += done.bytesRead;
     progress.bytesWritten += done.bytesWritten;
     progress.bytesSkipped += done.bytesSkipped;
@@ -298,7 +302,10 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     const limit = mode === 'copy' ? BATCH_BYTES : readBatchBytes;
     if (batch && (batch.from !== from || batch.bytes + e.length > limit)) await flushBatch();
     batch ??= { from, runs: [], bytes: 0 };
-    batch.runs.push(e.hostOffset!, e.offset, e.length);
+    if (mode === 'copy' && placer) {
+      const placed = placer.placeRuns!(e.offset, e.length);
+      for (let k = 0; k < placed.length; k += 3) batch.runs.push(e.hostOffset! + placed[k]! - e.offset, placed[k + 1]!, placed[k + 2]!);
+    } else batch.runs.push(e.hostOffset!, e.offset, e.length);
     batch.bytes += e.length;
     if (batch.bytes >= limit || batch.runs.length >= 3 * BATCH_RUNS) await flushBatch();
     return true;

@@ -4,6 +4,7 @@
  */
 import { bytesEqual, ERROR_CODES, ImageError, sparseCopy, type DriverCreateOptions, type Disk, type FormatDriver, type FormatRegistryLike, type Resolver, type SparseCopyOptions, type SparseCopyResult, type Storage } from '@img/block';
 import { OverlayDiff } from './overlay-diff.js';
+import { salvagingDisk, type SalvageEvent } from './salvage.js';
 
 export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
   /**
@@ -24,6 +25,22 @@ export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' 
   /** Opens the backing file named by `backingFile` (e.g. fileResolver). */
   resolver?: Resolver;
   formats?: FormatRegistryLike;
+  /**
+   * Copy what can be read (qemu-img convert --salvage): a source range
+   * whose read fails is written as zeros instead of failing the
+   * conversion, sector by sector, and reported through `onSalvage`.
+   */
+  salvage?: boolean;
+  /** With `salvage`: called for each unreadable sector (or unreadable extent map) written as zeros. */
+  onSalvage?: (event: SalvageEvent) => void;
+  /**
+   * Write a new image through the format's one-pass writer
+   * (FormatDriver.createFresh: data laid out as it arrives, metadata
+   * written once at the end) where the options allow it. Default true;
+   * false always uses create() and the general writer. The image is the
+   * same either way, cluster for cluster.
+   */
+  bulk?: boolean;
 }
 
 export interface ConvertResult extends SparseCopyResult {
@@ -66,9 +83,27 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
     if (options.backingFormat !== undefined) createOptions.backingFormat = options.backingFormat;
     if (options.formats) createOptions.formats = options.formats;
   }
+  // A plain new image (no -c, no -B): the format's one-pass writer, where it has one for these options.
+  const fresh = options.bulk === false || options.compress || options.backingFile !== undefined ? undefined : await driver.createFresh?.(target, createOptions);
+  // Salvage reads through a view that turns failed reads into zeros; host runs would read around it.
+  const salvageCopy: Partial<SparseCopyOptions> = {};
+  if (options.salvage) {
+    src = salvagingDisk(src, options.onSalvage ? { onSalvage: options.onSalvage } : {});
+    salvageCopy.batchRuns = false;
+  }
+  if (fresh) {
+    try {
+      const result = await sparseCopy(src, fresh, { ...options, ...salvageCopy, dstIsZero: true });
+      const disk = await fresh.finish();
+      return { disk, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
+    } catch (e) {
+      await fresh.abort().catch(() => undefined);
+      throw e;
+    }
+  }
   const disk = await driver.create(target, createOptions);
   try {
-    const copy: SparseCopyOptions = { ...options, dstIsZero: true };
+    const copy: SparseCopyOptions = { ...options, ...salvageCopy, dstIsZero: true };
     if (options.compress) {
       if (!canCompress(disk)) {
         throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot store compressed data (-c)`, { data: { format: driver.name } });

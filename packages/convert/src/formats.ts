@@ -4,7 +4,7 @@ import { vhdDriver } from '@img/vhd';
 import { vmdkDriver } from '@img/vmdk';
 import { ovaDriver } from './ova-driver.js';
 
-/** Every format this package knows: raw, qcow2, vhd (alias vpc), vmdk and ova (read only, its first disk). */
+/** Every format this package knows: raw, qcow2, vhd (alias vpc), vmdk and ova (its first disk when read; written as a stream, its disk spooled in memory here, in a temporary file by the CLI). */
 export const builtinDrivers: FormatDriver[] = [rawDriver, qcow2Driver, vhdDriver, vmdkDriver, ovaDriver()];
 
 /** A registry with every built-in format. */

@@ -18,11 +18,11 @@ describe('img basics', () => {
   it('lists every command in --help', () => {
     const r = run('img', ['--help']);
     expect(r.status).toBe(0);
-    for (const cmd of ['info', 'map', 'check', 'compare', 'create', 'resize', 'commit', 'rebase', 'snapshot', 'measure', 'amend', 'inspect', 'convert']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+    for (const cmd of ['info', 'map', 'check', 'compare', 'create', 'resize', 'commit', 'rebase', 'snapshot', 'measure', 'amend', 'bitmap', 'inspect', 'convert']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
   });
 
   it('gives every command a --help with an example', () => {
-    for (const cmd of ['info', 'map', 'check', 'compare', 'create', 'resize', 'commit', 'rebase', 'snapshot', 'measure', 'amend', 'inspect', 'convert']) {
+    for (const cmd of ['info', 'map', 'check', 'compare', 'create', 'resize', 'commit', 'rebase', 'snapshot', 'measure', 'amend', 'bitmap', 'inspect', 'convert']) {
       const r = run('img', [cmd, '--help']);
       expect(r.status, cmd).toBe(0);
       expect(r.stdout, cmd).toMatch(/Usage: img/);

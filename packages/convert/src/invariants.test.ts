@@ -24,9 +24,8 @@ const NODE_ALLOWED = [
   /^qcow2\/src\/node\//,
   // The NBD server and client are sockets (node:net); the protocol's codecs and state machines beside them are not.
   /^nbd\/src\/(server|client)\.ts$/,
-  // zlib for streamOptimized grains, isolated in one module (not yet on the web codecs qcow2 uses)
-  /^vmdk\/src\/compression\.ts$/,
-  /^vmdk\/src\/node\.ts$/,
+  // Node's codecs for streamOptimized grains (zlib) and the worker pool, behind the "node" condition, and the file helpers
+  /^vmdk\/src\/node\//,
 ];
 
 function walk(dir: string): string[] {

@@ -3,7 +3,7 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
-import { ERROR_CODES, ImageError, bytesEqual, sparseCopy, type CopyProgress, type Disk, type Extent } from '@img/block';
+import { ERROR_CODES, ImageError, bytesEqual, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
@@ -58,8 +58,14 @@ export async function commitDisk(top: Disk, options: CommitOptions = {}): Promis
 export interface RebaseOptions {
   /** Only rewrite the stored name and format (qemu-img rebase -u). */
   unsafe?: boolean;
-  /** Comparison unit in bytes (default: 64 KiB). */
+  /** Comparison unit in bytes (default: 64 KiB; with `compress`, the image's cluster). */
   unit?: number;
+  /**
+   * Write the clusters safe mode copies compressed (qemu-img rebase -c,
+   * qemu 8.2): whole clusters, through the format's writeCompressed. A
+   * format without compressed clusters is refused (ERR_IMG_UNSUPPORTED).
+   */
+  compress?: boolean;
   signal?: AbortSignal;
 }
 
@@ -78,10 +84,14 @@ async function dataRanges(disk: Disk | undefined, offset: number, length: number
  * are rewritten.
  */
 export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: string | undefined, format: string | undefined, options: RebaseOptions = {}): Promise<{ bytesCopied: number }> {
+  // As qemu-img rebase -c: a format without compressed clusters is refused before anything else.
+  const writeCompressed = options.compress ? top.writeCompressed?.bind(top) : undefined;
+  if (options.compress && !writeCompressed) throw unsupported(top.format, top.storage.name, 'Compression not supported for this file format', { field: 'compress' });
   if (!top.setBacking) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${top.format}: ${top.storage.name}: this format cannot change its backing file`);
   let copied = 0;
   if (!options.unsafe) {
-    const unit = options.unit ?? 65536;
+    const cluster = writeCompressed ? (await top.info?.())?.clusterSize : undefined;
+    const unit = cluster ?? options.unit ?? 65536;
     const old = backingOf(top);
     // Collected first: the loop writes into the top, which changes its extents.
     const holes: Extent[] = [];
@@ -99,7 +109,8 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
         const after = new Uint8Array(end - start);
         if (newBacking && start < newBacking.size) await newBacking.readInto(start, after.subarray(0, Math.min(end, newBacking.size) - start));
         if (!bytesEqual(before, after)) {
-          await top.write(start, before);
+          // Holes are whole clusters of the top, so with the cluster as the unit each write is one whole cluster.
+          await (writeCompressed ? writeCompressed(start, before) : top.write(start, before));
           copied += before.length;
         }
       }

@@ -10,6 +10,7 @@ import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './conv
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
+import { salvagingDisk } from './salvage.js';
 import { diskWindow } from './disk-window.js';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
@@ -334,7 +335,8 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
     const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
-    const stream = await toStream(sourceView(snapshot ?? src, options.range), options.dstFormat, { registry, createOptions });
+    const view = sourceView(snapshot ?? src, options.range);
+    const stream = await toStream(options.salvage ? salvagingDisk(view, options.onSalvage ? { onSalvage: options.onSalvage } : {}) : view, options.dstFormat, { registry, createOptions });
     let target: NodeWritableLike = options.stdout ?? process.stdout;
     let out: WriteStream | undefined;
     if (file !== undefined) {

@@ -1,16 +1,22 @@
 /**
- * The "ova" FormatDriver: read-only. A disk of an OVA is opened where it
+ * The "ova" FormatDriver. Reading: a disk of an OVA is opened where it
  * lies in the tar (openOva from @img/vmdk); a member that is not a VMDK
- * opens through the registry by its probed format (raw, qcow2, vhd).
+ * opens through the registry by its probed format (raw, qcow2, vhd); an
+ * OVA arriving on a pipe is read in order (readOvaStream). Writing: the
+ * stream writer (streamOva) makes a new OVA from any disk, front to back,
+ * for a pipe and a file alike (streamOnly), its disk compressed into the
+ * spool `options.spool` gives (memory, bounded, by default).
  */
-import { unsupported, type FormatDriver, type FormatRegistryLike } from '@img/block';
+import { unsupported, type FormatDriver, type FormatRegistryLike, type Storage } from '@img/block';
 import { detectFormat } from './probe.js';
-import { openOva } from '@img/vmdk';
+import { OVA_CREATE_OPTIONS, openOva, ovaWriteOptionsFrom, readOvaStream, streamOva } from '@img/vmdk';
 
-/** Options of an ova driver: which disk of the OVF it opens. */
+/** Options of an ova driver: which disk of the OVF it opens, and where a new OVA's disk waits. */
 export interface OvaDriverOptions {
   /** The disk of the OVF's DiskSection, counted from 0 (default 0). */
   disk?: number;
+  /** A new, empty storage for the compressed disk while an OVA is written (the CLI gives a temporary file); default memory. */
+  spool?: () => Promise<Storage>;
 }
 
 function readAscii(bytes: Uint8Array, start: number, length: number): string {
@@ -64,7 +70,14 @@ export function ovaDriver(options: OvaDriverOptions = {}, registry?: FormatRegis
       });
     },
     create: async (storage) => {
-      throw unsupported('ova', storage.name, 'writing an OVA is not supported yet (read only)', { field: 'format' });
+      throw unsupported('ova', storage.name, 'an OVA is written front to back only (img-convert ... ova), not created empty', { field: 'format' });
     },
+    stream: async (source, create = {}) => {
+      const typed = ovaWriteOptionsFrom(create);
+      return streamOva(source, { ...typed, ...(options.spool && !typed.spool ? { spool: await options.spool() } : {}) });
+    },
+    streamOnly: () => true,
+    readStream: async (input, open = {}) => readOvaStream(input, { ...open, ...(options.disk !== undefined ? { disk: options.disk } : {}) }),
+    createOptionTable: OVA_CREATE_OPTIONS,
   };
 }

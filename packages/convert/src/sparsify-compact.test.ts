@@ -82,17 +82,29 @@ describeQemu('img sparsify / img compact', () => {
     expect(run('img', ['check', child]).status).toBe(0);
   });
 
-  it('qcow2: not yet (ERR_IMG_UNSUPPORTED); raw and fixed: nothing to move', () => {
+  it('qcow2: zero clusters released, then the file shrinks; qemu-img compare identical, check clean', () => {
     const q = join(tmp.path, 'q.qcow2');
-    qemuImg(['create', '-q', '-f', 'qcow2', q, '1M']);
-    for (const verb of ['compact', 'sparsify']) {
-      const r = run('img', [verb, q]);
-      expect(r.status).toBe(1);
-      expect(r.stderr).toBe(`img ${verb}: ERR_IMG_UNSUPPORTED: qcow2: ${q}: img ${verb} is not yet available for qcow2 images (VHD only for now)\n`);
-    }
+    qemuImg(['create', '-q', '-f', 'qcow2', q, '16M']);
+    qemuIo(q, 'qcow2', ['write -P 7 0 12M', 'write -P 0 2M 6M']);
+    qemuImg(['snapshot', '-c', 's1', q]);
+    qemuIo(q, 'qcow2', ['write -P 8 12M 2M', 'write -P 0 13M 1M']);
+    const before = join(tmp.path, 'q-before.qcow2');
+    copyFileSync(q, before);
+    const sp = run('img', ['sparsify', '--output=json', q]);
+    expect(sp.status, sp.stderr).toBe(0);
+    const s = JSON.parse(sp.stdout) as { format: string; clustersReleased: number; clustersShared: number };
+    // The 1 MiB zeroed after the snapshot goes; the zeros the snapshot shares stay.
+    expect([s.format, s.clustersReleased, s.clustersShared > 0]).toEqual(['qcow2', 16, true]);
+    const c = run('img', ['compact', '-p', q]);
+    expect(c.status, c.stderr).toBe(0);
+    expect(c.stdout).toMatch(/Moved \d+ data and \d+ metadata clusters \(\d+ bytes\); file size \d+ -> \d+ bytes/);
+    expect(statSync(q).size).toBeLessThan(statSync(before).size);
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'qcow2', before, q], { allowFail: true }).status).toBe(0);
+    expect(qemuImg(['check', q], { allowFail: true }).status).toBe(0);
+    expect(run('img', ['compact', q]).stdout).toMatch(/^Nothing to compact: /);
     const raw = join(tmp.path, 'r.img');
     writeFileSync(raw, new Uint8Array(MIB));
-    expect(run('img', ['compact', raw]).stderr).toMatch(/^img compact: ERR_IMG_UNSUPPORTED: raw: .*works on VHD images/);
+    expect(run('img', ['compact', raw]).stderr).toMatch(/^img compact: ERR_IMG_UNSUPPORTED: raw: .*works on VHD and qcow2 images/);
     const fixed = join(tmp.path, 'f.vhd');
     qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', fixed, '1M']);
     const f = run('img', ['compact', fixed]);
@@ -117,6 +129,36 @@ describeQemu('img sparsify / img compact', () => {
     }
     expect(statSync(file).size).toBe(size);
     expect(run('img', ['sparsify', file]).status).toBe(0);
+  });
+
+  it('qcow2 takes the write lock too, and refuses a backing file that is its own file (ERR_IMG_SAME_FILE)', async () => {
+    const file = join(tmp.path, 'held.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', file, '8M']);
+    qemuIo(file, 'qcow2', ['write -P 1 0 8M', 'write -P 0 0 4M']);
+    const bytes = readFileSync(file);
+    const holder = await holdWithQemuIo(file, { format: 'qcow2', readOnly: true });
+    try {
+      for (const verb of ['sparsify', 'compact']) {
+        const r = run('img', [verb, file]);
+        expect(r.status).toBe(1);
+        expect(r.stderr).toMatch(new RegExp(`^img ${verb}: ERR_IMG_LOCKED: `));
+      }
+    } finally {
+      await holder.stop();
+    }
+    expect(readFileSync(file).equals(bytes)).toBe(true);
+    const base = join(tmp.path, 'qloop-base.qcow2');
+    const child = join(tmp.path, 'qloop-child.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '8M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'qloop-base.qcow2', '-F', 'qcow2', child], { cwd: tmp.path });
+    qemuIo(child, 'qcow2', ['write -P 0 0 2M']);
+    unlinkSync(base);
+    linkSync(child, base);
+    const childBytes = readFileSync(child);
+    const r = run('img', ['sparsify', 'qloop-child.qcow2'], { cwd: tmp.path });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^img sparsify: ERR_IMG_SAME_FILE: /);
+    expect(readFileSync(child).equals(childBytes)).toBe(true);
   });
 
   it('a differencing VHD whose parent is its own file (a hard link) is refused (ERR_IMG_SAME_FILE), nothing written', () => {

@@ -10,6 +10,7 @@ import { checkQcow2 } from './check-qcow2.js';
 import { measureQcow2 } from './measure.js';
 import { createQcow2Stream, qcow2StreamOptionsFrom } from './stream.js';
 import { readQcow2Stream } from './read-stream.js';
+import { createQcow2Fresh } from './bulk-writer.js';
 
 /** The qcow2 format driver (name "qcow2"; probe: the "QFI\xfb" magic with version 2 or later). */
 export const qcow2Driver: FormatDriver = {
@@ -23,6 +24,7 @@ export const qcow2Driver: FormatDriver = {
   measure: (input) => measureQcow2(input),
   stream: async (source, options) => createQcow2Stream(source, qcow2StreamOptionsFrom(options)),
   readStream: (input, options) => readQcow2Stream(input, options),
+  createFresh: (storage, options) => createQcow2Fresh(storage, options as Qcow2CreateOptions),
 };
 
 let formats: FormatRegistry | undefined;

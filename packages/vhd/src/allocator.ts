@@ -5,7 +5,7 @@
  */
 import { corrupt } from '@img/block';
 import { setBits } from './bitmap.js';
-import { FOOTER_SIZE } from './footer.js';
+import { FOOTER_SIZE, serializeFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
 import { overlapMessage, regionsOverlap } from './layout.js';
@@ -39,9 +39,18 @@ export async function allocateBlock(core: VhdImage, block: number, first: number
   if (s.type === 'dynamic') bitmap.fill(0xff);
   else setBits(bitmap, first, last - first);
   const dataStart = at + s.bitmapBytes;
-  // Bitmap, data, zeros and the moved footer lie apart from each other and all land before the
-  // flush that precedes the BAT entry: they are started together (in this order) and awaited once.
-  const writes: Promise<void>[] = [s.storage.write(at, bitmap), s.storage.write(dataStart + first * VHD_SECTOR, sectors)];
+  const nextFree = at + span;
+  // Bitmap, data, zeros and the moved footer all land before the flush that precedes the BAT
+  // entry: they are started together (in this order) and awaited once. Where they touch (data
+  // from the block's first sector follows the bitmap, data to its last sector meets the footer)
+  // they go out as one writev: a whole block, bitmap and footer included, is one system call.
+  const joinHead = first === 0 && s.storage.writev !== undefined;
+  const joinTail = last * VHD_SECTOR === s.blockSize && s.storage.writev !== undefined;
+  const footer = joinTail ? serializeFooter(s.footer) : undefined;
+  const writes: Promise<void>[] = [];
+  const pieces = [...(joinHead ? [bitmap] : []), sectors, ...(footer ? [footer] : [])];
+  if (!joinHead) writes.push(s.storage.write(at, bitmap));
+  writes.push(pieces.length > 1 ? s.storage.writev!(joinHead ? at : dataStart + first * VHD_SECTOR, pieces) : s.storage.write(dataStart + first * VHD_SECTOR, sectors));
   // Space past the old end of the file reads as zeros; anything before it (an
   // old footer, junk) is zeroed where the block's data will be read.
   for (const [from, to] of [
@@ -53,9 +62,8 @@ export async function allocateBlock(core: VhdImage, block: number, first: number
       writes.push(s.storage.write(pos, new Uint8Array(Math.min(ZERO_CHUNK, stop - pos))));
     }
   }
-  const nextFree = at + span;
   s.nextFree = nextFree;
-  writes.push(writeFooters(s, { head: false }));
+  if (!footer) writes.push(writeFooters(s, { head: false }));
   const results = await Promise.allSettled(writes);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
   if (fileSize > nextFree + VHD_SECTOR) await s.storage.truncate(nextFree + VHD_SECTOR);

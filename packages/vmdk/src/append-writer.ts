@@ -78,7 +78,7 @@ export class AppendWriter {
     // An all-zero grain stays unallocated: it reads as zeros (the image has no parent).
     if (isAllZero(data)) return;
     const full = data.length === this.layout.grainBytes ? data : padded(data, this.layout.grainBytes);
-    const compressed = deflateGrain(full);
+    const compressed = await deflateGrain(full);
     await this.#append.run(async () => {
       const at = this.layout.position;
       const bytes = this.layout.grain(grain, compressed);

@@ -14,9 +14,10 @@ import { openVmdk, type VmdkOpenOptions } from './open.js';
 import type { VmdkDisk } from './disk.js';
 import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
+import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js';
 
 /** What a check found wrong, in one word. */
-export type VmdkProblemCode = 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
+export type VmdkProblemCode = 'entry-invalid' | 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
 
 /** One problem a check found. */
 export interface VmdkProblem {
@@ -51,34 +52,39 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
     if (sector === GTE_UNALLOCATED) continue;
     const at = sector * SECTOR;
     if (at + map.tableBytes > map.fileSize) {
-      problems.push({ code: 'table-out-of-bounds', file, offset: map.gdOffset + t * ENTRY_BYTES, message: `grain directory entry ${t} points to ${hex(at)}, past the end of the file` });
+      problems.push({ code: 'table-out-of-bounds', file, offset: map.gdOffset + t * map.entryBytes, message: `grain directory entry ${t} points to ${hex(at)}, past the end of the file` });
       continue;
     }
     const hit = map.overlap(at, at + map.tableBytes);
-    if (hit) {
-      problems.push({ code: 'table-overlap', file, offset: map.gdOffset + t * ENTRY_BYTES, message: `grain table ${t} at ${hex(at)} overlaps the ${hit.what}` });
+    if (hit && hit.what !== 'grain tables') {
+      problems.push({ code: 'table-overlap', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} overlaps the ${hit.what}` });
       continue;
     }
     if (tables.has(sector)) {
-      problems.push({ code: 'table-shared', file, offset: map.gdOffset + t * ENTRY_BYTES, message: `grain table ${t} at ${hex(at)} is also another directory entry's table` });
+      problems.push({ code: 'table-shared', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} is also another directory entry's table` });
       continue;
     }
     tables.add(sector);
-    const table = parseEntries(await map.storage.read(at, n * ENTRY_BYTES), n);
+    const sesparse = map.layout === 'sesparse';
+    const table = sesparse ? parseSeSparseEntries(await map.storage.read(at, n * 8), n) : parseEntries(await map.storage.read(at, n * ENTRY_BYTES), n);
     if (map.redundant && map.rgd && map.rgd[t]) {
       const rat = map.rgd[t]! * SECTOR;
       if (rat + map.tableBytes <= map.fileSize) {
         const copy = parseEntries(await map.storage.read(rat, n * ENTRY_BYTES), n);
         const differ = table.findIndex((v, i) => v !== copy[i]);
         if (differ >= 0) problems.push({ code: 'redundant-mismatch', file, offset: rat + differ * ENTRY_BYTES, message: `redundant grain table ${t} differs from the primary at entry ${differ}` });
-      } else problems.push({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * ENTRY_BYTES, message: `redundant grain directory entry ${t} points past the end of the file` });
+      } else problems.push({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain directory entry ${t} points past the end of the file` });
     }
     for (let i = 0; i < n; i++) {
       const gte = table[i]!;
-      if (gte === GTE_UNALLOCATED || (gte === GTE_ZEROED && map.zeroedGrains)) continue;
+      if (gte === GTE_UNALLOCATED || (sesparse ? gte === SE_ZERO : gte === GTE_ZEROED && map.zeroedGrains)) continue;
       const grain = t * n + i;
-      const g = gte * SECTOR;
-      const entryAt = at + i * ENTRY_BYTES;
+      const entryAt = at + i * map.entryBytes;
+      if (sesparse && gte === SE_INVALID) {
+        problems.push({ code: 'entry-invalid', file, offset: entryAt, message: `grain table entry for grain ${grain} has an unknown type` });
+        continue;
+      }
+      const g = sesparse ? (map.grainsSector + (gte - 1) * map.header.grainSize) * SECTOR : gte * SECTOR;
       const span = map.compressed ? SECTOR : map.grainBytes;
       if (g + span > map.fileSize) {
         problems.push({ code: 'grain-out-of-bounds', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} lies past the end of the file (${hex(map.fileSize)})` });

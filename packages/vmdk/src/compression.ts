@@ -1,18 +1,40 @@
 /**
  * Compressed grains (VMDK 5.0 technote: compressAlgorithm 1, "DEFLATE"):
  * each grain is one zlib stream (RFC 1950 framing around RFC 1951 data),
- * which is what VMware, open-vmdk and qemu write and read.
- *
- * This is the package's one module that imports from Node (node:zlib), as
- * in @img/qcow2. Inflation is bounded: a grain inflates to at most one
- * grain, and the compressed input is bounded by the caller before it is
- * read, so no allocation depends on a size read from the image beyond that.
+ * which is what VMware, open-vmdk and qemu write and read. The rules live
+ * here; the byte codecs under them are the platform's (codecs.ts): the web
+ * platform's by default, node:zlib's where Node loads the package.
+ * Inflation is bounded: a grain inflates to at most one grain, and the
+ * compressed input is bounded by the caller before it is read.
  */
-import * as zlib from 'node:zlib';
-import { corrupt, hex } from '@img/block';
+import { corrupt, hex, unsupported } from '@img/block';
+import { CODEC_UNAVAILABLE, TOO_LARGE, type VmdkCodecs } from './codecs.js';
+import { webCodecs } from './web-codecs.js';
 
-/** Deflate level used for new grains: zlib's default, the speed/size balance qemu also uses. */
-export const DEFLATE_LEVEL = 6;
+export { DEFLATE_LEVEL, type VmdkCodecs } from './codecs.js';
+
+let codecs: VmdkCodecs = webCodecs;
+
+/** The codecs compressed grains use in this realm: the web platform's unless others were installed. */
+export function vmdkCodecs(): VmdkCodecs {
+  return codecs;
+}
+
+/**
+ * Replaces the codecs every VMDK in this realm uses for compressed grains
+ * (Node's entry installs node:zlib's); answers the codecs it replaced.
+ *
+ * @example
+ * ```ts
+ * import { installNodeCodecs } from '@img/vmdk/node'; // a bundle for Node that took the default entry
+ * installNodeCodecs();
+ * ```
+ */
+export function setVmdkCodecs(next: VmdkCodecs): VmdkCodecs {
+  const before = codecs;
+  codecs = next;
+  return before;
+}
 
 /** Where a compressed grain sits, for messages. */
 export interface GrainContext {
@@ -23,123 +45,35 @@ export interface GrainContext {
 /**
  * Inflates one grain's zlib stream into at most `grainBytes` bytes. A
  * stream that would inflate further (a decompression bomb) or is not valid
- * zlib is ERR_IMG_CORRUPT naming the grain's file offset. The result may be
- * shorter than a grain (the last grain of an extent); the caller zero-fills.
+ * zlib is ERR_IMG_CORRUPT naming the grain's file offset; a platform
+ * without the codec is ERR_IMG_UNSUPPORTED. The result may be shorter than
+ * a grain (the last grain of an extent); the caller zero-fills.
  */
-export function inflateGrain(input: Uint8Array, grainBytes: number, ctx: GrainContext): Uint8Array {
-  let out: Uint8Array;
+export async function inflateGrain(input: Uint8Array, grainBytes: number, ctx: GrainContext): Promise<Uint8Array> {
   try {
-    out = zlib.inflateSync(input, { maxOutputLength: grainBytes, chunkSize: Math.max(1024, grainBytes) });
+    return await codecs.inflate(input, grainBytes);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    const why = code === 'ERR_BUFFER_TOO_LARGE' ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${(e as Error).message})`;
+    if (code === CODEC_UNAVAILABLE) throw unsupported('vmdk', ctx.file, `compressed grain at ${hex(ctx.hostOffset)}: ${(e as Error).message}; install other codecs with setVmdkCodecs()`, { field: 'compressAlgorithm', cause: e });
+    const why = code === TOO_LARGE ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${(e as Error).message})`;
     throw corrupt('vmdk', ctx.file, `compressed grain at ${hex(ctx.hostOffset)} ${why}`, { field: 'compressed grain', offset: ctx.hostOffset, cause: e });
   }
-  return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
 /** Compresses one grain as a zlib stream. */
-export function deflateGrain(data: Uint8Array, level = DEFLATE_LEVEL): Uint8Array {
-  const out = zlib.deflateSync(data, { level });
-  return new Uint8Array(out.buffer, out.byteOffset, out.length);
-}
-
-/**
- * Compressing many grains off the main thread, so that writing a
- * streamOptimized image uses every core while the main thread reads and
- * writes. A small pool of worker threads (one per core beyond the first, at
- * least one, at most 3), created on first use and unref'd while idle (they
- * never keep a process alive); where workers cannot start, grains are
- * compressed here. The workers run the same zlib at the same level, so the
- * bytes are the same either way.
- */
-const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
-const zlib = require('node:zlib');
-parentPort.on('message', ({ id, input, grainBytes, level }) => {
-  const data = new Uint8Array(input);
-  const parts = [];
-  const sizes = [];
-  let total = 0;
-  for (let at = 0; at < data.length; at += grainBytes) {
-    const out = zlib.deflateSync(data.subarray(at, Math.min(data.length, at + grainBytes)), { level });
-    parts.push(out);
-    sizes.push(out.length);
-    total += out.length;
-  }
-  const packed = new Uint8Array(total);
-  let pos = 0;
-  for (const p of parts) { packed.set(p, pos); pos += p.length; }
-  parentPort.postMessage({ id, packed: packed.buffer, sizes }, [packed.buffer]);
-});
-`;
-
-interface PoolWorker {
-  worker: import('node:worker_threads').Worker;
-  busy: number;
-}
-
-let pool: PoolWorker[] | undefined | null;
-let nextId = 0;
-const waiting = new Map<number, { resolve: (v: Uint8Array[]) => void; reject: (e: unknown) => void; owner: PoolWorker }>();
-
-async function getPool(): Promise<PoolWorker[] | null> {
-  if (pool !== undefined) return pool;
-  try {
-    const [{ Worker }, { availableParallelism }] = await Promise.all([import('node:worker_threads'), import('node:os')]);
-    const count = Math.max(1, Math.min(3, availableParallelism() - 1));
-    pool = [];
-    for (let i = 0; i < count; i++) {
-      const worker = new Worker(WORKER_SOURCE, { eval: true });
-      const entry: PoolWorker = { worker, busy: 0 };
-      worker.on('message', (m: { id: number; packed: ArrayBuffer; sizes: number[] }) => {
-        const w = waiting.get(m.id);
-        if (!w) return;
-        waiting.delete(m.id);
-        if (--entry.busy === 0) worker.unref();
-        const packed = new Uint8Array(m.packed);
-        const out: Uint8Array[] = [];
-        let at = 0;
-        for (const n of m.sizes) {
-          out.push(packed.subarray(at, at + n));
-          at += n;
-        }
-        w.resolve(out);
-      });
-      worker.on('error', (e) => {
-        for (const [id, w] of waiting) {
-          if (w.owner !== entry) continue;
-          waiting.delete(id);
-          w.reject(e);
-        }
-        pool = pool?.filter((p) => p !== entry) ?? null;
-      });
-      worker.unref();
-      pool.push(entry);
-    }
-  } catch {
-    pool = null;
-  }
-  return pool;
+export async function deflateGrain(data: Uint8Array): Promise<Uint8Array> {
+  return codecs.deflate(data);
 }
 
 /**
  * Compresses `data` as consecutive grains of `grainBytes` (the last may be
- * shorter), each one zlib stream; on the worker pool when there is one.
+ * shorter), each one zlib stream: all at once where the codecs can (Node's
+ * worker pool), else grain by grain.
  */
-export async function deflateGrains(data: Uint8Array, grainBytes: number, level = DEFLATE_LEVEL): Promise<Uint8Array[]> {
-  const workers = data.length > grainBytes ? await getPool() : null;
-  if (!workers || workers.length === 0) {
-    const out: Uint8Array[] = [];
-    for (let at = 0; at < data.length; at += grainBytes) out.push(deflateGrain(data.subarray(at, Math.min(data.length, at + grainBytes)), level));
-    return out;
-  }
-  const owner = workers.reduce((a, b) => (b.busy < a.busy ? b : a));
-  const id = nextId++;
-  const input = data.slice().buffer;
-  return new Promise<Uint8Array[]>((resolve, reject) => {
-    waiting.set(id, { resolve, reject, owner });
-    if (owner.busy++ === 0) owner.worker.ref();
-    owner.worker.postMessage({ id, input, grainBytes, level }, [input]);
-  });
+export async function deflateGrains(data: Uint8Array, grainBytes: number): Promise<Uint8Array[]> {
+  const many = data.length > grainBytes ? await codecs.deflateGrains?.(data, grainBytes) : undefined;
+  if (many) return many;
+  const out: Uint8Array[] = [];
+  for (let at = 0; at < data.length; at += grainBytes) out.push(await codecs.deflate(data.subarray(at, Math.min(data.length, at + grainBytes))));
+  return out;
 }

@@ -9,20 +9,24 @@
 import { checkOptionKeys, invalidArg, optionHelp, type OptionTable, type Resolver, type Storage } from '@img/block';
 import { ENTRY_BYTES, serializeEntries } from './grain-table.js';
 import { AppendWriter } from './append-writer.js';
-import { serializeDescriptor, type VmdkDescriptor } from './descriptor.js';
+import { MAX_EXTENTS, serializeDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { GrainMap } from './grain-map.js';
-import { FORMAT, VmdkImage } from './image.js';
+import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
 import { ADAPTER_TYPES, DEFAULT_HW_VERSION, DEFAULT_TOOLS_VERSION, newDescriptor, type AdapterType } from './new-descriptor.js';
 import { FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, FLAG_ZEROED_GRAIN_GTE, COMPRESSION_NONE, NEWLINE_CHARS, SECTOR, serializeSparseHeader, type SparseHeader } from './sparse-header.js';
 import { STREAM_DESCRIPTOR_SECTORS, StreamLayout } from './stream-layout.js';
 
 /** The subformats createVmdk writes. */
-export const VMDK_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'streamOptimized'] as const;
+export const VMDK_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'streamOptimized', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'] as const;
 /** A subformat createVmdk writes. */
 export type VmdkSubformat = (typeof VMDK_SUBFORMATS)[number];
 /** Grain size of new sparse images: 128 sectors (64 KiB), as VMware and qemu write. */
 export const DEFAULT_GRAIN_SECTORS = 128;
+/** Guest bytes per extent file of a twoGbMaxExtent* image: 2 GiB, as qemu-img and VMware split. */
+export const SPLIT_EXTENT_BYTES = 2 ** 31;
+/** Sectors of the descriptor area of a new sparse extent (qemu-img's 20). */
+const DESCRIPTOR_SECTORS = 20;
 /** Largest virtual size of a hosted sparse extent: 2 TiB - 64 KiB... as qemu, capacity must fit 32-bit GTE addressing. */
 export const MAX_SPARSE_SIZE = 2 ** 41;
 
@@ -63,7 +67,7 @@ function parseAdapter(text: string, name: string): AdapterType {
 /** The `-o` options of `img create -f vmdk` and `img-convert ... vmdk`, in qemu-img's names. */
 export const VMDK_CREATE_OPTIONS: OptionTable = [
   { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
-  { key: 'subformat', name: 'subformat', kind: 'str', help: 'VMDK subformat: monolithicSparse (default), monolithicFlat, streamOptimized', parse: parseSubformat },
+  { key: 'subformat', name: 'subformat', kind: 'str', help: 'VMDK subformat: monolithicSparse (default), monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized', parse: parseSubformat },
   { key: 'adapterType', name: 'adapter_type', kind: 'str', help: 'Virtual adapter type: ide (default), lsilogic, buslogic, legacyESX, pvscsi', parse: parseAdapter },
   { key: 'hwVersion', name: 'hwversion', kind: 'str', help: 'VMDK hardware version (ddb.virtualHWVersion, default 4)' },
   { key: 'toolsVersion', name: 'toolsversion', kind: 'str', help: 'VMware guest tools version (ddb.toolsVersion)' },
@@ -107,6 +111,32 @@ export function flatExtentName(descriptorName: string): string {
 }
 
 /**
+ * The name of extent `index` (from 1) of a twoGbMaxExtent* image whose
+ * descriptor is `descriptorName`, as qemu-img names them: "disk.vmdk" ->
+ * "disk-s001.vmdk" (sparse) or "disk-f001.vmdk" (flat), beside the
+ * descriptor.
+ */
+export function splitExtentName(descriptorName: string, flat: boolean, index: number): string {
+  const base = baseName(descriptorName);
+  const dot = base.lastIndexOf('.');
+  const stem = dot > 0 ? base.slice(0, dot) : base;
+  const ext = dot > 0 ? base.slice(dot) : '';
+  return `${stem}-${flat ? 'f' : 's'}${String(index).padStart(3, '0')}${ext}`;
+}
+
+/** The extent lines of a twoGbMaxExtent* image of `sectors` sectors. */
+function splitExtents(descriptorName: string, sectors: number, flat: boolean): DescriptorExtent[] {
+  const per = SPLIT_EXTENT_BYTES / SECTOR;
+  const out: DescriptorExtent[] = [];
+  for (let at = 0, i = 1; at < sectors; at += per, i++) {
+    const n = Math.min(per, sectors - at);
+    const fileName = splitExtentName(descriptorName, flat, i);
+    out.push(flat ? { access: 'RW', sectors: n, type: 'FLAT', fileName, offset: 0 } : { access: 'RW', sectors: n, type: 'SPARSE', fileName });
+  }
+  return out;
+}
+
+/**
  * Creates an empty VMDK in `storage` and opens it read-write.
  *
  * @example
@@ -123,7 +153,14 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
   parseSubformat(subformat, 'subformat');
   const adapterType = parseAdapter(options.adapterType ?? (subformat === 'streamOptimized' ? 'lsilogic' : 'ide'), 'adapter_type');
   const sectors = Math.ceil(size / SECTOR);
-  if (subformat !== 'monolithicFlat' && sectors * SECTOR > MAX_SPARSE_SIZE) {
+  const split = subformat === 'twoGbMaxExtentSparse' || subformat === 'twoGbMaxExtentFlat';
+  const flat = subformat === 'monolithicFlat' || subformat === 'twoGbMaxExtentFlat';
+  if (split && Math.ceil((sectors * SECTOR) / SPLIT_EXTENT_BYTES) > MAX_EXTENTS) {
+    throw invalidArg(FORMAT, `a ${subformat} image holds at most ${MAX_EXTENTS} extents of 2 GiB (got ${size} bytes)`, { field: 'size', actual: size });
+  }
+  if (flat && options.zeroedGrain) throw invalidArg(FORMAT, `a ${subformat} image has no grains: zeroed_grain does not apply`, { field: 'zeroed_grain' });
+  if (/["\u0000-\u001f]/.test(baseName(storage.name))) throw invalidArg(FORMAT, `the image name "${baseName(storage.name)}" cannot be written in a descriptor (a quote or control character)`, { field: 'file' });
+  if (!split && subformat !== 'monolithicFlat' && sectors * SECTOR > MAX_SPARSE_SIZE) {
     throw invalidArg(FORMAT, `a sparse VMDK holds at most ${MAX_SPARSE_SIZE} bytes (got ${size})`, { field: 'size', actual: size });
   }
   const spec = {
@@ -134,8 +171,14 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
     hwVersion: options.hwVersion ?? DEFAULT_HW_VERSION,
     toolsVersion: options.toolsVersion ?? DEFAULT_TOOLS_VERSION,
   };
-  if (options.parent && subformat !== 'monolithicSparse') throw invalidArg(FORMAT, `a parent needs subformat monolithicSparse, not ${subformat}`, { field: 'backing_file' });
+  if (options.parent && subformat !== 'monolithicSparse' && subformat !== 'twoGbMaxExtentSparse') {
+    throw invalidArg(FORMAT, `a parent needs subformat monolithicSparse or twoGbMaxExtentSparse, not ${subformat}`, { field: 'backing_file' });
+  }
   const descriptor = newDescriptor({ ...spec, ...(options.parent ? { parent: { cid: options.parent.disk.cid, fileName: options.parent.fileName } } : {}) });
+  if (split) {
+    descriptor.extents = splitExtents(storage.name, sectors, flat);
+    return createSplit(storage, descriptor, flat, options.zeroedGrain ?? false, options.resolver, options.parent);
+  }
   if (subformat === 'monolithicFlat') return createFlat(storage, descriptor, sectors, options.resolver);
   if (subformat === 'streamOptimized') return createStream(storage, descriptor, sectors);
   return createSparse(storage, descriptor, sectors, options.zeroedGrain ?? false, options.parent);
@@ -168,14 +211,19 @@ async function createFlat(storage: Storage, descriptor: VmdkDescriptor, sectors:
   return new VmdkDisk(core);
 }
 
-/** Lays out an empty monolithicSparse extent as qemu-img does and returns its grain map. */
-async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sectors: number, zeroedGrain: boolean, parent?: { disk: VmdkDisk; fileName: string }): Promise<VmdkDisk> {
+/**
+ * Lays out an empty hosted sparse extent in `storage` as qemu-img does
+ * (header, 20-sector descriptor area holding `descriptorText` or zeros,
+ * redundant directory and tables, directory and tables, first grain on a
+ * grain boundary) and returns its grain map.
+ */
+async function layoutSparseExtent(storage: Storage, sectors: number, zeroedGrain: boolean, descriptorText: Uint8Array | undefined): Promise<GrainMap> {
   const grainSize = DEFAULT_GRAIN_SECTORS;
   const gtes = 512;
   const tables = Math.ceil(sectors / (grainSize * gtes));
   const gdSectors = Math.ceil((tables * ENTRY_BYTES) / SECTOR);
   const gtSectors = (gtes * ENTRY_BYTES) / SECTOR;
-  const descSectors = 20;
+  const descSectors = DESCRIPTOR_SECTORS;
   const rgdOffset = 1 + descSectors;
   const gdOffset = rgdOffset + gdSectors + tables * gtSectors;
   const overHead = Math.ceil((gdOffset + gdSectors + tables * gtSectors) / grainSize) * grainSize;
@@ -194,8 +242,6 @@ async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sector
     newlineChars: [...NEWLINE_CHARS],
     compressAlgorithm: COMPRESSION_NONE,
   };
-  const text = new TextEncoder().encode(serializeDescriptor(descriptor));
-  if (text.length > descSectors * SECTOR) throw invalidArg(FORMAT, 'the descriptor does not fit in 20 sectors', { field: 'descriptor' });
   const rgd = new Uint32Array(tables);
   const gd = new Uint32Array(tables);
   for (let t = 0; t < tables; t++) {
@@ -205,13 +251,13 @@ async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sector
   await storage.truncate(0);
   const head = new Uint8Array(SECTOR * (1 + descSectors));
   head.set(serializeSparseHeader(header), 0);
-  head.set(text, SECTOR);
+  if (descriptorText) head.set(descriptorText, SECTOR);
   await storage.write(0, head);
   await storage.write(rgdOffset * SECTOR, serializeEntries(rgd, gdSectors * SECTOR));
   await storage.write(gdOffset * SECTOR, serializeEntries(gd, gdSectors * SECTOR));
   // The tables are zeros: growing the file to the first grain makes them so.
   await storage.truncate(overHead * SECTOR);
-  const map = new GrainMap({
+  return new GrainMap({
     storage,
     header,
     gd,
@@ -226,14 +272,69 @@ async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sector
     ],
     fileSize: overHead * SECTOR,
   });
+}
+
+/** A monolithicSparse image: one sparse extent with the descriptor embedded. */
+async function createSparse(storage: Storage, descriptor: VmdkDescriptor, sectors: number, zeroedGrain: boolean, parent?: { disk: VmdkDisk; fileName: string }): Promise<VmdkDisk> {
+  const text = new TextEncoder().encode(serializeDescriptor(descriptor));
+  if (text.length > DESCRIPTOR_SECTORS * SECTOR) throw invalidArg(FORMAT, 'the descriptor does not fit in 20 sectors', { field: 'descriptor' });
+  const map = await layoutSparseExtent(storage, sectors, zeroedGrain, text);
   const core = new VmdkImage({
     storage,
     descriptor,
-    home: { storage, offset: SECTOR, capacity: descSectors * SECTOR },
+    home: { storage, offset: SECTOR, capacity: DESCRIPTOR_SECTORS * SECTOR },
     createType: 'monolithicSparse',
     extents: [{ kind: 'sparse', type: 'SPARSE', start: 0, length: sectors * SECTOR, storage, map }],
     readOnly: false,
     owned: [],
+    ...(parent ? { parent: parent.disk, parentName: parent.fileName } : {}),
+  });
+  core.cidUpdated = true;
+  return new VmdkDisk(core);
+}
+
+/**
+ * A twoGbMaxExtentSparse or twoGbMaxExtentFlat image: the descriptor in
+ * `storage`, and one extent file per 2 GiB of guest bytes beside it
+ * (`<name>-s001.vmdk`, `<name>-f001.vmdk`, ...), each created through the
+ * resolver (fileResolver creates exclusively: an existing file, an input
+ * included, is never overwritten). The descriptor is written last, so a
+ * failure leaves no descriptor naming missing extents.
+ */
+async function createSplit(storage: Storage, descriptor: VmdkDescriptor, flat: boolean, zeroedGrain: boolean, resolver: Resolver | undefined, parent?: { disk: VmdkDisk; fileName: string }): Promise<VmdkDisk> {
+  if (!resolver) throw invalidArg(FORMAT, `a ${flat ? 'twoGbMaxExtentFlat' : 'twoGbMaxExtentSparse'} image needs a resolver to create its extent files`, { field: 'resolver' });
+  const extents: VmdkExtent[] = [];
+  const owned: Storage[] = [];
+  try {
+    let start = 0;
+    for (const line of descriptor.extents) {
+      const file = await resolver({ name: line.fileName!, kind: 'data-file', from: storage, writable: true, create: true });
+      owned.push(file);
+      const length = line.sectors * SECTOR;
+      if (flat) {
+        await file.truncate(length);
+        extents.push({ kind: 'flat', type: 'FLAT', fileName: line.fileName!, start, length, storage: file, fileOffset: 0 });
+      } else {
+        const map = await layoutSparseExtent(file, line.sectors, zeroedGrain, undefined);
+        extents.push({ kind: 'sparse', type: 'SPARSE', fileName: line.fileName!, start, length, storage: file, map });
+      }
+      start += length;
+    }
+    await storage.truncate(0);
+    await storage.write(0, new TextEncoder().encode(serializeDescriptor(descriptor)));
+  } catch (e) {
+    for (const s of owned) await s.close().catch(() => undefined);
+    throw e;
+  }
+  const core = new VmdkImage({
+    storage,
+    descriptor,
+    home: { storage, offset: 0 },
+    createType: flat ? 'twoGbMaxExtentFlat' : 'twoGbMaxExtentSparse',
+    extents,
+    readOnly: false,
+    owned,
+    resolver,
     ...(parent ? { parent: parent.disk, parentName: parent.fileName } : {}),
   });
   core.cidUpdated = true;

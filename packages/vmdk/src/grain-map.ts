@@ -7,11 +7,12 @@
  */
 import { corrupt, hex, type Storage } from '@img/block';
 import { ENTRY_BYTES, GTE_UNALLOCATED, GTE_ZEROED, parseEntries } from './grain-table.js';
+import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js';
 import { FLAG_COMPRESSED, FLAG_MARKERS, FLAG_REDUNDANT_GRAIN_TABLE, FLAG_ZEROED_GRAIN_GTE, SECTOR, type SparseHeader } from './sparse-header.js';
 
 const FORMAT = 'vmdk';
-/** Grain tables kept in memory per extent (2 KiB each with 512 GTEs: 8 MiB). */
-const GT_CACHE_TABLES = 4096;
+/** Bytes of grain tables kept in memory per extent (4096 tables of 512 GTEs, 256 seSparse tables). */
+const GT_CACHE_BYTES = 8 << 20;
 
 /** A byte range of the file that holds metadata, for overlap checks and messages. */
 export interface Region {
@@ -19,6 +20,14 @@ export interface Region {
   end: number;
   what: string;
 }
+
+/**
+ * How the extent's tables are laid out: `hosted` (KDMV: u32 sector GTEs,
+ * 1 = zeroed grain with the header flag), `cowd` (ESX vmfsSparse: u32
+ * sector GTEs, 4096 per table, no zeroed grains) or `sesparse` (ESXi
+ * seSparse: typed u64 GTEs naming a cluster index in the grain area).
+ */
+export type GrainMapLayout = 'hosted' | 'cowd' | 'sesparse';
 
 /** What one grain of the extent is. */
 export type GrainEntry =
@@ -50,14 +59,23 @@ export class GrainMap {
   readonly regions: Region[];
   /** Size of the file when opened, or as the allocator grew it. */
   fileSize: number;
-  #tables = new Map<number, Uint32Array>();
+  /** The table layout (hosted sparse unless a COWD or seSparse extent). */
+  readonly layout: GrainMapLayout;
+  /** Bytes of one grain table entry: 4, or 8 for seSparse. */
+  readonly entryBytes: number;
+  /** seSparse: the sector where the grain area starts (cluster index 0). */
+  readonly grainsSector: number;
+  #tables = new Map<number, Uint32Array | Float64Array>();
 
-  constructor(init: { storage: Storage; header: SparseHeader; gd: Uint32Array; rgd?: Uint32Array; gdOffset: number; rgdOffset: number; regions: Region[]; fileSize: number }) {
+  constructor(init: { storage: Storage; header: SparseHeader; gd: Uint32Array; rgd?: Uint32Array; gdOffset: number; rgdOffset: number; regions: Region[]; fileSize: number; layout?: GrainMapLayout; grainsSector?: number }) {
     this.storage = init.storage;
     this.header = init.header;
+    this.layout = init.layout ?? 'hosted';
+    this.entryBytes = this.layout === 'sesparse' ? 8 : ENTRY_BYTES;
+    this.grainsSector = init.grainsSector ?? 0;
     this.grainBytes = init.header.grainSize * SECTOR;
     this.tableSpan = this.grainBytes * init.header.numGTEsPerGT;
-    this.tableBytes = Math.ceil((init.header.numGTEsPerGT * ENTRY_BYTES) / SECTOR) * SECTOR;
+    this.tableBytes = Math.ceil((init.header.numGTEsPerGT * this.entryBytes) / SECTOR) * SECTOR;
     this.gd = init.gd;
     this.rgd = init.rgd;
     this.gdOffset = init.gdOffset;
@@ -100,7 +118,7 @@ export class GrainMap {
       throw corrupt(FORMAT, this.storage.name, `${field} points to a grain table at ${hex(at)}, past the end of the file (${hex(this.fileSize)})`, { field, offset: at });
     }
     const hit = this.overlap(at, at + this.tableBytes);
-    if (hit && !hit.what.startsWith('grain directory') && !hit.what.startsWith('redundant grain directory')) {
+    if (hit && !hit.what.startsWith('grain directory') && !hit.what.startsWith('redundant grain directory') && hit.what !== 'grain tables') {
       throw corrupt(FORMAT, this.storage.name, `${field} points to a grain table at ${hex(at)}, inside the ${hit.what} (${hex(hit.start)}..${hex(hit.end)})`, { field, offset: at });
     }
   }
@@ -111,23 +129,23 @@ export class GrainMap {
    * directory whose entries all name one table (a hostile image) costs one
    * read, not one per entry.
    */
-  async table(index: number): Promise<Uint32Array | undefined> {
+  async table(index: number): Promise<Uint32Array | Float64Array | undefined> {
     const sector = this.gd[index] ?? GTE_UNALLOCATED;
     if (sector === GTE_UNALLOCATED) return undefined;
     const cached = this.#tables.get(sector);
     if (cached) return cached;
     this.checkTableOffset(sector, index, 'grain directory');
-    const bytes = await this.storage.read(sector * SECTOR, this.header.numGTEsPerGT * ENTRY_BYTES);
+    const bytes = await this.storage.read(sector * SECTOR, this.header.numGTEsPerGT * this.entryBytes);
     const newer = this.#tables.get(sector);
     if (newer) return newer;
-    const t = parseEntries(bytes, this.header.numGTEsPerGT);
+    const t = this.layout === 'sesparse' ? parseSeSparseEntries(bytes, this.header.numGTEsPerGT) : parseEntries(bytes, this.header.numGTEsPerGT);
     this.cacheTable(index, t);
     return t;
   }
 
   /** Replaces the cached copy of table `index` (after the allocator wrote it). */
-  cacheTable(index: number, table: Uint32Array): void {
-    if (this.#tables.size >= GT_CACHE_TABLES) this.#tables.clear();
+  cacheTable(index: number, table: Uint32Array | Float64Array): void {
+    if (this.#tables.size >= Math.max(16, Math.floor(GT_CACHE_BYTES / this.tableBytes))) this.#tables.clear();
     this.#tables.set(this.gd[index]!, table);
   }
 
@@ -147,10 +165,18 @@ export class GrainMap {
   /** Decodes a GTE of grain `grain`. */
   decode(gte: number, grain: number): GrainEntry {
     if (gte === GTE_UNALLOCATED) return { kind: 'unallocated' };
-    if (gte === GTE_ZEROED && this.zeroedGrains) return { kind: 'zeroed' };
-    const at = gte * SECTOR;
     const field = `grain table entry for grain ${grain}`;
-    if (at >= this.fileSize) {
+    let at: number;
+    if (this.layout === 'sesparse') {
+      if (gte === SE_ZERO) return { kind: 'zeroed' };
+      if (gte === SE_INVALID) throw corrupt(FORMAT, this.storage.name, `${field} has an unknown type (seSparse entries are 0, 1, 2 or 3 in the top nibble)`, { field });
+      // gte is the cluster index + 1: the grain lies that many grains (less one) into the grain area.
+      at = (this.grainsSector + (gte - 1) * this.header.grainSize) * SECTOR;
+    } else {
+      if (gte === GTE_ZEROED && this.zeroedGrains) return { kind: 'zeroed' };
+      at = gte * SECTOR;
+    }
+    if (!Number.isSafeInteger(at) || at >= this.fileSize) {
       throw corrupt(FORMAT, this.storage.name, `${field} points to ${hex(at)}, past the end of the file (${hex(this.fileSize)})`, { field, offset: at });
     }
     const span = this.compressed ? SECTOR : this.grainBytes;

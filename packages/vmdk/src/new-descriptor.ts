@@ -27,7 +27,7 @@ export function newCid(): number {
 
 /** What a new descriptor says. */
 export interface NewDescriptorSpec {
-  createType: 'monolithicSparse' | 'monolithicFlat' | 'streamOptimized';
+  createType: 'monolithicSparse' | 'monolithicFlat' | 'streamOptimized' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat';
   /** Virtual size in sectors. */
   sectors: number;
   /** The extent's file name as the descriptor names it. */

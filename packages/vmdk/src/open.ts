@@ -5,15 +5,17 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { corrupt, hex, invalidArg, readU32Be, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { corrupt, hex, invalidArg, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
 import { SECTOR, SPARSE_MAGIC, hasSparseMagic } from './sparse-header.js';
 import { openSparseExtent } from './sparse-extent.js';
+import { hasCowdMagic } from './cowd-header.js';
+import { openCowdExtent } from './cowd-extent.js';
+import { openSeSparseExtent } from './sesparse-extent.js';
+import type { GrainMap } from './grain-map.js';
 
-/** 'COWD' (ESXi vmfsSparse, VMDK version 3 of the old format), read as big-endian as qemu does. */
-const COWD_MAGIC = 0x434f5744;
 /** Default deepest parent chain. */
 const DEFAULT_MAX_CHAIN = 64;
 
@@ -73,7 +75,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
       if (h.version === 3) throw unsupported(FORMAT, file, 'a version 3 hosted sparse extent can only be opened read-only (as qemu)', { field: 'version', offset: 4 });
     }
   } else {
-    if (readU32Be(head, 0) === COWD_MAGIC) throw unsupported(FORMAT, file, 'vmfsSparse (COWD) extents are not supported yet', { field: 'magic', offset: 0 });
+    if (hasCowdMagic(head)) throw unsupported(FORMAT, file, 'a COWD extent opened on its own: open the vmfsSparse descriptor that names it (it holds the size, the CID and the parent)', { field: 'magic', offset: 0 });
     const text = decodeDescriptorBytes(await storage.read(0, Math.min(fileSize, MAX_DESCRIPTOR_BYTES)));
     if (!looksLikeDescriptor(text)) throw wrongFormat(FORMAT, file);
     descriptor = parseDescriptor(text, file);
@@ -114,19 +116,31 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       start += length;
       continue;
     }
-    if (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE') {
-      throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which is not supported yet`, { field: `extent ${i + 1}`, actual: line.type });
+    if (!readOnly && (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE')) {
+      throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which can only be opened read-only`, { field: `extent ${i + 1}`, actual: line.type });
     }
     const extentStorage = await resolveExtent(storage, line, i, options, readOnly);
     owned.push(extentStorage);
     const size = await extentStorage.size();
-    if (line.type === 'SPARSE') {
+    if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
+      // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
+      let map: GrainMap;
+      if (line.type === 'SESPARSE') map = await openSeSparseExtent(extentStorage);
+      else {
+        if (!readOnly) throw unsupported(FORMAT, file, `extent ${i + 1} is a COWD extent, which can only be opened read-only`, { field: `extent ${i + 1}` });
+        map = await openCowdExtent(extentStorage);
+      }
+      out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
+      start += map.capacityBytes;
+      continue;
+    }
+    if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
       const head = await extentStorage.read(0, Math.min(size, SECTOR));
-      if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a hosted sparse extent (no KDMV magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
+      if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
       const opened = await openSparseExtent(extentStorage, head);
       if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
       // As qemu: the extent's own header decides its size.
-      out.push({ kind: 'sparse', type: 'SPARSE', fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
+      out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
       start += opened.map.capacityBytes;
       continue;
     }

@@ -1,19 +1,19 @@
 /**
- * The `.mf` manifest of an OVA: lines `SHA256(name)= hex` (or SHA1),
+ * The `.mf` manifest of an OVA: lines `SHA256(name)= hex` (or SHA1, SHA512),
  * checked against the members' bytes, read in bounded chunks.
  */
 import { corrupt, unsafe, type Storage } from '@img/block';
 import type { TarMember } from './ova.js';
-import { newHasher } from './sha.js';
+import { newHasher, type ManifestAlgorithm } from './sha.js';
 
 /** One manifest line. */
 export interface ManifestEntry {
-  algorithm: 'sha1' | 'sha256';
+  algorithm: ManifestAlgorithm;
   name: string;
   digest: string;
 }
 
-const HEX_LENGTH = { sha1: 40, sha256: 64 } as const;
+const HEX_LENGTH = { sha1: 40, sha256: 64, sha512: 128 } as const;
 const CHUNK = 1 << 20;
 
 /** Parses manifest text; a line that is not `ALG(name)= hex` is ERR_IMG_CORRUPT. */
@@ -22,7 +22,7 @@ export function parseManifest(text: string, file: string): ManifestEntry[] {
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = raw.trim();
     if (line === '') continue;
-    const m = /^(SHA1|SHA256)\((.+)\)\s*=\s*([0-9a-fA-F]+)$/.exec(line);
+    const m = /^(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)$/.exec(line);
     const algorithm = m?.[1]!.toLowerCase() as ManifestEntry['algorithm'] | undefined;
     if (!m || !algorithm || m[3]!.length !== HEX_LENGTH[algorithm]) throw corrupt('ova', file, `manifest line ${i + 1} is not "SHA256(name)= hex"`, { field: `line ${i + 1}`, actual: line.slice(0, 200) });
     out.push({ algorithm, name: m[2]!, digest: m[3]!.toLowerCase() });

@@ -149,10 +149,10 @@ it('parses OVF units and refuses entities it does not know', () => {
   expect(() => parseOvf('<a>'.repeat(100) + '</a>'.repeat(100), 'x')).toThrow(/deeper/);
 });
 
-it('hashes SHA-256 and SHA-1 as node:crypto does, in pieces of any length', () => {
-  for (const len of [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, 100_000]) {
+it('hashes SHA-256, SHA-512 and SHA-1 as node:crypto does, in pieces of any length', () => {
+  for (const len of [0, 1, 55, 56, 63, 64, 65, 111, 112, 119, 120, 127, 128, 129, 239, 240, 1000, 100_000]) {
     const data = seededBytes(len, len + 7);
-    for (const alg of ['sha256', 'sha1'] as const) {
+    for (const alg of ['sha256', 'sha512', 'sha1'] as const) {
       const h = newHasher(alg);
       for (let p = 0; p < len; p += 37) h.update(data.subarray(p, Math.min(len, p + 37)));
       expect(h.hex()).toBe(createHash(alg).update(data).digest('hex'));

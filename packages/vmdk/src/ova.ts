@@ -63,7 +63,8 @@ export function confinePath(name: string, file: string, offset: number): string 
   return clean;
 }
 
-function parsePax(body: Uint8Array, file: string, offset: number): Map<string, string> {
+/** The records of a pax extended header body ('x'): key -> value. */
+export function parsePax(body: Uint8Array, file: string, offset: number): Map<string, string> {
   const out = new Map<string, string>();
   let p = 0;
   while (p < body.length) {
@@ -81,6 +82,51 @@ function parsePax(body: Uint8Array, file: string, offset: number): Map<string, s
     p += len;
   }
   return out;
+}
+
+/** What one tar header block says: the type flag, the size field, the name (with the ustar prefix) and the magic. */
+export interface TarHeader {
+  type: string;
+  size: number;
+  name: string;
+  magic: string;
+}
+
+/**
+ * Parses one 512-byte tar header at `pos` (for messages): a bad checksum
+ * or a header that is not ustar is an ImageError. The caller applies pax
+ * and GNU long-name records and confines the name.
+ */
+export function parseTarHeader(block: Uint8Array, file: string, pos: number): TarHeader {
+  const stored = octal(block, 148, 8, file, pos, 'chksum');
+  if (!checksumOk(block, stored)) throw corrupt('ova', file, `the tar header at ${hex(pos)} has a bad checksum (is this a tar file?)`, { field: 'chksum', offset: pos + 148 });
+  const magic = text(block, 257, 6);
+  if (magic !== 'ustar' && magic !== 'ustar ') throw unsupported('ova', file, `the tar header at ${hex(pos)} is not ustar (magic "${magic}")`, { field: 'magic', offset: pos + 257, actual: magic });
+  let name = text(block, 0, 100);
+  const prefix = text(block, 345, 155);
+  if (magic === 'ustar' && prefix) name = `${prefix}/${name}`;
+  return { type: String.fromCharCode(block[156]!), size: octal(block, 124, 12, file, pos, 'size'), name, magic };
+}
+
+/** Largest pax or GNU long-name header body read. */
+export const MAX_TAR_EXTENDED_HEADER = MAX_EXTENDED_HEADER;
+
+/** The member's name and size after the pax (`path`, `size`) and GNU long-name records before it. */
+export function applyExtended(header: TarHeader, pax: Map<string, string> | undefined, longName: string | undefined, file: string, pos: number): { name: string; size: number } {
+  let { name, size } = header;
+  if (longName !== undefined) name = longName;
+  if (pax?.has('path')) name = pax.get('path')!;
+  if (pax?.has('size')) {
+    const s = pax.get('size')!;
+    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw corrupt('ova', file, `the pax size of the member at ${hex(pos)} is not a number ("${s}")`, { field: 'size', offset: pos, actual: s });
+    size = Number(s);
+  }
+  return { name, size };
+}
+
+/** The GNU long name ('L') in a header body. */
+export function longNameOf(body: Uint8Array): string {
+  return text(body, 0, body.length);
 }
 
 /**
@@ -104,12 +150,9 @@ export async function readTar(storage: Storage): Promise<TarMember[]> {
     const block = await storage.read(pos, BLOCK);
     if (block.every((b) => b === 0)) break;
     if (++headers > MAX_TAR_MEMBERS * 2) throw unsupported('ova', file, `the tar holds more than ${MAX_TAR_MEMBERS} members`, { field: 'members' });
-    const stored = octal(block, 148, 8, file, pos, 'chksum');
-    if (!checksumOk(block, stored)) throw corrupt('ova', file, `the tar header at ${hex(pos)} has a bad checksum (is this a tar file?)`, { field: 'chksum', offset: pos + 148 });
-    const magic = text(block, 257, 6);
-    if (magic !== 'ustar' && magic !== 'ustar ') throw unsupported('ova', file, `the tar header at ${hex(pos)} is not ustar (magic "${magic}")`, { field: 'magic', offset: pos + 257, actual: magic });
-    const type = String.fromCharCode(block[156]!);
-    let size = octal(block, 124, 12, file, pos, 'size');
+    const header = parseTarHeader(block, file, pos);
+    const type = header.type;
+    let size = header.size;
     const dataAt = pos + BLOCK;
     if (type === 'x' || type === 'g' || type === 'L') {
       if (size > MAX_EXTENDED_HEADER) throw unsupported('ova', file, `the extended tar header at ${hex(pos)} holds ${size} bytes (at most ${MAX_EXTENDED_HEADER})`, { field: 'size', offset: pos + 124, actual: size });
@@ -120,16 +163,9 @@ export async function readTar(storage: Storage): Promise<TarMember[]> {
       pos = dataAt + Math.ceil(size / BLOCK) * BLOCK;
       continue;
     }
-    let name = text(block, 0, 100);
-    const prefix = text(block, 345, 155);
-    if (magic === 'ustar' && prefix) name = `${prefix}/${name}`;
-    if (longName !== undefined) name = longName;
-    if (pax?.has('path')) name = pax.get('path')!;
-    if (pax?.has('size')) {
-      const s = pax.get('size')!;
-      if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw corrupt('ova', file, `the pax size of the member at ${hex(pos)} is not a number ("${s}")`, { field: 'size', offset: pos, actual: s });
-      size = Number(s);
-    }
+    const resolved = applyExtended(header, pax, longName, file, pos);
+    const name = resolved.name;
+    size = resolved.size;
     pax = undefined;
     longName = undefined;
     const isFile = type === '0' || type === '\0' || type === '7';

@@ -85,7 +85,7 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
       const first = Math.min(compressed, SECTOR - GRAIN_MARKER_HEADER);
       data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
       data.set(rest.subarray(0, compressed - first), first);
-      const grain = inflateGrain(data, grainBytes, { file: NAME, hostOffset: at });
+      const grain = await inflateGrain(data, grainBytes, { file: NAME, hostOffset: at });
       const length = Math.min(grainBytes, size - offset);
       const out = grain.length >= length ? grain.subarray(0, length) : padded(grain, length);
       yield { offset, data: out };

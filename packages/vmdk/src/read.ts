@@ -53,14 +53,31 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
   const map = e.map;
   const reads: Promise<void>[] = [];
   let done = 0;
+  // Runs of unallocated grains go to the parent as one read (small-grain deltas such as COWD's 512-byte grains).
+  let holeStart = -1;
+  const flushHole = (end: number): void => {
+    if (holeStart < 0) return;
+    const p = readBelow(core, guest + holeStart, out.subarray(holeStart, end));
+    p.catch(() => undefined); // judged below, with the others; handled now so that a later await cannot leave it unhandled
+    reads.push(p);
+    holeStart = -1;
+  };
   while (done < out.length) {
     const at = inExtent + done;
     const grain = Math.floor(at / map.grainBytes);
     const inGrain = at - grain * map.grainBytes;
     const n = Math.min(map.grainBytes - inGrain, out.length - done);
-    reads.push(readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n)));
+    if (!core.appendWriter && (await map.entry(grain)).kind === 'unallocated') {
+      if (holeStart < 0) holeStart = done;
+    } else {
+      flushHole(done);
+      const p = readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n));
+      p.catch(() => undefined);
+      reads.push(p);
+    }
     done += n;
   }
+  flushHole(done);
   const results = await Promise.allSettled(reads);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
@@ -102,9 +119,10 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
   const limit = maxCompressedBytes(map.grainBytes);
   let data: Uint8Array;
   if (map.markers) {
-    const head = await e.storage.read(hostOffset, GRAIN_MARKER_HEADER);
-    if (head.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
-    const marker = parseMarker(head, 0, file);
+    // One read for the marker and (usually) the whole compressed grain: a grain rarely compresses to more than itself.
+    const first = await e.storage.read(hostOffset, Math.min(GRAIN_MARKER_HEADER + map.grainBytes, Math.max(0, map.fileSize - hostOffset)));
+    if (first.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
+    const marker = parseMarker(first, 0, file);
     const lba = grain * map.header.grainSize;
     if (marker.size === 0 || marker.size > limit) {
       throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
@@ -115,11 +133,11 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
     if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
       throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
     }
-    data = await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
+    data = GRAIN_MARKER_HEADER + marker.size <= first.length ? first.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + marker.size) : await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
   } else {
     data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
   }
-  const inflated = inflateGrain(data, map.grainBytes, { file, hostOffset });
+  const inflated = await inflateGrain(data, map.grainBytes, { file, hostOffset });
   let grainBytes = inflated;
   if (inflated.length < map.grainBytes) {
     grainBytes = new Uint8Array(map.grainBytes);

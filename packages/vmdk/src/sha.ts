@@ -1,5 +1,5 @@
 /**
- * Incremental SHA-256 and SHA-1 (FIPS 180-4) for the OVA manifest check,
+ * Incremental SHA-256, SHA-512 and SHA-1 (FIPS 180-4) for OVA manifests,
  * written here so the package's core needs no Node API. Input is taken in
  * pieces of any length; memory use is one 64-byte block.
  */
@@ -18,32 +18,43 @@ const K256 = new Uint32Array([
 ]);
 
 abstract class BlockHash implements Hasher {
-  protected readonly block = new Uint8Array(64);
+  /** Bytes per block: 64 (SHA-1, SHA-256) or 128 (SHA-512). */
+  readonly #size: number;
+  protected readonly block: Uint8Array;
   #fill = 0;
   #length = 0;
   protected abstract compress(b: Uint8Array, at: number): void;
   protected abstract state(): Uint32Array;
 
+  constructor(blockSize = 64) {
+    this.#size = blockSize;
+    this.block = new Uint8Array(blockSize);
+  }
+
   update(data: Uint8Array): void {
+    const size = this.#size;
     this.#length += data.length;
     let p = 0;
     if (this.#fill > 0) {
-      const n = Math.min(64 - this.#fill, data.length);
+      const n = Math.min(size - this.#fill, data.length);
       this.block.set(data.subarray(0, n), this.#fill);
       this.#fill += n;
       p = n;
-      if (this.#fill < 64) return;
+      if (this.#fill < size) return;
       this.compress(this.block, 0);
       this.#fill = 0;
     }
-    for (; p + 64 <= data.length; p += 64) this.compress(data, p);
+    for (; p + size <= data.length; p += size) this.compress(data, p);
     this.block.set(data.subarray(p), 0);
     this.#fill = data.length - p;
   }
 
   hex(): string {
+    const size = this.#size;
     const bits = this.#length * 8;
-    const pad = new Uint8Array((this.#fill < 56 ? 64 : 128) - this.#fill);
+    // The length field is the block's last 8 bytes (SHA-512's is 16; its upper half stays zero below 2^64 bits).
+    const lengthBytes = size / 8;
+    const pad = new Uint8Array((this.#fill < size - lengthBytes ? size : 2 * size) - this.#fill);
     pad[0] = 0x80;
     const view = new DataView(pad.buffer);
     view.setUint32(pad.length - 8, Math.floor(bits / 2 ** 32));
@@ -140,7 +151,136 @@ class Sha1 extends BlockHash {
   }
 }
 
+/** floor(root(n * 2^(64 * degree))) for degree 2 or 3, by Newton's method on integers. */
+function integerRoot(n: bigint, degree: 2n | 3n): bigint {
+  let x = 1n << (degree === 2n ? 96n : 72n);
+  for (;;) {
+    const next = ((degree - 1n) * x + n / x ** (degree - 1n)) / degree;
+    if (next >= x) break;
+    x = next;
+  }
+  while (x ** degree > n) x--;
+  while ((x + 1n) ** degree <= n) x++;
+  return x;
+}
+
+/** The first 64 bits of the fractional parts of the square (degree 2) or cube (3) roots of the first `count` primes, as hi/lo words (FIPS 180-4 sections 4.2.3 and 5.3.5). */
+function rootConstants(count: number, degree: 2n | 3n): Uint32Array {
+  const out = new Uint32Array(count * 2);
+  const mask = (1n << 64n) - 1n;
+  for (let found = 0, p = 2; found < count; p++) {
+    let prime = true;
+    for (let d = 2; d * d <= p; d++) if (p % d === 0) prime = false;
+    if (!prime) continue;
+    const word = integerRoot(BigInt(p) << (64n * degree), degree) & mask;
+    out[2 * found] = Number(word >> 32n);
+    out[2 * found + 1] = Number(word & 0xffffffffn);
+    found++;
+  }
+  return out;
+}
+
+let K512: Uint32Array | undefined;
+
+/** SHA-512 on 32-bit word pairs (hi, lo): no BigInt per block. */
+class Sha512 extends BlockHash {
+  #h = rootConstants(8, 2n);
+  #w = new Int32Array(160);
+  readonly #k = (K512 ??= rootConstants(80, 3n));
+  constructor() {
+    super(128);
+  }
+  protected state(): Uint32Array {
+    return this.#h;
+  }
+  protected compress(b: Uint8Array, at: number): void {
+    const w = this.#w;
+    const k = this.#k;
+    for (let i = 0; i < 32; i++) w[i] = (b[at + 4 * i]! << 24) | (b[at + 4 * i + 1]! << 16) | (b[at + 4 * i + 2]! << 8) | b[at + 4 * i + 3]!;
+    for (let i = 16; i < 80; i++) {
+      // sigma0 = rotr1 ^ rotr8 ^ shr7 of w[i-15]; sigma1 = rotr19 ^ rotr61 ^ shr6 of w[i-2].
+      const xh = w[2 * (i - 15)]!;
+      const xl = w[2 * (i - 15) + 1]!;
+      const s0h = ((xh >>> 1) | (xl << 31)) ^ ((xh >>> 8) | (xl << 24)) ^ (xh >>> 7);
+      const s0l = ((xl >>> 1) | (xh << 31)) ^ ((xl >>> 8) | (xh << 24)) ^ ((xl >>> 7) | (xh << 25));
+      const yh = w[2 * (i - 2)]!;
+      const yl = w[2 * (i - 2) + 1]!;
+      const s1h = ((yh >>> 19) | (yl << 13)) ^ ((yl >>> 29) | (yh << 3)) ^ (yh >>> 6);
+      const s1l = ((yl >>> 19) | (yh << 13)) ^ ((yh >>> 29) | (yl << 3)) ^ ((yl >>> 6) | (yh << 26));
+      const lo = (s0l >>> 0) + (s1l >>> 0) + (w[2 * (i - 7) + 1]! >>> 0) + (w[2 * (i - 16) + 1]! >>> 0);
+      w[2 * i] = s0h + s1h + w[2 * (i - 7)]! + w[2 * (i - 16)]! + Math.floor(lo / 0x100000000);
+      w[2 * i + 1] = lo;
+    }
+    const h = this.#h;
+    let ah = h[0]! | 0,
+      al = h[1]! | 0,
+      bh = h[2]! | 0,
+      bl = h[3]! | 0,
+      ch = h[4]! | 0,
+      cl = h[5]! | 0,
+      dh = h[6]! | 0,
+      dl = h[7]! | 0;
+    let eh = h[8]! | 0,
+      el = h[9]! | 0,
+      fh = h[10]! | 0,
+      fl = h[11]! | 0,
+      gh = h[12]! | 0,
+      gl = h[13]! | 0,
+      hh = h[14]! | 0,
+      hl = h[15]! | 0;
+    for (let i = 0; i < 80; i++) {
+      // Sigma1(e) = rotr14 ^ rotr18 ^ rotr41; Ch(e, f, g); Sigma0(a) = rotr28 ^ rotr34 ^ rotr39; Maj(a, b, c).
+      const S1h = ((eh >>> 14) | (el << 18)) ^ ((eh >>> 18) | (el << 14)) ^ ((el >>> 9) | (eh << 23));
+      const S1l = ((el >>> 14) | (eh << 18)) ^ ((el >>> 18) | (eh << 14)) ^ ((eh >>> 9) | (el << 23));
+      const chh = (eh & fh) ^ (~eh & gh);
+      const chl = (el & fl) ^ (~el & gl);
+      const t1l = (hl >>> 0) + (S1l >>> 0) + (chl >>> 0) + k[2 * i + 1]! + (w[2 * i + 1]! >>> 0);
+      const t1h = hh + S1h + chh + k[2 * i]! + w[2 * i]! + Math.floor(t1l / 0x100000000);
+      const S0h = ((ah >>> 28) | (al << 4)) ^ ((al >>> 2) | (ah << 30)) ^ ((al >>> 7) | (ah << 25));
+      const S0l = ((al >>> 28) | (ah << 4)) ^ ((ah >>> 2) | (al << 30)) ^ ((ah >>> 7) | (al << 25));
+      const mh = (ah & bh) ^ (ah & ch) ^ (bh & ch);
+      const ml = (al & bl) ^ (al & cl) ^ (bl & cl);
+      const t2l = (S0l >>> 0) + (ml >>> 0);
+      const t2h = S0h + mh + Math.floor(t2l / 0x100000000);
+      hh = gh;
+      hl = gl;
+      gh = fh;
+      gl = fl;
+      fh = eh;
+      fl = el;
+      const el2 = (dl >>> 0) + (t1l >>> 0);
+      eh = (dh + (t1h | 0) + Math.floor(el2 / 0x100000000)) | 0;
+      el = el2 | 0;
+      dh = ch;
+      dl = cl;
+      ch = bh;
+      cl = bl;
+      bh = ah;
+      bl = al;
+      const al2 = (t1l >>> 0) + (t2l >>> 0);
+      ah = ((t1h | 0) + (t2h | 0) + Math.floor(al2 / 0x100000000)) | 0;
+      al = al2 | 0;
+    }
+    const add = (i: number, vh: number, vl: number) => {
+      const lo = h[i + 1]! + (vl >>> 0);
+      h[i] = h[i]! + vh + Math.floor(lo / 0x100000000);
+      h[i + 1] = lo;
+    };
+    add(0, ah, al);
+    add(2, bh, bl);
+    add(4, ch, cl);
+    add(6, dh, dl);
+    add(8, eh, el);
+    add(10, fh, fl);
+    add(12, gh, gl);
+    add(14, hh, hl);
+  }
+}
+
+/** Digest algorithms of an OVA manifest. */
+export type ManifestAlgorithm = 'sha1' | 'sha256' | 'sha512';
+
 /** A new incremental hasher for a manifest's algorithm. */
-export function newHasher(algorithm: 'sha1' | 'sha256'): Hasher {
-  return algorithm === 'sha1' ? new Sha1() : new Sha256();
+export function newHasher(algorithm: ManifestAlgorithm): Hasher {
+  return algorithm === 'sha1' ? new Sha1() : algorithm === 'sha512' ? new Sha512() : new Sha256();
 }

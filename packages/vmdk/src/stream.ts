@@ -20,6 +20,8 @@ import { STREAM_GTES_PER_GT, StreamLayout } from './stream-layout.js';
 export type VmdkStreamOptions = Omit<VmdkCreateOptions, 'size' | 'subformat' | 'zeroedGrain' | 'resolver'> & {
   /** The file name the descriptor's extent line names (default "disk.vmdk"). */
   fileName?: string;
+  /** Called once the last chunk is produced: how many grains (of `grainBytes`) hold data. */
+  onFinish?: (stats: { grains: number; grainBytes: number }) => void;
 };
 
 /** Bytes read from the source at once (whole grains). */
@@ -47,7 +49,7 @@ export async function streamVmdk(source: Disk, options: VmdkStreamOptions = {}):
     toolsVersion: options.toolsVersion ?? DEFAULT_TOOLS_VERSION,
   });
   const layout = new StreamLayout(sectors, DEFAULT_GRAIN_SECTORS, new TextEncoder().encode(serializeDescriptor(descriptor)));
-  return { length: -1, chunks: emit(source, layout) };
+  return { length: -1, chunks: emit(source, layout, options.onFinish) };
 }
 
 /** One chunk of grains read from the source: their numbers and their compressed streams (all-zero grains left out). */
@@ -90,11 +92,12 @@ function concat(parts: Uint8Array[], grainBytes: number): Uint8Array {
   return out;
 }
 
-/** Batches compressed ahead of the one being emitted (reading and compressing overlap). */
-const AHEAD = 3;
+/** Batches compressed ahead of the one being emitted (reading and compressing overlap; two per worker keep each busy). */
+const AHEAD = 6;
 
-async function* emit(source: Disk, layout: StreamLayout): AsyncGenerator<Uint8Array> {
+async function* emit(source: Disk, layout: StreamLayout, onFinish: VmdkStreamOptions['onFinish']): AsyncGenerator<Uint8Array> {
   yield layout.head();
+  let grains = 0;
   const grainBytes = layout.grainBytes;
   let table = 0;
   const queue: Batch[] = [];
@@ -124,6 +127,7 @@ async function* emit(source: Disk, layout: StreamLayout): AsyncGenerator<Uint8Ar
           const bytes = layout.table(table);
           if (bytes) yield bytes;
         }
+        grains++;
         yield layout.grain(grain, streams[i]!);
       }
     }
@@ -131,6 +135,7 @@ async function* emit(source: Disk, layout: StreamLayout): AsyncGenerator<Uint8Ar
     await it.return(undefined);
   }
   for (const chunk of layout.finish()) yield chunk;
+  onFinish?.({ grains, grainBytes });
 }
 
 /** streamVmdk's options from what the registry passes (`-o` names mapped to typed keys; subformat must be streamOptimized). */

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
+import { vmdkRows } from './vmdk-bench.mjs';
 import { childEnv, median, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -40,6 +41,7 @@ export function configFromEnv(env = process.env) {
     pairs: list(env.IMG_BENCH_PAIRS, ALL_PAIRS),
     compress: list(env.IMG_BENCH_COMPRESS, ['deflate', 'zstd']).filter((c) => c !== 'none' && c !== '0'),
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
+    vmdkFrom: list(env.IMG_BENCH_VMDK, ['A', 'E']).filter((n) => n !== 'none'),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
     nbd: env.IMG_BENCH_NBD !== '0',
@@ -230,7 +232,7 @@ async function settleInputs() {
 export async function runBench(cfg) {
   await mkdir(cfg.dir, { recursive: true });
   const layout = layouts(cfg.scale);
-  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [] };
+  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [] };
   result.startup = await startupRow(cfg);
   const files = {};
   for (const name of cfg.inputs) {
@@ -239,13 +241,21 @@ export async function runBench(cfg) {
     await settleInputs();
     // Raw C is 1 TiB: without SEEK_DATA both tools must not read it all, qemu skips holes, so does img with the helper.
     result.convert.push(...(await convertRows(cfg, { [name]: files[name] }, layout)));
+    if (cfg.vmdkFrom.includes(name) && name !== 'E') result.vmdk.push(...(await vmdkRows(cfg, name, files[name].raw, alternate, IMG_CONVERT)));
     if (!cfg.keep && name !== 'E') for (const f of Object.values(files[name])) await rm(f, { force: true });
     if (!cfg.keep) await rm(join(cfg.dir, `${name}.stamp`), { force: true });
   }
-  if (cfg.compress.length || cfg.diskOps > 0) {
+  // Inputs named only for the VMDK rows (not converted in every pair).
+  for (const name of cfg.vmdkFrom.filter((n) => n !== 'E' && !cfg.inputs.includes(n) && layout[n])) {
+    const f = await ensureInput(cfg.dir, name, layout[name], ['raw']);
+    result.vmdk.push(...(await vmdkRows(cfg, name, f.raw, alternate, IMG_CONVERT)));
+    if (!cfg.keep) await rm(f.raw, { force: true });
+  }
+  if (cfg.compress.length || cfg.diskOps > 0 || cfg.vmdkFrom.includes('E')) {
     cfg.log(`input E: ${layout.E.note}`);
     const e = await ensureInput(cfg.dir, 'E', layout.E, ['raw', 'qcow2']);
     await settleInputs();
+    if (cfg.vmdkFrom.includes('E')) result.vmdk.push(...(await vmdkRows(cfg, 'E', e.raw, alternate, IMG_CONVERT)));
     if (cfg.compress.length) result.compress = await compressRows(cfg, e);
     if (cfg.diskOps > 0) {
       cfg.log(`disk API: 4 KiB, depth ${cfg.diskDepth}, ${cfg.diskOps} ops, on E.qcow2 (fully allocated)`);

@@ -31,7 +31,9 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
     expect(result.convert).toHaveLength(3 * 7);
     expect(result.compress).toHaveLength(4);
     expect(result.disk).toHaveLength(4);
-    for (const row of [...result.convert, ...result.compress, ...result.disk]) {
+    // VMDK rows on A and E: raw->vmdk, raw->vmdk streamOptimized, vmdk->raw, vmdk streamOptimized->raw.
+    expect(result.vmdk).toHaveLength(8);
+    for (const row of [...result.convert, ...result.compress, ...result.disk, ...result.vmdk]) {
       expect(row.ok, row.label).toBe(true);
       expect(row.img.wall).toBeGreaterThan(0);
       expect(row.qemu.wall).toBeGreaterThan(0);
@@ -45,6 +47,7 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
       expect(md).toContain('### NBD: nbdcopy from img serve vs qemu-nbd');
     }
     expect(md).toContain('raw->qcow2 -c zstd');
+    expect(md).toContain('| E | raw->vmdk streamOptimized |');
     expect(targets(result).find((t: { target: string }) => t.target.startsWith('outputs identical')).met).toBe(true);
     // The report replaces only the generated section.
     const out = join(dir, 'BENCHMARKS.md');

@@ -28,6 +28,13 @@ export function targets(result) {
   const comp = result.compress;
   const compBad = comp.filter((r) => !(r.ratio <= 0.7));
   out.push({ target: '-c: img time <= 0.7x qemu-img', met: comp.length > 0 && compBad.length === 0, detail: comp.map((r) => `${r.pair} ${f2(r.ratio)}`).join(', ') || 'not run' });
+  const vmdk = result.vmdk ?? [];
+  const vmdkPlain = vmdk.filter((r) => !r.pair.startsWith('raw->vmdk streamOptimized'));
+  const vmdkPlainBad = vmdkPlain.filter((r) => !(r.ratio <= 0.8));
+  out.push({ target: 'vmdk rows (raw->vmdk, vmdk->raw): img time <= 0.8x qemu-img', met: vmdkPlain.length > 0 && vmdkPlainBad.length === 0, detail: vmdkPlain.map((r) => `${r.input} ${r.pair} ${f2(r.ratio)}`).join(', ') || 'not run' });
+  const vmdkSo = vmdk.filter((r) => r.pair.startsWith('raw->vmdk streamOptimized'));
+  const vmdkSoBad = vmdkSo.filter((r) => !(r.ratio <= 0.7));
+  out.push({ target: 'raw->vmdk streamOptimized: img time <= 0.7x qemu-img', met: vmdkSo.length > 0 && vmdkSoBad.length === 0, detail: vmdkSo.map((r) => `${r.input} ${f2(r.ratio)}`).join(', ') || 'not run' });
   const disk = result.disk.filter((r) => r.pattern === 'random' || r.pattern.startsWith('strided'));
   const diskBad = disk.filter((r) => !(r.iopsRatio >= 0.5));
   out.push({ target: 'Disk API 4 KiB IOPS >= 0.5x qemu-img bench', met: disk.length > 0 && diskBad.length === 0, detail: disk.map((r) => `${r.mode} ${r.pattern.split(' ')[0]} ${f2(r.iopsRatio)}`).join(', ') || 'not run' });
@@ -35,7 +42,7 @@ export function targets(result) {
   const nbdBad = nbd.filter((r) => !(r.throughputRatio >= 0.8));
   out.push({ target: 'nbdcopy from img serve: throughput >= 0.8x qemu-nbd', met: nbd.length > 0 && nbdBad.length === 0, detail: nbd.map((r) => `${f2(r.throughputRatio)}x`).join(', ') || 'not run' });
   // nbd rows time nbdcopy (the servers run on): their RSS is the client's, not img's.
-  const all = [...result.convert, ...result.compress, ...result.disk];
+  const all = [...result.convert, ...result.compress, ...result.disk, ...vmdk];
   const fat = all.filter((r) => !(r.img.rssMiB <= 200));
   out.push({ target: 'peak RSS <= 200 MiB per row', met: all.length > 0 && fat.length === 0, detail: `max ${mib(Math.max(...all.map((r) => r.img.rssMiB)))} MiB` });
   const checked = [...all, ...nbd];
@@ -78,6 +85,18 @@ export function renderMarkdown(result) {
     lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |');
     for (const r of result.compress) {
       lines.push(`| ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${r.note} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`);
+    }
+  }
+  if (result.vmdk?.length) {
+    lines.push('');
+    lines.push('### VMDK');
+    lines.push('');
+    lines.push('`img-convert` against `qemu-img convert -O vmdk` (monolithicSparse, the default of both) and `-o subformat=streamOptimized`; the `vmdk->raw` inputs are written by qemu-img from the raw, untimed.');
+    lines.push('');
+    lines.push('| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img RSS MiB | qemu RSS MiB | output |');
+    lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+    for (const r of result.vmdk) {
+      lines.push(`| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`);
     }
   }
   if (result.disk.length) {

@@ -1,5 +1,5 @@
 // The test page: what a web app does with the SDK. Files arrive through
-// <input type=file>; each is opened through BlobStorage, its guest bytes
+// <input type=file>; each (qcow2, VHD, streamOptimized VMDK, raw) is opened through BlobStorage, its guest bytes
 // hashed with WebCrypto and its extents listed; a qcow2 is converted to a
 // dynamic VHD in memory and read back; a deflate-compressed qcow2 is
 // written in memory for the Node side to hand to qemu-img. Results go to
@@ -7,6 +7,7 @@
 import { BlobStorage, BlobTarget, openRaw, sparseCopy, type Disk } from '@img/block';
 import { createQcow2, openQcow2, qcow2Codecs } from '@img/qcow2';
 import { createVhd, openVhd } from '@img/vhd';
+import { openVmdk, vmdkCodecs } from '@img/vmdk';
 
 export interface FileResult {
   name: string;
@@ -26,6 +27,8 @@ export interface FileResult {
 
 export interface PageResults {
   codecs: string;
+  /** The codecs @img/vmdk's compressed grains use in the page. */
+  vmdkCodecs: string;
   hasNodeGlobals: boolean;
   files: FileResult[];
   /** A qcow2 written here with deflate clusters (hex of nothing: base64), and what its guest holds. */
@@ -62,6 +65,8 @@ async function open(file: File): Promise<{ format: string; disk: Disk }> {
   const storage = new BlobStorage(file);
   if (file.name.endsWith('.qcow2')) return { format: 'qcow2', disk: await openQcow2(storage, { readOnly: true }) };
   if (file.name.endsWith('.vhd')) return { format: 'vhd', disk: await openVhd(storage, { readOnly: true }) };
+  // A streamOptimized VMDK holds its descriptor and grains in the one file: no resolver needed (nor given).
+  if (file.name.endsWith('.vmdk')) return { format: 'vmdk', disk: await openVmdk(storage, { readOnly: true }) };
   return { format: 'raw', disk: await openRaw(storage, { readOnly: true }) };
 }
 
@@ -114,6 +119,7 @@ input.addEventListener('change', () => {
     const started = performance.now();
     const results: PageResults = {
       codecs: qcow2Codecs().name,
+      vmdkCodecs: vmdkCodecs().name,
       hasNodeGlobals: typeof (globalThis as { process?: unknown }).process !== 'undefined' || typeof (globalThis as { Buffer?: unknown }).Buffer !== 'undefined',
       files: [],
       ms: 0,

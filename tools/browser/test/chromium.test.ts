@@ -24,8 +24,19 @@ const haveChromium = existsSync(CHROMIUM);
 // localhost is a secure context (WebCrypto's digest needs one); nothing listens there: page.route answers.
 const ORIGIN = 'http://localhost';
 
-/** Uncompressed, deflate (64 KiB and 512-byte clusters), zstd, extended L2; VHD dynamic and fixed; raw. */
-const FIXTURES = ['qcow2/v3-64k.qcow2', 'qcow2/compressed-zlib-64k.qcow2', 'qcow2/compressed-zlib-512.qcow2', 'qcow2/compressed-zstd-64k.qcow2', 'qcow2/extended-l2.qcow2', 'vhd/dynamic-default.vhd', 'vhd/fixed-default.vhd', 'raw/odd-size.img'];
+/** Uncompressed, deflate (64 KiB and 512-byte clusters), zstd, extended L2; VHD dynamic and fixed; streamOptimized VMDK (qemu-img's, and python3-vmdkstream's with a footer); raw. */
+const FIXTURES = [
+  'qcow2/v3-64k.qcow2',
+  'qcow2/compressed-zlib-64k.qcow2',
+  'qcow2/compressed-zlib-512.qcow2',
+  'qcow2/compressed-zstd-64k.qcow2',
+  'qcow2/extended-l2.qcow2',
+  'vhd/dynamic-default.vhd',
+  'vhd/fixed-default.vhd',
+  'vmdk/stream-qemu.vmdk',
+  'vmdk/stream-vmdkstream.vmdk',
+  'raw/odd-size.img',
+];
 
 if (!haveChromium && !inCI) {
   console.warn(`\n*** tools/browser: no Chromium at ${CHROMIUM}: the browser suite is SKIPPED (CI=true makes this a failure; IMG_CHROMIUM names another) ***\n`);
@@ -142,6 +153,7 @@ describe.runIf(haveChromium)('the SDK in headless Chromium', () => {
   it('runs the web codecs with no Node globals, without a page-level error', () => {
     expect(results.error).toBeUndefined();
     expect(results.codecs).toBe('web');
+    expect(results.vmdkCodecs).toBe('web');
     expect(results.hasNodeGlobals).toBe(false);
     expect(results.files.map((f) => f.name)).toEqual([...FIXTURES, ...generated.map((g) => g.file), ...bad].map((f) => f.split('/').pop()));
   });
@@ -163,6 +175,21 @@ describe.runIf(haveChromium)('the SDK in headless Chromium', () => {
       }
     });
   }
+
+  it('streamOptimized VMDKs inflated in the page (DecompressionStream) hash as qemu-img convert -O raw', () => {
+    if (!hasQemuImg && !inCI) return;
+    const vmdks = FIXTURES.filter((f) => f.endsWith('.vmdk'));
+    expect(vmdks.length).toBe(2);
+    for (const f of vmdks) {
+      const r = results.files[FIXTURES.indexOf(f)]!;
+      expect(r.error, f).toBeUndefined();
+      const raw = join(work.path, `${f.split('/').pop()}.raw`);
+      qemuImg(['convert', '-f', 'vmdk', '-O', 'raw', join(testImagesDir, f), raw]);
+      const bytes = readFileSync(raw);
+      expect(r.size, f).toBe(bytes.length);
+      expect(r.sha256, f).toBe(createHash('sha256').update(bytes).digest('hex'));
+    }
+  });
 
   it('qcow2 images qemu-img compressed with 2 MiB and 4 KiB clusters read to the bytes qemu-img was given', () => {
     if (!hasQemuImg && !inCI) return;

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
 import { qcow2Codecs } from '@img/qcow2';
+import { vmdkCodecs } from '@img/vmdk';
 import { toolDir } from './bundle.js';
 
 const PROBE = `import { qcow2Codecs, openQcow2 } from '@img/qcow2'; console.log(qcow2Codecs().name, typeof openQcow2);`;
@@ -22,6 +23,7 @@ function runModule(file: string): string {
 describe('@img/qcow2 under Node', () => {
   it("has Node's codecs when vitest resolves it", () => {
     expect(qcow2Codecs().name).toBe('node');
+    expect(vmdkCodecs().name).toBe('node');
   });
 
   it("has Node's codecs when Node resolves it, and in a bundle built for Node", async () => {

@@ -11,6 +11,7 @@ describe('core entry points import nothing from Node (as a browser bundler resol
     ['@img/block', 'packages/block/dist/'],
     ['@img/qcow2', 'packages/qcow2/dist/'],
     ['@img/vhd', 'packages/vhd/dist/'],
+    ['@img/vmdk', 'packages/vmdk/dist/'],
   ] as const) {
     it(`${pkg}: no node: or built-in module, directly or through any dependency`, async () => {
       const b = await bundleForBrowser(`export * from '${pkg}';`);
@@ -31,7 +32,15 @@ describe('core entry points import nothing from Node (as a browser bundler resol
     expect(wasm.filter((f) => !f.includes('/dist/web/'))).toEqual([]);
   });
 
+  it('@img/vmdk resolves for a browser to its default entry, with the web codecs and without its Node modules', async () => {
+    const b = await bundleForBrowser(`export * from '@img/vmdk';`);
+    expect(b.inputs.some((f) => f.endsWith('packages/vmdk/dist/web-codecs.js'))).toBe(true);
+    expect(b.inputs.filter((f) => f.includes('packages/vmdk/dist/node/'))).toEqual([]);
+  });
+
   it('control: the Node entries are seen importing from Node', async () => {
+    const v = await bundleForBrowser(`export * from '@img/vmdk/node';`);
+    expect(v.nodeImports.some((i) => i.endsWith('-> node:zlib'))).toBe(true);
     const q = await bundleForBrowser(`export * from '@img/qcow2/node';`);
     expect(q.nodeImports.some((i) => i.endsWith('-> node:zlib'))).toBe(true);
     expect(q.nodeImports.some((i) => i.endsWith('-> node:os'))).toBe(true);

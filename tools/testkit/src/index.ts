@@ -12,4 +12,5 @@ export { slowStorage, type SlowableStorage } from './vhd-slow-storage.js';
 export { readVmdkBytes, vmdkBytes, VMDK_HEADER, type VmdkBytes } from './vmdk-bytes.js';
 export { ByteStorage } from './byte-storage.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
+export { qemuDirtyBitmap, qemuBitmapList, setQcow2BitmapInUse, type BitmapRun } from './qemu-bitmap.js';
 export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '@img/testkit';
 import { seededRandom } from '@img/testkit';
@@ -127,6 +127,80 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       expect(res.pieces).toEqual([want]);
     }
     await src.close();
+  });
+
+  it.each([
+    ['a disk file system', undefined],
+    ['tmpfs', '/dev/shm'],
+  ])('skips the file holes of a sparse source on %s with the same result as reading them (short holes inside data, holes across chunk edges and EOF)', async (_, where) => {
+    if (where !== undefined && !existsSync(where)) return;
+    const dir = where === undefined ? tmp.path : mkdtempSync(join(where, 'img-holes-'));
+    try {
+      const path = join(dir, `holes${serial++}.bin`);
+      // Data at 4 KiB-aligned places (file systems make holes in whole blocks); everything else is a hole.
+      const size = 2 * MiB + 40 * KiB;
+      const data = new Uint8Array(size);
+      const fd = openSync(path, 'w');
+      for (const [a, n] of [
+        [0, 8 * KiB],
+        [12 * KiB, 4 * KiB], // a 4 KiB hole between data: shorter than minZeroRun, written as zeros
+        [60 * KiB, 12 * KiB], // data across the 64 KiB chunk edge
+        [200 * KiB, 4 * KiB],
+        [1 * MiB, 300 * KiB],
+        [2 * MiB, 8 * KiB],
+      ] as const) {
+        const bytes = patterned(n, a + 1).map((b) => b | 1);
+        data.set(bytes, a);
+        writeSync(fd, bytes, 0, n, a);
+      }
+      ftruncateSync(fd, size - 16 * KiB); // the last 16 KiB lie past the end of the file
+      closeSync(fd);
+      const src = await FileStorage.open(path, { lock: false });
+      const chunk = 64 * KiB;
+      const runs = [
+        [0, 0, 300 * KiB],
+        [300 * KiB + 512, 5 * MiB + 512, size - 300 * KiB - 512], // unaligned, runs past EOF
+      ];
+      for (const minZeroRun of [8192, 4096]) {
+        const dstPath = file();
+        const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+        const res = await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun, chunkSize: chunk });
+        await dst.close();
+        const want = new Uint8Array(8 * MiB);
+        let written = 0;
+        for (const [s, d, n] of runs) {
+          const e = expectedWrites(data, s!, d!, n!, chunk, minZeroRun);
+          written += e.written;
+          for (const [at, bytes] of e.image) want.set(bytes, at);
+        }
+        const total = runs.reduce((n, r) => n + r[2]!, 0);
+        expect(res).toEqual({ bytesRead: total, bytesWritten: written, bytesSkipped: total - written });
+        const out = new Uint8Array(readFileSync(dstPath));
+        expect(Buffer.compare(out, want.subarray(0, out.length))).toBe(0);
+        expect(want.subarray(out.length).every((b) => b === 0)).toBe(true);
+
+        // readRuns: the same bytes in the buffer (holes as zeros, over old contents) and the same data pieces.
+        for (const [s, d, n] of runs) {
+          const buffer = new Uint8Array(n!).fill(0xee);
+          const got = await src.readRuns!(Float64Array.of(s!, d!, n!), buffer, { minZeroRun, chunkSize: chunk });
+          expect(got.bytesRead).toBe(n);
+          const logical = new Uint8Array(n!);
+          logical.set(data.subarray(s!, Math.min(size, s! + n!)));
+          expect(Buffer.compare(buffer, logical)).toBe(0);
+          const pieces: number[] = [];
+          const e = expectedWrites(data, s!, d!, n!, chunk, minZeroRun);
+          for (const [at, bytes] of [...e.image].sort((x, y) => x[0] - y[0])) {
+            const start = at - d!;
+            if (pieces.length && pieces[pieces.length - 1] === start) pieces[pieces.length - 1] = start + bytes.length;
+            else pieces.push(start, start + bytes.length);
+          }
+          expect(got.pieces).toEqual([pieces]);
+        }
+      }
+      await src.close();
+    } finally {
+      if (where !== undefined) rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('reads past the end of the source as zeros (short reads at EOF), and writes them when nothing is skipped', async () => {

@@ -95,7 +95,9 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
     if (ImageError.isInstance(e)) {
       io.stderr(`${prog}: ${e.code}: ${e.message}\n`);
     } else if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      io.stderr(`${prog}: ${e.message}\n${prog}: try '${prog} --help'\n`);
+      // Node's advice about '--' for an unknown option is noise here: the name alone is the clear line.
+      const unknown = /^Unknown option '[^']*'/.exec(e.message)?.[0];
+      io.stderr(`${prog}: ${unknown ?? e.message}\n${prog}: try '${prog} --help'\n`);
       return 1;
     } else {
       io.stderr(`${prog}: ${(e as Error)?.message ?? String(e)}\n`);

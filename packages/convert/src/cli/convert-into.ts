@@ -6,6 +6,7 @@
  */
 import { invalidArg, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
 import type { ConvertResult } from '../convert.js';
+import { salvagingDisk, type SalvageEvent } from '../salvage.js';
 import { openDiskSnapshot, openImageFile } from '../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../node/same-file.js';
 
@@ -20,6 +21,11 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   forceShare?: boolean;
   /** Convert this internal snapshot (id or name) of the input. */
   snapshot?: string;
+  /** The target reads as zeros already (qemu-img convert --target-is-zero): zero ranges are not written. */
+  targetIsZero?: boolean;
+  /** Write what cannot be read as zeros and report it (qemu-img convert --salvage). */
+  salvage?: boolean;
+  onSalvage?: (event: SalvageEvent) => void;
 }
 
 /** Copies `input` over the existing image `output`, which must be at least as large. */
@@ -48,8 +54,10 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
         actual: dst.size,
       });
     }
-    const copied = await sparseCopy(source, dst, {
-      dstIsZero: false,
+    const view = options.salvage ? salvagingDisk(source, options.onSalvage ? { onSalvage: options.onSalvage } : {}) : source;
+    const copied = await sparseCopy(view, dst, {
+      dstIsZero: options.targetIsZero ?? false,
+      ...(options.salvage ? { batchRuns: false } : {}),
       ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       ...(options.signal ? { signal: options.signal } : {}),

@@ -4,6 +4,7 @@
  */
 import { convertMain } from './img-convert.js';
 import { amend } from './commands/amend.js';
+import { bitmap } from './commands/bitmap.js';
 import { check } from './commands/check.js';
 import { commit } from './commands/commit.js';
 import { compact } from './commands/compact.js';
@@ -34,6 +35,7 @@ export const commands: Record<string, Handler> = {
   snapshot,
   measure,
   amend,
+  bitmap,
   inspect,
   dd,
   sparsify,

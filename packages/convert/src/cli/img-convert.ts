@@ -3,8 +3,9 @@
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
 import { parseArgs } from 'node:util';
-import { formatSize, parseSize } from '@img/block';
-import { progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { formatSize, ImageError, parseSize } from '@img/block';
+import type { SalvageEvent } from '../salvage.js';
+import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 
 export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
        PROG [-f fmt] [-O fmt] [options] <input> <output>     (qemu-img convert's spelling)
@@ -16,71 +17,116 @@ the output format is raw unless -O names another, as with qemu-img.
 
 Formats: FORMATS (vpc is another name for vhd)
 
-Options:
-  -f <fmt>            format of the input (probed when absent)
-  -O <fmt>            format of the output (default raw)
-  -o key=value[,...]  options for the new image ('-o help' lists the output format's)
-  -c                  compress the output (qcow2; deflate, or zstd with -o compression_type=zstd)
-  -S <size>           minimum run of zeros left sparse (default 4k; 0 writes everything)
-  -B, -b <backing>    make the output an overlay of <backing>, storing only what differs
-  -F <fmt>            format of the -B backing file
-  -l <snapshot>       convert this internal snapshot (id or name) of the input
-  -n                  do not create the output: write into the existing image <output>
+Options (qemu-img 7.2's letters; 10.1's long names):
+  -f, --source-format <fmt>   format of the input (probed when absent)
+  -O, --target-format <fmt>   format of the output (default raw)
+  -o, --target-format-options key=value[,...]
+                      options for the new image ('-o help' lists the output format's)
+  -c, --compress      compress the output (qcow2; deflate, or zstd with -o compression_type=zstd)
+  -S, --sparse-size <size>    minimum run of zeros left sparse (default 4k; 0 writes everything)
+  -b, --backing <backing>     make the output an overlay of <backing>, storing only what differs
+                      (-B is qemu-img 7.2's spelling of -b and is accepted too)
+  -F, --backing-format <fmt>  format of the backing file
+  -l, --snapshot <snapshot>   convert this internal snapshot (id or name) of the input
+  -n, --no-create     do not create the output: write into the existing image <output>
                       (of -O's format; at least as large as the input; zeros are written too)
+  --target-is-zero    with -n: the existing output reads as zeros, so zeros are not written
+  --salvage           write what cannot be read as zeros, say each unreadable sector on
+                      stderr, and go on (exit 0)
   -U, --force-share   open the input without image locks (an image a running VM uses)
-  -p                  show progress on stderr
+  -p, --progress      show progress on stderr
   -q, --quiet         print no summary line (errors are still printed)
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
   --untrusted         never open files named inside the input image
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
+                      (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
+                      '-O ova -o help' lists them)
   --keep-partial      keep the output after a failure
+  --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
+  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
+  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
-before the data; vmdk streamOptimized; -f is needed); output "-" writes it to
-stdout (its length known up front, except vmdk streamOptimized's).
+before the data; vmdk streamOptimized; an ova whose .ovf comes before its
+streamOptimized disk; -f is needed); output "-" writes it to stdout (its
+length known up front, except vmdk streamOptimized's).
 
 Examples:
   PROG raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
   PROG -O qcow2 -c disk.img disk.qcow2
   PROG -n -O raw disk.qcow2 /dev/vg0/disk
   PROG qcow2 vhd disk.qcow2 - | ssh host 'cat > disk.vhd'
+  PROG qcow2 ova disk.qcow2 vm.ova -o name=web,cpus=2,memory=2048,os=ubuntu64Guest
   cat disk.img | PROG raw qcow2 - disk.qcow2
 `;
 
+/** img convert's options for parseArgs: 10.1's long names with 7.2's short letters. */
 export function convertOptions() {
+  // Long names are qemu-img 10.1's; the short letters are 7.2's and 10.1's alike (-B is 7.2's -b).
   return {
-    f: { type: 'string' },
-    O: { type: 'string' },
-    o: { type: 'string', multiple: true },
-    c: { type: 'boolean' },
-    S: { type: 'string' },
+    'source-format': { type: 'string', short: 'f' },
+    'target-format': { type: 'string', short: 'O' },
+    'target-format-options': { type: 'string', short: 'o', multiple: true },
+    compress: { type: 'boolean', short: 'c' },
+    'sparse-size': { type: 'string', short: 'S' },
     B: { type: 'string' },
-    b: { type: 'string' },
-    F: { type: 'string' },
-    l: { type: 'string' },
-    n: { type: 'boolean' },
+    backing: { type: 'string', short: 'b' },
+    'backing-format': { type: 'string', short: 'F' },
+    snapshot: { type: 'string', short: 'l' },
+    'no-create': { type: 'boolean', short: 'n' },
+    'target-is-zero': { type: 'boolean' },
+    salvage: { type: 'boolean' },
     'force-share': { type: 'boolean', short: 'U' },
-    p: { type: 'boolean' },
+    progress: { type: 'boolean', short: 'p' },
     quiet: { type: 'boolean', short: 'q' },
+    'image-opts': { type: 'boolean' },
+    'target-image-opts': { type: 'boolean' },
+    object: { type: 'string', multiple: true },
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
     untrusted: { type: 'boolean' },
     disk: { type: 'string' },
     'keep-partial': { type: 'boolean' },
+    bitmaps: { type: 'boolean' },
+    'skip-broken-bitmaps': { type: 'boolean' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
   } as const;
 }
 
+/** Options img does not implement, refused in one line instead of being ignored. */
+export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-opts'?: boolean; object?: readonly string[] }): void {
+  if (values.object !== undefined) throw new UsageError('--object (QEMU user-creatable objects: secrets, TLS credentials) is not supported');
+  if (values['image-opts']) throw new UsageError('--image-opts is not supported: name the input as a file or an NBD URI');
+  if (values['target-image-opts']) throw new UsageError('--target-image-opts is not supported: name the output as a file');
+}
+
 /** The body of img-convert (and `img convert`), given its arguments after the command name. */
 export async function convertMain(prog: string, argv: string[], io: Io): Promise<number> {
   return runCommand(prog, argv, io, async () => {
-    const { values, positionals } = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
+    const parsed = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
+    const { positionals } = parsed;
+    const long = parsed.values;
+    refuseQemuOnly(long);
+    // The 7.2 short letters, whatever spelling the user chose.
+    const values = {
+      ...long,
+      f: long['source-format'],
+      O: long['target-format'],
+      o: long['target-format-options'],
+      c: long.compress,
+      S: long['sparse-size'],
+      b: long.backing,
+      F: long['backing-format'],
+      l: long.snapshot,
+      n: long['no-create'],
+      p: long.progress,
+    };
     if (values.version && !values.help) {
       io.stdout(`${prog} ${version()}\n`);
       return 0;
@@ -92,16 +138,17 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     if (!qemuForm && (values.f !== undefined || values.O !== undefined)) {
       throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
     }
-    if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b are the same option: give one');
+    if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b (--backing) are the same option: give one');
+    if (values['target-is-zero'] && !values.n) throw new UsageError('--target-is-zero requires use of -n flag');
+    if (values['target-is-zero'] && (values.B ?? values.b) !== undefined) throw new UsageError('--target-is-zero cannot be used with a backing file (-b)');
     const backing = values.B ?? values.b;
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
     const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
-    if (values.disk !== undefined) {
-      if (!/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
-      const { ovaDriver } = await import('../ova-driver.js');
-      registry.register(ovaDriver({ disk: Number(values.disk) }));
-    }
+    if (values.disk !== undefined && !/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
+    // The ova driver of the CLI: --disk for reading, a temporary file for the disk of an OVA being written.
+    const [{ ovaDriver }, { ovaTempSpool }] = await Promise.all([import('../ova-driver.js'), import('../node/ova-spool.js')]);
+    registry.register(ovaDriver({ ...(values.disk !== undefined ? { disk: Number(values.disk) } : {}), spool: ovaTempSpool }));
     if (values.help) {
       io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
       return 0;
@@ -132,11 +179,29 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
       if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');
     }
+    if (values['skip-broken-bitmaps'] && !values.bitmaps) throw new UsageError('Use of --skip-broken-bitmaps requires --bitmaps');
+    let bitmapCopy: import('./convert-bitmaps.js').BitmapCopy | undefined;
+    if (values.bitmaps) {
+      if (output === '-') throw new UsageError('--bitmaps needs an output file, not "-"');
+      const { planBitmapCopy } = await import('./convert-bitmaps.js');
+      const compat = (createOptions as { compat?: unknown }).compat;
+      bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
+    }
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
     const quiet = values.quiet ?? false;
     const printer = values.p || json ? progressPrinter(io, json) : io.isTTY && output !== '-' && !quiet ? progressPrinter(io, false, 1000) : undefined;
+    // --salvage: each unreadable sector is written as zeros and said on stderr, as qemu-img says it.
+    const salvage = values.salvage
+      ? {
+          salvage: true,
+          onSalvage: (e: SalvageEvent) => {
+            const why = ImageError.isInstance(e.error) ? `${e.error.code}: ${e.error.message}` : describeErrno(e.error);
+            io.stderr(e.stage === 'read' ? `${prog}: warning: error while reading offset ${e.offset}: ${why}\n` : `${prog}: warning: error while reading block status at offset ${e.offset}: ${why}; reading the rest as data\n`);
+          },
+        }
+      : {};
     const controller = new AbortController();
     const onSignal = () => controller.abort(new Error('interrupted'));
     process.once('SIGINT', onSignal);
@@ -156,6 +221,8 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
           untrusted,
           forceShare,
           signal: controller.signal,
+          targetIsZero: values['target-is-zero'] ?? false,
+          ...salvage,
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });
@@ -174,11 +241,22 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
           forceShare,
           keepPartial: values['keep-partial'] ?? false,
           signal: controller.signal,
+          ...salvage,
           ...(backing !== undefined ? { backingFile: backing } : {}),
           ...(values.F !== undefined ? { backingFormat: values.F } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });
+      }
+      if (bitmapCopy) {
+        const { applyBitmapCopy } = await import('./convert-bitmaps.js');
+        try {
+          await applyBitmapCopy(output, bitmapCopy);
+        } catch (e) {
+          // A new output without its bitmaps is a failed conversion, as any other (-n leaves the image as it was).
+          if (!values.n && !values['keep-partial']) await (await import('node:fs/promises')).rm(output, { force: true }).catch(() => undefined);
+          throw e;
+        }
       }
     } finally {
       process.off('SIGINT', onSignal);

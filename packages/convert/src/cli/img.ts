@@ -13,13 +13,16 @@ Commands:
   compare  [-f fmt] [-F fmt] [-U] [--strict] <a> <b>         compare contents (exit 0 same, 1 different, 2 error)
   create   -f fmt [-o opts] [-b backing -F fmt] <file> <size> create an image
   resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size ("-10G" needs no "--")
-  commit   [-f fmt] [-d] [-p] <file>                         write an overlay's data into its backing file
-  rebase   [-f fmt] [-u] -b <backing> [-F fmt] <file>        change the backing file (safe unless -u)
+  commit   [-f fmt] [-b base] [-d] [-p] <file>               write an overlay's data into its backing file
+                                                             (-b: into an ancestor further down the chain)
+  rebase   [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>   change the backing file (safe unless -u; -c compresses)
   sparsify [-f fmt] [-p] [-S size] <file>                    release data that reads as zeros, in place (VHD)
   compact  [-f fmt] [-p] <file>                              shrink the file in place to what it holds (VHD)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
   amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
+  bitmap   (--add | --remove | --clear | --enable | --disable | --merge SRC)... [-g size] [-b file [-F fmt]] <file> <bitmap>
+                                                             change persistent dirty bitmaps (qcow2), as qemu-img bitmap
   inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
   convert  [-f fmt] [-O fmt] [-n] [-U] [...] <input> <output>
                                                              convert an image, spelled as qemu-img convert
@@ -30,6 +33,9 @@ Commands:
                                                              export an image over NBD (as qemu-nbd -t)
   doctor                                                     show the version and which native features are active
                                                              (the same as --version --verbose)
+
+Options are spelled as qemu-img 7.2 spells them, and as 10.1 does (--format, --backing,
+--backing-format, create/rebase -B, convert -b, ...): see 'img <command> --help'.
 
 Formats: raw, qcow2, vhd (also called vpc, as qemu-img does), vmdk. -U reads an image a running VM holds (no locks).
 
@@ -64,5 +70,7 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   if (name === 'convert') return handler(rest, io);
-  return runCommand(`img ${name}`, rest, io, () => handler(rest, io));
+  const { qemuShortSpellings } = await import('./long-options.js');
+  const args = qemuShortSpellings(name, rest);
+  return runCommand(`img ${name}`, args, io, () => handler(args, io));
 }

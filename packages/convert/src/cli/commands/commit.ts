@@ -1,24 +1,71 @@
 /**
- * img commit: write an overlay's data into its backing file.
+ * img commit: write an overlay's data into its backing file, or with -b
+ * into any ancestor of its chain (qemu-img commit -b).
  */
 import { parseArgs } from 'node:util';
 import { progressPrinter } from '../common.js';
+import { refuseQemuOnly } from '../img-convert.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
+import { commitIntoBase } from '../../node/commit-base.js';
 import { type Handler, common, onePath, quietOption, quietIo } from './shared.js';
+
+const HELP = `Usage: img commit [-q] [-f fmt] [-b base] [-d] [-p] <file>
+
+Writes the image's data into its backing file. -d keeps the data in the image
+(by default it is emptied). -b names an ancestor further down the chain: the
+data of every layer above it goes into it, and (as qemu-img, -b implies -d)
+the image and the layers in between keep theirs.
+
+Options (qemu-img 10.1's long names beside the letters):
+  -f, --format <fmt>   format of <file> (probed when absent)
+  -b, --base <base>    the image of the chain to commit into (default: the backing file)
+  -d, --drop           keep the data in <file> after the commit
+  -p, --progress       show progress on stderr
+  -q, --quiet          print nothing on stdout
+
+Example:
+  img commit overlay.qcow2
+  img commit -b base.qcow2 top.qcow2     # top -> mid -> base: base gets mid's and top's data
+`;
 
 /** img commit. */
 export const commit: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, d: { type: 'boolean' }, p: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      ...common,
+      ...quietOption,
+      format: { type: 'string' },
+      d: { type: 'boolean' },
+      drop: { type: 'boolean' },
+      b: { type: 'string' },
+      base: { type: 'string' },
+      p: { type: 'boolean' },
+      progress: { type: 'boolean' },
+      'image-opts': { type: 'boolean' },
+      object: { type: 'string', multiple: true },
+    },
+    allowPositionals: true,
+  });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout("Usage: img commit [-q] [-f fmt] [-d] [-p] <file>\n\nWrites the image's data into its backing file. -d keeps the data in the image (by default it is emptied).\n\nExample:\n  img commit overlay.qcow2\n");
+    io.stdout(HELP);
     return 0;
   }
+  refuseQemuOnly(values);
   const path = onePath(positionals);
-  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, backingWritable: true });
+  const format = values.f ?? values.format;
+  const base = values.b ?? values.base;
+  const progress = values.p || values.progress ? { onProgress: progressPrinter(io, false) } : {};
+  if (base !== undefined) {
+    await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress });
+    io.stdout('Image committed.\n');
+    return 0;
+  }
+  const disk = await openImageFile(path, { ...(format !== undefined ? { format } : {}), readOnly: false, backingWritable: true });
   try {
-    await commitDisk(disk, { keepTop: values.d ?? false, ...(values.p ? { onProgress: progressPrinter(io, false) } : {}) });
+    await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress });
   } finally {
     await disk.close();
   }

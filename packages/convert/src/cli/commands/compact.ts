@@ -1,13 +1,14 @@
 /**
  * img compact: shrink an image file in place to what it holds, by moving
  * the data nearest the end into free space lower down and cutting the file
- * (VHD now; qcow2 later). Run `img sparsify` first to release zero data.
+ * (VHD and qcow2). Run `img sparsify` first to release zero data.
  */
 import { parseArgs } from 'node:util';
 import { ImageError, unsupported, type Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
-import { compactVhd } from '@img/vhd';
+import { compactQcow2, type Qcow2CompactResult } from '@img/qcow2';
+import { compactVhd, type VhdCompactResult } from '@img/vhd';
 import { ExitCode, progressPrinter, type Io } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
@@ -27,8 +28,7 @@ export async function openInPlace(path: string, values: { f?: string | undefined
         ...(values.f !== undefined ? { format: values.f } : {}),
       }),
     ).name;
-    if (format === 'qcow2') throw unsupported(format, path, `img ${verb} is not yet available for qcow2 images (VHD only for now)`);
-    if (format !== 'vhd') throw unsupported(format, path, `img ${verb} works on VHD images; ${format} images have no blocks to ${verb === 'compact' ? 'move' : 'release'}`);
+    if (format !== 'vhd' && format !== 'qcow2') throw unsupported(format, path, `img ${verb} works on VHD and qcow2 images; ${format} images have no blocks to ${verb === 'compact' ? 'move' : 'release'}`);
     return { storage, format };
   } catch (e) {
     await storage.close().catch(() => undefined);
@@ -66,28 +66,32 @@ export const compact: Handler = async (argv, io) => {
   if (values.help) {
     io.stdout(
       'Usage: img compact [-q] [-f fmt] [-p] [--output=human|json] <file>\n\n' +
-        'Shrinks the file in place to the space the image holds: blocks nearest the end move into free space lower down,\n' +
-        'the footer follows, the file is cut. Crash-safe at every step; run it again to finish an interrupted run.\n' +
-        'VHD (dynamic, differencing); qcow2 not yet. Run img sparsify first to release blocks that hold only zeros.\n\n' +
-        'Example:\n  img sparsify disk.vhd && img compact -p disk.vhd\n',
+        'Shrinks the file in place to the space the image holds: what lies nearest the end (VHD blocks; qcow2 data\n' +
+        'clusters and every table) moves into free space lower down, the file is cut. Crash-safe at every step; run it\n' +
+        'again to finish an interrupted run. VHD (dynamic, differencing) and qcow2 (v2, v3, snapshots, bitmaps,\n' +
+        'compressed clusters; with an external data file only metadata moves). Run img sparsify first to release data\n' +
+        'that holds only zeros.\n\n' +
+        'Example:\n  img sparsify disk.qcow2 && img compact -p disk.qcow2\n',
     );
     return 0;
   }
   const mode = outputMode(values.output);
   const path = onePath(positionals);
-  const { storage } = await openInPlace(path, values, 'compact');
-  let result;
+  const { storage, format } = await openInPlace(path, values, 'compact');
+  let result: Qcow2CompactResult | VhdCompactResult;
   try {
-    result = await interruptible('compact', (signal) => compactVhd(storage, { signal, ...(values.p ? { onProgress: bytesProgress(io) } : {}) }));
+    const options = { ...(values.p ? { onProgress: bytesProgress(io) } : {}) };
+    result = await interruptible<Qcow2CompactResult | VhdCompactResult>('compact', (signal) => (format === 'qcow2' ? compactQcow2(storage, { signal, ...options }) : compactVhd(storage, { signal, ...options })));
   } finally {
     await storage.close();
   }
   if (mode === 'json') {
-    io.stdout(JSON.stringify({ filename: path, format: 'vpc', ...result }, null, 4) + '\n');
+    io.stdout(JSON.stringify({ filename: path, format: format === 'vhd' ? 'vpc' : format, ...result }, null, 4) + '\n');
   } else if (result.nothingToDo) {
     io.stdout(`Nothing to compact: ${result.nothingToDo}. File size: ${result.sizeAfter} bytes.\n`);
   } else {
-    io.stdout(`Moved ${result.blocksMoved} blocks (${result.bytesMoved} bytes); file size ${result.sizeBefore} -> ${result.sizeAfter} bytes (${result.sizeBefore - result.sizeAfter} released).\n`);
+    const moved = 'blocksMoved' in result ? `${result.blocksMoved} blocks` : `${result.dataClustersMoved} data and ${result.metadataClustersMoved} metadata clusters`;
+    io.stdout(`Moved ${moved} (${result.bytesMoved} bytes); file size ${result.sizeBefore} -> ${result.sizeAfter} bytes (${result.sizeBefore - result.sizeAfter} released).\n`);
   }
   return 0;
 };

@@ -22,7 +22,16 @@ export const create: Handler = async (argv, io) => {
   });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\nExample:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n');
+    io.stdout(
+      'Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\n' +
+        "Options (qemu-img 7.2's letters; 10.1's names beside them):\n" +
+        '  -f, --format <fmt>              format of the new image (default raw)\n' +
+        "  -o, --options key=value[,...]   the format's options ('-o help' lists them)\n" +
+        '  -b, --backing <backing>         make the image an overlay of <backing> (size taken from it)\n' +
+        '  -F, -B, --backing-format <fmt>  its format (qemu-img 10.1 spells it -B, 7.2 -F: both work)\n' +
+        '  -q, --quiet                     print nothing on stdout\n\n' +
+        'Example:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n',
+    );
     return 0;
   }
   const registry = defaultRegistry();

@@ -7,6 +7,7 @@ import { isNbdUri } from '@img/nbd';
 import type { Disk, ImageInfo } from '@img/block';
 import { humanInfo, qdictSorted, qemuFormatName, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
+import { UsageError } from '../common.js';
 import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
 
 /** qemu-img info's JSON for an image. */
@@ -67,10 +68,16 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
 
 /** img info. */
 export const info: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' }, disk: { type: 'string' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] <file>\n\nExample:\n  img info --backing-chain disk.qcow2\n');
+    io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] [--disk n] <file>\n\n  --disk n  with an ova: describe disk n of its OVF (from 0; default 0)\n\nExample:\n  img info --backing-chain disk.qcow2\n  img info --disk 1 vm.ova\n');
     return 0;
+  }
+  let registry;
+  if (values.disk !== undefined) {
+    if (!/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
+    const [{ defaultRegistry }, { ovaDriver }] = await Promise.all([import('../../formats.js'), import('../../ova-driver.js')]);
+    registry = defaultRegistry().register(ovaDriver({ disk: Number(values.disk) }));
   }
   const mode = outputMode(values.output);
   const path = onePath(positionals);
@@ -81,6 +88,7 @@ export const info: Handler = async (argv, io) => {
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,
     noBacking: !values['backing-chain'],
+    ...(registry ? { registry } : {}),
   });
   try {
     const layers = [await describe(disk, path)];

@@ -9,22 +9,64 @@ import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
-import { type Handler, common, onePath, quietOption, quietIo } from './shared.js';
+import { refuseQemuOnly } from '../img-convert.js';
+import { type Handler, common, oneOf, onePath, quietOption, quietIo } from './shared.js';
+
+const HELP = `Usage: img rebase [-q] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
+
+Changes the backing file. Safe mode (default) copies whatever would change into the image first;
+-u only rewrites the name. -b "" removes the backing file.
+
+Options (qemu-img 7.2's letters; 10.1's names and its -B beside them):
+  -f, --format <fmt>              format of <file> (probed when absent)
+  -b, --backing <backing>         the new backing file ("" for none)
+  -F, -B, --backing-format <fmt>  its format (qemu-img 10.1 spells it -B, 7.2 -F: both work)
+  -u, --backing-unsafe            only rewrite the name and format; copy nothing
+  -c, --compress                  write the clusters safe mode copies compressed (qcow2, as qemu 8.2)
+  -q, --quiet                     print nothing on stdout
+
+Example:
+  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2
+  img rebase -c -b "" overlay.qcow2      # flatten into a compressed standalone image
+`;
 
 /** img rebase. */
 export const rebase: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
+  const parsed = parseArgs({
     args: argv,
-    options: { ...common, ...quietOption, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } },
+    options: {
+      ...common,
+      ...quietOption,
+      format: { type: 'string' },
+      b: { type: 'string' },
+      backing: { type: 'string' },
+      F: { type: 'string' },
+      B: { type: 'string' },
+      'backing-format': { type: 'string' },
+      u: { type: 'boolean' },
+      'backing-unsafe': { type: 'boolean' },
+      c: { type: 'boolean' },
+      compress: { type: 'boolean' },
+      'image-opts': { type: 'boolean' },
+      object: { type: 'string', multiple: true },
+    },
     allowPositionals: true,
   });
-  io = quietIo(io, values.quiet);
-  if (values.help) {
-    io.stdout(
-      'Usage: img rebase [-q] [-f fmt] [-u] -b <backing> [-F fmt] <file>\n\nChanges the backing file. Safe mode (default) copies whatever would change into the image first;\n-u only rewrites the name. -b "" removes the backing file.\n\nExample:\n  img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2\n',
-    );
+  const { positionals } = parsed;
+  io = quietIo(io, parsed.values.quiet);
+  if (parsed.values.help) {
+    io.stdout(HELP);
     return 0;
   }
+  refuseQemuOnly(parsed.values);
+  // qemu-img 7.2's letters and 10.1's names for the same options (10.1 spells the backing format -B, 7.2 -F).
+  const values = {
+    f: oneOf('-f', parsed.values.f, '--format', parsed.values.format),
+    b: oneOf('-b', parsed.values.b, '--backing', parsed.values.backing),
+    F: oneOf('-F', parsed.values.F, '-B', parsed.values.B, '--backing-format', parsed.values['backing-format']),
+    u: (parsed.values.u || parsed.values['backing-unsafe']) ?? false,
+    c: (parsed.values.c || parsed.values.compress) ?? false,
+  };
   const path = onePath(positionals);
   if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const registry = defaultRegistry();
@@ -40,7 +82,7 @@ export const rebase: Handler = async (argv, io) => {
       const named = identityOfPath(resolveRelative({ name, from: disk.storage }));
       if (named) assertNotRead(identityOfStorage(disk.storage), [named], 'image');
     }
-    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u ?? false });
+    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c });
   } finally {
     await next?.close();
     await disk.close();

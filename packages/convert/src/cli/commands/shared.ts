@@ -74,3 +74,20 @@ export const quietOption = { quiet: { type: 'boolean', short: 'q' } } as const;
 export function quietIo(io: Io, quiet: boolean | undefined): Io {
   return quiet ? { ...io, stdout: () => {} } : io;
 }
+
+/**
+ * The one value given among several spellings of an option (qemu-img 7.2's
+ * letter, 10.1's letter or long name): pairs of (spelling, value). Two
+ * spellings with different values are a usage error naming both.
+ */
+export function oneOf(...pairs: Array<string | undefined>): string | undefined {
+  let chosen: { name: string; value: string } | undefined;
+  for (let i = 0; i < pairs.length; i += 2) {
+    const name = pairs[i]!;
+    const value = pairs[i + 1];
+    if (value === undefined) continue;
+    if (chosen && chosen.value !== value) throw new UsageError(`${chosen.name} and ${name} are the same option: give it once`);
+    chosen ??= { name, value };
+  }
+  return chosen?.value;
+}

@@ -1,0 +1,106 @@
+/**
+ * Conversions into a new qcow2 file go through the bulk writer
+ * (qcow2Driver.createFresh). The output must be what qemu-img writes:
+ * check clean, same content, the same guest clusters allocated (qemu-img
+ * map), no larger a file; and an abort leaves no image behind.
+ */
+import { closeSync, existsSync, openSync, statSync, writeSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { MemoryStorage, isAllZero } from '@img/block';
+import { openRaw } from '@img/block';
+import { FileStorage } from '@img/block/node';
+import { qcow2Driver } from '@img/qcow2';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import { convertDisk } from './convert.js';
+import { convertFile } from './node.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** Guest ranges holding data, merged whatever their host offsets. */
+function dataRanges(file: string): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const m of qemuMap(file, 'qcow2').filter((x) => x.data)) {
+    const last = out[out.length - 1];
+    if (last && last[1] === m.start) last[1] += m.length;
+    else out.push([m.start, m.start + m.length]);
+  }
+  return out;
+}
+
+describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img convert', () => {
+  let dir: string;
+  let cleanup: () => void;
+  let source: string;
+  const p = (name: string) => join(dir, name);
+
+  beforeAll(() => {
+    ({ path: dir, cleanup } = tempDir('bulk-convert-'));
+    source = p('source.raw');
+    const fd = openSync(source, 'w');
+    ftruncateSync(fd, 64 * MiB + 512);
+    const put = (at: number, bytes: Uint8Array) => writeSync(fd, bytes, 0, bytes.length, at);
+    put(0, seededBytes(3 * MiB, 1)); // data from the start
+    put(5 * MiB + 1000, seededBytes(70_000, 2)); // unaligned, across clusters
+    put(9 * MiB, new Uint8Array(MiB)); // written zeros: data to SEEK_DATA, zeros to -S
+    put(9 * MiB + 256 * KiB, seededBytes(4096, 3)); // one 4 KiB piece in them
+    put(20 * MiB - 100, seededBytes(200, 4)); // straddles a cluster boundary
+    put(64 * MiB, seededBytes(512, 5)); // the last sector
+    closeSync(fd);
+  });
+  afterAll(() => cleanup());
+
+  const cases: Array<{ name: string; ours: Record<string, unknown>; qemu: string[] }> = [
+    { name: 'defaults', ours: {}, qemu: [] },
+    { name: '-S 0', ours: { minZeroRun: 0 }, qemu: ['-S', '0'] },
+    { name: '-S 64k', ours: { minZeroRun: 64 * KiB }, qemu: ['-S', '64k'] },
+    { name: 'cluster_size=4k', ours: { createOptions: { clusterSize: '4k' } }, qemu: ['-o', 'cluster_size=4k'] },
+    { name: 'compat=0.10,cluster_size=2M', ours: { createOptions: { compat: '0.10', clusterSize: '2M' } }, qemu: ['-o', 'compat=0.10,cluster_size=2M'] },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: check clean, identical, the same clusters allocated, no larger than qemu-img's`, async () => {
+      const ours = p(`ours-${c.name.replace(/\W+/g, '_')}.qcow2`);
+      const theirs = p(`theirs-${c.name.replace(/\W+/g, '_')}.qcow2`);
+      await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: ours, ...c.ours });
+      qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', ...c.qemu, source, theirs]);
+      const check = qemuCheck(ours, 'qcow2');
+      expect(check.status, check.stderr).toBe(0);
+      expect(qemuCompare(ours, source, 'qcow2', 'raw')).toBe(true);
+      expect(dataRanges(ours)).toEqual(dataRanges(theirs));
+      expect(statSync(ours).size).toBeLessThanOrEqual(statSync(theirs).size);
+    });
+  }
+
+  it('writes the same clusters as the general writer (bulk: false), and from a qcow2 source', async () => {
+    const general = p('general.qcow2');
+    const bulk = p('bulk.qcow2');
+    await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: general, bulk: false });
+    await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: bulk });
+    expect(dataRanges(bulk)).toEqual(dataRanges(general));
+    expect(statSync(bulk).size).toBeLessThanOrEqual(statSync(general).size);
+    // qcow2 -> qcow2: the source's clusters, as qemu-img copies them.
+    const again = p('again.qcow2');
+    const theirs = p('again-theirs.qcow2');
+    await convertFile({ srcFormat: 'qcow2', dstFormat: 'qcow2', input: bulk, output: again });
+    qemuImg(['convert', '-f', 'qcow2', '-O', 'qcow2', bulk, theirs]);
+    expect(qemuCheck(again, 'qcow2').status).toBe(0);
+    expect(qemuCompare(again, source, 'qcow2', 'raw')).toBe(true);
+    expect(dataRanges(again)).toEqual(dataRanges(theirs));
+  });
+
+  it('an abort stops the copy with ERR_IMG_ABORTED and leaves no image: the file is removed, a storage has no header', async () => {
+    const out = p('aborted.qcow2');
+    const ac = new AbortController();
+    await expect(convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: out, signal: ac.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    expect(existsSync(out)).toBe(false);
+
+    const src = await openRaw(await FileStorage.open(source));
+    const target = new MemoryStorage();
+    const ac2 = new AbortController();
+    await expect(convertDisk(src, qcow2Driver, target, { signal: ac2.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac2.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    expect(target.toBytes().length).toBeGreaterThan(0);
+    expect(isAllZero(target.toBytes().subarray(0, 4096))).toBe(true);
+    await src.close();
+  });
+});

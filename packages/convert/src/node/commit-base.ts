@@ -1,0 +1,126 @@
+/**
+ * img commit -b BASE (qemu-img commit -b): write what every layer above
+ * BASE holds into BASE, an ancestor of the image that need not be its
+ * immediate backing file. As qemu-img does, the image and the layers in
+ * between keep their data (-b implies -d) and the chain keeps its shape;
+ * BASE alone changes, so the image reads the same after the commit.
+ */
+import { invalidArg, throwIfAborted, type CopyProgress, type Disk, type Extent, type Resolver } from '@img/block';
+import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import type { FormatRegistry } from '@img/block';
+import { openImageFile } from '../node.js';
+import { identityOfPath, identityOfStorage, type FileIdentity } from './same-file.js';
+
+export interface CommitBaseOptions {
+  /** Format of the top image (probed when absent). */
+  format?: string;
+  registry?: FormatRegistry;
+  onProgress?: (p: CopyProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface CommitBaseResult {
+  /** Bytes written into the base (data and zeros of the layers above it). */
+  bytesCommitted: number;
+  /** The base's file, as the chain names it. */
+  base: string;
+  /** How many layers above the base were committed (1: the image alone). */
+  layers: number;
+}
+
+const CHUNK = 4 << 20;
+
+function sameFile(a: FileIdentity | undefined, b: FileIdentity | undefined): boolean {
+  return a !== undefined && b !== undefined && a.key === b.key;
+}
+
+function backingOf(disk: Disk): Disk | undefined {
+  return disk.backing ?? (disk as { parent?: Disk }).parent;
+}
+
+/** The layers of an open chain, top first. */
+function layersOf(top: Disk): Disk[] {
+  const out: Disk[] = [];
+  for (let d: Disk | undefined = top; d; d = backingOf(d)) out.push(d);
+  return out;
+}
+
+/**
+ * Commits the image at `path` and every layer between it and `base` into
+ * `base`, which names a member of its backing chain: relative to the
+ * image's directory as a backing file name is, or as a path from here.
+ * A name that is not in the chain (or is the image itself) is
+ * ERR_IMG_INVALID_ARG, in qemu-img's words.
+ *
+ * @example
+ * ```ts
+ * await commitIntoBase('top.qcow2', 'base.qcow2'); // top -> mid -> base: base now holds all three
+ * ```
+ */
+export async function commitIntoBase(path: string, base: string, options: CommitBaseOptions = {}): Promise<CommitBaseResult> {
+  const registry = options.registry;
+  const common = { ...(registry ? { registry } : {}) };
+  // 1. Find the base in the chain, by file identity.
+  let basePath: string;
+  let baseFormat: string;
+  let baseId: FileIdentity | undefined;
+  let depth: number;
+  {
+    const top = await openImageFile(path, { ...common, ...(options.format !== undefined ? { format: options.format } : {}) });
+    try {
+      const wanted = [identityOfPath(resolveRelative({ name: base, from: top.storage })), identityOfPath(base)];
+      const layers = layersOf(top);
+      depth = layers.findIndex((layer, i) => i > 0 && wanted.some((w) => sameFile(w, identityOfStorage(layer.storage))));
+      if (depth < 0) throw invalidArg(top.format, `Did not find '${base}' in the backing chain of '${path}'`, { file: path, field: 'base', actual: base });
+      basePath = layers[depth]!.storage.name;
+      baseFormat = layers[depth]!.format;
+      baseId = identityOfStorage(layers[depth]!.storage);
+    } finally {
+      await top.close();
+    }
+  }
+  // 2. The base, writable (its own backing files read-only); then the chain again, reading the base without a lock of its own.
+  const target = await openImageFile(basePath, { ...common, format: baseFormat, readOnly: false });
+  try {
+    const resolver: Resolver = async (request) => {
+      const resolved = resolveRelative(request);
+      if (!request.writable && sameFile(identityOfPath(resolved), baseId)) return FileStorage.open(resolved, { readOnly: true, forceShare: true });
+      return fileResolver(request);
+    };
+    const top = await openImageFile(path, { ...common, ...(options.format !== undefined ? { format: options.format } : {}), resolver });
+    try {
+      if (target.size < top.size) {
+        if (!target.resize) throw invalidArg(target.format, `${basePath}: the base is smaller than the image and cannot grow`, { file: basePath });
+        await target.resize(top.size);
+      }
+      // Collected before writing: the copy changes the base, which the chain's extents would read.
+      const above: Extent[] = [];
+      for await (const e of top.extents()) if (e.kind !== 'hole' && (e.depth ?? 0) < depth) above.push(e);
+      const total = above.reduce((n, e) => n + e.length, 0);
+      let done = 0;
+      const buffer = new Uint8Array(Math.min(CHUNK, Math.max(512, total)));
+      for (const e of above) {
+        for (let pos = e.offset; pos < e.offset + e.length;) {
+          throwIfAborted(options.signal);
+          const n = Math.min(buffer.length, e.offset + e.length - pos);
+          if (e.kind === 'zero') {
+            await target.writeZeroes(pos, n);
+          } else {
+            const view = buffer.subarray(0, n);
+            await top.readInto(pos, view);
+            await target.write(pos, view);
+          }
+          pos += n;
+          done += n;
+          options.onProgress?.({ bytesDone: done, bytesTotal: total, bytesRead: done, bytesWritten: done });
+        }
+      }
+      await target.flush();
+      return { bytesCommitted: done, base: basePath, layers: depth };
+    } finally {
+      await top.close();
+    }
+  } finally {
+    await target.close();
+  }
+}

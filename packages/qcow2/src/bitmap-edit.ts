@@ -1,0 +1,437 @@
+/**
+ * editQcow2Bitmaps: qemu-img bitmap for qcow2 (spec: "Bitmaps", "Bitmap
+ * directory", "Bitmap table", "Dirty tracking bitmaps"). Adds, removes,
+ * clears, enables, disables and merges persistent dirty bitmaps.
+ *
+ * The operations are applied in order to an in-memory copy of the
+ * directory, and refused as a whole before anything is written if one of
+ * them fails (qemu-img keeps the ones before the failing one). Then the new
+ * state is written copy-on-write, so that a crash at any point leaves either
+ * the old bitmaps, the new ones, or bitmaps the image itself calls
+ * inconsistent (autoclear bit 0 clear: qemu ignores them and `qemu-img
+ * check` counts their clusters as leaks), never a corrupt image:
+ *
+ * 1. changed bitmap tables, their data clusters and a new directory go to
+ *    freshly allocated clusters; unchanged bitmaps keep their tables; flush;
+ * 2. the header switch: where header and extensions fit in the first
+ *    sector, one sector write; otherwise the autoclear bit is cleared (one
+ *    sector write, flush), the extension area past the first sector is
+ *    written (flush), and the first sector with the new extension and the
+ *    bit set again is written last (flush);
+ * 3. the old directory and the tables and data clusters only the old state
+ *    used are released (a crash before that leaks them).
+ */
+import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64Be } from '@img/block';
+import type { Resolver, Storage } from '@img/block';
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
+import { findExtension, parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
+import { hasFeature, parseHeader, serializeHeader } from './header.js';
+import { entryOffset } from './mapping.js';
+import { openQcow2Image } from './open.js';
+import { closeQcow2 } from './io.js';
+import { beforeFirstWrite, refreshOverlapMap, type Qcow2Image } from './core.js';
+import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
+import type { MappingView } from './reader.js';
+import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
+import {
+  BITMAP_FLAG_AUTO,
+  BITMAP_FLAG_EXTRA_COMPATIBLE,
+  BITMAP_FLAG_IN_USE,
+  BITMAP_TYPE_DIRTY_TRACKING,
+  MAX_BITMAP_NAME,
+  bitmapEntrySize,
+  checkBitmapsExtension,
+  parseBitmapDirectory,
+  serializeBitmapDirectory,
+  serializeBitmapsExtension,
+  type BitmapDirectoryEntry,
+} from './bitmap-edit-directory.js';
+
+const FORMAT = 'qcow2';
+const SECTOR = 512;
+/** Most bitmap bytes one bitmap may hold in memory while it is merged (one bit per granule). */
+const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
+/** qemu's bound on a bitmap's size (its BME_MAX_PHYS_SIZE). */
+const MAX_BITMAP_PHYS_BYTES = 0x2000_0000;
+/** qemu's bound on a bitmap table's entries (its BME_MAX_TABLE_SIZE). */
+const MAX_BITMAP_TABLE_SIZE = 0x800_0000;
+
+/** One operation of {@link editQcow2Bitmaps}, as qemu-img bitmap spells them. */
+export type Qcow2BitmapOp =
+  | {
+      op: 'add';
+      name: string;
+      /** Bytes per bit: a power of two from 512 to 2 GiB (default: the cluster size, at least 4 KiB and at most 64 KiB, as qemu). */
+      granularity?: number;
+      /** Create it disabled (not recording writes). */
+      disabled?: boolean;
+    }
+  | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
+  | {
+      op: 'merge';
+      /** The bitmap that receives the bits. */
+      name: string;
+      /** A bitmap of this image (its state after the operations before this one), or one read from another image with readQcow2DirtyBitmap. */
+      source: string | Qcow2DirtyBitmap;
+    };
+
+/** Options of {@link editQcow2Bitmaps}. */
+export interface Qcow2BitmapEditOptions {
+  /** Opens an external data file, if the image has one (the bitmaps do not need it, but a writable open does). */
+  resolver?: Resolver;
+  /** Called once the new state is on disk, before old clusters are released (tests use it to stop there). */
+  afterSwitch?: () => Promise<void> | void;
+}
+
+/** A bitmap of the planned directory. */
+interface Planned {
+  entry: BitmapDirectoryEntry;
+  /** Bits changed in memory: the table and data are written anew. */
+  bits?: Uint8Array;
+  /** The stored table (and its data) is no longer used once the switch is done. */
+  replaced: boolean;
+  /** The entry as stored (undefined: added by this call). */
+  stored?: BitmapDirectoryEntry;
+}
+
+/**
+ * Applies qemu-img bitmap's operations, in order, to the qcow2 image in
+ * `storage` (opened for writing, closed when done; backing and data files
+ * are not opened). Everything is checked before anything is written: one
+ * refused operation leaves the image as it was. Errors carry qemu-img's
+ * wording ("Bitmap already exists: b0", "Dirty bitmap 'b0' not found",
+ * "Granularity must be power of 2 and at least 512", "Cannot store dirty
+ * bitmaps in qcow2 v2 files", "Bitmap 'b0' is inconsistent and cannot be
+ * used") after "Operation add on bitmap b0 failed: ".
+ *
+ * @example
+ * ```ts
+ * await editQcow2Bitmaps(await FileStorage.open('vm.qcow2', { readOnly: false }), [
+ *   { op: 'add', name: 'backup-1', granularity: 65536 },
+ *   { op: 'merge', name: 'backup-1', source: 'backup-0' },
+ * ]);
+ * ```
+ */
+export async function editQcow2Bitmaps(storage: Storage, ops: readonly Qcow2BitmapOp[], options: Qcow2BitmapEditOptions = {}): Promise<void> {
+  if (!Array.isArray(ops) || ops.length === 0) throw invalidArg(FORMAT, 'Need at least one of --add, --remove, --clear, --enable, --disable, or --merge', { field: 'ops' });
+  const core = await openQcow2Image(storage, { readOnly: false, noBacking: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
+  try {
+    await editState(core, core.active, ops, options);
+  } finally {
+    await closeQcow2(core);
+  }
+}
+
+/**
+ * Adds persistent bitmap `name` (enabled unless `disabled`), as
+ * `qemu-img bitmap --add [-g granularity]`. See {@link editQcow2Bitmaps}.
+ */
+export function addQcow2Bitmap(storage: Storage, name: string, options: { granularity?: number; disabled?: boolean } = {}): Promise<void> {
+  return editQcow2Bitmaps(storage, [{ op: 'add', name, ...options }]);
+}
+
+/** Removes persistent bitmap `name`, as `qemu-img bitmap --remove`. See {@link editQcow2Bitmaps}. */
+export function removeQcow2Bitmap(storage: Storage, name: string): Promise<void> {
+  return editQcow2Bitmaps(storage, [{ op: 'remove', name }]);
+}
+
+/**
+ * The persistent bitmaps of the qcow2 image in `storage` as qemu-img info
+ * lists them (name, granularity, flags "in-use"/"auto"), read-only. An
+ * image whose bitmaps are all inconsistent (autoclear bit 0 clear: a
+ * program that did not know them wrote it) and a version 2 image have none.
+ *
+ * @example
+ * ```ts
+ * for (const b of await listQcow2Bitmaps(storage)) console.log(b.name, b.granularity, b.flags);
+ * ```
+ */
+export async function listQcow2Bitmaps(storage: Storage, file: string = storage.name): Promise<Qcow2BitmapInfo[]> {
+  const fileSize = await storage.size();
+  const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
+  const header = parseHeader(head, file);
+  const clusterSize = 2 ** header.clusterBits;
+  if (header.version < 3 || !hasFeature(header.autoclearFeatures, AUTOCLEAR_BITMAPS)) return [];
+  const ext = parseBitmapsExtension(findExtension(parseExtensions(head.subarray(0, clusterSize), header.headerLength, clusterSize, file), EXT_BITMAPS), file);
+  return ext ? readBitmapDirectory(storage, ext, fileSize, clusterSize, file) : [];
+}
+
+/** The default granularity qemu gives a new bitmap: the cluster size, within 4 KiB..64 KiB. */
+export function defaultQcow2BitmapGranularity(clusterSize: number): number {
+  return Math.min(65536, Math.max(4096, clusterSize));
+}
+
+async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2BitmapOp[], options: Qcow2BitmapEditOptions): Promise<void> {
+  const cs = s.geom.clusterSize;
+  const size = s.header.size;
+  const consistent = hasFeature(s.header.autoclearFeatures, AUTOCLEAR_BITMAPS);
+  const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+  // Bitmaps the image calls inconsistent are dropped on the first write (beforeFirstWrite), as qemu drops them.
+  let stored: BitmapDirectoryEntry[] = [];
+  if (ext && consistent && s.header.version >= 3) {
+    checkBitmapsExtension(ext, s.fileSize, cs, s.file);
+    stored = parseBitmapDirectory(await s.storage.read(ext.bitmapDirectoryOffset, ext.bitmapDirectorySize), ext.nbBitmaps, ext.bitmapDirectoryOffset, s.file);
+  }
+  const plan: Planned[] = stored.map((e) => ({ entry: { ...e }, replaced: false, stored: e }));
+  // A bitmap's bits are held in memory only to merge (a replaced bitmap without bits is all zeros).
+  const loadBits = async (p: Planned): Promise<Uint8Array> => (p.bits ??= p.stored && !p.replaced ? await readBits(s, p.stored) : zeroBits(s, p.entry, size));
+  const removed: BitmapDirectoryEntry[] = [];
+  // A bitmap written anew gets the table size the disk size asks for (whatever the stored one said).
+  const replace = (p: Planned) => {
+    p.replaced = true;
+    p.entry.tableSize = Math.ceil(bitmapBytes(size, 2 ** p.entry.granularityBits) / cs);
+  };
+
+  for (const o of ops) {
+    const name = String(o?.name ?? '');
+    const fail = (message: string, field = 'bitmap') => invalidArg(FORMAT, `${s.file}: Operation ${String(o?.op)} on bitmap ${name} failed: ${message}`, { field });
+    const find = (n: string): Planned => {
+      const p = plan.find((x) => x.entry.name === n);
+      if (!p) throw fail(`Dirty bitmap '${n}' not found`);
+      return p;
+    };
+    const usable = (p: Planned): Planned => {
+      if (p.entry.flags & BITMAP_FLAG_IN_USE || !knownBitmap(p.entry)) {
+        throw fail(`Bitmap '${p.entry.name}' is inconsistent and cannot be used (remove it with qemu-img bitmap --remove)`);
+      }
+      return p;
+    };
+    switch (o?.op) {
+      case 'add': {
+        if (name === '') throw fail('Bitmap name cannot be empty', 'name');
+        if (plan.some((x) => x.entry.name === name)) throw fail(`Bitmap already exists: ${name}`, 'name');
+        const g = o.granularity ?? defaultQcow2BitmapGranularity(cs);
+        if (!Number.isInteger(g) || g < 512 || g > 2 ** 31 || (g & (g - 1)) !== 0) throw fail('Granularity must be power of 2 and at least 512', 'granularity');
+        if (s.header.version < 3) throw unsupported(FORMAT, s.file, `Operation add on bitmap ${name} failed: Cannot store dirty bitmaps in qcow2 v2 files`, { field: 'version' });
+        const persistent = (why: string, field: string) => fail(`Can't make bitmap '${name}' persistent: ${why}`, field);
+        if (utf8Encode(name).length > MAX_BITMAP_NAME) throw persistent(`Name length exceeds maximum (${MAX_BITMAP_NAME} characters)`, 'name');
+        const bytes = bitmapBytes(size, g);
+        const tableSize = Math.ceil(bytes / cs);
+        if (bytes > MAX_BITMAP_PHYS_BYTES || tableSize > MAX_BITMAP_TABLE_SIZE) throw persistent('Too much space will be occupied by the bitmap. Use larger granularity', 'granularity');
+        if (plan.length >= MAX_BITMAPS) throw persistent('Maximum number of persistent bitmaps is already reached', 'bitmaps');
+        const entry: BitmapDirectoryEntry = { tableOffset: 0, tableSize, flags: o.disabled ? 0 : BITMAP_FLAG_AUTO, type: BITMAP_TYPE_DIRTY_TRACKING, granularityBits: Math.log2(g), name, extra: new Uint8Array(0) };
+        if (plan.reduce((n, x) => n + bitmapEntrySize(x.entry), bitmapEntrySize(entry)) > MAX_BITMAP_DIRECTORY_SIZE) throw persistent('Not enough space in the bitmap directory', 'bitmaps');
+        plan.push({ entry, replaced: true });
+        break;
+      }
+      case 'remove': {
+        const p = find(name);
+        plan.splice(plan.indexOf(p), 1);
+        if (p.stored) removed.push(p.stored);
+        break;
+      }
+      case 'clear': {
+        const p = usable(find(name));
+        delete p.bits;
+        replace(p);
+        break;
+      }
+      case 'enable':
+      case 'disable': {
+        const p = usable(find(name));
+        p.entry.flags = o.op === 'enable' ? p.entry.flags | BITMAP_FLAG_AUTO : p.entry.flags & ~BITMAP_FLAG_AUTO;
+        break;
+      }
+      case 'merge': {
+        const dest = usable(find(name));
+        const g = 2 ** dest.entry.granularityBits;
+        if (typeof o.source === 'string') {
+          const src = usable(find(o.source));
+          const srcBits = await loadBits(src);
+          const bits = await loadBits(dest);
+          mergeBits(bits, g, srcBits, 2 ** src.entry.granularityBits, size);
+        } else {
+          const src = o.source;
+          if (src.virtualSize !== size) throw fail(`Bitmaps are of different sizes (destination size is ${size}, source size is ${src.virtualSize}) and can't be merged`);
+          const bits = await loadBits(dest);
+          for (const run of src.runs(0, size)) if (run.dirty) setRange(bits, g, run.offset, run.offset + run.length);
+        }
+        replace(dest);
+        break;
+      }
+      default:
+        throw invalidArg(FORMAT, `unknown bitmap operation ${JSON.stringify((o as { op?: unknown } | undefined)?.op)} (add, remove, clear, enable, disable or merge)`, { field: 'op' });
+    }
+  }
+
+  const changed = removed.length > 0 || plan.length !== stored.length || plan.some((p) => p.replaced || p.entry.flags !== p.stored?.flags);
+  if (!changed) return;
+  // What the old state alone uses, read (and checked) before anything is written.
+  const release: Array<{ offset: number; bytes: number }> = [];
+  for (const e of [...removed, ...plan.filter((p) => p.stored && p.replaced).map((p) => p.stored!)]) release.push(...(await tableClusters(s, e)));
+  if (ext && consistent) release.push({ offset: ext.bitmapDirectoryOffset, bytes: ext.bitmapDirectorySize });
+
+  await beforeFirstWrite(s); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
+  s.bitmaps = undefined; // the writer's tracker would keep the old directory
+  const w = s.writer!;
+  const allocate = async (bytes: number): Promise<number> => {
+    const at = await w.allocator.allocate(Math.ceil(bytes / cs));
+    s.overlap?.check(s.file, at, bytes);
+    return at;
+  };
+  // 1. new tables and data, new directory
+  for (const p of plan) {
+    if (!p.replaced) continue;
+    const bits = p.bits;
+    const table = new Uint8Array(p.entry.tableSize * 8);
+    for (let e = 0; bits && e < p.entry.tableSize; e++) {
+      const chunk = bits.subarray(e * cs, Math.min(bits.length, (e + 1) * cs));
+      if (chunk.every((b) => b === 0)) continue;
+      const at = await allocate(cs);
+      const data = new Uint8Array(cs);
+      data.set(chunk);
+      await s.storage.write(at, data);
+      writeU64Be(table, e * 8, at);
+    }
+    p.entry.tableOffset = table.length ? await allocate(table.length) : 0; // a disk of 0 bytes has an empty table
+    if (table.length) await s.storage.write(p.entry.tableOffset, table);
+  }
+  let newExt: HeaderExtension | undefined;
+  if (plan.length) {
+    const dir = serializeBitmapDirectory(plan.map((p) => p.entry));
+    const dirOffset = await allocate(dir.length);
+    await s.storage.write(dirOffset, dir);
+    newExt = { type: EXT_BITMAPS, data: serializeBitmapsExtension({ nbBitmaps: plan.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset }) };
+  }
+  await s.storage.flush();
+  // 2. the switch
+  await switchBitmaps(s, newExt);
+  await options.afterSwitch?.();
+  // 3. what only the old state used
+  for (const r of release) await w.allocator.release(r.offset, r.bytes);
+  await refreshOverlapMap(s, view);
+}
+
+/** Whether this code (and qemu) may use the bitmap: a dirty tracking bitmap whose extra data may be ignored. */
+function knownBitmap(e: BitmapDirectoryEntry): boolean {
+  return e.type === BITMAP_TYPE_DIRTY_TRACKING && e.granularityBits >= 9 && e.granularityBits <= 31 && (e.extra.length === 0 || (e.flags & BITMAP_FLAG_EXTRA_COMPATIBLE) !== 0);
+}
+
+/** Bytes of a bitmap of a disk of `size` bytes at `granularity` bytes per bit. */
+function bitmapBytes(size: number, granularity: number): number {
+  return Math.ceil(Math.ceil(size / granularity) / 8);
+}
+
+/** The table and data clusters of a stored bitmap (checked against the file). */
+async function tableClusters(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Array<{ offset: number; bytes: number }>> {
+  const cs = s.geom.clusterSize;
+  const table = await readTable(s, e);
+  const out = [{ offset: e.tableOffset, bytes: e.tableSize * 8 }];
+  for (let i = 0; i < e.tableSize; i++) {
+    const host = entryOffset(readU32Be(table, i * 8), readU32Be(table, i * 8 + 4));
+    if (host) out.push({ offset: host, bytes: cs });
+  }
+  return out;
+}
+
+async function readTable(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Uint8Array> {
+  const cs = s.geom.clusterSize;
+  if (e.tableSize > MAX_BITMAP_TABLE_SIZE || e.tableOffset % cs !== 0 || e.tableOffset + e.tableSize * 8 > s.fileSize || (e.tableSize > 0 && e.tableOffset === 0)) {
+    throw corrupt(FORMAT, s.file, `bitmap "${e.name}" has a table of ${e.tableSize} entries at ${hex(e.tableOffset)}, unaligned or outside the file`, { field: 'bitmap_table_offset', offset: e.tableOffset });
+  }
+  const table = await s.storage.read(e.tableOffset, e.tableSize * 8);
+  for (let i = 0; i < e.tableSize; i++) {
+    const host = entryOffset(readU32Be(table, i * 8), readU32Be(table, i * 8 + 4));
+    if (host && (host % cs !== 0 || host + cs > s.fileSize)) {
+      throw corrupt(FORMAT, s.file, `bitmap "${e.name}" table entry ${i} points to ${hex(host)}, unaligned or outside the file`, { field: 'bitmap table', offset: e.tableOffset + i * 8 });
+    }
+  }
+  return table;
+}
+
+/** All-zero bits for a bitmap about to be merged into (bounded as {@link readBits}). */
+function zeroBits(s: Qcow2Image, e: BitmapDirectoryEntry, size: number): Uint8Array {
+  const bytes = bitmapBytes(size, 2 ** e.granularityBits);
+  if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
+  return new Uint8Array(bytes);
+}
+
+/** The bits of a stored bitmap (bounded: at most {@link MAX_BITMAP_BYTES}). */
+async function readBits(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Uint8Array> {
+  const cs = s.geom.clusterSize;
+  const bytes = bitmapBytes(s.header.size, 2 ** e.granularityBits);
+  if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
+  if (e.tableSize !== Math.ceil(bytes / cs)) throw corrupt(FORMAT, s.file, `bitmap "${e.name}" has ${e.tableSize} table entries (expected ${Math.ceil(bytes / cs)})`, { field: 'bitmap_table_size' });
+  const table = await readTable(s, e);
+  const bits = new Uint8Array(bytes);
+  for (let i = 0; i < e.tableSize; i++) {
+    const lo = readU32Be(table, i * 8 + 4);
+    const host = entryOffset(readU32Be(table, i * 8), lo);
+    const start = i * cs;
+    const end = Math.min(bytes, start + cs);
+    if (host) bits.set(await s.storage.read(host, end - start), start);
+    else if (lo & 1) bits.fill(0xff, start, end); // bit 0 with no offset: every bit of the cluster set
+  }
+  return bits;
+}
+
+/** Sets the bits (at `granularity`) of every granule that guest bytes [from, to) touch. */
+function setRange(bits: Uint8Array, granularity: number, from: number, to: number): void {
+  if (to <= from) return;
+  let n = Math.floor(from / granularity);
+  const last = Math.min(Math.floor((to - 1) / granularity), bits.length * 8 - 1);
+  while (n <= last) {
+    if ((n & 7) === 0 && n + 7 <= last) {
+      const end = Math.floor((last + 1) / 8);
+      bits.fill(0xff, n >> 3, end);
+      n = end * 8;
+    } else {
+      bits[n >> 3] = bits[n >> 3]! | (1 << (n & 7));
+      n++;
+    }
+  }
+}
+
+/** ORs source bits (granularity `sg`) into `dest` (granularity `dg`); a source granule marks every destination granule it touches. */
+function mergeBits(dest: Uint8Array, dg: number, src: Uint8Array, sg: number, size: number): void {
+  if (dg === sg) {
+    for (let i = 0; i < dest.length; i++) dest[i] = dest[i]! | src[i]!;
+    return;
+  }
+  for (let byte = 0; byte < src.length; byte++) {
+    const v = src[byte]!;
+    if (v === 0) continue;
+    for (let b = 0; b < 8; b++) {
+      if (!(v & (1 << b))) continue;
+      const n = byte * 8 + b;
+      setRange(dest, dg, n * sg, Math.min(size, (n + 1) * sg));
+    }
+  }
+}
+
+/**
+ * Puts the new bitmaps extension (or none) in cluster 0 as the module
+ * comment says: atomically where everything fits in the first sector,
+ * otherwise with the autoclear bit clear while the rest is written.
+ */
+async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): Promise<void> {
+  const h = s.header;
+  const bit = 1n << BigInt(AUTOCLEAR_BITMAPS);
+  const wasSet = hasFeature(h.autoclearFeatures, AUTOCLEAR_BITMAPS);
+  // The bitmaps extension goes where it was, or last (as qemu writes it): the others do not move.
+  const i = s.extensions.findIndex((e) => e.type === EXT_BITMAPS);
+  if (ext && i >= 0) s.extensions[i] = ext;
+  else if (ext) s.extensions.push(ext);
+  else if (i >= 0) s.extensions.splice(i, 1);
+  if (ext) h.autoclearFeatures |= bit;
+  else h.autoclearFeatures &= ~bit;
+  const cs = s.geom.clusterSize;
+  const end = headerClusterBytes(h, s.extensions, s.backingName);
+  if (end > cs) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' });
+  const area = layoutHeaderCluster(h, s.extensions, s.backingName, Math.min(cs, Math.max(end, s.headerAreaEnd)));
+  if (area.length <= SECTOR) {
+    await s.storage.write(0, area);
+  } else {
+    if (wasSet) {
+      h.autoclearFeatures &= ~bit;
+      await s.storage.write(0, serializeHeader(h));
+      await s.storage.flush();
+      if (ext) h.autoclearFeatures |= bit;
+    }
+    await s.storage.write(SECTOR, area.subarray(SECTOR));
+    await s.storage.flush();
+    await s.storage.write(0, area.subarray(0, SECTOR));
+  }
+  await s.storage.flush();
+  s.headerAreaEnd = end;
+}

@@ -1,0 +1,170 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRaw, MemoryStorage, sparseCopy, bytesEqual, type Extent } from '@img/block';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { describeQemu, qemuImg, qemuIo, qemuMap, tempDir } from '@img/testkit';
+import { qcow2HostSegments } from './host-runs.js';
+import { segments, type Segment } from './reader.js';
+import { openQcow2, openQcow2Image } from './open.js';
+import { closeQcow2 } from './io.js';
+import type { Qcow2Image } from './core.js';
+import { createQcow2 } from './create.js';
+import { fixtureNames, imageError, loadFixture, memoryResolver, openBytes } from '../test/fixtures.js';
+
+async function collect(gen: AsyncIterable<Segment>): Promise<Segment[] | string> {
+  const out: Segment[] = [];
+  try {
+    for await (const s of gen) out.push({ ...s });
+  } catch (e) {
+    return `error: ${(e as Error).message}`;
+  }
+  return out;
+}
+
+/** Both walks over `[start, end)`: the fast one must say exactly what the reader's says (or fail the same way). */
+async function expectSameWalk(core: Qcow2Image, start: number, end: number): Promise<void> {
+  const fast = await collect(qcow2HostSegments(core, core.active, start, end));
+  const slow = await collect(segments(core, core.active, start, end));
+  expect(fast).toEqual(slow);
+}
+
+describe('qcow2HostSegments', () => {
+  it.each(fixtureNames())('walks %s as the reader does (whole disk and unaligned windows)', async (name) => {
+    let core: Qcow2Image;
+    try {
+      core = await openQcow2Image(MemoryStorage.from(loadFixture(name), { name, readOnly: true }), { resolver: memoryResolver });
+    } catch {
+      return; // fixtures that refuse to open are the open gate's business
+    }
+    const size = core.active.size;
+    try {
+      await expectSameWalk(core, 0, size);
+      let seed = name.length * 7919;
+      for (let i = 0; i < 8; i++) {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        const a = seed % size;
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        const b = a + (seed % (size - a + 1));
+        await expectSameWalk(core, a, b);
+      }
+    } finally {
+      await closeQcow2(core);
+    }
+  });
+
+  it('merges host-contiguous data clusters, splits fragmented ones, keeps zero and compressed clusters apart', async () => {
+    const cs = 65536;
+    const storage = new MemoryStorage();
+    const disk = await createQcow2(storage, { size: 32 * cs });
+    try {
+      const fill = (v: number, n = cs) => new Uint8Array(n).fill(v);
+      // Clusters 4..7 written in reverse: four host clusters, none after the one before.
+      for (const c of [7, 6, 5, 4]) await disk.write(c * cs, fill(c));
+      // Clusters 10..13 in order: one host run.
+      await disk.write(10 * cs, fill(1, 4 * cs));
+      await disk.writeZeroes(16 * cs, 2 * cs, { mayUnmap: false });
+      await disk.writeCompressed(20 * cs, fill(9, 2 * cs));
+      await disk.flush();
+      const core = await openQcow2Image(MemoryStorage.from(storage.toBytes()));
+      const segs = await collect(qcow2HostSegments(core, core.active, 0, 24 * cs));
+      expect(segs).toEqual(await collect(segments(core, core.active, 0, 24 * cs)));
+      await closeQcow2(core);
+      const data = (segs as Segment[]).filter((s) => s.kind === 'data');
+      expect(data.map((s) => [s.offset / cs, s.length / cs])).toEqual([
+        [4, 1],
+        [5, 1],
+        [6, 1],
+        [7, 1],
+        [10, 4],
+      ]);
+      for (let i = 1; i < 4; i++) expect(data[i]!.host! + cs).toBe(data[i - 1]!.host);
+      expect((segs as Segment[]).filter((s) => s.kind === 'compressed').map((s) => s.offset / cs)).toEqual([20, 21]);
+      expect((segs as Segment[]).some((s) => s.kind === 'zero' && s.offset === 16 * cs && s.length === 2 * cs)).toBe(true);
+    } finally {
+      await disk.close();
+    }
+  });
+
+  it('refuses a corrupt L2 entry with the reader\u2019s error', async () => {
+    const bytes = loadFixture('v3-64k.qcow2');
+    const core = await openQcow2Image(MemoryStorage.from(bytes.slice()));
+    const view = core.active;
+    // Find the first L2 table and an allocated entry in it, then misalign that entry's offset.
+    let l2 = 0;
+    for (let i = 0; i * 8 < view.l1.length && !l2; i++) l2 = Number(new DataView(view.l1.buffer, view.l1.byteOffset + i * 8).getBigUint64(0) & 0x00ff_ffff_ffff_fe00n);
+    await closeQcow2(core);
+    expect(l2).toBeGreaterThan(0);
+    let entry = -1;
+    const dv = new DataView(bytes.buffer, bytes.byteOffset);
+    for (let i = 0; i < 8192 && entry < 0; i++) {
+      if (dv.getBigUint64(l2 + i * 8) & 0x00ff_ffff_ffff_fe00n) entry = i;
+    }
+    expect(entry).toBeGreaterThanOrEqual(0);
+    dv.setBigUint64(l2 + entry * 8, 2n ** 63n + 65536n + 512n);
+    const bad = await openBytes(bytes);
+    try {
+      const badCore = await openQcow2Image(MemoryStorage.from(bytes));
+      const fast = await collect(qcow2HostSegments(badCore, badCore.active, 0, bad.size));
+      expect(fast).toMatch(/unaligned cluster offset/);
+      expect(fast).toEqual(await collect(segments(badCore, badCore.active, 0, bad.size)));
+      await closeQcow2(badCore);
+      const e = await imageError(
+        (async () => {
+          for await (const _ of bad.extents({ hostOffsets: true }));
+        })(),
+      );
+      expect(e.code).toBe('ERR_IMG_CORRUPT');
+    } finally {
+      await bad.close();
+    }
+  });
+});
+
+describeQemu('qcow2 host runs against qemu-img', () => {
+  let dir: string;
+  let cleanup: () => void;
+  beforeAll(() => {
+    ({ path: dir, cleanup } = tempDir('qcow2-host-runs-'));
+  });
+  afterAll(() => cleanup());
+
+  it('reports the host offsets qemu-img map reports, and a copy to raw equals qemu-img convert (fragmented, zero, compressed, backing)', async () => {
+    const base = join(dir, 'base.qcow2');
+    const top = join(dir, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '8M']);
+    qemuIo(base, 'qcow2', ['write -P 0x11 0 1M', 'write -P 0x22 3M 512k']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top, '8M']);
+    // Reverse order (host clusters run backwards), a zero range over backing data, compressed clusters, partial clusters.
+    qemuIo(top, 'qcow2', ['write -P 0x33 1536k 64k', 'write -P 0x34 1472k 64k', 'write -P 0x35 1408k 64k', 'write -z 3M 128k', 'write -c -P 0x44 5M 128k', 'write -P 0x55 6M 4k', 'write -P 0 7M 64k']);
+    const disk = await openQcow2(await FileStorage.open(top), { resolver: fileResolver });
+    try {
+      const ours: Extent[] = [];
+      for await (const e of disk.extents({ hostOffsets: true })) ours.push(e);
+      const theirs = qemuMap(top);
+      const oursData = ours.filter((e) => e.kind === 'data' && e.hostOffset !== undefined && (e.depth ?? 0) === 0).map((e) => [e.offset, e.length, e.hostOffset]);
+      const theirsData = theirs
+        .filter((e) => e.data && e.depth === 0 && e.offset !== undefined)
+        .map((e) => [e.start, e.length, e.offset!] as [number, number, number])
+        // qemu-img map also splits where the file below has a hole (the unwritten part of a copied-on-write cluster); join those.
+        .reduce<[number, number, number][]>((acc, r) => {
+          const last = acc.at(-1);
+          if (last && last[0] + last[1] === r[0] && last[2] + last[1] === r[2]) last[1] += r[1];
+          else acc.push([...r]);
+          return acc;
+        }, []);
+      expect(oursData).toEqual(theirsData);
+      expect(oursData.length).toBeGreaterThanOrEqual(4); // the three reversed clusters are three runs
+
+      const out = join(dir, 'ours.raw');
+      const dst = await createRaw(await FileStorage.create(out), { size: disk.size });
+      await sparseCopy(disk, dst);
+      await dst.close();
+      const ref = join(dir, 'ref.raw');
+      qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', top, ref]);
+      expect(bytesEqual(new Uint8Array(readFileSync(out)), new Uint8Array(readFileSync(ref)))).toBe(true);
+    } finally {
+      await disk.close();
+    }
+  });
+});

@@ -1,0 +1,267 @@
+/**
+ * sparsifyQcow2: release the data clusters of the active layer that hold
+ * only zeros, in place. A released cluster reads the same as before:
+ *
+ * - version 3: its L2 entry becomes a zero cluster (zero flag, no host
+ *   offset), whether or not a backing file lies below, so backing data
+ *   under it never shows through;
+ * - version 2 without a backing file: the entry becomes unallocated (a
+ *   hole reads as zeros);
+ * - version 2 with a backing file (no zero flag exists): the entry becomes
+ *   unallocated only where the backing file reads zeros too; elsewhere the
+ *   cluster stays.
+ *
+ * Only clusters this layer owns alone change: an L2 table or a data
+ * cluster shared with a snapshot (refcount above 1) stays as it is, and
+ * so do compressed clusters. compactQcow2 then gives the space back.
+ *
+ * Crash safety: the changed L2 entries are written first (each one is an
+ * aligned 8- or 16-byte field: old or new, both read as zeros), then a
+ * flush, then the released clusters' refcounts drop to 0, then a flush. A
+ * crash in between leaves leaks only; running it again finishes the job.
+ */
+import { invalidArg, isAllZero, throwIfAborted, writeU32Be, type Disk, type Resolver, type Storage } from '@img/block';
+import { readQcow2Graph, refcountOf, setRefcounts, type HostObject, type Qcow2Graph } from './compact-graph.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2, OFFSET_MASK_HI, OFFSET_MASK_LO, ENTRY_COMPRESSED_HI } from './constants.js';
+import { openQcow2 } from './open.js';
+
+const FORMAT = 'qcow2';
+const TWO32 = 0x1_0000_0000;
+
+/** L2 entries looked at, and released, at a time. */
+const CHUNK_ENTRIES = 512;
+
+/** The default zero-run granularity (qemu-img convert's -S default). */
+export const QCOW2_DEFAULT_MIN_ZERO_RUN = 4096;
+
+/** Options of sparsifyQcow2. */
+export interface Qcow2SparsifyOptions {
+  /**
+   * Shortest run of zero bytes released (a multiple of 512; default 4096,
+   * as qemu-img convert -S). A cluster is released whole or not at all:
+   * with a run longer than a cluster, only zero clusters in a run of
+   * clusters that read as zeros at least this long go.
+   */
+  minZeroRun?: number;
+  /** Opens the backing file of a version 2 image (needed there: zero clusters over non-zero backing data stay). */
+  resolver?: Resolver;
+  /** Called after each group of L2 entries, with the guest bytes looked at so far and in all. */
+  onProgress?: (done: number, total: number) => void;
+  /** Stops before the next group of entries (ERR_IMG_ABORTED); what was released stays released. */
+  signal?: AbortSignal;
+}
+
+/** What sparsifyQcow2 did. */
+export interface Qcow2SparsifyResult {
+  /** Allocated data clusters of the active layer read. */
+  clustersScanned: number;
+  /** Clusters released (zero clusters or holes now): their space is free for compactQcow2. */
+  clustersReleased: number;
+  /** Bytes of the file they held. */
+  bytesReleased: number;
+  /** Data clusters left alone because a snapshot shares them (or their L2 table). */
+  clustersShared: number;
+  /** Set when there was nothing to do, saying why. */
+  nothingToDo?: string;
+}
+
+type Status = 'candidate' | 'zero' | 'other';
+
+/**
+ * Releases the all-zero clusters of the qcow2 image in `storage` (see the
+ * module comment). The storage must be writable; it is flushed and left
+ * open.
+ *
+ * @example
+ * ```ts
+ * const storage = await FileStorage.open('disk.qcow2', { readOnly: false });
+ * const r = await sparsifyQcow2(storage, { resolver: fileResolver });
+ * await compactQcow2(storage);
+ * await storage.close();
+ * ```
+ */
+export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOptions = {}): Promise<Qcow2SparsifyResult> {
+  const minZeroRun = options.minZeroRun ?? QCOW2_DEFAULT_MIN_ZERO_RUN;
+  if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 512 || minZeroRun % 512 !== 0) {
+    throw invalidArg(FORMAT, `minZeroRun must be a positive multiple of 512 bytes, not ${minZeroRun}`, { field: 'minZeroRun' });
+  }
+  const g = await readQcow2Graph(storage);
+  const h = g.header;
+  const result: Qcow2SparsifyResult = { clustersScanned: 0, clustersReleased: 0, bytesReleased: 0, clustersShared: 0 };
+  if ((h.incompatibleFeatures >> BigInt(INCOMPAT_DATA_FILE)) & 1n) {
+    return { ...result, nothingToDo: 'the data clusters live in the external data file, not in this file' };
+  }
+  const extendedL2 = ((h.incompatibleFeatures >> BigInt(INCOMPAT_EXTENDED_L2)) & 1n) === 1n;
+  const zeroFlag = h.version >= 3;
+  const hasBacking = h.backingFileOffset !== 0 && h.backingFileSize > 0;
+  // A version 2 image can only punch holes: the backing file decides where that reads the same. The chain is opened
+  // for a version 3 image too (when a resolver is given), so that a backing file that is this very file is refused.
+  let top: Disk | undefined;
+  if (hasBacking && (!zeroFlag || options.resolver)) {
+    top = await openQcow2(keepOpen(storage), { readOnly: true, noDataFile: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
+  }
+  try {
+    const below = top?.backing;
+    const cs = g.clusterSize;
+    const entrySize = extendedL2 ? 16 : 8;
+    const perTable = cs / entrySize;
+    const l1 = g.objects.find((o) => o.kind === 'l1');
+    const l1Bytes = l1 ? await storage.read(l1.at, h.l1Size * 8) : new Uint8Array(0);
+    const tables: Array<{ index: number; obj: HostObject }> = [];
+    for (let i = 0; i < h.l1Size; i++) {
+      const at = entryHost(l1Bytes, i * 8);
+      if (at !== 0) tables.push({ index: i, obj: g.owner[at / cs]! });
+    }
+    const total = tables.length * perTable * cs;
+    let done = 0;
+    let aborted: unknown;
+    outer: for (const { index, obj } of tables) {
+      const shared = refcountOf(g, obj.at / cs)! > 1;
+      const table = await storage.read(obj.at, cs);
+      for (let first = 0; first < perTable; first += CHUNK_ENTRIES) {
+        try {
+          throwIfAborted(options.signal);
+        } catch (e) {
+          aborted = e;
+          break outer;
+        }
+        const count = Math.min(CHUNK_ENTRIES, perTable - first);
+        const status: Status[] = [];
+        for (let j = first; j < first + count; j++) {
+          const guest = (index * perTable + j) * cs;
+          const s = guest >= h.size ? 'other' : await classify(g, storage, table, j * entrySize, { extendedL2, zeroFlag, hasBacking, shared, below, guest, result });
+          status.push(s);
+        }
+        const release = releasable(status, Math.ceil(minZeroRun / cs));
+        if (release.length > 0) {
+          await releaseEntries(
+            storage,
+            g,
+            obj,
+            table,
+            release.map((k) => (first + k) * entrySize),
+            { extendedL2, zeroFlag },
+          );
+          result.clustersReleased += release.length;
+          result.bytesReleased += release.length * cs;
+        }
+        done += count * cs;
+        options.onProgress?.(done, total);
+      }
+    }
+    await storage.flush();
+    if (aborted) throw aborted;
+    if (result.clustersScanned === 0) result.nothingToDo = result.clustersShared > 0 ? 'every allocated cluster is shared with a snapshot' : 'no data cluster is allocated in the active layer';
+    return result;
+  } finally {
+    await top?.backing?.close();
+  }
+}
+
+/** A storage whose close() does nothing (the caller owns it; the read-only view only opens the backing chain). */
+function keepOpen(storage: Storage): Storage {
+  return new Proxy(storage, {
+    get(target, key) {
+      if (key === 'close') return () => Promise.resolve();
+      const v: unknown = Reflect.get(target, key, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+function entryHost(buf: Uint8Array, at: number): number {
+  const hi = (buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!;
+  const lo = (buf[at + 4]! << 24) | (buf[at + 5]! << 16) | (buf[at + 6]! << 8) | buf[at + 7]!;
+  return (hi & OFFSET_MASK_HI) * TWO32 + ((lo & OFFSET_MASK_LO) >>> 0);
+}
+
+function u32(buf: Uint8Array, at: number): number {
+  return ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
+}
+
+interface ClassifyContext {
+  extendedL2: boolean;
+  zeroFlag: boolean;
+  hasBacking: boolean;
+  shared: boolean;
+  below: Disk | undefined;
+  guest: number;
+  result: Qcow2SparsifyResult;
+}
+
+/** Whether an entry may be released (a stored cluster of zeros), already reads as zeros, or neither. */
+async function classify(g: Qcow2Graph, storage: Storage, table: Uint8Array, at: number, c: ClassifyContext): Promise<Status> {
+  const hi = u32(table, at);
+  const lo = u32(table, at + 4);
+  if (hi & ENTRY_COMPRESSED_HI) return 'other';
+  const host = entryHost(table, at);
+  let reads: 'data' | 'zero' | 'below';
+  if (c.extendedL2) {
+    const alloc = u32(table, at + 12);
+    const zero = u32(table, at + 8);
+    if (zero === 0xffffffff) reads = 'zero';
+    else if (alloc === 0xffffffff && zero === 0 && host !== 0) reads = 'data';
+    else if (alloc === 0 && zero === 0 && host === 0) reads = 'below';
+    else return 'other';
+  } else if (c.zeroFlag && lo & 1) reads = 'zero';
+  else reads = host === 0 ? 'below' : 'data';
+  if (reads === 'zero') return 'zero';
+  if (reads === 'below') return c.hasBacking ? 'other' : 'zero';
+  if (c.shared || refcountOf(g, host / g.clusterSize)! > 1) {
+    c.result.clustersShared++;
+    return 'other';
+  }
+  c.result.clustersScanned++;
+  const data = new Uint8Array(g.clusterSize);
+  const n = await storage.readInto(host, data);
+  if (n < data.length) data.fill(0, n);
+  if (!isAllZero(data)) return 'other';
+  if (!c.zeroFlag && c.hasBacking) {
+    // A hole would show the backing file: only where it reads zeros too.
+    if (!c.below) return 'other';
+    const length = Math.max(0, Math.min(g.clusterSize, c.below.size - c.guest));
+    if (length > 0 && !isAllZero(await c.below.read(c.guest, length))) return 'other';
+  }
+  return 'candidate';
+}
+
+/** The candidates inside runs of entries that read as zeros at least `minClusters` long. */
+function releasable(status: readonly Status[], minClusters: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < status.length;) {
+    if (status[i] === 'other') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < status.length && status[j] !== 'other') j++;
+    if (j - i >= minClusters) for (let k = i; k < j; k++) if (status[k] === 'candidate') out.push(k);
+    i = j;
+  }
+  return out;
+}
+
+/** Rewrites the entries (zero cluster or hole), flush, then drops the clusters' refcounts to 0 (flushed by the caller). */
+async function releaseEntries(storage: Storage, g: Qcow2Graph, obj: HostObject, table: Uint8Array, entries: number[], f: { extendedL2: boolean; zeroFlag: boolean }): Promise<void> {
+  const hosts: number[] = [];
+  const pieces = new Set<number>();
+  for (const at of entries) {
+    hosts.push(entryHost(table, at));
+    writeU32Be(table, at, 0);
+    if (f.extendedL2) {
+      writeU32Be(table, at + 4, 0);
+      writeU32Be(table, at + 8, 0xffffffff); // every subcluster reads as zeros
+      writeU32Be(table, at + 12, 0);
+    } else {
+      writeU32Be(table, at + 4, f.zeroFlag ? 1 : 0);
+    }
+    pieces.add(Math.floor(at / 512));
+  }
+  for (const p of [...pieces].sort((a, b) => a - b)) await storage.write(obj.at + p * 512, table.subarray(p * 512, (p + 1) * 512));
+  await storage.flush();
+  await setRefcounts(
+    storage,
+    g,
+    hosts.map((host) => [host / g.clusterSize, 0] as const),
+  );
+}

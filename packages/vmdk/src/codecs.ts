@@ -1,0 +1,44 @@
+/**
+ * The codecs under compressed grains, as the platform provides them.
+ * compression.ts owns the format's rules (a grain inflates to at most one
+ * grain, what is corrupt); a `VmdkCodecs` only turns bytes into bytes,
+ * zlib streams (RFC 1950) both ways, as the VMDK 5.0 technote's
+ * compressAlgorithm 1 stores them. The default is the web platform's
+ * (`DecompressionStream`/`CompressionStream('deflate')`, web-codecs.ts),
+ * which runs in a browser, a worker, Deno, Bun and Node alike; Node
+ * resolves `@img/vmdk` to an entry that installs node:zlib's codecs and the
+ * worker pool instead (node/codecs.ts), so no core module imports from Node.
+ */
+/** The error code a codec answers with when its output would pass the limit it was given. */
+export const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
+
+/** The error code a codec answers with when the platform lacks what it needs (an old browser's missing DecompressionStream). */
+export const CODEC_UNAVAILABLE = 'ERR_CODEC_UNAVAILABLE';
+
+/** Deflate level of new grains: zlib's default, the speed/size balance qemu also uses. */
+export const DEFLATE_LEVEL = 6;
+
+/**
+ * Byte codecs for compressed grains. A method may answer with a value or
+ * a promise (the web's streams are asynchronous, node:zlib's one-shot
+ * calls are not).
+ */
+export interface VmdkCodecs {
+  /** For messages and tests: "web" or "node". */
+  readonly name: string;
+  /**
+   * Inflates the zlib stream at the start of `input` (bytes after its end
+   * are ignored). Throws an error with code {@link TOO_LARGE} rather than
+   * produce more than `limit` bytes, and never allocates much more than
+   * `limit`.
+   */
+  inflate(input: Uint8Array, limit: number): Uint8Array | Promise<Uint8Array>;
+  /** One zlib stream of `input`. */
+  deflate(input: Uint8Array): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Optional: compresses `data` as consecutive grains of `grainBytes` (the
+   * last may be shorter) at once, off the calling thread (Node's worker
+   * pool); answers undefined where it declines.
+   */
+  deflateGrains?(data: Uint8Array, grainBytes: number): Promise<Uint8Array[] | undefined>;
+}

@@ -1,0 +1,153 @@
+/**
+ * readOvaStream: one disk of an OVA arriving as a byte stream (a pipe),
+ * read in archive order with no seek. The `.ovf` must come before the
+ * chosen disk (DSP0243 puts it first); the disk member, a streamOptimized
+ * VMDK, is decoded as it passes by readVmdkStream. A disk member that came
+ * before the OVF, or a disk that is not streamOptimized, is a clean
+ * ImageError that says to save the OVA to a file first. The manifest comes
+ * last, after the data has been handed on, so it is not checked here;
+ * open the OVA from a file for that (openOva with verifyManifest).
+ */
+import { ByteStreamReader, corrupt, invalidArg, unsupported, type OpenOptions, type StreamSource } from '@img/block';
+import { MAX_TAR_MEMBERS, MAX_TAR_EXTENDED_HEADER, applyExtended, confinePath, longNameOf, parsePax, parseTarHeader } from './ova.js';
+import { MAX_OVF_BYTES, parseOvf, type OvfDescriptor } from './ovf.js';
+import { readVmdkStream } from './read-stream.js';
+import { hasSparseMagic } from './sparse-header.js';
+
+const NAME = 'stream';
+const BLOCK = 512;
+
+/** Options of readOvaStream. */
+export interface OvaStreamOptions extends OpenOptions {
+  /** Which disk of the OVF's DiskSection to read, counted from 0 (default 0). */
+  disk?: number;
+}
+
+interface Member {
+  name: string;
+  size: number;
+  at: number;
+}
+
+/** The next regular file's header (pax and long-name records applied), or undefined at the end of the archive. */
+async function nextMember(r: ByteStreamReader): Promise<Member | undefined> {
+  let pax: Map<string, string> | undefined;
+  let longName: string | undefined;
+  for (let headers = 0; headers < MAX_TAR_MEMBERS * 2; headers++) {
+    const pos = r.position;
+    const block = await r.upTo(BLOCK);
+    if (block.length === 0 || block.every((b) => b === 0)) return undefined;
+    if (block.length < BLOCK) throw corrupt('ova', NAME, `the stream ends inside the tar header at ${pos}`, { field: 'header', offset: pos });
+    const header = parseTarHeader(block, NAME, pos);
+    if (header.type === 'x' || header.type === 'g' || header.type === 'L') {
+      if (header.size > MAX_TAR_EXTENDED_HEADER) throw unsupported('ova', NAME, `the extended tar header at ${pos} holds ${header.size} bytes (at most ${MAX_TAR_EXTENDED_HEADER})`, { field: 'size', offset: pos + 124 });
+      const body = await r.exact(header.size, 'an extended tar header');
+      await r.skipTo(r.position + ((BLOCK - (header.size % BLOCK)) % BLOCK), 'the padding of an extended tar header');
+      if (header.type === 'x') pax = parsePax(body, NAME, pos + BLOCK);
+      else if (header.type === 'L') longName = longNameOf(body);
+      continue;
+    }
+    const { name, size } = applyExtended(header, pax, longName, NAME, pos);
+    pax = undefined;
+    longName = undefined;
+    if (header.type === '1' || header.type === '2') throw corrupt('ova', NAME, `the tar member "${name}" at ${pos} is a link, which an OVA may not hold`, { field: 'typeflag', offset: pos + 156 });
+    const path = confinePath(name, NAME, pos);
+    if (header.type === '5') continue;
+    if (header.type !== '0' && header.type !== '\0' && header.type !== '7') throw unsupported('ova', NAME, `the tar member "${path}" at ${pos} has type "${header.type}"`, { field: 'typeflag', offset: pos + 156 });
+    return { name: path, size, at: r.position };
+  }
+  throw unsupported('ova', NAME, `the tar holds more than ${MAX_TAR_MEMBERS} members`, { field: 'members' });
+}
+
+/** Skips the rest of member `m` and its padding. */
+async function skipMember(r: ByteStreamReader, m: Member): Promise<void> {
+  const end = m.at + Math.ceil(m.size / BLOCK) * BLOCK;
+  await r.skipTo(end, `the tar member "${m.name}"`);
+}
+
+/** The member's bytes as they arrive (exactly `m.size`). */
+async function* memberBytes(r: ByteStreamReader, m: Member): AsyncGenerator<Uint8Array> {
+  const end = m.at + m.size;
+  while (r.position < end) {
+    const piece = await r.some(Math.min(end - r.position, 1 << 20));
+    if (!piece) throw corrupt('ova', NAME, `the stream ends inside "${m.name}" (${end - r.position} of its ${m.size} bytes missing)`, { field: 'size', offset: r.position });
+    yield piece;
+  }
+}
+
+/**
+ * Decodes disk `options.disk` of an OVA arriving in order.
+ *
+ * @example
+ * ```ts
+ * const source = await readOvaStream(process.stdin, { disk: 0 });
+ * for await (const { offset, data } of source.pieces) await disk.write(offset, data);
+ * ```
+ */
+export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: OvaStreamOptions = {}): Promise<StreamSource> {
+  const r = new ByteStreamReader(input, 'ova', NAME);
+  try {
+    const passed: string[] = [];
+    let ovf: OvfDescriptor | undefined;
+    for (;;) {
+      const m = await nextMember(r);
+      if (!m) throw corrupt('ova', NAME, 'the OVA holds no .ovf descriptor', { field: 'ovf' });
+      if (!m.name.toLowerCase().endsWith('.ovf')) {
+        passed.push(m.name);
+        await skipMember(r, m);
+        continue;
+      }
+      if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the OVF "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: m.size });
+      ovf = parseOvf(new TextDecoder().decode(await r.exact(m.size, 'the OVF descriptor')), `${NAME}:${m.name}`);
+      await skipMember(r, m);
+      break;
+    }
+    const index = options.disk ?? 0;
+    if (!Number.isInteger(index) || index < 0 || index >= ovf.disks.length) {
+      throw invalidArg('ova', `${NAME}: disk ${index} does not exist (the OVF lists ${ovf.disks.length} disk${ovf.disks.length === 1 ? '' : 's'}, counted from 0)`, { field: 'disk', actual: index });
+    }
+    const d = ovf.disks[index]!;
+    const ref = ovf.files.find((f) => f.id === d.fileRef);
+    if (!ref) throw corrupt('ova', NAME, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
+    const href = ref.href.replace(/^(\.\/)+/, '');
+    if (passed.includes(href)) {
+      throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") comes before the OVF descriptor in the archive, and a stream cannot go back to it; save the OVA to a file first`, { field: 'order', actual: href });
+    }
+    let disk: Member | undefined;
+    for (;;) {
+      const m = await nextMember(r);
+      if (!m) throw corrupt('ova', NAME, `the OVF's file "${href}" is not in the OVA`, { field: 'href', actual: href });
+      if (m.name === href) {
+        disk = m;
+        break;
+      }
+      await skipMember(r, m);
+    }
+    if (ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
+    const bytes = memberBytes(r, disk);
+    const head = await bytes.next();
+    const first = head.done ? new Uint8Array(0) : head.value;
+    if (first.length >= 4 && !hasSparseMagic(first)) {
+      throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") is not a streamOptimized VMDK; only those can be read from a stream (save the OVA to a file first)`, { field: 'format', actual: d.format ?? '' });
+    }
+    async function* rest(): AsyncGenerator<Uint8Array> {
+      yield first;
+      yield* bytes;
+    }
+    const vmdk = await readVmdkStream(rest(), options);
+    if (vmdk.size !== d.capacity) {
+      throw corrupt('ova', NAME, `the OVF says disk "${d.diskId}" holds ${d.capacity} bytes, but "${href}" holds ${vmdk.size}`, { field: 'capacity', expected: d.capacity, actual: vmdk.size });
+    }
+    async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+      try {
+        yield* vmdk.pieces;
+      } finally {
+        await r.cancel();
+      }
+    }
+    return { size: vmdk.size, pieces: pieces() };
+  } catch (e) {
+    await r.cancel();
+    throw e;
+  }
+}
