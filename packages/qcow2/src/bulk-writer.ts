@@ -10,17 +10,16 @@
  * into cluster 0 last. Until then cluster 0 reads as zeros, so a crash
  * or an abort leaves a file that no reader takes for an image.
  */
-import { checkDiskRange, diskClosedError, extentRange, invalidArg, writeU32Be } from '@img/block';
+import { checkDiskRange, diskClosedError, extentRange, invalidArg, writeU64Be } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
-import { ENTRY_COPIED_HI, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeEntry } from './l2-entry.js';
-import type { EntryGeometry } from './mapping.js';
+import { writeEntryOffset, type EntryGeometry } from './mapping.js';
 import { writeRefcount } from './refcount.js';
 import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 import { openQcow2 } from './open.js';
 
 const FORMAT = 'qcow2';
-const TWO32 = 0x1_0000_0000;
 /** Metadata goes out in writes of at most this many bytes (the tables of a 1 TiB image can be 128 MiB). */
 const METADATA_PIECE = 4 * 1024 * 1024;
 const ZERO_PIECE = 1024 * 1024;
@@ -386,11 +385,11 @@ class Qcow2BulkWriter implements FreshImageWriter {
     for (let c = 0; c < total; c++) writeRefcount(counts, c, bits, 1);
     await storage.write(blocksAt * cs, counts);
     const rt = new Uint8Array(rtClusters * cs);
-    for (let b = 0; b < blocks; b++) putOffset(rt, b * 8, (blocksAt + b) * cs, 0);
+    for (let b = 0; b < blocks; b++) writeU64Be(rt, b * 8, (blocksAt + b) * cs);
     await storage.write(rtAt * cs, rt);
     if (l1Clusters) {
       const l1 = new Uint8Array(l1Clusters * cs);
-      tables.forEach((t, k) => putOffset(l1, t * 8, (l2At + k) * cs, ENTRY_COPIED_HI));
+      tables.forEach((t, k) => writeEntryOffset(l1, t * 8, (l2At + k) * cs, true));
       await storage.write(l1At * cs, l1);
     }
     // Everything the header points to is in place before the header makes the file an image.
@@ -417,9 +416,4 @@ class Qcow2BulkWriter implements FreshImageWriter {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-function putOffset(buf: Uint8Array, at: number, offset: number, flagsHi: number): void {
-  writeU32Be(buf, at, (flagsHi | Math.floor(offset / TWO32)) >>> 0);
-  writeU32Be(buf, at + 4, offset >>> 0);
 }

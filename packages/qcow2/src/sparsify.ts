@@ -20,13 +20,14 @@
  * flush, then the released clusters' refcounts drop to 0, then a flush. A
  * crash in between leaves leaks only; running it again finishes the job.
  */
-import { invalidArg, isAllZero, throwIfAborted, writeU32Be, type Disk, type Resolver, type Storage } from '@img/block';
+import { readU32Be, invalidArg, isAllZero, throwIfAborted, type Disk, type Resolver, type Storage } from '@img/block';
 import { readQcow2Graph, refcountOf, setRefcounts, type HostObject, type Qcow2Graph } from './compact-graph.js';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2, OFFSET_MASK_HI, OFFSET_MASK_LO, ENTRY_COMPRESSED_HI } from './constants.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2, ENTRY_COMPRESSED_HI } from './constants.js';
 import { openQcow2 } from './open.js';
+import { encodeEntry } from './l2-entry.js';
+import { entryOffset, type EntryGeometry } from './mapping.js';
 
 const FORMAT = 'qcow2';
-const TWO32 = 0x1_0000_0000;
 
 /** L2 entries looked at, and released, at a time. */
 const CHUNK_ENTRIES = 512;
@@ -140,7 +141,7 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
             obj,
             table,
             release.map((k) => (first + k) * entrySize),
-            { extendedL2, zeroFlag },
+            { clusterBits: h.clusterBits, clusterSize: cs, extendedL2, zeroFlag: zeroFlag && !extendedL2, dataFile: false },
           );
           result.clustersReleased += release.length;
           result.bytesReleased += release.length * cs;
@@ -169,10 +170,9 @@ function keepOpen(storage: Storage): Storage {
   });
 }
 
+/** The host offset bits of the L1 or L2 entry at byte `at`. */
 function entryHost(buf: Uint8Array, at: number): number {
-  const hi = (buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!;
-  const lo = (buf[at + 4]! << 24) | (buf[at + 5]! << 16) | (buf[at + 6]! << 8) | buf[at + 7]!;
-  return (hi & OFFSET_MASK_HI) * TWO32 + ((lo & OFFSET_MASK_LO) >>> 0);
+  return entryOffset(readU32Be(buf, at), readU32Be(buf, at + 4));
 }
 
 function u32(buf: Uint8Array, at: number): number {
@@ -242,19 +242,14 @@ function releasable(status: readonly Status[], minClusters: number): number[] {
 }
 
 /** Rewrites the entries (zero cluster or hole), flush, then drops the clusters' refcounts to 0 (flushed by the caller). */
-async function releaseEntries(storage: Storage, g: Qcow2Graph, obj: HostObject, table: Uint8Array, entries: number[], f: { extendedL2: boolean; zeroFlag: boolean }): Promise<void> {
+async function releaseEntries(storage: Storage, g: Qcow2Graph, obj: HostObject, table: Uint8Array, entries: number[], f: EntryGeometry): Promise<void> {
   const hosts: number[] = [];
   const pieces = new Set<number>();
   for (const at of entries) {
     hosts.push(entryHost(table, at));
-    writeU32Be(table, at, 0);
-    if (f.extendedL2) {
-      writeU32Be(table, at + 4, 0);
-      writeU32Be(table, at + 8, 0xffffffff); // every subcluster reads as zeros
-      writeU32Be(table, at + 12, 0);
-    } else {
-      writeU32Be(table, at + 4, f.zeroFlag ? 1 : 0);
-    }
+    // Extended L2: every subcluster reads as zeros; standard: the zero flag on version 3, a hole on version 2.
+    const zero = f.extendedL2 ? 0xffffffff : f.zeroFlag ? 1 : 0;
+    encodeEntry(table, at / (f.extendedL2 ? 16 : 8), { host: undefined, copied: false, compressed: undefined, alloc: 0, zero }, f);
     pieces.add(Math.floor(at / 512));
   }
   for (const p of [...pieces].sort((a, b) => a - b)) await storage.write(obj.at + p * 512, table.subarray(p * 512, (p + 1) * 512));
