@@ -50,6 +50,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <node_api.h>
 
 #define MAX_CHUNK (64u * 1024u * 1024u)
@@ -337,6 +338,21 @@ static bool read_chunk(copy_job *j, uint8_t *buf, size_t n, off_t off) {
   return at >= n || read_full(j, buf + at, n - at, off + (off_t)at);
 }
 
+/*
+ * fstat without glibc 2.33's fstat symbol: before 2.33, fstat was an inline
+ * wrapper of __fxstat, so a helper built on a newer glibc that calls fstat
+ * would not load on the older ones Node 20 supports (prebuild.mjs checks the
+ * floor). On x86-64 and arm64 glibc's struct stat is the kernel's, so the
+ * system call fills it directly. musl has no symbol versions.
+ */
+static int stat_fd(int fd, struct stat *st) {
+#if defined(__GLIBC__) && defined(SYS_fstat)
+  return (int)syscall(SYS_fstat, fd, st);
+#else
+  return fstat(fd, st);
+#endif
+}
+
 /* Copies one run with copy_file_range; false with j->err unset means "not here: use read/write". */
 static bool copy_range(copy_job *j, off_t src, off_t dst, size_t len, size_t *moved) {
   *moved = 0;
@@ -380,7 +396,7 @@ static void execute(napi_env env, void *data) {
   if (j->seek_holes && j->min_zero_run > 0) {
     /* Only a file with fewer blocks than bytes has holes to look for. */
     struct stat st;
-    if (fstat(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
+    if (stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
   }
   size_t at = 0; /* readRuns: where the next run goes in the buffer */
   for (size_t r = 0; r < j->nruns && !j->err; r++) {

@@ -12,10 +12,10 @@
  * in use.
  */
 /** The error code a codec answers with when its output would pass the limit it was given. */
-export const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
+export { CODEC_TOO_LARGE as TOO_LARGE } from '@img/block';
 
 /** The error code a codec answers with when the platform lacks what it needs (an old browser's missing DecompressionStream). */
-export const CODEC_UNAVAILABLE = 'ERR_CODEC_UNAVAILABLE';
+export { CODEC_UNAVAILABLE } from '@img/block';
 
 /** The level qemu compresses zstd at (it sets none: libzstd's default, ZSTD_CLEVEL_DEFAULT). */
 export const ZSTD_LEVEL = 3;

@@ -10,10 +10,10 @@
  * worker pool instead (node/codecs.ts), so no core module imports from Node.
  */
 /** The error code a codec answers with when its output would pass the limit it was given. */
-export const TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
+export { CODEC_TOO_LARGE as TOO_LARGE } from '@img/block';
 
 /** The error code a codec answers with when the platform lacks what it needs (an old browser's missing DecompressionStream). */
-export const CODEC_UNAVAILABLE = 'ERR_CODEC_UNAVAILABLE';
+export { CODEC_UNAVAILABLE } from '@img/block';
 
 /** Deflate level of new grains: zlib's default, the speed/size balance qemu also uses. */
 export const DEFLATE_LEVEL = 6;
