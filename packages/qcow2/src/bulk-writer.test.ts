@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryStorage, bytesEqual, collectExtents, isAllZero, type Disk, type FreshImageWriter } from '@img/block';
+import { MemoryStorage, bytesEqual, collectExtents, type Disk, type FreshImageWriter } from '@img/block';
 import { describeQemu, qemuCheck, qemuCompare, qemuMap, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2Fresh } from './bulk-writer.js';
 import { createQcow2 } from './create.js';
@@ -68,7 +68,7 @@ describe('createQcow2Fresh', () => {
     await general.flush();
     const generalSize = await general.storage.size();
     await general.close();
-    // 64 KiB clusters: 1 header + 12 data (guest clusters 0-4, 31-32, 48-51, 96) + 1 L2 + 1 refcount block + 1 refcount table + 1 L1.
+    // 64 KiB clusters: 1 header + 1 refcount table + 1 refcount block + 1 L1 + 12 data (guest clusters 0-4, 31-32, 48-51, 96) + 1 L2.
     expect(storage.toBytes().length).toBe(17 * 65536);
     expect(storage.toBytes().length).toBeLessThanOrEqual(generalSize);
   });
@@ -79,7 +79,7 @@ describe('createQcow2Fresh', () => {
     const cs = 65536;
     const model = new Uint8Array(w.size);
     const placed = w.placeRuns!(0, 2 * MiB);
-    expect(placed).toEqual([0, cs, 2 * MiB]); // 32 clusters from host cluster 1, in one piece
+    expect(placed).toEqual([0, 4 * cs, 2 * MiB]); // 32 clusters after the empty image (header, refcount table and block, L1), in one piece
     // The copy writes only the data it found: guest clusters 3 and 20 whole, 100 bytes in cluster 30.
     for (const [at, n, seed] of [
       [3 * cs, cs, 1],
@@ -103,23 +103,55 @@ describe('createQcow2Fresh', () => {
     const disk = await w.finish();
     expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
     await disk.close();
-    // 1 header + 4 data + 1 L2 + 1 refcount block + 1 refcount table + 1 L1: no unused cluster left.
+    // 1 header + 1 refcount table + 1 refcount block + 1 L1 + 4 data + 1 L2: no unused cluster left.
     expect(storage.toBytes().length).toBe(9 * cs);
     const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
     expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
-  it('leaves no image before finish and after abort: cluster 0 holds no header', async () => {
+  it('is a valid empty image from the start, whatever was written; abort cuts the data off and leaves that image', async () => {
     const storage = new MemoryStorage();
     await storage.write(0, seededBytes(4096, 9)); // a stale file is emptied first
     const w = await fresh(storage, {});
+    const empty = storage.toBytes();
+    expect(empty.length).toBe(4 * 65536);
+    const looks = async (bytes: Uint8Array) => {
+      const disk = await openQcow2(MemoryStorage.from(bytes));
+      const extents = await collectExtents(disk.extents());
+      await disk.close();
+      const check = await checkQcow2(MemoryStorage.from(bytes));
+      return { size: disk.size, data: extents.filter((e) => e.kind === 'data').length, c: check.corruptions, l: check.leaks };
+    };
+    expect(await looks(empty)).toEqual({ size: w.size, data: 0, c: 0, l: 0 });
     await w.write(0, seededBytes(MiB, 1));
-    expect(isAllZero(await storage.read(0, 512))).toBe(true);
-    await expect(openQcow2(storage)).rejects.toMatchObject({ code: expect.stringMatching(/^ERR_IMG_/) as unknown });
+    await w.write(4 * MiB, seededBytes(MiB, 2));
+    expect(bytesEqual(storage.toBytes().subarray(0, empty.length), empty)).toBe(true);
+    expect(await looks(storage.toBytes())).toEqual({ size: w.size, data: 0, c: 0, l: 0 });
     await w.abort();
-    expect(isAllZero(await storage.read(0, 512))).toBe(true);
+    expect(bytesEqual(storage.toBytes(), empty)).toBe(true);
     await expect(w.write(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
     await expect(w.finish()).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+  });
+
+  it('moves the refcount table when the data outgrows it (512-byte clusters, refcount_bits 64): the old one is freed, the image checks clean', async () => {
+    const storage = new MemoryStorage();
+    const w = await fresh(storage, { clusterSize: 512, refcountBits: 64 });
+    const model = new Uint8Array(w.size);
+    // 3 MiB of data: 6144 clusters need about 100 refcount blocks of 64 entries, more than one 512-byte table holds.
+    for (let at = 0; at < 3 * MiB; at += 256 * 1024) {
+      const d = seededBytes(200 * 1024, at);
+      model.set(d, at);
+      await w.write(at, d);
+    }
+    const disk = await w.finish();
+    expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
+    await disk.close();
+    const bytes = storage.toBytes();
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    expect(Number(view.getBigUint64(48))).toBeGreaterThan(512); // refcount_table_offset: no longer cluster 1
+    expect(view.getUint32(56)).toBeGreaterThan(1); // refcount_table_clusters
+    const check = await checkQcow2(MemoryStorage.from(bytes));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
   it('refuses writes outside the disk with ERR_IMG_INVALID_ARG', async () => {
