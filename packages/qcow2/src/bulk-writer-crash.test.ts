@@ -137,7 +137,8 @@ async function convertOnFaultStorage(c: Config): Promise<{ fault: RangedFaultSto
   }
   const disk = await w.finish();
   await disk.close();
-  const cs = 2 ** new DataView(fault.current().buffer).getUint32(20);
+  const head = fault.current();
+  const cs = 2 ** new DataView(head.buffer, head.byteOffset).getUint32(20); // cluster_bits
   return { fault, created, model, spanBytes: (cs * cs) / (c.options.extendedL2 ? 16 : 8) };
 }
 
