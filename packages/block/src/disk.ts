@@ -258,9 +258,11 @@ export interface FormatDriver {
 
 /**
  * A Disk that writes a new image for a one-shot copy (see
- * {@link FormatDriver.createFresh}). Until `finish()` the storage holds
- * no valid image; `finish()` writes the metadata (the header last) and
- * answers the image opened for writing; `abort()` gives up without it.
+ * {@link FormatDriver.createFresh}). Until `finish()` the data written
+ * is not part of any image (qcow2 keeps a valid empty image in the
+ * storage meanwhile, as qemu-img convert's target is); `finish()` commits
+ * the metadata and answers the image opened for writing; `abort()` gives
+ * up without it.
  */
 export interface FreshImageWriter extends Disk {
   finish(): Promise<Disk>;

@@ -1,8 +1,8 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryStorage, bytesEqual, collectExtents, isAllZero, type Disk, type FreshImageWriter } from '@img/block';
-import { describeQemu, qemuCheck, qemuCompare, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import { MemoryStorage, bytesEqual, collectExtents, type Disk, type FreshImageWriter } from '@img/block';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuInfo, qemuMap, seededBytes, tempDir } from '@img/testkit';
 import { createQcow2Fresh } from './bulk-writer.js';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
@@ -68,7 +68,7 @@ describe('createQcow2Fresh', () => {
     await general.flush();
     const generalSize = await general.storage.size();
     await general.close();
-    // 64 KiB clusters: 1 header + 12 data (guest clusters 0-4, 31-32, 48-51, 96) + 1 L2 + 1 refcount block + 1 refcount table + 1 L1.
+    // 64 KiB clusters: 1 header + 1 refcount table + 1 refcount block + 1 L1 + 12 data (guest clusters 0-4, 31-32, 48-51, 96) + 1 L2.
     expect(storage.toBytes().length).toBe(17 * 65536);
     expect(storage.toBytes().length).toBeLessThanOrEqual(generalSize);
   });
@@ -79,7 +79,7 @@ describe('createQcow2Fresh', () => {
     const cs = 65536;
     const model = new Uint8Array(w.size);
     const placed = w.placeRuns!(0, 2 * MiB);
-    expect(placed).toEqual([0, cs, 2 * MiB]); // 32 clusters from host cluster 1, in one piece
+    expect(placed).toEqual([0, 4 * cs, 2 * MiB]); // 32 clusters after the empty image (header, refcount table and block, L1), in one piece
     // The copy writes only the data it found: guest clusters 3 and 20 whole, 100 bytes in cluster 30.
     for (const [at, n, seed] of [
       [3 * cs, cs, 1],
@@ -103,23 +103,55 @@ describe('createQcow2Fresh', () => {
     const disk = await w.finish();
     expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
     await disk.close();
-    // 1 header + 4 data + 1 L2 + 1 refcount block + 1 refcount table + 1 L1: no unused cluster left.
+    // 1 header + 1 refcount table + 1 refcount block + 1 L1 + 4 data + 1 L2: no unused cluster left.
     expect(storage.toBytes().length).toBe(9 * cs);
     const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
     expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
-  it('leaves no image before finish and after abort: cluster 0 holds no header', async () => {
+  it('is a valid empty image from the start, whatever was written; abort cuts the data off and leaves that image', async () => {
     const storage = new MemoryStorage();
     await storage.write(0, seededBytes(4096, 9)); // a stale file is emptied first
     const w = await fresh(storage, {});
+    const empty = storage.toBytes();
+    expect(empty.length).toBe(4 * 65536);
+    const looks = async (bytes: Uint8Array) => {
+      const disk = await openQcow2(MemoryStorage.from(bytes));
+      const extents = await collectExtents(disk.extents());
+      await disk.close();
+      const check = await checkQcow2(MemoryStorage.from(bytes));
+      return { size: disk.size, data: extents.filter((e) => e.kind === 'data').length, c: check.corruptions, l: check.leaks };
+    };
+    expect(await looks(empty)).toEqual({ size: w.size, data: 0, c: 0, l: 0 });
     await w.write(0, seededBytes(MiB, 1));
-    expect(isAllZero(await storage.read(0, 512))).toBe(true);
-    await expect(openQcow2(storage)).rejects.toMatchObject({ code: expect.stringMatching(/^ERR_IMG_/) as unknown });
+    await w.write(4 * MiB, seededBytes(MiB, 2));
+    expect(bytesEqual(storage.toBytes().subarray(0, empty.length), empty)).toBe(true);
+    expect(await looks(storage.toBytes())).toEqual({ size: w.size, data: 0, c: 0, l: 0 });
     await w.abort();
-    expect(isAllZero(await storage.read(0, 512))).toBe(true);
+    expect(bytesEqual(storage.toBytes(), empty)).toBe(true);
     await expect(w.write(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
     await expect(w.finish()).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+  });
+
+  it('moves the refcount table when the data outgrows it (512-byte clusters, refcount_bits 64): the old one is freed, the image checks clean', async () => {
+    const storage = new MemoryStorage();
+    const w = await fresh(storage, { clusterSize: 512, refcountBits: 64 });
+    const model = new Uint8Array(w.size);
+    // 3 MiB of data: 6144 clusters need about 100 refcount blocks of 64 entries, more than one 512-byte table holds.
+    for (let at = 0; at < 3 * MiB; at += 256 * 1024) {
+      const d = seededBytes(200 * 1024, at);
+      model.set(d, at);
+      await w.write(at, d);
+    }
+    const disk = await w.finish();
+    expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
+    await disk.close();
+    const bytes = storage.toBytes();
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    expect(Number(view.getBigUint64(48))).toBeGreaterThan(512); // refcount_table_offset: no longer cluster 1
+    expect(view.getUint32(56)).toBeGreaterThan(1); // refcount_table_clusters
+    const check = await checkQcow2(MemoryStorage.from(bytes));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
   it('refuses writes outside the disk with ERR_IMG_INVALID_ARG', async () => {
@@ -169,4 +201,86 @@ describeQemu('createQcow2Fresh output judged by qemu-img', () => {
       expect(theirs).toEqual(ours.filter((e) => e.kind === 'data').map((e) => [e.offset, e.offset + e.length]));
     });
   }
+
+  const sizes: Array<[number, Record<string, unknown>, string]> = [
+    [64 * MiB, {}, ''],
+    [2 ** 40, {}, ''],
+    [2 ** 40, { clusterSize: '4k' }, 'cluster_size=4k'],
+    [4 * 2 ** 40, { clusterSize: '2M' }, 'cluster_size=2M'],
+    [64 * MiB, { clusterSize: 512 }, 'cluster_size=512'],
+    [64 * MiB, { compat: 'v2' }, 'compat=0.10'],
+    [2 ** 30, { extendedL2: true, clusterSize: '32k' }, 'extended_l2=on,cluster_size=32k'],
+    [2 ** 30, { refcountBits: 1, lazyRefcounts: true }, 'refcount_bits=1,lazy_refcounts=on'],
+  ];
+  for (const [size, options, qemuOptions] of sizes) {
+    it(`while data arrives the file is qemu-img create's empty image (header fields and tables byte for byte): ${size} ${JSON.stringify(options)}`, async () => {
+      const storage = new MemoryStorage();
+      const w = await createQcow2Fresh(storage, { size, ...options });
+      if (!w) throw new Error('no bulk writer');
+      const ours = storage.toBytes();
+      const theirsFile = join(dir, 'created.qcow2');
+      qemuImg(['create', '-q', '-f', 'qcow2', ...(qemuOptions ? ['-o', qemuOptions] : []), theirsFile, String(size)]);
+      const theirs = readFileSync(theirsFile);
+      const view = new DataView(ours.buffer, ours.byteOffset);
+      const cs = 2 ** view.getUint32(20); // cluster_bits
+      const headerLength = options.compat === 'v2' ? 72 : view.getUint32(100);
+      // The header fields; the extensions after them are a courtesy qemu writes for some cluster sizes only.
+      expect(bytesEqual(ours.subarray(0, headerLength), theirs.subarray(0, headerLength))).toBe(true);
+      // Refcount table, refcount block, L1 table: the same bytes (qemu leaves the L1 cluster's tail unwritten).
+      const padded = new Uint8Array(ours.length);
+      padded.set(theirs.subarray(0, ours.length));
+      expect(theirs.length).toBeLessThanOrEqual(ours.length);
+      expect(bytesEqual(ours.subarray(cs), padded.subarray(cs))).toBe(true);
+      // Mid-conversion: qemu takes the file for an empty qcow2 image of that size that checks clean.
+      const d = seededBytes(3 * cs, 1);
+      await w.write(size - 2 * cs, d.subarray(0, 2 * cs));
+      await w.write(0, d.subarray(0, cs));
+      const during = join(dir, 'during.qcow2');
+      writeFileSync(during, storage.toBytes());
+      const info = qemuInfo(during);
+      expect({ format: info['format'], size: info['virtual-size'] }).toEqual({ format: 'qcow2', size });
+      expect(qemuCheck(during, 'qcow2').status).toBe(0);
+      expect(qemuMap(during, 'qcow2').filter((m) => m.data)).toEqual([]);
+      const disk = await w.finish();
+      await disk.close();
+      writeFileSync(during, storage.toBytes());
+      expect(qemuCheck(during, 'qcow2').status).toBe(0);
+      expect(
+        qemuMap(during, 'qcow2')
+          .filter((m) => m.data)
+          .reduce((n, m) => n + m.length, 0),
+      ).toBe(3 * cs);
+    });
+  }
+
+  it('1 TiB virtual, 4k clusters, refcount_bits 64: data in 4096 places far apart needs many refcount blocks appended; check clean, map and content agree', async () => {
+    const storage = new MemoryStorage();
+    const size = 2 ** 40;
+    const cs = 4096;
+    const w = await createQcow2Fresh(storage, { size, clusterSize: cs, refcountBits: 64 });
+    if (!w) throw new Error('no bulk writer');
+    const spacing = size / 4096;
+    const written: number[] = [];
+    for (let k = 0; k < 4096; k++) {
+      const at = k * spacing + ((k * 7) % 512) * cs;
+      written.push(at);
+      await w.write(at, seededBytes(cs, k + 1));
+    }
+    const disk = await w.finish();
+    for (const k of [0, 1, 2047, 4095]) expect(bytesEqual(await disk.read(written[k]!, cs), seededBytes(cs, k + 1))).toBe(true);
+    await disk.close();
+    const bytes = storage.toBytes();
+    // 1 header + 1 refcount table + 3 refcount blocks + 1024 L1 clusters = 1029; 4096 data + 4096 L2 tables; 9237 clusters
+    // need 19 blocks of 512 refcounts, so 16 are appended (the table stays in place: its 512 entries cover 256k clusters).
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    expect(Number(view.getBigUint64(48))).toBe(cs);
+    expect(bytes.length / cs).toBe(1029 + 8192 + 16);
+    const file = join(dir, 'tib.qcow2');
+    writeFileSync(file, bytes);
+    const check = qemuCheck(file, 'qcow2');
+    expect(check.status, check.stderr).toBe(0);
+    const map = qemuMap(file, 'qcow2').filter((m) => m.data);
+    expect(map.map((m) => m.start)).toEqual(written);
+    expect(map.every((m) => m.length === cs)).toBe(true);
+  });
 });

@@ -1,36 +1,32 @@
 /**
  * The bulk writer: a new qcow2 image written in one pass by a copy (a
- * conversion target). Nobody opens the image before it is finished, so
- * none of the general writer's crash ordering is needed while data
- * arrives: data clusters are handed out one after another from host
- * cluster 1 as writes come in (a run of guest clusters written together
- * lands host-contiguous and goes out in one write), the L2 map lives in
- * memory, and finish() appends the L2 tables, the refcount blocks, the
- * refcount table and the L1 table after the data and writes the header
- * into cluster 0 last. Until then cluster 0 reads as zeros, so a crash
- * or an abort leaves a file that no reader takes for an image.
+ * conversion target). The file starts as the empty image qemu-img create
+ * writes (bulk-writer-metadata.ts), flushed, so it is a valid qcow2 image
+ * reading as zeros for the whole conversion, as qemu-img convert's target
+ * is. Data clusters are handed out one after another after that image as
+ * writes come in (a run of guest clusters written together lands
+ * host-contiguous and goes out in one write), the L2 map lives in memory,
+ * and finish() appends the L2 tables and commits them into the image's
+ * refcounts and L1 table in an order that keeps every crash state a valid
+ * image holding either nothing or the whole conversion.
  */
-import { checkDiskRange, diskClosedError, extentRange, invalidArg, writeU64Be } from '@img/block';
+import { checkDiskRange, diskClosedError, extentRange } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
-import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
-import { encodeEntry } from './l2-entry.js';
-import { writeEntryOffset, type EntryGeometry } from './mapping.js';
-import { writeRefcount } from './refcount.js';
-import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
+import { parseCreateOptions, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 import { openQcow2 } from './open.js';
+import { bulkLayout, commitBulkImage, writeEmptyImage, type BulkLayout } from './bulk-writer-metadata.js';
 
 const FORMAT = 'qcow2';
-/** Metadata goes out in writes of at most this many bytes (the tables of a 1 TiB image can be 128 MiB). */
-const METADATA_PIECE = 4 * 1024 * 1024;
 const ZERO_PIECE = 1024 * 1024;
 
 type State = 'open' | 'finishing' | 'finished' | 'aborted';
 
 /**
- * Opens a bulk writer for a new image in `storage` (emptied first), or
- * answers undefined when the create options need the general writer:
- * preallocation, a backing file, an external data file. Options are
- * checked as createQcow2 checks them.
+ * Opens a bulk writer for a new image in `storage` (emptied first, then
+ * holding a valid empty image until finish()), or answers undefined when
+ * the create options need the general writer: preallocation, a backing
+ * file, an external data file. Options are checked as createQcow2 checks
+ * them.
  *
  * @example
  * ```ts
@@ -41,28 +37,29 @@ type State = 'open' | 'finishing' | 'finished' | 'aborted';
 export async function createQcow2Fresh(storage: Storage, options: Qcow2CreateOptions): Promise<FreshImageWriter | undefined> {
   const l = parseCreateOptions(options);
   if (l.preallocation !== 'off' || l.backingFile !== undefined || l.dataFile !== undefined || options.dataFileStorage !== undefined || storage.readOnly) return undefined;
-  const cs = 2 ** l.clusterBits;
-  const perTable = cs / (l.extendedL2 ? 16 : 8);
-  // Too large an L1 table: createQcow2 says so in its own words.
-  if (Math.ceil(l.size / (perTable * cs)) * 8 > MAX_L1_TABLE_BYTES) return undefined;
+  // Tables past the spec's bounds: createQcow2 says so in its own words.
+  const layout = bulkLayout(l);
+  if (!layout) return undefined;
   await storage.truncate(0);
-  return new Qcow2BulkWriter(storage, l);
+  await writeEmptyImage(storage, l, layout);
+  return new Qcow2BulkWriter(storage, l, layout);
 }
 
-/** See the module comment: a write-once qcow2 image whose metadata is written by finish(). */
+/** See the module comment: a write-once qcow2 image whose data finish() commits. */
 class Qcow2BulkWriter implements FreshImageWriter {
   readonly format = FORMAT;
   readonly readOnly = false;
   readonly size: number;
   readonly storage: Storage;
   readonly #l: Qcow2Layout;
+  readonly #layout: BulkLayout;
   readonly #cs: number;
   /** Entries per L2 table. */
   readonly #perTable: number;
   /** L1 index -> host cluster number of each entry of its table (0: unallocated). */
   readonly #tables = new Map<number, Float64Array>();
-  /** The next host cluster to hand out at the end of the data (cluster 0 is the header's). */
-  #next = 1;
+  /** The next host cluster to hand out at the end of the data (the empty image's clusters come first). */
+  #next: number;
   /** Host clusters given back (placed for a copy that found only zeros there), handed out again first. */
   #free: number[] = [];
   /** Host cluster -> guest cluster + 1 (0: not in use), for giving clusters back and for closing gaps. */
@@ -71,12 +68,14 @@ class Qcow2BulkWriter implements FreshImageWriter {
   readonly #pending = new Set<Promise<void>>();
   #failure: unknown;
 
-  constructor(storage: Storage, l: Qcow2Layout) {
+  constructor(storage: Storage, l: Qcow2Layout, layout: BulkLayout) {
     this.storage = storage;
     this.size = l.size;
     this.#l = l;
-    this.#cs = 2 ** l.clusterBits;
-    this.#perTable = this.#cs / (l.extendedL2 ? 16 : 8);
+    this.#layout = layout;
+    this.#cs = layout.clusterSize;
+    this.#perTable = layout.perTable;
+    this.#next = layout.end;
   }
 
   #checkOpen(): void {
@@ -313,9 +312,10 @@ class Qcow2BulkWriter implements FreshImageWriter {
   }
 
   /**
-   * Writes the metadata after the data (L2 tables, refcount blocks,
-   * refcount table, L1 table), then the header into cluster 0, and opens
-   * the image for writing. The writer is done after this either way.
+   * Closes the gaps in the data, writes the L2 tables after it and
+   * commits them into the image (bulk-writer-metadata.ts: refcounts, then
+   * the L1 table), and opens the image for writing. The writer is done
+   * after this either way.
    */
   async finish(): Promise<Disk> {
     this.#checkOpen();
@@ -324,7 +324,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       await Promise.allSettled([...this.#pending]);
       if (this.#failure !== undefined) throw this.#failure;
       await this.#closeGaps();
-      await this.#writeMetadata();
+      await commitBulkImage(this.storage, this.#l, this.#layout, this.#tables, this.#next);
       this.#state = 'finished';
     } catch (e) {
       this.#state = 'aborted';
@@ -333,77 +333,16 @@ class Qcow2BulkWriter implements FreshImageWriter {
     return openQcow2(this.storage, { readOnly: false });
   }
 
-  async #writeMetadata(): Promise<void> {
-    const l = this.#l;
-    const cs = this.#cs;
-    const storage = this.storage;
-    const tables = [...this.#tables.keys()].sort((a, b) => a - b);
-    const l1Entries = Math.ceil(l.size / (this.#perTable * cs));
-    const l1Clusters = Math.ceil((l1Entries * 8) / cs);
-    const bits = 2 ** l.refcountOrder;
-    const perBlock = (cs * 8) / bits;
-    const dataEnd = this.#next;
-    // The refcount blocks count themselves and the table: grow both until they cover every cluster.
-    let blocks = 1;
-    let rtClusters = 1;
-    for (;;) {
-      const total = dataEnd + tables.length + blocks + rtClusters + l1Clusters;
-      const needBlocks = Math.ceil(total / perBlock);
-      const needRt = Math.ceil((needBlocks * 8) / cs);
-      if (needBlocks <= blocks && needRt <= rtClusters) break;
-      blocks = Math.max(blocks, needBlocks);
-      rtClusters = Math.max(rtClusters, needRt);
-    }
-    if (rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) {
-      throw invalidArg(FORMAT, `${storage.name}: the image would need a refcount table over 8 MiB (${dataEnd} clusters of data); use a larger cluster_size`, { field: 'cluster_size' });
-    }
-    const l2At = dataEnd;
-    const blocksAt = l2At + tables.length;
-    const rtAt = blocksAt + blocks;
-    const l1At = rtAt + rtClusters;
-    const total = l1At + l1Clusters;
-
-    // L2 tables, a few MiB per write.
-    const g: EntryGeometry = { clusterBits: l.clusterBits, clusterSize: cs, extendedL2: l.extendedL2, zeroFlag: l.version >= 3 && !l.extendedL2, dataFile: false };
-    const full = l.extendedL2 ? 0xffffffff : 1;
-    const perPiece = Math.max(1, Math.floor(METADATA_PIECE / cs));
-    for (let k = 0; k < tables.length; k += perPiece) {
-      const group = tables.slice(k, k + perPiece);
-      const buf = new Uint8Array(group.length * cs);
-      group.forEach((t, j) => {
-        const hosts = this.#tables.get(t)!;
-        const table = buf.subarray(j * cs, (j + 1) * cs);
-        for (let i = 0; i < hosts.length; i++) {
-          const h = hosts[i]!;
-          if (h !== 0) encodeEntry(table, i, { host: h * cs, copied: true, compressed: undefined, alloc: full, zero: 0 }, g);
-        }
-      });
-      await storage.write((l2At + k) * cs, buf);
-    }
-    // Refcount blocks: every cluster of the file is used once, and there are no others.
-    const counts = new Uint8Array(blocks * cs);
-    for (let c = 0; c < total; c++) writeRefcount(counts, c, bits, 1);
-    await storage.write(blocksAt * cs, counts);
-    const rt = new Uint8Array(rtClusters * cs);
-    for (let b = 0; b < blocks; b++) writeU64Be(rt, b * 8, (blocksAt + b) * cs);
-    await storage.write(rtAt * cs, rt);
-    if (l1Clusters) {
-      const l1 = new Uint8Array(l1Clusters * cs);
-      tables.forEach((t, k) => writeEntryOffset(l1, t * 8, (l2At + k) * cs, true));
-      await storage.write(l1At * cs, l1);
-    }
-    // Everything the header points to is in place before the header makes the file an image.
-    await storage.flush();
-    const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
-    await storage.write(0, headerCluster(l, h, cs));
-    await storage.flush();
-  }
-
-  /** Gives up: the file keeps its data but no header (it is not an image); the caller removes it. */
+  /**
+   * Gives up: the data written so far is cut off, which leaves the empty
+   * image the file started as (a caller that made the file removes it).
+   */
   async abort(): Promise<void> {
     if (this.#state === 'finished' || this.#state === 'aborted') return;
     this.#state = 'aborted';
     await Promise.allSettled([...this.#pending]);
+    await this.storage.truncate(this.#layout.end * this.#cs);
+    await this.storage.flush();
   }
 
   /** Finishes the image (if not done yet) and closes it. */
