@@ -59,6 +59,11 @@ const rows: Row[] = [
   { args: ['info', '--output=json', '-f', 'vpc', VHD], compare: 'json-subset' },
   { args: ['info', '--output=json', SNAPS], compare: 'json' },
   { args: ['map', '-U', '--output=json', V3], compare: 'map' },
+  // Unambiguous prefixes of long options, as getopt_long takes them.
+  { args: ['info', '--back', '--out=json', TOP], compare: 'json' },
+  { args: ['info', '--outp', 'json', '--force-s', V3], compare: 'json' },
+  { args: ['map', '--out', 'json', V3], compare: 'map' },
+  { args: ['check', '--out=json', V3], compare: 'status' },
   { args: ['map', '--output=json', '-f', 'vpc', VHD], compare: 'map' },
   { args: ['check', '-U', '--output=json', DIRTY], compare: 'json-subset' },
   { args: ['check', '--output=json', V3], compare: 'json-subset' },

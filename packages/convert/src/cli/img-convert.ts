@@ -2,7 +2,7 @@
  * img-convert <src-format> <dst-format> <input> <output> [options], and
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
 import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';

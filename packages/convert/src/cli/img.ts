@@ -70,7 +70,5 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   if (name === 'convert') return handler(rest, io);
-  const { qemuShortSpellings } = await import('./long-options.js');
-  const args = qemuShortSpellings(name, rest);
-  return runCommand(`img ${name}`, args, io, () => handler(args, io));
+  return runCommand(`img ${name}`, rest, io, () => handler(rest, io));
 }

@@ -1,7 +1,7 @@
 /**
  * img amend: change format options of a qcow2 image in place.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
@@ -12,7 +12,7 @@ import { type Handler, common, onePath, openForCommand, quietOption, quietIo } f
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');

@@ -4,7 +4,7 @@
  * in one call, in the order given.
  */
 import { statSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { ImageError, invalidArg, parseSize, unsupported } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { editQcow2Bitmaps, readQcow2DirtyBitmap, type Qcow2BitmapOp, type Qcow2DirtyBitmap } from '@img/qcow2';
@@ -37,6 +37,7 @@ const OPS = ['add', 'remove', 'clear', 'enable', 'disable', 'merge'] as const;
 /** img bitmap. */
 export const bitmap: Handler = async (argv, io) => {
   const { values, positionals, tokens } = parseArgs({
+    command: 'bitmap',
     args: argv,
     options: {
       ...common,

@@ -1,7 +1,7 @@
 /**
  * img check: consistency check and repair, with qemu-img check's output and exit status.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
@@ -14,11 +14,7 @@ import { type Handler, common, shareOption, outputMode, onePath, quietOption, qu
 
 /** img check. */
 export const check: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...quietOption, ...shareOption, r: { type: 'string' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'check', args: argv, options: { ...common, ...quietOption, ...shareOption, r: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout('Usage: img check [-q] [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the format has no check (raw).\n\nExample:\n  img check disk.qcow2\n');

@@ -2,7 +2,7 @@
  * img commit: write an overlay's data into its backing file, or with -b
  * into any ancestor of its chain (qemu-img commit -b).
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { progressPrinter } from '../common.js';
 import { refuseQemuOnly } from '../img-convert.js';
 import { openImageFile } from '../../node.js';
@@ -32,6 +32,7 @@ Example:
 /** img commit. */
 export const commit: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
+    command: 'commit',
     args: argv,
     options: {
       ...common,

@@ -3,7 +3,7 @@
  * the data nearest the end into free space lower down and cutting the file
  * (VHD and qcow2). Run `img sparsify` first to release zero data.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { ImageError, unsupported, type Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
@@ -61,7 +61,7 @@ export function bytesProgress(io: Io): (done: number, total: number) => void {
 
 /** img compact. */
 export const compact: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, p: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'compact', args: argv, options: { ...common, ...quietOption, p: { type: 'boolean' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(

@@ -1,18 +1,14 @@
 /**
  * img compare: whether two images read the same, as qemu-img compare.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
 import { ExitCode, UsageError } from '../common.js';
 import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
 export const compare: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout('Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');

@@ -2,7 +2,7 @@
  * img create: a new image of a format, size and options.
  */
 import { rm } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { ImageError, missingFileError, parseSize, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
@@ -15,11 +15,7 @@ import { type Handler, common, quietOption, quietIo } from './shared.js';
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'create', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(

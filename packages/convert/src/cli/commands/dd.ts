@@ -4,7 +4,7 @@
  * dd, what the input does not hold is left sparse in the output instead of
  * written as zeros: the output reads the same and costs only its data.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { formatSize, parseSize } from '@img/block';
 import { progressPrinter, UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
@@ -73,11 +73,7 @@ export function parseDdOperands(operands: readonly string[]): DdOperands {
 
 /** img dd. */
 export const dd: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...shareOption, O: { type: 'string' }, p: { type: 'boolean' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'dd', args: argv, options: { ...common, ...shareOption, O: { type: 'string' }, p: { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
     io.stdout(DD_HELP);
     return 0;

@@ -2,7 +2,7 @@
  * img info: an image's format, sizes, backing chain and snapshots, as qemu-img info prints them.
  */
 import { stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { isNbdUri } from '@img/nbd';
 import type { Disk, ImageInfo } from '@img/block';
 import { humanInfo, qdictSorted, qemuFormatName, type InfoLayer } from '../info-human.js';
@@ -68,7 +68,7 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
 
 /** img info. */
 export const info: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' }, disk: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'info', args: argv, options: { ...common, ...shareOption, 'backing-chain': { type: 'boolean' }, disk: { type: 'string' } }, allowPositionals: true });
   if (values.help) {
     io.stdout('Usage: img info [-f fmt] [-U] [--backing-chain] [--output=human|json] [--untrusted] [--disk n] <file>\n\n  --disk n  with an ova: describe disk n of its OVF (from 0; default 0)\n\nExample:\n  img info --backing-chain disk.qcow2\n  img info --disk 1 vm.ova\n');
     return 0;

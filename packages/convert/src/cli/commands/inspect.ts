@@ -1,7 +1,7 @@
 /**
  * img inspect: what an untrusted image names and whether it is safe to open.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { formatSize } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { defaultRegistry } from '../../formats.js';
@@ -10,7 +10,7 @@ import { type Handler, common, outputMode, onePath } from './shared.js';
 
 /** img inspect. */
 export const inspect: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, deep: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'inspect', args: argv, options: { ...common, deep: { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
     io.stdout(
       'Usage: img inspect [-f fmt] [--deep] [--output=human|json] <file>\n\nInspects an untrusted image without opening anything it names: format (and mismatches),\nvirtual size, backing files, data files, parents, encryption, corruption. --deep also reads every\nallocated byte (finds compressed clusters that inflate wrongly). Exit 0 safe, 2 unsafe.\n\nExample:\n  img inspect -f qcow2 upload.qcow2\n',

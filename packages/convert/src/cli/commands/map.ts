@@ -2,7 +2,7 @@
  * img map: the extent map, as qemu-img map prints it.
  */
 import { dirname, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { hex, unsupported, type Disk, type Extent } from '@img/block';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
 
@@ -49,7 +49,7 @@ function mapEntryText(entry: Record<string, unknown>): string {
 
 /** img map. */
 export const map: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'map', args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
   if (values.help) {
     io.stdout('Usage: img map [-f fmt] [-U] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
     return 0;

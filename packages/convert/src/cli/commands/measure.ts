@@ -1,7 +1,7 @@
 /**
  * img measure: the file size a conversion or a new image needs.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { parseSize, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
@@ -12,11 +12,7 @@ import { type Handler, common, shareOption, outputMode, onePath, openForCommand 
 
 /** img measure. */
 export const measure: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'measure', args: argv, options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } }, allowPositionals: true });
   if (values.help) {
     io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
     return 0;

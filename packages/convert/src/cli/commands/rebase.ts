@@ -1,7 +1,7 @@
 /**
  * img rebase: change an image's backing file (safe or -u).
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import type { Disk } from '@img/block';
 import { resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
@@ -33,6 +33,7 @@ Example:
 /** img rebase. */
 export const rebase: Handler = async (argv, io) => {
   const parsed = parseArgs({
+    command: 'rebase',
     args: argv,
     options: {
       ...common,

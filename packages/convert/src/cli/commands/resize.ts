@@ -1,7 +1,7 @@
 /**
  * img resize: grow or shrink an image's virtual size.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { parseSize, unsupported } from '@img/block';
 import { UsageError } from '../common.js';
 import { type Handler, common, openForCommand, quietOption, quietIo } from './shared.js';
@@ -14,11 +14,7 @@ export const resize: Handler = async (argv, io) => {
   // "-10G" would read as options -1, -0, -G: take it out before parsing and put it back as the size.
   const dash = argv.indexOf('--');
   const at = argv.findIndex((a, i) => NEGATIVE_SIZE.test(a) && (dash < 0 || i < dash));
-  const parsed = parseArgs({
-    args: at < 0 ? argv : argv.filter((_, i) => i !== at),
-    options: { ...common, ...quietOption, shrink: { type: 'boolean' } },
-    allowPositionals: true,
-  });
+  const parsed = parseArgs({ command: 'resize', args: at < 0 ? argv : argv.filter((_, i) => i !== at), options: { ...common, ...quietOption, shrink: { type: 'boolean' } }, allowPositionals: true });
   const { values } = parsed;
   io = quietIo(io, values.quiet);
   const positionals = at < 0 ? parsed.positionals : [...parsed.positionals, argv[at]!];

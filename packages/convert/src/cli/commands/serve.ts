@@ -3,7 +3,7 @@
  * --persistent does: read-only unless -w, on a Unix socket (-k) or TCP
  * (-p, -b; 127.0.0.1:10809 by default).
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { parseSize, type Disk } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { serveNbd, type NbdDirtyBitmap } from '@img/nbd';
@@ -49,6 +49,7 @@ export function nbdUri(address: { socket: string } | { host: string; port: numbe
 /** img serve. */
 export const serve: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({
+    command: 'serve',
     args: argv,
     options: {
       ...common,

@@ -1,7 +1,7 @@
 /**
  * img snapshot: list, create, apply and delete internal snapshots.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { snapshotTable } from '../info-human.js';
@@ -17,11 +17,7 @@ interface SnapshotDisk extends Disk {
 
 /** img snapshot. */
 export const snapshot: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } },
-    allowPositionals: true,
-  });
+  const { values, positionals } = parseArgs({ command: 'snapshot', args: argv, options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout('Usage: img snapshot [-q] [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');

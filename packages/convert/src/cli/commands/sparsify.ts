@@ -4,7 +4,7 @@
  * become zero clusters or holes).
  * `img compact` then gives the space back.
  */
-import { parseArgs } from 'node:util';
+import { parseArgs } from '../parse-args.js';
 import { parseSize } from '@img/block';
 import { fileResolver } from '@img/block/node';
 import { sparsifyQcow2, type Qcow2SparsifyResult } from '@img/qcow2';
@@ -14,7 +14,7 @@ import { bytesProgress, interruptible, openInPlace } from './compact.js';
 
 /** img sparsify. */
 export const sparsify: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...quietOption, p: { type: 'boolean' }, S: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'sparsify', args: argv, options: { ...common, ...quietOption, p: { type: 'boolean' }, S: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(
