@@ -77,7 +77,7 @@ describeQemu('img check counts broken metadata instead of refusing to open it', 
     const human = img(['check', 'l1-past-end.qcow2']);
     expect(human.status).toBe(2);
     expect(human.stdout).toContain('1 errors were found on the image.');
-    expect(human.stdout).toMatch(/ERROR L1 table at 0x1000000 lies past the end of the file/);
+    expect(human.stderr).toMatch(/ERROR L1 table at 0x1000000 lies past the end of the file/);
   });
 
   it('a full open still refuses that image (info), and repair does not take it', () => {
@@ -92,7 +92,7 @@ describeQemu('img check counts broken metadata instead of refusing to open it', 
     for (const args of [[], ['-f', 'vhd']]) {
       const r = img(['check', ...args, 'overlap.vhd']);
       expect(r.status, r.stderr).toBe(2);
-      expect(r.stdout).toMatch(/BAT entries 0 and 1 point at overlapping blocks/);
+      expect(r.stderr).toMatch(/BAT entries 0 and 1 point at overlapping blocks/);
       const json = JSON.parse(img(['check', '--output=json', ...args, 'overlap.vhd']).stdout) as { corruptions?: number };
       expect(json.corruptions).toBeGreaterThanOrEqual(1);
     }

@@ -60,7 +60,12 @@ export const check: Handler = async (argv, io) => {
     if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
     io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
   } else {
-    for (const m of result.messages) io.stdout(m + '\n');
+    // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr, the summary on stdout.
+    for (const m of result.messages) io.stderr(m + '\n');
+    // As qemu-img check -r: what was repaired, then the result of checking the repaired image again.
+    if (result.corruptionsFixed || result.leaksFixed) {
+      io.stdout(`The following inconsistencies were found and repaired:\n\n    ${result.leaksFixed ?? 0} leaked clusters\n    ${result.corruptionsFixed ?? 0} corruptions\n\nDouble checking the fixed image now...\n`);
+    }
     if (result.corruptions === 0 && result.leaks === 0 && result.checkErrors === 0) io.stdout('No errors were found on the image.\n');
     if (result.corruptions) io.stdout(`\n${result.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`);
     if (result.leaks) io.stdout(`\n${result.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`);
