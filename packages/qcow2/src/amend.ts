@@ -26,7 +26,7 @@ import {
 import { hasFeature, featureBits } from './header.js';
 import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
 import { decodeL2Entry, writeEntryOffset } from './mapping.js';
-import { type MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { attachWriter } from './writable.js';

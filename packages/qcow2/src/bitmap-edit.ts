@@ -31,7 +31,7 @@ import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { beforeFirstWrite, refreshOverlapMap, type Qcow2Image } from './core.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
   BITMAP_FLAG_AUTO,

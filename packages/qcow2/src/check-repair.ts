@@ -36,7 +36,7 @@
  * and sets them exactly afterwards.
  */
 import { hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import { l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 import type { Refcounts } from './refcount.js';

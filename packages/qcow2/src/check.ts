@@ -10,7 +10,7 @@
 import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
 import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { readRefcount, type Refcounts } from './refcount.js';
 import { OVERLAP } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';

@@ -15,7 +15,8 @@
 import { ERROR_CODES, ImageError, checkDiskRange, invalidArg, readOnlyError, unsupported } from '@img/block';
 import type { WriteZeroesOptions } from '@img/block';
 import { INCOMPAT_DIRTY } from './constants.js';
-import { readRange, type MappingView } from './reader.js';
+import { readRange } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { beforeFirstWrite, corruptImageError, markCorrupt, refreshOverlapMap, writeHeader, type Qcow2Image, type Qcow2WriterParts } from './core.js';
 import type { Scheduler } from './scheduler.js';
 import { writeCompressedData } from './compressed-write.js';

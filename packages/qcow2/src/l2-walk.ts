@@ -10,7 +10,8 @@
 import { readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { decodeL2Entry, entryOffset, l1EntryOffset, type ClusterEntry, type EntryGeometry } from './mapping.js';
-import { loadL2, readL1, type MappingView, type ReaderState } from './reader.js';
+import { readL1 } from './reader.js';
+import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
 import type { Qcow2Geometry } from './header.js';
 import type { Qcow2Snapshot } from './snapshot.js';
 

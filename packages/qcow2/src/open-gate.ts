@@ -12,7 +12,7 @@ import { corrupt, hex, readU32Be, unsupported } from '@img/block';
 import { decodeL2Entry, entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import { l2EntriesOf, l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 

@@ -5,7 +5,7 @@
 import { invalidArg, unsupported } from '@img/block';
 import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
 import { findExtension } from './extensions.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { writeHeader, type Qcow2Image } from './core.js';
 import { exclusiveQcow2, writableRange } from './io.js';
 import { zeroOrDiscardExclusive } from './writer.js';

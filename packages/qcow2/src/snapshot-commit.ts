@@ -29,7 +29,7 @@
 import { corrupt, hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
 import { decodeL2Entry, writeEntryOffset } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
-import { loadL2, type MappingView } from './reader.js';
+import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
