@@ -25,7 +25,7 @@ import {
 } from './constants.js';
 import { hasFeature, featureBits } from './header.js';
 import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
-import { decodeL2Entry, writeEntryOffset } from './mapping.js';
+import { writeEntryOffset } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
@@ -33,7 +33,7 @@ import { attachWriter } from './writable.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
-import { distinctL2Tables, imageL1Tables } from './l2-walk.js';
+import { distinctL2Tables, forEachL2Entry, imageL1Tables } from './l2-walk.js';
 import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -243,10 +243,23 @@ async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
     // qemu looks at the active layer only; the clusters of snapshots would be just as unreadable.
     let compressed = 0;
     for await (const { offset, table } of distinctL2Tables(s, await imageL1Tables(s, view, h.l1Size))) {
-      for (let j = 0; j < s.geom.l2Entries; j++) if (decodeL2Entry(table, j, s.entryGeom, s.file, offset).type === 'compressed') compressed++;
+      forEachL2Entry(
+        s,
+        table,
+        offset,
+        (e) => {
+          if (e.type === 'compressed') compressed++;
+        },
+        rethrow,
+      );
     }
     if (compressed) refuse(s, `the image uses zstd compression and has ${compressed} compressed clusters (version 2 knows zlib only)`, 'compression_type');
   }
+}
+
+/** An entry that does not decode stops the operation with the codec's error. */
+function rethrow(error: Error): never {
+  throw error;
 }
 
 function putEntry(table: Uint8Array, index: number, host: number, copied: boolean): void {
@@ -278,9 +291,19 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
     let table: Uint8Array | undefined;
     const toZero: number[] = [];
     const toRelease: number[] = [];
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      const e = decodeL2Entry(table ?? cached, j, s.entryGeom, s.file, l2Offset);
-      if (e.type !== 'zero') continue;
+    // Entries are decoded before any changes: each entry is changed only after it was decoded.
+    const zeroEntries: Array<{ j: number; host: number | undefined }> = [];
+    forEachL2Entry(
+      s,
+      cached,
+      l2Offset,
+      (e, j) => {
+        if (e.type === 'zero') zeroEntries.push({ j, host: e.host });
+      },
+      rethrow,
+    );
+    for (const e of zeroEntries) {
+      const j = e.j;
       table ??= cached.slice();
       expanded++;
       if (e.host === undefined && !backed) {

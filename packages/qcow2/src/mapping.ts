@@ -74,8 +74,9 @@ export function plainEntryHost(hi: number, lo: number, g: EntryGeometry): number
  */
 export function standardEntryCluster(hi: number, lo: number, clusterBits: number): number {
   if (hi & ENTRY_COMPRESSED_HI) return -2;
-  if ((lo & OFFSET_MASK_LO & (2 ** clusterBits - 1)) !== 0) return -1;
-  const cluster = (hi & OFFSET_MASK_HI) * 2 ** (32 - clusterBits) + (lo >>> clusterBits);
+  // Shifts, not powers: this runs once per entry of every table (clusterBits is 9..21).
+  if ((lo & OFFSET_MASK_LO & ((1 << clusterBits) - 1)) !== 0) return -1;
+  const cluster = (hi & OFFSET_MASK_HI) * (1 << (32 - clusterBits)) + (lo >>> clusterBits);
   return cluster === 0 ? -1 : cluster;
 }
 
