@@ -154,8 +154,7 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
   const lazyNow = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
   const lazy = to < 3 ? false : (want.lazyRefcounts ?? lazyNow);
   if (lazy !== lazyNow && to >= 3) {
-    if (lazy) h.compatibleFeatures |= bit(COMPAT_LAZY_REFCOUNTS);
-    else h.compatibleFeatures &= ~bit(COMPAT_LAZY_REFCOUNTS);
+    s.setHeader({ compatibleFeatures: lazy ? h.compatibleFeatures | bit(COMPAT_LAZY_REFCOUNTS) : h.compatibleFeatures & ~bit(COMPAT_LAZY_REFCOUNTS) });
     await writeHeader(s);
     await s.storage.flush();
   }
@@ -168,7 +167,7 @@ async function makeClean(s: Qcow2Image, view: MappingView): Promise<void> {
   if (repaired.corruptions) {
     throw corrupt(FORMAT, s.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
   }
-  s.header.incompatibleFeatures &= ~bit(INCOMPAT_DIRTY);
+  s.setHeader({ incompatibleFeatures: s.header.incompatibleFeatures & ~bit(INCOMPAT_DIRTY) });
   await writeHeader(s);
   await s.storage.flush();
   // The repair changed refcounts and flags behind the writer's caches.
@@ -202,16 +201,17 @@ function planUpgrade(s: Qcow2Image): HeaderExtension[] {
 
 /** Rewrites cluster 0 as version 3 (one write, flushed): no feature bits, refcount_order 4, zlib. */
 async function upgrade(s: Qcow2Image, extensions: HeaderExtension[]): Promise<void> {
-  const h = s.header;
-  h.version = 3;
-  h.headerLength = QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION;
-  h.incompatibleFeatures = 0n;
-  h.compatibleFeatures = 0n;
-  h.autoclearFeatures = 0n;
-  h.refcountOrder = 4;
-  h.compressionType = COMPRESSION_ZLIB;
-  h.extraFields = new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105);
-  s.extensions = extensions;
+  s.setHeader({
+    version: 3,
+    headerLength: QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 4,
+    compressionType: COMPRESSION_ZLIB,
+    extraFields: new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105),
+  });
+  s.setExtensions(extensions);
   await s.storage.flush();
   await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }
@@ -340,16 +340,17 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
 async function downgrade(s: Qcow2Image, view: MappingView): Promise<void> {
   await expandZeroClusters(s, view);
   await s.storage.flush();
-  const h = s.header;
-  h.version = 2;
-  h.headerLength = QCOW2_V2_HEADER_LENGTH;
-  h.incompatibleFeatures = 0n;
-  h.compatibleFeatures = 0n;
-  h.autoclearFeatures = 0n;
-  h.refcountOrder = 4;
-  h.compressionType = COMPRESSION_ZLIB;
-  h.extraFields = new Uint8Array(0);
+  s.setHeader({
+    version: 2,
+    headerLength: QCOW2_V2_HEADER_LENGTH,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 4,
+    compressionType: COMPRESSION_ZLIB,
+    extraFields: new Uint8Array(0),
+  });
   // The feature name table describes version 3 bits; qemu writes it for version 3 only.
-  s.extensions = s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE);
+  s.setExtensions(s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE));
   await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }

@@ -38,6 +38,7 @@
 import { hex, unsupported, writeU64Be } from '@img/block';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
+import type { Qcow2Snapshot } from './snapshot.js';
 import { forEachEntryCluster, forEachL2Table, l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 import type { Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
@@ -113,7 +114,7 @@ export async function repairSharing(s: Qcow2Image, view: MappingView, rc: Refcou
   const put = async (at: number, bytes: Uint8Array, allowed: number) => {
     s.overlap?.check(s.file, at, bytes.length, allowed);
     await s.storage.write(at, bytes);
-    if (at + bytes.length > s.fileSize) s.fileSize = at + bytes.length;
+    s.noteFileEnd(at + bytes.length);
   };
 
   const fileEnd = s.fileSize;
@@ -138,7 +139,7 @@ type Say = (m: string) => void;
 async function copySnapshotL1s(s: Qcow2Image, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const activeEnd = view.l1Offset + s.header.l1Size * 8;
-  const groups = new Map<number, { bytes: number; snapshots: typeof s.snapshots }>();
+  const groups = new Map<number, { bytes: number; snapshots: Qcow2Snapshot[] }>();
   for (const sn of s.snapshots) {
     const bytes = sn.l1Size * 8;
     if (!bytes || !s.header.l1Size || sn.l1TableOffset >= activeEnd || view.l1Offset >= sn.l1TableOffset + bytes) continue;

@@ -380,7 +380,7 @@ async function fixRefcounts(s: Qcow2Image, view: MappingView, rc: Refcounts, t: 
 
 /** Repairs allocate (refcount blocks, copies): the tally counts clusters up to the file's new end. */
 async function noteGrowth(s: Qcow2Image): Promise<void> {
-  s.fileSize = Math.max(s.fileSize, await s.storage.size());
+  s.noteFileEnd(await s.storage.size());
 }
 
 /** Rewrites the COPIED flags the tally found wrong (after the refcounts are exact). */

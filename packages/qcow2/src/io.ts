@@ -178,21 +178,15 @@ export async function flushQcow2(core: Qcow2Image): Promise<void> {
   await w.scheduler.settle();
   await w.allocator.drainReleases();
   await core.bitmaps?.commit();
-  if (core.deferredError !== undefined) {
-    const e = core.deferredError;
-    core.deferredError = undefined;
-    throw e;
-  }
+  if (core.deferredError !== undefined) throw core.takeDeferredError();
   await core.dataFile?.flush();
   await core.storage.flush();
   // Lazy refcounts: refcounts are exact once everything is flushed, so the image is clean again.
   if (core.dirtySet) {
-    core.header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
+    core.setHeader({ incompatibleFeatures: core.header.incompatibleFeatures & ~(1n << BigInt(INCOMPAT_DIRTY)) });
     await writeHeader(core);
     await core.storage.flush();
-    core.dirtySet = false;
-    core.firstWrite = undefined;
-    core.firstWriteDone = false;
+    core.endWriteSession();
   }
 }
 

@@ -157,7 +157,7 @@ async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<nu
   const end = rc.endCluster * s.geom.clusterSize;
   if (end > s.fileSize) {
     await s.storage.truncate(end);
-    s.fileSize = end;
+    s.noteFileEnd(end);
   }
   return offset;
 }
@@ -352,11 +352,11 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   if (header.length > SECTOR) throw unsupported(FORMAT, s.file, `a header of ${header.length} bytes cannot be switched with one sector write`, { field: 'header_length' });
   await checkedWrite(s, 0, header, OVERLAP.HEADER);
   await flushAll(s);
-  Object.assign(s.header, h);
-  s.snapshots = snapshots;
-  view.l1 = sameL1 ? view.l1 : l1;
-  view.l1Offset = l1Offset;
-  view.size = change.active.size;
+  // `view` is the active view (snapshot operations change nothing else).
+  s.setHeader(h);
+  s.setSnapshots(snapshots);
+  s.replaceActiveL1(sameL1 ? view.l1 : l1, l1Offset);
+  s.setSize(change.active.size);
   s.cache.clear();
   s.decompressed.clear();
   if (blocks.size) {
