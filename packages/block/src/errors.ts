@@ -178,6 +178,42 @@ export function ioError(file: string, message: string, data: ImageErrorData = {}
 }
 
 /**
+ * An image names a file that only a resolver can open (`what`, with its
+ * article: "a backing file", "an external data file", "a parent") and the
+ * caller gave none: ERR_IMG_INVALID_ARG. `skip` names the option that
+ * opens the image without that file ("noBacking to read without it").
+ * One wording for every format's backing chain.
+ */
+export function noResolverError(format: string, file: string | undefined, what: string, name: string, skip?: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, where(format, file) + `the image has ${what} "${name}" but no resolver was given to open it (pass a resolver${skip ? `, or ${skip}` : ''})`, {
+    data: { format, file, ...data },
+  });
+}
+
+/** A backing chain (qcow2 backing files, VHD parents) with more images than `maxDepth` (the maxChainDepth option): ERR_IMG_CHAIN. */
+export function chainTooDeepError(format: string, file: string | undefined, maxDepth: number, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.CHAIN, where(format, file) + `backing chain is longer than ${maxDepth} images (maxChainDepth)`, { data: { format, file, ...data } });
+}
+
+/**
+ * A backing chain that comes back to an image already in it: ERR_IMG_CHAIN.
+ * `what` names the image met again as the chain names it ('backing file
+ * "b.qcow2" (/images/b.qcow2)', "parent unique id ...").
+ */
+export function chainCycleError(format: string, file: string | undefined, what: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.CHAIN, where(format, file) + `${what} is already in the chain: a cycle`, { data: { format, file, ...data } });
+}
+
+/**
+ * A file an image names (`what`: "backing file", "external data file",
+ * "parent") could not be opened for another reason than its absence (see
+ * {@link missingFileError}): ERR_IMG_IO, the resolver's error as `cause`.
+ */
+export function cannotOpenError(format: string, file: string | undefined, what: string, name: string, cause: unknown, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.IO, where(format, file) + `cannot open ${what} "${name}": ${(cause as Error | undefined)?.message ?? String(cause)}`, { cause, data: { format, file, ...data } });
+}
+
+/**
  * A file an image names (backing file, parent, external data file) does
  * not exist: `file` is the image that names it, `name` the name as stored
  * and `resolved` the path it was looked for at (left out when the same).

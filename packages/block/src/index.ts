@@ -22,6 +22,10 @@ export {
   notFoundError,
   ioError,
   missingFileError,
+  noResolverError,
+  chainTooDeepError,
+  chainCycleError,
+  cannotOpenError,
 } from './errors.js';
 export {
   readU8,

@@ -25,8 +25,10 @@ export interface AllocatorImage {
   readonly storage: Storage;
   readonly file: string;
   readonly geom: Qcow2Geometry;
-  /** The file's size as far as the image knows it; the allocator grows it. */
-  fileSize: number;
+  /** The file's size as far as the image knows it. */
+  readonly fileSize: number;
+  /** Records that the file reaches at least `end`; the allocator grows it. */
+  noteFileEnd(end: number): void;
   readonly overlap?: OverlapMap;
   /** Guest clusters live in an external data file: they are not counted in the refcounts. */
   readonly dataFile: Storage | undefined;
@@ -76,7 +78,7 @@ export class Allocator {
 
   /** Records that the file now reaches at least `end` (a data write past its old end). */
   noteWritten(end: number): void {
-    if (end > this.#img.fileSize) this.#img.fileSize = end;
+    this.#img.noteFileEnd(end);
   }
 
   /**
@@ -89,7 +91,7 @@ export class Allocator {
     const end = this.refcounts.endCluster * img.geom.clusterSize;
     if (end > img.fileSize) {
       await img.storage.truncate(end);
-      img.fileSize = end;
+      img.noteFileEnd(end);
     }
   }
 

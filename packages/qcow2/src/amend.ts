@@ -25,15 +25,15 @@ import {
 } from './constants.js';
 import { hasFeature, featureBits } from './header.js';
 import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
-import { decodeL2Entry, writeEntryOffset } from './mapping.js';
-import { type MappingView } from './reader.js';
+import { writeEntryOffset } from './mapping.js';
+import type { MappingView } from './mapping-view.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { attachWriter } from './writable.js';
 import { checkState } from './check.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
-import { distinctL2Tables, imageL1Tables } from './l2-walk.js';
+import { distinctL2Tables, forEachL2Entry, imageL1Tables } from './l2-walk.js';
 import { OVERLAP } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -154,8 +154,7 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
   const lazyNow = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
   const lazy = to < 3 ? false : (want.lazyRefcounts ?? lazyNow);
   if (lazy !== lazyNow && to >= 3) {
-    if (lazy) h.compatibleFeatures |= bit(COMPAT_LAZY_REFCOUNTS);
-    else h.compatibleFeatures &= ~bit(COMPAT_LAZY_REFCOUNTS);
+    s.setHeader({ compatibleFeatures: lazy ? h.compatibleFeatures | bit(COMPAT_LAZY_REFCOUNTS) : h.compatibleFeatures & ~bit(COMPAT_LAZY_REFCOUNTS) });
     await writeHeader(s);
     await s.storage.flush();
   }
@@ -168,7 +167,7 @@ async function makeClean(s: Qcow2Image, view: MappingView): Promise<void> {
   if (repaired.corruptions) {
     throw corrupt(FORMAT, s.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
   }
-  s.header.incompatibleFeatures &= ~bit(INCOMPAT_DIRTY);
+  s.setHeader({ incompatibleFeatures: s.header.incompatibleFeatures & ~bit(INCOMPAT_DIRTY) });
   await writeHeader(s);
   await s.storage.flush();
   // The repair changed refcounts and flags behind the writer's caches.
@@ -202,16 +201,17 @@ function planUpgrade(s: Qcow2Image): HeaderExtension[] {
 
 /** Rewrites cluster 0 as version 3 (one write, flushed): no feature bits, refcount_order 4, zlib. */
 async function upgrade(s: Qcow2Image, extensions: HeaderExtension[]): Promise<void> {
-  const h = s.header;
-  h.version = 3;
-  h.headerLength = QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION;
-  h.incompatibleFeatures = 0n;
-  h.compatibleFeatures = 0n;
-  h.autoclearFeatures = 0n;
-  h.refcountOrder = 4;
-  h.compressionType = COMPRESSION_ZLIB;
-  h.extraFields = new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105);
-  s.extensions = extensions;
+  s.setHeader({
+    version: 3,
+    headerLength: QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 4,
+    compressionType: COMPRESSION_ZLIB,
+    extraFields: new Uint8Array(QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION - 105),
+  });
+  s.setExtensions(extensions);
   await s.storage.flush();
   await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }
@@ -243,10 +243,23 @@ async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
     // qemu looks at the active layer only; the clusters of snapshots would be just as unreadable.
     let compressed = 0;
     for await (const { offset, table } of distinctL2Tables(s, await imageL1Tables(s, view, h.l1Size))) {
-      for (let j = 0; j < s.geom.l2Entries; j++) if (decodeL2Entry(table, j, s.entryGeom, s.file, offset).type === 'compressed') compressed++;
+      forEachL2Entry(
+        s,
+        table,
+        offset,
+        (e) => {
+          if (e.type === 'compressed') compressed++;
+        },
+        rethrow,
+      );
     }
     if (compressed) refuse(s, `the image uses zstd compression and has ${compressed} compressed clusters (version 2 knows zlib only)`, 'compression_type');
   }
+}
+
+/** An entry that does not decode stops the operation with the codec's error. */
+function rethrow(error: Error): never {
+  throw error;
 }
 
 function putEntry(table: Uint8Array, index: number, host: number, copied: boolean): void {
@@ -278,9 +291,19 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
     let table: Uint8Array | undefined;
     const toZero: number[] = [];
     const toRelease: number[] = [];
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      const e = decodeL2Entry(table ?? cached, j, s.entryGeom, s.file, l2Offset);
-      if (e.type !== 'zero') continue;
+    // Entries are decoded before any changes: each entry is changed only after it was decoded.
+    const zeroEntries: Array<{ j: number; host: number | undefined }> = [];
+    forEachL2Entry(
+      s,
+      cached,
+      l2Offset,
+      (e, j) => {
+        if (e.type === 'zero') zeroEntries.push({ j, host: e.host });
+      },
+      rethrow,
+    );
+    for (const e of zeroEntries) {
+      const j = e.j;
       table ??= cached.slice();
       expanded++;
       if (e.host === undefined && !backed) {
@@ -317,16 +340,17 @@ async function expandZeroClusters(s: Qcow2Image, view: MappingView): Promise<num
 async function downgrade(s: Qcow2Image, view: MappingView): Promise<void> {
   await expandZeroClusters(s, view);
   await s.storage.flush();
-  const h = s.header;
-  h.version = 2;
-  h.headerLength = QCOW2_V2_HEADER_LENGTH;
-  h.incompatibleFeatures = 0n;
-  h.compatibleFeatures = 0n;
-  h.autoclearFeatures = 0n;
-  h.refcountOrder = 4;
-  h.compressionType = COMPRESSION_ZLIB;
-  h.extraFields = new Uint8Array(0);
+  s.setHeader({
+    version: 2,
+    headerLength: QCOW2_V2_HEADER_LENGTH,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 4,
+    compressionType: COMPRESSION_ZLIB,
+    extraFields: new Uint8Array(0),
+  });
   // The feature name table describes version 3 bits; qemu writes it for version 3 only.
-  s.extensions = s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE);
+  s.setExtensions(s.extensions.filter((e) => e.type !== EXT_FEATURE_TABLE));
   await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'compat' }));
 }

@@ -2,7 +2,7 @@
  * Backing files and external data files: named inside the image, opened
  * through the caller's resolver, never through the file system directly.
  */
-import { ERROR_CODES, ImageError, PROBE_BYTES, missingFileError, unsafe, unsupported } from '@img/block';
+import { ERROR_CODES, ImageError, PROBE_BYTES, cannotOpenError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, unsafe, unsupported } from '@img/block';
 import type { Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
 
 const FORMAT = 'qcow2';
@@ -30,23 +30,19 @@ export async function openBacking(from: Storage, name: string, format: string | 
     throw unsafe(FORMAT, file, `refusing to open backing file "${name}" of an untrusted image`, { field: 'backing_file' });
   }
   if (!options.resolver) {
-    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${file}: the image has a backing file "${name}" but no resolver was given to open it (pass resolver, or noBacking to read without it)`, {
-      data: { format: FORMAT, file, field: 'backing_file' },
-    });
+    throw noResolverError(FORMAT, file, 'a backing file', name, 'noBacking to read without it', { field: 'backing_file' });
   }
   const chain = [...(options.chain ?? []), file];
   const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   // `chain` holds the images above the backing file; with it the chain has chain.length + 1 images.
   if (chain.length + 1 > maxDepth) {
-    throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing chain is longer than ${maxDepth} images (maxChainDepth)`, { data: { format: FORMAT, file, field: 'backing_file' } });
+    throw chainTooDeepError(FORMAT, file, maxDepth, { field: 'backing_file' });
   }
   const writable = options.backingWritable === true;
   const storage = await resolve(options.resolver, { name, kind: 'backing', from, writable });
   try {
     if (chain.includes(storage.name)) {
-      throw new ImageError(ERROR_CODES.CHAIN, `${FORMAT}: ${file}: backing file "${name}" (${storage.name}) is already in the chain: a cycle`, {
-        data: { format: FORMAT, file, field: 'backing_file', chain },
-      });
+      throw chainCycleError(FORMAT, file, `backing file "${name}" (${storage.name})`, { field: 'backing_file', chain });
     }
     let chosen = format;
     let probed = false;
@@ -78,9 +74,7 @@ export async function openDataFile(from: Storage, name: string | undefined, opti
   }
   if (options.untrusted) throw unsafe(FORMAT, file, `refusing to open external data file "${name}" of an untrusted image`, { field: 'data file' });
   if (!options.resolver) {
-    throw new ImageError(ERROR_CODES.INVALID_ARG, `${FORMAT}: ${file}: the image stores its data in an external data file "${name}" but no resolver was given to open it`, {
-      data: { format: FORMAT, file, field: 'data file' },
-    });
+    throw noResolverError(FORMAT, file, 'an external data file', name, 'noDataFile to read its metadata only', { field: 'data file' });
   }
   return resolve(options.resolver, { name, kind: 'data-file', from, writable });
 }
@@ -95,9 +89,6 @@ async function resolve(resolver: Resolver, request: ResolveRequest): Promise<Sto
       throw missingFileError(FORMAT, request.from.name, what, request.name, typeof e.data.file === 'string' ? e.data.file : undefined, { cause: e });
     }
     if (ImageError.isInstance(e)) throw e;
-    throw new ImageError(ERROR_CODES.IO, `${FORMAT}: ${request.from.name}: cannot open ${what} "${request.name}": ${(e as Error)?.message ?? String(e)}`, {
-      cause: e,
-      data: { format: FORMAT, file: request.from.name, field: request.kind },
-    });
+    throw cannotOpenError(FORMAT, request.from.name, what, request.name, e, { field: request.kind });
   }
 }

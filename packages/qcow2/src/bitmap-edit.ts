@@ -31,7 +31,7 @@ import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { beforeFirstWrite, refreshOverlapMap, type Qcow2Image } from './core.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
   BITMAP_FLAG_AUTO,
@@ -262,7 +262,7 @@ async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2Bi
   if (ext && consistent) release.push({ offset: ext.bitmapDirectoryOffset, bytes: ext.bitmapDirectorySize });
 
   await beforeFirstWrite(s); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
-  s.bitmaps = undefined; // the writer's tracker would keep the old directory
+  s.setBitmapTracker(undefined); // the writer's tracker would keep the old directory
   const w = s.writer!;
   const allocate = async (bytes: number): Promise<number> => {
     const at = await w.allocator.allocate(Math.ceil(bytes / cs));
@@ -409,12 +409,13 @@ async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): P
   const bit = 1n << BigInt(AUTOCLEAR_BITMAPS);
   const wasSet = hasFeature(h.autoclearFeatures, AUTOCLEAR_BITMAPS);
   // The bitmaps extension goes where it was, or last (as qemu writes it): the others do not move.
-  const i = s.extensions.findIndex((e) => e.type === EXT_BITMAPS);
-  if (ext && i >= 0) s.extensions[i] = ext;
-  else if (ext) s.extensions.push(ext);
-  else if (i >= 0) s.extensions.splice(i, 1);
-  if (ext) h.autoclearFeatures |= bit;
-  else h.autoclearFeatures &= ~bit;
+  const extensions = [...s.extensions];
+  const i = extensions.findIndex((e) => e.type === EXT_BITMAPS);
+  if (ext && i >= 0) extensions[i] = ext;
+  else if (ext) extensions.push(ext);
+  else if (i >= 0) extensions.splice(i, 1);
+  s.setExtensions(extensions);
+  s.setHeader({ autoclearFeatures: ext ? h.autoclearFeatures | bit : h.autoclearFeatures & ~bit });
   const cs = s.geom.clusterSize;
   const end = headerClusterBytes(h, s.extensions, s.backingName);
   if (end > cs) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' });
@@ -423,15 +424,15 @@ async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): P
     await s.storage.write(0, area);
   } else {
     if (wasSet) {
-      h.autoclearFeatures &= ~bit;
+      s.setHeader({ autoclearFeatures: h.autoclearFeatures & ~bit });
       await s.storage.write(0, serializeHeader(h));
       await s.storage.flush();
-      if (ext) h.autoclearFeatures |= bit;
+      if (ext) s.setHeader({ autoclearFeatures: h.autoclearFeatures | bit });
     }
     await s.storage.write(SECTOR, area.subarray(SECTOR));
     await s.storage.flush();
     await s.storage.write(0, area.subarray(0, SECTOR));
   }
   await s.storage.flush();
-  s.headerAreaEnd = end;
+  s.setHeaderAreaEnd(end);
 }

@@ -31,7 +31,7 @@ export async function checkQcow2(storage: Storage, options: CheckOptions = {}): 
     const h = core.header;
     const flags = (1n << BigInt(INCOMPAT_DIRTY)) | (1n << BigInt(INCOMPAT_CORRUPT));
     if (options.repair && result.corruptions === 0 && (h.incompatibleFeatures & flags) !== 0n && (options.repair === 'all' || result.leaks === 0)) {
-      h.incompatibleFeatures &= ~flags;
+      core.setHeader({ incompatibleFeatures: h.incompatibleFeatures & ~flags });
       await writeHeader(core);
       await storage.flush();
     }

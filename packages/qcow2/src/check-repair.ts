@@ -35,16 +35,16 @@
  * reference first, so that the allocator cannot hand out a cluster in use,
  * and sets them exactly afterwards.
  */
-import { hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
-import type { MappingView } from './reader.js';
+import { hex, unsupported, writeU64Be } from '@img/block';
+import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
-import { l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
+import type { Qcow2Snapshot } from './snapshot.js';
+import { forEachEntryCluster, forEachL2Table, l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
 import type { Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
-import { entryOffset } from './mapping.js';
+import { writeEntryOffset } from './mapping.js';
 import { decompressCluster } from './compression.js';
-import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI } from './constants.js';
 
 const FORMAT = 'qcow2';
 
@@ -114,7 +114,7 @@ export async function repairSharing(s: Qcow2Image, view: MappingView, rc: Refcou
   const put = async (at: number, bytes: Uint8Array, allowed: number) => {
     s.overlap?.check(s.file, at, bytes.length, allowed);
     await s.storage.write(at, bytes);
-    if (at + bytes.length > s.fileSize) s.fileSize = at + bytes.length;
+    s.noteFileEnd(at + bytes.length);
   };
 
   const fileEnd = s.fileSize;
@@ -139,7 +139,7 @@ type Say = (m: string) => void;
 async function copySnapshotL1s(s: Qcow2Image, view: MappingView, rc: Refcounts, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
   const activeEnd = view.l1Offset + s.header.l1Size * 8;
-  const groups = new Map<number, { bytes: number; snapshots: typeof s.snapshots }>();
+  const groups = new Map<number, { bytes: number; snapshots: Qcow2Snapshot[] }>();
   for (const sn of s.snapshots) {
     const bytes = sn.l1Size * 8;
     if (!bytes || !s.header.l1Size || sn.l1TableOffset >= activeEnd || view.l1Offset >= sn.l1TableOffset + bytes) continue;
@@ -190,36 +190,40 @@ export async function captureDataOnMetadata(s: Qcow2Image, view: MappingView): P
   const map = s.overlap;
   if (!map || s.entryGeom.dataFile) return out;
   const cs = s.geom.clusterSize;
-  const table = new Uint8Array(cs);
   const meta = metadataFlags(s, Math.ceil(s.fileSize / cs));
   let bytes = 0;
   const seen = new Set<number>();
+  // A table on other metadata is dropped, not read; a table several L1 entries share is read once.
+  const tables: number[] = [];
   for (const [l2] of activeTables(s, view)) {
-    // A table on other metadata is dropped, not read; a table several L1 entries share is read once.
     if (map.kindsAt(l2 / cs) & ~OVERLAP.L2 || seen.has(l2)) continue;
     seen.add(l2);
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let c = fastHost(table, j, s.entryGeom);
-      if (c === -1) continue;
-      if (c === -2) {
-        let e: Entry;
-        try {
-          e = decodeEntry(table, j, s.entryGeom, s.file, l2);
-        } catch {
-          continue;
-        }
-        if (e.host === undefined) continue;
-        c = e.host / cs;
-      }
-      if (c >= meta.length || !meta[c] || out.has(c)) continue;
-      if (bytes + cs > MAX_CAPTURED_BYTES) return out;
-      const data = new Uint8Array(cs);
-      await s.storage.readInto(c * cs, data);
-      out.set(c, data);
-      bytes += cs;
-    }
+    tables.push(l2);
   }
+  const onMetadata: number[] = [];
+  await forEachL2Table(
+    s,
+    tables,
+    async (table, l2) => {
+      onMetadata.length = 0;
+      const use = (c: number) => {
+        if (c < meta.length && meta[c]) onMetadata.push(c);
+      };
+      forEachEntryCluster(s, table, l2, use, (e) => {
+        if (e.type !== 'compressed' && e.host !== undefined) use(e.host / cs);
+      });
+      for (const c of onMetadata) {
+        if (out.has(c)) continue;
+        if (bytes + cs > MAX_CAPTURED_BYTES) return false;
+        const data = new Uint8Array(cs);
+        await s.storage.readInto(c * cs, data);
+        out.set(c, data);
+        bytes += cs;
+      }
+      return true;
+    },
+    cs,
+  );
   return out;
 }
 
@@ -233,13 +237,12 @@ async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, 
   // Entries change in memory; the L1 table is written once, after the copies it points at reached the disk.
   let changed = false;
   const setEntry = (i: number, offset: number) => {
-    const entry = put64(offset);
-    if (offset) writeU32Be(entry, 0, (readU32Be(entry, 0) | ENTRY_COPIED_HI) >>> 0);
-    view.l1.set(entry, i * 8);
+    writeEntryOffset(view.l1, i * 8, offset, offset !== 0);
     changed = true;
   };
-  for (let i = 0; i < inUse; i++) {
-    const l2 = entryOffset(readU32Be(view.l1, i * 8), readU32Be(view.l1, i * 8 + 4));
+  const l2s = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
+  for (let i = 0; i < l2s.length; i++) {
+    const l2 = l2s[i]!;
     if (!l2) continue;
     const at = view.l1Offset + i * 8;
     if (l2 % cs || l2 < cs || l2 + cs > fileEnd) {
@@ -287,22 +290,6 @@ async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, 
   await s.storage.flush();
 }
 
-/**
- * The host cluster a standard L2 entry names without the full decoder:
- * -1 for none (unallocated, a zero entry without a cluster, an unaligned
- * offset the check reports), -2 where the full decoder is needed
- * (compressed or extended entries). Repairs walk every entry of a large
- * image up to three times; an object per entry would dominate.
- */
-function fastHost(table: Uint8Array, j: number, g: Qcow2Image['entryGeom']): number {
-  if (g.extendedL2) return -2;
-  const hi = readU32Be(table, j * 8);
-  if (hi & ENTRY_COMPRESSED_HI) return -2;
-  const host = entryOffset(hi, readU32Be(table, j * 8 + 4));
-  if (host === 0 || host % g.clusterSize !== 0) return -1;
-  return host / g.clusterSize;
-}
-
 /** A byte per cluster below `n`: 1 where the overlap map holds metadata (array reads instead of map lookups per entry). */
 function metadataFlags(s: Qcow2Image, n: number): Uint8Array {
   const meta = new Uint8Array(n);
@@ -348,47 +335,38 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
   /** Normal users of clusters used more than once (rare; a crafted image's few clusters). */
   const users = new Map<number, number>();
   const tables = activeTables(s, view);
-  const table = new Uint8Array(cs);
-  const entries = s.geom.l2Entries;
-  const decode = (l2: number, j: number): Entry | undefined => {
+  const decode = (table: Uint8Array, l2: number, j: number): Entry | undefined => {
     try {
       return decodeEntry(table, j, g, s.file, l2);
     } catch {
       return undefined; // a bad entry is counted by the check, not repaired here
     }
   };
-  const span = (e: Entry) => {
-    const c = e.compressed!;
-    return [Math.floor(c.host / cs), Math.floor((c.host + c.size - 1) / cs)] as const;
-  };
+  const span = (host: number, size: number) => [Math.floor(host / cs), Math.floor((host + size - 1) / cs)] as const;
 
   // Pass 1: who uses what.
   const meta = metadataFlags(s, n);
   let compressed = 0;
   let onMetadata = 0;
-  for (const [l2] of tables) {
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < entries; j++) {
-      let c = fastHost(table, j, g);
-      if (c === -1) continue;
-      if (c === -2) {
-        const e = decode(l2, j);
-        if (!e) continue;
-        if (e.compressed) {
+  const use = (c: number) => {
+    if (c >= n) return;
+    if (meta[c]) onMetadata++;
+    if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
+    else flags[c]! |= USED;
+  };
+  await forEachL2Table(
+    s,
+    tables.map(([l2]) => l2),
+    (table, l2) => {
+      forEachEntryCluster(s, table, l2, use, (e) => {
+        if (e.type === 'compressed') {
           compressed++;
-          const [a, b] = span(e);
+          const [a, b] = span(e.host, e.size);
           for (let k = a; k <= b && k < n; k++) flags[k]! |= COMPRESSED;
-          continue;
-        }
-        if (e.host === undefined) continue;
-        c = e.host / cs;
-      }
-      if (c >= n) continue;
-      if (meta[c]) onMetadata++;
-      if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
-      else flags[c]! |= USED;
-    }
-  }
+        } else if (e.host !== undefined) use(e.host / cs);
+      });
+    },
+  );
   // Nothing shared, nothing on metadata, nothing compressed: no second pass.
   if (!users.size && !onMetadata && !compressed) return;
 
@@ -404,113 +382,127 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
     if (list) list.push(at);
     else reasons.set(why, [at]);
   };
-  for (const [l2, i] of tables) {
-    await s.storage.readInto(l2, table);
-    let changed = false;
-    for (let j = 0; j < entries; j++) {
-      const fast = fastHost(table, j, g);
-      if (fast === -1) continue;
-      if (fast >= 0 && (fast >= n || (!meta[fast] && !users.has(fast)))) continue;
-      const e = decode(l2, j);
-      if (!e) continue;
-      const at = l2 + j * s.geom.l2EntrySize;
-      if (e.compressed) {
-        const [a, b] = span(e);
-        let hit = '';
-        for (let c = a; c <= b && !hit; c++) {
-          if (c >= n) hit = 'reach past the end of the file';
-          else if (meta[c]) hit = `reach the ${overlapKindName(s.overlap?.kindsAt(c) ?? 0)}`;
-          else if (flags[c]! & USED) hit = 'reach a data cluster in use';
+  // One table at a time: each is changed in place and written back before the next is read.
+  await forEachL2Table(
+    s,
+    tables.map(([l2]) => l2),
+    async (table, l2, index) => {
+      const i = tables[index]![1];
+      // The entries worth a full decode: compressed, extended, or naming a shared cluster or metadata.
+      const candidates: number[] = [];
+      forEachEntryCluster(
+        s,
+        table,
+        l2,
+        (c, j) => {
+          if (c < n && (meta[c] || users.has(c))) candidates.push(j);
+        },
+        (_e, j) => candidates.push(j),
+      );
+      let changed = false;
+      for (const j of candidates) {
+        const e = decode(table, l2, j);
+        if (!e) continue;
+        const at = l2 + j * s.geom.l2EntrySize;
+        if (e.compressed) {
+          const [a, b] = span(e.compressed.host, e.compressed.size);
+          let hit = '';
+          for (let c = a; c <= b && !hit; c++) {
+            if (c >= n) hit = 'reach past the end of the file';
+            else if (meta[c]) hit = `reach the ${overlapKindName(s.overlap?.kindsAt(c) ?? 0)}`;
+            else if (flags[c]! & USED) hit = 'reach a data cluster in use';
+          }
+          if (!hit) continue;
+          let plain: Uint8Array | undefined;
+          if (budget.take(cs)) {
+            try {
+              const bytes = new Uint8Array(Math.max(0, Math.min(e.compressed.size, n * cs - e.compressed.host)));
+              await s.storage.readInto(e.compressed.host, bytes);
+              plain = await decompressCluster(s.compressionType, bytes, cs, { file: s.file, hostOffset: e.compressed.host });
+            } catch {
+              plain = undefined;
+            }
+          }
+          if (plain) {
+            const host = await rc.allocate(1);
+            await put(host, plain.length === cs ? plain : padded(plain, cs), 0);
+            encodeEntry(table, j, { host, copied: true, compressed: undefined, alloc: full, zero: 0 }, g);
+            out.copies++;
+            note(`compressed cluster whose sectors ${hit}: decompressed into a cluster of its own`, at);
+          } else {
+            encodeEntry(table, j, dropped, g);
+            out.dropped++;
+            note(`compressed cluster whose sectors ${hit} and that does not decompress (or exceeds the copy budget): dropped (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
+          }
+          changed = true;
+          continue;
         }
-        if (!hit) continue;
-        let plain: Uint8Array | undefined;
-        if (budget.take(cs)) {
-          try {
-            const bytes = new Uint8Array(Math.max(0, Math.min(e.compressed.size, n * cs - e.compressed.host)));
-            await s.storage.readInto(e.compressed.host, bytes);
-            plain = await decompressCluster(s.compressionType, bytes, cs, { file: s.file, hostOffset: e.compressed.host });
-          } catch {
-            plain = undefined;
+        if (e.host === undefined) continue;
+        const c = e.host / cs;
+        if (c >= n) continue;
+        const kinds = meta[c] ? (s.overlap?.kindsAt(c) ?? 0) : 0;
+        const count = users.get(c);
+        if (!kinds) {
+          if (count === undefined) continue;
+          if (!(flags[c]! & KEPT)) {
+            flags[c]! |= KEPT;
+            continue;
           }
         }
-        if (plain) {
+        const why = kinds ? `data cluster on the ${overlapKindName(kinds)}` : `data cluster at ${hex(c * cs)} used by ${count} entries`;
+        if (e.alloc === 0) {
+          // A preallocated zero cluster reads as zeros without its cluster: the entry keeps its zero bits, the cluster goes.
+          encodeEntry(table, j, { ...e, host: undefined, copied: false }, g);
+          note(`${why} (a zero cluster): it keeps reading zeros without a cluster`, at);
+          out.dropped++;
+          changed = true;
+          continue;
+        }
+        let copy = decided.get(c);
+        if (copy === undefined) {
+          copy = budget.take((kinds ? (count ?? 1) : count! - 1) * cs);
+          decided.set(c, copy);
+        }
+        const saved = kinds ? captured.get(c) : undefined;
+        const lost = copy && kinds !== 0 && !saved;
+        if (lost) copy = false;
+        if (copy) {
+          data.fill(0);
+          if (saved) data.set(saved);
+          else await s.storage.readInto(c * cs, data);
           const host = await rc.allocate(1);
-          await put(host, plain.length === cs ? plain : padded(plain, cs), 0);
-          encodeEntry(table, j, { host, copied: true, compressed: undefined, alloc: full, zero: 0 }, g);
+          await put(host, data, 0);
+          encodeEntry(table, j, { ...e, host, copied: true }, g);
           out.copies++;
-          note(`compressed cluster whose sectors ${hit}: decompressed into a cluster of its own`, at);
+          note(`${why}: copied`, at);
         } else {
           encodeEntry(table, j, dropped, g);
           out.dropped++;
-          note(`compressed cluster whose sectors ${hit} and that does not decompress (or exceeds the copy budget): dropped (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
+          const because = lost ? `its bytes were not kept (more than ${MAX_CAPTURED_BYTES / 2 ** 20} MiB of data lies on metadata)` : "copies would exceed the repair's copy budget";
+          note(`${why}: dropped, as ${because} (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
         }
         changed = true;
-        continue;
       }
-      if (e.host === undefined) continue;
-      const c = e.host / cs;
-      if (c >= n) continue;
-      const kinds = meta[c] ? (s.overlap?.kindsAt(c) ?? 0) : 0;
-      const count = users.get(c);
-      if (!kinds) {
-        if (count === undefined) continue;
-        if (!(flags[c]! & KEPT)) {
-          flags[c]! |= KEPT;
-          continue;
-        }
-      }
-      const why = kinds ? `data cluster on the ${overlapKindName(kinds)}` : `data cluster at ${hex(c * cs)} used by ${count} entries`;
-      if (e.alloc === 0) {
-        // A preallocated zero cluster reads as zeros without its cluster: the entry keeps its zero bits, the cluster goes.
-        encodeEntry(table, j, { ...e, host: undefined, copied: false }, g);
-        note(`${why} (a zero cluster): it keeps reading zeros without a cluster`, at);
-        out.dropped++;
-        changed = true;
-        continue;
-      }
-      let copy = decided.get(c);
-      if (copy === undefined) {
-        copy = budget.take((kinds ? (count ?? 1) : count! - 1) * cs);
-        decided.set(c, copy);
-      }
-      const saved = kinds ? captured.get(c) : undefined;
-      const lost = copy && kinds !== 0 && !saved;
-      if (lost) copy = false;
-      if (copy) {
-        data.fill(0);
-        if (saved) data.set(saved);
-        else await s.storage.readInto(c * cs, data);
-        const host = await rc.allocate(1);
-        await put(host, data, 0);
-        encodeEntry(table, j, { ...e, host, copied: true }, g);
-        out.copies++;
-        note(`${why}: copied`, at);
-      } else {
-        encodeEntry(table, j, dropped, g);
-        out.dropped++;
-        const because = lost ? `its bytes were not kept (more than ${MAX_CAPTURED_BYTES / 2 ** 20} MiB of data lies on metadata)` : "copies would exceed the repair's copy budget";
-        note(`${why}: dropped, as ${because} (it reads as ${dropped.zero ? 'zeros' : 'unallocated'})`, at);
-      }
-      changed = true;
-    }
-    if (!changed) continue;
-    // Copies before the table that points at them.
-    await s.storage.flush();
-    if (shared.has(l2)) {
-      // A snapshot reads this table too: the active layer gets the changed table as a copy.
-      const copy = await rc.allocate(1);
-      await put(copy, table, 0);
+      if (!changed) return;
+      // Copies before the table that points at them.
       await s.storage.flush();
-      s.overlap?.add(OVERLAP.L2, copy, cs);
-      const entry = put64(copy);
-      writeU32Be(entry, 0, (readU32Be(entry, 0) | ENTRY_COPIED_HI) >>> 0);
-      await put(view.l1Offset + i * 8, entry, OVERLAP.ACTIVE_L1);
-      view.l1.set(entry, i * 8);
-      out.copies++;
-    } else {
-      await put(l2, table, OVERLAP.L2);
-    }
-    await s.storage.flush();
-  }
+      if (shared.has(l2)) {
+        // A snapshot reads this table too: the active layer gets the changed table as a copy.
+        const copy = await rc.allocate(1);
+        await put(copy, table, 0);
+        await s.storage.flush();
+        s.overlap?.add(OVERLAP.L2, copy, cs);
+        const entry = new Uint8Array(8);
+        writeEntryOffset(entry, 0, copy, true);
+        await put(view.l1Offset + i * 8, entry, OVERLAP.ACTIVE_L1);
+        view.l1.set(entry, i * 8);
+        out.copies++;
+      } else {
+        await put(l2, table, OVERLAP.L2);
+      }
+      await s.storage.flush();
+    },
+    cs,
+  );
   for (const [why, list] of reasons) say(`${why} (L2 entr${list.length === 1 ? 'y' : 'ies'} at ${named(list)})`);
 }

@@ -9,8 +9,8 @@
  */
 import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
-import { l1EntryOffset, decodeL2Entry, entryOffset } from './mapping.js';
-import type { MappingView } from './reader.js';
+import { entryOffset } from './mapping.js';
+import type { MappingView } from './mapping-view.js';
 import { readRefcount, type Refcounts } from './refcount.js';
 import { OVERLAP } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
@@ -19,7 +19,7 @@ import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { EXT_BITMAPS, ENTRY_COPIED_HI } from './constants.js';
 import type { Qcow2Image } from './core.js';
-import { snapshotL1Tables } from './l2-walk.js';
+import { forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
@@ -197,74 +197,90 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     const inUse = size === undefined ? l1Size : Math.ceil(size / s.geom.l2Coverage);
     ref(l1Offset, l1Size * 8, 'L1 table');
     const keys = new NumberList();
-    for (let i = 0; i < l1Size; i++) {
-      let l2Offset: number;
-      try {
-        l2Offset = l1EntryOffset(l1, i, cs, s.file, l1Offset);
-      } catch (e) {
+    const t = { l1, offset: l1Offset, entries: l1Size };
+    forEachL1Entry(
+      t,
+      cs,
+      s.file,
+      (l2Offset, i) => {
+        if (i >= inUse) {
+          // Past the virtual size nothing reads it: reported, not followed (its clusters then show as leaked).
+          r.corruptions++;
+          say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
+          if (active) r.pastSizeL1.push(l1Offset + i * 8);
+          return;
+        }
+        ref(l2Offset, cs, 'L2 table');
+        if (active) copied(l1Offset + i * 8, l2Offset / cs, l1EntryCopied(t, i), false);
+        keys.push(l2Offset / cs);
+      },
+      (e) => {
         r.corruptions++;
-        say(`ERROR ${(e as Error).message}`);
-        continue;
-      }
-      if (!l2Offset) continue;
-      if (i >= inUse) {
-        // Past the virtual size nothing reads it: reported, not followed (its clusters then show as leaked).
-        r.corruptions++;
-        say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
-        if (active) r.pastSizeL1.push(l1Offset + i * 8);
-        continue;
-      }
-      ref(l2Offset, cs, 'L2 table');
-      if (active) copied(l1Offset + i * 8, l2Offset / cs, (readU32Be(l1, i * 8) & ENTRY_COPIED_HI) !== 0, false);
-      keys.push(l2Offset / cs);
-    }
+        say(`ERROR ${e.message}`);
+      },
+    );
     tables.merge(keys, active, s.file);
   };
   readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
   for (const t of await snapshotL1Tables(s)) readL1Refs(t.l1, t.offset, t.entries, false, `snapshot ${t.snapshot!.id}`, t.snapshot!.diskSize);
 
-  const table = new Uint8Array(cs);
-  for (let t = 0; t < tables.clusters.length; t++) {
-    const cluster = tables.clusters[t]!;
+  // Each distinct L2 table in the order the merge left them; the ones outside the file are reported where they come.
+  const n = tables.clusters.length;
+  let reported = 0;
+  const reportUpTo = (end: number) => {
+    for (; reported < end; reported++) {
+      const l2Offset = tables.clusters[reported]! * cs;
+      const activeTimes = tables.activeTimes[reported]!;
+      // Counted through its refcount (too low, or COPIED wrong) as qemu-img check counts it; named here.
+      if (activeTimes > 1) say(`Warning: L2 table at ${hex(l2Offset)} is shared by ${activeTimes} entries of the active L1 table`);
+      if (l2Offset < cs || l2Offset + cs > s.fileSize) {
+        r.corruptions += tables.times[reported]!;
+        say(`ERROR L2 table at ${hex(l2Offset)} overlaps the header or lies past the end of the file`);
+      }
+    }
+  };
+  const inFile: number[] = [];
+  const indexOf: number[] = [];
+  for (let t = 0; t < n; t++) {
+    const l2Offset = tables.clusters[t]! * cs;
+    if (l2Offset < cs || l2Offset + cs > s.fileSize) continue;
+    inFile.push(l2Offset);
+    indexOf.push(t);
+  }
+  await forEachL2Table(s, inFile, (table, l2Offset, k) => {
+    const t = indexOf[k]!;
+    reportUpTo(t + 1);
     const times = tables.times[t]!;
     const activeTimes = tables.activeTimes[t]!;
-    const l2Offset = cluster * cs;
-    // Counted through its refcount (too low, or COPIED wrong) as qemu-img check counts it; named here.
-    if (activeTimes > 1) say(`Warning: L2 table at ${hex(l2Offset)} is shared by ${activeTimes} entries of the active L1 table`);
-    if (l2Offset < cs || l2Offset + cs > s.fileSize) {
-      r.corruptions += times;
-      say(`ERROR L2 table at ${hex(l2Offset)} overlaps the header or lies past the end of the file`);
-      continue;
-    }
-    await s.storage.readInto(l2Offset, table);
     // Fragmentation is counted within each L2 table, as qemu-img check does.
     let nextContiguous = 0;
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e;
-      try {
-        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2Offset);
-      } catch (err) {
-        r.corruptions += times;
-        say(`ERROR ${(err as Error).message}`);
-        continue;
-      }
-      const at = l2Offset + j * s.geom.l2EntrySize;
-      if (e.type === 'compressed') {
-        ref(e.host, e.size, 'compressed cluster', times);
-        r.allocated += activeTimes;
-        r.compressed += activeTimes;
-        r.fragmented += activeTimes;
-      } else if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) {
-        if (!s.entryGeom.dataFile) ref(e.host, cs, 'data cluster', times);
-        if (activeTimes) {
+    forEachL2Entry(
+      s,
+      table,
+      l2Offset,
+      (e, _j, at) => {
+        if (e.type === 'compressed') {
+          ref(e.host, e.size, 'compressed cluster', times);
           r.allocated += activeTimes;
-          if (nextContiguous && e.host !== nextContiguous) r.fragmented += activeTimes;
-          nextContiguous = e.host + cs;
-          copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
+          r.compressed += activeTimes;
+          r.fragmented += activeTimes;
+        } else if (e.type !== 'unallocated' && e.host !== undefined) {
+          if (!s.entryGeom.dataFile) ref(e.host, cs, 'data cluster', times);
+          if (activeTimes) {
+            r.allocated += activeTimes;
+            if (nextContiguous && e.host !== nextContiguous) r.fragmented += activeTimes;
+            nextContiguous = e.host + cs;
+            copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
+          }
         }
-      }
-    }
-  }
+      },
+      (err) => {
+        r.corruptions += times;
+        say(`ERROR ${err.message}`);
+      },
+    );
+  });
+  reportUpTo(n);
   return r;
 }
 
@@ -364,7 +380,7 @@ async function fixRefcounts(s: Qcow2Image, view: MappingView, rc: Refcounts, t: 
 
 /** Repairs allocate (refcount blocks, copies): the tally counts clusters up to the file's new end. */
 async function noteGrowth(s: Qcow2Image): Promise<void> {
-  s.fileSize = Math.max(s.fileSize, await s.storage.size());
+  s.noteFileEnd(await s.storage.size());
 }
 
 /** Rewrites the COPIED flags the tally found wrong (after the refcounts are exact). */

@@ -15,7 +15,7 @@ import { writeEntryOffset, l1EntryOffset, type EntryGeometry } from './mapping.j
 import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { writeHeaderFields, type Qcow2Geometry, type Qcow2Header } from './header.js';
-import { loadL2, type MappingView, type ReaderState } from './reader.js';
+import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
 import { OVERLAP, type OverlapMap } from './overlap.js';
 import type { Allocator } from './allocator.js';
 import type { Scheduler } from './scheduler.js';

@@ -20,23 +20,8 @@ import { parseHeader, type Qcow2Header } from './header.js';
 import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
 import { readRefcount, writeRefcount } from './refcount.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
-import {
-  COMPRESSED_SECTOR,
-  ENTRY_COMPRESSED_HI,
-  EXT_BITMAPS,
-  EXT_END,
-  INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_DIRTY,
-  INCOMPAT_EXTENDED_L2,
-  KNOWN_INCOMPAT_MASK,
-  MAX_BITMAP_DIRECTORY_SIZE,
-  MAX_BITMAPS,
-  MAX_L1_TABLE_BYTES,
-  MAX_REFCOUNT_TABLE_BYTES,
-  OFFSET_MASK_HI,
-  OFFSET_MASK_LO,
-} from './constants.js';
+import { forEachL2Entry, forEachL2Table, l2TableOffsets } from './l2-walk.js';
+import { EXT_BITMAPS, EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, KNOWN_INCOMPAT_MASK, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
 
 const FORMAT = 'qcow2';
 const TWO32 = 0x1_0000_0000;
@@ -209,7 +194,6 @@ export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
   }
 
   // L1 and L2 tables, active and of each snapshot.
-  const entrySize = extendedL2 ? 16 : 8;
   const l2Tables: HostObject[] = [];
   const compressedRefs: Array<{ first: number; last: number; site: Site }> = [];
   const l1Bytes = (size: number, field: string, at: number) => {
@@ -220,8 +204,9 @@ export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
     if (size === 0 && offset === 0) return;
     const l1 = claim(kind, offset, l1Bytes(size, field, siteOffset(site)), site, field);
     const bytes = await readObject(l1, size * 8);
-    for (let i = 0; i < size; i++) {
-      const l2 = entryHost(bytes, i * 8);
+    const l2s = l2TableOffsets({ l1: bytes, offset, entries: size }, clusterSize, file, 'raw');
+    for (let i = 0; i < l2s.length; i++) {
+      const l2 = l2s[i]!;
       if (l2 === 0) continue;
       const known = byOffset.get(l2);
       const table = claim('l2', l2, 1, { holder: l1, pos: i * 8 }, 'L1 entry');
@@ -236,32 +221,37 @@ export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
     const table = claim('snapshot-table', header.snapshotsOffset, Math.ceil(bytes / clusterSize), { holder: undefined, pos: 64 }, 'snapshots_offset');
     for (const s of snapshots) await readL1('snapshot-l1', s.l1TableOffset, s.l1Size, { holder: table, pos: s.entryOffset - header.snapshotsOffset }, 'snapshot l1_table_offset');
   }
-  const x = 62 - (header.clusterBits - 8);
-  for (const table of l2Tables) {
-    const bytes = await readObject(table);
-    for (let at = 0; at < clusterSize; at += entrySize) {
-      const hi = readU32Be(bytes, at);
-      if (hi & ENTRY_COMPRESSED_HI) {
-        // Compressed descriptor: offset in bits 0..x-1, additional 512-byte sectors in bits x..61.
-        const lo = readU32Be(bytes, at + 4);
-        const offHi = hi & (2 ** (x - 32) - 1);
-        const host = offHi * TWO32 + lo;
-        const sectors = Math.floor((hi & 0x3fffffff) / 2 ** (x - 32));
-        const end = Math.floor(host / COMPRESSED_SECTOR) * COMPRESSED_SECTOR + (sectors + 1) * COMPRESSED_SECTOR;
-        if (host < clusterSize || host >= fileSize) {
-          throw corrupt(FORMAT, file, `compressed cluster at ${hex(host)} (L2 entry at ${hex(table.at + at)}) lies outside the file`, { field: 'L2 entry', offset: table.at + at, actual: host });
-        }
-        // Sectors past the end of the file are allowed (qemu does not pad the last compressed cluster).
-        const last = Math.min(Math.floor((end - 1) / clusterSize), fileClusters - 1);
-        compressedRefs.push({ first: Math.floor(host / clusterSize), last, site: { holder: table, pos: at } });
-        continue;
-      }
-      const host = entryHost(bytes, at);
-      // An external data file holds the data clusters: they are not in this file and have no refcount here.
-      if (host === 0 || dataFile) continue;
-      claim('data', host, 1, { holder: table, pos: at }, 'L2 entry');
-    }
-  }
+  // Entries through the codec; one that does not decode stops the compaction (moving clusters of a corrupt image would spread the damage).
+  const source = { storage, file, entryGeom: { clusterBits: header.clusterBits, clusterSize, extendedL2, zeroFlag: header.version >= 3 && !extendedL2, dataFile } };
+  await forEachL2Table(
+    source,
+    l2Tables.map((t) => t.at),
+    (bytes, at, k) => {
+      const table = l2Tables[k]!;
+      forEachL2Entry(
+        source,
+        bytes,
+        at,
+        (e, _j, entryAt) => {
+          const site = { holder: table, pos: entryAt - at };
+          if (e.type === 'compressed') {
+            if (e.host < clusterSize || e.host >= fileSize) {
+              throw corrupt(FORMAT, file, `compressed cluster at ${hex(e.host)} (L2 entry at ${hex(entryAt)}) lies outside the file`, { field: 'L2 entry', offset: entryAt, actual: e.host });
+            }
+            // Sectors past the end of the file are allowed (qemu does not pad the last compressed cluster).
+            const last = Math.min(Math.floor((e.host + e.size - 1) / clusterSize), fileClusters - 1);
+            compressedRefs.push({ first: Math.floor(e.host / clusterSize), last, site });
+          } else if (e.type !== 'unallocated' && e.host !== undefined && !dataFile) {
+            // An external data file holds the data clusters: they are not in this file and have no refcount here.
+            claim('data', e.host, 1, site, 'L2 entry');
+          }
+        },
+        (error) => {
+          throw error;
+        },
+      );
+    },
+  );
   // Compressed data: host clusters joined by a compressed cluster that spans them move together.
   compressedRefs.sort((a, b) => a.first - b.first);
   for (let i = 0; i < compressedRefs.length;) {

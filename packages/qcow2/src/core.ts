@@ -16,7 +16,8 @@ import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
-import { BufferPool, DecompressedCache, type MappingView, type ReaderState } from './reader.js';
+import { BufferPool, DecompressedCache } from './reader.js';
+import type { MappingView, ReaderState } from './mapping-view.js';
 import { writeHeaderFields } from './header.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import type { EntryGeometry } from './mapping.js';
@@ -69,13 +70,14 @@ export class Qcow2Image implements ReaderState {
   dataStorage: Storage;
   readonly rawDataFile: boolean;
   backing: Disk | undefined;
-  fileSize: number;
-  header: Qcow2Header;
-  extensions: HeaderExtension[];
+  #fileSize: number;
+  /** The header as last written (or about to be); fields change through {@link setHeader}. */
+  readonly header: Qcow2Header;
+  #extensions: HeaderExtension[];
   featureTable: FeatureName[];
-  snapshots: Qcow2Snapshot[];
-  backingName: string | undefined;
-  backingInfo: OpenedBacking | undefined;
+  #snapshots: readonly Qcow2Snapshot[];
+  #backingName: string | undefined;
+  #backingInfo: OpenedBacking | undefined;
   dataFileName: string | undefined;
   dataFile: Storage | undefined;
   /** The active layer's L1 table (snapshot views have their own). */
@@ -99,14 +101,11 @@ export class Qcow2Image implements ReaderState {
   firstWrite: Promise<void> | undefined;
   /** {@link firstWrite} has finished (a write may start without waiting for it). */
   firstWriteDone = false;
-  /** End of header, extensions and backing file name in cluster 0. */
-  headerAreaEnd: number;
+  #headerAreaEnd: number;
   /** A postponed release that failed: reported by the next flush. */
   deferredError: unknown;
-  /** Enabled persistent bitmaps being kept up to date (after the first write). */
-  bitmaps: BitmapTracker | undefined;
-  /** Where the metadata is (writable opens): every write is checked against it. */
-  overlap?: OverlapMap;
+  #bitmaps: BitmapTracker | undefined;
+  #overlap: OverlapMap | undefined;
   #closed = false;
 
   constructor(parts: Qcow2ImageParts, active: MappingView, readOnly: boolean) {
@@ -120,16 +119,16 @@ export class Qcow2Image implements ReaderState {
     this.dataStorage = parts.dataStorage === parts.storage && !readOnly ? guardedDataStorage(parts.storage, this) : parts.dataStorage;
     this.rawDataFile = parts.rawDataFile;
     this.backing = parts.backing;
-    this.fileSize = parts.fileSize;
+    this.#fileSize = parts.fileSize;
     this.header = parts.header;
-    this.extensions = parts.extensions;
+    this.#extensions = parts.extensions;
     this.featureTable = parts.featureTable;
-    this.snapshots = parts.snapshots;
-    this.backingName = parts.backingName;
-    this.backingInfo = parts.backingInfo;
+    this.#snapshots = parts.snapshots;
+    this.#backingName = parts.backingName;
+    this.#backingInfo = parts.backingInfo;
     this.dataFileName = parts.dataFileName;
     this.dataFile = parts.dataFile;
-    this.headerAreaEnd = parts.headerAreaEnd;
+    this.#headerAreaEnd = parts.headerAreaEnd;
     this.active = active;
     this.readOnly = readOnly;
     this.pool = new BufferPool(2 * parts.geom.clusterSize);
@@ -137,6 +136,119 @@ export class Qcow2Image implements ReaderState {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Bytes of the image file as far as this image knows: grows through {@link noteFileEnd}, never shrinks. */
+  get fileSize(): number {
+    return this.#fileSize;
+  }
+
+  /** Records that the file reaches at least `end` (an allocation, a write past the old end, a size read back). */
+  noteFileEnd(end: number): void {
+    if (end > this.#fileSize) this.#fileSize = end;
+  }
+
+  /**
+   * Changes header fields in memory, for the caller to write (writeHeader,
+   * writeHeaderCluster, a commit's one-sector switch): the one place that
+   * rewrites version, sizes and table offsets.
+   */
+  setHeader(fields: Partial<Qcow2Header>): void {
+    Object.assign(this.header, fields);
+  }
+
+  /** The virtual size of the active layer: the header's and the active view's together. */
+  setSize(size: number): void {
+    this.header.size = size;
+    this.active.size = size;
+  }
+
+  /** Points the active view at a new L1 table (a snapshot commit's switch, L1 growth); the header's fields go through {@link setHeader}. */
+  replaceActiveL1(l1: Uint8Array, offset: number): void {
+    this.active.l1 = l1;
+    this.active.l1Offset = offset;
+  }
+
+  /** Header extensions as in cluster 0 (or about to be written there by writeHeaderCluster). */
+  get extensions(): readonly HeaderExtension[] {
+    return this.#extensions;
+  }
+
+  /** Replaces the header extensions (in memory: writeHeaderCluster writes them). */
+  setExtensions(extensions: HeaderExtension[]): void {
+    this.#extensions = extensions;
+  }
+
+  /** The internal snapshots, as the snapshot table on disk lists them. */
+  get snapshots(): readonly Qcow2Snapshot[] {
+    return this.#snapshots;
+  }
+
+  /** Replaces the snapshot list after the snapshot table on disk changed. */
+  setSnapshots(snapshots: readonly Qcow2Snapshot[]): void {
+    this.#snapshots = snapshots;
+  }
+
+  /** The backing file name in cluster 0. */
+  get backingName(): string | undefined {
+    return this.#backingName;
+  }
+
+  /** How the open backing image was found (format, probed, full name); none after a rebase until reopened. */
+  get backingInfo(): OpenedBacking | undefined {
+    return this.#backingInfo;
+  }
+
+  /** A new backing file name and backing format extension (in memory: writeHeaderCluster writes them); what was opened no longer describes it. */
+  setBackingName(name: string | undefined, extensions: HeaderExtension[]): void {
+    this.#backingName = name;
+    this.#extensions = extensions;
+    this.#backingInfo = undefined;
+  }
+
+  /** End of header, extensions and backing file name in cluster 0, as last written. */
+  get headerAreaEnd(): number {
+    return this.#headerAreaEnd;
+  }
+
+  /** Records where the header area written last ends (what a later rewrite of cluster 0 must clear). */
+  setHeaderAreaEnd(end: number): void {
+    this.#headerAreaEnd = end;
+  }
+
+  /** Enabled persistent bitmaps being kept up to date (after the first write). */
+  get bitmaps(): BitmapTracker | undefined {
+    return this.#bitmaps;
+  }
+
+  /** Starts or stops keeping bitmaps up to date (stopped while the bitmap directory is rewritten). */
+  setBitmapTracker(tracker: BitmapTracker | undefined): void {
+    this.#bitmaps = tracker;
+  }
+
+  /** Where the metadata is (writable opens): every write is checked against it. */
+  get overlap(): OverlapMap | undefined {
+    return this.#overlap;
+  }
+
+  /** Attaches the writable parts: the overlap map first (the refcounts load into it), then the services. */
+  attachWritable(overlap: OverlapMap, writer?: Qcow2WriterParts): void {
+    this.#overlap = overlap;
+    if (writer) this.writer = writer;
+  }
+
+  /** The failed postponed release a flush reports, taken (reported once). */
+  takeDeferredError(): unknown {
+    const e = this.deferredError;
+    this.deferredError = undefined;
+    return e;
+  }
+
+  /** After a flush made refcounts exact and cleared the dirty bit: the next write starts a new session (header update again). */
+  endWriteSession(): void {
+    this.dirtySet = false;
+    this.firstWrite = undefined;
+    this.firstWriteDone = false;
   }
 
   /** Throws ERR_IMG_CLOSED once closed. */
@@ -222,12 +334,12 @@ export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
     if (consistent && h.version >= 3) {
       h.autoclearFeatures |= 1n << BigInt(AUTOCLEAR_BITMAPS);
       const allocator = s.writer!.allocator;
-      s.bitmaps = await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size);
+      s.setBitmapTracker(await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size));
     }
     const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
     if (bitmaps && !consistent) {
       const oldLength = extensionsLength(s.extensions);
-      s.extensions = s.extensions.filter((e) => e.type !== EXT_BITMAPS);
+      s.setExtensions(s.extensions.filter((e) => e.type !== EXT_BITMAPS));
       const area = new Uint8Array(oldLength);
       area.set(serializeExtensions(s.extensions));
       await s.storage.write(h.headerLength, area);
@@ -372,5 +484,5 @@ export async function writeHeaderCluster(s: Qcow2Image, tooBig: (need: number, c
     await write(0, area);
   }
   await s.storage.flush();
-  s.headerAreaEnd = end;
+  s.setHeaderAreaEnd(end);
 }

@@ -5,8 +5,9 @@
  */
 import { extentRange, mergeExtents } from '@img/block';
 import type { Extent, ExtentOptions } from '@img/block';
-import { segmentExtent, type MappingView } from './reader.js';
-import { qcow2HostSegments } from './host-runs.js';
+import { segmentExtent } from './reader.js';
+import type { MappingView } from './mapping-view.js';
+import { segments } from './segments.js';
 import type { Qcow2Image } from './core.js';
 
 /** The merged extents of `view` over the requested range. */
@@ -18,7 +19,7 @@ export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: Exte
 
 async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean): AsyncGenerator<Extent> {
   const fileName = core.dataFile?.name ?? core.storage.name;
-  for await (const seg of qcow2HostSegments(core, view, start, end)) {
+  for await (const seg of segments(core, view, start, end)) {
     const backing = core.backing;
     if (seg.kind !== 'hole' || topOnly || !backing) {
       yield segmentExtent(seg, hostOffsets, fileName);

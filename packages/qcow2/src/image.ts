@@ -9,7 +9,7 @@ import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, Wri
 import type { Qcow2Header } from './header.js';
 import type { HeaderExtension } from './extensions.js';
 import { snapshotInfo } from './snapshot.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import { closeQcow2, flushQcow2, readQcow2Into, writeQcow2, writeQcow2Compressed, writeQcow2Zeroes, zeroOrDiscardQcow2 } from './io.js';
 import { qcow2Extents } from './extents.js';

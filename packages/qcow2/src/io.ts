@@ -15,7 +15,8 @@
 import { ERROR_CODES, ImageError, checkDiskRange, invalidArg, readOnlyError, unsupported } from '@img/block';
 import type { WriteZeroesOptions } from '@img/block';
 import { INCOMPAT_DIRTY } from './constants.js';
-import { readRange, type MappingView } from './reader.js';
+import { readRange } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { beforeFirstWrite, corruptImageError, markCorrupt, refreshOverlapMap, writeHeader, type Qcow2Image, type Qcow2WriterParts } from './core.js';
 import type { Scheduler } from './scheduler.js';
 import { writeCompressedData } from './compressed-write.js';
@@ -177,21 +178,15 @@ export async function flushQcow2(core: Qcow2Image): Promise<void> {
   await w.scheduler.settle();
   await w.allocator.drainReleases();
   await core.bitmaps?.commit();
-  if (core.deferredError !== undefined) {
-    const e = core.deferredError;
-    core.deferredError = undefined;
-    throw e;
-  }
+  if (core.deferredError !== undefined) throw core.takeDeferredError();
   await core.dataFile?.flush();
   await core.storage.flush();
   // Lazy refcounts: refcounts are exact once everything is flushed, so the image is clean again.
   if (core.dirtySet) {
-    core.header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
+    core.setHeader({ incompatibleFeatures: core.header.incompatibleFeatures & ~(1n << BigInt(INCOMPAT_DIRTY)) });
     await writeHeader(core);
     await core.storage.flush();
-    core.dirtySet = false;
-    core.firstWrite = undefined;
-    core.firstWriteDone = false;
+    core.endWriteSession();
   }
 }
 

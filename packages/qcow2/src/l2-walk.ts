@@ -1,16 +1,20 @@
 /**
  * The one walk over L1 and L2 tables (spec: "Cluster mapping"): the L1
- * tables of an image (the active layer's and every snapshot's), the L2
- * table offsets an L1 table holds, each distinct L2 table, and each L2
- * entry of a set of tables. Check, the writable-open gate, amend, check's
- * repairs, snapshot commits and the overlap map walk through it; guest
- * reads and writes look single entries up instead (reader.ts,
- * cluster-map.ts).
+ * tables of an image (the active layer's and every snapshot's), the
+ * entries of an L1 table, each distinct L2 table, L2 tables read in file
+ * order (a callback per table), and the entries of a table (decoded by
+ * the codec in mapping.ts, with a fast form for walks that count host
+ * cluster uses). Check, check's repairs, the writable-open gate, amend,
+ * snapshot commits, compact's reference graph and the overlap map walk
+ * through it; guest reads and extents walk a range of a view instead
+ * (segments.ts), and writes look single entries up (cluster-map.ts).
  */
 import { readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
-import { decodeL2Entry, entryOffset, l1EntryOffset, type ClusterEntry, type EntryGeometry } from './mapping.js';
-import { loadL2, readL1, type MappingView, type ReaderState } from './reader.js';
+import { decodeL2Entry, entryOffset, l1EntryOffset, standardEntryCluster, type ClusterEntry, type EntryGeometry } from './mapping.js';
+import { ENTRY_COPIED_HI } from './constants.js';
+import { readL1 } from './reader.js';
+import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
 import type { Qcow2Geometry } from './header.js';
 import type { Qcow2Snapshot } from './snapshot.js';
 
@@ -73,23 +77,129 @@ export async function* distinctL2Tables(s: WalkImage, tables: readonly L1Table[]
   }
 }
 
+/** Largest read of L2 tables that follow each other in the file. */
+const MAX_TABLES_READ = 4 * 1024 * 1024;
+
+/** What the table and entry walks read: the image file, its name, and how its entries decode. */
+export interface TableSource {
+  readonly storage: Storage;
+  readonly file: string;
+  readonly entryGeom: EntryGeometry;
+}
+
+/** Whether L1 entry `index` of `t` has the COPIED flag (its L2 table's refcount is exactly 1). */
+export function l1EntryCopied(t: L1Table, index: number): boolean {
+  return (readU32Be(t.l1, index * 8) & ENTRY_COPIED_HI) !== 0;
+}
+
 /**
- * Each L2 entry that decodes, of the tables at `offsets`, in order; the
- * tables are read directly (not through the cache). An entry that does
- * not decode is skipped: reporting it is check's business.
+ * Each L1 entry of `t` that points at an L2 table, decoded as
+ * {@link l2TableOffsets} does in `strict` mode: `onEntry(l2Offset,
+ * index)`; an entry that does not decode goes to `onBad` and the walk
+ * goes on (check reports each). At most `limit` entries.
  */
-export async function* l2EntriesOf(s: WalkImage, offsets: Iterable<number>): AsyncGenerator<{ l2: number; j: number; e: ClusterEntry }> {
-  const table = new Uint8Array(s.geom.clusterSize);
-  for (const l2 of offsets) {
-    await s.storage.readInto(l2, table);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      let e;
-      try {
-        e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
-      } catch {
+export function forEachL1Entry(t: L1Table, clusterSize: number, file: string, onEntry: (l2Offset: number, index: number) => void, onBad: (error: Error, index: number) => void, limit = t.entries): void {
+  const n = Math.min(limit, t.entries, Math.floor(t.l1.length / 8));
+  for (let i = 0; i < n; i++) {
+    let offset: number;
+    try {
+      offset = l1EntryOffset(t.l1, i, clusterSize, file, t.offset);
+    } catch (e) {
+      onBad(e as Error, i);
+      continue;
+    }
+    if (offset) onEntry(offset, i);
+  }
+}
+
+/**
+ * The walk's fast form, a callback per table: reads the L2 tables at
+ * `offsets` directly (not through the cache) in the order given, tables
+ * that follow each other both in the file and in `offsets` in one read
+ * (at most `maxRead` bytes, 4 MiB by default; one cluster reads one table
+ * at a time), and calls `onTable(table, offset, index)` for each, `index`
+ * being its place in `offsets`. `table` is a view of a buffer the next
+ * read reuses: valid until `onTable` returns or its promise settles, and
+ * it may be changed in place. Bytes past the end of the file read as
+ * zeros. `onTable` returning `false` ends the walk.
+ */
+export async function forEachL2Table(s: TableSource, offsets: readonly number[], onTable: (table: Uint8Array, offset: number, index: number) => void | boolean | Promise<void | boolean>, maxRead = MAX_TABLES_READ): Promise<void> {
+  const cs = s.entryGeom.clusterSize;
+  const buf = new Uint8Array(Math.max(cs, Math.min(Math.floor(maxRead / cs) * cs, offsets.length * cs)));
+  for (let t = 0; t < offsets.length;) {
+    let n = 1;
+    while (t + n < offsets.length && (n + 1) * cs <= buf.length && offsets[t + n] === offsets[t]! + n * cs) n++;
+    const got = await s.storage.readInto(offsets[t]!, buf.subarray(0, n * cs));
+    if (got < n * cs) buf.fill(0, got, n * cs);
+    for (let k = 0; k < n; k++) {
+      const r = onTable(buf.subarray(k * cs, (k + 1) * cs), offsets[t + k]!, t + k);
+      if ((r instanceof Promise ? await r : r) === false) return;
+    }
+    t += n;
+  }
+}
+
+/** An entry that is not unallocated. */
+export type AllocatedEntry = Exclude<ClusterEntry, { type: 'unallocated' }>;
+
+/** Entries in an L2 table of this geometry. */
+export function l2EntriesPerTable(g: EntryGeometry): number {
+  return g.clusterSize / (g.extendedL2 ? 16 : 8);
+}
+
+/**
+ * The walk's per-entry form: each entry of the L2 table `table` (at
+ * `tableOffset` in the file) decoded by the codec, in order:
+ * `onEntry(e, index, at)`, `at` being the entry's file offset. An entry
+ * that does not decode goes to `onBad` (skipped without one: reporting
+ * it is check's business).
+ */
+export function forEachL2Entry(s: TableSource, table: Uint8Array, tableOffset: number, onEntry: (e: ClusterEntry, index: number, at: number) => void, onBad?: (error: Error, index: number, at: number) => void): void {
+  const g = s.entryGeom;
+  const entries = l2EntriesPerTable(g);
+  const size = g.extendedL2 ? 16 : 8;
+  for (let j = 0; j < entries; j++) {
+    let e: ClusterEntry;
+    try {
+      e = decodeL2Entry(table, j, g, s.file, tableOffset);
+    } catch (err) {
+      onBad?.(err as Error, j, tableOffset + j * size);
+      continue;
+    }
+    onEntry(e, j, tableOffset + j * size);
+  }
+}
+
+/**
+ * The per-entry form for walks that count uses of host clusters, making
+ * no object for the common entry: `onCluster(cluster, index, copied)` for
+ * each standard entry whose offset names a host cluster (a data cluster
+ * or a preallocated zero cluster; see `standardEntryCluster`), and
+ * `onEntry(e, index)` with the codec's full decode for compressed entries
+ * and for every extended L2 entry. Entries naming no cluster (or an
+ * unaligned one) are skipped, and so are entries that do not decode.
+ */
+export function forEachEntryCluster(s: TableSource, table: Uint8Array, tableOffset: number, onCluster: (cluster: number, index: number, copied: boolean) => void, onEntry: (e: AllocatedEntry, index: number) => void): void {
+  const g = s.entryGeom;
+  const entries = l2EntriesPerTable(g);
+  const cb = g.clusterBits;
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  for (let j = 0; j < entries; j++) {
+    if (!g.extendedL2) {
+      const hi = dv.getUint32(j * 8);
+      const c = standardEntryCluster(hi, dv.getUint32(j * 8 + 4), cb);
+      if (c === -1) continue;
+      if (c >= 0) {
+        onCluster(c, j, (hi & ENTRY_COPIED_HI) !== 0);
         continue;
       }
-      yield { l2, j, e };
     }
+    let e: ClusterEntry;
+    try {
+      e = decodeL2Entry(table, j, g, s.file, tableOffset);
+    } catch {
+      continue;
+    }
+    if (e.type !== 'unallocated') onEntry(e, j);
   }
 }

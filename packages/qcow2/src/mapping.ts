@@ -49,6 +49,37 @@ export function writeEntryOffset(table: Uint8Array, at: number, offset: number, 
   writeU64BeParts(table, at, (copied ? ENTRY_COPIED_HI : 0) | Math.floor(offset / 0x1_0000_0000), offset >>> 0);
 }
 
+/**
+ * The fast form of {@link decodeL2Entry} for a standard (8-byte) entry
+ * given as its two 32-bit halves, making no object: the host offset of a
+ * plain data cluster (not compressed, not zero, aligned, in range), 0 for
+ * an entry of all zero bits (unallocated), -1 for anything else (decode
+ * that with decodeL2Entry, which also says what is wrong with it). Walks
+ * over whole disks meet these two kinds for nearly every entry.
+ */
+export function plainEntryHost(hi: number, lo: number, g: EntryGeometry): number {
+  if (hi === 0 && lo === 0) return 0;
+  if (hi & ENTRY_COMPRESSED_HI || (g.zeroFlag && lo & 1)) return -1;
+  const host = (hi & OFFSET_MASK_HI) * 0x1_0000_0000 + ((lo & OFFSET_MASK_LO) >>> 0);
+  return host !== 0 && host <= MAX_HOST_OFFSET && host % g.clusterSize === 0 ? host : -1;
+}
+
+/**
+ * The host cluster number a standard (8-byte) entry's offset field names,
+ * for walks that count uses of host clusters, making no object and no
+ * float division: the cluster (zero entries with a preallocated cluster
+ * included, flags ignored), -1 for none (no offset, or an unaligned one,
+ * which check reports), -2 for a compressed descriptor (decode it with
+ * decodeL2Entry).
+ */
+export function standardEntryCluster(hi: number, lo: number, clusterBits: number): number {
+  if (hi & ENTRY_COMPRESSED_HI) return -2;
+  // Shifts, not powers: this runs once per entry of every table (clusterBits is 9..21).
+  if ((lo & OFFSET_MASK_LO & ((1 << clusterBits) - 1)) !== 0) return -1;
+  const cluster = (hi & OFFSET_MASK_HI) * (1 << (32 - clusterBits)) + (lo >>> clusterBits);
+  return cluster === 0 ? -1 : cluster;
+}
+
 /** The geometry fields decodeL2Entry needs. */
 export interface EntryGeometry {
   clusterBits: number;

@@ -9,19 +9,18 @@
  * COPIED flags can repair; the gate then lets the image through.
  */
 import { corrupt, hex, readU32Be, unsupported } from '@img/block';
-import { decodeL2Entry, entryOffset } from './mapping.js';
+import { entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
-import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, OFFSET_MASK_HI } from './constants.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
-import { l2EntriesOf, l2TableOffsets, snapshotL1Tables } from './l2-walk.js';
+import { forEachEntryCluster, forEachL2Entry, forEachL2Table, l1EntryCopied, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Clusters per flag chunk (64 KiB). */
 /** Flag bytes the gate may hold (one per host cluster in use, in chunks): 256 MiB. */
 const MAX_FLAG_BYTES = 256 * 1024 * 1024;
 const CHUNK_CLUSTERS = 2 ** 16;
-/** Largest read of consecutive L2 tables. */
+/** Largest read of consecutive refcount blocks. */
 const MAX_READ = 4 * 1024 * 1024;
 /** Shared clusters looked at in detail (more than this is refused without looking). */
 const MAX_SHARED = 4096;
@@ -128,62 +127,40 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   };
 
   // L2 tables of the active layer, read in file order, consecutive tables in one read.
+  const active: L1Table = { l1: view.l1, offset: view.l1Offset, entries: h.l1Size };
   const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
-  const tables: Array<[number, number]> = [];
-  for (let i = 0; i < inUse; i++) {
-    const hi = readU32Be(view.l1, i * 8);
-    const l2 = entryOffset(hi, readU32Be(view.l1, i * 8 + 4));
-    if (!l2 || l2 % cs || l2 < cs || l2 + cs > s.fileSize) continue; // the reader reports these
-    useExclusive(l2 / cs, 'L2 table', view.l1Offset + i * 8, (hi & ENTRY_COPIED_HI) !== 0);
-    tables.push([l2, i]);
-  }
-  tables.sort((a, b) => a[0] - b[0]);
-  const buf = new Uint8Array(Math.min(MAX_READ, Math.max(cs, tables.length * cs)));
-  const dv = new DataView(buf.buffer);
-  const cb = s.entryGeom.clusterBits;
-  const hiScale = 2 ** (32 - cb);
-  const inCluster = (cs - 1) & ~0x1ff;
+  const tables: number[] = [];
+  l2TableOffsets(active, cs, s.file, 'raw', inUse).forEach((l2, i) => {
+    if (!l2 || l2 % cs || l2 < cs || l2 + cs > s.fileSize) return; // the reader reports these
+    useExclusive(l2 / cs, 'L2 table', view.l1Offset + i * 8, l1EntryCopied(active, i));
+    tables.push(l2);
+  });
+  tables.sort((a, b) => a - b);
   const dataFile = s.entryGeom.dataFile;
-  for (let t = 0; t < tables.length;) {
-    let n = 1;
-    while (t + n < tables.length && (n + 1) * cs <= buf.length && tables[t + n]![0] === tables[t]![0] + n * cs) n++;
-    await s.storage.readInto(tables[t]![0], buf.subarray(0, n * cs));
-    for (let k = 0; k < n; k++) {
-      const l2 = tables[t + k]![0];
-      const table = buf.subarray(k * cs, (k + 1) * cs);
-      for (let j = 0; j < s.geom.l2Entries; j++) {
-        const at = l2 + j * s.geom.l2EntrySize;
-        if (!s.entryGeom.extendedL2) {
-          // Fast path for standard entries that are not compressed (most of them): no object per entry.
-          const hi = dv.getUint32(k * cs + j * 8);
-          if ((hi & ENTRY_COMPRESSED_HI) === 0) {
-            const lo = dv.getUint32(k * cs + j * 8 + 4);
-            // Cluster number from the two halves without a float division; unaligned or zero entries are the reader's.
-            if ((lo & inCluster) !== 0 || dataFile) continue;
-            const cluster = (hi & OFFSET_MASK_HI) * hiScale + (lo >>> cb);
-            if (cluster !== 0) useExclusive(cluster, 'data cluster', at, (hi & ENTRY_COPIED_HI) !== 0);
-            continue;
-          }
-        }
-        let e;
-        try {
-          e = decodeL2Entry(table, j, s.entryGeom, s.file, l2);
-        } catch {
-          continue; // a bad entry is the reader's to report when it is read
-        }
+  const entrySize = s.geom.l2EntrySize;
+  await forEachL2Table(s, tables, (table, l2) => {
+    forEachEntryCluster(
+      s,
+      table,
+      l2,
+      // An external data file holds the data clusters: they are not in this file.
+      (cluster, j, isCopied) => {
+        if (!dataFile) useExclusive(cluster, 'data cluster', l2 + j * entrySize, isCopied);
+      },
+      (e, j) => {
+        const at = l2 + j * entrySize;
         if (e.type === 'compressed') {
           for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size && c < fileClusters; c++) {
             const was = flags.add(c, COMPRESSED);
             if (was & META) note(c, 'compressed data', at, true);
             else if (was & USED) note(c, 'compressed data', at, false);
           }
-        } else if (e.type !== 'unallocated' && e.host !== undefined && !s.entryGeom.dataFile) {
+        } else if (e.host !== undefined && !dataFile) {
           useExclusive(e.host / cs, 'data cluster', at, e.copied);
         }
-      }
-    }
-    t += n;
-  }
+      },
+    );
+  });
   const l2Tables = tables.length;
   if (sharedCount > shared.length) {
     const first = shared[0]!;
@@ -238,14 +215,16 @@ async function snapshotUses(s: Qcow2Image, clusters: ReadonlySet<number>): Promi
       tables.set(l2, (tables.get(l2) ?? 0) + 1);
     }
   }
-  for await (const { l2, e } of l2EntriesOf(s, tables.keys())) {
+  await forEachL2Table(s, [...tables.keys()], (table, l2) => {
     const times = tables.get(l2)!;
-    if (e.type === 'compressed') {
-      for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
-    } else if (e.type !== 'unallocated' && e.host !== undefined) {
-      count(e.host / cs, times);
-    }
-  }
+    forEachL2Entry(s, table, l2, (e) => {
+      if (e.type === 'compressed') {
+        for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
+      } else if (e.type !== 'unallocated' && e.host !== undefined) {
+        count(e.host / cs, times);
+      }
+    });
+  });
   return out;
 }
 
@@ -341,17 +320,23 @@ async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise
     if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
     if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
   }
-  for await (const { l2, j, e } of l2EntriesOf(
+  let found: { what: string; offset: number } | undefined;
+  await forEachL2Table(
     s,
     tables.sort((a, b) => a - b),
-  )) {
-    const at = l2 + j * s.geom.l2EntrySize;
-    if (e.type === 'compressed') {
-      if (host + cs > e.host && host < e.host + e.size) return { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-    } else if (e.type !== 'unallocated' && e.host === host) {
-      return { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-    }
-  }
+    (table, l2) => {
+      forEachL2Entry(s, table, l2, (e, _j, at) => {
+        if (found) return;
+        if (e.type === 'compressed') {
+          if (host + cs > e.host && host < e.host + e.size) found = { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+        } else if (e.type !== 'unallocated' && e.host === host) {
+          found = { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
+        }
+      });
+      return found === undefined;
+    },
+  );
+  if (found) return found;
   return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 

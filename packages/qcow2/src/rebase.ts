@@ -26,9 +26,7 @@ export async function setQcow2Backing(core: Qcow2Image, name: string | undefined
   if (name !== undefined && utf8Encode(name).length > MAX_BACKING_FILE_NAME) throw invalidArg(FORMAT, `backing file name longer than ${MAX_BACKING_FILE_NAME} bytes`, { field: 'backing_file' });
   await exclusiveQcow2(core, async () => {
     const others = core.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
-    core.extensions = name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others;
-    core.backingName = name;
-    core.backingInfo = undefined;
+    core.setBackingName(name, name !== undefined && format !== undefined ? [stringExtension(EXT_BACKING_FORMAT, format), ...others] : others);
     await writeHeaderCluster(core, (need, cs) => invalidArg(FORMAT, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'backing_file' }));
   });
 }

@@ -5,7 +5,7 @@
 import { invalidArg, unsupported } from '@img/block';
 import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
 import { findExtension } from './extensions.js';
-import type { MappingView } from './reader.js';
+import type { MappingView } from './mapping-view.js';
 import { writeHeader, type Qcow2Image } from './core.js';
 import { exclusiveQcow2, writableRange } from './io.js';
 import { zeroOrDiscardExclusive } from './writer.js';
@@ -44,7 +44,7 @@ async function resizeLayer(s: Qcow2Image, view: MappingView, newSize: number): P
     // The new size reaches the disk before anything past it is freed: a crash in between leaves the
     // new size with clusters past it still referenced (unreachable, at worst leaked when dropped),
     // never the old size with part of its tail gone.
-    s.header.size = newSize;
+    s.setHeader({ size: newSize });
     await writeHeader(s);
     await s.storage.flush();
     const cs = s.geom.clusterSize;
@@ -56,8 +56,7 @@ async function resizeLayer(s: Qcow2Image, view: MappingView, newSize: number): P
   } else {
     await map.growL1(Math.ceil(newSize / s.geom.l2Coverage));
   }
-  s.header.size = newSize;
-  view.size = newSize;
+  s.setSize(newSize);
   await writeHeader(s);
   await s.storage.flush();
   // The new area reads as zeros even where a longer backing file has data (as qemu does).

@@ -27,15 +27,15 @@
  * bit is not needed, so version 2 images are as safe as version 3.
  */
 import { corrupt, hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
-import { decodeL2Entry, writeEntryOffset } from './mapping.js';
+import { writeEntryOffset } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
-import { loadL2, type MappingView } from './reader.js';
+import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { OVERLAP } from './overlap.js';
 import { checkedWrite, type Qcow2Image } from './core.js';
-import { l2TableOffsets, type L1Table } from './l2-walk.js';
+import { forEachL2Entry, l2TableOffsets, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** The header switch must be one sector write to be atomic. */
@@ -68,23 +68,41 @@ export interface MetadataChange {
   verb: string;
 }
 
-/** Host clusters an L2 entry holds a reference to (compressed data may span two). */
-function entryClusters(s: Qcow2Image, table: Uint8Array, j: number, tableOffset: number): [number, number] | undefined {
-  const cs = s.geom.clusterSize;
-  const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
-  if (e.type === 'compressed') {
-    const first = Math.floor(e.host / cs);
-    return [first, Math.floor((e.host + e.size - 1) / cs) - first + 1];
-  }
-  if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined && !s.entryGeom.dataFile) return [e.host / cs, 1];
-  return undefined;
+/** An entry that does not decode stops the commit with the codec's error. */
+function rethrow(error: Error): never {
+  throw error;
 }
 
-/** Whether entry `j` carries a COPIED flag (it maps a host cluster of its own, not compressed). */
-function flagCluster(s: Qcow2Image, table: Uint8Array, j: number, tableOffset: number): number | undefined {
-  const e = decodeL2Entry(table, j, s.entryGeom, s.file, tableOffset);
-  if ((e.type === 'normal' || e.type === 'zero' || e.type === 'subclusters') && e.host !== undefined) return e.host / s.geom.clusterSize;
-  return undefined;
+/** Calls `onRun(first, count)` for the host clusters each entry of an L2 table holds a reference to (compressed data may span two). */
+function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, onRun: (first: number, count: number) => void): void {
+  const cs = s.geom.clusterSize;
+  forEachL2Entry(
+    s,
+    table,
+    tableOffset,
+    (e) => {
+      if (e.type === 'compressed') {
+        const first = Math.floor(e.host / cs);
+        onRun(first, Math.floor((e.host + e.size - 1) / cs) - first + 1);
+      } else if (e.type !== 'unallocated' && e.host !== undefined && !s.entryGeom.dataFile) onRun(e.host / cs, 1);
+    },
+    rethrow,
+  );
+}
+
+/** The entries of an L2 table that carry a COPIED flag (they map a host cluster of their own, not compressed), with that cluster. */
+function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Array<{ j: number; cluster: number }> {
+  const out: Array<{ j: number; cluster: number }> = [];
+  forEachL2Entry(
+    s,
+    table,
+    tableOffset,
+    (e, j) => {
+      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) out.push({ j, cluster: e.host / s.geom.clusterSize });
+    },
+    rethrow,
+  );
+  return out;
 }
 
 /** L2 table offsets of a tree, by L1 index (0: none). */
@@ -124,10 +142,7 @@ async function countTree(s: Qcow2Image, tables: readonly number[], sign: number,
     if (!at) continue;
     d.add(at / cs, 1, sign);
     const table = await loadL2(s, at, i);
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      const run = entryClusters(s, table, j, at);
-      if (run) d.add(run[0], run[1], sign);
-    }
+    forEachEntryRun(s, table, at, (first, count) => d.add(first, count, sign));
   }
 }
 
@@ -142,7 +157,7 @@ async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<nu
   const end = rc.endCluster * s.geom.clusterSize;
   if (end > s.fileSize) {
     await s.storage.truncate(end);
-    s.fileSize = end;
+    s.noteFileEnd(end);
   }
   return offset;
 }
@@ -201,9 +216,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   const withFlags = async (at: number, i: number): Promise<Uint8Array | undefined> => {
     const table = (await loadL2(s, at, i)).slice();
     let changed = false;
-    for (let j = 0; j < s.geom.l2Entries; j++) {
-      const c = flagCluster(s, table, j, at);
-      if (c === undefined) continue;
+    for (const { j, cluster: c } of flagClusters(s, table, at)) {
       const own = s.entryGeom.dataFile || (await after(c)) === 1;
       if (setCopied(table, j * es, own)) changed = true;
     }
@@ -339,11 +352,11 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   if (header.length > SECTOR) throw unsupported(FORMAT, s.file, `a header of ${header.length} bytes cannot be switched with one sector write`, { field: 'header_length' });
   await checkedWrite(s, 0, header, OVERLAP.HEADER);
   await flushAll(s);
-  Object.assign(s.header, h);
-  s.snapshots = snapshots;
-  view.l1 = sameL1 ? view.l1 : l1;
-  view.l1Offset = l1Offset;
-  view.size = change.active.size;
+  // `view` is the active view (snapshot operations change nothing else).
+  s.setHeader(h);
+  s.setSnapshots(snapshots);
+  s.replaceActiveL1(sameL1 ? view.l1 : l1, l1Offset);
+  s.setSize(change.active.size);
   s.cache.clear();
   s.decompressed.clear();
   if (blocks.size) {

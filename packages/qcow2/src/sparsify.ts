@@ -20,12 +20,13 @@
  * flush, then the released clusters' refcounts drop to 0, then a flush. A
  * crash in between leaves leaks only; running it again finishes the job.
  */
-import { readU32Be, invalidArg, isAllZero, throwIfAborted, type Disk, type Resolver, type Storage } from '@img/block';
+import { invalidArg, isAllZero, throwIfAborted, type Disk, type Resolver, type Storage } from '@img/block';
 import { readQcow2Graph, refcountOf, setRefcounts, type HostObject, type Qcow2Graph } from './compact-graph.js';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2, ENTRY_COMPRESSED_HI } from './constants.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTENDED_L2 } from './constants.js';
 import { openQcow2 } from './open.js';
 import { encodeEntry } from './l2-entry.js';
-import { entryOffset, type EntryGeometry } from './mapping.js';
+import type { ClusterEntry, EntryGeometry } from './mapping.js';
+import { forEachL2Entry, forEachL2Table, l2TableOffsets } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 
@@ -109,47 +110,62 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
     const l1 = g.objects.find((o) => o.kind === 'l1');
     const l1Bytes = l1 ? await storage.read(l1.at, h.l1Size * 8) : new Uint8Array(0);
     const tables: Array<{ index: number; obj: HostObject }> = [];
-    for (let i = 0; i < h.l1Size; i++) {
-      const at = entryHost(l1Bytes, i * 8);
+    l2TableOffsets({ l1: l1Bytes, offset: l1?.at ?? 0, entries: h.l1Size }, cs, storage.name, 'raw').forEach((at, i) => {
       if (at !== 0) tables.push({ index: i, obj: g.owner[at / cs]! });
-    }
+    });
     const total = tables.length * perTable * cs;
     let done = 0;
     let aborted: unknown;
-    outer: for (const { index, obj } of tables) {
-      const shared = refcountOf(g, obj.at / cs)! > 1;
-      const table = await storage.read(obj.at, cs);
-      for (let first = 0; first < perTable; first += CHUNK_ENTRIES) {
-        try {
-          throwIfAborted(options.signal);
-        } catch (e) {
-          aborted = e;
-          break outer;
+    const geom: EntryGeometry = { clusterBits: h.clusterBits, clusterSize: cs, extendedL2, zeroFlag: zeroFlag && !extendedL2, dataFile: false };
+    const source = { storage, file: storage.name, entryGeom: geom };
+    // One table at a time: released entries are written back before the next table is read.
+    await forEachL2Table(
+      source,
+      tables.map((t) => t.obj.at),
+      async (table, at, k) => {
+        const { index, obj } = tables[k]!;
+        const shared = refcountOf(g, obj.at / cs)! > 1;
+        // Decoded by the codec before any entry changes; an entry that does not decode is left alone.
+        const entries = new Array<ClusterEntry | undefined>(perTable);
+        forEachL2Entry(source, table, at, (e, j) => {
+          entries[j] = e;
+        });
+        for (let first = 0; first < perTable; first += CHUNK_ENTRIES) {
+          try {
+            throwIfAborted(options.signal);
+          } catch (e) {
+            aborted = e;
+            return false;
+          }
+          const count = Math.min(CHUNK_ENTRIES, perTable - first);
+          const status: Status[] = [];
+          for (let j = first; j < first + count; j++) {
+            const guest = (index * perTable + j) * cs;
+            const e = entries[j];
+            const s = guest >= h.size || !e ? 'other' : await classify(g, storage, e, { zeroFlag, hasBacking, shared, below, guest, result });
+            status.push(s);
+          }
+          const release = releasable(status, Math.ceil(minZeroRun / cs));
+          if (release.length > 0) {
+            await releaseEntries(
+              storage,
+              g,
+              obj,
+              table,
+              release.map((r) => first + r),
+              release.map((r) => (entries[first + r] as { host: number }).host),
+              geom,
+            );
+            result.clustersReleased += release.length;
+            result.bytesReleased += release.length * cs;
+          }
+          done += count * cs;
+          options.onProgress?.(done, total);
         }
-        const count = Math.min(CHUNK_ENTRIES, perTable - first);
-        const status: Status[] = [];
-        for (let j = first; j < first + count; j++) {
-          const guest = (index * perTable + j) * cs;
-          const s = guest >= h.size ? 'other' : await classify(g, storage, table, j * entrySize, { extendedL2, zeroFlag, hasBacking, shared, below, guest, result });
-          status.push(s);
-        }
-        const release = releasable(status, Math.ceil(minZeroRun / cs));
-        if (release.length > 0) {
-          await releaseEntries(
-            storage,
-            g,
-            obj,
-            table,
-            release.map((k) => (first + k) * entrySize),
-            { clusterBits: h.clusterBits, clusterSize: cs, extendedL2, zeroFlag: zeroFlag && !extendedL2, dataFile: false },
-          );
-          result.clustersReleased += release.length;
-          result.bytesReleased += release.length * cs;
-        }
-        done += count * cs;
-        options.onProgress?.(done, total);
-      }
-    }
+        return true;
+      },
+      cs,
+    );
     await storage.flush();
     if (aborted) throw aborted;
     if (result.clustersScanned === 0) result.nothingToDo = result.clustersShared > 0 ? 'every allocated cluster is shared with a snapshot' : 'no data cluster is allocated in the active layer';
@@ -170,17 +186,8 @@ function keepOpen(storage: Storage): Storage {
   });
 }
 
-/** The host offset bits of the L1 or L2 entry at byte `at`. */
-function entryHost(buf: Uint8Array, at: number): number {
-  return entryOffset(readU32Be(buf, at), readU32Be(buf, at + 4));
-}
-
-function u32(buf: Uint8Array, at: number): number {
-  return ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
-}
-
 interface ClassifyContext {
-  extendedL2: boolean;
+  /** Version 3: zero clusters exist, so a released cluster never shows the backing file. */
   zeroFlag: boolean;
   hasBacking: boolean;
   shared: boolean;
@@ -189,24 +196,27 @@ interface ClassifyContext {
   result: Qcow2SparsifyResult;
 }
 
-/** Whether an entry may be released (a stored cluster of zeros), already reads as zeros, or neither. */
-async function classify(g: Qcow2Graph, storage: Storage, table: Uint8Array, at: number, c: ClassifyContext): Promise<Status> {
-  const hi = u32(table, at);
-  const lo = u32(table, at + 4);
-  if (hi & ENTRY_COMPRESSED_HI) return 'other';
-  const host = entryHost(table, at);
-  let reads: 'data' | 'zero' | 'below';
-  if (c.extendedL2) {
-    const alloc = u32(table, at + 12);
-    const zero = u32(table, at + 8);
-    if (zero === 0xffffffff) reads = 'zero';
-    else if (alloc === 0xffffffff && zero === 0 && host !== 0) reads = 'data';
-    else if (alloc === 0 && zero === 0 && host === 0) reads = 'below';
-    else return 'other';
-  } else if (c.zeroFlag && lo & 1) reads = 'zero';
-  else reads = host === 0 ? 'below' : 'data';
-  if (reads === 'zero') return 'zero';
-  if (reads === 'below') return c.hasBacking ? 'other' : 'zero';
+/** Whether an entry (decoded) may be released (a stored cluster of zeros), already reads as zeros, or neither. */
+async function classify(g: Qcow2Graph, storage: Storage, e: ClusterEntry, c: ClassifyContext): Promise<Status> {
+  let host = 0;
+  switch (e.type) {
+    case 'compressed':
+      return 'other';
+    case 'zero':
+      return 'zero';
+    // Reads the backing file, or zeros without one.
+    case 'unallocated':
+      return c.hasBacking ? 'other' : 'zero';
+    case 'normal':
+      host = e.host;
+      break;
+    case 'subclusters':
+      // Only whole clusters: all subclusters zero, or all allocated.
+      if (e.zero === 0xffffffff) return 'zero';
+      if (e.alloc !== 0xffffffff || e.zero !== 0 || e.host === undefined) return 'other';
+      host = e.host;
+      break;
+  }
   if (c.shared || refcountOf(g, host / g.clusterSize)! > 1) {
     c.result.clustersShared++;
     return 'other';
@@ -242,15 +252,14 @@ function releasable(status: readonly Status[], minClusters: number): number[] {
 }
 
 /** Rewrites the entries (zero cluster or hole), flush, then drops the clusters' refcounts to 0 (flushed by the caller). */
-async function releaseEntries(storage: Storage, g: Qcow2Graph, obj: HostObject, table: Uint8Array, entries: number[], f: EntryGeometry): Promise<void> {
-  const hosts: number[] = [];
+async function releaseEntries(storage: Storage, g: Qcow2Graph, obj: HostObject, table: Uint8Array, indexes: number[], hosts: number[], f: EntryGeometry): Promise<void> {
+  const entrySize = f.extendedL2 ? 16 : 8;
   const pieces = new Set<number>();
-  for (const at of entries) {
-    hosts.push(entryHost(table, at));
+  for (const j of indexes) {
     // Extended L2: every subcluster reads as zeros; standard: the zero flag on version 3, a hole on version 2.
     const zero = f.extendedL2 ? 0xffffffff : f.zeroFlag ? 1 : 0;
-    encodeEntry(table, at / (f.extendedL2 ? 16 : 8), { host: undefined, copied: false, compressed: undefined, alloc: 0, zero }, f);
-    pieces.add(Math.floor(at / 512));
+    encodeEntry(table, j, { host: undefined, copied: false, compressed: undefined, alloc: 0, zero }, f);
+    pieces.add(Math.floor((j * entrySize) / 512));
   }
   for (const p of [...pieces].sort((a, b) => a - b)) await storage.write(obj.at + p * 512, table.subarray(p * 512, (p + 1) * 512));
   await storage.flush();

@@ -13,7 +13,7 @@ import { buildOverlapMap, beforeFirstWrite, writeHeader, type Qcow2Image } from 
 export async function attachWriter(core: Qcow2Image): Promise<void> {
   const h = core.header;
   const overlap = await buildOverlapMap(core, core.active);
-  core.overlap = overlap;
+  core.attachWritable(overlap);
   const scheduler = new Scheduler(core.storage, core.dataFile, core.geom.l2Coverage, {
     get done() {
       return core.firstWriteDone;
@@ -30,12 +30,11 @@ export async function attachWriter(core: Qcow2Image): Promise<void> {
     tableClusters: h.refcountTableClusters,
     fileSize: core.fileSize,
     onTableMoved: async (offset, clusters) => {
-      h.refcountTableOffset = offset;
-      h.refcountTableClusters = clusters;
+      core.setHeader({ refcountTableOffset: offset, refcountTableClusters: clusters });
       await writeHeader(core);
     },
     barrier: () => scheduler.barrier(),
   });
   const allocator = new Allocator(core, refcounts);
-  core.writer = { allocator, map: new ClusterMap(core, core.active, allocator, scheduler), scheduler };
+  core.attachWritable(overlap, { allocator, map: new ClusterMap(core, core.active, allocator, scheduler), scheduler });
 }

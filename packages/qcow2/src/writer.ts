@@ -16,7 +16,8 @@
 import { concatBytes } from '@img/block';
 import type { Storage } from '@img/block';
 import type { Entry } from './l2-entry.js';
-import { loadL2, readRange } from './reader.js';
+import { readRange } from './reader.js';
+import { loadL2 } from './mapping-view.js';
 import type { TableTail } from './scheduler.js';
 import { PendingWrites } from './pending-writes.js';
 // InFlightWrites is named by the TSDoc links below.

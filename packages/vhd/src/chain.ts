@@ -3,7 +3,7 @@
  * MacX, then the deprecated ones), the parent unicode name and a search
  * path; checking its unique id; depth limit and cycle detection.
  */
-import { ERROR_CODES, ImageError, missingFileError, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, chainCycleError, chainTooDeepError, missingFileError, type Storage } from '@img/block';
 import { VhdDisk } from './disk.js';
 import { fromVhdTimestamp } from './footer.js';
 import type { VhdOpenOptions } from './open-options.js';
@@ -26,10 +26,6 @@ export interface ParentLayer {
   readonly uniqueId: string;
   readonly footer: { readonly timestamp: number };
   close(): Promise<void>;
-}
-
-function chainError(file: string, message: string): ImageError {
-  return new ImageError(ERROR_CODES.CHAIN, `vhd: ${file}: ${message}`, { data: { format: FORMAT, file } });
 }
 
 /**
@@ -69,9 +65,9 @@ export async function openParent<L extends ParentLayer>(s: VhdState, options: La
   const chain = options.chain ?? [];
   const uuids = options.uuids ?? [];
   const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
-  if (chain.length + 2 > maxDepth) throw chainError(file, `chain is deeper than ${maxDepth} layers`);
+  if (chain.length + 2 > maxDepth) throw chainTooDeepError(FORMAT, file, maxDepth);
   if ([...uuids, s.footer.uniqueId].includes(h.parentUniqueId)) {
-    throw chainError(file, `parent unique id ${h.parentUniqueId} is already in the chain (a cycle)`);
+    throw chainCycleError(FORMAT, file, `parent unique id ${h.parentUniqueId}`);
   }
   const resolver = options.resolver;
   if (!resolver) {
@@ -99,7 +95,7 @@ export async function openParent<L extends ParentLayer>(s: VhdState, options: La
     }
     if (storage.name === file || chain.includes(storage.name)) {
       await storage.close();
-      throw chainError(file, `parent ${storage.name} is already in the chain (a cycle)`);
+      throw chainCycleError(FORMAT, file, `parent ${storage.name}`);
     }
     let parent: L;
     try {

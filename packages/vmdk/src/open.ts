@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { corrupt, hex, invalidArg, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -173,7 +173,7 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
   const parentCid = parseCid(descriptorField(d, 'parentCID'));
   if (name === undefined || name === '' || options.noBacking) return undefined;
   if (options.untrusted) throw unsafe(FORMAT, file, `the image refers to a parent "${name}"; untrusted opens do not follow it (use noBacking)`, { field: 'parentFileNameHint', actual: name });
-  if (!options.resolver) throw invalidArg(FORMAT, `${file}: the image has a parent "${name}": pass a resolver (fileResolver) or noBacking`, { field: 'resolver', actual: name });
+  if (!options.resolver) throw noResolverError(FORMAT, file, 'a parent', name, 'noBacking to read without it', { field: 'resolver', actual: name });
   const chain = [...(options.chain ?? []), file];
   const max = options.maxChainDepth ?? DEFAULT_MAX_CHAIN;
   if (chain.length > max) throw unsupported(FORMAT, file, `the parent chain is deeper than ${max}`, { field: 'parentFileNameHint' });

@@ -1,20 +1,21 @@
 /**
- * Host runs of a qcow2 view: the same maximally merged segments as
- * `segments()` (reader.ts), produced by a walk that costs a few
- * instructions per L2 entry. A copy asks for the extents of a whole disk
+ * The one walk from a view's L1/L2 tables to maximally merged segments
+ * (data runs merged only where their host offsets are contiguous): guest
+ * reads (reader.ts) and extents, with host offsets for bulk copies
+ * (extents.ts), both go through it. It costs a few instructions per L2
+ * entry. A copy asks for the extents of a whole disk
  * with host offsets, and a 16 GiB image with 64 KiB clusters has 262,144
  * L2 entries: decoding each into an object and merging objects took
  * 100-300 ms of a one-second conversion, longer than the kernel needs to
  * copy the data. Here the two common entries (unallocated, and a plain
- * data cluster) are recognised from their two 32-bit words and merged in
- * local variables; every other entry (compressed, zero, extended L2, or
+ * data cluster) are recognised from their two 32-bit words
+ * (`plainEntryHost`) and merged in local variables; every other entry (compressed, zero, extended L2, or
  * one that is corrupt) goes through `decodeL2Entry`, so what is reported
  * and what is refused are exactly what the reader reports and refuses.
  */
 import { readU32Be } from '@img/block';
-import { ENTRY_COMPRESSED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
-import { decodeL2Entry, l1EntryOffset, MAX_HOST_OFFSET } from './mapping.js';
-import { loadL2, type MappingView, type ReaderState, type Segment } from './reader.js';
+import { decodeL2Entry, l1EntryOffset, plainEntryHost } from './mapping.js';
+import { loadL2, type MappingView, type ReaderState, type Segment } from './mapping-view.js';
 
 /** Run kinds while merging: numbers, so the hot loop compares small integers. */
 const NONE = 0;
@@ -38,7 +39,7 @@ class RunMerger {
   host = -1;
   readonly out: Segment[] = [];
 
-  /** Adds a run of `kind` (host -1: none), merged into the pending one where `segments()` would merge it. */
+  /** Adds a run of `kind` (host -1: none), merged into the pending one when it continues it (same kind, adjacent, host offsets both absent or contiguous). */
   add(kind: number, at: number, length: number, host: number): void {
     if (kind === this.kind && this.start + this.length === at && (host < 0 ? this.host < 0 : this.host >= 0 && this.host + this.length === host)) {
       this.length += length;
@@ -68,28 +69,18 @@ function walkTable(state: ReaderState, m: RunMerger, table: Uint8Array, l2Offset
   const { clusterSize: cs, l2Entries, subclusterSize: scs } = state.geom;
   const g = state.entryGeom;
   const plainEntries = !g.extendedL2;
-  const zeroFlag = g.zeroFlag;
   while (pos < l1End) {
     const cluster = Math.floor(pos / cs);
     const cStart = cluster * cs;
     const cEnd = Math.min(l1End, cStart + cs);
     const index = cluster % l2Entries;
     if (plainEntries) {
-      const at = index * 8;
-      const hi = readU32Be(table, at);
-      const lo = readU32Be(table, at + 4);
-      if (hi === 0 && lo === 0) {
-        m.add(HOLE, pos, cEnd - pos, -1);
+      const host = plainEntryHost(readU32Be(table, index * 8), readU32Be(table, index * 8 + 4), g);
+      if (host >= 0) {
+        if (host === 0) m.add(HOLE, pos, cEnd - pos, -1);
+        else m.add(DATA, pos, cEnd - pos, host + (pos - cStart));
         pos = cEnd;
         continue;
-      }
-      if ((hi & ENTRY_COMPRESSED_HI) === 0 && !(zeroFlag && lo & 1)) {
-        const host = (hi & OFFSET_MASK_HI) * 0x1_0000_0000 + ((lo & OFFSET_MASK_LO) >>> 0);
-        if (host !== 0 && host <= MAX_HOST_OFFSET && host % cs === 0) {
-          m.add(DATA, pos, cEnd - pos, host + (pos - cStart));
-          pos = cEnd;
-          continue;
-        }
       }
     }
     const entry = decodeL2Entry(table, index, g, state.file, l2Offset);
@@ -115,7 +106,7 @@ function walkTable(state: ReaderState, m: RunMerger, table: Uint8Array, l2Offset
           const scEnd = Math.min(cEnd, cStart + (sc + 1) * scs);
           const bit = 2 ** sc;
           const host = entry.host === undefined ? -1 : entry.host + (p - cStart);
-          // As segments(): an unallocated subcluster of an allocated cluster keeps its host offset.
+          // qemu-img map reports the host offset of an unallocated subcluster of an allocated cluster too.
           m.add(Math.floor(entry.alloc / bit) % 2 ? DATA : Math.floor(entry.zero / bit) % 2 ? ZERO : HOLE, p, scEnd - p, host);
           p = scEnd;
         }
@@ -127,11 +118,11 @@ function walkTable(state: ReaderState, m: RunMerger, table: Uint8Array, l2Offset
 }
 
 /**
- * The segments covering `[start, end)` of `view`, maximally merged (data
- * runs only where their host offsets are contiguous), from L1/L2 metadata
- * only. Yields what `segments()` yields, in the same order.
+ * The segments covering `[start, end)` of `view`, in guest order and
+ * maximally merged (data runs only where their host offsets are
+ * contiguous; compressed clusters never), from L1/L2 metadata only.
  */
-export async function* qcow2HostSegments(state: ReaderState, view: MappingView, start: number, end: number): AsyncGenerator<Segment> {
+export async function* segments(state: ReaderState, view: MappingView, start: number, end: number): AsyncGenerator<Segment> {
   const { clusterSize: cs, l2Coverage } = state.geom;
   const m = new RunMerger();
   let pos = start;
@@ -143,10 +134,11 @@ export async function* qcow2HostSegments(state: ReaderState, view: MappingView, 
     else walkTable(state, m, await loadL2(state, l2Offset, l1Index), l2Offset, pos, l1End);
     pos = l1End;
     if (m.out.length) {
-      yield* m.out;
+      // One yield per segment: `yield*` over an array wraps it in an async iterator, which a 4 KiB read pays for.
+      for (const seg of m.out) yield seg;
       m.out.length = 0;
     }
   }
   m.flush();
-  yield* m.out;
+  for (const seg of m.out) yield seg;
 }

@@ -4,8 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRaw, MemoryStorage, sparseCopy, bytesEqual, type Extent } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, qemuImg, qemuIo, qemuMap, tempDir } from '@img/testkit';
-import { qcow2HostSegments } from './host-runs.js';
-import { segments, type Segment } from './reader.js';
+import { segments } from './segments.js';
+import { loadL2, type MappingView, type ReaderState, type Segment } from './mapping-view.js';
+import { decodeL2Entry, l1EntryOffset } from './mapping.js';
 import { openQcow2, openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import type { Qcow2Image } from './core.js';
@@ -22,15 +23,66 @@ async function collect(gen: AsyncIterable<Segment>): Promise<Segment[] | string>
   return out;
 }
 
-/** Both walks over `[start, end)`: the fast one must say exactly what the reader's says (or fail the same way). */
-async function expectSameWalk(core: Qcow2Image, start: number, end: number): Promise<void> {
-  const fast = await collect(qcow2HostSegments(core, core.active, start, end));
-  const slow = await collect(segments(core, core.active, start, end));
-  expect(fast).toEqual(slow);
+/**
+ * The model the walk is held to: every L2 entry decoded on its own by
+ * decodeL2Entry into a segment (subclusters one by one), then merged
+ * where kind matches, the runs touch and host offsets are both absent or
+ * contiguous; compressed clusters never merge.
+ */
+async function modelSegments(state: ReaderState, view: MappingView, start: number, end: number): Promise<Segment[] | string> {
+  const { clusterSize: cs, l2Coverage, l2Entries, subclusterSize: scs } = state.geom;
+  const runs: Segment[] = [];
+  const add = (s: Segment) => {
+    const last = runs.at(-1);
+    const hostsMeet = last !== undefined && (last.host === undefined ? s.host === undefined : s.host !== undefined && last.host + last.length === s.host);
+    if (last && last.kind === s.kind && s.kind !== 'compressed' && last.offset + last.length === s.offset && hostsMeet) last.length += s.length;
+    else runs.push(s.host === undefined ? { offset: s.offset, length: s.length, kind: s.kind } : s);
+  };
+  try {
+    for (let pos = start; pos < end;) {
+      const l1Index = Math.floor(pos / l2Coverage);
+      const l1End = Math.min(end, (l1Index + 1) * l2Coverage);
+      const l2Offset = l1EntryOffset(view.l1, l1Index, cs, state.file, view.l1Offset);
+      if (l2Offset === 0) {
+        add({ offset: pos, length: l1End - pos, kind: 'hole' });
+        pos = l1End;
+        continue;
+      }
+      const table = await loadL2(state, l2Offset, l1Index);
+      for (; pos < l1End;) {
+        const cStart = Math.floor(pos / cs) * cs;
+        const cEnd = Math.min(l1End, cStart + cs);
+        const e = decodeL2Entry(table, (cStart / cs) % l2Entries, state.entryGeom, state.file, l2Offset);
+        if (e.type === 'unallocated') add({ offset: pos, length: cEnd - pos, kind: 'hole' });
+        else if (e.type === 'zero') add({ offset: pos, length: cEnd - pos, kind: 'zero', host: e.host === undefined ? undefined : e.host + pos - cStart });
+        else if (e.type === 'normal') add({ offset: pos, length: cEnd - pos, kind: 'data', host: e.host + pos - cStart });
+        else if (e.type === 'compressed') runs.push({ offset: pos, length: cEnd - pos, kind: 'compressed', host: e.host, csize: e.size, clusterOffset: cStart });
+        else {
+          for (let p = pos; p < cEnd;) {
+            const sc = Math.floor((p - cStart) / scs);
+            const scEnd = Math.min(cEnd, cStart + (sc + 1) * scs);
+            const kind = (e.alloc >>> sc) & 1 ? 'data' : (e.zero >>> sc) & 1 ? 'zero' : 'hole';
+            add({ offset: p, length: scEnd - p, kind, host: e.host === undefined ? undefined : e.host + p - cStart });
+            p = scEnd;
+          }
+        }
+        pos = cEnd;
+      }
+    }
+  } catch (e) {
+    return `error: ${(e as Error).message}`;
+  }
+  return runs;
 }
 
-describe('qcow2HostSegments', () => {
-  it.each(fixtureNames())('walks %s as the reader does (whole disk and unaligned windows)', async (name) => {
+/** The walk over `[start, end)` says exactly what the model says (or fails the same way). */
+async function expectModelWalk(core: Qcow2Image, start: number, end: number): Promise<void> {
+  const walked = await collect(segments(core, core.active, start, end));
+  expect(walked).toEqual(await modelSegments(core, core.active, start, end));
+}
+
+describe('segments', () => {
+  it.each(fixtureNames())('walks %s as the per-entry model does (whole disk and unaligned windows)', async (name) => {
     let core: Qcow2Image;
     try {
       core = await openQcow2Image(MemoryStorage.from(loadFixture(name), { name, readOnly: true }), { resolver: memoryResolver });
@@ -39,14 +91,14 @@ describe('qcow2HostSegments', () => {
     }
     const size = core.active.size;
     try {
-      await expectSameWalk(core, 0, size);
+      await expectModelWalk(core, 0, size);
       let seed = name.length * 7919;
       for (let i = 0; i < 8; i++) {
         seed = (seed * 1103515245 + 12345) % 2 ** 31;
         const a = seed % size;
         seed = (seed * 1103515245 + 12345) % 2 ** 31;
         const b = a + (seed % (size - a + 1));
-        await expectSameWalk(core, a, b);
+        await expectModelWalk(core, a, b);
       }
     } finally {
       await closeQcow2(core);
@@ -67,8 +119,8 @@ describe('qcow2HostSegments', () => {
       await disk.writeCompressed(20 * cs, fill(9, 2 * cs));
       await disk.flush();
       const core = await openQcow2Image(MemoryStorage.from(storage.toBytes()));
-      const segs = await collect(qcow2HostSegments(core, core.active, 0, 24 * cs));
-      expect(segs).toEqual(await collect(segments(core, core.active, 0, 24 * cs)));
+      const segs = await collect(segments(core, core.active, 0, 24 * cs));
+      expect(segs).toEqual(await modelSegments(core, core.active, 0, 24 * cs));
       await closeQcow2(core);
       const data = (segs as Segment[]).filter((s) => s.kind === 'data');
       expect(data.map((s) => [s.offset / cs, s.length / cs])).toEqual([
@@ -86,7 +138,7 @@ describe('qcow2HostSegments', () => {
     }
   });
 
-  it('refuses a corrupt L2 entry with the reader\u2019s error', async () => {
+  it('refuses a corrupt L2 entry with the codec\u2019s error', async () => {
     const bytes = loadFixture('v3-64k.qcow2');
     const core = await openQcow2Image(MemoryStorage.from(bytes.slice()));
     const view = core.active;
@@ -105,9 +157,9 @@ describe('qcow2HostSegments', () => {
     const bad = await openBytes(bytes);
     try {
       const badCore = await openQcow2Image(MemoryStorage.from(bytes));
-      const fast = await collect(qcow2HostSegments(badCore, badCore.active, 0, bad.size));
-      expect(fast).toMatch(/unaligned cluster offset/);
-      expect(fast).toEqual(await collect(segments(badCore, badCore.active, 0, bad.size)));
+      const walked = await collect(segments(badCore, badCore.active, 0, bad.size));
+      expect(walked).toMatch(/unaligned cluster offset/);
+      expect(walked).toEqual(await modelSegments(badCore, badCore.active, 0, bad.size));
       await closeQcow2(badCore);
       const e = await imageError(
         (async () => {
