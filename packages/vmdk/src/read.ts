@@ -125,17 +125,24 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
   const map = e.map;
   const first = grains[0]!.hostOffset;
   const end = Math.min(map.fileSize, grains[grains.length - 1]!.hostOffset + GRAIN_MARKER_HEADER + map.grainBytes);
-  const bytes = await e.storage.read(first, Math.max(0, end - first));
-  for (const g of grains) {
-    const cached = core.cachedGrain(grainKey(index, g.grain));
-    if (cached) {
-      g.out.set(cached.subarray(0, g.out.length));
-      continue;
+  // Reused buffers: a span's bytes are only looked at here, and the buffer goes back when the grains are inflated.
+  const buffer = core.takeSpanBuffer(SPAN_BYTES + GRAIN_MARKER_HEADER + maxCompressedBytes(map.grainBytes));
+  try {
+    const got = await e.storage.readInto(first, buffer.subarray(0, Math.max(0, end - first)));
+    const bytes = buffer.subarray(0, got);
+    for (const g of grains) {
+      const cached = core.cachedGrain(grainKey(index, g.grain));
+      if (cached) {
+        g.out.set(cached.subarray(0, g.out.length));
+        continue;
+      }
+      const data = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
+      const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset });
+      g.out.set(inflated.length > g.out.length ? inflated.subarray(0, g.out.length) : inflated);
+      if (inflated.length < g.out.length) g.out.fill(0, inflated.length);
     }
-    const data = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
-    const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset });
-    g.out.set(inflated.length > g.out.length ? inflated.subarray(0, g.out.length) : inflated);
-    if (inflated.length < g.out.length) g.out.fill(0, inflated.length);
+  } finally {
+    core.giveSpanBuffer(buffer);
   }
 }
 
