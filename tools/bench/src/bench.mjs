@@ -44,6 +44,7 @@ export function configFromEnv(env = process.env) {
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     vmdkFrom: list(env.IMG_BENCH_VMDK, ['A', 'E']).filter((n) => n !== 'none'),
     inproc: list(env.IMG_BENCH_INPROC, ['A']).filter((n) => n !== 'none'),
+    vmdkPairs: list(env.IMG_BENCH_VMDK_PAIRS, undefined),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
     nbd: env.IMG_BENCH_NBD !== '0',

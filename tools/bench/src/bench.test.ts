@@ -112,3 +112,11 @@ describe('in-process rows', () => {
     60_000,
   );
 });
+
+it('reads the in-process inputs and the VMDK row filter from the environment', () => {
+  expect(configFromEnv({}).inproc).toEqual(['A']);
+  expect(configFromEnv({ IMG_BENCH_INPROC: 'none' }).inproc).toEqual([]);
+  expect(configFromEnv({ IMG_BENCH_INPROC: 'A,B' }).inproc).toEqual(['A', 'B']);
+  expect(configFromEnv({}).vmdkPairs).toBeUndefined();
+  expect(configFromEnv({ IMG_BENCH_VMDK_PAIRS: 'vmdk->raw, vmdk streamOptimized->raw' }).vmdkPairs).toEqual(['vmdk->raw', 'vmdk streamOptimized->raw']);
+});

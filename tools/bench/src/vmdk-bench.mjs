@@ -24,7 +24,7 @@ const ROWS = [
  */
 export async function vmdkRows(cfg, name, raw, alternate, imgConvert, inproc) {
   const rows = [];
-  for (const spec of ROWS) {
+  for (const spec of ROWS.filter((r) => !cfg.vmdkPairs || cfg.vmdkPairs.includes(r.pair))) {
     let src = raw;
     if (spec.from === 'vmdk') {
       src = join(cfg.dir, `${name}-src${spec.source.length ? '-so' : ''}.vmdk`);
