@@ -1,7 +1,7 @@
 // img-convert and img info with an OVA input, judged by qemu-img compare against the source raws.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
@@ -63,6 +63,27 @@ describeQemu('ova input', () => {
     r = run('img-convert', ['--disk', '2', 'ova', 'raw', p('vm.ova'), p('out3.raw')]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain('disk 2 does not exist');
+  });
+
+  it('cat vm.ova | img-convert ova raw - out.raw checks the manifest at the end: one byte changed in the disk fails and leaves no output', () => {
+    const ova = readFileSync(p('vm.ova'));
+    let r = run('img-convert', ['ova', 'raw', '-', p('piped-ok.raw')], { input: ova });
+    expect(r.status).toBe(0);
+    expect(readFileSync(p('piped-ok.raw')).equals(readFileSync(p('a.raw')))).toBe(true);
+    // A byte of the disk's descriptor area past its text: the VMDK reader passes over it, only the manifest can tell.
+    const disk = ova.indexOf(Buffer.from('KDMV'));
+    expect(disk).toBeGreaterThan(0);
+    const bad = Buffer.from(ova);
+    bad[disk + 512 + 1500] = bad[disk + 512 + 1500]! ^ 0x01;
+    r = run('img-convert', ['ova', 'raw', '-', p('piped-bad.raw')], { input: bad });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/SHA256 of "d0\.vmdk" is [0-9a-f]{64}, but the manifest says/);
+    expect(existsSync(p('piped-bad.raw'))).toBe(false);
+    // From a file, untrusted mode refuses the same bytes before converting.
+    writeFileSync(p('bad.ova'), bad);
+    r = run('img-convert', ['--untrusted', 'ova', 'raw', p('bad.ova'), p('file-bad.raw')]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/SHA256 of "d0\.vmdk"/);
   });
 
   it('img info lists the disks, capacities and files', () => {

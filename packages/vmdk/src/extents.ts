@@ -25,45 +25,78 @@ export async function* extentRuns(core: VmdkImage, start: number, end: number, o
   }
 }
 
+/** A run being gathered: grains of one kind next to each other (data ones also contiguous in the file). */
+interface PendingRun {
+  kind: 'data' | 'zero';
+  offset: number;
+  length: number;
+  hostOffset?: number;
+}
+
+/**
+ * One sparse extent's runs. Grains are looked at table by table without a
+ * yield per grain: neighbouring grains of the same kind (data grains also
+ * next to each other in the file, when host offsets are asked for) leave as
+ * one extent, so a table of 512 grains costs one await, not 512.
+ */
 async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const map = e.map;
   const n = map.header.numGTEsPerGT;
+  const file = options.hostOffsets ? extentFileName(core, e) : undefined;
   let pos = from;
   // Runs of unallocated grains are gathered and asked of the parent as one range.
   let holeStart = -1;
-  const flushHole = async function* (until: number): AsyncGenerator<Extent> {
-    if (holeStart < 0) return;
-    yield* extentsBelow(core, holeStart, until, options);
-    holeStart = -1;
+  let run: PendingRun | undefined;
+  const take = (): Extent | undefined => {
+    const r = run;
+    run = undefined;
+    if (!r) return undefined;
+    if (r.kind === 'zero') return { offset: r.offset, length: r.length, kind: 'zero', depth: 0 };
+    return { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(file !== undefined && r.hostOffset !== undefined ? { hostOffset: r.hostOffset, file } : {}) };
   };
   while (pos < to) {
     const inExtent = pos - e.start;
-    const grain = Math.floor(inExtent / map.grainBytes);
-    const tableIndex = Math.floor(grain / n);
-    const table = core.appendWriter ? new Uint32Array(n) : await map.table(tableIndex);
-    if (!table) {
-      const next = Math.min(to, e.start + (tableIndex + 1) * map.tableSpan);
+    const tableIndex = Math.floor(inExtent / map.tableSpan);
+    const tableEnd = Math.min(to, e.start + (tableIndex + 1) * map.tableSpan);
+    const writer = core.appendWriter;
+    const table = writer ? undefined : await map.table(tableIndex);
+    if (!writer && !table) {
+      const done = take();
+      if (done) yield done;
       if (holeStart < 0) holeStart = pos;
-      pos = next;
+      pos = tableEnd;
       continue;
     }
-    const gte = table[grain % n] ?? GTE_UNALLOCATED;
-    const next = Math.min(to, e.start + (grain + 1) * map.grainBytes);
-    const writer = core.appendWriter;
-    const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(gte, grain);
-    if (entry.kind === 'unallocated') {
-      if (holeStart < 0) holeStart = pos;
-    } else {
-      yield* flushHole(pos);
-      if (entry.kind === 'zeroed') yield { offset: pos, length: next - pos, kind: 'zero', depth: 0 };
-      else {
-        const host = options.hostOffsets && !entry.compressed ? { hostOffset: entry.hostOffset + (inExtent - grain * map.grainBytes), file: extentFileName(core, e) } : {};
-        yield { offset: pos, length: next - pos, kind: 'data', depth: 0, ...host };
+    while (pos < tableEnd) {
+      const grain = Math.floor((pos - e.start) / map.grainBytes);
+      const next = Math.min(tableEnd, e.start + (grain + 1) * map.grainBytes);
+      const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(table![grain % n] ?? GTE_UNALLOCATED, grain);
+      if (entry.kind === 'unallocated') {
+        const done = take();
+        if (done) yield done;
+        if (holeStart < 0) holeStart = pos;
+        pos = next;
+        continue;
       }
+      if (holeStart >= 0) {
+        yield* extentsBelow(core, holeStart, pos, options);
+        holeStart = -1;
+      }
+      const kind = entry.kind === 'zeroed' ? 'zero' : 'data';
+      const host = entry.kind === 'data' && file !== undefined && !entry.compressed ? entry.hostOffset + (pos - e.start - grain * map.grainBytes) : undefined;
+      const joins = run !== undefined && run.kind === kind && run.offset + run.length === pos && (run.hostOffset === undefined ? host === undefined : host === run.hostOffset + run.length);
+      if (joins) run!.length += next - pos;
+      else {
+        const done = take();
+        if (done) yield done;
+        run = { kind, offset: pos, length: next - pos, ...(host !== undefined ? { hostOffset: host } : {}) };
+      }
+      pos = next;
     }
-    pos = next;
   }
-  yield* flushHole(to);
+  const done = take();
+  if (done) yield done;
+  if (holeStart >= 0) yield* extentsBelow(core, holeStart, to, options);
 }
 
 /** Extents of [from, to) not stored in this image: the parent's one layer down, or a hole. */

@@ -88,6 +88,9 @@ export function extentFileName(core: { storage: Storage }, e: { fileName?: strin
   return slash >= 0 ? base.slice(0, slash + 1) + name : name;
 }
 
+/** Span buffers kept for reuse: as many as a copy has span reads in flight (4 chunks of 4 MiB in flight, each up to 4 spans of random data). */
+const SPAN_BUFFERS_KEPT = 16;
+
 /** Decompressed grains kept for re-reads (small reads inside one grain). */
 const GRAIN_CACHE_ENTRIES = 32;
 
@@ -164,5 +167,19 @@ export class VmdkImage {
   /** Forgets a cached grain (after it was rewritten). */
   dropGrain(key: number): void {
     this.#grains.delete(key);
+  }
+
+  /** Span buffers of compressed reads (read.ts) given back for reuse: a few, of one size. */
+  #spans: Uint8Array[] = [];
+
+  /** A buffer of `bytes` for one span read: a reused one, or new. Its contents are not cleared. */
+  takeSpanBuffer(bytes: number): Uint8Array {
+    const b = this.#spans.pop();
+    return b && b.length === bytes ? b : new Uint8Array(bytes);
+  }
+
+  /** Gives a span buffer back (kept while fewer than SPAN_BUFFERS_KEPT wait). */
+  giveSpanBuffer(b: Uint8Array): void {
+    if (this.#spans.length < SPAN_BUFFERS_KEPT) this.#spans.push(b);
   }
 }

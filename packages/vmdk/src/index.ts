@@ -13,7 +13,7 @@ export { OvaDisk, type OvaContents } from './ova-disk.js';
 export { readTar, confinePath, MAX_TAR_MEMBERS, type TarMember } from './ova.js';
 export { parseOvf, allocationUnits, MAX_OVF_BYTES, type OvfDescriptor, type OvfDisk, type OvfFile } from './ovf.js';
 export { parseManifest, verifyManifest, type ManifestEntry } from './ova-manifest.js';
-export { newHasher, type Hasher, type ManifestAlgorithm } from './sha.js';
+export { newHasher, portableHasher, setManifestHashers, type Hasher, type HasherFactory, type ManifestAlgorithm } from './sha.js';
 export { StorageWindow } from './storage-window.js';
 export { vmdkCodecs, setVmdkCodecs, type VmdkCodecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';

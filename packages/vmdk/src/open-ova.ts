@@ -3,7 +3,7 @@
  * the file), after reading the OVF descriptor and, in untrusted mode (or
  * when asked), checking the `.mf` manifest.
  */
-import { invalidArg, corrupt, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { OvaDisk, type OvaContents } from './ova-disk.js';
 import { parseManifest, verifyManifest } from './ova-manifest.js';
 import { readTar, type TarMember } from './ova.js';
@@ -66,6 +66,10 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   if (options.verifyManifest ?? options.untrusted ?? false) {
     if (!contents.manifest && options.verifyManifest) throw corrupt('ova', storage.name, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
     if (contents.manifest) await verifyManifest(storage, contents.manifest, members);
+    // A manifest that leaves the disk out checks nothing that matters: untrusted mode refuses it (as the pipe reader does).
+    if (contents.manifest && options.untrusted && !contents.manifest.some((e) => e.name === member.name)) {
+      throw unsafe('ova', storage.name, `the manifest does not list the disk "${member.name}", so its bytes cannot be checked`, { field: 'manifest', actual: member.name });
+    }
   }
   const window = new StorageWindow(storage, member.offset, member.size, `${storage.name}:${member.name}`, true);
   const head = await window.read(0, 512);

@@ -4,12 +4,19 @@
  * chosen disk (DSP0243 puts it first); the disk member, a streamOptimized
  * VMDK, is decoded as it passes by readVmdkStream. A disk member that came
  * before the OVF, or a disk that is not streamOptimized, is a clean
- * ImageError that says to save the OVA to a file first. The manifest comes
- * last, after the data has been handed on, so it is not checked here;
- * open the OVA from a file for that (openOva with verifyManifest).
+ * ImageError that says to save the OVA to a file first. The OVF and the
+ * disk member are hashed as they pass (every manifest algorithm at once:
+ * the manifest comes last and names its algorithm only then); once the
+ * disk's data has been handed on, the rest of the archive is read and the
+ * `.mf` manifest, if any, checked (ova-stream-manifest.ts): a digest that
+ * differs fails the last step of `pieces` with ERR_IMG_UNSAFE, so a
+ * consumer that stops at the first error (as img-convert, which then
+ * removes its output) never takes the data as good.
  */
 import { ByteStreamReader, corrupt, invalidArg, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { MAX_TAR_MEMBERS, MAX_TAR_EXTENDED_HEADER, applyExtended, confinePath, longNameOf, parsePax, parseTarHeader } from './ova.js';
+import { parseManifest, type ManifestEntry } from './ova-manifest.js';
+import { checkStreamManifest, MemberDigests } from './ova-stream-manifest.js';
 import { MAX_OVF_BYTES, parseOvf, type OvfDescriptor } from './ovf.js';
 import { readVmdkStream } from './read-stream.js';
 import { hasSparseMagic } from './sparse-header.js';
@@ -21,6 +28,13 @@ const BLOCK = 512;
 export interface OvaStreamOptions extends OpenOptions {
   /** Which disk of the OVF's DiskSection to read, counted from 0 (default 0). */
   disk?: number;
+  /**
+   * Check the `.mf` manifest at the end of the archive (default true: a
+   * pipe gives no second chance to check it; false skips the hashing). An
+   * explicit true also requires a manifest; `untrusted` requires it to
+   * name the disk.
+   */
+  verifyManifest?: boolean;
 }
 
 interface Member {
@@ -65,13 +79,42 @@ async function skipMember(r: ByteStreamReader, m: Member): Promise<void> {
   await r.skipTo(end, `the tar member "${m.name}"`);
 }
 
-/** The member's bytes as they arrive (exactly `m.size`). */
-async function* memberBytes(r: ByteStreamReader, m: Member): AsyncGenerator<Uint8Array> {
+/** The next piece of member `m` (at most 1 MiB), hashed into `digests` as it is taken. */
+async function memberPiece(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): Promise<Uint8Array> {
   const end = m.at + m.size;
-  while (r.position < end) {
-    const piece = await r.some(Math.min(end - r.position, 1 << 20));
-    if (!piece) throw corrupt('ova', NAME, `the stream ends inside "${m.name}" (${end - r.position} of its ${m.size} bytes missing)`, { field: 'size', offset: r.position });
-    yield piece;
+  const piece = await r.some(Math.min(end - r.position, 1 << 20));
+  if (!piece) throw corrupt('ova', NAME, `the stream ends inside "${m.name}" (${end - r.position} of its ${m.size} bytes missing)`, { field: 'size', offset: r.position });
+  digests?.update(piece);
+  return piece;
+}
+
+/** The member's bytes as they arrive (exactly `m.size`). */
+async function* memberBytes(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): AsyncGenerator<Uint8Array> {
+  while (r.position < m.at + m.size) yield await memberPiece(r, m, digests);
+}
+
+/** Reads (and hashes) what the consumer of member `m` left unread, then its padding. */
+async function finishMember(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): Promise<void> {
+  while (r.position < m.at + m.size) await memberPiece(r, m, digests);
+  await skipMember(r, m);
+}
+
+/**
+ * Reads the archive after the disk to its end: the manifest (the first
+ * `.mf`) is parsed, other members skipped; answers the manifest and the
+ * names of the members passed.
+ */
+async function readTail(r: ByteStreamReader, names: Set<string>): Promise<ManifestEntry[] | undefined> {
+  let manifest: ManifestEntry[] | undefined;
+  for (;;) {
+    const m = await nextMember(r);
+    if (!m) return manifest;
+    names.add(m.name);
+    if (!manifest && m.name.toLowerCase().endsWith('.mf')) {
+      if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the manifest "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: m.size });
+      manifest = parseManifest(new TextDecoder().decode(await r.exact(m.size, 'the manifest')), `${NAME}:${m.name}`);
+    }
+    await skipMember(r, m);
   }
 }
 
@@ -86,6 +129,8 @@ async function* memberBytes(r: ByteStreamReader, m: Member): AsyncGenerator<Uint
  */
 export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: OvaStreamOptions = {}): Promise<StreamSource> {
   const r = new ByteStreamReader(input, 'ova', NAME);
+  const verify = options.verifyManifest ?? true;
+  const hashed = new Map<string, MemberDigests>();
   try {
     const passed: string[] = [];
     let ovf: OvfDescriptor | undefined;
@@ -98,7 +143,14 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
         continue;
       }
       if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the OVF "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: m.size });
-      ovf = parseOvf(new TextDecoder().decode(await r.exact(m.size, 'the OVF descriptor')), `${NAME}:${m.name}`);
+      const text = await r.exact(m.size, 'the OVF descriptor');
+      if (verify) {
+        const digests = new MemberDigests();
+        digests.update(text);
+        hashed.set(m.name, digests);
+      }
+      ovf = parseOvf(new TextDecoder().decode(text), `${NAME}:${m.name}`);
+      passed.push(m.name);
       await skipMember(r, m);
       break;
     }
@@ -117,14 +169,17 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     for (;;) {
       const m = await nextMember(r);
       if (!m) throw corrupt('ova', NAME, `the OVF's file "${href}" is not in the OVA`, { field: 'href', actual: href });
+      passed.push(m.name);
       if (m.name === href) {
         disk = m;
         break;
       }
       await skipMember(r, m);
     }
+    const diskDigests = verify ? new MemberDigests() : undefined;
+    if (diskDigests) hashed.set(disk.name, diskDigests);
     if (ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
-    const bytes = memberBytes(r, disk);
+    const bytes = memberBytes(r, disk, diskDigests);
     const head = await bytes.next();
     const first = head.done ? new Uint8Array(0) : head.value;
     if (first.length >= 4 && !hasSparseMagic(first)) {
@@ -138,9 +193,19 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     if (vmdk.size !== d.capacity) {
       throw corrupt('ova', NAME, `the OVF says disk "${d.diskId}" holds ${d.capacity} bytes, but "${href}" holds ${vmdk.size}`, { field: 'capacity', expected: d.capacity, actual: vmdk.size });
     }
+    const member = disk;
     async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
       try {
         yield* vmdk.pieces;
+        if (!verify) return;
+        await finishMember(r, member, diskDigests);
+        const names = new Set(passed);
+        const manifest = await readTail(r, names);
+        if (!manifest) {
+          if (options.verifyManifest) throw corrupt('ova', NAME, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
+          return;
+        }
+        checkStreamManifest(manifest, { hashed, names, disk: member.name }, NAME, options.untrusted ?? false);
       } finally {
         await r.cancel();
       }

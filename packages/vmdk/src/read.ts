@@ -1,7 +1,9 @@
 /**
  * Reading guest bytes: each extent in turn; inside a sparse extent, grain
- * by grain (plain grains straight from the file, compressed grains
- * inflated and cached, unallocated grains from the parent or as zeros).
+ * by grain (plain grains straight from the file; compressed grains read
+ * whole are read a span of the file at a time and inflated into place, a
+ * part of one is inflated into the grain cache; unallocated grains come
+ * from the parent or read as zeros).
  */
 import { corrupt, hex } from '@img/block';
 import { inflateGrain } from './compression.js';
@@ -49,6 +51,16 @@ export async function readBelow(core: VmdkImage, guest: number, out: Uint8Array)
   if (n < out.length) out.fill(0, n);
 }
 
+/** A compressed grain read whole into the caller's buffer, as part of a span of the file read at once. */
+interface SpanGrain {
+  grain: number;
+  hostOffset: number;
+  out: Uint8Array;
+}
+
+/** Bytes of the file one span read may cover: a few grains of random data, some dozens of compressible ones. */
+const SPAN_BYTES = 1 << 20;
+
 async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExtent: number, guest: number, out: Uint8Array): Promise<void> {
   const map = e.map;
   const reads: Promise<void>[] = [];
@@ -62,15 +74,34 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
     reads.push(p);
     holeStart = -1;
   };
+  // Whole compressed grains that lie one after another in the file: read as one span, then inflated one by one.
+  const spanned = !core.appendWriter && map.compressed && map.markers;
+  let span: SpanGrain[] = [];
+  const flushSpan = (): void => {
+    if (span.length === 0) return;
+    const p = readSpan(core, index, e, span);
+    p.catch(() => undefined);
+    reads.push(p);
+    span = [];
+  };
   while (done < out.length) {
     const at = inExtent + done;
     const grain = Math.floor(at / map.grainBytes);
     const inGrain = at - grain * map.grainBytes;
     const n = Math.min(map.grainBytes - inGrain, out.length - done);
-    if (!core.appendWriter && (await map.entry(grain)).kind === 'unallocated') {
+    const entry = core.appendWriter ? undefined : await map.entry(grain);
+    if (entry?.kind === 'unallocated') {
+      flushSpan();
       if (holeStart < 0) holeStart = done;
+    } else if (spanned && entry?.kind === 'data' && inGrain === 0 && n === map.grainBytes) {
+      flushHole(done);
+      const first = span[0];
+      const last = span[span.length - 1];
+      if (first && last && (entry.hostOffset <= last.hostOffset || entry.hostOffset - last.hostOffset > maxCompressedBytes(map.grainBytes) || entry.hostOffset - first.hostOffset >= SPAN_BYTES)) flushSpan();
+      span.push({ grain, hostOffset: entry.hostOffset, out: out.subarray(done, done + n) });
     } else {
       flushHole(done);
+      flushSpan();
       const p = readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n));
       p.catch(() => undefined);
       reads.push(p);
@@ -78,8 +109,41 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
     done += n;
   }
   flushHole(done);
+  flushSpan();
   const results = await Promise.allSettled(reads);
   for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/**
+ * Reads the compressed grains of `grains` (ascending in the file, each
+ * within one compressed grain of the last) with one read of the file from
+ * the first marker to a grain past the last, and inflates each straight
+ * into its place. A grain whose compressed bytes run past the span (more
+ * than a grain of compressed data) is read on its own.
+ */
+async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains: SpanGrain[]): Promise<void> {
+  const map = e.map;
+  const first = grains[0]!.hostOffset;
+  const end = Math.min(map.fileSize, grains[grains.length - 1]!.hostOffset + GRAIN_MARKER_HEADER + map.grainBytes);
+  // Reused buffers: a span's bytes are only looked at here, and the buffer goes back when the grains are inflated.
+  const buffer = core.takeSpanBuffer(SPAN_BYTES + GRAIN_MARKER_HEADER + maxCompressedBytes(map.grainBytes));
+  try {
+    const got = await e.storage.readInto(first, buffer.subarray(0, Math.max(0, end - first)));
+    const bytes = buffer.subarray(0, got);
+    for (const g of grains) {
+      const cached = core.cachedGrain(grainKey(index, g.grain));
+      if (cached) {
+        g.out.set(cached.subarray(0, g.out.length));
+        continue;
+      }
+      const data = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
+      const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset });
+      g.out.set(inflated.length > g.out.length ? inflated.subarray(0, g.out.length) : inflated);
+      if (inflated.length < g.out.length) g.out.fill(0, inflated.length);
+    }
+  } finally {
+    core.giveSpanBuffer(buffer);
+  }
 }
 
 async function readGrain(core: VmdkImage, index: number, e: SparseExtent, grain: number, inGrain: number, guest: number, out: Uint8Array): Promise<void> {
@@ -109,35 +173,42 @@ export function maxCompressedBytes(grainBytes: number): number {
   return 2 * grainBytes + SECTOR;
 }
 
+/**
+ * The compressed bytes of grain `grain` whose marker (or bare stream) is at
+ * `hostOffset`, checked against the grain table and the file: taken from
+ * `span` (file bytes from `spanAt`) where it holds them, else read.
+ */
+async function compressedBytes(e: SparseExtent, grain: number, hostOffset: number, span?: Uint8Array, spanAt = 0): Promise<Uint8Array> {
+  const map = e.map;
+  const file = e.storage.name;
+  const limit = maxCompressedBytes(map.grainBytes);
+  if (!map.markers) return e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
+  let head = span && hostOffset >= spanAt && hostOffset - spanAt + GRAIN_MARKER_HEADER <= span.length ? span.subarray(hostOffset - spanAt) : undefined;
+  // One read for the marker and (usually) the whole compressed grain: a grain rarely compresses to more than itself.
+  head ??= await e.storage.read(hostOffset, Math.min(GRAIN_MARKER_HEADER + map.grainBytes, Math.max(0, map.fileSize - hostOffset)));
+  if (head.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
+  const marker = parseMarker(head, 0, file);
+  const lba = grain * map.header.grainSize;
+  if (marker.size === 0 || marker.size > limit) {
+    throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
+  }
+  if (marker.value !== lba) {
+    throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is for sector ${marker.value}, but the grain table maps sector ${lba} there`, { field: 'grain marker lba', offset: hostOffset, expected: lba, actual: marker.value });
+  }
+  if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
+    throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
+  }
+  return GRAIN_MARKER_HEADER + marker.size <= head.length ? head.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + marker.size) : e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
+}
+
 /** Inflates (or finds in the cache) grain `grain` of a compressed extent, whose marker or stream is at `hostOffset`. */
 export async function compressedGrain(core: VmdkImage, index: number, e: SparseExtent, grain: number, hostOffset: number): Promise<Uint8Array> {
   const key = grainKey(index, grain);
   const cached = core.cachedGrain(key);
   if (cached) return cached;
   const map = e.map;
-  const file = e.storage.name;
-  const limit = maxCompressedBytes(map.grainBytes);
-  let data: Uint8Array;
-  if (map.markers) {
-    // One read for the marker and (usually) the whole compressed grain: a grain rarely compresses to more than itself.
-    const first = await e.storage.read(hostOffset, Math.min(GRAIN_MARKER_HEADER + map.grainBytes, Math.max(0, map.fileSize - hostOffset)));
-    if (first.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
-    const marker = parseMarker(first, 0, file);
-    const lba = grain * map.header.grainSize;
-    if (marker.size === 0 || marker.size > limit) {
-      throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
-    }
-    if (marker.value !== lba) {
-      throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is for sector ${marker.value}, but the grain table maps sector ${lba} there`, { field: 'grain marker lba', offset: hostOffset, expected: lba, actual: marker.value });
-    }
-    if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
-      throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
-    }
-    data = GRAIN_MARKER_HEADER + marker.size <= first.length ? first.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + marker.size) : await e.storage.read(hostOffset + GRAIN_MARKER_HEADER, marker.size);
-  } else {
-    data = await e.storage.read(hostOffset, Math.min(limit, map.fileSize - hostOffset));
-  }
-  const inflated = await inflateGrain(data, map.grainBytes, { file, hostOffset });
+  const data = await compressedBytes(e, grain, hostOffset);
+  const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset });
   let grainBytes = inflated;
   if (inflated.length < map.grainBytes) {
     grainBytes = new Uint8Array(map.grainBytes);

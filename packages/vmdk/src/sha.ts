@@ -280,7 +280,28 @@ class Sha512 extends BlockHash {
 /** Digest algorithms of an OVA manifest. */
 export type ManifestAlgorithm = 'sha1' | 'sha256' | 'sha512';
 
-/** A new incremental hasher for a manifest's algorithm. */
-export function newHasher(algorithm: ManifestAlgorithm): Hasher {
+/** The hashers written here, which run anywhere (what newHasher answers unless the platform's are installed). */
+export function portableHasher(algorithm: ManifestAlgorithm): Hasher {
   return algorithm === 'sha1' ? new Sha1() : algorithm === 'sha512' ? new Sha512() : new Sha256();
+}
+
+/** Makes the platform's hashers (Node's node:crypto, installed by its entry) or, with undefined, the portable ones serve newHasher. */
+export type HasherFactory = (algorithm: ManifestAlgorithm) => Hasher;
+
+let platform: HasherFactory | undefined;
+
+/**
+ * Installs the hashers every manifest in this realm is made and checked
+ * with (the same digests, faster: Node's entry installs node:crypto's);
+ * undefined goes back to the portable ones. Answers the factory it replaced.
+ */
+export function setManifestHashers(factory: HasherFactory | undefined): HasherFactory | undefined {
+  const before = platform;
+  platform = factory;
+  return before;
+}
+
+/** A new incremental hasher for a manifest's algorithm: the platform's where installed, else the portable one. */
+export function newHasher(algorithm: ManifestAlgorithm): Hasher {
+  return platform ? platform(algorithm) : portableHasher(algorithm);
 }

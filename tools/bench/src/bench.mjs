@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { vmdkRows } from './vmdk-bench.mjs';
+import { startInproc } from './inproc-bench.mjs';
 import { childEnv, median, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -42,6 +43,8 @@ export function configFromEnv(env = process.env) {
     compress: list(env.IMG_BENCH_COMPRESS, ['deflate', 'zstd']).filter((c) => c !== 'none' && c !== '0'),
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     vmdkFrom: list(env.IMG_BENCH_VMDK, ['A', 'E']).filter((n) => n !== 'none'),
+    inproc: list(env.IMG_BENCH_INPROC, ['A']).filter((n) => n !== 'none'),
+    vmdkPairs: list(env.IMG_BENCH_VMDK_PAIRS, undefined),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
     nbd: env.IMG_BENCH_NBD !== '0',
@@ -87,8 +90,13 @@ async function alternate(cfg, label, img, qemu, check) {
   return row;
 }
 
-/** Conversion rows: every pair on every input. */
-async function convertRows(cfg, files, layout) {
+/**
+ * Conversion rows: every pair on every input. With `inproc` (inputs named
+ * in IMG_BENCH_INPROC), each pair also gets an in-process row in
+ * `inproc.rows`: convertFile() in the long-running process against the
+ * same qemu-img runs (inproc-bench.mjs).
+ */
+async function convertRows(cfg, files, layout, inproc) {
   const rows = [];
   const outImg = join(cfg.dir, 'out-img');
   const outQemu = join(cfg.dir, 'out-qemu');
@@ -112,6 +120,11 @@ async function convertRows(cfg, files, layout) {
       row.pair = `${from}->${to}`;
       row.sparse = layout[input].runs.reduce((n, r) => n + r.length, 0) < layout[input].virtual;
       rows.push(row);
+      if (inproc) {
+        const inImg = () => inproc.runner.convert({ srcFormat: from, dstFormat: to, input: src, output: dstImg });
+        const r = await alternate(cfg, `${input} ${from}->${to} (in-process)`, inImg, qemu, () => compare(from, src, to, dstImg));
+        inproc.rows.push({ ...r, input, pair: `${from}->${to}`, inProcess: true });
+      }
       await rm(dstImg, { force: true });
       await rm(dstQemu, { force: true });
     }
@@ -232,30 +245,47 @@ async function settleInputs() {
 export async function runBench(cfg) {
   await mkdir(cfg.dir, { recursive: true });
   const layout = layouts(cfg.scale);
-  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [] };
+  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [], inproc: [] };
   result.startup = await startupRow(cfg);
+  // One long-running Node process for every in-process row, started only if some input asks for them.
+  const wantsInproc = cfg.inproc.some((n) => cfg.inputs.includes(n) || cfg.vmdkFrom.includes(n));
+  const runner = wantsInproc ? startInproc() : undefined;
+  const inprocFor = (name) => (runner && cfg.inproc.includes(name) ? { runner, rows: result.inproc } : undefined);
+  try {
+    await benchInputs(cfg, result, layout, inprocFor);
+  } finally {
+    await runner?.close();
+  }
+  result.machine.loadAfter = loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+  return result;
+}
+
+/** The rows of every input, filled into `result`. */
+async function benchInputs(cfg, result, layout, inprocFor) {
   const files = {};
   for (const name of cfg.inputs) {
     cfg.log(`input ${name}: ${layout[name].note}`);
     files[name] = await ensureInput(cfg.dir, name, layout[name]);
     await settleInputs();
     // Raw C is 1 TiB: without SEEK_DATA both tools must not read it all, qemu skips holes, so does img with the helper.
-    result.convert.push(...(await convertRows(cfg, { [name]: files[name] }, layout)));
-    if (cfg.vmdkFrom.includes(name) && name !== 'E') result.vmdk.push(...(await vmdkRows(cfg, name, files[name].raw, alternate, IMG_CONVERT)));
+    result.convert.push(...(await convertRows(cfg, { [name]: files[name] }, layout, inprocFor(name))));
+    if (cfg.vmdkFrom.includes(name) && name !== 'E') result.vmdk.push(...(await vmdkRows(cfg, name, files[name].raw, alternate, IMG_CONVERT, inprocFor(name))));
     if (!cfg.keep && name !== 'E') for (const f of Object.values(files[name])) await rm(f, { force: true });
     if (!cfg.keep) await rm(join(cfg.dir, `${name}.stamp`), { force: true });
   }
   // Inputs named only for the VMDK rows (not converted in every pair).
   for (const name of cfg.vmdkFrom.filter((n) => n !== 'E' && !cfg.inputs.includes(n) && layout[n])) {
     const f = await ensureInput(cfg.dir, name, layout[name], ['raw']);
-    result.vmdk.push(...(await vmdkRows(cfg, name, f.raw, alternate, IMG_CONVERT)));
+    result.vmdk.push(...(await vmdkRows(cfg, name, f.raw, alternate, IMG_CONVERT, inprocFor(name))));
     if (!cfg.keep) await rm(f.raw, { force: true });
   }
   if (cfg.compress.length || cfg.diskOps > 0 || cfg.vmdkFrom.includes('E')) {
     cfg.log(`input E: ${layout.E.note}`);
     const e = await ensureInput(cfg.dir, 'E', layout.E, ['raw', 'qcow2']);
     await settleInputs();
-    if (cfg.vmdkFrom.includes('E')) result.vmdk.push(...(await vmdkRows(cfg, 'E', e.raw, alternate, IMG_CONVERT)));
+    if (cfg.vmdkFrom.includes('E')) result.vmdk.push(...(await vmdkRows(cfg, 'E', e.raw, alternate, IMG_CONVERT, inprocFor('E'))));
     if (cfg.compress.length) result.compress = await compressRows(cfg, e);
     if (cfg.diskOps > 0) {
       cfg.log(`disk API: 4 KiB, depth ${cfg.diskDepth}, ${cfg.diskOps} ops, on E.qcow2 (fully allocated)`);
@@ -270,8 +300,4 @@ export async function runBench(cfg) {
     cfg.log('nbd: nbdcopy from img serve vs qemu-nbd');
     result.nbd = [await nbdRow(cfg, alternate, IMG)];
   } else result.nbd = [];
-  result.machine.loadAfter = loadavg()
-    .map((x) => x.toFixed(2))
-    .join(' ');
-  return result;
 }

@@ -26,14 +26,20 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
       IMG_BENCH_DISK_OPS: '64',
       IMG_BENCH_QUIET: '1',
       IMG_BENCH_COMPRESS_FROM: 'raw,qcow2',
+      IMG_BENCH_VMDK: 'A,B,E',
     });
     const result = await runBench(cfg);
     expect(result.convert).toHaveLength(3 * 7);
     expect(result.compress).toHaveLength(4);
     expect(result.disk).toHaveLength(4);
-    // VMDK rows on A and E: raw->vmdk, raw->vmdk streamOptimized, vmdk->raw, vmdk streamOptimized->raw.
-    expect(result.vmdk).toHaveLength(8);
-    for (const row of [...result.convert, ...result.compress, ...result.disk, ...result.vmdk]) {
+    // VMDK rows on A, B and E: raw->vmdk, raw->vmdk streamOptimized, vmdk->raw, vmdk streamOptimized->raw.
+    expect(result.vmdk).toHaveLength(12);
+    expect(result.vmdk.filter((r: { input: string }) => r.input === 'B')).toHaveLength(4);
+    // In-process rows (IMG_BENCH_INPROC defaults to A): every pair and every VMDK row of A, convertFile() in one running process.
+    expect(result.inproc).toHaveLength(7 + 4);
+    expect(result.inproc.every((r: { input: string; inProcess: boolean }) => r.input === 'A' && r.inProcess)).toBe(true);
+    expect(result.inproc.filter((r: { vmdk?: boolean }) => r.vmdk)).toHaveLength(4);
+    for (const row of [...result.convert, ...result.compress, ...result.disk, ...result.vmdk, ...result.inproc]) {
       expect(row.ok, row.label).toBe(true);
       expect(row.img.wall).toBeGreaterThan(0);
       expect(row.qemu.wall).toBeGreaterThan(0);
@@ -48,6 +54,10 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
     }
     expect(md).toContain('raw->qcow2 -c zstd');
     expect(md).toContain('| E | raw->vmdk streamOptimized |');
+    expect(md).toContain('| B | vmdk streamOptimized->raw |');
+    expect(md).toContain('### In-process (small inputs): convertFile() in a running Node process');
+    expect(md).toContain('| A | vmdk: vmdk streamOptimized->raw |');
+    expect(md).toContain('| A | qcow2->raw |');
     expect(targets(result).find((t: { target: string }) => t.target.startsWith('outputs identical')).met).toBe(true);
     // The report replaces only the generated section.
     const out = join(dir, 'BENCHMARKS.md');
@@ -61,4 +71,52 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
     expect(text).not.toContain('first');
     expect(text.indexOf(START)).toBeLessThan(text.indexOf(END));
   }, 300_000);
+});
+
+describe('in-process rows', () => {
+  const row = (pair: string, ratio: number, vmdk = true) => ({ input: 'A', pair, ratio, vmdk, inProcess: true, ok: true, img: { wall: ratio, cpu: 0, rssMiB: 500 }, qemu: { wall: 1, cpu: 0, rssMiB: 1 } });
+  const base = { convert: [], compress: [], disk: [], vmdk: [], nbd: [] };
+  const inprocTarget = (inproc: unknown[]) => targets({ ...base, inproc }).find((t: { target: string }) => t.target.startsWith('vmdk rows in-process'));
+
+  it('judge the VMDK rows at 0.8x and the streamOptimized write at 0.7x, and stay out of the RSS target', () => {
+    expect(inprocTarget([row('vmdk->raw', 0.79), row('raw->vmdk streamOptimized', 0.69)]).met).toBe(true);
+    expect(inprocTarget([row('vmdk->raw', 0.79), row('raw->vmdk streamOptimized', 0.75)]).met).toBe(false);
+    expect(inprocTarget([row('vmdk->raw', 0.81)]).met).toBe(false);
+    expect(inprocTarget([]).met).toBe(false);
+    // Conversion rows are reported, not judged by the VMDK target.
+    expect(inprocTarget([row('raw->qcow2', 3, false), row('vmdk->raw', 0.5)]).met).toBe(true);
+    const all = targets({ ...base, vmdk: [row('vmdk->raw', 0.5)], inproc: [row('vmdk->raw', 0.5)] });
+    expect(all.find((t: { target: string }) => t.target.startsWith('peak RSS')).detail).toBe('max 500 MiB');
+  });
+
+  it.skipIf(!haveQemu)(
+    'the running process answers with the conversion time, and a failed conversion is an error',
+    async () => {
+      const { startInproc } = await import('./inproc-bench.mjs');
+      const dir = mkdtempSync(join(tmpdir(), 'img-bench-inproc-'));
+      const runner = startInproc();
+      try {
+        const raw = join(dir, 'in.raw');
+        spawnSync('qemu-img', ['create', '-f', 'raw', raw, '1M']);
+        const sample = await runner.convert({ srcFormat: 'raw', dstFormat: 'vmdk', input: raw, output: join(dir, 'out.vmdk'), createOptions: { subformat: 'streamOptimized' } });
+        expect(sample.wall).toBeGreaterThan(0);
+        expect(sample.rssMiB).toBeGreaterThan(0);
+        expect(spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'vmdk', raw, join(dir, 'out.vmdk')]).status).toBe(0);
+        expect(spawnSync('qemu-img', ['info', join(dir, 'out.vmdk')]).stdout.toString()).toContain('streamOptimized');
+        await expect(runner.convert({ srcFormat: 'raw', dstFormat: 'vmdk', input: join(dir, 'missing.raw'), output: join(dir, 'x.vmdk') })).rejects.toThrow(/in-process raw->vmdk/);
+      } finally {
+        await runner.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    60_000,
+  );
+});
+
+it('reads the in-process inputs and the VMDK row filter from the environment', () => {
+  expect(configFromEnv({}).inproc).toEqual(['A']);
+  expect(configFromEnv({ IMG_BENCH_INPROC: 'none' }).inproc).toEqual([]);
+  expect(configFromEnv({ IMG_BENCH_INPROC: 'A,B' }).inproc).toEqual(['A', 'B']);
+  expect(configFromEnv({}).vmdkPairs).toBeUndefined();
+  expect(configFromEnv({ IMG_BENCH_VMDK_PAIRS: 'vmdk->raw, vmdk streamOptimized->raw' }).vmdkPairs).toEqual(['vmdk->raw', 'vmdk streamOptimized->raw']);
 });

@@ -8,21 +8,23 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run, timed } from './proc.mjs';
 
-/** The rows: label, source format, qemu options, img options, destination format. */
+/** The rows: label, source format, qemu and img options, convertFile()'s createOptions (in-process rows), destination format. */
 const ROWS = [
   { pair: 'raw->vmdk', from: 'raw', to: 'vmdk', opts: [] },
-  { pair: 'raw->vmdk streamOptimized', from: 'raw', to: 'vmdk', opts: ['-o', 'subformat=streamOptimized'] },
+  { pair: 'raw->vmdk streamOptimized', from: 'raw', to: 'vmdk', opts: ['-o', 'subformat=streamOptimized'], create: { subformat: 'streamOptimized' } },
   { pair: 'vmdk->raw', from: 'vmdk', to: 'raw', opts: [], source: [] },
   { pair: 'vmdk streamOptimized->raw', from: 'vmdk', to: 'raw', opts: [], source: ['-o', 'subformat=streamOptimized'] },
 ];
 
 /**
  * Runs the VMDK rows on input `name` (its raw file `raw`), alternating
- * img and qemu-img through `alternate` (bench.mjs).
+ * img and qemu-img through `alternate` (bench.mjs). With `inproc`
+ * ({ runner, rows }: inproc-bench.mjs), each row is run again with img as
+ * convertFile() in the long-running process, into `inproc.rows`.
  */
-export async function vmdkRows(cfg, name, raw, alternate, imgConvert) {
+export async function vmdkRows(cfg, name, raw, alternate, imgConvert, inproc) {
   const rows = [];
-  for (const spec of ROWS) {
+  for (const spec of ROWS.filter((r) => !cfg.vmdkPairs || cfg.vmdkPairs.includes(r.pair))) {
     let src = raw;
     if (spec.from === 'vmdk') {
       src = join(cfg.dir, `${name}-src${spec.source.length ? '-so' : ''}.vmdk`);
@@ -38,14 +40,20 @@ export async function vmdkRows(cfg, name, raw, alternate, imgConvert) {
       await rm(dstQemu, { force: true });
       return timed('qemu-img', ['convert', '-f', spec.from, '-O', spec.to, ...spec.opts, src, dstQemu]);
     };
-    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, async () => {
+    const check = async () => {
       const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', spec.to, raw, dstImg], { allowFail: true });
       return r.code === 0;
-    });
+    };
+    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, check);
     row.input = name;
     row.pair = spec.pair;
     row.streamOptimized = spec.pair.includes('streamOptimized');
     rows.push(row);
+    if (inproc) {
+      const inImg = () => inproc.runner.convert({ srcFormat: spec.from, dstFormat: spec.to, input: src, output: dstImg, ...(spec.create ? { createOptions: spec.create } : {}) });
+      const r = await alternate(cfg, `${name} ${spec.pair} (in-process)`, inImg, qemu, check);
+      inproc.rows.push({ ...r, input: name, pair: spec.pair, streamOptimized: row.streamOptimized, vmdk: true, inProcess: true });
+    }
     await rm(dstImg, { force: true });
     await rm(dstQemu, { force: true });
     if (src !== raw) await rm(src, { force: true });

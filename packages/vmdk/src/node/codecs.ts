@@ -24,7 +24,7 @@ function deflateNode(input: Uint8Array): Uint8Array {
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. A small pool of worker threads (one per core, at most 4: the
+ * writes. A small pool of worker threads (IMG_COMPRESS_THREADS, or one per core, at most 4: the
  * main thread mostly waits for I/O, so on two cores two workers keep both busy), created on first use and unref'd while idle (they
  * never keep a process alive); where workers cannot start, grains are
  * compressed here. The workers run the same zlib at the same level, so the
@@ -60,11 +60,26 @@ let pool: PoolWorker[] | undefined | null;
 let nextId = 0;
 const waiting = new Map<number, { resolve: (v: Uint8Array[]) => void; reject: (e: unknown) => void; owner: PoolWorker }>();
 
+/**
+ * Workers in the pool: IMG_COMPRESS_THREADS when set to an integer >= 0
+ * (as qcow2's compression pool reads it; 0 compresses on the main thread),
+ * else one per core, at most 4.
+ */
+export function poolSize(cores: number): number {
+  const env = Number(process.env.IMG_COMPRESS_THREADS);
+  if (process.env.IMG_COMPRESS_THREADS !== undefined && process.env.IMG_COMPRESS_THREADS.trim() !== '' && Number.isInteger(env) && env >= 0) return env;
+  return Math.max(1, Math.min(4, cores));
+}
+
 async function getPool(): Promise<PoolWorker[] | null> {
   if (pool !== undefined) return pool;
   try {
     const [{ Worker }, { availableParallelism }] = await Promise.all([import('node:worker_threads'), import('node:os')]);
-    const count = Math.max(1, Math.min(4, availableParallelism()));
+    const count = poolSize(availableParallelism());
+    if (count === 0) {
+      pool = null;
+      return pool;
+    }
     pool = [];
     for (let i = 0; i < count; i++) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });

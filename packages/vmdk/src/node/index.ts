@@ -11,6 +11,7 @@ import { openVmdk, type VmdkOpenOptions } from '../open.js';
 import { installNodeCodecs } from './codecs.js';
 
 export { nodeCodecs, installNodeCodecs, deflateGrainsInPool } from './codecs.js';
+export { nodeHashers, installNodeHashers } from './hashers.js';
 
 /** Opens a VMDK file; extents and parents are found with fileResolver unless options say otherwise. */
 export async function openVmdkFile(path: string, options: VmdkOpenOptions = {}): Promise<VmdkDisk> {
