@@ -405,8 +405,9 @@ static bool copy_range(copy_job *j, off_t src, off_t dst, size_t len, size_t *mo
  */
 static __thread sigjmp_buf *guard_jump;
 static struct sigaction previous_bus;
-static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
-static bool guard_ready;
+/* 0: not tried yet, 1: installed, 2: sigaction failed (no mapped scan). Not pthread_once: that symbol is GLIBC_2.34, past the prebuild's floor. */
+static int guard_state;
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context) {
   sigjmp_buf *jump = guard_jump;
@@ -429,14 +430,20 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
   if (info == NULL || info->si_code <= 0) raise(SIGBUS);
 }
 
-static void install_guard(void) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_sigbus;
-  /* SA_NODEFER: the jump leaves the handler without restoring the mask, so SIGBUS must not be blocked in it. */
-  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-  sigemptyset(&sa.sa_mask);
-  guard_ready = sigaction(SIGBUS, &sa, &previous_bus) == 0;
+static bool install_guard(void) {
+  if (__atomic_load_n(&guard_state, __ATOMIC_ACQUIRE) != 0) return guard_state == 1;
+  pthread_mutex_lock(&guard_lock);
+  if (guard_state == 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    /* SA_NODEFER: the jump leaves the handler without restoring the mask, so SIGBUS must not be blocked in it. */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    __atomic_store_n(&guard_state, sigaction(SIGBUS, &sa, &previous_bus) == 0 ? 1 : 2, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock(&guard_lock);
+  return guard_state == 1;
 }
 
 /* Writes source bytes [src, src + len) to dst; `mapped` holds the same bytes (the pwrite fallback). */
@@ -560,8 +567,7 @@ static void execute(napi_env env, void *data) {
   }
   if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
     struct stat st;
-    pthread_once(&guard_once, install_guard);
-    if (!guard_ready || stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode)) j->map_scan = false;
+    if (!install_guard() || stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode)) j->map_scan = false;
     else j->src_size = st.st_size;
   }
   size_t at = 0; /* readRuns: where the next run goes in the buffer */
