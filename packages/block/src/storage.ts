@@ -24,7 +24,7 @@ export interface RunCopyOptions {
   granule?: number;
   /** Runs are read in chunks that end at multiples of this many destination bytes (default 4 MiB, at most 64 MiB). */
   chunkSize?: number;
-  /** With minZeroRun 0, copyRunsTo may let the kernel copy (copy_file_range). Default true. */
+  /** copyRunsTo may let the kernel copy (copy_file_range), and with zero detection scan in-memory chunks through a mapping instead of reading them. Default true. */
   copyRange?: boolean;
   /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
   signal?: AbortSignal;

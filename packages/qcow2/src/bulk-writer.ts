@@ -13,7 +13,7 @@
 import { checkDiskRange, diskClosedError, extentRange } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
-import { openQcow2 } from './open.js';
+import { openWrittenQcow2 } from './open.js';
 import { bulkLayout, commitBulkImage, writeEmptyImage, type BulkLayout } from './bulk-writer-metadata.js';
 
 const FORMAT = 'qcow2';
@@ -330,7 +330,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       this.#state = 'aborted';
       throw e;
     }
-    return openQcow2(this.storage, { readOnly: false });
+    return openWrittenQcow2(this.storage);
   }
 
   /**

@@ -47,11 +47,23 @@ function defaultFormats(): FormatRegistry {
   return ownFormats;
 }
 
+/** How an image came to be opened, for opens inside the package (not an option callers can set). */
+interface OpenOrigin {
+  /**
+   * The image is one this package has just written and committed in full
+   * (the bulk writer's finish): the writable-open gate, which guards
+   * against shared and overlapping clusters in images from elsewhere, has
+   * nothing to find, and reading every L2 table again cost 50-80 ms of a
+   * one-second conversion.
+   */
+  ownImage?: boolean;
+}
+
 /**
  * Opens the core of a qcow2 image (internal: check, amend and the public
  * {@link openQcow2} use it). Validates everything before allocating.
  */
-export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions = {}): Promise<Qcow2Image> {
+export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions = {}, origin: OpenOrigin = {}): Promise<Qcow2Image> {
   const file = storage.name;
   const readOnly = options.readOnly ?? true;
   if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, file);
@@ -159,7 +171,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
       const refcounts = core.writer?.allocator.refcounts;
-      if (!options.checkOnly && refcounts) await gateWritableOpen(core, core.active, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
+      if (!options.checkOnly && !origin.ownImage && refcounts) await gateWritableOpen(core, core.active, (c) => refcounts.get(c), new Map(refcounts.untrustedBlocks.map((b) => [b.index, b.reason])));
     }
   } catch (e) {
     await closeQcow2(core).catch(() => undefined);
@@ -185,4 +197,14 @@ export async function openQcow2(storage: Storage, options: Qcow2OpenOptions = {}
     await closeQcow2(core);
     throw e;
   }
+}
+
+/**
+ * Opens for writing the image the bulk writer has just committed
+ * (bulk-writer.ts), without the writable-open gate (see OpenOrigin). The
+ * header, tables and refcounts are still parsed and validated as in any
+ * open.
+ */
+export async function openWrittenQcow2(storage: Storage): Promise<Qcow2Disk> {
+  return new Qcow2Disk(await openQcow2Image(storage, { readOnly: false }, { ownImage: true }), { owner: true });
 }
