@@ -49,10 +49,9 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 /** Raw (unmerged) extents of [start, end). */
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
-  const host = (hostOffset: number) => (options.hostOffsets ? { hostOffset, file: s.storage.name } : {});
   if (start >= end) return;
   if (s.type === 'fixed') {
-    yield { offset: start, length: end - start, kind: 'data', depth: 0, ...host(start) };
+    yield* fileRuns(s, start, end, start, options);
     return;
   }
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
@@ -78,12 +77,45 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       for (const run of bitRuns(bitmap, first, last - first)) {
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-        if (run.set) yield { offset: from, length: to - from, kind: 'data', depth: 0, ...host(dataStart + from - base) };
+        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options);
         else yield* extentsBelow(s, from, to, options);
       }
     }
     pos = next;
   }
+}
+
+/**
+ * Guest [from, to), stored at `hostOffset` in this layer's file: data, except
+ * where the file has a hole (a block qemu-img allocated but wrote only in
+ * part), which reads as zeros and is `zero` here, so a copy neither reads
+ * nor scans it (with `fileHoles`: the file system is asked, never the data).
+ */
+async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions): AsyncGenerator<Extent> {
+  const data = (at: number, n: number): Extent => ({ offset: at, length: n, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: hostOffset + at - from, file: s.storage.name } : {}) });
+  if (!options.fileHoles || !s.storage.ranges) {
+    yield data(from, to - from);
+    return;
+  }
+  const holes: Array<[number, number]> = [];
+  let covered = hostOffset;
+  for (const r of await s.storage.ranges(hostOffset, to - from)) {
+    if (!r.data) holes.push([r.offset, r.offset + r.length]);
+    covered = Math.max(covered, r.offset + r.length);
+  }
+  // What the answer does not cover lies past the end of the file and reads as zeros.
+  if (covered < hostOffset + to - from) holes.push([covered, hostOffset + to - from]);
+  let pos = from;
+  for (const [holeStart, holeEnd] of holes) {
+    // Holes are pages, sectors 512 bytes: only whole sectors become zero (a partial one stays data).
+    const start = Math.max(pos, Math.ceil((from + holeStart - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
+    const stop = Math.min(to, Math.floor((from + holeEnd - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
+    if (stop <= start) continue;
+    if (start > pos) yield data(pos, start - pos);
+    yield { offset: start, length: stop - start, kind: 'zero', depth: 0 };
+    pos = stop;
+  }
+  if (pos < to) yield data(pos, to - pos);
 }
 
 /** Bitmaps asked for ahead of the walk (allocated blocks only). */
