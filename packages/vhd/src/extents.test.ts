@@ -165,12 +165,16 @@ describe('fileHoles: blocks written in part', () => {
     const storage = new MemoryStorage({ name: 'f.vhd' });
     const disk = await createVhd(storage, { type: 'fixed', size: 4 * MiB });
     await disk.write(MiB, seededBytes(64 * 1024, 4));
+    // One sector in a 64 KiB page of the storage: the zero sectors beside it, up to 4 KiB from each hole, are read and become zero.
+    await disk.write(2 * MiB + 1024, seededBytes(512, 5));
     expect(await collect(disk.extents())).toEqual([{ offset: 0, length: 4 * MiB, kind: 'data', depth: 0 }]);
     const refined = await collect(disk.extents({ fileHoles: true }));
     expect(refined).toEqual([
       { offset: 0, length: MiB, kind: 'zero', depth: 0 },
       { offset: MiB, length: 64 * 1024, kind: 'data', depth: 0 },
-      { offset: MiB + 64 * 1024, length: 3 * MiB - 64 * 1024, kind: 'zero', depth: 0 },
+      { offset: MiB + 64 * 1024, length: MiB - 64 * 1024 + 1024, kind: 'zero', depth: 0 },
+      { offset: 2 * MiB + 1024, length: 64 * 1024 - 4096 - 1024, kind: 'data', depth: 0 },
+      { offset: 2 * MiB + 64 * 1024 - 4096, length: 2 * MiB - 64 * 1024 + 4096, kind: 'zero', depth: 0 },
     ]);
     await disk.close();
   });
