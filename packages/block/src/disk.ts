@@ -50,6 +50,15 @@ export interface ExtentOptions {
   topOnly?: boolean;
   /** Report host offsets; extents are then also split where host offsets are not contiguous. */
   hostOffsets?: boolean;
+  /**
+   * Also report as `zero` what a layer stores in holes of its file (a
+   * block allocated but written only in part): a question to the file
+   * system (a format may read the sectors of the page beside a hole to
+   * find which are zeros). A copy asks for it; `img map` does not,
+   * as qemu-img map does not look below the format. Default false
+   * (raw images always do it).
+   */
+  fileHoles?: boolean;
 }
 
 export interface WriteZeroesOptions {

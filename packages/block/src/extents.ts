@@ -140,7 +140,7 @@ export async function* parentExtents(parent: Disk | undefined, from: number, to:
   }
   const stop = Math.min(to, parent.size);
   if (from < stop) {
-    for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false })) {
+    for await (const e of parent.extents({ offset: from, length: stop - from, hostOffsets: options.hostOffsets ?? false, fileHoles: options.fileHoles ?? false })) {
       yield { ...e, depth: (e.depth ?? 0) + 1 };
     }
   }

@@ -311,7 +311,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     return true;
   };
 
-  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, ...(mode ? { hostOffsets: true } : {}) });
+  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, fileHoles: true, ...(mode ? { hostOffsets: true } : {}) });
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
   try {
     for await (const big of source) {

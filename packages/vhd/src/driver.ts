@@ -1,6 +1,7 @@
 /** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
 import type { DriverCreateOptions, FormatDriver, Storage } from '@img/block';
 import { checkOptionKeys, invalidArg, optionHelp } from '@img/block';
+import { createVhdFresh } from './bulk-writer.js';
 import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS, type VhdCreateOptions } from './create.js';
 import { COALESCE_COOKIE, FOOTER_COOKIE, readCookie } from './footer.js';
@@ -67,6 +68,7 @@ export const vhdDriver: FormatDriver = {
   check: (storage, options) => checkVhd(storage, options),
   stream: async (source, options) => createVhdStream(source, vhdStreamOptionsFrom(options)),
   readStream: async (input, options) => readVhdStream(input, options),
+  createFresh: (storage, options) => createVhdFresh(storage, options),
   createOptions: optionHelp(VHD_CREATE_OPTIONS),
   createOptionTable: VHD_CREATE_OPTIONS,
 };

@@ -130,3 +130,52 @@ describe('vhd block allocation', () => {
     await back.close();
   });
 });
+
+describe('fileHoles: blocks written in part', () => {
+  const MiB = 1024 * 1024;
+  const collect = async (it: AsyncIterable<Extent>) => {
+    const out: Extent[] = [];
+    for await (const e of it) out.push(e);
+    return out;
+  };
+
+  it('a dynamic block whose file has a hole: data as qemu-img map says, zero behind the written half with fileHoles', async () => {
+    const storage = new MemoryStorage({ name: 'h.vhd' });
+    const disk = await createVhd(storage, { size: 8 * MiB });
+    const half = seededBytes(MiB, 3);
+    await disk.write(2 * MiB, half);
+    expect((await collect(disk.extents())).filter((e) => e.kind === 'data')).toEqual([{ offset: 2 * MiB, length: 2 * MiB, kind: 'data', depth: 0 }]);
+    const refined = await collect(disk.extents({ fileHoles: true, hostOffsets: true }));
+    const data = refined.filter((e) => e.kind === 'data');
+    // The written megabyte (plus what the storage's page around its end holds), and the page the footer shares with the block's end.
+    expect(data[0]!.offset).toBe(2 * MiB);
+    expect(data[0]!.length).toBeGreaterThanOrEqual(MiB);
+    expect(Buffer.compare(await storage.read(data[0]!.hostOffset!, MiB), half)).toBe(0);
+    for (const e of data) expect(e.offset + e.length).toBeLessThanOrEqual(4 * MiB);
+    const zeroInBlock = refined.filter((e) => e.kind === 'zero' && e.offset >= 2 * MiB && e.offset < 4 * MiB).reduce((n, e) => n + e.length, 0);
+    expect(zeroInBlock).toBeGreaterThanOrEqual(MiB - 128 * 1024);
+    for (const e of refined) {
+      if (e.kind !== 'zero') continue;
+      expect((await disk.read(e.offset, e.length)).every((b) => b === 0)).toBe(true);
+    }
+    await disk.close();
+  });
+
+  it('a fixed disk: the holes of its data area are zero with fileHoles', async () => {
+    const storage = new MemoryStorage({ name: 'f.vhd' });
+    const disk = await createVhd(storage, { type: 'fixed', size: 4 * MiB });
+    await disk.write(MiB, seededBytes(64 * 1024, 4));
+    // One sector in a 64 KiB page of the storage: the zero sectors beside it, up to 4 KiB from each hole, are read and become zero.
+    await disk.write(2 * MiB + 1024, seededBytes(512, 5));
+    expect(await collect(disk.extents())).toEqual([{ offset: 0, length: 4 * MiB, kind: 'data', depth: 0 }]);
+    const refined = await collect(disk.extents({ fileHoles: true }));
+    expect(refined).toEqual([
+      { offset: 0, length: MiB, kind: 'zero', depth: 0 },
+      { offset: MiB, length: 64 * 1024, kind: 'data', depth: 0 },
+      { offset: MiB + 64 * 1024, length: MiB - 64 * 1024 + 1024, kind: 'zero', depth: 0 },
+      { offset: 2 * MiB + 1024, length: 64 * 1024 - 4096 - 1024, kind: 'data', depth: 0 },
+      { offset: 2 * MiB + 64 * 1024 - 4096, length: 2 * MiB - 64 * 1024 + 4096, kind: 'zero', depth: 0 },
+    ]);
+    await disk.close();
+  });
+});

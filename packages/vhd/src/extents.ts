@@ -4,7 +4,7 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -49,10 +49,9 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 /** Raw (unmerged) extents of [start, end). */
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
-  const host = (hostOffset: number) => (options.hostOffsets ? { hostOffset, file: s.storage.name } : {});
   if (start >= end) return;
   if (s.type === 'fixed') {
-    yield { offset: start, length: end - start, kind: 'data', depth: 0, ...host(start) };
+    yield* fileRuns(s, start, end, start, options);
     return;
   }
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
@@ -78,12 +77,85 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       for (const run of bitRuns(bitmap, first, last - first)) {
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-        if (run.set) yield { offset: from, length: to - from, kind: 'data', depth: 0, ...host(dataStart + from - base) };
+        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options);
         else yield* extentsBelow(s, from, to, options);
       }
     }
     pos = next;
   }
+}
+
+/**
+ * Guest [from, to), stored at `hostOffset` in this layer's file: data, except
+ * where the file has a hole (a block qemu-img allocated but wrote only in
+ * part), which reads as zeros and is `zero` here, so a copy neither reads
+ * nor scans it (with `fileHoles`: the file system is asked; of the data only
+ * the sectors of a page beside a hole are read, to see which are zeros).
+ */
+async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions): AsyncGenerator<Extent> {
+  const data = (at: number, n: number): Extent => ({ offset: at, length: n, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: hostOffset + at - from, file: s.storage.name } : {}) });
+  if (!options.fileHoles || !s.storage.ranges) {
+    yield data(from, to - from);
+    return;
+  }
+  const holes: Array<[number, number]> = [];
+  let covered = hostOffset;
+  for (const r of await s.storage.ranges(hostOffset, to - from)) {
+    if (!r.data) holes.push([r.offset, r.offset + r.length]);
+    covered = Math.max(covered, r.offset + r.length);
+  }
+  // What the answer does not cover lies past the end of the file and reads as zeros.
+  if (covered < hostOffset + to - from) holes.push([covered, hostOffset + to - from]);
+  const pieces: Extent[] = [];
+  let pos = from;
+  for (const [holeStart, holeEnd] of holes) {
+    // Holes are pages, sectors 512 bytes: only whole sectors become zero (a partial one stays data).
+    const start = Math.max(pos, Math.ceil((from + holeStart - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
+    const stop = Math.min(to, Math.floor((from + holeEnd - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
+    if (stop <= start) continue;
+    if (start > pos) pieces.push(data(pos, start - pos));
+    pieces.push({ offset: start, length: stop - start, kind: 'zero', depth: 0 });
+    pos = stop;
+  }
+  if (pos < to) pieces.push(data(pos, to - pos));
+  if (pieces.length === 1) {
+    yield pieces[0]!;
+    return;
+  }
+  // A hole starts and ends on a page boundary, so the data beside it may end (or start) with the
+  // zeros of a page written in part: those sectors (at most a page's worth) are read and become
+  // zero too, so a copy finds no zero edge to leave out and nothing to give back afterwards.
+  for (let i = 0; i < pieces.length; i++) {
+    const e = pieces[i]!;
+    if (e.kind !== 'data') {
+      yield e;
+      continue;
+    }
+    let head = e.offset;
+    let tail = e.offset + e.length;
+    if (i + 1 < pieces.length) tail -= await zeroSectors(s, hostOffset + tail - from, Math.min(EDGE, tail - head), 'tail');
+    if (i > 0 && tail > head) head += await zeroSectors(s, hostOffset + head - from, Math.min(EDGE, tail - head), 'head');
+    if (head > e.offset) yield { offset: e.offset, length: head - e.offset, kind: 'zero', depth: 0 };
+    if (tail > head) yield data(head, tail - head);
+    if (tail < e.offset + e.length) yield { offset: Math.max(head, tail), length: e.offset + e.length - Math.max(head, tail), kind: 'zero', depth: 0 };
+  }
+}
+
+/** The most bytes read beside a hole (a page of the common file systems). */
+const EDGE = 4096;
+
+/** How many whole zero sectors end (`tail`: the bytes before `at`) or start (`head`: from `at`) a `length`-byte window of the file. */
+async function zeroSectors(s: VhdState, at: number, length: number, side: 'head' | 'tail'): Promise<number> {
+  const bytes = new Uint8Array(length);
+  const n = await s.storage.readInto(side === 'tail' ? at - length : at, bytes);
+  if (n < length) bytes.fill(0, n);
+  let zero = 0;
+  for (let k = 0; k + VHD_SECTOR <= length; k += VHD_SECTOR) {
+    const sector = side === 'tail' ? bytes.subarray(length - k - VHD_SECTOR, length - k) : bytes.subarray(k, k + VHD_SECTOR);
+    if (!isAllZero(sector)) break;
+    zero += VHD_SECTOR;
+  }
+  return zero;
 }
 
 /** Bitmaps asked for ahead of the walk (allocated blocks only). */

@@ -1,0 +1,102 @@
+import { MemoryStorage, openRaw, sparseCopy, type Disk, type FreshImageWriter } from '@img/block';
+import { seededBytes } from '@img/testkit';
+import { describe, expect, it } from 'vitest';
+import { createVhdFresh } from './bulk-writer.js';
+import { checkVhd } from './check.js';
+import { createVhd } from './create.js';
+import { openVhd } from './open.js';
+
+const BLOCK = 64 * 1024;
+const BLOCKS = 12;
+const SIZE = BLOCK * BLOCKS;
+const fixed = { uuid: '12345678-1234-4234-8234-123456789abc', timestamp: new Date(1_700_000_000_000), blockSize: BLOCK };
+
+/** A raw source: whole blocks of data, a block written as zeros, half a block, a single sector, untouched blocks. */
+async function source(): Promise<{ disk: Disk; bytes: Uint8Array }> {
+  const bytes = new Uint8Array(SIZE);
+  bytes.set(seededBytes(2 * BLOCK, 1), 1 * BLOCK);
+  bytes.set(seededBytes(BLOCK / 2, 2), 5 * BLOCK);
+  bytes.set(seededBytes(512, 3), 8 * BLOCK + 4096);
+  bytes.set(seededBytes(BLOCK, 4), 10 * BLOCK);
+  const storage = MemoryStorage.from(bytes, { name: 'src.raw' });
+  // Block 3 is stored but reads as zeros: data in the extent map, skipped by the copy's zero scan.
+  await storage.write(3 * BLOCK, new Uint8Array(BLOCK));
+  return { disk: await openRaw(storage), bytes };
+}
+
+async function fresh(storage: MemoryStorage): Promise<FreshImageWriter> {
+  const w = await createVhdFresh(storage, { size: SIZE, ...fixed });
+  if (!w) throw new Error('no bulk writer for a dynamic disk');
+  return w;
+}
+
+async function expectClean(storage: MemoryStorage): Promise<void> {
+  const r = await checkVhd(MemoryStorage.from(storage.toBytes(), { name: 'x.vhd', readOnly: true }));
+  expect({ corruptions: r.corruptions, leaks: r.leaks, checkErrors: r.checkErrors }).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+}
+
+describe('the bulk writer (a new dynamic VHD written by one copy)', () => {
+  it('answers undefined for fixed and differencing disks, and for a backing file', async () => {
+    expect(await createVhdFresh(new MemoryStorage(), { size: SIZE, type: 'fixed' })).toBeUndefined();
+    expect(await createVhdFresh(new MemoryStorage(), { size: SIZE, backingFile: 'p.vhd' })).toBeUndefined();
+  });
+
+  it('writes the same bytes as the general writer, block for block', async () => {
+    const { disk: src, bytes } = await source();
+    const general = new MemoryStorage({ name: 'g.vhd' });
+    const g = await createVhd(general, { size: SIZE, ...fixed });
+    // One request at a time: the general writer then places blocks in guest order, as the bulk writer always does.
+    await sparseCopy(src, g, { concurrency: 1 });
+    await g.close();
+    const bulk = new MemoryStorage({ name: 'b.vhd' });
+    const w = await fresh(bulk);
+    await sparseCopy(src, w);
+    const done = await w.finish();
+    expect(Buffer.compare(await done.read(0, SIZE), bytes)).toBe(0);
+    await done.close();
+    expect(Buffer.compare(bulk.toBytes(), general.toBytes())).toBe(0);
+    await expectClean(bulk);
+  });
+
+  it('until finish() the file is the empty image; abort() leaves it so', async () => {
+    const storage = new MemoryStorage({ name: 'a.vhd' });
+    const w = await fresh(storage);
+    await w.write(4 * BLOCK, seededBytes(BLOCK, 5));
+    const during = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'd.vhd', readOnly: true }));
+    expect((await during.read(0, SIZE)).every((b) => b === 0)).toBe(true);
+    await during.close();
+    await w.abort();
+    const after = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'e.vhd', readOnly: true }));
+    expect((await after.read(0, SIZE)).every((b) => b === 0)).toBe(true);
+    await after.close();
+    await expectClean(storage);
+  });
+
+  it('gives back placed blocks a zero-skipping copy wrote nothing into, and moves the last block into the gap', async () => {
+    const storage = new MemoryStorage({ name: 'p.vhd' });
+    const w = await fresh(storage);
+    // As sparseCopy's file-to-file loop does: place runs, copy into the host positions, settle.
+    const placed = w.placeRuns!(0, 4 * BLOCK);
+    expect(placed.length).toBe(12);
+    const one = seededBytes(BLOCK, 6);
+    const three = seededBytes(BLOCK, 7);
+    // Blocks 0 and 2 get nothing (all zeros), block 1 a sector, block 3 all of it.
+    await storage.write(placed[4]! + 4096, one.subarray(0, 512));
+    await storage.write(placed[10]!, three);
+    await w.settleRuns!(Float64Array.from(placed));
+    const disk = await w.finish();
+    const expected = new Uint8Array(SIZE);
+    expected.set(one.subarray(0, 512), BLOCK + 4096);
+    expected.set(three, 3 * BLOCK);
+    expect(Buffer.compare(await disk.read(0, SIZE), expected)).toBe(0);
+    const data: Array<[number, number]> = [];
+    for await (const e of disk.extents()) if (e.kind === 'data') data.push([e.offset / BLOCK, e.length / BLOCK]);
+    expect(data).toEqual([
+      [1, 1],
+      [3, 1],
+    ]);
+    await disk.close();
+    // Two blocks in the file and the footer, no gap (check counts a gap between blocks or junk behind them as a leak).
+    await expectClean(storage);
+  });
+});
