@@ -10,7 +10,7 @@
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from './common.js';
-import { QEMU_LONG_OPTIONS, qemuShortSpellings } from './long-options.js';
+import { QEMU_LONG_OPTIONS } from './long-options.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -18,9 +18,12 @@ type Options = NonNullable<ParseArgsConfig['options']>;
  * `argv` with every long option that is an unambiguous prefix of one of
  * `names` written out in full. Values of options that take one, and all
  * that follows `--`, are left alone; an exact name always wins over longer
- * names it is a prefix of.
+ * names it is a prefix of. An option named in `spellings` (a command's
+ * qemu-img 10.1 spellings, `--format` or `-B`) becomes the letter it
+ * stands for, with an attached value split off as the next argument.
  */
-export function expandLongPrefixes(argv: readonly string[], names: readonly string[], takesValue: (name: string) => boolean = () => false, shortTakesValue: (letter: string) => boolean = () => false): string[] {
+export function expandLongPrefixes(argv: readonly string[], names: readonly string[], takesValue: (name: string) => boolean = () => false, shortTakesValue: (letter: string) => boolean = () => false, spellings: Readonly<Record<string, string>> = {}): string[] {
+  const spelling = (option: string): string | undefined => (Object.hasOwn(spellings, option) ? spellings[option] : undefined);
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -37,16 +40,24 @@ export function expandLongPrefixes(argv: readonly string[], names: readonly stri
         if (matches.length > 1) throw new UsageError(`option '--${given}' is ambiguous; possibilities: ${matches.map((m) => `'--${m}'`).join(' ')}`);
         if (matches.length === 1) name = matches[0]!;
       }
-      out.push(name === given ? arg : `--${name}${eq > 0 ? arg.slice(eq) : ''}`);
+      const letter = spelling(`--${name}`);
+      if (letter !== undefined) {
+        // A 10.1 long spelling: the 7.2 letter, with its value as the next argument.
+        out.push(letter);
+        if (eq > 0) out.push(arg.slice(eq + 1));
+      } else {
+        out.push(name === given ? arg : `--${name}${eq > 0 ? arg.slice(eq) : ''}`);
+      }
       if (eq < 0 && takesValue(name) && i + 1 < argv.length) out.push(argv[++i]!);
       continue;
     }
-    out.push(arg);
+    out.push(spelling(arg) ?? arg);
     // -x VALUE, or a group such as -Uf VALUE: the value is the next argument when the letter that takes it comes last.
     if (arg.startsWith('-') && arg.length > 1 && arg !== '-') {
-      for (let k = 1; k < arg.length; k++) {
-        if (!shortTakesValue(arg[k]!)) continue;
-        if (k === arg.length - 1 && i + 1 < argv.length) out.push(argv[++i]!);
+      const letters = spelling(arg) ?? arg;
+      for (let k = 1; k < letters.length; k++) {
+        if (!shortTakesValue(letters[k]!)) continue;
+        if (k === letters.length - 1 && i + 1 < argv.length) out.push(argv[++i]!);
         break;
       }
     }
@@ -78,7 +89,6 @@ export function parseArgs<T extends ParseArgsConfig>(config: CommandArgsConfig<T
     const alias = table[`--${name}`];
     return alias !== undefined && letterTakesValue(alias.slice(1));
   };
-  let args = expandLongPrefixes(rest.args ?? process.argv.slice(2), names, takesValue, letterTakesValue);
-  if (command !== undefined) args = qemuShortSpellings(command, args);
+  const args = expandLongPrefixes(rest.args ?? process.argv.slice(2), names, takesValue, letterTakesValue, table);
   return nodeParseArgs({ ...rest, args } as unknown as T);
 }
