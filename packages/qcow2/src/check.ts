@@ -31,6 +31,25 @@ interface CopiedFix {
   /** Host offset of the 8-byte entry to rewrite. */
   at: number;
   set: boolean;
+  /** The host cluster the entry points at. */
+  cluster: number;
+  /** The entry as stored, in hex (as qemu-img check prints it). */
+  raw: string;
+  /** For an L1 entry, its index (qemu-img names L1 entries by index, L2 entries by value). */
+  l1Index?: number;
+  /** The cluster's stored refcount, filled in by the tally (for the message). */
+  refcount?: number;
+}
+
+/** The line qemu-img check prints for a COPIED flag that disagrees with the refcount (verb: ERROR, or Repairing when fixed). */
+function copiedLine(f: CopiedFix, verb: 'ERROR' | 'Repairing'): string {
+  const rc = f.refcount ?? (f.set ? 1 : 0);
+  return f.l1Index !== undefined ? `${verb} OFLAG_COPIED L2 cluster: l1_index=${f.l1Index} l1_entry=${f.raw} refcount=${rc}` : `${verb} OFLAG_COPIED data cluster: l2_entry=${f.raw} refcount=${rc}`;
+}
+
+/** An 8-byte big-endian entry at `at` of `bytes` in hex, without leading zeros. */
+function entryHex(bytes: Uint8Array, at: number): string {
+  return ((BigInt(readU32Be(bytes, at)) << 32n) | BigInt(readU32Be(bytes, at + 4))).toString(16);
 }
 
 interface Scan {
@@ -165,12 +184,12 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   };
   const isOne = await storedOnes(s, nClusters);
   // COPIED must be set exactly when the refcount is 1 (implicit: external data file clusters are never shared).
-  const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean) => {
+  // Reported by the tally after the refcounts, in qemu-img check's order.
+  const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean, raw: () => string, l1Index?: number) => {
     const one = implicit || (cluster < nClusters && isOne[cluster] === 1);
     if (one === isSet) return;
     r.corruptions++;
-    say(`ERROR OFLAG_COPIED entry at ${hex(at)}: refcount is ${one ? '' : 'not '}1`);
-    r.copiedFixes.push({ at, set: one });
+    r.copiedFixes.push({ at, set: one, cluster, raw: raw(), l1Index, refcount: implicit ? 1 : undefined });
   };
   const h = s.header;
   ref(0, cs, 'header');
@@ -211,7 +230,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
           return;
         }
         ref(l2Offset, cs, 'L2 table');
-        if (active) copied(l1Offset + i * 8, l2Offset / cs, l1EntryCopied(t, i), false);
+        if (active) copied(l1Offset + i * 8, l2Offset / cs, l1EntryCopied(t, i), false, () => entryHex(l1, i * 8), i);
         keys.push(l2Offset / cs);
       },
       (e) => {
@@ -270,7 +289,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
             r.allocated += activeTimes;
             if (nextContiguous && e.host !== nextContiguous) r.fragmented += activeTimes;
             nextContiguous = e.host + cs;
-            copied(at, e.host / cs, e.copied, s.entryGeom.dataFile);
+            copied(at, e.host / cs, e.copied, s.entryGeom.dataFile, () => entryHex(table, at - l2Offset));
           }
         }
       },
@@ -314,6 +333,9 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const rt = new Uint8Array(h.refcountTableClusters * cs);
   await s.storage.readInto(h.refcountTableOffset, rt);
   const block = new Uint8Array(cs);
+  // The stored refcounts of the clusters whose COPIED flag is wrong, for their messages.
+  const wanted = new Map<number, CopiedFix[]>();
+  for (const f of sc.copiedFixes.slice(0, MAX_MESSAGES)) if (f.refcount === undefined) wanted.set(f.cluster, [...(wanted.get(f.cluster) ?? []), f]);
   for (let b = 0; b * perBlock < n; b++) {
     let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
     if (off && (off % cs || off + cs > s.fileSize)) {
@@ -325,6 +347,7 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     for (let k = 0; k < perBlock && b * perBlock + k < n; k++) {
       const c = b * perBlock + k;
       const st = off ? readRefcount(block, k, bits) : 0;
+      for (const f of wanted.get(c) ?? []) f.refcount = st;
       const computed = sc.refs[c]!;
       if (st > 0 || computed > 0) t.imageEnd = (c + 1) * cs;
       if (st === computed) continue;
@@ -339,6 +362,7 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     }
   }
   t.copiedFixes = sc.copiedFixes;
+  for (const f of sc.copiedFixes) say(copiedLine(f, 'ERROR'));
   return t;
 }
 
@@ -411,6 +435,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let corruptionsFixed = 0;
   let leaksFixed = 0;
   const repaired: string[] = [];
+  let copiedRepaired = 0;
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
@@ -440,6 +465,9 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
       await noteGrowth(s);
       t = await fixRefcounts(s, view, rc, await tally(s, view), 'all');
       if (t.copiedFixes.length) {
+        // COPIED flags are judged against the repaired refcounts, as qemu-img check -r all does: only these count as fixed.
+        for (const f of t.copiedFixes.slice(0, MAX_MESSAGES)) repaired.push(copiedLine(f, 'Repairing'));
+        copiedRepaired = t.copiedFixes.length;
         await fixCopied(s, view, t.copiedFixes);
         await s.storage.flush();
         t = await tally(s, view);
@@ -447,7 +475,16 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
     } else {
       t = await fixRefcounts(s, view, rc, t, repair);
     }
-    corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
+    // As qemu-img check -r: the first pass's refcount lines as a check prints them, then one line per refcount it repairs.
+    const found = before.mismatched.slice(0, MAX_MESSAGES);
+    const fixed = found.filter((m) => repair === 'all' || m.stored > m.computed);
+    repaired.unshift(...found.map((m) => `${m.stored < m.computed ? 'ERROR' : 'Leaked'} cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`), ...fixed.map((m) => `Repairing cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`));
+    if (repair === 'all') {
+      const structural = (x: Tally) => x.corruptions - x.copiedFixes.length;
+      corruptionsFixed = Math.max(0, structural(before) - structural(t)) + copiedRepaired;
+    } else {
+      corruptionsFixed = Math.max(0, before.corruptions - t.corruptions);
+    }
     leaksFixed = Math.max(0, before.leaks - t.leaks);
   }
   const cs = s.geom.clusterSize;
