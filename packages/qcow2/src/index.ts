@@ -5,6 +5,7 @@ export { Qcow2Disk } from './image.js';
 export { qcow2Driver, defaultBackingFormats } from './driver.js';
 export { createQcow2, parseCreateOptions, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 export { checkQcow2 } from './check-qcow2.js';
+export { detectMetadataPreallocation } from './prealloc-detect.js';
 export { amendQcow2, parseAmendOptions, QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, type Qcow2AmendOptions, type Qcow2AmendRequest } from './amend.js';
 export { measureQcow2 } from './measure.js';
 export { streamQcow2, createQcow2Stream, qcow2StreamOptionsFrom, type Qcow2StreamOptions } from './stream.js';

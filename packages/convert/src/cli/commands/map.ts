@@ -1,23 +1,100 @@
 /**
  * img map: the extent map, as qemu-img map prints it.
  */
+import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { detectMetadataPreallocation } from '@img/qcow2';
 import { parseArgs } from '../parse-args.js';
-import { hex, unsupported, type Disk, type Extent } from '@img/block';
+import { hex, unsupported, type Disk, type Extent, type Storage } from '@img/block';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
 
+/**
+ * An extent as qemu-img map sees it: `inHole` marks data the format
+ * stores in a hole of its file (a cluster allocated but written only in
+ * part), which qemu-img map reports as data that reads as zeros.
+ */
+export type MapExtent = Extent & { inHole?: boolean };
+
 /** One entry of qemu-img map --output=json for an extent. */
-export function mapEntry(e: Extent): Record<string, unknown> {
+export function mapEntry(e: MapExtent): Record<string, unknown> {
   const out: Record<string, unknown> = {
     start: e.offset,
     length: e.length,
     depth: e.depth ?? 0,
     present: e.kind !== 'hole',
-    zero: e.kind !== 'data',
+    zero: e.kind !== 'data' || e.inHole === true,
     data: e.kind === 'data',
   };
   if (e.hostOffset !== undefined) out.offset = e.hostOffset;
   return out;
+}
+
+/**
+ * The extents of `disk` with the data that lies in holes of its layer's
+ * file split off and marked, as qemu-img map asks the file below the
+ * format (file system holes, by SEEK_DATA/SEEK_HOLE where the storage can
+ * tell), and neighbours that then look alike merged again, as qemu-img
+ * map merges them.
+ */
+async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>): AsyncGenerator<MapExtent> {
+  let pending: MapExtent | undefined;
+  const alike = (a: MapExtent, b: MapExtent): boolean =>
+    a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
+  for await (const e of disk.extents({ hostOffsets: true })) {
+    for (const piece of await splitAtFileHoles(e, storages)) {
+      if (pending && alike(pending, piece)) pending = { ...pending, length: pending.length + piece.length };
+      else {
+        if (pending) yield pending;
+        pending = piece;
+      }
+    }
+  }
+  if (pending) yield pending;
+}
+
+/**
+ * Whether qemu-img map asks the file below this layer where its holes are:
+ * it does for a fixed VHD (read as raw), and for the data clusters of a
+ * qcow2 image that looks preallocated with metadata (more clusters counted
+ * in its refcounts than its file occupies); not for a dynamic VHD's blocks
+ * or a VMDK's grains.
+ */
+async function asksFileBelow(layer: Disk): Promise<boolean> {
+  if (layer.format === 'qcow2') {
+    const allocated = await stat(layer.storage.name).then(
+      (st) => st.blocks * 512,
+      () => undefined,
+    );
+    return allocated !== undefined && (await detectMetadataPreallocation(layer.storage, allocated));
+  }
+  if (layer.format !== 'vhd') return false;
+  return (await layer.info?.())?.formatSpecific?.type === 'fixed';
+}
+
+/** `e` cut where its bytes lie in a hole of its file (or past its end): those pieces are marked `inHole`. */
+async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage>): Promise<MapExtent[]> {
+  const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(resolve(e.file)) : undefined;
+  if (!storage?.ranges || e.hostOffset === undefined) return [e];
+  const start = e.hostOffset;
+  const end = start + e.length;
+  const pieces: MapExtent[] = [];
+  let pos = start;
+  const push = (from: number, to: number, inHole: boolean) => {
+    if (to <= from) return;
+    const last = pieces.at(-1);
+    if (last && (last.inHole === true) === inHole) last.length += to - from;
+    else pieces.push({ ...e, offset: e.offset + from - start, length: to - from, hostOffset: from, ...(inHole ? { inHole: true } : {}) });
+  };
+  for (const r of await storage.ranges(start, e.length)) {
+    const from = Math.max(pos, r.offset);
+    const to = Math.min(end, r.offset + r.length);
+    if (from > pos) push(pos, from, false);
+    push(from, to, !r.data);
+    pos = Math.max(pos, to);
+  }
+  // What the answer does not cover lies past the end of the file: it reads as zeros.
+  push(pos, end, true);
+  return pieces;
 }
 
 /**
@@ -58,17 +135,20 @@ export const map: Handler = async (argv, io) => {
   const path = onePath(positionals);
   const disk = await openForCommand(path, values, true, io);
   try {
+    const storages = new Map<string, Storage>();
+    for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) if (await asksFileBelow(layer)) storages.set(resolve(layer.storage.name), layer.storage);
     if (mode === 'json') {
       const rows: string[] = [];
-      for await (const e of disk.extents({ hostOffsets: true })) rows.push(mapEntryText(mapEntry(e)));
+      for await (const e of mapExtents(disk, storages)) rows.push(mapEntryText(mapEntry(e)));
       io.stdout(`[${rows.join(',\n')}]\n`);
     } else {
       // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
       const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
       const names = await layerNames(disk, path);
       io.stdout(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
-      for await (const e of disk.extents({ hostOffsets: true })) {
-        if (e.kind !== 'data') continue;
+      for await (const e of mapExtents(disk, storages)) {
+        // As qemu-img: only data that does not read as zeros is listed.
+        if (e.kind !== 'data' || e.inHole) continue;
         if (e.hostOffset === undefined) {
           // As qemu-img: data that is not stored as itself at an offset of a file cannot be shown in this form.
           throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
