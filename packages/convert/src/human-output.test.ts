@@ -127,17 +127,20 @@ describeQemu('img map and img check (human) equal qemu-img line by line on the f
   }
 });
 
-describeQemu('img map reports holes of the file inside allocated clusters as qemu-img map does', () => {
+describeQemu('img map reports holes of the file inside allocated clusters (and an empty disk) as qemu-img map does', () => {
   // Made here (not fixtures): a git checkout writes files without holes.
   const cases: Array<[string, string, string[], string[]]> = [
     ['metadata.qcow2', 'qcow2', ['-o', 'preallocation=metadata,cluster_size=65536'], ['write -P 7 4k 8k', 'write -P 9 200k 4k']],
     ['partial.qcow2', 'qcow2', ['-o', 'cluster_size=65536'], ['write -P 7 8k 4k', 'write -P 9 1M 4k']],
     ['fixed.vhd', 'vpc', ['-o', 'subformat=fixed'], ['write -P 7 0 4k', 'write -P 9 1M 4k']],
+    ['flat.vmdk', 'vmdk', ['-o', 'subformat=monolithicFlat'], ['write -P 7 64k 4k', 'write -P 9 1M 8k']],
+    ['split-sparse.vmdk', 'vmdk', ['-o', 'subformat=twoGbMaxExtentSparse'], ['write -P 7 64k 4k', 'write -P 9 1M 8k']],
+    ['empty.qcow2', 'qcow2', [], []],
   ];
   for (const [name, format, options, writes] of cases) {
     it(name, () => {
       const path = join(tmp.path, name);
-      qemuImg(['create', '-q', '-f', format, ...options, path, '2M']);
+      qemuImg(['create', '-q', '-f', format, ...options, path, writes.length ? '2M' : '0']);
       for (const w of writes) spawnSync('qemu-io', ['-f', format, '-c', w, path], { encoding: 'utf8' });
       for (const output of ['json', 'human']) {
         const theirs = qemuImg(['map', '--output=' + output, '-f', format, name], { cwd: tmp.path });

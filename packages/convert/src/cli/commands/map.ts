@@ -4,6 +4,7 @@
 import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { detectMetadataPreallocation } from '@img/qcow2';
+import { FileStorage } from '@img/block/node';
 import { parseArgs } from '../parse-args.js';
 import { hex, unsupported, type Disk, type Extent, type Storage } from '@img/block';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
@@ -50,6 +51,14 @@ async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>): 
     }
   }
   if (pending) yield pending;
+}
+
+/** The files of a VMDK layer's flat extents: where its data extents live, other than the descriptor's own file. */
+async function flatExtentFiles(layer: Disk): Promise<string[]> {
+  const own = resolve(layer.storage.name);
+  const files = new Set<string>();
+  for await (const e of layer.extents({ hostOffsets: true, topOnly: true })) if (e.kind === 'data' && e.file !== undefined && resolve(e.file) !== own) files.add(resolve(e.file));
+  return [...files];
 }
 
 /**
@@ -134,12 +143,29 @@ export const map: Handler = async (argv, io) => {
   const mode = outputMode(values.output);
   const path = onePath(positionals);
   const disk = await openForCommand(path, values, true, io);
+  const opened: Storage[] = [];
   try {
     const storages = new Map<string, Storage>();
-    for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) if (await asksFileBelow(layer)) storages.set(resolve(layer.storage.name), layer.storage);
+    for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
+      if (await asksFileBelow(layer)) storages.set(resolve(layer.storage.name), layer.storage);
+      // A VMDK's flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are raw files: qemu-img map asks them for holes.
+      if (layer.format === 'vmdk') {
+        for (const file of await flatExtentFiles(layer)) {
+          const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
+          opened.push(st);
+          // Sparse extents of a split VMDK (KDMV, or COWD for vmfsSparse) keep grains: not asked, as qemu-img does not ask them.
+          const magic = new Uint8Array(4);
+          if ((await st.size()) >= 4) await st.readInto(0, magic);
+          const text = new TextDecoder().decode(magic);
+          if (text !== 'KDMV' && text !== 'COWD') storages.set(resolve(file), st);
+        }
+      }
+    }
     if (mode === 'json') {
       const rows: string[] = [];
       for await (const e of mapExtents(disk, storages)) rows.push(mapEntryText(mapEntry(e)));
+      // An empty disk: qemu-img map prints one entry of length 0 with every flag false.
+      if (rows.length === 0) rows.push(mapEntryText({ start: 0, length: 0, depth: 0, present: false, zero: false, data: false }));
       io.stdout(`[${rows.join(',\n')}]\n`);
     } else {
       // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
@@ -159,6 +185,7 @@ export const map: Handler = async (argv, io) => {
     }
     return 0;
   } finally {
+    for (const st of opened) await st.close();
     await disk.close();
   }
 };
