@@ -23,7 +23,8 @@ import type { Scheduler } from './scheduler.js';
 export interface ClusterMapImage extends ReaderState {
   readonly geom: Qcow2Geometry;
   readonly entryGeom: EntryGeometry;
-  readonly header: Qcow2Header;
+  readonly header: Readonly<Qcow2Header>;
+  setHeader(fields: Partial<Qcow2Header>): void;
   readonly overlap?: OverlapMap;
   readonly storage: Storage;
 }
@@ -164,8 +165,7 @@ export class ClusterMap {
     await this.#sched.barrier();
     const oldOffset = h.l1TableOffset;
     const oldClusters = Math.ceil((h.l1Size * 8) / cs);
-    h.l1TableOffset = offset;
-    h.l1Size = entries;
+    img.setHeader({ l1TableOffset: offset, l1Size: entries });
     this.#view.l1 = l1.subarray(0, bytes);
     this.#view.l1Offset = offset;
     await writeHeaderFields(img.storage, h);

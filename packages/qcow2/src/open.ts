@@ -14,7 +14,7 @@ import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import { readL1 } from './reader.js';
 import { Qcow2Disk } from './image.js';
-import { missingDataFile, writeHeader, Qcow2Image, type Qcow2ImageParts } from './core.js';
+import { missingDataFile, Qcow2Image, type Qcow2ImageParts } from './core.js';
 import { attachWriter } from './writable.js';
 import { closeQcow2 } from './io.js';
 import { snapshotView } from './snapshot-ops.js';
@@ -164,9 +164,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
         if (repaired.corruptions) {
           throw corrupt(FORMAT, file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
         }
-        header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
-        await writeHeader(core);
-        await storage.flush();
+        await core.clearDirty();
         await attachWriter(core);
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
