@@ -205,6 +205,21 @@ export function chainCycleError(format: string, file: string | undefined, what: 
 }
 
 /**
+ * A parent that is not the image the child was made over: the identity
+ * the child recorded (`id.label`: VHD's "parent unique id", VMDK's
+ * "parentCID") differs from the parent's own (`id.parentLabel`: "unique
+ * id", "CID"): ERR_IMG_MISMATCH. `parent` names the parent file, `allow`
+ * the option that opens it anyway; `data.field`, `expected` and `actual`
+ * say which field of the child and what it holds. One wording for every
+ * format's backing chain.
+ */
+export function parentMismatchError(format: string, file: string | undefined, parent: string, id: { label: string; parentLabel: string; expected: string; actual: string; allow: string }, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.MISMATCH, where(format, file) + `the parent ${parent} has ${id.parentLabel} ${id.actual}, but this image's ${id.label} is ${id.expected}: the parent changed after this image was made (${id.allow} opens it anyway)`, {
+    data: { format, file, expected: id.expected, actual: id.actual, ...data },
+  });
+}
+
+/**
  * A file an image names (`what`: "backing file", "external data file",
  * "parent") could not be opened for another reason than its absence (see
  * {@link missingFileError}): ERR_IMG_IO, the resolver's error as `cause`.

@@ -24,6 +24,7 @@ export {
   missingFileError,
   noResolverError,
   chainTooDeepError,
+  parentMismatchError,
   chainCycleError,
   cannotOpenError,
 } from './errors.js';

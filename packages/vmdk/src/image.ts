@@ -4,7 +4,7 @@
  * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
  * over it; VmdkDisk is the public facade that holds it privately.
  */
-import { ERROR_CODES, ImageError, KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
+import { KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
 import type { ExtentType, VmdkDescriptor } from './descriptor.js';
 import type { GrainMap } from './grain-map.js';
 import type { AppendWriter } from './append-writer.js';

@@ -151,11 +151,15 @@ async function readGrain(core: VmdkImage, index: number, e: SparseExtent, grain:
   if (writer) {
     // A streamOptimized image being written: grains are in the writer's buffers or appended.
     const pending = writer.pendingGrain(grain);
-    if (pending) return void out.set(pending.subarray(inGrain, inGrain + out.length));
+    if (pending) {
+      out.set(pending.subarray(inGrain, inGrain + out.length));
+      return;
+    }
     const sector = writer.appendedSector(grain);
     if (!sector) return readBelow(core, guest, out);
     const bytes = await compressedGrain(core, index, e, grain, sector * SECTOR);
-    return void out.set(bytes.subarray(inGrain, inGrain + out.length));
+    out.set(bytes.subarray(inGrain, inGrain + out.length));
+    return;
   }
   const entry = await e.map.entry(grain);
   if (entry.kind === 'unallocated') return readBelow(core, guest, out);
