@@ -39,11 +39,15 @@ const DESCRIPTOR_FILE_TYPES = ['monolithicFlat', 'vmfs', 'vmfsSparse', 'twoGbMax
  * ```
  */
 export async function openVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkDisk> {
+  return new VmdkDisk(await openVmdkImage(storage, options));
+}
+
+/** Opens the core of a VMDK image (what {@link openVmdk} wraps; check loads it directly). On failure every file it opened is closed again. */
+export async function openVmdkImage(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkImage> {
   const owned: Storage[] = [];
   let parent: Disk | undefined;
   try {
-    const core = await openCore(storage, options, owned, (p) => (parent = p));
-    return new VmdkDisk(core);
+    return await openCore(storage, options, owned, (p) => (parent = p));
   } catch (e) {
     await parent?.close().catch(() => undefined);
     for (const s of owned) await s.close().catch(() => undefined);

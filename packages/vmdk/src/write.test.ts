@@ -15,7 +15,7 @@ import { checkVmdk } from './check.js';
 import { createVmdk } from './create.js';
 import type { VmdkDisk } from './disk.js';
 import { openVmdk } from './open.js';
-import { memoryResolver } from './test-resolver.js';
+import { memoryResolver } from '../test/resolver.js';
 
 const SIZE = 1536 * 1024 + 512 * 3; // 24 grains and a partial one
 
