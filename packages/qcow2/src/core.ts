@@ -506,6 +506,19 @@ export async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Ar
 const SECTOR = 512;
 
 /**
+ * Cluster 0 as the image's header, extensions and backing file name lay
+ * it out (at least `size` bytes; see layoutHeaderCluster). The layout
+ * places the backing file name: the header's backing_file_offset and
+ * backing_file_size are set to match (in memory).
+ */
+export function layoutCluster0(s: Qcow2Image, size: number): Uint8Array {
+  const h = { ...s.header };
+  const area = layoutHeaderCluster(h, s.extensions, s.backingName, size);
+  s.setHeader({ backingFileOffset: h.backingFileOffset, backingFileSize: h.backingFileSize });
+  return area;
+}
+
+/**
  * Writes cluster 0 again after a change of the header, its extensions or
  * the backing file name (the one writer of cluster 0 in an open image:
  * amend, backing file changes), laid out as qemu lays it out. A crash
@@ -522,10 +535,7 @@ export async function writeHeaderCluster(s: Qcow2Image, tooBig: (need: number, c
   const end = headerClusterBytes(s.header, s.extensions, s.backingName);
   if (end > cs) throw tooBig(end, cs);
   const oldEnd = s.headerAreaEnd;
-  // The layout places the backing file name: the header's backing_file_offset and _size follow it.
-  const h = { ...s.header };
-  const area = layoutHeaderCluster(h, s.extensions, s.backingName, Math.min(cs, Math.max(end, oldEnd)));
-  s.setHeader({ backingFileOffset: h.backingFileOffset, backingFileSize: h.backingFileSize });
+  const area = layoutCluster0(s, Math.min(cs, Math.max(end, oldEnd)));
   const write = (offset: number, bytes: Uint8Array) => checkedWrite(s, offset, bytes, OVERLAP.HEADER);
   await s.storage.flush();
   if (end <= SECTOR) {
