@@ -104,18 +104,22 @@ export function corrupt(format: string, file: string | undefined, message: strin
   return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** A valid image using something this code does not implement: ERR_IMG_UNSUPPORTED, the message prefixed with format and file. */
 export function unsupported(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** Something an untrusted image asks for that is refused (a file it names, a layout that could harm): ERR_IMG_UNSAFE. */
 export function unsafe(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.UNSAFE, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** A misuse of the API (a bad option or argument, named in `data.field`): ERR_IMG_INVALID_ARG. */
 export function invalidArg(format: string, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.INVALID_ARG, where(format) + message, { data: { format, ...data } });
 }
 
+/** A change asked of an image opened read-only: ERR_IMG_READ_ONLY. */
 export function readOnlyError(format: string, file: string | undefined): ImageError {
   return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'image is open read-only', { data: { format, file } });
 }
@@ -126,10 +130,12 @@ export function diskClosedError(format: string, file: string | undefined): Image
   return new ImageError(ERROR_CODES.CLOSED, where(format, file) + 'disk is closed', { data: { format, file } });
 }
 
+/** A storage or other object `name` used after close(): ERR_IMG_CLOSED. */
 export function closedError(name: string): ImageError {
   return new ImageError(ERROR_CODES.CLOSED, `${name}: used after close()`, { data: { file: name } });
 }
 
+/** An operation stopped by its AbortSignal: ERR_IMG_ABORTED, the signal's reason as `cause`. */
 export function abortError(signal: AbortSignal | undefined): ImageError {
   return new ImageError(ERROR_CODES.ABORTED, 'operation aborted', { cause: signal?.reason });
 }
