@@ -10,6 +10,7 @@ import { corrupt, hex } from './errors.js';
 /** Largest piece handed out by skips and drains. */
 const PIECE = 1024 * 1024;
 
+/** Reads a byte stream (an async iterable of chunks) forward only: exact lengths, skips and what is left, with the position it has reached. */
 export class ByteStreamReader {
   readonly #it: AsyncIterator<Uint8Array>;
   readonly #format: string;

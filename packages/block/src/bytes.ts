@@ -16,31 +16,37 @@ function view(buf: Uint8Array): DataView {
   return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
 }
 
+/** The byte at `offset` (RangeError outside the buffer). */
 export function readU8(buf: Uint8Array, offset: number): number {
   check(buf, offset, 1);
   return buf[offset]!;
 }
 
+/** Unsigned 16-bit big-endian value at `offset` (RangeError outside the buffer). */
 export function readU16Be(buf: Uint8Array, offset: number): number {
   check(buf, offset, 2);
   return (buf[offset]! << 8) | buf[offset + 1]!;
 }
 
+/** Unsigned 16-bit little-endian value at `offset` (RangeError outside the buffer). */
 export function readU16Le(buf: Uint8Array, offset: number): number {
   check(buf, offset, 2);
   return buf[offset]! | (buf[offset + 1]! << 8);
 }
 
+/** Unsigned 32-bit big-endian value at `offset` (RangeError outside the buffer). */
 export function readU32Be(buf: Uint8Array, offset: number): number {
   check(buf, offset, 4);
   return ((buf[offset]! << 24) >>> 0) + ((buf[offset + 1]! << 16) | (buf[offset + 2]! << 8) | buf[offset + 3]!);
 }
 
+/** Unsigned 32-bit little-endian value at `offset` (RangeError outside the buffer). */
 export function readU32Le(buf: Uint8Array, offset: number): number {
   check(buf, offset, 4);
   return ((buf[offset + 3]! << 24) >>> 0) + ((buf[offset + 2]! << 16) | (buf[offset + 1]! << 8) | buf[offset]!);
 }
 
+/** Signed 32-bit big-endian value at `offset` (RangeError outside the buffer). */
 export function readI32Be(buf: Uint8Array, offset: number): number {
   check(buf, offset, 4);
   return (buf[offset]! << 24) | (buf[offset + 1]! << 16) | (buf[offset + 2]! << 8) | buf[offset + 3]!;
@@ -81,28 +87,33 @@ export function readU64BeParts(buf: Uint8Array, offset: number): { hi: number; l
   return { hi: readU32Be(buf, offset), lo: readU32Be(buf, offset + 4) };
 }
 
+/** Writes the low 8 bits of `value` at `offset` (RangeError outside the buffer). */
 export function writeU8(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 1);
   buf[offset] = value & 0xff;
 }
 
+/** Writes the low 16 bits of `value` big-endian at `offset` (RangeError outside the buffer). */
 export function writeU16Be(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 2);
   buf[offset] = (value >>> 8) & 0xff;
   buf[offset + 1] = value & 0xff;
 }
 
+/** Writes the low 16 bits of `value` little-endian at `offset` (RangeError outside the buffer). */
 export function writeU16Le(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 2);
   buf[offset] = value & 0xff;
   buf[offset + 1] = (value >>> 8) & 0xff;
 }
 
+/** Writes `value` as an unsigned 32-bit big-endian value at `offset` (RangeError outside the buffer). */
 export function writeU32Be(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 4);
   view(buf).setUint32(offset, value >>> 0, false);
 }
 
+/** Writes `value` as an unsigned 32-bit little-endian value at `offset` (RangeError outside the buffer). */
 export function writeU32Le(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 4);
   view(buf).setUint32(offset, value >>> 0, true);
@@ -171,9 +182,11 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
 /** UTF-8 encode/decode without Node's Buffer. */
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: false });
+/** The UTF-8 bytes of `s`. */
 export function utf8Encode(s: string): Uint8Array {
   return encoder.encode(s);
 }
+/** Decodes UTF-8 bytes (invalid sequences become U+FFFD). */
 export function utf8Decode(b: Uint8Array): string {
   return decoder.decode(b);
 }

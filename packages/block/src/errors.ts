@@ -104,18 +104,22 @@ export function corrupt(format: string, file: string | undefined, message: strin
   return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** A valid image using something this code does not implement: ERR_IMG_UNSUPPORTED, the message prefixed with format and file. */
 export function unsupported(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** Something an untrusted image asks for that is refused (a file it names, a layout that could harm): ERR_IMG_UNSAFE. */
 export function unsafe(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.UNSAFE, where(format, file) + message, { data: { format, file, ...data } });
 }
 
+/** A misuse of the API (a bad option or argument, named in `data.field`): ERR_IMG_INVALID_ARG. */
 export function invalidArg(format: string, message: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.INVALID_ARG, where(format) + message, { data: { format, ...data } });
 }
 
+/** A change asked of an image opened read-only: ERR_IMG_READ_ONLY. */
 export function readOnlyError(format: string, file: string | undefined): ImageError {
   return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'image is open read-only', { data: { format, file } });
 }
@@ -126,10 +130,12 @@ export function diskClosedError(format: string, file: string | undefined): Image
   return new ImageError(ERROR_CODES.CLOSED, where(format, file) + 'disk is closed', { data: { format, file } });
 }
 
+/** A storage or other object `name` used after close(): ERR_IMG_CLOSED. */
 export function closedError(name: string): ImageError {
   return new ImageError(ERROR_CODES.CLOSED, `${name}: used after close()`, { data: { file: name } });
 }
 
+/** An operation stopped by its AbortSignal: ERR_IMG_ABORTED, the signal's reason as `cause`. */
 export function abortError(signal: AbortSignal | undefined): ImageError {
   return new ImageError(ERROR_CODES.ABORTED, 'operation aborted', { cause: signal?.reason });
 }
@@ -202,6 +208,21 @@ export function chainTooDeepError(format: string, file: string | undefined, maxD
  */
 export function chainCycleError(format: string, file: string | undefined, what: string, data: ImageErrorData = {}): ImageError {
   return new ImageError(ERROR_CODES.CHAIN, where(format, file) + `${what} is already in the chain: a cycle`, { data: { format, file, ...data } });
+}
+
+/**
+ * A parent that is not the image the child was made over: the identity
+ * the child recorded (`id.label`: VHD's "parent unique id", VMDK's
+ * "parentCID") differs from the parent's own (`id.parentLabel`: "unique
+ * id", "CID"): ERR_IMG_MISMATCH. `parent` names the parent file, `allow`
+ * the option that opens it anyway; `data.field`, `expected` and `actual`
+ * say which field of the child and what it holds. One wording for every
+ * format's backing chain.
+ */
+export function parentMismatchError(format: string, file: string | undefined, parent: string, id: { label: string; parentLabel: string; expected: string; actual: string; allow: string }, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.MISMATCH, where(format, file) + `the parent ${parent} has ${id.parentLabel} ${id.actual}, but this image's ${id.label} is ${id.expected}: the parent changed after this image was made (${id.allow} opens it anyway)`, {
+    data: { format, file, expected: id.expected, actual: id.actual, ...data },
+  });
 }
 
 /**

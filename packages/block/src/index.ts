@@ -24,6 +24,7 @@ export {
   missingFileError,
   noResolverError,
   chainTooDeepError,
+  parentMismatchError,
   chainCycleError,
   cannotOpenError,
 } from './errors.js';
@@ -92,3 +93,4 @@ export { parseSize, formatSize, parseBool } from './size.js';
 export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type SignatureMatch } from './signatures.js';
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';
+export { startedAhead } from './started.js';

@@ -176,7 +176,11 @@ export class MemoryStorage implements Storage {
     return true;
   }
 
-  /** A copy of the whole contents, for tests. */
+  /**
+   * A copy of the whole contents. Available after {@link close} too: an
+   * image written into a MemoryStorage (a conversion in memory, in a
+   * browser) is closed by its Disk and read out here afterwards.
+   */
   toBytes(): Uint8Array {
     const out = new Uint8Array(this.#size);
     this.#readSync(0, out);

@@ -11,9 +11,11 @@ import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
 
+/** The sector size raw disks align to (bytes). */
 export const RAW_SECTOR = 512;
 const ZERO_CHUNK = 1024 * 1024;
 
+/** A raw image: the file is the guest disk, byte for byte (holes of a sparse file read as zeros). */
 export class RawDisk implements Disk {
   readonly format = 'raw';
   readonly storage: Storage;
@@ -226,6 +228,7 @@ export async function readRawStream(input: AsyncIterable<Uint8Array>): Promise<S
   };
 }
 
+/** The raw format's driver for the format registry (probe, open, create). */
 export const rawDriver: FormatDriver = {
   name: 'raw',
   // Any bytes are a raw disk, but bytes that carry a container signature are first of all that container.

@@ -78,6 +78,16 @@ describe('MemoryStorage', () => {
     await expect(s.size()).rejects.toSatisfy((e: unknown) => ImageError.isInstance(e) && e.code === 'ERR_IMG_CLOSED');
   });
 
+  it('keeps its bytes after close: toBytes answers them (an image written in memory is read out after its Disk closed it)', async () => {
+    const s = new MemoryStorage();
+    await s.write(70_000, new Uint8Array([7, 8, 9]));
+    await s.close();
+    const bytes = s.toBytes();
+    expect(bytes.length).toBe(70_003);
+    expect([...bytes.subarray(70_000)]).toEqual([7, 8, 9]);
+    expect(bytes.subarray(0, 70_000).every((b) => b === 0)).toBe(true);
+  });
+
   it('costs only what is written for a huge sparse size', async () => {
     const s = new MemoryStorage();
     await s.truncate(2 ** 40);

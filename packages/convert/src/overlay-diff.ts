@@ -5,6 +5,7 @@
  */
 import { isAllZero, type Disk } from '@img/block';
 
+/** Writes into an overlay (convert -B) only the units whose bytes differ from what the overlay already reads through its backing image. */
 export class OverlayDiff {
   readonly #dst: Disk;
   readonly #unit: number;

@@ -4,7 +4,7 @@
  * whole, so replies of different requests never interleave inside a chunk.
  * The disk keeps call order for overlapping requests.
  */
-import { ImageError, type Disk, type Extent } from '@img/block';
+import { ImageError, type Extent } from '@img/block';
 import { bitmapOf } from './export.js';
 import type { Agreement } from './handshake.js';
 import { MAX_REQUEST } from './handshake.js';

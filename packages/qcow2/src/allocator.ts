@@ -48,6 +48,8 @@ export class Allocator {
   #activeReads = 0;
   /** Releases postponed while reads were in flight. */
   readonly #pendingReleases: Array<{ offset: number; bytes: number }> = [];
+  /** Postponed releases that failed after the last read ended. */
+  #releaseError: unknown;
 
   constructor(img: AllocatorImage, refcounts: Refcounts) {
     this.#img = img;
@@ -100,9 +102,19 @@ export class Allocator {
     this.#activeReads++;
   }
 
-  /** A guest read ended; the last one answers whether postponed releases wait to be drained. */
-  readEnded(): boolean {
-    return --this.#activeReads === 0 && this.#pendingReleases.length > 0;
+  /**
+   * A guest read ended; the last one starts the postponed releases. Their
+   * failure is kept for the next flush ({@link takeReleaseError}).
+   */
+  readEnded(): void {
+    if (--this.#activeReads === 0 && this.#pendingReleases.length > 0) this.drainReleases().catch((e: unknown) => void (this.#releaseError ??= e));
+  }
+
+  /** The failure of postponed releases started by {@link readEnded}, taken (a flush reports it once). */
+  takeReleaseError(): unknown {
+    const e = this.#releaseError;
+    this.#releaseError = undefined;
+    return e;
   }
 
   /**

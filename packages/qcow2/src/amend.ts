@@ -29,8 +29,7 @@ import { writeEntryOffset } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
-import { attachWriter } from './writable.js';
-import { checkState } from './check.js';
+import { repairDirtyImage } from './dirty-repair.js';
 import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
 import { distinctL2Tables, forEachL2Entry, imageL1Tables } from './l2-walk.js';
@@ -149,7 +148,7 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
   if (to > from) upgradeExtensions = planUpgrade(s);
   if (to < from) await checkDowngrade(s, view);
 
-  if (hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) await makeClean(s, view);
+  if (hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) await repairDirtyImage(s, view);
   if (upgradeExtensions) await upgrade(s, upgradeExtensions);
   const lazyNow = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
   const lazy = to < 3 ? false : (want.lazyRefcounts ?? lazyNow);
@@ -159,20 +158,6 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
     await s.storage.flush();
   }
   if (to < from) await downgrade(s, view);
-}
-
-/** Rebuilds the refcounts of a dirty image (the repair qemu runs on opening it) and clears the dirty bit. */
-async function makeClean(s: Qcow2Image, view: MappingView): Promise<void> {
-  const repaired = await checkState(s, view, 'all');
-  if (repaired.corruptions) {
-    throw corrupt(FORMAT, s.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
-  }
-  s.setHeader({ incompatibleFeatures: s.header.incompatibleFeatures & ~bit(INCOMPAT_DIRTY) });
-  await writeHeader(s);
-  await s.storage.flush();
-  // The repair changed refcounts and flags behind the writer's caches.
-  s.cache.clear();
-  await attachWriter(s);
 }
 
 // ---- compat=1.1 ------------------------------------------------------------

@@ -29,8 +29,8 @@ import { hasFeature, parseHeader, serializeHeader } from './header.js';
 import { entryOffset } from './mapping.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
-import { beforeFirstWrite, refreshOverlapMap, type Qcow2Image } from './core.js';
-import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
+import { layoutCluster0, refreshOverlapMap, type Qcow2Image } from './core.js';
+import { headerClusterBytes } from './header-cluster.js';
 import type { MappingView } from './mapping-view.js';
 import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
@@ -261,7 +261,7 @@ async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2Bi
   for (const e of [...removed, ...plan.filter((p) => p.stored && p.replaced).map((p) => p.stored!)]) release.push(...(await tableClusters(s, e)));
   if (ext && consistent) release.push({ offset: ext.bitmapDirectoryOffset, bytes: ext.bitmapDirectorySize });
 
-  await beforeFirstWrite(s); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
+  await s.beforeFirstWrite(); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
   s.setBitmapTracker(undefined); // the writer's tracker would keep the old directory
   const w = s.writer!;
   const allocate = async (bytes: number): Promise<number> => {
@@ -419,7 +419,7 @@ async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): P
   const cs = s.geom.clusterSize;
   const end = headerClusterBytes(h, s.extensions, s.backingName);
   if (end > cs) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' });
-  const area = layoutHeaderCluster(h, s.extensions, s.backingName, Math.min(cs, Math.max(end, s.headerAreaEnd)));
+  const area = layoutCluster0(s, Math.min(cs, Math.max(end, s.headerAreaEnd)));
   if (area.length <= SECTOR) {
     await s.storage.write(0, area);
   } else {

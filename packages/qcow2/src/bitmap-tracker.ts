@@ -36,6 +36,7 @@ export interface TrackerHooks {
   flush(): Promise<void>;
 }
 
+/** Keeps the enabled persistent dirty bitmaps of an image up to date as guest ranges change (spec: "Bitmaps extension"). */
 export class BitmapTracker {
   #hooks: TrackerHooks;
   #dir: Uint8Array;

@@ -7,9 +7,9 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
+import { readOnlyError, unsupported, readU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
-import { entryOffset } from './mapping.js';
+import { entryOffset, setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { readRefcount, type Refcounts } from './refcount.js';
 import { OVERLAP } from './overlap.js';
@@ -17,7 +17,7 @@ import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './c
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
-import { EXT_BITMAPS, ENTRY_COPIED_HI } from './constants.js';
+import { EXT_BITMAPS } from './constants.js';
 import type { Qcow2Image } from './core.js';
 import { forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, snapshotL1Tables } from './l2-walk.js';
 
@@ -412,8 +412,7 @@ async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): 
   const entry = new Uint8Array(8);
   for (const f of fixes) {
     await s.storage.readInto(f.at, entry);
-    const hi = readU32Be(entry, 0);
-    writeU32Be(entry, 0, (f.set ? hi | ENTRY_COPIED_HI : hi & ~ENTRY_COPIED_HI) >>> 0);
+    setEntryCopied(entry, 0, f.set);
     // Only the flag of an L1 or L2 entry changes: never a write on other metadata.
     s.overlap?.check(s.file, f.at, 4, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
     await s.storage.write(f.at, entry.subarray(0, 4));

@@ -9,11 +9,10 @@
  * only after that entry is on disk. Every metadata write is checked
  * against the overlap map first.
  */
-import { readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
-import { writeEntryOffset, l1EntryOffset, type EntryGeometry } from './mapping.js';
-import { decodeEntry, encodeEntry, type Entry } from './l2-entry.js';
-import { ENTRY_COPIED_HI } from './constants.js';
+import { entryCopied, writeEntryOffset, l1EntryOffset, type EntryGeometry } from './mapping.js';
+import { decodeEntry, encodeEntry, writerEntry, type Entry } from './l2-entry.js';
+import { forEachL2Entry } from './l2-walk.js';
 import { writeHeaderFields, type Qcow2Geometry, type Qcow2Header } from './header.js';
 import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
 import { OVERLAP, type OverlapMap } from './overlap.js';
@@ -24,7 +23,8 @@ import type { Scheduler } from './scheduler.js';
 export interface ClusterMapImage extends ReaderState {
   readonly geom: Qcow2Geometry;
   readonly entryGeom: EntryGeometry;
-  readonly header: Qcow2Header;
+  readonly header: Readonly<Qcow2Header>;
+  setHeader(fields: Partial<Qcow2Header>): void;
   readonly overlap?: OverlapMap;
   readonly storage: Storage;
 }
@@ -66,7 +66,7 @@ export class ClusterMap {
   /** L1 entry `l1Index` has the COPIED flag: its L2 table belongs to the active layer alone. */
   isPrivate(l1Index: number): boolean {
     const l1 = this.#view.l1;
-    return l1Index * 8 < l1.length && (readU32Be(l1, l1Index * 8) & ENTRY_COPIED_HI) !== 0;
+    return l1Index * 8 < l1.length && entryCopied(l1, l1Index * 8);
   }
 
   #writeL1Entry(index: number, offset: number, copied: boolean): Promise<void> {
@@ -94,10 +94,19 @@ export class ClusterMap {
       // Shared with a snapshot. The clusters it maps already count one reference per L1 table that
       // reaches them (taking the snapshot added them), so the copy changes no refcount but the table's.
       table = (await loadL2(img, l2Offset, l1Index)).slice();
-      for (let i = 0; i < img.geom.l2Entries; i++) {
-        const e = this.decode(table, i, l2Offset);
-        if (e.host !== undefined && e.copied) this.encode(table, i, { ...e, copied: false });
-      }
+      const copy = table;
+      forEachL2Entry(
+        img,
+        copy,
+        l2Offset,
+        (ce, i) => {
+          const e = writerEntry(ce, img.entryGeom);
+          if (e.host !== undefined && e.copied) this.encode(copy, i, { ...e, copied: false });
+        },
+        (error) => {
+          throw error;
+        },
+      );
     }
     img.overlap?.check(img.file, fresh, cs);
     await img.storage.write(fresh, table);
@@ -156,8 +165,7 @@ export class ClusterMap {
     await this.#sched.barrier();
     const oldOffset = h.l1TableOffset;
     const oldClusters = Math.ceil((h.l1Size * 8) / cs);
-    h.l1TableOffset = offset;
-    h.l1Size = entries;
+    img.setHeader({ l1TableOffset: offset, l1Size: entries });
     this.#view.l1 = l1.subarray(0, bytes);
     this.#view.l1Offset = offset;
     await writeHeaderFields(img.storage, h);

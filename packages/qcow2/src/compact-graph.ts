@@ -21,7 +21,8 @@ import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './
 import { readRefcount, writeRefcount } from './refcount.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
 import { forEachL2Entry, forEachL2Table, l2TableOffsets } from './l2-walk.js';
-import { EXT_BITMAPS, EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, KNOWN_INCOMPAT_MASK, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
+import { entryOffset } from './mapping.js';
+import { EXT_BITMAPS, EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, KNOWN_INCOMPAT_MASK, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 
 const FORMAT = 'qcow2';
 const TWO32 = 0x1_0000_0000;
@@ -174,7 +175,7 @@ export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
     return out;
   };
   /** The host offset in an 8-byte entry (bits 9-55), 0 for none. */
-  const entryHost = (buf: Uint8Array, at: number): number => (readU32Be(buf, at) & OFFSET_MASK_HI) * TWO32 + ((readU32Be(buf, at + 4) & OFFSET_MASK_LO) >>> 0);
+  const entryHost = (buf: Uint8Array, at: number): number => entryOffset(readU32Be(buf, at), readU32Be(buf, at + 4));
 
   // Refcounts (spec: "Host cluster management").
   const refcountBits = 2 ** header.refcountOrder;

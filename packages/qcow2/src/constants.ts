@@ -14,6 +14,7 @@ export const QCOW2_V3_HEADER_LENGTH_WITH_COMPRESSION = 112;
 
 /** cluster_bits bounds: 512 B to 2 MiB clusters (qemu's implementation limit). */
 export const MIN_CLUSTER_BITS = 9;
+/** Largest cluster_bits the spec allows (2 MiB clusters). */
 export const MAX_CLUSTER_BITS = 21;
 /** Extended L2 entries need clusters of at least 16 KiB. */
 export const MIN_EXTENDED_L2_CLUSTER_BITS = 14;
@@ -32,20 +33,26 @@ export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
 export const MAX_BACKING_FILE_NAME = 1023;
 /** Bitmaps: at most 65535, directory at most 64 MiB (qemu's bounds). */
 export const MAX_BITMAPS = 65535;
+/** Largest bitmap directory accepted (bytes). */
 export const MAX_BITMAP_DIRECTORY_SIZE = 64 * 1024 * 1024;
 /** refcount_order bound: refcount_bits = 1 << refcount_order <= 64. */
 export const MAX_REFCOUNT_ORDER = 6;
 
 /** Incompatible feature bits (header bytes 72-79). */
 export const INCOMPAT_DIRTY = 0;
+/** Incompatible feature bit 1: the image is corrupt (open read-only only). */
 export const INCOMPAT_CORRUPT = 1;
+/** Incompatible feature bit 2: guest data lives in an external data file. */
 export const INCOMPAT_DATA_FILE = 2;
+/** Incompatible feature bit 3: the compression_type header field is valid. */
 export const INCOMPAT_COMPRESSION = 3;
+/** Incompatible feature bit 4: extended L2 entries (subclusters). */
 export const INCOMPAT_EXTENDED_L2 = 4;
 /** Compatible feature bits (header bytes 80-87). */
 export const COMPAT_LAZY_REFCOUNTS = 0;
 /** Autoclear feature bits (header bytes 88-95). */
 export const AUTOCLEAR_BITMAPS = 0;
+/** Autoclear feature bit 1: the external data file is a raw image of the guest. */
 export const AUTOCLEAR_DATA_FILE_RAW = 1;
 
 /** Incompatible bits this implementation understands. */
@@ -55,25 +62,36 @@ export const KNOWN_AUTOCLEAR_MASK = (1n << BigInt(AUTOCLEAR_BITMAPS)) | (1n << B
 
 /** Header extension types. */
 export const EXT_END = 0x00000000;
+/** Header extension type: backing file format name. */
 export const EXT_BACKING_FORMAT = 0xe2792aca;
+/** Header extension type: feature name table. */
 export const EXT_FEATURE_TABLE = 0x6803f857;
+/** Header extension type: bitmaps extension. */
 export const EXT_BITMAPS = 0x23852875;
+/** Header extension type: full disk encryption header pointer. */
 export const EXT_CRYPTO = 0x0537be77;
+/** Header extension type: external data file name. */
 export const EXT_DATA_FILE = 0x44415441;
 
 /** crypt_method values. */
 export const CRYPT_NONE = 0;
+/** crypt_method 1: AES (refused). */
 export const CRYPT_AES = 1;
+/** crypt_method 2: LUKS (refused). */
 export const CRYPT_LUKS = 2;
 
 /** compression_type values. */
 export const COMPRESSION_ZLIB = 0;
+/** compression_type 1: zstd (0 is deflate). */
 export const COMPRESSION_ZSTD = 1;
 
 /** Feature name table: one entry is 48 bytes. */
 export const FEATURE_TABLE_ENTRY_SIZE = 48;
+/** Feature name table entry type: incompatible feature. */
 export const FEATURE_TYPE_INCOMPATIBLE = 0;
+/** Feature name table entry type: compatible feature. */
 export const FEATURE_TYPE_COMPATIBLE = 1;
+/** Feature name table entry type: autoclear feature. */
 export const FEATURE_TYPE_AUTOCLEAR = 2;
 
 /** Names of the features this implementation knows, for messages and the feature table we write. */
@@ -90,6 +108,7 @@ export const KNOWN_FEATURE_NAMES: ReadonlyArray<{ type: number; bit: number; nam
 
 /** L2/L1 entry bits (in the high 32-bit half of the 64-bit entry). */
 export const ENTRY_COPIED_HI = 0x80000000;
+/** Bit 62 of an L2 entry, in its high 32 bits: the cluster is compressed. */
 export const ENTRY_COMPRESSED_HI = 0x40000000;
 /** Bits 9-55 of an offset: mask of the high half (bits 32-55). */
 export const OFFSET_MASK_HI = 0x00ffffff;

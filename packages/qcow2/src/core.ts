@@ -29,6 +29,9 @@ import type { Scheduler } from './scheduler.js';
 
 const FORMAT = 'qcow2';
 
+/** The header field of each kind of feature bits. */
+const FEATURE_FIELDS = { incompatible: 'incompatibleFeatures', compatible: 'compatibleFeatures', autoclear: 'autoclearFeatures' } as const;
+
 /** The metadata services of an image open for writing (writable.ts puts them together). */
 export interface Qcow2WriterParts {
   /** Refcounts, cluster allocation and release. */
@@ -43,13 +46,13 @@ export interface Qcow2WriterParts {
 export interface Qcow2ImageParts extends ReaderState {
   header: Qcow2Header;
   extensions: HeaderExtension[];
-  featureTable: FeatureName[];
+  readonly featureTable: FeatureName[];
   geom: Qcow2Geometry;
   snapshots: Qcow2Snapshot[];
   backingName: string | undefined;
   backingInfo: OpenedBacking | undefined;
-  dataFileName: string | undefined;
-  dataFile: Storage | undefined;
+  readonly dataFileName: string | undefined;
+  readonly dataFile: Storage | undefined;
   /** End of header, extensions and backing file name in cluster 0. */
   headerAreaEnd: number;
 }
@@ -67,19 +70,19 @@ export class Qcow2Image implements ReaderState {
   readonly entryGeom: EntryGeometry;
   readonly cache: L2Cache;
   readonly compressionType: number;
-  dataStorage: Storage;
+  readonly dataStorage: Storage;
   readonly rawDataFile: boolean;
-  backing: Disk | undefined;
+  readonly backing: Disk | undefined;
   #fileSize: number;
-  /** The header as last written (or about to be); fields change through {@link setHeader}. */
-  readonly header: Qcow2Header;
+  /** The header as last written (or about to be): read through {@link header}, changed only by this class's methods. */
+  readonly #header: Qcow2Header;
   #extensions: HeaderExtension[];
-  featureTable: FeatureName[];
+  readonly featureTable: FeatureName[];
   #snapshots: readonly Qcow2Snapshot[];
   #backingName: string | undefined;
   #backingInfo: OpenedBacking | undefined;
-  dataFileName: string | undefined;
-  dataFile: Storage | undefined;
+  readonly dataFileName: string | undefined;
+  readonly dataFile: Storage | undefined;
   /** The active layer's L1 table (snapshot views have their own). */
   readonly active: MappingView;
   /** Opened read-only (no writer). */
@@ -92,18 +95,16 @@ export class Qcow2Image implements ReaderState {
    */
   readonly order = new CallOrder();
   /** Present when the image is open for writing. */
-  writer: Qcow2WriterParts | undefined;
+  #writer: Qcow2WriterParts | undefined;
   /** A write met corrupt metadata: the corrupt bit is set and writes are refused. */
-  corruptFound = false;
-  /** The dirty bit was set by us (lazy refcounts) and must be cleared on flush. */
-  dirtySet = false;
+  #corrupt = false;
+  /** The dirty bit was set by this session (lazy refcounts) and is cleared by {@link endWriteSession}. */
+  #dirtySet = false;
   /** The once-per-session header update before the first write. */
-  firstWrite: Promise<void> | undefined;
-  /** {@link firstWrite} has finished (a write may start without waiting for it). */
-  firstWriteDone = false;
+  #firstWrite: Promise<void> | undefined;
+  /** {@link #firstWrite} has finished (a write may start without waiting for it). */
+  #firstWriteDone = false;
   #headerAreaEnd: number;
-  /** A postponed release that failed: reported by the next flush. */
-  deferredError: unknown;
   #bitmaps: BitmapTracker | undefined;
   #overlap: OverlapMap | undefined;
   #closed = false;
@@ -120,7 +121,7 @@ export class Qcow2Image implements ReaderState {
     this.rawDataFile = parts.rawDataFile;
     this.backing = parts.backing;
     this.#fileSize = parts.fileSize;
-    this.header = parts.header;
+    this.#header = parts.header;
     this.#extensions = parts.extensions;
     this.featureTable = parts.featureTable;
     this.#snapshots = parts.snapshots;
@@ -148,18 +149,36 @@ export class Qcow2Image implements ReaderState {
     if (end > this.#fileSize) this.#fileSize = end;
   }
 
+  /** The header as last written (or about to be); read-only outside this class: fields change through {@link setHeader} and the feature-bit methods. */
+  get header(): Readonly<Qcow2Header> {
+    return this.#header;
+  }
+
   /**
    * Changes header fields in memory, for the caller to write (writeHeader,
    * writeHeaderCluster, a commit's one-sector switch): the one place that
    * rewrites version, sizes and table offsets.
    */
   setHeader(fields: Partial<Qcow2Header>): void {
-    Object.assign(this.header, fields);
+    Object.assign(this.#header, fields);
+  }
+
+  /**
+   * Sets (`on`) or clears bit `bit` of one of the header's feature fields
+   * (spec: bytes 72, 80, 88), in memory: the caller writes the header.
+   * Answers whether the field changed.
+   */
+  setFeatureBit(kind: 'incompatible' | 'compatible' | 'autoclear', bit: number, on: boolean): boolean {
+    const field = FEATURE_FIELDS[kind];
+    const before = this.#header[field];
+    const mask = 1n << BigInt(bit);
+    this.#header[field] = on ? before | mask : before & ~mask;
+    return this.#header[field] !== before;
   }
 
   /** The virtual size of the active layer: the header's and the active view's together. */
   setSize(size: number): void {
-    this.header.size = size;
+    this.#header.size = size;
     this.active.size = size;
   }
 
@@ -234,21 +253,113 @@ export class Qcow2Image implements ReaderState {
   /** Attaches the writable parts: the overlap map first (the refcounts load into it), then the services. */
   attachWritable(overlap: OverlapMap, writer?: Qcow2WriterParts): void {
     this.#overlap = overlap;
-    if (writer) this.writer = writer;
+    if (writer) this.#writer = writer;
   }
 
-  /** The failed postponed release a flush reports, taken (reported once). */
-  takeDeferredError(): unknown {
-    const e = this.deferredError;
-    this.deferredError = undefined;
-    return e;
+  /** The metadata services, when the image is open for writing. */
+  get writer(): Qcow2WriterParts | undefined {
+    return this.#writer;
   }
 
-  /** After a flush made refcounts exact and cleared the dirty bit: the next write starts a new session (header update again). */
-  endWriteSession(): void {
-    this.dirtySet = false;
-    this.firstWrite = undefined;
-    this.firstWriteDone = false;
+  /** A write met corrupt metadata ({@link markCorrupt}): writes are refused from now on. */
+  get markedCorrupt(): boolean {
+    return this.#corrupt;
+  }
+
+  /**
+   * After a write met corrupt metadata: refuses further writes and sets
+   * the corrupt bit (version 3; spec: incompatible bit 1) on disk, header
+   * written and flushed. A failure to write the bit is ignored: the error
+   * that found the corruption is the one the caller reports. Once.
+   */
+  async markCorrupt(): Promise<void> {
+    if (this.#corrupt) return;
+    this.#corrupt = true;
+    if (this.#header.version < 3) return;
+    this.setFeatureBit('incompatible', INCOMPAT_CORRUPT, true);
+    try {
+      await writeHeader(this);
+      await this.storage.flush();
+    } catch {
+      // The original error matters more than a failure to mark the image.
+    }
+  }
+
+  /**
+   * Clears the dirty bit on disk (header written, flushed) after the
+   * refcounts were made exact: a dirty image's repair when it opens.
+   */
+  async clearDirty(): Promise<void> {
+    this.setFeatureBit('incompatible', INCOMPAT_DIRTY, false);
+    await writeHeader(this);
+    await this.storage.flush();
+  }
+
+  /** The once-per-session header update has finished: a write may start without waiting for {@link beforeFirstWrite}. */
+  get firstWriteDone(): boolean {
+    return this.#firstWriteDone;
+  }
+
+  /**
+   * Before the first change of a session, once (later callers wait for
+   * the same update): clears the autoclear bits this code does not keep
+   * consistent (every one but "raw external data", which writes honour),
+   * sets the dirty bit when lazy refcounts are on, starts keeping
+   * consistent persistent bitmaps up to date and drops inconsistent ones
+   * (extension and clusters, as qemu would otherwise count them as leaked).
+   * The header is written and flushed if it changed.
+   */
+  beforeFirstWrite(): Promise<void> {
+    this.#firstWrite ??= this.#firstWriteUpdate();
+    return this.#firstWrite;
+  }
+
+  async #firstWriteUpdate(): Promise<void> {
+    const h = this.#header;
+    const before = { a: h.autoclearFeatures, i: h.incompatibleFeatures };
+    if (h.version >= 3) {
+      h.autoclearFeatures &= 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW);
+      if (hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS) && !hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
+        this.setFeatureBit('incompatible', INCOMPAT_DIRTY, true);
+        this.#dirtySet = true;
+      }
+    }
+    const bitmaps = parseBitmapsExtension(findExtension(this.extensions, EXT_BITMAPS), this.file);
+    const consistent = bitmaps !== undefined && (before.a & (1n << BigInt(AUTOCLEAR_BITMAPS))) !== 0n;
+    if (consistent && h.version >= 3) {
+      this.setFeatureBit('autoclear', AUTOCLEAR_BITMAPS, true);
+      const allocator = this.#writer!.allocator;
+      this.setBitmapTracker(await BitmapTracker.load({ storage: this.storage, clusterSize: this.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => this.storage.flush() }, bitmaps!, this.fileSize, h.size));
+    }
+    const stale = bitmaps && !consistent ? await bitmapRanges(this.storage, bitmaps, this.fileSize, this.geom.clusterSize) : [];
+    if (bitmaps && !consistent) {
+      const oldLength = extensionsLength(this.extensions);
+      this.setExtensions(this.extensions.filter((e) => e.type !== EXT_BITMAPS));
+      const area = new Uint8Array(oldLength);
+      area.set(serializeExtensions(this.extensions));
+      await this.storage.write(h.headerLength, area);
+    }
+    if ((bitmaps && !consistent) || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
+      await writeHeader(this);
+      await this.storage.flush();
+    }
+    for (const r of stale) await this.#writer?.allocator.release(r.offset, r.bytes);
+    this.#firstWriteDone = true;
+  }
+
+  /**
+   * After a flush made the refcounts exact: clears the dirty bit this
+   * session set (lazy refcounts; header written and flushed), and the next
+   * write starts a new session ({@link beforeFirstWrite} again).
+   */
+  async endWriteSession(): Promise<void> {
+    if (!this.#dirtySet) return;
+    this.setFeatureBit('incompatible', INCOMPAT_DIRTY, false);
+    await writeHeader(this);
+    await this.storage.flush();
+    this.#dirtySet = false;
+    this.#firstWrite = undefined;
+    this.#firstWriteDone = false;
   }
 
   /** Throws ERR_IMG_CLOSED once closed. */
@@ -295,63 +406,6 @@ export function corruptImageError(file: string): ImageError {
 /** Rewrites the header fields (bytes 0..header_length); extensions are left as they are. */
 export function writeHeader(s: Qcow2Image): Promise<void> {
   return writeHeaderFields(s.storage, s.header);
-}
-
-/** Sets the corrupt bit (v3) after a write met corrupt metadata, and refuses further writes. */
-export async function markCorrupt(s: Qcow2Image): Promise<void> {
-  if (s.corruptFound) return;
-  s.corruptFound = true;
-  if (s.header.version < 3) return;
-  s.header.incompatibleFeatures |= 1n << BigInt(INCOMPAT_CORRUPT);
-  try {
-    await writeHeader(s);
-    await s.storage.flush();
-  } catch {
-    // The original error matters more than a failure to mark the image.
-  }
-}
-
-/**
- * Before the first change: clear autoclear bits this code does not keep
- * consistent (every one but "raw external data", which writes honour), and
- * set the dirty bit when lazy refcounts are on.
- */
-export function beforeFirstWrite(s: Qcow2Image): Promise<void> {
-  s.firstWrite ??= (async () => {
-    const h = s.header;
-    const before = { a: h.autoclearFeatures, i: h.incompatibleFeatures };
-    if (h.version >= 3) {
-      h.autoclearFeatures &= 1n << BigInt(AUTOCLEAR_DATA_FILE_RAW);
-      if (hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS) && !hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
-        h.incompatibleFeatures |= 1n << BigInt(INCOMPAT_DIRTY);
-        s.dirtySet = true;
-      }
-    }
-    // Persistent bitmaps: consistent ones (autoclear bit 0) are kept up to date; inconsistent ones are
-    // dropped (extension and clusters), since qemu would otherwise count their clusters as leaked.
-    const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-    const consistent = bitmaps !== undefined && (before.a & (1n << BigInt(AUTOCLEAR_BITMAPS))) !== 0n;
-    if (consistent && h.version >= 3) {
-      h.autoclearFeatures |= 1n << BigInt(AUTOCLEAR_BITMAPS);
-      const allocator = s.writer!.allocator;
-      s.setBitmapTracker(await BitmapTracker.load({ storage: s.storage, clusterSize: s.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => s.storage.flush() }, bitmaps!, s.fileSize, h.size));
-    }
-    const stale = bitmaps && !consistent ? await bitmapRanges(s.storage, bitmaps, s.fileSize, s.geom.clusterSize) : [];
-    if (bitmaps && !consistent) {
-      const oldLength = extensionsLength(s.extensions);
-      s.setExtensions(s.extensions.filter((e) => e.type !== EXT_BITMAPS));
-      const area = new Uint8Array(oldLength);
-      area.set(serializeExtensions(s.extensions));
-      await s.storage.write(h.headerLength, area);
-    }
-    if ((bitmaps && !consistent) || before.a !== h.autoclearFeatures || before.i !== h.incompatibleFeatures) {
-      await writeHeader(s);
-      await s.storage.flush();
-    }
-    for (const r of stale) await s.writer?.allocator.release(r.offset, r.bytes);
-    s.firstWriteDone = true;
-  })();
-  return s.firstWrite;
 }
 
 /** A data file that was not opened: metadata works, data reads fail clearly. */
@@ -418,10 +472,10 @@ export async function refreshOverlapMap(s: Qcow2Image, view: MappingView): Promi
  */
 export function guardedDataStorage(storage: Storage, s: Qcow2Image): Storage {
   const write = async (position: number, data: Uint8Array): Promise<void> => {
-    if (s.corruptFound) throw corruptImageError(s.file);
+    if (s.markedCorrupt) throw corruptImageError(s.file);
     const hit = s.overlap?.find(position, data.length);
     if (hit) {
-      await markCorrupt(s);
+      await s.markCorrupt();
       throw overlapError(s.file, position, data.length, hit);
     }
     return storage.write(position, data);
@@ -452,6 +506,19 @@ export async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Ar
 const SECTOR = 512;
 
 /**
+ * Cluster 0 as the image's header, extensions and backing file name lay
+ * it out (at least `size` bytes; see layoutHeaderCluster). The layout
+ * places the backing file name: the header's backing_file_offset and
+ * backing_file_size are set to match (in memory).
+ */
+export function layoutCluster0(s: Qcow2Image, size: number): Uint8Array {
+  const h = { ...s.header };
+  const area = layoutHeaderCluster(h, s.extensions, s.backingName, size);
+  s.setHeader({ backingFileOffset: h.backingFileOffset, backingFileSize: h.backingFileSize });
+  return area;
+}
+
+/**
  * Writes cluster 0 again after a change of the header, its extensions or
  * the backing file name (the one writer of cluster 0 in an open image:
  * amend, backing file changes), laid out as qemu lays it out. A crash
@@ -464,12 +531,11 @@ const SECTOR = 512;
  * the caller's error for a layout that does not fit in one cluster.
  */
 export async function writeHeaderCluster(s: Qcow2Image, tooBig: (need: number, clusterSize: number) => ImageError): Promise<void> {
-  const h = s.header;
   const cs = s.geom.clusterSize;
-  const end = headerClusterBytes(h, s.extensions, s.backingName);
+  const end = headerClusterBytes(s.header, s.extensions, s.backingName);
   if (end > cs) throw tooBig(end, cs);
   const oldEnd = s.headerAreaEnd;
-  const area = layoutHeaderCluster(h, s.extensions, s.backingName, Math.min(cs, Math.max(end, oldEnd)));
+  const area = layoutCluster0(s, Math.min(cs, Math.max(end, oldEnd)));
   const write = (offset: number, bytes: Uint8Array) => checkedWrite(s, offset, bytes, OVERLAP.HEADER);
   await s.storage.flush();
   if (end <= SECTOR) {

@@ -76,6 +76,7 @@ export function extensionsLength(extensions: readonly HeaderExtension[]): number
   return total;
 }
 
+/** The first header extension of `type`, if any. */
 export function findExtension(extensions: readonly HeaderExtension[], type: number): HeaderExtension | undefined {
   return extensions.find((e) => e.type === type);
 }
@@ -96,6 +97,7 @@ export function extensionString(ext: HeaderExtension | undefined): string | unde
   return ext ? utf8Decode(ext.data) : undefined;
 }
 
+/** A header extension holding a string (backing format, data file name), as UTF-8 bytes. */
 export function stringExtension(type: number, value: string): HeaderExtension {
   return { type, data: utf8Encode(value) };
 }

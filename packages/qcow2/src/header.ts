@@ -192,6 +192,7 @@ export interface Qcow2Geometry {
   refcountBits: number;
 }
 
+/** The sizes a header implies: cluster size, L2 entries per table and what one table covers, subclusters, refcount width. */
 export function geometry(h: Qcow2Header, extendedL2: boolean): Qcow2Geometry {
   const clusterSize = 2 ** h.clusterBits;
   const l2EntrySize = extendedL2 ? 16 : 8;

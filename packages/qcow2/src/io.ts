@@ -14,10 +14,9 @@
  */
 import { ERROR_CODES, ImageError, checkDiskRange, invalidArg, readOnlyError, unsupported } from '@img/block';
 import type { WriteZeroesOptions } from '@img/block';
-import { INCOMPAT_DIRTY } from './constants.js';
 import { readRange } from './reader.js';
 import type { MappingView } from './mapping-view.js';
-import { beforeFirstWrite, corruptImageError, markCorrupt, refreshOverlapMap, writeHeader, type Qcow2Image, type Qcow2WriterParts } from './core.js';
+import { corruptImageError, refreshOverlapMap, type Qcow2Image, type Qcow2WriterParts } from './core.js';
 import type { Scheduler } from './scheduler.js';
 import { writeCompressedData } from './compressed-write.js';
 import { writeGuest, writeInPlace, zeroOrDiscardGuest } from './writer.js';
@@ -32,7 +31,7 @@ export async function readQcow2Into(core: Qcow2Image, view: MappingView, offset:
   try {
     await readRange(core, core, view, offset, target);
   } finally {
-    if (allocator?.readEnded()) allocator.drainReleases().catch((e: unknown) => void (core.deferredError ??= e));
+    allocator?.readEnded();
   }
 }
 
@@ -40,7 +39,7 @@ export async function readQcow2Into(core: Qcow2Image, view: MappingView, offset:
 export function writableRange(core: Qcow2Image, offset: number, length: number): Qcow2WriterParts {
   core.assertOpen();
   if (core.readOnly || !core.writer) throw readOnlyError(FORMAT, core.file);
-  if (core.corruptFound) throw corruptImageError(core.file);
+  if (core.markedCorrupt) throw corruptImageError(core.file);
   checkDiskRange(FORMAT, core.active.size, offset, length, core.file);
   return core.writer;
 }
@@ -50,14 +49,14 @@ async function guard(core: Qcow2Image, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
   } catch (e) {
-    if (ImageError.isInstance(e) && e.code === ERROR_CODES.CORRUPT) await markCorrupt(core);
+    if (ImageError.isInstance(e) && e.code === ERROR_CODES.CORRUPT) await core.markCorrupt();
     throw e;
   }
 }
 
 /** Before a change: the once-per-session header update, then the dirty bitmaps learn the range. */
 export async function changing(core: Qcow2Image, offset: number, length: number): Promise<void> {
-  await beforeFirstWrite(core);
+  await core.beforeFirstWrite();
   await core.bitmaps?.change(offset, length);
 }
 
@@ -178,16 +177,12 @@ export async function flushQcow2(core: Qcow2Image): Promise<void> {
   await w.scheduler.settle();
   await w.allocator.drainReleases();
   await core.bitmaps?.commit();
-  if (core.deferredError !== undefined) throw core.takeDeferredError();
+  const releaseError = w.allocator.takeReleaseError();
+  if (releaseError !== undefined) throw releaseError;
   await core.dataFile?.flush();
   await core.storage.flush();
   // Lazy refcounts: refcounts are exact once everything is flushed, so the image is clean again.
-  if (core.dirtySet) {
-    core.setHeader({ incompatibleFeatures: core.header.incompatibleFeatures & ~(1n << BigInt(INCOMPAT_DIRTY)) });
-    await writeHeader(core);
-    await core.storage.flush();
-    core.endWriteSession();
-  }
+  await core.endWriteSession();
 }
 
 /** Flushes (unless the image was marked corrupt), then closes the core; the first error is reported. */
@@ -195,6 +190,6 @@ export async function closeQcow2(core: Qcow2Image): Promise<void> {
   if (core.closed) return;
   const errors: unknown[] = [];
   // A failed flush still closes the files; its error is the one reported.
-  if (!core.readOnly && core.writer && !core.corruptFound) await flushQcow2(core).catch((e: unknown) => errors.push(e));
+  if (!core.readOnly && core.writer && !core.markedCorrupt) await flushQcow2(core).catch((e: unknown) => errors.push(e));
   await core.close(errors);
 }

@@ -7,6 +7,7 @@
 /** Default cache size: enough tables to map 100 GiB with 64 KiB clusters (200 tables of 64 KiB), rounded up. */
 export const DEFAULT_L2_CACHE_BYTES = 16 * 1024 * 1024;
 
+/** The L2 tables of an open image kept in memory, least recently used out, with tables pinned while a deferred write holds them. */
 export class L2Cache {
   readonly capacity: number;
   #tables = new Map<number, Uint8Array>();

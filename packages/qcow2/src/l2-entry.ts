@@ -4,7 +4,7 @@
  * or the whole cluster without extended L2 entries).
  */
 import { writeU64BeParts } from '@img/block';
-import { decodeL2Entry, type EntryGeometry } from './mapping.js';
+import { decodeL2Entry, type ClusterEntry, type EntryGeometry } from './mapping.js';
 import { ENTRY_COPIED_HI, ENTRY_COMPRESSED_HI, COMPRESSED_SECTOR } from './constants.js';
 
 const TWO32 = 0x1_0000_0000;
@@ -25,8 +25,12 @@ const put64 = writeU64BeParts;
 
 /** Decodes entry `index` of an L2 table. */
 export function decodeEntry(table: Uint8Array, index: number, g: EntryGeometry, file: string, tableOffset: number): Entry {
+  return writerEntry(decodeL2Entry(table, index, g, file, tableOffset), g);
+}
+
+/** An entry as the codec in mapping.ts decodes it, in the writer's form. */
+export function writerEntry(e: ClusterEntry, g: EntryGeometry): Entry {
   const full = g.extendedL2 ? 0xffffffff : 1;
-  const e = decodeL2Entry(table, index, g, file, tableOffset);
   switch (e.type) {
     case 'unallocated':
       return { host: undefined, copied: false, compressed: undefined, alloc: 0, zero: 0 };

@@ -5,13 +5,14 @@
  * order (a callback per table), and the entries of a table (decoded by
  * the codec in mapping.ts, with a fast form for walks that count host
  * cluster uses). Check, check's repairs, the writable-open gate, amend,
- * snapshot commits, compact's reference graph and the overlap map walk
- * through it; guest reads and extents walk a range of a view instead
+ * snapshot commits, compact's reference graph, the overlap map, the
+ * cluster map's copy of a shared table and the stream reader walk through
+ * it; guest reads and extents walk a range of a view instead
  * (segments.ts), and writes look single entries up (cluster-map.ts).
  */
 import { readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
-import { decodeL2Entry, entryOffset, l1EntryOffset, standardEntryCluster, type ClusterEntry, type EntryGeometry } from './mapping.js';
+import { decodeL2Entry, entryCopied, entryOffset, l1EntryOffset, standardEntryCluster, type ClusterEntry, type EntryGeometry } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
 import { readL1 } from './reader.js';
 import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
@@ -80,16 +81,20 @@ export async function* distinctL2Tables(s: WalkImage, tables: readonly L1Table[]
 /** Largest read of L2 tables that follow each other in the file. */
 const MAX_TABLES_READ = 4 * 1024 * 1024;
 
-/** What the table and entry walks read: the image file, its name, and how its entries decode. */
-export interface TableSource {
-  readonly storage: Storage;
+/** What the entry walks read: the image's name (for messages) and how its entries decode. */
+export interface EntrySource {
   readonly file: string;
   readonly entryGeom: EntryGeometry;
 }
 
+/** What the table and entry walks read: the image file, its name, and how its entries decode. */
+export interface TableSource extends EntrySource {
+  readonly storage: Storage;
+}
+
 /** Whether L1 entry `index` of `t` has the COPIED flag (its L2 table's refcount is exactly 1). */
 export function l1EntryCopied(t: L1Table, index: number): boolean {
-  return (readU32Be(t.l1, index * 8) & ENTRY_COPIED_HI) !== 0;
+  return entryCopied(t.l1, index * 8);
 }
 
 /**
@@ -152,11 +157,13 @@ export function l2EntriesPerTable(g: EntryGeometry): number {
  * `tableOffset` in the file) decoded by the codec, in order:
  * `onEntry(e, index, at)`, `at` being the entry's file offset. An entry
  * that does not decode goes to `onBad` (skipped without one: reporting
- * it is check's business).
+ * it is check's business; a walk that must stop there throws from
+ * `onBad`). At most the first `limit` entries (a table's last entries may
+ * lie past the disk's end).
  */
-export function forEachL2Entry(s: TableSource, table: Uint8Array, tableOffset: number, onEntry: (e: ClusterEntry, index: number, at: number) => void, onBad?: (error: Error, index: number, at: number) => void): void {
+export function forEachL2Entry(s: EntrySource, table: Uint8Array, tableOffset: number, onEntry: (e: ClusterEntry, index: number, at: number) => void, onBad?: (error: Error, index: number, at: number) => void, limit?: number): void {
   const g = s.entryGeom;
-  const entries = l2EntriesPerTable(g);
+  const entries = Math.min(l2EntriesPerTable(g), limit ?? Infinity);
   const size = g.extendedL2 ? 16 : 8;
   for (let j = 0; j < entries; j++) {
     let e: ClusterEntry;
@@ -179,7 +186,7 @@ export function forEachL2Entry(s: TableSource, table: Uint8Array, tableOffset: n
  * and for every extended L2 entry. Entries naming no cluster (or an
  * unaligned one) are skipped, and so are entries that do not decode.
  */
-export function forEachEntryCluster(s: TableSource, table: Uint8Array, tableOffset: number, onCluster: (cluster: number, index: number, copied: boolean) => void, onEntry: (e: AllocatedEntry, index: number) => void): void {
+export function forEachEntryCluster(s: EntrySource, table: Uint8Array, tableOffset: number, onCluster: (cluster: number, index: number, copied: boolean) => void, onEntry: (e: AllocatedEntry, index: number) => void): void {
   const g = s.entryGeom;
   const entries = l2EntriesPerTable(g);
   const cb = g.clusterBits;

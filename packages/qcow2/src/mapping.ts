@@ -3,7 +3,7 @@
  * decoding an entry into what a guest cluster is: unallocated, zero,
  * stored at a host offset, compressed, or split into subclusters.
  */
-import { readU32Be, writeU64BeParts, corrupt, hex } from '@img/block';
+import { readU32Be, writeU32Be, writeU64BeParts, corrupt, hex } from '@img/block';
 import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
 
 const FORMAT = 'qcow2';
@@ -38,6 +38,23 @@ export function l1EntryOffset(l1: Uint8Array, index: number, clusterSize: number
     throw corrupt(FORMAT, file, `L1 entry ${index} at ${hex(l1Offset + at)} points to an unaligned L2 table offset ${hex(offset)}`, { field: 'L1 entry', offset: l1Offset + at, actual: offset });
   }
   return offset;
+}
+
+/** Whether the L1 or L2 entry at byte `at` of a table has the COPIED flag (refcount exactly 1). */
+export function entryCopied(table: Uint8Array, at: number): boolean {
+  return (readU32Be(table, at) & ENTRY_COPIED_HI) !== 0;
+}
+
+/**
+ * Sets or clears the COPIED flag of the L1 or L2 entry at byte `at` of a
+ * table, nothing else of it; true if the flag changed.
+ */
+export function setEntryCopied(table: Uint8Array, at: number, copied: boolean): boolean {
+  const hi = readU32Be(table, at);
+  const next = (copied ? hi | ENTRY_COPIED_HI : hi & ~ENTRY_COPIED_HI) >>> 0;
+  if (next === hi) return false;
+  writeU32Be(table, at, next);
+  return true;
 }
 
 /**

@@ -14,11 +14,11 @@ import { openBacking, openDataFile, type OpenedBacking } from './backing.js';
 import { L2Cache, DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 import { readL1 } from './reader.js';
 import { Qcow2Disk } from './image.js';
-import { missingDataFile, writeHeader, Qcow2Image, type Qcow2ImageParts } from './core.js';
+import { missingDataFile, Qcow2Image, type Qcow2ImageParts } from './core.js';
 import { attachWriter } from './writable.js';
 import { closeQcow2 } from './io.js';
 import { snapshotView } from './snapshot-ops.js';
-import { checkState } from './check.js';
+import { repairDirtyImage } from './dirty-repair.js';
 import { gateWritableOpen } from './open-gate.js';
 
 const FORMAT = 'qcow2';
@@ -160,14 +160,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
       await attachWriter(core);
       // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
       if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
-        const repaired = await checkState(core, core.active, 'all');
-        if (repaired.corruptions) {
-          throw corrupt(FORMAT, file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });
-        }
-        header.incompatibleFeatures &= ~(1n << BigInt(INCOMPAT_DIRTY));
-        await writeHeader(core);
-        await storage.flush();
-        await attachWriter(core);
+        await repairDirtyImage(core, core.active);
       }
       // Refused before anything is written (check -r all opens with checkOnly: it repairs what it can first).
       const refcounts = core.writer?.allocator.refcounts;

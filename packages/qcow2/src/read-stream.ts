@@ -20,7 +20,8 @@ import { decompressCluster } from './compression.js';
 import { EXT_DATA_FILE, QCOW2_V2_HEADER_LENGTH } from './constants.js';
 import { findExtension } from './extensions.js';
 import { headerClusterSize, validateHeaderCluster } from './header-check.js';
-import { decodeL2Entry, l1EntryOffset, type EntryGeometry } from './mapping.js';
+import type { EntryGeometry } from './mapping.js';
+import { forEachL1Entry, forEachL2Entry } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 const NAME = 'stream';
@@ -169,21 +170,28 @@ async function readHeaderAndL1(reader: ByteStreamReader): Promise<StreamSource> 
     if (!(await reader.skipTo(l1Start))) throw corrupt(FORMAT, NAME, `the stream ends at ${hex(reader.position)}, before the L1 table at ${hex(l1Start)}`, { field: 'l1_table_offset', offset: 40 });
     // Entries past the disk's end map nothing a reader sees: only the needed ones are read.
     const l1 = await reader.exact(neededL1 * 8, 'the L1 table');
-    for (let i = 0; i < neededL1; i++) {
-      const l2 = l1EntryOffset(l1, i, cs, NAME, l1Start);
-      if (l2 === 0) continue;
-      if (l2 < cs || (l2 < l1End && l2 + cs > l1Start)) {
-        throw corrupt(FORMAT, NAME, `L1 entry ${i} points at ${hex(l2)}, inside the header or the L1 table`, { field: 'L1 entry', offset: l1Start + i * 8, actual: l2 });
-      }
-      if (l2 < reader.position) {
-        throw unsupported(FORMAT, NAME, `the L2 table of L1 entry ${i} (guest ${hex(i * geom.l2Coverage)}) lies at ${hex(l2)}, before the L1 table that points to it: this image's metadata does not precede its data; save it to a file and open it`, {
-          field: 'L1 entry',
-          offset: l1Start + i * 8,
-          actual: l2,
-        });
-      }
-      queue.push(KIND_L2, l2, i * geom.l2Coverage, cs, i);
-    }
+    const rethrow = (e: Error): never => {
+      throw e;
+    };
+    forEachL1Entry(
+      { l1, offset: l1Start, entries: neededL1 },
+      cs,
+      NAME,
+      (l2, i) => {
+        if (l2 < cs || (l2 < l1End && l2 + cs > l1Start)) {
+          throw corrupt(FORMAT, NAME, `L1 entry ${i} points at ${hex(l2)}, inside the header or the L1 table`, { field: 'L1 entry', offset: l1Start + i * 8, actual: l2 });
+        }
+        if (l2 < reader.position) {
+          throw unsupported(FORMAT, NAME, `the L2 table of L1 entry ${i} (guest ${hex(i * geom.l2Coverage)}) lies at ${hex(l2)}, before the L1 table that points to it: this image's metadata does not precede its data; save it to a file and open it`, {
+            field: 'L1 entry',
+            offset: l1Start + i * 8,
+            actual: l2,
+          });
+        }
+        queue.push(KIND_L2, l2, i * geom.l2Coverage, cs, i);
+      },
+      rethrow,
+    );
   }
   return { size, pieces: decode(reader, queue, { size, cs, g, l2Entries: geom.l2Entries, subclusterSize: geom.subclusterSize, compressionType: h.compressionType }) };
 }
@@ -316,46 +324,56 @@ function queueTable(queue: HostQueue, table: Uint8Array, tableOffset: number, l1
     if (runLen) queue.push(KIND_DATA, runHost, runGuest, runLen, 0);
     runLen = 0;
   };
-  for (let i = 0; i < c.l2Entries; i++) {
-    const guest = (base + i) * cs;
-    if (guest >= size) break;
-    const e = decodeL2Entry(table, i, g, NAME, tableOffset);
-    let host: number | undefined;
-    if (e.type === 'normal') host = e.host;
-    else if (e.type === 'compressed') host = e.host;
-    else if (e.type === 'subclusters' && e.host !== undefined && e.alloc !== 0) host = e.host;
-    if (host === undefined) continue;
-    const inTail = e.type === 'compressed' && retained !== undefined && host >= retained.start && host < retained.start + retained.bytes.length;
-    if (host < position && !inTail) {
-      const span = e.type === 'compressed' ? e.size : cs;
-      if (host < cs || (host < tableOffset + cs && host + span > tableOffset)) {
-        throw corrupt(FORMAT, NAME, `L2 entry ${i} of the table at ${hex(tableOffset)} (guest ${hex(guest)}) points at ${hex(host)}, inside the header or the table itself`, {
+  // Entries past the disk's end map nothing a reader sees; one that does not decode ends the stream.
+  const count = Math.min(c.l2Entries, Math.ceil(size / cs) - base);
+  const rethrow = (e: Error): never => {
+    throw e;
+  };
+  forEachL2Entry(
+    { file: NAME, entryGeom: g },
+    table,
+    tableOffset,
+    (e, i) => {
+      const guest = (base + i) * cs;
+      let host: number | undefined;
+      if (e.type === 'normal') host = e.host;
+      else if (e.type === 'compressed') host = e.host;
+      else if (e.type === 'subclusters' && e.host !== undefined && e.alloc !== 0) host = e.host;
+      if (host === undefined) return;
+      const inTail = e.type === 'compressed' && retained !== undefined && host >= retained.start && host < retained.start + retained.bytes.length;
+      if (host < position && !inTail) {
+        const span = e.type === 'compressed' ? e.size : cs;
+        if (host < cs || (host < tableOffset + cs && host + span > tableOffset)) {
+          throw corrupt(FORMAT, NAME, `L2 entry ${i} of the table at ${hex(tableOffset)} (guest ${hex(guest)}) points at ${hex(host)}, inside the header or the table itself`, {
+            field: 'L2 entry',
+            offset: tableOffset + i * (g.extendedL2 ? 16 : 8),
+            actual: host,
+          });
+        }
+        throw unsupported(FORMAT, NAME, `the cluster for guest offset ${hex(guest)} lies at ${hex(host)}, before the L2 table at ${hex(tableOffset)} that maps it (the stream has passed it): this image's metadata does not precede its data; save it to a file and open it`, {
           field: 'L2 entry',
           offset: tableOffset + i * (g.extendedL2 ? 16 : 8),
           actual: host,
         });
       }
-      throw unsupported(FORMAT, NAME, `the cluster for guest offset ${hex(guest)} lies at ${hex(host)}, before the L2 table at ${hex(tableOffset)} that maps it (the stream has passed it): this image's metadata does not precede its data; save it to a file and open it`, {
-        field: 'L2 entry',
-        offset: tableOffset + i * (g.extendedL2 ? 16 : 8),
-        actual: host,
-      });
-    }
-    if (e.type === 'compressed') {
-      flush();
-      queue.push(KIND_COMPRESSED, e.host, guest, e.size, 0);
-    } else if (e.type === 'normal' || (e.type === 'subclusters' && e.alloc === full)) {
-      if (runLen && runHost + runLen === host && runGuest + runLen === guest) runLen += cs;
-      else {
+      if (e.type === 'compressed') {
         flush();
-        runHost = host;
-        runGuest = guest;
-        runLen = cs;
+        queue.push(KIND_COMPRESSED, e.host, guest, e.size, 0);
+      } else if (e.type === 'normal' || (e.type === 'subclusters' && e.alloc === full)) {
+        if (runLen && runHost + runLen === host && runGuest + runLen === guest) runLen += cs;
+        else {
+          flush();
+          runHost = host;
+          runGuest = guest;
+          runLen = cs;
+        }
+      } else if (e.type === 'subclusters') {
+        flush();
+        queue.push(KIND_SUBCLUSTERS, host, guest, cs, e.alloc);
       }
-    } else if (e.type === 'subclusters') {
-      flush();
-      queue.push(KIND_SUBCLUSTERS, host, guest, cs, e.alloc);
-    }
-  }
+    },
+    rethrow,
+    count,
+  );
   flush();
 }

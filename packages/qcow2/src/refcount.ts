@@ -11,8 +11,8 @@ import { readU32Be, writeU32Be, corrupt, hex, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
 import type { PendingWrites } from './pending-writes.js';
-import { MAX_REFCOUNT_TABLE_BYTES, OFFSET_MASK_HI, OFFSET_MASK_LO } from './constants.js';
-import { MAX_HOST_OFFSET } from './mapping.js';
+import { MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { MAX_HOST_OFFSET, entryOffset } from './mapping.js';
 import { OVERLAP, overlapKindName, type OverlapMap } from './overlap.js';
 
 const FORMAT = 'qcow2';
@@ -56,7 +56,7 @@ function parseTable(bytes: Uint8Array, clusterSize: number, fileSize: number, ta
   for (let i = 0; i < out.length; i++) {
     const hi = readU32Be(bytes, i * 8);
     const lo = readU32Be(bytes, i * 8 + 4);
-    const offset = (hi & OFFSET_MASK_HI) * 0x1_0000_0000 + ((lo & OFFSET_MASK_LO) >>> 0);
+    const offset = entryOffset(hi, lo);
     if (offset !== 0 && (offset % clusterSize !== 0 || offset + clusterSize > fileSize || offset > MAX_HOST_OFFSET)) {
       throw corrupt(FORMAT, file, `refcount block at ${hex(offset)} (refcount table entry ${i} at ${hex(tableOffset + i * 8)}) is unaligned or lies past the end of the file`, {
         field: 'refcount table entry',

@@ -26,9 +26,8 @@
  * (active layer and snapshots) is the old one or the new one. The dirty
  * bit is not needed, so version 2 images are as safe as version 3.
  */
-import { corrupt, hex, readU32Be, unsupported, writeU32Be, writeU64Be } from '@img/block';
-import { writeEntryOffset } from './mapping.js';
-import { ENTRY_COPIED_HI } from './constants.js';
+import { corrupt, hex, unsupported, writeU64Be } from '@img/block';
+import { setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
@@ -168,14 +167,6 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-function setCopied(bytes: Uint8Array, at: number, copied: boolean): boolean {
-  const hi = readU32Be(bytes, at);
-  const next = copied ? (hi | ENTRY_COPIED_HI) >>> 0 : (hi & ~ENTRY_COPIED_HI) >>> 0;
-  if (next === hi) return false;
-  writeU32Be(bytes, at, next);
-  return true;
-}
-
 /**
  * Applies `change` to the image with one header switch (see the module
  * comment). On return the header, the active view, the snapshot list and
@@ -218,7 +209,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     let changed = false;
     for (const { j, cluster: c } of flagClusters(s, table, at)) {
       const own = s.entryGeom.dataFile || (await after(c)) === 1;
-      if (setCopied(table, j * es, own)) changed = true;
+      if (setEntryCopied(table, j * es, own)) changed = true;
     }
     return changed ? table : undefined;
   };
@@ -268,7 +259,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     const target = placed.get(at) ?? at;
     writeEntryOffset(l1, i * 8, target, false);
     const refs = placed.has(at) ? 1 + d.get(target / cs) : await after(at / cs);
-    setCopied(l1, i * 8, refs === 1);
+    setEntryCopied(l1, i * 8, refs === 1);
   }
   const l1Bytes = change.active.entries * 8;
   const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && sameBytes(l1, view.l1.subarray(0, l1Bytes));

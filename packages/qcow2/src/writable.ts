@@ -7,7 +7,7 @@ import { Refcounts } from './refcount.js';
 import { Allocator } from './allocator.js';
 import { ClusterMap } from './cluster-map.js';
 import { Scheduler } from './scheduler.js';
-import { buildOverlapMap, beforeFirstWrite, writeHeader, type Qcow2Image } from './core.js';
+import { buildOverlapMap, writeHeader, type Qcow2Image } from './core.js';
 
 /** Loads the refcounts and attaches the writable parts to an image opened for writing (again after a refcount rebuild). */
 export async function attachWriter(core: Qcow2Image): Promise<void> {
@@ -18,7 +18,7 @@ export async function attachWriter(core: Qcow2Image): Promise<void> {
     get done() {
       return core.firstWriteDone;
     },
-    wait: () => beforeFirstWrite(core),
+    wait: () => core.beforeFirstWrite(),
   });
   const refcounts = await Refcounts.load({
     overlap,

@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, renameSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { ImageError, MemoryStorage, assertExtentCover, diskExtents, type ResolveRequest, type Storage } from '@img/block';
 import { VHD_OP_KINDS, applyVhdOp as apply, clampVhdOp, seededBytes, slowStorage, tempDir, type VhdOp } from '@img/testkit';
@@ -165,7 +165,7 @@ describe('finding parents', () => {
     await impostor.close();
     const e = await openVhdFile(child).catch((x: unknown) => x);
     expect(ImageError.isInstance(e) && e.code).toBe('ERR_IMG_MISMATCH');
-    expect(String((e as Error).message)).toMatch(/unique id/);
+    expect(String((e as Error).message)).toMatch(/has unique id \S+, but this image's parent unique id is \S+: the parent changed after this image was made \(allowUuidMismatch/);
     const d = await openVhdFile(child, { allowUuidMismatch: true });
     expect(d.problems.map((p) => p.code)).toEqual(expect.arrayContaining(['parent-uuid-mismatch', 'parent-timestamp-mismatch']));
     await d.close();
@@ -180,6 +180,11 @@ describe('finding parents', () => {
     };
     await expect(openVhdFile(child, { untrusted: true, resolver: spy })).rejects.toMatchObject({ code: 'ERR_IMG_UNSAFE' });
     expect(calls).toEqual([]);
+    // Without a resolver: the same error as qcow2's and VMDK's, naming the option that reads without the parent.
+    await expect(openVhd(MemoryStorage.from(new Uint8Array(readFileSync(child)), { name: 'child.vhd' }))).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      message: expect.stringMatching(/has a parent ".+" but no resolver was given to open it \(pass a resolver, or noBacking/),
+    });
     const d = await openVhdFile(child, { noBacking: true, resolver: spy });
     const got = await d.read(0, 8192);
     expect(got.subarray(0, 4096).every((b) => b === 0)).toBe(true);

@@ -3,7 +3,7 @@
  * MacX, then the deprecated ones), the parent unicode name and a search
  * path; checking its unique id; depth limit and cycle detection.
  */
-import { ERROR_CODES, ImageError, chainCycleError, chainTooDeepError, missingFileError, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, parentMismatchError, type Storage } from '@img/block';
 import { VhdDisk } from './disk.js';
 import { fromVhdTimestamp } from './footer.js';
 import type { VhdOpenOptions } from './open-options.js';
@@ -71,9 +71,7 @@ export async function openParent<L extends ParentLayer>(s: VhdState, options: La
   }
   const resolver = options.resolver;
   if (!resolver) {
-    throw new ImageError(ERROR_CODES.NOT_FOUND, `vhd: ${file}: differencing disk needs its parent: pass a resolver (or noBacking)`, {
-      data: { format: FORMAT, file, field: 'parent locator' },
-    });
+    throw noResolverError(FORMAT, file, 'a parent', h.parentUnicodeName || h.parentUniqueId, 'noBacking to read without it', { field: 'parent locator' });
   }
   const writable = options.writableParent ?? options.backingWritable ?? false;
   const candidates = await parentCandidates(s, options.searchPath);
@@ -118,9 +116,7 @@ export async function openParent<L extends ParentLayer>(s: VhdState, options: La
         s.problems.push(vhdProblem('parent-uuid-mismatch', 'corruption', message, s.headerOffset + 0x28));
       } else {
         await parent.close();
-        mismatch = new ImageError(ERROR_CODES.MISMATCH, `vhd: ${file}: ${message}`, {
-          data: { format: FORMAT, file, field: 'parent unique id', offset: s.headerOffset + 0x28, expected: h.parentUniqueId, actual: parent.uniqueId },
-        });
+        mismatch = parentMismatchError(FORMAT, file, storage.name, { label: 'parent unique id', parentLabel: 'unique id', expected: h.parentUniqueId, actual: parent.uniqueId, allow: 'allowUuidMismatch' }, { field: 'parent unique id', offset: s.headerOffset + 0x28 });
         continue;
       }
     }

@@ -4,7 +4,7 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, startedAhead, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -183,10 +183,8 @@ class BitmapPrefetch {
     if (this.#next <= block) this.#next = block + 1;
     for (const stop = Math.min(this.#endBlock, block + 1 + BITMAPS_AHEAD); this.#next < stop; this.#next++) {
       if ((bat[this.#next] ?? BAT_UNUSED) === BAT_UNUSED || this.#core.hasBitmap(this.#next)) continue;
-      const p = this.#core.bitmap(this.#next);
       // Read ahead and maybe never awaited (the caller stops early): its failure is reported when it is awaited.
-      p.catch(() => undefined);
-      this.#pending.set(this.#next, p);
+      this.#pending.set(this.#next, startedAhead(this.#core.bitmap(this.#next)));
     }
     const p = this.#pending.get(block);
     if (!p) return this.#core.bitmap(block);

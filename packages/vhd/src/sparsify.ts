@@ -15,7 +15,7 @@
  * having reached the disk, so they need no flush between them; one flush
  * ends the run. Running it again after a crash finishes the job.
  */
-import { findZeroRuns, invalidArg, throwIfAborted, type Resolver, type Storage } from '@img/block';
+import { findZeroRuns, invalidArg, startedAhead, throwIfAborted, type Resolver, type Storage } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { setBits, testBit } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -99,11 +99,7 @@ export async function sparsifyVhd(storage: Storage, options: VhdSparsifyOptions 
     let aborted: unknown;
     // Blocks are scanned (read) a few ahead of the one whose updates are written: reads overlap the
     // scanning, while the writes stay one block at a time, in order (two BAT entries in one sector).
-    const scan = (k: number) => {
-      const p = scanBlock(core, blocks[k]!);
-      p.catch(() => undefined);
-      return p;
-    };
+    const scan = (k: number) => startedAhead(scanBlock(core, blocks[k]!));
     for (let k = 0; k < Math.min(SCAN_AHEAD, blocks.length); k++) scans.push(scan(k));
     for (let k = 0; k < blocks.length; k++) {
       try {

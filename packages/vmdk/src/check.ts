@@ -9,9 +9,8 @@
 import { ImageError, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
 import { decodeDescriptorBytes, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
 import { GTE_UNALLOCATED, GTE_ZEROED, parseEntries, ENTRY_BYTES } from './grain-table.js';
-import { FORMAT } from './image.js';
-import { openVmdk, type VmdkOpenOptions } from './open.js';
-import type { VmdkDisk } from './disk.js';
+import { FORMAT, type VmdkImage } from './image.js';
+import { openVmdkImage, type VmdkOpenOptions } from './open.js';
 import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
 import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js';
@@ -122,7 +121,7 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
 export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkCheckResult> {
   const problems: VmdkProblem[] = [];
   const result: VmdkCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems, allocatedGrains: 0, totalGrains: 0 };
-  let disk: VmdkDisk;
+  let core: VmdkImage;
   try {
     // A descriptor file checked without a resolver: only the descriptor itself is this file (as qemu-img check reads it).
     const head = await storage.read(0, Math.min(await storage.size(), SECTOR));
@@ -132,7 +131,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
       parseDescriptor(text, storage.name);
       return result;
     }
-    disk = await openVmdk(storage, { ...options, readOnly: true, noBacking: true });
+    core = await openVmdkImage(storage, { ...options, readOnly: true, noBacking: true });
   } catch (e) {
     if (!ImageError.isInstance(e)) throw e;
     problems.push({ code: 'open-failed', file: storage.name, message: e.message });
@@ -143,7 +142,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
   try {
     let allocated = 0;
     let total = 0;
-    for (const map of disk.grainMaps()) {
+    for (const map of core.grainMaps()) {
       const r = await checkMap(map, problems);
       allocated += r.allocated;
       total += Math.ceil(map.capacityBytes / map.grainBytes);
@@ -152,7 +151,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     result.allocatedGrains = allocated;
     result.totalGrains = total;
   } finally {
-    await disk.close();
+    await core.close();
   }
   // A redundant table that lags the primary is what a crash between the two entry writes leaves: the primary decides, nothing is lost.
   result.corruptions = problems.filter((p) => p.code !== 'redundant-mismatch').length;

@@ -85,7 +85,7 @@ describe('descriptor', () => {
 
   it('decodes the character set the descriptor names (windows-1252 here), and stops at the first NUL', () => {
     const latin = text.replace('disk-f.vmdk', 'Bücher.vmdk');
-    const bytes = new Uint8Array([...latin].map((c) => c.charCodeAt(0)).concat([0, 0x41, 0x42]));
+    const bytes = new Uint8Array(Array.from({ length: latin.length }, (_, i) => latin.charCodeAt(i)).concat([0, 0x41, 0x42]));
     const decoded = decodeDescriptorBytes(bytes);
     expect(decoded.endsWith('"lsilogic"\n')).toBe(true);
     expect(parseDescriptor(decoded).extents[1]!.fileName).toBe('Bücher.vmdk');

@@ -16,7 +16,7 @@ import { describe, expect, it } from 'vitest';
 import { checkVmdk } from './check.js';
 import { createVmdk } from './create.js';
 import { openVmdk } from './open.js';
-import { memoryResolver } from './test-resolver.js';
+import { memoryResolver } from '../test/resolver.js';
 
 const MODES: CrashMode[] = ['drop', 'subset', 'torn'];
 const SIZE = 1 << 20;

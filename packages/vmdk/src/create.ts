@@ -159,7 +159,7 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
     throw invalidArg(FORMAT, `a ${subformat} image holds at most ${MAX_EXTENTS} extents of 2 GiB (got ${size} bytes)`, { field: 'size', actual: size });
   }
   if (flat && options.zeroedGrain) throw invalidArg(FORMAT, `a ${subformat} image has no grains: zeroed_grain does not apply`, { field: 'zeroed_grain' });
-  if (/["\u0000-\u001f]/.test(baseName(storage.name))) throw invalidArg(FORMAT, `the image name "${baseName(storage.name)}" cannot be written in a descriptor (a quote or control character)`, { field: 'file' });
+  if (hasQuoteOrControl(baseName(storage.name))) throw invalidArg(FORMAT, `the image name "${baseName(storage.name)}" cannot be written in a descriptor (a quote or control character)`, { field: 'file' });
   if (!split && subformat !== 'monolithicFlat' && sectors * SECTOR > MAX_SPARSE_SIZE) {
     throw invalidArg(FORMAT, `a sparse VMDK holds at most ${MAX_SPARSE_SIZE} bytes (got ${size})`, { field: 'size', actual: size });
   }
@@ -369,4 +369,10 @@ async function createStream(storage: Storage, descriptor: VmdkDescriptor, sector
   core.appendWriter = new AppendWriter(storage, layout, map, sectors * SECTOR);
   core.cidUpdated = true;
   return new VmdkDisk(core);
+}
+
+/** Whether `name` holds a double quote or a control character (U+0000..U+001F): neither can be written in a descriptor line. */
+function hasQuoteOrControl(name: string): boolean {
+  for (let i = 0; i < name.length; i++) if (name.charCodeAt(i) < 0x20 || name[i] === '"') return true;
+  return false;
 }

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openVmdk, type VmdkOpenOptions } from './open.js';
 import { checkVmdk } from './check.js';
-import { memoryResolver } from './test-resolver.js';
+import { memoryResolver } from '../test/resolver.js';
 
 const S = 512;
 const hasVmdkinfo = spawnSync('sh', ['-c', 'command -v vmdkinfo'], { stdio: 'ignore' }).status === 0 || process.env.CI === 'true';

@@ -6,7 +6,6 @@
 import { CallOrder, checkDiskRange, extentRange, mergeExtents, readOnlyError, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage, type WriteZeroesOptions } from '@img/block';
 import { descriptorField, serializeDescriptor } from './descriptor.js';
 import { extentRuns } from './extents.js';
-import type { GrainMap } from './grain-map.js';
 import { FORMAT, type VmdkImage } from './image.js';
 import { imageCid, imageParentCid, vmdkInfo } from './info.js';
 import { readInto } from './read.js';
@@ -94,11 +93,6 @@ export class VmdkDisk implements Disk {
     }));
   }
 
-  /** @internal The grain maps of the sparse extents (checkVmdk walks them). */
-  grainMaps(): GrainMap[] {
-    return this.#core.extents.flatMap((e) => (e.kind === 'sparse' ? [e.map] : []));
-  }
-
   async read(offset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
@@ -144,17 +138,7 @@ export class VmdkDisk implements Disk {
 
   /** Closes the image, its extent files and its parent. A streamOptimized image being created is finished first. */
   async close(): Promise<void> {
-    const core = this.#core;
-    if (core.closed) return;
-    try {
-      if (core.appendWriter && !core.appendWriter.finished) await core.appendWriter.finish();
-      if (!core.readOnly) for (const s of new Set(this.#storages())) await s.flush();
-    } finally {
-      core.closed = true;
-      for (const s of core.owned) await s.close().catch(() => undefined);
-      await core.parent?.close().catch(() => undefined);
-      await core.storage.close();
-    }
+    await this.#core.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

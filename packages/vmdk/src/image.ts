@@ -4,7 +4,7 @@
  * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
  * over it; VmdkDisk is the public facade that holds it privately.
  */
-import { ERROR_CODES, ImageError, KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
+import { KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
 import type { ExtentType, VmdkDescriptor } from './descriptor.js';
 import type { GrainMap } from './grain-map.js';
 import type { AppendWriter } from './append-writer.js';
@@ -131,6 +131,29 @@ export class VmdkImage {
     this.owned = init.owned;
     const last = init.extents[init.extents.length - 1];
     this.size = last ? last.start + last.length : 0;
+  }
+
+  /**
+   * Closes the image, its extent files and its parent: a streamOptimized
+   * image being created is finished first, a writable one's files are
+   * flushed. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (this.appendWriter && !this.appendWriter.finished) await this.appendWriter.finish();
+      if (!this.readOnly) for (const s of new Set([this.storage, ...this.owned])) await s.flush();
+    } finally {
+      this.closed = true;
+      for (const s of this.owned) await s.close().catch(() => undefined);
+      await this.parent?.close().catch(() => undefined);
+      await this.storage.close();
+    }
+  }
+
+  /** The grain maps of the sparse extents, in extent order (check walks them). */
+  grainMaps(): GrainMap[] {
+    return this.extents.flatMap((e) => (e.kind === 'sparse' ? [e.map] : []));
   }
 
   /** Throws ERR_IMG_CLOSED after close. */

@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, parentMismatchError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -39,11 +39,15 @@ const DESCRIPTOR_FILE_TYPES = ['monolithicFlat', 'vmfs', 'vmfsSparse', 'twoGbMax
  * ```
  */
 export async function openVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkDisk> {
+  return new VmdkDisk(await openVmdkImage(storage, options));
+}
+
+/** Opens the core of a VMDK image (what {@link openVmdk} wraps; check loads it directly). On failure every file it opened is closed again. */
+export async function openVmdkImage(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkImage> {
   const owned: Storage[] = [];
   let parent: Disk | undefined;
   try {
-    const core = await openCore(storage, options, owned, (p) => (parent = p));
-    return new VmdkDisk(core);
+    return await openCore(storage, options, owned, (p) => (parent = p));
   } catch (e) {
     await parent?.close().catch(() => undefined);
     for (const s of owned) await s.close().catch(() => undefined);
@@ -176,11 +180,11 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
   if (!options.resolver) throw noResolverError(FORMAT, file, 'a parent', name, 'noBacking to read without it', { field: 'resolver', actual: name });
   const chain = [...(options.chain ?? []), file];
   const max = options.maxChainDepth ?? DEFAULT_MAX_CHAIN;
-  if (chain.length > max) throw unsupported(FORMAT, file, `the parent chain is deeper than ${max}`, { field: 'parentFileNameHint' });
+  if (chain.length > max) throw chainTooDeepError(FORMAT, file, max, { field: 'parentFileNameHint' });
   const parentStorage = await options.resolver({ name, kind: 'parent', from: storage, writable: options.backingWritable ?? false });
   if (chain.includes(parentStorage.name)) {
     await parentStorage.close().catch(() => undefined);
-    throw corrupt(FORMAT, file, `the parent chain loops back to ${parentStorage.name}`, { field: 'parentFileNameHint', actual: name });
+    throw chainCycleError(FORMAT, file, `parent "${name}" (${parentStorage.name})`, { field: 'parentFileNameHint', actual: name });
   }
   let disk: VmdkDisk;
   try {
@@ -191,11 +195,8 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
   }
   if (parentCid !== undefined && parentCid !== CID_NO_PARENT && !options.allowCidMismatch && disk.cid !== parentCid) {
     await disk.close().catch(() => undefined);
-    throw corrupt(FORMAT, file, `the parent "${name}" has CID ${disk.cid.toString(16).padStart(8, '0')}, but this image expects parentCID ${parentCid.toString(16).padStart(8, '0')}: the parent changed after this image was made`, {
-      field: 'parentCID',
-      expected: parentCid,
-      actual: disk.cid,
-    });
+    const cid = (n: number) => n.toString(16).padStart(8, '0');
+    throw parentMismatchError(FORMAT, file, `"${name}"`, { label: 'parentCID', parentLabel: 'CID', expected: cid(parentCid), actual: cid(disk.cid), allow: 'allowCidMismatch' }, { field: 'parentCID' });
   }
   return { disk, name };
 }

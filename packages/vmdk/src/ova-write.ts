@@ -108,7 +108,7 @@ export function ovaWriteOptionsFrom(options: Record<string, unknown> = {}): OvaW
 /** The VM name checked for use as a file stem: printable, no path separators, short enough for a ustar name. */
 function checkName(name: string): string {
   // "-disk1.vmdk" is the longest suffix; a ustar name holds 100 bytes.
-  if (name === '' || new TextEncoder().encode(name).length > 80 || /[/\\\0-\x1f\x7f:*?"<>|]/.test(name) || name.startsWith('.')) {
+  if (name === '' || new TextEncoder().encode(name).length > 80 || hasControlOr(name, '/\\:*?"<>|') || name.startsWith('.')) {
     throw invalidArg('ova', `the name "${name}" must be 1 to 80 bytes without path separators, control characters or :*?"<>|, and not start with "."`, { field: 'name', actual: name });
   }
   return name;
@@ -196,4 +196,13 @@ export async function streamOva(source: Disk, options: OvaWriteOptions = {}): Pr
     }
   }
   return { length, chunks: chunks() };
+}
+
+/** Whether `name` holds a control character (U+0000..U+001F, U+007F) or one of `chars`. */
+function hasControlOr(name: string, chars: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f || chars.includes(name[i]!)) return true;
+  }
+  return false;
 }

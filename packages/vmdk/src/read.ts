@@ -5,7 +5,7 @@
  * part of one is inflated into the grain cache; unallocated grains come
  * from the parent or read as zeros).
  */
-import { corrupt, hex } from '@img/block';
+import { corrupt, hex, startedAhead } from '@img/block';
 import { inflateGrain } from './compression.js';
 import { GRAIN_MARKER_HEADER, parseMarker } from './marker.js';
 import { grainKey, type SparseExtent, type VmdkImage } from './image.js';
@@ -69,9 +69,8 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
   let holeStart = -1;
   const flushHole = (end: number): void => {
     if (holeStart < 0) return;
-    const p = readBelow(core, guest + holeStart, out.subarray(holeStart, end));
-    p.catch(() => undefined); // judged below, with the others; handled now so that a later await cannot leave it unhandled
-    reads.push(p);
+    // Judged below, with the others.
+    reads.push(startedAhead(readBelow(core, guest + holeStart, out.subarray(holeStart, end))));
     holeStart = -1;
   };
   // Whole compressed grains that lie one after another in the file: read as one span, then inflated one by one.
@@ -79,9 +78,7 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
   let span: SpanGrain[] = [];
   const flushSpan = (): void => {
     if (span.length === 0) return;
-    const p = readSpan(core, index, e, span);
-    p.catch(() => undefined);
-    reads.push(p);
+    reads.push(startedAhead(readSpan(core, index, e, span)));
     span = [];
   };
   while (done < out.length) {
@@ -102,9 +99,7 @@ async function readSparse(core: VmdkImage, index: number, e: SparseExtent, inExt
     } else {
       flushHole(done);
       flushSpan();
-      const p = readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n));
-      p.catch(() => undefined);
-      reads.push(p);
+      reads.push(startedAhead(readGrain(core, index, e, grain, inGrain, guest + done, out.subarray(done, done + n))));
     }
     done += n;
   }
@@ -151,11 +146,15 @@ async function readGrain(core: VmdkImage, index: number, e: SparseExtent, grain:
   if (writer) {
     // A streamOptimized image being written: grains are in the writer's buffers or appended.
     const pending = writer.pendingGrain(grain);
-    if (pending) return void out.set(pending.subarray(inGrain, inGrain + out.length));
+    if (pending) {
+      out.set(pending.subarray(inGrain, inGrain + out.length));
+      return;
+    }
     const sector = writer.appendedSector(grain);
     if (!sector) return readBelow(core, guest, out);
     const bytes = await compressedGrain(core, index, e, grain, sector * SECTOR);
-    return void out.set(bytes.subarray(inGrain, inGrain + out.length));
+    out.set(bytes.subarray(inGrain, inGrain + out.length));
+    return;
   }
   const entry = await e.map.entry(grain);
   if (entry.kind === 'unallocated') return readBelow(core, guest, out);

@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createVmdk, splitExtentName } from './create.js';
 import { vmdkDriver } from './driver.js';
 import { openVmdk } from './open.js';
-import { memoryResolver } from './test-resolver.js';
+import { memoryResolver } from '../test/resolver.js';
 
 const GiB = 2 ** 30;
 /** Three extents: two of 2 GiB and a short one that is not a whole number of grains. */

@@ -7,7 +7,7 @@
  * the stream (stream-layout.ts). Compression makes the length unknown
  * until the end: the ImageStream's length is -1.
  */
-import { alignDown, alignUp, isAllZero, unsupported, type Disk, type ImageStream } from '@img/block';
+import { alignDown, alignUp, isAllZero, startedAhead, unsupported, type Disk, type ImageStream } from '@img/block';
 import { FORMAT } from './image.js';
 import { deflateGrains } from './compression.js';
 import { serializeDescriptor } from './descriptor.js';
@@ -110,9 +110,8 @@ async function* emit(source: Disk, layout: StreamLayout, onFinish: VmdkStreamOpt
         ended = true;
         break;
       }
-      const compressed = deflateGrains(r.value.data, grainBytes);
-      compressed.catch(() => undefined); // awaited in order below
-      queue.push({ grains: r.value.grains, compressed });
+      // Awaited in order below.
+      queue.push({ grains: r.value.grains, compressed: startedAhead(deflateGrains(r.value.data, grainBytes)) });
     }
   };
   try {

@@ -15,7 +15,7 @@ import { checkVmdk } from './check.js';
 import { createVmdk } from './create.js';
 import type { VmdkDisk } from './disk.js';
 import { openVmdk } from './open.js';
-import { memoryResolver } from './test-resolver.js';
+import { memoryResolver } from '../test/resolver.js';
 
 const SIZE = 1536 * 1024 + 512 * 3; // 24 grains and a partial one
 
@@ -148,9 +148,18 @@ describe('monolithicSparse read-write against a flat model', () => {
     const changed = text.replace(/CID=[0-9a-f]{8}/, 'CID=0badc0de');
     base.set(new TextEncoder().encode(changed), 512);
     const child = MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true });
-    await expect(openVmdk(child, { resolver: memoryResolver(files) })).rejects.toThrow(/the parent changed after this image was made/);
+    await expect(openVmdk(child, { resolver: memoryResolver(files) })).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH', message: expect.stringMatching(/parentCID is [0-9a-f]{8}: the parent changed after this image was made/) });
     const ok = await openVmdk(MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true }), { resolver: memoryResolver(files), allowCidMismatch: true });
     await ok.close();
+  });
+
+  it('a parent chain that loops or runs too deep is ERR_IMG_CHAIN, as for qcow2 and VHD', async () => {
+    const { files } = await chain();
+    // "base.vmdk" now holds the child, which names base.vmdk as its parent again.
+    files.set('base.vmdk', (files.get('child.vmdk') as Uint8Array).slice());
+    const child = () => MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true });
+    await expect(openVmdk(child(), { resolver: memoryResolver(files), allowCidMismatch: true })).rejects.toMatchObject({ code: 'ERR_IMG_CHAIN', message: expect.stringMatching(/is already in the chain: a cycle/) });
+    await expect(openVmdk(child(), { resolver: memoryResolver(files), allowCidMismatch: true, maxChainDepth: 1 })).rejects.toMatchObject({ code: 'ERR_IMG_CHAIN', message: expect.stringMatching(/longer than 1 images/) });
   });
 });
 

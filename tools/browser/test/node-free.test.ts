@@ -12,6 +12,7 @@ describe('core entry points import nothing from Node (as a browser bundler resol
     ['@img/qcow2', 'packages/qcow2/dist/'],
     ['@img/vhd', 'packages/vhd/dist/'],
     ['@img/vmdk', 'packages/vmdk/dist/'],
+    ['@img/convert', 'packages/convert/dist/'],
   ] as const) {
     it(`${pkg}: no node: or built-in module, directly or through any dependency`, async () => {
       const b = await bundleForBrowser(`export * from '${pkg}';`);

@@ -1,4 +1,4 @@
-// The shipped .d.ts of block, qcow2 and vhd type-check in a browser
+// The shipped .d.ts of block, qcow2, vhd and vmdk type-check in a browser
 // project (lib ["ES2022", "DOM"], no @types/node, skipLibCheck off) and in
 // a Node project (lib ESNext, @types/node), where the platform's own
 // declarations of Symbol.asyncDispose meet ours.
@@ -19,7 +19,7 @@ describe('the shipped types', () => {
     const r = tsc('tsconfig.json', '--listFiles');
     expect(r.status, r.out).toBe(0);
     // The program really holds the shipped declarations (not the sources), and no Node types.
-    for (const file of ['packages/block/dist/disk.d.ts', 'packages/qcow2/dist/image.d.ts', 'packages/vhd/dist/image.d.ts', 'lib.dom.d.ts']) {
+    for (const file of ['packages/block/dist/disk.d.ts', 'packages/qcow2/dist/image.d.ts', 'packages/vhd/dist/image.d.ts', 'packages/vmdk/dist/disk.d.ts', 'lib.dom.d.ts']) {
       expect(r.out, file).toContain(file);
     }
     expect(r.out).not.toMatch(/@types\/node/);

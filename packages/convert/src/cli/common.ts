@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { ImageError, formatSize } from '@img/block';
 
+/** A command line that cannot be run (unknown option, missing argument): printed with a pointer to --help, exit status 1. */
 export class UsageError extends Error {}
 
 /** An error with an exit status of its own (compare and check use 1, 2, 3). */
@@ -66,6 +67,7 @@ export function describeErrno(e: unknown): string {
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
+/** The version the CLIs print (`--version`). */
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;

@@ -7,6 +7,7 @@ import { formatSize, ImageError, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
 import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 
+/** The `img-convert --help` text. */
 export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
        PROG [-f fmt] [-O fmt] [options] <input> <output>     (qemu-img convert's spelling)
 
