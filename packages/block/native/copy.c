@@ -17,8 +17,7 @@
  * kept) and only the data runs are written: the destination must already
  * read as zeros there. Without zero detection every byte is written, with
  * copy_file_range where options.copyRange allows and the kernel can (the
- * bytes then never enter user space), else pread/pwrite. Jobs writing into
- * the same file take turns for each write (see write_locks).
+ * bytes then never enter user space), else pread/pwrite.
  *
  * readRuns reads the runs one after another into `buffer` (the batch must
  * fit) and, with zero detection, reports the data/zero split of each run,
@@ -54,7 +53,6 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <node_api.h>
 
@@ -81,9 +79,6 @@ typedef struct {
   bool copy_range;
   /* copyRuns with zero detection: source chunks scanned through a mapping (see map_chunk) while this holds. */
   bool map_scan;
-  /* copyRuns: held around each write to the destination (see dst_write_lock); NULL: none. */
-  pthread_mutex_t *write_lock;
-  bool write_locked;
   off_t src_size; /* the source's size when the job started: only chunks inside it are mapped */
   /* results */
   double bytes_read, bytes_written, bytes_skipped;
@@ -141,37 +136,6 @@ static void buffer_put(uint8_t *b, size_t len) {
   }
   pthread_mutex_unlock(&pool_lock);
   free(b);
-}
-
-/*
- * Writes to one file on tmpfs, ext4, XFS and btrfs take the file's inode
- * lock for the whole write, so batches copied into the same destination on
- * several pool threads write one after another anyway. Waiting for that
- * lock in the kernel spins while its holder runs (measured on tmpfs, B
- * raw->qcow2 with 4 batches in flight: 10% of all CPU cycles in
- * rwsem_spin_on_owner); waiting on a mutex here sleeps, so the other
- * threads' scans, and other processes, get the CPU instead. Files that
- * share a slot only wait for each other.
- */
-#define WRITE_LOCKS 16
-static pthread_mutex_t write_locks[WRITE_LOCKS] = {
-  PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-  PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-  PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-  PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-};
-
-/* File systems whose buffered writes hold the inode lock throughout: tmpfs, ext2/3/4, XFS, btrfs. */
-static bool locks_whole_writes(long type) {
-  return type == 0x01021994 || type == 0xEF53 || type == 0x58465342 || type == 0x9123683E;
-}
-
-static void lock_writes(copy_job *j) {
-  if (j->write_lock) pthread_mutex_lock(j->write_lock), j->write_locked = true;
-}
-
-static void unlock_writes(copy_job *j) {
-  if (j->write_locked) j->write_locked = false, pthread_mutex_unlock(j->write_lock);
 }
 
 static bool cancelled(copy_job *j) {
@@ -304,10 +268,7 @@ static bool emit_copy(copy_job *j, const uint8_t *buf, size_t start, size_t end,
     j->bytes_skipped += (double)(end - start);
     return true;
   }
-  lock_writes(j);
-  bool ok = write_full(j, buf + start, end - start, (off_t)base + (off_t)start);
-  unlock_writes(j);
-  return ok;
+  return write_full(j, buf + start, end - start, (off_t)base + (off_t)start);
 }
 
 static bool push_piece(copy_job *j, double v) {
@@ -520,10 +481,7 @@ static bool emit_mapped(copy_job *j, const uint8_t *buf, size_t start, size_t en
     return true;
   }
   mapped_chunk *c = scan_chunk;
-  lock_writes(j);
-  bool ok = write_mapped(j, c->mapped + start, c->src + (off_t)start, (off_t)base + (off_t)start, end - start);
-  unlock_writes(j);
-  return ok;
+  return write_mapped(j, c->mapped + start, c->src + (off_t)start, (off_t)base + (off_t)start, end - start);
 }
 
 /*
@@ -578,8 +536,7 @@ static int map_chunk(copy_job *j, off_t off, size_t n, uint64_t d) {
         result = -1;
       }
     } else {
-      /* SIGBUS: the source shrank under the scan; the read path copies the chunk again (past the new end: zeros). Writes from the mapping fail with EFAULT rather than fault, so the lock is not held here; let go of it all the same. */
-      unlock_writes(j);
+      /* SIGBUS: the source shrank under the scan; the read path copies the chunk again (past the new end: zeros). */
       j->src_size = 0;
       result = 0;
     }
@@ -608,14 +565,6 @@ static void execute(napi_env env, void *data) {
     struct stat st;
     if (stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
   }
-  if (!j->read_mode) {
-    struct stat st;
-    struct statfs fs;
-    if (stat_fd(j->dst_fd, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(j->dst_fd, &fs) == 0 && locks_whole_writes(fs.f_type)) {
-      uint64_t key = (uint64_t)st.st_dev * 0x9e3779b97f4a7c15ull ^ (uint64_t)st.st_ino;
-      j->write_lock = &write_locks[(key ^ key >> 29) % WRITE_LOCKS];
-    }
-  }
   if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
     struct stat st;
     if (!install_guard() || stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode)) j->map_scan = false;
@@ -633,9 +582,7 @@ static void execute(napi_env env, void *data) {
     }
     if (!j->read_mode && j->min_zero_run == 0 && j->copy_range) {
       size_t moved;
-      lock_writes(j);
       bool ok = copy_range(j, (off_t)src, (off_t)dst, len, &moved);
-      unlock_writes(j);
       if (j->err) return;
       if (cancelled(j)) {
         j->cancelled = true;
@@ -677,10 +624,7 @@ static void execute(napi_env env, void *data) {
         }
         at += n;
       } else if (j->min_zero_run == 0) {
-        lock_writes(j);
-        bool ok = write_full(j, buf, n, (off_t)d);
-        unlock_writes(j);
-        if (!ok) return;
+        if (!write_full(j, buf, n, (off_t)d)) return;
       } else if (!split_zero_runs(j, buf, n, (double)d, emit_copy)) {
         return;
       }
