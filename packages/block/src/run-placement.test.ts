@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from './memory-storage.js';
-import { joinPlacedExtent, PlacedRuns, type PieceWalk } from './run-placement.js';
+import { joinPlacedExtent, PlacedRuns, type PieceWalk, type WriterPhase } from './run-placement.js';
 import type { Extent } from './disk.js';
 import type { Storage } from './storage.js';
 
@@ -39,7 +39,7 @@ describe('PlacedRuns', () => {
       fc.asyncProperty(ops, async (list: Op[]) => {
         const storage = new MemoryStorage();
         const { walk, hostOf } = unitMap();
-        const io = new PlacedRuns({ format: 'test', storage, size: 512, walk, writable: () => true, readable: () => true });
+        const io = new PlacedRuns({ format: 'test', storage, size: 512 }, walk, () => 'open');
         const model = new Uint8Array(size);
         const written = new Set<number>();
         for (const o of list) {
@@ -68,7 +68,7 @@ describe('PlacedRuns', () => {
   it('places runs at the host positions later writes use', async () => {
     const storage = new MemoryStorage();
     const { walk } = unitMap();
-    const io = new PlacedRuns({ format: 'test', storage, size: 512, walk, writable: () => true, readable: () => true });
+    const io = new PlacedRuns({ format: 'test', storage, size: 512 }, walk, () => 'open');
     expect(io.place(40, 30)).toEqual([40, 64 + 8, 8, 48, 64 + 16, 16, 64, 64 + 32, 6]);
     await io.write(48, new Uint8Array(16).fill(7));
     expect((await storage.read(64 + 16, 16)).every((b) => b === 7)).toBe(true);
@@ -79,7 +79,7 @@ describe('PlacedRuns', () => {
     const failing: Storage = Object.assign(Object.create(storage) as Storage, {
       write: () => Promise.reject(new Error('disk full')),
     });
-    const io = new PlacedRuns({ format: 'test', storage: failing, size: 512, walk: unitMap().walk, writable: () => true, readable: () => true });
+    const io = new PlacedRuns({ format: 'test', storage: failing, size: 512 }, unitMap().walk, () => 'open');
     await expect(io.write(0, new Uint8Array(40))).rejects.toThrow('disk full');
     await io.settle();
     expect((io.failure as Error).message).toBe('disk full');
@@ -88,17 +88,18 @@ describe('PlacedRuns', () => {
 
 describe('PlacedRuns checks', () => {
   it('refuses ranges outside the disk and I/O in a state that does not allow it', async () => {
-    let writable = true;
-    let readable = true;
-    const io = new PlacedRuns({ format: 'test', storage: new MemoryStorage(), size: 64, walk: unitMap().walk, writable: () => writable, readable: () => readable });
+    let phase: WriterPhase = 'open';
+    const io = new PlacedRuns({ format: 'test', storage: new MemoryStorage(), size: 64 }, unitMap().walk, () => phase);
     await expect(io.write(60, new Uint8Array(8))).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
     expect(() => io.place(-1, 4)).toThrow(expect.objectContaining({ code: 'ERR_IMG_INVALID_ARG' }));
-    writable = false;
+    phase = 'finishing';
     await expect(io.writeZeroes(0, 8)).rejects.toThrow(/closed/);
     expect(() => io.place(0, 4)).toThrow(/closed/);
     expect((await io.read(0, 8)).length).toBe(8);
-    readable = false;
-    await expect(io.readInto(0, new Uint8Array(8))).rejects.toThrow(/closed/);
+    for (const end of ['finished', 'aborted'] as const) {
+      phase = end;
+      await expect(io.readInto(0, new Uint8Array(8))).rejects.toThrow(/closed/);
+    }
   });
 });
 

@@ -22,21 +22,17 @@ export type PieceWalk = (offset: number, length: number, allocate: boolean, each
 /** Largest zero write: zeroing a whole allocation unit takes no buffer of its size. */
 const ZERO_PIECE = 1024 * 1024;
 
-/** What PlacedRuns needs to know of its writer. */
-export interface PlacedRunsOptions {
-  /** The format named in errors. */
-  format: string;
-  /** The image's storage, where the pieces' host positions lie. */
-  storage: Storage;
+/** The writer PlacedRuns works for: the Disk fields its errors name. */
+export interface PlacedRunsOwner {
+  readonly format: string;
   /** Guest size: every range must lie inside it. */
-  size: number;
-  /** Allocates and finds pieces: the writer's map. */
-  walk: PieceWalk;
-  /** May the writer still take writes (false: a closed-disk error)? */
-  writable: () => boolean;
-  /** May it still be read? */
-  readable: () => boolean;
+  readonly size: number;
+  /** The image's storage, where the pieces' host positions lie. */
+  readonly storage: Storage;
 }
+
+/** A write-once writer's phase: writes and reads while open, reads while finishing, nothing after. */
+export type WriterPhase = 'open' | 'finishing' | 'finished' | 'aborted';
 
 /**
  * The Disk I/O and placed runs of a writer that places guest runs in its
@@ -45,29 +41,33 @@ export interface PlacedRunsOptions {
  *
  * @example
  * ```ts
- * const io = new PlacedRuns({ format: 'qcow2', storage, size, walk: (o, n, allocate, each) => map.walk(o, n, allocate, each), writable: () => open, readable: () => true });
+ * const io = new PlacedRuns(writer, (o, n, allocate, each) => map.walk(o, n, allocate, each), () => phase);
  * await io.write(0, data);
  * await io.settle();
  * if (io.failure !== undefined) throw io.failure;
  * ```
  */
 export class PlacedRuns {
-  readonly #o: PlacedRunsOptions;
+  readonly #owner: PlacedRunsOwner;
   readonly #storage: Storage;
   readonly #walk: PieceWalk;
+  readonly #phase: () => WriterPhase;
   readonly #pending = new Set<Promise<void>>();
   #failure: unknown;
 
-  constructor(options: PlacedRunsOptions) {
-    this.#o = options;
-    this.#storage = options.storage;
-    this.#walk = options.walk;
+  /** `walk` is the writer's map; `phase` tells what it allows at the moment. */
+  constructor(owner: PlacedRunsOwner, walk: PieceWalk, phase: () => WriterPhase) {
+    this.#owner = owner;
+    this.#storage = owner.storage;
+    this.#walk = walk;
+    this.#phase = phase;
   }
 
-  /** Throws unless the writer is in a state for `use` and the range lies inside the disk. */
+  /** Throws unless the writer's phase allows `use` and the range lies inside the disk. */
   #check(use: 'write' | 'read', offset: number, length: number): void {
-    const o = this.#o;
-    if (!(use === 'write' ? o.writable() : o.readable())) throw diskClosedError(o.format, o.storage.name);
+    const o = this.#owner;
+    const phase = this.#phase();
+    if (phase !== 'open' && (use === 'write' || phase !== 'finishing')) throw diskClosedError(o.format, o.storage.name);
     checkDiskRange(o.format, o.size, offset, length, o.storage.name);
   }
 

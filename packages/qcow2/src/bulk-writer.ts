@@ -75,14 +75,11 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#cs = layout.clusterSize;
     this.#perTable = layout.perTable;
     this.#next = layout.end;
-    this.#io = new PlacedRuns({
-      format: FORMAT,
-      storage: this.storage,
-      size: this.size,
-      walk: (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
-      writable: () => this.#state === 'open',
-      readable: () => this.#state === 'open' || this.#state === 'finishing',
-    });
+    this.#io = new PlacedRuns(
+      this,
+      (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
+      () => this.#state,
+    );
   }
 
   #checkOpen(): void {

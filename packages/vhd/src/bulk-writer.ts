@@ -73,14 +73,11 @@ class VhdBulkWriter implements FreshImageWriter {
     this.#span = s.bitmapBytes + s.blockSize;
     this.#first = s.nextFree;
     this.#slotOf = new Float64Array(s.bat.length);
-    this.#io = new PlacedRuns({
-      format: FORMAT,
-      storage: this.storage,
-      size: this.size,
-      walk: (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
-      writable: () => this.#state === 'open',
-      readable: () => this.#state === 'open' || this.#state === 'finishing',
-    });
+    this.#io = new PlacedRuns(
+      this,
+      (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
+      () => this.#state,
+    );
   }
 
   #checkOpen(): void {
