@@ -10,14 +10,13 @@
  * refcounts and L1 table in an order that keeps every crash state a valid
  * image holding either nothing or the whole conversion.
  */
-import { checkDiskRange, diskClosedError, extentRange } from '@img/block';
+import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 import { openWrittenQcow2 } from './open.js';
 import { bulkLayout, commitBulkImage, writeEmptyImage, type BulkLayout } from './bulk-writer-metadata.js';
 
 const FORMAT = 'qcow2';
-const ZERO_PIECE = 1024 * 1024;
 
 type State = 'open' | 'finishing' | 'finished' | 'aborted';
 
@@ -65,8 +64,8 @@ class Qcow2BulkWriter implements FreshImageWriter {
   /** Host cluster -> guest cluster + 1 (0: not in use), for giving clusters back and for closing gaps. */
   #guestOf = new Float64Array(1024);
   #state: State = 'open';
-  readonly #pending = new Set<Promise<void>>();
-  #failure: unknown;
+  /** Writes, reads and placed runs through #pieces. */
+  readonly #io: PlacedRuns;
 
   constructor(storage: Storage, l: Qcow2Layout, layout: BulkLayout) {
     this.storage = storage;
@@ -76,6 +75,11 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#cs = layout.clusterSize;
     this.#perTable = layout.perTable;
     this.#next = layout.end;
+    this.#io = new PlacedRuns(
+      this,
+      (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
+      () => this.#state,
+    );
   }
 
   #checkOpen(): void {
@@ -122,11 +126,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
 
   /** Allocates guest `[offset, offset + length)` and answers its (guest offset, host position, length) pieces. */
   placeRuns(offset: number, length: number): number[] {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
-    const out: number[] = [];
-    this.#pieces(offset, length, true, (guest, host, n) => out.push(guest, host, n));
-    return out;
+    return this.#io.place(offset, length);
   }
 
   /**
@@ -184,19 +184,6 @@ class Qcow2BulkWriter implements FreshImageWriter {
     await this.storage.truncate(this.#next * cs);
   }
 
-  /** Runs `io` and keeps it in the set finish() waits for; a failure also fails finish(). */
-  async #track(io: Promise<void>): Promise<void> {
-    this.#pending.add(io);
-    try {
-      await io;
-    } catch (e) {
-      this.#failure ??= e;
-      throw e;
-    } finally {
-      this.#pending.delete(io);
-    }
-  }
-
   /**
    * Walks `[offset, offset + length)` cluster by cluster and calls `each`
    * once per host-contiguous piece of allocated clusters (all of them
@@ -230,46 +217,25 @@ class Qcow2BulkWriter implements FreshImageWriter {
     if (runLength) each(runGuest, runHost, runLength);
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, data.length, this.storage.name);
-    const writes: Promise<void>[] = [];
-    this.#pieces(offset, data.length, true, (guest, host, n) => {
-      writes.push(this.#track(this.storage.write(host, data.subarray(guest - offset, guest - offset + n))));
-    });
-    await Promise.all(writes);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#io.write(offset, data);
   }
 
   /** Clusters not yet written read as zeros already; written ones get zeros over the range. */
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
-    const writes: Promise<void>[] = [];
-    this.#pieces(offset, length, false, (_guest, host, n) => {
-      for (let k = 0; k < n; k += ZERO_PIECE) writes.push(this.#track(this.storage.write(host + k, new Uint8Array(Math.min(ZERO_PIECE, n - k)))));
-    });
-    await Promise.all(writes);
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.#io.writeZeroes(offset, length);
   }
 
   discard(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length);
+    return this.#io.writeZeroes(offset, length);
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    if (this.#state === 'aborted' || this.#state === 'finished') throw diskClosedError(FORMAT, this.storage.name);
-    checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
-    target.fill(0);
-    const reads: Promise<number>[] = [];
-    this.#pieces(offset, target.length, false, (guest, host, n) => {
-      reads.push(this.storage.readInto(host, target.subarray(guest - offset, guest - offset + n)));
-    });
-    await Promise.all(reads);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#io.readInto(offset, target);
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#io.read(offset, length);
   }
 
   /** Data where a cluster was written, holes elsewhere (the image has no backing file). */
@@ -296,9 +262,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
         }
       }
       pos += next.length;
-      const joins = cur !== undefined && cur.kind === next.kind && (next.hostOffset === undefined || cur.hostOffset! + cur.length === next.hostOffset);
-      if (joins) cur!.length += next.length;
-      else {
+      if (!joinPlacedExtent(cur, next)) {
         if (cur) yield cur;
         cur = next;
       }
@@ -307,7 +271,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
   }
 
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.#pending]);
+    await this.#io.settle();
     await this.storage.flush();
   }
 
@@ -321,8 +285,8 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#checkOpen();
     this.#state = 'finishing';
     try {
-      await Promise.allSettled([...this.#pending]);
-      if (this.#failure !== undefined) throw this.#failure;
+      await this.#io.settle();
+      if (this.#io.failure !== undefined) throw this.#io.failure;
       await this.#closeGaps();
       await commitBulkImage(this.storage, this.#l, this.#layout, this.#tables, this.#next);
       this.#state = 'finished';
@@ -340,7 +304,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
   async abort(): Promise<void> {
     if (this.#state === 'finished' || this.#state === 'aborted') return;
     this.#state = 'aborted';
-    await Promise.allSettled([...this.#pending]);
+    await this.#io.settle();
     await this.storage.truncate(this.#layout.end * this.#cs);
     await this.storage.flush();
   }

@@ -13,7 +13,7 @@
  * leaked blocks, a BAT sector torn or not points only at finished blocks.
  * The finished file is byte for byte the general writer's.
  */
-import { checkDiskRange, checkOptionKeys, diskClosedError, extentRange, isAllZero, type DriverCreateOptions } from '@img/block';
+import { checkOptionKeys, diskClosedError, extentRange, isAllZero, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { BAT_UNUSED, serializeBat } from './bat.js';
 import { createVhdImage, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS } from './create.js';
@@ -22,7 +22,6 @@ import { VHD_SECTOR } from './geometry.js';
 import { openVhd } from './open.js';
 import { FORMAT, type VhdState } from './state.js';
 
-const ZERO_PIECE = 1024 * 1024;
 /** A block whose file holds at most this much (pages shared with its neighbours) is read to see whether it is all zeros. */
 const EDGE_BYTES = 256 * 1024;
 
@@ -63,8 +62,8 @@ class VhdBulkWriter implements FreshImageWriter {
   /** Slots of placed runs a copy skipped zeros in: finish() gives back those that hold nothing. */
   readonly #maybeEmpty = new Set<number>();
   #state: WriterState = 'open';
-  readonly #pending = new Set<Promise<void>>();
-  #failure: unknown;
+  /** Writes, reads and placed runs through #pieces. */
+  readonly #io: PlacedRuns;
 
   constructor(s: VhdState) {
     this.#s = s;
@@ -74,6 +73,11 @@ class VhdBulkWriter implements FreshImageWriter {
     this.#span = s.bitmapBytes + s.blockSize;
     this.#first = s.nextFree;
     this.#slotOf = new Float64Array(s.bat.length);
+    this.#io = new PlacedRuns(
+      this,
+      (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
+      () => this.#state,
+    );
   }
 
   #checkOpen(): void {
@@ -114,11 +118,7 @@ class VhdBulkWriter implements FreshImageWriter {
 
   /** Allocates the blocks of guest `[offset, offset + length)` and answers its (guest offset, host position, length) pieces. */
   placeRuns(offset: number, length: number): number[] {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
-    const out: number[] = [];
-    this.#pieces(offset, length, true, (guest, host, n) => out.push(guest, host, n));
-    return out;
+    return this.#io.place(offset, length);
   }
 
   /** A copy into these placed runs left zeros unwritten: their blocks are looked at again by finish(). */
@@ -127,59 +127,25 @@ class VhdBulkWriter implements FreshImageWriter {
     return Promise.resolve();
   }
 
-  /** Runs `io` and keeps it in the set finish() waits for; a failure also fails finish(). */
-  async #track(io: Promise<void>): Promise<void> {
-    this.#pending.add(io);
-    try {
-      await io;
-    } catch (e) {
-      this.#failure ??= e;
-      throw e;
-    } finally {
-      this.#pending.delete(io);
-    }
-  }
-
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, data.length, this.storage.name);
-    const writes: Promise<void>[] = [];
-    this.#pieces(offset, data.length, true, (guest, host, n) => {
-      writes.push(this.#track(this.storage.write(host, data.subarray(guest - offset, guest - offset + n))));
-    });
-    await Promise.all(writes);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#io.write(offset, data);
   }
 
   /** Blocks not yet allocated read as zeros already; allocated ones get zeros over the range. */
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    this.#checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
-    const writes: Promise<void>[] = [];
-    this.#pieces(offset, length, false, (_guest, host, n) => {
-      for (let k = 0; k < n; k += ZERO_PIECE) writes.push(this.#track(this.storage.write(host + k, new Uint8Array(Math.min(ZERO_PIECE, n - k)))));
-    });
-    await Promise.all(writes);
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.#io.writeZeroes(offset, length);
   }
 
   discard(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length);
+    return this.#io.writeZeroes(offset, length);
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    if (this.#state === 'aborted' || this.#state === 'finished') throw diskClosedError(FORMAT, this.storage.name);
-    checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
-    target.fill(0);
-    const reads: Promise<number>[] = [];
-    this.#pieces(offset, target.length, false, (guest, host, n) => {
-      reads.push(this.storage.readInto(host, target.subarray(guest - offset, guest - offset + n)));
-    });
-    await Promise.all(reads);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#io.readInto(offset, target);
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#io.read(offset, length);
   }
 
   /** Data for allocated blocks (every sector present, as the general writer marks them), zero elsewhere. */
@@ -197,9 +163,7 @@ class VhdBulkWriter implements FreshImageWriter {
         next.file = this.storage.name;
       }
       pos = stop;
-      const joins = cur !== undefined && cur.kind === next.kind && (next.hostOffset === undefined || cur.hostOffset! + cur.length === next.hostOffset);
-      if (joins) cur!.length += next.length;
-      else {
+      if (!joinPlacedExtent(cur, next)) {
         if (cur) yield cur;
         cur = next;
       }
@@ -208,7 +172,7 @@ class VhdBulkWriter implements FreshImageWriter {
   }
 
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.#pending]);
+    await this.#io.settle();
     await this.storage.flush();
   }
 
@@ -274,8 +238,8 @@ class VhdBulkWriter implements FreshImageWriter {
     this.#state = 'finishing';
     const s = this.#s;
     try {
-      await Promise.allSettled([...this.#pending]);
-      if (this.#failure !== undefined) throw this.#failure;
+      await this.#io.settle();
+      if (this.#io.failure !== undefined) throw this.#io.failure;
       await this.#dropEmptyBlocks();
       const end = this.#first + this.#blockIn.length * this.#span;
       // Whatever lies behind the last block (a block moved away) goes; the footer follows it.
@@ -307,7 +271,7 @@ class VhdBulkWriter implements FreshImageWriter {
   async abort(): Promise<void> {
     if (this.#state === 'finished' || this.#state === 'aborted') return;
     this.#state = 'aborted';
-    await Promise.allSettled([...this.#pending]);
+    await this.#io.settle();
     await this.storage.truncate(this.#first + FOOTER_SIZE);
     await this.storage.flush();
   }

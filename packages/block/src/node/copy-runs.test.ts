@@ -115,6 +115,38 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     expect(Buffer.compare(outs[0]!, outs[1]!)).toBe(0);
   });
 
+  it('copies many batches into two destinations at once, on several pool threads taking turns to write each file, byte for byte', async () => {
+    const data = patterned(4 * MiB, 11);
+    const src = await FileStorage.open(file(data), { lock: false });
+    const paths = [file(), file()];
+    const dsts = await Promise.all(paths.map((p) => FileStorage.open(p, { readOnly: false, lock: false })));
+    // 64 KiB pieces of the source, each destination getting them in its own order (the second one reversed).
+    const piece = 64 * KiB;
+    const count = data.length / piece;
+    const jobs: Promise<unknown>[] = [];
+    for (const [k, dst] of dsts.entries()) {
+      for (const copyRange of [true, false]) {
+        for (let b = 0; b < count / 2; b += 4) {
+          const runs: number[] = [];
+          for (let i = b; i < b + 4; i++) {
+            const at = (copyRange ? 0 : count / 2) + (k ? count / 2 - 1 - i : i);
+            runs.push(at * piece, at * piece, piece);
+          }
+          jobs.push(src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, chunkSize: 128 * KiB, copyRange }));
+        }
+      }
+    }
+    await Promise.all(jobs);
+    await Promise.all(dsts.map((d) => d.close()));
+    await src.close();
+    for (const p of paths) {
+      const out = new Uint8Array(readFileSync(p));
+      const want = new Uint8Array(data.length);
+      for (let i = 0; i < count; i++) for (const [at, bytes] of expectedWrites(data, i * piece, i * piece, piece, 128 * KiB, 4096).image) want.set(bytes, at);
+      expect(Buffer.compare(Buffer.concat([out, new Uint8Array(data.length - out.length)]), want)).toBe(0);
+    }
+  });
+
   it('survives a source truncated while its chunks are scanned through a mapping (SIGBUS is caught)', () => {
     // In a child process: without the guard, a page past the new end of the file kills the process with SIGBUS.
     const script = `
