@@ -95,7 +95,9 @@ export function renderMarkdown(result) {
   lines.push('| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB | output |');
   lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
   for (const r of result.convert) {
-    lines.push(`| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`);
+    lines.push(
+      `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
+    );
   }
   if (result.compress.length) {
     lines.push('');
@@ -116,7 +118,9 @@ export function renderMarkdown(result) {
     lines.push('| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB | output |');
     lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
     for (const r of result.vmdk) {
-      lines.push(`| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`);
+      lines.push(
+        `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
+      );
     }
   }
   if (result.inproc?.length) {
