@@ -59,16 +59,36 @@ export function poolSize(cores: number): number {
   return Math.max(1, Math.min(4, cores));
 }
 
-async function deflateOnPool(grain: Uint8Array, level: number, width: number): Promise<Uint8Array> {
+/** Runs `job` once fewer than `width` pool jobs of this module are running. */
+async function onPool<T>(width: number, job: () => Promise<T>): Promise<T> {
   if (running >= width) await new Promise<void>((resolve) => turns.push(resolve));
   running++;
   try {
-    const out = await new Promise<Buffer>((resolve, reject) => zlib.deflate(grain, { level, chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(b))));
-    return new Uint8Array(out.buffer, out.byteOffset, out.length);
+    return await job();
   } finally {
     running--;
     turns.shift()?.();
   }
+}
+
+function asBytes(b: Buffer): Uint8Array {
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+async function deflateOnPool(grain: Uint8Array, level: number, width: number): Promise<Uint8Array> {
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.deflate(grain, { level, chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
+}
+
+/**
+ * inflateNode on libuv's thread pool (same limit, same errors), for a span
+ * of grains inflated at once: each grain pays a hand-off to a pool thread,
+ * but the grains of a span inflate on every core. Where
+ * IMG_COMPRESS_THREADS is 0, on this thread.
+ */
+async function inflateOffThread(input: Uint8Array, limit: number): Promise<Uint8Array> {
+  const width = poolSize(availableParallelism());
+  if (width === 0) return inflateNode(input, limit);
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.inflate(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit + 1) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
 }
 
 /**
@@ -94,6 +114,7 @@ export async function deflateGrainsInPool(data: Uint8Array, grainBytes: number, 
 export const nodeCodecs: VmdkCodecs = {
   name: 'node',
   inflate: inflateNode,
+  inflateOffThread,
   deflate: deflateNode,
   deflateGrains: (data, grainBytes) => deflateGrainsInPool(data, grainBytes),
 };
