@@ -7,7 +7,7 @@ afterEach(() => {
   else process.env.IMG_COMPRESS_THREADS = saved;
 });
 
-it('the deflate pool has one worker per core (at most 4) unless IMG_COMPRESS_THREADS says otherwise, as qcow2 reads it', () => {
+it('the deflate pool compresses one grain per core (at most 4) at once unless IMG_COMPRESS_THREADS says otherwise, as qcow2 reads it', () => {
   delete process.env.IMG_COMPRESS_THREADS;
   expect([1, 2, 8].map(poolSize)).toEqual([1, 2, 4]);
   process.env.IMG_COMPRESS_THREADS = '3';

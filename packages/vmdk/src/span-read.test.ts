@@ -82,4 +82,28 @@ describe('streamOptimized reads: whole grains a span of the file at a time', () 
       await disk.close();
     }
   });
+
+  it('a broken zlib stream among text-like grains (inflated off the main thread) is ERR_IMG_CORRUPT at its marker', async () => {
+    const bad = image.slice();
+    const view = new DataView(bad.buffer);
+    let at = 64 * KiB;
+    while (Number(view.getBigUint64(at, true)) !== 34 * 128) at += Math.ceil((GRAIN_MARKER_HEADER + view.getUint32(at + 8, true)) / 512) * 512;
+    const size = view.getUint32(at + 8, true);
+    expect(size).toBeLessThan(32 * KiB); // compressible: the off-thread path
+    bad.fill(0xff, at + GRAIN_MARKER_HEADER + 2, at + GRAIN_MARKER_HEADER + size);
+    const disk = await open(bad);
+    try {
+      const err = await disk.read(2 * MiB, 2 * MiB).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(ImageError.isInstance(err)).toBe(true);
+      expect((err as ImageError).code).toBe('ERR_IMG_CORRUPT');
+      expect((err as ImageError).message).toContain(`compressed grain at 0x${at.toString(16)}`);
+      // The grains around it still read (the span buffer was not given back early).
+      expect(Buffer.from(await disk.read(2 * MiB, 2 * 64 * KiB)).equals(Buffer.from(data.subarray(2 * MiB, 2 * MiB + 2 * 64 * KiB)))).toBe(true);
+    } finally {
+      await disk.close();
+    }
+  });
 });

@@ -92,8 +92,12 @@ function concat(parts: Uint8Array[], grainBytes: number): Uint8Array {
   return out;
 }
 
-/** Batches compressed ahead of the one being emitted (reading and compressing overlap; two per worker keep each busy). */
-const AHEAD = 6;
+/**
+ * Batches compressed ahead of the one being emitted, so reading and
+ * compressing overlap: 4 MiB of grains keeps every core busy (each batch
+ * is 16 grains for the thread pool), and bounds the memory in flight.
+ */
+const AHEAD = 4;
 
 async function* emit(source: Disk, layout: StreamLayout, onFinish: VmdkStreamOptions['onFinish']): AsyncGenerator<Uint8Array> {
   yield layout.head();

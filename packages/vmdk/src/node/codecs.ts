@@ -1,10 +1,11 @@
 /**
  * Node's codecs for compressed grains: node:zlib (zlib streams at level 6,
- * what qemu writes), and a worker pool that compresses many grains on
- * every core. Node-only; installed by Node's entry (root.ts, the
+ * what qemu writes), compressing many grains at once on libuv's thread
+ * pool, so on every core. Node-only; installed by Node's entry (root.ts, the
  * `@img/vmdk` Node resolves, and the `@img/vmdk/node` helpers) so that the core modules import
  * nothing from Node.
  */
+import { availableParallelism } from 'node:os';
 import * as zlib from 'node:zlib';
 import { DEFLATE_LEVEL, type VmdkCodecs } from '../codecs.js';
 import { setVmdkCodecs } from '../compression.js';
@@ -12,58 +13,45 @@ import { setVmdkCodecs } from '../compression.js';
 function inflateNode(input: Uint8Array, limit: number): Uint8Array {
   // One grain is small: inflating it here costs less than a hop to the thread pool and back.
   // Past `limit`, node:zlib throws ERR_BUFFER_TOO_LARGE, the code the codecs use (TOO_LARGE).
-  const out = zlib.inflateSync(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit) });
+  // The output chunk is one byte longer than the limit: a whole grain then fills it only in
+  // part, and node:zlib stops there instead of allocating a second chunk to look for more
+  // output (half the garbage per grain; a stream that goes on still fails the limit).
+  const out = zlib.inflateSync(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit + 1) });
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
 function deflateNode(input: Uint8Array): Uint8Array {
-  const out = zlib.deflateSync(input, { level: DEFLATE_LEVEL });
+  const out = zlib.deflateSync(input, { level: DEFLATE_LEVEL, chunkSize: outputChunk(input.length) });
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
+}
+
+/** An output chunk that holds a deflated grain of `bytes` whole (zlib's bound plus framing), so the stream is one buffer, not several joined. */
+function outputChunk(bytes: number): number {
+  return Math.max(1024, bytes + (bytes >> 8) + 64);
 }
 
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. A small pool of worker threads (IMG_COMPRESS_THREADS, or one per core, at most 4: the
- * main thread mostly waits for I/O, so on two cores two workers keep both busy), created on first use and unref'd while idle (they
- * never keep a process alive); where workers cannot start, grains are
- * compressed here. The workers run the same zlib at the same level, so the
- * bytes are the same either way.
+ * writes. Each grain is one `zlib.deflate` call, which node:zlib runs on
+ * libuv's thread pool; at most IMG_COMPRESS_THREADS (or one per core, at
+ * most 4) run at once, so file I/O on the same pool still gets threads.
+ *
+ * Why not worker threads (what this was before): each worker is a V8
+ * isolate of its own, about 10 MiB idle, and V8 lets each isolate hold up
+ * to some 64 MiB of dead buffers before it collects them; two workers
+ * took a streamOptimized write from about 115 MiB of RSS to 210-220 MiB,
+ * and kept theirs after the write. On the thread pool the output buffers
+ * belong to the main isolate, and nothing outlives the write. Same zlib,
+ * same level: the bytes are the same either way.
  */
-const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
-const zlib = require('node:zlib');
-parentPort.on('message', ({ id, input, grainBytes, level }) => {
-  const data = new Uint8Array(input);
-  const parts = [];
-  const sizes = [];
-  let total = 0;
-  for (let at = 0; at < data.length; at += grainBytes) {
-    const out = zlib.deflateSync(data.subarray(at, Math.min(data.length, at + grainBytes)), { level });
-    parts.push(out);
-    sizes.push(out.length);
-    total += out.length;
-  }
-  const packed = new Uint8Array(total);
-  let pos = 0;
-  for (const p of parts) { packed.set(p, pos); pos += p.length; }
-  parentPort.postMessage({ id, packed: packed.buffer, sizes }, [packed.buffer]);
-});
-`;
-
-interface PoolWorker {
-  worker: import('node:worker_threads').Worker;
-  busy: number;
-}
-
-let pool: PoolWorker[] | undefined | null;
-let nextId = 0;
-const waiting = new Map<number, { resolve: (v: Uint8Array[]) => void; reject: (e: unknown) => void; owner: PoolWorker }>();
+let running = 0;
+const turns: Array<() => void> = [];
 
 /**
- * Workers in the pool: IMG_COMPRESS_THREADS when set to an integer >= 0
- * (as qcow2's compression pool reads it; 0 compresses on the main thread),
- * else one per core, at most 4.
+ * Grains compressed at once: IMG_COMPRESS_THREADS when set to an integer
+ * >= 0 (as qcow2's compression pool reads it; 0 compresses on the main
+ * thread), else one per core, at most 4.
  */
 export function poolSize(cores: number): number {
   const env = Number(process.env.IMG_COMPRESS_THREADS);
@@ -71,72 +59,62 @@ export function poolSize(cores: number): number {
   return Math.max(1, Math.min(4, cores));
 }
 
-async function getPool(): Promise<PoolWorker[] | null> {
-  if (pool !== undefined) return pool;
+/** Runs `job` once fewer than `width` pool jobs of this module are running. */
+async function onPool<T>(width: number, job: () => Promise<T>): Promise<T> {
+  if (running >= width) await new Promise<void>((resolve) => turns.push(resolve));
+  running++;
   try {
-    const [{ Worker }, { availableParallelism }] = await Promise.all([import('node:worker_threads'), import('node:os')]);
-    const count = poolSize(availableParallelism());
-    if (count === 0) {
-      pool = null;
-      return pool;
-    }
-    pool = [];
-    for (let i = 0; i < count; i++) {
-      const worker = new Worker(WORKER_SOURCE, { eval: true });
-      const entry: PoolWorker = { worker, busy: 0 };
-      worker.on('message', (m: { id: number; packed: ArrayBuffer; sizes: number[] }) => {
-        const w = waiting.get(m.id);
-        if (!w) return;
-        waiting.delete(m.id);
-        if (--entry.busy === 0) worker.unref();
-        const packed = new Uint8Array(m.packed);
-        const out: Uint8Array[] = [];
-        let at = 0;
-        for (const n of m.sizes) {
-          out.push(packed.subarray(at, at + n));
-          at += n;
-        }
-        w.resolve(out);
-      });
-      worker.on('error', (e) => {
-        for (const [id, w] of waiting) {
-          if (w.owner !== entry) continue;
-          waiting.delete(id);
-          w.reject(e);
-        }
-        pool = pool?.filter((p) => p !== entry) ?? null;
-      });
-      worker.unref();
-      pool.push(entry);
-    }
-  } catch {
-    pool = null;
+    return await job();
+  } finally {
+    running--;
+    turns.shift()?.();
   }
-  return pool;
+}
+
+function asBytes(b: Buffer): Uint8Array {
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+async function deflateOnPool(grain: Uint8Array, level: number, width: number): Promise<Uint8Array> {
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.deflate(grain, { level, chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
+}
+
+/**
+ * inflateNode on libuv's thread pool (same limit, same errors), for a span
+ * of grains inflated at once: each grain pays a hand-off to a pool thread,
+ * but the grains of a span inflate on every core. Where
+ * IMG_COMPRESS_THREADS is 0, on this thread.
+ */
+async function inflateOffThread(input: Uint8Array, limit: number): Promise<Uint8Array> {
+  const width = poolSize(availableParallelism());
+  if (width === 0) return inflateNode(input, limit);
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.inflate(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit + 1) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
 }
 
 /**
  * Compresses `data` as consecutive grains of `grainBytes` (the last may be
- * shorter), each one zlib stream, on the worker pool; undefined where
- * there is none (the caller then compresses here).
+ * shorter), each one zlib stream, on libuv's thread pool; undefined where
+ * IMG_COMPRESS_THREADS is 0 (the caller then compresses here). The grains
+ * are read in place while they are compressed: leave `data` unchanged
+ * until the promise settles.
  */
 export async function deflateGrainsInPool(data: Uint8Array, grainBytes: number, level = DEFLATE_LEVEL): Promise<Uint8Array[] | undefined> {
-  const workers = await getPool();
-  if (!workers || workers.length === 0) return undefined;
-  const owner = workers.reduce((a, b) => (b.busy < a.busy ? b : a));
-  const id = nextId++;
-  const input = data.slice().buffer;
-  return new Promise<Uint8Array[]>((resolve, reject) => {
-    waiting.set(id, { resolve, reject, owner });
-    if (owner.busy++ === 0) owner.worker.ref();
-    owner.worker.postMessage({ id, input, grainBytes, level }, [input]);
-  });
+  const width = poolSize(availableParallelism());
+  if (width === 0) return undefined;
+  const jobs: Promise<Uint8Array>[] = [];
+  for (let at = 0; at < data.length; at += grainBytes) {
+    const job = deflateOnPool(data.subarray(at, Math.min(data.length, at + grainBytes)), level, width);
+    job.catch(() => undefined); // judged by Promise.all below; handled now so that an early failure is not unhandled
+    jobs.push(job);
+  }
+  return Promise.all(jobs);
 }
 
-/** Node's codecs: node:zlib, and the worker pool for many grains. */
+/** Node's codecs: node:zlib, on this thread for one grain and on libuv's thread pool for many. */
 export const nodeCodecs: VmdkCodecs = {
   name: 'node',
   inflate: inflateNode,
+  inflateOffThread,
   deflate: deflateNode,
   deflateGrains: (data, grainBytes) => deflateGrainsInPool(data, grainBytes),
 };
