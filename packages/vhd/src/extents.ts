@@ -7,6 +7,7 @@
 import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { bitRuns } from './bitmap.js';
+import { HostRanges } from './host-ranges.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -50,8 +51,10 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
   if (start >= end) return;
+  // One map of the file's holes for the whole walk (asked a window at a time, not once per block).
+  const host = options.fileHoles && s.storage.ranges ? new HostRanges({ ranges: (o, n) => s.storage.ranges!(o, n) }, await s.storage.size()) : undefined;
   if (s.type === 'fixed') {
-    yield* fileRuns(s, start, end, start, options);
+    yield* fileRuns(s, start, end, start, options, host);
     return;
   }
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
@@ -77,7 +80,7 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       for (const run of bitRuns(bitmap, first, last - first)) {
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options);
+        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options, host);
         else yield* extentsBelow(s, from, to, options);
       }
     }
@@ -92,20 +95,14 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
  * nor scans it (with `fileHoles`: the file system is asked; of the data only
  * the sectors of a page beside a hole are read, to see which are zeros).
  */
-async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions): AsyncGenerator<Extent> {
+async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: HostRanges | undefined): AsyncGenerator<Extent> {
   const data = (at: number, n: number): Extent => ({ offset: at, length: n, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: hostOffset + at - from, file: s.storage.name } : {}) });
-  if (!options.fileHoles || !s.storage.ranges) {
+  if (!host) {
     yield data(from, to - from);
     return;
   }
-  const holes: Array<[number, number]> = [];
-  let covered = hostOffset;
-  for (const r of await s.storage.ranges(hostOffset, to - from)) {
-    if (!r.data) holes.push([r.offset, r.offset + r.length]);
-    covered = Math.max(covered, r.offset + r.length);
-  }
-  // What the answer does not cover lies past the end of the file and reads as zeros.
-  if (covered < hostOffset + to - from) holes.push([covered, hostOffset + to - from]);
+  // What lies past the end of the file is a hole too: it reads as zeros.
+  const holes = await host.holes(hostOffset, to - from);
   const pieces: Extent[] = [];
   let pos = from;
   for (const [holeStart, holeEnd] of holes) {
