@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { loadManifest, testImagesDir } from '@img/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BAT_UNUSED, batBytes, parseBat, serializeBat } from './bat.js';
+import { BAT_UNUSED, batBytes, nextAllocated, parseBat, serializeBat, signedEntries } from './bat.js';
 import { bitRuns, bitmapSize, setBits, testBit } from './bitmap.js';
 import { vhdChecksum } from './checksum.js';
 import { DYNAMIC_HEADER_SIZE, PARENT_LOCATOR_ENTRY_SIZE, PARENT_NAME_SIZE, parseDynamicHeader, serializeDynamicHeader } from './dynamic-header.js';
@@ -134,6 +134,15 @@ describe('bitmaps and BAT', () => {
     const shifted = new Uint8Array(bytes.length + 1);
     shifted.set(bytes, 1);
     expect([...parseBat(shifted.subarray(1), 5)]).toEqual([...mixed]);
+  });
+  it('nextAllocated skips only unused entries (sector numbers of 2^31 and up are negative in the signed view, and allocated)', () => {
+    const bat = new Uint32Array([BAT_UNUSED, 0x80000001, BAT_UNUSED, BAT_UNUSED, 0xfffffffe, 0, BAT_UNUSED]);
+    const signed = signedEntries(bat);
+    const found: number[] = [];
+    for (let i = nextAllocated(signed, 0, bat.length); i < bat.length; i = nextAllocated(signed, i + 1, bat.length)) found.push(i);
+    expect(found).toEqual([1, 4, 5]);
+    expect(nextAllocated(signed, 2, 4)).toBe(4);
+    expect(nextAllocated(signedEntries(bat.subarray(2)), 0, 5)).toBe(2);
   });
 });
 

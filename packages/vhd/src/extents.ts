@@ -5,7 +5,7 @@
  * without a parent.
  */
 import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, type Extent, type ExtentOptions } from '@img/block';
-import { BAT_UNUSED } from './bat.js';
+import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { HostRanges } from './host-ranges.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -65,10 +65,10 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
     const next = Math.min(end, base + s.blockSize);
     const entry = s.bat[block] ?? BAT_UNUSED;
     if (entry === BAT_UNUSED) {
-      // A run of unallocated blocks is one question to the layer below.
-      let last = block;
-      while ((last + 1) * s.blockSize < end && (s.bat[last + 1] ?? BAT_UNUSED) === BAT_UNUSED) last++;
-      const runEnd = Math.min(end, (last + 1) * s.blockSize);
+      // A run of unallocated blocks is one question to the layer below (entries past the table are unused too).
+      const stop = Math.min(Math.ceil(end / s.blockSize), s.bat.length);
+      const allocated = nextAllocated(signedEntries(s.bat), block + 1, stop);
+      const runEnd = allocated < stop ? allocated * s.blockSize : end;
       yield* extentsBelow(s, pos, runEnd, options);
       pos = runEnd;
       continue;
