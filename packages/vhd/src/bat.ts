@@ -62,6 +62,11 @@ export function parseBat(bytes: Uint8Array, entries: number): Uint32Array {
   return bat;
 }
 
+/** The bytes of a BAT of `entries` unused entries, padded to a whole sector (all ones). */
+export function emptyBatBytes(entries: number): Uint8Array {
+  return new Uint8Array(batBytes(entries)).fill(0xff);
+}
+
 /** Serializes a BAT, padded with unused entries (all ones) to a whole sector. */
 export function serializeBat(bat: Uint32Array, padTo = batBytes(bat.length)): Uint8Array {
   const out = new Uint8Array(Math.ceil(padTo / 4) * 4).fill(0xff);
