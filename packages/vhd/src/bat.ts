@@ -67,6 +67,16 @@ export function emptyBatBytes(entries: number): Uint8Array {
   return new Uint8Array(batBytes(entries)).fill(0xff);
 }
 
+/**
+ * The BAT read into `table`'s own memory (big-endian, as in the file),
+ * turned into entries in place: no second 4 MiB buffer and copy for a
+ * 2040 GiB disk, as {@link parseBat} needs.
+ */
+export function batFromFileOrder(table: Uint32Array): Uint32Array {
+  if (LITTLE_ENDIAN) swapEntries(table);
+  return table;
+}
+
 /** Serializes a BAT, padded with unused entries (all ones) to a whole sector. */
 export function serializeBat(bat: Uint32Array, padTo = batBytes(bat.length)): Uint8Array {
   const out = new Uint8Array(Math.ceil(padTo / 4) * 4).fill(0xff);
