@@ -51,8 +51,7 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
   if (start >= end) return;
-  // One map of the file's holes for the whole walk (asked a window at a time, not once per block).
-  const host = options.fileHoles && s.storage.ranges ? new HostRanges({ ranges: (o, n) => s.storage.ranges!(o, n) }, await s.storage.size()) : undefined;
+  const host = options.fileHoles ? await holeMap(s) : undefined;
   if (s.type === 'fixed') {
     yield* fileRuns(s, start, end, start, options, host);
     return;
@@ -86,6 +85,20 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
     }
     pos = next;
   }
+}
+
+/**
+ * One map of the file's holes for the whole walk (asked a window at a
+ * time, not once per block), or none where the storage cannot tell or
+ * says it holds every byte of the file (then there is no hole to find, and
+ * on tmpfs the question alone walks every page up to the end of the file).
+ */
+async function holeMap(s: VhdState): Promise<HostRanges | undefined> {
+  const storage = s.storage;
+  if (!storage.ranges) return undefined;
+  const fileEnd = await storage.size();
+  if (storage.allocatedBytes && (await storage.allocatedBytes()) >= fileEnd) return undefined;
+  return new HostRanges({ ranges: (o, n) => storage.ranges!(o, n) }, fileEnd);
 }
 
 /**
