@@ -54,6 +54,12 @@ export class MemoryStorage implements Storage {
     return this.#size;
   }
 
+  /** Bytes of the pages written (64 KiB each): at least size() when no page is missing. */
+  async allocatedBytes(): Promise<number> {
+    this.#check();
+    return this.#pages.size * PAGE;
+  }
+
   async read(position: number, length: number): Promise<Uint8Array> {
     this.#check();
     checkRange(position, length);

@@ -86,6 +86,13 @@ export interface Storage {
    */
   ranges?(offset: number, length: number): Promise<StorageRange[]>;
   /**
+   * Optional: the bytes the backend holds for this storage (a file's
+   * allocated blocks). At least `size()` means it has no holes, so a
+   * caller need not ask {@link ranges} (which can cost a walk over the
+   * whole file on tmpfs).
+   */
+  allocatedBytes?(): Promise<number>;
+  /**
    * Optional: deallocate a range so it reads as zeros (hole punching).
    * Returns false if the backend could not punch a hole.
    */

@@ -21,11 +21,31 @@ export function batBytes(entries: number): number {
 /** Is this machine little-endian (then BAT entries are byte-swapped after a bulk copy)? */
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
+/**
+ * The entries of `bat` as signed numbers (the same memory): an unused entry
+ * is -1. Loops over a whole BAT read this view: 0xFFFFFFFF read from a
+ * Uint32Array is not a small integer for V8, so code that has not been
+ * optimized yet (a loop that runs once, as at open) boxes every unused
+ * entry, and a 2040 GiB disk's million entries kept the garbage collector
+ * busy for longer than qemu-img takes to convert the disk.
+ */
+export function signedEntries(bat: Uint32Array): Int32Array {
+  return new Int32Array(bat.buffer, bat.byteOffset, bat.length);
+}
+
+/** The first allocated entry at or after `from` and before `end` of a {@link signedEntries} view; `end` if none. */
+export function nextAllocated(signed: Int32Array, from: number, end: number): number {
+  let i = from;
+  while (i < end && signed[i] === -1) i++;
+  return i;
+}
+
 /** Reverses the bytes of every entry in place; all-ones (unused) entries, most of a sparse BAT, are their own swap. */
 function swapEntries(table: Uint32Array): void {
-  for (let i = 0; i < table.length; i++) {
-    const x = table[i]!;
-    if (x !== BAT_UNUSED) table[i] = ((x << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24)) >>> 0;
+  const t = signedEntries(table);
+  for (let i = 0; i < t.length; i++) {
+    const x = t[i]!;
+    if (x !== -1) t[i] = (x << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | (x >>> 24);
   }
 }
 
@@ -40,6 +60,21 @@ export function parseBat(bytes: Uint8Array, entries: number): Uint32Array {
   new Uint8Array(bat.buffer).set(bytes.subarray(0, entries * 4));
   if (LITTLE_ENDIAN) swapEntries(bat);
   return bat;
+}
+
+/** The bytes of a BAT of `entries` unused entries, padded to a whole sector (all ones). */
+export function emptyBatBytes(entries: number): Uint8Array {
+  return new Uint8Array(batBytes(entries)).fill(0xff);
+}
+
+/**
+ * The BAT read into `table`'s own memory (big-endian, as in the file),
+ * turned into entries in place: no second 4 MiB buffer and copy for a
+ * 2040 GiB disk, as {@link parseBat} needs.
+ */
+export function batFromFileOrder(table: Uint32Array): Uint32Array {
+  if (LITTLE_ENDIAN) swapEntries(table);
+  return table;
 }
 
 /** Serializes a BAT, padded with unused entries (all ones) to a whole sector. */

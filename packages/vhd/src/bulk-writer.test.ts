@@ -58,6 +58,33 @@ describe('the bulk writer (a new dynamic VHD written by one copy)', () => {
     await expectClean(bulk);
   });
 
+  it('finish() answers the disk an open of the file would: the same map, and writes after it allocate behind the last block', async () => {
+    const { disk: src, bytes } = await source();
+    const storage = new MemoryStorage({ name: 'f.vhd' });
+    const w = await fresh(storage);
+    await sparseCopy(src, w);
+    const done = await w.finish();
+    const reopened = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'f.vhd', readOnly: true }));
+    const map = async (d: Disk) => {
+      const out: unknown[] = [];
+      for await (const e of d.extents({ hostOffsets: true })) out.push(e);
+      return out;
+    };
+    expect(await map(done)).toEqual(await map(reopened));
+    expect(Buffer.compare(await done.read(0, SIZE), await reopened.read(0, SIZE))).toBe(0);
+    await reopened.close();
+    // Block 7 was never written: it goes behind the last block, the footer behind it.
+    const more = seededBytes(BLOCK, 9);
+    await done.write(7 * BLOCK, more);
+    await done.close();
+    const expected = bytes.slice();
+    expected.set(more, 7 * BLOCK);
+    const back = await openVhd(MemoryStorage.from(storage.toBytes(), { name: 'f.vhd', readOnly: true }));
+    expect(Buffer.compare(await back.read(0, SIZE), expected)).toBe(0);
+    await back.close();
+    await expectClean(storage);
+  });
+
   it('until finish() the file is the empty image; abort() leaves it so', async () => {
     const storage = new MemoryStorage({ name: 'a.vhd' });
     const w = await fresh(storage);

@@ -15,11 +15,12 @@
  */
 import { checkOptionKeys, diskClosedError, extentRange, isAllZero, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
-import { BAT_UNUSED, serializeBat } from './bat.js';
+import { emptyBatBytes } from './bat.js';
 import { createVhdImage, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS } from './create.js';
 import { FOOTER_SIZE, serializeFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
-import { openVhd } from './open.js';
+import { VhdDisk } from './disk.js';
+import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
 
 /** A block whose file holds at most this much (pages shared with its neighbours) is read to see whether it is all zeros. */
@@ -39,8 +40,7 @@ export async function createVhdFresh(storage: Storage, options: DriverCreateOpti
   const typed = vhdCreateOptionsFrom(options);
   if ((typed.type ?? 'dynamic') !== 'dynamic' || typed.parent) return undefined;
   if (options.resolver) typed.resolver = options.resolver;
-  const core = await createVhdImage(storage, typed);
-  return new VhdBulkWriter(core.state);
+  return new VhdBulkWriter(await createVhdImage(storage, typed));
 }
 
 /** See the module comment: a write-once dynamic VHD whose BAT finish() commits. */
@@ -49,6 +49,7 @@ class VhdBulkWriter implements FreshImageWriter {
   readonly readOnly = false;
   readonly size: number;
   readonly storage: Storage;
+  readonly #core: VhdImage;
   readonly #s: VhdState;
   readonly #blockSize: number;
   /** Bitmap plus data: the file space of one block. */
@@ -65,7 +66,9 @@ class VhdBulkWriter implements FreshImageWriter {
   /** Writes, reads and placed runs through #pieces. */
   readonly #io: PlacedRuns;
 
-  constructor(s: VhdState) {
+  constructor(core: VhdImage) {
+    const s = core.state;
+    this.#core = core;
     this.#s = s;
     this.storage = s.storage;
     this.size = s.size;
@@ -252,16 +255,21 @@ class VhdBulkWriter implements FreshImageWriter {
       const results = await Promise.allSettled(writes);
       for (const r of results) if (r.status === 'rejected') throw r.reason;
       await this.storage.flush();
-      const bat = new Uint32Array(s.bat.length).fill(BAT_UNUSED);
-      for (let slot = 0; slot < this.#blockIn.length; slot++) bat[this.#blockIn[slot]!] = (this.#first + slot * this.#span) / VHD_SECTOR;
-      await this.storage.write(s.header!.tableOffset, serializeBat(bat));
+      // The table's bytes straight from the blocks handed out: a 2040 GiB disk has a million entries, a few of them used.
+      const table = emptyBatBytes(s.bat.length);
+      const entries = new DataView(table.buffer, table.byteOffset, table.byteLength);
+      for (let slot = 0; slot < this.#blockIn.length; slot++) entries.setUint32(this.#blockIn[slot]! * 4, (this.#first + slot * this.#span) / VHD_SECTOR);
+      await this.storage.write(s.header!.tableOffset, table);
       await this.storage.flush();
+      // The core createVhdImage made, now holding the blocks (what opening the file again would find, without reading it again).
+      for (let slot = 0; slot < this.#blockIn.length; slot++) s.bat[this.#blockIn[slot]!] = (this.#first + slot * this.#span) / VHD_SECTOR;
+      s.nextFree = end;
       this.#state = 'finished';
     } catch (e) {
       this.#state = 'aborted';
       throw e;
     }
-    return openVhd(this.storage, { readOnly: false, ...(s.resolver ? { resolver: s.resolver } : {}) });
+    return new VhdDisk(this.#core);
   }
 
   /**

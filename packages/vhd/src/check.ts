@@ -25,7 +25,7 @@
  * footer copy is rewritten.
  */
 import { ImageError, hex, type CheckOptions, type CheckResult, type Storage } from '@img/block';
-import { BAT_UNUSED } from './bat.js';
+import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { testBit } from './bitmap.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -138,9 +138,9 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
   let fragmented = 0;
   let previousEnd = -1;
   let paddedBlocks = 0;
-  for (let i = 0; i < s.bat.length; i++) {
+  const signed = signedEntries(s.bat);
+  for (let i = nextAllocated(signed, 0, s.bat.length); i < s.bat.length; i = nextAllocated(signed, i + 1, s.bat.length)) {
     const e = s.bat[i]!;
-    if (e === BAT_UNUSED) continue;
     const start = e * VHD_SECTOR;
     regions.push({ start, end: start + span, block: true });
     blockStarts.push(start);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { loadManifest, testImagesDir } from '@img/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BAT_UNUSED, batBytes, parseBat, serializeBat } from './bat.js';
+import { BAT_UNUSED, batBytes, batFromFileOrder, nextAllocated, parseBat, serializeBat, signedEntries } from './bat.js';
 import { bitRuns, bitmapSize, setBits, testBit } from './bitmap.js';
 import { vhdChecksum } from './checksum.js';
 import { DYNAMIC_HEADER_SIZE, PARENT_LOCATOR_ENTRY_SIZE, PARENT_NAME_SIZE, parseDynamicHeader, serializeDynamicHeader } from './dynamic-header.js';
@@ -134,6 +134,23 @@ describe('bitmaps and BAT', () => {
     const shifted = new Uint8Array(bytes.length + 1);
     shifted.set(bytes, 1);
     expect([...parseBat(shifted.subarray(1), 5)]).toEqual([...mixed]);
+  });
+  it('batFromFileOrder turns the bytes of the file into the same entries as parseBat, in place', () => {
+    const mixed = new Uint32Array([0x01020304, 0xfffffffe, 0, BAT_UNUSED, 0x80000001]);
+    const bytes = serializeBat(mixed);
+    const table = new Uint32Array(5);
+    new Uint8Array(table.buffer).set(bytes.subarray(0, 20));
+    expect(batFromFileOrder(table)).toBe(table);
+    expect([...table]).toEqual([...parseBat(bytes, 5)]);
+  });
+  it('nextAllocated skips only unused entries (sector numbers of 2^31 and up are negative in the signed view, and allocated)', () => {
+    const bat = new Uint32Array([BAT_UNUSED, 0x80000001, BAT_UNUSED, BAT_UNUSED, 0xfffffffe, 0, BAT_UNUSED]);
+    const signed = signedEntries(bat);
+    const found: number[] = [];
+    for (let i = nextAllocated(signed, 0, bat.length); i < bat.length; i = nextAllocated(signed, i + 1, bat.length)) found.push(i);
+    expect(found).toEqual([1, 4, 5]);
+    expect(nextAllocated(signed, 2, 4)).toBe(4);
+    expect(nextAllocated(signedEntries(bat.subarray(2)), 0, 5)).toBe(2);
   });
 });
 

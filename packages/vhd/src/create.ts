@@ -9,7 +9,7 @@
  * rounds the size up to a CHS-exact one, as qemu-img does by default.
  */
 import { checkOptionKeys, invalidArg, parseBool, parseSize, type Disk, type OptionTable, type Resolver, type Storage } from '@img/block';
-import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, emptyBatBytes } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, type ParentLocatorEntry, type VhdDynamicHeader } from './dynamic-header.js';
 import { DISK_TYPE, FEATURE_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, FOOTER_SIZE, NO_DATA_OFFSET, toVhdTimestamp, type VhdFooter, type VhdType } from './footer.js';
@@ -252,7 +252,7 @@ export async function createVhdImage(storage: Storage, options: VhdCreateOptions
     ...locatorData.map((l, i) => ({ start: l.at, end: l.at + locators[i]!.platformDataSpace, what: `parent locator ${i}` })),
   ];
   await writeHeader(state);
-  await storage.write(tableOffset, serializeBat(state.bat));
+  await storage.write(tableOffset, emptyBatBytes(entries));
   for (const l of locatorData) await storage.write(l.at, l.bytes);
   await writeFooters(state);
   await storage.flush();

@@ -5,8 +5,9 @@
  * without a parent.
  */
 import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, startedAhead, type Extent, type ExtentOptions } from '@img/block';
-import { BAT_UNUSED } from './bat.js';
+import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { bitRuns } from './bitmap.js';
+import { HostRanges } from './host-ranges.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -50,8 +51,9 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
   if (start >= end) return;
+  const host = options.fileHoles ? await holeMap(s) : undefined;
   if (s.type === 'fixed') {
-    yield* fileRuns(s, start, end, start, options);
+    yield* fileRuns(s, start, end, start, options, host);
     return;
   }
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
@@ -62,10 +64,10 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
     const next = Math.min(end, base + s.blockSize);
     const entry = s.bat[block] ?? BAT_UNUSED;
     if (entry === BAT_UNUSED) {
-      // A run of unallocated blocks is one question to the layer below.
-      let last = block;
-      while ((last + 1) * s.blockSize < end && (s.bat[last + 1] ?? BAT_UNUSED) === BAT_UNUSED) last++;
-      const runEnd = Math.min(end, (last + 1) * s.blockSize);
+      // A run of unallocated blocks is one question to the layer below (entries past the table are unused too).
+      const stop = Math.min(Math.ceil(end / s.blockSize), s.bat.length);
+      const allocated = nextAllocated(signedEntries(s.bat), block + 1, stop);
+      const runEnd = allocated < stop ? allocated * s.blockSize : end;
       yield* extentsBelow(s, pos, runEnd, options);
       pos = runEnd;
       continue;
@@ -77,12 +79,26 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       for (const run of bitRuns(bitmap, first, last - first)) {
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options);
+        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options, host);
         else yield* extentsBelow(s, from, to, options);
       }
     }
     pos = next;
   }
+}
+
+/**
+ * One map of the file's holes for the whole walk (asked a window at a
+ * time, not once per block), or none where the storage cannot tell or
+ * says it holds every byte of the file (then there is no hole to find, and
+ * on tmpfs the question alone walks every page up to the end of the file).
+ */
+async function holeMap(s: VhdState): Promise<HostRanges | undefined> {
+  const storage = s.storage;
+  if (!storage.ranges) return undefined;
+  const fileEnd = await storage.size();
+  if (storage.allocatedBytes && (await storage.allocatedBytes()) >= fileEnd) return undefined;
+  return new HostRanges({ ranges: (o, n) => storage.ranges!(o, n) }, fileEnd);
 }
 
 /**
@@ -92,20 +108,14 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
  * nor scans it (with `fileHoles`: the file system is asked; of the data only
  * the sectors of a page beside a hole are read, to see which are zeros).
  */
-async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions): AsyncGenerator<Extent> {
+async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: HostRanges | undefined): AsyncGenerator<Extent> {
   const data = (at: number, n: number): Extent => ({ offset: at, length: n, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: hostOffset + at - from, file: s.storage.name } : {}) });
-  if (!options.fileHoles || !s.storage.ranges) {
+  if (!host) {
     yield data(from, to - from);
     return;
   }
-  const holes: Array<[number, number]> = [];
-  let covered = hostOffset;
-  for (const r of await s.storage.ranges(hostOffset, to - from)) {
-    if (!r.data) holes.push([r.offset, r.offset + r.length]);
-    covered = Math.max(covered, r.offset + r.length);
-  }
-  // What the answer does not cover lies past the end of the file and reads as zeros.
-  if (covered < hostOffset + to - from) holes.push([covered, hostOffset + to - from]);
+  // What lies past the end of the file is a hole too: it reads as zeros.
+  const holes = await host.holes(hostOffset, to - from);
   const pieces: Extent[] = [];
   let pos = from;
   for (const [holeStart, holeEnd] of holes) {

@@ -5,7 +5,7 @@
  * before anything is allocated or looped over. No parent is opened here.
  */
 import { ImageError, corrupt, hex, invalidArg, readU32Be, unsafe, wrongFormat, type Storage } from '@img/block';
-import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, parseBat } from './bat.js';
+import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, batFromFileOrder, nextAllocated, signedEntries } from './bat.js';
 import { bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
 import { CHECKSUM_OFFSET, COALESCE_COOKIE, FOOTER_COOKIE, FOOTER_SIZE, diskTypeName, footerChecksum, parseFooter, readCookie, type VhdFooter } from './footer.js';
@@ -317,15 +317,19 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   }
   for (const l of locators) metadata.push({ start: l.start, end: l.end, what: l.what });
   s.metadata = metadata;
-  s.bat = parseBat(await s.storage.read(h.tableOffset, entries * 4), entries);
+  const table = new Uint32Array(entries);
+  const got = await s.storage.readInto(h.tableOffset, new Uint8Array(table.buffer));
+  // The BAT lies inside the file (checked above); a storage that answers short leaves zeros, as read() does.
+  if (got < entries * 4) new Uint8Array(table.buffer).fill(0, got);
+  s.bat = batFromFileOrder(table);
   let nextFree = 0;
   for (const m of metadata) nextFree = Math.max(nextFree, m.end);
   nextFree = Math.ceil(nextFree / VHD_SECTOR) * VHD_SECTOR;
   const span = s.bitmapBytes + bs;
   const blocks: Array<{ start: number; index: number }> = [];
-  for (let i = 0; i < entries; i++) {
+  const signed = signedEntries(s.bat);
+  for (let i = nextAllocated(signed, 0, entries); i < entries; i = nextAllocated(signed, i + 1, entries)) {
     const e = s.bat[i]!;
-    if (e === BAT_UNUSED) continue;
     const start = e * VHD_SECTOR;
     const batAt = h.tableOffset + i * 4;
     const block: LayoutRegion = { start, end: start + span, what: `block ${i}` };

@@ -432,6 +432,16 @@ export class FileStorage implements Storage {
     }
   }
 
+  /** The file's allocated bytes (st_blocks x 512): at least size() when it has no holes. */
+  async allocatedBytes(): Promise<number> {
+    this.#check();
+    try {
+      return (this.#memory ? fstatSync(this.#fh.fd) : await this.#fh.stat()).blocks * 512;
+    } catch (e) {
+      throw fsError(this.name, 'stat', e);
+    }
+  }
+
   async read(position: number, length: number): Promise<Uint8Array> {
     const buf = new Uint8Array(length);
     const n = await this.readInto(position, buf);
