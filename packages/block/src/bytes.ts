@@ -4,7 +4,7 @@
  * RangeError and a 64-bit value that does not fit a JS number is an
  * ImageError instead of a silently wrong offset.
  */
-import { ImageError, ERROR_CODES, hex } from './errors.js';
+import { corrupt, hex } from './errors.js';
 
 function check(buf: Uint8Array, offset: number, width: number): void {
   if (!Number.isInteger(offset) || offset < 0 || offset + width > buf.length) {
@@ -70,8 +70,10 @@ export function readU64Be(buf: Uint8Array, offset: number, ctx: U64Context = {})
   const lo = readU32Be(buf, offset + 4);
   if (hi > 0x1fffff) {
     const fmt = ctx.format ?? 'image';
-    throw new ImageError(ERROR_CODES.CORRUPT, `${fmt}: ${ctx.file ? ctx.file + ': ' : ''}${ctx.field ?? '64-bit field'} at ${hex(offset)} is too large (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`, {
-      data: { field: ctx.field, offset, format: ctx.format, file: ctx.file },
+    throw corrupt(fmt, ctx.file, `${ctx.field ?? '64-bit field'} at ${hex(offset)} is too large (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`, {
+      field: ctx.field,
+      offset,
+      format: ctx.format,
     });
   }
   return hi * 0x1_0000_0000 + lo;

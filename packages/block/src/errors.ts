@@ -135,9 +135,71 @@ export function closedError(name: string): ImageError {
   return new ImageError(ERROR_CODES.CLOSED, `${name}: used after close()`, { data: { file: name } });
 }
 
-/** An operation stopped by its AbortSignal: ERR_IMG_ABORTED, the signal's reason as `cause`. */
-export function abortError(signal: AbortSignal | undefined): ImageError {
-  return new ImageError(ERROR_CODES.ABORTED, 'operation aborted', { cause: signal?.reason });
+/**
+ * An operation stopped by its AbortSignal: ERR_IMG_ABORTED, the signal's
+ * reason as `cause`. `what` names the operation ("rebase aborted");
+ * default "operation".
+ */
+export function abortError(signal: AbortSignal | undefined, what = 'operation'): ImageError {
+  return new ImageError(ERROR_CODES.ABORTED, `${what} aborted`, { cause: signal?.reason });
+}
+
+/**
+ * A storage (`file` is its name) used after its close(), in the storage's
+ * own words (`message` is the whole sentence, "a.img: file is closed"):
+ * ERR_IMG_CLOSED.
+ */
+export function storageClosedError(file: string, message: string): ImageError {
+  return new ImageError(ERROR_CODES.CLOSED, message, { data: { file } });
+}
+
+/**
+ * A write, trim or resize asked of a storage (`file` is its name) opened
+ * read-only, in the storage's own words (`message` is the whole sentence):
+ * ERR_IMG_READ_ONLY.
+ */
+export function storageReadOnlyError(file: string, message: string): ImageError {
+  return new ImageError(ERROR_CODES.READ_ONLY, message, { data: { file } });
+}
+
+/**
+ * A commit into a backing image (`backing`) of `file` that is open
+ * read-only: ERR_IMG_READ_ONLY, naming the option that opens it writable.
+ */
+export function backingReadOnlyError(format: string, file: string | undefined, backing: string): ImageError {
+  return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + `the backing image ${backing} is open read-only (open with backingWritable)`, { data: { file: backing } });
+}
+
+/**
+ * A misuse of the API that belongs to no format (the message has no
+ * format prefix): ERR_IMG_INVALID_ARG, the argument named in `data.field`
+ * where there is one.
+ */
+export function invalidUsage(message: string, data: ImageErrorData = {}): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, message, { data });
+}
+
+/**
+ * A format name no registry knows: ERR_IMG_UNKNOWN_FORMAT,
+ * 'unknown format "x"', followed by the known names when `known` is given.
+ */
+export function unknownFormatError(name: string, known?: readonly string[]): ImageError {
+  const list = known ? ` (known: ${known.join(', ')})` : '';
+  return new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${name}"${list}`, { data: { actual: name, ...(known ? { expected: [...known] } : {}) } });
+}
+
+/**
+ * A name inside an untrusted image (`kind`: "backing", "parent", ...) that
+ * a resolver refuses to open: ERR_IMG_UNSAFE; `file` is the image that
+ * names it.
+ */
+export function untrustedReferenceError(file: string, kind: string, name: string): ImageError {
+  return new ImageError(ERROR_CODES.UNSAFE, `${file}: refusing to open ${kind} "${name}" named inside an untrusted image`, { data: { file, field: kind, actual: name } });
+}
+
+/** An image stream that produced another number of bytes than it announced: ERR_IMG_IO, naming the format written. */
+export function streamLengthError(format: string, announced: number, produced: number): ImageError {
+  return new ImageError(ERROR_CODES.IO, `${format}: the stream announced ${announced} bytes but produced ${produced}`, { data: { format, expected: announced, actual: produced } });
 }
 
 /** Throws ERR_IMG_ABORTED if the signal has fired. */

@@ -1,4 +1,4 @@
-import { ERROR_CODES, ImageError } from './errors.js';
+import { storageClosedError, storageReadOnlyError } from './errors.js';
 import type { Storage, StorageRange } from './storage.js';
 
 export interface MemoryStorageOptions {
@@ -36,12 +36,12 @@ export class MemoryStorage implements Storage {
   }
 
   #check(): void {
-    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `memory storage ${this.name} is closed`);
+    if (this.#closed) throw storageClosedError(this.name, `memory storage ${this.name} is closed`);
   }
 
   #checkWritable(): void {
     this.#check();
-    if (this.readOnly) throw new ImageError(ERROR_CODES.READ_ONLY, `storage ${this.name} is read-only`);
+    if (this.readOnly) throw storageReadOnlyError(this.name, `storage ${this.name} is read-only`);
   }
 
   /** Synchronous size, for tests. */

@@ -1,4 +1,4 @@
-import { ERROR_CODES, ImageError } from './errors.js';
+import { unknownFormatError } from './errors.js';
 import type { FormatDriver, FormatRegistryLike, ProbeResult } from './disk.js';
 
 /**
@@ -29,9 +29,7 @@ export class FormatRegistry implements FormatRegistryLike {
   require(name: string): FormatDriver {
     const d = this.get(name);
     if (!d) {
-      throw new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${name}" (known: ${this.names().join(', ')})`, {
-        data: { actual: name, expected: this.names() },
-      });
+      throw unknownFormatError(name, this.names());
     }
     return d;
   }

@@ -2,7 +2,7 @@
  * convert(): any registered format into any other, through sparseCopy and
  * the extent iterator: no code for a particular pair of formats.
  */
-import { bytesEqual, ERROR_CODES, ImageError, sparseCopy, type DriverCreateOptions, type Disk, type FormatDriver, type FormatRegistryLike, type Resolver, type SparseCopyOptions, type SparseCopyResult, type Storage } from '@img/block';
+import { bytesEqual, sparseCopy, unsupported, type DriverCreateOptions, type Disk, type FormatDriver, type FormatRegistryLike, type Resolver, type SparseCopyOptions, type SparseCopyResult, type Storage } from '@img/block';
 import { OverlayDiff } from './overlay-diff.js';
 import { salvagingDisk, type SalvageEvent } from './salvage.js';
 
@@ -106,7 +106,7 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
     const copy: SparseCopyOptions = { ...options, ...salvageCopy, dstIsZero: true };
     if (options.compress) {
       if (!canCompress(disk)) {
-        throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot store compressed data (-c)`, { data: { format: driver.name } });
+        throw unsupported(driver.name, undefined, 'this format cannot store compressed data (-c)');
       }
       const cluster = await allocationUnit(disk);
       copy.alignment = cluster;

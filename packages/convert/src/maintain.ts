@@ -3,7 +3,7 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
-import { ERROR_CODES, ImageError, bytesEqual, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
+import { abortError, backingReadOnlyError, bytesEqual, invalidArg, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
@@ -29,14 +29,12 @@ export interface CommitResult {
  */
 export async function commitDisk(top: Disk, options: CommitOptions = {}): Promise<CommitResult> {
   const base = backingOf(top);
-  if (!base) throw new ImageError(ERROR_CODES.INVALID_ARG, `${top.format}: ${top.storage.name}: the image has no backing file to commit into`, { data: { file: top.storage.name } });
+  if (!base) throw invalidArg(top.format, `${top.storage.name}: the image has no backing file to commit into`, { file: top.storage.name });
   if (base.readOnly) {
-    throw new ImageError(ERROR_CODES.READ_ONLY, `${top.format}: ${top.storage.name}: the backing image ${base.storage.name} is open read-only (open with backingWritable)`, {
-      data: { file: base.storage.name },
-    });
+    throw backingReadOnlyError(top.format, top.storage.name, base.storage.name);
   }
   if (base.size < top.size) {
-    if (!base.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${base.format}: ${base.storage.name}: the backing image is smaller than the top and cannot grow`);
+    if (!base.resize) throw unsupported(base.format, base.storage.name, 'the backing image is smaller than the top and cannot grow');
     await base.resize(top.size);
   }
   const copy = await sparseCopy(top, base, {
@@ -87,7 +85,7 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
   // As qemu-img rebase -c: a format without compressed clusters is refused before anything else.
   const writeCompressed = options.compress ? top.writeCompressed?.bind(top) : undefined;
   if (options.compress && !writeCompressed) throw unsupported(top.format, top.storage.name, 'Compression not supported for this file format', { field: 'compress' });
-  if (!top.setBacking) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${top.format}: ${top.storage.name}: this format cannot change its backing file`);
+  if (!top.setBacking) throw unsupported(top.format, top.storage.name, 'this format cannot change its backing file');
   let copied = 0;
   if (!options.unsafe) {
     const cluster = writeCompressed ? (await top.info?.())?.clusterSize : undefined;
@@ -102,7 +100,7 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
       const units = new Set<number>();
       for (const r of ranges) for (let u = Math.floor(r.offset / unit); u * unit < r.offset + r.length; u++) units.add(u);
       for (const u of [...units].sort((a, b) => a - b)) {
-        if (options.signal?.aborted) throw new ImageError(ERROR_CODES.ABORTED, 'rebase aborted');
+        if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
         const start = Math.max(hole.offset, u * unit);
         const end = Math.min(hole.offset + hole.length, (u + 1) * unit);
         const before = await top.read(start, end - start);

@@ -4,7 +4,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { concatBytes, ERROR_CODES, findSignatures, ImageError, SIGNATURE_TAIL_BYTES, unsafe, unsupported, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { concatBytes, findSignatures, invalidUsage, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -30,9 +30,7 @@ const OUTPUT_CACHE = 'unsafe' as const;
 
 /** A resolver for untrusted images: any name inside the image is refused. */
 export const refusingResolver: Resolver = async (request) => {
-  throw new ImageError(ERROR_CODES.UNSAFE, `${request.from.name}: refusing to open ${request.kind} "${request.name}" named inside an untrusted image`, {
-    data: { file: request.from.name, field: request.kind, actual: request.name },
-  });
+  throw untrustedReferenceError(request.from.name, request.kind, request.name);
 };
 
 export interface OpenImageOptions {
@@ -151,7 +149,7 @@ interface SnapshotCapable extends Disk {
 export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> {
   const s = disk as Partial<SnapshotCapable>;
   if (typeof s.openSnapshot !== 'function') {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${disk.format}: ${disk.storage.name}: this format has no internal snapshots`, { data: { file: disk.storage.name } });
+    throw unsupported(disk.format, disk.storage.name, 'this format has no internal snapshots');
   }
   return s.openSnapshot.call(disk, name);
 }
@@ -164,7 +162,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   const registry = options.registry ?? defaultRegistry();
   const dstDriver = registry.require(options.dstFormat);
   if (options.input === '-' && options.output === '-') {
-    throw new ImageError(ERROR_CODES.INVALID_ARG, 'input and output cannot both be streams: convert into a file, or from one');
+    throw invalidUsage('input and output cannot both be streams: convert into a file, or from one', { field: 'input' });
   }
   if (options.input === '-') return convertFromStream(options, registry);
   if (options.output === '-') return convertToStream(options, registry);
@@ -283,7 +281,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
   }
   const srcDriver = registry.require(options.srcFormat);
   if (options.untrusted && srcDriver.name !== 'raw') {
-    throw new ImageError(ERROR_CODES.UNSAFE, `${srcDriver.name}: an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
+    throw unsafe(srcDriver.name, undefined, `an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
   }
   if (options.stdin === undefined)
     assertNotRead(
@@ -348,7 +346,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
     if (stream.length >= 0 && written !== stream.length) {
-      throw new ImageError(ERROR_CODES.IO, `${options.dstFormat}: the stream announced ${stream.length} bytes but produced ${written}`);
+      throw streamLengthError(options.dstFormat, stream.length, written);
     }
     const size = sourceView(snapshot ?? src, options.range).size;
     return { bytesDone: size, bytesTotal: size, bytesRead: written, bytesWritten: written, bytesSkipped: 0, virtualSize: size, durationMs: Date.now() - started };

@@ -2,7 +2,7 @@
  * Streaming in and out: an image as a byte stream of known length (for a
  * pipe or an HTTP upload), and an image arriving as a byte stream.
  */
-import { ERROR_CODES, ImageError, abortError, alignUp, findZeroRuns, type CopyProgress, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
+import { abortError, unknownFormatError, unsupported, alignUp, findZeroRuns, type CopyProgress, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
 import { defaultRegistry } from './formats.js';
 
 export interface ToStreamOptions {
@@ -25,8 +25,8 @@ export interface ToStreamOptions {
 export async function toStream(disk: Disk, format: string, options: ToStreamOptions = {}): Promise<ImageStream> {
   const registry = options.registry ?? defaultRegistry();
   const driver = registry.get(format);
-  if (!driver) throw new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${format}"`);
-  if (!driver.stream) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be written as a stream; write a file instead`);
+  if (!driver) throw unknownFormatError(format);
+  if (!driver.stream) throw unsupported(driver.name, undefined, 'this format cannot be written as a stream; write a file instead');
   return driver.stream(disk, options.createOptions ?? {});
 }
 
@@ -34,9 +34,9 @@ export async function toStream(disk: Disk, format: string, options: ToStreamOpti
 export async function fromStream(input: AsyncIterable<Uint8Array>, format: string, options: { registry?: FormatRegistryLike } = {}): Promise<StreamSource> {
   const registry = options.registry ?? defaultRegistry();
   const driver = registry.get(format);
-  if (!driver) throw new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${format}"`);
+  if (!driver) throw unknownFormatError(format);
   if (!driver.readStream) {
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, `${driver.name}: this format cannot be read from a stream; save it to a file first`);
+    throw unsupported(driver.name, undefined, 'this format cannot be read from a stream; save it to a file first');
   }
   return driver.readStream(input);
 }
@@ -98,7 +98,7 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
   const progress: CopyProgress = { bytesDone: 0, bytesTotal: Math.max(0, source.size), bytesRead: 0, bytesWritten: 0 };
   const grow = async (end: number) => {
     if (end <= dst.size) return;
-    if (!dst.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${dst.format}: cannot grow to take a stream of unknown size`);
+    if (!dst.resize) throw unsupported(dst.format, undefined, 'cannot grow to take a stream of unknown size');
     await dst.resize(Math.max(alignUp(end, 512), Math.min(dst.size * 2, dst.size + (1 << 30)), 64 << 20));
   };
   for await (const { offset, data } of source.pieces) {
@@ -119,7 +119,7 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
     options.onProgress?.({ ...progress });
   }
   if (source.size >= 0 && source.size !== dst.size) {
-    if (!dst.resize) throw new ImageError(ERROR_CODES.UNSUPPORTED, `${dst.format}: cannot set the size of the stream's image`);
+    if (!dst.resize) throw unsupported(dst.format, undefined, "cannot set the size of the stream's image");
     await dst.resize(source.size, { shrink: true });
   }
   progress.bytesTotal = dst.size;

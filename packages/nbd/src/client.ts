@@ -35,7 +35,9 @@ const ZERO_REQUEST = 1024 * 1024 * 1024;
 const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN' };
 
 /**
- * An export of an NBD server, read and written by offset.
+ * An export of an NBD server as a `Storage`, read and written by byte
+ * offset. Failures the server reports become `ImageError`s: EPERM is
+ * ERR_IMG_READ_ONLY, EINVAL is ERR_IMG_INVALID_ARG, anything else ERR_IMG_IO.
  *
  * @example
  * ```ts
@@ -44,7 +46,9 @@ const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 5: 'EIO', 12: 'ENOMEM'
  * ```
  */
 export class NbdStorage implements Storage {
+  /** The URI connected to, used in error messages. */
   readonly name: string;
+  /** True unless connected with `writable: true`; writes then throw ERR_IMG_READ_ONLY. */
   readonly readOnly: boolean;
   #socket: Socket;
   #reader: ByteReader;
@@ -69,7 +73,12 @@ export class NbdStorage implements Storage {
     this.#receiving = this.#receive();
   }
 
-  /** Connects to `uri` (nbd://host:port/export, nbd+unix:///export?socket=path) and negotiates the export. */
+  /**
+   * Connects to `uri` (nbd://host:port/export, nbd+unix:///export?socket=path)
+   * and negotiates the export with NBD_OPT_GO. Throws ERR_IMG_IO when the
+   * server cannot be reached in `timeoutMs`, refuses the export or breaks the
+   * protocol, and ERR_IMG_READ_ONLY when `writable` is asked of a read-only export.
+   */
   static async connect(uri: string | NbdAddress, options: NbdConnectOptions = {}): Promise<NbdStorage> {
     const address = typeof uri === 'string' ? parseNbdUri(uri) : uri;
     const name = typeof uri === 'string' ? uri : 'socket' in uri ? `nbd+unix:///${uri.exportName}?socket=${uri.socket}` : `nbd://${uri.host}:${uri.port}/${uri.exportName}`;
@@ -236,10 +245,12 @@ export class NbdStorage implements Storage {
     });
   }
 
+  /** The export's size in bytes, as the server announced it (NBD exports never resize). */
   async size(): Promise<number> {
     return this.#size;
   }
 
+  /** Reads `length` bytes at `position`; shorter when the range runs past the end of the export. */
   async read(position: number, length: number): Promise<Uint8Array> {
     const n = Math.max(0, Math.min(length, this.#size - position));
     const out = new Uint8Array(n);
@@ -247,6 +258,11 @@ export class NbdStorage implements Storage {
     return out;
   }
 
+  /**
+   * Fills `target` from `position`, split into requests no larger than the
+   * server's maximum block size, and returns the bytes read (fewer at the end
+   * of the export). ERR_IMG_INVALID_ARG for a negative or unsafe position.
+   */
   async readInto(position: number, target: Uint8Array): Promise<number> {
     if (!Number.isSafeInteger(position) || position < 0) throw invalidArg('nbd', `invalid read position ${position}`);
     const n = Math.max(0, Math.min(target.length, this.#size - position));
@@ -261,6 +277,10 @@ export class NbdStorage implements Storage {
     return n;
   }
 
+  /**
+   * Writes `data` at `position`. ERR_IMG_READ_ONLY on a read-only connection;
+   * ERR_IMG_UNSUPPORTED for a write past the end, since an export cannot grow.
+   */
   async write(position: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw readOnlyError('nbd', this.name);
     if (position + data.length > this.#size) throw unsupported('nbd', this.name, `a write past the end of the ${this.#size}-byte export (NBD exports do not grow)`);
@@ -287,11 +307,13 @@ export class NbdStorage implements Storage {
     return true;
   }
 
+  /** Accepts only the current size: an export's size is fixed, so any other is ERR_IMG_UNSUPPORTED. */
   async truncate(size: number): Promise<void> {
     if (size === this.#size) return;
     throw unsupported('nbd', this.name, `an NBD export has a fixed size (${this.#size} bytes); it cannot become ${size}`);
   }
 
+  /** Sends FLUSH so completed writes are durable; nothing to do when read-only or the server does not take FLUSH. */
   async flush(): Promise<void> {
     if (this.readOnly || !(this.#flags & P.FLAG_SEND_FLUSH)) return;
     await this.#request(P.CMD_FLUSH, 0, 0, 0);
@@ -319,6 +341,7 @@ export class NbdStorage implements Storage {
     return out;
   }
 
+  /** Waits for requests in flight, sends DISC and closes the socket; later calls throw ERR_IMG_IO. Calling it twice is harmless. */
   async close(): Promise<void> {
     if (!this.#closed) {
       await Promise.allSettled(

@@ -10,6 +10,7 @@ import { CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP
  * context (a qcow2 persistent bitmap: `readQcow2DirtyBitmap` in @img/qcow2).
  */
 export interface NbdDirtyBitmap {
+  /** The bitmap's name; clients select it as `qemu:dirty-bitmap:NAME`. */
   name: string;
   /** Dirty and clean runs covering [offset, offset + length), in order. */
   runs(offset: number, length: number): Iterable<{ offset: number; length: number; dirty: boolean }>;
@@ -19,6 +20,7 @@ export interface NbdDirtyBitmap {
 export interface NbdExport {
   /** The export name clients ask for ("" is the default export, as qemu-nbd's). */
   name: string;
+  /** The disk served; it stays the caller's to close after the server is closed. */
   disk: Disk;
   /** Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
   description?: string;

@@ -10,7 +10,7 @@ import { HandshakeAbort, negotiate, type HandshakeLimits } from './handshake.js'
 import { transmit, TransmissionEnd, type TransmissionLimits } from './transmission.js';
 import { ByteReader, ConnectionClosed } from './wire.js';
 
-/** Where and how to serve. */
+/** Where and how to serve, with limits per connection (each has the default given on it). */
 export interface NbdServeOptions extends Partial<HandshakeLimits>, Partial<TransmissionLimits> {
   /** A Unix socket path (qemu-nbd -k). A stale socket file there is replaced. */
   socket?: string;
@@ -38,7 +38,9 @@ export interface NbdServer {
 
 /**
  * Serves `exports` until `close()`. The disks stay open (and are the
- * caller's to close after the server is closed).
+ * caller's to close after the server is closed). Throws ERR_IMG_INVALID_ARG
+ * for no exports, two with one name, or a writable export over a read-only
+ * disk; a socket that cannot be listened on rejects with Node's error.
  *
  * @example
  * ```ts

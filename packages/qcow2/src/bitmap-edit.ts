@@ -13,7 +13,8 @@
  *
  * 1. changed bitmap tables, their data clusters and a new directory go to
  *    freshly allocated clusters; unchanged bitmaps keep their tables; flush;
- * 2. the header switch: where header and extensions fit in the first
+ * 2. the header switch, through the core's one cluster-0 writer
+ *    (writeHeaderCluster, first sector last): where header and extensions fit in the first
  *    sector, one sector write; otherwise the autoclear bit is cleared (one
  *    sector write, flush), the extension area past the first sector is
  *    written (flush), and the first sector with the new extension and the
@@ -25,12 +26,11 @@ import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64B
 import type { Resolver, Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
 import { findExtension, parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
-import { hasFeature, parseHeader, serializeHeader } from './header.js';
+import { hasFeature, parseHeader } from './header.js';
 import { entryOffset } from './mapping.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
-import { layoutCluster0, refreshOverlapMap, type Qcow2Image } from './core.js';
-import { headerClusterBytes } from './header-cluster.js';
+import { refreshOverlapMap, writeHeaderCluster, type Qcow2Image } from './core.js';
 import type { MappingView } from './mapping-view.js';
 import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
@@ -48,7 +48,6 @@ import {
 } from './bitmap-edit-directory.js';
 
 const FORMAT = 'qcow2';
-const SECTOR = 512;
 /** Most bitmap bytes one bitmap may hold in memory while it is merged (one bit per granule). */
 const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
 /** qemu's bound on a bitmap's size (its BME_MAX_PHYS_SIZE). */
@@ -416,23 +415,7 @@ async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): P
   else if (i >= 0) extensions.splice(i, 1);
   s.setExtensions(extensions);
   s.setHeader({ autoclearFeatures: ext ? h.autoclearFeatures | bit : h.autoclearFeatures & ~bit });
-  const cs = s.geom.clusterSize;
-  const end = headerClusterBytes(h, s.extensions, s.backingName);
-  if (end > cs) throw unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${end} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' });
-  const area = layoutCluster0(s, Math.min(cs, Math.max(end, s.headerAreaEnd)));
-  if (area.length <= SECTOR) {
-    await s.storage.write(0, area);
-  } else {
-    if (wasSet) {
-      s.setHeader({ autoclearFeatures: h.autoclearFeatures & ~bit });
-      await s.storage.write(0, serializeHeader(h));
-      await s.storage.flush();
-      if (ext) s.setHeader({ autoclearFeatures: h.autoclearFeatures | bit });
-    }
-    await s.storage.write(SECTOR, area.subarray(SECTOR));
-    await s.storage.flush();
-    await s.storage.write(0, area.subarray(0, SECTOR));
-  }
-  await s.storage.flush();
-  s.setHeaderAreaEnd(end);
+  // The bit is cleared on disk first only where the switch takes more than one sector write.
+  const interim = wasSet ? { autoclearFeatures: h.autoclearFeatures & ~bit } : undefined;
+  await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' }), { sectorZeroLast: true, interim });
 }

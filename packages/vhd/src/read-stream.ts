@@ -11,7 +11,7 @@
  * (it needs its parent). Fixed disks are their guest data followed by the
  * footer: the size is known only at the end (`size` is -1 until then).
  */
-import { ByteStreamReader, ERROR_CODES, ImageError, corrupt, hex, readU32Be, unsupported, type OpenOptions, type StreamSource } from '@img/block';
+import { ByteStreamReader, corrupt, hex, ImageError, readU32Be, unsafe, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes } from './bat.js';
 import { bitRuns, bitmapSize } from './bitmap.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderChecksum, parseDynamicHeader } from './dynamic-header.js';
@@ -67,7 +67,7 @@ function checkedFooter(bytes: Uint8Array, at: number): VhdFooter {
     throw corrupt(FORMAT, NAME, `footer checksum at ${hex(at + CHECKSUM_OFFSET)} is wrong (a stream has no second copy to fall back on)`, { field: 'footer checksum', offset: at + CHECKSUM_OFFSET });
   }
   if (readCookie(bytes, 0) === COALESCE_COOKIE) {
-    throw new ImageError(ERROR_CODES.UNSAFE, `${FORMAT}: ${NAME}: a coalesce into this image was interrupted; its content is only valid under its child`, { data: { format: FORMAT, file: NAME, field: 'footer cookie', offset: at } });
+    throw unsafe(FORMAT, NAME, 'a coalesce into this image was interrupted; its content is only valid under its child', { field: 'footer cookie', offset: at });
   }
   try {
     return parseFooter(bytes);

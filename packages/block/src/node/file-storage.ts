@@ -9,7 +9,7 @@
 import { constants as osConstants } from 'node:os';
 import { constants as fsConstants, type Stats, fstatSync, ftruncateSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { ERROR_CODES, ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError } from '../errors.js';
+import { ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError, storageClosedError, storageReadOnlyError } from '../errors.js';
 import type { RunCopyOptions, RunCopyResult, RunReadResult, Storage, StorageRange } from '../storage.js';
 import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type NativeRunOptions, type SeekAddon } from './seek.js';
@@ -415,12 +415,12 @@ export class FileStorage implements Storage {
   }
 
   #check(): void {
-    if (this.#closed) throw new ImageError(ERROR_CODES.CLOSED, `${this.name}: file is closed`);
+    if (this.#closed) throw storageClosedError(this.name, `${this.name}: file is closed`);
   }
 
   #checkWritable(): void {
     this.#check();
-    if (this.readOnly) throw new ImageError(ERROR_CODES.READ_ONLY, `${this.name}: file is open read-only`, { data: { file: this.name } });
+    if (this.readOnly) throw storageReadOnlyError(this.name, `${this.name}: file is open read-only`);
   }
 
   async size(): Promise<number> {

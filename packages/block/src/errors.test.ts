@@ -1,0 +1,50 @@
+// The helpers that replaced inline `new ImageError(` calls keep each call site's code, wording and data.
+import { describe, expect, it } from 'vitest';
+import { abortError, backingReadOnlyError, ERROR_CODES, ImageError, invalidUsage, storageClosedError, storageReadOnlyError, streamLengthError, unknownFormatError, untrustedReferenceError } from './errors.js';
+import { MemoryStorage } from './memory-storage.js';
+import { FormatRegistry } from './registry.js';
+
+const fields = (e: ImageError) => ({ code: e.code, message: e.message, data: e.data });
+
+describe('error helpers', () => {
+  it('storage errors carry the storage words and the file', () => {
+    expect(fields(storageClosedError('a.img', 'a.img: file is closed'))).toEqual({ code: ERROR_CODES.CLOSED, message: 'a.img: file is closed', data: { file: 'a.img' } });
+    expect(fields(storageReadOnlyError('a.img', 'a.img: file is open read-only'))).toEqual({ code: ERROR_CODES.READ_ONLY, message: 'a.img: file is open read-only', data: { file: 'a.img' } });
+  });
+
+  it('MemoryStorage refuses writes when read-only and any use after close, in its own words', async () => {
+    const s = MemoryStorage.from(new Uint8Array(512), { name: 'm', readOnly: true });
+    await expect(s.write(0, new Uint8Array(1))).rejects.toMatchObject({ code: ERROR_CODES.READ_ONLY, message: 'storage m is read-only' });
+    await s.close();
+    await expect(s.read(0, 1)).rejects.toMatchObject({ code: ERROR_CODES.CLOSED, message: 'memory storage m is closed' });
+  });
+
+  it('unknown formats list the known names only when given', () => {
+    expect(fields(unknownFormatError('nope'))).toEqual({ code: ERROR_CODES.UNKNOWN_FORMAT, message: 'unknown format "nope"', data: { actual: 'nope' } });
+    expect(unknownFormatError('nope', ['raw', 'qcow2']).message).toBe('unknown format "nope" (known: raw, qcow2)');
+    expect(() => new FormatRegistry().require('nope')).toThrow(/^unknown format "nope" \(known: /);
+  });
+
+  it('abortError names the operation and keeps the reason as cause', () => {
+    const c = new AbortController();
+    c.abort(new Error('stop'));
+    const e = abortError(c.signal, 'rebase');
+    expect([e.code, e.message, (e.cause as Error).message]).toEqual([ERROR_CODES.ABORTED, 'rebase aborted', 'stop']);
+    expect(abortError(undefined).message).toBe('operation aborted');
+  });
+
+  it('the convert helpers keep their sentences', () => {
+    expect(fields(backingReadOnlyError('qcow2', 'top.qcow2', 'base.qcow2'))).toEqual({
+      code: ERROR_CODES.READ_ONLY,
+      message: 'qcow2: top.qcow2: the backing image base.qcow2 is open read-only (open with backingWritable)',
+      data: { file: 'base.qcow2' },
+    });
+    expect(fields(invalidUsage('input and output cannot both be streams', { field: 'input' }))).toEqual({ code: ERROR_CODES.INVALID_ARG, message: 'input and output cannot both be streams', data: { field: 'input' } });
+    expect(fields(untrustedReferenceError('a.qcow2', 'backing', 'b.qcow2'))).toEqual({
+      code: ERROR_CODES.UNSAFE,
+      message: 'a.qcow2: refusing to open backing "b.qcow2" named inside an untrusted image',
+      data: { file: 'a.qcow2', field: 'backing', actual: 'b.qcow2' },
+    });
+    expect(fields(streamLengthError('vhd', 100, 90))).toEqual({ code: ERROR_CODES.IO, message: 'vhd: the stream announced 100 bytes but produced 90', data: { format: 'vhd', expected: 100, actual: 90 } });
+  });
+});
