@@ -33,12 +33,6 @@ export interface VmdkCodecs {
    * `limit`.
    */
   inflate(input: Uint8Array, limit: number): Uint8Array | Promise<Uint8Array>;
-  /**
-   * Optional: {@link VmdkCodecs.inflate} off the calling thread (Node's
-   * thread pool), for many grains inflated at once on every core; same
-   * contract, always a promise.
-   */
-  inflateOffThread?(input: Uint8Array, limit: number): Promise<Uint8Array>;
   /** One zlib stream of `input`. */
   deflate(input: Uint8Array): Uint8Array | Promise<Uint8Array>;
   /**

@@ -47,13 +47,11 @@ export interface GrainContext {
  * stream that would inflate further (a decompression bomb) or is not valid
  * zlib is ERR_IMG_CORRUPT naming the grain's file offset; a platform
  * without the codec is ERR_IMG_UNSUPPORTED. The result may be shorter than
- * a grain (the last grain of an extent); the caller zero-fills. With
- * `offThread`, codecs that can inflate off this thread do (the caller
- * starts many at once); `input` must then stay unchanged until it settles.
+ * a grain (the last grain of an extent); the caller zero-fills.
  */
-export async function inflateGrain(input: Uint8Array, grainBytes: number, ctx: GrainContext, offThread = false): Promise<Uint8Array> {
+export async function inflateGrain(input: Uint8Array, grainBytes: number, ctx: GrainContext): Promise<Uint8Array> {
   try {
-    return await (offThread && codecs.inflateOffThread ? codecs.inflateOffThread(input, grainBytes) : codecs.inflate(input, grainBytes));
+    return await codecs.inflate(input, grainBytes);
   } catch (e) {
     const code = (e as { code?: string }).code;
     if (code === CODEC_UNAVAILABLE) throw unsupported('vmdk', ctx.file, `compressed grain at ${hex(ctx.hostOffset)}: ${(e as Error).message}; install other codecs with setVmdkCodecs()`, { field: 'compressAlgorithm', cause: e });

@@ -58,9 +58,6 @@ interface SpanGrain {
   out: Uint8Array;
 }
 
-/** Grains of one span from which they are inflated off the main thread, all at once (codecs permitting). */
-const OFF_THREAD_GRAINS = 4;
-
 /** Bytes of the file one span read may cover: a few grains of random data, some dozens of compressible ones. */
 const SPAN_BYTES = 1 << 20;
 
@@ -128,28 +125,16 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
   try {
     const got = await e.storage.readInto(first, buffer.subarray(0, Math.max(0, end - first)));
     const bytes = buffer.subarray(0, got);
-    // Many grains inflate at once off this thread where the codecs can (every core works on
-    // the span); a few are cheaper inflated here than handed off, and so is a grain deflate
-    // could not shrink to half (random data: its inflation is a copy, cheaper than the
-    // hand-off; measured on A, off-thread cost 60% more CPU and no wall time).
-    const offThread = grains.length >= OFF_THREAD_GRAINS;
-    const one = async (g: SpanGrain): Promise<void> => {
+    for (const g of grains) {
       const cached = core.cachedGrain(grainKey(index, g.grain));
       if (cached) {
         g.out.set(cached.subarray(0, g.out.length));
-        return;
+        continue;
       }
       const data = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
-      const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset }, offThread && data.length < map.grainBytes / 2);
+      const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset });
       g.out.set(inflated.length > g.out.length ? inflated.subarray(0, g.out.length) : inflated);
       if (inflated.length < g.out.length) g.out.fill(0, inflated.length);
-    };
-    if (!offThread) {
-      for (const g of grains) await one(g);
-    } else {
-      // Every grain settles before the span buffer goes back: pool threads read it.
-      const results = await Promise.allSettled(grains.map(one));
-      for (const r of results) if (r.status === 'rejected') throw r.reason;
     }
   } finally {
     core.giveSpanBuffer(buffer);
