@@ -335,7 +335,12 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const block = new Uint8Array(cs);
   // The stored refcounts of the clusters whose COPIED flag is wrong, for their messages.
   const wanted = new Map<number, CopiedFix[]>();
-  for (const f of sc.copiedFixes.slice(0, MAX_MESSAGES)) if (f.refcount === undefined) wanted.set(f.cluster, [...(wanted.get(f.cluster) ?? []), f]);
+  for (const f of sc.copiedFixes.slice(0, MAX_MESSAGES)) {
+    if (f.refcount !== undefined) continue;
+    const list = wanted.get(f.cluster);
+    if (list) list.push(f);
+    else wanted.set(f.cluster, [f]);
+  }
   for (let b = 0; b * perBlock < n; b++) {
     let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
     if (off && (off % cs || off + cs > s.fileSize)) {
@@ -347,7 +352,7 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     for (let k = 0; k < perBlock && b * perBlock + k < n; k++) {
       const c = b * perBlock + k;
       const st = off ? readRefcount(block, k, bits) : 0;
-      for (const f of wanted.get(c) ?? []) f.refcount = st;
+      if (wanted.size !== 0) for (const f of wanted.get(c) ?? []) f.refcount = st;
       const computed = sc.refs[c]!;
       if (st > 0 || computed > 0) t.imageEnd = (c + 1) * cs;
       if (st === computed) continue;

@@ -51,10 +51,10 @@ export function expandLongPrefixes(argv: readonly string[], names: readonly stri
       if (eq < 0 && takesValue(name) && i + 1 < argv.length) out.push(argv[++i]!);
       continue;
     }
-    out.push(spelling(arg) ?? arg);
+    const letters = spelling(arg) ?? arg;
+    out.push(letters);
     // -x VALUE, or a group such as -Uf VALUE: the value is the next argument when the letter that takes it comes last.
     if (arg.startsWith('-') && arg.length > 1 && arg !== '-') {
-      const letters = spelling(arg) ?? arg;
       for (let k = 1; k < letters.length; k++) {
         if (!shortTakesValue(letters[k]!)) continue;
         if (k === letters.length - 1 && i + 1 < argv.length) out.push(argv[++i]!);

@@ -53,12 +53,11 @@ async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>): 
   if (pending) yield pending;
 }
 
-/** The files of a VMDK layer's flat extents: where its data extents live, other than the descriptor's own file. */
+/** The files of a VMDK layer's flat extents (FLAT, VMFS: raw files), as its info lists them. */
 async function flatExtentFiles(layer: Disk): Promise<string[]> {
-  const own = resolve(layer.storage.name);
-  const files = new Set<string>();
-  for await (const e of layer.extents({ hostOffsets: true, topOnly: true })) if (e.kind === 'data' && e.file !== undefined && resolve(e.file) !== own) files.add(resolve(e.file));
-  return [...files];
+  const extents = (await layer.info?.())?.formatSpecific?.extents;
+  if (!Array.isArray(extents)) return [];
+  return (extents as Array<{ format?: unknown; filename?: unknown }>).filter((e) => (e.format === 'FLAT' || e.format === 'VMFS') && typeof e.filename === 'string').map((e) => resolve(e.filename as string));
 }
 
 /**
@@ -150,14 +149,11 @@ export const map: Handler = async (argv, io) => {
       if (await asksFileBelow(layer)) storages.set(resolve(layer.storage.name), layer.storage);
       // A VMDK's flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are raw files: qemu-img map asks them for holes.
       if (layer.format === 'vmdk') {
+        // Sparse extents keep grains: not asked, as qemu-img does not ask them.
         for (const file of await flatExtentFiles(layer)) {
           const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
           opened.push(st);
-          // Sparse extents of a split VMDK (KDMV, or COWD for vmfsSparse) keep grains: not asked, as qemu-img does not ask them.
-          const magic = new Uint8Array(4);
-          if ((await st.size()) >= 4) await st.readInto(0, magic);
-          const text = new TextDecoder().decode(magic);
-          if (text !== 'KDMV' && text !== 'COWD') storages.set(resolve(file), st);
+          storages.set(file, st);
         }
       }
     }
