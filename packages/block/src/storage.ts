@@ -24,7 +24,15 @@ export interface RunCopyOptions {
   granule?: number;
   /** Runs are read in chunks that end at multiples of this many destination bytes (default 4 MiB, at most 64 MiB). */
   chunkSize?: number;
-  /** copyRunsTo may let the kernel copy (copy_file_range), and with zero detection scan in-memory chunks through a mapping instead of reading them. Default true. */
+  /**
+   * Whether copyRunsTo lets the kernel copy (copy_file_range) and, with zero
+   * detection, scans chunks through a mapping of the source instead of
+   * reading them. Default: only into a file system that copies by itself
+   * (a reflink or a server-side copy: XFS, Btrfs, bcachefs, ZFS, NFS, SMB,
+   * Ceph); elsewhere (tmpfs, ext4) the kernel would copy through the page
+   * cache in small pieces, slower than pread and pwrite. `true` uses it
+   * wherever the kernel takes it, `false` never.
+   */
   copyRange?: boolean;
   /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
   signal?: AbortSignal;

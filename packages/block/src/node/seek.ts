@@ -47,7 +47,8 @@ export interface NativeRunOptions {
   chunkSize: number;
   granule: number;
   minZeroRun: number;
-  copyRange: boolean;
+  /** 0: pread/pwrite only; 1: copy_file_range (and the mapped zero scan) wherever the kernel takes it; 2: only into file systems that copy themselves (reflinks, server-side copies). */
+  copyRange: 0 | 1 | 2;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */
