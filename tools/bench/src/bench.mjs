@@ -43,7 +43,7 @@ export function configFromEnv(env = process.env) {
     compress: list(env.IMG_BENCH_COMPRESS, ['deflate', 'zstd']).filter((c) => c !== 'none' && c !== '0'),
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     vmdkFrom: list(env.IMG_BENCH_VMDK, ['A', 'E']).filter((n) => n !== 'none'),
-    inproc: list(env.IMG_BENCH_INPROC, ['A']).filter((n) => n !== 'none'),
+    inproc: list(env.IMG_BENCH_INPROC, ['A', 'C']).filter((n) => n !== 'none'),
     vmdkPairs: list(env.IMG_BENCH_VMDK_PAIRS, undefined),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),

@@ -89,6 +89,28 @@ describe('in-process rows', () => {
     expect(all.find((t: { target: string }) => t.target.startsWith('peak RSS')).detail).toBe('max 500 MiB');
   });
 
+  it('judge rows with a GiB of data whole-process and the 64 MiB inputs in-process', () => {
+    const conv = (input: string, ratio: number) => ({ ...row('raw->qcow2', ratio, false), input, inProcess: undefined });
+    const find = (r: object, name: string) => targets({ ...base, ...r }).find((t: { target: string }) => t.target.startsWith(name));
+    // A whole-process C row over 0.8x does not count against the data-bound target; a B row does.
+    expect(find({ convert: [conv('B', 0.79), conv('D', 0.7), conv('C', 1.9)] }, 'conversion rows with 1 GiB').met).toBe(true);
+    expect(find({ convert: [conv('B', 0.81), conv('C', 0.5)] }, 'conversion rows with 1 GiB').met).toBe(false);
+    expect(
+      find(
+        {
+          inproc: [
+            { ...row('raw->qcow2', 0.6, false), input: 'C' },
+            { ...row('qcow2->raw', 0.79, false), input: 'A' },
+          ],
+        },
+        'conversion rows with 64 MiB',
+      ).met,
+    ).toBe(true);
+    expect(find({ inproc: [{ ...row('raw->qcow2', 0.85, false), input: 'C' }] }, 'conversion rows with 64 MiB').met).toBe(false);
+    // In-process VMDK rows belong to the VMDK target, and none at all is not met.
+    expect(find({ inproc: [row('vmdk->raw', 0.5)] }, 'conversion rows with 64 MiB').met).toBe(false);
+  });
+
   it.skipIf(!haveQemu)(
     'the running process answers with the conversion time, and a failed conversion is an error',
     async () => {
@@ -114,7 +136,7 @@ describe('in-process rows', () => {
 });
 
 it('reads the in-process inputs and the VMDK row filter from the environment', () => {
-  expect(configFromEnv({}).inproc).toEqual(['A']);
+  expect(configFromEnv({}).inproc).toEqual(['A', 'C']);
   expect(configFromEnv({ IMG_BENCH_INPROC: 'none' }).inproc).toEqual([]);
   expect(configFromEnv({ IMG_BENCH_INPROC: 'A,B' }).inproc).toEqual(['A', 'B']);
   expect(configFromEnv({}).vmdkPairs).toBeUndefined();

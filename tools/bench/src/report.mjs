@@ -20,12 +20,35 @@ function perGiB(result) {
   return (input, cpu) => f2(cpu / gib(input));
 }
 
-/** Targets of issue 7, evaluated on one run's rows. */
+/** Whether an input holds little data (under 256 MiB: A and C), so that Node's start dominates a whole img process. */
+function smallInput(result) {
+  const shapes = layouts(result.config?.scale ?? 1);
+  return (input) => {
+    const shape = shapes[input];
+    return shape !== undefined && shape.runs.reduce((n, r) => n + r.length, 0) < 256 * 2 ** 20;
+  };
+}
+
+/** Targets of issues 7 and 14, evaluated on one run's rows. */
 export function targets(result) {
   const out = [];
-  const sparse = result.convert.filter((r) => r.sparse);
-  const slow = sparse.filter((r) => !(r.ratio <= 0.8));
-  out.push({ target: 'sparse conversion rows: img time <= 0.8x qemu-img', met: sparse.length > 0 && slow.length === 0, detail: `${sparse.length - slow.length}/${sparse.length} rows met` });
+  // Issue 14: rows with a GiB or more of data are judged whole-process; on the small inputs (64 MiB of data) a
+  // whole img process is mostly Node's start, and convertFile() in a running process is judged instead.
+  const small = smallInput(result);
+  const bound = result.convert.filter((r) => !small(r.input));
+  const slow = bound.filter((r) => !(r.ratio <= 0.8));
+  out.push({
+    target: 'conversion rows with 1 GiB or more of data: img time <= 0.8x qemu-img',
+    met: bound.length > 0 && slow.length === 0,
+    detail: `${bound.length - slow.length}/${bound.length} rows met${slow.length ? `; not: ${slow.map((r) => `${r.input} ${r.pair} ${f2(r.ratio)}`).join(', ')}` : ''}`,
+  });
+  const smallRows = (result.inproc ?? []).filter((r) => !r.vmdk && small(r.input));
+  const smallSlow = smallRows.filter((r) => !(r.ratio <= 0.8));
+  out.push({
+    target: 'conversion rows with 64 MiB of data, convertFile() in-process: <= 0.8x qemu-img',
+    met: smallRows.length > 0 && smallSlow.length === 0,
+    detail: smallRows.length ? `${smallRows.length - smallSlow.length}/${smallRows.length} rows met${smallSlow.length ? `; not: ${smallSlow.map((r) => `${r.input} ${r.pair} ${f2(r.ratio)}`).join(', ')}` : ''}` : 'not run',
+  });
   const byPair = (input, pair) => result.convert.find((r) => r.input === input && r.pair === pair);
   const cRows = result.convert.filter((r) => r.input === 'C');
   const cBad = cRows.filter((r) => {
