@@ -76,7 +76,7 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
 describe('in-process rows', () => {
   const row = (pair: string, ratio: number, vmdk = true) => ({ input: 'A', pair, ratio, vmdk, inProcess: true, ok: true, img: { wall: ratio, cpu: 0, rssMiB: 500 }, qemu: { wall: 1, cpu: 0, rssMiB: 1 } });
   const base = { convert: [], compress: [], disk: [], vmdk: [], nbd: [] };
-  const inprocTarget = (inproc: unknown[]) => targets({ ...base, inproc }).find((t: { target: string }) => t.target.startsWith('vmdk rows in-process'));
+  const inprocTarget = (inproc: unknown[]) => targets({ ...base, inproc }).find((t: { target: string }) => t.target.startsWith('vmdk rows with 64 MiB'));
 
   it('judge the VMDK rows at 0.8x and the streamOptimized write at 0.7x, and stay out of the RSS target', () => {
     expect(inprocTarget([row('vmdk->raw', 0.79), row('raw->vmdk streamOptimized', 0.69)]).met).toBe(true);
@@ -85,6 +85,10 @@ describe('in-process rows', () => {
     expect(inprocTarget([]).met).toBe(false);
     // Conversion rows are reported, not judged by the VMDK target.
     expect(inprocTarget([row('raw->qcow2', 3, false), row('vmdk->raw', 0.5)]).met).toBe(true);
+    // Whole-process VMDK rows of the small input A are reported, not judged; those of E are.
+    const whole = (vmdk: unknown[]) => targets({ ...base, vmdk }).find((t: { target: string }) => t.target.startsWith('vmdk rows with 1 GiB'));
+    expect(whole([row('vmdk->raw', 1.3), { ...row('vmdk->raw', 0.5), input: 'E' }]).met).toBe(true);
+    expect(whole([{ ...row('vmdk->raw', 0.9), input: 'E' }]).met).toBe(false);
     const all = targets({ ...base, vmdk: [row('vmdk->raw', 0.5)], inproc: [row('vmdk->raw', 0.5)] });
     expect(all.find((t: { target: string }) => t.target.startsWith('peak RSS')).detail).toBe('max 500 MiB');
   });
