@@ -14,6 +14,8 @@ import { findSignatures } from './signatures.js';
 /** The sector size raw disks align to (bytes). */
 export const RAW_SECTOR = 512;
 const ZERO_CHUNK = 1024 * 1024;
+/** The first window of a raw file's range walk (see #runs); each next one is twice as large. */
+const RANGE_WINDOW = 64 * 1024 * 1024;
 
 /** A raw image: the file is the guest disk, byte for byte (holes of a sparse file read as zeros). */
 export class RawDisk implements Disk {
@@ -128,9 +130,18 @@ export class RawDisk implements Disk {
     const host = (offset: number) => (hostOffsets ? { hostOffset: offset, file: this.storage.name } : {});
     if (start < fileEnd) {
       if (this.storage.ranges) {
-        for (const r of await this.storage.ranges(start, fileEnd - start)) {
-          if (r.data) yield { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...host(r.offset) };
-          else yield { offset: r.offset, length: r.length, kind: 'zero', depth: 0, ...host(r.offset) };
+        // Asked in windows that double (64 MiB first), so a copy starts on the first runs while the rest
+        // of the file is still to be asked about: the whole of a 16 GiB file with 1024 runs is 15 ms of
+        // lseek on the calling thread. Runs split at a window's edge are joined again by mergeExtents.
+        let window = RANGE_WINDOW;
+        for (let pos = start; pos < fileEnd;) {
+          const n = Math.min(window, fileEnd - pos);
+          for (const r of await this.storage.ranges(pos, n)) {
+            if (r.data) yield { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...host(r.offset) };
+            else yield { offset: r.offset, length: r.length, kind: 'zero', depth: 0, ...host(r.offset) };
+          }
+          pos += n;
+          window *= 2;
         }
       } else {
         yield { offset: start, length: fileEnd - start, kind: 'data', depth: 0, ...host(start) };

@@ -64,6 +64,38 @@ describe('SEEK_DATA/SEEK_HOLE helper', () => {
     await disk.close();
   });
 
+  it.skipIf(!seekAddon())('raw extents are asked for in doubling windows and joined again where a run crosses one', async () => {
+    const path = join(tmp.path, 'windows.raw');
+    const s = await FileStorage.create(path);
+    await s.truncate(512 * MiB);
+    // Windows end at 64, 192 and 448 MiB: one run across the first edge, one across the third, one inside a window.
+    await s.write(60 * MiB, new Uint8Array(10 * MiB).fill(3));
+    await s.write(100 * MiB, new Uint8Array(MiB).fill(4));
+    await s.write(447 * MiB, new Uint8Array(2 * MiB).fill(5));
+    const asked: [number, number][] = [];
+    const ranges = s.ranges!.bind(s);
+    Object.defineProperty(s, 'ranges', { value: (offset: number, length: number) => (asked.push([offset / MiB, length / MiB]), ranges(offset, length)) });
+    const disk = await openRaw(s);
+    const extents = [];
+    for await (const e of disk.extents({ hostOffsets: true })) extents.push([e.offset / MiB, e.length / MiB, e.kind, (e.hostOffset ?? -1) / MiB]);
+    expect(asked).toEqual([
+      [0, 64],
+      [64, 128],
+      [192, 256],
+      [448, 64],
+    ]);
+    expect(extents).toEqual([
+      [0, 60, 'zero', 0],
+      [60, 10, 'data', 60],
+      [70, 30, 'zero', 70],
+      [100, 1, 'data', 100],
+      [101, 346, 'zero', 101],
+      [447, 2, 'data', 447],
+      [449, 63, 'zero', 449],
+    ]);
+    await disk.close();
+  });
+
   it.skipIf(!seekAddon()?.nowait)('reads small ranges from the page cache on the calling thread, short at the end of the file', async () => {
     const path = join(tmp.path, 'nowait.bin');
     const s = await FileStorage.create(path);
