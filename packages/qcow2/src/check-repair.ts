@@ -240,21 +240,26 @@ async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, 
     writeEntryOffset(view.l1, i * 8, offset, offset !== 0);
     changed = true;
   };
+  // A dropped entry no longer makes its cluster an L2 table: the overlap map forgets that use (the L1 table
+  // itself may be that cluster, and its rewrite below must go through).
+  const dropEntry = (i: number, l2: number) => {
+    setEntry(i, 0);
+    s.overlap?.remove(OVERLAP.L2, l2, cs);
+    out.dropped++;
+  };
   const l2s = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
   for (let i = 0; i < l2s.length; i++) {
     const l2 = l2s[i]!;
     if (!l2) continue;
     const at = view.l1Offset + i * 8;
     if (l2 % cs || l2 < cs || l2 + cs > fileEnd) {
-      setEntry(i, 0);
-      out.dropped++;
+      dropEntry(i, l2);
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that is unaligned or outside the file; cleared (its range is unallocated now)`);
       continue;
     }
     const kinds = (s.overlap?.kindsAt(l2 / cs) ?? 0) & ~OVERLAP.L2;
     if (kinds) {
-      setEntry(i, 0);
-      out.dropped++;
+      dropEntry(i, l2);
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that lies on the ${overlapKindName(kinds)}; cleared (its range is unallocated now)`);
       continue;
     }
