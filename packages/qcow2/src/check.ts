@@ -205,7 +205,11 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   // COPIED must be set exactly when the refcount is 1 (implicit: external data file clusters are never shared).
   // Reported by the tally after the refcounts, in qemu-img check's order.
   const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean, raw: () => string, l1Index?: number) => {
-    const one = implicit || (cluster < nClusters && isOne[cluster] === 1);
+    // A cluster past the end of the file is reported as such; its stored refcount is not read (only the file's
+    // clusters are), so its COPIED flag is not judged either: repair all would otherwise flip it against a refcount
+    // it never saw (qemu-img check judges it against that refcount and then counts the flip as a corruption).
+    if (!implicit && cluster >= nClusters) return;
+    const one = implicit || isOne[cluster] === 1;
     if (one === isSet) return;
     r.corruptions++;
     r.copiedFixes.push({ at, set: one, cluster, raw: raw(), l1Index, refcount: implicit ? 1 : undefined });
