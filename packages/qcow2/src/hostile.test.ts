@@ -83,4 +83,37 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(qemuCheck(path).status).toBe(0);
     expect((await check(path)).corruptions).toBe(0);
   });
+
+  it('a data cluster past the end of a truncated file: its COPIED flag is not judged (nor flipped by repair all)', async () => {
+    const path = join(tmp.path, 'truncated.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 3 * 4096, 0x66]]);
+    // The last data cluster is cut off; its L2 entry (COPIED, refcount 1 in a block still in the file) stays.
+    writeFileSync(path, q.bytes.subarray(0, q.bytes.length - 4096));
+    const qemuBefore = qemuCheck(path);
+    expect(qemuBefore.status).toBe(2);
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemuBefore.result?.corruptions);
+    expect(found.messages.join('\n')).not.toMatch(/OFLAG_COPIED/);
+    await check(path, 'all');
+    expect(qemuCheck(path).result?.corruptions).toBeLessThanOrEqual(Number(qemuBefore.result?.corruptions));
+  });
+});
+
+describe('writes into damaged images leave them no worse', () => {
+  it('an L1 entry without COPIED whose L2 table has refcount 1: the write sets the flag instead of copying the table and clearing its entries', async () => {
+    const path = join(tmp.path, 'l1-copied-missing.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4 * 4096, 0x77]]);
+    q.view.setBigUint64(q.l1Offset, entryAt(q, q.l1Offset) & ~(1n << 63n));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).result?.corruptions).toBe(1);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    await disk.write(8 * 4096, new Uint8Array(4096).fill(0x78));
+    await disk.close();
+    await storage.close();
+    expect(qemuCheck(path).status).toBe(0);
+    const bytes = await readAll(path);
+    expect(bytes.subarray(0, 4 * 4096).every((b) => b === 0x77)).toBe(true);
+    expect(bytes.subarray(8 * 4096, 9 * 4096).every((b) => b === 0x78)).toBe(true);
+  });
 });
