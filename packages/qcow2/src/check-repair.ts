@@ -353,8 +353,12 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
   const meta = metadataFlags(s, n);
   let compressed = 0;
   let onMetadata = 0;
+  let pastEnd = 0;
   const use = (c: number) => {
-    if (c >= n) return;
+    if (c >= n) {
+      pastEnd++;
+      return;
+    }
     if (meta[c]) onMetadata++;
     if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
     else flags[c]! |= USED;
@@ -372,8 +376,8 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
       });
     },
   );
-  // Nothing shared, nothing on metadata, nothing compressed: no second pass.
-  if (!users.size && !onMetadata && !compressed) return;
+  // Nothing shared, nothing on metadata, nothing past the end, nothing compressed: no second pass.
+  if (!users.size && !onMetadata && !pastEnd && !compressed) return;
 
   // Pass 2: in guest order the first user keeps a shared cluster; the others, and every user of metadata, get copies.
   const shared = await snapshotTables(s);
@@ -400,7 +404,7 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
         table,
         l2,
         (c, j) => {
-          if (c < n && (meta[c] || users.has(c))) candidates.push(j);
+          if (c >= n || meta[c] || users.has(c)) candidates.push(j);
         },
         (_e, j) => candidates.push(j),
       );
@@ -444,7 +448,14 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
         }
         if (e.host === undefined) continue;
         const c = e.host / cs;
-        if (c >= n) continue;
+        if (c >= n) {
+          // It reads as zeros (nothing is stored there), and the allocator would hand the cluster out again.
+          encodeEntry(table, j, e.alloc === 0 ? { ...e, host: undefined, copied: false } : dropped, g);
+          out.dropped++;
+          note(`data cluster past the end of the file: dropped (it reads as ${e.alloc === 0 || dropped.zero ? 'zeros' : 'unallocated'})`, at);
+          changed = true;
+          continue;
+        }
         const kinds = meta[c] ? (s.overlap?.kindsAt(c) ?? 0) : 0;
         const count = users.get(c);
         if (!kinds) {
