@@ -345,6 +345,7 @@ async function main() {
     if (args.case !== undefined) {
       console.log(JSON.stringify({ seed: s.name, what, ops, result }, null, 2));
       console.log(`case directory kept: ${dir}`);
+      if (worker.stderr) console.log(`worker stderr:\n${worker.stderr}`);
     } else if (!keep) rmSync(dir, { recursive: true, force: true });
     if (totals.cases % 25 === 0) {
       console.log(`${new Date().toISOString().slice(11, 19)} ${totals.cases} cases, ${totals.findings} findings, ${known.size} distinct`);

@@ -21,6 +21,7 @@ const IMG_BIN = new URL('../../convert/dist/bin/img.js', import.meta.url).pathna
 const IMG_CONVERT_BIN = new URL('../../convert/dist/bin/img-convert.js', import.meta.url).pathname;
 
 let findings = [];
+let errorsSeen = [];
 const stats = {};
 const count = (k) => (stats[k] = (stats[k] ?? 0) + 1);
 
@@ -127,6 +128,8 @@ async function step(op, file, fn) {
       return { ok: false, error: e };
     }
     count(`error ${e.code}`);
+    // The messages themselves, for a case run alone (--case): what each refusal said.
+    if (errorsSeen.length < 40) errorsSeen.push(`${op}: ${e.code}: ${e.message.slice(0, 300)}`);
     judgeMessage(op, file, e);
     return { ok: false, error: e };
   }
@@ -313,6 +316,7 @@ async function writeSession(disk, r, model, n) {
     const offset = r() < 0.5 ? Math.floor(r() * size) : Math.floor((r() * size) / cs) * cs;
     const length = Math.max(1, Math.min(size - offset, Math.floor(r() * 3 * cs) + 1));
     const fill = 1 + Math.floor(r() * 254);
+    if (process.env.FUZZ_TRACE) process.stderr.write(`write session: kind ${kind.toFixed(2)} offset ${offset} length ${length} fill ${fill}\n`);
     if (kind < 0.4) {
       model.patches.push({ offset, length, fill });
       await disk.write(offset, new Uint8Array(length).fill(fill));
@@ -574,6 +578,7 @@ export const CLI_OPS = Object.keys(CLI);
 
 async function runCase(c) {
   findings = [];
+  errorsSeen = [];
   pendingChecks = [];
   for (const k of Object.keys(stats)) delete stats[k];
   c.image = join(c.dir, 'img.qcow2');
@@ -586,7 +591,7 @@ async function runCase(c) {
   for (const op of c.mutating) await MUTATING[op](c, r);
   for (const op of c.cli) await CLI[op](c, r);
   await Promise.all(pendingChecks);
-  return { findings, stats: { ...stats }, baseline: c.baseline.text };
+  return { findings, stats: { ...stats }, baseline: c.baseline.text, errors: errorsSeen };
 }
 
 if (process.send) {
