@@ -167,3 +167,51 @@ describe('writes into damaged images leave them no worse', () => {
     expect(c.corruptions).toBe(0);
   });
 });
+
+describe('bounded work', () => {
+  it('snapshots sharing one large L1 table: check and a writable open refuse in one step instead of reading it per snapshot (a 1 MiB file asked for 50 MiB)', async () => {
+    const path = join(tmp.path, 'snapshot-l1-bomb.qcow2');
+    const cs = 65536;
+    const q = qemuQcow2(path, '64M', `cluster_size=${cs}`, [[0, 4096, 0x5a]]);
+    const entries = 128 * 1024;
+    const l1At = Math.ceil(q.bytes.length / cs) * cs;
+    const snapshotsAt = l1At + entries * 8;
+    const count = 50;
+    const entry = (i: number) => {
+      const id = new TextEncoder().encode(String(i + 1));
+      const size = Math.ceil((40 + 16 + id.length) / 8) * 8;
+      const e = new DataView(new ArrayBuffer(size));
+      e.setBigUint64(0, BigInt(l1At));
+      e.setUint32(8, entries);
+      e.setUint16(12, id.length);
+      e.setUint32(36, 16);
+      e.setBigUint64(48, 64n << 20n);
+      new Uint8Array(e.buffer).set(id, 56);
+      return new Uint8Array(e.buffer);
+    };
+    const table = Array.from({ length: count }, (_, i) => entry(i));
+    const bytes = new Uint8Array(snapshotsAt + table.reduce((n, t) => n + t.length, 0));
+    bytes.set(q.bytes);
+    let at = snapshotsAt;
+    for (const t of table) {
+      bytes.set(t, at);
+      at += t.length;
+    }
+    const view = new DataView(bytes.buffer);
+    view.setUint32(60, count);
+    view.setBigUint64(64, BigInt(snapshotsAt));
+    writeFileSync(path, bytes);
+    const e = await check(path).then(
+      () => undefined,
+      (err: unknown) => err as { code: string; message: string; data: { field?: string } },
+    );
+    expect(e?.code).toBe('ERR_IMG_CORRUPT');
+    expect(e?.data.field).toBe('snapshot l1_size');
+    expect(e?.message).toMatch(/the L1 tables of the 50 snapshots add up to 52428800 bytes, more than the \d+-byte file holds/);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+    await storage.close();
+    // Reading needs no snapshot's table: the guest data is still there.
+    expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
+  });
+});
