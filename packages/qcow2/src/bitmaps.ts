@@ -108,7 +108,7 @@ const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
  * for (const run of bitmap.runs(0, bitmap.virtualSize)) if (run.dirty) console.log(run.offset, run.length);
  * ```
  */
-export async function readQcow2DirtyBitmap(storage: Storage, name: string, file?: string): Promise<Qcow2DirtyBitmap> {
+export async function readQcow2DirtyBitmap(storage: Storage, name: string, file: string = storage.name): Promise<Qcow2DirtyBitmap> {
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
   const header = parseHeader(head, file);
