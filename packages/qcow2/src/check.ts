@@ -17,7 +17,7 @@ import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './c
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
-import { EXT_BITMAPS } from './constants.js';
+import { ENTRY_COPIED_HI, EXT_BITMAPS } from './constants.js';
 import type { Qcow2Image } from './core.js';
 import { forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, snapshotL1Tables } from './l2-walk.js';
 
@@ -64,7 +64,7 @@ interface Scan {
   copiedFixes: CopiedFix[];
   /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
   pastSizeL1: number[];
-  /** Active L1 and L2 entries with reserved bits set, or flags without an offset (counted in `corruptions`; cleared by repair 'all'). */
+  /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
   reservedBits: ReservedBitsFix[];
 }
 
@@ -316,6 +316,11 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
           r.corruptions += times;
           say(`ERROR L2 entry at ${hex(at)} has reserved bits set: ${entryHex(table, at - l2Offset)}`);
           if (activeTimes) r.reservedBits.push({ at, hiMask: L2_RESERVED_HI, loMask: L2_RESERVED_LO });
+        }
+        if (e.type === 'compressed' && (readU32Be(table, at - l2Offset) & ENTRY_COPIED_HI) !== 0) {
+          r.corruptions += times;
+          say(`ERROR L2 entry at ${hex(at)} is compressed with the COPIED flag set (never allowed): ${entryHex(table, at - l2Offset)}`);
+          if (activeTimes) r.reservedBits.push({ at, hiMask: ENTRY_COPIED_HI, loMask: 0 });
         }
         if (e.type === 'compressed') {
           ref(e.host, e.size, 'compressed cluster', times);

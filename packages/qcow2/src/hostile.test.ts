@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, qemuCheck, qemuQcow2, tempDir } from '@img/testkit';
+import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 import { loadFixture } from '../test/fixtures.js';
@@ -52,6 +52,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     const repaired = await check(path, 'all');
     expect(repaired.corruptions).toBe(0);
     expect(repaired.corruptionsFixed).toBe(1);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+  });
+
+  it('a compressed descriptor with the COPIED flag set', async () => {
+    const path = join(tmp.path, 'compressed-copied.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x33]]);
+    // qemu-img convert -c compresses guest cluster 0.
+    qemuImg(['convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=4096', path, `${path}.c`]);
+    const c = readQcow2Bytes(`${path}.c`);
+    const cl2 = Number(entryAt(c, c.l1Offset) & 0x00ff_ffff_ffff_fe00n);
+    c.view.setBigUint64(cl2, entryAt(c, cl2) | (1n << 63n));
+    writeFileSync(path, c.bytes);
+    const before = await readAll(path);
+    expect(qemuCheck(path).status).toBe(2);
+    const found = await check(path);
+    expect(found.corruptions).toBe(1);
+    expect(found.messages.join('\n')).toMatch(/is compressed with the COPIED flag set/);
+    expect((await check(path, 'all')).corruptions).toBe(0);
     expect(qemuCheck(path).status).toBe(0);
     expect(await readAll(path)).toEqual(before);
   });
