@@ -508,7 +508,7 @@ const CLI = {
     const { dir, file } = freshCopy(c, `cli-check-r-${mode}`);
     const res = cli('cli-check-r', IMG_BIN, ['check', '-r', mode, 'img.qcow2'], dir, [0, 1, 2, 3]);
     const ok = res.status === 0 || (mode === 'leaks' && res.status === 2);
-    judgeAfter(c, `cli-check-r ${mode}`, file, dir, ok, { patches: [], expect: 'same', repair: res.status === 0 ? mode : undefined });
+    judgeAfter(c, `cli-check-r ${mode}`, file, dir, ok, { patches: [], expect: 'same', repair: mode, repairClean: res.status === 0 });
   },
   'cli-convert'(c, r) {
     const target = r() < 0.5 ? 'raw' : 'qcow2';
