@@ -12,7 +12,11 @@ import { FileStorage } from '@img/block/node';
 import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
-import { loadFixture } from '../test/fixtures.js';
+import { loadFixture, setU32 } from '../test/fixtures.js';
+import { compactQcow2 } from './compact.js';
+import { sparsifyQcow2 } from './sparsify.js';
+import { editQcow2Bitmaps, listQcow2Bitmaps } from './bitmap-edit.js';
+import { readQcow2DirtyBitmap } from './bitmaps.js';
 
 const tmp = tempDir('img-hostile-');
 afterAll(() => tmp.cleanup());
@@ -232,5 +236,17 @@ describe('bounded work', () => {
     await storage.close();
     // Reading needs no snapshot's table: the guest data is still there.
     expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
+  });
+});
+
+describe('one-shot functions validate the header as an open does', () => {
+  it('cluster_bits 0: compact, sparsify and the bitmap functions fail with ERR_IMG_CORRUPT naming cluster_bits (compact threw a RangeError)', async () => {
+    const bytes = () => setU32(loadFixture('bitmaps.qcow2'), 20, 0);
+    const named = { code: 'ERR_IMG_CORRUPT', data: { field: 'cluster_bits', offset: 20 } };
+    await expect(compactQcow2(MemoryStorage.from(bytes(), { name: 'c.qcow2' }))).rejects.toMatchObject(named);
+    await expect(sparsifyQcow2(MemoryStorage.from(bytes(), { name: 's.qcow2' }))).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+    await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'l.qcow2' }))).rejects.toMatchObject(named);
+    await expect(readQcow2DirtyBitmap(MemoryStorage.from(bytes(), { name: 'r.qcow2' }), 'b0')).rejects.toMatchObject(named);
+    await expect(editQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'e.qcow2' }), [{ op: 'add', name: 'x' }])).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
   });
 });
