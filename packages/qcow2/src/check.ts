@@ -64,6 +64,8 @@ interface Scan {
   copiedFixes: CopiedFix[];
   /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
   pastSizeL1: number[];
+  /** L1 entries past the virtual size (active and snapshots) not followed: what they point at looks leaked but is referenced. */
+  unfollowedL1: number;
   /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
   reservedBits: ReservedBitsFix[];
 }
@@ -184,7 +186,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], reservedBits: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [] };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -261,6 +263,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
           r.corruptions++;
           say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
           if (active) r.pastSizeL1.push(l1Offset + i * 8);
+          r.unfollowedL1++;
           return;
         }
         ref(l2Offset, cs, 'L2 table');
@@ -428,6 +431,9 @@ async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): P
   let changed = false;
   for (const m of t.mismatched) {
     if (m.stored <= m.computed && repair !== 'all') continue;
+    // Tables that L1 entries past the virtual size point at (and their clusters) look leaked, but qemu-img check
+    // follows those entries: freeing them would leave references to free clusters. Nothing is lowered while any are left.
+    if (m.stored > m.computed && t.scan.unfollowedL1 > 0) continue;
     const value = Math.min(m.computed, rc.maxRefcount);
     if (value === m.stored) continue;
     await rc.set(m.cluster, value);

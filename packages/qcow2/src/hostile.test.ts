@@ -109,6 +109,20 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect((await check(path)).corruptions).toBe(0);
   });
 
+  it('an L1 entry past a virtual size of 0: repair leaks frees nothing its table reaches (qemu-img check follows it)', async () => {
+    const path = join(tmp.path, 'size-0.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 2 * 4096, 0x5b]]);
+    q.view.setBigUint64(24, 0n);
+    writeFileSync(path, q.bytes);
+    const before = qemuCheck(path);
+    const found = await check(path);
+    expect(found.messages.join('\n')).toMatch(/L1 entry 0 at 0x[0-9a-f]+ points at an L2 table \(0x[0-9a-f]+\) past the virtual size/);
+    await check(path, 'leaks');
+    const after = qemuCheck(path);
+    expect(after.status).toBe(before.status);
+    expect(after.result?.corruptions ?? 0).toBe(before.result?.corruptions ?? 0);
+  });
+
   it('a data cluster past the end of a truncated file: its COPIED flag is not judged (nor flipped by repair all)', async () => {
     const path = join(tmp.path, 'truncated.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 3 * 4096, 0x66]]);
