@@ -5,11 +5,12 @@
  * own check and by qemu-img check.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir } from '@img/testkit';
+import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
+import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 import { loadFixture, setU32 } from '../test/fixtures.js';
@@ -262,5 +263,17 @@ describe('one-shot functions validate the header as an open does', () => {
     await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'l.qcow2' }))).rejects.toMatchObject(named);
     await expect(readQcow2DirtyBitmap(MemoryStorage.from(bytes(), { name: 'r.qcow2' }), 'b0')).rejects.toMatchObject(named);
     await expect(editQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'e.qcow2' }), [{ op: 'add', name: 'x' }])).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+  });
+});
+
+describe('amend goes through the writable-open gate', () => {
+  it('an L2 table on the refcount table: amend refuses before writing anything (it skipped the gate)', async () => {
+    const path = join(tmp.path, 'amend-gate.qcow2');
+    writeCorruptQcow2(path, 'l2-on-refcount-table', 3);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(amendQcow2(storage, { compat: '0.10' })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringMatching(/refusing to open for writing: .*lies on metadata/) });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
   });
 });
