@@ -506,7 +506,7 @@ const CLI = {
   'cli-check-r'(c, r) {
     const mode = r() < 0.5 ? 'leaks' : 'all';
     const { dir, file } = freshCopy(c, `cli-check-r-${mode}`);
-    const res = cli('cli-check-r', IMG_BIN, ['check', '-r', mode, 'img.qcow2'], dir, [0, 1, 2, 3]);
+    const res = cli('cli-check-r', IMG_BIN, ['check', '-r', mode, 'img.qcow2'], dir, [0, 1, 2, 3, 63]);
     const ok = res.status === 0 || (mode === 'leaks' && res.status === 2);
     judgeAfter(c, `cli-check-r ${mode}`, file, dir, ok, { patches: [], expect: 'same', repair: mode, repairClean: res.status === 0 });
   },
