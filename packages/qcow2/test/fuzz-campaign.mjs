@@ -192,7 +192,7 @@ const nobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined
 class Worker {
   constructor() {
     this.child = fork(new URL('./fuzz-worker.mjs', import.meta.url).pathname, [], {
-      execArgv: ['--max-old-space-size=256'],
+      execArgv: [`--max-old-space-size=${process.env.FUZZ_HEAP_MIB ?? 256}`],
       cwd: work,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       ...(nobody ?? {}),

@@ -5,7 +5,7 @@
 // unprivileged user with a heap bound, kills it when an operation takes
 // too long or its RSS grows too large, and starts another.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
+import { copyFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ImageError } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
@@ -32,8 +32,19 @@ function finding(kind, op, detail) {
 // ---- qemu-img as the oracle --------------------------------------------------
 
 function run(cmd, args, cwd, timeout = CLI_TIMEOUT) {
-  const r = spawnSync(cmd, args, { cwd, timeout, encoding: 'utf8', maxBuffer: 64 * MiB, killSignal: 'SIGKILL' });
-  return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr: r.stderr ?? '', error: r.error };
+  // stderr goes to a file, of which the first 16 KiB are kept: qemu-img check prints a line per damaged entry
+  // (millions for a crafted table), and holding that would count against the worker's own RSS limit.
+  const errFile = join(cwd, `.stderr-${process.pid}`);
+  const fd = openSync(errFile, 'w');
+  let r;
+  try {
+    r = spawnSync(cmd, args, { cwd, timeout, encoding: 'utf8', maxBuffer: 64 * MiB, killSignal: 'SIGKILL', stdio: ['ignore', 'pipe', fd] });
+  } finally {
+    closeSync(fd);
+  }
+  const stderr = fileChunk(errFile, 0, 16 * 1024).toString('utf8');
+  rmSync(errFile, { force: true });
+  return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr, error: r.error };
 }
 
 /** qemu-img check: status 0 clean, 1 could not check, 2 corrupt, 3 leaks only. */
