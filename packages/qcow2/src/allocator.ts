@@ -151,6 +151,16 @@ export class Allocator {
     await this.#meta.run(() => this.refcounts.release(offset, bytes));
   }
 
+  /**
+   * Forgets the free tail of the last compressed cluster: refcounts changed
+   * without this allocator (a snapshot commit writes them in bulk), so that
+   * cluster may have been freed and handed out again (as an L2 table, or
+   * a data cluster that packing would overwrite).
+   */
+  forgetCompressedTail(): void {
+    this.#ctail = undefined;
+  }
+
   /** Releases what an L2 entry pointed to (data cluster or compressed bytes), after checking it is no metadata. */
   async releaseEntry(e: Entry): Promise<void> {
     const img = this.#img;

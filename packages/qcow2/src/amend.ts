@@ -34,6 +34,7 @@ import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { writeHeader, writeHeaderCluster, type Qcow2Image } from './core.js';
 import { distinctL2Tables, forEachL2Entry, imageL1Tables } from './l2-walk.js';
 import { OVERLAP } from './overlap.js';
+import { gateWritableOpen } from './open-gate.js';
 
 const FORMAT = 'qcow2';
 const bit = (b: number) => 1n << BigInt(b);
@@ -138,6 +139,11 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_CORRUPT)) {
     throw corrupt(FORMAT, s.file, 'image is marked corrupt (incompatible bit 1): repair it (check -r all) before amending', { field: 'incompatible_features', offset: 72 });
   }
+  // The writable-open gate, as for any write (amend opens for checking, which skips it): an image whose tables
+  // share clusters or lie on metadata is refused before anything changes. A dirty image is repaired first below,
+  // as every writable open repairs it, and its refcounts are not yet worth judging.
+  const rc = s.writer?.allocator.refcounts;
+  if (rc && !hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) await gateWritableOpen(s, view, (c) => rc.get(c), new Map(rc.untrustedBlocks.map((b) => [b.index, b.reason])));
   const from = h.version;
   const to = want.version ?? from;
   if (want.lazyRefcounts === true && to < 3) {

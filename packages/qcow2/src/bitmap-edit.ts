@@ -26,7 +26,8 @@ import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64B
 import type { Resolver, Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
 import { findExtension, parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
-import { hasFeature, parseHeader } from './header.js';
+import { hasFeature } from './header.js';
+import { readHeaderCluster } from './header-check.js';
 import { entryOffset } from './mapping.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
@@ -148,7 +149,7 @@ export function removeQcow2Bitmap(storage: Storage, name: string): Promise<void>
 export async function listQcow2Bitmaps(storage: Storage, file: string = storage.name): Promise<Qcow2BitmapInfo[]> {
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
-  const header = parseHeader(head, file);
+  const { header } = readHeaderCluster(head, file);
   const clusterSize = 2 ** header.clusterBits;
   if (header.version < 3 || !hasFeature(header.autoclearFeatures, AUTOCLEAR_BITMAPS)) return [];
   const ext = parseBitmapsExtension(findExtension(parseExtensions(head.subarray(0, clusterSize), header.headerLength, clusterSize, file), EXT_BITMAPS), file);

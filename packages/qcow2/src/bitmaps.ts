@@ -7,7 +7,7 @@ import { readU16Be, readU32Be, corrupt, hex, utf8Decode, invalidArg, unsupported
 import type { Storage } from '@img/block';
 import { findExtension, parseBitmapsExtension, parseExtensions, type BitmapsExtension } from './extensions.js';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
-import { parseHeader } from './header.js';
+import { readHeaderCluster } from './header-check.js';
 import { entryOffset } from './mapping.js';
 
 const FORMAT = 'qcow2';
@@ -108,10 +108,10 @@ const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
  * for (const run of bitmap.runs(0, bitmap.virtualSize)) if (run.dirty) console.log(run.offset, run.length);
  * ```
  */
-export async function readQcow2DirtyBitmap(storage: Storage, name: string, file?: string): Promise<Qcow2DirtyBitmap> {
+export async function readQcow2DirtyBitmap(storage: Storage, name: string, file: string = storage.name): Promise<Qcow2DirtyBitmap> {
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
-  const header = parseHeader(head, file);
+  const { header } = readHeaderCluster(head, file);
   const clusterSize = 2 ** header.clusterBits;
   const ext = parseBitmapsExtension(findExtension(parseExtensions(head.subarray(0, clusterSize), header.headerLength, clusterSize, file), EXT_BITMAPS), file);
   const list = ext ? await readBitmapDirectory(storage, ext, fileSize, clusterSize, file) : [];

@@ -240,21 +240,26 @@ async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, 
     writeEntryOffset(view.l1, i * 8, offset, offset !== 0);
     changed = true;
   };
+  // A dropped entry no longer makes its cluster an L2 table: the overlap map forgets that use (the L1 table
+  // itself may be that cluster, and its rewrite below must go through).
+  const dropEntry = (i: number, l2: number) => {
+    setEntry(i, 0);
+    s.overlap?.remove(OVERLAP.L2, l2, cs);
+    out.dropped++;
+  };
   const l2s = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
   for (let i = 0; i < l2s.length; i++) {
     const l2 = l2s[i]!;
     if (!l2) continue;
     const at = view.l1Offset + i * 8;
     if (l2 % cs || l2 < cs || l2 + cs > fileEnd) {
-      setEntry(i, 0);
-      out.dropped++;
+      dropEntry(i, l2);
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that is unaligned or outside the file; cleared (its range is unallocated now)`);
       continue;
     }
     const kinds = (s.overlap?.kindsAt(l2 / cs) ?? 0) & ~OVERLAP.L2;
     if (kinds) {
-      setEntry(i, 0);
-      out.dropped++;
+      dropEntry(i, l2);
       say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that lies on the ${overlapKindName(kinds)}; cleared (its range is unallocated now)`);
       continue;
     }
@@ -348,8 +353,12 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
   const meta = metadataFlags(s, n);
   let compressed = 0;
   let onMetadata = 0;
+  let pastEnd = 0;
   const use = (c: number) => {
-    if (c >= n) return;
+    if (c >= n) {
+      pastEnd++;
+      return;
+    }
     if (meta[c]) onMetadata++;
     if (flags[c]! & USED) users.set(c, (users.get(c) ?? 1) + 1);
     else flags[c]! |= USED;
@@ -367,8 +376,8 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
       });
     },
   );
-  // Nothing shared, nothing on metadata, nothing compressed: no second pass.
-  if (!users.size && !onMetadata && !compressed) return;
+  // Nothing shared, nothing on metadata, nothing past the end, nothing compressed: no second pass.
+  if (!users.size && !onMetadata && !pastEnd && !compressed) return;
 
   // Pass 2: in guest order the first user keeps a shared cluster; the others, and every user of metadata, get copies.
   const shared = await snapshotTables(s);
@@ -395,7 +404,7 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
         table,
         l2,
         (c, j) => {
-          if (c < n && (meta[c] || users.has(c))) candidates.push(j);
+          if (c >= n || meta[c] || users.has(c)) candidates.push(j);
         },
         (_e, j) => candidates.push(j),
       );
@@ -439,7 +448,14 @@ async function unshareDataClusters(s: Qcow2Image, view: MappingView, rc: Refcoun
         }
         if (e.host === undefined) continue;
         const c = e.host / cs;
-        if (c >= n) continue;
+        if (c >= n) {
+          // It reads as zeros (nothing is stored there), and the allocator would hand the cluster out again.
+          encodeEntry(table, j, e.alloc === 0 ? { ...e, host: undefined, copied: false } : dropped, g);
+          out.dropped++;
+          note(`data cluster past the end of the file: dropped (it reads as ${e.alloc === 0 || dropped.zero ? 'zeros' : 'unallocated'})`, at);
+          changed = true;
+          continue;
+        }
         const kinds = meta[c] ? (s.overlap?.kindsAt(c) ?? 0) : 0;
         const count = users.get(c);
         if (!kinds) {

@@ -7,7 +7,7 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { readOnlyError, unsupported, readU32Be, hex } from '@img/block';
+import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
 import { entryOffset, setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
@@ -17,7 +17,7 @@ import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './c
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
-import { EXT_BITMAPS } from './constants.js';
+import { ENTRY_COPIED_HI, EXT_BITMAPS } from './constants.js';
 import type { Qcow2Image } from './core.js';
 import { forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, snapshotL1Tables } from './l2-walk.js';
 
@@ -64,7 +64,28 @@ interface Scan {
   copiedFixes: CopiedFix[];
   /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
   pastSizeL1: number[];
+  /** L1 entries past the virtual size (active and snapshots) not followed: what they point at looks leaked but is referenced. */
+  unfollowedL1: number;
+  /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
+  reservedBits: ReservedBitsFix[];
 }
+
+/** An entry whose bits under `hiMask`/`loMask` (the 32-bit halves) repair 'all' clears. */
+interface ReservedBitsFix {
+  at: number;
+  hiMask: number;
+  loMask: number;
+}
+
+/**
+ * Reserved bits of the spec's entries, as qemu-img check counts them
+ * (one corruption per entry): L1 entries bits 0-8 and 56-62; standard L2
+ * entries bits 1-8 and 56-61 (compressed descriptors use those bits).
+ */
+const L1_RESERVED_HI = 0x7f000000;
+const L1_RESERVED_LO = 0x000001ff;
+const L2_RESERVED_HI = 0x3f000000;
+const L2_RESERVED_LO = 0x000001fe;
 
 /** Messages kept per check (the counts are always complete). */
 const MAX_MESSAGES = 1000;
@@ -165,7 +186,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [] };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -186,7 +207,11 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   // COPIED must be set exactly when the refcount is 1 (implicit: external data file clusters are never shared).
   // Reported by the tally after the refcounts, in qemu-img check's order.
   const copied = (at: number, cluster: number, isSet: boolean, implicit: boolean, raw: () => string, l1Index?: number) => {
-    const one = implicit || (cluster < nClusters && isOne[cluster] === 1);
+    // A cluster past the end of the file is reported as such; its stored refcount is not read (only the file's
+    // clusters are), so its COPIED flag is not judged either: repair all would otherwise flip it against a refcount
+    // it never saw (qemu-img check judges it against that refcount and then counts the flip as a corruption).
+    if (!implicit && cluster >= nClusters) return;
+    const one = implicit || isOne[cluster] === 1;
     if (one === isSet) return;
     r.corruptions++;
     r.copiedFixes.push({ at, set: one, cluster, raw: raw(), l1Index, refcount: implicit ? 1 : undefined });
@@ -217,6 +242,17 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     ref(l1Offset, l1Size * 8, 'L1 table');
     const keys = new NumberList();
     const t = { l1, offset: l1Offset, entries: l1Size };
+    // qemu-img check follows an entry of flags without an offset to a "table" at 0 (the header) and counts reserved bits.
+    for (let i = 0; i < Math.min(l1Size, l1.length / 8); i++) {
+      const hi = readU32Be(l1, i * 8);
+      const lo = readU32Be(l1, i * 8 + 4);
+      if (hi === 0 && lo === 0) continue;
+      const noOffset = entryOffset(hi, lo) === 0;
+      if (!noOffset && (hi & L1_RESERVED_HI) === 0 && (lo & L1_RESERVED_LO) === 0) continue;
+      r.corruptions++;
+      say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} ${noOffset ? 'has flags but no L2 table offset' : 'has reserved bits set'}: ${entryHex(l1, i * 8)}`);
+      if (active) r.reservedBits.push(noOffset ? { at: l1Offset + i * 8, hiMask: 0xffffffff, loMask: 0xffffffff } : { at: l1Offset + i * 8, hiMask: L1_RESERVED_HI, loMask: L1_RESERVED_LO });
+    }
     forEachL1Entry(
       t,
       cs,
@@ -227,6 +263,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
           r.corruptions++;
           say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} points at an L2 table (${hex(l2Offset)}) past the virtual size`);
           if (active) r.pastSizeL1.push(l1Offset + i * 8);
+          r.unfollowedL1++;
           return;
         }
         ref(l2Offset, cs, 'L2 table');
@@ -278,6 +315,16 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       table,
       l2Offset,
       (e, _j, at) => {
+        if (e.type !== 'compressed' && ((readU32Be(table, at - l2Offset) & L2_RESERVED_HI) !== 0 || (readU32Be(table, at - l2Offset + 4) & L2_RESERVED_LO) !== 0)) {
+          r.corruptions += times;
+          say(`ERROR L2 entry at ${hex(at)} has reserved bits set: ${entryHex(table, at - l2Offset)}`);
+          if (activeTimes) r.reservedBits.push({ at, hiMask: L2_RESERVED_HI, loMask: L2_RESERVED_LO });
+        }
+        if (e.type === 'compressed' && (readU32Be(table, at - l2Offset) & ENTRY_COPIED_HI) !== 0) {
+          r.corruptions += times;
+          say(`ERROR L2 entry at ${hex(at)} is compressed with the COPIED flag set (never allowed): ${entryHex(table, at - l2Offset)}`);
+          if (activeTimes) r.reservedBits.push({ at, hiMask: ENTRY_COPIED_HI, loMask: 0 });
+        }
         if (e.type === 'compressed') {
           ref(e.host, e.size, 'compressed cluster', times);
           r.allocated += activeTimes;
@@ -384,6 +431,9 @@ async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): P
   let changed = false;
   for (const m of t.mismatched) {
     if (m.stored <= m.computed && repair !== 'all') continue;
+    // Tables that L1 entries past the virtual size point at (and their clusters) look leaked, but qemu-img check
+    // follows those entries: freeing them would leave references to free clusters. Nothing is lowered while any are left.
+    if (m.stored > m.computed && t.scan.unfollowedL1 > 0) continue;
     const value = Math.min(m.computed, rc.maxRefcount);
     if (value === m.stored) continue;
     await rc.set(m.cluster, value);
@@ -427,6 +477,24 @@ async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): 
 }
 
 /**
+ * Clears reserved bits of active L1 and L2 entries (readers ignore them, so
+ * no guest view changes, shared tables included) and L1 entries holding
+ * flags but no offset (they map nothing).
+ */
+async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readonly ReservedBitsFix[]): Promise<void> {
+  const entry = new Uint8Array(8);
+  for (const f of fixes) {
+    await s.storage.readInto(f.at, entry);
+    writeU32Be(entry, 0, (readU32Be(entry, 0) & ~f.hiMask) >>> 0);
+    writeU32Be(entry, 4, (readU32Be(entry, 4) & ~f.loMask) >>> 0);
+    s.overlap?.check(s.file, f.at, 8, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    await s.storage.write(f.at, entry);
+    if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry, f.at - view.l1Offset);
+  }
+  s.cache.clear();
+}
+
+/**
  * Checks an open image (and repairs it when `repair` is given and the image
  * is writable). Repair 'all' runs in this order: L1 entries past the
  * virtual size cleared; refcounts raised to cover every reference (so the
@@ -454,6 +522,11 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
         await s.storage.write(at, zero);
         view.l1.set(zero, at - view.l1Offset);
       }
+      await s.storage.flush();
+      t = await tally(s, view);
+    }
+    if (repair === 'all' && t.scan.reservedBits.length) {
+      await clearReservedBits(s, view, t.scan.reservedBits);
       await s.storage.flush();
       t = await tally(s, view);
     }

@@ -86,6 +86,13 @@ export class ClusterMap {
     const cs = img.geom.clusterSize;
     const l2Offset = this.l2OffsetOf(l1Index);
     if (l2Offset !== 0 && this.isPrivate(l1Index)) return { table: await loadL2(img, l2Offset, l1Index), offset: l2Offset };
+    if (l2Offset !== 0 && (await this.#alloc.refcounts.get(l2Offset / cs)) === 1) {
+      // A damaged image: the COPIED flag is missing although nothing else uses the table (the open gate lets a
+      // flag that errs on this side through). The flag is set; copying the table would clear its entries'
+      // COPIED flags against their refcounts of 1.
+      await this.#writeL1Entry(l1Index, l2Offset, true);
+      return { table: await loadL2(img, l2Offset, l1Index), offset: l2Offset };
+    }
     const fresh = await this.#alloc.allocate(1);
     let table: Uint8Array;
     if (l2Offset === 0) {

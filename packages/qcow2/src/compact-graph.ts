@@ -16,7 +16,8 @@
  * around the offset are.
  */
 import { corrupt, hex, readOnlyError, readU32Be, readU64Be, unsafe, unsupported, writeU32Be, type Storage } from '@img/block';
-import { parseHeader, type Qcow2Header } from './header.js';
+import { type Qcow2Header } from './header.js';
+import { readHeaderCluster } from './header-check.js';
 import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
 import { readRefcount, writeRefcount } from './refcount.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
@@ -127,7 +128,7 @@ export async function readQcow2Graph(storage: Storage): Promise<Qcow2Graph> {
   if (storage.readOnly) throw readOnlyError(FORMAT, file);
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
-  const header = parseHeader(head, file);
+  const { header } = readHeaderCluster(head, file);
   const clusterSize = 2 ** header.clusterBits;
   const bit = (n: number) => (header.incompatibleFeatures >> BigInt(n)) & 1n;
   if (header.incompatibleFeatures & ~KNOWN_INCOMPAT_MASK) throw unsupported(FORMAT, file, 'the image has incompatible features this code does not know', { field: 'incompatible_features', offset: 72 });

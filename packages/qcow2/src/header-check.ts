@@ -57,6 +57,17 @@ export function headerClusterSize(head: Uint8Array, file: string): number {
 }
 
 /**
+ * Validates the header cluster at the start of `head` (the first bytes of
+ * the file, the whole first cluster where the file has it) for the
+ * one-shot functions that read an image without opening it (bitmaps,
+ * compaction): the same checks as an open, so a damaged header fails there
+ * as it fails at open, before any of its values sizes anything.
+ */
+export function readHeaderCluster(head: Uint8Array, file: string): ValidatedHeader {
+  return validateHeaderCluster(head.subarray(0, headerClusterSize(head, file)), file);
+}
+
+/**
  * Parses and validates the header cluster: header fields, extensions (no
  * duplicates), incompatible features this code does not know (refused,
  * named from the feature name table), encryption (refused), compression

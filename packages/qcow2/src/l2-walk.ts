@@ -10,7 +10,7 @@
  * it; guest reads and extents walk a range of a view instead
  * (segments.ts), and writes look single entries up (cluster-map.ts).
  */
-import { readU32Be } from '@img/block';
+import { corrupt, readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { decodeL2Entry, entryCopied, entryOffset, l1EntryOffset, standardEntryCluster, type ClusterEntry, type EntryGeometry } from './mapping.js';
 import { ENTRY_COPIED_HI } from './constants.js';
@@ -39,8 +39,20 @@ export interface WalkImage extends ReaderState {
   readonly snapshots: readonly Qcow2Snapshot[];
 }
 
-/** The L1 tables of the snapshots, read from the file. */
+/**
+ * The L1 tables of the snapshots, read from the file. Every table lies in
+ * the file (checked when the snapshot table is read), and qemu gives each
+ * snapshot a table of its own, so together they fit in the file; tables
+ * that add up to more overlap each other (snapshots may point at one
+ * table thousands of times), and reading them would cost memory and time
+ * by the snapshot count rather than by the file: ERR_IMG_CORRUPT.
+ */
 export async function snapshotL1Tables(s: WalkImage): Promise<L1Table[]> {
+  let total = 0;
+  for (const sn of s.snapshots) total += sn.l1Size * 8;
+  if (total > s.fileSize) {
+    throw corrupt('qcow2', s.file, `the L1 tables of the ${s.snapshots.length} snapshots add up to ${total} bytes, more than the ${s.fileSize}-byte file holds: they overlap`, { field: 'snapshot l1_size', offset: s.snapshots[0]!.entryOffset + 8, actual: total });
+  }
   const out: L1Table[] = [];
   for (const sn of s.snapshots) out.push({ l1: await readL1(s.storage, sn.l1TableOffset, sn.l1Size), offset: sn.l1TableOffset, entries: sn.l1Size, snapshot: sn });
   return out;

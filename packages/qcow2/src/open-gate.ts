@@ -113,12 +113,17 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
     if (off) markRange(off, cs);
   }
   for (const sn of s.snapshots) markRange(sn.l1TableOffset, sn.l1Size * 8);
+  // Clusters in use past the end of the file: refused below when their refcount is 0 (the allocator would hand them out).
+  const pastEnd = new Map<number, { what: string; at: number }>();
+  const notePastEnd = (cluster: number, what: string, at: number) => {
+    if (pastEnd.size < MAX_SHARED && !pastEnd.has(cluster)) pastEnd.set(cluster, { what, at });
+  };
   const note = (cluster: number, what: string, at: number, metadata: boolean) => {
     sharedCount++;
     if (shared.length < MAX_SHARED) shared.push({ cluster, what, at, metadata });
   };
   const useExclusive = (cluster: number, what: string, at: number, isCopied: boolean) => {
-    if (cluster >= fileClusters) return; // past the end of the file: the reader's to report
+    if (cluster >= fileClusters) return notePastEnd(cluster, what, at);
     const old = flags.add(cluster, isCopied ? USED | COPIED : USED);
     if (old === 0) return;
     if (old & META) note(cluster, what, at, true);
@@ -150,7 +155,11 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
       (e, j) => {
         const at = l2 + j * entrySize;
         if (e.type === 'compressed') {
-          for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size && c < fileClusters; c++) {
+          for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) {
+            if (c >= fileClusters) {
+              notePastEnd(c, 'compressed data', at);
+              break;
+            }
             const was = flags.add(c, COMPRESSED);
             if (was & META) note(c, 'compressed data', at, true);
             else if (was & USED) note(c, 'compressed data', at, false);
@@ -184,6 +193,11 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
       const as = x.what === 'compressed data' ? 'compressed data spans into a cluster in use' : `${x.what} is used ${users} times`;
       const also = snapshots ? ` (and ${snapshots} time${snapshots === 1 ? '' : 's'} by snapshots)` : '';
       return { problem: `${as}${also} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
+    }
+  }
+  for (const [cluster, use] of pastEnd) {
+    if ((await refcountOf(cluster)) === 0) {
+      return { problem: `the ${use.what} at ${hex(cluster * cs)} (entry at ${hex(use.at)}) lies past the end of the file with refcount 0: the allocator would hand it out again`, offset: use.at, l2Tables };
     }
   }
   const unreferenced = await firstWithoutRefcount(s, flags, rt, untrusted);

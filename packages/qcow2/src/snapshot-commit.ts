@@ -181,6 +181,9 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     });
   }
   await s.writer?.allocator.drainReleases();
+  // Refcounts change here in bulk (new refcount blocks, releases below), not through the allocator: the last
+  // compressed cluster may be freed and handed out again, so its free tail is no place for more compressed data.
+  s.writer?.allocator.forgetCompressedTail();
   await flushAll(s);
 
   // ---- 1. plan ---------------------------------------------------------
