@@ -53,11 +53,12 @@ export const check: Handler = async (argv, io) => {
     if (result.leaks) out.leaks = result.leaks;
     if (result.corruptionsFixed) out['corruptions-fixed'] = result.corruptionsFixed;
     if (result.leaksFixed) out['leaks-fixed'] = result.leaksFixed;
-    if (result.imageEndOffset !== undefined) out['image-end-offset'] = result.imageEndOffset;
-    if (result.totalClusters !== undefined) out['total-clusters'] = result.totalClusters;
-    if (result.allocatedClusters !== undefined) out['allocated-clusters'] = result.allocatedClusters;
-    if (result.fragmentedClusters !== undefined) out['fragmented-clusters'] = result.fragmentedClusters;
-    if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
+    // As qemu-img: each of these figures is there only when it is not 0 (an empty image has no allocated-clusters).
+    if (result.imageEndOffset) out['image-end-offset'] = result.imageEndOffset;
+    if (result.totalClusters) out['total-clusters'] = result.totalClusters;
+    if (result.allocatedClusters) out['allocated-clusters'] = result.allocatedClusters;
+    if (result.fragmentedClusters) out['fragmented-clusters'] = result.fragmentedClusters;
+    if (result.compressedClusters) out['compressed-clusters'] = result.compressedClusters;
     io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
   } else {
     // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr, the summary on stdout.

@@ -1,0 +1,37 @@
+// The same command line typed to img and to qemu-img: what a script reads
+// (stdout, the exit status) must be the same. Each case here was a
+// difference a user met; qemu-img's answer is asked for again on every run.
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { describeQemu, qemuImg, qemuIo } from '@img/testkit';
+import { userShell } from './user.js';
+
+const user = userShell('img-e2e-same-');
+afterAll(() => user.cleanup());
+
+/** Runs `args` as `img args` and as `qemu-img args` in the same directory. */
+function both(args: string): { img: { status: number; stdout: string }; qemu: { status: number; stdout: string } } {
+  const img = user.sh(`img ${args}`);
+  const qemu = user.sh(`qemu-img ${args}`);
+  return { img, qemu };
+}
+
+describeQemu('the same command line, the same stdout and status as qemu-img', () => {
+  beforeAll(() => {
+    qemuImg(['create', '-q', '-f', 'qcow2', user.path('base.qcow2'), '64M']);
+    qemuIo(user.path('base.qcow2'), 'qcow2', ['write -P 1 0 4M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', user.path('empty.qcow2'), '1M']);
+  });
+
+  const cases = [
+    // check's JSON lists the cluster figures only when they are not 0.
+    'check --output=json base.qcow2',
+    'check --output=json empty.qcow2',
+  ];
+  for (const args of cases) {
+    it(args, () => {
+      const r = both(args);
+      expect(r.img.stdout).toBe(r.qemu.stdout);
+      expect(r.img.status).toBe(r.qemu.status);
+    });
+  }
+});
