@@ -20,9 +20,19 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('base.qcow2'), '64M']);
     qemuIo(user.path('base.qcow2'), 'qcow2', ['write -P 1 0 4M']);
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('empty.qcow2'), '1M']);
+    user.sh('truncate -s 1M a.raw && cp a.raw b.raw && printf x | dd of=b.raw bs=1 seek=1000 conv=notrunc status=none');
+    user.sh('truncate -s 32M small.raw && truncate -s 64M zeros.raw && cp zeros.raw tail.raw && printf x | dd of=tail.raw bs=1 seek=$((40 << 20)) conv=notrunc status=none');
   });
 
   const cases = [
+    // qemu-img compares sector by sector: a difference is named by its sector's first byte.
+    'compare a.raw b.raw',
+    // Different sizes: a warning on stdout, then the verdict on the common part and the longer tail.
+    'compare small.raw zeros.raw',
+    'compare small.raw tail.raw',
+    'compare -s small.raw zeros.raw',
+    // -p is accepted (the progress goes to stderr; qemu-img prints it among stdout's lines).
+    'compare -q -p a.raw b.raw',
     // check's JSON lists the cluster figures only when they are not 0.
     'check --output=json base.qcow2',
     'check --output=json empty.qcow2',
