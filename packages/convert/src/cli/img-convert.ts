@@ -6,6 +6,7 @@ import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
 import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { abortOnSignals } from './interrupt.js';
 
 /** The `img-convert --help` text. */
 export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
@@ -204,9 +205,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
         }
       : {};
     const controller = new AbortController();
-    const onSignal = () => controller.abort(new Error('interrupted'));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    const removeSignalHandlers = abortOnSignals(controller);
     let result;
     try {
       if (values.n) {
@@ -260,8 +259,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
         }
       }
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      removeSignalHandlers();
     }
     if (quiet) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
