@@ -342,7 +342,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
       created = true;
       target = out;
     }
-    const written = await pipeImageStream(stream, target);
+    const written = await pipeImageStream(stream, target, options.signal ? { signal: options.signal } : {});
     if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
     if (stream.length >= 0 && written !== stream.length) {

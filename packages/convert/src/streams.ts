@@ -48,13 +48,21 @@ export interface NodeWritableLike {
   off?(event: 'drain' | 'error', listener: (...args: unknown[]) => void): unknown;
 }
 
+/** Options of {@link pipeImageStream}. */
+export interface PipeImageStreamOptions {
+  /** Stops before the next chunk; the call then rejects with ERR_IMG_ABORTED (what was written stays written). */
+  signal?: AbortSignal;
+}
+
 /** Writes an image stream to a Node Writable (respecting backpressure) or a Web WritableStream. Returns the bytes written. */
-export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>): Promise<number> {
+export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>, options: PipeImageStreamOptions = {}): Promise<number> {
+  const { signal } = options;
   let written = 0;
   if ('getWriter' in target) {
     const writer = target.getWriter();
     try {
       for await (const chunk of stream.chunks) {
+        if (signal?.aborted) throw abortError(signal);
         await writer.ready;
         await writer.write(chunk);
         written += chunk.length;
@@ -66,6 +74,7 @@ export async function pipeImageStream(stream: ImageStream, target: NodeWritableL
     return written;
   }
   for await (const chunk of stream.chunks) {
+    if (signal?.aborted) throw abortError(signal);
     written += chunk.length;
     if (!target.write(chunk)) {
       await new Promise<void>((resolve, reject) => {

@@ -3,10 +3,12 @@
 // a process a signal ended (130, 143), one line on stderr, the output
 // removed (or, on a pipe, said to be incomplete), and the input untouched.
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { describeQemu } from '@img/testkit';
-import { userShell } from './user.js';
+import { describeQemu, qemuImg } from '@img/testkit';
+import { expectOneLine, userShell } from './user.js';
 
 const user = userShell('img-e2e-signals-');
 afterAll(() => user.cleanup());
@@ -51,9 +53,16 @@ function stopWhileRunning(args: string[], signal: NodeJS.Signals, when: { progre
 }
 
 describeQemu('signals in the middle of a conversion', () => {
+  let before: string;
+  const sha = () =>
+    createHash('sha256')
+      .update(readFileSync(user.path('in.qcow2')))
+      .digest('hex');
   beforeAll(() => {
     // 4 GiB with -S 0: every byte is written, long enough to be stopped, nothing to prepare.
     user.sh('truncate -s 4G big.raw');
+    qemuImg(['create', '-q', '-f', 'qcow2', user.path('in.qcow2'), '4G']);
+    before = sha();
   });
 
   it('SIGTERM: status 143 (not 130), one line, the output removed', async () => {
@@ -68,4 +77,19 @@ describeQemu('signals in the middle of a conversion', () => {
     expect(r.status, r.stderr).toBe(130);
     expect(user.sh('test -e out.vhd').status).not.toBe(0);
   });
+
+  for (const [signal, status] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
+    it(`${signal} while the image goes to stdout: status ${status}, said to be incomplete, the input untouched`, async () => {
+      // A raw image on a pipe carries every zero: 4 GiB, far more than is read before the signal.
+      const r = await stopWhileRunning([bin('img-convert'), 'qcow2', 'raw', 'in.qcow2', '-'], signal, { stdoutBytes: 8 << 20 });
+      expect(r.status, r.stderr).toBe(status);
+      expect(expectOneLine(r.stderr)).toEqual(['img-convert: interrupted; the image written to standard output is incomplete']);
+      expect(r.stdoutBytes).toBeLessThan(4 * 2 ** 30);
+      expect(sha()).toBe(before);
+      expect(qemuImg(['check', user.path('in.qcow2')]).status).toBe(0);
+    });
+  }
 });

@@ -5,8 +5,8 @@
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
-import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
-import { abortOnSignals } from './interrupt.js';
+import { describeErrno, ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
 /** The `img-convert --help` text. */
 export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
@@ -258,6 +258,10 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
           throw e;
         }
       }
+    } catch (e) {
+      // Nothing can be taken back from a pipe: say what the reader holds instead of "removed".
+      if (output === '-' && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
+      throw e;
     } finally {
       removeSignalHandlers();
     }
