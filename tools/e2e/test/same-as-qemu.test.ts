@@ -36,6 +36,10 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     // check's JSON lists the cluster figures only when they are not 0.
     'check --output=json base.qcow2',
     'check --output=json empty.qcow2',
+    // create's line lists vmdk's options in qemu-img's order, with the defaults it prints.
+    'create -f vmdk new.vmdk 1G',
+    'create -f vmdk -o subformat=streamOptimized,adapter_type=lsilogic,hwversion=6 new.vmdk 1G',
+    'create -f vmdk -b new.vmdk -F vmdk top.vmdk',
   ];
   for (const args of cases) {
     it(args, () => {
