@@ -20,6 +20,7 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('base.qcow2'), '64M']);
     qemuIo(user.path('base.qcow2'), 'qcow2', ['write -P 1 0 4M']);
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('empty.qcow2'), '1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', user.path('overlay.qcow2'), '64M']);
     user.sh('truncate -s 1M a.raw && cp a.raw b.raw && printf x | dd of=b.raw bs=1 seek=1000 conv=notrunc status=none');
     user.sh('truncate -s 32M small.raw && truncate -s 64M zeros.raw && cp zeros.raw tail.raw && printf x | dd of=tail.raw bs=1 seek=$((40 << 20)) conv=notrunc status=none');
   });
@@ -40,6 +41,17 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     'create -f vmdk new.vmdk 1G',
     'create -f vmdk -o subformat=streamOptimized,adapter_type=lsilogic,hwversion=6 new.vmdk 1G',
     'create -f vmdk -b new.vmdk -F vmdk top.vmdk',
+    // A backing file without its format is refused (qemu-img 7.2): create, rebase (safe and -u), convert -B.
+    'create -f qcow2 -b base.qcow2 nofmt.qcow2',
+    'create -f vmdk -b new.vmdk nofmt.vmdk',
+    'convert -O qcow2 -B base.qcow2 a.raw nofmt.qcow2',
+    'rebase -b base.qcow2 overlay.qcow2',
+    'rebase -u -b base.qcow2 overlay.qcow2',
+    'rebase -u -b base.qcow2 -F qcow2 overlay.qcow2',
+    // create -u: the backing file is not opened (it need not exist), its format and the size are needed.
+    'create -f qcow2 -u -b later.qcow2 -F qcow2 unsafe.qcow2 1G',
+    'create -f qcow2 -u -b later.qcow2 nofmt.qcow2 1G',
+    'create -f qcow2 -u -b later.qcow2 -F qcow2 nofmt.qcow2',
   ];
   for (const args of cases) {
     it(args, () => {
@@ -48,4 +60,8 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
       expect(r.img.status).toBe(r.qemu.status);
     });
   }
+
+  it('a refused backing file leaves no image behind', () => {
+    expect(user.sh('test -e nofmt.qcow2 || test -e nofmt.vmdk').status).not.toBe(0);
+  });
 });

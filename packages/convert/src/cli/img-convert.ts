@@ -3,7 +3,7 @@
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
 import { parseArgs } from './parse-args.js';
-import { formatSize, ImageError, parseSize } from '@img/block';
+import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
 import { describeErrno, ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
@@ -177,6 +177,10 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     }
     const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);
     if (values.F !== undefined && backing === undefined) throw new UsageError('-F needs -B');
+    // As qemu-img 7.2: an overlay names its backing file's format, or its reader would have to guess it from the bytes.
+    if (backing !== undefined && values.F === undefined && ['qcow2', 'vmdk'].includes(dstDriver.name)) {
+      throw invalidUsage(`${output}: use of a backing file (-B) requires its format (-F)`, { file: output, field: 'backing format' });
+    }
     if (values.n) {
       if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
       if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');
