@@ -61,6 +61,16 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     });
   }
 
+  // The option lists are img's own (what img supports, in its words); the title, the stream and the status are qemu-img's.
+  for (const args of ['create -f qcow2 -o ?', 'create -f vpc -o help', 'create -f vmdk -o help', 'convert -O vpc -o help', 'convert -O qcow2 -o ?', 'amend -f qcow2 -o help', "amend -o '?' base.qcow2"]) {
+    it(`${args}: qemu-img's title line, status 0`, () => {
+      const r = both(args);
+      expect(r.qemu.status).toBe(0);
+      expect(r.img.status).toBe(0);
+      expect(r.img.stdout.split('\n')[0]).toBe(r.qemu.stdout.split('\n')[0]);
+    });
+  }
+
   it('a refused backing file leaves no image behind', () => {
     expect(user.sh('test -e nofmt.qcow2 || test -e nofmt.vmdk').status).not.toBe(0);
   });

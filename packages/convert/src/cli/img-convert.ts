@@ -134,10 +134,12 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       return 0;
     }
     const qemuForm = positionals.length === 2;
-    if (!values.help && !qemuForm && positionals.length !== 4) {
+    // As qemu-img: `-O fmt -o help` lists the output format's options, with no files named.
+    const optionHelp = positionals.length === 0 && !values.help && values.o !== undefined;
+    if (!values.help && !optionHelp && !qemuForm && positionals.length !== 4) {
       throw new UsageError(`expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
     }
-    if (!qemuForm && (values.f !== undefined || values.O !== undefined)) {
+    if (!qemuForm && !optionHelp && (values.f !== undefined || values.O !== undefined)) {
       throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
     }
     if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b (--backing) are the same option: give one');
@@ -145,7 +147,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     if (values['target-is-zero'] && (values.B ?? values.b) !== undefined) throw new UsageError('--target-is-zero cannot be used with a backing file (-b)');
     const backing = values.B ?? values.b;
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
-    const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
+    const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
     if (values.disk !== undefined && !/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
     // The ova driver of the CLI: --disk for reading, a temporary file for the disk of an OVA being written.
@@ -153,6 +155,12 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     registry.register(ovaDriver({ ...(values.disk !== undefined ? { disk: Number(values.disk) } : {}), spool: ovaTempSpool }));
     if (values.help) {
       io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
+      return 0;
+    }
+    if (optionHelp) {
+      const driver = registry.require(values.O ?? 'raw');
+      if (!readOptionText(values.o).help) throw new UsageError('expected <input> <output>');
+      printOptionHelp(io, createOptionsTitle(driver), driver.createOptionTable ?? []);
       return 0;
     }
     const [input, output] = (qemuForm ? positionals : positionals.slice(2)) as [string, string];
@@ -172,7 +180,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     const dstDriver = registry.require(dstFormat);
     const optionText = readOptionText(values.o);
     if (optionText.help) {
-      printOptionHelp(io, `Supported ${dstDriver.name} options:`, dstDriver.createOptionTable ?? []);
+      printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
       return 0;
     }
     const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);

@@ -7,7 +7,7 @@ import { parseArgs } from '../parse-args.js';
 import { ImageError, missingFileError, parseSize, sameFileError, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
-import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
@@ -37,7 +37,7 @@ export const create: Handler = async (argv, io) => {
   const driver = registry.require(format);
   const optionText = readOptionText(values.o);
   if (optionText.help) {
-    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    printOptionHelp(io, createOptionsTitle(driver), driver.createOptionTable ?? []);
     return 0;
   }
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
