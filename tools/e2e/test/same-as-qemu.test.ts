@@ -71,6 +71,14 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     });
   }
 
+  it('no command at all: status 1 and nothing on stdout (the usage goes to stderr)', () => {
+    const r = both('');
+    expect(r.qemu.status).toBe(1);
+    expect(r.img.status).toBe(1);
+    expect(r.img.stdout).toBe('');
+    expect(user.sh('img 2>&1 >/dev/null').stdout).toMatch(/^Usage: img <command>/);
+  });
+
   it('a refused backing file leaves no image behind', () => {
     expect(user.sh('test -e nofmt.qcow2 || test -e nofmt.vmdk').status).not.toBe(0);
   });
