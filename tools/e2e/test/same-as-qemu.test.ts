@@ -71,6 +71,14 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     });
   }
 
+  it('a successful convert prints nothing, on stdout or stderr', () => {
+    const img = user.sh('img convert -O qcow2 a.raw by-img.qcow2');
+    const qemu = user.sh('qemu-img convert -O qcow2 a.raw by-qemu.qcow2');
+    expect(qemu).toEqual({ status: 0, stdout: '', stderr: '' });
+    expect(img).toEqual(qemu);
+    expect(user.sh('img-convert -q raw qcow2 a.raw quiet.qcow2')).toEqual(qemu);
+  });
+
   it('no command at all: status 1 and nothing on stdout (the usage goes to stderr)', () => {
     const r = both('');
     expect(r.qemu.status).toBe(1);

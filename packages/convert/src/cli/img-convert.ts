@@ -108,8 +108,15 @@ export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-o
   if (values['target-image-opts']) throw new UsageError('--target-image-opts is not supported: name the output as a file');
 }
 
+/** How {@link convertMain} ends a successful run. */
+export interface ConvertMainOptions {
+  /** Print the summary line on stderr (img-convert). `img convert` prints nothing, as qemu-img convert. */
+  summary?: boolean;
+}
+
 /** The body of img-convert (and `img convert`), given its arguments after the command name. */
-export async function convertMain(prog: string, argv: string[], io: Io): Promise<number> {
+export async function convertMain(prog: string, argv: string[], io: Io, options: ConvertMainOptions = {}): Promise<number> {
+  const summary = options.summary ?? true;
   return runCommand(prog, argv, io, async () => {
     const parsed = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
     const { positionals } = parsed;
@@ -277,7 +284,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     } finally {
       removeSignalHandlers();
     }
-    if (quiet) return 0;
+    if (quiet || !summary) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
     io.stderr(`${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` + `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`);
     return 0;
