@@ -34,6 +34,10 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     'compare -s small.raw zeros.raw',
     // -p is accepted (the progress goes to stderr; qemu-img prints it among stdout's lines).
     'compare -q -p a.raw b.raw',
+    // map's window (qemu-img 7.2's --start-offset and --max-length), and a window past the end.
+    'map --start-offset=1M --max-length=8M --output=json base.qcow2',
+    'map --start-offset=512k --max-length=1M base.qcow2',
+    'map --start-offset=100M --output=json base.qcow2',
     // check's JSON lists the cluster figures only when they are not 0.
     'check --output=json base.qcow2',
     'check --output=json empty.qcow2',
