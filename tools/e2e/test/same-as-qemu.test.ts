@@ -75,6 +75,16 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     });
   }
 
+  it("convert takes qemu-img's I/O options (-t -T -W -m -C) and refuses bad values with qemu-img's status", () => {
+    for (const args of ['-t none -T writeback -W -m 16 -C', '-t writethrough', '-t bogus', '-m 17', '-m 0']) {
+      const img = user.sh(`img convert ${args} -O qcow2 a.raw io-img.qcow2`);
+      const qemu = user.sh(`qemu-img convert ${args} -O qcow2 a.raw io-qemu.qcow2`);
+      expect(img.status, `${args}: ${img.stderr}`).toBe(qemu.status);
+      if (qemu.status === 0) expect(qemuImg(['compare', user.path('io-img.qcow2'), user.path('io-qemu.qcow2')]).status).toBe(0);
+      else expect(img.stderr.split('\n')[0]).toBe(qemu.stderr.split('\n')[0]!.replace(/^qemu-img:/, 'img convert:'));
+    }
+  });
+
   it('a successful convert prints nothing, on stdout or stderr', () => {
     const img = user.sh('img convert -O qcow2 a.raw by-img.qcow2');
     const qemu = user.sh('qemu-img convert -O qcow2 a.raw by-qemu.qcow2');

@@ -44,13 +44,16 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
                       (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
                       '-O ova -o help' lists them)
+  -t, -T <cache>, -W, -m <n>, -C
+                      qemu-img's cache modes, out-of-order writes, coroutines and copy offloading:
+                      accepted (values checked) for qemu-img's command lines; img picks its own
   --keep-partial      keep the output after a failure
   --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
   --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
-  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
+  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects; so is -r)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
@@ -95,10 +98,33 @@ export function convertOptions() {
     'keep-partial': { type: 'boolean' },
     bitmaps: { type: 'boolean' },
     'skip-broken-bitmaps': { type: 'boolean' },
+    // qemu-img's I/O knobs (cache modes, out-of-order writes, coroutines, copy offloading): checked as qemu-img
+    // checks them, then left to img, which picks its own (the image written is the same). -r is refused.
+    t: { type: 'string' },
+    T: { type: 'string' },
+    W: { type: 'boolean' },
+    m: { type: 'string' },
+    C: { type: 'boolean' },
+    r: { type: 'string' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
   } as const;
+}
+
+/** qemu's cache modes (-t, -T). */
+const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+/**
+ * qemu-img convert's I/O options, which change how it writes but not what:
+ * their values are checked with qemu-img's words, and img goes on with its
+ * own choices. -r (a rate limit) is refused: ignoring it would not do what
+ * the user asked.
+ */
+export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string; r?: string }): void {
+  for (const mode of [values.t, values.T]) if (mode !== undefined && !CACHE_MODES.includes(mode)) throw new UsageError(`Invalid cache option: ${mode}`);
+  if (values.m !== undefined && !/^(?:[1-9]|1[0-6])$/.test(values.m)) throw new UsageError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
+  if (values.r !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
 }
 
 /** Options img does not implement, refused in one line instead of being ignored. */
@@ -122,6 +148,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const { positionals } = parsed;
     const long = parsed.values;
     refuseQemuOnly(long);
+    checkQemuIoOptions(long);
     // The 7.2 short letters, whatever spelling the user chose.
     const values = {
       ...long,
