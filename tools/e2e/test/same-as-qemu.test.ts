@@ -21,6 +21,9 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     qemuIo(user.path('base.qcow2'), 'qcow2', ['write -P 1 0 4M']);
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('empty.qcow2'), '1M']);
     qemuImg(['create', '-q', '-f', 'qcow2', user.path('overlay.qcow2'), '64M']);
+    // A disabled bitmap: its "flags" list is empty.
+    qemuImg(['create', '-q', '-f', 'qcow2', user.path('bitmaps.qcow2'), '64M']);
+    qemuImg(['bitmap', '--add', '--disable', user.path('bitmaps.qcow2'), 'b0']);
     user.sh('truncate -s 1M a.raw && cp a.raw b.raw && printf x | dd of=b.raw bs=1 seek=1000 conv=notrunc status=none');
     user.sh('truncate -s 32M small.raw && truncate -s 64M zeros.raw && cp zeros.raw tail.raw && printf x | dd of=tail.raw bs=1 seek=$((40 << 20)) conv=notrunc status=none');
   });
@@ -38,6 +41,8 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     'map --start-offset=1M --max-length=8M --output=json base.qcow2',
     'map --start-offset=512k --max-length=1M base.qcow2',
     'map --start-offset=100M --output=json base.qcow2',
+    // qemu's JSON writes an empty list over two lines ("flags": [ then ]).
+    'info --output=json bitmaps.qcow2',
     // check's JSON lists the cluster figures only when they are not 0.
     'check --output=json base.qcow2',
     'check --output=json empty.qcow2',

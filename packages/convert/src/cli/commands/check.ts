@@ -6,7 +6,7 @@ import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { ExitCode, UsageError } from '../common.js';
-import { qdictSorted, qemuFormatName } from '../info-human.js';
+import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
@@ -59,7 +59,7 @@ export const check: Handler = async (argv, io) => {
     if (result.allocatedClusters) out['allocated-clusters'] = result.allocatedClusters;
     if (result.fragmentedClusters) out['fragmented-clusters'] = result.fragmentedClusters;
     if (result.compressedClusters) out['compressed-clusters'] = result.compressedClusters;
-    io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
+    io.stdout(qemuJson(qdictSorted(out)) + '\n');
   } else {
     // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr, the summary on stdout.
     for (const m of result.messages) io.stderr(m + '\n');
