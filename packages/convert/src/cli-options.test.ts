@@ -30,7 +30,7 @@ describe('unknown -o names', () => {
       expect(r.status, r.stderr).toBe(1);
       const prog = cmd === 'img' ? `img ${args[0]}` : 'img-convert';
       expect(r.stderr).toMatch(new RegExp(`^${prog}: Invalid parameter '${bad}'\\n`));
-      expect(r.stderr).toContain(`Supported ${format} options:`);
+      expect(r.stderr).toContain(`Supported ${format === 'vhd' ? 'vpc' : format} options:`);
       expect(r.stderr).toMatch(/^ {2}size=<size> +- /m);
       if (format === 'qcow2') expect(r.stderr).toMatch(/^ {2}cluster_size=<size> +- /m);
       if (format === 'vhd') expect(r.stderr).toMatch(/^ {2}subformat=<str> +- /m);
@@ -42,7 +42,7 @@ describe('unknown -o names', () => {
   it('-o help lists the table without needing a file', () => {
     const r = run('img', ['create', '-f', 'vhd', '-o', 'help']);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^Supported vhd options:\n/);
+    expect(r.stdout).toMatch(/^Supported vpc options:\n/);
     for (const name of ['size', 'subformat', 'block_size', 'force_size']) expect(r.stdout).toMatch(new RegExp(`^  ${name}=`, 'm'));
   });
 });
@@ -56,7 +56,7 @@ describe('img amend -o', () => {
     expect(creationOnly.stderr).toBe("img amend: Invalid parameter 'cluster_size'\nThis option is only supported for image creation\n");
     const unknown = run('img', ['amend', '-o', 'lazy_refcount=on', path]);
     expect(unknown.status).toBe(1);
-    expect(unknown.stderr).toMatch(/^img amend: Invalid parameter 'lazy_refcount'\nAmend options for qcow2:\n {2}compat=<str> +- .*\n {2}lazy_refcounts=<bool \(on\/off\)> +- /);
+    expect(unknown.stderr).toMatch(/^img amend: Invalid parameter 'lazy_refcount'\nAmend options for 'qcow2':\n {2}compat=<str> +- .*\n {2}lazy_refcounts=<bool \(on\/off\)> +- /);
     const unsupported = run('img', ['amend', '-o', 'refcount_bits=8', path]);
     expect(unsupported.status).toBe(1);
     expect(unsupported.stderr).toMatch(/ERR_IMG_UNSUPPORTED/);

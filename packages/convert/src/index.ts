@@ -6,4 +6,4 @@ export { OverlayDiff } from './overlay-diff.js';
 export { salvagingDisk, SALVAGE_SECTOR, type SalvageEvent, type SalvageOptions } from './salvage.js';
 export { commitDisk, rebaseDisk, type CommitOptions, type CommitResult, type RebaseOptions } from './maintain.js';
 export { inspectImage, unsafeSummary, type InspectResult, type InspectOptions, type SafetyFinding, type FindingCode } from './inspect.js';
-export { toStream, fromStream, pipeImageStream, copyStreamToDisk, type ToStreamOptions, type StreamCopyOptions, type NodeWritableLike } from './streams.js';
+export { toStream, fromStream, pipeImageStream, copyStreamToDisk, type ToStreamOptions, type StreamCopyOptions, type PipeImageStreamOptions, type NodeWritableLike } from './streams.js';

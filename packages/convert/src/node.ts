@@ -4,7 +4,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { concatBytes, findSignatures, invalidUsage, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -312,6 +312,16 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
   }
 }
 
+/** A failed write of a stream writer's file as the error a FileStorage write gives: ERR_IMG_IO, naming the file and the errno. */
+function streamWriteError(file: string, e: unknown): unknown {
+  const err = e as NodeJS.ErrnoException | undefined;
+  if (ImageError.isInstance(e) || typeof err?.code !== 'string') return e;
+  const text = String(err.message)
+    .replace(`${err.code}: `, '')
+    .replace(/, \w+(?: '.*')?$/, '');
+  return ioError(file, `write failed: ${text.charAt(0).toUpperCase()}${text.slice(1)} (${err.code})`, { errno: err.code }, e);
+}
+
 /** Writes the output through the format's stream writer: to stdout, or (`file`) to a new file written front to back. */
 async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry, file?: string): Promise<ConvertResult> {
   const started = Date.now();
@@ -338,12 +348,20 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     let target: NodeWritableLike = options.stdout ?? process.stdout;
     let out: WriteStream | undefined;
     if (file !== undefined) {
-      out = createWriteStream(file);
+      const writer = createWriteStream(file);
+      out = writer;
       created = true;
-      target = out;
+      target = writer;
+      // Kept for the whole run (the end's flush can fail too), so a full disk is this conversion's error, not the process's.
+      writer.on('error', () => undefined);
     }
-    const written = await pipeImageStream(stream, target);
-    if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    let written: number;
+    try {
+      written = await pipeImageStream(stream, target, options.signal ? { signal: options.signal } : {});
+      if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      throw file !== undefined ? streamWriteError(file, e) : e;
+    }
     // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
     if (stream.length >= 0 && written !== stream.length) {
       throw streamLengthError(options.dstFormat, stream.length, written);

@@ -60,7 +60,8 @@ describeWith('nbdinfo', 'img serve', () => {
     let stderr = '';
     server.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     for (let i = 0; i < 200 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25));
-    const conv = run('img', ['convert', '-n', '-O', 'raw', src, `nbd+unix:///?socket=${sock}`]);
+    // img-convert: its summary line says what was written (img convert, as qemu-img convert, prints nothing).
+    const conv = run('img-convert', ['-n', '-O', 'raw', src, `nbd+unix:///?socket=${sock}`]);
     expect(conv.status, conv.stderr).toBe(0);
     expect(conv.stderr).toMatch(/, 5 MiB written,/);
     const exited = new Promise<number>((resolve) => server.on('close', (code) => resolve(code ?? -1)));
@@ -114,7 +115,7 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
       expect(info.stdout).toContain('disk size: unavailable');
       expect(run('img', ['compare', file, u]).status).toBe(0);
       const out = join(tmp.path, 'copy.qcow2');
-      const conv = run('img', ['convert', '-O', 'qcow2', u, out]);
+      const conv = run('img-convert', ['-O', 'qcow2', u, out]);
       expect(conv.status, conv.stderr).toBe(0);
       expect(conv.stderr).toMatch(/, 1\.06 MiB read,/);
       expect(qemuImg(['compare', file, out], { allowFail: true }).status).toBe(0);

@@ -48,13 +48,21 @@ export interface NodeWritableLike {
   off?(event: 'drain' | 'error', listener: (...args: unknown[]) => void): unknown;
 }
 
+/** Options of {@link pipeImageStream}. */
+export interface PipeImageStreamOptions {
+  /** Stops before the next chunk; the call then rejects with ERR_IMG_ABORTED (what was written stays written). */
+  signal?: AbortSignal;
+}
+
 /** Writes an image stream to a Node Writable (respecting backpressure) or a Web WritableStream. Returns the bytes written. */
-export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>): Promise<number> {
+export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>, options: PipeImageStreamOptions = {}): Promise<number> {
+  const { signal } = options;
   let written = 0;
   if ('getWriter' in target) {
     const writer = target.getWriter();
     try {
       for await (const chunk of stream.chunks) {
+        if (signal?.aborted) throw abortError(signal);
         await writer.ready;
         await writer.write(chunk);
         written += chunk.length;
@@ -65,18 +73,31 @@ export async function pipeImageStream(stream: ImageStream, target: NodeWritableL
     }
     return written;
   }
-  for await (const chunk of stream.chunks) {
-    written += chunk.length;
-    if (!target.write(chunk)) {
-      await new Promise<void>((resolve, reject) => {
-        const onError = (e: unknown) => reject(e as Error);
-        target.once('drain', () => {
-          target.off?.('error', onError);
-          resolve();
+  // A write can fail at any chunk (ENOSPC), not only while waiting for 'drain': the error is listened for from the
+  // start, so it becomes this call's rejection instead of an 'error' event nobody handles.
+  let failure: { error: unknown } | undefined;
+  let wake: (() => void) | undefined;
+  const onError = (e: unknown) => {
+    failure ??= { error: e };
+    wake?.();
+  };
+  target.once('error', onError);
+  try {
+    for await (const chunk of stream.chunks) {
+      if (signal?.aborted) throw abortError(signal);
+      if (failure) throw failure.error;
+      written += chunk.length;
+      if (!target.write(chunk)) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          target.once('drain', () => resolve());
         });
-        target.once('error', onError);
-      });
+        wake = undefined;
+      }
     }
+    if (failure) throw failure.error;
+  } finally {
+    target.off?.('error', onError);
   }
   return written;
 }

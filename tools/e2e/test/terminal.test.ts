@@ -41,6 +41,8 @@ describe('a disk that fills up', () => {
     mkdirSync(mnt);
     expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]).status).toBe(0);
     user.sh('truncate -s 64M data.raw && yes data | head -c 8M | dd of=data.raw conv=notrunc status=none');
+    // Bytes that do not compress, for the writers that compress (VMDK streamOptimized).
+    user.sh('head -c 8M /dev/urandom > random.raw');
   });
   afterAll(() => {
     if (canMount) spawnSync('umount', [mnt]);
@@ -56,5 +58,13 @@ describe('a disk that fills up', () => {
       expect(lines[0]).toMatch(/ERR_IMG_IO: .*No space left on device|ENOSPC/);
       expect(readdirSync(mnt)).toEqual([]);
     }
+  });
+
+  it.skipIf(!canMount && !inCI)('a stream writer (VMDK streamOptimized) onto a full tmpfs: the same one line, nothing left, never an internal error', () => {
+    if (!canMount) throw new Error('mounting a tmpfs needs root (CI runs as root)');
+    const r = user.sh('img-convert -o subformat=streamOptimized raw vmdk random.raw small/out.vmdk');
+    expect(r.status, r.stderr).toBe(1);
+    expect(expectOneLine(r.stderr)).toEqual(['img-convert: ERR_IMG_IO: small/out.vmdk: write failed: No space left on device (ENOSPC)']);
+    expect(readdirSync(mnt)).toEqual([]);
   });
 });

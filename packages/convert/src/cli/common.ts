@@ -1,6 +1,7 @@
 /** What both commands share: error printing, exit codes, version, progress. */
 import { readFileSync } from 'node:fs';
 import { ImageError, formatSize } from '@img/block';
+import { interruptedStatus } from './interrupt.js';
 
 /** A command line that cannot be run (unknown option, missing argument): printed with a pointer to --help, exit status 1. */
 export class UsageError extends Error {}
@@ -92,7 +93,7 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
     }
     if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') {
       io.stderr(`\n${prog}: interrupted; ${argv.includes('--keep-partial') ? 'the partial output was kept' : 'the partial output was removed'}\n`);
-      return 130;
+      return interruptedStatus();
     }
     if (ImageError.isInstance(e)) {
       io.stderr(`${prog}: ${e.code}: ${e.message}\n`);

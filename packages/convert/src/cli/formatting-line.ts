@@ -34,6 +34,7 @@ const ORDER: Record<string, Printed[]> = {
     { key: 'refcount_bits', default: '16' },
   ],
   vpc: [{ key: 'size' }, { key: 'subformat' }, { key: 'force_size' }],
+  vmdk: [{ key: 'size' }, { key: 'adapter_type' }, { key: 'backing_file' }, { key: 'backing_fmt' }, { key: 'compat6', default: 'off' }, { key: 'hwversion', default: 'undefined' }, { key: 'toolsversion' }, { key: 'subformat' }, { key: 'zeroed_grain' }],
   raw: [{ key: 'size' }, { key: 'preallocation' }],
 };
 

@@ -41,5 +41,6 @@ export const commands: Record<string, Handler> = {
   sparsify,
   compact,
   serve,
-  convert: (argv, io) => convertMain('img convert', argv, io),
+  // As qemu-img convert: nothing on stdout or stderr when it succeeds (img-convert prints a summary line).
+  convert: (argv, io) => convertMain('img convert', argv, io, { summary: false }),
 };

@@ -3,9 +3,10 @@
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
 import { parseArgs } from './parse-args.js';
-import { formatSize, ImageError, parseSize } from '@img/block';
+import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
-import { describeErrno, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { describeErrno, ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
 /** The `img-convert --help` text. */
 export const CONVERT_HELP = `Usage: PROG [options] <src-format> <dst-format> <input> <output>
@@ -43,13 +44,16 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
                       (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
                       '-O ova -o help' lists them)
+  -t, -T <cache>, -W, -m <n>, -C
+                      qemu-img's cache modes, out-of-order writes, coroutines and copy offloading:
+                      accepted (values checked) for qemu-img's command lines; img picks its own
   --keep-partial      keep the output after a failure
   --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
   --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
-  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
+  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects; so is -r)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
@@ -94,10 +98,33 @@ export function convertOptions() {
     'keep-partial': { type: 'boolean' },
     bitmaps: { type: 'boolean' },
     'skip-broken-bitmaps': { type: 'boolean' },
+    // qemu-img's I/O knobs (cache modes, out-of-order writes, coroutines, copy offloading): checked as qemu-img
+    // checks them, then left to img, which picks its own (the image written is the same). -r is refused.
+    t: { type: 'string' },
+    T: { type: 'string' },
+    W: { type: 'boolean' },
+    m: { type: 'string' },
+    C: { type: 'boolean' },
+    r: { type: 'string' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
   } as const;
+}
+
+/** qemu's cache modes (-t, -T). */
+const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+/**
+ * qemu-img convert's I/O options, which change how it writes but not what:
+ * their values are checked with qemu-img's words, and img goes on with its
+ * own choices. -r (a rate limit) is refused: ignoring it would not do what
+ * the user asked.
+ */
+export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string; r?: string }): void {
+  for (const mode of [values.t, values.T]) if (mode !== undefined && !CACHE_MODES.includes(mode)) throw new UsageError(`Invalid cache option: ${mode}`);
+  if (values.m !== undefined && !/^(?:[1-9]|1[0-6])$/.test(values.m)) throw new UsageError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
+  if (values.r !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
 }
 
 /** Options img does not implement, refused in one line instead of being ignored. */
@@ -107,13 +134,21 @@ export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-o
   if (values['target-image-opts']) throw new UsageError('--target-image-opts is not supported: name the output as a file');
 }
 
+/** How {@link convertMain} ends a successful run. */
+export interface ConvertMainOptions {
+  /** Print the summary line on stderr (img-convert). `img convert` prints nothing, as qemu-img convert. */
+  summary?: boolean;
+}
+
 /** The body of img-convert (and `img convert`), given its arguments after the command name. */
-export async function convertMain(prog: string, argv: string[], io: Io): Promise<number> {
+export async function convertMain(prog: string, argv: string[], io: Io, options: ConvertMainOptions = {}): Promise<number> {
+  const summary = options.summary ?? true;
   return runCommand(prog, argv, io, async () => {
     const parsed = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
     const { positionals } = parsed;
     const long = parsed.values;
     refuseQemuOnly(long);
+    checkQemuIoOptions(long);
     // The 7.2 short letters, whatever spelling the user chose.
     const values = {
       ...long,
@@ -133,10 +168,12 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
       return 0;
     }
     const qemuForm = positionals.length === 2;
-    if (!values.help && !qemuForm && positionals.length !== 4) {
+    // As qemu-img: `-O fmt -o help` lists the output format's options, with no files named.
+    const optionHelp = positionals.length === 0 && !values.help && values.o !== undefined;
+    if (!values.help && !optionHelp && !qemuForm && positionals.length !== 4) {
       throw new UsageError(`expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
     }
-    if (!qemuForm && (values.f !== undefined || values.O !== undefined)) {
+    if (!qemuForm && !optionHelp && (values.f !== undefined || values.O !== undefined)) {
       throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
     }
     if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b (--backing) are the same option: give one');
@@ -144,7 +181,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     if (values['target-is-zero'] && (values.B ?? values.b) !== undefined) throw new UsageError('--target-is-zero cannot be used with a backing file (-b)');
     const backing = values.B ?? values.b;
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
-    const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
+    const [{ defaultRegistry }, { convertFile, openImageFile }, { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText }] = await Promise.all([import('../formats.js'), import('../node.js'), import('./options.js')]);
     const registry = defaultRegistry();
     if (values.disk !== undefined && !/^\d+$/.test(values.disk)) throw new UsageError(`--disk takes a disk number counted from 0, not "${values.disk}"`);
     // The ova driver of the CLI: --disk for reading, a temporary file for the disk of an OVA being written.
@@ -152,6 +189,12 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     registry.register(ovaDriver({ ...(values.disk !== undefined ? { disk: Number(values.disk) } : {}), spool: ovaTempSpool }));
     if (values.help) {
       io.stdout(CONVERT_HELP.replaceAll('PROG', prog).replace('FORMATS', registry.names().join(', ')));
+      return 0;
+    }
+    if (optionHelp) {
+      const driver = registry.require(values.O ?? 'raw');
+      if (!readOptionText(values.o).help) throw new UsageError('expected <input> <output>');
+      printOptionHelp(io, createOptionsTitle(driver), driver.createOptionTable ?? []);
       return 0;
     }
     const [input, output] = (qemuForm ? positionals : positionals.slice(2)) as [string, string];
@@ -171,11 +214,15 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
     const dstDriver = registry.require(dstFormat);
     const optionText = readOptionText(values.o);
     if (optionText.help) {
-      printOptionHelp(io, `Supported ${dstDriver.name} options:`, dstDriver.createOptionTable ?? []);
+      printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
       return 0;
     }
     const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);
     if (values.F !== undefined && backing === undefined) throw new UsageError('-F needs -B');
+    // As qemu-img 7.2: an overlay names its backing file's format, or its reader would have to guess it from the bytes.
+    if (backing !== undefined && values.F === undefined && ['qcow2', 'vmdk'].includes(dstDriver.name)) {
+      throw invalidUsage(`${output}: use of a backing file (-B) requires its format (-F)`, { file: output, field: 'backing format' });
+    }
     if (values.n) {
       if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
       if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');
@@ -204,9 +251,7 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
         }
       : {};
     const controller = new AbortController();
-    const onSignal = () => controller.abort(new Error('interrupted'));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    const removeSignalHandlers = abortOnSignals(controller);
     let result;
     try {
       if (values.n) {
@@ -259,11 +304,14 @@ export async function convertMain(prog: string, argv: string[], io: Io): Promise
           throw e;
         }
       }
+    } catch (e) {
+      // Nothing can be taken back from a pipe: say what the reader holds instead of "removed".
+      if (output === '-' && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
+      throw e;
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      removeSignalHandlers();
     }
-    if (quiet) return 0;
+    if (quiet || !summary) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
     io.stderr(`${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` + `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`);
     return 0;

@@ -10,8 +10,9 @@ Commands:
   map      [-f fmt] [-U] [--output=human|json] <file>       show allocation (the extent map)
   check    [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>
                                                              check consistency (exit 0 clean, 2 corrupt, 3 leaks)
-  compare  [-f fmt] [-F fmt] [-U] [--strict] <a> <b>         compare contents (exit 0 same, 1 different, 2 error)
-  create   -f fmt [-o opts] [-b backing -F fmt] <file> <size> create an image
+  compare  [-f fmt] [-F fmt] [-U] [-p] [--strict] <a> <b>    compare contents (exit 0 same, 1 different, 2 error)
+  create   -f fmt [-o opts] [-b backing -F fmt [-u]] <file> [size]
+                                                             create an image
   resize   [-f fmt] [--shrink] <file> [+|-]<size>            change the virtual size ("-10G" needs no "--")
   commit   [-f fmt] [-b base] [-d] [-p] <file>               write an overlay's data into its backing file
                                                              (-b: into an ancestor further down the chain)
@@ -52,9 +53,14 @@ export async function imgMain(argv: string[], io: Io): Promise<number> {
 
 async function imgCommand(argv: string[], io: Io): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    // As qemu-img: no command is a failed call, said on stderr (stdout stays empty for a script that captures it).
+    io.stderr(HELP);
+    return 1;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     io.stdout(HELP);
-    return name === undefined ? 1 : 0;
+    return 0;
   }
   if (name === '--version' || name === 'doctor') {
     io.stdout(`img ${version()}\n`);

@@ -118,3 +118,13 @@ export function qdictSorted(value: unknown): unknown {
   const record = value as Record<string, unknown>;
   return Object.fromEntries(qdictOrder(Object.keys(record)).map((k) => [k, qdictSorted(record[k])]));
 }
+
+/**
+ * JSON as qemu's pretty printer writes it (`--output=json`): four-space
+ * indents, and an empty list or object opened and closed on lines of their
+ * own (`"flags": [` then `]`), where JSON.stringify writes `[]`.
+ */
+export function qemuJson(value: unknown): string {
+  // A line ending in [] or {} (or with a comma after) is an empty container: a string value would end in a quote.
+  return JSON.stringify(value, null, 4).replace(/^( *)(.*)(\[\]|\{\})(,?)$/gm, (_line, indent: string, head: string, empty: string, comma: string) => `${indent}${head}${empty[0]}\n${indent}${empty[1]}${comma}`);
+}

@@ -9,13 +9,21 @@ import { optionHelpLines, optionsFromText, unknownOptionName, type FormatDriver,
 import { QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
 import { parseCreateOptions } from '../convert.js';
 import { ExitCode, type Io } from './common.js';
+import { qemuFormatName } from './info-human.js';
 
 /** The `-o` values of a command: raw text, and whether `help` was asked for. */
 export function readOptionText(values: string | readonly string[] | undefined): { text: Record<string, string>; help: boolean } {
   const text = parseCreateOptions(values);
-  const help = 'help' in text;
+  // qemu-img takes "?" for "help" (its is_help_option).
+  const help = 'help' in text || '?' in text;
   delete text.help;
+  delete text['?'];
   return { text, help };
+}
+
+/** The title of `-o help` for a format's create options, with qemu-img's name for the format ("vpc"). */
+export function createOptionsTitle(driver: FormatDriver): string {
+  return `Supported ${qemuFormatName(driver.name)} options:`;
 }
 
 /** Prints `-o help` for a table: a title line and one line per option. */
@@ -36,7 +44,7 @@ function refuse(io: Io, prog: string, name: string, lines: string[]): never {
 export function createOptionsFromCli(io: Io, prog: string, driver: FormatDriver, text: Readonly<Record<string, string>>): Record<string, unknown> {
   const table = driver.createOptionTable ?? [];
   const bad = unknownOptionName(table, Object.keys(text));
-  if (bad !== undefined) refuse(io, prog, bad, [`Supported ${driver.name} options:`, ...optionHelpLines(table)]);
+  if (bad !== undefined) refuse(io, prog, bad, [createOptionsTitle(driver), ...optionHelpLines(table)]);
   return optionsFromText(driver.name, table, text);
 }
 
@@ -51,7 +59,7 @@ export function amendOptionsFromCli(io: Io, prog: string, text: Readonly<Record<
   const bad = unknownOptionName(all, Object.keys(text));
   if (bad !== undefined) {
     const creationOnly = QCOW2_CREATE_OPTIONS.some((o) => o.name === bad);
-    refuse(io, prog, bad, creationOnly ? ['This option is only supported for image creation'] : ['Amend options for qcow2:', ...optionHelpLines(QCOW2_AMEND_OPTIONS)]);
+    refuse(io, prog, bad, creationOnly ? ['This option is only supported for image creation'] : ["Amend options for 'qcow2':", ...optionHelpLines(QCOW2_AMEND_OPTIONS)]);
   }
   return optionsFromText('qcow2', all, text);
 }

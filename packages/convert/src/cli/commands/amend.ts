@@ -18,12 +18,13 @@ export const amend: Handler = async (argv, io) => {
     io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
     return 0;
   }
-  const path = onePath(positionals);
+  // As qemu-img: -o help needs no file (amend changes qcow2 images only).
   const optionText = readOptionText(values.o);
   if (optionText.help) {
-    printOptionHelp(io, 'Amend options for qcow2:', QCOW2_AMEND_OPTIONS);
+    printOptionHelp(io, "Amend options for 'qcow2':", QCOW2_AMEND_OPTIONS);
     return 0;
   }
+  const path = onePath(positionals);
   if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
   const options = amendOptionsFromCli(io, 'img amend', optionText.text);
   let format = values.f;

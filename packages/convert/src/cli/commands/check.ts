@@ -6,7 +6,7 @@ import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { ExitCode, UsageError } from '../common.js';
-import { qdictSorted, qemuFormatName } from '../info-human.js';
+import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
@@ -53,12 +53,13 @@ export const check: Handler = async (argv, io) => {
     if (result.leaks) out.leaks = result.leaks;
     if (result.corruptionsFixed) out['corruptions-fixed'] = result.corruptionsFixed;
     if (result.leaksFixed) out['leaks-fixed'] = result.leaksFixed;
-    if (result.imageEndOffset !== undefined) out['image-end-offset'] = result.imageEndOffset;
-    if (result.totalClusters !== undefined) out['total-clusters'] = result.totalClusters;
-    if (result.allocatedClusters !== undefined) out['allocated-clusters'] = result.allocatedClusters;
-    if (result.fragmentedClusters !== undefined) out['fragmented-clusters'] = result.fragmentedClusters;
-    if (result.compressedClusters !== undefined) out['compressed-clusters'] = result.compressedClusters;
-    io.stdout(JSON.stringify(qdictSorted(out), null, 4) + '\n');
+    // As qemu-img: each of these figures is there only when it is not 0 (an empty image has no allocated-clusters).
+    if (result.imageEndOffset) out['image-end-offset'] = result.imageEndOffset;
+    if (result.totalClusters) out['total-clusters'] = result.totalClusters;
+    if (result.allocatedClusters) out['allocated-clusters'] = result.allocatedClusters;
+    if (result.fragmentedClusters) out['fragmented-clusters'] = result.fragmentedClusters;
+    if (result.compressedClusters) out['compressed-clusters'] = result.compressedClusters;
+    io.stdout(qemuJson(qdictSorted(out)) + '\n');
   } else {
     // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr, the summary on stdout.
     for (const m of result.messages) io.stderr(m + '\n');

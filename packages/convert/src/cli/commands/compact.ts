@@ -10,6 +10,7 @@ import { isNbdUri, NbdStorage } from '@img/nbd';
 import { compactQcow2, type Qcow2CompactResult } from '@img/qcow2';
 import { compactVhd, type VhdCompactResult } from '@img/vhd';
 import { ExitCode, progressPrinter, type Io } from '../common.js';
+import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
 import { type Handler, common, onePath, outputMode, quietOption, quietIo } from './shared.js';
@@ -39,17 +40,14 @@ export async function openInPlace(path: string, values: { f?: string | undefined
 /** SIGINT/SIGTERM abort the run between blocks; the image stays consistent and a second run finishes. */
 export async function interruptible<T>(verb: string, body: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
-  const onSignal = () => controller.abort(new Error('interrupted'));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const removeSignalHandlers = abortOnSignals(controller);
   try {
     return await body(controller.signal);
   } catch (e) {
-    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(130, `interrupted; the image is consistent: run img ${verb} again to finish`);
+    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; the image is consistent: run img ${verb} again to finish`);
     throw e;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    removeSignalHandlers();
   }
 }
 

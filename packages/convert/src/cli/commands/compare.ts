@@ -3,15 +3,15 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
-import { ExitCode, UsageError } from '../common.js';
+import { ExitCode, progressPrinter, UsageError, type Io } from '../common.js';
 import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
 export const compare: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' }, p: { type: 'boolean' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    io.stdout('Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [-p] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
     return 0;
   }
   try {
@@ -19,7 +19,10 @@ export const compare: Handler = async (argv, io) => {
     const a = await openForCommand(positionals[0]!, values, true, io);
     const b = await openForCommand(positionals[1]!, { ...values, f: values.F }, true, io);
     try {
-      const diff = await firstDifference(a, b, values.strict ?? false);
+      // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
+      // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).
+      if (a.size !== b.size && !values.strict) io.stdout('Warning: Image size mismatch!\n');
+      const diff = await firstDifference(a, b, values.strict ?? false, values.p ? progressOf(io) : undefined);
       if (diff === undefined) {
         io.stdout('Images are identical.\n');
         return 0;
@@ -37,6 +40,12 @@ export const compare: Handler = async (argv, io) => {
   }
 };
 
+/** -p: the progress bar on stderr, fed (bytes compared, bytes in all). */
+function progressOf(io: Io): (done: number, total: number) => void {
+  const print = progressPrinter(io, false);
+  return (bytesDone, bytesTotal) => print({ bytesDone, bytesTotal });
+}
+
 /** Zero-or-hole ranges of a disk as a sorted list, for skipping reads that cannot differ. */
 async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
   const out: Array<[number, number]> = [];
@@ -44,10 +53,15 @@ async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
   return out;
 }
 
-/** The first offset at which two disks differ, or undefined if they read the same. */
-export async function firstDifference(a: Disk, b: Disk, strict: boolean): Promise<{ offset: number; message: string } | undefined> {
+/**
+ * Where two disks first differ, or undefined if they read the same:
+ * `offset` is the first differing byte; the message names the start of its
+ * 512-byte sector, as qemu-img compare does (it compares sector by sector).
+ */
+export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgress?: (done: number, total: number) => void): Promise<{ offset: number; message: string } | undefined> {
   if (strict && a.size !== b.size) return { offset: Math.min(a.size, b.size), message: `Strict mode: Image size mismatch!` };
   const common = Math.min(a.size, b.size);
+  const longerSize = Math.max(a.size, b.size);
   const za = await sparseRanges(a);
   const zb = await sparseRanges(b);
   const chunk = 1024 * 1024;
@@ -77,10 +91,11 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean): Promis
     for (let i = 0; i < n; i++) {
       if (bufA[i] !== bufB[i]) {
         const at = pos + i;
-        return { offset: at, message: `Content mismatch at offset ${at}!` };
+        return { offset: at, message: mismatch(at) };
       }
     }
     pos += n;
+    if (pos < longerSize) onProgress?.(pos, longerSize);
   }
   // The longer image must read as zeros past the shorter one's end.
   const longer = a.size > b.size ? a : b;
@@ -91,8 +106,14 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean): Promis
       const view = bufA.subarray(0, n);
       await longer.readInto(p, view);
       const i = view.findIndex((x) => x !== 0);
-      if (i >= 0) return { offset: p + i, message: `Content mismatch at offset ${p + i}!` };
+      if (i >= 0) return { offset: p + i, message: mismatch(p + i) };
     }
   }
+  onProgress?.(longerSize, longerSize);
   return undefined;
+}
+
+/** qemu-img compare's line for a difference at byte `at`: it names the sector's first byte. */
+function mismatch(at: number): string {
+  return `Content mismatch at offset ${at - (at % 512)}!`;
 }

@@ -2,29 +2,31 @@
  * img create: a new image of a format, size and options.
  */
 import { rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { ImageError, missingFileError, parseSize, type Storage } from '@img/block';
+import { ImageError, missingFileError, parseSize, sameFileError, type Storage } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
-import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
-import { type Handler, common, quietOption, quietIo } from './shared.js';
+import { type Handler, common, quietOption, quietIo, requireBackingFormat } from './shared.js';
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'create', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'create', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(
-      'Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt] <file> [size]\n\n' +
+      'Usage: img create [-q] -f fmt [-o key=value,...] [-b backing -F fmt [-u]] <file> [size]\n\n' +
         "Options (qemu-img 7.2's letters; 10.1's names beside them):\n" +
         '  -f, --format <fmt>              format of the new image (default raw)\n' +
         "  -o, --options key=value[,...]   the format's options ('-o help' lists them)\n" +
         '  -b, --backing <backing>         make the image an overlay of <backing> (size taken from it)\n' +
         '  -F, -B, --backing-format <fmt>  its format (qemu-img 10.1 spells it -B, 7.2 -F: both work)\n' +
+        '  -u, --backing-unsafe            do not open the backing file (it need not exist yet; give the size)\n' +
         '  -q, --quiet                     print nothing on stdout\n\n' +
         'Example:\n  img create -f qcow2 -o cluster_size=64k disk.qcow2 10G\n',
     );
@@ -35,7 +37,7 @@ export const create: Handler = async (argv, io) => {
   const driver = registry.require(format);
   const optionText = readOptionText(values.o);
   if (optionText.help) {
-    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    printOptionHelp(io, createOptionsTitle(driver), driver.createOptionTable ?? []);
     return 0;
   }
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
@@ -50,7 +52,17 @@ export const create: Handler = async (argv, io) => {
     if (values.F !== undefined) options.backingFormat = values.F;
     options.formats = registry;
     const target = identityOfPath(path);
-    {
+    if (values.u) {
+      // -u (qemu-img's unsafe create): the backing file is not opened, so its format and the size must be given;
+      // it must still not be the new image itself.
+      requireBackingFormat(driver.name, path, values.b, values.F);
+      const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
+      const named = identityOfPath(backingPath);
+      if (named) assertNotRead(target, [named], 'new image');
+      // Neither exists yet: the names are compared instead.
+      else if (resolve(backingPath) === resolve(path)) throw sameFileError(path, values.b, 'new image');
+      options.noBacking = true;
+    } else {
       // The size comes from the backing file, opened relative to the new image; and a new image
       // must not replace a file of its own backing chain (it would be read after being truncated).
       const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
@@ -65,6 +77,7 @@ export const create: Handler = async (argv, io) => {
         throw e;
       });
       try {
+        requireBackingFormat(driver.name, path, values.b, values.F, backing.format);
         assertNotRead(target, filesOf(backing), 'new image');
         size ??= backing.size;
       } finally {

@@ -7,6 +7,7 @@
 import { parseArgs } from '../parse-args.js';
 import { formatSize, parseSize } from '@img/block';
 import { progressPrinter, UsageError } from '../common.js';
+import { abortOnSignals } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
@@ -100,9 +101,7 @@ export const dd: Handler = async (argv, io) => {
   const end = ops.count === undefined ? size : Math.min(size, ops.count * ops.bs);
   const length = Math.max(0, end - offset);
   const controller = new AbortController();
-  const onSignal = () => controller.abort(new Error('interrupted'));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const removeSignalHandlers = abortOnSignals(controller);
   try {
     const result = await convertFile({
       srcFormat,
@@ -119,8 +118,7 @@ export const dd: Handler = async (argv, io) => {
     });
     if (values.p) io.stderr(`img dd: ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse\n`);
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    removeSignalHandlers();
   }
   return 0;
 };

@@ -5,7 +5,7 @@ import { stat } from 'node:fs/promises';
 import { parseArgs } from '../parse-args.js';
 import { isNbdUri } from '@img/nbd';
 import type { Disk, ImageInfo } from '@img/block';
-import { humanInfo, qdictSorted, qemuFormatName, type InfoLayer } from '../info-human.js';
+import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
 import { UsageError } from '../common.js';
 import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
@@ -98,7 +98,7 @@ export const info: Handler = async (argv, io) => {
     }
     if (mode === 'json') {
       const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));
-      io.stdout(JSON.stringify(qdictSorted(values['backing-chain'] ? objects : objects[0]), null, 4) + '\n');
+      io.stdout(qemuJson(qdictSorted(values['backing-chain'] ? objects : objects[0])) + '\n');
     } else {
       io.stdout(layers.map(humanInfo).join('\n'));
     }

@@ -6,7 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { detectMetadataPreallocation } from '@img/qcow2';
 import { FileStorage } from '@img/block/node';
 import { parseArgs } from '../parse-args.js';
-import { hex, unsupported, type Disk, type Extent, type Storage } from '@img/block';
+import { hex, parseSize, unsupported, type Disk, type Extent, type Storage } from '@img/block';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
 
 /**
@@ -37,11 +37,11 @@ export function mapEntry(e: MapExtent): Record<string, unknown> {
  * tell), and neighbours that then look alike merged again, as qemu-img
  * map merges them.
  */
-async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>): AsyncGenerator<MapExtent> {
+async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>, range: { offset: number; length: number }): AsyncGenerator<MapExtent> {
   let pending: MapExtent | undefined;
   const alike = (a: MapExtent, b: MapExtent): boolean =>
     a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
-  for await (const e of disk.extents({ hostOffsets: true })) {
+  for await (const e of disk.extents({ ...range, hostOffsets: true })) {
     for (const piece of await splitAtFileHoles(e, storages)) {
       if (pending && alike(pending, piece)) pending = { ...pending, length: pending.length + piece.length };
       else {
@@ -134,13 +134,16 @@ function mapEntryText(entry: Record<string, unknown>): string {
 
 /** img map. */
 export const map: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'map', args: argv, options: { ...common, ...shareOption }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'map', args: argv, options: { ...common, ...shareOption, 'start-offset': { type: 'string' }, 'max-length': { type: 'string' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img map [-f fmt] [-U] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n');
+    io.stdout('Usage: img map [-f fmt] [-U] [--start-offset=offset] [--max-length=len] [--output=human|json] <file>\n\nExample:\n  img map --output=json disk.qcow2\n  img map --start-offset=1G --max-length=64M disk.qcow2\n');
     return 0;
   }
   const mode = outputMode(values.output);
   const path = onePath(positionals);
+  // qemu-img map's window (7.2): sizes with suffixes; a start past the end maps nothing.
+  const start = values['start-offset'] === undefined ? 0 : parseSize(values['start-offset'], '--start-offset');
+  const maxLength = values['max-length'] === undefined ? undefined : parseSize(values['max-length'], '--max-length');
   const disk = await openForCommand(path, values, true, io);
   const opened: Storage[] = [];
   try {
@@ -157,18 +160,20 @@ export const map: Handler = async (argv, io) => {
         }
       }
     }
+    const offset = Math.min(start, disk.size);
+    const range = { offset, length: Math.min(maxLength ?? Infinity, disk.size - offset) };
     if (mode === 'json') {
       const rows: string[] = [];
-      for await (const e of mapExtents(disk, storages)) rows.push(mapEntryText(mapEntry(e)));
+      for await (const e of mapExtents(disk, storages, range)) rows.push(mapEntryText(mapEntry(e)));
       // An empty disk: qemu-img map prints one entry of length 0 with every flag false.
-      if (rows.length === 0) rows.push(mapEntryText({ start: 0, length: 0, depth: 0, present: false, zero: false, data: false }));
+      if (rows.length === 0) rows.push(mapEntryText({ start, length: 0, depth: 0, present: false, zero: false, data: false }));
       io.stdout(`[${rows.join(',\n')}]\n`);
     } else {
       // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
       const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
       const names = await layerNames(disk, path);
       io.stdout(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
-      for await (const e of mapExtents(disk, storages)) {
+      for await (const e of mapExtents(disk, storages, range)) {
         // As qemu-img: only data that does not read as zeros is listed.
         if (e.kind !== 'data' || e.inHole) continue;
         if (e.hostOffset === undefined) {

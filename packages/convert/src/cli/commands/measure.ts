@@ -4,7 +4,7 @@
 import { parseArgs } from '../parse-args.js';
 import { parseSize, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
-import { createOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
+import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { qdictSorted } from '../info-human.js';
 import { measureBitmaps, measureRaw } from '../measure.js';
 import { defaultRegistry } from '../../formats.js';
@@ -25,7 +25,7 @@ export const measure: Handler = async (argv, io) => {
   if (!driver.measure && driver.name !== 'raw') throw unsupported(driver.name, undefined, 'this format cannot be measured');
   const optionText = readOptionText(values.o);
   if (optionText.help) {
-    printOptionHelp(io, `Supported ${driver.name} options:`, driver.createOptionTable ?? []);
+    printOptionHelp(io, createOptionsTitle(driver), driver.createOptionTable ?? []);
     return 0;
   }
   const options = createOptionsFromCli(io, 'img measure', driver, optionText.text);

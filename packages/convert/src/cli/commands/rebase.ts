@@ -2,7 +2,7 @@
  * img rebase: change an image's backing file (safe or -u).
  */
 import { parseArgs } from '../parse-args.js';
-import type { Disk } from '@img/block';
+import { invalidArg, type Disk } from '@img/block';
 import { resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
@@ -75,6 +75,10 @@ export const rebase: Handler = async (argv, io) => {
   const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, registry, noBacking: values.u ?? false });
   let next: Disk | undefined;
   try {
+    // As qemu-img 7.2: a qcow2 is not given a backing file without its format (safe mode as well as -u).
+    if (name !== undefined && disk.format === 'qcow2' && values.F === undefined) {
+      throw invalidArg('qcow2', `${path}: could not change the backing file to '${name}': backing format must be specified (-F)`, { file: path, field: 'backing format' });
+    }
     if (name !== undefined && !values.u) {
       next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry });
       assertNotRead(identityOfStorage(disk.storage), filesOf(next), 'image');

@@ -2,10 +2,11 @@
  * What the subcommands of img share: the Handler shape, common options, opening an image.
  */
 import { isAbsolute } from 'node:path';
-import type { Disk } from '@img/block';
+import { invalidArg, type Disk } from '@img/block';
 import { UsageError, type Io } from '../common.js';
 import { openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
+import { qemuFormatName } from '../info-human.js';
 
 /** A subcommand: its arguments after the name, the process streams; resolves to the exit status. */
 export type Handler = (argv: string[], io: Io) => Promise<number>;
@@ -90,4 +91,19 @@ export function oneOf(...pairs: Array<string | undefined>): string | undefined {
     chosen ??= { name, value };
   }
   return chosen?.value;
+}
+
+/** Formats whose images name a backing file's format beside its name (qemu-img writes no backing file there without one). */
+const RECORDS_BACKING_FORMAT: readonly string[] = ['qcow2', 'vmdk'];
+
+/**
+ * Refuses, as qemu-img 7.2 does, to give an image of `format` the backing
+ * file `backing` without its format (-F): the format would otherwise be
+ * guessed from the backing file's bytes each time the image is opened.
+ * `detected` (the format the backing file was opened as) goes into the hint.
+ */
+export function requireBackingFormat(format: string, path: string, backing: string, backingFormat: string | undefined, detected?: string): void {
+  if (backingFormat !== undefined || !RECORDS_BACKING_FORMAT.includes(format)) return;
+  const hint = detected === undefined ? 'pass -F with its format' : `${backing} is ${qemuFormatName(detected)}: pass -F ${qemuFormatName(detected)}`;
+  throw invalidArg(format, `${path}: Backing file specified without backing format (${hint})`, { file: path, field: 'backing format' });
 }
