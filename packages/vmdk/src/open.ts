@@ -11,6 +11,7 @@ import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
 import { SECTOR, SPARSE_MAGIC, hasSparseMagic } from './sparse-header.js';
 import { openSparseExtent } from './sparse-extent.js';
+import { assertWritableLayout } from './write-guard.js';
 import { hasCowdMagic } from './cowd-header.js';
 import { openCowdExtent } from './cowd-extent.js';
 import { openSeSparseExtent } from './sesparse-extent.js';
@@ -77,6 +78,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     if (!readOnly) {
       if (opened.map.compressed) throw unsupported(FORMAT, file, 'a streamOptimized (compressed) image can only be opened read-only', { field: 'flags' });
       if (h.version === 3) throw unsupported(FORMAT, file, 'a version 3 hosted sparse extent can only be opened read-only (as qemu)', { field: 'version', offset: 4 });
+      await assertWritableLayout(opened.map);
     }
   } else {
     if (hasCowdMagic(head)) throw unsupported(FORMAT, file, 'a COWD extent opened on its own: open the vmfsSparse descriptor that names it (it holds the size, the CID and the parent)', { field: 'magic', offset: 0 });
@@ -143,6 +145,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
       const opened = await openSparseExtent(extentStorage, head);
       if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
+      if (!readOnly) await assertWritableLayout(opened.map);
       // As qemu: the extent's own header decides its size.
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
       start += opened.map.capacityBytes;
