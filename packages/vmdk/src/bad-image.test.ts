@@ -112,6 +112,17 @@ describe('bad images get a clean ImageError with a stable code', () => {
     await disk.close();
   });
 
+  it('ZERO extents whose sizes add up past 2^53 bytes: refused, not a disk of an imprecise size (hostile-input campaign)', async () => {
+    const text = '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 9007199254740991 ZERO\nRW 9007199254740991 ZERO\n';
+    const bytes = new TextEncoder().encode(text);
+    await expect(open(bytes)).rejects.toThrow(/extent 1 ends past 2\^53 bytes/);
+    expect(await codeOf(open(bytes))).toBe('ERR_IMG_CORRUPT');
+    // One ZERO extent of a size that fits still opens.
+    const disk = await open(new TextEncoder().encode(text.replace(/RW 9007199254740991 ZERO\n$/, '').replace('9007199254740991', '4096')));
+    expect(disk.size).toBe(4096 * 512);
+    await disk.close();
+  });
+
   it('a streamOptimized file whose footer was cut off', async () => {
     const v = fixture('stream-vmdkstream.vmdk');
     expect(await codeOf(open(v.bytes.subarray(0, v.bytes.length - 512)))).toBe('ERR_IMG_CORRUPT');

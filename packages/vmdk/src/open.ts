@@ -119,7 +119,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     const length = line.sectors * SECTOR;
     if (line.type === 'ZERO' || line.access === 'NOACCESS') {
       out.push({ kind: 'zero', type: line.type, start, length });
-      start += length;
+      start = extentEnd(file, start, length, i);
       continue;
     }
     if (!readOnly && (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE')) {
@@ -137,7 +137,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
         map = await openCowdExtent(extentStorage);
       }
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
-      start += map.capacityBytes;
+      start = extentEnd(file, start, map.capacityBytes, i);
       continue;
     }
     if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
@@ -148,7 +148,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       if (!readOnly) await assertWritableLayout(opened.map);
       // As qemu: the extent's own header decides its size.
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
-      start += opened.map.capacityBytes;
+      start = extentEnd(file, start, opened.map.capacityBytes, i);
       continue;
     }
     const fileOffset = (line.offset ?? 0) * SECTOR;
@@ -156,9 +156,16 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
     }
     out.push({ kind: 'flat', type: line.type, fileName: line.fileName!, start, length, storage: extentStorage, fileOffset });
-    start += length;
+    start = extentEnd(file, start, length, i);
   }
   return out;
+}
+
+/** Where extent `i` ends in the guest: the disk's size may not pass 2^53 bytes (ZERO extents of 2^53 sectors are text, not data). */
+function extentEnd(file: string, start: number, length: number, i: number): number {
+  const end = start + length;
+  if (!Number.isSafeInteger(end)) throw corrupt(FORMAT, file, `extent ${i + 1} ends past 2^53 bytes: the extents' sizes add up to more than a disk can hold`, { field: `extent ${i + 1}`, actual: end });
+  return end;
 }
 
 async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number, options: VmdkOpenOptions, readOnly: boolean): Promise<Storage> {
