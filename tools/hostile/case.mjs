@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { ImageError, diskExtents } from '../../packages/block/dist/index.js';
 import { FileStorage, fileResolver } from '../../packages/block/dist/node/index.js';
-import { openVhd, checkVhd, readVhdStream } from '../../packages/vhd/dist/index.js';
+import { openVhd, checkVhd, compactVhd, readVhdStream, sparsifyVhd } from '../../packages/vhd/dist/index.js';
 import { openVmdk, checkVmdk, openOva, readVmdkStream, readOvaStream } from '../../packages/vmdk/dist/node/root.js';
 import { convertFile, openImageFile } from '../../packages/convert/dist/node.js';
 import { firstDifference } from '../../packages/convert/dist/cli/commands/compare.js';
@@ -148,7 +148,51 @@ async function runCase(c) {
 
   // 6. writes into a damaged writable image: never worse than before
   if (c.writable) await writeCase(failures, c, r);
+  // 7. in-place maintenance of a damaged VHD (compact, sparsify, check -r all, resize): the guest bytes stay as they were
+  if (c.writable && c.kind === 'vhd') await maintainCase(failures, c, r);
   return failures;
+}
+
+async function maintainCase(failures, c, r) {
+  const w = join(c.outDir, 'm.vhd');
+  copyFileSync(join(c.dir, c.main), w);
+  const before = await step(failures, 'snapshot before maintenance', () => snapshot(w, 'vhd'));
+  const op = r.pick(['compact', 'sparsify', 'repair', 'resize']);
+  const res = await step(failures, op, async () => {
+    const s = await FileStorage.open(w, { readOnly: false });
+    try {
+      if (op === 'compact') return await compactVhd(s);
+      if (op === 'sparsify') return await sparsifyVhd(s);
+      if (op === 'repair') return await checkVhd(s, { repair: 'all' });
+      const d = await openVhd(s, { readOnly: false, noBacking: true });
+      try {
+        await d.resize(d.size + 512 * (1 + r.int(8192)));
+      } finally {
+        await d.close();
+      }
+      return undefined;
+    } finally {
+      await s.close().catch(() => undefined);
+    }
+  });
+  const after = await step(failures, `snapshot after ${op}`, () => snapshot(w, 'vhd'));
+  if (before.ok && before.value?.bytes) {
+    if (!after.ok || !after.value?.bytes) failures.push(`WORSE: the image read whole before ${op} (${res.ok ? 'which succeeded' : `which failed: ${res.code}`}) and not after it`);
+    else {
+      const a = after.value.bytes;
+      const b = before.value.bytes;
+      let diff = -1;
+      for (let i = 0; i < b.length; i++)
+        if (a[i] !== b[i]) {
+          diff = i;
+          break;
+        }
+      // resize grows: the old bytes must stay and the new ones read as zeros
+      const grownZero = a.length >= b.length && a.subarray(b.length).every((x) => x === 0);
+      if (diff >= 0 || !grownZero || (op !== 'resize' && a.length !== b.length)) failures.push(`WORSE: after ${op} (${res.ok ? 'ok' : res.code}) the disk reads differently at byte ${diff} (size ${b.length} -> ${a.length})`);
+    }
+  }
+  rmSync(w, { force: true });
 }
 
 /** Reads the whole disk (small seeds only), or undefined when it cannot be read. */
