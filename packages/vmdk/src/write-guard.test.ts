@@ -9,6 +9,7 @@ import { vmdkBytes } from '@img/testkit';
 import { describe, expect, it } from 'vitest';
 import { createVmdk } from './create.js';
 import { openVmdk } from './open.js';
+import { checkVmdk } from './check.js';
 
 const GRAIN = 64 * 1024;
 
@@ -39,8 +40,14 @@ async function writeInto(bytes: Uint8Array): Promise<string> {
   }
 }
 
-async function refusedUnchanged(damaged: Uint8Array, message: RegExp): Promise<void> {
+async function refusedUnchanged(damaged: Uint8Array, message: RegExp, checkCode?: string): Promise<void> {
   const before = damaged.slice();
+  // check reports what a writable open refuses
+  if (checkCode) {
+    const r = await checkVmdk(MemoryStorage.from(before.slice(), { name: 'g.vmdk', readOnly: true }));
+    expect(r.problems.map((p) => p.code)).toContain(checkCode);
+    expect(r.corruptions).toBeGreaterThan(0);
+  }
   const s = MemoryStorage.from(damaged, { name: 'g.vmdk' });
   await expect(openVmdk(s, { readOnly: false })).rejects.toThrow(message);
   expect(await writeInto(damaged)).toBe('ERR_IMG_CORRUPT');
@@ -59,21 +66,28 @@ describe('writable opens refuse a layout a write would damage', () => {
     const v = vmdkBytes(await image());
     const table = v.tableOffset(0);
     v.view.setUint32(table + 4, v.view.getUint32(table, true), true);
-    await refusedUnchanged(v.bytes, /grain at 0x[0-9a-f]+ overlaps the grain at/);
+    await refusedUnchanged(v.bytes, /grain at 0x[0-9a-f]+ overlaps the grain at/, 'grain-shared');
   });
 
   it('a grain table entry naming a grain table: a write would rewrite the table', async () => {
     const v = vmdkBytes(await image());
     const table = v.tableOffset(0);
     v.view.setUint32(table + 4, table / 512, true);
-    await refusedUnchanged(v.bytes, /the grain table at 0x[0-9a-f]+ overlaps the grain at/);
+    await refusedUnchanged(v.bytes, /the grain table at 0x[0-9a-f]+ overlaps the grain at/, 'table-overlap');
+  });
+
+  it('a grain table entry one sector into another grain: the two grains share 63.5 KiB', async () => {
+    const v = vmdkBytes(await image());
+    const table = v.tableOffset(0);
+    v.view.setUint32(table + 4, v.view.getUint32(table, true) + 1, true);
+    await refusedUnchanged(v.bytes, /the grain at 0x[0-9a-f]+ overlaps the grain at 0x[0-9a-f]+/, 'grain-overlap');
   });
 
   it('a redundant grain directory entry naming the embedded descriptor: a new grain would write its entry there', async () => {
     const v = vmdkBytes(await image());
     const rgd = Number(v.view.getBigUint64(48, true)) * 512;
     v.view.setUint32(rgd, 2, true);
-    await refusedUnchanged(v.bytes, /redundant grain directory entry 0 points to a grain table at 0x400, inside the embedded descriptor/);
+    await refusedUnchanged(v.bytes, /redundant grain directory entry 0 points to a grain table at 0x400, inside the embedded descriptor/, 'table-overlap');
   });
 
   it('an embedded descriptor area longer than the file: the CID update would zero everything after it', async () => {
@@ -84,6 +98,6 @@ describe('writable opens refuse a layout a write would damage', () => {
 
   it('a last grain cut short by the end of the file: a new grain appended there would overlap it', async () => {
     const whole = await image();
-    await refusedUnchanged(whole.slice(0, whole.length - 4096), /points to a grain at 0x[0-9a-f]+ that runs past the end of the file/);
+    await refusedUnchanged(whole.slice(0, whole.length - 4096), /points to a grain at 0x[0-9a-f]+ that runs past the end of the file/, 'grain-out-of-bounds');
   });
 });

@@ -66,6 +66,26 @@ export async function assertWritableLayout(map: GrainMap): Promise<void> {
       push(e.hostOffset, GRAIN);
     }
   }
+  const hit = spanOverlaps(spans, map, 1)[0];
+  if (hit) throw refuse(hit.message, hit.what, hit.offset);
+}
+
+/** One overlap found by {@link spanOverlaps}. */
+export interface SpanOverlap {
+  /** The later span's start, and what it is ('grain', 'grain table', 'redundant grain table'). */
+  offset: number;
+  what: string;
+  message: string;
+}
+
+/**
+ * Overlaps among grains and grain tables, `spans` holding each one's byte
+ * start plus its kind (0 grain, 1 table, 2 redundant table) in the low bits;
+ * at most `limit` of them. Shared with check, which reports what a writable
+ * open refuses.
+ */
+export function spanOverlaps(spans: readonly number[], map: Pick<GrainMap, 'grainBytes' | 'tableBytes'>, limit: number): SpanOverlap[] {
+  const out: SpanOverlap[] = [];
   const starts = Float64Array.from(spans).sort();
   let end = 0;
   let previous = -1;
@@ -73,12 +93,21 @@ export async function assertWritableLayout(map: GrainMap): Promise<void> {
     const kind = v % SECTOR;
     const at = v - kind;
     if (previous >= 0 && at < end) {
-      throw refuse(`the ${what(kind)} at ${hex(at)} overlaps the ${what(previous % SECTOR)} at ${hex(previous - (previous % SECTOR))}`, what(kind), at);
+      out.push({ offset: at, what: what(kind), message: `the ${what(kind)} at ${hex(at)} overlaps the ${what(previous % SECTOR)} at ${hex(previous - (previous % SECTOR))}` });
+      if (out.length >= limit) break;
     }
-    end = at + (kind === GRAIN ? map.grainBytes : map.tableBytes);
-    previous = v;
+    if (at + (kind === GRAIN ? map.grainBytes : map.tableBytes) > end) {
+      end = at + (kind === GRAIN ? map.grainBytes : map.tableBytes);
+      previous = v;
+    }
   }
+  return out;
 }
+
+/** The kind bits {@link spanOverlaps} reads. */
+export const SPAN_GRAIN = GRAIN;
+export const SPAN_TABLE = TABLE;
+export const SPAN_REDUNDANT_TABLE = REDUNDANT_TABLE;
 
 function what(kind: number): string {
   return kind === GRAIN ? 'grain' : kind === TABLE ? 'grain table' : 'redundant grain table';
