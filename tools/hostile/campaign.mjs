@@ -124,17 +124,17 @@ function buildSeeds() {
   for (const [name, files] of Object.entries(groups)) {
     const d = dirOf(name);
     for (const f of files) cpSync(join(tv, f), join(d, f));
-    add(name, 'vmdk', 'vmdk', files[0], { writable: name === 'ti-sparse' || name === 'ti-zeroed', stream: name.startsWith('ti-stream') });
+    add(name, 'vmdk', 'vmdk', files[0], { writable: ['ti-sparse', 'ti-zeroed', 'ti-split-sparse', 'ti-flat'].includes(name), stream: name.startsWith('ti-stream') });
   }
   for (const sub of ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized']) {
     const d = dirOf(`q-${sub}`);
     run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${sub}`, ref, join(d, 'd.vmdk')]);
-    add(`q-${sub}`, 'vmdk', 'vmdk', 'd.vmdk', { writable: sub === 'monolithicSparse', stream: sub === 'streamOptimized', reference: ref });
+    add(`q-${sub}`, 'vmdk', 'vmdk', 'd.vmdk', { writable: sub === 'monolithicSparse' || sub === 'twoGbMaxExtentSparse' || sub === 'monolithicFlat', stream: sub === 'streamOptimized', reference: ref });
   }
   for (const sub of ['monolithicSparse', 'streamOptimized', 'twoGbMaxExtentSparse']) {
     const d = dirOf(`ours-${sub}`);
     run('node', [IMG_CONVERT, '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${sub}`, ref, join(d, 'd.vmdk')]);
-    add(`ours-${sub}`, 'vmdk', 'vmdk', 'd.vmdk', { writable: sub === 'monolithicSparse', stream: sub === 'streamOptimized', reference: ref });
+    add(`ours-${sub}`, 'vmdk', 'vmdk', 'd.vmdk', { writable: sub !== 'streamOptimized', stream: sub === 'streamOptimized', reference: ref });
   }
   // OVA: ours, and hand-built tar variants of its members
   {

@@ -3,7 +3,7 @@
 // per case: the failures (anything but an ImageError, an untrusted open
 // that asked for a file, a write that made the image worse) and maxRSS.
 // The parent enforces the time limit and restarts it after a crash.
-import { copyFileSync, createReadStream, rmSync, statSync } from 'node:fs';
+import { copyFileSync, cpSync, createReadStream, rmSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { ImageError, diskExtents } from '../../packages/block/dist/index.js';
@@ -211,8 +211,10 @@ async function snapshot(path, format) {
 }
 
 async function writeCase(failures, c, r) {
-  const w = join(c.outDir, `w.${c.format}`);
-  copyFileSync(join(c.dir, c.main), w);
+  // The whole directory: a descriptor's extent files are written too.
+  const wdir = join(c.outDir, 'w');
+  cpSync(c.dir, wdir, { recursive: true });
+  const w = join(wdir, c.main);
   const before = await step(failures, 'snapshot before write', () => snapshot(w, c.format));
   const model = before.ok && before.value?.bytes ? before.value.bytes.slice() : undefined;
   let allWritten = true;
@@ -247,7 +249,7 @@ async function writeCase(failures, c, r) {
       if (diff >= 0 || a.length !== model.length) failures.push(`WORSE: after the writes the disk reads differently from the model at byte ${diff}`);
     }
   }
-  rmSync(w, { force: true });
+  rmSync(wdir, { recursive: true, force: true });
 }
 
 const rl = createInterface({ input: process.stdin });
