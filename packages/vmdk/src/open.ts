@@ -115,6 +115,10 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
   const out: VmdkExtent[] = [];
   let start = 0;
   if (d.extents.length === 0) throw corrupt(FORMAT, file, 'the descriptor lists no extent', { field: 'extents' });
+  // Each file name is opened once: a descriptor repeating one name 32768 times would otherwise open (and lock) one
+  // file 32768 times, and the kernel's lock list makes that quadratic (minutes). Read-only extents share the
+  // storage; in a writable open a repeated name is refused, since a write through one extent changes the other.
+  const byName = new Map<string, { storage: Storage; extent: number }>();
   for (const [i, line] of d.extents.entries()) {
     const length = line.sectors * SECTOR;
     if (line.type === 'ZERO' || line.access === 'NOACCESS') {
@@ -125,8 +129,15 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     if (!readOnly && (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE')) {
       throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which can only be opened read-only`, { field: `extent ${i + 1}`, actual: line.type });
     }
-    const extentStorage = await resolveExtent(storage, line, i, options, readOnly);
-    owned.push(extentStorage);
+    const seen = byName.get(line.fileName!);
+    if (seen && !readOnly) {
+      throw corrupt(FORMAT, file, `extent ${i + 1} names "${line.fileName}" again, the file of extent ${seen.extent + 1}: a write through one would change the other, so writable opens refuse it`, { field: `extent ${i + 1}`, actual: line.fileName! });
+    }
+    const extentStorage = seen?.storage ?? (await resolveExtent(storage, line, i, options, readOnly));
+    if (!seen) {
+      owned.push(extentStorage);
+      byName.set(line.fileName!, { storage: extentStorage, extent: i });
+    }
     const size = await extentStorage.size();
     if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
       // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
