@@ -319,7 +319,7 @@ export function mutateDescriptorText(text, r, siblings = []) {
       lines[at] = `${access} ${sectors} ${type}${type === 'ZERO' && r.chance(0.5) ? '' : ` "${name}"`}${offset !== undefined || type === 'FLAT' ? ` ${offset ?? 0}` : ''}`;
       notes.push(`extent line -> ${lines[at].slice(0, 120)}`);
     } else if (k < 0.4 && extentIdx.length) {
-      const copies = r.pick([2, 100, 40000]);
+      const copies = r.pick([2, 100, 32000, 40000]);
       const at = r.pick(extentIdx);
       const line = r.chance(0.5) ? lines[at] : `RW ${r.pick([1, 2 ** 40, 2 ** 52])} ZERO`;
       lines.splice(at, 0, ...Array(copies).fill(line));
