@@ -306,6 +306,11 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
     if (l.platformDataLength > MAX_LOCATOR_DATA || !Number.isSafeInteger(end) || end > fileSize || l.platformDataOffset < VHD_SECTOR) {
       const message = `parent locator ${i} (${l.platformCode}) data at ${hex(l.platformDataOffset)}+${l.platformDataLength} lies outside the file`;
       if (options.untrusted) throw corrupt(FORMAT, file, message, { field: `parent locator ${i}`, offset: at + 0x240 + i * 24 });
+      // Past the end of the file, the data would be inside it once a write appends a block there: the next open
+      // would find the locator and the new block overlapping.
+      if (writable && Number.isSafeInteger(end) && end > fileSize && l.platformDataOffset >= VHD_SECTOR && l.platformDataLength <= MAX_LOCATOR_DATA) {
+        throw corrupt(FORMAT, file, `${message}, where a new block would be appended; writable opens refuse it`, { field: `parent locator ${i}`, offset: at + 0x240 + i * 24 });
+      }
       s.problems.push(vhdProblem('locator-outside', 'corruption', message, at + 0x240 + i * 24));
       return;
     }

@@ -5,6 +5,7 @@ import { testImagesDir } from '@img/testkit';
 import { describe, expect, it } from 'vitest';
 import { vhdChecksum } from './checksum.js';
 import { openVhd } from './open.js';
+import { createVhd } from './create.js';
 
 const DYN = new Uint8Array(readFileSync(join(testImagesDir, 'vhd/dynamic-default.vhd')));
 const FIXED = new Uint8Array(readFileSync(join(testImagesDir, 'vhd/fixed-default.vhd')));
@@ -136,5 +137,35 @@ describe('footer copies', () => {
     const disk = await openVhd(MemoryStorage.from(b, { name: 'x.vhd' }));
     expect(disk.size).toBe(313344);
     expect((await disk.read(0, 1))[0]).toBe(0x66);
+  });
+});
+
+describe('a parent locator past the end of the file (hostile-input campaign)', () => {
+  // Locator 7 of a dynamic disk with no block yet claims 512 bytes where the footer at the end would move to
+  // when the first block is appended: read-only opens ignore it, a writable one refused to grow the file under it.
+  async function image(): Promise<Uint8Array> {
+    const s = new MemoryStorage({ name: 'x.vhd' });
+    const d = await createVhd(s, { size: 3 << 20, blockSize: 1 << 20 });
+    await d.close();
+    const b = s.toBytes().slice();
+    const entry = 512 + 0x240 + 7 * 24;
+    u32(b, entry, 0x57327275); // W2ru
+    u32(b, entry + 4, 1);
+    u32(b, entry + 8, 512);
+    u32(b, entry + 20, b.length); // data offset (u64: high half 0) = the end of the file
+    fixHeader(b);
+    return b;
+  }
+  it('read-only opens read on, reporting it; writable opens refuse it, so a write cannot leave an image that no longer opens', async () => {
+    const b = await image();
+    const ro = await openVhd(MemoryStorage.from(b, { name: 'x.vhd', readOnly: true }));
+    expect(ro.problems.map((p) => p.code)).toContain('locator-outside');
+    await ro.close();
+    const before = b.slice();
+    const s = MemoryStorage.from(b, { name: 'x.vhd' });
+    await expect(openVhd(s, { readOnly: false })).rejects.toThrow(/parent locator 7 \(W2ru\) data at 0x[0-9a-f]+\+512 lies outside the file, where a new block would be appended; writable opens refuse it/);
+    expect(Buffer.compare(s.toBytes(), before)).toBe(0);
+    const again = await openVhd(MemoryStorage.from(before, { name: 'x.vhd', readOnly: true }));
+    await again.close();
   });
 });

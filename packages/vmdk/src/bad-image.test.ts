@@ -112,6 +112,36 @@ describe('bad images get a clean ImageError with a stable code', () => {
     await disk.close();
   });
 
+  it('ZERO extents whose sizes add up past 2^53 bytes: refused, not a disk of an imprecise size (hostile-input campaign)', async () => {
+    const text = '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 9007199254740991 ZERO\nRW 9007199254740991 ZERO\n';
+    const bytes = new TextEncoder().encode(text);
+    await expect(open(bytes)).rejects.toThrow(/extent 1 ends past 2\^53 bytes/);
+    expect(await codeOf(open(bytes))).toBe('ERR_IMG_CORRUPT');
+    // One ZERO extent of a size that fits still opens.
+    const disk = await open(new TextEncoder().encode(text.replace(/RW 9007199254740991 ZERO\n$/, '').replace('9007199254740991', '4096')));
+    expect(disk.size).toBe(4096 * 512);
+    await disk.close();
+  });
+
+  it('a descriptor repeating one extent file 32768 times opens it once (each open took a lock: minutes, then EMFILE; hostile-input campaign)', async () => {
+    const flat = new Uint8Array(512).fill(7);
+    const text = '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n' + 'RW 1 FLAT "x.flat" 0\n'.repeat(32768);
+    const asked: string[] = [];
+    const resolver = async (r: { name: string }): Promise<Storage> => {
+      asked.push(r.name);
+      return MemoryStorage.from(flat, { name: r.name, readOnly: true });
+    };
+    const disk = await openVmdk(MemoryStorage.from(new TextEncoder().encode(text), { name: 'd.vmdk', readOnly: true }), { resolver });
+    expect(asked).toEqual(['x.flat']);
+    expect(disk.size).toBe(32768 * 512);
+    expect(await disk.read(1000 * 512, 1024)).toEqual(new Uint8Array(1024).fill(7));
+    await disk.close();
+    // Writable: a write through one extent would change the other.
+    const two = new TextEncoder().encode(text.split('\n').slice(0, 8).join('\n') + '\n');
+    const writable = (r: { name: string }): Promise<Storage> => Promise.resolve(MemoryStorage.from(flat, { name: r.name }));
+    await expect(openVmdk(MemoryStorage.from(two, { name: 'd.vmdk' }), { resolver: writable, readOnly: false })).rejects.toThrow(/extent 2 names "x.flat" again, the file of extent 1/);
+  });
+
   it('a streamOptimized file whose footer was cut off', async () => {
     const v = fixture('stream-vmdkstream.vmdk');
     expect(await codeOf(open(v.bytes.subarray(0, v.bytes.length - 512)))).toBe('ERR_IMG_CORRUPT');

@@ -14,6 +14,7 @@ import { openVmdkImage, type VmdkOpenOptions } from './open.js';
 import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
 import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js';
+import { SPAN_GRAIN, SPAN_REDUNDANT_TABLE, SPAN_TABLE, spanOverlaps } from './write-guard.js';
 
 /** What a check found wrong, in one word. */
 export type VmdkProblemCode = 'entry-invalid' | 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
@@ -46,6 +47,8 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
   const tables = new Set<number>();
   let allocated = 0;
   let end = map.fileSize;
+  // Grains and tables by their start (kind in the low bits): a grain sharing sectors with a table or another grain.
+  const spans: number[] = [];
   for (let t = 0; t < map.gd.length; t++) {
     const sector = map.gd[t]!;
     if (sector === GTE_UNALLOCATED) continue;
@@ -64,14 +67,18 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
       continue;
     }
     tables.add(sector);
+    spans.push(at + SPAN_TABLE);
     const sesparse = map.layout === 'sesparse';
     const table = sesparse ? parseSeSparseEntries(await map.storage.read(at, n * 8), n) : parseEntries(await map.storage.read(at, n * ENTRY_BYTES), n);
     if (map.redundant && map.rgd && map.rgd[t]) {
       const rat = map.rgd[t]! * SECTOR;
-      if (rat + map.tableBytes <= map.fileSize) {
+      const rhit = map.overlap(rat, rat + map.tableBytes);
+      if (rhit) problems.push({ code: 'table-overlap', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain table ${t} at ${hex(rat)} overlaps the ${rhit.what}` });
+      else if (rat + map.tableBytes <= map.fileSize) {
         const copy = parseEntries(await map.storage.read(rat, n * ENTRY_BYTES), n);
         const differ = table.findIndex((v, i) => v !== copy[i]);
         if (differ >= 0) problems.push({ code: 'redundant-mismatch', file, offset: rat + differ * ENTRY_BYTES, message: `redundant grain table ${t} differs from the primary at entry ${differ}` });
+        spans.push(rat + SPAN_REDUNDANT_TABLE);
       } else problems.push({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain directory entry ${t} points past the end of the file` });
     }
     for (let i = 0; i < n; i++) {
@@ -99,10 +106,12 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
         continue;
       }
       seen.add(gte);
+      if (!map.compressed) spans.push(g + SPAN_GRAIN);
       allocated++;
       end = Math.max(end, g + span);
     }
   }
+  for (const o of spanOverlaps(spans, map, 100)) problems.push({ code: o.what === 'grain' ? 'grain-overlap' : 'table-overlap', file, offset: o.offset, message: o.message });
   return { allocated, end };
 }
 

@@ -11,6 +11,7 @@ import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
 import { SECTOR, SPARSE_MAGIC, hasSparseMagic } from './sparse-header.js';
 import { openSparseExtent } from './sparse-extent.js';
+import { assertWritableLayout } from './write-guard.js';
 import { hasCowdMagic } from './cowd-header.js';
 import { openCowdExtent } from './cowd-extent.js';
 import { openSeSparseExtent } from './sesparse-extent.js';
@@ -77,6 +78,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     if (!readOnly) {
       if (opened.map.compressed) throw unsupported(FORMAT, file, 'a streamOptimized (compressed) image can only be opened read-only', { field: 'flags' });
       if (h.version === 3) throw unsupported(FORMAT, file, 'a version 3 hosted sparse extent can only be opened read-only (as qemu)', { field: 'version', offset: 4 });
+      await assertWritableLayout(opened.map);
     }
   } else {
     if (hasCowdMagic(head)) throw unsupported(FORMAT, file, 'a COWD extent opened on its own: open the vmfsSparse descriptor that names it (it holds the size, the CID and the parent)', { field: 'magic', offset: 0 });
@@ -113,18 +115,29 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
   const out: VmdkExtent[] = [];
   let start = 0;
   if (d.extents.length === 0) throw corrupt(FORMAT, file, 'the descriptor lists no extent', { field: 'extents' });
+  // Each file name is opened once: a descriptor repeating one name 32768 times would otherwise open (and lock) one
+  // file 32768 times, and the kernel's lock list makes that quadratic (minutes). Read-only extents share the
+  // storage; in a writable open a repeated name is refused, since a write through one extent changes the other.
+  const byName = new Map<string, { storage: Storage; extent: number }>();
   for (const [i, line] of d.extents.entries()) {
     const length = line.sectors * SECTOR;
     if (line.type === 'ZERO' || line.access === 'NOACCESS') {
       out.push({ kind: 'zero', type: line.type, start, length });
-      start += length;
+      start = extentEnd(file, start, length, i);
       continue;
     }
     if (!readOnly && (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE')) {
       throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which can only be opened read-only`, { field: `extent ${i + 1}`, actual: line.type });
     }
-    const extentStorage = await resolveExtent(storage, line, i, options, readOnly);
-    owned.push(extentStorage);
+    const seen = byName.get(line.fileName!);
+    if (seen && !readOnly) {
+      throw corrupt(FORMAT, file, `extent ${i + 1} names "${line.fileName}" again, the file of extent ${seen.extent + 1}: a write through one would change the other, so writable opens refuse it`, { field: `extent ${i + 1}`, actual: line.fileName! });
+    }
+    const extentStorage = seen?.storage ?? (await resolveExtent(storage, line, i, options, readOnly));
+    if (!seen) {
+      owned.push(extentStorage);
+      byName.set(line.fileName!, { storage: extentStorage, extent: i });
+    }
     const size = await extentStorage.size();
     if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
       // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
@@ -135,7 +148,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
         map = await openCowdExtent(extentStorage);
       }
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
-      start += map.capacityBytes;
+      start = extentEnd(file, start, map.capacityBytes, i);
       continue;
     }
     if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
@@ -143,9 +156,10 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
       const opened = await openSparseExtent(extentStorage, head);
       if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
+      if (!readOnly) await assertWritableLayout(opened.map);
       // As qemu: the extent's own header decides its size.
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
-      start += opened.map.capacityBytes;
+      start = extentEnd(file, start, opened.map.capacityBytes, i);
       continue;
     }
     const fileOffset = (line.offset ?? 0) * SECTOR;
@@ -153,9 +167,16 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
     }
     out.push({ kind: 'flat', type: line.type, fileName: line.fileName!, start, length, storage: extentStorage, fileOffset });
-    start += length;
+    start = extentEnd(file, start, length, i);
   }
   return out;
+}
+
+/** Where extent `i` ends in the guest: the disk's size may not pass 2^53 bytes (ZERO extents of 2^53 sectors are text, not data). */
+function extentEnd(file: string, start: number, length: number, i: number): number {
+  const end = start + length;
+  if (!Number.isSafeInteger(end)) throw corrupt(FORMAT, file, `extent ${i + 1} ends past 2^53 bytes: the extents' sizes add up to more than a disk can hold`, { field: `extent ${i + 1}`, actual: end });
+  return end;
 }
 
 async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number, options: VmdkOpenOptions, readOnly: boolean): Promise<Storage> {

@@ -98,6 +98,8 @@ function parseXml(xml: string, file: string): Element {
       const e = xml.indexOf('>', p);
       if (e < 0) fail('an unterminated end tag');
       const name = xml.slice(p + 2, e).trim();
+      // A name, not whatever runs up to the next '>': a damaged end tag would otherwise put lines of XML in the message.
+      if (!/^[A-Za-z_][\w.:-]*$/.test(name)) fail('a malformed end tag');
       const top = stack.pop()!;
       if (stack.length === 0 || top.name !== local(name)) fail(`the end tag </${name}> does not match <${top.name}>`);
       p = e + 1;
