@@ -32,8 +32,15 @@ function args() {
   const v = process.argv.slice(2);
   for (let i = 0; i < v.length; i++) {
     const k = v[i].replace(/^--/, '');
+    if (k === 'help' || k === 'h' || k === '-h') {
+      process.stdout.write('usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n');
+      process.exit(0);
+    }
     if (k === 'keep') a.keep = true;
-    else a[k] = v[++i];
+    else if (!v[i].startsWith('--') || !(k in a) || i + 1 >= v.length) {
+      process.stderr.write(`campaign: unknown option or missing value: ${v[i]} (--help lists them)\n`);
+      process.exit(2);
+    } else a[k] = v[++i];
   }
   a.seed = Number(a.seed);
   a.cases = Number(a.cases);

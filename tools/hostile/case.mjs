@@ -6,7 +6,7 @@
 import { copyFileSync, cpSync, createReadStream, rmSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { ImageError, diskExtents } from '../../packages/block/dist/index.js';
+import { ImageError } from '../../packages/block/dist/index.js';
 import { FileStorage, fileResolver } from '../../packages/block/dist/node/index.js';
 import { openVhd, checkVhd, compactVhd, readVhdStream, sparsifyVhd } from '../../packages/vhd/dist/index.js';
 import { openVmdk, checkVmdk, openOva, readVmdkStream, readOvaStream } from '../../packages/vmdk/dist/node/root.js';

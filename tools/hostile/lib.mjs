@@ -152,16 +152,9 @@ export function buildTar(members, { noEnd = false } = {}) {
   return concat(parts);
 }
 
+/** Joins byte arrays into a new Uint8Array of its own (not a view into Buffer's pool). */
 export function concat(parts) {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return new Uint8Array(Buffer.concat(parts));
 }
 
 /** Members of a well-formed tar: [{ name, headerAt, dataAt, size }]. */
