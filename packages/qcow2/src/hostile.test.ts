@@ -97,6 +97,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(new Uint8Array(1024 * 1024));
   });
 
+  it('a writable open refuses an L1 entry of flags without an offset, and opens again after repair all', async () => {
+    const path = join(tmp.path, 'l1-flags-only-write.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x44]]);
+    q.view.setBigUint64(q.l1Offset, 1n << 63n);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringMatching(/L1 entry 0 at 0x[0-9a-f]+ has flags \(0x8000000000000000\) but no L2 table offset/) });
+    await storage.close();
+    expect(readFileSync(path)).toEqual(before);
+    // Read-only opens still work.
+    expect(await readAll(path)).toEqual(new Uint8Array(1024 * 1024));
+    await check(path, 'all');
+    const again = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+    await again.write(0, new Uint8Array(4096).fill(9));
+    await again.close();
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
     const path = join(tmp.path, 'l1-is-its-l2.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x55]]);

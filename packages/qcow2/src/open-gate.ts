@@ -135,11 +135,19 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   const active: L1Table = { l1: view.l1, offset: view.l1Offset, entries: h.l1Size };
   const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
   const tables: number[] = [];
+  let flagsOnly = -1;
   l2TableOffsets(active, cs, s.file, 'raw', inUse).forEach((l2, i) => {
+    // Flags without an offset: qemu-img check reads the header as that L2 table, and counts more corruptions after any header write.
+    if (!l2 && flagsOnly < 0 && (readU32Be(view.l1, i * 8) | readU32Be(view.l1, i * 8 + 4)) !== 0) flagsOnly = i;
     if (!l2 || l2 % cs || l2 < cs || l2 + cs > s.fileSize) return; // the reader reports these
     useExclusive(l2 / cs, 'L2 table', view.l1Offset + i * 8, l1EntryCopied(active, i));
     tables.push(l2);
   });
+  if (flagsOnly >= 0) {
+    const at = view.l1Offset + flagsOnly * 8;
+    const raw = (BigInt(readU32Be(view.l1, flagsOnly * 8)) << 32n) | BigInt(readU32Be(view.l1, flagsOnly * 8 + 4));
+    return { problem: `L1 entry ${flagsOnly} at ${hex(at)} has flags (0x${raw.toString(16)}) but no L2 table offset`, offset: at, l2Tables: 0 };
+  }
   tables.sort((a, b) => a - b);
   const dataFile = s.entryGeom.dataFile;
   const entrySize = s.geom.l2EntrySize;
