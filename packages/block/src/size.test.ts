@@ -1,4 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { describeWith, tempDir } from '@img/testkit';
 import { formatSize, parseSize } from './size.js';
 
 describe('formatSize (qemu-img size_to_str)', () => {
@@ -40,5 +44,80 @@ describe('parseSize', () => {
     expect(parseSize('64k')).toBe(65536);
     expect(parseSize('1.5M')).toBe(1.5 * 2 ** 20);
     expect(() => parseSize('-1')).toThrow(/invalid size/);
+  });
+});
+
+describe('parseSize spellings', () => {
+  it('floors fractions, reads hexadecimal and a leading +, and refuses what follows a suffix', () => {
+    expect(parseSize('0.3k')).toBe(307);
+    expect(parseSize('4.0001k')).toBe(4096);
+    expect(parseSize('5.k')).toBe(5120);
+    expect(parseSize('0x1000')).toBe(4096);
+    expect(parseSize('0x1k')).toBe(1024);
+    expect(parseSize('+1k')).toBe(1024);
+    expect(parseSize(' 1G')).toBe(2 ** 30);
+    expect(parseSize('010')).toBe(10);
+    expect(parseSize('1.0')).toBe(1);
+    for (const bad of ['1KB', '1KiB', '1 G', '1G ', '1.5', '1.5b', '.5k', '0x1.8k', '0x', '1e3', '-1k', '1,5k', '16E']) expect(() => parseSize(bad), bad).toThrow(/size/);
+  });
+});
+
+// qemu-img as the oracle: every spelling is accepted by both or refused by both, and gives the same raw file
+// (qemu-img create rounds a raw image up to whole 512-byte sectors, as img does).
+describeWith('qemu-img', 'parseSize against qemu-img create', () => {
+  const tmp = tempDir('img-size-');
+  afterAll(() => tmp.cleanup());
+  const spellings = [
+    '1024',
+    '1k',
+    '1K',
+    '1.5k',
+    '0.3k',
+    '0x100',
+    '0x1k',
+    '0X10',
+    '1KB',
+    '1KiB',
+    '1 G',
+    ' 1G',
+    '1G ',
+    '1g',
+    '1.5G',
+    '1e3',
+    '+1k',
+    '-1k',
+    '1b',
+    '1B',
+    '0.5',
+    '1.0',
+    '1.5',
+    '512.5',
+    '.5k',
+    '5.k',
+    '1.k',
+    '010',
+    '00.5k',
+    '0.0001k',
+    '0.3m',
+    '1.23456789k',
+    '1.0b',
+    '1.5b',
+    '0x1.8k',
+    '0xk',
+    '1.5kk',
+    '1,5k',
+  ];
+  it.each(spellings)('%j', (text) => {
+    const file = join(tmp.path, 'q.raw');
+    rmSync(file, { force: true });
+    const q = spawnSync('qemu-img', ['create', '-q', '-f', 'raw', file, text], { encoding: 'utf8' });
+    let ours: number | undefined;
+    try {
+      ours = parseSize(text);
+    } catch {
+      ours = undefined;
+    }
+    if (q.status !== 0) expect(ours, q.stderr).toBeUndefined();
+    else expect(ours === undefined ? undefined : Math.ceil(ours / 512) * 512).toBe(statSync(file).size);
   });
 });
