@@ -19,7 +19,7 @@ import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
 import { ENTRY_COPIED_HI, EXT_BITMAPS } from './constants.js';
 import type { Qcow2Image } from './core.js';
-import { forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, snapshotL1Tables } from './l2-walk.js';
+import { entryHex, forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
@@ -45,11 +45,6 @@ interface CopiedFix {
 function copiedLine(f: CopiedFix, verb: 'ERROR' | 'Repairing'): string {
   const rc = f.refcount ?? (f.set ? 1 : 0);
   return f.l1Index !== undefined ? `${verb} OFLAG_COPIED L2 cluster: l1_index=${f.l1Index} l1_entry=${f.raw} refcount=${rc}` : `${verb} OFLAG_COPIED data cluster: l2_entry=${f.raw} refcount=${rc}`;
-}
-
-/** An 8-byte big-endian entry at `at` of `bytes` in hex, without leading zeros. */
-function entryHex(bytes: Uint8Array, at: number): string {
-  return ((BigInt(readU32Be(bytes, at)) << 32n) | BigInt(readU32Be(bytes, at + 4))).toString(16);
 }
 
 interface Scan {
@@ -247,7 +242,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       const hi = readU32Be(l1, i * 8);
       const lo = readU32Be(l1, i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
-      const noOffset = entryOffset(hi, lo) === 0;
+      const noOffset = l1FlagsWithoutOffset(l1, i);
       if (!noOffset && (hi & L1_RESERVED_HI) === 0 && (lo & L1_RESERVED_LO) === 0) continue;
       r.corruptions++;
       say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} ${noOffset ? 'has flags but no L2 table offset' : 'has reserved bits set'}: ${entryHex(l1, i * 8)}`);

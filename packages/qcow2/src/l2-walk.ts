@@ -104,6 +104,22 @@ export interface TableSource extends EntrySource {
   readonly storage: Storage;
 }
 
+/** An 8-byte big-endian entry at `at` of `bytes` in hex, without leading zeros (as qemu-img check prints entries). */
+export function entryHex(bytes: Uint8Array, at: number): string {
+  return ((BigInt(readU32Be(bytes, at)) << 32n) | BigInt(readU32Be(bytes, at + 4))).toString(16);
+}
+
+/**
+ * Whether L1 entry `index` of `l1` holds flags but no L2 table offset:
+ * it maps nothing, but qemu-img check follows it to a "table" at offset 0
+ * (the header) and counts corruptions there.
+ */
+export function l1FlagsWithoutOffset(l1: Uint8Array, index: number): boolean {
+  const hi = readU32Be(l1, index * 8);
+  const lo = readU32Be(l1, index * 8 + 4);
+  return (hi !== 0 || lo !== 0) && entryOffset(hi, lo) === 0;
+}
+
 /** Whether L1 entry `index` of `t` has the COPIED flag (its L2 table's refcount is exactly 1). */
 export function l1EntryCopied(t: L1Table, index: number): boolean {
   return entryCopied(t.l1, index * 8);

@@ -13,7 +13,7 @@ import { entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
-import { forEachEntryCluster, forEachL2Entry, forEachL2Table, l1EntryCopied, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
+import { entryHex, forEachEntryCluster, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** Clusters per flag chunk (64 KiB). */
@@ -138,15 +138,14 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   let flagsOnly = -1;
   l2TableOffsets(active, cs, s.file, 'raw', inUse).forEach((l2, i) => {
     // Flags without an offset: qemu-img check reads the header as that L2 table, and counts more corruptions after any header write.
-    if (!l2 && flagsOnly < 0 && (readU32Be(view.l1, i * 8) | readU32Be(view.l1, i * 8 + 4)) !== 0) flagsOnly = i;
+    if (!l2 && flagsOnly < 0 && l1FlagsWithoutOffset(view.l1, i)) flagsOnly = i;
     if (!l2 || l2 % cs || l2 < cs || l2 + cs > s.fileSize) return; // the reader reports these
     useExclusive(l2 / cs, 'L2 table', view.l1Offset + i * 8, l1EntryCopied(active, i));
     tables.push(l2);
   });
   if (flagsOnly >= 0) {
     const at = view.l1Offset + flagsOnly * 8;
-    const raw = (BigInt(readU32Be(view.l1, flagsOnly * 8)) << 32n) | BigInt(readU32Be(view.l1, flagsOnly * 8 + 4));
-    return { problem: `L1 entry ${flagsOnly} at ${hex(at)} has flags (0x${raw.toString(16)}) but no L2 table offset`, offset: at, l2Tables: 0 };
+    return { problem: `L1 entry ${flagsOnly} at ${hex(at)} has flags (0x${entryHex(view.l1, flagsOnly * 8)}) but no L2 table offset`, offset: at, l2Tables: 0 };
   }
   tables.sort((a, b) => a - b);
   const dataFile = s.entryGeom.dataFile;
