@@ -1,22 +1,9 @@
 #!/usr/bin/env node
-// First of all: no error, wherever it comes from, may end this process with Node's report (a stack and a line of the bundle's source).
-const { guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
-const argv = process.argv.slice(2);
-guardProcess({
-  prog: 'img',
-  // compare says 2 for "could not compare"; the others 1.
-  internalErrorStatus: argv[0] === 'compare' ? 2 : 1,
-  // convert may write an image to stdout: a stdout error ends it. The others run on and decide their status (img.ts).
-  ...(argv[0] === 'convert' ? { onStdoutError: imageOutputFailed('img convert') } : {}),
-});
-// See img-convert.ts: the libuv pool size must be set before the first I/O.
-process.env.UV_THREADPOOL_SIZE ??= '8';
-// V8's code cache for our modules (Node >= 22.1; a no-op where it is missing): start-up is most of a small conversion.
+// The img command. Built, this file is replaced by a launcher of the bundled img-main.ts (scripts/bundle-bins.mjs).
+// V8's code cache for our modules where Node has one (>= 22.1; a no-op where it is missing): start-up is most of a small conversion.
 {
   const mod = (await import('node:module')) as { enableCompileCache?: () => unknown };
   mod.enableCompileCache?.();
 }
-// Built, this file is one bundle of every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
-const { imgMain } = await import('../cli/img.js');
-
-process.exitCode = await imgMain(argv, processIo);
+const { main } = await import('./img-main.js');
+await main();

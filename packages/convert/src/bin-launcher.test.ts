@@ -1,0 +1,63 @@
+// The built commands start from V8's code cache only when it was made from the very bytes of their bundle (scripts/bundle-bins.mjs).
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const binDir = fileURLToPath(new URL('../dist/bin/', import.meta.url));
+const MAGIC = 'img-v8-code-cache-1\n';
+// Inside the package, so that the bundle still finds @img/convert and its dependencies.
+const work = mkdtempSync(join(fileURLToPath(new URL('..', import.meta.url)), '.launcher-test-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** A copy of the img command (launcher, bundle, cache) in its own folder. */
+function copyOfImg(name: string): string {
+  const dir = mkdtempSync(join(work, `${name}-`));
+  for (const f of ['img.js', 'img.bundle.cjs', 'img.bundle.cjs.cache']) copyFileSync(join(binDir, f), join(dir, f));
+  return dir;
+}
+
+function runImg(dir: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [join(dir, 'img.js'), ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+}
+
+describe('the command launchers', () => {
+  it.each(['img', 'img-convert'])('%s: the build made a code cache for exactly its bundle', (name) => {
+    const source = readFileSync(join(binDir, `${name}.bundle.cjs`));
+    const cache = readFileSync(join(binDir, `${name}.bundle.cjs.cache`));
+    expect(cache.toString('latin1', 0, MAGIC.length)).toBe(MAGIC);
+    expect(cache.readUInt32LE(MAGIC.length)).toBe(source.length);
+    expect(cache.readUInt32LE(MAGIC.length + 4)).toBe(crc32(source));
+    expect(cache.length).toBeGreaterThan(MAGIC.length + 8 + 1024);
+  });
+
+  it('runs a bundle edited in place (same length), not the code cached from the old one', () => {
+    const dir = copyOfImg('edited');
+    const file = join(dir, 'img.bundle.cjs');
+    const text = readFileSync(file, 'utf8');
+    expect(text).toContain('Usage: img <command>');
+    // V8 checks only the source's length: without the CRC the old "Usage" would be printed.
+    writeFileSync(file, text.replace('Usage: img <command>', 'USAGE: img <command>'));
+    const r = runImg(dir, []);
+    expect(r.stderr.split('\n')[0]).toBe('USAGE: img <command> [options]');
+  });
+
+  it('starts without the cache, or with a damaged one, or with IMG_CODE_CACHE=0', () => {
+    const dir = copyOfImg('damaged');
+    const want = runImg(binDir, ['--version']);
+    expect(want.status).toBe(0);
+    expect(want.stdout).toMatch(/^img \d/);
+    const cache = join(dir, 'img.bundle.cjs.cache');
+    const bytes = readFileSync(cache);
+    bytes.fill(0x41, MAGIC.length + 8, MAGIC.length + 4096);
+    writeFileSync(cache, bytes);
+    expect(runImg(dir, ['--version'])).toMatchObject({ status: 0, stdout: want.stdout });
+    writeFileSync(cache, 'not a cache');
+    expect(runImg(dir, ['--version'])).toMatchObject({ status: 0, stdout: want.stdout });
+    rmSync(cache);
+    expect(runImg(dir, ['--version'])).toMatchObject({ status: 0, stdout: want.stdout });
+    expect(runImg(binDir, ['--version'], { IMG_CODE_CACHE: '0' })).toMatchObject({ status: 0, stdout: want.stdout });
+  });
+});
