@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Extent } from './disk.js';
-import { assertExtentCover, chunkExtents, clipExtents, collectExtents, mergeExtents, validateExtentCover } from './extents.js';
+import { assertExtentCover, chunkExtent, chunkExtents, clipExtents, collectExtents, mergeExtents, validateExtentCover } from './extents.js';
 
 const kinds = ['data', 'zero', 'hole'] as const;
 const runsArb = fc.array(fc.record({ length: fc.integer({ min: 1, max: 10_000 }), kind: fc.constantFrom(...kinds), depth: fc.integer({ min: 0, max: 2 }) }), {
@@ -76,6 +76,17 @@ describe('extent tools', () => {
       }),
       { seed: 3, numRuns: 200 },
     );
+  });
+
+  it('chunkExtent keeps an extent within one chunk as it is and moves host offsets with the pieces', () => {
+    const inOne = { offset: 4096, length: 4096, kind: 'data' as const, hostOffset: 65536, file: 'a' };
+    expect(chunkExtent(inOne, 8192)[0]).toBe(inOne);
+    expect(chunkExtent({ offset: 6000, length: 5000, kind: 'data', hostOffset: 100, file: 'a' }, 4096)).toEqual([
+      { offset: 6000, length: 2192, kind: 'data', hostOffset: 100, file: 'a' },
+      { offset: 8192, length: 2808, kind: 'data', hostOffset: 2292, file: 'a' },
+    ]);
+    expect(chunkExtent({ offset: 8192, length: 0, kind: 'zero' }, 4096)).toEqual([]);
+    expect(() => chunkExtent(inOne, 0)).toThrow(RangeError);
   });
 
   it('validateExtentCover names gaps, overlaps, unmerged runs and a short end', () => {

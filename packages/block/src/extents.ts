@@ -83,17 +83,28 @@ export function assertExtentCover(extents: readonly Extent[], offset: number, le
  */
 export async function* chunkExtents(extents: Extents, chunkSize: number): AsyncGenerator<Extent> {
   if (!(chunkSize > 0)) throw new RangeError('chunkSize must be positive');
-  for await (const e of extents) {
-    let pos = e.offset;
-    const end = e.offset + e.length;
-    while (pos < end) {
-      const next = Math.min(end, (Math.floor(pos / chunkSize) + 1) * chunkSize);
-      const piece: Extent = { ...e, offset: pos, length: next - pos };
-      if (e.hostOffset !== undefined) piece.hostOffset = e.hostOffset + (pos - e.offset);
-      yield piece;
-      pos = next;
-    }
+  for await (const e of extents) yield* chunkExtent(e, chunkSize);
+}
+
+/**
+ * One extent as chunkExtents splits it: `e` itself when it lies within one
+ * chunk, else pieces that start on multiples of `chunkSize`. Synchronous,
+ * for loops that take extents one at a time.
+ */
+export function chunkExtent(e: Extent, chunkSize: number): Extent[] {
+  if (!(chunkSize > 0)) throw new RangeError('chunkSize must be positive');
+  if (!(e.length > 0)) return [];
+  const end = e.offset + e.length;
+  if (Math.floor(e.offset / chunkSize) === Math.floor((end - 1) / chunkSize)) return [e];
+  const pieces: Extent[] = [];
+  for (let pos = e.offset; pos < end;) {
+    const next = Math.min(end, (Math.floor(pos / chunkSize) + 1) * chunkSize);
+    const piece: Extent = { ...e, offset: pos, length: next - pos };
+    if (e.hostOffset !== undefined) piece.hostOffset = e.hostOffset + (pos - e.offset);
+    pieces.push(piece);
+    pos = next;
   }
+  return pieces;
 }
 
 /**

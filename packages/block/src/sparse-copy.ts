@@ -4,7 +4,7 @@
  */
 import type { Disk, Extent, FreshImageWriter } from './disk.js';
 import { abortError, invalidArg } from './errors.js';
-import { chunkExtents, clipExtents } from './extents.js';
+import { chunkExtent } from './extents.js';
 import { RawDisk } from './raw.js';
 import type { Storage } from './storage.js';
 import { findZeroRuns } from './zero.js';
@@ -321,8 +321,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
       // Extents that only need skipping are handled whole; anything that
       // reads or writes is split into chunks, so progress and abort stay responsive.
       const skipOnly = big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly));
-      const pieces = skipOnly ? clipExtents([big], big.offset, big.length) : chunkExtents([big], chunkSize);
-      for await (const e of pieces) {
+      const pieces = skipOnly ? [big] : chunkExtent(big, chunkSize);
+      for (const e of pieces) {
         if (failure) break;
         if (signal?.aborted) throw abortError(signal);
         while (inFlight.size >= slots) await Promise.race(inFlight);

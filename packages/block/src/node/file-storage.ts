@@ -115,13 +115,17 @@ function nativeCause(e: unknown): { code: string; message: string; syscall: stri
   return { code: errnoName(err.errno), message: String(err.message), syscall: String(err.syscall), offset: Number(err.offset) };
 }
 
+const wholeNumber = (v: number) => Number.isSafeInteger(v) && v >= 0;
+
 /** Checks a batch of (source, destination, length) runs before it goes to native code. */
 function checkRuns(runs: Float64Array): number {
   if (runs.length % 3 !== 0) throw invalidArg('file', `runs must be (source, destination, length) triples: ${runs.length} numbers`);
   let total = 0;
   for (let i = 0; i < runs.length; i += 3) {
-    const [s, d, n] = [runs[i]!, runs[i + 1]!, runs[i + 2]!];
-    if (![s, d, n].every((v) => Number.isSafeInteger(v) && v >= 0) || !Number.isSafeInteger(s + n) || !Number.isSafeInteger(d + n)) {
+    const s = runs[i]!;
+    const d = runs[i + 1]!;
+    const n = runs[i + 2]!;
+    if (!wholeNumber(s) || !wholeNumber(d) || !wholeNumber(n) || !Number.isSafeInteger(s + n) || !Number.isSafeInteger(d + n)) {
       throw invalidArg('file', `run ${i / 3} (${s}, ${d}, ${n}) is not three whole numbers from 0 to 2^53`, { field: 'runs' });
     }
     total += n;
