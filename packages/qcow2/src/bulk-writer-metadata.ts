@@ -20,7 +20,7 @@
 import { invalidArg, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
-import { encodeEntry } from './l2-entry.js';
+import { encodeDataEntries } from './l2-entry.js';
 import { writeEntryOffset, type EntryGeometry } from './mapping.js';
 import { writeRefcount } from './refcount.js';
 import { headerCluster, headerFor, type Qcow2Layout } from './create.js';
@@ -131,19 +131,11 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
 
   // 1. The L2 tables after the data; both only become reachable through the L1 table.
   const g: EntryGeometry = { clusterBits: l.clusterBits, clusterSize: cs, extendedL2: l.extendedL2, zeroFlag: l.version >= 3 && !l.extendedL2, dataFile: false };
-  const full = l.extendedL2 ? 0xffffffff : 1;
   const perPiece = Math.max(1, Math.floor(METADATA_PIECE / cs));
   for (let k = 0; k < order.length; k += perPiece) {
     const group = order.slice(k, k + perPiece);
     const buf = new Uint8Array(group.length * cs);
-    group.forEach((t, j) => {
-      const hosts = tables.get(t)!;
-      const table = buf.subarray(j * cs, (j + 1) * cs);
-      for (let i = 0; i < hosts.length; i++) {
-        const h = hosts[i]!;
-        if (h !== 0) encodeEntry(table, i, { host: h * cs, copied: true, compressed: undefined, alloc: full, zero: 0 }, g);
-      }
-    });
+    group.forEach((t, j) => encodeDataEntries(buf.subarray(j * cs, (j + 1) * cs), tables.get(t)!, g));
     await storage.write((l2At + k) * cs, buf);
   }
   await storage.flush();
