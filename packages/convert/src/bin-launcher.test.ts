@@ -12,10 +12,10 @@ const MAGIC = 'img-v8-code-cache-1\n';
 const work = mkdtempSync(join(fileURLToPath(new URL('..', import.meta.url)), '.launcher-test-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** A copy of the img command (launcher, bundle, cache) in its own folder. */
+/** A copy of the img command (launcher, bundle, cache, the package.json that makes them CommonJS) in its own folder, two levels below the package as dist/bin is. */
 function copyOfImg(name: string): string {
   const dir = mkdtempSync(join(work, `${name}-`));
-  for (const f of ['img.js', 'img.bundle.cjs', 'img.bundle.cjs.cache']) copyFileSync(join(binDir, f), join(dir, f));
+  for (const f of ['img.js', 'img.bundle.cjs', 'img.bundle.cjs.cache', 'package.json']) copyFileSync(join(binDir, f), join(dir, f));
   return dir;
 }
 
