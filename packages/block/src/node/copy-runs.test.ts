@@ -182,6 +182,54 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ done: 12 });
   });
 
+  it.each(['1', '0'])('copies byte for byte with IMG_COPY_SLOTS=%s, many batches in flight, from a source out of the page cache', (slots) => {
+    // In a child process: the number of copy slots is read once per process. One slot and eight batches make
+    // seven wait for it; a source dropped from the page cache makes reads give the slot back while they wait.
+    const script = `
+      import { FileStorage } from './dist/node/index.js';
+      import { execFileSync } from 'node:child_process';
+      import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+      import { join } from 'node:path';
+      import { tmpdir } from 'node:os';
+      const dir = mkdtempSync(join(tmpdir(), 'img-slots-'));
+      try {
+        const bytes = new Uint8Array(24 << 20);
+        for (let i = 0; i < bytes.length; i += 4096) bytes[i + (i % 4093)] = (i / 4096) % 255 + 1;
+        bytes.fill(0, 5 << 20, 9 << 20);
+        const path = join(dir, 'src');
+        writeFileSync(path, bytes);
+        // Written back first: the kernel drops only clean pages (where the file system keeps a page cache at all).
+        const fd = openSync(path, 'r+');
+        fsyncSync(fd);
+        closeSync(fd);
+        try { execFileSync('dd', ['if=' + path, 'iflag=nocache', 'count=0'], { stdio: 'ignore' }); } catch {}
+        const src = await FileStorage.open(path, { lock: false });
+        const dst = await FileStorage.create(join(dir, 'dst'), { lock: false });
+        const batches = [];
+        for (let b = 0; b < 8; b++) {
+          const runs = [];
+          for (let at = b * (3 << 20); at < (b + 1) * (3 << 20); at += 1 << 20) runs.push(at, at, 1 << 20);
+          batches.push(src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, chunkSize: 1 << 20 }));
+        }
+        const done = await Promise.all(batches);
+        await dst.truncate(bytes.length);
+        await src.close();
+        await dst.close();
+        const same = Buffer.compare(readFileSync(join(dir, 'dst')), Buffer.from(bytes)) === 0;
+        console.log(JSON.stringify({ same, skipped: done.reduce((n, r) => n + r.bytesSkipped, 0) }));
+      } finally { rmSync(dir, { recursive: true, force: true }); }
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('../..', import.meta.url).pathname,
+      env: { ...process.env, IMG_COPY_SLOTS: slots },
+      encoding: 'utf8',
+    });
+    const got = JSON.parse(out.trim().split('\n').pop()!) as { same: boolean; skipped: number };
+    expect(got.same).toBe(true);
+    // The 4 MiB of zeros at least (more where zero granules of neighbouring blocks meet).
+    expect(got.skipped).toBeGreaterThanOrEqual(4 << 20);
+  });
+
   it('classifies zero runs that straddle chunk and batch boundaries as the JS detector does (readRuns)', async () => {
     // Zero stretches placed across 64 KiB chunk edges, some shorter than minZeroRun.
     const data = new Uint8Array(512 * KiB).fill(7);
