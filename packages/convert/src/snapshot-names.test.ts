@@ -98,6 +98,15 @@ describeQemu('img snapshot: repeated names and names that look like ids, as qemu
     expect(missing.stderr).toMatch(/no snapshot named "3"/);
   });
 
+  it('convert -l: an id first, then a name; snapshot.id= and snapshot.name= must all match', () => {
+    for (const arg of ['s1', '1', '2', 'x', '6', 'snapshot.name=s1', 'snapshot.name=1', 'snapshot.id=3', 'snapshot.id=2,snapshot.name=s1', 'snapshot.id=1,snapshot.name=1', 'snapshot.id=', 'snapshot.bogus=1']) {
+      const theirs = qemuImg(['convert', '-l', arg, '-O', 'raw', p('q.qcow2'), p('l-qemu.raw')], { allowFail: true });
+      const mine = run('img', ['convert', '-l', arg, '-O', 'raw', p('q.qcow2'), p('l-img.raw')]);
+      expect(mine.status, `-l ${arg}: ${mine.stderr}`).toBe(theirs.status);
+      if (theirs.status === 0) expect(qemuCompare(p('l-qemu.raw'), p('l-img.raw'), 'raw', 'raw'), `-l ${arg}`).toBe(true);
+    }
+  });
+
   it('ids after deletes, and the empty name, agree with qemu-img', () => {
     const results = (['qemu', 'img'] as const).map((tool) => {
       const file = p(`n-${tool}.qcow2`);
