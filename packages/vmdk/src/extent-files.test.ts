@@ -130,6 +130,16 @@ describeQemu('vmdk extents: one handle per real file', () => {
   });
 });
 
+describeQemu('vmdk: an empty line before an extent line', () => {
+  it('is read once by img; qemu-img 7.2 reads the extent after it twice (README)', async () => {
+    writeFileSync(p('blank.vmdk'), '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 1024 FLAT "a.raw" 0\nRW 1024 FLAT "b.raw" 1024\n');
+    const disk = await openVmdk(await FileStorage.open(p('blank.vmdk')), { resolver: fileResolver });
+    expect(disk.size).toBe(2048 * 512);
+    await disk.close();
+    expect(JSON.parse(qemuImg(['info', '--output=json', p('blank.vmdk')]).stdout)['virtual-size']).toBe(3072 * 512);
+  });
+});
+
 describeQemu('vmdk: a split image sparse extent opened on its own', () => {
   it('is refused, as qemu-img info refuses it; the descriptor still opens', async () => {
     qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', p('split.vmdk'), '3G']);
