@@ -157,7 +157,7 @@ function fileKind(st: Stats | BigIntStats): string {
  * with O_NONBLOCK so that it could not block), and a character device has
  * no size, so no image fits on it. O_NONBLOCK stays set on what is kept:
  * Linux ignores it for regular files and block devices, and node has no
- * fcntl to clear it.
+ * fcntl to clear it. Answers the identity of what is kept (Storage.identity).
  */
 async function refuseNonImageFile(fh: FileHandle, path: string): Promise<string> {
   let st: BigIntStats;
@@ -167,8 +167,10 @@ async function refuseNonImageFile(fh: FileHandle, path: string): Promise<string>
     await fh.close().catch(() => undefined);
     throw fsError(path, 'stat', e);
   }
-  // Device and inode as exact decimal text: two names (links, "./a", "b/../a") of one file give one identity.
-  if (st.isFile() || st.isBlockDevice()) return `file:${st.dev}:${st.ino}`;
+  // Device and inode as exact decimal text: two names (links, "./a", "b/../a") of one file give one identity;
+  // a block device is the device it opens (rdev), whichever node names it.
+  if (st.isFile()) return `file:${st.dev}:${st.ino}`;
+  if (st.isBlockDevice()) return `blockdev:${st.rdev}`;
   await fh.close().catch(() => undefined);
   throw notAnImageFile(path, fileKind(st));
 }
@@ -184,7 +186,7 @@ async function refuseNonImageFile(fh: FileHandle, path: string): Promise<string>
 export class FileStorage implements Storage {
   readonly name: string;
   readonly readOnly: boolean;
-  /** `file:<dev>:<ino>`: the same for every open of one file, whatever name it was opened by (Storage.identity). */
+  /** `file:<dev>:<ino>` (`blockdev:<rdev>` for a block device): the same for every open of one file, whatever name it was opened by (Storage.identity). */
   readonly identity: string;
   #fh: FileHandle;
   #closed = false;
