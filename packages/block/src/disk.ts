@@ -67,6 +67,23 @@ export interface WriteZeroesOptions {
 }
 
 /**
+ * How a resize allocates the space it adds (qemu-img resize --preallocation):
+ * `off` allocates nothing; `metadata` allocates the format's tables and
+ * clusters, reading as zeros; `falloc` and `full` also give every new byte
+ * its place in the file. A format that cannot do a mode refuses it
+ * (ERR_IMG_UNSUPPORTED), and shrinking takes `off` only.
+ */
+export type ResizePreallocation = 'off' | 'metadata' | 'falloc' | 'full';
+
+/** Options of {@link Disk.resize}. */
+export interface ResizeOptions {
+  /** Allow a smaller size (the data past the new end is lost). */
+  shrink?: boolean;
+  /** What to allocate for the space a grow adds (default `off`). */
+  preallocation?: ResizePreallocation;
+}
+
+/**
  * The virtual disk a guest sees. Offsets are bytes; alignment is the
  * format's business. All methods may be called concurrently.
  */
@@ -96,7 +113,7 @@ export interface Disk {
   /** What `img info` shows (optional: formats with more than a size implement it). */
   info?(): Promise<ImageInfo>;
   /** Changes the virtual size (optional). Shrinking must be asked for. */
-  resize?(newSize: number, options?: { shrink?: boolean }): Promise<void>;
+  resize?(newSize: number, options?: ResizeOptions): Promise<void>;
   /** Opens an internal snapshot read-only (formats with snapshots). */
   openSnapshot?(idOrName: string): Promise<Disk>;
   /**

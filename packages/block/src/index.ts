@@ -69,6 +69,8 @@ export {
   type ExtentOptions,
   type WriteZeroesOptions,
   type Disk,
+  type ResizeOptions,
+  type ResizePreallocation,
   type MeasureResult,
   type MeasureInput,
   type ResolveRequest,

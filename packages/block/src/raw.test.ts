@@ -57,6 +57,20 @@ describe('raw format', () => {
     expect(disk.size).toBe(512);
   });
 
+  it('resize --preallocation: full and falloc give the added bytes their place in the file, metadata is refused, shrinking takes off only', async () => {
+    const storage = new MemoryStorage();
+    const disk = await createRaw(storage, { size: 1024 });
+    await disk.resize(64 * 1024, { preallocation: 'full' });
+    expect(await storage.ranges(0, 64 * 1024)).toEqual([{ offset: 0, length: 64 * 1024, data: true }]);
+    await disk.resize(128 * 1024, { preallocation: 'falloc' });
+    expect(await storage.ranges(64 * 1024, 64 * 1024)).toEqual([{ offset: 64 * 1024, length: 64 * 1024, data: true }]);
+    await disk.resize(192 * 1024);
+    expect((await storage.ranges(128 * 1024, 64 * 1024)).some((r) => !r.data)).toBe(true);
+    await expect(disk.resize(256 * 1024, { preallocation: 'metadata' })).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+    await expect(disk.resize(512, { shrink: true, preallocation: 'full' })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    expect(disk.size).toBe(192 * 1024);
+  });
+
   it('creates files through the driver with full preallocation', async () => {
     const path = join(tmp.path, 'full.img');
     const disk = await rawDriver.create(await FileStorage.create(path), { size: 3000, preallocation: 'full' });

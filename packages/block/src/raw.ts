@@ -3,10 +3,10 @@
  * multiple of 512 is a disk rounded up to the next sector, the tail reading
  * as zeros (as qemu does).
  */
-import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, StreamSource, WriteZeroesOptions } from './disk.js';
+import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, ResizeOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
-import { diskClosedError, invalidArg, readOnlyError } from './errors.js';
+import { diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
@@ -89,17 +89,27 @@ export class RawDisk implements Disk {
     return { format: 'raw', virtualSize: this.#size };
   }
 
-  /** Grows or (with `shrink`) shrinks the file; new space reads as zeros. */
-  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  /**
+   * Grows or (with `shrink`) shrinks the file; new space reads as zeros.
+   * Preallocation `falloc` and `full` write zeros over the new space, so
+   * that every byte has its place in the file; raw has no metadata, so
+   * `metadata` is refused, as qemu-img refuses it.
+   */
+  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
     this.#check();
     if (this.readOnly) throw readOnlyError('raw', this.storage.name);
     if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalidArg('raw', `invalid size ${newSize}`, { field: 'size' });
+    const prealloc = options.preallocation ?? 'off';
+    if (prealloc === 'metadata') throw unsupported('raw', this.storage.name, 'preallocation "metadata": a raw file has no metadata to allocate (falloc or full allocate its bytes)', { field: 'preallocation' });
     const rounded = alignUp(newSize, RAW_SECTOR);
     if (rounded < this.#size && !options.shrink) {
       throw invalidArg('raw', `shrinking from ${this.#size} to ${rounded} bytes loses data; pass shrink to allow it`, { field: 'size' });
     }
+    if (rounded < this.#size && prealloc !== 'off') throw invalidArg('raw', 'preallocation is for growing only', { field: 'preallocation' });
+    const old = this.#size;
     await this.storage.truncate(rounded);
     this.#size = rounded;
+    if (prealloc !== 'off' && rounded > old) await this.writeZeroes(old, rounded - old, { mayUnmap: false });
   }
 
   async flush(): Promise<void> {

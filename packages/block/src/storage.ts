@@ -63,6 +63,13 @@ export interface Storage {
   readonly name: string;
   /** True if write/truncate are refused. */
   readonly readOnly: boolean;
+  /**
+   * Optional: what the bytes are, whatever name they were opened by (a local
+   * file's device and inode). Two storages with one identity are one file
+   * opened twice, so a writer through one changes what the other reads.
+   * Backends that cannot tell omit it.
+   */
+  readonly identity?: string;
   /** Current size in bytes. */
   size(): Promise<number>;
   /**

@@ -12,6 +12,7 @@ import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
 import { salvagingDisk } from './salvage.js';
 import { diskWindow } from './disk-window.js';
+import { parseSnapshotSelector, selectSnapshotId } from './snapshot-select.js';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
@@ -145,13 +146,19 @@ interface SnapshotCapable extends Disk {
   openSnapshot(idOrName: string): Promise<Disk>;
 }
 
-/** Opens snapshot `name` of `disk` (formats with internal snapshots). */
+/**
+ * Opens snapshot `name` of `disk` (formats with internal snapshots): an id or a name, or as qemu-img's -l
+ * `snapshot.id=ID,snapshot.name=NAME`, which must match every field given (see snapshot-select.ts).
+ */
 export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> {
   const s = disk as Partial<SnapshotCapable>;
   if (typeof s.openSnapshot !== 'function') {
     throw unsupported(disk.format, disk.storage.name, 'this format has no internal snapshots');
   }
-  return s.openSnapshot.call(disk, name);
+  const selector = parseSnapshotSelector(name);
+  if (!selector) return s.openSnapshot.call(disk, name);
+  // An id matches one snapshot only, whatever other snapshots are named.
+  return s.openSnapshot.call(disk, selectSnapshotId((await disk.info?.())?.snapshots ?? [], selector, disk.storage.name));
 }
 
 /**

@@ -5,7 +5,7 @@
  * over the core.
  */
 import { checkDiskRange, diskClosedError, readOnlyError } from '@img/block';
-import type { Disk, Extent, ExtentOptions, ImageInfo, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
+import type { Disk, Extent, ExtentOptions, ImageInfo, ResizeOptions, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
 import type { Qcow2Header } from './header.js';
 import type { HeaderExtension } from './extensions.js';
 import { snapshotInfo } from './snapshot.js';
@@ -127,8 +127,12 @@ export class Qcow2Disk implements Disk {
     return writeQcow2Compressed(this.#core, offset, data);
   }
 
-  /** Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
-  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  /**
+   * Changes the virtual size: growing always works; shrinking needs `{ shrink: true }` and drops the data past the
+   * new end; `preallocation` allocates the space a grow adds (qemu-img resize --preallocation). Refused for a
+   * version 2 image with internal snapshots, as qemu refuses it.
+   */
+  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
     this.#mutable();
     return resizeQcow2(this.#core, newSize, options);
   }

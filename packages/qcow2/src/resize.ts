@@ -2,34 +2,76 @@
  * Resizing the active layer (qemu-img resize): the L1 table grows (moving
  * to new clusters) or the clusters and L2 tables past the new end go.
  */
-import { invalidArg, unsupported } from '@img/block';
+import { invalidArg, unsupported, type ResizeOptions } from '@img/block';
 import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
 import { findExtension } from './extensions.js';
 import type { MappingView } from './mapping-view.js';
 import { writeHeader, type Qcow2Image } from './core.js';
-import { exclusiveQcow2, writableRange } from './io.js';
+import { exclusiveQcow2, flushQcow2, writableRange, writeQcow2 } from './io.js';
+import { qcow2Extents } from './extents.js';
 import { zeroOrDiscardExclusive } from './writer.js';
 
 const FORMAT = 'qcow2';
 
-/** Changes the virtual size of the active layer: growing always works; shrinking needs `{ shrink: true }` and drops the data past the new end. */
-export async function resizeQcow2(core: Qcow2Image, newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+/** How much of the added space one preallocating write covers. */
+const PREALLOC_CHUNK = 1 << 20;
+
+/**
+ * Changes the virtual size of the active layer: growing always works; shrinking needs `{ shrink: true }` and
+ * drops the data past the new end. `preallocation` (growing only) allocates clusters for the added space, as
+ * qemu-img resize leaves them: `falloc` and `full` as data clusters of zeros, `metadata` as clusters whose bytes
+ * are holes in the file. img writes the zeros in every mode (qemu's falloc asks the file system instead, and its
+ * metadata mode writes none), then punches them out again for `metadata`.
+ */
+export async function resizeQcow2(core: Qcow2Image, newSize: number, options: ResizeOptions = {}): Promise<void> {
   writableRange(core, 0, 0);
-  checkResize(core, core.active.size, newSize, options);
+  const old = core.active.size;
+  const prealloc = options.preallocation ?? 'off';
+  checkResize(core, old, newSize, options);
   // Writes in flight finish first and new ones wait: the L1 table may move.
   await exclusiveQcow2(core, () => resizeLayer(core, core.active, newSize), { refreshOverlap: true });
+  if (prealloc === 'off' || newSize <= old) return;
+  const zeros = new Uint8Array(Math.max(PREALLOC_CHUNK, core.geom.clusterSize));
+  for (let pos = old; pos < newSize;) {
+    // Pieces end on chunk boundaries, so that every write after the first covers whole clusters.
+    const end = Math.min(newSize, (Math.floor(pos / zeros.length) + 1) * zeros.length);
+    await writeQcow2(core, pos, zeros.subarray(0, end - pos));
+    pos = end;
+  }
+  if (prealloc === 'metadata') await punchAdded(core, old, newSize);
 }
 
-/** Refuses sizes that are not multiples of 512, need an L1 table past qemu's bound, or shrink without being asked to. */
-function checkResize(s: Qcow2Image, old: number, newSize: number, options: { shrink?: boolean }): void {
+/**
+ * `metadata` keeps the clusters and gives their bytes back to the file system (holes read as zeros), as qemu
+ * leaves them: allocated clusters over holes. Where the storage cannot punch holes they keep the zeros written.
+ */
+async function punchAdded(core: Qcow2Image, old: number, newSize: number): Promise<void> {
+  const storage = core.storage;
+  if (!storage.punchHole || core.dataFile) return;
+  // The zeros must be on the file before their place is punched, or a late write would fill the hole again.
+  await flushQcow2(core);
+  for await (const e of qcow2Extents(core, core.active, { offset: old, length: newSize - old, hostOffsets: true })) {
+    if (e.kind === 'data' && e.hostOffset !== undefined) await storage.punchHole(e.hostOffset, e.length);
+  }
+}
+
+/** Refuses sizes that are not multiples of 512, need an L1 table past qemu's bound, shrink without being asked to, or preallocate while shrinking. */
+function checkResize(s: Qcow2Image, old: number, newSize: number, options: ResizeOptions): void {
   if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % 512 !== 0) {
     throw invalidArg(FORMAT, `invalid size ${newSize} (a non-negative multiple of 512)`, { field: 'size' });
   }
   if (Math.ceil(newSize / s.geom.l2Coverage) * 8 > MAX_L1_TABLE_BYTES) {
     throw invalidArg(FORMAT, `size ${newSize} needs an L1 table over qemu's 32 MiB bound with ${s.geom.clusterSize}-byte clusters`, { field: 'size' });
   }
+  const prealloc = options.preallocation ?? 'off';
+  if (!['off', 'metadata', 'falloc', 'full'].includes(prealloc)) throw invalidArg(FORMAT, `invalid preallocation "${prealloc}" (off, metadata, falloc or full)`, { field: 'preallocation' });
   if (newSize < old && !options.shrink) {
     throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
+  }
+  if (newSize < old && prealloc !== 'off') throw invalidArg(FORMAT, 'preallocation is for growing only', { field: 'preallocation' });
+  // As qemu: a version 2 snapshot table need not record each snapshot's size, so every snapshot is taken to have the image's.
+  if (s.header.version < 3 && s.snapshots.length > 0) {
+    throw unsupported(FORMAT, s.file, "can't resize a version 2 image which has internal snapshots (as qemu: they may not record their own size); upgrade it with amend -o compat=1.1 first", { field: 'size' });
   }
 }
 

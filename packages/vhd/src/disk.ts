@@ -2,7 +2,7 @@
  * VhdDisk: the public Disk of an open VHD, a thin facade over its core
  * (VhdImage, held privately). Every method is one operation over the core.
  */
-import { type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage, type WriteZeroesOptions, checkDiskRange } from '@img/block';
+import { type Disk, type Extent, type ExtentOptions, type ImageInfo, type ResizeOptions, type Storage, type WriteZeroesOptions, checkDiskRange, unsupported } from '@img/block';
 import { makeVhdEmpty, setVhdBacking } from './backing.js';
 import { vhdExtents, vhdSectorLocation, type VhdSectorLocation } from './extents.js';
 import type { VhdImage } from './image.js';
@@ -126,9 +126,11 @@ export class VhdDisk implements Disk {
     return vhdInfo(this.#core.state);
   }
 
-  /** Grows (or with `shrink`, shrinks) the disk. See resize.ts. */
-  async resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
-    return resizeVhd(this.#core, newSize, options);
+  /** Grows (or with `shrink`, shrinks) the disk. See resize.ts. Preallocation other than `off` is refused (qemu cannot resize a VHD at all). */
+  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
+    const prealloc = options.preallocation ?? 'off';
+    if (prealloc !== 'off') throw unsupported(FORMAT, this.storage.name, `preallocation "${prealloc}" on resize is not supported for VHD (new blocks are allocated as they are written)`, { field: 'preallocation' });
+    return resizeVhd(this.#core, newSize, { shrink: options.shrink ?? false });
   }
 
   /**

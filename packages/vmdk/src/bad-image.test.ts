@@ -139,7 +139,7 @@ describe('bad images get a clean ImageError with a stable code', () => {
     // Writable: a write through one extent would change the other.
     const two = new TextEncoder().encode(text.split('\n').slice(0, 8).join('\n') + '\n');
     const writable = (r: { name: string }): Promise<Storage> => Promise.resolve(MemoryStorage.from(flat, { name: r.name }));
-    await expect(openVmdk(MemoryStorage.from(two, { name: 'd.vmdk' }), { resolver: writable, readOnly: false })).rejects.toThrow(/extent 2 names "x.flat" again, the file of extent 1/);
+    await expect(openVmdk(MemoryStorage.from(two, { name: 'd.vmdk' }), { resolver: writable, readOnly: false })).rejects.toThrow(/extent 2 names "x.flat", the file of extent 1/);
   });
 
   it('a streamOptimized file whose footer was cut off', async () => {

@@ -71,6 +71,12 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     const opened = await openSparseExtent(storage, head);
     const h = opened.map.header;
     if (h.capacity === 0) throw unsupported(FORMAT, file, 'a sparse extent of capacity 0 (a descriptor hidden in a sparse header) is not supported', { field: 'capacity', offset: 12 });
+    // As qemu-img: a sparse extent whose descriptor area holds no descriptor (no "parentCID" in its text, qemu's
+    // test) is one piece of a split image (x-s001.vmdk of twoGbMaxExtentSparse: its area is there but empty);
+    // opened alone it would show one extent's worth of the disk as if it were all of it.
+    if (!opened.descriptorText?.includes('parentCID')) {
+      throw unsupported(FORMAT, file, 'the sparse extent has no embedded descriptor (no parentCID in its descriptor area): it is one extent of a split image, open the descriptor file that names it', { field: 'descriptorOffset', offset: 28 });
+    }
     descriptor = parseDescriptor(opened.descriptorText ?? '', file);
     createType = descriptorField(descriptor, 'createType') ?? (opened.map.compressed ? 'streamOptimized' : 'monolithicSparse');
     extents = [{ kind: 'sparse', type: 'SPARSE', start: 0, length: opened.map.capacityBytes, storage, map: opened.map }];
@@ -115,10 +121,14 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
   const out: VmdkExtent[] = [];
   let start = 0;
   if (d.extents.length === 0) throw corrupt(FORMAT, file, 'the descriptor lists no extent', { field: 'extents' });
-  // Each file name is opened once: a descriptor repeating one name 32768 times would otherwise open (and lock) one
-  // file 32768 times, and the kernel's lock list makes that quadratic (minutes). Read-only extents share the
-  // storage; in a writable open a repeated name is refused, since a write through one extent changes the other.
-  const byName = new Map<string, { storage: Storage; extent: number }>();
+  // Each file is opened once. By name first: a descriptor repeating one name 32768 times would otherwise open (and
+  // lock) one file 32768 times, and the kernel's lock list makes that quadratic (minutes). Then by the storage's
+  // identity (a file's device and inode), which also sees "./a.vmdk", "sub/../a.vmdk" and links as the file they name.
+  // Read-only extents share the storage; a writable open refuses a file named twice, as qemu does (its second open of
+  // the file fails on its own image locks), since a write through one extent changes what the other reads.
+  const byName = new Map<string, SharedFile>();
+  const byIdentity = new Map<string, SharedFile>();
+  if (storage.identity !== undefined) byIdentity.set(storage.identity, { storage, extent: -1 });
   for (const [i, line] of d.extents.entries()) {
     const length = line.sectors * SECTOR;
     if (line.type === 'ZERO' || line.access === 'NOACCESS') {
@@ -129,15 +139,20 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     if (!readOnly && (line.type === 'VMFSSPARSE' || line.type === 'SESPARSE')) {
       throw unsupported(FORMAT, file, `extent ${i + 1} is ${line.type}, which can only be opened read-only`, { field: `extent ${i + 1}`, actual: line.type });
     }
-    const seen = byName.get(line.fileName!);
-    if (seen && !readOnly) {
-      throw corrupt(FORMAT, file, `extent ${i + 1} names "${line.fileName}" again, the file of extent ${seen.extent + 1}: a write through one would change the other, so writable opens refuse it`, { field: `extent ${i + 1}`, actual: line.fileName! });
+    let shared = byName.get(line.fileName!);
+    if (!shared) {
+      const fresh = await resolveExtent(storage, line, i, options, readOnly);
+      shared = fresh.identity !== undefined ? byIdentity.get(fresh.identity) : undefined;
+      if (shared) await fresh.close().catch(() => undefined);
+      else {
+        shared = { storage: fresh, extent: i };
+        owned.push(fresh);
+        if (fresh.identity !== undefined) byIdentity.set(fresh.identity, shared);
+      }
+      byName.set(line.fileName!, shared);
     }
-    const extentStorage = seen?.storage ?? (await resolveExtent(storage, line, i, options, readOnly));
-    if (!seen) {
-      owned.push(extentStorage);
-      byName.set(line.fileName!, { storage: extentStorage, extent: i });
-    }
+    if (shared.extent !== i && !readOnly) throw namedTwice(file, line, i, shared.extent);
+    const extentStorage = shared.storage;
     const size = await extentStorage.size();
     if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
       // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
@@ -170,6 +185,18 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     start = extentEnd(file, start, length, i);
   }
   return out;
+}
+
+/** A file that extents share: its storage and the first extent (-1: the descriptor file) that opened it. */
+interface SharedFile {
+  storage: Storage;
+  extent: number;
+}
+
+/** Extent `i` names a file that extent `first` (-1: the descriptor itself) opened already: a writable open refuses it. */
+function namedTwice(file: string, line: DescriptorExtent, i: number, first: number): Error {
+  const what = first < 0 ? 'the descriptor file itself' : `the file of extent ${first + 1}`;
+  return corrupt(FORMAT, file, `extent ${i + 1} names "${line.fileName}", ${what}: a write through one would change the other, so writable opens refuse it`, { field: `extent ${i + 1}`, actual: line.fileName! });
 }
 
 /** Where extent `i` ends in the guest: the disk's size may not pass 2^53 bytes (ZERO extents of 2^53 sectors are text, not data). */

@@ -7,7 +7,7 @@
  * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
 import { constants as osConstants } from 'node:os';
-import { constants as fsConstants, type Stats, fstatSync, ftruncateSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, type BigIntStats, type Stats, fstatSync, ftruncateSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError, storageClosedError, storageReadOnlyError } from '../errors.js';
 import type { RunCopyOptions, RunCopyResult, RunReadResult, Storage, StorageRange } from '../storage.js';
@@ -146,7 +146,7 @@ function nativeRunOptions(options: RunCopyOptions): NativeRunOptions {
 }
 
 /** What `stat` says a file is, for a message: "a FIFO", "a character device". */
-function fileKind(st: Stats): string {
+function fileKind(st: Stats | BigIntStats): string {
   if (st.isFIFO()) return 'a FIFO';
   if (st.isCharacterDevice()) return 'a character device';
   if (st.isSocket()) return 'a socket';
@@ -161,17 +161,20 @@ function fileKind(st: Stats): string {
  * with O_NONBLOCK so that it could not block), and a character device has
  * no size, so no image fits on it. O_NONBLOCK stays set on what is kept:
  * Linux ignores it for regular files and block devices, and node has no
- * fcntl to clear it.
+ * fcntl to clear it. Answers the identity of what is kept (Storage.identity).
  */
-async function refuseNonImageFile(fh: FileHandle, path: string): Promise<void> {
-  let st: Stats;
+async function refuseNonImageFile(fh: FileHandle, path: string): Promise<string> {
+  let st: BigIntStats;
   try {
-    st = await fh.stat();
+    st = await fh.stat({ bigint: true });
   } catch (e) {
     await fh.close().catch(() => undefined);
     throw fsError(path, 'stat', e);
   }
-  if (st.isFile() || st.isBlockDevice()) return;
+  // Device and inode as exact decimal text: two names (links, "./a", "b/../a") of one file give one identity;
+  // a block device is the device it opens (rdev), whichever node names it.
+  if (st.isFile()) return `file:${st.dev}:${st.ino}`;
+  if (st.isBlockDevice()) return `blockdev:${st.rdev}`;
   await fh.close().catch(() => undefined);
   throw notAnImageFile(path, fileKind(st));
 }
@@ -187,6 +190,8 @@ async function refuseNonImageFile(fh: FileHandle, path: string): Promise<void> {
 export class FileStorage implements Storage {
   readonly name: string;
   readonly readOnly: boolean;
+  /** `file:<dev>:<ino>` (`blockdev:<rdev>` for a block device): the same for every open of one file, whatever name it was opened by (Storage.identity). */
+  readonly identity: string;
   #fh: FileHandle;
   #closed = false;
   /** Reads and writes under way on the raw descriptor; close() waits for them (FileHandle's own close would not know of them). */
@@ -212,8 +217,9 @@ export class FileStorage implements Storage {
   /** tmpfs/ramfs: small reads and writes, stat and truncate on the calling thread (see memoryBacked). */
   #memory: boolean;
 
-  private constructor(path: string, fh: FileHandle, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }) {
+  private constructor(path: string, fh: FileHandle, identity: string, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }) {
     this.name = path;
+    this.identity = identity;
     this.#fh = fh;
     this.readOnly = readOnly;
     this.cache = cache;
@@ -272,9 +278,9 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw fsError(path, 'open', e);
     }
-    await refuseNonImageFile(fh, path);
+    const identity = await refuseNonImageFile(fh, path);
     const lock = options.lock === false || options.forceShare ? undefined : await FileStorage.#lockOrClose(fh, path, !readOnly);
-    return new FileStorage(path, fh, readOnly, options.cache, lock);
+    return new FileStorage(path, fh, identity, readOnly, options.cache, lock);
   }
 
   /** Takes the locks on `fh`; when that fails (a holder excludes this open), closes `fh` (releasing what was set) and throws. */
@@ -308,7 +314,7 @@ export class FileStorage implements Storage {
     } catch (e) {
       throw fsError(path, 'create', e);
     }
-    await refuseNonImageFile(fh, path);
+    const identity = await refuseNonImageFile(fh, path);
     const lock = options.lock === false ? undefined : await FileStorage.#lockOrClose(fh, path, true);
     try {
       if ((await fh.stat()).size > 0) await (await open(path, fsConstants.O_WRONLY | fsConstants.O_TRUNC | fsConstants.O_NONBLOCK)).close();
@@ -320,7 +326,7 @@ export class FileStorage implements Storage {
       if (ImageError.isInstance(e)) throw e;
       throw fsError(path, 'create', e);
     }
-    return new FileStorage(path, fh, false, options.cache, lock);
+    return new FileStorage(path, fh, identity, false, options.cache, lock);
   }
 
   /**

@@ -62,7 +62,8 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     io.stdout(HELP);
     return 0;
   }
-  if (name === '--version' || name === 'doctor') {
+  // -V is qemu-img's short spelling of --version.
+  if (name === '--version' || name === '-V' || name === 'doctor') {
     io.stdout(`img ${version()}\n`);
     // Which native features this install has and where its helper came from (loads @img/block/node: only when asked).
     if (name === 'doctor' || rest.includes('--verbose')) io.stdout((await import('./native-notice.js')).nativeReport());

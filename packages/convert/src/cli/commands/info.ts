@@ -41,6 +41,8 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
 
 async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
+  // A VHD stores no parent format: the SDK names it by its own name, qemu-img (and its -F) by the driver's, vpc.
+  if (data.format === 'vhd' && data.backingFormat === 'vhd') data.backingFormat = qemuFormatName('vhd');
   // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
   // VHD's is the parent locator that was found, which may name another file than the stored name.
   // A VHD stores the parent's bare name; where the parent is, only its locators say, and they are resolved

@@ -14,14 +14,14 @@ import { type Handler, common, shareOption, outputMode, onePath, openForCommand 
 export const measure: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({ command: 'measure', args: argv, options: { ...common, ...shareOption, O: { type: 'string' }, o: { type: 'string', multiple: true }, size: { type: 'string' } }, allowPositionals: true });
   if (values.help) {
-    io.stdout('Usage: img measure -O fmt [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
+    io.stdout('Usage: img measure [-O fmt] [-o key=value,...] [-f fmt] [-U] (--size N | <file>) [--output=human|json]\n\n  -O fmt  the output format to measure for (default raw, as qemu-img)\n\nExample:\n  img measure -O qcow2 --size 10G\n  img measure -O qcow2 disk.img\n');
     return 0;
   }
   const mode = outputMode(values.output);
-  if (values.O === undefined) throw new UsageError('expected -O <output format>');
   if ((values.size === undefined) === (positionals.length === 0)) throw new UsageError('expected either --size <size> or <file>');
   const registry = defaultRegistry();
-  const driver = registry.require(values.O);
+  // As qemu-img: without -O the output format is raw.
+  const driver = registry.require(values.O ?? 'raw');
   if (!driver.measure && driver.name !== 'raw') throw unsupported(driver.name, undefined, 'this format cannot be measured');
   const optionText = readOptionText(values.o);
   if (optionText.help) {

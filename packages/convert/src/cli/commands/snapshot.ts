@@ -2,7 +2,7 @@
  * img snapshot: list, create, apply and delete internal snapshots.
  */
 import { parseArgs } from '../parse-args.js';
-import { unsupported, type Disk } from '@img/block';
+import { notFoundError, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { snapshotTable } from '../info-human.js';
 import { openImageFile } from '../../node.js';
@@ -20,7 +20,9 @@ export const snapshot: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({ command: 'snapshot', args: argv, options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img snapshot [-q] [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n');
+    io.stdout(
+      'Usage: img snapshot [-q] [-f fmt] (-l [-U] | -c <name> | -a <name> | -d <name>) <file>\n\n-l list, -c create, -a apply (revert to), -d delete.\nNames need not be unique (as qemu-img): -a takes an id or else the first snapshot of\nthat name, -d the first snapshot of that name.\n\nExample:\n  img snapshot -c before-upgrade disk.qcow2\n',
+    );
     return 0;
   }
   const path = onePath(positionals);
@@ -47,7 +49,12 @@ export const snapshot: Handler = async (argv, io) => {
     if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
     if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
     if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
-    if (values.d !== undefined) await s.deleteSnapshot!.call(disk, values.d);
+    if (values.d !== undefined) {
+      // qemu-img snapshot -d looks the snapshot up by name alone, the first of that name in the table (-a tries ids first).
+      const target = ((await disk.info?.())?.snapshots ?? []).find((x) => x.name === values.d);
+      if (!target) throw notFoundError(path, `no snapshot named "${values.d}" (snapshot -d takes a name, not an id)`, { format: disk.format, field: 'snapshot', actual: values.d });
+      await s.deleteSnapshot!.call(disk, target.id);
+    }
     await disk.flush();
     return 0;
   } finally {
