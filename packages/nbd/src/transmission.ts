@@ -90,6 +90,7 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
   const { export: exp, structured } = agreement;
   const disk = exp.disk;
   const running = new Set<Promise<void>>();
+  let failed: { error: unknown } | undefined;
   const simpleReply = (req: Request, errno: number, data?: Uint8Array) => {
     const head = new MessageBuilder().u32(P.SIMPLE_REPLY_MAGIC).u32(errno).bytes(req.cookie).build();
     return write(data ? [head, data] : [head]);
@@ -293,11 +294,19 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
         await errorReply(req, P.EOVERFLOW, `a read of ${length} bytes is over the ${MAX_REQUEST}-byte limit`);
         continue;
       }
-      const job: Promise<void> = handle(req, payload).finally(() => running.delete(job));
+      // A reply that cannot be written (the client went away) is kept, not left as a rejection nobody awaits:
+      // that would be an unhandled rejection, which ends the whole process of img serve.
+      const job: Promise<void> = handle(req, payload)
+        .catch((e: unknown) => {
+          failed ??= { error: e };
+        })
+        .finally(() => running.delete(job));
       running.add(job);
       if (running.size >= limits.queueDepth) await Promise.race(running);
+      if (failed) break;
     }
   } finally {
     await Promise.allSettled(running);
   }
+  if (failed) throw failed.error;
 }
