@@ -34,13 +34,13 @@ async function withServer(options: NbdServeOptions, writable: boolean, body: (se
 }
 
 /** A fresh client reads the export right: the server is still serving. */
-async function stillServes(sock: string): Promise<void> {
+async function stillServes(sock: string, expected = content): Promise<void> {
   const c = await RawClient.connect(sock);
   await c.go();
   c.request(P.CMD_READ, 4096, 4096);
   const r = await c.reply();
   expect(r.errno).toBe(0);
-  expect(Buffer.from(r.data!).equals(content.subarray(4096, 8192))).toBe(true);
+  expect(Buffer.from(r.data!).equals(expected.subarray(4096, 8192))).toBe(true);
   c.socket.destroy();
 }
 
@@ -151,6 +151,30 @@ describe('img serve against hostile clients', () => {
     });
   });
 
+  it('pipelined 32 MiB reads never read back hold the in-flight budget (64 MiB), not 16 x 32 MiB', async () => {
+    const disk = await createRaw(new MemoryStorage(), { size: 64 << 20 });
+    const sock = join(tmp.path, `s${n++}.sock`);
+    const server = await serveNbd({ name: '', disk }, { socket: sock });
+    let reads = 0;
+    const readInto = disk.readInto.bind(disk);
+    disk.readInto = (offset, target) => {
+      reads++;
+      return readInto(offset, target);
+    };
+    try {
+      const c = await RawClient.connect(sock);
+      await c.go();
+      for (let i = 0; i < 16; i++) c.request(P.CMD_READ, (i % 2) * (32 << 20), 32 << 20);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(reads).toBe(2);
+      c.socket.destroy();
+      await stillServes(sock, new Uint8Array(8192));
+    } finally {
+      await server.close();
+      await disk.close();
+    }
+  });
+
   it('connections past the limit are refused, and those that never finish the handshake are dropped', async () => {
     await withServer({ maxConnections: 4, handshakeTimeoutMs: 200 }, false, async (server, sock, _disk, errors) => {
       const silent = await Promise.all(Array.from({ length: 10 }, () => RawClient.connect(sock)));
@@ -199,7 +223,7 @@ describe('img serve against hostile clients', () => {
       await released;
     }
     try {
-      const served = transmit(new ByteReader(requests()), () => Promise.reject(new ConnectionClosed()), { export: { name: '', disk }, structured: false, contexts: new Map() }, { queueDepth: 16, maxExtents: 16 });
+      const served = transmit(new ByteReader(requests()), () => Promise.reject(new ConnectionClosed()), { export: { name: '', disk }, structured: false, contexts: new Map() }, { queueDepth: 16, maxExtents: 16, maxInFlightBytes: 1 << 20 });
       await new Promise((r) => setTimeout(r, 50));
       release();
       await expect(served).rejects.toBeInstanceOf(ConnectionClosed);

@@ -67,7 +67,7 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
     if (e.writable && e.disk.readOnly) throw invalidArg('nbd', `export "${e.name}" is writable but its disk is open read-only`, { field: 'writable' });
   }
   const handshake: HandshakeLimits = { maxOptions: options.maxOptions ?? 512, maxOptionLength: options.maxOptionLength ?? 64 * 1024 };
-  const transmission: TransmissionLimits = { queueDepth: options.queueDepth ?? 16, maxExtents: options.maxExtents ?? 65536 };
+  const transmission: TransmissionLimits = { queueDepth: options.queueDepth ?? 16, maxExtents: options.maxExtents ?? 65536, maxInFlightBytes: options.maxInFlightBytes ?? 64 * 1024 * 1024 };
   const maxConnections = options.maxConnections ?? 16;
   const sockets = new Set<Socket>();
   const sessions = new Set<Promise<void>>();
