@@ -46,8 +46,14 @@ interface Pending {
 
 /** The most one WRITE_ZEROES asks for (it carries no payload; servers take far more than a write's block size). */
 const ZERO_REQUEST = 1024 * 1024 * 1024;
-/** The most descriptors one BLOCK_STATUS chunk may carry (8 MiB of them); img serve sends at most 65536. */
-const MAX_STATUS_DESCRIPTORS = 1 << 20;
+/** The most descriptors one BLOCK_STATUS chunk may carry (1 MiB of them; qemu-nbd sends no more, img serve 65536). */
+const MAX_STATUS_DESCRIPTORS = 1 << 17;
+/**
+ * The most ranges one `ranges()` call collects; past them the rest of the
+ * range is reported as data (always correct to read), so a server answering
+ * in one-byte extents cannot grow the list without bound.
+ */
+export const MAX_RANGES = 1 << 16;
 /** The longest error chunk believed: a 4096-byte message, its fields and room for an offset. */
 const MAX_ERROR_CHUNK = 6 + 4096 + 8;
 
@@ -411,7 +417,10 @@ export class NbdStorage implements Storage {
     await this.#request(P.CMD_FLUSH, 0, 0, 0);
   }
 
-  /** Allocation from BLOCK_STATUS (base:allocation); all data when the server offers no block status. */
+  /**
+   * Allocation from BLOCK_STATUS (base:allocation); all data when the server
+   * offers no block status, and past MAX_RANGES ranges in one call.
+   */
   async ranges(offset: number, length: number): Promise<StorageRange[]> {
     const end = Math.min(this.#size, offset + length);
     if (this.#allocationContext === undefined) return end > offset ? [{ offset, length: end - offset, data: true }] : [];
@@ -423,6 +432,10 @@ export class NbdStorage implements Storage {
       for (const [len, flags] of status) {
         const n = Math.min(len, end - at);
         if (n <= 0) break;
+        if (out.length >= MAX_RANGES) {
+          out.push({ offset: at, length: end - at, data: true });
+          return out;
+        }
         const data = (flags & P.STATE_ZERO) === 0; // a range known to read as zeros needs no reading
         const last = out[out.length - 1];
         if (last && last.data === data && last.offset + last.length === at) last.length += n;

@@ -2,6 +2,7 @@
 // one ImageError naming the server, the field and where, within bounded time and memory; never another exception.
 import { ImageError } from '@img/block';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MAX_RANGES } from './client.js';
 import { NbdStorage } from './index.js';
 import * as P from './protocol.js';
 import { startEvilServer, type EvilPeer, type EvilServer } from './test-evil-server.js';
@@ -412,6 +413,23 @@ describe('a hostile server during transmission', () => {
       { offset: 0, length: 4096, data: true },
       { offset: 4096, length: image.length - 4096, data: false },
     ]);
+  });
+
+  it('block status in one-byte extents: ranges() stops collecting at MAX_RANGES and reports the rest as data', async () => {
+    const s = await connect(async (p) => {
+      await p.handshake({ size: BigInt(image.length) });
+      for (;;) {
+        const r = await p.request();
+        if (!r) return;
+        const body = new MessageBuilder().u32(7);
+        for (let i = 0; i < 100_000; i++) body.u32(1).u32(i % 2 ? 0 : P.STATE_ZERO | P.STATE_HOLE);
+        await p.chunk(r.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_BLOCK_STATUS, body);
+      }
+    });
+    const ranges = await s.ranges(0, image.length);
+    expect(ranges.length).toBe(MAX_RANGES + 1);
+    expect(ranges[MAX_RANGES]).toEqual({ offset: MAX_RANGES, length: image.length - MAX_RANGES, data: true });
+    expect(ranges.every((r, i) => r.offset === i && (i === MAX_RANGES || r.length === 1))).toBe(true);
   });
 
   it('a server that stalls, mid-reply or from the start, is given up after requestTimeoutMs; close() returns', async () => {
