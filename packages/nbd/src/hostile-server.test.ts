@@ -432,6 +432,25 @@ describe('a hostile server during transmission', () => {
     expect(ranges.every((r, i) => r.offset === i && (i === MAX_RANGES || r.length === 1))).toBe(true);
   });
 
+  it('without structured replies: simple reads, all data for ranges(), and a close mid-payload', async () => {
+    const s = await connect(async (p) => {
+      await p.handshake({ size: BigInt(image.length), structured: false });
+      for (;;) {
+        const r = await p.request();
+        if (!r) return;
+        if (r.offset === 0) await p.simple(r.cookie, 0, image.subarray(0, r.length));
+        else {
+          await p.simple(r.cookie, 0, image.subarray(r.offset, r.offset + 100));
+          p.socket.end();
+          return;
+        }
+      }
+    });
+    expect(await s.ranges(0, image.length)).toEqual([{ offset: 0, length: image.length, data: true }]);
+    expect(Buffer.from(await s.read(0, 4096)).equals(image.subarray(0, 4096))).toBe(true);
+    await expectImageError(s.read(4096, 512), 'ERR_IMG_IO', /closed the connection with 1 request\(s\) unanswered, the first READ of 512 bytes at offset 0x1000/);
+  });
+
   it('a server that stalls, mid-reply or from the start, is given up after requestTimeoutMs; close() returns', async () => {
     const options = { timeoutMs: 2000, requestTimeoutMs: 300 };
     let s = await evilAfter(isRead, (p) => p.stall(), options);
