@@ -20,6 +20,12 @@ export interface NbdServeOptions extends Partial<HandshakeLimits>, Partial<Trans
   host?: string;
   /** Most clients at once (qemu-nbd -e); more are refused. Default 16. */
   maxConnections?: number;
+  /**
+   * Drop a client that has not entered transmission this long after it
+   * connected, in ms (0: never; default 10 s, as qemu-nbd --handshake-limit),
+   * so clients that connect and say nothing cannot hold every slot.
+   */
+  handshakeTimeoutMs?: number;
   /** Drop a client silent for this long, in ms (0: never; default 0). */
   idleTimeoutMs?: number;
   /** Told of each connection's problem (a protocol violation, an I/O error); default: nothing. */
@@ -61,7 +67,7 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
     if (e.writable && e.disk.readOnly) throw invalidArg('nbd', `export "${e.name}" is writable but its disk is open read-only`, { field: 'writable' });
   }
   const handshake: HandshakeLimits = { maxOptions: options.maxOptions ?? 512, maxOptionLength: options.maxOptionLength ?? 64 * 1024 };
-  const transmission: TransmissionLimits = { queueDepth: options.queueDepth ?? 16, maxExtents: options.maxExtents ?? 65536 };
+  const transmission: TransmissionLimits = { queueDepth: options.queueDepth ?? 16, maxExtents: options.maxExtents ?? 65536, maxInFlightBytes: options.maxInFlightBytes ?? 64 * 1024 * 1024 };
   const maxConnections = options.maxConnections ?? 16;
   const sockets = new Set<Socket>();
   const sessions = new Set<Promise<void>>();
@@ -78,13 +84,22 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
         socket.write(parts[parts.length - 1] ?? new Uint8Array(0), (e) => (e ? reject(e) : resolve()));
         socket.uncork();
       });
+    const limit = options.handshakeTimeoutMs ?? 10000;
+    const handshakeTimer = limit
+      ? setTimeout(() => {
+          options.onConnectionError?.(new Error(`the client did not finish the handshake within ${limit} ms`));
+          socket.destroy();
+        }, limit)
+      : undefined;
     try {
       const agreement = await negotiate(reader, (b) => writeParts([b]), list, handshake);
+      clearTimeout(handshakeTimer);
       if (agreement) await transmit(reader, writeParts, agreement, transmission);
     } catch (e) {
       if (!(e instanceof ConnectionClosed)) options.onConnectionError?.(e instanceof Error ? e : new Error(String(e)));
       if (!(e instanceof HandshakeAbort || e instanceof TransmissionEnd || e instanceof ConnectionClosed)) throw e;
     } finally {
+      clearTimeout(handshakeTimer);
       socket.end();
       socket.destroy();
     }

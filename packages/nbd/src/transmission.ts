@@ -17,6 +17,13 @@ export interface TransmissionLimits {
   queueDepth: number;
   /** Most extents in one BLOCK_STATUS reply chunk (default 65536). */
   maxExtents: number;
+  /**
+   * Most bytes of reads and writes in flight on one connection (default 64 MiB):
+   * past it, reading pauses until replies are written, so a client that
+   * pipelines large requests and never reads its replies holds this much
+   * memory, not queueDepth times 32 MiB. A single request may exceed it.
+   */
+  maxInFlightBytes: number;
 }
 
 interface Request {
@@ -90,6 +97,8 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
   const { export: exp, structured } = agreement;
   const disk = exp.disk;
   const running = new Set<Promise<void>>();
+  let failed: { error: unknown } | undefined;
+  let inFlight = 0;
   const simpleReply = (req: Request, errno: number, data?: Uint8Array) => {
     const head = new MessageBuilder().u32(P.SIMPLE_REPLY_MAGIC).u32(errno).bytes(req.cookie).build();
     return write(data ? [head, data] : [head]);
@@ -286,18 +295,33 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
       const req: Request = { flags, type, cookie, offset, length };
       if (type === P.CMD_DISC) break;
       let payload: Uint8Array | undefined;
-      if (type === P.CMD_WRITE) {
-        if (length > MAX_REQUEST) throw new TransmissionEnd(`a write of ${length} bytes (over the ${MAX_REQUEST}-byte limit)`);
-        payload = (await reader.read(length)).slice();
-      } else if (type === P.CMD_READ && length > MAX_REQUEST) {
+      if (type === P.CMD_WRITE && length > MAX_REQUEST) throw new TransmissionEnd(`a write of ${length} bytes (over the ${MAX_REQUEST}-byte limit)`);
+      if (type === P.CMD_READ && length > MAX_REQUEST) {
         await errorReply(req, P.EOVERFLOW, `a read of ${length} bytes is over the ${MAX_REQUEST}-byte limit`);
         continue;
       }
-      const job: Promise<void> = handle(req, payload).finally(() => running.delete(job));
+      // Buffers a request will hold (its payload, or its read data) wait for room before the payload is read.
+      const cost = type === P.CMD_WRITE || type === P.CMD_READ ? length : 0;
+      while (running.size > 0 && inFlight + cost > limits.maxInFlightBytes && !failed) await Promise.race(running);
+      if (failed) break;
+      if (type === P.CMD_WRITE) payload = (await reader.read(length)).slice();
+      inFlight += cost;
+      // A reply that cannot be written (the client went away) is kept, not left as a rejection nobody awaits:
+      // that would be an unhandled rejection, which ends the whole process of img serve.
+      const job: Promise<void> = handle(req, payload)
+        .catch((e: unknown) => {
+          failed ??= { error: e };
+        })
+        .finally(() => {
+          running.delete(job);
+          inFlight -= cost;
+        });
       running.add(job);
       if (running.size >= limits.queueDepth) await Promise.race(running);
+      if (failed) break;
     }
   } finally {
     await Promise.allSettled(running);
   }
+  if (failed) throw failed.error;
 }
