@@ -1,0 +1,84 @@
+// The comparisons of direction 1: what img reports about an image against
+// what qemu-img reports, field by field. Each returns a list of differences
+// ({ check, detail }); an empty list is agreement.
+import { copyFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { firstDifference, img, json, run } from './lib.mjs';
+
+/** Paths where two JSON values differ (keys qemu prints that img lacks count too). */
+export function jsonDiff(ours, theirs, at = '') {
+  if (typeof ours !== 'object' || typeof theirs !== 'object' || ours === null || theirs === null) return Object.is(ours, theirs) ? [] : [`${at || '.'}: img ${JSON.stringify(ours)} qemu ${JSON.stringify(theirs)}`];
+  const out = [];
+  for (const k of new Set([...Object.keys(ours), ...Object.keys(theirs)])) out.push(...jsonDiff(ours[k], theirs[k], Array.isArray(ours) ? `${at}[${k}]` : `${at}.${k}`));
+  return out;
+}
+
+/** Flips one byte of a copy of `raw` at a data byte, so a compare must answer "different". */
+function flippedCopy(raw, into) {
+  copyFileSync(raw, into);
+  const fd = openSync(into, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    readSync(fd, b, 0, 1, 0);
+    b[0] ^= 0xff;
+    writeSync(fd, b, 0, 1, 0);
+  } finally {
+    closeSync(fd);
+  }
+  return into;
+}
+
+export function compareRead(ctx, path, fmt) {
+  const diffs = [];
+  const d = (check, detail) => diffs.push({ check, detail });
+  const { budget, heap, dir } = ctx;
+  const q = (argv) => run(budget, 'qemu-img', argv, { cwd: dir });
+  const i = (argv) => img(budget, heap, argv, { cwd: dir });
+
+  // Contents: img convert -O raw against qemu-img convert -O raw.
+  const qraw = join(dir, 'qemu.raw');
+  const iraw = join(dir, 'img.raw');
+  const qc = q(['convert', '-f', fmt, '-O', 'raw', path, qraw]);
+  if (qc.status !== 0) throw new Error(`qemu-img convert failed: ${qc.stderr.trim()}`);
+  const ic = i(['convert', '-f', fmt, '-O', 'raw', path, iraw]);
+  if (ic.status !== 0) d('convert', `img convert -O raw exits ${ic.status}: ${ic.stderr.trim().split('\n')[0]}`);
+  else {
+    const at = firstDifference(iraw, qraw);
+    if (at !== -1) d('convert', `raw contents differ at ${at}`);
+  }
+
+  // compare: the same answer on the equal raw and on a copy with one byte flipped.
+  const flipped = flippedCopy(qraw, join(dir, 'flipped.raw'));
+  for (const [other, label] of [
+    [qraw, 'equal'],
+    [flipped, 'flipped'],
+  ]) {
+    const a = i(['compare', '-f', fmt, '-F', 'raw', path, other]);
+    const b = q(['compare', '-f', fmt, '-F', 'raw', path, other]);
+    if (a.status !== b.status) d('compare', `${label}: img exits ${a.status}, qemu-img ${b.status} (${a.stderr.trim().split('\n')[0] ?? ''})`);
+  }
+
+  // info: the whole JSON.
+  const ii = i(['info', '-f', fmt, '--output=json', path]);
+  const qi = q(['info', '-f', fmt, '--output=json', path]);
+  if (ii.status !== qi.status) d('info', `img exits ${ii.status}, qemu-img ${qi.status}: ${ii.stderr.trim()}`);
+  else for (const line of jsonDiff(json(ii.stdout), json(qi.stdout))) d('info', line);
+
+  // map: entry by entry.
+  const im = i(['map', '-f', fmt, '--output=json', path]);
+  const qm = q(['map', '-f', fmt, '--output=json', path]);
+  if (im.status !== qm.status) d('map', `img exits ${im.status}, qemu-img ${qm.status}: ${im.stderr.trim()}`);
+  else {
+    const a = json(im.stdout) ?? [];
+    const b = json(qm.stdout) ?? [];
+    const lines = jsonDiff(a, b);
+    if (lines.length) d('map', `${a.length} entries vs ${b.length}; first: ${lines[0]}`);
+  }
+
+  // check: exit code and counts.
+  const ik = i(['check', '-f', fmt, '--output=json', path]);
+  const qk = q(['check', '-f', fmt, '--output=json', path]);
+  if (ik.status !== qk.status) d('check', `img exits ${ik.status}, qemu-img ${qk.status}: ${(ik.stderr || ik.stdout).trim().split('\n')[0]}`);
+  else if (qk.status === 0 || qk.status === 2 || qk.status === 3) for (const line of jsonDiff(json(ik.stdout), json(qk.stdout))) d('check', line);
+  return diffs;
+}
