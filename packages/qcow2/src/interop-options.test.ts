@@ -1,0 +1,42 @@
+/**
+ * Regressions from the interoperability campaign (tools/interop): valid
+ * options qemu-img accepts, handled as qemu-img handles them.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { FileStorage, fileResolver } from '@img/block/node';
+import { describeQemu, qemuCheck, qemuImg, tempDir } from '@img/testkit';
+import { createQcow2 } from './create.js';
+import './driver.js';
+
+describeQemu('qcow2 options from the interop campaign', () => {
+  let dir: string;
+  let cleanup: () => void;
+  beforeEach(() => ({ path: dir, cleanup } = tempDir('img-interop-opts-')));
+  afterEach(() => cleanup());
+
+  it('creates a missing external data file, as qemu-img create does, and empties an existing one as qemu-img does', async () => {
+    const image = join(dir, 'd.qcow2');
+    const disk = await createQcow2(await FileStorage.create(image), { size: 3 << 20, dataFile: 'data.bin', resolver: fileResolver });
+    await disk.write(70_000, new Uint8Array(5000).fill(0x4d));
+    await disk.close();
+    expect(existsSync(join(dir, 'data.bin'))).toBe(true);
+    // qemu-img resolves a data file name against its working directory (img: against the image's directory).
+    expect(qemuCheck(image, 'qcow2', dir).status).toBe(0);
+    qemuImg(['convert', '-O', 'raw', image, join(dir, 'out.raw')], { cwd: dir });
+    const out = readFileSync(join(dir, 'out.raw'));
+    expect(out.length).toBe(3 << 20);
+    expect(out.subarray(70_000, 75_000).every((b) => b === 0x4d)).toBe(true);
+    expect(out[69_999]).toBe(0);
+
+    // An existing data file is emptied, as qemu-img create empties it (it truncates the file it names).
+    const raw = join(dir, 'disk.raw');
+    writeFileSync(raw, new Uint8Array(1 << 20).fill(0x21));
+    const wrap = join(dir, 'w.qcow2');
+    const w = await createQcow2(await FileStorage.create(wrap), { size: 1 << 20, dataFile: 'disk.raw', dataFileRaw: true, resolver: fileResolver });
+    await w.close();
+    expect(readFileSync(raw)[1000]).toBe(0);
+    expect(qemuImg(['check', wrap], { cwd: dir }).status).toBe(0);
+  });
+});
