@@ -6,8 +6,10 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { createQcow2 } from './create.js';
+import { checkQcow2 } from './check-qcow2.js';
+import { openQcow2 } from './open.js';
 import './driver.js';
 
 describeQemu('qcow2 options from the interop campaign', () => {
@@ -38,5 +40,23 @@ describeQemu('qcow2 options from the interop campaign', () => {
     await w.close();
     expect(readFileSync(raw)[1000]).toBe(0);
     expect(qemuImg(['check', wrap], { cwd: dir }).status).toBe(0);
+  });
+
+  it('counts an extended L2 entry with a cluster offset and no subcluster in use as a use of its cluster (qemu: unallocated-alloc)', async () => {
+    // preallocation=metadata gives every entry a host cluster with an empty bitmap; a discard leaves one too.
+    const image = join(dir, 'x.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=64k,preallocation=metadata', image, '1M']);
+    qemuIo(image, 'qcow2', ['write -P 1 0 64k', 'discard 0 32k', 'write -P 2 131072 4k', 'discard 131072 4k']);
+    const q = qemuCheck(image, 'qcow2');
+    expect(q.status).toBe(0);
+    const result = await checkQcow2(await FileStorage.open(image));
+    expect({ corruptions: result.corruptions, leaks: result.leaks, allocated: result.allocatedClusters }).toEqual({ corruptions: 0, leaks: 0, allocated: q.result!['allocated-clusters'] });
+
+    // A write into such a cluster uses the cluster the entry names: nothing leaks, nothing is shared.
+    const disk = await openQcow2(await FileStorage.open(image, { readOnly: false }), { readOnly: false });
+    await disk.write(200_000, new Uint8Array(3000).fill(0x6b));
+    await disk.close();
+    expect(qemuCheck(image, 'qcow2').status).toBe(0);
+    expect(qemuIo(image, 'qcow2', ['read -P 0x6b 200000 3000', 'read -P 2 131072 4k', 'read -P 0 204000 60000'])).not.toMatch(/fail/i);
   });
 });
