@@ -9,6 +9,11 @@ export const KNOWN = [
     match: /block_size=(512|1024|2048)\b/,
     reason: 'qemu-img 7.2 sizes the VHD sector bitmap as floor(block_size / 4096) sectors, so it misreads blocks below 4 KiB that img writes as the spec says',
   },
+  {
+    id: 'data-file-raw-map',
+    match: /data_file_raw=on.* :: map:/,
+    reason: 'qemu-img map asks the host file system where a raw data file has holes and reports them as zero; img map reports the qcow2 metadata only',
+  },
 ];
 
 /** The documented reason for a difference, or undefined when it is new. */

@@ -35,6 +35,9 @@ export function fillScript(r, size, { cluster = 65536, compress = true, zeroes =
   if (compress && size >= cluster) {
     const at = r.int(Math.floor(size / cluster)) * cluster;
     c.unshift(`write -c -P 0x${(1 + r.int(254)).toString(16)} ${at} ${cluster}`);
+    // The last cluster may be partial: qemu compresses it too.
+    const last = Math.floor((size - 1) / cluster) * cluster;
+    if (last !== at && r.chance(0.5)) c.unshift(`write -c -P 0x${(1 + r.int(254)).toString(16)} ${last} ${size - last}`);
   }
   c.push(`write -P 0x5a ${size - 512} 512`);
   const tail = 1 + r.int(511);
@@ -105,10 +108,18 @@ function qcow2Options(r, force) {
     bitmap: v3 && (force.bitmap ?? r.chance(0.2)),
     amend: force.amend ?? (r.chance(0.15) ? (v3 ? '0.10' : '1.1') : undefined),
     resize: force.resize ?? (r.chance(0.2) ? r.pick(['grow', 'shrink']) : undefined),
+    convertCompressed: force.convertCompressed ?? r.chance(0.1),
   };
   // qemu-img amend to 0.10 needs what v2 can express; a 1-bit refcount cannot count a snapshot's second reference.
   if (extras.amend === '0.10' && (o.refcount_bits !== 16 || o.extended_l2 || o.compression_type || extras.bitmap || extras.data_file)) extras.amend = undefined;
   if (o.refcount_bits === 1) extras.snapshot = false;
+  // qemu-img resizes no v2 image with snapshots, and shrinks no image with bitmaps.
+  if (extras.snapshot && (o.compat === '0.10' || extras.amend === '0.10')) extras.resize = undefined;
+  if (extras.backing) extras.convertCompressed = false;
+  if (extras.convertCompressed) {
+    extras.data_file = false;
+    extras.prealloc = undefined;
+  }
   if (extras.data_file) {
     o.data_file = 'data.bin';
     if (force.data_file_raw ?? r.chance(0.5)) o.data_file_raw = 'on';
@@ -160,8 +171,12 @@ function qcow2Case(seed, force, label) {
           belowFmt = 'qcow2';
         }
         qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, '-b', below, '-F', belowFmt, top, String(size)]);
+      } else if (extras.convertCompressed) {
+        // qemu-img convert -c: every cluster with data compressed.
+        const raw = rawFilled(ctx, 'src.raw', size, r);
+        qemuImg(ctx, ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', opts, raw, top]);
       } else qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, top, String(size)]);
-      qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: compress && !o.preallocation }));
+      if (!extras.convertCompressed) qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: compress && !o.preallocation }));
       if (extras.snapshot) {
         qemuImg(ctx, ['snapshot', '-c', 'snap1', top]);
         qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 5 }));
@@ -227,8 +242,10 @@ function vmdkCase(seed, force, label) {
   if (force.compat6 ?? r.chance(0.2)) o.compat6 = 'on';
   else if (force.hwversion ?? r.chance(0.3)) o.hwversion = force.hwversion ?? r.pick(['4', '6', '7', '10', '13']);
   if (force.toolsversion ?? r.chance(0.1)) o.toolsversion = '10240';
-  if (force.zeroed_grain ?? r.chance(0.4)) o.zeroed_grain = 'on';
-  const backing = o.subformat !== 'streamOptimized' && (force.backing ?? r.chance(0.2));
+  // qemu-img refuses zeroed grains and backing files for flat extents.
+  const flat = o.subformat.endsWith('Flat');
+  if (!flat && (force.zeroed_grain ?? r.chance(0.4))) o.zeroed_grain = 'on';
+  const backing = !flat && o.subformat !== 'streamOptimized' && (force.backing ?? r.chance(0.2));
   const opts = Object.entries(o)
     .map(([k, v]) => `${k}=${v}`)
     .join(',');
@@ -271,6 +288,8 @@ export function readCases(seed, randomCount, formats) {
   for (const c of [16384, 65536, 2097152]) q({ compat: '1.1', cluster_size: c, extended_l2: true }, `extended_l2 cluster ${c}`);
   q({ compat: '1.1', compression_type: 'zstd' }, 'zstd');
   q({ compat: '1.1', compression_type: false }, 'zlib');
+  for (const c of [512, 65536, 2097152]) for (const z of [false, 'zstd']) q({ compat: '1.1', cluster_size: c, compression_type: z, convertCompressed: true, backing: false }, `convert -c cluster ${c} ${z || 'zlib'}`);
+  q({ compat: '0.10', cluster_size: 4096, convertCompressed: true, backing: false }, 'convert -c compat=0.10');
   for (const p of ['metadata', 'falloc', 'full']) q({ preallocation: p, backing: false, cluster_size: 65536 }, `preallocation=${p}`);
   q({ compat: '1.1', data_file: true, data_file_raw: false }, 'data_file');
   q({ compat: '1.1', data_file: true, data_file_raw: true }, 'data_file_raw');
@@ -291,7 +310,7 @@ export function readCases(seed, randomCount, formats) {
   for (const h of ['4', '6', '8', '11', '14', '21']) k({ hwversion: h, compat6: false }, `hwversion=${h}`);
   k({ compat6: true }, 'compat6');
   for (const s of ['monolithicSparse', 'twoGbMaxExtentSparse', 'streamOptimized']) k({ subformat: s, zeroed_grain: true }, `zeroed_grain ${s}`);
-  for (const s of ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse']) k({ subformat: s, backing: true }, `backing ${s}`);
+  for (const s of ['monolithicSparse', 'twoGbMaxExtentSparse']) k({ subformat: s, backing: true }, `backing ${s}`);
   const make = { qcow2: qcow2Case, vpc: vpcCase, vmdk: vmdkCase };
   const out = [];
   let i = 0;
