@@ -113,7 +113,7 @@ function qcow2Options(r, force) {
   // qemu-img amend to 0.10 needs what v2 can express; a 1-bit refcount cannot count a snapshot's second reference.
   if (extras.amend === '0.10' && (o.refcount_bits !== 16 || o.extended_l2 || o.compression_type || extras.bitmap || extras.data_file)) extras.amend = undefined;
   if (o.refcount_bits === 1) extras.snapshot = false;
-  // qemu-img resizes no v2 image with snapshots, and shrinks no image with bitmaps.
+  // qemu-img resizes no v2 image with snapshots.
   if (extras.snapshot && (o.compat === '0.10' || extras.amend === '0.10')) extras.resize = undefined;
   if (extras.backing) extras.convertCompressed = false;
   if (extras.convertCompressed) {
