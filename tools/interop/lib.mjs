@@ -67,11 +67,12 @@ export function img(budget, heapMib, argv, options) {
   return run(budget, process.execPath, [`--max-old-space-size=${heapMib}`, IMG, ...argv], options);
 }
 
-/** The first offset where two files differ, -1 when equal, or 'size a != b'. */
-export function firstDifference(a, b) {
-  const sa = statSync(a).size;
+/** The first offset where two files differ, -1 when equal, or 'size a != b' (with `prefix`: over the shorter length only). */
+export function firstDifference(a, b, prefix = false) {
+  let sa = statSync(a).size;
   const sb = statSync(b).size;
-  if (sa !== sb) return `size ${sa} != ${sb}`;
+  if (sa !== sb && !prefix) return `size ${sa} != ${sb}`;
+  sa = Math.min(sa, sb);
   const fa = openSync(a, 'r');
   const fb = openSync(b, 'r');
   try {
