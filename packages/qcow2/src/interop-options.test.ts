@@ -59,4 +59,20 @@ describeQemu('qcow2 options from the interop campaign', () => {
     expect(qemuCheck(image, 'qcow2').status).toBe(0);
     expect(qemuIo(image, 'qcow2', ['read -P 0x6b 200000 3000', 'read -P 2 131072 4k', 'read -P 0 204000 60000'])).not.toMatch(/fail/i);
   });
+
+  it('keeps the host offset of an unallocated subcluster past the end of a shorter backing file, as qemu-img map does', async () => {
+    const base = join(dir, 'base.raw');
+    const top = join(dir, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'raw', base, String(1 << 20)]);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=64k', '-b', base, '-F', 'raw', top, String((1 << 20) + 65536)]);
+    // Allocates the cluster past the backing's end through one subcluster; the others stay unallocated.
+    qemuIo(top, 'qcow2', ['write -P 7 1048576 2048']);
+    const qemu = (JSON.parse(qemuImg(['map', '--output=json', top]).stdout) as { start: number; offset?: number }[]).find((e) => e.start === 1048576 + 2048);
+    expect(qemu?.offset).toBeGreaterThan(0);
+    const disk = await openQcow2(await FileStorage.open(top), { resolver: fileResolver });
+    const ours = [];
+    for await (const e of disk.extents({ hostOffsets: true })) ours.push(e);
+    await disk.close();
+    expect(ours.find((e) => e.offset === 1048576 + 2048)).toMatchObject({ kind: 'hole', depth: 0, hostOffset: qemu!.offset });
+  });
 });
