@@ -323,6 +323,46 @@ function opCases(seed) {
       return diffs;
     });
   }
+  // img convert's own flags: compression, zero detection, a backing file for the output.
+  for (const [fmt, flags] of [
+    ['qcow2', ['-c']],
+    ['qcow2', ['-c', '-o', 'compression_type=zstd']],
+    ['qcow2', ['-c', '-o', 'cluster_size=512']],
+    ['qcow2', ['-c', '-o', 'cluster_size=2M,extended_l2=on']],
+    ['qcow2', ['-c', '-o', 'compat=0.10,cluster_size=4k']],
+    ['vmdk', ['-c', '-o', 'subformat=streamOptimized']],
+    ['qcow2', ['-S', '0']],
+    ['qcow2', ['-S', '4k', '-o', 'cluster_size=4k']],
+    ['vpc', ['-S', '0', '-o', 'subformat=fixed']],
+    ['vmdk', ['-S', '0', '-o', 'subformat=monolithicSparse']],
+  ]) {
+    add(fmt, `convert ${flags.join(' ')}`, (ctx) => {
+      const r = rng(seed + 7 * cases.length);
+      const size = 4 * MiB + 512 * (1 + r.int(3000));
+      const src = join(ctx.dir, 'src.raw');
+      const regions = sourceRaw(src, size, r);
+      const out = join(ctx.dir, `out.${fmt}`);
+      const cv = imgMust(ctx, ['convert', '-f', 'raw', '-O', fmt, ...flags, src, out]);
+      if (cv.status !== 0) return failed('img convert', cv);
+      return judge(ctx, out, fmt, src, regions, { qemuWrites: !flags.join(' ').includes('streamOptimized') });
+    });
+  }
+  add('qcow2', 'convert -B base (the output holds what differs from base)', (ctx) => {
+    const { regions, out: base } = prep(ctx, 'qcow2');
+    // The new source: base's contents with some writes, so the overlay holds only those.
+    const changed = join(ctx.dir, 'changed.qcow2');
+    must(ctx.budget, 'qemu-img', ['convert', '-O', 'qcow2', base, changed]);
+    must(ctx.budget, 'qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x71 123456 70000', '-c', 'write -z 0 4096', changed]);
+    const expect = join(ctx.dir, 'expect.raw');
+    must(ctx.budget, 'qemu-img', ['convert', '-O', 'raw', changed, expect]);
+    const top = join(ctx.dir, 'top.qcow2');
+    const cv = imgMust(ctx, ['convert', '-O', 'qcow2', '-B', base, '-F', 'qcow2', changed, top]);
+    if (cv.status !== 0) return failed('img convert -B', cv);
+    const diffs = judge(ctx, top, 'qcow2', expect, [{ off: 123456, len: 70000, pat: 0x71 }, ...regions.filter((g) => g.off >= 200_000)]);
+    const bf = json(must(ctx.budget, 'qemu-img', ['info', '--output=json', top]))?.['backing-filename'];
+    if (bf !== base) diffs.push({ check: 'qemu-img info after convert -B', detail: `backing-filename ${bf}` });
+    return diffs;
+  });
   add('qcow2', 'bitmap --add/--disable/--remove', (ctx) => {
     const { src, regions, out } = prep(ctx, 'qcow2');
     for (const argv of [
