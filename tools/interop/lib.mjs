@@ -79,7 +79,7 @@ export function firstDifference(a, b, prefix = false) {
     const ba = Buffer.alloc(1 << 20);
     const bb = Buffer.alloc(1 << 20);
     for (let at = 0; at < sa; at += ba.length) {
-      const n = readSync(fa, ba, 0, ba.length, at);
+      const n = readSync(fa, ba, 0, Math.min(ba.length, sa - at), at);
       readSync(fb, bb, 0, ba.length, at);
       if (ba.compare(bb, 0, n, 0, n) !== 0) {
         for (let i = 0; i < n; i++) if (ba[i] !== bb[i]) return at + i;

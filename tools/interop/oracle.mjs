@@ -94,6 +94,12 @@ export function compareRead(ctx, path, fmt) {
   if (ii.status !== qi.status) d('info', `img exits ${ii.status}, qemu-img ${qi.status}: ${ii.stderr.trim()}`);
   else for (const line of jsonDiff(json(ii.stdout), json(qi.stdout), '', true)) d('info', line);
 
+  // info --backing-chain: every layer.
+  const ib = i(['info', '-f', fmt, '--backing-chain', '--output=json', path]);
+  const qb = q(['info', '-f', fmt, '--backing-chain', '--output=json', path]);
+  if (ib.status !== qb.status) d('info --backing-chain', `img exits ${ib.status}, qemu-img ${qb.status}: ${ib.stderr.trim()}`);
+  else for (const line of jsonDiff(json(ib.stdout), json(qb.stdout), '', true)) d('info --backing-chain', line);
+
   // map: entry by entry.
   const im = i(['map', '-f', fmt, '--output=json', path]);
   const qm = q(['map', '-f', fmt, '--output=json', path]);

@@ -109,6 +109,7 @@ function qcow2Options(r, force) {
     amend: force.amend ?? (r.chance(0.15) ? (v3 ? '0.10' : '1.1') : undefined),
     resize: force.resize ?? (r.chance(0.2) ? r.pick(['grow', 'shrink']) : undefined),
     convertCompressed: force.convertCompressed ?? r.chance(0.1),
+    chainOp: force.chainOp ?? (r.chance(0.3) ? r.pick(['commit', 'rebase', 'rebase-u']) : undefined),
   };
   // qemu-img amend to 0.10 needs what v2 can express; a 1-bit refcount cannot count a snapshot's second reference.
   if (extras.amend === '0.10' && (o.refcount_bits !== 16 || o.extended_l2 || o.compression_type || extras.bitmap || extras.data_file)) extras.amend = undefined;
@@ -150,7 +151,7 @@ function qcow2Case(seed, force, label) {
   return {
     format: 'qcow2',
     label: label ?? 'random',
-    options: [...Object.keys(o), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize'].filter((k) => extras[k])],
+    options: [...Object.keys(o), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize', 'convertCompressed', 'chainOp'].filter((k) => extras[k])],
     desc,
     build(ctx) {
       const size = oddSize(r);
@@ -177,6 +178,12 @@ function qcow2Case(seed, force, label) {
         qemuImg(ctx, ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', opts, raw, top]);
       } else qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, top, String(size)]);
       if (!extras.convertCompressed) qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: compress && !o.preallocation }));
+      // qemu-img commit / rebase over the chain before the rest (qcow2 layers only: commit writes into the one below).
+      if (extras.backing && extras.chainOp && extras.backing.depth >= 2) {
+        const base = join(ctx.dir, `base.${extras.backing.base}`);
+        if (extras.chainOp === 'commit') qemuImg(ctx, ['commit', '-q', top]);
+        else qemuImg(ctx, ['rebase', ...(extras.chainOp === 'rebase-u' ? ['-u'] : []), '-b', base, '-F', extras.backing.base, top]);
+      }
       if (extras.snapshot) {
         qemuImg(ctx, ['snapshot', '-c', 'snap1', top]);
         qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 5 }));
@@ -295,6 +302,7 @@ export function readCases(seed, randomCount, formats) {
   q({ compat: '1.1', data_file: true, data_file_raw: true }, 'data_file_raw');
   for (const base of ['raw', 'qcow2', 'vpc', 'vmdk']) for (const sizes of ['shorter', 'longer', 'same']) q({ data_file: false, backing: { depth: 1 + (base.length % 3), base, sizes } }, `backing ${base} ${sizes}`);
   q({ data_file: false, backing: { depth: 3, base: 'qcow2', sizes: 'shorter' } }, 'backing depth 3');
+  for (const op of ['commit', 'rebase', 'rebase-u']) for (const base of ['qcow2', 'raw']) q({ data_file: false, snapshot: false, backing: { depth: 2, base, sizes: 'longer' }, chainOp: op }, `chain then qemu-img ${op} over ${base}`);
   q({ data_file: false, snapshot: true, preallocation: false }, 'snapshot');
   q({ compat: '1.1', bitmap: true, data_file: false }, 'bitmap');
   q({ compat: '1.1', amend: '0.10', refcount_bits: 16, extended_l2: false, compression_type: false, bitmap: false, data_file: false }, 'amend 1.1->0.10');
