@@ -324,7 +324,8 @@ function opCases(seed) {
     });
   }
   // img convert's own flags: compression, zero detection, a backing file for the output.
-  for (const [fmt, flags] of [
+  /** @type {Array<[string, string[]]>} */
+  const convertFlags = [
     ['qcow2', ['-c']],
     ['qcow2', ['-c', '-o', 'compression_type=zstd']],
     ['qcow2', ['-c', '-o', 'cluster_size=512']],
@@ -335,7 +336,8 @@ function opCases(seed) {
     ['qcow2', ['-S', '4k', '-o', 'cluster_size=4k']],
     ['vpc', ['-S', '0', '-o', 'subformat=fixed']],
     ['vmdk', ['-S', '0', '-o', 'subformat=monolithicSparse']],
-  ]) {
+  ];
+  for (const [fmt, flags] of convertFlags) {
     add(fmt, `convert ${flags.join(' ')}`, (ctx) => {
       const r = rng(seed + 7 * cases.length);
       const size = 4 * MiB + 512 * (1 + r.int(3000));
