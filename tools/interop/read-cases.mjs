@@ -3,7 +3,7 @@
 // build runs qemu-img / qemu-io only, in ctx.dir.
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { must, rng } from './lib.mjs';
+import { must, rng, run } from './lib.mjs';
 
 const MiB = 1 << 20;
 const CLUSTERS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 2097152];
@@ -110,6 +110,8 @@ function qcow2Options(r, force) {
     resize: force.resize ?? (r.chance(0.2) ? r.pick(['grow', 'shrink']) : undefined),
     convertCompressed: force.convertCompressed ?? r.chance(0.1),
     chainOp: force.chainOp ?? (r.chance(0.3) ? r.pick(['commit', 'rebase', 'rebase-u']) : undefined),
+    // qemu-io aborts after its writes: with lazy refcounts the image stays dirty, refcounts behind (valid: a crash).
+    crash: force.crash ?? r.chance(0.3),
   };
   // qemu-img amend to 0.10 needs what v2 can express; a 1-bit refcount cannot count a snapshot's second reference.
   if (extras.amend === '0.10' && (o.refcount_bits !== 16 || o.extended_l2 || o.compression_type || extras.bitmap || extras.data_file)) extras.amend = undefined;
@@ -140,18 +142,20 @@ function qcow2Case(seed, force, label) {
     .join(',');
   const desc = [
     opts,
-    extras.backing && `backing depth ${extras.backing.depth} base ${extras.backing.base} ${extras.backing.sizes}`,
+    extras.convertCompressed && 'qemu-img convert -c',
+    extras.backing && `backing depth ${extras.backing.depth} base ${extras.backing.base} ${extras.backing.sizes}${extras.backing.depth >= 2 && extras.chainOp ? ` then qemu-img ${extras.chainOp}` : ''}`,
     extras.snapshot && 'snapshot',
     extras.bitmap && 'bitmap',
     extras.amend && `amend compat=${extras.amend}`,
     extras.resize && `resize ${extras.resize}`,
+    extras.crash && o.lazy_refcounts && 'qemu-io abort (dirty)',
   ]
     .filter(Boolean)
     .join('; ');
   return {
     format: 'qcow2',
     label: label ?? 'random',
-    options: [...Object.keys(o), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize', 'convertCompressed', 'chainOp'].filter((k) => extras[k])],
+    options: [...Object.keys(o), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize', 'convertCompressed', 'chainOp', 'crash'].filter((k) => extras[k])],
     desc,
     build(ctx) {
       const size = oddSize(r);
@@ -205,6 +209,13 @@ function qcow2Case(seed, force, label) {
       } else if (extras.resize === 'shrink') {
         size2 = size - MiB + 512 * r.int(1000);
         qemuImg(ctx, ['resize', '-q', '--shrink', top, String(size2)]);
+      }
+      if (extras.crash && o.lazy_refcounts) {
+        const script = fillScript(r, size2, { cluster, compress: false, count: 4 });
+        const argv = ['-f', 'qcow2', ...script.flatMap((c) => ['-c', c]), '-c', 'flush', '-c', 'abort', top];
+        ctx.log.push(`qemu-io ${argv.join(' ')}`);
+        // abort ends qemu-io with SIGABRT on purpose.
+        run(ctx.budget, 'qemu-io', argv, { cwd: ctx.dir });
       }
       return { path: top, fmt: 'qcow2' };
     },
@@ -292,6 +303,7 @@ export function readCases(seed, randomCount, formats) {
   for (const c of CLUSTERS) q({ cluster_size: c, backing: false }, `cluster_size=${c}`);
   for (const b of REFCOUNT_BITS) q({ compat: '1.1', refcount_bits: b, snapshot: b > 1 }, `refcount_bits=${b}`);
   q({ compat: '1.1', lazy_refcounts: true }, 'lazy_refcounts');
+  for (const c of [512, 65536, 2097152]) q({ compat: '1.1', lazy_refcounts: true, crash: true, cluster_size: c, data_file: false }, `lazy_refcounts crash (dirty) cluster ${c}`);
   for (const c of [16384, 65536, 2097152]) q({ compat: '1.1', cluster_size: c, extended_l2: true }, `extended_l2 cluster ${c}`);
   q({ compat: '1.1', compression_type: 'zstd' }, 'zstd');
   q({ compat: '1.1', compression_type: false }, 'zlib');
