@@ -366,14 +366,16 @@ function opCases(seed) {
     return diffs;
   });
   // A dirty image (lazy refcounts, qemu-io aborted): img must repair or keep it as qemu-img would.
-  for (const [label, argv] of [
+  /** @type {Array<[string, (f: string) => string[]]>} */
+  const dirtyOps = [
     ['check -r all', (f) => ['check', '-r', 'all', f]],
     ['check -r leaks', (f) => ['check', '-r', 'leaks', f]],
     ['resize +1M', (f) => ['resize', f, '+1M']],
     ['amend lazy_refcounts=off', (f) => ['amend', '-o', 'lazy_refcounts=off', f]],
     ['snapshot -c', (f) => ['snapshot', '-c', 'after-crash', f]],
     ['convert', (f) => ['convert', '-O', 'qcow2', f, `${f}.copy.qcow2`]],
-  ]) {
+  ];
+  for (const [label, argv] of dirtyOps) {
     add('qcow2', `dirty image: img ${label}`, (ctx) => {
       const img0 = join(ctx.dir, 'dirty.qcow2');
       must(ctx.budget, 'qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=4k', img0, '3M']);
