@@ -111,6 +111,18 @@ export function compareRead(ctx, path, fmt) {
     if (lines.length) d('map', `${a.length} entries vs ${b.length}; first: ${lines[0]}`);
   }
 
+  // measure: the space a qcow2 or raw copy needs.
+  for (const argv of [
+    ['-O', 'qcow2'],
+    ['-O', 'qcow2', '-o', 'cluster_size=4k'],
+    ['-O', 'raw'],
+  ]) {
+    const a = i(['measure', '--output=json', '-f', fmt, ...argv, path]);
+    const b = q(['measure', '--output=json', '-f', fmt, ...argv, path]);
+    if (a.status !== b.status) d('measure', `${argv.join(' ')}: img exits ${a.status}, qemu-img ${b.status}: ${a.stderr.trim()}`);
+    else for (const line of jsonDiff(json(a.stdout), json(b.stdout))) d('measure', `${argv.join(' ')}: ${line}`);
+  }
+
   // check: exit code and counts.
   const ik = i(['check', '-f', fmt, '--output=json', path]);
   const qk = q(['check', '-f', fmt, '--output=json', path]);
