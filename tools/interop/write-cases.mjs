@@ -285,6 +285,8 @@ function opCases(seed) {
     ['qcow2', 'qcow2'],
     ['qcow2', 'raw'],
     ['qcow2', 'vpc'],
+    ['vmdk', 'vmdk'],
+    ['qcow2', 'vmdk'],
   ]) {
     add(topFmt, `commit ${topFmt} onto ${baseFmt}`, (ctx) => {
       const { out: base } = prep(ctx, baseFmt);
