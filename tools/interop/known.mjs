@@ -10,11 +10,6 @@ export const KNOWN = [
     reason: 'qemu-img 7.2 sizes the VHD sector bitmap as floor(block_size / 4096) sectors, so it misreads blocks below 4 KiB that img writes as the spec says',
   },
   {
-    id: 'data-file-raw-map',
-    match: /data_file_raw=on.* :: map:/,
-    reason: 'qemu-img map asks the host file system where a raw data file has holes and reports them as zero; img map reports the qcow2 metadata only',
-  },
-  {
     id: 'snapshot-size',
     match: /snapshot convert: snapshot \S+: sizes differ .* contents agree over the shorter/,
     reason: 'qemu-img convert -l reads a snapshot at the current virtual size; img reads it at the size recorded in the snapshot, which qemu-img snapshot -a restores',
