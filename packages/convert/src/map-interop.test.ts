@@ -1,5 +1,4 @@
 // img map against qemu-img map on images the interop campaign (tools/interop) found disagreeing.
-import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
