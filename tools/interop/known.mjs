@@ -20,9 +20,9 @@ export const KNOWN = [
     reason: 'on a dirty lazy-refcounts image, -r leaks cannot rebuild the refcounts: qemu-img reports a failed check (exit 1), img the corruptions it leaves (exit 2); both leave the image as it was',
   },
   {
-    id: 'measure-prealloc-metadata',
-    match: /preallocation=metadata.* :: measure: -O qcow2.*\.required:/,
-    reason: 'qemu-img measure asks the host file system which preallocated clusters were never written (holes); img counts them as data (packages/qcow2 README, Limits)',
+    id: 'measure-host-holes',
+    match: /(preallocation=metadata|subformat=fixed|subformat=(monolithic|twoGbMaxExtent)Flat).* :: measure: -O qcow2.*\.required:/,
+    reason: 'qemu-img measure asks the host file system where the source file has holes (preallocated qcow2 clusters, fixed VHD, flat VMDK extents); img measure counts those bytes as data (img map does ask)',
   },
 ];
 
