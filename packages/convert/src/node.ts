@@ -332,8 +332,10 @@ function streamWriteError(file: string, e: unknown): unknown {
 /** Writes the output through the format's stream writer: to stdout, or (`file`) to a new file written front to back. */
 async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry, file?: string): Promise<ConvertResult> {
   const started = Date.now();
-  if (options.compress || options.backingFile !== undefined) {
-    throw unsupported(options.dstFormat, file, file === undefined ? '-c and -B need the output in a file, not a stream' : '-c and -B do not apply to an image written as a stream');
+  // A file written through a stream-only format (vmdk streamOptimized) has every grain compressed: -c asks for
+  // nothing more, and qemu-img accepts it there. -B has no place in a stream.
+  if ((options.compress && file === undefined) || options.backingFile !== undefined) {
+    throw unsupported(options.dstFormat, file, file === undefined ? '-c and -B need the output in a file, not a stream' : '-B does not apply to an image written as a stream');
   }
   const src = await openImageFile(options.input, {
     format: options.srcFormat,

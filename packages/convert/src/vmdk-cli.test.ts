@@ -44,6 +44,18 @@ describeQemu('vmdk from the command line', () => {
   const raw = p('src.raw');
   writeFileSync(raw, source());
 
+  it('img convert -c -O vmdk -o subformat=streamOptimized is accepted, as qemu-img accepts it (every grain is compressed anyway); -B still is not', () => {
+    const out = p('so-c.vmdk');
+    const r = run('img', ['convert', '-c', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, out]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(qemuCompare(raw, out, 'raw', 'vmdk')).toBe(true);
+    expect(qemuCheck(out, 'vmdk').status).toBe(0);
+    const b = run('img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', '-B', raw, '-F', 'raw', raw, p('so-b.vmdk')]);
+    expect(b.status).toBe(1);
+    expect(b.stderr).toMatch(/ERR_IMG_UNSUPPORTED.*-B does not apply/);
+  });
+
   it("img-convert -o subformat=streamOptimized writes VMware's layout: grains in guest order, GD at the end, footer", () => {
     const out = p('so.vmdk');
     const r = run('img-convert', ['raw', 'vmdk', raw, out, '-o', 'subformat=streamOptimized,adapter_type=pvscsi,hwversion=14']);

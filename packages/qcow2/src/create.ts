@@ -5,7 +5,7 @@
  * `qemu-img create -o key=value`.
  */
 import { writeEntryOffset } from './mapping.js';
-import { checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
+import { ImageError, checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
 import type { CreateOptions, FormatRegistryLike, OptionTable, Resolver, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -284,7 +284,13 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     dataStorage = options.dataFileStorage;
     if (!dataStorage) {
       if (!options.resolver) throw invalidArg(FORMAT, 'an external data file needs dataFileStorage or a resolver', { field: 'dataFile' });
-      dataStorage = await options.resolver({ name: l.dataFile, kind: 'data-file', from: storage, writable: true });
+      const request = { name: l.dataFile, kind: 'data-file' as const, from: storage, writable: true };
+      // As qemu-img create: a data file that does not exist yet is created (one that exists is emptied below, as qemu-img empties it).
+      const resolver = options.resolver;
+      dataStorage = await resolver(request).catch((e: unknown) => {
+        if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND') return resolver({ ...request, create: true });
+        throw e;
+      });
     }
   }
   try {

@@ -31,6 +31,10 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
         yield { ...e, depth: (e.depth ?? 0) + 1 };
       }
     }
-    if (inBacking < seg.length) yield { offset: seg.offset + inBacking, length: seg.length - inBacking, kind: 'hole', depth: 0 };
+    // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
+    if (inBacking < seg.length) {
+      const host = seg.host !== undefined ? seg.host + inBacking : undefined;
+      yield segmentExtent({ ...seg, offset: seg.offset + inBacking, length: seg.length - inBacking, ...(host !== undefined ? { host } : {}) }, hostOffsets, fileName);
+    }
   }
 }

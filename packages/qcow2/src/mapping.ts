@@ -150,7 +150,9 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: EntryGeometry
     if (!allocated && alloc !== 0) {
       throw corrupt(FORMAT, file, `extended L2 entry at ${where()} has allocated subclusters but no cluster offset`, { field: 'L2 bitmap', offset: tableOffset + at + 8 });
     }
-    if (alloc === 0 && zero === 0) return { type: 'unallocated' };
+    // A cluster offset with no subcluster allocated or zero still owns its host cluster (qemu: unallocated-alloc,
+    // what preallocation=metadata leaves and discard keeps): reads fall through, but check and writes must see it.
+    if (alloc === 0 && zero === 0 && !allocated) return { type: 'unallocated' };
     return { type: 'subclusters', host: allocated ? host : undefined, copied, alloc, zero };
   }
   if (g.zeroFlag && lo & 1) return { type: 'zero', host: allocated ? host : undefined, copied };

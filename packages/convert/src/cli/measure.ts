@@ -29,13 +29,16 @@ function directoryEntrySize(name: string): number {
  * The bytes a qcow2 image with clusters of `options.clusterSize` needs for
  * `source`'s persistent bitmaps: per bitmap, its data clusters (one bit per
  * granule of the virtual size) and its bitmap table, and the directory.
- * `undefined` when the source cannot hold persistent bitmaps (not qcow2):
- * qemu-img then leaves the field out.
+ * `undefined` when the source cannot hold persistent bitmaps (not qcow2,
+ * or a version 2 qcow2) or the output cannot (`compat=0.10`): qemu-img then
+ * leaves the field out.
  */
 export async function measureBitmaps(source: Disk, options: Record<string, unknown>): Promise<number | undefined> {
   if (source.format !== 'qcow2') return undefined;
-  const clusterSize = options.clusterSize === undefined ? DEFAULT_QCOW2_CLUSTER : parseSize(String(options.clusterSize), 'clusterSize');
+  if (options.compat !== undefined && ['v2', '0.10', '2'].includes(String(options.compat))) return undefined;
   const info = await source.info?.();
+  if (info?.formatSpecific?.compat === '0.10') return undefined;
+  const clusterSize = options.clusterSize === undefined ? DEFAULT_QCOW2_CLUSTER : parseSize(String(options.clusterSize), 'clusterSize');
   const bitmaps = ((info?.formatSpecific?.bitmaps as BitmapInfo[] | undefined) ?? []).filter((b) => Number.isSafeInteger(b.granularity) && b.granularity > 0);
   if (bitmaps.length === 0) return 0;
   let bytes = 0;

@@ -149,7 +149,16 @@ export const map: Handler = async (argv, io) => {
   try {
     const storages = new Map<string, Storage>();
     for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
-      if (await asksFileBelow(layer)) storages.set(resolve(layer.storage.name), layer.storage);
+      if (await asksFileBelow(layer)) {
+        // The file below a qcow2's data clusters is its external data file when it has one: that one is asked.
+        const dataFile = layer.format === 'qcow2' ? (await layer.info?.())?.formatSpecific?.['data-file'] : undefined;
+        if (typeof dataFile === 'string') {
+          const file = resolve(dirname(resolve(layer.storage.name)), dataFile);
+          const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
+          opened.push(st);
+          storages.set(file, st);
+        } else storages.set(resolve(layer.storage.name), layer.storage);
+      }
       // A VMDK's flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are raw files: qemu-img map asks them for holes.
       if (layer.format === 'vmdk') {
         // Sparse extents keep grains: not asked, as qemu-img does not ask them.
