@@ -9,26 +9,8 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 export const REPO = join(here, '../..');
 export const IMG = join(REPO, 'packages/convert/dist/bin/img.js');
 
-/** mulberry32: a seeded generator in [0, 1); the same seed gives the same cases. */
-export function rng(seed) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  next.int = (n) => Math.floor(next() * n);
-  next.pick = (list) => list[Math.floor(next() * list.length)];
-  next.chance = (p) => next() < p;
-  return next;
-}
-
-/** The seed of case `i` of a campaign seeded `seed`: a case is reproducible alone. */
-export function caseSeed(seed, i) {
-  return (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(i + 1, 0x85ebca6b)) >>> 0;
-}
+// The seeded generator and per-case seeds are the hostile-input campaign's: one definition for both campaigns.
+export { caseSeed, rng } from '../hostile/lib.mjs';
 
 /**
  * A time budget shared by every process of one case: each process gets what
