@@ -26,4 +26,22 @@ describeQemu('img measure as qemu-img measure', () => {
       expect({ src, opts, out: JSON.parse(ours.stdout) as unknown }).toEqual({ src, opts, out: JSON.parse(qemuImg(argv).stdout) as unknown });
     }
   });
+
+  it('counts no space for data in holes of the file below the source, as qemu-img asks the file system', () => {
+    // A qcow2 preallocated with metadata (clusters allocated, file sparse), its external data file, a flat VMDK.
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', p('prealloc.qcow2'), '64M']);
+    qemuIo(p('prealloc.qcow2'), 'qcow2', ['write -P 7 5M 2M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${p('data.raw')},preallocation=metadata`, p('external.qcow2'), '32M']);
+    qemuIo(p('external.qcow2'), 'qcow2', ['write -P 3 1M 1M']);
+    qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', p('flat.vmdk'), '64M']);
+    qemuIo(p('flat.vmdk'), 'vmdk', ['write -P 9 0 1M']);
+    for (const src of ['prealloc.qcow2', 'external.qcow2', 'flat.vmdk']) {
+      for (const out of ['qcow2', 'raw']) {
+        const argv = ['measure', '--output=json', '-O', out, p(src)];
+        const ours = run('img', argv);
+        expect(ours.status).toBe(0);
+        expect({ src, out, got: JSON.parse(ours.stdout) as unknown }).toEqual({ src, out, got: JSON.parse(qemuImg(argv).stdout) as unknown });
+      }
+    }
+  });
 });

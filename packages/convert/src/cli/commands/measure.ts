@@ -9,6 +9,7 @@ import { qdictSorted } from '../info-human.js';
 import { measureBitmaps, measureRaw } from '../measure.js';
 import { defaultRegistry } from '../../formats.js';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand } from './shared.js';
+import { fileHoleStorages, withFileHoles } from '../file-holes.js';
 
 /** img measure. */
 export const measure: Handler = async (argv, io) => {
@@ -30,10 +31,18 @@ export const measure: Handler = async (argv, io) => {
   }
   const options = createOptionsFromCli(io, 'img measure', driver, optionText.text);
   let source: Disk | undefined;
+  let closeHoles = async () => {};
   try {
     if (positionals.length) source = await openForCommand(onePath(positionals), values, true, io);
     const size = source?.size ?? parseSize(values.size!);
-    const result = driver.measure ? await driver.measure({ size, options, ...(source ? { source } : {}) }) : measureRaw(size);
+    // As qemu-img measure: data in holes of the file below the source's format (a fixed VHD, a preallocated qcow2, flat VMDK extents) needs no space.
+    let counted = source;
+    if (source) {
+      const holes = await fileHoleStorages(source);
+      closeHoles = holes.close;
+      counted = withFileHoles(source, holes.storages);
+    }
+    const result = driver.measure ? await driver.measure({ size, options, ...(counted ? { source: counted } : {}) }) : measureRaw(size);
     // qemu-img gives the bitmaps figure for a qcow2 output measured from an image that can hold bitmaps.
     const bitmaps = source && driver.name === 'qcow2' ? await measureBitmaps(source, options) : undefined;
     if (mode === 'json') {
@@ -43,6 +52,7 @@ export const measure: Handler = async (argv, io) => {
     }
     return 0;
   } finally {
+    await closeHoles();
     await source?.close();
   }
 };

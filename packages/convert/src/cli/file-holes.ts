@@ -1,0 +1,162 @@
+/**
+ * The holes of the files below an image's formats, as qemu-img asks for
+ * them (map, measure): which files it asks (a fixed VHD, a qcow2 that looks
+ * preallocated with metadata or its external data file, a VMDK's flat
+ * extents) and the extents of a disk with the data in those holes split off.
+ */
+import { stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { detectMetadataPreallocation } from '@img/qcow2';
+import { FileStorage } from '@img/block/node';
+import type { Disk, Extent, Storage } from '@img/block';
+import { backingOf } from './commands/shared.js';
+
+/**
+ * An extent as qemu-img map sees it: `inHole` marks data the format
+ * stores in a hole of its file (a cluster allocated but written only in
+ * part), which qemu-img map reports as data that reads as zeros.
+ */
+export type MapExtent = Extent & { inHole?: boolean };
+
+/**
+ * The extents of `disk` with the data that lies in holes of its layer's
+ * file split off and marked, as qemu-img map asks the file below the
+ * format (file system holes, by SEEK_DATA/SEEK_HOLE where the storage can
+ * tell), and neighbours that then look alike merged again, as qemu-img
+ * map merges them.
+ */
+export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>, range: { offset: number; length: number }): AsyncGenerator<MapExtent> {
+  let pending: MapExtent | undefined;
+  const alike = (a: MapExtent, b: MapExtent): boolean =>
+    a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
+  for await (const e of disk.extents({ ...range, hostOffsets: true })) {
+    for (const piece of await splitAtFileHoles(e, storages)) {
+      if (pending && alike(pending, piece)) pending = { ...pending, length: pending.length + piece.length };
+      else {
+        if (pending) yield pending;
+        pending = piece;
+      }
+    }
+  }
+  if (pending) yield pending;
+}
+
+/** The files of a VMDK layer's flat extents (FLAT, VMFS: raw files), as its info lists them. */
+async function flatExtentFiles(layer: Disk): Promise<string[]> {
+  const extents = (await layer.info?.())?.formatSpecific?.extents;
+  if (!Array.isArray(extents)) return [];
+  return (extents as Array<{ format?: unknown; filename?: unknown }>).filter((e) => (e.format === 'FLAT' || e.format === 'VMFS') && typeof e.filename === 'string').map((e) => resolve(e.filename as string));
+}
+
+/**
+ * Whether qemu-img map asks the file below this layer where its holes are:
+ * it does for a fixed VHD (read as raw), and for the data clusters of a
+ * qcow2 image that looks preallocated with metadata (more clusters counted
+ * in its refcounts than its file occupies); not for a dynamic VHD's blocks
+ * or a VMDK's grains.
+ */
+async function asksFileBelow(layer: Disk): Promise<boolean> {
+  if (layer.format === 'qcow2') {
+    const allocated = await stat(layer.storage.name).then(
+      (st) => st.blocks * 512,
+      () => undefined,
+    );
+    return allocated !== undefined && (await detectMetadataPreallocation(layer.storage, allocated));
+  }
+  if (layer.format !== 'vhd') return false;
+  return (await layer.info?.())?.formatSpecific?.type === 'fixed';
+}
+
+/** `e` cut where its bytes lie in a hole of its file (or past its end): those pieces are marked `inHole`. */
+async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage>): Promise<MapExtent[]> {
+  const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(resolve(e.file)) : undefined;
+  if (!storage?.ranges || e.hostOffset === undefined) return [e];
+  const start = e.hostOffset;
+  const end = start + e.length;
+  const pieces: MapExtent[] = [];
+  let pos = start;
+  const push = (from: number, to: number, inHole: boolean) => {
+    if (to <= from) return;
+    const last = pieces.at(-1);
+    if (last && (last.inHole === true) === inHole) last.length += to - from;
+    else pieces.push({ ...e, offset: e.offset + from - start, length: to - from, hostOffset: from, ...(inHole ? { inHole: true } : {}) });
+  };
+  for (const r of await storage.ranges(start, e.length)) {
+    const from = Math.max(pos, r.offset);
+    const to = Math.min(end, r.offset + r.length);
+    if (from > pos) push(pos, from, false);
+    push(from, to, !r.data);
+    pos = Math.max(pos, to);
+  }
+  // What the answer does not cover lies past the end of the file: it reads as zeros.
+  push(pos, end, true);
+  return pieces;
+}
+
+/**
+ * The files of `disk`'s chain that qemu-img asks for holes, keyed by
+ * resolved path (what an extent's `file` resolves to); `close` closes the
+ * ones opened here (data files, flat extents).
+ */
+export async function fileHoleStorages(disk: Disk): Promise<{ storages: Map<string, Storage>; close: () => Promise<void> }> {
+  const storages = new Map<string, Storage>();
+  const opened: Storage[] = [];
+  const close = async () => {
+    for (const st of opened.splice(0)) await st.close();
+  };
+  try {
+    for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
+      if (await asksFileBelow(layer)) {
+        // The file below a qcow2's data clusters is its external data file when it has one: that one is asked.
+        const dataFile = layer.format === 'qcow2' ? (await layer.info?.())?.formatSpecific?.['data-file'] : undefined;
+        if (typeof dataFile === 'string') {
+          const file = resolve(dirname(resolve(layer.storage.name)), dataFile);
+          const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
+          opened.push(st);
+          storages.set(file, st);
+        } else storages.set(resolve(layer.storage.name), layer.storage);
+      }
+      // A VMDK's flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are raw files: qemu-img map asks them for holes.
+      if (layer.format === 'vmdk') {
+        // Sparse extents keep grains: not asked, as qemu-img does not ask them.
+        for (const file of await flatExtentFiles(layer)) {
+          const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
+          opened.push(st);
+          storages.set(file, st);
+        }
+      }
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return { storages, close };
+}
+
+/**
+ * `disk` as qemu-img measure sees its source: data that lies in a hole of
+ * the file below (see fileHoleStorages) reads as zeros and counts as such.
+ * Every other member is the disk's own.
+ */
+export function withFileHoles(disk: Disk, storages: ReadonlyMap<string, Storage>): Disk {
+  if (storages.size === 0) return disk;
+  async function* extents(options?: { offset?: number; length?: number }): AsyncGenerator<Extent> {
+    const offset = options?.offset ?? 0;
+    const range = { offset, length: options?.length ?? disk.size - offset };
+    for await (const e of mapExtents(disk, storages, range)) {
+      if (!e.inHole) {
+        yield e;
+        continue;
+      }
+      const { inHole: _inHole, hostOffset: _host, file: _file, ...rest } = e;
+      yield { ...rest, kind: 'zero' };
+    }
+  }
+  return new Proxy(disk, {
+    get(target, key) {
+      if (key === 'extents') return extents;
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
