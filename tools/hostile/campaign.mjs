@@ -16,10 +16,10 @@
 // image leaves it worse. Case i is reproducible alone with --only i.
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { caseSeed, rng, listTar, buildTar } from './lib.mjs';
+import { campaignArgs, caseSeed, rng, listTar, buildTar } from './lib.mjs';
 import { mutateDescriptorText, mutateEmbeddedDescriptor, mutateKdmv, mutateOva, mutateVhd, randomBytes, resize, TRAP } from './mutate.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -28,20 +28,10 @@ const IMG = join(repo, 'packages/convert/dist/bin/img.js');
 const IMG_CONVERT = join(repo, 'packages/convert/dist/bin/img-convert.js');
 
 function args() {
-  const a = { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, only: undefined, keep: false };
-  const v = process.argv.slice(2);
-  for (let i = 0; i < v.length; i++) {
-    const k = v[i].replace(/^--/, '');
-    if (k === 'help' || k === 'h' || k === '-h') {
-      process.stdout.write('usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n');
-      process.exit(0);
-    }
-    if (k === 'keep') a.keep = true;
-    else if (!v[i].startsWith('--') || !(k in a) || i + 1 >= v.length) {
-      process.stderr.write(`campaign: unknown option or missing value: ${v[i]} (--help lists them)\n`);
-      process.exit(2);
-    } else a[k] = v[++i];
-  }
+  const a = campaignArgs(
+    { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, only: undefined },
+    'usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n',
+  );
   a.seed = Number(a.seed);
   a.cases = Number(a.cases);
   a.timeout = Number(a.timeout);
@@ -325,6 +315,8 @@ function runCli(c, [what, bin, argv, untrusted, stdinFile]) {
 
 async function main() {
   mkdirSync(W, { recursive: true });
+  // The trap's path is fixed (the mutations name it), whatever --work says.
+  mkdirSync(dirname(TRAP), { recursive: true });
   writeFileSync(TRAP, 'trap: an untrusted open must never read this file\n');
   const seeds = buildSeeds();
   console.log(`seeds: ${seeds.length} (${seeds.map((s) => s.name).join(', ')})`);

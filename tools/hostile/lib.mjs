@@ -1,6 +1,28 @@
 // Small helpers of the hostile-input campaign: a seeded generator, byte
 // views, the VHD checksums and a ustar writer for hand-built OVAs.
 
+/**
+ * A campaign's command line: `--name value` for each key of `defaults`
+ * (values come back as strings), `--keep` as a flag, `--help` prints
+ * `usage` and exits 0; anything else is one line on stderr and exit 2.
+ */
+export function campaignArgs(defaults, usage, argv = process.argv.slice(2)) {
+  const a = { ...defaults, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i].replace(/^--?/, '');
+    if (k === 'help' || k === 'h') {
+      process.stdout.write(usage);
+      process.exit(0);
+    }
+    if (k === 'keep') a.keep = true;
+    else if (!argv[i].startsWith('--') || !(k in a) || i + 1 >= argv.length) {
+      process.stderr.write(`campaign: unknown option or missing value: ${argv[i]} (--help lists them)\n`);
+      process.exit(2);
+    } else a[k] = argv[++i];
+  }
+  return a;
+}
+
 /** mulberry32: a seeded generator in [0, 1); the same seed gives the same cases. */
 export function rng(seed) {
   let a = seed >>> 0;

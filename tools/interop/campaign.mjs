@@ -18,6 +18,7 @@
 import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Budget, CaseTimeout, PrepError, img } from './lib.mjs';
+import { campaignArgs } from '../hostile/lib.mjs';
 import { compareRead } from './oracle.mjs';
 import { knownReason } from './known.mjs';
 import { readCases } from './read-cases.mjs';
@@ -26,20 +27,7 @@ import { writeCases } from './write-cases.mjs';
 const USAGE = 'usage: nice node tools/interop/campaign.mjs [--seed 1] [--random 40] [--part read,write] [--formats qcow2,vpc,vmdk,raw] [--work /tmp/interop] [--timeout 20000] [--heap-mib 512] [--only r17] [--match text] [--keep]\n';
 
 function args() {
-  const a = { seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined, keep: false };
-  const v = process.argv.slice(2);
-  for (let i = 0; i < v.length; i++) {
-    const k = v[i].replace(/^--/, '');
-    if (k === 'help' || k === 'h') {
-      process.stdout.write(USAGE);
-      process.exit(0);
-    }
-    if (k === 'keep') a.keep = true;
-    else if (!v[i].startsWith('--') || !(k in a) || i + 1 >= v.length) {
-      process.stderr.write(`campaign: unknown option or missing value: ${v[i]} (--help lists them)\n`);
-      process.exit(2);
-    } else a[k] = v[++i];
-  }
+  const a = campaignArgs({ seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined }, USAGE);
   return { ...a, seed: Number(a.seed), random: Number(a.random), timeout: Number(a.timeout), heap: Number(a['heap-mib']), part: a.part.split(','), formats: a.formats.split(',') };
 }
 
