@@ -48,25 +48,17 @@ export function writerEntry(e: ClusterEntry, g: EntryGeometry): Entry {
 /**
  * Fills the entries of an empty L2 table that `hosts` names (the host
  * cluster number of each entry, 0: leave it unallocated) as allocated,
- * COPIED data clusters, every unit allocated: what encodeEntry writes for
- * `{ host, copied: true, alloc: full, zero: 0 }`, in one pass over the
- * table (a fresh image's 16384 entries per GiB).
+ * COPIED data clusters, every unit allocated, through encodeEntry with one
+ * Entry reused for the whole table (a fresh image's 16384 entries per GiB).
  */
 export function encodeDataEntries(table: Uint8Array, hosts: Float64Array, g: EntryGeometry): void {
-  const size = g.extendedL2 ? 16 : 8;
-  if (hosts.length * size > table.length) throw new RangeError(`${hosts.length} entries do not fit in an L2 table of ${table.length} bytes`);
-  const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  if (hosts.length * (g.extendedL2 ? 16 : 8) > table.length) throw new RangeError(`${hosts.length} entries do not fit in an L2 table of ${table.length} bytes`);
+  const e: Entry = { host: 0, copied: true, compressed: undefined, alloc: g.extendedL2 ? 0xffffffff : 1, zero: 0 };
   for (let i = 0; i < hosts.length; i++) {
     const c = hosts[i]!;
     if (c === 0) continue;
-    const host = c * g.clusterSize;
-    const at = i * size;
-    v.setUint32(at, (ENTRY_COPIED_HI | Math.floor(host / TWO32)) >>> 0);
-    v.setUint32(at + 4, host >>> 0);
-    if (g.extendedL2) {
-      v.setUint32(at + 8, 0);
-      v.setUint32(at + 12, 0xffffffff);
-    }
+    e.host = c * g.clusterSize;
+    encodeEntry(table, i, e, g);
   }
 }
 
