@@ -75,21 +75,30 @@ export interface SparseCopyResult extends CopyProgress {
 
 const MiB = 1024 * 1024;
 /**
- * A native batch holds up to this many bytes of runs (one pool job: one
- * thread hand-off for its reads, zero scan and writes, where JavaScript
- * pays one for each read and each write), and batches run `concurrency` at
- * a time. Small on purpose: on a machine where other processes want the
- * CPU, a pool thread that copies for tens of milliseconds without sleeping
- * waits far longer on the run queue than one that works in short bursts
- * (measured at a load average of 16-22, B qcow2->raw in one process: 32 MiB
- * batches 2.2-3.3 s, 8 MiB 1.6-3.2 s, 1-2 MiB 1.2-3.3 s, the JavaScript path
- * 0.9-2.7 s; threads of the 8 MiB runs waited 600-1000 ms each on the run
- * queue for 70-90 ms of work). On a quiet machine, since local copies go
- * through pread and pwrite (not a mapped scan and copy_file_range, see the
- * helper's offloads_copy), 8 MiB batches are faster: B raw->qcow2 in one
- * process, the copy took 0.37-0.43 s against 0.41-0.52 s with 2 MiB.
+ * A native copy batch (Storage.copyRunsTo) holds up to this many bytes of
+ * runs: one pool job, one thread hand-off for its reads, zero scan and
+ * writes, where JavaScript pays one for each read and each write. Batches
+ * run `concurrency` at a time and the native loop's copy slots let one
+ * per CPU copy at once (the others wait on their pool thread), so a batch
+ * is the unit of progress reports, not of parallelism. Larger batches
+ * mean fewer round trips through JavaScript while the copy saturates the
+ * CPUs: B raw->qcow2 (1 GiB in 1 MiB runs, ext4 page cache, 2 vCPUs), the
+ * copy inside the command took 0.28-0.32 s with 8 MiB batches and
+ * 0.25-0.27 s with 32 MiB (a bare loop of native batches in Node: 0.24-0.26
+ * s with 8 MiB, 0.21-0.23 s from 32 MiB up, the C floor of two threads
+ * 0.21-0.22 s). Before the copy slots, small batches served a loaded
+ * machine better, as a pool thread that copies for tens of milliseconds
+ * without sleeping waits longer on the run queue (at a load average of
+ * 16-22, B qcow2->raw in one process: 32 MiB batches 2.2-3.3 s, 8 MiB
+ * 1.6-3.2 s); with slots, one thread per CPU copies and the rest sleep.
  */
-const BATCH_BYTES = 8 * MiB;
+const COPY_BATCH_BYTES = 32 * MiB;
+/**
+ * A read batch (Storage.readRuns: read and zero-scanned natively, written
+ * through the format by JavaScript) holds up to this many bytes; its
+ * buffer counts against the buffer budget.
+ */
+const READ_BATCH_BYTES = 8 * MiB;
 const BATCH_RUNS = 4096;
 
 /** Runs of one source storage waiting to be copied (or read) as one batch. */
@@ -164,7 +173,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
   const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize };
   // A read batch's buffer: whole chunks, within the buffer budget.
-  const readBatchBytes = Math.max(chunkSize, Math.min(BATCH_BYTES, Math.floor(budget / slots / chunkSize) * chunkSize));
+  const readBatchBytes = Math.max(chunkSize, Math.min(READ_BATCH_BYTES, Math.floor(budget / slots / chunkSize) * chunkSize));
   const batchBuffers: Uint8Array[] = [];
 
   const progress: SparseCopyResult = { bytesDone: 0, bytesTotal: length, bytesRead: 0, bytesWritten: 0, bytesSkipped: 0 };
@@ -302,7 +311,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const queueRun = async (e: Extent): Promise<boolean> => {
     const from = runSource(src, e, mode, dst.storage);
     if (!from) return false;
-    const limit = mode === 'copy' ? BATCH_BYTES : readBatchBytes;
+    const limit = mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes;
     if (batch && (batch.from !== from || batch.bytes + e.length > limit)) await flushBatch();
     batch ??= { from, runs: [], bytes: 0 };
     if (mode === 'copy' && placer) {
