@@ -307,36 +307,52 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     if (failure) return;
     start(b.bytes, () => (mode === 'copy' ? copyBatch(b) : readBatch(b)));
   };
-  /** Queues a data extent for the native loop; false if it must be read through the format. */
-  const queueRun = async (e: Extent): Promise<boolean> => {
-    const from = runSource(src, e, mode, dst.storage);
-    if (!from) return false;
-    const limit = mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes;
-    if (batch && (batch.from !== from || batch.bytes + e.length > limit)) await flushBatch();
-    batch ??= { from, runs: [], bytes: 0 };
+  /** Counts an extent that needs no I/O (a hole, or zeros over a destination that reads as zeros) as dealt with. */
+  const skip = (e: Extent) => {
+    progress.bytesSkipped += e.length;
+    progress.bytesDone += e.length;
+    report();
+  };
+  const batchLimit = mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes;
+  /** The storage a data extent's bytes can leave in a native batch; undefined: read through the format. */
+  const batchSource = (e: Extent): Storage | undefined => (mode && e.kind === 'data' && e.length <= readBatchBytes ? runSource(src, e, mode, dst.storage) : undefined);
+  /** Adds a data extent to the batch being gathered (the caller flushed the one it does not fit in). */
+  const addRun = (from: Storage, e: Extent): RunBatch => {
+    const b = (batch ??= { from, runs: [], bytes: 0 });
     if (mode === 'copy' && placer) {
       const placed = placer.placeRuns!(e.offset, e.length);
-      for (let k = 0; k < placed.length; k += 3) batch.runs.push(e.hostOffset! + placed[k]! - e.offset, placed[k + 1]!, placed[k + 2]!);
-    } else batch.runs.push(e.hostOffset!, e.offset, e.length);
-    batch.bytes += e.length;
-    if (batch.bytes >= limit || batch.runs.length >= 3 * BATCH_RUNS) await flushBatch();
-    return true;
+      for (let k = 0; k < placed.length; k += 3) b.runs.push(e.hostOffset! + placed[k]! - e.offset, placed[k + 1]!, placed[k + 2]!);
+    } else b.runs.push(e.hostOffset!, e.offset, e.length);
+    b.bytes += e.length;
+    return b;
   };
 
   const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, fileHoles: true, ...(mode ? { hostOffsets: true } : {}) });
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
+  // Per extent, only the I/O awaits: holes are counted on the spot and data runs join a batch, so
+  // a copy of many small runs runs little JavaScript (and gives V8 less to compile) while the native loop copies.
   try {
     for await (const big of source) {
+      if (failure) break;
+      if (signal?.aborted) throw abortError(signal);
       // Extents that only need skipping are handled whole; anything that
       // reads or writes is split into chunks, so progress and abort stay responsive.
-      const skipOnly = big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly));
-      const pieces = skipOnly ? [big] : chunkExtent(big, chunkSize);
-      for (const e of pieces) {
+      if (big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly))) {
+        skip(big);
+        continue;
+      }
+      for (const e of chunkExtent(big, chunkSize)) {
         if (failure) break;
         if (signal?.aborted) throw abortError(signal);
+        const from = batchSource(e);
+        if (from) {
+          if (batch && (batch.from !== from || batch.bytes + e.length > batchLimit)) await flushBatch();
+          const b = addRun(from, e);
+          if (b.bytes >= batchLimit || b.runs.length >= 3 * BATCH_RUNS) await flushBatch();
+          continue;
+        }
         while (inFlight.size >= slots) await Promise.race(inFlight);
         if (failure) break;
-        if (mode && e.kind === 'data' && e.length <= readBatchBytes && (await queueRun(e))) continue;
         launch(e, e.kind === 'data' ? copyData : copyZero);
       }
       if (failure) break;
