@@ -95,6 +95,7 @@ export { PlacedRuns, joinPlacedExtent, type PieceWalk, type PlacedRunsOwner, typ
 export { CallOrder, type CallOrderRunOptions } from './call-order.js';
 export { mergeExtents, clipExtents, collectExtents, validateExtentCover, assertExtentCover, chunkExtents, extentRange, summarizeExtents, diskExtents, parentExtents } from './extents.js';
 export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';
+export { looksIncompressible } from './incompressible.js';
 export { FormatRegistry } from './registry.js';
 export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, RAW_CREATE_OPTIONS, type RawCreateOptions } from './raw.js';
 export { PLUMBING_CREATE_KEYS, checkOptionKeys, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';

@@ -11,7 +11,7 @@
  * codec is synchronous (Node) and a promise where it is not (the web's
  * DecompressionStream).
  */
-import { corrupt, hex, unsupported } from '@img/block';
+import { corrupt, hex, looksIncompressible, unsupported } from '@img/block';
 import { CODEC_UNAVAILABLE, TOO_LARGE, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { webCodecs } from './web-codecs.js';
@@ -201,11 +201,15 @@ function zstdCluster(input: Uint8Array, clusterSize: number, ctx: CompressedCont
 /**
  * Compresses one cluster: raw deflate (Node: qemu's 4 KiB window and
  * level, byte for byte), or a zstd frame. Resolves to undefined when the result would not be smaller than
- * the cluster (the caller then stores it uncompressed).
+ * the cluster (the caller then stores it uncompressed), and, for deflate,
+ * without compressing when the cluster looks like bytes deflate cannot
+ * shrink (`looksIncompressible` of `@img/block`).
  */
 export async function compressCluster(type: number, input: Uint8Array): Promise<Uint8Array | undefined> {
   let out: Uint8Array;
   if (type === COMPRESSION_ZLIB) {
+    // Deflate would take as long over bytes it cannot shrink and then lose (qemu then stores the cluster as it is).
+    if (looksIncompressible(input)) return undefined;
     try {
       out = await codecs.deflateRaw(input);
     } catch (e) {

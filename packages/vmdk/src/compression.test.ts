@@ -47,4 +47,21 @@ describe('grain compression (Node codecs)', () => {
       else process.env.IMG_COMPRESS_THREADS = saved;
     }
   });
+
+  it('stores grains deflate cannot shrink (zlib level 0) and compresses the rest at level 6, on either thread', async () => {
+    const grain = 65536;
+    const data = new Uint8Array(3 * grain);
+    data.set(seededBytes(grain, 5), 0); // random: stored
+    data.set(seededBytes(grain, 6), grain);
+    data.fill(0, grain + 20_000, grain + 30_000); // random with a zero run: compressed
+    data.fill(0x61, 2 * grain); // one value: compressed
+    // The zlib header's FLEVEL bits: 0 for level 0, 2 for the default level 6.
+    const level = (c: Uint8Array) => c[1]! >> 6;
+    for (const compressed of [await deflateGrains(data, grain), await Promise.all([0, 1, 2].map((i) => deflateGrain(data.subarray(i * grain, (i + 1) * grain))))]) {
+      expect(compressed.map(level)).toEqual([0, 2, 2]);
+      expect(compressed[0]!.length).toBeLessThanOrEqual(grain + 16);
+      expect(compressed[1]!.length).toBeLessThan(grain - 9000);
+      for (const [i, c] of compressed.entries()) expect(Buffer.from(await inflateGrain(c, grain, { hostOffset: 0 })).equals(Buffer.from(data.subarray(i * grain, (i + 1) * grain)))).toBe(true);
+    }
+  });
 });

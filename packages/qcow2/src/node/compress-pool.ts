@@ -10,8 +10,8 @@
  * undefined and the caller compresses on its own thread. The workers use
  * the same codecs, chosen in the same order, as compressCluster (deflate
  * with qemu's 4 KiB window at level 6; zstd from node:zlib, the native
- * addon or libzstd in WebAssembly), so the output is the same byte for
- * byte.
+ * addon or libzstd in WebAssembly), and the same guess at clusters deflate
+ * cannot shrink, so the output is the same byte for byte.
  *
  * Memory is bounded, not left to the garbage collector: a call is cut
  * into jobs of at most JOB_BYTES, each worker holds at most DEPTH of them,
@@ -24,6 +24,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type { Worker as NodeWorker } from 'node:worker_threads';
+import { looksIncompressible } from '@img/block';
 import { ZSTD_LEVEL } from '../codecs.js';
 import { copyZstdFrame } from '../compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
@@ -43,6 +44,7 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const zlib = require('node:zlib');
 const copyZstdFrame = ${copyZstdFrame.toString()};
+const looksIncompressible = ${looksIncompressible.toString()};
 const LEVEL = ${ZSTD_LEVEL};
 // A scavenge after each job frees the codecs' per-cluster buffers at once. 'gc' exists only with
 // --expose-gc: set it just long enough to fetch the function from a fresh context, then unset it.
@@ -60,6 +62,7 @@ let padded;
 // Each codec writes one cluster's compressed bytes into out at 'at' and answers how many, or -1 when
 // they would not be smaller than the cluster.
 function deflate(cluster, out, at) {
+  if (looksIncompressible(cluster)) return -1;
   const z = zlib.deflateRawSync(cluster, { level: 6, windowBits: 12, chunkSize: cluster.length });
   if (z.length >= cluster.length) return -1;
   out.set(z, at);

@@ -1,11 +1,12 @@
 /**
  * Node's codecs for compressed grains: node:zlib (zlib streams at level 6,
- * what qemu writes), compressing many grains at once on libuv's thread
+ * what qemu writes; level 0 for grains deflate cannot shrink), compressing many grains at once on libuv's thread
  * pool, so on every core. Node-only; installed by Node's entry (root.ts, the
  * `@img/vmdk` Node resolves, and the `@img/vmdk/node` helpers) so that the core modules import
  * nothing from Node.
  */
 import { availableParallelism } from 'node:os';
+import { looksIncompressible } from '@img/block';
 import * as zlib from 'node:zlib';
 import { DEFLATE_LEVEL, type VmdkCodecs } from '../codecs.js';
 import { setVmdkCodecs } from '../compression.js';
@@ -21,8 +22,19 @@ function inflateNode(input: Uint8Array, limit: number): Uint8Array {
 }
 
 function deflateNode(input: Uint8Array): Uint8Array {
-  const out = zlib.deflateSync(input, { level: DEFLATE_LEVEL, chunkSize: outputChunk(input.length) });
+  const out = zlib.deflateSync(input, { level: levelFor(input, DEFLATE_LEVEL), chunkSize: outputChunk(input.length) });
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
+}
+
+/**
+ * The zlib level for a grain: `level`, or 0 (stored blocks, a valid zlib
+ * stream every reader inflates) when the grain looks like bytes deflate
+ * cannot shrink, which deflate would take as long over as over any other
+ * and then store anyway (a 64 KiB random grain: 65,564 bytes at level 6,
+ * 65,552 at level 0, about 1.3 ms against 0.15).
+ */
+function levelFor(grain: Uint8Array, level: number): number {
+  return level > 0 && looksIncompressible(grain) ? 0 : level;
 }
 
 /** An output chunk that holds a deflated grain of `bytes` whole (zlib's bound plus framing), so the stream is one buffer, not several joined. */
@@ -80,7 +92,7 @@ function asBytes(b: Buffer): Uint8Array {
 }
 
 async function deflateOnPool(grain: Uint8Array, level: number, width: number): Promise<Uint8Array> {
-  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.deflate(grain, { level, chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.deflate(grain, { level: levelFor(grain, level), chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
 }
 
 /**
