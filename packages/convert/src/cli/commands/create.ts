@@ -5,7 +5,7 @@ import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { ImageError, missingFileError, parseSize, sameFileError, type Storage } from '@img/block';
-import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
@@ -45,8 +45,10 @@ export const create: Handler = async (argv, io) => {
   const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
-  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it.
-  options.resolver = fileResolver;
+  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it. The backing
+  // file is only read, without locks, as qemu-img create reads it: an overlay of the image a running VM
+  // holds is how an external snapshot starts.
+  options.resolver = fileResolverWith({ forceShare: true });
   if (values.b !== undefined) {
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
@@ -69,6 +71,7 @@ export const create: Handler = async (argv, io) => {
       const backing = await openImageFile(backingPath, {
         ...(values.F !== undefined ? { format: values.F } : {}),
         registry,
+        forceShare: true,
       }).catch((e: unknown) => {
         // Say which image names the missing file, as a backing file missing at open does.
         if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND' && e.data.file === backingPath) {
