@@ -37,3 +37,43 @@ describeQemu('img create beside qemu-img create', () => {
     expect(qemuImg(['compare', join(d, 'ours.qcow2'), join(d, 'top.qcow2')]).status).toBe(0);
   });
 });
+
+/** Runs img and qemu-img with the same arguments in `cwd`; qemu-img's probing warning about raw is left out. */
+function both(args: string[], cwd: string): { ours: { status: number; stdout: string; stderr: string }; theirs: { status: number; stdout: string; stderr: string } } {
+  const ours = run('img', args, { cwd });
+  const theirs = qemuImg(args, { cwd, allowFail: true });
+  return { ours, theirs };
+}
+
+describeQemu('img amend beside qemu-img amend', () => {
+  it('answers for a format it cannot amend in qemu-img words, even for -o help, and changes nothing', () => {
+    const d = mkdtempSync(join(tmp.path, 'amend-'));
+    qemuImg(['create', '-q', '-f', 'vpc', join(d, 'v.vhd'), '64M']);
+    qemuImg(['create', '-q', '-f', 'vmdk', join(d, 'k.vmdk'), '64M']);
+    qemuImg(['create', '-q', '-f', 'raw', join(d, 'r.img'), '1M']);
+    const cases = [
+      { args: ['amend', '-f', 'vpc', '-o', 'help'], driver: 'vpc' },
+      { args: ['amend', '-o', 'help', 'v.vhd'], driver: 'vpc' },
+      { args: ['amend', '-o', 'subformat=fixed', 'v.vhd'], driver: 'vpc' },
+      { args: ['amend', '-o', '?', 'k.vmdk'], driver: 'vmdk' },
+      { args: ['amend', '-f', 'raw', '-o', 'compat=1.1', 'r.img'], driver: 'raw' },
+    ];
+    for (const { args, driver } of cases) {
+      const { ours, theirs } = both(args, d);
+      const sentence = `Format driver '${driver}' does not support option amendment`;
+      expect(theirs.stderr, args.join(' ')).toContain(sentence);
+      expect({ status: ours.status, stdout: ours.stdout }, args.join(' ')).toEqual({ status: theirs.status, stdout: theirs.stdout });
+      expect(ours.stderr, args.join(' ')).toContain(sentence);
+      expect(ours.stderr.split('\n').filter(Boolean), args.join(' ')).toHaveLength(1);
+    }
+    expect(qemuImg(['info', '--output=json', join(d, 'v.vhd')]).stdout).toContain('"vpc"');
+  });
+
+  it('still lists the qcow2 options for -o help of a qcow2 image', () => {
+    const d = mkdtempSync(join(tmp.path, 'amend-'));
+    qemuImg(['create', '-q', '-f', 'qcow2', join(d, 'd.qcow2'), '1M']);
+    const ours = run('img', ['amend', '-o', 'help', 'd.qcow2'], { cwd: d });
+    expect(ours.status).toBe(0);
+    expect(ours.stdout).toMatch(/^Amend options for 'qcow2':\n {2}compat=<str>/);
+  });
+});

@@ -8,6 +8,7 @@ import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
+import { qemuFormatName } from '../info-human.js';
 import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
@@ -18,23 +19,29 @@ export const amend: Handler = async (argv, io) => {
     io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
     return 0;
   }
-  // As qemu-img: -o help needs no file (amend changes qcow2 images only).
   const optionText = readOptionText(values.o);
-  if (optionText.help) {
-    printOptionHelp(io, "Amend options for 'qcow2':", QCOW2_AMEND_OPTIONS);
-    return 0;
-  }
-  const path = onePath(positionals);
-  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
-  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
+  // The format comes first, as qemu-img: only qcow2 images can be amended, and for any other format
+  // (named by -f or probed) that is the answer to -o help and to every option.
+  const path = positionals.length === 1 ? positionals[0]! : undefined;
   let format = values.f;
-  if (format === undefined) {
+  if (format === undefined && path !== undefined) {
     const probe = await openForCommand(path, values);
     format = probe.format;
     await probe.close();
   }
-  if (defaultRegistry().require(format).name !== 'qcow2') throw unsupported(format, path, 'amend is supported for qcow2 images only');
-  const storage = await FileStorage.open(path, { readOnly: false });
+  const driver = format === undefined ? undefined : defaultRegistry().require(format);
+  if (driver !== undefined && driver.name !== 'qcow2') {
+    throw unsupported(driver.name, path, `Format driver '${qemuFormatName(driver.name)}' does not support option amendment`);
+  }
+  // -o help without a file or -f shows qcow2's, the one format img amends.
+  if (optionText.help) {
+    printOptionHelp(io, "Amend options for 'qcow2':", QCOW2_AMEND_OPTIONS);
+    return 0;
+  }
+  const file = onePath(positionals);
+  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
+  const storage = await FileStorage.open(file, { readOnly: false });
   try {
     await amendQcow2(storage, options);
   } finally {
