@@ -1,7 +1,7 @@
 // The maintenance commands (create, snapshot, amend, commit, rebase, measure) used as a user uses them,
 // through the built bin and beside qemu-img 7.2 on the same command line: what a script would notice
 // (exit status, which stream, the words of human output, the image left behind) must agree.
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, tempDir } from '@img/testkit';
@@ -44,6 +44,29 @@ function both(args: string[], cwd: string): { ours: { status: number; stdout: st
   const theirs = qemuImg(args, { cwd, allowFail: true });
   return { ours, theirs };
 }
+
+describeQemu('img create: the backing file named by -o', () => {
+  it('takes the size from -o backing_file=,backing_fmt= as from -b/-F, and prints the same line as qemu-img', () => {
+    const d = chain();
+    const args = (out: string) => ['create', '-f', 'qcow2', '-o', 'backing_file=base.qcow2,backing_fmt=qcow2', out];
+    const ours = run('img', args('ours.qcow2'), { cwd: d });
+    const theirs = qemuImg(args('theirs.qcow2'), { cwd: d, allowFail: true });
+    expect(theirs.status).toBe(0);
+    expect({ status: ours.status, stderr: ours.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(ours.stdout).toBe(theirs.stdout.replace('theirs.qcow2', 'ours.qcow2'));
+    const info = (name: string) => JSON.parse(qemuImg(['info', '--output=json', join(d, name)]).stdout) as Record<string, unknown>;
+    for (const key of ['virtual-size', 'backing-filename', 'backing-filename-format']) expect(info('ours.qcow2')[key], key).toEqual(info('theirs.qcow2')[key]);
+  });
+
+  it('refuses a backing file for raw in qemu-img words, and leaves no file', () => {
+    const d = chain();
+    const { ours, theirs } = both(['create', '-f', 'raw', '-b', 'base.qcow2', '-F', 'qcow2', 'n.img'], d);
+    expect(theirs.stderr).toBe("qemu-img: n.img: Backing file not supported for file format 'raw'\n");
+    expect({ status: ours.status, stdout: ours.stdout }).toEqual({ status: theirs.status, stdout: theirs.stdout });
+    expect(ours.stderr).toMatch(/^img create: ERR_IMG_UNSUPPORTED: raw: n\.img: Backing file not supported for file format 'raw'\n$/);
+    expect(existsSync(join(d, 'n.img'))).toBe(false);
+  });
+});
 
 describeQemu('img amend beside qemu-img amend', () => {
   it('answers for a format it cannot amend in qemu-img words, even for -o help, and changes nothing', () => {

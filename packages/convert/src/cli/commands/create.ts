@@ -4,15 +4,19 @@
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { ImageError, missingFileError, parseSize, sameFileError, type Storage } from '@img/block';
+import { ImageError, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
+import { qemuFormatName } from '../info-human.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
 import { type Handler, common, quietOption, quietIo, requireBackingFormat } from './shared.js';
+
+/** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
+const FORMATS_WITH_BACKING: readonly string[] = ['qcow2', 'vhd', 'vmdk'];
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
@@ -49,7 +53,18 @@ export const create: Handler = async (argv, io) => {
   // file is only read, without locks, as qemu-img create reads it: an overlay of the image a running VM
   // holds is how an external snapshot starts.
   options.resolver = fileResolverWith({ forceShare: true });
-  if (values.b !== undefined) {
+  // The backing file and its format by -b/-F or by -o backing_file=,backing_fmt= (as qemu-img: either way,
+  // the size may come from it); -b wins over -o.
+  const backingName = values.b ?? (typeof options.backingFile === 'string' ? options.backingFile : undefined);
+  const backingFormat = values.b !== undefined ? values.F : (values.F ?? (typeof options.backingFormat === 'string' ? options.backingFormat : undefined));
+  delete options.backingFile;
+  delete options.backingFormat;
+  if (backingName !== undefined && !FORMATS_WITH_BACKING.includes(driver.name)) {
+    throw unsupported(driver.name, path, `Backing file not supported for file format '${qemuFormatName(driver.name)}'`);
+  }
+  if (backingName !== undefined) {
+    values.b = backingName;
+    if (backingFormat !== undefined) values.F = backingFormat;
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
     options.formats = registry;
