@@ -118,3 +118,68 @@ describeQemu('img snapshot beside qemu-img snapshot', () => {
     expect(snapshots('ours.qcow2')).toEqual(snapshots('theirs.qcow2'));
   });
 });
+
+describeQemu("qemu-img 7.2's I/O options of amend, commit and rebase", () => {
+  // Each line is accepted by qemu-img 7.2; img must accept it too and leave the same image (compared by qemu-img).
+  const lines = [
+    ['amend', '-p', '-o', 'lazy_refcounts=on', 'top.qcow2'],
+    ['amend', '-t', 'writeback', '-o', 'lazy_refcounts=on', 'top.qcow2'],
+    ['commit', '-t', 'none', 'top.qcow2'],
+    ['commit', '-t', 'unsafe', '-d', '-p', 'top.qcow2'],
+    ['rebase', '-p', '-b', '', 'top.qcow2'],
+    ['rebase', '-t', 'none', '-T', 'directsync', '-b', '', 'top.qcow2'],
+    ['rebase', '-U', '-u', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2'],
+  ];
+  for (const args of lines) {
+    it(args.join(' '), () => {
+      const ours = chain();
+      const theirs = chain();
+      const r = run('img', args, { cwd: ours });
+      const q = qemuImg(args, { cwd: theirs, allowFail: true });
+      expect(q.status).toBe(0);
+      expect({ status: r.status, stdout: r.stdout }).toEqual({ status: 0, stdout: q.stdout.replace(/\s*\(\d+\.\d\d\/100%\)/g, '').replace(/^\s+/, '') });
+      for (const name of ['top.qcow2', 'base.qcow2']) {
+        expect(qemuImg(['compare', join(ours, name), join(theirs, name)]).status, name).toBe(0);
+        const info = (d: string) => JSON.parse(qemuImg(['info', '-U', '--output=json', join(d, name)]).stdout) as { 'backing-filename'?: string; 'format-specific': { data: { 'lazy-refcounts'?: boolean } } };
+        expect(info(ours)['backing-filename'], name).toBe(info(theirs)['backing-filename']);
+        expect(info(ours)['format-specific'].data['lazy-refcounts'], name).toBe(info(theirs)['format-specific'].data['lazy-refcounts']);
+      }
+    });
+  }
+
+  it('refuses a cache mode qemu does not know, with its words, before touching the image', () => {
+    for (const cmd of [
+      ['amend', '-t', 'bogus', '-o', 'lazy_refcounts=on'],
+      ['commit', '-t', 'bogus'],
+      ['rebase', '-T', 'bogus', '-b', ''],
+    ]) {
+      const d = chain();
+      const args = [...cmd, 'top.qcow2'];
+      const { ours, theirs } = both(args, d);
+      const sentence = cmd.includes('-T') ? 'Invalid source cache option: bogus' : 'Invalid cache option: bogus';
+      expect(theirs.stderr, args.join(' ')).toBe(`qemu-img: ${sentence}\n`);
+      expect(ours.status, args.join(' ')).toBe(theirs.status);
+      expect(ours.stderr.split('\n')[0], args.join(' ')).toBe(`img ${cmd[0]}: ${sentence}`);
+      expect(qemuImg(['info', '--output=json', join(d, 'top.qcow2')]).stdout).toContain('"backing-filename": "base.qcow2"');
+    }
+    // convert's -T is the source's cache too.
+    const { ours, theirs } = both(['convert', '-T', 'bogus', '-O', 'raw', 'top.qcow2', 'out.raw'], chain());
+    expect(theirs.stderr).toBe('qemu-img: Invalid source cache option: bogus\n');
+    expect(ours.status).toBe(theirs.status);
+    expect(ours.stderr.split('\n')[0]).toBe('img convert: Invalid source cache option: bogus');
+  });
+
+  it('rebase -U reads a new backing file a running qemu holds, as qemu-img rebase -U does', async () => {
+    const d = chain();
+    qemuImg(['create', '-q', '-f', 'qcow2', join(d, 'other.qcow2'), '64M']);
+    const holder = await holdWithQemuIo(join(d, 'other.qcow2'), { format: 'qcow2' });
+    try {
+      expect(run('img', ['rebase', '-b', 'other.qcow2', '-F', 'qcow2', 'top.qcow2'], { cwd: d }).stderr).toContain('ERR_IMG_LOCKED');
+      const r = run('img', ['rebase', '-U', '-b', 'other.qcow2', '-F', 'qcow2', 'top.qcow2'], { cwd: d });
+      expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    } finally {
+      await holder.stop();
+    }
+    expect(qemuImg(['info', '--output=json', join(d, 'top.qcow2')]).stdout).toContain('"backing-filename": "other.qcow2"');
+  });
+});

@@ -65,6 +65,8 @@ export interface RebaseOptions {
    */
   compress?: boolean;
   signal?: AbortSignal;
+  /** Called as safe mode goes through the ranges the image does not hold (bytes of them done, of all). */
+  onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
 }
 
 async function dataRanges(disk: Disk | undefined, offset: number, length: number): Promise<Extent[]> {
@@ -94,6 +96,9 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
     // Collected first: the loop writes into the top, which changes its extents.
     const holes: Extent[] = [];
     for await (const e of top.extents({ topOnly: true })) if (e.kind === 'hole') holes.push(e);
+    const bytesTotal = holes.reduce((n, h) => n + h.length, 0);
+    let bytesDone = 0;
+    options.onProgress?.({ bytesDone, bytesTotal });
     for (const hole of holes) {
       // Only where the old chain or the new backing has data can they differ.
       const ranges = [...(await dataRanges(old, hole.offset, hole.length)), ...(await dataRanges(newBacking, hole.offset, hole.length))];
@@ -112,6 +117,8 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
           copied += before.length;
         }
       }
+      bytesDone += hole.length;
+      options.onProgress?.({ bytesDone, bytesTotal });
     }
     await top.flush();
   }

@@ -5,7 +5,7 @@ import { parseArgs } from '../parse-args.js';
 import { unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
-import { UsageError } from '../common.js';
+import { checkCacheModes, UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
 import { qemuFormatName } from '../info-human.js';
@@ -13,12 +13,18 @@ import { type Handler, common, onePath, openForCommand, quietOption, quietIo } f
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, p: { type: 'boolean' }, t: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    io.stdout(
+      'Usage: img amend [-q] [-p] [-t cache] [-f fmt] -o key=value[,...] <file>\n\n' +
+        'Changes format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n' +
+        "-p and -t are qemu-img's: accepted (a bad cache mode fails as with qemu-img); img's amend shows no progress\n" +
+        'and picks its own caching.\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n',
+    );
     return 0;
   }
+  checkCacheModes(values.t);
   const optionText = readOptionText(values.o);
   // The format comes first, as qemu-img: only qcow2 images can be amended, and for any other format
   // (named by -f or probed) that is the answer to -o help and to every option.
