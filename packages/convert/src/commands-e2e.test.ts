@@ -183,3 +183,27 @@ describeQemu("qemu-img 7.2's I/O options of amend, commit and rebase", () => {
     expect(qemuImg(['info', '--output=json', join(d, 'top.qcow2')]).stdout).toContain('"backing-filename": "other.qcow2"');
   });
 });
+
+describeQemu('img measure -l beside qemu-img measure -l', () => {
+  it('measures an internal snapshot, not the active layer: the same figures and JSON as qemu-img', () => {
+    const d = mkdtempSync(join(tmp.path, 'measure-'));
+    const file = join(d, 'snaps.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', file, '64M']);
+    qemuIo(file, 'qcow2', ['write -P 1 0 4M']);
+    qemuImg(['snapshot', '-c', 's1', file]);
+    qemuIo(file, 'qcow2', ['write -P 2 8M 8M']);
+    qemuImg(['bitmap', '--add', file, 'b0']);
+    for (const l of ['s1', '1', 'snapshot.id=1,snapshot.name=s1']) {
+      for (const out of ['human', 'json']) {
+        const args = ['measure', '-O', 'qcow2', '-l', l, `--output=${out}`, file];
+        const ours = run('img', args);
+        const theirs = qemuImg(args);
+        expect({ status: ours.status, stdout: ours.stdout, stderr: ours.stderr }, args.join(' ')).toEqual({ status: 0, stdout: theirs.stdout, stderr: '' });
+      }
+    }
+    // The snapshot holds 4 MiB, the active layer 12: the figure must be the snapshot's.
+    expect(run('img', ['measure', '-O', 'qcow2', '-l', 's1', file]).stdout).not.toBe(run('img', ['measure', '-O', 'qcow2', file]).stdout);
+    const missing = run('img', ['measure', '-O', 'qcow2', '-l', 'nope', file]);
+    expect({ status: missing.status, stdout: missing.stdout }).toEqual({ status: qemuImg(['measure', '-O', 'qcow2', '-l', 'nope', file], { allowFail: true }).status, stdout: '' });
+  });
+});
