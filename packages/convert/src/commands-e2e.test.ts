@@ -207,3 +207,37 @@ describeQemu('img measure -l beside qemu-img measure -l', () => {
     expect({ status: missing.status, stdout: missing.stdout }).toEqual({ status: qemuImg(['measure', '-O', 'qcow2', '-l', 'nope', file], { allowFail: true }).status, stdout: '' });
   });
 });
+
+describeQemu('the backing format img stores is one qemu opens', () => {
+  /** The backing format qemu-img reads from `file`, and whether qemu can open the whole chain. */
+  function stored(file: string): { format: unknown; opens: boolean } {
+    const info = JSON.parse(qemuImg(['info', '--output=json', file]).stdout) as Record<string, unknown>;
+    return { format: info['backing-filename-format'], opens: qemuImg(['convert', '-O', 'raw', file, `${file}.raw`], { allowFail: true }).status === 0 };
+  }
+
+  it("-F vhd (img's name) is stored as vpc by create, rebase -u and convert -B", () => {
+    const d = chain();
+    qemuImg(['create', '-q', '-f', 'vpc', join(d, 'parent.vhd'), '64M']);
+    expect(run('img', ['create', '-q', '-f', 'qcow2', '-b', 'parent.vhd', '-F', 'vhd', 'created.qcow2'], { cwd: d }).status).toBe(0);
+    expect(stored(join(d, 'created.qcow2'))).toEqual({ format: 'vpc', opens: true });
+    expect(run('img', ['rebase', '-u', '-b', 'parent.vhd', '-F', 'vhd', 'top.qcow2'], { cwd: d }).status).toBe(0);
+    expect(stored(join(d, 'top.qcow2'))).toEqual({ format: 'vpc', opens: true });
+    expect(run('img', ['convert', '-O', 'qcow2', '-B', 'parent.vhd', '-F', 'vhd', 'base.qcow2', 'converted.qcow2'], { cwd: d }).status).toBe(0);
+    expect(stored(join(d, 'converted.qcow2'))).toEqual({ format: 'vpc', opens: true });
+  });
+
+  it('refuses a format name nobody knows before writing it, where qemu-img refuses too', () => {
+    const d = chain();
+    for (const args of [
+      ['rebase', '-u', '-b', 'base.qcow2', '-F', 'qcow3', 'top.qcow2'],
+      ['create', '-f', 'qcow2', '-u', '-b', 'base.qcow2', '-F', 'qcow3', 'new.qcow2', '1M'],
+    ]) {
+      const ours = run('img', args, { cwd: d });
+      expect(qemuImg(args, { cwd: d, allowFail: true }).status, args.join(' ')).toBe(1);
+      expect(ours.status, args.join(' ')).toBe(1);
+      expect(ours.stderr, args.join(' ')).toContain('ERR_IMG_UNKNOWN_FORMAT: unknown format "qcow3"');
+    }
+    expect(existsSync(join(d, 'new.qcow2'))).toBe(false);
+    expect(stored(join(d, 'top.qcow2'))).toEqual({ format: 'qcow2', opens: true });
+  });
+});

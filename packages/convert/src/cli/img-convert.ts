@@ -5,6 +5,7 @@
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
+import { storedBackingFormat } from './commands/shared.js';
 import { checkCacheModes, describeErrno, ExitCode, progressPrinter, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
@@ -286,7 +287,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           signal: controller.signal,
           ...salvage,
           ...(backing !== undefined ? { backingFile: backing } : {}),
-          ...(values.F !== undefined ? { backingFormat: values.F } : {}),
+          ...(values.F !== undefined ? { backingFormat: storedBackingFormat(registry, values.F) } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });

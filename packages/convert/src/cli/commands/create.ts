@@ -13,7 +13,7 @@ import { qemuFormatName } from '../info-human.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
-import { type Handler, common, quietOption, quietIo, requireBackingFormat } from './shared.js';
+import { type Handler, common, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
 
 /** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
 const FORMATS_WITH_BACKING: readonly string[] = ['qcow2', 'vhd', 'vmdk'];
@@ -64,7 +64,7 @@ export const create: Handler = async (argv, io) => {
   }
   if (backingName !== undefined) {
     values.b = backingName;
-    if (backingFormat !== undefined) values.F = backingFormat;
+    if (backingFormat !== undefined) values.F = storedBackingFormat(registry, backingFormat);
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
     options.formats = registry;

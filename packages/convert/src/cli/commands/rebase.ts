@@ -10,7 +10,7 @@ import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
 import { refuseQemuOnly } from '../img-convert.js';
-import { type Handler, common, oneOf, onePath, quietOption, quietIo, shareOption } from './shared.js';
+import { type Handler, common, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
 
 const HELP = `Usage: img rebase [-q] [-p] [-U] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
 
@@ -81,8 +81,9 @@ export const rebase: Handler = async (argv, io) => {
     c: (parsed.values.c || parsed.values.compress) ?? false,
   };
   const path = onePath(positionals);
-  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const registry = defaultRegistry();
+  values.F = storedBackingFormat(registry, values.F);
+  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const name = values.b === '' ? undefined : values.b;
   const disk = await openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
