@@ -241,3 +241,16 @@ describeQemu('the backing format img stores is one qemu opens', () => {
     expect(stored(join(d, 'top.qcow2'))).toEqual({ format: 'qcow2', opens: true });
   });
 });
+
+describeQemu('-f with a name no format has', () => {
+  it("says the format is unknown, not that the file is of another format, with qemu-img's status", () => {
+    const d = chain();
+    for (const cmd of [['info'], ['map'], ['check'], ['commit'], ['snapshot', '-l'], ['measure', '-O', 'qcow2'], ['resize'], ['amend', '-o', 'lazy_refcounts=on']]) {
+      const args = [...cmd, '-f', 'qcow3', 'top.qcow2', ...(cmd[0] === 'resize' ? ['+1M'] : [])];
+      const { ours, theirs } = both(args, d);
+      expect(ours.status, args.join(' ')).toBe(theirs.status);
+      expect(ours.stdout, args.join(' ')).toBe('');
+      expect(ours.stderr, args.join(' ')).toMatch(/^img \w+: ERR_IMG_UNKNOWN_FORMAT: unknown format "qcow3" \(known: [^)]*\)\n$/);
+    }
+  });
+});
