@@ -1,7 +1,7 @@
 // The maintenance commands (create, snapshot, amend, commit, rebase, measure) used as a user uses them,
 // through the built bin and beside qemu-img 7.2 on the same command line: what a script would notice
 // (exit status, which stream, the words of human output, the image left behind) must agree.
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuImg, qemuIo, tempDir } from '@img/testkit';
@@ -252,5 +252,25 @@ describeQemu('-f with a name no format has', () => {
       expect(ours.stdout, args.join(' ')).toBe('');
       expect(ours.stderr, args.join(' ')).toMatch(/^img \w+: ERR_IMG_UNKNOWN_FORMAT: unknown format "qcow3" \(known: [^)]*\)\n$/);
     }
+  });
+});
+
+describeQemu('img create -f vmdk -o compat6', () => {
+  it('makes the image qemu-img makes (hwversion 6), in every subformat, and refuses it beside hwversion as qemu-img does', () => {
+    const d = mkdtempSync(join(tmp.path, 'compat6-'));
+    for (const subformat of ['monolithicSparse', 'monolithicFlat', 'streamOptimized']) {
+      const args = (name: string) => ['create', '-f', 'vmdk', '-o', `compat6=on,subformat=${subformat}`, name, '1M'];
+      const ours = run('img', args(`ours-${subformat}.vmdk`), { cwd: d });
+      const theirs = qemuImg(args(`theirs-${subformat}.vmdk`), { cwd: d });
+      expect({ status: ours.status, stderr: ours.stderr, stdout: ours.stdout }).toEqual({ status: 0, stderr: '', stdout: theirs.stdout.replace('theirs-', 'ours-') });
+      const hw = (name: string) => /ddb\.virtualHWVersion = "(\d+)"/.exec(readFileSync(join(d, name), 'latin1'))?.[1];
+      expect(hw(`ours-${subformat}.vmdk`), subformat).toBe('6');
+      expect(hw(`ours-${subformat}.vmdk`), subformat).toBe(hw(`theirs-${subformat}.vmdk`));
+      expect(qemuImg(['check', join(d, `ours-${subformat}.vmdk`)]).status).toBe(0);
+    }
+    const { ours, theirs } = both(['create', '-f', 'vmdk', '-o', 'hwversion=6,compat6=on', 'both.vmdk', '1M'], d);
+    expect(theirs.stderr).toContain('compat6 cannot be enabled with hwversion set');
+    expect(ours.status).toBe(theirs.status);
+    expect(ours.stderr).toContain('compat6 cannot be enabled with hwversion set');
   });
 });
