@@ -274,3 +274,21 @@ describeQemu('img create -f vmdk -o compat6', () => {
     expect(ours.stderr).toContain('compat6 cannot be enabled with hwversion set');
   });
 });
+
+describeQemu('img rebase -c on an image with extended L2 entries', () => {
+  it('flattens an overlay whose holes are subclusters: whole clusters written compressed, the guest view unchanged', () => {
+    const d = mkdtempSync(join(tmp.path, 'rebase-c-'));
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=128k', join(d, 'base.qcow2'), '64M']);
+    qemuIo(join(d, 'base.qcow2'), 'qcow2', ['write -P 1 0 100k', 'write -P 2 1M 4k']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', '-b', 'base.qcow2', '-F', 'qcow2', join(d, 'top.qcow2')]);
+    qemuIo(join(d, 'top.qcow2'), 'qcow2', ['write -P 6 4k 4k']);
+    qemuImg(['convert', '-O', 'raw', join(d, 'top.qcow2'), join(d, 'before.raw')]);
+    const r = run('img', ['rebase', '-c', '-b', '', 'top.qcow2'], { cwd: d });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(qemuImg(['check', join(d, 'top.qcow2')]).stdout).toContain('No errors were found on the image.');
+    expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', join(d, 'before.raw'), join(d, 'top.qcow2')]).status).toBe(0);
+    const info = JSON.parse(qemuImg(['info', '--output=json', join(d, 'top.qcow2')]).stdout) as Record<string, unknown>;
+    expect(info['backing-filename']).toBeUndefined();
+    expect(qemuImg(['check', join(d, 'top.qcow2')]).stdout).toMatch(/[1-9][\d.]*% compressed clusters/);
+  });
+});
