@@ -292,3 +292,43 @@ describeQemu('img rebase -c on an image with extended L2 entries', () => {
     expect(qemuImg(['check', join(d, 'top.qcow2')]).stdout).toMatch(/[1-9][\d.]*% compressed clusters/);
   });
 });
+
+describeQemu('img amend -o size= beside qemu-img amend', () => {
+  /** A directory with full.qcow2 (64 MiB written), v2snap.qcow2 (version 2 with a snapshot) and over.qcow2 (over a longer raw file). */
+  function images(): string {
+    const d = mkdtempSync(join(tmp.path, 'amend-size-'));
+    qemuImg(['create', '-q', '-f', 'qcow2', join(d, 'full.qcow2'), '64M']);
+    qemuIo(join(d, 'full.qcow2'), 'qcow2', ['write -P 1 0 64M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', join(d, 'v2snap.qcow2'), '64M']);
+    qemuImg(['snapshot', '-c', 's', join(d, 'v2snap.qcow2')]);
+    qemuImg(['create', '-q', '-f', 'raw', join(d, 'long.raw'), '128M']);
+    qemuIo(join(d, 'long.raw'), 'raw', ['write -P 9 64M 1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'long.raw', '-F', 'raw', join(d, 'over.qcow2'), '64M']);
+    return d;
+  }
+  const lines = [
+    ['-o', 'size=10M', 'full.qcow2'],
+    ['-o', 'size=20M,compat=0.10', 'full.qcow2'],
+    ['-o', 'size=100M,lazy_refcounts=on', 'full.qcow2'],
+    ['-o', 'size=30M,compat=1.1', 'v2snap.qcow2'],
+    ['-o', 'size=30M', 'v2snap.qcow2'],
+    ['-o', 'size=1000', 'full.qcow2'],
+    ['-o', 'size=100M', 'over.qcow2'],
+  ];
+  for (const line of lines) {
+    it(`amend ${line.join(' ')}`, () => {
+      const ours = images();
+      const theirs = images();
+      const file = line[line.length - 1]!;
+      const r = run('img', ['amend', ...line], { cwd: ours });
+      const q = qemuImg(['amend', ...line], { cwd: theirs, allowFail: true });
+      expect({ status: r.status, stdout: r.stdout }).toEqual({ status: q.status, stdout: q.stdout });
+      const info = (d: string) => JSON.parse(qemuImg(['info', '--output=json', join(d, file)]).stdout) as { 'virtual-size': number; 'format-specific': { data: Record<string, unknown> } };
+      expect(info(ours)['virtual-size']).toBe(info(theirs)['virtual-size']);
+      expect(info(ours)['format-specific'].data.compat).toBe(info(theirs)['format-specific'].data.compat);
+      expect(info(ours)['format-specific'].data['lazy-refcounts']).toBe(info(theirs)['format-specific'].data['lazy-refcounts']);
+      expect(qemuImg(['check', join(ours, file)]).status).toBe(0);
+      expect(qemuImg(['compare', join(ours, file), join(theirs, file)]).status).toBe(0);
+    });
+  }
+});

@@ -2,12 +2,13 @@
  * img amend: change format options of a qcow2 image in place.
  */
 import { parseArgs } from '../parse-args.js';
-import { unsupported } from '@img/block';
+import { parseSize, unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
+import { amendQcow2, QCOW2_AMEND_OPTIONS, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
 import { checkCacheModes, UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
+import { openImageFile } from '../../node.js';
 import { qemuFormatName } from '../info-human.js';
 import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
@@ -18,7 +19,7 @@ export const amend: Handler = async (argv, io) => {
   if (values.help) {
     io.stdout(
       'Usage: img amend [-q] [-p] [-t cache] [-f fmt] -o key=value[,...] <file>\n\n' +
-        'Changes format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n' +
+        'Changes format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1, size=<size>: a resize, smaller too).\n' +
         "-p and -t are qemu-img's: accepted (a bad cache mode fails as with qemu-img); img's amend shows no progress\n" +
         'and picks its own caching.\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n',
     );
@@ -41,17 +42,37 @@ export const amend: Handler = async (argv, io) => {
   }
   // -o help without a file or -f shows qcow2's, the one format img amends.
   if (optionText.help) {
-    printOptionHelp(io, "Amend options for 'qcow2':", QCOW2_AMEND_OPTIONS);
+    printOptionHelp(io, "Amend options for 'qcow2':", [...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS.filter((o) => o.name === 'size')]);
     return 0;
   }
   const file = onePath(positionals);
   if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
-  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
-  const storage = await FileStorage.open(file, { readOnly: false });
-  try {
-    await amendQcow2(storage, options);
-  } finally {
-    await storage.close();
+  const { size, ...options } = amendOptionsFromCli(io, 'img amend', optionText.text);
+  // size= is a resize (to any size, smaller too, as qemu-img amend): after an upgrade to version 3, before a
+  // downgrade to version 2 (a version 2 image with snapshots cannot be resized), as qemu orders them.
+  const newSize = size === undefined ? undefined : parseSize(String(size));
+  const downgrade = options.compat !== undefined && ['0.10', 'v2', '2'].includes(String(options.compat));
+  const rest = Object.values(options).some((v) => v !== undefined);
+  if (newSize !== undefined && downgrade) await resizeTo(file, newSize);
+  if (rest) {
+    const storage = await FileStorage.open(file, { readOnly: false });
+    try {
+      await amendQcow2(storage, options);
+    } finally {
+      await storage.close();
+    }
   }
+  if (newSize !== undefined && !downgrade) await resizeTo(file, newSize);
   return 0;
 };
+
+/** amend's size=: the image resized as `img resize --shrink` would, opened with its chain (what shows through past the old end). */
+async function resizeTo(file: string, size: number): Promise<void> {
+  const disk = await openImageFile(file, { format: 'qcow2', readOnly: false });
+  try {
+    if (size !== disk.size) await disk.resize!(size, { shrink: true });
+    await disk.flush();
+  } finally {
+    await disk.close();
+  }
+}
