@@ -1,8 +1,10 @@
 // The maintenance commands (create, snapshot, amend, commit, rebase, measure) used as a user uses them,
 // through the built bin and beside qemu-img 7.2 on the same command line: what a script would notice
 // (exit status, which stream, the words of human output, the image left behind) must agree.
-import { copyFileSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
@@ -355,4 +357,45 @@ describeQemu('img snapshot -a on an image with persistent bitmaps', () => {
     const covered = qemuDirtyBitmap(file, 'b0').some(([offset, length, dirty]) => dirty && offset <= 8 * 2 ** 20 && offset + length >= 9 * 2 ** 20);
     expect(covered).toBe(true);
   });
+});
+
+describeQemu('Ctrl-C during img resize --preallocation=full', () => {
+  /** Runs img resize and sends `signal` once the file holds 64 MiB more than it did (the preallocation is under way). */
+  function interruptedResize(args: string[], file: string, signal: NodeJS.Signals): Promise<{ status: number | null; stderr: string }> {
+    const start = statSync(file).blocks * 512;
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [fileURLToPath(new URL('../dist/bin/img.js', import.meta.url)), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const poll = setInterval(() => {
+        if (statSync(file).blocks * 512 - start > 64 * 2 ** 20) {
+          clearInterval(poll);
+          child.kill(signal);
+        }
+      }, 10);
+      child.on('exit', (status) => {
+        clearInterval(poll);
+        resolve({ status, stderr });
+      });
+    });
+  }
+
+  for (const [format, signal, status] of [
+    ['qcow2', 'SIGINT', 130],
+    ['raw', 'SIGTERM', 143],
+  ] as const) {
+    it(`${format}, ${signal}: exit ${status}, the old size and data back, the image clean`, async () => {
+      const d = mkdtempSync(join(tmp.path, 'resize-int-'));
+      const file = join(d, `disk.${format}`);
+      qemuImg(['create', '-q', '-f', format, file, '64M']);
+      qemuIo(file, format, ['write -P 7 0 1M']);
+      const r = await interruptedResize(['resize', '-f', format, '--preallocation=full', file, '+8G'], file, signal);
+      expect(r.status).toBe(status);
+      expect(r.stderr).toContain(`interrupted; ${file} keeps its old size (67108864 bytes)`);
+      const info = JSON.parse(qemuImg(['info', '-f', format, '--output=json', file]).stdout) as { 'virtual-size': number };
+      expect(info['virtual-size']).toBe(64 * 2 ** 20);
+      if (format === 'qcow2') expect(qemuImg(['check', file]).status).toBe(0);
+      expect(qemuIo(file, format, ['read -P 7 0 1M'])).not.toContain('Pattern verification failed');
+    });
+  }
 });
