@@ -1,11 +1,11 @@
 // The maintenance commands (create, snapshot, amend, commit, rebase, measure) used as a user uses them,
 // through the built bin and beside qemu-img 7.2 on the same command line: what a script would notice
 // (exit status, which stream, the words of human output, the image left behind) must agree.
-import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { describeQemu, holdWithQemuIo, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
@@ -396,6 +396,35 @@ describeQemu('Ctrl-C during img resize --preallocation=full', () => {
       expect(info['virtual-size']).toBe(64 * 2 ** 20);
       if (format === 'qcow2') expect(qemuImg(['check', file]).status).toBe(0);
       expect(qemuIo(file, format, ['read -P 7 0 1M'])).not.toContain('Pattern verification failed');
+    });
+  }
+});
+
+/** A 8 MiB tmpfs to fill, where this process may mount one (root); its path, or undefined. */
+function smallFileSystem(): string | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const dir = mkdtempSync(join(tmp.path, 'full-'));
+  if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dir]).status !== 0) return undefined;
+  afterAll(() => void spawnSync('umount', [dir]));
+  return dir;
+}
+const full = smallFileSystem();
+
+describe.runIf(full !== undefined)('img resize --preallocation=full onto a full file system', () => {
+  for (const format of ['qcow2', 'raw']) {
+    it(`${format}: one error line, status 1, and the image keeps its old size and data, as qemu-img leaves it`, () => {
+      const file = join(full!, `disk.${format}`);
+      qemuImg(['create', '-q', '-f', format, file, '64M']);
+      qemuIo(file, format, ['write -P 7 0 1M']);
+      const r = run('img', ['resize', '-f', format, '--preallocation=full', file, '+32M']);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/^img resize: ERR_IMG_IO: .*no space left on device \(ENOSPC\)\n$/);
+      const info = JSON.parse(qemuImg(['info', '-f', format, '--output=json', file]).stdout) as { 'virtual-size': number };
+      expect(info['virtual-size']).toBe(64 * 2 ** 20);
+      expect(qemuIo(file, format, ['read -P 7 0 1M'])).not.toContain('Pattern verification failed');
+      // A write the full disk stopped may leave clusters allocated and unused (check's status 3), never damage.
+      if (format === 'qcow2') expect([0, 3]).toContain(qemuImg(['check', file], { allowFail: true }).status);
+      rmSync(file);
     });
   }
 });

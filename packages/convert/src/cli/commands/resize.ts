@@ -50,7 +50,16 @@ export const resize: Handler = async (argv, io) => {
     try {
       await disk.resize(target, { shrink: values.shrink ?? false, preallocation: preallocation as ResizePreallocation, signal: controller.signal });
     } catch (e) {
-      if (!(ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED')) throw e;
+      if (!(ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED')) {
+        // A preallocating grow that fails (a full disk) gives the old size back too, as qemu-img leaves it; the
+        // failure is what is reported, whether or not that works.
+        if (target > old && preallocation !== 'off' && disk.size !== old)
+          await disk
+            .resize(old, { shrink: true })
+            .then(() => disk.flush())
+            .catch(() => undefined);
+        throw e;
+      }
       await disk.resize(old, { shrink: true });
       await disk.flush();
       // qcow2 frees the preallocated clusters but leaves them in the file, as a shrink does: compact cuts them off.
