@@ -6,7 +6,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync }
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { describeQemu, holdWithQemuIo, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeQemu, holdWithQemuIo, qemuBitmapList, qemuDirtyBitmap, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
 const tmp = tempDir('img-commands-e2e-');
@@ -427,4 +427,17 @@ describe.runIf(full !== undefined)('img resize --preallocation=full onto a full 
       rmSync(file);
     });
   }
+});
+
+describeQemu('img bitmap --add -g beside qemu-img bitmap', () => {
+  it('-g 0 is the default granularity, as qemu-img takes it, for every cluster size', () => {
+    const d = mkdtempSync(join(tmp.path, 'bitmap-g-'));
+    for (const cluster of ['4k', '64k', '2M']) {
+      for (const tool of ['ours', 'theirs']) qemuImg(['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cluster}`, join(d, `${tool}-${cluster}.qcow2`), '64M']);
+      const r = run('img', ['bitmap', '--add', '-g', '0', join(d, `ours-${cluster}.qcow2`), 'b0']);
+      qemuImg(['bitmap', '--add', '-g', '0', join(d, `theirs-${cluster}.qcow2`), 'b0']);
+      expect({ status: r.status, stderr: r.stderr }, cluster).toEqual({ status: 0, stderr: '' });
+      expect(qemuBitmapList(join(d, `ours-${cluster}.qcow2`)), cluster).toEqual(qemuBitmapList(join(d, `theirs-${cluster}.qcow2`)));
+    }
+  });
 });
