@@ -81,6 +81,12 @@ export interface ResizeOptions {
   shrink?: boolean;
   /** What to allocate for the space a grow adds (default `off`). */
   preallocation?: ResizePreallocation;
+  /**
+   * Stops a preallocating grow between pieces (ERR_IMG_ABORTED). The disk
+   * has its new size by then; a caller that wants the old one back resizes
+   * to it (`{ shrink: true }`).
+   */
+  signal?: AbortSignal;
 }
 
 /**

@@ -6,10 +6,13 @@
 import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, ResizeOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
-import { diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
+import { abortError, diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
 import { extentRange } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
+
+/** How much of the space a preallocating resize adds is written at a time (a signal stops it between pieces). */
+const RAW_PREALLOC_PIECE = 64 * 1024 * 1024;
 
 /** The sector size raw disks align to (bytes). */
 export const RAW_SECTOR = 512;
@@ -109,7 +112,12 @@ export class RawDisk implements Disk {
     const old = this.#size;
     await this.storage.truncate(rounded);
     this.#size = rounded;
-    if (prealloc !== 'off' && rounded > old) await this.writeZeroes(old, rounded - old, { mayUnmap: false });
+    if (prealloc === 'off' || rounded <= old) return;
+    // In pieces, so that a signal stops a long preallocation between them.
+    for (let at = old; at < rounded; at += RAW_PREALLOC_PIECE) {
+      if (options.signal?.aborted) throw abortError(options.signal, 'resize');
+      await this.writeZeroes(at, Math.min(RAW_PREALLOC_PIECE, rounded - at), { mayUnmap: false });
+    }
   }
 
   async flush(): Promise<void> {

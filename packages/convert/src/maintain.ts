@@ -65,6 +65,8 @@ export interface RebaseOptions {
    */
   compress?: boolean;
   signal?: AbortSignal;
+  /** Called as safe mode goes through the ranges the image does not hold (bytes of them done, of all). */
+  onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
 }
 
 async function dataRanges(disk: Disk | undefined, offset: number, length: number): Promise<Extent[]> {
@@ -94,6 +96,12 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
     // Collected first: the loop writes into the top, which changes its extents.
     const holes: Extent[] = [];
     for await (const e of top.extents({ topOnly: true })) if (e.kind === 'hole') holes.push(e);
+    const bytesTotal = holes.reduce((n, h) => n + h.length, 0);
+    let bytesDone = 0;
+    options.onProgress?.({ bytesDone, bytesTotal });
+    // Compressed clusters are written whole: a hole smaller than a cluster (a subcluster of an image with
+    // extended L2 entries) makes its whole cluster the unit, read through the chain, written once.
+    const written = new Set<number>();
     for (const hole of holes) {
       // Only where the old chain or the new backing has data can they differ.
       const ranges = [...(await dataRanges(old, hole.offset, hole.length)), ...(await dataRanges(newBacking, hole.offset, hole.length))];
@@ -101,17 +109,20 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
       for (const r of ranges) for (let u = Math.floor(r.offset / unit); u * unit < r.offset + r.length; u++) units.add(u);
       for (const u of [...units].sort((a, b) => a - b)) {
         if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
-        const start = Math.max(hole.offset, u * unit);
-        const end = Math.min(hole.offset + hole.length, (u + 1) * unit);
+        if (writeCompressed && written.has(u)) continue;
+        const start = writeCompressed ? u * unit : Math.max(hole.offset, u * unit);
+        const end = writeCompressed ? Math.min(top.size, (u + 1) * unit) : Math.min(hole.offset + hole.length, (u + 1) * unit);
         const before = await top.read(start, end - start);
         const after = new Uint8Array(end - start);
         if (newBacking && start < newBacking.size) await newBacking.readInto(start, after.subarray(0, Math.min(end, newBacking.size) - start));
         if (!bytesEqual(before, after)) {
-          // Holes are whole clusters of the top, so with the cluster as the unit each write is one whole cluster.
           await (writeCompressed ? writeCompressed(start, before) : top.write(start, before));
+          if (writeCompressed) written.add(u);
           copied += before.length;
         }
       }
+      bytesDone += hole.length;
+      options.onProgress?.({ bytesDone, bytesTotal });
     }
     await top.flush();
   }

@@ -61,6 +61,8 @@ export interface OpenImageOptions {
 export async function imageFormatOf(storage: Storage, options: Pick<OpenImageOptions, 'format' | 'registry' | 'forceFormat' | 'untrusted'> = {}): Promise<string> {
   const registry = options.registry ?? defaultRegistry();
   const format = options.format;
+  // A name no format has is that, not a file of the wrong format.
+  if (format !== undefined) registry.require(format);
   if (options.untrusted) {
     const report = await inspectImage(storage, { registry, ...(format !== undefined ? { format } : {}) });
     if (!report.safe) {

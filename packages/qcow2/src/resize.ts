@@ -2,7 +2,7 @@
  * Resizing the active layer (qemu-img resize): the L1 table grows (moving
  * to new clusters) or the clusters and L2 tables past the new end go.
  */
-import { invalidArg, unsupported, type ResizeOptions } from '@img/block';
+import { abortError, invalidArg, unsupported, type ResizeOptions } from '@img/block';
 import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
 import { findExtension } from './extensions.js';
 import type { MappingView } from './mapping-view.js';
@@ -33,6 +33,7 @@ export async function resizeQcow2(core: Qcow2Image, newSize: number, options: Re
   if (prealloc === 'off' || newSize <= old) return;
   const zeros = new Uint8Array(Math.max(PREALLOC_CHUNK, core.geom.clusterSize));
   for (let pos = old; pos < newSize;) {
+    if (options.signal?.aborted) throw abortError(options.signal, 'resize');
     // Pieces end on chunk boundaries, so that every write after the first covers whole clusters.
     const end = Math.min(newSize, (Math.floor(pos / zeros.length) + 1) * zeros.length);
     await writeQcow2(core, pos, zeros.subarray(0, end - pos));

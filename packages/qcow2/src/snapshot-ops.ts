@@ -16,7 +16,7 @@
  * - apply: a copy of the snapshot's L1 table becomes the active one; the
  *   old active layer's references go.
  */
-import { invalidArg, readOnlyError, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
+import { invalidArg, readOnlyError, utf8Encode, writeU64Be } from '@img/block';
 import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
@@ -77,8 +77,7 @@ async function createSnapshot(s: Qcow2Image, view: MappingView, name: string, op
   const date = options.date ?? new Date();
   const extra = new Uint8Array(24);
   writeU64Be(extra, 8, h.size); // disk_size
-  writeU32Be(extra, 16, 0xffffffff); // icount: unknown
-  writeU32Be(extra, 20, 0xffffffff);
+  // icount (bytes 16-23) is 0, as qemu-img snapshot -c records it (a VM's savevm outside record/replay writes -1).
   const snap: Qcow2Snapshot = {
     // The active L1 table becomes the snapshot's as it is; the active layer moves to a copy.
     l1TableOffset: view.l1Offset,
@@ -90,7 +89,7 @@ async function createSnapshot(s: Qcow2Image, view: MappingView, name: string, op
     vmClockNsec: 0,
     vmStateSize: 0,
     diskSize: h.size,
-    icount: -1,
+    icount: 0,
     vmStateSize32: 0,
     extra,
     entryOffset: 0,

@@ -72,6 +72,7 @@ export const VMDK_CREATE_OPTIONS: OptionTable = [
   { key: 'hwVersion', name: 'hwversion', kind: 'str', help: 'VMDK hardware version (ddb.virtualHWVersion, default 4)' },
   { key: 'toolsVersion', name: 'toolsversion', kind: 'str', help: 'VMware guest tools version (ddb.toolsVersion)' },
   { key: 'zeroedGrain', name: 'zeroed_grain', kind: 'bool', help: 'Enable efficient zero writes (zeroed-grain GTEs)' },
+  { key: 'compat6', name: 'compat6', kind: 'bool', help: 'VMDK version 6 image: hwversion 6, as qemu-img (not with hwversion)' },
 ];
 
 /** `-o` name -> help, for `-o help`. */
@@ -89,9 +90,15 @@ export function vmdkCreateOptionsFrom(options: Record<string, unknown> & { size:
   const out: VmdkCreateOptions = { size: options.size };
   for (const spec of VMDK_CREATE_OPTIONS) {
     const v = options[spec.key];
-    if (v === undefined || spec.key === 'size') continue;
+    if (v === undefined || spec.key === 'size' || spec.key === 'compat6') continue;
     const value = typeof v === 'string' && spec.kind === 'bool' ? v === 'on' || v === 'true' || v === '1' : typeof v === 'string' && spec.parse ? spec.parse(v, spec.name) : v;
     (out as unknown as Record<string, unknown>)[spec.key] = value;
+  }
+  // qemu-img's compat6 is hwversion 6 under another name, and refused beside an explicit hwversion.
+  const compat6 = options.compat6;
+  if (compat6 === true || compat6 === 'on' || compat6 === 'true' || compat6 === '1') {
+    if (out.hwVersion !== undefined) throw invalidArg(FORMAT, 'compat6 cannot be enabled with hwversion set', { field: 'compat6' });
+    out.hwVersion = '6';
   }
   if (options.resolver) out.resolver = options.resolver as Resolver;
   return out;

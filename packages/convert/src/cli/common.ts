@@ -110,6 +110,24 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
   }
 }
 
+/** qemu's cache modes (-t, -T of convert, commit, rebase, amend). */
+const CACHE_MODES: readonly string[] = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+/**
+ * qemu-img's cache mode options (-t, and -T for the source), which change how qemu does its
+ * I/O but not what it writes: checked in qemu-img's words, then left to
+ * img, which picks its own caching (the image written is the same).
+ */
+export function checkCacheModes(cache: string | undefined, sourceCache?: string): void {
+  if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new UsageError(`Invalid cache option: ${cache}`);
+  if (sourceCache !== undefined && !CACHE_MODES.includes(sourceCache)) throw new UsageError(`Invalid source cache option: ${sourceCache}`);
+}
+
+/** qemu-img's -r (a rate limit of convert and commit) is refused: ignoring it would not do what the user asked. */
+export function refuseRateLimit(rate: string | undefined): void {
+  if (rate !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
+}
+
 /** A progress line on stderr: bytes done, percent, rate and ETA. */
 export function progressPrinter(io: Io, json: boolean, delayMs = 0): (p: { bytesDone: number; bytesTotal: number }) => void {
   const started = Date.now();

@@ -5,7 +5,8 @@
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
-import { describeErrno, ExitCode, progressPrinter, runCommand, UsageError, version, type Io } from './common.js';
+import { storedBackingFormat } from './commands/shared.js';
+import { checkCacheModes, describeErrno, ExitCode, progressPrinter, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
 /** The `img-convert --help` text. */
@@ -112,9 +113,6 @@ export function convertOptions() {
   } as const;
 }
 
-/** qemu's cache modes (-t, -T). */
-const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
-
 /**
  * qemu-img convert's I/O options, which change how it writes but not what:
  * their values are checked with qemu-img's words, and img goes on with its
@@ -122,9 +120,9 @@ const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'
  * the user asked.
  */
 export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string; r?: string }): void {
-  for (const mode of [values.t, values.T]) if (mode !== undefined && !CACHE_MODES.includes(mode)) throw new UsageError(`Invalid cache option: ${mode}`);
+  checkCacheModes(values.t, values.T);
   if (values.m !== undefined && !/^(?:[1-9]|1[0-6])$/.test(values.m)) throw new UsageError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
-  if (values.r !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
+  refuseRateLimit(values.r);
 }
 
 /** Options img does not implement, refused in one line instead of being ignored. */
@@ -289,7 +287,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           signal: controller.signal,
           ...salvage,
           ...(backing !== undefined ? { backingFile: backing } : {}),
-          ...(values.F !== undefined ? { backingFormat: values.F } : {}),
+          ...(values.F !== undefined ? { backingFormat: storedBackingFormat(registry, values.F) } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });

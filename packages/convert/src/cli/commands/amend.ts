@@ -2,43 +2,77 @@
  * img amend: change format options of a qcow2 image in place.
  */
 import { parseArgs } from '../parse-args.js';
-import { unsupported } from '@img/block';
+import { parseSize, unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { amendQcow2, QCOW2_AMEND_OPTIONS } from '@img/qcow2';
-import { UsageError } from '../common.js';
+import { amendQcow2, QCOW2_AMEND_OPTIONS, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
+import { checkCacheModes, UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
+import { openImageFile } from '../../node.js';
+import { qemuFormatName } from '../info-human.js';
 import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, p: { type: 'boolean' }, t: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img amend [-q] [-f fmt] -o key=value[,...] <file>\n\nChanges format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1).\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n');
+    io.stdout(
+      'Usage: img amend [-q] [-p] [-t cache] [-f fmt] -o key=value[,...] <file>\n\n' +
+        'Changes format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1, size=<size>: a resize, smaller too).\n' +
+        "-p and -t are qemu-img's: accepted (a bad cache mode fails as with qemu-img); img's amend shows no progress\n" +
+        'and picks its own caching.\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n',
+    );
     return 0;
   }
-  // As qemu-img: -o help needs no file (amend changes qcow2 images only).
+  checkCacheModes(values.t);
   const optionText = readOptionText(values.o);
-  if (optionText.help) {
-    printOptionHelp(io, "Amend options for 'qcow2':", QCOW2_AMEND_OPTIONS);
-    return 0;
-  }
-  const path = onePath(positionals);
-  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
-  const options = amendOptionsFromCli(io, 'img amend', optionText.text);
+  // The format comes first, as qemu-img: only qcow2 images can be amended, and for any other format
+  // (named by -f or probed) that is the answer to -o help and to every option.
+  const path = positionals.length === 1 ? positionals[0]! : undefined;
   let format = values.f;
-  if (format === undefined) {
+  if (format === undefined && path !== undefined) {
     const probe = await openForCommand(path, values);
     format = probe.format;
     await probe.close();
   }
-  if (defaultRegistry().require(format).name !== 'qcow2') throw unsupported(format, path, 'amend is supported for qcow2 images only');
-  const storage = await FileStorage.open(path, { readOnly: false });
-  try {
-    await amendQcow2(storage, options);
-  } finally {
-    await storage.close();
+  const driver = format === undefined ? undefined : defaultRegistry().require(format);
+  if (driver !== undefined && driver.name !== 'qcow2') {
+    throw unsupported(driver.name, path, `Format driver '${qemuFormatName(driver.name)}' does not support option amendment`);
   }
+  // -o help without a file or -f shows qcow2's, the one format img amends.
+  if (optionText.help) {
+    printOptionHelp(io, "Amend options for 'qcow2':", [...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS.filter((o) => o.name === 'size')]);
+    return 0;
+  }
+  const file = onePath(positionals);
+  if (Object.keys(optionText.text).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const { size, ...options } = amendOptionsFromCli(io, 'img amend', optionText.text);
+  // size= is a resize (to any size, smaller too, as qemu-img amend): after an upgrade to version 3, before a
+  // downgrade to version 2 (a version 2 image with snapshots cannot be resized), as qemu orders them.
+  const newSize = size === undefined ? undefined : parseSize(String(size));
+  const downgrade = options.compat !== undefined && ['0.10', 'v2', '2'].includes(String(options.compat));
+  const rest = Object.values(options).some((v) => v !== undefined);
+  if (newSize !== undefined && downgrade) await resizeTo(file, newSize);
+  if (rest) {
+    const storage = await FileStorage.open(file, { readOnly: false });
+    try {
+      await amendQcow2(storage, options);
+    } finally {
+      await storage.close();
+    }
+  }
+  if (newSize !== undefined && !downgrade) await resizeTo(file, newSize);
   return 0;
 };
+
+/** amend's size=: the image resized as `img resize --shrink` would, opened with its chain (what shows through past the old end). */
+async function resizeTo(file: string, size: number): Promise<void> {
+  const disk = await openImageFile(file, { format: 'qcow2', readOnly: false });
+  try {
+    if (size !== disk.size) await disk.resize!(size, { shrink: true });
+    await disk.flush();
+  } finally {
+    await disk.close();
+  }
+}

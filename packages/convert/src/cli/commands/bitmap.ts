@@ -81,6 +81,8 @@ export const bitmap: Handler = async (argv, io) => {
     } catch {
       throw new UsageError('Invalid granularity specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
     }
+    // As qemu-img: -g 0 is no granularity given (the default).
+    if (granularity === 0) granularity = undefined;
   }
 
   // The format: qcow2 is the only one with persistent bitmaps.

@@ -3,7 +3,7 @@
  * into any ancestor of its chain (qemu-img commit -b).
  */
 import { parseArgs } from '../parse-args.js';
-import { progressPrinter } from '../common.js';
+import { checkCacheModes, progressPrinter, refuseRateLimit } from '../common.js';
 import { refuseQemuOnly } from '../img-convert.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
@@ -23,6 +23,8 @@ Options (qemu-img 10.1's long names beside the letters):
   -d, --drop           keep the data in <file> after the commit
   -p, --progress       show progress on stderr
   -q, --quiet          print nothing on stdout
+  -t <mode>            qemu's cache mode: checked as qemu-img checks it; img picks its own caching
+  -r <rate>            a rate limit: refused (img commits at full speed)
 
 Example:
   img commit overlay.qcow2
@@ -44,6 +46,8 @@ export const commit: Handler = async (argv, io) => {
       base: { type: 'string' },
       p: { type: 'boolean' },
       progress: { type: 'boolean' },
+      t: { type: 'string' },
+      r: { type: 'string' },
       'image-opts': { type: 'boolean' },
       object: { type: 'string', multiple: true },
     },
@@ -55,6 +59,8 @@ export const commit: Handler = async (argv, io) => {
     return 0;
   }
   refuseQemuOnly(values);
+  checkCacheModes(values.t);
+  refuseRateLimit(values.r);
   const path = onePath(positionals);
   const format = values.f ?? values.format;
   const base = values.b ?? values.base;

@@ -4,15 +4,19 @@
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { ImageError, missingFileError, parseSize, sameFileError, type Storage } from '@img/block';
-import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { ImageError, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
+import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
+import { qemuFormatName } from '../info-human.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
-import { type Handler, common, quietOption, quietIo, requireBackingFormat } from './shared.js';
+import { type Handler, common, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
+
+/** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
+const FORMATS_WITH_BACKING: readonly string[] = ['qcow2', 'vhd', 'vmdk'];
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
@@ -45,9 +49,22 @@ export const create: Handler = async (argv, io) => {
   const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
-  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it.
-  options.resolver = fileResolver;
-  if (values.b !== undefined) {
+  // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it. The backing
+  // file is only read, without locks, as qemu-img create reads it: an overlay of the image a running VM
+  // holds is how an external snapshot starts.
+  options.resolver = fileResolverWith({ forceShare: true });
+  // The backing file and its format by -b/-F or by -o backing_file=,backing_fmt= (as qemu-img: either way,
+  // the size may come from it); -b wins over -o.
+  const backingName = values.b ?? (typeof options.backingFile === 'string' ? options.backingFile : undefined);
+  const backingFormat = values.b !== undefined ? values.F : (values.F ?? (typeof options.backingFormat === 'string' ? options.backingFormat : undefined));
+  delete options.backingFile;
+  delete options.backingFormat;
+  if (backingName !== undefined && !FORMATS_WITH_BACKING.includes(driver.name)) {
+    throw unsupported(driver.name, path, `Backing file not supported for file format '${qemuFormatName(driver.name)}'`);
+  }
+  if (backingName !== undefined) {
+    values.b = backingName;
+    if (backingFormat !== undefined) values.F = storedBackingFormat(registry, backingFormat);
     options.backingFile = values.b;
     if (values.F !== undefined) options.backingFormat = values.F;
     options.formats = registry;
@@ -69,6 +86,7 @@ export const create: Handler = async (argv, io) => {
       const backing = await openImageFile(backingPath, {
         ...(values.F !== undefined ? { format: values.F } : {}),
         registry,
+        forceShare: true,
       }).catch((e: unknown) => {
         // Say which image names the missing file, as a backing file missing at open does.
         if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND' && e.data.file === backingPath) {

@@ -3,16 +3,16 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { invalidArg, type Disk } from '@img/block';
-import { resolveRelative } from '@img/block/node';
-import { UsageError } from '../common.js';
+import { fileResolverWith, resolveRelative } from '@img/block/node';
+import { checkCacheModes, progressPrinter, UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
 import { refuseQemuOnly } from '../img-convert.js';
-import { type Handler, common, oneOf, onePath, quietOption, quietIo } from './shared.js';
+import { type Handler, common, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
 
-const HELP = `Usage: img rebase [-q] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
+const HELP = `Usage: img rebase [-q] [-p] [-U] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
 
 Changes the backing file. Safe mode (default) copies whatever would change into the image first;
 -u only rewrites the name. -b "" removes the backing file.
@@ -23,6 +23,9 @@ Options (qemu-img 7.2's letters; 10.1's names and its -B beside them):
   -F, -B, --backing-format <fmt>  its format (qemu-img 10.1 spells it -B, 7.2 -F: both work)
   -u, --backing-unsafe            only rewrite the name and format; copy nothing
   -c, --compress                  write the clusters safe mode copies compressed (qcow2, as qemu 8.2)
+  -p, --progress                  show progress on stderr
+  -U, --force-share               read the backing files without locks (the image itself is locked)
+  -t <cache>, -T <src_cache>      qemu's cache modes: checked as qemu-img checks them; img picks its own caching
   -q, --quiet                     print nothing on stdout
 
 Example:
@@ -48,6 +51,11 @@ export const rebase: Handler = async (argv, io) => {
       'backing-unsafe': { type: 'boolean' },
       c: { type: 'boolean' },
       compress: { type: 'boolean' },
+      p: { type: 'boolean' },
+      progress: { type: 'boolean' },
+      t: { type: 'string' },
+      T: { type: 'string' },
+      ...shareOption,
       'image-opts': { type: 'boolean' },
       object: { type: 'string', multiple: true },
     },
@@ -60,6 +68,10 @@ export const rebase: Handler = async (argv, io) => {
     return 0;
   }
   refuseQemuOnly(parsed.values);
+  checkCacheModes(parsed.values.t, parsed.values.T);
+  // -U, as qemu-img: the backing files (old and new) are read without locks; the image itself is always locked.
+  const forceShare = parsed.values['force-share'] ?? false;
+  const progress = parsed.values.p || parsed.values.progress ? { onProgress: progressPrinter(io, false) } : {};
   // qemu-img 7.2's letters and 10.1's names for the same options (10.1 spells the backing format -B, 7.2 -F).
   const values = {
     f: oneOf('-f', parsed.values.f, '--format', parsed.values.format),
@@ -69,10 +81,17 @@ export const rebase: Handler = async (argv, io) => {
     c: (parsed.values.c || parsed.values.compress) ?? false,
   };
   const path = onePath(positionals);
-  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const registry = defaultRegistry();
+  values.F = storedBackingFormat(registry, values.F);
+  if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const name = values.b === '' ? undefined : values.b;
-  const disk = await openImageFile(path, { ...(values.f !== undefined ? { format: values.f } : {}), readOnly: false, registry, noBacking: values.u ?? false });
+  const disk = await openImageFile(path, {
+    ...(values.f !== undefined ? { format: values.f } : {}),
+    readOnly: false,
+    registry,
+    noBacking: values.u ?? false,
+    ...(forceShare ? { resolver: fileResolverWith({ forceShare: true }) } : {}),
+  });
   let next: Disk | undefined;
   try {
     // As qemu-img 7.2: a qcow2 is not given a backing file without its format (safe mode as well as -u).
@@ -80,14 +99,14 @@ export const rebase: Handler = async (argv, io) => {
       throw invalidArg('qcow2', `${path}: could not change the backing file to '${name}': backing format must be specified (-F)`, { file: path, field: 'backing format' });
     }
     if (name !== undefined && !values.u) {
-      next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry });
+      next = await openImageFile(resolveRelative({ name, from: disk.storage }), { ...(values.F !== undefined ? { format: values.F } : {}), registry, forceShare });
       assertNotRead(identityOfStorage(disk.storage), filesOf(next), 'image');
     } else if (name !== undefined) {
       // Unsafe: the new backing file is not opened, but naming the image itself would make a cycle.
       const named = identityOfPath(resolveRelative({ name, from: disk.storage }));
       if (named) assertNotRead(identityOfStorage(disk.storage), [named], 'image');
     }
-    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c });
+    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c, ...progress });
   } finally {
     await next?.close();
     await disk.close();

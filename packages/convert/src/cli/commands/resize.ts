@@ -2,8 +2,9 @@
  * img resize: grow or shrink an image's virtual size.
  */
 import { parseArgs } from '../parse-args.js';
-import { parseSize, unsupported, type ResizePreallocation } from '@img/block';
-import { UsageError } from '../common.js';
+import { ImageError, parseSize, unsupported, type ResizePreallocation } from '@img/block';
+import { ExitCode, UsageError } from '../common.js';
+import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { type Handler, common, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** A size that starts with a minus ("-10G"): an argument of resize, not an option (qemu-img reads it so). */
@@ -40,7 +41,33 @@ export const resize: Handler = async (argv, io) => {
     if (target < disk.size && !values.shrink) {
       throw new UsageError(`shrinking ${path} from ${disk.size} to ${target} bytes deletes the data past the new end: pass --shrink to do it`);
     }
-    await disk.resize(target, { shrink: values.shrink ?? false, preallocation: preallocation as ResizePreallocation });
+    // Ctrl-C or SIGTERM stop a preallocating grow between pieces; the image then gets its old size back
+    // (what was preallocated goes), as an interrupted qemu-img resize leaves it, so running the same
+    // relative resize again does not grow it twice.
+    const old = disk.size;
+    const controller = new AbortController();
+    const removeSignalHandlers = abortOnSignals(controller);
+    try {
+      await disk.resize(target, { shrink: values.shrink ?? false, preallocation: preallocation as ResizePreallocation, signal: controller.signal });
+    } catch (e) {
+      if (!(ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED')) {
+        // A preallocating grow that fails (a full disk) gives the old size back too, as qemu-img leaves it; the
+        // failure is what is reported, whether or not that works.
+        if (target > old && preallocation !== 'off' && disk.size !== old)
+          await disk
+            .resize(old, { shrink: true })
+            .then(() => disk.flush())
+            .catch(() => undefined);
+        throw e;
+      }
+      await disk.resize(old, { shrink: true });
+      await disk.flush();
+      // qcow2 frees the preallocated clusters but leaves them in the file, as a shrink does: compact cuts them off.
+      const space = disk.format === 'qcow2' ? `; img compact ${path} returns the space the preallocation took` : '';
+      throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old size (${old} bytes)${space}`);
+    } finally {
+      removeSignalHandlers();
+    }
     await disk.flush();
   } finally {
     await disk.close();

@@ -2,7 +2,7 @@
  * What the subcommands of img share: the Handler shape, common options, opening an image.
  */
 import { isAbsolute } from 'node:path';
-import { invalidArg, type Disk } from '@img/block';
+import { invalidArg, type Disk, type FormatRegistry } from '@img/block';
 import { UsageError, type Io } from '../common.js';
 import { openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
@@ -91,6 +91,18 @@ export function oneOf(...pairs: Array<string | undefined>): string | undefined {
     chosen ??= { name, value };
   }
   return chosen?.value;
+}
+
+/**
+ * The backing format to store in an image, from -F as the user spelt it: a
+ * format img knows (ERR_IMG_UNKNOWN_FORMAT otherwise, before anything is
+ * written), under qemu's name ("vpc" for "vhd"), since qemu opens the
+ * backing file by the name stored.
+ */
+export function storedBackingFormat(registry: FormatRegistry, format: string): string;
+export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined;
+export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined {
+  return format === undefined ? undefined : qemuFormatName(registry.require(format).name);
 }
 
 /** Formats whose images name a backing file's format beside its name (qemu-img writes no backing file there without one). */
