@@ -59,7 +59,11 @@ interface Scan {
   copiedFixes: CopiedFix[];
   /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
   pastSizeL1: number[];
-  /** L1 entries past the virtual size (active and snapshots) not followed: what they point at looks leaked but is referenced. */
+  /**
+   * L1 entries (active and snapshots) that qemu-img check follows and this scan does not: entries past the virtual
+   * size, and entries of flags without an offset (qemu reads the header cluster as their L2 table, so the clusters its
+   * words name count as referenced there). What they reach may look leaked here but is referenced for qemu.
+   */
   unfollowedL1: number;
   /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
   reservedBits: ReservedBitsFix[];
@@ -247,6 +251,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       r.corruptions++;
       say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} ${noOffset ? 'has flags but no L2 table offset' : 'has reserved bits set'}: ${entryHex(l1, i * 8)}`);
       if (active) r.reservedBits.push(noOffset ? { at: l1Offset + i * 8, hiMask: 0xffffffff, loMask: 0xffffffff } : { at: l1Offset + i * 8, hiMask: L1_RESERVED_HI, loMask: L1_RESERVED_LO });
+      if (noOffset) r.unfollowedL1++;
     }
     forEachL1Entry(
       t,
@@ -426,8 +431,10 @@ async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): P
   let changed = false;
   for (const m of t.mismatched) {
     if (m.stored <= m.computed && repair !== 'all') continue;
-    // Tables that L1 entries past the virtual size point at (and their clusters) look leaked, but qemu-img check
-    // follows those entries: freeing them would leave references to free clusters. Nothing is lowered while any are left.
+    // Tables that L1 entries past the virtual size point at (and their clusters), and clusters that the header cluster
+    // names when an L1 entry of flags without an offset makes qemu-img check read it as an L2 table, look leaked, but
+    // qemu-img check follows those entries: freeing them would leave references to free clusters. Nothing is lowered
+    // while any are left (repair 'all' clears active ones first).
     if (m.stored > m.computed && t.scan.unfollowedL1 > 0) continue;
     const value = Math.min(m.computed, rc.maxRefcount);
     if (value === m.stored) continue;

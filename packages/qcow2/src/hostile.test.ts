@@ -97,6 +97,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(new Uint8Array(1024 * 1024));
   });
 
+  it('repair leaks with an L1 entry of flags without an offset frees nothing qemu-img check reaches through the header (seed 1001 case 137)', async () => {
+    const path = join(tmp.path, 'l1-flags-only-leaks.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x44]]);
+    const l2 = entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n;
+    const data = entryAt(q, Number(l2)) & 0x00ff_ffff_ffff_fe00n;
+    q.view.setBigUint64(q.l1Offset, 1n << 63n);
+    // A word of the header cluster's free tail that names the data cluster: qemu-img check, reading the header as
+    // the entry's L2 table, counts it as a reference; the L2 table itself is a leak for both.
+    q.view.setBigUint64(0x800, data);
+    writeFileSync(path, q.bytes);
+    const qemuBefore = qemuCheck(path).result as { corruptions: number; leaks?: number };
+    expect(qemuBefore.leaks).toBe(1);
+    expect((await check(path)).leaks).toBe(2);
+    await check(path, 'leaks');
+    const qemuAfter = qemuCheck(path).result as { corruptions: number };
+    expect(qemuAfter.corruptions).toBe(qemuBefore.corruptions);
+    expect((await check(path)).corruptions).toBe(1);
+  });
+
   it('a writable open refuses an L1 entry of flags without an offset, and opens again after repair all', async () => {
     const path = join(tmp.path, 'l1-flags-only-write.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x44]]);
