@@ -304,6 +304,18 @@ describe('one-shot functions validate the header as an open does', () => {
   });
 });
 
+describe('header extensions', () => {
+  it('a bitmaps extension shorter than 24 bytes: every entry point fails with ERR_IMG_CORRUPT naming its offset (seed 1001 case 138 named none)', async () => {
+    // bitmaps.qcow2 keeps its bitmaps extension at 0x70: its length field is at 0x74.
+    const bytes = () => setU32(loadFixture('bitmaps.qcow2'), 0x74, 5);
+    const named = { code: 'ERR_IMG_CORRUPT', data: { field: 'bitmaps extension length', offset: 0x74, actual: 5 }, message: expect.stringMatching(/b\.qcow2: bitmaps extension at 0x70 is 5 bytes \(expected 24\)/) };
+    await expect(openQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(checkQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(compactQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+  });
+});
+
 describe('amend goes through the writable-open gate', () => {
   it('an L2 table on the refcount table: amend refuses before writing anything (it skipped the gate)', async () => {
     const path = join(tmp.path, 'amend-gate.qcow2');
