@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
+import { entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
@@ -194,6 +194,40 @@ describe('writes into damaged images leave them no worse', () => {
     const bytes = await readAll(path);
     expect(bytes.subarray(0, 4 * 4096).every((b) => b === 0x77)).toBe(true);
     expect(bytes.subarray(8 * 4096, 9 * 4096).every((b) => b === 0x78)).toBe(true);
+  });
+
+  it('a data cluster only a snapshot uses, with refcount 0: the writable open refuses (a write overwrote the snapshot with new data), check -r all repairs it (seed 1001 case 245)', async () => {
+    const path = join(tmp.path, 'snapshot-only-refcount-0.qcow2');
+    const q0 = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x61]]);
+    const snapData = Number(entryAt(q0, Number(entryAt(q0, q0.l1Offset) & 0x00ff_ffff_ffff_fe00n)) & 0x00ff_ffff_ffff_fe00n);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    // Guest cluster 0 moves to a new cluster: the old one is the snapshot's alone (refcount 1).
+    qemuIo(path, 'qcow2', ['write -P 0x62 0 4096']);
+    const q = readQcow2Bytes(path);
+    const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))) & 0x00ff_ffff_ffff_fe00n);
+    expect(q.view.getUint16(block + (snapData / 4096) * 2)).toBe(1);
+    q.view.setUint16(block + (snapData / 4096) * 2, 0);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      message: expect.stringMatching(new RegExp(`the data cluster at 0x${snapData.toString(16)} of snapshot 1 \\(L2 entry at 0x[0-9a-f]+\\) has refcount 0`)),
+    });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    await check(path, 'all');
+    expect(qemuCheck(path).status).toBe(0);
+    const again = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+    await again.write(8 * 4096, new Uint8Array(4096).fill(0x63));
+    await again.close();
+    expect(qemuCheck(path).status).toBe(0);
+    qemuImg(['convert', '-l', 'snapshot.name=s1', '-O', 'raw', path, `${path}.s1`]);
+    expect(
+      readFileSync(`${path}.s1`)
+        .subarray(0, 4096)
+        .every((b) => b === 0x61),
+    ).toBe(true);
   });
 
   it('a data cluster past the end of the file with refcount 0: the writable open refuses (a snapshot took that cluster for its tables), check -r all drops it', async () => {
