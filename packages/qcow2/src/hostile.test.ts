@@ -350,6 +350,35 @@ describe('header extensions', () => {
   });
 });
 
+describe('bitmaps of a disk whose size is not a multiple of 512 (seed 1001 case 679)', () => {
+  it('the bitmap table covers whole sectors, as qemu counts the disk: qemu-img reads the bitmap added', async () => {
+    const path = join(tmp.path, 'bitmap-odd-size.qcow2');
+    const q = qemuQcow2(path, '32M', 'cluster_size=4096');
+    // 16 MiB + 1 byte: qemu sees 16 MiB, one bitmap table entry at 512-byte granularity (4096 * 8 bits of 512 bytes).
+    q.view.setBigUint64(24, BigInt(16 * 1024 * 1024 + 1));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(0);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await editQcow2Bitmaps(storage, [{ op: 'add', name: 'b', granularity: 512 }]);
+    await storage.close();
+    expect(qemuImg(['info', path], { allowFail: true }).status).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
+  it('a disk shorter than one sector: adding a bitmap is refused and the file is left as it was', async () => {
+    const path = join(tmp.path, 'bitmap-one-byte.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096');
+    q.view.setBigUint64(24, 1n);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(editQcow2Bitmaps(storage, [{ op: 'add', name: 'b' }])).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED', data: { field: 'size', offset: 24 } });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(qemuImg(['info', path], { allowFail: true }).status).toBe(0);
+  });
+});
+
 describe('amend goes through the writable-open gate', () => {
   it('an L2 table on the refcount table: amend refuses before writing anything (it skipped the gate)', async () => {
     const path = join(tmp.path, 'amend-gate.qcow2');
