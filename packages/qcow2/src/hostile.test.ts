@@ -230,6 +230,25 @@ describe('writes into damaged images leave them no worse', () => {
     ).toBe(true);
   });
 
+  it('a dirty image whose L1 entry names the L1 table itself: the writable open refuses instead of its refcount repair dropping the entry (seed 1001 case 1161)', async () => {
+    const path = join(tmp.path, 'dirty-l1-on-l1.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096,lazy_refcounts=on', [[0, 4096, 0x66]]);
+    q.view.setBigUint64(q.l1Offset, (1n << 63n) | BigInt(q.l1Offset));
+    q.view.setUint8(79, q.view.getUint8(79) | 1); // incompatible feature bit 0: dirty
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const guest = await readAll(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'L1 entry', offset: q.l1Offset },
+      message: expect.stringMatching(/the image is dirty and rebuilding its refcounts would drop guest data: active L1 entry 0 at 0x[0-9a-f]+ points at an L2 table at 0x[0-9a-f]+ that lies on the active L1 table/),
+    });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(await readAll(path)).toEqual(guest);
+  });
+
   it('a data cluster past the end of the file with refcount 0: the writable open refuses (a snapshot took that cluster for its tables), check -r all drops it', async () => {
     const path = join(tmp.path, 'data-past-end.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4 * 4096, 0x79]]);
