@@ -67,6 +67,8 @@ interface Scan {
   unfollowedL1: number;
   /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
   reservedBits: ReservedBitsFix[];
+  /** Refcount table entries (index, block offset) of blocks inside the file, for the rule that each is used once. */
+  refcountBlocks: Array<{ index: number; offset: number }>;
 }
 
 /** An entry whose bits under `hiMask`/`loMask` (the 32-bit halves) repair 'all' clears. */
@@ -185,7 +187,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [], refcountBlocks: [] };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -223,6 +225,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   for (let i = 0; i < rtBytes.length / 8; i++) {
     const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
     if (off) ref(off, cs, 'refcount block');
+    if (off && off % cs === 0 && off + cs <= s.fileSize) r.refcountBlocks.push({ index: i, offset: off });
   }
   if (h.nbSnapshots)
     ref(
@@ -359,6 +362,8 @@ interface Tally {
   scan: Scan;
   mismatched: Array<{ cluster: number; stored: number; computed: number }>;
   copiedFixes: CopiedFix[];
+  /** Refcount table entries of blocks used more than once whose range lies past the end of the file. */
+  sharedBlocksPastEnd: number[];
 }
 
 /**
@@ -373,7 +378,7 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
   const h = s.header;
-  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [] };
+  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [], sharedBlocksPastEnd: [] };
   const say = (m: string) => {
     if (t.messages.length < MAX_MESSAGES) t.messages.push(m);
   };
@@ -412,6 +417,15 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
         say(`Leaked cluster ${c} refcount=${st} reference=${computed}`);
       }
     }
+  }
+  // A refcount block must be used once (qemu-img check counts one that is also another block or other metadata).
+  for (const b of sc.refcountBlocks) {
+    const uses = sc.refs[b.offset / cs]!;
+    if (uses <= 1) continue;
+    t.corruptions++;
+    say(`ERROR refcount block ${b.index} at ${hex(b.offset)} is used ${uses} times (refcount table entry at ${hex(h.refcountTableOffset + b.index * 8)})`);
+    // Nothing of the file lies in its range: repair 'all' clears the entry (else the block stays, reported).
+    if (b.index * perBlock >= n) t.sharedBlocksPastEnd.push(h.refcountTableOffset + b.index * 8);
   }
   t.copiedFixes = sc.copiedFixes;
   for (const f of sc.copiedFixes) say(copiedLine(f, 'ERROR'));
@@ -523,6 +537,16 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
         s.overlap?.check(s.file, at, 8, OVERLAP.ACTIVE_L1);
         await s.storage.write(at, zero);
         view.l1.set(zero, at - view.l1Offset);
+      }
+      await s.storage.flush();
+      t = await tally(s, view);
+    }
+    if (repair === 'all' && t.sharedBlocksPastEnd.length) {
+      // Their clusters count as used twice; the entries name no cluster of the file, so they go.
+      const zero = new Uint8Array(8);
+      for (const at of t.sharedBlocksPastEnd) {
+        s.overlap?.check(s.file, at, 8, OVERLAP.REFCOUNT_TABLE);
+        await s.storage.write(at, zero);
       }
       await s.storage.flush();
       t = await tally(s, view);

@@ -135,6 +135,23 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(qemuCheck(path).status).toBe(0);
   });
 
+  it('a refcount table entry naming the refcount table, for a range past the end of the file: counted as qemu-img check counts it, and repair all clears it (seed 1001 case 1447)', async () => {
+    const path = join(tmp.path, 'refblock-on-reftable.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=65536', [[0, 4096, 0x21]]);
+    const rt = Number(q.view.getBigUint64(48));
+    // Entry 5 covers clusters from 5 * 32768 on: none lies in the file.
+    q.view.setBigUint64(rt + 5 * 8, BigInt(rt));
+    writeFileSync(path, q.bytes);
+    const qemuBefore = qemuCheck(path).result as { corruptions: number };
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemuBefore.corruptions);
+    expect(found.messages.join('\n')).toMatch(/refcount block 5 at 0x[0-9a-f]+ is used 2 times/);
+    const repaired = await check(path, 'all');
+    expect(repaired.corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x21)).toBe(true);
+  });
+
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
     const path = join(tmp.path, 'l1-is-its-l2.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x55]]);
