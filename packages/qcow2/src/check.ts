@@ -7,12 +7,12 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
+import { corrupt, readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
 import { entryOffset, setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { readRefcount, type Refcounts } from './refcount.js';
-import { OVERLAP } from './overlap.js';
+import { OVERLAP, overlapKindName } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
@@ -511,6 +511,28 @@ async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readon
 }
 
 /**
+ * Repair 'all' rewrites entries of the active L1 table (COPIED flags,
+ * reserved bits, entries it drops), and the overlap map lets those writes
+ * touch the L1 table, L2 tables (an L1 entry naming its own table) and
+ * snapshot L1 tables (copied first) only. An L1 table that lies on other
+ * metadata (the snapshot table, refcount structures, bitmaps) would stop
+ * the repair half-way, after its refcount changes and before the flags
+ * that go with them (seed 1002 case 307): refused before anything is written.
+ */
+function refuseUnwritableL1(s: Qcow2Image, view: MappingView): void {
+  const cs = s.geom.clusterSize;
+  const bytes = s.header.l1Size * 8;
+  if (!s.overlap || bytes === 0) return;
+  const allowed = OVERLAP.ACTIVE_L1 | OVERLAP.L2 | OVERLAP.SNAPSHOT_L1;
+  for (let c = Math.floor(view.l1Offset / cs); c * cs < view.l1Offset + bytes; c++) {
+    const other = s.overlap.kindsAt(c) & ~allowed;
+    if (other) {
+      throw corrupt(FORMAT, s.file, `cannot repair: the active L1 table at ${hex(view.l1Offset)} lies on the ${overlapKindName(other)} at ${hex(c * cs)}, which its repair would overwrite; nothing was changed`, { field: 'l1_table_offset', offset: 40, actual: view.l1Offset });
+    }
+  }
+}
+
+/**
  * Checks an open image (and repairs it when `repair` is given and the image
  * is writable). Repair 'all' runs in this order: L1 entries past the
  * virtual size cleared; refcounts raised to cover every reference (so the
@@ -527,6 +549,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
+    if (repair === 'all') refuseUnwritableL1(s, view);
     const before = t;
     // What the guest reads from data clusters on metadata, before any repair rewrites some of it.
     const captured = repair === 'all' && mayHaveDataOnMetadata(s, t.scan.refs) ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();

@@ -152,6 +152,22 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x21)).toBe(true);
   });
 
+  it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
+    const path = join(tmp.path, 'snapshot-table-on-l1.qcow2');
+    // A v2 image whose snapshot's L1 table is the active one; then the snapshot table is moved onto it as well.
+    writeCorruptQcow2(path, 'snapshot-l1-is-active', 2);
+    const q = readQcow2Bytes(path);
+    q.view.setBigUint64(64, BigInt(q.l1Offset)); // snapshots_offset
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    await expect(check(path, 'all')).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'l1_table_offset', offset: 40 },
+      message: expect.stringMatching(/cannot repair: the active L1 table at 0x[0-9a-f]+ lies on the snapshot table at 0x[0-9a-f]+, which its repair would overwrite; nothing was changed/),
+    });
+    expect(readFileSync(path).equals(before)).toBe(true);
+  });
+
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
     const path = join(tmp.path, 'l1-is-its-l2.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x55]]);
