@@ -97,6 +97,16 @@ export interface Qcow2DirtyBitmap {
 const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
 
 /**
+ * The length a persistent bitmap covers on a disk of `size` bytes: whole
+ * 512-byte sectors, as qemu counts a qcow2 disk (the tail of a size that is
+ * not a multiple of 512 is not covered), so that table sizes agree with
+ * qemu's, which refuses a bitmap whose table has any other size.
+ */
+export function bitmapCoveredLength(size: number): number {
+  return Math.floor(size / 512) * 512;
+}
+
+/**
  * Reads persistent dirty bitmap `name` of the qcow2 image in `storage`
  * (spec: "Bitmaps"): its table, and the data clusters the table points to.
  * A bitmap qemu marked in use, or bitmaps the image says are inconsistent
@@ -108,16 +118,6 @@ const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
  * for (const run of bitmap.runs(0, bitmap.virtualSize)) if (run.dirty) console.log(run.offset, run.length);
  * ```
  */
-/**
- * The length a persistent bitmap covers on a disk of `size` bytes: whole
- * 512-byte sectors, as qemu counts a qcow2 disk (the tail of a size that is
- * not a multiple of 512 is not covered), so that table sizes agree with
- * qemu's, which refuses a bitmap whose table has any other size.
- */
-export function bitmapCoveredLength(size: number): number {
-  return Math.floor(size / 512) * 512;
-}
-
 export async function readQcow2DirtyBitmap(storage: Storage, name: string, file: string = storage.name): Promise<Qcow2DirtyBitmap> {
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 2 * 1024 * 1024));
