@@ -546,7 +546,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   const repaired: string[] = [];
   let copiedRepaired = 0;
-  if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
+  if (repair && (t.leaks || (repair === 'all' && t.corruptions) || (repair === 'leaks' && t.copiedFixes.length))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
     if (repair === 'all') refuseUnwritableL1(s, view);
@@ -600,6 +600,19 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
       }
     } else {
       t = await fixRefcounts(s, view, rc, t, repair);
+      // As qemu-img check -r leaks: COPIED flags are then set from the refcounts (a leak repair that lowers a shared
+      // cluster's refcount to 1 leaves its flag clear, which qemu counts). A flag is set only where the refcount is
+      // exactly the references counted (one below them is corruption this repair does not touch); clearing is safe.
+      // Entries in a table that lies on other metadata are left (the overlap guard would stop the repair half-way).
+      const cs = s.geom.clusterSize;
+      const writable = (at: number) => ((s.overlap?.kindsAt(Math.floor(at / cs)) ?? 0) & ~(OVERLAP.ACTIVE_L1 | OVERLAP.L2)) === 0;
+      const safe = t.copiedFixes.filter((f) => (!f.set || t.scan.refs[f.cluster] === 1) && writable(f.at));
+      if (safe.length) {
+        for (const f of safe.slice(0, MAX_MESSAGES)) repaired.push(copiedLine(f, 'Repairing'));
+        await fixCopied(s, view, safe);
+        await s.storage.flush();
+        t = await tally(s, view);
+      }
     }
     // As qemu-img check -r: the first pass's refcount lines as a check prints them, then one line per refcount it repairs.
     const found = before.mismatched.slice(0, MAX_MESSAGES);

@@ -152,6 +152,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x21)).toBe(true);
   });
 
+  it('repair leaks sets the COPIED flags of clusters whose refcount it lowered to 1, as qemu-img check -r leaks does (seed 1002 case 683)', async () => {
+    const path = join(tmp.path, 'leaks-copied.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x41]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const q = readQcow2Bytes(path);
+    // The snapshot is forgotten: its L1 table leaks, and the clusters it shared keep refcount 2 without COPIED.
+    q.view.setUint32(60, 0); // nb_snapshots
+    writeFileSync(path, q.bytes);
+    const before = qemuCheck(path).result as { corruptions?: number; leaks: number };
+    expect(before.corruptions ?? 0).toBe(0);
+    expect(before.leaks).toBeGreaterThan(0);
+    const guest = await readAll(path);
+    const repaired = await check(path, 'leaks');
+    expect(repaired.leaks).toBe(0);
+    expect(repaired.corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(guest);
+  });
+
   it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
     const path = join(tmp.path, 'snapshot-table-on-l1.qcow2');
     // A v2 image whose snapshot's L1 table is the active one; then the snapshot table is moved onto it as well.
