@@ -22,6 +22,8 @@ import type { Qcow2Image } from './core.js';
 import { entryHex, forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
+/** Reserved bits 0-8 of a refcount table entry (the low half). */
+const REFT_RESERVED_LO = 0x1ff;
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
 const MAX_CHECK_CLUSTERS = 64 * 1024 * 1024;
 /** Largest number of distinct L2 tables (all layers together) a check will count: 24 bytes each, 192 MiB at most. */
@@ -76,6 +78,8 @@ interface ReservedBitsFix {
   at: number;
   hiMask: number;
   loMask: number;
+  /** The entry is one of the refcount table (the others are L1 and L2 entries). */
+  table?: 'refcount';
 }
 
 /**
@@ -226,6 +230,12 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
     if (off) ref(off, cs, 'refcount block');
     if (off && off % cs === 0 && off + cs <= s.fileSize) r.refcountBlocks.push({ index: i, offset: off });
+    // Bits 0-8 are reserved (spec: "Refcount table"); qemu-img check counts an entry that sets any.
+    if ((readU32Be(rtBytes, i * 8 + 4) & REFT_RESERVED_LO) !== 0) {
+      r.corruptions++;
+      say(`ERROR refcount table entry ${i} at ${hex(h.refcountTableOffset + i * 8)} has reserved bits set: ${entryHex(rtBytes, i * 8)}`);
+      r.reservedBits.push({ at: h.refcountTableOffset + i * 8, hiMask: 0, loMask: REFT_RESERVED_LO, table: 'refcount' });
+    }
   }
   if (h.nbSnapshots)
     ref(
@@ -503,7 +513,7 @@ async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readon
     await s.storage.readInto(f.at, entry);
     writeU32Be(entry, 0, (readU32Be(entry, 0) & ~f.hiMask) >>> 0);
     writeU32Be(entry, 4, (readU32Be(entry, 4) & ~f.loMask) >>> 0);
-    s.overlap?.check(s.file, f.at, 8, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    s.overlap?.check(s.file, f.at, 8, f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : OVERLAP.ACTIVE_L1 | OVERLAP.L2);
     await s.storage.write(f.at, entry);
     if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry, f.at - view.l1Offset);
   }

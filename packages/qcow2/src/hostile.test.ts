@@ -171,6 +171,21 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(guest);
   });
 
+  it('a refcount table entry with a reserved bit set: counted as qemu-img check counts it, and repair all clears the bit (seed 1002 case 802)', async () => {
+    const path = join(tmp.path, 'reftable-reserved.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x51]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setUint32(rt + 4, q.view.getUint32(rt + 4) | 0x10);
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).result?.corruptions).toBe(1);
+    const found = await check(path);
+    expect(found.corruptions).toBe(1);
+    expect(found.messages.join('\n')).toMatch(/refcount table entry 0 at 0x[0-9a-f]+ has reserved bits set/);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x51)).toBe(true);
+  });
+
   it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
     const path = join(tmp.path, 'snapshot-table-on-l1.qcow2');
     // A v2 image whose snapshot's L1 table is the active one; then the snapshot table is moved onto it as well.
