@@ -33,7 +33,7 @@ import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
 import { refreshOverlapMap, writeHeaderCluster, type Qcow2Image } from './core.js';
 import type { MappingView } from './mapping-view.js';
-import { readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
+import { bitmapCoveredLength, readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
 import {
   BITMAP_FLAG_AUTO,
   BITMAP_FLAG_EXTRA_COMPATIBLE,
@@ -163,7 +163,7 @@ export function defaultQcow2BitmapGranularity(clusterSize: number): number {
 
 async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2BitmapOp[], options: Qcow2BitmapEditOptions): Promise<void> {
   const cs = s.geom.clusterSize;
-  const size = s.header.size;
+  const size = bitmapCoveredLength(s.header.size);
   const consistent = hasFeature(s.header.autoclearFeatures, AUTOCLEAR_BITMAPS);
   const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   // Bitmaps the image calls inconsistent are dropped on the first write (beforeFirstWrite), as qemu drops them.
@@ -204,6 +204,9 @@ async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2Bi
         if (!Number.isInteger(g) || g < 512 || g > 2 ** 31 || (g & (g - 1)) !== 0) throw fail('Granularity must be power of 2 and at least 512', 'granularity');
         if (s.header.version < 3) throw unsupported(FORMAT, s.file, `Operation add on bitmap ${name} failed: Cannot store dirty bitmaps in qcow2 v2 files`, { field: 'version' });
         const persistent = (why: string, field: string) => fail(`Can't make bitmap '${name}' persistent: ${why}`, field);
+        // qemu counts the disk in whole sectors and refuses a bitmap table at offset 0, so it can neither store nor read a
+        // bitmap of a disk shorter than one sector (its own bitmap --add fails there too).
+        if (size === 0) throw unsupported(FORMAT, s.file, `Operation add on bitmap ${name} failed: the disk size ${s.header.size} at 0x18 is less than one 512-byte sector, which a persistent bitmap cannot cover`, { field: 'size', offset: 24, actual: s.header.size });
         if (utf8Encode(name).length > MAX_BITMAP_NAME) throw persistent(`Name length exceeds maximum (${MAX_BITMAP_NAME} characters)`, 'name');
         const bytes = bitmapBytes(size, g);
         const tableSize = Math.ceil(bytes / cs);
@@ -349,7 +352,7 @@ function zeroBits(s: Qcow2Image, e: BitmapDirectoryEntry, size: number): Uint8Ar
 /** The bits of a stored bitmap (bounded: at most {@link MAX_BITMAP_BYTES}). */
 async function readBits(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Uint8Array> {
   const cs = s.geom.clusterSize;
-  const bytes = bitmapBytes(s.header.size, 2 ** e.granularityBits);
+  const bytes = bitmapBytes(bitmapCoveredLength(s.header.size), 2 ** e.granularityBits);
   if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
   if (e.tableSize !== Math.ceil(bytes / cs)) throw corrupt(FORMAT, s.file, `bitmap "${e.name}" has ${e.tableSize} table entries (expected ${Math.ceil(bytes / cs)})`, { field: 'bitmap_table_size' });
   const table = await readTable(s, e);

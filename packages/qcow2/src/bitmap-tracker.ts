@@ -10,6 +10,7 @@ import { Mutex, readU16Be, readU32Be, writeU32Be, writeU64Be } from '@img/block'
 import type { Storage } from '@img/block';
 import type { BitmapsExtension } from './extensions.js';
 import { entryOffset } from './mapping.js';
+import { bitmapCoveredLength } from './bitmaps.js';
 
 const ENTRY_FIXED = 24;
 const FLAG_IN_USE = 1;
@@ -69,7 +70,7 @@ export class BitmapTracker {
       const extra = readU32Be(dir, at + 20);
       const usable = (flags & FLAG_AUTO) !== 0 && (flags & FLAG_IN_USE) === 0 && type === TYPE_DIRTY_TRACKING && (extra === 0 || (flags & FLAG_EXTRA_COMPATIBLE) !== 0);
       // The table must have exactly the entries the disk size needs (which also bounds what is read).
-      const expected = Math.ceil(Math.ceil(diskSize / 2 ** granularityBits) / (hooks.clusterSize * 8));
+      const expected = Math.ceil(Math.ceil(bitmapCoveredLength(diskSize) / 2 ** granularityBits) / (hooks.clusterSize * 8));
       if (usable && granularityBits >= 9 && granularityBits <= 31 && tableSize === expected && tableOffset + tableSize * 8 <= fileSize) {
         const name = new TextDecoder().decode(dir.subarray(at + ENTRY_FIXED + extra, at + ENTRY_FIXED + extra + nameSize));
         tracked.push({ entryAt: at, tableOffset, tableSize, granularity: 2 ** granularityBits, name });

@@ -97,6 +97,16 @@ export interface Qcow2DirtyBitmap {
 const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
 
 /**
+ * The length a persistent bitmap covers on a disk of `size` bytes: whole
+ * 512-byte sectors, as qemu counts a qcow2 disk (the tail of a size that is
+ * not a multiple of 512 is not covered), so that table sizes agree with
+ * qemu's, which refuses a bitmap whose table has any other size.
+ */
+export function bitmapCoveredLength(size: number): number {
+  return Math.floor(size / 512) * 512;
+}
+
+/**
  * Reads persistent dirty bitmap `name` of the qcow2 image in `storage`
  * (spec: "Bitmaps"): its table, and the data clusters the table points to.
  * A bitmap qemu marked in use, or bitmaps the image says are inconsistent
@@ -131,7 +141,7 @@ export async function readQcow2DirtyBitmap(storage: Storage, name: string, file:
   if (type !== 1) throw unsupported(FORMAT, file, `bitmap "${name}" has type ${type} (only dirty tracking bitmaps, type 1, are known)`, { field: 'type', offset: entryAt + 16 });
   if (granularityBits < 9 || granularityBits > 31) throw corrupt(FORMAT, file, `bitmap "${name}" has granularity_bits ${granularityBits} (9 to 31 allowed)`, { field: 'granularity_bits', offset: entryAt + 17 });
   const granularity = 2 ** granularityBits;
-  const bitCount = Math.ceil(header.size / granularity);
+  const bitCount = Math.ceil(bitmapCoveredLength(header.size) / granularity);
   const byteCount = Math.ceil(bitCount / 8);
   const needed = Math.ceil(byteCount / clusterSize);
   if (byteCount > MAX_BITMAP_BYTES) throw unsupported(FORMAT, file, `bitmap "${name}" needs ${byteCount} bytes in memory (over ${MAX_BITMAP_BYTES})`, { field: 'granularity_bits', offset: entryAt + 17 });

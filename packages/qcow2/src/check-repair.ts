@@ -227,6 +227,32 @@ export async function captureDataOnMetadata(s: Qcow2Image, view: MappingView): P
   return out;
 }
 
+/** Why repair 'all' cannot keep an L2 table at `l2` (and drops the L1 entry that points at it), or undefined. */
+function l2TableUnkeepable(s: Qcow2Image, l2: number, fileEnd: number): string | undefined {
+  const cs = s.geom.clusterSize;
+  if (l2 % cs || l2 < cs || l2 + cs > fileEnd) return 'is unaligned or outside the file';
+  const kinds = (s.overlap?.kindsAt(l2 / cs) ?? 0) & ~OVERLAP.L2;
+  return kinds ? `lies on the ${overlapKindName(kinds)}` : undefined;
+}
+
+/**
+ * The first active L1 entry that repair 'all' would clear (its L2 table
+ * cannot be kept: see {@link l2TableUnkeepable}), for a repair that must
+ * not change what the guest reads (a dirty image's repair on open).
+ */
+export function firstDroppedL1Entry(s: Qcow2Image, view: MappingView): { at: number; why: string } | undefined {
+  const cs = s.geom.clusterSize;
+  const h = s.header;
+  const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
+  const l2s = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
+  for (let i = 0; i < l2s.length; i++) {
+    const l2 = l2s[i]!;
+    const why = l2 ? l2TableUnkeepable(s, l2, s.fileSize) : undefined;
+    if (why) return { at: view.l1Offset + i * 8, why: `active L1 entry ${i} at ${hex(view.l1Offset + i * 8)} points at an L2 table at ${hex(l2)} that ${why}` };
+  }
+  return undefined;
+}
+
 /** Active L1 entries: each L2 table used once, none on other metadata or outside the file. */
 async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, fileEnd: number, budget: Budget, put: Put, say: Say, out: SharingRepair): Promise<void> {
   const cs = s.geom.clusterSize;
@@ -252,15 +278,10 @@ async function unshareL2Tables(s: Qcow2Image, view: MappingView, rc: Refcounts, 
     const l2 = l2s[i]!;
     if (!l2) continue;
     const at = view.l1Offset + i * 8;
-    if (l2 % cs || l2 < cs || l2 + cs > fileEnd) {
+    const why = l2TableUnkeepable(s, l2, fileEnd);
+    if (why) {
       dropEntry(i, l2);
-      say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that is unaligned or outside the file; cleared (its range is unallocated now)`);
-      continue;
-    }
-    const kinds = (s.overlap?.kindsAt(l2 / cs) ?? 0) & ~OVERLAP.L2;
-    if (kinds) {
-      dropEntry(i, l2);
-      say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that lies on the ${overlapKindName(kinds)}; cleared (its range is unallocated now)`);
+      say(`active L1 entry ${i} at ${hex(at)} pointed at an L2 table at ${hex(l2)} that ${why}; cleared (its range is unallocated now)`);
       continue;
     }
     if (!first.has(l2)) first.set(l2, i);

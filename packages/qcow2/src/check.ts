@@ -7,12 +7,12 @@
  * bitmaps), compares them with the stored refcounts and the COPIED flags,
  * and repairs leaks (or everything) on request.
  */
-import { readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
+import { corrupt, readOnlyError, unsupported, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
 import { entryOffset, setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { readRefcount, type Refcounts } from './refcount.js';
-import { OVERLAP } from './overlap.js';
+import { OVERLAP, overlapKindName } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
@@ -22,6 +22,8 @@ import type { Qcow2Image } from './core.js';
 import { entryHex, forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, snapshotL1Tables } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
+/** Reserved bits 0-8 of a refcount table entry (the low half). */
+const REFT_RESERVED_LO = 0x1ff;
 /** Largest number of host clusters a check will count (5 bytes each: 320 MiB at most). */
 const MAX_CHECK_CLUSTERS = 64 * 1024 * 1024;
 /** Largest number of distinct L2 tables (all layers together) a check will count: 24 bytes each, 192 MiB at most. */
@@ -59,10 +61,16 @@ interface Scan {
   copiedFixes: CopiedFix[];
   /** File offsets of active L1 entries past the virtual size that point at an L2 table (cleared by repair 'all'). */
   pastSizeL1: number[];
-  /** L1 entries past the virtual size (active and snapshots) not followed: what they point at looks leaked but is referenced. */
+  /**
+   * L1 entries (active and snapshots) that qemu-img check follows and this scan does not: entries past the virtual
+   * size, and entries of flags without an offset (qemu reads the header cluster as their L2 table, so the clusters its
+   * words name count as referenced there). What they reach may look leaked here but is referenced for qemu.
+   */
   unfollowedL1: number;
   /** Active L1 and L2 entries with reserved bits set, flags without an offset, or COPIED on a compressed descriptor (counted in `corruptions`; cleared by repair 'all'). */
   reservedBits: ReservedBitsFix[];
+  /** Refcount table entries (index, block offset) of blocks inside the file, for the rule that each is used once. */
+  refcountBlocks: Array<{ index: number; offset: number }>;
 }
 
 /** An entry whose bits under `hiMask`/`loMask` (the 32-bit halves) repair 'all' clears. */
@@ -70,6 +78,8 @@ interface ReservedBitsFix {
   at: number;
   hiMask: number;
   loMask: number;
+  /** The entry is one of the refcount table (the others are L1 and L2 entries). */
+  table?: 'refcount';
 }
 
 /**
@@ -181,7 +191,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [], refcountBlocks: [] };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -219,6 +229,13 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   for (let i = 0; i < rtBytes.length / 8; i++) {
     const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
     if (off) ref(off, cs, 'refcount block');
+    if (off && off % cs === 0 && off + cs <= s.fileSize) r.refcountBlocks.push({ index: i, offset: off });
+    // Bits 0-8 are reserved (spec: "Refcount table"); qemu-img check counts an entry that sets any.
+    if ((readU32Be(rtBytes, i * 8 + 4) & REFT_RESERVED_LO) !== 0) {
+      r.corruptions++;
+      say(`ERROR refcount table entry ${i} at ${hex(h.refcountTableOffset + i * 8)} has reserved bits set: ${entryHex(rtBytes, i * 8)}`);
+      r.reservedBits.push({ at: h.refcountTableOffset + i * 8, hiMask: 0, loMask: REFT_RESERVED_LO, table: 'refcount' });
+    }
   }
   if (h.nbSnapshots)
     ref(
@@ -247,6 +264,7 @@ async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       r.corruptions++;
       say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} ${noOffset ? 'has flags but no L2 table offset' : 'has reserved bits set'}: ${entryHex(l1, i * 8)}`);
       if (active) r.reservedBits.push(noOffset ? { at: l1Offset + i * 8, hiMask: 0xffffffff, loMask: 0xffffffff } : { at: l1Offset + i * 8, hiMask: L1_RESERVED_HI, loMask: L1_RESERVED_LO });
+      if (noOffset) r.unfollowedL1++;
     }
     forEachL1Entry(
       t,
@@ -354,6 +372,8 @@ interface Tally {
   scan: Scan;
   mismatched: Array<{ cluster: number; stored: number; computed: number }>;
   copiedFixes: CopiedFix[];
+  /** Refcount table entries of blocks used more than once whose range lies past the end of the file. */
+  sharedBlocksPastEnd: number[];
 }
 
 /**
@@ -368,7 +388,7 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
   const h = s.header;
-  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [] };
+  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [], sharedBlocksPastEnd: [] };
   const say = (m: string) => {
     if (t.messages.length < MAX_MESSAGES) t.messages.push(m);
   };
@@ -408,6 +428,15 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
       }
     }
   }
+  // A refcount block must be used once (qemu-img check counts one that is also another block or other metadata).
+  for (const b of sc.refcountBlocks) {
+    const uses = sc.refs[b.offset / cs]!;
+    if (uses <= 1) continue;
+    t.corruptions++;
+    say(`ERROR refcount block ${b.index} at ${hex(b.offset)} is used ${uses} times (refcount table entry at ${hex(h.refcountTableOffset + b.index * 8)})`);
+    // Nothing of the file lies in its range: repair 'all' clears the entry (else the block stays, reported).
+    if (b.index * perBlock >= n) t.sharedBlocksPastEnd.push(h.refcountTableOffset + b.index * 8);
+  }
   t.copiedFixes = sc.copiedFixes;
   for (const f of sc.copiedFixes) say(copiedLine(f, 'ERROR'));
   return t;
@@ -426,8 +455,10 @@ async function setRefcounts(rc: Refcounts, t: Tally, repair: 'leaks' | 'all'): P
   let changed = false;
   for (const m of t.mismatched) {
     if (m.stored <= m.computed && repair !== 'all') continue;
-    // Tables that L1 entries past the virtual size point at (and their clusters) look leaked, but qemu-img check
-    // follows those entries: freeing them would leave references to free clusters. Nothing is lowered while any are left.
+    // Tables that L1 entries past the virtual size point at (and their clusters), and clusters that the header cluster
+    // names when an L1 entry of flags without an offset makes qemu-img check read it as an L2 table, look leaked, but
+    // qemu-img check follows those entries: freeing them would leave references to free clusters. Nothing is lowered
+    // while any are left (repair 'all' clears active ones first).
     if (m.stored > m.computed && t.scan.unfollowedL1 > 0) continue;
     const value = Math.min(m.computed, rc.maxRefcount);
     if (value === m.stored) continue;
@@ -482,11 +513,33 @@ async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readon
     await s.storage.readInto(f.at, entry);
     writeU32Be(entry, 0, (readU32Be(entry, 0) & ~f.hiMask) >>> 0);
     writeU32Be(entry, 4, (readU32Be(entry, 4) & ~f.loMask) >>> 0);
-    s.overlap?.check(s.file, f.at, 8, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    s.overlap?.check(s.file, f.at, 8, f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : OVERLAP.ACTIVE_L1 | OVERLAP.L2);
     await s.storage.write(f.at, entry);
     if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry, f.at - view.l1Offset);
   }
   s.cache.clear();
+}
+
+/**
+ * Repair 'all' rewrites entries of the active L1 table (COPIED flags,
+ * reserved bits, entries it drops), and the overlap map lets those writes
+ * touch the L1 table, L2 tables (an L1 entry naming its own table) and
+ * snapshot L1 tables (copied first) only. An L1 table that lies on other
+ * metadata (the snapshot table, refcount structures, bitmaps) would stop
+ * the repair half-way, after its refcount changes and before the flags
+ * that go with them (seed 1002 case 307): refused before anything is written.
+ */
+function refuseUnwritableL1(s: Qcow2Image, view: MappingView): void {
+  const cs = s.geom.clusterSize;
+  const bytes = s.header.l1Size * 8;
+  if (!s.overlap || bytes === 0) return;
+  const allowed = OVERLAP.ACTIVE_L1 | OVERLAP.L2 | OVERLAP.SNAPSHOT_L1;
+  for (let c = Math.floor(view.l1Offset / cs); c * cs < view.l1Offset + bytes; c++) {
+    const other = s.overlap.kindsAt(c) & ~allowed;
+    if (other) {
+      throw corrupt(FORMAT, s.file, `cannot repair: the active L1 table at ${hex(view.l1Offset)} lies on the ${overlapKindName(other)} at ${hex(c * cs)}, which its repair would overwrite; nothing was changed`, { field: 'l1_table_offset', offset: 40, actual: view.l1Offset });
+    }
+  }
 }
 
 /**
@@ -503,9 +556,10 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   const repaired: string[] = [];
   let copiedRepaired = 0;
-  if (repair && (t.leaks || (repair === 'all' && t.corruptions))) {
+  if (repair && (t.leaks || (repair === 'all' && t.corruptions) || (repair === 'leaks' && t.copiedFixes.length))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);
+    if (repair === 'all') refuseUnwritableL1(s, view);
     const before = t;
     // What the guest reads from data clusters on metadata, before any repair rewrites some of it.
     const captured = repair === 'all' && mayHaveDataOnMetadata(s, t.scan.refs) ? await captureDataOnMetadata(s, view) : new Map<number, Uint8Array>();
@@ -516,6 +570,16 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
         s.overlap?.check(s.file, at, 8, OVERLAP.ACTIVE_L1);
         await s.storage.write(at, zero);
         view.l1.set(zero, at - view.l1Offset);
+      }
+      await s.storage.flush();
+      t = await tally(s, view);
+    }
+    if (repair === 'all' && t.sharedBlocksPastEnd.length) {
+      // Their clusters count as used twice; the entries name no cluster of the file, so they go.
+      const zero = new Uint8Array(8);
+      for (const at of t.sharedBlocksPastEnd) {
+        s.overlap?.check(s.file, at, 8, OVERLAP.REFCOUNT_TABLE);
+        await s.storage.write(at, zero);
       }
       await s.storage.flush();
       t = await tally(s, view);
@@ -546,6 +610,19 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
       }
     } else {
       t = await fixRefcounts(s, view, rc, t, repair);
+      // As qemu-img check -r leaks: COPIED flags are then set from the refcounts (a leak repair that lowers a shared
+      // cluster's refcount to 1 leaves its flag clear, which qemu counts). A flag is set only where the refcount is
+      // exactly the references counted (one below them is corruption this repair does not touch); clearing is safe.
+      // Entries in a table that lies on other metadata are left (the overlap guard would stop the repair half-way).
+      const cs = s.geom.clusterSize;
+      const writable = (at: number) => ((s.overlap?.kindsAt(Math.floor(at / cs)) ?? 0) & ~(OVERLAP.ACTIVE_L1 | OVERLAP.L2)) === 0;
+      const safe = t.copiedFixes.filter((f) => (!f.set || t.scan.refs[f.cluster] === 1) && writable(f.at));
+      if (safe.length) {
+        for (const f of safe.slice(0, MAX_MESSAGES)) repaired.push(copiedLine(f, 'Repairing'));
+        await fixCopied(s, view, safe);
+        await s.storage.flush();
+        t = await tally(s, view);
+      }
     }
     // As qemu-img check -r: the first pass's refcount lines as a check prints them, then one line per refcount it repairs.
     const found = before.mismatched.slice(0, MAX_MESSAGES);

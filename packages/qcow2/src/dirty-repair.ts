@@ -7,6 +7,7 @@
  */
 import { corrupt } from '@img/block';
 import { checkState } from './check.js';
+import { firstDroppedL1Entry } from './check-repair.js';
 import type { Qcow2Image } from './core.js';
 import type { MappingView } from './mapping-view.js';
 import { attachWriter } from './writable.js';
@@ -15,6 +16,12 @@ const FORMAT = 'qcow2';
 
 /** Repairs dirty image `core` through `view` (see the module comment); ERR_IMG_CORRUPT if problems are left. */
 export async function repairDirtyImage(core: Qcow2Image, view: MappingView): Promise<void> {
+  // Rebuilding refcounts must not change what the guest reads: a repair that would clear an L1 entry is left to an
+  // explicit check -r all (seed 1001 case 1161: an L1 entry naming the L1 table itself, dropped on a writable open).
+  const dropped = firstDroppedL1Entry(core, view);
+  if (dropped) {
+    throw corrupt(FORMAT, core.file, `the image is dirty and rebuilding its refcounts would drop guest data: ${dropped.why}; img check -r all repairs it, read-only opens still work`, { field: 'L1 entry', offset: dropped.at });
+  }
   const repaired = await checkState(core, view, 'all');
   if (repaired.corruptions) {
     throw corrupt(FORMAT, core.file, `the image is dirty and its refcounts could not be repaired (${repaired.corruptions} problems left): ${repaired.messages.slice(0, 3).join('; ')}`, { field: 'incompatible_features', offset: 72 });

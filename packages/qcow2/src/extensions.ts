@@ -29,6 +29,8 @@ export interface FeatureName {
 }
 
 const FORMAT = 'qcow2';
+/** Bytes of the bitmaps extension's data (spec: "Bitmaps extension"). */
+const BITMAPS_EXTENSION_SIZE = 24;
 
 /**
  * Reads the extensions from cluster 0 (`cluster0` holds at least the first
@@ -46,6 +48,10 @@ export function parseExtensions(cluster0: Uint8Array, start: number, clusterSize
     const padded = Math.ceil(length / 8) * 8;
     if (at + 8 + length > end) {
       throw corrupt(FORMAT, file, `header extension ${hex(type)} at ${hex(at)} (${length} bytes) runs past the first cluster`, { field: 'header extension', offset: at, actual: length });
+    }
+    // The bitmaps extension has a fixed size; its length is judged here, where its offset is known (qemu refuses the open).
+    if (type === EXT_BITMAPS && length < BITMAPS_EXTENSION_SIZE) {
+      throw corrupt(FORMAT, file, `bitmaps extension at ${hex(at)} is ${length} bytes (expected ${BITMAPS_EXTENSION_SIZE})`, { field: 'bitmaps extension length', offset: at + 4, expected: BITMAPS_EXTENSION_SIZE, actual: length });
     }
     out.push({ type, data: cluster0.slice(at + 8, at + 8 + length) });
     if (out.length > clusterSize / 8) break;
@@ -134,7 +140,8 @@ export function featureName(table: readonly FeatureName[], type: number, bit: nu
 /** Decodes the bitmaps extension (24 bytes). */
 export function parseBitmapsExtension(ext: HeaderExtension | undefined, file?: string): BitmapsExtension | undefined {
   if (!ext) return undefined;
-  if (ext.data.length < 24) throw corrupt(FORMAT, file, `bitmaps extension is ${ext.data.length} bytes (expected 24)`, { field: 'bitmaps extension' });
+  // parseExtensions refuses a short one in a file; this guards extensions built in memory.
+  if (ext.data.length < BITMAPS_EXTENSION_SIZE) throw corrupt(FORMAT, file, `bitmaps extension is ${ext.data.length} bytes (expected ${BITMAPS_EXTENSION_SIZE})`, { field: 'bitmaps extension length', expected: BITMAPS_EXTENSION_SIZE, actual: ext.data.length });
   return {
     nbBitmaps: readU32Be(ext.data, 0), // 0: nb_bitmaps
     bitmapDirectorySize: readU64Be(ext.data, 8, { field: 'bitmap_directory_size', format: FORMAT, file }), // 8

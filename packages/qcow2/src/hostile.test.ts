@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, qemuCheck, qemuImg, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
+import { entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
@@ -97,6 +97,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(new Uint8Array(1024 * 1024));
   });
 
+  it('repair leaks with an L1 entry of flags without an offset frees nothing qemu-img check reaches through the header (seed 1001 case 137)', async () => {
+    const path = join(tmp.path, 'l1-flags-only-leaks.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x44]]);
+    const l2 = entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n;
+    const data = entryAt(q, Number(l2)) & 0x00ff_ffff_ffff_fe00n;
+    q.view.setBigUint64(q.l1Offset, 1n << 63n);
+    // A word of the header cluster's free tail that names the data cluster: qemu-img check, reading the header as
+    // the entry's L2 table, counts it as a reference; the L2 table itself is a leak for both.
+    q.view.setBigUint64(0x800, data);
+    writeFileSync(path, q.bytes);
+    const qemuBefore = qemuCheck(path).result as { corruptions: number; leaks?: number };
+    expect(qemuBefore.leaks).toBe(1);
+    expect((await check(path)).leaks).toBe(2);
+    await check(path, 'leaks');
+    const qemuAfter = qemuCheck(path).result as { corruptions: number };
+    expect(qemuAfter.corruptions).toBe(qemuBefore.corruptions);
+    expect((await check(path)).corruptions).toBe(1);
+  });
+
   it('a writable open refuses an L1 entry of flags without an offset, and opens again after repair all', async () => {
     const path = join(tmp.path, 'l1-flags-only-write.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x44]]);
@@ -114,6 +133,73 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     await again.write(0, new Uint8Array(4096).fill(9));
     await again.close();
     expect(qemuCheck(path).status).toBe(0);
+  });
+
+  it('a refcount table entry naming the refcount table, for a range past the end of the file: counted as qemu-img check counts it, and repair all clears it (seed 1001 case 1447)', async () => {
+    const path = join(tmp.path, 'refblock-on-reftable.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=65536', [[0, 4096, 0x21]]);
+    const rt = Number(q.view.getBigUint64(48));
+    // Entry 5 covers clusters from 5 * 32768 on: none lies in the file.
+    q.view.setBigUint64(rt + 5 * 8, BigInt(rt));
+    writeFileSync(path, q.bytes);
+    const qemuBefore = qemuCheck(path).result as { corruptions: number };
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemuBefore.corruptions);
+    expect(found.messages.join('\n')).toMatch(/refcount block 5 at 0x[0-9a-f]+ is used 2 times/);
+    const repaired = await check(path, 'all');
+    expect(repaired.corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x21)).toBe(true);
+  });
+
+  it('repair leaks sets the COPIED flags of clusters whose refcount it lowered to 1, as qemu-img check -r leaks does (seed 1002 case 683)', async () => {
+    const path = join(tmp.path, 'leaks-copied.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x41]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const q = readQcow2Bytes(path);
+    // The snapshot is forgotten: its L1 table leaks, and the clusters it shared keep refcount 2 without COPIED.
+    q.view.setUint32(60, 0); // nb_snapshots
+    writeFileSync(path, q.bytes);
+    const before = qemuCheck(path).result as { corruptions?: number; leaks: number };
+    expect(before.corruptions ?? 0).toBe(0);
+    expect(before.leaks).toBeGreaterThan(0);
+    const guest = await readAll(path);
+    const repaired = await check(path, 'leaks');
+    expect(repaired.leaks).toBe(0);
+    expect(repaired.corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(guest);
+  });
+
+  it('a refcount table entry with a reserved bit set: counted as qemu-img check counts it, and repair all clears the bit (seed 1002 case 802)', async () => {
+    const path = join(tmp.path, 'reftable-reserved.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x51]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setUint32(rt + 4, q.view.getUint32(rt + 4) | 0x10);
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).result?.corruptions).toBe(1);
+    const found = await check(path);
+    expect(found.corruptions).toBe(1);
+    expect(found.messages.join('\n')).toMatch(/refcount table entry 0 at 0x[0-9a-f]+ has reserved bits set/);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x51)).toBe(true);
+  });
+
+  it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
+    const path = join(tmp.path, 'snapshot-table-on-l1.qcow2');
+    // A v2 image whose snapshot's L1 table is the active one; then the snapshot table is moved onto it as well.
+    writeCorruptQcow2(path, 'snapshot-l1-is-active', 2);
+    const q = readQcow2Bytes(path);
+    q.view.setBigUint64(64, BigInt(q.l1Offset)); // snapshots_offset
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    await expect(check(path, 'all')).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'l1_table_offset', offset: 40 },
+      message: expect.stringMatching(/cannot repair: the active L1 table at 0x[0-9a-f]+ lies on the snapshot table at 0x[0-9a-f]+, which its repair would overwrite; nothing was changed/),
+    });
+    expect(readFileSync(path).equals(before)).toBe(true);
   });
 
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
@@ -175,6 +261,59 @@ describe('writes into damaged images leave them no worse', () => {
     const bytes = await readAll(path);
     expect(bytes.subarray(0, 4 * 4096).every((b) => b === 0x77)).toBe(true);
     expect(bytes.subarray(8 * 4096, 9 * 4096).every((b) => b === 0x78)).toBe(true);
+  });
+
+  it('a data cluster only a snapshot uses, with refcount 0: the writable open refuses (a write overwrote the snapshot with new data), check -r all repairs it (seed 1001 case 245)', async () => {
+    const path = join(tmp.path, 'snapshot-only-refcount-0.qcow2');
+    const q0 = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x61]]);
+    const snapData = Number(entryAt(q0, Number(entryAt(q0, q0.l1Offset) & 0x00ff_ffff_ffff_fe00n)) & 0x00ff_ffff_ffff_fe00n);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    // Guest cluster 0 moves to a new cluster: the old one is the snapshot's alone (refcount 1).
+    qemuIo(path, 'qcow2', ['write -P 0x62 0 4096']);
+    const q = readQcow2Bytes(path);
+    const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))) & 0x00ff_ffff_ffff_fe00n);
+    expect(q.view.getUint16(block + (snapData / 4096) * 2)).toBe(1);
+    q.view.setUint16(block + (snapData / 4096) * 2, 0);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      message: expect.stringMatching(new RegExp(`the data cluster at 0x${snapData.toString(16)} of snapshot 1 \\(L2 entry at 0x[0-9a-f]+\\) has refcount 0`)),
+    });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    await check(path, 'all');
+    expect(qemuCheck(path).status).toBe(0);
+    const again = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+    await again.write(8 * 4096, new Uint8Array(4096).fill(0x63));
+    await again.close();
+    expect(qemuCheck(path).status).toBe(0);
+    qemuImg(['convert', '-l', 'snapshot.name=s1', '-O', 'raw', path, `${path}.s1`]);
+    expect(
+      readFileSync(`${path}.s1`)
+        .subarray(0, 4096)
+        .every((b) => b === 0x61),
+    ).toBe(true);
+  });
+
+  it('a dirty image whose L1 entry names the L1 table itself: the writable open refuses instead of its refcount repair dropping the entry (seed 1001 case 1161)', async () => {
+    const path = join(tmp.path, 'dirty-l1-on-l1.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096,lazy_refcounts=on', [[0, 4096, 0x66]]);
+    q.view.setBigUint64(q.l1Offset, (1n << 63n) | BigInt(q.l1Offset));
+    q.view.setUint8(79, q.view.getUint8(79) | 1); // incompatible feature bit 0: dirty
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const guest = await readAll(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'L1 entry', offset: q.l1Offset },
+      message: expect.stringMatching(/the image is dirty and rebuilding its refcounts would drop guest data: active L1 entry 0 at 0x[0-9a-f]+ points at an L2 table at 0x[0-9a-f]+ that lies on the active L1 table/),
+    });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(await readAll(path)).toEqual(guest);
   });
 
   it('a data cluster past the end of the file with refcount 0: the writable open refuses (a snapshot took that cluster for its tables), check -r all drops it', async () => {
@@ -282,6 +421,47 @@ describe('one-shot functions validate the header as an open does', () => {
     await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'l.qcow2' }))).rejects.toMatchObject(named);
     await expect(readQcow2DirtyBitmap(MemoryStorage.from(bytes(), { name: 'r.qcow2' }), 'b0')).rejects.toMatchObject(named);
     await expect(editQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'e.qcow2' }), [{ op: 'add', name: 'x' }])).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+  });
+});
+
+describe('header extensions', () => {
+  it('a bitmaps extension shorter than 24 bytes: every entry point fails with ERR_IMG_CORRUPT naming its offset (seed 1001 case 138 named none)', async () => {
+    // bitmaps.qcow2 keeps its bitmaps extension at 0x70: its length field is at 0x74.
+    const bytes = () => setU32(loadFixture('bitmaps.qcow2'), 0x74, 5);
+    const named = { code: 'ERR_IMG_CORRUPT', data: { field: 'bitmaps extension length', offset: 0x74, actual: 5 }, message: expect.stringMatching(/b\.qcow2: bitmaps extension at 0x70 is 5 bytes \(expected 24\)/) };
+    await expect(openQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(checkQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+    await expect(compactQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+  });
+});
+
+describe('bitmaps of a disk whose size is not a multiple of 512 (seed 1001 case 679)', () => {
+  it('the bitmap table covers whole sectors, as qemu counts the disk: qemu-img reads the bitmap added', async () => {
+    const path = join(tmp.path, 'bitmap-odd-size.qcow2');
+    const q = qemuQcow2(path, '32M', 'cluster_size=4096');
+    // 16 MiB + 1 byte: qemu sees 16 MiB, one bitmap table entry at 512-byte granularity (4096 * 8 bits of 512 bytes).
+    q.view.setBigUint64(24, BigInt(16 * 1024 * 1024 + 1));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(0);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await editQcow2Bitmaps(storage, [{ op: 'add', name: 'b', granularity: 512 }]);
+    await storage.close();
+    expect(qemuImg(['info', path], { allowFail: true }).status).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
+  it('a disk shorter than one sector: adding a bitmap is refused and the file is left as it was', async () => {
+    const path = join(tmp.path, 'bitmap-one-byte.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096');
+    q.view.setBigUint64(24, 1n);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(editQcow2Bitmaps(storage, [{ op: 'add', name: 'b' }])).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED', data: { field: 'size', offset: 24 } });
+    await storage.close();
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(qemuImg(['info', path], { allowFail: true }).status).toBe(0);
   });
 });
 

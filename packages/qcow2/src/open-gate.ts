@@ -29,6 +29,8 @@ const META = 1;
 const USED = 2;
 const COMPRESSED = 4;
 const COPIED = 8;
+/** Used by a snapshot's L2 tables (data, compressed spans, the tables themselves): only its refcount is judged. */
+const SNAPSHOT = 16;
 
 /** A flag byte per host cluster, in 64 KiB chunks allocated on first use (at most MAX_FLAG_BYTES). */
 class ClusterFlags {
@@ -202,6 +204,9 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
       return { problem: `${as}${also} at ${host} (entry at ${hex(x.at)}) with refcount ${refcount}${copied ? ' and the COPIED flag set' : ''}`, offset: x.at, l2Tables };
     }
   }
+  // Clusters only snapshots use need a refcount as well: the allocator would hand out one with refcount 0, and a
+  // write into the active layer would overwrite a snapshot's data or tables (seed 1001 case 245).
+  if (s.snapshots.length) await markSnapshotClusters(s, flags, new Set(tables), notePastEnd);
   for (const [cluster, use] of pastEnd) {
     if ((await refcountOf(cluster)) === 0) {
       return { problem: `the ${use.what} at ${hex(cluster * cs)} (entry at ${hex(use.at)}) lies past the end of the file with refcount 0: the allocator would hand it out again`, offset: use.at, l2Tables };
@@ -213,6 +218,56 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
     return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
   }
   return { problem: undefined, offset: 0, l2Tables };
+}
+
+/**
+ * Marks what the snapshots' L2 tables use (the tables, data clusters,
+ * compressed spans) with SNAPSHOT in `flags`, and notes uses past the end
+ * of the file. Tables the active layer also uses were walked already; each
+ * other distinct table is read once.
+ */
+async function markSnapshotClusters(s: Qcow2Image, flags: ClusterFlags, activeTables: ReadonlySet<number>, notePastEnd: (cluster: number, what: string, at: number) => void): Promise<void> {
+  const cs = s.geom.clusterSize;
+  const fileClusters = Math.ceil(s.fileSize / cs);
+  const dataFile = s.entryGeom.dataFile;
+  const entrySize = s.geom.l2EntrySize;
+  const mark = (c: number, what: string, at: number) => {
+    if (c >= fileClusters) notePastEnd(c, what, at);
+    else flags.add(c, SNAPSHOT);
+  };
+  const tables = new Set<number>();
+  for (const t of await snapshotL1Tables(s)) {
+    l2TableOffsets(t, cs, s.file, 'raw').forEach((l2, i) => {
+      if (!l2 || l2 % cs || l2 < cs) return; // the reader and check report these
+      mark(l2 / cs, `L2 table of snapshot ${t.snapshot!.id}`, t.offset + i * 8);
+      if (l2 + cs <= s.fileSize && !activeTables.has(l2)) tables.add(l2);
+    });
+  }
+  await forEachL2Table(
+    s,
+    [...tables].sort((a, b) => a - b),
+    (table, l2) => {
+      forEachEntryCluster(
+        s,
+        table,
+        l2,
+        (cluster, j) => {
+          if (!dataFile) mark(cluster, 'data cluster of a snapshot', l2 + j * entrySize);
+        },
+        (e, j) => {
+          const at = l2 + j * entrySize;
+          if (e.type === 'compressed') {
+            for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) {
+              mark(c, 'compressed data of a snapshot', at);
+              if (c >= fileClusters) break;
+            }
+          } else if (e.host !== undefined && !dataFile) {
+            mark(e.host / cs, 'data cluster of a snapshot', at);
+          }
+        },
+      );
+    },
+  );
 }
 
 /**
@@ -358,6 +413,29 @@ async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise
     },
   );
   if (found) return found;
+  // Then the snapshots' tables: a cluster only they use.
+  for (const t of await snapshotL1Tables(s)) {
+    const l2s = l2TableOffsets(t, cs, s.file, 'raw');
+    const id = t.snapshot!.id;
+    const i = l2s.indexOf(host);
+    if (i >= 0) return { what: `the L2 table at ${hex(host)} of snapshot ${id} (L1 entry ${i} at ${hex(t.offset + i * 8)})`, offset: t.offset + i * 8 };
+    await forEachL2Table(
+      s,
+      [...new Set(l2s.filter((l2) => l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize))].sort((a, b) => a - b),
+      (table, l2) => {
+        forEachL2Entry(s, table, l2, (e, _j, at) => {
+          if (found) return;
+          if (e.type === 'compressed') {
+            if (host + cs > e.host && host < e.host + e.size) found = { what: `the compressed data at ${hex(host)} of snapshot ${id} (L2 entry at ${hex(at)})`, offset: at };
+          } else if (e.type !== 'unallocated' && e.host === host) {
+            found = { what: `the data cluster at ${hex(host)} of snapshot ${id} (L2 entry at ${hex(at)})`, offset: at };
+          }
+        });
+        return found === undefined;
+      },
+    );
+    if (found) return found;
+  }
   return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 

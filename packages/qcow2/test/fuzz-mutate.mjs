@@ -3,8 +3,12 @@
 // in a valid image (docs/interop/qcow2.txt); `mutateQcow2` damages a copy:
 // header fields, feature bits, header extensions, L1/L2/refcount entries,
 // snapshot table, bitmap directory, compressed descriptors, random bytes,
-// truncation. Every choice comes from the `random` it is given, so a
-// (seed, case) pair always gives the same image.
+// truncation; and (added after seed 1001: earlier seeds' cases replay
+// with the commit before) the snapshots' own L1/L2 tables, the bytes of
+// compressed clusters, and metadata pointers aimed at guest data clusters
+// with crafted content in them. Every choice comes from the `random` it is
+// given, so a (seed, case) pair always gives the same image.
+import { deflateRawSync } from 'node:zlib';
 
 const MASK_OFFSET = 0x00ff_ffff_ffff_fe00n;
 const COPIED = 1n << 63n;
@@ -78,6 +82,41 @@ export function qcow2Layout(b) {
     sat += Math.ceil((40 + extra + idSize + nameSize) / 8) * 8;
   }
   L.snapshotTable = Number(u64(b, 64));
+  // The snapshots' L1 entries, and the L2 tables only snapshots use with their entries (the l1 and l2 mutators reach the active layer alone).
+  L.snapshotL1Entries = [];
+  L.snapshotL2Tables = [];
+  L.snapshotL2Entries = [];
+  for (const sn of L.snapshots) {
+    for (let i = 0; i < Math.min(sn.l1Size, 4096) && sn.l1Offset + i * 8 + 8 <= b.length; i++) {
+      const at = sn.l1Offset + i * 8;
+      const e = u64(b, at);
+      if (e === 0n) continue;
+      L.snapshotL1Entries.push(at);
+      const off = Number(e & MASK_OFFSET);
+      if (off && off % cs === 0 && off + cs <= b.length && !L.l2Tables.includes(off) && !L.snapshotL2Tables.includes(off)) L.snapshotL2Tables.push(off);
+    }
+  }
+  for (const t of L.snapshotL2Tables.slice(0, 16)) {
+    for (let j = 0; j < cs / entryBytes; j++) if (u64(b, t + j * entryBytes) !== 0n) L.snapshotL2Entries.push(t + j * entryBytes);
+  }
+  // Guest data clusters of the active layer (standard entries inside the file): what a guest controls the content of.
+  L.dataClusters = [];
+  for (const at of L.l2Entries) {
+    const e = u64(b, at);
+    if (e & COMPRESSED) continue;
+    const off = Number(e & MASK_OFFSET);
+    if (off && off % cs === 0 && off + cs <= b.length && !L.dataClusters.includes(off)) L.dataClusters.push(off);
+    if (L.dataClusters.length >= 64) break;
+  }
+  // Compressed payloads: host offset and stored length of each compressed descriptor (spec: "Compressed Clusters Descriptor").
+  L.zstd = version >= 3 && headerLength > 104 && (incompat & (1n << 3n)) !== 0n && b[104] === 1;
+  const x = 62n - BigInt(clusterBits - 8);
+  L.payloads = L.compressed.map((at) => {
+    const e = u64(b, at);
+    const host = Number(e & ((1n << x) - 1n));
+    const sectors = Number((e >> x) & ((1n << BigInt(clusterBits - 8)) - 1n));
+    return { at, host, length: Math.max(0, Math.min((sectors + 1) * 512 - (host % 512), b.length - host)) };
+  });
   L.bitmaps = [];
   const bm = L.extensions.find((e) => e.type === EXT_BITMAPS);
   if (bm) {
@@ -119,6 +158,17 @@ const HEADER_FIELDS = [
 ];
 
 const pick = (random, list) => list[Math.floor(random() * list.length)];
+
+/** A zstd frame (spec: RFC 8878) that claims `contentSize` bytes in one segment and holds RLE blocks of `blockBytes` each. */
+function zstdFrame(contentSize, blocks, blockBytes) {
+  const out = [0x28, 0xb5, 0x2f, 0xfd, 0xe0]; // magic (little-endian), descriptor: 8-byte content size, single segment
+  for (let i = 0, v = BigInt(contentSize); i < 8; i++, v >>= 8n) out.push(Number(v & 0xffn));
+  for (let k = 0; k < blocks; k++) {
+    const h = (blockBytes << 3) | (1 << 1) | (k === blocks - 1 ? 1 : 0); // RLE block, last flag on the last one
+    out.push(h & 0xff, (h >> 8) & 0xff, (h >> 16) & 0xff, 0x5a);
+  }
+  return Uint8Array.from(out);
+}
 
 /** Offsets a hostile pointer may hold: past the end, the header, other structures, huge, misaligned. */
 function hostileOffsets(L) {
@@ -360,6 +410,113 @@ const MUTATORS = {
     }
     return `random bytes at ${out.join(',')}`;
   },
+  // The snapshots' own L1 entries and the L2 tables only they use: snapshot apply, delete, check and repair follow them.
+  snapshotTables(b, L, r) {
+    if (!L.snapshotL1Entries.length) return MUTATORS.snapshot(b, L, r);
+    const what = r();
+    if (what < 0.4 || !L.snapshotL2Entries.length) {
+      const at = pick(r, L.snapshotL1Entries);
+      const old = u64(b, at);
+      const k = r();
+      let v;
+      if (k < 0.45) v = (old & COPIED) | (BigInt.asUintN(64, BigInt(pick(r, hostileOffsets(L)))) & MASK_OFFSET);
+      else if (k < 0.6) v = old ^ COPIED;
+      else if (k < 0.7)
+        v = COPIED; // flags without an offset
+      else if (k < 0.85 && L.l1Entries.length)
+        v = u64(b, pick(r, L.l1Entries)); // shares an active L2 table
+      else v = old | (1n << BigInt(pick(r, [1, 9, 56, 62])));
+      put(b, at, 8, v);
+      return `snapshot L1 entry @${at}: 0x${old.toString(16)} -> 0x${v.toString(16)}`;
+    }
+    const at = pick(r, L.snapshotL2Entries);
+    const old = u64(b, at);
+    const k = r();
+    let v;
+    if (k < 0.35) v = (old & (COPIED | COMPRESSED)) | (BigInt.asUintN(64, BigInt(pick(r, hostileOffsets(L)))) & MASK_OFFSET);
+    else if (k < 0.55 && L.dataClusters.length)
+      v = (old & COPIED) | BigInt(pick(r, L.dataClusters)); // a cluster the active layer writes in place
+    else if (k < 0.7) v = old ^ COPIED;
+    else if (k < 0.8) v = old ^ COMPRESSED;
+    else if (k < 0.9) v = old | 1n;
+    else v = 0n;
+    put(b, at, 8, v);
+    return `snapshot-only L2 entry @${at}: 0x${old.toString(16)} -> 0x${v.toString(16)}`;
+  },
+  // The bytes of compressed clusters: damaged streams, streams that inflate past a cluster, zstd frames that claim huge sizes.
+  compressedPayload(b, L, r) {
+    const payloads = L.payloads.filter((p) => p.length > 0);
+    if (!payloads.length) return MUTATORS.compressed(b, L, r);
+    const p = pick(r, payloads);
+    const k = r();
+    if (k < 0.35) {
+      const n = 1 + Math.floor(r() * 8);
+      for (let i = 0; i < n; i++) {
+        const at = p.host + Math.floor(r() * Math.min(p.length, 64 + r() * p.length));
+        if (at < b.length) b[at] ^= 1 << Math.floor(r() * 8);
+      }
+      return `compressed payload @${p.host} (${p.length} bytes): ${n} bit flips`;
+    }
+    if (k < 0.55) {
+      const cut = Math.floor(r() * p.length);
+      b.fill(r() < 0.5 ? 0 : 0xff, p.host + cut, p.host + p.length);
+      return `compressed payload @${p.host} (${p.length} bytes) overwritten from byte ${cut}`;
+    }
+    let bomb;
+    let note;
+    if (L.zstd) {
+      const claim = pick(r, [L.cs + 1, 2 ** 31, 2 ** 40, 2 ** 53, 2n ** 64n - 1n]);
+      const blocks = pick(r, [1, 2, 64]);
+      bomb = zstdFrame(claim, blocks, pick(r, [L.cs, 128 * 1024 - 1, 1]));
+      note = `zstd frame claiming ${claim} bytes in ${blocks} RLE blocks`;
+    } else {
+      const inflated = pick(r, [L.cs + 1, 1 << 20, 8 << 20]);
+      bomb = deflateRawSync(new Uint8Array(inflated), { level: 9 });
+      note = `deflate stream of ${inflated} zero bytes`;
+    }
+    if (p.host + bomb.length > b.length) return MUTATORS.compressed(b, L, r);
+    b.set(bomb, p.host);
+    // The descriptor's sector count grows to cover the new stream where its field allows.
+    const x = 62n - BigInt(L.clusterBits - 8);
+    const maxSectors = (1n << BigInt(L.clusterBits - 8)) - 1n;
+    const sectors = BigInt(Math.ceil((bomb.length + (p.host % 512)) / 512) - 1);
+    const e = u64(b, p.at);
+    put(b, p.at, 8, (e & ~(maxSectors << x)) | ((sectors < maxSectors ? sectors : maxSectors) << x));
+    return `compressed payload @${p.host}: ${note} (${bomb.length} bytes)`;
+  },
+  // Metadata pointed at a guest data cluster, whose content the guest writes: a pointer into data, and often crafted
+  // "metadata" in it (entries aimed at the header, other tables, past the end, with flags).
+  dataAlias(b, L, r) {
+    if (!L.dataClusters.length) return MUTATORS.l1(b, L, r);
+    const d = pick(r, L.dataClusters);
+    const targets = [
+      ['header l1_table_offset', 40, 8],
+      ['header refcount_table_offset', 48, 8],
+    ];
+    for (const at of L.l1Entries.slice(0, 8)) targets.push([`L1 entry @${at}`, at, 8, COPIED]);
+    for (const blk of L.rcBlocks.slice(0, 4)) targets.push([`refcount table entry @${blk.entryAt}`, blk.entryAt, 8]);
+    for (const sn of L.snapshots.slice(0, 4)) targets.push([`snapshot @${sn.at} l1_table_offset`, sn.at, 8]);
+    for (const at of L.snapshotL1Entries.slice(0, 4)) targets.push([`snapshot L1 entry @${at}`, at, 8]);
+    for (const m of L.bitmaps.slice(0, 4)) if (m.table + 8 <= b.length) targets.push([`bitmap table entry @${m.table}`, m.table, 8]);
+    if (L.bitmapDirectory) targets.push(['bitmaps extension directory offset', L.bitmapExt + 16, 8]);
+    const [name, at, width, flags] = pick(r, targets);
+    const old = u64(b, at);
+    put(b, at, width, BigInt(d) | (flags && r() < 0.7 ? flags : 0n));
+    let crafted = 'as it was';
+    const k = r();
+    if (k < 0.3) {
+      const offsets = hostileOffsets(L);
+      for (let j = 0; j < L.cs / 8; j++) put(b, d + j * 8, 8, (BigInt.asUintN(64, BigInt(pick(r, offsets))) & MASK_OFFSET) | (r() < 0.5 ? COPIED : 0n));
+      crafted = 'entries aimed at hostile offsets';
+    } else if (k < 0.5 && L.l2Tables.length) {
+      b.copyWithin(d, L.l2Tables[0], L.l2Tables[0] + L.cs);
+      crafted = 'a copy of an L2 table';
+    } else if (k < 0.65) {
+      b.fill(pick(r, [0, 0xff]), d, d + L.cs);
+      crafted = 'all ones or zeros';
+    }
+    return `${name}: 0x${old.toString(16)} -> data cluster ${d} (content ${crafted})`;
+  },
   truncate(b, L, r) {
     const cut = r() < 0.5 ? Math.floor(r() * b.length) : Math.max(0, b.length - L.cs * (1 + Math.floor(r() * 4)));
     return { bytes: b.subarray(0, cut), what: `truncated to ${cut} of ${b.length}` };
@@ -378,6 +535,9 @@ const WEIGHTS = [
   ['bitmap', 6],
   ['bytes', 12],
   ['truncate', 2],
+  ['snapshotTables', 6],
+  ['compressedPayload', 5],
+  ['dataAlias', 6],
 ];
 const TOTAL = WEIGHTS.reduce((a, [, w]) => a + w, 0);
 

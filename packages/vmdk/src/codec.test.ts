@@ -66,6 +66,13 @@ describe('markers and grain tables', () => {
 });
 
 describe('descriptor', () => {
+  it('a ZERO extent line with a file name and an offset serializes to a line that parses again (hostile seed 1002 case 801)', () => {
+    const d = parseDescriptor('# Disk DescriptorFile\nversion=1\ncreateType="custom"\nRW 6144 ZERO "x.vmdk" 0\n');
+    expect(d.extents[0]).toEqual({ access: 'RW', sectors: 6144, type: 'ZERO' });
+    const again = parseDescriptor(serializeDescriptor(d));
+    expect(again.extents).toEqual(d.extents);
+  });
+
   const text =
     '# Disk DescriptorFile\nversion=1\nencoding="windows-1252"\nCID=0a0b0c0d\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\n# Extent description\nRW 4192256 SPARSE "disk-s001.vmdk"\nRDONLY 100 FLAT "disk-f.vmdk" 8\nRW 2048 ZERO\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\n';
 

@@ -122,7 +122,9 @@ function parseExtentLine(line: string, file?: string): DescriptorExtent {
     if (fileName === undefined || fileName === '') throw bad('a file name is required');
     e.fileName = fileName;
   }
-  if (offsetText !== undefined) {
+  // A ZERO extent has no file, so no offset either: one written after an ignored name would come back from
+  // serializeDescriptor as "RW n ZERO 0", which this parser refuses (a writable open's CID update broke the image).
+  if (offsetText !== undefined && type !== 'ZERO') {
     const offset = Number(offsetText);
     if (!Number.isSafeInteger(offset)) throw bad('the offset does not fit');
     e.offset = offset;
