@@ -242,6 +242,24 @@ describeQemu('the backing format img stores is one qemu opens', () => {
     expect(existsSync(join(d, 'new.qcow2'))).toBe(false);
     expect(stored(join(d, 'top.qcow2'))).toEqual({ format: 'qcow2', opens: true });
   });
+
+  it('refuses an OVA as a backing file (qemu has no driver for one, and qemu-img refuses -F ova) in create, rebase -u and convert -B, writing nothing', () => {
+    const d = chain();
+    expect(run('img', ['convert', '-q', '-O', 'ova', 'base.qcow2', 'vm.ova'], { cwd: d }).status).toBe(0);
+    // The oracle: qemu-img refuses the name ("Parameter 'backing-fmt' does not accept value 'ova'").
+    expect(qemuImg(['create', '-f', 'qcow2', '-u', '-b', 'vm.ova', '-F', 'ova', 'qemu-made.qcow2', '64M'], { cwd: d, allowFail: true }).status).toBe(1);
+    for (const [args, made] of [
+      [['create', '-f', 'qcow2', '-b', 'vm.ova', '-F', 'ova', 'new.qcow2'], 'new.qcow2'],
+      [['convert', '-O', 'qcow2', '-B', 'vm.ova', '-F', 'ova', 'base.qcow2', 'converted.qcow2'], 'converted.qcow2'],
+      [['rebase', '-u', '-b', 'vm.ova', '-F', 'ova', 'top.qcow2'], undefined],
+    ] as const) {
+      const ours = run('img', [...args], { cwd: d });
+      expect(ours.status, args.join(' ')).toBe(1);
+      expect(ours.stderr.trim().split('\n'), args.join(' ')).toEqual([expect.stringContaining('ERR_IMG_UNSUPPORTED: ova: an ova cannot be a backing file')]);
+      if (made) expect(existsSync(join(d, made)), made).toBe(false);
+    }
+    expect(stored(join(d, 'top.qcow2'))).toEqual({ format: 'qcow2', opens: true });
+  });
 });
 
 describeQemu('-f with a name no format has', () => {

@@ -2,7 +2,7 @@
  * What the subcommands of img share: the Handler shape, common options, opening an image.
  */
 import { isAbsolute } from 'node:path';
-import { invalidArg, type Disk, type FormatRegistry } from '@img/block';
+import { invalidArg, unsupported, type Disk, type FormatRegistry } from '@img/block';
 import { UsageError, type Io } from '../common.js';
 import { openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
@@ -97,13 +97,23 @@ export function oneOf(...pairs: Array<string | undefined>): string | undefined {
  * The backing format to store in an image, from -F as the user spelt it: a
  * format img knows (ERR_IMG_UNKNOWN_FORMAT otherwise, before anything is
  * written), under qemu's name ("vpc" for "vhd"), since qemu opens the
- * backing file by the name stored.
+ * backing file by the name stored; a format qemu has no driver for (ova)
+ * is refused (ERR_IMG_UNSUPPORTED).
  */
 export function storedBackingFormat(registry: FormatRegistry, format: string): string;
 export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined;
 export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined {
-  return format === undefined ? undefined : qemuFormatName(registry.require(format).name);
+  if (format === undefined) return undefined;
+  const name = registry.require(format).name;
+  // img reads an OVA as a disk, qemu has no driver for one: an overlay naming it would not open in qemu-img.
+  if (!QEMU_BACKING_FORMATS.includes(name)) {
+    throw unsupported(name, undefined, `an ${name} cannot be a backing file: qemu has no driver for it, so qemu-img could not open the image; convert its disk first (img convert -O qcow2 <file>.${name} base.qcow2) and use that`, { field: 'backing_fmt', actual: name });
+  }
+  return qemuFormatName(name);
 }
+
+/** The formats img writes as a backing format that qemu opens too. */
+const QEMU_BACKING_FORMATS: readonly string[] = ['raw', 'qcow2', 'vhd', 'vmdk'];
 
 /** Formats whose images name a backing file's format beside its name (qemu-img writes no backing file there without one). */
 const RECORDS_BACKING_FORMAT: readonly string[] = ['qcow2', 'vmdk'];
@@ -116,6 +126,11 @@ const RECORDS_BACKING_FORMAT: readonly string[] = ['qcow2', 'vmdk'];
  */
 export function requireBackingFormat(format: string, path: string, backing: string, backingFormat: string | undefined, detected?: string): void {
   if (backingFormat !== undefined || !RECORDS_BACKING_FORMAT.includes(format)) return;
-  const hint = detected === undefined ? 'pass -F with its format' : `${backing} is ${qemuFormatName(detected)}: pass -F ${qemuFormatName(detected)}`;
+  const hint =
+    detected === undefined
+      ? 'pass -F with its format'
+      : QEMU_BACKING_FORMATS.includes(detected)
+        ? `${backing} is ${qemuFormatName(detected)}: pass -F ${qemuFormatName(detected)}`
+        : `${backing} is ${detected}, which cannot be a backing file: convert its disk first (img convert -O qcow2 ${backing} base.qcow2)`;
   throw invalidArg(format, `${path}: Backing file specified without backing format (${hint})`, { file: path, field: 'backing format' });
 }
