@@ -7,7 +7,7 @@ import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInf
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
 import { abortError, diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
-import { extentRange } from './extents.js';
+import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
 
@@ -138,57 +138,35 @@ export class RawDisk implements Disk {
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
     this.#check();
     const { start, end } = extentRange(options, this.#size);
-    return this.#runs(start, end, options?.hostOffsets ?? false);
+    return mergeExtents(this.#runs(start, end, options?.hostOffsets ?? false));
   }
 
-  /**
-   * The file's data and hole runs, merged where a window's edge split one
-   * (one generator, not a second one merging behind it: a copy of many
-   * small runs steps through this once per run).
-   */
   async *#runs(start: number, end: number, hostOffsets: boolean): AsyncGenerator<Extent> {
     if (start >= end) return;
     const fileSize = await this.storage.size();
     const fileEnd = Math.min(end, Math.max(start, fileSize));
-    const file = this.storage.name;
-    let pending: Extent | undefined;
-    /** The extent to yield before `[offset, offset + length)` of `kind`, or undefined when that run only grows `pending`. */
-    const next = (offset: number, length: number, kind: 'data' | 'zero'): Extent | undefined => {
-      if (pending && pending.kind === kind && pending.offset + pending.length === offset) {
-        pending.length += length;
-        return undefined;
-      }
-      const done = pending;
-      pending = hostOffsets ? { offset, length, kind, depth: 0, hostOffset: offset, file } : { offset, length, kind, depth: 0 };
-      return done;
-    };
+    const host = (offset: number) => (hostOffsets ? { hostOffset: offset, file: this.storage.name } : {});
     if (start < fileEnd) {
       if (this.storage.ranges) {
         // Asked in windows that double (64 MiB first), so a copy starts on the first runs while the rest
         // of the file is still to be asked about: the whole of a 16 GiB file with 1024 runs is 15 ms of
-        // lseek on the calling thread. Runs split at a window's edge are joined again.
+        // lseek on the calling thread. Runs split at a window's edge are joined again by mergeExtents.
         let window = RANGE_WINDOW;
         for (let pos = start; pos < fileEnd;) {
           const n = Math.min(window, fileEnd - pos);
           for (const r of await this.storage.ranges(pos, n)) {
-            if (r.length <= 0) continue;
-            const done = next(r.offset, r.length, r.data ? 'data' : 'zero');
-            if (done) yield done;
+            if (r.data) yield { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...host(r.offset) };
+            else yield { offset: r.offset, length: r.length, kind: 'zero', depth: 0, ...host(r.offset) };
           }
           pos += n;
           window *= 2;
         }
       } else {
-        const done = next(start, fileEnd - start, 'data');
-        if (done) yield done;
+        yield { offset: start, length: fileEnd - start, kind: 'data', depth: 0, ...host(start) };
       }
     }
     // The sector padding past the end of the file reads as zeros.
-    if (fileEnd < end) {
-      const done = next(fileEnd, end - fileEnd, 'zero');
-      if (done) yield done;
-    }
-    if (pending) yield pending;
+    if (fileEnd < end) yield { offset: fileEnd, length: end - fileEnd, kind: 'zero', depth: 0, ...host(fileEnd) };
   }
 }
 

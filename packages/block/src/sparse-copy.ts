@@ -329,8 +329,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
 
   const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, fileHoles: true, ...(mode ? { hostOffsets: true } : {}) });
   const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
-  // Per extent, only the I/O awaits: holes are counted on the spot and data runs join a batch, so
-  // a copy of many small runs runs little JavaScript (and gives V8 less to compile) while the native loop copies.
+  // Per extent, only the I/O awaits: holes are counted on the spot and data runs join a batch.
   try {
     for await (const big of source) {
       if (failure) break;
