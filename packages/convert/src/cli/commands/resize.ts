@@ -50,18 +50,14 @@ export const resize: Handler = async (argv, io) => {
     try {
       await disk.resize(target, { shrink: values.shrink ?? false, preallocation: preallocation as ResizePreallocation, signal: controller.signal });
     } catch (e) {
-      if (!(ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED')) {
-        // A preallocating grow that fails (a full disk) gives the old size back too, as qemu-img leaves it; the
-        // failure is what is reported, whether or not that works.
-        if (target > old && preallocation !== 'off' && disk.size !== old)
-          await disk
-            .resize(old, { shrink: true })
-            .then(() => disk.flush())
-            .catch(() => undefined);
-        throw e;
+      const aborted = ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED';
+      // A preallocating grow that fails (a full disk) gives the old size back too, as qemu-img leaves it; the
+      // failure is what is reported then, whether or not that works.
+      if (target > old && preallocation !== 'off' && disk.size !== old) {
+        const restored = disk.resize(old, { shrink: true }).then(() => disk.flush());
+        await (aborted ? restored : restored.catch(() => undefined));
       }
-      await disk.resize(old, { shrink: true });
-      await disk.flush();
+      if (!aborted) throw e;
       // qcow2 frees the preallocated clusters but leaves them in the file, as a shrink does: compact cuts them off.
       const space = disk.format === 'qcow2' ? `; img compact ${path} returns the space the preallocation took` : '';
       throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old size (${old} bytes)${space}`);
