@@ -880,6 +880,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   double granule = get_number(env, opts_v, "granule", 512);
   double min_zero = get_number(env, opts_v, "minZeroRun", 4096);
   double copy_range = get_number(env, opts_v, "copyRange", 0);
+  double probe_holes = get_number(env, opts_v, "probeHoles", 1);
   if (!(chunk >= 512 && chunk <= MAX_CHUNK) || !(granule >= 1 && granule <= chunk) || !(min_zero >= 0 && min_zero <= MAX_SAFE)) {
     napi_throw_range_error(env, NULL, "copyRuns: chunkSize must be 512 bytes to 64 MiB, granule 1 to chunkSize");
     return NULL;
@@ -930,7 +931,8 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->copy_auto = copy_range == 2;
   /* The mapped scan is the zero-detecting form of the kernel copy: the same option allows both. */
   j->map_scan = copy_range != 0;
-  j->seek_holes = true;
+  /* probeHoles 0: the caller's runs are the data its SEEK_DATA walk found, so probes inside them would find nothing. */
+  j->seek_holes = probe_holes != 0;
   j->cancel = cancel;
   napi_value promise, name;
   if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||

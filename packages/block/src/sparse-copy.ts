@@ -171,7 +171,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const placer = (dst as Partial<FreshImageWriter>).canPlaceRuns?.() === true ? (dst as FreshImageWriter) : undefined;
   const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
-  const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize };
+  // A raw file's data runs are its storage's ranges() answers: the helper need not probe them for holes.
+  const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize, probeHoles: !(src instanceof RawDisk) };
   // A read batch's buffer: whole chunks, within the buffer budget.
   const readBatchBytes = Math.max(chunkSize, Math.min(READ_BATCH_BYTES, Math.floor(budget / slots / chunkSize) * chunkSize));
   const batchBuffers: Uint8Array[] = [];

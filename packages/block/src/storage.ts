@@ -34,6 +34,14 @@ export interface RunCopyOptions {
    * wherever the kernel takes it, `false` never.
    */
   copyRange?: boolean;
+  /**
+   * Whether to look for file holes inside the runs (SEEK_DATA probes 128
+   * KiB apart), so that a hole is neither read nor scanned. Default true.
+   * Pass false when the runs are what {@link Storage.ranges} reported as
+   * data: the probes would find nothing. Either way the output is the same
+   * (a hole reads as zeros).
+   */
+  probeHoles?: boolean;
   /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
   signal?: AbortSignal;
 }

@@ -74,6 +74,16 @@ async function allocationUnit(disk: Disk): Promise<number> {
  * ```
  */
 export async function convertDisk(src: Disk, driver: FormatDriver, target: Storage, options: ConvertDiskOptions = {}): Promise<{ disk: Disk; result: ConvertResult }> {
+  const { disk, result } = await convertInto(src, driver, target, options, true);
+  return { disk: disk!, result };
+}
+
+/**
+ * convertDisk, and with `keepOpen` false the destination is closed instead
+ * of handed back: a one-pass writer then commits its metadata without
+ * opening the image again (convertFile closes it at once).
+ */
+export async function convertInto(src: Disk, driver: FormatDriver, target: Storage, options: ConvertDiskOptions, keepOpen: boolean): Promise<{ disk: Disk | undefined; result: ConvertResult }> {
   const started = Date.now();
   const createOptions: DriverCreateOptions = { ...(options.createOptions ?? {}), size: src.size };
   // The resolver also creates files a format keeps beside the image (a vmdk monolithicFlat extent).
@@ -94,7 +104,9 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
   if (fresh) {
     try {
       const result = await sparseCopy(src, fresh, { ...options, ...salvageCopy, dstIsZero: true });
-      const disk = await fresh.finish();
+      let disk: Disk | undefined;
+      if (keepOpen) disk = await fresh.finish();
+      else await fresh.close();
       return { disk, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
     } catch (e) {
       await fresh.abort().catch(() => undefined);
@@ -128,7 +140,8 @@ export async function convertDisk(src: Disk, driver: FormatDriver, target: Stora
     }
     const result = await sparseCopy(src, disk, copy);
     await disk.flush();
-    return { disk, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
+    if (!keepOpen) await disk.close();
+    return { disk: keepOpen ? disk : undefined, result: { ...result, virtualSize: src.size, durationMs: Date.now() - started } };
   } catch (e) {
     await disk.close().catch(() => undefined);
     throw e;

@@ -6,7 +6,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
-import { convertDisk, type ConvertDiskOptions, type ConvertResult } from './convert.js';
+import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
 import { inspectImage, unsafeSummary } from './inspect.js';
@@ -192,12 +192,18 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
     created = true;
-    const { disk, result } = await convertDisk(sourceView(snapshot ?? src, options.range), dstDriver, target, {
-      ...options,
-      resolver: options.resolver ?? fileResolver,
-      formats: options.formats ?? registry,
-    });
-    await disk.close();
+    // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
+    const { result } = await convertInto(
+      sourceView(snapshot ?? src, options.range),
+      dstDriver,
+      target,
+      {
+        ...options,
+        resolver: options.resolver ?? fileResolver,
+        formats: options.formats ?? registry,
+      },
+      false,
+    );
     return result;
   } catch (e) {
     if (created && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);

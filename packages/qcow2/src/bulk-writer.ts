@@ -282,6 +282,12 @@ class Qcow2BulkWriter implements FreshImageWriter {
    * after this either way.
    */
   async finish(): Promise<Disk> {
+    await this.#commit();
+    return openWrittenQcow2(this.storage);
+  }
+
+  /** finish() without opening the image again: the metadata is committed and flushed. */
+  async #commit(): Promise<void> {
     this.#checkOpen();
     this.#state = 'finishing';
     try {
@@ -294,7 +300,6 @@ class Qcow2BulkWriter implements FreshImageWriter {
       this.#state = 'aborted';
       throw e;
     }
-    return openWrittenQcow2(this.storage);
   }
 
   /**
@@ -309,11 +314,11 @@ class Qcow2BulkWriter implements FreshImageWriter {
     await this.storage.flush();
   }
 
-  /** Finishes the image (if not done yet) and closes it. */
+  /** Finishes the image (if not done yet) and closes it, without opening it again as finish() does. */
   async close(): Promise<void> {
     if (this.#state !== 'open') return;
-    const disk = await this.finish();
-    await disk.close();
+    await this.#commit();
+    await this.storage.close();
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -267,7 +267,7 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
   it.each([
     ['a disk file system', undefined],
     ['tmpfs', '/dev/shm'],
-  ])('skips the file holes of a sparse source on %s with the same result as reading them (short holes inside data, holes across chunk edges and EOF)', async (_, where) => {
+  ])('skips the file holes of a sparse source on %s with the same result as reading them (short holes inside data, holes across chunk edges and EOF), and reads them as zeros when told not to probe (probeHoles: false)', async (_, where) => {
     if (where !== undefined && !existsSync(where)) return;
     const dir = where === undefined ? tmp.path : mkdtempSync(join(where, 'img-holes-'));
     try {
@@ -296,10 +296,14 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
         [0, 0, 300 * KiB],
         [300 * KiB + 512, 5 * MiB + 512, size - 300 * KiB - 512], // unaligned, runs past EOF
       ];
-      for (const minZeroRun of [8192, 4096]) {
+      for (const [minZeroRun, probeHoles] of [
+        [8192, true],
+        [4096, true],
+        [4096, false],
+      ] as const) {
         const dstPath = file();
         const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
-        const res = await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun, chunkSize: chunk });
+        const res = await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun, chunkSize: chunk, probeHoles });
         await dst.close();
         const want = new Uint8Array(8 * MiB);
         let written = 0;
@@ -317,7 +321,7 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
         // readRuns: the same bytes in the buffer (holes as zeros, over old contents) and the same data pieces.
         for (const [s, d, n] of runs) {
           const buffer = new Uint8Array(n!).fill(0xee);
-          const got = await src.readRuns!(Float64Array.of(s!, d!, n!), buffer, { minZeroRun, chunkSize: chunk });
+          const got = await src.readRuns!(Float64Array.of(s!, d!, n!), buffer, { minZeroRun, chunkSize: chunk, probeHoles });
           expect(got.bytesRead).toBe(n);
           const logical = new Uint8Array(n!);
           logical.set(data.subarray(s!, Math.min(size, s! + n!)));

@@ -49,6 +49,8 @@ export interface NativeRunOptions {
   minZeroRun: number;
   /** 0: pread/pwrite only; 1: copy_file_range (and the mapped zero scan) wherever the kernel takes it; 2: only into file systems that copy themselves (reflinks, server-side copies). */
   copyRange: 0 | 1 | 2;
+  /** 0: the runs are SEEK_DATA's data, no hole probes inside them (helpers built before it probe anyway). */
+  probeHoles: 0 | 1;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */
