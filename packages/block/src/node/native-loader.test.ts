@@ -4,7 +4,7 @@ import { copyFileSync, existsSync, mkdirSync, utimesSync, writeFileSync } from '
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { tempDir } from '@img/testkit';
-import { loadNativeFrom, nativeCandidates, nativeStatus, prebuildPath, runtimeLibc, NATIVE_ADDON_NAME } from './native-loader.js';
+import { elfInterpreter, loadNativeFrom, nativeCandidates, nativeStatus, prebuildPath, runtimeLibc, NATIVE_ADDON_NAME } from './native-loader.js';
 
 const pkgRoot = new URL('../../', import.meta.url);
 const localBuild = new URL(`build/Release/${NATIVE_ADDON_NAME}.node`, pkgRoot);
@@ -52,6 +52,20 @@ describe('native helper loader', () => {
   it.runIf(linux)('detects the C library as Node’s own report does', () => {
     const header = (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header;
     expect(runtimeLibc()).toBe(header.glibcVersionRuntime ? 'glibc' : 'musl');
+  });
+
+  const readelf = spawnSync('readelf', ['--version']).status === 0;
+  it.runIf(linux && readelf)('reads the dynamic loader an executable names as readelf does, and nothing from what is not a 64-bit little-endian ELF file', () => {
+    for (const file of [process.execPath, '/bin/sh']) {
+      const shown = /Requesting program interpreter: ([^\]]+)\]/.exec(spawnSync('readelf', ['-lW', file], { encoding: 'utf8' }).stdout)?.[1];
+      expect(elfInterpreter(file)).toBe(shown);
+    }
+    const loader = elfInterpreter(process.execPath);
+    if (loader !== undefined) expect(runtimeLibc()).toBe(/ld-musl/.test(loader) ? 'musl' : 'glibc');
+    const head = new Uint8Array(4096);
+    head.set([0x7f, 0x45, 0x4c, 0x46, 1, 1]); // ELFCLASS32
+    const dir = fakePackage('elf', { text: new TextEncoder().encode('not an executable'), elf32: head, short: head.subarray(0, 20) });
+    for (const name of ['text', 'elf32', 'short', 'absent']) expect(elfInterpreter(new URL(name, dir).pathname)).toBeUndefined();
   });
 
   it('says why nothing loaded when a package has no binary for this platform', () => {
