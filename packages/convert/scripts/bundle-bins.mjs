@@ -92,8 +92,12 @@ function __imgModuleUrl(pkg, rel) {
   }
   return new URL(rel, root).href;
 }
+// Every dynamic import of the bundle goes through this one: the launcher's (written in a file Node loaded
+// itself), because Node 20 loses the dynamic import loader of a script compiled from a code cache that another
+// process made (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING); a bundle that Node required itself imports on its own.
+const __imgImport = typeof __imgDynamicImport === 'function' ? __imgDynamicImport : (specifier) => import(specifier);
 function __imgImportFrom(pkg, rel, spec) {
-  return import(require('node:url').pathToFileURL(require('node:module').createRequire(__imgModuleUrl(pkg, rel)).resolve(spec)).href);
+  return __imgImport(require('node:url').pathToFileURL(require('node:module').createRequire(__imgModuleUrl(pkg, rel)).resolve(spec)).href);
 }`;
 
 /** The cache file's first bytes: what it is, then the bundle's byte length and CRC-32 (little-endian 32-bit each). */
@@ -116,6 +120,8 @@ const zlib = require('node:zlib');
 const file = join(__dirname, '${name}.bundle.cjs');
 const requireBundle = nodeModule.createRequire(file);
 const loader = vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+// The bundle's import(): on Node 20 a script compiled from a code cache made by another process has no import() loader.
+const dynamicImport = (specifier) => import(specifier);
 const MAGIC = ${JSON.stringify(CACHE_MAGIC)};
 
 /** The cache, if it was made from exactly these bytes of the bundle. */
@@ -141,13 +147,13 @@ function load() {
   const source = readFileSync(file);
   const data = cachedData(source);
   // The build checked that the bundle is ASCII: latin1 is its text, and decodes faster than UTF-8.
-  const script = new vm.Script('(function (exports, require, module, __filename, __dirname) {' + source.toString('latin1') + '\\n})', {
+  const script = new vm.Script('(function (exports, require, module, __filename, __dirname, __imgDynamicImport) {' + source.toString('latin1') + '\\n})', {
     filename: file,
     importModuleDynamically: loader,
     ...(data ? { cachedData: data } : {}),
   });
   const mod = { exports: {} };
-  script.runInThisContext().call(mod.exports, mod.exports, requireBundle, mod, file, __dirname);
+  script.runInThisContext().call(mod.exports, mod.exports, requireBundle, mod, file, __dirname, dynamicImport);
   // Only the build sets this: the cache is written once the command has run, so it holds the functions it compiled.
   const out = process.env.IMG_CODE_CACHE_WRITE;
   if (out) {
@@ -189,7 +195,9 @@ const keepLocation = {
         .replace(/import\.meta\.url\b/g, `__imgModuleUrl(${where})`)
         // A late-loaded third-party package: imported from where the importer is installed.
         .replace(LATE_IMPORT, (all, _q, spec) => {
-          if (isBuiltin(spec) || spec.startsWith('@img/')) return all;
+          // A built-in module: through the launcher's import() (see __imgImport); @img/ modules are bundled.
+          if (isBuiltin(spec)) return `__imgImport(${JSON.stringify(spec)})`;
+          if (spec.startsWith('@img/')) return all;
           try {
             createRequire(args.path).resolve(spec);
           } catch (e) {
@@ -231,6 +239,9 @@ for (const name of ENTRIES) {
   const bytes = readFileSync(join(binDir, `${name}.bundle.cjs`));
   const at = bytes.findIndex((b) => b > 0x7f);
   if (at >= 0) throw new Error(`bundle-bins: ${name}.bundle.cjs has a byte over 0x7f at ${at}: the launcher reads it as latin1`);
+  // One dynamic import only, __imgImport's own fallback: any other would fail when the bundle runs from the code cache on Node 20.
+  const imports = bytes.toString('latin1').match(/(?<![\w$.])import\(/g) ?? [];
+  if (imports.length !== 1) throw new Error(`bundle-bins: ${name}.bundle.cjs has ${imports.length} import() calls, not just __imgImport's: write import('literal') in the source (rewritten to __imgImport) or extend scripts/bundle-bins.mjs`);
 }
 // The launchers are CommonJS: Node starts them without initialising its ES module loader (5-8 ms).
 writeFileSync(join(binDir, 'package.json'), `${JSON.stringify({ type: 'commonjs' }, null, 2)}\n`);

@@ -60,4 +60,25 @@ describe('the command launchers', () => {
     expect(runImg(dir, ['--version'])).toMatchObject({ status: 0, stdout: want.stdout });
     expect(runImg(binDir, ['--version'], { IMG_CODE_CACHE: '0' })).toMatchObject({ status: 0, stdout: want.stdout });
   });
+
+  // Node 20 loses the dynamic import loader of a script compiled from a code cache that another process made;
+  // the compression pool is imported late, and without it `img convert -c` compressed on one thread.
+  it.each(['1', '0'])('imports modules late whether the bundle runs from the code cache or not (IMG_CODE_CACHE=%s): convert -c starts its workers', (useCache) => {
+    const dir = copyOfImg(`late-import-${useCache}`);
+    const input = join(dir, 'in.raw');
+    writeFileSync(input, Buffer.from('text that compresses well, '.repeat(40_000)).subarray(0, 1 << 20));
+    // Counts the workers the command starts: a preload, so it sees node:worker_threads before the bundle does.
+    const hook = join(dir, 'count-workers.cjs');
+    writeFileSync(hook, "const wt = require('node:worker_threads'); let n = 0; const W = wt.Worker;" + ' wt.Worker = class extends W { constructor(...a) { super(...a); n++; } };' + " process.on('exit', () => process.stderr.write('workers started: ' + n + '\\n'));");
+    const cacheBefore = readFileSync(join(dir, 'img.bundle.cjs.cache'));
+    const r = spawnSync(process.execPath, ['-r', hook, join(dir, 'img.js'), 'convert', '-c', '-O', 'qcow2', input, join(dir, 'out.qcow2')], {
+      encoding: 'utf8',
+      env: { ...process.env, IMG_CODE_CACHE: useCache, IMG_COMPRESS_THREADS: '2' },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('workers started: 2');
+    // The cache in use is the build's, for this very bundle.
+    expect(readFileSync(join(dir, 'img.bundle.cjs.cache')).equals(cacheBefore)).toBe(true);
+    expect(cacheBefore.readUInt32LE(MAGIC.length + 4)).toBe(crc32(readFileSync(join(dir, 'img.bundle.cjs'))));
+  });
 });
