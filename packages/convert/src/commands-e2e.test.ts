@@ -459,3 +459,30 @@ describeQemu('img bitmap --add -g beside qemu-img bitmap', () => {
     }
   });
 });
+
+describeQemu('img snapshot without an action, beside qemu-img snapshot', () => {
+  it('opens the image for writing and changes nothing (status 0), fails on an image a running qemu holds, and refuses two actions, as qemu-img', async () => {
+    const d = chain();
+    const file = join(d, 'top.qcow2');
+    qemuImg(['snapshot', '-c', 'kept', file]);
+    const before = readFileSync(file);
+    const idle = both(['snapshot', 'top.qcow2'], d);
+    expect(idle.theirs.status).toBe(0);
+    expect(idle.ours).toEqual({ status: 0, stdout: '', stderr: '' });
+    expect(readFileSync(file).equals(before)).toBe(true);
+    const holder = await holdWithQemuIo(file, { format: 'qcow2' });
+    try {
+      const held = both(['snapshot', 'top.qcow2'], d);
+      expect(held.theirs.status).toBe(1);
+      expect(held.ours.status).toBe(1);
+      expect(held.ours.stderr).toContain('Failed to get "write" lock');
+    } finally {
+      await holder.stop();
+    }
+    const mixed = both(['snapshot', '-l', '-c', 'x', 'top.qcow2'], d);
+    expect(mixed.theirs.status).toBe(1);
+    expect(mixed.ours.status).toBe(1);
+    expect(mixed.ours.stderr).toMatch(/cannot mix -l, -a, -c and -d/);
+    expect(qemuImg(['snapshot', '-l', file]).stdout).not.toMatch(/\bx\b/);
+  });
+});

@@ -27,7 +27,7 @@ export const snapshot: Handler = async (argv, io) => {
   }
   const path = onePath(positionals);
   const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
-  if (ops.length !== 1) throw new UsageError('expected exactly one of -l, -c <name>, -a <name>, -d <name>');
+  if (ops.length > 1) throw new UsageError('cannot mix -l, -a, -c and -d: give one of them');
   if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
   const disk = await openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
@@ -36,6 +36,8 @@ export const snapshot: Handler = async (argv, io) => {
     forceShare: values['force-share'] ?? false,
   });
   try {
+    // No action: as qemu-img, the image is opened for writing (so a held lock is reported) and left as it was.
+    if (ops.length === 0) return 0;
     const s = disk as Partial<SnapshotDisk>;
     if (values.l) {
       const snaps = (await disk.info?.())?.snapshots ?? [];
