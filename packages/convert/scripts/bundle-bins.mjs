@@ -19,10 +19,10 @@
 // - dist/bin/<cmd>.js: the launcher, a CommonJS file (dist/bin/package.json
 //   says so) so that Node starts it without initialising its ES module
 //   loader. On Node >= 22.1 it turns on Node's own compile cache and
-//   requires the bundle; otherwise, where vm can load import() for a script
-//   (USE_MAIN_CONTEXT_DEFAULT_LOADER, Node >= 20.12) and zlib has crc32, it
-//   compiles the bundle with vm.Script and the cache; anywhere else (or
-//   with IMG_CODE_CACHE=0) it requires the bundle.
+//   requires the bundle; otherwise, where zlib has crc32 (Node >= 20.15), it
+//   compiles the bundle with vm.Script and the cache and hands it the
+//   launcher's import() (see __imgImport); anywhere else (or with
+//   IMG_CODE_CACHE=0) it requires the bundle.
 //   Measured on Node 20 (`perf stat -r 20 node dist/bin/img.js --version`):
 //   50 ms with one ESM bundle, 35-38 ms with an ES module launcher and the
 //   cache, 30 ms with this one; bare `node -e 0` takes 20-22 ms.
@@ -119,8 +119,8 @@ const zlib = require('node:zlib');
 
 const file = join(__dirname, '${name}.bundle.cjs');
 const requireBundle = nodeModule.createRequire(file);
-const loader = vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
-// The bundle's import(): on Node 20 a script compiled from a code cache made by another process has no import() loader.
+// The bundle's import(), passed in: on Node 20 a script compiled from a code cache made by another process has no
+// loader of its own for it (vm.Script's importModuleDynamically does not survive the cache).
 const dynamicImport = (specifier) => import(specifier);
 const MAGIC = ${JSON.stringify(CACHE_MAGIC)};
 
@@ -140,7 +140,7 @@ function cachedData(source) {
 
 /** Loads the bundle: its exports. */
 function load() {
-  if (nodeModule.enableCompileCache || !loader || typeof zlib.crc32 !== 'function' || process.env.IMG_CODE_CACHE === '0') {
+  if (nodeModule.enableCompileCache || typeof zlib.crc32 !== 'function' || process.env.IMG_CODE_CACHE === '0') {
     nodeModule.enableCompileCache?.();
     return requireBundle(file);
   }
@@ -149,7 +149,6 @@ function load() {
   // The build checked that the bundle is ASCII: latin1 is its text, and decodes faster than UTF-8.
   const script = new vm.Script('(function (exports, require, module, __filename, __dirname, __imgDynamicImport) {' + source.toString('latin1') + '\\n})', {
     filename: file,
-    importModuleDynamically: loader,
     ...(data ? { cachedData: data } : {}),
   });
   const mod = { exports: {} };
