@@ -2,7 +2,7 @@
 // each public entry point is called with bad arguments here, and the test
 // asserts the class (ImageError.isInstance), the code and what the message
 // names. No plain RangeError/TypeError may escape.
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ImageError, MemoryStorage, createRaw, openRaw, parseSize, type Disk } from '@img/block';
@@ -141,6 +141,31 @@ describe('opening what is not an image', () => {
     const junk = () => MemoryStorage.from(new Uint8Array(4096).fill(0x5a));
     expect((await failure(() => openQcow2(junk()))).code).toMatch(/^ERR_IMG_/);
     expect((await failure(() => openVhd(junk()))).code).toMatch(/^ERR_IMG_/);
+  });
+});
+
+describe('a conversion the output format refuses leaves no descriptor open', () => {
+  // The output file is created before the format looks at its options; a refusal there must still close it.
+  const openOn = (path: string) =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(join('/proc/self/fd', fd)).startsWith(path);
+      } catch {
+        return false;
+      }
+    }).length;
+  it.skipIf(!existsSync('/proc/self/fd'))('bad create options, with and without keepPartial', async () => {
+    const dir = join(tmp.path, 'refused');
+    mkdirSync(dir);
+    const input = join(dir, 'in.raw');
+    const raw = await createRaw(await FileStorage.create(input), { size: 1 << 20 });
+    await raw.close();
+    for (const keepPartial of [false, true]) {
+      const output = join(dir, `out-${keepPartial}.qcow2`);
+      await expectCode(() => convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input, output, keepPartial, createOptions: { cluster_size: '3' } }), 'ERR_IMG_INVALID_ARG');
+      expect(openOn(output)).toBe(0);
+      expect(existsSync(output)).toBe(keepPartial);
+    }
   });
 });
 

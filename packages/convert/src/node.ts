@@ -183,15 +183,14 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
   });
-  let created = false;
+  let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
   try {
     await guardOutput(options, registry, filesOf(src));
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
-    const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
-    created = true;
+    target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
     // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
     const { result } = await convertInto(
       sourceView(snapshot ?? src, options.range),
@@ -206,7 +205,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     );
     return result;
   } catch (e) {
-    if (created && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
+    // convertInto closes the target once a writer holds it; a format that refused to create leaves it to us.
+    await target?.close().catch(() => undefined);
+    if (target && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
     throw e;
   } finally {
     await snapshot?.close().catch(() => undefined);
@@ -377,6 +378,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
       written = await pipeImageStream(stream, target, options.signal ? { signal: options.signal } : {});
       if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     } catch (e) {
+      out?.destroy(); // closes the file now, not when the stream is collected
       throw file !== undefined ? streamWriteError(file, e) : e;
     }
     // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).
