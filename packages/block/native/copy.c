@@ -98,6 +98,11 @@ typedef struct {
   bool seek_holes; /* false once the file system has said it cannot tell */
   bool holds_slot; /* a copyRuns job holding one of the copy slots (see slot_take) */
   bool nowait; /* reads try RWF_NOWAIT first, to give the slot back for reads that wait on the disk */
+  bool prealloc; /* data pieces are allocated (fallocate) just before they are written: see prealloc_piece */
+  bool prealloc_span; /* the job's whole destination was allocated at its start */
+  bool release_skipped; /* zero pieces skipped inside an allocated span get their blocks back (preallocate 1) */
+  int preallocate; /* 0 never, 1 skipped runs stay holes, 2 skipped runs may keep blocks */
+  size_t block; /* the destination's block size, for giving blocks back */
   double *pieces; /* readRuns: per run, count then pairs */
   size_t npieces, cap_pieces;
   int err;
@@ -249,6 +254,111 @@ static bool read_full(copy_job *j, uint8_t *buf, size_t len, off_t off) {
   return true;
 }
 
+/*
+ * Destination blocks allocated before the bytes are written. On ext4 a
+ * buffered write into a range with no blocks takes the delayed-allocation
+ * path for every 4 KiB block (a reservation, a quota charge and an extent
+ * status entry each), all under the inode lock that serializes the writers
+ * of one file; into blocks fallocate has just allocated (unwritten, so they
+ * read as zeros until written), the write only copies. Measured on ext4
+ * with 1 GiB of data in 1 MiB runs, 2 threads (pread, zero scan, pwrite),
+ * 6-8 alternating runs each: 0.27-0.37 s median without, 0.19-0.26 s with,
+ * CPU 0.38-0.41 s against 0.28-0.30 s.
+ *
+ * A job whose destination is dense (see prealloc_job) allocates it in one
+ * call, so it lands in one extent: allocated piece by piece by two threads
+ * at once, the pieces of a 1 GiB qcow2 went to 989 extents where delayed
+ * allocation made 39 (piece by piece, a VHD's 1,359 against 19). Zero
+ * runs the scan skips inside such a range give their blocks back (punched),
+ * so a raw output is as sparse as without; a placing writer (releaseSkipped
+ * 0: a new qcow2, which finds the skipped clusters with SEEK_DATA, to which
+ * unwritten blocks are holes, then moves data into them or cuts them off)
+ * keeps them, as punched holes filled again later scattered its file (948
+ * extents against 2). Other jobs of a raw output (sparse) allocate each
+ * data piece of 64 KiB or more just before writing it. The caller says
+ * which of these a target allows (preallocate: 0 none, as for a VHD writer
+ * whose bitmaps, written between the blocks later, would scatter the file;
+ * 1 skipped runs as holes; 2 skipped runs may keep blocks).
+ *
+ * Only on ext4 (other file systems: not measured; tmpfs would zero the
+ * pages twice). The allocation keeps the file's size (the writes grow it as
+ * before). Any refusal turns it off for the job; the writes then
+ * report their own errors (ENOSPC and the like). IMG_COPY_PREALLOC=0 turns
+ * it off, 1 on for every file system (for measuring).
+ */
+#define PREALLOC_MIN ((size_t)64 * 1024)
+
+static int stat_fd(int fd, struct stat *st);
+
+static bool prealloc_wanted(int fd) {
+  const char *env = getenv("IMG_COPY_PREALLOC");
+  if (env && *env) return strcmp(env, "0") != 0;
+  struct statfs fs;
+  return fstatfs(fd, &fs) == 0 && ((unsigned long)fs.f_type & 0xffffffffUL) == 0xef53UL; /* ext2/3/4 */
+}
+
+static bool allocate(copy_job *j, int mode, off_t off, off_t len) {
+  while (fallocate(j->dst_fd, mode, off, len) != 0) {
+    if (errno == EINTR) continue;
+    return false;
+  }
+  return true;
+}
+
+/* A zero piece the scan skipped inside an allocated span: its whole blocks go back (it reads as zeros either way). */
+static void release_piece(copy_job *j, size_t len, off_t off) {
+  if (!j->prealloc_span || !j->release_skipped) return;
+  off_t b = (off_t)j->block, from = (off + b - 1) / b * b, to = (off + (off_t)len) / b * b;
+  if (to > from && !allocate(j, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, from, to - from)) j->prealloc_span = false;
+}
+
+/*
+ * At the start of a job: one allocation for a dense destination, runs in
+ * ascending order that cover at least 15/16 of the range from the first to
+ * the end of the last (a new qcow2's data area, a dense raw file). Where skipped runs must end as holes
+ * (releaseSkipped), the gaps between the runs are given back at once, and
+ * only a span inside the file's size is allocated: ext4 punches no hole
+ * past the end of a file, and truncating there could cut another job's
+ * write, so such a span goes piece by piece. A placing writer's span may
+ * reach past the end (KEEP_SIZE: the writes grow the file); what it leaves
+ * unwritten there, the writer's final truncation gives back (as does
+ * removing the output of a failed conversion).
+ */
+static void prealloc_job(copy_job *j) {
+  j->prealloc_span = false;
+  if (!j->prealloc || j->nruns == 0) return;
+  double first = j->runs[1], end = first, covered = 0;
+  for (size_t r = 0; r < j->nruns; r++) {
+    if (j->runs[3 * r + 1] < end) return;
+    covered += j->runs[3 * r + 2];
+    end = j->runs[3 * r + 1] + j->runs[3 * r + 2];
+  }
+  if (end - first < (double)PREALLOC_MIN || covered < (end - first) / 16 * 15) return;
+  struct stat st;
+  if (stat_fd(j->dst_fd, &st) != 0 || st.st_blksize <= 0) {
+    j->prealloc = false;
+    return;
+  }
+  if (j->release_skipped && end > (double)st.st_size) return;
+  if (!allocate(j, FALLOC_FL_KEEP_SIZE, (off_t)first, (off_t)(end - first))) {
+    j->prealloc = false;
+    return;
+  }
+  j->block = (size_t)st.st_blksize;
+  j->prealloc_span = true;
+  for (size_t r = 0; r + 1 < j->nruns && j->prealloc_span; r++) {
+    double gap = j->runs[3 * r + 1] + j->runs[3 * r + 2];
+    release_piece(j, (size_t)(j->runs[3 * (r + 1) + 1] - gap), (off_t)gap);
+  }
+}
+
+/* Before a data piece is written: its blocks, unless the job's span has them. */
+static void prealloc_piece(copy_job *j, size_t len, off_t off) {
+  if (!j->prealloc || j->prealloc_span || !j->release_skipped || len < PREALLOC_MIN) return;
+  if (!allocate(j, FALLOC_FL_KEEP_SIZE, off, (off_t)len)) j->prealloc = false;
+}
+
+
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
   while (done < len) {
@@ -346,8 +456,10 @@ static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double 
 static bool emit_copy(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base) {
   if (zero) {
     j->bytes_skipped += (double)(end - start);
+    release_piece(j, end - start, (off_t)base + (off_t)start);
     return true;
   }
+  prealloc_piece(j, end - start, (off_t)base + (off_t)start);
   return write_full(j, buf + start, end - start, (off_t)base + (off_t)start);
 }
 
@@ -688,6 +800,10 @@ static void execute_job(copy_job *j) {
     if (stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode) || (off_t)st.st_blocks * 512 >= st.st_size) j->seek_holes = false;
   }
   if (!j->read_mode && j->copy_range && j->copy_auto && !offloads_copy(j->dst_fd)) j->copy_range = false, j->map_scan = false;
+  if (!j->read_mode && !j->copy_range && j->preallocate != 0) {
+    j->prealloc = prealloc_wanted(j->dst_fd);
+    prealloc_job(j);
+  }
   if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
     struct stat st;
     if (!install_guard() || stat_fd(j->src_fd, &st) != 0 || !S_ISREG(st.st_mode)) j->map_scan = false;
@@ -747,6 +863,7 @@ static void execute_job(copy_job *j) {
         }
         at += n;
       } else if (j->min_zero_run == 0) {
+        prealloc_piece(j, n, (off_t)d);
         if (!write_full(j, buf, n, (off_t)d)) return;
       } else if (!split_zero_runs(j, buf, n, (double)d, emit_copy)) {
         return;
@@ -881,6 +998,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   double min_zero = get_number(env, opts_v, "minZeroRun", 4096);
   double copy_range = get_number(env, opts_v, "copyRange", 0);
   double probe_holes = get_number(env, opts_v, "probeHoles", 1);
+  double preallocate = get_number(env, opts_v, "preallocate", 0);
   if (!(chunk >= 512 && chunk <= MAX_CHUNK) || !(granule >= 1 && granule <= chunk) || !(min_zero >= 0 && min_zero <= MAX_SAFE)) {
     napi_throw_range_error(env, NULL, "copyRuns: chunkSize must be 512 bytes to 64 MiB, granule 1 to chunkSize");
     return NULL;
@@ -933,6 +1051,8 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->map_scan = copy_range != 0;
   /* probeHoles 0: the caller's runs are the data its SEEK_DATA walk found, so probes inside them would find nothing. */
   j->seek_holes = probe_holes != 0;
+  j->preallocate = preallocate == 1 ? 1 : preallocate == 2 ? 2 : 0;
+  j->release_skipped = j->preallocate != 2;
   j->cancel = cancel;
   napi_value promise, name;
   if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||

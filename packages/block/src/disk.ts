@@ -318,6 +318,11 @@ export interface FreshImageWriter extends Disk {
    * host position, length) triples.
    */
   settleRuns?(runs: Float64Array): Promise<void>;
+  /**
+   * How the file-to-file copy may allocate this writer's file ahead of the
+   * placed runs (`RunCopyOptions.preallocate` of {@link Storage.copyRunsTo}); default `'never'`.
+   */
+  readonly copyPreallocation?: 'holes' | 'any' | 'never';
 }
 
 /** An image as a byte stream of known length. */

@@ -6,7 +6,7 @@ import type { Disk, Extent, FreshImageWriter } from './disk.js';
 import { abortError, invalidArg } from './errors.js';
 import { chunkExtent } from './extents.js';
 import { RawDisk } from './raw.js';
-import type { Storage } from './storage.js';
+import type { RunCopyOptions, Storage } from './storage.js';
 import { findZeroRuns } from './zero.js';
 
 export interface CopyProgress {
@@ -172,7 +172,14 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
   // A raw file's data runs are its storage's ranges() answers: the helper need not probe them for holes.
-  const runOptions = { minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment), granule: Math.max(512, alignment), chunkSize, probeHoles: !(src instanceof RawDisk) };
+  const runOptions: RunCopyOptions = {
+    minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment),
+    granule: Math.max(512, alignment),
+    chunkSize,
+    probeHoles: !(src instanceof RawDisk),
+    // A raw file keeps its holes; a placing writer says what it allows (see FreshImageWriter.copyPreallocation).
+    preallocate: placer ? (placer.copyPreallocation ?? 'never') : 'holes',
+  };
   // A read batch's buffer: whole chunks, within the buffer budget.
   const readBatchBytes = Math.max(chunkSize, Math.min(READ_BATCH_BYTES, Math.floor(budget / slots / chunkSize) * chunkSize));
   const batchBuffers: Uint8Array[] = [];

@@ -42,6 +42,18 @@ export interface RunCopyOptions {
    * (a hole reads as zeros).
    */
   probeHoles?: boolean;
+  /**
+   * Whether copyRunsTo may allocate the target's blocks just before it
+   * writes them (where that is faster: ext4, whose buffered writes into
+   * unallocated blocks take a slower path). `'holes'` (the default): zero
+   * runs it skips stay holes, so a raw output is as sparse as its source.
+   * `'any'`: skipped runs may stay allocated and unwritten (they read as
+   * zeros, and SEEK_DATA reports them as holes), for a writer that fills or
+   * truncates those places itself, such as a new qcow2 image's data area.
+   * `'never'`: no allocation ahead, for a writer whose own writes between
+   * the runs would end up scattered around them (a VHD's block bitmaps).
+   */
+  preallocate?: 'holes' | 'any' | 'never';
   /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
   signal?: AbortSignal;
 }

@@ -119,6 +119,15 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#free.push(host);
   }
 
+  /**
+   * The copy may allocate a batch's host range before writing it and leave
+   * skipped zeros allocated but unwritten: SEEK_DATA (settleRuns) sees them
+   * as holes, the clusters given back are filled by the last ones or cut
+   * off with the file's end, and zeros left inside a data cluster read as
+   * zeros (qemu-img writes them).
+   */
+  readonly copyPreallocation = 'any';
+
   /** sparseCopy may copy file to file into the positions placeRuns gives where settleRuns can see what was written. */
   canPlaceRuns(): boolean {
     return this.#state === 'open' && typeof this.storage.ranges === 'function';

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '@img/testkit';
 import { seededRandom } from '@img/testkit';
@@ -503,6 +503,89 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await expect(p).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
     await dst.close();
     await src.close();
+  });
+
+  describe('blocks allocated before the writes (fallocate; by default on ext4, IMG_COPY_PREALLOC=1 forces it here)', () => {
+    /** 8 MiB of data with zero stretches of every size, 256 KiB ones among them. */
+    const source = () => {
+      const data = patterned(8 * MiB, 9);
+      for (let at = 300 * KiB; at < data.length; at += MiB) data.fill(0, at, at + 256 * KiB);
+      return data;
+    };
+    /** Copies runs with IMG_COPY_PREALLOC set to `prealloc`; what the target file holds and how many bytes of blocks it has. */
+    const copyWith = async (prealloc: string, data: Uint8Array, runs: number[], options: { preallocate?: 'holes' | 'any' | 'never'; presize?: number; signal?: AbortSignal; chunkSize?: number }) => {
+      const srcPath = file(data);
+      const dstPath = file();
+      if (options.presize) {
+        const fd = openSync(dstPath, 'r+');
+        ftruncateSync(fd, options.presize);
+        closeSync(fd);
+      }
+      const src = await FileStorage.open(srcPath, { lock: false });
+      const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+      const before = process.env.IMG_COPY_PREALLOC;
+      process.env.IMG_COPY_PREALLOC = prealloc;
+      let error: unknown;
+      try {
+        await src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, ...options });
+      } catch (e) {
+        error = e;
+      } finally {
+        if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
+        else process.env.IMG_COPY_PREALLOC = before;
+        await src.close();
+        await dst.close();
+      }
+      return { bytes: readFileSync(dstPath), allocated: statSync(dstPath).blocks * 512, size: statSync(dstPath).size, error };
+    };
+
+    it('a raw target keeps the holes of the zero runs it skipped, and the same bytes', async () => {
+      const data = source();
+      const runs = [0, 0, data.length];
+      const plain = await copyWith('0', data, runs, { presize: data.length });
+      const allocated = await copyWith('1', data, runs, { presize: data.length });
+      expect(Buffer.compare(allocated.bytes, Buffer.from(data))).toBe(0);
+      expect(Buffer.compare(plain.bytes, Buffer.from(data))).toBe(0);
+      // The zero runs of 256 KiB are holes either way: as many blocks as without allocating first (an extent block of slack).
+      expect(allocated.allocated).toBeLessThanOrEqual(plain.allocated + 8 * KiB);
+      expect(plain.allocated).toBeLessThan(data.length - 7 * 256 * KiB);
+      // Runs that are not contiguous in the target: each data piece is allocated on its own; nothing between them.
+      const scattered = [0, 0, 4 * MiB, 4 * MiB, 12 * MiB, 4 * MiB];
+      const apart = await copyWith('1', data, scattered, { presize: 16 * MiB });
+      const apartPlain = await copyWith('0', data, scattered, { presize: 16 * MiB });
+      expect(Buffer.compare(apart.bytes, apartPlain.bytes)).toBe(0);
+      expect(apart.allocated).toBeLessThanOrEqual(apartPlain.allocated + 8 * KiB);
+    });
+
+    it("preallocate 'any': skipped runs may keep their blocks; the file still grows only with what is written; 'never' allocates nothing ahead", async () => {
+      const data = source();
+      data.fill(0, data.length - 512 * KiB); // a zero tail: skipped, past the end of what is written
+      const kept = await copyWith('1', data, [0, 0, data.length], { preallocate: 'any' });
+      const plain = await copyWith('0', data, [0, 0, data.length], { preallocate: 'any' });
+      const never = await copyWith('1', data, [0, 0, data.length], { preallocate: 'never' });
+      expect(never.allocated).toBe(plain.allocated);
+      expect(kept.size).toBe(plain.size);
+      expect(Buffer.compare(kept.bytes, plain.bytes)).toBe(0);
+      expect(kept.allocated).toBeGreaterThanOrEqual(data.length - 512 * KiB);
+    });
+
+    it('a growing target that must stay sparse gets no blocks past its end: a zero tail, an aborted batch', async () => {
+      const data = source();
+      data.fill(0, data.length - 512 * KiB);
+      const tail = await copyWith('1', data, [0, 0, data.length], {});
+      expect(tail.size).toBe((await copyWith('0', data, [0, 0, data.length], {})).size);
+      expect(tail.size).toBeLessThanOrEqual(data.length - 512 * KiB);
+      expect(tail.allocated).toBeLessThanOrEqual(tail.size + 64 * KiB);
+
+      const runs: number[] = [];
+      for (let i = 0; i < 64; i++) runs.push(0, i * 8 * MiB, 8 * MiB);
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), 5);
+      const stopped = await copyWith('1', source(), runs, { signal: ac.signal, chunkSize: 4096 });
+      expect(ImageError.isInstance(stopped.error) && stopped.error.code).toBe('ERR_IMG_ABORTED');
+      expect(stopped.size).toBeLessThan(64 * 8 * MiB);
+      expect(stopped.allocated).toBeLessThanOrEqual(stopped.size + 64 * KiB);
+    });
   });
 });
 

@@ -142,7 +142,7 @@ function nativeRunOptions(options: RunCopyOptions): NativeRunOptions {
   if (!Number.isSafeInteger(granule) || granule < 1 || granule > chunkSize) throw invalidArg('file', `invalid granule ${granule} (1 to the chunk size)`, { field: 'granule' });
   if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 0) throw invalidArg('file', `invalid minimum zero run ${minZeroRun}`, { field: 'minZeroRun' });
   // 2: the helper decides by the destination's file system (copy_file_range only where the kernel offloads it).
-  return { chunkSize, granule, minZeroRun, copyRange: options.copyRange === undefined ? 2 : options.copyRange ? 1 : 0, probeHoles: options.probeHoles === false ? 0 : 1 };
+  return { chunkSize, granule, minZeroRun, copyRange: options.copyRange === undefined ? 2 : options.copyRange ? 1 : 0, probeHoles: options.probeHoles === false ? 0 : 1, preallocate: options.preallocate === 'never' ? 0 : options.preallocate === 'any' ? 2 : 1 };
 }
 
 /** What `stat` says a file is, for a message: "a FIFO", "a character device". */

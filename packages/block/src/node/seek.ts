@@ -51,6 +51,8 @@ export interface NativeRunOptions {
   copyRange: 0 | 1 | 2;
   /** 0: the runs are SEEK_DATA's data, no hole probes inside them (helpers built before it probe anyway). */
   probeHoles: 0 | 1;
+  /** Blocks allocated ahead of the writes: 0 never, 1 with skipped zero runs left as holes, 2 skipped runs may keep them (helpers built before it ignore it). */
+  preallocate: 0 | 1 | 2;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */
