@@ -270,8 +270,8 @@ static bool read_full(copy_job *j, uint8_t *buf, size_t len, off_t off) {
  * at once, the pieces of a 1 GiB qcow2 went to 989 extents where delayed
  * allocation made 39 (piece by piece, a VHD's 1,359 against 19). Zero
  * runs the scan skips inside such a range give their blocks back (punched),
- * so a raw output is as sparse as without; a placing writer (releaseSkipped
- * 0: a new qcow2, which finds the skipped clusters with SEEK_DATA, to which
+ * so a raw output is as sparse as without; a placing writer (preallocate
+ * 2: a new qcow2, which finds the skipped clusters with SEEK_DATA, to which
  * unwritten blocks are holes, then moves data into them or cuts them off)
  * keeps them, as punched holes filled again later scattered its file (948
  * extents against 2). Other jobs of a raw output (sparse) allocate each
@@ -305,7 +305,7 @@ static bool allocate(copy_job *j, int mode, off_t off, off_t len) {
   return true;
 }
 
-/* A zero piece the scan skipped inside an allocated span: its whole blocks go back (it reads as zeros either way). */
+/* A zero piece the scan skipped inside an allocated span (inside this job's own runs): its whole blocks go back (it reads as zeros either way). */
 static void release_piece(copy_job *j, size_t len, off_t off) {
   if (!j->prealloc_span || !j->release_skipped) return;
   off_t b = (off_t)j->block, from = (off + b - 1) / b * b, to = (off + (off_t)len) / b * b;
@@ -314,15 +314,18 @@ static void release_piece(copy_job *j, size_t len, off_t off) {
 
 /*
  * At the start of a job: one allocation for a dense destination, runs in
- * ascending order that cover at least 15/16 of the range from the first to
- * the end of the last (a new qcow2's data area, a dense raw file). Where skipped runs must end as holes
- * (releaseSkipped), the gaps between the runs are given back at once, and
- * only a span inside the file's size is allocated: ext4 punches no hole
- * past the end of a file, and truncating there could cut another job's
- * write, so such a span goes piece by piece. A placing writer's span may
- * reach past the end (KEEP_SIZE: the writes grow the file); what it leaves
- * unwritten there, the writer's final truncation gives back (as does
- * removing the output of a failed conversion).
+ * ascending order from the first to the end of the last (a new qcow2's data
+ * area, a dense raw file). A placing writer (preallocate 2) may leave gaps
+ * of up to 1/16 between its runs (places it fills itself: allocating them
+ * changes no byte). Where skipped runs must end as holes (preallocate 1) the
+ * runs must follow each other without a gap (a gap may be another writer's:
+ * a compressed cluster written through the format meanwhile) and lie inside
+ * the file's size: ext4 punches no hole past the end of a file, and
+ * truncating there could cut another job's write; such jobs go piece by
+ * piece. A placing writer's span may reach past the end (KEEP_SIZE: the
+ * writes grow the file); what it leaves unwritten there, the writer's final
+ * truncation gives back (as does removing the output of a failed
+ * conversion).
  */
 static void prealloc_job(copy_job *j) {
   j->prealloc_span = false;
@@ -333,7 +336,7 @@ static void prealloc_job(copy_job *j) {
     covered += j->runs[3 * r + 2];
     end = j->runs[3 * r + 1] + j->runs[3 * r + 2];
   }
-  if (end - first < (double)PREALLOC_MIN || covered < (end - first) / 16 * 15) return;
+  if (end - first < (double)PREALLOC_MIN || covered < (j->release_skipped ? end - first : (end - first) / 16 * 15)) return;
   struct stat st;
   if (stat_fd(j->dst_fd, &st) != 0 || st.st_blksize <= 0) {
     j->prealloc = false;
@@ -346,10 +349,6 @@ static void prealloc_job(copy_job *j) {
   }
   j->block = (size_t)st.st_blksize;
   j->prealloc_span = true;
-  for (size_t r = 0; r + 1 < j->nruns && j->prealloc_span; r++) {
-    double gap = j->runs[3 * r + 1] + j->runs[3 * r + 2];
-    release_piece(j, (size_t)(j->runs[3 * (r + 1) + 1] - gap), (off_t)gap);
-  }
 }
 
 /* Before a data piece is written: its blocks, unless the job's span has them. */

@@ -569,6 +569,28 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       expect(kept.allocated).toBeGreaterThanOrEqual(data.length - 512 * KiB);
     });
 
+    it('bytes between two runs of a batch are left alone (another writer may have put them there)', async () => {
+      const data = patterned(16 * MiB, 11);
+      const srcPath = file(data);
+      const dstPath = file(new Uint8Array(16 * MiB + 64 * KiB).fill(0xaa));
+      const runs = Float64Array.of(0, 0, 8 * MiB, 8 * MiB, 8 * MiB + 64 * KiB, 8 * MiB);
+      const before = process.env.IMG_COPY_PREALLOC;
+      process.env.IMG_COPY_PREALLOC = '1';
+      const src = await FileStorage.open(srcPath, { lock: false });
+      const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+      try {
+        for (const minZeroRun of [0, 4096]) await src.copyRunsTo(dst, runs, { minZeroRun });
+      } finally {
+        if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
+        else process.env.IMG_COPY_PREALLOC = before;
+        await src.close();
+        await dst.close();
+      }
+      const out = readFileSync(dstPath);
+      expect(out.subarray(8 * MiB, 8 * MiB + 64 * KiB).every((b) => b === 0xaa)).toBe(true);
+      expect(Buffer.compare(out.subarray(0, 8 * MiB), Buffer.from(data.subarray(0, 8 * MiB)))).toBe(0);
+    });
+
     it('a growing target that must stay sparse gets no blocks past its end: a zero tail, an aborted batch', async () => {
       const data = source();
       data.fill(0, data.length - 512 * KiB);
