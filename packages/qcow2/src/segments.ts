@@ -69,11 +69,22 @@ function walkTable(state: ReaderState, m: RunMerger, table: Uint8Array, l2Offset
   const { clusterSize: cs, l2Entries, subclusterSize: scs } = state.geom;
   const g = state.entryGeom;
   const plainEntries = !g.extendedL2;
+  // Unallocated entries (both words zero) are most of a sparse image's table: they are skipped a run at a time.
+  const words = plainEntries && table.byteOffset % 4 === 0 ? new Uint32Array(table.buffer, table.byteOffset, table.byteLength >>> 2) : undefined;
   while (pos < l1End) {
     const cluster = Math.floor(pos / cs);
     const cStart = cluster * cs;
     const cEnd = Math.min(l1End, cStart + cs);
     const index = cluster % l2Entries;
+    if (words !== undefined && words[index * 2] === 0 && words[index * 2 + 1] === 0) {
+      const limit = index + Math.ceil((l1End - cStart) / cs);
+      let last = index + 1;
+      while (last < limit && words[last * 2] === 0 && words[last * 2 + 1] === 0) last++;
+      const stop = Math.min(l1End, cStart + (last - index) * cs);
+      m.add(HOLE, pos, stop - pos, -1);
+      pos = stop;
+      continue;
+    }
     if (plainEntries) {
       const host = plainEntryHost(readU32Be(table, index * 8), readU32Be(table, index * 8 + 4), g);
       if (host >= 0) {
