@@ -5,7 +5,7 @@
  * map), no larger a file; and an abort leaves no file behind, or in a
  * storage the empty image the output was from the start.
  */
-import { closeSync, existsSync, openSync, statSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { MemoryStorage, collectExtents } from '@img/block';
@@ -72,6 +72,27 @@ describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img conver
       expect(statSync(ours).size).toBeLessThanOrEqual(statSync(theirs).size);
     });
   }
+
+  it('byte-identical outputs with the target allocated ahead of the copy (IMG_COPY_PREALLOC=1) and without (0), qcow2, raw and vpc', async () => {
+    const before = process.env.IMG_COPY_PREALLOC;
+    const out = (mode: string, f: string) => p(`prealloc-${mode}.${f}`);
+    try {
+      for (const mode of ['1', '0']) {
+        process.env.IMG_COPY_PREALLOC = mode;
+        for (const f of ['qcow2', 'raw', 'vpc']) await convertFile({ srcFormat: 'raw', dstFormat: f, input: source, output: out(mode, f) });
+        await convertFile({ srcFormat: 'qcow2', dstFormat: 'raw', input: out(mode, 'qcow2'), output: out(mode, 'back.raw') });
+      }
+    } finally {
+      if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
+      else process.env.IMG_COPY_PREALLOC = before;
+    }
+    for (const f of ['qcow2', 'raw', 'back.raw']) expect(readFileSync(out('1', f)).equals(readFileSync(out('0', f))), f).toBe(true);
+    // The VHD footer and header carry the creation time and a new UUID: compared by content.
+    expect(qemuCompare(out('1', 'vpc'), out('0', 'vpc'), 'vpc', 'vpc')).toBe(true);
+    expect(qemuCheck(out('1', 'qcow2'), 'qcow2').status).toBe(0);
+    // As sparse as without: the skipped zeros of a raw output are holes either way.
+    expect(statSync(out('1', 'raw')).blocks).toBe(statSync(out('0', 'raw')).blocks);
+  });
 
   it('writes the same clusters as the general writer (bulk: false), and from a qcow2 source', async () => {
     const general = p('general.qcow2');
