@@ -434,6 +434,20 @@ describe('header extensions', () => {
     await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
     await expect(compactQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
   });
+
+  it('a known extension that appears twice: every entry point fails with ERR_IMG_CORRUPT naming the offset of the second (seed 1003 case 568 named none)', async () => {
+    // bitmaps.qcow2 keeps its 24-byte bitmaps extension at 0x70 and the end marker at 0x90: a copy of it goes there.
+    const bytes = () => {
+      const b = loadFixture('bitmaps.qcow2');
+      expect(b.subarray(0x90, 0xb8).every((x) => x === 0)).toBe(true);
+      b.copyWithin(0x90, 0x70, 0x90);
+      return b;
+    };
+    const named = { code: 'ERR_IMG_CORRUPT', data: { field: 'header extension', offset: 0x90 }, message: expect.stringMatching(/^qcow2: d\.qcow2: header extension 0x23852875 at 0x90 appears twice \(first at 0x70\)$/) };
+    await expect(openQcow2(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
+    await expect(checkQcow2(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
+    await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
+  });
 });
 
 describe('bitmaps of a disk whose size is not a multiple of 512 (seed 1001 case 679)', () => {
