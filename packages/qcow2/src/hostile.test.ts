@@ -13,7 +13,7 @@ import { entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
-import { loadFixture, setU32 } from '../test/fixtures.js';
+import { loadFixture, setU32, setU64 } from '../test/fixtures.js';
 import { compactQcow2 } from './compact.js';
 import { sparsifyQcow2 } from './sparsify.js';
 import { editQcow2Bitmaps, listQcow2Bitmaps } from './bitmap-edit.js';
@@ -213,6 +213,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(repaired.messages.join('\n')).toMatch(/active L1 entry 0 at 0x[0-9a-f]+ pointed at an L2 table at 0x[0-9a-f]+ that lies on the active L1 table; cleared/);
     expect(qemuCheck(path).status).toBe(0);
     expect((await check(path)).corruptions).toBe(0);
+  });
+
+  it('an unaligned data cluster entry: check counts the cluster_size bytes from its offset as referenced, as qemu-img check does, and repair leaks lowers no refcount for it (seed 1003 case 168)', async () => {
+    // The campaign's mutation: compressed-zlib-4k.qcow2's L2 entry at 0x4058 loses its compressed flag and sector count,
+    // leaving a standard entry at 0x5800 (unaligned); the compressed cluster's refcount still counts it.
+    const path = join(tmp.path, 'unaligned-entry.qcow2');
+    writeFileSync(path, setU64(loadFixture('compressed-zlib-4k.qcow2'), 0x4058, 0x5800));
+    const qemuBefore = qemuCheck(path);
+    expect(qemuBefore.status).toBe(2);
+    expect(qemuBefore.stderr).toMatch(/offset=5800: Data cluster is not properly aligned/);
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemuBefore.result?.corruptions);
+    expect(found.leaks).toBe(qemuBefore.result?.leaks ?? 0);
+    expect(found.allocatedClusters).toBe(qemuBefore.result?.['allocated-clusters']);
+    expect(found.fragmentedClusters).toBe(qemuBefore.result?.['fragmented-clusters']);
+    await check(path, 'leaks');
+    const qemuAfter = qemuCheck(path);
+    expect(qemuAfter.result?.corruptions).toBe(qemuBefore.result?.corruptions);
+    expect(qemuAfter.stderr).not.toMatch(/cluster 5 refcount/);
   });
 
   it('an L1 entry past a virtual size of 0: repair leaks frees nothing its table reaches (qemu-img check follows it)', async () => {
