@@ -202,6 +202,28 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(readFileSync(path).equals(before)).toBe(true);
   });
 
+  it('an L2 table on a bitmap table, after a refcount table entry with a reserved bit: repair all drops its L1 entry instead of stopping half-way at the overlap guard (seed 1003 case 162)', async () => {
+    // The campaign's seed image and mutation: the refcount table entry gets bit 0, the L1 entry names b1's bitmap table.
+    const path = join(tmp.path, 'l2-on-bitmap-table.qcow2');
+    qemuQcow2(path, '8M', 'cluster_size=65536');
+    qemuImg(['bitmap', '--add', path, 'b1']);
+    qemuImg(['bitmap', '--add', '-g', '4096', path, 'b2']);
+    qemuIo(path, 'qcow2', ['write -P 7 0 300k', 'write -P 8 5M 64k']);
+    qemuImg(['bitmap', '--disable', path, 'b2']);
+    const q = readQcow2Bytes(path);
+    expect(entryAt(q, 0x10000)).toBe(0x20000n);
+    q.view.setBigUint64(0x10000, 0x10001n);
+    q.view.setBigUint64(q.l1Offset, 0x8000_0000_0008_0000n);
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(2);
+    // b1's bitmap table read as an L2 table has entries with reserved bits: clearing them was refused by the guard.
+    const repaired = await check(path, 'all');
+    expect(repaired.corruptions).toBe(0);
+    expect(repaired.messages.join('\n')).toMatch(/active L1 entry 0 at 0x30000 pointed at an L2 table at 0x80000 that lies on the bitmap table; cleared/);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(qemuImg(['info', path], { allowFail: true }).stdout).toMatch(/name: b1[\s\S]*name: b2/);
+  });
+
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
     const path = join(tmp.path, 'l1-is-its-l2.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x55]]);
