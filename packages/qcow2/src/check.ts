@@ -96,6 +96,28 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   return t;
 }
 
+/**
+ * Refuses repair 'leaks' when the refcount structures need rebuilding,
+ * which only repair 'all' does (qemu-img check -r leaks stops with "need
+ * to rebuild refcount structures", exit status 1, and changes nothing): a
+ * refcount table entry with reserved bits set, or a refcount block used
+ * more than once (it is also other metadata, or another block). A leak
+ * repair went on and replaced such a block, whose every cluster then
+ * counted once: seed 1003 case 997 went from 44 to 47 corruptions.
+ */
+function refuseLeakRepairNeedingRebuild(s: Qcow2Image, t: Tally): void {
+  const cs = s.geom.clusterSize;
+  const reserved = t.scan.reservedBits.find((f) => f.table === 'refcount');
+  const shared = t.scan.refcountBlocks.find((b) => t.scan.refs[b.offset / cs]! > 1);
+  const why = reserved
+    ? { text: `refcount table entry at ${hex(reserved.at)} has reserved bits set`, offset: reserved.at }
+    : shared
+      ? { text: `refcount block ${shared.index} at ${hex(shared.offset)} is used ${t.scan.refs[shared.offset / cs]} times`, offset: s.header.refcountTableOffset + shared.index * 8 }
+      : undefined;
+  if (!why) return;
+  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: 'refcount table entry', offset: why.offset });
+}
+
 /** Rounds of refcount repairs: a repair that rebuilds a refcount block changes what the next tally counts. */
 const MAX_REFCOUNT_ROUNDS = 4;
 
@@ -217,6 +239,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   const repaired: string[] = [];
   let copiedRepaired = 0;
+  if (repair === 'leaks') refuseLeakRepairNeedingRebuild(s, t);
   if (repair && (t.leaks || (repair === 'all' && t.corruptions) || (repair === 'leaks' && t.copiedFixes.length))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);

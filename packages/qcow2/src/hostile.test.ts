@@ -186,6 +186,27 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x51)).toBe(true);
   });
 
+  it('a refcount table entry naming the refcount table, with a reserved bit: repair leaks changes nothing and fails, as qemu-img check -r leaks does (seed 1003 case 997 rebuilt the block: 44 corruptions, then 47)', async () => {
+    const path = join(tmp.path, 'leaks-needs-rebuild.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x44]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setBigUint64(rt, BigInt(rt) | 8n);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const qemuCopy = `${path}.qemu`;
+    writeFileSync(qemuCopy, before);
+    const qemu = qemuImg(['check', '-r', 'leaks', qemuCopy], { allowFail: true });
+    expect(qemu.stderr).toMatch(/need to rebuild refcount structures/);
+    await expect(check(path, 'leaks')).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'refcount table entry', offset: rt },
+      message: expect.stringMatching(/^qcow2: .*leaks-needs-rebuild\.qcow2: cannot repair leaks: refcount table entry at 0x[0-9a-f]+ has reserved bits set, so the refcount structures need rebuilding, which only check -r all does; nothing was changed$/),
+    });
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
   it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
     const path = join(tmp.path, 'snapshot-table-on-l1.qcow2');
     // A v2 image whose snapshot's L1 table is the active one; then the snapshot table is moved onto it as well.
