@@ -9,7 +9,7 @@
 import { hex, readU32Be, unsupported } from '@img/block';
 import { entryOffset, MAX_HOST_OFFSET } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
-import { readRefcount } from './refcount.js';
+import { readRefcount, refcountTableEntryOffset } from './refcount.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { bitmapRanges } from './bitmaps.js';
@@ -170,7 +170,7 @@ async function storedOnes(s: Qcow2Image, n: number): Promise<Uint8Array> {
   const isOne = new Uint8Array(n);
   const block = new Uint8Array(cs);
   for (let b = 0; b * perBlock < n && (b + 1) * 8 <= rt.length; b++) {
-    const off = entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4));
+    const off = refcountTableEntryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4));
     if (!off || off % cs || off + cs > s.fileSize) continue;
     await s.storage.readInto(off, block);
     for (let k = 0; k < perBlock && b * perBlock + k < n; k++) if (readRefcount(block, k, bits) === 1) isOne[b * perBlock + k] = 1;
@@ -225,9 +225,13 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
   await s.storage.readInto(h.refcountTableOffset, rtBytes);
   for (let i = 0; i < rtBytes.length / 8; i++) {
-    const off = entryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
-    if (off) ref(off, cs, 'refcount block');
-    if (off && off % cs === 0 && off + cs <= s.fileSize) r.refcountBlocks.push({ index: i, offset: off });
+    // A block that is unaligned or outside the file is reported by the tally (once, as qemu-img check counts it) and
+    // counts no reference.
+    const off = refcountTableEntryOffset(readU32Be(rtBytes, i * 8), readU32Be(rtBytes, i * 8 + 4));
+    if (off && off % cs === 0 && off + cs <= s.fileSize) {
+      ref(off, cs, 'refcount block');
+      r.refcountBlocks.push({ index: i, offset: off });
+    }
     // Bits 0-8 are reserved (spec: "Refcount table"); qemu-img check counts an entry that sets any.
     if ((readU32Be(rtBytes, i * 8 + 4) & REFT_RESERVED_LO) !== 0) {
       r.corruptions++;

@@ -7,9 +7,9 @@
  */
 import { corrupt, readOnlyError, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
-import { entryOffset, setEntryCopied } from './mapping.js';
+import { setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
-import { readRefcount, type Refcounts } from './refcount.js';
+import { readRefcount, refcountTableEntryOffset, type Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import type { Qcow2Image } from './core.js';
@@ -26,7 +26,10 @@ interface Tally {
   scan: Scan;
   mismatched: Array<{ cluster: number; stored: number; computed: number }>;
   copiedFixes: CopiedFix[];
-  /** Refcount table entries of blocks used more than once whose range lies past the end of the file. */
+  /**
+   * Refcount table entries whose range lies past the end of the file and whose block is used more than once, unaligned
+   * or outside the file: repair 'all' clears them (nothing of the file lies in their range).
+   */
   sharedBlocksPastEnd: number[];
 }
 
@@ -57,13 +60,16 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     if (list) list.push(f);
     else wanted.set(f.cluster, [f]);
   }
-  for (let b = 0; b * perBlock < n; b++) {
-    let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
+  // Every entry of the table is judged, also those for ranges past the end of the file (as qemu-img check does).
+  for (let b = 0; b * perBlock < n || (b + 1) * 8 <= rt.length; b++) {
+    let off = (b + 1) * 8 <= rt.length ? refcountTableEntryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
     if (off && (off % cs || off + cs > s.fileSize)) {
       t.corruptions++;
       say(`ERROR refcount block ${b} at ${hex(off)} is unaligned or lies past the end of the file`);
       off = 0;
+      if (b * perBlock >= n) t.sharedBlocksPastEnd.push(h.refcountTableOffset + b * 8);
     }
+    if (b * perBlock >= n) continue;
     if (off) await s.storage.readInto(off, block);
     for (let k = 0; k < perBlock && b * perBlock + k < n; k++) {
       const c = b * perBlock + k;

@@ -171,6 +171,26 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(guest);
   });
 
+  it('refcount table entries for ranges past the end of the file naming blocks outside it (bits 56-63 are offset bits there): counted as qemu-img check counts them, and repair all clears them (seed 1003 case 1372)', async () => {
+    const path = join(tmp.path, 'refcount-blocks-outside.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x13]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setBigUint64(rt + 31 * 8, 0x0800_0000_0000_0000n);
+    q.view.setBigUint64(rt + 73 * 8, 0x8000_0000_0000_0000n);
+    q.view.setBigUint64(rt + 100 * 8, 0x1_0000_0000n);
+    writeFileSync(path, q.bytes);
+    const before = await readAll(path);
+    const qemu = qemuCheck(path);
+    expect(qemu.stderr).toMatch(/refcount block 31 is outside image/);
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemu.result?.corruptions);
+    expect(found.corruptions).toBe(3);
+    expect(found.messages.join('\n')).toMatch(/refcount block 73 at 0x8000000000000000 is unaligned or lies past the end of the file/);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+  });
+
   it('a refcount table entry with a reserved bit set: counted as qemu-img check counts it, and repair all clears the bit (seed 1002 case 802)', async () => {
     const path = join(tmp.path, 'reftable-reserved.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x51]]);
