@@ -398,6 +398,30 @@ describe('writes into damaged images leave them no worse', () => {
     expect(await readAll(path)).toEqual(guest);
   });
 
+  it('a data cluster on the snapshot table: the writable open refuses (a snapshot operation rewrote the table under the guest cluster), check -r all gives the cluster a copy (seed 1003 case 793)', async () => {
+    const path = join(tmp.path, 'data-on-snapshot-table.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x71]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const q = readQcow2Bytes(path);
+    const snapshotTable = Number(q.view.getBigUint64(64));
+    const l2 = Number(entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n);
+    // Guest cluster 1 now maps the snapshot table (COPIED, as the campaign's mutation left it).
+    q.view.setBigUint64(l2 + 8, (1n << 63n) | BigInt(snapshotTable));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(2);
+    const before = await readAll(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringMatching(/refusing to open for writing: .*lies on metadata/) });
+    await storage.close();
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+    const again = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(again, { readOnly: false });
+    await disk.close();
+    await again.close();
+  });
+
   it('a data cluster past the end of the file with refcount 0: the writable open refuses (a snapshot took that cluster for its tables), check -r all drops it', async () => {
     const path = join(tmp.path, 'data-past-end.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4 * 4096, 0x79]]);
