@@ -398,6 +398,26 @@ describe('writes into damaged images leave them no worse', () => {
     expect(await readAll(path)).toEqual(guest);
   });
 
+  it('a refcount table entry for a range past the file naming a block just past its end: a writable open refuses (a write grew the file over that block), check -r all clears it (seed 1003 case 81 of the rerun)', async () => {
+    const path = join(tmp.path, 'refcount-block-past-end.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x81]]);
+    const rt = Number(q.view.getBigUint64(48));
+    const end = q.bytes.length;
+    q.view.setBigUint64(rt + 305 * 8, BigInt(end + 8 * 4096));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).stderr).toMatch(/refcount block 305 is outside image/);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', data: { field: 'refcount table entry', offset: rt + 305 * 8 } });
+    await storage.close();
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    const again = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(again, { readOnly: false });
+    await disk.write(4096, new Uint8Array(16 * 4096).fill(0x18));
+    await disk.close();
+    await again.close();
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
   it('a data cluster on the snapshot table: the writable open refuses (a snapshot operation rewrote the table under the guest cluster), check -r all gives the cluster a copy (seed 1003 case 793)', async () => {
     const path = join(tmp.path, 'data-on-snapshot-table.qcow2');
     qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x71]]);

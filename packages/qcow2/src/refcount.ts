@@ -62,13 +62,14 @@ export function writeRefcount(block: Uint8Array, index: number, bits: number, va
 
 /**
  * Refcount table entries: offsets of refcount blocks (0: none). A block
- * unaligned or outside the file is ERR_IMG_CORRUPT, except for an entry
- * whose range lies wholly past the end of the file: nothing uses it, so it
- * reads as none (the allocator gives the range a new block when the file
- * reaches it; check counts the entry and repair 'all' clears it, as
- * qemu-img check counts it and its repair drops it).
+ * unaligned or outside the file is ERR_IMG_CORRUPT. With `forCheck`, an
+ * entry whose range lies wholly past the end of the file reads as none
+ * instead: check counts it and repair 'all' clears it, as qemu-img check
+ * counts it and its repair drops it. Any other open refuses it: a write
+ * that grows the file could put data where the entry points (seed 1003
+ * case 81 of the rerun: qemu-img check then counted the block twice).
  */
-function parseTable(bytes: Uint8Array, clusterSize: number, refcountBits: number, fileSize: number, tableOffset: number, file?: string): number[] {
+function parseTable(bytes: Uint8Array, clusterSize: number, refcountBits: number, fileSize: number, tableOffset: number, file: string | undefined, forCheck: boolean): number[] {
   const out: number[] = new Array(bytes.length / 8);
   const perBlock = (clusterSize * 8) / refcountBits;
   const fileClusters = Math.ceil(fileSize / clusterSize);
@@ -77,7 +78,7 @@ function parseTable(bytes: Uint8Array, clusterSize: number, refcountBits: number
     const lo = readU32Be(bytes, i * 8 + 4);
     const offset = refcountTableEntryOffset(hi, lo);
     if (offset !== 0 && (offset % clusterSize !== 0 || offset + clusterSize > fileSize || offset > MAX_HOST_OFFSET)) {
-      if (i * perBlock >= fileClusters) {
+      if (forCheck && i * perBlock >= fileClusters) {
         out[i] = 0;
         continue;
       }
@@ -109,6 +110,8 @@ export interface RefcountOptions {
    * and the allocator never returns a cluster it holds.
    */
   overlap?: OverlapMap;
+  /** Opened by check: refcount table entries past the file with a bad block read as none (see parseTable). */
+  forCheck?: boolean;
 }
 
 /** The refcount structures of an open, writable image, and its cluster allocator. */
@@ -226,7 +229,7 @@ export class Refcounts {
     const raw = new Uint8Array(bytes);
     const n = await o.storage.readInto(o.tableOffset, raw);
     if (n < bytes) throw corrupt(FORMAT, o.file, `refcount table at ${hex(o.tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
-    return new Refcounts(o, parseTable(raw, o.clusterSize, o.refcountBits, o.fileSize, o.tableOffset, o.file));
+    return new Refcounts(o, parseTable(raw, o.clusterSize, o.refcountBits, o.fileSize, o.tableOffset, o.file, o.forCheck ?? false));
   }
 
   get tableOffset(): number {
@@ -541,7 +544,7 @@ export class Refcounts {
     const raw = new Uint8Array(tableClusters * this.clusterSize);
     const n = await this.#o.storage.readInto(tableOffset, raw);
     if (n < raw.length) throw corrupt(FORMAT, this.#o.file, `refcount table at ${hex(tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
-    this.#table = parseTable(raw, this.clusterSize, this.bits, fileSize, tableOffset, this.#o.file);
+    this.#table = parseTable(raw, this.clusterSize, this.bits, fileSize, tableOffset, this.#o.file, this.#o.forCheck ?? false);
     this.#tableOffset = tableOffset;
     this.#tableClusters = tableClusters;
     this.#blocks.clear();
