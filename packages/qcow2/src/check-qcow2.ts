@@ -22,6 +22,7 @@ export async function checkQcow2(storage: Storage, options: CheckOptions = {}): 
     noBacking: true,
     noDataFile: true,
     checkOnly: true,
+    forCheck: true,
     resolver: options.resolver,
     formats: options.formats,
   });

@@ -7,9 +7,9 @@
  */
 import { corrupt, readOnlyError, readU32Be, writeU32Be, hex } from '@img/block';
 import type { CheckResult } from '@img/block';
-import { entryOffset, setEntryCopied } from './mapping.js';
+import { setEntryCopied } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
-import { readRefcount, type Refcounts } from './refcount.js';
+import { readRefcount, refcountTableEntryOffset, type Refcounts } from './refcount.js';
 import { OVERLAP, overlapKindName } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import type { Qcow2Image } from './core.js';
@@ -26,7 +26,10 @@ interface Tally {
   scan: Scan;
   mismatched: Array<{ cluster: number; stored: number; computed: number }>;
   copiedFixes: CopiedFix[];
-  /** Refcount table entries of blocks used more than once whose range lies past the end of the file. */
+  /**
+   * Refcount table entries whose range lies past the end of the file and whose block is used more than once, unaligned
+   * or outside the file: repair 'all' clears them (nothing of the file lies in their range).
+   */
   sharedBlocksPastEnd: number[];
 }
 
@@ -57,13 +60,16 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     if (list) list.push(f);
     else wanted.set(f.cluster, [f]);
   }
-  for (let b = 0; b * perBlock < n; b++) {
-    let off = (b + 1) * 8 <= rt.length ? entryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
+  // Every entry of the table is judged, also those for ranges past the end of the file (as qemu-img check does).
+  for (let b = 0; b * perBlock < n || (b + 1) * 8 <= rt.length; b++) {
+    let off = (b + 1) * 8 <= rt.length ? refcountTableEntryOffset(readU32Be(rt, b * 8), readU32Be(rt, b * 8 + 4)) : 0;
     if (off && (off % cs || off + cs > s.fileSize)) {
       t.corruptions++;
       say(`ERROR refcount block ${b} at ${hex(off)} is unaligned or lies past the end of the file`);
       off = 0;
+      if (b * perBlock >= n) t.sharedBlocksPastEnd.push(h.refcountTableOffset + b * 8);
     }
+    if (b * perBlock >= n) continue;
     if (off) await s.storage.readInto(off, block);
     for (let k = 0; k < perBlock && b * perBlock + k < n; k++) {
       const c = b * perBlock + k;
@@ -94,6 +100,28 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   t.copiedFixes = sc.copiedFixes;
   for (const f of sc.copiedFixes) say(copiedLine(f, 'ERROR'));
   return t;
+}
+
+/**
+ * Refuses repair 'leaks' when the refcount structures need rebuilding,
+ * which only repair 'all' does (qemu-img check -r leaks stops with "need
+ * to rebuild refcount structures", exit status 1, and changes nothing): a
+ * refcount table entry with reserved bits set, or a refcount block used
+ * more than once (it is also other metadata, or another block). A leak
+ * repair went on and replaced such a block, whose every cluster then
+ * counted once: seed 1003 case 997 went from 44 to 47 corruptions.
+ */
+function refuseLeakRepairNeedingRebuild(s: Qcow2Image, t: Tally): void {
+  const cs = s.geom.clusterSize;
+  const reserved = t.scan.reservedBits.find((f) => f.table === 'refcount');
+  const shared = t.scan.refcountBlocks.find((b) => t.scan.refs[b.offset / cs]! > 1);
+  const why = reserved
+    ? { text: `refcount table entry at ${hex(reserved.at)} has reserved bits set`, offset: reserved.at }
+    : shared
+      ? { text: `refcount block ${shared.index} at ${hex(shared.offset)} is used ${t.scan.refs[shared.offset / cs]} times`, offset: s.header.refcountTableOffset + shared.index * 8 }
+      : undefined;
+  if (!why) return;
+  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: 'refcount table entry', offset: why.offset });
 }
 
 /** Rounds of refcount repairs: a repair that rebuilds a refcount block changes what the next tally counts. */
@@ -159,15 +187,22 @@ async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): 
 /**
  * Clears reserved bits of active L1 and L2 entries (readers ignore them, so
  * no guest view changes, shared tables included) and L1 entries holding
- * flags but no offset (they map nothing).
+ * flags but no offset (they map nothing). An entry in an L2 table that lies
+ * on other metadata is left: that table's L1 entry is dropped later
+ * (repairSharing), and the overlap guard would stop the repair half-way,
+ * after the fixes before it (seed 1003 case 162: the refcount table entry's
+ * bit cleared, then an L2 table on the bitmap table refused).
  */
 async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readonly ReservedBitsFix[]): Promise<void> {
+  const cs = s.geom.clusterSize;
   const entry = new Uint8Array(8);
   for (const f of fixes) {
+    const allowed = f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : OVERLAP.ACTIVE_L1 | OVERLAP.L2;
+    if (((s.overlap?.kindsAt(Math.floor(f.at / cs)) ?? 0) & ~allowed) !== 0) continue;
     await s.storage.readInto(f.at, entry);
     writeU32Be(entry, 0, (readU32Be(entry, 0) & ~f.hiMask) >>> 0);
     writeU32Be(entry, 4, (readU32Be(entry, 4) & ~f.loMask) >>> 0);
-    s.overlap?.check(s.file, f.at, 8, f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    s.overlap?.check(s.file, f.at, 8, allowed);
     await s.storage.write(f.at, entry);
     if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry, f.at - view.l1Offset);
   }
@@ -210,6 +245,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let leaksFixed = 0;
   const repaired: string[] = [];
   let copiedRepaired = 0;
+  if (repair === 'leaks') refuseLeakRepairNeedingRebuild(s, t);
   if (repair && (t.leaks || (repair === 'all' && t.corruptions) || (repair === 'leaks' && t.copiedFixes.length))) {
     const rc = s.writer?.allocator.refcounts;
     if (!rc) throw readOnlyError(FORMAT, s.file);

@@ -87,14 +87,22 @@ export function findExtension(extensions: readonly HeaderExtension[], type: numb
   return extensions.find((e) => e.type === type);
 }
 
-/** Checks that each known extension appears at most once (spec: "each header extension type shall appear at most once"). */
-export function checkDuplicateExtensions(extensions: readonly HeaderExtension[], file?: string): void {
-  const seen = new Set<number>();
+/**
+ * Checks that each known extension appears at most once (spec: "each header
+ * extension type shall appear at most once"). `start` is where
+ * parseExtensions() began (header_length): the extensions lie back to back
+ * from there, so the error can name both offsets.
+ */
+export function checkDuplicateExtensions(extensions: readonly HeaderExtension[], start: number, file?: string): void {
+  const seen = new Map<number, number>();
+  let at = start;
   for (const e of extensions) {
-    if (seen.has(e.type) && [EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE].includes(e.type)) {
-      throw corrupt(FORMAT, file, `header extension ${hex(e.type)} appears twice`, { field: 'header extension' });
+    const first = seen.get(e.type);
+    if (first !== undefined && [EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE].includes(e.type)) {
+      throw corrupt(FORMAT, file, `header extension ${hex(e.type)} at ${hex(at)} appears twice (first at ${hex(first)})`, { field: 'header extension', offset: at, actual: e.type });
     }
-    seen.add(e.type);
+    if (first === undefined) seen.set(e.type, at);
+    at += 8 + Math.ceil(e.data.length / 8) * 8;
   }
 }
 

@@ -79,7 +79,7 @@ export function validateHeaderCluster(cluster0: Uint8Array, file: string): Valid
   validateHeaderBasics(header, file);
   const cs = 2 ** header.clusterBits;
   const extensions = parseExtensions(cluster0, header.headerLength, cs, file);
-  checkDuplicateExtensions(extensions, file);
+  checkDuplicateExtensions(extensions, header.headerLength, file);
   const featureTable = parseFeatureTable(findExtension(extensions, EXT_FEATURE_TABLE));
 
   const unknown = featureBits(header.incompatibleFeatures & ~KNOWN_INCOMPAT_MASK);

@@ -13,7 +13,7 @@ import { entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
-import { loadFixture, setU32 } from '../test/fixtures.js';
+import { loadFixture, setU32, setU64 } from '../test/fixtures.js';
 import { compactQcow2 } from './compact.js';
 import { sparsifyQcow2 } from './sparsify.js';
 import { editQcow2Bitmaps, listQcow2Bitmaps } from './bitmap-edit.js';
@@ -171,6 +171,26 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(guest);
   });
 
+  it('refcount table entries for ranges past the end of the file naming blocks outside it (bits 56-63 are offset bits there): counted as qemu-img check counts them, and repair all clears them (seed 1003 case 1372)', async () => {
+    const path = join(tmp.path, 'refcount-blocks-outside.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x13]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setBigUint64(rt + 31 * 8, 0x0800_0000_0000_0000n);
+    q.view.setBigUint64(rt + 73 * 8, 0x8000_0000_0000_0000n);
+    q.view.setBigUint64(rt + 100 * 8, 0x1_0000_0000n);
+    writeFileSync(path, q.bytes);
+    const before = await readAll(path);
+    const qemu = qemuCheck(path);
+    expect(qemu.stderr).toMatch(/refcount block 31 is outside image/);
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemu.result?.corruptions);
+    expect(found.corruptions).toBe(3);
+    expect(found.messages.join('\n')).toMatch(/refcount block 73 at 0x8000000000000000 is unaligned or lies past the end of the file/);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+  });
+
   it('a refcount table entry with a reserved bit set: counted as qemu-img check counts it, and repair all clears the bit (seed 1002 case 802)', async () => {
     const path = join(tmp.path, 'reftable-reserved.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x51]]);
@@ -184,6 +204,27 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect((await check(path, 'all')).corruptions).toBe(0);
     expect(qemuCheck(path).status).toBe(0);
     expect((await readAll(path)).subarray(0, 4096).every((b) => b === 0x51)).toBe(true);
+  });
+
+  it('a refcount table entry naming the refcount table, with a reserved bit: repair leaks changes nothing and fails, as qemu-img check -r leaks does (seed 1003 case 997 rebuilt the block: 44 corruptions, then 47)', async () => {
+    const path = join(tmp.path, 'leaks-needs-rebuild.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x44]]);
+    const rt = Number(q.view.getBigUint64(48));
+    q.view.setBigUint64(rt, BigInt(rt) | 8n);
+    writeFileSync(path, q.bytes);
+    const before = readFileSync(path);
+    const qemuCopy = `${path}.qemu`;
+    writeFileSync(qemuCopy, before);
+    const qemu = qemuImg(['check', '-r', 'leaks', qemuCopy], { allowFail: true });
+    expect(qemu.stderr).toMatch(/need to rebuild refcount structures/);
+    await expect(check(path, 'leaks')).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'refcount table entry', offset: rt },
+      message: expect.stringMatching(/^qcow2: .*leaks-needs-rebuild\.qcow2: cannot repair leaks: refcount table entry at 0x[0-9a-f]+ has reserved bits set, so the refcount structures need rebuilding, which only check -r all does; nothing was changed$/),
+    });
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
   });
 
   it('a snapshot table on the active L1 table: repair all refuses before writing instead of stopping half-way (seed 1002 case 307)', async () => {
@@ -202,6 +243,28 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(readFileSync(path).equals(before)).toBe(true);
   });
 
+  it('an L2 table on a bitmap table, after a refcount table entry with a reserved bit: repair all drops its L1 entry instead of stopping half-way at the overlap guard (seed 1003 case 162)', async () => {
+    // The campaign's seed image and mutation: the refcount table entry gets bit 0, the L1 entry names b1's bitmap table.
+    const path = join(tmp.path, 'l2-on-bitmap-table.qcow2');
+    qemuQcow2(path, '8M', 'cluster_size=65536');
+    qemuImg(['bitmap', '--add', path, 'b1']);
+    qemuImg(['bitmap', '--add', '-g', '4096', path, 'b2']);
+    qemuIo(path, 'qcow2', ['write -P 7 0 300k', 'write -P 8 5M 64k']);
+    qemuImg(['bitmap', '--disable', path, 'b2']);
+    const q = readQcow2Bytes(path);
+    expect(entryAt(q, 0x10000)).toBe(0x20000n);
+    q.view.setBigUint64(0x10000, 0x10001n);
+    q.view.setBigUint64(q.l1Offset, 0x8000_0000_0008_0000n);
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(2);
+    // b1's bitmap table read as an L2 table has entries with reserved bits: clearing them was refused by the guard.
+    const repaired = await check(path, 'all');
+    expect(repaired.corruptions).toBe(0);
+    expect(repaired.messages.join('\n')).toMatch(/active L1 entry 0 at 0x30000 pointed at an L2 table at 0x80000 that lies on the bitmap table; cleared/);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(qemuImg(['info', path], { allowFail: true }).stdout).toMatch(/name: b1[\s\S]*name: b2/);
+  });
+
   it('an active L1 entry pointing at the L1 table itself: repair all drops the entry instead of failing half-way', async () => {
     const path = join(tmp.path, 'l1-is-its-l2.qcow2');
     const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x55]]);
@@ -213,6 +276,25 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(repaired.messages.join('\n')).toMatch(/active L1 entry 0 at 0x[0-9a-f]+ pointed at an L2 table at 0x[0-9a-f]+ that lies on the active L1 table; cleared/);
     expect(qemuCheck(path).status).toBe(0);
     expect((await check(path)).corruptions).toBe(0);
+  });
+
+  it('an unaligned data cluster entry: check counts the cluster_size bytes from its offset as referenced, as qemu-img check does, and repair leaks lowers no refcount for it (seed 1003 case 168)', async () => {
+    // The campaign's mutation: compressed-zlib-4k.qcow2's L2 entry at 0x4058 loses its compressed flag and sector count,
+    // leaving a standard entry at 0x5800 (unaligned); the compressed cluster's refcount still counts it.
+    const path = join(tmp.path, 'unaligned-entry.qcow2');
+    writeFileSync(path, setU64(loadFixture('compressed-zlib-4k.qcow2'), 0x4058, 0x5800));
+    const qemuBefore = qemuCheck(path);
+    expect(qemuBefore.status).toBe(2);
+    expect(qemuBefore.stderr).toMatch(/offset=5800: Data cluster is not properly aligned/);
+    const found = await check(path);
+    expect(found.corruptions).toBe(qemuBefore.result?.corruptions);
+    expect(found.leaks).toBe(qemuBefore.result?.leaks ?? 0);
+    expect(found.allocatedClusters).toBe(qemuBefore.result?.['allocated-clusters']);
+    expect(found.fragmentedClusters).toBe(qemuBefore.result?.['fragmented-clusters']);
+    await check(path, 'leaks');
+    const qemuAfter = qemuCheck(path);
+    expect(qemuAfter.result?.corruptions).toBe(qemuBefore.result?.corruptions);
+    expect(qemuAfter.stderr).not.toMatch(/cluster 5 refcount/);
   });
 
   it('an L1 entry past a virtual size of 0: repair leaks frees nothing its table reaches (qemu-img check follows it)', async () => {
@@ -314,6 +396,50 @@ describe('writes into damaged images leave them no worse', () => {
     await storage.close();
     expect(readFileSync(path).equals(before)).toBe(true);
     expect(await readAll(path)).toEqual(guest);
+  });
+
+  it('a refcount table entry for a range past the file naming a block just past its end: a writable open refuses (a write grew the file over that block), check -r all clears it (seed 1003 case 81 of the rerun)', async () => {
+    const path = join(tmp.path, 'refcount-block-past-end.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x81]]);
+    const rt = Number(q.view.getBigUint64(48));
+    const end = q.bytes.length;
+    q.view.setBigUint64(rt + 305 * 8, BigInt(end + 8 * 4096));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).stderr).toMatch(/refcount block 305 is outside image/);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', data: { field: 'refcount table entry', offset: rt + 305 * 8 } });
+    await storage.close();
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    const again = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(again, { readOnly: false });
+    await disk.write(4096, new Uint8Array(16 * 4096).fill(0x18));
+    await disk.close();
+    await again.close();
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
+  it('a data cluster on the snapshot table: the writable open refuses (a snapshot operation rewrote the table under the guest cluster), check -r all gives the cluster a copy (seed 1003 case 793)', async () => {
+    const path = join(tmp.path, 'data-on-snapshot-table.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x71]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const q = readQcow2Bytes(path);
+    const snapshotTable = Number(q.view.getBigUint64(64));
+    const l2 = Number(entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n);
+    // Guest cluster 1 now maps the snapshot table (COPIED, as the campaign's mutation left it).
+    q.view.setBigUint64(l2 + 8, (1n << 63n) | BigInt(snapshotTable));
+    writeFileSync(path, q.bytes);
+    expect(qemuCheck(path).status).toBe(2);
+    const before = await readAll(path);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    await expect(openQcow2(storage, { readOnly: false })).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringMatching(/refusing to open for writing: .*lies on metadata/) });
+    await storage.close();
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+    const again = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(again, { readOnly: false });
+    await disk.close();
+    await again.close();
   });
 
   it('a data cluster past the end of the file with refcount 0: the writable open refuses (a snapshot took that cluster for its tables), check -r all drops it', async () => {
@@ -433,6 +559,20 @@ describe('header extensions', () => {
     await expect(checkQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
     await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
     await expect(compactQcow2(MemoryStorage.from(bytes(), { name: 'b.qcow2' }))).rejects.toMatchObject(named);
+  });
+
+  it('a known extension that appears twice: every entry point fails with ERR_IMG_CORRUPT naming the offset of the second (seed 1003 case 568 named none)', async () => {
+    // bitmaps.qcow2 keeps its 24-byte bitmaps extension at 0x70 and the end marker at 0x90: a copy of it goes there.
+    const bytes = () => {
+      const b = loadFixture('bitmaps.qcow2');
+      expect(b.subarray(0x90, 0xb8).every((x) => x === 0)).toBe(true);
+      b.copyWithin(0x90, 0x70, 0x90);
+      return b;
+    };
+    const named = { code: 'ERR_IMG_CORRUPT', data: { field: 'header extension', offset: 0x90 }, message: expect.stringMatching(/^qcow2: d\.qcow2: header extension 0x23852875 at 0x90 appears twice \(first at 0x70\)$/) };
+    await expect(openQcow2(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
+    await expect(checkQcow2(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
+    await expect(listQcow2Bitmaps(MemoryStorage.from(bytes(), { name: 'd.qcow2' }))).rejects.toMatchObject(named);
   });
 });
 

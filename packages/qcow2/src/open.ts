@@ -33,6 +33,8 @@ export interface Qcow2OpenOptions extends OpenOptions {
   noDataFile?: boolean;
   /** @internal Opened by checkQcow2: the corrupt and dirty bits do not stop a writable open. */
   checkOnly?: boolean;
+  /** @internal Opened by checkQcow2: refcount table entries past the file naming a bad block read as none (counted, and cleared by repair all). */
+  forCheck?: boolean;
 }
 
 function badField(file: string, field: string, offset: number, message: string, actual?: unknown): ImageError {
@@ -157,7 +159,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   try {
     if (!readOnly) {
       if (options.snapshot !== undefined) throw invalidArg(FORMAT, 'snapshots open read-only', { field: 'snapshot' });
-      await attachWriter(core);
+      await attachWriter(core, options.forCheck ?? false);
       // A dirty image (lazy refcounts, not closed cleanly) has refcounts to rebuild before anything is allocated.
       if (hasFeature(header.incompatibleFeatures, INCOMPAT_DIRTY) && !options.checkOnly) {
         await repairDirtyImage(core, core.active);

@@ -9,8 +9,12 @@ import { ClusterMap } from './cluster-map.js';
 import { Scheduler } from './scheduler.js';
 import { buildOverlapMap, writeHeader, type Qcow2Image } from './core.js';
 
-/** Loads the refcounts and attaches the writable parts to an image opened for writing (again after a refcount rebuild). */
-export async function attachWriter(core: Qcow2Image): Promise<void> {
+/**
+ * Loads the refcounts and attaches the writable parts to an image opened
+ * for writing (again after a refcount rebuild). `forCheck`: opened by
+ * check, which may repair what other writable opens refuse.
+ */
+export async function attachWriter(core: Qcow2Image, forCheck = false): Promise<void> {
   const h = core.header;
   const overlap = await buildOverlapMap(core, core.active);
   core.attachWritable(overlap);
@@ -34,6 +38,7 @@ export async function attachWriter(core: Qcow2Image): Promise<void> {
       await writeHeader(core);
     },
     barrier: () => scheduler.barrier(),
+    forCheck,
   });
   const allocator = new Allocator(core, refcounts);
   core.attachWritable(overlap, { allocator, map: new ClusterMap(core, core.active, allocator, scheduler), scheduler });
