@@ -100,8 +100,7 @@ typedef struct {
   bool nowait; /* reads try RWF_NOWAIT first, to give the slot back for reads that wait on the disk */
   bool prealloc; /* data pieces are allocated (fallocate) just before they are written: see prealloc_piece */
   bool prealloc_span; /* the job's whole destination was allocated at its start */
-  bool release_skipped; /* zero pieces skipped inside an allocated span get their blocks back (preallocate 1) */
-  int preallocate; /* 0 never, 1 skipped runs stay holes, 2 skipped runs may keep blocks */
+  int preallocate; /* 0 never, 1 skipped runs stay holes (given back inside an allocated span), 2 skipped runs may keep blocks */
   size_t block; /* the destination's block size, for giving blocks back */
   double *pieces; /* readRuns: per run, count then pairs */
   size_t npieces, cap_pieces;
@@ -280,8 +279,8 @@ static bool read_full(copy_job *j, uint8_t *buf, size_t len, off_t off) {
  * whose bitmaps, written between the blocks later, would scatter the file;
  * 1 skipped runs as holes; 2 skipped runs may keep blocks).
  *
- * Only on ext4 (other file systems: not measured; tmpfs would zero the
- * pages twice). The allocation keeps the file's size (the writes grow it as
+ * Only on ext4 (tmpfs: no difference measured; other file systems: not
+ * measured). The allocation keeps the file's size (the writes grow it as
  * before). Any refusal turns it off for the job; the writes then
  * report their own errors (ENOSPC and the like). IMG_COPY_PREALLOC=0 turns
  * it off, 1 on for every file system (for measuring).
@@ -307,7 +306,7 @@ static bool allocate(copy_job *j, int mode, off_t off, off_t len) {
 
 /* A zero piece the scan skipped inside an allocated span (inside this job's own runs): its whole blocks go back (it reads as zeros either way). */
 static void release_piece(copy_job *j, size_t len, off_t off) {
-  if (!j->prealloc_span || !j->release_skipped) return;
+  if (!j->prealloc_span || j->preallocate != 1) return;
   off_t b = (off_t)j->block, from = (off + b - 1) / b * b, to = (off + (off_t)len) / b * b;
   if (to > from && !allocate(j, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, from, to - from)) j->prealloc_span = false;
 }
@@ -336,13 +335,13 @@ static void prealloc_job(copy_job *j) {
     covered += j->runs[3 * r + 2];
     end = j->runs[3 * r + 1] + j->runs[3 * r + 2];
   }
-  if (end - first < (double)PREALLOC_MIN || covered < (j->release_skipped ? end - first : (end - first) / 16 * 15)) return;
+  if (end - first < (double)PREALLOC_MIN || covered < (j->preallocate == 1 ? end - first : (end - first) / 16 * 15)) return;
   struct stat st;
   if (stat_fd(j->dst_fd, &st) != 0 || st.st_blksize <= 0) {
     j->prealloc = false;
     return;
   }
-  if (j->release_skipped && end > (double)st.st_size) return;
+  if (j->preallocate == 1 && end > (double)st.st_size) return;
   if (!allocate(j, FALLOC_FL_KEEP_SIZE, (off_t)first, (off_t)(end - first))) {
     j->prealloc = false;
     return;
@@ -353,10 +352,9 @@ static void prealloc_job(copy_job *j) {
 
 /* Before a data piece is written: its blocks, unless the job's span has them. */
 static void prealloc_piece(copy_job *j, size_t len, off_t off) {
-  if (!j->prealloc || j->prealloc_span || !j->release_skipped || len < PREALLOC_MIN) return;
+  if (!j->prealloc || j->prealloc_span || j->preallocate != 1 || len < PREALLOC_MIN) return;
   if (!allocate(j, FALLOC_FL_KEEP_SIZE, off, (off_t)len)) j->prealloc = false;
 }
-
 
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
@@ -1051,7 +1049,6 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   /* probeHoles 0: the caller's runs are the data its SEEK_DATA walk found, so probes inside them would find nothing. */
   j->seek_holes = probe_holes != 0;
   j->preallocate = preallocate == 1 ? 1 : preallocate == 2 ? 2 : 0;
-  j->release_skipped = j->preallocate != 2;
   j->cancel = cancel;
   napi_value promise, name;
   if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||

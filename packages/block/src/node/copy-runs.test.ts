@@ -512,6 +512,17 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       for (let at = 300 * KiB; at < data.length; at += MiB) data.fill(0, at, at + 256 * KiB);
       return data;
     };
+    /** Runs `fn` with IMG_COPY_PREALLOC set to `mode`, then puts the variable back. */
+    const withPrealloc = async <T>(mode: string, fn: () => Promise<T>): Promise<T> => {
+      const before = process.env.IMG_COPY_PREALLOC;
+      process.env.IMG_COPY_PREALLOC = mode;
+      try {
+        return await fn();
+      } finally {
+        if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
+        else process.env.IMG_COPY_PREALLOC = before;
+      }
+    };
     /** Copies runs with IMG_COPY_PREALLOC set to `prealloc`; what the target file holds and how many bytes of blocks it has. */
     const copyWith = async (prealloc: string, data: Uint8Array, runs: number[], options: { preallocate?: 'holes' | 'any' | 'never'; presize?: number; signal?: AbortSignal; chunkSize?: number }) => {
       const srcPath = file(data);
@@ -523,16 +534,12 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       }
       const src = await FileStorage.open(srcPath, { lock: false });
       const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
-      const before = process.env.IMG_COPY_PREALLOC;
-      process.env.IMG_COPY_PREALLOC = prealloc;
       let error: unknown;
       try {
-        await src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, ...options });
+        await withPrealloc(prealloc, () => src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, ...options }));
       } catch (e) {
         error = e;
       } finally {
-        if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
-        else process.env.IMG_COPY_PREALLOC = before;
         await src.close();
         await dst.close();
       }
@@ -574,15 +581,13 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       const srcPath = file(data);
       const dstPath = file(new Uint8Array(16 * MiB + 64 * KiB).fill(0xaa));
       const runs = Float64Array.of(0, 0, 8 * MiB, 8 * MiB, 8 * MiB + 64 * KiB, 8 * MiB);
-      const before = process.env.IMG_COPY_PREALLOC;
-      process.env.IMG_COPY_PREALLOC = '1';
       const src = await FileStorage.open(srcPath, { lock: false });
       const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
       try {
-        for (const minZeroRun of [0, 4096]) await src.copyRunsTo(dst, runs, { minZeroRun });
+        await withPrealloc('1', async () => {
+          for (const minZeroRun of [0, 4096]) await src.copyRunsTo(dst, runs, { minZeroRun });
+        });
       } finally {
-        if (before === undefined) delete process.env.IMG_COPY_PREALLOC;
-        else process.env.IMG_COPY_PREALLOC = before;
         await src.close();
         await dst.close();
       }
