@@ -12,7 +12,7 @@ import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { vmdkRows } from './vmdk-bench.mjs';
 import { startInproc } from './inproc-bench.mjs';
-import { childEnv, median, run, timed } from './proc.mjs';
+import { childEnv, clearOutputs, median, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
@@ -72,18 +72,22 @@ function summarise(samples) {
  * Runs `img` and `qemu` alternately (warm-up first, not recorded), then
  * checks the last img output with `check()`. Returns medians and the ratio.
  */
-async function alternate(cfg, label, img, qemu, check) {
+async function alternate(cfg, label, img, qemu, check, { checkAfterImg = false } = {}) {
   const imgSamples = [];
   const qemuSamples = [];
-  for (let i = 0; i < cfg.warmup + cfg.runs; i++) {
+  const last = cfg.warmup + cfg.runs - 1;
+  let ok;
+  for (let i = 0; i <= last; i++) {
     const a = await img();
+    // With checkAfterImg the qemu run may remove img's output: it is checked before.
+    if (checkAfterImg && i === last) ok = await check();
     const b = await qemu();
     if (i >= cfg.warmup) {
       imgSamples.push(a);
       qemuSamples.push(b);
     }
   }
-  const ok = await check();
+  if (!checkAfterImg) ok = await check();
   const row = { label, img: summarise(imgSamples), qemu: summarise(qemuSamples), ok };
   row.ratio = row.img.wall / row.qemu.wall;
   cfg.log(`  ${label}: img ${row.img.wall.toFixed(3)} s, qemu ${row.qemu.wall.toFixed(3)} s, ratio ${row.ratio.toFixed(2)}, rss ${row.img.rssMiB.toFixed(0)} MiB, ${ok ? 'identical' : 'DIFFERENT'}`);
@@ -107,22 +111,27 @@ async function convertRows(cfg, files, layout, inproc) {
       if (!src) continue;
       const dstImg = `${outImg}.${EXT[to]}`;
       const dstQemu = `${outQemu}.${EXT[to]}`;
+      // Each run starts with neither output on disk and nothing dirty (see clearOutputs).
+      const clear = () => clearOutputs(dstImg, dstQemu);
       const img = async () => {
-        await rm(dstImg, { force: true });
+        await clear();
         return timed(process.execPath, [IMG_CONVERT, from, to, src, dstImg]);
       };
       const qemu = async () => {
-        await rm(dstQemu, { force: true });
+        await clear();
         return timed('qemu-img', ['convert', '-f', from, '-O', to, src, dstQemu]);
       };
-      const row = await alternate(cfg, `${input} ${from}->${to}`, img, qemu, () => compare(from, src, to, dstImg));
+      const row = await alternate(cfg, `${input} ${from}->${to}`, img, qemu, () => compare(from, src, to, dstImg), { checkAfterImg: true });
       row.input = input;
       row.pair = `${from}->${to}`;
       row.sparse = layout[input].runs.reduce((n, r) => n + r.length, 0) < layout[input].virtual;
       rows.push(row);
       if (inproc) {
-        const inImg = () => inproc.runner.convert({ srcFormat: from, dstFormat: to, input: src, output: dstImg });
-        const r = await alternate(cfg, `${input} ${from}->${to} (in-process)`, inImg, qemu, () => compare(from, src, to, dstImg));
+        const inImg = async () => {
+          await clear();
+          return inproc.runner.convert({ srcFormat: from, dstFormat: to, input: src, output: dstImg });
+        };
+        const r = await alternate(cfg, `${input} ${from}->${to} (in-process)`, inImg, qemu, () => compare(from, src, to, dstImg), { checkAfterImg: true });
         inproc.rows.push({ ...r, input, pair: `${from}->${to}`, inProcess: true });
       }
       await rm(dstImg, { force: true });

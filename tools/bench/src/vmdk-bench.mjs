@@ -6,7 +6,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { run, timed } from './proc.mjs';
+import { clearOutputs, run, timed } from './proc.mjs';
 
 /** The rows: label, source format, qemu and img options, convertFile()'s createOptions (in-process rows), destination format. */
 const ROWS = [
@@ -32,26 +32,31 @@ export async function vmdkRows(cfg, name, raw, alternate, imgConvert, inproc) {
     }
     const dstImg = join(cfg.dir, `out-img.${spec.to}`);
     const dstQemu = join(cfg.dir, `out-qemu.${spec.to}`);
+    // Neither output on disk and nothing dirty when a run starts (see clearOutputs).
+    const clear = () => clearOutputs(dstImg, dstQemu);
     const img = async () => {
-      await rm(dstImg, { force: true });
+      await clear();
       return timed(process.execPath, [imgConvert, spec.from, spec.to, src, dstImg, ...spec.opts]);
     };
     const qemu = async () => {
-      await rm(dstQemu, { force: true });
+      await clear();
       return timed('qemu-img', ['convert', '-f', spec.from, '-O', spec.to, ...spec.opts, src, dstQemu]);
     };
     const check = async () => {
       const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', spec.to, raw, dstImg], { allowFail: true });
       return r.code === 0;
     };
-    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, check);
+    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, check, { checkAfterImg: true });
     row.input = name;
     row.pair = spec.pair;
     row.streamOptimized = spec.pair.includes('streamOptimized');
     rows.push(row);
     if (inproc) {
-      const inImg = () => inproc.runner.convert({ srcFormat: spec.from, dstFormat: spec.to, input: src, output: dstImg, ...(spec.create ? { createOptions: spec.create } : {}) });
-      const r = await alternate(cfg, `${name} ${spec.pair} (in-process)`, inImg, qemu, check);
+      const inImg = async () => {
+        await clear();
+        return inproc.runner.convert({ srcFormat: spec.from, dstFormat: spec.to, input: src, output: dstImg, ...(spec.create ? { createOptions: spec.create } : {}) });
+      };
+      const r = await alternate(cfg, `${name} ${spec.pair} (in-process)`, inImg, qemu, check, { checkAfterImg: true });
       inproc.rows.push({ ...r, input: name, pair: spec.pair, streamOptimized: row.streamOptimized, vmdk: true, inProcess: true });
     }
     await rm(dstImg, { force: true });
