@@ -154,3 +154,33 @@ describeQemu('vmdk: a split image sparse extent opened on its own', () => {
     await disk.close();
   });
 });
+
+describeQemu('vmdk: one sparse extent file named by several extent lines', () => {
+  it('is read once: the extents share its grain map, and reads agree with qemu-img convert (hostile seed 1005 case 742)', async () => {
+    qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', p('rep.vmdk'), '4M']);
+    spawnSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 9 64k 128k', '-c', 'write -P 3 3M 4k', p('rep.vmdk')]);
+    const lines = ['rep-s001.vmdk', './rep-s001.vmdk', 'rep-s001.vmdk'].map((f) => `RW 8192 SPARSE "${f}"`);
+    writeFileSync(p('rep3.vmdk'), `# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\n# Extent description\n${lines.join('\n')}\n`);
+    // Count the reads of the extent's header (its first sector): each grain map opened reads it once.
+    let headerReads = 0;
+    const resolver: Resolver = async (request) => {
+      const s = await fileResolver(request);
+      const read = s.read.bind(s);
+      return Object.assign(s, {
+        read: async (offset: number, length: number) => {
+          if (offset === 0 && length >= 512) headerReads++;
+          return read(offset, length);
+        },
+      }) as Storage;
+    };
+    const disk = await openVmdk(await FileStorage.open(p('rep3.vmdk')), { resolver });
+    expect(disk.size).toBe(3 * 4 * 2 ** 20);
+    expect(headerReads).toBe(1);
+    const mine = await disk.read(0, disk.size);
+    await disk.close();
+    qemuImg(['convert', '-f', 'vmdk', '-O', 'raw', p('rep3.vmdk'), p('rep3.raw')]);
+    expect(Buffer.compare(Buffer.from(mine), readFileSync(p('rep3.raw')))).toBe(0);
+    expect(mine[4 * 2 ** 20 + 64 * 1024]).toBe(9);
+    expect(mine[8 * 2 ** 20 + 3 * 2 ** 20]).toBe(3);
+  });
+});

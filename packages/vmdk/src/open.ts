@@ -153,6 +153,14 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     }
     if (shared.extent !== i && !readOnly) throw namedTwice(file, line, i, shared.extent);
     const extentStorage = shared.storage;
+    if (shared.map && shared.mapType === line.type) {
+      // Read-only, a file named again with the same type: the same header, grain directory and tables, loaded once
+      // (32768 copies of one grain map held 300 MiB).
+      const map = shared.map;
+      out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
+      start = extentEnd(file, start, map.capacityBytes, i);
+      continue;
+    }
     const size = await extentStorage.size();
     if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
       // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
@@ -162,6 +170,8 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
         if (!readOnly) throw unsupported(FORMAT, file, `extent ${i + 1} is a COWD extent, which can only be opened read-only`, { field: `extent ${i + 1}` });
         map = await openCowdExtent(extentStorage);
       }
+      shared.map = map;
+      shared.mapType = line.type;
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
       start = extentEnd(file, start, map.capacityBytes, i);
       continue;
@@ -172,6 +182,8 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
       const opened = await openSparseExtent(extentStorage, head);
       if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
       if (!readOnly) await assertWritableLayout(opened.map);
+      shared.map = opened.map;
+      shared.mapType = line.type;
       // As qemu: the extent's own header decides its size.
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
       start = extentEnd(file, start, opened.map.capacityBytes, i);
@@ -191,6 +203,9 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
 interface SharedFile {
   storage: Storage;
   extent: number;
+  /** The grain map the first sparse extent on the file opened, and that extent's type (read-only opens share it). */
+  map?: GrainMap;
+  mapType?: string;
 }
 
 /** Extent `i` names a file that extent `first` (-1: the descriptor itself) opened already: a writable open refuses it. */
