@@ -16,12 +16,13 @@
  * - apply: a copy of the snapshot's L1 table becomes the active one; the
  *   old active layer's references go.
  */
-import { invalidArg, readOnlyError, utf8Encode, writeU64Be } from '@img/block';
+import { corrupt, hex, invalidArg, readOnlyError, utf8Encode, writeU64Be } from '@img/block';
 import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
 import { commitChange } from './snapshot-commit.js';
 import { readL1 } from './reader.js';
+import { entryHex, l1FlagsWithoutOffset } from './l2-walk.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
@@ -139,6 +140,14 @@ async function applySnapshot(s: Qcow2Image, view: MappingView, idOrName: string)
   const snap = s.findSnapshot(idOrName);
   const h = s.header;
   const snapL1 = await readL1(s.storage, snap.l1TableOffset, snap.l1Size);
+  for (let i = 0; i < snap.l1Size; i++) {
+    // As the active layer's, such an entry would make every later writable open refuse the image, and qemu-img check
+    // count more corruptions through the header it reads as the table (qemu-img snapshot -a stops on an assertion).
+    if (l1FlagsWithoutOffset(snapL1, i)) {
+      const at = snap.l1TableOffset + i * 8;
+      throw corrupt(FORMAT, s.file, `refusing to apply snapshot ${snap.id}: its L1 entry ${i} at ${hex(at)} has flags (0x${entryHex(snapL1, i * 8)}) but no L2 table offset`, { field: 'snapshot L1 entry', offset: at });
+    }
+  }
   const size = snap.diskSize ?? h.size;
   const entries = Math.max(snap.l1Size, Math.ceil(size / s.geom.l2Coverage));
   const l1 = new Uint8Array(entries * 8);
