@@ -471,6 +471,64 @@ describe('writes into damaged images leave them no worse', () => {
     expect(qemuCheck(path).status).toBe(0);
   });
 
+  it('a compressed descriptor with the COPIED flag set: a snapshot create clears the flag, as qemu-img snapshot -c does (qemu-img check 1 corruption, then 2: the table both L1 tables share counted it twice; seed 1004 case 125)', async () => {
+    const path = join(tmp.path, 'snapshot-compressed-copied.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [
+      [0, 4096, 0x33],
+      [4096, 4096, 0x44],
+    ]);
+    qemuImg(['convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=4096', path, `${path}.c`]);
+    const c = readQcow2Bytes(`${path}.c`);
+    const cl2 = Number(entryAt(c, c.l1Offset) & 0x00ff_ffff_ffff_fe00n);
+    c.view.setBigUint64(cl2, entryAt(c, cl2) | (1n << 63n));
+    writeFileSync(path, c.bytes);
+    writeFileSync(`${path}.qemu`, c.bytes);
+    const before = await readAll(path);
+    expect(qemuCheck(path).result?.corruptions).toBe(1);
+    // The reference: qemu-img snapshot -c walks the table and clears the flag.
+    qemuImg(['snapshot', '-c', 's1', `${path}.qemu`]);
+    expect(qemuCheck(`${path}.qemu`).status).toBe(0);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    await disk.createSnapshot('s1');
+    await disk.close();
+    await storage.close();
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await check(path)).corruptions).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+    const reopened = await FileStorage.open(path, { readOnly: false });
+    const again = await openQcow2(reopened, { readOnly: false });
+    await again.applySnapshot('s1');
+    await again.deleteSnapshot('s1');
+    await again.close();
+    await reopened.close();
+    expect(qemuCheck(path).status).toBe(0);
+    expect(await readAll(path)).toEqual(before);
+  });
+
+  it("a snapshot's L1 entry of flags without an offset: applying the snapshot is refused and nothing is written (the apply made it the active layer's: qemu-img check 11 corruptions, then 18; seed 1004 case 377)", async () => {
+    const path = join(tmp.path, 'apply-flags-only.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x33]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const s = readQcow2Bytes(path);
+    const snapL1 = Number(s.view.getBigUint64(Number(s.view.getBigUint64(64))));
+    s.view.setBigUint64(snapL1, 1n << 63n);
+    writeFileSync(path, s.bytes);
+    expect(q.l1Offset).not.toBe(snapL1);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    const e = await disk.applySnapshot('s1').then(
+      () => undefined,
+      (error: unknown) => error as { code?: string; message?: string },
+    );
+    await disk.close();
+    await storage.close();
+    expect(e?.code).toBe('ERR_IMG_CORRUPT');
+    expect(e?.message).toMatch(new RegExp(`apply-flags-only\\.qcow2.*snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} has flags \\(0x8000000000000000\\) but no L2 table offset`));
+    // Not even the corrupt bit: qemu-img check reads the header as that entry's L2 table (11 corruptions, then 12).
+    expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
+  });
+
   it('compressed data after a snapshot commit: it starts a fresh cluster, not the free tail of a cluster the commit freed and handed out again', async () => {
     // Found through a damaged image; an undamaged one shows it: after the apply the freed compressed cluster is the new
     // active L2 table, and packing into its tail was refused as a write on metadata (the image then marked corrupt).

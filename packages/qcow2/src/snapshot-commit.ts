@@ -15,7 +15,10 @@
  *    active L1 table, the new snapshot table, copies of the refcount blocks
  *    whose counts change, and a new refcount table pointing at them. Only
  *    L2 tables no active L1 entry reaches may be changed in place (their
- *    flags are not checked and do not change what they map);
+ *    flags are not checked and do not change what they map), and the
+ *    COPIED flag of a compressed descriptor, which never belongs there, is
+ *    cleared in place in every table that stays in use, as qemu's walk
+ *    does (it changes no mapping and no refcount);
  * 3. a flush, then one header write (one sector: L1, refcount table and
  *    snapshot table pointers and counts, disk size) switches to the new
  *    state, and a flush;
@@ -27,7 +30,7 @@
  * bit is not needed, so version 2 images are as safe as version 3.
  */
 import { corrupt, hex, unsupported, writeU64Be } from '@img/block';
-import { setEntryCopied, writeEntryOffset } from './mapping.js';
+import { entryCopied, setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
@@ -102,6 +105,29 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Ar
     rethrow,
   );
   return out;
+}
+
+/**
+ * A copy of an L2 table without the COPIED flags of its compressed
+ * descriptors, or undefined when none carries one. qemu's snapshot walk
+ * clears that flag in every table it passes (it never belongs on a
+ * compressed descriptor), and `qemu-img check` counts it once per L1 table
+ * that reaches the table, so a snapshot sharing the table counted it twice.
+ */
+function withoutCompressedCopied(s: Qcow2Image, table: Uint8Array, tableOffset: number): Uint8Array | undefined {
+  let copy: Uint8Array | undefined;
+  forEachL2Entry(
+    s,
+    table,
+    tableOffset,
+    (e, j) => {
+      if (e.type !== 'compressed' || !entryCopied(table, j * s.geom.l2EntrySize)) return;
+      copy ??= table.slice();
+      setEntryCopied(copy, j * s.geom.l2EntrySize, false);
+    },
+    rethrow,
+  );
+  return copy;
 }
 
 /** L2 table offsets of a tree, by L1 index (0: none). */
@@ -242,7 +268,27 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     }
   }
 
+  // Tables that stay in use lose the COPIED flags of their compressed descriptors in place, as in qemu's
+  // walk: that changes no mapping and no refcount, so every crash point reads as before. The copies made
+  // below are made from the cleaned tables (the cache holds them).
+  const cleaned = new Map<number, Uint8Array>();
+  const walked = new Map<number, number>();
+  for (const tables of [...change.leaving.map((t) => tablesOf(s, t)), newTables]) {
+    for (let i = 0; i < tables.length; i++) if (tables[i]) walked.set(tables[i]!, i);
+  }
+  for (const [at, i] of walked) {
+    if ((await after(at / cs)) <= 0) continue;
+    const table = withoutCompressedCopied(s, await loadL2(s, at, i), at);
+    if (!table) continue;
+    s.overlap?.check(s.file, at, cs, OVERLAP.L2); // before anything is written
+    cleaned.set(at, table);
+  }
+
   // ---- 2. write the new state to fresh clusters ----------------------------
+  for (const [at, table] of cleaned) {
+    await checkedWrite(s, at, table, OVERLAP.L2);
+    s.cache.put(at, table);
+  }
   const placed = new Map<number, number>();
   for (const [at, r] of rewrite) {
     const bytes = (await withFlags(at, r.index))!;

@@ -16,12 +16,13 @@
  * - apply: a copy of the snapshot's L1 table becomes the active one; the
  *   old active layer's references go.
  */
-import { invalidArg, readOnlyError, utf8Encode, writeU64Be } from '@img/block';
+import { corrupt, hex, invalidArg, readOnlyError, utf8Encode, writeU64Be } from '@img/block';
 import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
 import { commitChange } from './snapshot-commit.js';
 import { readL1 } from './reader.js';
+import { entryHex, l1FlagsWithoutOffset } from './l2-walk.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
@@ -43,8 +44,30 @@ export function createQcow2Snapshot(core: Qcow2Image, name: string, options: Sna
   return exclusiveQcow2(core, async () => snapshotInfo(await createSnapshot(core, core.active, name, options), core.header.size), { refreshOverlap: true });
 }
 
+/**
+ * Refuses a snapshot whose L1 table holds an entry of flags without an L2
+ * table offset: as the active layer's it would make every later writable
+ * open refuse the image, and qemu-img check count more corruptions through
+ * the header it reads as that table (qemu-img snapshot -a stops on an
+ * assertion).
+ */
+function refuseFlagsOnlyEntries(s: Qcow2Image, snap: Qcow2Snapshot, l1: Uint8Array): void {
+  for (let i = 0; i < snap.l1Size; i++) {
+    if (!l1FlagsWithoutOffset(l1, i)) continue;
+    const at = snap.l1TableOffset + i * 8;
+    throw corrupt(FORMAT, s.file, `refusing to apply snapshot ${snap.id}: its L1 entry ${i} at ${hex(at)} has flags (0x${entryHex(l1, i * 8)}) but no L2 table offset`, { field: 'snapshot L1 entry', offset: at });
+  }
+}
+
 /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
-export function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+  core.assertOpen();
+  if (!core.readOnly) {
+    // Before the exclusive section: a refusal there writes the corrupt bit (and the dirty bit may go first), header
+    // writes that change what qemu-img check reads through such an entry.
+    const snap = core.findSnapshot(idOrName);
+    refuseFlagsOnlyEntries(core, snap, await readL1(core.storage, snap.l1TableOffset, snap.l1Size));
+  }
   // Switching snapshots changes every byte as far as dirty bitmaps know.
   return exclusiveQcow2(core, () => applySnapshot(core, core.active, idOrName), { refreshOverlap: true, changesEverything: true });
 }
@@ -139,6 +162,7 @@ async function applySnapshot(s: Qcow2Image, view: MappingView, idOrName: string)
   const snap = s.findSnapshot(idOrName);
   const h = s.header;
   const snapL1 = await readL1(s.storage, snap.l1TableOffset, snap.l1Size);
+  refuseFlagsOnlyEntries(s, snap, snapL1);
   const size = snap.diskSize ?? h.size;
   const entries = Math.max(snap.l1Size, Math.ceil(size / s.geom.l2Coverage));
   const l1 = new Uint8Array(entries * 8);
