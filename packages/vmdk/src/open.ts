@@ -153,42 +153,18 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     }
     if (shared.extent !== i && !readOnly) throw namedTwice(file, line, i, shared.extent);
     const extentStorage = shared.storage;
-    if (shared.map && shared.mapType === line.type) {
-      // Read-only, a file named again with the same type: the same header, grain directory and tables, loaded once
-      // (32768 copies of one grain map held 300 MiB).
-      const map = shared.map;
+    if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE' || line.type === 'SESPARSE') {
+      // Read-only, a file named again with the same type shares the grain map the first one opened: the same header,
+      // grain directory and tables, loaded once (32768 copies of one grain map held 300 MiB).
+      const map = shared.map !== undefined && shared.mapType === line.type ? shared.map : await openGrainMap(file, line, i, extentStorage, readOnly);
+      shared.map = map;
+      shared.mapType = line.type;
+      // As qemu: the extent's own header decides its size.
       out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
       start = extentEnd(file, start, map.capacityBytes, i);
       continue;
     }
     const size = await extentStorage.size();
-    if (line.type === 'SESPARSE' || ((line.type === 'SPARSE' || line.type === 'VMFSSPARSE') && hasCowdMagic(await extentStorage.read(0, Math.min(size, 4))))) {
-      // As qemu: a SPARSE or VMFSSPARSE extent is COWD or KDMV by its magic; the header decides the size.
-      let map: GrainMap;
-      if (line.type === 'SESPARSE') map = await openSeSparseExtent(extentStorage);
-      else {
-        if (!readOnly) throw unsupported(FORMAT, file, `extent ${i + 1} is a COWD extent, which can only be opened read-only`, { field: `extent ${i + 1}` });
-        map = await openCowdExtent(extentStorage);
-      }
-      shared.map = map;
-      shared.mapType = line.type;
-      out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: map.capacityBytes, storage: extentStorage, map });
-      start = extentEnd(file, start, map.capacityBytes, i);
-      continue;
-    }
-    if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
-      const head = await extentStorage.read(0, Math.min(size, SECTOR));
-      if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
-      const opened = await openSparseExtent(extentStorage, head);
-      if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
-      if (!readOnly) await assertWritableLayout(opened.map);
-      shared.map = opened.map;
-      shared.mapType = line.type;
-      // As qemu: the extent's own header decides its size.
-      out.push({ kind: 'sparse', type: line.type, fileName: line.fileName!, start, length: opened.map.capacityBytes, storage: extentStorage, map: opened.map });
-      start = extentEnd(file, start, opened.map.capacityBytes, i);
-      continue;
-    }
     const fileOffset = (line.offset ?? 0) * SECTOR;
     if (fileOffset + length > size) {
       throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
@@ -197,6 +173,22 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     start = extentEnd(file, start, length, i);
   }
   return out;
+}
+
+/** Opens the grain map of sparse extent `i` (SPARSE, VMFSSPARSE or SESPARSE): COWD or KDMV by its magic, as qemu. */
+async function openGrainMap(file: string, line: DescriptorExtent, i: number, extentStorage: Storage, readOnly: boolean): Promise<GrainMap> {
+  if (line.type === 'SESPARSE') return openSeSparseExtent(extentStorage);
+  const size = await extentStorage.size();
+  if (hasCowdMagic(await extentStorage.read(0, Math.min(size, 4)))) {
+    if (!readOnly) throw unsupported(FORMAT, file, `extent ${i + 1} is a COWD extent, which can only be opened read-only`, { field: `extent ${i + 1}` });
+    return openCowdExtent(extentStorage);
+  }
+  const head = await extentStorage.read(0, Math.min(size, SECTOR));
+  if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
+  const opened = await openSparseExtent(extentStorage, head);
+  if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
+  if (!readOnly) await assertWritableLayout(opened.map);
+  return opened.map;
 }
 
 /** A file that extents share: its storage and the first extent (-1: the descriptor file) that opened it. */
