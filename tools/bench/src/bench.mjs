@@ -69,25 +69,25 @@ function summarise(samples) {
 }
 
 /**
- * Runs `img` and `qemu` alternately (warm-up first, not recorded), then
- * checks the last img output with `check()`. Returns medians and the ratio.
+ * Runs `img` and `qemu` alternately (warm-up first, not recorded), and
+ * checks img's last output with `check()` right after img's last run
+ * (before the qemu run that follows, which may remove it). Returns medians
+ * and the ratio.
  */
-async function alternate(cfg, label, img, qemu, check, { checkAfterImg = false } = {}) {
+async function alternate(cfg, label, img, qemu, check) {
   const imgSamples = [];
   const qemuSamples = [];
   const last = cfg.warmup + cfg.runs - 1;
-  let ok;
+  let ok = false;
   for (let i = 0; i <= last; i++) {
     const a = await img();
-    // With checkAfterImg the qemu run may remove img's output: it is checked before.
-    if (checkAfterImg && i === last) ok = await check();
+    if (i === last) ok = await check();
     const b = await qemu();
     if (i >= cfg.warmup) {
       imgSamples.push(a);
       qemuSamples.push(b);
     }
   }
-  if (!checkAfterImg) ok = await check();
   const row = { label, img: summarise(imgSamples), qemu: summarise(qemuSamples), ok };
   row.ratio = row.img.wall / row.qemu.wall;
   cfg.log(`  ${label}: img ${row.img.wall.toFixed(3)} s, qemu ${row.qemu.wall.toFixed(3)} s, ratio ${row.ratio.toFixed(2)}, rss ${row.img.rssMiB.toFixed(0)} MiB, ${ok ? 'identical' : 'DIFFERENT'}`);
@@ -121,7 +121,7 @@ async function convertRows(cfg, files, layout, inproc) {
         await clear();
         return timed('qemu-img', ['convert', '-f', from, '-O', to, src, dstQemu]);
       };
-      const row = await alternate(cfg, `${input} ${from}->${to}`, img, qemu, () => compare(from, src, to, dstImg), { checkAfterImg: true });
+      const row = await alternate(cfg, `${input} ${from}->${to}`, img, qemu, () => compare(from, src, to, dstImg));
       row.input = input;
       row.pair = `${from}->${to}`;
       row.sparse = layout[input].runs.reduce((n, r) => n + r.length, 0) < layout[input].virtual;
@@ -131,7 +131,7 @@ async function convertRows(cfg, files, layout, inproc) {
           await clear();
           return inproc.runner.convert({ srcFormat: from, dstFormat: to, input: src, output: dstImg });
         };
-        const r = await alternate(cfg, `${input} ${from}->${to} (in-process)`, inImg, qemu, () => compare(from, src, to, dstImg), { checkAfterImg: true });
+        const r = await alternate(cfg, `${input} ${from}->${to} (in-process)`, inImg, qemu, () => compare(from, src, to, dstImg));
         inproc.rows.push({ ...r, input, pair: `${from}->${to}`, inProcess: true });
       }
       await rm(dstImg, { force: true });

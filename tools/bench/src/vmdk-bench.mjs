@@ -46,7 +46,7 @@ export async function vmdkRows(cfg, name, raw, alternate, imgConvert, inproc) {
       const r = await run('qemu-img', ['compare', '-f', 'raw', '-F', spec.to, raw, dstImg], { allowFail: true });
       return r.code === 0;
     };
-    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, check, { checkAfterImg: true });
+    const row = await alternate(cfg, `${name} ${spec.pair}`, img, qemu, check);
     row.input = name;
     row.pair = spec.pair;
     row.streamOptimized = spec.pair.includes('streamOptimized');
@@ -56,7 +56,7 @@ export async function vmdkRows(cfg, name, raw, alternate, imgConvert, inproc) {
         await clear();
         return inproc.runner.convert({ srcFormat: spec.from, dstFormat: spec.to, input: src, output: dstImg, ...(spec.create ? { createOptions: spec.create } : {}) });
       };
-      const r = await alternate(cfg, `${name} ${spec.pair} (in-process)`, inImg, qemu, check, { checkAfterImg: true });
+      const r = await alternate(cfg, `${name} ${spec.pair} (in-process)`, inImg, qemu, check);
       inproc.rows.push({ ...r, input: name, pair: spec.pair, streamOptimized: row.streamOptimized, vmdk: true, inProcess: true });
     }
     await rm(dstImg, { force: true });
