@@ -12,8 +12,14 @@ function check(buf: Uint8Array, offset: number, width: number): void {
   }
 }
 
-function view(buf: Uint8Array): DataView {
-  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+// Stores byte by byte: a DataView per call costs an allocation, which
+// the once-run code that writes a fresh image's tables (16,384 L2 entries
+// per GiB, as many refcounts) paid on every entry.
+function put32Be(buf: Uint8Array, offset: number, value: number): void {
+  buf[offset] = value >>> 24;
+  buf[offset + 1] = (value >>> 16) & 0xff;
+  buf[offset + 2] = (value >>> 8) & 0xff;
+  buf[offset + 3] = value & 0xff;
 }
 
 /** The byte at `offset` (RangeError outside the buffer). */
@@ -112,13 +118,17 @@ export function writeU16Le(buf: Uint8Array, offset: number, value: number): void
 /** Writes `value` as an unsigned 32-bit big-endian value at `offset` (RangeError outside the buffer). */
 export function writeU32Be(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 4);
-  view(buf).setUint32(offset, value >>> 0, false);
+  put32Be(buf, offset, value >>> 0);
 }
 
 /** Writes `value` as an unsigned 32-bit little-endian value at `offset` (RangeError outside the buffer). */
 export function writeU32Le(buf: Uint8Array, offset: number, value: number): void {
   check(buf, offset, 4);
-  view(buf).setUint32(offset, value >>> 0, true);
+  const v = value >>> 0;
+  buf[offset] = v & 0xff;
+  buf[offset + 1] = (v >>> 8) & 0xff;
+  buf[offset + 2] = (v >>> 16) & 0xff;
+  buf[offset + 3] = v >>> 24;
 }
 
 /** Writes a non-negative safe integer as unsigned 64-bit big-endian. */
@@ -128,18 +138,15 @@ export function writeU64Be(buf: Uint8Array, offset: number, value: number): void
     throw new RangeError(`writeU64Be: ${value} is not a non-negative safe integer`);
   }
   const hi = Math.floor(value / 0x1_0000_0000);
-  const lo = value >>> 0;
-  const v = view(buf);
-  v.setUint32(offset, hi, false);
-  v.setUint32(offset + 4, lo, false);
+  put32Be(buf, offset, hi);
+  put32Be(buf, offset + 4, value >>> 0);
 }
 
 /** Writes a 64-bit big-endian value from its two 32-bit halves. */
 export function writeU64BeParts(buf: Uint8Array, offset: number, hi: number, lo: number): void {
   check(buf, offset, 8);
-  const v = view(buf);
-  v.setUint32(offset, hi >>> 0, false);
-  v.setUint32(offset + 4, lo >>> 0, false);
+  put32Be(buf, offset, hi >>> 0);
+  put32Be(buf, offset + 4, lo >>> 0);
 }
 
 /** ASCII string of a fixed-width field, stopping at the first NUL. */

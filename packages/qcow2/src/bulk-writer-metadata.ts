@@ -86,7 +86,7 @@ export async function writeEmptyImage(storage: Storage, l: Qcow2Layout, b: BulkL
   const cs = b.clusterSize;
   const tables = new Uint8Array((b.rtClusters + b.blocks) * cs);
   fillRefcountTable(tables, b.blocks, (k) => (b.blocksAt + k) * cs);
-  fillRefcountBlocks(tables.subarray(b.rtClusters * cs), 0, b.blocks, b.end, l.refcountOrder, cs, () => 1);
+  fillRefcountBlocks(tables.subarray(b.rtClusters * cs), 0, b.blocks, b.end, l.refcountOrder, cs, 1);
   await storage.write(b.rtAt * cs, tables);
   await storage.truncate(b.end * cs);
   await storage.flush();
@@ -141,9 +141,8 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
   await storage.flush();
 
   // 2. Refcount blocks: every cluster of the file is in use once (the old table too, until nothing points at it).
-  const one = () => 1;
-  await writeBlocks(storage, 0, b.blocks, b.blocksAt, total, l.refcountOrder, cs, one);
-  await writeBlocks(storage, b.blocks, blocks, newBlocksAt, total, l.refcountOrder, cs, one);
+  await writeBlocks(storage, 0, b.blocks, b.blocksAt, total, l.refcountOrder, cs, 1);
+  await writeBlocks(storage, b.blocks, blocks, newBlocksAt, total, l.refcountOrder, cs, 1);
   await storage.flush();
 
   // 3. The refcount table: in place, or a copy that holds every block with the header switched to it.
@@ -183,7 +182,7 @@ async function writeHeader(storage: Storage, l: Qcow2Layout, b: BulkLayout, rtAt
 }
 
 /** Writes refcount blocks `[from, to)` (contiguous from host cluster `at`) for a file of `total` clusters. */
-async function writeBlocks(storage: Storage, from: number, to: number, at: number, total: number, order: number, cs: number, count: (cluster: number) => number): Promise<void> {
+async function writeBlocks(storage: Storage, from: number, to: number, at: number, total: number, order: number, cs: number, count: number | ((cluster: number) => number)): Promise<void> {
   const perPiece = Math.max(1, Math.floor(METADATA_PIECE / cs));
   for (let k = from; k < to; k += perPiece) {
     const n = Math.min(perPiece, to - k);
@@ -193,12 +192,25 @@ async function writeBlocks(storage: Storage, from: number, to: number, at: numbe
   }
 }
 
-/** Fills `buf` with refcount blocks `[from, to)`: cluster c below `total` counts `count(c)`. */
-function fillRefcountBlocks(buf: Uint8Array, from: number, to: number, total: number, order: number, cs: number, count: (cluster: number) => number): void {
+/**
+ * Fills `buf` with refcount blocks `[from, to)`: cluster c below `total`
+ * counts `count` (or `count(c)`). A constant count of 16-bit refcounts (the
+ * default order) is stored without a call per cluster: this code runs once
+ * per image, unoptimised, over every cluster of it.
+ */
+function fillRefcountBlocks(buf: Uint8Array, from: number, to: number, total: number, order: number, cs: number, count: number | ((cluster: number) => number)): void {
   const bits = 2 ** order;
   const perBlock = (cs * 8) / bits;
+  const first = from * perBlock;
   const end = Math.min(total, to * perBlock);
-  for (let c = from * perBlock; c < end; c++) writeRefcount(buf, c - from * perBlock, bits, count(c));
+  if (typeof count === 'number' && bits === 16) {
+    for (let i = 0; i < end - first; i++) {
+      buf[2 * i] = count >>> 8;
+      buf[2 * i + 1] = count & 0xff;
+    }
+    return;
+  }
+  for (let c = first; c < end; c++) writeRefcount(buf, c - first, bits, typeof count === 'number' ? count : count(c));
 }
 
 function fillRefcountTable(buf: Uint8Array, blocks: number, offsetOf: (k: number) => number): void {

@@ -48,17 +48,20 @@ export function writerEntry(e: ClusterEntry, g: EntryGeometry): Entry {
 /**
  * Fills the entries of an empty L2 table that `hosts` names (the host
  * cluster number of each entry, 0: leave it unallocated) as allocated,
- * COPIED data clusters, every unit allocated, through encodeEntry with one
- * Entry reused for the whole table (a fresh image's 16384 entries per GiB).
+ * COPIED data clusters, every unit allocated: what encodeEntry writes for
+ * such an entry, written directly (a fresh image's 16384 entries per GiB,
+ * in code that runs once and so is not optimised).
  */
 export function encodeDataEntries(table: Uint8Array, hosts: Float64Array, g: EntryGeometry): void {
-  if (hosts.length * (g.extendedL2 ? 16 : 8) > table.length) throw new RangeError(`${hosts.length} entries do not fit in an L2 table of ${table.length} bytes`);
-  const e: Entry = { host: 0, copied: true, compressed: undefined, alloc: g.extendedL2 ? 0xffffffff : 1, zero: 0 };
+  const width = g.extendedL2 ? 16 : 8;
+  if (hosts.length * width > table.length) throw new RangeError(`${hosts.length} entries do not fit in an L2 table of ${table.length} bytes`);
   for (let i = 0; i < hosts.length; i++) {
     const c = hosts[i]!;
     if (c === 0) continue;
-    e.host = c * g.clusterSize;
-    encodeEntry(table, i, e, g);
+    const host = c * g.clusterSize;
+    put64(table, i * width, ENTRY_COPIED_HI | Math.floor(host / TWO32), host);
+    // Extended entries: no unit reads as zeros, every unit allocated.
+    if (width === 16) put64(table, i * width + 8, 0, 0xffffffff);
   }
 }
 
