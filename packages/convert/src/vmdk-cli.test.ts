@@ -2,7 +2,8 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { afterAll, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
 import { describeQemu, loadManifest, qemuCheck, qemuCompare, qemuImg, seededBytes, tempDir, testImagesDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
@@ -149,4 +150,24 @@ describeQemu('img map and img check (human) equal qemu-img on the vmdk fixtures'
       }
     });
   }
+});
+
+describe('a descriptor naming one flat file on many extent lines', () => {
+  it('img map and img measure open that file once (one open per line ran out of file descriptors: EMFILE; hostile seed 1007 case 29)', () => {
+    writeFileSync(p('many.flat'), seededBytes(4096, 4));
+    const lines = 'RW 8 FLAT "many.flat" 0\n'.repeat(2000);
+    writeFileSync(p('many.vmdk'), `# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n${lines}`);
+    const img = fileURLToPath(new URL('../dist/bin/img.js', import.meta.url));
+    // Below the line count, so that one open per line fails whatever this machine's limit is.
+    const limited = (args: string[]) => spawnSync('sh', ['-c', 'ulimit -n 256 && exec "$0" "$@"', process.execPath, img, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    const map = limited(['map', '--output=json', p('many.vmdk')]);
+    expect(map.stderr).toBe('');
+    expect(map.status).toBe(0);
+    const extents = JSON.parse(map.stdout) as Array<{ start: number; length: number; data: boolean }>;
+    expect(extents.reduce((n, e) => n + e.length, 0)).toBe(2000 * 4096);
+    expect(extents.every((e) => e.data)).toBe(true);
+    const measure = limited(['measure', '-O', 'qcow2', p('many.vmdk')]);
+    expect(measure.stderr).toBe('');
+    expect(measure.status).toBe(0);
+  });
 });

@@ -146,6 +146,22 @@ describe('bad images get a clean ImageError with a stable code', () => {
     const v = fixture('stream-vmdkstream.vmdk');
     expect(await codeOf(open(v.bytes.subarray(0, v.bytes.length - 512)))).toBe('ERR_IMG_CORRUPT');
   });
+
+  it('an embedded descriptor whose only "parentCID" is in a line the parser skips still opens after a write (hostile seed 1007 case 217)', async () => {
+    const v = fixture('sparse.vmdk');
+    const at = new TextDecoder('latin1').decode(v.bytes.subarray(512, 512 * 21)).indexOf('parentCID=ffffffff') + 512;
+    // Same length, so the area keeps its size: a line of no key, which the parser skips, but which holds the word.
+    v.bytes.set(new TextEncoder().encode('=parentCID=fffffff'), at);
+    const storage = MemoryStorage.from(v.bytes, { name: 'bad.vmdk' });
+    const disk = await openVmdk(storage, { readOnly: false });
+    await disk.write(65536, new Uint8Array(1000).fill(7));
+    await disk.close();
+    // The CID update rewrote the descriptor from its parsed fields: the word must still be there, or the open
+    // takes the file for one piece of a split image.
+    const reopened = await open(storage.toBytes().slice());
+    expect(await reopened.read(65536, 1000)).toEqual(new Uint8Array(1000).fill(7));
+    await reopened.close();
+  });
 });
 
 describe('names inside an image', () => {

@@ -9,7 +9,7 @@
  */
 import { unsupported } from '@img/block';
 import { allocateGrain, allocateGrains } from './allocator.js';
-import { formatCid, serializeDescriptor, setDescriptorField } from './descriptor.js';
+import { CID_NO_PARENT, descriptorField, formatCid, serializeDescriptor, setDescriptorField } from './descriptor.js';
 import { FORMAT, grainKey, type SparseExtent, type VmdkImage } from './image.js';
 import { newCid } from './new-descriptor.js';
 import { readBelow } from './read.js';
@@ -142,6 +142,10 @@ export async function updateCid(core: VmdkImage): Promise<void> {
   await core.allocation.run(async () => {
     if (core.cidUpdated) return;
     setDescriptorField(core.descriptor, 'CID', formatCid(newCid()), false);
+    // The rewrite below keeps only the fields the parser kept. An embedded descriptor is told from a split image's
+    // empty area by the word parentCID in its text (open.ts, as qemu); if that word sat in a line the parser skips
+    // ("=parentCID=...", a comment), the rewritten image would no longer open. An absent field means no parent.
+    if (descriptorField(core.descriptor, 'parentCID') === undefined) setDescriptorField(core.descriptor, 'parentCID', formatCid(CID_NO_PARENT), false);
     const bytes = new TextEncoder().encode(serializeDescriptor(core.descriptor));
     const home = core.home;
     if (home.capacity !== undefined) {

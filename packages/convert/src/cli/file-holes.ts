@@ -120,6 +120,8 @@ export async function fileHoleStorages(disk: Disk): Promise<{ storages: Map<stri
       if (layer.format === 'vmdk') {
         // Sparse extents keep grains: not asked, as qemu-img does not ask them.
         for (const file of await flatExtentFiles(layer)) {
+          // A file named by several extent lines (or layers) is opened once: a descriptor may repeat one 32,000 times.
+          if (storages.has(file)) continue;
           const st = await FileStorage.open(file, { readOnly: true, forceShare: true });
           opened.push(st);
           storages.set(file, st);
