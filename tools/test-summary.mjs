@@ -2,8 +2,11 @@
 // Adds up the vitest JSON reports of every package into one closing line:
 // "Tests: N passed, N failed, N skipped". With --clean, removes old reports
 // first so a package that did not run cannot contribute stale numbers.
+// With --status N (the exit status of the run before it), it fails when N
+// does, and names every failed test and file with the first lines of its
+// message: a long log cut to its tail still says what failed.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const reports = [];
@@ -17,15 +20,44 @@ if (process.argv.includes('--clean')) {
   for (const f of reports) rmSync(f);
   process.exit(0);
 }
+const at = process.argv.indexOf('--status');
+const status = at > 0 ? Number(process.argv[at + 1]) : 0;
+
+/** The first `n` lines of a message, without terminal colours, each indented. */
+function head(text, n = 6) {
+  const esc = String.fromCharCode(27);
+  const lines = String(text ?? '')
+    .split(esc)
+    .map((part, i) => (i === 0 ? part : part.replace(/^\[[0-9;]*m/, '')))
+    .join('')
+    .split('\n')
+    .filter((l) => l.trim() !== '');
+  return lines
+    .slice(0, n)
+    .map((l) => `      ${l}`)
+    .join('\n');
+}
+
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+const problems = [];
 for (const f of reports) {
   const r = JSON.parse(readFileSync(f, 'utf8'));
   passed += r.numPassedTests ?? 0;
   failed += r.numFailedTests ?? 0;
   skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+  for (const file of r.testResults ?? []) {
+    const name = relative(root, file.name ?? '');
+    const bad = (file.assertionResults ?? []).filter((a) => a.status === 'failed');
+    for (const a of bad) problems.push(`  FAIL ${name} > ${a.fullName ?? a.title}\n${head((a.failureMessages ?? []).join('\n'))}`);
+    if (file.status === 'failed' && bad.length === 0) problems.push(`  FAIL ${name} (the file itself)\n${head(file.message)}`);
+  }
+  if (r.success === false && !problems.some((p) => p.includes(relative(root, join(f, '..', '..'))))) {
+    problems.push(`  FAIL ${relative(root, join(f, '..', '..'))}: vitest reported failure (an error outside the tests)`);
+  }
 }
 console.log(`\n${reports.length} packages reported.`);
+if (problems.length) console.log(`Failed:\n${problems.join('\n')}`);
 console.log(`Tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
-if (failed > 0 || passed === 0) process.exitCode = 1;
+if (failed > 0 || passed === 0 || status !== 0) process.exitCode = 1;
