@@ -143,6 +143,8 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
   // 2. Refcount blocks: every cluster of the file is in use once (the old table too, until nothing points at it).
   await writeBlocks(storage, 0, b.blocks, b.blocksAt, total, l.refcountOrder, cs, 1);
   await writeBlocks(storage, b.blocks, blocks, newBlocksAt, total, l.refcountOrder, cs, 1);
+  // The file ends at its last cluster: blocks the copy allocated ahead of the data and nothing used go back.
+  await storage.truncate(total * cs);
   await storage.flush();
 
   // 3. The refcount table: in place, or a copy that holds every block with the header switched to it.

@@ -596,6 +596,49 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       expect(Buffer.compare(out.subarray(0, 8 * MiB), Buffer.from(data.subarray(0, 8 * MiB)))).toBe(0);
     });
 
+    it("preallocate 'any': batch after batch, the file is allocated ahead once per IMG_COPY_PREALLOC_AHEAD, not per batch; a truncate gives the rest back", () => {
+      // In a child process: the distance is read once per process. 4 MiB batches, 8 MiB ahead: the first batch allocates
+      // 12 MiB, the next two find their blocks there, the fourth allocates to 24 MiB; a batch elsewhere starts anew.
+      const script = `
+        import { FileStorage } from './dist/node/index.js';
+        import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+        import { join } from 'node:path';
+        import { tmpdir } from 'node:os';
+        const MiB = 1 << 20;
+        const dir = mkdtempSync(join(tmpdir(), 'img-ahead-'));
+        try {
+          const bytes = new Uint8Array(16 * MiB);
+          for (let i = 0; i < bytes.length; i += 512) bytes[i] = (i / 512) % 251 + 1;
+          writeFileSync(join(dir, 'src'), bytes);
+          const src = await FileStorage.open(join(dir, 'src'), { lock: false });
+          const dst = await FileStorage.create(join(dir, 'dst'), { lock: false });
+          const blocks = () => statSync(join(dir, 'dst')).blocks * 512 / MiB;
+          const seen = [];
+          for (let b = 0; b < 4; b++) {
+            await src.copyRunsTo(dst, Float64Array.of(b * 4 * MiB, b * 4 * MiB, 4 * MiB), { minZeroRun: 4096, preallocate: 'any' });
+            seen.push(blocks());
+          }
+          await src.copyRunsTo(dst, Float64Array.of(0, 64 * MiB, 4 * MiB), { minZeroRun: 4096, preallocate: 'any' });
+          seen.push(blocks());
+          await dst.truncate(16 * MiB);
+          seen.push(blocks());
+          await src.close();
+          await dst.close();
+          const same = Buffer.compare(readFileSync(join(dir, 'dst')), Buffer.from(bytes)) === 0;
+          console.log(JSON.stringify({ seen, same }));
+        } finally { rmSync(dir, { recursive: true, force: true }); }
+      `;
+      const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+        cwd: new URL('../..', import.meta.url).pathname,
+        env: { ...process.env, IMG_COPY_PREALLOC: '1', IMG_COPY_PREALLOC_AHEAD: '8' },
+        encoding: 'utf8',
+      });
+      const got = JSON.parse(out.trim().split('\n').pop()!) as { seen: number[]; same: boolean };
+      expect(got.same).toBe(true);
+      // Whole MiB as allocated (an extent block of slack at most).
+      expect(got.seen.map(Math.floor)).toEqual([12, 12, 12, 24, 24 + 12, 16]);
+    });
+
     it('a growing target that must stay sparse gets no blocks past its end: a zero tail, an aborted batch', async () => {
       const data = source();
       data.fill(0, data.length - 512 * KiB);
