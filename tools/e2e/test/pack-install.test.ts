@@ -5,8 +5,8 @@
 // binary inside @img/block's tarball, and a sparse raw conversion must read
 // only the data. With IMG_NO_NATIVE=1 the command says, once, what is lost.
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImg, tempDir } from '@img/testkit';
@@ -67,8 +67,19 @@ describe('pnpm pack + npm install --ignore-scripts', () => {
     const packages = packagesToPack();
     expect(packages.map((p) => p.name)).toContain('@img/block');
     // pnpm pack runs @img/block's prepack (native/prebuild.mjs) and replaces workspace: ranges with versions.
+    // It packs copies in a workspace of their own: the prepack writes prebuilds/ into the package it packs, and
+    // the postpack removes it, which in the repository would happen under the tests running beside this one
+    // (a process loading @img/block meanwhile takes the prebuild, which is then gone).
+    const workspace = join(tmp.path, 'workspace');
+    mkdirSync(join(workspace, 'packages'), { recursive: true });
+    for (const f of ['package.json', '.npmrc']) if (existsSync(join(repo, f))) cpSync(join(repo, f), join(workspace, f));
+    writeFileSync(join(workspace, 'pnpm-workspace.yaml'), 'packages:\n  - packages/*\n');
+    const skip = new Set(['node_modules', 'test-results', 'build', 'prebuilds', '.turbo']);
+    for (const p of packages) cpSync(p.dir, join(workspace, relative(repo, p.dir)), { recursive: true, filter: (from) => !skip.has(relative(p.dir, from)) });
+    // pnpm resolves workspace: ranges through each package's node_modules: the copies use the repository's.
+    for (const p of packages) if (existsSync(join(p.dir, 'node_modules'))) symlinkSync(join(p.dir, 'node_modules'), join(workspace, relative(repo, p.dir), 'node_modules'));
     const filters = packages.flatMap((p) => ['--filter', p.name]);
-    const pack = sh('npx', ['-y', 'pnpm@10', ...filters, '-r', 'pack', '--pack-destination', tarballs], { cwd: repo });
+    const pack = sh('npx', ['-y', 'pnpm@10', ...filters, '-r', 'pack', '--pack-destination', tarballs], { cwd: workspace });
     expect(pack.status, pack.stderr + pack.stdout).toBe(0);
     const files = readdirSync(tarballs).filter((f) => f.endsWith('.tgz'));
     expect(files).toHaveLength(packages.length);
