@@ -529,6 +529,31 @@ describe('writes into damaged images leave them no worse', () => {
     expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
   });
 
+  it("a snapshot's L1 entry aimed at the refcount table: applying the snapshot is refused and nothing is written (the commit freed the old refcount table the new active layer used as an L2 table: qemu-img check 3 corruptions, then 4; seed 1007 case 430)", async () => {
+    const path = join(tmp.path, 'apply-table-on-refcounts.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x33]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const s = readQcow2Bytes(path);
+    const refcountTable = s.view.getBigUint64(48);
+    const snapL1 = Number(s.view.getBigUint64(Number(s.view.getBigUint64(64))));
+    s.view.setBigUint64(snapL1, (1n << 63n) | refcountTable);
+    writeFileSync(path, s.bytes);
+    const before = qemuCheck(path).result?.corruptions as number;
+    expect(before).toBeGreaterThan(0);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    const e = await disk.applySnapshot('s1').then(
+      () => undefined,
+      (error: unknown) => error as { code?: string; message?: string },
+    );
+    await disk.close();
+    await storage.close();
+    expect(e?.code).toBe('ERR_IMG_CORRUPT');
+    expect(e?.message).toMatch(new RegExp(`snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} points at 0x${refcountTable.toString(16)}, inside the refcount table`));
+    expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
+    expect(qemuCheck(path).result?.corruptions).toBe(before);
+  });
+
   it('compressed data after a snapshot commit: it starts a fresh cluster, not the free tail of a cluster the commit freed and handed out again', async () => {
     // Found through a damaged image; an undamaged one shows it: after the apply the freed compressed cluster is the new
     // active L2 table, and packing into its tail was refused as a write on metadata (the image then marked corrupt).
