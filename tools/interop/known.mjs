@@ -15,11 +15,6 @@ export const KNOWN = [
     reason: 'qemu-img convert -l reads a snapshot at the current virtual size; img reads it at the size recorded in the snapshot, which qemu-img snapshot -a restores',
   },
   {
-    id: 'dirty-r-leaks',
-    match: /check -r leaks on a dirty image: img exits 2, qemu-img 1$/,
-    reason: 'on a dirty lazy-refcounts image, -r leaks cannot rebuild the refcounts: qemu-img reports a failed check (exit 1), img the corruptions it leaves (exit 2); both leave the image as it was',
-  },
-  {
     id: 'measure-host-holes',
     match: /subformat=fixed.* :: measure: -O qcow2.*\.required:/,
     reason: 'a fixed VHD: qemu-img 7.2 reads it as raw and counts its 512-byte footer as data (one more cluster required); img reads it as vpc, without the footer (vhd README)',

@@ -107,21 +107,27 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
  * which only repair 'all' does (qemu-img check -r leaks stops with "need
  * to rebuild refcount structures", exit status 1, and changes nothing): a
  * refcount table entry with reserved bits set, or a refcount block used
- * more than once (it is also other metadata, or another block). A leak
- * repair went on and replaced such a block, whose every cluster then
- * counted once: seed 1003 case 997 went from 44 to 47 corruptions.
+ * more than once (it is also other metadata, or another block), or a
+ * cluster in use whose refcount is 0. A leak repair went on and replaced
+ * such a block, whose every cluster then counted once: seed 1003 case 997
+ * went from 44 to 47 corruptions; next to a cluster of refcount 0 it
+ * lowered another's refcount that qemu-img check counts as used (seed 1007
+ * case 549: 46 corruptions, then 47).
  */
 function refuseLeakRepairNeedingRebuild(s: Qcow2Image, t: Tally): void {
   const cs = s.geom.clusterSize;
   const reserved = t.scan.reservedBits.find((f) => f.table === 'refcount');
   const shared = t.scan.refcountBlocks.find((b) => t.scan.refs[b.offset / cs]! > 1);
+  const unCounted = t.mismatched.find((m) => m.stored === 0 && m.computed > 0);
   const why = reserved
     ? { text: `refcount table entry at ${hex(reserved.at)} has reserved bits set`, offset: reserved.at }
     : shared
       ? { text: `refcount block ${shared.index} at ${hex(shared.offset)} is used ${t.scan.refs[shared.offset / cs]} times`, offset: s.header.refcountTableOffset + shared.index * 8 }
-      : undefined;
+      : unCounted
+        ? { text: `cluster ${unCounted.cluster} at ${hex(unCounted.cluster * cs)} is in use (${unCounted.computed} references) but its refcount is 0`, offset: unCounted.cluster * cs, field: 'refcount' }
+        : undefined;
   if (!why) return;
-  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: 'refcount table entry', offset: why.offset });
+  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: 'field' in why ? why.field : 'refcount table entry', offset: why.offset });
 }
 
 /** Rounds of refcount repairs: a repair that rebuilds a refcount block changes what the next tally counts. */

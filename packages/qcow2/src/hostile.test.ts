@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
+import { entryAt, entryOffsetAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
@@ -223,6 +223,32 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
       message: expect.stringMatching(/^qcow2: .*leaks-needs-rebuild\.qcow2: cannot repair leaks: refcount table entry at 0x[0-9a-f]+ has reserved bits set, so the refcount structures need rebuilding, which only check -r all does; nothing was changed$/),
     });
     expect(readFileSync(path).equals(before)).toBe(true);
+    expect((await check(path, 'all')).corruptions).toBe(0);
+    expect(qemuCheck(path).status).toBe(0);
+  });
+
+  it('a cluster in use with refcount 0 next to a leak: repair leaks changes nothing and fails, as qemu-img check -r leaks does (seed 1007 case 549 lowered a refcount qemu counts as used: 46 corruptions, then 47)', async () => {
+    const path = join(tmp.path, 'leaks-refcount-zero.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 8192, 0x45]]);
+    const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))));
+    const data = entryOffsetAt(q, entryOffsetAt(q, q.l1Offset)) / 4096;
+    const end = q.bytes.length / 4096;
+    q.view.setUint16(block + data * 2, 0); // a data cluster in use, refcount 0
+    q.view.setUint16(block + end * 2, 1); // a leaked cluster at the end of the file
+    const bytes = new Uint8Array(q.bytes.length + 4096);
+    bytes.set(q.bytes);
+    writeFileSync(path, bytes);
+    const qemuCopy = `${path}.qemu`;
+    writeFileSync(qemuCopy, bytes);
+    const qemu = qemuImg(['check', '-r', 'leaks', qemuCopy], { allowFail: true });
+    expect(qemu.stderr).toMatch(/need to rebuild refcount structures/);
+    expect(new Uint8Array(readFileSync(qemuCopy))).toEqual(bytes);
+    await expect(check(path, 'leaks')).rejects.toMatchObject({
+      code: 'ERR_IMG_CORRUPT',
+      data: { field: 'refcount', offset: data * 4096 },
+      message: expect.stringMatching(/cannot repair leaks: cluster \d+ at 0x[0-9a-f]+ is in use \(1 references\) but its refcount is 0, so the refcount structures need rebuilding, which only check -r all does; nothing was changed$/),
+    });
+    expect(new Uint8Array(readFileSync(path))).toEqual(bytes);
     expect((await check(path, 'all')).corruptions).toBe(0);
     expect(qemuCheck(path).status).toBe(0);
   });
@@ -527,6 +553,31 @@ describe('writes into damaged images leave them no worse', () => {
     expect(e?.message).toMatch(new RegExp(`apply-flags-only\\.qcow2.*snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} has flags \\(0x8000000000000000\\) but no L2 table offset`));
     // Not even the corrupt bit: qemu-img check reads the header as that entry's L2 table (11 corruptions, then 12).
     expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
+  });
+
+  it("a snapshot's L1 entry aimed at the refcount table: applying the snapshot is refused and nothing is written (the commit freed the old refcount table the new active layer used as an L2 table: qemu-img check 3 corruptions, then 4; seed 1007 case 430)", async () => {
+    const path = join(tmp.path, 'apply-table-on-refcounts.qcow2');
+    qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x33]]);
+    qemuImg(['snapshot', '-c', 's1', path]);
+    const s = readQcow2Bytes(path);
+    const refcountTable = s.view.getBigUint64(48);
+    const snapL1 = Number(s.view.getBigUint64(Number(s.view.getBigUint64(64))));
+    s.view.setBigUint64(snapL1, (1n << 63n) | refcountTable);
+    writeFileSync(path, s.bytes);
+    const before = qemuCheck(path).result?.corruptions as number;
+    expect(before).toBeGreaterThan(0);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    const e = await disk.applySnapshot('s1').then(
+      () => undefined,
+      (error: unknown) => error as { code?: string; message?: string },
+    );
+    await disk.close();
+    await storage.close();
+    expect(e?.code).toBe('ERR_IMG_CORRUPT');
+    expect(e?.message).toMatch(new RegExp(`snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} points at 0x${refcountTable.toString(16)}, inside the refcount table`));
+    expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
+    expect(qemuCheck(path).result?.corruptions).toBe(before);
   });
 
   it('compressed data after a snapshot commit: it starts a fresh cluster, not the free tail of a cluster the commit freed and handed out again', async () => {

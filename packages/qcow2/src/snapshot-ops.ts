@@ -22,7 +22,8 @@ import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
 import { commitChange } from './snapshot-commit.js';
 import { readL1 } from './reader.js';
-import { entryHex, l1FlagsWithoutOffset } from './l2-walk.js';
+import { entryHex, l1FlagsWithoutOffset, l2TableOffsets } from './l2-walk.js';
+import { OVERLAP } from './overlap.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import type { Refcounts } from './refcount.js';
@@ -59,6 +60,28 @@ function refuseFlagsOnlyEntries(s: Qcow2Image, snap: Qcow2Snapshot, l1: Uint8Arr
   }
 }
 
+/**
+ * Refuses a snapshot whose L1 table points at another kind of metadata as
+ * an L2 table (the refcount table, a refcount block, an L1 table, the
+ * snapshot table, the header, bitmaps). As the active layer's table it
+ * would take guest writes, and the commit, which moves the refcount
+ * structures and the active L1 table, would free a cluster the new active
+ * layer still uses (qemu-img check counted more corruptions afterwards).
+ */
+function refuseTablesOnMetadata(s: Qcow2Image, snap: Qcow2Snapshot, l1: Uint8Array): void {
+  const overlap = s.overlap;
+  if (!overlap) return;
+  const cs = s.geom.clusterSize;
+  const tables = l2TableOffsets({ l1, offset: snap.l1TableOffset, entries: snap.l1Size }, cs, s.file, 'strict');
+  for (let i = 0; i < tables.length; i++) {
+    const at = tables[i]!;
+    const hit = at ? overlap.find(at, cs, OVERLAP.L2) : undefined;
+    if (!hit) continue;
+    const entry = snap.l1TableOffset + i * 8;
+    throw corrupt(FORMAT, s.file, `refusing to apply snapshot ${snap.id}: its L1 entry ${i} at ${hex(entry)} points at ${hex(at)}, inside the ${hit.name} at ${hex(hit.offset)}`, { field: 'snapshot L1 entry', offset: entry });
+  }
+}
+
 /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
 export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
   core.assertOpen();
@@ -66,7 +89,9 @@ export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Pr
     // Before the exclusive section: a refusal there writes the corrupt bit (and the dirty bit may go first), header
     // writes that change what qemu-img check reads through such an entry.
     const snap = core.findSnapshot(idOrName);
-    refuseFlagsOnlyEntries(core, snap, await readL1(core.storage, snap.l1TableOffset, snap.l1Size));
+    const l1 = await readL1(core.storage, snap.l1TableOffset, snap.l1Size);
+    refuseFlagsOnlyEntries(core, snap, l1);
+    refuseTablesOnMetadata(core, snap, l1);
   }
   // Switching snapshots changes every byte as far as dirty bitmaps know.
   return exclusiveQcow2(core, () => applySnapshot(core, core.active, idOrName), { refreshOverlap: true, changesEverything: true });
