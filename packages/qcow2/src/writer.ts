@@ -346,15 +346,18 @@ async function zeroInTable(core: Qcow2Image, l1Index: number, start: number, end
     const whole = wholeMask(core, a, guest + b >= core.active.size ? cs : b);
     const index = (guest / cs) % s.geom.l2Entries;
     const old = map.decode(table, index, tableOffset);
+    // Bytes of units only partly covered are written as zeros, unless they already read as asked.
+    const part = (from: number, to: number): void => {
+      if (!alreadyReads(old, from, to, unitSize, mode, hasBacking)) partial.push([guest + from, guest + to]);
+    };
     if (whole === 0 || (old.compressed && whole !== full)) {
-      partial.push([guest + a, guest + b]);
+      part(a, b);
       continue;
     }
-    // Bytes outside the whole units are written as zeros.
     const lo = (31 - Math.clz32((whole & -whole) >>> 0)) * unitSize;
     const hi = (32 - Math.clz32(whole)) * unitSize;
-    if (a < lo) partial.push([guest + a, guest + lo]);
-    if (hi < b) partial.push([guest + hi, guest + b]);
+    if (a < lo) part(a, lo);
+    if (hi < b) part(hi, b);
     const zeroFlag = mode === 'zero' && v3;
     let next: Entry;
     if (old.compressed) {
@@ -383,6 +386,24 @@ async function zeroInTable(core: Qcow2Image, l1Index: number, start: number, end
     for (const e of stale) await allocator.releaseEntry(e);
   }
   await writeZeros(core, l1Index, partial);
+}
+
+/**
+ * Whether bytes `[from, to)` of a cluster whose entry is `old` already read
+ * as a zero (`zero`) or discard (`discard`: zeros or the backing file's
+ * bytes) of them asks: every unit they touch is unallocated and not
+ * compressed, and for a zero either marked zero or with no backing file
+ * below. Such bytes need no write (qemu-img leaves them too); writing them
+ * would allocate a cluster to hold zeros.
+ */
+function alreadyReads(old: Entry, from: number, to: number, unitSize: number, mode: 'zero' | 'discard', hasBacking: boolean): boolean {
+  if (old.compressed) return false;
+  const first = Math.floor(from / unitSize);
+  const last = Math.ceil(to / unitSize) - 1;
+  const touched = (last >= 31 ? 0xffffffff : (1 << (last + 1)) - 1) & ~((1 << first) - 1);
+  const mask = touched >>> 0;
+  if ((old.alloc & mask) !== 0) return false;
+  return mode === 'discard' || !hasBacking || (old.zero & mask) >>> 0 === mask;
 }
 
 /** Writes real zeros over guest ranges of one table (the caller holds its lock). */
