@@ -304,7 +304,8 @@ async function writeRuns(core: Qcow2Image, pieces: { host: number; bytes: Uint8A
 /**
  * Makes [offset, offset+length) read as zeros (`zero`) or as the backing
  * image / zeros (`discard`). Whole units change entries only; partly
- * covered units are written with zeros.
+ * covered units are written with zeros unless they already read as asked
+ * (see alreadyReads).
  */
 export function zeroOrDiscardGuest(core: Qcow2Image, offset: number, length: number, mode: 'zero' | 'discard', mayUnmap: boolean): Promise<void> {
   return partsOf(core).scheduler.perTable(offset, length, (l1Index, start, end) => zeroInTable(core, l1Index, start, end, mode, mayUnmap));
