@@ -349,11 +349,13 @@ static bool allocate_ahead(copy_job *j, const struct stat *st, double first, dou
   int at = -1;
   for (int i = 0; i < AHEAD_FILES; i++)
     if (ahead[i].hi > 0 && ahead[i].dev == st->st_dev && ahead[i].ino == st->st_ino) at = i;
-  if (at >= 0 && first >= ahead[at].lo && end <= ahead[at].hi) {
+  /* A range the file no longer has blocks for is stale: a truncation gave them back, or the inode is a new file's. */
+  if (at >= 0 && (double)st->st_blocks * 512 < ahead[at].hi - ahead[at].lo) ahead[at].lo = ahead[at].hi = 0;
+  if (at >= 0 && ahead[at].hi > 0 && first >= ahead[at].lo && end <= ahead[at].hi) {
     pthread_mutex_unlock(&ahead_lock);
     return true;
   }
-  bool follows = at >= 0 && first >= ahead[at].lo && first <= ahead[at].hi;
+  bool follows = at >= 0 && ahead[at].hi > 0 && first >= ahead[at].lo && first <= ahead[at].hi;
   double from = follows ? ahead[at].hi : first, to = end + more;
   bool ok = allocate(j, FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from));
   if (!ok) j->prealloc = false;

@@ -598,7 +598,8 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
 
     it("preallocate 'any': batch after batch, the file is allocated ahead once per IMG_COPY_PREALLOC_AHEAD, not per batch; a truncate gives the rest back", () => {
       // In a child process: the distance is read once per process. 4 MiB batches, 8 MiB ahead: the first batch allocates
-      // 12 MiB, the next two find their blocks there, the fourth allocates to 24 MiB; a batch elsewhere starts anew.
+      // 12 MiB, the next two find their blocks there, the fourth allocates to 24 MiB; a batch elsewhere starts anew, and
+      // so does a new file in the old one's place (it may have its inode number).
       const script = `
         import { FileStorage } from './dist/node/index.js';
         import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -622,10 +623,17 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
           seen.push(blocks());
           await dst.truncate(16 * MiB);
           seen.push(blocks());
-          await src.close();
           await dst.close();
           const same = Buffer.compare(readFileSync(join(dir, 'dst')), Buffer.from(bytes)) === 0;
-          console.log(JSON.stringify({ seen, same }));
+          // A new file, which may get the old one's inode number, written where the old one's last range was: allocated anew.
+          const inode = statSync(join(dir, 'dst')).ino;
+          rmSync(join(dir, 'dst'));
+          const again = await FileStorage.create(join(dir, 'dst'), { lock: false });
+          await src.copyRunsTo(again, Float64Array.of(0, 64 * MiB, 4 * MiB), { minZeroRun: 4096, preallocate: 'any' });
+          seen.push(blocks());
+          await again.close();
+          await src.close();
+          console.log(JSON.stringify({ seen, same, reused: statSync(join(dir, 'dst')).ino === inode }));
         } finally { rmSync(dir, { recursive: true, force: true }); }
       `;
       const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
@@ -636,7 +644,7 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       const got = JSON.parse(out.trim().split('\n').pop()!) as { seen: number[]; same: boolean };
       expect(got.same).toBe(true);
       // Whole MiB as allocated (an extent block of slack at most).
-      expect(got.seen.map(Math.floor)).toEqual([12, 12, 12, 24, 24 + 12, 16]);
+      expect(got.seen.map(Math.floor)).toEqual([12, 12, 12, 24, 24 + 12, 16, 12]);
     });
 
     it('a growing target that must stay sparse gets no blocks past its end: a zero tail, an aborted batch', async () => {
