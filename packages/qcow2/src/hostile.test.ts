@@ -353,6 +353,21 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
   });
 });
 
+/** Applies snapshot `name` of the image at `path` read-write: the error it fails with, or undefined. */
+async function applyError(path: string, name: string): Promise<{ code?: string; message?: string } | undefined> {
+  const storage = await FileStorage.open(path, { readOnly: false });
+  const disk = await openQcow2(storage, { readOnly: false });
+  try {
+    await disk.applySnapshot(name);
+    return undefined;
+  } catch (error) {
+    return error as { code?: string; message?: string };
+  } finally {
+    await disk.close();
+    await storage.close();
+  }
+}
+
 describe('writes into damaged images leave them no worse', () => {
   it('an L1 entry without COPIED whose L2 table has refcount 1: the write sets the flag instead of copying the table and clearing its entries', async () => {
     const path = join(tmp.path, 'l1-copied-missing.qcow2');
@@ -541,14 +556,7 @@ describe('writes into damaged images leave them no worse', () => {
     s.view.setBigUint64(snapL1, 1n << 63n);
     writeFileSync(path, s.bytes);
     expect(q.l1Offset).not.toBe(snapL1);
-    const storage = await FileStorage.open(path, { readOnly: false });
-    const disk = await openQcow2(storage, { readOnly: false });
-    const e = await disk.applySnapshot('s1').then(
-      () => undefined,
-      (error: unknown) => error as { code?: string; message?: string },
-    );
-    await disk.close();
-    await storage.close();
+    const e = await applyError(path, 's1');
     expect(e?.code).toBe('ERR_IMG_CORRUPT');
     expect(e?.message).toMatch(new RegExp(`apply-flags-only\\.qcow2.*snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} has flags \\(0x8000000000000000\\) but no L2 table offset`));
     // Not even the corrupt bit: qemu-img check reads the header as that entry's L2 table (11 corruptions, then 12).
@@ -566,14 +574,7 @@ describe('writes into damaged images leave them no worse', () => {
     writeFileSync(path, s.bytes);
     const before = qemuCheck(path).result?.corruptions as number;
     expect(before).toBeGreaterThan(0);
-    const storage = await FileStorage.open(path, { readOnly: false });
-    const disk = await openQcow2(storage, { readOnly: false });
-    const e = await disk.applySnapshot('s1').then(
-      () => undefined,
-      (error: unknown) => error as { code?: string; message?: string },
-    );
-    await disk.close();
-    await storage.close();
+    const e = await applyError(path, 's1');
     expect(e?.code).toBe('ERR_IMG_CORRUPT');
     expect(e?.message).toMatch(new RegExp(`snapshot 1: its L1 entry 0 at 0x${snapL1.toString(16)} points at 0x${refcountTable.toString(16)}, inside the refcount table`));
     expect(new Uint8Array(readFileSync(path))).toEqual(s.bytes);
