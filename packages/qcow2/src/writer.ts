@@ -349,7 +349,7 @@ async function zeroInTable(core: Qcow2Image, l1Index: number, start: number, end
     const old = map.decode(table, index, tableOffset);
     // Bytes of units only partly covered are written as zeros, unless they already read as asked.
     const part = (from: number, to: number): void => {
-      if (!alreadyReads(old, from, to, unitSize, mode, hasBacking)) partial.push([guest + from, guest + to]);
+      if (!alreadyReads(old, unitMask(core, from, to), mode, hasBacking)) partial.push([guest + from, guest + to]);
     };
     if (whole === 0 || (old.compressed && whole !== full)) {
       part(a, b);
@@ -390,20 +390,15 @@ async function zeroInTable(core: Qcow2Image, l1Index: number, start: number, end
 }
 
 /**
- * Whether bytes `[from, to)` of a cluster whose entry is `old` already read
+ * Whether the units `mask` of a cluster whose entry is `old` already read
  * as a zero (`zero`) or discard (`discard`: zeros or the backing file's
- * bytes) of them asks: every unit they touch is unallocated and not
- * compressed, and for a zero either marked zero or with no backing file
- * below. Such bytes need no write (qemu-img leaves them too); writing them
- * would allocate a cluster to hold zeros.
+ * bytes) of them asks: all unallocated and not compressed, and for a zero
+ * either marked zero or with no backing file below. Such bytes need no
+ * write (qemu-img leaves them too); writing them would allocate a cluster
+ * to hold zeros.
  */
-function alreadyReads(old: Entry, from: number, to: number, unitSize: number, mode: 'zero' | 'discard', hasBacking: boolean): boolean {
-  if (old.compressed) return false;
-  const first = Math.floor(from / unitSize);
-  const last = Math.ceil(to / unitSize) - 1;
-  const touched = (last >= 31 ? 0xffffffff : (1 << (last + 1)) - 1) & ~((1 << first) - 1);
-  const mask = touched >>> 0;
-  if ((old.alloc & mask) !== 0) return false;
+function alreadyReads(old: Entry, mask: number, mode: 'zero' | 'discard', hasBacking: boolean): boolean {
+  if (old.compressed || (old.alloc & mask) !== 0) return false;
   return mode === 'discard' || !hasBacking || (old.zero & mask) >>> 0 === mask;
 }
 
