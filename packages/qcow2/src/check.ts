@@ -120,14 +120,14 @@ function refuseLeakRepairNeedingRebuild(s: Qcow2Image, t: Tally): void {
   const shared = t.scan.refcountBlocks.find((b) => t.scan.refs[b.offset / cs]! > 1);
   const unCounted = t.mismatched.find((m) => m.stored === 0 && m.computed > 0);
   const why = reserved
-    ? { text: `refcount table entry at ${hex(reserved.at)} has reserved bits set`, offset: reserved.at }
+    ? { text: `refcount table entry at ${hex(reserved.at)} has reserved bits set`, offset: reserved.at, field: 'refcount table entry' }
     : shared
-      ? { text: `refcount block ${shared.index} at ${hex(shared.offset)} is used ${t.scan.refs[shared.offset / cs]} times`, offset: s.header.refcountTableOffset + shared.index * 8 }
+      ? { text: `refcount block ${shared.index} at ${hex(shared.offset)} is used ${t.scan.refs[shared.offset / cs]} times`, offset: s.header.refcountTableOffset + shared.index * 8, field: 'refcount table entry' }
       : unCounted
         ? { text: `cluster ${unCounted.cluster} at ${hex(unCounted.cluster * cs)} is in use (${unCounted.computed} references) but its refcount is 0`, offset: unCounted.cluster * cs, field: 'refcount' }
         : undefined;
   if (!why) return;
-  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: 'field' in why ? why.field : 'refcount table entry', offset: why.offset });
+  throw corrupt(FORMAT, s.file, `cannot repair leaks: ${why.text}, so the refcount structures need rebuilding, which only check -r all does; nothing was changed`, { field: why.field, offset: why.offset });
 }
 
 /** Rounds of refcount repairs: a repair that rebuilds a refcount block changes what the next tally counts. */
