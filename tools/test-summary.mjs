@@ -7,6 +7,7 @@
 // message: a long log cut to its tail still says what failed.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { stripVTControlCharacters } from 'node:util';
 
 const root = new URL('..', import.meta.url).pathname;
 const reports = [];
@@ -25,11 +26,7 @@ const status = at > 0 ? Number(process.argv[at + 1]) : 0;
 
 /** The first `n` lines of a message, without terminal colours, each indented. */
 function head(text, n = 6) {
-  const esc = String.fromCharCode(27);
-  const lines = String(text ?? '')
-    .split(esc)
-    .map((part, i) => (i === 0 ? part : part.replace(/^\[[0-9;]*m/, '')))
-    .join('')
+  const lines = stripVTControlCharacters(String(text ?? ''))
     .split('\n')
     .filter((l) => l.trim() !== '');
   return lines
@@ -47,15 +44,14 @@ for (const f of reports) {
   passed += r.numPassedTests ?? 0;
   failed += r.numFailedTests ?? 0;
   skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+  const before = problems.length;
   for (const file of r.testResults ?? []) {
     const name = relative(root, file.name ?? '');
     const bad = (file.assertionResults ?? []).filter((a) => a.status === 'failed');
     for (const a of bad) problems.push(`  FAIL ${name} > ${a.fullName ?? a.title}\n${head((a.failureMessages ?? []).join('\n'))}`);
     if (file.status === 'failed' && bad.length === 0) problems.push(`  FAIL ${name} (the file itself)\n${head(file.message)}`);
   }
-  if (r.success === false && !problems.some((p) => p.includes(relative(root, join(f, '..', '..'))))) {
-    problems.push(`  FAIL ${relative(root, join(f, '..', '..'))}: vitest reported failure (an error outside the tests)`);
-  }
+  if (r.success === false && problems.length === before) problems.push(`  FAIL ${relative(root, join(f, '..', '..'))}: vitest reported failure (an error outside the tests)`);
 }
 console.log(`\n${reports.length} packages reported.`);
 if (problems.length) console.log(`Failed:\n${problems.join('\n')}`);
