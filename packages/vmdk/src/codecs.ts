@@ -41,4 +41,18 @@ export interface VmdkCodecs {
    * pool); answers undefined where it declines.
    */
   deflateGrains?(data: Uint8Array, grainBytes: number): Promise<Uint8Array[] | undefined>;
+  /**
+   * Optional: inflates many zlib streams at once, each into its `out` (at
+   * most `out.length` bytes), off the calling thread (Node's native
+   * helper). Answers, per stream, the bytes written, or a negative number:
+   * {@link INFLATE_TOO_LARGE} where the stream goes on past `out`, any
+   * other where it is not a whole valid stream; or undefined, having done
+   * nothing, where it declines (the caller then inflates one by one).
+   */
+  inflateGrains?(grains: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<number[]> | undefined;
 }
+
+/** What {@link VmdkCodecs.inflateGrains} answers for a stream that inflates past its output. */
+export const INFLATE_TOO_LARGE = -2;
+/** What {@link VmdkCodecs.inflateGrains} answers for a stream whose input ends inside it. */
+export const INFLATE_TRUNCATED = -3;

@@ -1,7 +1,8 @@
 import { seededBytes } from '@img/testkit';
 import { deflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { deflateGrain, deflateGrains, inflateGrain, vmdkCodecs } from './compression.js';
+import { nativeInflateAvailable } from '@img/block/node';
+import { deflateGrain, deflateGrains, inflateGrain, inflateGrainsInto, setVmdkCodecs, vmdkCodecs } from './compression.js';
 import { deflateGrainsInPool } from './node/codecs.js';
 
 describe('grain compression (Node codecs)', () => {
@@ -62,6 +63,58 @@ describe('grain compression (Node codecs)', () => {
       expect(compressed[0]!.length).toBeLessThanOrEqual(grain + 16);
       expect(compressed[1]!.length).toBeLessThan(grain - 9000);
       for (const [i, c] of compressed.entries()) expect(Buffer.from(await inflateGrain(c, grain, { hostOffset: 0 })).equals(Buffer.from(data.subarray(i * grain, (i + 1) * grain)))).toBe(true);
+    }
+  });
+
+  it('many grains at once (the native helper where it loaded) fill the same bytes as one at a time, zero-filling a short grain', async () => {
+    if (process.env.CI) expect(nativeInflateAvailable()).toBe(true);
+    const grain = 65536;
+    const plains = [seededBytes(grain, 11), new Uint8Array(grain).fill(0x61), seededBytes(5000, 12), seededBytes(grain, 13)];
+    const streams = plains.map((p) => new Uint8Array(deflateSync(p)));
+    const all = new Uint8Array(streams.reduce((n, z) => n + z.length + 7, 0));
+    let at = 0;
+    const inputs = streams.map((z) => {
+      all.set(z, at);
+      at += z.length + 7; // bytes after each stream, as in a padded grain
+      return all.subarray(at - z.length - 7, at);
+    });
+    const fill = async (codecsOn: boolean) => {
+      const out = new Uint8Array(plains.length * grain).fill(0xee);
+      const saved = codecsOn ? undefined : setVmdkCodecs({ ...vmdkCodecs(), inflateGrains: undefined });
+      try {
+        await inflateGrainsInto(
+          inputs.map((input, i) => ({ input, out: out.subarray(i * grain, (i + 1) * grain), ctx: { hostOffset: i * 512 } })),
+          grain,
+        );
+      } finally {
+        if (saved) setVmdkCodecs(saved);
+      }
+      return out;
+    };
+    const many = await fill(true);
+    const one = await fill(false);
+    expect(Buffer.from(many).equals(Buffer.from(one))).toBe(true);
+    plains.forEach((p, i) => expect(Buffer.from(many.subarray(i * grain, i * grain + p.length)).equals(Buffer.from(p))).toBe(true));
+    expect(many.subarray(2 * grain + 5000, 3 * grain).every((b) => b === 0)).toBe(true);
+  });
+
+  it('many grains at once: a bomb, a stream that is not zlib and one cut short are corrupt, naming the first bad grain', async () => {
+    const grain = 65536;
+    const good = new Uint8Array(deflateSync(seededBytes(grain, 14)));
+    const cases: [Uint8Array, RegExp][] = [
+      [new Uint8Array(deflateSync(new Uint8Array(grain + 1))), /grain at 0x200 inflates to more than one grain/],
+      [new Uint8Array(100).fill(7), /grain at 0x200 is not a valid zlib stream/],
+      [good.subarray(0, good.length - 9), /grain at 0x200 is not a valid zlib stream/],
+    ];
+    for (const [bad, pattern] of cases) {
+      const all = new Uint8Array(good.length * 2 + bad.length);
+      all.set(good, 0);
+      all.set(bad, good.length);
+      all.set(good, good.length + bad.length);
+      const out = new Uint8Array(3 * grain);
+      const jobs = [all.subarray(0, good.length), all.subarray(good.length, good.length + bad.length), all.subarray(good.length + bad.length)].map((input, i) => ({ input, out: out.subarray(i * grain, (i + 1) * grain), ctx: { file: 'x.vmdk', hostOffset: i * 512 } }));
+      await expect(inflateGrainsInto(jobs, grain)).rejects.toThrow(pattern);
+      await expect(inflateGrainsInto(jobs, grain)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
     }
   });
 });

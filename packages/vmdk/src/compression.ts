@@ -8,7 +8,7 @@
  * compressed input is bounded by the caller before it is read.
  */
 import { corrupt, hex, unsupported } from '@img/block';
-import { CODEC_UNAVAILABLE, TOO_LARGE, type VmdkCodecs } from './codecs.js';
+import { CODEC_UNAVAILABLE, INFLATE_TOO_LARGE, INFLATE_TRUNCATED, TOO_LARGE, type VmdkCodecs } from './codecs.js';
 import { webCodecs } from './web-codecs.js';
 
 export { DEFLATE_LEVEL, type VmdkCodecs } from './codecs.js';
@@ -58,6 +58,39 @@ export async function inflateGrain(input: Uint8Array, grainBytes: number, ctx: G
     const why = code === TOO_LARGE ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${(e as Error).message})`;
     throw corrupt('vmdk', ctx.file, `compressed grain at ${hex(ctx.hostOffset)} ${why}`, { field: 'compressed grain', offset: ctx.hostOffset, cause: e });
   }
+}
+
+/** A compressed grain to inflate into `out` (a whole grain's room), and where its stream sits in `ctx`. */
+export interface GrainJob {
+  input: Uint8Array;
+  out: Uint8Array;
+  ctx: GrainContext;
+}
+
+/**
+ * Inflates each job's grain into its `out` (a whole grain of `grainBytes`)
+ * and zero-fills what the stream leaves short: all at once where the codecs
+ * can (Node's native helper, on every core), else one by one. The errors
+ * are {@link inflateGrain}'s; with several bad grains, the first in `jobs`.
+ */
+export async function inflateGrainsInto(jobs: readonly GrainJob[], grainBytes: number): Promise<void> {
+  const results = jobs.length > 1 ? await codecs.inflateGrains?.(jobs) : undefined;
+  if (!results) {
+    for (const j of jobs) {
+      const inflated = await inflateGrain(j.input, grainBytes, j.ctx);
+      j.out.set(inflated.length > j.out.length ? inflated.subarray(0, j.out.length) : inflated);
+      if (inflated.length < j.out.length) j.out.fill(0, inflated.length);
+    }
+    return;
+  }
+  jobs.forEach((j, i) => {
+    const got = results[i]!;
+    if (got < 0) {
+      const why = got === INFLATE_TOO_LARGE ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${got === INFLATE_TRUNCATED ? 'unexpected end of file' : 'invalid data'})`;
+      throw corrupt('vmdk', j.ctx.file, `compressed grain at ${hex(j.ctx.hostOffset)} ${why}`, { field: 'compressed grain', offset: j.ctx.hostOffset });
+    }
+    if (got < j.out.length) j.out.fill(0, got);
+  });
 }
 
 /** Compresses one grain as a zlib stream. */

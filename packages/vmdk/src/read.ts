@@ -6,7 +6,7 @@
  * from the parent or read as zeros).
  */
 import { corrupt, hex, startedAhead } from '@img/block';
-import { inflateGrain } from './compression.js';
+import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js';
 import { GRAIN_MARKER_HEADER, parseMarker } from './marker.js';
 import { grainKey, type SparseExtent, type VmdkImage } from './image.js';
 import { SECTOR } from './sparse-header.js';
@@ -125,17 +125,23 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
   try {
     const got = await e.storage.readInto(first, buffer.subarray(0, Math.max(0, end - first)));
     const bytes = buffer.subarray(0, got);
+    const jobs: GrainJob[] = [];
     for (const g of grains) {
       const cached = core.cachedGrain(grainKey(index, g.grain));
       if (cached) {
         g.out.set(cached.subarray(0, g.out.length));
         continue;
       }
-      const data = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
-      const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset: g.hostOffset });
-      g.out.set(inflated.length > g.out.length ? inflated.subarray(0, g.out.length) : inflated);
-      if (inflated.length < g.out.length) g.out.fill(0, inflated.length);
+      const input = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
+      jobs.push({ input, out: g.out, ctx: { file: e.storage.name, hostOffset: g.hostOffset } });
     }
+    // Grains whose stream was read on its own (past the span) are inflated one by one, first.
+    const inSpan = jobs.filter((j) => j.input.buffer === buffer.buffer);
+    await inflateGrainsInto(
+      jobs.filter((j) => j.input.buffer !== buffer.buffer),
+      map.grainBytes,
+    );
+    await inflateGrainsInto(inSpan, map.grainBytes);
   } finally {
     core.giveSpanBuffer(buffer);
   }

@@ -1,0 +1,78 @@
+/**
+ * Many compressed blocks (VMDK grains, qcow2 clusters) inflated at once by
+ * the native helper (native/inflate.c), on libuv's thread pool and straight
+ * into their places: no zlib state or output buffer per block, and no
+ * thread hand-off per block as node:zlib's asynchronous calls pay. Formats
+ * keep their own error rules: this answers, per block, the bytes produced
+ * or why there are none.
+ */
+import { availableParallelism } from 'node:os';
+import { nativeExports } from './native-loader.js';
+
+/** A block's result: not a valid stream in the framing asked for. */
+export const INFLATE_BAD = -1;
+/** A block's result: the stream inflates to more than its output's length. */
+export const INFLATE_TOO_LARGE = -2;
+/** A block's result: the input ends inside the stream. */
+export const INFLATE_TRUNCATED = -3;
+
+/** One block: a stream at the start of `input` (bytes after its end are ignored), inflated into `out` (at most `out.length` bytes). */
+export interface InflateBlock {
+  input: Uint8Array;
+  out: Uint8Array;
+}
+
+type InflateInto = (input: Uint8Array, jobs: Float64Array, output: Uint8Array, windowBits: number) => Promise<Float64Array>;
+
+let inflateInto: InflateInto | null | undefined;
+
+function native(): InflateInto | undefined {
+  if (inflateInto === undefined) {
+    const m = nativeExports();
+    const fn = m?.inflateInto;
+    // IMG_NATIVE_INFLATE=0 keeps node:zlib (for measuring one against the other).
+    const ok = process.env.IMG_NATIVE_INFLATE !== '0' && typeof fn === 'function' && typeof m?.inflateAvailable === 'function' && (m.inflateAvailable as () => boolean)() === true;
+    inflateInto = ok ? (fn as InflateInto) : null;
+  }
+  return inflateInto ?? undefined;
+}
+
+/** Whether {@link inflateBlocks} can run here (a native helper with zlib is loaded). */
+export function nativeInflateAvailable(): boolean {
+  return native() !== undefined;
+}
+
+/**
+ * Inflates `blocks`, each one stream in `windowBits`' framing (15: zlib,
+ * RFC 1950; -15 to -8: raw deflate, RFC 1951), into its `out`, split over
+ * the cores in at most `parts` batches (default: one per core). Answers one
+ * number per block, in order: the bytes written to its `out` (the rest of
+ * `out` is left as it was), or INFLATE_BAD, INFLATE_TOO_LARGE or
+ * INFLATE_TRUNCATED. Answers undefined, having done nothing, where the
+ * native helper is missing (or IMG_NATIVE_INFLATE=0 is set) or the blocks' inputs (or outputs) do not all
+ * lie in one ArrayBuffer; the caller then inflates them itself. Leave the
+ * inputs and outputs alone until the promise settles.
+ */
+export function inflateBlocks(blocks: readonly InflateBlock[], windowBits: number, parts = availableParallelism()): Promise<number[]> | undefined {
+  const fn = native();
+  if (!fn || blocks.length === 0) return undefined;
+  const inBuf = blocks[0]!.input.buffer;
+  const outBuf = blocks[0]!.out.buffer;
+  for (const b of blocks) if (b.input.buffer !== inBuf || b.out.buffer !== outBuf) return undefined;
+  const input = new Uint8Array(inBuf);
+  const output = new Uint8Array(outBuf);
+  const n = blocks.length;
+  const batches = Math.max(1, Math.min(Math.floor(parts), n));
+  const calls: Promise<Float64Array>[] = [];
+  for (let k = 0; k < batches; k++) {
+    const from = Math.floor((k * n) / batches);
+    const to = Math.floor(((k + 1) * n) / batches);
+    const jobs = new Float64Array(4 * (to - from));
+    for (let i = from; i < to; i++) {
+      const b = blocks[i]!;
+      jobs.set([b.input.byteOffset, b.input.length, b.out.byteOffset, b.out.length], 4 * (i - from));
+    }
+    calls.push(fn(input, jobs, output, windowBits));
+  }
+  return Promise.all(calls).then((rs) => rs.flatMap((r) => Array.from(r)));
+}
