@@ -20,14 +20,18 @@
  *   Each block is one stream in windowBits' framing (15: zlib, -15..-8:
  *   raw deflate), inflated into output[offset, offset + limit); bytes after
  *   the stream's end are ignored (as zlib's uncompress() does).
- *   Resolves to a Float64Array with one number per job: the bytes produced
- *   (0..limit), or INFLATE_BAD (-1: not a valid stream), INFLATE_TOO_LARGE
- *   (-2: the stream goes on past limit bytes), INFLATE_TRUNCATED (-3: the
- *   input ends inside the stream).
+ *   Resolves to a Float64Array of (status, bytes) pairs, one per job:
+ *   status 0 (the stream ended), INFLATE_BAD (-1: not a valid stream),
+ *   INFLATE_TOO_LARGE (-2: the stream goes on past limit bytes) or
+ *   INFLATE_TRUNCATED (-3: the input ends inside the stream); bytes, what
+ *   was written to the output either way. Where a job is INFLATE_BAD, the
+ *   array's `messages` property (an array with a string at that job's
+ *   index) holds zlib's reason ("invalid block type").
  */
 #include <node_api.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -62,21 +66,24 @@ typedef struct {
   const uint8_t *input;
   uint8_t *output;
   double *jobs; /* quads, copied */
-  double *results;
+  double *results; /* (status, bytes) pairs */
+  char (*messages)[64]; /* zlib's reason for each INFLATE_BAD job */
+  bool any_message;
   size_t njobs;
   int window_bits;
   int err; /* non-zero: zlib could not start (Z_MEM_ERROR, Z_VERSION_ERROR) */
 } inflate_job;
 
-/* One block: the bytes produced, or a negative INFLATE_* code. */
-static double inflate_one(z_stream *z, const uint8_t *in, size_t in_len, uint8_t *out, size_t limit) {
+/* One block: its status (0 or a negative INFLATE_* code); *produced says the bytes written. */
+static int inflate_one(z_stream *z, const uint8_t *in, size_t in_len, uint8_t *out, size_t limit, size_t *produced) {
+  *produced = 0;
   /* zlib counts in uInt: a block past 4 GiB is not one this is for. */
   if (in_len > UINT32_MAX || limit > UINT32_MAX) return INFLATE_BAD;
   z->next_in = (Bytef *)in, z->avail_in = (uInt)in_len;
   z->next_out = out, z->avail_out = (uInt)limit;
   int r = z_inflate(z, Z_FINISH);
-  size_t produced = limit - z->avail_out;
-  if (r == Z_STREAM_END) return (double)produced;
+  *produced = limit - z->avail_out;
+  if (r == Z_STREAM_END) return 0;
   if (r == Z_NEED_DICT || r == Z_DATA_ERROR || r == Z_STREAM_ERROR || r == Z_MEM_ERROR) return INFLATE_BAD;
   /* Z_BUF_ERROR (or Z_OK): out of input or out of room. */
   if (z->avail_out == 0) {
@@ -84,10 +91,9 @@ static double inflate_one(z_stream *z, const uint8_t *in, size_t in_len, uint8_t
     uint8_t spare;
     z->next_out = &spare, z->avail_out = 1;
     r = z_inflate(z, Z_FINISH);
-    if (r == Z_STREAM_END && z->avail_out == 1) return (double)produced;
+    if (r == Z_STREAM_END && z->avail_out == 1) return 0;
     if (z->avail_out == 0) return INFLATE_TOO_LARGE;
     if (r == Z_NEED_DICT || r == Z_DATA_ERROR || r == Z_STREAM_ERROR || r == Z_MEM_ERROR) return INFLATE_BAD;
-    return INFLATE_TRUNCATED;
   }
   return INFLATE_TRUNCATED;
 }
@@ -108,7 +114,13 @@ static void execute(napi_env env, void *data) {
       break;
     }
     const double *q = j->jobs + 4 * i;
-    j->results[i] = inflate_one(&z, j->input + (size_t)q[0], (size_t)q[1], j->output + (size_t)q[2], (size_t)q[3]);
+    size_t produced;
+    int st = inflate_one(&z, j->input + (size_t)q[0], (size_t)q[1], j->output + (size_t)q[2], (size_t)q[3], &produced);
+    j->results[2 * i] = st, j->results[2 * i + 1] = (double)produced;
+    if (st == INFLATE_BAD) {
+      snprintf(j->messages[i], sizeof j->messages[i], "%s", z.msg ? z.msg : "invalid data");
+      j->any_message = true;
+    }
   }
   z_end(&z);
 }
@@ -123,9 +135,16 @@ static void complete(napi_env env, napi_status status, void *data) {
   } else {
     napi_value ab, out;
     void *bytes;
-    size_t n = j->njobs;
+    size_t n = 2 * j->njobs;
     if (napi_create_arraybuffer(env, (n ? n : 1) * sizeof(double), &bytes, &ab) == napi_ok && napi_create_typedarray(env, napi_float64_array, n, ab, 0, &out) == napi_ok) {
       if (n) memcpy(bytes, j->results, n * sizeof(double));
+      napi_value list, str;
+      if (j->any_message && napi_create_array_with_length(env, j->njobs, &list) == napi_ok) {
+        for (size_t i = 0; i < j->njobs; i++) {
+          if (j->results[2 * i] == INFLATE_BAD && napi_create_string_utf8(env, j->messages[i], NAPI_AUTO_LENGTH, &str) == napi_ok) napi_set_element(env, list, (uint32_t)i, str);
+        }
+        napi_set_named_property(env, out, "messages", list);
+      }
       napi_resolve_deferred(env, j->deferred, out);
     } else {
       napi_value msg, err;
@@ -139,6 +158,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   napi_delete_async_work(env, j->work);
   free(j->jobs);
   free(j->results);
+  free(j->messages);
   free(j);
 }
 
@@ -184,9 +204,10 @@ static napi_value inflate_into(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->jobs = malloc((njobs ? njobs : 1) * 4 * sizeof(double));
-  j->results = calloc(njobs ? njobs : 1, sizeof(double));
-  if (!j->jobs || !j->results) {
-    free(j->jobs), free(j->results), free(j);
+  j->results = calloc(njobs ? 2 * njobs : 1, sizeof(double));
+  j->messages = calloc(njobs ? njobs : 1, sizeof *j->messages);
+  if (!j->jobs || !j->results || !j->messages) {
+    free(j->jobs), free(j->results), free(j->messages), free(j);
     napi_throw_error(env, "ENOMEM", "inflateInto: out of memory");
     return NULL;
   }

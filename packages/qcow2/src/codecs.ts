@@ -41,6 +41,16 @@ export interface Qcow2Codecs {
    * `limit` bytes, and never allocates much more than `limit`.
    */
   inflateRaw(input: Uint8Array, limit: number): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Optional: inflates many raw deflate streams at once, each into its
+   * `out` (at most `out.length` bytes), off the calling thread (Node's
+   * native helper). Answers, per stream, a status (0: it ended;
+   * {@link INFLATE_TOO_LARGE}: it goes on past `out`;
+   * {@link INFLATE_TRUNCATED}: its input ends inside it; any other
+   * negative: not valid, with zlib's `message`) and the bytes written; or
+   * undefined, having done nothing, where it declines.
+   */
+  inflateRawMany?(blocks: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<{ status: number; bytes: number; message?: string }[]> | undefined;
   /** Raw deflate of one cluster, in a form qemu's decoder reads. */
   deflateRaw(input: Uint8Array): Uint8Array | Promise<Uint8Array>;
   /** Decodes one whole zstd frame to at most `limit` bytes (throws with code {@link TOO_LARGE} past it). */
@@ -56,3 +66,8 @@ export interface Qcow2Codecs {
   /** Optional: takes back the buffers behind a compressClusters answer once it is written. */
   releaseClusters?(result: CompressedClusters | undefined): void;
 }
+
+/** What {@link Qcow2Codecs.inflateRawMany} answers for a stream that inflates past its output. */
+export const INFLATE_TOO_LARGE = -2;
+/** What {@link Qcow2Codecs.inflateRawMany} answers for a stream whose input ends inside it. */
+export const INFLATE_TRUNCATED = -3;

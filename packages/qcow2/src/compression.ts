@@ -12,7 +12,7 @@
  * DecompressionStream).
  */
 import { corrupt, hex, looksIncompressible, unsupported } from '@img/block';
-import { CODEC_UNAVAILABLE, TOO_LARGE, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
+import { CODEC_UNAVAILABLE, INFLATE_TOO_LARGE, INFLATE_TRUNCATED, TOO_LARGE, type Qcow2Codecs, type ZstdEncoderKind } from './codecs.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from './constants.js';
 import { webCodecs } from './web-codecs.js';
 
@@ -64,6 +64,35 @@ export function decompressCluster(type: number, input: Uint8Array, clusterSize: 
   if (type === COMPRESSION_ZLIB) return inflateCluster(input, clusterSize, ctx);
   if (type === COMPRESSION_ZSTD) return zstdCluster(input, clusterSize, ctx);
   throw corrupt(FORMAT, ctx.file, `unknown compression type ${type}`, { field: 'compression_type' });
+}
+
+/** A whole deflate cluster to inflate into `out` (one cluster's room), and where its stream sits. */
+export interface ClusterJob {
+  input: Uint8Array;
+  out: Uint8Array;
+  ctx: CompressedContext;
+}
+
+/**
+ * Inflates each job's deflate cluster into its `out`: all at once where
+ * the codecs can (Node's native helper, on every core), else one by one.
+ * Each cluster must inflate to exactly `clusterSize` bytes, under the same
+ * rules and with the same errors as {@link decompressCluster} (a stream
+ * cut short that still fills the cluster stands, as in qemu); with several
+ * bad clusters, the first in `jobs`.
+ */
+export async function inflateClustersInto(jobs: readonly ClusterJob[], clusterSize: number): Promise<void> {
+  const results = jobs.length > 1 ? await codecs.inflateRawMany?.(jobs) : undefined;
+  if (!results) {
+    for (const j of jobs) j.out.set(await inflateCluster(j.input, clusterSize, j.ctx));
+    return;
+  }
+  jobs.forEach((j, i) => {
+    const r = results[i]!;
+    if (r.status === INFLATE_TOO_LARGE) throw bad(j.ctx, `inflates to more than one cluster (${clusterSize} bytes)`);
+    if (r.status !== 0 && r.status !== INFLATE_TRUNCATED) throw bad(j.ctx, `is not a valid deflate stream (${r.message ?? 'invalid data'})`);
+    if (r.bytes !== clusterSize) throw bad(j.ctx, `inflates to ${r.bytes} bytes instead of one cluster (${clusterSize})`);
+  });
 }
 
 function bad(ctx: CompressedContext, what: string, cause?: unknown): Error {

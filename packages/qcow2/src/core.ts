@@ -16,7 +16,7 @@ import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
-import { BufferPool, DecompressedCache } from './reader.js';
+import { BufferPool, DecompressedCache, SPAN_BYTES } from './reader.js';
 import type { MappingView, ReaderState } from './mapping-view.js';
 import { writeHeaderFields } from './header.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
@@ -88,6 +88,7 @@ export class Qcow2Image implements ReaderState {
   /** Opened read-only (no writer). */
   readonly readOnly: boolean;
   readonly pool: BufferPool;
+  readonly spans: BufferPool;
   readonly decompressed = new DecompressedCache();
   /**
    * Call order of overlapping guest operations that pause before taking
@@ -133,6 +134,7 @@ export class Qcow2Image implements ReaderState {
     this.active = active;
     this.readOnly = readOnly;
     this.pool = new BufferPool(2 * parts.geom.clusterSize);
+    this.spans = new BufferPool(SPAN_BYTES + 2 * parts.geom.clusterSize, 4);
   }
 
   get closed(): boolean {

@@ -5,7 +5,8 @@
  */
 import { corrupt, hex } from '@img/block';
 import type { Disk, Extent, Storage } from '@img/block';
-import { decompressCluster } from './compression.js';
+import { decompressCluster, inflateClustersInto, qcow2Codecs, type ClusterJob } from './compression.js';
+import { COMPRESSION_ZLIB } from './constants.js';
 import type { MappingView, ReaderState, Segment } from './mapping-view.js';
 import { segments } from './segments.js';
 
@@ -99,6 +100,37 @@ export async function readL1(storage: Storage, offset: number, entries: number):
 export interface ReadCaches {
   pool: BufferPool;
   decompressed: DecompressedCache;
+  /** Buffers for a run of compressed clusters read at once (SPAN_BYTES plus two clusters); without it, each cluster is read on its own. */
+  spans?: BufferPool;
+}
+
+/** Compressed bytes read at once for whole clusters inflated together: qemu writes consecutive clusters' streams one after another. */
+export const SPAN_BYTES = 1 << 20;
+
+/** A whole compressed cluster waiting to be read and inflated with its neighbours in the file. */
+interface PendingCluster {
+  host: number;
+  csize: number;
+  out: Uint8Array;
+}
+
+/**
+ * Reads the compressed streams of `batch` (ascending and close in the file)
+ * with one read, and inflates them all at once into their places
+ * (inflateClustersInto: the native helper on every core, else one by one).
+ */
+async function readCompressedRun(state: ReaderState, spans: BufferPool, batch: PendingCluster[]): Promise<void> {
+  const first = batch[0]!.host;
+  const end = Math.max(...batch.map((c) => c.host + c.csize));
+  const buffer = spans.acquire();
+  try {
+    const span = buffer.subarray(0, end - first);
+    await readHost(state.storage, first, span);
+    const jobs: ClusterJob[] = batch.map((c) => ({ input: span.subarray(c.host - first, c.host - first + c.csize), out: c.out, ctx: { file: state.file, hostOffset: c.host } }));
+    await inflateClustersInto(jobs, state.geom.clusterSize);
+  } finally {
+    spans.release(buffer);
+  }
 }
 
 /**
@@ -115,9 +147,28 @@ export async function readRange(state: ReaderState, caches: ReadCaches, view: Ma
   const track = (p: Promise<void>) => {
     io.push(p.catch((error: unknown) => void (failure ??= { error })));
   };
+  // Whole deflate clusters gather into runs read and inflated together, where the codecs take many at once.
+  const cs = state.geom.clusterSize;
+  const spans = caches.spans && state.compressionType === COMPRESSION_ZLIB && qcow2Codecs().inflateRawMany ? caches.spans : undefined;
+  let run: PendingCluster[] = [];
+  const flushRun = () => {
+    if (run.length === 0) return;
+    const batch = run;
+    run = [];
+    track(batch.length === 1 ? loadInto(state, caches, batch[0]!) : readCompressedRun(state, spans!, batch));
+  };
   try {
     for await (const seg of segments(state, view, offset, offset + target.length)) {
       const sub = target.subarray(seg.offset - offset, seg.offset - offset + seg.length);
+      if (spans && seg.kind === 'compressed' && seg.offset === seg.clusterOffset && seg.length === cs && seg.host! < state.fileSize) {
+        const host = seg.host!;
+        const head = run[0];
+        const last = run[run.length - 1];
+        if (head && last && (host <= last.host || host + seg.csize! - head.host > SPAN_BYTES + cs)) flushRun();
+        run.push({ host, csize: seg.csize!, out: sub });
+        continue;
+      }
+      flushRun();
       switch (seg.kind) {
         case 'zero':
           sub.fill(0);
@@ -142,10 +193,17 @@ export async function readRange(state: ReaderState, caches: ReadCaches, view: Ma
         }
       }
     }
+    flushRun();
   } finally {
     await Promise.all(io);
   }
   if (failure) throw failure.error;
+}
+
+/** One whole compressed cluster read and inflated on its own, through the cache like any other. */
+async function loadInto(state: ReaderState, caches: ReadCaches, c: PendingCluster): Promise<void> {
+  const cluster = await caches.decompressed.get(c.host, () => loadCompressed(state, caches.pool, c.host, c.csize));
+  c.out.set(cluster.subarray(0, c.out.length));
 }
 
 /** Turns a segment into an extent of depth 0. */

@@ -44,12 +44,13 @@ export interface VmdkCodecs {
   /**
    * Optional: inflates many zlib streams at once, each into its `out` (at
    * most `out.length` bytes), off the calling thread (Node's native
-   * helper). Answers, per stream, the bytes written, or a negative number:
-   * {@link INFLATE_TOO_LARGE} where the stream goes on past `out`, any
-   * other where it is not a whole valid stream; or undefined, having done
-   * nothing, where it declines (the caller then inflates one by one).
+   * helper). Answers, per stream, a status (0: it ended;
+   * {@link INFLATE_TOO_LARGE}: it goes on past `out`; {@link INFLATE_TRUNCATED}:
+   * its input ends inside it; any other negative: not valid, with zlib's
+   * `message`) and the bytes written; or undefined, having done nothing,
+   * where it declines (the caller then inflates one by one).
    */
-  inflateGrains?(grains: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<number[]> | undefined;
+  inflateGrains?(grains: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<{ status: number; bytes: number; message?: string }[]> | undefined;
 }
 
 /** What {@link VmdkCodecs.inflateGrains} answers for a stream that inflates past its output. */

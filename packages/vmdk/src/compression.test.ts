@@ -115,6 +115,13 @@ describe('grain compression (Node codecs)', () => {
       const jobs = [all.subarray(0, good.length), all.subarray(good.length, good.length + bad.length), all.subarray(good.length + bad.length)].map((input, i) => ({ input, out: out.subarray(i * grain, (i + 1) * grain), ctx: { file: 'x.vmdk', hostOffset: i * 512 } }));
       await expect(inflateGrainsInto(jobs, grain)).rejects.toThrow(pattern);
       await expect(inflateGrainsInto(jobs, grain)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT' });
+      // The same sentence as grain by grain (node:zlib's reason: "incorrect header check", "unexpected end of file").
+      const many = await inflateGrainsInto(jobs, grain).catch((e: Error) => e.message);
+      const saved = setVmdkCodecs({ ...vmdkCodecs(), inflateGrains: undefined });
+      const one = await inflateGrainsInto(jobs, grain)
+        .catch((e: Error) => e.message)
+        .finally(() => setVmdkCodecs(saved));
+      expect(many).toBe(one);
     }
   });
 });

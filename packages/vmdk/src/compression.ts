@@ -84,12 +84,13 @@ export async function inflateGrainsInto(jobs: readonly GrainJob[], grainBytes: n
     return;
   }
   jobs.forEach((j, i) => {
-    const got = results[i]!;
-    if (got < 0) {
-      const why = got === INFLATE_TOO_LARGE ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${got === INFLATE_TRUNCATED ? 'unexpected end of file' : 'invalid data'})`;
+    const r = results[i]!;
+    if (r.status !== 0) {
+      const reason = r.status === INFLATE_TRUNCATED ? 'unexpected end of file' : (r.message ?? 'invalid data');
+      const why = r.status === INFLATE_TOO_LARGE ? `inflates to more than one grain (${grainBytes} bytes)` : `is not a valid zlib stream (${reason})`;
       throw corrupt('vmdk', j.ctx.file, `compressed grain at ${hex(j.ctx.hostOffset)} ${why}`, { field: 'compressed grain', offset: j.ctx.hostOffset });
     }
-    if (got < j.out.length) j.out.fill(0, got);
+    if (r.bytes < j.out.length) j.out.fill(0, r.bytes);
   });
 }
 

@@ -9,11 +9,13 @@
 import { availableParallelism } from 'node:os';
 import { nativeExports } from './native-loader.js';
 
-/** A block's result: not a valid stream in the framing asked for. */
+/** A block's status: the stream ended inside its output. */
+export const INFLATE_OK = 0;
+/** A block's status: not a valid stream in the framing asked for. */
 export const INFLATE_BAD = -1;
-/** A block's result: the stream inflates to more than its output's length. */
+/** A block's status: the stream inflates to more than its output's length. */
 export const INFLATE_TOO_LARGE = -2;
-/** A block's result: the input ends inside the stream. */
+/** A block's status: the input ends inside the stream. */
 export const INFLATE_TRUNCATED = -3;
 
 /** One block: a stream at the start of `input` (bytes after its end are ignored), inflated into `out` (at most `out.length` bytes). */
@@ -22,7 +24,17 @@ export interface InflateBlock {
   out: Uint8Array;
 }
 
-type InflateInto = (input: Uint8Array, jobs: Float64Array, output: Uint8Array, windowBits: number) => Promise<Float64Array>;
+/** What became of one block. */
+export interface InflateResult {
+  /** INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE or INFLATE_TRUNCATED. */
+  status: number;
+  /** The bytes written to the block's `out`, whatever the status. */
+  bytes: number;
+  /** zlib's reason where the status is INFLATE_BAD ("invalid block type"). */
+  message?: string;
+}
+
+type InflateInto = (input: Uint8Array, jobs: Float64Array, output: Uint8Array, windowBits: number) => Promise<Float64Array & { messages?: (string | undefined)[] }>;
 
 let inflateInto: InflateInto | null | undefined;
 
@@ -45,15 +57,15 @@ export function nativeInflateAvailable(): boolean {
 /**
  * Inflates `blocks`, each one stream in `windowBits`' framing (15: zlib,
  * RFC 1950; -15 to -8: raw deflate, RFC 1951), into its `out`, split over
- * the cores in at most `parts` batches (default: one per core). Answers one
- * number per block, in order: the bytes written to its `out` (the rest of
- * `out` is left as it was), or INFLATE_BAD, INFLATE_TOO_LARGE or
- * INFLATE_TRUNCATED. Answers undefined, having done nothing, where the
- * native helper is missing (or IMG_NATIVE_INFLATE=0 is set) or the blocks' inputs (or outputs) do not all
- * lie in one ArrayBuffer; the caller then inflates them itself. Leave the
- * inputs and outputs alone until the promise settles.
+ * the cores in at most `parts` batches (default: one per core). Answers
+ * one {@link InflateResult} per block, in order (the rest of each `out`
+ * is left as it was). Answers undefined, having done nothing, where the
+ * native helper is missing (or IMG_NATIVE_INFLATE=0 is set) or the
+ * blocks' inputs (or outputs) do not all lie in one ArrayBuffer; the
+ * caller then inflates them itself. Leave the inputs and outputs alone
+ * until the promise settles.
  */
-export function inflateBlocks(blocks: readonly InflateBlock[], windowBits: number, parts = availableParallelism()): Promise<number[]> | undefined {
+export function inflateBlocks(blocks: readonly InflateBlock[], windowBits: number, parts = availableParallelism()): Promise<InflateResult[]> | undefined {
   const fn = native();
   if (!fn || blocks.length === 0) return undefined;
   const inBuf = blocks[0]!.input.buffer;
@@ -63,7 +75,7 @@ export function inflateBlocks(blocks: readonly InflateBlock[], windowBits: numbe
   const output = new Uint8Array(outBuf);
   const n = blocks.length;
   const batches = Math.max(1, Math.min(Math.floor(parts), n));
-  const calls: Promise<Float64Array>[] = [];
+  const calls: ReturnType<InflateInto>[] = [];
   for (let k = 0; k < batches; k++) {
     const from = Math.floor((k * n) / batches);
     const to = Math.floor(((k + 1) * n) / batches);
@@ -74,5 +86,14 @@ export function inflateBlocks(blocks: readonly InflateBlock[], windowBits: numbe
     }
     calls.push(fn(input, jobs, output, windowBits));
   }
-  return Promise.all(calls).then((rs) => rs.flatMap((r) => Array.from(r)));
+  return Promise.all(calls).then((rs) =>
+    rs.flatMap((r) => {
+      const out: InflateResult[] = [];
+      for (let i = 0; i < r.length / 2; i++) {
+        const message = r.messages?.[i];
+        out.push(message === undefined ? { status: r[2 * i]!, bytes: r[2 * i + 1]! } : { status: r[2 * i]!, bytes: r[2 * i + 1]!, message });
+      }
+      return out;
+    }),
+  );
 }

@@ -11,6 +11,7 @@
  * import nothing from Node.
  */
 import * as zlib from 'node:zlib';
+import { inflateBlocks } from '@img/block/node';
 import type { Qcow2Codecs, ZstdEncoderKind } from '../codecs.js';
 import { setQcow2Codecs } from '../compression.js';
 import { fzstdBounded, wasmZstdEncoder } from '../web-codecs.js';
@@ -56,6 +57,9 @@ function nodeZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: U
 export const nodeCodecs: Qcow2Codecs = {
   name: 'node',
   inflateRaw: inflateRawNode,
+  // Runs of whole clusters go to the native helper where it loaded: one pool job per core,
+  // inflating straight into place (windowBits -15, as node:zlib's default inflates any window).
+  inflateRawMany: (blocks) => inflateBlocks(blocks, -15),
   deflateRaw: deflateRawNode,
   zstdDecompress: zstdDecompressNode,
   zstdEncoder: nodeZstdEncoder,
