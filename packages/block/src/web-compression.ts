@@ -9,6 +9,15 @@
 /** Error code of a codec whose output would pass the limit it was given (node:zlib's, so both behave alike). */
 export const CODEC_TOO_LARGE = 'ERR_BUFFER_TOO_LARGE';
 
+/** A batch inflate's status for one block (`inflateBlocks` in `@img/block/node`, a format's many-at-once codec): the stream ended inside its output. */
+export const INFLATE_OK = 0;
+/** A batch inflate's status: not a valid stream in the framing asked for. */
+export const INFLATE_BAD = -1;
+/** A batch inflate's status: the stream inflates to more than its output's length. */
+export const INFLATE_TOO_LARGE = -2;
+/** A batch inflate's status: the input ends inside the stream. */
+export const INFLATE_TRUNCATED = -3;
+
 /** Error code of a codec the platform lacks (an old browser without DecompressionStream). */
 export const CODEC_UNAVAILABLE = 'ERR_CODEC_UNAVAILABLE';
 

@@ -67,7 +67,5 @@ export interface Qcow2Codecs {
   releaseClusters?(result: CompressedClusters | undefined): void;
 }
 
-/** What {@link Qcow2Codecs.inflateRawMany} answers for a stream that inflates past its output. */
-export const INFLATE_TOO_LARGE = -2;
-/** What {@link Qcow2Codecs.inflateRawMany} answers for a stream whose input ends inside it. */
-export const INFLATE_TRUNCATED = -3;
+/** What {@link Qcow2Codecs.inflateRawMany} answers for a stream that inflates past its output, and for one whose input ends inside it. */
+export { INFLATE_TOO_LARGE, INFLATE_TRUNCATED } from '@img/block';

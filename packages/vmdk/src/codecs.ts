@@ -53,7 +53,5 @@ export interface VmdkCodecs {
   inflateGrains?(grains: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<{ status: number; bytes: number; message?: string }[]> | undefined;
 }
 
-/** What {@link VmdkCodecs.inflateGrains} answers for a stream that inflates past its output. */
-export const INFLATE_TOO_LARGE = -2;
-/** What {@link VmdkCodecs.inflateGrains} answers for a stream whose input ends inside it. */
-export const INFLATE_TRUNCATED = -3;
+/** What {@link VmdkCodecs.inflateGrains} answers for a stream that inflates past its output, and for one whose input ends inside it. */
+export { INFLATE_TOO_LARGE, INFLATE_TRUNCATED } from '@img/block';

@@ -9,14 +9,7 @@
 import { availableParallelism } from 'node:os';
 import { nativeExports } from './native-loader.js';
 
-/** A block's status: the stream ended inside its output. */
-export const INFLATE_OK = 0;
-/** A block's status: not a valid stream in the framing asked for. */
-export const INFLATE_BAD = -1;
-/** A block's status: the stream inflates to more than its output's length. */
-export const INFLATE_TOO_LARGE = -2;
-/** A block's status: the input ends inside the stream. */
-export const INFLATE_TRUNCATED = -3;
+export { INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE, INFLATE_TRUNCATED } from '../web-compression.js';
 
 /** One block: a stream at the start of `input` (bytes after its end are ignored), inflated into `out` (at most `out.length` bytes). */
 export interface InflateBlock {
@@ -26,7 +19,7 @@ export interface InflateBlock {
 
 /** What became of one block. */
 export interface InflateResult {
-  /** INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE or INFLATE_TRUNCATED. */
+  /** INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE or INFLATE_TRUNCATED (from `@img/block`). */
   status: number;
   /** The bytes written to the block's `out`, whatever the status. */
   bytes: number;
