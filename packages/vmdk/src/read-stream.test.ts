@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { readVmdkStream } from './read-stream.js';
 import { streamVmdk } from './stream.js';
 import { createVmdk } from './create.js';
+import { setVmdkCodecs, vmdkCodecs } from './compression.js';
 
 async function assemble(input: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
   const source = await readVmdkStream(input);
@@ -70,5 +71,70 @@ describe('readVmdkStream: streamOptimized read front to back, as from a pipe', (
     await expect(assemble(chunked(huge, 3))).rejects.toThrow(/announces 2147483647 compressed bytes/);
     const sparse = new Uint8Array(readFileSync(join(testImagesDir, 'vmdk/sparse.vmdk')));
     await expect(assemble(chunked(sparse, 3))).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+  });
+
+  it('grains inflated in batches yield what grain by grain yields, up to and including the first error', async () => {
+    // 40 grains of 64 KiB: text-like, a random one, zeros between, and a short last grain.
+    const content = new Uint8Array(40 * 65536 - 3072);
+    const line = new TextEncoder().encode('a grain of words, and then some more words 0123456789\n');
+    for (let at = 0; at < content.length; at += line.length) content.set(line.subarray(0, Math.min(line.length, content.length - at)), at);
+    content.set(seededBytes(65536, 7), 5 * 65536);
+    content.fill(0, 9 * 65536, 12 * 65536);
+    const src = await openRaw(MemoryStorage.from(content));
+    const chunks: Uint8Array[] = [];
+    for await (const c of (await streamVmdk(src)).chunks) chunks.push(c.slice());
+    const image = new Uint8Array(Buffer.concat(chunks));
+    // The grain markers, walked from overHead: [file offset, compressed size].
+    const view = new DataView(image.buffer);
+    const grains: [number, number][] = [];
+    for (let at = Number(view.getBigUint64(64, true)) * 512; at + 512 <= image.length;) {
+      const value = Number(view.getBigUint64(at, true));
+      const size = view.getUint32(at + 8, true);
+      if (size === 0) {
+        if (view.getUint32(at + 12, true) === 0) break;
+        at += 512 + value * 512;
+        continue;
+      }
+      grains.push([at, size]);
+      at += Math.ceil((12 + size) / 512) * 512;
+    }
+    expect(grains.length).toBeGreaterThan(30);
+    /** Offsets and bytes of the pieces until the end or an error, and the error's message. */
+    const collect = async (bytes: Uint8Array, batches: boolean) => {
+      const saved = batches ? undefined : setVmdkCodecs({ ...vmdkCodecs(), inflateGrains: undefined });
+      const got: string[] = [];
+      let error = '';
+      try {
+        const source = await readVmdkStream(chunked(bytes, 7));
+        for await (const { offset, data } of source.pieces) got.push(`${offset}:${createHash('sha256').update(data).digest('hex')}`);
+      } catch (e) {
+        error = (e as Error).message;
+      } finally {
+        if (saved) setVmdkCodecs(saved);
+      }
+      return { got, error };
+    };
+    const good = await collect(image, true);
+    expect(good.error).toBe('');
+    expect(good).toEqual(await collect(image, false));
+    const whole = new Uint8Array(content.length);
+    const source = await readVmdkStream(chunked(image, 5));
+    for await (const { offset, data } of source.pieces) whole.set(data, offset);
+    expect(Buffer.from(whole).equals(Buffer.from(content))).toBe(true);
+    // Garbage inside grain 20's stream; grain 27's marker pointed past the disk.
+    const badStream = image.slice();
+    badStream.fill(0xff, grains[20]![0] + 12, grains[20]![0] + 30);
+    const badMarker = image.slice();
+    new DataView(badMarker.buffer).setUint32(grains[27]![0], 0x7fff_0000, true);
+    for (const [bytes, pattern] of [
+      [badStream, /compressed grain at 0x[0-9a-f]+ is not a valid zlib stream/],
+      [badMarker, /not the start of a grain inside the disk/],
+    ] as const) {
+      const many = await collect(bytes, true);
+      const one = await collect(bytes, false);
+      expect(many.error).toMatch(pattern);
+      expect(many).toEqual(one);
+      expect(many.got.length).toBeGreaterThan(15);
+    }
   });
 });

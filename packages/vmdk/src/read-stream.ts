@@ -10,7 +10,7 @@
  * grain seen twice, or beyond the disk, is ERR_IMG_CORRUPT naming it.
  */
 import { ByteStreamReader, corrupt, hex, readU32Le, unsupported, type OpenOptions, type StreamSource } from '@img/block';
-import { inflateGrain } from './compression.js';
+import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js';
 import { GRAIN_MARKER_HEADER, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT } from './marker.js';
 import { readU64Le } from './le64.js';
 import { FLAG_COMPRESSED, FLAG_MARKERS, SECTOR, parseSparseHeader } from './sparse-header.js';
@@ -49,47 +49,93 @@ export async function readVmdkStream(input: AsyncIterable<Uint8Array>, _options:
   return { size, pieces: pieces(r, size, grainBytes, h.grainSize) };
 }
 
+/** Guest bytes of grains inflated together (a batch of up to this many bytes of whole grains, at least one grain). */
+const BATCH_BYTES = 1 << 20;
+
 async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, grainSectors: number): AsyncGenerator<{ offset: number; data: Uint8Array }> {
   const limit = maxCompressedBytes(grainBytes);
   /** Metadata a marker may announce: a directory of a 2^53-byte disk is far below this. */
   const maxMetadataSectors = Math.ceil(size / grainBytes / 128) + 16;
   const seen = new GrainRuns();
+  // Grains are gathered into batches and inflated together (on every core where Node's native
+  // helper loaded): compressed bytes packed into one reused buffer, guest bytes into a new one per
+  // batch (the pieces yielded are views of it).
+  const perBatch = Math.max(1, Math.floor(BATCH_BYTES / grainBytes));
+  const inBuf = new Uint8Array(perBatch * limit);
+  let inUsed = 0;
+  let outBuf = new Uint8Array(perBatch * grainBytes);
+  let batch: (GrainJob & { offset: number; length: number })[] = [];
+
+  /** Inflates the batch and yields its pieces in stream order; on a bad grain, yields the grains before it, then throws. */
+  async function* flush(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+    if (batch.length === 0) return;
+    const jobs = batch;
+    batch = [];
+    inUsed = 0;
+    outBuf = new Uint8Array(perBatch * grainBytes);
+    let whole = true;
+    try {
+      await inflateGrainsInto(jobs, grainBytes);
+    } catch {
+      whole = false;
+    }
+    for (const j of jobs) {
+      if (!whole) {
+        const grain = await inflateGrain(j.input, grainBytes, j.ctx);
+        j.out.set(grain.subarray(0, j.out.length));
+        j.out.fill(0, Math.min(grain.length, j.out.length));
+      }
+      yield { offset: j.offset, data: j.out.subarray(0, j.length) };
+    }
+  }
+
   try {
     for (;;) {
-      const at = r.position;
-      const sector = await r.upTo(SECTOR);
-      if (sector.length === 0) return; // qemu's streamOptimized files may end without an end-of-stream marker
-      if (sector.length < SECTOR) throw corrupt(FORMAT, NAME, `the stream ends inside the marker at ${hex(at)}`, { field: 'marker', offset: at });
-      const value = readU64Le(sector, 0, 'marker', NAME);
-      const compressed = readU32Le(sector, 8);
-      if (compressed === 0) {
-        const type = readU32Le(sector, 12);
-        if (type === MARKER_EOS) return;
-        if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) {
-          throw corrupt(FORMAT, NAME, `unknown metadata marker type ${type} at ${hex(at)}`, { field: 'marker type', offset: at + 12, actual: type });
+      let at: number;
+      let sector: Uint8Array;
+      let job: (GrainJob & { offset: number; length: number }) | undefined;
+      try {
+        at = r.position;
+        sector = await r.upTo(SECTOR);
+        if (sector.length === 0) break; // qemu's streamOptimized files may end without an end-of-stream marker
+        if (sector.length < SECTOR) throw corrupt(FORMAT, NAME, `the stream ends inside the marker at ${hex(at)}`, { field: 'marker', offset: at });
+        const value = readU64Le(sector, 0, 'marker', NAME);
+        const compressed = readU32Le(sector, 8);
+        if (compressed === 0) {
+          const type = readU32Le(sector, 12);
+          if (type === MARKER_EOS) break;
+          if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) {
+            throw corrupt(FORMAT, NAME, `unknown metadata marker type ${type} at ${hex(at)}`, { field: 'marker type', offset: at + 12, actual: type });
+          }
+          if (value > maxMetadataSectors) throw corrupt(FORMAT, NAME, `metadata marker at ${hex(at)} announces ${value} sectors`, { field: 'marker', offset: at, actual: value });
+          await r.skipTo(r.position + value * SECTOR, 'the metadata a marker announced');
+          continue;
         }
-        if (value > maxMetadataSectors) throw corrupt(FORMAT, NAME, `metadata marker at ${hex(at)} announces ${value} sectors`, { field: 'marker', offset: at, actual: value });
-        await r.skipTo(r.position + value * SECTOR, 'the metadata a marker announced');
-        continue;
+        if (compressed > limit) {
+          throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} announces ${compressed} compressed bytes (a grain of ${grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: at + 8, actual: compressed });
+        }
+        const offset = value * SECTOR;
+        if (value % grainSectors !== 0 || offset >= size || !seen.add(value / grainSectors)) {
+          throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} is for sector ${value}: not the start of a grain inside the disk, or a grain already seen`, { field: 'grain marker lba', offset: at, actual: value });
+        }
+        const total = Math.ceil((GRAIN_MARKER_HEADER + compressed) / SECTOR) * SECTOR;
+        const rest = total > SECTOR ? await r.exact(total - SECTOR, 'a compressed grain') : new Uint8Array(0);
+        const data = inBuf.subarray(inUsed, inUsed + compressed);
+        const first = Math.min(compressed, SECTOR - GRAIN_MARKER_HEADER);
+        data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
+        data.set(rest.subarray(0, compressed - first), first);
+        inUsed += compressed;
+        const slot = batch.length * grainBytes;
+        job = { input: data, out: outBuf.subarray(slot, slot + grainBytes), ctx: { file: NAME, hostOffset: at }, offset, length: Math.min(grainBytes, size - offset) };
+      } catch (e) {
+        // What came before the bad marker is yielded first, as grain by grain it would have been.
+        yield* flush();
+        throw e;
       }
-      if (compressed > limit) {
-        throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} announces ${compressed} compressed bytes (a grain of ${grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: at + 8, actual: compressed });
-      }
-      const offset = value * SECTOR;
-      if (value % grainSectors !== 0 || offset >= size || !seen.add(value / grainSectors)) {
-        throw corrupt(FORMAT, NAME, `grain marker at ${hex(at)} is for sector ${value}: not the start of a grain inside the disk, or a grain already seen`, { field: 'grain marker lba', offset: at, actual: value });
-      }
-      const total = Math.ceil((GRAIN_MARKER_HEADER + compressed) / SECTOR) * SECTOR;
-      const rest = total > SECTOR ? await r.exact(total - SECTOR, 'a compressed grain') : new Uint8Array(0);
-      const data = new Uint8Array(compressed);
-      const first = Math.min(compressed, SECTOR - GRAIN_MARKER_HEADER);
-      data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
-      data.set(rest.subarray(0, compressed - first), first);
-      const grain = await inflateGrain(data, grainBytes, { file: NAME, hostOffset: at });
-      const length = Math.min(grainBytes, size - offset);
-      const out = grain.length >= length ? grain.subarray(0, length) : padded(grain, length);
-      yield { offset, data: out };
+      batch.push(job);
+      if (batch.length === perBatch) yield* flush();
     }
+    yield* flush();
   } finally {
     await r.cancel();
   }
@@ -131,10 +177,4 @@ class GrainRuns {
     runs.splice(lo, 0, [grain, grain + 1]);
     return true;
   }
-}
-
-function padded(data: Uint8Array, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  out.set(data);
-  return out;
 }
