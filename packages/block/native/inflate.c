@@ -54,11 +54,6 @@ static bool zlib_ready(void) {
   return &inflateInit2_ != NULL && &inflate != NULL && &inflateReset2 != NULL && &inflateEnd != NULL;
 }
 
-#define z_init2 inflateInit2_
-#define z_inflate inflate
-#define z_reset2 inflateReset2
-#define z_end inflateEnd
-
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -81,7 +76,7 @@ static int inflate_one(z_stream *z, const uint8_t *in, size_t in_len, uint8_t *o
   if (in_len > UINT32_MAX || limit > UINT32_MAX) return INFLATE_BAD;
   z->next_in = (Bytef *)in, z->avail_in = (uInt)in_len;
   z->next_out = out, z->avail_out = (uInt)limit;
-  int r = z_inflate(z, Z_FINISH);
+  int r = inflate(z, Z_FINISH);
   *produced = limit - z->avail_out;
   if (r == Z_STREAM_END) return 0;
   if (r == Z_NEED_DICT || r == Z_DATA_ERROR || r == Z_STREAM_ERROR || r == Z_MEM_ERROR) return INFLATE_BAD;
@@ -90,7 +85,7 @@ static int inflate_one(z_stream *z, const uint8_t *in, size_t in_len, uint8_t *o
     /* The output is full: the stream must end here, with not one byte more. */
     uint8_t spare;
     z->next_out = &spare, z->avail_out = 1;
-    r = z_inflate(z, Z_FINISH);
+    r = inflate(z, Z_FINISH);
     if (r == Z_STREAM_END && z->avail_out == 1) return 0;
     if (z->avail_out == 0) return INFLATE_TOO_LARGE;
     if (r == Z_NEED_DICT || r == Z_DATA_ERROR || r == Z_STREAM_ERROR || r == Z_MEM_ERROR) return INFLATE_BAD;
@@ -103,13 +98,13 @@ static void execute(napi_env env, void *data) {
   inflate_job *j = data;
   z_stream z;
   memset(&z, 0, sizeof z);
-  int r = z_init2(&z, j->window_bits, ZLIB_VERSION, (int)sizeof(z_stream));
+  int r = inflateInit2_(&z, j->window_bits, ZLIB_VERSION, (int)sizeof(z_stream));
   if (r != Z_OK) {
     j->err = r;
     return;
   }
   for (size_t i = 0; i < j->njobs; i++) {
-    if (i > 0 && z_reset2(&z, j->window_bits) != Z_OK) {
+    if (i > 0 && inflateReset2(&z, j->window_bits) != Z_OK) {
       j->err = Z_STREAM_ERROR;
       break;
     }
@@ -122,7 +117,7 @@ static void execute(napi_env env, void *data) {
       j->any_message = true;
     }
   }
-  z_end(&z);
+  inflateEnd(&z);
 }
 
 static void complete(napi_env env, napi_status status, void *data) {

@@ -63,7 +63,7 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
   const perBatch = Math.max(1, Math.floor(BATCH_BYTES / grainBytes));
   const inBuf = new Uint8Array(perBatch * limit);
   let inUsed = 0;
-  let outBuf = new Uint8Array(perBatch * grainBytes);
+  let outBuf = new Uint8Array(0); // a new one as each batch starts
   let batch: (GrainJob & { offset: number; length: number })[] = [];
 
   /** Inflates the batch and yields its pieces in stream order; on a bad grain, yields the grains before it, then throws. */
@@ -72,7 +72,6 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
     const jobs = batch;
     batch = [];
     inUsed = 0;
-    outBuf = new Uint8Array(perBatch * grainBytes);
     let whole = true;
     try {
       await inflateGrainsInto(jobs, grainBytes);
@@ -125,6 +124,7 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
         data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
         data.set(rest.subarray(0, compressed - first), first);
         inUsed += compressed;
+        if (batch.length === 0) outBuf = new Uint8Array(perBatch * grainBytes);
         const slot = batch.length * grainBytes;
         job = { input: data, out: outBuf.subarray(slot, slot + grainBytes), ctx: { file: NAME, hostOffset: at }, offset, length: Math.min(grainBytes, size - offset) };
       } catch (e) {
