@@ -1,6 +1,6 @@
 import { seededBytes } from '@img/testkit';
 import { deflateRawSync, deflateSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { INFLATE_BAD, INFLATE_OK, INFLATE_TOO_LARGE, INFLATE_TRUNCATED, inflateBlocks, nativeInflateAvailable } from './inflate.js';
 import { nativeStatus } from './native-loader.js';
 
@@ -89,5 +89,23 @@ describe.skipIf(!native)('inflateBlocks: many streams inflated by the native hel
       ),
     ).toBeUndefined();
     expect(inflateBlocks([], 15)).toBeUndefined();
+  });
+
+  it('IMG_NATIVE_INFLATE=0 turns it off, and nativeStatus (what img doctor prints) says so', async () => {
+    const saved = process.env.IMG_NATIVE_INFLATE;
+    process.env.IMG_NATIVE_INFLATE = '0';
+    try {
+      vi.resetModules();
+      const loader = await import('./native-loader.js');
+      const inflate = await import('./inflate.js');
+      expect(loader.nativeStatus().features.inflate).toBe(false);
+      expect(inflate.nativeInflateAvailable()).toBe(false);
+      const z = new Uint8Array(deflateSync(new Uint8Array(10)));
+      expect(inflate.inflateBlocks([{ input: z, out: new Uint8Array(10) }], 15)).toBeUndefined();
+    } finally {
+      if (saved === undefined) delete process.env.IMG_NATIVE_INFLATE;
+      else process.env.IMG_NATIVE_INFLATE = saved;
+      vi.resetModules();
+    }
   });
 });

@@ -7,7 +7,7 @@
  * or why there are none.
  */
 import { availableParallelism } from 'node:os';
-import { nativeExports } from './native-loader.js';
+import { nativeExports, nativeStatus } from './native-loader.js';
 
 export { INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE, INFLATE_TRUNCATED } from '../web-compression.js';
 
@@ -32,13 +32,8 @@ type InflateInto = (input: Uint8Array, jobs: Float64Array, output: Uint8Array, w
 let inflateInto: InflateInto | null | undefined;
 
 function native(): InflateInto | undefined {
-  if (inflateInto === undefined) {
-    const m = nativeExports();
-    const fn = m?.inflateInto;
-    // IMG_NATIVE_INFLATE=0 keeps node:zlib (for measuring one against the other).
-    const ok = process.env.IMG_NATIVE_INFLATE !== '0' && typeof fn === 'function' && typeof m?.inflateAvailable === 'function' && (m.inflateAvailable as () => boolean)() === true;
-    inflateInto = ok ? (fn as InflateInto) : null;
-  }
+  // nativeStatus() decides (the helper, its zlib, IMG_NATIVE_INFLATE), so `img doctor` says what runs.
+  inflateInto ??= nativeStatus().features.inflate ? (nativeExports()!.inflateInto as InflateInto) : null;
   return inflateInto ?? undefined;
 }
 

@@ -36,7 +36,7 @@ export interface NativeFeatures {
   locks: 'ofd' | 'posix' | 'none';
   /** The kernel-side copy loop (copy_file_range), where the helper has one. */
   copyFileRange: boolean;
-  /** Compressed blocks (VMDK grains, qcow2 clusters) inflated in batches on the thread pool, with the process's zlib. */
+  /** Compressed blocks (VMDK grains, qcow2 clusters) inflated in batches on the thread pool, with the process's zlib (IMG_NATIVE_INFLATE=0 turns it off). */
   inflate: boolean;
 }
 
@@ -246,7 +246,7 @@ export function nativeStatus(): NativeStatus {
       locks: exports && status.path ? lockFeature(exports, status.path) : 'none',
       // The copy loop's entry points are named copy* (native/copy.c).
       copyFileRange: exports !== undefined && Object.keys(exports).some((k) => /^copy/i.test(k) && fn(k)),
-      inflate: fn('inflateInto') && fn('inflateAvailable') && (exports!.inflateAvailable as () => boolean)() === true,
+      inflate: process.env.IMG_NATIVE_INFLATE !== '0' && fn('inflateInto') && fn('inflateAvailable') && (exports!.inflateAvailable as () => boolean)() === true,
     };
   }
   return { ...status, tried: [...status.tried], features: { ...features } };
