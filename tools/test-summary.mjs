@@ -4,21 +4,27 @@
 // first so a package that did not run cannot contribute stale numbers.
 // With --status N (the exit status of the run before it), it fails when N
 // does, and names every failed test and file with the first lines of its
-// message: a long log cut to its tail still says what failed.
+// message: a long log cut to its tail still says what failed. Errors the
+// JSON report leaves out (a failed hook, an import that throws, an unhandled
+// rejection) come from test-results/errors.json, which
+// tools/vitest-errors.mjs writes beside it.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { stripVTControlCharacters } from 'node:util';
 
 const root = new URL('..', import.meta.url).pathname;
 const reports = [];
+const errorFiles = [];
 for (const group of ['packages', 'tools']) {
   for (const name of readdirSync(join(root, group))) {
     const file = join(root, group, name, 'test-results', 'vitest.json');
     if (existsSync(file)) reports.push(file);
+    const errors = join(root, group, name, 'test-results', 'errors.json');
+    if (existsSync(errors)) errorFiles.push(errors);
   }
 }
 if (process.argv.includes('--clean')) {
-  for (const f of reports) rmSync(f);
+  for (const f of [...reports, ...errorFiles]) rmSync(f);
   process.exit(0);
 }
 const at = process.argv.indexOf('--status');
@@ -39,6 +45,17 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 const problems = [];
+/** What errors.json says went wrong in a package's test files, by file. */
+const recorded = new Map();
+for (const f of errorFiles) {
+  const pkg = join(f, '..', '..');
+  for (const e of JSON.parse(readFileSync(f, 'utf8'))) {
+    const name = e.file ? relative(root, join(pkg, e.file)) : relative(root, pkg);
+    const list = recorded.get(name) ?? [];
+    list.push(`${e.where}: ${e.message}`);
+    recorded.set(name, list);
+  }
+}
 for (const f of reports) {
   const r = JSON.parse(readFileSync(f, 'utf8'));
   passed += r.numPassedTests ?? 0;
@@ -49,9 +66,10 @@ for (const f of reports) {
     const name = relative(root, file.name ?? '');
     const bad = (file.assertionResults ?? []).filter((a) => a.status === 'failed');
     for (const a of bad) problems.push(`  FAIL ${name} > ${a.fullName ?? a.title}\n${head((a.failureMessages ?? []).join('\n'))}`);
-    if (file.status === 'failed' && bad.length === 0) problems.push(`  FAIL ${name} (the file itself)\n${head(file.message)}`);
+    if (file.status === 'failed' && bad.length === 0) problems.push(`  FAIL ${name} (the file itself)\n${head([file.message, ...(recorded.get(name) ?? [])].join('\n'))}`);
   }
-  if (r.success === false && problems.length === before) problems.push(`  FAIL ${relative(root, join(f, '..', '..'))}: vitest reported failure (an error outside the tests)`);
+  const pkg = relative(root, join(f, '..', '..'));
+  if (r.success === false && problems.length === before) problems.push(`  FAIL ${pkg}: vitest reported failure (an error outside the tests)\n${head((recorded.get(pkg) ?? []).join('\n'))}`);
 }
 console.log(`\n${reports.length} packages reported.`);
 if (problems.length) console.log(`Failed:\n${problems.join('\n')}`);

@@ -570,7 +570,8 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
       const kept = await copyWith('1', data, [0, 0, data.length], { preallocate: 'any' });
       const plain = await copyWith('0', data, [0, 0, data.length], { preallocate: 'any' });
       const never = await copyWith('1', data, [0, 0, data.length], { preallocate: 'never' });
-      expect(never.allocated).toBe(plain.allocated);
+      // The same blocks as without allocating first, give or take an extent block (ext4 counts one in some runs, not others).
+      expect(Math.abs(never.allocated - plain.allocated)).toBeLessThanOrEqual(8 * KiB);
       expect(kept.size).toBe(plain.size);
       expect(Buffer.compare(kept.bytes, plain.bytes)).toBe(0);
       expect(kept.allocated).toBeGreaterThanOrEqual(data.length - 512 * KiB);
