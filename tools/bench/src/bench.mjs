@@ -12,7 +12,7 @@ import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { vmdkRows } from './vmdk-bench.mjs';
 import { startInproc } from './inproc-bench.mjs';
-import { childEnv, clearOutputs, median, run, timed } from './proc.mjs';
+import { childEnv, clearOutputs, median, reportedKiB, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
@@ -65,6 +65,7 @@ function summarise(samples) {
     loop: median(samples.map((s) => s.loop)),
     cpu: median(samples.map((s) => s.cpu)),
     rssMiB: Math.max(...samples.map((s) => s.rssMiB)),
+    reclaimMiB: median(samples.map((s) => s.reclaimMiB)),
   };
 }
 
@@ -90,7 +91,8 @@ async function alternate(cfg, label, img, qemu, check) {
   }
   const row = { label, img: summarise(imgSamples), qemu: summarise(qemuSamples), ok };
   row.ratio = row.img.wall / row.qemu.wall;
-  cfg.log(`  ${label}: img ${row.img.wall.toFixed(3)} s, qemu ${row.qemu.wall.toFixed(3)} s, ratio ${row.ratio.toFixed(2)}, rss ${row.img.rssMiB.toFixed(0)} MiB, ${ok ? 'identical' : 'DIFFERENT'}`);
+  const reclaim = Number.isFinite(row.img.reclaimMiB) ? `, host reclaim ${row.img.reclaimMiB.toFixed(0)}/${row.qemu.reclaimMiB.toFixed(0)} MiB` : '';
+  cfg.log(`  ${label}: img ${row.img.wall.toFixed(3)} s, qemu ${row.qemu.wall.toFixed(3)} s, ratio ${row.ratio.toFixed(2)}, rss ${row.img.rssMiB.toFixed(0)} MiB${reclaim}, ${ok ? 'identical' : 'DIFFERENT'}`);
   return row;
 }
 
@@ -237,6 +239,8 @@ export async function machine() {
       .map((x) => x.toFixed(2))
       .join(' '),
     envDropped: childEnv.dropped,
+    reportedKiB: reportedKiB(),
+    settle: process.env.IMG_BENCH_SETTLE === '1',
     date: new Date().toISOString(),
   };
 }
@@ -265,6 +269,8 @@ export async function runBench(cfg) {
   } finally {
     await runner?.close();
   }
+  const reportedEnd = reportedKiB();
+  if (reportedEnd !== undefined && result.machine.reportedKiB !== undefined) result.machine.reportedMiB = (reportedEnd - result.machine.reportedKiB) / 1024;
   result.machine.loadAfter = loadavg()
     .map((x) => x.toFixed(2))
     .join(' ');

@@ -41,6 +41,46 @@ export function run(cmd, args, options = {}) {
   });
 }
 
+const REPORTED = '/sys/module/page_reporting/parameters/reported_kib';
+
+/**
+ * KiB of free memory this VM's kernel has handed back to its host so far
+ * (virtio-balloon free page reporting), or undefined where the kernel does
+ * not count it. Pages handed back are the host's again: the next time the
+ * guest uses them (for the page cache of an output, say) each one is a fault
+ * taken by the host, several microseconds per 4 KiB page, paid by whichever
+ * process touches it.
+ */
+export function reportedKiB() {
+  try {
+    return Number(readFileSync(REPORTED, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Waits until the kernel has stopped handing free memory back to the host
+ * (no change for `quiet` ms, at most `limit` ms): every run then starts with
+ * the memory it will take unbacked, as a conversion after the machine sat
+ * idle does. Returns the seconds waited; at once where nothing is reported.
+ */
+export async function settleHostMemory({ quiet = 2500, limit = 15_000 } = {}) {
+  let last = reportedKiB();
+  if (last === undefined) return 0;
+  const t0 = performance.now();
+  let since = t0;
+  while (performance.now() - since < quiet && performance.now() - t0 < limit) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = reportedKiB();
+    if (now !== last) {
+      last = now;
+      since = performance.now();
+    }
+  }
+  return (performance.now() - t0) / 1000;
+}
+
 export const GNU_TIME = '/usr/bin/time';
 
 export function haveGnuTime() {
@@ -54,11 +94,14 @@ let counter = 0;
  * (seconds, MiB). Without GNU time, falls back to wall time only.
  */
 export async function timed(cmd, args, options = {}) {
+  const r0 = reportedKiB();
+  /** MiB the host took back while the command ran (see reportedKiB). */
+  const reclaim = () => (r0 === undefined ? NaN : (reportedKiB() - r0) / 1024);
   if (!haveGnuTime()) {
     const t0 = performance.now();
     const { stdout, stderr } = await run(cmd, args, options);
     const wall = (performance.now() - t0) / 1000;
-    return { wall, user: NaN, sys: NaN, cpu: NaN, rssMiB: NaN, stdout, stderr };
+    return { wall, user: NaN, sys: NaN, cpu: NaN, rssMiB: NaN, reclaimMiB: reclaim(), stdout, stderr };
   }
   const out = join(tmpdir(), `img-bench-time-${process.pid}-${counter++}.txt`);
   try {
@@ -67,7 +110,7 @@ export async function timed(cmd, args, options = {}) {
     const { stdout, stderr } = await run(GNU_TIME, ['-o', out, '-f', '%e %U %S %M', cmd, ...args], options);
     const wall = (performance.now() - t0) / 1000;
     const [, user, sys, rss] = readFileSync(out, 'utf8').trim().split('\n').pop().split(/\s+/).map(Number);
-    return { wall, user, sys, cpu: user + sys, rssMiB: rss / 1024, stdout, stderr };
+    return { wall, user, sys, cpu: user + sys, rssMiB: rss / 1024, reclaimMiB: reclaim(), stdout, stderr };
   } finally {
     await rm(out, { force: true });
   }
@@ -81,12 +124,17 @@ export function median(values) {
 }
 
 /**
- * Removes the outputs of both tools and writes back whatever else is dirty,
- * before a timed run: the other tool's output, left in the page cache (2 GiB
- * for input D), would otherwise be written back, or throttle the writer,
- * while this run is timed, and charge that to whichever tool runs next.
+ * Before a timed run: writes back whatever is dirty, then removes the
+ * outputs of both tools. The other tool's output, left in the page cache (2
+ * GiB for input D), would otherwise be written back, or throttle the writer,
+ * while this run is timed, and charge that to whichever tool runs next. In
+ * that order (sync first) the run starts right after the memory of the
+ * removed output is freed, before a VM's kernel hands it back to the host
+ * (about 2 s later here). With IMG_BENCH_SETTLE=1 it waits until that is
+ * done instead (settleHostMemory), so that every run finds its memory cold.
  */
 export async function clearOutputs(...paths) {
-  await Promise.all(paths.map((p) => rm(p, { force: true })));
   await run('sync', []);
+  await Promise.all(paths.map((p) => rm(p, { force: true })));
+  if (process.env.IMG_BENCH_SETTLE === '1') await settleHostMemory();
 }

@@ -104,6 +104,12 @@ export function renderMarkdown(result) {
   if (m.envDropped?.length) {
     lines.push(`- Both tools ran without ${m.envDropped.map((v) => `\`${v}\``).join(', ')}, set on this machine: Node parses that CA bundle at every start (about 40 ms here); img uses no TLS and qemu-img does not read it (\`IMG_BENCH_KEEP_CA=1\` keeps it)`);
   }
+  if (m.reportedKiB !== undefined) {
+    const total = Number.isFinite(m.reportedMiB) ? `; ${(m.reportedMiB / 1024).toFixed(1)} GiB handed back during this run` : '';
+    lines.push(
+      `- Free page reporting (virtio-balloon) is on: the kernel hands free memory back to the host about 2 s after it is freed, and using it again costs a host fault per page${total}. ${m.settle ? 'IMG_BENCH_SETTLE=1: each run starts after that has settled, so every run finds its memory cold' : 'Each run starts right after the outputs of the run before are removed (their memory is still backed)'}; "reclaim" = median MiB handed back while a run ran`,
+    );
+  }
   lines.push('');
   lines.push('Times are medians of wall-clock seconds of the whole process (start-up included), CPU = user + sys seconds, RSS = largest peak resident set over the runs. ratio = img / qemu-img wall time.');
   lines.push('');
@@ -117,11 +123,14 @@ export function renderMarkdown(result) {
   const cpuPerGiB = perGiB(result);
   lines.push('CPU/GiB = CPU seconds (user + sys) per GiB of data the input holds: steadier than wall time on a shared machine.');
   lines.push('');
-  lines.push('| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB | output |');
-  lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+  const withReclaim = m.reportedKiB !== undefined;
+  const reclaimHead = withReclaim ? ' reclaim MiB img / qemu |' : '';
+  const reclaimCell = (r) => (withReclaim ? ` ${mib(r.img.reclaimMiB)} / ${mib(r.qemu.reclaimMiB)} |` : '');
+  lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB |${reclaimHead} output |`);
+  lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} --- |`);
   for (const r of result.convert) {
     lines.push(
-      `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
+      `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} |${reclaimCell(r)} ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
     );
   }
   if (result.compress.length) {
@@ -140,11 +149,11 @@ export function renderMarkdown(result) {
     lines.push('');
     lines.push('`img-convert` against `qemu-img convert -O vmdk` (monolithicSparse, the default of both) and `-o subformat=streamOptimized`; the `vmdk->raw` inputs are written by qemu-img from the raw, untimed.');
     lines.push('');
-    lines.push('| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB | output |');
-    lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+    lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB |${reclaimHead} output |`);
+    lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} --- |`);
     for (const r of result.vmdk) {
       lines.push(
-        `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
+        `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} |${reclaimCell(r)} ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
       );
     }
   }
