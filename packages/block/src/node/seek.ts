@@ -53,6 +53,8 @@ export interface NativeRunOptions {
   probeHoles: 0 | 1;
   /** Blocks allocated ahead of the writes: 0 never, 1 with skipped zero runs left as holes, 2 skipped runs may keep them (helpers built before it ignore it). */
   preallocate: 0 | 1 | 2;
+  /** copyRuns: the destination opened again with O_DIRECT; whole pages of data are written through it (helpers built before it ignore it). */
+  directFd?: number;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */

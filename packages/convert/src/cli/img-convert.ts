@@ -5,6 +5,7 @@
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
+import type { CacheMode } from '../node.js';
 import { storedBackingFormat } from './commands/shared.js';
 import { checkCacheModes, describeErrno, ExitCode, progressPrinter, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
@@ -45,9 +46,12 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
                       (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
                       '-O ova -o help' lists them)
-  -t, -T <cache>, -W, -m <n>, -C
-                      qemu-img's cache modes, out-of-order writes, coroutines and copy offloading:
-                      accepted (values checked) for qemu-img's command lines; img picks its own
+  -t <cache>          the output's cache mode, as qemu-img's: unsafe (default) leaves it in the
+                      page cache; writeback, writethrough: synced before img exits; none,
+                      directsync: synced, and its data written around the page cache (O_DIRECT)
+  -T <cache>, -W, -m <n>, -C
+                      qemu-img's source cache mode, out-of-order writes, coroutines and copy
+                      offloading: accepted (values checked) for qemu-img's command lines; img picks its own
   --keep-partial      keep the output after a failure
   --bitmaps           copy the persistent bitmaps of a qcow2 input to the qcow2 output
   --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps with a warning
@@ -286,6 +290,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           keepPartial: values['keep-partial'] ?? false,
           signal: controller.signal,
           ...salvage,
+          ...(values.t !== undefined ? { cache: values.t as CacheMode } : {}),
           ...(backing !== undefined ? { backingFile: backing } : {}),
           ...(values.F !== undefined ? { backingFormat: storedBackingFormat(registry, values.F) } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),

@@ -1,0 +1,102 @@
+// convert -t (qemu-img's output cache mode): none and directsync write the
+// copied data around the page cache (checked with util-linux fincore, which
+// asks the kernel which pages of a file are cached), and every mode writes
+// the same image (checked with qemu-img compare and check).
+import { execFileSync } from 'node:child_process';
+import { closeSync, ftruncateSync, openSync, statfsSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '@img/block/node';
+import { describeQemu, qemuImg, seededRandom, tempDir } from '@img/testkit';
+import { convertFile } from './node.js';
+import { run } from './test/cli.js';
+
+const tmp = tempDir('img-cache-mode-');
+afterAll(() => tmp.cleanup());
+
+const MiB = 1024 * 1024;
+
+/** Bytes of `path` in the page cache (fincore), or undefined without fincore. */
+function cached(path: string): number | undefined {
+  try {
+    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+/**
+ * 24 MiB of random data in 3 MiB runs with file holes between them, as a
+ * raw file (zeros written as bytes would be placed, skipped and then moved
+ * over by the qcow2 writer, through the cache).
+ */
+const input = join(tmp.path, 'in.raw');
+{
+  const rnd = seededRandom(7);
+  const fd = openSync(input, 'w');
+  for (let at = 0; at < 40 * MiB; at += 5 * MiB) {
+    const run = new Uint8Array(3 * MiB);
+    for (let i = 0; i < run.length; i++) run[i] = Math.floor(rnd() * 256);
+    writeSync(fd, run, 0, run.length, at);
+  }
+  ftruncateSync(fd, 40 * MiB);
+  closeSync(fd);
+}
+
+/** Whether this file system takes O_DIRECT: a direct open says so. */
+async function directHere(): Promise<boolean> {
+  const s = await FileStorage.create(join(tmp.path, 'probe'), { direct: true, lock: false });
+  await s.close();
+  return s.direct;
+}
+
+describeQemu('convert -t', () => {
+  for (const format of ['qcow2', 'raw']) {
+    it(`-t none and -t directsync into ${format}: the data never enters the page cache, and the image is the input's`, async () => {
+      const direct = await directHere();
+      if (statfsSync(tmp.path).type === 0xef53) expect(direct).toBe(true); // ext4, the usual /tmp
+      for (const mode of ['none', 'directsync']) {
+        const out = join(tmp.path, `out-${mode}.${format}`);
+        const r = run('img', ['convert', '-t', mode, '-f', 'raw', '-O', format, input, out]);
+        expect(r.status, r.stderr).toBe(0);
+        const inCache = cached(out);
+        // 24 MiB of data written: with O_DIRECT only metadata (a qcow2's header and tables) is cached.
+        if (direct && inCache !== undefined) expect(inCache).toBeLessThan(2 * MiB);
+        qemuImg(['compare', '-q', '-f', format, '-F', 'raw', out, input]);
+        if (format === 'qcow2') qemuImg(['check', out]);
+      }
+      // Without -t the data is in the page cache, as qemu-img leaves it: the measure above can tell.
+      const plain = join(tmp.path, `out-plain.${format}`);
+      expect(run('img', ['convert', '-f', 'raw', '-O', format, input, plain]).status).toBe(0);
+      const inCache = cached(plain);
+      if (inCache !== undefined) expect(inCache).toBeGreaterThan(20 * MiB);
+    });
+  }
+
+  it('every cache mode writes the same image, through the API as through the command; a bad one is refused as qemu-img refuses it', async () => {
+    for (const cache of ['none', 'directsync', 'writeback', 'writethrough', 'unsafe'] as const) {
+      const out = join(tmp.path, `api-${cache}.qcow2`);
+      const result = await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input, output: out, cache });
+      expect(result.bytesWritten).toBe(24 * MiB);
+      qemuImg(['compare', '-q', '-f', 'qcow2', '-F', 'raw', out, input]);
+    }
+    const vhd = join(tmp.path, 'out.vhd');
+    expect(run('img', ['convert', '-t', 'none', '-f', 'raw', '-O', 'vpc', input, vhd]).status).toBe(0);
+    qemuImg(['compare', '-q', '-f', 'vpc', '-F', 'raw', vhd, input]);
+    const bad = run('img', ['convert', '-t', 'nonee', '-f', 'raw', '-O', 'qcow2', input, join(tmp.path, 'bad.qcow2')]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/^img convert: Invalid cache option: nonee\n/);
+  });
+});
+
+describe('FileStorage direct', () => {
+  it('is off for read-only opens and by default', async () => {
+    const ro = await FileStorage.open(input, { direct: true, lock: false });
+    expect(ro.direct).toBe(false);
+    await ro.close();
+    const plain = await FileStorage.open(input, { readOnly: false, lock: false });
+    expect(plain.direct).toBe(false);
+    await plain.close();
+  });
+});
