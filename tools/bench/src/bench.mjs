@@ -44,6 +44,7 @@ export function configFromEnv(env = process.env) {
     compressFrom: list(env.IMG_BENCH_COMPRESS_FROM, ['raw']),
     vmdkFrom: list(env.IMG_BENCH_VMDK, ['A', 'E']).filter((n) => n !== 'none'),
     inproc: list(env.IMG_BENCH_INPROC, ['A', 'C']).filter((n) => n !== 'none'),
+    cacheNone: list(env.IMG_BENCH_CACHE_NONE, ['B', 'D']).filter((n) => n !== 'none'),
     vmdkPairs: list(env.IMG_BENCH_VMDK_PAIRS, undefined),
     diskOps: Number(env.IMG_BENCH_DISK_OPS ?? 100000),
     diskDepth: Number(env.IMG_BENCH_DISK_DEPTH ?? 16),
@@ -139,6 +140,35 @@ async function convertRows(cfg, files, layout, inproc) {
       await rm(dstImg, { force: true });
       await rm(dstQemu, { force: true });
     }
+  }
+  return rows;
+}
+
+/**
+ * `-t none` rows: both tools write the output around the page cache
+ * (O_DIRECT) and sync it before they exit, for the pairs into raw and qcow2
+ * (the outputs img's copy loop writes directly).
+ */
+async function cacheNoneRows(cfg, input, paths) {
+  const rows = [];
+  for (const pair of cfg.pairs) {
+    const [from, to] = pair.split(':');
+    if (!paths[from] || (to !== 'raw' && to !== 'qcow2')) continue;
+    const dstImg = join(cfg.dir, `out-img-t.${EXT[to]}`);
+    const dstQemu = join(cfg.dir, `out-qemu-t.${EXT[to]}`);
+    const clear = () => clearOutputs(dstImg, dstQemu);
+    const img = async () => {
+      await clear();
+      return timed(process.execPath, [IMG_CONVERT, '-t', 'none', from, to, paths[from], dstImg]);
+    };
+    const qemu = async () => {
+      await clear();
+      return timed('qemu-img', ['convert', '-t', 'none', '-f', from, '-O', to, paths[from], dstQemu]);
+    };
+    const row = await alternate(cfg, `${input} ${from}->${to} -t none`, img, qemu, () => compare(from, paths[from], to, dstImg));
+    rows.push({ ...row, input, pair: `${from}->${to}` });
+    await rm(dstImg, { force: true });
+    await rm(dstQemu, { force: true });
   }
   return rows;
 }
@@ -258,7 +288,7 @@ async function settleInputs() {
 export async function runBench(cfg) {
   await mkdir(cfg.dir, { recursive: true });
   const layout = layouts(cfg.scale);
-  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [], inproc: [] };
+  const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [], inproc: [], cacheNone: [] };
   result.startup = await startupRow(cfg);
   // One long-running Node process for every in-process row, started only if some input asks for them.
   const wantsInproc = cfg.inproc.some((n) => cfg.inputs.includes(n) || cfg.vmdkFrom.includes(n));
@@ -286,6 +316,7 @@ async function benchInputs(cfg, result, layout, inprocFor) {
     await settleInputs();
     // Raw C is 1 TiB: without SEEK_DATA both tools must not read it all, qemu skips holes, so does img with the helper.
     result.convert.push(...(await convertRows(cfg, { [name]: files[name] }, layout, inprocFor(name))));
+    if (cfg.cacheNone.includes(name)) result.cacheNone.push(...(await cacheNoneRows(cfg, name, files[name])));
     if (cfg.vmdkFrom.includes(name) && name !== 'E') result.vmdk.push(...(await vmdkRows(cfg, name, files[name].raw, alternate, IMG_CONVERT, inprocFor(name))));
     if (!cfg.keep && name !== 'E') for (const f of Object.values(files[name])) await rm(f, { force: true });
     if (!cfg.keep) await rm(join(cfg.dir, `${name}.stamp`), { force: true });

@@ -10,6 +10,7 @@
  *   IMG_BENCH_VMDK     inputs of the VMDK rows: raw->vmdk (monolithicSparse, streamOptimized), vmdk->raw (default A,E; none skips)
  *   IMG_BENCH_VMDK_PAIRS only these VMDK rows, by their pair label (e.g. "vmdk->raw,vmdk streamOptimized->raw"; default all four)
  *   IMG_BENCH_INPROC   inputs that also get in-process rows: convertFile() in one long-running Node process against whole qemu-img runs, for the conversion and VMDK rows (default A,C: the inputs with 64 MiB of data; none skips)
+ *   IMG_BENCH_CACHE_NONE inputs that also get `-t none` rows (both tools write around the page cache and sync; default B,D; none skips)
  *   IMG_BENCH_COMPRESS deflate,zstd (default) or none; IMG_BENCH_COMPRESS_FROM raw (default) or raw,qcow2
  *   IMG_BENCH_DISK_OPS 4 KiB requests per Disk API row (default 100000; 0 skips)
  *   IMG_BENCH_NBD      0 skips the NBD row (nbdcopy from img serve vs qemu-nbd; needs libnbd-bin)
