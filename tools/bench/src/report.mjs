@@ -107,7 +107,7 @@ export function renderMarkdown(result) {
   if (m.reportedKiB !== undefined) {
     const total = Number.isFinite(m.reportedMiB) ? `; ${(m.reportedMiB / 1024).toFixed(1)} GiB handed back during this run` : '';
     lines.push(
-      `- Free page reporting (virtio-balloon) is on: the kernel hands free memory back to the host about 2 s after it is freed, and using it again costs a host fault per page${total}. ${m.settle ? 'IMG_BENCH_SETTLE=1: each run starts after that has settled, so every run finds its memory cold' : 'Each run starts right after the outputs of the run before are removed (their memory is still backed)'}; "reclaim" = median MiB handed back while a run ran`,
+      `- Free page reporting (virtio-balloon) is on: the kernel hands free memory back to the host about 2 s after it is freed, and using it again costs a host fault per page${total}. ${m.settle ? 'IMG_BENCH_SETTLE=1: each run starts after that has settled, so every run finds its memory cold' : 'Each run starts after the outputs of the run before are removed and the disk synced, whether or not their memory has been handed back by then'}; "reclaim" = median MiB handed back while a run ran`,
     );
   }
   lines.push('');
