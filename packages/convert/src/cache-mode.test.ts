@@ -3,7 +3,7 @@
 // asks the kernel which pages of a file are cached), and every mode writes
 // the same image (checked with qemu-img compare and check).
 import { execFileSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, statfsSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, statfsSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '@img/block/node';
@@ -81,6 +81,8 @@ describeQemu('convert -t', () => {
       expect(result.bytesWritten).toBe(24 * MiB);
       qemuImg(['compare', '-q', '-f', 'qcow2', '-F', 'raw', out, input]);
     }
+    await expect(convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input, output: join(tmp.path, 'api-bad.qcow2'), cache: 'nonee' as 'none' })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+    expect(existsSync(join(tmp.path, 'api-bad.qcow2'))).toBe(false);
     const vhd = join(tmp.path, 'out.vhd');
     expect(run('img', ['convert', '-t', 'none', '-f', 'raw', '-O', 'vpc', input, vhd]).status).toBe(0);
     qemuImg(['compare', '-q', '-f', 'vpc', '-F', 'raw', vhd, input]);

@@ -153,6 +153,7 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
 
 /** qemu's cache modes (qemu-img convert -t). */
 export type CacheMode = 'none' | 'directsync' | 'writeback' | 'writethrough' | 'unsafe';
+const CACHE_MODES: readonly string[] = ['none', 'directsync', 'writeback', 'writethrough', 'unsafe'];
 
 /** Writes `path`'s data and size to disk (fdatasync through a descriptor of its own). */
 async function syncFile(path: string): Promise<void> {
@@ -216,6 +217,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const cache = options.cache ?? 'unsafe';
+    if (!CACHE_MODES.includes(cache)) throw invalidUsage(`invalid cache mode ${JSON.stringify(cache)}: one of ${CACHE_MODES.join(', ')}`, { field: 'cache' });
     target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct: cache === 'none' || cache === 'directsync' });
     // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
     const { result } = await convertInto(
