@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, expect, it } from 'vitest';
 import { nbdUri } from './cli/commands/serve.js';
 import { run } from './test/cli.js';
@@ -105,7 +105,7 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
     const sock = join(tmp.path, 'q.sock');
     const server = spawn('qemu-nbd', ['-t', '-r', '-e', '8', '-f', 'qcow2', '-k', sock, file], { stdio: 'ignore' });
     try {
-      for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(await waitForSocket(sock)).toBe(true);
       const u = `nbd+unix:///?socket=${sock}`;
       const ours = JSON.parse(run('img', ['map', '--output=json', u]).stdout) as unknown;
       const theirs = JSON.parse((await client('qemu-img', ['map', '--output=json', u])).stdout) as unknown;

@@ -1,9 +1,9 @@
 // NbdStorage against two servers: qemu-nbd (the independent one) and img's own, with a model of the bytes.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage, createRaw, openRaw } from '@img/block';
-import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdStorage, parseNbdUri, serveNbd } from './index.js';
 
@@ -90,7 +90,7 @@ describeWith('qemu-nbd', 'NbdStorage against qemu-nbd', () => {
     qemuImg(['create', '-q', '-f', 'raw', at('d.raw'), '16M']);
     qemuIo(at('d.raw'), 'raw', ['write -P 0x41 1M 1M', 'write -P 0x42 9M 64k']);
     server = spawn('qemu-nbd', ['-t', '-r', '-e', '4', '-f', 'raw', '-k', at('q.sock'), at('d.raw')], { stdio: 'ignore' });
-    for (let i = 0; i < 200 && !existsSync(at('q.sock')); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(await waitForSocket(at('q.sock'))).toBe(true);
   });
   afterAll(() => {
     server.kill();

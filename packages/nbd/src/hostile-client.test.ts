@@ -2,10 +2,10 @@
 // memory stays bounded, and the server goes on serving everyone else. Where qemu-nbd is installed, the errnos are
 // compared with its own for the same requests.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage, createRaw, type Disk } from '@img/block';
-import { tempDir } from '@img/testkit';
+import { tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { serveNbd, type NbdServeOptions, type NbdServer } from './index.js';
 import * as P from './protocol.js';
@@ -87,7 +87,7 @@ describe('img serve against hostile clients', () => {
       const qsock = join(tmp.path, 'q.sock');
       const q = spawn('qemu-nbd', ['-t', '-r', '-f', 'raw', '-k', qsock, raw], { stdio: 'ignore' });
       try {
-        expect(await waitFor(() => existsSync(qsock))).toBe(true);
+        expect(await waitForSocket(qsock)).toBe(true);
         const theirs = await errnosOf(qsock);
         // Where they differ, img follows the protocol's errnos: qemu-nbd 7.2 answers a read of 2^32-1 bytes EINVAL
         // (over its 32 MiB limit) where img says EOVERFLOW (a read too large to answer), and writes, trims and

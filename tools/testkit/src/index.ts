@@ -14,3 +14,4 @@ export { ByteStorage } from './byte-storage.js';
 export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './fault-storage.js';
 export { qemuDirtyBitmap, qemuBitmapList, setQcow2BitmapInUse, type BitmapRun } from './qemu-bitmap.js';
 export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';
+export { waitForSocket } from './socket.js';
