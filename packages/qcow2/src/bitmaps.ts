@@ -128,12 +128,12 @@ export async function readQcow2DirtyBitmap(storage: Storage, name: string, file:
   const index = list.findIndex((b) => b.name === name);
   if (!ext || index < 0) throw invalidArg(FORMAT, `${file ?? 'the image'} has no persistent bitmap named "${name}"${list.length ? ` (it has ${list.map((b) => `"${b.name}"`).join(', ')})` : ''}`, { field: 'bitmap' });
   if ((header.autoclearFeatures & (1n << BigInt(AUTOCLEAR_BITMAPS))) === 0n) throw corrupt(FORMAT, file, `the bitmaps are inconsistent (autoclear bit 0 is clear): bitmap "${name}" cannot be trusted`, { field: 'autoclear_features' });
-  if (list[index]!.flags.includes('in-use')) throw corrupt(FORMAT, file, `bitmap "${name}" is in use (an unclean shutdown left it inconsistent)`, { field: 'bitmap flags' });
   // Walk to the entry (entries are 8-byte aligned) for its table and type.
   const dir = await storage.read(ext.bitmapDirectoryOffset, ext.bitmapDirectorySize);
   let at = 0;
   for (let i = 0; i < index; i++) at = Math.ceil((at + ENTRY_FIXED + readU32Be(dir, at + 20) + readU16Be(dir, at + 18)) / 8) * 8;
   const entryAt = ext.bitmapDirectoryOffset + at;
+  if (list[index]!.flags.includes('in-use')) throw corrupt(FORMAT, file, `bitmap "${name}" is in use (an unclean shutdown left it inconsistent)`, { field: 'bitmap flags', offset: entryAt + 12 });
   const tableOffset = entryOffset(readU32Be(dir, at), readU32Be(dir, at + 4)); // 0: bitmap_table_offset
   const tableSize = readU32Be(dir, at + 8); // 8: bitmap_table_size
   const type = dir[at + 16]!; // 16: type

@@ -38,7 +38,14 @@ describeQemu('readQcow2DirtyBitmap', () => {
     await expect(readQcow2DirtyBitmap(storage, 'b9', file)).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG', message: expect.stringContaining('"b0"') });
     // A change not yet flushed leaves the bitmap in use on disk: its bits are not to be trusted.
     await disk.write(0, new Uint8Array(512).fill(3));
-    await expect(readQcow2DirtyBitmap(storage, 'b0', file)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringContaining('in use') });
+    const inUse = await readQcow2DirtyBitmap(storage, 'b0', file).then(
+      () => undefined,
+      (e: unknown) => e as { code: string; message: string; data: { field?: string; offset?: number } },
+    );
+    expect(inUse).toMatchObject({ code: 'ERR_IMG_CORRUPT', message: expect.stringContaining('in use'), data: { field: 'bitmap flags' } });
+    // The offset names the entry's 32-bit big-endian flags, whose bit 0 (in_use) the file has set.
+    const flags = await storage.read(inUse!.data.offset!, 4);
+    expect(flags[3]! & 1).toBe(1);
     await disk.close();
     expect((await readQcow2DirtyBitmap(storage, 'b0', file)).runs(0, 65536)[0]!.dirty).toBe(true);
     await storage.close();
