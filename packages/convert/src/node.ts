@@ -16,6 +16,7 @@ import { parseSnapshotSelector, selectSnapshotId } from './snapshot-select.js';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
+import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -151,9 +152,7 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   cache?: CacheMode;
 }
 
-/** qemu's cache modes (qemu-img convert -t). */
-export type CacheMode = 'none' | 'directsync' | 'writeback' | 'writethrough' | 'unsafe';
-const CACHE_MODES: readonly string[] = ['none', 'directsync', 'writeback', 'writethrough', 'unsafe'];
+export type { CacheMode } from './cache-mode.js';
 
 /** Writes `path`'s data and size to disk (fdatasync through a descriptor of its own). */
 async function syncFile(path: string): Promise<void> {
@@ -217,7 +216,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const cache = options.cache ?? 'unsafe';
-    if (!CACHE_MODES.includes(cache)) throw invalidUsage(`invalid cache mode ${JSON.stringify(cache)}: one of ${CACHE_MODES.join(', ')}`, { field: 'cache' });
+    if (!isCacheMode(cache)) throw invalidUsage(`invalid cache mode ${JSON.stringify(cache)}: one of ${cacheModeNames()}`, { field: 'cache' });
     target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct: cache === 'none' || cache === 'directsync' });
     // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
     const { result } = await convertInto(

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { ImageError, formatSize } from '@img/block';
 import { interruptedStatus } from './interrupt.js';
+import { isCacheMode } from '../cache-mode.js';
 
 /** A command line that cannot be run (unknown option, missing argument): printed with a pointer to --help, exit status 1. */
 export class UsageError extends Error {}
@@ -110,17 +111,15 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
   }
 }
 
-/** qemu's cache modes (-t, -T of convert, commit, rebase, amend). */
-const CACHE_MODES: readonly string[] = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
-
 /**
  * qemu-img's cache mode options (-t, and -T for the source), which change how qemu does its
- * I/O but not what it writes: checked in qemu-img's words, then left to
- * img, which picks its own caching (the image written is the same).
+ * I/O but not what it writes: checked in qemu-img's words. convert's -t
+ * then sets the output's cache mode (ConvertFileOptions.cache); elsewhere
+ * img picks its own caching (the image written is the same).
  */
 export function checkCacheModes(cache: string | undefined, sourceCache?: string): void {
-  if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new UsageError(`Invalid cache option: ${cache}`);
-  if (sourceCache !== undefined && !CACHE_MODES.includes(sourceCache)) throw new UsageError(`Invalid source cache option: ${sourceCache}`);
+  if (cache !== undefined && !isCacheMode(cache)) throw new UsageError(`Invalid cache option: ${cache}`);
+  if (sourceCache !== undefined && !isCacheMode(sourceCache)) throw new UsageError(`Invalid source cache option: ${sourceCache}`);
 }
 
 /** qemu-img's -r (a rate limit of convert and commit) is refused: ignoring it would not do what the user asked. */

@@ -5,7 +5,7 @@
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
-import type { CacheMode } from '../node.js';
+import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
 import { checkCacheModes, describeErrno, ExitCode, progressPrinter, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
@@ -290,7 +290,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           keepPartial: values['keep-partial'] ?? false,
           signal: controller.signal,
           ...salvage,
-          ...(values.t !== undefined ? { cache: values.t as CacheMode } : {}),
+          ...(values.t !== undefined && isCacheMode(values.t) ? { cache: values.t } : {}),
           ...(backing !== undefined ? { backingFile: backing } : {}),
           ...(values.F !== undefined ? { backingFormat: storedBackingFormat(registry, values.F) } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
