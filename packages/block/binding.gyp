@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "img_seek",
-      "sources": ["native/seek.c", "native/copy.c", "native/inflate.c"],
+      "sources": ["native/seek.c", "native/copy.c", "native/inflate.c", "native/zstd.c"],
       "cflags": ["-O2", "-Wall"],
       "defines": ["NAPI_VERSION=8"]
     }

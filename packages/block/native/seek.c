@@ -263,11 +263,14 @@ static napi_value lock_style(napi_env env, napi_callback_info info) {
 napi_status img_copy_register(napi_env env, napi_value exports);
 /* inflate.c: inflateInto and inflateAvailable. */
 napi_status img_inflate_register(napi_env env, napi_value exports);
+/* zstd.c: zstdClusters and zstdVersion. */
+napi_status img_zstd_register(napi_env env, napi_value exports);
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value fn;
   CHECK(img_copy_register(env, exports));
   CHECK(img_inflate_register(env, exports));
+  CHECK(img_zstd_register(env, exports));
   CHECK(napi_create_function(env, "seekRanges", NAPI_AUTO_LENGTH, seek_ranges, NULL, &fn));
   CHECK(napi_set_named_property(env, exports, "seekRanges", fn));
   CHECK(napi_create_function(env, "nowait", NAPI_AUTO_LENGTH, nowait_io, NULL, &fn));

@@ -16,8 +16,8 @@ import type { Qcow2Geometry } from './header.js';
 import type { Entry } from './l2-entry.js';
 import type { L2Cache } from './l2-cache.js';
 import type { OverlapMap } from './overlap.js';
-import type { PendingWrites } from './pending-writes.js';
 import type { DecompressedCache } from './reader.js';
+import { RefcountBatch, type PendingWrites } from './pending-writes.js';
 import type { Refcounts } from './refcount.js';
 
 /** The parts of the open image the allocator reads and keeps up to date (the image core is one). */
@@ -172,17 +172,28 @@ export class Allocator {
     else if (e.host !== undefined && !img.dataFile) await this.release(e.host, img.geom.clusterSize);
   }
 
-  /** Finds room for compressed bytes of each length, in order (see {@link #placeCompressed}). */
+  /**
+   * Finds room for compressed bytes of each length, in order (see
+   * {@link #placeCompressed}). The refcount blocks are written once per
+   * call, and the file grown once, before it answers.
+   */
   placeCompressed(lengths: readonly number[]): Promise<number[]> {
     return this.#meta.run(async () => {
       const out: number[] = [];
-      for (const length of lengths) out.push(await this.#placeCompressed(length));
+      const batch = new RefcountBatch();
+      try {
+        for (const length of lengths) out.push(await this.#placeCompressed(length, batch));
+      } finally {
+        // Also after a failure: what memory counts, the disk counts (a leak at worst, never a cluster in use counted free).
+        await this.refcounts.writeBatch(batch);
+      }
+      await this.#growFile();
       return out;
     });
   }
 
   /** Finds room for compressed bytes: the tail of the last compressed cluster, or new clusters. Holds the metadata lock. */
-  async #placeCompressed(length: number): Promise<number> {
+  async #placeCompressed(length: number, batch: RefcountBatch): Promise<number> {
     const cs = this.#img.geom.clusterSize;
     const rc = this.refcounts;
     const tail = this.#ctail;
@@ -191,7 +202,7 @@ export class Allocator {
     if (tail && shared > 0 && shared < rc.maxRefcount) {
       const host = tail.offset;
       if (length <= tail.end - tail.offset) {
-        await rc.add(Math.floor(host / cs), 1, 1);
+        await rc.add(Math.floor(host / cs), 1, 1, batch);
         this.#advanceTail(host + length, tail.end);
         return host;
       }
@@ -199,16 +210,14 @@ export class Allocator {
       // compressed clusters pack without a gap (data compressing to more than half a cluster would
       // otherwise take a whole cluster each).
       const more = Math.ceil((length - (tail.end - tail.offset)) / cs);
-      if (await rc.allocateAt(tail.end / cs, more)) {
-        await rc.add(Math.floor(host / cs), 1, 1);
-        await this.#growFile();
+      if (await rc.allocateAt(tail.end / cs, more, batch)) {
+        await rc.add(Math.floor(host / cs), 1, 1, batch);
         this.#advanceTail(host + length, tail.end + more * cs);
         return host;
       }
     }
     const count = Math.ceil(length / cs);
-    const host = await rc.allocate(count);
-    await this.#growFile();
+    const host = await rc.allocate(count, batch);
     this.#advanceTail(host + length, host + count * cs);
     return host;
   }

@@ -35,3 +35,24 @@ export class PendingWrites {
     for (let i = 0; i < this.#writes.length; i++) if (this.#failures.has(i)) throw this.#failures.get(i);
   }
 }
+
+/**
+ * Refcount changes made in memory whose block writes wait: `Refcounts.add`
+ * with a batch records each block's changed range here, and
+ * `Refcounts.writeBatch` then writes every block's range once (a run
+ * of compressed clusters that share host clusters would otherwise write
+ * the same two bytes once per cluster).
+ */
+export class RefcountBatch {
+  /** Block index -> [first, last + 1) changed entries. */
+  readonly ranges = new Map<number, [number, number]>();
+
+  /** Entries [from, to) of refcount block `t` changed. */
+  note(t: number, from: number, to: number): void {
+    const r = this.ranges.get(t);
+    if (r) {
+      r[0] = Math.min(r[0], from);
+      r[1] = Math.max(r[1], to);
+    } else this.ranges.set(t, [from, to]);
+  }
+}

@@ -10,7 +10,7 @@
 import { readU32Be, writeU32Be, corrupt, hex, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
-import type { PendingWrites } from './pending-writes.js';
+import { RefcountBatch, type PendingWrites } from './pending-writes.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { MAX_HOST_OFFSET } from './mapping.js';
 import { OVERLAP, overlapKindName, type OverlapMap } from './overlap.js';
@@ -275,9 +275,12 @@ export class Refcounts {
    * added there, for a caller that has other I/O to overlap
    * with them and awaits them all before its next barrier. (Each write
    * sends the block as it is when the write runs, so overlapping writes of
-   * one block still leave the latest counts on disk.)
+   * one block still leave the latest counts on disk.) With a
+   * {@link RefcountBatch}, nothing is written: the changed ranges are
+   * recorded there for {@link writeBatch}, which the caller runs before
+   * anything that depends on the counts reaches the disk.
    */
-  async add(first: number, count: number, delta: number, pending?: PendingWrites): Promise<void> {
+  async add(first: number, count: number, delta: number, pending?: PendingWrites | RefcountBatch): Promise<void> {
     let i = first;
     const end = first + count;
     while (i < end) {
@@ -299,6 +302,11 @@ export class Refcounts {
           if (j < this.#runHint) this.#runHint = j;
         }
       }
+      if (pending instanceof RefcountBatch) {
+        pending.note(t, i % this.perBlock, stop - t * this.perBlock);
+        i = stop;
+        continue;
+      }
       const written = this.#writeBlockRange(t, block, i % this.perBlock, stop - t * this.perBlock);
       // The caller settles `pending` before its barrier (PendingWrites holds a failure until then).
       if (pending) pending.add(written);
@@ -318,6 +326,17 @@ export class Refcounts {
     if (this.#untrusted.has(t)) await this.#ensureBlock(t);
     const current = await this.get(index);
     if (current !== value) await this.add(index, 1, value - current);
+  }
+
+  /** Writes each block range a batch recorded, once, with the counts as they are now; empties the batch. */
+  async writeBatch(batch: RefcountBatch): Promise<void> {
+    const writes: Promise<void>[] = [];
+    for (const [t, [from, to]] of batch.ranges) {
+      const block = await this.#block(t);
+      if (block) writes.push(this.#writeBlockRange(t, block, from, to));
+    }
+    batch.ranges.clear();
+    await Promise.all(writes);
   }
 
   async #writeBlockRange(t: number, block: Uint8Array, fromEntry: number, toEntry: number): Promise<void> {
@@ -454,7 +473,7 @@ export class Refcounts {
    * offset of the first. Reuses free clusters inside the file before
    * growing it. `pending`: as in {@link add}.
    */
-  async allocate(count: number, pending?: PendingWrites): Promise<number> {
+  async allocate(count: number, pending?: PendingWrites | RefcountBatch): Promise<number> {
     let first = await this.#findFree(count);
     for (;;) {
       // Past the end of the file the refcounts say nothing: metadata there (a table pointing past the end) still counts.
@@ -475,14 +494,15 @@ export class Refcounts {
    * Allocates exactly clusters [first, first+count) (refcount 1) if every
    * one of them is free; answers false (and changes nothing) otherwise.
    * Compressed data that runs on past the cluster it starts in uses it.
+   * `batch`: as in {@link add}.
    */
-  async allocateAt(first: number, count: number): Promise<boolean> {
+  async allocateAt(first: number, count: number, batch?: RefcountBatch): Promise<boolean> {
     for (let c = first; c < first + count; c++) {
       if (this.#o.overlap?.kindsAt(c)) return false;
       if ((await this.get(c)) !== 0) return false;
     }
     if (first + count > this.#end) this.#end = first + count;
-    await this.add(first, count, 1);
+    await this.add(first, count, 1, batch);
     return true;
   }
 

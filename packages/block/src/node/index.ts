@@ -3,3 +3,4 @@ export { type LockState } from './image-lock.js';
 export { fileResolver, fileResolverWith, resolveRelative, type FileResolverOptions } from './resolver.js';
 export { nativeStatus, type NativeStatus, type NativeFeatures } from './native-loader.js';
 export { inflateBlocks, nativeInflateAvailable, type InflateBlock, type InflateResult } from './inflate.js';
+export { compressZstdClusters, nativeZstdAvailable } from './zstd.js';

@@ -38,6 +38,12 @@ export interface NativeFeatures {
   copyFileRange: boolean;
   /** Compressed blocks (VMDK grains, qcow2 clusters) inflated in batches on the thread pool, with the process's zlib (IMG_NATIVE_INFLATE=0 turns it off). */
   inflate: boolean;
+  /**
+   * libzstd's version ("1.5.4") where the helper found the system's libzstd
+   * and compresses zstd clusters with it on the thread pool; undefined
+   * where it did not (IMG_NATIVE_ZSTD=0 turns it off).
+   */
+  zstd?: string;
 }
 
 /** What {@link nativeStatus} reports. */
@@ -248,6 +254,9 @@ export function nativeStatus(): NativeStatus {
       copyFileRange: exports !== undefined && Object.keys(exports).some((k) => /^copy/i.test(k) && fn(k)),
       inflate: process.env.IMG_NATIVE_INFLATE !== '0' && fn('inflateInto') && fn('inflateAvailable') && (exports!.inflateAvailable as () => boolean)() === true,
     };
+    const zstd = process.env.IMG_NATIVE_ZSTD !== '0' && fn('zstdClusters') && fn('zstdVersion') ? (exports!.zstdVersion as () => number)() : 0;
+    // 10504 is 1.5.4.
+    if (zstd > 0) features.zstd = `${Math.floor(zstd / 10000)}.${Math.floor(zstd / 100) % 100}.${zstd % 100}`;
   }
   return { ...status, tried: [...status.tried], features: { ...features } };
 }

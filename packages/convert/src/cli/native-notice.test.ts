@@ -44,6 +44,7 @@ describe('the native helper in the commands', () => {
     expect(doctor.stdout).toContain(`seek data/holes (SEEK_DATA/SEEK_HOLE): ${s.features.seekData ? 'active' : 'inactive'}`);
     expect(doctor.stdout).toContain(`image locks: ${s.features.locks === 'none' ? 'inactive' : 'active'}`);
     expect(doctor.stdout).toMatch(/copy_file_range: (in)?active/);
+    expect(doctor.stdout).toContain(s.features.zstd ? `zstd clusters (system libzstd): active (libzstd ${s.features.zstd},` : 'zstd clusters (system libzstd): inactive: ');
     // Plain --version stays one line.
     expect(run('img', ['--version']).stdout).toMatch(/^img \d+\.\d+\.\d+\n$/);
 
@@ -51,6 +52,7 @@ describe('the native helper in the commands', () => {
     expect(off.stdout).toContain('native helper: not loaded (IMG_NO_NATIVE=1 is set)');
     expect(off.stdout).toContain('seek data/holes (SEEK_DATA/SEEK_HOLE): inactive: sparse raw files are read in full');
     expect(off.stdout).toContain('image locks: inactive: qemu image locks are not taken');
+    expect(off.stdout).toContain('zstd clusters (system libzstd): inactive: zstd clusters are compressed in worker threads');
     expect(off.stderr).toBe('');
   });
 

@@ -5,17 +5,21 @@
  * the pure-JS fzstd and encodes with, in order, the optional native addon
  * `@toondepauw/node-zstd` (prebuilt libzstd for the common platforms, no
  * install script) and libzstd in WebAssembly (`@bokuweb/zstd-wasm`). Many
- * clusters at once go to the worker pool (compress-pool.ts).
+ * zstd clusters at once go to the system's libzstd through @img/block's
+ * native helper where it found one (native-zstd.ts), the rest to the
+ * worker pool (compress-pool.ts).
  *
  * Node-only; installed by Node's entry (root.ts) so that the core modules
  * import nothing from Node.
  */
 import * as zlib from 'node:zlib';
 import { inflateBlocks } from '@img/block/node';
-import type { Qcow2Codecs, ZstdEncoderKind } from '../codecs.js';
+import type { CompressedClusters, Qcow2Codecs, ZstdEncoderKind } from '../codecs.js';
 import { setQcow2Codecs } from '../compression.js';
 import { fzstdBounded, wasmZstdEncoder } from '../web-codecs.js';
+import { COMPRESSION_ZSTD } from '../constants.js';
 import { compressInPool, releasePooled } from './compress-pool.js';
+import { compressZstdNative, releaseNativeZstd } from './native-zstd.js';
 import { loadNativeZstd, zstdModulePaths } from './zstd-native.js';
 
 type ZstdSync = (input: Uint8Array, options?: { maxOutputLength?: number }) => Uint8Array;
@@ -53,6 +57,16 @@ function nodeZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: U
   return zstdEncoder;
 }
 
+/** Many clusters at once: zstd through the native helper's libzstd where it has one, else (and deflate always) the worker pool. */
+async function compressClustersNode(type: number, data: Uint8Array, clusterSize: number): Promise<CompressedClusters | undefined> {
+  return (type === COMPRESSION_ZSTD ? await compressZstdNative(data, clusterSize) : undefined) ?? compressInPool(type, data, clusterSize);
+}
+
+function releaseClustersNode(result: CompressedClusters | undefined): void {
+  releaseNativeZstd(result);
+  releasePooled(result);
+}
+
 /** Node's codecs: node:zlib, the native zstd addon or WebAssembly, and the worker pool for many clusters. */
 export const nodeCodecs: Qcow2Codecs = {
   name: 'node',
@@ -63,8 +77,8 @@ export const nodeCodecs: Qcow2Codecs = {
   deflateRaw: deflateRawNode,
   zstdDecompress: zstdDecompressNode,
   zstdEncoder: nodeZstdEncoder,
-  compressClusters: compressInPool,
-  releaseClusters: releasePooled,
+  compressClusters: compressClustersNode,
+  releaseClusters: releaseClustersNode,
 };
 
 /**
