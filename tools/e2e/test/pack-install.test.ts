@@ -134,6 +134,24 @@ describe('pnpm pack + npm install --ignore-scripts', () => {
     }
   });
 
+  it.runIf(process.platform === 'linux')('compresses zstd clusters with the system libzstd through the prebuilt helper (the optional zstd addon is not installed)', () => {
+    const zstdVersion = sh(process.execPath, ['--input-type=module', '-e', "import { nativeStatus } from '@img/block/node'; console.log(nativeStatus().features.zstd ?? '')"], { cwd: project }).stdout.trim();
+    // CI's qemu-utils brings libzstd.so.1; elsewhere a machine without it keeps the WebAssembly encoder.
+    if (process.env.CI) expect(zstdVersion).toMatch(/^1\.\d+\.\d+$/);
+    if (zstdVersion) expect(img(['doctor']).stdout).toContain(`zstd clusters (system libzstd): active (libzstd ${zstdVersion}`);
+    const words = 'cluster refcount guest host table snapshot bitmap '.repeat(1 << 12);
+    writeFileSync(join(project, 't.raw'), words.repeat(Math.ceil((8 << 20) / words.length)).slice(0, 8 << 20));
+    const r = img(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', 't.raw', 't.qcow2']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toBe('');
+    if (spawnSync('qemu-img', ['--version']).status === 0 || process.env.CI) {
+      expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', join(project, 't.raw'), join(project, 't.qcow2')]).status).toBe(0);
+      const check = qemuImg(['check', '--output=json', join(project, 't.qcow2')]);
+      expect(check.status).toBe(0);
+      expect(JSON.parse(check.stdout)).toMatchObject({ 'compressed-clusters': 128 });
+    }
+  });
+
   it.runIf(process.platform === 'linux')('with IMG_NO_NATIVE=1 warns exactly once, and reads the whole file', () => {
     sparseRaw(join(project, 'b.raw'));
     sparseRaw(join(project, 'c.raw'));
