@@ -74,6 +74,30 @@ describeQemu('convert -t', () => {
     });
   }
 
+  it('-n -t none into an existing raw image that reads as zeros (--target-is-zero): the data never enters the page cache; without -t it does', async () => {
+    const direct = await directHere();
+    for (const mode of ['none', undefined]) {
+      const out = join(tmp.path, `into-${mode ?? 'plain'}.raw`);
+      qemuImg(['create', '-q', '-f', 'raw', out, '40M']);
+      const r = run('img', ['convert', '-n', '--target-is-zero', ...(mode ? ['-t', mode] : []), '-f', 'raw', '-O', 'raw', input, out]);
+      expect(r.status, r.stderr).toBe(0);
+      // Before compare, which reads the file into the page cache.
+      const inCache = cached(out);
+      qemuImg(['compare', '-q', '-f', 'raw', '-F', 'raw', out, input]);
+      if (inCache === undefined) continue;
+      if (mode === 'none' && direct) expect(inCache).toBeLessThan(2 * MiB);
+      if (!mode) expect(inCache).toBeGreaterThan(20 * MiB);
+    }
+    // Over a target that may hold data (-n alone), zeros are written too: through the page cache, then synced.
+    const over = join(tmp.path, 'over.raw');
+    qemuImg(['create', '-q', '-f', 'raw', over, '40M']);
+    const fd = openSync(over, 'r+');
+    writeSync(fd, new Uint8Array(MiB).fill(0x55), 0, MiB, 4 * MiB + 5 * MiB);
+    closeSync(fd);
+    expect(run('img', ['convert', '-n', '-t', 'none', '-f', 'raw', '-O', 'raw', input, over]).status).toBe(0);
+    qemuImg(['compare', '-q', '-f', 'raw', '-F', 'raw', over, input]);
+  });
+
   it('every cache mode writes the same image, through the API as through the command; a bad one is refused as qemu-img refuses it', async () => {
     for (const cache of ['none', 'directsync', 'writeback', 'writethrough', 'unsafe'] as const) {
       const out = join(tmp.path, `api-${cache}.qcow2`);

@@ -50,6 +50,13 @@ export interface OpenImageOptions {
   backingWritable?: boolean;
   /** Take no image locks, so an image a running qemu holds can be read (qemu-img -U); read-only opens only. */
   forceShare?: boolean;
+  /**
+   * A writable open's data copied by the native copy loop goes around the
+   * page cache (O_DIRECT; `FileStorageOptions.direct` of `@img/block/node`,
+   * what `img convert -n -t none` asks for). Ignored for read-only opens and
+   * NBD exports.
+   */
+  direct?: boolean;
 }
 
 /**
@@ -85,7 +92,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
   // An NBD URI (nbd://, nbd+unix://) is an export of a server, read as qemu-img reads one: probed like a file.
-  const storage: Storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: !readOnly }) : await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false });
+  const storage: Storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: !readOnly }) : await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false, ...(options.direct ? { direct: true } : {}) });
   const files: Storage[] = [storage];
   try {
     const format = await imageFormatOf(storage, { ...options, registry });

@@ -8,6 +8,7 @@ import { invalidArg, sparseCopy, type Disk, type FormatRegistry, type SparseCopy
 import type { ConvertResult } from '../convert.js';
 import { salvagingDisk, type SalvageEvent } from '../salvage.js';
 import { openDiskSnapshot, openImageFile } from '../node.js';
+import type { CacheMode } from '../cache-mode.js';
 import { assertNotRead, filesOf, identityOfPath } from '../node/same-file.js';
 
 export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal'> {
@@ -26,6 +27,13 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   /** Write what cannot be read as zeros and report it (qemu-img convert --salvage). */
   salvage?: boolean;
   onSalvage?: (event: SalvageEvent) => void;
+  /**
+   * The target's cache mode (-t): none and directsync write the data the
+   * copy loop moves around the page cache (a raw target that reads as
+   * zeros, --target-is-zero). The target is synced whatever the mode: it
+   * is opened as an existing image, whose flush syncs it.
+   */
+  cache?: CacheMode;
 }
 
 /** Copies `input` over the existing image `output`, which must be at least as large. */
@@ -45,7 +53,14 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     assertNotRead(identityOfPath(options.output), filesOf(src), 'output');
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     const source = snapshot ?? src;
-    dst = await openImageFile(options.output, { format: options.dstFormat, registry: options.registry, readOnly: false, forceFormat: options.forceFormat ?? false });
+    const cache = options.cache ?? 'unsafe';
+    dst = await openImageFile(options.output, {
+      format: options.dstFormat,
+      registry: options.registry,
+      readOnly: false,
+      forceFormat: options.forceFormat ?? false,
+      ...(cache === 'none' || cache === 'directsync' ? { direct: true } : {}),
+    });
     if (dst.size < source.size) {
       throw invalidArg('convert', `${options.output}: the target's virtual size (${dst.size} bytes) is smaller than the source's (${source.size} bytes); -n writes into the target as it is`, {
         file: options.output,

@@ -271,6 +271,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           signal: controller.signal,
           targetIsZero: values['target-is-zero'] ?? false,
           ...salvage,
+          ...(values.t !== undefined && isCacheMode(values.t) ? { cache: values.t } : {}),
           ...(values.l !== undefined ? { snapshot: values.l } : {}),
           ...(printer ? { onProgress: printer } : {}),
         });
