@@ -62,6 +62,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <node_api.h>
+#include "napi-work.h"
 
 #define MAX_CHUNK (64u * 1024u * 1024u)
 #define MAX_SAFE 9007199254740991.0
@@ -1166,34 +1167,18 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->seek_holes = probe_holes != 0;
   j->preallocate = preallocate == 1 ? 1 : preallocate == 2 ? 2 : 0;
   j->cancel = cancel;
-  napi_value promise, name;
-  if (napi_create_reference(env, cancel_v, 1, &j->cancel_ref) != napi_ok ||
-      (read_mode && napi_create_reference(env, argv[2], 1, &j->buffer_ref) != napi_ok) ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, read_mode ? "img.readRuns" : "img.copyRuns", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    /* Only reached when N-API itself fails; the references are leaked with the job rather than risk a double free. */
-    napi_throw_error(env, NULL, "copyRuns: could not start the work");
-    return NULL;
-  }
-  return promise;
+  napi_value keep[] = {cancel_v, argv[2]};
+  napi_ref *const refs[] = {&j->cancel_ref, &j->buffer_ref};
+  /* readRuns also holds the caller's buffer (copyRuns reads into a chunk buffer of its own). */
+  return img_start_work(env, read_mode ? "readRuns" : "copyRuns", read_mode ? "img.readRuns" : "img.copyRuns", execute, complete, j, &j->work, &j->deferred, keep, refs, read_mode ? 2 : 1);
 }
 
-static napi_value copy_runs(napi_env env, napi_callback_info info) {
+/* copyRuns(srcFd, dstFd, runs, options, cancel): see the top of this file. */
+napi_value img_copy_runs(napi_env env, napi_callback_info info) {
   return start(env, info, false);
 }
 
-static napi_value read_runs(napi_env env, napi_callback_info info) {
+/* readRuns(srcFd, runs, buffer, options, cancel): see the top of this file. */
+napi_value img_read_runs(napi_env env, napi_callback_info info) {
   return start(env, info, true);
-}
-
-/* Adds copyRuns and readRuns to the module's exports (called from seek.c's module init). */
-napi_status img_copy_register(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "copyRuns", NAPI_AUTO_LENGTH, copy_runs, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "copyRuns", fn);
-  if (s == napi_ok) s = napi_create_function(env, "readRuns", NAPI_AUTO_LENGTH, read_runs, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "readRuns", fn);
-  return s;
 }

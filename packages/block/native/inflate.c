@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+#include "napi-work.h"
 
 #define INFLATE_BAD (-1)
 #define INFLATE_TOO_LARGE (-2)
@@ -157,27 +158,20 @@ static void complete(napi_env env, napi_status status, void *data) {
   free(j);
 }
 
-static napi_value fail_type(napi_env env, const char *msg) {
-  napi_throw_type_error(env, NULL, msg);
-  return NULL;
-}
-
-static napi_value inflate_into(napi_env env, napi_callback_info info) {
+napi_value img_inflate_into(napi_env env, napi_callback_info info) {
   static const char *usage = "inflateInto(input: Uint8Array, jobs: Float64Array, output: Uint8Array, windowBits: number)";
   size_t argc = 4;
   napi_value argv[4];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) return fail_type(env, usage);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) return img_fail_type(env, usage);
   if (!zlib_ready()) {
     napi_throw_error(env, "ENOSYS", "inflateInto: no zlib in this process");
     return NULL;
   }
-  napi_typedarray_type type;
-  size_t in_len, njobs4, out_len, off;
+  size_t in_len, njobs4, out_len;
   void *in_data, *jobs_data, *out_data;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, argv[0], &type, &in_len, &in_data, &ab, &off) != napi_ok || type != napi_uint8_array) return fail_type(env, usage);
-  if (napi_get_typedarray_info(env, argv[1], &type, &njobs4, &jobs_data, &ab, &off) != napi_ok || type != napi_float64_array || njobs4 % 4 != 0) return fail_type(env, "inflateInto: jobs must be a Float64Array of (input offset, input length, output offset, output limit) quads");
-  if (napi_get_typedarray_info(env, argv[2], &type, &out_len, &out_data, &ab, &off) != napi_ok || type != napi_uint8_array) return fail_type(env, usage);
+  if (!img_typed(env, argv[0], napi_uint8_array, &in_len, &in_data)) return img_fail_type(env, usage);
+  if (!img_typed(env, argv[1], napi_float64_array, &njobs4, &jobs_data) || njobs4 % 4 != 0) return img_fail_type(env, "inflateInto: jobs must be a Float64Array of (input offset, input length, output offset, output limit) quads");
+  if (!img_typed(env, argv[2], napi_uint8_array, &out_len, &out_data)) return img_fail_type(env, usage);
   int32_t wbits;
   if (napi_get_value_int32(env, argv[3], &wbits) != napi_ok || !((wbits >= 8 && wbits <= 15) || (wbits >= -15 && wbits <= -8))) {
     napi_throw_range_error(env, NULL, "inflateInto: windowBits must be 8 to 15 (zlib) or -15 to -8 (raw deflate)");
@@ -210,30 +204,14 @@ static napi_value inflate_into(napi_env env, napi_callback_info info) {
   j->njobs = njobs;
   j->input = in_data, j->output = out_data;
   j->window_bits = wbits;
-  napi_value promise, name;
-  if (napi_create_reference(env, argv[0], 1, &j->input_ref) != napi_ok || napi_create_reference(env, argv[2], 1, &j->output_ref) != napi_ok ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok || napi_create_string_utf8(env, "img.inflateInto", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok || napi_queue_async_work(env, j->work) != napi_ok) {
-    /* Only reached when N-API itself fails; the job is leaked rather than risk a double free. */
-    napi_throw_error(env, NULL, "inflateInto: could not start the work");
-    return NULL;
-  }
-  return promise;
+  napi_value keep[] = {argv[0], argv[2]};
+  napi_ref *const refs[] = {&j->input_ref, &j->output_ref};
+  return img_start_work(env, "inflateInto", "img.inflateInto", execute, complete, j, &j->work, &j->deferred, keep, refs, 2);
 }
 
-static napi_value inflate_available(napi_env env, napi_callback_info info) {
+napi_value img_inflate_available(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value out;
   napi_get_boolean(env, zlib_ready(), &out);
   return out;
-}
-
-/* Adds inflateInto and inflateAvailable to the module's exports (called from seek.c's module init). */
-napi_status img_inflate_register(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "inflateInto", NAPI_AUTO_LENGTH, inflate_into, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "inflateInto", fn);
-  if (s == napi_ok) s = napi_create_function(env, "inflateAvailable", NAPI_AUTO_LENGTH, inflate_available, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "inflateAvailable", fn);
-  return s;
 }

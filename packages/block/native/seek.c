@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <sys/uio.h>
 #include <node_api.h>
+#include "napi-work.h"
 
 #define CHECK(call)                                  \
   do {                                               \
@@ -259,27 +260,23 @@ static napi_value lock_style(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* copy.c: copyRuns and readRuns. */
-napi_status img_copy_register(napi_env env, napi_value exports);
-/* inflate.c: inflateInto and inflateAvailable. */
-napi_status img_inflate_register(napi_env env, napi_value exports);
-/* zstd.c: zstdClusters and zstdVersion. */
-napi_status img_zstd_register(napi_env env, napi_value exports);
+/* The other files' entry points (copy.c, inflate.c, zstd.c), exported with this file's under these names. */
+napi_value img_copy_runs(napi_env env, napi_callback_info info);
+napi_value img_read_runs(napi_env env, napi_callback_info info);
+napi_value img_inflate_into(napi_env env, napi_callback_info info);
+napi_value img_inflate_available(napi_env env, napi_callback_info info);
+napi_value img_zstd_clusters(napi_env env, napi_callback_info info);
+napi_value img_zstd_version(napi_env env, napi_callback_info info);
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
-  napi_value fn;
-  CHECK(img_copy_register(env, exports));
-  CHECK(img_inflate_register(env, exports));
-  CHECK(img_zstd_register(env, exports));
-  CHECK(napi_create_function(env, "seekRanges", NAPI_AUTO_LENGTH, seek_ranges, NULL, &fn));
-  CHECK(napi_set_named_property(env, exports, "seekRanges", fn));
-  CHECK(napi_create_function(env, "nowait", NAPI_AUTO_LENGTH, nowait_io, NULL, &fn));
-  CHECK(napi_set_named_property(env, exports, "nowait", fn));
-  CHECK(napi_create_function(env, "lockByte", NAPI_AUTO_LENGTH, lock_byte, NULL, &fn));
-  CHECK(napi_set_named_property(env, exports, "lockByte", fn));
-  CHECK(napi_create_function(env, "lockTest", NAPI_AUTO_LENGTH, lock_test, NULL, &fn));
-  CHECK(napi_set_named_property(env, exports, "lockTest", fn));
-  CHECK(napi_create_function(env, "lockStyle", NAPI_AUTO_LENGTH, lock_style, NULL, &fn));
-  CHECK(napi_set_named_property(env, exports, "lockStyle", fn));
+  static const struct {
+    const char *name;
+    napi_callback cb;
+  } entries[] = {
+      {"copyRuns", img_copy_runs},   {"readRuns", img_read_runs}, {"inflateInto", img_inflate_into}, {"inflateAvailable", img_inflate_available},
+      {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
+      {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},
+  };
+  for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) CHECK(img_export(env, exports, entries[i].name, entries[i].cb));
   return exports;
 }

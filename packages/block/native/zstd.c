@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+#include "napi-work.h"
 
 /* The few libzstd entry points used, by their stable ABI (zstd.h, "stable API"). */
 typedef struct zstd_cctx zstd_cctx;
@@ -184,29 +185,22 @@ static void complete(napi_env env, napi_status status, void *data) {
   free(j);
 }
 
-static napi_value fail_type(napi_env env, const char *msg) {
-  napi_throw_type_error(env, NULL, msg);
-  return NULL;
-}
-
-static napi_value zstd_clusters(napi_env env, napi_callback_info info) {
+napi_value img_zstd_clusters(napi_env env, napi_callback_info info) {
   static const char *usage = "zstdClusters(input: Uint8Array, clusterSize: number, level: number, output: Uint8Array, sizes: Int32Array)";
   size_t argc = 5;
   napi_value argv[5];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) return fail_type(env, usage);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) return img_fail_type(env, usage);
   if (!zstd_ready()) {
     napi_throw_error(env, "ENOSYS", "zstdClusters: no libzstd on this system");
     return NULL;
   }
-  napi_typedarray_type type;
-  size_t in_len, out_len, nsizes, off;
+  size_t in_len, out_len, nsizes;
   void *in_data, *out_data, *sizes_data;
-  napi_value ab;
   int32_t cs, level;
-  if (napi_get_typedarray_info(env, argv[0], &type, &in_len, &in_data, &ab, &off) != napi_ok || type != napi_uint8_array) return fail_type(env, usage);
-  if (napi_get_value_int32(env, argv[1], &cs) != napi_ok || napi_get_value_int32(env, argv[2], &level) != napi_ok) return fail_type(env, usage);
-  if (napi_get_typedarray_info(env, argv[3], &type, &out_len, &out_data, &ab, &off) != napi_ok || type != napi_uint8_array) return fail_type(env, usage);
-  if (napi_get_typedarray_info(env, argv[4], &type, &nsizes, &sizes_data, &ab, &off) != napi_ok || type != napi_int32_array) return fail_type(env, usage);
+  if (!img_typed(env, argv[0], napi_uint8_array, &in_len, &in_data)) return img_fail_type(env, usage);
+  if (napi_get_value_int32(env, argv[1], &cs) != napi_ok || napi_get_value_int32(env, argv[2], &level) != napi_ok) return img_fail_type(env, usage);
+  if (!img_typed(env, argv[3], napi_uint8_array, &out_len, &out_data)) return img_fail_type(env, usage);
+  if (!img_typed(env, argv[4], napi_int32_array, &nsizes, &sizes_data)) return img_fail_type(env, usage);
   /* qcow2's clusters are 512 B to 2 MiB; a frame's size must fit the Int32Array. */
   if (cs < 512 || cs > (1 << 30)) {
     napi_throw_range_error(env, NULL, "zstdClusters: clusterSize must be 512 bytes to 1 GiB");
@@ -225,31 +219,14 @@ static napi_value zstd_clusters(napi_env env, napi_callback_info info) {
   j->input = in_data, j->input_len = in_len;
   j->output = out_data, j->sizes = sizes_data;
   j->clusters = clusters, j->cluster_size = (size_t)cs, j->level = level;
-  napi_value promise, name;
-  if (napi_create_reference(env, argv[0], 1, &j->input_ref) != napi_ok || napi_create_reference(env, argv[3], 1, &j->output_ref) != napi_ok ||
-      napi_create_reference(env, argv[4], 1, &j->sizes_ref) != napi_ok || napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "img.zstdClusters", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok || napi_queue_async_work(env, j->work) != napi_ok) {
-    /* Only reached when N-API itself fails; the job is leaked rather than risk a double free. */
-    napi_throw_error(env, NULL, "zstdClusters: could not start the work");
-    return NULL;
-  }
-  return promise;
+  napi_value keep[] = {argv[0], argv[3], argv[4]};
+  napi_ref *const refs[] = {&j->input_ref, &j->output_ref, &j->sizes_ref};
+  return img_start_work(env, "zstdClusters", "img.zstdClusters", execute, complete, j, &j->work, &j->deferred, keep, refs, 3);
 }
 
-static napi_value zstd_version_fn(napi_env env, napi_callback_info info) {
+napi_value img_zstd_version(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value out;
   napi_create_uint32(env, zstd_ready(), &out);
   return out;
-}
-
-/* Adds zstdClusters and zstdVersion to the module's exports (called from seek.c's module init). */
-napi_status img_zstd_register(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "zstdClusters", NAPI_AUTO_LENGTH, zstd_clusters, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "zstdClusters", fn);
-  if (s == napi_ok) s = napi_create_function(env, "zstdVersion", NAPI_AUTO_LENGTH, zstd_version_fn, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "zstdVersion", fn);
-  return s;
 }

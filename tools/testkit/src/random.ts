@@ -15,3 +15,22 @@ export function seededBytes(length: number, seed: number): Uint8Array {
   }
   return out;
 }
+
+/**
+ * Deterministic text-like bytes (words and line ends from a seeded
+ * generator): compresses to about a third, but not to nothing, and
+ * differs per seed. For compression tests.
+ */
+export function seededText(length: number, seed: number): Uint8Array {
+  const words = ['qcow2', 'cluster', 'refcount', 'table', 'the', 'of', 'guest', 'host', 'snapshot', String(seed)];
+  const out = new Uint8Array(length);
+  const encoder = new TextEncoder();
+  let x = seed;
+  for (let at = 0; at < length;) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    const w = encoder.encode(`${words[x % words.length]}${x % 7 === 0 ? '.\n' : ' '}`);
+    out.set(w.subarray(0, length - at), at);
+    at += w.length;
+  }
+  return out;
+}

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { seededBytes, describeWith } from '@img/testkit';
+import { seededBytes, seededText, describeWith } from '@img/testkit';
 import { expect, it } from 'vitest';
 import { nativeStatus } from './native-loader.js';
 import { compressZstdClusters, nativeZstdAvailable } from './zstd.js';
@@ -7,20 +7,6 @@ import { compressZstdClusters, nativeZstdAvailable } from './zstd.js';
 const status = nativeStatus();
 // CI installs qemu-utils, which brings libzstd.so.1: there the helper must find it.
 if (process.env.CI && process.platform === 'linux' && status.features.zstd === undefined) throw new Error('CI: the native helper must find libzstd for these tests');
-
-/** Text that compresses (to about a third), different per seed. */
-function text(length: number, seed: number): Uint8Array {
-  const words = ['cluster', 'refcount', 'guest', 'host', 'table', 'zstd', String(seed)];
-  const out = new Uint8Array(length);
-  let x = seed;
-  for (let at = 0; at < length;) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    const w = new TextEncoder().encode(words[x % words.length] + (x % 5 === 0 ? '\n' : ' '));
-    out.set(w.subarray(0, length - at), at);
-    at += w.length;
-  }
-  return out;
-}
 
 /** The zstd command line tool's decoding of one frame (an oracle that is not this code). */
 function unzstd(frame: Uint8Array): Uint8Array {
@@ -32,7 +18,7 @@ function unzstd(frame: Uint8Array): Uint8Array {
 describeWith('zstd', 'native zstd clusters (the system libzstd, on the thread pool)', () => {
   it.runIf(nativeZstdAvailable())('each cluster becomes one frame the zstd tool decodes to it; incompressible ones are -1; a short last one is padded with zeros', async () => {
     const cs = 65536;
-    const clusters = [text(cs, 1), seededBytes(cs, 7), new Uint8Array(cs), text(cs, 2), text(cs / 2 + 100, 3)];
+    const clusters = [seededText(cs, 1), seededBytes(cs, 7), new Uint8Array(cs), seededText(cs, 2), seededText(cs / 2 + 100, 3)];
     const input = new Uint8Array(4 * cs + clusters[4]!.length);
     clusters.forEach((c, i) => input.set(c, i * cs));
     const sizes = new Int32Array(5);
@@ -61,7 +47,7 @@ describeWith('zstd', 'native zstd clusters (the system libzstd, on the thread po
 
   it.runIf(nativeZstdAvailable())('many calls at once (more than the pool has threads) each get their own frames', async () => {
     const cs = 4096;
-    const inputs = Array.from({ length: 24 }, (_, k) => text(16 * cs, 100 + k));
+    const inputs = Array.from({ length: 24 }, (_, k) => seededText(16 * cs, 100 + k));
     const results = await Promise.all(
       inputs.map(async (input) => {
         const sizes = new Int32Array(16);

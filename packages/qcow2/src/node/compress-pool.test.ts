@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, bytesEqual } from '@img/block';
-import { seededBytes } from '@img/testkit';
+import { seededBytes, seededText } from '@img/testkit';
 import { compressInPool, JOB_BYTES, POOL_MIN_CLUSTERS, releasePooled } from './compress-pool.js';
 import { compressCluster, decompressCluster as decompressAny } from '../compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
@@ -17,24 +17,10 @@ function decompressCluster(...args: Parameters<typeof decompressAny>): Uint8Arra
   return out;
 }
 
-/** Text-like data: compresses, but not to nothing. */
-function text(length: number, seed: number): Uint8Array {
-  const words = ['qcow2', 'cluster', 'refcount', 'table', 'the', 'of', 'guest', 'host', 'snapshot', String(seed)];
-  const out = new Uint8Array(length);
-  let x = seed;
-  for (let at = 0; at < length;) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    const w = new TextEncoder().encode(`${words[x % words.length]}${x % 7 === 0 ? '.\n' : ' '}`);
-    out.set(w.subarray(0, length - at), at);
-    at += w.length;
-  }
-  return out;
-}
-
 describe('compression worker pool', () => {
   it('many concurrent zstd jobs while the workers load libzstd all decode to their input', async () => {
     const cs = 65536;
-    const inputs = Array.from({ length: 24 }, (_, k) => text(16 * cs, k + 11));
+    const inputs = Array.from({ length: 24 }, (_, k) => seededText(16 * cs, k + 11));
     const outs = await Promise.all(inputs.map((d) => compressInPool(COMPRESSION_ZSTD, d, cs)));
     outs.forEach((out, k) => {
       expect(out).toHaveLength(16);
@@ -50,7 +36,7 @@ describe('compression worker pool', () => {
       const want = new Uint8Array(disk.size);
       const jobs: Promise<void>[] = [];
       for (let k = 0; k < 8; k++) {
-        const data = text(1 << 20, k + 1);
+        const data = seededText(1 << 20, k + 1);
         want.set(data, k << 20);
         jobs.push(disk.writeCompressed(k << 20, data));
       }
@@ -69,7 +55,7 @@ describe('compression worker pool', () => {
   it('gives what compressCluster gives (deflate byte for byte; zstd decodes to the input); incompressible clusters are undefined', async () => {
     const cs = 65536;
     const data = new Uint8Array(16 * cs + 1000);
-    data.set(text(8 * cs, 3));
+    data.set(seededText(8 * cs, 3));
     data.set(seededBytes(4 * cs, 4), 8 * cs); // incompressible
     const z = await compressInPool(COMPRESSION_ZLIB, data, cs);
     const s = await compressInPool(COMPRESSION_ZSTD, data, cs);
@@ -88,7 +74,7 @@ describe('compression worker pool', () => {
 
   it('answers stay intact until released, whatever runs meanwhile; released buffers are reused', async () => {
     const cs = 65536;
-    const first = text(2 * JOB_BYTES, 101);
+    const first = seededText(2 * JOB_BYTES, 101);
     const held = (await compressInPool(COMPRESSION_ZSTD, first, cs))!;
     const copies = held.map((p) => p!.slice());
     // Many more calls, each released at once: none may write into the buffers still held. A
@@ -96,7 +82,7 @@ describe('compression worker pool', () => {
     let detached = 0;
     let previous: Array<Uint8Array | undefined> | undefined;
     for (let k = 0; k < 6; k++) {
-      const out = (await compressInPool(k % 2 ? COMPRESSION_ZLIB : COMPRESSION_ZSTD, text(JOB_BYTES, 200 + k), cs))!;
+      const out = (await compressInPool(k % 2 ? COMPRESSION_ZLIB : COMPRESSION_ZSTD, seededText(JOB_BYTES, 200 + k), cs))!;
       if (previous) detached += previous.filter((p) => p!.buffer.byteLength === 0).length;
       releasePooled(out);
       previous = out;
@@ -112,7 +98,7 @@ describe('compression worker pool', () => {
   });
 
   it('leaves small writes to the calling thread', async () => {
-    expect(await compressInPool(COMPRESSION_ZLIB, text((POOL_MIN_CLUSTERS - 1) * 4096, 1), 4096)).toBeUndefined();
+    expect(await compressInPool(COMPRESSION_ZLIB, seededText((POOL_MIN_CLUSTERS - 1) * 4096, 1), 4096)).toBeUndefined();
   });
 
   it("never keeps a process alive (workers are unref'd when idle)", () => {

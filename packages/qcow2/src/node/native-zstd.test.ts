@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { nativeZstdAvailable } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuCompare, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, seededBytes, seededText, tempDir } from '@img/testkit';
 import { decompressCluster as decompressAny } from '../compression.js';
 import { COMPRESSION_ZSTD } from '../constants.js';
 import { createQcow2 } from '../create.js';
@@ -17,20 +17,6 @@ if (process.env.CI && process.platform === 'linux' && !nativeZstdAvailable()) th
 function decompress(frame: Uint8Array, cs: number): Uint8Array {
   const out = decompressAny(COMPRESSION_ZSTD, frame, cs, { hostOffset: 0 });
   if (!(out instanceof Uint8Array)) throw new Error('expected a synchronous answer from the Node codecs');
-  return out;
-}
-
-/** Text-like data: compresses, but not to nothing. */
-function text(length: number, seed: number): Uint8Array {
-  const words = ['qcow2', 'cluster', 'refcount', 'table', 'the', 'of', 'guest', 'host', String(seed)];
-  const out = new Uint8Array(length);
-  let x = seed;
-  for (let at = 0; at < length;) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    const w = new TextEncoder().encode(`${words[x % words.length]}${x % 7 === 0 ? '.\n' : ' '}`);
-    out.set(w.subarray(0, length - at), at);
-    at += w.length;
-  }
   return out;
 }
 
@@ -48,9 +34,9 @@ describe.runIf(nativeZstdAvailable())('zstd clusters through the native helper',
     expect(nativeZstdInUse()).toBe(true);
     const cs = 65536;
     const data = new Uint8Array(40 * cs + 1000);
-    data.set(text(30 * cs, 3));
+    data.set(seededText(30 * cs, 3));
     data.set(seededBytes(5 * cs, 4), 30 * cs);
-    data.set(text(5 * cs + 1000, 5), 35 * cs);
+    data.set(seededText(5 * cs + 1000, 5), 35 * cs);
     const out = (await compressZstdNative(data, cs))!;
     expect(out).toHaveLength(41);
     for (let i = 0; i < 41; i++) {
@@ -64,14 +50,14 @@ describe.runIf(nativeZstdAvailable())('zstd clusters through the native helper',
 
   it('answers stay intact until released; released buffers are used again', async () => {
     const cs = 16384;
-    const first = text(4 << 20, 101);
+    const first = seededText(4 << 20, 101);
     const held = (await compressZstdNative(first, cs))!;
     const copies = held.map((p) => p!.slice());
     const heldBuffers = new Set(held.map((p) => p!.buffer));
     let reused = 0;
     let previous = new Set<ArrayBufferLike>();
     for (let k = 0; k < 6; k++) {
-      const out = (await compressZstdNative(text(2 << 20, 200 + k), cs))!;
+      const out = (await compressZstdNative(seededText(2 << 20, 200 + k), cs))!;
       for (const p of out) {
         expect(heldBuffers.has(p!.buffer)).toBe(false);
         if (k > 0 && previous.has(p!.buffer)) reused++;
@@ -90,7 +76,7 @@ describe.runIf(nativeZstdAvailable())('zstd clusters through the native helper',
     process.env.IMG_ZSTD = 'wasm';
     try {
       expect(nativeZstdInUse()).toBe(false);
-      expect(await compressZstdNative(text(65536, 1), 4096)).toBeUndefined();
+      expect(await compressZstdNative(seededText(65536, 1), 4096)).toBeUndefined();
     } finally {
       delete process.env.IMG_ZSTD;
     }
@@ -103,7 +89,7 @@ describeQemu('compressed writes: refcounts written once per batch', () => {
       const cs = 65536;
       const storage = new CountingStorage({ name: 'c.qcow2' });
       const disk = await createQcow2(storage, { size: 8 << 20, clusterSize: cs, compressionType });
-      const data = text(64 * cs, 9);
+      const data = seededText(64 * cs, 9);
       const before = storage.writes;
       await disk.writeCompressed(0, data);
       // About three frames share each host cluster: one write per frame's refcount would be 64 and more.
