@@ -103,6 +103,8 @@ typedef struct {
   bool prealloc; /* data pieces are allocated (fallocate) just before they are written: see prealloc_piece */
   bool prealloc_span; /* the job's whole destination was allocated at its start */
   int preallocate; /* 0 never, 1 skipped runs stay holes (given back inside an allocated span), 2 skipped runs may keep blocks */
+  bool punch_zeros; /* zero_piece still tries fallocate's punch (false once the destination has refused it) */
+  bool zero_target; /* the destination may hold data (convert -n): zero runs the scan finds are zeroed there, not skipped (see zero_piece) */
   size_t block; /* the destination's block size, for giving blocks back */
   double *pieces; /* readRuns: per run, count then pairs */
   size_t npieces, cap_pieces;
@@ -560,9 +562,40 @@ static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double 
   return true;
 }
 
+/*
+ * A zero run over a destination that may hold data (options.zeroTarget):
+ * punched (the file system zeroes partial blocks at either end; a block
+ * device discards where that reads back as zeros), as qemu-img's
+ * write-zeroes with unmap allowed; where the destination cannot punch,
+ * zeros are written. Still counted as skipped: nothing was copied.
+ */
+static bool zero_piece(copy_job *j, size_t len, off_t off) {
+  static uint8_t zeros[64 * 1024]; /* never written: in .bss, not 64 KiB of the binary */
+  if (len == 0) return true;
+  while (j->punch_zeros) {
+    if (fallocate(j->dst_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len) == 0) return true;
+    if (errno == EINTR) continue;
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL && errno != ENODEV) {
+      fail(j, errno, "fallocate", (double)off);
+      return false;
+    }
+    j->punch_zeros = false;
+  }
+  /* Counted as skipped, not as written data. */
+  double written = j->bytes_written;
+  for (size_t done = 0; done < len;) {
+    size_t n = len - done < sizeof zeros ? len - done : sizeof zeros;
+    if (!write_full(j, zeros, n, off + (off_t)done)) return false;
+    done += n;
+  }
+  j->bytes_written = written;
+  return true;
+}
+
 static bool emit_copy(copy_job *j, const uint8_t *buf, size_t start, size_t end, bool zero, double base) {
   if (zero) {
     j->bytes_skipped += (double)(end - start);
+    if (j->zero_target) return zero_piece(j, end - start, (off_t)base + (off_t)start);
     release_piece(j, end - start, (off_t)base + (off_t)start);
     return true;
   }
@@ -808,7 +841,7 @@ static bool emit_mapped(copy_job *j, const uint8_t *buf, size_t start, size_t en
   (void)buf;
   if (zero) {
     j->bytes_skipped += (double)(end - start);
-    return true;
+    return !j->zero_target || zero_piece(j, end - start, (off_t)base + (off_t)start);
   }
   mapped_chunk *c = scan_chunk;
   return write_mapped(j, c->mapped + start, c->src + (off_t)start, (off_t)base + (off_t)start, end - start);
@@ -1106,6 +1139,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   double copy_range = get_number(env, opts_v, "copyRange", 0);
   double probe_holes = get_number(env, opts_v, "probeHoles", 1);
   double preallocate = get_number(env, opts_v, "preallocate", 0);
+  double zero_target = read_mode ? 0 : get_number(env, opts_v, "zeroTarget", 0);
   double direct_fd = read_mode ? -1 : get_number(env, opts_v, "directFd", -1);
   if (!(direct_fd == -1 || (direct_fd >= 0 && direct_fd <= 2147483647 && direct_fd == (double)(int32_t)direct_fd))) {
     napi_throw_range_error(env, NULL, "copyRuns: directFd must be a file descriptor or -1");
@@ -1165,7 +1199,10 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->map_scan = j->copy_range;
   /* probeHoles 0: the caller's runs are the data its SEEK_DATA walk found, so probes inside them would find nothing. */
   j->seek_holes = probe_holes != 0;
-  j->preallocate = preallocate == 1 ? 1 : preallocate == 2 ? 2 : 0;
+  /* Over a destination that may hold data nothing is allocated ahead: its blocks may be there already. */
+  j->zero_target = zero_target == 1;
+  j->punch_zeros = true;
+  j->preallocate = j->zero_target ? 0 : preallocate == 1 ? 1 : preallocate == 2 ? 2 : 0;
   j->cancel = cancel;
   napi_value keep[] = {cancel_v, argv[2]};
   napi_ref *const refs[] = {&j->cancel_ref, &j->buffer_ref};
@@ -1181,4 +1218,12 @@ napi_value img_copy_runs(napi_env env, napi_callback_info info) {
 /* readRuns(srcFd, runs, buffer, options, cancel): see the top of this file. */
 napi_value img_read_runs(napi_env env, napi_callback_info info) {
   return start(env, info, true);
+}
+
+/* zeroTargetAvailable(): true. Its presence tells JavaScript that copyRuns takes options.zeroTarget (a helper without it would skip those zeros). */
+napi_value img_zero_target_available(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  napi_get_boolean(env, true, &out);
+  return out;
 }

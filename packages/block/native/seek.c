@@ -263,6 +263,7 @@ static napi_value lock_style(napi_env env, napi_callback_info info) {
 /* The other files' entry points (copy.c, inflate.c, zstd.c), exported with this file's under these names. */
 napi_value img_copy_runs(napi_env env, napi_callback_info info);
 napi_value img_read_runs(napi_env env, napi_callback_info info);
+napi_value img_zero_target_available(napi_env env, napi_callback_info info);
 napi_value img_inflate_into(napi_env env, napi_callback_info info);
 napi_value img_inflate_available(napi_env env, napi_callback_info info);
 napi_value img_zstd_clusters(napi_env env, napi_callback_info info);
@@ -274,7 +275,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     napi_callback cb;
   } entries[] = {
       {"copyRuns", img_copy_runs},   {"readRuns", img_read_runs}, {"inflateInto", img_inflate_into}, {"inflateAvailable", img_inflate_available},
-      {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
+      {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"zeroTargetAvailable", img_zero_target_available}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
       {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},
   };
   for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) CHECK(img_export(env, exports, entries[i].name, entries[i].cb));

@@ -169,7 +169,9 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const batching = (options.batchRuns ?? true) && options.alignment === undefined;
   // A new image whose writer places runs itself (a fresh qcow2): copied file to file as into raw, at the host positions it gives.
   const placer = (dst as Partial<FreshImageWriter>).canPlaceRuns?.() === true ? (dst as FreshImageWriter) : undefined;
-  const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0) && src.storage.canCopyRunsTo?.(dst.storage) === true;
+  // Over a raw target that may hold data (convert -n), the helper zeroes the zero runs it finds instead of skipping them.
+  const zeroTarget = !dstIsZero && minZeroRun > 0 && dst instanceof RawDisk;
+  const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0 || zeroTarget) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
   // A raw file's data runs are its storage's ranges() answers: the helper need not probe them for holes.
   const runOptions: RunCopyOptions = {
@@ -179,6 +181,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     probeHoles: !(src instanceof RawDisk),
     // A raw file keeps its holes; a placing writer says what it allows (see FreshImageWriter.copyPreallocation).
     preallocate: placer ? (placer.copyPreallocation ?? 'never') : 'holes',
+    ...(zeroTarget ? { zeroTarget: true } : {}),
   };
   // A read batch's buffer: whole chunks, within the buffer budget.
   const readBatchBytes = Math.max(chunkSize, Math.min(READ_BATCH_BYTES, Math.floor(budget / slots / chunkSize) * chunkSize));

@@ -54,6 +54,16 @@ export interface RunCopyOptions {
    * the runs would end up scattered around them (a VHD's block bitmaps).
    */
   preallocate?: 'holes' | 'any' | 'never';
+  /**
+   * The target may hold data where the runs go (`convert -n` into an
+   * existing raw image): the zero runs the scan finds (and file holes of
+   * the source inside the runs) are zeroed in the target, punched where it
+   * can (as `RawDisk.writeZeroes` does) and written as zeros where it
+   * cannot, instead of being skipped. Nothing is allocated ahead then.
+   * They still count as skipped. Default false (the target reads as zeros
+   * there). Needs `minZeroRun` > 0 to matter.
+   */
+  zeroTarget?: boolean;
   /** Stops between chunks; the call then rejects with ERR_IMG_ABORTED. */
   signal?: AbortSignal;
 }

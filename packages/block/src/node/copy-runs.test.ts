@@ -95,6 +95,57 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await dst.close();
   });
 
+  it('zeroTarget: over a target full of old data, the zero runs (and the source holes inside the runs) are zeroed, through a mapping or a buffer', async () => {
+    const data = patterned(3 * MiB + 777, 5);
+    const srcPath = file(data);
+    // A hole of 1 MiB in the source, inside a run: SEEK_DATA finds it, and it must be zeroed in the target too.
+    const hole = new Uint8Array(readFileSync(srcPath));
+    hole.fill(0, MiB, 2 * MiB);
+    const holePath = file();
+    {
+      const fd = openSync(holePath, 'w');
+      writeSync(fd, hole, 0, MiB, 0);
+      writeSync(fd, hole, 2 * MiB, hole.length - 2 * MiB, 2 * MiB);
+      closeSync(fd);
+    }
+    const runs = [
+      [1, 5 * MiB + 3, 100_001],
+      [200_000, 1000, 2 * MiB + 12345],
+      [2 * MiB + 511, 7 * MiB - 513, 600_000],
+    ];
+    const total = runs.reduce((n, r) => n + r[2]!, 0);
+    for (const source of [srcPath, holePath]) {
+      const bytes = new Uint8Array(readFileSync(source));
+      for (const copyRange of [true, false]) {
+        const old = new Uint8Array(9 * MiB).fill(0xaa);
+        const dstPath = file(old);
+        const src = await FileStorage.open(source, { lock: false });
+        const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+        const res = await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun: 4096, chunkSize: 256 * KiB, copyRange, zeroTarget: true });
+        await src.close();
+        await dst.close();
+        const out = new Uint8Array(readFileSync(dstPath));
+        const want = old.slice();
+        for (const [s, d, n] of runs) want.set(bytes.subarray(s!, s! + n!), d!);
+        expect(Buffer.compare(out, want), `${source === holePath ? 'with a hole' : 'no hole'}, copyRange ${copyRange}`).toBe(0);
+        expect(res.bytesRead).toBe(total);
+        expect(res.bytesWritten + res.bytesSkipped).toBe(total);
+        expect(res.bytesSkipped).toBeGreaterThan(0);
+      }
+    }
+    // Without zeroTarget the same copy leaves the old bytes where the zero runs are: the check above can fail.
+    const dstPath = file(new Uint8Array(9 * MiB).fill(0xaa));
+    const src = await FileStorage.open(srcPath, { lock: false });
+    const dst = await FileStorage.open(dstPath, { readOnly: false, lock: false });
+    await src.copyRunsTo(dst, Float64Array.from(runs.flat()), { minZeroRun: 4096, chunkSize: 256 * KiB });
+    await src.close();
+    await dst.close();
+    const out = new Uint8Array(readFileSync(dstPath));
+    const want = new Uint8Array(9 * MiB).fill(0xaa);
+    for (const [s, d, n] of runs) want.set(data.subarray(s!, s! + n!), d!);
+    expect(Buffer.compare(out, want)).not.toBe(0);
+  });
+
   it('writes the same bytes whether chunks are scanned through a mapping (copyRange) or read into a buffer', async () => {
     const data = patterned(2 * MiB + 4097, 3);
     const srcPath = file(data);

@@ -171,7 +171,15 @@ function nativeRunOptions(options: RunCopyOptions): NativeRunOptions {
   if (!Number.isSafeInteger(granule) || granule < 1 || granule > chunkSize) throw invalidArg('file', `invalid granule ${granule} (1 to the chunk size)`, { field: 'granule' });
   if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 0) throw invalidArg('file', `invalid minimum zero run ${minZeroRun}`, { field: 'minZeroRun' });
   // 2: the helper decides by the destination's file system (copy_file_range only where the kernel offloads it).
-  return { chunkSize, granule, minZeroRun, copyRange: options.copyRange === undefined ? 2 : options.copyRange ? 1 : 0, probeHoles: options.probeHoles === false ? 0 : 1, preallocate: options.preallocate === 'never' ? 0 : options.preallocate === 'any' ? 2 : 1 };
+  return {
+    chunkSize,
+    granule,
+    minZeroRun,
+    copyRange: options.copyRange === undefined ? 2 : options.copyRange ? 1 : 0,
+    probeHoles: options.probeHoles === false ? 0 : 1,
+    preallocate: options.preallocate === 'never' ? 0 : options.preallocate === 'any' ? 2 : 1,
+    zeroTarget: options.zeroTarget ? 1 : 0,
+  };
 }
 
 /** What `stat` says a file is, for a message: "a FIFO", "a character device". */
@@ -246,6 +254,8 @@ export class FileStorage implements Storage {
   #unlock: (() => void) | undefined;
   #nowait: SeekAddon['nowait'];
   #copyRuns: SeekAddon['copyRuns'];
+  /** Whether the loaded helper's copyRuns zeroes zero runs when asked (RunCopyOptions.zeroTarget). */
+  #zeroTarget: boolean;
   #readRuns: SeekAddon['readRuns'];
   /** tmpfs/ramfs: small reads and writes, stat and truncate on the calling thread (see memoryBacked). */
   #memory: boolean;
@@ -262,6 +272,7 @@ export class FileStorage implements Storage {
     this.#nowait = addon?.nowait;
     this.#memory = memoryBacked(path);
     this.#copyRuns = addon?.copyRuns;
+    this.#zeroTarget = typeof addon?.zeroTargetAvailable === 'function';
     this.#readRuns = addon?.readRuns;
     // Only copyRunsTo writes through it: without the native loop, or in tmpfs (all page cache), there is nothing to gain.
     this.#directFd = direct && !readOnly && this.#copyRuns && !this.#memory ? openDirect(fh.fd) : undefined;
@@ -393,6 +404,8 @@ export class FileStorage implements Storage {
     if (target === this) throw invalidArg('file', `${this.name}: copyRunsTo cannot copy a file into itself`, { field: 'target' });
     const copy = this.#copyRuns;
     if (!copy) throw invalidArg('file', `${this.name}: the native copy loop is not available (not built, or IMG_NO_NATIVE is set)`);
+    // A helper that does not know zeroTarget would skip those zeros and leave the target's old bytes.
+    if (options.zeroTarget && !this.#zeroTarget) throw invalidArg('file', `${this.name}: the native copy loop cannot zero a target's runs (an older build of the helper)`, { field: 'zeroTarget' });
     checkRuns(runs);
     const native = nativeRunOptions(options);
     if (target.#directFd !== undefined) native.directFd = target.#directFd;

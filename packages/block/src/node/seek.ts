@@ -35,6 +35,8 @@ export interface SeekAddon {
    * to 1 stops it between chunks. Absent from helpers built before it existed.
    */
   copyRuns?: (srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array) => Promise<Float64Array>;
+  /** Present where copyRuns takes NativeRunOptions.zeroTarget. */
+  zeroTargetAvailable?: () => boolean;
   /**
    * copy.c: reads runs into `buffer` one after another on a pool thread;
    * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
@@ -53,6 +55,8 @@ export interface NativeRunOptions {
   probeHoles: 0 | 1;
   /** Blocks allocated ahead of the writes: 0 never, 1 with skipped zero runs left as holes, 2 skipped runs may keep them (helpers built before it ignore it). */
   preallocate: 0 | 1 | 2;
+  /** 1: the target may hold data, zero runs are zeroed there (RunCopyOptions.zeroTarget). */
+  zeroTarget: 0 | 1;
   /** copyRuns: the destination opened again with O_DIRECT; whole pages of data are written through it (helpers built before it ignore it). */
   directFd?: number;
 }
