@@ -572,9 +572,8 @@ static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double 
 static bool zero_piece(copy_job *j, size_t len, off_t off) {
   static uint8_t zeros[64 * 1024]; /* never written: in .bss, not 64 KiB of the binary */
   if (len == 0) return true;
-  while (j->punch_zeros) {
-    if (fallocate(j->dst_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len) == 0) return true;
-    if (errno == EINTR) continue;
+  if (j->punch_zeros) {
+    if (allocate(j, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len)) return true;
     if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL && errno != ENODEV) {
       fail(j, errno, "fallocate", (double)off);
       return false;
