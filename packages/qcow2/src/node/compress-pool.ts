@@ -28,6 +28,7 @@ import { looksIncompressible } from '@img/block';
 import { ZSTD_LEVEL } from '../codecs.js';
 import { copyZstdFrame } from '../compression.js';
 import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../constants.js';
+import { SpareBuffers } from './spare-buffers.js';
 import { zstdModulePaths } from './zstd-native.js';
 
 /** Below this many clusters a call is compressed on the calling thread (a message round trip costs more). */
@@ -180,9 +181,6 @@ interface JobResult {
 /** Buffers kept for reuse: a few jobs in flight and the results of a few calls still being written. */
 const FREE_BUFFERS = 24;
 
-/** An idle pool lets go of its spare buffers after this long. */
-const IDLE_TRIM_MS = 2000;
-
 interface Job {
   type: number;
   /** The caller's bytes, not copied until the job is handed to a worker. */
@@ -209,9 +207,8 @@ class CompressPool {
   #slots: Slot[];
   #queue: Job[] = [];
   /** Job buffers to reuse: back from a worker with an error, or released by the caller once written. */
-  #free: ArrayBuffer[] = [];
+  readonly spares = new SpareBuffers(FREE_BUFFERS, JOB_BYTES);
   #nextId = 1;
-  #trim: ReturnType<typeof setTimeout> | undefined;
   broken = false;
 
   constructor(slots: Slot[]) {
@@ -265,18 +262,13 @@ class CompressPool {
 
   /** Takes back job buffers whose results are no longer needed. */
   release(buffers: readonly ArrayBuffer[]): void {
-    for (const b of buffers) if (this.#free.length < FREE_BUFFERS && b.byteLength >= JOB_BYTES) this.#free.push(b);
+    this.spares.give(buffers);
     this.#idle();
   }
 
   /** With nothing to do, the spare buffers go after a while (a long-lived process does not keep them). */
   #idle(): void {
-    if (this.#trim !== undefined || this.#queue.length > 0 || this.#slots.some((s) => s.running.size > 0)) return;
-    this.#trim = setTimeout(() => {
-      this.#trim = undefined;
-      if (this.#queue.length === 0 && this.#slots.every((s) => s.running.size === 0)) this.#free.length = 0;
-    }, IDLE_TRIM_MS);
-    this.#trim.unref();
+    if (this.#queue.length === 0 && this.#slots.every((s) => s.running.size === 0)) this.spares.idle();
   }
 
   /** Hands queued jobs to workers with room, least busy first; the input is copied only now. */
@@ -288,8 +280,7 @@ class CompressPool {
       const id = this.#nextId++;
       // Room for whole clusters: the worker writes its results back into this buffer.
       const room = Math.ceil(job.data.length / job.clusterSize) * job.clusterSize;
-      let buffer = this.#free.pop();
-      if (!buffer || buffer.byteLength < room) buffer = new ArrayBuffer(Math.max(JOB_BYTES, room));
+      const buffer = this.spares.take(room);
       new Uint8Array(buffer, 0, job.data.length).set(job.data);
       slot.running.set(id, job);
       // A worker with work keeps the process alive until it answers.
@@ -300,10 +291,7 @@ class CompressPool {
 
   /** Compresses `data` (whole clusters; the last may be short and is padded) on the next free worker. */
   run(type: number, data: Uint8Array, clusterSize: number): Promise<JobResult> {
-    if (this.#trim !== undefined) {
-      clearTimeout(this.#trim);
-      this.#trim = undefined;
-    }
+    this.spares.busy();
     return new Promise((resolve, reject) => {
       if (this.broken) return reject(new Error('compression pool is broken'));
       this.#queue.push({ type, data, clusterSize, resolve, reject });
@@ -337,8 +325,8 @@ async function startPool(): Promise<CompressPool | undefined> {
   }
 }
 
-/** The job buffers behind each answer of compressInPool, for releasePooled. */
-const owners = new WeakMap<Result, { pool: CompressPool; buffers: ArrayBuffer[] }>();
+/** The pool once started, whose spare buffers releasePooled hands answers back to. */
+let started: CompressPool | undefined;
 
 /**
  * Compresses whole clusters of `data` in the worker pool: one entry per
@@ -356,6 +344,7 @@ export async function compressInPool(type: number, data: Uint8Array, clusterSize
   if (clusters < POOL_MIN_CLUSTERS) return undefined;
   pool ??= startPool();
   const p = await pool;
+  started = p;
   if (!p || p.broken) return undefined;
   const perJob = Math.max(1, Math.floor(JOB_BYTES / clusterSize));
   // At least one job per worker where there are enough clusters, so one call alone keeps every core busy.
@@ -372,7 +361,10 @@ export async function compressInPool(type: number, data: Uint8Array, clusterSize
     return undefined;
   }
   const result = done.flatMap((r) => r.clusters);
-  owners.set(result, { pool: p, buffers: done.map((r) => r.buffer) });
+  p.spares.lend(
+    result,
+    done.map((r) => r.buffer),
+  );
   return result;
 }
 
@@ -382,8 +374,5 @@ export async function compressInPool(type: number, data: Uint8Array, clusterSize
  * (memory is reused sooner); anything else is ignored.
  */
 export function releasePooled(result: Result | undefined): void {
-  const owner = result && owners.get(result);
-  if (!owner) return;
-  owners.delete(result!);
-  owner.pool.release(owner.buffers);
+  started?.spares.release(result);
 }

@@ -7,37 +7,19 @@
 import { availableParallelism } from 'node:os';
 import { compressZstdClusters, nativeZstdAvailable } from '@img/block/node';
 import { ZSTD_LEVEL, type CompressedClusters } from '../codecs.js';
+import { SpareBuffers } from './spare-buffers.js';
 
 /** The most input bytes in one call to the helper: calls spread over the pool's threads, and memory stays bounded. */
 const PART_BYTES = 1 << 20;
 
-/** Output buffers kept for reuse (the results of a few calls still being written), and how long an idle process keeps them. */
-const FREE_BUFFERS = 24;
-const IDLE_TRIM_MS = 2000;
-
-const free: ArrayBuffer[] = [];
-const owners = new WeakMap<CompressedClusters, ArrayBuffer[]>();
+/** Output buffers kept for reuse: the results of a few calls still being written. */
+const spares = new SpareBuffers(24, PART_BYTES);
 let running = 0;
-let trim: ReturnType<typeof setTimeout> | undefined;
 let broken = false;
 
 /** Whether zstd clusters go to the native helper: it found a libzstd, and IMG_ZSTD=wasm (tests, comparisons) is not set. */
 export function nativeZstdInUse(): boolean {
   return !broken && process.env.IMG_ZSTD !== 'wasm' && nativeZstdAvailable();
-}
-
-function buffer(room: number): ArrayBuffer {
-  for (let i = free.length - 1; i >= 0; i--) if (free[i]!.byteLength >= room) return free.splice(i, 1)[0]!;
-  return new ArrayBuffer(Math.max(PART_BYTES, room));
-}
-
-function idle(): void {
-  if (running > 0 || trim !== undefined) return;
-  trim = setTimeout(() => {
-    trim = undefined;
-    if (running === 0) free.length = 0;
-  }, IDLE_TRIM_MS);
-  trim.unref();
 }
 
 /**
@@ -50,10 +32,7 @@ function idle(): void {
  */
 export async function compressZstdNative(data: Uint8Array, clusterSize: number): Promise<CompressedClusters | undefined> {
   if (!nativeZstdInUse() || data.length === 0) return undefined;
-  if (trim !== undefined) {
-    clearTimeout(trim);
-    trim = undefined;
-  }
+  spares.busy();
   const clusters = Math.ceil(data.length / clusterSize);
   const perPart = Math.max(1, Math.floor(PART_BYTES / clusterSize));
   // At least one part per core where there are enough clusters, so one call alone uses every core.
@@ -64,7 +43,7 @@ export async function compressZstdNative(data: Uint8Array, clusterSize: number):
   try {
     for (let c = 0; c < clusters; c += per) {
       const n = Math.min(per, clusters - c);
-      const out = buffer(n * clusterSize);
+      const out = spares.take(n * clusterSize);
       const sizes = new Int32Array(n);
       const input = data.subarray(c * clusterSize, Math.min(data.length, (c + n) * clusterSize));
       calls.push(compressZstdClusters(input, clusterSize, ZSTD_LEVEL, new Uint8Array(out), sizes)!.then(() => ({ sizes, buffer: out })));
@@ -86,21 +65,17 @@ export async function compressZstdNative(data: Uint8Array, clusterSize: number):
         }
       }
     }
-    owners.set(
+    spares.lend(
       result,
       done.map((d) => d.buffer),
     );
     return result;
   } finally {
-    running--;
-    idle();
+    if (--running === 0) spares.idle();
   }
 }
 
 /** Takes back the buffers behind a {@link compressZstdNative} answer, once its frames are written; anything else is ignored. */
 export function releaseNativeZstd(result: CompressedClusters | undefined): void {
-  const buffers = result && owners.get(result);
-  if (!buffers) return;
-  owners.delete(result!);
-  for (const b of buffers) if (free.length < FREE_BUFFERS) free.push(b);
+  spares.release(result);
 }
