@@ -9,6 +9,7 @@
 import { constants as osConstants } from 'node:os';
 import { constants as fsConstants, type BigIntStats, type Stats, closeSync, fstatSync, ftruncateSync, openSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { getSystemErrorMap } from 'node:util';
 import { ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError, storageClosedError, storageReadOnlyError } from '../errors.js';
 import type { RunCopyOptions, RunCopyResult, RunReadResult, Storage, StorageRange } from '../storage.js';
 import { lockImage, type ImageLock, type LockState } from './image-lock.js';
@@ -239,6 +240,14 @@ export class FileStorage implements Storage {
    * the native helper is available; otherwise callers read everything.
    */
   readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
+  /**
+   * Deallocates `[offset, offset + length)` (fallocate PUNCH_HOLE, the size
+   * kept), as qemu does for a write of zeros that may unmap: the range reads
+   * as zeros. False where the file system or device cannot punch (the
+   * caller writes zeros instead). Present only with a native helper that
+   * has it.
+   */
+  readonly punchHole?: (offset: number, length: number) => Promise<boolean>;
 
   readonly cache: 'writeback' | 'unsafe';
   /** Whether copyRunsTo writes this file's data around the page cache (see FileStorageOptions.direct). */
@@ -281,6 +290,27 @@ export class FileStorage implements Storage {
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
+    const punch = addon?.punchHoles;
+    if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length);
+  }
+
+  /** See punchHole: true when punched, false where this file system or device cannot; other failures throw. */
+  async #punch(punch: NonNullable<SeekAddon['punchHoles']>, offset: number, length: number): Promise<boolean> {
+    this.#checkWritable();
+    if (!wholeNumber(offset) || !wholeNumber(length)) throw invalidArg('file', `${this.name}: punchHole needs whole, non-negative numbers (got ${offset}, ${length})`, { field: 'offset' });
+    this.#busy++;
+    let out: Float64Array;
+    try {
+      out = await punch(this.#fh.fd, Float64Array.of(offset, length));
+    } finally {
+      if (--this.#busy === 0) this.#idle?.();
+    }
+    const errno = out[1] ?? 0;
+    if (errno === 0) return true;
+    const code = errnoName(errno);
+    // Not supported here (file system, device, kernel), or refused for the file (append-only): the caller writes zeros, which then fail or not on their own.
+    if (['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL', 'ENODEV', 'ESPIPE', 'EPERM'].includes(code)) return false;
+    throw fsError(this.name, `punching a hole at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-errno)?.[1] ?? code), { code }));
   }
 
   async #ranges(seekRanges: (fd: number, offset: number, length: number) => Float64Array, offset: number, length: number): Promise<StorageRange[]> {

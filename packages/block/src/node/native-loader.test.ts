@@ -132,6 +132,6 @@ describe('native helper loader', () => {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, IMG_NO_NATIVE: '1' } });
     expect(r.stderr).toBe('');
     const s = JSON.parse(r.stdout) as ReturnType<typeof nativeStatus>;
-    expect(s).toMatchObject({ loaded: false, source: 'none', reason: 'IMG_NO_NATIVE=1 is set', features: { seekData: false, nowait: false, locks: 'none', copyFileRange: false, inflate: false } });
+    expect(s).toMatchObject({ loaded: false, source: 'none', reason: 'IMG_NO_NATIVE=1 is set', features: { seekData: false, nowait: false, locks: 'none', copyFileRange: false, punchHole: false, inflate: false } });
   });
 });

@@ -36,6 +36,8 @@ export interface NativeFeatures {
   locks: 'ofd' | 'posix' | 'none';
   /** The kernel-side copy loop (copy_file_range), where the helper has one. */
   copyFileRange: boolean;
+  /** Hole punching (fallocate PUNCH_HOLE): zeros written with unmap allowed and discards deallocate a raw file's blocks, as qemu's do. */
+  punchHole: boolean;
   /** Compressed blocks (VMDK grains, qcow2 clusters) inflated in batches on the thread pool, with the process's zlib (IMG_NATIVE_INFLATE=0 turns it off). */
   inflate: boolean;
   /**
@@ -252,6 +254,7 @@ export function nativeStatus(): NativeStatus {
       locks: exports && status.path ? lockFeature(exports, status.path) : 'none',
       // The copy loop's entry points are named copy* (native/copy.c).
       copyFileRange: exports !== undefined && Object.keys(exports).some((k) => /^copy/i.test(k) && fn(k)),
+      punchHole: fn('punchHoles'),
       inflate: process.env.IMG_NATIVE_INFLATE !== '0' && fn('inflateInto') && fn('inflateAvailable') && (exports!.inflateAvailable as () => boolean)() === true,
     };
     const zstd = process.env.IMG_NATIVE_ZSTD !== '0' && fn('zstdClusters') && fn('zstdVersion') ? (exports!.zstdVersion as () => number)() : 0;

@@ -38,6 +38,12 @@ export interface SeekAddon {
   /** Present where copyRuns takes NativeRunOptions.zeroTarget. */
   zeroTargetAvailable?: () => boolean;
   /**
+   * space.c: deallocates (offset, length) pairs on a pool thread, in order
+   * (fallocate PUNCH_HOLE, size kept); resolves with [pairs done, errno of
+   * the first failure or 0]. Absent from helpers built before it existed.
+   */
+  punchHoles?: (fd: number, ranges: Float64Array) => Promise<Float64Array>;
+  /**
    * copy.c: reads runs into `buffer` one after another on a pool thread;
    * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
    */

@@ -44,6 +44,7 @@ describe('the native helper in the commands', () => {
     expect(doctor.stdout).toContain(`seek data/holes (SEEK_DATA/SEEK_HOLE): ${s.features.seekData ? 'active' : 'inactive'}`);
     expect(doctor.stdout).toContain(`image locks: ${s.features.locks === 'none' ? 'inactive' : 'active'}`);
     expect(doctor.stdout).toMatch(/copy_file_range: (in)?active/);
+    expect(doctor.stdout).toContain(`hole punching (fallocate): ${s.features.punchHole ? 'active' : 'inactive'}`);
     expect(doctor.stdout).toContain(s.features.zstd ? `zstd clusters (system libzstd): active (libzstd ${s.features.zstd},` : 'zstd clusters (system libzstd): inactive: ');
     // Plain --version stays one line.
     expect(run('img', ['--version']).stdout).toMatch(/^img \d+\.\d+\.\d+\n$/);

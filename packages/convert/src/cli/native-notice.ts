@@ -43,6 +43,7 @@ export function nativeReport(): string {
     `  image locks: ${f.locks === 'none' ? 'inactive: qemu image locks are not taken (only checked through /proc/locks on Linux)' : `active (${f.locks === 'ofd' ? 'OFD locks, F_OFD_SETLK' : 'classic POSIX locks, F_SETLK'})`}`,
     `  page-cache reads (RWF_NOWAIT): ${on(f.nowait, 'cached reads skip the thread pool', 'every read goes through the thread pool')}`,
     `  copy_file_range: ${on(f.copyFileRange, 'the kernel copies raw runs', s.loaded ? 'not in this build of the helper' : 'copies go through user space')}`,
+    `  hole punching (fallocate): ${on(f.punchHole, "zeros and discards deallocate a raw file's blocks", s.loaded ? 'not in this build of the helper' : 'zeros are written as zeros')}`,
     `  batch inflate: ${on(f.inflate, 'compressed grains and clusters are inflated on every core', s.loaded ? (process.env.IMG_NATIVE_INFLATE === '0' ? 'IMG_NATIVE_INFLATE=0 is set' : 'no zlib found in this process, or not in this build of the helper') : 'node:zlib inflates one block at a time')}`,
     `  zstd clusters (system libzstd): ${on(f.zstd !== undefined, `libzstd ${f.zstd}, on every core without a copy`, s.loaded ? (process.env.IMG_NATIVE_ZSTD === '0' ? 'IMG_NATIVE_ZSTD=0 is set' : 'no libzstd.so.1 (1.4 or newer) found on this system') : 'zstd clusters are compressed in worker threads')}`,
   ];
