@@ -57,6 +57,13 @@ export interface OpenImageOptions {
    * NBD exports.
    */
   direct?: boolean;
+  /**
+   * A writable open's flushes (`FileStorageOptions.cache` of
+   * `@img/block/node`): `writeback` (the default) makes each flush an
+   * fdatasync; `unsafe` makes them return at once (qemu's cache=unsafe, what
+   * `img convert -n` uses unless `-t` asks for more). Ignored for NBD exports.
+   */
+  cache?: 'writeback' | 'unsafe';
 }
 
 /**
@@ -92,7 +99,9 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
   // An NBD URI (nbd://, nbd+unix://) is an export of a server, read as qemu-img reads one: probed like a file.
-  const storage: Storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: !readOnly }) : await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false, ...(options.direct ? { direct: true } : {}) });
+  const storage: Storage = isNbdUri(path)
+    ? await NbdStorage.connect(path, { writable: !readOnly })
+    : await FileStorage.open(path, { readOnly, forceShare: options.forceShare ?? false, ...(options.direct ? { direct: true } : {}), ...(options.cache ? { cache: options.cache } : {}) });
   const files: Storage[] = [storage];
   try {
     const format = await imageFormatOf(storage, { ...options, registry });

@@ -28,10 +28,11 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   salvage?: boolean;
   onSalvage?: (event: SalvageEvent) => void;
   /**
-   * The target's cache mode (-t): none and directsync write the data the
-   * copy loop moves around the page cache (a raw target that reads as
-   * zeros, --target-is-zero). The target is synced whatever the mode: it
-   * is opened as an existing image, whose flush syncs it.
+   * The target's cache mode (-t), as qemu-img's: `unsafe` (the default)
+   * leaves the target to the page cache (its flushes return at once and it
+   * is not synced); the others sync it at the end (and at the format's own
+   * flushes); none and directsync also write the data the copy loop moves
+   * around the page cache.
    */
   cache?: CacheMode;
 }
@@ -60,6 +61,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
       readOnly: false,
       forceFormat: options.forceFormat ?? false,
       ...(cache === 'none' || cache === 'directsync' ? { direct: true } : {}),
+      cache: cache === 'unsafe' ? 'unsafe' : 'writeback',
     });
     if (dst.size < source.size) {
       throw invalidArg('convert', `${options.output}: the target's virtual size (${dst.size} bytes) is smaller than the source's (${source.size} bytes); -n writes into the target as it is`, {
