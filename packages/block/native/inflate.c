@@ -124,10 +124,7 @@ static void execute(napi_env env, void *data) {
 static void complete(napi_env env, napi_status status, void *data) {
   inflate_job *j = data;
   if (status != napi_ok || j->err) {
-    napi_value msg, err;
-    napi_create_string_utf8(env, j->err ? "inflateInto: zlib could not start (out of memory or a zlib of another version)" : "inflateInto: the work was cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, j->deferred, err);
+    img_reject(env, j->deferred, j->err ? "inflateInto: zlib could not start (out of memory or a zlib of another version)" : "inflateInto: the work was cancelled");
   } else {
     napi_value ab, out;
     void *bytes;
@@ -143,10 +140,7 @@ static void complete(napi_env env, napi_status status, void *data) {
       }
       napi_resolve_deferred(env, j->deferred, out);
     } else {
-      napi_value msg, err;
-      napi_create_string_utf8(env, "inflateInto: out of memory for the result", NAPI_AUTO_LENGTH, &msg);
-      napi_create_error(env, NULL, msg, &err);
-      napi_reject_deferred(env, j->deferred, err);
+      img_reject(env, j->deferred, "inflateInto: out of memory for the result");
     }
   }
   napi_delete_reference(env, j->input_ref);

@@ -1,8 +1,8 @@
 /*
- * What copy.c, inflate.c and zstd.c share: exporting a function, and
- * starting a job on libuv's pool that settles a promise. Header-only
- * (static inline): the three files are compiled apart and linked into one
- * helper.
+ * What copy.c, inflate.c, zstd.c and space.c share: exporting a
+ * function, and starting a job on libuv's pool that settles a promise.
+ * Header-only (static inline): the files are compiled apart and linked
+ * into one helper.
  */
 #ifndef IMG_NAPI_WORK_H
 #define IMG_NAPI_WORK_H
@@ -22,6 +22,14 @@ static inline bool img_typed(napi_env env, napi_value value, napi_typedarray_typ
   napi_value buffer;
   size_t offset;
   return napi_get_typedarray_info(env, value, &actual, length, data, &buffer, &offset) == napi_ok && actual == type;
+}
+
+/* Rejects a job's promise with an Error whose message is `text`. */
+static inline void img_reject(napi_env env, napi_deferred deferred, const char *text) {
+  napi_value msg, err;
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, NULL, msg, &err);
+  napi_reject_deferred(env, deferred, err);
 }
 
 /* exports[name] = a function that calls cb. */

@@ -49,10 +49,7 @@ static void complete(napi_env env, napi_status status, void *data) {
     memcpy(bytes, r, sizeof r);
     napi_resolve_deferred(env, j->deferred, out);
   } else {
-    napi_value msg, err;
-    napi_create_string_utf8(env, status == napi_ok ? "punchHoles: out of memory for the result" : "punchHoles: the work was cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, j->deferred, err);
+    img_reject(env, j->deferred, status == napi_ok ? "punchHoles: out of memory for the result" : "punchHoles: the work was cancelled");
   }
   napi_delete_async_work(env, j->work);
   free(j->pairs);

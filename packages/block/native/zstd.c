@@ -162,17 +162,10 @@ static void execute(napi_env env, void *data) {
   j->written = at;
 }
 
-static void reject(napi_env env, napi_deferred deferred, const char *text) {
-  napi_value msg, err;
-  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
-  napi_create_error(env, NULL, msg, &err);
-  napi_reject_deferred(env, deferred, err);
-}
-
 static void complete(napi_env env, napi_status status, void *data) {
   zstd_job *j = data;
-  if (status != napi_ok) reject(env, j->deferred, "zstdClusters: the work was cancelled");
-  else if (j->error[0]) reject(env, j->deferred, j->error);
+  if (status != napi_ok) img_reject(env, j->deferred, "zstdClusters: the work was cancelled");
+  else if (j->error[0]) img_reject(env, j->deferred, j->error);
   else {
     napi_value n;
     napi_create_double(env, (double)j->written, &n);
