@@ -595,13 +595,16 @@ static bool split_zero_runs(copy_job *j, const uint8_t *buf, size_t len, double 
  * write-zeroes with unmap allowed; where the destination cannot punch,
  * zeros are written. Still counted as skipped: nothing was copied.
  */
+int img_punch(int fd, off_t off, off_t len); /* space.c */
+
 static bool zero_piece(copy_job *j, size_t len, off_t off) {
   static uint8_t zeros[64 * 1024]; /* never written: in .bss, not 64 KiB of the binary */
   if (len == 0) return true;
   if (j->punch_zeros) {
-    if (allocate(j, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len)) return true;
-    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL && errno != ENODEV) {
-      fail(j, errno, "fallocate", (double)off);
+    int r = img_punch(j->dst_fd, off, (off_t)len);
+    if (r == 0) return true;
+    if (r > 0) {
+      fail(j, r, "fallocate", (double)off);
       return false;
     }
     j->punch_zeros = false;

@@ -290,27 +290,24 @@ export class FileStorage implements Storage {
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
-    const punch = addon?.punchHoles;
+    const punch = addon?.punchHole;
     if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length);
   }
 
-  /** See punchHole: true when punched, false where this file system or device cannot; other failures throw. */
-  async #punch(punch: NonNullable<SeekAddon['punchHoles']>, offset: number, length: number): Promise<boolean> {
+  /** See punchHole: true when punched, false where this file system or device cannot (the helper's rule, shared with the copy loop); other failures throw. */
+  async #punch(punch: NonNullable<SeekAddon['punchHole']>, offset: number, length: number): Promise<boolean> {
     this.#checkWritable();
     if (!wholeNumber(offset) || !wholeNumber(length)) throw invalidArg('file', `${this.name}: punchHole needs whole, non-negative numbers (got ${offset}, ${length})`, { field: 'offset' });
     this.#busy++;
-    let out: Float64Array;
+    let result: number;
     try {
-      out = await punch(this.#fh.fd, Float64Array.of(offset, length));
+      result = await punch(this.#fh.fd, offset, length);
     } finally {
       if (--this.#busy === 0) this.#idle?.();
     }
-    const errno = out[1] ?? 0;
-    if (errno === 0) return true;
-    const code = errnoName(errno);
-    // Not supported here (file system, device, kernel), or refused for the file (append-only): the caller writes zeros, which then fail or not on their own.
-    if (['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL', 'ENODEV', 'ESPIPE', 'EPERM'].includes(code)) return false;
-    throw fsError(this.name, `punching a hole at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-errno)?.[1] ?? code), { code }));
+    if (result <= 0) return result === 0;
+    const code = errnoName(result);
+    throw fsError(this.name, `punching a hole at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-result)?.[1] ?? code), { code }));
   }
 
   async #ranges(seekRanges: (fd: number, offset: number, length: number) => Float64Array, offset: number, length: number): Promise<StorageRange[]> {

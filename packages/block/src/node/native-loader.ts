@@ -254,7 +254,7 @@ export function nativeStatus(): NativeStatus {
       locks: exports && status.path ? lockFeature(exports, status.path) : 'none',
       // The copy loop's entry points are named copy* (native/copy.c).
       copyFileRange: exports !== undefined && Object.keys(exports).some((k) => /^copy/i.test(k) && fn(k)),
-      punchHole: fn('punchHoles'),
+      punchHole: fn('punchHole'),
       inflate: process.env.IMG_NATIVE_INFLATE !== '0' && fn('inflateInto') && fn('inflateAvailable') && (exports!.inflateAvailable as () => boolean)() === true,
     };
     const zstd = process.env.IMG_NATIVE_ZSTD !== '0' && fn('zstdClusters') && fn('zstdVersion') ? (exports!.zstdVersion as () => number)() : 0;

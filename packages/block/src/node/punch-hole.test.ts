@@ -8,14 +8,14 @@ import { FileStorage } from './file-storage.js';
 import { seekAddon } from './seek.js';
 
 const MiB = 1024 * 1024;
-const native = typeof seekAddon()?.punchHoles === 'function';
-if (!native) console.warn('native helper without punchHoles: FileStorage has no punchHole here, and RawDisk.writeZeroes writes zeros (fallback)');
+const native = typeof seekAddon()?.punchHole === 'function';
+if (!native) console.warn('native helper without punchHole: FileStorage has no punchHole here, and RawDisk.writeZeroes writes zeros (fallback)');
 
 describe('FileStorage.punchHole', () => {
   const tmp = tempDir();
   afterAll(() => tmp.cleanup());
 
-  it('is present exactly when the helper has punchHoles, and never on a read-only open', async () => {
+  it('is present exactly when the helper has punchHole, and never on a read-only open', async () => {
     const path = join(tmp.path, 'present.bin');
     writeFileSync(path, new Uint8Array(4096));
     // One open at a time: a writable open of a file this process also reads is refused (the same-file guard).

@@ -38,11 +38,12 @@ export interface SeekAddon {
   /** Present where copyRuns takes NativeRunOptions.zeroTarget. */
   zeroTargetAvailable?: () => boolean;
   /**
-   * space.c: deallocates (offset, length) pairs on a pool thread, in order
-   * (fallocate PUNCH_HOLE, size kept); resolves with [pairs done, errno of
-   * the first failure or 0]. Absent from helpers built before it existed.
+   * space.c: punches a hole (fallocate PUNCH_HOLE, size kept) on a pool
+   * thread; resolves with 0 (punched), -1 (this file system or device
+   * cannot) or the errno of another failure. Absent from helpers built
+   * before it existed.
    */
-  punchHoles?: (fd: number, ranges: Float64Array) => Promise<Float64Array>;
+  punchHole?: (fd: number, offset: number, length: number) => Promise<number>;
   /**
    * copy.c: reads runs into `buffer` one after another on a pool thread;
    * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
