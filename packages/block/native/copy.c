@@ -79,6 +79,7 @@ typedef struct {
   volatile int32_t *cancel;
   int src_fd, dst_fd;
   int direct_fd; /* the destination opened again with O_DIRECT (options.directFd), or -1: see write_direct */
+  off_t direct_align; /* the alignment of direct writes: 512, or DIRECT_ALIGN_MAX once the device refused 512 */
   bool read_mode;
   size_t nruns;
   double *runs;
@@ -428,10 +429,13 @@ static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off);
 
 /*
  * copyRuns with options.directFd (qemu's cache=none for the destination):
- * the whole 4 KiB pages of a data piece are written through the O_DIRECT
- * descriptor, from the chunk buffer (page-aligned), so they never enter the
- * page cache; a piece's unaligned head and tail, and a piece whose bytes do
- * not line up with the buffer's pages, go through dst_fd as usual. The
+ * the whole sectors of a data piece are written through the O_DIRECT
+ * descriptor, from the chunk buffer, so they never enter the page cache; a
+ * piece's unaligned head and tail, and a piece whose bytes do not line up
+ * with the buffer, go through dst_fd as usual. Sectors are 512 bytes until
+ * the device refuses (EINVAL), then 4 KiB for the rest of the job: a VHD's
+ * data blocks start one 512-byte bitmap after a page boundary, and with
+ * 4 KiB all of them went through the page cache. The
  * kernel keeps the two coherent (a direct write first writes back and drops
  * cached pages of its range). Where a file system refuses O_DIRECT writes
  * (EINVAL) the job goes on without it.
@@ -441,22 +445,29 @@ static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off);
  * reporting), each of those pages is a host fault, and a 2 GiB output took
  * 5-7 s of system time where the disk writes it in 1 s.
  */
-#define DIRECT_ALIGN ((off_t)4096)
+/* The largest direct-write alignment tried; the first is 512 (see copy_job.direct_align). */
+#define DIRECT_ALIGN_MAX ((off_t)4096)
 static bool write_direct(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
+  const off_t al = j->direct_align;
   off_t end = off + (off_t)len;
-  off_t a = (off + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN, b = end / DIRECT_ALIGN * DIRECT_ALIGN;
-  if (j->direct_fd < 0 || b <= a || ((uintptr_t)(buf + (a - off)) & (uintptr_t)(DIRECT_ALIGN - 1))) return write_full(j, buf, len, off);
-  if (a > off && !write_full(j, buf, (size_t)(a - off), off)) return false;
+  off_t a = (off + al - 1) / al * al, b = end / al * al;
+  if (j->direct_fd < 0 || b <= a || ((uintptr_t)(buf + (a - off)) & (uintptr_t)(al - 1))) return write_full(j, buf, len, off);
   const uint8_t *p = buf + (a - off);
   size_t mid = (size_t)(b - a), done = 0;
   while (done < mid) {
     ssize_t n = pwrite(j->direct_fd, p + done, mid - done, a + (off_t)done);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL && done == 0 && al < DIRECT_ALIGN_MAX) {
+      /* The device's sectors are bigger than this: try again at the page size. */
+      j->direct_align = DIRECT_ALIGN_MAX;
+      return write_direct(j, buf, len, off);
+    }
     if (n < 0 && errno == EINVAL) {
       /* Not on this file system (or not at this alignment): the rest of the job goes through the page cache. */
       j->direct_fd = -1;
       j->bytes_written += (double)done;
-      return write_full(j, p + done, len - (size_t)(a - off) - done, a + (off_t)done);
+      return write_full(j, p + done, (size_t)(b - a) - done, a + (off_t)done) && (a == off || write_full(j, buf, (size_t)(a - off), off)) &&
+             (end == b || write_full(j, buf + (b - off), (size_t)(end - b), b));
     }
     if (n <= 0) {
       fail(j, n < 0 ? errno : EIO, "write", (double)(a + (off_t)done));
@@ -465,7 +476,8 @@ static bool write_direct(copy_job *j, const uint8_t *buf, size_t len, off_t off)
     done += (size_t)n;
   }
   j->bytes_written += (double)mid;
-  return end == b || write_full(j, buf + (b - off), (size_t)(end - b), b);
+  /* The unaligned head and tail after the middle, so that a retry at a bigger alignment above has written nothing yet. */
+  return (a == off || write_full(j, buf, (size_t)(a - off), off)) && (end == b || write_full(j, buf + (b - off), (size_t)(end - b), b));
 }
 
 /*
@@ -1220,6 +1232,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->buffer = buffer, j->buffer_len = buffer_len;
   j->chunk_size = (size_t)chunk, j->granule = (size_t)granule, j->min_zero_run = (size_t)min_zero;
   j->direct_fd = (int)direct_fd;
+  j->direct_align = 512;
   /* Direct writes come from the chunk buffer: no copy_file_range (it copies through the page cache), no mapped scan. */
   j->copy_range = copy_range != 0 && j->direct_fd < 0;
   j->copy_auto = copy_range == 2;

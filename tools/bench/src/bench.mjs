@@ -146,14 +146,14 @@ async function convertRows(cfg, files, layout, inproc) {
 
 /**
  * `-t none` rows: both tools write the output around the page cache
- * (O_DIRECT) and sync it before they exit, for the pairs into raw and qcow2
- * (the outputs img's copy loop writes directly).
+ * (O_DIRECT) and sync it before they exit, for the pairs into raw, qcow2
+ * and VHD (the outputs img's copy loop writes directly).
  */
 async function cacheNoneRows(cfg, input, paths) {
   const rows = [];
   for (const pair of cfg.pairs) {
     const [from, to] = pair.split(':');
-    if (!paths[from] || (to !== 'raw' && to !== 'qcow2')) continue;
+    if (!paths[from] || (to !== 'raw' && to !== 'qcow2' && to !== 'vpc')) continue;
     const dstImg = join(cfg.dir, `out-img-t.${EXT[to]}`);
     const dstQemu = join(cfg.dir, `out-qemu-t.${EXT[to]}`);
     const clear = () => clearOutputs(dstImg, dstQemu);

@@ -137,7 +137,7 @@ export function renderMarkdown(result) {
     lines.push('');
     lines.push('### Output around the page cache (`-t none`)');
     lines.push('');
-    lines.push('Both tools with `-t none`: the output is written with O_DIRECT (img: the data its copy loop moves, in whole 4 KiB pages; metadata and unaligned ends through the page cache) and synced before the process exits, so these times include the disk.');
+    lines.push('Both tools with `-t none`: the output is written with O_DIRECT (img: the data its copy loop moves, in whole 512-byte sectors; metadata and unaligned ends through the page cache) and synced before the process exits, so these times include the disk.');
     lines.push('');
     lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img RSS MiB |${reclaimHead} output |`);
     lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} --- |`);

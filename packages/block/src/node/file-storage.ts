@@ -76,7 +76,7 @@ export interface FileStorageOptions {
   /**
    * Data that {@link FileStorage.copyRunsTo} writes into this file goes
    * around the page cache (O_DIRECT, qemu's cache=none for the data), in
-   * whole 4 KiB pages; other writes, and the unaligned ends of a piece, go
+   * whole sectors; other writes, and the unaligned ends of a piece, go
    * through it as usual. For big outputs on machines where page-cache
    * memory is dear (a VM whose host takes back freed memory): the copy then
    * runs at the disk's speed and leaves the cache alone. Only on Linux, for
