@@ -3,8 +3,12 @@
  * byte stream (a pipe, an HTTP body, an OVA member), read front to back
  * with no seek. The header gives the size; then each sector starts a
  * marker: a grain marker (lba, size, zlib stream) yields a piece, a
- * metadata marker (grain table, directory, footer) is skipped, the
- * end-of-stream marker (or the end of the input) ends it. Grains usually
+ * metadata marker (grain table, directory, footer) is skipped. The stream
+ * ends at an end-of-stream marker or the end of the input only once it
+ * holds what its header promises (stream-end.ts); before that, the end of
+ * the input is ERR_IMG_CORRUPT (a truncated download) and an all-zero
+ * sector is padding. Non-zero bytes after the end are ERR_IMG_CORRUPT
+ * too. Grains usually
  * come in guest order (VMware's exporters, streamVmdk); an image written
  * through createVmdk may hold a partly written grain after later ones. A
  * grain seen twice, or beyond the disk, is ERR_IMG_CORRUPT naming it.
@@ -16,6 +20,7 @@ import { readU64Le } from './le64.js';
 import { FLAG_COMPRESSED, FLAG_MARKERS, SECTOR, parseSparseHeader } from './sparse-header.js';
 import { MAX_GRAIN_SECTORS } from './sparse-extent.js';
 import { maxCompressedBytes } from './read.js';
+import { StreamEnd } from './stream-end.js';
 
 const FORMAT = 'vmdk';
 const NAME = 'stream';
@@ -45,14 +50,14 @@ export async function readVmdkStream(input: AsyncIterable<Uint8Array>, _options:
   if (!Number.isSafeInteger(size)) throw corrupt(FORMAT, NAME, `capacity ${h.capacity} sectors does not fit`, { field: 'capacity', offset: 12 });
   const grainBytes = h.grainSize * SECTOR;
   // Metadata before the first grain (descriptor, and in qemu's layout the directory and tables).
-  await r.skipTo(h.overHead * SECTOR, 'the first grain');
-  return { size, pieces: pieces(r, size, grainBytes, h.grainSize) };
+  const end = await StreamEnd.readFront(r, h, NAME);
+  return { size, pieces: pieces(r, size, grainBytes, h.grainSize, end) };
 }
 
 /** Guest bytes of grains inflated together (a batch of up to this many bytes of whole grains, at least one grain). */
 const BATCH_BYTES = 1 << 20;
 
-async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, grainSectors: number): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, grainSectors: number, end: StreamEnd): AsyncGenerator<{ offset: number; data: Uint8Array }> {
   const limit = maxCompressedBytes(grainBytes);
   /** Metadata a marker may announce: a directory of a 2^53-byte disk is far below this. */
   const maxMetadataSectors = Math.ceil(size / grainBytes / 128) + 16;
@@ -96,18 +101,33 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
       try {
         at = r.position;
         sector = await r.upTo(SECTOR);
-        if (sector.length === 0) break; // qemu's streamOptimized files may end without an end-of-stream marker
-        if (sector.length < SECTOR) throw corrupt(FORMAT, NAME, `the stream ends inside the marker at ${hex(at)}`, { field: 'marker', offset: at });
+        if (sector.length === 0) {
+          // qemu's streamOptimized files end without an end-of-stream marker, after their last grain.
+          if (end.mayStopAt(at)) break;
+          throw end.truncated(at);
+        }
+        if (sector.length < SECTOR) throw corrupt(FORMAT, NAME, `the stream ends inside the marker at ${hex(at)}: the image is truncated`, { field: 'marker', offset: at });
         const value = readU64Le(sector, 0, 'marker', NAME);
         const compressed = readU32Le(sector, 8);
         if (compressed === 0) {
           const type = readU32Le(sector, 12);
-          if (type === MARKER_EOS) break;
+          if (type === MARKER_EOS && value === 0) {
+            if (end.endsAt(at)) {
+              await expectNothingAfter(r, at);
+              break;
+            }
+            if (sector.every((b) => b === 0)) continue; // zero padding, or the zeros a truncated copy was filled with
+            throw corrupt(FORMAT, NAME, `the end-of-stream marker at ${hex(at)} comes before the stream is complete (its padding is not zero either)`, { field: 'marker', offset: at });
+          }
+          if (type === MARKER_EOS) throw corrupt(FORMAT, NAME, `the end-of-stream marker at ${hex(at)} announces ${value} sectors (it holds none)`, { field: 'marker', offset: at, actual: value });
           if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) {
             throw corrupt(FORMAT, NAME, `unknown metadata marker type ${type} at ${hex(at)}`, { field: 'marker type', offset: at + 12, actual: type });
           }
           if (value > maxMetadataSectors) throw corrupt(FORMAT, NAME, `metadata marker at ${hex(at)} announces ${value} sectors`, { field: 'marker', offset: at, actual: value });
-          await r.skipTo(r.position + value * SECTOR, 'the metadata a marker announced');
+          if (type === MARKER_FOOTER && value >= 1) {
+            end.footer(at, await r.exact(SECTOR, 'the footer'));
+          }
+          await r.skipTo(at + SECTOR + value * SECTOR, 'the metadata a marker announced');
           continue;
         }
         if (compressed > limit) {
@@ -119,6 +139,7 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
         }
         const total = Math.ceil((GRAIN_MARKER_HEADER + compressed) / SECTOR) * SECTOR;
         const rest = total > SECTOR ? await r.exact(total - SECTOR, 'a compressed grain') : new Uint8Array(0);
+        end.grain(at);
         const data = inBuf.subarray(inUsed, inUsed + compressed);
         const first = Math.min(compressed, SECTOR - GRAIN_MARKER_HEADER);
         data.set(sector.subarray(GRAIN_MARKER_HEADER, GRAIN_MARKER_HEADER + first), 0);
@@ -138,6 +159,17 @@ async function* pieces(r: ByteStreamReader, size: number, grainBytes: number, gr
     yield* flush();
   } finally {
     await r.cancel();
+  }
+}
+
+/** Reads the rest of the input after the end-of-stream marker at `eos`: only zeros may follow it. */
+async function expectNothingAfter(r: ByteStreamReader, eos: number): Promise<void> {
+  for (;;) {
+    const at = r.position;
+    const piece = await r.some(1 << 20);
+    if (!piece) return;
+    const i = piece.findIndex((b) => b !== 0);
+    if (i >= 0) throw corrupt(FORMAT, NAME, `data follows the end-of-stream marker at ${hex(eos)} (a non-zero byte at ${hex(at + i)})`, { field: 'end of stream', offset: at + i });
   }
 }
 
