@@ -1,10 +1,11 @@
 // img serve as a user runs it: started in the background, used by nbdinfo and qemu-img, stopped with Ctrl-C.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, afterEach, expect, it } from 'vitest';
 import { nbdUri } from './cli/commands/serve.js';
 import { run } from './test/cli.js';
 
@@ -19,6 +20,64 @@ function client(cmd: string, args: string[]): Promise<{ status: number; stdout: 
     c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     c.on('close', (code) => resolve({ status: code ?? -1, stdout }));
   });
+}
+
+// Debian's python3-libnbd installs the module for the system python3.
+const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import nbd']).status === 0);
+if (!python && process.env.CI) throw new Error('python3-libnbd is required in CI (.ci/run installs it)');
+const started: ChildProcess[] = [];
+const sockets: Socket[] = [];
+afterEach(() => {
+  for (const c of started.splice(0)) c.kill('SIGKILL');
+  for (const s of sockets.splice(0)) s.destroy();
+});
+
+/** Starts img serve with `args`; resolves once it has printed its URI. */
+async function startServe(args: string[]): Promise<{ server: ChildProcess; exited: Promise<number>; stderr: () => string }> {
+  const server = spawn(process.execPath, [img, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  started.push(server);
+  let stderr = '';
+  server.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number>((resolve) => server.on('close', (code) => resolve(code ?? -1)));
+  for (let i = 0; i < 200 && !stderr.includes('serving'); i++) await new Promise((r) => setTimeout(r, 25));
+  return { server, exited, stderr: () => stderr };
+}
+
+/** A libnbd client that connects and then keeps its connection open, saying nothing, as nbdsh or a VM does. */
+async function idleClient(sock: string): Promise<void> {
+  const c = spawn(python!, ['-c', 'import nbd,sys,time\nh=nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint("connected", flush=True)\ntime.sleep(60)', `nbd+unix:///?socket=${sock}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  started.push(c);
+  await new Promise<void>((resolve) => c.stdout!.on('data', () => resolve()));
+}
+
+/** A raw client that enters transmission and sends a 64 KiB write with 100 bytes of its payload: the server waits on it. */
+async function stuckWriter(sock: string): Promise<void> {
+  const s = createConnection(sock);
+  sockets.push(s);
+  s.on('error', () => {});
+  let got = Buffer.alloc(0);
+  const waiters: Array<() => void> = [];
+  s.on('data', (d: Buffer) => {
+    got = Buffer.concat([got, d]);
+    waiters.splice(0).forEach((w) => w());
+  });
+  const take = async (n: number) => {
+    while (got.length < n) await new Promise<void>((r) => waiters.push(r));
+    const out = got.subarray(0, n);
+    got = got.subarray(n);
+    return out;
+  };
+  await take(18); // NBDMAGIC, IHAVEOPT, handshake flags
+  const u32 = (v: number) => Buffer.from([v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255]);
+  s.write(u32(3)); // FIXED_NEWSTYLE | NO_ZEROES
+  s.write(Buffer.concat([Buffer.from('IHAVEOPT'), u32(7), u32(6), u32(0), Buffer.alloc(2)])); // NBD_OPT_GO "" with no info requests
+  for (;;) {
+    const head = await take(20);
+    await take(head.readUInt32BE(16));
+    if (head.readUInt32BE(12) === 1) break; // NBD_REP_ACK
+  }
+  s.write(Buffer.concat([u32(0x25609513), Buffer.from([0, 0, 0, 1]), Buffer.alloc(8, 1), Buffer.alloc(8), u32(65536), Buffer.alloc(100, 7)]));
+  await new Promise((r) => setTimeout(r, 100));
 }
 
 it('names its address as nbd URIs', () => {
@@ -72,6 +131,56 @@ describeWith('nbdinfo', 'img serve', () => {
     // Only the 5 MiB of data stay allocated: the zero runs were deallocated, not written as zero bytes.
     const map = JSON.parse(qemuImg(['map', '--output=json', dst]).stdout) as Array<{ length: number; data: boolean }>;
     expect(map.filter((m) => m.data).reduce((n, m) => n + m.length, 0)).toBe(5 * 2 ** 20);
+  });
+
+  it.skipIf(!python)('exits promptly on SIGTERM or SIGINT while clients stay connected, with a -w qcow2 flushed and check clean', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const file = join(tmp.path, `held-${signal}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', file, '16M']);
+      const sock = join(tmp.path, `held-${signal}.sock`);
+      const { server, exited, stderr } = await startServe(['-w', '-k', sock, file]);
+      expect(stderr()).toContain('serving');
+      const src = join(tmp.path, `held-${signal}.raw`);
+      qemuImg(['create', '-q', '-f', 'raw', src, '16M']);
+      qemuIo(src, 'raw', ['write -P 0x3c 1M 3M']);
+      const conv = run('img-convert', ['-n', '-O', 'raw', src, `nbd+unix:///?socket=${sock}`]);
+      expect(conv.status, conv.stderr).toBe(0);
+      await idleClient(sock);
+      await idleClient(sock);
+      const t0 = Date.now();
+      server.kill(signal);
+      expect(await exited).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(3000);
+      expect(existsSync(sock)).toBe(false);
+      expect(stderr()).not.toContain('Premature close');
+      expect(qemuImg(['check', file], { allowFail: true }).status).toBe(0);
+      expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', file, src], { allowFail: true }).status).toBe(0);
+    }
+  });
+
+  it('gives a client stuck in a request a grace period, which a second Ctrl-C cuts short; the image is still closed clean', async () => {
+    const file = join(tmp.path, 'stuck.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', file, '16M']);
+    qemuIo(file, 'qcow2', ['write -P 0x44 0 1M']);
+    for (const twice of [false, true]) {
+      const sock = join(tmp.path, `stuck-${twice}.sock`);
+      const { server, exited } = await startServe(['-w', '-k', sock, file]);
+      await stuckWriter(sock);
+      const t0 = Date.now();
+      server.kill('SIGINT');
+      if (twice) {
+        await new Promise((r) => setTimeout(r, 100));
+        server.kill('SIGINT');
+      }
+      expect(await exited).toBe(0);
+      const took = Date.now() - t0;
+      if (twice) expect(took).toBeLessThan(800);
+      else expect(took).toBeGreaterThanOrEqual(900);
+      expect(took).toBeLessThan(3000);
+      expect(existsSync(sock)).toBe(false);
+      expect(qemuImg(['check', file], { allowFail: true }).status).toBe(0);
+      expect(qemuIo(file, 'qcow2', ['read -P 0x44 0 1M'])).not.toMatch(/Pattern verification failed/);
+    }
   });
 
   it('offers a qcow2 bitmap with -B and refuses -B for what it cannot serve', () => {

@@ -36,10 +36,14 @@ export class HandshakeAbort extends Error {}
  * writable exports too: every connection goes to the one `Disk` object of
  * the export, so a write one connection saw answered is visible to reads on
  * every other, and FLUSH (or FUA) on any connection is `disk.flush()`, which
- * makes every completed write durable, whichever connection sent it.
+ * makes every completed write durable, whichever connection sent it. It is
+ * not advertised (`multiConn` false) when the server serves one client at a
+ * time (qemu-nbd's rule for -e 1): a client's second connection would wait
+ * until its first one closed.
  */
-export function transmissionFlags(exp: NbdExport, structured: boolean): number {
-  let flags = P.FLAG_HAS_FLAGS | P.FLAG_SEND_CACHE | P.FLAG_CAN_MULTI_CONN;
+export function transmissionFlags(exp: NbdExport, structured: boolean, multiConn = true): number {
+  let flags = P.FLAG_HAS_FLAGS | P.FLAG_SEND_CACHE;
+  if (multiConn) flags |= P.FLAG_CAN_MULTI_CONN;
   if (exp.writable) flags |= P.FLAG_SEND_FLUSH | P.FLAG_SEND_FUA | P.FLAG_SEND_TRIM | P.FLAG_SEND_WRITE_ZEROES | P.FLAG_SEND_FAST_ZERO;
   else flags |= P.FLAG_READ_ONLY;
   if (structured) flags |= P.FLAG_SEND_DF;
@@ -58,8 +62,9 @@ function errorReply(option: number, type: number, message: string): Uint8Array {
 /**
  * Runs the handshake on a connection; resolves with the agreement once the
  * client has entered transmission, or undefined when it aborted.
+ * `multiConn`: advertise NBD_FLAG_CAN_MULTI_CONN (see transmissionFlags).
  */
-export async function negotiate(reader: ByteReader, write: Write, exports: readonly NbdExport[], limits: HandshakeLimits): Promise<Agreement | undefined> {
+export async function negotiate(reader: ByteReader, write: Write, exports: readonly NbdExport[], limits: HandshakeLimits, multiConn = true): Promise<Agreement | undefined> {
   await write(
     new MessageBuilder()
       .u64(P.NBDMAGIC)
@@ -94,7 +99,7 @@ export async function negotiate(reader: ByteReader, write: Write, exports: reado
         case P.OPT_EXPORT_NAME: {
           const exp = find(new TextDecoder().decode(data));
           if (!exp) throw new HandshakeAbort('NBD_OPT_EXPORT_NAME for an unknown export');
-          const reply = new MessageBuilder().u64(exp.disk.size).u16(transmissionFlags(exp, structured));
+          const reply = new MessageBuilder().u64(exp.disk.size).u16(transmissionFlags(exp, structured, multiConn));
           if (!noZeroes) reply.bytes(new Uint8Array(124));
           await write(reply.build());
           return { export: exp, structured, contexts: contextsFor === exp.name ? contexts : new Map() };
@@ -143,7 +148,16 @@ export async function negotiate(reader: ByteReader, write: Write, exports: reado
             await write(errorReply(option, P.REP_ERR_UNKNOWN, `no export named "${name}"`));
             break;
           }
-          await write(optionReply(option, P.REP_INFO, new MessageBuilder().u16(P.INFO_EXPORT).u64(exp.disk.size).u16(transmissionFlags(exp, structured))));
+          await write(
+            optionReply(
+              option,
+              P.REP_INFO,
+              new MessageBuilder()
+                .u16(P.INFO_EXPORT)
+                .u64(exp.disk.size)
+                .u16(transmissionFlags(exp, structured, multiConn)),
+            ),
+          );
           if (wanted.includes(P.INFO_NAME)) await write(optionReply(option, P.REP_INFO, new MessageBuilder().u16(P.INFO_NAME).string(exp.name)));
           if (wanted.includes(P.INFO_DESCRIPTION) && exp.description) await write(optionReply(option, P.REP_INFO, new MessageBuilder().u16(P.INFO_DESCRIPTION).string(exp.description)));
           await write(optionReply(option, P.REP_INFO, new MessageBuilder().u16(P.INFO_BLOCK_SIZE).u32(1).u32(4096).u32(MAX_REQUEST)));

@@ -6,8 +6,8 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { rm } from 'node:fs/promises';
 import { invalidArg } from '@img/block';
 import type { NbdExport } from './export.js';
-import { HandshakeAbort, negotiate, type HandshakeLimits } from './handshake.js';
-import { transmit, TransmissionEnd, type TransmissionLimits } from './transmission.js';
+import { negotiate, type HandshakeLimits } from './handshake.js';
+import { transmit, type TransmissionLimits } from './transmission.js';
 import { ByteReader, ConnectionClosed } from './wire.js';
 
 /** Where and how to serve, with limits per connection (each has the default given on it). */
@@ -18,28 +18,66 @@ export interface NbdServeOptions extends Partial<HandshakeLimits>, Partial<Trans
   port?: number;
   /** The TCP address to listen on (qemu-nbd -b); default 127.0.0.1. */
   host?: string;
-  /** Most clients at once (qemu-nbd -e); more are refused. Default 16. */
+  /**
+   * Most clients served at once (qemu-nbd -e); default 16. Clients past it
+   * wait, connected but not yet greeted, until a served one leaves (as
+   * qemu-nbd stops accepting); past 128 waiting, more are closed at
+   * once. With 1, exports do not advertise
+   * NBD_FLAG_CAN_MULTI_CONN, so a client such as nbdcopy opens one
+   * connection only.
+   */
   maxConnections?: number;
   /**
    * Drop a client that has not entered transmission this long after it
-   * connected, in ms (0: never; default 10 s, as qemu-nbd --handshake-limit),
+   * was greeted, in ms (0: never; default 10 s, as qemu-nbd --handshake-limit),
    * so clients that connect and say nothing cannot hold every slot.
    */
   handshakeTimeoutMs?: number;
   /** Drop a client silent for this long, in ms (0: never; default 0). */
   idleTimeoutMs?: number;
-  /** Told of each connection's problem (a protocol violation, an I/O error); default: nothing. */
+  /**
+   * Told once of each connection's end that was not a clean one: a protocol
+   * violation, an I/O error, a handshake or idle timeout. Default: nothing.
+   */
   onConnectionError?: (error: Error) => void;
+}
+
+/** How {@link NbdServer.close} treats the clients still connected. */
+export interface NbdCloseOptions {
+  /**
+   * How long, in ms, the clients still connected get for their requests in
+   * flight to be answered before their connections are cut (default 1000).
+   * No new request is read once `close()` is called.
+   */
+  graceMs?: number;
 }
 
 /** A running server. */
 export interface NbdServer {
   /** Where it listens: the socket path, or host and port. */
   readonly address: { socket: string } | { host: string; port: number };
-  /** Clients connected now. */
+  /** Clients served now (those waiting for a slot are not counted). */
   readonly connections: number;
-  /** Stops listening, ends every connection after its requests in flight, and resolves when all are gone. */
-  close(): Promise<void>;
+  /**
+   * Stops listening (and removes the Unix socket), closes the clients
+   * waiting for a slot and those still in the handshake, lets each client in
+   * transmission have its requests in flight answered, then ends its
+   * connection; those not done after `graceMs` are cut off. Resolves once no
+   * request runs on any disk, so the disks can then be flushed and closed.
+   * Calling it again while it runs returns the same promise, cutting the
+   * grace short if the new `graceMs` ends sooner (a second Ctrl-C).
+   */
+  close(options?: NbdCloseOptions): Promise<void>;
+}
+
+/** Clients kept waiting for a slot at most; more are closed before the greeting. */
+const MAX_WAITING_CLIENTS = 128;
+
+/** A served client, and whether this side has decided to end it (so the errors that follow are not news). */
+interface Connection {
+  socket: Socket;
+  transmitting: boolean;
+  dropped: boolean;
 }
 
 /**
@@ -66,15 +104,29 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
     names.add(e.name);
     if (e.writable && e.disk.readOnly) throw invalidArg('nbd', `export "${e.name}" is writable but its disk is open read-only`, { field: 'writable' });
   }
+  const maxConnections = options.maxConnections ?? 16;
+  if (!Number.isInteger(maxConnections) || maxConnections < 1) throw invalidArg('nbd', `maxConnections must be a whole number of at least 1, not ${maxConnections}`, { field: 'maxConnections' });
   const handshake: HandshakeLimits = { maxOptions: options.maxOptions ?? 512, maxOptionLength: options.maxOptionLength ?? 64 * 1024 };
   const transmission: TransmissionLimits = { queueDepth: options.queueDepth ?? 16, maxExtents: options.maxExtents ?? 65536, maxInFlightBytes: options.maxInFlightBytes ?? 64 * 1024 * 1024 };
-  const maxConnections = options.maxConnections ?? 16;
-  const sockets = new Set<Socket>();
+  const report = (e: unknown) => options.onConnectionError?.(e instanceof Error ? e : new Error(String(e)));
+  const connections = new Set<Connection>();
   const sessions = new Set<Promise<void>>();
+  const waiting: Socket[] = [];
+  /** Aborted by close(): sessions in transmission read no further requests. */
+  const stopping = new AbortController();
 
-  const serve = async (socket: Socket) => {
+  const drop = (c: Connection, why?: string) => {
+    if (c.dropped) return;
+    c.dropped = true;
+    if (why) report(new Error(why));
+    c.socket.destroy();
+  };
+
+  const serve = async (c: Connection) => {
+    const { socket } = c;
     socket.setNoDelay(true);
-    if (options.idleTimeoutMs) socket.setTimeout(options.idleTimeoutMs, () => socket.destroy());
+    const idle = options.idleTimeoutMs;
+    if (idle) socket.setTimeout(idle, () => drop(c, `the client was idle for ${idle / 1000} s and was dropped`));
     const reader = new ByteReader(socket);
     const writeParts = (parts: Uint8Array[]) =>
       new Promise<void>((resolve, reject) => {
@@ -85,40 +137,62 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
         socket.uncork();
       });
     const limit = options.handshakeTimeoutMs ?? 10000;
-    const handshakeTimer = limit
-      ? setTimeout(() => {
-          options.onConnectionError?.(new Error(`the client did not finish the handshake within ${limit} ms`));
-          socket.destroy();
-        }, limit)
-      : undefined;
+    const handshakeTimer = limit ? setTimeout(() => drop(c, `the client did not finish the handshake within ${limit} ms`), limit) : undefined;
     try {
-      const agreement = await negotiate(reader, (b) => writeParts([b]), list, handshake);
+      const agreement = await negotiate(reader, (b) => writeParts([b]), list, handshake, maxConnections > 1);
       clearTimeout(handshakeTimer);
-      if (agreement) await transmit(reader, writeParts, agreement, transmission);
+      if (agreement && !stopping.signal.aborted) {
+        c.transmitting = true;
+        await transmit(reader, writeParts, agreement, transmission, stopping.signal);
+      }
     } catch (e) {
-      if (!(e instanceof ConnectionClosed)) options.onConnectionError?.(e instanceof Error ? e : new Error(String(e)));
-      if (!(e instanceof HandshakeAbort || e instanceof TransmissionEnd || e instanceof ConnectionClosed)) throw e;
+      // A connection this side cut (a timeout, close()) fails its reads; that was said once already, or is no news.
+      if (!(e instanceof ConnectionClosed) && !c.dropped) report(e);
     } finally {
       clearTimeout(handshakeTimer);
+      c.dropped = true;
       socket.end();
       socket.destroy();
     }
   };
 
+  const start = (socket: Socket) => {
+    const c: Connection = { socket, transmitting: false, dropped: false };
+    connections.add(c);
+    const session: Promise<void> = serve(c).finally(() => {
+      connections.delete(c);
+      sessions.delete(session);
+      promote();
+    });
+    sessions.add(session);
+  };
+
+  /** Gives a freed slot to the longest-waiting client still connected. */
+  const promote = () => {
+    while (connections.size < maxConnections && waiting.length > 0 && !stopping.signal.aborted) {
+      const next = waiting.shift()!;
+      next.removeAllListeners('close');
+      if (!next.destroyed) start(next);
+    }
+  };
+
   const server: Server = createServer((socket) => {
-    if (sockets.size >= maxConnections) {
+    socket.on('error', () => {}); // reported through the session's reads and writes
+    if (stopping.signal.aborted) {
       socket.destroy();
       return;
     }
-    sockets.add(socket);
-    socket.on('error', () => {}); // reported through the session's reads and writes
-    const session: Promise<void> = serve(socket)
-      .catch((e: unknown) => options.onConnectionError?.(e instanceof Error ? e : new Error(String(e))))
-      .finally(() => {
-        sockets.delete(socket);
-        sessions.delete(session);
-      });
-    sessions.add(session);
+    if (connections.size < maxConnections) return start(socket);
+    // The slots are full: the client waits, ungreeted (it speaks only after the greeting), as in qemu-nbd's backlog.
+    if (waiting.length >= MAX_WAITING_CLIENTS) {
+      socket.destroy();
+      return;
+    }
+    waiting.push(socket);
+    socket.once('close', () => {
+      const i = waiting.indexOf(socket);
+      if (i >= 0) waiting.splice(i, 1);
+    });
   });
 
   let address: NbdServer['address'];
@@ -138,23 +212,39 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
     address = { host, port: (server.address() as AddressInfo).port };
   }
 
+  let closing: Promise<void> | undefined;
+  let graceEnds = Infinity;
+  let graceTimer: ReturnType<typeof setTimeout> | undefined;
+  const cutAfter = (graceMs: number) => {
+    if (Date.now() + graceMs >= graceEnds) return;
+    graceEnds = Date.now() + graceMs;
+    clearTimeout(graceTimer);
+    graceTimer = setTimeout(() => {
+      for (const c of connections) drop(c);
+    }, graceMs);
+  };
+
   return {
     address,
     get connections() {
-      return sockets.size;
+      return connections.size;
     },
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.end();
-      });
-      // A client that keeps its end open after ours closed is cut off after a grace period.
-      const grace = setTimeout(() => {
-        for (const s of sockets) s.destroy();
-      }, 2000);
-      await Promise.allSettled([...sessions]);
-      clearTimeout(grace);
-      if (options.socket !== undefined) await rm(options.socket, { force: true });
+    close(closeOptions: NbdCloseOptions = {}) {
+      const graceMs = closeOptions.graceMs ?? 1000;
+      if (!Number.isFinite(graceMs) || graceMs < 0) return Promise.reject(invalidArg('nbd', `graceMs must be a number of milliseconds, not ${graceMs}`, { field: 'graceMs' }));
+      cutAfter(graceMs);
+      closing ??= (async () => {
+        stopping.abort();
+        // Node calls back only once every connection is gone: that is awaited after they are.
+        const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+        for (const s of waiting.splice(0)) s.destroy();
+        for (const c of connections) if (!c.transmitting) drop(c);
+        await Promise.allSettled([...sessions]);
+        clearTimeout(graceTimer);
+        await listenerClosed;
+        if (options.socket !== undefined) await rm(options.socket, { force: true });
+      })();
+      return closing;
     },
   };
 }

@@ -92,8 +92,39 @@ class RequestError extends Error {
   }
 }
 
-/** Serves requests until DISC or the end of the connection. */
-export async function transmit(reader: ByteReader, write: Write, agreement: Agreement, limits: TransmissionLimits): Promise<void> {
+/**
+ * The next `length` bytes, or undefined once `stop` is aborted first (the
+ * read is abandoned: the caller ends the connection).
+ */
+function readUnlessStopped(reader: ByteReader, length: number, stop: AbortSignal | undefined): Promise<Uint8Array | undefined> {
+  const read = reader.read(length);
+  if (!stop) return read;
+  if (stop.aborted) {
+    read.catch(() => undefined);
+    return Promise.resolve(undefined);
+  }
+  return new Promise((resolve, reject) => {
+    const stopped = () => resolve(undefined);
+    stop.addEventListener('abort', stopped, { once: true });
+    read.then(
+      (bytes) => {
+        stop.removeEventListener('abort', stopped);
+        resolve(bytes);
+      },
+      (e: unknown) => {
+        stop.removeEventListener('abort', stopped);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+/**
+ * Serves requests until DISC, the end of the connection, or `stop` (the
+ * server closing): then no further request is read, and it returns once the
+ * replies of those in flight are written.
+ */
+export async function transmit(reader: ByteReader, write: Write, agreement: Agreement, limits: TransmissionLimits, stop?: AbortSignal): Promise<void> {
   const { export: exp, structured } = agreement;
   const disk = exp.disk;
   const running = new Set<Promise<void>>();
@@ -285,7 +316,9 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
 
   try {
     for (;;) {
-      const f = new FieldReader(await reader.read(28));
+      const header = await readUnlessStopped(reader, 28, stop);
+      if (!header) break;
+      const f = new FieldReader(header);
       if (f.u32() !== P.REQUEST_MAGIC) throw new TransmissionEnd('a request without the request magic');
       const flags = f.u16();
       const type = f.u16();

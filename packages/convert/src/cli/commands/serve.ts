@@ -15,7 +15,8 @@ import { type Handler, common, onePath, shareOption } from './shared.js';
 const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-B bitmap]... [-e clients] <file>
 
 Exports the image over NBD until interrupted (Ctrl-C, SIGTERM), to any number of clients in turn or at
-once, as qemu-nbd --persistent does. Read-only unless -w. Block status answers base:allocation,
+once, as qemu-nbd --persistent does. When interrupted, it answers the requests in flight (for at most a
+second), closes every client connection, flushes and closes the image, and exits 0. Read-only unless -w. Block status answers base:allocation,
 qemu:allocation-depth and, with -B, qemu:dirty-bitmap:NAME. The URI to give clients is printed on stderr.
 
   -k, --socket <path>      listen on a Unix socket
@@ -26,7 +27,8 @@ qemu:allocation-depth and, with -B, qemu:dirty-bitmap:NAME. The URI to give clie
   -l, --snapshot <name>    export an internal snapshot (read-only)
   -B, --bitmap <name>      offer a qcow2 persistent bitmap as qemu:dirty-bitmap:<name> (read-only
                            exports; the bits are read once, when the server starts; repeatable)
-  -e, --shared <n>         most clients at once (default 16)
+  -e, --shared <n>         most clients at once (default 16); more wait for a slot. With 1, the export
+                           does not advertise multi-conn
   --idle-timeout <secs>    drop a client silent for this long (default: never)
   -U, --force-share        open a read-only export without image locks
 
@@ -37,6 +39,9 @@ Examples:
   nbdinfo --map=qemu:dirty-bitmap:b0 'nbd+unix:///?socket=/tmp/vm.sock'
   qemu-img convert -O raw 'nbd+unix:///?socket=/tmp/vm.sock' vm.raw
 `;
+
+/** How long clients connected at Ctrl-C or SIGTERM get for their requests in flight (qemu-nbd exits at once). */
+const SHUTDOWN_GRACE_MS = 1000;
 
 /** The NBD URI of an address, as nbdinfo and qemu-img take it. */
 export function nbdUri(address: { socket: string } | { host: string; port: number }, name: string): string {
@@ -111,12 +116,26 @@ export const serve: Handler = async (argv, io) => {
       onConnectionError: (e) => io.stderr(`img serve: a client connection ended: ${e.message}\n`),
     });
     io.stderr(`img serve: serving ${path} (${values.writable ? 'read-write' : 'read-only'}) at ${nbdUri(server.address, name)}\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-    });
-    await server.close();
-    if (values.writable) await exported.flush();
+    // The first signal closes the server, the next ones cut its grace short: each keeps the flush and close below
+    // (default handling of a second Ctrl-C would kill the process and skip them).
+    let signalled!: () => void;
+    const stop = new Promise<void>((resolve) => (signalled = resolve));
+    let signals = 0;
+    const onSignal = () => {
+      if (++signals === 1) signalled();
+      else void server.close({ graceMs: 0 });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      await stop;
+      // Requests in flight get a second to be answered; clients that keep their connections open are then cut off.
+      await server.close({ graceMs: SHUTDOWN_GRACE_MS });
+      if (values.writable) await exported.flush();
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
   } finally {
     if (exported !== disk) await exported.close();
     await disk.close();
