@@ -9,7 +9,7 @@
  */
 import { unsupported, type FormatDriver, type FormatRegistryLike, type Storage } from '@img/block';
 import { detectFormat } from './probe.js';
-import { OVA_CREATE_OPTIONS, openOva, ovaWriteOptionsFrom, readOvaStream, streamOva } from '@img/vmdk';
+import { OVA_CREATE_OPTIONS, openOva, ovaWriteOptionsFrom, probeOva, readOvaStream, streamOva } from '@img/vmdk';
 
 /** Options of an ova driver: which disk of the OVF it opens, and where a new OVA's disk waits. */
 export interface OvaDriverOptions {
@@ -19,24 +19,8 @@ export interface OvaDriverOptions {
   spool?: () => Promise<Storage>;
 }
 
-function readAscii(bytes: Uint8Array, start: number, length: number): string {
-  let s = '';
-  for (let i = start; i < start + length && i < bytes.length && bytes[i] !== 0; i++) s += String.fromCharCode(bytes[i]!);
-  return s;
-}
-
-/** 100 when the bytes are a ustar archive whose first member is an .ovf (as DSP0243 requires of an OVA); 0 otherwise. */
-export function probeOva(head: Uint8Array): number {
-  if (head.length < 512) return 0;
-  const magic = readAscii(head, 257, 6);
-  if (magic !== 'ustar' && magic !== 'ustar ') return 0;
-  // A pax header may come first; its own name is then not the OVF's, so look for .ovf in the first headers the head holds.
-  for (let at = 0; at + 512 <= head.length; at += 512) {
-    if (readAscii(head, at + 257, 5) !== 'ustar') continue;
-    if (/\.ovf$/i.test(readAscii(head, at, 100))) return 100;
-  }
-  return 0;
-}
+/** The OVA probe (tar headers, long names followed, an `.ovf` member anywhere in the head; any other tar less surely): see `probeOva` in @img/vmdk. */
+export { probeOva };
 
 /**
  * An "ova" driver opening disk `options.disk`; `registry` opens members

@@ -11,6 +11,7 @@ export { readVmdkStream } from './read-stream.js';
 export { openOva, readOva, type OvaOpenOptions } from './open-ova.js';
 export { OvaDisk, type OvaContents } from './ova-disk.js';
 export { readTar, confinePath, MAX_TAR_MEMBERS, type TarMember } from './ova.js';
+export { probeOva, OVA_PROBE_CERTAIN, OVA_PROBE_TAR } from './ova-probe.js';
 export { parseOvf, allocationUnits, MAX_OVF_BYTES, type OvfDescriptor, type OvfDisk, type OvfFile } from './ovf.js';
 export { parseManifest, verifyManifest, type ManifestEntry } from './ova-manifest.js';
 export { newHasher, portableHasher, setManifestHashers, type Hasher, type HasherFactory, type ManifestAlgorithm } from './sha.js';

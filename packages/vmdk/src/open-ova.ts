@@ -26,7 +26,7 @@ export interface OvaOpenOptions extends OpenOptions {
 export async function readOva(storage: Storage): Promise<{ members: TarMember[]; contents: OvaContents }> {
   const members = await readTar(storage);
   const ovfMember = members.find((m) => m.name.toLowerCase().endsWith('.ovf'));
-  if (!ovfMember) throw corrupt('ova', storage.name, 'the OVA holds no .ovf descriptor', { field: 'ovf' });
+  if (!ovfMember) throw corrupt('ova', storage.name, 'the tar archive holds no .ovf descriptor, so it is not an OVA', { field: 'ovf' });
   if (ovfMember.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the OVF "${ovfMember.name}" is ${ovfMember.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: ovfMember.size });
   const ovf = parseOvf(new TextDecoder().decode(await storage.read(ovfMember.offset, ovfMember.size)), `${storage.name}:${ovfMember.name}`);
   const mf = members.find((m) => m.name.toLowerCase().endsWith('.mf'));
