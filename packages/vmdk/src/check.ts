@@ -6,7 +6,7 @@
  * no two entries share a grain; the redundant directory's tables agree
  * with the primary ones. Problems are typed; nothing is repaired.
  */
-import { ImageError, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
+import { ImageError, corrupt, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
 import { decodeDescriptorBytes, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
 import { GTE_UNALLOCATED, GTE_ZEROED, parseEntries, ENTRY_BYTES } from './grain-table.js';
 import { FORMAT, type VmdkImage } from './image.js';
@@ -117,9 +117,11 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
 
 /**
  * Checks the VMDK in `storage` (extent files through the resolver in
- * `options`; without one, a descriptor file is checked alone). Never
- * throws for a damaged image: what keeps it from opening is reported as a
- * problem.
+ * `options`, each sparse extent as a monolithicSparse file is; without a
+ * resolver, a descriptor file is checked alone). Never throws for a
+ * damaged image: what keeps it from opening (a missing extent file, a
+ * descriptor with no extent) is an `open-failed` problem counted in
+ * `checkErrors`, as qemu-img check exits 1 for an image it cannot open.
  *
  * @example
  * ```ts
@@ -137,14 +139,17 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     if (!options.resolver && !hasSparseMagic(head)) {
       const text = decodeDescriptorBytes(await storage.read(0, Math.min(await storage.size(), MAX_DESCRIPTOR_BYTES)));
       if (!looksLikeDescriptor(text)) throw wrongFormat(FORMAT, storage.name);
-      parseDescriptor(text, storage.name);
+      const descriptor = parseDescriptor(text, storage.name);
+      if (descriptor.extents.length === 0) throw corrupt(FORMAT, storage.name, 'the descriptor lists no extent', { field: 'extents' });
       return result;
     }
     core = await openVmdkImage(storage, { ...options, readOnly: true, noBacking: true });
   } catch (e) {
     if (!ImageError.isInstance(e)) throw e;
+    // An image that does not open (a missing extent file, a descriptor with no extent, a header out of bounds) could not
+    // be checked at all: a check error, as qemu-img check's exit status 1 ("Could not open"), not a counted corruption.
     problems.push({ code: 'open-failed', file: storage.name, message: e.message });
-    result.corruptions = 1;
+    result.checkErrors = 1;
     result.messages.push(e.message);
     return result;
   }

@@ -3,13 +3,13 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { unsupported } from '@img/block';
-import { FileStorage } from '@img/block/node';
+import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { ExitCode, UsageError } from '../common.js';
 import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
-import { imageFormatOf } from '../../node.js';
+import { imageFormatOf, refusingResolver } from '../../node.js';
 import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
 
 /** img check. */
@@ -39,7 +39,10 @@ export const check: Handler = async (argv, io) => {
     const driver = registry.require(format);
     // As qemu-img check: status 63 says the format has no check (scripts tell it from a failed one, 1).
     if (!driver.check) throw new ExitCode(63, `ERR_IMG_UNSUPPORTED: ${unsupported(driver.name, path, 'this format does not support checks').message}`);
-    result = await driver.check(storage, values.r ? { repair: values.r as 'leaks' | 'all' } : {});
+    // A VMDK's extent files are the image itself, not its chain: they are opened and checked (a missing one fails the
+    // check, as in qemu-img); --untrusted refuses them, so such a check fails rather than passing on the descriptor alone.
+    const extents = driver.name === 'vmdk' && !isNbdUri(path) ? { resolver: values.untrusted ? refusingResolver : fileResolverWith({ forceShare: values['force-share'] ?? false }) } : {};
+    result = await driver.check(storage, { ...extents, ...(values.r ? { repair: values.r as 'leaks' | 'all' } : {}) });
   } finally {
     await storage.close();
   }

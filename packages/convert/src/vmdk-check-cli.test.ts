@@ -1,0 +1,47 @@
+// img check of descriptor-file VMDKs opens their extents, with qemu-img check's exit status as the oracle.
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { run } from './test/cli.js';
+
+const tmp = tempDir('img-vmdk-check-');
+afterAll(() => tmp.cleanup());
+const p = (name: string) => join(tmp.path, name);
+
+describeQemu('img check on a descriptor-file VMDK checks its extents', () => {
+  it('a missing extent file: exit 1 with one line naming it, as qemu-img check; a grain past the end of an extent: exit 2', () => {
+    qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', p('t.vmdk'), '16M']);
+    qemuIo(p('t.vmdk'), 'vmdk', ['write -P 0x33 0 128k']);
+    qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', p('f.vmdk'), '1M']);
+    for (const [image, extent] of [
+      ['t.vmdk', 't-s001.vmdk'],
+      ['f.vmdk', 'f-flat.vmdk'],
+    ] as const) {
+      expect(run('img', ['check', p(image)]).status, image).toBe(0);
+      renameSync(p(extent), p(`${extent}.away`));
+      const ours = run('img', ['check', p(image)]);
+      const theirs = qemuImg(['check', p(image)], { allowFail: true });
+      expect([image, ours.status]).toEqual([image, theirs.status]);
+      expect(ours.status).toBe(1);
+      expect(ours.stdout).toBe('');
+      expect(ours.stderr.trim().split('\n')).toHaveLength(1);
+      expect(ours.stderr).toContain(extent);
+      renameSync(p(`${extent}.away`), p(extent));
+    }
+    const bytes = readFileSync(p('t-s001.vmdk'));
+    const gd = Number(bytes.readBigUInt64LE(56)) * 512;
+    bytes.writeUInt32LE(0x7fff_0000, bytes.readUInt32LE(gd) * 512);
+    writeFileSync(p('t-s001.vmdk'), bytes);
+    const bad = run('img', ['check', p('t.vmdk')]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/t-s001\.vmdk: grain 0 at 0xfffe000000 lies past the end of the file/);
+  });
+
+  it('a descriptor with no extent: exit 1, "the descriptor lists no extent" (qemu-img 7.2 calls it clean; img cannot open it, so neither can it check it)', () => {
+    writeFileSync(p('none.vmdk'), '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n');
+    const r = run('img', ['check', p('none.vmdk')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/the descriptor lists no extent/);
+  });
+});
