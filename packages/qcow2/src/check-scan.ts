@@ -76,8 +76,8 @@ export interface ReservedBitsFix {
   at: number;
   hiMask: number;
   loMask: number;
-  /** The entry is one of the refcount table (the others are L1 and L2 entries). */
-  table?: 'refcount';
+  /** The entry is one of the refcount table or of a snapshot's L1 table (the others are active L1 and L2 entries). */
+  table?: 'refcount' | 'snapshot-l1';
 }
 
 /**
@@ -266,6 +266,8 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       r.corruptions++;
       say(`ERROR ${layer} L1 entry ${i} at ${hex(l1Offset + i * 8)} ${noOffset ? 'has flags but no L2 table offset' : 'has reserved bits set'}: ${entryHex(l1, i * 8)}`);
       if (active) r.reservedBits.push(noOffset ? { at: l1Offset + i * 8, hiMask: 0xffffffff, loMask: 0xffffffff } : { at: l1Offset + i * 8, hiMask: L1_RESERVED_HI, loMask: L1_RESERVED_LO });
+      // A snapshot's entry of flags only maps nothing either: cleared, it reads the same, and qemu-img check stops reading the header as its table.
+      else if (noOffset) r.reservedBits.push({ at: l1Offset + i * 8, hiMask: 0xffffffff, loMask: 0xffffffff, table: 'snapshot-l1' });
       if (noOffset) r.unfollowedL1++;
     }
     forEachL1Entry(

@@ -193,7 +193,7 @@ async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): 
 /**
  * Clears reserved bits of active L1 and L2 entries (readers ignore them, so
  * no guest view changes, shared tables included) and L1 entries holding
- * flags but no offset (they map nothing). An entry in an L2 table that lies
+ * flags but no offset (they map nothing), the snapshots' too. An entry in an L2 table that lies
  * on other metadata is left: that table's L1 entry is dropped later
  * (repairSharing), and the overlap guard would stop the repair half-way,
  * after the fixes before it (seed 1003 case 162: the refcount table entry's
@@ -203,7 +203,7 @@ async function clearReservedBits(s: Qcow2Image, view: MappingView, fixes: readon
   const cs = s.geom.clusterSize;
   const entry = new Uint8Array(8);
   for (const f of fixes) {
-    const allowed = f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : OVERLAP.ACTIVE_L1 | OVERLAP.L2;
+    const allowed = f.table === 'refcount' ? OVERLAP.REFCOUNT_TABLE : f.table === 'snapshot-l1' ? OVERLAP.SNAPSHOT_L1 : OVERLAP.ACTIVE_L1 | OVERLAP.L2;
     if (((s.overlap?.kindsAt(Math.floor(f.at / cs)) ?? 0) & ~allowed) !== 0) continue;
     await s.storage.readInto(f.at, entry);
     writeU32Be(entry, 0, (readU32Be(entry, 0) & ~f.hiMask) >>> 0);

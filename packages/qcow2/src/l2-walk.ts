@@ -13,7 +13,7 @@
 import { corrupt, readU32Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { decodeL2Entry, entryCopied, entryOffset, l1EntryOffset, standardEntryCluster, type ClusterEntry, type EntryGeometry } from './mapping.js';
-import { ENTRY_COPIED_HI } from './constants.js';
+import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI } from './constants.js';
 import { readL1 } from './reader.js';
 import { loadL2, type MappingView, type ReaderState } from './mapping-view.js';
 import type { Qcow2Geometry } from './header.js';
@@ -211,10 +211,20 @@ export function forEachL2Entry(s: EntrySource, table: Uint8Array, tableOffset: n
  * each standard entry whose offset names a host cluster (a data cluster
  * or a preallocated zero cluster; see `standardEntryCluster`), and
  * `onEntry(e, index)` with the codec's full decode for compressed entries
- * and for every extended L2 entry. Entries naming no cluster (or an
- * unaligned one) are skipped, and so are entries that do not decode.
+ * and for every extended L2 entry. Entries naming no cluster are skipped,
+ * and so are entries that do not decode, except that a standard entry
+ * whose offset is not cluster-aligned goes to `onUnaligned(offset, index,
+ * copied)` where given (qemu-img check counts the cluster_size bytes from
+ * such an offset as referenced).
  */
-export function forEachEntryCluster(s: EntrySource, table: Uint8Array, tableOffset: number, onCluster: (cluster: number, index: number, copied: boolean) => void, onEntry: (e: AllocatedEntry, index: number) => void): void {
+export function forEachEntryCluster(
+  s: EntrySource,
+  table: Uint8Array,
+  tableOffset: number,
+  onCluster: (cluster: number, index: number, copied: boolean) => void,
+  onEntry: (e: AllocatedEntry, index: number) => void,
+  onUnaligned?: (offset: number, index: number, copied: boolean) => void,
+): void {
   const g = s.entryGeom;
   const entries = l2EntriesPerTable(g);
   const cb = g.clusterBits;
@@ -222,8 +232,15 @@ export function forEachEntryCluster(s: EntrySource, table: Uint8Array, tableOffs
   for (let j = 0; j < entries; j++) {
     if (!g.extendedL2) {
       const hi = dv.getUint32(j * 8);
-      const c = standardEntryCluster(hi, dv.getUint32(j * 8 + 4), cb);
-      if (c === -1) continue;
+      const lo = dv.getUint32(j * 8 + 4);
+      const c = standardEntryCluster(hi, lo, cb);
+      if (c === -1) {
+        if (onUnaligned) {
+          const offset = entryOffset(hi, lo);
+          if (offset % g.clusterSize !== 0) onUnaligned(offset, j, (hi & ENTRY_COPIED_HI) !== 0);
+        }
+        continue;
+      }
       if (c >= 0) {
         onCluster(c, j, (hi & ENTRY_COPIED_HI) !== 0);
         continue;
@@ -233,6 +250,12 @@ export function forEachEntryCluster(s: EntrySource, table: Uint8Array, tableOffs
     try {
       e = decodeL2Entry(table, j, g, s.file, tableOffset);
     } catch {
+      if (onUnaligned) {
+        const at = j * (g.extendedL2 ? 16 : 8);
+        const hi = dv.getUint32(at);
+        const offset = entryOffset(hi, dv.getUint32(at + 4));
+        if (!(hi & ENTRY_COMPRESSED_HI) && offset !== 0 && offset % g.clusterSize !== 0) onUnaligned(offset, j, (hi & ENTRY_COPIED_HI) !== 0);
+      }
       continue;
     }
     if (e.type !== 'unallocated') onEntry(e, j);

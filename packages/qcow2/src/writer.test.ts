@@ -40,10 +40,11 @@ describe('feature bits on write', () => {
   });
 
   it('a write that meets corrupt metadata sets the corrupt bit and stops writing', async () => {
-    const bytes = loadFixture('refcount-16.qcow2');
+    // Extended L2 entry 0: subclusters marked both allocated and zero, which only the entry's decode (a write's) sees.
+    const bytes = loadFixture('extended-l2.qcow2');
     const l1 = readU64Be(bytes, 40);
     const l2 = (readU32Be(bytes, l1) & 0xffffff) * 2 ** 32 + ((readU32Be(bytes, l1 + 4) & 0xfffffe00) >>> 0);
-    writeU32Be(bytes, l2 + 4, (readU32Be(bytes, l2 + 4) + 512) >>> 0); // unaligned data cluster
+    writeU32Be(bytes, l2 + 8, readU32Be(bytes, l2 + 12));
     const storage = MemoryStorage.from(bytes, { name: 'c.qcow2' });
     const disk = await openQcow2(storage, { readOnly: false });
     const e = await imageError(disk.write(10, new Uint8Array(5)));
@@ -52,6 +53,18 @@ describe('feature bits on write', () => {
     expect((await imageError(disk.write(70000, new Uint8Array(5)))).message).toMatch(/marked corrupt/);
     await disk.close();
     expect((await imageError(openQcow2(MemoryStorage.from(storage.toBytes(), { name: 'c.qcow2' }), { readOnly: false }))).code).toBe('ERR_IMG_CORRUPT');
+  });
+
+  it('an unaligned data cluster entry: the writable open refuses and writes nothing (qemu-img check counts the cluster_size bytes from it as used)', async () => {
+    const bytes = loadFixture('refcount-16.qcow2');
+    const l1 = readU64Be(bytes, 40);
+    const l2 = (readU32Be(bytes, l1) & 0xffffff) * 2 ** 32 + ((readU32Be(bytes, l1 + 4) & 0xfffffe00) >>> 0);
+    writeU32Be(bytes, l2 + 4, (readU32Be(bytes, l2 + 4) + 512) >>> 0);
+    const storage = MemoryStorage.from(bytes, { name: 'c.qcow2' });
+    const e = await imageError(openQcow2(storage, { readOnly: false }));
+    // Its second cluster is the next entry's data cluster, with refcount 1.
+    expect(e.message).toMatch(/refusing to open for writing: data cluster is used 2 times at 0x[0-9a-f]+ \(entry at 0x[0-9a-f]+\) with refcount 1/);
+    expect(bytesEqual(storage.toBytes(), bytes)).toBe(true);
   });
 
   it('read-only images refuse every write path', async () => {
