@@ -3,11 +3,11 @@
  * the file), after reading the OVF descriptor and, in untrusted mode (or
  * when asked), checking the `.mf` manifest.
  */
-import { invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { ImageError, invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { OvaDisk, type OvaContents } from './ova-disk.js';
 import { parseManifest, verifyManifest } from './ova-manifest.js';
 import { readTar, type TarMember } from './ova.js';
-import { MAX_OVF_BYTES, parseOvf } from './ovf.js';
+import { MAX_OVF_BYTES, hrefMemberNames, parseOvf, refuseEncoding } from './ovf.js';
 import { openVmdk } from './open.js';
 import { hasSparseMagic } from './sparse-header.js';
 import { StorageWindow } from './storage-window.js';
@@ -22,8 +22,12 @@ export interface OvaOpenOptions extends OpenOptions {
   openMember?: (storage: Storage, format: string | undefined) => Promise<Disk>;
 }
 
-/** Reads the OVA's member table, OVF and manifest (metadata only). */
-export async function readOva(storage: Storage): Promise<{ members: TarMember[]; contents: OvaContents }> {
+/**
+ * Reads the OVA's member table, OVF and manifest (metadata only). A
+ * manifest that does not parse leaves `contents.manifest` unset and is
+ * answered as `manifestError`: only a manifest check needs it.
+ */
+export async function readOva(storage: Storage): Promise<{ members: TarMember[]; contents: OvaContents; manifestError?: ImageError }> {
   const members = await readTar(storage);
   const ovfMember = members.find((m) => m.name.toLowerCase().endsWith('.ovf'));
   if (!ovfMember) throw corrupt('ova', storage.name, 'the tar archive holds no .ovf descriptor, so it is not an OVA', { field: 'ovf' });
@@ -31,11 +35,17 @@ export async function readOva(storage: Storage): Promise<{ members: TarMember[];
   const ovf = parseOvf(new TextDecoder().decode(await storage.read(ovfMember.offset, ovfMember.size)), `${storage.name}:${ovfMember.name}`);
   const mf = members.find((m) => m.name.toLowerCase().endsWith('.mf'));
   let manifest: OvaContents['manifest'];
+  let manifestError: ImageError | undefined;
   if (mf) {
-    if (mf.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the manifest "${mf.name}" is ${mf.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: mf.size });
-    manifest = parseManifest(new TextDecoder().decode(await storage.read(mf.offset, mf.size)), `${storage.name}:${mf.name}`);
+    try {
+      if (mf.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the manifest "${mf.name}" is ${mf.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: mf.size });
+      manifest = parseManifest(new TextDecoder().decode(await storage.read(mf.offset, mf.size)), `${storage.name}:${mf.name}`);
+    } catch (e) {
+      if (!ImageError.isInstance(e)) throw e;
+      manifestError = e;
+    }
   }
-  return { members, contents: { ovfName: ovfMember.name, ovf, members: members.map((m) => ({ name: m.name, size: m.size })), ...(manifest ? { manifest } : {}) } };
+  return { members, contents: { ovfName: ovfMember.name, ovf, members: members.map((m) => ({ name: m.name, size: m.size })), ...(manifest ? { manifest } : {}) }, ...(manifestError ? { manifestError } : {}) };
 }
 
 /**
@@ -51,7 +61,7 @@ export async function readOva(storage: Storage): Promise<{ members: TarMember[];
  */
 export async function openOva(storage: Storage, options: OvaOpenOptions = {}): Promise<OvaDisk> {
   if (options.readOnly === false) throw unsupported('ova', storage.name, 'an OVA can only be opened read-only', { field: 'readOnly' });
-  const { members, contents } = await readOva(storage);
+  const { members, contents, manifestError } = await readOva(storage);
   const { ovf } = contents;
   const index = options.disk ?? 0;
   if (!Number.isInteger(index) || index < 0 || index >= ovf.disks.length) {
@@ -60,10 +70,13 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   const d = ovf.disks[index]!;
   const ref = ovf.files.find((f) => f.id === d.fileRef);
   if (!ref) throw corrupt('ova', storage.name, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
-  const member = members.find((m) => m.name === ref.href.replace(/^(\.\/)+/, ''));
+  refuseEncoding(ref, storage.name);
+  const names = hrefMemberNames(ref.href);
+  const member = names.map((n) => members.find((m) => m.name === n)).find((m) => m !== undefined);
   if (!member) throw corrupt('ova', storage.name, `the OVF's file "${ref.href}" is not in the OVA`, { field: 'href', actual: ref.href });
   if (ref.size !== undefined && ref.size !== member.size) throw corrupt('ova', storage.name, `the OVF says "${ref.href}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
   if (options.verifyManifest ?? options.untrusted ?? false) {
+    if (manifestError) throw manifestError;
     if (!contents.manifest && options.verifyManifest) throw corrupt('ova', storage.name, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
     if (contents.manifest) await verifyManifest(storage, contents.manifest, members);
     // A manifest that leaves the disk out checks nothing that matters: untrusted mode refuses it (as the pipe reader does).
@@ -82,9 +95,7 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   } else {
     throw unsupported('ova', storage.name, `disk "${d.diskId}" ("${member.name}") is not a sparse VMDK; opening other formats needs openMember (use @img/convert)`, { field: 'format', actual: d.format ?? '' });
   }
-  if (inner.size !== d.capacity) {
-    await inner.close().catch(() => undefined);
-    throw corrupt('ova', storage.name, `the OVF says disk "${d.diskId}" holds ${d.capacity} bytes, but "${member.name}" holds ${inner.size}`, { field: 'capacity', expected: d.capacity, actual: inner.size });
-  }
+  // The disk is what the member holds, as VirtualBox and VMware take it: an OVF capacity rounded to whole units
+  // (`byte * 2^30`), or larger than the disk (ovftool would grow it on deploy), is no reason to refuse the data.
   return new OvaDisk(inner, contents, index);
 }

@@ -1,5 +1,6 @@
 /**
- * The `.mf` manifest of an OVA: lines `SHA256(name)= hex` (or SHA1, SHA512),
+ * The `.mf` manifest of an OVA: lines `SHA256(name)= hex` (or SHA1, SHA512;
+ * also OpenSSL 3's `SHA2-256(name)= hex` and BSD's `SHA256 (name) = hex`),
  * checked against the members' bytes, read in bounded chunks.
  */
 import { corrupt, unsafe, type Storage } from '@img/block';
@@ -22,9 +23,12 @@ export function parseManifest(text: string, file: string): ManifestEntry[] {
   for (const [i, raw] of text.split(/\r?\n/).entries()) {
     const line = raw.trim();
     if (line === '') continue;
-    const m = /^(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)$/.exec(line);
-    const algorithm = m?.[1]!.toLowerCase() as ManifestEntry['algorithm'] | undefined;
-    if (!m || !algorithm || m[3]!.length !== HEX_LENGTH[algorithm]) throw corrupt('ova', file, `manifest line ${i + 1} is not "SHA256(name)= hex"`, { field: `line ${i + 1}`, actual: line.slice(0, 200) });
+    // OVF's own style `SHA256(name)= hex`, OpenSSL 3's `SHA2-256(name)= hex`, BSD's `SHA256 (name) = hex` (sha256sum --tag), any case.
+    const m = /^(SHA-?1|SHA(?:2?-)?256|SHA(?:2?-)?512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)$/i.exec(line);
+    const algorithm = m ? (`sha${m[1]!.replace(/^sha(2?-)?/i, '').replace(/^-/, '')}` as ManifestEntry['algorithm']) : undefined;
+    if (!m || !algorithm || m[3]!.length !== HEX_LENGTH[algorithm]) {
+      throw corrupt('ova', file, `manifest line ${i + 1} is not "SHA256(name)= hex" (nor SHA1, SHA512, OpenSSL's SHA2-256 or BSD's "SHA256 (name) = hex")`, { field: `line ${i + 1}`, actual: line.slice(0, 200) });
+    }
     out.push({ algorithm, name: m[2]!, digest: m[3]!.toLowerCase() });
   }
   return out;

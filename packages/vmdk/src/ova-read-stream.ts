@@ -17,7 +17,7 @@ import { ByteStreamReader, corrupt, invalidArg, unsupported, type OpenOptions, t
 import { MAX_TAR_MEMBERS, MAX_TAR_EXTENDED_HEADER, applyExtended, confinePath, longNameOf, parsePax, parseTarHeader } from './ova.js';
 import { parseManifest, type ManifestEntry } from './ova-manifest.js';
 import { checkStreamManifest, MemberDigests } from './ova-stream-manifest.js';
-import { MAX_OVF_BYTES, parseOvf, type OvfDescriptor } from './ovf.js';
+import { MAX_OVF_BYTES, hrefMemberNames, parseOvf, refuseEncoding, type OvfDescriptor } from './ovf.js';
 import { readVmdkStream } from './read-stream.js';
 import { hasSparseMagic } from './sparse-header.js';
 
@@ -104,18 +104,25 @@ async function finishMember(r: ByteStreamReader, m: Member, digests: MemberDiges
  * `.mf`) is parsed, other members skipped; answers the manifest and the
  * names of the members passed.
  */
-async function readTail(r: ByteStreamReader, names: Set<string>): Promise<ManifestEntry[] | undefined> {
-  let manifest: ManifestEntry[] | undefined;
+async function readTail(r: ByteStreamReader, names: Set<string>, early: ManifestEntry[] | undefined): Promise<ManifestEntry[] | undefined> {
+  let manifest = early;
   for (;;) {
     const m = await nextMember(r);
     if (!m) return manifest;
     names.add(m.name);
-    if (!manifest && m.name.toLowerCase().endsWith('.mf')) {
-      if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the manifest "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: m.size });
-      manifest = parseManifest(new TextDecoder().decode(await r.exact(m.size, 'the manifest')), `${NAME}:${m.name}`);
-    }
+    if (!manifest && isManifest(m)) manifest = await readManifest(r, m);
     await skipMember(r, m);
   }
+}
+
+function isManifest(m: Member): boolean {
+  return m.name.toLowerCase().endsWith('.mf');
+}
+
+/** Reads and parses manifest member `m` (the reader at its data). */
+async function readManifest(r: ByteStreamReader, m: Member): Promise<ManifestEntry[]> {
+  if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the manifest "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: m.size });
+  return parseManifest(new TextDecoder().decode(await r.exact(m.size, 'the manifest')), `${NAME}:${m.name}`);
 }
 
 /**
@@ -161,19 +168,24 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     const d = ovf.disks[index]!;
     const ref = ovf.files.find((f) => f.id === d.fileRef);
     if (!ref) throw corrupt('ova', NAME, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
-    const href = ref.href.replace(/^(\.\/)+/, '');
+    refuseEncoding(ref, NAME);
+    const names = hrefMemberNames(ref.href);
+    const href = names.find((n) => passed.includes(n)) ?? names[0]!;
     if (passed.includes(href)) {
       throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") comes before the OVF descriptor in the archive, and a stream cannot go back to it; save the OVA to a file first`, { field: 'order', actual: href });
     }
     let disk: Member | undefined;
+    // DSP0243 lets the manifest come right after the OVF, before the disks, as well as last.
+    let early: ManifestEntry[] | undefined;
     for (;;) {
       const m = await nextMember(r);
       if (!m) throw corrupt('ova', NAME, `the OVF's file "${href}" is not in the OVA`, { field: 'href', actual: href });
       passed.push(m.name);
-      if (m.name === href) {
+      if (names.includes(m.name)) {
         disk = m;
         break;
       }
+      if (verify && !early && isManifest(m)) early = await readManifest(r, m);
       await skipMember(r, m);
     }
     const diskDigests = verify ? new MemberDigests() : undefined;
@@ -189,10 +201,8 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
       yield first;
       yield* bytes;
     }
+    // The disk is what the member holds, whatever capacity the OVF gives it (as openOva).
     const vmdk = await readVmdkStream(rest(), options);
-    if (vmdk.size !== d.capacity) {
-      throw corrupt('ova', NAME, `the OVF says disk "${d.diskId}" holds ${d.capacity} bytes, but "${href}" holds ${vmdk.size}`, { field: 'capacity', expected: d.capacity, actual: vmdk.size });
-    }
     const member = disk;
     async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
       try {
@@ -200,7 +210,7 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
         if (!verify) return;
         await finishMember(r, member, diskDigests);
         const names = new Set(passed);
-        const manifest = await readTail(r, names);
+        const manifest = await readTail(r, names, early);
         if (!manifest) {
           if (options.verifyManifest) throw corrupt('ova', NAME, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
           return;

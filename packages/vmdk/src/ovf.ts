@@ -17,6 +17,10 @@ export interface OvfFile {
   id: string;
   href: string;
   size?: number;
+  /** `ovf:compression` (DSP0243 §5.2: "gzip"; absent or "identity" when the member is stored as is). */
+  compression?: string;
+  /** `ovf:chunkSize`: the file is split into members `href.000000000`, `href.000000001`, ... of this size. */
+  chunkSize?: number;
 }
 
 /** A `DiskSection/Disk` entry. */
@@ -173,7 +177,9 @@ export function parseOvf(xml: string, file: string): OvfDescriptor {
         const href = f.attrs.get('href');
         if (!id || !href) throw corrupt('ova', file, 'an OVF File element lacks its id or href', { field: 'File' });
         const size = count(f.attrs.get('size'), file, `size of File "${id}"`);
-        out.files.push({ id, href, ...(size !== undefined ? { size } : {}) });
+        const compression = f.attrs.get('compression');
+        const chunkSize = count(f.attrs.get('chunkSize'), file, `chunkSize of File "${id}"`);
+        out.files.push({ id, href, ...(size !== undefined ? { size } : {}), ...(compression !== undefined && compression !== 'identity' ? { compression } : {}), ...(chunkSize ? { chunkSize } : {}) });
       }
     } else if (e.name === 'DiskSection') {
       for (const d of e.children.filter((c) => c.name === 'Disk')) {
@@ -194,4 +200,36 @@ export function parseOvf(xml: string, file: string): OvfDescriptor {
     }
   }
   return out;
+}
+
+/**
+ * The tar member names an OVF `href` may stand for, most literal first: the
+ * href with leading `./` removed, then, since an href is a URI reference
+ * (DSP0243 §7.1), the same with a `file:` scheme dropped and
+ * percent-escapes decoded (`vm%20disk.vmdk` is the member `vm disk.vmdk`).
+ */
+export function hrefMemberNames(href: string): string[] {
+  const plain = href.replace(/^(\.\/)+/, '');
+  let decoded = plain.replace(/^file:(\/\/)?/i, '');
+  try {
+    decoded = decodeURIComponent(decoded);
+  } catch {
+    // A stray '%' that is no escape: the name as written.
+  }
+  decoded = decoded.replace(/^(\.\/)+/, '');
+  return decoded === plain ? [plain] : [plain, decoded];
+}
+
+/**
+ * Refuses a File this package cannot read in place: a gzip-compressed
+ * member (`ovf:compression`) or one split into chunks (`ovf:chunkSize`),
+ * as ERR_IMG_UNSUPPORTED naming the attribute.
+ */
+export function refuseEncoding(ref: OvfFile, file: string): void {
+  if (ref.compression !== undefined) {
+    throw unsupported('ova', file, `the OVF's file "${ref.href}" is compressed (ovf:compression="${ref.compression}"), which is not supported; unpack the OVA and decompress the member first`, { field: 'compression', actual: ref.compression });
+  }
+  if (ref.chunkSize !== undefined) {
+    throw unsupported('ova', file, `the OVF's file "${ref.href}" is split into chunks (ovf:chunkSize="${ref.chunkSize}"), which is not supported; unpack the OVA and join the chunks first`, { field: 'chunkSize', actual: ref.chunkSize });
+  }
 }
