@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { MemoryStorage, createRaw, openRaw } from '@img/block';
 import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NbdStorage, parseNbdUri, serveNbd } from './index.js';
+import { isNbdUri, NbdStorage, parseNbdUri, serveNbd } from './index.js';
 
 const tmp = tempDir('img-nbd-client-');
 afterAll(() => tmp.cleanup());
@@ -17,8 +17,39 @@ describe('NBD URIs', () => {
     expect(parseNbdUri('nbd://[::1]:10900/')).toEqual({ host: '::1', port: 10900, exportName: '' });
     expect(parseNbdUri('nbd+unix:///a%20b?socket=/tmp/x.sock')).toEqual({ socket: '/tmp/x.sock', exportName: 'a b' });
     expect(() => parseNbdUri('nbd+unix:///x')).toThrow(/names no socket/);
-    expect(() => parseNbdUri('nbds://h/x')).toThrow(/not an NBD scheme/);
     expect(() => parseNbdUri('nbd:/bad')).toThrow();
+  });
+
+  it('keep a + in a query value a +, as libnbd and qemu do (only %-escapes are decoded)', () => {
+    expect(parseNbdUri('nbd+unix:///?socket=/tmp/c+d.sock')).toEqual({ socket: '/tmp/c+d.sock', exportName: '' });
+    expect(parseNbdUri('nbd+unix:///e+f?socket=/tmp/a%2Bb%20c.sock')).toEqual({ socket: '/tmp/a+b c.sock', exportName: 'e+f' });
+    expect(() => parseNbdUri('nbd+unix:///?socket=/tmp/%zz')).toThrow(/malformed %-escape/);
+    expect(() => parseNbdUri('nbd://h/%zz')).toThrow(/malformed %-escape/);
+  });
+
+  it("take qemu's legacy nbd:HOST:PORT and nbd:unix:PATH, with :exportname=", () => {
+    expect(parseNbdUri('nbd:unix:/tmp/q.sock:exportname=top')).toEqual({ socket: '/tmp/q.sock', exportName: 'top' });
+    expect(parseNbdUri('nbd:unix:/tmp/q.sock')).toEqual({ socket: '/tmp/q.sock', exportName: '' });
+    expect(parseNbdUri('nbd:localhost:10820:exportname=top')).toEqual({ host: 'localhost', port: 10820, exportName: 'top' });
+    expect(parseNbdUri('nbd:127.0.0.1:10820')).toEqual({ host: '127.0.0.1', port: 10820, exportName: '' });
+    expect(parseNbdUri('nbd:[::1]:10820:exportname=a:b')).toEqual({ host: '::1', port: 10820, exportName: 'a:b' });
+    expect(() => parseNbdUri('nbd:127.0.0.1')).toThrow(/is not an NBD address/);
+    expect(() => parseNbdUri('nbd:h:99999')).toThrow(/past 65535/);
+    expect(() => parseNbdUri('nbd:unix:')).toThrow(/names no socket/);
+  });
+
+  it('refuse what they cannot honour: TLS and vsock schemes, a query on nbd://, unknown or repeated parameters', () => {
+    expect(isNbdUri('nbds://h/x')).toBe(true);
+    expect(isNbdUri('nbds+unix:///x?socket=/s')).toBe(true);
+    expect(isNbdUri('nbd:unix:/s')).toBe(true);
+    expect(isNbdUri('nbd.qcow2')).toBe(false);
+    expect(() => parseNbdUri('nbds://h/x')).toThrow(/TLS \(nbds:\/\/\), which is not supported/);
+    expect(() => parseNbdUri('nbds+unix:///x?socket=/s')).toThrow(/TLS \(nbds\+unix:\/\/\), which is not supported/);
+    expect(() => parseNbdUri('nbd+vsock://2/x')).toThrow(/vsock/);
+    expect(() => parseNbdUri('nbd://127.0.0.1:10820/top?socket=x')).toThrow(/takes none of/);
+    expect(() => parseNbdUri('nbd+unix:///?socket=/s&foo=1')).toThrow(/"foo"/);
+    expect(() => parseNbdUri('nbd+unix:///?socket=/s&socket=/t')).toThrow(/twice/);
+    expect(() => parseNbdUri('nbd+unix://h/?socket=/s')).toThrow(/names a host/);
   });
 });
 
