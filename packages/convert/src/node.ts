@@ -17,6 +17,8 @@ import { isNbdUri, NbdStorage } from '@img/nbd';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
+import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
+import { nbdAwareResolver } from './node/nbd-backing.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -110,7 +112,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       readOnly,
       formats: registry,
       untrusted: options.untrusted ?? false,
-      resolver: recordingResolver(options.untrusted ? refusingResolver : (options.resolver ?? (options.forceShare ? fileResolverWith({ forceShare: true }) : fileResolver)), files),
+      resolver: recordingResolver(options.untrusted ? refusingResolver : nbdAwareResolver(options.resolver ?? (options.forceShare ? fileResolverWith({ forceShare: true }) : fileResolver)), files),
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
     });
@@ -206,7 +208,10 @@ export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> 
 
 /**
  * Converts `input` (of `srcFormat`) into a new file `output` of `dstFormat`.
- * A failed conversion removes the output unless `keepPartial`.
+ * A failed conversion removes the output unless `keepPartial`. An `output`
+ * that is an NBD URI names an export that exists already: as qemu-img does,
+ * the source is written into it (raw only; an export smaller than the
+ * source is refused, ERR_IMG_INVALID_ARG, before anything is written).
  */
 export async function convertFile(options: ConvertFileOptions): Promise<ConvertResult> {
   const registry = options.registry ?? defaultRegistry();
@@ -216,7 +221,10 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   }
   if (options.input === '-') return convertFromStream(options, registry);
   if (options.output === '-') return convertToStream(options, registry);
-  if (dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
+  // An NBD URI names an export that exists already: written into as it is (see node/nbd-output.ts), as qemu-img does.
+  const intoExport = isNbdUri(options.output);
+  if (intoExport) checkNbdOutput({ ...options, registry });
+  else if (dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
     registry,
@@ -227,6 +235,10 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
   try {
+    if (intoExport) {
+      if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
+      return await convertIntoNbdExport(sourceView(snapshot ?? src, options.range), { ...options, registry });
+    }
     await guardOutput(options, registry, filesOf(src));
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the

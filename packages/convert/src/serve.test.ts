@@ -233,4 +233,130 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
       server.kill();
     }
   });
+  it("takes the URIs qemu-img takes: a + in ?socket= stays a +, and qemu's legacy nbd:unix:PATH and nbd:HOST:PORT with :exportname=", async () => {
+    const file = join(tmp.path, 'legacy.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', file, '16M']);
+    qemuIo(file, 'qcow2', ['write -P 0x71 1M 1M']);
+    const sock = join(tmp.path, 'c+d.sock');
+    const server = spawn('qemu-nbd', ['-t', '-r', '-x', 'top', '-f', 'qcow2', '-k', sock, file], { stdio: 'ignore' });
+    try {
+      expect(await waitForSocket(sock)).toBe(true);
+      for (const u of [`nbd+unix:///top?socket=${sock}`, `nbd:unix:${sock}:exportname=top`]) {
+        const ours = run('img', ['map', '--output=json', u]);
+        expect(ours.status, ours.stderr).toBe(0);
+        expect(JSON.parse(ours.stdout)).toEqual(JSON.parse((await client('qemu-img', ['map', '--output=json', u])).stdout));
+        expect(run('img', ['compare', file, u]).status).toBe(0);
+      }
+    } finally {
+      server.kill();
+    }
+    // TCP, from img serve on a port it picks.
+    const { server: serving, stderr } = await startServe(['-p', '0', '-x', 'top', file]);
+    const port = /nbd:\/\/127\.0\.0\.1:(\d+)\/top/.exec(stderr())?.[1];
+    expect(port, stderr()).toBeDefined();
+    const out = join(tmp.path, 'legacy-copy.qcow2');
+    const conv = run('img', ['convert', '-O', 'qcow2', `nbd:127.0.0.1:${port}:exportname=top`, out]);
+    expect(conv.status, conv.stderr).toBe(0);
+    serving.kill('SIGTERM');
+    expect(qemuImg(['compare', file, out], { allowFail: true }).status).toBe(0);
+  });
+
+  it('says why for the URIs it cannot use (TLS, a query on nbd://) instead of looking for a file', () => {
+    for (const [u, why] of [
+      ['nbds://127.0.0.1:1/top', /TLS \(nbds:\/\/\), which is not supported/],
+      ['nbds+unix:///top?socket=/nonexistent.sock', /TLS \(nbds\+unix:\/\/\), which is not supported/],
+      ['nbd://127.0.0.1:1/top?socket=/x.sock', /takes none of/],
+    ] as const) {
+      const r = run('img', ['info', u]);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(why);
+      expect(r.stderr).not.toContain('ENOENT');
+    }
+  });
+
+  it('writes into an existing export without -n, as qemu-img does, and refuses one that is too small naming both sizes', async () => {
+    const src = join(tmp.path, 'into-src.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', src, '16M']);
+    qemuIo(src, 'qcow2', ['write -P 0x21 0 1M', 'write -P 0x22 9M 64k']);
+    const big = join(tmp.path, 'into-big.raw');
+    const small = join(tmp.path, 'into-small.raw');
+    qemuImg(['create', '-q', '-f', 'raw', big, '20M']);
+    qemuIo(big, 'raw', ['write -P 0x99 0 20M']);
+    qemuImg(['create', '-q', '-f', 'raw', small, '8M']);
+    const servers = [big, small].map((f) => spawn('qemu-nbd', ['-t', '-f', 'raw', '-k', `${f}.sock`, f], { stdio: 'ignore' }));
+    try {
+      expect(await waitForSocket(`${big}.sock`)).toBe(true);
+      expect(await waitForSocket(`${small}.sock`)).toBe(true);
+      const conv = run('img', ['convert', '-O', 'raw', src, `nbd+unix:///?socket=${big}.sock`]);
+      expect(conv.status, conv.stderr).toBe(0);
+      const tooSmall = run('img', ['convert', '-O', 'raw', src, `nbd+unix:///?socket=${small}.sock`]);
+      expect(tooSmall.status).toBe(1);
+      expect(tooSmall.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(tooSmall.stderr).toMatch(/export is 8388608 bytes, smaller than the 16777216 bytes of the source/);
+      const qcow2 = run('img', ['convert', '-O', 'qcow2', src, `nbd+unix:///?socket=${big}.sock`]);
+      expect(qcow2.status).toBe(1);
+      expect(qcow2.stderr).toMatch(/-O raw only/);
+    } finally {
+      // Gone, not just signalled: qemu-nbd's write lock on the file would refuse the reads below.
+      await Promise.all(
+        servers.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              if (s.exitCode !== null) return resolve();
+              s.on('close', () => resolve());
+              s.kill();
+            }),
+        ),
+      );
+    }
+    // The source's bytes, its holes written as zeros; past its end the export keeps what it held, as qemu-img leaves it.
+    const head = join(tmp.path, 'into-head.raw');
+    qemuImg(['convert', '-f', 'raw', '-O', 'raw', big, head]);
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', src, head], { allowFail: true }).stdout).toContain('Content mismatch at offset 16777216');
+    expect(qemuIo(big, 'raw', ['read -P 0 1M 8M', 'read -P 0x99 16M 4M'])).not.toMatch(/Pattern verification failed/);
+  });
+
+  it('reads a qcow2 inside a raw export as qemu-img does: a relative backing file has no actual path, and JSON keys match', async () => {
+    const base = join(tmp.path, 'nb-base.qcow2');
+    const top = join(tmp.path, 'nb-top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '16M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'nb-base.qcow2', '-F', 'qcow2', top]);
+    const plain = join(tmp.path, 'nb-plain.raw');
+    qemuImg(['create', '-q', '-f', 'raw', plain, '1M']);
+    const sock = join(tmp.path, 'nb-top.sock');
+    const rawSock = join(tmp.path, 'nb-plain.sock');
+    const servers = [spawn('qemu-nbd', ['-t', '-r', '-f', 'raw', '-k', sock, top], { stdio: 'ignore' }), spawn('qemu-nbd', ['-t', '-r', '-f', 'raw', '-k', rawSock, plain], { stdio: 'ignore' })];
+    try {
+      expect(await waitForSocket(sock)).toBe(true);
+      expect(await waitForSocket(rawSock)).toBe(true);
+      const u = `nbd+unix:///?socket=${sock}`;
+      const line = (t: string) => t.split('\n').find((l) => l.startsWith('backing file:'));
+      const ours = run('img', ['info', u]);
+      expect(ours.status, ours.stderr).toBe(0);
+      expect(line(ours.stdout)).toBe('backing file: nb-base.qcow2 (cannot determine actual path)');
+      expect(line(ours.stdout)).toBe(line((await client('qemu-img', ['info', u])).stdout));
+      // JSON as qemu-img's, but for the filename (qemu prints its own spelling of the URI): no full-backing-filename,
+      // and no dirty-flag for a raw export (qemu's NBD driver has no image info), one for a qcow2 inside one.
+      for (const v of [u, `nbd+unix:///?socket=${rawSock}`]) {
+        const a = JSON.parse(run('img', ['info', '--output=json', v]).stdout) as Record<string, unknown>;
+        const b = JSON.parse((await client('qemu-img', ['info', '--output=json', v])).stdout) as Record<string, unknown>;
+        delete a.filename;
+        delete b.filename;
+        expect(a).toEqual(b);
+      }
+      for (const args of [
+        ['convert', '-O', 'raw', u, join(tmp.path, 'nb.raw')],
+        ['info', '--backing-chain', u],
+      ]) {
+        const r = run('img', args);
+        expect(r.status).toBe(1);
+        expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+        expect(r.stderr).toContain('cannot open the backing file "nb-base.qcow2": it is named relative to the image, and an image read over NBD has no directory to resolve it in');
+      }
+      expect(existsSync(join(tmp.path, 'nb.raw'))).toBe(false);
+    } finally {
+      servers.forEach((s) => s.kill());
+    }
+  });
 });

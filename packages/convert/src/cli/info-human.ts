@@ -18,16 +18,19 @@ export interface InfoLayer {
   /** Bytes the file takes on its disk; undefined where there is no file (an NBD export), which qemu-img calls unavailable. */
   actual: number | undefined;
   path: string;
+  /** The backing file's actual path cannot be determined (a relative name in an image read over NBD). */
+  backingUnresolved?: boolean;
 }
 
 /** The human `info` text of one image. */
-export function humanInfo({ data, actual, path }: InfoLayer): string {
+export function humanInfo({ data, actual, path, backingUnresolved }: InfoLayer): string {
   const lines = [`image: ${path}`, `file format: ${qemuFormatName(data.format)}`, `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`, `disk size: ${actual === undefined ? 'unavailable' : formatSize(actual)}`];
   if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
   if (data.dirty) lines.push('cleanly shut down: no');
   if (data.backingFile !== undefined) {
     const full = data.fullBackingFile;
-    lines.push(`backing file: ${data.backingFile}${full !== undefined && full !== data.backingFile ? ` (actual path: ${full})` : ''}`);
+    const where = backingUnresolved ? ' (cannot determine actual path)' : full !== undefined && full !== data.backingFile ? ` (actual path: ${full})` : '';
+    lines.push(`backing file: ${data.backingFile}${where}`);
   }
   if (data.backingFormat !== undefined) lines.push(`backing file format: ${data.backingFormat}`);
   if (data.snapshots?.length) lines.push('Snapshot list:', ...snapshotTable(data.snapshots));

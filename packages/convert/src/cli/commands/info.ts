@@ -7,6 +7,7 @@ import { isNbdUri } from '@img/nbd';
 import type { Disk, ImageInfo } from '@img/block';
 import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
+import { relativeToNbd } from '../../node/nbd-backing.js';
 import { UsageError } from '../common.js';
 import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
 
@@ -22,7 +23,8 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
   if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
   if (info.fullBackingFile !== undefined) out['full-backing-filename'] = info.fullBackingFile;
   if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
-  out['dirty-flag'] = info.dirty ?? false;
+  // qemu-img has no dirty flag to report for a raw image over NBD (its NBD driver has no image info), and leaves the key out.
+  if (!(info.format === 'raw' && isNbdUri(path))) out['dirty-flag'] = info.dirty ?? false;
   if (info.snapshots?.length) {
     out.snapshots = info.snapshots.map((s) => ({
       id: s.id,
@@ -47,7 +49,10 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   // VHD's is the parent locator that was found, which may name another file than the stored name.
   // A VHD stores the parent's bare name; where the parent is, only its locators say, and they are resolved
   // when the chain is opened (--backing-chain): without that, no path is made up from the name.
-  if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2') && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
+  // Over NBD a relative name has no directory to be joined to: qemu-img says it "cannot determine actual path".
+  const unresolved = data.backingFile !== undefined && relativeToNbd(path, data.backingFile);
+  if (unresolved) delete data.fullBackingFile;
+  else if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2') && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
   let actual: number | undefined = 0;
   try {
     actual = isNbdUri(path) ? undefined : (await stat(path)).blocks * 512;
@@ -65,7 +70,7 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
       );
     }
   }
-  return { data, actual, path };
+  return { data, actual, path, ...(unresolved ? { backingUnresolved: true } : {}) };
 }
 
 /** img info. */
