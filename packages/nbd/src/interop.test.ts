@@ -1,6 +1,6 @@
 // img's NBD server judged by independent clients: nbdinfo (libnbd) and qemu-img/qemu-io (qemu's client),
 // and compared with qemu-nbd serving the same file.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
@@ -78,6 +78,39 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
       await disk.close();
       qemuNbd.kill();
       qemuNbd = undefined;
+    }
+  });
+
+  it('answers BLOCK_STATUS with REQ_ONE as qemu-nbd does: one extent per context, as long as the merged answer', async () => {
+    const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import nbd']).status === 0);
+    if (!python) {
+      if (process.env.CI) throw new Error('python3-libnbd is required in CI (.ci/run installs it)');
+      return;
+    }
+    const script = [
+      'import nbd, sys',
+      'h = nbd.NBD(); h.add_meta_context("base:allocation"); h.add_meta_context("qemu:allocation-depth"); h.connect_uri(sys.argv[1])',
+      'size = h.get_size()',
+      'for off in (0, 512 * 1024, 1536 * 1024, 3 << 20, 8 << 20, 16 << 20, 30 << 20):',
+      '    h.block_status(size - off, off, lambda ctx, o, e, err: print(ctx, o, list(e)) or 0, nbd.CMD_FLAG_REQ_ONE)',
+      'h.shutdown()',
+    ].join('\n');
+    const disk = await openQcow2(await FileStorage.open(at('top.qcow2')), { resolver: fileResolver });
+    const server = await serveNbd([{ name: '', disk }], { socket: at('one.sock') });
+    const q = spawn('qemu-nbd', ['-t', '-r', '-A', '-f', 'qcow2', '-k', at('q-one.sock'), at('top.qcow2')], { stdio: 'ignore' });
+    await waitFor(at('q-one.sock'));
+    try {
+      const ours = await run(python, ['-c', script, uri(at('one.sock'))]);
+      const theirs = await run(python, ['-c', script, uri(at('q-one.sock'))]);
+      expect(ours.status, ours.stderr).toBe(0);
+      expect(theirs.status, theirs.stderr).toBe(0);
+      expect(ours.stdout).toBe(theirs.stdout);
+      // The first base:allocation extent spans both layers' data (0-4 MiB), not just the first allocation-depth run.
+      expect(ours.stdout).toContain('base:allocation 0 [4194304, 0]');
+    } finally {
+      q.kill();
+      await server.close();
+      await disk.close();
     }
   });
 

@@ -223,16 +223,20 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     if (req.length === 0) throw new RequestError(P.EINVAL, 'BLOCK_STATUS of 0 bytes');
     const one = (req.flags & P.CMD_FLAG_REQ_ONE) !== 0;
     const max = one ? 1 : limits.maxExtents;
-    // Allocation contexts share one extents walk, fetched only if one of them was chosen.
-    let extents: Extent[] | undefined;
-    const allocation = async () => {
-      if (extents) return extents;
-      extents = [];
-      for await (const e of disk.extents({ offset: req.offset, length: req.length })) {
-        extents.push(e);
-        if (extents.length >= max) break;
+    // Allocation contexts share one extents walk, started only if one of them was chosen and taken only as far as
+    // a context's answer needs: with REQ_ONE, until its one run changes state (as qemu-nbd answers, so a client
+    // probing one extent at a time makes no more round trips than it must). At most maxExtents extents are walked.
+    const extents: Extent[] = [];
+    let walk: AsyncIterator<Extent> | undefined;
+    let walked = false;
+    const extentAt = async (i: number): Promise<Extent | undefined> => {
+      walk ??= disk.extents({ offset: req.offset, length: req.length })[Symbol.asyncIterator]();
+      while (extents.length <= i && !walked && extents.length < limits.maxExtents) {
+        const next = await walk.next();
+        if (next.done) walked = true;
+        else extents.push(next.value);
       }
-      return extents;
+      return extents[i];
     };
     const parts: Uint8Array[] = [];
     const ids = [...agreement.contexts.entries()];
@@ -259,7 +263,9 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
       if (bitmap) {
         for (const r of bitmap.runs(req.offset, req.length)) if (!add(r.dirty ? P.STATE_DIRTY : 0, r.length)) break;
       } else {
-        for (const e of await allocation()) {
+        for (let i = 0; ; i++) {
+          const e = await extentAt(i);
+          if (!e) break;
           const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
           if (!add(flags, e.length)) break;
         }
@@ -267,6 +273,7 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
       flush();
       parts.push(...chunk(req, n === ids.length - 1 ? P.REPLY_FLAG_DONE : 0, P.REPLY_TYPE_BLOCK_STATUS, [body.build()]));
     }
+    if (walk && !walked) await walk.return?.();
     return write(parts);
   };
 
