@@ -5,12 +5,12 @@
  * by the GrainMap (u32 sector entries, 4096 per table, 0 = not in this
  * layer). Read-only: nothing here allocates.
  */
-import { corrupt, hex, unsupported, type Storage } from '@img/block';
+import { corrupt, hex, type Storage } from '@img/block';
 import { COWD_GTES_PER_GT, COWD_HEADER_SIZE, parseCowdHeader } from './cowd-header.js';
 import { ENTRY_BYTES, parseEntries } from './grain-table.js';
 import { GrainMap } from './grain-map.js';
 import { NEWLINE_CHARS, SECTOR } from './sparse-header.js';
-import { MAX_GRAIN_SECTORS } from './sparse-extent.js';
+import { checkGrainSize } from './sparse-extent.js';
 
 const FORMAT = 'vmdk';
 
@@ -20,9 +20,7 @@ export async function openCowdExtent(storage: Storage): Promise<GrainMap> {
   const fileSize = await storage.size();
   if (fileSize < COWD_HEADER_SIZE) throw corrupt(FORMAT, file, `the file (${fileSize} bytes) is shorter than a COWD header (${COWD_HEADER_SIZE} bytes)`, { field: 'header' });
   const h = parseCowdHeader(await storage.read(0, COWD_HEADER_SIZE));
-  if (h.grainSize === 0 || h.grainSize > MAX_GRAIN_SECTORS) {
-    throw unsupported(FORMAT, file, `COWD grain size ${h.grainSize} sectors is outside 1..${MAX_GRAIN_SECTORS}`, { field: 'grainSize', offset: 16, actual: h.grainSize });
-  }
+  checkGrainSize(h.grainSize, false, file, 16);
   const needed = Math.ceil(h.capacity / (h.grainSize * COWD_GTES_PER_GT));
   if (h.numGDEntries < needed) {
     throw corrupt(FORMAT, file, `the COWD grain directory has ${h.numGDEntries} entries, but a capacity of ${h.capacity} sectors needs ${needed}`, { field: 'numGDEntries', offset: 24, expected: needed, actual: h.numGDEntries });

@@ -337,7 +337,7 @@ describe('bad COWD and seSparse extents: a clean ImageError, never a crash', () 
     expect(await readAllCode(cowdFiles(setU32(b, 20, 0x7fffffff)), 'c.vmdk')).toBe('ERR_IMG_CORRUPT');
     expect(await readAllCode(cowdFiles(setU32(b, 20, 1)), 'c.vmdk')).toBe('ERR_IMG_CORRUPT');
     expect(await readAllCode(cowdFiles(setU32(b, 24, 2)), 'c.vmdk')).toBe('ERR_IMG_CORRUPT');
-    expect(await readAllCode(cowdFiles(setU32(b, 16, 0)), 'c.vmdk')).toBe('ERR_IMG_UNSUPPORTED');
+    expect(await readAllCode(cowdFiles(setU32(b, 16, 0)), 'c.vmdk')).toBe('ERR_IMG_CORRUPT');
     expect(await readAllCode(cowdFiles(setU32(b, 16, 1 << 30)), 'c.vmdk')).toBe('ERR_IMG_UNSUPPORTED');
     expect(await readAllCode(cowdFiles(setU32(b, 12, 0xffffffff)), 'c.vmdk')).toBe('ERR_IMG_CORRUPT');
     const table = new DataView(b.buffer).getUint32(4 * S, true) * S;

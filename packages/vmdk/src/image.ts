@@ -91,8 +91,10 @@ export function extentFileName(core: { storage: Storage }, e: { fileName?: strin
 /** Span buffers kept for reuse: as many as a copy has span reads in flight (4 chunks of 4 MiB in flight, each up to 4 spans of random data). */
 const SPAN_BUFFERS_KEPT = 16;
 
-/** Decompressed grains kept for re-reads (small reads inside one grain). */
+/** Decompressed grains kept for re-reads (small reads inside one grain): at most this many, */
 const GRAIN_CACHE_ENTRIES = 32;
+/** and at most this many bytes of them (large grains: at least the last one is kept). */
+const GRAIN_CACHE_BYTES = 16 << 20;
 
 /** The open image. Internal: not exported from index. */
 export class VmdkImage {
@@ -117,6 +119,7 @@ export class VmdkImage {
   cidUpdated = false;
   closed = false;
   #grains = new Map<number, Uint8Array>();
+  #grainCacheBytes = 0;
 
   constructor(init: VmdkImageInit) {
     this.storage = init.storage;
@@ -180,16 +183,22 @@ export class VmdkImage {
 
   /** Remembers a decompressed grain (a few, most recent first out). */
   cacheGrain(key: number, grain: Uint8Array): void {
-    if (this.#grains.size >= GRAIN_CACHE_ENTRIES) {
+    this.dropGrain(key);
+    while (this.#grains.size > 0 && (this.#grains.size >= GRAIN_CACHE_ENTRIES || this.#grainCacheBytes + grain.length > GRAIN_CACHE_BYTES)) {
       const oldest = this.#grains.keys().next().value;
-      if (oldest !== undefined) this.#grains.delete(oldest);
+      if (oldest === undefined) break;
+      this.dropGrain(oldest);
     }
     this.#grains.set(key, grain);
+    this.#grainCacheBytes += grain.length;
   }
 
   /** Forgets a cached grain (after it was rewritten). */
   dropGrain(key: number): void {
+    const old = this.#grains.get(key);
+    if (!old) return;
     this.#grains.delete(key);
+    this.#grainCacheBytes -= old.length;
   }
 
   /** Span buffers of compressed reads (read.ts) given back for reuse: a few, of one size. */

@@ -18,7 +18,7 @@ import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js
 import { GRAIN_MARKER_HEADER, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT } from './marker.js';
 import { readU64Le } from './le64.js';
 import { FLAG_COMPRESSED, FLAG_MARKERS, SECTOR, parseSparseHeader } from './sparse-header.js';
-import { MAX_GRAIN_SECTORS } from './sparse-extent.js';
+import { checkGrainSize } from './sparse-extent.js';
 import { maxCompressedBytes } from './read.js';
 import { StreamEnd } from './stream-end.js';
 
@@ -42,9 +42,11 @@ export async function readVmdkStream(input: AsyncIterable<Uint8Array>, _options:
     await r.cancel();
     throw unsupported(FORMAT, NAME, 'only a streamOptimized VMDK (compressed grains with markers) can be read from a stream; save it to a file first', { field: 'flags', offset: 8 });
   }
-  if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS || (h.grainSize & (h.grainSize - 1)) !== 0) {
+  try {
+    checkGrainSize(h.grainSize, true, NAME);
+  } catch (e) {
     await r.cancel();
-    throw unsupported(FORMAT, NAME, `grain size ${h.grainSize} sectors is not a power of two up to ${MAX_GRAIN_SECTORS}`, { field: 'grainSize', offset: 20 });
+    throw e;
   }
   const size = h.capacity * SECTOR;
   if (!Number.isSafeInteger(size)) throw corrupt(FORMAT, NAME, `capacity ${h.capacity} sectors does not fit`, { field: 'capacity', offset: 12 });

@@ -10,11 +10,21 @@ import { decodeDescriptorBytes, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { ENTRY_BYTES, MAX_GTES_PER_GT, parseEntries } from './grain-table.js';
 import { GrainMap, type Region } from './grain-map.js';
 import { MARKER_EOS, MARKER_FOOTER } from './marker.js';
-import { COMPRESSION_DEFLATE, COMPRESSION_NONE, FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, GD_AT_END, NEWLINE_CHARS, SECTOR, SPARSE_HEADER_SIZE, hasSparseMagic, parseSparseHeader, type SparseHeader } from './sparse-header.js';
+import { COMPRESSION_DEFLATE, COMPRESSION_NONE, FLAG_COMPRESSED, FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, GD_AT_END, NEWLINE_CHARS, SECTOR, SPARSE_HEADER_SIZE, hasSparseMagic, parseSparseHeader, type SparseHeader } from './sparse-header.js';
 
 const FORMAT = 'vmdk';
-/** Largest grain accepted: 1 MiB (VMware and qemu write 64 KiB). */
-export const MAX_GRAIN_SECTORS = 2048;
+/**
+ * Largest grain accepted: 0x200000 sectors (1 GiB), qemu's bound. Like
+ * qemu, any size from one sector up is read, a power of two or not
+ * (VMware and qemu write 64 KiB; COWD deltas use one sector).
+ */
+export const MAX_GRAIN_SECTORS = 0x200000;
+/**
+ * Largest compressed grain accepted: 8192 sectors (4 MiB). A compressed
+ * grain is inflated whole in memory (and a few are cached), so img bounds
+ * it below qemu's 1 GiB; no known writer uses more than 64 KiB.
+ */
+export const MAX_COMPRESSED_GRAIN_SECTORS = 8192;
 /** Largest header version understood (3: streamOptimized and CBT-capable hosted sparse). */
 export const MAX_VERSION = 3;
 
@@ -29,8 +39,19 @@ export interface OpenedSparseExtent {
   descriptorArea?: { offset: number; length: number };
 }
 
-function isPowerOfTwo(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
+/**
+ * Refuses a grain size img does not read: 0, above qemu's 1 GiB, or for
+ * compressed grains above MAX_COMPRESSED_GRAIN_SECTORS. `offset` is the
+ * field's offset in its header.
+ */
+export function checkGrainSize(grainSize: number, compressed: boolean, file: string, offset = 20): void {
+  if (grainSize < 1) throw corrupt(FORMAT, file, 'grain size 0 sectors: a grain holds at least one sector', { field: 'grainSize', offset, actual: grainSize });
+  if (grainSize > MAX_GRAIN_SECTORS) {
+    throw unsupported(FORMAT, file, `grain size ${grainSize} sectors is larger than ${MAX_GRAIN_SECTORS} sectors (1 GiB), the most qemu reads`, { field: 'grainSize', offset, actual: grainSize });
+  }
+  if (compressed && grainSize > MAX_COMPRESSED_GRAIN_SECTORS) {
+    throw unsupported(FORMAT, file, `compressed grain size ${grainSize} sectors is larger than ${MAX_COMPRESSED_GRAIN_SECTORS} sectors (4 MiB), the most img inflates in memory`, { field: 'grainSize', offset, actual: grainSize });
+  }
 }
 
 /** Reads the footer of a GD_AT_END extent: footer marker, footer (a header), end-of-stream marker. */
@@ -58,9 +79,7 @@ function validate(h: SparseHeader, file: string): number {
   if ((h.flags & FLAG_VALID_NEWLINE) !== 0 && h.newlineChars.some((c, i) => c !== NEWLINE_CHARS[i])) {
     throw corrupt(FORMAT, file, 'the newline detection characters at 0x49 are altered: the file was copied as text', { field: 'singleEndLineChar', offset: 73 });
   }
-  if (!isPowerOfTwo(h.grainSize) || h.grainSize > MAX_GRAIN_SECTORS) {
-    throw unsupported(FORMAT, file, `grain size ${h.grainSize} sectors is not a power of two up to ${MAX_GRAIN_SECTORS}`, { field: 'grainSize', offset: 20, actual: h.grainSize });
-  }
+  checkGrainSize(h.grainSize, (h.flags & FLAG_COMPRESSED) !== 0 && h.compressAlgorithm !== COMPRESSION_NONE, file);
   if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) {
     throw corrupt(FORMAT, file, `numGTEsPerGT ${h.numGTEsPerGT} is outside 1..${MAX_GTES_PER_GT}`, { field: 'numGTEsPerGT', offset: 44, actual: h.numGTEsPerGT });
   }
