@@ -66,6 +66,18 @@ export class VmdkDisk implements Disk {
   get parentCid(): number {
     return imageParentCid(this.#core);
   }
+  /**
+   * Whether the open parent's CID differs from {@link parentCid}: the
+   * parent was written after this image was made (`img commit` and
+   * `qemu-img commit` do that and leave the child as it is) or is another
+   * disk. As in qemu-img, the image opens and its own grains read and
+   * write, but a read that falls through to the parent and a write that
+   * needs a new grain are ERR_IMG_MISMATCH unless opened with
+   * `allowCidMismatch`.
+   */
+  get parentCidMismatch(): boolean {
+    return this.#core.staleParent !== undefined;
+  }
   /** The parent's name as the descriptor stores it (parentFileNameHint). */
   get parentFileNameHint(): string | undefined {
     return descriptorField(this.#core.descriptor, 'parentFileNameHint');

@@ -99,7 +99,22 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
   if (holeStart >= 0) yield* extentsBelow(core, holeStart, to, options);
 }
 
-/** Extents of [from, to) not stored in this image: the parent's one layer down, or a hole. */
+/**
+ * Extents of [from, to) not stored in this image: the parent's one layer
+ * down, or a hole. Over a stale parent (stale-parent.ts), a copy (the
+ * caller that asks for fileHoles; `img map` does not) gets the parent's
+ * data extents without their place in its file, so that it reads them
+ * through this image, which refuses them as qemu-img does, instead of
+ * from the parent's file directly. `img map` still shows where they lie,
+ * as qemu-img map does.
+ */
 async function* extentsBelow(core: VmdkImage, from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
-  yield* parentExtents(core.parent, from, to, options);
+  if (!core.staleParent || core.staleParent.allowed || !options.hostOffsets || !options.fileHoles) {
+    yield* parentExtents(core.parent, from, to, options);
+    return;
+  }
+  for await (const e of parentExtents(core.parent, from, to, options)) {
+    const { hostOffset: _offset, file: _file, ...rest } = e;
+    yield rest;
+  }
 }

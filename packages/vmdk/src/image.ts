@@ -64,9 +64,26 @@ export interface VmdkImageInit {
   readOnly: boolean;
   parent?: Disk;
   parentName?: string;
+  /** Set when the open parent's CID is not this image's parentCID. */
+  staleParent?: StaleParent;
   resolver?: Resolver;
   /** Storages this image opened (extent files, not `storage`) and must close. */
   owned: Storage[];
+}
+
+/**
+ * A parent whose CID is not the child's parentCID: the parent was written
+ * after the child was made (a commit does that), or it is another disk.
+ * Reads go on (as in qemu-img); a new grain in the child is refused unless
+ * `allowed` (write.ts).
+ */
+export interface StaleParent {
+  /** The child's parentCID. */
+  parentCid: number;
+  /** The parent's own CID. */
+  cid: number;
+  /** The open asked for allowCidMismatch. */
+  allowed: boolean;
 }
 
 /** One number per (extent, grain): the key of grain locks and caches. */
@@ -107,6 +124,7 @@ export class VmdkImage {
   readonly readOnly: boolean;
   readonly parent: Disk | undefined;
   readonly parentName: string | undefined;
+  readonly staleParent: StaleParent | undefined;
   readonly resolver: Resolver | undefined;
   readonly owned: Storage[];
   /** Per-grain write locks, keyed by grainKey(extent index, grain). */
@@ -130,6 +148,7 @@ export class VmdkImage {
     this.readOnly = init.readOnly;
     this.parent = init.parent;
     this.parentName = init.parentName;
+    this.staleParent = init.staleParent;
     this.resolver = init.resolver;
     this.owned = init.owned;
     const last = init.extents[init.extents.length - 1];

@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, parentMismatchError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -22,7 +22,14 @@ const DEFAULT_MAX_CHAIN = 64;
 
 /** Options of openVmdk: the generic OpenOptions plus VMDK's own. */
 export interface VmdkOpenOptions extends OpenOptions {
-  /** Open a parent whose CID differs from the child's parentCID (VMware refuses it; by default so do we). */
+  /**
+   * Use a parent whose CID differs from the child's parentCID. Such a
+   * chain opens either way (a commit into the parent changes its CID and
+   * leaves the child's parentCID as it was; info, map and check work, as
+   * in qemu-img); without this option, as in qemu-img, a read that falls
+   * through to the parent and a write that needs a new grain in the child
+   * are ERR_IMG_MISMATCH.
+   */
   allowCidMismatch?: boolean;
 }
 
@@ -100,6 +107,8 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
   }
   const parentOpen = await openParent(storage, descriptor, options);
   if (parentOpen) setParent(parentOpen.disk);
+  const parentCid = parseCid(descriptorField(descriptor, 'parentCID'));
+  const stale = parentOpen && parentCid !== undefined && parentCid !== CID_NO_PARENT && parentOpen.cid !== parentCid;
   const hint = descriptorField(descriptor, 'parentFileNameHint');
   return new VmdkImage({
     storage,
@@ -110,6 +119,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     readOnly,
     owned,
     ...(parentOpen ? { parent: parentOpen.disk } : {}),
+    ...(stale && parentCid !== undefined ? { staleParent: { parentCid, cid: parentOpen.cid, allowed: options.allowCidMismatch ?? false } } : {}),
     ...(hint ? { parentName: hint } : {}),
     ...(options.resolver && !options.untrusted ? { resolver: options.resolver } : {}),
   });
@@ -225,11 +235,10 @@ async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number
   return options.resolver({ name, kind: 'data-file', from: storage, writable: !readOnly });
 }
 
-/** Opens the parent named by parentFileNameHint, checking its CID against parentCID. */
-async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions): Promise<{ disk: Disk; name: string } | undefined> {
+/** Opens the parent named by parentFileNameHint (its CID is compared with parentCID by the caller, and matters only to writes). */
+async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions): Promise<{ disk: Disk; name: string; cid: number } | undefined> {
   const file = storage.name;
   const name = descriptorField(d, 'parentFileNameHint');
-  const parentCid = parseCid(descriptorField(d, 'parentCID'));
   if (name === undefined || name === '' || options.noBacking) return undefined;
   if (options.untrusted) throw unsafe(FORMAT, file, `the image refers to a parent "${name}"; untrusted opens do not follow it (use noBacking)`, { field: 'parentFileNameHint', actual: name });
   if (!options.resolver) throw noResolverError(FORMAT, file, 'a parent', name, 'noBacking to read without it', { field: 'resolver', actual: name });
@@ -248,10 +257,5 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
     await parentStorage.close().catch(() => undefined);
     throw e;
   }
-  if (parentCid !== undefined && parentCid !== CID_NO_PARENT && !options.allowCidMismatch && disk.cid !== parentCid) {
-    await disk.close().catch(() => undefined);
-    const cid = (n: number) => n.toString(16).padStart(8, '0');
-    throw parentMismatchError(FORMAT, file, `"${name}"`, { label: 'parentCID', parentLabel: 'CID', expected: cid(parentCid), actual: cid(disk.cid), allow: 'allowCidMismatch' }, { field: 'parentCID' });
-  }
-  return { disk, name };
+  return { disk, name, cid: disk.cid };
 }

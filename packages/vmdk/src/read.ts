@@ -10,6 +10,7 @@ import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js
 import { GRAIN_MARKER_HEADER, parseMarker } from './marker.js';
 import { grainKey, type SparseExtent, type VmdkImage } from './image.js';
 import { SECTOR } from './sparse-header.js';
+import { assertParentCurrent } from './stale-parent.js';
 
 const FORMAT = 'vmdk';
 
@@ -46,6 +47,7 @@ export async function readBelow(core: VmdkImage, guest: number, out: Uint8Array)
     out.fill(0);
     return;
   }
+  assertParentCurrent(core, `the bytes at ${hex(guest)} would be read from`);
   const n = Math.min(out.length, parent.size - guest);
   await parent.readInto(guest, out.subarray(0, n));
   if (n < out.length) out.fill(0, n);

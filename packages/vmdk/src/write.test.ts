@@ -18,6 +18,7 @@ import { openVmdk } from './open.js';
 import { memoryResolver } from '../test/resolver.js';
 
 const SIZE = 1536 * 1024 + 512 * 3; // 24 grains and a partial one
+const GRAIN = 64 * 1024;
 
 type Op = { kind: 'write'; offset: number; length: number; seed: number } | { kind: 'zero'; offset: number; length: number } | { kind: 'discard'; offset: number; length: number } | { kind: 'flush' };
 
@@ -141,16 +142,33 @@ describe('monolithicSparse read-write against a flat model', () => {
     await before.close();
   });
 
-  it('a parent whose CID changed is refused (VMware: the parent was modified)', async () => {
-    const { files } = await chain();
+  it('a parent whose CID changed (a commit into it): the child opens and its own grains read and write; what needs the parent is ERR_IMG_MISMATCH unless allowCidMismatch (qemu-img 7.2 alike)', async () => {
+    const { files, parentBytes } = await chain();
+    const original = (files.get('base.vmdk') as Uint8Array).slice();
     const base = files.get('base.vmdk') as Uint8Array;
     const text = new TextDecoder().decode(base.subarray(512, 1024));
-    const changed = text.replace(/CID=[0-9a-f]{8}/, 'CID=0badc0de');
-    base.set(new TextEncoder().encode(changed), 512);
-    const child = MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true });
-    await expect(openVmdk(child, { resolver: memoryResolver(files) })).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH', message: expect.stringMatching(/parentCID is [0-9a-f]{8}: the parent changed after this image was made/) });
-    const ok = await openVmdk(MemoryStorage.from(files.get('child.vmdk') as Uint8Array, { name: 'child.vmdk', readOnly: true }), { resolver: memoryResolver(files), allowCidMismatch: true });
-    await ok.close();
+    base.set(new TextEncoder().encode(text.replace(/CID=[0-9a-f]{8}/, 'CID=0badc0de')), 512);
+    // The child holds grain 0, written while the parent's CID still matched.
+    files.set('base.vmdk', original);
+    const storage = MemoryStorage.from((files.get('child.vmdk') as Uint8Array).slice(), { name: 'child.vmdk' });
+    const fresh = await openVmdk(storage, { readOnly: false, resolver: memoryResolver(files) });
+    expect(fresh.parentCidMismatch).toBe(false);
+    await fresh.write(0, new Uint8Array(GRAIN).fill(7));
+    await fresh.close();
+    files.set('base.vmdk', base);
+    const stale = await openVmdk(MemoryStorage.from(storage.toBytes(), { name: 'child.vmdk' }), { readOnly: false, resolver: memoryResolver(files) });
+    expect(stale.parentCidMismatch).toBe(true);
+    expect((await stale.read(0, GRAIN)).every((b) => b === 7)).toBe(true);
+    await stale.write(100, new Uint8Array(512).fill(8)); // in grain 0: the child's own
+    await expect(stale.read(GRAIN, 512)).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH', message: expect.stringMatching(/the parent "base\.vmdk", which the bytes at 0x10000 would be read from, has CID 0badc0de, but this image's parentCID is [0-9a-f]{8}/) });
+    await expect(stale.write(1 << 20, new Uint8Array(512).fill(9))).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH' }); // part of a new grain: copied from the parent
+    await expect(stale.write(4 * GRAIN, new Uint8Array(4 * GRAIN).fill(9))).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH', message: expect.stringMatching(/which a new grain of this image would be stacked on/) });
+    await stale.close();
+    const allowed = await openVmdk(MemoryStorage.from(storage.toBytes(), { name: 'child.vmdk' }), { readOnly: false, resolver: memoryResolver(files), allowCidMismatch: true });
+    expect(same(await allowed.read(GRAIN, SIZE - GRAIN), parentBytes.subarray(GRAIN))).toBe(true);
+    await allowed.write(1 << 20, new Uint8Array(512).fill(9));
+    expect((await allowed.read(1 << 20, 512))[0]).toBe(9);
+    await allowed.close();
   });
 
   it('a parent chain that loops or runs too deep is ERR_IMG_CHAIN, as for qcow2 and VHD', async () => {

@@ -13,6 +13,7 @@ import { CID_NO_PARENT, descriptorField, formatCid, serializeDescriptor, setDesc
 import { FORMAT, grainKey, type SparseExtent, type VmdkImage } from './image.js';
 import { newCid } from './new-descriptor.js';
 import { readBelow } from './read.js';
+import { assertParentCurrent } from './stale-parent.js';
 import { SECTOR } from './sparse-header.js';
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
@@ -74,6 +75,7 @@ async function writeSparse(core: VmdkImage, index: number, e: SparseExtent, inEx
     // them overlaps this one, so the call order (the facade's) keeps them apart without grain locks.
     const run = data ? await wholeGrainRun(core, e, grain, inGrain, length - done) : 0;
     if (run > 1) {
+      assertParentCurrent(core, 'a new grain of this image would be stacked on');
       const bytes = data!.subarray(done, done + run * map.grainBytes);
       writes.push(core.allocation.run(() => allocateGrains(map, grain, run, bytes)).then(() => undefined));
       done += run * map.grainBytes;
@@ -112,6 +114,7 @@ async function writeGrain(core: VmdkImage, index: number, e: SparseExtent, grain
   }
   if (piece) bytes.set(piece, inGrain);
   else bytes.fill(0, inGrain, inGrain + n);
+  assertParentCurrent(core, 'a new grain of this image would be stacked on');
   await core.allocation.run(() => allocateGrain(map, grain, bytes));
   core.dropGrain(grainKey(index, grain));
 }
