@@ -12,7 +12,7 @@ import { MemoryStorage, collectExtents } from '@img/block';
 import { openRaw } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { checkQcow2, openQcow2, qcow2Driver } from '@img/qcow2';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMap, seededBytes, tempDir } from '@img/testkit';
 import { convertDisk } from './convert.js';
 import { convertFile } from './node.js';
 
@@ -92,6 +92,30 @@ describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img conver
     expect(qemuCheck(out('1', 'qcow2'), 'qcow2').status).toBe(0);
     // As sparse as without: the skipped zeros of a raw output are holes either way.
     expect(statSync(out('1', 'raw')).blocks).toBe(statSync(out('0', 'raw')).blocks);
+  });
+
+  it('data after allocated zeros lies in guest order (qemu-img check: no more fragments than qemu-img gives its own output), and the first 4 KiB qemu-img create writes into a raw file allocate nothing', async () => {
+    const zeros = p('zeros-then-data.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', zeros, '8M']);
+    qemuIo(zeros, 'qcow2', ['write -P 0 1M 1M', 'write -P 5 4M 1M']);
+    const ours = p('zeros-ours.qcow2');
+    const theirs = p('zeros-theirs.qcow2');
+    await convertFile({ srcFormat: 'qcow2', dstFormat: 'qcow2', input: zeros, output: ours });
+    qemuImg(['convert', '-f', 'qcow2', '-O', 'qcow2', zeros, theirs]);
+    const fragments = (f: string) => (qemuCheck(f, 'qcow2').result as { 'fragmented-clusters'?: number })['fragmented-clusters'] ?? 0;
+    // Moved last-into-first, the 16 data clusters came out in reverse: 15 fragments.
+    expect(fragments(ours)).toBeLessThanOrEqual(fragments(theirs));
+    expect(qemuCompare(ours, zeros, 'qcow2', 'qcow2')).toBe(true);
+    const raw = p('created.raw');
+    qemuImg(['create', '-q', '-f', 'raw', raw, '8M']);
+    qemuIo(raw, 'raw', ['write -P 5 4M 1M']);
+    const fromRaw = p('created-ours.qcow2');
+    const fromRawTheirs = p('created-theirs.qcow2');
+    await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: raw, output: fromRaw });
+    qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, fromRawTheirs]);
+    expect(dataRanges(fromRaw)).toEqual(dataRanges(fromRawTheirs));
+    expect(qemuCheck(fromRaw, 'qcow2').status).toBe(0);
+    expect(qemuCompare(fromRaw, raw, 'qcow2', 'raw')).toBe(true);
   });
 
   it('writes the same clusters as the general writer (bulk: false), and from a qcow2 source', async () => {

@@ -109,6 +109,53 @@ describe('createQcow2Fresh', () => {
     expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
   });
 
+  it('clusters given back are handed out again lowest first, and finish moves the last clusters into the gaps in guest order (no reversed runs)', async () => {
+    const storage = new MemoryStorage();
+    const w = await fresh(storage, {});
+    const cs = 65536;
+    // Two batches placed before the first is settled, as the copy loop has them in flight: zeros, then data.
+    const zeros = w.placeRuns!(1 * MiB, 1 * MiB);
+    const data = w.placeRuns!(4 * MiB, 1 * MiB);
+    const model = new Uint8Array(w.size);
+    const d = seededBytes(MiB, 9);
+    model.set(d, 4 * MiB);
+    await storage.write(data[1]!, d);
+    await w.settleRuns!(Float64Array.of(0, zeros[1]!, zeros[2]!));
+    // A later placement takes the given-back clusters in ascending order: one piece.
+    const again = w.placeRuns!(0, 4 * cs);
+    expect(again).toEqual([0, zeros[1]!, 4 * cs]);
+    const e = seededBytes(4 * cs, 10);
+    model.set(e, 0);
+    await storage.write(again[1]!, e);
+    const disk = await w.finish();
+    expect(bytesEqual(await disk.read(0, disk.size), model)).toBe(true);
+    // The 12 clusters moved into the 12 gaps keep guest order: 4 MiB..5 MiB is two ascending pieces (the
+    // four clusters that stayed, then the twelve moved), where moving last-into-first made thirteen.
+    const extents = (await collectExtents(disk.extents({ hostOffsets: true }))).filter((x) => x.kind === 'data');
+    const moved = extents.filter((x) => x.offset >= 4 * MiB && x.offset < 5 * MiB);
+    expect(moved.map((x) => x.length)).toEqual([4 * cs, 12 * cs]);
+    await disk.close();
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
+  });
+
+  it('a cluster a run covers only in part and nothing was written into is given back at finish (a raw file whose first 4 KiB are written zeros)', async () => {
+    const storage = new MemoryStorage();
+    const w = await fresh(storage, {});
+    const head = w.placeRuns!(0, 4096);
+    const data = w.placeRuns!(4 * MiB, MiB);
+    const d = seededBytes(MiB, 11);
+    await storage.write(data[1]!, d);
+    await w.settleRuns!(Float64Array.of(0, head[1]!, 4096));
+    const disk = await w.finish();
+    const extents = (await collectExtents(disk.extents())).filter((x) => x.kind === 'data');
+    expect(extents.map((x) => [x.offset, x.length])).toEqual([[4 * MiB, MiB]]);
+    expect(bytesEqual(await disk.read(4 * MiB, MiB), d)).toBe(true);
+    await disk.close();
+    const check = await checkQcow2(MemoryStorage.from(storage.toBytes()));
+    expect({ c: check.corruptions, l: check.leaks }).toEqual({ c: 0, l: 0 });
+  });
+
   it('is a valid empty image from the start, whatever was written; abort cuts the data off and leaves that image', async () => {
     const storage = new MemoryStorage();
     await storage.write(0, seededBytes(4096, 9)); // a stale file is emptied first
