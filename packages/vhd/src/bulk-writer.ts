@@ -221,18 +221,26 @@ class VhdBulkWriter implements FreshImageWriter {
     for (const slot of empty) this.#slotOf[this.#blockIn[slot]!] = 0;
     let lo = 0;
     let hi = empty.length;
-    let buffer: Uint8Array | undefined;
+    const moved: Array<{ slot: number; block: number }> = [];
     while (lo < hi) {
       const last = this.#blockIn.length - 1;
+      const block = this.#blockIn.pop()!;
       if (empty[hi - 1] === last) {
         hi--;
-        this.#blockIn.pop();
         continue;
       }
-      const gap = empty[lo++]!;
-      const block = this.#blockIn.pop()!;
+      lo++;
+      moved.push({ slot: last, block });
+    }
+    // Every gap used lies below every slot moved, so any pairing is safe: the moved blocks go into the gaps in
+    // guest order (last-into-first put a run of them in reverse).
+    moved.sort((a, b) => a.block - b.block);
+    let buffer: Uint8Array | undefined;
+    for (let k = 0; k < moved.length; k++) {
+      const { slot, block } = moved[k]!;
+      const gap = empty[k]!;
       buffer ??= new Uint8Array(this.#blockSize);
-      const n = await this.storage.readInto(this.#dataStart(last), buffer);
+      const n = await this.storage.readInto(this.#dataStart(slot), buffer);
       buffer.fill(0, n);
       await this.storage.write(this.#dataStart(gap), buffer);
       this.#blockIn[gap] = block;
