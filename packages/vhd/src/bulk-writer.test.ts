@@ -126,4 +126,27 @@ describe('the bulk writer (a new dynamic VHD written by one copy)', () => {
     // Two blocks in the file and the footer, no gap (check counts a gap between blocks or junk behind them as a leak).
     await expectClean(storage);
   });
+
+  it('moves the blocks that close the gaps in guest order (written zeros first, then data: not reversed)', async () => {
+    const storage = new MemoryStorage({ name: 'o.vhd' });
+    const w = await fresh(storage);
+    const zeros = w.placeRuns!(0, 4 * BLOCK);
+    const data = w.placeRuns!(6 * BLOCK, 4 * BLOCK);
+    const expected = new Uint8Array(SIZE);
+    for (let k = 0; k < data.length; k += 3) {
+      const d = seededBytes(data[k + 2]!, 20 + k);
+      expected.set(d, data[k]!);
+      await storage.write(data[k + 1]!, d);
+    }
+    await w.settleRuns!(Float64Array.from(zeros));
+    const disk = await w.finish();
+    expect(Buffer.compare(await disk.read(0, SIZE), expected)).toBe(0);
+    // Host positions rise with guest offsets: the four data blocks lie in the first four slots, in order.
+    const hosts: number[] = [];
+    for await (const e of disk.extents({ hostOffsets: true })) if (e.kind === 'data') for (let b = 0; b < e.length / BLOCK; b++) hosts.push(e.hostOffset! + b * BLOCK);
+    expect(hosts.length).toBe(4);
+    expect([...hosts].sort((a, b) => a - b)).toEqual(hosts);
+    await disk.close();
+    await expectClean(storage);
+  });
 });
