@@ -1,6 +1,7 @@
 // Ctrl-C during a conversion: a clean stop, status 130, no half-written output.
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, openSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tempDir } from '@img/testkit';
@@ -8,6 +9,7 @@ import { tempDir } from '@img/testkit';
 const tmp = tempDir('img-sigint-');
 afterAll(() => tmp.cleanup());
 const bin = new URL('../dist/bin/img-convert.js', import.meta.url).pathname;
+const img = new URL('../dist/bin/img.js', import.meta.url).pathname;
 
 function interrupted(args: string[]): Promise<{ status: number | null; stderr: string }> {
   return new Promise((resolve) => {
@@ -23,6 +25,30 @@ function interrupted(args: string[]): Promise<{ status: number | null; stderr: s
       }
     });
     child.on('exit', (status) => resolve({ status, stderr }));
+  });
+}
+
+/**
+ * Runs `img args`, and once `started()` says the work is under way, waits
+ * `delayMs` and sends `signals`, `gapMs` apart (two Ctrl-C; 0: back to
+ * back, as timeout signals the process and then its group).
+ */
+function signalled(args: string[], started: (stderr: string) => boolean, delayMs: number, signals: NodeJS.Signals[], gapMs = 0): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [img, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const poll = setInterval(() => {
+      if (!started(stderr)) return;
+      clearInterval(poll);
+      signals.forEach((s, i) => setTimeout(() => child.kill(s), delayMs + i * gapMs));
+    }, 5);
+    child.on('exit', (status, signal) => {
+      clearInterval(poll);
+      resolve({ status, signal, stdout, stderr });
+    });
   });
 }
 
@@ -45,5 +71,69 @@ describe('img-convert on SIGINT', () => {
     const r = await interrupted(['--keep-partial', '--json-progress', '-S', '0', 'raw', 'qcow2', input, out]);
     expect(r.status).toBe(130);
     expect(existsSync(out)).toBe(true);
+  });
+});
+
+describe('img convert on repeated signals', () => {
+  // 256 MiB of data in a 1 GiB raw: a conversion that takes a moment, most of it copying.
+  const input = join(tmp.path, 'data.raw');
+  {
+    const fd = openSync(input, 'w');
+    ftruncateSync(fd, 2 ** 30);
+    const chunk = new Uint8Array(4 << 20).map((_, i) => (i * 7 + 1) & 0xff);
+    for (let off = 0; off < 2 ** 30; off += 4 * (4 << 20)) writeSync(fd, chunk, 0, chunk.length, off);
+    closeSync(fd);
+  }
+
+  // Before the fix, a second SIGINT while the first one's cleanup ran ended the process the default way:
+  // status 130, nothing said, and a partial qcow2 that qemu-img check calls clean left behind.
+  it.each([
+    ['SIGINT', 'SIGINT', 130],
+    ['SIGTERM', 'SIGTERM', 143],
+  ] as const)('never leaves the output after %s then %s at a random point of the copy', async (first, second, status) => {
+    for (let run = 0; run < 6; run++) {
+      const out = join(tmp.path, `twice-${first}-${run}.qcow2`);
+      // Half the runs back to back, half a few milliseconds apart (two signals at once may arrive as one).
+      const r = await signalled(['convert', '-f', 'raw', '-O', 'qcow2', input, out], () => existsSync(out), Math.floor(Math.random() * 150), [first, second], run % 2 ? 1 + Math.floor(Math.random() * 20) : 0);
+      if (existsSync(out)) {
+        // The copy finished before the signals came: then the output is whole.
+        expect(r.stderr, `run ${run}`).toBe('');
+        expect(spawnSync(process.execPath, [img, 'compare', '-f', 'raw', '-F', 'qcow2', input, out], { encoding: 'utf8' }).stdout).toBe('Images are identical.\n');
+        continue;
+      }
+      expect(r.stderr, `run ${run}`).toBe('img convert: interrupted; the partial output was removed\n');
+      // A signal that comes as Node tears the process down, after the cleanup and the message, ends it as that signal.
+      expect(r.status ?? 128 + constants.signals[r.signal!]).toBe(status);
+    }
+  });
+
+  it('keeps the output after two signals with --keep-partial, and says so', async () => {
+    const out = join(tmp.path, 'kept-twice.qcow2');
+    const r = await signalled(['convert', '--keep-partial', '-f', 'raw', '-O', 'qcow2', input, out], () => existsSync(out), 20, ['SIGINT', 'SIGINT']);
+    expect(r.status).toBe(130);
+    expect(r.stderr).toBe('img convert: interrupted; the partial output was kept\n');
+    expect(existsSync(out)).toBe(true);
+  });
+
+  it('commit and rebase stop between chunks, say so in one line, and leave the chain reading as before', async () => {
+    const base = join(tmp.path, 'base.qcow2');
+    const top = join(tmp.path, 'top.qcow2');
+    expect(spawnSync(process.execPath, [img, 'create', '-q', '-f', 'qcow2', base, '1G']).status).toBe(0);
+    expect(spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', '-B', base, '-F', 'qcow2', input, top]).status).toBe(0);
+    // -p: the first progress line says the copy is under way. The message then starts on a line of its own.
+    const commit = await signalled(['commit', '-p', top], (stderr) => stderr.includes('['), 0, ['SIGINT', 'SIGINT']);
+    expect(commit.stdout).toBe('');
+    expect(commit.status).toBe(130);
+    expect(commit.stderr).toMatch(/^\r\[.*\n$/s);
+    expect(commit.stderr.split('\n').at(-2)).toBe(`img commit: interrupted; ${top} still holds all its data and its chain reads as before: run img commit again to finish`);
+    const same = spawnSync(process.execPath, [img, 'compare', '-f', 'raw', '-F', 'qcow2', input, top], { encoding: 'utf8' });
+    expect(same.stdout).toBe('Images are identical.\n');
+    // The base is empty: flattening onto nothing compares every range of it, and copies nothing.
+    const rebase = await signalled(['rebase', '-p', '-b', '', top], (stderr) => stderr.includes('['), 0, ['SIGTERM', 'SIGTERM']);
+    if (rebase.status !== 0) {
+      expect(rebase.status).toBe(143);
+      expect(rebase.stderr.split('\n').at(-2)).toBe(`img rebase: interrupted; ${top} keeps its old backing file and reads as before: run img rebase again to finish`);
+    }
+    expect(spawnSync(process.execPath, [img, 'compare', '-f', 'raw', '-F', 'qcow2', input, top], { encoding: 'utf8' }).stdout).toBe('Images are identical.\n');
   });
 });

@@ -61,3 +61,51 @@ describeQemu("img create prints qemu-img create's line; -q silences stdout", () 
     expect(diff.status).toBe(spawnSync('qemu-img', ['compare', '-q', img, other]).status);
   });
 });
+
+describeQemu('-q wins over -p, as in qemu-img; the progress bar ends its line', () => {
+  it('convert, commit, rebase, compare, sparsify and compact print no progress under -q -p', () => {
+    const raw = join(tmp.path, 'p.raw');
+    const base = join(tmp.path, 'pb.qcow2');
+    const top = join(tmp.path, 'pt.qcow2');
+    qemuImg(['create', '-q', '-f', 'raw', raw, '8M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '8M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    spawnSync('qemu-io', ['-c', 'write -P 7 0 1M', top]);
+    for (const args of [
+      ['convert', '-q', '-p', '-O', 'qcow2', raw, join(tmp.path, 'pq.qcow2')],
+      ['commit', '-q', '-p', '-d', top],
+      ['rebase', '-q', '-p', '-b', '', top],
+      ['compare', '-q', '-p', raw, raw],
+      ['sparsify', '-q', '-p', top],
+      ['compact', '-q', '-p', top],
+    ]) {
+      const r = run('img', args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(r.stdout + r.stderr, args.join(' ')).toBe('');
+      // qemu-img agrees: -q silences -p (it has no sparsify or compact).
+      if (['sparsify', 'compact'].includes(args[0]!)) continue;
+      const q = spawnSync('qemu-img', args, { encoding: 'utf8' });
+      expect(q.stdout + q.stderr, `qemu-img ${args.join(' ')}`).toBe('');
+    }
+  });
+
+  it('what follows the bar starts on a line of its own', () => {
+    const base = join(tmp.path, 'lb.qcow2');
+    const top = join(tmp.path, 'lt.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '8M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    spawnSync('qemu-io', ['-c', 'write -P 7 0 1M', top]);
+    const r = run('img', ['commit', '-p', top]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('Image committed.\n');
+    expect(r.stderr).toMatch(/^(\r\[[#-]+\][^\n\r]*)*\r\[#+\] 100\.0% [^\n\r]*\n$/);
+    // A compare that stops at a difference leaves its bar short of 100 %: the bar's line is ended all the same.
+    const other = join(tmp.path, 'lo.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', other, '8M']);
+    spawnSync('qemu-io', ['-c', 'write -P 7 0 1M', '-c', 'write -P 9 6M 4k', other]);
+    const c = run('img', ['compare', '-p', top, other]);
+    expect(c.stdout).toBe('Content mismatch at offset 6291456!\n');
+    expect(c.status).toBe(1);
+    expect(c.stderr).toMatch(/^\r\[[#-]+\][^\n]*\n$/);
+  });
+});

@@ -1,7 +1,8 @@
 /** What both commands share: error printing, exit codes, version, progress. */
 import { readFileSync } from 'node:fs';
-import { ImageError, formatSize } from '@img/block';
+import { ImageError } from '@img/block';
 import { interruptedStatus } from './interrupt.js';
+import { endProgressLine } from './progress.js';
 import { isCacheMode } from '../cache-mode.js';
 
 /** A command line that cannot be run (unknown option, missing argument): printed with a pointer to --help, exit status 1. */
@@ -84,6 +85,8 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
   try {
     return await body();
   } catch (e) {
+    // What is said next starts on a line of its own, not after a progress bar the error cut short.
+    endProgressLine();
     if (e instanceof ExitCode) {
       if (e.message) io.stderr(`${prog}: ${e.message}\n`);
       return e.status;
@@ -93,7 +96,7 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
       return 1;
     }
     if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') {
-      io.stderr(`\n${prog}: interrupted; ${argv.includes('--keep-partial') ? 'the partial output was kept' : 'the partial output was removed'}\n`);
+      io.stderr(`${prog}: interrupted; ${argv.includes('--keep-partial') ? 'the partial output was kept' : 'the partial output was removed'}\n`);
       return interruptedStatus();
     }
     if (ImageError.isInstance(e)) {
@@ -108,6 +111,8 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
     }
     if (debug && e instanceof Error && e.stack) io.stderr(e.stack + '\n');
     return 1;
+  } finally {
+    endProgressLine();
   }
 }
 
@@ -125,31 +130,4 @@ export function checkCacheModes(cache: string | undefined, sourceCache?: string)
 /** qemu-img's -r (a rate limit of convert and commit) is refused: ignoring it would not do what the user asked. */
 export function refuseRateLimit(rate: string | undefined): void {
   if (rate !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
-}
-
-/** A progress line on stderr: bytes done, percent, rate and ETA. */
-export function progressPrinter(io: Io, json: boolean, delayMs = 0): (p: { bytesDone: number; bytesTotal: number }) => void {
-  const started = Date.now();
-  let last = 0;
-  let shown = false;
-  return (p) => {
-    const now = Date.now();
-    const done = p.bytesDone >= p.bytesTotal;
-    if (!shown && now - started < delayMs) return;
-    shown = true;
-    if (!done && now - last < 200) return;
-    last = now;
-    const secs = Math.max(0.001, (now - started) / 1000);
-    const rate = p.bytesDone / secs;
-    const pct = p.bytesTotal === 0 ? 100 : (100 * p.bytesDone) / p.bytesTotal;
-    const eta = rate > 0 ? (p.bytesTotal - p.bytesDone) / rate : 0;
-    if (json) {
-      io.stderr(JSON.stringify({ bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Number(pct.toFixed(2)), rate: Math.round(rate), etaSeconds: Number(eta.toFixed(1)) }) + '\n');
-      return;
-    }
-    const width = 30;
-    const filled = Math.round((width * pct) / 100);
-    const bar = '#'.repeat(filled) + '-'.repeat(width - filled);
-    io.stderr(`\r[${bar}] ${pct.toFixed(1).padStart(5)}% ${formatSize(p.bytesDone)}/${formatSize(p.bytesTotal)} ${formatSize(rate)}/s ETA ${eta.toFixed(0)}s  ${done ? '\n' : ''}`);
-  };
 }

@@ -7,7 +7,8 @@ import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
-import { checkCacheModes, describeErrno, ExitCode, progressPrinter, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
+import { checkCacheModes, describeErrno, ExitCode, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
+import { progressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
 /** The `img-convert --help` text. */
@@ -39,7 +40,7 @@ Options (qemu-img 7.2's letters; 10.1's long names):
                       stderr, and go on (exit 0)
   -U, --force-share   open the input without image locks (an image a running VM uses)
   -p, --progress      show progress on stderr
-  -q, --quiet         print no summary line (errors are still printed)
+  -q, --quiet         print no summary line and no progress (errors are still printed)
   --json-progress     progress as one JSON line per update on stderr
   --force-format      accept an input whose bytes look like another format
   --untrusted         never open files named inside the input image
@@ -239,9 +240,10 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     }
     const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
     const json = values['json-progress'] ?? false;
-    // -p asks for progress; on a terminal it appears anyway once a run takes more than a second.
+    // -p asks for progress; on a terminal it appears anyway once a run takes more than a second. As qemu-img,
+    // -q wins over -p (--json-progress, for programs, stays).
     const quiet = values.quiet ?? false;
-    const printer = values.p || json ? progressPrinter(io, json) : io.isTTY && output !== '-' && !quiet ? progressPrinter(io, false, 1000) : undefined;
+    const printer = json ? progressPrinter(io, true) : quiet ? undefined : values.p ? progressPrinter(io, false) : io.isTTY && output !== '-' ? progressPrinter(io, false, 1000) : undefined;
     // --salvage: each unreadable sector is written as zeros and said on stderr, as qemu-img says it.
     const salvage = values.salvage
       ? {

@@ -4,6 +4,14 @@
  * process that a signal ended: 128 + the signal's number, 130 for SIGINT
  * and 143 for SIGTERM (`timeout`, `kill`, systemd and container runtimes
  * send SIGTERM, and scripts tell the two apart by the status).
+ *
+ * Signals come in bursts: two Ctrl-C, or `timeout -s INT`, which signals
+ * the process and its group. A signal that ended the process the default
+ * way while a command cleans up would leave a half-written output behind,
+ * without a word. So once a command has been interrupted, every later
+ * SIGINT and SIGTERM is absorbed until the process exits: the cleanup
+ * (removing a partial output, closing an image consistently) always runs
+ * to its end, and the status is the first signal's.
  */
 import { constants } from 'node:os';
 
@@ -12,23 +20,41 @@ const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
 /** The first signal that stopped a command in this process. */
 let received: (typeof SIGNALS)[number] | undefined;
 
+/** Later signals, absorbed from the first one on (installed once, kept until the process exits). */
+let absorbing = false;
+
+function absorbLaterSignals(): void {
+  if (absorbing) return;
+  absorbing = true;
+  // A listener of its own keeps Node from ending the process on these signals; it does not keep the process alive.
+  for (const signal of SIGNALS) process.on(signal, () => undefined);
+}
+
 /**
  * Aborts `controller` at the first SIGINT or SIGTERM, and remembers which
- * one came. Each handler fires once: a second Ctrl-C ends the process the
- * default way. Returns the function that removes the handlers.
+ * one came. From then on, further signals are absorbed until the process
+ * exits, so the command's cleanup cannot be cut short. Returns the
+ * function that removes the handlers of a command that was not
+ * interrupted (a signal after that ends the process the default way).
  */
 export function abortOnSignals(controller: AbortController): () => void {
   const installed = SIGNALS.map((signal) => {
     const handler = () => {
       received ??= signal;
+      absorbLaterSignals();
       controller.abort(new Error('interrupted'));
     };
-    process.once(signal, handler);
+    process.on(signal, handler);
     return [signal, handler] as const;
   });
   return () => {
     for (const [signal, handler] of installed) process.off(signal, handler);
   };
+}
+
+/** Whether a SIGINT or SIGTERM has stopped a command in this process. */
+export function wasInterrupted(): boolean {
+  return received !== undefined;
 }
 
 /** The exit status of a command a signal stopped: 130 after SIGINT, 143 after SIGTERM. */

@@ -9,6 +9,7 @@
  * (see `statusAfterOutput` in common.ts).
  */
 import { describeErrno, type Io } from './common.js';
+import { endProgressLine } from './progress.js';
 
 let failure: NodeJS.ErrnoException | undefined;
 
@@ -19,6 +20,8 @@ function recordFailure(e: unknown): void {
 /** The process's stdout and stderr. Stdout writes stop, silently, after the first failure. */
 export const processIo: Io = {
   stdout: (text) => {
+    // On a terminal both streams share the screen: a result starts after the progress bar, not on its line.
+    endProgressLine();
     if (failure !== undefined || process.stdout.destroyed) return;
     try {
       process.stdout.write(text);
@@ -27,6 +30,7 @@ export const processIo: Io = {
     }
   },
   stderr: (text) => {
+    endProgressLine();
     try {
       process.stderr.write(text);
     } catch {

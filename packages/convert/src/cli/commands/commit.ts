@@ -3,7 +3,10 @@
  * into any ancestor of its chain (qemu-img commit -b).
  */
 import { parseArgs } from '../parse-args.js';
-import { checkCacheModes, progressPrinter, refuseRateLimit } from '../common.js';
+import { ImageError } from '@img/block';
+import { checkCacheModes, ExitCode, refuseRateLimit } from '../common.js';
+import { abortOnSignals, interruptedStatus } from '../interrupt.js';
+import { progressPrinter } from '../progress.js';
 import { refuseQemuOnly } from '../img-convert.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
@@ -22,7 +25,7 @@ Options (qemu-img 10.1's long names beside the letters):
   -b, --base <base>    the image of the chain to commit into (default: the backing file)
   -d, --drop           keep the data in <file> after the commit
   -p, --progress       show progress on stderr
-  -q, --quiet          print nothing on stdout
+  -q, --quiet          print nothing on stdout, and no progress (-q wins over -p)
   -t <mode>            qemu's cache mode: checked as qemu-img checks it; img picks its own caching
   -r <rate>            a rate limit: refused (img commits at full speed)
 
@@ -64,17 +67,27 @@ export const commit: Handler = async (argv, io) => {
   const path = onePath(positionals);
   const format = values.f ?? values.format;
   const base = values.b ?? values.base;
-  const progress = values.p || values.progress ? { onProgress: progressPrinter(io, false) } : {};
-  if (base !== undefined) {
-    await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress });
-    io.stdout('Image committed.\n');
-    return 0;
-  }
-  const disk = await openImageFile(path, { ...(format !== undefined ? { format } : {}), readOnly: false, backingWritable: true });
+  const progress = (values.p || values.progress) && !values.quiet ? { onProgress: progressPrinter(io, false) } : {};
+  // Ctrl-C and SIGTERM stop the copy between chunks: the image still holds all its data, the base part of it.
+  const controller = new AbortController();
+  const removeSignalHandlers = abortOnSignals(controller);
+  const signal = controller.signal;
   try {
-    await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress });
+    if (base !== undefined) {
+      await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress, signal });
+    } else {
+      const disk = await openImageFile(path, { ...(format !== undefined ? { format } : {}), readOnly: false, backingWritable: true });
+      try {
+        await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress, signal });
+      } finally {
+        await disk.close();
+      }
+    }
+  } catch (e) {
+    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} still holds all its data and its chain reads as before: run img commit again to finish`);
+    throw e;
   } finally {
-    await disk.close();
+    removeSignalHandlers();
   }
   io.stdout('Image committed.\n');
   return 0;

@@ -9,7 +9,8 @@ import { FileStorage } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { compactQcow2, type Qcow2CompactResult } from '@img/qcow2';
 import { compactVhd, type VhdCompactResult } from '@img/vhd';
-import { ExitCode, progressPrinter, type Io } from '../common.js';
+import { ExitCode } from '../common.js';
+import { bytesProgress } from '../progress.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf } from '../../node.js';
@@ -51,12 +52,6 @@ export async function interruptible<T>(verb: string, body: (signal: AbortSignal)
   }
 }
 
-/** The progress bar of -p, fed (bytes done, bytes in all). */
-export function bytesProgress(io: Io): (done: number, total: number) => void {
-  const print = progressPrinter(io, false);
-  return (bytesDone, bytesTotal) => print({ bytesDone, bytesTotal });
-}
-
 /** img compact. */
 export const compact: Handler = async (argv, io) => {
   const { values, positionals } = parseArgs({ command: 'compact', args: argv, options: { ...common, ...quietOption, p: { type: 'boolean' } }, allowPositionals: true });
@@ -78,7 +73,7 @@ export const compact: Handler = async (argv, io) => {
   const { storage, format } = await openInPlace(path, values, 'compact');
   let result: Qcow2CompactResult | VhdCompactResult;
   try {
-    const options = { ...(values.p ? { onProgress: bytesProgress(io) } : {}) };
+    const options = { ...(values.p && !values.quiet ? { onProgress: bytesProgress(io) } : {}) };
     result = await interruptible<Qcow2CompactResult | VhdCompactResult>('compact', (signal) => (format === 'qcow2' ? compactQcow2(storage, { signal, ...options }) : compactVhd(storage, { signal, ...options })));
   } finally {
     await storage.close();

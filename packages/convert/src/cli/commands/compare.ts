@@ -3,7 +3,8 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
-import { ExitCode, progressPrinter, UsageError, type Io } from '../common.js';
+import { ExitCode, UsageError } from '../common.js';
+import { bytesProgress } from '../progress.js';
 import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
@@ -22,7 +23,7 @@ export const compare: Handler = async (argv, io) => {
       // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
       // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).
       if (a.size !== b.size && !values.strict) io.stdout('Warning: Image size mismatch!\n');
-      const diff = await firstDifference(a, b, values.strict ?? false, values.p ? progressOf(io) : undefined);
+      const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? bytesProgress(io) : undefined);
       if (diff === undefined) {
         io.stdout('Images are identical.\n');
         return 0;
@@ -39,12 +40,6 @@ export const compare: Handler = async (argv, io) => {
     throw new ExitCode(2, text);
   }
 };
-
-/** -p: the progress bar on stderr, fed (bytes compared, bytes in all). */
-function progressOf(io: Io): (done: number, total: number) => void {
-  const print = progressPrinter(io, false);
-  return (bytesDone, bytesTotal) => print({ bytesDone, bytesTotal });
-}
 
 /** Zero-or-hole ranges of a disk as a sorted list, for skipping reads that cannot differ. */
 async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {

@@ -6,7 +6,8 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { formatSize, parseSize } from '@img/block';
-import { progressPrinter, UsageError } from '../common.js';
+import { UsageError } from '../common.js';
+import { progressPrinter } from '../progress.js';
 import { abortOnSignals } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';

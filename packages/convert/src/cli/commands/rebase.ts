@@ -2,9 +2,11 @@
  * img rebase: change an image's backing file (safe or -u).
  */
 import { parseArgs } from '../parse-args.js';
-import { invalidArg, type Disk } from '@img/block';
+import { ImageError, invalidArg, type Disk } from '@img/block';
 import { fileResolverWith, resolveRelative } from '@img/block/node';
-import { checkCacheModes, progressPrinter, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, UsageError } from '../common.js';
+import { abortOnSignals, interruptedStatus } from '../interrupt.js';
+import { progressPrinter } from '../progress.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
@@ -26,7 +28,7 @@ Options (qemu-img 7.2's letters; 10.1's names and its -B beside them):
   -p, --progress                  show progress on stderr
   -U, --force-share               read the backing files without locks (the image itself is locked)
   -t <cache>, -T <src_cache>      qemu's cache modes: checked as qemu-img checks them; img picks its own caching
-  -q, --quiet                     print nothing on stdout
+  -q, --quiet                     print nothing on stdout, and no progress (-q wins over -p)
 
 Example:
   img rebase -b new-base.qcow2 -F qcow2 overlay.qcow2
@@ -71,7 +73,7 @@ export const rebase: Handler = async (argv, io) => {
   checkCacheModes(parsed.values.t, parsed.values.T);
   // -U, as qemu-img: the backing files (old and new) are read without locks; the image itself is always locked.
   const forceShare = parsed.values['force-share'] ?? false;
-  const progress = parsed.values.p || parsed.values.progress ? { onProgress: progressPrinter(io, false) } : {};
+  const progress = (parsed.values.p || parsed.values.progress) && !parsed.values.quiet ? { onProgress: progressPrinter(io, false) } : {};
   // qemu-img 7.2's letters and 10.1's names for the same options (10.1 spells the backing format -B, 7.2 -F).
   const values = {
     f: oneOf('-f', parsed.values.f, '--format', parsed.values.format),
@@ -106,7 +108,17 @@ export const rebase: Handler = async (argv, io) => {
       const named = identityOfPath(resolveRelative({ name, from: disk.storage }));
       if (named) assertNotRead(identityOfStorage(disk.storage), [named], 'image');
     }
-    await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c, ...progress });
+    // Ctrl-C and SIGTERM stop safe mode's copy between units, before the backing file is changed.
+    const controller = new AbortController();
+    const removeSignalHandlers = abortOnSignals(controller);
+    try {
+      await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c, ...progress, signal: controller.signal });
+    } catch (e) {
+      if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old backing file and reads as before: run img rebase again to finish`);
+      throw e;
+    } finally {
+      removeSignalHandlers();
+    }
   } finally {
     await next?.close();
     await disk.close();

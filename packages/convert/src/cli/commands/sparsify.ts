@@ -10,7 +10,8 @@ import { fileResolver } from '@img/block/node';
 import { sparsifyQcow2, type Qcow2SparsifyResult } from '@img/qcow2';
 import { DEFAULT_MIN_ZERO_RUN, sparsifyVhd, type VhdSparsifyResult } from '@img/vhd';
 import { type Handler, common, onePath, outputMode, quietOption, quietIo } from './shared.js';
-import { bytesProgress, interruptible, openInPlace } from './compact.js';
+import { interruptible, openInPlace } from './compact.js';
+import { bytesProgress } from '../progress.js';
 
 /** img sparsify. */
 export const sparsify: Handler = async (argv, io) => {
@@ -34,7 +35,7 @@ export const sparsify: Handler = async (argv, io) => {
   const { storage, format } = await openInPlace(path, values, 'sparsify');
   let result: Qcow2SparsifyResult | VhdSparsifyResult;
   try {
-    const options = { minZeroRun, resolver: fileResolver, ...(values.p ? { onProgress: bytesProgress(io) } : {}) };
+    const options = { minZeroRun, resolver: fileResolver, ...(values.p && !values.quiet ? { onProgress: bytesProgress(io) } : {}) };
     result = await interruptible<Qcow2SparsifyResult | VhdSparsifyResult>('sparsify', (signal) => (format === 'qcow2' ? sparsifyQcow2(storage, { signal, ...options }) : sparsifyVhd(storage, { signal, ...options })));
   } finally {
     await storage.close();
