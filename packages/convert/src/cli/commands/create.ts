@@ -4,7 +4,7 @@
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { ImageError, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
+import { ImageError, invalidUsage, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
 import { UsageError } from '../common.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
@@ -47,6 +47,8 @@ export const create: Handler = async (argv, io) => {
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected <file> [size]');
   const path = positionals[0]!;
   const options = createOptionsFromCli(io, 'img create', driver, optionText.text);
+  // As qemu-img: the size comes from -o size= or from the argument, not both (even when they agree).
+  if (options.size !== undefined && positionals[1] !== undefined) throw invalidUsage(`${path}: The image size must be specified only once`, { file: path, field: 'size' });
   let size: number | undefined = positionals[1] !== undefined ? parseSize(positionals[1]) : undefined;
   if (options.size !== undefined) size = parseSize(String(options.size));
   // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it. The backing
