@@ -182,11 +182,11 @@ class Qcow2BulkWriter implements FreshImageWriter {
   /** Gives back the clusters runs covered in part (settleRuns) that hold no data once every batch is done. */
   async #dropEmptyEdges(): Promise<void> {
     const cs = this.#cs;
-    const ranges = this.storage.ranges;
-    if (!ranges || !this.#maybeEmpty.size) return;
+    const storage = this.storage;
+    if (!storage.ranges || !this.#maybeEmpty.size) return;
     for (const c of [...this.#maybeEmpty].sort((a, b) => a - b)) {
       if (!this.#guestOf[c]) continue;
-      const found = await ranges.call(this.storage, c * cs, cs);
+      const found = await storage.ranges(c * cs, cs);
       if (!found.some((r) => r.data)) this.#release(c);
     }
     this.#maybeEmpty.clear();
