@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
@@ -34,5 +34,83 @@ describeQemu('create: the size once', () => {
     const r = run('img', ['create', '-q', '-f', 'qcow2', '-o', 'size=3M', p('once.qcow2')]);
     expect(r.status, r.stderr).toBe(0);
     expect(qemuImg(['info', '--output=json', p('once.qcow2')]).stdout).toContain('"virtual-size": 3145728');
+  });
+});
+
+describeQemu('compare --strict compares block status as qemu-img does', () => {
+  const io = (file: string, fmt: string, ...cmds: string[]) => spawnSync('qemu-io', ['-f', fmt, ...cmds.flatMap((c) => ['-c', c]), file], { encoding: 'utf8' });
+  const make = () => {
+    const q = (...args: string[]) => qemuImg(args);
+    q('create', '-q', '-f', 'qcow2', p('z.qcow2'), '8M');
+    io(p('z.qcow2'), 'qcow2', 'write -z 0 1M');
+    q('create', '-q', '-f', 'raw', p('e.raw'), '8M');
+    q('create', '-q', '-f', 'qcow2', p('a.qcow2'), '8M');
+    io(p('a.qcow2'), 'qcow2', 'write -P 1 0 1M');
+    q('convert', '-O', 'raw', p('a.qcow2'), p('a.raw'));
+    q('convert', '-O', 'qcow2', p('a.qcow2'), p('a2.qcow2'));
+    q('convert', '-O', 'vmdk', p('a.qcow2'), p('a.vmdk'));
+    q('convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', p('a.qcow2'), p('s.vmdk'));
+    // The same data, laid out backwards in the file: two answers where the other image gives one.
+    q('create', '-q', '-f', 'qcow2', p('r.qcow2'), '8M');
+    io(p('r.qcow2'), 'qcow2', 'write -P 1 4M 4M', 'write -P 1 0 4M');
+    q('create', '-q', '-f', 'qcow2', p('f.qcow2'), '8M');
+    io(p('f.qcow2'), 'qcow2', 'write -P 1 0 8M');
+    q('convert', '-O', 'raw', p('f.qcow2'), p('f.raw'));
+    q('convert', '-c', '-O', 'qcow2', p('f.qcow2'), p('c.qcow2'));
+    q('create', '-q', '-f', 'qcow2', p('u.qcow2'), '8M');
+    q('create', '-q', '-f', 'qcow2', p('zz.qcow2'), '8M');
+    io(p('zz.qcow2'), 'qcow2', 'write -z 0 8M');
+    q('create', '-q', '-f', 'qcow2', p('b.qcow2'), '8M');
+    io(p('b.qcow2'), 'qcow2', 'write -P 2 0 1M');
+    q('create', '-q', '-f', 'qcow2', '-b', p('a.qcow2'), '-F', 'qcow2', p('t.qcow2'));
+    q('create', '-q', '-f', 'qcow2', '-b', p('f.qcow2'), '-F', 'qcow2', p('tf.qcow2'));
+    io(p('tf.qcow2'), 'qcow2', 'write -P 1 2M 64k');
+    q('create', '-q', '-f', 'vpc', '-o', 'force_size=on', p('v.vhd'), '8M');
+    io(p('v.vhd'), 'vpc', 'write -P 1 0 1M');
+    q('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', p('fl.vmdk'), '8M');
+    q('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=64k', p('c64.qcow2'), '2G');
+    q('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', p('c2m.qcow2'), '2G');
+    q('create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', p('x.qcow2'), '8M');
+    io(p('x.qcow2'), 'qcow2', 'write -P 1 0 4k');
+    q('create', '-q', '-f', 'qcow2', p('y.qcow2'), '8M');
+    io(p('y.qcow2'), 'qcow2', 'write -P 1 0 4k');
+    q('convert', '-O', 'raw', p('a.qcow2'), p('d.raw'));
+    io(p('d.raw'), 'raw', 'write -P 3 512k 4k');
+  };
+
+  beforeAll(make);
+
+  const pairs: Array<[string, string]> = [
+    ['z.qcow2', 'e.raw'], // zero clusters against a raw hole (qemu: status mismatch at 0)
+    ['a.qcow2', 'a.raw'], // unallocated against a raw hole (at 1 MiB)
+    ['a.qcow2', 'a2.qcow2'],
+    ['a.qcow2', 'a.vmdk'], // a sparse VMDK answers grain by grain
+    ['s.vmdk', 'a.vmdk'],
+    ['r.qcow2', 'f.qcow2'],
+    ['f.qcow2', 'f.raw'],
+    ['c.qcow2', 'f.qcow2'],
+    ['c.qcow2', 'c.qcow2'],
+    ['u.qcow2', 'zz.qcow2'],
+    ['u.qcow2', 'e.raw'],
+    ['zz.qcow2', 'z.qcow2'],
+    ['a.qcow2', 'b.qcow2'], // same status, different data: a content mismatch
+    ['a.qcow2', 'd.raw'], // a content mismatch before the first status mismatch comes first
+    ['a.qcow2', 't.qcow2'],
+    ['tf.qcow2', 'f.qcow2'],
+    ['v.vhd', 'a.qcow2'],
+    ['v.vhd', 'v.vhd'],
+    ['fl.vmdk', 'e.raw'],
+    ['fl.vmdk', 'u.qcow2'],
+    ['c64.qcow2', 'c2m.qcow2'], // one L2 table per answer: 512 MiB against 2 GiB
+    ['x.qcow2', 'y.qcow2'],
+  ];
+
+  it.each(pairs)('compare -s %s %s', (x, y) => {
+    const q = qemu(['compare', '-s', p(x), p(y)]);
+    const r = run('img', ['compare', '-s', p(x), p(y)]);
+    expect({ status: r.status, out: r.stdout, err: r.stderr }).toEqual({ status: q.status, out: q.stdout, err: '' });
+    // Without -s only the contents count.
+    const loose = qemu(['compare', p(x), p(y)]);
+    expect(run('img', ['compare', p(x), p(y)]).stdout).toBe(loose.stdout);
   });
 });

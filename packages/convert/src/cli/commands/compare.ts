@@ -5,6 +5,8 @@ import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
 import { ExitCode, UsageError } from '../common.js';
 import { bytesProgress } from '../progress.js';
+import { firstStatusMismatch } from '../compare-status.js';
+import { diskWindow } from '../../disk-window.js';
 import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
@@ -23,12 +25,15 @@ export const compare: Handler = async (argv, io) => {
       // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
       // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).
       if (a.size !== b.size && !values.strict) io.stdout('Warning: Image size mismatch!\n');
-      const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? bytesProgress(io) : undefined);
-      if (diff === undefined) {
+      // --strict, as qemu-img: the block status too, range by range; what comes first, a status or a content
+      // difference, is said (contents are compared only up to the first status mismatch).
+      const statusAt = values.strict && a.size === b.size ? await firstStatusMismatch(a, b) : undefined;
+      const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? bytesProgress(io) : undefined, statusAt);
+      if (diff === undefined && statusAt === undefined) {
         io.stdout('Images are identical.\n');
         return 0;
       }
-      io.stdout(diff.message + '\n');
+      io.stdout((diff?.message ?? `Strict mode: Offset ${statusAt} block status mismatch!`) + '\n');
       return 1;
     } finally {
       await a.close();
@@ -52,9 +57,11 @@ async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
  * Where two disks first differ, or undefined if they read the same:
  * `offset` is the first differing byte; the message names the start of its
  * 512-byte sector, as qemu-img compare does (it compares sector by sector).
+ * With `end`, only the bytes before it are compared.
  */
-export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgress?: (done: number, total: number) => void): Promise<{ offset: number; message: string } | undefined> {
+export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgress?: (done: number, total: number) => void, end?: number): Promise<{ offset: number; message: string } | undefined> {
   if (strict && a.size !== b.size) return { offset: Math.min(a.size, b.size), message: `Strict mode: Image size mismatch!` };
+  if (end !== undefined) return firstDifference(diskWindow(a, 0, end), diskWindow(b, 0, end), false, onProgress);
   const common = Math.min(a.size, b.size);
   const longerSize = Math.max(a.size, b.size);
   const za = await sparseRanges(a);
