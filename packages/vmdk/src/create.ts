@@ -27,8 +27,16 @@ export const DEFAULT_GRAIN_SECTORS = 128;
 export const SPLIT_EXTENT_BYTES = 2 ** 31;
 /** Sectors of the descriptor area of a new sparse extent (qemu-img's 20). */
 const DESCRIPTOR_SECTORS = 20;
-/** Largest virtual size of a hosted sparse extent: 2 TiB - 64 KiB... as qemu, capacity must fit 32-bit GTE addressing. */
-export const MAX_SPARSE_SIZE = 2 ** 41;
+/**
+ * Largest virtual size of a new monolithicSparse or streamOptimized image:
+ * 2^32 - 512 grains of 64 KiB (256 TiB - 32 MiB), the largest qemu-img 7.2
+ * lays out correctly (above it, qemu's 32-bit count of grain tables wraps
+ * and the file it writes opens in neither qemu nor img). Grain table
+ * entries are 32-bit sector offsets, so whatever the virtual size, at most
+ * the first 2 TiB of the file can hold grains (the tables of a 256 TiB
+ * disk take 32 GiB of it), in qemu as in img.
+ */
+export const MAX_SPARSE_SIZE = (2 ** 32 - 512) * DEFAULT_GRAIN_SECTORS * 512;
 
 /** Options of createVmdk. */
 export interface VmdkCreateOptions {
@@ -168,7 +176,7 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
   if (flat && options.zeroedGrain) throw invalidArg(FORMAT, `a ${subformat} image has no grains: zeroed_grain does not apply`, { field: 'zeroed_grain' });
   if (hasQuoteOrControl(baseName(storage.name))) throw invalidArg(FORMAT, `the image name "${baseName(storage.name)}" cannot be written in a descriptor (a quote or control character)`, { field: 'file' });
   if (!split && subformat !== 'monolithicFlat' && sectors * SECTOR > MAX_SPARSE_SIZE) {
-    throw invalidArg(FORMAT, `a sparse VMDK holds at most ${MAX_SPARSE_SIZE} bytes (got ${size})`, { field: 'size', actual: size });
+    throw invalidArg(FORMAT, `a ${subformat} VMDK holds at most ${MAX_SPARSE_SIZE} bytes (2^32 - 512 grains of 64 KiB, as qemu-img lays out; got ${size})`, { field: 'size', actual: size });
   }
   const spec = {
     createType: subformat,
