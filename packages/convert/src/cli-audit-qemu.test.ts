@@ -114,3 +114,42 @@ describeQemu('compare --strict compares block status as qemu-img does', () => {
     expect(run('img', ['compare', p(x), p(y)]).stdout).toBe(loose.stdout);
   });
 });
+
+describeQemu('-T on check and compare, -S on convert, values that start with a dash', () => {
+  beforeAll(() => {
+    qemuImg(['create', '-q', '-f', 'qcow2', p('t.qcow2'), '1M']);
+  });
+
+  it.each([
+    ['check', '-T', 'none', 'IMG'],
+    ['check', '-T', 'bogus', 'IMG'],
+    ['compare', '-T', 'writeback', 'IMG', 'IMG'],
+    ['compare', '-T', 'bogus', 'IMG', 'IMG'],
+  ])('%s %s %s', (...args) => {
+    const argv = args.map((a) => (a === 'IMG' ? p('t.qcow2') : a));
+    const q = qemu(argv);
+    const r = run('img', argv);
+    expect(r.status).toBe(q.status);
+    expect(r.stdout).toBe(q.stdout);
+    if (q.status !== 0) expect(r.stderr.split('\n')[0]).toBe(`img ${args[0]}: ${q.message}`);
+  });
+
+  it.each(['1000', '-1', '17M', '16M', '1.5k', '0', 'foo', '511'])('convert -S %s', (size) => {
+    const argv = ['convert', '-S', size, '-O', 'qcow2', p('t.qcow2')];
+    const q = qemu([...argv, p(`s-qemu-${size}.qcow2`)]);
+    const r = run('img', [...argv, p(`s-img-${size}.qcow2`)]);
+    expect(r.status).toBe(q.status);
+    // qemu-img breaks its suffix advice over two lines: img says it in one.
+    if (q.status !== 0) expect(r.stderr.split('\n')[0]).toBe(`img convert: ${q.message.replace('\nqemu-img: ', ' ')}`);
+    expect(existsSync(p(`s-img-${size}.qcow2`))).toBe(q.status === 0);
+  });
+
+  it('an option takes a value that starts with a dash, as getopt gives it (no "ambiguous" advice)', () => {
+    const r = run('img', ['rebase', '-b', '-u', p('t.qcow2')]);
+    expect(r.stderr).not.toMatch(/ambiguous/);
+    expect(r.stderr).toMatch(/-u/);
+    const m = run('img', ['measure', '-O', 'qcow2', '--size', '-1']);
+    expect(m.status).toBe(1);
+    expect(m.stderr).not.toMatch(/ambiguous|--size=-XYZ/);
+  });
+});

@@ -28,7 +28,8 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   -o, --target-format-options key=value[,...]
                       options for the new image ('-o help' lists the output format's)
   -c, --compress      compress the output (qcow2; deflate, or zstd with -o compression_type=zstd)
-  -S, --sparse-size <size>    minimum run of zeros left sparse (default 4k; 0 writes everything)
+  -S, --sparse-size <size>    minimum run of zeros left sparse (default 4k; a multiple of 512 up to 16M;
+                      0 writes everything)
   -b, --backing <backing>     make the output an overlay of <backing>, storing only what differs
                       (-B is qemu-img 7.2's spelling of -b and is accepted too)
   -F, --backing-format <fmt>  format of the backing file
@@ -128,6 +129,27 @@ export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string;
   checkCacheModes(values.t, values.T);
   if (values.m !== undefined && !/^(?:[1-9]|1[0-6])$/.test(values.m)) throw new UsageError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
   refuseRateLimit(values.r);
+}
+
+/** The most -S takes, as qemu-img convert: 32768 sectors. */
+const MAX_SPARSE_SIZE = 16 * 2 ** 20;
+
+/**
+ * convert's -S value as qemu-img reads it: a size with an optional suffix,
+ * a multiple of 512 up to 16 MiB, or 0 (write everything); refused in
+ * qemu-img's words otherwise.
+ */
+export function sparseSize(text: string): number {
+  let bytes: number;
+  try {
+    bytes = parseSize(text, '-S');
+  } catch {
+    throw new UsageError('Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
+  }
+  if (bytes % 512 !== 0 || bytes > MAX_SPARSE_SIZE) {
+    throw new UsageError(`Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_SPARSE_SIZE}. Select 0 to disable sparse detection (fully allocates output).`);
+  }
+  return bytes;
 }
 
 /** Options img does not implement, refused in one line instead of being ignored. */
@@ -238,7 +260,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       const compat = (createOptions as { compat?: unknown }).compat;
       bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
     }
-    const minZeroRun = values.S === undefined ? 4096 : parseSize(values.S, '-S');
+    const minZeroRun = values.S === undefined ? 4096 : sparseSize(values.S);
     const json = values['json-progress'] ?? false;
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second. As qemu-img,
     // -q wins over -p (--json-progress, for programs, stays).

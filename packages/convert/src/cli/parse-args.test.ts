@@ -22,8 +22,10 @@ describe('expandLongPrefixes', () => {
   });
 
   it('leaves values, unknown names and what follows "--" alone', () => {
-    expect(expandLongPrefixes(['--output', '--f', '--nope', '--', '--out'], names, valued)).toEqual(['--output', '--f', '--nope', '--', '--out']);
-    expect(expandLongPrefixes(['-o', '--f', '-Uo', '--fo', '-oval', '--out'], names, valued, (l) => l === 'o')).toEqual(['-o', '--f', '-Uo', '--fo', '-oval', '--output']);
+    // A value that starts with a dash is attached, as getopt takes it: Node's parser would call it ambiguous.
+    expect(expandLongPrefixes(['--output', '--f', '--nope', '--', '--out'], names, valued)).toEqual(['--output=--f', '--nope', '--', '--out']);
+    expect(expandLongPrefixes(['-o', '--f', '-Uo', '--fo', '-oval', '--out'], names, valued, (l) => l === 'o')).toEqual(['-o--f', '-Uo--fo', '-oval', '--output']);
+    expect(expandLongPrefixes(['-o', '', '--backing', '-u', '--format', ''], names, valued, (l) => l === 'o')).toEqual(['-o', '', '--backing=-u', '--format', '']);
   });
 });
 
@@ -32,6 +34,12 @@ describe('parseArgs', () => {
     const r = parseArgs({ command: 'create', args: ['--form', 'qcow2', '--backing-f=raw', 'x', '1M'], options: { f: { type: 'string' }, F: { type: 'string' }, b: { type: 'string' } }, allowPositionals: true });
     expect(r.values).toEqual({ f: 'qcow2', F: 'raw' });
     expect(r.positionals).toEqual(['x', '1M']);
+  });
+
+  it('gives an option a value that starts with a dash, as getopt does (qemu-img rebase -b -u x: the backing file is "-u")', () => {
+    const r = parseArgs({ command: 'create', args: ['-b', '-u', '--size', '-1', '-F', '-x', 'f'], options: { b: { type: 'string' }, size: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } }, allowPositionals: true });
+    expect(r.values).toEqual({ b: '-u', size: '-1', F: '-x' });
+    expect(r.positionals).toEqual(['f']);
   });
 
   it('keeps strict parsing for names that match nothing', () => {

@@ -41,23 +41,33 @@ export function expandLongPrefixes(argv: readonly string[], names: readonly stri
         if (matches.length === 1) name = matches[0]!;
       }
       const letter = spelling(`--${name}`);
+      // As getopt_long: an option that takes a value takes the next argument even if it starts with a dash
+      // (`--size -1`), attached here so that Node's parser does not read it as an option.
+      const value = eq > 0 ? arg.slice(eq + 1) : takesValue(name) && i + 1 < argv.length ? argv[++i]! : undefined;
+      const dashed = value?.startsWith('-') === true;
       if (letter !== undefined) {
-        // A 10.1 long spelling: the 7.2 letter, with its value as the next argument.
-        out.push(letter);
-        if (eq > 0) out.push(arg.slice(eq + 1));
+        // A 10.1 long spelling: the 7.2 letter, with its value as the next argument (attached if it starts with a dash).
+        if (dashed) out.push(`${letter}${value}`);
+        else out.push(letter, ...(value === undefined ? [] : [value]));
+      } else if (dashed || eq > 0) {
+        out.push(`--${name}=${value}`);
       } else {
-        out.push(name === given ? arg : `--${name}${eq > 0 ? arg.slice(eq) : ''}`);
+        out.push(name === given ? arg : `--${name}`, ...(value === undefined ? [] : [value]));
       }
-      if (eq < 0 && takesValue(name) && i + 1 < argv.length) out.push(argv[++i]!);
       continue;
     }
     const letters = spelling(arg) ?? arg;
     out.push(letters);
-    // -x VALUE, or a group such as -Uf VALUE: the value is the next argument when the letter that takes it comes last.
+    // -x VALUE, or a group such as -Uf VALUE: the value is the next argument when the letter that takes it comes last
+    // (attached, as getopt takes it even if it starts with a dash: -S -1).
     if (arg.startsWith('-') && arg.length > 1 && arg !== '-') {
       for (let k = 1; k < letters.length; k++) {
         if (!shortTakesValue(letters[k]!)) continue;
-        if (k === letters.length - 1 && i + 1 < argv.length) out.push(argv[++i]!);
+        if (k === letters.length - 1 && i + 1 < argv.length) {
+          const value = argv[++i]!;
+          if (value.startsWith('-')) out[out.length - 1] = `${letters}${value}`;
+          else out.push(value);
+        }
         break;
       }
     }

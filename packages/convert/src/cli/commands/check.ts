@@ -5,7 +5,7 @@ import { parseArgs } from '../parse-args.js';
 import { unsupported } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
-import { ExitCode, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
@@ -14,13 +14,16 @@ import { type Handler, common, shareOption, outputMode, onePath, quietOption, qu
 
 /** img check. */
 export const check: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'check', args: argv, options: { ...common, ...quietOption, ...shareOption, r: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'check', args: argv, options: { ...common, ...quietOption, ...shareOption, r: { type: 'string' }, T: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img check [-q] [-f fmt] [-U] [-r leaks|all] [--output=human|json] <file>\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the format has no check (raw).\n\nExample:\n  img check disk.qcow2\n');
+    io.stdout(
+      "Usage: img check [-q] [-f fmt] [-U] [-T src_cache] [-r leaks|all] [--output=human|json] <file>\n\n-T: qemu's cache mode, checked as qemu-img checks it; img picks its own caching.\n\nExit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 the format has no check (raw).\n\nExample:\n  img check disk.qcow2\n",
+    );
     return 0;
   }
   const mode = outputMode(values.output);
+  checkCacheModes(undefined, values.T);
   const path = onePath(positionals);
   if (values.r !== undefined && values.r !== 'leaks' && values.r !== 'all') throw new UsageError('-r takes leaks or all');
   if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');

@@ -3,7 +3,7 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
-import { ExitCode, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { bytesProgress } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
@@ -11,11 +11,19 @@ import { type Handler, common, shareOption, openForCommand, quietOption, quietIo
 
 /** img compare. */
 export const compare: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' }, p: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' }, p: { type: 'boolean' }, T: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
-    io.stdout('Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [-p] [--strict] <a> <b>\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n');
+    io.stdout(
+      "Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [-T src_cache] [-p] [--strict] <a> <b>\n\n-T: qemu's cache mode, checked as qemu-img checks it; img picks its own caching.\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n",
+    );
     return 0;
+  }
+  try {
+    checkCacheModes(undefined, values.T);
+  } catch (e) {
+    // As qemu-img compare: a bad cache mode is a failed comparison (status 2), said in qemu-img's words.
+    throw new ExitCode(2, (e as Error).message);
   }
   try {
     if (positionals.length !== 2) throw new UsageError('expected <a> <b>');
