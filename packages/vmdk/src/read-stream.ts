@@ -12,6 +12,9 @@
  * come in guest order (VMware's exporters, streamVmdk); an image written
  * through createVmdk may hold a partly written grain after later ones. A
  * grain seen twice, or beyond the disk, is ERR_IMG_CORRUPT naming it.
+ * The marker's lba is what places a grain here (the tables come after the
+ * grains in VMware's layout); the file reader goes by the grain table and
+ * ignores the lba, as qemu-img does.
  */
 import { ByteStreamReader, corrupt, hex, readU32Le, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js';

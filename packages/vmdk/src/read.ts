@@ -134,7 +134,7 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
         g.out.set(cached.subarray(0, g.out.length));
         continue;
       }
-      const input = await compressedBytes(e, g.grain, g.hostOffset, bytes, first);
+      const input = await compressedBytes(e, g.hostOffset, bytes, first);
       jobs.push({ input, out: g.out, ctx: { file: e.storage.name, hostOffset: g.hostOffset } });
     }
     // Grains whose stream was read on its own (past the span) are inflated one by one, first.
@@ -181,11 +181,11 @@ export function maxCompressedBytes(grainBytes: number): number {
 }
 
 /**
- * The compressed bytes of grain `grain` whose marker (or bare stream) is at
- * `hostOffset`, checked against the grain table and the file: taken from
- * `span` (file bytes from `spanAt`) where it holds them, else read.
+ * The compressed bytes of the grain whose marker (or bare stream) the grain
+ * table puts at `hostOffset`, checked against the file: taken from `span`
+ * (file bytes from `spanAt`) where it holds them, else read.
  */
-async function compressedBytes(e: SparseExtent, grain: number, hostOffset: number, span?: Uint8Array, spanAt = 0): Promise<Uint8Array> {
+async function compressedBytes(e: SparseExtent, hostOffset: number, span?: Uint8Array, spanAt = 0): Promise<Uint8Array> {
   const map = e.map;
   const file = e.storage.name;
   const limit = maxCompressedBytes(map.grainBytes);
@@ -194,13 +194,11 @@ async function compressedBytes(e: SparseExtent, grain: number, hostOffset: numbe
   // One read for the marker and (usually) the whole compressed grain: a grain rarely compresses to more than itself.
   head ??= await e.storage.read(hostOffset, Math.min(GRAIN_MARKER_HEADER + map.grainBytes, Math.max(0, map.fileSize - hostOffset)));
   if (head.length < GRAIN_MARKER_HEADER) throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is cut off by the end of the file`, { field: 'grain marker', offset: hostOffset });
+  // The grain table places the grain; the marker's lba is not looked at, as qemu-img does not (a file whose markers
+  // disagree with its tables reads as qemu reads it). Only a stream, which has no table yet, goes by the lba.
   const marker = parseMarker(head, 0, file);
-  const lba = grain * map.header.grainSize;
   if (marker.size === 0 || marker.size > limit) {
     throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} announces ${marker.size} compressed bytes (a grain of ${map.grainBytes} bytes needs 1 to ${limit})`, { field: 'grain marker size', offset: hostOffset + 8, actual: marker.size });
-  }
-  if (marker.value !== lba) {
-    throw corrupt(FORMAT, file, `grain marker at ${hex(hostOffset)} is for sector ${marker.value}, but the grain table maps sector ${lba} there`, { field: 'grain marker lba', offset: hostOffset, expected: lba, actual: marker.value });
   }
   if (hostOffset + GRAIN_MARKER_HEADER + marker.size > map.fileSize) {
     throw corrupt(FORMAT, file, `compressed grain at ${hex(hostOffset)} (${marker.size} bytes) runs past the end of the file`, { field: 'grain marker size', offset: hostOffset + 8 });
@@ -214,7 +212,7 @@ export async function compressedGrain(core: VmdkImage, index: number, e: SparseE
   const cached = core.cachedGrain(key);
   if (cached) return cached;
   const map = e.map;
-  const data = await compressedBytes(e, grain, hostOffset);
+  const data = await compressedBytes(e, hostOffset);
   const inflated = await inflateGrain(data, map.grainBytes, { file: e.storage.name, hostOffset });
   let grainBytes = inflated;
   if (inflated.length < map.grainBytes) {

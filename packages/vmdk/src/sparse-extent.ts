@@ -10,7 +10,7 @@ import { decodeDescriptorBytes, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { ENTRY_BYTES, MAX_GTES_PER_GT, parseEntries } from './grain-table.js';
 import { GrainMap, type Region } from './grain-map.js';
 import { MARKER_EOS, MARKER_FOOTER } from './marker.js';
-import { COMPRESSION_DEFLATE, COMPRESSION_NONE, FLAG_COMPRESSED, FLAG_REDUNDANT_GRAIN_TABLE, FLAG_VALID_NEWLINE, GD_AT_END, NEWLINE_CHARS, SECTOR, SPARSE_HEADER_SIZE, hasSparseMagic, parseSparseHeader, type SparseHeader } from './sparse-header.js';
+import { COMPRESSION_DEFLATE, COMPRESSION_NONE, FLAG_COMPRESSED, FLAG_REDUNDANT_GRAIN_TABLE, GD_AT_END, SECTOR, SPARSE_HEADER_SIZE, hasSparseMagic, parseSparseHeader, type SparseHeader } from './sparse-header.js';
 
 const FORMAT = 'vmdk';
 /**
@@ -76,9 +76,8 @@ async function readFooter(storage: Storage, fileSize: number): Promise<SparseHea
 /** Validates header fields and answers the grain directory's entry count. */
 function validate(h: SparseHeader, file: string): number {
   if (h.version < 1 || h.version > MAX_VERSION) throw unsupported(FORMAT, file, `sparse extent version ${h.version} is not supported (1 to ${MAX_VERSION})`, { field: 'version', offset: 4, actual: h.version });
-  if ((h.flags & FLAG_VALID_NEWLINE) !== 0 && h.newlineChars.some((c, i) => c !== NEWLINE_CHARS[i])) {
-    throw corrupt(FORMAT, file, 'the newline detection characters at 0x49 are altered: the file was copied as text', { field: 'singleEndLineChar', offset: 73 });
-  }
+  // The newline detection characters (offset 73) are not checked: qemu-img and vmdkinfo ignore them, and a file copied
+  // in text mode shows itself anyway (its tables and grains move, and they are bounded like any others).
   checkGrainSize(h.grainSize, (h.flags & FLAG_COMPRESSED) !== 0 && h.compressAlgorithm !== COMPRESSION_NONE, file);
   if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) {
     throw corrupt(FORMAT, file, `numGTEsPerGT ${h.numGTEsPerGT} is outside 1..${MAX_GTES_PER_GT}`, { field: 'numGTEsPerGT', offset: 44, actual: h.numGTEsPerGT });
