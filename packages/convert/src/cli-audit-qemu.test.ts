@@ -153,3 +153,38 @@ describeQemu('-T on check and compare, -S on convert, values that start with a d
     expect(m.stderr).not.toMatch(/ambiguous|--size=-XYZ/);
   });
 });
+
+describeQemu('messages from the audit', () => {
+  beforeAll(() => {
+    qemuImg(['create', '-q', '-f', 'qcow2', p('m.qcow2'), '1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', p('mb.qcow2'), '1M']);
+  });
+
+  it("convert -O raw -B says qemu-img's sentence, with no API names", () => {
+    const argv = ['convert', '-O', 'raw', '-B', p('mb.qcow2'), '-F', 'qcow2', p('m.qcow2')];
+    const q = qemu([...argv, p('mq.raw')]);
+    const r = run('img', [...argv, p('mi.raw')]);
+    expect(r.status).toBe(q.status);
+    expect(r.stderr).toBe(`img convert: ERR_IMG_UNSUPPORTED: raw: ${p('mi.raw')}: ${q.message}\n`);
+    expect(existsSync(p('mi.raw'))).toBe(false);
+  });
+
+  it.each(['info', 'map', 'check', 'snapshot', 'measure', 'amend', 'resize', 'bitmap', 'compare', 'create', 'convert', 'commit', 'rebase'])('%s refuses --object, --image-opts and --target-image-opts in one line', (cmd) => {
+    for (const [option, line] of [
+      ['--object', '--object (QEMU user-creatable objects: secrets, TLS credentials) is not supported'],
+      ['--image-opts', '--image-opts is not supported: name the input as a file or an NBD URI'],
+      ['--target-image-opts', '--target-image-opts is not supported: name the output as a file'],
+    ] as const) {
+      const r = run('img', [cmd, option, ...(option === '--object' ? ['secret,id=s0,data=x'] : []), p('m.qcow2')]);
+      expect(r.status, `${cmd} ${option}`).toBe(1);
+      expect(r.stderr, `${cmd} ${option}`).toBe(`img ${cmd}: ${line}\n`);
+    }
+  });
+
+  it("img --help's sparsify and compact lines name qcow2, and the suffixes include P and E", () => {
+    const r = run('img', ['--help']);
+    expect(r.stdout).toMatch(/sparsify .*\(VHD, qcow2\)/);
+    expect(r.stdout).toMatch(/compact .*\(VHD, qcow2\)/);
+    expect(r.stdout).toContain('k, M, G, T, P, E suffixes');
+  });
+});

@@ -129,5 +129,29 @@ export function checkCacheModes(cache: string | undefined, sourceCache?: string)
 
 /** qemu-img's -r (a rate limit of convert and commit) is refused: ignoring it would not do what the user asked. */
 export function refuseRateLimit(rate: string | undefined): void {
-  if (rate !== undefined) throw new UsageError('-r (a rate limit) is not supported: img copies at full speed');
+  // One line, no pointer to --help: the option is understood, and refused (README: "one line, status 1").
+  if (rate !== undefined) throw new ExitCode(1, '-r (a rate limit) is not supported: img copies at full speed');
+}
+
+/** Options img does not implement, refused in one line instead of being ignored. */
+export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-opts'?: boolean; object?: readonly string[] }): void {
+  // One line, no pointer to --help: the option is understood, and refused (README: "one line, status 1").
+  if (values.object !== undefined) throw new ExitCode(1, '--object (QEMU user-creatable objects: secrets, TLS credentials) is not supported');
+  if (values['image-opts']) throw new ExitCode(1, '--image-opts is not supported: name the input as a file or an NBD URI');
+  if (values['target-image-opts']) throw new ExitCode(1, '--target-image-opts is not supported: name the output as a file');
+}
+
+/**
+ * The same refusal for any command, from its raw arguments: qemu-img's
+ * --object, --image-opts and --target-image-opts before "--" are not
+ * supported by img, and a command that does not declare them would
+ * otherwise call them unknown, as if they were typos.
+ */
+export function refuseQemuOnlyArgs(argv: readonly string[]): void {
+  for (const arg of argv) {
+    if (arg === '--') return;
+    const name = /^--(object|image-opts|target-image-opts)(?:=|$)/.exec(arg)?.[1];
+    if (name === 'object') refuseQemuOnly({ object: [] });
+    else if (name !== undefined) refuseQemuOnly({ [name]: true });
+  }
 }

@@ -3,11 +3,12 @@
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
 import { parseArgs } from './parse-args.js';
-import { formatSize, ImageError, invalidUsage, parseSize } from '@img/block';
+import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@img/block';
+import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
-import { checkCacheModes, describeErrno, ExitCode, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
+import { checkCacheModes, describeErrno, ExitCode, refuseQemuOnly, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
 import { progressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
@@ -152,13 +153,6 @@ export function sparseSize(text: string): number {
   return bytes;
 }
 
-/** Options img does not implement, refused in one line instead of being ignored. */
-export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-opts'?: boolean; object?: readonly string[] }): void {
-  if (values.object !== undefined) throw new UsageError('--object (QEMU user-creatable objects: secrets, TLS credentials) is not supported');
-  if (values['image-opts']) throw new UsageError('--image-opts is not supported: name the input as a file or an NBD URI');
-  if (values['target-image-opts']) throw new UsageError('--target-image-opts is not supported: name the output as a file');
-}
-
 /** How {@link convertMain} ends a successful run. */
 export interface ConvertMainOptions {
   /** Print the summary line on stderr (img-convert). `img convert` prints nothing, as qemu-img convert. */
@@ -241,6 +235,10 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
       return 0;
+    }
+    // As qemu-img: a format that cannot name a backing file is said so, before its options are looked at.
+    if (backing !== undefined && !['qcow2', 'vhd', 'vmdk'].includes(dstDriver.name)) {
+      throw unsupported(dstDriver.name, output, `Backing file not supported for file format '${qemuFormatName(dstDriver.name)}'`, { field: 'backing_file' });
     }
     const createOptions = createOptionsFromCli(io, prog, dstDriver, optionText.text);
     if (values.F !== undefined && backing === undefined) throw new UsageError('-F needs -B');

@@ -1,7 +1,7 @@
 /**
  * img: the toolbox. Subcommands are spelled like qemu-img's.
  */
-import { runCommand, statusAfterOutput, version, type Io } from './common.js';
+import { refuseQemuOnlyArgs, runCommand, statusAfterOutput, version, type Io } from './common.js';
 
 const HELP = `Usage: img <command> [options]
 
@@ -17,8 +17,8 @@ Commands:
   commit   [-f fmt] [-b base] [-d] [-p] <file>               write an overlay's data into its backing file
                                                              (-b: into an ancestor further down the chain)
   rebase   [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>   change the backing file (safe unless -u; -c compresses)
-  sparsify [-f fmt] [-p] [-S size] <file>                    release data that reads as zeros, in place (VHD)
-  compact  [-f fmt] [-p] <file>                              shrink the file in place to what it holds (VHD)
+  sparsify [-f fmt] [-p] [-S size] <file>                    release data that reads as zeros, in place (VHD, qcow2)
+  compact  [-f fmt] [-p] <file>                              shrink the file in place to what it holds (VHD, qcow2)
   snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
   amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
@@ -40,7 +40,7 @@ Options are spelled as qemu-img 7.2 spells them, and as 10.1 does (--format, --b
 
 Formats: raw, qcow2, vhd (also called vpc, as qemu-img does), vmdk. -U reads an image a running VM holds (no locks).
 
-Run 'img <command> --help' for a command's options. Sizes take k, M, G, T suffixes.
+Run 'img <command> --help' for a command's options. Sizes take k, M, G, T, P, E suffixes.
 
 Example:
   img info --output=json disk.qcow2
@@ -77,5 +77,8 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   if (name === 'convert') return handler(rest, io);
-  return runCommand(`img ${name}`, rest, io, () => handler(rest, io));
+  return runCommand(`img ${name}`, rest, io, () => {
+    refuseQemuOnlyArgs(rest);
+    return handler(rest, io);
+  });
 }

@@ -4,10 +4,9 @@
  */
 import { parseArgs } from '../parse-args.js';
 import { ImageError } from '@img/block';
-import { checkCacheModes, ExitCode, refuseRateLimit } from '../common.js';
+import { checkCacheModes, ExitCode, refuseQemuOnly, refuseRateLimit } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { progressPrinter } from '../progress.js';
-import { refuseQemuOnly } from '../img-convert.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
 import { commitIntoBase } from '../../node/commit-base.js';

@@ -4,14 +4,13 @@
 import { parseArgs } from '../parse-args.js';
 import { ImageError, invalidArg, type Disk } from '@img/block';
 import { fileResolverWith, resolveRelative } from '@img/block/node';
-import { checkCacheModes, ExitCode, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, refuseQemuOnly, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { progressPrinter } from '../progress.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
-import { refuseQemuOnly } from '../img-convert.js';
 import { type Handler, common, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
 
 const HELP = `Usage: img rebase [-q] [-p] [-U] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
