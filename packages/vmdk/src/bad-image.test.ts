@@ -54,6 +54,21 @@ describe('bad images get a clean ImageError with a stable code', () => {
     expect(await codeOf(open(v.bytes))).toBe('ERR_IMG_CORRUPT');
   });
 
+  it('a gdOffset of 0 says the header names no grain directory (not that 0x0 lies outside the file)', async () => {
+    const v = fixture('sparse.vmdk');
+    v.view.setBigUint64(56, 0n, true);
+    await expect(open(v.bytes)).rejects.toMatchObject({ code: 'ERR_IMG_CORRUPT', message: "vmdk: bad.vmdk: the header's gdOffset is 0: it names no grain directory (sector 0 is the header itself)" });
+  });
+
+  it('a descriptor whose lines end in CR alone says so (not \'createType "" is not supported\')', async () => {
+    const text = '# Disk DescriptorFile\rversion=1\rCID=fffffffe\rparentCID=ffffffff\rcreateType="monolithicFlat"\rRW 2048 FLAT "f.bin" 0\r';
+    const bytes = new TextEncoder().encode(text);
+    await expect(open(bytes)).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED', message: expect.stringMatching(/^vmdk: bad\.vmdk: the descriptor's lines end in a carriage return alone \(classic Mac OS line endings; the first at offset 21 of the descriptor\)/) });
+    const checked = await checkVmdk(MemoryStorage.from(bytes, { name: 'bad.vmdk', readOnly: true }));
+    expect(checked.checkErrors).toBe(1);
+    expect(checked.messages[0]).toMatch(/carriage return alone/);
+  });
+
   it('a capacity far beyond the file is refused before its directory is allocated', async () => {
     const v = fixture('sparse.vmdk');
     v.view.setBigUint64(12, 1n << 50n, true);

@@ -44,7 +44,7 @@ export interface VmdkCreateOptions {
   size: number;
   /** Default monolithicSparse. */
   subformat?: VmdkSubformat;
-  /** ddb.adapterType: ide (default, as qemu-img), lsilogic, buslogic, legacyESX, pvscsi. */
+  /** ddb.adapterType: ide (default for every subformat, as qemu-img), lsilogic, buslogic, legacyESX, pvscsi. */
   adapterType?: AdapterType;
   /** ddb.virtualHWVersion (default "4"). */
   hwVersion?: string;
@@ -166,7 +166,7 @@ export async function createVmdk(storage: Storage, options: VmdkCreateOptions): 
   if (!Number.isSafeInteger(size) || size <= 0) throw invalidArg(FORMAT, `size must be a positive number of bytes (got ${String(size)})`, { field: 'size', actual: size });
   const subformat = options.subformat ?? 'monolithicSparse';
   parseSubformat(subformat, 'subformat');
-  const adapterType = parseAdapter(options.adapterType ?? (subformat === 'streamOptimized' ? 'lsilogic' : 'ide'), 'adapter_type');
+  const adapterType = parseAdapter(options.adapterType ?? 'ide', 'adapter_type');
   const sectors = Math.ceil(size / SECTOR);
   const split = subformat === 'twoGbMaxExtentSparse' || subformat === 'twoGbMaxExtentFlat';
   const flat = subformat === 'monolithicFlat' || subformat === 'twoGbMaxExtentFlat';

@@ -9,7 +9,7 @@
  * parse and serialize keep each field's order and quoting, so a descriptor
  * written by qemu-img or VMware serializes back to the same text.
  */
-import { corrupt } from '@img/block';
+import { corrupt, unsupported } from '@img/block';
 
 /** The largest descriptor read (qemu reads at most 1 MiB - 1 of it). */
 export const MAX_DESCRIPTOR_BYTES = (1 << 20) - 1;
@@ -89,6 +89,11 @@ export function decodeDescriptorBytes(bytes: Uint8Array): string {
 /** Parses descriptor text. Unknown lines are ignored, as VMware and qemu do; a malformed extent line is ERR_IMG_CORRUPT. */
 export function parseDescriptor(text: string, file?: string): VmdkDescriptor {
   const d: VmdkDescriptor = { fields: [], extents: [], ddb: [] };
+  // Lines ended by CR alone read as one comment line (no createType, no extent): say what is wrong instead.
+  const cr = text.indexOf('\r');
+  if (cr >= 0 && text[cr + 1] !== '\n' && !text.includes('\n')) {
+    throw unsupported('vmdk', file, `the descriptor's lines end in a carriage return alone (classic Mac OS line endings; the first at offset ${cr} of the descriptor), which neither img nor qemu-img reads: convert them to LF or CRLF`, { field: 'descriptor', offset: cr });
+  }
   for (const raw of text.replace(/^\uFEFF/, '').split('\n')) {
     const line = raw.replace(/\r$/, '').trim();
     if (!line || line.startsWith('#')) continue;

@@ -1,9 +1,10 @@
 /**
- * Descriptors of new images: the fields qemu-img writes for
- * monolithicSparse and monolithicFlat, and for streamOptimized the fields
- * of VMware's own exporter (open-vmdk's makeDiskDescriptorFile: an
- * `encoding`, a `ddb.longContentID`, 255/63 geometry, lsilogic), so that
- * vSphere imports what we write. README.md lists each field and its source.
+ * Descriptors of new images: the fields qemu-img writes, and for
+ * streamOptimized also two of VMware's own exporter (open-vmdk's
+ * makeDiskDescriptorFile: an `encoding` and a `ddb.longContentID`), so
+ * that vSphere imports what we write. The adapter is qemu-img's default,
+ * ide (16/63 geometry), unless asked for; an OVA asks for lsilogic (255/63).
+ * README.md lists each field and its source.
  */
 import { CID_NO_PARENT, formatCid, type DescriptorField, type VmdkDescriptor } from './descriptor.js';
 

@@ -92,6 +92,9 @@ function validate(h: SparseHeader, file: string): number {
 /** Reads a directory of `entries` entries at byte `at`, after checking it lies in the file. */
 async function readDirectory(storage: Storage, at: number, entries: number, fileSize: number, what: string, field: string): Promise<Uint32Array> {
   const bytes = entries * ENTRY_BYTES;
+  if (at === 0) {
+    throw corrupt(FORMAT, storage.name, `the header's ${field} is 0: it names no ${what} (sector 0 is the header itself)`, { field, actual: 0 });
+  }
   if (at < SECTOR || at + bytes > fileSize) {
     throw corrupt(FORMAT, storage.name, `the ${what} (${entries} entries at ${hex(at)}) lies outside the file (${hex(fileSize)} bytes)`, { field, offset: at });
   }

@@ -39,7 +39,7 @@ const READ_CHUNK = 1 << 20;
  */
 export async function streamVmdk(source: Disk, options: VmdkStreamOptions = {}): Promise<ImageStream> {
   const sectors = Math.ceil(source.size / SECTOR);
-  const adapterType: AdapterType = options.adapterType && (ADAPTER_TYPES as readonly string[]).includes(options.adapterType) ? options.adapterType : 'lsilogic';
+  const adapterType: AdapterType = options.adapterType && (ADAPTER_TYPES as readonly string[]).includes(options.adapterType) ? options.adapterType : 'ide';
   const descriptor = newDescriptor({
     createType: 'streamOptimized',
     sectors,
