@@ -188,3 +188,18 @@ describeQemu('messages from the audit', () => {
     expect(r.stdout).toContain('k, M, G, T, P, E suffixes');
   });
 });
+
+describeQemu('convert with several inputs', () => {
+  it('is refused in one sentence, and no output is created (qemu-img concatenates them)', () => {
+    for (const i of [1, 2, 3]) qemuImg(['create', '-q', '-f', 'raw', p(`in${i}.raw`), '1M']);
+    for (const args of [
+      ['-O', 'raw', p('in1.raw'), p('in2.raw'), p('in3.raw'), p('cat.raw')],
+      [p('in1.raw'), p('in2.raw'), p('cat.raw')],
+    ]) {
+      const r = run('img', ['convert', ...args]);
+      expect(r.status).toBe(1);
+      expect(r.stderr.split('\n')[0]).toMatch(/^img convert: .*several inputs, which qemu-img convert concatenates, are not supported/);
+      expect(existsSync(p('cat.raw'))).toBe(false);
+    }
+  });
+});

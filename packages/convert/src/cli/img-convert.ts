@@ -189,8 +189,13 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const qemuForm = positionals.length === 2;
     // As qemu-img: `-O fmt -o help` lists the output format's options, with no files named.
     const optionHelp = positionals.length === 0 && !values.help && values.o !== undefined;
+    // qemu-img convert concatenates several inputs into one output; img does not (README: differences from qemu-img).
+    const severalInputs = 'several inputs, which qemu-img convert concatenates, are not supported';
+    if (prog === 'img convert' && !values.help && !optionHelp && (positionals.length > 4 || (positionals.length > 2 && (values.f !== undefined || values.O !== undefined)))) {
+      throw new UsageError(`${severalInputs}: ${prog} converts one input into one output`);
+    }
     if (!values.help && !optionHelp && !qemuForm && positionals.length !== 4) {
-      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}`);
+      throw new UsageError(`expected <src-format> <dst-format> <input> <output>, or [-f fmt] [-O fmt] <input> <output>; got ${positionals.length} argument${positionals.length === 1 ? '' : 's'}${positionals.length > 2 ? ` (${severalInputs})` : ''}`);
     }
     if (!qemuForm && !optionHelp && (values.f !== undefined || values.O !== undefined)) {
       throw new UsageError('-f and -O go with the two-argument form: [-f fmt] [-O fmt] <input> <output>');
