@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeWith, tempDir } from '@img/testkit';
-import { formatSize, parseSize } from './size.js';
+import { formatSize, parseBool, parseSize } from './size.js';
 
 describe('formatSize (qemu-img size_to_str)', () => {
   it('prints three significant digits without stripping the zeros of whole numbers', () => {
@@ -44,6 +44,11 @@ describe('parseSize', () => {
     expect(parseSize('64k')).toBe(65536);
     expect(parseSize('1.5M')).toBe(1.5 * 2 ** 20);
     expect(() => parseSize('-1')).toThrow(/invalid size/);
+  });
+
+  it('names its limit past 2^53 - 1 bytes (qemu-img goes to 2^63 - 1)', () => {
+    expect(parseSize('7P')).toBe(7 * 2 ** 50);
+    expect(() => parseSize('8P')).toThrow(/size "8P" is too large: img takes sizes up to 2\^53 - 1 bytes \(8 PiB - 1\)/);
   });
 });
 
@@ -119,5 +124,30 @@ describeWith('qemu-img', 'parseSize against qemu-img create', () => {
     }
     if (q.status !== 0) expect(ours, q.stderr).toBeUndefined();
     else expect(ours === undefined ? undefined : Math.ceil(ours / 512) * 512).toBe(statSync(file).size);
+  });
+});
+
+describeWith('qemu-img', 'parseBool takes the spellings qemu-img 7.2 takes for boolean -o options', () => {
+  const tmp = tempDir();
+  afterAll(() => tmp.cleanup());
+  it('on/off, yes/no, true/false, y/n in lower case; ON, 1, t and the rest refused in qemu words', () => {
+    const file = join(tmp.path, 'b.qcow2');
+    for (const v of ['on', 'off', 'yes', 'no', 'true', 'false', 'y', 'n', 'ON', 'Off', 'Yes', 'TRUE', '1', '0', 't', 'f', '']) {
+      const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `lazy_refcounts=${v}`, file, '1M'], { encoding: 'utf8' });
+      rmSync(file, { force: true });
+      let ours: boolean | string;
+      try {
+        ours = parseBool(v, 'lazy_refcounts');
+      } catch (e) {
+        ours = (e as Error).message;
+      }
+      if (q.status === 0) expect(typeof ours, v).toBe('boolean');
+      else {
+        expect(q.stderr, v).toContain("Parameter 'lazy_refcounts' expects 'on' or 'off'");
+        expect(ours, v).toContain("Parameter 'lazy_refcounts' expects 'on' or 'off'");
+      }
+      if (typeof ours === 'boolean') expect(ours, v).toBe(['on', 'yes', 'true', 'y'].includes(v));
+    }
+    expect(parseBool(true, 'x')).toBe(true);
   });
 });

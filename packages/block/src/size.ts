@@ -32,7 +32,9 @@ export function parseSize(text: string | number, what = 'size'): number {
     if (unit === 1n) throw invalidArg('size', `${what} "${text}" is not a whole number of bytes`);
     bytes += (BigInt(fraction) * unit) / 10n ** BigInt(fraction.length);
   }
-  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArg('size', `${what} "${text}" is too large`);
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw invalidArg('size', `${what} "${text}" is too large: img takes sizes up to 2^53 - 1 bytes (8 PiB - 1), where qemu-img goes to 2^63 - 1`);
+  }
   return Number(bytes);
 }
 
@@ -100,11 +102,17 @@ function trimZeros(decimal: string): string {
   return decimal.replace(/0+$/, '').replace(/\.$/, '');
 }
 
-/** Parses an on/off style flag as qemu-img options take them. */
+/**
+ * Parses an on/off flag exactly as qemu-img 7.2 takes boolean `-o` options:
+ * `on`, `yes`, `true`, `y` and `off`, `no`, `false`, `n`, lower case only
+ * (`ON` and `1` are refused, as qemu refuses them); a boolean passes as it is.
+ * `what` is the option's `-o` name, used in qemu's refusal: "Parameter
+ * 'lazy_refcounts' expects 'on' or 'off'".
+ */
 export function parseBool(value: unknown, what: string): boolean {
   if (typeof value === 'boolean') return value;
-  const s = String(value).toLowerCase();
-  if (['on', 'true', 'yes', '1'].includes(s)) return true;
-  if (['off', 'false', 'no', '0'].includes(s)) return false;
-  throw invalidArg('options', `invalid value "${String(value)}" for ${what} (on or off)`);
+  const s = String(value);
+  if (['on', 'yes', 'true', 'y'].includes(s)) return true;
+  if (['off', 'no', 'false', 'n'].includes(s)) return false;
+  throw invalidArg('options', `Parameter '${what}' expects 'on' or 'off'`, { field: what, actual: s });
 }
