@@ -11,6 +11,7 @@ import { MAX_OVF_BYTES, hrefMemberNames, parseOvf, refuseEncoding } from './ovf.
 import { openVmdk } from './open.js';
 import { hasSparseMagic } from './sparse-header.js';
 import { StorageWindow } from './storage-window.js';
+import { findChunks, JoinedStorage } from './ova-chunks.js';
 
 /** Options of openOva. */
 export interface OvaOpenOptions extends OpenOptions {
@@ -72,19 +73,29 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   if (!ref) throw corrupt('ova', storage.name, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
   refuseEncoding(ref, storage.name);
   const names = hrefMemberNames(ref.href);
-  const member = names.map((n) => members.find((m) => m.name === n)).find((m) => m !== undefined);
-  if (!member) throw corrupt('ova', storage.name, `the OVF's file "${ref.href}" is not in the OVA`, { field: 'href', actual: ref.href });
-  if (ref.size !== undefined && ref.size !== member.size) throw corrupt('ova', storage.name, `the OVF says "${ref.href}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
+  // A file split into chunks (ovf:chunkSize) is its chunks joined in order; otherwise one member.
+  const parts = ref.chunkSize !== undefined ? findChunks(members, names, ref.chunkSize, ref.size, storage.name) : [names.map((n) => members.find((m) => m.name === n)).find((m) => m !== undefined)].filter((m) => m !== undefined);
+  const member = parts?.[0];
+  if (!parts || !member) throw corrupt('ova', storage.name, `the OVF's file "${ref.href}" is not in the OVA`, { field: 'href', actual: ref.href });
+  if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== member.size) throw corrupt('ova', storage.name, `the OVF says "${ref.href}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
   if (options.verifyManifest ?? options.untrusted ?? false) {
     if (manifestError) throw manifestError;
     if (!contents.manifest && options.verifyManifest) throw corrupt('ova', storage.name, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
     if (contents.manifest) await verifyManifest(storage, contents.manifest, members);
-    // A manifest that leaves the disk out checks nothing that matters: untrusted mode refuses it (as the pipe reader does).
-    if (contents.manifest && options.untrusted && !contents.manifest.some((e) => e.name === member.name)) {
-      throw unsafe('ova', storage.name, `the manifest does not list the disk "${member.name}", so its bytes cannot be checked`, { field: 'manifest', actual: member.name });
-    }
+    // A manifest that leaves the disk (or one of its chunks) out checks nothing that matters: untrusted mode refuses it
+    // (as the pipe reader does).
+    const unlisted = contents.manifest && options.untrusted ? parts.find((p) => !contents.manifest!.some((e) => e.name === p.name)) : undefined;
+    if (unlisted) throw unsafe('ova', storage.name, `the manifest does not list the disk "${unlisted.name}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted.name });
   }
-  const window = new StorageWindow(storage, member.offset, member.size, `${storage.name}:${member.name}`, true);
+  const window =
+    ref.chunkSize !== undefined
+      ? new JoinedStorage(
+          storage,
+          parts.map((p) => ({ offset: p.offset, length: p.size })),
+          `${storage.name}:${ref.href}`,
+          true,
+        )
+      : new StorageWindow(storage, member.offset, member.size, `${storage.name}:${member.name}`, true);
   const head = await window.read(0, 512);
   let inner: Disk;
   if (hasSparseMagic(head)) {

@@ -19,6 +19,7 @@ import { parseManifest, type ManifestEntry } from './ova-manifest.js';
 import { checkStreamManifest, MemberDigests } from './ova-stream-manifest.js';
 import { MAX_OVF_BYTES, hrefMemberNames, parseOvf, refuseEncoding, type OvfDescriptor } from './ovf.js';
 import { readVmdkStream } from './read-stream.js';
+import { checkChunk, chunkName } from './ova-chunks.js';
 import { hasSparseMagic } from './sparse-header.js';
 
 const NAME = 'stream';
@@ -88,26 +89,93 @@ async function memberPiece(r: ByteStreamReader, m: Member, digests: MemberDigest
   return piece;
 }
 
-/** The member's bytes as they arrive (exactly `m.size`). */
-async function* memberBytes(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): AsyncGenerator<Uint8Array> {
-  while (r.position < m.at + m.size) yield await memberPiece(r, m, digests);
-}
+/**
+ * The disk's bytes as they pass: one member, or the chunks of a file split
+ * by `ovf:chunkSize` (ova-chunks.ts), which must follow one another in the
+ * archive. Each member is hashed on its own (the manifest lists chunks one
+ * by one). The state lives here, not in a generator, so that the rest of
+ * the disk can still be read after its consumer stopped early.
+ */
+class DiskMembers {
+  readonly members: Member[];
+  #r: ByteStreamReader;
+  #chunk: { base: string; size: number; fileSize: number | undefined } | undefined;
+  #digests: MemberDigests | undefined;
+  #hashed: Map<string, MemberDigests> | undefined;
+  #done = false;
+  /** The member after the last chunk, read to learn the file had ended (a file of whole chunks, ovf:size absent). */
+  after: Member | undefined;
 
-/** Reads (and hashes) what the consumer of member `m` left unread, then its padding. */
-async function finishMember(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): Promise<void> {
-  while (r.position < m.at + m.size) await memberPiece(r, m, digests);
-  await skipMember(r, m);
+  constructor(r: ByteStreamReader, first: Member, chunk: { base: string; size: number; fileSize: number | undefined } | undefined, hashed: Map<string, MemberDigests> | undefined) {
+    this.#r = r;
+    this.#chunk = chunk;
+    this.#hashed = hashed;
+    this.members = [];
+    this.#start(first);
+  }
+
+  #start(m: Member): void {
+    if (this.#chunk) checkChunk(m.name, this.members.length, m.size, this.#chunk.size, this.#chunk.fileSize, NAME);
+    this.members.push(m);
+    this.#digests = this.#hashed ? new MemberDigests() : undefined;
+    if (this.#digests) this.#hashed!.set(m.name, this.#digests);
+  }
+
+  get #current(): Member {
+    return this.members[this.members.length - 1]!;
+  }
+
+  /** After a member's last byte: its padding, then the next chunk's header, or the end of the disk. */
+  async #advance(): Promise<void> {
+    const m = this.#current;
+    await skipMember(this.#r, m);
+    const c = this.#chunk;
+    if (!c || checkChunk(m.name, this.members.length - 1, m.size, c.size, c.fileSize, NAME)) {
+      this.#done = true;
+      return;
+    }
+    const next = await nextMember(this.#r);
+    const want = chunkName(c.base, this.members.length);
+    if (next?.name === want) return this.#start(next);
+    // Only a file of whole chunks whose ovf:size is absent may end here; otherwise a chunk is missing or out of order.
+    if (c.fileSize !== undefined || m.size !== c.size) {
+      throw unsupported('ova', NAME, `the chunk "${want}" does not follow "${m.name}" in the archive${next ? ` ("${next.name}" does)` : ''}; save the OVA to a file first`, { field: 'chunkSize', actual: want });
+    }
+    this.after = next;
+    this.#done = true;
+  }
+
+  /** Every byte of the disk, in order, hashed as it passes. */
+  async *bytes(): AsyncGenerator<Uint8Array> {
+    while (!this.#done) {
+      const m = this.#current;
+      while (this.#r.position < m.at + m.size) yield await memberPiece(this.#r, m, this.#digests);
+      await this.#advance();
+    }
+  }
+
+  /** Reads (and hashes) what the consumer left unread, to the end of the disk. */
+  async finish(): Promise<void> {
+    while (!this.#done) {
+      const m = this.#current;
+      while (this.#r.position < m.at + m.size) await memberPiece(this.#r, m, this.#digests);
+      await this.#advance();
+    }
+  }
 }
 
 /**
  * Reads the archive after the disk to its end: the manifest (the first
  * `.mf`) is parsed, other members skipped; answers the manifest and the
- * names of the members passed.
+ * names of the members passed. `first` is a member whose header the disk
+ * reader already took.
  */
-async function readTail(r: ByteStreamReader, names: Set<string>, early: ManifestEntry[] | undefined): Promise<ManifestEntry[] | undefined> {
+async function readTail(r: ByteStreamReader, names: Set<string>, early: ManifestEntry[] | undefined, first?: Member): Promise<ManifestEntry[] | undefined> {
   let manifest = early;
+  let pending = first;
   for (;;) {
-    const m = await nextMember(r);
+    const m = pending ?? (await nextMember(r));
+    pending = undefined;
     if (!m) return manifest;
     names.add(m.name);
     if (!manifest && isManifest(m)) manifest = await readManifest(r, m);
@@ -170,7 +238,9 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     if (!ref) throw corrupt('ova', NAME, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
     refuseEncoding(ref, NAME);
     const names = hrefMemberNames(ref.href);
-    const href = names.find((n) => passed.includes(n)) ?? names[0]!;
+    // A file split by ovf:chunkSize starts at its chunk 0.
+    const firstNames = ref.chunkSize !== undefined ? names.map((n) => chunkName(n, 0)) : names;
+    const href = firstNames.find((n) => passed.includes(n)) ?? firstNames[0]!;
     if (passed.includes(href)) {
       throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") comes before the OVF descriptor in the archive, and a stream cannot go back to it; save the OVA to a file first`, { field: 'order', actual: href });
     }
@@ -181,17 +251,17 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
       const m = await nextMember(r);
       if (!m) throw corrupt('ova', NAME, `the OVF's file "${href}" is not in the OVA`, { field: 'href', actual: href });
       passed.push(m.name);
-      if (names.includes(m.name)) {
+      if (firstNames.includes(m.name)) {
         disk = m;
         break;
       }
       if (verify && !early && isManifest(m)) early = await readManifest(r, m);
       await skipMember(r, m);
     }
-    const diskDigests = verify ? new MemberDigests() : undefined;
-    if (diskDigests) hashed.set(disk.name, diskDigests);
-    if (ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
-    const bytes = memberBytes(r, disk, diskDigests);
+    if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
+    const base = names[firstNames.indexOf(disk.name)]!;
+    const diskMembers = new DiskMembers(r, disk, ref.chunkSize !== undefined ? { base, size: ref.chunkSize, fileSize: ref.size } : undefined, verify ? hashed : undefined);
+    const bytes = diskMembers.bytes();
     const head = await bytes.next();
     const first = head.done ? new Uint8Array(0) : head.value;
     if (first.length >= 4 && !hasSparseMagic(first)) {
@@ -203,19 +273,18 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     }
     // The disk is what the member holds, whatever capacity the OVF gives it (as openOva).
     const vmdk = await readVmdkStream(rest(), options);
-    const member = disk;
     async function* pieces(): AsyncGenerator<{ offset: number; data: Uint8Array }> {
       try {
         yield* vmdk.pieces;
         if (!verify) return;
-        await finishMember(r, member, diskDigests);
-        const names = new Set(passed);
-        const manifest = await readTail(r, names, early);
+        await diskMembers.finish();
+        const names = new Set([...passed, ...diskMembers.members.map((m) => m.name)]);
+        const manifest = await readTail(r, names, early, diskMembers.after);
         if (!manifest) {
           if (options.verifyManifest) throw corrupt('ova', NAME, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
           return;
         }
-        checkStreamManifest(manifest, { hashed, names, disk: member.name }, NAME, options.untrusted ?? false);
+        checkStreamManifest(manifest, { hashed, names, disk: diskMembers.members.map((m) => m.name) }, NAME, options.untrusted ?? false);
       } finally {
         await r.cancel();
       }

@@ -30,11 +30,11 @@ export class MemberDigests {
   }
 }
 
-/** What passed by on the pipe: the hashed members by name, every member's name, and the disk's. */
+/** What passed by on the pipe: the hashed members by name, every member's name, and the disk's (its chunks, when split). */
 export interface PassedMembers {
   hashed: ReadonlyMap<string, MemberDigests>;
   names: ReadonlySet<string>;
-  disk: string;
+  disk: readonly string[];
 }
 
 /**
@@ -54,7 +54,8 @@ export function checkStreamManifest(entries: readonly ManifestEntry[], passed: P
     const actual = digests.digest(e.algorithm);
     if (actual !== e.digest) throw unsafe('ova', file, `the ${e.algorithm.toUpperCase()} of "${e.name}" is ${actual}, but the manifest says ${e.digest}`, { field: 'manifest', expected: e.digest, actual });
   }
-  if (untrusted && !entries.some((e) => e.name === passed.disk)) {
-    throw unsafe('ova', file, `the manifest does not list the disk "${passed.disk}", so its bytes cannot be checked`, { field: 'manifest', actual: passed.disk });
+  const unlisted = untrusted ? passed.disk.find((name) => !entries.some((e) => e.name === name)) : undefined;
+  if (unlisted !== undefined) {
+    throw unsafe('ova', file, `the manifest does not list the disk "${unlisted}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted });
   }
 }

@@ -222,14 +222,11 @@ export function hrefMemberNames(href: string): string[] {
 
 /**
  * Refuses a File this package cannot read in place: a gzip-compressed
- * member (`ovf:compression`) or one split into chunks (`ovf:chunkSize`),
- * as ERR_IMG_UNSUPPORTED naming the attribute.
+ * member (`ovf:compression`), as ERR_IMG_UNSUPPORTED naming the attribute.
+ * (A File split into chunks, `ovf:chunkSize`, is read: ova-chunks.ts.)
  */
 export function refuseEncoding(ref: OvfFile, file: string): void {
   if (ref.compression !== undefined) {
     throw unsupported('ova', file, `the OVF's file "${ref.href}" is compressed (ovf:compression="${ref.compression}"), which is not supported; unpack the OVA and decompress the member first`, { field: 'compression', actual: ref.compression });
-  }
-  if (ref.chunkSize !== undefined) {
-    throw unsupported('ova', file, `the OVF's file "${ref.href}" is split into chunks (ovf:chunkSize="${ref.chunkSize}"), which is not supported; unpack the OVA and join the chunks first`, { field: 'chunkSize', actual: ref.chunkSize });
   }
 }
