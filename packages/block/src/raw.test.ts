@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { goldenSuite, tempDir } from '@img/testkit';
 import { diskExtents } from './extents.js';
@@ -78,6 +79,17 @@ describe('raw format', () => {
     expect((await disk.read(0, 3072)).every((b) => b === 0)).toBe(true);
     await disk.close();
     await expect(rawDriver.create(new MemoryStorage(), { size: 1, preallocation: 'bogus' })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });
+  });
+
+  it('create with falloc reserves every byte as qemu-img create -o preallocation=falloc does (it allocated nothing)', async () => {
+    const path = join(tmp.path, 'falloc.img');
+    const disk = await rawDriver.create(await FileStorage.create(path), { size: 4 << 20, preallocation: 'falloc' });
+    await disk.close();
+    // The oracle's number: qemu-img reserves the whole size (du 4096 KiB here).
+    expect(statSync(path).blocks * 512).toBeGreaterThanOrEqual(4 << 20);
+    const storage = new MemoryStorage();
+    await createRaw(storage, { size: 64 * 1024, preallocation: 'falloc' });
+    expect(await storage.ranges(0, 64 * 1024)).toEqual([{ offset: 0, length: 64 * 1024, data: true }]);
   });
 
   it('probes anything weakly', () => {

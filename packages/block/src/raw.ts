@@ -178,7 +178,7 @@ export async function openRaw(storage: Storage, options: OpenOptions = {}): Prom
 }
 
 export interface RawCreateOptions extends CreateOptions {
-  /** "off" (sparse, default) or "full" (zeros written). */
+  /** "off" (sparse, default), "falloc" or "full" (either writes zeros, so every byte has its place in the file). */
   preallocation?: 'off' | 'falloc' | 'full' | string;
 }
 
@@ -188,7 +188,7 @@ export const RAW_CREATE_OPTIONS: OptionTable = [
   { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (sparse, default), falloc or full (write zeros)' },
 ];
 
-/** Creates a raw image: sets the storage's size (rounded up to a sector). */
+/** Creates a raw image: sets the storage's size (rounded up to a sector); `falloc` and `full` allocate every byte. */
 export async function createRaw(storage: Storage, options: RawCreateOptions): Promise<RawDisk> {
   if (options === null || typeof options !== 'object') throw invalidArg('raw', 'size is required', { field: 'size' });
   checkOptionKeys('raw', RAW_CREATE_OPTIONS, options);
@@ -202,7 +202,8 @@ export async function createRaw(storage: Storage, options: RawCreateOptions): Pr
   await storage.truncate(0);
   await storage.truncate(rounded);
   const disk = new RawDisk(storage, rounded, false);
-  if (prealloc === 'full' && rounded > 0) await disk.writeZeroes(0, rounded, { mayUnmap: false });
+  // No fallocate reaches JavaScript: falloc writes the zeros as full does, which reserves the same space.
+  if ((prealloc === 'full' || prealloc === 'falloc') && rounded > 0) await disk.writeZeroes(0, rounded, { mayUnmap: false });
   return disk;
 }
 

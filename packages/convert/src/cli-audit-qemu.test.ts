@@ -1,6 +1,6 @@
 // Command lines from the CLI audit against qemu-img 7.2: each refused or accepted as qemu-img does it,
 // with qemu-img's words and exit status (qemu-img is the oracle where it is installed).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -201,5 +201,40 @@ describeQemu('convert with several inputs', () => {
       expect(r.stderr.split('\n')[0]).toMatch(/^img convert: .*several inputs, which qemu-img convert concatenates, are not supported/);
       expect(existsSync(p('cat.raw'))).toBe(false);
     }
+  });
+});
+
+describeQemu('check prints each problem on stderr in every output mode', () => {
+  /** A qemu-img qcow2 with one data cluster, 11 clusters long: cluster 10 gets refcount 1 (a leak), and with `corrupt` the data cluster (5) refcount 0. */
+  const make = (name: string, corrupt: boolean) => {
+    qemuImg(['create', '-q', '-f', 'qcow2', p(name), '1M']);
+    spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 64k', p(name)]);
+    const bytes = new Uint8Array(11 * 65536);
+    bytes.set(readFileSync(p(name)));
+    const view = new DataView(bytes.buffer);
+    const refcountBlock = Number(view.getBigUint64(Number(view.getBigUint64(48))));
+    view.setUint16(refcountBlock + 10 * 2, 1);
+    if (corrupt) view.setUint16(refcountBlock + 5 * 2, 0);
+    writeFileSync(p(name), bytes);
+  };
+  beforeAll(() => {
+    make('leak.qcow2', false);
+    make('corrupt.qcow2', true);
+  });
+
+  it.each([
+    ['leak.qcow2', []],
+    ['leak.qcow2', ['-q']],
+    ['leak.qcow2', ['--output=json']],
+    ['leak.qcow2', ['-q', '--output=json']],
+    ['corrupt.qcow2', []],
+    ['corrupt.qcow2', ['-q']],
+    ['corrupt.qcow2', ['--output=json']],
+    ['corrupt.qcow2', ['-q', '--output=json']],
+  ])('check %s %j', (name, flags) => {
+    const q = spawnSync('qemu-img', ['check', ...flags, p(name)], { encoding: 'utf8' });
+    const r = run('img', ['check', ...flags, p(name)]);
+    expect(q.stderr).toMatch(/^Leaked cluster 10 refcount=1 reference=0$/m);
+    expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: q.status, stdout: q.stdout, stderr: q.stderr });
   });
 });

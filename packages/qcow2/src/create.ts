@@ -28,6 +28,7 @@ import {
   EXT_DATA_FILE,
 } from './constants.js';
 import { type Qcow2Header } from './header.js';
+import { packedCreatePlan, truncatedCreatePlan, type CreatePlan } from './create-layout.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import { serializeFeatureTable, stringExtension, type HeaderExtension } from './extensions.js';
 import { writeRefcount } from './refcount.js';
@@ -54,7 +55,7 @@ export interface Qcow2CreateOptions extends CreateOptions {
   /** Extended L2 entries with 32 subclusters (clusters of at least 16 KiB). */
   extendedL2?: boolean | string;
   compressionType?: 'zlib' | 'zstd' | string;
-  /** off (default), metadata, falloc (as metadata) or full. */
+  /** off (default), metadata, falloc or full (falloc reserves the data clusters as full does, laid out as qemu's). */
   preallocation?: 'off' | 'metadata' | 'falloc' | 'full' | string;
   /** Backing file name, stored as given. */
   backingFile?: string;
@@ -102,7 +103,7 @@ export interface Qcow2Layout {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   compressionType: number;
-  preallocation: 'off' | 'metadata' | 'full';
+  preallocation: 'off' | 'metadata' | 'falloc' | 'full';
   backingFile: string | undefined;
   backingFormat: string | undefined;
   dataFile: string | undefined;
@@ -183,7 +184,7 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
     extendedL2,
     compressionType: ctype === 'zstd' ? COMPRESSION_ZSTD : COMPRESSION_ZLIB,
     // A raw data file is the disk: every cluster is mapped to it from the start (as qemu does).
-    preallocation: prealloc === 'full' ? 'full' : prealloc === 'off' && !dataFileRaw ? 'off' : 'metadata',
+    preallocation: prealloc === 'full' || prealloc === 'falloc' ? prealloc : prealloc === 'off' && !dataFileRaw ? 'off' : 'metadata',
     backingFile,
     backingFormat,
     dataFile,
@@ -230,6 +231,52 @@ export function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8
   return layoutHeaderCluster(h, chosen, l.backingFile, cs);
 }
 
+/** Writes zeros over `[offset, offset + length)` of `storage`, 4 MiB at a time. */
+async function writeZeroRange(storage: Storage, offset: number, length: number): Promise<void> {
+  const zeros = new Uint8Array(Math.min(length, 4 * 1024 * 1024));
+  for (let at = offset; at < offset + length; at += zeros.length) await storage.write(at, zeros.subarray(0, Math.min(zeros.length, offset + length - at)));
+}
+
+/** Fills cluster `k` of a new image (`buf`, zeroed, one cluster long) with what `plan` puts there. */
+function fillCluster(l: Qcow2Layout, h: Qcow2Header, plan: CreatePlan, buf: Uint8Array, k: number, guestClusters: number): void {
+  const cs = buf.length;
+  const role = plan.roleOf(k);
+  switch (role.kind) {
+    case 'header':
+      buf.set(headerCluster(l, h, cs));
+      return;
+    case 'refcount-table':
+      for (let b = (role.index * cs) / 8; b < Math.min(plan.refcountBlocks, ((role.index + 1) * cs) / 8); b++) writeU64Be(buf, b * 8 - role.index * cs, plan.refcountBlockAt(b) * cs);
+      return;
+    case 'refcount-block': {
+      const refBits = 2 ** l.refcountOrder;
+      const perBlock = (cs * 8) / refBits;
+      const first = role.index * perBlock;
+      for (let c = first; c < Math.min(plan.total, first + perBlock); c++) if (plan.used(c)) writeRefcount(buf, c - first, refBits, 1);
+      return;
+    }
+    case 'l1':
+      for (let t = (role.index * cs) / 8; t < Math.min(plan.l2Tables, ((role.index + 1) * cs) / 8); t++) writeEntryOffset(buf, t * 8 - role.index * cs, plan.l2At(t) * cs, true);
+      return;
+    case 'l2': {
+      const es = l.extendedL2 ? 16 : 8;
+      const perTable = cs / es;
+      const first = role.index * perTable;
+      for (let c = first; c < Math.min(guestClusters, first + perTable); c++) {
+        const at = (c - first) * es;
+        // With an external data file guest cluster c sits at the same offset there.
+        writeEntryOffset(buf, at, l.dataFile === undefined ? (plan.dataAt + c) * cs : c * cs, true);
+        // qemu leaves every subcluster of a preallocated cluster unallocated (reads as zeros); img keeps them
+        // allocated where the clusters are in an external data file, whose bytes are the disk's.
+        if (l.extendedL2 && l.dataFile !== undefined) writeU32Be(buf, at + 12, 0xffffffff);
+      }
+      return;
+    }
+    default:
+      return;
+  }
+}
+
 /**
  * Creates a qcow2 image in `storage` (which is truncated first) and
  * returns it open for writing.
@@ -253,30 +300,14 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
   if (l1Entries * 8 > MAX_L1_TABLE_BYTES) throw invalidArg(FORMAT, `size ${l.size} needs an L1 table over 32 MiB with ${cs}-byte clusters`, { field: 'size' });
   const l1Clusters = Math.ceil((l1Entries * 8) / cs);
   const prealloc = l.preallocation !== 'off';
-  const l2Tables = prealloc ? l1Entries : 0;
   const guestClusters = Math.ceil(l.size / cs);
-  const dataClusters = prealloc && l.dataFile === undefined ? guestClusters : 0;
-  const perBlock = (cs * 8) / 2 ** l.refcountOrder;
-  // Refcount table and blocks must cover every cluster, themselves included.
-  let blocks = 1;
-  let rtClusters = 1;
-  for (;;) {
-    const total = 1 + rtClusters + blocks + l1Clusters + l2Tables + dataClusters;
-    const needBlocks = Math.ceil(total / perBlock);
-    const needRt = Math.max(1, Math.ceil((needBlocks * 8) / cs));
-    if (needBlocks <= blocks && needRt <= rtClusters) break;
-    blocks = Math.max(blocks, needBlocks);
-    rtClusters = Math.max(rtClusters, needRt);
-  }
-  if (rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
-  const rtAt = 1;
-  const blocksAt = rtAt + rtClusters;
-  const l1At = blocksAt + blocks;
-  const l2At = l1At + l1Clusters;
-  const dataAt = l2At + l2Tables;
-  const total = dataAt + dataClusters;
+  const input = { clusterSize: cs, refcountOrder: l.refcountOrder, l1Clusters, l2Tables: prealloc ? l1Entries : 0, dataClusters: prealloc && l.dataFile === undefined ? guestClusters : 0 };
+  // falloc and full are laid out as qemu's preallocating truncate leaves them (so that map shows the same offsets).
+  const allocates = l.preallocation === 'falloc' || l.preallocation === 'full';
+  const plan = (allocates && l.dataFile === undefined ? truncatedCreatePlan(input) : undefined) ?? packedCreatePlan(input);
+  if (plan.rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
 
-  const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? l1At * cs : 0, refcountTableOffset: rtAt * cs, refcountTableClusters: rtClusters });
+  const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? plan.l1At * cs : 0, refcountTableOffset: plan.rtAt * cs, refcountTableClusters: plan.rtClusters });
 
   // The data file first: if it cannot be opened, nothing is written.
   let dataStorage: Storage | undefined;
@@ -297,54 +328,26 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     await storage.truncate(0);
     // Metadata is built and written a window at a time, so that preallocating a large disk stays within bounded memory.
     const window = Math.max(cs, Math.floor((4 * 1024 * 1024) / cs) * cs);
-    const refBits = 2 ** l.refcountOrder;
-    const es = l.extendedL2 ? 16 : 8;
-    const fill = (buf: Uint8Array, start: number) => {
-      // `buf` holds file bytes [start, start + buf.length) of the metadata area.
-      const end = start + buf.length;
-      const overlap = (a: number, b: number) => a < end && b > start;
-      if (start === 0) buf.set(headerCluster(l, h, cs).subarray(0, Math.min(cs, buf.length)), 0);
-      if (overlap(rtAt * cs, blocksAt * cs)) {
-        const first = Math.max(0, Math.floor((start - rtAt * cs) / 8));
-        for (let b = first; b < blocks && rtAt * cs + b * 8 + 8 <= end; b++) writeU64Be(buf, rtAt * cs + b * 8 - start, (blocksAt + b) * cs);
-      }
-      for (let b = Math.max(0, Math.floor(start / cs) - blocksAt); b < blocks && (blocksAt + b) * cs < end; b++) {
-        const block = buf.subarray((blocksAt + b) * cs - start, (blocksAt + b + 1) * cs - start);
-        for (let c = b * perBlock; c < Math.min(total, (b + 1) * perBlock); c++) writeRefcount(block, c - b * perBlock, refBits, 1);
-      }
-      if (!prealloc) return;
-      for (let t = Math.max(0, Math.floor((start - l1At * cs) / 8)); t < l2Tables && l1At * cs + t * 8 + 8 <= end; t++) {
-        writeEntryOffset(buf, l1At * cs + t * 8 - start, (l2At + t) * cs, true);
-      }
-      // Tables are consecutive, so guest cluster c's entry is at l2At * cs + c * es.
-      const firstC = Math.max(0, Math.floor((start - l2At * cs) / es));
-      for (let c = firstC; c < guestClusters; c++) {
-        const at = l2At * cs + c * es - start;
-        if (at + es > buf.length) break;
-        const host = l.dataFile === undefined ? (dataAt + c) * cs : c * cs;
-        writeEntryOffset(buf, at, host, true);
-        if (l.extendedL2) writeU32Be(buf, at + 12, 0xffffffff);
-      }
+    const fill = (buf: Uint8Array, first: number) => {
+      // `buf` holds clusters [first, first + buf.length / cs) of the file.
+      for (let k = first; k < first + buf.length / cs; k++) fillCluster(l, h, plan, buf.subarray((k - first) * cs, (k - first + 1) * cs), k, guestClusters);
     };
-    for (let start = 0; start < dataAt * cs; start += window) {
-      const buf = new Uint8Array(Math.min(window, dataAt * cs - start));
-      fill(buf, start);
-      await storage.write(start, buf);
-    }
-    if (dataClusters) {
-      await storage.truncate(total * cs);
-      if (l.preallocation === 'full') {
-        const zeros = new Uint8Array(Math.min(dataClusters * cs, 4 * 1024 * 1024));
-        for (let at = dataAt * cs; at < total * cs; at += zeros.length) await storage.write(at, zeros.subarray(0, Math.min(zeros.length, total * cs - at)));
+    for (const [from, to] of plan.metadataRuns) {
+      for (let start = from * cs; start < to * cs; start += window) {
+        const buf = new Uint8Array(Math.min(window, to * cs - start));
+        fill(buf, start / cs);
+        await storage.write(start, buf);
       }
+    }
+    if (plan.dataClusters) {
+      await storage.truncate(plan.total * cs);
+      // No fallocate reaches JavaScript: falloc writes the zeros as full does, which reserves the same space.
+      if (allocates) await writeZeroRange(storage, plan.dataAt * cs, plan.dataClusters * cs);
     }
     if (dataStorage) {
       await dataStorage.truncate(0);
       await dataStorage.truncate(l.size);
-      if (l.preallocation === 'full') {
-        const zeros = new Uint8Array(Math.min(l.size, 4 * 1024 * 1024));
-        for (let at = 0; at < l.size; at += zeros.length) await dataStorage.write(at, zeros.subarray(0, Math.min(zeros.length, l.size - at)));
-      }
+      if (allocates) await writeZeroRange(dataStorage, 0, l.size);
       await dataStorage.flush();
     }
     await storage.flush();

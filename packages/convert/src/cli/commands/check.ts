@@ -49,6 +49,9 @@ export const check: Handler = async (argv, io) => {
   } finally {
     await storage.close();
   }
+  // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr whatever the
+  // output mode and with -q too, before the summary or the JSON object on stdout.
+  for (const m of result.messages) io.stderr(m + '\n');
   if (mode === 'json') {
     const out: Record<string, unknown> = {
       filename: path,
@@ -67,8 +70,6 @@ export const check: Handler = async (argv, io) => {
     if (result.compressedClusters) out['compressed-clusters'] = result.compressedClusters;
     io.stdout(qemuJson(qdictSorted(out)) + '\n');
   } else {
-    // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr, the summary on stdout.
-    for (const m of result.messages) io.stderr(m + '\n');
     // As qemu-img check -r: what was repaired, then the result of checking the repaired image again.
     if (result.corruptionsFixed || result.leaksFixed) {
       io.stdout(`The following inconsistencies were found and repaired:\n\n    ${result.leaksFixed ?? 0} leaked clusters\n    ${result.corruptionsFixed ?? 0} corruptions\n\nDouble checking the fixed image now...\n`);
