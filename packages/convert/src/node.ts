@@ -4,6 +4,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
@@ -416,7 +417,9 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     else if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
-    const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}) };
+    // A file's descriptor names the file itself as its extent (qemu-img and img create use the base name); a stream
+    // keeps the writer's default name.
+    const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}), ...(file !== undefined ? { fileName: basename(file) } : {}) };
     const view = sourceView(snapshot ?? src, options.range);
     const stream = await toStream(options.salvage ? salvagingDisk(view, options.onSalvage ? { onSalvage: options.onSalvage } : {}) : view, options.dstFormat, { registry, createOptions });
     let target: NodeWritableLike = options.stdout ?? process.stdout;

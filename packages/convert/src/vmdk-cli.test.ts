@@ -75,6 +75,25 @@ describeQemu('vmdk from the command line', () => {
     if (hasVmdkinfo) expect(spawnSync('vmdkinfo', [out], { encoding: 'utf8' }).stdout).toMatch(/Stream optimized/);
   });
 
+  it('img convert -o subformat=streamOptimized names the extent after the output file, as qemu-img; a pipe keeps disk.vmdk', () => {
+    const extentLine = (file: string) =>
+      /^RW \d+ SPARSE ".*"$/m.exec(
+        readFileSync(file)
+          .subarray(512, 512 * 21)
+          .toString('utf8'),
+      )?.[0];
+    const argv = ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw];
+    qemuImg([...argv, p('named-qö.vmdk')]);
+    const r = run('img', [...argv, p('named-ö.vmdk')]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(extentLine(p('named-ö.vmdk'))).toBe(extentLine(p('named-qö.vmdk'))!.replace('named-qö', 'named-ö'));
+    expect(extentLine(p('named-ö.vmdk'))).toMatch(/ SPARSE "named-ö\.vmdk"$/);
+    if (hasVmdkinfo) expect(spawnSync('vmdkinfo', [p('named-ö.vmdk')], { encoding: 'utf8' }).stdout).toMatch(/Filename:\s+named-ö\.vmdk$/m);
+    const piped = run('img', [...argv, '-']);
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(/^RW \d+ SPARSE ".*"$/m.exec(piped.stdout)?.[0]).toMatch(/ SPARSE "disk\.vmdk"$/);
+  });
+
   it('to a pipe and back from one', () => {
     const piped = spawnSync('sh', ['-c', `node ${JSON.stringify(join(import.meta.dirname, '../dist/bin/img-convert.js'))} -O vmdk -o subformat=streamOptimized ${JSON.stringify(raw)} - > ${JSON.stringify(p('piped.vmdk'))}`], { encoding: 'utf8' });
     expect(piped.status, piped.stderr).toBe(0);
