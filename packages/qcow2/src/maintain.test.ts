@@ -88,7 +88,15 @@ describeQemu('measureQcow2 agrees with qemu-img measure', () => {
     [['-o', 'extended_l2=on'], { extendedL2: 'on' }],
     [['-o', 'cluster_size=2M,refcount_bits=1'], { clusterSize: '2M', refcountBits: '1' }],
     [['-o', 'preallocation=full,cluster_size=4k'], { preallocation: 'full', clusterSize: '4k' }],
+    // falloc counts every data cluster as full does; metadata only the metadata (img counted falloc as metadata).
+    [['-o', 'preallocation=falloc'], { preallocation: 'falloc' }],
+    [['-o', 'preallocation=falloc,cluster_size=512,refcount_bits=64'], { preallocation: 'falloc', clusterSize: '512', refcountBits: '64' }],
+    [['-o', 'preallocation=metadata,cluster_size=2M'], { preallocation: 'metadata', clusterSize: '2M' }],
+    // A backing file: every cluster of a source counts (it may share nothing with the new backing file); measure takes it with preallocation.
+    [['-o', 'backing_file=base.qcow2,backing_fmt=qcow2'], { backingFile: 'base.qcow2', backingFormat: 'qcow2' }],
+    [['-o', 'backing_file=base.qcow2,preallocation=falloc,cluster_size=16k'], { backingFile: 'base.qcow2', preallocation: 'falloc', clusterSize: '16k' }],
   ];
+  const sourceSets = [optionSets[0]!, optionSets[1]!, optionSets[6]!, optionSets[9]!, optionSets[10]!];
   it('for sizes', async () => {
     const { measureQcow2 } = await import('./measure.js');
     for (const [args, options] of optionSets) {
@@ -111,7 +119,7 @@ describeQemu('measureQcow2 agrees with qemu-img measure', () => {
     for (const f of readdirSync(fixtureDir)) writeFileSync(join(dir, f), readFileSync(join(fixtureDir, f)));
     for (const name of fixtureNames().filter((n) => !n.startsWith('data-file') && !n.startsWith('prealloc'))) {
       const path = join(dir, basename(fixturePath(name)));
-      for (const [args, options] of optionSets.slice(0, 2)) {
+      for (const [args, options] of sourceSets) {
         const q = JSON.parse(qemuImg(['measure', '-O', 'qcow2', ...args, '--output=json', path]).stdout) as Record<string, number>;
         const source = await openQcow2(await FileStorage.open(path), { resolver: fileResolver });
         const ours = await measureQcow2({ size: source.size, source, options });

@@ -2,7 +2,8 @@
  * measureQcow2: how big a qcow2 image would be, as `qemu-img measure`
  * computes it: the metadata of a fully allocated image of the size, plus
  * the clusters the source's data touches (or the whole size when
- * preallocating fully).
+ * preallocating with falloc or full, or when a source goes over a backing
+ * file, which may share nothing with it).
  */
 import type { MeasureInput, MeasureResult } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions } from './create.js';
@@ -43,16 +44,26 @@ export function fullyAllocatedSize(size: number, clusterSize: number, refcountOr
 /**
  * What a new qcow2 image needs (qemu-img measure -O qcow2): `input.size`
  * or a source disk, with create options (`clusterSize`, `refcountBits`,
- * `extendedL2`, `preallocation`).
+ * `extendedL2`, `preallocation`, `backingFile`). Like qemu-img it counts
+ * every cluster with `falloc` or `full`, and with a `backingFile` and a
+ * source (it cannot know what that backing file shares with the source).
  */
 export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
   const size = input.source?.size ?? input.size;
-  const layout = parseCreateOptions({ ...(input.options ?? {}), size } as Qcow2CreateOptions);
+  // A backing file only changes the answer (qemu-img measure takes it with any preallocation, which create refuses).
+  const options = { ...(input.options ?? {}), size } as Qcow2CreateOptions;
+  const backingFile = options.backingFile;
+  delete options.backingFile;
+  delete options.backingFormat;
+  const layout = parseCreateOptions(options);
   const cs = 2 ** layout.clusterBits;
   const virtual = Math.ceil(size / cs) * cs;
   const fullyAllocated = fullyAllocatedSize(virtual, cs, layout.refcountOrder, layout.extendedL2);
   let data = 0;
-  if (layout.preallocation === 'full') {
+  if (layout.preallocation === 'full' || layout.preallocation === 'falloc') {
+    data = virtual;
+  } else if (input.source && backingFile !== undefined) {
+    // As qemu-img: the new backing file may share nothing with the source, so every cluster may need writing.
     data = virtual;
   } else if (input.source) {
     // Clusters that hold data anywhere in the source's chain (zeros and holes need none).
