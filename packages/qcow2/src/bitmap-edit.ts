@@ -22,39 +22,21 @@
  * 3. the old directory and the tables and data clusters only the old state
  *    used are released (a crash before that leaks them).
  */
-import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode, writeU64Be } from '@img/block';
+import { invalidArg, unsupported, utf8Encode } from '@img/block';
 import type { Resolver, Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
-import { findExtension, parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
+import { findExtension, parseBitmapsExtension, parseExtensions } from './extensions.js';
 import { hasFeature } from './header.js';
 import { readHeaderCluster } from './header-check.js';
-import { entryOffset } from './mapping.js';
 import { openQcow2Image } from './open.js';
 import { closeQcow2 } from './io.js';
-import { refreshOverlapMap, writeHeaderCluster, type Qcow2Image } from './core.js';
+import type { Qcow2Image } from './core.js';
 import type { MappingView } from './mapping-view.js';
 import { bitmapCoveredLength, readBitmapDirectory, type Qcow2BitmapInfo, type Qcow2DirtyBitmap } from './bitmaps.js';
-import {
-  BITMAP_FLAG_AUTO,
-  BITMAP_FLAG_EXTRA_COMPATIBLE,
-  BITMAP_FLAG_IN_USE,
-  BITMAP_TYPE_DIRTY_TRACKING,
-  MAX_BITMAP_NAME,
-  bitmapEntrySize,
-  checkBitmapsExtension,
-  parseBitmapDirectory,
-  serializeBitmapDirectory,
-  serializeBitmapsExtension,
-  type BitmapDirectoryEntry,
-} from './bitmap-edit-directory.js';
+import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, BITMAP_TYPE_DIRTY_TRACKING, MAX_BITMAP_NAME, bitmapEntrySize, checkBitmapsExtension, parseBitmapDirectory, type BitmapDirectoryEntry } from './bitmap-edit-directory.js';
+import { MAX_BITMAP_PHYS_BYTES, MAX_BITMAP_TABLE_SIZE, bitmapBytes, knownBitmap, readBits, writeBitmapState, zeroBits, type Planned } from './bitmap-write.js';
 
 const FORMAT = 'qcow2';
-/** Most bitmap bytes one bitmap may hold in memory while it is merged (one bit per granule). */
-const MAX_BITMAP_BYTES = 64 * 1024 * 1024;
-/** qemu's bound on a bitmap's size (its BME_MAX_PHYS_SIZE). */
-const MAX_BITMAP_PHYS_BYTES = 0x2000_0000;
-/** qemu's bound on a bitmap table's entries (its BME_MAX_TABLE_SIZE). */
-const MAX_BITMAP_TABLE_SIZE = 0x800_0000;
 
 /** One operation of {@link editQcow2Bitmaps}, as qemu-img bitmap spells them. */
 export type Qcow2BitmapOp =
@@ -81,17 +63,6 @@ export interface Qcow2BitmapEditOptions {
   resolver?: Resolver;
   /** Called once the new state is on disk, before old clusters are released (tests use it to stop there). */
   afterSwitch?: () => Promise<void> | void;
-}
-
-/** A bitmap of the planned directory. */
-interface Planned {
-  entry: BitmapDirectoryEntry;
-  /** Bits changed in memory: the table and data are written anew. */
-  bits?: Uint8Array;
-  /** The stored table (and its data) is no longer used once the switch is done. */
-  replaced: boolean;
-  /** The entry as stored (undefined: added by this call). */
-  stored?: BitmapDirectoryEntry;
 }
 
 /**
@@ -259,113 +230,7 @@ async function editState(s: Qcow2Image, view: MappingView, ops: readonly Qcow2Bi
 
   const changed = removed.length > 0 || plan.length !== stored.length || plan.some((p) => p.replaced || p.entry.flags !== p.stored?.flags);
   if (!changed) return;
-  // What the old state alone uses, read (and checked) before anything is written.
-  const release: Array<{ offset: number; bytes: number }> = [];
-  for (const e of [...removed, ...plan.filter((p) => p.stored && p.replaced).map((p) => p.stored!)]) release.push(...(await tableClusters(s, e)));
-  if (ext && consistent) release.push({ offset: ext.bitmapDirectoryOffset, bytes: ext.bitmapDirectorySize });
-
-  await s.beforeFirstWrite(); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
-  s.setBitmapTracker(undefined); // the writer's tracker would keep the old directory
-  const w = s.writer!;
-  const allocate = async (bytes: number): Promise<number> => {
-    const at = await w.allocator.allocate(Math.ceil(bytes / cs));
-    s.overlap?.check(s.file, at, bytes);
-    return at;
-  };
-  // 1. new tables and data, new directory
-  for (const p of plan) {
-    if (!p.replaced) continue;
-    const bits = p.bits;
-    const table = new Uint8Array(p.entry.tableSize * 8);
-    for (let e = 0; bits && e < p.entry.tableSize; e++) {
-      const chunk = bits.subarray(e * cs, Math.min(bits.length, (e + 1) * cs));
-      if (chunk.every((b) => b === 0)) continue;
-      const at = await allocate(cs);
-      const data = new Uint8Array(cs);
-      data.set(chunk);
-      await s.storage.write(at, data);
-      writeU64Be(table, e * 8, at);
-    }
-    p.entry.tableOffset = table.length ? await allocate(table.length) : 0; // a disk of 0 bytes has an empty table
-    if (table.length) await s.storage.write(p.entry.tableOffset, table);
-  }
-  let newExt: HeaderExtension | undefined;
-  if (plan.length) {
-    const dir = serializeBitmapDirectory(plan.map((p) => p.entry));
-    const dirOffset = await allocate(dir.length);
-    await s.storage.write(dirOffset, dir);
-    newExt = { type: EXT_BITMAPS, data: serializeBitmapsExtension({ nbBitmaps: plan.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset }) };
-  }
-  await s.storage.flush();
-  // 2. the switch
-  await switchBitmaps(s, newExt);
-  await options.afterSwitch?.();
-  // 3. what only the old state used
-  for (const r of release) await w.allocator.release(r.offset, r.bytes);
-  await refreshOverlapMap(s, view);
-}
-
-/** Whether this code (and qemu) may use the bitmap: a dirty tracking bitmap whose extra data may be ignored. */
-function knownBitmap(e: BitmapDirectoryEntry): boolean {
-  return e.type === BITMAP_TYPE_DIRTY_TRACKING && e.granularityBits >= 9 && e.granularityBits <= 31 && (e.extra.length === 0 || (e.flags & BITMAP_FLAG_EXTRA_COMPATIBLE) !== 0);
-}
-
-/** Bytes of a bitmap of a disk of `size` bytes at `granularity` bytes per bit. */
-function bitmapBytes(size: number, granularity: number): number {
-  return Math.ceil(Math.ceil(size / granularity) / 8);
-}
-
-/** The table and data clusters of a stored bitmap (checked against the file). */
-async function tableClusters(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Array<{ offset: number; bytes: number }>> {
-  const cs = s.geom.clusterSize;
-  const table = await readTable(s, e);
-  const out = [{ offset: e.tableOffset, bytes: e.tableSize * 8 }];
-  for (let i = 0; i < e.tableSize; i++) {
-    const host = entryOffset(readU32Be(table, i * 8), readU32Be(table, i * 8 + 4));
-    if (host) out.push({ offset: host, bytes: cs });
-  }
-  return out;
-}
-
-async function readTable(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Uint8Array> {
-  const cs = s.geom.clusterSize;
-  if (e.tableSize > MAX_BITMAP_TABLE_SIZE || e.tableOffset % cs !== 0 || e.tableOffset + e.tableSize * 8 > s.fileSize || (e.tableSize > 0 && e.tableOffset === 0)) {
-    throw corrupt(FORMAT, s.file, `bitmap "${e.name}" has a table of ${e.tableSize} entries at ${hex(e.tableOffset)}, unaligned or outside the file`, { field: 'bitmap_table_offset', offset: e.tableOffset });
-  }
-  const table = await s.storage.read(e.tableOffset, e.tableSize * 8);
-  for (let i = 0; i < e.tableSize; i++) {
-    const host = entryOffset(readU32Be(table, i * 8), readU32Be(table, i * 8 + 4));
-    if (host && (host % cs !== 0 || host + cs > s.fileSize)) {
-      throw corrupt(FORMAT, s.file, `bitmap "${e.name}" table entry ${i} points to ${hex(host)}, unaligned or outside the file`, { field: 'bitmap table', offset: e.tableOffset + i * 8 });
-    }
-  }
-  return table;
-}
-
-/** All-zero bits for a bitmap about to be merged into (bounded as {@link readBits}). */
-function zeroBits(s: Qcow2Image, e: BitmapDirectoryEntry, size: number): Uint8Array {
-  const bytes = bitmapBytes(size, 2 ** e.granularityBits);
-  if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
-  return new Uint8Array(bytes);
-}
-
-/** The bits of a stored bitmap (bounded: at most {@link MAX_BITMAP_BYTES}). */
-async function readBits(s: Qcow2Image, e: BitmapDirectoryEntry): Promise<Uint8Array> {
-  const cs = s.geom.clusterSize;
-  const bytes = bitmapBytes(bitmapCoveredLength(s.header.size), 2 ** e.granularityBits);
-  if (bytes > MAX_BITMAP_BYTES) throw unsupported(FORMAT, s.file, `bitmap "${e.name}" needs ${bytes} bytes in memory (over ${MAX_BITMAP_BYTES}) to be merged`, { field: 'granularity_bits' });
-  if (e.tableSize !== Math.ceil(bytes / cs)) throw corrupt(FORMAT, s.file, `bitmap "${e.name}" has ${e.tableSize} table entries (expected ${Math.ceil(bytes / cs)})`, { field: 'bitmap_table_size' });
-  const table = await readTable(s, e);
-  const bits = new Uint8Array(bytes);
-  for (let i = 0; i < e.tableSize; i++) {
-    const lo = readU32Be(table, i * 8 + 4);
-    const host = entryOffset(readU32Be(table, i * 8), lo);
-    const start = i * cs;
-    const end = Math.min(bytes, start + cs);
-    if (host) bits.set(await s.storage.read(host, end - start), start);
-    else if (lo & 1) bits.fill(0xff, start, end); // bit 0 with no offset: every bit of the cluster set
-  }
-  return bits;
+  await writeBitmapState(s, view, { plan, removed, ext: ext && consistent ? ext : undefined, afterSwitch: options.afterSwitch });
 }
 
 /** Sets the bits (at `granularity`) of every granule that guest bytes [from, to) touch. */
@@ -400,26 +265,4 @@ function mergeBits(dest: Uint8Array, dg: number, src: Uint8Array, sg: number, si
       setRange(dest, dg, n * sg, Math.min(size, (n + 1) * sg));
     }
   }
-}
-
-/**
- * Puts the new bitmaps extension (or none) in cluster 0 as the module
- * comment says: atomically where everything fits in the first sector,
- * otherwise with the autoclear bit clear while the rest is written.
- */
-async function switchBitmaps(s: Qcow2Image, ext: HeaderExtension | undefined): Promise<void> {
-  const h = s.header;
-  const bit = 1n << BigInt(AUTOCLEAR_BITMAPS);
-  const wasSet = hasFeature(h.autoclearFeatures, AUTOCLEAR_BITMAPS);
-  // The bitmaps extension goes where it was, or last (as qemu writes it): the others do not move.
-  const extensions = [...s.extensions];
-  const i = extensions.findIndex((e) => e.type === EXT_BITMAPS);
-  if (ext && i >= 0) extensions[i] = ext;
-  else if (ext) extensions.push(ext);
-  else if (i >= 0) extensions.splice(i, 1);
-  s.setExtensions(extensions);
-  s.setHeader({ autoclearFeatures: ext ? h.autoclearFeatures | bit : h.autoclearFeatures & ~bit });
-  // The bit is cleared on disk first only where the switch takes more than one sector write.
-  const interim = wasSet ? { autoclearFeatures: h.autoclearFeatures & ~bit } : undefined;
-  await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name would need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'bitmaps extension' }), { sectorZeroLast: true, interim });
 }

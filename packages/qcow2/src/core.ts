@@ -10,7 +10,7 @@ import { CallOrder, corrupt, diskClosedError, notFoundError, type ImageError } f
 import type { Disk, Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, serializeHeader, type Qcow2Header, type Qcow2Geometry } from './header.js';
-import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type HeaderExtension, type FeatureName } from './extensions.js';
+import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type BitmapsExtension, type HeaderExtension, type FeatureName } from './extensions.js';
 import { type Qcow2Snapshot, snapshotEntrySize } from './snapshot.js';
 import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
 import { bitmapRanges } from './bitmaps.js';
@@ -330,8 +330,7 @@ export class Qcow2Image implements ReaderState {
     const consistent = bitmaps !== undefined && (before.a & (1n << BigInt(AUTOCLEAR_BITMAPS))) !== 0n;
     if (consistent && h.version >= 3) {
       this.setFeatureBit('autoclear', AUTOCLEAR_BITMAPS, true);
-      const allocator = this.#writer!.allocator;
-      this.setBitmapTracker(await BitmapTracker.load({ storage: this.storage, clusterSize: this.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => this.storage.flush() }, bitmaps!, this.fileSize, h.size));
+      this.setBitmapTracker(await this.#loadTracker(bitmaps!));
     }
     const stale = bitmaps && !consistent ? await bitmapRanges(this.storage, bitmaps, this.fileSize, this.geom.clusterSize) : [];
     if (bitmaps && !consistent) {
@@ -362,6 +361,24 @@ export class Qcow2Image implements ReaderState {
     this.#dirtySet = false;
     this.#firstWrite = undefined;
     this.#firstWriteDone = false;
+  }
+
+  #loadTracker(bitmaps: BitmapsExtension): Promise<BitmapTracker | undefined> {
+    const allocator = this.#writer!.allocator;
+    return BitmapTracker.load({ storage: this.storage, clusterSize: this.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => this.storage.flush() }, bitmaps, this.fileSize, this.#header.size);
+  }
+
+  /**
+   * After the bitmap directory was rewritten within a write session (a
+   * resize): the consistent enabled bitmaps are kept up to date again,
+   * from the new directory. Before the session's first write it does
+   * nothing ({@link beforeFirstWrite} loads them then).
+   */
+  async reloadBitmapTracker(): Promise<void> {
+    if (!this.#firstWriteDone || !this.#writer) return;
+    const bitmaps = parseBitmapsExtension(findExtension(this.extensions, EXT_BITMAPS), this.file);
+    const consistent = bitmaps !== undefined && hasFeature(this.#header.autoclearFeatures, AUTOCLEAR_BITMAPS);
+    this.setBitmapTracker(consistent ? await this.#loadTracker(bitmaps) : undefined);
   }
 
   /** Throws ERR_IMG_CLOSED once closed. */

@@ -3,8 +3,8 @@
  * to new clusters) or the clusters and L2 tables past the new end go.
  */
 import { abortError, invalidArg, unsupported, type ResizeOptions } from '@img/block';
-import { MAX_L1_TABLE_BYTES, EXT_BITMAPS } from './constants.js';
-import { findExtension } from './extensions.js';
+import { MAX_L1_TABLE_BYTES } from './constants.js';
+import { resizeWithBitmaps } from './bitmap-resize.js';
 import type { MappingView } from './mapping-view.js';
 import { writeHeader, type Qcow2Image } from './core.js';
 import { exclusiveQcow2, flushQcow2, writableRange, writeQcow2 } from './io.js';
@@ -29,8 +29,17 @@ export async function resizeQcow2(core: Qcow2Image, newSize: number, options: Re
   const prealloc = options.preallocation ?? 'off';
   checkResize(core, old, newSize, options);
   // Writes in flight finish first and new ones wait: the L1 table may move.
-  await exclusiveQcow2(core, () => resizeLayer(core, core.active, newSize), { refreshOverlap: true });
-  if (prealloc === 'off' || newSize <= old) return;
+  const rewritten = await exclusiveQcow2(core, () => resizeWithBitmaps(core, core.active, newSize, () => resizeLayer(core, core.active, newSize)), { refreshOverlap: true });
+  try {
+    if (prealloc !== 'off' && newSize > old) await preallocate(core, old, newSize, prealloc, options);
+  } finally {
+    // Resized bitmaps are kept up to date again once the preallocation is in: it changes no guest byte, so it sets no bit (as qemu's).
+    if (rewritten) await core.reloadBitmapTracker();
+  }
+}
+
+/** Allocates the clusters of the grown part [old, newSize) as the preallocation mode leaves them. */
+async function preallocate(core: Qcow2Image, old: number, newSize: number, prealloc: string, options: ResizeOptions): Promise<void> {
   const zeros = new Uint8Array(Math.max(PREALLOC_CHUNK, core.geom.clusterSize));
   for (let pos = old; pos < newSize;) {
     if (options.signal?.aborted) throw abortError(options.signal, 'resize');
@@ -76,13 +85,10 @@ function checkResize(s: Qcow2Image, old: number, newSize: number, options: Resiz
   }
 }
 
-/** Changes the size of the active layer `view`; the caller holds the writer exclusively. */
+/** Changes the size of the active layer `view` (its persistent bitmaps are resized around it); the caller holds the writer exclusively. */
 async function resizeLayer(s: Qcow2Image, view: MappingView, newSize: number): Promise<void> {
   const { map } = s.writer!;
   const old = view.size;
-  if (findExtension(s.extensions, EXT_BITMAPS)) {
-    throw unsupported(FORMAT, s.file, 'the image has persistent bitmaps, which a resize would invalidate (remove them first, as qemu requires)', { field: 'size' });
-  }
   if (newSize < old) {
     // The new size reaches the disk before anything past it is freed: a crash in between leaves the
     // new size with clusters past it still referenced (unreachable, at worst leaked when dropped),
