@@ -48,8 +48,9 @@ describe('parseAmendOptions', () => {
     expect(() => parseAmendOptions(undefined as never)).toThrow(expect.objectContaining({ code: 'ERR_IMG_INVALID_ARG' }));
   });
 
-  it('refuses keys it cannot amend, naming them, and bad values', () => {
-    for (const key of ['clusterSize', 'refcountBits', 'extendedL2', 'compressionType', 'preallocation', 'backingFile', 'dataFile', 'size']) {
+  it('refuses keys it cannot amend, naming them as -o names them, and bad values', () => {
+    const names: Record<string, string> = { clusterSize: 'cluster_size', extendedL2: 'extended_l2', compressionType: 'compression_type', preallocation: 'preallocation', dataFileRaw: 'data_file_raw', size: 'size' };
+    for (const [key, name] of Object.entries(names)) {
       let err: unknown;
       try {
         parseAmendOptions({ [key]: '4k' } as never);
@@ -57,10 +58,15 @@ describe('parseAmendOptions', () => {
         err = e;
       }
       expect((err as { code: string }).code, key).toBe('ERR_IMG_UNSUPPORTED');
-      expect((err as Error).message).toContain(key);
+      expect((err as Error).message).toContain(`amend cannot change ${name}:`);
+      expect((err as Error).message).not.toContain(key === name ? '\0' : key);
     }
+    for (const bad of ['4k', '3', '128', '0', '']) {
+      expect(() => parseAmendOptions({ refcountBits: bad }), bad).toThrow('Refcount width must be a power of two and may not exceed 64 bits');
+    }
+    expect(parseAmendOptions({ refcountBits: '8', dataFile: 'd.raw' })).toMatchObject({ refcountOrder: 3, dataFile: 'd.raw' });
     expect(() => parseAmendOptions({ compat: '0.9' })).toThrow(/invalid compat/);
-    expect(() => parseAmendOptions({ lazyRefcounts: 'maybe' })).toThrow(/on or off/);
+    expect(() => parseAmendOptions({ lazyRefcounts: 'maybe' })).toThrow("Parameter 'lazy_refcounts' expects 'on' or 'off'");
     expect(() => parseAmendOptions({})).toThrow(/nothing to amend/);
   });
 });
@@ -344,8 +350,8 @@ describeQemu('amendQcow2 judged by qemu-img', () => {
     it('options amend cannot change', async () => {
       const path = fresh('keys.qcow2');
       create(path, '1M');
-      await refused(path, { clusterSize: '4k' } as never, /clusterSize/);
-      await refused(path, { compat: '0.10', refcountBits: 8 } as never, /refcountBits/);
+      await refused(path, { clusterSize: '4k' } as never, /amend cannot change cluster_size/);
+      await refused(path, { compat: '0.10', refcountBits: 8 } as never, /Refcount widths other than 16 bits require compatibility level 1.1 or above/);
       expect(qemuImg(['amend', '-f', 'qcow2', '-o', 'cluster_size=4k', path], { allowFail: true }).status).not.toBe(0);
     });
 

@@ -5,7 +5,7 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported } from '@img/block';
+import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, utf8Decode } from '@img/block';
 import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -24,7 +24,8 @@ import {
   EXT_FEATURE_TABLE,
 } from './constants.js';
 import { hasFeature, featureBits } from './header.js';
-import { extensionsLength, findExtension, serializeFeatureTable, type HeaderExtension } from './extensions.js';
+import { extensionsLength, findExtension, serializeFeatureTable, stringExtension, type HeaderExtension } from './extensions.js';
+import { changeRefcountOrder } from './refcount-order.js';
 import { writeEntryOffset } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { openQcow2Image } from './open.js';
@@ -49,12 +50,22 @@ export interface Qcow2AmendOptions {
   lazyRefcounts?: boolean | string;
   /** '1.1'/'v3'/3 or '0.10'/'v2'/2. */
   compat?: '0.10' | '1.1' | 'v2' | 'v3' | string | number;
+  /** Refcount width: 1, 2, 4, 8, 16, 32 or 64 (other than 16 needs version 3); the refcount structures are rewritten. */
+  refcountBits?: number | string;
+  /** The external data file's name (an image that has one; the file itself is not touched). */
+  dataFile?: string;
+  /** Accepted only as the image's own backing file name (anything else: use rebase, as qemu says). */
+  backingFile?: string;
+  /** Accepted only as the image's own backing format. */
+  backingFormat?: string;
 }
 
 /** What `qemu-img amend -o` can change here: typed key, `-o` name, help. */
 export const QCOW2_AMEND_OPTIONS: OptionTable = [
   { key: 'compat', name: 'compat', kind: 'str', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
   { key: 'lazyRefcounts', name: 'lazy_refcounts', kind: 'bool', help: 'Postpone refcount updates' },
+  { key: 'refcountBits', name: 'refcount_bits', kind: 'num', help: 'Width of a reference count entry in bits' },
+  { key: 'dataFile', name: 'data_file', kind: 'str', help: 'File name of an external data file' },
 ];
 
 /**
@@ -62,12 +73,18 @@ export const QCOW2_AMEND_OPTIONS: OptionTable = [
  * change (ERR_IMG_UNSUPPORTED); every other create option is one qemu
  * accepts only when creating an image.
  */
-export const QCOW2_AMEND_UNSUPPORTED: readonly string[] = ['size', 'refcount_bits', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw'];
+export const QCOW2_AMEND_UNSUPPORTED: readonly string[] = ['size', 'backing_file', 'backing_fmt', 'data_file_raw'];
 
 /** What an amend asks for, once the options are read. */
 export interface Qcow2AmendRequest {
   version: 2 | 3 | undefined;
   lazyRefcounts: boolean | undefined;
+  /** refcount_order wanted (log2 of the width). */
+  refcountOrder: number | undefined;
+  dataFile: string | undefined;
+  /** Backing file and format given (they must be the image's own). */
+  backingFile: string | undefined;
+  backingFormat: string | undefined;
 }
 
 /**
@@ -79,9 +96,11 @@ export interface Qcow2AmendRequest {
 export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest {
   if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'amend options must be an object, e.g. { compat: "1.1" }', { field: 'options' });
   for (const [key, value] of Object.entries(options)) {
-    if (value === undefined || QCOW2_AMEND_OPTIONS.some((o) => o.key === key)) continue;
-    if (QCOW2_CREATE_OPTIONS.some((o) => o.key === key)) {
-      throw unsupported(FORMAT, undefined, `amend cannot change ${key}: only compat and lazyRefcounts can be amended (qemu-img amend refuses the rest, or we do not support it)`, { field: key });
+    if (value === undefined || QCOW2_AMEND_OPTIONS.some((o) => o.key === key) || key === 'backingFile' || key === 'backingFormat') continue;
+    const create = QCOW2_CREATE_OPTIONS.find((o) => o.key === key);
+    if (create) {
+      // Named as -o names it: the user typed that.
+      throw unsupported(FORMAT, undefined, `amend cannot change ${create.name}: img amend changes compat, lazy_refcounts, refcount_bits, data_file and size`, { field: create.name });
     }
     const hint = suggestOptionKey([...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS], key);
     throw invalidArg(FORMAT, `unknown amend option "${key}" (${hint ? `did you mean ${hint}?` : 'amend takes compat and lazyRefcounts'})`, { field: key, ...(hint ? { expected: hint } : {}) });
@@ -95,8 +114,21 @@ export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest
     else if (['0.10', 'v2', '2'].includes(c)) version = 2;
     else throw invalidArg(FORMAT, `invalid compat "${c}" (0.10/v2 or 1.1/v3)`, { field: 'compat', actual: c });
   }
-  if (version === undefined && lazyRefcounts === undefined) throw invalidArg(FORMAT, 'nothing to amend: give compat and/or lazy_refcounts', { field: 'options' });
-  return { version, lazyRefcounts };
+  let refcountOrder: number | undefined;
+  if (options.refcountBits !== undefined) {
+    const bits = Number(options.refcountBits);
+    refcountOrder = Math.log2(bits);
+    if (String(options.refcountBits).trim() === '' || !Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) {
+      throw invalidArg(FORMAT, 'Refcount width must be a power of two and may not exceed 64 bits', { field: 'refcount_bits', actual: String(options.refcountBits) });
+    }
+  }
+  const dataFile = options.dataFile === undefined ? undefined : String(options.dataFile);
+  const backingFile = options.backingFile === undefined ? undefined : String(options.backingFile);
+  const backingFormat = options.backingFormat === undefined ? undefined : String(options.backingFormat);
+  if (version === undefined && lazyRefcounts === undefined && refcountOrder === undefined && dataFile === undefined && backingFile === undefined && backingFormat === undefined) {
+    throw invalidArg(FORMAT, 'nothing to amend: give compat, lazy_refcounts, refcount_bits or data_file', { field: 'options' });
+  }
+  return { version, lazyRefcounts, refcountOrder, dataFile, backingFile, backingFormat };
 }
 
 /**
@@ -150,12 +182,21 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
     throw unsupported(FORMAT, s.file, 'lazy refcounts need compat=1.1 (version 3); this image is or would become version 2', { field: 'lazy_refcounts' });
   }
   // Everything that can refuse is checked before anything changes.
+  checkBacking(s, want);
+  const order = want.refcountOrder ?? h.refcountOrder;
+  // qemu's order: the upgrade, then the refcount width, then the rest; a downgrade last (it needs 16 bits).
+  if (want.refcountOrder !== undefined && want.refcountOrder !== 4 && to < 3) {
+    throw unsupported(FORMAT, s.file, 'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)', { field: 'refcount_bits' });
+  }
+  const dataFileExtensions = want.dataFile === undefined ? undefined : planDataFile(s, want.dataFile);
   let upgradeExtensions: HeaderExtension[] | undefined;
   if (to > from) upgradeExtensions = planUpgrade(s);
-  if (to < from) await checkDowngrade(s, view);
+  if (to < from) await checkDowngrade(s, view, order);
 
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY)) await repairDirtyImage(s, view);
   if (upgradeExtensions) await upgrade(s, upgradeExtensions);
+  if (order !== h.refcountOrder) await changeRefcountOrder(s, order);
+  if (dataFileExtensions) await setDataFileName(s, dataFileExtensions);
   const lazyNow = hasFeature(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS);
   const lazy = to < 3 ? false : (want.lazyRefcounts ?? lazyNow);
   if (lazy !== lazyNow && to >= 3) {
@@ -164,6 +205,39 @@ async function amendState(s: Qcow2Image, view: MappingView, want: Qcow2AmendRequ
     await s.storage.flush();
   }
   if (to < from) await downgrade(s, view);
+}
+
+// ---- backing_file, data_file -----------------------------------------------
+
+/** backing_file and backing_fmt may only repeat what the image says, both of them (qemu: use rebase to change them). */
+function checkBacking(s: Qcow2Image, want: Qcow2AmendRequest): void {
+  const format = findExtension(s.extensions, EXT_BACKING_FORMAT);
+  const currentFormat = format ? utf8Decode(format.data) : undefined;
+  // As qemu compares them: both, the one not given counting as none.
+  const given = want.backingFile !== undefined || want.backingFormat !== undefined;
+  if (given && (want.backingFile !== s.backingName || want.backingFormat !== currentFormat)) {
+    throw unsupported(FORMAT, s.file, "Cannot amend the backing file\nYou can use 'img rebase' instead.", { field: want.backingFile !== undefined ? 'backing_file' : 'backing_fmt' });
+  }
+}
+
+/** The extensions with the data file's name replaced (qemu: only an image that has a data file takes a new name). */
+function planDataFile(s: Qcow2Image, name: string): HeaderExtension[] {
+  if (!hasFeature(s.header.incompatibleFeatures, INCOMPAT_DATA_FILE)) {
+    throw unsupported(FORMAT, s.file, 'data_file can only be set for images that use an external data file', { field: 'data_file' });
+  }
+  if (name === '') throw unsupported(FORMAT, s.file, 'data_file cannot be set to an empty name (img keeps the name in the image)', { field: 'data_file' });
+  const ext = stringExtension(EXT_DATA_FILE, name);
+  const i = s.extensions.findIndex((e) => e.type === EXT_DATA_FILE);
+  const extensions = i >= 0 ? s.extensions.map((e, j) => (j === i ? ext : e)) : [...s.extensions, ext];
+  const need = s.header.headerLength + extensionsLength(extensions) + s.header.backingFileSize;
+  if (need > s.geom.clusterSize) throw unsupported(FORMAT, s.file, `data_file: the header, its extensions and the backing file name would need ${need} bytes, more than one ${s.geom.clusterSize}-byte cluster`, { field: 'data_file' });
+  return extensions;
+}
+
+/** Writes cluster 0 with the new data file name (as qemu's header update: one write where the layouts allow). */
+async function setDataFileName(s: Qcow2Image, extensions: HeaderExtension[]): Promise<void> {
+  s.setExtensions(extensions);
+  await writeHeaderCluster(s, (need, cs) => unsupported(FORMAT, s.file, `the header, its extensions and the backing file name need ${need} bytes, more than one ${cs}-byte cluster`, { field: 'data_file' }));
 }
 
 // ---- compat=1.1 ------------------------------------------------------------
@@ -213,10 +287,10 @@ function refuse(s: Qcow2Image, why: string, field: string): never {
   throw unsupported(FORMAT, s.file, `cannot amend to compat=0.10: ${why}`, { field });
 }
 
-/** The refusals of qemu's qcow2_downgrade, plus bitmaps and zstd-compressed clusters of snapshots. */
-async function checkDowngrade(s: Qcow2Image, view: MappingView): Promise<void> {
+/** The refusals of qemu's qcow2_downgrade, plus bitmaps and zstd-compressed clusters of snapshots; `order` is the refcount order the image will have by then. */
+async function checkDowngrade(s: Qcow2Image, view: MappingView, order: number): Promise<void> {
   const h = s.header;
-  if (h.refcountOrder !== 4) refuse(s, `version 2 has 16-bit refcounts only (this image has refcount_bits=${2 ** h.refcountOrder})`, 'refcount_bits');
+  if (order !== 4) refuse(s, `version 2 has 16-bit refcounts only (this image has refcount_bits=${2 ** order})`, 'refcount_bits');
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_DATA_FILE) || findExtension(s.extensions, EXT_DATA_FILE)) refuse(s, 'version 2 has no external data files', 'data_file');
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_EXTENDED_L2)) refuse(s, 'version 2 has no extended L2 entries (subclusters)', 'extended_l2');
   if (findExtension(s.extensions, EXT_BITMAPS)) {

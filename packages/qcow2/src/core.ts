@@ -165,6 +165,11 @@ export class Qcow2Image implements ReaderState {
     Object.assign(this.#header, fields);
   }
 
+  /** After a refcount width change switched the header (refcount-order.ts): the geometry follows it, for the writer attached next. */
+  setRefcountBits(bits: number): void {
+    this.geom.refcountBits = bits;
+  }
+
   /**
    * Sets (`on`) or clears bit `bit` of one of the header's feature fields
    * (spec: bytes 72, 80, 88), in memory: the caller writes the header.
