@@ -2,6 +2,7 @@
 import { findSignatures, invalidArg, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
 import { checkVmdk } from './check.js';
 import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
+import { createVmdkFresh } from './bulk-writer.js';
 import type { VmdkDisk } from './disk.js';
 import { openVmdk } from './open.js';
 import { readVmdkStream } from './read-stream.js';
@@ -51,6 +52,7 @@ export const vmdkDriver: FormatDriver = {
   probe: probeVmdk,
   open: async (storage, options) => openVmdk(storage, options ?? {}),
   create,
+  createFresh: (storage, options) => createVmdkFresh(storage, options),
   check: async (storage, options) => {
     if (options?.repair) throw unsupported(FORMAT, storage.name, 'repairing a VMDK is not supported', { field: 'repair' });
     return checkVmdk(storage, { ...(options?.resolver ? { resolver: options.resolver } : {}) });

@@ -1,0 +1,370 @@
+/**
+ * The bulk writer: a new monolithicSparse VMDK written in one pass by a
+ * copy (a conversion target). createVmdk lays out the empty image first
+ * (header, embedded descriptor, both grain directories and their zeroed
+ * grain tables, the file grown to the first grain), so the file is a valid
+ * VMDK reading as zeros for the whole conversion. Grains are handed out
+ * behind it in the order the copy first touches them (guest order for
+ * sparseCopy, as the general writer and qemu-img lay them out), so the
+ * copy can put data straight at its host position (placeRuns: the native
+ * file-to-file loop, which also writes around the page cache for
+ * `-t none`) instead of one write, one flush and two table writes per
+ * batch of grains. finish() gives back grains the copy wrote nothing
+ * into, grows the file to whole grains, flushes, then writes the grain
+ * tables (the redundant copy first) and flushes again: a crash before
+ * that leaves the empty image, a table torn or not points only at
+ * finished grains.
+ */
+import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
+import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
+import { createVmdk, vmdkCreateOptionsFrom } from './create.js';
+import { ENTRY_BYTES, parseEntries, serializeEntries } from './grain-table.js';
+import { FORMAT } from './image.js';
+import { openVmdk } from './open.js';
+import { parseSparseHeader, SECTOR, SPARSE_HEADER_SIZE } from './sparse-header.js';
+
+type WriterState = 'open' | 'finishing' | 'finished' | 'aborted';
+
+/**
+ * Opens a bulk writer for a new monolithicSparse VMDK in `storage` (the
+ * empty image createVmdk writes, until finish()), or answers undefined
+ * where the general writer is needed: other subformats, zeroed_grain, a
+ * parent. Options are checked as the driver's create checks them.
+ */
+export async function createVmdkFresh(storage: Storage, options: DriverCreateOptions): Promise<FreshImageWriter | undefined> {
+  if (storage.readOnly || options.backingFile !== undefined) return undefined;
+  // As the driver's create reads them.
+  const { backingFile: _b, backingFormat: _bf, formats: _f, noBacking: _nb, ...rest } = options;
+  const typed = vmdkCreateOptionsFrom(rest);
+  if ((typed.subformat ?? 'monolithicSparse') !== 'monolithicSparse' || typed.zeroedGrain) return undefined;
+  // The general writer's empty image, which the writer fills in; the disk it answers is not used again.
+  const empty = await createVmdk(storage, typed);
+  const header = parseSparseHeader(await storage.read(0, SPARSE_HEADER_SIZE), 0, storage.name);
+  const tables = Math.ceil(header.capacity / (header.grainSize * header.numGTEsPerGT));
+  const gdBytes = Math.ceil((tables * ENTRY_BYTES) / SECTOR) * SECTOR;
+  const gd = parseEntries(await storage.read(header.gdOffset * SECTOR, gdBytes), tables);
+  const rgd = parseEntries(await storage.read(header.rgdOffset * SECTOR, gdBytes), tables);
+  return new VmdkBulkWriter(storage, empty.size, {
+    grainBytes: header.grainSize * SECTOR,
+    perTable: header.numGTEsPerGT,
+    first: header.overHead * SECTOR,
+    gd: [...gd].map((s) => s * SECTOR),
+    rgd: [...rgd].map((s) => s * SECTOR),
+  });
+}
+
+interface Layout {
+  grainBytes: number;
+  /** Grain table entries per table. */
+  perTable: number;
+  /** Byte offset of the first grain (the header's overHead). */
+  first: number;
+  /** Byte offsets of each grain table and of its redundant copy. */
+  gd: number[];
+  rgd: number[];
+}
+
+/** See the module comment: a write-once monolithicSparse VMDK whose grain tables finish() commits. */
+class VmdkBulkWriter implements FreshImageWriter {
+  readonly format = FORMAT;
+  readonly readOnly = false;
+  readonly size: number;
+  readonly storage: Storage;
+  readonly #l: Layout;
+  /** Grain table -> slot + 1 of each of its grains (0: not allocated); slot k lies at first + k * grainBytes. */
+  readonly #tables = new Map<number, Float64Array>();
+  /** Slot -> grain + 1 (0: free). */
+  #grainIn = new Float64Array(1024);
+  /** Slots handed out so far. */
+  #next = 0;
+  /** Slots given back, handed out again lowest first (#freeSorted: descending, lowest last). */
+  #free: number[] = [];
+  #freeSorted = true;
+  /** Slots a run with skipped zeros covered in part: looked at by finish(), when no batch can still write there. */
+  readonly #maybeEmpty = new Set<number>();
+  #state: WriterState = 'open';
+  readonly #io: PlacedRuns;
+  /** The copy loop allocates each data piece just before writing it; skipped zeros stay holes (read as zeros). */
+  readonly copyPreallocation = 'holes';
+
+  constructor(storage: Storage, size: number, layout: Layout) {
+    this.storage = storage;
+    this.size = size;
+    this.#l = layout;
+    this.#io = new PlacedRuns(
+      this,
+      (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
+      () => this.#state,
+    );
+  }
+
+  #checkOpen(): void {
+    if (this.#state !== 'open') throw diskClosedError(FORMAT, this.storage.name);
+  }
+
+  #slotAt(slot: number): number {
+    return this.#l.first + slot * this.#l.grainBytes;
+  }
+
+  /** Slot of grain `g`, handing out one if `allocate` (-1: none). */
+  #slot(g: number, allocate: boolean): number {
+    const t = Math.floor(g / this.#l.perTable);
+    let table = this.#tables.get(t);
+    if (!table) {
+      if (!allocate) return -1;
+      table = new Float64Array(this.#l.perTable);
+      this.#tables.set(t, table);
+    }
+    const i = g - t * this.#l.perTable;
+    if (table[i] === 0 && allocate) {
+      if (!this.#freeSorted) {
+        this.#free.sort((a, b) => b - a);
+        this.#freeSorted = true;
+      }
+      const slot = this.#free.pop() ?? this.#next++;
+      if (slot >= this.#grainIn.length) {
+        const grown = new Float64Array(Math.max(slot + 1, this.#grainIn.length * 2));
+        grown.set(this.#grainIn);
+        this.#grainIn = grown;
+      }
+      this.#grainIn[slot] = g + 1;
+      table[i] = slot + 1;
+    }
+    return table[i]! - 1;
+  }
+
+  /** Makes slot `slot` free again: its grain reads as zeros. */
+  #release(slot: number): void {
+    const g = this.#grainIn[slot]! - 1;
+    if (g < 0) return;
+    const t = Math.floor(g / this.#l.perTable);
+    this.#tables.get(t)![g - t * this.#l.perTable] = 0;
+    this.#grainIn[slot] = 0;
+    this.#free.push(slot);
+    this.#freeSorted = false;
+  }
+
+  /** Calls `each` with the (guest, host, length) piece of every grain of the range (allocated first when `allocate`; others skipped), host-contiguous pieces joined. */
+  #pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
+    const gb = this.#l.grainBytes;
+    const end = offset + length;
+    let runGuest = offset;
+    let runHost = -1;
+    let runLength = 0;
+    for (let pos = offset; pos < end;) {
+      const g = Math.floor(pos / gb);
+      const n = Math.min(end - pos, (g + 1) * gb - pos);
+      const slot = this.#slot(g, allocate);
+      if (slot < 0) {
+        if (runLength) each(runGuest, runHost, runLength);
+        runLength = 0;
+      } else {
+        const at = this.#slotAt(slot) + (pos - g * gb);
+        if (runLength && runHost + runLength === at) runLength += n;
+        else {
+          if (runLength) each(runGuest, runHost, runLength);
+          runGuest = pos;
+          runHost = at;
+          runLength = n;
+        }
+      }
+      pos += n;
+    }
+    if (runLength) each(runGuest, runHost, runLength);
+  }
+
+  /** sparseCopy may copy file to file into placed runs where settleRuns can see (Storage.ranges) what a zero-skipping copy left out. */
+  canPlaceRuns(): boolean {
+    return this.#state === 'open' && typeof this.storage.ranges === 'function';
+  }
+
+  /** Allocates the grains of guest `[offset, offset + length)` and answers its (guest offset, host position, length) pieces. */
+  placeRuns(offset: number, length: number): number[] {
+    return this.#io.place(offset, length);
+  }
+
+  /**
+   * After a copy into placed runs left zeros unwritten: grains wholly inside
+   * one run that hold no data in the file are given back (the image
+   * allocates what qemu-img would); grains a run covers in part wait for
+   * finish().
+   */
+  async settleRuns(runs: Float64Array): Promise<void> {
+    const storage = this.storage;
+    if (!storage.ranges) return;
+    const gb = this.#l.grainBytes;
+    for (let k = 0; k + 2 < runs.length; k += 3) {
+      const from = runs[k + 1]! - this.#l.first;
+      const to = from + runs[k + 2]!;
+      const first = Math.ceil(from / gb);
+      const end = Math.floor(to / gb);
+      if (from % gb) this.#maybeEmpty.add(Math.floor(from / gb));
+      if (to % gb) this.#maybeEmpty.add(Math.floor(to / gb));
+      if (end <= first) continue;
+      const held = (await storage.ranges(this.#slotAt(first), (end - first) * gb)).filter((r) => r.data);
+      for (let s = first; s < end; s++) {
+        const at = this.#slotAt(s);
+        if (!held.some((r) => r.offset < at + gb && r.offset + r.length > at)) this.#release(s);
+      }
+    }
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#io.write(offset, data);
+  }
+
+  /** Grains not yet allocated read as zeros already; allocated ones get zeros over the range. */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.#io.writeZeroes(offset, length);
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return this.#io.writeZeroes(offset, length);
+  }
+
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#io.readInto(offset, target);
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#io.read(offset, length);
+  }
+
+  /** Data for allocated grains, zero elsewhere. */
+  async *extents(options?: ExtentOptions): AsyncGenerator<Extent> {
+    const { start, end } = extentRange(options, this.size);
+    const gb = this.#l.grainBytes;
+    let cur: Extent | undefined;
+    for (let pos = start; pos < end;) {
+      const g = Math.floor(pos / gb);
+      const stop = Math.min(end, (g + 1) * gb);
+      const slot = this.#slot(g, false);
+      const next: Extent = slot < 0 ? { offset: pos, length: stop - pos, kind: 'zero', depth: 0 } : { offset: pos, length: stop - pos, kind: 'data', depth: 0 };
+      if (slot >= 0 && options?.hostOffsets) {
+        next.hostOffset = this.#slotAt(slot) + pos - g * gb;
+        next.file = this.storage.name;
+      }
+      pos = stop;
+      if (!joinPlacedExtent(cur, next)) {
+        if (cur) yield cur;
+        cur = next;
+      }
+    }
+    if (cur) yield cur;
+  }
+
+  async flush(): Promise<void> {
+    await this.#io.settle();
+    await this.storage.flush();
+  }
+
+  /** Gives back the grains runs covered in part that hold no data, once every batch is done. */
+  async #dropEmptyEdges(): Promise<void> {
+    const storage = this.storage;
+    if (!storage.ranges || !this.#maybeEmpty.size) return;
+    for (const s of [...this.#maybeEmpty].sort((a, b) => a - b)) {
+      if (!this.#grainIn[s]) continue;
+      if (!(await storage.ranges(this.#slotAt(s), this.#l.grainBytes)).some((r) => r.data)) this.#release(s);
+    }
+    this.#maybeEmpty.clear();
+  }
+
+  /** Moves the last grains into the slots given back, in guest order, so no gap is left between grains. */
+  async #closeGaps(): Promise<void> {
+    if (!this.#free.length) return;
+    const gb = this.#l.grainBytes;
+    const gaps = this.#free.sort((a, b) => a - b);
+    this.#free = [];
+    this.#freeSorted = true;
+    let lo = 0;
+    let hi = gaps.length;
+    const moved: number[] = [];
+    while (lo < hi) {
+      const last = --this.#next;
+      if (gaps[hi - 1] === last) {
+        hi--;
+        continue;
+      }
+      lo++;
+      moved.push(last);
+    }
+    // Every gap used lies below every slot moved, so any pairing is safe; guest order keeps runs in order.
+    moved.sort((a, b) => this.#grainIn[a]! - this.#grainIn[b]!);
+    const bytes = new Uint8Array(gb);
+    for (let k = 0; k < moved.length; k++) {
+      const from = moved[k]!;
+      const gap = gaps[k]!;
+      bytes.fill(0, await this.storage.readInto(this.#slotAt(from), bytes));
+      await this.storage.write(this.#slotAt(gap), bytes);
+      const g = this.#grainIn[from]! - 1;
+      const t = Math.floor(g / this.#l.perTable);
+      this.#tables.get(t)![g - t * this.#l.perTable] = gap + 1;
+      this.#grainIn[gap] = g + 1;
+      this.#grainIn[from] = 0;
+    }
+  }
+
+  /** The grain tables' bytes: each table that maps a grain, as (byte offset of the primary, of the redundant, entries). */
+  #tableWrites(): Array<{ primary: number; redundant: number; bytes: Uint8Array }> {
+    const out: Array<{ primary: number; redundant: number; bytes: Uint8Array }> = [];
+    for (const [t, table] of [...this.#tables].sort((a, b) => a[0] - b[0])) {
+      const entries = new Uint32Array(this.#l.perTable);
+      let any = false;
+      for (let i = 0; i < table.length; i++) {
+        if (!table[i]) continue;
+        entries[i] = this.#slotAt(table[i]! - 1) / SECTOR;
+        any = true;
+      }
+      if (any) out.push({ primary: this.#l.gd[t]!, redundant: this.#l.rgd[t]!, bytes: serializeEntries(entries) });
+    }
+    return out;
+  }
+
+  /**
+   * Gives back grains that hold nothing, grows the file to whole grains,
+   * flushes, writes the redundant then the primary grain tables, flushes
+   * again (see the module comment), and opens the image for writing.
+   */
+  async finish(): Promise<Disk> {
+    this.#checkOpen();
+    this.#state = 'finishing';
+    try {
+      await this.#io.settle();
+      if (this.#io.failure !== undefined) throw this.#io.failure;
+      await this.#dropEmptyEdges();
+      await this.#closeGaps();
+      // Whole grains, as the general writer and qemu-img leave the file (a copy may not have written a grain's end).
+      await this.storage.truncate(this.#slotAt(this.#next));
+      await this.storage.flush();
+      const writes = this.#tableWrites();
+      for (const w of writes) if (w.redundant) await this.storage.write(w.redundant, w.bytes);
+      for (const w of writes) await this.storage.write(w.primary, w.bytes);
+      await this.storage.flush();
+      this.#state = 'finished';
+    } catch (e) {
+      this.#state = 'aborted';
+      throw e;
+    }
+    return openVmdk(this.storage, { readOnly: false });
+  }
+
+  /** Gives up: the grains written so far are cut off, which leaves the empty image the file started as. */
+  async abort(): Promise<void> {
+    if (this.#state === 'finished' || this.#state === 'aborted') return;
+    this.#state = 'aborted';
+    await this.#io.settle();
+    await this.storage.truncate(this.#l.first);
+    await this.storage.flush();
+  }
+
+  /** Finishes the image (if not done yet) and closes it. */
+  async close(): Promise<void> {
+    if (this.#state !== 'open') return;
+    const disk = await this.finish();
+    await disk.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
