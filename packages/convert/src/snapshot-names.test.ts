@@ -127,3 +127,32 @@ describeQemu('img snapshot: repeated names and names that look like ids, as qemu
     expect(qemuCompare(results[0]!.file, results[1]!.file)).toBe(true);
   });
 });
+
+describeQemu('snapshot names in tables and JSON, as qemu-img 7.2 prints them', () => {
+  // Names of 16, 17 and 43 bytes, non-ASCII ones (padded by their UTF-8 bytes), control characters, DEL, a quote, a backslash and an emoji.
+  const names = ['sixteen-bytes-16', 'seventeen-bytes17', 'a-very-long-snapshot-name-exceeding-columns', '\u540d\u524d', 'caf\u00e9', 'a\u001fb\u007fc/d\\e"f\tg\bh\u{1f600}i'];
+  const file = () => p('n\u00e4mes.qcow2'); // the file name is escaped in JSON too
+  beforeAll(() => {
+    qemuImg(['create', '-q', '-f', 'qcow2', file(), '1M']);
+    for (const name of names) qemuImg(['snapshot', '-c', name, file()]);
+  });
+
+  it.each(['snapshot -l', 'info', 'info --output=json', 'check --output=json'])('%s', (line) => {
+    const args = line.split(' ');
+    const q = qemuImg([...args, file()]);
+    const r = run('img', [...args, file()]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe(q.stdout);
+  });
+
+  it('snapshot -l --output=json escapes names as info --output=json does', () => {
+    const nameLines = (text: string) =>
+      text
+        .split('\n')
+        .filter((line) => line.trim().startsWith('"name"'))
+        .map((line) => line.trim());
+    const expected = nameLines(qemuImg(['info', '--output=json', file()]).stdout);
+    expect(expected).toContain('"name": "\\u540D\\u524D",');
+    expect(nameLines(run('img', ['snapshot', '-l', '--output=json', file()]).stdout)).toEqual(expected);
+  });
+});

@@ -6,6 +6,7 @@
  * the keys.
  */
 import { formatSize, type ImageInfo, type SnapshotInfo } from '@img/block';
+import { printfString } from './printf.js';
 
 /** qemu's name for a format where it differs from ours: VHD is "vpc" to qemu-img. */
 export function qemuFormatName(format: string): string {
@@ -41,12 +42,19 @@ export function humanInfo({ data, actual, path, backingUnresolved }: InfoLayer):
   return lines.join('\n') + '\n';
 }
 
-/** The snapshot table (`info`, `snapshot -l`): a header line and one line per snapshot. */
+/**
+ * The snapshot table (`info`, `snapshot -l`): a header line and one line per
+ * snapshot, as qemu's bdrv_snapshot_dump prints them: the header with
+ * "%-10s%-17s%8s%20s%13s%11s", each snapshot with "%-9s %-16s %8s%20s%13s%11s"
+ * (widths in bytes: a UTF-8 name is padded by its bytes; a name of 17 bytes
+ * or more is followed by the one space and the size's own padding).
+ */
 export function snapshotTable(snapshots: readonly SnapshotInfo[]): string[] {
-  const lines = [`${'ID'.padEnd(9)} ${'TAG'.padEnd(17)} ${'VM SIZE'.padStart(7)} ${'DATE'.padStart(19)} ${'VM CLOCK'.padStart(12)} ${'ICOUNT'.padStart(10)}`];
-  for (const s of snapshots) {
-    const icount = s.icount === undefined || s.icount < 0 ? '' : String(s.icount);
-    lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s.vmStateSize).padStart(7)} ${localDate(s.dateSec)} ${formatClock(s.vmClockNsec)} ${icount.padStart(10)}`);
+  const s = printfString;
+  const lines = [`${s('ID', 10, true)}${s('TAG', 17, true)}${s('VM SIZE', 8)}${s('DATE', 20)}${s('VM CLOCK', 13)}${s('ICOUNT', 11)}`];
+  for (const snap of snapshots) {
+    const icount = snap.icount === undefined || snap.icount < 0 ? '' : String(snap.icount);
+    lines.push(`${s(snap.id, 9, true)} ${s(snap.name, 16, true)} ${s(formatSize(snap.vmStateSize), 8)}${s(localDate(snap.dateSec), 20)}${s(formatClock(snap.vmClockNsec), 13)}${s(icount, 11)}`);
   }
   return lines;
 }
@@ -129,5 +137,17 @@ export function qdictSorted(value: unknown): unknown {
  */
 export function qemuJson(value: unknown): string {
   // A line ending in [] or {} (or with a comma after) is an empty container: a string value would end in a quote.
-  return JSON.stringify(value, null, 4).replace(/^( *)(.*)(\[\]|\{\})(,?)$/gm, (_line, indent: string, head: string, empty: string, comma: string) => `${indent}${head}${empty[0]}\n${indent}${empty[1]}${comma}`);
+  return qemuJsonEscapes(JSON.stringify(value, null, 4)).replace(/^( *)(.*)(\[\]|\{\})(,?)$/gm, (_line, indent: string, head: string, empty: string, comma: string) => `${indent}${head}${empty[0]}\n${indent}${empty[1]}${comma}`);
+}
+
+/**
+ * JSON text from JSON.stringify with its strings escaped as qemu's JSON
+ * writer (qobject/qjson.c) escapes them: every character outside printable
+ * ASCII as \uXXXX in upper-case hex (a character past U+FFFF as its
+ * surrogate pair, DEL too), where JSON.stringify writes non-ASCII as it is
+ * and control characters in lower case. Outside strings JSON text is ASCII,
+ * so the whole text can be rewritten.
+ */
+export function qemuJsonEscapes(json: string): string {
+  return json.replace(/\\(?:\\|u([0-9a-f]{4}))/g, (escape, hex?: string) => (hex === undefined ? escape : `\\u${hex.toUpperCase()}`)).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`);
 }

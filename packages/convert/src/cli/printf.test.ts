@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { printfFixed } from './printf.js';
+import { printfFixed, printfString } from './printf.js';
 
 describe('printfFixed (printf %.Nf)', () => {
   it('rounds exact halves to even, as printf does, and other values to nearest', () => {
@@ -21,5 +21,16 @@ describe('printfFixed (printf %.Nf)', () => {
     expect(printfFixed((13 / 19) * 100, 2)).toBe('68.42');
     expect(printfFixed((29 / 37) * 100, 2)).toBe('78.38');
     expect(printfFixed((1 / 64) * 100, 2)).toBe('1.56');
+  });
+});
+
+describe('printfString (printf %Ns, %-Ns)', () => {
+  it('pads to a width in UTF-8 bytes, and not at all past it', () => {
+    expect(printfString('ab', 5, true)).toBe('ab   ');
+    expect(printfString('ab', 5)).toBe('   ab');
+    expect(printfString('\u540d\u524d', 16, true)).toBe('\u540d\u524d' + ' '.repeat(10));
+    expect(printfString('caf\u00e9', 6, true)).toBe('caf\u00e9 ');
+    expect(printfString('\u{1f600}', 5)).toBe(' \u{1f600}');
+    expect(printfString('seventeen-bytes17', 16, true)).toBe('seventeen-bytes17');
   });
 });

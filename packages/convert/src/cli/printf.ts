@@ -19,3 +19,13 @@ export function printfFixed(value: number, digits: number): string {
   const text = scaled.toString().padStart(digits + 1, '0');
   return digits === 0 ? text : `${text.slice(0, -digits)}.${text.slice(-digits)}`;
 }
+
+/**
+ * `%<width>s` (`%-<width>s` with `left`) as C's printf pads a string: to a
+ * width in bytes of its UTF-8 form, so a non-ASCII name gets fewer spaces
+ * than its characters suggest, and a string at or past the width none.
+ */
+export function printfString(value: string, width: number, left = false): string {
+  const pad = ' '.repeat(Math.max(0, width - new TextEncoder().encode(value).length));
+  return left ? value + pad : pad + value;
+}

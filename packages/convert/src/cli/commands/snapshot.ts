@@ -4,7 +4,7 @@
 import { parseArgs } from '../parse-args.js';
 import { notFoundError, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
-import { snapshotTable } from '../info-human.js';
+import { qemuJsonEscapes, snapshotTable } from '../info-human.js';
 import { openImageFile } from '../../node.js';
 import { type Handler, common, shareOption, onePath, quietOption, quietIo } from './shared.js';
 import { infoJson } from './info.js';
@@ -42,7 +42,7 @@ export const snapshot: Handler = async (argv, io) => {
     if (values.l) {
       const snaps = (await disk.info?.())?.snapshots ?? [];
       if (values.output === 'json') {
-        io.stdout(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4) + '\n');
+        io.stdout(qemuJsonEscapes(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4)) + '\n');
       } else if (snaps.length) {
         io.stdout(['Snapshot list:', ...snapshotTable(snaps)].join('\n') + '\n');
       }
