@@ -139,7 +139,9 @@ export function checkOptionKeys(format: string, table: OptionTable, options: obj
   for (const [key, value] of Object.entries(options)) {
     if (value === undefined || allowed.has(key)) continue;
     const hint = suggestOptionKey(table, key, [...PLUMBING_CREATE_KEYS, ...extra]);
-    const tail = hint ? `did you mean ${hint}?` : `known options: ${[...allowed].join(', ')}`;
+    // The keys the plumbing passes (a resolver, the format registry, noBacking) are no options to offer a caller.
+    const known = [...allowed].filter((k) => k === 'size' || !PLUMBING_CREATE_KEYS.includes(k));
+    const tail = hint ? `did you mean ${hint}?` : `known options: ${known.join(', ')}`;
     throw invalidArg(format, `unknown ${what} "${key}" (${tail})`, { field: key, ...(hint ? { expected: hint } : {}) });
   }
 }

@@ -1,11 +1,11 @@
 // Command lines from the CLI audit against qemu-img 7.2: each refused or accepted as qemu-img does it,
 // with qemu-img's words and exit status (qemu-img is the oracle where it is installed).
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
-import { run } from './test/cli.js';
+import { bin, run } from './test/cli.js';
 
 const tmp = tempDir('img-cli-audit-');
 afterAll(() => tmp.cleanup());
@@ -236,5 +236,34 @@ describeQemu('check prints each problem on stderr in every output mode', () => {
     const r = run('img', ['check', ...flags, p(name)]);
     expect(q.stderr).toMatch(/^Leaked cluster 10 refcount=1 reference=0$/m);
     expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: q.status, stdout: q.stdout, stderr: q.stderr });
+  });
+});
+
+// As root, the commands run again as nobody (setpriv), writing into a directory nobody may not enter.
+const asNobody = process.getuid?.() === 0 && spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignore' }).status === 0;
+const describeAsNobody = asNobody ? describeQemu : (name: string, fn: () => void) => describe.skip(`${name} (skipped: not root, or no setpriv)`, fn);
+
+describeAsNobody('an output nobody may create: one ERR_IMG_IO line, as the other failures', () => {
+  const nobody = (cmd: string, args: string[]) => spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', cmd, ...args], { encoding: 'utf8', cwd: tmp.path });
+  beforeAll(() => {
+    chmodSync(tmp.path, 0o755);
+    qemuImg(['create', '-q', '-f', 'qcow2', p('open.qcow2'), '1M']);
+    chmodSync(p('open.qcow2'), 0o644);
+    mkdirSync(p('locked'), { mode: 0o700 });
+  });
+
+  it.each([
+    ['x.qcow2', 'convert', '-O', 'qcow2', 'IN', 'OUT'],
+    ['x.raw', 'convert', '-O', 'raw', 'IN', 'OUT'],
+    ['x.vmdk', 'convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', 'IN', 'OUT'],
+    ['x.qcow2', 'create', '-f', 'qcow2', 'OUT', '1M'],
+  ])('%s: %s %s %s ...', (name, ...args) => {
+    const out = p(`locked/${name}`);
+    const argv = args.map((a) => (a === 'IN' ? p('open.qcow2') : a === 'OUT' ? out : a));
+    const q = nobody('qemu-img', argv);
+    const r = nobody(process.execPath, [bin('img'), ...argv]);
+    expect(q.stderr).toContain(`Could not create '${out}': Permission denied`);
+    expect(r.status).toBe(q.status);
+    expect(r.stderr).toBe(`img ${args[0]}: ERR_IMG_IO: ${out}: create failed: permission denied (EACCES)\n`);
   });
 });

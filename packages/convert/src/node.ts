@@ -2,10 +2,10 @@
  * The file-level API the commands use: open an image file by format,
  * convert a file into a new one. Node only (uses the file system).
  */
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { type WriteStream } from 'node:fs';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, notAnImageFile, notFoundError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -395,6 +395,25 @@ function streamWriteError(file: string, e: unknown): unknown {
   return ioError(file, `write failed: ${text.charAt(0).toUpperCase()}${text.slice(1)} (${err.code})`, { errno: err.code }, e);
 }
 
+/**
+ * Opens (creates or truncates) the file a stream writer writes into. A failure is said as FileStorage.create says it
+ * for the other outputs ("x.vmdk: create failed: permission denied (EACCES)"), not as Node's error.
+ */
+async function openStreamOutput(file: string): Promise<FileHandle> {
+  try {
+    return await open(file, 'w');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException | undefined;
+    if (typeof err?.code !== 'string') throw e;
+    const data = { errno: err.code };
+    if (err.code === 'EISDIR') throw notAnImageFile(file, 'a directory', data, e);
+    const text = String(err.message)
+      .replace(`${err.code}: `, '')
+      .replace(/, \w+(?: '.*')?$/, '');
+    throw (err.code === 'ENOENT' ? notFoundError : ioError)(file, `create failed: ${text} (${err.code})`, data, e);
+  }
+}
+
 /** Writes the output through the format's stream writer: to stdout, or (`file`) to a new file written front to back. */
 async function convertToStream(options: ConvertFileOptions, registry: FormatRegistry, file?: string): Promise<ConvertResult> {
   const started = Date.now();
@@ -425,7 +444,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     let target: NodeWritableLike = options.stdout ?? process.stdout;
     let out: WriteStream | undefined;
     if (file !== undefined) {
-      const writer = createWriteStream(file);
+      const writer = (await openStreamOutput(file)).createWriteStream();
       out = writer;
       created = true;
       target = writer;

@@ -57,7 +57,9 @@ export function ovaDriver(options: OvaDriverOptions = {}, registry?: FormatRegis
       throw unsupported('ova', storage.name, 'an OVA is written front to back only (img-convert ... ova), not created empty', { field: 'format' });
     },
     stream: async (source, create = {}) => {
-      const typed = ovaWriteOptionsFrom(create);
+      // The output's file name (passed to every stream writer of a file) names nothing inside an OVA: its members are named after -o name.
+      const { fileName: _fileName, ...rest } = create;
+      const typed = ovaWriteOptionsFrom(rest);
       return streamOva(source, { ...typed, ...(options.spool && !typed.spool ? { spool: await options.spool() } : {}) });
     },
     streamOnly: () => true,

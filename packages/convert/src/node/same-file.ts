@@ -24,9 +24,18 @@ function keyOf(st: { dev: bigint; ino: bigint }): string {
   return `${st.dev}:${st.ino}`;
 }
 
-/** The identity of the file `path` names (links followed), or undefined if there is none yet. */
+/**
+ * The identity of the file `path` names (links followed), or undefined if there is none yet. A path that cannot be
+ * looked up (EACCES on a directory, ENOTDIR, ELOOP) is undefined too: it names no file this process opens by that
+ * name, and opening or creating it reports the failure as an ERR_IMG_IO naming the path (not a raw stat error).
+ */
 export function identityOfPath(path: string): FileIdentity | undefined {
-  const st = statSync(path, { bigint: true, throwIfNoEntry: false });
+  let st;
+  try {
+    st = statSync(path, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
   return st ? { path, key: keyOf(st) } : undefined;
 }
 
