@@ -10,7 +10,7 @@
  * refcounts and L1 table in an order that keeps every crash state a valid
  * image holding either nothing or the whole conversion.
  */
-import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns } from '@img/block';
+import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns, SlotMap } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 import { openWrittenQcow2 } from './open.js';
@@ -55,22 +55,14 @@ class Qcow2BulkWriter implements FreshImageWriter {
   readonly #cs: number;
   /** Entries per L2 table. */
   readonly #perTable: number;
-  /** L1 index -> host cluster number of each entry of its table (0: unallocated). */
-  readonly #tables = new Map<number, Float64Array>();
-  /** The next host cluster to hand out at the end of the data (the empty image's clusters come first). */
-  #next: number;
-  /** Host clusters given back (placed for a copy that found only zeros there), handed out again first, lowest first. */
-  #free: number[] = [];
-  /** Whether #free is in descending order (its lowest cluster last, for pop). */
-  #freeSorted = true;
+  /** Guest cluster -> host cluster (tables by L1 index; 0: unallocated), handed out behind the empty image. */
+  readonly #slots: SlotMap;
   /**
    * Host clusters a run with skipped zeros covered only in part: another
    * batch, in flight at the same time, may still write into the rest, so
    * whether they hold data is asked at finish() (see #dropEmptyEdges).
    */
   readonly #maybeEmpty = new Set<number>();
-  /** Host cluster -> guest cluster + 1 (0: not in use), for giving clusters back and for closing gaps. */
-  #guestOf = new Float64Array(1024);
   #state: State = 'open';
   /** Writes, reads and placed runs through #pieces. */
   readonly #io: PlacedRuns;
@@ -82,7 +74,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#layout = layout;
     this.#cs = layout.clusterSize;
     this.#perTable = layout.perTable;
-    this.#next = layout.end;
+    this.#slots = new SlotMap(layout.perTable, layout.end);
     this.#io = new PlacedRuns(
       this,
       (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
@@ -92,45 +84,6 @@ class Qcow2BulkWriter implements FreshImageWriter {
 
   #checkOpen(): void {
     if (this.#state !== 'open') throw diskClosedError(FORMAT, this.storage.name);
-  }
-
-  /** Host cluster of guest cluster `c`, handing out the next one if `allocate` (0: none). */
-  #hostOf(c: number, allocate: boolean): number {
-    const t = Math.floor(c / this.#perTable);
-    let table = this.#tables.get(t);
-    if (!table) {
-      if (!allocate) return 0;
-      table = new Float64Array(this.#perTable);
-      this.#tables.set(t, table);
-    }
-    const i = c - t * this.#perTable;
-    if (table[i] === 0 && allocate) {
-      // Given-back clusters in ascending order, so a run that reuses them lies in guest order (qemu-img's layout).
-      if (!this.#freeSorted) {
-        this.#free.sort((a, b) => b - a);
-        this.#freeSorted = true;
-      }
-      const host = this.#free.pop() ?? this.#next++;
-      if (host >= this.#guestOf.length) {
-        const grown = new Float64Array(Math.max(host + 1, this.#guestOf.length * 2));
-        grown.set(this.#guestOf);
-        this.#guestOf = grown;
-      }
-      this.#guestOf[host] = c + 1;
-      table[i] = host;
-    }
-    return table[i]!;
-  }
-
-  /** Makes host cluster `host` unallocated again: its guest cluster reads as zeros. */
-  #release(host: number): void {
-    const owner = this.#guestOf[host]! - 1;
-    if (owner < 0) return;
-    const t = Math.floor(owner / this.#perTable);
-    this.#tables.get(t)![owner - t * this.#perTable] = 0;
-    this.#guestOf[host] = 0;
-    this.#free.push(host);
-    this.#freeSorted = false;
   }
 
   /**
@@ -174,7 +127,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       const found = await storage.ranges(first * cs, (end - first) * cs);
       const data = found.filter((r) => r.data);
       for (let c = first; c < end; c++) {
-        if (!data.some((r) => r.offset < (c + 1) * cs && r.offset + r.length > c * cs)) this.#release(c);
+        if (!data.some((r) => r.offset < (c + 1) * cs && r.offset + r.length > c * cs)) this.#slots.release(c);
       }
     }
   }
@@ -185,9 +138,9 @@ class Qcow2BulkWriter implements FreshImageWriter {
     const storage = this.storage;
     if (!storage.ranges || !this.#maybeEmpty.size) return;
     for (const c of [...this.#maybeEmpty].sort((a, b) => a - b)) {
-      if (!this.#guestOf[c]) continue;
+      if (this.#slots.unitIn(c) < 0) continue;
       const found = await storage.ranges(c * cs, cs);
-      if (!found.some((r) => r.data)) this.#release(c);
+      if (!found.some((r) => r.data)) this.#slots.release(c);
     }
     this.#maybeEmpty.clear();
   }
@@ -200,40 +153,17 @@ class Qcow2BulkWriter implements FreshImageWriter {
    * reverse: qemu-img check called 94% of such an image fragmented).
    */
   async #closeGaps(): Promise<void> {
-    if (!this.#free.length) return;
+    const before = this.#slots.next;
+    const moves = this.#slots.closeGaps();
+    if (!moves.length && this.#slots.next === before) return;
     const cs = this.#cs;
-    const gaps = this.#free.sort((a, b) => a - b);
-    this.#free = [];
-    this.#freeSorted = true;
-    let lo = 0;
-    let hi = gaps.length;
-    const moved: number[] = [];
-    while (lo < hi) {
-      const last = this.#next - 1;
-      this.#next--;
-      if (gaps[hi - 1] === last) {
-        hi--;
-        continue;
-      }
-      lo++;
-      moved.push(last);
-    }
-    // Every gap used lies below every cluster moved (see the loop): any pairing is safe, guest order is the best.
-    moved.sort((a, b) => this.#guestOf[a]! - this.#guestOf[b]!);
     const bytes = new Uint8Array(cs);
-    for (let k = 0; k < moved.length; k++) {
-      const from = moved[k]!;
-      const gap = gaps[k]!;
+    for (const [from, to] of moves) {
       // Past the file's end (a last cluster written only in part) reads as zeros.
       bytes.fill(0, await this.storage.readInto(from * cs, bytes));
-      await this.storage.write(gap * cs, bytes);
-      const owner = this.#guestOf[from]! - 1;
-      const t = Math.floor(owner / this.#perTable);
-      this.#tables.get(t)![owner - t * this.#perTable] = gap;
-      this.#guestOf[gap] = owner + 1;
-      this.#guestOf[from] = 0;
+      await this.storage.write(to * cs, bytes);
     }
-    await this.storage.truncate(this.#next * cs);
+    await this.storage.truncate(this.#slots.next * cs);
   }
 
   /**
@@ -243,30 +173,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
    */
   #pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
     const cs = this.#cs;
-    const end = offset + length;
-    let runGuest = offset;
-    let runHost = -1;
-    let runLength = 0;
-    for (let pos = offset; pos < end;) {
-      const c = Math.floor(pos / cs);
-      const n = Math.min(end - pos, (c + 1) * cs - pos);
-      const host = this.#hostOf(c, allocate);
-      if (host === 0) {
-        if (runLength) each(runGuest, runHost, runLength);
-        runLength = 0;
-      } else {
-        const at = host * cs + (pos - c * cs);
-        if (runLength && runHost + runLength === at) runLength += n;
-        else {
-          if (runLength) each(runGuest, runHost, runLength);
-          runGuest = pos;
-          runHost = at;
-          runLength = n;
-        }
-      }
-      pos += n;
-    }
-    if (runLength) each(runGuest, runHost, runLength);
+    this.#slots.pieces(offset, length, cs, allocate, (host) => host * cs, each);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -299,7 +206,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
     let cur: Extent | undefined;
     for (let pos = start; pos < end;) {
       let next: Extent;
-      const table = this.#tables.get(Math.floor(pos / span));
+      const table = this.#slots.tables.get(Math.floor(pos / span));
       if (!table) {
         const stop = Math.min(end, (Math.floor(pos / span) + 1) * span);
         next = { offset: pos, length: stop - pos, kind: 'hole' };
@@ -347,7 +254,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       if (this.#io.failure !== undefined) throw this.#io.failure;
       await this.#dropEmptyEdges();
       await this.#closeGaps();
-      await commitBulkImage(this.storage, this.#l, this.#layout, this.#tables, this.#next);
+      await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.next);
       this.#state = 'finished';
     } catch (e) {
       this.#state = 'aborted';

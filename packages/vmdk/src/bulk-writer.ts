@@ -15,7 +15,7 @@
  * that leaves the empty image, a table torn or not points only at
  * finished grains.
  */
-import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
+import { diskClosedError, extentRange, joinPlacedExtent, PlacedRuns, SlotMap, type DriverCreateOptions } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { createVmdk, vmdkCreateOptionsFrom } from './create.js';
 import { ENTRY_BYTES, parseEntries, serializeEntries } from './grain-table.js';
@@ -71,15 +71,8 @@ class VmdkBulkWriter implements FreshImageWriter {
   readonly size: number;
   readonly storage: Storage;
   readonly #l: Layout;
-  /** Grain table -> slot + 1 of each of its grains (0: not allocated); slot k lies at first + k * grainBytes. */
-  readonly #tables = new Map<number, Float64Array>();
-  /** Slot -> grain + 1 (0: free). */
-  #grainIn = new Float64Array(1024);
-  /** Slots handed out so far. */
-  #next = 0;
-  /** Slots given back, handed out again lowest first (#freeSorted: descending, lowest last). */
-  #free: number[] = [];
-  #freeSorted = true;
+  /** Grain -> slot (tables by grain table index; 0: not allocated); slot k lies at first + (k - 1) * grainBytes. */
+  readonly #slots: SlotMap;
   /** Slots a run with skipped zeros covered in part: looked at by finish(), when no batch can still write there. */
   readonly #maybeEmpty = new Set<number>();
   #state: WriterState = 'open';
@@ -91,6 +84,7 @@ class VmdkBulkWriter implements FreshImageWriter {
     this.storage = storage;
     this.size = size;
     this.#l = layout;
+    this.#slots = new SlotMap(layout.perTable, 1);
     this.#io = new PlacedRuns(
       this,
       (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
@@ -103,74 +97,12 @@ class VmdkBulkWriter implements FreshImageWriter {
   }
 
   #slotAt(slot: number): number {
-    return this.#l.first + slot * this.#l.grainBytes;
+    return this.#l.first + (slot - 1) * this.#l.grainBytes;
   }
 
-  /** Slot of grain `g`, handing out one if `allocate` (-1: none). */
-  #slot(g: number, allocate: boolean): number {
-    const t = Math.floor(g / this.#l.perTable);
-    let table = this.#tables.get(t);
-    if (!table) {
-      if (!allocate) return -1;
-      table = new Float64Array(this.#l.perTable);
-      this.#tables.set(t, table);
-    }
-    const i = g - t * this.#l.perTable;
-    if (table[i] === 0 && allocate) {
-      if (!this.#freeSorted) {
-        this.#free.sort((a, b) => b - a);
-        this.#freeSorted = true;
-      }
-      const slot = this.#free.pop() ?? this.#next++;
-      if (slot >= this.#grainIn.length) {
-        const grown = new Float64Array(Math.max(slot + 1, this.#grainIn.length * 2));
-        grown.set(this.#grainIn);
-        this.#grainIn = grown;
-      }
-      this.#grainIn[slot] = g + 1;
-      table[i] = slot + 1;
-    }
-    return table[i]! - 1;
-  }
-
-  /** Makes slot `slot` free again: its grain reads as zeros. */
-  #release(slot: number): void {
-    const g = this.#grainIn[slot]! - 1;
-    if (g < 0) return;
-    const t = Math.floor(g / this.#l.perTable);
-    this.#tables.get(t)![g - t * this.#l.perTable] = 0;
-    this.#grainIn[slot] = 0;
-    this.#free.push(slot);
-    this.#freeSorted = false;
-  }
-
-  /** Calls `each` with the (guest, host, length) piece of every grain of the range (allocated first when `allocate`; others skipped), host-contiguous pieces joined. */
+  /** Calls `each` with the (guest, host, length) pieces of the grains of the range (allocated first when `allocate`; others skipped). */
   #pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
-    const gb = this.#l.grainBytes;
-    const end = offset + length;
-    let runGuest = offset;
-    let runHost = -1;
-    let runLength = 0;
-    for (let pos = offset; pos < end;) {
-      const g = Math.floor(pos / gb);
-      const n = Math.min(end - pos, (g + 1) * gb - pos);
-      const slot = this.#slot(g, allocate);
-      if (slot < 0) {
-        if (runLength) each(runGuest, runHost, runLength);
-        runLength = 0;
-      } else {
-        const at = this.#slotAt(slot) + (pos - g * gb);
-        if (runLength && runHost + runLength === at) runLength += n;
-        else {
-          if (runLength) each(runGuest, runHost, runLength);
-          runGuest = pos;
-          runHost = at;
-          runLength = n;
-        }
-      }
-      pos += n;
-    }
-    if (runLength) each(runGuest, runHost, runLength);
+    this.#slots.pieces(offset, length, this.#l.grainBytes, allocate, (slot) => this.#slotAt(slot), each);
   }
 
   /** sparseCopy may copy file to file into placed runs where settleRuns can see (Storage.ranges) what a zero-skipping copy left out. */
@@ -194,17 +126,18 @@ class VmdkBulkWriter implements FreshImageWriter {
     if (!storage.ranges) return;
     const gb = this.#l.grainBytes;
     for (let k = 0; k + 2 < runs.length; k += 3) {
+      // Byte offsets from slot 1's start, so slot = offset / gb + 1.
       const from = runs[k + 1]! - this.#l.first;
       const to = from + runs[k + 2]!;
-      const first = Math.ceil(from / gb);
-      const end = Math.floor(to / gb);
-      if (from % gb) this.#maybeEmpty.add(Math.floor(from / gb));
-      if (to % gb) this.#maybeEmpty.add(Math.floor(to / gb));
+      const first = Math.ceil(from / gb) + 1;
+      const end = Math.floor(to / gb) + 1;
+      if (from % gb) this.#maybeEmpty.add(Math.floor(from / gb) + 1);
+      if (to % gb) this.#maybeEmpty.add(Math.floor(to / gb) + 1);
       if (end <= first) continue;
       const held = (await storage.ranges(this.#slotAt(first), (end - first) * gb)).filter((r) => r.data);
       for (let s = first; s < end; s++) {
         const at = this.#slotAt(s);
-        if (!held.some((r) => r.offset < at + gb && r.offset + r.length > at)) this.#release(s);
+        if (!held.some((r) => r.offset < at + gb && r.offset + r.length > at)) this.#slots.release(s);
       }
     }
   }
@@ -238,9 +171,9 @@ class VmdkBulkWriter implements FreshImageWriter {
     for (let pos = start; pos < end;) {
       const g = Math.floor(pos / gb);
       const stop = Math.min(end, (g + 1) * gb);
-      const slot = this.#slot(g, false);
-      const next: Extent = slot < 0 ? { offset: pos, length: stop - pos, kind: 'zero', depth: 0 } : { offset: pos, length: stop - pos, kind: 'data', depth: 0 };
-      if (slot >= 0 && options?.hostOffsets) {
+      const slot = this.#slots.slot(g, false);
+      const next: Extent = slot === 0 ? { offset: pos, length: stop - pos, kind: 'zero', depth: 0 } : { offset: pos, length: stop - pos, kind: 'data', depth: 0 };
+      if (slot !== 0 && options?.hostOffsets) {
         next.hostOffset = this.#slotAt(slot) + pos - g * gb;
         next.file = this.storage.name;
       }
@@ -263,56 +196,31 @@ class VmdkBulkWriter implements FreshImageWriter {
     const storage = this.storage;
     if (!storage.ranges || !this.#maybeEmpty.size) return;
     for (const s of [...this.#maybeEmpty].sort((a, b) => a - b)) {
-      if (!this.#grainIn[s]) continue;
-      if (!(await storage.ranges(this.#slotAt(s), this.#l.grainBytes)).some((r) => r.data)) this.#release(s);
+      if (this.#slots.unitIn(s) < 0) continue;
+      if (!(await storage.ranges(this.#slotAt(s), this.#l.grainBytes)).some((r) => r.data)) this.#slots.release(s);
     }
     this.#maybeEmpty.clear();
   }
 
   /** Moves the last grains into the slots given back, in guest order, so no gap is left between grains. */
   async #closeGaps(): Promise<void> {
-    if (!this.#free.length) return;
     const gb = this.#l.grainBytes;
-    const gaps = this.#free.sort((a, b) => a - b);
-    this.#free = [];
-    this.#freeSorted = true;
-    let lo = 0;
-    let hi = gaps.length;
-    const moved: number[] = [];
-    while (lo < hi) {
-      const last = --this.#next;
-      if (gaps[hi - 1] === last) {
-        hi--;
-        continue;
-      }
-      lo++;
-      moved.push(last);
-    }
-    // Every gap used lies below every slot moved, so any pairing is safe; guest order keeps runs in order.
-    moved.sort((a, b) => this.#grainIn[a]! - this.#grainIn[b]!);
     const bytes = new Uint8Array(gb);
-    for (let k = 0; k < moved.length; k++) {
-      const from = moved[k]!;
-      const gap = gaps[k]!;
+    for (const [from, to] of this.#slots.closeGaps()) {
       bytes.fill(0, await this.storage.readInto(this.#slotAt(from), bytes));
-      await this.storage.write(this.#slotAt(gap), bytes);
-      const g = this.#grainIn[from]! - 1;
-      const t = Math.floor(g / this.#l.perTable);
-      this.#tables.get(t)![g - t * this.#l.perTable] = gap + 1;
-      this.#grainIn[gap] = g + 1;
-      this.#grainIn[from] = 0;
+      await this.storage.write(this.#slotAt(to), bytes);
     }
   }
 
   /** The grain tables' bytes: each table that maps a grain, as (byte offset of the primary, of the redundant, entries). */
   #tableWrites(): Array<{ primary: number; redundant: number; bytes: Uint8Array }> {
     const out: Array<{ primary: number; redundant: number; bytes: Uint8Array }> = [];
-    for (const [t, table] of [...this.#tables].sort((a, b) => a[0] - b[0])) {
+    for (const [t, table] of [...this.#slots.tables].sort((a, b) => a[0] - b[0])) {
       const entries = new Uint32Array(this.#l.perTable);
       let any = false;
       for (let i = 0; i < table.length; i++) {
         if (!table[i]) continue;
-        entries[i] = this.#slotAt(table[i]! - 1) / SECTOR;
+        entries[i] = this.#slotAt(table[i]!) / SECTOR;
         any = true;
       }
       if (any) out.push({ primary: this.#l.gd[t]!, redundant: this.#l.rgd[t]!, bytes: serializeEntries(entries) });
@@ -334,7 +242,7 @@ class VmdkBulkWriter implements FreshImageWriter {
       await this.#dropEmptyEdges();
       await this.#closeGaps();
       // Whole grains, as the general writer and qemu-img leave the file (a copy may not have written a grain's end).
-      await this.storage.truncate(this.#slotAt(this.#next));
+      await this.storage.truncate(this.#slotAt(this.#slots.next));
       await this.storage.flush();
       const writes = this.#tableWrites();
       for (const w of writes) if (w.redundant) await this.storage.write(w.redundant, w.bytes);
