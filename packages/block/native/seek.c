@@ -269,6 +269,7 @@ napi_value img_inflate_available(napi_env env, napi_callback_info info);
 napi_value img_zstd_clusters(napi_env env, napi_callback_info info);
 napi_value img_zstd_version(napi_env env, napi_callback_info info);
 napi_value img_punch_hole(napi_env env, napi_callback_info info);
+napi_value img_allocate_range(napi_env env, napi_callback_info info);
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   static const struct {
@@ -277,7 +278,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   } entries[] = {
       {"copyRuns", img_copy_runs},   {"readRuns", img_read_runs}, {"inflateInto", img_inflate_into}, {"inflateAvailable", img_inflate_available},
       {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"zeroTargetAvailable", img_zero_target_available}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
-      {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},     {"punchHole", img_punch_hole},
+      {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},     {"punchHole", img_punch_hole}, {"allocateRange", img_allocate_range},
   };
   for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) CHECK(img_export(env, exports, entries[i].name, entries[i].cb));
   return exports;

@@ -93,6 +93,7 @@ export {
 export { checkDiskRange, alignUp, alignDown, KeyedLock, Mutex } from './disk-util.js';
 export { PlacedRuns, joinPlacedExtent, type PieceWalk, type PlacedRunsOwner, type WriterPhase } from './run-placement.js';
 export { SlotMap } from './slot-map.js';
+export { preallocateRange } from './preallocate.js';
 export { CallOrder, type CallOrderRunOptions } from './call-order.js';
 export { mergeExtents, clipExtents, collectExtents, validateExtentCover, assertExtentCover, chunkExtents, extentRange, summarizeExtents, diskExtents, parentExtents } from './extents.js';
 export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';

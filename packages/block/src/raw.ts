@@ -6,6 +6,7 @@
 import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, ResizeOptions, StreamSource, WriteZeroesOptions } from './disk.js';
 import { checkDiskRange, alignUp } from './disk-util.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
+import { preallocateRange } from './preallocate.js';
 import { abortError, diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
@@ -94,8 +95,9 @@ export class RawDisk implements Disk {
 
   /**
    * Grows or (with `shrink`) shrinks the file; new space reads as zeros.
-   * Preallocation `falloc` and `full` write zeros over the new space, so
-   * that every byte has its place in the file; raw has no metadata, so
+   * Preallocation `falloc` allocates the new space (fallocate, else zeros)
+   * and `full` writes zeros over it, so that every byte has its place in
+   * the file; raw has no metadata, so
    * `metadata` is refused, as qemu-img refuses it.
    */
   async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
@@ -113,6 +115,7 @@ export class RawDisk implements Disk {
     await this.storage.truncate(rounded);
     this.#size = rounded;
     if (prealloc === 'off' || rounded <= old) return;
+    if (prealloc === 'falloc' && this.storage.allocate && (await this.storage.allocate(old, rounded - old))) return;
     // In pieces, so that a signal stops a long preallocation between them.
     for (let at = old; at < rounded; at += RAW_PREALLOC_PIECE) {
       if (options.signal?.aborted) throw abortError(options.signal, 'resize');
@@ -178,14 +181,14 @@ export async function openRaw(storage: Storage, options: OpenOptions = {}): Prom
 }
 
 export interface RawCreateOptions extends CreateOptions {
-  /** "off" (sparse, default), "falloc" or "full" (either writes zeros, so every byte has its place in the file). */
+  /** "off" (sparse, default), "falloc" (fallocate, else zeros) or "full" (zeros): every byte then has its place in the file. */
   preallocation?: 'off' | 'falloc' | 'full' | string;
 }
 
 /** The options createRaw accepts (qemu-img's raw driver takes size and preallocation). */
 export const RAW_CREATE_OPTIONS: OptionTable = [
   { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
-  { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (sparse, default), falloc or full (write zeros)' },
+  { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (sparse, default), falloc (allocate) or full (write zeros)' },
 ];
 
 /** Creates a raw image: sets the storage's size (rounded up to a sector); `falloc` and `full` allocate every byte. */
@@ -202,8 +205,8 @@ export async function createRaw(storage: Storage, options: RawCreateOptions): Pr
   await storage.truncate(0);
   await storage.truncate(rounded);
   const disk = new RawDisk(storage, rounded, false);
-  // No fallocate reaches JavaScript: falloc writes the zeros as full does, which reserves the same space.
-  if ((prealloc === 'full' || prealloc === 'falloc') && rounded > 0) await disk.writeZeroes(0, rounded, { mayUnmap: false });
+  // falloc: the blocks in one fallocate where the storage can (else zeros, as full writes them).
+  if ((prealloc === 'full' || prealloc === 'falloc') && rounded > 0) await preallocateRange(storage, 0, rounded, prealloc);
   return disk;
 }
 

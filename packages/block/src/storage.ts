@@ -143,6 +143,13 @@ export interface Storage {
    */
   punchHole?(offset: number, length: number): Promise<boolean>;
   /**
+   * Optional: give `[offset, offset + length)` its blocks, reading as
+   * zeros, growing the storage if it ends before (fallocate, qemu's
+   * preallocation=falloc). Returns false if the backend cannot; the caller
+   * then writes zeros (see {@link preallocateRange}).
+   */
+  allocate?(offset: number, length: number): Promise<boolean>;
+  /**
    * Optional: whether {@link copyRunsTo} can copy from this storage into `target`
    * (both local files, with the native helper).
    */

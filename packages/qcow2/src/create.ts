@@ -5,7 +5,7 @@
  * `qemu-img create -o key=value`.
  */
 import { writeEntryOffset } from './mapping.js';
-import { ImageError, checkOptionKeys, invalidArg, parseBool, parseSize, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
+import { ImageError, checkOptionKeys, invalidArg, parseBool, parseSize, preallocateRange, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
 import type { CreateOptions, FormatRegistryLike, OptionTable, Resolver, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -231,12 +231,6 @@ export function headerCluster(l: Qcow2Layout, h: Qcow2Header, cs: number): Uint8
   return layoutHeaderCluster(h, chosen, l.backingFile, cs);
 }
 
-/** Writes zeros over `[offset, offset + length)` of `storage`, 4 MiB at a time. */
-async function writeZeroRange(storage: Storage, offset: number, length: number): Promise<void> {
-  const zeros = new Uint8Array(Math.min(length, 4 * 1024 * 1024));
-  for (let at = offset; at < offset + length; at += zeros.length) await storage.write(at, zeros.subarray(0, Math.min(zeros.length, offset + length - at)));
-}
-
 /** Fills cluster `k` of a new image (`buf`, zeroed, one cluster long) with what `plan` puts there. */
 function fillCluster(l: Qcow2Layout, h: Qcow2Header, plan: CreatePlan, buf: Uint8Array, k: number, guestClusters: number): void {
   const cs = buf.length;
@@ -341,13 +335,13 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     }
     if (plan.dataClusters) {
       await storage.truncate(plan.total * cs);
-      // No fallocate reaches JavaScript: falloc writes the zeros as full does, which reserves the same space.
-      if (allocates) await writeZeroRange(storage, plan.dataAt * cs, plan.dataClusters * cs);
+      // falloc: one fallocate where the file system can (else zeros); full: zeros, as qemu writes them.
+      if (allocates) await preallocateRange(storage, plan.dataAt * cs, plan.dataClusters * cs, l.preallocation === 'full' ? 'full' : 'falloc');
     }
     if (dataStorage) {
       await dataStorage.truncate(0);
       await dataStorage.truncate(l.size);
-      if (allocates) await writeZeroRange(dataStorage, 0, l.size);
+      if (allocates) await preallocateRange(dataStorage, 0, l.size, l.preallocation === 'full' ? 'full' : 'falloc');
       await dataStorage.flush();
     }
     await storage.flush();

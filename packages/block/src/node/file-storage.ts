@@ -248,6 +248,14 @@ export class FileStorage implements Storage {
    * has it.
    */
   readonly punchHole?: (offset: number, length: number) => Promise<boolean>;
+  /**
+   * Gives `[offset, offset + length)` its blocks (fallocate mode 0, growing
+   * the file if it ends before), as qemu's preallocation=falloc does: in
+   * one call, without writing the zeros. False where the file system
+   * cannot; ENOSPC and other failures throw. Present only with a native
+   * helper that has it.
+   */
+  readonly allocate?: (offset: number, length: number) => Promise<boolean>;
 
   readonly cache: 'writeback' | 'unsafe';
   /** Whether copyRunsTo writes this file's data around the page cache (see FileStorageOptions.direct). */
@@ -291,13 +299,15 @@ export class FileStorage implements Storage {
     if (!this.#readRuns) this.readRuns = undefined;
     if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
     const punch = addon?.punchHole;
-    if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length);
+    if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punching a hole');
+    const allocate = addon?.allocateRange;
+    if (allocate && !readOnly) this.allocate = (offset, length) => this.#punch(allocate, offset, length, 'allocating');
   }
 
-  /** See punchHole: true when punched, false where this file system or device cannot (the helper's rule, shared with the copy loop); other failures throw. */
-  async #punch(punch: NonNullable<SeekAddon['punchHole']>, offset: number, length: number): Promise<boolean> {
+  /** See punchHole and allocate: true when done, false where this file system or device cannot (the helper's rule, shared with the copy loop); other failures throw. */
+  async #punch(punch: NonNullable<SeekAddon['punchHole']>, offset: number, length: number, what: string): Promise<boolean> {
     this.#checkWritable();
-    if (!wholeNumber(offset) || !wholeNumber(length)) throw invalidArg('file', `${this.name}: punchHole needs whole, non-negative numbers (got ${offset}, ${length})`, { field: 'offset' });
+    if (!wholeNumber(offset) || !wholeNumber(length)) throw invalidArg('file', `${this.name}: ${what} needs whole, non-negative numbers (got ${offset}, ${length})`, { field: 'offset' });
     this.#busy++;
     let result: number;
     try {
@@ -307,7 +317,7 @@ export class FileStorage implements Storage {
     }
     if (result <= 0) return result === 0;
     const code = errnoName(result);
-    throw fsError(this.name, `punching a hole at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-result)?.[1] ?? code), { code }));
+    throw fsError(this.name, `${what} at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-result)?.[1] ?? code), { code }));
   }
 
   async #ranges(seekRanges: (fd: number, offset: number, length: number) => Float64Array, offset: number, length: number): Promise<StorageRange[]> {

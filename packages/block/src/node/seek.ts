@@ -44,6 +44,8 @@ export interface SeekAddon {
    * before it existed.
    */
   punchHole?: (fd: number, offset: number, length: number) => Promise<number>;
+  /** fallocate mode 0 on a pool thread: 0 done, -1 this file system cannot, else an errno. */
+  allocateRange?: (fd: number, offset: number, length: number) => Promise<number>;
   /**
    * copy.c: reads runs into `buffer` one after another on a pool thread;
    * resolves with [bytesRead, cancelled, then per run: n, then n (start, end) data pairs].
