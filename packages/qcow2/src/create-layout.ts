@@ -94,8 +94,12 @@ export function packedCreatePlan(i: CreatePlanInput): CreatePlan {
   };
 }
 
-/** Refcount blocks qemu's refcount-area sizing gives for `clusters` (its fixed point, without the generous margin). */
-function exactRefcountBlocks(clusters: number, clusterSize: number, perBlock: number): number {
+/**
+ * Refcount blocks and refcount table clusters that count `clusters`
+ * clusters plus themselves: qemu's fixed-point loop (its refcount-area
+ * sizing without the generous margin), shared by create and measure.
+ */
+export function refcountFixedPoint(clusters: number, clusterSize: number, perBlock: number): { blocks: number; table: number } {
   const perTableCluster = clusterSize / 8;
   let table = 0;
   let blocks = 0;
@@ -107,7 +111,7 @@ function exactRefcountBlocks(clusters: number, clusterSize: number, perBlock: nu
     table = Math.ceil(blocks / perTableCluster);
     n = clusters + blocks + table;
   } while (n !== last);
-  return blocks;
+  return { blocks, table };
 }
 
 /**
@@ -128,7 +132,7 @@ export function truncatedCreatePlan(i: CreatePlanInput): CreatePlan | undefined 
   if (start > perBlock) return undefined;
   const n = i.dataClusters;
   // qemu sizes the area for the data, every L2 table and one more (a head or tail that is not aligned).
-  const blocks = exactRefcountBlocks(start + n + i.l2Tables + 1, cs, perBlock);
+  const blocks = refcountFixedPoint(start + n + i.l2Tables + 1, cs, perBlock).blocks;
   const rtClusters = Math.ceil((blocks * 8) / cs);
   const newBlocksAt = start;
   const rtAt = newBlocksAt + blocks - 1;

@@ -7,24 +7,14 @@
  */
 import type { MeasureInput, MeasureResult } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions } from './create.js';
+import { refcountFixedPoint } from './create-layout.js';
 
 /**
  * Clusters of refcount table and blocks needed to count `clusters`
  * clusters plus themselves (qemu's fixed-point loop).
  */
 export function refcountMetadataClusters(clusters: number, clusterSize: number, refcountOrder: number): number {
-  const perTableCluster = clusterSize / 8;
-  const perBlock = (clusterSize * 8) / 2 ** refcountOrder;
-  let table = 0;
-  let blocks = 0;
-  let n = 0;
-  let last: number;
-  do {
-    last = n;
-    blocks = Math.ceil((clusters + table + blocks) / perBlock);
-    table = Math.ceil(blocks / perTableCluster);
-    n = clusters + blocks + table;
-  } while (n !== last);
+  const { blocks, table } = refcountFixedPoint(clusters, clusterSize, (clusterSize * 8) / 2 ** refcountOrder);
   return blocks + table;
 }
 
