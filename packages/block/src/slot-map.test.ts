@@ -3,7 +3,7 @@ import { SlotMap } from './slot-map.js';
 
 describe('SlotMap', () => {
   it('hands out slots in order, again lowest first once given back, and closes gaps moving the last slots in guest order', () => {
-    const m = new SlotMap(4, 10);
+    const m = new SlotMap(4, 10, 512, 10 * 512);
     // Units 0-3 (a batch of zeros), then 8-11 (data), placed before the zeros are settled.
     for (const u of [0, 1, 2, 3, 8, 9, 10, 11]) m.slot(u, true);
     expect(m.next).toBe(18);
@@ -25,21 +25,14 @@ describe('SlotMap', () => {
   });
 
   it('drops given-back slots at the end without moving anything; pieces join host-contiguous units', () => {
-    const m = new SlotMap(8, 1);
+    const m = new SlotMap(8, 1, 512, 0);
     for (const u of [0, 1, 2]) m.slot(u, true);
     m.release(3);
     m.release(2);
     expect(m.closeGaps()).toEqual([]);
     expect(m.next).toBe(2);
     const pieces: number[][] = [];
-    m.pieces(
-      100,
-      3 * 512,
-      512,
-      true,
-      (s) => (s - 1) * 512,
-      (g, h, n) => pieces.push([g, h, n]),
-    );
+    m.pieces(100, 3 * 512, true, (g, h, n) => pieces.push([g, h, n]));
     // Unit 0 at slot 1, units 1-3 new at slots 2-4: one piece, host = guest here.
     expect(pieces).toEqual([[100, 100, 1536]]);
   });

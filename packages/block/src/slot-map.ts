@@ -6,8 +6,13 @@
  * lowest first, and the gaps closed at the end with the last slots moved
  * in guest order (so a run stays in order in the file).
  */
+import type { Storage } from './storage.js';
 
-/** A guest unit -> host slot map with a free list; slots are numbers from `firstSlot` (at least 1) up. */
+/**
+ * A guest unit -> host slot map with a free list; slots are numbers from
+ * `firstSlot` (at least 1) up, slot `firstSlot` at byte `base` of the file
+ * and each next one `unitBytes` further.
+ */
 export class SlotMap {
   /** Units per table (a qcow2 L2 table, a VMDK grain table). */
   readonly perTable: number;
@@ -20,9 +25,77 @@ export class SlotMap {
   #free: number[] = [];
   #sorted = true;
 
-  constructor(perTable: number, firstSlot: number) {
+  readonly unitBytes: number;
+  readonly #firstSlot: number;
+  readonly #base: number;
+  /** Slots a run with skipped zeros covered in part: looked at by dropEmptyEdges, when no batch can still write there. */
+  readonly #maybeEmpty = new Set<number>();
+
+  constructor(perTable: number, firstSlot: number, unitBytes: number, base: number) {
     this.perTable = perTable;
     this.#next = firstSlot;
+    this.#firstSlot = firstSlot;
+    this.unitBytes = unitBytes;
+    this.#base = base;
+  }
+
+  /** The byte offset of `slot` in the file. */
+  position(slot: number): number {
+    return this.#base + (slot - this.#firstSlot) * this.unitBytes;
+  }
+
+  /** The slot whose bytes hold file byte `offset` (which may lie past the slots handed out). */
+  #slotAt(offset: number): number {
+    return Math.floor((offset - this.#base) / this.unitBytes) + this.#firstSlot;
+  }
+
+  /**
+   * After a copy into placed runs (file position of each run at [k + 1],
+   * length at [k + 2]) left zeros unwritten: slots wholly inside one run
+   * that hold no data in the file (holes: nothing was written there) are
+   * given back; a slot a run covers only in part waits for
+   * dropEmptyEdges (another batch in flight may still write its rest).
+   */
+  async settle(storage: Storage, runs: Float64Array): Promise<void> {
+    if (!storage.ranges) return;
+    const ub = this.unitBytes;
+    for (let k = 0; k + 2 < runs.length; k += 3) {
+      const from = runs[k + 1]!;
+      const to = from + runs[k + 2]!;
+      const first = this.#slotAt(from + ub - 1);
+      const end = this.#slotAt(to);
+      if ((from - this.#base) % ub) this.#maybeEmpty.add(this.#slotAt(from));
+      if ((to - this.#base) % ub) this.#maybeEmpty.add(end);
+      if (end <= first) continue;
+      const held = (await storage.ranges(this.position(first), (end - first) * ub)).filter((r) => r.data);
+      for (let s = first; s < end; s++) {
+        const at = this.position(s);
+        if (!held.some((r) => r.offset < at + ub && r.offset + r.length > at)) this.release(s);
+      }
+    }
+  }
+
+  /** Gives back the slots runs covered in part (see settle) that hold no data, once every batch is done. */
+  async dropEmptyEdges(storage: Storage): Promise<void> {
+    if (!storage.ranges || !this.#maybeEmpty.size) return;
+    for (const s of [...this.#maybeEmpty].sort((a, b) => a - b)) {
+      if (this.unitIn(s) < 0) continue;
+      if (!(await storage.ranges(this.position(s), this.unitBytes)).some((r) => r.data)) this.release(s);
+    }
+    this.#maybeEmpty.clear();
+  }
+
+  /** closeGaps, with the bytes of each move copied in `storage`; true when anything changed (moves, or slots dropped at the end). */
+  async moveGaps(storage: Storage): Promise<boolean> {
+    const before = this.#next;
+    const moves = this.closeGaps();
+    const bytes = new Uint8Array(moves.length ? this.unitBytes : 0);
+    for (const [from, to] of moves) {
+      // Past the file's end (a last unit written only in part) reads as zeros.
+      bytes.fill(0, await storage.readInto(this.position(from), bytes));
+      await storage.write(this.position(to), bytes);
+    }
+    return moves.length > 0 || this.#next !== before;
   }
 
   /** The slot after the last one handed out. */
@@ -76,10 +149,10 @@ export class SlotMap {
   /**
    * Calls `each(guest, host, n)` once per host-contiguous piece of the
    * units of guest `[offset, offset + length)` that have a slot (all of
-   * them given one first when `allocate`); `position` is a slot's byte
-   * offset in the file.
+   * them given one first when `allocate`).
    */
-  pieces(offset: number, length: number, unitBytes: number, allocate: boolean, position: (slot: number) => number, each: (guest: number, host: number, n: number) => void): void {
+  pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
+    const unitBytes = this.unitBytes;
     const end = offset + length;
     let runGuest = offset;
     let runHost = -1;
@@ -92,7 +165,7 @@ export class SlotMap {
         if (runLength) each(runGuest, runHost, runLength);
         runLength = 0;
       } else {
-        const at = position(slot) + (pos - u * unitBytes);
+        const at = this.position(slot) + (pos - u * unitBytes);
         if (runLength && runHost + runLength === at) runLength += n;
         else {
           if (runLength) each(runGuest, runHost, runLength);

@@ -57,12 +57,6 @@ class Qcow2BulkWriter implements FreshImageWriter {
   readonly #perTable: number;
   /** Guest cluster -> host cluster (tables by L1 index; 0: unallocated), handed out behind the empty image. */
   readonly #slots: SlotMap;
-  /**
-   * Host clusters a run with skipped zeros covered only in part: another
-   * batch, in flight at the same time, may still write into the rest, so
-   * whether they hold data is asked at finish() (see #dropEmptyEdges).
-   */
-  readonly #maybeEmpty = new Set<number>();
   #state: State = 'open';
   /** Writes, reads and placed runs through #pieces. */
   readonly #io: PlacedRuns;
@@ -74,7 +68,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
     this.#layout = layout;
     this.#cs = layout.clusterSize;
     this.#perTable = layout.perTable;
-    this.#slots = new SlotMap(layout.perTable, layout.end);
+    this.#slots = new SlotMap(layout.perTable, layout.end, layout.clusterSize, layout.end * layout.clusterSize);
     this.#io = new PlacedRuns(
       this,
       (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
@@ -113,36 +107,8 @@ class Qcow2BulkWriter implements FreshImageWriter {
    * is looked at by finish() (a raw source whose first 4 KiB are written
    * zeros before a hole had its first cluster kept).
    */
-  async settleRuns(runs: Float64Array): Promise<void> {
-    const cs = this.#cs;
-    const storage = this.storage;
-    if (!storage.ranges) return;
-    for (let k = 0; k + 2 < runs.length; k += 3) {
-      const host = runs[k + 1]!;
-      const first = Math.ceil(host / cs);
-      const end = Math.floor((host + runs[k + 2]!) / cs);
-      if (host % cs) this.#maybeEmpty.add(Math.floor(host / cs));
-      if ((host + runs[k + 2]!) % cs) this.#maybeEmpty.add(Math.floor((host + runs[k + 2]!) / cs));
-      if (end <= first) continue;
-      const found = await storage.ranges(first * cs, (end - first) * cs);
-      const data = found.filter((r) => r.data);
-      for (let c = first; c < end; c++) {
-        if (!data.some((r) => r.offset < (c + 1) * cs && r.offset + r.length > c * cs)) this.#slots.release(c);
-      }
-    }
-  }
-
-  /** Gives back the clusters runs covered in part (settleRuns) that hold no data once every batch is done. */
-  async #dropEmptyEdges(): Promise<void> {
-    const cs = this.#cs;
-    const storage = this.storage;
-    if (!storage.ranges || !this.#maybeEmpty.size) return;
-    for (const c of [...this.#maybeEmpty].sort((a, b) => a - b)) {
-      if (this.#slots.unitIn(c) < 0) continue;
-      const found = await storage.ranges(c * cs, cs);
-      if (!found.some((r) => r.data)) this.#slots.release(c);
-    }
-    this.#maybeEmpty.clear();
+  settleRuns(runs: Float64Array): Promise<void> {
+    return this.#slots.settle(this.storage, runs);
   }
 
   /**
@@ -153,17 +119,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
    * reverse: qemu-img check called 94% of such an image fragmented).
    */
   async #closeGaps(): Promise<void> {
-    const before = this.#slots.next;
-    const moves = this.#slots.closeGaps();
-    if (!moves.length && this.#slots.next === before) return;
-    const cs = this.#cs;
-    const bytes = new Uint8Array(cs);
-    for (const [from, to] of moves) {
-      // Past the file's end (a last cluster written only in part) reads as zeros.
-      bytes.fill(0, await this.storage.readInto(from * cs, bytes));
-      await this.storage.write(to * cs, bytes);
-    }
-    await this.storage.truncate(this.#slots.next * cs);
+    if (await this.#slots.moveGaps(this.storage)) await this.storage.truncate(this.#slots.next * this.#cs);
   }
 
   /**
@@ -172,8 +128,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
    * allocated first when `allocate`).
    */
   #pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
-    const cs = this.#cs;
-    this.#slots.pieces(offset, length, cs, allocate, (host) => host * cs, each);
+    this.#slots.pieces(offset, length, allocate, each);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -252,7 +207,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
     try {
       await this.#io.settle();
       if (this.#io.failure !== undefined) throw this.#io.failure;
-      await this.#dropEmptyEdges();
+      await this.#slots.dropEmptyEdges(this.storage);
       await this.#closeGaps();
       await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.next);
       this.#state = 'finished';

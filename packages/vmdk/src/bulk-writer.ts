@@ -73,8 +73,6 @@ class VmdkBulkWriter implements FreshImageWriter {
   readonly #l: Layout;
   /** Grain -> slot (tables by grain table index; 0: not allocated); slot k lies at first + (k - 1) * grainBytes. */
   readonly #slots: SlotMap;
-  /** Slots a run with skipped zeros covered in part: looked at by finish(), when no batch can still write there. */
-  readonly #maybeEmpty = new Set<number>();
   #state: WriterState = 'open';
   readonly #io: PlacedRuns;
   /** The copy loop allocates each data piece just before writing it; skipped zeros stay holes (read as zeros). */
@@ -84,7 +82,7 @@ class VmdkBulkWriter implements FreshImageWriter {
     this.storage = storage;
     this.size = size;
     this.#l = layout;
-    this.#slots = new SlotMap(layout.perTable, 1);
+    this.#slots = new SlotMap(layout.perTable, 1, layout.grainBytes, layout.first);
     this.#io = new PlacedRuns(
       this,
       (offset, length, allocate, each) => this.#pieces(offset, length, allocate, each),
@@ -97,12 +95,12 @@ class VmdkBulkWriter implements FreshImageWriter {
   }
 
   #slotAt(slot: number): number {
-    return this.#l.first + (slot - 1) * this.#l.grainBytes;
+    return this.#slots.position(slot);
   }
 
   /** Calls `each` with the (guest, host, length) pieces of the grains of the range (allocated first when `allocate`; others skipped). */
   #pieces(offset: number, length: number, allocate: boolean, each: (guest: number, host: number, n: number) => void): void {
-    this.#slots.pieces(offset, length, this.#l.grainBytes, allocate, (slot) => this.#slotAt(slot), each);
+    this.#slots.pieces(offset, length, allocate, each);
   }
 
   /** sparseCopy may copy file to file into placed runs where settleRuns can see (Storage.ranges) what a zero-skipping copy left out. */
@@ -121,25 +119,8 @@ class VmdkBulkWriter implements FreshImageWriter {
    * allocates what qemu-img would); grains a run covers in part wait for
    * finish().
    */
-  async settleRuns(runs: Float64Array): Promise<void> {
-    const storage = this.storage;
-    if (!storage.ranges) return;
-    const gb = this.#l.grainBytes;
-    for (let k = 0; k + 2 < runs.length; k += 3) {
-      // Byte offsets from slot 1's start, so slot = offset / gb + 1.
-      const from = runs[k + 1]! - this.#l.first;
-      const to = from + runs[k + 2]!;
-      const first = Math.ceil(from / gb) + 1;
-      const end = Math.floor(to / gb) + 1;
-      if (from % gb) this.#maybeEmpty.add(Math.floor(from / gb) + 1);
-      if (to % gb) this.#maybeEmpty.add(Math.floor(to / gb) + 1);
-      if (end <= first) continue;
-      const held = (await storage.ranges(this.#slotAt(first), (end - first) * gb)).filter((r) => r.data);
-      for (let s = first; s < end; s++) {
-        const at = this.#slotAt(s);
-        if (!held.some((r) => r.offset < at + gb && r.offset + r.length > at)) this.#slots.release(s);
-      }
-    }
+  settleRuns(runs: Float64Array): Promise<void> {
+    return this.#slots.settle(this.storage, runs);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -191,27 +172,6 @@ class VmdkBulkWriter implements FreshImageWriter {
     await this.storage.flush();
   }
 
-  /** Gives back the grains runs covered in part that hold no data, once every batch is done. */
-  async #dropEmptyEdges(): Promise<void> {
-    const storage = this.storage;
-    if (!storage.ranges || !this.#maybeEmpty.size) return;
-    for (const s of [...this.#maybeEmpty].sort((a, b) => a - b)) {
-      if (this.#slots.unitIn(s) < 0) continue;
-      if (!(await storage.ranges(this.#slotAt(s), this.#l.grainBytes)).some((r) => r.data)) this.#slots.release(s);
-    }
-    this.#maybeEmpty.clear();
-  }
-
-  /** Moves the last grains into the slots given back, in guest order, so no gap is left between grains. */
-  async #closeGaps(): Promise<void> {
-    const gb = this.#l.grainBytes;
-    const bytes = new Uint8Array(gb);
-    for (const [from, to] of this.#slots.closeGaps()) {
-      bytes.fill(0, await this.storage.readInto(this.#slotAt(from), bytes));
-      await this.storage.write(this.#slotAt(to), bytes);
-    }
-  }
-
   /** The grain tables' bytes: each table that maps a grain, as (byte offset of the primary, of the redundant, entries). */
   #tableWrites(): Array<{ primary: number; redundant: number; bytes: Uint8Array }> {
     const out: Array<{ primary: number; redundant: number; bytes: Uint8Array }> = [];
@@ -239,8 +199,8 @@ class VmdkBulkWriter implements FreshImageWriter {
     try {
       await this.#io.settle();
       if (this.#io.failure !== undefined) throw this.#io.failure;
-      await this.#dropEmptyEdges();
-      await this.#closeGaps();
+      await this.#slots.dropEmptyEdges(this.storage);
+      await this.#slots.moveGaps(this.storage);
       // Whole grains, as the general writer and qemu-img leave the file (a copy may not have written a grain's end).
       await this.storage.truncate(this.#slotAt(this.#slots.next));
       await this.storage.flush();
