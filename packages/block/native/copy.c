@@ -61,6 +61,7 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <node_api.h>
 #include "napi-work.h"
 
@@ -80,6 +81,9 @@ typedef struct {
   int src_fd, dst_fd;
   int direct_fd; /* the destination opened again with O_DIRECT (options.directFd), or -1: see write_direct */
   off_t direct_align; /* the alignment of direct writes: 512, or DIRECT_ALIGN_MAX once the device refused 512 */
+  bool direct_auto; /* options.directAuto: each data piece goes through the cache or around it, whichever is faster now (see auto_pick) */
+  dev_t dst_dev; /* direct_auto: the destination's device, the key of its write costs */
+  int auto_force; /* direct_auto: 0 measure, 1 always the cache, 2 always direct (IMG_COPY_DIRECT_AUTO) */
   bool read_mode;
   size_t nruns;
   double *runs;
@@ -301,12 +305,27 @@ static bool prealloc_wanted(int fd) {
   return fstatfs(fd, &fs) == 0 && ((unsigned long)fs.f_type & 0xffffffffUL) == 0xef53UL; /* ext2/3/4 */
 }
 
+static pthread_mutex_t *write_lock(int fd);
+
+/*
+ * fallocate takes the destination's inode lock as a buffered write does: it
+ * waits on the copy loop's own lock (write_lock) first, so that it sleeps
+ * while the other copy thread writes instead of spinning on the kernel's
+ * lock. Where fresh page-cache pages were slow (host faults), perf of B
+ * qcow2->raw showed a third of a 6 s run in rwsem_spin_on_owner under
+ * ext4_fallocate, the other copy thread's pwrite holding the lock.
+ */
 static bool allocate(copy_job *j, int mode, off_t off, off_t len) {
+  pthread_mutex_t *lock = write_lock(j->dst_fd);
+  if (lock) pthread_mutex_lock(lock);
+  bool ok = true;
   while (fallocate(j->dst_fd, mode, off, len) != 0) {
     if (errno == EINTR) continue;
-    return false;
+    ok = false;
+    break;
   }
-  return true;
+  if (lock) pthread_mutex_unlock(lock);
+  return ok;
 }
 
 /* A zero piece the scan skipped inside an allocated span (inside this job's own runs): its whole blocks go back (it reads as zeros either way). */
@@ -426,6 +445,7 @@ static void prealloc_piece(copy_job *j, size_t len, off_t off) {
 }
 
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off);
+static bool write_auto(copy_job *j, const uint8_t *buf, size_t len, off_t off);
 
 /*
  * copyRuns with options.directFd (qemu's cache=none for the destination):
@@ -448,6 +468,7 @@ static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off);
 /* The largest direct-write alignment tried; the first is 512 (see copy_job.direct_align). */
 #define DIRECT_ALIGN_MAX ((off_t)4096)
 static bool write_direct(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
+  if (j->direct_auto) return write_auto(j, buf, len, off);
   const off_t al = j->direct_align;
   off_t end = off + (off_t)len;
   off_t a = (off + al - 1) / al * al, b = end / al * al;
@@ -505,11 +526,16 @@ static pthread_mutex_t *write_lock(int fd) {
   return on ? &write_locks[(unsigned)fd % WRITE_LOCKS] : NULL;
 }
 
+/* directAuto: nanoseconds the last write_full or write_direct_fixed spent writing, lock wait left out (see write_auto). */
+static __thread double io_ns;
+static double now_ns(void);
+
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
   bool ok = true;
   pthread_mutex_t *lock = write_lock(j->dst_fd);
   if (lock) pthread_mutex_lock(lock);
+  double t0 = j->direct_auto ? now_ns() : 0;
   while (done < len) {
     ssize_t n = pwrite(j->dst_fd, buf + done, len - done, off + (off_t)done);
     if (n < 0 && errno == EINTR) continue;
@@ -520,9 +546,181 @@ static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
     }
     done += (size_t)n;
   }
+  if (j->direct_auto) io_ns = now_ns() - t0;
   if (lock) pthread_mutex_unlock(lock);
   if (ok) j->bytes_written += (double)len;
   return ok;
+}
+
+/*
+ * options.directAuto (convert's default cache mode): the copy loop writes
+ * each data piece through the page cache or around it (O_DIRECT, whole
+ * pages), whichever has cost less per byte lately on this device. Through
+ * the cache a write costs a memory copy and a fresh page per 4 KiB; on a VM
+ * whose host has taken the guest's free memory back (free page reporting,
+ * ballooning) every such page is a host fault, and 1 GiB took 0.7-6 s
+ * against 0.5 s for the disk itself, with the same file and the same code
+ * a minute apart. Around the cache it costs the disk's time and no CPU.
+ * Neither is known in advance, and it changes within a run (freed memory
+ * comes back warm), so the loop measures both: each write is timed (the
+ * system call only, not the wait for the writers' lock: that wait is the
+ * other thread's write, whichever path it took), an average per device and
+ * path is kept, and the slower path is tried now and then on a slice of
+ * AUTO_PROBE bytes (auto_pick), so that a path that got faster is found
+ * again. Direct writes here are whole pages only (4 KiB
+ * alignment, not 512): no page is then shared between a direct write and a
+ * buffered one of another piece, which the kernel cannot keep coherent when
+ * both run at once. The data is the same either way; only where it sits
+ * afterwards (the page cache, or the disk) differs. Not on tmpfs or ramfs
+ * (no disk under the cache). IMG_COPY_DIRECT_AUTO=0 turns it off, =cache
+ * or =direct makes every piece take that path (for measuring).
+ */
+#define AUTO_DEVS 4
+#define AUTO_MIN ((size_t)64 * 1024)
+#define AUTO_PROBE ((size_t)256 * 1024)
+/* The share of the writing time that probes of the slower path may take. */
+#define AUTO_PROBE_SHARE 0.03
+enum { PATH_CACHE = 0, PATH_DIRECT = 1 };
+static pthread_mutex_t auto_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  dev_t dev;
+  bool used;
+  double cost[2]; /* nanoseconds per byte, a moving average; 0 until measured */
+  double spent, probed; /* nanoseconds spent writing, and in probes of the slower path */
+} auto_devs[AUTO_DEVS];
+static int auto_next;
+
+/* IMG_COPY_DIRECT_AUTO: 0 off; "cache" or "direct" always that path (for measuring, and tests of both). */
+static int direct_auto_env(void) {
+  const char *env = getenv("IMG_COPY_DIRECT_AUTO");
+  return !env || !*env ? -1 : strcmp(env, "0") == 0 ? 0 : strcmp(env, "cache") == 0 ? 1 : strcmp(env, "direct") == 0 ? 2 : -1;
+}
+
+static int auto_slot(dev_t dev) {
+  for (int i = 0; i < AUTO_DEVS; i++)
+    if (auto_devs[i].used && auto_devs[i].dev == dev) return i;
+  int i = auto_next;
+  auto_next = (auto_next + 1) % AUTO_DEVS;
+  memset(&auto_devs[i], 0, sizeof auto_devs[i]);
+  auto_devs[i].used = true, auto_devs[i].dev = dev;
+  return i;
+}
+
+/*
+ * The path for the next piece, and (through *probe) whether it is a probe
+ * of the slower one: the first piece goes through the cache, the second
+ * probes the disk, and after that the slower path is probed whenever the
+ * probes have taken less than AUTO_PROBE_SHARE of the time spent writing
+ * (so a slow disk, 50 times the cache's cost, is probed once in hundreds
+ * of MiB, and costs a few percent).
+ */
+static int auto_pick(copy_job *j, bool *probe) {
+  *probe = false;
+  if (j->auto_force) return j->auto_force == 2 ? PATH_DIRECT : PATH_CACHE;
+  pthread_mutex_lock(&auto_lock);
+  int i = auto_slot(j->dst_dev);
+  const double *c = auto_devs[i].cost;
+  int path;
+  if (c[PATH_CACHE] == 0) path = PATH_CACHE;
+  else if (c[PATH_DIRECT] == 0) path = PATH_DIRECT, *probe = true;
+  else {
+    path = c[PATH_DIRECT] < c[PATH_CACHE] ? PATH_DIRECT : PATH_CACHE;
+    if (auto_devs[i].probed < auto_devs[i].spent * AUTO_PROBE_SHARE) path = 1 - path, *probe = true;
+  }
+  pthread_mutex_unlock(&auto_lock);
+  return path;
+}
+
+/*
+ * A write's cost into the path's average. One sample moves it at most 4
+ * times its value: a single slow write (a journal commit, a burst of host
+ * faults) does not turn the loop around, a run of them does within a few
+ * pieces.
+ */
+static void auto_record(copy_job *j, int path, bool probe, double ns, size_t bytes) {
+  if (bytes == 0 || j->auto_force) return;
+  double per = ns / (double)bytes;
+  if (per <= 0) per = 1e-6;
+  pthread_mutex_lock(&auto_lock);
+  int i = auto_slot(j->dst_dev);
+  double *c = &auto_devs[i].cost[path];
+  if (*c == 0) *c = per;
+  else *c = *c * 0.7 + (per > 4 * *c ? 4 * *c : per) * 0.3;
+  auto_devs[i].spent += ns;
+  if (probe) auto_devs[i].probed += ns;
+  pthread_mutex_unlock(&auto_lock);
+}
+
+static double now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static bool write_direct_fixed(copy_job *j, const uint8_t *buf, size_t len, off_t off);
+
+/* write_direct in auto mode: see above. */
+static bool write_auto(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
+  const off_t al = DIRECT_ALIGN_MAX;
+  off_t end = off + (off_t)len;
+  off_t a = (off + al - 1) / al * al, b = end / al * al;
+  if (j->direct_fd < 0 || b - a < (off_t)AUTO_MIN || ((uintptr_t)(buf + (a - off)) & (uintptr_t)(al - 1))) return write_full(j, buf, len, off);
+  /* The unaligned head and tail through the cache (their pages are never written directly). */
+  if (a > off && !write_full(j, buf, (size_t)(a - off), off)) return false;
+  const uint8_t *p = buf + (a - off);
+  size_t mid = (size_t)(b - a), done = 0;
+  while (done < mid) {
+    bool probe;
+    int path = auto_pick(j, &probe);
+    size_t n = mid - done;
+    if (probe && n > AUTO_PROBE) n = AUTO_PROBE;
+    io_ns = 0;
+    bool ok;
+    if (path == PATH_DIRECT) {
+      ok = write_direct_fixed(j, p + done, n, a + (off_t)done);
+      if (!ok) return false;
+      if (j->direct_fd < 0) return write_full(j, p + done + n, mid - done - n, a + (off_t)(done + n)) && (end == b || write_full(j, buf + (b - off), (size_t)(end - b), b));
+    } else {
+      ok = write_full(j, p + done, n, a + (off_t)done);
+      if (!ok) return false;
+    }
+    auto_record(j, path, probe, io_ns, n);
+    done += n;
+  }
+  return end == b || write_full(j, buf + (b - off), (size_t)(end - b), b);
+}
+
+/* Whole pages [off, off + len) (aligned, from an aligned buffer) through the O_DIRECT descriptor; where it refuses, through the cache and direct_fd = -1. */
+static bool write_direct_fixed(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
+  size_t done = 0;
+  /*
+   * Under the buffered writers' lock too: a direct write into a hole or an
+   * unallocated (fallocated) extent takes ext4's inode lock exclusively, and
+   * would spin on it behind a slow buffered write.
+   */
+  pthread_mutex_t *lock = write_lock(j->dst_fd);
+  if (lock) pthread_mutex_lock(lock);
+  double t0 = now_ns();
+  bool ok = true;
+  while (done < len) {
+    ssize_t n = pwrite(j->direct_fd, buf + done, len - done, off + (off_t)done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL) {
+      j->direct_fd = -1;
+      break;
+    }
+    if (n <= 0) {
+      fail(j, n < 0 ? errno : EIO, "write", (double)(off + (off_t)done));
+      ok = false;
+      break;
+    }
+    done += (size_t)n;
+  }
+  io_ns = now_ns() - t0;
+  if (lock) pthread_mutex_unlock(lock);
+  j->bytes_written += (double)done;
+  if (!ok) return false;
+  return done == len || write_full(j, buf + done, len - done, off + (off_t)done);
 }
 
 static bool is_zero(const uint8_t *p, size_t n) {
@@ -613,7 +811,10 @@ static bool zero_piece(copy_job *j, size_t len, off_t off) {
   static uint8_t zeros[64 * 1024]; /* never written: in .bss, not 64 KiB of the binary */
   if (len == 0) return true;
   if (j->punch_zeros) {
+    pthread_mutex_t *lock = write_lock(j->dst_fd);
+    if (lock) pthread_mutex_lock(lock);
     int r = img_punch(j->dst_fd, off, (off_t)len);
+    if (lock) pthread_mutex_unlock(lock);
     if (r == 0) return true;
     if (r > 0) {
       fail(j, r, "fallocate", (double)off);
@@ -968,6 +1169,18 @@ static void execute_job(copy_job *j) {
     size_t need = j->chunk_size, total = 0;
     for (size_t r = 0; r < j->nruns && total < need; r++) total += (size_t)j->runs[3 * r + 2];
     if (total < need) need = total ? total : 1;
+    if (j->direct_auto) {
+      struct statfs fs;
+      struct stat st;
+      unsigned long type = fstatfs(j->dst_fd, &fs) == 0 ? ((unsigned long)fs.f_type & 0xffffffffUL) : 0;
+      /* tmpfs, ramfs: nothing under the cache to write to. */
+      int env = direct_auto_env();
+      j->auto_force = env > 0 ? env : 0;
+      if (env == 0 || type == 0x01021994UL || type == 0x858458f6UL || stat_fd(j->dst_fd, &st) != 0) j->direct_fd = -1;
+      else j->dst_dev = st.st_dev;
+    }
+    /* Direct writes: room to place each chunk at its destination offset's place in a page (see buf below). */
+    if (j->direct_fd >= 0) need += (size_t)DIRECT_ALIGN_MAX;
     j->buffer = buffer_get(need, &j->buffer_len);
     if (!j->buffer) {
       fail(j, ENOMEM, "copyRuns", 0);
@@ -1019,7 +1232,12 @@ static void execute_job(copy_job *j) {
       uint64_t d = (uint64_t)dst + done;
       size_t n = (size_t)((d / j->chunk_size + 1) * j->chunk_size - d);
       if (n > len - done) n = len - done;
-      uint8_t *buf = j->read_mode ? j->buffer + at : j->buffer;
+      /*
+       * With direct writes the chunk lies in the buffer as it will on the disk: its first byte as far into a page
+       * as d is, so that every whole page of the destination is a whole page of the buffer (a VHD's blocks start
+       * one 512-byte bitmap into a page).
+       */
+      uint8_t *buf = j->read_mode ? j->buffer + at : j->direct_fd >= 0 ? j->buffer + (size_t)(d % (uint64_t)DIRECT_ALIGN_MAX) : j->buffer;
       if (!j->read_mode && j->min_zero_run > 0 && j->map_scan) {
         int mapped = map_chunk(j, (off_t)src + (off_t)done, n, d);
         if (mapped < 0) return;
@@ -1181,6 +1399,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   double preallocate = get_number(env, opts_v, "preallocate", 0);
   double zero_target = read_mode ? 0 : get_number(env, opts_v, "zeroTarget", 0);
   double direct_fd = read_mode ? -1 : get_number(env, opts_v, "directFd", -1);
+  double direct_auto = read_mode ? 0 : get_number(env, opts_v, "directAuto", 0);
   if (!(direct_fd == -1 || (direct_fd >= 0 && direct_fd <= 2147483647 && direct_fd == (double)(int32_t)direct_fd))) {
     napi_throw_range_error(env, NULL, "copyRuns: directFd must be a file descriptor or -1");
     return NULL;
@@ -1233,8 +1452,11 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
   j->chunk_size = (size_t)chunk, j->granule = (size_t)granule, j->min_zero_run = (size_t)min_zero;
   j->direct_fd = (int)direct_fd;
   j->direct_align = 512;
-  /* Direct writes come from the chunk buffer: no copy_file_range (it copies through the page cache), no mapped scan. */
-  j->copy_range = copy_range != 0 && j->direct_fd < 0;
+  /* Direct writes (cache=none) come from the chunk buffer: no copy_file_range (it copies through the page cache), no mapped scan. */
+  j->direct_auto = j->direct_fd >= 0 && direct_auto == 1;
+  if (j->direct_auto) j->direct_align = DIRECT_ALIGN_MAX;
+  /* A file system that copies itself (reflinks) beats either path of directAuto. */
+  j->copy_range = copy_range != 0 && (j->direct_fd < 0 || j->direct_auto);
   j->copy_auto = copy_range == 2;
   /* The mapped scan is the zero-detecting form of the kernel copy: the same option allows both. */
   j->map_scan = j->copy_range;
@@ -1259,6 +1481,14 @@ napi_value img_copy_runs(napi_env env, napi_callback_info info) {
 /* readRuns(srcFd, runs, buffer, options, cancel): see the top of this file. */
 napi_value img_read_runs(napi_env env, napi_callback_info info) {
   return start(env, info, true);
+}
+
+/* directAutoAvailable(): true. Its presence tells JavaScript that copyRuns takes options.directAuto (a helper without it would write every page directly). */
+napi_value img_direct_auto_available(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  napi_get_boolean(env, true, &out);
+  return out;
 }
 
 /* zeroTargetAvailable(): true. Its presence tells JavaScript that copyRuns takes options.zeroTarget (a helper without it would skip those zeros). */

@@ -246,7 +246,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const cache = options.cache ?? 'unsafe';
     if (!isCacheMode(cache)) throw invalidUsage(`invalid cache mode ${JSON.stringify(cache)}: one of ${cacheModeNames()}`, { field: 'cache' });
-    target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct: cache === 'none' || cache === 'directsync' });
+    // cache=none and directsync write the data around the page cache; writeback and unsafe let the copy loop pick per piece.
+    const direct = cache === 'none' || cache === 'directsync' ? true : cache === 'writethrough' ? false : 'auto';
+    target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct });
     // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
     const { result } = await convertInto(
       sourceView(snapshot ?? src, options.range),

@@ -445,6 +445,78 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await solid.close();
   });
 
+  it("direct: 'auto' picks the page cache or the disk per piece and writes the same bytes either way; only whole pages go around the cache", async () => {
+    const cached = (path: string): number | undefined => {
+      try {
+        return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw e;
+      }
+    };
+    const ext4 = statfsSync(tmp.path).type === 0xef53;
+    const data = patterned(6 * MiB + 777, 31);
+    const src = await FileStorage.open(file(data), { lock: false });
+    const solid = await FileStorage.open(file(patterned(6 * MiB + 777, 32).map((b) => b | 1)), { lock: false });
+    const cases = [
+      // Page-aligned destinations (a qcow2 or raw output), odd sources: all but the unaligned tails around the cache when forced.
+      { src: solid, runs: Float64Array.of(1, 4 * MiB, 3 * MiB + 100_001, 200_000, 12 * MiB, MiB + 12_345, 0, 16 * MiB, 4 * MiB), maxCached: 64 * KiB },
+      // A VHD's blocks: one 512-byte sector past a page; the chunk is placed in the buffer as on the disk, so its whole pages still go around.
+      { src: solid, runs: Float64Array.of(0, 2 * MiB + 512, 2 * MiB, 2 * MiB, 6 * MiB + 1024, 2 * MiB), maxCached: 64 * KiB },
+      // Zero runs split the chunks; odd destinations.
+      { src, runs: Float64Array.of(1, 5 * MiB + 3, 100_001, 200_000, 1000, MiB + 12_345, 3 * MiB, 16 * MiB + 512, 4 * MiB), maxCached: Infinity },
+    ];
+    const saved = process.env.IMG_COPY_DIRECT_AUTO;
+    try {
+      for (const { src, runs, maxCached } of cases) {
+        for (const minZeroRun of [4096, 0]) {
+          const outs: Buffer[] = [];
+          const results = [];
+          // Plain, then auto as it measures, then auto made to take each path every time.
+          for (const mode of [undefined, '', 'cache', 'direct']) {
+            if (mode) process.env.IMG_COPY_DIRECT_AUTO = mode;
+            else delete process.env.IMG_COPY_DIRECT_AUTO;
+            const path = file();
+            const dst = await FileStorage.open(path, { readOnly: false, lock: false, direct: mode === undefined ? false : 'auto' });
+            expect(dst.direct).toBe(false);
+            if (mode !== undefined && ext4) expect(dst.directAuto).toBe(true);
+            results.push(await src.copyRunsTo(dst, runs, { minZeroRun, chunkSize: MiB }));
+            const inCache = mode === 'direct' && dst.directAuto ? cached(path) : undefined;
+            if (inCache !== undefined) expect(inCache).toBeLessThanOrEqual(maxCached);
+            if (mode === 'cache' && dst.directAuto) expect(cached(path) ?? Infinity).toBeGreaterThan(MiB);
+            await dst.close();
+            outs.push(readFileSync(path));
+          }
+          for (let i = 1; i < outs.length; i++) {
+            expect(results[i]).toEqual(results[0]);
+            expect(Buffer.compare(outs[i]!, outs[0]!)).toBe(0);
+          }
+        }
+      }
+    } finally {
+      if (saved === undefined) delete process.env.IMG_COPY_DIRECT_AUTO;
+      else process.env.IMG_COPY_DIRECT_AUTO = saved;
+    }
+    // Off in tmpfs (nothing under the cache) and for read-only opens.
+    if (existsSync('/dev/shm')) {
+      const shm = mkdtempSync('/dev/shm/img-auto-');
+      try {
+        const p = join(shm, 'x');
+        writeFileSync(p, '');
+        const dst = await FileStorage.open(p, { readOnly: false, lock: false, direct: 'auto' });
+        expect(dst.directAuto).toBe(false);
+        await dst.close();
+      } finally {
+        rmSync(shm, { recursive: true, force: true });
+      }
+    }
+    const ro = await FileStorage.open(file(data), { lock: false, direct: 'auto' });
+    expect(ro.directAuto).toBe(false);
+    await ro.close();
+    await src.close();
+    await solid.close();
+  });
+
   it('reads past the end of the source as zeros (short reads at EOF), and writes them when nothing is skipped', async () => {
     const data = new Uint8Array(10_000).fill(9);
     const src = await FileStorage.open(file(data), { lock: false });

@@ -82,8 +82,16 @@ export interface FileStorageOptions {
    * runs at the disk's speed and leaves the cache alone. Only on Linux, for
    * writable opens, where the file system takes O_DIRECT; elsewhere it is
    * ignored ({@link FileStorage.direct} says which).
+   *
+   * `'auto'` (what `convert()` uses for its output by default): each data
+   * piece goes through the page cache or around it, whichever has cost
+   * less per byte lately on this device: the loop times both as it writes.
+   * Where fresh page-cache pages are cheap that is the cache; where they
+   * are slow (a VM whose host took its free memory back, memory pressure)
+   * it is the disk. The bytes written are the same either way. Not in
+   * tmpfs; `IMG_COPY_DIRECT_AUTO=0` in the environment turns it off.
    */
-  direct?: boolean;
+  direct?: boolean | 'auto';
 }
 
 /** Options of FileStorage.create. */
@@ -94,7 +102,7 @@ export interface FileStorageCreateOptions {
   /** Take qemu's read-write image locks before the file is emptied (default true); see FileStorageOptions.lock. */
   lock?: boolean;
   /** See FileStorageOptions.direct. */
-  direct?: boolean;
+  direct?: boolean | 'auto';
 }
 
 /**
@@ -260,7 +268,9 @@ export class FileStorage implements Storage {
   readonly cache: 'writeback' | 'unsafe';
   /** Whether copyRunsTo writes this file's data around the page cache (see FileStorageOptions.direct). */
   readonly direct: boolean;
-  /** The O_DIRECT descriptor of `direct`. Kept until close(): closing a descriptor drops a process's classic locks. */
+  /** Whether copyRunsTo picks the page cache or the disk per piece (`direct: 'auto'` with a helper that can). */
+  readonly directAuto: boolean;
+  /** The O_DIRECT descriptor of `direct` or `directAuto`. Kept until close(): closing a descriptor drops a process's classic locks. */
   #directFd: number | undefined;
   /**
    * How this open is protected by qemu's image locks: `ofd` or `posix` (img
@@ -277,7 +287,7 @@ export class FileStorage implements Storage {
   /** tmpfs/ramfs: small reads and writes, stat and truncate on the calling thread (see memoryBacked). */
   #memory: boolean;
 
-  private constructor(path: string, fh: FileHandle, identity: string, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }, direct = false) {
+  private constructor(path: string, fh: FileHandle, identity: string, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }, direct: boolean | 'auto' = false) {
     this.name = path;
     this.identity = identity;
     this.#fh = fh;
@@ -292,8 +302,11 @@ export class FileStorage implements Storage {
     this.#zeroTarget = typeof addon?.zeroTargetAvailable === 'function';
     this.#readRuns = addon?.readRuns;
     // Only copyRunsTo writes through it: without the native loop, or in tmpfs (all page cache), there is nothing to gain.
-    this.#directFd = direct && !readOnly && this.#copyRuns && !this.#memory ? openDirect(fh.fd) : undefined;
-    this.direct = this.#directFd !== undefined;
+    // 'auto' needs a helper that knows it (an older one would write every page around the cache).
+    const auto = direct === 'auto' && typeof addon?.directAutoAvailable === 'function';
+    this.#directFd = (direct === true || auto) && !readOnly && this.#copyRuns && !this.#memory ? openDirect(fh.fd) : undefined;
+    this.direct = this.#directFd !== undefined && !auto;
+    this.directAuto = this.#directFd !== undefined && auto;
     // Present only with the native loop, so callers can tell without trying.
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
@@ -445,7 +458,10 @@ export class FileStorage implements Storage {
     if (options.zeroTarget && !this.#zeroTarget) throw invalidArg('file', `${this.name}: the native copy loop cannot zero a target's runs (an older build of the helper)`, { field: 'zeroTarget' });
     checkRuns(runs);
     const native = nativeRunOptions(options);
-    if (target.#directFd !== undefined) native.directFd = target.#directFd;
+    if (target.#directFd !== undefined) {
+      native.directFd = target.#directFd;
+      if (target.directAuto) native.directAuto = 1;
+    }
     if (options.signal?.aborted) throw abortError(options.signal);
     const out = await this.#native(target, options.signal, (cancel) => copy(this.#fh.fd, target.#fh.fd, runs, native, cancel));
     return { bytesRead: out[0]!, bytesWritten: out[1]!, bytesSkipped: out[2]! };

@@ -37,6 +37,8 @@ export interface SeekAddon {
   copyRuns?: (srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array) => Promise<Float64Array>;
   /** Present where copyRuns takes NativeRunOptions.zeroTarget. */
   zeroTargetAvailable?: () => boolean;
+  /** Present when copyRuns takes options.directAuto. */
+  directAutoAvailable?: () => boolean;
   /**
    * space.c: punches a hole (fallocate PUNCH_HOLE, size kept) on a pool
    * thread; resolves with 0 (punched), -1 (this file system or device
@@ -68,6 +70,8 @@ export interface NativeRunOptions {
   zeroTarget: 0 | 1;
   /** copyRuns: the destination opened again with O_DIRECT; whole pages of data are written through it (helpers built before it ignore it). */
   directFd?: number;
+  /** 1: each data piece through the cache or directFd, whichever has cost less per byte lately (convert's default); 0: every whole page through directFd. */
+  directAuto?: 0 | 1;
 }
 
 /** The native helper, loaded once; undefined where none loads or IMG_NO_NATIVE is set. */
