@@ -51,7 +51,25 @@ export interface VmdkCodecs {
    * where it declines (the caller then inflates one by one).
    */
   inflateGrains?(grains: readonly { input: Uint8Array; out: Uint8Array }[]): Promise<{ status: number; bytes: number; message?: string }[]> | undefined;
+  /**
+   * Optional: the bytes of a gzip file (RFC 1952; an OVA member stored
+   * with `ovf:compression="gzip"`), inflated as they arrive. The output
+   * comes in pieces of bounded size whatever the input holds (a few MiB at
+   * most: a bomb is the caller's to stop, by not asking for more), and
+   * nothing is read ahead of what the consumer asks for. A damaged stream
+   * throws an error whose `code` is {@link GZIP_TRUNCATED},
+   * {@link GZIP_BAD_CHECK} or {@link GZIP_BAD}. Without it, the web
+   * platform's `DecompressionStream('gzip')` is used.
+   */
+  gunzip?(input: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array>;
 }
+
+/** {@link VmdkCodecs.gunzip}'s error code: the input ends inside the gzip stream. */
+export const GZIP_TRUNCATED = 'ERR_GZIP_TRUNCATED';
+/** {@link VmdkCodecs.gunzip}'s error code: the trailer's CRC-32 or length differs from the inflated data. */
+export const GZIP_BAD_CHECK = 'ERR_GZIP_BAD_CHECK';
+/** {@link VmdkCodecs.gunzip}'s error code: not a gzip stream, or damaged deflate data. */
+export const GZIP_BAD = 'ERR_GZIP_BAD';
 
 /** What {@link VmdkCodecs.inflateGrains} answers for a stream that inflates past its output, and for one whose input ends inside it. */
 export { INFLATE_TOO_LARGE, INFLATE_TRUNCATED } from '@img/block';

@@ -11,7 +11,7 @@ import { corrupt, hex, unsupported } from '@img/block';
 import { CODEC_UNAVAILABLE, INFLATE_TOO_LARGE, INFLATE_TRUNCATED, TOO_LARGE, type VmdkCodecs } from './codecs.js';
 import { webCodecs } from './web-codecs.js';
 
-export { DEFLATE_LEVEL, type VmdkCodecs } from './codecs.js';
+export { DEFLATE_LEVEL, GZIP_BAD, GZIP_BAD_CHECK, GZIP_TRUNCATED, type VmdkCodecs } from './codecs.js';
 
 let codecs: VmdkCodecs = webCodecs;
 

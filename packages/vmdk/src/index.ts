@@ -8,6 +8,7 @@ export { parseDescriptor, serializeDescriptor, type VmdkDescriptor, type Descrip
 export { parseSparseHeader, serializeSparseHeader, SPARSE_HEADER_SIZE, type SparseHeader } from './sparse-header.js';
 export { checkVmdk, type VmdkCheckResult, type VmdkProblem, type VmdkProblemCode } from './check.js';
 export { readVmdkStream } from './read-stream.js';
+export { openStreamVmdk, StreamVmdkDisk, type StreamVmdkSource } from './stream-disk.js';
 export { openOva, readOva, type OvaOpenOptions } from './open-ova.js';
 export { OvaDisk, type OvaContents } from './ova-disk.js';
 export { readTar, confinePath, MAX_TAR_MEMBERS, type TarMember } from './ova.js';
@@ -16,7 +17,7 @@ export { parseOvf, allocationUnits, MAX_OVF_BYTES, type OvfDescriptor, type OvfD
 export { parseManifest, verifyManifest, type ManifestEntry } from './ova-manifest.js';
 export { newHasher, portableHasher, setManifestHashers, type Hasher, type HasherFactory, type ManifestAlgorithm } from './sha.js';
 export { StorageWindow } from './storage-window.js';
-export { vmdkCodecs, setVmdkCodecs, type VmdkCodecs } from './compression.js';
+export { vmdkCodecs, setVmdkCodecs, GZIP_BAD, GZIP_BAD_CHECK, GZIP_TRUNCATED, type VmdkCodecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';
 export { streamOva, ovaWriteOptionsFrom, OVA_CREATE_OPTIONS, MAX_MEMORY_SPOOL, type OvaWriteOptions } from './ova-write.js';
 export { serializeOvf, guestOs, OVF_GUEST_OS, STREAM_OPTIMIZED_FORMAT, type OvfWriteDescriptor } from './ova-write-ovf.js';

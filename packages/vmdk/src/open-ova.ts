@@ -3,7 +3,7 @@
  * the file), after reading the OVF descriptor and, in untrusted mode (or
  * when asked), checking the `.mf` manifest.
  */
-import { ImageError, invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { ByteStreamReader, ImageError, invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { OvaDisk, type OvaContents } from './ova-disk.js';
 import { parseManifest, verifyManifest } from './ova-manifest.js';
 import { readTar, type TarMember } from './ova.js';
@@ -12,6 +12,9 @@ import { openVmdk } from './open.js';
 import { hasSparseMagic } from './sparse-header.js';
 import { StorageWindow } from './storage-window.js';
 import { findChunks, JoinedStorage } from './ova-chunks.js';
+import { gunzipMember, OVF_GZIP, storageBytes } from './ova-gzip.js';
+import { openStreamVmdk } from './stream-disk.js';
+import { FLAG_COMPRESSED, FLAG_MARKERS, parseSparseHeader } from './sparse-header.js';
 
 /** Options of openOva. */
 export interface OvaOpenOptions extends OpenOptions {
@@ -52,7 +55,10 @@ export async function readOva(storage: Storage): Promise<{ members: TarMember[];
 /**
  * Opens disk `options.disk` (default 0) of the OVA in `storage`, read-only.
  * A streamOptimized (or any sparse) VMDK member opens in place; other
- * formats need `options.openMember`. Closing the disk closes `storage`.
+ * formats need `options.openMember`. A member stored gzip-compressed
+ * (`ovf:compression="gzip"`) must hold a streamOptimized VMDK, read front
+ * to back as it inflates (a StreamVmdkDisk: stream-disk.ts, ova-gzip.ts).
+ * Closing the disk closes `storage`.
  *
  * @example
  * ```ts
@@ -96,8 +102,12 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
           true,
         )
       : new StorageWindow(storage, member.offset, member.size, `${storage.name}:${member.name}`, true);
-  const head = await window.read(0, 512);
   let inner: Disk;
+  if (ref.compression === OVF_GZIP) {
+    inner = await openGzipMember(window, storage.name, ref.chunkSize !== undefined ? ref.href : member.name, d.diskId);
+    return new OvaDisk(inner, contents, index);
+  }
+  const head = await window.read(0, 512);
   if (hasSparseMagic(head)) {
     // No resolver: the sparse extent embeds its descriptor; a parent or extent file is refused.
     inner = await openVmdk(window, { untrusted: true });
@@ -109,4 +119,31 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   // The disk is what the member holds, as VirtualBox and VMware take it: an OVF capacity rounded to whole units
   // (`byte * 2^30`), or larger than the disk (ovftool would grow it on deploy), is no reason to refuse the data.
   return new OvaDisk(inner, contents, index);
+}
+
+/**
+ * Opens the gzip-compressed disk member in `compressed` (ova-gzip.ts): a
+ * streamOptimized VMDK read front to back (stream-disk.ts); any other
+ * content is ERR_IMG_UNSUPPORTED, since it would need random access into
+ * the compressed member.
+ */
+async function openGzipMember(compressed: Storage, file: string, member: string, diskId: string): Promise<Disk> {
+  const bytes = () => gunzipMember(storageBytes(compressed), { file, member });
+  const r = new ByteStreamReader(bytes(), 'ova', file);
+  let head: Uint8Array;
+  try {
+    head = await r.upTo(512);
+  } finally {
+    await r.cancel();
+  }
+  const stream = head.length === 512 && hasSparseMagic(head) && (parseSparseHeader(head, 0, compressed.name).flags & (FLAG_COMPRESSED | FLAG_MARKERS)) === (FLAG_COMPRESSED | FLAG_MARKERS);
+  if (!stream) {
+    throw unsupported(
+      'ova',
+      file,
+      `disk "${diskId}" ("${member}") is gzip-compressed (ovf:compression="gzip") and is not a streamOptimized VMDK; only that can be read from a compressed member, front to back (${hasSparseMagic(head) ? 'a sparse VMDK of another kind' : 'another format'} would need random access into it): decompress the member first`,
+      { field: 'compression', actual: member },
+    );
+  }
+  return openStreamVmdk({ name: compressed.name, storage: compressed, bytes, orderAdvice: 'decompress the member first, or read the OVA from a pipe' });
 }

@@ -94,7 +94,18 @@ export class OvaDisk implements Disk {
         ovf: this.contents.ovfName,
         disk: this.diskIndex,
         'disk-format': inner.format,
-        disks: ovf.disks.map((d, i) => ({ index: i, 'disk-id': d.diskId, capacity: d.capacity, ...(d.populatedSize !== undefined ? { 'populated-size': d.populatedSize } : {}), file: ovf.files.find((f) => f.id === d.fileRef)?.href, ...(d.format ? { format: d.format } : {}) })),
+        disks: ovf.disks.map((d, i) => {
+          const file = ovf.files.find((f) => f.id === d.fileRef);
+          return {
+            index: i,
+            'disk-id': d.diskId,
+            capacity: d.capacity,
+            ...(d.populatedSize !== undefined ? { 'populated-size': d.populatedSize } : {}),
+            file: file?.href,
+            ...(file?.compression !== undefined ? { compression: file.compression } : {}),
+            ...(d.format ? { format: d.format } : {}),
+          };
+        }),
         files: this.contents.members.map((m) => ({ name: m.name, size: m.size })),
         manifest: this.contents.manifest ? this.contents.manifest.length : 0,
         ...(inner.formatSpecific ? { inner: inner.formatSpecific } : {}),

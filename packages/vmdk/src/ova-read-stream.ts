@@ -2,7 +2,8 @@
  * readOvaStream: one disk of an OVA arriving as a byte stream (a pipe),
  * read in archive order with no seek. The `.ovf` must come before the
  * chosen disk (DSP0243 puts it first); the disk member, a streamOptimized
- * VMDK, is decoded as it passes by readVmdkStream. A disk member that came
+ * VMDK (inflated first where the OVF stores it gzip-compressed,
+ * ova-gzip.ts), is decoded as it passes by readVmdkStream. A disk member that came
  * before the OVF, or a disk that is not streamOptimized, is a clean
  * ImageError that says to save the OVA to a file first. The OVF and the
  * disk member are hashed as they pass (every manifest algorithm at once:
@@ -21,6 +22,7 @@ import { MAX_OVF_BYTES, hrefMemberNames, parseOvf, refuseEncoding, type OvfDescr
 import { readVmdkStream } from './read-stream.js';
 import { checkChunk, chunkName } from './ova-chunks.js';
 import { hasSparseMagic } from './sparse-header.js';
+import { gunzipMember, OVF_GZIP } from './ova-gzip.js';
 
 const NAME = 'stream';
 const BLOCK = 512;
@@ -261,7 +263,8 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
     const base = names[firstNames.indexOf(disk.name)]!;
     const diskMembers = new DiskMembers(r, disk, ref.chunkSize !== undefined ? { base, size: ref.chunkSize, fileSize: ref.size } : undefined, verify ? hashed : undefined);
-    const bytes = diskMembers.bytes();
+    // A gzip member (ovf:compression="gzip") is inflated as it passes; what is hashed is the member as stored.
+    const bytes = ref.compression === OVF_GZIP ? gunzipMember(diskMembers.bytes(), { file: NAME, member: ref.chunkSize !== undefined ? base : disk.name }) : diskMembers.bytes();
     const head = await bytes.next();
     const first = head.done ? new Uint8Array(0) : head.value;
     if (first.length >= 4 && !hasSparseMagic(first)) {

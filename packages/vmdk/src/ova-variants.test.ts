@@ -1,6 +1,6 @@
 // OVAs as other tools write them: manifests in OpenSSL 3 and BSD styles (made by openssl and sha256sum --tag),
 // a manifest before the disk, an OVF capacity other than the disk's, percent-encoded hrefs, and the
-// ovf:compression encoding this package refuses by name (ovf:chunkSize: ova-chunks.test.ts).
+// ovf:compression on a member that is not compressed (ovf:chunkSize: ova-chunks.test.ts; gzip: ova-gzip.test.ts).
 import { ERROR_CODES, MemoryStorage, openRaw } from '@img/block';
 import { chunked, collectBytes, describeWith, seededBytes, tempDir } from '@img/testkit';
 import { spawnSync } from 'node:child_process';
@@ -138,13 +138,14 @@ describe('OVAs other exporters write', () => {
     }
   });
 
-  it('ovf:compression="gzip" is ERR_IMG_UNSUPPORTED naming the attribute, not a capacity or missing-member error', async () => {
+  it('ovf:compression="gzip" on a member stored as is: ERR_IMG_CORRUPT naming the member, not a capacity or missing-member error (gzip members: ova-gzip.test.ts)', async () => {
     const disk = await diskVmdk();
     const gz = tarOf([
       ['vm.ovf', ovf('vm-disk1.vmdk.gz', disk.length, ' ovf:compression="gzip"')],
       ['vm-disk1.vmdk.gz', disk],
     ]);
-    await expect(viaFile(gz)).rejects.toMatchObject({ code: ERROR_CODES.UNSUPPORTED, message: expect.stringMatching(/ovf:compression="gzip"/) as unknown });
-    await expect(viaPipe(gz)).rejects.toMatchObject({ code: ERROR_CODES.UNSUPPORTED, message: expect.stringMatching(/ovf:compression="gzip"/) as unknown });
+    const notGzip = { code: ERROR_CODES.CORRUPT, message: expect.stringMatching(/"vm-disk1\.vmdk\.gz" is not valid gzip data \(incorrect header check\)/) as unknown };
+    await expect(viaFile(gz)).rejects.toMatchObject(notGzip);
+    await expect(viaPipe(gz)).rejects.toMatchObject(notGzip);
   });
 });

@@ -221,12 +221,15 @@ export function hrefMemberNames(href: string): string[] {
 }
 
 /**
- * Refuses a File this package cannot read in place: a gzip-compressed
- * member (`ovf:compression`), as ERR_IMG_UNSUPPORTED naming the attribute.
- * (A File split into chunks, `ovf:chunkSize`, is read: ova-chunks.ts.)
+ * Refuses a File whose encoding this package cannot read: an
+ * `ovf:compression` other than "gzip" (DSP0243 §7.1 defines only gzip;
+ * VMware's API also names bzip2), as ERR_IMG_UNSUPPORTED naming the value.
+ * A gzip member is read through ova-gzip.ts; a File split into chunks
+ * (`ovf:chunkSize`) through ova-chunks.ts, its chunks joined before they
+ * are inflated (the chunks are of the file as stored).
  */
 export function refuseEncoding(ref: OvfFile, file: string): void {
-  if (ref.compression !== undefined) {
-    throw unsupported('ova', file, `the OVF's file "${ref.href}" is compressed (ovf:compression="${ref.compression}"), which is not supported; unpack the OVA and decompress the member first`, { field: 'compression', actual: ref.compression });
+  if (ref.compression !== undefined && ref.compression !== 'gzip') {
+    throw unsupported('ova', file, `the OVF's file "${ref.href}" is compressed with ovf:compression="${ref.compression}", which is not supported (only "gzip" is read); unpack the OVA and decompress the member first`, { field: 'compression', actual: ref.compression });
   }
 }

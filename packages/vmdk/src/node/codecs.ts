@@ -8,8 +8,9 @@
 import { availableParallelism } from 'node:os';
 import { looksIncompressible } from '@img/block';
 import { inflateBlocks } from '@img/block/node';
+import { once } from 'node:events';
 import * as zlib from 'node:zlib';
-import { DEFLATE_LEVEL, type VmdkCodecs } from '../codecs.js';
+import { DEFLATE_LEVEL, GZIP_BAD, GZIP_BAD_CHECK, GZIP_TRUNCATED, type VmdkCodecs } from '../codecs.js';
 import { setVmdkCodecs } from '../compression.js';
 
 function inflateNode(input: Uint8Array, limit: number): Uint8Array {
@@ -115,6 +116,77 @@ export async function deflateGrainsInPool(data: Uint8Array, grainBytes: number, 
   return Promise.all(jobs);
 }
 
+/** Output pieces of the gzip decoder: node:zlib fills one at a time and, past the readable side's mark, waits to be read before it inflates more. */
+const GUNZIP_CHUNK = 64 * 1024;
+
+/** node:zlib's error as one of the codes of VmdkCodecs.gunzip. */
+function gzipError(e: unknown): Error {
+  const err = e instanceof Error ? e : new Error(String(e));
+  const code = (err as { code?: string }).code;
+  const kind = code === 'Z_BUF_ERROR' ? GZIP_TRUNCATED : /incorrect (data|length) check/.test(err.message) ? GZIP_BAD_CHECK : GZIP_BAD;
+  return Object.assign(new Error(err.message, { cause: err }), { code: kind });
+}
+
+/**
+ * A gzip file inflated by node:zlib (createGunzip, on libuv's thread pool)
+ * as it is read (VmdkCodecs.gunzip): input is written as the decoder
+ * drains it, output taken a chunk at a time, so memory stays at a few
+ * chunks whatever the ratio; concatenated gzip members are read on, as
+ * gzip(1) reads them. Stopping early destroys the decoder and returns the
+ * input.
+ */
+export async function* gunzipNode(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const z = zlib.createGunzip({ chunkSize: GUNZIP_CHUNK });
+  const stop = new AbortController();
+  const it = input[Symbol.asyncIterator]();
+  let inputFailure: { error: unknown } | undefined;
+  const feeding = (async () => {
+    let ended = false;
+    try {
+      for (;;) {
+        let next: IteratorResult<Uint8Array>;
+        try {
+          next = await it.next();
+        } catch (e) {
+          inputFailure = { error: e };
+          ended = true;
+          z.destroy(e instanceof Error ? e : new Error(String(e)));
+          return;
+        }
+        if (next.done) {
+          ended = true;
+          z.end();
+          return;
+        }
+        if (stop.signal.aborted) return;
+        if (!z.write(next.value)) await once(z, 'drain', { signal: stop.signal });
+      }
+    } catch {
+      // The decoder failed or was stopped: its reader says why.
+    } finally {
+      if (!ended) await it.return?.().catch(() => undefined);
+    }
+  })();
+  try {
+    const out = z[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    for (;;) {
+      let r: IteratorResult<Buffer>;
+      try {
+        r = await out.next();
+      } catch (e) {
+        if (inputFailure) throw inputFailure.error;
+        throw gzipError(e);
+      }
+      if (r.done) break;
+      yield new Uint8Array(r.value.buffer, r.value.byteOffset, r.value.length);
+    }
+  } finally {
+    stop.abort();
+    z.destroy();
+    await feeding;
+  }
+}
+
 /** Node's codecs: node:zlib, on this thread for one grain and on libuv's thread pool for many. */
 export const nodeCodecs: VmdkCodecs = {
   name: 'node',
@@ -128,6 +200,7 @@ export const nodeCodecs: VmdkCodecs = {
   inflateGrains: (grains) => inflateBlocks(grains, 15),
   deflate: deflateNode,
   deflateGrains: (data, grainBytes) => deflateGrainsInPool(data, grainBytes),
+  gunzip: gunzipNode,
 };
 
 /**
