@@ -12,7 +12,7 @@ import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { vmdkRows } from './vmdk-bench.mjs';
 import { startInproc } from './inproc-bench.mjs';
-import { childEnv, clearOutputs, median, reportedKiB, run, timed } from './proc.mjs';
+import { cachedMiB, childEnv, clearOutputs, median, reportedKiB, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
@@ -67,6 +67,7 @@ function summarise(samples) {
     cpu: median(samples.map((s) => s.cpu)),
     rssMiB: Math.max(...samples.map((s) => s.rssMiB)),
     reclaimMiB: median(samples.map((s) => s.reclaimMiB)),
+    cachedMiB: median(samples.map((s) => s.cachedMiB ?? NaN)),
   };
 }
 
@@ -116,13 +117,16 @@ async function convertRows(cfg, files, layout, inproc) {
       const dstQemu = `${outQemu}.${EXT[to]}`;
       // Each run starts with neither output on disk and nothing dirty (see clearOutputs).
       const clear = () => clearOutputs(dstImg, dstQemu);
+      // What of each output went through the page cache (img's copy loop picks per piece, see FileStorage direct 'auto').
       const img = async () => {
         await clear();
-        return timed(process.execPath, [IMG_CONVERT, from, to, src, dstImg]);
+        const s = await timed(process.execPath, [IMG_CONVERT, from, to, src, dstImg]);
+        return { ...s, cachedMiB: cachedMiB(dstImg) };
       };
       const qemu = async () => {
         await clear();
-        return timed('qemu-img', ['convert', '-f', from, '-O', to, src, dstQemu]);
+        const s = await timed('qemu-img', ['convert', '-f', from, '-O', to, src, dstQemu]);
+        return { ...s, cachedMiB: cachedMiB(dstQemu) };
       };
       const row = await alternate(cfg, `${input} ${from}->${to}`, img, qemu, () => compare(from, src, to, dstImg));
       row.input = input;

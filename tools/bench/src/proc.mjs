@@ -2,7 +2,7 @@
  * Child processes: run a command, or run it under GNU time (Debian's
  * `time` package) to get wall time, CPU time and peak RSS of the child.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -113,6 +113,18 @@ export async function timed(cmd, args, options = {}) {
     return { wall, user, sys, cpu: user + sys, rssMiB: rss / 1024, reclaimMiB: reclaim(), stdout, stderr };
   } finally {
     await rm(out, { force: true });
+  }
+}
+
+/**
+ * MiB of `path` in the page cache right after a run (util-linux fincore), or
+ * NaN without fincore: how much of an output went through the cache.
+ */
+export function cachedMiB(path) {
+  try {
+    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim()) / 1024 / 1024;
+  } catch {
+    return NaN;
   }
 }
 

@@ -126,11 +126,13 @@ export function renderMarkdown(result) {
   const withReclaim = m.reportedKiB !== undefined;
   const reclaimHead = withReclaim ? ' reclaim MiB img / qemu |' : '';
   const reclaimCell = (r) => (withReclaim ? ` ${mib(r.img.reclaimMiB)} / ${mib(r.qemu.reclaimMiB)} |` : '');
-  lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB |${reclaimHead} output |`);
-  lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} --- |`);
+  lines.push('"cached" = median MiB of the output in the page cache right after the run (fincore): qemu-img writes all of it through the cache; img\'s copy loop writes each piece through the cache or around it, whichever has cost less lately (`FileStorage` direct `auto`).');
+  lines.push('');
+  lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB |${reclaimHead} cached MiB img / qemu | output |`);
+  lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} ---: | --- |`);
   for (const r of result.convert) {
     lines.push(
-      `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} |${reclaimCell(r)} ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
+      `| ${r.input} | ${r.pair} | ${f3(r.img.wall)} | ${f3(r.qemu.wall)} | ${f2(r.ratio)} | ${f2(r.img.cpu)} | ${f2(r.qemu.cpu)} | ${cpuPerGiB(r.input, r.img.cpu)} | ${cpuPerGiB(r.input, r.qemu.cpu)} | ${mib(r.img.rssMiB)} | ${mib(r.qemu.rssMiB)} |${reclaimCell(r)} ${mib(r.img.cachedMiB)} / ${mib(r.qemu.cachedMiB)} | ${r.ok ? 'identical' : '**DIFFERENT**'} |`,
     );
   }
   if (result.cacheNone?.length) {
