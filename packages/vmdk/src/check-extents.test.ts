@@ -53,9 +53,14 @@ describeQemu('checkVmdk with a resolver: the extents of a descriptor file are ch
     // The redundant table still has the old entry: reported, but no corruption (the primary decides).
     expect(r.corruptions).toBe(1);
     expect(r.problems.map((x) => [x.code, x.file])).toEqual([
+      ['check-failed', p('g-s001.vmdk')],
       ['redundant-mismatch', p('g-s001.vmdk')],
       ['grain-out-of-bounds', p('g-s001.vmdk')],
     ]);
+    // qemu-img check stops there: "ERROR: cluster offset for sector 0 points after EOF", "Check failed: Invalid argument", exit 1.
+    const qemu = qemuImg(['check', p('g.vmdk')], { allowFail: true });
+    expect([r.checkErrors, r.messages[0], r.checkFailed]).toEqual([1, qemu.stderr.split('\n')[0], 'Invalid argument']);
+    expect(qemu.status).toBe(1);
   });
 
   it('a descriptor that lists no extent is a check error, with or without a resolver', async () => {

@@ -5,6 +5,19 @@
  * each grain table entry points into the file, clear of that metadata, and
  * no two entries share a grain; the redundant directory's tables agree
  * with the primary ones. Problems are typed; nothing is repaired.
+ *
+ * qemu-img 7.2's own VMDK check (vmdk_co_check) is replayed beside it, for
+ * its verdict: it walks the disk grain by grain in guest order and stops at
+ * the first grain whose cluster offset lies at or after the end of its
+ * file ("ERROR: cluster offset for sector N points after EOF") or that it
+ * cannot look up (a seSparse entry of no known type: "ERROR: could not get
+ * cluster_offset for sector N"), and then the check *fails* (qemu-img
+ * prints "Check failed: Invalid argument" or "...: Operation not
+ * permitted" and exits 1), rather than counting corruptions (exit 2). Such
+ * a stop is a check error here too, with qemu's line first in `messages`
+ * and its reason in `checkFailed`; what img finds beyond it (grains
+ * overlapping metadata or each other, a grain table past the end of the
+ * file, which qemu reads as zeros) stays a counted corruption.
  */
 import { ImageError, corrupt, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
 import { decodeDescriptorBytes, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
@@ -17,7 +30,7 @@ import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js'
 import { SPAN_GRAIN, SPAN_REDUNDANT_TABLE, SPAN_TABLE, spanOverlaps } from './write-guard.js';
 
 /** What a check found wrong, in one word. */
-export type VmdkProblemCode = 'entry-invalid' | 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed';
+export type VmdkProblemCode = 'entry-invalid' | 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed' | 'check-failed';
 
 /** One problem a check found. */
 export interface VmdkProblem {
@@ -37,6 +50,78 @@ export interface VmdkCheckResult extends CheckResult {
   totalGrains: number;
   /** End of the last grain or table of the image's own file. */
   dataEnd?: number;
+  /**
+   * Set where qemu-img check's VMDK check would stop and fail (exit 1)
+   * instead of counting: the reason it prints after "Check failed: "
+   * ("Invalid argument" for a cluster offset after the end of the file,
+   * "Operation not permitted" for an entry it cannot look up). A
+   * `check-failed` problem holds qemu's line; `checkErrors` is 1.
+   */
+  checkFailed?: string;
+}
+
+/** Where qemu-img 7.2's vmdk_co_check stops, and why. */
+interface QemuStop {
+  /** The guest sector it was looking at. */
+  sector: number;
+  /** `eof`: a cluster offset at or past the end of the extent's file (-EINVAL); `lookup`: get_cluster_offset failed (VMDK_ERROR, -1). */
+  kind: 'eof' | 'lookup';
+  file: string;
+}
+
+/** Grain tables a replay keeps read (qemu keeps 16). */
+const REPLAY_TABLES = 64;
+
+/**
+ * Replays qemu-img 7.2's vmdk_co_check over the open image: guest sector
+ * by sector a grain at a time, each sparse extent's grain directory, its
+ * grain table read where the directory says (bytes past the end of the
+ * file read as zeros, as qemu reads them; a table over other metadata is
+ * read all the same), and the entry's cluster offset compared with the
+ * length of the extent's file. Answers the first stop, or undefined when
+ * qemu would find the image clean. Flat extents cannot stop it once the
+ * image opened (openVmdk refuses a flat extent its file does not hold).
+ */
+async function qemuReplay(core: VmdkImage): Promise<QemuStop | undefined> {
+  for (const e of core.extents) {
+    if (e.kind !== 'sparse') continue;
+    const map = e.map;
+    const file = map.storage.name;
+    const sesparse = map.layout === 'sesparse';
+    const cs = map.header.grainSize;
+    const n = map.header.numGTEsPerGT;
+    const tableSectors = cs * n;
+    const start = e.start / SECTOR;
+    const sectors = e.length / SECTOR;
+    const tables = new Map<number, Uint32Array | Float64Array>();
+    for (let off = 0; off < sectors;) {
+      const l1 = Math.floor(off / tableSectors);
+      if (l1 >= map.gd.length) return { sector: start + off, kind: 'lookup', file };
+      const gde = map.gd[l1]!;
+      if (gde === GTE_UNALLOCATED) {
+        // Every grain of the table is unallocated: to the first grain step past it.
+        off += Math.ceil(((l1 + 1) * tableSectors - off) / cs) * cs;
+        continue;
+      }
+      let table = tables.get(gde);
+      if (!table) {
+        const bytes = new Uint8Array(n * map.entryBytes);
+        if (gde * SECTOR < map.fileSize) bytes.set(await map.storage.read(gde * SECTOR, bytes.length));
+        table = sesparse ? parseSeSparseEntries(bytes, n) : parseEntries(bytes, n);
+        if (tables.size >= REPLAY_TABLES) tables.clear();
+        tables.set(gde, table);
+      }
+      const gte = table[Math.floor(off / cs) % n]!;
+      let at: number | undefined;
+      if (sesparse) {
+        if (gte === SE_INVALID) return { sector: start + off, kind: 'lookup', file };
+        if (gte !== GTE_UNALLOCATED && gte !== SE_ZERO) at = (map.grainsSector + (gte - 1) * cs) * SECTOR;
+      } else if (gte !== GTE_UNALLOCATED && !(gte === GTE_ZEROED && map.zeroedGrains)) at = gte * SECTOR;
+      if (at !== undefined && at >= map.fileSize) return { sector: start + off, kind: 'eof', file };
+      off += cs;
+    }
+  }
+  return undefined;
 }
 
 /** Checks one sparse extent's tables; returns its allocated grain count and end of data. */
@@ -153,6 +238,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     result.messages.push(e.message);
     return result;
   }
+  let stop: QemuStop | undefined;
   try {
     let allocated = 0;
     let total = 0;
@@ -164,11 +250,20 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     }
     result.allocatedGrains = allocated;
     result.totalGrains = total;
+    stop = await qemuReplay(core);
   } finally {
     await core.close();
   }
   // A redundant table that lags the primary is what a crash between the two entry writes leaves: the primary decides, nothing is lost.
   result.corruptions = problems.filter((p) => p.code !== 'redundant-mismatch').length;
   result.messages = problems.map((p) => `${p.file}: ${p.message}`);
+  if (stop) {
+    // qemu-img's line as it prints it (no file name), before img's own account of the same image.
+    const message = stop.kind === 'eof' ? `ERROR: cluster offset for sector ${stop.sector} points after EOF` : `ERROR: could not get cluster_offset for sector ${stop.sector}`;
+    problems.unshift({ code: 'check-failed', file: stop.file, message });
+    result.messages.unshift(message);
+    result.checkErrors = 1;
+    result.checkFailed = stop.kind === 'eof' ? 'Invalid argument' : 'Operation not permitted';
+  }
   return result;
 }

@@ -330,7 +330,9 @@ describe('bad COWD and seSparse extents: a clean ImageError, never a crash', () 
     // A cluster index of -(grain area - directory) / 8 is impossible; aim at the tables by growing the grain area's offset backwards instead.
     expect(await readAllCode(seFiles(setU64(l.bytes, 192, BigInt(l.tables))), 's.vmdk')).toBe('ERR_IMG_CORRUPT');
     const check = await checkVmdk(MemoryStorage.from(seFiles(l.bytes).get('s.vmdk')!, { name: 's.vmdk' }), { resolver: memoryResolver(seFiles(setU64(l.bytes, at, 0x5000000000000000n))) });
-    expect(check.problems.map((p) => p.code)).toEqual(['entry-invalid']);
+    // qemu-img's check cannot look the entry up: "ERROR: could not get cluster_offset for sector 0", "Check failed: Operation not permitted".
+    expect(check.problems.map((p) => p.code)).toEqual(['check-failed', 'entry-invalid']);
+    expect([check.checkErrors, check.messages[0], check.checkFailed]).toEqual([1, 'ERROR: could not get cluster_offset for sector 0', 'Operation not permitted']);
   });
   it('COWD: directory out of the file or too small, grain into the header or past the end, absurd grain size', async () => {
     const b = buildCowd(SECTORS, 1, cowdGrains());
@@ -408,6 +410,33 @@ describeQemu('vmfsSparse and seSparse children over a base: qemu-img reads them 
     writeFileSync(at('s.vmdk'), descriptor('seSparse', 'SESPARSE', SECTORS, 's-sesparse.vmdk', { name: 'sparse.vmdk', cid: baseCid(at('sparse.vmdk')) }));
     await compare('s.vmdk');
   }, 180_000);
+
+  it('img check stops where qemu-img check stops on a damaged COWD or seSparse delta (exit 1, the same line)', async () => {
+    const cowd = buildCowd(SECTORS, 1, cowdGrains());
+    const table = new DataView(cowd.buffer).getUint32(4 * S, true) * S;
+    const l = buildSeSparse(SECTORS, seGrains());
+    const with32 = (b: Uint8Array, at: number, v: number) => (u32((b = b.slice()), at, v), b);
+    const with64 = (b: Uint8Array, at: number, v: bigint) => (u64((b = b.slice()), at, v), b);
+    const cases: [string, string, string, Uint8Array][] = [
+      ['COWD grain past the end', 'VMFSSPARSE', 'vmfsSparse', with32(cowd, table, 0x7fff_ffff)],
+      ['seSparse grain of an unknown type', 'SESPARSE', 'seSparse', with64(l.bytes, l.gteAt.get(0)!, 0x5000000000000000n)],
+      ['seSparse grain past the end', 'SESPARSE', 'seSparse', with64(l.bytes, l.gteAt.get(0)!, 0x3000000000100000n)],
+    ];
+    for (const [what, type, createType, bytes] of cases) {
+      writeFileSync(at('d-delta.vmdk'), bytes);
+      writeFileSync(at('d.vmdk'), descriptor(createType, type, SECTORS, 'd-delta.vmdk'));
+      const qemu = spawnSync('qemu-img', ['check', at('d.vmdk')], { encoding: 'utf8' });
+      const storage = await FileStorage.open(at('d.vmdk'), { readOnly: true });
+      let ours;
+      try {
+        ours = await checkVmdk(storage, { resolver: fileResolver });
+      } finally {
+        await storage.close();
+      }
+      expect([what, ours.checkErrors ? 1 : ours.corruptions ? 2 : 0, ours.messages[0], ours.checkFailed]).toEqual([what, qemu.status, qemu.stderr.split('\n')[0], /Check failed: (.*)/.exec(qemu.stderr)?.[1]]);
+      expect(qemu.status, what).toBe(1);
+    }
+  });
 
   // libvmdk reads COWD extents; it refuses SESPARSE extent lines ("unsupported extent type"), so qemu-img is seSparse's only oracle.
   it.runIf(hasVmdkinfo)('vmdkinfo (libvmdk) opens the COWD child as a second reader', () => {
