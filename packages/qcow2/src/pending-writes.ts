@@ -46,6 +46,8 @@ export class PendingWrites {
 export class RefcountBatch {
   /** Block index -> [first, last + 1) changed entries. */
   readonly ranges = new Map<number, [number, number]>();
+  /** Block index -> offset of the block, held in the block cache until the batch is written. */
+  readonly pinned = new Map<number, number>();
 
   /** Entries [from, to) of refcount block `t` changed. */
   note(t: number, from: number, to: number): void {

@@ -303,6 +303,12 @@ export class Refcounts {
         }
       }
       if (pending instanceof RefcountBatch) {
+        // Held in memory until writeBatch: were the cache to drop it meanwhile (a long search for free clusters
+        // reads many blocks), the block would be read again without these counts, and they would be lost.
+        if (!pending.pinned.has(t)) {
+          this.#blocks.pin(this.#table[t]!, block);
+          pending.pinned.set(t, this.#table[t]!);
+        }
         pending.note(t, i % this.perBlock, stop - t * this.perBlock);
         i = stop;
         continue;
@@ -330,13 +336,18 @@ export class Refcounts {
 
   /** Writes each block range a batch recorded, once, with the counts as they are now; empties the batch. */
   async writeBatch(batch: RefcountBatch): Promise<void> {
-    const writes: Promise<void>[] = [];
-    for (const [t, [from, to]] of batch.ranges) {
-      const block = await this.#block(t);
-      if (block) writes.push(this.#writeBlockRange(t, block, from, to));
+    try {
+      const writes: Promise<void>[] = [];
+      for (const [t, [from, to]] of batch.ranges) {
+        const block = await this.#block(t);
+        if (block) writes.push(this.#writeBlockRange(t, block, from, to));
+      }
+      batch.ranges.clear();
+      await Promise.all(writes);
+    } finally {
+      for (const at of batch.pinned.values()) this.#blocks.unpin(at);
+      batch.pinned.clear();
     }
-    batch.ranges.clear();
-    await Promise.all(writes);
   }
 
   async #writeBlockRange(t: number, block: Uint8Array, fromEntry: number, toEntry: number): Promise<void> {
