@@ -392,6 +392,11 @@ export interface CheckResult {
   leaksFixed: number;
   /** One line per problem found, for people. */
   messages: string[];
+  /**
+   * Set where the check stopped and failed as qemu-img's would (exit 1, "Check failed: <reason>", no summary): the
+   * reason (`Invalid argument`, ...). Formats set it only where qemu-img's own check stops on the same image.
+   */
+  checkFailed?: string;
   /** End of the last used byte of the file, where the format knows it. */
   imageEndOffset?: number;
   totalClusters?: number;

@@ -52,6 +52,11 @@ export const check: Handler = async (argv, io) => {
   // qemu-img prints the per-problem lines (ERROR ..., Leaked cluster ..., Repairing ...) on stderr whatever the
   // output mode and with -q too, before the summary or the JSON object on stdout.
   for (const m of result.messages) io.stderr(m + '\n');
+  // Where qemu-img's check stops (a VMDK grain past the end of its file): its one line, no summary or JSON, exit 1.
+  if (result.checkFailed) {
+    io.stderr(`img check: Check failed: ${result.checkFailed}\n`);
+    return 1;
+  }
   if (mode === 'json') {
     const out: Record<string, unknown> = {
       filename: path,
