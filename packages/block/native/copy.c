@@ -85,6 +85,10 @@ typedef struct {
   dev_t dst_dev; /* direct_auto: the destination's device, the key of its write costs */
   int auto_force; /* direct_auto: 0 measure, 1 always the cache, 2 always direct (IMG_COPY_DIRECT_AUTO) */
   bool read_mode;
+  bool write_mode; /* writeAt: the caller's buffer (user, user_len) to position, see execute_write */
+  const uint8_t *user;
+  size_t user_len;
+  double position;
   size_t nruns;
   double *runs;
   uint8_t *buffer; /* readRuns: the caller's buffer; copyRuns: our own chunk buffer */
@@ -1152,9 +1156,59 @@ static int map_chunk(copy_job *j, off_t off, size_t n, uint64_t d) {
 
 static void execute_job(copy_job *j);
 
+/* directAuto at a job's start: the environment's say, and no direct writes into tmpfs or ramfs (nothing under the cache). */
+static void auto_setup(copy_job *j) {
+  if (!j->direct_auto) return;
+  struct statfs fs;
+  struct stat st;
+  unsigned long type = fstatfs(j->dst_fd, &fs) == 0 ? ((unsigned long)fs.f_type & 0xffffffffUL) : 0;
+  int env = direct_auto_env();
+  j->auto_force = env > 0 ? env : 0;
+  if (env == 0 || type == 0x01021994UL || type == 0x858458f6UL || stat_fd(j->dst_fd, &st) != 0) j->direct_fd = -1;
+  else j->dst_dev = st.st_dev;
+}
+
+/*
+ * writeAt: the caller's bytes to `position`, in chunks, each by write_direct
+ * (directAuto: through the cache or around it). A chunk whose bytes do not
+ * lie in memory as they will on the disk (its address and its position in
+ * different places of a page) is copied into a buffer where they do first.
+ */
+static void execute_write(copy_job *j) {
+  auto_setup(j);
+  if (j->direct_fd < 0) {
+    write_full(j, j->user, j->user_len, (off_t)j->position);
+    return;
+  }
+  const size_t page = (size_t)DIRECT_ALIGN_MAX;
+  for (size_t done = 0; done < j->user_len && !j->err;) {
+    uint64_t d = (uint64_t)j->position + done;
+    size_t n = j->user_len - done < j->chunk_size ? j->user_len - done : j->chunk_size;
+    const uint8_t *src = j->user + done;
+    if ((((uintptr_t)src ^ (uintptr_t)d) & (page - 1)) != 0) {
+      if (!j->buffer) {
+        j->buffer = buffer_get(j->chunk_size + page, &j->buffer_len);
+        if (!j->buffer) {
+          fail(j, ENOMEM, "writeAt", 0);
+          return;
+        }
+      }
+      uint8_t *to = j->buffer + (size_t)(d % page);
+      memcpy(to, src, n);
+      src = to;
+    }
+    if (!write_direct(j, src, n, (off_t)d)) return;
+    done += n;
+  }
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   copy_job *j = data;
+  if (j->write_mode) {
+    execute_write(j);
+    return;
+  }
   if (!j->read_mode) {
     j->nowait = true;
     slot_take(j);
@@ -1169,16 +1223,7 @@ static void execute_job(copy_job *j) {
     size_t need = j->chunk_size, total = 0;
     for (size_t r = 0; r < j->nruns && total < need; r++) total += (size_t)j->runs[3 * r + 2];
     if (total < need) need = total ? total : 1;
-    if (j->direct_auto) {
-      struct statfs fs;
-      struct stat st;
-      unsigned long type = fstatfs(j->dst_fd, &fs) == 0 ? ((unsigned long)fs.f_type & 0xffffffffUL) : 0;
-      /* tmpfs, ramfs: nothing under the cache to write to. */
-      int env = direct_auto_env();
-      j->auto_force = env > 0 ? env : 0;
-      if (env == 0 || type == 0x01021994UL || type == 0x858458f6UL || stat_fd(j->dst_fd, &st) != 0) j->direct_fd = -1;
-      else j->dst_dev = st.st_dev;
-    }
+    auto_setup(j);
     /* Direct writes: room to place each chunk at its destination offset's place in a page (see buf below). */
     if (j->direct_fd >= 0) need += (size_t)DIRECT_ALIGN_MAX;
     j->buffer = buffer_get(need, &j->buffer_len);
@@ -1309,13 +1354,15 @@ static void complete(napi_env env, napi_status status, void *data) {
   if (j->err) {
     napi_reject_deferred(env, j->deferred, make_error(env, j));
   } else {
-    size_t n = j->read_mode ? 2 + j->npieces : 4;
+    size_t n = j->write_mode ? 2 : j->read_mode ? 2 + j->npieces : 4;
     napi_value ab, out;
     void *bytes;
     if (napi_create_arraybuffer(env, n * sizeof(double), &bytes, &ab) == napi_ok &&
         napi_create_typedarray(env, napi_float64_array, n, ab, 0, &out) == napi_ok) {
       double *d = bytes;
-      if (j->read_mode) {
+      if (j->write_mode) {
+        d[0] = j->bytes_written, d[1] = 0;
+      } else if (j->read_mode) {
         d[0] = j->bytes_read, d[1] = j->cancelled ? 1 : 0;
         if (j->npieces) memcpy(d + 2, j->pieces, j->npieces * sizeof(double));
       } else {
@@ -1330,7 +1377,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   if (j->cancel_ref) napi_delete_reference(env, j->cancel_ref);
   if (j->buffer_ref) napi_delete_reference(env, j->buffer_ref);
   napi_delete_async_work(env, j->work);
-  if (!j->read_mode) buffer_put(j->buffer, j->buffer_len);
+  if (!j->read_mode) buffer_put(j->buffer, j->buffer_len); /* writeAt: NULL unless it needed one */
   free(j->runs);
   free(j->pieces);
   free(j);
@@ -1481,6 +1528,53 @@ napi_value img_copy_runs(napi_env env, napi_callback_info info) {
 /* readRuns(srcFd, runs, buffer, options, cancel): see the top of this file. */
 napi_value img_read_runs(napi_env env, napi_callback_info info) {
   return start(env, info, true);
+}
+
+/*
+ * writeAt(dstFd, buffer, position, options) -> Promise<Float64Array [bytesWritten, 0]>:
+ * the buffer's bytes at position, on a pool thread, through write_direct
+ * (options.directFd, options.directAuto as copyRuns takes them). For big
+ * writes of a format's own (an inflated stream, compressed clusters) into
+ * a file that copyRuns would write around the cache too.
+ */
+napi_value img_write_at(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  const char *usage = "writeAt(dstFd, buffer, position, options)";
+  int32_t dst_fd;
+  size_t len;
+  void *data;
+  double position;
+  if (argc < 4 || napi_get_value_int32(env, argv[0], &dst_fd) != napi_ok || !img_typed(env, argv[1], napi_uint8_array, &len, &data) ||
+      napi_get_value_double(env, argv[2], &position) != napi_ok)
+    return img_fail_type(env, usage);
+  if (!(position >= 0 && position + (double)len <= MAX_SAFE && position == (double)(int64_t)position)) {
+    napi_throw_range_error(env, NULL, "writeAt: position must be a whole number from 0 to 2^53");
+    return NULL;
+  }
+  double direct_fd = get_number(env, argv[3], "directFd", -1);
+  double direct_auto = get_number(env, argv[3], "directAuto", 0);
+  double chunk = get_number(env, argv[3], "chunkSize", 4 * 1024 * 1024);
+  if (!(direct_fd == -1 || (direct_fd >= 0 && direct_fd <= 2147483647 && direct_fd == (double)(int32_t)direct_fd)) || !(chunk >= 4096 && chunk <= MAX_CHUNK)) {
+    napi_throw_range_error(env, NULL, "writeAt: directFd must be a file descriptor or -1, chunkSize 4 KiB to 64 MiB");
+    return NULL;
+  }
+  copy_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, "ENOMEM", "writeAt: out of memory");
+    return NULL;
+  }
+  j->write_mode = true;
+  j->src_fd = -1, j->dst_fd = dst_fd;
+  j->user = data, j->user_len = len, j->position = position;
+  j->chunk_size = (size_t)chunk;
+  j->direct_fd = (int)direct_fd;
+  j->direct_auto = j->direct_fd >= 0 && direct_auto == 1;
+  j->direct_align = j->direct_auto ? DIRECT_ALIGN_MAX : 512;
+  napi_value keep[] = {argv[1]};
+  napi_ref *const refs[] = {&j->buffer_ref};
+  return img_start_work(env, "writeAt", "img.writeAt", execute, complete, j, &j->work, &j->deferred, keep, refs, 1);
 }
 
 /* directAutoAvailable(): true. Its presence tells JavaScript that copyRuns takes options.directAuto (a helper without it would write every page directly). */

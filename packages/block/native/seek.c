@@ -265,6 +265,7 @@ napi_value img_copy_runs(napi_env env, napi_callback_info info);
 napi_value img_read_runs(napi_env env, napi_callback_info info);
 napi_value img_zero_target_available(napi_env env, napi_callback_info info);
 napi_value img_direct_auto_available(napi_env env, napi_callback_info info);
+napi_value img_write_at(napi_env env, napi_callback_info info);
 napi_value img_inflate_into(napi_env env, napi_callback_info info);
 napi_value img_inflate_available(napi_env env, napi_callback_info info);
 napi_value img_zstd_clusters(napi_env env, napi_callback_info info);
@@ -278,7 +279,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     napi_callback cb;
   } entries[] = {
       {"copyRuns", img_copy_runs},   {"readRuns", img_read_runs}, {"inflateInto", img_inflate_into}, {"inflateAvailable", img_inflate_available},
-      {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"zeroTargetAvailable", img_zero_target_available}, {"directAutoAvailable", img_direct_auto_available}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
+      {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"zeroTargetAvailable", img_zero_target_available}, {"directAutoAvailable", img_direct_auto_available}, {"writeAt", img_write_at}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
       {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},     {"punchHole", img_punch_hole}, {"allocateRange", img_allocate_range},
   };
   for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) CHECK(img_export(env, exports, entries[i].name, entries[i].cb));

@@ -445,7 +445,7 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await solid.close();
   });
 
-  it("direct: 'auto' picks the page cache or the disk per piece and writes the same bytes either way; only whole pages go around the cache", async () => {
+  it("direct: 'auto' picks the page cache or the disk per piece, in copyRunsTo and in big writes, and writes the same bytes either way; only whole pages go around the cache", async () => {
     const cached = (path: string): number | undefined => {
       try {
         return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
@@ -496,6 +496,36 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     } finally {
       if (saved === undefined) delete process.env.IMG_COPY_DIRECT_AUTO;
       else process.env.IMG_COPY_DIRECT_AUTO = saved;
+    }
+    // The format's own big writes (write(), as an inflated stream or compressed clusters are written) take the same
+    // paths: odd positions, a buffer that does not sit in memory as on the disk, one smaller than the threshold.
+    {
+      const bytes = patterned(3 * MiB + 4321, 33).map((b) => b | 1);
+      const writes: Array<[number, Uint8Array]> = [
+        [0, bytes.subarray(0, MiB)],
+        [2 * MiB + 512, bytes.subarray(100, 100 + MiB + 7000)],
+        [5 * MiB + 1, bytes.subarray(1, 600 * KiB)],
+        [7 * MiB, bytes.subarray(0, 100 * KiB)],
+        [8 * MiB + 4096, bytes.subarray(4096, 3 * MiB)],
+      ];
+      const outs: Buffer[] = [];
+      try {
+        for (const mode of [undefined, '', 'cache', 'direct']) {
+          if (mode) process.env.IMG_COPY_DIRECT_AUTO = mode;
+          else delete process.env.IMG_COPY_DIRECT_AUTO;
+          const path = file();
+          const dst = await FileStorage.open(path, { readOnly: false, lock: false, direct: mode === undefined ? false : 'auto' });
+          await Promise.all(writes.map(([at, b]) => dst.write(at, b)));
+          // All but the pages the unaligned ends share, and the small write, around the cache when forced.
+          if (mode === 'direct' && dst.directAuto) expect(cached(path) ?? 0).toBeLessThanOrEqual(100 * KiB + 6 * 4 * KiB);
+          await dst.close();
+          outs.push(readFileSync(path));
+        }
+      } finally {
+        if (saved === undefined) delete process.env.IMG_COPY_DIRECT_AUTO;
+        else process.env.IMG_COPY_DIRECT_AUTO = saved;
+      }
+      for (let i = 1; i < outs.length; i++) expect(Buffer.compare(outs[i]!, outs[0]!)).toBe(0);
     }
     // Off in tmpfs (nothing under the cache) and for read-only opens.
     if (existsSync('/dev/shm')) {

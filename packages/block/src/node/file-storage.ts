@@ -105,6 +105,9 @@ export interface FileStorageCreateOptions {
   direct?: boolean | 'auto';
 }
 
+/** The smallest write that FileStorage.write hands to the native writer in direct 'auto' mode. */
+const AUTO_WRITE_MIN = 256 * 1024;
+
 /**
  * A second descriptor of the open file `fd` with O_DIRECT (through
  * /proc/self/fd, so it is the same file whatever happened to its name), or
@@ -284,6 +287,8 @@ export class FileStorage implements Storage {
   /** Whether the loaded helper's copyRuns zeroes zero runs when asked (RunCopyOptions.zeroTarget). */
   #zeroTarget: boolean;
   #readRuns: SeekAddon['readRuns'];
+  /** directAuto: big writes go through the native writer, so that they too may go around the cache (see write). */
+  #writeAt: SeekAddon['writeAt'];
   /** tmpfs/ramfs: small reads and writes, stat and truncate on the calling thread (see memoryBacked). */
   #memory: boolean;
 
@@ -307,6 +312,7 @@ export class FileStorage implements Storage {
     this.#directFd = (direct === true || auto) && !readOnly && this.#copyRuns && !this.#memory ? openDirect(fh.fd) : undefined;
     this.direct = this.#directFd !== undefined && !auto;
     this.directAuto = this.#directFd !== undefined && auto;
+    this.#writeAt = this.directAuto ? addon?.writeAt : undefined;
     // Present only with the native loop, so callers can tell without trying.
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
@@ -603,6 +609,15 @@ export class FileStorage implements Storage {
 
   async write(position: number, data: Uint8Array): Promise<void> {
     this.#checkWritable();
+    // A format's own big writes (an inflated stream, batches of compressed clusters) pick the cache or the disk as
+    // copyRunsTo's data does (direct 'auto'); small ones (tables, headers) always go through the cache.
+    if (this.#writeAt && data.length >= AUTO_WRITE_MIN) {
+      const writeAt = this.#writeAt;
+      const fd = this.#fh.fd;
+      const directFd = this.#directFd!;
+      await this.#native(undefined, undefined, () => writeAt(fd, data, position, { directFd, directAuto: 1 }));
+      return;
+    }
     let done = 0;
     try {
       const fd = this.#fh.fd;

@@ -39,6 +39,8 @@ export interface SeekAddon {
   zeroTargetAvailable?: () => boolean;
   /** Present when copyRuns takes options.directAuto. */
   directAutoAvailable?: () => boolean;
+  /** The buffer's bytes at position on a pool thread, through the cache or around it as copyRuns writes (options.directFd, directAuto). Resolves to [bytesWritten, 0]. */
+  writeAt?: (dstFd: number, buffer: Uint8Array, position: number, options: { directFd: number; directAuto: 0 | 1 }) => Promise<Float64Array>;
   /**
    * space.c: punches a hole (fallocate PUNCH_HOLE, size kept) on a pool
    * thread; resolves with 0 (punched), -1 (this file system or device
