@@ -1164,7 +1164,9 @@ static void auto_setup(copy_job *j) {
   unsigned long type = fstatfs(j->dst_fd, &fs) == 0 ? ((unsigned long)fs.f_type & 0xffffffffUL) : 0;
   int env = direct_auto_env();
   j->auto_force = env > 0 ? env : 0;
-  if (env == 0 || type == 0x01021994UL || type == 0x858458f6UL || stat_fd(j->dst_fd, &st) != 0) j->direct_fd = -1;
+  if (env == 0 || stat_fd(j->dst_fd, &st) != 0) j->direct_fd = -1;
+  else if (S_ISBLK(st.st_mode)) j->dst_dev = st.st_rdev; /* its node is in devtmpfs (a tmpfs), its bytes on the device */
+  else if (type == 0x01021994UL || type == 0x858458f6UL) j->direct_fd = -1;
   else j->dst_dev = st.st_dev;
 }
 

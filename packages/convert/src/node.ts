@@ -2,8 +2,8 @@
  * The file-level API the commands use: open an image file by format,
  * convert a file into a new one. Node only (uses the file system).
  */
-import { type WriteStream } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
+import { statSync, type WriteStream } from 'node:fs';
+import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, notAnImageFile, notFoundError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
@@ -207,6 +207,22 @@ export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> 
   return s.openSnapshot.call(disk, selectSnapshotId((await disk.info?.())?.snapshots ?? [], selector, disk.storage.name));
 }
 
+/** Whether `path` names a block device (following links); false where it names nothing yet. */
+function isBlockDevicePath(path: string): boolean {
+  return statSync(path, { throwIfNoEntry: false })?.isBlockDevice() ?? false;
+}
+
+/**
+ * Removes the output of a failed conversion, if it is a regular file: a
+ * device, a FIFO or whatever else the user named is never removed (a
+ * failed conversion onto /dev/loop0 once removed the device's node).
+ */
+export async function removeOutputFile(path: string): Promise<void> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isFile()) return;
+  await rm(path, { force: true }).catch(() => undefined);
+}
+
 /**
  * Converts `input` (of `srcFormat`) into a new file `output` of `dstFormat`.
  * A failed conversion removes the output unless `keepPartial`. An `output`
@@ -224,7 +240,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   if (options.output === '-') return convertToStream(options, registry);
   // An NBD URI names an export that exists already: written into as it is (see node/nbd-output.ts), as qemu-img does.
   const intoExport = isNbdUri(options.output);
-  if (intoExport) checkNbdOutput({ ...options, registry });
+  // A block device exists with its size, as an export: written into, never created, truncated or removed.
+  const intoDevice = !intoExport && isBlockDevicePath(options.output);
+  if (intoExport || intoDevice) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
   else if (dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
@@ -242,6 +260,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     }
     await guardOutput(options, registry, filesOf(src));
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
+    if (intoDevice) return await convertIntoNbdExport(sourceView(snapshot ?? src, options.range), { ...options, registry }, 'device');
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const cache = options.cache ?? 'unsafe';
@@ -266,7 +285,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   } catch (e) {
     // convertInto closes the target once a writer holds it; a format that refused to create leaves it to us.
     await target?.close().catch(() => undefined);
-    if (target && !options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
+    if (target && !options.keepPartial) await removeOutputFile(options.output);
     throw e;
   } finally {
     await snapshot?.close().catch(() => undefined);
@@ -382,7 +401,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
     }
   } catch (e) {
     await target.close().catch(() => undefined);
-    if (!options.keepPartial) await rm(options.output, { force: true }).catch(() => undefined);
+    if (!options.keepPartial) await removeOutputFile(options.output);
     throw e;
   }
 }
@@ -468,7 +487,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     const size = sourceView(snapshot ?? src, options.range).size;
     return { bytesDone: size, bytesTotal: size, bytesRead: written, bytesWritten: written, bytesSkipped: 0, virtualSize: size, durationMs: Date.now() - started };
   } catch (e) {
-    if (created && file !== undefined && !options.keepPartial) await rm(file, { force: true }).catch(() => undefined);
+    if (created && file !== undefined && !options.keepPartial) await removeOutputFile(file);
     throw e;
   } finally {
     await snapshot?.close().catch(() => undefined);

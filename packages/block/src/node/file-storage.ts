@@ -7,7 +7,7 @@
  * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
 import { constants as osConstants } from 'node:os';
-import { constants as fsConstants, type BigIntStats, type Stats, closeSync, fstatSync, ftruncateSync, openSync, read as fsRead, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, type BigIntStats, type Stats, closeSync, fstatSync, ftruncateSync, openSync, read as fsRead, readFileSync, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { getSystemErrorMap } from 'node:util';
 import { ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError, storageClosedError, storageReadOnlyError } from '../errors.js';
@@ -36,9 +36,11 @@ const MEMORY_FS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
  * of 17); RWF_NOWAIT, which does the same for cached pages of other file
  * systems, is not supported by tmpfs.
  */
-function memoryBacked(path: string): boolean {
+function memoryBacked(path: string, fd: number): boolean {
   if (process.platform !== 'linux') return false;
   try {
+    // A block device's node lives in devtmpfs (a tmpfs), but its bytes are on the device.
+    if (fstatSync(fd).isBlockDevice()) return false;
     return MEMORY_FS.has(Number(statfsSync(path).type));
   } catch {
     return false;
@@ -103,6 +105,24 @@ export interface FileStorageCreateOptions {
   lock?: boolean;
   /** See FileStorageOptions.direct. */
   direct?: boolean | 'auto';
+}
+
+/**
+ * Bytes of the block device `rdev` (Linux: /sys/dev/block/MAJOR:MINOR/size
+ * counts 512-byte sectors whatever the device's own sector size). Throws
+ * ENOTSUP where there is no such count (not Linux).
+ */
+function blockDeviceSize(rdev: number): number {
+  // glibc's gnu_dev_major / gnu_dev_minor, in doubles: rdev can exceed 32 bits.
+  const hi = Math.floor(rdev / 2 ** 32);
+  const lo = rdev >>> 0;
+  const major = ((lo >>> 8) & 0xfff) | ((hi & 0xfffff000) >>> 0);
+  const minor = (lo & 0xff) | ((lo >>> 12) & 0xfff00);
+  try {
+    return Number(readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
+  } catch {
+    throw Object.assign(new Error('the size of a block device is unknown here'), { code: 'ENOTSUP' });
+  }
 }
 
 /** The smallest write that FileStorage.write hands to the native writer in direct 'auto' mode. */
@@ -302,7 +322,7 @@ export class FileStorage implements Storage {
     this.#unlock = lock.release;
     const addon = seekAddon();
     this.#nowait = addon?.nowait;
-    this.#memory = memoryBacked(path);
+    this.#memory = memoryBacked(path, fh.fd);
     this.#copyRuns = addon?.copyRuns;
     this.#zeroTarget = typeof addon?.zeroTargetAvailable === 'function';
     this.#readRuns = addon?.readRuns;
@@ -546,7 +566,9 @@ export class FileStorage implements Storage {
   async size(): Promise<number> {
     this.#check();
     try {
-      return this.#memory ? fstatSync(this.#fh.fd).size : (await this.#fh.stat()).size;
+      const st = this.#memory ? fstatSync(this.#fh.fd) : await this.#fh.stat();
+      // A block device's stat says 0 bytes: its size is the kernel's count of its sectors.
+      return st.isBlockDevice() ? blockDeviceSize(st.rdev) : st.size;
     } catch (e) {
       throw fsError(this.name, 'stat', e);
     }

@@ -331,7 +331,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           await applyBitmapCopy(output, bitmapCopy);
         } catch (e) {
           // A new output without its bitmaps is a failed conversion, as any other (-n leaves the image as it was).
-          if (!values.n && !values['keep-partial']) await (await import('node:fs/promises')).rm(output, { force: true }).catch(() => undefined);
+          if (!values.n && !values['keep-partial']) await (await import('../node.js')).removeOutputFile(output);
           throw e;
         }
       }

@@ -1,12 +1,15 @@
 /**
- * A conversion whose output is an NBD URI. An export exists already and has
- * a fixed size, so nothing is created: as qemu-img convert does (its NBD
- * "create" checks the existing export's size), the source's bytes are
- * written into the export, zero runs included (it is not assumed to read as
- * zeros), and an export smaller than the source is refused before anything
- * is written. Bytes past the source's size are left as they are.
+ * A conversion whose output exists already with a fixed size: an NBD URI (an
+ * export) or a block device. Nothing is created: as qemu-img convert does
+ * (its NBD and host_device "create" check the existing size), the source's
+ * bytes are written into it, zero runs included (it is not assumed to read
+ * as zeros: holes are zeroed, punched where the device can), and one
+ * smaller than the source is refused before anything is written. Bytes past
+ * the source's size are left as they are. Such an output is never removed,
+ * whatever happens.
  */
 import { invalidArg, invalidUsage, sparseCopy, unsupported, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
+import { FileStorage } from '@img/block/node';
 import { NbdStorage } from '@img/nbd';
 import type { ConvertResult } from '../convert.js';
 import { salvagingDisk, type SalvageEvent } from '../salvage.js';
@@ -23,28 +26,38 @@ export interface NbdOutputOptions extends Pick<SparseCopyOptions, 'minZeroRun' |
   onSalvage?: (event: SalvageEvent) => void;
 }
 
+/** What the output is: an NBD export or a block device. */
+export type ExistingOutputKind = 'nbd' | 'device';
+
 /**
- * Refuses what cannot go into an NBD export (before the source is opened):
- * a format other than raw, -c, -B, -o.
+ * Refuses what cannot go into an NBD export or a block device (before the
+ * source is opened): a format other than raw, -c, -B, -o.
  */
-export function checkNbdOutput(options: NbdOutputOptions): void {
+export function checkNbdOutput(options: NbdOutputOptions, kind: ExistingOutputKind = 'nbd'): void {
   const format = options.registry.require(options.dstFormat).name;
   if (format !== 'raw') {
-    throw unsupported(format, options.output, `an NBD export takes the disk's bytes as they are: img converts into one with -O raw only, not ${format} (serve a ${format} file with img serve -w to write it over NBD)`);
+    throw unsupported(
+      format,
+      options.output,
+      kind === 'nbd'
+        ? `an NBD export takes the disk's bytes as they are: img converts into one with -O raw only, not ${format} (serve a ${format} file with img serve -w to write it over NBD)`
+        : `img converts onto a block device with -O raw only, not ${format} (the device then holds the disk's bytes; convert into a ${format} file instead)`,
+    );
   }
   if (options.compress || options.backingFile !== undefined || Object.keys(options.createOptions ?? {}).length > 0) {
-    throw invalidUsage(`${options.output}: an NBD export exists already: -c, -B and -o apply to a new image`, { file: options.output, field: 'output' });
+    throw invalidUsage(`${options.output}: ${kind === 'nbd' ? 'an NBD export' : 'a block device'} exists already: -c, -B and -o apply to a new image`, { file: options.output, field: 'output' });
   }
 }
 
-/** Writes `source` into the NBD export `output` (checked by checkNbdOutput). */
-export async function convertIntoNbdExport(source: Disk, options: NbdOutputOptions): Promise<ConvertResult> {
+/** Writes `source` into the NBD export or block device `output` (checked by checkNbdOutput). */
+export async function convertIntoNbdExport(source: Disk, options: NbdOutputOptions, kind: ExistingOutputKind = 'nbd'): Promise<ConvertResult> {
   const started = Date.now();
-  const storage = await NbdStorage.connect(options.output, { writable: true });
+  const storage = kind === 'nbd' ? await NbdStorage.connect(options.output, { writable: true }) : await FileStorage.open(options.output, { readOnly: false });
+  const what = kind === 'nbd' ? 'the NBD export' : 'the block device';
   try {
     const size = await storage.size();
     if (size < source.size) {
-      throw invalidArg('convert', `${options.output}: the NBD export is ${size} bytes, smaller than the ${source.size} bytes of the source; an export cannot grow`, {
+      throw invalidArg('convert', `${options.output}: ${what} is ${size} bytes, smaller than the ${source.size} bytes of the source; ${kind === 'nbd' ? 'an export' : 'a device'} cannot grow`, {
         file: options.output,
         field: 'virtual size',
         expected: source.size,
