@@ -78,6 +78,53 @@ export class Allocator {
     return this.#meta.run(() => rc.allocate(count, pending));
   }
 
+  /**
+   * Lays out qemu's refcount area for a preallocating resize under the
+   * metadata lock: from the cluster after the last one in use, new
+   * refcount structures that cover themselves and `additional` clusters
+   * after them (Refcounts.reserveArea). Answers the first cluster after
+   * them, or undefined where the image's refcounts do not allow it.
+   */
+  reserveArea(additional: number): Promise<number | undefined> {
+    const rc = this.refcounts;
+    return this.#meta.run(async () => {
+      const end = await rc.reserveArea((await rc.lastInUse()) + 1, additional);
+      if (end !== undefined) this.#img.noteFileEnd(end * this.#img.geom.clusterSize);
+      return end;
+    });
+  }
+
+  /**
+   * Allocates exactly clusters [first, first + count) if all are free,
+   * without growing the file (the caller gives them their space); answers
+   * whether it did.
+   */
+  allocateAt(first: number, count: number): Promise<boolean> {
+    const rc = this.refcounts;
+    return this.#meta.run(() => rc.allocateAt(first, count));
+  }
+
+  /**
+   * Allocates `count` single clusters, each the first free one in turn (as
+   * L2 tables allocated one after another land), with one refcount write
+   * per block and without growing the file: the caller writes each of them
+   * in full, then records the end ({@link noteWritten}).
+   */
+  allocateEach(count: number): Promise<number[]> {
+    const rc = this.refcounts;
+    return this.#meta.run(async () => {
+      const out: number[] = [];
+      const batch = new RefcountBatch();
+      try {
+        for (let i = 0; i < count; i++) out.push(await rc.allocate(1, batch));
+      } finally {
+        // Also after a failure: what memory counts, the disk counts (a leak at worst).
+        await rc.writeBatch(batch);
+      }
+      return out;
+    });
+  }
+
   /** Records that the file now reaches at least `end` (a data write past its old end). */
   noteWritten(end: number): void {
     this.#img.noteFileEnd(end);

@@ -9,6 +9,7 @@
  * only after that entry is on disk. Every metadata write is checked
  * against the overlap map first.
  */
+import { concatBytes } from '@img/block';
 import type { Storage } from '@img/block';
 import { entryCopied, writeEntryOffset, l1EntryOffset, type EntryGeometry } from './mapping.js';
 import { decodeEntry, encodeEntry, writerEntry, type Entry } from './l2-entry.js';
@@ -154,6 +155,39 @@ export class ClusterMap {
     const cache = img.cache;
     cache.pin(tableOffset, table);
     this.#sched.defer(this.writeTableRange(tableOffset, table, first, last).finally(() => cache.unpin(tableOffset)));
+  }
+
+  /**
+   * Hooks up new, filled L2 tables for L1 entries that have none, at
+   * clusters the caller allocated (in order of L1 index): the tables are
+   * written (neighbours in one write) and flushed, then the L1 entries
+   * (neighbours in one write). Nothing waits for the table locks: the
+   * caller runs alone (a preallocating resize).
+   */
+  async installTables(tables: ReadonlyArray<{ l1Index: number; offset: number; table: Uint8Array }>): Promise<void> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    for (const t of tables) img.overlap?.check(img.file, t.offset, cs);
+    for (let i = 0; i < tables.length;) {
+      let j = i + 1;
+      while (j < tables.length && tables[j]!.offset === tables[j - 1]!.offset + cs) j++;
+      const run = tables.slice(i, j);
+      await img.storage.write(run[0]!.offset, run.length === 1 ? run[0]!.table : concatBytes(run.map((t) => t.table)));
+      i = j;
+    }
+    await this.#sched.barrier();
+    const l1 = this.#view.l1;
+    for (let i = 0; i < tables.length;) {
+      let j = i + 1;
+      while (j < tables.length && tables[j]!.l1Index === tables[j - 1]!.l1Index + 1) j++;
+      for (const t of tables.slice(i, j)) writeEntryOffset(l1, t.l1Index * 8, t.offset, true);
+      const from = tables[i]!.l1Index * 8;
+      const to = (tables[j - 1]!.l1Index + 1) * 8;
+      img.overlap?.check(img.file, this.#view.l1Offset + from, to - from, OVERLAP.ACTIVE_L1);
+      await img.storage.write(this.#view.l1Offset + from, l1.subarray(from, to));
+      i = j;
+    }
+    for (const t of tables) img.overlap?.add(OVERLAP.L2, t.offset, cs);
   }
 
   /** Grows the L1 table to at least `entries` entries (moves it to new clusters). */

@@ -3,6 +3,7 @@
  * create leaves. Pure arithmetic over cluster indexes; create.ts writes
  * the bytes.
  */
+import { refcountFixedPoint } from './refcount.js';
 
 /** What a cluster of a new image holds. */
 export type CreateClusterRole = { kind: 'header' } | { kind: 'refcount-table'; index: number } | { kind: 'refcount-block'; index: number } | { kind: 'l1'; index: number } | { kind: 'l2'; index: number } | { kind: 'data' } | { kind: 'free' };
@@ -92,26 +93,6 @@ export function packedCreatePlan(i: CreatePlanInput): CreatePlan {
       return c < total ? { kind: 'data' } : { kind: 'free' };
     },
   };
-}
-
-/**
- * Refcount blocks and refcount table clusters that count `clusters`
- * clusters plus themselves: qemu's fixed-point loop (its refcount-area
- * sizing without the generous margin), shared by create and measure.
- */
-export function refcountFixedPoint(clusters: number, clusterSize: number, perBlock: number): { blocks: number; table: number } {
-  const perTableCluster = clusterSize / 8;
-  let table = 0;
-  let blocks = 0;
-  let n = 0;
-  let last: number;
-  do {
-    last = n;
-    blocks = Math.ceil((clusters + table + blocks) / perBlock);
-    table = Math.ceil(blocks / perTableCluster);
-    n = clusters + blocks + table;
-  } while (n !== last);
-  return { blocks, table };
 }
 
 /**

@@ -65,6 +65,23 @@ export function encodeDataEntries(table: Uint8Array, hosts: Float64Array, g: Ent
   }
 }
 
+/**
+ * Sets entries [first, first + count) of an L2 table to COPIED data
+ * clusters at `host`, `host` + one cluster, ...: with extended entries,
+ * `alloc` allocated units and `zero` units reading as zeros (a
+ * preallocating resize maps its run of new clusters so; an entry at a
+ * time would be slow for small clusters).
+ */
+export function encodeDataRun(table: Uint8Array, first: number, count: number, host: number, g: EntryGeometry, alloc = 0xffffffff, zero = 0): void {
+  const width = g.extendedL2 ? 16 : 8;
+  if ((first + count) * width > table.length) throw new RangeError(`entries ${first}..${first + count - 1} do not fit in an L2 table of ${table.length} bytes`);
+  for (let i = 0; i < count; i++) {
+    const h = host + i * g.clusterSize;
+    put64(table, (first + i) * width, ENTRY_COPIED_HI | Math.floor(h / TWO32), h);
+    if (width === 16) put64(table, (first + i) * width + 8, zero, alloc);
+  }
+}
+
 /** Encodes `e` as entry `index` of an L2 table. */
 export function encodeEntry(table: Uint8Array, index: number, e: Entry, g: EntryGeometry): void {
   const at = index * (g.extendedL2 ? 16 : 8);

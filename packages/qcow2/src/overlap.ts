@@ -127,15 +127,33 @@ export class OverlapMap {
   /**
    * The first metadata structure that [offset, offset + length) hits,
    * kinds in `allowed` not counted; undefined when the write is safe.
+   * A range of more clusters than the map holds (a preallocated data
+   * area) is checked by going over the map instead.
    */
   find(offset: number, length: number, allowed = 0): OverlapHit | undefined {
     if (this.#kinds.size === 0 || length <= 0) return undefined;
     const [first, end] = this.#clusters(offset, length);
+    if (end - first > this.#kinds.size) {
+      let at = -1;
+      for (const [c, kinds] of this.#kinds) if (c >= first && c < end && kinds & ~allowed && (at < 0 || c < at)) at = c;
+      return at < 0 ? undefined : this.#hit(at, this.#kinds.get(at)! & ~allowed);
+    }
     for (let c = first; c < end; c++) {
       const kinds = (this.#kinds.get(c) ?? 0) & ~allowed;
       if (kinds) return this.#hit(c, kinds);
     }
     return undefined;
+  }
+
+  /** The last cluster of [first, end) that holds metadata, or -1. */
+  lastIn(first: number, end: number): number {
+    if (end - first > this.#kinds.size) {
+      let last = -1;
+      for (const c of this.#kinds.keys()) if (c >= first && c < end && c > last) last = c;
+      return last;
+    }
+    for (let c = end - 1; c >= first; c--) if (this.#kinds.has(c)) return c;
+    return -1;
   }
 
   #hit(c: number, kinds: number): OverlapHit {

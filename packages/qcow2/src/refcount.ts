@@ -7,7 +7,7 @@
  * metadata with flush barriers: refcounts are raised before anything
  * points at a cluster and lowered only after nothing does.
  */
-import { readU32Be, writeU32Be, corrupt, hex, writeU64Be } from '@img/block';
+import { concatBytes, readU32Be, writeU32Be, corrupt, hex, unsupported, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { L2Cache } from './l2-cache.js';
 import { RefcountBatch, type PendingWrites } from './pending-writes.js';
@@ -16,6 +16,8 @@ import { MAX_HOST_OFFSET } from './mapping.js';
 import { OVERLAP, overlapKindName, type OverlapMap } from './overlap.js';
 
 const FORMAT = 'qcow2';
+/** New refcount blocks of a refcount area go out in writes of at most this many bytes. */
+const AREA_PIECE = 4 * 1024 * 1024;
 
 /**
  * The refcount block offset of a refcount table entry (spec: "Refcount
@@ -91,6 +93,27 @@ function parseTable(bytes: Uint8Array, clusterSize: number, refcountBits: number
     out[i] = offset;
   }
   return out;
+}
+
+/**
+ * Refcount blocks and refcount table clusters that count `clusters`
+ * clusters plus themselves: qemu's fixed-point loop (its refcount-area
+ * sizing without the generous margin), shared by create, measure and
+ * the refcount area of a preallocating resize.
+ */
+export function refcountFixedPoint(clusters: number, clusterSize: number, perBlock: number): { blocks: number; table: number } {
+  const perTableCluster = clusterSize / 8;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / perBlock);
+    table = Math.ceil(blocks / perTableCluster);
+    n = clusters + blocks + table;
+  } while (n !== last);
+  return { blocks, table };
 }
 
 export interface RefcountOptions {
@@ -194,10 +217,24 @@ export class Refcounts {
 
   /** The last cluster of [first, first + count) the overlap map holds, or -1. */
   #heldIn(first: number, count: number): number {
-    const map = this.#o.overlap;
-    if (!map) return -1;
-    for (let c = first + count - 1; c >= first; c--) if (map.kindsAt(c)) return c;
-    return -1;
+    return this.#o.overlap?.lastIn(first, first + count) ?? -1;
+  }
+
+  /** Whether every cluster of [first, first + count) has refcount 0 (an untrusted block's clusters in the file count as used, as in {@link get}). */
+  async #allFree(first: number, count: number): Promise<boolean> {
+    const per = this.perBlock;
+    for (let i = first; i < first + count;) {
+      const t = Math.floor(i / per);
+      const stop = Math.min(first + count, (t + 1) * per);
+      if (this.#untrusted.has(t)) {
+        if (i < this.#loadEnd) return false;
+      } else {
+        const block = await this.#block(t);
+        if (block) for (let j = i; j < stop; j++) if (readRefcount(block, j % per, this.bits) !== 0) return false;
+      }
+      i = stop;
+    }
+    return true;
   }
 
   /** The last cluster of [first, first + count) at or past the allocation frontier whose refcount is not 0, or -1. */
@@ -508,13 +545,125 @@ export class Refcounts {
    * `batch`: as in {@link add}.
    */
   async allocateAt(first: number, count: number, batch?: RefcountBatch): Promise<boolean> {
-    for (let c = first; c < first + count; c++) {
-      if (this.#o.overlap?.kindsAt(c)) return false;
-      if ((await this.get(c)) !== 0) return false;
-    }
+    if (this.#heldIn(first, count) >= 0 || !(await this.#allFree(first, count))) return false;
     if (first + count > this.#end) this.#end = first + count;
     await this.add(first, count, 1, batch);
     return true;
+  }
+
+  /**
+   * The last cluster whose refcount is not 0, or -1: where a preallocating
+   * resize starts its refcount area (qemu's qcow2_get_last_cluster, which
+   * looks down from the end of the file; this looks down from the last
+   * refcount block, so that counts a crash left past the end of the file
+   * are seen). A block that could not be trusted counts its clusters in
+   * the file as used, as {@link get} does.
+   */
+  async lastInUse(): Promise<number> {
+    const per = this.perBlock;
+    for (let t = Math.max(this.#table.length, Math.ceil(this.#loadEnd / per)) - 1; t >= 0; t--) {
+      if (this.#untrusted.has(t)) {
+        if (t * per < this.#loadEnd) return Math.min(this.#loadEnd, (t + 1) * per) - 1;
+        continue;
+      }
+      const block = await this.#block(t);
+      if (!block) continue;
+      for (let k = per - 1; k >= 0; k--) if (readRefcount(block, k, this.bits) !== 0) return t * per + k;
+    }
+    return -1;
+  }
+
+  /**
+   * qemu's refcount area (qcow2_refcount_area with an exact size), which
+   * its preallocating truncate lays out before the data clusters: from
+   * cluster `start` (past every cluster in use), a new refcount block for
+   * each table entry without one, then a new refcount table, sized so that
+   * they cover themselves and `additional` clusters after them. Blocks
+   * already there count the new clusters in place. The blocks and the
+   * table are written and flushed, the header switches to the table, and
+   * the old table is freed: a crash on the way leaves leaks at worst.
+   * Answers the first cluster after the new table (where the additional
+   * clusters go), or undefined, with nothing changed, where a block of the
+   * area could not be trusted at open or a cluster of it is in use or
+   * holds metadata. A table over qemu's 8 MiB bound is ERR_IMG_UNSUPPORTED.
+   */
+  async reserveArea(start: number, additional: number): Promise<number | undefined> {
+    const cs = this.clusterSize;
+    const per = this.perBlock;
+    const perCluster = cs / 8;
+    const total = refcountFixedPoint(start + additional, cs, per).blocks;
+    const first = Math.floor(start / per);
+    let kept = this.#table.length;
+    while (kept > 0 && (this.#table[kept - 1] ?? 0) === 0) kept--;
+    // qemu drops the blocks past the ones it needs (they count only free clusters); they stay here, so that their own clusters are not leaked.
+    const entries = Math.ceil(Math.max(total, kept, 1) / perCluster) * perCluster;
+    const tableClusters = entries / perCluster;
+    if (tableClusters * cs > MAX_REFCOUNT_TABLE_BYTES) {
+      throw unsupported(FORMAT, this.#o.file, `preallocating ${additional} more clusters needs a refcount table of ${tableClusters * cs} bytes, over qemu's 8 MiB bound`, { field: 'size' });
+    }
+    let fresh = 0;
+    for (let t = first; t < total; t++) {
+      if (this.#untrusted.has(t)) return undefined;
+      if ((this.#table[t] ?? 0) === 0) fresh++;
+    }
+    const tableAt = start + fresh;
+    const end = tableAt + tableClusters;
+    if (this.#heldIn(start, end - start) >= 0 || !(await this.#allFree(start, end - start))) return undefined;
+    const storage = this.#o.storage;
+    const overlap = this.#o.overlap;
+    const table = this.#table.slice(0, entries);
+    while (table.length < entries) table.push(0);
+    // New blocks follow each other from `start`: they go out a piece at a time.
+    const piece: Array<[number, Uint8Array]> = [];
+    const writePiece = async (): Promise<void> => {
+      if (!piece.length) return;
+      const at = piece[0]![0];
+      await storage.write(at, piece.length === 1 ? piece[0]![1] : concatBytes(piece.map(([, b]) => b)));
+      for (const [offset, block] of piece) {
+        this.#blocks.put(offset, block);
+        overlap?.add(OVERLAP.REFCOUNT_BLOCK, offset, cs);
+      }
+      piece.length = 0;
+    };
+    let next = start;
+    for (let t = first; t < total; t++) {
+      const lo = Math.max(start, t * per);
+      const hi = Math.min(end, (t + 1) * per);
+      if (table[t]) {
+        if (lo >= hi) continue;
+        const block = (await this.#block(t))!;
+        for (let c = lo; c < hi; c++) writeRefcount(block, c % per, this.bits, 1);
+        await this.#writeBlockRange(t, block, lo - t * per, hi - t * per);
+        continue;
+      }
+      const block = new Uint8Array(cs);
+      for (let c = lo; c < hi; c++) writeRefcount(block, c % per, this.bits, 1);
+      table[t] = next * cs;
+      overlap?.check(this.#o.file, next * cs, cs);
+      piece.push([next * cs, block]);
+      next++;
+      if (piece.length * cs >= AREA_PIECE) await writePiece();
+    }
+    await writePiece();
+    if (end > this.#end) this.#end = end;
+    const bytes = new Uint8Array(entries * 8);
+    table.forEach((offset, i) => {
+      if (offset) writeU64Be(bytes, i * 8, offset);
+    });
+    overlap?.check(this.#o.file, tableAt * cs, bytes.length);
+    await storage.write(tableAt * cs, bytes);
+    await this.#o.barrier();
+    const oldOffset = this.#tableOffset;
+    const oldClusters = this.#tableClusters;
+    this.#table = table;
+    this.#tableOffset = tableAt * cs;
+    this.#tableClusters = tableClusters;
+    overlap?.add(OVERLAP.REFCOUNT_TABLE, tableAt * cs, bytes.length);
+    await this.#o.onTableMoved(this.#tableOffset, tableClusters);
+    overlap?.remove(OVERLAP.REFCOUNT_TABLE, oldOffset, oldClusters * cs);
+    await this.#o.barrier();
+    await this.add(oldOffset / cs, oldClusters, -1);
+    return end;
   }
 
   /**

@@ -10,36 +10,47 @@ import { writeHeader, type Qcow2Image } from './core.js';
 import { exclusiveQcow2, flushQcow2, writableRange, writeQcow2 } from './io.js';
 import { qcow2Extents } from './extents.js';
 import { zeroOrDiscardExclusive } from './writer.js';
+import { preallocateGrow } from './resize-prealloc.js';
 
 const FORMAT = 'qcow2';
 
-/** How much of the added space one preallocating write covers. */
+/** How much of the added space one preallocating write covers (`metadata`). */
 const PREALLOC_CHUNK = 1 << 20;
 
 /**
  * Changes the virtual size of the active layer: growing always works; shrinking needs `{ shrink: true }` and
  * drops the data past the new end. `preallocation` (growing only) allocates clusters for the added space, as
- * qemu-img resize leaves them: `falloc` and `full` as data clusters of zeros, `metadata` as clusters whose bytes
- * are holes in the file. img writes the zeros in every mode (qemu's falloc asks the file system instead, and its
- * metadata mode writes none), then punches them out again for `metadata`.
+ * qemu-img resize leaves them: `falloc` and `full` as data clusters of zeros laid out as qemu's preallocating
+ * truncate lays them out (resize-prealloc.ts: `falloc` has the file system allocate them, `full` writes their
+ * zeros), `metadata` as clusters whose bytes are holes in the file (img writes the zeros, then punches them out
+ * again where the storage can; qemu writes none).
  */
 export async function resizeQcow2(core: Qcow2Image, newSize: number, options: ResizeOptions = {}): Promise<void> {
   writableRange(core, 0, 0);
   const old = core.active.size;
   const prealloc = options.preallocation ?? 'off';
   checkResize(core, old, newSize, options);
-  // Writes in flight finish first and new ones wait: the L1 table may move.
-  const rewritten = await exclusiveQcow2(core, () => resizeWithBitmaps(core, core.active, newSize, () => resizeLayer(core, core.active, newSize)), { refreshOverlap: true });
+  let rewritten = false;
   try {
-    if (prealloc !== 'off' && newSize > old) await preallocate(core, old, newSize, prealloc, options);
+    // Writes in flight finish first and new ones wait: the L1 table may move. Clusters preallocated with falloc
+    // or full are mapped before any write can reach the added range.
+    await exclusiveQcow2(
+      core,
+      async () => {
+        rewritten = await resizeWithBitmaps(core, core.active, newSize, () => resizeLayer(core, core.active, newSize));
+        if (newSize > old && (prealloc === 'falloc' || prealloc === 'full')) await preallocateGrow(core, old, newSize, prealloc, options.signal);
+      },
+      { refreshOverlap: true },
+    );
+    if (prealloc === 'metadata' && newSize > old) await preallocateMetadata(core, old, newSize, options);
   } finally {
     // Resized bitmaps are kept up to date again once the preallocation is in: it changes no guest byte, so it sets no bit (as qemu's).
     if (rewritten) await core.reloadBitmapTracker();
   }
 }
 
-/** Allocates the clusters of the grown part [old, newSize) as the preallocation mode leaves them. */
-async function preallocate(core: Qcow2Image, old: number, newSize: number, prealloc: string, options: ResizeOptions): Promise<void> {
+/** Allocates the clusters of the grown part [old, newSize) as `metadata` leaves them: zeros written, then punched. */
+async function preallocateMetadata(core: Qcow2Image, old: number, newSize: number, options: ResizeOptions): Promise<void> {
   const zeros = new Uint8Array(Math.max(PREALLOC_CHUNK, core.geom.clusterSize));
   for (let pos = old; pos < newSize;) {
     if (options.signal?.aborted) throw abortError(options.signal, 'resize');
@@ -48,7 +59,7 @@ async function preallocate(core: Qcow2Image, old: number, newSize: number, preal
     await writeQcow2(core, pos, zeros.subarray(0, end - pos));
     pos = end;
   }
-  if (prealloc === 'metadata') await punchAdded(core, old, newSize);
+  await punchAdded(core, old, newSize);
 }
 
 /**
