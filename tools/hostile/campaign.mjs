@@ -19,6 +19,7 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync,
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { gzipSync } from 'node:zlib';
 import { campaignArgs, caseSeed, rng, listTar, buildTar } from './lib.mjs';
 import { mutateDescriptorText, mutateEmbeddedDescriptor, mutateKdmv, mutateOva, mutateVhd, randomBytes, resize, TRAP } from './mutate.mjs';
 
@@ -146,6 +147,16 @@ function buildSeeds() {
       'ova-disk-first': [...plain].reverse(),
       'ova-no-mf': plain.filter((m) => !m.name.endsWith('.mf')),
       'ova-dir-prefix': [{ name: 'vm/', type: '5', data: new Uint8Array(0) }, ...plain],
+      // ovftool --compress: the disk member gzipped, the OVF's File saying so with the stored size (no manifest).
+      'ova-gzip': plain
+        .filter((m) => !m.name.endsWith('.mf'))
+        .map((m) => {
+          if (m.name.endsWith('.vmdk')) return { ...m, data: new Uint8Array(gzipSync(m.data)) };
+          if (!m.name.endsWith('.ovf')) return m;
+          const disk = plain.find((x) => x.name.endsWith('.vmdk'));
+          const text = new TextDecoder().decode(m.data).replace(/(<File [^>]*ovf:size=")\d+(")/, `$1${gzipSync(disk.data).length}$2 ovf:compression="gzip"`);
+          return { ...m, data: new TextEncoder().encode(text) };
+        }),
     };
     for (const [name, ms] of Object.entries(variants)) {
       writeFileSync(join(dirOf(name), 'd.ova'), buildTar(ms));

@@ -16,6 +16,16 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const native = seekAddon()?.copyRuns !== undefined;
 
+/** Bytes of `path` in the page cache, as util-linux fincore counts them (undefined without fincore). */
+function cached(path: string): number | undefined {
+  try {
+    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
 /** Bytes with data, short and long zero stretches, at odd places: what zero detection has to split. */
 function patterned(size: number, seed: number): Uint8Array {
   const rnd = seededRandom(seed);
@@ -394,15 +404,6 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
   });
 
   it('writes the whole pages of data around the page cache into a direct target (O_DIRECT), the same bytes as through it', async () => {
-    /** Bytes of `path` in the page cache, as util-linux fincore counts them (undefined without fincore). */
-    const cached = (path: string): number | undefined => {
-      try {
-        return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw e;
-      }
-    };
     const data = patterned(6 * MiB + 777, 21);
     const src = await FileStorage.open(file(data), { lock: false });
     // No zeros: each chunk is one data piece, whatever minZeroRun says.
@@ -446,14 +447,6 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
   });
 
   it("direct: 'auto' picks the page cache or the disk per piece, in copyRunsTo and in big writes, and writes the same bytes either way; only whole pages go around the cache", async () => {
-    const cached = (path: string): number | undefined => {
-      try {
-        return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw e;
-      }
-    };
     const ext4 = statfsSync(tmp.path).type === 0xef53;
     const data = patterned(6 * MiB + 777, 31);
     const src = await FileStorage.open(file(data), { lock: false });
