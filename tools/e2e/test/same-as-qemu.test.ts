@@ -35,7 +35,7 @@ describeQemu('the same command line, the same stdout and status as qemu-img', ()
     'compare small.raw zeros.raw',
     'compare small.raw tail.raw',
     'compare -s small.raw zeros.raw',
-    // -p is accepted (the progress goes to stderr; qemu-img prints it among stdout's lines).
+    // -q wins over -p (without -q both print qemu-img's percentage lines on stdout).
     'compare -q -p a.raw b.raw',
     // map's window (qemu-img 7.2's --start-offset and --max-length), and a window past the end.
     'map --start-offset=1M --max-length=8M --output=json base.qcow2',

@@ -9,7 +9,7 @@ import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
 import { checkCacheModes, describeErrno, ExitCode, refuseQemuOnly, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
-import { progressPrinter } from './progress.js';
+import { progressPrinter, qemuProgressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
 /** The `img-convert --help` text. */
@@ -268,7 +268,8 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     // -p asks for progress; on a terminal it appears anyway once a run takes more than a second. As qemu-img,
     // -q wins over -p (--json-progress, for programs, stays).
     const quiet = values.quiet ?? false;
-    const printer = json ? progressPrinter(io, true) : quiet ? undefined : values.p ? progressPrinter(io, false) : io.isTTY && output !== '-' ? progressPrinter(io, false, 1000) : undefined;
+    // img convert -p prints qemu-img's percentage lines on stdout; img-convert -p its bar on stderr.
+    const printer = json ? progressPrinter(io, true) : quiet ? undefined : values.p ? (prog === 'img convert' ? qemuProgressPrinter(io) : progressPrinter(io, false)) : io.isTTY && output !== '-' ? progressPrinter(io, false, 1000) : undefined;
     // --salvage: each unreadable sector is written as zeros and said on stderr, as qemu-img says it.
     const salvage = values.salvage
       ? {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { endProgressLine, progressPrinter } from './progress.js';
+import { endProgressLine, progressPrinter, qemuProgressPrinter } from './progress.js';
 
 describe('progressPrinter', () => {
   it('ends the bar once at 100 %, and an open bar when asked', () => {
@@ -17,5 +17,24 @@ describe('progressPrinter', () => {
     endProgressLine();
     expect(text.split('\n')).toHaveLength(2);
     expect(text).toMatch(/^\r\[#+\] 100\.0% [^\n]*\n$/);
+  });
+});
+
+describe('qemuProgressPrinter', () => {
+  it("prints qemu-img's lines on stdout: 0.00 first, one per step, 100.00 and a newline once at the end", () => {
+    let out = '';
+    const print = qemuProgressPrinter({ stdout: (t) => (out += t) }, 2);
+    for (const done of [1, 2, 5, 6, 90, 100, 100]) print({ bytesDone: done, bytesTotal: 100 });
+    expect(out).toBe('    (0.00/100%)\r    (2.00/100%)\r    (5.00/100%)\r    (90.00/100%)\r    (100.00/100%)\r\n');
+    out = '';
+    // Stopped short (an error, Ctrl-C): the open line is ended on stdout before anything else is printed.
+    const stopped = qemuProgressPrinter({ stdout: (t) => (out += t) });
+    stopped({ bytesDone: 37.5, bytesTotal: 100 });
+    endProgressLine();
+    endProgressLine();
+    expect(out).toBe('    (0.00/100%)\r    (37.50/100%)\r\n');
+    out = '';
+    qemuProgressPrinter({ stdout: (t) => (out += t) })({ bytesDone: 0, bytesTotal: 0 });
+    expect(out).toBe('    (0.00/100%)\r    (100.00/100%)\r\n');
   });
 });

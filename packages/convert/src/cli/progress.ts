@@ -1,5 +1,6 @@
 /**
- * The progress bar of -p on stderr, and the line it keeps open.
+ * The progress bar of -p on stderr (qemu-img's percentage lines on stdout
+ * for the commands spelled as qemu-img's), and the line it keeps open.
  *
  * The bar redraws one line (`\r...`) and ends it with a newline when the
  * work is done. A command that stops before that (an error, Ctrl-C, a
@@ -15,7 +16,7 @@ export interface ProgressIo {
   stderr: (text: string) => void;
 }
 
-/** The stderr writer of a progress line that has not been ended, if one is open. */
+/** The writer (stderr for the bar, stdout for qemu-img's -p) of a progress line that has not been ended, if one is open. */
 let open: ((text: string) => void) | undefined;
 
 /** Ends the open progress line, if there is one, so that what is written next starts on a line of its own. */
@@ -61,6 +62,41 @@ export function progressPrinter(io: ProgressIo, json: boolean, delayMs = 0): (p:
     open = undefined;
     io.stderr(`\r[${bar}] ${pct.toFixed(1).padStart(5)}% ${formatSize(p.bytesDone)}/${formatSize(p.bytesTotal)} ${formatSize(rate)}/s ETA ${eta.toFixed(0)}s  ${done ? '\n' : ''}`);
     if (!done) open = io.stderr;
+  };
+}
+
+/**
+ * qemu-img's -p, for the commands spelled as qemu-img's (`img convert`,
+ * `commit`, `rebase`, `compare`): `    (12.50/100%)\r` on stdout, a line at
+ * the first report and then each time the work has gone `step` percent
+ * further (qemu-img: 1 for convert and commit, 2 for rebase and compare),
+ * `    (100.00/100%)\r` and a newline at the end. Scripts written for
+ * qemu-img (oVirt's, virt-v2v's) read the percentage from there.
+ */
+export function qemuProgressPrinter(io: { stdout: (text: string) => void }, step = 1): (p: { bytesDone: number; bytesTotal: number }) => void {
+  let last = -Infinity;
+  let ended = false;
+  const line = (pct: number) => {
+    open = undefined;
+    io.stdout(`    (${pct.toFixed(2)}/100%)\r`);
+    open = io.stdout;
+  };
+  return (p) => {
+    if (ended) return;
+    const pct = p.bytesTotal <= 0 ? 100 : Math.min(100, (100 * p.bytesDone) / p.bytesTotal);
+    if (last === -Infinity) {
+      line(0);
+      last = 0;
+    }
+    if (pct >= 100) {
+      line(100);
+      open = undefined;
+      io.stdout('\n');
+      ended = true;
+    } else if (pct - last >= step) {
+      line(pct);
+      last = pct;
+    }
   };
 }
 

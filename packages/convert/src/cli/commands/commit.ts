@@ -6,7 +6,7 @@ import { parseArgs } from '../parse-args.js';
 import { ImageError } from '@img/block';
 import { checkCacheModes, ExitCode, refuseQemuOnly, refuseRateLimit } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
-import { progressPrinter } from '../progress.js';
+import { qemuProgressPrinter } from '../progress.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
 import { commitIntoBase } from '../../node/commit-base.js';
@@ -66,7 +66,7 @@ export const commit: Handler = async (argv, io) => {
   const path = onePath(positionals);
   const format = values.f ?? values.format;
   const base = values.b ?? values.base;
-  const progress = (values.p || values.progress) && !values.quiet ? { onProgress: progressPrinter(io, false) } : {};
+  const progress = (values.p || values.progress) && !values.quiet ? { onProgress: qemuProgressPrinter(io) } : {};
   // Ctrl-C and SIGTERM stop the copy between chunks: the image still holds all its data, the base part of it.
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);

@@ -4,7 +4,7 @@
 import { parseArgs } from '../parse-args.js';
 import { ImageError, type Disk } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
-import { bytesProgress } from '../progress.js';
+import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
 import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
@@ -36,7 +36,7 @@ export const compare: Handler = async (argv, io) => {
       // --strict, as qemu-img: the block status too, range by range; what comes first, a status or a content
       // difference, is said (contents are compared only up to the first status mismatch).
       const statusAt = values.strict && a.size === b.size ? await firstStatusMismatch(a, b) : undefined;
-      const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? bytesProgress(io) : undefined, statusAt);
+      const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? qemuBytesProgress(io) : undefined, statusAt);
       if (diff === undefined && statusAt === undefined) {
         io.stdout('Images are identical.\n');
         return 0;
@@ -126,4 +126,10 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
 /** qemu-img compare's line for a difference at byte `at`: it names the sector's first byte. */
 function mismatch(at: number): string {
   return `Content mismatch at offset ${at - (at % 512)}!`;
+}
+
+/** qemu-img compare -p's percentage lines (a step of 2 %), fed as (bytes done, bytes in all). */
+function qemuBytesProgress(io: { stdout: (text: string) => void }): (done: number, total: number) => void {
+  const print = qemuProgressPrinter(io, 2);
+  return (bytesDone, bytesTotal) => print({ bytesDone, bytesTotal });
 }

@@ -6,7 +6,7 @@ import { ImageError, invalidArg, type Disk } from '@img/block';
 import { fileResolverWith, resolveRelative } from '@img/block/node';
 import { checkCacheModes, ExitCode, refuseQemuOnly, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
-import { progressPrinter } from '../progress.js';
+import { qemuProgressPrinter } from '../progress.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
@@ -72,7 +72,7 @@ export const rebase: Handler = async (argv, io) => {
   checkCacheModes(parsed.values.t, parsed.values.T);
   // -U, as qemu-img: the backing files (old and new) are read without locks; the image itself is always locked.
   const forceShare = parsed.values['force-share'] ?? false;
-  const progress = (parsed.values.p || parsed.values.progress) && !parsed.values.quiet ? { onProgress: progressPrinter(io, false) } : {};
+  const progress = (parsed.values.p || parsed.values.progress) && !parsed.values.quiet ? { onProgress: qemuProgressPrinter(io, 2) } : {};
   // qemu-img 7.2's letters and 10.1's names for the same options (10.1 spells the backing format -B, 7.2 -F).
   const values = {
     f: oneOf('-f', parsed.values.f, '--format', parsed.values.format),
