@@ -209,7 +209,12 @@ export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> 
 
 /** Whether `path` names a block device (following links); false where it names nothing yet. */
 function isBlockDevicePath(path: string): boolean {
-  return statSync(path, { throwIfNoEntry: false })?.isBlockDevice() ?? false;
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isBlockDevice() ?? false;
+  } catch {
+    // Not reachable (EACCES, ENOTDIR): creating it fails in its own words later.
+    return false;
+  }
 }
 
 /**
