@@ -266,7 +266,7 @@ function freshCopy(c, name) {
  */
 async function mutating(c, op, body) {
   const { dir, file } = freshCopy(c, op);
-  const model = { patches: [], expect: 'same', length: undefined, repair: undefined };
+  const model = { patches: [], expect: 'same', length: undefined, grownTo: undefined, repair: undefined };
   const res = await step(op, file, () => body(file, dir, model));
   count(`${op} ${res.ok ? 'done' : 'refused'}`);
   judgeAfter(c, op, file, dir, res.ok, model);
@@ -289,7 +289,7 @@ function judgeAfter(c, op, file, dir, ok, model) {
     if (!got) {
       if (cleanish(before)) finding('worse', op, `qemu can no longer read the guest content (${ok ? 'op succeeded' : 'op failed'}): ${after.text}`);
     } else {
-      const length = Math.min(model.length ?? Infinity, statSync(c.raw).size, statSync(got).size);
+      const length = ok && model.grownTo !== undefined ? Math.min(model.grownTo, statSync(got).size) : Math.min(model.length ?? Infinity, statSync(c.raw).size, statSync(got).size);
       // A failed operation may have done any prefix of its guest writes, never anything else.
       const patches = ok ? model.patches.filter((p) => !p.undone) : model.patches.map((p) => ({ ...p, dontCare: true }));
       // A failed or successful repair of a corrupt image may change what corrupt clusters read.
@@ -417,8 +417,13 @@ const MUTATING = {
         const old = disk.size;
         const shrink = r() < 0.4;
         const to = shrink ? Math.floor((old * r()) / 512) * 512 : old + Math.ceil((r() * 4 * MiB) / 512) * 512;
+        // Drawn after the size, so that the sizes of earlier seeds' cases stay as they were.
+        const preallocation = !shrink && to > old && r() < 0.4 ? ['falloc', 'full', 'metadata'][Math.floor(r() * 3)] : 'off';
         model.length = Math.min(old, to);
-        await disk.resize(to, { shrink });
+        // A grow that succeeds adds zeros (whatever a backing file holds there): compared too.
+        model.grownTo = to > old ? to : undefined;
+        if (preallocation !== 'off') count(`resize preallocation ${preallocation}`);
+        await disk.resize(to, { shrink, preallocation });
       }),
     );
   },
