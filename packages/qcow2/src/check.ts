@@ -14,6 +14,7 @@ import { OVERLAP, overlapKindName } from './overlap.js';
 import { captureDataOnMetadata, mayHaveDataOnMetadata, repairSharing } from './check-repair.js';
 import type { Qcow2Image } from './core.js';
 import { copiedLine, MAX_MESSAGES, scan, type CopiedFix, type ReservedBitsFix, type Scan } from './check-scan.js';
+import { completeSnapshotTable, incompleteLine, incompleteSnapshots } from './check-snapshots.js';
 
 const FORMAT = 'qcow2';
 
@@ -31,6 +32,8 @@ interface Tally {
    * or outside the file: repair 'all' clears them (nothing of the file lies in their range).
    */
   sharedBlocksPastEnd: number[];
+  /** Snapshot table entries qemu-img check calls incomplete (check-snapshots.ts); repair 'all' completes them. */
+  incomplete: number[];
 }
 
 /**
@@ -45,7 +48,10 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
   const h = s.header;
-  const t: Tally = { corruptions: sc.corruptions, leaks: 0, checkErrors: sc.checkErrors, messages: sc.messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [], sharedBlocksPastEnd: [] };
+  const incomplete = incompleteSnapshots(s);
+  // As qemu-img check: the snapshot table's lines come first.
+  const messages = [...incomplete.slice(0, MAX_MESSAGES).map((i) => incompleteLine(i, 'ERROR')), ...sc.messages].slice(0, MAX_MESSAGES);
+  const t: Tally = { corruptions: sc.corruptions + incomplete.length, leaks: 0, checkErrors: sc.checkErrors, messages, imageEnd: 0, scan: sc, mismatched: [], copiedFixes: [], sharedBlocksPastEnd: [], incomplete };
   const say = (m: string) => {
     if (t.messages.length < MAX_MESSAGES) t.messages.push(m);
   };
@@ -250,6 +256,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
   let corruptionsFixed = 0;
   let leaksFixed = 0;
   const repaired: string[] = [];
+  const snapshotLines: string[] = [];
   let copiedRepaired = 0;
   if (repair === 'leaks') refuseLeakRepairNeedingRebuild(s, t);
   if (repair && (t.leaks || (repair === 'all' && t.corruptions) || (repair === 'leaks' && t.copiedFixes.length))) {
@@ -304,6 +311,13 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
         await s.storage.flush();
         t = await tally(s, view);
       }
+      if (t.incomplete.length) {
+        // Last, as qemu-img check -r all: the refcounts are exact, so the new table takes free clusters only.
+        snapshotLines.push(...t.incomplete.slice(0, MAX_MESSAGES).map((i) => incompleteLine(i, 'Repairing')));
+        await completeSnapshotTable(s, rc);
+        await noteGrowth(s);
+        t = await tally(s, view);
+      }
     } else {
       t = await fixRefcounts(s, view, rc, t, repair);
       // As qemu-img check -r leaks: COPIED flags are then set from the refcounts (a leak repair that lowers a shared
@@ -323,7 +337,7 @@ export async function checkState(s: Qcow2Image, view: MappingView, repair?: 'lea
     // As qemu-img check -r: the first pass's refcount lines as a check prints them, then one line per refcount it repairs.
     const found = before.mismatched.slice(0, MAX_MESSAGES);
     const fixed = found.filter((m) => repair === 'all' || m.stored > m.computed);
-    repaired.unshift(...found.map((m) => `${m.stored < m.computed ? 'ERROR' : 'Leaked'} cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`), ...fixed.map((m) => `Repairing cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`));
+    repaired.unshift(...snapshotLines, ...found.map((m) => `${m.stored < m.computed ? 'ERROR' : 'Leaked'} cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`), ...fixed.map((m) => `Repairing cluster ${m.cluster} refcount=${m.stored} reference=${m.computed}`));
     if (repair === 'all') {
       const structural = (x: Tally) => x.corruptions - x.copiedFixes.length;
       corruptionsFixed = Math.max(0, structural(before) - structural(t)) + copiedRepaired;

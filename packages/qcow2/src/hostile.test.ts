@@ -61,6 +61,41 @@ describe('check counts what qemu-img check counts, and repair all leaves nothing
     expect(await readAll(path)).toEqual(before);
   });
 
+  for (const compat of ['1.1', '0.10'] as const) {
+    it(`compat=${compat}: a snapshot table entry without the disk size in its extra data ${compat === '1.1' ? 'is incomplete, and repair all writes the table again' : 'is complete in version 2'} (seed 1103 case 44; seeds 1002 and 1004 left it)`, async () => {
+      const path = join(tmp.path, `snapshot-incomplete-${compat}.qcow2`);
+      qemuQcow2(path, '1M', `cluster_size=4096,compat=${compat}`, [[0, 4096, 0x55]]);
+      qemuImg(['snapshot', '-c', 's1', path]);
+      // A second entry, read from the zeros after the first (a cluster of them appended, so that it lies in the
+      // file): no extra data, no id, no name.
+      const q = readQcow2Bytes(path);
+      q.view.setUint32(60, 2); // nb_snapshots
+      writeFileSync(path, Buffer.concat([q.bytes, new Uint8Array(4096)]));
+      const before = await readAll(path);
+      const v3 = compat === '1.1';
+      expect(qemuCheck(path).status).toBe(v3 ? 2 : 0);
+      const found = await check(path);
+      expect(found.corruptions).toBe(v3 ? 1 : 0);
+      if (!v3) return;
+      expect(found.messages[0]).toBe('ERROR snapshot table entry 1 is incomplete');
+      const repaired = await check(path, 'all');
+      expect(repaired).toMatchObject({ corruptions: 0, corruptionsFixed: 1, leaks: 0 });
+      expect(repaired.messages[0]).toBe('Repairing snapshot table entry 1 is incomplete');
+      expect(qemuCheck(path).status).toBe(0);
+      expect(await check(path)).toMatchObject({ corruptions: 0, leaks: 0 });
+      expect(await readAll(path)).toEqual(before);
+      // Both entries stay; the first keeps its table and still applies.
+      expect(
+        qemuImg(['snapshot', '-l', path])
+          .stdout.split('\n')
+          .filter((l) => /^\d|^ {10}/.test(l)),
+      ).toHaveLength(2);
+      qemuImg(['snapshot', '-a', 's1', path]);
+      expect(qemuCheck(path).status).toBe(0);
+      expect(await readAll(path)).toEqual(before);
+    });
+  }
+
   it('a compressed descriptor with the COPIED flag set', async () => {
     const path = join(tmp.path, 'compressed-copied.qcow2');
     qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x33]]);
