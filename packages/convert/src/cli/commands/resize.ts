@@ -58,8 +58,9 @@ export const resize: Handler = async (argv, io) => {
         await (aborted ? restored : restored.catch(() => undefined));
       }
       if (!aborted) throw e;
-      // qcow2 frees the preallocated clusters but leaves them in the file, as a shrink does: compact cuts them off.
-      const space = disk.format === 'qcow2' ? `; img compact ${path} returns the space the preallocation took` : '';
+      // qcow2's falloc and full grows cut the file back when stopped; metadata frees its clusters but leaves them in
+      // the file, as a shrink does: compact cuts them off.
+      const space = disk.format === 'qcow2' && preallocation === 'metadata' ? `; img compact ${path} returns the space the preallocation took` : '';
       throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old size (${old} bytes)${space}`);
     } finally {
       removeSignalHandlers();
