@@ -590,8 +590,12 @@ static struct {
   dev_t dev;
   bool used;
   double cost[2]; /* nanoseconds per byte, a moving average; 0 until measured */
+  double at[2];   /* when each was last measured (CLOCK_MONOTONIC, ns) */
   double spent, probed; /* nanoseconds spent writing, and in probes of the slower path */
 } auto_devs[AUTO_DEVS];
+/* An average older than this is measured again before it is trusted (the host's state changes between conversions). */
+#define AUTO_STALE_NS 1e9
+static double now_ns(void);
 static int auto_next;
 
 /* IMG_COPY_DIRECT_AUTO: 0 off; "cache" or "direct" always that path (for measuring, and tests of both). */
@@ -616,14 +620,19 @@ static int auto_slot(dev_t dev) {
  * probes the disk, and after that the slower path is probed whenever the
  * probes have taken less than AUTO_PROBE_SHARE of the time spent writing
  * (so a slow disk, 50 times the cache's cost, is probed once in hundreds
- * of MiB, and costs a few percent).
+ * of MiB, and costs a few percent). An average not renewed for a second is
+ * forgotten: the next conversion in a long-running process starts by
+ * measuring again.
  */
 static int auto_pick(copy_job *j, bool *probe) {
   *probe = false;
   if (j->auto_force) return j->auto_force == 2 ? PATH_DIRECT : PATH_CACHE;
   pthread_mutex_lock(&auto_lock);
   int i = auto_slot(j->dst_dev);
-  const double *c = auto_devs[i].cost;
+  double *c = auto_devs[i].cost;
+  const double now = now_ns();
+  for (int k = 0; k < 2; k++)
+    if (c[k] != 0 && now - auto_devs[i].at[k] > AUTO_STALE_NS) c[k] = 0;
   int path;
   if (c[PATH_CACHE] == 0) path = PATH_CACHE;
   else if (c[PATH_DIRECT] == 0) path = PATH_DIRECT, *probe = true;
@@ -648,8 +657,11 @@ static void auto_record(copy_job *j, int path, bool probe, double ns, size_t byt
   pthread_mutex_lock(&auto_lock);
   int i = auto_slot(j->dst_dev);
   double *c = &auto_devs[i].cost[path];
-  if (*c == 0) *c = per;
+  const double other = auto_devs[i].cost[1 - path];
+  /* A probe that finds the slower path now the cheaper one takes it at once (small conversions cannot wait for an average to catch up). */
+  if (*c == 0 || (probe && other > 0 && per < other)) *c = per;
   else *c = *c * 0.7 + (per > 4 * *c ? 4 * *c : per) * 0.3;
+  auto_devs[i].at[path] = now_ns();
   auto_devs[i].spent += ns;
   if (probe) auto_devs[i].probed += ns;
   pthread_mutex_unlock(&auto_lock);
