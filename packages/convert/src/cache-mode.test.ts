@@ -2,12 +2,11 @@
 // copied data around the page cache (checked with util-linux fincore, which
 // asks the kernel which pages of a file are cached), and every mode writes
 // the same image (checked with qemu-img compare and check).
-import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, openSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuImg, seededRandom, tempDir } from '@img/testkit';
+import { describeQemu, qemuImg, seededRandom, tempDir, pageCacheBytes as cached } from '@img/testkit';
 import { convertFile } from './node.js';
 import { run } from './test/cli.js';
 
@@ -15,16 +14,6 @@ const tmp = tempDir('img-cache-mode-');
 afterAll(() => tmp.cleanup());
 
 const MiB = 1024 * 1024;
-
-/** Bytes of `path` in the page cache (fincore), or undefined without fincore. */
-function cached(path: string): number | undefined {
-  try {
-    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
 
 /**
  * 24 MiB of random data in 3 MiB runs with file holes between them, as a

@@ -5,11 +5,10 @@
  * same grains at the same file offsets) and what the general writer
  * writes, and `-t none` keeps the data out of the page cache.
  */
-import { execFileSync } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuMap, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuMap, seededBytes, tempDir, pageCacheBytes as cached } from '@img/testkit';
 import { convertFile } from './node.js';
 
 const KiB = 1024;
@@ -19,16 +18,6 @@ const MiB = 1024 * KiB;
 function withoutDescriptor(file: string): Buffer {
   const b = readFileSync(file);
   return Buffer.concat([b.subarray(0, 512), b.subarray(21 * 512)]);
-}
-
-/** Bytes of `path` in the page cache (fincore), or undefined without fincore. */
-function cached(path: string): number | undefined {
-  try {
-    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
 }
 
 describeQemu('img convert into a new monolithicSparse VMDK (bulk writer) against qemu-img convert', () => {

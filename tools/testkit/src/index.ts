@@ -15,3 +15,4 @@ export { FaultStorage, seededRandom, type FaultOp, type CrashMode } from './faul
 export { qemuDirtyBitmap, qemuBitmapList, setQcow2BitmapInUse, type BitmapRun } from './qemu-bitmap.js';
 export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';
 export { waitForSocket } from './socket.js';
+export { pageCacheBytes } from './page-cache.js';

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir } from '@img/testkit';
+import { pageCacheBytes as cached, tempDir } from '@img/testkit';
 import { seededRandom } from '@img/testkit';
 import { ImageError } from '../errors.js';
 import { MemoryStorage } from '../memory-storage.js';
@@ -15,16 +15,6 @@ import { seekAddon } from './seek.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const native = seekAddon()?.copyRuns !== undefined;
-
-/** Bytes of `path` in the page cache, as util-linux fincore counts them (undefined without fincore). */
-function cached(path: string): number | undefined {
-  try {
-    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim());
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
 
 /** Bytes with data, short and long zero stretches, at odd places: what zero detection has to split. */
 function patterned(size: number, seed: number): Uint8Array {
