@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { chunkName } from './ova-chunks.js';
 import { openOva } from './open-ova.js';
 import { readOvaStream } from './ova-read-stream.js';
-import { serializeTarHeader } from './ova-write-tar.js';
+import { tarOf } from './test-ova.js';
 import { streamVmdk } from './stream.js';
 
 const guest = seededBytes(1 << 20, 41);
@@ -23,13 +23,6 @@ function ovf(attrs: string): Uint8Array {
  <VirtualSystem ovf:id="vm"><Info>vm</Info><Name>vm</Name></VirtualSystem>
 </Envelope>
 `);
-}
-
-function tarOf(members: [string, Uint8Array][]): Uint8Array {
-  const parts: Uint8Array[] = [];
-  for (const [name, data] of members) parts.push(serializeTarHeader({ name, size: data.length }), data, new Uint8Array((512 - (data.length % 512)) % 512));
-  parts.push(new Uint8Array(1024));
-  return Buffer.concat(parts);
 }
 
 function chunksOf(size: number): [string, Uint8Array][] {

@@ -19,7 +19,7 @@ import { openOva } from './open-ova.js';
 import { chunkName } from './ova-chunks.js';
 import { gunzipMember, maxStreamOptimizedBytes, storageBytes } from './ova-gzip.js';
 import { readOvaStream } from './ova-read-stream.js';
-import { serializeTarHeader } from './ova-write-tar.js';
+import { tarOf } from './test-ova.js';
 import { parseSparseHeader } from './sparse-header.js';
 import { openStreamVmdk } from './stream-disk.js';
 import { streamVmdk } from './stream.js';
@@ -45,13 +45,6 @@ function ovf(href: string, size: number | undefined, attrs = ' ovf:compression="
  <VirtualSystem ovf:id="vm"><Info>vm</Info><Name>vm</Name></VirtualSystem>
 </Envelope>
 `);
-}
-
-function tarOf(members: [string, Uint8Array][]): Uint8Array {
-  const parts: Uint8Array[] = [];
-  for (const [name, data] of members) parts.push(serializeTarHeader({ name, size: data.length }), data, new Uint8Array((512 - (data.length % 512)) % 512));
-  parts.push(new Uint8Array(1024));
-  return Buffer.concat(parts);
 }
 
 function manifest(members: [string, Uint8Array][]): Uint8Array {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openOva } from './open-ova.js';
 import { readOvaStream } from './ova-read-stream.js';
-import { serializeTarHeader } from './ova-write-tar.js';
+import { tarOf } from './test-ova.js';
 import { streamVmdk } from './stream.js';
 
 const tmp = tempDir('img-ova-variants-');
@@ -28,13 +28,6 @@ function ovf(href: string, size: number, extra = '', capacity = `ovf:capacity="$
  <VirtualSystem ovf:id="vm"><Info>vm</Info><Name>vm</Name></VirtualSystem>
 </Envelope>
 `);
-}
-
-function tarOf(members: [string, Uint8Array][]): Uint8Array {
-  const parts: Uint8Array[] = [];
-  for (const [name, data] of members) parts.push(serializeTarHeader({ name, size: data.length }), data, new Uint8Array((512 - (data.length % 512)) % 512));
-  parts.push(new Uint8Array(1024));
-  return Buffer.concat(parts);
 }
 
 async function viaFile(ova: Uint8Array, options: { untrusted?: boolean; verifyManifest?: boolean } = {}): Promise<Uint8Array> {
