@@ -104,9 +104,11 @@ export function spanOverlaps(spans: readonly number[], map: Pick<GrainMap, 'grai
   return out;
 }
 
-/** The kind bits {@link spanOverlaps} reads. */
+/** The kind bits {@link spanOverlaps} reads: a grain. */
 export const SPAN_GRAIN = GRAIN;
+/** The kind bits {@link spanOverlaps} reads: a grain table. */
 export const SPAN_TABLE = TABLE;
+/** The kind bits {@link spanOverlaps} reads: a redundant grain table. */
 export const SPAN_REDUNDANT_TABLE = REDUNDANT_TABLE;
 
 function what(kind: number): string {
