@@ -100,6 +100,15 @@ export interface Storage {
    * Backends that cannot tell omit it.
    */
   readonly identity?: string;
+  /**
+   * Optional: true for a block device (a disk, an LVM logical volume, a loop
+   * device). Its size is fixed: `truncate` to at most its size
+   * changes nothing and beyond it fails, as does a write past its end. Its
+   * size is not the end of the image it holds, and bytes never written read
+   * as whatever the device held before, not as zeros: a format writing
+   * into it writes every byte its metadata relies on.
+   */
+  readonly fixedSize?: boolean;
   /** Current size in bytes. */
   size(): Promise<number>;
   /**
@@ -120,7 +129,11 @@ export interface Storage {
    * (writev), so callers need not copy contiguous pieces together.
    */
   writev?(position: number, chunks: readonly Uint8Array[]): Promise<void>;
-  /** Sets the size; growing fills with zeros (sparse where the backend can). */
+  /**
+   * Sets the size; growing fills with zeros (sparse where the backend can).
+   * A storage whose `fixedSize` is true keeps its size and its bytes: a
+   * size up to its own is accepted as it is, a bigger one fails.
+   */
   truncate(size: number): Promise<void>;
   /** Durability barrier: everything written before is on stable storage when it resolves. */
   flush(): Promise<void>;

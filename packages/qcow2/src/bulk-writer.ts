@@ -24,7 +24,7 @@ type State = 'open' | 'finishing' | 'finished' | 'aborted';
  * Opens a bulk writer for a new image in `storage` (emptied first, then
  * holding a valid empty image until finish()), or answers undefined when
  * the create options need the general writer: preallocation, a backing
- * file, an external data file. Options are checked as createQcow2 checks
+ * file, an external data file, or a block device as the storage. Options are checked as createQcow2 checks
  * them.
  *
  * @example
@@ -35,7 +35,8 @@ type State = 'open' | 'finishing' | 'finished' | 'aborted';
  */
 export async function createQcow2Fresh(storage: Storage, options: Qcow2CreateOptions): Promise<FreshImageWriter | undefined> {
   const l = parseCreateOptions(options);
-  if (l.preallocation !== 'off' || l.backingFile !== undefined || l.dataFile !== undefined || options.dataFileStorage !== undefined || storage.readOnly) return undefined;
+  // A block device (fixedSize) reads as its old bytes where nothing was written: the bulk writer's unwritten zeros would not read as zeros there.
+  if (l.preallocation !== 'off' || l.backingFile !== undefined || l.dataFile !== undefined || options.dataFileStorage !== undefined || storage.readOnly || storage.fixedSize) return undefined;
   // Tables past the spec's bounds: createQcow2 says so in its own words.
   const layout = bulkLayout(l);
   if (!layout) return undefined;

@@ -273,7 +273,10 @@ function fillCluster(l: Qcow2Layout, h: Qcow2Header, plan: CreatePlan, buf: Uint
 
 /**
  * Creates a qcow2 image in `storage` (which is truncated first) and
- * returns it open for writing.
+ * returns it open for writing. A block device (`storage.fixedSize`) is
+ * written at its start and never resized: the layout must fit in it
+ * (else ERR_IMG_INVALID_ARG before anything is written), and preallocated
+ * data clusters are written with zeros whatever the mode.
  *
  * @example
  * ```ts
@@ -300,6 +303,12 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
   const allocates = l.preallocation === 'falloc' || l.preallocation === 'full';
   const plan = (allocates && l.dataFile === undefined ? truncatedCreatePlan(input) : undefined) ?? packedCreatePlan(input);
   if (plan.rtClusters * cs > MAX_REFCOUNT_TABLE_BYTES) throw invalidArg(FORMAT, 'the refcount table would exceed 8 MiB', { field: 'size' });
+
+  // A block device keeps its size (Storage.fixedSize): what create lays out must fit, checked before anything is written.
+  const capacity = storage.fixedSize ? await storage.size() : Infinity;
+  if (plan.total * cs > capacity) {
+    throw invalidArg(FORMAT, `${storage.name}: the block device is ${capacity} bytes, too small for the ${plan.total * cs} bytes the new image lays out`, { file: storage.name, field: 'size', expected: plan.total * cs, actual: capacity });
+  }
 
   const h = headerFor(l, { l1Entries, l1Offset: l1Entries ? plan.l1At * cs : 0, refcountTableOffset: plan.rtAt * cs, refcountTableClusters: plan.rtClusters });
 
@@ -336,7 +345,10 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     if (plan.dataClusters) {
       await storage.truncate(plan.total * cs);
       // falloc: one fallocate where the file system can (else zeros); full: zeros, as qemu writes them.
-      if (allocates) await preallocateRange(storage, plan.dataAt * cs, plan.dataClusters * cs, l.preallocation === 'full' ? 'full' : 'falloc');
+      // A block device reads as its old bytes, not as the holes of a grown file: every mode writes the zeros there
+      // (qemu leaves metadata's data clusters reading as the old bytes, and refuses falloc and full).
+      if (storage.fixedSize) await preallocateRange(storage, plan.dataAt * cs, plan.dataClusters * cs, 'full');
+      else if (allocates) await preallocateRange(storage, plan.dataAt * cs, plan.dataClusters * cs, l.preallocation === 'full' ? 'full' : 'falloc');
     }
     if (dataStorage) {
       await dataStorage.truncate(0);

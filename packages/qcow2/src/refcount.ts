@@ -155,8 +155,11 @@ export class Refcounts {
   #freeHint = 0;
   /** No free run of more than one cluster starts below this one (except clusters freed since). */
   #runHint = 0;
-  /** One past the last cluster of the file when it was opened. */
-  readonly #loadEnd: number;
+  /**
+   * One past the last cluster of the file when it was opened (on a block
+   * device: one past the last cluster in use, see {@link load}).
+   */
+  #loadEnd: number;
   /**
    * Refcount table indices whose block cannot be trusted: missing although
    * clusters of its range lie in the file, or pointing at other metadata
@@ -186,7 +189,8 @@ export class Refcounts {
     for (let t = 0; t < covering; t++) {
       const at = table[t] ?? 0;
       if (at === 0) {
-        if (t * this.perBlock < this.#loadEnd) this.#distrust(t, 'it is missing although clusters of its range lie in the file');
+        // On a block device the image ends well before the device does: load() looks again once it knows where.
+        if (t * this.perBlock < this.#loadEnd && !o.storage.fixedSize) this.#distrust(t, 'it is missing although clusters of its range lie in the file');
         continue;
       }
       const held = map?.kindsAt(at / o.clusterSize) ?? 0;
@@ -266,7 +270,27 @@ export class Refcounts {
     const raw = new Uint8Array(bytes);
     const n = await o.storage.readInto(o.tableOffset, raw);
     if (n < bytes) throw corrupt(FORMAT, o.file, `refcount table at ${hex(o.tableOffset)} is cut short by the end of the file`, { field: 'refcount_table_offset', offset: 48 });
-    return new Refcounts(o, parseTable(raw, o.clusterSize, o.refcountBits, o.fileSize, o.tableOffset, o.file, o.forCheck ?? false));
+    const rc = new Refcounts(o, parseTable(raw, o.clusterSize, o.refcountBits, o.fileSize, o.tableOffset, o.file, o.forCheck ?? false));
+    if (o.storage.fixedSize) await rc.#frontierOnDevice();
+    return rc;
+  }
+
+  /**
+   * On a block device the file's size is the device's, not the image's:
+   * the clusters past the image hold stale bytes. The image ends after its
+   * last cluster in use (qemu's view: it allocates by refcounts alone), so
+   * the allocation frontier is put there, and new clusters, refcount
+   * blocks and tables go right after the image as they would in a file,
+   * not past the end of the device. A missing refcount block below that
+   * end is distrusted as it would be in a file of that size.
+   */
+  async #frontierOnDevice(): Promise<void> {
+    const end = (await this.lastInUse()) + 1;
+    this.#end = Math.max(1, end);
+    this.#loadEnd = this.#end;
+    for (let t = 0; t * this.perBlock < this.#loadEnd; t++) {
+      if ((this.#table[t] ?? 0) === 0) this.#distrust(t, 'it is missing although clusters of its range are in use');
+    }
   }
 
   get tableOffset(): number {

@@ -261,6 +261,8 @@ export class FileStorage implements Storage {
   readonly readOnly: boolean;
   /** `file:<dev>:<ino>` (`blockdev:<rdev>` for a block device): the same for every open of one file, whatever name it was opened by (Storage.identity). */
   readonly identity: string;
+  /** True for a block device: it neither grows nor shrinks, and bytes never written hold what the device held (Storage.fixedSize). */
+  readonly fixedSize: boolean;
   #fh: FileHandle;
   #closed = false;
   /** Reads and writes under way on the raw descriptor; close() waits for them (FileHandle's own close would not know of them). */
@@ -315,6 +317,7 @@ export class FileStorage implements Storage {
   private constructor(path: string, fh: FileHandle, identity: string, readOnly: boolean, cache: 'writeback' | 'unsafe' = 'writeback', lock: ImageLock = { state: 'none' }, direct: boolean | 'auto' = false) {
     this.name = path;
     this.identity = identity;
+    this.fixedSize = identity.startsWith('blockdev:');
     this.#fh = fh;
     this.readOnly = readOnly;
     this.cache = cache;
@@ -690,6 +693,14 @@ export class FileStorage implements Storage {
 
   async truncate(size: number): Promise<void> {
     this.#checkWritable();
+    // As qemu's host_device: a device keeps its size and its bytes; only growing past its end is an error.
+    if (this.fixedSize) {
+      const capacity = await this.size();
+      if (size > capacity) {
+        throw ioError(this.name, `the block device is ${capacity} bytes and cannot grow to ${size} bytes (ENOSPC)`, { errno: 'ENOSPC', field: 'size', expected: size, actual: capacity });
+      }
+      return;
+    }
     try {
       // Emptying an empty file changes nothing, but on ext4 it would mark the
       // file for writeback on close (see create): skip it.
