@@ -2,7 +2,7 @@
  * The file-level API the commands use: open an image file by format,
  * convert a file into a new one. Node only (uses the file system).
  */
-import { statSync, type WriteStream } from 'node:fs';
+import type { WriteStream } from 'node:fs';
 import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, notAnImageFile, notFoundError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
@@ -19,6 +19,7 @@ import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWrita
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
 import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
+import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/device-output.js';
 import { nbdAwareResolver } from './node/nbd-backing.js';
 
 /**
@@ -207,16 +208,6 @@ export async function openDiskSnapshot(disk: Disk, name: string): Promise<Disk> 
   return s.openSnapshot.call(disk, selectSnapshotId((await disk.info?.())?.snapshots ?? [], selector, disk.storage.name));
 }
 
-/** Whether `path` names a block device (following links); false where it names nothing yet. */
-function isBlockDevicePath(path: string): boolean {
-  try {
-    return statSync(path, { throwIfNoEntry: false })?.isBlockDevice() ?? false;
-  } catch {
-    // Not reachable (EACCES, ENOTDIR): creating it fails in its own words later.
-    return false;
-  }
-}
-
 /**
  * Removes the output of a failed conversion, if it is a regular file: a
  * device, a FIFO or whatever else the user named is never removed (a
@@ -247,8 +238,11 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   const intoExport = isNbdUri(options.output);
   // A block device exists with its size, as an export: written into, never created, truncated or removed.
   const intoDevice = !intoExport && isBlockDevicePath(options.output);
-  if (intoExport || intoDevice) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
-  else if (dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
+  // An image format onto a device (qcow2, as an LVM volume holds one) is laid out there: see node/device-output.ts.
+  if (intoDevice) checkDeviceFormat(registry, options.dstFormat, options.output);
+  const imageOnDevice = intoDevice && dstDriver.name !== 'raw';
+  if (intoExport || (intoDevice && !imageOnDevice)) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
+  else if (!imageOnDevice && dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
     registry,
@@ -265,11 +259,17 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     }
     await guardOutput(options, registry, filesOf(src));
     if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
-    if (intoDevice) return await convertIntoNbdExport(sourceView(snapshot ?? src, options.range), { ...options, registry }, 'device');
+    if (intoDevice && !imageOnDevice) return await convertIntoNbdExport(sourceView(snapshot ?? src, options.range), { ...options, registry }, 'device');
     // As qemu-img convert (cache=unsafe): the output is removed if the conversion fails, so the
     // format writer's ordering barriers need not reach the disk; see OUTPUT_CACHE.
     const cache = options.cache ?? 'unsafe';
     if (!isCacheMode(cache)) throw invalidUsage(`invalid cache mode ${JSON.stringify(cache)}: one of ${cacheModeNames()}`, { field: 'cache' });
+    if (imageOnDevice) {
+      // Written through the page cache (the format's own writer, not the copy loop); synced as a file is.
+      const result = await convertOntoDevice(sourceView(snapshot ?? src, options.range), { ...options, registry });
+      if (cache !== 'unsafe') await syncFile(options.output);
+      return result;
+    }
     // cache=none and directsync write the data around the page cache; writeback and unsafe let the copy loop pick per piece.
     const direct = cache === 'none' || cache === 'directsync' ? true : cache === 'writethrough' ? false : 'auto';
     target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct });

@@ -41,7 +41,7 @@ export function checkNbdOutput(options: NbdOutputOptions, kind: ExistingOutputKi
       options.output,
       kind === 'nbd'
         ? `an NBD export takes the disk's bytes as they are: img converts into one with -O raw only, not ${format} (serve a ${format} file with img serve -w to write it over NBD)`
-        : `img converts onto a block device with -O raw only, not ${format} (the device then holds the disk's bytes; convert into a ${format} file instead)`,
+        : `img writes onto a block device as raw or qcow2 only, not ${format} (convert into a ${format} file instead)`,
     );
   }
   if (options.compress || options.backingFile !== undefined || Object.keys(options.createOptions ?? {}).length > 0) {

@@ -13,6 +13,7 @@ import { qemuFormatName } from '../info-human.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
+import { checkDeviceFormat, isBlockDevicePath } from '../../node/device-output.js';
 import { type Handler, common, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
 
 /** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
@@ -106,6 +107,8 @@ export const create: Handler = async (argv, io) => {
     }
   }
   if (size === undefined) throw new UsageError('expected a size (or a backing file to take it from)');
+  // A block device is written from its start and keeps its size (qemu-img's host_device): raw and qcow2 only.
+  if (isBlockDevicePath(path)) checkDeviceFormat(registry, driver.name, path);
   const existed = identityOfPath(path) !== undefined;
   const storage = await FileStorage.create(path);
   try {
