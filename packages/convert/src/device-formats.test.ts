@@ -119,6 +119,10 @@ suite('img convert -O qcow2 / img create -f qcow2 onto a block device', () => {
     expect(check.status, check.stderr).toBe(0);
     expect(check.stdout).toMatch(/No errors were found on the image/);
     expect(run('img', ['compare', src, devA!]).status).toBe(0);
+    // img map reads the device's image as qemu-img map does (a device has no holes to ask about: lseek SEEK_DATA is EINVAL).
+    const map = run('img', ['map', '--output=json', devA!]);
+    expect(map.status, map.stderr).toBe(0);
+    expect(JSON.parse(map.stdout)).toEqual(JSON.parse(qemuImg(['map', '--output=json', '-f', 'qcow2', devA!]).stdout));
     // qemu-img's own conversion onto the other device: the same disk, mapped the same way.
     qemuImg(['convert', '-f', 'qcow2', '-O', 'qcow2', src, devB!]);
     expect(guestMap(devA!, 'qcow2')).toEqual(guestMap(devB!, 'qcow2'));

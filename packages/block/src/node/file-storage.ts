@@ -339,7 +339,8 @@ export class FileStorage implements Storage {
     // Present only with the native loop, so callers can tell without trying.
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
-    if (addon) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
+    // A block device has no holes to tell (Linux: lseek SEEK_DATA on one is EINVAL): every byte counts as data.
+    if (addon && !this.fixedSize) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
     const punch = addon?.punchHole;
     if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punching a hole');
     const allocate = addon?.allocateRange;
