@@ -6,14 +6,17 @@
  * holes (SEEK_DATA/SEEK_HOLE) so a raw copy never reads them. Opens take
  * qemu's image locks (image-lock.ts; the README's "Locking" section).
  */
-import { constants as osConstants } from 'node:os';
-import { constants as fsConstants, type BigIntStats, type Stats, closeSync, fstatSync, ftruncateSync, openSync, read as fsRead, readFileSync, readSync, statfsSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
+import { constants as fsConstants, closeSync, fstatSync, ftruncateSync, read as fsRead, readSync, write as fsWrite, writeSync, writev as fsWritev } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { getSystemErrorMap } from 'node:util';
-import { ImageError, abortError, invalidArg, ioError, notAnImageFile, notFoundError, storageClosedError, storageReadOnlyError } from '../errors.js';
+import { ImageError, abortError, invalidArg, ioError, storageClosedError, storageReadOnlyError } from '../errors.js';
 import type { RunCopyOptions, RunCopyResult, RunReadResult, Storage, StorageRange } from '../storage.js';
 import { lockImage, type ImageLock, type LockState } from './image-lock.js';
-import { seekAddon, type NativeRunOptions, type SeekAddon } from './seek.js';
+import { seekAddon, type SeekAddon } from './seek.js';
+import { blockDeviceSize, memoryBacked, openDirect, refuseNonImageFile } from './file-kinds.js';
+import { errnoName, fsError, nativeCause } from './fs-errors.js';
+import { checkRuns, nativeRunOptions, wholeNumber } from './native-runs.js';
+import type { FileStorageCreateOptions, FileStorageOptions } from './file-storage-options.js';
 
 /**
  * Reads up to this size first try the page cache on the calling thread
@@ -23,230 +26,8 @@ import { seekAddon, type NativeRunOptions, type SeekAddon } from './seek.js';
  */
 const NOWAIT_MAX = 256 * 1024;
 
-/** statfs magic numbers of file systems whose files live in memory (linux/magic.h). */
-const MEMORY_FS = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
-
-/**
- * Whether the file lives in memory (tmpfs, ramfs): then a read or write is
- * a memory copy that never waits for a disk, and small ones are made on
- * the calling thread. Through libuv's pool each costs two thread hand-offs,
- * which on a busy machine means waiting for two threads to be scheduled
- * (an empty 16 GiB qcow2 -> raw conversion on /dev/shm made about 20 such
- * round trips and took 0.2-0.6 s wall for 0.05 s of CPU at a load average
- * of 17); RWF_NOWAIT, which does the same for cached pages of other file
- * systems, is not supported by tmpfs.
- */
-function memoryBacked(path: string, fd: number): boolean {
-  if (process.platform !== 'linux') return false;
-  try {
-    // A block device's node lives in devtmpfs (a tmpfs), but its bytes are on the device.
-    if (fstatSync(fd).isBlockDevice()) return false;
-    return MEMORY_FS.has(Number(statfsSync(path).type));
-  } catch {
-    return false;
-  }
-}
-
-export interface FileStorageOptions {
-  readOnly?: boolean;
-  /**
-   * `writeback` (default): flush() is fdatasync. `unsafe`: flush() returns
-   * at once and the page cache writes the file back in its own time, as
-   * qemu-img's cache=unsafe (what `qemu-img convert` uses for its output).
-   * Only for files that are thrown away if the process dies, such as a
-   * conversion's output: every flush barrier of a format writer (one or two
-   * per allocation) otherwise forces the data written so far to disk.
-   */
-  cache?: 'writeback' | 'unsafe';
-  /**
-   * Take qemu's image locks (default true): a read-only open takes a shared
-   * lock that refuses writers, a read-write open one that refuses every
-   * other reader and writer (qemu-img info, qemu-io, a VM, another img).
-   * An open that another holder excludes fails with ERR_IMG_LOCKED.
-   * `false` takes no locks and checks nothing (qemu's `locking=off`), in
-   * either mode: for file systems without byte-range locks, or a caller
-   * that coordinates access itself.
-   */
-  lock?: boolean;
-  /**
-   * qemu-img's -U (`force-share`): open an image another process holds,
-   * even one a running VM writes, without locks or checks. Only for
-   * read-only opens (ERR_IMG_INVALID_ARG otherwise); what is read may be
-   * inconsistent while the other process writes.
-   */
-  forceShare?: boolean;
-  /**
-   * Data that {@link FileStorage.copyRunsTo} writes into this file goes
-   * around the page cache (O_DIRECT, qemu's cache=none for the data), in
-   * whole sectors; other writes, and the unaligned ends of a piece, go
-   * through it as usual. For big outputs on machines where page-cache
-   * memory is dear (a VM whose host takes back freed memory): the copy then
-   * runs at the disk's speed and leaves the cache alone. Only on Linux, for
-   * writable opens, where the file system takes O_DIRECT; elsewhere it is
-   * ignored ({@link FileStorage.direct} says which).
-   *
-   * `'auto'` (what `convert()` uses for its output by default): each data
-   * piece goes through the page cache or around it, whichever has cost
-   * less per byte lately on this device: the loop times both as it writes.
-   * Where fresh page-cache pages are cheap that is the cache; where they
-   * are slow (a VM whose host took its free memory back, memory pressure)
-   * it is the disk. The bytes written are the same either way. Not in
-   * tmpfs; `IMG_COPY_DIRECT_AUTO=0` in the environment turns it off.
-   */
-  direct?: boolean | 'auto';
-}
-
-/** Options of FileStorage.create. */
-export interface FileStorageCreateOptions {
-  /** Fail if the file exists (O_EXCL) instead of emptying it. */
-  exclusive?: boolean;
-  cache?: FileStorageOptions['cache'];
-  /** Take qemu's read-write image locks before the file is emptied (default true); see FileStorageOptions.lock. */
-  lock?: boolean;
-  /** See FileStorageOptions.direct. */
-  direct?: boolean | 'auto';
-}
-
-/**
- * Bytes of the block device `rdev` (Linux: /sys/dev/block/MAJOR:MINOR/size
- * counts 512-byte sectors whatever the device's own sector size). Throws
- * ENOTSUP where there is no such count (not Linux).
- */
-function blockDeviceSize(rdev: number): number {
-  // glibc's gnu_dev_major / gnu_dev_minor, in doubles: rdev can exceed 32 bits.
-  const hi = Math.floor(rdev / 2 ** 32);
-  const lo = rdev >>> 0;
-  const major = ((lo >>> 8) & 0xfff) | ((hi & 0xfffff000) >>> 0);
-  const minor = (lo & 0xff) | ((lo >>> 12) & 0xfff00);
-  try {
-    return Number(readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
-  } catch {
-    throw Object.assign(new Error('the size of a block device is unknown here'), { code: 'ENOTSUP' });
-  }
-}
-
 /** The smallest write that FileStorage.write hands to the native writer in direct 'auto' mode. */
 const AUTO_WRITE_MIN = 256 * 1024;
-
-/**
- * A second descriptor of the open file `fd` with O_DIRECT (through
- * /proc/self/fd, so it is the same file whatever happened to its name), or
- * undefined where there is none: not Linux, no /proc, or a file system that
- * refuses O_DIRECT (tmpfs before Linux 6.6, some FUSE file systems).
- */
-function openDirect(fd: number): number | undefined {
-  const flag = (fsConstants as { O_DIRECT?: number }).O_DIRECT;
-  if (process.platform !== 'linux' || !flag) return undefined;
-  try {
-    return openSync(`/proc/self/fd/${fd}`, fsConstants.O_WRONLY | flag);
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * One sentence for a failed system call: "a.img: open failed: no such file
- * or directory (ENOENT)". Node's message repeats the code and the path
- * ("ENOENT: no such file or directory, open 'a.img'"): only its
- * description is kept. A directory where an image was expected is said so.
- */
-function fsError(path: string, what: string, cause: unknown): ImageError {
-  const code = (cause as NodeJS.ErrnoException | undefined)?.code;
-  const data = { errno: code };
-  if (code === 'EISDIR') return notAnImageFile(path, 'a directory', data, cause);
-  let text = (cause as Error | undefined)?.message ?? String(cause);
-  if (code) {
-    const syscall = (cause as NodeJS.ErrnoException).syscall;
-    if (text.startsWith(`${code}: `)) text = text.slice(code.length + 2);
-    if (syscall) text = text.replace(new RegExp(`, ${syscall}(?: '.*')?$`), '');
-    text = `${text} (${code})`;
-  }
-  return (code === 'ENOENT' ? notFoundError : ioError)(path, `${what} failed: ${text}`, data, cause);
-}
-
-/** The errno name of a number ("EIO"), for fsError's message. */
-function errnoName(errno: number): string {
-  return Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
-}
-
-/** A rejection of the native copy loop as the usual fs error shape: code, syscall, a message without them. */
-function nativeCause(e: unknown): { code: string; message: string; syscall: string; offset: number } | undefined {
-  const err = e as { errno?: unknown; message?: unknown; syscall?: unknown; offset?: unknown } | undefined;
-  if (typeof err?.errno !== 'number') return undefined;
-  return { code: errnoName(err.errno), message: String(err.message), syscall: String(err.syscall), offset: Number(err.offset) };
-}
-
-const wholeNumber = (v: number) => Number.isSafeInteger(v) && v >= 0;
-
-/** Checks a batch of (source, destination, length) runs before it goes to native code. */
-function checkRuns(runs: Float64Array): number {
-  if (runs.length % 3 !== 0) throw invalidArg('file', `runs must be (source, destination, length) triples: ${runs.length} numbers`);
-  let total = 0;
-  for (let i = 0; i < runs.length; i += 3) {
-    const s = runs[i]!;
-    const d = runs[i + 1]!;
-    const n = runs[i + 2]!;
-    if (!wholeNumber(s) || !wholeNumber(d) || !wholeNumber(n) || !Number.isSafeInteger(s + n) || !Number.isSafeInteger(d + n)) {
-      throw invalidArg('file', `run ${i / 3} (${s}, ${d}, ${n}) is not three whole numbers from 0 to 2^53`, { field: 'runs' });
-    }
-    total += n;
-  }
-  return total;
-}
-
-/** Validated native options from RunCopyOptions. */
-function nativeRunOptions(options: RunCopyOptions): NativeRunOptions {
-  const chunkSize = options.chunkSize ?? 4 * 1024 * 1024;
-  const granule = options.granule ?? 512;
-  const minZeroRun = options.minZeroRun;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 512 || chunkSize > 64 * 1024 * 1024) throw invalidArg('file', `invalid chunk size ${chunkSize} (512 bytes to 64 MiB)`, { field: 'chunkSize' });
-  if (!Number.isSafeInteger(granule) || granule < 1 || granule > chunkSize) throw invalidArg('file', `invalid granule ${granule} (1 to the chunk size)`, { field: 'granule' });
-  if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 0) throw invalidArg('file', `invalid minimum zero run ${minZeroRun}`, { field: 'minZeroRun' });
-  // 2: the helper decides by the destination's file system (copy_file_range only where the kernel offloads it).
-  return {
-    chunkSize,
-    granule,
-    minZeroRun,
-    copyRange: options.copyRange === undefined ? 2 : options.copyRange ? 1 : 0,
-    probeHoles: options.probeHoles === false ? 0 : 1,
-    preallocate: options.preallocate === 'never' ? 0 : options.preallocate === 'any' ? 2 : 1,
-    zeroTarget: options.zeroTarget ? 1 : 0,
-  };
-}
-
-/** What `stat` says a file is, for a message: "a FIFO", "a character device". */
-function fileKind(st: Stats | BigIntStats): string {
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isSocket()) return 'a socket';
-  if (st.isDirectory()) return 'a directory';
-  return 'a special file';
-}
-
-/**
- * Refuses (and closes) a descriptor that is neither a regular file nor a
- * block device, before anything is read from it or locked on it: a FIFO or
- * a terminal would block the first read forever (the open itself was made
- * with O_NONBLOCK so that it could not block), and a character device has
- * no size, so no image fits on it. O_NONBLOCK stays set on what is kept:
- * Linux ignores it for regular files and block devices, and node has no
- * fcntl to clear it. Answers the identity of what is kept (Storage.identity).
- */
-async function refuseNonImageFile(fh: FileHandle, path: string): Promise<string> {
-  let st: BigIntStats;
-  try {
-    st = await fh.stat({ bigint: true });
-  } catch (e) {
-    await fh.close().catch(() => undefined);
-    throw fsError(path, 'stat', e);
-  }
-  // Device and inode as exact decimal text: two names (links, "./a", "b/../a") of one file give one identity;
-  // a block device is the device it opens (rdev), whichever node names it.
-  if (st.isFile()) return `file:${st.dev}:${st.ino}`;
-  if (st.isBlockDevice()) return `blockdev:${st.rdev}`;
-  await fh.close().catch(() => undefined);
-  throw notAnImageFile(path, fileKind(st));
-}
 
 /**
  * A local file as Storage.

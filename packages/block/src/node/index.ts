@@ -1,4 +1,5 @@
-export { FileStorage, type FileStorageOptions, type FileStorageCreateOptions } from './file-storage.js';
+export { FileStorage } from './file-storage.js';
+export type { FileStorageOptions, FileStorageCreateOptions } from './file-storage-options.js';
 export { type LockState } from './image-lock.js';
 export { fileResolver, fileResolverWith, resolveRelative, type FileResolverOptions } from './resolver.js';
 export { nativeStatus, type NativeStatus, type NativeFeatures } from './native-loader.js';
