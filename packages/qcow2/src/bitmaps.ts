@@ -47,25 +47,35 @@ export async function readBitmapDirectory(storage: Storage, ext: BitmapsExtensio
   return out;
 }
 
+/** A host range a bitmap uses, and where the image names it. */
+export interface BitmapRange {
+  offset: number;
+  bytes: number;
+  what: 'bitmap directory' | 'bitmap table' | 'bitmap data';
+  /** The field that points at the range: the directory entry of a table, the table entry of a data cluster (the directory itself for the directory). */
+  at: number;
+}
+
 /**
  * Every host range the bitmaps use: the directory, each bitmap table and
- * the data clusters the tables point to (for check and for dropping them).
+ * the data clusters the tables point to (for check, the writable-open
+ * gate, the overlap map and for dropping them).
  */
-export async function bitmapRanges(storage: Storage, ext: BitmapsExtension, fileSize: number, clusterSize: number): Promise<Array<{ offset: number; bytes: number; what: string }>> {
-  const out: Array<{ offset: number; bytes: number; what: string }> = [];
+export async function bitmapRanges(storage: Storage, ext: BitmapsExtension, fileSize: number, clusterSize: number): Promise<BitmapRange[]> {
+  const out: BitmapRange[] = [];
   const { bitmapDirectoryOffset: dirOffset, bitmapDirectorySize: dirSize, nbBitmaps } = ext;
   if (dirSize > MAX_BITMAP_DIRECTORY_SIZE || dirOffset + dirSize > fileSize) return out;
-  out.push({ offset: dirOffset, bytes: dirSize, what: 'bitmap directory' });
+  out.push({ offset: dirOffset, bytes: dirSize, what: 'bitmap directory', at: dirOffset });
   const dir = await storage.read(dirOffset, dirSize);
   for (let at = 0, i = 0; i < nbBitmaps && at + ENTRY_FIXED <= dir.length; i++) {
     const tableOffset = readU32Be(dir, at) * 0x1_0000_0000 + readU32Be(dir, at + 4);
     const tableSize = readU32Be(dir, at + 8);
     if (tableSize * 8 <= MAX_BITMAP_DIRECTORY_SIZE && tableOffset + tableSize * 8 <= fileSize) {
-      out.push({ offset: tableOffset, bytes: tableSize * 8, what: 'bitmap table' });
+      out.push({ offset: tableOffset, bytes: tableSize * 8, what: 'bitmap table', at: dirOffset + at });
       const table = await storage.read(tableOffset, tableSize * 8);
       for (let e = 0; e < tableSize; e++) {
         const off = (readU32Be(table, e * 8) & 0x00ffffff) * 0x1_0000_0000 + ((readU32Be(table, e * 8 + 4) & 0xfffffe00) >>> 0);
-        if (off) out.push({ offset: off, bytes: clusterSize, what: 'bitmap data' });
+        if (off) out.push({ offset: off, bytes: clusterSize, what: 'bitmap data', at: tableOffset + e * 8 });
       }
     }
     at = Math.ceil((at + ENTRY_FIXED + readU32Be(dir, at + 20) + readU16Be(dir, at + 18)) / 8) * 8;

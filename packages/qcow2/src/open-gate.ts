@@ -12,6 +12,9 @@ import { corrupt, hex, readU32Be, unsupported } from '@img/block';
 import { entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
 import { snapshotEntrySize } from './snapshot.js';
+import { bitmapRanges, type BitmapRange } from './bitmaps.js';
+import { EXT_BITMAPS } from './constants.js';
+import { findExtension, parseBitmapsExtension } from './extensions.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import { entryHex, forEachEntryCluster, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
@@ -32,6 +35,8 @@ const COMPRESSED = 4;
 const COPIED = 8;
 /** Used by a snapshot's L2 tables (data, compressed spans, the tables themselves): only its refcount is judged. */
 const SNAPSHOT = 16;
+/** Used by the persistent bitmaps (directory, tables, data clusters): never shareable. */
+const BITMAP = 32;
 
 /** A flag byte per host cluster, in 64 KiB chunks allocated on first use (at most MAX_FLAG_BYTES). */
 class ClusterFlags {
@@ -85,6 +90,8 @@ export interface GateResult {
   offset: number;
   /** L2 tables read (for measurements). */
   l2Tables: number;
+  /** What to do about the problem, when `img check -r all` cannot repair it. */
+  hint?: string;
 }
 
 /** Runs the gate's checks on an open image (read-only work: nothing is written). */
@@ -230,6 +237,11 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
     }
     await markSnapshotClusters(s, snapshotTables, flags, new Set(tables), notePastEnd);
   }
+  const onBitmap = await markBitmapClusters(s, flags, notePastEnd);
+  if (onBitmap) {
+    const use = onBitmap.other ?? (await describeUse(s, view, onBitmap.cluster));
+    return { problem: `${use.what} is also ${onBitmap.what}`, offset: use.offset, l2Tables, hint: BITMAP_HINT };
+  }
   for (const [cluster, use] of pastEnd) {
     if ((await refcountOf(cluster)) === 0) {
       return { problem: `the ${use.what} at ${hex(cluster * cs)} (entry at ${hex(use.at)}) lies past the end of the file with refcount 0: the allocator would hand it out again`, offset: use.at, l2Tables };
@@ -241,6 +253,44 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
     return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
   }
   return { problem: undefined, offset: 0, l2Tables };
+}
+
+const BITMAP_HINT = 'img check -r all cannot repair that, img convert copies the guest data to a new image, read-only opens still work';
+
+/**
+ * Marks what the persistent bitmaps use (directory, tables, data clusters;
+ * consistent or not) with BITMAP in `flags`, and returns the first cluster
+ * something else uses too. The bitmap tracker sets bits in the data
+ * clusters in place, and a resize, a bitmap edit or the drop of
+ * inconsistent bitmaps releases them all: a guest cluster on a bitmap data
+ * cluster had a bit set in its guest bytes by a write elsewhere, and lost
+ * its reference on a resize, though its refcount covered both uses and
+ * `qemu-img check` called the image clean (seed 1105 case 45, seed 1107
+ * case 158).
+ */
+async function markBitmapClusters(s: Qcow2Image, flags: ClusterFlags, notePastEnd: (cluster: number, what: string, at: number) => void): Promise<{ cluster: number; what: string; other?: { what: string; offset: number } } | undefined> {
+  const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+  if (!ext) return undefined;
+  const cs = s.geom.clusterSize;
+  const fileClusters = Math.ceil(s.fileSize / cs);
+  const firstUse = new Map<number, BitmapRange>();
+  for (const r of await bitmapRanges(s.storage, ext, s.fileSize, cs)) {
+    const named = r.what === 'bitmap directory' ? `the bitmap directory at ${hex(r.offset)}` : r.what === 'bitmap table' ? `the bitmap table at ${hex(r.offset)} (directory entry at ${hex(r.at)})` : `a bitmap data cluster (bitmap table entry at ${hex(r.at)})`;
+    for (let c = Math.floor(r.offset / cs); c * cs < r.offset + r.bytes; c++) {
+      if (c >= fileClusters) {
+        notePastEnd(c, r.what, r.at);
+        break;
+      }
+      const old = flags.add(c, BITMAP);
+      if (old === 0) {
+        firstUse.set(c, r);
+        continue;
+      }
+      const first = old & BITMAP ? firstUse.get(c) : undefined;
+      return { cluster: c, what: named, other: first && { what: `the ${first.what} at ${hex(c * cs)} (named at ${hex(first.at)})`, offset: r.at } };
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -459,6 +509,10 @@ async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise
     );
     if (found) return found;
   }
+  const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
+  for (const r of ext ? await bitmapRanges(s.storage, ext, s.fileSize, cs) : []) {
+    if (inRange(r.offset, r.bytes)) return { what: `the ${r.what} at ${hex(host)} (named at ${hex(r.at)})`, offset: r.at };
+  }
   return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 
@@ -469,6 +523,6 @@ async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise
 export async function gateWritableOpen(s: Qcow2Image, view: MappingView, refcountOf: (cluster: number) => Promise<number>, untrusted: ReadonlyMap<number, string> = new Map()): Promise<void> {
   const r = await inspectForWriting(s, view, refcountOf, untrusted);
   if (r.problem) {
-    throw corrupt(FORMAT, s.file, `refusing to open for writing: ${r.problem}; img check -r all may repair it, read-only opens still work`, { field: 'L2 entry', offset: r.offset });
+    throw corrupt(FORMAT, s.file, `refusing to open for writing: ${r.problem}; ${r.hint ?? 'img check -r all may repair it, read-only opens still work'}`, { field: 'L2 entry', offset: r.offset });
   }
 }
