@@ -411,6 +411,28 @@ async function applyError(path: string, name: string): Promise<{ code?: string; 
 }
 
 describe('writes into damaged images leave them no worse', () => {
+  it('a refcount table entry past the file naming a block in use: a snapshot create is refused with the entry named and nothing written (seed 1107 case 65, seed 1108 case 124: the error had no offset, and the refusal set the corrupt bit)', async () => {
+    const path = join(tmp.path, 'snapshot-untrusted-block.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 4096, 0x41]]);
+    const rt = Number(q.view.getBigUint64(48)); // 48: refcount_table_offset
+    // Entry 1 covers clusters the file does not reach (the writable open's gate lets it through) and names block 0.
+    q.view.setBigUint64(rt + 8, q.view.getBigUint64(rt));
+    writeFileSync(path, q.bytes);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(storage, { readOnly: false });
+    try {
+      await expect(disk.createSnapshot('s1')).rejects.toMatchObject({
+        code: 'ERR_IMG_CORRUPT',
+        data: { field: 'refcount table entry', offset: rt + 8 },
+        message: expect.stringMatching(new RegExp(`refusing the snapshot operation: refcount block 1 \\(refcount table entry at 0x${(rt + 8).toString(16)}\\) cannot be trusted`)),
+      });
+    } finally {
+      await disk.close();
+      await storage.close();
+    }
+    expect(new Uint8Array(readFileSync(path))).toEqual(q.bytes);
+  });
+
   it("a bitmap data cluster that is also a guest data cluster: the writable open refuses (the bitmap tracker set a bit in the guest's bytes on a write elsewhere, a resize released the cluster), even once check -r all made qemu-img check call it clean (seed 1105 case 45, seed 1107 case 158)", async () => {
     const path = join(tmp.path, 'data-on-bitmap-data.qcow2');
     qemuQcow2(path, '8M', 'cluster_size=65536');

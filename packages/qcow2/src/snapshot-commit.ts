@@ -194,6 +194,22 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /**
+ * Refuses a snapshot operation while a refcount block cannot be trusted
+ * (the commit copies every block whose counts change). The operations call
+ * it before their exclusive section too, where a refusal would set the
+ * corrupt bit: nothing is written.
+ */
+export function refuseUntrustedRefcounts(s: Qcow2Image, rc: Refcounts): void {
+  if (!rc.untrustedBlocks.length) return;
+  const { index, reason } = rc.untrustedBlocks[0]!;
+  const at = s.header.refcountTableOffset + index * 8;
+  throw corrupt(FORMAT, s.file, `refusing the snapshot operation: refcount block ${index} (refcount table entry at ${hex(at)}) cannot be trusted (${reason}); repair the image first (check -r all)`, {
+    field: 'refcount table entry',
+    offset: at,
+  });
+}
+
+/**
  * Applies `change` to the image with one header switch (see the module
  * comment). On return the header, the active view, the snapshot list and
  * the refcounts describe the new state.
@@ -201,11 +217,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcounts, change: MetadataChange): Promise<void> {
   const cs = s.geom.clusterSize;
   const es = s.geom.l2EntrySize;
-  if (rc.untrustedBlocks.length) {
-    throw corrupt(FORMAT, s.file, `refusing the snapshot operation: refcount block ${rc.untrustedBlocks[0]!.index} cannot be trusted (${rc.untrustedBlocks[0]!.reason}); repair the image first (check -r all)`, {
-      field: 'refcount table entry',
-    });
-  }
+  refuseUntrustedRefcounts(s, rc);
   await s.writer?.allocator.drainReleases();
   // Refcounts change here in bulk (new refcount blocks, releases below), not through the allocator: the last
   // compressed cluster may be freed and handed out again, so its free tail is no place for more compressed data.

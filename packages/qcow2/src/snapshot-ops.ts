@@ -20,7 +20,7 @@ import { corrupt, hex, invalidArg, readOnlyError, utf8Encode, writeU64Be } from 
 import type { SnapshotInfo } from '@img/block';
 import { MAX_SNAPSHOTS } from './constants.js';
 import { snapshotInfo, type Qcow2Snapshot } from './snapshot.js';
-import { commitChange } from './snapshot-commit.js';
+import { commitChange, refuseUntrustedRefcounts } from './snapshot-commit.js';
 import { readL1 } from './reader.js';
 import { entryHex, l1FlagsWithoutOffset, l2TableOffsets } from './l2-walk.js';
 import { OVERLAP } from './overlap.js';
@@ -37,11 +37,19 @@ function refcountsOf(s: Qcow2Image): Refcounts {
   return rc;
 }
 
+/** Refusals that must come before exclusiveQcow2, whose guard sets the corrupt bit on ERR_IMG_CORRUPT (seed 1107 case 65). */
+function refuseBeforeExclusive(core: Qcow2Image): void {
+  core.assertOpen();
+  const rc = core.writer?.allocator.refcounts;
+  if (!core.readOnly && rc) refuseUntrustedRefcounts(core, rc);
+}
+
 /**
  * Takes an internal snapshot of the active layer (qemu-img snapshot -c).
  * Writes started before it finish first; writes started after wait.
  */
-export function createQcow2Snapshot(core: Qcow2Image, name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+export async function createQcow2Snapshot(core: Qcow2Image, name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+  refuseBeforeExclusive(core);
   return exclusiveQcow2(core, async () => snapshotInfo(await createSnapshot(core, core.active, name, options), core.header.size), { refreshOverlap: true });
 }
 
@@ -85,6 +93,7 @@ function refuseTablesOnMetadata(s: Qcow2Image, snap: Qcow2Snapshot, l1: Uint8Arr
 /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
 export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
   core.assertOpen();
+  refuseBeforeExclusive(core);
   if (!core.readOnly) {
     // Before the exclusive section: a refusal there writes the corrupt bit (and the dirty bit may go first), header
     // writes that change what qemu-img check reads through such an entry.
@@ -98,7 +107,8 @@ export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Pr
 }
 
 /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
-export function deleteQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+export async function deleteQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
+  refuseBeforeExclusive(core);
   return exclusiveQcow2(core, () => deleteSnapshot(core, core.active, idOrName), { refreshOverlap: true });
 }
 
