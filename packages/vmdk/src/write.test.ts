@@ -171,6 +171,27 @@ describe('monolithicSparse read-write against a flat model', () => {
     await allowed.close();
   });
 
+  it("a write over a stale parent that starts in a partial grain and runs on over whole new grains rejects once, leaving no rejection unhandled (hostile campaign seed 1024 case 291: the partial grain's copy-on-write read failed while the write looked at the next grains, and the process died)", async () => {
+    const { files } = await chain();
+    const storage = MemoryStorage.from((files.get('child.vmdk') as Uint8Array).slice(), { name: 'child.vmdk' });
+    const base = files.get('base.vmdk') as Uint8Array;
+    const text = new TextDecoder().decode(base.subarray(512, 1024));
+    base.set(new TextEncoder().encode(text.replace(/CID=[0-9a-f]{8}/, 'CID=0badc0de')), 512);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const stale = await openVmdk(storage, { readOnly: false, resolver: memoryResolver(files) });
+      expect(stale.parentCidMismatch).toBe(true);
+      await expect(stale.write(8 * GRAIN + 100, new Uint8Array(4 * GRAIN).fill(9))).rejects.toMatchObject({ code: 'ERR_IMG_MISMATCH' });
+      await stale.close();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    expect(unhandled).toEqual([]);
+  });
+
   it('a parent chain that loops or runs too deep is ERR_IMG_CHAIN, as for qcow2 and VHD', async () => {
     const { files } = await chain();
     // "base.vmdk" now holds the child, which names base.vmdk as its parent again.

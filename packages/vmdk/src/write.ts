@@ -21,26 +21,55 @@ const ZERO_CHUNK = 4 * 1024 * 1024;
 /** Writes `data` (or zeros, when undefined) over guest [offset, offset + length). The caller checked the range and the mode. */
 export async function writeRange(core: VmdkImage, offset: number, length: number, data: Uint8Array | undefined): Promise<void> {
   if (!core.cidUpdated && !core.appendWriter) await updateCid(core);
-  const pieces: Promise<void>[] = [];
+  const pieces = new StartedWrites();
   let done = 0;
   let index = core.extentIndexAt(offset);
-  while (done < length) {
-    const e = core.extents[index]!;
-    const pos = offset + done;
-    const n = Math.min(e.start + e.length - pos, length - done);
-    const piece = data?.subarray(done, done + n);
-    if (e.kind === 'zero') {
-      if (piece && piece.some((b) => b !== 0)) throw unsupported(FORMAT, core.storage.name, `extent ${index + 1} is a ${e.type} extent: it holds no data`, { field: `extent ${index + 1}` });
-    } else if (e.kind === 'flat') {
-      pieces.push(writeFlat(e.storage, e.fileOffset + (pos - e.start), n, piece));
-    } else {
-      pieces.push(writeSparse(core, index, e, pos - e.start, pos, n, piece));
+  try {
+    while (done < length) {
+      const e = core.extents[index]!;
+      const pos = offset + done;
+      const n = Math.min(e.start + e.length - pos, length - done);
+      const piece = data?.subarray(done, done + n);
+      if (e.kind === 'zero') {
+        if (piece && piece.some((b) => b !== 0)) throw unsupported(FORMAT, core.storage.name, `extent ${index + 1} is a ${e.type} extent: it holds no data`, { field: `extent ${index + 1}` });
+      } else if (e.kind === 'flat') {
+        pieces.add(writeFlat(e.storage, e.fileOffset + (pos - e.start), n, piece));
+      } else {
+        pieces.add(writeSparse(core, index, e, pos - e.start, pos, n, piece));
+      }
+      done += n;
+      index++;
     }
-    done += n;
-    index++;
+  } catch (error) {
+    await pieces.settle(error);
   }
-  const results = await Promise.allSettled(pieces);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
+  await pieces.settle();
+}
+
+/**
+ * Writes started and not yet waited for. Each one's rejection is handled
+ * when it starts: the loop that starts them may still be awaiting (a grain
+ * table read) or stop on an error of its own, and a rejection nobody
+ * handled yet ends a Node process (seed 1024 case 291 of the hostile
+ * campaign: a copy-on-write read refused by a stale parent while the loop
+ * looked at the next grains). {@link settle} waits for all of them and
+ * throws the first error.
+ */
+class StartedWrites {
+  #list: Promise<void>[] = [];
+
+  add(write: Promise<void>): void {
+    write.catch(() => undefined);
+    this.#list.push(write);
+  }
+
+  /** Waits for every started write; throws `error` when given, else the first rejection. */
+  async settle(error?: unknown): Promise<void> {
+    const results = await Promise.allSettled(this.#list);
+    this.#list = [];
+    if (error !== undefined) throw error;
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
 }
 
 async function writeFlat(storage: VmdkImage['storage'], at: number, length: number, data: Uint8Array | undefined): Promise<void> {
@@ -65,32 +94,35 @@ async function wholeGrainRun(core: VmdkImage, e: SparseExtent, grain: number, in
 
 async function writeSparse(core: VmdkImage, index: number, e: SparseExtent, inExtent: number, guest: number, length: number, data: Uint8Array | undefined): Promise<void> {
   const map = e.map;
-  const writes: Promise<void>[] = [];
+  const writes = new StartedWrites();
   let done = 0;
-  while (done < length) {
-    const at = inExtent + done;
-    const grain = Math.floor(at / map.grainBytes);
-    const inGrain = at - grain * map.grainBytes;
-    // Whole new grains in a row: one data write and one entry write per table copy. Every other write to
-    // them overlaps this one, so the call order (the facade's) keeps them apart without grain locks.
-    const run = data ? await wholeGrainRun(core, e, grain, inGrain, length - done) : 0;
-    if (run > 1) {
-      assertParentCurrent(core, 'a new grain of this image would be stacked on');
-      const bytes = data!.subarray(done, done + run * map.grainBytes);
-      writes.push(core.allocation.run(() => allocateGrains(map, grain, run, bytes)).then(() => undefined));
-      done += run * map.grainBytes;
-      continue;
+  try {
+    while (done < length) {
+      const at = inExtent + done;
+      const grain = Math.floor(at / map.grainBytes);
+      const inGrain = at - grain * map.grainBytes;
+      // Whole new grains in a row: one data write and one entry write per table copy. Every other write to
+      // them overlaps this one, so the call order (the facade's) keeps them apart without grain locks.
+      const run = data ? await wholeGrainRun(core, e, grain, inGrain, length - done) : 0;
+      if (run > 1) {
+        assertParentCurrent(core, 'a new grain of this image would be stacked on');
+        const bytes = data!.subarray(done, done + run * map.grainBytes);
+        writes.add(core.allocation.run(() => allocateGrains(map, grain, run, bytes)).then(() => undefined));
+        done += run * map.grainBytes;
+        continue;
+      }
+      const n = Math.min(map.grainBytes - inGrain, length - done);
+      const piece = data ? data.subarray(done, done + n) : undefined;
+      const g = guest + done;
+      const w = core.grainLocks.run(grainKey(index, grain), () => writeGrain(core, index, e, grain, inGrain, g, n, piece));
+      if (data) writes.add(w);
+      else await w;
+      done += n;
     }
-    const n = Math.min(map.grainBytes - inGrain, length - done);
-    const piece = data ? data.subarray(done, done + n) : undefined;
-    const g = guest + done;
-    const w = core.grainLocks.run(grainKey(index, grain), () => writeGrain(core, index, e, grain, inGrain, g, n, piece));
-    if (data) writes.push(w);
-    else await w;
-    done += n;
+  } catch (error) {
+    await writes.settle(error);
   }
-  const results = await Promise.allSettled(writes);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
+  await writes.settle();
 }
 
 /** Writes n bytes (piece, or zeros) at inGrain of grain `grain`; runs under the grain's lock. */
