@@ -5,6 +5,7 @@ import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, loadManifest, qemuCompare, qemuImg, qemuInfo, seededBytes, slowStorage, tempDir, testImagesDir } from '@img/testkit';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkVhd } from './check.js';
+import { vhdChecksum } from './checksum.js';
 import { coalesceVhd } from './coalesce.js';
 import { createVhd } from './create.js';
 import { vhdDriver } from './driver.js';
@@ -250,6 +251,27 @@ describe('resize', () => {
     const { parentCandidates } = await import('./chain.js');
     expect(await parentCandidates(await readVhdLayout(reopened.storage))).toContain('./b.vhd');
     expect((await checkVhd(MemoryStorage.from(s.toBytes()))).corruptions).toBe(0);
+  });
+
+  it('differencing: a parent locator in the way of a larger BAT whose data length runs far past the file moves only what the file holds (a 0xffffffff length made the resize copy 4 GiB; hostile campaign seed 1024 case 377)', async () => {
+    const base = await createVhd(new MemoryStorage({ name: 'b.vhd' }), { size: 1 << 20 });
+    const s = new MemoryStorage({ name: 'c.vhd' });
+    const c = await createVhd(s, { parent: { disk: base, relativePath: 'b.vhd', absolutePath: '/x/b.vhd' }, blockSize: 4096, locatorPlacement: 'after-bat' });
+    await c.write(0, new Uint8Array(4096).fill(2));
+    await c.close();
+    const bytes = s.toBytes();
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const header = Number(view.getBigUint64(16)); // footer copy at 0, +16: data offset
+    view.setUint32(header + 576 + 8, 0xffffffff); // locator entry 0, +8: platform data length
+    view.setUint32(header + 36, vhdChecksum(bytes.subarray(header, header + 1024), 36));
+    const damaged = MemoryStorage.from(bytes, { name: 'c.vhd' });
+    const d = await openVhd(damaged, { readOnly: false, noBacking: true });
+    await d.resize(8 << 20);
+    await d.close();
+    expect(damaged.toBytes().length).toBeLessThan(1 << 20);
+    const reopened = await openVhd(MemoryStorage.from(damaged.toBytes(), { name: 'c.vhd' }), { noBacking: true });
+    expect(reopened.size).toBe(8 << 20);
+    expect((await reopened.read(0, 4096)).every((b) => b === 2)).toBe(true);
   });
 
   it('refuses a non-CHS-exact size for an image sized by CHS', async () => {

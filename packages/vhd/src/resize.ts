@@ -206,7 +206,10 @@ async function growBat(s: VhdState, entries: number): Promise<void> {
   // space a locator entry only reserves (Hyper-V, vhd-util), so that no later writer puts
   // a locator into the grown BAT.
   for (const l of h.parentLocators) {
-    const space = Math.max(Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, locatorSpaceBytes(l.platformDataSpace));
+    const claimed = Math.max(Math.ceil(l.platformDataLength / VHD_SECTOR) * VHD_SECTOR, locatorSpaceBytes(l.platformDataSpace));
+    // Only what lies before the footer moves: a hostile data length (4 GiB behind a 4 KiB file) made the resize
+    // copy 4 GiB and leave a 4 GiB file (hostile campaign seed 1024 case 377).
+    const space = Math.min(claimed, Math.max(0, s.nextFree - l.platformDataOffset));
     if (space === 0 || l.platformDataOffset < VHD_SECTOR) continue;
     if (!inTheWay(l.platformDataOffset, l.platformDataOffset + space)) continue;
     const to = Math.max(s.nextFree, newEnd);
