@@ -14,6 +14,15 @@
 // the RSS limit, a bin prints a stack or more than one line on stderr, an
 // untrusted run opens a file the image names, or a write into a damaged
 // image leaves it worse. Case i is reproducible alone with --only i.
+//
+// Chains (ours-vhd-diff, ti-chain) get a family of their own with
+// probability --chain (mutateChain: the parent's bytes, or the links
+// between parent and child: unique ids, timestamps, CIDs, sizes, a parent
+// that names the child or itself), drawn from a generator of its own so
+// that the cases of earlier seeds stay what they were; every case of a
+// chain seed also writes into the child with its parent open and fails
+// if the parent's file changes or the chain no longer reads as written.
+// --seeds limits the pool (--seeds ours-vhd-diff,ti-chain for chains only).
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -21,7 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { gzipSync } from 'node:zlib';
 import { campaignArgs, caseSeed, rng, listTar, buildTar } from './lib.mjs';
-import { mutateDescriptorText, mutateEmbeddedDescriptor, mutateKdmv, mutateOva, mutateVhd, randomBytes, resize, TRAP } from './mutate.mjs';
+import { mutateChain, mutateDescriptorText, mutateEmbeddedDescriptor, mutateKdmv, mutateOva, mutateVhd, randomBytes, resize, TRAP } from './mutate.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const repo = join(here, '../..');
@@ -30,9 +39,11 @@ const IMG_CONVERT = join(repo, 'packages/convert/dist/bin/img-convert.js');
 
 function args() {
   const a = campaignArgs(
-    { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, only: undefined },
-    'usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n',
+    { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, chain: 0.5, seeds: undefined, only: undefined },
+    'usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--seeds ours-vhd-diff,ti-chain] [--chain 0.5] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n',
   );
+  a.chain = Number(a.chain);
+  a.seeds = a.seeds === undefined ? undefined : String(a.seeds).split(',');
   a.seed = Number(a.seed);
   a.cases = Number(a.cases);
   a.timeout = Number(a.timeout);
@@ -43,6 +54,8 @@ function args() {
 }
 
 const opt = args();
+/** Seeds that are a chain: the child's parent file (damaged, or its links to the child, by the chain family). */
+const CHAINS = { 'ours-vhd-diff': 'p.vhd', 'ti-chain': 'chain-base.vmdk' };
 const W = opt.work;
 const SEEDS = join(W, 'seeds');
 const REFS = join(W, 'refs');
@@ -177,7 +190,7 @@ function buildSeeds() {
 /** Damages case `i`'s copy of its seed; returns what was done. */
 function makeCase(seeds, i) {
   const r = rng(caseSeed(opt.seed, i));
-  const pool = seeds.filter((s) => opt.kinds.includes(s.kind));
+  const pool = seeds.filter((s) => opt.kinds.includes(s.kind) && (!opt.seeds || opt.seeds.includes(s.name)));
   const seed = r.pick(pool);
   const dir = join(W, 'cases', String(i));
   rmSync(dir, { recursive: true, force: true });
@@ -213,11 +226,19 @@ function makeCase(seeds, i) {
     else if (k < 0.95) m = randomBytes(b, r);
     else m = resize(b, r);
   }
-  writeFileSync(join(dir, target), m.bytes);
+  // The chain family (its own generator, so that the draws above stay those of earlier campaigns): the parent or
+  // the links between parent and child instead; writes then go through the chain (case.mjs, chainCase).
+  const parent = CHAINS[seed.name];
+  const rc = rng(caseSeed(opt.seed, i) ^ 0x2c1b3c6d);
+  if (parent && rc() < opt.chain) {
+    const mc = mutateChain(seed.kind, bytesOf(seed.main), bytesOf(parent), { child: seed.main, parent }, rc);
+    for (const [f, bytes] of Object.entries(mc.files)) writeFileSync(join(dir, f), bytes);
+    m = { note: mc.note };
+  } else writeFileSync(join(dir, target), m.bytes);
   const outDir = join(W, 'out', String(i));
   rmSync(outDir, { recursive: true, force: true });
   mkdirSync(outDir, { recursive: true });
-  return { id: i, seed: caseSeed(opt.seed, i), dir, main: seed.main, kind: seed.kind, format: seed.format, stream: seed.stream, writable: seed.writable, reference: seed.reference, outDir, seedName: seed.name, note: m.note };
+  return { id: i, seed: caseSeed(opt.seed, i), dir, main: seed.main, kind: seed.kind, format: seed.format, stream: seed.stream, writable: seed.writable, reference: seed.reference, outDir, seedName: seed.name, note: m.note, parent };
 }
 
 // ---------------------------------------------------------------- the API child

@@ -3,7 +3,7 @@
 // per case: the failures (anything but an ImageError, an untrusted open
 // that asked for a file, a write that made the image worse) and maxRSS.
 // The parent enforces the time limit and restarts it after a crash.
-import { copyFileSync, cpSync, createReadStream, rmSync, statSync } from 'node:fs';
+import { copyFileSync, cpSync, createReadStream, readFileSync, rmSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { ImageError } from '../../packages/block/dist/index.js';
@@ -150,7 +150,75 @@ async function runCase(c) {
   if (c.writable) await writeCase(failures, c, r);
   // 7. in-place maintenance of a damaged VHD (compact, sparsify, check -r all, resize): the guest bytes stay as they were
   if (c.writable && c.kind === 'vhd') await maintainCase(failures, c, r);
+  // 8. a chain: writes into the child with its parent open (partial grains and blocks read the parent)
+  if (c.parent) await chainCase(failures, c, r);
   return failures;
+}
+
+/**
+ * Writes into the child of a chain opened with its parent (trusted, the
+ * files beside it): the parent's file must not change at all, and where
+ * the chain read whole before, it reads whole after, as the writes say.
+ */
+async function chainCase(failures, c, r) {
+  const wdir = join(c.outDir, 'chain');
+  cpSync(c.dir, wdir, { recursive: true });
+  const w = join(wdir, c.main);
+  const parentPath = join(wdir, c.parent);
+  const parentBefore = readFileSync(parentPath);
+  const open = (readOnly) => openImageFile(w, { format: c.format, readOnly, resolver: fileResolver });
+  const before = await step(failures, 'chain: snapshot before write', () => chainSnapshot(() => open(true)));
+  const model = before.ok && before.value?.bytes ? before.value.bytes.slice() : undefined;
+  let allWritten = true;
+  const d = await step(failures, 'chain: open writable', () => open(false));
+  if (d.ok) {
+    const disk = d.value;
+    for (let i = 0; i < 3; i++) {
+      // Small and unaligned: a partial grain or sector run reads the rest from the parent.
+      const len = 1 + r.int(Math.min(Math.max(disk.size, 1), r.chance(0.5) ? 4096 : 200_000));
+      const off = r.int(Math.max(1, disk.size - len + 1));
+      if (off + len > disk.size) break;
+      const zero = r.chance(0.25);
+      const data = new Uint8Array(len).fill(1 + r.int(255));
+      const res = await step(failures, `chain: ${zero ? 'writeZeroes' : 'write'} ${off}+${len}`, () => (zero ? disk.writeZeroes(off, len) : disk.write(off, data)));
+      if (res.ok && model) model.set(zero ? new Uint8Array(len) : data, off);
+      if (!res.ok) allWritten = false;
+    }
+    const f = await step(failures, 'chain: flush', () => disk.flush());
+    if (!f.ok) allWritten = false;
+    await step(failures, 'chain: close writable', () => disk.close());
+  }
+  if (!readFileSync(parentPath).equals(parentBefore)) failures.push(`WORSE: a write into the child ${c.main} changed its parent ${c.parent}`);
+  const after = await step(failures, 'chain: snapshot after write', () => chainSnapshot(() => open(true)));
+  if (model) {
+    if (!after.ok || !after.value) failures.push('WORSE: the chain read whole before the writes and no longer opens or reads after them');
+    else if (d.ok && allWritten && after.value.bytes) {
+      const a = after.value.bytes;
+      let diff = -1;
+      for (let i = 0; i < a.length; i++)
+        if (a[i] !== model[i]) {
+          diff = i;
+          break;
+        }
+      if (diff >= 0 || a.length !== model.length) failures.push(`WORSE: after the writes the chain reads differently from the model at byte ${diff}`);
+    }
+  }
+  rmSync(wdir, { recursive: true, force: true });
+}
+
+/** Reads a whole chain (small disks only), or undefined when it does not open or read. */
+async function chainSnapshot(open) {
+  let disk;
+  try {
+    disk = await open();
+    if (disk.size > 64 << 20) return { size: disk.size };
+    return { size: disk.size, bytes: await disk.read(0, disk.size) };
+  } catch (e) {
+    if (!ImageError.isInstance(e)) throw e;
+    return undefined;
+  } finally {
+    await disk?.close().catch(() => undefined);
+  }
 }
 
 async function maintainCase(failures, c, r) {

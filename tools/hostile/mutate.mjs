@@ -529,3 +529,165 @@ function linkHeader(type, target) {
   fixTarChecksum(h, 0);
   return h;
 }
+
+// ---------------------------------------------------------------- chains (parent and child)
+
+/** Rewrites the embedded descriptor text of a hosted sparse extent in place (NUL padded); false when it has none or the text does not fit. */
+function editEmbedded(b, edit) {
+  const off = getU64(b, 28, true) * 512;
+  const size = getU64(b, 36, true) * 512;
+  if (!isKdmv(b) || off === 0 || size === 0 || off + size > b.length) return false;
+  const area = b.subarray(off, off + size);
+  const nul = area.indexOf(0);
+  const text = edit(new TextDecoder().decode(area.subarray(0, nul >= 0 ? nul : area.length)));
+  const enc = new TextEncoder().encode(text);
+  if (enc.length > area.length) return false;
+  area.fill(0);
+  area.set(enc);
+  return true;
+}
+
+/** Recomputes both VHD footer checksums and the dynamic header's (what a careful attacker does). */
+function fixVhdChecksums(b) {
+  const L = vhdLayout(b);
+  setU32(b, L.footerAt + 64, vhdFooterChecksum(b, L.footerAt), false);
+  if (L.headerAt >= 0) {
+    setU32(b, 64, vhdFooterChecksum(b, 0), false);
+    if (L.headerAt + 1024 <= b.length) setU32(b, L.headerAt + 36, vhdHeaderChecksum(b, L.headerAt), false);
+  }
+}
+
+/**
+ * Turns the VHD parent into a differencing disk whose parent is `name`
+ * (the child: a cycle; or itself): footer type 4 in both copies, the
+ * header's parent id and name, and a W2ku locator whose data sits in a
+ * sector inserted before the footer.
+ */
+function vhdNamingParent(parent, name, parentId) {
+  const L = vhdLayout(parent);
+  if (L.headerAt < 0) return undefined;
+  const at = L.footerAt;
+  const locator = new Uint8Array(512);
+  const path = Buffer.from(name, 'utf16le');
+  locator.set(path);
+  const b = concat([parent.subarray(0, at), locator, parent.subarray(at)]);
+  const footerAt = at + 512;
+  for (const f of [0, footerAt]) setU32(b, f + 60, 4, false);
+  b.set(parentId, L.headerAt + 40); // parent unique id
+  const unicode = b.subarray(L.headerAt + 64, L.headerAt + 576);
+  unicode.fill(0);
+  for (let i = 0; i < name.length && i < 256; i++) {
+    unicode[2 * i] = name.charCodeAt(i) >> 8;
+    unicode[2 * i + 1] = name.charCodeAt(i) & 0xff;
+  }
+  const entry = L.headerAt + 576;
+  setU32(b, entry, 0x57326b75, false); // W2ku
+  setU32(b, entry + 4, 1, false); // data space: one sector
+  setU32(b, entry + 8, path.length, false);
+  setU64(b, entry + 16, at, false);
+  fixVhdChecksums(b);
+  return b;
+}
+
+/**
+ * Damages a chain: the parent's bytes (structure-aware), or the links
+ * between child and parent (ids, timestamps, CIDs, sizes, a parent that
+ * names the child or itself as its own parent). `names` holds the two
+ * file names; the answer's `files` maps each file it changed to its bytes.
+ */
+export function mutateChain(kind, child, parent, names, r) {
+  const c = child.slice();
+  let p = parent.slice();
+  const changed = (note, which = 'parent') => ({ files: which === 'both' ? { [names.child]: c, [names.parent]: p } : which === 'child' ? { [names.child]: c } : { [names.parent]: p }, note: `chain: ${note}` });
+  const k = r();
+  if (kind === 'vhd') {
+    if (k < 0.4) {
+      const m = r.chance(0.8) ? mutateVhd(p, r) : r.chance(0.5) ? randomBytes(p, r) : resize(p, r);
+      p = m.bytes;
+      return changed(`parent ${names.parent}: ${m.note}`);
+    }
+    const cl = vhdLayout(c);
+    const pl = vhdLayout(p);
+    const w = r.pick(['child parent id', 'child parent timestamp', 'parent unique id', 'parent size', 'parent names child', 'parent names itself', 'parent is fixed', 'parent footer only']);
+    if (w === 'child parent id' && cl.headerAt >= 0) {
+      c[cl.headerAt + 40 + r.int(16)] ^= 1 << r.int(8);
+      fixVhdChecksums(c);
+      return changed(w, 'child');
+    }
+    if (w === 'child parent timestamp' && cl.headerAt >= 0) {
+      setU32(c, cl.headerAt + 56, r.pick([0, 1, 0xffffffff, getU32(c, cl.headerAt + 56, false) + 1]), false);
+      fixVhdChecksums(c);
+      return changed(w, 'child');
+    }
+    if (w === 'parent unique id') {
+      const bit = r.int(16);
+      for (const f of [0, pl.footerAt]) p[f + 68 + bit] ^= 0x40;
+      fixVhdChecksums(p);
+      return changed(w);
+    }
+    if (w === 'parent size') {
+      const size = getU64(p, pl.footerAt + 48, false);
+      const v = r.pick([0, 512, size / 2, size - 512, size + 512, size * 4, 2 ** 40, 2 ** 53 - 512]);
+      for (const f of [0, pl.footerAt]) setU64(p, f + 48, v, false);
+      fixVhdChecksums(p);
+      return changed(`${w} ${v}`);
+    }
+    if ((w === 'parent names child' || w === 'parent names itself') && cl.headerAt >= 0) {
+      // The child's id (a cycle through it) or the parent's own.
+      const id = w === 'parent names child' ? c.slice(cl.footerAt + 68, cl.footerAt + 84) : p.slice(pl.footerAt + 68, pl.footerAt + 84);
+      const named = vhdNamingParent(p, w === 'parent names child' ? names.child : names.parent, id);
+      if (named) {
+        p = named;
+        return changed(w);
+      }
+    }
+    if (w === 'parent is fixed') {
+      // Footer type 2 over a dynamic layout: the BAT and blocks read as raw data.
+      for (const f of [0, pl.footerAt]) setU32(p, f + 60, 2, false);
+      fixVhdChecksums(p);
+      return changed(w);
+    }
+    // The two footer copies disagree (the tail one is what a reader trusts).
+    p[pl.footerAt + 48 + r.int(8)] ^= 1 << r.int(8);
+    fixVhdChecksums(p);
+    setU32(p, 64, getU32(p, 64, false) ^ 1, false);
+    return changed('parent footer copies disagree');
+  }
+  // VMDK: a hosted sparse child whose descriptor names the parent.
+  if (k < 0.4) {
+    const m = r.chance(0.7) ? mutateKdmv(p, r) : r.chance(0.5) ? mutateEmbeddedDescriptor(p, r, [names.child]) : randomBytes(p, r);
+    p = m.bytes;
+    return changed(`parent ${names.parent}: ${m.note}`);
+  }
+  const w = r.pick(['parentCID', 'parent CID', 'parent names child', 'parent names itself', 'parent capacity', 'child capacity', 'parent grain size', 'parent createType']);
+  const cid = () => r.pick(['ffffffff', 'fffffffe', '00000000', '99999998', 'zz', '-1', '123456789']);
+  let ok = false;
+  if (w === 'parentCID') ok = editEmbedded(c, (t) => t.replace(/parentCID=\S+/, `parentCID=${cid()}`));
+  else if (w === 'parent CID') ok = editEmbedded(p, (t) => t.replace(/\nCID=\S+/, `\nCID=${cid()}`));
+  else if (w === 'parent names child' || w === 'parent names itself') {
+    const target = w === 'parent names child' ? names.child : names.parent;
+    ok = editEmbedded(p, (t) =>
+      t
+        .replace(/parentCID=\S+/, 'parentCID=aaaaaaaa')
+        .replace(/\n(createType=[^\n]*)/, `\n$1\nparentFileNameHint="${target}"`)
+        .replace(/createType="[^"]*"/, 'createType="monolithicSparse"'),
+    );
+    if (ok && r.chance(0.5)) ok = editEmbedded(c, (t) => t.replace(/\nCID=\S+/, '\nCID=ffffffff'));
+  } else if (w === 'parent capacity' || w === 'child capacity') {
+    const b = w === 'parent capacity' ? p : c;
+    const cap = getU64(b, 12, true);
+    setU64(b, 12, r.pick([0, 1, cap / 2, cap - 1, cap + 128, cap * 2, 2 ** 40, 2 ** 53]), true);
+    return changed(`${w} ${getU64(b, 12, true)}`, w === 'parent capacity' ? 'parent' : 'child');
+  } else if (w === 'parent grain size') {
+    setU64(p, 20, r.pick([1, 8, 16, 64, 256, 0, 2 ** 32]), true);
+    ok = true;
+  } else {
+    ok = editEmbedded(p, (t) => t.replace(/createType="[^"]*"/, `createType="${r.pick(['streamOptimized', 'vmfsSparse', 'twoGbMaxExtentSparse', 'monolithicFlat', 'bogus'])}"`));
+  }
+  if (!ok) {
+    const m = mutateKdmv(p, r);
+    p = m.bytes;
+    return changed(`parent ${names.parent}: ${m.note} (${w} did not apply)`);
+  }
+  return changed(w, w === 'parentCID' ? 'child' : 'both');
+}
