@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { ERROR_CODES, ImageError, MemoryStorage, readU32Be, writeU32Be } from '@img/block';
 import { amendQcow2 } from './amend.js';
 import { createQcow2 } from './create.js';
-import { openQcow2 } from './open.js';
+import { openQcow2, openWrittenQcow2 } from './open.js';
 
 const CS = 1024;
 /** Two L2 tables' worth (128 KiB each with 1 KiB clusters): two L1 entries. */
@@ -46,7 +46,17 @@ describe('snapshot operations and the overlap check', () => {
       put64(bytes, snapL1 + 8, l2);
       const before = bytes.slice();
       const bad = MemoryStorage.from(bytes, { name: 'bad.qcow2' });
-      const rw = await openQcow2(bad, { readOnly: false });
+      // The writable-open gate refuses the image first (the table is in use twice with one reference)...
+      const first = MemoryStorage.from(bytes.slice(), { name: 'bad.qcow2' });
+      const gated = await openQcow2(first, { readOnly: false }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(ImageError.isInstance(gated), String(gated)).toBe(true);
+      expect((gated as ImageError).code).toBe(ERROR_CODES.CORRUPT);
+      expect((gated as ImageError).message).toMatch(/refusing to open for writing: the L2 table of snapshot 1 at 0x[0-9a-f]+ .* is also the active L1 table/);
+      // ...and past the gate (an open that skips it), the apply's own check refuses it.
+      const rw = await openWrittenQcow2(bad);
       const error = await rw.applySnapshot('s1').then(
         () => undefined,
         (e: unknown) => e,
@@ -55,9 +65,10 @@ describe('snapshot operations and the overlap check', () => {
       expect((error as ImageError).code).toBe(ERROR_CODES.CORRUPT);
       expect((error as ImageError).message).toMatch(/refusing to apply snapshot 1: its L1 entry 0 at 0x[0-9a-f]+ points at 0x[0-9a-f]+, inside the active L1 table/);
       await rw.close().catch(() => undefined);
+      expect(first.toBytes()).toEqual(before);
       const after = bad.toBytes();
       expect(after.length).toBe(before.length);
-      // Refused before the exclusive section: nothing was written, not even the corrupt bit.
+      // Refused at the open and before the apply's exclusive section: nothing was written, not even the corrupt bit.
       const changed: number[] = [];
       for (let i = 0; i < after.length; i++) if (after[i] !== before[i]) changed.push(i);
       expect(changed, `bytes changed at ${changed.slice(0, 8).join(', ')}`).toEqual([]);
