@@ -169,41 +169,57 @@ async function chainCase(failures, c, r) {
   const open = (readOnly) => openImageFile(w, { format: c.format, readOnly, resolver: fileResolver });
   const before = await step(failures, 'chain: snapshot before write', () => chainSnapshot(() => open(true)));
   const model = before.ok && before.value?.bytes ? before.value.bytes.slice() : undefined;
-  let allWritten = true;
-  const d = await step(failures, 'chain: open writable', () => open(false));
-  if (d.ok) {
-    const disk = d.value;
-    for (let i = 0; i < 3; i++) {
-      // Small and unaligned: a partial grain or sector run reads the rest from the parent.
-      const len = 1 + r.int(Math.min(Math.max(disk.size, 1), r.chance(0.5) ? 4096 : 200_000));
-      const off = r.int(Math.max(1, disk.size - len + 1));
-      if (off + len > disk.size) break;
-      const zero = r.chance(0.25);
-      const data = new Uint8Array(len).fill(1 + r.int(255));
-      const res = await step(failures, `chain: ${zero ? 'writeZeroes' : 'write'} ${off}+${len}`, () => (zero ? disk.writeZeroes(off, len) : disk.write(off, data)));
-      if (res.ok && model) model.set(zero ? new Uint8Array(len) : data, off);
-      if (!res.ok) allWritten = false;
-    }
-    const f = await step(failures, 'chain: flush', () => disk.flush());
-    if (!f.ok) allWritten = false;
-    await step(failures, 'chain: close writable', () => disk.close());
-  }
+  // Small and unaligned writes (half of them within 4 KiB): a partial grain or sector run reads the rest from the parent.
+  const written = await writeThree(failures, r, 'chain: ', () => open(false), model, { zeroChance: 0.25, small: true });
   if (!readFileSync(parentPath).equals(parentBefore)) failures.push(`WORSE: a write into the child ${c.main} changed its parent ${c.parent}`);
   const after = await step(failures, 'chain: snapshot after write', () => chainSnapshot(() => open(true)));
-  if (model) {
-    if (!after.ok || !after.value) failures.push('WORSE: the chain read whole before the writes and no longer opens or reads after them');
-    else if (d.ok && allWritten && after.value.bytes) {
-      const a = after.value.bytes;
-      let diff = -1;
-      for (let i = 0; i < a.length; i++)
-        if (a[i] !== model[i]) {
-          diff = i;
-          break;
-        }
-      if (diff >= 0 || a.length !== model.length) failures.push(`WORSE: after the writes the chain reads differently from the model at byte ${diff}`);
-    }
-  }
+  if (model) checkModel(failures, after, model, written, 'the chain');
   rmSync(wdir, { recursive: true, force: true });
+}
+
+/**
+ * Opens a disk writable with `openWritable`, makes three writes or zero
+ * writes of random places (each also made in `model`, the expected bytes),
+ * then flushes and closes it. Answers whether it opened and every write and
+ * the flush succeeded (only then must the disk read as the model). The
+ * draws are made in a fixed order, so a seed's cases stay the same.
+ */
+async function writeThree(failures, r, label, openWritable, model, { zeroChance, small }) {
+  const d = await step(failures, `${label}open writable`, openWritable);
+  if (!d.ok) return false;
+  const disk = d.value;
+  let allWritten = true;
+  for (let i = 0; i < 3; i++) {
+    const len = 1 + r.int(Math.min(Math.max(disk.size, 1), small && r.chance(0.5) ? 4096 : 200_000));
+    const off = r.int(Math.max(1, disk.size - len + 1));
+    if (off + len > disk.size) break;
+    const zero = r.chance(zeroChance);
+    const data = new Uint8Array(len).fill(1 + r.int(255));
+    const res = await step(failures, `${label}${zero ? 'writeZeroes' : 'write'} ${off}+${len}`, () => (zero ? disk.writeZeroes(off, len) : disk.write(off, data)));
+    if (res.ok && model) model.set(zero ? new Uint8Array(len) : data, off);
+    if (!res.ok) allWritten = false;
+  }
+  const f = await step(failures, `${label}flush`, () => disk.flush());
+  if (!f.ok) allWritten = false;
+  await step(failures, `${label}close writable`, () => disk.close());
+  return allWritten;
+}
+
+/** After writes to something that read whole before (`model`: what it must read now): a failure where it no longer opens or reads otherwise. */
+function checkModel(failures, after, model, written, what) {
+  if (!after.ok || !after.value) {
+    failures.push(`WORSE: ${what} read whole before the writes and no longer opens or reads after them`);
+    return;
+  }
+  if (!written || !after.value.bytes) return;
+  const a = after.value.bytes;
+  let diff = -1;
+  for (let i = 0; i < a.length; i++)
+    if (a[i] !== model[i]) {
+      diff = i;
+      break;
+    }
+  if (diff >= 0 || a.length !== model.length) failures.push(`WORSE: after the writes ${what} reads differently from the model at byte ${diff}`);
 }
 
 /** Reads a whole chain (small disks only), or undefined when it does not open or read. */
@@ -285,38 +301,9 @@ async function writeCase(failures, c, r) {
   const w = join(wdir, c.main);
   const before = await step(failures, 'snapshot before write', () => snapshot(w, c.format));
   const model = before.ok && before.value?.bytes ? before.value.bytes.slice() : undefined;
-  let allWritten = true;
-  const d = await step(failures, 'open writable', () => openImageFile(w, { format: c.format, readOnly: false, noBacking: true }));
-  if (d.ok) {
-    const disk = d.value;
-    for (let i = 0; i < 3; i++) {
-      const len = 1 + r.int(Math.min(Math.max(disk.size, 1), 200_000));
-      const off = r.int(Math.max(1, disk.size - len + 1));
-      if (off + len > disk.size) break;
-      const zero = r.chance(0.3);
-      const data = new Uint8Array(len).fill(1 + r.int(255));
-      const res = await step(failures, `${zero ? 'writeZeroes' : 'write'} ${off}+${len}`, () => (zero ? disk.writeZeroes(off, len) : disk.write(off, data)));
-      if (res.ok && model) model.set(zero ? new Uint8Array(len) : data, off);
-      if (!res.ok) allWritten = false;
-    }
-    const f = await step(failures, 'flush', () => disk.flush());
-    if (!f.ok) allWritten = false;
-    await step(failures, 'close writable', () => disk.close());
-  }
+  const written = await writeThree(failures, r, '', () => openImageFile(w, { format: c.format, readOnly: false, noBacking: true }), model, { zeroChance: 0.3, small: false });
   const after = await step(failures, 'snapshot after write', () => snapshot(w, c.format));
-  if (before.ok && before.value?.bytes) {
-    if (!after.ok || !after.value) failures.push('WORSE: the image read whole before the writes and no longer opens or reads after them');
-    else if (d.ok && allWritten && after.value.bytes) {
-      const a = after.value.bytes;
-      let diff = -1;
-      for (let i = 0; i < a.length; i++)
-        if (a[i] !== model[i]) {
-          diff = i;
-          break;
-        }
-      if (diff >= 0 || a.length !== model.length) failures.push(`WORSE: after the writes the disk reads differently from the model at byte ${diff}`);
-    }
-  }
+  if (before.ok && before.value?.bytes) checkModel(failures, after, model, written, 'the image');
   rmSync(wdir, { recursive: true, force: true });
 }
 
