@@ -595,7 +595,6 @@ static struct {
 } auto_devs[AUTO_DEVS];
 /* An average older than this is measured again before it is trusted (the host's state changes between conversions). */
 #define AUTO_STALE_NS 1e9
-static double now_ns(void);
 static int auto_next;
 
 /* IMG_COPY_DIRECT_AUTO: 0 off; "cache" or "direct" always that path (for measuring, and tests of both). */

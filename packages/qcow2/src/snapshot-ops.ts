@@ -92,7 +92,6 @@ function refuseTablesOnMetadata(s: Qcow2Image, snap: Qcow2Snapshot, l1: Uint8Arr
 
 /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
 export async function applyQcow2Snapshot(core: Qcow2Image, idOrName: string): Promise<void> {
-  core.assertOpen();
   refuseBeforeExclusive(core);
   if (!core.readOnly) {
     // Before the exclusive section: a refusal there writes the corrupt bit (and the dirty bit may go first), header

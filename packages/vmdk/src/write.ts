@@ -7,7 +7,7 @@
  * changes the CID, as VMware and qemu do, so children made from the old
  * content notice.
  */
-import { unsupported } from '@img/block';
+import { startedAhead, unsupported } from '@img/block';
 import { allocateGrain, allocateGrains } from './allocator.js';
 import { CID_NO_PARENT, descriptorField, formatCid, serializeDescriptor, setDescriptorField } from './descriptor.js';
 import { FORMAT, grainKey, type SparseExtent, type VmdkImage } from './image.js';
@@ -59,8 +59,7 @@ class StartedWrites {
   #list: Promise<void>[] = [];
 
   add(write: Promise<void>): void {
-    write.catch(() => undefined);
-    this.#list.push(write);
+    this.#list.push(startedAhead(write));
   }
 
   /** Waits for every started write; throws `error` when given, else the first rejection. */
