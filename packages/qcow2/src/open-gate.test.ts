@@ -143,3 +143,88 @@ describeQemu('the gate refuses a cluster in use at refcount 0, at every refcount
     });
   }
 });
+
+/**
+ * Each builds an image with snapshot 1 whose guest cluster 0 (0x11) the
+ * active layer still shares, then makes the active layer claim it alone:
+ * qemu and an unchecked open write guest cluster 0 in place (or free it on
+ * a copy-on-write and hand it out again), and the snapshot's 0x11 is gone.
+ */
+const sharedWithSnapshot: Array<{ name: string; build: (q: Qcow2Bytes) => void; message: RegExp }> = [
+  {
+    name: 'an entry of an L2 table the snapshot shares, with the COPIED flag set',
+    build: (q) => {
+      const l2 = l2Of(q, 0);
+      q.view.setBigUint64(l2, entryAt(q, l2) | (1n << 63n));
+    },
+    message: /the L2 table at 0x[0-9a-f]+ is also the L2 table of snapshot 1 \(entry at 0x[0-9a-f]+\), but its entry at 0x[0-9a-f]+ has the COPIED flag set, so a write would go in place/,
+  },
+  {
+    name: 'the L1 entry of an L2 table the snapshot shares, with the COPIED flag set',
+    build: (q) => {
+      q.view.setBigUint64(q.l1Offset, entryAt(q, q.l1Offset) | (1n << 63n));
+    },
+    message: /the L2 table at 0x[0-9a-f]+ \(L1 entry 0 at 0x[0-9a-f]+\) has the COPIED flag set, so a write would go in place, but it is also the L2 table of snapshot 1/,
+  },
+  {
+    name: 'a data cluster the snapshot uses, with the COPIED flag set in the active L2 table',
+    build: (q) => {
+      const l2 = l2Of(q, 0);
+      q.view.setBigUint64(l2, entryAt(q, l2) | (1n << 63n));
+    },
+    message: /the data cluster at 0x[0-9a-f]+ \(L2 entry at 0x[0-9a-f]+\) has the COPIED flag set, so a write would go in place, but it is also the data cluster of a snapshot/,
+  },
+  {
+    name: 'a data cluster the snapshot uses, at refcount 1',
+    build: (q) => {
+      const data = Number(entryAt(q, l2Of(q, 0)) & 0x00ff_ffff_ffff_fe00n);
+      const block = Number(q.view.getBigUint64(Number(q.view.getBigUint64(48))));
+      writeRefcount(q.bytes.subarray(block, block + q.clusterSize), data / q.clusterSize, 16, 1);
+    },
+    message: /the data cluster at 0x[0-9a-f]+ \(L2 entry at 0x[0-9a-f]+\) has refcount 1 in the refcount block at 0x[0-9a-f]+: a snapshot uses it too, and a copy-on-write would free it under the snapshot/,
+  },
+];
+
+describeQemu('the gate refuses an active layer that claims a cluster a snapshot uses', () => {
+  sharedWithSnapshot.forEach((c, i) => {
+    it(c.name, async () => {
+      const { path: dir, cleanup } = tempDir();
+      try {
+        const path = join(dir, 'snap.qcow2');
+        qemuQcow2(path, '1M', 'cluster_size=65536', [
+          [0, 65536, 0x11],
+          [65536, 65536, 0x22],
+        ]);
+        qemuImg(['snapshot', '-c', 's1', path]);
+        // The last two cases give the active layer its own L2 table (a write after the snapshot copies it).
+        if (i >= 2) qemuIo(path, 'qcow2', ['write -P 0x44 128k 4k']);
+        expect(qemuCheck(path).status).toBe(0);
+        const q = readQcow2Bytes(path);
+        c.build(q);
+        writeFileSync(path, q.bytes);
+        expect(qemuCheck(path).status).toBe(2);
+        const before = sha(path);
+        const err = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect((err as ImageError).code).toBe('ERR_IMG_CORRUPT');
+        expect((err as Error).message).toMatch(c.message);
+        expect(sha(path)).toBe(before);
+        // check -r all clears the flag or raises the refcount; writes then leave the snapshot as it was.
+        expect((await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' })).corruptions).toBe(0);
+        expect(qemuCheck(path).status).toBe(0);
+        {
+          await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
+          await disk.write(0, new Uint8Array(4096).fill(0x33));
+          await disk.write(3 * 65536, new Uint8Array(65536).fill(0x55));
+        }
+        expect(qemuCheck(path).status).toBe(0);
+        qemuImg(['snapshot', '-a', 's1', path]);
+        expect(qemuIo(path, 'qcow2', ['read -P 0x11 0 64k', 'read -P 0x22 64k 64k'])).not.toMatch(/verification failed/i);
+      } finally {
+        cleanup();
+      }
+    });
+  });
+});

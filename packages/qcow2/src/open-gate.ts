@@ -8,70 +8,18 @@
  * overlap the active one. `img check -r all` repairs what refcounts and
  * COPIED flags can repair; the gate then lets the image through.
  */
-import { corrupt, hex, readU32Be, unsupported } from '@img/block';
+import { corrupt, hex, readU32Be } from '@img/block';
 import { entryOffset } from './mapping.js';
 import { readRefcount } from './refcount.js';
 import { snapshotEntrySize } from './snapshot.js';
-import { bitmapRanges, type BitmapRange } from './bitmaps.js';
-import { EXT_BITMAPS } from './constants.js';
-import { findExtension, parseBitmapsExtension } from './extensions.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
-import { entryHex, forEachEntryCluster, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
+import { entryHex, forEachEntryCluster, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
+import { ClusterFlags, COMPRESSED, COPIED, FORMAT, MAX_SHARED, META, SNAPSHOT, USED } from './gate-flags.js';
+import { describeUse, markBitmapClusters, markSnapshotClusters, snapshotUses } from './gate-uses.js';
 
-const FORMAT = 'qcow2';
-/** Clusters per flag chunk (64 KiB). */
-/** Flag bytes the gate may hold (one per host cluster in use, in chunks): 256 MiB. */
-const MAX_FLAG_BYTES = 256 * 1024 * 1024;
-const CHUNK_CLUSTERS = 2 ** 16;
 /** Largest read of consecutive refcount blocks. */
 const MAX_READ = 4 * 1024 * 1024;
-/** Shared clusters looked at in detail (more than this is refused without looking). */
-const MAX_SHARED = 4096;
-
-const META = 1;
-const USED = 2;
-const COMPRESSED = 4;
-const COPIED = 8;
-/** Used by a snapshot's L2 tables (data, compressed spans, the tables themselves): only its refcount is judged. */
-const SNAPSHOT = 16;
-/** Used by the persistent bitmaps (directory, tables, data clusters): never shareable. */
-const BITMAP = 32;
-
-/** A flag byte per host cluster, in 64 KiB chunks allocated on first use (at most MAX_FLAG_BYTES). */
-class ClusterFlags {
-  #chunks: Array<Uint8Array | undefined> = [];
-  bytes = 0;
-  constructor(readonly file: string | undefined) {}
-  get(c: number): number {
-    const k = Math.floor(c / CHUNK_CLUSTERS);
-    const chunk = this.#chunks[k];
-    return chunk ? chunk[c - k * CHUNK_CLUSTERS]! : 0;
-  }
-  /** The allocated chunks in cluster order: [first cluster, flag bytes]. */
-  *chunks(): Generator<[number, Uint8Array]> {
-    for (let k = 0; k < this.#chunks.length; k++) {
-      const chunk = this.#chunks[k];
-      if (chunk) yield [k * CHUNK_CLUSTERS, chunk];
-    }
-  }
-  /** Sets `bits` on cluster `c` and returns the flags it had. */
-  add(c: number, bits: number): number {
-    const k = Math.floor(c / CHUNK_CLUSTERS);
-    let chunk = this.#chunks[k];
-    if (!chunk) {
-      this.bytes += CHUNK_CLUSTERS;
-      if (this.bytes > MAX_FLAG_BYTES) {
-        throw unsupported(FORMAT, this.file, `refusing to open for writing: the image uses host clusters too scattered to check within ${MAX_FLAG_BYTES / 2 ** 20} MiB`, { field: 'L2 entry' });
-      }
-      chunk = this.#chunks[k] = new Uint8Array(CHUNK_CLUSTERS);
-    }
-    const i = c - k * CHUNK_CLUSTERS;
-    const old = chunk[i]!;
-    chunk[i] = old | bits;
-    return old;
-  }
-}
 
 /** A host cluster used more than once in the active layer. */
 interface Shared {
@@ -164,6 +112,11 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   tables.sort((a, b) => a - b);
   const dataFile = s.entryGeom.dataFile;
   const entrySize = s.geom.l2EntrySize;
+  // Active L2 tables with a COPIED entry, and the first such entry: checked against the tables snapshots share.
+  const copiedEntryIn = new Map<number, number>();
+  const noteCopied = (l2: number, j: number, isCopied: boolean) => {
+    if (isCopied && !copiedEntryIn.has(l2)) copiedEntryIn.set(l2, l2 + j * entrySize);
+  };
   await forEachL2Table(s, tables, (table, l2) => {
     forEachEntryCluster(
       s,
@@ -171,6 +124,7 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
       l2,
       // An external data file holds the data clusters: they are not in this file.
       (cluster, j, isCopied) => {
+        noteCopied(l2, j, isCopied);
         if (!dataFile) useExclusive(cluster, 'data cluster', l2 + j * entrySize, isCopied);
       },
       (e, j) => {
@@ -185,8 +139,9 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
             if (was & META) note(c, 'compressed data', at, true);
             else if (was & USED) note(c, 'compressed data', at, false);
           }
-        } else if (e.host !== undefined && !dataFile) {
-          useExclusive(e.host / cs, 'data cluster', at, e.copied);
+        } else if (e.host !== undefined) {
+          noteCopied(l2, j, e.copied);
+          if (!dataFile) useExclusive(e.host / cs, 'data cluster', at, e.copied);
         }
       },
       // Unreadable, but qemu-img check counts the cluster_size bytes from it as referenced, and freeing one of
@@ -235,7 +190,7 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
         return { problem: `snapshot ${t.snapshot!.id}: its L1 entry ${i} at ${hex(at)} has flags (0x${entryHex(t.l1, i * 8)}) but no L2 table offset`, offset: at, l2Tables };
       }
     }
-    const onMetadata = await markSnapshotClusters(s, snapshotTables, flags, new Set(tables), notePastEnd);
+    const { onMetadata, copied } = await markSnapshotClusters(s, snapshotTables, flags, new Set(tables), copiedEntryIn, notePastEnd);
     // A snapshot's cluster on metadata needs a refcount for both: every snapshot commit writes a new refcount table
     // and releases the old one, and a data cluster of the snapshot on it lost that reference; applying the
     // snapshot then left it at refcount 1 without COPIED (seed 1105 case 94: 1 corruption, then 2; qemu-img
@@ -251,6 +206,16 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
         }
       }
     }
+    // COPIED says "only the active layer uses this cluster": a write goes in place, into the snapshot's bytes or
+    // table (qemu-img check: "OFLAG_COPIED ... refcount=2"; qemu writes in place too). check -r all clears the flag.
+    if (copied?.entry !== undefined) {
+      const table = hex(copied.cluster * cs);
+      return { problem: `the L2 table at ${table} is also the ${copied.what} (entry at ${hex(copied.at)}), but its entry at ${hex(copied.entry)} has the COPIED flag set, so a write would go in place`, offset: copied.entry, l2Tables };
+    }
+    if (copied) {
+      const use = await describeUse(s, view, copied.cluster);
+      return { problem: `${use.what} has the COPIED flag set, so a write would go in place, but it is also the ${copied.what} (entry at ${hex(copied.at)})`, offset: use.offset, l2Tables };
+    }
   }
   const onBitmap = await markBitmapClusters(s, flags, notePastEnd);
   if (onBitmap) {
@@ -262,7 +227,7 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
       return { problem: `the ${use.what} at ${hex(cluster * cs)} (entry at ${hex(use.at)}) lies past the end of the file with refcount 0: the allocator would hand it out again`, offset: use.at, l2Tables };
     }
   }
-  const unreferenced = await firstWithoutRefcount(s, flags, rt, untrusted);
+  const unreferenced = await firstUnderRefcount(s, flags, rt, untrusted);
   if (unreferenced) {
     const use = await describeUse(s, view, unreferenced.cluster);
     return { problem: `${use.what} ${unreferenced.why}`, offset: use.offset, l2Tables };
@@ -273,134 +238,12 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
 const BITMAP_HINT = 'img check -r all cannot repair that, img convert copies the guest data to a new image, read-only opens still work';
 
 /**
- * Marks what the persistent bitmaps use (directory, tables, data clusters;
- * consistent or not) with BITMAP in `flags`, and returns the first cluster
- * something else uses too. The bitmap tracker sets bits in the data
- * clusters in place, and a resize, a bitmap edit or the drop of
- * inconsistent bitmaps releases them all: a guest cluster on a bitmap data
- * cluster had a bit set in its guest bytes by a write elsewhere, and lost
- * its reference on a resize, though its refcount covered both uses and
- * `qemu-img check` called the image clean (seed 1105 case 45, seed 1107
- * case 158).
- */
-async function markBitmapClusters(s: Qcow2Image, flags: ClusterFlags, notePastEnd: (cluster: number, what: string, at: number) => void): Promise<{ cluster: number; what: string; other?: { what: string; offset: number } } | undefined> {
-  const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-  if (!ext) return undefined;
-  const cs = s.geom.clusterSize;
-  const fileClusters = Math.ceil(s.fileSize / cs);
-  const firstUse = new Map<number, BitmapRange>();
-  for (const r of await bitmapRanges(s.storage, ext, s.fileSize, cs)) {
-    const named = r.what === 'bitmap directory' ? `the bitmap directory at ${hex(r.offset)}` : r.what === 'bitmap table' ? `the bitmap table at ${hex(r.offset)} (directory entry at ${hex(r.at)})` : `a bitmap data cluster (bitmap table entry at ${hex(r.at)})`;
-    for (let c = Math.floor(r.offset / cs); c * cs < r.offset + r.bytes; c++) {
-      if (c >= fileClusters) {
-        notePastEnd(c, r.what, r.at);
-        break;
-      }
-      const old = flags.add(c, BITMAP);
-      if (old === 0) {
-        firstUse.set(c, r);
-        continue;
-      }
-      const first = old & BITMAP ? firstUse.get(c) : undefined;
-      return { cluster: c, what: named, other: first && { what: `the ${first.what} at ${hex(c * cs)} (named at ${hex(first.at)})`, offset: r.at } };
-    }
-  }
-  return undefined;
-}
-
-/**
- * Marks what the snapshots' L2 tables use (the tables, data clusters,
- * compressed spans) with SNAPSHOT in `flags`, notes uses past the end of
- * the file, and returns the uses that land on metadata (at most
- * MAX_SHARED). Tables the active layer also uses were walked already; each
- * other distinct table is read once.
- */
-async function markSnapshotClusters(s: Qcow2Image, snapshotTables: readonly L1Table[], flags: ClusterFlags, activeTables: ReadonlySet<number>, notePastEnd: (cluster: number, what: string, at: number) => void): Promise<Array<{ cluster: number; what: string; at: number }>> {
-  const onMetadata: Array<{ cluster: number; what: string; at: number }> = [];
-  const cs = s.geom.clusterSize;
-  const fileClusters = Math.ceil(s.fileSize / cs);
-  const dataFile = s.entryGeom.dataFile;
-  const entrySize = s.geom.l2EntrySize;
-  const mark = (c: number, what: string, at: number) => {
-    if (c >= fileClusters) notePastEnd(c, what, at);
-    else if (flags.add(c, SNAPSHOT) & META && onMetadata.length < MAX_SHARED) onMetadata.push({ cluster: c, what, at });
-  };
-  const tables = new Set<number>();
-  for (const t of snapshotTables) {
-    l2TableOffsets(t, cs, s.file, 'raw').forEach((l2, i) => {
-      if (!l2 || l2 % cs || l2 < cs) return; // the reader and check report these
-      mark(l2 / cs, `L2 table of snapshot ${t.snapshot!.id}`, t.offset + i * 8);
-      if (l2 + cs <= s.fileSize && !activeTables.has(l2)) tables.add(l2);
-    });
-  }
-  await forEachL2Table(
-    s,
-    [...tables].sort((a, b) => a - b),
-    (table, l2) => {
-      forEachEntryCluster(
-        s,
-        table,
-        l2,
-        (cluster, j) => {
-          if (!dataFile) mark(cluster, 'data cluster of a snapshot', l2 + j * entrySize);
-        },
-        (e, j) => {
-          const at = l2 + j * entrySize;
-          if (e.type === 'compressed') {
-            for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) {
-              mark(c, 'compressed data of a snapshot', at);
-              if (c >= fileClusters) break;
-            }
-          } else if (e.host !== undefined && !dataFile) {
-            mark(e.host / cs, 'data cluster of a snapshot', at);
-          }
-        },
-      );
-    },
-  );
-  return onMetadata;
-}
-
-/**
- * How many times the snapshots' L1 and L2 tables use each of `clusters`
- * (data clusters, compressed spans and L2 tables). Read only when the
- * active layer shares a cluster (rare): each distinct snapshot L2 table
- * is read once and counted by the L1 entries that point at it.
- */
-async function snapshotUses(s: Qcow2Image, clusters: ReadonlySet<number>): Promise<Map<number, number>> {
-  const out = new Map<number, number>();
-  if (!s.snapshots.length) return out;
-  const cs = s.geom.clusterSize;
-  const count = (c: number, times: number) => {
-    if (clusters.has(c)) out.set(c, (out.get(c) ?? 0) + times);
-  };
-  const tables = new Map<number, number>();
-  for (const t of await snapshotL1Tables(s)) {
-    for (const l2 of l2TableOffsets(t, cs, s.file, 'raw')) {
-      if (!l2 || l2 % cs || l2 + cs > s.fileSize) continue;
-      count(l2 / cs, 1);
-      tables.set(l2, (tables.get(l2) ?? 0) + 1);
-    }
-  }
-  await forEachL2Table(s, [...tables.keys()], (table, l2) => {
-    const times = tables.get(l2)!;
-    forEachL2Entry(s, table, l2, (e) => {
-      if (e.type === 'compressed') {
-        for (let c = Math.floor(e.host / cs); c * cs < e.host + e.size; c++) count(c, times);
-      } else if (e.type !== 'unallocated' && e.host !== undefined) {
-        count(e.host / cs, times);
-      }
-    });
-  });
-  return out;
-}
-
-/**
- * The first host cluster in use (any flag set) whose stored refcount is 0,
- * and why: its refcount block says 0, is missing, or cannot be trusted.
+ * The first host cluster in use (any flag set) whose stored refcount is
+ * too low, and why: its refcount block says 0 (or 1 for a cluster the
+ * active layer shares with a snapshot), is missing, or cannot be trusted.
  * Reads each refcount block that covers a cluster in use once.
  */
-async function firstWithoutRefcount(s: Qcow2Image, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
+async function firstUnderRefcount(s: Qcow2Image, flags: ClusterFlags, rt: Uint8Array, untrusted: ReadonlyMap<number, string>): Promise<{ cluster: number; why: string } | undefined> {
   const cs = s.geom.clusterSize;
   const bits = s.geom.refcountBits;
   const perBlock = (cs * 8) / bits;
@@ -433,8 +276,13 @@ async function firstWithoutRefcount(s: Qcow2Image, flags: ClusterFlags, rt: Uint
       if (why !== undefined) return { cluster: c, why: `has no refcount to trust (refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)}: ${why})` };
       const at = offsetOf(t);
       if (!at) return { cluster: c, why: `has no refcount: refcount table entry ${t} at ${hex(s.header.refcountTableOffset + t * 8)} is empty` };
-      const zero = zeroRefcountIn(chunk, i, stop, await blockOf(t, at), t * perBlock - base, bits);
-      if (zero >= 0) return { cluster: base + zero, why: `has refcount 0 in the refcount block at ${hex(at)}: the allocator would hand it out again` };
+      const block = await blockOf(t, at);
+      const under = underRefcountIn(chunk, i, stop, block, t * perBlock - base, bits);
+      if (under >= 0) {
+        const refcount = readRefcount(block, under + base - t * perBlock, bits);
+        const why = refcount === 0 ? 'the allocator would hand it out again' : 'a snapshot uses it too, and a copy-on-write would free it under the snapshot';
+        return { cluster: base + under, why: `has refcount ${refcount} in the refcount block at ${hex(at)}: ${why}` };
+      }
       i = stop;
     }
   }
@@ -442,96 +290,30 @@ async function firstWithoutRefcount(s: Qcow2Image, flags: ClusterFlags, rt: Uint
 }
 
 /**
- * The first index in chunk[from, to) with a flag set whose refcount in
- * `block` is 0, or -1; chunk index i is entry i - first of the block. The
- * default 16-bit width reads two bytes per cluster (a 1 TiB image has 16 M
- * clusters in use).
+ * The first index in chunk[from, to) whose refcount in `block` is below
+ * what its flags need, or -1; chunk index i is entry i - first of the
+ * block. Any use needs 1; the active layer's use of a cluster a snapshot
+ * uses too needs 2 (a copy-on-write drops one reference, and at 0 the
+ * cluster would be handed out while the snapshot still reads it). The
+ * default 16-bit width reads two bytes per cluster (a 1 TiB image has
+ * 16 M clusters in use).
  */
-function zeroRefcountIn(chunk: Uint8Array, from: number, to: number, block: Uint8Array, first: number, bits: number): number {
+function underRefcountIn(chunk: Uint8Array, from: number, to: number, block: Uint8Array, first: number, bits: number): number {
+  const needsTwo = (f: number) => (f & SNAPSHOT) !== 0 && (f & (USED | COMPRESSED)) !== 0;
   if (bits === 16) {
     // A zero reads as zero in either byte order: a 16-bit view of the big-endian block (2-aligned) serves.
     const counts = new Uint16Array(block.buffer, block.byteOffset, block.length / 2);
-    for (let i = from; i < to; i++) if (counts[i - first] === 0 && chunk[i] !== 0) return i;
+    for (let i = from; i < to; i++) {
+      const f = chunk[i]!;
+      if (f !== 0 && (counts[i - first] === 0 || (needsTwo(f) && readRefcount(block, i - first, bits) < 2))) return i;
+    }
     return -1;
   }
-  for (let i = from; i < to; i++) if (chunk[i] !== 0 && readRefcount(block, i - first, bits) === 0) return i;
+  for (let i = from; i < to; i++) {
+    const f = chunk[i]!;
+    if (f !== 0 && readRefcount(block, i - first, bits) < (needsTwo(f) ? 2 : 1)) return i;
+  }
   return -1;
-}
-
-/**
- * What uses host cluster `c` and where that use is written down (for the
- * refusal): looked for only after a problem is found, in the order of the
- * gate's own pass.
- */
-async function describeUse(s: Qcow2Image, view: MappingView, c: number): Promise<{ what: string; offset: number }> {
-  const cs = s.geom.clusterSize;
-  const h = s.header;
-  const host = c * cs;
-  const inRange = (offset: number, bytes: number) => bytes > 0 && host + cs > offset && host < offset + bytes;
-  if (c === 0) return { what: 'the header cluster', offset: 0 };
-  if (inRange(view.l1Offset, h.l1Size * 8)) return { what: `the active L1 table at ${hex(view.l1Offset)}`, offset: 40 };
-  if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) return { what: `the refcount table at ${hex(h.refcountTableOffset)}`, offset: 48 };
-  const rt = new Uint8Array(h.refcountTableClusters * cs);
-  await s.storage.readInto(h.refcountTableOffset, rt);
-  for (let i = 0; i < rt.length / 8; i++) {
-    if (entryOffset(readU32Be(rt, i * 8), readU32Be(rt, i * 8 + 4)) === host) return { what: `the refcount block at ${hex(host)} (refcount table entry ${i})`, offset: h.refcountTableOffset + i * 8 };
-  }
-  for (const sn of s.snapshots) {
-    if (inRange(sn.l1TableOffset, sn.l1Size * 8)) return { what: `the L1 table of snapshot ${sn.id} at ${hex(sn.l1TableOffset)}`, offset: sn.entryOffset };
-  }
-  const inUse = Math.min(h.l1Size, Math.ceil(h.size / s.geom.l2Coverage));
-  const tables: number[] = [];
-  const active = l2TableOffsets({ l1: view.l1, offset: view.l1Offset, entries: h.l1Size }, cs, s.file, 'raw', inUse);
-  for (let i = 0; i < active.length; i++) {
-    const l2 = active[i]!;
-    if (l2 === host) return { what: `the L2 table at ${hex(host)} (L1 entry ${i} at ${hex(view.l1Offset + i * 8)})`, offset: view.l1Offset + i * 8 };
-    if (l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize) tables.push(l2);
-  }
-  let found: { what: string; offset: number } | undefined;
-  await forEachL2Table(
-    s,
-    tables.sort((a, b) => a - b),
-    (table, l2) => {
-      forEachL2Entry(s, table, l2, (e, _j, at) => {
-        if (found) return;
-        if (e.type === 'compressed') {
-          if (host + cs > e.host && host < e.host + e.size) found = { what: `the compressed data at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-        } else if (e.type !== 'unallocated' && e.host === host) {
-          found = { what: `the data cluster at ${hex(host)} (L2 entry at ${hex(at)})`, offset: at };
-        }
-      });
-      return found === undefined;
-    },
-  );
-  if (found) return found;
-  // Then the snapshots' tables: a cluster only they use.
-  for (const t of await snapshotL1Tables(s)) {
-    const l2s = l2TableOffsets(t, cs, s.file, 'raw');
-    const id = t.snapshot!.id;
-    const i = l2s.indexOf(host);
-    if (i >= 0) return { what: `the L2 table at ${hex(host)} of snapshot ${id} (L1 entry ${i} at ${hex(t.offset + i * 8)})`, offset: t.offset + i * 8 };
-    await forEachL2Table(
-      s,
-      [...new Set(l2s.filter((l2) => l2 && l2 % cs === 0 && l2 >= cs && l2 + cs <= s.fileSize))].sort((a, b) => a - b),
-      (table, l2) => {
-        forEachL2Entry(s, table, l2, (e, _j, at) => {
-          if (found) return;
-          if (e.type === 'compressed') {
-            if (host + cs > e.host && host < e.host + e.size) found = { what: `the compressed data at ${hex(host)} of snapshot ${id} (L2 entry at ${hex(at)})`, offset: at };
-          } else if (e.type !== 'unallocated' && e.host === host) {
-            found = { what: `the data cluster at ${hex(host)} of snapshot ${id} (L2 entry at ${hex(at)})`, offset: at };
-          }
-        });
-        return found === undefined;
-      },
-    );
-    if (found) return found;
-  }
-  const ext = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-  for (const r of ext ? await bitmapRanges(s.storage, ext, s.fileSize, cs) : []) {
-    if (inRange(r.offset, r.bytes)) return { what: `the ${r.what} at ${hex(host)} (named at ${hex(r.at)})`, offset: r.at };
-  }
-  return { what: `the host cluster at ${hex(host)}`, offset: host };
 }
 
 /**
