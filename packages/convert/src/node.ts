@@ -238,10 +238,10 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   const intoExport = isNbdUri(options.output);
   // A block device exists with its size, as an export: written into, never created, truncated or removed.
   const intoDevice = !intoExport && isBlockDevicePath(options.output);
-  // An image format onto a device (qcow2, as an LVM volume holds one) is laid out there: see node/device-output.ts.
-  if (intoDevice) checkDeviceFormat(registry, options.dstFormat, options.output);
-  const imageOnDevice = intoDevice && dstDriver.name !== 'raw';
-  if (intoExport || (intoDevice && !imageOnDevice)) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
+  // An image format onto a device or into an export (qcow2, as an LVM volume holds one) is laid out there: see node/device-output.ts.
+  if (intoDevice || intoExport) checkDeviceFormat(registry, options.dstFormat, options.output, intoExport ? 'nbd' : 'device');
+  const imageOnDevice = (intoDevice || intoExport) && dstDriver.name !== 'raw';
+  if ((intoExport || intoDevice) && !imageOnDevice) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
   else if (!imageOnDevice && dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
@@ -255,6 +255,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   try {
     if (intoExport) {
       if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
+      if (imageOnDevice) return await convertOntoDevice(sourceView(snapshot ?? src, options.range), { ...options, registry }, 'nbd');
       return await convertIntoNbdExport(sourceView(snapshot ?? src, options.range), { ...options, registry });
     }
     await guardOutput(options, registry, filesOf(src));

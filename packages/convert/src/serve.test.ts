@@ -281,22 +281,31 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
     qemuIo(src, 'qcow2', ['write -P 0x21 0 1M', 'write -P 0x22 9M 64k']);
     const big = join(tmp.path, 'into-big.raw');
     const small = join(tmp.path, 'into-small.raw');
+    // A raw export of a volume that held other bytes, as oVirt uploads a qcow2 onto a logical volume.
+    const volume = join(tmp.path, 'into-volume.raw');
     qemuImg(['create', '-q', '-f', 'raw', big, '20M']);
     qemuIo(big, 'raw', ['write -P 0x99 0 20M']);
     qemuImg(['create', '-q', '-f', 'raw', small, '8M']);
-    const servers = [big, small].map((f) => spawn('qemu-nbd', ['-t', '-f', 'raw', '-k', `${f}.sock`, f], { stdio: 'ignore' }));
+    qemuImg(['create', '-q', '-f', 'raw', volume, '20M']);
+    qemuIo(volume, 'raw', ['write -P 0x99 0 20M']);
+    const servers = [big, small, volume].map((f) => spawn('qemu-nbd', ['-t', '-f', 'raw', '-k', `${f}.sock`, f], { stdio: 'ignore' }));
     try {
-      expect(await waitForSocket(`${big}.sock`)).toBe(true);
-      expect(await waitForSocket(`${small}.sock`)).toBe(true);
+      for (const f of [big, small, volume]) expect(await waitForSocket(`${f}.sock`)).toBe(true);
       const conv = run('img', ['convert', '-O', 'raw', src, `nbd+unix:///?socket=${big}.sock`]);
       expect(conv.status, conv.stderr).toBe(0);
       const tooSmall = run('img', ['convert', '-O', 'raw', src, `nbd+unix:///?socket=${small}.sock`]);
       expect(tooSmall.status).toBe(1);
       expect(tooSmall.stderr.trimEnd().split('\n')).toHaveLength(1);
       expect(tooSmall.stderr).toMatch(/export is 8388608 bytes, smaller than the 16777216 bytes of the source/);
-      const qcow2 = run('img', ['convert', '-O', 'qcow2', src, `nbd+unix:///?socket=${big}.sock`]);
-      expect(qcow2.status).toBe(1);
-      expect(qcow2.stderr).toMatch(/-O raw only/);
+      // qcow2 is laid out in the export as on a block device; one that cannot hold the image is refused, naming both sizes.
+      const qcow2 = run('img', ['convert', '-O', 'qcow2', src, `nbd+unix:///?socket=${volume}.sock`]);
+      expect(qcow2.status, qcow2.stderr).toBe(0);
+      const qcow2Small = run('img', ['convert', '-O', 'qcow2', '-o', 'preallocation=full', src, `nbd+unix:///?socket=${small}.sock`]);
+      expect(qcow2Small.status).toBe(1);
+      expect(qcow2Small.stderr).toMatch(/the NBD export is 8388608 bytes, smaller than the \d+ bytes a qcow2 image of the source needs/);
+      const vpc = run('img', ['convert', '-O', 'vpc', src, `nbd+unix:///?socket=${volume}.sock`]);
+      expect(vpc.status).toBe(1);
+      expect(vpc.stderr).toMatch(/into an NBD export as raw or qcow2 only, not vhd/);
     } finally {
       // Gone, not just signalled: qemu-nbd's write lock on the file would refuse the reads below.
       await Promise.all(
@@ -315,6 +324,9 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
     qemuImg(['convert', '-f', 'raw', '-O', 'raw', big, head]);
     expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', src, head], { allowFail: true }).stdout).toContain('Content mismatch at offset 16777216');
     expect(qemuIo(big, 'raw', ['read -P 0 1M 8M', 'read -P 0x99 16M 4M'])).not.toMatch(/Pattern verification failed/);
+    // The volume holds a qcow2 image qemu-img reads as the source, its old bytes under it notwithstanding.
+    expect(qemuImg(['check', '-f', 'qcow2', volume]).status).toBe(0);
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'qcow2', src, volume]).stdout).toContain('Images are identical');
   });
 
   it('reads a qcow2 inside a raw export as qemu-img does: a relative backing file has no actual path, and JSON keys match', async () => {

@@ -69,8 +69,13 @@ describe('NbdStorage against img serve', () => {
       // Many requests in flight at once, each answered by its own cookie.
       const reads = await Promise.all(Array.from({ length: 64 }, (_, i) => storage.read(i * 65536, 65536)));
       reads.forEach((r, i) => expect(r.every((b) => b === (i === 16 ? 9 : i === 48 ? (b === 7 ? 7 : 0) : 0))).toBe(true));
-      await expect(storage.truncate(1)).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
-      await expect(storage.write(8 << 20, new Uint8Array(1))).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+      // A fixed size, as a block device's: up to it a truncate changes nothing; past it, and a write past the end, ENOSPC.
+      expect(storage.fixedSize).toBe(true);
+      await storage.truncate(1);
+      expect(await storage.size()).toBe(8 << 20);
+      expect((await disk.read(3 << 20, 1))[0]).toBe(7);
+      await expect(storage.truncate((8 << 20) + 1)).rejects.toMatchObject({ code: 'ERR_IMG_IO', data: { errno: 'ENOSPC' } });
+      await expect(storage.write(8 << 20, new Uint8Array(1))).rejects.toMatchObject({ code: 'ERR_IMG_IO', data: { errno: 'ENOSPC' } });
     } finally {
       await storage.close();
       await server.close();

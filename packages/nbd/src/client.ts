@@ -5,7 +5,7 @@
  * by cookie.
  */
 import { createConnection, type Socket } from 'node:net';
-import { ImageError, invalidArg, ioError, readOnlyError, unsupported, type Storage, type StorageRange } from '@img/block';
+import { ImageError, invalidArg, ioError, readOnlyError, type Storage, type StorageRange } from '@img/block';
 import { clientHandshake, printable, protocolError, type ClientAgreement } from './client-handshake.js';
 import * as P from './protocol.js';
 import { ReadCoverage } from './read-coverage.js';
@@ -92,6 +92,12 @@ export class NbdStorage implements Storage {
   readonly name: string;
   /** True unless connected with `writable: true`; writes then throw ERR_IMG_READ_ONLY. */
   readonly readOnly: boolean;
+  /**
+   * Always true: an export keeps its size and its bytes, as a block device
+   * does (Storage.fixedSize), so a format laid out in it (a qcow2 image in
+   * a raw export of a logical volume) writes every byte its metadata needs.
+   */
+  readonly fixedSize = true;
   #socket: Socket;
   #reader: ByteReader;
   #size: number;
@@ -377,11 +383,12 @@ export class NbdStorage implements Storage {
 
   /**
    * Writes `data` at `position`. ERR_IMG_READ_ONLY on a read-only connection;
-   * ERR_IMG_UNSUPPORTED for a write past the end, since an export cannot grow.
+   * ERR_IMG_IO with errno ENOSPC for a write past the end, since an export
+   * cannot grow.
    */
   async write(position: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw readOnlyError('nbd', this.name);
-    if (position + data.length > this.#size) throw unsupported('nbd', this.name, `a write past the end of the ${this.#size}-byte export (NBD exports do not grow)`);
+    if (position + data.length > this.#size) throw this.#full(position + data.length, 'a write');
     const jobs: Promise<void>[] = [];
     for (let at = 0; at < data.length; at += this.#maxBlock) {
       const chunk = data.subarray(at, Math.min(data.length, at + this.#maxBlock));
@@ -405,10 +412,18 @@ export class NbdStorage implements Storage {
     return true;
   }
 
-  /** Accepts only the current size: an export's size is fixed, so any other is ERR_IMG_UNSUPPORTED. */
+  /**
+   * An export keeps its size (fixedSize): a size up to it changes nothing,
+   * as qemu's block devices and NBD exports take it; a bigger one is
+   * ERR_IMG_IO with errno ENOSPC.
+   */
   async truncate(size: number): Promise<void> {
-    if (size === this.#size) return;
-    throw unsupported('nbd', this.name, `an NBD export has a fixed size (${this.#size} bytes); it cannot become ${size}`);
+    if (size <= this.#size) return;
+    throw this.#full(size, 'growing it');
+  }
+
+  #full(end: number, what: string): ImageError {
+    return ioError(this.name, `the NBD export is ${this.#size} bytes and exports do not grow: ${what} to ${end} bytes passes its end (ENOSPC)`, { errno: 'ENOSPC', field: 'size', expected: end, actual: this.#size });
   }
 
   /** Sends FLUSH so completed writes are durable; nothing to do when read-only or the server does not take FLUSH. */

@@ -8,12 +8,17 @@
  * on). An image that needs more than the device holds is refused before
  * anything is written where the format can measure it (qemu-img measure),
  * and fails with the device named where a write would pass its end.
- * `-O raw` onto a device is nbd-output.ts's: the disk's bytes as they are.
+ * An NBD export is written the same way (qemu-img convert -O qcow2 into
+ * nbd://, as oVirt's image uploads put qcow2 onto a raw export of a
+ * logical volume). `-O raw` onto a device or into an export is
+ * nbd-output.ts's: the disk's bytes as they are.
  */
 import { statSync } from 'node:fs';
-import { ImageError, invalidArg, ioError, unsupported, type Disk, type FormatRegistry } from '@img/block';
+import { ImageError, invalidArg, ioError, unsupported, type Disk, type FormatRegistry, type Storage } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
+import { NbdStorage } from '@img/nbd';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from '../convert.js';
+import type { ExistingOutputKind } from './nbd-output.js';
 
 /**
  * The formats img writes onto a block device as images. qemu-img also
@@ -45,10 +50,12 @@ export function isBlockDevicePath(path: string): boolean {
  * does not write onto a block device: raw (nbd-output.ts) and
  * {@link DEVICE_IMAGE_FORMATS} are written there, nothing else.
  */
-export function checkDeviceFormat(registry: FormatRegistry, format: string, output: string): void {
+export function checkDeviceFormat(registry: FormatRegistry, format: string, output: string, kind: ExistingOutputKind = 'device'): void {
   const name = registry.require(format).name;
   if (name === 'raw' || DEVICE_IMAGE_FORMATS.includes(name)) return;
-  throw unsupported(name, output, `img writes onto a block device as raw or ${DEVICE_IMAGE_FORMATS.join(', ')} only, not ${name}: a ${name} image needs a file that grows (qemu-img's leaves one that does not read back; write it into a file instead)`, {
+  const where = kind === 'nbd' ? 'into an NBD export' : 'onto a block device';
+  const instead = kind === 'nbd' ? `write it into a file, or serve a ${name} file with img serve -w` : 'write it into a file instead';
+  throw unsupported(name, output, `img writes ${where} as raw or ${DEVICE_IMAGE_FORMATS.join(', ')} only, not ${name}: a ${name} image needs a file that grows (qemu-img's leaves one that does not read back; ${instead})`, {
     field: 'format',
     actual: name,
   });
@@ -71,9 +78,9 @@ async function requiredBytes(source: Disk, options: DeviceOutputOptions): Promis
  * A write that passed the end of the device (ENOSPC) as the device's
  * error: the image did not fit. Other errors are passed on.
  */
-function deviceFullError(output: string, format: string, capacity: number, e: unknown): unknown {
+function deviceFullError(output: string, what: string, format: string, capacity: number, e: unknown): unknown {
   if (!ImageError.isInstance(e) || e.data.errno !== 'ENOSPC') return e;
-  return ioError(output, `the block device is ${capacity} bytes, too small for the ${format} image of the source: no space left on device (ENOSPC)`, { errno: 'ENOSPC', field: 'size', actual: capacity }, e);
+  return ioError(output, `${what} is ${capacity} bytes, too small for the ${format} image of the source: no space left on device (ENOSPC)`, { errno: 'ENOSPC', field: 'size', actual: capacity }, e);
 }
 
 /**
@@ -83,15 +90,16 @@ function deviceFullError(output: string, format: string, capacity: number, e: un
  * refused before anything is written (ERR_IMG_INVALID_ARG, naming the
  * device); the device node is never removed, whatever happens.
  */
-export async function convertOntoDevice(source: Disk, options: DeviceOutputOptions): Promise<ConvertResult> {
+export async function convertOntoDevice(source: Disk, options: DeviceOutputOptions, kind: ExistingOutputKind = 'device'): Promise<ConvertResult> {
   const driver = options.registry.require(options.dstFormat);
-  const storage = await FileStorage.open(options.output, { readOnly: false, cache: 'unsafe' });
+  const storage: Storage = kind === 'nbd' ? await NbdStorage.connect(options.output, { writable: true }) : await FileStorage.open(options.output, { readOnly: false, cache: 'unsafe' });
+  const what = kind === 'nbd' ? 'the NBD export' : 'the block device';
   let capacity = 0;
   try {
     capacity = await storage.size();
     const required = await requiredBytes(source, options);
     if (required !== undefined && required > capacity) {
-      throw invalidArg('convert', `${options.output}: the block device is ${capacity} bytes, smaller than the ${required} bytes a ${driver.name} image of the source needs (img measure); a device cannot grow`, {
+      throw invalidArg('convert', `${options.output}: ${what} is ${capacity} bytes, smaller than the ${required} bytes a ${driver.name} image of the source needs (img measure); ${kind === 'nbd' ? 'an export' : 'a device'} cannot grow`, {
         file: options.output,
         field: 'size',
         expected: required,
@@ -102,7 +110,7 @@ export async function convertOntoDevice(source: Disk, options: DeviceOutputOptio
     const { result } = await convertInto(source, driver, storage, { ...options, resolver: options.resolver ?? fileResolver, formats: options.formats ?? options.registry }, false);
     return result;
   } catch (e) {
-    throw deviceFullError(options.output, driver.name, capacity, e);
+    throw deviceFullError(options.output, what, driver.name, capacity, e);
   } finally {
     await storage.close().catch(() => undefined);
   }

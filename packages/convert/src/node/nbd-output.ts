@@ -35,15 +35,7 @@ export type ExistingOutputKind = 'nbd' | 'device';
  */
 export function checkNbdOutput(options: NbdOutputOptions, kind: ExistingOutputKind = 'nbd'): void {
   const format = options.registry.require(options.dstFormat).name;
-  if (format !== 'raw') {
-    throw unsupported(
-      format,
-      options.output,
-      kind === 'nbd'
-        ? `an NBD export takes the disk's bytes as they are: img converts into one with -O raw only, not ${format} (serve a ${format} file with img serve -w to write it over NBD)`
-        : `img writes onto a block device as raw or qcow2 only, not ${format} (convert into a ${format} file instead)`,
-    );
-  }
+  if (format !== 'raw') throw unsupported(format, options.output, `the ${format} image goes ${kind === 'nbd' ? 'into an NBD export' : 'onto a block device'} through device-output.ts, not as raw bytes`);
   if (options.compress || options.backingFile !== undefined || Object.keys(options.createOptions ?? {}).length > 0) {
     throw invalidUsage(`${options.output}: ${kind === 'nbd' ? 'an NBD export' : 'a block device'} exists already: -c, -B and -o apply to a new image`, { file: options.output, field: 'output' });
   }

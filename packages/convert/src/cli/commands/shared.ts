@@ -101,7 +101,9 @@ export function oneOf(...pairs: Array<string | undefined>): string | undefined {
  * is refused (ERR_IMG_UNSUPPORTED).
  */
 export function storedBackingFormat(registry: FormatRegistry, format: string): string;
+/** As above; no format given (undefined) stores none. */
 export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined;
+/** The implementation of the overloads above. */
 export function storedBackingFormat(registry: FormatRegistry, format: string | undefined): string | undefined {
   if (format === undefined) return undefined;
   const name = registry.require(format).name;
