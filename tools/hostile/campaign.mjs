@@ -3,6 +3,7 @@
 //
 //   nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova]
 //        [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17]
+//        [--copy-cap-mib 1024]
 //
 // Builds seed images (test-images, qemu-img's VHD and VMDK subformats, this
 // project's writers, hand-built tars), damages a copy per case with a
@@ -23,6 +24,13 @@
 // chain seed also writes into the child with its parent open and fails
 // if the parent's file changes or the chain no longer reads as written.
 // --seeds limits the pool (--seeds ours-vhd-diff,ti-chain for chains only).
+//
+// A damaged image may describe far more data than its file holds (a
+// descriptor naming one sparse file in 32000 extents: 125 GiB of data from
+// 1.5 MB), which a trusted copy reads at disk speed, well past the time
+// limit. The bins that copy every data byte (convert, compare) are left out
+// of a case whose disk, as the trusted API open saw it, holds more than
+// --copy-cap-mib of data: their time is not a hang.
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -39,8 +47,8 @@ const IMG_CONVERT = join(repo, 'packages/convert/dist/bin/img-convert.js');
 
 function args() {
   const a = campaignArgs(
-    { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, chain: 0.5, seeds: undefined, only: undefined },
-    'usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--seeds ours-vhd-diff,ti-chain] [--chain 0.5] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--only 17] [--keep]\n',
+    { seed: 1, cases: 300, kinds: 'vhd,vmdk,ova', work: '/tmp/fuzzv', timeout: 10_000, 'rss-mib': 300, cli: 0.5, chain: 0.5, seeds: undefined, only: undefined, 'copy-cap-mib': 1024 },
+    'usage: nice node tools/hostile/campaign.mjs [--seed 1] [--cases 300] [--kinds vhd,vmdk,ova] [--seeds ours-vhd-diff,ti-chain] [--chain 0.5] [--work /tmp/fuzzv] [--timeout 10000] [--rss-mib 300] [--cli 0.5] [--copy-cap-mib 1024] [--only 17] [--keep]\n',
   );
   a.chain = Number(a.chain);
   a.seeds = a.seeds === undefined ? undefined : String(a.seeds).split(',');
@@ -49,6 +57,7 @@ function args() {
   a.timeout = Number(a.timeout);
   a.cli = Number(a.cli);
   a.rssKiB = Number(a['rss-mib']) * 1024;
+  a.copyCap = Number(a['copy-cap-mib']) * 2 ** 20;
   a.kinds = String(a.kinds).split(',');
   return a;
 }
@@ -278,6 +287,8 @@ class Child {
 
 // ---------------------------------------------------------------- the bins
 
+/** The bins that read every data byte of the disk (left out past --copy-cap-mib of data). */
+const COPIES_ALL = new Set(['convert', 'compare']);
 const OK_STATUS = { info: [0, 1], map: [0, 1], check: [0, 1, 2, 3, 63], compare: [0, 1, 2], convert: [0, 1], pipe: [0, 1] };
 
 function cliCommands(c, r) {
@@ -378,7 +389,14 @@ async function main() {
       }
     }
     const r = rng(c.seed ^ 0x5bd1e995);
-    if (r() < opt.cli) for (const cmd of cliCommands(c, r)) failures.push(...runCli(c, cmd));
+    if (r() < opt.cli)
+      for (const cmd of cliCommands(c, r)) {
+        if (COPIES_ALL.has(cmd[0]) && res.dataBytes > opt.copyCap) {
+          if (process.env.VERBOSE) console.log(`case ${i}: ${cmd[0]} left out: the disk holds ${res.dataBytes} bytes of data`);
+          continue;
+        }
+        failures.push(...runCli(c, cmd));
+      }
     if (failures.length) {
       failed++;
       const keep = join(failDir, String(i));

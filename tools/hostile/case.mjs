@@ -38,15 +38,19 @@ async function step(failures, what, fn) {
 
 /** Reads, maps and describes an open disk. */
 async function exercise(failures, what, disk, r) {
+  let dataBytes;
   await step(failures, `${what} extents`, async () => {
     let n = 0;
     let end = 0;
+    let data = 0;
     for await (const e of disk.extents()) {
       if (e.offset !== end) failures.push(`${what} extents: gap or overlap at ${e.offset} (expected ${end})`);
       end = e.offset + e.length;
+      if (e.kind === 'data') data += e.length;
       if (++n > 2_000_000) throw new Error('more than 2M extents');
     }
     if (end !== disk.size && n > 0) failures.push(`${what} extents: cover ends at ${end}, size ${disk.size}`);
+    dataBytes = data;
   });
   await step(failures, `${what} read head`, () => disk.read(0, Math.min(disk.size, READ_CAP)));
   for (let i = 0; i < 3 && disk.size > 0; i++) {
@@ -55,6 +59,7 @@ async function exercise(failures, what, disk, r) {
     await step(failures, `${what} read ${off}+${len}`, () => disk.read(off, len));
   }
   await step(failures, `${what} info`, async () => disk.info?.());
+  return dataBytes;
 }
 
 async function* chunks(path, r) {
@@ -72,8 +77,10 @@ async function directOpen(kind, storage, resolver) {
   return openVmdk(storage, options);
 }
 
+/** Runs case `c`; answers its failures and the bytes of data its disk holds as a trusted open sees them (if it opens). */
 async function runCase(c) {
   const failures = [];
+  let dataBytes;
   const r = rng(c.seed);
   const main = join(c.dir, c.main);
   const asked = [];
@@ -97,7 +104,8 @@ async function runCase(c) {
   for (const untrusted of [true, false]) {
     const d = await step(failures, `openImageFile untrusted=${untrusted}`, () => openImageFile(main, { untrusted, resolver: fileResolver }));
     if (d.ok) {
-      await exercise(failures, `openImageFile untrusted=${untrusted}`, d.value, r);
+      const data = await exercise(failures, `openImageFile untrusted=${untrusted}`, d.value, r);
+      if (!untrusted) dataBytes = data;
       await step(failures, 'close', () => d.value.close());
     }
   }
@@ -152,7 +160,7 @@ async function runCase(c) {
   if (c.writable && c.kind === 'vhd') await maintainCase(failures, c, r);
   // 8. a chain: writes into the child with its parent open (partial grains and blocks read the parent)
   if (c.parent) await chainCase(failures, c, r);
-  return failures;
+  return { failures, dataBytes };
 }
 
 /**
@@ -304,10 +312,11 @@ for await (const line of rl) {
   process.stdout.write(JSON.stringify({ id: c.id, phase: 'start' }) + '\n');
   const rssBefore = process.resourceUsage().maxRSS;
   let failures;
+  let dataBytes;
   try {
-    failures = await runCase(c);
+    ({ failures, dataBytes } = await runCase(c));
   } catch (e) {
     failures = [`harness: ${e?.stack ?? e}`];
   }
-  process.stdout.write(JSON.stringify({ id: c.id, phase: 'done', failures, maxRSS: process.resourceUsage().maxRSS, rssBefore }) + '\n');
+  process.stdout.write(JSON.stringify({ id: c.id, phase: 'done', failures, dataBytes, maxRSS: process.resourceUsage().maxRSS, rssBefore }) + '\n');
 }
