@@ -9,6 +9,7 @@
  */
 import { closedError, invalidArg, ioError, readOnlyError } from './errors.js';
 import { MemoryStorage } from './memory-storage.js';
+import { checkStorageArgs } from './byte-args.js';
 import type { Storage, StorageRange } from './storage.js';
 
 /**
@@ -98,7 +99,7 @@ export class BlobStorage implements Storage {
 
   async read(position: number, length: number): Promise<Uint8Array> {
     this.#check();
-    checkRange(position, length);
+    checkStorageArgs(this.name, 'BlobStorage.read', position, length);
     const end = Math.min(this.#blob.size, position + length);
     if (end <= position) return new Uint8Array(0);
     if (end - position >= this.#blockSize || this.#maxBlocks === 0) return this.#slice(position, end);
@@ -143,6 +144,8 @@ export class BlobStorage implements Storage {
   }
 
   async readInto(position: number, target: Uint8Array): Promise<number> {
+    this.#check();
+    checkStorageArgs(this.name, 'BlobStorage.readInto', position, target, 'target');
     const bytes = await this.read(position, target.length);
     target.set(bytes);
     return bytes.length;
@@ -295,10 +298,4 @@ export async function storageToBlob(storage: Storage, options: StorageToBlobOpti
   const parts: Uint8Array[] = [];
   for (let at = 0; at < size; at += chunkSize) parts.push(await storage.read(at, Math.min(chunkSize, size - at)));
   return new Blob(parts, { type: options.type ?? 'application/octet-stream' });
-}
-
-function checkRange(position: number, length: number): void {
-  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0) {
-    throw invalidArg('blob', `invalid storage range: position ${position}, length ${length}`, { offset: position, actual: length });
-  }
 }

@@ -16,7 +16,7 @@ describe('error helpers', () => {
     const s = MemoryStorage.from(new Uint8Array(512), { name: 'm', readOnly: true });
     await expect(s.write(0, new Uint8Array(1))).rejects.toMatchObject({ code: ERROR_CODES.READ_ONLY, message: 'storage m is read-only' });
     await s.close();
-    await expect(s.read(0, 1)).rejects.toMatchObject({ code: ERROR_CODES.CLOSED, message: 'memory storage m is closed' });
+    await expect(s.read(0, 1)).rejects.toMatchObject({ code: ERROR_CODES.CLOSED, message: 'm: memory storage is closed' });
   });
 
   it('unknown formats list the known names only when given', () => {

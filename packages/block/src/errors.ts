@@ -173,10 +173,10 @@ export function backingReadOnlyError(format: string, file: string | undefined, b
 /**
  * A misuse of the API that belongs to no format (the message has no
  * format prefix): ERR_IMG_INVALID_ARG, the argument named in `data.field`
- * where there is one.
+ * where there is one; `cause` is an underlying error, if any.
  */
-export function invalidUsage(message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, message, { data });
+export function invalidUsage(message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, message, { data, cause });
 }
 
 /**

@@ -1,4 +1,5 @@
 import { storageClosedError, storageReadOnlyError } from './errors.js';
+import { allocateRead, checkStorageArgs, checkStorageChunks, checkStorageNumber } from './byte-args.js';
 import type { Storage, StorageRange } from './storage.js';
 
 export interface MemoryStorageOptions {
@@ -36,7 +37,7 @@ export class MemoryStorage implements Storage {
   }
 
   #check(): void {
-    if (this.#closed) throw storageClosedError(this.name, `memory storage ${this.name} is closed`);
+    if (this.#closed) throw storageClosedError(this.name, `${this.name}: memory storage is closed`);
   }
 
   #checkWritable(): void {
@@ -62,16 +63,16 @@ export class MemoryStorage implements Storage {
 
   async read(position: number, length: number): Promise<Uint8Array> {
     this.#check();
-    checkRange(position, length);
+    checkStorageArgs(this.name, 'MemoryStorage.read', position, length);
     const n = Math.max(0, Math.min(length, this.#size - position));
-    const out = new Uint8Array(n);
+    const out = allocateRead(this.name, 'MemoryStorage.read', n);
     this.#readSync(position, out);
     return out;
   }
 
   async readInto(position: number, target: Uint8Array): Promise<number> {
     this.#check();
-    checkRange(position, target.length);
+    checkStorageArgs(this.name, 'MemoryStorage.readInto', position, target, 'target');
     const n = Math.max(0, Math.min(target.length, this.#size - position));
     const view = n === target.length ? target : target.subarray(0, n);
     this.#readSync(position, view);
@@ -94,7 +95,7 @@ export class MemoryStorage implements Storage {
 
   async write(position: number, data: Uint8Array): Promise<void> {
     this.#checkWritable();
-    checkRange(position, data.length);
+    checkStorageArgs(this.name, 'MemoryStorage.write', position, data, 'data');
     this.#writeSync(position, data);
   }
 
@@ -118,9 +119,9 @@ export class MemoryStorage implements Storage {
 
   async writev(position: number, chunks: readonly Uint8Array[]): Promise<void> {
     this.#checkWritable();
+    checkStorageChunks(this.name, 'MemoryStorage.writev', position, chunks);
     let at = position;
     for (const c of chunks) {
-      checkRange(at, c.length);
       this.#writeSync(at, c);
       at += c.length;
     }
@@ -128,7 +129,7 @@ export class MemoryStorage implements Storage {
 
   async truncate(size: number): Promise<void> {
     this.#checkWritable();
-    checkRange(size, 0);
+    checkStorageNumber(this.name, 'MemoryStorage.truncate', 'size', size);
     if (size < this.#size) {
       const firstDropped = Math.ceil(size / PAGE);
       for (const index of [...this.#pages.keys()]) if (index >= firstDropped) this.#pages.delete(index);
@@ -149,6 +150,7 @@ export class MemoryStorage implements Storage {
 
   async ranges(offset: number, length: number): Promise<StorageRange[]> {
     this.#check();
+    checkStorageArgs(this.name, 'MemoryStorage.ranges', offset, length);
     const end = Math.min(offset + length, this.#size);
     const out: StorageRange[] = [];
     let pos = offset;
@@ -166,6 +168,7 @@ export class MemoryStorage implements Storage {
 
   async punchHole(offset: number, length: number): Promise<boolean> {
     this.#checkWritable();
+    checkStorageArgs(this.name, 'MemoryStorage.punchHole', offset, length);
     const end = Math.min(offset + length, this.#size);
     let pos = offset;
     while (pos < end) {
@@ -191,11 +194,5 @@ export class MemoryStorage implements Storage {
     const out = new Uint8Array(this.#size);
     this.#readSync(0, out);
     return out;
-  }
-}
-
-function checkRange(position: number, length: number): void {
-  if (!Number.isSafeInteger(position) || position < 0 || !Number.isSafeInteger(length) || length < 0) {
-    throw new RangeError(`invalid storage range: position ${position}, length ${length}`);
   }
 }

@@ -15,6 +15,7 @@ import { lockImage, type ImageLock, type LockState } from './image-lock.js';
 import { seekAddon, type SeekAddon } from './seek.js';
 import { blockDeviceSize, memoryBacked, openDirect, refuseNonImageFile } from './file-kinds.js';
 import { errnoName, fsError, nativeCause } from './fs-errors.js';
+import { allocateRead, checkStorageArgs, checkStorageChunks, checkStorageNumber } from '../byte-args.js';
 import { checkRuns, nativeRunOptions, wholeNumber } from './native-runs.js';
 import type { FileStorageCreateOptions, FileStorageOptions } from './file-storage-options.js';
 
@@ -370,13 +371,16 @@ export class FileStorage implements Storage {
   }
 
   async read(position: number, length: number): Promise<Uint8Array> {
-    const buf = new Uint8Array(length);
+    this.#check();
+    checkStorageArgs(this.name, 'FileStorage.read', position, length);
+    const buf = allocateRead(this.name, 'FileStorage.read', length);
     const n = await this.readInto(position, buf);
     return n === length ? buf : buf.subarray(0, n);
   }
 
   async readInto(position: number, target: Uint8Array): Promise<number> {
     this.#check();
+    checkStorageArgs(this.name, 'FileStorage.readInto', position, target, 'target');
     let done = 0;
     if (this.#memory && target.length <= NOWAIT_MAX) {
       try {
@@ -401,10 +405,7 @@ export class FileStorage implements Storage {
     try {
       const fd = this.#fh.fd;
       while (done < target.length) {
-        const bytesRead = await new Promise<number>((resolve, reject) => {
-          this.#busy++;
-          fsRead(fd, target, done, target.length - done, position + done, (e, n) => this.#settle(e, n, resolve, reject));
-        });
+        const bytesRead = await this.#request((settle) => fsRead(fd, target, done, target.length - done, position + done, settle));
         if (bytesRead === 0) break;
         done += bytesRead;
       }
@@ -416,6 +417,7 @@ export class FileStorage implements Storage {
 
   async write(position: number, data: Uint8Array): Promise<void> {
     this.#checkWritable();
+    checkStorageArgs(this.name, 'FileStorage.write', position, data, 'data');
     // A format's own big writes (an inflated stream, batches of compressed clusters) pick the cache or the disk as
     // copyRunsTo's data does (direct 'auto'); small ones (tables, headers) always go through the cache.
     if (this.#writeAt && data.length >= AUTO_WRITE_MIN) {
@@ -433,10 +435,7 @@ export class FileStorage implements Storage {
         return;
       }
       while (done < data.length) {
-        done += await new Promise<number>((resolve, reject) => {
-          this.#busy++;
-          fsWrite(fd, data, done, data.length - done, position + done, (e, n) => this.#settle(e, n, resolve, reject));
-        });
+        done += await this.#request((settle) => fsWrite(fd, data, done, data.length - done, position + done, settle));
       }
     } catch (e) {
       throw fsError(this.name, `write at ${position}`, e);
@@ -446,12 +445,10 @@ export class FileStorage implements Storage {
   /** Writes several buffers at consecutive positions with one writev call. */
   async writev(position: number, chunks: readonly Uint8Array[]): Promise<void> {
     this.#checkWritable();
-    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const total = checkStorageChunks(this.name, 'FileStorage.writev', position, chunks);
     try {
-      const bytesWritten = await new Promise<number>((resolve, reject) => {
-        this.#busy++;
-        fsWritev(this.#fh.fd, chunks as Uint8Array[], position, (e, n) => this.#settle(e, n, resolve, reject));
-      });
+      const fd = this.#fh.fd;
+      const bytesWritten = await this.#request((settle) => fsWritev(fd, chunks as Uint8Array[], position, settle));
       if (bytesWritten < total) {
         // Short writev: finish the rest piece by piece.
         let skip = bytesWritten;
@@ -475,6 +472,7 @@ export class FileStorage implements Storage {
 
   async truncate(size: number): Promise<void> {
     this.#checkWritable();
+    checkStorageNumber(this.name, 'FileStorage.truncate', 'size', size);
     // As qemu's host_device: a device keeps its size and its bytes; only growing past its end is an error.
     if (this.fixedSize) {
       const capacity = await this.size();
@@ -505,16 +503,29 @@ export class FileStorage implements Storage {
   }
 
   /**
-   * Completes a read or write made on the raw descriptor. They use node:fs's
+   * Starts a read or write on the raw descriptor, counted as under way until
+   * its callback comes (close waits for it). They use node:fs's
    * callback functions, not FileHandle's methods: each FileHandle call builds
    * a promise request with its own stats array, which costs the calling
    * thread about as much again as the request itself (4 KiB writes at depth
    * 16: 92k/s through FileHandle, 145k/s with callbacks).
    */
-  #settle(e: NodeJS.ErrnoException | null, n: number, resolve: (n: number) => void, reject: (e: unknown) => void): void {
-    if (--this.#busy === 0) this.#idle?.();
-    if (e) reject(e);
-    else resolve(n);
+  #request(start: (settle: (e: NodeJS.ErrnoException | null, n: number) => void) => void): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      this.#busy++;
+      try {
+        start((e, n) => {
+          if (--this.#busy === 0) this.#idle?.();
+          if (e) reject(e);
+          else resolve(n);
+        });
+      } catch (e) {
+        // Refused before it was queued (node:fs checks its arguments first): no callback will come, so it is not under way,
+        // and close() must not wait for it.
+        if (--this.#busy === 0) this.#idle?.();
+        reject(e);
+      }
+    });
   }
 
   async close(): Promise<void> {
