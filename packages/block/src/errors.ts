@@ -220,6 +220,22 @@ export function sameFileError(written: string, read: string, role: string, data:
   });
 }
 
+/**
+ * A file opened twice in this process where one of the opens writes
+ * (`path` is the name of the open refused, `held` the open that holds the
+ * file, `write` whether the refused one writes): ERR_IMG_SAME_FILE,
+ * saying which open holds it and which access conflicts. Another process
+ * holding the file is {@link lockedError}.
+ */
+export function sameFileOpenError(path: string, held: { path: string; write: boolean }, write: boolean): ImageError {
+  const alias = held.path === path ? '' : `the same file as ${held.path}, `;
+  const holds = held.write ? 'open for writing' : 'open read-only';
+  const second = !write ? 'a second, read-only open would read bytes the other one changes' : held.write ? 'a second open for writing would make two writers of one image' : 'a second open for writing would change the bytes the other one reads';
+  return new ImageError(ERROR_CODES.SAME_FILE, `${path}: ${alias}already ${holds} in this process (a FileStorage not closed yet); ${second}: close the other first`, {
+    data: { file: path, actual: held.path, field: 'open', expected: write ? 'write' : 'read', heldFor: held.write ? 'write' : 'read' },
+  });
+}
+
 /** The bytes are not a `format` image; `looksLike` names what they seem to be instead. */
 export function wrongFormat(format: string, file: string | undefined, looksLike?: string, data: ImageErrorData = {}): ImageError {
   const tail = looksLike ? `: it looks like ${looksLike}` : '';

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -19,12 +19,12 @@ function qemuIoRun(file: string, command: string, flags: string[] = []): { statu
   return { status: r.status ?? -1, stderr: r.stderr + r.stdout };
 }
 
-async function openError(p: Promise<FileStorage>): Promise<{ code?: string; message: string }> {
+async function openError(p: Promise<FileStorage>): Promise<{ code?: string; message: string; data?: unknown }> {
   try {
     const s = await p;
     await s.close();
   } catch (e) {
-    return e as { code?: string; message: string };
+    return e as { code?: string; message: string; data?: unknown };
   }
   throw new Error('expected the open to fail');
 }
@@ -157,8 +157,12 @@ describe('image locks inside one process', () => {
       return;
     }
     // In one process the holder is known: the conflict is the same file opened twice, not another process.
-    expect((await openError(FileStorage.open(path, { readOnly: false }))).code).toBe('ERR_IMG_SAME_FILE');
-    expect((await openError(FileStorage.open(path))).code).toBe('ERR_IMG_SAME_FILE');
+    const rw = await openError(FileStorage.open(path, { readOnly: false }));
+    expect(rw).toMatchObject({ code: 'ERR_IMG_SAME_FILE', data: { file: path, actual: path, expected: 'write', heldFor: 'write' } });
+    expect(rw.message).toBe(`${path}: already open for writing in this process (a FileStorage not closed yet); a second open for writing would make two writers of one image: close the other first`);
+    const ro = await openError(FileStorage.open(path));
+    expect(ro).toMatchObject({ code: 'ERR_IMG_SAME_FILE', data: { expected: 'read', heldFor: 'write' } });
+    expect(ro.message).toBe(`${path}: already open for writing in this process (a FileStorage not closed yet); a second, read-only open would read bytes the other one changes: close the other first`);
     expect((await openError(FileStorage.create(path))).code).toBe('ERR_IMG_SAME_FILE');
     await a.close();
 
@@ -166,7 +170,13 @@ describe('image locks inside one process', () => {
     const r2 = await FileStorage.open(path);
     const w = await openError(FileStorage.open(path, { readOnly: false }));
     expect(w.code).toBe('ERR_IMG_SAME_FILE');
-    expect(w.message).toContain('two.img: refusing to write the image');
+    expect(w.message).toBe(`${path}: already open read-only in this process (a FileStorage not closed yet); a second open for writing would change the bytes the other one reads: close the other first`);
+    // Through another name of the file (a hard link), the message names the open that holds it.
+    const link = join(tmp.path, 'two-link.img');
+    linkSync(path, link);
+    const viaLink = await openError(FileStorage.open(link, { readOnly: false }));
+    expect(viaLink).toMatchObject({ code: 'ERR_IMG_SAME_FILE', data: { file: link, actual: path } });
+    expect(viaLink.message).toMatch(new RegExp(`^${link}: the same file as ${path}, already open read-only in this process`));
     await r1.close();
     // Closing one reader releases only its own locks.
     expect((await openError(FileStorage.open(path, { readOnly: false }))).code).toBe('ERR_IMG_SAME_FILE');

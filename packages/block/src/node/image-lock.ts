@@ -24,7 +24,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { ioError, lockedError, sameFileError, type ImageError } from '../errors.js';
+import { ioError, lockedError, sameFileOpenError, type ImageError } from '../errors.js';
 import { heldBytes } from './proc-locks.js';
 import { seekAddon } from './seek.js';
 
@@ -104,17 +104,15 @@ function errnoName(errno: number): string {
  * Every image this process holds locked, per file (`dev:ino`). A conflict
  * with one of these is not "another process": it is one command opening
  * the same file twice (an output that is its input, a backing file that
- * is a link to the image), which is reported as ERR_IMG_SAME_FILE. Without
+ * is a link to the image), which is reported as ERR_IMG_SAME_FILE, naming
+ * the open that holds the file and the access that conflicts. Without
  * the helper (`check-only`) the kernel holds nothing for these opens, so
  * this table is also how two of them see each other's bytes.
  */
 const ownOpens = new Map<string, Map<symbol, { path: string; write: boolean }>>();
 
 function ownConflict(key: string, path: string, write: boolean): ImageError | undefined {
-  for (const other of ownOpens.get(key)?.values() ?? []) {
-    if (write) return sameFileError(path, other.path, 'image');
-    if (other.write) return sameFileError(other.path, path, 'image');
-  }
+  for (const other of ownOpens.get(key)?.values() ?? []) if (write || other.write) return sameFileOpenError(path, other, write);
   return undefined;
 }
 

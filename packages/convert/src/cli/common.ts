@@ -4,6 +4,7 @@ import { ImageError } from '@img/block';
 import { interruptedStatus } from './interrupt.js';
 import { endProgressLine } from './progress.js';
 import { isCacheMode } from '../cache-mode.js';
+import { asCommandError } from '../node/same-file.js';
 
 /** A command line that cannot be run (unknown option, missing argument): printed with a pointer to --help, exit status 1. */
 export class UsageError extends Error {}
@@ -84,9 +85,10 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
   const debug = argv.includes('--debug');
   try {
     return await body();
-  } catch (e) {
+  } catch (thrown) {
     // What is said next starts on a line of its own, not after a progress bar the error cut short.
     endProgressLine();
+    const e = asCommandError(thrown);
     if (e instanceof ExitCode) {
       if (e.message) io.stderr(`${prog}: ${e.message}\n`);
       return e.status;

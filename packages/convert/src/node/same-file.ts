@@ -9,7 +9,7 @@
  * files, parents, external data files).
  */
 import { fstatSync, statSync } from 'node:fs';
-import { sameFileError, type Disk, type Resolver, type Storage } from '@img/block';
+import { ImageError, sameFileError, type Disk, type Resolver, type Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
 
 /** A file as the kernel knows it. */
@@ -106,4 +106,19 @@ export function assertChainDistinct(disk: Disk): void {
       if (files[i]!.key === files[j]!.key) throw sameFileError(files[i]!.path, files[j]!.path, i === 0 ? 'image' : 'backing file');
     }
   }
+}
+
+/**
+ * A command's view of two opens of one file in this process: FileStorage
+ * refuses the second open in the SDK's words ("already open for writing in
+ * this process"), but inside one command both opens are the command's own,
+ * so the CLI says it as the guard above does ("refusing to write the image:
+ * it is also read by this command"). Other errors are answered as they are.
+ */
+export function asCommandError(e: unknown): unknown {
+  if (!ImageError.isInstance(e) || e.code !== 'ERR_IMG_SAME_FILE' || e.data.field !== 'open') return e;
+  const { file, actual, expected } = e.data;
+  if (typeof file !== 'string' || typeof actual !== 'string') return e;
+  // The open that writes is the one named first.
+  return expected === 'write' ? sameFileError(file, actual, 'image') : sameFileError(actual, file, 'image');
 }
