@@ -1,7 +1,9 @@
 // The shipped .d.ts of block, qcow2, vhd and vmdk type-check in a browser
-// project (lib ["ES2022", "DOM"], no @types/node, skipLibCheck off) and in
-// a Node project (lib ESNext, @types/node), where the platform's own
-// declarations of Symbol.asyncDispose meet ours.
+// project (lib ["ES2022", "DOM"], no @types/node, skipLibCheck off), in a
+// browser project whose own code writes `await using` (the README's lib
+// setup: esnext.disposable added) and in a Node project (lib ESNext,
+// @types/node), where the platform's own declarations of
+// Symbol.asyncDispose meet ours.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,6 +26,14 @@ describe('the shipped types', () => {
     }
     expect(r.out).not.toMatch(/@types\/node/);
     expect(r.out).not.toMatch(/lib\.esnext\.disposable/);
+  });
+
+  it('check in a browser project that writes `await using` (lib ["ES2022", "DOM", "esnext.disposable"], the README\'s setup), without Node types', () => {
+    const r = tsc('tsconfig.using.json', '--listFiles');
+    expect(r.status, r.out).toBe(0);
+    expect(r.out).toMatch(/lib\.esnext\.disposable/);
+    expect(r.out).toContain('lib.dom.d.ts');
+    expect(r.out).not.toMatch(/@types\/node/);
   });
 
   it('check in a Node project (lib ESNext and @types/node), with `await using`', () => {
