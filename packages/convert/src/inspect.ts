@@ -5,7 +5,7 @@
  * following any name inside it, and checks its metadata. It never calls a
  * resolver: nothing outside the given storage is ever opened.
  */
-import { ERROR_CODES, ImageError, readAscii, unsafe, type Disk, type FormatRegistryLike, type ImageInfo, type Resolver, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, lentStorage, readAscii, unsafe, type Disk, type FormatRegistryLike, type ImageInfo, type Resolver, type Storage } from '@img/block';
 import { identify, lookDescription, probeBytes } from './probe.js';
 
 export type FindingCode = 'format-mismatch' | 'multiple-formats' | 'unknown-format' | 'backing-file' | 'data-file' | 'parent-reference' | 'encrypted' | 'unsupported' | 'corrupt' | 'leaks';
@@ -56,22 +56,6 @@ const refuseAll =
       actual: request.name,
     });
   };
-
-/**
- * The caller's storage, lent to a driver: everything passes through except
- * close(). Drivers own the storage they open (a disk's close() closes it,
- * and so does a check that opens one), but inspectImage only borrows the
- * caller's: openImageFile goes on to open the image from the same storage.
- */
-function borrowed(storage: Storage): Storage {
-  return new Proxy(storage, {
-    get(target, key) {
-      if (key === 'close') return async () => undefined;
-      const value: unknown = Reflect.get(target, key, target);
-      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-    },
-  });
-}
 
 /** Signatures of formats we do not open but must not confuse with ours. */
 async function foreignSignatures(storage: Storage, size: number): Promise<string[]> {
@@ -158,7 +142,8 @@ export async function inspectImage(storage: Storage, options: InspectOptions): P
   let virtualSize: number | undefined;
   let opened = false;
   let disk: Disk | undefined;
-  const lent = borrowed(storage);
+  // Lent: openImageFile goes on to open the image from the same storage.
+  const lent = lentStorage(storage);
   try {
     // noBacking: read the image's own metadata without following its backing file / parent.
     disk = await driver.open(lent, { readOnly: true, untrusted: true, noBacking: true, resolver: refuseAll(driver.name), formats: registry });

@@ -5,7 +5,7 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { corrupt, invalidArg, parseBool, suggestOptionKey, unsupported, utf8Decode } from '@img/block';
+import { corrupt, invalidArg, lentStorage, parseBool, suggestOptionKey, unsupported, utf8Decode } from '@img/block';
 import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -153,12 +153,14 @@ export function parseAmendOptions(options: Qcow2AmendOptions): Qcow2AmendRequest
  *
  * @example
  * ```ts
- * await amendQcow2(await FileStorage.open('vm.qcow2', { readOnly: false }), { compat: '0.10' });
+ * const storage = await FileStorage.open('vm.qcow2', { readOnly: false });
+ * await amendQcow2(storage, { compat: '0.10' }); // flushed, left open
+ * await storage.close();
  * ```
  */
 export async function amendQcow2(storage: Storage, options: Qcow2AmendOptions): Promise<void> {
   const want = parseAmendOptions(options);
-  const core = await openQcow2Image(storage, { readOnly: false, noBacking: true, noDataFile: true, checkOnly: true });
+  const core = await openQcow2Image(lentStorage(storage), { readOnly: false, noBacking: true, noDataFile: true, checkOnly: true });
   try {
     await amendState(core, core.active, want);
   } finally {

@@ -5,7 +5,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuInfo, qemuIo, setQcow2BitmapInUse, tempDir } from '@img/testkit';
+import { describeWith, qemuBitmapList, qemuCheck, qemuDirtyBitmap, qemuImg, qemuInfo, qemuIo, setQcow2BitmapInUse, tempDir, withStorage } from '@img/testkit';
 import { editQcow2Bitmaps, type Qcow2BitmapOp } from './bitmap-edit.js';
 import { readQcow2DirtyBitmap } from './bitmaps.js';
 
@@ -55,7 +55,7 @@ async function both(ops: Qcow2BitmapOp[], from = base()) {
     const name = args.pop()!;
     qemuImg(['bitmap', ...args, theirs, name]);
   }
-  await editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), ops);
+  await withStorage(FileStorage.open(ours, { readOnly: false }), (s) => editQcow2Bitmaps(s, ops));
   return { ours, theirs };
 }
 
@@ -112,14 +112,14 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     copyFileSync(at('base.qcow2'), theirs);
     qemuImg(['bitmap', '--merge', 'x', '-b', other, '-F', 'qcow2', theirs, 'b0']);
     const src = await readQcow2DirtyBitmap(await FileStorage.open(other, { readOnly: true }), 'x', other);
-    await editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), [{ op: 'merge', name: 'b0', source: src }]);
+    await withStorage(FileStorage.open(ours, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'b0', source: src }]));
     expect(seen(ours)).toEqual(seen(theirs));
     expect(qemuCheck(ours, 'qcow2').status).toBe(0);
     // Different virtual sizes: refused with qemu's sentence.
     qemuImg(['create', '-q', '-f', 'qcow2', at('small.qcow2'), '4M']);
     qemuImg(['bitmap', '--add', at('small.qcow2'), 's']);
     const small = await readQcow2DirtyBitmap(await FileStorage.open(at('small.qcow2'), { readOnly: true }), 's');
-    await expect(editQcow2Bitmaps(await FileStorage.open(ours, { readOnly: false }), [{ op: 'merge', name: 'b0', source: small }])).rejects.toMatchObject({
+    await expect(withStorage(FileStorage.open(ours, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'b0', source: small }]))).rejects.toMatchObject({
       code: 'ERR_IMG_INVALID_ARG',
       message: expect.stringContaining("Bitmaps are of different sizes (destination size is 8388608, source size is 4194304) and can't be merged"),
     });
@@ -152,7 +152,7 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     ];
     for (const [target, words, ops, args] of refusals) {
       const before = readFileSync(target);
-      await expect(editQcow2Bitmaps(await FileStorage.open(target, { readOnly: false }), ops)).rejects.toMatchObject({ message: expect.stringContaining(words) });
+      await expect(withStorage(FileStorage.open(target, { readOnly: false }), (s) => editQcow2Bitmaps(s, ops))).rejects.toMatchObject({ message: expect.stringContaining(words) });
       expect(readFileSync(target).equals(before)).toBe(true);
       // qemu-img on a copy (it may keep what came before the failing operation).
       copyFileSync(target, at('refused.qcow2'));
@@ -187,22 +187,24 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     }
     const withData = at('data-file.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${at('data-file.raw')}`, withData, '8M']);
-    await editQcow2Bitmaps(await FileStorage.open(withData, { readOnly: false }), [{ op: 'add', name: 'd' }], { resolver: fileResolver });
+    await withStorage(FileStorage.open(withData, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'add', name: 'd' }], { resolver: fileResolver }));
     expect(qemuBitmapList(withData).map((b) => b.name)).toEqual(['d']);
     expect(qemuCheck(withData, 'qcow2').status).toBe(0);
     // A bitmap of 256 MiB (1 TiB at 512 bytes a bit) is added without holding its bits; merging it is refused, bounded.
     const big = at('big.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', big, '1T']);
-    await editQcow2Bitmaps(await FileStorage.open(big, { readOnly: false }), [
-      { op: 'add', name: 'fine', granularity: 512 },
-      { op: 'add', name: 'coarse' },
-    ]);
+    await withStorage(FileStorage.open(big, { readOnly: false }), (s) =>
+      editQcow2Bitmaps(s, [
+        { op: 'add', name: 'fine', granularity: 512 },
+        { op: 'add', name: 'coarse' },
+      ]),
+    );
     expect(qemuBitmapList(big).map((b) => [b.name, b.granularity])).toEqual([
       ['fine', 512],
       ['coarse', 65536],
     ]);
     expect(qemuCheck(big, 'qcow2').status).toBe(0);
-    await expect(editQcow2Bitmaps(await FileStorage.open(big, { readOnly: false }), [{ op: 'merge', name: 'coarse', source: 'fine' }])).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
+    await expect(withStorage(FileStorage.open(big, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'coarse', source: 'fine' }]))).rejects.toMatchObject({ code: 'ERR_IMG_UNSUPPORTED' });
   });
 
   it('refuses to use a bitmap left in use, as qemu-img does, but removes it', async () => {
@@ -211,12 +213,12 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     for (const op of ['clear', 'enable', 'disable'] as const) {
       const q = qemuImg(['bitmap', `--${op}`, file, 'b0'], { allowFail: true });
       expect(q.stderr).toContain("Bitmap 'b0' is inconsistent and cannot be used");
-      await expect(editQcow2Bitmaps(await FileStorage.open(file, { readOnly: false }), [{ op, name: 'b0' }])).rejects.toMatchObject({
+      await expect(withStorage(FileStorage.open(file, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op, name: 'b0' }]))).rejects.toMatchObject({
         code: 'ERR_IMG_INVALID_ARG',
         message: expect.stringContaining("Bitmap 'b0' is inconsistent and cannot be used"),
       });
     }
-    await expect(editQcow2Bitmaps(await FileStorage.open(file, { readOnly: false }), [{ op: 'merge', name: 'b1', source: 'b0' }])).rejects.toMatchObject({ message: expect.stringContaining("Bitmap 'b0' is inconsistent") });
+    await expect(withStorage(FileStorage.open(file, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'b1', source: 'b0' }]))).rejects.toMatchObject({ message: expect.stringContaining("Bitmap 'b0' is inconsistent") });
     const { ours, theirs } = await both([{ op: 'remove', name: 'b0' }], file);
     expect(seen(ours)).toEqual(seen(theirs));
     expect(qemuCheck(ours, 'qcow2').status).toBe(0);

@@ -22,7 +22,7 @@
  * 3. the old directory and the tables and data clusters only the old state
  *    used are released (a crash before that leaks them).
  */
-import { invalidArg, unsupported, utf8Encode } from '@img/block';
+import { invalidArg, lentStorage, unsupported, utf8Encode } from '@img/block';
 import type { Resolver, Storage } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE } from './constants.js';
 import { findExtension, parseBitmapsExtension, parseExtensions } from './extensions.js';
@@ -67,8 +67,8 @@ export interface Qcow2BitmapEditOptions {
 
 /**
  * Applies qemu-img bitmap's operations, in order, to the qcow2 image in
- * `storage` (opened for writing, closed when done; backing and data files
- * are not opened). Everything is checked before anything is written: one
+ * `storage` (opened for writing, flushed and left open: the caller closes
+ * it; backing and data files are not opened). Everything is checked before anything is written: one
  * refused operation leaves the image as it was. Errors carry qemu-img's
  * wording ("Bitmap already exists: b0", "Dirty bitmap 'b0' not found",
  * "Granularity must be power of 2 and at least 512", "Cannot store dirty
@@ -77,15 +77,17 @@ export interface Qcow2BitmapEditOptions {
  *
  * @example
  * ```ts
- * await editQcow2Bitmaps(await FileStorage.open('vm.qcow2', { readOnly: false }), [
+ * const storage = await FileStorage.open('vm.qcow2', { readOnly: false });
+ * await editQcow2Bitmaps(storage, [
  *   { op: 'add', name: 'backup-1', granularity: 65536 },
  *   { op: 'merge', name: 'backup-1', source: 'backup-0' },
  * ]);
+ * await storage.close();
  * ```
  */
 export async function editQcow2Bitmaps(storage: Storage, ops: readonly Qcow2BitmapOp[], options: Qcow2BitmapEditOptions = {}): Promise<void> {
   if (!Array.isArray(ops) || ops.length === 0) throw invalidArg(FORMAT, 'Need at least one of --add, --remove, --clear, --enable, --disable, or --merge', { field: 'ops' });
-  const core = await openQcow2Image(storage, { readOnly: false, noBacking: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
+  const core = await openQcow2Image(lentStorage(storage), { readOnly: false, noBacking: true, ...(options.resolver ? { resolver: options.resolver } : {}) });
   try {
     await editState(core, core.active, ops, options);
   } finally {

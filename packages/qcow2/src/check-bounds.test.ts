@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuCheck, tempDir, writeCheckBomb } from '@img/testkit';
+import { describeQemu, qemuCheck, tempDir, writeCheckBomb, withStorage } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
@@ -14,7 +14,9 @@ function checkInChild(path: string): { result: { corruptions: number; allocatedC
   const script = `
     const { checkQcow2 } = await import(${JSON.stringify(dist('../dist/index.js'))});
     const { FileStorage } = await import(${JSON.stringify(import.meta.resolve('@img/block/node'))});
-    const result = await checkQcow2(await FileStorage.open(process.argv[1]));
+    const storage = await FileStorage.open(process.argv[1]);
+    const result = await checkQcow2(storage);
+    await storage.close();
     process.stdout.write(JSON.stringify({ result, maxRssKiB: process.resourceUsage().maxRSS }));
   `;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, path], { encoding: 'utf8', cwd: fileURLToPath(new URL('..', import.meta.url)) });
@@ -46,7 +48,7 @@ describeQemu('bounded check (issue 13 point 6)', () => {
       writeCheckBomb(path, '8G');
       const q = qemuCheck(path);
       expect(q.status).toBe(2);
-      const ours = await checkQcow2(await FileStorage.open(path));
+      const ours = await withStorage(FileStorage.open(path), (s) => checkQcow2(s));
       expect(ours.corruptions).toBeGreaterThan(0);
       expect(ours.allocatedClusters).toBe(q.result!['allocated-clusters']);
       expect(ours.fragmentedClusters).toBe(q.result!['fragmented-clusters']);
@@ -67,7 +69,7 @@ describeQemu('bounded check (issue 13 point 6)', () => {
       await storage.write(0x30000 + 3 * 8, l1);
       await storage.write(36, new Uint8Array([0, 0, 0, 4]));
       await storage.close();
-      const ours = await checkQcow2(await FileStorage.open(path));
+      const ours = await withStorage(FileStorage.open(path), (s) => checkQcow2(s));
       expect(ours.messages.join('\n')).toMatch(/active L1 entry 3 at 0x30018 points at an L2 table \(0x[0-9a-f]+\) past the virtual size/);
       // Read-only opens read it as before.
       {
@@ -75,7 +77,7 @@ describeQemu('bounded check (issue 13 point 6)', () => {
         expect((await disk.read(0, 4)).every((b) => b === 0x55)).toBe(true);
       }
       // check -r all clears the entry (and the rest of the bomb), and qemu-img check agrees.
-      const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+      const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
       expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
       expect(qemuCheck(path).status).toBe(0);
       await using disk = await openQcow2(await FileStorage.open(path));

@@ -3,7 +3,7 @@
  * and runs {@link checkState} over it. It lives above open.ts, which uses
  * checkState itself (repair on open), so check.ts need not import open.ts.
  */
-import type { CheckOptions, CheckResult, Storage } from '@img/block';
+import { lentStorage, type CheckOptions, type CheckResult, type Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT } from './constants.js';
 import { checkState } from './check.js';
 import { openQcow2Image } from './open.js';
@@ -14,10 +14,11 @@ import { closeQcow2 } from './io.js';
  * Checks the image in `storage` the way `qemu-img check` does: leaks
  * (allocated clusters nothing refers to), corruptions (refcounts too low,
  * wrong COPIED flags, tables out of bounds), and the allocation figures.
- * With `repair` ('leaks' or 'all') the storage must be writable.
+ * With `repair` ('leaks' or 'all') the storage must be writable. The
+ * storage is left open (flushed after a repair): the caller closes it.
  */
 export async function checkQcow2(storage: Storage, options: CheckOptions = {}): Promise<CheckResult> {
-  const core = await openQcow2Image(storage, {
+  const core = await openQcow2Image(lentStorage(storage), {
     readOnly: !options.repair,
     noBacking: true,
     noDataFile: true,

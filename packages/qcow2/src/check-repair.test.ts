@@ -40,7 +40,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FileStorage } from '@img/block/node';
 import { ImageError } from '@img/block';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, tempDir, writeCheckBomb, writeCorruptQcow2, QCOW2_CORRUPTIONS, type Qcow2Corruption } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, tempDir, writeCheckBomb, writeCorruptQcow2, QCOW2_CORRUPTIONS, type Qcow2Corruption, withStorage } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 
@@ -130,7 +130,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
         qemuImg(['check', '-q', '-r', 'all', '-f', 'qcow2', theirs], { allowFail: true });
         const bar = counts(theirs);
 
-        const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+        const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
         expect(fixed).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
         expect(fixed.corruptionsFixed).toBeGreaterThan(0);
         const said = REPAIRED[kind];
@@ -138,7 +138,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
         const after = counts(path);
         expect(after).toEqual({ corruptions: 0, leaks: 0, status: 0 });
         expect(after.corruptions).toBeLessThanOrEqual(bar.corruptions);
-        expect(await checkQcow2(await FileStorage.open(path))).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
+        expect(await withStorage(FileStorage.open(path), (s) => checkQcow2(s))).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
 
         // The guest reads what it read before, except a range the repair dropped (and said so).
         if (kind === 'l2-on-refcount-table') {
@@ -166,7 +166,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
         patchRaw(before, 0, a);
         patchRaw(before, CS, new Uint8Array(CS).fill(0x44));
         expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
-        expect(await checkQcow2(await FileStorage.open(path))).toMatchObject({ corruptions: 0, leaks: 0 });
+        expect(await withStorage(FileStorage.open(path), (s) => checkQcow2(s))).toMatchObject({ corruptions: 0, leaks: 0 });
         expect(qemuCompare(path, before, 'qcow2', 'raw')).toBe(true);
         // The snapshot kept its data through the writes to the active layer.
         if (snapshot) {
@@ -191,7 +191,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     expect(counts(path).status).toBe(2);
     const before = join(dir, 'extended.raw');
     qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, before]);
-    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
     expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(fixed.messages.join('\n')).toMatch(/Repaired: data cluster at 0x50000 used by 2 entries: copied \(L2 entry at 0x40010\)/);
     expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
@@ -219,7 +219,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
       (e: unknown) => e,
     );
     expect((err as Error).message).toMatch(/data cluster is used 2 times at 0x50000 \(entry at 0x40008\)/);
-    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
     expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(fixed.messages.join('\n')).toMatch(/a zero cluster\): it keeps reading zeros without a cluster \(L2 entry at 0x40008\)/);
     expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
@@ -245,7 +245,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     }
     writeFileSync(path, bytes);
     expect(counts(path).status).toBe(2);
-    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
     expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(fixed.messages.join('\n')).toMatch(/Repaired: the L1 table of snapshots 1, 2 was the active L1 table at 0x30000; a copy of it is at 0x[0-9a-f]+/);
     expect(counts(path)).toEqual({ corruptions: 0, leaks: 0, status: 0 });
@@ -268,7 +268,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
     const path = join(dir, 'bomb.qcow2');
     // 8 L1 entries on one L2 table whose 8192 entries all point at one data cluster (refcount 16 bits: 65535 at most).
     writeCheckBomb(path, '4G');
-    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
     expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
     const text = fixed.messages.join('\n');
     expect(text).toMatch(/the L2 table at 0x40000 was used by 8 active L1 entries; the entries at 0x30008, .* have copies of their own/);
@@ -284,7 +284,7 @@ describeQemu('check -r all repairs what the open gate refuses (issue 13)', () =>
   it('the check bomb (8 TiB, 134 M references in 448 KiB): extra L1 entries cleared, extra L2 entries dropped, the file does not grow', async () => {
     const path = join(dir, 'bomb8t.qcow2');
     writeCheckBomb(path);
-    const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+    const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
     expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
     const text = fixed.messages.join('\n');
     expect(text).toMatch(/the L2 table at 0x50000 was used by 16384 active L1 entries; the entries at 0x30008, .* and 16375 more were cleared, as copies would exceed the repair's copy budget/);

@@ -3,7 +3,7 @@ import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage, readU64Be, readU32Be } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuCheck, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, tempDir, withStorage } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { spawnSync } from 'node:child_process';
 import { fixtureNames, fixturePath, loadFixture, qcow2Dir } from '../test/fixtures.js';
@@ -52,10 +52,10 @@ describe('repairs', () => {
       await storage.write(block + 1 * 2, new Uint8Array([0, 2]));
       await storage.close();
       expect(qemuCheck(path).result!.leaks).toBe(1);
-      const found = await checkQcow2(await FileStorage.open(path));
+      const found = await withStorage(FileStorage.open(path), (s) => checkQcow2(s));
       expect(found.leaks).toBe(1);
       expect(found.messages.join('\n')).toMatch(/Leaked cluster 1 refcount=2 reference=1/);
-      const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'leaks' });
+      const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'leaks' }));
       expect(fixed).toMatchObject({ leaks: 0, leaksFixed: 1, corruptions: 0 });
       expect(qemuCheck(path).status).toBe(0);
     } finally {

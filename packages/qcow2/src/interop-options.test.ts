@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuImg, qemuIo, tempDir, withStorage } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
@@ -49,7 +49,7 @@ describeQemu('qcow2 options from the interop campaign', () => {
     qemuIo(image, 'qcow2', ['write -P 1 0 64k', 'discard 0 32k', 'write -P 2 131072 4k', 'discard 131072 4k']);
     const q = qemuCheck(image, 'qcow2');
     expect(q.status).toBe(0);
-    const result = await checkQcow2(await FileStorage.open(image));
+    const result = await withStorage(FileStorage.open(image), (s) => checkQcow2(s));
     expect({ corruptions: result.corruptions, leaks: result.leaks, allocated: result.allocatedClusters }).toEqual({ corruptions: 0, leaks: 0, allocated: q.result!['allocated-clusters'] });
 
     // A write into such a cluster uses the cluster the entry names: nothing leaks, nothing is shared.

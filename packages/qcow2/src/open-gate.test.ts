@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileStorage } from '@img/block/node';
 import { ImageError } from '@img/block';
-import { describeQemu, entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, type Qcow2Bytes } from '@img/testkit';
+import { describeQemu, entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, type Qcow2Bytes, withStorage } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
 import { readRefcount, writeRefcount } from './refcount.js';
@@ -92,9 +92,9 @@ describeQemu('writable opens are gated by a consistency check (issue 13 point 3)
           expect((await disk.read(0, 1))[0]).toBe(0x11);
         }
         // img check calls it corrupt too.
-        expect((await checkQcow2(await FileStorage.open(path))).corruptions).toBeGreaterThan(0);
+        expect((await withStorage(FileStorage.open(path), (s) => checkQcow2(s))).corruptions).toBeGreaterThan(0);
         // check -r all repairs every case (check-repair.test.ts covers each against qemu-img check -r all).
-        const fixed = await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' });
+        const fixed = await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }));
         expect(fixed.corruptions).toBe(0);
         expect(qemuCheck(path).status).toBe(0);
         await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });
@@ -134,7 +134,7 @@ describeQemu('the gate refuses a cluster in use at refcount 0, at every refcount
         expect((err as ImageError).code).toBe('ERR_IMG_CORRUPT');
         expect((err as Error).message).toMatch(new RegExp(`the data cluster at ${'0x' + data.toString(16)} \\(L2 entry at 0x40000\\) has refcount 0 in the refcount block at`));
         // check -r all sets the refcount, and the open goes through.
-        expect((await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' })).corruptions).toBe(0);
+        expect((await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }))).corruptions).toBe(0);
         expect(qemuCheck(path).status).toBe(0);
         await (await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false })).close();
       } finally {
@@ -212,7 +212,7 @@ describeQemu('the gate refuses an active layer that claims a cluster a snapshot 
         expect((err as Error).message).toMatch(c.message);
         expect(sha(path)).toBe(before);
         // check -r all clears the flag or raises the refcount; writes then leave the snapshot as it was.
-        expect((await checkQcow2(await FileStorage.open(path, { readOnly: false }), { repair: 'all' })).corruptions).toBe(0);
+        expect((await withStorage(FileStorage.open(path, { readOnly: false }), (s) => checkQcow2(s, { repair: 'all' }))).corruptions).toBe(0);
         expect(qemuCheck(path).status).toBe(0);
         {
           await using disk = await openQcow2(await FileStorage.open(path, { readOnly: false }), { readOnly: false });

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuImg, seededBytes, tempDir, withStorage } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
@@ -127,7 +127,7 @@ describeQemu('snapshots and qemu-img', () => {
     await again.close();
     expect(qemuCheck(path).status).toBe(0);
     qemuImg(['snapshot', '-d', 'second', path]);
-    expect((await checkQcow2(await FileStorage.open(path))).corruptions).toBe(0);
+    expect((await withStorage(FileStorage.open(path), (s) => checkQcow2(s))).corruptions).toBe(0);
   });
 
   it('apply and delete on qemu-made snapshots leave an image qemu checks clean', async () => {

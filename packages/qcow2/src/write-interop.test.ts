@@ -11,7 +11,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryStorage, bytesEqual } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededBytes } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir, seededBytes, withStorage } from '@img/testkit';
 import { createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { checkQcow2 } from './check-qcow2.js';
@@ -98,7 +98,7 @@ describeQemu('qemu-img judges the images we write', () => {
       const again = await openQcow2(await FileStorage.open(path), { resolver: fileResolver });
       expect(bytesEqual(await again.read(0, again.size), expected), JSON.stringify(options)).toBe(true);
       await again.close();
-      expect((await checkQcow2(await FileStorage.open(path))).corruptions).toBe(0);
+      expect((await withStorage(FileStorage.open(path), (s) => checkQcow2(s))).corruptions).toBe(0);
       expect(qemuCheck(path).status, JSON.stringify(options)).toBe(0);
     }
   });

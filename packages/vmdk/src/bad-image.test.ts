@@ -1,6 +1,6 @@
 import { ImageError, MemoryStorage, diskExtents, type Storage } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { readVmdkBytes, tempDir, testImagesDir } from '@img/testkit';
+import { readVmdkBytes, tempDir, testImagesDir, withStorage } from '@img/testkit';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
@@ -263,7 +263,7 @@ describe('a directory whose entries all name one grain table', () => {
 describe('checkVmdk', () => {
   it('every fixture is clean', async () => {
     for (const name of ['sparse.vmdk', 'zeroed-grain.vmdk', 'stream-qemu.vmdk', 'stream-vmdkstream.vmdk', 'chain-top.vmdk', 'split-sparse.vmdk']) {
-      const r = await checkVmdk(await FileStorage.open(join(testImagesDir, 'vmdk', name)), { resolver: fileResolver });
+      const r = await withStorage(FileStorage.open(join(testImagesDir, 'vmdk', name)), (s) => checkVmdk(s, { resolver: fileResolver }));
       expect([name, r.messages]).toEqual([name, []]);
       expect(r.allocatedGrains).toBeGreaterThan(0);
     }

@@ -19,7 +19,7 @@
  * overlapping metadata or each other, a grain table past the end of the
  * file, which qemu reads as zeros) stays a counted corruption.
  */
-import { ImageError, corrupt, hex, wrongFormat, type CheckResult, type Storage } from '@img/block';
+import { ImageError, corrupt, hex, lentStorage, wrongFormat, type CheckResult, type Storage } from '@img/block';
 import { decodeDescriptorBytes, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor } from './descriptor.js';
 import { GTE_UNALLOCATED, GTE_ZEROED, parseEntries, ENTRY_BYTES } from './grain-table.js';
 import { FORMAT, type VmdkImage } from './image.js';
@@ -207,10 +207,14 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
  * damaged image: what keeps it from opening (a missing extent file, a
  * descriptor with no extent) is an `open-failed` problem counted in
  * `checkErrors`, as qemu-img check exits 1 for an image it cannot open.
+ * `storage` is left open (the extent files the check opened are closed):
+ * the caller closes it.
  *
  * @example
  * ```ts
- * const r = await checkVmdk(await FileStorage.open('a.vmdk'), { resolver: fileResolver });
+ * const storage = await FileStorage.open('a.vmdk');
+ * const r = await checkVmdk(storage, { resolver: fileResolver });
+ * await storage.close();
  * if (r.corruptions) console.log(r.messages.join('\n'));
  * ```
  */
@@ -218,6 +222,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
   const problems: VmdkProblem[] = [];
   const result: VmdkCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems, allocatedGrains: 0, totalGrains: 0 };
   let core: VmdkImage;
+  const lent = lentStorage(storage);
   try {
     // A descriptor file checked without a resolver: only the descriptor itself is this file (as qemu-img check reads it).
     const head = await storage.read(0, Math.min(await storage.size(), SECTOR));
@@ -228,7 +233,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
       if (descriptor.extents.length === 0) throw corrupt(FORMAT, storage.name, 'the descriptor lists no extent', { field: 'extents' });
       return result;
     }
-    core = await openVmdkImage(storage, { ...options, readOnly: true, noBacking: true });
+    core = await openVmdkImage(lent, { ...options, readOnly: true, noBacking: true });
   } catch (e) {
     if (!ImageError.isInstance(e)) throw e;
     // An image that does not open (a missing extent file, a descriptor with no extent, a header out of bounds) could not
@@ -246,7 +251,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
       const r = await checkMap(map, problems);
       allocated += r.allocated;
       total += Math.ceil(map.capacityBytes / map.grainBytes);
-      if (map.storage === storage) result.dataEnd = r.end;
+      if (map.storage === lent) result.dataEnd = r.end;
     }
     result.allocatedGrains = allocated;
     result.totalGrains = total;

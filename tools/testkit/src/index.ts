@@ -16,3 +16,4 @@ export { qemuDirtyBitmap, qemuBitmapList, setQcow2BitmapInUse, type BitmapRun } 
 export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';
 export { waitForSocket } from './socket.js';
 export { pageCacheBytes } from './page-cache.js';
+export { withStorage } from './with-storage.js';

@@ -1,0 +1,30 @@
+/**
+ * A storage lent to code that closes what it is given: the functions that
+ * open an image only to check or edit it (checkQcow2, amendQcow2, the
+ * bitmap edits, checkVmdk) leave the caller's storage open, as every
+ * function that does not return a Disk does.
+ */
+import type { Storage } from './storage.js';
+
+/**
+ * `storage` with a close() that does nothing: everything else passes
+ * through to it (methods bound to it, so private fields keep working).
+ * The caller keeps the storage and closes it when done.
+ *
+ * @example
+ * ```ts
+ * const storage = await FileStorage.open('disk.qcow2');
+ * const disk = await openQcow2(lentStorage(storage));
+ * await disk.close(); // storage stays open
+ * await storage.close();
+ * ```
+ */
+export function lentStorage(storage: Storage): Storage {
+  return new Proxy(storage, {
+    get(target, key) {
+      if (key === 'close') return async () => undefined;
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
