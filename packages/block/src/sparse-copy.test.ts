@@ -124,7 +124,7 @@ describe('sparseCopy', () => {
           if (p.bytesDone >= 1 << 20) controller.abort();
         },
       }),
-    ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED', message: `copy from ${src.storage.name} to ${dst.storage.name} aborted` });
     expect(seen.length).toBeGreaterThan(0);
     expect(seen.at(-1)!).toBeLessThan(8 << 20);
   });

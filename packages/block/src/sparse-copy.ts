@@ -3,7 +3,7 @@
  * that cost grows with allocated data and not with virtual size.
  */
 import type { Disk, Extent, FreshImageWriter } from './disk.js';
-import { abortError, invalidArg } from './errors.js';
+import { ImageError, abortError, invalidArg } from './errors.js';
 import { chunkExtent } from './extents.js';
 import { RawDisk } from './raw.js';
 import type { RunCopyOptions, Storage } from './storage.js';
@@ -148,6 +148,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const offset = options.offset ?? 0;
   const length = options.length ?? src.size - offset;
   const signal = options.signal;
+  // An abort names the copy: "copy from a.qcow2 to b.vhd aborted" (the storages' names: the files, for files).
+  const aborted = () => abortError(signal, `copy from ${nameOf(src)} to ${nameOf(dst)}`);
   const writeData = options.writeData ?? ((o: number, d: Uint8Array) => dst.write(o, d));
   const alignment = options.alignment ?? 512;
   const writeZeroes = options.writeZeroes ?? ((o: number, n: number) => dst.writeZeroes(o, n));
@@ -303,7 +305,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
       // JavaScript path has (more, measured, only made a VHD writer work harder). The buffer goes
       // back to the pool only after the last of them, even after a failure.
       for (const job of jobs) {
-        if (signal?.aborted) throw abortError(signal);
+        if (signal?.aborted) throw aborted();
         await job();
       }
     } finally {
@@ -344,7 +346,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   try {
     for await (const big of source) {
       if (failure) break;
-      if (signal?.aborted) throw abortError(signal);
+      if (signal?.aborted) throw aborted();
       // Extents that only need skipping are handled whole; anything that
       // reads or writes is split into chunks, so progress and abort stay responsive.
       if (big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly))) {
@@ -353,7 +355,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
       }
       for (const e of chunkExtent(big, chunkSize)) {
         if (failure) break;
-        if (signal?.aborted) throw abortError(signal);
+        if (signal?.aborted) throw aborted();
         const from = batchSource(e);
         if (from) {
           if (batch && (batch.from !== from || batch.bytes + e.length > batchLimit)) await flushBatch();
@@ -371,8 +373,9 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   } finally {
     await Promise.all(inFlight);
   }
-  if (failure) throw failure;
-  if (signal?.aborted) throw abortError(signal);
+  // The native copy loop stopped by the signal says only "operation aborted": said as the copy's own abort.
+  if (failure) throw ImageError.isInstance(failure) && failure.code === 'ERR_IMG_ABORTED' && signal?.aborted ? aborted() : failure;
+  if (signal?.aborted) throw aborted();
   return progress;
 }
 
@@ -411,4 +414,9 @@ export async function* alignDataExtents(extents: AsyncIterable<Extent>, alignmen
     pending = cur;
   }
   if (pending && pending.length > 0) yield pending;
+}
+
+/** A disk as an abort message names it: its storage's name (the file), else its format. */
+function nameOf(disk: Disk): string {
+  return (disk.storage as Disk['storage'] | undefined)?.name ?? disk.format;
 }

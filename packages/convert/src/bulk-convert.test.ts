@@ -145,13 +145,16 @@ describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img conver
   it('an abort stops the copy with ERR_IMG_ABORTED: the file is removed, a storage keeps the valid empty image it held from the start', async () => {
     const out = p('aborted.qcow2');
     const ac = new AbortController();
-    await expect(convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: out, signal: ac.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    await expect(convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: out, signal: ac.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac.abort() })).rejects.toMatchObject({
+      code: 'ERR_IMG_ABORTED',
+      message: `copy from ${source} to ${out} aborted`,
+    });
     expect(existsSync(out)).toBe(false);
 
     const src = await openRaw(await FileStorage.open(source));
     const target = new MemoryStorage();
     const ac2 = new AbortController();
-    await expect(convertDisk(src, qcow2Driver, target, { signal: ac2.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac2.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    await expect(convertDisk(src, qcow2Driver, target, { signal: ac2.signal, chunkSize: 256 * KiB, onProgress: (pr) => pr.bytesWritten > 0 && ac2.abort() })).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED', message: `copy from ${source} to memory aborted` });
     // Header, refcount table, refcount block, L1 table: qemu-img create's empty image of that size, and nothing after it.
     expect(target.toBytes().length).toBe(4 * 64 * KiB);
     const empty = await openQcow2(MemoryStorage.from(target.toBytes()));

@@ -5,7 +5,25 @@
 import type { WriteStream } from 'node:fs';
 import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { concatBytes, findSignatures, ImageError, invalidUsage, ioError, notAnImageFile, notFoundError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import {
+  abortError,
+  concatBytes,
+  findSignatures,
+  ImageError,
+  invalidUsage,
+  ioError,
+  notAnImageFile,
+  notFoundError,
+  SIGNATURE_TAIL_BYTES,
+  streamLengthError,
+  unsafe,
+  unsupported,
+  untrustedReferenceError,
+  type Disk,
+  type FormatRegistry,
+  type Resolver,
+  type Storage,
+} from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -484,6 +502,8 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
       if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     } catch (e) {
       out?.destroy(); // closes the file now, not when the stream is collected
+      // pipeImageStream knows no names: its abort is said as this conversion's.
+      if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED' && options.signal?.aborted) throw abortError(options.signal, `conversion of ${options.input} to ${file ?? 'standard output'}`);
       throw file !== undefined ? streamWriteError(file, e) : e;
     }
     // A compressed stream (vmdk streamOptimized) knows its length only at its end (-1).

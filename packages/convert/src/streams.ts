@@ -123,7 +123,7 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
     await dst.resize(Math.max(alignUp(end, 512), Math.min(dst.size * 2, dst.size + (1 << 30)), 64 << 20));
   };
   for await (const { offset, data } of source.pieces) {
-    if (options.signal?.aborted) throw abortError(options.signal);
+    if (options.signal?.aborted) throw abortError(options.signal, `copy of an image stream into ${dst.storage.name}`);
     await grow(offset + data.length);
     progress.bytesRead += data.length;
     if (minZeroRun === 0) {
