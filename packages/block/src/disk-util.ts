@@ -1,21 +1,36 @@
 /** Small helpers shared by format implementations. */
 import { invalidArg } from './errors.js';
+import { byteArrayProblem, byteNumberProblem } from './byte-args.js';
 
 /**
  * Throws ERR_IMG_INVALID_ARG unless `[offset, offset+length)` lies inside a
- * disk of `size` bytes (offset and length non-negative safe integers).
+ * disk of `size` bytes (offset and length non-negative safe integers). The
+ * message says what is wrong: a value that is not a whole number of bytes
+ * ("offset 1.5 is not a whole number of bytes", "length is a string
+ * ("10"), not a number"), or a range outside the disk.
  */
 export function checkDiskRange(format: string, size: number, offset: number, length: number, file?: string): void {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
-    const name = file ? `${file}: ` : '';
-    throw invalidArg(format, `${name}the range at offset ${String(offset)} of length ${String(length)} is outside the disk of ${size} bytes`, {
-      ...(file ? { file } : {}),
-      field: 'offset',
-      offset: typeof offset === 'number' ? offset : undefined,
-      actual: { offset, length },
-      expected: { size },
-    });
-  }
+  if (Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= size) return;
+  const name = file ? `${file}: ` : '';
+  const offsetProblem = byteNumberProblem('offset', offset);
+  const problem = offsetProblem ?? byteNumberProblem('length', length);
+  throw invalidArg(format, name + (problem ?? `the range at offset ${String(offset)} of length ${String(length)} is outside the disk of ${size} bytes`), {
+    ...(file ? { file } : {}),
+    field: problem && !offsetProblem ? 'length' : 'offset',
+    offset: typeof offset === 'number' ? offset : undefined,
+    actual: { offset, length },
+    expected: { size },
+  });
+}
+
+/**
+ * Throws ERR_IMG_INVALID_ARG unless `data` is a Uint8Array (a Buffer is
+ * one): what a Disk's write (`name` "data") or readInto ("target") was
+ * given. "qcow2: a.qcow2: data is an Array, not a Uint8Array".
+ */
+export function checkDiskData(format: string, data: unknown, name: 'data' | 'target', file?: string): void {
+  const problem = byteArrayProblem(name, data);
+  if (problem) throw invalidArg(format, (file ? `${file}: ` : '') + problem, { ...(file ? { file } : {}), field: name });
 }
 
 /** Rounds `value` up to a multiple of `align`. */

@@ -110,6 +110,11 @@ export interface Disk {
   /** Tells the format the range is unused: it may deallocate it. Reads after discard return zeros or backing data. */
   discard(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
+  /**
+   * Waits for every operation called before it to settle (failed ones
+   * too), then flushes and closes. Operations called once it has started
+   * are refused with ERR_IMG_CLOSED; a second call waits for the first.
+   */
   close(): Promise<void>;
   /**
    * A sorted, gap-free, non-overlapping, maximally merged cover of the

@@ -91,7 +91,8 @@ export {
   type CheckResult,
   type CheckOptions,
 } from './disk.js';
-export { checkDiskRange, alignUp, alignDown, KeyedLock, Mutex } from './disk-util.js';
+export { checkDiskRange, checkDiskData, alignUp, alignDown, KeyedLock, Mutex } from './disk-util.js';
+export { DiskOperations } from './disk-operations.js';
 export { PlacedRuns, joinPlacedExtent, type PieceWalk, type PlacedRunsOwner, type WriterPhase } from './run-placement.js';
 export { SlotMap } from './slot-map.js';
 export { preallocateRange } from './preallocate.js';

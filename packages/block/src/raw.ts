@@ -4,10 +4,11 @@
  * as zeros (as qemu does).
  */
 import type { CreateOptions, Disk, Extent, ExtentOptions, FormatDriver, ImageInfo, ImageStream, OpenOptions, ResizeOptions, StreamSource, WriteZeroesOptions } from './disk.js';
-import { checkDiskRange, alignUp } from './disk-util.js';
+import { checkDiskRange, checkDiskData, alignUp } from './disk-util.js';
+import { DiskOperations } from './disk-operations.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
 import { preallocateRange } from './preallocate.js';
-import { abortError, diskClosedError, invalidArg, readOnlyError, unsupported } from './errors.js';
+import { abortError, invalidArg, readOnlyError, unsupported } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
@@ -27,7 +28,7 @@ export class RawDisk implements Disk {
   readonly storage: Storage;
   readonly readOnly: boolean;
   #size: number;
-  #closed = false;
+  readonly #ops = new DiskOperations('raw', () => this.storage.name);
 
   constructor(storage: Storage, fileSize: number, readOnly: boolean) {
     this.storage = storage;
@@ -39,37 +40,46 @@ export class RawDisk implements Disk {
     return this.#size;
   }
 
-  #check(): void {
-    if (this.#closed) throw diskClosedError('raw', this.storage.name);
-  }
-
   #checkWrite(offset: number, length: number): void {
-    this.#check();
     if (this.readOnly) throw readOnlyError('raw', this.storage.name);
     checkDiskRange('raw', this.#size, offset, length, this.storage.name);
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#check();
-    checkDiskRange('raw', this.#size, offset, length, this.storage.name);
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#ops.run(async () => {
+      checkDiskRange('raw', this.#size, offset, length, this.storage.name);
+      const out = new Uint8Array(length);
+      await this.#readInto(offset, out);
+      return out;
+    });
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    this.#check();
-    checkDiskRange('raw', this.#size, offset, target.length, this.storage.name);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#ops.run(async () => {
+      checkDiskData('raw', target, 'target', this.storage.name);
+      checkDiskRange('raw', this.#size, offset, target.length, this.storage.name);
+      await this.#readInto(offset, target);
+    });
+  }
+
+  async #readInto(offset: number, target: Uint8Array): Promise<void> {
     const n = await this.storage.readInto(offset, target);
     if (n < target.length) target.fill(0, n);
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkWrite(offset, data.length);
-    await this.storage.write(offset, data);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#ops.run(async () => {
+      checkDiskData('raw', data, 'data', this.storage.name);
+      this.#checkWrite(offset, data.length);
+      await this.storage.write(offset, data);
+    });
   }
 
-  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+  writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    return this.#ops.run(() => this.#writeZeroes(offset, length, options));
+  }
+
+  async #writeZeroes(offset: number, length: number, options: WriteZeroesOptions): Promise<void> {
     this.#checkWrite(offset, length);
     if (length === 0) return;
     if (options.mayUnmap !== false && this.storage.punchHole) {
@@ -84,13 +94,12 @@ export class RawDisk implements Disk {
     }
   }
 
-  async discard(offset: number, length: number): Promise<void> {
-    await this.writeZeroes(offset, length, { mayUnmap: true });
+  discard(offset: number, length: number): Promise<void> {
+    return this.#ops.run(() => this.#writeZeroes(offset, length, { mayUnmap: true }));
   }
 
-  async info(): Promise<ImageInfo> {
-    this.#check();
-    return { format: 'raw', virtualSize: this.#size };
+  info(): Promise<ImageInfo> {
+    return this.#ops.run(async () => ({ format: 'raw', virtualSize: this.#size }));
   }
 
   /**
@@ -100,8 +109,11 @@ export class RawDisk implements Disk {
    * the file; raw has no metadata, so
    * `metadata` is refused, as qemu-img refuses it.
    */
-  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
-    this.#check();
+  resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
+    return this.#ops.run(() => this.#resize(newSize, options));
+  }
+
+  async #resize(newSize: number, options: ResizeOptions): Promise<void> {
     if (this.readOnly) throw readOnlyError('raw', this.storage.name);
     if (!Number.isSafeInteger(newSize) || newSize < 0) throw invalidArg('raw', `invalid size ${newSize}`, { field: 'size' });
     const prealloc = options.preallocation ?? 'off';
@@ -119,19 +131,25 @@ export class RawDisk implements Disk {
     // In pieces, so that a signal stops a long preallocation between them.
     for (let at = old; at < rounded; at += RAW_PREALLOC_PIECE) {
       if (options.signal?.aborted) throw abortError(options.signal, 'resize');
-      await this.writeZeroes(at, Math.min(RAW_PREALLOC_PIECE, rounded - at), { mayUnmap: false });
+      await this.#writeZeroes(at, Math.min(RAW_PREALLOC_PIECE, rounded - at), { mayUnmap: false });
     }
   }
 
-  async flush(): Promise<void> {
-    this.#check();
-    if (!this.readOnly) await this.storage.flush();
+  flush(): Promise<void> {
+    return this.#ops.run(async () => {
+      if (!this.readOnly) await this.storage.flush();
+    });
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    await this.storage.close();
+  /** Waits for the operations called before it, flushes a writable disk and closes the storage (even when the flush fails; its error is then the one reported). */
+  close(): Promise<void> {
+    return this.#ops.close(async () => {
+      try {
+        if (!this.readOnly) await this.storage.flush();
+      } finally {
+        await this.storage.close();
+      }
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -139,7 +157,7 @@ export class RawDisk implements Disk {
   }
 
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
-    this.#check();
+    this.#ops.check();
     const { start, end } = extentRange(options, this.#size);
     return mergeExtents(this.#runs(start, end, options?.hostOffsets ?? false));
   }

@@ -4,7 +4,7 @@
  * (Qcow2Image, core.ts, held privately). Every method is one operation
  * over the core.
  */
-import { checkDiskRange, diskClosedError, readOnlyError } from '@img/block';
+import { DiskOperations, checkDiskData, checkDiskRange, readOnlyError } from '@img/block';
 import type { Disk, Extent, ExtentOptions, ImageInfo, ResizeOptions, SnapshotInfo, Storage, WriteZeroesOptions } from '@img/block';
 import type { Qcow2Header } from './header.js';
 import type { HeaderExtension } from './extensions.js';
@@ -39,7 +39,8 @@ export class Qcow2Disk implements Disk {
   readonly #view: MappingView;
   /** Closing this disk closes the image (else it is a view that shares it). */
   readonly #owner: boolean;
-  #closed = false;
+  /** What close() waits for; refuses operations once it has started. */
+  readonly #ops = new DiskOperations(FORMAT, () => this.#core.file);
 
   /** @internal Use {@link openQcow2}: `core` is the package's internal image object. */
   constructor(core: Qcow2Image, options: { owner: boolean; snapshot?: { view: MappingView; info: SnapshotInfo } }) {
@@ -83,38 +84,44 @@ export class Qcow2Disk implements Disk {
     return { ...c.stats, tables: c.size, capacity: c.capacity };
   }
 
+  /** The image under a view may have been closed by its owner. */
   #check(): void {
-    if (this.#closed) throw diskClosedError(FORMAT, this.#core.file);
     this.#core.assertOpen();
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#check();
-    checkDiskRange(FORMAT, this.#view.size, offset, length, this.#core.file);
-    const out = new Uint8Array(length);
-    await readQcow2Into(this.#core, this.#view, offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#ops.run(async () => {
+      this.#check();
+      checkDiskRange(FORMAT, this.#view.size, offset, length, this.#core.file);
+      const out = new Uint8Array(length);
+      await readQcow2Into(this.#core, this.#view, offset, out);
+      return out;
+    });
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    this.#check();
-    checkDiskRange(FORMAT, this.#view.size, offset, target.length, this.#core.file);
-    await readQcow2Into(this.#core, this.#view, offset, target);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      this.#check();
+      checkDiskData(FORMAT, target, 'target', this.#core.file);
+      checkDiskRange(FORMAT, this.#view.size, offset, target.length, this.#core.file);
+      return readQcow2Into(this.#core, this.#view, offset, target);
+    });
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#mutable();
-    return writeQcow2(this.#core, offset, data);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      this.#mutable();
+      checkDiskData(FORMAT, data, 'data', this.#core.file);
+      return writeQcow2(this.#core, offset, data);
+    });
   }
 
-  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
-    this.#mutable();
-    return writeQcow2Zeroes(this.#core, offset, length, options);
+  writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    return this.#mutating(() => writeQcow2Zeroes(this.#core, offset, length, options));
   }
 
-  async discard(offset: number, length: number): Promise<void> {
-    this.#mutable();
-    return zeroOrDiscardQcow2(this.#core, offset, length, 'discard', true);
+  discard(offset: number, length: number): Promise<void> {
+    return this.#mutating(() => zeroOrDiscardQcow2(this.#core, offset, length, 'discard', true));
   }
 
   /**
@@ -122,9 +129,12 @@ export class Qcow2Disk implements Disk {
    * multiple of the cluster size, or ending at the end of the disk). A
    * cluster that does not get smaller is stored uncompressed.
    */
-  async writeCompressed(offset: number, data: Uint8Array): Promise<void> {
-    this.#mutable();
-    return writeQcow2Compressed(this.#core, offset, data);
+  writeCompressed(offset: number, data: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      this.#mutable();
+      checkDiskData(FORMAT, data, 'data', this.#core.file);
+      return writeQcow2Compressed(this.#core, offset, data);
+    });
   }
 
   /**
@@ -132,30 +142,26 @@ export class Qcow2Disk implements Disk {
    * new end; `preallocation` allocates the space a grow adds (qemu-img resize --preallocation). Refused for a
    * version 2 image with internal snapshots, as qemu refuses it.
    */
-  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
-    this.#mutable();
-    return resizeQcow2(this.#core, newSize, options);
+  resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
+    return this.#mutating(() => resizeQcow2(this.#core, newSize, options));
   }
 
   /**
    * Takes an internal snapshot of the active layer (qemu-img snapshot -c).
    * Writes started before it finish first; writes started after wait.
    */
-  async createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
-    this.#mutable();
-    return createQcow2Snapshot(this.#core, name, options);
+  createSnapshot(name: string, options: SnapshotCreateOptions = {}): Promise<SnapshotInfo> {
+    return this.#mutating(() => createQcow2Snapshot(this.#core, name, options));
   }
 
   /** Reverts the active layer to internal snapshot `idOrName` (qemu-img snapshot -a); the disk takes its size. */
-  async applySnapshot(idOrName: string): Promise<void> {
-    this.#mutable();
-    return applyQcow2Snapshot(this.#core, idOrName);
+  applySnapshot(idOrName: string): Promise<void> {
+    return this.#mutating(() => applyQcow2Snapshot(this.#core, idOrName));
   }
 
   /** Deletes internal snapshot `idOrName` (qemu-img snapshot -d). */
-  async deleteSnapshot(idOrName: string): Promise<void> {
-    this.#mutable();
-    return deleteQcow2Snapshot(this.#core, idOrName);
+  deleteSnapshot(idOrName: string): Promise<void> {
+    return this.#mutating(() => deleteQcow2Snapshot(this.#core, idOrName));
   }
 
   /**
@@ -163,26 +169,31 @@ export class Qcow2Disk implements Disk {
    * name and format stored in the image, or none. Content is not touched;
    * the backing image open now stays in use until the image is reopened.
    */
-  async setBacking(name: string | undefined, format?: string): Promise<void> {
-    this.#mutable();
-    return setQcow2Backing(this.#core, name, format);
+  setBacking(name: string | undefined, format?: string): Promise<void> {
+    return this.#mutating(() => setQcow2Backing(this.#core, name, format));
   }
 
   /** Deallocates every cluster of the active layer (and its L2 tables) so that reads fall through to the backing image (commit). */
-  async makeEmpty(): Promise<void> {
-    this.#mutable();
-    return makeQcow2Empty(this.#core);
+  makeEmpty(): Promise<void> {
+    return this.#mutating(() => makeQcow2Empty(this.#core));
   }
 
-  async flush(): Promise<void> {
-    this.#check();
-    if (!this.readOnly) await flushQcow2(this.#core);
+  flush(): Promise<void> {
+    return this.#ops.run(async () => {
+      this.#check();
+      if (!this.readOnly) await flushQcow2(this.#core);
+    });
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#owner) await closeQcow2(this.#core);
+  /**
+   * Waits for the operations called before it to settle, then flushes and
+   * closes the image (a snapshot view closes only itself). Operations
+   * called after it are refused (ERR_IMG_CLOSED).
+   */
+  close(): Promise<void> {
+    return this.#ops.close(async () => {
+      if (this.#owner) await closeQcow2(this.#core);
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -194,6 +205,7 @@ export class Qcow2Disk implements Disk {
    * through the backing chain (depth = layer), unless `topOnly`.
    */
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#ops.check();
     this.#check();
     return qcow2Extents(this.#core, this.#view, options);
   }
@@ -208,20 +220,32 @@ export class Qcow2Disk implements Disk {
    * read-only Disk of the snapshot's own size. It shares this image's
    * storage: close it before closing the image.
    */
-  async openSnapshot(idOrName: string): Promise<Qcow2Disk> {
-    this.#check();
-    return new Qcow2Disk(this.#core, { owner: false, snapshot: await snapshotView(this.#core, idOrName) });
+  openSnapshot(idOrName: string): Promise<Qcow2Disk> {
+    return this.#ops.run(async () => {
+      this.#check();
+      return new Qcow2Disk(this.#core, { owner: false, snapshot: await snapshotView(this.#core, idOrName) });
+    });
   }
 
   /** What qemu-img info shows. */
-  async info(): Promise<ImageInfo> {
-    this.#check();
-    return qcow2Info(this.#core, this.#view.size, this.snapshots);
+  info(): Promise<ImageInfo> {
+    return this.#ops.run(() => {
+      this.#check();
+      return qcow2Info(this.#core, this.#view.size, this.snapshots);
+    });
   }
 
   /** A snapshot view refuses changes as a read-only disk does. */
   #mutable(): void {
     this.#check();
     if (this.snapshot) throw readOnlyError(FORMAT, this.#core.file);
+  }
+
+  /** Runs a change of the image as an operation close() waits for. */
+  #mutating<T>(op: () => Promise<T>): Promise<T> {
+    return this.#ops.run(() => {
+      this.#mutable();
+      return op();
+    });
   }
 }

@@ -2,7 +2,7 @@
  * VhdDisk: the public Disk of an open VHD, a thin facade over its core
  * (VhdImage, held privately). Every method is one operation over the core.
  */
-import { type Disk, type Extent, type ExtentOptions, type ImageInfo, type ResizeOptions, type Storage, type WriteZeroesOptions, checkDiskRange, unsupported } from '@img/block';
+import { type Disk, type Extent, type ExtentOptions, type ImageInfo, type ResizeOptions, type Storage, type WriteZeroesOptions, DiskOperations, checkDiskData, checkDiskRange, unsupported } from '@img/block';
 import { makeVhdEmpty, setVhdBacking } from './backing.js';
 import { vhdExtents, vhdSectorLocation, type VhdSectorLocation } from './extents.js';
 import type { VhdImage } from './image.js';
@@ -28,6 +28,8 @@ export class VhdDisk implements Disk {
   readonly format = FORMAT;
   readonly readOnly: boolean;
   readonly #core: VhdImage;
+  /** What close() waits for; refuses operations once it has started. */
+  readonly #ops = new DiskOperations(FORMAT, () => this.#core.name);
 
   /** Use openVhd, createVhd or openVhdChain: `core` is the package's internal image object. */
   constructor(core: VhdImage) {
@@ -68,37 +70,59 @@ export class VhdDisk implements Disk {
     return r && r.length ? [...s.problems, ...r] : s.problems;
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#core.assertOpen();
-    checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
-    const out = new Uint8Array(length);
-    await readVhdInto(this.#core, offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#ops.run(async () => {
+      this.#core.assertOpen();
+      checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
+      const out = new Uint8Array(length);
+      await readVhdInto(this.#core, offset, out);
+      return out;
+    });
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    return readVhdInto(this.#core, offset, target);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      checkDiskData(FORMAT, target, 'target', this.storage.name);
+      return readVhdInto(this.#core, offset, target);
+    });
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    return writeVhd(this.#core, offset, data);
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      checkDiskData(FORMAT, data, 'data', this.storage.name);
+      return writeVhd(this.#core, offset, data);
+    });
   }
 
-  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
-    return writeVhdZeroes(this.#core, offset, length, options);
+  writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    return this.#ops.run(() => writeVhdZeroes(this.#core, offset, length, options));
   }
 
-  async discard(offset: number, length: number): Promise<void> {
-    return writeVhdZeroes(this.#core, offset, length, { mayUnmap: true });
+  discard(offset: number, length: number): Promise<void> {
+    return this.#ops.run(() => writeVhdZeroes(this.#core, offset, length, { mayUnmap: true }));
   }
 
-  async flush(): Promise<void> {
-    this.#core.assertOpen();
-    if (!this.readOnly) await this.storage.flush();
+  flush(): Promise<void> {
+    return this.#ops.run(async () => {
+      this.#core.assertOpen();
+      if (!this.readOnly) await this.storage.flush();
+    });
   }
 
-  async close(): Promise<void> {
-    await this.#core.close();
+  /**
+   * Waits for the operations called before it to settle, flushes a
+   * writable disk, then closes the parent and the file (even when the
+   * flush fails; its error is then the one reported). Operations called
+   * after it are refused (ERR_IMG_CLOSED).
+   */
+  close(): Promise<void> {
+    return this.#ops.close(async () => {
+      try {
+        if (!this.readOnly && !this.#core.closed) await this.storage.flush();
+      } finally {
+        await this.#core.close();
+      }
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -112,33 +136,38 @@ export class VhdDisk implements Disk {
    * `hole` with `topOnly` or without a parent.
    */
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#ops.check();
     return vhdExtents(this.#core, options);
   }
 
   /** Which layer and file offset hold the sector containing `offset`. */
-  async sectorLocation(offset: number): Promise<VhdSectorLocation> {
-    return vhdSectorLocation(this.#core, offset);
+  sectorLocation(offset: number): Promise<VhdSectorLocation> {
+    return this.#ops.run(() => vhdSectorLocation(this.#core, offset));
   }
 
   /** What `img info` shows, with VHD details under formatSpecific. */
-  async info(): Promise<ImageInfo> {
-    this.#core.assertOpen();
-    return vhdInfo(this.#core.state);
+  info(): Promise<ImageInfo> {
+    return this.#ops.run(async () => {
+      this.#core.assertOpen();
+      return vhdInfo(this.#core.state);
+    });
   }
 
   /** Grows (or with `shrink`, shrinks) the disk. See resize.ts. Preallocation other than `off` is refused (qemu cannot resize a VHD at all). */
-  async resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
-    const prealloc = options.preallocation ?? 'off';
-    if (prealloc !== 'off') throw unsupported(FORMAT, this.storage.name, `preallocation "${prealloc}" on resize is not supported for VHD (new blocks are allocated as they are written)`, { field: 'preallocation' });
-    return resizeVhd(this.#core, newSize, { shrink: options.shrink ?? false });
+  resize(newSize: number, options: ResizeOptions = {}): Promise<void> {
+    return this.#ops.run(() => {
+      const prealloc = options.preallocation ?? 'off';
+      if (prealloc !== 'off') throw unsupported(FORMAT, this.storage.name, `preallocation "${prealloc}" on resize is not supported for VHD (new blocks are allocated as they are written)`, { field: 'preallocation' });
+      return resizeVhd(this.#core, newSize, { shrink: options.shrink ?? false });
+    });
   }
 
   /**
    * Deallocates every block so reads fall through to the parent (zeros in a
    * dynamic disk): what `img commit` does to the top after copying it down.
    */
-  async makeEmpty(): Promise<void> {
-    return makeVhdEmpty(this.#core);
+  makeEmpty(): Promise<void> {
+    return this.#ops.run(() => makeVhdEmpty(this.#core));
   }
 
   /**
@@ -146,7 +175,7 @@ export class VhdDisk implements Disk {
    * when the resolver finds the new parent, its unique id and timestamp;
    * `undefined` makes the disk dynamic. See backing.ts.
    */
-  async setBacking(name: string | undefined, format?: string): Promise<void> {
-    return setVhdBacking(this.#core, name, format);
+  setBacking(name: string | undefined, format?: string): Promise<void> {
+    return this.#ops.run(() => setVhdBacking(this.#core, name, format));
   }
 }

@@ -3,7 +3,7 @@
  * image (VmdkImage) lives in a private field and every method hands it to
  * an operation (read.ts, write.ts, extents.ts, info.ts).
  */
-import { CallOrder, checkDiskRange, extentRange, mergeExtents, readOnlyError, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage, type WriteZeroesOptions } from '@img/block';
+import { CallOrder, DiskOperations, checkDiskData, checkDiskRange, extentRange, mergeExtents, readOnlyError, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage, type WriteZeroesOptions } from '@img/block';
 import { descriptorField, serializeDescriptor } from './descriptor.js';
 import { extentRuns } from './extents.js';
 import { FORMAT, type VmdkImage } from './image.js';
@@ -39,6 +39,8 @@ export class VmdkDisk implements Disk {
   #core: VmdkImage;
   /** Overlapping writes take effect in call order. */
   #order = new CallOrder();
+  /** What close() waits for; refuses operations once it has started. */
+  readonly #ops = new DiskOperations(FORMAT, () => this.#core.storage.name);
 
   /** @internal Use openVmdk or createVmdk. */
   constructor(core: VmdkImage) {
@@ -105,16 +107,23 @@ export class VmdkDisk implements Disk {
     }));
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#ops.run(async () => {
+      this.#core.checkOpen();
+      checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
+      const out = new Uint8Array(length);
+      await readInto(this.#core, offset, out);
+      return out;
+    });
   }
 
-  async readInto(offset: number, target: Uint8Array): Promise<void> {
-    this.#core.checkOpen();
-    checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
-    await readInto(this.#core, offset, target);
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      this.#core.checkOpen();
+      checkDiskData(FORMAT, target, 'target', this.storage.name);
+      checkDiskRange(FORMAT, this.size, offset, target.length, this.storage.name);
+      return readInto(this.#core, offset, target);
+    });
   }
 
   #checkWrite(offset: number, length: number): void {
@@ -123,34 +132,48 @@ export class VmdkDisk implements Disk {
     checkDiskRange(FORMAT, this.size, offset, length, this.storage.name);
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#checkWrite(offset, data.length);
-    await this.#order.run(offset, data.length, () => writeRange(this.#core, offset, data.length, data), { register: true });
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#ops.run(() => {
+      checkDiskData(FORMAT, data, 'data', this.storage.name);
+      this.#checkWrite(offset, data.length);
+      return this.#order.run(offset, data.length, () => writeRange(this.#core, offset, data.length, data), { register: true });
+    });
   }
 
-  async writeZeroes(offset: number, length: number, _options: WriteZeroesOptions = {}): Promise<void> {
+  writeZeroes(offset: number, length: number, _options: WriteZeroesOptions = {}): Promise<void> {
+    return this.#ops.run(() => this.#writeZeroes(offset, length));
+  }
+
+  #writeZeroes(offset: number, length: number): Promise<void> {
     this.#checkWrite(offset, length);
-    await this.#order.run(offset, length, () => writeRange(this.#core, offset, length, undefined), { register: true });
+    return this.#order.run(offset, length, () => writeRange(this.#core, offset, length, undefined), { register: true });
   }
 
   /** Reads as zeros afterwards (or the parent's bytes where this layer has none): grains are not given back. */
-  async discard(offset: number, length: number): Promise<void> {
-    await this.writeZeroes(offset, length);
+  discard(offset: number, length: number): Promise<void> {
+    return this.#ops.run(() => this.#writeZeroes(offset, length));
   }
 
-  async flush(): Promise<void> {
-    this.#core.checkOpen();
-    if (this.readOnly) return;
-    for (const s of new Set(this.#storages())) await s.flush();
+  flush(): Promise<void> {
+    return this.#ops.run(async () => {
+      this.#core.checkOpen();
+      if (this.readOnly) return;
+      for (const s of new Set(this.#storages())) await s.flush();
+    });
   }
 
   #storages(): Storage[] {
     return [this.#core.storage, ...this.#core.owned];
   }
 
-  /** Closes the image, its extent files and its parent. A streamOptimized image being created is finished first. */
-  async close(): Promise<void> {
-    await this.#core.close();
+  /**
+   * Waits for the operations called before it to settle, then closes the
+   * image, its extent files and its parent (a streamOptimized image being
+   * created is finished first; a writable image is flushed). Operations
+   * called after it are refused (ERR_IMG_CLOSED).
+   */
+  close(): Promise<void> {
+    return this.#ops.close(() => this.#core.close());
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -159,14 +182,17 @@ export class VmdkDisk implements Disk {
 
   /** The allocation map from grain tables and extent types alone (never data). */
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
+    this.#ops.check();
     this.#core.checkOpen();
     const { start, end } = extentRange(options, this.size);
     return mergeExtents(extentRuns(this.#core, start, end, options ?? {}));
   }
 
   /** What `img info` shows, with qemu-img's vmdk fields under formatSpecific. */
-  async info(): Promise<ImageInfo> {
-    this.#core.checkOpen();
-    return vmdkInfo(this.#core);
+  info(): Promise<ImageInfo> {
+    return this.#ops.run(async () => {
+      this.#core.checkOpen();
+      return vmdkInfo(this.#core);
+    });
   }
 }

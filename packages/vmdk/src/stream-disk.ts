@@ -23,7 +23,7 @@
  * would then need every pass to the end. readVmdkStream reads such a
  * stream from a pipe in one pass.
  */
-import { ByteStreamReader, checkDiskRange, corrupt, diskClosedError, extentRange, readOnlyError, unsafe, unsupported, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage } from '@img/block';
+import { ByteStreamReader, checkDiskData, checkDiskRange, corrupt, diskClosedError, extentRange, readOnlyError, unsafe, unsupported, type Disk, type Extent, type ExtentOptions, type ImageInfo, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor } from './descriptor.js';
 import { FORMAT } from './image.js';
 import { decodeVmdkStream } from './read-stream.js';
@@ -99,6 +99,8 @@ export class StreamVmdkDisk implements Disk {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#checkOpen();
+    checkDiskRange(FORMAT, this.size, offset, length, this.#source.name);
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
     return out;
@@ -107,6 +109,7 @@ export class StreamVmdkDisk implements Disk {
   /** Reads guest bytes, one read after another in call order. */
   readInto(offset: number, target: Uint8Array): Promise<void> {
     this.#checkOpen();
+    checkDiskData(FORMAT, target, 'target', this.#source.name);
     checkDiskRange(FORMAT, this.size, offset, target.length, this.#source.name);
     const run = this.#queue.then(() => this.#readInto(offset, target));
     this.#queue = run.catch(() => undefined);
