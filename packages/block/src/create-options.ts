@@ -1,10 +1,12 @@
 /**
  * Option tables: each format declares the options its create() (or amend)
  * accepts once, as rows of typed key, qemu-img's `-o` name, a line of help
- * and how to read the `-o` text. The typed API speaks camelCase only; the
- * command line speaks qemu's snake_case and is mapped through the table.
- * Both ends refuse keys nobody declared, so a typo never turns into a
- * silently ignored option.
+ * and how to read the `-o` text. The typed functions (`createQcow2`,
+ * `createVhd`, ...) speak camelCase only, as their types say; the command
+ * line speaks qemu's snake_case and is mapped through the table; the
+ * FormatDriver methods, whose options are an untyped record, take either
+ * spelling (driverOptions). All of them refuse keys nobody declared, so a
+ * typo never turns into a silently ignored option.
  */
 import { invalidArg } from './errors.js';
 import { parseBool, parseSize } from './size.js';
@@ -131,8 +133,9 @@ export function suggestOptionKey(table: OptionTable, key: string, extra: readonl
 /**
  * Refuses typed options that neither the table nor the plumbing declares:
  * ERR_IMG_INVALID_ARG naming the key and, where one is close, the right
- * spelling ("did you mean clusterSize?"). Keys whose value is undefined are
- * ignored. `extra` lists typed keys a function takes beyond its table.
+ * spelling ("did you mean clusterSize?"), else the keys the call takes
+ * (the table's and `extra`). Keys whose value is undefined are ignored.
+ * `extra` lists typed keys a function takes beyond its table.
  */
 export function checkOptionKeys(format: string, table: OptionTable, options: object, extra: readonly string[] = [], what = 'create option'): void {
   const allowed = new Set([...table.map((o) => o.key), ...PLUMBING_CREATE_KEYS, ...extra]);
@@ -140,8 +143,51 @@ export function checkOptionKeys(format: string, table: OptionTable, options: obj
     if (value === undefined || allowed.has(key)) continue;
     const hint = suggestOptionKey(table, key, [...PLUMBING_CREATE_KEYS, ...extra]);
     // The keys the plumbing passes (a resolver, the format registry, noBacking) are no options to offer a caller.
-    const known = [...allowed].filter((k) => k === 'size' || !PLUMBING_CREATE_KEYS.includes(k));
+    const known = [...new Set([...table.map((o) => o.key), ...extra])];
     const tail = hint ? `did you mean ${hint}?` : `known options: ${known.join(', ')}`;
     throw invalidArg(format, `unknown ${what} "${key}" (${tail})`, { field: key, ...(hint ? { expected: hint } : {}) });
   }
+}
+
+/** How {@link driverOptions} checks a record of options. */
+export interface DriverOptionsCheck {
+  /** Typed keys the call takes beyond its table (no `-o` name). */
+  extra?: readonly string[];
+  /** What the error calls a key: "create option" (default), "stream option". */
+  what?: string;
+}
+
+/**
+ * Options as a FormatDriver method receives them (`create`, `createFresh`,
+ * `stream`, `measure`: a record the compiler cannot check, as
+ * `convertFile`'s `createOptions`): each key of the table may come as its
+ * typed key (`clusterSize`) or as qemu-img's `-o` name (`cluster_size`).
+ * Answers a copy under typed keys only; values are left as given (the
+ * format reads `'64k'` or `'on'` itself). A key given under both
+ * spellings, or one that neither the table, the plumbing nor `extra`
+ * declares, is ERR_IMG_INVALID_ARG; the latter names the keys the call
+ * takes, in both spellings ("clusterSize (cluster_size)"), or the likely
+ * one.
+ */
+export function driverOptions(format: string, table: OptionTable, options: object, check: DriverOptionsCheck = {}): Record<string, unknown> {
+  const { extra = [], what = 'create option' } = check;
+  const out: Record<string, unknown> = {};
+  const typedKeys = new Set([...table.map((o) => o.key), ...PLUMBING_CREATE_KEYS, ...extra]);
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    const spec = typedKeys.has(key) ? undefined : table.find((o) => o.name === key);
+    const typed = spec ? spec.key : key;
+    if (typed in out) {
+      const name = table.find((o) => o.key === typed)?.name ?? typed;
+      throw invalidArg(format, `${what} "${typed}" is given twice, as ${typed} and as ${name}`, { field: typed });
+    }
+    if (!typedKeys.has(typed)) {
+      const hint = suggestOptionKey(table, key, extra);
+      const known = [...table.map((o) => (o.name === o.key ? o.key : `${o.key} (${o.name})`)), ...extra];
+      const tail = hint ? `did you mean ${hint}?` : `known options: ${known.join(', ')}`;
+      throw invalidArg(format, `unknown ${what} "${key}" (${tail})`, { field: key, ...(hint ? { expected: hint } : {}) });
+    }
+    out[typed] = value;
+  }
+  return out;
 }

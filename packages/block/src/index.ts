@@ -102,7 +102,7 @@ export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';
 export { looksIncompressible } from './incompressible.js';
 export { FormatRegistry } from './registry.js';
 export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, RAW_CREATE_OPTIONS, type RawCreateOptions } from './raw.js';
-export { PLUMBING_CREATE_KEYS, checkOptionKeys, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
+export { PLUMBING_CREATE_KEYS, checkOptionKeys, driverOptions, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type DriverOptionsCheck, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';
 export { parseSize, formatSize, parseBool } from './size.js';
 export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type SignatureMatch } from './signatures.js';

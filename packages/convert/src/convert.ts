@@ -9,9 +9,11 @@ import { salvagingDisk, type SalvageEvent } from './salvage.js';
 export interface ConvertDiskOptions extends Omit<SparseCopyOptions, 'dstIsZero' | 'writeData' | 'writeZeroes' | 'alignment' | 'topOnly'> {
   /**
    * Destination create options under the format's typed (camelCase) keys
-   * (`clusterSize`, `lazyRefcounts`, ...; values may be `-o` strings such as
-   * '64k'). `size` is the source's. A key the format does not declare is
-   * ERR_IMG_INVALID_ARG, thrown before anything is written.
+   * (`clusterSize`, `lazyRefcounts`, ...) or qemu-img's `-o` names
+   * (`cluster_size`, `lazy_refcounts`); values may be `-o` strings such as
+   * '64k'. `size` is the source's. A key the format does not declare, or
+   * one given under both spellings, is ERR_IMG_INVALID_ARG, thrown before
+   * anything is written.
    */
   createOptions?: Record<string, unknown>;
   /** Store data compressed (qcow2 -c); the destination format must support it. */

@@ -483,7 +483,10 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     // A stream cannot seek back to leave holes: all-zero blocks are detected up front unless -S 0 says otherwise.
     // A file's descriptor names the file itself as its extent (qemu-img and img create use the base name); a stream
     // keeps the writer's default name.
-    const createOptions = { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off', ...(options.createOptions ?? {}), ...(file !== undefined ? { fileName: basename(file) } : {}) };
+    const given = options.createOptions ?? {};
+    // The caller's detect_zeroes (either spelling) wins over the one -S implies.
+    const zeroes = given.detectZeroes === undefined && given.detect_zeroes === undefined ? { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off' } : {};
+    const createOptions = { ...zeroes, ...given, ...(file !== undefined ? { fileName: basename(file) } : {}) };
     const view = sourceView(snapshot ?? src, options.range);
     const stream = await toStream(options.salvage ? salvagingDisk(view, options.onSalvage ? { onSalvage: options.onSalvage } : {}) : view, options.dstFormat, { registry, createOptions });
     let target: NodeWritableLike = options.stdout ?? process.stdout;

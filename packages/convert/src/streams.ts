@@ -7,7 +7,7 @@ import { defaultRegistry } from './formats.js';
 
 export interface ToStreamOptions {
   registry?: FormatRegistryLike;
-  /** The output format's create options (`-o` keys or typed). */
+  /** The output format's stream options: typed keys or `-o` names (FormatDriver.stream). */
   createOptions?: Record<string, unknown>;
 }
 

@@ -92,7 +92,7 @@ export const QCOW2_CREATE_OPTIONS: OptionTable = [
 ];
 
 /** Typed keys of Qcow2CreateOptions that have no `-o` name. */
-const TYPED_ONLY = ['dataFileStorage'];
+export const QCOW2_TYPED_CREATE_KEYS: readonly string[] = ['dataFileStorage'];
 
 /** Normalised create options. */
 export interface Qcow2Layout {
@@ -123,7 +123,7 @@ function pick(o: Record<string, unknown>, key: string): unknown {
  */
 export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly string[] = []): Qcow2Layout {
   if (options === null || typeof options !== 'object') throw invalidArg(FORMAT, 'size is required', { field: 'size' });
-  checkOptionKeys(FORMAT, QCOW2_CREATE_OPTIONS, options, [...TYPED_ONLY, ...extra]);
+  checkOptionKeys(FORMAT, QCOW2_CREATE_OPTIONS, options, [...QCOW2_TYPED_CREATE_KEYS, ...extra]);
   const o = options as unknown as Record<string, unknown>;
   const rawSize = pick(o, 'size');
   if (rawSize === undefined) throw invalidArg(FORMAT, 'size is required', { field: 'size' });

@@ -9,13 +9,13 @@
  * The layout is fixed before the first byte, so the length is known
  * first (createQcow2Stream, qcow2Driver.stream).
  */
-import { invalidArg, isAllZero, parseBool, writeU64Be } from '@img/block';
+import { checkOptionKeys, driverOptions, invalidArg, isAllZero, parseBool, writeU64Be, type OptionTable } from '@img/block';
 import { writeEntryOffset } from './mapping.js';
 import type { Disk, ImageStream } from '@img/block';
 import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeEntry } from './l2-entry.js';
 import { writeRefcount } from './refcount.js';
-import { parseCreateOptions, headerFor, headerCluster, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
+import { parseCreateOptions, headerFor, headerCluster, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 
 const FORMAT = 'qcow2';
 
@@ -34,6 +34,33 @@ export type Qcow2StreamOptions = Omit<Partial<Qcow2CreateOptions>, 'size' | 'bac
 
 /** Keys a stand-alone stream cannot honour: it has no other file and writes no preallocated space. */
 const REFUSED = ['backingFile', 'backingFormat', 'dataFile', 'dataFileRaw', 'preallocation'];
+
+/**
+ * The options a stream takes: typed key, `-o` name, help (the create
+ * options a stand-alone image can have, and detect_zeroes). `chunkSize`
+ * has no `-o` name.
+ */
+export const QCOW2_STREAM_OPTIONS: OptionTable = [
+  ...QCOW2_CREATE_OPTIONS.filter((o) => o.key !== 'size' && !REFUSED.includes(o.key)),
+  { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: clusters holding only zeros stay unallocated (reads the data twice)' },
+];
+
+/** Typed keys of Qcow2StreamOptions that have no `-o` name. */
+const STREAM_TYPED_ONLY = ['chunkSize'];
+
+/** Refuses what a stand-alone stream cannot be (a value "off" is what a stream is anyway); answers the rest. */
+function withoutStandAloneKeys(options: Record<string, unknown>, names: boolean): Record<string, unknown> {
+  const rest = { ...options };
+  for (const row of QCOW2_CREATE_OPTIONS.filter((o) => REFUSED.includes(o.key))) {
+    for (const k of names ? [row.key, row.name] : [row.key]) {
+      const v = rest[k];
+      delete rest[k];
+      if (v === undefined || v === false || v === 'off' || v === 'false') continue;
+      throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
+    }
+  }
+  return rest;
+}
 
 /** What the writer decided before the first byte. */
 interface Qcow2StreamPlan {
@@ -87,18 +114,24 @@ async function withoutZeroClusters(source: Disk, runs: Array<[number, number]>, 
   return out;
 }
 
-/** Reads typed keys (values may be `-o` strings) into Qcow2StreamOptions, refusing what a stand-alone stream cannot be. */
+/**
+ * Reads typed keys (values may be `-o` strings such as '64k' or 'on') into
+ * Qcow2StreamOptions, refusing what a stand-alone stream cannot be and
+ * keys no stream takes (the error lists those it takes).
+ */
 export function qcow2StreamOptionsFrom(options: Record<string, unknown> = {}): Qcow2StreamOptions {
-  for (const k of REFUSED) {
-    const v = options[k];
-    // "off" is what a stream is anyway.
-    if (v === undefined || v === false || v === 'off' || v === 'false') continue;
-    throw invalidArg(FORMAT, `${k} cannot be used with a stream: it holds a whole, stand-alone image (write a file instead)`, { field: k });
-  }
-  const { detectZeroes, ...rest } = options;
-  const out = { ...rest } as Qcow2StreamOptions;
+  const rest = withoutStandAloneKeys(options, false);
+  checkOptionKeys(FORMAT, QCOW2_STREAM_OPTIONS, rest, STREAM_TYPED_ONLY, 'stream option');
+  const { detectZeroes, ...other } = rest;
+  const out = { ...other } as Qcow2StreamOptions;
   if (detectZeroes !== undefined) out.detectZeroes = parseBool(detectZeroes as string | boolean, 'detectZeroes');
   return out;
+}
+
+/** qcow2Driver.stream's options: typed keys or `-o` names (`cluster_size`, `detect_zeroes`), as the other drivers take them. */
+export function qcow2DriverStreamOptions(options: Record<string, unknown> = {}): Qcow2StreamOptions {
+  const rest = withoutStandAloneKeys(options, true);
+  return qcow2StreamOptionsFrom(driverOptions(FORMAT, QCOW2_STREAM_OPTIONS, rest, { extra: STREAM_TYPED_ONLY, what: 'stream option' }));
 }
 
 async function planQcow2Stream(source: Disk, options: Qcow2StreamOptions): Promise<Qcow2StreamPlan> {

@@ -13,7 +13,7 @@
  * leaked blocks, a BAT sector torn or not points only at finished blocks.
  * The finished file is byte for byte the general writer's.
  */
-import { checkOptionKeys, diskClosedError, extentRange, isAllZero, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
+import { diskClosedError, driverOptions, extentRange, isAllZero, joinPlacedExtent, PlacedRuns, type DriverCreateOptions } from '@img/block';
 import type { Disk, Extent, ExtentOptions, FreshImageWriter, Storage } from '@img/block';
 import { emptyBatBytes } from './bat.js';
 import { createVhdImage, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS } from './create.js';
@@ -34,9 +34,9 @@ type WriterState = 'open' | 'finishing' | 'finished' | 'aborted';
  * the options need the general writer (fixed and differencing disks).
  * Options are checked as the driver's create checks them.
  */
-export async function createVhdFresh(storage: Storage, options: DriverCreateOptions): Promise<FreshImageWriter | undefined> {
+export async function createVhdFresh(storage: Storage, given: DriverCreateOptions): Promise<FreshImageWriter | undefined> {
+  const options = driverOptions(FORMAT, VHD_CREATE_OPTIONS, given, { extra: VHD_TYPED_CREATE_KEYS }) as DriverCreateOptions;
   if (storage.readOnly || options.backingFile !== undefined) return undefined;
-  checkOptionKeys(FORMAT, VHD_CREATE_OPTIONS, options, VHD_TYPED_CREATE_KEYS);
   const typed = vhdCreateOptionsFrom(options);
   if ((typed.type ?? 'dynamic') !== 'dynamic' || typed.parent) return undefined;
   if (options.resolver) typed.resolver = options.resolver;

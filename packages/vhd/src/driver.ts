@@ -1,6 +1,6 @@
 /** vhdDriver: the FormatDriver @img/convert registers for "vhd" (alias "vpc"). */
 import type { DriverCreateOptions, FormatDriver, Storage } from '@img/block';
-import { checkOptionKeys, invalidArg, optionHelp } from '@img/block';
+import { driverOptions, invalidArg, optionHelp } from '@img/block';
 import { createVhdFresh } from './bulk-writer.js';
 import { checkVhd } from './check.js';
 import { createVhd, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, VHD_TYPED_CREATE_KEYS, type VhdCreateOptions } from './create.js';
@@ -28,8 +28,8 @@ export function probeVhd(head: Uint8Array, size: number, tail?: Uint8Array): num
   return 0;
 }
 
-async function create(storage: Storage, options: DriverCreateOptions): Promise<VhdDisk> {
-  checkOptionKeys('vhd', VHD_CREATE_OPTIONS, options, VHD_TYPED_CREATE_KEYS);
+async function create(storage: Storage, given: DriverCreateOptions): Promise<VhdDisk> {
+  const options = driverOptions('vhd', VHD_CREATE_OPTIONS, given, { extra: VHD_TYPED_CREATE_KEYS }) as DriverCreateOptions;
   const typed: VhdCreateOptions = vhdCreateOptionsFrom(options);
   const backing = options.backingFile;
   const backingFormat = options.backingFormat;
@@ -52,7 +52,9 @@ async function create(storage: Storage, options: DriverCreateOptions): Promise<V
 }
 
 /**
- * The VHD format driver: name "vhd", alias "vpc".
+ * The VHD format driver: name "vhd", alias "vpc". Its create, createFresh
+ * and stream take options under typed keys (`blockSize`, `type`) or `-o`
+ * names (`block_size`, `subformat`).
  *
  * @example
  * ```ts

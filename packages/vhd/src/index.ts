@@ -9,7 +9,7 @@ export { coalesceVhd, type VhdCoalesceOptions, type VhdCoalesceResult } from './
 export { compactVhd, type VhdCompactOptions, type VhdCompactResult } from './compact.js';
 export { sparsifyVhd, DEFAULT_MIN_ZERO_RUN, type VhdSparsifyOptions, type VhdSparsifyResult } from './sparsify.js';
 export { vhdDriver, probeVhd } from './driver.js';
-export { streamVhd, createVhdStream, vhdStreamOptionsFrom, type VhdStreamOptions } from './stream.js';
+export { streamVhd, createVhdStream, vhdStreamOptionsFrom, VHD_STREAM_OPTIONS, type VhdStreamOptions } from './stream.js';
 export { readVhdStream, type VhdReadStreamOptions } from './read-stream.js';
 // The codecs: the spec's structures, parsed and serialized.
 export { parseFooter, serializeFooter, footerChecksum, diskTypeName, toVhdTimestamp, fromVhdTimestamp, FOOTER_SIZE, FOOTER_COOKIE, COALESCE_COOKIE, DISK_TYPE, type VhdFooter, type VhdType } from './footer.js';

@@ -4,10 +4,10 @@
  * only), every table is laid out, then footer copy, dynamic header, BAT,
  * blocks (bitmap + data) and footer are emitted in file order.
  */
-import { extentRange, invalidArg, isAllZero, parseBool, type Disk, type ImageStream } from '@img/block';
+import { checkOptionKeys, driverOptions, extentRange, invalidArg, isAllZero, parseBool, type Disk, type ImageStream, type OptionTable } from '@img/block';
 import { BAT_UNUSED, MAX_BAT_ENTRIES, batBytes, serializeBat } from './bat.js';
 import { bitmapSize } from './bitmap.js';
-import { checkedBlockSize, newFooter, vhdCreateOptionsFrom, type VhdCreateOptions } from './create.js';
+import { checkedBlockSize, newFooter, vhdCreateOptionsFrom, VHD_CREATE_OPTIONS, type VhdCreateOptions } from './create.js';
 import { DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, DYNAMIC_HEADER_VERSION, emptyLocator, serializeDynamicHeader } from './dynamic-header.js';
 import { FOOTER_SIZE, NO_DATA_OFFSET, serializeFooter } from './footer.js';
 import { VHD_MAX_SIZE, VHD_SECTOR, chsForSectors } from './geometry.js';
@@ -43,26 +43,42 @@ interface VhdStreamPlan {
   length: number;
 }
 
-/** Maps the CLI's strings (`subformat`, `block_size`, `detect_zeroes`) and typed keys to VhdStreamOptions. */
+/** The options a stream takes: typed key, `-o` name, help. `uuid`, `timestamp`, `creator` and `chunkSize` have no `-o` name. */
+export const VHD_STREAM_OPTIONS: OptionTable = [
+  ...VHD_CREATE_OPTIONS.filter((o) => o.key === 'type' || o.key === 'blockSize'),
+  { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: blocks holding only zeros stay unallocated (reads the data twice)' },
+];
+
+/** Typed keys of VhdStreamOptions that have no `-o` name. */
+const STREAM_TYPED_ONLY = ['uuid', 'timestamp', 'creator', 'chunkSize'];
+
+/**
+ * Maps typed keys or the CLI's `-o` names (`subformat`, `block_size`,
+ * `detect_zeroes`) to VhdStreamOptions (what vhdDriver.stream takes).
+ * Differencing disks and force_size are refused; so is a key no stream
+ * takes (the error lists those it takes).
+ */
 export function vhdStreamOptionsFrom(options: Record<string, unknown> = {}): VhdStreamOptions {
-  const typed = vhdCreateOptionsFrom({ ...options, size: undefined });
-  if (typed.type === 'differencing' || typed.parent || options.backing_file !== undefined || options.backingFile !== undefined) {
+  const { parent, backingFile, backing_file, backingFormat: _bf, backing_fmt: _bfmt, forceSize, force_size, ...rest } = options;
+  const typed = driverOptions(FORMAT, VHD_STREAM_OPTIONS, rest, { extra: STREAM_TYPED_ONLY, what: 'stream option' });
+  if (typed.type === 'differencing' || parent !== undefined || backing_file !== undefined || backingFile !== undefined) {
     throw invalidArg(FORMAT, 'a stream holds a whole disk: differencing VHDs cannot be streamed (subformat=dynamic or fixed)', { field: 'subformat' });
   }
-  if (typed.forceSize !== undefined) throw invalidArg(FORMAT, 'force_size is not supported by the streaming writer (it writes the exact size, creator "win ")', { field: 'force_size' });
+  if ((forceSize ?? force_size) !== undefined) throw invalidArg(FORMAT, 'force_size is not supported by the streaming writer (it writes the exact size, creator "win ")', { field: 'force_size' });
+  const created = vhdCreateOptionsFrom({ ...typed, size: undefined });
   const out: VhdStreamOptions = {};
-  if (typed.type) out.type = typed.type;
-  if (typed.blockSize !== undefined) out.blockSize = typed.blockSize;
-  if (typed.uuid !== undefined) out.uuid = typed.uuid;
-  if (typed.timestamp !== undefined) out.timestamp = typed.timestamp;
-  if (typed.creator !== undefined) out.creator = typed.creator;
-  if (typeof options.chunkSize === 'number') out.chunkSize = options.chunkSize;
-  const dz = options.detectZeroes ?? options.detect_zeroes;
-  if (dz !== undefined) out.detectZeroes = parseBool(dz as string | boolean, 'detect_zeroes');
+  if (created.type) out.type = created.type as 'dynamic' | 'fixed';
+  if (created.blockSize !== undefined) out.blockSize = created.blockSize;
+  if (created.uuid !== undefined) out.uuid = created.uuid;
+  if (created.timestamp !== undefined) out.timestamp = created.timestamp;
+  if (created.creator !== undefined) out.creator = created.creator;
+  if (typeof typed.chunkSize === 'number') out.chunkSize = typed.chunkSize;
+  if (typed.detectZeroes !== undefined) out.detectZeroes = parseBool(typed.detectZeroes as string | boolean, 'detect_zeroes');
   return out;
 }
 
 async function planVhdStream(source: Disk, options: VhdStreamOptions): Promise<VhdStreamPlan> {
+  checkOptionKeys(FORMAT, VHD_STREAM_OPTIONS, options, STREAM_TYPED_ONLY, 'stream option');
   const type = options.type ?? 'dynamic';
   if (type !== 'dynamic' && type !== 'fixed') throw invalidArg(FORMAT, `a stream is a dynamic or fixed VHD, not ${String(type)}`, { field: 'type' });
   const size = Math.ceil(source.size / VHD_SECTOR) * VHD_SECTOR;

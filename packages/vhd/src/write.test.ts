@@ -68,14 +68,19 @@ describe('create and write (memory), checked against a flat model', () => {
     await expectContent(await openVhd(MemoryStorage.from(storage.toBytes())), model);
   });
 
-  it('vhdDriver.create takes typed keys with string values, and refuses -o names', async () => {
+  it('vhdDriver.create takes typed keys with string values, or the -o names; createVhd the typed keys only', async () => {
     const fixed = await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, type: 'fixed' });
-    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, subformat: 'fixed' })).rejects.toMatchObject({
+    expect((await fixed.info!()).formatSpecific!.type).toBe('fixed');
+    const spelt = (await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, subformat: 'dynamic', block_size: '64k', force_size: 'on' })) as VhdDisk;
+    expect(spelt.footer.creatorApp).toBe('qem2');
+    expect((await spelt.info()).clusterSize).toBe(65536);
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, blockSize: '64k', block_size: '64k' })).rejects.toThrow(/"blockSize" is given twice/);
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, blok_size: '64k' })).rejects.toThrow(/did you mean blockSize\?/);
+    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, zzz: 1 })).rejects.toThrow(/known options: size, type \(subformat\), blockSize \(block_size\)/);
+    await expect(createVhd(new MemoryStorage(), { size: 1_000_000, subformat: 'fixed' } as never)).rejects.toMatchObject({
       code: 'ERR_IMG_INVALID_ARG',
       message: expect.stringContaining('"subformat" (did you mean type?)'),
     });
-    await expect(vhdDriver.create(new MemoryStorage(), { size: 1_000_000, block_size: '64k' })).rejects.toThrow(/did you mean blockSize\?/);
-    expect((await fixed.info!()).formatSpecific!.type).toBe('fixed');
     const dyn = (await vhdDriver.create(new MemoryStorage(), { size: 1_000_000, blockSize: '64k', forceSize: 'on' })) as VhdDisk;
     expect(dyn.footer.creatorApp).toBe('qem2');
     expect(dyn.footer.geometry).toEqual({ cylinders: 65535, heads: 16, sectorsPerTrack: 255 });

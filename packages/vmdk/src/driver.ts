@@ -1,5 +1,5 @@
 /** vmdkDriver: the FormatDriver @img/convert registers for "vmdk". */
-import { findSignatures, invalidArg, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
+import { driverOptions, findSignatures, invalidArg, optionHelp, type DriverCreateOptions, type FormatDriver, type Storage } from '@img/block';
 import { checkVmdk } from './check.js';
 import { createVmdk, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS } from './create.js';
 import { createVmdkFresh } from './bulk-writer.js';
@@ -15,8 +15,14 @@ export function probeVmdk(head: Uint8Array, size: number): number {
   return findSignatures(head, size).some((m) => m.format === FORMAT) ? 100 : 0;
 }
 
+/** Create options from a record: typed keys or `-o` names (`adapter_type`), and the backing file the plumbing passes. */
+function typedCreateOptions(options: DriverCreateOptions): DriverCreateOptions {
+  return driverOptions(FORMAT, VMDK_CREATE_OPTIONS, options, { extra: ['backingFile', 'backingFormat'] }) as DriverCreateOptions;
+}
+
 /** create(): with a backing file, a monolithicSparse child of that VMDK (opened through the resolver, read-only). */
-async function create(storage: Storage, options: DriverCreateOptions): Promise<VmdkDisk> {
+async function create(storage: Storage, given: DriverCreateOptions): Promise<VmdkDisk> {
+  const options = typedCreateOptions(given);
   const { backingFile, backingFormat, formats: _f, noBacking: _nb, ...rest } = options;
   const typed = vmdkCreateOptionsFrom(rest);
   if (backingFile === undefined) return createVmdk(storage, typed);
@@ -40,7 +46,9 @@ async function create(storage: Storage, options: DriverCreateOptions): Promise<V
 }
 
 /**
- * The VMDK format driver: name "vmdk".
+ * The VMDK format driver: name "vmdk". Its create, createFresh and stream
+ * take options under typed keys (`adapterType`) or `-o` names
+ * (`adapter_type`).
  *
  * @example
  * ```ts
@@ -52,7 +60,7 @@ export const vmdkDriver: FormatDriver = {
   probe: probeVmdk,
   open: async (storage, options) => openVmdk(storage, options ?? {}),
   create,
-  createFresh: (storage, options) => createVmdkFresh(storage, options),
+  createFresh: async (storage, options) => createVmdkFresh(storage, typedCreateOptions(options)),
   check: async (storage, options) => {
     if (options?.repair) throw unsupported(FORMAT, storage.name, 'repairing a VMDK is not supported', { field: 'repair' });
     return checkVmdk(storage, { ...(options?.resolver ? { resolver: options.resolver } : {}) });

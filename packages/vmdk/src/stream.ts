@@ -7,11 +7,11 @@
  * the stream (stream-layout.ts). Compression makes the length unknown
  * until the end: the ImageStream's length is -1.
  */
-import { alignDown, alignUp, isAllZero, startedAhead, unsupported, type Disk, type ImageStream } from '@img/block';
+import { alignDown, alignUp, driverOptions, isAllZero, startedAhead, unsupported, type Disk, type ImageStream } from '@img/block';
 import { FORMAT } from './image.js';
 import { deflateGrains } from './compression.js';
 import { serializeDescriptor } from './descriptor.js';
-import { DEFAULT_GRAIN_SECTORS, vmdkCreateOptionsFrom, type VmdkCreateOptions } from './create.js';
+import { DEFAULT_GRAIN_SECTORS, vmdkCreateOptionsFrom, VMDK_CREATE_OPTIONS, type VmdkCreateOptions } from './create.js';
 import { ADAPTER_TYPES, DEFAULT_HW_VERSION, DEFAULT_TOOLS_VERSION, newDescriptor, type AdapterType } from './new-descriptor.js';
 import { SECTOR } from './sparse-header.js';
 import { STREAM_GTES_PER_GT, StreamLayout } from './stream-layout.js';
@@ -141,10 +141,15 @@ async function* emit(source: Disk, layout: StreamLayout, onFinish: VmdkStreamOpt
   onFinish?.({ grains, grainBytes });
 }
 
-/** streamVmdk's options from what the registry passes (`-o` names mapped to typed keys; subformat must be streamOptimized). */
+/**
+ * streamVmdk's options from what the registry passes: typed keys or `-o`
+ * names (`adapter_type`), and `detectZeroes` (a stream never stores zero
+ * grains anyway) and `fileName`; subformat must be streamOptimized.
+ */
 export function vmdkStreamOptionsFrom(options: Record<string, unknown> = {}): VmdkStreamOptions {
-  const { detectZeroes: _ignored, fileName, ...rest } = options;
-  const typed = vmdkCreateOptionsFrom({ ...rest, size: 1 });
+  const table = VMDK_CREATE_OPTIONS.filter((o) => o.key !== 'size');
+  const { detectZeroes: _ignored, detect_zeroes: _ignoredToo, fileName, size: _size, ...rest } = options;
+  const typed = vmdkCreateOptionsFrom({ ...driverOptions(FORMAT, table, rest, { what: 'stream option' }), size: 1 });
   const out: VmdkStreamOptions = {};
   if (typed.adapterType) out.adapterType = typed.adapterType;
   if (typed.hwVersion) out.hwVersion = typed.hwVersion;
