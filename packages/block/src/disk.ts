@@ -196,7 +196,16 @@ export interface OpenOptions {
   maxChainDepth?: number;
   /** Open backing files / parents writable too (commit needs it). */
   backingWritable?: boolean;
-  /** Internal: the names of images already open above this one, for cycle detection. */
+}
+
+/**
+ * OpenOptions as a format passes them on when it opens a backing file or
+ * parent (through another format's driver, too): they also carry the names
+ * of the images already open above it, for cycle detection. Formats read
+ * `chain`; callers of `open()` never set it.
+ */
+export interface ChainOpenOptions extends OpenOptions {
+  /** The names (`Storage.name`) of the images already open above this one, top first. */
   chain?: readonly string[];
 }
 

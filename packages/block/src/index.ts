@@ -77,6 +77,7 @@ export {
   type ResolveRequest,
   type Resolver,
   type OpenOptions,
+  type ChainOpenOptions,
   type CreateOptions,
   type DriverCreateOptions,
   type FormatRegistryLike,

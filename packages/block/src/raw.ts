@@ -200,7 +200,7 @@ export async function openRaw(storage: Storage, options: OpenOptions = {}): Prom
 
 export interface RawCreateOptions extends CreateOptions {
   /** "off" (sparse, default), "falloc" (fallocate, else zeros) or "full" (zeros): every byte then has its place in the file. */
-  preallocation?: 'off' | 'falloc' | 'full' | string;
+  preallocation?: 'off' | 'falloc' | 'full';
 }
 
 /** The options createRaw accepts (qemu-img's raw driver takes size and preallocation). */

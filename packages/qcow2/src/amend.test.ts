@@ -65,7 +65,7 @@ describe('parseAmendOptions', () => {
       expect(() => parseAmendOptions({ refcountBits: bad }), bad).toThrow('Refcount width must be a power of two and may not exceed 64 bits');
     }
     expect(parseAmendOptions({ refcountBits: '8', dataFile: 'd.raw' })).toMatchObject({ refcountOrder: 3, dataFile: 'd.raw' });
-    expect(() => parseAmendOptions({ compat: '0.9' })).toThrow(/invalid compat/);
+    expect(() => parseAmendOptions({ compat: '0.9' as never })).toThrow(/invalid compat/);
     expect(() => parseAmendOptions({ lazyRefcounts: 'maybe' })).toThrow("Parameter 'lazy_refcounts' expects 'on' or 'off'");
     expect(() => parseAmendOptions({})).toThrow(/nothing to amend/);
   });

@@ -49,7 +49,7 @@ export interface Qcow2AmendOptions {
   /** true/'on' or false/'off'. On needs version 3. */
   lazyRefcounts?: boolean | string;
   /** '1.1'/'v3'/3 or '0.10'/'v2'/2. */
-  compat?: '0.10' | '1.1' | 'v2' | 'v3' | string | number;
+  compat?: '0.10' | '1.1' | 'v2' | 'v3' | '2' | '3' | 2 | 3;
   /** Refcount width: 1, 2, 4, 8, 16, 32 or 64 (other than 16 needs version 3); the refcount structures are rewritten. */
   refcountBits?: number | string;
   /** The external data file's name (an image that has one; the file itself is not touched). */

@@ -3,7 +3,7 @@
  * through the caller's resolver, never through the file system directly.
  */
 import { ERROR_CODES, ImageError, PROBE_BYTES, cannotOpenError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, unsafe, unsupported } from '@img/block';
-import type { Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
+import type { ChainOpenOptions, Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
 
 const FORMAT = 'qcow2';
 /** Default bound on chain depth. */
@@ -24,7 +24,7 @@ export interface OpenedBacking {
  * Opens the backing file `name` of the image in `from`. `format` is the
  * backing format extension's value (undefined: probe among `formats`).
  */
-export async function openBacking(from: Storage, name: string, format: string | undefined, options: OpenOptions, formats: FormatRegistryLike): Promise<OpenedBacking> {
+export async function openBacking(from: Storage, name: string, format: string | undefined, options: ChainOpenOptions, formats: FormatRegistryLike): Promise<OpenedBacking> {
   const file = from.name;
   if (options.untrusted) {
     throw unsafe(FORMAT, file, `refusing to open backing file "${name}" of an untrusted image`, { field: 'backing_file' });
@@ -58,7 +58,8 @@ export async function openBacking(from: Storage, name: string, format: string | 
     const driver = formats.get(chosen);
     if (!driver) throw unsupported(FORMAT, file, `backing file "${name}" has format "${chosen}", which is not registered`, { field: 'backing format', actual: chosen });
     // Only the immediate backing file is opened writable (commit writes into it), never deeper layers.
-    const disk = await driver.open(storage, { ...options, readOnly: !writable, backingWritable: false, chain });
+    const below: ChainOpenOptions = { ...options, readOnly: !writable, backingWritable: false, chain };
+    const disk = await driver.open(storage, below);
     return { disk, format: driver.name, probed, fullName: storage.name };
   } catch (e) {
     await storage.close().catch(() => undefined);

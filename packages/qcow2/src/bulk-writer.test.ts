@@ -208,7 +208,7 @@ describe('createQcow2Fresh', () => {
   });
 
   it('declines what needs the general writer, and checks options as createQcow2 does', async () => {
-    for (const o of [{ preallocation: 'metadata' }, { preallocation: 'full' }, { backingFile: 'base.qcow2', backingFormat: 'qcow2' }, { dataFile: 'data.raw' }]) {
+    for (const o of [{ preallocation: 'metadata' }, { preallocation: 'full' }, { backingFile: 'base.qcow2', backingFormat: 'qcow2' }, { dataFile: 'data.raw' }] as const) {
       expect(await createQcow2Fresh(new MemoryStorage(), { size: MiB, ...o })).toBeUndefined();
     }
     await expect(createQcow2Fresh(new MemoryStorage(), { size: MiB, clusterSize: '3k' })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG' });

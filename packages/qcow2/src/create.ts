@@ -46,7 +46,7 @@ export interface Qcow2CreateOptions extends CreateOptions {
   /** Virtual size in bytes (rounded up to 512 as qemu does). */
   size: number;
   /** "v3"/"1.1"/3 (default) or "v2"/"0.10"/2. */
-  compat?: string | number;
+  compat?: 'v3' | '1.1' | '3' | 3 | 'v2' | '0.10' | '2' | 2;
   /** Cluster size, 512 B to 2 MiB, power of two (default 64 KiB). */
   clusterSize?: number | string;
   /** Refcount width in bits: 1, 2, 4, 8, 16 (default), 32, 64. */
@@ -54,9 +54,10 @@ export interface Qcow2CreateOptions extends CreateOptions {
   lazyRefcounts?: boolean | string;
   /** Extended L2 entries with 32 subclusters (clusters of at least 16 KiB). */
   extendedL2?: boolean | string;
-  compressionType?: 'zlib' | 'zstd' | string;
+  /** How compressed clusters are stored: zlib (default, deflate) or zstd (v3, header length 112). */
+  compressionType?: 'zlib' | 'zstd';
   /** off (default), metadata, falloc or full (falloc reserves the data clusters as full does, laid out as qemu's). */
-  preallocation?: 'off' | 'metadata' | 'falloc' | 'full' | string;
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
   /** Backing file name, stored as given. */
   backingFile?: string;
   backingFormat?: string;

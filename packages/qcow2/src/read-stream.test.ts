@@ -89,7 +89,7 @@ describe('readQcow2Stream / qcow2Driver.readStream', () => {
   it('our streams decode to the source, whatever the chunking and layout', async () => {
     const d = await sample();
     const want = await d.read(0, d.size);
-    for (const options of [{}, { clusterSize: '512', refcountBits: 1 }, { compat: 'v2' }, { extendedL2: true, clusterSize: '64k' }, { detectZeroes: 'on', clusterSize: '2M' }]) {
+    for (const options of [{}, { clusterSize: '512', refcountBits: 1 }, { compat: 'v2' }, { extendedL2: true, clusterSize: '64k' }, { detectZeroes: 'on', clusterSize: '2M' }] as const) {
       const bytes = await collect((await createQcow2Stream(d, options)).chunks);
       for (const seed of [1, 2]) {
         const src = await qcow2Driver.readStream!(chunked(bytes, seed));

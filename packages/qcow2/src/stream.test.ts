@@ -19,7 +19,7 @@ async function streamToBytes(it: AsyncIterable<Uint8Array>): Promise<Uint8Array>
 }
 
 describe('streamQcow2', () => {
-  for (const options of [{}, { clusterSize: '4k' }, { clusterSize: 512, refcountBits: 1 }, { compat: 'v2', clusterSize: '8k' }, { extendedL2: true, clusterSize: '32k' }]) {
+  for (const options of [{}, { clusterSize: '4k' }, { clusterSize: 512, refcountBits: 1 }, { compat: 'v2', clusterSize: '8k' }, { extendedL2: true, clusterSize: '32k' }] as const) {
     it(`reads back as its source: ${JSON.stringify(options)}`, async () => {
       const src = await createQcow2(new MemoryStorage(), { size: 3 * 1024 * 1024 + 512, clusterSize: '4k' });
       await src.write(1000, seededBytes(300_000, 1));

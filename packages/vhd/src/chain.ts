@@ -3,7 +3,7 @@
  * MacX, then the deprecated ones), the parent unicode name and a search
  * path; checking its unique id; depth limit and cycle detection.
  */
-import { ERROR_CODES, ImageError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, parentMismatchError, type Storage } from '@img/block';
+import { ERROR_CODES, ImageError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, parentMismatchError, type ChainOpenOptions, type Storage } from '@img/block';
 import { VhdDisk } from './disk.js';
 import { fromVhdTimestamp } from './footer.js';
 import type { VhdOpenOptions } from './open-options.js';
@@ -17,7 +17,7 @@ export const DEFAULT_MAX_CHAIN_DEPTH = 64;
 const LOCATOR_ORDER = [PLATFORM_CODE.W2RU, PLATFORM_CODE.W2KU, PLATFORM_CODE.MACX, PLATFORM_CODE.WI2R, PLATFORM_CODE.WI2K];
 
 /** Open options as they pass down a chain: with the unique ids of the layers above (cycle detection). */
-export interface LayerOptions extends VhdOpenOptions {
+export interface LayerOptions extends VhdOpenOptions, ChainOpenOptions {
   uuids?: readonly string[];
 }
 

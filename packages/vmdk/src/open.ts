@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type ChainOpenOptions, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -236,7 +236,7 @@ async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number
 }
 
 /** Opens the parent named by parentFileNameHint (its CID is compared with parentCID by the caller, and matters only to writes). */
-async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions): Promise<{ disk: Disk; name: string; cid: number } | undefined> {
+async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpenOptions & ChainOpenOptions): Promise<{ disk: Disk; name: string; cid: number } | undefined> {
   const file = storage.name;
   const name = descriptorField(d, 'parentFileNameHint');
   if (name === undefined || name === '' || options.noBacking) return undefined;
@@ -252,7 +252,8 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
   }
   let disk: VmdkDisk;
   try {
-    disk = await openVmdk(parentStorage, { ...options, readOnly: !(options.backingWritable ?? false), chain });
+    const below: VmdkOpenOptions & ChainOpenOptions = { ...options, readOnly: !(options.backingWritable ?? false), chain };
+    disk = await openVmdk(parentStorage, below);
   } catch (e) {
     await parentStorage.close().catch(() => undefined);
     throw e;

@@ -29,7 +29,7 @@ describe('compression worker pool', () => {
   });
 
   it('concurrent writeCompressed calls (zstd and deflate) land whole: the workers start under load', async () => {
-    for (const compressionType of ['zstd', 'zlib']) {
+    for (const compressionType of ['zstd', 'zlib'] as const) {
       const cs = 16384;
       const storage = new MemoryStorage({ name: 'p.qcow2' });
       const disk = await createQcow2(storage, { size: 8 << 20, clusterSize: cs, compressionType: compressionType });

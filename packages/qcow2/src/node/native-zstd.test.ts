@@ -84,7 +84,7 @@ describe.runIf(nativeZstdAvailable())('zstd clusters through the native helper',
 });
 
 describeQemu('compressed writes: refcounts written once per batch', () => {
-  for (const compressionType of ['zstd', 'zlib']) {
+  for (const compressionType of ['zstd', 'zlib'] as const) {
     it(`${compressionType}: 64 clusters that share host clusters take a handful of writes, and qemu-img reads them back`, async () => {
       const cs = 65536;
       const storage = new CountingStorage({ name: 'c.qcow2' });
