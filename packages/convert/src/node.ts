@@ -160,7 +160,24 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   registry?: FormatRegistry;
   forceFormat?: boolean;
   untrusted?: boolean;
-  /** Keep a half-written output after a failure (default: remove it). */
+  /**
+   * Keep the output after a failure or an abort (default: remove it). What
+   * the kept file holds depends on the writer:
+   * - a new qcow2, dynamic VHD or monolithicSparse VMDK file written by the
+   *   format's one-pass writer (the default for these, see `bulk`): a
+   *   valid **empty** image of the full virtual size, reading as zeros.
+   *   These writers write their tables (L1/L2 and refcounts, BAT, grain
+   *   tables) once at the end, so the data copied before the failure is
+   *   cut off the file, not kept.
+   * - raw, and every image the general writer makes (`bulk: false`;
+   *   qcow2 with `compress`, a backing file, preallocation or a data file;
+   *   a fixed or differencing VHD; monolithicFlat and twoGbMaxExtent*
+   *   VMDKs): the image as far as the copy got; it opens, and what was
+   *   copied before the failure reads back (the rest as zeros, or from the
+   *   backing file).
+   * - a stream written to a file (streamOptimized VMDK): the bytes
+   *   written so far, with no footer: not an image a reader opens.
+   */
   keepPartial?: boolean;
   /** Convert this internal snapshot (id or name) of the source instead of its current state (-l). */
   snapshot?: string;
