@@ -108,3 +108,30 @@ describeQemu('fields qemu-img ignores: qemu-img reads the same bytes', () => {
     });
   }
 });
+
+describeQemu('a sparse extent that ends before its first grain is refused at open, as qemu-img refuses it', () => {
+  it('cut inside the metadata: ERR_IMG_CORRUPT naming the file, its size and where grains start; one byte into the last metadata sector opens', async () => {
+    const full = join(dir.path, 'cut-full.vmdk');
+    qemuImg(['create', '-q', '-f', 'vmdk', full, '32M']);
+    const bytes = readFileSync(full);
+    const overHead = Number(bytes.readBigUInt64LE(64));
+    const grains = overHead * 512;
+    for (const size of [600, 30000, grains - 512]) {
+      const cut = join(dir.path, `cut-${size}.vmdk`);
+      writeFileSync(cut, bytes.subarray(0, size));
+      expect(qemuImg(['info', cut], { allowFail: true }).stderr).toContain(`File truncated, expecting at least ${grains} bytes`);
+      const err = await openVmdk(MemoryStorage.from(bytes.subarray(0, size), { name: 'cut.vmdk' })).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(ImageError.isInstance(err)).toBe(true);
+      expect((err as ImageError).code).toBe('ERR_IMG_CORRUPT');
+      expect((err as Error).message).toBe(`vmdk: cut.vmdk: the file is truncated: it is ${size} bytes, and its grains start at sector ${overHead} (${grains} bytes)`);
+    }
+    // qemu counts whole sectors: a file one byte into the sector before the first grain opens in both.
+    const partial = join(dir.path, 'cut-partial.vmdk');
+    writeFileSync(partial, bytes.subarray(0, grains - 511));
+    expect(qemuImg(['info', partial]).status).toBe(0);
+    await (await openVmdk(MemoryStorage.from(bytes.subarray(0, grains - 511), { name: 'cut.vmdk' }))).close();
+  });
+});

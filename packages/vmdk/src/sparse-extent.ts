@@ -113,6 +113,15 @@ export async function openSparseExtent(storage: Storage, head?: Uint8Array): Pro
   const headHeader = parseSparseHeader(first, 0, file);
   const h = headHeader.gdOffset === GD_AT_END ? await readFooter(storage, fileSize) : headHeader;
   const gdEntries = validate(h, file);
+  // As qemu (sectors, the file's length rounded up): a file that ends before the first grain is truncated, refused at open.
+  if (Math.ceil(fileSize / SECTOR) < h.overHead) {
+    throw corrupt(FORMAT, file, `the file is truncated: it is ${fileSize} bytes, and its grains start at sector ${h.overHead} (${h.overHead * SECTOR} bytes)`, {
+      field: 'overHead',
+      offset: headHeader === h ? 64 : fileSize - 2 * SECTOR + 64,
+      expected: h.overHead * SECTOR,
+      actual: fileSize,
+    });
+  }
   const regions: Region[] = [{ start: 0, end: SECTOR, what: 'header' }];
   const out: Partial<OpenedSparseExtent> = {};
   if (headHeader.descriptorOffset > 0 && headHeader.descriptorSize > 0) {
