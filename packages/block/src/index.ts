@@ -11,6 +11,7 @@ export {
   unsafe,
   invalidArg,
   readOnlyError,
+  readOnlyStorageError,
   closedError,
   diskClosedError,
   abortError,

@@ -8,7 +8,7 @@ import { checkDiskRange, checkDiskData, alignUp } from './disk-util.js';
 import { DiskOperations } from './disk-operations.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
 import { preallocateRange } from './preallocate.js';
-import { abortError, invalidArg, readOnlyError, unsupported } from './errors.js';
+import { abortError, invalidArg, readOnlyError, readOnlyStorageError, unsupported } from './errors.js';
 import { extentRange, mergeExtents } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
@@ -194,7 +194,7 @@ export class RawDisk implements Disk {
 /** Opens a raw image over a storage. */
 export async function openRaw(storage: Storage, options: OpenOptions = {}): Promise<RawDisk> {
   const readOnly = options.readOnly ?? true;
-  if (!readOnly && storage.readOnly) throw readOnlyError('raw', storage.name);
+  if (!readOnly && storage.readOnly) throw readOnlyStorageError('raw', storage.name);
   return new RawDisk(storage, await storage.size(), readOnly || storage.readOnly);
 }
 

@@ -1,7 +1,7 @@
 // Invariants every published package keeps: ESM exports with types first,
 // no side effects, public access, Node >= 20, and no Node-only imports in
 // core modules (only the node entry points and the CLI may use them).
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '@img/testkit';
@@ -61,6 +61,11 @@ describe('package invariants', () => {
       expect(readFileSync(join(packagesDir, name, 'LICENSE'), 'utf8')).toBe(readFileSync(join(repoRoot, 'LICENSE'), 'utf8'));
       expect(readFileSync(join(repoRoot, 'LICENSE'), 'utf8')).toMatch(/^MIT License\n\nCopyright \(c\) 2026 img contributors\n/);
       expect(pkg.private).toBeUndefined();
+      // The npm page: a README of its own, and where the repository (and what the README names outside the package) is.
+      expect(existsSync(join(packagesDir, name, 'README.md')), 'README.md').toBe(true);
+      expect(pkg.repository).toEqual({ type: 'git', url: 'git+https://github.com/img-project/img.git', directory: `packages/${name}` });
+      // The declaration and source maps point into src/: it ships, without the tests and test helpers.
+      expect(pkg.files).toEqual(expect.arrayContaining(['src', '!src/**/*.test.ts', '!src/**/test-*.ts']));
       for (const [key, entry] of Object.entries(pkg.exports as Record<string, unknown>)) {
         if (typeof entry === 'string') continue;
         expect(Object.keys(entry as object)[0], `exports["${key}"] lists types first`).toBe('types');
