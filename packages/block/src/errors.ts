@@ -124,6 +124,14 @@ export function readOnlyError(format: string, file: string | undefined): ImageEr
   return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'image is open read-only', { data: { format, file } });
 }
 
+/**
+ * A writable open asked of a storage opened read-only (ERR_IMG_READ_ONLY):
+ * the fix is in how the storage was opened, and the message says so.
+ */
+export function readOnlyStorageError(format: string, file: string | undefined): ImageError {
+  return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + 'cannot open the image for writing: its storage was opened read-only (open it writable, e.g. FileStorage.open(path, { readOnly: false }))', { data: { format, file, field: 'readOnly' } });
+}
+
 /** A storage or image used after close(). */
 /** A Disk used after its close(): "qcow2: a.qcow2: disk is closed". */
 export function diskClosedError(format: string, file: string | undefined): ImageError {

@@ -3,7 +3,7 @@
  * before anything is allocated, opens the backing image and the external
  * data file through the resolver, and returns a Qcow2Disk.
  */
-import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, hex, readOnlyError, invalidArg, utf8Decode } from '@img/block';
+import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, hex, readOnlyStorageError, invalidArg, utf8Decode } from '@img/block';
 import type { OpenOptions, Storage } from '@img/block';
 import { MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_DATA_FILE } from './constants.js';
 import { headerClusterSize, validateHeaderCluster } from './header-check.js';
@@ -68,7 +68,7 @@ interface OpenOrigin {
 export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions = {}, origin: OpenOrigin = {}): Promise<Qcow2Image> {
   const file = storage.name;
   const readOnly = options.readOnly ?? true;
-  if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, file);
+  if (!readOnly && storage.readOnly) throw readOnlyStorageError(FORMAT, file);
   const fileSize = await storage.size();
   const head = await storage.read(0, Math.min(fileSize, 4096));
   if (!hasQcow2Magic(head)) {

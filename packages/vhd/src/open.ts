@@ -3,7 +3,7 @@
  * parent chain through the resolver (chain.ts), and hand the core
  * (VhdImage) to its public facade (VhdDisk).
  */
-import { readOnlyError, unsafe, type Resolver, type Storage } from '@img/block';
+import { readOnlyStorageError, unsafe, type Resolver, type Storage } from '@img/block';
 import { openParent, type LayerOptions } from './chain.js';
 import { VhdDisk } from './disk.js';
 import { VhdImage } from './image.js';
@@ -22,7 +22,7 @@ export { vhdOpenOptionsFrom, type VhdOpenOptions } from './open-options.js';
  */
 export async function loadVhdImage(storage: Storage, options: LayerOptions = {}): Promise<VhdImage> {
   const readOnly = options.readOnly ?? true;
-  if (!readOnly && storage.readOnly) throw readOnlyError(FORMAT, storage.name);
+  if (!readOnly && storage.readOnly) throw readOnlyStorageError(FORMAT, storage.name);
   const state = await readVhdLayout(storage, options);
   if (options.resolver && !options.untrusted) state.resolver = options.resolver;
   if (state.type === 'differencing' && !options.noBacking) {

@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, unsafe, unsupported, wrongFormat, type ChainOpenOptions, type Disk, type OpenOptions, type Storage } from '@img/block';
+import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, readOnlyStorageError, unsafe, unsupported, wrongFormat, type ChainOpenOptions, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -66,7 +66,7 @@ export async function openVmdkImage(storage: Storage, options: VmdkOpenOptions =
 async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Storage[], setParent: (p: Disk) => void): Promise<VmdkImage> {
   const file = storage.name;
   const readOnly = options.readOnly ?? true;
-  if (!readOnly && storage.readOnly) throw invalidArg(FORMAT, `${file}: a writable open needs a writable storage`, { field: 'readOnly' });
+  if (!readOnly && storage.readOnly) throw readOnlyStorageError(FORMAT, file);
   const fileSize = await storage.size();
   if (fileSize < 4) throw wrongFormat(FORMAT, file);
   const head = await storage.read(0, Math.min(fileSize, SECTOR));
