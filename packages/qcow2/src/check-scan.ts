@@ -12,6 +12,7 @@ import type { MappingView } from './mapping-view.js';
 import { readRefcount, refcountTableEntryOffset } from './refcount.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
+import { snapshotsWithDataFileLine } from './check-snapshots.js';
 import { bitmapRanges } from './bitmaps.js';
 import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, EXT_BITMAPS } from './constants.js';
 import type { Qcow2Image } from './core.js';
@@ -295,6 +296,12 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     tables.merge(keys, active, s.file);
   };
   readL1Refs(view.l1, view.l1Offset, h.l1Size, true, 'active', h.size);
+  // As qemu-img check, after the active layer and before the snapshots' tables.
+  const withDataFile = snapshotsWithDataFileLine(s);
+  if (withDataFile) {
+    r.corruptions++;
+    say(withDataFile);
+  }
   for (const t of await snapshotL1Tables(s)) readL1Refs(t.l1, t.offset, t.entries, false, `snapshot ${t.snapshot!.id}`, t.snapshot!.diskSize);
 
   // Each distinct L2 table in the order the merge left them; the ones outside the file are reported where they come.

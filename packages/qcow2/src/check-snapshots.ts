@@ -36,6 +36,19 @@ export function incompleteLine(index: number, verb: 'ERROR' | 'Repairing'): stri
   return `${verb} snapshot table entry ${index} is incomplete`;
 }
 
+/**
+ * qemu-img check's line for snapshots in an image with an external data
+ * file (qemu: calc_refcounts), or undefined when there are none. Each is a
+ * corruption no repair fixes, in qemu as here: a snapshot cannot keep the
+ * data file's clusters, so neither creates one (seed 1111 case 81: a
+ * snapshot table invented in the header of such an image, which check
+ * called clean after check -r all while qemu-img check counted it).
+ */
+export function snapshotsWithDataFileLine(s: Qcow2Image): string | undefined {
+  if (!s.entryGeom.dataFile || s.snapshots.length === 0) return undefined;
+  return `ERROR ${s.snapshots.length} snapshots in image with data file`;
+}
+
 /** An entry with at least the 24 bytes of known extra data qemu writes (later bytes kept). */
 function completed(sn: Qcow2Snapshot, diskSize: number): Qcow2Snapshot {
   if (sn.extra.length >= KNOWN_EXTRA) return sn;
