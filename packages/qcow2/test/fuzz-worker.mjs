@@ -57,7 +57,7 @@ function qcheck(file, cwd) {
     json = undefined;
   }
   const status = r.signal ? -1 : r.status;
-  return { status, corruptions: json?.corruptions ?? 0, leaks: json?.leaks ?? 0, errors: json?.['check-errors'] ?? 0, text: `${status} ${r.stdout.trim().replace(/\s+/g, ' ').slice(0, 300)} ${r.stderr.trim().slice(0, 300)}` };
+  return { status, timedOut: r.error?.code === 'ETIMEDOUT', corruptions: json?.corruptions ?? 0, leaks: json?.leaks ?? 0, errors: json?.['check-errors'] ?? 0, text: `${status} ${r.stdout.trim().replace(/\s+/g, ' ').slice(0, 300)} ${r.stderr.trim().slice(0, 300)}` };
 }
 
 const cleanish = (q) => q.status === 0 || q.status === 3;
@@ -600,8 +600,16 @@ async function runCase(c) {
   c.image = join(c.dir, 'img.qcow2');
   process.send?.({ op: 'baseline:judge' });
   c.baseline = qcheck(c.image, c.dir);
-  c.raw = qraw(c.image, c.dir, join(c.dir, 'before.raw'));
   count(`qemu check ${c.baseline.status}`);
+  if (c.baseline.timedOut) {
+    // qemu-img check was killed at its time limit (seed 1112 case 60: a backing file naming the image itself, which
+    // qemu-img 7.2 checks and converts for minutes): qemu judges nothing of this image, so only the read-only entry
+    // points run (a qemu-img convert and a judge after each operation took 10 s each, past the step's limit).
+    await readOnly(c);
+    await Promise.all(pendingChecks);
+    return { findings, stats: { ...stats }, baseline: c.baseline.text, errors: errorsSeen };
+  }
+  c.raw = qraw(c.image, c.dir, join(c.dir, 'before.raw'));
   const r = seededRandom(c.opSeed);
   await readOnly(c);
   for (const op of c.mutating) await MUTATING[op](c, r);
