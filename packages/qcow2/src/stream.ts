@@ -40,10 +40,7 @@ const REFUSED = ['backingFile', 'backingFormat', 'dataFile', 'dataFileRaw', 'pre
  * options a stand-alone image can have, and detect_zeroes). `chunkSize`
  * has no `-o` name.
  */
-export const QCOW2_STREAM_OPTIONS: OptionTable = [
-  ...QCOW2_CREATE_OPTIONS.filter((o) => o.key !== 'size' && !REFUSED.includes(o.key)),
-  { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: clusters holding only zeros stay unallocated (reads the data twice)' },
-];
+export const QCOW2_STREAM_OPTIONS: OptionTable = [...QCOW2_CREATE_OPTIONS.filter((o) => o.key !== 'size' && !REFUSED.includes(o.key)), { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: clusters holding only zeros stay unallocated (reads the data twice)' }];
 
 /** Typed keys of Qcow2StreamOptions that have no `-o` name. */
 const STREAM_TYPED_ONLY = ['chunkSize'];

@@ -44,10 +44,7 @@ interface VhdStreamPlan {
 }
 
 /** The options a stream takes: typed key, `-o` name, help. `uuid`, `timestamp`, `creator` and `chunkSize` have no `-o` name. */
-export const VHD_STREAM_OPTIONS: OptionTable = [
-  ...VHD_CREATE_OPTIONS.filter((o) => o.key === 'type' || o.key === 'blockSize'),
-  { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: blocks holding only zeros stay unallocated (reads the data twice)' },
-];
+export const VHD_STREAM_OPTIONS: OptionTable = [...VHD_CREATE_OPTIONS.filter((o) => o.key === 'type' || o.key === 'blockSize'), { key: 'detectZeroes', name: 'detect_zeroes', kind: 'bool', help: 'on: blocks holding only zeros stay unallocated (reads the data twice)' }];
 
 /** Typed keys of VhdStreamOptions that have no `-o` name. */
 const STREAM_TYPED_ONLY = ['uuid', 'timestamp', 'creator', 'chunkSize'];
