@@ -14,7 +14,9 @@ export function checkDiskRange(format: string, size: number, offset: number, len
   const name = file ? `${file}: ` : '';
   const offsetProblem = byteNumberProblem('offset', offset);
   const problem = offsetProblem ?? byteNumberProblem('length', length);
-  throw invalidArg(format, name + (problem ?? `the range at offset ${String(offset)} of length ${String(length)} is outside the disk of ${size} bytes`), {
+  // Either way the message names the range asked for and the disk's size.
+  const range = `offset ${String(offset)}, length ${String(length)}, on a disk of ${size} bytes`;
+  throw invalidArg(format, name + (problem ? `${problem} (${range})` : `the range at offset ${String(offset)} of length ${String(length)} is outside the disk of ${size} bytes`), {
     ...(file ? { file } : {}),
     field: problem && !offsetProblem ? 'length' : 'offset',
     offset: typeof offset === 'number' ? offset : undefined,
