@@ -168,6 +168,11 @@ export class BlobStorage implements Storage {
     this.#check();
   }
 
+  /** `await using storage = await ...open(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     this.#blocks.clear();
@@ -257,6 +262,11 @@ export class BlobTarget implements Storage {
   async punchHole(offset: number, length: number): Promise<boolean> {
     this.#check();
     return this.#memory.punchHole(offset, length);
+  }
+
+  /** `await using storage = await ...open(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** Refuses further use as a Storage; the bytes stay for toBlob(). */

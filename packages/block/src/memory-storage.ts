@@ -144,6 +144,11 @@ export class MemoryStorage implements Storage {
     this.#check();
   }
 
+  /** `await using storage = await ...open(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
   }

@@ -462,6 +462,11 @@ export class NbdStorage implements Storage {
     return out;
   }
 
+  /** `await using storage = await ...open(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   /**
    * Waits for requests in flight, sends DISC and closes the socket (cut off
    * after a second if the server does not close its end); later calls throw

@@ -528,6 +528,11 @@ export class FileStorage implements Storage {
     });
   }
 
+  /** `await using storage = await ...open(...)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
