@@ -163,3 +163,22 @@ describe('snapshots and narrow refcounts', () => {
     expect((await openQcow2(MemoryStorage.from(storage.toBytes()))).header.incompatibleFeatures).toBe(0n);
   });
 });
+
+describe('snapshot names', () => {
+  it('up to 255 bytes (what qemu keeps; it cuts longer ones), any bytes and duplicates allowed; a longer name is refused and nothing changes', async () => {
+    const storage = new MemoryStorage({ name: 'names.qcow2' });
+    const disk = await createQcow2(storage, { size: 1 << 20 });
+    const longest = 'é'.repeat(127) + 'x'; // 255 bytes of UTF-8
+    await disk.createSnapshot(longest);
+    await disk.createSnapshot('');
+    await disk.createSnapshot('');
+    const before = storage.toBytes();
+    await expect(disk.createSnapshot(longest + 'y')).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      message: 'qcow2: a snapshot name is at most 255 bytes, as qemu stores them (this one is 256; qemu-img cuts longer names short)',
+    });
+    expect(bytesEqual(storage.toBytes(), before)).toBe(true);
+    expect(disk.snapshots.map((s) => s.name)).toEqual([longest, '', '']);
+    await disk.close();
+  });
+});

@@ -164,8 +164,10 @@ async function createSnapshot(s: Qcow2Image, view: MappingView, name: string, op
 
 function validateNew(s: Qcow2Image, name: string, options: SnapshotCreateOptions): string {
   if (s.entryGeom.dataFile) throw invalidArg(FORMAT, 'images with an external data file cannot have internal snapshots', { field: 'snapshot' });
-  // As qemu-img 7.2: any name up to the 16-bit length field, the empty one and one already taken included (only ids are unique).
-  if (utf8Encode(name).length > 0xffff) throw invalidArg(FORMAT, 'a snapshot name is at most 65535 bytes', { field: 'name' });
+  // As qemu-img 7.2: any name, the empty one and one already taken included (only ids are unique), up to 255 bytes:
+  // qemu keeps at most 255 (it cuts longer names), so a longer one stored whole could not be deleted by qemu-img or libvirt.
+  const bytes = utf8Encode(name).length;
+  if (bytes > 255) throw invalidArg(FORMAT, `a snapshot name is at most 255 bytes, as qemu stores them (this one is ${bytes}; qemu-img cuts longer names short)`, { field: 'name', actual: bytes, expected: 255 });
   if (s.snapshots.length >= MAX_SNAPSHOTS) throw invalidArg(FORMAT, `at most ${MAX_SNAPSHOTS} snapshots`, { field: 'snapshot' });
   const id = options.id ?? String(s.snapshots.reduce((m, x) => Math.max(m, Number(x.id) || 0), 0) + 1);
   if (s.snapshots.some((x) => x.id === id)) throw invalidArg(FORMAT, `a snapshot with id "${id}" exists already`, { field: 'id' });
