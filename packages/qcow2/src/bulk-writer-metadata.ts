@@ -22,7 +22,7 @@ import type { Storage } from '@img/block';
 import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeDataEntries } from './l2-entry.js';
 import { writeEntryOffset, type EntryGeometry } from './mapping.js';
-import { writeRefcount } from './refcount.js';
+import { writeRefcount } from './refcount-entry.js';
 import { headerCluster, headerFor, type Qcow2Layout } from './create.js';
 
 const FORMAT = 'qcow2';

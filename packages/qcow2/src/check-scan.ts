@@ -9,7 +9,7 @@
 import { hex, readU32Be, unsupported } from '@img/block';
 import { entryOffset, MAX_HOST_OFFSET } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
-import { readRefcount, refcountTableEntryOffset } from './refcount.js';
+import { readRefcount, refcountTableEntryOffset } from './refcount-entry.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { snapshotsWithDataFileLine } from './check-snapshots.js';

@@ -14,7 +14,8 @@ import { writeU64Be } from '@img/block';
 import { OVERLAP } from './overlap.js';
 import type { Refcounts } from './refcount.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
-import { checkedWrite, writeHeader, type Qcow2Image } from './core.js';
+import { writeHeader, type Qcow2Image } from './core.js';
+import { checkedWrite } from './image-overlap.js';
 
 /** Bytes of extra data a version 3 entry needs: vm_state_size_large and disk_size. */
 const COMPLETE_EXTRA = 16;

@@ -19,7 +19,7 @@ import { corrupt, hex, readOnlyError, readU32Be, readU64Be, unsafe, unsupported,
 import { type Qcow2Header } from './header.js';
 import { readHeaderCluster } from './header-check.js';
 import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
-import { readRefcount, writeRefcount } from './refcount.js';
+import { readRefcount, writeRefcount } from './refcount-entry.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
 import { forEachL2Entry, forEachL2Table, l2TableOffsets } from './l2-walk.js';
 import { entryOffset } from './mapping.js';

@@ -4,24 +4,23 @@
  * extensions, the storage and external data file, the backing image, the
  * L2 and decompressed caches, the overlap map, the writer (allocator,
  * cluster map and scheduler), the bitmap tracker, and the header updates
- * writes make (dirty and corrupt bits, cluster 0).
+ * writes make (dirty and corrupt bits). The overlap map is built by
+ * image-overlap.ts, cluster 0 rewritten by header-cluster-write.ts.
  */
 import { CallOrder, corrupt, diskClosedError, notFoundError, type ImageError } from '@img/block';
 import type { Disk, Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
-import { hasFeature, serializeHeader, type Qcow2Header, type Qcow2Geometry } from './header.js';
+import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
 import { findExtension, parseBitmapsExtension, serializeExtensions, extensionsLength, type BitmapsExtension, type HeaderExtension, type FeatureName } from './extensions.js';
-import { type Qcow2Snapshot, snapshotEntrySize } from './snapshot.js';
-import { OverlapMap, OVERLAP, overlapError } from './overlap.js';
+import type { Qcow2Snapshot } from './snapshot.js';
+import { overlapError, type OverlapMap } from './overlap.js';
 import { bitmapRanges } from './bitmaps.js';
 import { BitmapTracker } from './bitmap-tracker.js';
 import { type OpenedBacking } from './backing.js';
 import { BufferPool, DecompressedCache, SPAN_BYTES } from './reader.js';
 import type { MappingView, ReaderState } from './mapping-view.js';
 import { writeHeaderFields } from './header.js';
-import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import type { EntryGeometry } from './mapping.js';
-import { l2TableOffsets, snapshotL1Tables, type L1Table } from './l2-walk.js';
 import type { L2Cache } from './l2-cache.js';
 import type { Allocator } from './allocator.js';
 import type { ClusterMap } from './cluster-map.js';
@@ -440,55 +439,6 @@ export function missingDataFile(file: string, name: string | undefined): Storage
   return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
 
-/** Adds the L2 tables an L1 table points at to the map (offsets only: the tables are not read). */
-function addL2Tables(map: OverlapMap, t: L1Table, cs: number, file: string): void {
-  for (const l2 of l2TableOffsets(t, cs, file, 'strict')) if (l2 !== 0) map.add(OVERLAP.L2, l2, cs);
-}
-
-/**
- * The overlap map of an open image, from metadata only: header cluster,
- * active L1 and its L2 tables, snapshot table, snapshot L1s and their L2
- * tables, bitmap directory and tables. (Refcount table and blocks are
- * added by {@link Refcounts.load}.)
- */
-export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise<OverlapMap> {
-  const cs = s.geom.clusterSize;
-  const h = s.header;
-  const map = new OverlapMap(cs);
-  map.add(OVERLAP.HEADER, 0, cs);
-  map.add(OVERLAP.ACTIVE_L1, view.l1Offset, h.l1Size * 8);
-  addL2Tables(map, { l1: view.l1, offset: view.l1Offset, entries: view.l1.length / 8 }, cs, s.file);
-  if (s.snapshots.length) {
-    let bytes = 0;
-    for (const snap of s.snapshots) bytes += snapshotEntrySize(snap);
-    map.add(OVERLAP.SNAPSHOT_TABLE, h.snapshotsOffset, bytes);
-    for (const t of await snapshotL1Tables(s)) {
-      map.add(OVERLAP.SNAPSHOT_L1, t.offset, t.entries * 8);
-      addL2Tables(map, t, cs, s.file);
-    }
-  }
-  const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
-  if (bitmaps) {
-    for (const r of await bitmapRanges(s.storage, bitmaps, s.fileSize, cs)) {
-      if (r.what === 'bitmap directory') map.add(OVERLAP.BITMAP_DIRECTORY, r.offset, r.bytes);
-      else if (r.what === 'bitmap table') map.add(OVERLAP.BITMAP_TABLE, r.offset, r.bytes);
-    }
-  }
-  return map;
-}
-
-/**
- * Builds the overlap map again after an operation that rewrote many tables
- * at once (snapshot create, apply and delete, resize).
- */
-export async function refreshOverlapMap(s: Qcow2Image, view: MappingView): Promise<void> {
-  const rc = s.writer?.allocator.refcounts;
-  if (!s.overlap || !rc) return;
-  const fresh = await buildOverlapMap(s, view);
-  rc.mapInto(fresh);
-  s.overlap.assign(fresh);
-}
-
 /**
  * The image file as guest data sees it: each write is checked against the
  * overlap map first, and one that would hit metadata marks the image
@@ -519,94 +469,4 @@ export function guardedDataStorage(storage: Storage, s: Qcow2Image): Storage {
     flush: () => storage.flush(),
     close: () => storage.close(),
   };
-}
-
-/** A metadata write through the overlap check: `allowed` names the metadata it may replace (ERR_IMG_CORRUPT otherwise). */
-export async function checkedWrite(s: Qcow2Image, offset: number, bytes: Uint8Array, allowed = 0): Promise<void> {
-  s.overlap?.check(s.file, offset, bytes.length, allowed);
-  await s.storage.write(offset, bytes);
-}
-
-const SECTOR = 512;
-
-/**
- * Cluster 0 as the image's header, extensions and backing file name lay
- * it out (at least `size` bytes; see layoutHeaderCluster). The layout
- * places the backing file name: the header's backing_file_offset and
- * backing_file_size are set to match (in memory).
- */
-export function layoutCluster0(s: Qcow2Image, size: number): Uint8Array {
-  const h = { ...s.header };
-  const area = layoutHeaderCluster(h, s.extensions, s.backingName, size);
-  s.setHeader({ backingFileOffset: h.backingFileOffset, backingFileSize: h.backingFileSize });
-  return area;
-}
-
-/**
- * How writeHeaderCluster orders a layout that reaches past the first
- * sector, for callers whose crash safety needs another order than qemu's.
- */
-export interface HeaderClusterOrder {
-  /**
-   * Write the part past the first sector first (then flush) and the first
-   * sector last, whatever the old layout was, instead of one write where
-   * both layouts reach past the first sector.
-   */
-  sectorZeroLast: true;
-  /**
-   * Header fields written first, in the header alone over the layout still
-   * on disk (then flush), so that a crash while the rest is rewritten
-   * leaves a header that disowns what is being rewritten (bitmap edits: the
-   * autoclear bitmaps bit clear). Only where the layout reaches past the
-   * first sector; none by default.
-   */
-  interim?: Partial<Qcow2Header>;
-}
-
-/**
- * Writes cluster 0 again after a change of the header, its extensions or
- * the backing file name (the one writer of cluster 0 in an open image:
- * amend, backing file changes, bitmap edits), laid out as qemu lays it
- * out. A crash leaves the old header or the new one: a sector is written
- * whole or not at all, so whatever the header in sector 0 refers to beyond
- * it is written (and flushed) first where the old layout does not use it,
- * and stale bytes past the new layout are cleared only after the new
- * header is on disk. Where both layouts reach past the first sector it is
- * one write, as qemu's, unless `order` asks for the first sector last (see
- * HeaderClusterOrder). Everything before it is flushed first. `tooBig`
- * makes the caller's error for a layout that does not fit in one cluster.
- */
-export async function writeHeaderCluster(s: Qcow2Image, tooBig: (need: number, clusterSize: number) => ImageError, order?: HeaderClusterOrder): Promise<void> {
-  const cs = s.geom.clusterSize;
-  const end = headerClusterBytes(s.header, s.extensions, s.backingName);
-  if (end > cs) throw tooBig(end, cs);
-  const oldEnd = s.headerAreaEnd;
-  // The header as the layout on disk has it (layoutCluster0 moves the backing file name's offset).
-  const onDisk = { ...s.header };
-  const area = layoutCluster0(s, Math.min(cs, Math.max(end, oldEnd)));
-  const write = (offset: number, bytes: Uint8Array) => checkedWrite(s, offset, bytes, OVERLAP.HEADER);
-  await s.storage.flush();
-  if (order && area.length > SECTOR) {
-    if (order.interim) {
-      await write(0, serializeHeader({ ...onDisk, ...order.interim }));
-      await s.storage.flush();
-    }
-    await write(SECTOR, area.subarray(SECTOR));
-    await s.storage.flush();
-    await write(0, area.subarray(0, SECTOR));
-  } else if (order) {
-    await write(0, area);
-  } else if (end <= SECTOR) {
-    await write(0, area.subarray(0, Math.min(SECTOR, area.length)));
-    await s.storage.flush();
-    if (area.length > SECTOR) await write(SECTOR, area.subarray(SECTOR));
-  } else if (oldEnd <= SECTOR) {
-    await write(SECTOR, area.subarray(SECTOR));
-    await s.storage.flush();
-    await write(0, area.subarray(0, SECTOR));
-  } else {
-    await write(0, area);
-  }
-  await s.storage.flush();
-  s.setHeaderAreaEnd(end);
 }

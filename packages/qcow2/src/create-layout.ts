@@ -3,7 +3,7 @@
  * create leaves. Pure arithmetic over cluster indexes; create.ts writes
  * the bytes.
  */
-import { refcountFixedPoint } from './refcount.js';
+import { refcountFixedPoint } from './refcount-entry.js';
 
 /** What a cluster of a new image holds. */
 export type CreateClusterRole = { kind: 'header' } | { kind: 'refcount-table'; index: number } | { kind: 'refcount-block'; index: number } | { kind: 'l1'; index: number } | { kind: 'l2'; index: number } | { kind: 'data' } | { kind: 'free' };

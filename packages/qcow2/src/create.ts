@@ -31,7 +31,7 @@ import { type Qcow2Header } from './header.js';
 import { packedCreatePlan, truncatedCreatePlan, type CreatePlan } from './create-layout.js';
 import { headerClusterBytes, layoutHeaderCluster } from './header-cluster.js';
 import { serializeFeatureTable, stringExtension, type HeaderExtension } from './extensions.js';
-import { writeRefcount } from './refcount.js';
+import { writeRefcount } from './refcount-entry.js';
 import { openQcow2 } from './open.js';
 import { type Qcow2Disk } from './image.js';
 

@@ -16,7 +16,8 @@ import { ERROR_CODES, ImageError, checkDiskRange, invalidArg, readOnlyError, uns
 import type { WriteZeroesOptions } from '@img/block';
 import { readRange } from './reader.js';
 import type { MappingView } from './mapping-view.js';
-import { corruptImageError, refreshOverlapMap, type Qcow2Image, type Qcow2WriterParts } from './core.js';
+import { corruptImageError, type Qcow2Image, type Qcow2WriterParts } from './core.js';
+import { refreshOverlapMap } from './image-overlap.js';
 import type { Scheduler } from './scheduler.js';
 import { writeCompressedData } from './compressed-write.js';
 import { writeGuest, writeInPlace, zeroOrDiscardGuest } from './writer.js';

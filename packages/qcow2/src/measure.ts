@@ -7,7 +7,7 @@
  */
 import type { MeasureInput, MeasureResult } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions } from './create.js';
-import { refcountFixedPoint } from './refcount.js';
+import { refcountFixedPoint } from './refcount-entry.js';
 
 /**
  * Clusters of refcount table and blocks needed to count `clusters`

@@ -7,7 +7,7 @@ import { ImageError } from '@img/block';
 import { describeQemu, entryAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, type Qcow2Bytes, withStorage } from '@img/testkit';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
-import { readRefcount, writeRefcount } from './refcount.js';
+import { readRefcount, writeRefcount } from './refcount-entry.js';
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 const l2Of = (q: Qcow2Bytes, i: number) => Number(entryAt(q, q.l1Offset + i * 8) & 0x00ff_ffff_ffff_fe00n);

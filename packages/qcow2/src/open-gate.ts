@@ -10,7 +10,7 @@
  */
 import { corrupt, hex, readU32Be } from '@img/block';
 import { entryOffset } from './mapping.js';
-import { readRefcount } from './refcount.js';
+import { readRefcount } from './refcount-entry.js';
 import { snapshotEntrySize } from './snapshot.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';

@@ -8,7 +8,7 @@
 import { readU32Be, type Storage } from '@img/block';
 import { parseHeader } from './header.js';
 import { entryOffset } from './mapping.js';
-import { readRefcount } from './refcount.js';
+import { readRefcount } from './refcount-entry.js';
 
 /** Header bytes read to parse it (the fields this needs lie in the first 104). */
 const HEADER_BYTES = 112;

@@ -7,7 +7,8 @@ import { invalidArg, utf8Encode } from '@img/block';
 import { AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, MAX_BACKING_FILE_NAME } from './constants.js';
 import { hasFeature } from './header.js';
 import { stringExtension } from './extensions.js';
-import { writeHeaderCluster, type Qcow2Image } from './core.js';
+import type { Qcow2Image } from './core.js';
+import { writeHeaderCluster } from './header-cluster-write.js';
 import { changing, exclusiveQcow2, writableRange } from './io.js';
 import { zeroOrDiscardExclusive } from './writer.js';
 

@@ -12,7 +12,7 @@
  * nothing is left to release after it.
  */
 import { hex, unsupported, writeU64Be } from '@img/block';
-import { writeRefcount } from './refcount.js';
+import { writeRefcount } from './refcount-entry.js';
 import { writeHeader, type Qcow2Image } from './core.js';
 import { attachWriter } from './writable.js';
 

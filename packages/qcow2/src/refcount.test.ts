@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStorage, readU64Be, writeU64Be } from '@img/block';
 import { OverlapMap, OVERLAP } from './overlap.js';
 import { RefcountBatch } from './pending-writes.js';
-import { Refcounts, readRefcount, writeRefcount } from './refcount.js';
+import { Refcounts } from './refcount.js';
+import { readRefcount, writeRefcount } from './refcount-entry.js';
 
 const CS = 4096;
 

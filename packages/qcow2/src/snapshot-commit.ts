@@ -32,11 +32,13 @@
 import { corrupt, hex, unsupported, writeU64Be } from '@img/block';
 import { entryCopied, setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
-import { readRefcount, writeRefcount, type Refcounts } from './refcount.js';
+import { readRefcount, writeRefcount } from './refcount-entry.js';
+import type { Refcounts } from './refcount.js';
 import { serializeHeader } from './header.js';
 import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
 import { OVERLAP } from './overlap.js';
-import { checkedWrite, type Qcow2Image } from './core.js';
+import type { Qcow2Image } from './core.js';
+import { checkedWrite } from './image-overlap.js';
 import { forEachL2Entry, l2TableOffsets, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';

@@ -14,7 +14,7 @@ import { writeEntryOffset } from './mapping.js';
 import type { Disk, ImageStream } from '@img/block';
 import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 import { encodeEntry } from './l2-entry.js';
-import { writeRefcount } from './refcount.js';
+import { writeRefcount } from './refcount-entry.js';
 import { parseCreateOptions, headerFor, headerCluster, QCOW2_CREATE_OPTIONS, type Qcow2CreateOptions, type Qcow2Layout } from './create.js';
 
 const FORMAT = 'qcow2';

@@ -7,7 +7,8 @@ import { Refcounts } from './refcount.js';
 import { Allocator } from './allocator.js';
 import { ClusterMap } from './cluster-map.js';
 import { Scheduler } from './scheduler.js';
-import { buildOverlapMap, writeHeader, type Qcow2Image } from './core.js';
+import { writeHeader, type Qcow2Image } from './core.js';
+import { buildOverlapMap } from './image-overlap.js';
 
 /**
  * Loads the refcounts and attaches the writable parts to an image opened
