@@ -79,4 +79,17 @@ describeQemu('img errors as qemu-img 7.2 ends them', () => {
     expect(short.stdout).toBe(run('img', ['--version']).stdout);
     expect(qemuImg(['-V']).status).toBe(0);
   });
+
+  it("a one-letter option without its value is named as typed, in qemu-img's words (not Node's '--c <value>')", () => {
+    for (const [command, args] of [
+      ['snapshot', ['-c']],
+      ['snapshot', ['-l', '-a']],
+      ['commit', ['-b']],
+    ] as const) {
+      const r = run('img', [command, ...args]);
+      expect(r.status).toBe(1);
+      expect(r.stderr.split('\n')[0]).toBe(`img ${command}: missing argument for option '${args[args.length - 1]}'`);
+      expect(qemuImg([command, ...args], { allowFail: true }).stderr).toContain(`missing argument for option '${args[args.length - 1]}'`);
+    }
+  });
 });

@@ -1,6 +1,6 @@
 // img serve as a user runs it: started in the background, used by nbdinfo and qemu-img, stopped with Ctrl-C.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -203,6 +203,31 @@ describeWith('nbdinfo', 'img serve', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('exclude each other');
     expect(run('img', ['serve', '-w', '-l', 's', 'none.qcow2']).stderr).toContain('exclude each other');
+  });
+
+  it('never listens where a file of the chain is (-k given the image or its backing file) nor on any other file: refused, the file intact', () => {
+    const base = join(tmp.path, 'k-base.qcow2');
+    const top = join(tmp.path, 'k-top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '16M']);
+    qemuIo(base, 'qcow2', ['write -P 0x31 0 1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    const before = [base, top].map((f) => readFileSync(f));
+    for (const [socket, image] of [
+      [top, top],
+      [base, top],
+    ] as const) {
+      const r = run('img', ['serve', '-w', '-k', socket, image]);
+      expect(r.status).toBe(1);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`ERR_IMG_SAME_FILE: ${socket}: refusing to write the socket`);
+    }
+    const notes = join(tmp.path, 'k-notes.txt');
+    writeFileSync(notes, 'keep me');
+    const other = run('img', ['serve', '-k', notes, top]);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toContain(`${notes}: refusing to listen there: it exists and is a regular file`);
+    expect(readFileSync(notes, 'utf8')).toBe('keep me');
+    [base, top].forEach((f, i) => expect(readFileSync(f).equals(before[i]!)).toBe(true));
   });
 });
 

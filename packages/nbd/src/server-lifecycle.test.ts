@@ -1,7 +1,7 @@
 // serveNbd's connections over their life, judged by libnbd (python3 `nbd`, nbdinfo, nbdcopy): close() with clients that
 // never leave, -e N queueing and multi-conn, and what is told of a dropped client.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage, createRaw, type Disk } from '@img/block';
 import { describeWith, tempDir } from '@img/testkit';
@@ -168,4 +168,30 @@ describeWith('nbdinfo', 'serveNbd connections', () => {
     for (let i = 0; i < 100 && server.connections > 0; i++) await new Promise((r) => setTimeout(r, 20));
     expect(errors).toEqual(['the client was idle for 0.3 s and was dropped']);
   });
+});
+
+it('listens on a Unix socket path only where nothing or an old socket is: a file or directory there is refused and left as it was', async () => {
+  const disk = await createRaw(new MemoryStorage(), { size: 1 << 20 });
+  try {
+    const file = at('not-a-socket.qcow2');
+    writeFileSync(file, 'an image, say');
+    await expect(serveNbd([{ name: '', disk }], { socket: file })).rejects.toMatchObject({
+      code: 'ERR_IMG_INVALID_ARG',
+      message: expect.stringContaining(`${file}: refusing to listen there: it exists and is a regular file, and binding the socket would delete it`),
+    });
+    expect(readFileSync(file, 'utf8')).toBe('an image, say');
+    mkdirSync(at('a-dir'));
+    await expect(serveNbd([{ name: '', disk }], { socket: at('a-dir') })).rejects.toMatchObject({ message: expect.stringContaining('it exists and is a directory') });
+    expect(statSync(at('a-dir')).isDirectory()).toBe(true);
+    // A socket left behind by an earlier server (killed: no close) is replaced; close removes it.
+    const sock = at('stale.sock');
+    const first = await serveNbd([{ name: '', disk }], { socket: sock });
+    expect(statSync(sock).isSocket()).toBe(true);
+    const second = await serveNbd([{ name: '', disk }], { socket: sock });
+    await second.close();
+    expect(existsSync(sock)).toBe(false);
+    await first.close();
+  } finally {
+    await disk.close();
+  }
 });

@@ -3,7 +3,7 @@
  * of clients at once, until closed (as `qemu-nbd --persistent`).
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { rm } from 'node:fs/promises';
+import { lstat, rm } from 'node:fs/promises';
 import { invalidArg } from '@img/block';
 import type { NbdExport } from './export.js';
 import { negotiate, type HandshakeLimits } from './handshake.js';
@@ -197,7 +197,7 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
 
   let address: NbdServer['address'];
   if (options.socket !== undefined) {
-    await rm(options.socket, { force: true });
+    await removeStaleSocket(options.socket);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(options.socket, () => resolve());
@@ -242,9 +242,28 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
         await Promise.allSettled([...sessions]);
         clearTimeout(graceTimer);
         await listenerClosed;
-        if (options.socket !== undefined) await rm(options.socket, { force: true });
+        if (options.socket !== undefined) await removeStaleSocket(options.socket, false);
       })();
       return closing;
     },
   };
+}
+
+/**
+ * Removes what is left at `path` from an earlier server, so that listen can
+ * bind there: a socket only. Anything else (an image, its backing file, a
+ * directory: `-k` given the image's name by mistake) is refused with
+ * ERR_IMG_INVALID_ARG before it is touched, as the listener would
+ * otherwise delete it; at shutdown (`refuse` false) it is left alone.
+ */
+async function removeStaleSocket(path: string, refuse = true): Promise<void> {
+  const st = await lstat(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return undefined;
+    throw e;
+  });
+  if (!st) return;
+  if (st.isSocket()) return rm(path, { force: true });
+  if (!refuse) return;
+  const kind = st.isFile() ? 'a regular file' : st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symbolic link' : 'not a socket';
+  throw invalidArg('nbd', `${path}: refusing to listen there: it exists and is ${kind}, and binding the socket would delete it (only a socket left by an earlier server is replaced)`, { file: path, field: 'socket' });
 }

@@ -106,7 +106,10 @@ export async function runCommand(prog: string, argv: string[], io: Io, body: () 
     } else if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       // Node's advice about '--' for an unknown option is noise here: the name alone is the clear line.
       const unknown = /^Unknown option '[^']*'/.exec(e.message)?.[0];
-      io.stderr(`${prog}: ${unknown ?? e.message}\n${prog}: try '${prog} --help'\n`);
+      // A one-letter option is declared under its letter, and Node names it '--c <value>': qemu-img's words instead.
+      const letter = /^Option '--(\w) <value>' argument missing/.exec(e.message)?.[1];
+      const missing = letter === undefined ? undefined : `missing argument for option '-${letter}'`;
+      io.stderr(`${prog}: ${unknown ?? missing ?? e.message}\n${prog}: try '${prog} --help'\n`);
       return 1;
     } else {
       io.stderr(`${prog}: ${(e as Error)?.message ?? String(e)}\n`);

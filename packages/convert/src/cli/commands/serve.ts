@@ -10,6 +10,7 @@ import { serveNbd, type NbdDirtyBitmap } from '@img/nbd';
 import { readQcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { openDiskSnapshot, openImageFile } from '../../node.js';
+import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
 import { type Handler, common, onePath, shareOption } from './shared.js';
 
 const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-B bitmap]... [-e clients] <file>
@@ -97,6 +98,8 @@ export const serve: Handler = async (argv, io) => {
   });
   let exported: Disk = disk;
   try {
+    // The socket replaces what is at its path: never a file of the chain served (-k typed before the image's name).
+    if (values.socket !== undefined) assertNotRead(identityOfPath(values.socket), filesOf(disk), 'socket');
     if (values.snapshot !== undefined) exported = await openDiskSnapshot(disk, values.snapshot);
     const bitmaps: NbdDirtyBitmap[] = [];
     if (bitmapNames.length) {
