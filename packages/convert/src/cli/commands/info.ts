@@ -2,9 +2,12 @@
  * img info: an image's format, sizes, backing chain and snapshots, as qemu-img info prints them.
  */
 import { stat } from 'node:fs/promises';
+import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { isNbdUri } from '@img/nbd';
-import type { Disk, ImageInfo } from '@img/block';
+import { PROBE_BYTES, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
+import { FileStorage, fileResolverWith } from '@img/block/node';
+import { probeVmdk } from '@img/vmdk';
 import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
 import { relativeToNbd } from '../../node/nbd-backing.js';
@@ -41,18 +44,41 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
   return out;
 }
 
+/**
+ * Opens the files a chain names as qemu-img names them: a relative name joined onto the directory of the image that
+ * names it, as written (qemu's path_combine: `../m.vmdk` names its parent `../bk.vmdk`), not made absolute. A chain
+ * member's name is what `image:` prints, and a VMDK's parent and extents are named after the storage they were opened
+ * by: made absolute, they printed a path qemu-img does not, and the extent that is the image itself counted twice in
+ * its disk size. Absolute names, `file:` names and new files go to the file resolver as they are.
+ */
+function qemuNamesResolver(forceShare: boolean): Resolver {
+  const files = fileResolverWith({ forceShare });
+  return async (request) => {
+    const { name, from } = request;
+    if (request.create || isAbsolute(name) || name.startsWith('file:') || isNbdUri(name) || isNbdUri(from.name)) return files(request);
+    // A differencing VHD's parent is found through its locators and named as found (qemu-img reads no VHD chain).
+    if (request.kind === 'parent' && !(await isVmdk(from))) return files(request);
+    return FileStorage.open(combinePath(from.name, name), { readOnly: !request.writable, forceShare: !request.writable && forceShare });
+  };
+}
+
+async function isVmdk(storage: Storage): Promise<boolean> {
+  const size = await storage.size();
+  return probeVmdk(await storage.read(0, Math.min(size, PROBE_BYTES)), size) > 0;
+}
+
 async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   const data: ImageInfo = { ...((await disk.info?.()) ?? { format: disk.format, virtualSize: disk.size }) };
   // A VHD stores no parent format: the SDK names it by its own name, qemu-img (and its -F) by the driver's, vpc.
   if (data.format === 'vhd' && data.backingFormat === 'vhd') data.backingFormat = qemuFormatName('vhd');
-  // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name).
-  // VHD's is the parent locator that was found, which may name another file than the stored name.
+  // The full name is the stored one read from the image's directory, as qemu-img names it (a relative image path gives a relative name):
+  // a qcow2 backing file and a VMDK parent alike. VHD's is the parent locator that was found, which may name another file than the stored name.
   // A VHD stores the parent's bare name; where the parent is, only its locators say, and they are resolved
   // when the chain is opened (--backing-chain): without that, no path is made up from the name.
   // Over NBD a relative name has no directory to be joined to: qemu-img says it "cannot determine actual path".
   const unresolved = data.backingFile !== undefined && relativeToNbd(path, data.backingFile);
   if (unresolved) delete data.fullBackingFile;
-  else if (data.backingFile !== undefined && (data.fullBackingFile === undefined || data.format === 'qcow2') && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
+  else if (data.backingFile !== undefined && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
   let actual: number | undefined = 0;
   try {
     actual = isNbdUri(path) ? undefined : (await stat(path)).blocks * 512;
@@ -95,6 +121,7 @@ export const info: Handler = async (argv, io) => {
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,
     noBacking: !values['backing-chain'],
+    resolver: qemuNamesResolver(values['force-share'] ?? false),
     ...(registry ? { registry } : {}),
   });
   try {
