@@ -46,6 +46,36 @@ describe('img basics', () => {
     expect(m.status).toBe(1);
     expect(m.stderr).toMatch(/^img info: expected <file>/);
   });
+
+  it('img doctor takes no arguments or unknown options, as every command, and --help is its usage (CLI audit 2 #10)', () => {
+    for (const [args, line] of [
+      [['doctor', 'extra'], 'img doctor: takes no arguments (got "extra")'],
+      [['doctor', '--bogus'], "img doctor: Unknown option '--bogus'"],
+    ] as const) {
+      const r = run('img', [...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toBe(`${line}\nimg doctor: try 'img doctor --help'\n`);
+    }
+    const help = run('img', ['doctor', '--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: img doctor\n[\s\S]*Example:\n {2}img doctor\n$/);
+    expect(help.stdout).not.toMatch(/native helper:/);
+    expect(run('img', ['doctor']).stdout).toMatch(/^img \d+\.\d+\.\d+\nnode: /);
+  });
+
+  it("--help's amend line names what amend takes, and its snapshot line -q and -U, as their own --help does", () => {
+    const help = run('img', ['--help']).stdout;
+    const amend = /^ {2}amend .*\n(?: {20,}.*\n)*/m.exec(help)![0];
+    for (const key of ['compat', 'lazy_refcounts', 'refcount_bits', 'data_file', 'size']) expect(amend, key).toContain(key);
+    // The keys are the ones amend -o help lists.
+    const keys = [...run('img', ['amend', '-o', 'help']).stdout.matchAll(/^ {2}(\w+)=/gm)].map((m) => m[1]);
+    expect(keys).toEqual(['compat', 'lazy_refcounts', 'refcount_bits', 'data_file', 'size']);
+    const snapshot = /^ {2}snapshot .*$/m.exec(help)![0];
+    expect(snapshot).toContain('[-q]');
+    expect(snapshot).toContain('-l [-U]');
+    expect(run('img', ['snapshot', '--help']).stdout).toMatch(/\[-q\].*-l \[-U\]/);
+  });
 });
 
 describeQemu('img info/map --output=json agree with qemu-img on every fixture', () => {

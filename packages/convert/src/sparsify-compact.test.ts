@@ -112,6 +112,26 @@ describeQemu('img sparsify / img compact', () => {
     expect(f.stdout).toMatch(/^Nothing to compact: a fixed disk has no blocks to move\./);
   });
 
+  it('qcow2 v2 overlay: zeros over backing data stay, and the human line says why, as the JSON does (CLI audit 2 #10)', () => {
+    const base = join(tmp.path, 'v2-base.qcow2');
+    const ov = join(tmp.path, 'v2-ov.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', base, '8M']);
+    qemuIo(base, 'qcow2', ['write -P 5 0 8M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-b', 'v2-base.qcow2', '-F', 'qcow2', ov]);
+    qemuIo(ov, 'qcow2', ['write -P 0 1M 1M', 'write -P 9 3M 64k']);
+    const human = run('img', ['sparsify', ov]);
+    expect(human.status, human.stderr).toBe(0);
+    expect(human.stdout).toBe('Nothing to sparsify: the 16 clusters of zeros lie over backing file data: a version 2 image has no zero clusters, and a hole would show that data (amended to compat=1.1, version 3, they can become zero clusters).\n');
+    const json = JSON.parse(run('img', ['sparsify', '--output=json', ov]).stdout) as { clustersScanned: number; clustersReleased: number; nothingToDo?: string };
+    expect([json.clustersScanned, json.clustersReleased]).toEqual([17, 0]);
+    expect(human.stdout).toContain(json.nothingToDo);
+    // Where the backing file reads zeros too, the zeros go as holes, and nothing is said.
+    qemuIo(base, 'qcow2', ['write -P 0 1M 512k']);
+    const some = run('img', ['sparsify', ov]);
+    expect(some.stdout).toBe('Released 8 of 17 clusters (524288 bytes for img compact to return).\n');
+    expect(qemuImg(['check', ov], { allowFail: true }).status).toBe(0);
+  });
+
   it('takes the write lock: an image a qemu holds is refused (ERR_IMG_LOCKED) and left as it was', async () => {
     const file = join(tmp.path, 'held.vhd');
     qemuImg(['create', '-q', '-f', 'vpc', file, '8M']);

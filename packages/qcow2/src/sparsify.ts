@@ -116,6 +116,8 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
     const total = tables.length * perTable * cs;
     let done = 0;
     let aborted: unknown;
+    // Version 2 over a backing file: clusters of zeros kept because a hole there would show the backing file's data.
+    const keptOverBacking = { clusters: 0 };
     const geom: EntryGeometry = { clusterBits: h.clusterBits, clusterSize: cs, extendedL2, zeroFlag: zeroFlag && !extendedL2, dataFile: false };
     const source = { storage, file: storage.name, entryGeom: geom };
     // One table at a time: released entries are written back before the next table is read.
@@ -142,7 +144,7 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
           for (let j = first; j < first + count; j++) {
             const guest = (index * perTable + j) * cs;
             const e = entries[j];
-            const s = guest >= h.size || !e ? 'other' : await classify(g, storage, e, { zeroFlag, hasBacking, shared, below, guest, result });
+            const s = guest >= h.size || !e ? 'other' : await classify(g, storage, e, { zeroFlag, hasBacking, shared, below, guest, result, keptOverBacking });
             status.push(s);
           }
           const release = releasable(status, Math.ceil(minZeroRun / cs));
@@ -169,6 +171,10 @@ export async function sparsifyQcow2(storage: Storage, options: Qcow2SparsifyOpti
     await storage.flush();
     if (aborted) throw aborted;
     if (result.clustersScanned === 0) result.nothingToDo = result.clustersShared > 0 ? 'every allocated cluster is shared with a snapshot' : 'no data cluster is allocated in the active layer';
+    else if (result.clustersReleased === 0 && keptOverBacking.clusters > 0) {
+      const n = keptOverBacking.clusters;
+      result.nothingToDo = `${n === 1 ? 'the one cluster' : `the ${n} clusters`} of zeros ${n === 1 ? 'lies' : 'lie'} over backing file data: a version 2 image has no zero clusters, and a hole would show that data (amended to compat=1.1, version 3, they can become zero clusters)`;
+    }
     return result;
   } finally {
     await top?.backing?.close();
@@ -194,6 +200,8 @@ interface ClassifyContext {
   below: Disk | undefined;
   guest: number;
   result: Qcow2SparsifyResult;
+  /** Counts the clusters of zeros kept because the backing file reads otherwise below them (version 2). */
+  keptOverBacking: { clusters: number };
 }
 
 /** Whether an entry (decoded) may be released (a stored cluster of zeros), already reads as zeros, or neither. */
@@ -230,7 +238,10 @@ async function classify(g: Qcow2Graph, storage: Storage, e: ClusterEntry, c: Cla
     // A hole would show the backing file: only where it reads zeros too.
     if (!c.below) return 'other';
     const length = Math.max(0, Math.min(g.clusterSize, c.below.size - c.guest));
-    if (length > 0 && !isAllZero(await c.below.read(c.guest, length))) return 'other';
+    if (length > 0 && !isAllZero(await c.below.read(c.guest, length))) {
+      c.keptOverBacking.clusters++;
+      return 'other';
+    }
   }
   return 'candidate';
 }

@@ -1,7 +1,8 @@
 /**
  * img: the toolbox. Subcommands are spelled like qemu-img's.
  */
-import { refuseQemuOnlyArgs, runCommand, statusAfterOutput, version, type Io } from './common.js';
+import { refuseQemuOnlyArgs, runCommand, statusAfterOutput, UsageError, version, type Io } from './common.js';
+import { parseArgs } from './parse-args.js';
 
 const HELP = `Usage: img <command> [options]
 
@@ -19,9 +20,10 @@ Commands:
   rebase   [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>   change the backing file (safe unless -u; -c compresses)
   sparsify [-f fmt] [-p] [-S size] <file>                    release data that reads as zeros, in place (VHD, qcow2)
   compact  [-f fmt] [-p] <file>                              shrink the file in place to what it holds (VHD, qcow2)
-  snapshot (-l | -c | -a | -d <name>) <file>                 list, create, apply or delete internal snapshots
+  snapshot [-q] (-l [-U] | -c | -a | -d <name>) <file>       list, create, apply or delete internal snapshots
   measure  -O fmt [-o opts] [-U] (--size N | <file>)         space a new image needs (qcow2 or raw)
-  amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2 compat, lazy_refcounts)
+  amend    [-f fmt] -o key=value[,...] <file>                change options in place (qcow2: compat, lazy_refcounts,
+                                                             refcount_bits, data_file, size)
   bitmap   (--add | --remove | --clear | --enable | --disable | --merge SRC)... [-g size] [-b file [-F fmt]] <file> <bitmap>
                                                              change persistent dirty bitmaps (qcow2), as qemu-img bitmap
   inspect  [-f fmt] [--output=human|json] <file>            is an untrusted image safe to process? (exit 0 safe, 2 unsafe)
@@ -63,12 +65,12 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     return 0;
   }
   // -V is qemu-img's short spelling of --version.
-  if (name === '--version' || name === '-V' || name === 'doctor') {
+  if (name === '--version' || name === '-V') {
     io.stdout(`img ${version()}\n`);
-    // Which native features this install has and where its helper came from (loads @img/block/node: only when asked).
-    if (name === 'doctor' || rest.includes('--verbose')) io.stdout((await import('./native-notice.js')).nativeReport());
+    if (rest.includes('--verbose')) io.stdout((await import('./native-notice.js')).nativeReport());
     return 0;
   }
+  if (name === 'doctor') return runCommand('img doctor', rest, io, () => doctor(rest, io));
   // The commands (and with them every format) load here: --help and --version do without them.
   const { commands } = await import('./img-commands.js');
   const handler = Object.hasOwn(commands, name) ? commands[name] : undefined;
@@ -81,4 +83,27 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     refuseQemuOnlyArgs(rest);
     return handler(rest, io);
   });
+}
+
+const DOCTOR_HELP = `Usage: img doctor
+
+Shows the versions of img and node, whether the native helper is loaded and where it came from, and which
+native features are active: the same as img --version --verbose.
+
+Example:
+  img doctor
+`;
+
+/** img doctor: the version and the native features; like every command, it takes only the options it has. */
+async function doctor(argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' }, debug: { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) {
+    io.stdout(DOCTOR_HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`takes no arguments (got "${positionals[0]}")`);
+  io.stdout(`img ${version()}\n`);
+  // Which native features this install has and where its helper came from (loads @img/block/node: only when asked).
+  io.stdout((await import('./native-notice.js')).nativeReport());
+  return 0;
 }

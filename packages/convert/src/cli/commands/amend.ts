@@ -19,7 +19,8 @@ export const amend: Handler = async (argv, io) => {
   if (values.help) {
     io.stdout(
       'Usage: img amend [-q] [-p] [-t cache] [-f fmt] -o key=value[,...] <file>\n\n' +
-        'Changes format options in place (qcow2: lazy_refcounts=on|off, compat=0.10|1.1, size=<size>: a resize, smaller too).\n' +
+        'Changes format options in place (qcow2: compat=0.10|1.1, lazy_refcounts=on|off, refcount_bits=<a power of two up to 64>,\n' +
+        'data_file=<name>: the name an image with an external data file keeps, size=<size>: a resize, smaller too).\n' +
         "-p and -t are qemu-img's: accepted (a bad cache mode fails as with qemu-img); img's amend shows no progress\n" +
         'and picks its own caching.\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n',
     );
