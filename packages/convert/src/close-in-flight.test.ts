@@ -5,29 +5,21 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuCompare, tempDir } from '@img/testkit';
 import { FileStorage } from '@img/block/node';
 import { checkVhd } from '@img/vhd';
 import { openImageFile } from './node.js';
+import { EVERY_FORMAT, makeEveryFormat } from './test/every-format.js';
 
 const MiB = 1024 * 1024;
-const FORMATS = [
-  ['raw', 'img', 'raw'],
-  ['qcow2', 'qcow2', 'qcow2'],
-  ['vhd', 'vhd', 'vpc'],
-  ['vmdk', 'vmdk', 'vmdk'],
-] as const;
+const FORMATS = EVERY_FORMAT;
 
 describeQemu('close() with operations in flight', () => {
   const tmp = tempDir('img-close-in-flight-');
   const at = (name: string) => join(tmp.path, name);
   afterAll(() => tmp.cleanup());
 
-  beforeAll(() => {
-    qemuImg(['create', '-q', '-f', 'raw', at('disk.img'), '32M']);
-    qemuIo(at('disk.img'), 'raw', ['write -P 0x55 0 1M', 'write -P 0x66 8M 128k']);
-    for (const [, ext, qemuFormat] of FORMATS) if (ext !== 'img') qemuImg(['convert', '-O', qemuFormat, at('disk.img'), at(`disk.${ext}`)]);
-  });
+  beforeAll(() => makeEveryFormat(at, ['write -P 0x55 0 1M', 'write -P 0x66 8M 128k']));
 
   for (const [format, ext, qemuFormat] of FORMATS) {
     it(`${format}: 200 unawaited writes, then close: all resolve, the data is there, qemu-img check is clean`, async () => {

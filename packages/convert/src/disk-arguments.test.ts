@@ -3,26 +3,19 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeQemu, qemuImg, tempDir } from '@img/testkit';
+import { describeQemu, tempDir } from '@img/testkit';
 import type { Disk } from '@img/block';
 import { openImageFile } from './node.js';
+import { EVERY_FORMAT, makeEveryFormat } from './test/every-format.js';
 
-const FORMATS = [
-  ['raw', 'img', 'raw'],
-  ['qcow2', 'qcow2', 'qcow2'],
-  ['vhd', 'vhd', 'vpc'],
-  ['vmdk', 'vmdk', 'vmdk'],
-] as const;
+const FORMATS = EVERY_FORMAT;
 
 describeQemu('Disk argument messages', () => {
   const tmp = tempDir('img-disk-args-');
   const at = (name: string) => join(tmp.path, name);
   afterAll(() => tmp.cleanup());
 
-  beforeAll(() => {
-    qemuImg(['create', '-q', '-f', 'raw', at('disk.img'), '32M']);
-    for (const [, ext, qemuFormat] of FORMATS) if (ext !== 'img') qemuImg(['convert', '-O', qemuFormat, at('disk.img'), at(`disk.${ext}`)]);
-  });
+  beforeAll(() => makeEveryFormat(at));
 
   for (const [format, ext] of FORMATS) {
     it(`${format}: non-integer, NaN and string offsets and lengths, and writes of what is not a Uint8Array`, async () => {
