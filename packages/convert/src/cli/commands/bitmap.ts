@@ -5,6 +5,7 @@
  */
 import { statSync } from 'node:fs';
 import { parseArgs } from '../parse-args.js';
+import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError, invalidArg, parseSize, unsupported } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { editQcow2Bitmaps, readQcow2DirtyBitmap, type Qcow2BitmapOp, type Qcow2DirtyBitmap } from '@img/qcow2';
@@ -120,6 +121,10 @@ export const bitmap: Handler = async (argv, io) => {
   const storage = await FileStorage.open(path, { readOnly: false });
   try {
     await editQcow2Bitmaps(storage, ops, { resolver: fileResolver });
+  } catch (e) {
+    // Bitmaps never change what the guest reads.
+    if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} reads as before`);
+    throw e;
   } finally {
     await storage.close();
   }

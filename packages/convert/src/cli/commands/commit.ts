@@ -3,6 +3,7 @@
  * into any ancestor of its chain (qemu-img commit -b).
  */
 import { parseArgs } from '../parse-args.js';
+import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError } from '@img/block';
 import { checkCacheModes, ExitCode, refuseQemuOnly, refuseRateLimit } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
@@ -84,6 +85,7 @@ export const commit: Handler = async (argv, io) => {
     }
   } catch (e) {
     if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} still holds all its data and its chain reads as before: run img commit again to finish`);
+    if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} still holds all its data and its chain reads as before`);
     throw e;
   } finally {
     removeSignalHandlers();

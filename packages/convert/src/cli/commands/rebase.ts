@@ -2,6 +2,7 @@
  * img rebase: change an image's backing file (safe or -u).
  */
 import { parseArgs } from '../parse-args.js';
+import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError, invalidArg, type Disk } from '@img/block';
 import { fileResolverWith, resolveRelative } from '@img/block/node';
 import { checkCacheModes, ExitCode, refuseQemuOnly, UsageError } from '../common.js';
@@ -114,6 +115,7 @@ export const rebase: Handler = async (argv, io) => {
       await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c, ...progress, signal: controller.signal });
     } catch (e) {
       if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old backing file and reads as before: run img rebase again to finish`);
+      if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} keeps its old backing file and reads as before`);
       throw e;
     } finally {
       removeSignalHandlers();

@@ -2,6 +2,7 @@
  * img snapshot: list, create, apply and delete internal snapshots.
  */
 import { parseArgs } from '../parse-args.js';
+import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { notFoundError, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { qemuJsonEscapes, snapshotTable } from '../info-human.js';
@@ -49,7 +50,14 @@ export const snapshot: Handler = async (argv, io) => {
       return 0;
     }
     if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
-    if (values.c !== undefined) await s.createSnapshot.call(disk, values.c);
+    if (values.c !== undefined) {
+      try {
+        await s.createSnapshot.call(disk, values.c);
+      } catch (e) {
+        if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} reads as before and has no new snapshot`);
+        throw e;
+      }
+    }
     if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
     if (values.d !== undefined) {
       // qemu-img snapshot -d looks the snapshot up by name alone, the first of that name in the table (-a tries ids first).
