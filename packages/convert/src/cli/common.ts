@@ -1,7 +1,7 @@
 /** What both commands share: error printing, exit codes, version, progress. */
 import { readFileSync } from 'node:fs';
 import { ImageError } from '@img/block';
-import { interruptedStatus } from './interrupt.js';
+import { interruptedStatus, lateSignalLine, lateSignalStatus, setCommandName } from './interrupt.js';
 import { endProgressLine } from './progress.js';
 import { isCacheMode } from '../cache-mode.js';
 import { asCommandError } from '../node/same-file.js';
@@ -83,8 +83,15 @@ export function version(): string {
  */
 export async function runCommand(prog: string, argv: string[], io: Io, body: () => Promise<number>): Promise<number> {
   const debug = argv.includes('--debug');
+  setCommandName(prog);
   try {
-    return await body();
+    const status = await body();
+    const late = lateSignalStatus();
+    if (late !== undefined && status === 0) {
+      io.stderr(lateSignalLine());
+      return late;
+    }
+    return status;
   } catch (thrown) {
     // What is said next starts on a line of its own, not after a progress bar the error cut short.
     endProgressLine();

@@ -12,6 +12,13 @@
  * SIGINT and SIGTERM is absorbed until the process exits: the cleanup
  * (removing a partial output, closing an image consistently) always runs
  * to its end, and the status is the first signal's.
+ *
+ * A signal that comes once the command's long work is done (its output
+ * complete, as it ends: closing, printing a summary) is held until the
+ * command returns, which then says that its work was complete and exits
+ * with that signal's status; a second such signal ends the process at
+ * once. Before, it ended the process the default way, with nothing said,
+ * and a script saw 130 beside a complete output.
  */
 import { constants } from 'node:os';
 
@@ -22,6 +29,38 @@ let received: (typeof SIGNALS)[number] | undefined;
 
 /** Later signals, absorbed from the first one on (installed once, kept until the process exits). */
 let absorbing = false;
+
+/** A signal that came after a command's long work was done, held until it returns (see lateSignalStatus). */
+let late: (typeof SIGNALS)[number] | undefined;
+let holding = false;
+/** The command running, as its messages name it ("img convert"), for what a late signal says. */
+let commandName = 'img';
+
+/** Names the command running, for the line a signal after its work says ({@link lateSignalLine}). */
+export function setCommandName(name: string): void {
+  commandName = name;
+}
+
+/** What a command says when a signal came after its work was done. */
+export function lateSignalLine(): string {
+  return `${commandName}: interrupted after its work was done: what it wrote is complete\n`;
+}
+
+function holdLateSignals(): void {
+  if (holding || absorbing) return;
+  holding = true;
+  for (const signal of SIGNALS) {
+    process.on(signal, () => {
+      if (absorbing) return;
+      // A second one: the user means it, whatever is left to do.
+      if (late !== undefined) {
+        process.stderr.write(lateSignalLine());
+        process.exit(128 + constants.signals[late]);
+      }
+      late = signal;
+    });
+  }
+}
 
 function absorbLaterSignals(): void {
   if (absorbing) return;
@@ -34,8 +73,8 @@ function absorbLaterSignals(): void {
  * Aborts `controller` at the first SIGINT or SIGTERM, and remembers which
  * one came. From then on, further signals are absorbed until the process
  * exits, so the command's cleanup cannot be cut short. Returns the
- * function that removes the handlers of a command that was not
- * interrupted (a signal after that ends the process the default way).
+ * function to call once the command's long work is done: a signal after
+ * that is held for {@link lateSignalStatus}.
  */
 export function abortOnSignals(controller: AbortController): () => void {
   const installed = SIGNALS.map((signal) => {
@@ -49,7 +88,16 @@ export function abortOnSignals(controller: AbortController): () => void {
   });
   return () => {
     for (const [signal, handler] of installed) process.off(signal, handler);
+    if (received === undefined) holdLateSignals();
   };
+}
+
+/**
+ * The exit status of a command that finished its work before a signal
+ * came (128 + the signal's number), or undefined when none came after it.
+ */
+export function lateSignalStatus(): number | undefined {
+  return late === undefined ? undefined : 128 + constants.signals[late];
 }
 
 /** Whether a SIGINT or SIGTERM has stopped a command in this process. */
