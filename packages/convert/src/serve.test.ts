@@ -271,6 +271,10 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
         expect(ours.status, ours.stderr).toBe(0);
         expect(JSON.parse(ours.stdout)).toEqual(JSON.parse((await client('qemu-img', ['map', '--output=json', u])).stdout));
         expect(run('img', ['compare', file, u]).status).toBe(0);
+        // The export named as qemu names it, whichever spelling opened it.
+        const imageLine = (out: string) => out.split('\n')[0];
+        expect(imageLine(run('img', ['info', u]).stdout)).toBe(`image: nbd+unix:///top?socket=${sock}`);
+        expect(imageLine(run('img', ['info', u]).stdout)).toBe(imageLine((await client('qemu-img', ['info', u])).stdout));
       }
     } finally {
       server.kill();

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { MemoryStorage, createRaw, openRaw } from '@img/block';
 import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isNbdUri, NbdStorage, parseNbdUri, serveNbd } from './index.js';
+import { isNbdUri, NbdStorage, parseNbdUri, qemuNbdFilename, serveNbd } from './index.js';
 
 const tmp = tempDir('img-nbd-client-');
 afterAll(() => tmp.cleanup());
@@ -36,6 +36,21 @@ describe('NBD URIs', () => {
     expect(() => parseNbdUri('nbd:127.0.0.1')).toThrow(/is not an NBD address/);
     expect(() => parseNbdUri('nbd:h:99999')).toThrow(/past 65535/);
     expect(() => parseNbdUri('nbd:unix:')).toThrow(/names no socket/);
+  });
+
+  it("name an export as qemu does, whichever spelling opened it (qemu-img info's image: line)", () => {
+    // Each as qemu-img 7.2 printed it for these spellings.
+    for (const [given, named] of [
+      ['nbd+unix:///?socket=/tmp/m.sock', 'nbd+unix://?socket=/tmp/m.sock'],
+      ['nbd:unix:/tmp/m.sock', 'nbd+unix://?socket=/tmp/m.sock'],
+      ['nbd:unix:/tmp/n.sock:exportname=exp', 'nbd+unix:///exp?socket=/tmp/n.sock'],
+      ['nbd+unix:///exp?socket=/tmp/n.sock', 'nbd+unix:///exp?socket=/tmp/n.sock'],
+      ['nbd://127.0.0.1:10811/', 'nbd://127.0.0.1:10811'],
+      ['nbd://localhost', 'nbd://localhost:10809'],
+      ['nbd:127.0.0.1:10812:exportname=e2', 'nbd://127.0.0.1:10812/e2'],
+    ]) {
+      expect(qemuNbdFilename(parseNbdUri(given!)), given).toBe(named);
+    }
   });
 
   it('refuse what they cannot honour: TLS and vsock schemes, a query on nbd://, unknown or repeated parameters', () => {

@@ -105,3 +105,21 @@ export function parseNbdUri(text: string): NbdAddress {
   }
   throw bad(text, `uses ${scheme}//, which is not an NBD scheme (${FORMS})`);
 }
+
+/**
+ * The name qemu gives an NBD export it opened, whichever spelling named it
+ * (its refresh_filename, what `qemu-img info` prints as the image):
+ * `nbd://HOST:PORT[/EXPORT]`, the port always written (10809 where the URI
+ * named none), or `nbd+unix://[/EXPORT]?socket=PATH`.
+ *
+ * @example
+ * ```ts
+ * qemuNbdFilename(parseNbdUri('nbd:unix:/tmp/s:exportname=vm')); // 'nbd+unix:///vm?socket=/tmp/s'
+ * qemuNbdFilename(parseNbdUri('nbd://localhost/'));              // 'nbd://localhost:10809'
+ * ```
+ */
+export function qemuNbdFilename(address: NbdAddress): string {
+  const name = address.exportName;
+  if ('socket' in address) return name ? `nbd+unix:///${name}?socket=${address.socket}` : `nbd+unix://?socket=${address.socket}`;
+  return name ? `nbd://${address.host}:${address.port}/${name}` : `nbd://${address.host}:${address.port}`;
+}

@@ -4,7 +4,7 @@
 import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { isNbdUri } from '@img/nbd';
+import { isNbdUri, parseNbdUri, qemuNbdFilename } from '@img/nbd';
 import { PROBE_BYTES, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { probeVmdk } from '@img/vmdk';
@@ -96,7 +96,9 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
       );
     }
   }
-  return { data, actual, path, ...(unresolved ? { backingUnresolved: true } : {}) };
+  // An export is named as qemu names it, whichever spelling opened it (nbd:unix:PATH is nbd+unix://?socket=PATH).
+  const shown = isNbdUri(path) ? qemuNbdFilename(parseNbdUri(path)) : path;
+  return { data, actual, path: shown, ...(unresolved ? { backingUnresolved: true } : {}) };
 }
 
 /** img info. */
