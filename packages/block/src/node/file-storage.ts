@@ -16,7 +16,7 @@ import { seekAddon, type SeekAddon } from './seek.js';
 import { blockDeviceSize, memoryBacked, openDirect, refuseNonImageFile } from './file-kinds.js';
 import { errnoName, fsError, nativeCause } from './fs-errors.js';
 import { allocateRead, checkStorageArgs, checkStorageChunks, checkStorageNumber } from '../byte-args.js';
-import { checkRuns, nativeRunOptions, wholeNumber } from './native-runs.js';
+import { checkRuns, nativeRunOptions } from './native-runs.js';
 import type { FileStorageCreateOptions, FileStorageOptions } from './file-storage-options.js';
 
 /**
@@ -124,15 +124,15 @@ export class FileStorage implements Storage {
     // A block device has no holes to tell (Linux: lseek SEEK_DATA on one is EINVAL): every byte counts as data.
     if (addon && !this.fixedSize) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
     const punch = addon?.punchHole;
-    if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punching a hole');
+    if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punchHole', 'punching a hole');
     const allocate = addon?.allocateRange;
-    if (allocate && !readOnly) this.allocate = (offset, length) => this.#punch(allocate, offset, length, 'allocating');
+    if (allocate && !readOnly) this.allocate = (offset, length) => this.#punch(allocate, offset, length, 'allocate', 'allocating');
   }
 
   /** See punchHole and allocate: true when done, false where this file system or device cannot (the helper's rule, shared with the copy loop); other failures throw. */
-  async #punch(punch: NonNullable<SeekAddon['punchHole']>, offset: number, length: number, what: string): Promise<boolean> {
+  async #punch(punch: NonNullable<SeekAddon['punchHole']>, offset: number, length: number, method: string, what: string): Promise<boolean> {
     this.#checkWritable();
-    if (!wholeNumber(offset) || !wholeNumber(length)) throw invalidArg('file', `${this.name}: ${what} needs whole, non-negative numbers (got ${offset}, ${length})`, { field: 'offset' });
+    checkStorageArgs(this.name, `FileStorage.${method}`, offset, length);
     this.#busy++;
     let result: number;
     try {
