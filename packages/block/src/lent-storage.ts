@@ -20,11 +20,16 @@ import type { Storage } from './storage.js';
  * ```
  */
 export function lentStorage(storage: Storage): Storage {
+  // Each method bound once: a check or an edit calls readInto and write thousands of times through the lent storage.
+  const bound = new Map<PropertyKey, unknown>([['close', async () => undefined]]);
   return new Proxy(storage, {
     get(target, key) {
-      if (key === 'close') return async () => undefined;
+      if (bound.has(key)) return bound.get(key);
       const value: unknown = Reflect.get(target, key, target);
-      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      if (typeof value !== 'function') return value;
+      const method = (value as (...args: unknown[]) => unknown).bind(target);
+      bound.set(key, method);
+      return method;
     },
   });
 }

@@ -8,7 +8,7 @@
  * the source's size are left as they are. Such an output is never removed,
  * whatever happens.
  */
-import { invalidArg, invalidUsage, sparseCopy, unsupported, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
+import { invalidArg, invalidUsage, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { NbdStorage } from '@img/nbd';
 import type { ConvertResult } from '../convert.js';
@@ -30,12 +30,11 @@ export interface NbdOutputOptions extends Pick<SparseCopyOptions, 'minZeroRun' |
 export type ExistingOutputKind = 'nbd' | 'device';
 
 /**
- * Refuses what cannot go into an NBD export or a block device (before the
- * source is opened): a format other than raw, -c, -B, -o.
+ * Refuses what cannot go with a raw conversion into an NBD export or a
+ * block device (before the source is opened): -c, -B, -o. An image format
+ * there is device-output.ts's (checkDeviceFormat chose between them).
  */
 export function checkNbdOutput(options: NbdOutputOptions, kind: ExistingOutputKind = 'nbd'): void {
-  const format = options.registry.require(options.dstFormat).name;
-  if (format !== 'raw') throw unsupported(format, options.output, `the ${format} image goes ${kind === 'nbd' ? 'into an NBD export' : 'onto a block device'} through device-output.ts, not as raw bytes`);
   if (options.compress || options.backingFile !== undefined || Object.keys(options.createOptions ?? {}).length > 0) {
     throw invalidUsage(`${options.output}: ${kind === 'nbd' ? 'an NBD export' : 'a block device'} exists already: -c, -B and -o apply to a new image`, { file: options.output, field: 'output' });
   }
