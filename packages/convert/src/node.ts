@@ -274,9 +274,10 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   // A block device exists with its size, as an export: written into, never created, truncated or removed.
   const intoDevice = !intoExport && isBlockDevicePath(options.output);
   // An image format onto a device or into an export (qcow2, as an LVM volume holds one) is laid out there: see node/device-output.ts.
-  if (intoDevice || intoExport) checkDeviceFormat(registry, options.dstFormat, options.output, intoExport ? 'nbd' : 'device');
-  const imageOnDevice = (intoDevice || intoExport) && dstDriver.name !== 'raw';
-  if ((intoExport || intoDevice) && !imageOnDevice) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
+  const existing = intoExport || intoDevice;
+  if (existing) checkDeviceFormat(registry, options.dstFormat, options.output, intoExport ? 'nbd' : 'device');
+  const imageOnDevice = existing && dstDriver.name !== 'raw';
+  if (existing && !imageOnDevice) checkNbdOutput({ ...options, registry }, intoDevice ? 'device' : 'nbd');
   else if (!imageOnDevice && dstDriver.stream && dstDriver.streamOnly?.(options.createOptions ?? {})) return convertToStream(options, registry, options.output);
   const src = await openImageFile(options.input, {
     format: options.srcFormat,
