@@ -56,12 +56,22 @@ export class Allocator {
     this.refcounts = refcounts;
   }
 
-  /** Allocates `count` contiguous clusters (refcount 1) and grows the file over them. */
+  /**
+   * Allocates `count` contiguous clusters (refcount 1) and grows the file
+   * over them. Where the file cannot grow (a full device) they are given
+   * back: past the file's end they would be leaks nobody counts until the
+   * file reaches them.
+   */
   allocate(count: number): Promise<number> {
     const rc = this.refcounts;
     return this.#meta.run(async () => {
       const at = await rc.allocate(count);
-      await this.#growFile();
+      try {
+        await this.#growFile();
+      } catch (error) {
+        await rc.release(at, count * this.#img.geom.clusterSize).catch(() => undefined);
+        throw error;
+      }
       return at;
     });
   }

@@ -58,36 +58,46 @@ export async function writeBitmapState(s: Qcow2Image, view: MappingView, state: 
   await s.beforeFirstWrite(); // dirty bit with lazy refcounts; drops bitmaps the image calls inconsistent
   s.setBitmapTracker(undefined); // the writer's tracker would keep the old directory
   const w = s.writer!;
+  // What step 1 allocates: until the switch nothing reaches it, so a failure before then (a full file system)
+  // gives it back, as qemu does, instead of leaving leaks.
+  const taken: Array<{ offset: number; bytes: number }> = [];
   const allocate = async (bytes: number): Promise<number> => {
     const at = await w.allocator.allocate(Math.ceil(bytes / cs));
+    taken.push({ offset: at, bytes: Math.ceil(bytes / cs) * cs });
     s.overlap?.check(s.file, at, bytes);
     return at;
   };
-  // 1. new tables and data, new directory
-  for (const p of plan) {
-    if (!p.replaced) continue;
-    const bits = p.bits;
-    const table = new Uint8Array(p.entry.tableSize * 8);
-    for (let e = 0; bits && e < p.entry.tableSize; e++) {
-      const chunk = bits.subarray(e * cs, Math.min(bits.length, (e + 1) * cs));
-      if (chunk.every((b) => b === 0)) continue;
-      const at = await allocate(cs);
-      const data = new Uint8Array(cs);
-      data.set(chunk);
-      await s.storage.write(at, data);
-      writeU64Be(table, e * 8, at);
-    }
-    p.entry.tableOffset = table.length ? await allocate(table.length) : 0; // a disk of 0 bytes has an empty table
-    if (table.length) await s.storage.write(p.entry.tableOffset, table);
-  }
   let newExt: HeaderExtension | undefined;
-  if (plan.length) {
-    const dir = serializeBitmapDirectory(plan.map((p) => p.entry));
-    const dirOffset = await allocate(dir.length);
-    await s.storage.write(dirOffset, dir);
-    newExt = { type: EXT_BITMAPS, data: serializeBitmapsExtension({ nbBitmaps: plan.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset }) };
+  try {
+    // 1. new tables and data, new directory
+    for (const p of plan) {
+      if (!p.replaced) continue;
+      const bits = p.bits;
+      const table = new Uint8Array(p.entry.tableSize * 8);
+      for (let e = 0; bits && e < p.entry.tableSize; e++) {
+        const chunk = bits.subarray(e * cs, Math.min(bits.length, (e + 1) * cs));
+        if (chunk.every((b) => b === 0)) continue;
+        const at = await allocate(cs);
+        const data = new Uint8Array(cs);
+        data.set(chunk);
+        await s.storage.write(at, data);
+        writeU64Be(table, e * 8, at);
+      }
+      p.entry.tableOffset = table.length ? await allocate(table.length) : 0; // a disk of 0 bytes has an empty table
+      if (table.length) await s.storage.write(p.entry.tableOffset, table);
+    }
+    if (plan.length) {
+      const dir = serializeBitmapDirectory(plan.map((p) => p.entry));
+      const dirOffset = await allocate(dir.length);
+      await s.storage.write(dirOffset, dir);
+      newExt = { type: EXT_BITMAPS, data: serializeBitmapsExtension({ nbBitmaps: plan.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset }) };
+    }
+    await s.storage.flush();
+  } catch (error) {
+    // The write's error is the one reported; a release that fails too leaves a leak.
+    for (const t of taken.reverse()) await w.allocator.release(t.offset, t.bytes).catch(() => undefined);
+    throw error;
   }
-  await s.storage.flush();
   // 2. the switch
   await switchBitmaps(s, newExt);
   await state.afterSwitch?.();

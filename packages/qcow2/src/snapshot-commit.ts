@@ -178,12 +178,17 @@ async function flushAll(s: Qcow2Image): Promise<void> {
   await s.storage.flush();
 }
 
-/** Allocates clusters (refcount 1, written in place: a crash leaks them) and grows the file over them. */
+/** Allocates clusters (refcount 1, written in place: a crash leaks them) and grows the file over them; given back if it cannot grow. */
 async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<number> {
   const offset = await rc.allocate(count);
   const end = rc.endCluster * s.geom.clusterSize;
   if (end > s.fileSize) {
-    await s.storage.truncate(end);
+    try {
+      await s.storage.truncate(end);
+    } catch (error) {
+      await rc.release(offset, count * s.geom.clusterSize).catch(() => undefined);
+      throw error;
+    }
     s.noteFileEnd(end);
   }
   return offset;
@@ -303,123 +308,141 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     await checkedWrite(s, at, table, OVERLAP.L2);
     s.cache.put(at, table);
   }
-  const placed = new Map<number, number>();
-  for (const [at, r] of rewrite) {
-    const bytes = (await withFlags(at, r.index))!;
-    if (r.copy) {
-      const fresh = await allocate(s, rc, 1);
-      if (r.uses > 1) d.add(fresh / cs, 1, r.uses - 1);
-      await checkedWrite(s, fresh, bytes);
-      placed.set(at, fresh);
-    } else {
-      await checkedWrite(s, at, bytes, OVERLAP.L2);
+  // Clusters allocated for the new state: nothing the header reaches points at them until the switch, so a
+  // failure before it (a full file system, a write error) gives them back, as qemu does, instead of leaving
+  // them as leaks. From the header write on, they may be in use: a failure then leaves them.
+  const taken: { offset: number; bytes: number }[] = [];
+  const take = async (count: number): Promise<number> => {
+    const at = await allocate(s, rc, count);
+    taken.push({ offset: at, bytes: count * cs });
+    return at;
+  };
+  let switching = false;
+  try {
+    const placed = new Map<number, number>();
+    for (const [at, r] of rewrite) {
+      const bytes = (await withFlags(at, r.index))!;
+      if (r.copy) {
+        const fresh = await take(1);
+        if (r.uses > 1) d.add(fresh / cs, 1, r.uses - 1);
+        await checkedWrite(s, fresh, bytes);
+        placed.set(at, fresh);
+      } else {
+        await checkedWrite(s, at, bytes, OVERLAP.L2);
+      }
     }
-  }
-  const l1 = change.active.l1.slice(0, change.active.entries * 8);
-  for (let i = 0; i < newTables.length; i++) {
-    const at = newTables[i]!;
-    if (!at) continue;
-    const target = placed.get(at) ?? at;
-    writeEntryOffset(l1, i * 8, target, false);
-    const refs = placed.has(at) ? 1 + d.get(target / cs) : await after(at / cs);
-    setEntryCopied(l1, i * 8, refs === 1);
-  }
-  const l1Bytes = change.active.entries * 8;
-  const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && sameBytes(l1, view.l1.subarray(0, l1Bytes));
-  let l1Offset = view.l1Offset;
-  if (!sameL1 && l1Bytes) {
-    const padded = new Uint8Array(Math.ceil(l1Bytes / cs) * cs);
-    padded.set(l1);
-    l1Offset = await allocate(s, rc, padded.length / cs);
-    await checkedWrite(s, l1Offset, padded);
-    if (change.oldL1 === 'release') change.release.push({ offset: view.l1Offset, bytes: Math.ceil((s.header.l1Size * 8) / cs) * cs });
-  }
-  let snapshotsOffset = s.header.snapshotsOffset;
-  let snapshots = s.snapshots;
-  if (change.snapshots) {
-    const bytes = serializeSnapshotTable(change.snapshots);
-    const oldBytes = s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0);
-    if (oldBytes && snapshotsOffset) change.release.push({ offset: snapshotsOffset, bytes: oldBytes });
-    snapshotsOffset = 0;
-    if (bytes.length) {
-      snapshotsOffset = await allocate(s, rc, Math.ceil(bytes.length / cs));
-      await checkedWrite(s, snapshotsOffset, bytes);
+    const l1 = change.active.l1.slice(0, change.active.entries * 8);
+    for (let i = 0; i < newTables.length; i++) {
+      const at = newTables[i]!;
+      if (!at) continue;
+      const target = placed.get(at) ?? at;
+      writeEntryOffset(l1, i * 8, target, false);
+      const refs = placed.has(at) ? 1 + d.get(target / cs) : await after(at / cs);
+      setEntryCopied(l1, i * 8, refs === 1);
     }
-    let pos = snapshotsOffset;
-    snapshots = change.snapshots.map((sn) => {
-      const entry = { ...sn, entryOffset: pos };
-      pos += snapshotEntrySize(sn);
-      return entry;
-    });
-  }
-  // Refcount blocks whose counts change are copied with the new counts, under a new refcount table.
-  const blocks = new Set<number>();
-  for (const [c] of d.entries()) blocks.add(Math.floor(c / rc.perBlock));
-  const freshBlocks = new Map<number, number>();
-  for (const t of blocks) freshBlocks.set(t, await allocate(s, rc, 1));
-  let tableClusters = rc.tableClusters;
-  let tableOffset = rc.tableOffset;
-  if (blocks.size) {
-    tableOffset = await allocate(s, rc, tableClusters);
-    while (rc.tableClusters !== tableClusters) {
-      // Allocating grew the live refcount table: the new one must be as large.
-      await rc.release(tableOffset, tableClusters * cs);
-      tableClusters = rc.tableClusters;
-      tableOffset = await allocate(s, rc, tableClusters);
+    const l1Bytes = change.active.entries * 8;
+    const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && sameBytes(l1, view.l1.subarray(0, l1Bytes));
+    let l1Offset = view.l1Offset;
+    if (!sameL1 && l1Bytes) {
+      const padded = new Uint8Array(Math.ceil(l1Bytes / cs) * cs);
+      padded.set(l1);
+      l1Offset = await take(padded.length / cs);
+      await checkedWrite(s, l1Offset, padded);
+      if (change.oldL1 === 'release') change.release.push({ offset: view.l1Offset, bytes: Math.ceil((s.header.l1Size * 8) / cs) * cs });
     }
-  }
-  const live = rc.table;
-  const oldBlocks: number[] = [];
-  for (const [t, fresh] of freshBlocks) {
-    const old = live[t] ?? 0;
-    if (!old) throw corrupt(FORMAT, s.file, `no refcount block covers cluster ${t * rc.perBlock}, whose refcount the snapshot operation changes`, { field: 'refcount table entry' });
-    const block = new Uint8Array(cs);
-    await s.storage.readInto(old, block);
-    for (let k = 0; k < rc.perBlock; k++) {
-      const delta = d.get(t * rc.perBlock + k);
-      if (delta) writeRefcount(block, k, rc.bits, readRefcount(block, k, rc.bits) + delta);
+    let snapshotsOffset = s.header.snapshotsOffset;
+    let snapshots = s.snapshots;
+    if (change.snapshots) {
+      const bytes = serializeSnapshotTable(change.snapshots);
+      const oldBytes = s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0);
+      if (oldBytes && snapshotsOffset) change.release.push({ offset: snapshotsOffset, bytes: oldBytes });
+      snapshotsOffset = 0;
+      if (bytes.length) {
+        snapshotsOffset = await take(Math.ceil(bytes.length / cs));
+        await checkedWrite(s, snapshotsOffset, bytes);
+      }
+      let pos = snapshotsOffset;
+      snapshots = change.snapshots.map((sn) => {
+        const entry = { ...sn, entryOffset: pos };
+        pos += snapshotEntrySize(sn);
+        return entry;
+      });
     }
-    await checkedWrite(s, fresh, block);
-    oldBlocks.push(old);
-  }
-  if (blocks.size) {
-    const table = new Uint8Array(tableClusters * cs);
-    for (let t = 0; t < live.length; t++) {
-      const at = freshBlocks.get(t) ?? live[t] ?? 0;
-      writeU64Be(table, t * 8, at);
+    // Refcount blocks whose counts change are copied with the new counts, under a new refcount table.
+    const blocks = new Set<number>();
+    for (const [c] of d.entries()) blocks.add(Math.floor(c / rc.perBlock));
+    const freshBlocks = new Map<number, number>();
+    for (const t of blocks) freshBlocks.set(t, await take(1));
+    let tableClusters = rc.tableClusters;
+    let tableOffset = rc.tableOffset;
+    if (blocks.size) {
+      tableOffset = await take(tableClusters);
+      while (rc.tableClusters !== tableClusters) {
+        // Allocating grew the live refcount table: the new one must be as large.
+        await rc.release(tableOffset, tableClusters * cs);
+        taken.pop();
+        tableClusters = rc.tableClusters;
+        tableOffset = await take(tableClusters);
+      }
     }
-    await checkedWrite(s, tableOffset, table);
-  }
-  await flushAll(s);
+    const live = rc.table;
+    const oldBlocks: number[] = [];
+    for (const [t, fresh] of freshBlocks) {
+      const old = live[t] ?? 0;
+      if (!old) throw corrupt(FORMAT, s.file, `no refcount block covers cluster ${t * rc.perBlock}, whose refcount the snapshot operation changes`, { field: 'refcount table entry' });
+      const block = new Uint8Array(cs);
+      await s.storage.readInto(old, block);
+      for (let k = 0; k < rc.perBlock; k++) {
+        const delta = d.get(t * rc.perBlock + k);
+        if (delta) writeRefcount(block, k, rc.bits, readRefcount(block, k, rc.bits) + delta);
+      }
+      await checkedWrite(s, fresh, block);
+      oldBlocks.push(old);
+    }
+    if (blocks.size) {
+      const table = new Uint8Array(tableClusters * cs);
+      for (let t = 0; t < live.length; t++) {
+        const at = freshBlocks.get(t) ?? live[t] ?? 0;
+        writeU64Be(table, t * 8, at);
+      }
+      await checkedWrite(s, tableOffset, table);
+    }
+    await flushAll(s);
 
-  // ---- 3. the switch: one sector -----------------------------------------
-  const old = { tableOffset: rc.tableOffset, tableClusters: rc.tableClusters };
-  const h = { ...s.header };
-  h.l1TableOffset = l1Offset;
-  h.l1Size = change.active.entries;
-  h.size = change.active.size;
-  h.refcountTableOffset = tableOffset;
-  h.refcountTableClusters = tableClusters;
-  h.snapshotsOffset = snapshotsOffset;
-  h.nbSnapshots = snapshots.length;
-  const header = serializeHeader(h);
-  if (header.length > SECTOR) throw unsupported(FORMAT, s.file, `a header of ${header.length} bytes cannot be switched with one sector write`, { field: 'header_length' });
-  await checkedWrite(s, 0, header, OVERLAP.HEADER);
-  await flushAll(s);
-  // `view` is the active view (snapshot operations change nothing else).
-  s.setHeader(h);
-  s.setSnapshots(snapshots);
-  s.replaceActiveL1(sameL1 ? view.l1 : l1, l1Offset);
-  s.setSize(change.active.size);
-  s.cache.clear();
-  s.decompressed.clear();
-  if (blocks.size) {
-    await rc.switchTable(tableOffset, tableClusters, s.fileSize);
-    for (const at of oldBlocks) change.release.push({ offset: at, bytes: cs });
-    change.release.push({ offset: old.tableOffset, bytes: old.tableClusters * cs });
-  }
+    // ---- 3. the switch: one sector -----------------------------------------
+    const old = { tableOffset: rc.tableOffset, tableClusters: rc.tableClusters };
+    const h = { ...s.header };
+    h.l1TableOffset = l1Offset;
+    h.l1Size = change.active.entries;
+    h.size = change.active.size;
+    h.refcountTableOffset = tableOffset;
+    h.refcountTableClusters = tableClusters;
+    h.snapshotsOffset = snapshotsOffset;
+    h.nbSnapshots = snapshots.length;
+    const header = serializeHeader(h);
+    if (header.length > SECTOR) throw unsupported(FORMAT, s.file, `a header of ${header.length} bytes cannot be switched with one sector write`, { field: 'header_length' });
+    switching = true;
+    await checkedWrite(s, 0, header, OVERLAP.HEADER);
+    await flushAll(s);
+    // `view` is the active view (snapshot operations change nothing else).
+    s.setHeader(h);
+    s.setSnapshots(snapshots);
+    s.replaceActiveL1(sameL1 ? view.l1 : l1, l1Offset);
+    s.setSize(change.active.size);
+    s.cache.clear();
+    s.decompressed.clear();
+    if (blocks.size) {
+      await rc.switchTable(tableOffset, tableClusters, s.fileSize);
+      for (const at of oldBlocks) change.release.push({ offset: at, bytes: cs });
+      change.release.push({ offset: old.tableOffset, bytes: old.tableClusters * cs });
+    }
 
-  // ---- 4. what only the old state used ---------------------------------------
-  for (const r of change.release) if (r.offset && r.bytes) await rc.release(r.offset, r.bytes);
-  await flushAll(s);
+    // ---- 4. what only the old state used ---------------------------------------
+    for (const r of change.release) if (r.offset && r.bytes) await rc.release(r.offset, r.bytes);
+    await flushAll(s);
+  } catch (error) {
+    // The write's error is the one reported; a release that fails too leaves a leak.
+    if (!switching) for (const t of taken.reverse()) await rc.release(t.offset, t.bytes).catch(() => undefined);
+    throw error;
+  }
 }

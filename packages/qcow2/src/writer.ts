@@ -224,9 +224,11 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
   // the file and the refcount update can run alongside it (both land before the barrier).
   const pending = new PendingWrites();
   let freshEnd = 0;
+  let freshStart = -1;
   if (fresh) {
     const whole = units === 1;
     let at = whole ? await allocator.allocateForData(fresh, pending) : await allocator.allocate(fresh);
+    freshStart = at;
     for (const p of plans)
       if (p.fresh && !s.dataFile) {
         p.host = at;
@@ -234,6 +236,13 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
       }
     if (whole) freshEnd = at;
   }
+  // The data never reached its clusters (a full file system, a failed read of the old content): nothing
+  // points at them yet, so they go back to the free space, as qemu's allocation abort does, instead of
+  // staying counted as leaks. A failure of the release itself leaves the leak; the write's error is the one reported.
+  const unallocate = async (error: unknown): Promise<never> => {
+    if (freshStart >= 0) await allocator.release(freshStart, fresh * cs).catch(() => undefined);
+    throw error;
+  };
   // Build the bytes: new data, with old content around it where a unit is only partly written.
   // The refcount update runs meanwhile; should the building fail, it lands before the error is reported.
   const pieces = await Promise.all(
@@ -248,10 +257,10 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
     }),
   ).catch(async (error: unknown) => {
     await pending.drain();
-    throw error;
+    return unallocate(error);
   });
   pending.add(writeRuns(core, pieces));
-  await pending.settle();
+  await pending.settle().catch(unallocate);
   allocator.noteWritten(freshEnd);
   // Point the entries at the data once it is on disk.
   let first = -1;

@@ -123,7 +123,7 @@ export const bitmap: Handler = async (argv, io) => {
     await editQcow2Bitmaps(storage, ops, { resolver: fileResolver });
   } catch (e) {
     // Bitmaps never change what the guest reads.
-    if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} reads as before`);
+    if (isNoSpace(e)) throw noSpaceExit(e, `${path} reads as before`);
     throw e;
   } finally {
     await storage.close();

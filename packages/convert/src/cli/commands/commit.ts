@@ -85,7 +85,7 @@ export const commit: Handler = async (argv, io) => {
     }
   } catch (e) {
     if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} still holds all its data and its chain reads as before: run img commit again to finish`);
-    if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} still holds all its data and its chain reads as before`);
+    if (isNoSpace(e)) throw noSpaceExit(e, `${path} still holds all its data and its chain reads as before`);
     throw e;
   } finally {
     removeSignalHandlers();

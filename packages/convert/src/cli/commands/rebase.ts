@@ -115,7 +115,7 @@ export const rebase: Handler = async (argv, io) => {
       await rebaseDisk(disk, next, name, values.F ?? next?.format, { unsafe: values.u, compress: values.c, ...progress, signal: controller.signal });
     } catch (e) {
       if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${path} keeps its old backing file and reads as before: run img rebase again to finish`);
-      if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} keeps its old backing file and reads as before`);
+      if (isNoSpace(e)) throw noSpaceExit(e, `${path} keeps its old backing file and reads as before`);
       throw e;
     } finally {
       removeSignalHandlers();

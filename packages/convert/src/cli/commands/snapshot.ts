@@ -54,7 +54,7 @@ export const snapshot: Handler = async (argv, io) => {
       try {
         await s.createSnapshot.call(disk, values.c);
       } catch (e) {
-        if (isNoSpace(e)) throw noSpaceExit(e, path, `${path} reads as before and has no new snapshot`);
+        if (isNoSpace(e)) throw noSpaceExit(e, `${path} reads as before and has no new snapshot`);
         throw e;
       }
     }
