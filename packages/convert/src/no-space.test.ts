@@ -2,7 +2,7 @@
 // that says the image still reads as before; both claims checked: qemu-img compare against the content before, and
 // qemu-img check clean at once (the clusters the failed write had allocated are given back, as qemu-img does).
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -62,6 +62,27 @@ describe.runIf(full !== undefined)('img commit, rebase, snapshot -c and bitmap -
     expectNoSpaceLine(r, 'commit', `${top} still holds all its data and its chain reads as before`);
     expect(same(before, top)).toBe(0);
     expectClean(base);
+    rmSync(base);
+  });
+
+  it('commit into a dynamic VHD: the base is put back as it was, footer at its end (qemu-img leaves the block head there)', () => {
+    const d = mkdtempSync(join(tmp.path, 'commit-vhd-'));
+    const raw = join(d, 'data.raw');
+    writeFileSync(raw, randomBytes(12 * MIB));
+    const base = join(full!, 'base.vhd');
+    const top = join(d, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'vpc', base, '64M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'vpc', top]);
+    qemuImg(['convert', '-n', '-f', 'raw', '-O', 'qcow2', '--target-is-zero', raw, top]);
+    const before = join(d, 'before.qcow2');
+    qemuImg(['convert', '-O', 'qcow2', top, before]);
+    const r = run('img', ['commit', top]);
+    expectNoSpaceLine(r, 'commit', `${top} still holds all its data and its chain reads as before`);
+    expect(same(before, top)).toBe(0);
+    const check = run('img', ['check', base]);
+    expect(check.status, check.stdout + check.stderr).toBe(0);
+    const bytes = readFileSync(base);
+    expect(bytes.subarray(bytes.length - 512, bytes.length - 504).toString('latin1')).toBe('conectix');
     rmSync(base);
   });
 

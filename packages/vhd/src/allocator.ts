@@ -65,7 +65,13 @@ export async function allocateBlock(core: VhdImage, block: number, first: number
   s.nextFree = nextFree;
   if (!footer) writes.push(writeFooters(s, { head: false }));
   const results = await Promise.allSettled(writes);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    // A full device (or another write error) before the BAT names the block: the file goes back to what it
+    // was, footer at the end, so that every reader (qemu's footer copy at 0 or not, libvhdi) opens it as before.
+    await restoreEnd(core, at, fileSize).catch(() => undefined);
+    throw failed.reason;
+  }
   if (fileSize > nextFree + VHD_SECTOR) await s.storage.truncate(nextFree + VHD_SECTOR);
   await s.storage.flush();
   await writeBatEntry(s, block, at / VHD_SECTOR);
@@ -73,4 +79,18 @@ export async function allocateBlock(core: VhdImage, block: number, first: number
   s.bat[block] = at / VHD_SECTOR;
   core.setBitmap(block, bitmap);
   core.sizeAfterAlloc = { nextFree, size: nextFree + VHD_SECTOR };
+}
+
+/**
+ * Undoes an allocation whose writes failed: the file is cut back to its old
+ * size (which needs no space) and the footer written where it was, over
+ * whatever of the block landed there.
+ */
+async function restoreEnd(core: VhdImage, at: number, fileSize: number): Promise<void> {
+  const s = core.state;
+  s.nextFree = at;
+  core.sizeAfterAlloc = undefined;
+  await s.storage.truncate(Math.max(fileSize, at + FOOTER_SIZE));
+  await writeFooters(s, { head: false });
+  await s.storage.flush();
 }
