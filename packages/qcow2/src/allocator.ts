@@ -135,6 +135,23 @@ export class Allocator {
     });
   }
 
+  /**
+   * Runs `write`, which fills clusters [offset, offset + bytes) this
+   * allocator just handed out and nothing points at yet. Should it fail (a
+   * full device, an I/O error), they are given back before the error goes
+   * on, as qemu gives back a failed allocation: otherwise they would stay
+   * counted with nothing using them, leaks for `qemu-img check`. A release
+   * that fails too leaves the leak; the write's error is the one reported.
+   */
+  async writeFresh(offset: number, bytes: number, write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (error) {
+      await this.release(offset, bytes).catch(() => undefined);
+      throw error;
+    }
+  }
+
   /** Records that the file now reaches at least `end` (a data write past its old end). */
   noteWritten(end: number): void {
     this.#img.noteFileEnd(end);

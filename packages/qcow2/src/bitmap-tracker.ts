@@ -34,6 +34,8 @@ export interface TrackerHooks {
   clusterSize: number;
   /** Allocates `count` clusters (refcount 1) and grows the file over them. */
   allocate(count: number): Promise<number>;
+  /** Runs `write` into clusters just allocated; gives them back if it fails (Allocator.writeFresh). */
+  writeFresh(offset: number, bytes: number, write: () => Promise<void>): Promise<void>;
   flush(): Promise<void>;
 }
 
@@ -145,12 +147,15 @@ export class BitmapTracker {
       const data = new Uint8Array(cs);
       if (host) await this.#hooks.storage.readInto(host, data);
       for (const [from, to] of bits) setBits(data, from, to);
-      if (!host) {
-        host = await this.#hooks.allocate(1);
-        writeU64Be(table, c * 8, host);
-        tableChanged = true;
+      if (host) {
+        await this.#hooks.storage.write(host, data);
+        continue;
       }
-      await this.#hooks.storage.write(host, data);
+      // A new data cluster: written, then named by the table (a failed write gives it back: no leak, no entry).
+      const fresh = await this.#hooks.allocate(1);
+      await this.#hooks.writeFresh(fresh, cs, () => this.#hooks.storage.write(fresh, data));
+      writeU64Be(table, c * 8, fresh);
+      tableChanged = true;
     }
     if (tableChanged) {
       // The data clusters are written before the table points at them.

@@ -117,8 +117,10 @@ export class ClusterMap {
       );
     }
     img.overlap?.check(img.file, fresh, cs);
-    await img.storage.write(fresh, table);
-    await this.#sched.barrier();
+    await this.#alloc.writeFresh(fresh, cs, async () => {
+      await img.storage.write(fresh, table);
+      await this.#sched.barrier();
+    });
     img.cache.put(fresh, table);
     await this.#writeL1Entry(l1Index, fresh, true);
     img.overlap?.add(OVERLAP.L2, fresh, cs);
@@ -202,8 +204,10 @@ export class ClusterMap {
     const l1 = new Uint8Array(clusters * cs);
     l1.set(this.#view.l1.subarray(0, h.l1Size * 8));
     img.overlap?.check(img.file, offset, l1.length);
-    await img.storage.write(offset, l1);
-    await this.#sched.barrier();
+    await this.#alloc.writeFresh(offset, l1.length, async () => {
+      await img.storage.write(offset, l1);
+      await this.#sched.barrier();
+    });
     const oldOffset = h.l1TableOffset;
     const oldClusters = Math.ceil((h.l1Size * 8) / cs);
     img.setHeader({ l1TableOffset: offset, l1Size: entries });

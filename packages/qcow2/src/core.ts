@@ -369,7 +369,7 @@ export class Qcow2Image implements ReaderState {
 
   #loadTracker(bitmaps: BitmapsExtension): Promise<BitmapTracker | undefined> {
     const allocator = this.#writer!.allocator;
-    return BitmapTracker.load({ storage: this.storage, clusterSize: this.geom.clusterSize, allocate: (n) => allocator.allocate(n), flush: () => this.storage.flush() }, bitmaps, this.fileSize, this.#header.size);
+    return BitmapTracker.load({ storage: this.storage, clusterSize: this.geom.clusterSize, allocate: (n) => allocator.allocate(n), writeFresh: (o, b, w) => allocator.writeFresh(o, b, w), flush: () => this.storage.flush() }, bitmaps, this.fileSize, this.#header.size);
   }
 
   /**

@@ -1,12 +1,14 @@
 // A write that finds the device full gives back the clusters it had allocated, as qemu's allocation abort does: a
-// guest write, a snapshot create and a bitmap add on a storage that refuses to grow past a limit (ENOSPC) leave an
-// image that reads as before and that img's check and `qemu-img check` find clean (no leaks, exit 0, not 3).
+// guest write, a compressed write, a snapshot create or apply (with a dirty bitmap to update), a bitmap add, a resize
+// that moves the L1 table and a change of refcount width, on a storage that refuses to grow past a limit (ENOSPC),
+// leave an image that reads as before and that img's check and `qemu-img check` find clean (no leaks, exit 0, not 3).
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStorage } from '@img/block';
 import type { Storage } from '@img/block';
 import { qemuCheck, seededBytes, tempDir } from '@img/testkit';
+import { amendQcow2 } from './amend.js';
 import { addQcow2Bitmap } from './bitmap-edit.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { createQcow2 } from './create.js';
@@ -18,7 +20,7 @@ const KIB = 1024;
 const MIB = 1024 * KIB;
 
 /**
- * `inner`, except that a write or truncate reaching past `limit` bytes fails as a full device does: a write lands
+ * `inner`, except that a write reaching past `limit` bytes fails as a full device does: it lands
  * up to the limit first, as a short write on a file system that fills up does (so the file reaches the clusters
  * the failed write allocated, and a leak there would be counted).
  */
@@ -37,10 +39,8 @@ function fullAt(inner: MemoryStorage, limit: number): Storage {
       }
       await inner.write(position, data);
     },
-    truncate: async (size: number) => {
-      if (size > limit) throw full(`truncate to ${size}`);
-      await inner.truncate(size);
-    },
+    // Growing a file by truncate takes no space (it is sparse), as on ext4 and tmpfs.
+    truncate: (size: number) => inner.truncate(size),
     flush: () => inner.flush(),
     close: () => inner.close(),
   };
@@ -87,6 +87,40 @@ describe('qcow2 on a full device: what a failed write allocated is given back', 
     const again = await openQcow2(MemoryStorage.from(bytes, { name: 'full.qcow2' }));
     expect(again.snapshots).toEqual([]);
     await again.close();
+  });
+
+  it('a compressed write that cannot land leaves no leaked clusters', async () => {
+    const inner = MemoryStorage.from(await imageWithData(), { name: 'full.qcow2' });
+    const disk = await openQcow2(fullAt(inner, inner.toBytes().length), { readOnly: false });
+    const text = new TextEncoder().encode('compressible words, '.repeat(4000)).subarray(0, 64 * KIB);
+    await expect(disk.writeCompressed(4 * MIB, text)).rejects.toThrow(/ENOSPC/);
+    await disk.close();
+    await expectClean(inner.toBytes(), 'compressed');
+  });
+
+  it('a snapshot apply whose dirty bitmap cannot be updated leaves no leaked clusters', async () => {
+    const storage = MemoryStorage.from(await imageWithData(), { name: 'full.qcow2' });
+    const disk = await openQcow2(storage, { readOnly: false });
+    await disk.createSnapshot('s1');
+    await disk.close();
+    const marked = MemoryStorage.from(storage.toBytes(), { name: 'full.qcow2' });
+    await addQcow2Bitmap(marked, 'b');
+    const inner = MemoryStorage.from(marked.toBytes(), { name: 'full.qcow2' });
+    const full = await openQcow2(fullAt(inner, inner.toBytes().length), { readOnly: false });
+    await full.applySnapshot('s1').catch(() => undefined);
+    await full.close().catch(() => undefined);
+    await expectClean(inner.toBytes(), 'snapshot apply');
+  });
+
+  it('a resize that moves the L1 table, and a change of refcount width, leave no leaked clusters', async () => {
+    const inner = MemoryStorage.from(await imageWithData(), { name: 'full.qcow2' });
+    const disk = await openQcow2(fullAt(inner, inner.toBytes().length + 4 * KIB), { readOnly: false });
+    await expect(disk.resize(64 * 1024 * MIB)).rejects.toThrow(/ENOSPC/);
+    await disk.close();
+    await expectClean(inner.toBytes(), 'resize');
+    const again = MemoryStorage.from(inner.toBytes(), { name: 'full.qcow2' });
+    await expect(amendQcow2(fullAt(again, again.toBytes().length + 4 * KIB), { refcountBits: 64 })).rejects.toThrow(/ENOSPC/);
+    await expectClean(again.toBytes(), 'refcount width');
   });
 
   it('a bitmap that cannot be written leaves no leaked clusters', async () => {

@@ -34,40 +34,54 @@ export async function changeRefcountOrder(s: Qcow2Image, order: number): Promise
   }
   await s.beforeFirstWrite();
   const perBlock = (cs * 8) / bits;
-  // Blocks for every range up to the end of the file, and a table for them: allocating them moves the end, so until it stays.
+  // Until the header switch nothing reaches the new structures: a failure before it (a full device) gives them
+  // back, as qemu does, instead of leaving them as leaks.
+  const taken: Array<{ offset: number; bytes: number }> = [];
   const blocks: number[] = [];
   let table = { offset: 0, clusters: 0 };
-  for (;;) {
-    const needBlocks = Math.ceil(rc.endCluster / perBlock);
-    const needTable = Math.max(1, Math.ceil((needBlocks * 8) / cs));
-    if (needBlocks <= blocks.length && needTable <= table.clusters) break;
-    if (needBlocks > blocks.length) {
-      const at = await s.writer!.allocator.allocate(needBlocks - blocks.length);
-      for (let i = 0; blocks.length < needBlocks; i++) blocks.push(at + i * cs);
+  try {
+    // Blocks for every range up to the end of the file, and a table for them: allocating them moves the end, so until it stays.
+    for (;;) {
+      const needBlocks = Math.ceil(rc.endCluster / perBlock);
+      const needTable = Math.max(1, Math.ceil((needBlocks * 8) / cs));
+      if (needBlocks <= blocks.length && needTable <= table.clusters) break;
+      if (needBlocks > blocks.length) {
+        const at = await s.writer!.allocator.allocate(needBlocks - blocks.length);
+        taken.push({ offset: at, bytes: (needBlocks - blocks.length) * cs });
+        for (let i = 0; blocks.length < needBlocks; i++) blocks.push(at + i * cs);
+      }
+      if (needTable > table.clusters) {
+        if (table.clusters) {
+          await s.writer!.allocator.release(table.offset, table.clusters * cs);
+          const i = taken.findIndex((t) => t.offset === table.offset);
+          if (i >= 0) taken.splice(i, 1);
+        }
+        table = { offset: await s.writer!.allocator.allocate(needTable), clusters: needTable };
+        taken.push({ offset: table.offset, bytes: needTable * cs });
+      }
     }
-    if (needTable > table.clusters) {
-      if (table.clusters) await s.writer!.allocator.release(table.offset, table.clusters * cs);
-      table = { offset: await s.writer!.allocator.allocate(needTable), clusters: needTable };
+    await s.writer!.allocator.drainReleases();
+    // The old table and blocks are free in the new refcounts: nothing points at them once the header is switched.
+    const old = new Set<number>();
+    for (let i = 0; i < rc.tableClusters; i++) old.add(rc.tableOffset / cs + i);
+    for (const b of rc.table) if (b) old.add(b / cs);
+    const end = rc.endCluster;
+    const block = new Uint8Array(cs);
+    for (let t = 0; t < blocks.length; t++) {
+      block.fill(0);
+      for (let c = t * perBlock; c < Math.min(end, (t + 1) * perBlock); c++) {
+        if (!old.has(c)) writeRefcount(block, c - t * perBlock, bits, await rc.get(c));
+      }
+      await s.storage.write(blocks[t]!, block);
     }
+    const raw = new Uint8Array(table.clusters * cs);
+    blocks.forEach((b, t) => writeU64Be(raw, t * 8, b));
+    await s.storage.write(table.offset, raw);
+    await s.storage.flush();
+  } catch (error) {
+    for (const t of taken.reverse()) await s.writer!.allocator.release(t.offset, t.bytes).catch(() => undefined);
+    throw error;
   }
-  await s.writer!.allocator.drainReleases();
-  // The old table and blocks are free in the new refcounts: nothing points at them once the header is switched.
-  const old = new Set<number>();
-  for (let i = 0; i < rc.tableClusters; i++) old.add(rc.tableOffset / cs + i);
-  for (const b of rc.table) if (b) old.add(b / cs);
-  const end = rc.endCluster;
-  const block = new Uint8Array(cs);
-  for (let t = 0; t < blocks.length; t++) {
-    block.fill(0);
-    for (let c = t * perBlock; c < Math.min(end, (t + 1) * perBlock); c++) {
-      if (!old.has(c)) writeRefcount(block, c - t * perBlock, bits, await rc.get(c));
-    }
-    await s.storage.write(blocks[t]!, block);
-  }
-  const raw = new Uint8Array(table.clusters * cs);
-  blocks.forEach((b, t) => writeU64Be(raw, t * 8, b));
-  await s.storage.write(table.offset, raw);
-  await s.storage.flush();
   s.setHeader({ refcountOrder: order, refcountTableOffset: table.offset, refcountTableClusters: table.clusters });
   await writeHeader(s);
   await s.storage.flush();

@@ -452,12 +452,18 @@ async function compressedInTable(core: Qcow2Image, l1Index: number, items: Reado
   await scheduler.flights.drain(l1Index);
   const olds = items.map((i) => map.decode(table, (i.guest / cs) % s.geom.l2Entries, tableOffset));
   const hosts = await allocator.placeCompressed(items.map((i) => i.packed.length));
-  await writeRuns(
-    core,
-    items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })),
-    s.storage,
-  );
-  await scheduler.barrier();
+  try {
+    await writeRuns(
+      core,
+      items.map((i, k) => ({ host: hosts[k]!, bytes: i.packed })),
+      s.storage,
+    );
+    await scheduler.barrier();
+  } catch (error) {
+    // No entry names the bytes yet: their references go back (a failed release leaves a leak; the write's error is reported).
+    for (let k = 0; k < items.length; k++) await allocator.release(hosts[k]!, items[k]!.packed.length).catch(() => undefined);
+    throw error;
+  }
   let lo = Infinity;
   let hi = -1;
   items.forEach((i, k) => {
