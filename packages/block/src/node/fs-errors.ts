@@ -31,9 +31,20 @@ export function errnoName(errno: number): string {
   return Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
 }
 
-/** A rejection of the native copy loop as the usual fs error shape: code, syscall, a message without them. */
+/**
+ * A rejection of the native copy loop as the usual fs error shape: code,
+ * syscall, a message without them ("write at 4096: no space left on
+ * device"). The C library's description starts with a capital; node:fs's,
+ * which every other message quotes, does not: its first letter is made
+ * lower case to match.
+ */
 export function nativeCause(e: unknown): { code: string; message: string; syscall: string; offset: number } | undefined {
   const err = e as { errno?: unknown; message?: unknown; syscall?: unknown; offset?: unknown } | undefined;
   if (typeof err?.errno !== 'number') return undefined;
-  return { code: errnoName(err.errno), message: String(err.message), syscall: String(err.syscall), offset: Number(err.offset) };
+  // "write at 4096: No space left on device": what failed, then the description.
+  const text = String(err.message);
+  const colon = text.lastIndexOf(': ');
+  const at = colon < 0 ? 0 : colon + 2;
+  const message = text.slice(0, at) + text.charAt(at).toLowerCase() + text.slice(at + 1);
+  return { code: errnoName(err.errno), message, syscall: String(err.syscall), offset: Number(err.offset) };
 }
