@@ -254,6 +254,15 @@ export async function removeOutputFile(path: string): Promise<void> {
   await rm(path, { force: true }).catch(() => undefined);
 }
 
+/** The default file resolver, noting in `created` the path of every file it creates (the extent files of a new VMDK). */
+function creationRecordingResolver(created: string[]): Resolver {
+  return async (request) => {
+    const storage = await fileResolver(request);
+    if (request.create) created.push(resolveRelative(request));
+    return storage;
+  };
+}
+
 /**
  * Converts `input` (of `srcFormat`) into a new file `output` of `dstFormat`.
  * A failed conversion removes the output unless `keepPartial`. An `output`
@@ -288,6 +297,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   });
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
+  // Files the writer creates beside the output through the default resolver (a VMDK's extents): this
+  // conversion made them (created exclusively), so a failure removes them with the output.
+  const besides: string[] = [];
   try {
     if (intoExport) {
       if (options.snapshot !== undefined) snapshot = await openDiskSnapshot(src, options.snapshot);
@@ -317,7 +329,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
       target,
       {
         ...options,
-        resolver: options.resolver ?? fileResolver,
+        resolver: options.resolver ?? creationRecordingResolver(besides),
         formats: options.formats ?? registry,
       },
       false,
@@ -327,7 +339,10 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   } catch (e) {
     // convertInto closes the target once a writer holds it; a format that refused to create leaves it to us.
     await target?.close().catch(() => undefined);
-    if (target && !options.keepPartial) await removeOutputFile(options.output);
+    if (target && !options.keepPartial) {
+      await removeOutputFile(options.output);
+      for (const file of besides) await removeOutputFile(file);
+    }
     throw e;
   } finally {
     await snapshot?.close().catch(() => undefined);
@@ -455,7 +470,7 @@ function streamWriteError(file: string, e: unknown): unknown {
   const text = String(err.message)
     .replace(`${err.code}: `, '')
     .replace(/, \w+(?: '.*')?$/, '');
-  return ioError(file, `write failed: ${text.charAt(0).toUpperCase()}${text.slice(1)} (${err.code})`, { errno: err.code }, e);
+  return ioError(file, `write failed: ${text} (${err.code})`, { errno: err.code }, e);
 }
 
 /**
