@@ -6,8 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStorage } from '@img/block';
-import type { Storage } from '@img/block';
-import { qemuCheck, seededBytes, tempDir } from '@img/testkit';
+import { fullAt, qemuCheck, seededBytes, tempDir } from '@img/testkit';
 import { amendQcow2 } from './amend.js';
 import { addQcow2Bitmap } from './bitmap-edit.js';
 import { checkQcow2 } from './check-qcow2.js';
@@ -18,33 +17,6 @@ const tmp = tempDir('img-qcow2-no-space-');
 afterAll(() => tmp.cleanup());
 const KIB = 1024;
 const MIB = 1024 * KIB;
-
-/**
- * `inner`, except that a write reaching past `limit` bytes fails as a full device does: it lands
- * up to the limit first, as a short write on a file system that fills up does (so the file reaches the clusters
- * the failed write allocated, and a leak there would be counted).
- */
-function fullAt(inner: MemoryStorage, limit: number): Storage {
-  const full = (what: string) => Object.assign(new Error(`${inner.name}: ${what} failed: no space left on device (ENOSPC)`), { code: 'ENOSPC' });
-  return {
-    name: inner.name,
-    readOnly: false,
-    size: () => inner.size(),
-    read: (position: number, length: number) => inner.read(position, length),
-    readInto: (position: number, target: Uint8Array) => inner.readInto(position, target),
-    write: async (position: number, data: Uint8Array) => {
-      if (position + data.length > limit) {
-        if (position < limit) await inner.write(position, data.subarray(0, limit - position));
-        throw full(`write at ${position}`);
-      }
-      await inner.write(position, data);
-    },
-    // Growing a file by truncate takes no space (it is sparse), as on ext4 and tmpfs.
-    truncate: (size: number) => inner.truncate(size),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-  };
-}
 
 /** A 16 MiB image with 1 MiB of data at 0; its bytes. */
 async function imageWithData(): Promise<Uint8Array> {

@@ -7,8 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStorage } from '@img/block';
-import type { Storage } from '@img/block';
-import { seededBytes, tempDir } from '@img/testkit';
+import { fullAt, seededBytes, tempDir } from '@img/testkit';
 import { checkVhd } from './check.js';
 import { createVhd } from './create.js';
 import { openVhd } from './open.js';
@@ -17,27 +16,6 @@ const tmp = tempDir('img-vhd-no-space-');
 afterAll(() => tmp.cleanup());
 const MIB = 1024 * 1024;
 const hasVhdiinfo = spawnSync('vhdiinfo', ['-V']).status === 0;
-
-/** `inner`, except that writes past `limit` bytes land up to it and then fail as on a full device (a short write, then ENOSPC). */
-function fullAt(inner: MemoryStorage, limit: number): Storage {
-  return {
-    name: inner.name,
-    readOnly: false,
-    size: () => inner.size(),
-    read: (position: number, length: number) => inner.read(position, length),
-    readInto: (position: number, target: Uint8Array) => inner.readInto(position, target),
-    write: async (position: number, data: Uint8Array) => {
-      if (position + data.length > limit) {
-        if (position < limit) await inner.write(position, data.subarray(0, limit - position));
-        throw Object.assign(new Error(`${inner.name}: write at ${position} failed: no space left on device (ENOSPC)`), { code: 'ENOSPC' });
-      }
-      await inner.write(position, data);
-    },
-    truncate: (size: number) => inner.truncate(size),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-  };
-}
 
 describe('dynamic VHD on a full device', () => {
   it('a block that cannot be written leaves the file as it was: footer at the end, check clean, data as before', async () => {

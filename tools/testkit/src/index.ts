@@ -17,3 +17,4 @@ export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } f
 export { waitForSocket } from './socket.js';
 export { pageCacheBytes } from './page-cache.js';
 export { withStorage } from './with-storage.js';
+export { fullAt, type FillableStorage } from './full-storage.js';
