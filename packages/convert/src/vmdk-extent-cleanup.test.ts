@@ -1,0 +1,65 @@
+// A failed or interrupted conversion to a VMDK with extent files of its own (monolithicFlat, twoGbMaxExtent*)
+// removes those files too, not only the descriptor (CLI audit 3 finding 1: Ctrl-C or a full disk left
+// o-flat.vmdk, o-f001.vmdk or o-s001.vmdk behind, as large as what had been copied, after saying
+// "the partial output was removed").
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { seededBytes, tempDir } from '@img/testkit';
+import { convertFile } from './node.js';
+
+const tmp = tempDir('img-vmdk-extent-cleanup-');
+afterAll(() => tmp.cleanup());
+const MIB = 2 ** 20;
+
+describe('convertFile to a VMDK with separate extent files, aborted mid-copy', () => {
+  for (const subformat of ['monolithicFlat', 'twoGbMaxExtentFlat', 'twoGbMaxExtentSparse']) {
+    it(`${subformat}: the descriptor and every extent file it created are removed`, async () => {
+      const dir = mkdtempSync(join(tmp.path, `${subformat}-`));
+      const input = join(dir, 'src.raw');
+      writeFileSync(input, seededBytes(16 * MIB, 3));
+      const output = join(dir, 'out.vmdk');
+      const controller = new AbortController();
+      await expect(
+        convertFile({
+          input,
+          output,
+          srcFormat: 'raw',
+          dstFormat: 'vmdk',
+          createOptions: { subformat },
+          signal: controller.signal,
+          // Aborted once the copy has started, after the extent files exist.
+          onProgress: (p) => {
+            if (p.bytesDone > 0) controller.abort();
+          },
+        }),
+      ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+      expect(existsSync(output)).toBe(false);
+      expect(readdirSync(dir)).toEqual(['src.raw']);
+    });
+  }
+
+  it('keepPartial keeps the descriptor and its extents', async () => {
+    const dir = mkdtempSync(join(tmp.path, 'keep-'));
+    const input = join(dir, 'src.raw');
+    writeFileSync(input, seededBytes(16 * MIB, 4));
+    const output = join(dir, 'out.vmdk');
+    const controller = new AbortController();
+    await expect(
+      convertFile({
+        input,
+        output,
+        srcFormat: 'raw',
+        dstFormat: 'vmdk',
+        createOptions: { subformat: 'monolithicFlat' },
+        keepPartial: true,
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (p.bytesDone > 0) controller.abort();
+        },
+      }),
+    ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    expect(readdirSync(dir).sort()).toEqual(['out-flat.vmdk', 'out.vmdk', 'src.raw']);
+  });
+});
