@@ -119,6 +119,19 @@ describe('img convert on repeated signals', () => {
     expect(existsSync(out)).toBe(true);
   });
 
+  // CLI audit 3 finding 2: -n writes into an existing image, which an interrupted run keeps (it is not this command's
+  // to remove); the message said "the partial output was removed" all the same.
+  it('convert -n: the existing output is kept and the message says so, not that it was removed', async () => {
+    const out = join(tmp.path, 'existing.qcow2');
+    expect(spawnSync(process.execPath, [img, 'create', '-q', '-f', 'qcow2', out, '1G']).status).toBe(0);
+    const r = await signalled(['convert', '-n', '-p', '-f', 'raw', '-O', 'qcow2', input, out], (_stderr, stdout) => stdout.includes('/100%)'), 0, ['SIGINT']);
+    expect(existsSync(out)).toBe(true);
+    if (r.stderr.includes('after its work was done')) return; // the copy was complete before the signal came
+    expect(r.status).toBe(130);
+    expect(r.stderr.split('\n').at(-2)).toBe(`img convert: interrupted; ${out} (an existing image, -n) was written only in part, and is kept`);
+    expect(spawnSync(process.execPath, [img, 'check', '-q', out]).status).toBe(0);
+  });
+
   it('commit and rebase stop between chunks, say so in one line, and leave the chain reading as before', async () => {
     const base = join(tmp.path, 'base.qcow2');
     const top = join(tmp.path, 'top.qcow2');

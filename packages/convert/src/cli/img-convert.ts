@@ -339,6 +339,8 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     } catch (e) {
       // Nothing can be taken back from a pipe: say what the reader holds instead of "removed".
       if (output === '-' && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
+      // -n writes into an image that was there before: it stays, whatever the copy reached.
+      if (values.n && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${output} (an existing image, -n) was written only in part, and is kept`);
       throw e;
     } finally {
       removeSignalHandlers();
