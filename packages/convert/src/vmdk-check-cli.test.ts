@@ -45,6 +45,22 @@ describeQemu('img check on a descriptor-file VMDK checks its extents', () => {
     expect(run('img', ['check', '--output=json', p('t.vmdk')]).stdout).toBe('');
   });
 
+  // CLI audit 3 finding 3: img check -r on a VMDK exited 1 (a failed check); qemu-img exits 63 (the format has no such
+  // check), which scripts running check -r over every image tell apart from a failure.
+  it('check -r leaks|all on a VMDK: exit 63, as qemu-img, and the image is untouched', () => {
+    qemuImg(['create', '-q', '-f', 'vmdk', p('r.vmdk'), '4M']);
+    qemuIo(p('r.vmdk'), 'vmdk', ['write -P 0x44 0 128k']);
+    const before = readFileSync(p('r.vmdk'));
+    for (const r of ['leaks', 'all']) {
+      const ours = run('img', ['check', '-r', r, p('r.vmdk')]);
+      expect([r, ours.status]).toEqual([r, qemuImg(['check', '-r', r, p('r.vmdk')], { allowFail: true }).status]);
+      expect(ours.status).toBe(63);
+      expect(ours.stdout).toBe('');
+      expect(ours.stderr).toBe(`img check: ERR_IMG_UNSUPPORTED: vmdk: ${p('r.vmdk')}: repairing a VMDK is not supported\n`);
+    }
+    expect(readFileSync(p('r.vmdk')).equals(before)).toBe(true);
+  });
+
   it('a descriptor with no extent: exit 1, "the descriptor lists no extent" (qemu-img 7.2 calls it clean; img cannot open it, so neither can it check it)', () => {
     writeFileSync(p('none.vmdk'), '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n');
     const r = run('img', ['check', p('none.vmdk')]);

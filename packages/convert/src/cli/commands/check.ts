@@ -2,7 +2,7 @@
  * img check: consistency check and repair, with qemu-img check's output and exit status.
  */
 import { parseArgs } from '../parse-args.js';
-import { unsupported } from '@img/block';
+import { ImageError, unsupported } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
@@ -45,7 +45,13 @@ export const check: Handler = async (argv, io) => {
     // A VMDK's extent files are the image itself, not its chain: they are opened and checked (a missing one fails the
     // check, as in qemu-img); --untrusted refuses them, so such a check fails rather than passing on the descriptor alone.
     const extents = driver.name === 'vmdk' && !isNbdUri(path) ? { resolver: values.untrusted ? refusingResolver : fileResolverWith({ forceShare: values['force-share'] ?? false }) } : {};
-    result = await driver.check(storage, { ...extents, ...(values.r ? { repair: values.r as 'leaks' | 'all' } : {}) });
+    try {
+      result = await driver.check(storage, { ...extents, ...(values.r ? { repair: values.r as 'leaks' | 'all' } : {}) });
+    } catch (e) {
+      // A check that cannot repair (vmdk): as qemu-img check -r, status 63, the format has no such check; not 1, a failed one.
+      if (ImageError.isInstance(e) && e.code === 'ERR_IMG_UNSUPPORTED' && e.data.field === 'repair') throw new ExitCode(63, `${e.code}: ${e.message}`);
+      throw e;
+    }
   } finally {
     await storage.close();
   }
