@@ -156,3 +156,21 @@ describeQemu('snapshot names in tables and JSON, as qemu-img 7.2 prints them', (
     expect(nameLines(run('img', ['snapshot', '-l', '--output=json', file()]).stdout)).toEqual(expected);
   });
 });
+
+// CLI audit 3 finding 4: `-c a -c b` created "b" alone and exited 0; qemu-img refuses any second action ("Cannot mix").
+describeQemu('img snapshot with one action given twice, as qemu-img 7.2', () => {
+  it.each([
+    ['-c', 'a', '-c', 'b'],
+    ['-a', 'a', '-a', 'b'],
+    ['-d', 'a', '-d', 'b'],
+  ])('%s %s %s %s: status 1, and the table is unchanged', (...args) => {
+    for (const tool of ['img', 'qemu'] as const) {
+      const file = p(`twice-${tool}-${args[0]!.slice(1)}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', file, '1M']);
+      qemuImg(['snapshot', '-c', 'a', file]);
+      qemuImg(['snapshot', '-c', 'b', file]);
+      expect([tool, snapshot(tool, [...args, file])]).toEqual([tool, 1]);
+      expect(table(file)).toEqual(['1:a', '2:b']);
+    }
+  });
+});

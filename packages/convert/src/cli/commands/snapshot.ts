@@ -18,7 +18,12 @@ interface SnapshotDisk extends Disk {
 
 /** img snapshot. */
 export const snapshot: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'snapshot', args: argv, options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string' }, a: { type: 'string' }, d: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({
+    command: 'snapshot',
+    args: argv,
+    options: { ...common, ...quietOption, ...shareOption, l: { type: 'boolean' }, c: { type: 'string', multiple: true }, a: { type: 'string', multiple: true }, d: { type: 'string', multiple: true } },
+    allowPositionals: true,
+  });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(
@@ -27,8 +32,12 @@ export const snapshot: Handler = async (argv, io) => {
     return 0;
   }
   const path = onePath(positionals);
-  const ops = [values.l ? 'l' : undefined, values.c, values.a, values.d].filter((x) => x !== undefined);
+  // Each of -c, -a and -d may be given once, and only one of them (as qemu-img: `-c a -c b` is refused, not "b" alone).
+  const ops = [...(values.l ? ['l'] : []), ...(values.c ?? []), ...(values.a ?? []), ...(values.d ?? [])];
   if (ops.length > 1) throw new UsageError('cannot mix -l, -a, -c and -d: give one of them');
+  const [create] = values.c ?? [];
+  const [apply] = values.a ?? [];
+  const [remove] = values.d ?? [];
   if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
   const disk = await openImageFile(path, {
     ...(values.f !== undefined ? { format: values.f } : {}),
@@ -50,19 +59,19 @@ export const snapshot: Handler = async (argv, io) => {
       return 0;
     }
     if (typeof s.createSnapshot !== 'function') throw unsupported(disk.format, path, 'this format has no internal snapshots');
-    if (values.c !== undefined) {
+    if (create !== undefined) {
       try {
-        await s.createSnapshot.call(disk, values.c);
+        await s.createSnapshot.call(disk, create);
       } catch (e) {
         if (isNoSpace(e)) throw noSpaceExit(e, `${path} reads as before and has no new snapshot`);
         throw e;
       }
     }
-    if (values.a !== undefined) await s.applySnapshot!.call(disk, values.a);
-    if (values.d !== undefined) {
+    if (apply !== undefined) await s.applySnapshot!.call(disk, apply);
+    if (remove !== undefined) {
       // qemu-img snapshot -d looks the snapshot up by name alone, the first of that name in the table (-a tries ids first).
-      const target = ((await disk.info?.())?.snapshots ?? []).find((x) => x.name === values.d);
-      if (!target) throw notFoundError(path, `no snapshot named "${values.d}" (snapshot -d takes a name, not an id)`, { format: disk.format, field: 'snapshot', actual: values.d });
+      const target = ((await disk.info?.())?.snapshots ?? []).find((x) => x.name === remove);
+      if (!target) throw notFoundError(path, `no snapshot named "${remove}" (snapshot -d takes a name, not an id)`, { format: disk.format, field: 'snapshot', actual: remove });
       await s.deleteSnapshot!.call(disk, target.id);
     }
     await disk.flush();
