@@ -509,6 +509,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
   });
   let snapshot: Disk | undefined;
   let created = false;
+  let locked: FileStorage | undefined;
   try {
     if (file !== undefined) await guardOutput(options, registry, filesOf(src));
     else if (options.stdout === undefined) assertNotRead(identityOfFd(1, 'standard output'), filesOf(src), 'output');
@@ -525,6 +526,13 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     let target: NodeWritableLike = options.stdout ?? process.stdout;
     let out: WriteStream | undefined;
     if (file !== undefined) {
+      // qemu's image locks, as every other output file takes them: a file a running qemu holds is refused before it is
+      // truncated, and the lock is kept while the stream is written. A FIFO or a character device has none to take.
+      const kind = await stat(file).catch(() => undefined);
+      if (kind === undefined || kind.isFile()) {
+        locked = await FileStorage.create(file, { cache: OUTPUT_CACHE });
+        created = true;
+      }
       const writer = (await openStreamOutput(file)).createWriteStream();
       out = writer;
       created = true;
@@ -552,6 +560,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     if (created && file !== undefined && !options.keepPartial) await removeOutputFile(file);
     throw e;
   } finally {
+    await locked?.close().catch(() => undefined);
     await snapshot?.close().catch(() => undefined);
     await src.close().catch(() => undefined);
   }
