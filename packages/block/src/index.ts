@@ -111,3 +111,4 @@ export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type Signature
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';
 export { startedAhead } from './started.js';
+export { takeIoBuffer, giveIoBuffer } from './buffer-pool.js';

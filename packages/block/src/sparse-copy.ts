@@ -3,6 +3,7 @@
  * that cost grows with allocated data and not with virtual size.
  */
 import type { Disk, Extent, FreshImageWriter } from './disk.js';
+import { giveIoBuffer, takeIoBuffer } from './buffer-pool.js';
 import { ImageError, abortError, invalidArg } from './errors.js';
 import { chunkExtent } from './extents.js';
 import { RawDisk } from './raw.js';
@@ -193,7 +194,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const report = () => options.onProgress?.({ ...progress });
 
   const free: Uint8Array[] = [];
-  const takeBuffer = (): Uint8Array => free.pop() ?? new Uint8Array(chunkSize);
+  const takeBuffer = (): Uint8Array => free.pop() ?? takeIoBuffer(chunkSize);
 
   let zeroBuffer: Uint8Array | undefined;
   const writeZeroData = async (at: number, n: number) => {
@@ -272,7 +273,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   };
   /** Reads a batch in one native call, then writes its data runs through the format. */
   const readBatch = async (b: RunBatch) => {
-    const buffer = batchBuffers.pop() ?? new Uint8Array(readBatchBytes);
+    const buffer = batchBuffers.pop() ?? takeIoBuffer(readBatchBytes);
     try {
       const got = await b.from.readRuns!(Float64Array.from(b.runs), buffer, { ...runOptions, ...(signal ? { signal } : {}) });
       progress.bytesRead += got.bytesRead;
@@ -372,6 +373,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     if (!failure) await flushBatch();
   } finally {
     await Promise.all(inFlight);
+    // Nothing uses them now: the next copy in this process takes them instead of allocating its own (see buffer-pool.ts).
+    for (const b of [...free, ...batchBuffers]) giveIoBuffer(b);
   }
   // The native copy loop stopped by the signal says only "operation aborted": said as the copy's own abort.
   if (failure) throw ImageError.isInstance(failure) && failure.code === 'ERR_IMG_ABORTED' && signal?.aborted ? aborted() : failure;

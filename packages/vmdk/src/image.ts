@@ -4,7 +4,7 @@
  * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
  * over it; VmdkDisk is the public facade that holds it privately.
  */
-import { KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
+import { KeyedLock, diskClosedError, giveIoBuffer, Mutex, takeIoBuffer, type Disk, type Resolver, type Storage } from '@img/block';
 import type { ExtentType, VmdkDescriptor } from './descriptor.js';
 import type { GrainMap } from './grain-map.js';
 import type { AppendWriter } from './append-writer.js';
@@ -104,9 +104,6 @@ export function extentFileName(core: { storage: Storage }, e: { fileName?: strin
   const slash = base.lastIndexOf('/');
   return slash >= 0 ? base.slice(0, slash + 1) + name : name;
 }
-
-/** Span buffers kept for reuse: as many as a copy has span reads in flight (4 chunks of 4 MiB in flight, each up to 4 spans of random data). */
-const SPAN_BUFFERS_KEPT = 16;
 
 /** Decompressed grains kept for re-reads (small reads inside one grain): at most this many, */
 const GRAIN_CACHE_ENTRIES = 32;
@@ -220,17 +217,18 @@ export class VmdkImage {
     this.#grainCacheBytes -= old.length;
   }
 
-  /** Span buffers of compressed reads (read.ts) given back for reuse: a few, of one size. */
-  #spans: Uint8Array[] = [];
-
-  /** A buffer of `bytes` for one span read: a reused one, or new. Its contents are not cleared. */
+  /**
+   * A buffer of `bytes` for one span read of compressed grains (read.ts):
+   * from the process-wide pool of I/O buffers (`takeIoBuffer` of
+   * @img/block), so that the next read, or the next image's, reuses it.
+   * Its contents are not cleared.
+   */
   takeSpanBuffer(bytes: number): Uint8Array {
-    const b = this.#spans.pop();
-    return b && b.length === bytes ? b : new Uint8Array(bytes);
+    return takeIoBuffer(bytes);
   }
 
-  /** Gives a span buffer back (kept while fewer than SPAN_BUFFERS_KEPT wait). */
+  /** Gives a span buffer back to the pool once nothing looks at it. */
   giveSpanBuffer(b: Uint8Array): void {
-    if (this.#spans.length < SPAN_BUFFERS_KEPT) this.#spans.push(b);
+    giveIoBuffer(b);
   }
 }
