@@ -85,3 +85,34 @@ describeQemu('known -o names reach the image (judged by qemu-img)', () => {
     expect(JSON.parse(ours.stdout)).toEqual(JSON.parse(theirs.stdout));
   });
 });
+
+// CLI audit 3 finding 6: commands that print no JSON took --output=json (or --output=xml) and printed their human
+// text, exit 0; qemu-img has no --output there ("unrecognized option", exit 1). snapshot -l took any value. (dd is left
+// out: there --output is a prefix of qemu-img 10.1's --output-format, and is read as it.)
+describe('--output where a command has none', () => {
+  const a = join(tmp.path, 'out-a.qcow2');
+  it.each([
+    ['compare', ['compare', '--output=json', a, a]],
+    ['resize', ['resize', '--output=json', a, '2M']],
+    ['amend', ['amend', '--output=json', '-o', 'lazy_refcounts=on', a]],
+    ['commit', ['commit', '--output=json', a]],
+    ['rebase', ['rebase', '--output=json', '-u', '-b', '', a]],
+    ['bitmap', ['bitmap', '--output=json', '--add', a, 'b0']],
+    ['create', ['create', '--output=json', '-f', 'qcow2', join(tmp.path, 'out-new.qcow2'), '1M']],
+  ])('img %s --output: unknown option, status 1, nothing done', (command, args) => {
+    expect(run('img', ['create', '-q', '-f', 'qcow2', a, '1M']).status).toBe(0);
+    const r = run('img', args);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`img ${command}: Unknown option '--output'\nimg ${command}: try 'img ${command} --help'\n`);
+    expect(readdirSync(tmp.path).filter((n) => n.startsWith('out-'))).toEqual(['out-a.qcow2']);
+  });
+
+  it('snapshot -l takes human or json, and refuses anything else', () => {
+    expect(run('img', ['create', '-q', '-f', 'qcow2', a, '1M']).status).toBe(0);
+    expect(run('img', ['snapshot', '-l', '--output=json', a]).stdout).toBe('[]\n');
+    const r = run('img', ['snapshot', '-l', '--output=xml', a]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`img snapshot: --output must be human or json, not "xml"\nimg snapshot: try 'img snapshot --help'\n`);
+  });
+});

@@ -10,11 +10,11 @@ import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { qemuFormatName } from '../info-human.js';
-import { type Handler, common, onePath, openForCommand, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, p: { type: 'boolean' }, t: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'amend', args: argv, options: { ...commonNoOutput, ...quietOption, o: { type: 'string', multiple: true }, p: { type: 'boolean' }, t: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(

@@ -11,7 +11,7 @@ import { FileStorage, fileResolver } from '@img/block/node';
 import { editQcow2Bitmaps, readQcow2DirtyBitmap, type Qcow2BitmapOp, type Qcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { defaultRegistry } from '../../formats.js';
-import { type Handler, common, openForCommand, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, openForCommand, quietOption, quietIo } from './shared.js';
 
 const HELP = `Usage: img bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--disabled] [-f fmt] <file> <bitmap>
 
@@ -41,7 +41,7 @@ export const bitmap: Handler = async (argv, io) => {
     command: 'bitmap',
     args: argv,
     options: {
-      ...common,
+      ...commonNoOutput,
       ...quietOption,
       add: { type: 'boolean', multiple: true },
       remove: { type: 'boolean', multiple: true },

@@ -11,7 +11,7 @@ import { qemuProgressPrinter } from '../progress.js';
 import { openImageFile } from '../../node.js';
 import { commitDisk } from '../../maintain.js';
 import { commitIntoBase } from '../../node/commit-base.js';
-import { type Handler, common, onePath, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, onePath, quietOption, quietIo } from './shared.js';
 
 const HELP = `Usage: img commit [-q] [-f fmt] [-b base] [-d] [-p] <file>
 
@@ -40,7 +40,7 @@ export const commit: Handler = async (argv, io) => {
     command: 'commit',
     args: argv,
     options: {
-      ...common,
+      ...commonNoOutput,
       ...quietOption,
       format: { type: 'string' },
       d: { type: 'boolean' },

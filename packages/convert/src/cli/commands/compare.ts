@@ -7,11 +7,11 @@ import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
-import { type Handler, common, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
 export const compare: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...common, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' }, p: { type: 'boolean' }, T: { type: 'string' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'compare', args: argv, options: { ...commonNoOutput, ...quietOption, ...shareOption, F: { type: 'string' }, strict: { type: 'boolean', short: 's' }, p: { type: 'boolean' }, T: { type: 'string' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(

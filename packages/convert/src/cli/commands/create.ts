@@ -14,14 +14,14 @@ import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
 import { checkDeviceFormat, isBlockDevicePath } from '../../node/device-output.js';
-import { type Handler, common, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
+import { type Handler, commonNoOutput, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
 
 /** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
 const FORMATS_WITH_BACKING: readonly string[] = ['qcow2', 'vhd', 'vmdk'];
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'create', args: argv, options: { ...common, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'create', args: argv, options: { ...commonNoOutput, ...quietOption, o: { type: 'string', multiple: true }, b: { type: 'string' }, F: { type: 'string' }, u: { type: 'boolean' } }, allowPositionals: true });
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(

@@ -12,7 +12,7 @@ import { abortOnSignals } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
-import { type Handler, common, shareOption } from './shared.js';
+import { type Handler, commonNoOutput, shareOption } from './shared.js';
 
 /** The largest bs qemu-img dd takes (INT_MAX). */
 const MAX_BLOCK = 2 ** 31 - 1;
@@ -75,7 +75,7 @@ export function parseDdOperands(operands: readonly string[]): DdOperands {
 
 /** img dd. */
 export const dd: Handler = async (argv, io) => {
-  const { values, positionals } = parseArgs({ command: 'dd', args: argv, options: { ...common, ...shareOption, O: { type: 'string' }, p: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ command: 'dd', args: argv, options: { ...commonNoOutput, ...shareOption, O: { type: 'string' }, p: { type: 'boolean' } }, allowPositionals: true });
   if (values.help) {
     io.stdout(DD_HELP);
     return 0;

@@ -12,7 +12,7 @@ import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
-import { type Handler, common, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
+import { type Handler, commonNoOutput, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
 
 const HELP = `Usage: img rebase [-q] [-p] [-U] [-f fmt] [-u] [-c] -b <backing> [-F fmt] <file>
 
@@ -41,7 +41,7 @@ export const rebase: Handler = async (argv, io) => {
     command: 'rebase',
     args: argv,
     options: {
-      ...common,
+      ...commonNoOutput,
       ...quietOption,
       format: { type: 'string' },
       b: { type: 'string' },

@@ -5,7 +5,7 @@ import { parseArgs } from '../parse-args.js';
 import { ImageError, parseSize, unsupported, type ResizePreallocation } from '@img/block';
 import { ExitCode, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
-import { type Handler, common, openForCommand, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** A size that starts with a minus ("-10G"): an argument of resize, not an option (qemu-img reads it so). */
 const NEGATIVE_SIZE = /^-\d+(?:\.\d+)?[a-z]*$/i;
@@ -17,7 +17,7 @@ export const resize: Handler = async (argv, io) => {
   // "-10G" would read as options -1, -0, -G: take it out before parsing and put it back as the size.
   const dash = argv.indexOf('--');
   const at = argv.findIndex((a, i) => NEGATIVE_SIZE.test(a) && (dash < 0 || i < dash));
-  const parsed = parseArgs({ command: 'resize', args: at < 0 ? argv : argv.filter((_, i) => i !== at), options: { ...common, ...quietOption, shrink: { type: 'boolean' }, preallocation: { type: 'string' } }, allowPositionals: true });
+  const parsed = parseArgs({ command: 'resize', args: at < 0 ? argv : argv.filter((_, i) => i !== at), options: { ...commonNoOutput, ...quietOption, shrink: { type: 'boolean' }, preallocation: { type: 'string' } }, allowPositionals: true });
   const { values } = parsed;
   io = quietIo(io, values.quiet);
   const positionals = at < 0 ? parsed.positionals : [...parsed.positionals, argv[at]!];

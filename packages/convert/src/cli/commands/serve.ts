@@ -11,7 +11,7 @@ import { readQcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { openDiskSnapshot, openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
-import { type Handler, common, onePath, shareOption } from './shared.js';
+import { type Handler, commonNoOutput, onePath, shareOption } from './shared.js';
 
 const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-B bitmap]... [-e clients] <file>
 
@@ -58,7 +58,7 @@ export const serve: Handler = async (argv, io) => {
     command: 'serve',
     args: argv,
     options: {
-      ...common,
+      ...commonNoOutput,
       ...shareOption,
       socket: { type: 'string', short: 'k' },
       port: { type: 'string', short: 'p' },

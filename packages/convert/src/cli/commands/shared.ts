@@ -21,6 +21,19 @@ export const common = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/**
+ * The options of {@link common} but --output, for the commands that print no JSON (amend, bitmap, commit, compare,
+ * create, dd, rebase, resize, serve): there, as in qemu-img, --output is an unknown option, not one silently ignored
+ * (dd reads it as a prefix of qemu-img 10.1's --output-format).
+ */
+export const commonNoOutput = {
+  f: common.f,
+  untrusted: common.untrusted,
+  'force-format': common['force-format'],
+  debug: common.debug,
+  help: common.help,
+} as const;
+
 /** -U / --force-share (qemu-img's): read an image without taking its locks, for the commands that only read. */
 export const shareOption = { 'force-share': { type: 'boolean', short: 'U' } } as const;
 

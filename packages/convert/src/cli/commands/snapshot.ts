@@ -7,7 +7,7 @@ import { notFoundError, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { qemuJsonEscapes, snapshotTable } from '../info-human.js';
 import { openImageFile } from '../../node.js';
-import { type Handler, common, shareOption, onePath, quietOption, quietIo } from './shared.js';
+import { type Handler, common, shareOption, onePath, outputMode, quietOption, quietIo } from './shared.js';
 import { infoJson } from './info.js';
 
 interface SnapshotDisk extends Disk {
@@ -31,6 +31,7 @@ export const snapshot: Handler = async (argv, io) => {
     );
     return 0;
   }
+  const json = outputMode(values.output) === 'json';
   const path = onePath(positionals);
   // Each of -c, -a and -d may be given once, and only one of them (as qemu-img: `-c a -c b` is refused, not "b" alone).
   const ops = [...(values.l ? ['l'] : []), ...(values.c ?? []), ...(values.a ?? []), ...(values.d ?? [])];
@@ -51,7 +52,7 @@ export const snapshot: Handler = async (argv, io) => {
     const s = disk as Partial<SnapshotDisk>;
     if (values.l) {
       const snaps = (await disk.info?.())?.snapshots ?? [];
-      if (values.output === 'json') {
+      if (json) {
         io.stdout(qemuJsonEscapes(JSON.stringify(infoJson(path, { format: disk.format, virtualSize: disk.size, snapshots: snaps }, 0).snapshots ?? [], null, 4)) + '\n');
       } else if (snaps.length) {
         io.stdout(['Snapshot list:', ...snapshotTable(snaps)].join('\n') + '\n');
