@@ -2,7 +2,7 @@
  * img compare: whether two images read the same, as qemu-img compare.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, type Disk } from '@img/block';
+import { ImageError, type Disk, type Extent } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
@@ -15,7 +15,7 @@ export const compare: Handler = async (argv, io) => {
   io = quietIo(io, values.quiet);
   if (values.help) {
     io.stdout(
-      "Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [-T src_cache] [-p] [--strict] <a> <b>\n\n-T: qemu's cache mode, checked as qemu-img checks it; img picks its own caching.\n\nExit status: 0 identical, 1 different, 2 error.\n\nExample:\n  img compare disk.img disk.qcow2\n",
+      "Usage: img compare [-q] [-f fmt] [-F fmt] [-U] [-T src_cache] [-p] [--strict] <a> <b>\n\n-T: qemu's cache mode, checked as qemu-img checks it; img picks its own caching.\n\nExit status: 0 identical, 1 different, 2 an image did not open, 3 block status failed, 4 a read failed.\n\nExample:\n  img compare disk.img disk.qcow2\n",
     );
     return 0;
   }
@@ -35,7 +35,7 @@ export const compare: Handler = async (argv, io) => {
       if (a.size !== b.size && !values.strict) io.stdout('Warning: Image size mismatch!\n');
       // --strict, as qemu-img: the block status too, range by range; what comes first, a status or a content
       // difference, is said (contents are compared only up to the first status mismatch).
-      const statusAt = values.strict && a.size === b.size ? await firstStatusMismatch(a, b) : undefined;
+      const statusAt = values.strict && a.size === b.size ? await stage(3, firstStatusMismatch(a, b)) : undefined;
       const diff = await firstDifference(a, b, values.strict ?? false, values.p && !values.quiet ? qemuBytesProgress(io) : undefined, statusAt);
       if (diff === undefined && statusAt === undefined) {
         io.stdout('Images are identical.\n');
@@ -49,10 +49,33 @@ export const compare: Handler = async (argv, io) => {
     }
   } catch (e) {
     if (e instanceof UsageError) throw e;
-    const text = ImageError.isInstance(e) ? `${e.code}: ${e.message}` : (e as Error).message;
-    throw new ExitCode(2, text);
+    // As qemu-img compare: 2 an image did not open, 3 its block status failed, 4 its data could not be read.
+    const status = e instanceof CompareStageError ? e.status : 2;
+    const cause = e instanceof CompareStageError ? e.cause : e;
+    if (ImageError.isInstance(cause) && cause.code === 'ERR_IMG_ABORTED') throw cause;
+    const text = ImageError.isInstance(cause) ? `${cause.code}: ${cause.message}` : (cause as Error).message;
+    throw new ExitCode(status, text);
   }
 };
+
+/** A failure after both images opened, with qemu-img compare's status for it: 3 block status, 4 reading data. */
+class CompareStageError extends Error {
+  constructor(
+    readonly status: 3 | 4,
+    override readonly cause: unknown,
+  ) {
+    super((cause as Error)?.message ?? String(cause));
+  }
+}
+
+/** Awaits `work`, a block status (3) or read (4) step of the comparison, its failure tagged with that status. */
+async function stage<T>(status: 3 | 4, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (e) {
+    throw e instanceof CompareStageError ? e : new CompareStageError(status, e);
+  }
+}
 
 /** Zero-or-hole ranges of a disk as a sorted list, for skipping reads that cannot differ. */
 async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
@@ -72,8 +95,8 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
   if (end !== undefined) return firstDifference(diskWindow(a, 0, end), diskWindow(b, 0, end), false, onProgress);
   const common = Math.min(a.size, b.size);
   const longerSize = Math.max(a.size, b.size);
-  const za = await sparseRanges(a);
-  const zb = await sparseRanges(b);
+  const za = await stage(3, sparseRanges(a));
+  const zb = await stage(3, sparseRanges(b));
   const chunk = 1024 * 1024;
   const bufA = new Uint8Array(chunk);
   const bufB = new Uint8Array(chunk);
@@ -96,8 +119,8 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
       continue;
     }
     const n = Math.min(chunk, common - pos);
-    await a.readInto(pos, bufA.subarray(0, n));
-    await b.readInto(pos, bufB.subarray(0, n));
+    await stage(4, a.readInto(pos, bufA.subarray(0, n)));
+    await stage(4, b.readInto(pos, bufB.subarray(0, n)));
     for (let i = 0; i < n; i++) {
       if (bufA[i] !== bufB[i]) {
         const at = pos + i;
@@ -109,12 +132,18 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
   }
   // The longer image must read as zeros past the shorter one's end.
   const longer = a.size > b.size ? a : b;
-  for await (const e of longer.extents({ offset: common, length: longer.size - common })) {
-    if (e.kind !== 'data') continue;
+  const tail: Extent[] = [];
+  await stage(
+    3,
+    (async () => {
+      for await (const e of longer.extents({ offset: common, length: longer.size - common })) if (e.kind === 'data') tail.push(e);
+    })(),
+  );
+  for (const e of tail) {
     for (let p = e.offset; p < e.offset + e.length; p += chunk) {
       const n = Math.min(chunk, e.offset + e.length - p);
       const view = bufA.subarray(0, n);
-      await longer.readInto(p, view);
+      await stage(4, longer.readInto(p, view));
       const i = view.findIndex((x) => x !== 0);
       if (i >= 0) return { offset: p + i, message: mismatch(p + i) };
     }
