@@ -4,9 +4,10 @@
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
-import { ImageError, invalidUsage, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
+import { abortError, ImageError, invalidUsage, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
-import { UsageError } from '../common.js';
+import { ExitCode, UsageError } from '../common.js';
+import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
 import { formattingLine } from '../formatting-line.js';
 import { qemuFormatName } from '../info-human.js';
@@ -18,6 +19,25 @@ import { type Handler, commonNoOutput, quietOption, quietIo, requireBackingForma
 
 /** The formats whose images can name a backing file (qcow2) or parent (VHD differencing, VMDK child). */
 const FORMATS_WITH_BACKING: readonly string[] = ['qcow2', 'vhd', 'vmdk'];
+
+/** The storage's methods that change it: each first checks the signal. */
+const WRITES: ReadonlySet<PropertyKey> = new Set(['write', 'writev', 'truncate', 'allocate', 'punchHole', 'writeZeroes']);
+
+/**
+ * `storage` for a format's create, stopped at its next write once `signal` aborts (ERR_IMG_ABORTED): a preallocation
+ * writes its zeros a piece at a time, so this ends it between pieces. Methods run on the storage itself.
+ */
+function stoppable(storage: Storage, signal: AbortSignal, path: string): Storage {
+  return new Proxy(storage, {
+    get(target, key) {
+      const value: unknown = Reflect.get(target, key, target);
+      if (typeof value !== 'function') return value;
+      const method = value as (...args: unknown[]) => unknown;
+      if (!WRITES.has(key)) return method.bind(target);
+      return (...args: unknown[]) => (signal.aborted ? Promise.reject(abortError(signal, `creation of ${path}`)) : method.apply(target, args));
+    },
+  });
+}
 
 /** img create. */
 export const create: Handler = async (argv, io) => {
@@ -111,15 +131,24 @@ export const create: Handler = async (argv, io) => {
   if (isBlockDevicePath(path)) checkDeviceFormat(registry, driver.name, path);
   const existed = identityOfPath(path) !== undefined;
   const storage = await FileStorage.create(path);
+  // Ctrl-C or SIGTERM stop a long create (a preallocation) before its next write: the new file is removed and the
+  // command says so, as an interrupted convert does.
+  const controller = new AbortController();
+  const removeSignalHandlers = abortOnSignals(controller);
   try {
-    const disk = await driver.create(storage, { ...options, size });
+    const disk = await driver.create(stoppable(storage, controller.signal, path), { ...options, size });
     await disk.flush();
     await disk.close();
   } catch (e) {
     await storage.close().catch(() => undefined);
     // As qemu-img: a failed create leaves no file behind (one that was there is already emptied).
     if (!existed) await rm(path, { force: true }).catch(() => undefined);
+    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED' && controller.signal.aborted) {
+      throw new ExitCode(interruptedStatus(), existed ? `interrupted; ${path} is left partly written: create it again` : `interrupted; the new image ${path} was removed`);
+    }
     throw e;
+  } finally {
+    removeSignalHandlers();
   }
   io.stdout(formattingLine(path, driver.name, size, optionText.text, values.b !== undefined ? { file: values.b, ...(values.F !== undefined ? { format: values.F } : {}) } : undefined));
   return 0;
