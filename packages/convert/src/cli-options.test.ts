@@ -116,3 +116,24 @@ describe('--output where a command has none', () => {
     expect(r.stderr).toBe(`img snapshot: --output must be human or json, not "xml"\nimg snapshot: try 'img snapshot --help'\n`);
   });
 });
+
+// CLI audit 3 finding 9: an empty item in -o was skipped (`-o ''`, `-o cluster_size=4k,`: the image made, status 0);
+// qemu-img refuses the list ("Invalid option list: ...", status 1) and creates nothing.
+describeQemu('-o with an empty item, as qemu-img', () => {
+  it.each(['', ',', 'cluster_size=4k,', ',cluster_size=4k'])('create -o %j: "Invalid option list", status 1, no file', (list) => {
+    const ours = join(tmp.path, 'empty-item-img.qcow2');
+    const theirs = join(tmp.path, 'empty-item-qemu.qcow2');
+    const r = run('img', ['create', '-q', '-f', 'qcow2', '-o', list, ours, '1M']);
+    const q = qemuImg(['create', '-q', '-f', 'qcow2', '-o', list, theirs, '1M'], { allowFail: true });
+    expect([r.status, q.status]).toEqual([1, 1]);
+    expect(r.stderr).toBe(`img create: Invalid option list: ${list}\n`);
+    expect(q.stderr).toBe(`qemu-img: Invalid option list: ${list}\n`);
+    expect(readdirSync(tmp.path).filter((n) => n.startsWith('empty-item-'))).toEqual([]);
+  });
+
+  it('",," is still a comma inside a value, not an empty item', () => {
+    const r = run('img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k,,x', join(tmp.path, 'comma.qcow2'), '1M']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('invalid cluster_size "4k,x"');
+  });
+});

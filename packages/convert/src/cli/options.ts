@@ -13,6 +13,11 @@ import { qemuFormatName } from './info-human.js';
 
 /** The `-o` values of a command: raw text, and whether `help` was asked for. */
 export function readOptionText(values: string | readonly string[] | undefined): { text: Record<string, string>; help: boolean } {
+  // As qemu-img: an empty item (`-o ''`, a comma at the end, two options with nothing between) is no option list,
+  // refused in its words, not skipped (",," is a comma inside a value).
+  for (const list of values === undefined ? [] : typeof values === 'string' ? [values] : values) {
+    if (list.split(/(?<!,),(?!,)/).some((item) => item === '')) throw new ExitCode(1, `Invalid option list: ${list}`);
+  }
   const text = parseCreateOptions(values);
   // qemu-img takes "?" for "help" (its is_help_option).
   const help = 'help' in text || '?' in text;
