@@ -137,3 +137,15 @@ describeQemu('-o with an empty item, as qemu-img', () => {
     expect(r.stderr).toContain('invalid cluster_size "4k,x"');
   });
 });
+
+// CLI audit 3 finding 10: an empty backing file name (-b '' or -o backing_file=) was resolved to the new image's
+// directory ("/tmp/x: is a directory, not an image file"); qemu-img says the name is empty.
+describe('create with an empty backing file name', () => {
+  it.each([[['-b', '', '-F', 'qcow2']], [['-o', 'backing_file=']]])('%j: one line saying the name is empty, status 1, no file', (args) => {
+    const out = join(tmp.path, 'empty-backing.qcow2');
+    const r = run('img', ['create', '-f', 'qcow2', ...args, out, '1M']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`img create: ERR_IMG_INVALID_ARG: ${out}: Expected backing file name, got empty string\n`);
+    expect(readdirSync(tmp.path)).not.toContain('empty-backing.qcow2');
+  });
+});

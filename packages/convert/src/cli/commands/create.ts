@@ -85,6 +85,8 @@ export const create: Handler = async (argv, io) => {
   if (backingName !== undefined && !FORMATS_WITH_BACKING.includes(driver.name)) {
     throw unsupported(driver.name, path, `Backing file not supported for file format '${qemuFormatName(driver.name)}'`);
   }
+  // As qemu-img: an empty name is no backing file (it would resolve to the new image's directory).
+  if (backingName === '') throw invalidUsage(`${path}: Expected backing file name, got empty string`, { field: 'backingFile' });
   if (backingName !== undefined) {
     values.b = backingName;
     if (backingFormat !== undefined) values.F = storedBackingFormat(registry, backingFormat);
