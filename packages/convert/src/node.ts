@@ -3,7 +3,7 @@
  * convert a file into a new one. Node only (uses the file system).
  */
 import type { WriteStream } from 'node:fs';
-import { open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import {
   abortError,
@@ -33,6 +33,7 @@ import { salvagingDisk } from './salvage.js';
 import { diskWindow } from './disk-window.js';
 import { parseSnapshotSelector, selectSnapshotId } from './snapshot-select.js';
 import { isNbdUri, NbdStorage } from '@img/nbd';
+import { VMDK_SUBFORMATS, vmdkExtentFileNames, type VmdkSubformat } from '@img/vmdk';
 import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
@@ -254,6 +255,26 @@ export async function removeOutputFile(path: string): Promise<void> {
   await rm(path, { force: true }).catch(() => undefined);
 }
 
+/**
+ * Refuses (ERR_IMG_IO, EEXIST, as the exclusive create of the extent would) a new VMDK whose extent files exist
+ * already, before anything is created or truncated.
+ */
+async function refuseExistingExtents(output: string, size: number, createOptions: Record<string, unknown> | undefined): Promise<void> {
+  const subformat = createOptions?.subformat;
+  if (typeof subformat !== 'string' || !(VMDK_SUBFORMATS as readonly string[]).includes(subformat)) return;
+  for (const name of vmdkExtentFileNames(output, size, subformat as VmdkSubformat)) {
+    const path = resolveRelative({ name, from: { name: output } as Storage });
+    if (
+      await lstat(path).then(
+        () => true,
+        () => false,
+      )
+    ) {
+      throw ioError(path, 'create failed: file already exists (EEXIST)', { errno: 'EEXIST' });
+    }
+  }
+}
+
 /** The default file resolver, noting in `created` the path of every file it creates (the extent files of a new VMDK). */
 function creationRecordingResolver(created: string[]): Resolver {
   return async (request) => {
@@ -321,6 +342,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     }
     // cache=none and directsync write the data around the page cache; writeback and unsafe let the copy loop pick per piece.
     const direct = cache === 'none' || cache === 'directsync' ? true : cache === 'writethrough' ? false : 'auto';
+    // A VMDK's extent files are created exclusively; one that exists fails the create, and that must happen before
+    // the output (perhaps the image that extent belongs to) is truncated, not after.
+    if (dstDriver.name === 'vmdk' && options.resolver === undefined) await refuseExistingExtents(options.output, sourceView(snapshot ?? src, options.range).size, options.createOptions);
     target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE, direct });
     // Closed by convertInto: a one-pass writer commits its metadata without opening the image again.
     const { result } = await convertInto(

@@ -2,7 +2,7 @@
 // removes those files too, not only the descriptor (CLI audit 3 finding 1: Ctrl-C or a full disk left
 // o-flat.vmdk, o-f001.vmdk or o-s001.vmdk behind, as large as what had been copied, after saying
 // "the partial output was removed").
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -62,4 +62,25 @@ describe('convertFile to a VMDK with separate extent files, aborted mid-copy', (
     ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
     expect(readdirSync(dir).sort()).toEqual(['out-flat.vmdk', 'out.vmdk', 'src.raw']);
   });
+});
+
+// CLI audit 3 finding 11: converting onto an existing monolithicFlat or twoGbMaxExtent* VMDK failed on its extent file
+// (created exclusively: EEXIST) only after the descriptor had been truncated, and then removed it: the old image lost
+// its descriptor. The extent names are now checked first, and nothing is touched.
+describe('convertFile to a VMDK whose extent files exist already', () => {
+  for (const subformat of ['monolithicFlat', 'twoGbMaxExtentFlat', 'twoGbMaxExtentSparse']) {
+    it(`${subformat}: refused with EEXIST before the descriptor is touched`, async () => {
+      const dir = mkdtempSync(join(tmp.path, `exists-${subformat}-`));
+      const input = join(dir, 'src.raw');
+      writeFileSync(input, seededBytes(MIB, 5));
+      const output = join(dir, 'out.vmdk');
+      await convertFile({ input, output, srcFormat: 'raw', dstFormat: 'vmdk', createOptions: { subformat } });
+      const before = new Map(readdirSync(dir).map((n) => [n, readFileSync(join(dir, n))]));
+      await expect(convertFile({ input, output, srcFormat: 'raw', dstFormat: 'vmdk', createOptions: { subformat } })).rejects.toMatchObject({
+        code: 'ERR_IMG_IO',
+        message: expect.stringMatching(/out-(flat|f001|s001)\.vmdk: create failed: file already exists \(EEXIST\)$/),
+      });
+      expect(new Map(readdirSync(dir).map((n) => [n, readFileSync(join(dir, n))]))).toEqual(before);
+    });
+  }
 });

@@ -139,6 +139,25 @@ export function splitExtentName(descriptorName: string, flat: boolean, index: nu
   return `${stem}-${flat ? 'f' : 's'}${String(index).padStart(3, '0')}${ext}`;
 }
 
+/**
+ * The extent files {@link createVmdk} makes beside a descriptor named
+ * `descriptorName` for an image of `size` bytes, by name (relative to the
+ * descriptor): `disk-flat.vmdk` for monolithicFlat, `disk-f001.vmdk`,
+ * `disk-s001.vmdk`, ... for the twoGbMaxExtent ones, none for the
+ * subformats that keep their data in the descriptor's own file. createVmdk
+ * creates them exclusively (an existing file of that name fails it, EEXIST);
+ * a caller about to replace an image can see that they are free before it
+ * truncates anything.
+ */
+export function vmdkExtentFileNames(descriptorName: string, size: number, subformat: VmdkSubformat = 'monolithicSparse'): string[] {
+  const sectors = Math.ceil(Math.max(0, size) / SECTOR);
+  if (subformat === 'monolithicFlat') return [flatExtentName(descriptorName)];
+  if (subformat !== 'twoGbMaxExtentSparse' && subformat !== 'twoGbMaxExtentFlat') return [];
+  // A size createVmdk refuses names no files.
+  if (Math.ceil((sectors * SECTOR) / SPLIT_EXTENT_BYTES) > MAX_EXTENTS) return [];
+  return splitExtents(descriptorName, sectors, subformat === 'twoGbMaxExtentFlat').map((e) => e.fileName!);
+}
+
 /** The extent lines of a twoGbMaxExtent* image of `sectors` sectors. */
 function splitExtents(descriptorName: string, sectors: number, flat: boolean): DescriptorExtent[] {
   const per = SPLIT_EXTENT_BYTES / SECTOR;

@@ -1,6 +1,6 @@
 export { VmdkDisk, type VmdkExtentInfo } from './disk.js';
 export { openVmdk, type VmdkOpenOptions } from './open.js';
-export { createVmdk, vmdkCreateOptionsFrom, flatExtentName, VMDK_CREATE_OPTIONS, VMDK_SUBFORMATS, type VmdkCreateOptions, type VmdkSubformat } from './create.js';
+export { createVmdk, vmdkCreateOptionsFrom, flatExtentName, vmdkExtentFileNames, VMDK_CREATE_OPTIONS, VMDK_SUBFORMATS, type VmdkCreateOptions, type VmdkSubformat } from './create.js';
 export { streamVmdk, type VmdkStreamOptions } from './stream.js';
 export { vmdkDriver, probeVmdk } from './driver.js';
 export { ADAPTER_TYPES, type AdapterType } from './new-descriptor.js';
