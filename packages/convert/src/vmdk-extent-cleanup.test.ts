@@ -13,53 +13,40 @@ const tmp = tempDir('img-vmdk-extent-cleanup-');
 afterAll(() => tmp.cleanup());
 const MIB = 2 ** 20;
 
+/** Converts 16 MiB of raw in a new directory to out.vmdk of `subformat`, aborted once the copy has started (after the extent files exist); answers the directory. */
+async function abortedConversion(label: string, subformat: string, seed: number, keepPartial = false): Promise<string> {
+  const dir = mkdtempSync(join(tmp.path, `${label}-`));
+  const input = join(dir, 'src.raw');
+  writeFileSync(input, seededBytes(16 * MIB, seed));
+  const controller = new AbortController();
+  await expect(
+    convertFile({
+      input,
+      output: join(dir, 'out.vmdk'),
+      srcFormat: 'raw',
+      dstFormat: 'vmdk',
+      createOptions: { subformat },
+      ...(keepPartial ? { keepPartial } : {}),
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.bytesDone > 0) controller.abort();
+      },
+    }),
+  ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+  return dir;
+}
+
 describe('convertFile to a VMDK with separate extent files, aborted mid-copy', () => {
   for (const subformat of ['monolithicFlat', 'twoGbMaxExtentFlat', 'twoGbMaxExtentSparse']) {
     it(`${subformat}: the descriptor and every extent file it created are removed`, async () => {
-      const dir = mkdtempSync(join(tmp.path, `${subformat}-`));
-      const input = join(dir, 'src.raw');
-      writeFileSync(input, seededBytes(16 * MIB, 3));
-      const output = join(dir, 'out.vmdk');
-      const controller = new AbortController();
-      await expect(
-        convertFile({
-          input,
-          output,
-          srcFormat: 'raw',
-          dstFormat: 'vmdk',
-          createOptions: { subformat },
-          signal: controller.signal,
-          // Aborted once the copy has started, after the extent files exist.
-          onProgress: (p) => {
-            if (p.bytesDone > 0) controller.abort();
-          },
-        }),
-      ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
-      expect(existsSync(output)).toBe(false);
+      const dir = await abortedConversion(subformat, subformat, 3);
+      expect(existsSync(join(dir, 'out.vmdk'))).toBe(false);
       expect(readdirSync(dir)).toEqual(['src.raw']);
     });
   }
 
   it('keepPartial keeps the descriptor and its extents', async () => {
-    const dir = mkdtempSync(join(tmp.path, 'keep-'));
-    const input = join(dir, 'src.raw');
-    writeFileSync(input, seededBytes(16 * MIB, 4));
-    const output = join(dir, 'out.vmdk');
-    const controller = new AbortController();
-    await expect(
-      convertFile({
-        input,
-        output,
-        srcFormat: 'raw',
-        dstFormat: 'vmdk',
-        createOptions: { subformat: 'monolithicFlat' },
-        keepPartial: true,
-        signal: controller.signal,
-        onProgress: (p) => {
-          if (p.bytesDone > 0) controller.abort();
-        },
-      }),
-    ).rejects.toMatchObject({ code: 'ERR_IMG_ABORTED' });
+    const dir = await abortedConversion('keep', 'monolithicFlat', 4, true);
     expect(readdirSync(dir).sort()).toEqual(['out-flat.vmdk', 'out.vmdk', 'src.raw']);
   });
 });
