@@ -36,6 +36,41 @@ export interface AllocatorImage {
   readonly decompressed: DecompressedCache;
 }
 
+/**
+ * The clusters one operation has allocated and nothing points at yet (a
+ * snapshot's or a bitmap directory's new state before its header switch,
+ * a new refcount width before its header write). Should the operation
+ * fail first (a full device, an I/O error), {@link giveBack} releases them,
+ * as qemu gives back a failed allocation, instead of leaving them counted
+ * as leaks; a release that fails too leaves its leak, and the operation's
+ * error is the one reported.
+ */
+export class FreshClusters {
+  readonly #release: (offset: number, bytes: number) => Promise<void>;
+  readonly #runs: Array<{ offset: number; bytes: number }> = [];
+
+  /** `release` drops one reference from each cluster of a range (Allocator.release, or Refcounts.release). */
+  constructor(release: (offset: number, bytes: number) => Promise<void>) {
+    this.#release = release;
+  }
+
+  /** Records a run just allocated. */
+  add(offset: number, bytes: number): void {
+    this.#runs.push({ offset, bytes });
+  }
+
+  /** Forgets the run at `offset`: the operation released it itself. */
+  forget(offset: number): void {
+    const i = this.#runs.findIndex((r) => r.offset === offset);
+    if (i >= 0) this.#runs.splice(i, 1);
+  }
+
+  /** Releases every run recorded, the last first; failures are ignored (see the class comment). */
+  async giveBack(): Promise<void> {
+    for (const r of this.#runs.splice(0).reverse()) await this.#release(r.offset, r.bytes).catch(() => undefined);
+  }
+}
+
 /** Cluster allocation and release (see the module comment). */
 export class Allocator {
   readonly refcounts: Refcounts;
@@ -137,19 +172,26 @@ export class Allocator {
 
   /**
    * Runs `write`, which fills clusters [offset, offset + bytes) this
-   * allocator just handed out and nothing points at yet. Should it fail (a
-   * full device, an I/O error), they are given back before the error goes
-   * on, as qemu gives back a failed allocation: otherwise they would stay
-   * counted with nothing using them, leaks for `qemu-img check`. A release
-   * that fails too leaves the leak; the write's error is the one reported.
+   * allocator just handed out and nothing points at yet; should it fail,
+   * they are given back ({@link giveBack}) before the error goes on.
    */
   async writeFresh(offset: number, bytes: number, write: () => Promise<void>): Promise<void> {
     try {
       await write();
     } catch (error) {
-      await this.release(offset, bytes).catch(() => undefined);
+      await this.giveBack(offset, bytes);
       throw error;
     }
+  }
+
+  /**
+   * Releases [offset, offset + bytes), allocated for a write that failed
+   * before anything pointed at it, as qemu gives back a failed allocation
+   * (instead of leaving leaks). A release that fails too is ignored: it
+   * leaves its leak, and the caller reports the write's error.
+   */
+  async giveBack(offset: number, bytes: number): Promise<void> {
+    await this.release(offset, bytes).catch(() => undefined);
   }
 
   /** Records that the file now reaches at least `end` (a data write past its old end). */

@@ -6,6 +6,7 @@
  * the old directory used is released last (the order bitmap-edit.ts
  * describes). Also the bounded reads of a stored bitmap's bits.
  */
+import { FreshClusters } from './allocator.js';
 import { corrupt, hex, readU32Be, unsupported, writeU64Be } from '@img/block';
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { type HeaderExtension } from './extensions.js';
@@ -60,10 +61,10 @@ export async function writeBitmapState(s: Qcow2Image, view: MappingView, state: 
   const w = s.writer!;
   // What step 1 allocates: until the switch nothing reaches it, so a failure before then (a full file system)
   // gives it back, as qemu does, instead of leaving leaks.
-  const taken: Array<{ offset: number; bytes: number }> = [];
+  const taken = new FreshClusters((offset, bytes) => w.allocator.release(offset, bytes));
   const allocate = async (bytes: number): Promise<number> => {
     const at = await w.allocator.allocate(Math.ceil(bytes / cs));
-    taken.push({ offset: at, bytes: Math.ceil(bytes / cs) * cs });
+    taken.add(at, Math.ceil(bytes / cs) * cs);
     s.overlap?.check(s.file, at, bytes);
     return at;
   };
@@ -94,8 +95,7 @@ export async function writeBitmapState(s: Qcow2Image, view: MappingView, state: 
     }
     await s.storage.flush();
   } catch (error) {
-    // The write's error is the one reported; a release that fails too leaves a leak.
-    for (const t of taken.reverse()) await w.allocator.release(t.offset, t.bytes).catch(() => undefined);
+    await taken.giveBack();
     throw error;
   }
   // 2. the switch

@@ -11,6 +11,7 @@
  * the new refcounts already count the old table and blocks as free, so
  * nothing is left to release after it.
  */
+import { FreshClusters } from './allocator.js';
 import { hex, unsupported, writeU64Be } from '@img/block';
 import { writeRefcount } from './refcount-entry.js';
 import { writeHeader, type Qcow2Image } from './core.js';
@@ -36,7 +37,7 @@ export async function changeRefcountOrder(s: Qcow2Image, order: number): Promise
   const perBlock = (cs * 8) / bits;
   // Until the header switch nothing reaches the new structures: a failure before it (a full device) gives them
   // back, as qemu does, instead of leaving them as leaks.
-  const taken: Array<{ offset: number; bytes: number }> = [];
+  const taken = new FreshClusters((offset, bytes) => s.writer!.allocator.release(offset, bytes));
   const blocks: number[] = [];
   let table = { offset: 0, clusters: 0 };
   try {
@@ -47,17 +48,16 @@ export async function changeRefcountOrder(s: Qcow2Image, order: number): Promise
       if (needBlocks <= blocks.length && needTable <= table.clusters) break;
       if (needBlocks > blocks.length) {
         const at = await s.writer!.allocator.allocate(needBlocks - blocks.length);
-        taken.push({ offset: at, bytes: (needBlocks - blocks.length) * cs });
+        taken.add(at, (needBlocks - blocks.length) * cs);
         for (let i = 0; blocks.length < needBlocks; i++) blocks.push(at + i * cs);
       }
       if (needTable > table.clusters) {
         if (table.clusters) {
           await s.writer!.allocator.release(table.offset, table.clusters * cs);
-          const i = taken.findIndex((t) => t.offset === table.offset);
-          if (i >= 0) taken.splice(i, 1);
+          taken.forget(table.offset);
         }
         table = { offset: await s.writer!.allocator.allocate(needTable), clusters: needTable };
-        taken.push({ offset: table.offset, bytes: needTable * cs });
+        taken.add(table.offset, needTable * cs);
       }
     }
     await s.writer!.allocator.drainReleases();
@@ -79,7 +79,7 @@ export async function changeRefcountOrder(s: Qcow2Image, order: number): Promise
     await s.storage.write(table.offset, raw);
     await s.storage.flush();
   } catch (error) {
-    for (const t of taken.reverse()) await s.writer!.allocator.release(t.offset, t.bytes).catch(() => undefined);
+    await taken.giveBack();
     throw error;
   }
   s.setHeader({ refcountOrder: order, refcountTableOffset: table.offset, refcountTableClusters: table.clusters });

@@ -70,7 +70,7 @@ export async function preallocateGrow(core: Qcow2Image, old: number, newSize: nu
     await core.writer!.scheduler.barrier();
   } catch (e) {
     // Nothing points at the run yet: it is free again (a failure to free it leaves a leak, not the error reported).
-    await allocator.release(host, count * cs).catch(() => undefined);
+    await allocator.giveBack(host, count * cs);
     throw e;
   }
   // Extended L2 entries, as qemu leaves them: the units of new clusters unallocated (they read as zeros), or all

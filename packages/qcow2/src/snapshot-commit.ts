@@ -29,6 +29,7 @@
  * (active layer and snapshots) is the old one or the new one. The dirty
  * bit is not needed, so version 2 images are as safe as version 3.
  */
+import { FreshClusters } from './allocator.js';
 import { corrupt, hex, unsupported, writeU64Be } from '@img/block';
 import { entryCopied, setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
@@ -311,10 +312,10 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   // Clusters allocated for the new state: nothing the header reaches points at them until the switch, so a
   // failure before it (a full file system, a write error) gives them back, as qemu does, instead of leaving
   // them as leaks. From the header write on, they may be in use: a failure then leaves them.
-  const taken: { offset: number; bytes: number }[] = [];
+  const taken = new FreshClusters((offset, bytes) => rc.release(offset, bytes));
   const take = async (count: number): Promise<number> => {
     const at = await allocate(s, rc, count);
-    taken.push({ offset: at, bytes: count * cs });
+    taken.add(at, count * cs);
     return at;
   };
   let switching = false;
@@ -380,7 +381,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
       while (rc.tableClusters !== tableClusters) {
         // Allocating grew the live refcount table: the new one must be as large.
         await rc.release(tableOffset, tableClusters * cs);
-        taken.pop();
+        taken.forget(tableOffset);
         tableClusters = rc.tableClusters;
         tableOffset = await take(tableClusters);
       }
@@ -441,8 +442,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     for (const r of change.release) if (r.offset && r.bytes) await rc.release(r.offset, r.bytes);
     await flushAll(s);
   } catch (error) {
-    // The write's error is the one reported; a release that fails too leaves a leak.
-    if (!switching) for (const t of taken.reverse()) await rc.release(t.offset, t.bytes).catch(() => undefined);
+    if (!switching) await taken.giveBack();
     throw error;
   }
 }

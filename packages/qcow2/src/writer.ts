@@ -236,13 +236,6 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
       }
     if (whole) freshEnd = at;
   }
-  // The data never reached its clusters (a full file system, a failed read of the old content): nothing
-  // points at them yet, so they go back to the free space, as qemu's allocation abort does, instead of
-  // staying counted as leaks. A failure of the release itself leaves the leak; the write's error is the one reported.
-  const unallocate = async (error: unknown): Promise<never> => {
-    if (freshStart >= 0) await allocator.release(freshStart, fresh * cs).catch(() => undefined);
-    throw error;
-  };
   // Build the bytes: new data, with old content around it where a unit is only partly written.
   // The refcount update runs meanwhile; should the building fail, it lands before the error is reported.
   const pieces = await Promise.all(
@@ -257,10 +250,17 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
     }),
   ).catch(async (error: unknown) => {
     await pending.drain();
-    return unallocate(error);
+    if (freshStart >= 0) await allocator.giveBack(freshStart, fresh * cs);
+    throw error;
   });
   pending.add(writeRuns(core, pieces));
-  await pending.settle().catch(unallocate);
+  try {
+    await pending.settle();
+  } catch (error) {
+    // The data never reached its clusters and nothing points at them yet: they go back (Allocator.giveBack).
+    if (freshStart >= 0) await allocator.giveBack(freshStart, fresh * cs);
+    throw error;
+  }
   allocator.noteWritten(freshEnd);
   // Point the entries at the data once it is on disk.
   let first = -1;
@@ -460,8 +460,8 @@ async function compressedInTable(core: Qcow2Image, l1Index: number, items: Reado
     );
     await scheduler.barrier();
   } catch (error) {
-    // No entry names the bytes yet: their references go back (a failed release leaves a leak; the write's error is reported).
-    for (let k = 0; k < items.length; k++) await allocator.release(hosts[k]!, items[k]!.packed.length).catch(() => undefined);
+    // No entry names the bytes yet: their references go back.
+    for (let k = 0; k < items.length; k++) await allocator.giveBack(hosts[k]!, items[k]!.packed.length);
     throw error;
   }
   let lo = Infinity;
