@@ -4,7 +4,7 @@
  * the locks. Operations (read.ts, write.ts, extents.ts, ...) are functions
  * over it; VmdkDisk is the public facade that holds it privately.
  */
-import { KeyedLock, diskClosedError, giveIoBuffer, Mutex, takeIoBuffer, type Disk, type Resolver, type Storage } from '@img/block';
+import { KeyedLock, diskClosedError, Mutex, type Disk, type Resolver, type Storage } from '@img/block';
 import type { ExtentType, VmdkDescriptor } from './descriptor.js';
 import type { GrainMap } from './grain-map.js';
 import type { AppendWriter } from './append-writer.js';
@@ -215,20 +215,5 @@ export class VmdkImage {
     if (!old) return;
     this.#grains.delete(key);
     this.#grainCacheBytes -= old.length;
-  }
-
-  /**
-   * A buffer of `bytes` for one span read of compressed grains (read.ts):
-   * from the process-wide pool of I/O buffers (`takeIoBuffer` of
-   * @img/block), so that the next read, or the next image's, reuses it.
-   * Its contents are not cleared.
-   */
-  takeSpanBuffer(bytes: number): Uint8Array {
-    return takeIoBuffer(bytes);
-  }
-
-  /** Gives a span buffer back to the pool once nothing looks at it. */
-  giveSpanBuffer(b: Uint8Array): void {
-    giveIoBuffer(b);
   }
 }

@@ -5,7 +5,7 @@
  * part of one is inflated into the grain cache; unallocated grains come
  * from the parent or read as zeros).
  */
-import { corrupt, hex, startedAhead } from '@img/block';
+import { corrupt, giveIoBuffer, hex, startedAhead, takeIoBuffer } from '@img/block';
 import { inflateGrain, inflateGrainsInto, type GrainJob } from './compression.js';
 import { GRAIN_MARKER_HEADER, parseMarker } from './marker.js';
 import { grainKey, type SparseExtent, type VmdkImage } from './image.js';
@@ -122,8 +122,8 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
   const map = e.map;
   const first = grains[0]!.hostOffset;
   const end = Math.min(map.fileSize, grains[grains.length - 1]!.hostOffset + GRAIN_MARKER_HEADER + map.grainBytes);
-  // Reused buffers: a span's bytes are only looked at here, and the buffer goes back when the grains are inflated.
-  const buffer = core.takeSpanBuffer(SPAN_BYTES + GRAIN_MARKER_HEADER + maxCompressedBytes(map.grainBytes));
+  // A pooled buffer (takeIoBuffer, process-wide): a span's bytes are only looked at here, and it goes back when the grains are inflated.
+  const buffer = takeIoBuffer(SPAN_BYTES + GRAIN_MARKER_HEADER + maxCompressedBytes(map.grainBytes));
   try {
     const got = await e.storage.readInto(first, buffer.subarray(0, Math.max(0, end - first)));
     const bytes = buffer.subarray(0, got);
@@ -145,7 +145,7 @@ async function readSpan(core: VmdkImage, index: number, e: SparseExtent, grains:
     );
     await inflateGrainsInto(inSpan, map.grainBytes);
   } finally {
-    core.giveSpanBuffer(buffer);
+    giveIoBuffer(buffer);
   }
 }
 
