@@ -324,7 +324,7 @@ export class FileStorage implements Storage {
       const cause = nativeCause(e);
       if (!cause) throw e;
       const file = cause.syscall === 'write' && target ? target.name : this.name;
-      throw fsError(file, cause.message.replace(/: [^:]*$/, ''), Object.assign(new Error(cause.message.replace(/^.*: /, '')), { code: cause.code }));
+      throw fsError(file, cause.what, Object.assign(new Error(cause.description), { code: cause.code }));
     } finally {
       signal?.removeEventListener('abort', onAbort);
       if (--this.#busy === 0) this.#idle?.();

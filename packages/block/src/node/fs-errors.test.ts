@@ -4,8 +4,8 @@ import { fsError, nativeCause } from './fs-errors.js';
 describe('fsError and nativeCause', () => {
   it('a native copy failure reads as a node:fs one: the errno name, and the description in lower case', () => {
     const cause = nativeCause({ errno: 28, message: 'write at 4096: No space left on device', syscall: 'write', offset: 4096 });
-    expect(cause).toEqual({ code: 'ENOSPC', message: 'write at 4096: no space left on device', syscall: 'write', offset: 4096 });
-    expect(nativeCause({ errno: 5, message: 'Input/output error', syscall: 'read', offset: 0 })?.message).toBe('input/output error');
+    expect(cause).toEqual({ code: 'ENOSPC', what: 'write at 4096', description: 'no space left on device', syscall: 'write', offset: 4096 });
+    expect(nativeCause({ errno: 5, message: 'Input/output error', syscall: 'read', offset: 0 })?.description).toBe('input/output error');
     const fromNode = Object.assign(new Error("ENOSPC: no space left on device, write 'out.img'"), { code: 'ENOSPC', syscall: 'write' });
     expect(fsError('out.img', 'write at 4096', fromNode).message).toBe('out.img: write at 4096 failed: no space left on device (ENOSPC)');
   });

@@ -32,19 +32,17 @@ export function errnoName(errno: number): string {
 }
 
 /**
- * A rejection of the native copy loop as the usual fs error shape: code,
- * syscall, a message without them ("write at 4096: no space left on
- * device"). The C library's description starts with a capital; node:fs's,
- * which every other message quotes, does not: its first letter is made
- * lower case to match.
+ * A rejection of the native copy loop, its message ("write at 4096: No
+ * space left on device") taken apart: what failed, and the description
+ * with its first letter in lower case (the C library's starts with a
+ * capital; node:fs's, which every other message quotes, does not).
  */
-export function nativeCause(e: unknown): { code: string; message: string; syscall: string; offset: number } | undefined {
+export function nativeCause(e: unknown): { code: string; what: string; description: string; syscall: string; offset: number } | undefined {
   const err = e as { errno?: unknown; message?: unknown; syscall?: unknown; offset?: unknown } | undefined;
   if (typeof err?.errno !== 'number') return undefined;
-  // "write at 4096: No space left on device": what failed, then the description.
   const text = String(err.message);
   const colon = text.lastIndexOf(': ');
-  const at = colon < 0 ? 0 : colon + 2;
-  const message = text.slice(0, at) + text.charAt(at).toLowerCase() + text.slice(at + 1);
-  return { code: errnoName(err.errno), message, syscall: String(err.syscall), offset: Number(err.offset) };
+  const what = colon < 0 ? text : text.slice(0, colon);
+  const told = colon < 0 ? text : text.slice(colon + 2);
+  return { code: errnoName(err.errno), what, description: told.charAt(0).toLowerCase() + told.slice(1), syscall: String(err.syscall), offset: Number(err.offset) };
 }
