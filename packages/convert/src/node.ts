@@ -12,8 +12,6 @@ import {
   ImageError,
   invalidUsage,
   ioError,
-  notAnImageFile,
-  notFoundError,
   SIGNATURE_TAIL_BYTES,
   streamLengthError,
   unsafe,
@@ -24,7 +22,7 @@ import {
   type Resolver,
   type Storage,
 } from '@img/block';
-import { FileStorage, fileResolver, fileResolverWith, resolveRelative } from '@img/block/node';
+import { FileStorage, fileResolver, fileResolverWith, fsError, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
@@ -264,14 +262,7 @@ async function refuseExistingExtents(output: string, size: number, createOptions
   if (typeof subformat !== 'string' || !(VMDK_SUBFORMATS as readonly string[]).includes(subformat)) return;
   for (const name of vmdkExtentFileNames(output, size, subformat as VmdkSubformat)) {
     const path = resolveRelative({ name, from: { name: output } as Storage });
-    if (
-      await lstat(path).then(
-        () => true,
-        () => false,
-      )
-    ) {
-      throw ioError(path, 'create failed: file already exists (EEXIST)', { errno: 'EEXIST' });
-    }
+    if (await lstat(path).catch(() => undefined)) throw ioError(path, 'create failed: file already exists (EEXIST)', { errno: 'EEXIST' });
   }
 }
 
@@ -491,10 +482,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
 function streamWriteError(file: string, e: unknown): unknown {
   const err = e as NodeJS.ErrnoException | undefined;
   if (ImageError.isInstance(e) || typeof err?.code !== 'string') return e;
-  const text = String(err.message)
-    .replace(`${err.code}: `, '')
-    .replace(/, \w+(?: '.*')?$/, '');
-  return ioError(file, `write failed: ${text} (${err.code})`, { errno: err.code }, e);
+  return fsError(file, 'write', e);
 }
 
 /**
@@ -505,14 +493,7 @@ async function openStreamOutput(file: string): Promise<FileHandle> {
   try {
     return await open(file, 'w');
   } catch (e) {
-    const err = e as NodeJS.ErrnoException | undefined;
-    if (typeof err?.code !== 'string') throw e;
-    const data = { errno: err.code };
-    if (err.code === 'EISDIR') throw notAnImageFile(file, 'a directory', data, e);
-    const text = String(err.message)
-      .replace(`${err.code}: `, '')
-      .replace(/, \w+(?: '.*')?$/, '');
-    throw (err.code === 'ENOENT' ? notFoundError : ioError)(file, `create failed: ${text} (${err.code})`, data, e);
+    throw typeof (e as NodeJS.ErrnoException | undefined)?.code === 'string' ? fsError(file, 'create', e) : e;
   }
 }
 
