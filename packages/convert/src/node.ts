@@ -5,23 +5,7 @@
 import type { WriteStream } from 'node:fs';
 import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import {
-  abortError,
-  concatBytes,
-  findSignatures,
-  ImageError,
-  invalidUsage,
-  ioError,
-  SIGNATURE_TAIL_BYTES,
-  streamLengthError,
-  unsafe,
-  unsupported,
-  untrustedReferenceError,
-  type Disk,
-  type FormatRegistry,
-  type Resolver,
-  type Storage,
-} from '@img/block';
+import { abortError, concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, fsError, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
