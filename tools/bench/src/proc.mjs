@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /**
  * The environment the measured commands run in: this one, less
@@ -116,13 +117,20 @@ export async function timed(cmd, args, options = {}) {
   }
 }
 
+const RESIDENT = fileURLToPath(new URL('./resident.py', import.meta.url));
+
 /**
- * MiB of `path` in the page cache right after a run (util-linux fincore), or
- * NaN without fincore: how much of an output went through the cache.
+ * MiB of `path` in the page cache right after a run, or NaN where it cannot
+ * be told: how much of an output went through the cache. Counted over the
+ * file's data ranges only (resident.py: SEEK_DATA and mincore), not with
+ * util-linux fincore, which asks about every page of the length: ten
+ * seconds of system time on a 1 TiB sparse output, after which the next
+ * timed run started on a machine whose freed memory the host had taken back
+ * (the rows into 1 TiB raw, and no other, ran cold that way).
  */
 export function cachedMiB(path) {
   try {
-    return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim()) / 1024 / 1024;
+    return Number(execFileSync('python3', [RESIDENT, path], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()) / 1024 / 1024;
   } catch {
     return NaN;
   }

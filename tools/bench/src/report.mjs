@@ -126,7 +126,9 @@ export function renderMarkdown(result) {
   const withReclaim = m.reportedKiB !== undefined;
   const reclaimHead = withReclaim ? ' reclaim MiB img / qemu |' : '';
   const reclaimCell = (r) => (withReclaim ? ` ${mib(r.img.reclaimMiB)} / ${mib(r.qemu.reclaimMiB)} |` : '');
-  lines.push('"cached" = median MiB of the output in the page cache right after the run (fincore): qemu-img writes all of it through the cache; img\'s copy loop writes each piece through the cache or around it, whichever has cost less lately (`FileStorage` direct `auto`).');
+  lines.push(
+    '"cached" = median MiB of the output in the page cache right after the run (mincore over its data ranges, `tools/bench/src/resident.py`): qemu-img writes all of it through the cache; img\'s copy loop writes each piece through the cache or around it, whichever has cost less lately (`FileStorage` direct `auto`).',
+  );
   lines.push('');
   lines.push(`| input | pair | img s | qemu-img s | ratio | img CPU s | qemu CPU s | img CPU/GiB | qemu CPU/GiB | img RSS MiB | qemu RSS MiB |${reclaimHead} cached MiB img / qemu | output |`);
   lines.push(`| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |${withReclaim ? ' ---: |' : ''} ---: | --- |`);
