@@ -534,14 +534,45 @@ static pthread_mutex_t *write_lock(int fd) {
 static __thread double io_ns;
 static double now_ns(void);
 
+/*
+ * Buffered writes go to the kernel in pieces of at most CACHE_WRITE_MAX
+ * bytes, each ending on a multiple of it. The page cache sizes a new folio
+ * by the write that asks for it (ext4 has large folios on 6.x kernels), so a
+ * write of 2 MiB or more gets 2 MiB folios, and on a VM whose kernel hands
+ * free memory back to the host (free page reporting) the free 2 MiB blocks
+ * are exactly the ones handed back: every page of them is a host fault.
+ * Smaller folios come from the smaller free blocks the kernel never hands
+ * back. Measured on the bench VM, 64 MiB written 8 s after the last
+ * conversion freed its memory: `dd bs=4M` 0.16-0.18 s of system time,
+ * `bs=1M` 0.02-0.03 s (128 MiB: 0.33 against 0.07 s; 256 MiB: 0.73 against
+ * 0.10 s; 1 GiB about the same either way); C qcow2->raw in a running
+ * process 119-150 ms against 31-45 ms. With warm memory the two cost the
+ * same. IMG_COPY_CACHE_WRITE_MAX (bytes, 0 for no limit) overrides it, for
+ * measuring.
+ */
+#define CACHE_WRITE_MAX ((size_t)1024 * 1024)
+static size_t cache_write_max;
+static pthread_once_t cache_write_once = PTHREAD_ONCE_INIT;
+static void cache_write_init(void) {
+  const char *env = getenv("IMG_COPY_CACHE_WRITE_MAX");
+  cache_write_max = env && *env ? (size_t)strtoull(env, NULL, 10) : CACHE_WRITE_MAX;
+}
+
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
   bool ok = true;
+  pthread_once(&cache_write_once, cache_write_init);
+  const size_t cap = cache_write_max;
   pthread_mutex_t *lock = write_lock(j->dst_fd);
   if (lock) pthread_mutex_lock(lock);
   double t0 = j->direct_auto ? now_ns() : 0;
   while (done < len) {
-    ssize_t n = pwrite(j->dst_fd, buf + done, len - done, off + (off_t)done);
+    size_t want = len - done;
+    if (cap > 0) {
+      const size_t to_boundary = cap - (size_t)((uint64_t)(off + (off_t)done) % cap);
+      if (want > to_boundary) want = to_boundary;
+    }
+    ssize_t n = pwrite(j->dst_fd, buf + done, want, off + (off_t)done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       fail(j, n < 0 ? errno : EIO, "write", (double)(off + (off_t)done));
