@@ -551,17 +551,24 @@ static double now_ns(void);
  * measuring.
  */
 #define CACHE_WRITE_MAX ((size_t)1024 * 1024)
-static size_t cache_write_max;
-static pthread_once_t cache_write_once = PTHREAD_ONCE_INIT;
-static void cache_write_init(void) {
+/*
+ * Read once, on the JavaScript thread, when the first job is made (see
+ * cache_write_setup): the pool threads that read it start after that. Not
+ * pthread_once, whose symbol moved into glibc 2.34's libc and would raise
+ * the helper's glibc floor above Node 20's (prebuild.mjs checks it).
+ */
+static size_t cache_write_max = CACHE_WRITE_MAX;
+static bool cache_write_read;
+static void cache_write_setup(void) {
+  if (cache_write_read) return;
+  cache_write_read = true;
   const char *env = getenv("IMG_COPY_CACHE_WRITE_MAX");
-  cache_write_max = env && *env ? (size_t)strtoull(env, NULL, 10) : CACHE_WRITE_MAX;
+  if (env && *env) cache_write_max = (size_t)strtoull(env, NULL, 10);
 }
 
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
   bool ok = true;
-  pthread_once(&cache_write_once, cache_write_init);
   const size_t cap = cache_write_max;
   pthread_mutex_t *lock = write_lock(j->dst_fd);
   if (lock) pthread_mutex_lock(lock);
@@ -1524,6 +1531,7 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
     }
     buffer = bdata;
   }
+  cache_write_setup();
   copy_job *j = calloc(1, sizeof *j);
   if (!j) {
     napi_throw_error(env, "ENOMEM", "copyRuns: out of memory");
@@ -1604,6 +1612,7 @@ napi_value img_write_at(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "writeAt: directFd must be a file descriptor or -1, chunkSize 4 KiB to 64 MiB");
     return NULL;
   }
+  cache_write_setup();
   copy_job *j = calloc(1, sizeof *j);
   if (!j) {
     napi_throw_error(env, "ENOMEM", "writeAt: out of memory");
