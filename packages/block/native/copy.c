@@ -551,25 +551,20 @@ static double now_ns(void);
  * measuring.
  */
 #define CACHE_WRITE_MAX ((size_t)1024 * 1024)
-/*
- * Read once, on the JavaScript thread, when the first job is made (see
- * cache_write_setup): the pool threads that read it start after that. Not
- * pthread_once, whose symbol moved into glibc 2.34's libc and would raise
- * the helper's glibc floor above Node 20's (prebuild.mjs checks it).
- */
-static size_t cache_write_max = CACHE_WRITE_MAX;
-static bool cache_write_read;
-static void cache_write_setup(void) {
-  if (cache_write_read) return;
-  cache_write_read = true;
-  const char *env = getenv("IMG_COPY_CACHE_WRITE_MAX");
-  if (env && *env) cache_write_max = (size_t)strtoull(env, NULL, 10);
+static size_t cache_write_max(void) {
+  static long long max = -1;
+  if (max < 0) {
+    const char *env = getenv("IMG_COPY_CACHE_WRITE_MAX");
+    max = env && *env ? (long long)strtoull(env, NULL, 10) : (long long)CACHE_WRITE_MAX;
+    if (max < 0) max = 0;
+  }
+  return (size_t)max;
 }
 
 static bool write_full(copy_job *j, const uint8_t *buf, size_t len, off_t off) {
   size_t done = 0;
   bool ok = true;
-  const size_t cap = cache_write_max;
+  const size_t cap = cache_write_max();
   pthread_mutex_t *lock = write_lock(j->dst_fd);
   if (lock) pthread_mutex_lock(lock);
   double t0 = j->direct_auto ? now_ns() : 0;
@@ -1531,7 +1526,6 @@ static napi_value start(napi_env env, napi_callback_info info, bool read_mode) {
     }
     buffer = bdata;
   }
-  cache_write_setup();
   copy_job *j = calloc(1, sizeof *j);
   if (!j) {
     napi_throw_error(env, "ENOMEM", "copyRuns: out of memory");
@@ -1612,7 +1606,6 @@ napi_value img_write_at(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "writeAt: directFd must be a file descriptor or -1, chunkSize 4 KiB to 64 MiB");
     return NULL;
   }
-  cache_write_setup();
   copy_job *j = calloc(1, sizeof *j);
   if (!j) {
     napi_throw_error(env, "ENOMEM", "writeAt: out of memory");
