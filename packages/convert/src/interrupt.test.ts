@@ -19,7 +19,7 @@ function interrupted(args: string[]): Promise<{ status: number | null; stderr: s
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
       // The first progress line means the copy is under way: interrupt it, once.
-      if (!sent && stderr.includes('bytesDone')) {
+      if (!sent && stderr.includes('bytes-done')) {
         sent = true;
         child.kill('SIGINT');
       }

@@ -43,7 +43,7 @@ describeQemu('img sparsify / img compact', () => {
     // Again (-f vpc, qemu's name): nothing to do; JSON says so.
     const again = run('img', ['compact', '-f', 'vpc', '--output=json', file]);
     expect(again.status).toBe(0);
-    expect(JSON.parse(again.stdout)).toMatchObject({ filename: file, blocksMoved: 0, sizeAfter: size0 - 5 * SPAN, nothingToDo: expect.any(String) });
+    expect(JSON.parse(again.stdout)).toMatchObject({ filename: file, 'blocks-moved': 0, 'size-after': size0 - 5 * SPAN, 'nothing-to-do': expect.any(String) });
   });
 
   it('-S: zero runs shorter than the granularity stay; 512 takes them; a size that is not a multiple of 512 is refused', () => {
@@ -52,8 +52,8 @@ describeQemu('img sparsify / img compact', () => {
     qemuIo(file, 'vpc', ['write -P 9 0 4M', 'write -z 1024 1024', 'write -z 65536 8192']);
     const before = join(tmp.path, 's-before.vhd');
     copyFileSync(file, before);
-    expect(run('img', ['sparsify', '--output=json', file]).stdout).toMatch(/"sectorsReleased": 16,/);
-    expect(run('img', ['sparsify', '-S', '512', '--output=json', file]).stdout).toMatch(/"sectorsReleased": 2,/);
+    expect(run('img', ['sparsify', '--output=json', file]).stdout).toMatch(/"sectors-released": 16,/);
+    expect(run('img', ['sparsify', '-S', '512', '--output=json', file]).stdout).toMatch(/"sectors-released": 2,/);
     identical(before, file);
     const bad = run('img', ['sparsify', '-S', '1000', file]);
     expect(bad.status).toBe(1);
@@ -73,7 +73,7 @@ describeQemu('img sparsify / img compact', () => {
     qemuImg(['convert', '-f', 'vpc', '-O', 'raw', child, before]);
     const sp = run('img', ['sparsify', '--output=json', child]);
     expect(sp.status, sp.stderr).toBe(0);
-    expect(JSON.parse(sp.stdout)).toMatchObject({ type: 'differencing', blocksFreed: 2 });
+    expect(JSON.parse(sp.stdout)).toMatchObject({ type: 'differencing', 'blocks-freed': 2 });
     const c = run('img', ['compact', child]);
     expect(c.status, c.stderr).toBe(0);
     expect(c.stdout).toMatch(/^Moved \d+ blocks/);
@@ -92,9 +92,9 @@ describeQemu('img sparsify / img compact', () => {
     copyFileSync(q, before);
     const sp = run('img', ['sparsify', '--output=json', q]);
     expect(sp.status, sp.stderr).toBe(0);
-    const s = JSON.parse(sp.stdout) as { format: string; clustersReleased: number; clustersShared: number };
+    const s = JSON.parse(sp.stdout) as { format: string; 'clusters-released': number; 'clusters-shared': number };
     // The 1 MiB zeroed after the snapshot goes; the zeros the snapshot shares stay.
-    expect([s.format, s.clustersReleased, s.clustersShared > 0]).toEqual(['qcow2', 16, true]);
+    expect([s.format, s['clusters-released'], s['clusters-shared'] > 0]).toEqual(['qcow2', 16, true]);
     const c = run('img', ['compact', '-p', q]);
     expect(c.status, c.stderr).toBe(0);
     expect(c.stdout).toMatch(/Moved \d+ data and \d+ metadata clusters \(\d+ bytes\); file size \d+ -> \d+ bytes/);
@@ -122,9 +122,9 @@ describeQemu('img sparsify / img compact', () => {
     const human = run('img', ['sparsify', ov]);
     expect(human.status, human.stderr).toBe(0);
     expect(human.stdout).toBe('Nothing to sparsify: the 16 clusters of zeros lie over backing file data: a version 2 image has no zero clusters, and a hole would show that data (amended to compat=1.1, version 3, they can become zero clusters).\n');
-    const json = JSON.parse(run('img', ['sparsify', '--output=json', ov]).stdout) as { clustersScanned: number; clustersReleased: number; nothingToDo?: string };
-    expect([json.clustersScanned, json.clustersReleased]).toEqual([17, 0]);
-    expect(human.stdout).toContain(json.nothingToDo);
+    const json = JSON.parse(run('img', ['sparsify', '--output=json', ov]).stdout) as { 'clusters-scanned': number; 'clusters-released': number; 'nothing-to-do'?: string };
+    expect([json['clusters-scanned'], json['clusters-released']]).toEqual([17, 0]);
+    expect(human.stdout).toContain(json['nothing-to-do']);
     // Where the backing file reads zeros too, the zeros go as holes, and nothing is said.
     qemuIo(base, 'qcow2', ['write -P 0 1M 512k']);
     const some = run('img', ['sparsify', ov]);

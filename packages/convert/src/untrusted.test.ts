@@ -108,6 +108,15 @@ describe('untrusted mode on images without references', () => {
     expect(report).toMatchObject({ safe: true, format: 'qcow2', virtualSize: 1 << 20 });
   });
 
+  it('img inspect --output=json spells its keys as qemu-img spells JSON keys (as img info does)', () => {
+    const file = join(testImagesDir, 'qcow2', 'v3-64k.qcow2');
+    const r = cli('img', ['inspect', '--output=json', file]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ filename: file, format: 'qcow2', 'virtual-size': 1 << 20, safe: true, findings: [] });
+    // An empty list on lines of its own, as qemu's JSON printer writes it.
+    expect(r.stdout).toContain('"findings": [\n    ]');
+  });
+
   it('refuses a qcow2 declared as raw, and a raw declared as qcow2', async () => {
     const q = await FileStorage.open(join(testImagesDir, 'qcow2', 'v3-64k.qcow2'));
     const r1 = await inspectImage(q, { registry: defaultRegistry(), format: 'raw' });

@@ -69,7 +69,7 @@ describeQemu('image locks shared with qemu', () => {
     await new Promise<void>((resolve, reject) => {
       child.stderr.on('data', (d: Buffer) => {
         stderr += d.toString();
-        if (stderr.includes('bytesDone')) resolve();
+        if (stderr.includes('bytes-done')) resolve();
       });
       child.once('exit', () => reject(new Error(`img-convert ended before the test looked: ${stderr}`)));
     });

@@ -38,7 +38,7 @@ function stopWhileRunning(args: string[], signal: NodeJS.Signals, when: { progre
     };
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
       stderr += d;
-      if ('progress' in when && stderr.includes('bytesDone')) send();
+      if ('progress' in when && stderr.includes('bytes-done')) send();
     });
     child.stdout.on('data', (d: Buffer) => {
       stdoutBytes += d.length;

@@ -141,6 +141,19 @@ export function qemuJson(value: unknown): string {
 }
 
 /**
+ * A copy of a JSON value with every object key spelled as qemu spells its
+ * JSON keys (`virtual-size`, `dirty-flag`): a camelCase key of the API
+ * (`clustersReleased`) becomes `clusters-released`. For the commands qemu-img
+ * lacks (sparsify, compact, inspect), whose output is the API's result, so
+ * that every `--output=json` of img reads alike.
+ */
+export function qemuStyleKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(qemuStyleKeys);
+  if (!isComposite(value)) return value;
+  return Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`), qemuStyleKeys(v)]));
+}
+
+/**
  * JSON text from JSON.stringify with its strings escaped as qemu's JSON
  * writer (qobject/qjson.c) escapes them: every character outside printable
  * ASCII as \uXXXX in upper-case hex (a character past U+FFFF as its

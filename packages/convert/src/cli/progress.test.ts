@@ -18,6 +18,15 @@ describe('progressPrinter', () => {
     expect(text.split('\n')).toHaveLength(2);
     expect(text).toMatch(/^\r\[#+\] 100\.0% [^\n]*\n$/);
   });
+
+  it('--json-progress: one JSON line per update, keys spelled as qemu spells JSON keys', () => {
+    let text = '';
+    progressPrinter({ stderr: (t: string) => (text += t) }, true)({ bytesDone: 1, bytesTotal: 4 });
+    expect(text.endsWith('\n')).toBe(true);
+    const line = JSON.parse(text) as Record<string, number>;
+    expect(Object.keys(line)).toEqual(['bytes-done', 'bytes-total', 'percent', 'rate', 'eta-seconds']);
+    expect([line['bytes-done'], line['bytes-total'], line.percent]).toEqual([1, 4, 25]);
+  });
 });
 
 describe('qemuProgressPrinter', () => {

@@ -52,7 +52,7 @@ export function progressPrinter(io: ProgressIo, json: boolean, delayMs = 0): (p:
     const pct = p.bytesTotal === 0 ? 100 : (100 * p.bytesDone) / p.bytesTotal;
     const eta = rate > 0 ? (p.bytesTotal - p.bytesDone) / rate : 0;
     if (json) {
-      io.stderr(JSON.stringify({ bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, percent: Number(pct.toFixed(2)), rate: Math.round(rate), etaSeconds: Number(eta.toFixed(1)) }) + '\n');
+      io.stderr(JSON.stringify({ 'bytes-done': p.bytesDone, 'bytes-total': p.bytesTotal, percent: Number(pct.toFixed(2)), rate: Math.round(rate), 'eta-seconds': Number(eta.toFixed(1)) }) + '\n');
       return;
     }
     const width = 30;

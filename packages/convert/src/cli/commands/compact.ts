@@ -3,6 +3,7 @@
  * the data nearest the end into free space lower down and cutting the file
  * (VHD and qcow2). Run `img sparsify` first to release zero data.
  */
+import { qemuJson, qemuStyleKeys } from '../info-human.js';
 import { parseArgs } from '../parse-args.js';
 import { ImageError, unsupported, type Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
@@ -79,7 +80,7 @@ export const compact: Handler = async (argv, io) => {
     await storage.close();
   }
   if (mode === 'json') {
-    io.stdout(JSON.stringify({ filename: path, format: format === 'vhd' ? 'vpc' : format, ...result }, null, 4) + '\n');
+    io.stdout(qemuJson(qemuStyleKeys({ filename: path, format: format === 'vhd' ? 'vpc' : format, ...result })) + '\n');
   } else if (result.nothingToDo) {
     io.stdout(`Nothing to compact: ${result.nothingToDo}. File size: ${result.sizeAfter} bytes.\n`);
   } else {

@@ -1,6 +1,7 @@
 /**
  * img inspect: what an untrusted image names and whether it is safe to open.
  */
+import { qemuJson, qemuStyleKeys } from '../info-human.js';
 import { parseArgs } from '../parse-args.js';
 import { formatSize } from '@img/block';
 import { FileStorage } from '@img/block/node';
@@ -24,7 +25,7 @@ export const inspect: Handler = async (argv, io) => {
     const report = await inspectImage(storage, { registry: defaultRegistry(), deep: values.deep ?? false, ...(values.f !== undefined ? { format: values.f } : {}) });
     if (mode === 'json') {
       const { info: _info, ...rest } = report;
-      io.stdout(JSON.stringify({ filename: path, ...rest }, null, 4) + '\n');
+      io.stdout(qemuJson(qemuStyleKeys({ filename: path, ...rest })) + '\n');
     } else {
       io.stdout(`image: ${path}\nformat: ${report.format ?? 'unknown'}${report.declared && report.declared !== report.format ? ` (declared ${report.declared})` : ''}\n`);
       if (report.virtualSize !== undefined) io.stdout(`virtual size: ${formatSize(report.virtualSize)} (${report.virtualSize} bytes)\n`);

@@ -4,6 +4,7 @@
  * become zero clusters or holes).
  * `img compact` then gives the space back.
  */
+import { qemuJson, qemuStyleKeys } from '../info-human.js';
 import { parseArgs } from '../parse-args.js';
 import { parseSize } from '@img/block';
 import { fileResolver } from '@img/block/node';
@@ -41,7 +42,7 @@ export const sparsify: Handler = async (argv, io) => {
     await storage.close();
   }
   if (mode === 'json') {
-    io.stdout(JSON.stringify({ filename: path, format: format === 'vhd' ? 'vpc' : format, ...result }, null, 4) + '\n');
+    io.stdout(qemuJson(qemuStyleKeys({ filename: path, format: format === 'vhd' ? 'vpc' : format, ...result })) + '\n');
   } else if (result.nothingToDo) {
     io.stdout(`Nothing to sparsify: ${result.nothingToDo}.\n`);
   } else if ('sectorsReleased' in result) {
