@@ -11,8 +11,8 @@
 //   (more files cost more than the code they leave out), and minified
 //   whitespace saves ~2 ms of parsing.
 // - dist/bin/<cmd>.bundle.cjs.cache: V8's code cache of that bundle, made
-//   here by running the command on a few small conversions (so it holds the
-//   functions they compile, not only the top level; see TRAINING), behind a
+//   here by running the command once on a small conversion (so it holds the
+//   functions a conversion compiles, not only the top level), behind a
 //   header with the bundle's length and CRC-32: V8 itself only checks the
 //   length of the source, and a bundle edited in place must not run code
 //   compiled from the old one.
@@ -40,7 +40,7 @@
 //   other `import.meta` property fail the build (nothing uses them yet).
 // Static imports of third-party packages (fzstd, uuid) are bundled.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createRequire, isBuiltin } from 'node:module';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -251,49 +251,24 @@ for (const name of ENTRIES) {
   rmSync(join(binDir, `${name}.js.map`), { force: true });
 }
 
-// The code caches. V8 writes the functions one process compiled, so each command runs a few small jobs one after
-// another, each process starting from the cache the one before wrote and adding what its job compiled: the
-// conversions between raw, qcow2 and VHD in both directions (the paths `pnpm bench` and most users take), and for
-// img a look at the result. Measured on Node 20 (9 alternating runs on 64 MiB of data): qcow2->raw, qcow2->qcow2
-// and vhd->qcow2 start 2-4 ms sooner than with a cache trained on raw->qcow2 alone (20-25 ms sooner than none).
-const TRAINING = [
-  ['raw', 'qcow2', 'in.raw', 'a.qcow2'],
-  ['qcow2', 'raw', 'a.qcow2', 'b.raw'],
-  ['qcow2', 'qcow2', 'a.qcow2', 'c.qcow2'],
-  ['raw', 'vpc', 'in.raw', 'd.vhd'],
-  ['vpc', 'qcow2', 'd.vhd', 'e.qcow2'],
-  ['qcow2', 'vpc', 'a.qcow2', 'f.vhd'],
-  ['vpc', 'raw', 'd.vhd', 'g.raw'],
-];
+// The code caches: each command converts a small raw image to qcow2 once, with the cache written at its exit.
 const work = mkdtempSync(join(tmpdir(), 'img-bundle-'));
 let cached = 0;
 try {
+  const input = join(work, 'in.raw');
   const data = Buffer.alloc(2 << 20);
   data.fill(0x5a, 65536, 3 * 65536);
+  writeFileSync(input, data);
   for (const name of ENTRIES) {
-    const cwd = join(work, name);
-    mkdirSync(cwd);
-    writeFileSync(join(cwd, 'in.raw'), data);
     const cache = join(binDir, `${name}.bundle.cjs.cache`);
     rmSync(cache, { force: true });
+    const args = name === 'img' ? ['convert', '-f', 'raw', '-O', 'qcow2', input, join(work, `${name}.qcow2`)] : ['raw', 'qcow2', input, join(work, `${name}.qcow2`)];
     const env = { ...process.env, IMG_CODE_CACHE_WRITE: cache };
     delete env.IMG_CODE_CACHE;
-    const jobs = TRAINING.map(([from, to, input, output]) => (name === 'img' ? ['convert', '-f', from, '-O', to, input, output] : [from, to, input, output]));
-    if (name === 'img') jobs.push(['info', 'a.qcow2'], ['check', 'a.qcow2']);
-    let failed;
-    for (const args of jobs) {
-      const r = spawnSync(process.execPath, [join(binDir, `${name}.js`), ...args], { env, cwd, encoding: 'utf8' });
-      if (r.status !== 0 || !existsSync(cache)) {
-        failed = `${args.join(' ')}: exit ${r.status}${r.error ? `, ${r.error.message}` : ''}: ${(r.stderr || '').trim().split('\n')[0] ?? ''}`;
-        break;
-      }
-    }
-    if (!failed) cached++;
-    else {
-      // Without a cache the command still works, compiled from source: say so, do not fail the build.
-      rmSync(cache, { force: true });
-      console.warn(`bundle-bins: no code cache for ${name} (${failed})`);
-    }
+    const r = spawnSync(process.execPath, [join(binDir, `${name}.js`), ...args], { env, encoding: 'utf8' });
+    if (r.status === 0 && existsSync(cache)) cached++;
+    // Without a cache the command still works, compiled from source: say so, do not fail the build.
+    else console.warn(`bundle-bins: no code cache for ${name} (exit ${r.status}${r.error ? `, ${r.error.message}` : ''}): ${(r.stderr || '').trim().split('\n')[0] ?? ''}`);
   }
 } finally {
   rmSync(work, { recursive: true, force: true });
