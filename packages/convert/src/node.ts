@@ -239,14 +239,15 @@ export async function removeOutputFile(path: string): Promise<void> {
 
 /**
  * Refuses (ERR_IMG_IO, EEXIST, as the exclusive create of the extent would) a new VMDK whose extent files exist
- * already, before anything is created or truncated.
+ * already, before anything is created or truncated. qemu-img overwrites them; img does not overwrite a file the
+ * user did not name (an extent name is made from the output's, and the file may be another image's data).
  */
 async function refuseExistingExtents(output: string, size: number, createOptions: Record<string, unknown> | undefined): Promise<void> {
   const subformat = createOptions?.subformat;
   if (typeof subformat !== 'string' || !(VMDK_SUBFORMATS as readonly string[]).includes(subformat)) return;
   for (const name of vmdkExtentFileNames(output, size, subformat as VmdkSubformat)) {
     const path = resolveRelative({ name, from: { name: output } as Storage });
-    if (await lstat(path).catch(() => undefined)) throw ioError(path, 'create failed: file already exists (EEXIST)', { errno: 'EEXIST' });
+    if (await lstat(path).catch(() => undefined)) throw ioError(path, `exists already, and the new VMDK's extent file would be written over it: img does not overwrite a file it was not named (remove it, or choose another output name) (EEXIST)`, { errno: 'EEXIST' });
   }
 }
 

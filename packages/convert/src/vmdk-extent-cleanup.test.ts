@@ -65,7 +65,7 @@ describe('convertFile to a VMDK whose extent files exist already', () => {
       const before = new Map(readdirSync(dir).map((n) => [n, readFileSync(join(dir, n))]));
       await expect(convertFile({ input, output, srcFormat: 'raw', dstFormat: 'vmdk', createOptions: { subformat } })).rejects.toMatchObject({
         code: 'ERR_IMG_IO',
-        message: expect.stringMatching(/out-(flat|f001|s001)\.vmdk: create failed: file already exists \(EEXIST\)$/),
+        message: expect.stringMatching(/out-(flat|f001|s001)\.vmdk: exists already, and the new VMDK's extent file would be written over it: .*remove it, or choose another output name\) \(EEXIST\)$/),
       });
       expect(new Map(readdirSync(dir).map((n) => [n, readFileSync(join(dir, n))]))).toEqual(before);
     });
