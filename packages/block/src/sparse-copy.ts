@@ -6,6 +6,7 @@ import type { Disk, Extent, FreshImageWriter } from './disk.js';
 import { giveIoBuffer, takeIoBuffer } from './buffer-pool.js';
 import { ImageError, abortError, invalidArg } from './errors.js';
 import { chunkExtent } from './extents.js';
+import { pacedBatchBytes, pacedChunkSize, ratePace } from './rate-limit.js';
 import { RawDisk } from './raw.js';
 import type { RunCopyOptions, Storage } from './storage.js';
 import { findZeroRuns } from './zero.js';
@@ -67,6 +68,13 @@ export interface SparseCopyOptions {
    * either way.
    */
   batchRuns?: boolean;
+  /**
+   * Move data at no more than this many bytes per second (qemu-img convert
+   * -r), averaged from the start of the copy; holes and skipped zeros cost
+   * nothing. Pieces shrink so that none holds more than a tenth of a second
+   * of it. Default (or 0): no limit.
+   */
+  rateLimit?: number;
 }
 
 export interface SparseCopyResult extends CopyProgress {
@@ -142,7 +150,8 @@ function runSource(src: Disk, e: Extent, mode: RunMode, to: Storage): Storage | 
  */
 export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOptions = {}): Promise<SparseCopyResult> {
   const minZeroRun = options.minZeroRun ?? 4096;
-  const chunkSize = options.chunkSize ?? 4 * MiB;
+  const pace = ratePace(options.rateLimit, options.signal);
+  const givenChunk = options.chunkSize ?? 4 * MiB;
   const concurrency = Math.max(1, options.concurrency ?? 4);
   const budget = options.bufferBudget ?? 64 * MiB;
   const dstIsZero = options.dstIsZero ?? true;
@@ -155,10 +164,12 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const alignment = options.alignment ?? 512;
   const writeZeroes = options.writeZeroes ?? ((o: number, n: number) => dst.writeZeroes(o, n));
 
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw invalidArg('copy', `invalid chunk size ${chunkSize}`);
-  if (!Number.isSafeInteger(alignment) || alignment < 1 || chunkSize % Math.min(alignment, chunkSize) !== 0 || (alignment > 512 && chunkSize % alignment !== 0)) {
-    throw invalidArg('copy', `invalid alignment ${alignment} for chunk size ${chunkSize}`);
+  if (!Number.isSafeInteger(givenChunk) || givenChunk < 1) throw invalidArg('copy', `invalid chunk size ${givenChunk}`);
+  if (!Number.isSafeInteger(alignment) || alignment < 1 || givenChunk % Math.min(alignment, givenChunk) !== 0 || (alignment > 512 && givenChunk % alignment !== 0)) {
+    throw invalidArg('copy', `invalid alignment ${alignment} for chunk size ${givenChunk}`);
   }
+  // A limited copy moves smaller pieces, so that none is a long burst (see rate-limit.ts).
+  const chunkSize = pace ? pacedChunkSize(givenChunk, Math.max(512, alignment), options.rateLimit!) : givenChunk;
   if (!Number.isSafeInteger(minZeroRun) || minZeroRun < 0) throw invalidArg('copy', `invalid minimum zero run ${minZeroRun}`);
   if (offset < 0 || length < 0 || offset + length > src.size) {
     throw invalidArg('copy', `range ${offset}+${length} is outside the source (${src.size} bytes)`);
@@ -319,6 +330,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     if (!b) return;
     while (inFlight.size >= slots) await Promise.race(inFlight);
     if (failure) return;
+    await pace?.(b.bytes);
+    if (signal?.aborted) throw aborted();
     start(b.bytes, () => (mode === 'copy' ? copyBatch(b) : readBatch(b)));
   };
   /** Counts an extent that needs no I/O (a hole, or zeros over a destination that reads as zeros) as dealt with. */
@@ -327,7 +340,7 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     progress.bytesDone += e.length;
     report();
   };
-  const batchLimit = mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes;
+  const batchLimit = ((limit: number) => (pace ? pacedBatchBytes(limit, chunkSize, options.rateLimit!) : limit))(mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes);
   /** The storage a data extent's bytes can leave in a native batch; undefined: read through the format. */
   const batchSource = (e: Extent): Storage | undefined => (mode && e.kind === 'data' && e.length <= readBatchBytes ? runSource(src, e, mode, dst.storage) : undefined);
   /** Adds a data extent to the batch being gathered (the caller flushed the one it does not fit in). */
@@ -366,6 +379,11 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
         }
         while (inFlight.size >= slots) await Promise.race(inFlight);
         if (failure) break;
+        // Data, and zeros written as data (-S 0), move at the limit's pace.
+        if (pace && (e.kind === 'data' || minZeroRun === 0)) {
+          await pace(e.length);
+          if (signal?.aborted) throw aborted();
+        }
         launch(e, e.kind === 'data' ? copyData : copyZero);
       }
       if (failure) break;

@@ -14,6 +14,8 @@ export interface CommitOptions {
   keepTop?: boolean;
   onProgress?: (p: CopyProgress) => void;
   signal?: AbortSignal;
+  /** Move no more than this many bytes of data per second (qemu-img commit -r). Default (or 0): no limit. */
+  rateLimit?: number;
 }
 
 export interface CommitResult {
@@ -40,6 +42,7 @@ export async function commitDisk(top: Disk, options: CommitOptions = {}): Promis
   const copy = await sparseCopy(top, base, {
     topOnly: true,
     dstIsZero: false,
+    ...(options.rateLimit !== undefined ? { rateLimit: options.rateLimit } : {}),
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
   });

@@ -448,6 +448,7 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
     try {
       const copy = await copyStreamToDisk(source, disk, {
         ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
+        ...(options.rateLimit !== undefined ? { rateLimit: options.rateLimit } : {}),
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
       });
@@ -532,7 +533,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     }
     let written: number;
     try {
-      written = await pipeImageStream(stream, target, options.signal ? { signal: options.signal } : {});
+      written = await pipeImageStream(stream, target, { ...(options.signal ? { signal: options.signal } : {}), ...(options.rateLimit !== undefined ? { rateLimit: options.rateLimit } : {}) });
       if (out) await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
     } catch (e) {
       out?.destroy(); // closes the file now, not when the stream is collected

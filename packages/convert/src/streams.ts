@@ -2,7 +2,7 @@
  * Streaming in and out: an image as a byte stream of known length (for a
  * pipe or an HTTP upload), and an image arriving as a byte stream.
  */
-import { abortError, unknownFormatError, unsupported, alignUp, findZeroRuns, type CopyProgress, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
+import { abortError, unknownFormatError, unsupported, alignUp, burstBytes, findZeroRuns, ratePace, type CopyProgress, type Pace, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
 import { defaultRegistry } from './formats.js';
 
 export interface ToStreamOptions {
@@ -52,16 +52,21 @@ export interface NodeWritableLike {
 export interface PipeImageStreamOptions {
   /** Stops before the next chunk; the call then rejects with ERR_IMG_ABORTED (what was written stays written). */
   signal?: AbortSignal;
+  /** Write no more than this many bytes of the stream per second (qemu-img convert -r). Default (or 0): no limit. */
+  rateLimit?: number;
 }
 
 /** Writes an image stream to a Node Writable (respecting backpressure) or a Web WritableStream. Returns the bytes written. */
 export async function pipeImageStream(stream: ImageStream, target: NodeWritableLike | WritableStream<Uint8Array>, options: PipeImageStreamOptions = {}): Promise<number> {
   const { signal } = options;
+  const pace = ratePace(options.rateLimit, signal);
+  // A limited pipe writes pieces of at most one burst, each when it is due.
+  const chunks = pace ? pacedChunks(stream.chunks, burstBytes(options.rateLimit!), pace) : stream.chunks;
   let written = 0;
   if ('getWriter' in target) {
     const writer = target.getWriter();
     try {
-      for await (const chunk of stream.chunks) {
+      for await (const chunk of chunks) {
         if (signal?.aborted) throw abortError(signal);
         await writer.ready;
         await writer.write(chunk);
@@ -83,7 +88,7 @@ export async function pipeImageStream(stream: ImageStream, target: NodeWritableL
   };
   target.once('error', onError);
   try {
-    for await (const chunk of stream.chunks) {
+    for await (const chunk of chunks) {
       if (signal?.aborted) throw abortError(signal);
       if (failure) throw failure.error;
       written += chunk.length;
@@ -107,6 +112,8 @@ export interface StreamCopyOptions {
   minZeroRun?: number;
   onProgress?: (p: CopyProgress) => void;
   signal?: AbortSignal;
+  /** Move no more than this many bytes of the stream's data per second (qemu-img convert -r). Default (or 0): no limit. */
+  rateLimit?: number;
 }
 
 /**
@@ -116,13 +123,15 @@ export interface StreamCopyOptions {
  */
 export async function copyStreamToDisk(source: StreamSource, dst: Disk, options: StreamCopyOptions = {}): Promise<CopyProgress> {
   const minZeroRun = options.minZeroRun ?? 4096;
+  const pace = ratePace(options.rateLimit, options.signal);
+  const pieces = pace ? pacedPieces(source.pieces, burstBytes(options.rateLimit!), pace) : source.pieces;
   const progress: CopyProgress = { bytesDone: 0, bytesTotal: Math.max(0, source.size), bytesRead: 0, bytesWritten: 0 };
   const grow = async (end: number) => {
     if (end <= dst.size) return;
     if (!dst.resize) throw unsupported(dst.format, undefined, 'cannot grow to take a stream of unknown size');
     await dst.resize(Math.max(alignUp(end, 512), Math.min(dst.size * 2, dst.size + (1 << 30)), 64 << 20));
   };
-  for await (const { offset, data } of source.pieces) {
+  for await (const { offset, data } of pieces) {
     if (options.signal?.aborted) throw abortError(options.signal, `copy of an image stream into ${dst.storage.name}`);
     await grow(offset + data.length);
     progress.bytesRead += data.length;
@@ -146,4 +155,26 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
   progress.bytesTotal = dst.size;
   progress.bytesDone = dst.size;
   return progress;
+}
+
+/** `chunks` cut into pieces of at most `step` bytes, each handed on when `pace` says it is due. */
+async function* pacedChunks(chunks: AsyncIterable<Uint8Array>, step: number, pace: Pace): AsyncGenerator<Uint8Array> {
+  for await (const chunk of chunks) {
+    for (let at = 0; at < chunk.length; at += step) {
+      const piece = chunk.subarray(at, Math.min(chunk.length, at + step));
+      await pace(piece.length);
+      yield piece;
+    }
+  }
+}
+
+/** A stream's pieces cut to at most `step` bytes each (their offsets kept), each handed on when `pace` says it is due. */
+async function* pacedPieces(pieces: AsyncIterable<{ offset: number; data: Uint8Array }>, step: number, pace: Pace): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+  for await (const { offset, data } of pieces) {
+    for (let at = 0; at < data.length; at += step) {
+      const part = data.subarray(at, Math.min(data.length, at + step));
+      await pace(part.length);
+      yield { offset: offset + at, data: part };
+    }
+  }
 }

@@ -1,6 +1,6 @@
 /** What both commands share: error printing, exit codes, version, progress. */
 import { readFileSync } from 'node:fs';
-import { ImageError } from '@img/block';
+import { ImageError, parseSize } from '@img/block';
 import { interruptedStatus, lateSignalLine, lateSignalStatus, setCommandName } from './interrupt.js';
 import { endProgressLine } from './progress.js';
 import { isCacheMode } from '../cache-mode.js';
@@ -139,10 +139,16 @@ export function checkCacheModes(cache: string | undefined, sourceCache?: string)
   if (sourceCache !== undefined && !isCacheMode(sourceCache)) throw new UsageError(`Invalid source cache option: ${sourceCache}`);
 }
 
-/** qemu-img's -r (a rate limit of convert and commit) is refused: ignoring it would not do what the user asked. */
-export function refuseRateLimit(rate: string | undefined): void {
-  // One line, no pointer to --help: the option is understood, and refused (README: "one line, status 1").
-  if (rate !== undefined) throw new ExitCode(1, '-r (a rate limit) is not supported: img copies at full speed');
+/**
+ * qemu-img's -r (convert and commit): a rate limit in bytes per second, with
+ * the size suffixes (`-r 10M`); 0 is no limit. Refused in qemu-img's words.
+ */
+export function rateLimitOption(text: string): number {
+  try {
+    return parseSize(text, '-r');
+  } catch {
+    throw new UsageError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
+  }
 }
 
 /** Options img does not implement, refused in one line instead of being ignored. */

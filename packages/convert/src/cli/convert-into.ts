@@ -11,7 +11,7 @@ import { openDiskSnapshot, openImageFile } from '../node.js';
 import type { CacheMode } from '../cache-mode.js';
 import { assertNotRead, filesOf, identityOfPath } from '../node/same-file.js';
 
-export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal'> {
+export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal' | 'rateLimit'> {
   input: string;
   output: string;
   srcFormat: string;
@@ -76,6 +76,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
       dstIsZero: options.targetIsZero ?? false,
       ...(options.salvage ? { batchRuns: false } : {}),
       ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
+      ...(options.rateLimit !== undefined ? { rateLimit: options.rateLimit } : {}),
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });

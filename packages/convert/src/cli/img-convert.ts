@@ -8,7 +8,7 @@ import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
-import { checkCacheModes, describeErrno, ExitCode, refuseQemuOnly, refuseRateLimit, runCommand, UsageError, version, type Io } from './common.js';
+import { checkCacheModes, describeErrno, ExitCode, rateLimitOption, refuseQemuOnly, runCommand, UsageError, version, type Io } from './common.js';
 import { progressPrinter, qemuProgressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
@@ -49,10 +49,12 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --disk <n>          with an ova input: convert disk n of its OVF (from 0; default 0)
                       (an ova output takes -o name=,cpus=,memory=,os=,network=,manifest=;
                       '-O ova -o help' lists them)
-  -t <cache>          the output's cache mode, as qemu-img's: unsafe (default) leaves it in the
+  -r, --rate-limit <rate>  move at most <rate> bytes of data per second (k, M, G suffixes; 0: no
+                      limit); holes and zeros left sparse cost nothing
+  -t, --target-cache <cache>  the output's cache mode, as qemu-img's: unsafe (default) leaves it in the
                       page cache; writeback, writethrough: synced before img exits; none,
                       directsync: synced, and its data written around the page cache (O_DIRECT)
-  -T <cache>, -W, -m <n>, -C
+  -T, --source-cache <cache>, -W (--oob-writes), -m (--parallel) <n>, -C (--copy-range-offloading)
                       qemu-img's source cache mode, out-of-order writes, coroutines and copy
                       offloading: accepted (values checked) for qemu-img's command lines; img picks its own
   --keep-partial      keep the output after a failure
@@ -61,7 +63,7 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
-  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects; so is -r)
+  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
@@ -107,13 +109,14 @@ export function convertOptions() {
     bitmaps: { type: 'boolean' },
     'skip-broken-bitmaps': { type: 'boolean' },
     // qemu-img's I/O knobs (cache modes, out-of-order writes, coroutines, copy offloading): checked as qemu-img
-    // checks them, then left to img, which picks its own (the image written is the same). -r is refused.
-    t: { type: 'string' },
-    T: { type: 'string' },
-    W: { type: 'boolean' },
-    m: { type: 'string' },
-    C: { type: 'boolean' },
-    r: { type: 'string' },
+    // checks them, then left to img, which picks its own (the image written is the same); -t picks the output's
+    // cache mode and -r limits the rate.
+    'target-cache': { type: 'string', short: 't' },
+    'source-cache': { type: 'string', short: 'T' },
+    'oob-writes': { type: 'boolean', short: 'W' },
+    parallel: { type: 'string', short: 'm' },
+    'copy-range-offloading': { type: 'boolean', short: 'C' },
+    'rate-limit': { type: 'string', short: 'r' },
     debug: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
     version: { type: 'boolean' },
@@ -123,13 +126,11 @@ export function convertOptions() {
 /**
  * qemu-img convert's I/O options, which change how it writes but not what:
  * their values are checked with qemu-img's words, and img goes on with its
- * own choices. -r (a rate limit) is refused: ignoring it would not do what
- * the user asked.
+ * own choices.
  */
-export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string; r?: string }): void {
+export function checkQemuIoOptions(values: { t?: string; T?: string; m?: string }): void {
   checkCacheModes(values.t, values.T);
   if (values.m !== undefined && !/^(?:[1-9]|1[0-6])$/.test(values.m)) throw new UsageError('Invalid number of coroutines. Allowed number of coroutines is between 1 and 16');
-  refuseRateLimit(values.r);
 }
 
 /** The most -S takes, as qemu-img convert: 32768 sectors. */
@@ -167,10 +168,13 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const { positionals } = parsed;
     const long = parsed.values;
     refuseQemuOnly(long);
-    checkQemuIoOptions(long);
     // The 7.2 short letters, whatever spelling the user chose.
     const values = {
       ...long,
+      t: long['target-cache'],
+      T: long['source-cache'],
+      m: long.parallel,
+      r: long['rate-limit'],
       f: long['source-format'],
       O: long['target-format'],
       o: long['target-format-options'],
@@ -182,6 +186,8 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       n: long['no-create'],
       p: long.progress,
     };
+    checkQemuIoOptions(values);
+    const rateLimit = values.r === undefined ? undefined : rateLimitOption(values.r);
     if (values.version && !values.help) {
       io.stdout(`${prog} ${version()}\n`);
       return 0;
@@ -297,6 +303,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           untrusted,
           forceShare,
           signal: controller.signal,
+          ...(rateLimit ? { rateLimit } : {}),
           targetIsZero: values['target-is-zero'] ?? false,
           ...salvage,
           ...(values.t !== undefined && isCacheMode(values.t) ? { cache: values.t } : {}),
@@ -318,6 +325,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           forceShare,
           keepPartial: values['keep-partial'] ?? false,
           signal: controller.signal,
+          ...(rateLimit ? { rateLimit } : {}),
           ...salvage,
           ...(values.t !== undefined && isCacheMode(values.t) ? { cache: values.t } : {}),
           ...(backing !== undefined ? { backingFile: backing } : {}),

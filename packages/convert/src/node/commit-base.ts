@@ -5,7 +5,7 @@
  * between keep their data (-b implies -d) and the chain keeps its shape;
  * BASE alone changes, so the image reads the same after the commit.
  */
-import { invalidArg, throwIfAborted, type CopyProgress, type Disk, type Extent, type Resolver } from '@img/block';
+import { invalidArg, ratePace, throwIfAborted, type CopyProgress, type Disk, type Extent, type Resolver } from '@img/block';
 import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
 import type { FormatRegistry } from '@img/block';
 import { openImageFile } from '../node.js';
@@ -17,6 +17,8 @@ export interface CommitBaseOptions {
   registry?: FormatRegistry;
   onProgress?: (p: CopyProgress) => void;
   signal?: AbortSignal;
+  /** Move no more than this many bytes of data per second (qemu-img commit -r). Default (or 0): no limit. */
+  rateLimit?: number;
 }
 
 export interface CommitBaseResult {
@@ -98,7 +100,10 @@ export async function commitIntoBase(path: string, base: string, options: Commit
       for await (const e of top.extents()) if (e.kind !== 'hole' && (e.depth ?? 0) < depth) above.push(e);
       const total = above.reduce((n, e) => n + e.length, 0);
       let done = 0;
-      const buffer = new Uint8Array(Math.min(CHUNK, Math.max(512, total)));
+      const pace = ratePace(options.rateLimit, options.signal);
+      // A limited commit moves pieces of at most a tenth of a second of its rate (see ratePace).
+      const piece = options.rateLimit ? Math.max(64 * 1024, Math.min(CHUNK, Math.floor(options.rateLimit / 10 / 512) * 512)) : CHUNK;
+      const buffer = new Uint8Array(Math.min(piece, Math.max(512, total)));
       for (const e of above) {
         for (let pos = e.offset; pos < e.offset + e.length;) {
           throwIfAborted(options.signal);
@@ -106,6 +111,8 @@ export async function commitIntoBase(path: string, base: string, options: Commit
           if (e.kind === 'zero') {
             await target.writeZeroes(pos, n);
           } else {
+            await pace?.(n);
+            throwIfAborted(options.signal);
             const view = buffer.subarray(0, n);
             await top.readInto(pos, view);
             await target.write(pos, view);

@@ -15,7 +15,7 @@ import type { ConvertResult } from '../convert.js';
 import { salvagingDisk, type SalvageEvent } from '../salvage.js';
 
 /** What of a conversion's options applies to an NBD output (those of ConvertFileOptions). */
-export interface NbdOutputOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal'> {
+export interface NbdOutputOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal' | 'rateLimit'> {
   output: string;
   dstFormat: string;
   registry: FormatRegistry;
@@ -61,6 +61,7 @@ export async function convertIntoNbdExport(source: Disk, options: NbdOutputOptio
       dstIsZero: false,
       ...(options.salvage ? { batchRuns: false } : {}),
       ...(options.minZeroRun !== undefined ? { minZeroRun: options.minZeroRun } : {}),
+      ...(options.rateLimit !== undefined ? { rateLimit: options.rateLimit } : {}),
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });

@@ -5,7 +5,7 @@
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError } from '@img/block';
-import { checkCacheModes, ExitCode, refuseQemuOnly, refuseRateLimit } from '../common.js';
+import { checkCacheModes, ExitCode, rateLimitOption, refuseQemuOnly } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { openImageFile } from '../../node.js';
@@ -13,7 +13,7 @@ import { commitDisk } from '../../maintain.js';
 import { commitIntoBase } from '../../node/commit-base.js';
 import { type Handler, commonNoOutput, onePath, quietOption, quietIo } from './shared.js';
 
-const HELP = `Usage: img commit [-q] [-f fmt] [-b base] [-d] [-p] <file>
+const HELP = `Usage: img commit [-q] [-f fmt] [-b base] [-d] [-r rate] [-p] <file>
 
 Writes the image's data into its backing file. -d keeps the data in the image
 (by default it is emptied). -b names an ancestor further down the chain: the
@@ -26,8 +26,8 @@ Options (qemu-img 10.1's long names beside the letters):
   -d, --drop           keep the data in <file> after the commit
   -p, --progress       show progress on stderr
   -q, --quiet          print nothing on stdout, and no progress (-q wins over -p)
-  -t <mode>            qemu's cache mode: checked as qemu-img checks it; img picks its own caching
-  -r <rate>            a rate limit: refused (img commits at full speed)
+  -r, --rate-limit <rate>  move at most <rate> bytes of data per second (k, M, G suffixes; 0: no limit)
+  -t, --cache <mode>   qemu's cache mode: checked as qemu-img checks it; img picks its own caching
 
 Example:
   img commit overlay.qcow2
@@ -50,7 +50,9 @@ export const commit: Handler = async (argv, io) => {
       p: { type: 'boolean' },
       progress: { type: 'boolean' },
       t: { type: 'string' },
+      cache: { type: 'string' },
       r: { type: 'string' },
+      'rate-limit': { type: 'string' },
       'image-opts': { type: 'boolean' },
       object: { type: 'string', multiple: true },
     },
@@ -62,8 +64,9 @@ export const commit: Handler = async (argv, io) => {
     return 0;
   }
   refuseQemuOnly(values);
-  checkCacheModes(values.t);
-  refuseRateLimit(values.r);
+  checkCacheModes(values.t ?? values.cache);
+  const rateText = values.r ?? values['rate-limit'];
+  const rate = rateText === undefined ? {} : { rateLimit: rateLimitOption(rateText) };
   const path = onePath(positionals);
   const format = values.f ?? values.format;
   const base = values.b ?? values.base;
@@ -74,11 +77,11 @@ export const commit: Handler = async (argv, io) => {
   const signal = controller.signal;
   try {
     if (base !== undefined) {
-      await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress, signal });
+      await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress, ...rate, signal });
     } else {
       const disk = await openImageFile(path, { ...(format !== undefined ? { format } : {}), readOnly: false, backingWritable: true });
       try {
-        await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress, signal });
+        await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress, ...rate, signal });
       } finally {
         await disk.close();
       }
