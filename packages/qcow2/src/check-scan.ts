@@ -70,7 +70,14 @@ export interface Scan {
   reservedBits: ReservedBitsFix[];
   /** Refcount table entries (index, block offset) of blocks inside the file, for the rule that each is used once. */
   refcountBlocks: Array<{ index: number; offset: number }>;
+  /** Clusters past the end of the file that something references (each counted in `corruptions`), up to MAX_PAST_END_REFS. */
+  pastEndRefs: Set<number>;
+  /** More clusters past the end are referenced than `pastEndRefs` holds. */
+  pastEndRefsOverflow: boolean;
 }
+
+/** The most clusters past the end of the file a scan remembers as referenced. */
+const MAX_PAST_END_REFS = 65536;
 
 /** An entry whose bits under `hiMask`/`loMask` (the 32-bit halves) repair 'all' clears. */
 export interface ReservedBitsFix {
@@ -190,7 +197,7 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [], refcountBlocks: [] };
+  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [], refcountBlocks: [], pastEndRefs: new Set(), pastEndRefsOverflow: false };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
@@ -202,6 +209,8 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
       if (c >= nClusters) {
         r.corruptions++;
         say(`ERROR ${what} at ${hex(c * cs)} lies past the end of the file`);
+        if (r.pastEndRefs.size < MAX_PAST_END_REFS) r.pastEndRefs.add(c);
+        else r.pastEndRefsOverflow = true;
         continue;
       }
       r.refs[c] = Math.min(0xffffffff, r.refs[c]! + times);

@@ -647,6 +647,39 @@ describe('writes into damaged images leave them no worse', () => {
     expect(qemuCheck(path).status).toBe(0);
   });
 
+  it('a file cut short under data clusters with their refcounts (a download that stopped): the writable open refuses, check -r all drops the references and their refcounts, and a snapshot after it leaves qemu-img check clean (qcow2 fuzz seed 1124 case 123)', async () => {
+    const path = join(tmp.path, 'cut-short.qcow2');
+    const q = qemuQcow2(path, '1M', 'cluster_size=4096', [[0, 16 * 4096, 0x5a]]);
+    // The last five data clusters are cut off: the file ends inside the one before them.
+    const end = Math.max(...Array.from({ length: 16 }, (_, j) => Number(entryAt(q, Number(entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n) + j * 8) & 0x00ff_ffff_ffff_fe00n)));
+    writeFileSync(path, q.bytes.subarray(0, end - 4 * 4096 - 1000));
+    expect(qemuCheck(path).stderr).toMatch(/exceeding the end of the file/);
+    const storage = await FileStorage.open(path, { readOnly: false });
+    const e = await openQcow2(storage, { readOnly: false }).then(
+      () => undefined,
+      (err: unknown) => err as { code: string; message: string },
+    );
+    await storage.close();
+    expect(e?.code).toBe('ERR_IMG_CORRUPT');
+    expect(e?.message).toMatch(/refusing to open for writing: the data cluster at 0x[0-9a-f]+ \(entry at 0x[0-9a-f]+\) lies past the end of the file \(\d+ bytes\): the file was cut short; img check -r all may repair it/);
+    const before = await readAll(path);
+    const repaired = await check(path, 'all');
+    expect(repaired.corruptions).toBe(0);
+    expect(repaired.messages.join('\n')).toMatch(/Repaired: 5 refcounts of clusters past the end of the file that nothing uses set to 0/);
+    expect(qemuCheck(path).status).toBe(0);
+    // The guest reads what it read before (the cut-off clusters as zeros).
+    expect(await readAll(path)).toEqual(before);
+    const again = await FileStorage.open(path, { readOnly: false });
+    const disk = await openQcow2(again, { readOnly: false });
+    await disk.createSnapshot('s1');
+    await disk.write(0, new Uint8Array(32 * 4096).fill(0x11));
+    await disk.close();
+    await again.close();
+    // The file grew over where the cut-off clusters were: no leak there, and nothing else wrong.
+    expect(qemuCheck(path).status).toBe(0);
+    expect((await check(path)).leaks).toBe(0);
+  });
+
   it('a compressed descriptor with the COPIED flag set: a snapshot create clears the flag, as qemu-img snapshot -c does (qemu-img check 1 corruption, then 2: the table both L1 tables share counted it twice; seed 1004 case 125)', async () => {
     const path = join(tmp.path, 'snapshot-compressed-copied.qcow2');
     qemuQcow2(path, '1M', 'cluster_size=4096', [
