@@ -197,7 +197,22 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   if (nClusters > MAX_CHECK_CLUSTERS) {
     throw unsupported(FORMAT, s.file, `file too large to check (${nClusters} clusters, at most ${MAX_CHECK_CLUSTERS})`, { field: 'file size', actual: s.fileSize });
   }
-  const r: Scan = { refs: new Uint32Array(nClusters), corruptions: 0, checkErrors: 0, messages: [], allocated: 0, fragmented: 0, compressed: 0, copiedFixes: [], pastSizeL1: [], unfollowedL1: 0, reservedBits: [], refcountBlocks: [], pastEndRefs: new Set(), pastEndRefsOverflow: false };
+  const r: Scan = {
+    refs: new Uint32Array(nClusters),
+    corruptions: 0,
+    checkErrors: 0,
+    messages: [],
+    allocated: 0,
+    fragmented: 0,
+    compressed: 0,
+    copiedFixes: [],
+    pastSizeL1: [],
+    unfollowedL1: 0,
+    reservedBits: [],
+    refcountBlocks: [],
+    pastEndRefs: new Set(),
+    pastEndRefsOverflow: false,
+  };
   const say = (m: string) => {
     if (r.messages.length < MAX_MESSAGES) r.messages.push(m);
   };
