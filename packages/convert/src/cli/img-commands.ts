@@ -4,6 +4,7 @@
  */
 import { convertMain } from './img-convert.js';
 import { amend } from './commands/amend.js';
+import { bench } from './commands/bench.js';
 import { bitmap } from './commands/bitmap.js';
 import { check } from './commands/check.js';
 import { commit } from './commands/commit.js';
@@ -41,6 +42,7 @@ export const commands: Record<string, Handler> = {
   sparsify,
   compact,
   serve,
+  bench,
   // As qemu-img convert: nothing on stdout or stderr when it succeeds (img-convert prints a summary line).
   convert: (argv, io) => convertMain('img convert', argv, io, { summary: false }),
 };

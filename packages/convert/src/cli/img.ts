@@ -34,6 +34,8 @@ Commands:
                                                              copy a range of an image into a new one, as qemu-img dd
   serve    [-f fmt] [-w] [-k socket | -p port] [-x name] <file>
                                                              export an image over NBD (as qemu-nbd -t)
+  bench    [-c count] [-d depth] [-s size] [-S step] [-o offset] [-w] [-U] <file>
+                                                             sequential I/O benchmark through the Disk API, as qemu-img bench
   doctor                                                     show the version and which native features are active
                                                              (the same as --version --verbose)
 

@@ -19,4 +19,5 @@ export const QEMU_LONG_OPTIONS: Readonly<Record<string, Readonly<Record<string, 
   measure: { '--format': '-f', '--target-format': '-O', '--options': '-o' },
   amend: { '--format': '-f', '--options': '-o' },
   dd: { '--format': '-f', '--output-format': '-O' },
+  bench: { '--format': '-f', '--cache': '-t', '--count': '-c', '--depth': '-d', '--offset': '-o', '--buffer-size': '-s', '--step-size': '-S', '--write': '-w', '--aio': '-i', '--native': '-n' },
 };
