@@ -25,7 +25,7 @@
  * footer copy is rewritten.
  */
 import { ImageError, hex, type CheckOptions, type CheckResult, type Storage } from '@img/block';
-import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
+import { nextAllocated, signedEntries } from './bat.js';
 import { testBit } from './bitmap.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -36,13 +36,36 @@ import { readVhdLayout } from './read-layout.js';
 import { vhdProblem, type VhdProblem, type VhdProblemCode } from './problems.js';
 import { blockAlignment, isWriterPadding } from './reserved-space.js';
 import { FORMAT, type VhdState } from './state.js';
-import { writeBatEntry, writeFooters, writeHeader } from './write-metadata.js';
+import { writeChangedBatSectors, writeFooters, writeHeader } from './write-metadata.js';
 
 export type VhdCheckOptions = CheckOptions;
 
 /** A CheckResult whose findings are also typed: `messages` are the problems' messages. */
 export interface VhdCheckResult extends CheckResult {
+  /** The first 1000 problems found (the counters count them all; `messages` says how many more). */
   problems: VhdProblem[];
+}
+
+/**
+ * The problems a check keeps in full. Past this many it only counts them: a hostile image names millions (a 3.7 MiB
+ * VHD of 1900 GiB whose 972,800 BAT entries all point past its end made `img check` keep them all, 847 MB).
+ */
+const MAX_VHD_PROBLEMS = 1000;
+
+/** The BAT problems the layout reader finds: the first MAX_VHD_PROBLEMS kept, the rest counted by code. */
+class BatProblems {
+  readonly kept: VhdProblem[] = [];
+  readonly more = new Map<VhdProblemCode, { severity: VhdProblem['severity']; count: number }>();
+
+  push(p: VhdProblem): void {
+    if (this.kept.length < MAX_VHD_PROBLEMS) {
+      this.kept.push(p);
+      return;
+    }
+    const m = this.more.get(p.code);
+    if (m) m.count++;
+    else this.more.set(p.code, { severity: p.severity, count: 1 });
+  }
 }
 
 /** Footer problems a rewrite of both footers from the one in use fixes. */
@@ -62,14 +85,35 @@ const BAT_FIXES: ReadonlySet<VhdProblemCode> = new Set(['bat-entry-outside', 'ba
  * ```
  */
 export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}): Promise<VhdCheckResult> {
+  const result = await checkOnce(storage, options);
+  if (!result.corruptionsFixed && !result.leaksFixed) return result;
+  // As qemu-img check -r: the counters are those of the repaired image, checked again ("Double checking the fixed
+  // image now..."); the messages stay those of what was found and repaired.
+  const { repair: _repair, ...plain } = options;
+  const again = await checkOnce(storage, plain);
+  return { ...again, corruptionsFixed: result.corruptionsFixed, leaksFixed: result.leaksFixed, messages: result.messages, problems: result.problems };
+}
+
+async function checkOnce(storage: Storage, options: VhdCheckOptions): Promise<VhdCheckResult> {
   const result: VhdCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems: [] };
-  const report = (p: VhdProblem) => {
-    result.problems.push(p);
-    result.messages.push(p.message);
-    if (p.severity === 'corruption') result.corruptions++;
-    else if (p.severity === 'leak') result.leaks++;
+  // How many of each code were found (kept or not): what the repairs below look at.
+  const found = new Map<VhdProblemCode, number>();
+  let untold = 0;
+  /** Counts `count` problems like `p`, keeping `p` itself while fewer than MAX_VHD_PROBLEMS are kept. */
+  const report = (p: Pick<VhdProblem, 'code' | 'severity'> & Partial<VhdProblem>, count = 1) => {
+    found.set(p.code, (found.get(p.code) ?? 0) + count);
+    if (count === 1 && p.message !== undefined && result.problems.length < MAX_VHD_PROBLEMS) {
+      result.problems.push(p as VhdProblem);
+      result.messages.push(p.message);
+    } else untold += count;
+    if (p.severity === 'corruption') result.corruptions += count;
+    else if (p.severity === 'leak') result.leaks += count;
   };
-  const batProblems: VhdProblem[] = [];
+  const finish = (): VhdCheckResult => {
+    if (untold) result.messages.push(`... and ${untold} more problems of the same kinds (the first ${result.problems.length} are listed)`);
+    return result;
+  };
+  const batProblems = new BatProblems();
   let s: VhdState;
   try {
     s = await readVhdLayout(storage, { allowCoalescing: true }, batProblems);
@@ -99,7 +143,7 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
     const counted = p.code !== 'unfinished-allocation' || fileSize <= s.nextFree + FOOTER_SIZE;
     report(counted ? p : { ...p, severity: 'info' });
   }
-  const has = (code: VhdProblemCode) => result.problems.some((p) => p.code === code);
+  const has = (code: VhdProblemCode) => found.has(code);
   if (s.shortFooter) {
     report(vhdProblem('footer-short', 'info', 'the footer is 511 bytes long (old Virtual PC); a repair rewrites it as 512 bytes', s.fixedFooterOffset));
   }
@@ -118,7 +162,7 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
     }
   }
 
-  const footerFixes = result.problems.filter((p) => FOOTER_FIXES.has(p.code)).length;
+  const footerFixes = [...FOOTER_FIXES].reduce((n, code) => n + (found.get(code) ?? 0), 0);
   if (s.type === 'fixed') {
     result.imageEndOffset = s.fixedFooterOffset + FOOTER_SIZE;
     if (repairAll && (footerFixes || s.shortFooter) && !s.coalescing) {
@@ -126,10 +170,11 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
       await storage.flush();
       result.corruptionsFixed += footerFixes;
     }
-    return result;
+    return finish();
   }
 
-  for (const p of batProblems) report(p);
+  for (const p of batProblems.kept) report(p);
+  for (const [code, m] of batProblems.more) report({ code, severity: m.severity }, m.count);
   const needed = Math.ceil(s.size / s.blockSize);
   const span = s.bitmapBytes + s.blockSize;
   const regions: Array<{ start: number; end: number; block: boolean }> = [...s.metadata, ...(s.reserved ?? [])].map((m) => ({ start: m.start, end: m.end, block: false }));
@@ -177,12 +222,11 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
   if (junk > 0) report(vhdProblem('junk-after-end', 'leak', `${junk} bytes of junk after the last block (the file should end at ${hex(end)})`, end));
 
   if (repairAll && !s.coalescing) {
-    for (const p of batProblems) {
-      const index = (p.offset! - s.header!.tableOffset) / 4;
-      if (BAT_FIXES.has(p.code) && s.bat[index] === BAT_UNUSED) {
-        await writeBatEntry(s, index, BAT_UNUSED);
-        result.corruptionsFixed++;
-      }
+    // The reader cleared the bad entries in memory: the sectors that hold them are written back once each.
+    const cleared = [...BAT_FIXES].reduce((n, code) => n + (found.get(code) ?? 0), 0);
+    if (cleared) {
+      await writeChangedBatSectors(s);
+      result.corruptionsFixed += cleared;
     }
     if (has('header-checksum')) {
       await writeHeader(s);
@@ -208,7 +252,7 @@ export async function checkVhd(storage: Storage, options: VhdCheckOptions = {}):
     await storage.flush();
     result.corruptionsFixed += footerFixes;
   }
-  return result;
+  return finish();
 }
 
 async function paddingBitsSet(s: VhdState, block: number): Promise<number> {

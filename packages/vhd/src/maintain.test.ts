@@ -114,6 +114,32 @@ describe('checkVhd', () => {
     await (await openVhdFile(f)).close();
   });
 
+  it("a BAT of 972,800 entries all past the end of a 3.7 MiB file: all counted, the first 1000 kept, one write per BAT sector to repair, and the counters after a repair are the repaired image's (as qemu-img check -r prints them)", async () => {
+    const f = path('all-outside.vhd');
+    qemuImg(['create', '-q', '-f', 'vpc', f, '1900G']);
+    const entries = readFileSync(f).readUInt32BE(512 + 28);
+    const bat = Buffer.alloc(entries * 4);
+    for (let i = 0; i < entries; i++) bat.writeUInt32BE(0x7fff0000, i * 4);
+    const fd = openSync(f, 'r+');
+    writeSync(fd, bat, 0, bat.length, Number(readFileSync(f).readBigUInt64BE(512 + 16)));
+    closeSync(fd);
+    const r = await check(f);
+    expect([r.corruptions, r.problems.length]).toEqual([entries, 1000]);
+    expect(r.messages.at(-1)).toBe(`... and ${entries - 1000} more problems of the same kinds (the first 1000 are listed)`);
+    const storage = await FileStorage.open(f, { readOnly: false });
+    let writes = 0;
+    const write = storage.write.bind(storage);
+    storage.write = async (at: number, data: Uint8Array) => {
+      writes++;
+      return write(at, data);
+    };
+    const repaired = await checkVhd(storage, { repair: 'all' });
+    await storage.close();
+    expect([repaired.corruptionsFixed, repaired.corruptions, repaired.leaks]).toEqual([entries, 0, 0]);
+    expect(writes).toBeLessThanOrEqual(Math.ceil(entries / 128) + 4);
+    expect((await check(f)).corruptions).toBe(0);
+  });
+
   it('a header it cannot read is one corruption, not an exception', async () => {
     const f = path('badhdr.vhd');
     await dynamicWithData(f);

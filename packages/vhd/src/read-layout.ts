@@ -67,12 +67,17 @@ function describeCopy(c: FooterCopy, fileSize: number): string {
   return c.offset === 0 ? 'the footer copy at offset 0' : c.offset >= fileSize - FOOTER_SIZE ? `the footer at ${hex(c.offset)} (the end of the file)` : `the footer at ${hex(c.offset)}`;
 }
 
+/** Where the layout reader puts the BAT entries it finds bad (an array, or a check's bounded list). */
+export interface ProblemSink {
+  push(problem: VhdProblem): unknown;
+}
+
 /**
  * Reads the footer and layout of a VHD into a VhdState (no parent yet).
  * Exported for check and coalesce; check passes `batProblems` to collect
  * bad BAT entries (treated as unallocated) instead of refusing the image.
  */
-export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = {}, batProblems?: VhdProblem[]): Promise<VhdState> {
+export async function readVhdLayout(storage: Storage, options: VhdOpenOptions = {}, batProblems?: ProblemSink): Promise<VhdState> {
   const file = storage.name;
   const fileSize = await storage.size();
   const tail = fileSize >= FOOTER_SIZE ? await readCopy(storage, fileSize - FOOTER_SIZE, FOOTER_SIZE) : undefined;
@@ -225,7 +230,7 @@ function sameFooter(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOptions, tailFooterValid: boolean, batProblems: VhdProblem[] | undefined): Promise<void> {
+async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOptions, tailFooterValid: boolean, batProblems: ProblemSink | undefined): Promise<void> {
   const file = s.storage.name;
   const f = s.footer;
   const dataOffset = f.dataOffset;

@@ -1,4 +1,6 @@
 /** Writing the footer copies, the dynamic header and BAT entries of an open VHD. */
+import { bytesEqual } from '@img/block';
+import { serializeBat } from './bat.js';
 import { serializeDynamicHeader } from './dynamic-header.js';
 import { serializeFooter } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -42,4 +44,29 @@ export async function writeBatEntry(s: VhdState, block: number, value: number): 
     view.setUint32(i * 4, index === block ? value : s.bat[index]!, false);
   }
   await s.storage.write(s.header.tableOffset + sector * VHD_SECTOR, out);
+}
+
+/**
+ * Writes every BAT sector whose entries on disk differ from the in-memory
+ * BAT (a check that cleared bad entries in memory), each once, as
+ * {@link writeBatEntry} writes a sector; returns how many it wrote. One
+ * write per sector, not per entry: a repair of a million bad entries took
+ * 40 s one entry at a time.
+ */
+export async function writeChangedBatSectors(s: VhdState): Promise<number> {
+  if (!s.header) throw new Error('vhd: no BAT');
+  const perSector = VHD_SECTOR / 4;
+  const bytes = s.bat.length * 4;
+  const onDisk = new Uint8Array(bytes);
+  await s.storage.readInto(s.header.tableOffset, onDisk);
+  const wanted = serializeBat(s.bat, bytes);
+  let written = 0;
+  for (let at = 0; at < bytes; at += VHD_SECTOR) {
+    const end = Math.min(bytes, at + VHD_SECTOR);
+    if (bytesEqual(onDisk.subarray(at, end), wanted.subarray(at, end))) continue;
+    const first = at / 4;
+    await writeBatEntry(s, first, s.bat[first]!);
+    written++;
+  }
+  return written;
 }

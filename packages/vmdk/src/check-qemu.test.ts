@@ -108,4 +108,29 @@ describeQemu('checkVmdk: qemu-img check exit status and first line on damaged VM
     expect([exitOf(ours), ours.messages[0], ours.checkFailed]).toEqual([1, theirs.first, 'Invalid argument']);
     expect(ours.problems[0]).toMatchObject({ code: 'check-failed', file: p('t-s002.vmdk') });
   });
+
+  it('a million grain table entries past the end of the file: counted, the first 1000 kept (a 33 MiB file of them made img check keep 4 M problems in 3.5 GB)', async () => {
+    qemuImg(['create', '-q', '-f', 'vmdk', p('many.vmdk'), '64G']);
+    const bytes = readFileSync(p('many.vmdk'));
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const capacity = Number(view.getBigUint64(12, true));
+    const grain = Number(view.getBigUint64(20, true));
+    const perTable = view.getUint32(44, true);
+    const tables = Math.ceil(capacity / grain / perTable);
+    for (const dir of [Number(view.getBigUint64(48, true)), Number(view.getBigUint64(56, true))]) {
+      for (let t = 0; t < tables; t++) {
+        const at = view.getUint32(dir * 512 + t * 4, true) * 512;
+        for (let i = 0; i < perTable; i++) view.setUint32(at + i * 4, 0x7fff0000, true);
+      }
+    }
+    writeFileSync(p('many.vmdk'), bytes);
+    const ours = await check('many.vmdk');
+    const entries = tables * perTable;
+    expect(entries).toBe(2 ** 20);
+    // qemu-img's stop comes first (exit 1), then the first 1000 of img's findings and a line for the rest.
+    expect([exitOf(ours), ours.checkFailed]).toEqual([1, 'Invalid argument']);
+    expect(ours.corruptions).toBe(entries);
+    expect(ours.problems).toHaveLength(1001);
+    expect(ours.messages.at(-1)).toBe(`... and ${entries - 1000} more problems of the same kinds (the first 1000 are listed)`);
+  });
 });

@@ -44,6 +44,7 @@ export interface VmdkProblem {
 
 /** The verdict of checkVmdk: qemu-img check's counters plus the typed problems. */
 export interface VmdkCheckResult extends CheckResult {
+  /** The first 1000 problems found (`corruptions` counts them all; `messages` says how many more). */
   problems: VmdkProblem[];
   /** Grains allocated in all sparse extents, and grains they could hold (qemu-img check prints neither for VMDK). */
   allocatedGrains: number;
@@ -125,7 +126,27 @@ async function qemuReplay(core: VmdkImage): Promise<QemuStop | undefined> {
 }
 
 /** Checks one sparse extent's tables; returns its allocated grain count and end of data. */
-async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ allocated: number; end: number }> {
+/**
+ * The problems a check keeps in full. Past this many it only counts them: a hostile image names millions (a
+ * 32 MiB file whose 4 M grain table entries all point past its end made `img check` keep 4 M problems, 3.5 GB).
+ */
+const MAX_VMDK_PROBLEMS = 1000;
+
+/** Where a check puts its problems: the first MAX_VMDK_PROBLEMS kept, all counted. */
+class ProblemSink {
+  readonly kept: VmdkProblem[] = [];
+  /** Every problem added, and those of them that are no corruption (a redundant table that lags the primary). */
+  total = 0;
+  lagging = 0;
+
+  add(p: VmdkProblem): void {
+    this.total++;
+    if (p.code === 'redundant-mismatch') this.lagging++;
+    if (this.kept.length < MAX_VMDK_PROBLEMS) this.kept.push(p);
+  }
+}
+
+async function checkMap(map: GrainMap, problems: ProblemSink): Promise<{ allocated: number; end: number }> {
   const file = map.storage.name;
   const n = map.header.numGTEsPerGT;
   const seen = new Set<number>();
@@ -139,16 +160,16 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
     if (sector === GTE_UNALLOCATED) continue;
     const at = sector * SECTOR;
     if (at + map.tableBytes > map.fileSize) {
-      problems.push({ code: 'table-out-of-bounds', file, offset: map.gdOffset + t * map.entryBytes, message: `grain directory entry ${t} points to ${hex(at)}, past the end of the file` });
+      problems.add({ code: 'table-out-of-bounds', file, offset: map.gdOffset + t * map.entryBytes, message: `grain directory entry ${t} points to ${hex(at)}, past the end of the file` });
       continue;
     }
     const hit = map.overlap(at, at + map.tableBytes);
     if (hit && hit.what !== 'grain tables') {
-      problems.push({ code: 'table-overlap', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} overlaps the ${hit.what}` });
+      problems.add({ code: 'table-overlap', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} overlaps the ${hit.what}` });
       continue;
     }
     if (tables.has(sector)) {
-      problems.push({ code: 'table-shared', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} is also another directory entry's table` });
+      problems.add({ code: 'table-shared', file, offset: map.gdOffset + t * map.entryBytes, message: `grain table ${t} at ${hex(at)} is also another directory entry's table` });
       continue;
     }
     tables.add(sector);
@@ -158,13 +179,13 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
     if (map.redundant && map.rgd && map.rgd[t]) {
       const rat = map.rgd[t]! * SECTOR;
       const rhit = map.overlap(rat, rat + map.tableBytes);
-      if (rhit) problems.push({ code: 'table-overlap', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain table ${t} at ${hex(rat)} overlaps the ${rhit.what}` });
+      if (rhit) problems.add({ code: 'table-overlap', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain table ${t} at ${hex(rat)} overlaps the ${rhit.what}` });
       else if (rat + map.tableBytes <= map.fileSize) {
         const copy = parseEntries(await map.storage.read(rat, n * ENTRY_BYTES), n);
         const differ = table.findIndex((v, i) => v !== copy[i]);
-        if (differ >= 0) problems.push({ code: 'redundant-mismatch', file, offset: rat + differ * ENTRY_BYTES, message: `redundant grain table ${t} differs from the primary at entry ${differ}` });
+        if (differ >= 0) problems.add({ code: 'redundant-mismatch', file, offset: rat + differ * ENTRY_BYTES, message: `redundant grain table ${t} differs from the primary at entry ${differ}` });
         spans.push(rat + SPAN_REDUNDANT_TABLE);
-      } else problems.push({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain directory entry ${t} points past the end of the file` });
+      } else problems.add({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain directory entry ${t} points past the end of the file` });
     }
     for (let i = 0; i < n; i++) {
       const gte = table[i]!;
@@ -172,22 +193,22 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
       const grain = t * n + i;
       const entryAt = at + i * map.entryBytes;
       if (sesparse && gte === SE_INVALID) {
-        problems.push({ code: 'entry-invalid', file, offset: entryAt, message: `grain table entry for grain ${grain} has an unknown type` });
+        problems.add({ code: 'entry-invalid', file, offset: entryAt, message: `grain table entry for grain ${grain} has an unknown type` });
         continue;
       }
       const g = sesparse ? (map.grainsSector + (gte - 1) * map.header.grainSize) * SECTOR : gte * SECTOR;
       const span = map.compressed ? SECTOR : map.grainBytes;
       if (g + span > map.fileSize) {
-        problems.push({ code: 'grain-out-of-bounds', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} lies past the end of the file (${hex(map.fileSize)})` });
+        problems.add({ code: 'grain-out-of-bounds', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} lies past the end of the file (${hex(map.fileSize)})` });
         continue;
       }
       const hit = map.overlap(g, g + span);
       if (hit) {
-        problems.push({ code: 'grain-overlap', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} overlaps the ${hit.what}` });
+        problems.add({ code: 'grain-overlap', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} overlaps the ${hit.what}` });
         continue;
       }
       if (!map.compressed && seen.has(gte)) {
-        problems.push({ code: 'grain-shared', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} is also used by another grain` });
+        problems.add({ code: 'grain-shared', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} is also used by another grain` });
         continue;
       }
       seen.add(gte);
@@ -196,7 +217,7 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
       end = Math.max(end, g + span);
     }
   }
-  for (const o of spanOverlaps(spans, map, 100)) problems.push({ code: o.what === 'grain' ? 'grain-overlap' : 'table-overlap', file, offset: o.offset, message: o.message });
+  for (const o of spanOverlaps(spans, map, 100)) problems.add({ code: o.what === 'grain' ? 'grain-overlap' : 'table-overlap', file, offset: o.offset, message: o.message });
   return { allocated, end };
 }
 
@@ -219,7 +240,8 @@ async function checkMap(map: GrainMap, problems: VmdkProblem[]): Promise<{ alloc
  * ```
  */
 export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {}): Promise<VmdkCheckResult> {
-  const problems: VmdkProblem[] = [];
+  const sink = new ProblemSink();
+  const problems = sink.kept;
   const result: VmdkCheckResult = { format: FORMAT, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], problems, allocatedGrains: 0, totalGrains: 0 };
   let core: VmdkImage;
   const lent = lentStorage(storage);
@@ -248,7 +270,7 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     let allocated = 0;
     let total = 0;
     for (const map of core.grainMaps()) {
-      const r = await checkMap(map, problems);
+      const r = await checkMap(map, sink);
       allocated += r.allocated;
       total += Math.ceil(map.capacityBytes / map.grainBytes);
       if (map.storage === lent) result.dataEnd = r.end;
@@ -260,8 +282,9 @@ export async function checkVmdk(storage: Storage, options: VmdkOpenOptions = {})
     await core.close();
   }
   // A redundant table that lags the primary is what a crash between the two entry writes leaves: the primary decides, nothing is lost.
-  result.corruptions = problems.filter((p) => p.code !== 'redundant-mismatch').length;
+  result.corruptions = sink.total - sink.lagging;
   result.messages = problems.map((p) => `${p.file}: ${p.message}`);
+  if (sink.total > problems.length) result.messages.push(`... and ${sink.total - problems.length} more problems of the same kinds (the first ${problems.length} are listed)`);
   if (stop) {
     // qemu-img's line as it prints it (no file name), before img's own account of the same image.
     const message = stop.kind === 'eof' ? `ERROR: cluster offset for sector ${stop.sector} points after EOF` : `ERROR: could not get cluster_offset for sector ${stop.sector}`;
