@@ -55,7 +55,6 @@ export async function writeBatEntry(s: VhdState, block: number, value: number): 
  */
 export async function writeChangedBatSectors(s: VhdState): Promise<number> {
   if (!s.header) throw new Error('vhd: no BAT');
-  const perSector = VHD_SECTOR / 4;
   const bytes = s.bat.length * 4;
   const onDisk = new Uint8Array(bytes);
   await s.storage.readInto(s.header.tableOffset, onDisk);
