@@ -212,16 +212,33 @@ async function noteGrowth(s: Qcow2Image): Promise<void> {
   s.noteFileEnd(await s.storage.size());
 }
 
-/** Rewrites the COPIED flags the tally found wrong (after the refcounts are exact). */
+/**
+ * Rewrites the COPIED flags the tally found wrong (after the refcounts are
+ * exact): the entries of one cluster (an L2 table, a cluster of the L1
+ * table) in one read and one write of the span from its first fixed entry
+ * to its last, in which only those flags change. One write per entry took
+ * 183 s for the 1 M entries of a 64 GiB image with preallocated metadata.
+ */
 async function fixCopied(s: Qcow2Image, view: MappingView, fixes: CopiedFix[]): Promise<void> {
-  const entry = new Uint8Array(8);
-  for (const f of fixes) {
-    await s.storage.readInto(f.at, entry);
-    setEntryCopied(entry, 0, f.set);
-    // Only the flag of an L1 or L2 entry changes: never a write on other metadata.
-    s.overlap?.check(s.file, f.at, 4, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
-    await s.storage.write(f.at, entry.subarray(0, 4));
-    if (f.at >= view.l1Offset && f.at < view.l1Offset + view.l1.length) view.l1.set(entry.subarray(0, 4), f.at - view.l1Offset);
+  const cs = s.geom.clusterSize;
+  const sorted = [...fixes].sort((a, b) => a.at - b.at);
+  for (let i = 0; i < sorted.length;) {
+    const cluster = Math.floor(sorted[i]!.at / cs);
+    let j = i;
+    while (j + 1 < sorted.length && Math.floor(sorted[j + 1]!.at / cs) === cluster) j++;
+    const from = sorted[i]!.at;
+    const span = new Uint8Array(sorted[j]!.at + 8 - from);
+    await s.storage.readInto(from, span);
+    for (let k = i; k <= j; k++) setEntryCopied(span, sorted[k]!.at - from, sorted[k]!.set);
+    // Only flags of L1 or L2 entries change: never a write on other metadata.
+    s.overlap?.check(s.file, from, span.length, OVERLAP.ACTIVE_L1 | OVERLAP.L2);
+    await s.storage.write(from, span);
+    // The L1 entries among them, in the view's copy of the table too.
+    const l1End = view.l1Offset + view.l1.length;
+    const lo = Math.max(from, view.l1Offset);
+    const hi = Math.min(from + span.length, l1End);
+    if (lo < hi) view.l1.set(span.subarray(lo - from, hi - from), lo - view.l1Offset);
+    i = j + 1;
   }
   s.cache.clear();
 }
