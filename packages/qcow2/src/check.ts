@@ -105,7 +105,10 @@ async function tally(s: Qcow2Image, view: MappingView): Promise<Tally> {
     if (b.index * perBlock >= n) t.sharedBlocksPastEnd.push(h.refcountTableOffset + b.index * 8);
   }
   t.copiedFixes = sc.copiedFixes;
-  for (const f of sc.copiedFixes) say(copiedLine(f, 'ERROR'));
+  for (const f of sc.copiedFixes) {
+    if (t.messages.length >= MAX_MESSAGES) break;
+    say(copiedLine(f, 'ERROR'));
+  }
   return t;
 }
 
