@@ -330,8 +330,10 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     if (!b) return;
     while (inFlight.size >= slots) await Promise.race(inFlight);
     if (failure) return;
-    await pace?.(b.bytes);
-    if (signal?.aborted) throw aborted();
+    if (pace) {
+      await pace(b.bytes);
+      if (signal?.aborted) throw aborted();
+    }
     start(b.bytes, () => (mode === 'copy' ? copyBatch(b) : readBatch(b)));
   };
   /** Counts an extent that needs no I/O (a hole, or zeros over a destination that reads as zeros) as dealt with. */
@@ -340,7 +342,8 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     progress.bytesDone += e.length;
     report();
   };
-  const batchLimit = ((limit: number) => (pace ? pacedBatchBytes(limit, chunkSize, options.rateLimit!) : limit))(mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes);
+  const unpacedBatch = mode === 'copy' ? COPY_BATCH_BYTES : readBatchBytes;
+  const batchLimit = pace ? pacedBatchBytes(unpacedBatch, chunkSize, options.rateLimit!) : unpacedBatch;
   /** The storage a data extent's bytes can leave in a native batch; undefined: read through the format. */
   const batchSource = (e: Extent): Storage | undefined => (mode && e.kind === 'data' && e.length <= readBatchBytes ? runSource(src, e, mode, dst.storage) : undefined);
   /** Adds a data extent to the batch being gathered (the caller flushed the one it does not fit in). */
