@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryStorage } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { entryAt, entryOffsetAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
+import { countWrites, entryAt, entryOffsetAt, qemuCheck, qemuImg, qemuIo, qemuQcow2, readQcow2Bytes, tempDir, writeCorruptQcow2 } from '@img/testkit';
 import { amendQcow2 } from './amend.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { openQcow2 } from './open.js';
@@ -26,6 +26,20 @@ async function check(path: string, repair?: 'leaks' | 'all') {
   const storage = await FileStorage.open(path, { readOnly: !repair });
   try {
     return await checkQcow2(storage, repair ? { repair } : {});
+  } finally {
+    await storage.close();
+  }
+}
+
+/** The error a writable open of `path` fails with, or undefined if it opens. */
+async function writableOpenError(path: string): Promise<{ code: string; message: string } | undefined> {
+  const storage = await FileStorage.open(path, { readOnly: false });
+  try {
+    const disk = await openQcow2(storage, { readOnly: false });
+    await disk.close();
+    return undefined;
+  } catch (err) {
+    return err as { code: string; message: string };
   } finally {
     await storage.close();
   }
@@ -624,12 +638,7 @@ describe('writes into damaged images leave them no worse', () => {
     const l2 = Number(entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n);
     q.view.setBigUint64(l2 + 8, (1n << 63n) | BigInt(q.bytes.length));
     writeFileSync(path, q.bytes);
-    const storage = await FileStorage.open(path, { readOnly: false });
-    const e = await openQcow2(storage, { readOnly: false }).then(
-      () => undefined,
-      (err: unknown) => err as { code: string; message: string },
-    );
-    await storage.close();
+    const e = await writableOpenError(path);
     expect(e?.code).toBe('ERR_IMG_CORRUPT');
     expect(e?.message).toMatch(/data cluster at 0x[0-9a-f]+ \(entry at 0x[0-9a-f]+\) lies past the end of the file with refcount 0/);
     const repaired = await check(path, 'all');
@@ -654,12 +663,7 @@ describe('writes into damaged images leave them no worse', () => {
     const end = Math.max(...Array.from({ length: 16 }, (_, j) => Number(entryAt(q, Number(entryAt(q, q.l1Offset) & 0x00ff_ffff_ffff_fe00n) + j * 8) & 0x00ff_ffff_ffff_fe00n)));
     writeFileSync(path, q.bytes.subarray(0, end - 4 * 4096 - 1000));
     expect(qemuCheck(path).stderr).toMatch(/exceeding the end of the file/);
-    const storage = await FileStorage.open(path, { readOnly: false });
-    const e = await openQcow2(storage, { readOnly: false }).then(
-      () => undefined,
-      (err: unknown) => err as { code: string; message: string },
-    );
-    await storage.close();
+    const e = await writableOpenError(path);
     expect(e?.code).toBe('ERR_IMG_CORRUPT');
     expect(e?.message).toMatch(/refusing to open for writing: the data cluster at 0x[0-9a-f]+ \(entry at 0x[0-9a-f]+\) lies past the end of the file \(\d+ bytes\): the file was cut short; img check -r all may repair it/);
     const before = await readAll(path);
@@ -864,17 +868,12 @@ describe('bounded work', () => {
     writeFileSync(`${path}.qemu`, q.bytes);
     qemuImg(['check', '-r', 'all', `${path}.qemu`], { allowFail: true });
     const storage = await FileStorage.open(path, { readOnly: false });
-    let writes = 0;
-    const write = storage.write.bind(storage);
-    storage.write = async (at: number, data: Uint8Array) => {
-      writes++;
-      return write(at, data);
-    };
+    const writes = countWrites(storage);
     const r = await checkQcow2(storage, { repair: 'all' });
     await storage.close();
     expect([r.corruptions, r.corruptionsFixed]).toEqual([0, entries]);
     // One write per L2 table (32), and a few for the header and refcounts.
-    expect(writes).toBeLessThanOrEqual(40);
+    expect(writes()).toBeLessThanOrEqual(40);
     expect(Buffer.compare(readFileSync(path), readFileSync(`${path}.qemu`))).toBe(0);
   });
 });

@@ -18,3 +18,4 @@ export { waitForSocket } from './socket.js';
 export { pageCacheBytes } from './page-cache.js';
 export { withStorage } from './with-storage.js';
 export { fullAt, type FillableStorage } from './full-storage.js';
+export { countWrites, type WritableStorage } from './count-writes.js';
