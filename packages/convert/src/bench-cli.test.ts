@@ -1,10 +1,11 @@
 // img bench against qemu-img bench: the same lines, the same requests (a write run leaves the image qemu-img's run
 // leaves), the same refusals in the same words, and what img refuses where qemu-img would misbehave.
-import { copyFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
-import { run } from './test/cli.js';
+import { describeQemu, describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { bin, run } from './test/cli.js';
 
 const tmp = tempDir('img-bench-');
 afterAll(() => tmp.cleanup());
@@ -105,5 +106,25 @@ describeQemu('img bench', () => {
       expect(r.status, r.stderr).toBe(0);
       if (args.includes('-q')) expect(r.stdout).toBe('');
     }
+  });
+});
+
+describeWith('strace', 'img bench -t writethrough', () => {
+  it('flushes after each write with writethrough and directsync, once at the end otherwise (strace counts the syncs)', () => {
+    const image = join(tmp.path, 'sync.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', image, '16M']);
+    const syncs = (mode: string[]) => {
+      const log = join(tmp.path, `strace-${mode.join('') || 'default'}.txt`);
+      const r = spawnSync('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync', '-o', log, process.execPath, bin('img'), 'bench', '-w', '-c', '40', '-d', '4', ...mode, image], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      return readFileSync(log, 'utf8')
+        .split('\n')
+        .filter((line) => /\b(fsync|fdatasync)\(/.test(line)).length;
+    };
+    expect(syncs(['-t', 'writethrough'])).toBeGreaterThanOrEqual(40);
+    expect(syncs(['-t', 'directsync'])).toBeGreaterThanOrEqual(40);
+    expect(syncs([])).toBeLessThanOrEqual(3);
+    expect(syncs(['-t', 'unsafe'])).toBeLessThanOrEqual(3);
+    expect(qemuImg(['check', image]).status).toBe(0);
   });
 });

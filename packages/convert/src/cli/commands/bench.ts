@@ -33,7 +33,8 @@ runs past the end of the image fails the run (exit 1), as with qemu-img.
   --flush-interval=<n>   with -w: flush every <n> requests, after those in flight (at least <depth>)
   --no-drain             with --flush-interval: flush without waiting for the requests in flight
   -t <cache>             the cache mode, as qemu-img's: none and directsync read and write around
-                         the page cache (O_DIRECT); the others go through it
+                         the page cache (O_DIRECT); writethrough and directsync flush after each
+                         write; writeback (the default) and unsafe do neither
   -U                     read without taking the image's locks (not with -w)
   -i <aio>, -n           qemu-img's AIO backends (threads, native, io_uring): accepted, values checked;
                          img has its own I/O path
@@ -128,7 +129,8 @@ export const bench: Handler = async (argv, io) => {
   try {
     io.stdout(`Sending ${requests} ${write ? 'write' : 'read'} requests, ${bufferSize} bytes each, ${depth} in parallel (starting at offset ${offset}, step size ${step})\n`);
     if (flushInterval) io.stdout(`Sending flush every ${flushInterval} requests\n`);
-    const seconds = await run(disk, { requests, depth, bufferSize, step, offset, write, pattern, flushInterval, drain, buffers, signal: controller.signal });
+    const syncEach = write && (values.t === 'writethrough' || values.t === 'directsync');
+    const seconds = await run(disk, { requests, depth, bufferSize, step, offset, write, syncEach, pattern, flushInterval, drain, buffers, signal: controller.signal });
     io.stdout(`Run completed in ${seconds.toFixed(3)} seconds.\n`);
     // Closing writes what a write test left in caches (the formats' tables): part of the run's cost, as in qemu-img.
     await disk.close();
@@ -149,6 +151,8 @@ interface Run {
   step: number;
   offset: number;
   write: boolean;
+  /** Flush after each write (the writethrough cache modes). */
+  syncEach: boolean;
   pattern: number;
   flushInterval: number;
   drain: boolean;
@@ -174,7 +178,8 @@ async function run(disk: Disk, r: Run): Promise<number> {
       if (failure) break;
       const buffer = free.pop()!;
       const at = offset;
-      const p: Promise<void> = (r.write ? disk.write(at, buffer) : disk.readInto(at, buffer).then(() => undefined))
+      const request = r.write ? disk.write(at, buffer).then(() => (r.syncEach ? disk.flush() : undefined)) : disk.readInto(at, buffer).then(() => undefined);
+      const p: Promise<void> = request
         .catch((error: unknown) => {
           failure ??= { error };
         })
