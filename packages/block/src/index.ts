@@ -103,7 +103,7 @@ export { mergeExtents, clipExtents, collectExtents, validateExtentCover, assertE
 export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';
 export { looksIncompressible } from './incompressible.js';
 export { FormatRegistry } from './registry.js';
-export { burstBytes, ratePace, type Pace } from './rate-limit.js';
+export { ratePace, type Pace } from './rate-limit.js';
 export { RawDisk, openRaw, createRaw, rawDriver, streamRaw, readRawStream, RAW_SECTOR, RAW_CREATE_OPTIONS, type RawCreateOptions } from './raw.js';
 export { PLUMBING_CREATE_KEYS, checkOptionKeys, driverOptions, optionHelp, optionHelpLines, optionsFromText, suggestOptionKey, unknownOptionName, type DriverOptionsCheck, type OptionKind, type OptionSpec, type OptionTable } from './create-options.js';
 export { sparseCopy, type SparseCopyOptions, type SparseCopyResult, type CopyProgress } from './sparse-copy.js';

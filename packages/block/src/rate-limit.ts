@@ -7,7 +7,11 @@
 import { invalidArg } from './errors.js';
 
 /** Waits until `bytes` more may be sent: the first request goes at once, each later one when the bytes before it are due. */
-export type Pace = (bytes: number) => Promise<void>;
+export interface Pace {
+  (bytes: number): Promise<void>;
+  /** The most bytes to send in one piece: a tenth of a second of the rate, at least 64 KiB. */
+  readonly burst: number;
+}
 
 /** The longest burst a limited copy sends at once, in seconds of its rate: a tenth of a second, as qemu's block jobs slice time. */
 const BURST_SECONDS = 0.1;
@@ -24,13 +28,14 @@ export function ratePace(bytesPerSecond: number | undefined, signal?: AbortSigna
   }
   let started: number | undefined;
   let sent = 0;
-  return async (bytes) => {
+  const pace = async (bytes: number) => {
     started ??= now();
     const due = started + (sent / bytesPerSecond) * 1000;
     sent += bytes;
     const wait = due - now();
     if (wait > 0 && !signal?.aborted) await sleep(wait, signal);
   };
+  return Object.assign(pace, { burst: Math.max(64 * 1024, Math.floor(bytesPerSecond * BURST_SECONDS)) });
 }
 
 /**
@@ -43,11 +48,6 @@ export function pacedChunkSize(chunkSize: number, unit: number, bytesPerSecond: 
   const floor = Math.max(64 * 1024, unit);
   while (chunk > bytesPerSecond * BURST_SECONDS && chunk / 2 >= floor && (chunk / 2) % unit === 0) chunk /= 2;
   return chunk;
-}
-
-/** The most bytes a limited copy sends in one piece: a burst (see BURST_SECONDS), at least 64 KiB. */
-export function burstBytes(bytesPerSecond: number): number {
-  return Math.max(64 * 1024, Math.floor(bytesPerSecond * BURST_SECONDS));
 }
 
 /** The most bytes a batch of runs holds at `bytesPerSecond` (one burst), but at least one chunk. */

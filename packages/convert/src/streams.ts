@@ -2,7 +2,7 @@
  * Streaming in and out: an image as a byte stream of known length (for a
  * pipe or an HTTP upload), and an image arriving as a byte stream.
  */
-import { abortError, unknownFormatError, unsupported, alignUp, burstBytes, findZeroRuns, ratePace, type CopyProgress, type Pace, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
+import { abortError, unknownFormatError, unsupported, alignUp, findZeroRuns, ratePace, type CopyProgress, type Pace, type Disk, type FormatRegistryLike, type ImageStream, type StreamSource } from '@img/block';
 import { defaultRegistry } from './formats.js';
 
 export interface ToStreamOptions {
@@ -61,7 +61,7 @@ export async function pipeImageStream(stream: ImageStream, target: NodeWritableL
   const { signal } = options;
   const pace = ratePace(options.rateLimit, signal);
   // A limited pipe writes pieces of at most one burst, each when it is due.
-  const chunks = pace ? pacedChunks(stream.chunks, burstBytes(options.rateLimit!), pace) : stream.chunks;
+  const chunks = pace ? pacedChunks(stream.chunks, pace) : stream.chunks;
   let written = 0;
   if ('getWriter' in target) {
     const writer = target.getWriter();
@@ -124,7 +124,7 @@ export interface StreamCopyOptions {
 export async function copyStreamToDisk(source: StreamSource, dst: Disk, options: StreamCopyOptions = {}): Promise<CopyProgress> {
   const minZeroRun = options.minZeroRun ?? 4096;
   const pace = ratePace(options.rateLimit, options.signal);
-  const pieces = pace ? pacedPieces(source.pieces, burstBytes(options.rateLimit!), pace) : source.pieces;
+  const pieces = pace ? pacedPieces(source.pieces, pace) : source.pieces;
   const progress: CopyProgress = { bytesDone: 0, bytesTotal: Math.max(0, source.size), bytesRead: 0, bytesWritten: 0 };
   const grow = async (end: number) => {
     if (end <= dst.size) return;
@@ -157,24 +157,21 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
   return progress;
 }
 
-/** `chunks` cut into pieces of at most `step` bytes, each handed on when `pace` says it is due. */
-async function* pacedChunks(chunks: AsyncIterable<Uint8Array>, step: number, pace: Pace): AsyncGenerator<Uint8Array> {
-  for await (const chunk of chunks) {
-    for (let at = 0; at < chunk.length; at += step) {
-      const piece = chunk.subarray(at, Math.min(chunk.length, at + step));
-      await pace(piece.length);
-      yield piece;
-    }
-  }
-}
-
-/** A stream's pieces cut to at most `step` bytes each (their offsets kept), each handed on when `pace` says it is due. */
-async function* pacedPieces(pieces: AsyncIterable<{ offset: number; data: Uint8Array }>, step: number, pace: Pace): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+/** A stream's pieces cut to at most one burst of `pace` each (their offsets kept), each handed on when it is due. */
+async function* pacedPieces(pieces: AsyncIterable<{ offset: number; data: Uint8Array }>, pace: Pace): AsyncGenerator<{ offset: number; data: Uint8Array }> {
   for await (const { offset, data } of pieces) {
-    for (let at = 0; at < data.length; at += step) {
-      const part = data.subarray(at, Math.min(data.length, at + step));
+    for (let at = 0; at < data.length; at += pace.burst) {
+      const part = data.subarray(at, Math.min(data.length, at + pace.burst));
       await pace(part.length);
       yield { offset: offset + at, data: part };
     }
   }
+}
+
+/** An image stream's chunks, paced as {@link pacedPieces} paces a stream's pieces. */
+async function* pacedChunks(chunks: AsyncIterable<Uint8Array>, pace: Pace): AsyncGenerator<Uint8Array> {
+  async function* asPieces() {
+    for await (const data of chunks) yield { offset: 0, data };
+  }
+  for await (const { data } of pacedPieces(asPieces(), pace)) yield data;
 }

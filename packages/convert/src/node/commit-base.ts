@@ -101,8 +101,8 @@ export async function commitIntoBase(path: string, base: string, options: Commit
       const total = above.reduce((n, e) => n + e.length, 0);
       let done = 0;
       const pace = ratePace(options.rateLimit, options.signal);
-      // A limited commit moves pieces of at most a tenth of a second of its rate (see ratePace).
-      const piece = options.rateLimit ? Math.max(64 * 1024, Math.min(CHUNK, Math.floor(options.rateLimit / 10 / 512) * 512)) : CHUNK;
+      // A limited commit moves pieces of at most one burst of its rate (in whole sectors).
+      const piece = pace ? Math.min(CHUNK, Math.floor(pace.burst / 512) * 512) : CHUNK;
       const buffer = new Uint8Array(Math.min(piece, Math.max(512, total)));
       for (const e of above) {
         for (let pos = e.offset; pos < e.offset + e.length;) {

@@ -9,8 +9,7 @@ import { abortError, ImageError, parseSize, type Disk } from '@img/block';
 import { ExitCode, UsageError } from '../common.js';
 import { isCacheMode } from '../../cache-mode.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
-import { openImageFile } from '../../node.js';
-import { type Handler, commonNoOutput, onePath, quietIo, quietOption, shareOption } from './shared.js';
+import { type Handler, commonNoOutput, onePath, openForCommand, quietIo, quietOption, shareOption } from './shared.js';
 
 /** The most buffer memory a run takes (DEPTH buffers of BUFFER_SIZE): qemu-img allocates them all up front too. */
 const MAX_BUFFER_BYTES = 1024 * 1024 * 1024;
@@ -115,12 +114,7 @@ export const bench: Handler = async (argv, io) => {
     throw new UsageError(`${buffers} requests of ${bufferSize} bytes in flight need ${buffers * bufferSize} bytes of buffers: at most ${MAX_BUFFER_BYTES} (lower -d or -s)`);
   }
   const path = onePath(positionals);
-  const disk = await openImageFile(path, {
-    ...(values.f !== undefined ? { format: values.f } : {}),
-    readOnly: !write,
-    untrusted: values.untrusted ?? false,
-    forceFormat: values['force-format'] ?? false,
-    forceShare: values['force-share'] ?? false,
+  const disk = await openForCommand(path, values, !write, undefined, {
     ...(values.t === 'none' || values.t === 'directsync' ? { direct: true } : {}),
     ...(values.t === 'unsafe' ? { cache: 'unsafe' as const } : {}),
   });

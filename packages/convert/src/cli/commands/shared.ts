@@ -4,7 +4,7 @@
 import { isAbsolute } from 'node:path';
 import { invalidArg, unsupported, type Disk, type FormatRegistry } from '@img/block';
 import { UsageError, type Io } from '../common.js';
-import { openImageFile } from '../../node.js';
+import { openImageFile, type OpenImageOptions } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
 import { qemuFormatName } from '../info-human.js';
 
@@ -54,8 +54,9 @@ export function onePath(positionals: string[], what = '<file>'): string {
  * Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U).
  * Given `io` (the commands that read the data), a raw file without the native helper gets its one warning.
  */
-export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io): Promise<Disk> {
+export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io, cache: Pick<OpenImageOptions, 'direct' | 'cache'> = {}): Promise<Disk> {
   const disk = await openImageFile(path, {
+    ...cache,
     ...(values.f !== undefined ? { format: values.f } : {}),
     readOnly,
     untrusted: values.untrusted ?? false,
