@@ -99,15 +99,19 @@ async function checkOnce(storage: Storage, options: VhdCheckOptions): Promise<Vh
   // How many of each code were found (kept or not): what the repairs below look at.
   const found = new Map<VhdProblemCode, number>();
   let untold = 0;
-  /** Counts `count` problems like `p`, keeping `p` itself while fewer than MAX_VHD_PROBLEMS are kept. */
-  const report = (p: Pick<VhdProblem, 'code' | 'severity'> & Partial<VhdProblem>, count = 1) => {
-    found.set(p.code, (found.get(p.code) ?? 0) + count);
-    if (count === 1 && p.message !== undefined && result.problems.length < MAX_VHD_PROBLEMS) {
-      result.problems.push(p as VhdProblem);
+  /** Counts `n` problems of `code`. */
+  const count = (code: VhdProblemCode, severity: VhdProblem['severity'], n: number) => {
+    found.set(code, (found.get(code) ?? 0) + n);
+    if (severity === 'corruption') result.corruptions += n;
+    else if (severity === 'leak') result.leaks += n;
+  };
+  /** Counts `p`, and keeps it while fewer than MAX_VHD_PROBLEMS are kept. */
+  const report = (p: VhdProblem) => {
+    count(p.code, p.severity, 1);
+    if (result.problems.length < MAX_VHD_PROBLEMS) {
+      result.problems.push(p);
       result.messages.push(p.message);
-    } else untold += count;
-    if (p.severity === 'corruption') result.corruptions += count;
-    else if (p.severity === 'leak') result.leaks += count;
+    } else untold++;
   };
   const finish = (): VhdCheckResult => {
     if (untold) result.messages.push(`... and ${untold} more problems of the same kinds (the first ${result.problems.length} are listed)`);
@@ -174,7 +178,10 @@ async function checkOnce(storage: Storage, options: VhdCheckOptions): Promise<Vh
   }
 
   for (const p of batProblems.kept) report(p);
-  for (const [code, m] of batProblems.more) report({ code, severity: m.severity }, m.count);
+  for (const [code, m] of batProblems.more) {
+    count(code, m.severity, m.count);
+    untold += m.count;
+  }
   const needed = Math.ceil(s.size / s.blockSize);
   const span = s.bitmapBytes + s.blockSize;
   const regions: Array<{ start: number; end: number; block: boolean }> = [...s.metadata, ...(s.reserved ?? [])].map((m) => ({ start: m.start, end: m.end, block: false }));
