@@ -1,6 +1,6 @@
 // img bench against qemu-img bench: the same lines, the same requests (a write run leaves the image qemu-img's run
 // leaves), the same refusals in the same words, and what img refuses where qemu-img would misbehave.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
@@ -107,6 +107,23 @@ describeQemu('img bench', () => {
       if (args.includes('-q')) expect(r.stdout).toBe('');
     }
   });
+});
+
+describeQemu('img bench and Ctrl-C', () => {
+  it('stops a long run of cached reads on SIGINT with status 130 (the reads never left the microtask queue, and the run went on to its end)', async () => {
+    const image = join(tmp.path, 'sigint.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', image, '16M']);
+    qemuIo(image, 'qcow2', ['write -P 1 0 16M']);
+    const child = spawn(process.execPath, [bin('img'), 'bench', '-c', '100000000', '-d', '1', image], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    child.kill('SIGINT');
+    const status = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    expect(status).toBe(130);
+    expect(stderr).toBe('img bench: interrupted\n');
+  }, 30_000);
 });
 
 describeWith('strace', 'img bench -t writethrough', () => {
