@@ -321,8 +321,8 @@ export const cases = [
   // --- features ---
   { name: 'unknown-incompatible-bit', expect: 'ERR_IMG_UNSUPPORTED', description: 'incompatible feature bit 20', bytes: mutate(plain, (b) => u32(b, 76, 1 << 20)) },
   { name: 'unknown-incompatible-bit-63', expect: 'ERR_IMG_UNSUPPORTED', description: 'incompatible feature bit 63', bytes: mutate(plain, (b) => u32(b, 72, 0x80000000)) },
-  { name: 'encrypted-aes', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 1 (AES)', bytes: mutate(plain, (b) => u32(b, 32, 1)) },
-  { name: 'encrypted-luks', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 2 (LUKS)', bytes: mutate(plain, (b) => u32(b, 32, 2)) },
+  { name: 'encrypted-aes', expect: 'ok', read: 'ERR_IMG_INVALID_ARG', description: 'crypt_method 1 (AES): opens and checks; its data needs the passphrase', bytes: mutate(plain, (b) => u32(b, 32, 1)) },
+  { name: 'encrypted-luks', expect: 'ERR_IMG_CORRUPT', description: 'crypt_method 2 (LUKS) without the encryption header pointer', bytes: mutate(plain, (b) => u32(b, 32, 2)) },
   { name: 'encrypted-unknown-method', expect: 'ERR_IMG_UNSUPPORTED', description: 'crypt_method 77', bytes: mutate(plain, (b) => u32(b, 32, 77)) },
   {
     name: 'unknown-compression-type',

@@ -196,6 +196,12 @@ export interface OpenOptions {
   maxChainDepth?: number;
   /** Open backing files / parents writable too (commit needs it). */
   backingWritable?: boolean;
+  /**
+   * The passphrase of an encrypted image (qcow2 with LUKS or the old AES
+   * method): without it the image opens, shows its metadata and maps, but
+   * its data does not read. Formats without encryption ignore it.
+   */
+  passphrase?: string | Uint8Array;
 }
 
 /**
@@ -388,6 +394,8 @@ export interface ImageInfo {
   fullBackingFile?: string;
   backingFormat?: string;
   dirty?: boolean;
+  /** The image's data is encrypted (qemu-img info's "encrypted: yes"). */
+  encrypted?: boolean;
   snapshots?: SnapshotInfo[];
   /** Format-specific fields, keyed as qemu-img's "format-specific" data prints them (kebab-case). */
   formatSpecific?: Record<string, unknown>;

@@ -82,11 +82,11 @@ describeQemu('img commit -b (into an ancestor), against qemu-img commit -b', () 
 });
 
 describe('img commit spellings', () => {
-  it('takes --base, --drop, --format, --progress, --quiet; refuses --object in one line', () => {
+  it('takes --base, --drop, --format, --progress, --quiet; refuses a secret without a value in one line', () => {
     const h = run('img', ['commit', '--help']);
     expect(h.stdout).toMatch(/-b, --base <base>/);
     const o = run('img', ['commit', '--object', 'secret,id=s0', 'x.qcow2']);
     expect(o.status).toBe(1);
-    expect(o.stderr.split('\n')[0]).toBe('img commit: --object (QEMU user-creatable objects: secrets, TLS credentials) is not supported');
+    expect(o.stderr.split('\n')[0]).toBe("img commit: --object secret,id=s0: give the secret's value as data= or file=, one of them");
   });
 });

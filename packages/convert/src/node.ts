@@ -53,6 +53,8 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Open backing files / parents writable (commit). */
   backingWritable?: boolean;
+  /** The passphrase of an encrypted image (qcow2 with LUKS or AES): without it the image opens, but its data does not read. */
+  passphrase?: string | Uint8Array;
   /** Take no image locks, so an image a running qemu holds can be read (qemu-img -U); read-only opens only. */
   forceShare?: boolean;
   /**
@@ -118,6 +120,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       resolver: recordingResolver(options.untrusted ? refusingResolver : nbdAwareResolver(options.resolver ?? (options.forceShare ? fileResolverWith({ forceShare: true }) : fileResolver)), files),
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
+      ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     });
     rememberFiles(disk, files);
     if (!readOnly) {
@@ -166,6 +169,8 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   snapshot?: string;
   /** Open the input without image locks (qemu-img convert -U). */
   forceShare?: boolean;
+  /** The input's passphrase, if it is an encrypted qcow2 image (LUKS or AES). */
+  passphrase?: string | Uint8Array;
   /** Where input "-" reads from (default process.stdin). */
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
@@ -291,6 +296,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
+    ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
   });
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
@@ -497,6 +503,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
+    ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
   });
   let snapshot: Disk | undefined;
   let created = false;

@@ -179,12 +179,15 @@ describe('feature bits', () => {
     expect((await dirty.read(0, 8192)).every((x) => x === 0x16)).toBe(true);
   });
 
-  it('encrypted images are refused as unsupported', async () => {
-    for (const method of [1, 2]) {
-      const e = await imageError(openBytes(setU32(base(), 32, method)));
-      expect(e.code).toBe('ERR_IMG_UNSUPPORTED');
-      expect(e.message).toMatch(/encrypted/);
-    }
+  it('encrypted images open read-only without their passphrase, but their data does not read', async () => {
+    const aes = await openBytes(setU32(base(), 32, 1));
+    expect((await aes.info()).encrypted).toBe(true);
+    expect((await imageError(aes.read(0, 512))).code).toBe('ERR_IMG_INVALID_ARG');
+    await aes.close();
+    expect((await imageError(openBytes(setU32(base(), 32, 1), { readOnly: false }))).code).toBe('ERR_IMG_UNSUPPORTED');
+    // LUKS without the encryption header pointer: corrupt; an unknown method: unsupported.
+    expect((await imageError(openBytes(setU32(base(), 32, 2)))).message).toMatch(/without the encryption header pointer/);
+    expect((await imageError(openBytes(setU32(base(), 32, 3)))).code).toBe('ERR_IMG_UNSUPPORTED');
   });
 
   it('the corrupt bit allows read-only opens only', async () => {

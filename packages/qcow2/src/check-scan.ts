@@ -274,6 +274,9 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
   // Bitmaps: directory, bitmap tables and their data clusters.
   const bm = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   if (bm) for (const b of await bitmapRanges(s.storage, bm, s.fileSize, cs)) ref(b.offset, b.bytes, b.what);
+  // LUKS: the encryption header clusters (LUKS header and key material).
+  const crypto = s.encryption?.area;
+  if (crypto) ref(crypto.offset, crypto.length, 'encryption header');
 
   // L1 tables of every layer, merged into the distinct L2 tables as each is read.
   const tables = new L2Tables();

@@ -25,6 +25,7 @@ import type { L2Cache } from './l2-cache.js';
 import type { Allocator } from './allocator.js';
 import type { ClusterMap } from './cluster-map.js';
 import type { Scheduler } from './scheduler.js';
+import type { Qcow2Encryption } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -72,6 +73,7 @@ export class Qcow2Image implements ReaderState {
   readonly dataStorage: Storage;
   readonly rawDataFile: boolean;
   readonly backing: Disk | undefined;
+  readonly encryption: Qcow2Encryption | undefined;
   #fileSize: number;
   /** The header as last written (or about to be): read through {@link header}, changed only by this class's methods. */
   readonly #header: Qcow2Header;
@@ -120,6 +122,7 @@ export class Qcow2Image implements ReaderState {
     this.dataStorage = parts.dataStorage === parts.storage && !readOnly ? guardedDataStorage(parts.storage, this) : parts.dataStorage;
     this.rawDataFile = parts.rawDataFile;
     this.backing = parts.backing;
+    this.encryption = parts.encryption;
     this.#fileSize = parts.fileSize;
     this.#header = parts.header;
     this.#extensions = parts.extensions;

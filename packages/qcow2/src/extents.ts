@@ -22,7 +22,8 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
   for await (const seg of segments(core, view, start, end)) {
     const backing = core.backing;
     if (seg.kind !== 'hole' || topOnly || !backing) {
-      yield segmentExtent(seg, hostOffsets, fileName);
+      // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either).
+      yield segmentExtent(seg, hostOffsets && !core.encryption, fileName);
       continue;
     }
     const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
@@ -34,7 +35,7 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
     // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
     if (inBacking < seg.length) {
       const host = seg.host !== undefined ? seg.host + inBacking : undefined;
-      yield segmentExtent({ ...seg, offset: seg.offset + inBacking, length: seg.length - inBacking, ...(host !== undefined ? { host } : {}) }, hostOffsets, fileName);
+      yield segmentExtent({ ...seg, offset: seg.offset + inBacking, length: seg.length - inBacking, ...(host !== undefined ? { host } : {}) }, hostOffsets && !core.encryption, fileName);
     }
   }
 }

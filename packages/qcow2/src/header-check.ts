@@ -70,7 +70,8 @@ export function readHeaderCluster(head: Uint8Array, file: string): ValidatedHead
 /**
  * Parses and validates the header cluster: header fields, extensions (no
  * duplicates), incompatible features this code does not know (refused,
- * named from the feature name table), encryption (refused), compression
+ * named from the feature name table), the encryption method (unknown ones
+ * refused; encryption.ts reads the rest), compression
  * type and its bit, extended L2 entries (16 KiB clusters at least), and the
  * L1 table's size (qemu's 32 MiB bound, large enough for the disk).
  */
@@ -90,9 +91,8 @@ export function validateHeaderCluster(cluster0: Uint8Array, file: string): Valid
     });
     throw unsupported(FORMAT, file, `unsupported incompatible feature ${names.join(', ')}`, { field: 'incompatible_features', offset: 72, actual: unknown });
   }
-  if (header.cryptMethod !== CRYPT_NONE) {
-    const kind = header.cryptMethod === CRYPT_AES ? 'AES' : header.cryptMethod === CRYPT_LUKS ? 'LUKS' : `method ${header.cryptMethod}`;
-    throw unsupported(FORMAT, file, `image is encrypted (${kind}); encrypted images are not supported`, { field: 'crypt_method', offset: 32, actual: header.cryptMethod });
+  if (header.cryptMethod !== CRYPT_NONE && header.cryptMethod !== CRYPT_AES && header.cryptMethod !== CRYPT_LUKS) {
+    throw unsupported(FORMAT, file, `unknown crypt_method ${header.cryptMethod} at 0x20`, { field: 'crypt_method', offset: 32, actual: header.cryptMethod });
   }
   const compressionBit = hasFeature(header.incompatibleFeatures, INCOMPAT_COMPRESSION);
   if (compressionBit && header.compressionType === COMPRESSION_ZLIB) {

@@ -9,6 +9,7 @@ import { findExtension, extensionString, parseBitmapsExtension } from './extensi
 import { readBitmapDirectory } from './bitmaps.js';
 import { compressionTypeName } from './compression.js';
 import type { Qcow2Image } from './core.js';
+import { describeEncryption } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -24,6 +25,7 @@ export async function qcow2Info(s: Qcow2Image, size: number, snapshots: Snapshot
   const bitmapsExt = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   if (bitmapsExt) specific.bitmaps = await readBitmapDirectory(s.storage, bitmapsExt, s.fileSize, s.geom.clusterSize, s.file);
   specific['refcount-bits'] = s.geom.refcountBits;
+  if (s.encryption) specific.encrypt = describeEncryption(s.encryption);
   if (s.dataFileName !== undefined) {
     specific['data-file'] = s.dataFileName;
     specific['data-file-raw'] = hasFeature(h.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
@@ -40,6 +42,7 @@ export async function qcow2Info(s: Qcow2Image, size: number, snapshots: Snapshot
     dirty: hasFeature(h.incompatibleFeatures, INCOMPAT_DIRTY),
     formatSpecific: specific,
   };
+  if (s.encryption) info.encrypted = true;
   if (s.backingName !== undefined) {
     info.backingFile = s.backingName;
     if (s.backingInfo) info.fullBackingFile = s.backingInfo.fullName;

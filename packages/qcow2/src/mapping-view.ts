@@ -9,6 +9,7 @@ import type { Disk, Storage } from '@img/block';
 import type { EntryGeometry } from './mapping.js';
 import type { L2Cache } from './l2-cache.js';
 import type { Qcow2Geometry } from './header.js';
+import type { Qcow2Encryption } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -42,6 +43,8 @@ export interface ReaderState {
   readonly rawDataFile: boolean;
   backing: Disk | undefined;
   fileSize: number;
+  /** An encrypted image's method, header and (once unlocked) key: its data clusters are decrypted as they are read. */
+  readonly encryption: Qcow2Encryption | undefined;
 }
 
 /** The L1 table a disk view reads through (the active one or a snapshot's). */

@@ -3,7 +3,7 @@
  * before anything is allocated, opens the backing image and the external
  * data file through the resolver, and returns a Qcow2Disk.
  */
-import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, hex, readOnlyStorageError, invalidArg, utf8Decode } from '@img/block';
+import { ImageError, FormatRegistry, SIGNATURE_TAIL_BYTES, rawDriver, corrupt, hex, readOnlyStorageError, invalidArg, unsupported, utf8Decode } from '@img/block';
 import type { OpenOptions, Storage } from '@img/block';
 import { MAX_REFCOUNT_TABLE_BYTES, MAX_BACKING_FILE_NAME, INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, AUTOCLEAR_DATA_FILE_RAW, EXT_BACKING_FORMAT, EXT_DATA_FILE } from './constants.js';
 import { headerClusterSize, validateHeaderCluster } from './header-check.js';
@@ -20,6 +20,7 @@ import { closeQcow2 } from './io.js';
 import { snapshotView } from './snapshot-ops.js';
 import { repairDirtyImage } from './dirty-repair.js';
 import { gateWritableOpen } from './open-gate.js';
+import { readEncryption, unlockEncryption } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -79,6 +80,13 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   const cs = headerClusterSize(head, file);
   const cluster0 = cs <= head.length ? head.subarray(0, cs) : await storage.read(0, Math.min(fileSize, cs));
   const { header, extensions, featureTable, geom, entryGeom } = validateHeaderCluster(cluster0, file);
+  if (header.cryptMethod !== 0 && !readOnly) {
+    throw unsupported(FORMAT, file, `${file} is encrypted (${header.cryptMethod === 2 ? 'LUKS' : 'AES'}): img reads encrypted images (with their passphrase) but does not write into them; convert it to a new image to change it`, {
+      field: 'crypt_method',
+      offset: 32,
+      actual: header.cryptMethod,
+    });
+  }
   const corruptBit = hasFeature(header.incompatibleFeatures, INCOMPAT_CORRUPT);
   if (corruptBit && !readOnly && !options.checkOnly) {
     throw corrupt(FORMAT, file, 'image is marked corrupt (incompatible bit 1): it can only be opened read-only', { field: 'incompatible_features', offset: 72 });
@@ -111,6 +119,9 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   const dataFileBit = hasFeature(header.incompatibleFeatures, INCOMPAT_DATA_FILE);
   const dataFileName = extensionString(findExtension(extensions, EXT_DATA_FILE));
   const rawDataFileBit = hasFeature(header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
+
+  const encryption = header.cryptMethod !== 0 ? await readEncryption(storage, header.cryptMethod, extensions, fileSize, cs, file) : undefined;
+  if (encryption && options.passphrase !== undefined) await unlockEncryption(encryption, storage, options.passphrase, file);
 
   const snapshots = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots, fileSize, cs, file);
   const l1 = await readL1(storage, header.l1TableOffset, header.l1Size);
@@ -149,6 +160,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
     backing: backingInfo?.disk,
     fileSize,
     snapshots,
+    encryption,
     backingName,
     backingInfo,
     dataFileName,

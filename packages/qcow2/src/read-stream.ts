@@ -155,6 +155,9 @@ async function readHeaderAndL1(reader: ByteStreamReader): Promise<StreamSource> 
   if (h.backingFileOffset !== 0) {
     throw unsupported(FORMAT, NAME, 'an image with a backing file cannot be read as a stream: its unallocated clusters come from the backing file; save it to a file and open it with its backing file', { field: 'backing_file_offset', offset: 8 });
   }
+  if (h.cryptMethod !== 0) {
+    throw unsupported(FORMAT, NAME, 'an encrypted image cannot be read as a stream: save it to a file and open it with its passphrase', { field: 'crypt_method', offset: 32, actual: h.cryptMethod });
+  }
   if (g.dataFile || findExtension(extensions, EXT_DATA_FILE)) {
     throw unsupported(FORMAT, NAME, 'an image with an external data file cannot be read as a stream: its data lives in the other file', { field: 'incompatible_features', offset: 72 });
   }

@@ -9,6 +9,7 @@ import { decompressCluster, inflateClustersInto, qcow2Codecs, type ClusterJob } 
 import { COMPRESSION_ZLIB } from './constants.js';
 import type { MappingView, ReaderState, Segment } from './mapping-view.js';
 import { segments } from './segments.js';
+import { readDecrypted } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -177,7 +178,7 @@ export async function readRange(state: ReaderState, caches: ReadCaches, view: Ma
           track(readBacking(state.backing, seg.offset, sub));
           break;
         case 'data':
-          track(readHost(state.dataStorage, seg.host!, sub));
+          track(state.encryption ? readDecrypted(state.encryption, state.dataStorage, state.fileSize, seg.host!, seg.offset, sub, state.file) : readHost(state.dataStorage, seg.host!, sub));
           break;
         case 'compressed': {
           const host = seg.host!;

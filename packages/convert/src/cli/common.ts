@@ -158,18 +158,3 @@ export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-o
   if (values['image-opts']) throw new ExitCode(1, '--image-opts is not supported: name the input as a file or an NBD URI');
   if (values['target-image-opts']) throw new ExitCode(1, '--target-image-opts is not supported: name the output as a file');
 }
-
-/**
- * The same refusal for any command, from its raw arguments: qemu-img's
- * --object, --image-opts and --target-image-opts before "--" are not
- * supported by img, and a command that does not declare them would
- * otherwise call them unknown, as if they were typos.
- */
-export function refuseQemuOnlyArgs(argv: readonly string[]): void {
-  for (const arg of argv) {
-    if (arg === '--') return;
-    const name = /^--(object|image-opts|target-image-opts)(?:=|$)/.exec(arg)?.[1];
-    if (name === 'object') refuseQemuOnly({ object: [] });
-    else if (name !== undefined) refuseQemuOnly({ [name]: true });
-  }
-}

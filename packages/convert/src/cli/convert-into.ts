@@ -15,6 +15,8 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   input: string;
   output: string;
   srcFormat: string;
+  /** The input's passphrase (an encrypted qcow2). */
+  passphrase?: Uint8Array;
   dstFormat: string;
   registry: FormatRegistry;
   forceFormat?: boolean;
@@ -46,6 +48,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     forceFormat: options.forceFormat ?? false,
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
+    ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
   });
   let snapshot: Disk | undefined;
   let dst: Disk | undefined;

@@ -2,6 +2,7 @@
  * img-convert <src-format> <dst-format> <input> <output> [options], and
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
+import { imageOpenOptions, takeQemuObjects } from './qemu-objects.js';
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@img/block';
 import { qemuFormatName } from './info-human.js';
@@ -63,7 +64,10 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --debug             print stack traces
   -h, --help          this help
   --version           print the version
-  (--object, --image-opts and --target-image-opts are refused: img has no QEMU objects)
+  --object secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
+                      a secret: the passphrase of an encrypted qcow2 input (LUKS or AES)
+  --image-opts        the input is an option string: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID
+  (--target-image-opts is refused: name the output as a file)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
@@ -164,7 +168,7 @@ export interface ConvertMainOptions {
 export async function convertMain(prog: string, argv: string[], io: Io, options: ConvertMainOptions = {}): Promise<number> {
   const summary = options.summary ?? true;
   return runCommand(prog, argv, io, async () => {
-    const parsed = parseArgs({ args: argv, options: convertOptions(), allowPositionals: true, strict: true });
+    const parsed = parseArgs({ args: await takeQemuObjects(argv), options: convertOptions(), allowPositionals: true, strict: true });
     const { positionals } = parsed;
     const long = parsed.values;
     refuseQemuOnly(long);
@@ -230,12 +234,15 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const [input, output] = (qemuForm ? positionals : positionals.slice(2)) as [string, string];
     const forceShare = values['force-share'] ?? false;
     const untrusted = values.untrusted ?? false;
-    let srcFormat = qemuForm ? values.f : positionals[0]!;
+    // --image-opts: the input's driver (unless -f names one) and its passphrase.
+    const opened = imageOpenOptions(input, qemuForm ? values.f : positionals[0]!);
+    const passphrase = opened.passphrase ? { passphrase: opened.passphrase } : {};
+    let srcFormat = opened.format;
     const dstFormat = qemuForm ? (values.O ?? 'raw') : positionals[1]!;
     if (srcFormat === undefined) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
-      const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true });
+      const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true, ...passphrase });
       srcFormat = probe.format;
       await probe.close();
     }
@@ -296,6 +303,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           input,
           output,
           srcFormat,
+          ...passphrase,
           dstFormat,
           registry,
           minZeroRun,
@@ -313,6 +321,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       } else {
         result = await convertFile({
           srcFormat,
+          ...passphrase,
           dstFormat,
           input,
           output,

@@ -1,7 +1,8 @@
 /**
  * img: the toolbox. Subcommands are spelled like qemu-img's.
  */
-import { refuseQemuOnlyArgs, runCommand, statusAfterOutput, UsageError, version, type Io } from './common.js';
+import { runCommand, statusAfterOutput, UsageError, version, type Io } from './common.js';
+import { takeQemuObjects } from './qemu-objects.js';
 import { parseArgs } from './parse-args.js';
 
 const HELP = `Usage: img <command> [options]
@@ -81,10 +82,7 @@ async function imgCommand(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   if (name === 'convert') return handler(rest, io);
-  return runCommand(`img ${name}`, rest, io, () => {
-    refuseQemuOnlyArgs(rest);
-    return handler(rest, io);
-  });
+  return runCommand(`img ${name}`, rest, io, async () => handler(await takeQemuObjects(rest), io));
 }
 
 const DOCTOR_HELP = `Usage: img doctor

@@ -26,6 +26,7 @@ export interface InfoLayer {
 /** The human `info` text of one image. */
 export function humanInfo({ data, actual, path, backingUnresolved }: InfoLayer): string {
   const lines = [`image: ${path}`, `file format: ${qemuFormatName(data.format)}`, `virtual size: ${formatSize(data.virtualSize)} (${data.virtualSize} bytes)`, `disk size: ${actual === undefined ? 'unavailable' : formatSize(actual)}`];
+  if (data.encrypted) lines.push('encrypted: yes');
   if (data.clusterSize !== undefined) lines.push(`cluster_size: ${data.clusterSize}`);
   if (data.dirty) lines.push('cleanly shut down: no');
   if (data.backingFile !== undefined) {

@@ -5,5 +5,6 @@
  * the worker pool that compresses many clusters on every core.
  */
 export { nodeCodecs, installNodeCodecs } from './codecs.js';
+export { nodeCryptoPrimitives, installNodeCryptoPrimitives } from './crypto.js';
 export { zstdModulePaths } from './zstd-native.js';
 export { compressInPool, releasePooled, poolSize, POOL_MIN_CLUSTERS, JOB_BYTES } from './compress-pool.js';

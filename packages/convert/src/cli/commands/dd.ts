@@ -4,6 +4,7 @@
  * dd, what the input does not hold is left sparse in the output instead of
  * written as zeros: the output reads the same and costs only its data.
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { formatSize, parseSize } from '@img/block';
 import { UsageError } from '../common.js';
@@ -90,7 +91,8 @@ export const dd: Handler = async (argv, io) => {
   const forceShare = values['force-share'] ?? false;
   const forceFormat = values['force-format'] ?? false;
   // The range is known only from the input's size: open it (without its chain) before anything is created.
-  const probe = await openImageFile(input, { ...(values.f !== undefined ? { format: values.f } : {}), registry, untrusted, forceShare, forceFormat, noBacking: true });
+  const opened = imageOpenOptions(input, values.f);
+  const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat, noBacking: true });
   const srcFormat = probe.format;
   warnIfRawReadInFull(io, 'img', srcFormat, input);
   const size = probe.size;
@@ -114,6 +116,7 @@ export const dd: Handler = async (argv, io) => {
       forceShare,
       forceFormat,
       range: { offset, length },
+      ...(opened.passphrase ? { passphrase: opened.passphrase } : {}),
       signal: controller.signal,
       ...(values.p ? { onProgress: progressPrinter(io, false) } : {}),
     });

@@ -1,6 +1,7 @@
 /**
  * img info: an image's format, sizes, backing chain and snapshots, as qemu-img info prints them.
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
@@ -28,6 +29,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
   if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
   // qemu-img has no dirty flag to report for a raw image over NBD (its NBD driver has no image info), and leaves the key out.
   if (!(info.format === 'raw' && isNbdUri(path))) out['dirty-flag'] = info.dirty ?? false;
+  if (info.encrypted) out.encrypted = true;
   if (info.snapshots?.length) {
     out.snapshots = info.snapshots.map((s) => ({
       id: s.id,
@@ -118,7 +120,7 @@ export const info: Handler = async (argv, io) => {
   const path = onePath(positionals);
   // Without --backing-chain the backing file is not needed: do not open it.
   const disk = await openImageFile(path, {
-    ...(values.f !== undefined ? { format: values.f } : {}),
+    ...imageOpenOptions(path, values.f),
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,

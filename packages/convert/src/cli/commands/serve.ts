@@ -3,6 +3,7 @@
  * --persistent does: read-only unless -w, on a Unix socket (-k) or TCP
  * (-p, -b; 127.0.0.1:10809 by default).
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { parseSize, type Disk } from '@img/block';
 import { FileStorage } from '@img/block/node';
@@ -90,7 +91,7 @@ export const serve: Handler = async (argv, io) => {
   const idle = values['idle-timeout'] === undefined ? undefined : Number(values['idle-timeout']);
   if (idle !== undefined && (!Number.isFinite(idle) || idle <= 0)) throw new UsageError(`--idle-timeout takes a number of seconds above 0, not "${values['idle-timeout']}"`);
   const disk = await openImageFile(path, {
-    ...(values.f !== undefined ? { format: values.f } : {}),
+    ...imageOpenOptions(path, values.f),
     readOnly: !values.writable,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,

@@ -1,6 +1,7 @@
 /**
  * What the subcommands of img share: the Handler shape, common options, opening an image.
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { isAbsolute } from 'node:path';
 import { invalidArg, unsupported, type Disk, type FormatRegistry } from '@img/block';
 import { UsageError, type Io } from '../common.js';
@@ -57,7 +58,7 @@ export function onePath(positionals: string[], what = '<file>'): string {
 export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io, cache: Pick<OpenImageOptions, 'direct' | 'cache'> = {}): Promise<Disk> {
   const disk = await openImageFile(path, {
     ...cache,
-    ...(values.f !== undefined ? { format: values.f } : {}),
+    ...imageOpenOptions(path, values.f),
     readOnly,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,

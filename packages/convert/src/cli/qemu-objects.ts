@@ -1,0 +1,147 @@
+/**
+ * qemu-img's `--object secret,...` and `--image-opts`, as far as img has a
+ * use for them: a secret is the passphrase of an encrypted qcow2 image,
+ * and an image option string (`driver=qcow2,file.filename=vm.qcow2,
+ * encrypt.key-secret=sec0`) names a file, its format and the secret that
+ * unlocks it. They are taken out of a command's arguments before the
+ * command parses them: each option string becomes its file name, and what
+ * it said is looked up by that name when the command opens the file.
+ */
+import { ExitCode } from './common.js';
+
+/** What an option string said about one image file. */
+export interface ImageOpts {
+  format?: string;
+  passphrase?: Uint8Array;
+}
+
+let images = new Map<string, ImageOpts>();
+
+/** The options given for `path` with --image-opts in the running command. */
+export function imageOptsFor(path: string): ImageOpts | undefined {
+  return images.get(path);
+}
+
+/** The open options --image-opts gave `path`: its passphrase, and its format where -f gave none. */
+export function imageOpenOptions(path: string, format: string | undefined): { format?: string; passphrase?: Uint8Array } {
+  const o = images.get(path);
+  if (!o) return format !== undefined ? { format } : {};
+  if (format !== undefined && o.format !== undefined && format !== o.format && !(format === 'vhd' && o.format === 'vpc') && !(format === 'vpc' && o.format === 'vhd')) {
+    throw new ExitCode(1, `-f ${format} and --image-opts driver=${o.format} disagree about ${path}`);
+  }
+  const chosen = format ?? o.format;
+  return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}) };
+}
+
+/** Splits qemu's `key=value,...` (",," is a comma inside a value); a first item without "=" is `implied`'s value. */
+function splitOptions(text: string, implied: string | undefined, what: string): Map<string, string> {
+  const items: string[] = [];
+  let cur = '';
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === ',' && text[i + 1] === ',') {
+      cur += ',';
+      i++;
+    } else if (text[i] === ',') {
+      items.push(cur);
+      cur = '';
+    } else cur += text[i];
+  }
+  items.push(cur);
+  const out = new Map<string, string>();
+  items.forEach((item, i) => {
+    const eq = item.indexOf('=');
+    const [key, value] = eq < 0 && i === 0 && implied !== undefined ? [implied, item] : [item.slice(0, eq), item.slice(eq + 1)];
+    if (eq < 0 && !(i === 0 && implied !== undefined)) throw new ExitCode(1, `${what}: "${item}" is not key=value`);
+    if (out.has(key)) throw new ExitCode(1, `${what}: ${key} is given twice`);
+    out.set(key, value);
+  });
+  return out;
+}
+
+async function secretOf(spec: Map<string, string>, text: string): Promise<{ id: string; bytes: Uint8Array }> {
+  for (const key of spec.keys()) {
+    if (key === 'keyid' || key === 'iv') throw new ExitCode(1, `--object ${text}: secrets encrypted with another secret (keyid, iv) are not supported`);
+    if (!['qom-type', 'id', 'data', 'file', 'format'].includes(key)) throw new ExitCode(1, `--object ${text}: a secret takes id, data or file, and format, not "${key}"`);
+  }
+  const id = spec.get('id');
+  if (!id) throw new ExitCode(1, `--object ${text}: Parameter 'id' is missing`);
+  const data = spec.get('data');
+  const file = spec.get('file');
+  if ((data === undefined) === (file === undefined)) throw new ExitCode(1, `--object ${text}: give the secret's value as data= or file=, one of them`);
+  const format = spec.get('format') ?? 'raw';
+  if (format !== 'raw' && format !== 'base64') throw new ExitCode(1, `--object ${text}: format is raw or base64, not "${format}"`);
+  let bytes: Uint8Array;
+  if (file !== undefined) {
+    const { readFile } = await import('node:fs/promises');
+    try {
+      bytes = new Uint8Array(await readFile(file));
+    } catch (e) {
+      throw new ExitCode(1, `--object secret,id=${id}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  } else bytes = new TextEncoder().encode(data);
+  if (format === 'base64') {
+    const encoded = new TextDecoder().decode(bytes).trim();
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(encoded) || encoded.length % 4 !== 0) throw new ExitCode(1, `--object secret,id=${id}: the value is not base64`);
+    bytes = new Uint8Array(Buffer.from(encoded, 'base64'));
+  }
+  return { id, bytes };
+}
+
+/** The keys of an option string img reads (anything else is refused rather than ignored). */
+const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format'];
+
+/**
+ * Takes --object and --image-opts out of `argv` (up to "--"), reads the
+ * secrets, turns each option string into its file name and records what it
+ * said (see {@link imageOptsFor}).
+ */
+export async function takeQemuObjects(argv: readonly string[]): Promise<string[]> {
+  images = new Map();
+  const rest: string[] = [];
+  const objects: string[] = [];
+  let imageOpts = false;
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') break;
+    if (arg === '--object') {
+      if (i + 1 >= argv.length) throw new ExitCode(1, '--object needs a value (secret,id=ID,data=...)');
+      objects.push(argv[++i]!);
+    } else if (arg.startsWith('--object=')) objects.push(arg.slice('--object='.length));
+    else if (arg === '--image-opts') imageOpts = true;
+    else if (arg === '--target-image-opts') throw new ExitCode(1, '--target-image-opts is not supported: name the output as a file');
+    else rest.push(arg);
+  }
+  rest.push(...argv.slice(i));
+  const secrets = new Map<string, Uint8Array>();
+  for (const text of objects) {
+    const spec = splitOptions(text, 'qom-type', `--object ${text}`);
+    const type = spec.get('qom-type');
+    if (type !== 'secret') throw new ExitCode(1, `--object ${type ?? text}: img takes secret objects only (the passphrase of an encrypted image)`);
+    const { id, bytes } = await secretOf(spec, text);
+    if (secrets.has(id)) throw new ExitCode(1, `--object: two secrets have the id "${id}"`);
+    secrets.set(id, bytes);
+  }
+  if (!imageOpts) return rest;
+  let named = 0;
+  const out = rest.map((arg) => {
+    if (arg.startsWith('-') || !arg.includes('file.filename=')) return arg;
+    // qemu-img dd names its input if=OPTIONS.
+    const prefix = arg.startsWith('if=') ? 'if=' : '';
+    const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
+    for (const key of spec.keys()) if (!IMAGE_OPT_KEYS.includes(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver and encrypt.key-secret, not "${key}"`);
+    const path = spec.get('file.filename')!;
+    if (path === '') throw new ExitCode(1, `--image-opts ${arg}: file.filename is empty`);
+    const fileDriver = spec.get('file.driver');
+    if (fileDriver !== undefined && fileDriver !== 'file') throw new ExitCode(1, `--image-opts ${arg}: file.driver=${fileDriver}: img reads files (file.driver=file)`);
+    const secretId = spec.get('encrypt.key-secret');
+    const passphrase = secretId !== undefined ? secrets.get(secretId) : undefined;
+    if (secretId !== undefined && !passphrase) throw new ExitCode(1, `No secret with id '${secretId}'`);
+    const driver = spec.get('driver');
+    images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}) });
+    named++;
+    return prefix + path;
+  });
+  if (named === 0) throw new ExitCode(1, '--image-opts names no image: give it as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
+  return out;
+}

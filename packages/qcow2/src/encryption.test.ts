@@ -1,0 +1,226 @@
+// Encrypted images (LUKS and the old AES method) made by qemu-img, read with their passphrase and compared
+// with qemu-img's own decryption (convert -O raw with the secret); their headers as qemu-img info shows them;
+// and hostile LUKS headers, refused before any key is derived.
+import { createCipheriv, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryStorage } from '@img/block';
+import { FileStorage } from '@img/block/node';
+import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, tempDir } from '@img/testkit';
+import { openQcow2 } from './open.js';
+import { checkQcow2 } from './check-qcow2.js';
+import { installNodeCryptoPrimitives, nodeCryptoPrimitives } from './node/crypto.js';
+import { SectorCipher } from './sector-cipher.js';
+import { imageError } from '../test/fixtures.js';
+
+installNodeCryptoPrimitives();
+
+describe('sector cipher', () => {
+  it('XTS and CBC built from the AES block function equal OpenSSL sector by sector', () => {
+    const data = seededBytes(8 * 512, 5);
+    for (const [mode, ivgen, keyBytes] of [
+      ['xts', 'plain64', 64],
+      ['xts', 'plain64', 32],
+      ['xts', 'plain', 64],
+      ['cbc', 'plain64', 32],
+      ['cbc', 'plain64', 16],
+      ['cbc', 'plain', 24],
+    ] as const) {
+      const key = new Uint8Array(randomBytes(keyBytes));
+      const first = 2 ** 32 - 3; // plain wraps at 2^32 where plain64 does not
+      const expected = new Uint8Array(data.length);
+      for (let s = 0; s < 8; s++) {
+        const iv = Buffer.alloc(16);
+        const n = first + s;
+        iv.writeUInt32LE(n % 2 ** 32, 0);
+        if (ivgen === 'plain64') iv.writeUInt32LE(Math.floor(n / 2 ** 32), 4);
+        const c = createCipheriv(`aes-${(mode === 'xts' ? keyBytes / 2 : keyBytes) * 8}-${mode}`, key, iv);
+        c.setAutoPadding(false);
+        expected.set(Buffer.concat([c.update(data.subarray(s * 512, (s + 1) * 512)), c.final()]), s * 512);
+      }
+      const cipher = new SectorCipher(nodeCryptoPrimitives, { mode, ivgen, keyBytes }, key);
+      const buf = data.slice();
+      cipher.encrypt(first, buf);
+      expect(Buffer.from(buf).equals(Buffer.from(expected)), `${mode}-${ivgen} ${keyBytes}`).toBe(true);
+      cipher.decrypt(first, buf);
+      expect(Buffer.from(buf).equals(Buffer.from(data)), `${mode}-${ivgen} ${keyBytes} back`).toBe(true);
+    }
+  });
+});
+
+describeQemu('encrypted images qemu-img made', () => {
+  const tmp = tempDir('img-enc-');
+  const p = (n: string) => join(tmp.path, n);
+  const secret = (id: string, data: string) => ['--object', `secret,id=${id},data=${data}`];
+  const opts = (file: string, id: string) => ['--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=${id}`];
+  // qemu-img times PBKDF2 for encrypt.iter-time and, on a short time, now and then fails "Unable to get accurate CPU
+  // usage": tried again with a longer time (the iterations stay small: the tests unlock a dozen times).
+  const qemuLuks = (args: string[], luks: boolean) => {
+    for (const ms of luks ? [20, 50, 100, 200, 400] : [0]) {
+      const withTime = luks ? args.map((a, i) => (args[i - 1] === '-o' ? `${a},encrypt.iter-time=${ms}` : a)) : args;
+      const r = qemuImg(withTime, { allowFail: true });
+      if (r.status === 0) return;
+      if (!/accurate CPU usage/.test(r.stderr) || ms === 400) throw new Error(`qemu-img ${withTime.join(' ')}: ${r.stderr}`);
+    }
+  };
+  const KINDS: Record<string, string> = {
+    'luks-default': 'encrypt.format=luks',
+    'luks-cbc-essiv': 'encrypt.format=luks,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha1',
+    'luks-cbc-plain64-256': 'encrypt.format=luks,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha512',
+    'luks-xts-plain-128': 'encrypt.format=luks,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=xts,encrypt.ivgen-alg=plain',
+    aes: 'encrypt.format=aes',
+  };
+  beforeAll(() => {
+    // 8 MiB with data in runs at odd places, 4 KiB clusters (many sectors of one run span clusters apart in the file).
+    const raw = new Uint8Array(8 << 20);
+    for (const [at, len, seed] of [
+      [0, 70000, 1],
+      [1 << 20, 4096, 2],
+      [3 << 20, 1 << 20, 3],
+      [(8 << 20) - 12345, 12345, 4],
+    ] as const)
+      raw.set(seededBytes(len, seed), at);
+    writeFileSync(p('src.raw'), raw);
+    for (const [name, o] of Object.entries(KINDS)) {
+      qemuLuks(['convert', ...secret('s', 'pass phrase'), '-O', 'qcow2', '-o', `${o},encrypt.key-secret=s,cluster_size=4096`, p('src.raw'), p(`${name}.qcow2`)], o.includes('luks'));
+      // qemu-img's own decryption is the oracle.
+      qemuImg(['convert', ...secret('s', 'pass phrase'), ...opts(p(`${name}.qcow2`), 's'), '-O', 'raw', p(`${name}.raw`)]);
+    }
+  });
+  afterAll(() => tmp.cleanup());
+
+  const open = async (name: string, passphrase?: string, readOnly = true) => {
+    const storage = await FileStorage.open(p(name), { readOnly });
+    try {
+      return await openQcow2(storage, { readOnly, ...(passphrase !== undefined ? { passphrase } : {}) });
+    } catch (e) {
+      await storage.close();
+      throw e;
+    }
+  };
+
+  it.each(Object.keys(KINDS))('%s reads as qemu-img decrypts it, whole and in odd pieces', async (name) => {
+    const want = readFileSync(p(`${name}.raw`));
+    expect(want.equals(readFileSync(p('src.raw')))).toBe(true);
+    const disk = await open(`${name}.qcow2`, 'pass phrase');
+    try {
+      expect(Buffer.from(await disk.read(0, disk.size)).equals(want)).toBe(true);
+      for (const [at, len] of [
+        [1, 1],
+        [511, 2],
+        [69999, 3],
+        [(1 << 20) - 100, 4300],
+        [(3 << 20) + 4095, 70001],
+        [(8 << 20) - 7, 7],
+      ] as const) {
+        expect(Buffer.from(await disk.read(at, len)).equals(want.subarray(at, at + len)), `${at}+${len}`).toBe(true);
+      }
+      // No host offsets: the file's bytes there are not the guest's (qemu-img map shows none either).
+      for await (const e of disk.extents({ hostOffsets: true })) expect(e.hostOffset).toBeUndefined();
+    } finally {
+      await disk.close();
+    }
+  });
+
+  it.each(Object.keys(KINDS))("%s: info as qemu-img's, check clean as qemu-img's, without the passphrase", async (name) => {
+    const disk = await open(`${name}.qcow2`);
+    try {
+      const info = await disk.info();
+      const theirs = qemuInfo(p(`${name}.qcow2`)) as { encrypted?: boolean; 'format-specific': { data: { encrypt: unknown } } };
+      expect(info.encrypted).toBe(theirs.encrypted);
+      expect(info.formatSpecific?.encrypt).toEqual(theirs['format-specific'].data.encrypt);
+      expect((await imageError(disk.read(0, 512))).code).toBe('ERR_IMG_INVALID_ARG');
+    } finally {
+      await disk.close();
+    }
+    const storage = await FileStorage.open(p(`${name}.qcow2`), { readOnly: true });
+    const report = await checkQcow2(storage);
+    await storage.close();
+    expect(report.corruptions + report.leaks).toBe(0);
+    const q = qemuCheck(p(`${name}.qcow2`));
+    expect(q.status).not.toBe(0); // qemu-img check wants the key; with it:
+    const keyed = JSON.parse(qemuImg(['check', '--output=json', ...secret('s', 'pass phrase'), ...opts(p(`${name}.qcow2`), 's')]).stdout) as { 'allocated-clusters': number; 'image-end-offset': number };
+    expect(report.allocatedClusters).toBe(keyed['allocated-clusters']);
+    expect(report.imageEndOffset).toBe(keyed['image-end-offset']);
+  });
+
+  it('a wrong passphrase opens no LUKS key slot; a second slot added by qemu-img amend opens with its own', async () => {
+    const e = await imageError(open('luks-default.qcow2', 'pass phrasf'));
+    expect(e.code).toBe('ERR_IMG_INVALID_ARG');
+    expect(e.message).toMatch(/unlocks none of the image's 1 active LUKS key slot/);
+    qemuLuks(['amend', ...secret('s', 'pass phrase'), ...secret('n', 'second one'), ...opts(p('luks-default.qcow2'), 's'), '-o', 'encrypt.state=active,encrypt.new-secret=n,encrypt.keyslot=5'], true);
+    for (const pass of ['pass phrase', 'second one']) {
+      const disk = await open('luks-default.qcow2', pass);
+      expect(Buffer.from(await disk.read(0, disk.size)).equals(readFileSync(p('src.raw'))), pass).toBe(true);
+      expect((await disk.info()).formatSpecific?.encrypt).toEqual((qemuInfo(p('luks-default.qcow2')) as { 'format-specific': { data: { encrypt: unknown } } })['format-specific'].data.encrypt);
+      await disk.close();
+    }
+  });
+
+  it('an encrypted image is not opened for writing', async () => {
+    const e = await imageError(open('aes.qcow2', 'pass phrase', false));
+    expect(e.code).toBe('ERR_IMG_UNSUPPORTED');
+    expect(e.message).toMatch(/does not write into them/);
+  });
+
+  describe('hostile LUKS headers are refused before a key is derived', () => {
+    let bytes: Uint8Array;
+    let area: number;
+    beforeAll(() => {
+      bytes = new Uint8Array(readFileSync(p('luks-default.qcow2')));
+      area = 0;
+      // The encryption header pointer's offset, from the header extension (type 0x0537be77) after the 104/112-byte header.
+      const v = new DataView(bytes.buffer);
+      for (let at = v.getUint32(100); at + 8 <= 4096;) {
+        const type = v.getUint32(at);
+        const len = v.getUint32(at + 4);
+        if (type === 0x0537be77) {
+          area = Number(v.getBigUint64(at + 8));
+          break;
+        }
+        if (type === 0) break;
+        at += 8 + Math.ceil(len / 8) * 8;
+      }
+    });
+    const damaged = (edit: (v: DataView, at: number) => void) => {
+      const b = bytes.slice();
+      edit(new DataView(b.buffer), area);
+      return b;
+    };
+    const openBytes = (b: Uint8Array, passphrase = 'pass phrase') => openQcow2(MemoryStorage.from(b, { name: 'h.qcow2', readOnly: true }), { passphrase });
+
+    it.each([
+      ['no magic', (v: DataView, a: number) => v.setUint8(a, 0), 'ERR_IMG_CORRUPT', /no LUKS magic/],
+      ['version 2', (v: DataView, a: number) => v.setUint16(a + 6, 2), 'ERR_IMG_UNSUPPORTED', /version 2/],
+      ['cipher serpent', (v: DataView, a: number) => new Uint8Array(v.buffer).set(new TextEncoder().encode('serp'), a + 8), 'ERR_IMG_UNSUPPORTED', /"serp-xts-plain64" is not one img decrypts/],
+      ['key_bytes 13', (v: DataView, a: number) => v.setUint32(a + 108, 13), 'ERR_IMG_CORRUPT', /key_bytes 13/],
+      ['a slot neither active nor disabled', (v: DataView, a: number) => v.setUint32(a + 208 + 48 * 3, 0x12345678), 'ERR_IMG_CORRUPT', /key slot 3 is neither/],
+      ['stripes 1', (v: DataView, a: number) => v.setUint32(a + 208 + 44, 1), 'ERR_IMG_CORRUPT', /key slot 0 has 1 stripes/],
+      ['key material past the area', (v: DataView, a: number) => v.setUint32(a + 208 + 48 * 7 + 40, 0x7fffffff), 'ERR_IMG_CORRUPT', /key slot 7's key material/],
+      ['overlapping key material', (v: DataView, a: number) => v.setUint32(a + 208 + 48 + 40, v.getUint32(a + 208 + 40)), 'ERR_IMG_CORRUPT', /key slots 0 and 1 overlap/],
+      ['4 G slot iterations', (v: DataView, a: number) => v.setUint32(a + 208 + 4, 0xffffffff), 'ERR_IMG_UNSUPPORTED', /key slot 0 asks for 4294967295 PBKDF2 iterations/],
+      ['4 G digest iterations', (v: DataView, a: number) => v.setUint32(a + 164, 0xffffffff), 'ERR_IMG_UNSUPPORTED', /digest asks for 4294967295/],
+      ['an unknown hash', (v: DataView, a: number) => new Uint8Array(v.buffer).set(new TextEncoder().encode('md9'), a + 72), 'ERR_IMG_UNSUPPORTED', /hash "md9256"/],
+    ] as const)('%s', async (_name, edit, code, message) => {
+      const started = Date.now();
+      const e = await imageError(openBytes(damaged(edit)));
+      expect(e.code).toBe(code);
+      expect(e.message).toMatch(message);
+      expect(Date.now() - started).toBeLessThan(5000);
+    });
+
+    it('an encryption header pointer past the end of the file, or of the wrong size', async () => {
+      const b = bytes.slice();
+      const v = new DataView(b.buffer);
+      for (let at = v.getUint32(100); ;) {
+        if (v.getUint32(at) === 0x0537be77) {
+          v.setBigUint64(at + 8, BigInt(b.length));
+          break;
+        }
+        at += 8 + Math.ceil(v.getUint32(at + 4) / 8) * 8;
+      }
+      expect((await imageError(openBytes(b))).message).toMatch(/the encryption header at .* lies past the end of the file/);
+    });
+  });
+});

@@ -1,0 +1,105 @@
+/**
+ * An image's encryption (header crypt_method 1, AES, or 2, LUKS; spec:
+ * "Data encryption"): what the header and the encryption header pointer
+ * say, read and bounded at open; the key, once a passphrase unlocks it;
+ * and the decryption of data clusters as they are read. Metadata is never
+ * encrypted, so an image opens, checks and maps without its passphrase;
+ * only its data needs the key.
+ *
+ * AES (the old method, read for data liberation as qemu-img does):
+ * AES-128-CBC, the key the passphrase's first 16 bytes (zero-padded), IVs
+ * plain64 of the guest sector. LUKS: the cipher the LUKS header names, IVs
+ * from the host sector (the "physical disk sector").
+ */
+import { corrupt, hex, invalidArg, readU64Be, unsupported, utf8Encode } from '@img/block';
+import type { Storage } from '@img/block';
+import { CRYPT_AES, CRYPT_LUKS, EXT_CRYPTO } from './constants.js';
+import { qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { findExtension, type HeaderExtension } from './extensions.js';
+import { describeLuks, LUKS_HEADER_SIZE, parseLuksHeader, unlockLuks, type LuksHeader } from './luks.js';
+import { SECTOR, SectorCipher } from './sector-cipher.js';
+
+const FORMAT = 'qcow2';
+/** The encryption header pointer's data: offset and length, 8 bytes each. */
+const CRYPTO_EXTENSION_SIZE = 16;
+/** The largest encryption header area read: 8 slots of 64-byte keys in 4000 stripes take 2 MiB. */
+const MAX_CRYPTO_AREA = 16 << 20;
+
+export interface Qcow2Encryption {
+  method: 'aes' | 'luks';
+  /** LUKS: where the encryption header clusters are. */
+  area?: { offset: number; length: number };
+  luks?: LuksHeader;
+  /** The data key, once unlocked. */
+  cipher?: SectorCipher;
+}
+
+/** Reads and bounds the encryption the header announces (undefined for none). */
+export async function readEncryption(storage: Storage, cryptMethod: number, extensions: readonly HeaderExtension[], fileSize: number, clusterSize: number, file: string): Promise<Qcow2Encryption | undefined> {
+  const ext = findExtension(extensions, EXT_CRYPTO);
+  if (cryptMethod === CRYPT_AES) {
+    if (ext) throw corrupt(FORMAT, file, 'an encryption header pointer (extension 0x0537be77) with crypt_method 1 (AES), which has none', { field: 'crypt_method', offset: 32, actual: cryptMethod });
+    return { method: 'aes' };
+  }
+  if (cryptMethod !== CRYPT_LUKS) throw unsupported(FORMAT, file, `unknown crypt_method ${cryptMethod} at 0x20`, { field: 'crypt_method', offset: 32, actual: cryptMethod });
+  if (!ext) throw corrupt(FORMAT, file, 'crypt_method 2 (LUKS) without the encryption header pointer (extension 0x0537be77)', { field: 'crypt_method', offset: 32, actual: cryptMethod });
+  if (ext.data.length !== CRYPTO_EXTENSION_SIZE) throw corrupt(FORMAT, file, `the encryption header pointer is ${ext.data.length} bytes (expected ${CRYPTO_EXTENSION_SIZE})`, { field: 'encryption header pointer', expected: CRYPTO_EXTENSION_SIZE, actual: ext.data.length });
+  const offset = readU64Be(ext.data, 0, { format: FORMAT, file, field: 'encryption header offset' });
+  const length = readU64Be(ext.data, 8, { format: FORMAT, file, field: 'encryption header length' });
+  if (offset % clusterSize !== 0 || offset < clusterSize || length < LUKS_HEADER_SIZE || length > MAX_CRYPTO_AREA || offset + length > fileSize) {
+    throw corrupt(FORMAT, file, `the encryption header at ${hex(offset)} (${length} bytes) is unaligned, overlaps the header, is not the size of a LUKS header (${LUKS_HEADER_SIZE} bytes to 16 MiB) or lies past the end of the file`, {
+      field: 'encryption header offset',
+      actual: offset,
+    });
+  }
+  const luks = parseLuksHeader(await storage.read(offset, LUKS_HEADER_SIZE), offset, length, file);
+  return { method: 'luks', area: { offset, length }, luks };
+}
+
+/** `qemu-img info`'s "encrypt" object. */
+export function describeEncryption(e: Qcow2Encryption): Record<string, unknown> {
+  return e.luks ? describeLuks(e.luks) : { format: 'aes' };
+}
+
+/** Unlocks the data key with `passphrase` (ERR_IMG_INVALID_ARG if it opens no LUKS key slot). */
+export async function unlockEncryption(e: Qcow2Encryption, storage: Storage, passphrase: string | Uint8Array, file: string): Promise<void> {
+  const crypto = qcow2CryptoPrimitives();
+  if (!crypto) throw unsupported(FORMAT, file, `${file} is encrypted and this platform has no crypto primitives installed for it (setQcow2CryptoPrimitives)`, { field: 'crypt_method' });
+  const secret = typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase;
+  if (e.method === 'aes') {
+    // qemu's old method: the passphrase's bytes, at most 16, zero-padded, are the AES-128 key.
+    const key = new Uint8Array(16);
+    key.set(secret.subarray(0, 16));
+    e.cipher = new SectorCipher(crypto, { mode: 'cbc', ivgen: 'plain64', keyBytes: 16 }, key);
+    return;
+  }
+  const area = e.area!;
+  e.cipher = await unlockLuks(crypto, e.luks!, secret, (at, length) => storage.read(area.offset + at, length), file);
+}
+
+/** The error of a data read from an encrypted image opened without its passphrase. */
+export function lockedImageError(e: Qcow2Encryption, file: string): Error {
+  return invalidArg(
+    FORMAT,
+    `${file} is encrypted (${e.method === 'luks' ? 'LUKS' : 'AES'}): its data reads only with the passphrase (img: --object secret,id=sec0,data=... with --image-opts driver=qcow2,file.filename=${file},encrypt.key-secret=sec0; API: the passphrase open option)`,
+    { file, field: 'passphrase' },
+  );
+}
+
+/**
+ * Reads `target.length` guest bytes at guest offset `guest`, stored from
+ * `host` in `storage`, and decrypts them: whole sectors are read around
+ * them (host and guest offsets share their place in a sector).
+ */
+export async function readDecrypted(e: Qcow2Encryption, storage: Storage, fileSize: number, host: number, guest: number, target: Uint8Array, file: string): Promise<void> {
+  const cipher = e.cipher;
+  if (!cipher) throw lockedImageError(e, file);
+  const head = host % SECTOR;
+  const start = host - head;
+  const length = Math.ceil((head + target.length) / SECTOR) * SECTOR;
+  const buf = head === 0 && length === target.length ? target : new Uint8Array(length);
+  const n = start < fileSize ? await storage.readInto(start, buf) : 0;
+  if (n < buf.length) buf.fill(0, n);
+  cipher.decrypt((e.method === 'luks' ? start : guest - head) / SECTOR, buf);
+  if (buf !== target) target.set(buf.subarray(head, head + target.length));
+}

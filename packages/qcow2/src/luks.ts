@@ -1,0 +1,205 @@
+/**
+ * The LUKS1 header a qcow2 image keeps in its encryption header clusters
+ * (spec: "Full disk encryption header pointer"; the LUKS on-disk format
+ * 1.2.1): parsed and bounded before anything is sized by it, described as
+ * `qemu-img info` describes it, and unlocked with a passphrase (PBKDF2 of
+ * the passphrase opens a key slot, whose key material, merged by the
+ * anti-forensic splitter, is the master key if its digest matches).
+ */
+import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Decode } from '@img/block';
+import type { Qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { SECTOR, SectorCipher, validKeyBytes, type CipherSpec, type IvGenerator } from './sector-cipher.js';
+
+const FORMAT = 'qcow2';
+
+/** The partition header's size: 208 bytes of fields and 8 key slots of 48. */
+export const LUKS_HEADER_SIZE = 592;
+const MAGIC = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]; // "LUKS\xba\xbe"
+const SLOT_ACTIVE = 0x00ac71f3;
+const SLOT_DISABLED = 0x0000dead;
+const SLOTS = 8;
+/** The splitter's stripes: the spec's value, the only one qemu and cryptsetup accept. */
+export const LUKS_STRIPES = 4000;
+const DIGEST_BYTES = 20;
+/**
+ * The most PBKDF2 iterations a slot or the digest may ask for before the
+ * passphrase is tried: qemu's default (2 s of hashing) gives a few million
+ * on today's machines; a hostile header's 4 G would hash for hours.
+ */
+export const MAX_PBKDF2_ITERATIONS = 1 << 25;
+
+export interface LuksKeySlot {
+  active: boolean;
+  iterations: number;
+  salt: Uint8Array;
+  /** Bytes from the start of the LUKS header. */
+  keyOffset: number;
+  stripes: number;
+}
+
+export interface LuksHeader {
+  cipherName: string;
+  cipherModeText: string;
+  hash: string;
+  /** Bytes from the start of the LUKS header (informational in qcow2). */
+  payloadOffset: number;
+  spec: CipherSpec;
+  mkDigest: Uint8Array;
+  mkDigestSalt: Uint8Array;
+  mkDigestIterations: number;
+  uuid: string;
+  slots: LuksKeySlot[];
+}
+
+function text(b: Uint8Array, at: number, length: number): string {
+  const field = b.subarray(at, at + length);
+  const nul = field.indexOf(0);
+  return utf8Decode(nul < 0 ? field : field.subarray(0, nul));
+}
+
+/** "xts-plain64" / "cbc-essiv:sha256" as a mode and IV generator; undefined where img cannot decrypt it. */
+function parseMode(mode: string): { mode: 'xts' | 'cbc'; ivgen: IvGenerator; ivgenHash?: string } | undefined {
+  const m = /^(xts|cbc)-(plain|plain64|essiv)(?::([a-z0-9]+))?$/.exec(mode);
+  if (!m) return undefined;
+  const ivgen = m[2] as IvGenerator;
+  if ((ivgen === 'essiv') !== (m[3] !== undefined)) return undefined;
+  return { mode: m[1] as 'xts' | 'cbc', ivgen, ...(m[3] !== undefined ? { ivgenHash: m[3] } : {}) };
+}
+
+/**
+ * Parses the LUKS header at the start of `area` (the encryption header
+ * clusters, `length` bytes of them at `offset` in the image) and checks
+ * every bound the key slots and the unlocking depend on.
+ */
+export function parseLuksHeader(area: Uint8Array, offset: number, length: number, file: string): LuksHeader {
+  const bad = (message: string, at: number, field: string, actual?: unknown) => corrupt(FORMAT, file, `LUKS header at ${hex(offset)}: ${message}`, { field, offset: offset + at, actual });
+  if (length < LUKS_HEADER_SIZE || area.length < LUKS_HEADER_SIZE) throw bad(`the encryption header is ${length} bytes, shorter than a LUKS header (${LUKS_HEADER_SIZE})`, 0, 'encryption header length', length);
+  if (!MAGIC.every((c, i) => area[i] === c)) throw bad('no LUKS magic ("LUKS\\xba\\xbe")', 0, 'LUKS magic');
+  const version = (area[6]! << 8) | area[7]!;
+  if (version !== 1) throw unsupported(FORMAT, file, `LUKS header at ${hex(offset)} is version ${version}; only LUKS1 is defined for qcow2`, { field: 'LUKS version', offset: offset + 6, actual: version });
+  const cipherName = text(area, 8, 32);
+  const cipherModeText = text(area, 40, 32);
+  const hash = text(area, 72, 32);
+  const payloadSectors = readU32Be(area, 104);
+  const keyBytes = readU32Be(area, 108);
+  const mkDigestIterations = readU32Be(area, 164);
+  const uuid = text(area, 168, 40);
+  const mode = parseMode(cipherModeText);
+  if (cipherName !== 'aes' || !mode) {
+    throw unsupported(FORMAT, file, `LUKS header at ${hex(offset)}: the cipher "${cipherName}-${cipherModeText}" is not one img decrypts (aes with xts or cbc, IVs plain, plain64 or essiv)`, { field: 'LUKS cipher', offset: offset + 8, actual: `${cipherName}-${cipherModeText}` });
+  }
+  if (!validKeyBytes(mode.mode, keyBytes)) throw bad(`key_bytes ${keyBytes} is not a key size of aes-${mode.mode}`, 108, 'LUKS key_bytes', keyBytes);
+  if (mkDigestIterations === 0) throw bad('mk_digest_iter is 0', 164, 'LUKS mk_digest_iter', 0);
+  const splitBytes = keyBytes * LUKS_STRIPES;
+  const splitSectors = Math.ceil(splitBytes / SECTOR);
+  const slots: LuksKeySlot[] = [];
+  for (let i = 0; i < SLOTS; i++) {
+    const at = 208 + i * 48;
+    const state = readU32Be(area, at);
+    if (state !== SLOT_ACTIVE && state !== SLOT_DISABLED) throw bad(`key slot ${i} is neither active nor disabled (${hex(state)})`, at, 'LUKS key slot active', state);
+    const slot: LuksKeySlot = {
+      active: state === SLOT_ACTIVE,
+      iterations: readU32Be(area, at + 4),
+      salt: area.slice(at + 8, at + 40),
+      keyOffset: readU32Be(area, at + 40) * SECTOR,
+      stripes: readU32Be(area, at + 44),
+    };
+    if (slot.stripes !== LUKS_STRIPES) throw bad(`key slot ${i} has ${slot.stripes} stripes (LUKS uses ${LUKS_STRIPES})`, at + 44, 'LUKS key slot stripes', slot.stripes);
+    const end = slot.keyOffset + splitSectors * SECTOR;
+    if (slot.keyOffset < LUKS_HEADER_SIZE || end > length) {
+      throw bad(`key slot ${i}'s key material (${hex(slot.keyOffset)}, ${splitSectors} sectors) lies outside the encryption header area (${length} bytes)`, at + 40, 'LUKS key material offset', slot.keyOffset);
+    }
+    for (let j = 0; j < i; j++) {
+      const o = slots[j]!;
+      if (slot.keyOffset < o.keyOffset + splitSectors * SECTOR && o.keyOffset < end) throw bad(`the key material of key slots ${j} and ${i} overlap`, at + 40, 'LUKS key material offset', slot.keyOffset);
+    }
+    if (slot.active && slot.iterations === 0) throw bad(`active key slot ${i} has 0 iterations`, at + 4, 'LUKS key slot iterations', 0);
+    slots.push(slot);
+  }
+  return {
+    cipherName,
+    cipherModeText,
+    hash,
+    payloadOffset: payloadSectors * SECTOR,
+    spec: { ...mode, keyBytes },
+    mkDigest: area.slice(112, 112 + DIGEST_BYTES),
+    mkDigestSalt: area.slice(132, 164),
+    mkDigestIterations,
+    uuid,
+    slots,
+  };
+}
+
+/** `qemu-img info`'s "encrypt" object for a LUKS image (keys as qemu names them). */
+export function describeLuks(h: LuksHeader): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    'ivgen-alg': h.spec.ivgen,
+    'hash-alg': h.hash,
+    'cipher-alg': `aes-${(h.spec.mode === 'xts' ? h.spec.keyBytes / 2 : h.spec.keyBytes) * 8}`,
+    uuid: h.uuid,
+  };
+  if (h.spec.ivgenHash !== undefined) out['ivgen-hash-alg'] = h.spec.ivgenHash;
+  out.format = 'luks';
+  out['cipher-mode'] = h.spec.mode;
+  out.slots = h.slots.map((s) => (s.active ? { active: true, iters: s.iterations, 'key-offset': s.keyOffset, stripes: s.stripes } : { active: false, 'key-offset': s.keyOffset }));
+  out['payload-offset'] = h.payloadOffset;
+  out['master-key-iters'] = h.mkDigestIterations;
+  return out;
+}
+
+/** The anti-forensic merge: the stripes folded through the hash diffuser into one key. */
+function afMerge(crypto: Qcow2CryptoPrimitives, hash: string, split: Uint8Array, keyBytes: number, stripes: number): Uint8Array {
+  const digestBytes = crypto.hashLength(hash)!;
+  const d = new Uint8Array(keyBytes);
+  const counter = new Uint8Array(4);
+  for (let s = 0; s < stripes - 1; s++) {
+    const stripe = split.subarray(s * keyBytes, (s + 1) * keyBytes);
+    for (let i = 0; i < keyBytes; i++) d[i]! ^= stripe[i]!;
+    // Diffuse: each digest-sized piece becomes the hash of its index (big-endian) and itself, cut to its length.
+    for (let at = 0, n = 0; at < keyBytes; at += digestBytes, n++) {
+      const piece = d.subarray(at, Math.min(keyBytes, at + digestBytes));
+      new DataView(counter.buffer).setUint32(0, n, false);
+      const input = new Uint8Array(4 + piece.length);
+      input.set(counter, 0);
+      input.set(piece, 4);
+      piece.set(crypto.digest(hash, input).subarray(0, piece.length));
+    }
+  }
+  const last = split.subarray((stripes - 1) * keyBytes, stripes * keyBytes);
+  for (let i = 0; i < keyBytes; i++) d[i]! ^= last[i]!;
+  return d;
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * The master key the passphrase unlocks, trying each active slot in turn;
+ * `readArea(at, length)` reads bytes of the encryption header area.
+ * ERR_IMG_INVALID_ARG when no slot opens.
+ */
+export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>, file: string): Promise<SectorCipher> {
+  const hashes = [h.hash, ...(h.spec.ivgenHash !== undefined ? [h.spec.ivgenHash] : [])];
+  for (const name of hashes) {
+    if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', actual: name });
+  }
+  if (h.spec.ivgenHash !== undefined && !validKeyBytes('cbc', crypto.hashLength(h.spec.ivgenHash)!)) {
+    throw unsupported(FORMAT, file, `essiv:${h.spec.ivgenHash} gives a ${crypto.hashLength(h.spec.ivgenHash)}-byte IV key, not an AES key size`, { field: 'LUKS cipher_mode', actual: h.cipherModeText });
+  }
+  const tooMany = (what: string, n: number) => unsupported(FORMAT, file, `${what} asks for ${n} PBKDF2 iterations, more than img runs (${MAX_PBKDF2_ITERATIONS})`, { field: 'LUKS iterations', actual: n });
+  if (h.mkDigestIterations > MAX_PBKDF2_ITERATIONS) throw tooMany('the master key digest', h.mkDigestIterations);
+  const active = h.slots.map((s, i) => ({ s, i })).filter((x) => x.s.active);
+  for (const { s, i } of active) if (s.iterations > MAX_PBKDF2_ITERATIONS) throw tooMany(`key slot ${i}`, s.iterations);
+  const keyBytes = h.spec.keyBytes;
+  const splitBytes = keyBytes * LUKS_STRIPES;
+  for (const { s } of active) {
+    const slotKey = await crypto.pbkdf2(passphrase, s.salt, s.iterations, keyBytes, h.hash);
+    const material = await readArea(s.keyOffset, Math.ceil(splitBytes / SECTOR) * SECTOR);
+    new SectorCipher(crypto, h.spec, slotKey).decrypt(0, material);
+    const candidate = afMerge(crypto, h.hash, material, keyBytes, LUKS_STRIPES);
+    const digest = await crypto.pbkdf2(candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hash);
+    if (equalBytes(digest, h.mkDigest)) return new SectorCipher(crypto, h.spec, candidate);
+  }
+  throw invalidArg(FORMAT, `${file}: the passphrase unlocks none of the image's ${active.length} active LUKS key slot${active.length === 1 ? '' : 's'} (wrong passphrase?)`, { file, field: 'passphrase' });
+}
