@@ -296,6 +296,7 @@ async function checkDowngrade(s: Qcow2Image, view: MappingView, order: number): 
   if (order !== 4) refuse(s, `version 2 has 16-bit refcounts only (this image has refcount_bits=${2 ** order})`, 'refcount_bits');
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_DATA_FILE) || findExtension(s.extensions, EXT_DATA_FILE)) refuse(s, 'version 2 has no external data files', 'data_file');
   if (hasFeature(h.incompatibleFeatures, INCOMPAT_EXTENDED_L2)) refuse(s, 'version 2 has no extended L2 entries (subclusters)', 'extended_l2');
+  if (s.encryption?.method === 'luks') refuse(s, 'version 2 has no LUKS encryption (its header pointer is a version 3 extension)', 'encrypt');
   if (findExtension(s.extensions, EXT_BITMAPS)) {
     // qemu downgrades them anyway and leaves a v2 image whose bitmap clusters its own check counts as leaked.
     refuse(s, 'version 2 has no persistent bitmaps (remove them first: qemu-img bitmap --remove)', 'bitmaps');

@@ -36,7 +36,7 @@ type State = 'open' | 'finishing' | 'finished' | 'aborted';
 export async function createQcow2Fresh(storage: Storage, options: Qcow2CreateOptions): Promise<FreshImageWriter | undefined> {
   const l = parseCreateOptions(options);
   // A block device (fixedSize) reads as its old bytes where nothing was written: the bulk writer's unwritten zeros would not read as zeros there.
-  if (l.preallocation !== 'off' || l.backingFile !== undefined || l.dataFile !== undefined || options.dataFileStorage !== undefined || storage.readOnly || storage.fixedSize) return undefined;
+  if (l.encrypt || l.preallocation !== 'off' || l.backingFile !== undefined || l.dataFile !== undefined || options.dataFileStorage !== undefined || storage.readOnly || storage.fixedSize) return undefined;
   // Tables past the spec's bounds: createQcow2 says so in its own words.
   const layout = bulkLayout(l);
   if (!layout) return undefined;

@@ -25,7 +25,7 @@ import type { L2Cache } from './l2-cache.js';
 import type { Allocator } from './allocator.js';
 import type { ClusterMap } from './cluster-map.js';
 import type { Scheduler } from './scheduler.js';
-import type { Qcow2Encryption } from './encryption.js';
+import { encryptingStorage, type Qcow2Encryption } from './encryption.js';
 
 const FORMAT = 'qcow2';
 
@@ -119,7 +119,9 @@ export class Qcow2Image implements ReaderState {
     this.cache = parts.cache;
     this.compressionType = parts.compressionType;
     // A writable image's own data goes through the overlap guard.
-    this.dataStorage = parts.dataStorage === parts.storage && !readOnly ? guardedDataStorage(parts.storage, this) : parts.dataStorage;
+    const guarded = parts.dataStorage === parts.storage && !readOnly ? guardedDataStorage(parts.storage, this) : parts.dataStorage;
+    // A writable LUKS image's data is encrypted on its way to the file (the open refuses one without its key).
+    this.dataStorage = !readOnly && parts.encryption?.cipher ? encryptingStorage(guarded, parts.encryption.cipher) : guarded;
     this.rawDataFile = parts.rawDataFile;
     this.backing = parts.backing;
     this.encryption = parts.encryption;

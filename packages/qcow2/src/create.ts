@@ -5,7 +5,7 @@
  * `qemu-img create -o key=value`.
  */
 import { writeEntryOffset } from './mapping.js';
-import { ImageError, checkOptionKeys, invalidArg, parseBool, parseSize, preallocateRange, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
+import { ImageError, checkOptionKeys, invalidArg, parseBool, parseSize, preallocateRange, unsupported, utf8Encode, writeU32Be, writeU64Be } from '@img/block';
 import type { CreateOptions, FormatRegistryLike, OptionTable, Resolver, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -34,6 +34,8 @@ import { serializeFeatureTable, stringExtension, type HeaderExtension } from './
 import { writeRefcount } from './refcount-entry.js';
 import { openQcow2 } from './open.js';
 import { type Qcow2Disk } from './image.js';
+import { encryptNewImage } from './create-encrypted.js';
+import type { LuksCreateSpec } from './luks.js';
 
 const FORMAT = 'qcow2';
 
@@ -73,6 +75,24 @@ export interface Qcow2CreateOptions extends CreateOptions {
   formats?: FormatRegistryLike;
   /** Open the new image without its backing file (writes then copy zeros instead of backing data). */
   noBacking?: boolean;
+  /** Encrypt the image: 'luks' (qemu's old 'aes' method is read, not written). Needs `encryptPassphrase` and compat v3. */
+  encryptFormat?: 'luks';
+  /** The passphrase of key slot 0 (a string is taken as UTF-8). */
+  encryptPassphrase?: string | Uint8Array;
+  /** qemu-img's `encrypt.key-secret`: the id of a `--object secret` (the command line resolves it to `encryptPassphrase`). */
+  encryptKeySecret?: string;
+  /** aes-128, aes-192 or aes-256 (default). */
+  encryptCipherAlg?: 'aes-128' | 'aes-192' | 'aes-256';
+  /** xts (default) or cbc. */
+  encryptCipherMode?: 'xts' | 'cbc';
+  /** plain64 (default), plain or essiv. */
+  encryptIvgenAlg?: 'plain' | 'plain64' | 'essiv';
+  /** The hash essiv keys its IV cipher with (default sha256). */
+  encryptIvgenHashAlg?: string;
+  /** The hash of PBKDF2 and the key splitter (default sha256). */
+  encryptHashAlg?: string;
+  /** Milliseconds of PBKDF2 that opening the image costs (default 2000, as qemu). */
+  encryptIterTime?: number | string;
 }
 
 /** The create options: typed key, `qemu-img create -o` name, help, kind of value. */
@@ -90,10 +110,18 @@ export const QCOW2_CREATE_OPTIONS: OptionTable = [
   { key: 'dataFile', name: 'data_file', kind: 'str', help: 'external data file name (v3)' },
   { key: 'dataFileRaw', name: 'data_file_raw', kind: 'bool', help: 'the data file is a raw image of the disk' },
   { key: 'headerLength', name: 'header_length', kind: 'num', help: '104 or 112 (default)' },
+  { key: 'encryptFormat', name: 'encrypt.format', kind: 'str', help: "Encrypt the image: 'luks' (img reads 'aes' images, and does not write them)" },
+  { key: 'encryptKeySecret', name: 'encrypt.key-secret', kind: 'str', help: 'ID of the secret (--object secret) holding the LUKS passphrase' },
+  { key: 'encryptCipherAlg', name: 'encrypt.cipher-alg', kind: 'str', help: 'aes-128, aes-192 or aes-256 (default)' },
+  { key: 'encryptCipherMode', name: 'encrypt.cipher-mode', kind: 'str', help: 'xts (default) or cbc' },
+  { key: 'encryptIvgenAlg', name: 'encrypt.ivgen-alg', kind: 'str', help: 'plain64 (default), plain or essiv' },
+  { key: 'encryptIvgenHashAlg', name: 'encrypt.ivgen-hash-alg', kind: 'str', help: 'the hash essiv uses (default sha256)' },
+  { key: 'encryptHashAlg', name: 'encrypt.hash-alg', kind: 'str', help: 'the hash of PBKDF2 and the key splitter (default sha256)' },
+  { key: 'encryptIterTime', name: 'encrypt.iter-time', kind: 'num', help: 'milliseconds of PBKDF2 to open the image (default 2000)' },
 ];
 
 /** Typed keys of Qcow2CreateOptions that have no `-o` name. */
-export const QCOW2_TYPED_CREATE_KEYS: readonly string[] = ['dataFileStorage'];
+export const QCOW2_TYPED_CREATE_KEYS: readonly string[] = ['dataFileStorage', 'encryptPassphrase'];
 
 /** Normalised create options. */
 export interface Qcow2Layout {
@@ -110,6 +138,8 @@ export interface Qcow2Layout {
   dataFile: string | undefined;
   dataFileRaw: boolean;
   headerLength: number;
+  /** LUKS encryption: the cipher, hash and PBKDF2 time, and the passphrase. */
+  encrypt: { luks: LuksCreateSpec; passphrase: Uint8Array } | undefined;
 }
 
 function pick(o: Record<string, unknown>, key: string): unknown {
@@ -176,6 +206,7 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
   need(backingFile === undefined || prealloc === 'off', 'preallocation cannot be combined with a backing file', 'preallocation');
   need(backingFile === undefined || utf8Encode(backingFile).length <= MAX_BACKING_FILE_NAME, 'backing file name longer than 1023 bytes', 'backing_file');
   need(backingFile === undefined || backingFile.length > 0, 'empty backing file name', 'backing_file');
+  const encrypt = parseEncryption(o, version, prealloc, dataFile);
   return {
     size,
     version,
@@ -191,6 +222,55 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
     dataFile,
     dataFileRaw,
     headerLength: version === 2 ? QCOW2_V2_HEADER_LENGTH : headerLength,
+    encrypt,
+  };
+}
+
+/** The `encrypt.*` options: a LUKS spec and passphrase, undefined without `encrypt.format`. */
+function parseEncryption(o: Record<string, unknown>, version: 2 | 3, prealloc: string, dataFile: string | undefined): Qcow2Layout['encrypt'] {
+  const format = pick(o, 'encryptFormat');
+  const others = ['encryptPassphrase', 'encryptKeySecret', 'encryptCipherAlg', 'encryptCipherMode', 'encryptIvgenAlg', 'encryptIvgenHashAlg', 'encryptHashAlg', 'encryptIterTime'].filter((k) => pick(o, k) !== undefined);
+  if (format === undefined) {
+    if (others.length) throw invalidArg(FORMAT, `${others[0]} needs encryptFormat (encrypt.format=luks)`, { field: 'encrypt.format' });
+    return undefined;
+  }
+  if (format === 'aes') throw unsupported(FORMAT, undefined, "encrypt.format=aes (qemu's old method) is read but not written by img: use encrypt.format=luks", { field: 'encrypt.format' });
+  if (format !== 'luks') throw invalidArg(FORMAT, `invalid encrypt.format "${String(format)}" (luks)`, { field: 'encrypt.format' });
+  const passphrase = pick(o, 'encryptPassphrase');
+  if (passphrase === undefined) {
+    const secret = pick(o, 'encryptKeySecret');
+    throw invalidArg(
+      FORMAT,
+      secret !== undefined
+        ? `encrypt.key-secret=${String(secret)} names a secret of the command line (--object secret,id=...); from code, give encryptPassphrase`
+        : 'encrypt.format=luks needs a passphrase (encryptPassphrase; on the command line encrypt.key-secret=ID with --object secret,id=ID,data=...)',
+      { field: 'encrypt.key-secret' },
+    );
+  }
+  if (typeof passphrase !== 'string' && !(passphrase instanceof Uint8Array)) throw invalidArg(FORMAT, 'encryptPassphrase is a string or bytes', { field: 'encryptPassphrase' });
+  if (version !== 3) throw invalidArg(FORMAT, 'LUKS encryption needs compat=v3 (its header pointer is a version 3 extension)', { field: 'encrypt.format' });
+  if (prealloc !== 'off') throw unsupported(FORMAT, undefined, 'preallocation of an encrypted image is not supported (preallocated clusters would read as the decryption of zeros)', { field: 'preallocation' });
+  if (dataFile !== undefined) throw unsupported(FORMAT, undefined, 'an encrypted image with an external data file is not supported', { field: 'data_file' });
+  const alg = String(pick(o, 'encryptCipherAlg') ?? 'aes-256');
+  const bits = { 'aes-128': 16, 'aes-192': 24, 'aes-256': 32 }[alg];
+  if (bits === undefined) throw invalidArg(FORMAT, `invalid encrypt.cipher-alg "${alg}" (aes-128, aes-192 or aes-256)`, { field: 'encrypt.cipher-alg' });
+  const mode = String(pick(o, 'encryptCipherMode') ?? 'xts');
+  if (mode !== 'xts' && mode !== 'cbc') throw invalidArg(FORMAT, `invalid encrypt.cipher-mode "${mode}" (xts or cbc)`, { field: 'encrypt.cipher-mode' });
+  // 24-byte keys in 4000 stripes are 187.5 sectors of key material: LUKS pads them, qemu-img 7.2 aborts on them.
+  if (bits === 24 && mode === 'cbc') throw unsupported(FORMAT, undefined, 'aes-192 in cbc mode makes key material of 187.5 sectors, which qemu-img 7.2 aborts on (an assertion) when it opens the image: use aes-128, aes-256, or xts', { field: 'encrypt.cipher-alg' });
+  const ivgen = String(pick(o, 'encryptIvgenAlg') ?? 'plain64');
+  if (ivgen !== 'plain' && ivgen !== 'plain64' && ivgen !== 'essiv') throw invalidArg(FORMAT, `invalid encrypt.ivgen-alg "${ivgen}" (plain, plain64 or essiv)`, { field: 'encrypt.ivgen-alg' });
+  const ivgenHash = pick(o, 'encryptIvgenHashAlg');
+  if (ivgenHash !== undefined && ivgen !== 'essiv') throw invalidArg(FORMAT, 'encrypt.ivgen-hash-alg applies to encrypt.ivgen-alg=essiv only', { field: 'encrypt.ivgen-hash-alg' });
+  const iterTime = Number(pick(o, 'encryptIterTime') ?? 2000);
+  if (!Number.isFinite(iterTime) || iterTime <= 0) throw invalidArg(FORMAT, `invalid encrypt.iter-time "${String(pick(o, 'encryptIterTime'))}" (milliseconds above 0)`, { field: 'encrypt.iter-time' });
+  return {
+    luks: {
+      spec: { mode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: String(ivgenHash ?? 'sha256') } : {}), keyBytes: mode === 'xts' ? bits * 2 : bits },
+      hash: String(pick(o, 'encryptHashAlg') ?? 'sha256'),
+      iterTimeMs: iterTime,
+    },
+    passphrase: typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase,
   };
 }
 
@@ -362,7 +442,8 @@ export async function createQcow2(storage: Storage, options: Qcow2CreateOptions)
     // The data file is opened again by openQcow2 through the same route.
     if (dataStorage && dataStorage !== options.dataFileStorage) await dataStorage.close();
   }
+  if (l.encrypt) await encryptNewImage(storage, l.encrypt.luks, l.encrypt.passphrase);
   const given = options.dataFileStorage;
   const resolver: Resolver | undefined = given !== undefined ? async (request) => (request.kind === 'data-file' ? given : options.resolver ? options.resolver(request) : Promise.reject(new Error('no resolver'))) : options.resolver;
-  return openQcow2(storage, { readOnly: false, resolver, formats: options.formats, noBacking: options.noBacking });
+  return openQcow2(storage, { readOnly: false, resolver, formats: options.formats, noBacking: options.noBacking, ...(l.encrypt ? { passphrase: l.encrypt.passphrase } : {}) });
 }

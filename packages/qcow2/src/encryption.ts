@@ -103,3 +103,50 @@ export async function readDecrypted(e: Qcow2Encryption, storage: Storage, fileSi
   cipher.decrypt((e.method === 'luks' ? start : guest - head) / SECTOR, buf);
   if (buf !== target) target.set(buf.subarray(head, head + target.length));
 }
+
+/**
+ * The data storage of a writable LUKS image: every write is encrypted
+ * under the host sectors it lands on. A write that covers sectors only in
+ * part (a guest write of a few bytes into an allocated cluster) decrypts
+ * the sectors around it, patches them and encrypts them whole. Writes run
+ * one at a time, so that no such read-modify-write interleaves with
+ * another write to the same sector.
+ */
+export function encryptingStorage(inner: Storage, cipher: SectorCipher): Storage {
+  let queue: Promise<unknown> = Promise.resolve();
+  const encryptAt = async (position: number, data: Uint8Array): Promise<void> => {
+    const head = position % SECTOR;
+    const start = position - head;
+    const length = Math.ceil((head + data.length) / SECTOR) * SECTOR;
+    const buf = new Uint8Array(length);
+    if (head !== 0 || length !== data.length) {
+      // The sectors as they are (past the end of the file: zeros, which a reader would decrypt as it finds them).
+      const n = await inner.readInto(start, buf);
+      if (n < length) buf.fill(0, n);
+      cipher.decrypt(start / SECTOR, buf);
+    }
+    buf.set(data, head);
+    cipher.encrypt(start / SECTOR, buf);
+    await inner.write(start, buf);
+  };
+  const write = (position: number, data: Uint8Array): Promise<void> => {
+    const run = queue.then(() => encryptAt(position, data));
+    queue = run.catch(() => undefined);
+    return run;
+  };
+  return {
+    get name() {
+      return inner.name;
+    },
+    get readOnly() {
+      return inner.readOnly;
+    },
+    size: () => inner.size(),
+    read: (position, length) => inner.read(position, length),
+    readInto: (position, target) => inner.readInto(position, target),
+    write,
+    truncate: (size) => inner.truncate(size),
+    flush: () => inner.flush(),
+    close: () => inner.close(),
+  };
+}

@@ -114,6 +114,8 @@ export function writeQcow2Zeroes(core: Qcow2Image, offset: number, length: numbe
  */
 export async function writeQcow2Compressed(core: Qcow2Image, offset: number, data: Uint8Array): Promise<void> {
   const w = writableRange(core, offset, data.length).scheduler;
+  // As qemu-img: compressed clusters are not encrypted, so an encrypted image takes none.
+  if (core.encryption) throw unsupported(FORMAT, core.file, 'Compression and encryption not supported at the same time: an encrypted image takes no compressed clusters', { field: 'crypt_method' });
   const cs = core.geom.clusterSize;
   if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== core.active.size)) {
     throw invalidArg(FORMAT, `writeCompressed needs whole clusters (${cs} bytes) at a cluster boundary, got ${offset}+${data.length}`, { field: 'offset' });

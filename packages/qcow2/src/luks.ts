@@ -203,3 +203,108 @@ export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, p
   }
   throw invalidArg(FORMAT, `${file}: the passphrase unlocks none of the image's ${active.length} active LUKS key slot${active.length === 1 ? '' : 's'} (wrong passphrase?)`, { file, field: 'passphrase' });
 }
+
+/** The bytes of one slot's key material area: its stripes, to a 4 KiB boundary (qemu's layout). */
+function slotAreaBytes(keyBytes: number): number {
+  return Math.ceil((keyBytes * LUKS_STRIPES) / 4096) * 4096;
+}
+
+/** The bytes of the encryption header area of a new image (the payload offset): 4 KiB of header, then 8 slots. */
+export function luksAreaBytes(keyBytes: number): number {
+  return 4096 + SLOTS * slotAreaBytes(keyBytes);
+}
+
+/** What a new LUKS header is made with. */
+export interface LuksCreateSpec {
+  spec: CipherSpec;
+  hash: string;
+  /** Milliseconds of PBKDF2 each key slot takes to open (qemu's iter-time; default 2000). */
+  iterTimeMs: number;
+}
+
+/** The anti-forensic split: `stripes` stripes, all random but the last, which merges with them into `key`. */
+function afSplit(crypto: Qcow2CryptoPrimitives, hash: string, key: Uint8Array, stripes: number): Uint8Array {
+  const keyBytes = key.length;
+  const split = new Uint8Array(keyBytes * stripes);
+  split.set(crypto.randomBytes(keyBytes * (stripes - 1)));
+  // The merge of the random stripes alone, then the last stripe is what turns it into the key.
+  const randomOnly = split.slice();
+  randomOnly.fill(0, (stripes - 1) * keyBytes);
+  const merged = afMerge(crypto, hash, randomOnly, keyBytes, stripes);
+  const last = split.subarray((stripes - 1) * keyBytes);
+  for (let i = 0; i < keyBytes; i++) last[i] = merged[i]! ^ key[i]!;
+  return split;
+}
+
+/** PBKDF2 iterations that take `ms` on this machine (at least `floor`), from a short timed run. */
+async function iterationsFor(crypto: Qcow2CryptoPrimitives, hash: string, keyBytes: number, ms: number, floor: number): Promise<number> {
+  const probe = 20000;
+  const started = performance.now();
+  await crypto.pbkdf2(new Uint8Array(16), new Uint8Array(32), probe, keyBytes, hash);
+  const perMs = probe / Math.max(0.05, performance.now() - started);
+  return Math.min(MAX_PBKDF2_ITERATIONS, Math.max(floor, Math.round(perMs * ms)));
+}
+
+function writeText(out: Uint8Array, at: number, length: number, text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  if (bytes.length >= length) throw new RangeError(`"${text}" does not fit in ${length} bytes`);
+  out.set(bytes, at);
+}
+
+/** A random (version 4) UUID in its text form. */
+function randomUuid(crypto: Qcow2CryptoPrimitives): string {
+  const b = crypto.randomBytes(16);
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/**
+ * A new LUKS1 header and its key material, laid out as qemu lays them out
+ * (the header, then each slot's key material at 4 KiB boundaries, slot 0
+ * holding the master key under `passphrase`, slots 1-7 disabled): the bytes
+ * of the encryption header area (its length is the payload offset), and
+ * the master key's cipher for the data.
+ */
+export async function createLuksArea(crypto: Qcow2CryptoPrimitives, c: LuksCreateSpec, passphrase: Uint8Array): Promise<{ area: Uint8Array; cipher: SectorCipher }> {
+  const { spec, hash } = c;
+  const keyBytes = spec.keyBytes;
+  const slotBytes = slotAreaBytes(keyBytes);
+  const payload = luksAreaBytes(keyBytes);
+  const area = new Uint8Array(payload);
+  const v = new DataView(area.buffer);
+  const master = crypto.randomBytes(keyBytes);
+  area.set(MAGIC, 0);
+  v.setUint16(6, 1);
+  writeText(area, 8, 32, 'aes');
+  writeText(area, 40, 32, `${spec.mode}-${spec.ivgen}${spec.ivgenHash !== undefined ? `:${spec.ivgenHash}` : ''}`);
+  writeText(area, 72, 32, hash);
+  v.setUint32(104, payload / SECTOR);
+  v.setUint32(108, keyBytes);
+  // As qemu: the digest takes an eighth of the slot's time, at least 1000 iterations (LUKS's floor).
+  const slotIterations = await iterationsFor(crypto, hash, keyBytes, c.iterTimeMs, 1000);
+  const digestIterations = await iterationsFor(crypto, hash, DIGEST_BYTES, c.iterTimeMs / 8, 1000);
+  const mkSalt = crypto.randomBytes(32);
+  area.set(await crypto.pbkdf2(master, mkSalt, digestIterations, DIGEST_BYTES, hash), 112);
+  area.set(mkSalt, 132);
+  v.setUint32(164, digestIterations);
+  writeText(area, 168, 40, randomUuid(crypto));
+  for (let i = 0; i < SLOTS; i++) {
+    const at = 208 + i * 48;
+    const offset = 4096 + i * slotBytes;
+    v.setUint32(at, i === 0 ? SLOT_ACTIVE : SLOT_DISABLED);
+    v.setUint32(at + 40, offset / SECTOR);
+    v.setUint32(at + 44, LUKS_STRIPES);
+    if (i !== 0) continue;
+    const salt = crypto.randomBytes(32);
+    v.setUint32(at + 4, slotIterations);
+    area.set(salt, at + 8);
+    const slotKey = await crypto.pbkdf2(passphrase, salt, slotIterations, keyBytes, hash);
+    const material = new Uint8Array(Math.ceil((keyBytes * LUKS_STRIPES) / SECTOR) * SECTOR);
+    material.set(afSplit(crypto, hash, master, LUKS_STRIPES));
+    new SectorCipher(crypto, spec, slotKey).encrypt(0, material);
+    area.set(material, offset);
+  }
+  return { area, cipher: new SectorCipher(crypto, spec, master) };
+}

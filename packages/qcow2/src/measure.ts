@@ -7,6 +7,7 @@
  */
 import type { MeasureInput, MeasureResult } from '@img/block';
 import { parseCreateOptions, type Qcow2CreateOptions } from './create.js';
+import { luksAreaBytes } from './luks.js';
 import { refcountFixedPoint } from './refcount-entry.js';
 
 /**
@@ -45,10 +46,17 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   const backingFile = options.backingFile;
   delete options.backingFile;
   delete options.backingFormat;
+  // The passphrase changes no size (qemu-img measure asks for none either).
+  if (options.encryptFormat !== undefined && options.encryptPassphrase === undefined) {
+    delete options.encryptKeySecret;
+    options.encryptPassphrase = '';
+  }
   const layout = parseCreateOptions(options);
   const cs = 2 ** layout.clusterBits;
   const virtual = Math.ceil(size / cs) * cs;
-  const fullyAllocated = fullyAllocatedSize(virtual, cs, layout.refcountOrder, layout.extendedL2);
+  // A LUKS image also holds its encryption header area (LUKS header and 8 slots of key material), in whole clusters.
+  const luks = layout.encrypt ? Math.ceil(luksAreaBytes(layout.encrypt.luks.spec.keyBytes) / cs) * cs : 0;
+  const fullyAllocated = fullyAllocatedSize(virtual, cs, layout.refcountOrder, layout.extendedL2) + luks;
   let data = 0;
   if (layout.preallocation === 'full' || layout.preallocation === 'falloc') {
     data = virtual;

@@ -80,13 +80,6 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   const cs = headerClusterSize(head, file);
   const cluster0 = cs <= head.length ? head.subarray(0, cs) : await storage.read(0, Math.min(fileSize, cs));
   const { header, extensions, featureTable, geom, entryGeom } = validateHeaderCluster(cluster0, file);
-  if (header.cryptMethod !== 0 && !readOnly) {
-    throw unsupported(FORMAT, file, `${file} is encrypted (${header.cryptMethod === 2 ? 'LUKS' : 'AES'}): img reads encrypted images (with their passphrase) but does not write into them; convert it to a new image to change it`, {
-      field: 'crypt_method',
-      offset: 32,
-      actual: header.cryptMethod,
-    });
-  }
   const corruptBit = hasFeature(header.incompatibleFeatures, INCOMPAT_CORRUPT);
   if (corruptBit && !readOnly && !options.checkOnly) {
     throw corrupt(FORMAT, file, 'image is marked corrupt (incompatible bit 1): it can only be opened read-only', { field: 'incompatible_features', offset: 72 });
@@ -121,6 +114,21 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   const rawDataFileBit = hasFeature(header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
 
   const encryption = header.cryptMethod !== 0 ? await readEncryption(storage, header.cryptMethod, extensions, fileSize, cs, file) : undefined;
+  // A check's repair and amend change metadata only, which is never encrypted: they need no key.
+  if (encryption && !readOnly && !options.checkOnly) {
+    // qemu's old AES method is read for data liberation only; a LUKS image is written with its key.
+    if (encryption.method === 'aes')
+      throw unsupported(FORMAT, file, `${file} is encrypted with qemu's old AES method, which img reads (with the passphrase) but does not write; convert it to a new image (encrypt.format=luks to keep it encrypted)`, {
+        field: 'crypt_method',
+        offset: 32,
+        actual: header.cryptMethod,
+      });
+    if (options.passphrase === undefined)
+      throw invalidArg(FORMAT, `${file} is encrypted (LUKS): writing into it needs its passphrase (img: --object secret,id=sec0,data=... with --image-opts driver=qcow2,file.filename=${file},encrypt.key-secret=sec0; API: the passphrase open option)`, {
+        file,
+        field: 'passphrase',
+      });
+  }
   if (encryption && options.passphrase !== undefined) await unlockEncryption(encryption, storage, options.passphrase, file);
 
   const snapshots = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots, fileSize, cs, file);

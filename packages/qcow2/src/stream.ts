@@ -9,7 +9,7 @@
  * The layout is fixed before the first byte, so the length is known
  * first (createQcow2Stream, qcow2Driver.stream).
  */
-import { checkOptionKeys, driverOptions, invalidArg, isAllZero, parseBool, writeU64Be, type OptionTable } from '@img/block';
+import { checkOptionKeys, driverOptions, invalidArg, isAllZero, parseBool, unsupported, writeU64Be, type OptionTable } from '@img/block';
 import { writeEntryOffset } from './mapping.js';
 import type { Disk, ImageStream } from '@img/block';
 import { MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
@@ -134,6 +134,7 @@ export function qcow2DriverStreamOptions(options: Record<string, unknown> = {}):
 async function planQcow2Stream(source: Disk, options: Qcow2StreamOptions): Promise<Qcow2StreamPlan> {
   const { chunkSize, detectZeroes, ...rest } = qcow2StreamOptionsFrom(options as Record<string, unknown>);
   const l = parseCreateOptions({ ...rest, size: source.size } as Qcow2CreateOptions);
+  if (l.encrypt) throw unsupported(FORMAT, undefined, 'an encrypted image cannot be written as a stream: write it to a file', { field: 'encrypt.format' });
   if (l.size !== source.size) throw invalidArg(FORMAT, `the source size ${source.size} is not a multiple of 512`, { field: 'size' });
   const cs = 2 ** l.clusterBits;
   const es = l.extendedL2 ? 16 : 8;

@@ -20,6 +20,12 @@ const ORDER: Record<string, Printed[]> = {
   qcow2: [
     { key: 'encrypt.format' },
     { key: 'encrypt.key-secret' },
+    { key: 'encrypt.cipher-alg' },
+    { key: 'encrypt.cipher-mode' },
+    { key: 'encrypt.ivgen-alg' },
+    { key: 'encrypt.ivgen-hash-alg' },
+    { key: 'encrypt.hash-alg' },
+    { key: 'encrypt.iter-time' },
     { key: 'cluster_size', default: '65536', size: true },
     { key: 'extended_l2', default: 'off' },
     { key: 'preallocation' },

@@ -5,6 +5,7 @@
  * way qemu-img does ("Invalid parameter 'clustr_size'", status 1) before
  * any file is created, followed by the names that are valid.
  */
+import { secretValue } from './qemu-objects.js';
 import { optionHelpLines, optionsFromText, unknownOptionName, type FormatDriver, type OptionTable } from '@img/block';
 import { QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
 import { parseCreateOptions } from '../convert.js';
@@ -50,7 +51,15 @@ export function createOptionsFromCli(io: Io, prog: string, driver: FormatDriver,
   const table = driver.createOptionTable ?? [];
   const bad = unknownOptionName(table, Object.keys(text));
   if (bad !== undefined) refuse(io, prog, bad, [createOptionsTitle(driver), ...optionHelpLines(table)]);
-  return optionsFromText(driver.name, table, text);
+  return withSecretPassphrase(optionsFromText(driver.name, table, text));
+}
+
+/** `encrypt.key-secret=ID` (a --object secret) as the passphrase itself, which is what the formats take. */
+function withSecretPassphrase(options: Record<string, unknown>): Record<string, unknown> {
+  const id = options.encryptKeySecret;
+  if (id === undefined) return options;
+  const { encryptKeySecret: _id, ...rest } = options;
+  return { ...rest, encryptPassphrase: secretValue(String(id)) };
 }
 
 /**

@@ -16,6 +16,14 @@ export interface ImageOpts {
 }
 
 let images = new Map<string, ImageOpts>();
+let secrets = new Map<string, Uint8Array>();
+
+/** The value of the --object secret `id` of the running command. */
+export function secretValue(id: string): Uint8Array {
+  const value = secrets.get(id);
+  if (!value) throw new ExitCode(1, `No secret with id '${id}'`);
+  return value;
+}
 
 /** The options given for `path` with --image-opts in the running command. */
 export function imageOptsFor(path: string): ImageOpts | undefined {
@@ -97,6 +105,7 @@ const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encry
  */
 export async function takeQemuObjects(argv: readonly string[]): Promise<string[]> {
   images = new Map();
+  secrets = new Map();
   const rest: string[] = [];
   const objects: string[] = [];
   let imageOpts = false;
@@ -113,7 +122,6 @@ export async function takeQemuObjects(argv: readonly string[]): Promise<string[]
     else rest.push(arg);
   }
   rest.push(...argv.slice(i));
-  const secrets = new Map<string, Uint8Array>();
   for (const text of objects) {
     const spec = splitOptions(text, 'qom-type', `--object ${text}`);
     const type = spec.get('qom-type');

@@ -2,6 +2,7 @@
  * img commit: write an overlay's data into its backing file, or with -b
  * into any ancestor of its chain (qemu-img commit -b).
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError } from '@img/block';
@@ -79,7 +80,7 @@ export const commit: Handler = async (argv, io) => {
     if (base !== undefined) {
       await commitIntoBase(path, base, { ...(format !== undefined ? { format } : {}), ...progress, ...rate, signal });
     } else {
-      const disk = await openImageFile(path, { ...(format !== undefined ? { format } : {}), readOnly: false, backingWritable: true });
+      const disk = await openImageFile(path, { ...imageOpenOptions(path, format), readOnly: false, backingWritable: true });
       try {
         await commitDisk(disk, { keepTop: (values.d || values.drop) ?? false, ...progress, ...rate, signal });
       } finally {

@@ -1,6 +1,7 @@
 /**
  * img rebase: change an image's backing file (safe or -u).
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError, invalidArg, type Disk } from '@img/block';
@@ -88,7 +89,7 @@ export const rebase: Handler = async (argv, io) => {
   if (values.b === undefined) throw new UsageError('expected -b <backing> (use -b "" to remove the backing file)');
   const name = values.b === '' ? undefined : values.b;
   const disk = await openImageFile(path, {
-    ...(values.f !== undefined ? { format: values.f } : {}),
+    ...imageOpenOptions(path, values.f),
     readOnly: false,
     registry,
     noBacking: values.u ?? false,

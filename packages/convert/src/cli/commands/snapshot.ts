@@ -1,6 +1,7 @@
 /**
  * img snapshot: list, create, apply and delete internal snapshots.
  */
+import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { notFoundError, unsupported, type Disk } from '@img/block';
@@ -41,7 +42,7 @@ export const snapshot: Handler = async (argv, io) => {
   const [remove] = values.d ?? [];
   if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
   const disk = await openImageFile(path, {
-    ...(values.f !== undefined ? { format: values.f } : {}),
+    ...imageOpenOptions(path, values.f),
     readOnly: Boolean(values.l),
     noBacking: true,
     forceShare: values['force-share'] ?? false,
