@@ -293,6 +293,26 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
     expect(qemuImg(['check', ...secret, ...opts(file)]).status).toBe(0);
   });
 
+  it('a guest cluster mapped onto the key material: the writable open refuses the image, and nothing is written', async () => {
+    const file = p('onkeys.qcow2');
+    const disk = await createQcow2(await FileStorage.create(file), { size: 4 << 20, encryptFormat: 'luks', encryptPassphrase: 'k', encryptIterTime: 10 });
+    await disk.write(0, seededBytes(65536, 31));
+    await disk.close();
+    const b = new Uint8Array(readFileSync(file));
+    const v = new DataView(b.buffer);
+    let area = 0;
+    for (let at = v.getUint32(100); v.getUint32(at) !== 0; at += 8 + Math.ceil(v.getUint32(at + 4) / 8) * 8) if (v.getUint32(at) === 0x0537be77) area = Number(v.getBigUint64(at + 8));
+    const l2 = Number(v.getBigUint64(Number(v.getBigUint64(40))) & 0x00fffffffffffe00n);
+    v.setBigUint64(l2 + 8, (1n << 63n) | BigInt(area + 65536)); // guest cluster 1 -> a cluster of key material
+    writeFileSync(file, b);
+    const storage = await FileStorage.open(file, { readOnly: false });
+    const e = await imageError(openQcow2(storage, { readOnly: false, passphrase: 'k' }));
+    await storage.close();
+    expect(e.code).toBe('ERR_IMG_CORRUPT');
+    expect(e.message).toMatch(/the data cluster at 0x[0-9a-f]+ \(entry at 0x[0-9a-f]+\) lies on metadata/);
+    expect(Buffer.from(readFileSync(file)).equals(Buffer.from(b))).toBe(true);
+  });
+
   it('refuses what it does not write: AES, no passphrase, compression, v2, preallocation, aes-192-cbc', async () => {
     const plainOpen = async (file: string, options: Parameters<typeof openQcow2>[1]) => {
       const storage = await FileStorage.open(file, { readOnly: false });

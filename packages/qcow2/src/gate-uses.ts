@@ -175,6 +175,8 @@ export async function describeUse(s: Qcow2Image, view: MappingView, c: number): 
   if (c === 0) return { what: 'the header cluster', offset: 0 };
   if (inRange(view.l1Offset, h.l1Size * 8)) return { what: `the active L1 table at ${hex(view.l1Offset)}`, offset: 40 };
   if (inRange(h.refcountTableOffset, h.refcountTableClusters * cs)) return { what: `the refcount table at ${hex(h.refcountTableOffset)}`, offset: 48 };
+  const crypto = s.encryption?.area;
+  if (crypto && inRange(crypto.offset, crypto.length)) return { what: `the encryption header at ${hex(crypto.offset)}`, offset: 0 };
   const rt = new Uint8Array(h.refcountTableClusters * cs);
   await s.storage.readInto(h.refcountTableOffset, rt);
   for (let i = 0; i < rt.length / 8; i++) {

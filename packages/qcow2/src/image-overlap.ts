@@ -22,7 +22,7 @@ function addL2Tables(map: OverlapMap, t: L1Table, cs: number, file: string): voi
 /**
  * The overlap map of an open image, from metadata only: header cluster,
  * active L1 and its L2 tables, snapshot table, snapshot L1s and their L2
- * tables, bitmap directory and tables. (Refcount table and blocks are
+ * tables, bitmap directory and tables, the encryption header area. (Refcount table and blocks are
  * added by {@link Refcounts.load}.)
  */
 export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise<OverlapMap> {
@@ -41,6 +41,9 @@ export async function buildOverlapMap(s: Qcow2Image, view: MappingView): Promise
       addL2Tables(map, t, cs, s.file);
     }
   }
+  // A write there would destroy the key material: the image would no longer open with any passphrase.
+  const crypto = s.encryption?.area;
+  if (crypto) map.add(OVERLAP.CRYPTO_HEADER, crypto.offset, crypto.length);
   const bitmaps = parseBitmapsExtension(findExtension(s.extensions, EXT_BITMAPS), s.file);
   if (bitmaps) {
     for (const r of await bitmapRanges(s.storage, bitmaps, s.fileSize, cs)) {

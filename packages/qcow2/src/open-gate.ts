@@ -75,6 +75,8 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   // changed that guest cluster (seed 1003 case 793; qemu-img check counts only the refcount).
   const snapshotTableBytes = s.snapshots.reduce((n, sn) => n + snapshotEntrySize(sn), 0);
   if (h.nbSnapshots) markRange(h.snapshotsOffset, snapshotTableBytes);
+  // LUKS: the encryption header area; a guest cluster there would overwrite the key material.
+  if (s.encryption?.area) markRange(s.encryption.area.offset, s.encryption.area.length);
   // Clusters in use past the end of the file: refused below.
   const pastEnd = new Map<number, { what: string; at: number }>();
   const notePastEnd = (cluster: number, what: string, at: number) => {

@@ -24,6 +24,8 @@ export const OVERLAP = {
   SNAPSHOT_L1: 64,
   BITMAP_DIRECTORY: 128,
   BITMAP_TABLE: 256,
+  /** LUKS: the encryption header area (LUKS header and key material). */
+  CRYPTO_HEADER: 512,
 } as const;
 
 const NAMES: ReadonlyArray<[number, string]> = [
@@ -36,6 +38,7 @@ const NAMES: ReadonlyArray<[number, string]> = [
   [OVERLAP.SNAPSHOT_L1, 'snapshot L1 table'],
   [OVERLAP.BITMAP_DIRECTORY, 'bitmap directory'],
   [OVERLAP.BITMAP_TABLE, 'bitmap table'],
+  [OVERLAP.CRYPTO_HEADER, 'encryption header'],
 ];
 
 /** The name of the lowest kind bit in `kinds`. */
