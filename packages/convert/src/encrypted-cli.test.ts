@@ -111,6 +111,22 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
     expect(existsSync(p('cc.qcow2'))).toBe(false);
   });
 
+  it('img amend adds and erases LUKS passphrases, as qemu-img amend does', () => {
+    const file = p('slots.qcow2');
+    expect(run('img', ['convert', ...secret, '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=20', p('src.raw'), file]).status).toBe(0);
+    const add = run('img', ['amend', ...secret, '--object', 'secret,id=new,data=battery staple', '--image-opts', '-o', 'encrypt.state=active,encrypt.new-secret=new,encrypt.iter-time=20', opts(file)]);
+    expect(add.stderr).toBe('');
+    const opensWith = (pass: string) => qemuImg(['compare', '--object', `secret,id=k,data=${pass}`, '--image-opts', opts(file, 'k'), `driver=raw,file.filename=${p('src.raw')}`], { allowFail: true }).status;
+    expect(opensWith('battery staple')).toBe(0);
+    expect(run('img', ['amend', '--object', 'secret,id=old,data=correct horse', '-o', 'encrypt.state=inactive,encrypt.old-secret=old', file]).status).toBe(0);
+    expect(opensWith('correct horse')).not.toBe(0);
+    expect(opensWith('battery staple')).toBe(0);
+    const last = run('img', ['amend', '-o', 'encrypt.state=inactive,encrypt.keyslot=1', file]);
+    expect(last.status).toBe(1);
+    expect(last.stderr).toMatch(/^img amend: ERR_IMG_INVALID_ARG: qcow2: erasing these keyslots would leave none active.*--force\)\n$/);
+    expect(opensWith('battery staple')).toBe(0);
+  });
+
   it('a passphrase in a file, and base64', () => {
     writeFileSync(p('pass.txt'), 'correct horse');
     const fromFile = run('img', ['convert', '--object', `secret,id=k,file=${p('pass.txt')}`, '--image-opts', '-O', 'raw', opts(p('luks.qcow2'), 'k'), p('f.raw')]);

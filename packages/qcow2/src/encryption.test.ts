@@ -10,6 +10,7 @@ import { FileStorage } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir } from '@img/testkit';
 import { openQcow2 } from './open.js';
 import { createQcow2 } from './create.js';
+import { amendQcow2KeySlots } from './luks-keyslots.js';
 import { checkQcow2 } from './check-qcow2.js';
 import { installNodeCryptoPrimitives, nodeCryptoPrimitives } from './node/crypto.js';
 import { SectorCipher } from './sector-cipher.js';
@@ -390,5 +391,73 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
     expect((await imageError(create({ encryptFormat: 'luks', encryptIvgenAlg: 'essiv', encryptIvgenHashAlg: 'sha1' }))).message).toMatch(/20-byte digest/);
     expect((await imageError(create({ encryptCipherAlg: 'aes-128' }))).message).toMatch(/needs encryptFormat/);
     expect((await imageError(create({ encryptFormat: 'luks', encryptPassphrase: undefined, encryptKeySecret: 'sec0' }))).message).toMatch(/names a secret of the command line/);
+  });
+});
+
+describeQemu('LUKS key slots, as qemu-img amend changes them', () => {
+  const tmp = tempDir('img-enc-slots-');
+  const p = (n: string) => join(tmp.path, n);
+  afterAll(() => tmp.cleanup());
+  const opens = (file: string, pass: string) => qemuImg(['compare', '--object', `secret,id=k,data=${pass}`, '--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=k`, `driver=raw,file.filename=${p('ref.raw')}`], { allowFail: true }).status === 0;
+
+  it('adds a passphrase in a free slot and erases slots by passphrase or number; the last one only with force', async () => {
+    const file = p('slots.qcow2');
+    const data = seededBytes(200000, 51);
+    const raw = new Uint8Array(1 << 20);
+    raw.set(data, 4096);
+    writeFileSync(p('ref.raw'), raw);
+    const disk = await createQcow2(await FileStorage.create(file), { size: 1 << 20, encryptFormat: 'luks', encryptPassphrase: 'first', encryptIterTime: 10 });
+    await disk.write(4096, data);
+    await disk.close();
+    const storage = await FileStorage.open(file, { readOnly: false });
+    try {
+      expect(await amendQcow2KeySlots(storage, { state: 'active', passphrase: 'first', newPassphrase: 'second', iterTimeMs: 10 })).toEqual([1]);
+      expect(await amendQcow2KeySlots(storage, { state: 'active', passphrase: 'second', newPassphrase: 'third', keyslot: 6, iterTimeMs: 10 })).toEqual([6]);
+      expect((await imageError(amendQcow2KeySlots(storage, { state: 'active', passphrase: 'first', newPassphrase: 'x', keyslot: 6 }))).message).toMatch(/Refusing to overwrite active keyslot 6/);
+      expect((await imageError(amendQcow2KeySlots(storage, { state: 'active', passphrase: 'nope', newPassphrase: 'x', iterTimeMs: 10 }))).message).toMatch(/unlocks none of the image's 3 active/);
+    } finally {
+      await storage.close();
+    }
+    for (const pass of ['first', 'second', 'third']) expect(opens(file, pass), pass).toBe(true);
+    const info = qemuInfo(file) as { 'format-specific': { data: { encrypt: { slots: Array<{ active: boolean }> } } } };
+    expect(info['format-specific'].data.encrypt.slots.map((s) => s.active)).toEqual([true, true, false, false, false, false, true, false]);
+
+    const again = await FileStorage.open(file, { readOnly: false });
+    try {
+      expect(await amendQcow2KeySlots(again, { state: 'inactive', oldPassphrase: 'first' })).toEqual([0]);
+      expect(await amendQcow2KeySlots(again, { state: 'inactive', keyslot: 6 })).toEqual([6]);
+      expect((await imageError(amendQcow2KeySlots(again, { state: 'inactive', keyslot: 6 }))).message).toMatch(/keyslot 6 is not active/);
+      expect((await imageError(amendQcow2KeySlots(again, { state: 'inactive', oldPassphrase: 'second' }))).message).toMatch(/would leave none active/);
+    } finally {
+      await again.close();
+    }
+    expect(opens(file, 'first')).toBe(false);
+    expect(opens(file, 'third')).toBe(false);
+    expect(opens(file, 'second')).toBe(true);
+    expect(qemuImg(['check', '--object', 'secret,id=k,data=second', '--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=k`]).status).toBe(0);
+    const last = await FileStorage.open(file, { readOnly: false });
+    try {
+      expect(await amendQcow2KeySlots(last, { state: 'inactive', oldPassphrase: 'second', force: true })).toEqual([1]);
+    } finally {
+      await last.close();
+    }
+    expect(opens(file, 'second')).toBe(false);
+  });
+
+  it('erases a slot qemu-img added, and adds one qemu-img opens, in an image qemu-img made', async () => {
+    const file = p('theirs.qcow2');
+    qemuLuks(['create', '-q', '-f', 'qcow2', '--object', 'secret,id=s,data=one', '-o', 'encrypt.format=luks,encrypt.key-secret=s', file, '1M']);
+    qemuLuks(['amend', '--object', 'secret,id=s,data=one', '--object', 'secret,id=n,data=two', '--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=s`, '-o', 'encrypt.state=active,encrypt.new-secret=n']);
+    writeFileSync(p('ref.raw'), new Uint8Array(1 << 20));
+    const storage = await FileStorage.open(file, { readOnly: false });
+    try {
+      expect(await amendQcow2KeySlots(storage, { state: 'inactive', oldPassphrase: 'one' })).toEqual([0]);
+      expect(await amendQcow2KeySlots(storage, { state: 'active', passphrase: 'two', newPassphrase: 'three', iterTimeMs: 10 })).toEqual([0]);
+    } finally {
+      await storage.close();
+    }
+    expect(opens(file, 'one')).toBe(false);
+    expect(opens(file, 'two')).toBe(true);
+    expect(opens(file, 'three')).toBe(true);
   });
 });

@@ -8,6 +8,7 @@ export { checkQcow2 } from './check-qcow2.js';
 export { detectMetadataPreallocation } from './prealloc-detect.js';
 export { amendQcow2, parseAmendOptions, QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, type Qcow2AmendOptions, type Qcow2AmendRequest } from './amend.js';
 export { measureQcow2 } from './measure.js';
+export { amendQcow2KeySlots, QCOW2_AMEND_KEYSLOT_OPTIONS, type Qcow2KeySlotChange } from './luks-keyslots.js';
 export { streamQcow2, createQcow2Stream, qcow2StreamOptionsFrom, QCOW2_STREAM_OPTIONS, type Qcow2StreamOptions } from './stream.js';
 export { readQcow2Stream, MAX_PENDING_RUNS } from './read-stream.js';
 export { type SnapshotCreateOptions } from './snapshot-ops.js';

@@ -174,12 +174,8 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
-/**
- * The master key the passphrase unlocks, trying each active slot in turn;
- * `readArea(at, length)` reads bytes of the encryption header area.
- * ERR_IMG_INVALID_ARG when no slot opens.
- */
-export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>, file: string): Promise<SectorCipher> {
+/** Refuses a header img cannot unlock on this platform, or whose iterations are past the bound, before any PBKDF2 runs. */
+export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, file: string): void {
   const hashes = [h.hash, ...(h.spec.ivgenHash !== undefined ? [h.spec.ivgenHash] : [])];
   for (const name of hashes) {
     if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', actual: name });
@@ -189,19 +185,74 @@ export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, p
   }
   const tooMany = (what: string, n: number) => unsupported(FORMAT, file, `${what} asks for ${n} PBKDF2 iterations, more than img runs (${MAX_PBKDF2_ITERATIONS})`, { field: 'LUKS iterations', actual: n });
   if (h.mkDigestIterations > MAX_PBKDF2_ITERATIONS) throw tooMany('the master key digest', h.mkDigestIterations);
-  const active = h.slots.map((s, i) => ({ s, i })).filter((x) => x.s.active);
-  for (const { s, i } of active) if (s.iterations > MAX_PBKDF2_ITERATIONS) throw tooMany(`key slot ${i}`, s.iterations);
+  h.slots.forEach((s, i) => {
+    if (s.active && s.iterations > MAX_PBKDF2_ITERATIONS) throw tooMany(`key slot ${i}`, s.iterations);
+  });
+}
+
+/** The bytes of a slot's key material as stored (its stripes, to whole sectors). */
+function materialBytes(keyBytes: number): number {
+  return Math.ceil((keyBytes * LUKS_STRIPES) / SECTOR) * SECTOR;
+}
+
+/** The master key `passphrase` opens through active slot `slot`, or undefined (the digest does not match). */
+export async function openSlot(crypto: Qcow2CryptoPrimitives, h: LuksHeader, slot: LuksKeySlot, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>): Promise<Uint8Array | undefined> {
   const keyBytes = h.spec.keyBytes;
-  const splitBytes = keyBytes * LUKS_STRIPES;
-  for (const { s } of active) {
-    const slotKey = await crypto.pbkdf2(passphrase, s.salt, s.iterations, keyBytes, h.hash);
-    const material = await readArea(s.keyOffset, Math.ceil(splitBytes / SECTOR) * SECTOR);
-    new SectorCipher(crypto, h.spec, slotKey).decrypt(0, material);
-    const candidate = afMerge(crypto, h.hash, material, keyBytes, LUKS_STRIPES);
-    const digest = await crypto.pbkdf2(candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hash);
-    if (equalBytes(digest, h.mkDigest)) return new SectorCipher(crypto, h.spec, candidate);
+  const slotKey = await crypto.pbkdf2(passphrase, slot.salt, slot.iterations, keyBytes, h.hash);
+  const material = await readArea(slot.keyOffset, materialBytes(keyBytes));
+  new SectorCipher(crypto, h.spec, slotKey).decrypt(0, material);
+  const candidate = afMerge(crypto, h.hash, material, keyBytes, LUKS_STRIPES);
+  const digest = await crypto.pbkdf2(candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hash);
+  return equalBytes(digest, h.mkDigest) ? candidate : undefined;
+}
+
+/**
+ * The master key the passphrase unlocks, trying each active slot in turn;
+ * `readArea(at, length)` reads bytes of the encryption header area.
+ * ERR_IMG_INVALID_ARG when no slot opens.
+ */
+export async function unlockMasterKey(crypto: Qcow2CryptoPrimitives, h: LuksHeader, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>, file: string): Promise<Uint8Array> {
+  checkUnlockable(crypto, h, file);
+  const active = h.slots.filter((s) => s.active);
+  for (const s of active) {
+    const key = await openSlot(crypto, h, s, passphrase, readArea);
+    if (key) return key;
   }
   throw invalidArg(FORMAT, `${file}: the passphrase unlocks none of the image's ${active.length} active LUKS key slot${active.length === 1 ? '' : 's'} (wrong passphrase?)`, { file, field: 'passphrase' });
+}
+
+/** {@link unlockMasterKey}, as the cipher of the data. */
+export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>, file: string): Promise<SectorCipher> {
+  return new SectorCipher(crypto, h.spec, await unlockMasterKey(crypto, h, passphrase, readArea, file));
+}
+
+/** A key slot sealed under `passphrase`: its salt, iterations and encrypted key material (the master key split in 4000 stripes). */
+export async function sealSlot(crypto: Qcow2CryptoPrimitives, spec: CipherSpec, hash: string, master: Uint8Array, passphrase: Uint8Array, iterations: number): Promise<{ salt: Uint8Array; iterations: number; material: Uint8Array }> {
+  const salt = crypto.randomBytes(32);
+  const slotKey = await crypto.pbkdf2(passphrase, salt, iterations, spec.keyBytes, hash);
+  const material = new Uint8Array(materialBytes(spec.keyBytes));
+  material.set(afSplit(crypto, hash, master, LUKS_STRIPES));
+  new SectorCipher(crypto, spec, slotKey).encrypt(0, material);
+  return { salt, iterations, material };
+}
+
+/** A key slot's 48 bytes in the LUKS header: state, iterations, salt, key material offset (sectors), stripes. */
+export function slotEntry(active: boolean, keyOffset: number, sealed?: { salt: Uint8Array; iterations: number }): Uint8Array {
+  const out = new Uint8Array(48);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, active ? SLOT_ACTIVE : SLOT_DISABLED);
+  if (sealed) {
+    v.setUint32(4, sealed.iterations);
+    out.set(sealed.salt, 8);
+  }
+  v.setUint32(40, keyOffset / SECTOR);
+  v.setUint32(44, LUKS_STRIPES);
+  return out;
+}
+
+/** Where slot `i`'s 48 bytes are in the LUKS header. */
+export function slotEntryOffset(i: number): number {
+  return 208 + i * 48;
 }
 
 /** The bytes of one slot's key material area: its stripes, to a 4 KiB boundary (qemu's layout). */
@@ -237,7 +288,7 @@ function afSplit(crypto: Qcow2CryptoPrimitives, hash: string, key: Uint8Array, s
 }
 
 /** PBKDF2 iterations that take `ms` on this machine (at least `floor`), from a short timed run. */
-async function iterationsFor(crypto: Qcow2CryptoPrimitives, hash: string, keyBytes: number, ms: number, floor: number): Promise<number> {
+export async function iterationsFor(crypto: Qcow2CryptoPrimitives, hash: string, keyBytes: number, ms: number, floor: number): Promise<number> {
   const probe = 20000;
   const started = performance.now();
   await crypto.pbkdf2(new Uint8Array(16), new Uint8Array(32), probe, keyBytes, hash);
@@ -291,20 +342,14 @@ export async function createLuksArea(crypto: Qcow2CryptoPrimitives, c: LuksCreat
   v.setUint32(164, digestIterations);
   writeText(area, 168, 40, randomUuid(crypto));
   for (let i = 0; i < SLOTS; i++) {
-    const at = 208 + i * 48;
     const offset = 4096 + i * slotBytes;
-    v.setUint32(at, i === 0 ? SLOT_ACTIVE : SLOT_DISABLED);
-    v.setUint32(at + 40, offset / SECTOR);
-    v.setUint32(at + 44, LUKS_STRIPES);
-    if (i !== 0) continue;
-    const salt = crypto.randomBytes(32);
-    v.setUint32(at + 4, slotIterations);
-    area.set(salt, at + 8);
-    const slotKey = await crypto.pbkdf2(passphrase, salt, slotIterations, keyBytes, hash);
-    const material = new Uint8Array(Math.ceil((keyBytes * LUKS_STRIPES) / SECTOR) * SECTOR);
-    material.set(afSplit(crypto, hash, master, LUKS_STRIPES));
-    new SectorCipher(crypto, spec, slotKey).encrypt(0, material);
-    area.set(material, offset);
+    if (i !== 0) {
+      area.set(slotEntry(false, offset), slotEntryOffset(i));
+      continue;
+    }
+    const sealed = await sealSlot(crypto, spec, hash, master, passphrase, slotIterations);
+    area.set(slotEntry(true, offset, sealed), slotEntryOffset(i));
+    area.set(sealed.material, offset);
   }
   return { area, cipher: new SectorCipher(crypto, spec, master) };
 }

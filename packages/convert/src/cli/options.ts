@@ -7,7 +7,7 @@
  */
 import { secretValue } from './qemu-objects.js';
 import { optionHelpLines, optionsFromText, unknownOptionName, type FormatDriver, type OptionTable } from '@img/block';
-import { QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
+import { QCOW2_AMEND_KEYSLOT_OPTIONS, QCOW2_AMEND_OPTIONS, QCOW2_AMEND_UNSUPPORTED, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
 import { parseCreateOptions } from '../convert.js';
 import { ExitCode, type Io } from './common.js';
 import { qemuFormatName } from './info-human.js';
@@ -69,11 +69,11 @@ function withSecretPassphrase(options: Record<string, unknown>): Record<string, 
  * refuses them (ERR_IMG_UNSUPPORTED).
  */
 export function amendOptionsFromCli(io: Io, prog: string, text: Readonly<Record<string, string>>): Record<string, unknown> {
-  const all = [...QCOW2_AMEND_OPTIONS, ...QCOW2_CREATE_OPTIONS.filter((o) => QCOW2_AMEND_UNSUPPORTED.includes(o.name))];
+  const all = [...QCOW2_AMEND_OPTIONS, ...QCOW2_AMEND_KEYSLOT_OPTIONS, ...QCOW2_CREATE_OPTIONS.filter((o) => QCOW2_AMEND_UNSUPPORTED.includes(o.name))];
   const bad = unknownOptionName(all, Object.keys(text));
   if (bad !== undefined) {
     const creationOnly = QCOW2_CREATE_OPTIONS.some((o) => o.name === bad);
-    refuse(io, prog, bad, creationOnly ? ['This option is only supported for image creation'] : ["Amend options for 'qcow2':", ...optionHelpLines(QCOW2_AMEND_OPTIONS)]);
+    refuse(io, prog, bad, creationOnly ? ['This option is only supported for image creation'] : ["Amend options for 'qcow2':", ...optionHelpLines([...QCOW2_AMEND_OPTIONS, ...QCOW2_AMEND_KEYSLOT_OPTIONS])]);
   }
   return optionsFromText('qcow2', all, text);
 }
