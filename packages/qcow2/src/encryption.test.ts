@@ -64,6 +64,13 @@ describe('sector cipher', () => {
       expect(Buffer.from(buf).equals(Buffer.from(expected)), `${mode}-${ivgen} ${keyBytes}`).toBe(true);
       cipher.decrypt(first, buf);
       expect(Buffer.from(buf).equals(Buffer.from(data)), `${mode}-${ivgen} ${keyBytes} back`).toBe(true);
+      // A buffer at an odd offset (no 32-bit view of it): the same bytes.
+      const odd = new Uint8Array(data.length + 1).subarray(1);
+      odd.set(data);
+      cipher.encrypt(first, odd);
+      expect(Buffer.from(odd).equals(Buffer.from(expected)), `${mode}-${ivgen} ${keyBytes} at an odd offset`).toBe(true);
+      cipher.decrypt(first, odd);
+      expect(Buffer.from(odd).equals(Buffer.from(data))).toBe(true);
     }
   });
 });

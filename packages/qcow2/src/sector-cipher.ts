@@ -57,27 +57,59 @@ function plainIvs(first: number, count: number, bits: 32 | 64): Uint8Array {
   return out;
 }
 
+/** Whether this platform stores a Uint32Array's words little-endian (XTS's tweaks are little-endian numbers). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 /**
- * Fills `out` (a sector's 32 blocks) with the XTS tweaks from `t0`:
- * block j's is t0 times x^j in GF(2^128), little-endian, reduced by
- * x^128 + x^7 + x^2 + x + 1.
+ * XORs every 16-byte block of `data` (whole sectors) with its XTS tweak:
+ * sector i's block j gets t0[i] times x^j in GF(2^128) (little-endian,
+ * reduced by x^128 + x^7 + x^2 + x + 1). The tweaks are made as they are
+ * used, in registers, so the pass before the block cipher and the one
+ * after it read and write the data once each and allocate nothing.
  */
-function tweaks(t0: Uint8Array, out: Uint8Array): void {
-  const v = new DataView(out.buffer, out.byteOffset, out.length);
-  let w0 = new DataView(t0.buffer, t0.byteOffset, BLOCK).getUint32(0, true);
-  let w1 = new DataView(t0.buffer, t0.byteOffset, BLOCK).getUint32(4, true);
-  let w2 = new DataView(t0.buffer, t0.byteOffset, BLOCK).getUint32(8, true);
-  let w3 = new DataView(t0.buffer, t0.byteOffset, BLOCK).getUint32(12, true);
-  for (let at = 0; at < out.length; at += BLOCK) {
-    v.setUint32(at, w0, true);
-    v.setUint32(at + 4, w1, true);
-    v.setUint32(at + 8, w2, true);
-    v.setUint32(at + 12, w3, true);
-    const carry = w3 >>> 31;
-    w3 = ((w3 << 1) | (w2 >>> 31)) >>> 0;
-    w2 = ((w2 << 1) | (w1 >>> 31)) >>> 0;
-    w1 = ((w1 << 1) | (w0 >>> 31)) >>> 0;
-    w0 = ((w0 << 1) ^ (carry * 0x87)) >>> 0;
+function xorTweaks(data: Uint8Array, t0: Uint8Array): void {
+  const sectors = data.length / SECTOR;
+  if (LITTLE_ENDIAN && data.byteOffset % 4 === 0 && t0.byteOffset % 4 === 0) {
+    const d = new Uint32Array(data.buffer, data.byteOffset, data.length / 4);
+    const t = new Uint32Array(t0.buffer, t0.byteOffset, sectors * 4);
+    for (let i = 0, w = 0; i < sectors; i++) {
+      let w0 = t[i * 4]!;
+      let w1 = t[i * 4 + 1]!;
+      let w2 = t[i * 4 + 2]!;
+      let w3 = t[i * 4 + 3]!;
+      for (let j = 0; j < SECTOR / BLOCK; j++, w += 4) {
+        d[w]! ^= w0;
+        d[w + 1]! ^= w1;
+        d[w + 2]! ^= w2;
+        d[w + 3]! ^= w3;
+        const carry = w3 >>> 31;
+        w3 = ((w3 << 1) | (w2 >>> 31)) >>> 0;
+        w2 = ((w2 << 1) | (w1 >>> 31)) >>> 0;
+        w1 = ((w1 << 1) | (w0 >>> 31)) >>> 0;
+        w0 = ((w0 << 1) ^ (carry * 0x87)) >>> 0;
+      }
+    }
+    return;
+  }
+  // Any alignment and byte order: the same, a byte at a time through DataViews.
+  const dv = new DataView(data.buffer, data.byteOffset, data.length);
+  const tv = new DataView(t0.buffer, t0.byteOffset, t0.length);
+  for (let i = 0, at = 0; i < sectors; i++) {
+    let w0 = tv.getUint32(i * BLOCK, true);
+    let w1 = tv.getUint32(i * BLOCK + 4, true);
+    let w2 = tv.getUint32(i * BLOCK + 8, true);
+    let w3 = tv.getUint32(i * BLOCK + 12, true);
+    for (let j = 0; j < SECTOR / BLOCK; j++, at += BLOCK) {
+      dv.setUint32(at, dv.getUint32(at, true) ^ w0, true);
+      dv.setUint32(at + 4, dv.getUint32(at + 4, true) ^ w1, true);
+      dv.setUint32(at + 8, dv.getUint32(at + 8, true) ^ w2, true);
+      dv.setUint32(at + 12, dv.getUint32(at + 12, true) ^ w3, true);
+      const carry = w3 >>> 31;
+      w3 = ((w3 << 1) | (w2 >>> 31)) >>> 0;
+      w2 = ((w2 << 1) | (w1 >>> 31)) >>> 0;
+      w1 = ((w1 << 1) | (w0 >>> 31)) >>> 0;
+      w0 = ((w0 << 1) ^ (carry * 0x87)) >>> 0;
+    }
   }
 }
 
@@ -108,12 +140,12 @@ export class SectorCipher {
     return this.#ivKey ? this.#crypto.aesBlocks(this.#ivKey, 'encrypt', plain) : plain;
   }
 
-  /** The XTS tweak of every block of `count` sectors from `first`. */
-  #tweakRun(first: number, count: number): Uint8Array {
-    const t0 = this.#crypto.aesBlocks(this.#tweakKey!, 'encrypt', this.#ivs(first, count));
-    const all = new Uint8Array(count * SECTOR);
-    for (let i = 0; i < count; i++) tweaks(t0.subarray(i * BLOCK, (i + 1) * BLOCK), all.subarray(i * SECTOR, (i + 1) * SECTOR));
-    return all;
+  /** XTS in either direction: each sector's first tweak (its IV under the tweak key), then tweak, block cipher, tweak. */
+  #xts(first: number, data: Uint8Array, direction: 'encrypt' | 'decrypt'): void {
+    const t0 = this.#crypto.aesBlocks(this.#tweakKey!, 'encrypt', this.#ivs(first, data.length / SECTOR));
+    xorTweaks(data, t0);
+    data.set(this.#crypto.aesBlocks(this.#key, direction, data));
+    xorTweaks(data, t0);
   }
 
   /** Decrypts whole sectors in place; `first` is the first one's number. */
@@ -121,13 +153,7 @@ export class SectorCipher {
     const count = data.length / SECTOR;
     if (!Number.isInteger(count)) throw new RangeError('decrypt: not whole sectors');
     if (count === 0) return;
-    if (this.spec.mode === 'xts') {
-      const t = this.#tweakRun(first, count);
-      xorInto(data, t);
-      data.set(this.#crypto.aesBlocks(this.#key, 'decrypt', data));
-      xorInto(data, t);
-      return;
-    }
+    if (this.spec.mode === 'xts') return this.#xts(first, data, 'decrypt');
     // CBC: each block is the block cipher's inverse of it, XORed with the block before it (the IV for a sector's first).
     const ivs = this.#ivs(first, count);
     const before = new Uint8Array(data.length);
@@ -145,13 +171,7 @@ export class SectorCipher {
     const count = data.length / SECTOR;
     if (!Number.isInteger(count)) throw new RangeError('encrypt: not whole sectors');
     if (count === 0) return;
-    if (this.spec.mode === 'xts') {
-      const t = this.#tweakRun(first, count);
-      xorInto(data, t);
-      data.set(this.#crypto.aesBlocks(this.#key, 'encrypt', data));
-      xorInto(data, t);
-      return;
-    }
+    if (this.spec.mode === 'xts') return this.#xts(first, data, 'encrypt');
     const ivs = this.#ivs(first, count);
     for (let i = 0; i < count; i++) {
       const sector = data.subarray(i * SECTOR, (i + 1) * SECTOR);
