@@ -385,6 +385,7 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
     const luks = p('r.qcow2');
     const made = await createQcow2(await FileStorage.create(luks), { size: 1 << 20, encryptFormat: 'luks', encryptPassphrase: 'x', encryptIterTime: 10 });
     expect((await imageError(made.writeCompressed(0, new Uint8Array(65536)))).message).toMatch(/Compression and encryption not supported/);
+    expect((await imageError(made.resize(2 << 20, { preallocation: 'full' }))).message).toMatch(/preallocation on an encrypted image is not supported/);
     await made.close();
     expect((await imageError(plainOpen(luks, { readOnly: false }))).message).toMatch(/writing into it needs its passphrase/);
     expect((await imageError(plainOpen(luks, { readOnly: false, passphrase: 'y' }))).message).toMatch(/unlocks none/);

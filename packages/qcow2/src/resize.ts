@@ -90,6 +90,8 @@ function checkResize(s: Qcow2Image, old: number, newSize: number, options: Resiz
     throw invalidArg(FORMAT, `shrinking from ${old} to ${newSize} bytes loses data; pass { shrink: true } to allow it`, { field: 'size' });
   }
   if (newSize < old && prealloc !== 'off') throw invalidArg(FORMAT, 'preallocation is for growing only', { field: 'preallocation' });
+  // Preallocated clusters hold zeros (or nothing) in the file, which an encrypted image would read as their decryption.
+  if (s.encryption && prealloc !== 'off') throw unsupported(FORMAT, s.file, 'preallocation on an encrypted image is not supported (preallocated clusters would read as the decryption of zeros)', { field: 'preallocation' });
   // As qemu: a version 2 snapshot table need not record each snapshot's size, so every snapshot is taken to have the image's.
   if (s.header.version < 3 && s.snapshots.length > 0) {
     throw unsupported(FORMAT, s.file, "can't resize a version 2 image which has internal snapshots (as qemu: they may not record their own size); upgrade it with amend -o compat=1.1 first", { field: 'size' });
