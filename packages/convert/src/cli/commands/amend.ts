@@ -5,7 +5,7 @@ import { parseArgs } from '../parse-args.js';
 import { parseSize, unsupported } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { amendQcow2, amendQcow2KeySlots, QCOW2_AMEND_KEYSLOT_OPTIONS, QCOW2_AMEND_OPTIONS, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
-import { imageOptsFor, secretValue } from '../qemu-objects.js';
+import { imageOpenOptions, imageOptsFor, secretValue } from '../qemu-objects.js';
 import { checkCacheModes, UsageError } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
@@ -96,7 +96,7 @@ export const amend: Handler = async (argv, io) => {
 
 /** amend's size=: the image resized as `img resize --shrink` would, opened with its chain (what shows through past the old end). */
 async function resizeTo(file: string, size: number): Promise<void> {
-  const disk = await openImageFile(file, { format: 'qcow2', readOnly: false });
+  const disk = await openImageFile(file, { ...imageOpenOptions(file, 'qcow2'), readOnly: false });
   try {
     if (size !== disk.size) await disk.resize!(size, { shrink: true });
     await disk.flush();
