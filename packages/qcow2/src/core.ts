@@ -26,6 +26,7 @@ import type { Allocator } from './allocator.js';
 import type { ClusterMap } from './cluster-map.js';
 import type { Scheduler } from './scheduler.js';
 import { encryptingStorage, type Qcow2Encryption } from './encryption.js';
+import { withWrite } from './write-wrapper.js';
 
 const FORMAT = 'qcow2';
 
@@ -459,19 +460,5 @@ export function guardedDataStorage(storage: Storage, s: Qcow2Image): Storage {
     }
     return storage.write(position, data);
   };
-  return {
-    get name() {
-      return storage.name;
-    },
-    get readOnly() {
-      return storage.readOnly;
-    },
-    size: () => storage.size(),
-    read: (position, length) => storage.read(position, length),
-    readInto: (position, target) => storage.readInto(position, target),
-    write,
-    truncate: (size) => storage.truncate(size),
-    flush: () => storage.flush(),
-    close: () => storage.close(),
-  };
+  return withWrite(storage, write);
 }

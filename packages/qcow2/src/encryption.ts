@@ -18,6 +18,7 @@ import { qcow2CryptoPrimitives } from './crypto-primitives.js';
 import { findExtension, type HeaderExtension } from './extensions.js';
 import { describeLuks, LUKS_HEADER_SIZE, parseLuksHeader, unlockLuks, type LuksHeader } from './luks.js';
 import { SECTOR, SectorCipher } from './sector-cipher.js';
+import { withWrite } from './write-wrapper.js';
 
 const FORMAT = 'qcow2';
 /** The encryption header pointer's data: offset and length, 8 bytes each. */
@@ -134,19 +135,5 @@ export function encryptingStorage(inner: Storage, cipher: SectorCipher): Storage
     queue = run.catch(() => undefined);
     return run;
   };
-  return {
-    get name() {
-      return inner.name;
-    },
-    get readOnly() {
-      return inner.readOnly;
-    },
-    size: () => inner.size(),
-    read: (position, length) => inner.read(position, length),
-    readInto: (position, target) => inner.readInto(position, target),
-    write,
-    truncate: (size) => inner.truncate(size),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-  };
+  return withWrite(inner, write);
 }
