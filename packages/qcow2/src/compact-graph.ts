@@ -18,6 +18,7 @@
 import { corrupt, hex, readOnlyError, readU32Be, readU64Be, unsafe, unsupported, writeU32Be, type Storage } from '@img/block';
 import { type Qcow2Header } from './header.js';
 import { readHeaderCluster } from './header-check.js';
+import { extensionDataOffset } from './extensions.js';
 import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
 import { readRefcount, writeRefcount } from './refcount-entry.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
@@ -102,17 +103,6 @@ export function refcountOf(g: Qcow2Graph, cluster: number): number | undefined {
 
 function roundUp8(n: number): number {
   return Math.ceil(n / 8) * 8;
-}
-
-/** The file offset of the bitmaps extension's data in the header cluster (the extensions follow the header, each padded to 8). */
-function extensionDataOffset(extensions: readonly HeaderExtension[], start: number, type: number): number | undefined {
-  let pos = start;
-  for (const ext of extensions) {
-    if (ext.type === EXT_END) break;
-    if (ext.type === type) return pos + 8;
-    pos += 8 + roundUp8(ext.data.length);
-  }
-  return undefined;
 }
 
 /**

@@ -11,11 +11,11 @@
  * plain64 of the guest sector. LUKS: the cipher the LUKS header names, IVs
  * from the host sector (the "physical disk sector").
  */
-import { corrupt, hex, invalidArg, readU64Be, unsupported, utf8Encode } from '@img/block';
+import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode } from '@img/block';
 import type { Storage } from '@img/block';
 import { CRYPT_AES, CRYPT_LUKS, EXT_CRYPTO } from './constants.js';
 import { qcow2CryptoPrimitives } from './crypto-primitives.js';
-import { findExtension, type HeaderExtension } from './extensions.js';
+import { extensionDataOffset, findExtension, type HeaderExtension } from './extensions.js';
 import { describeLuks, LUKS_HEADER_SIZE, parseLuksHeader, unlockLuks, type LuksHeader } from './luks.js';
 import { SECTOR, SectorCipher } from './sector-cipher.js';
 import { withWrite } from './write-wrapper.js';
@@ -36,20 +36,25 @@ export interface Qcow2Encryption {
 }
 
 /** Reads and bounds the encryption the header announces (undefined for none). */
-export async function readEncryption(storage: Storage, cryptMethod: number, extensions: readonly HeaderExtension[], fileSize: number, clusterSize: number, file: string): Promise<Qcow2Encryption | undefined> {
+export async function readEncryption(storage: Storage, cryptMethod: number, extensions: readonly HeaderExtension[], headerLength: number, fileSize: number, clusterSize: number, file: string): Promise<Qcow2Encryption | undefined> {
   const ext = findExtension(extensions, EXT_CRYPTO);
+  // Where the pointer's data is in the header cluster, for messages.
+  const at = extensionDataOffset(extensions, headerLength, EXT_CRYPTO) ?? 32;
   if (cryptMethod === CRYPT_AES) {
     if (ext) throw corrupt(FORMAT, file, 'an encryption header pointer (extension 0x0537be77) with crypt_method 1 (AES), which has none', { field: 'crypt_method', offset: 32, actual: cryptMethod });
     return { method: 'aes' };
   }
   if (cryptMethod !== CRYPT_LUKS) throw unsupported(FORMAT, file, `unknown crypt_method ${cryptMethod} at 0x20`, { field: 'crypt_method', offset: 32, actual: cryptMethod });
   if (!ext) throw corrupt(FORMAT, file, 'crypt_method 2 (LUKS) without the encryption header pointer (extension 0x0537be77)', { field: 'crypt_method', offset: 32, actual: cryptMethod });
-  if (ext.data.length !== CRYPTO_EXTENSION_SIZE) throw corrupt(FORMAT, file, `the encryption header pointer is ${ext.data.length} bytes (expected ${CRYPTO_EXTENSION_SIZE})`, { field: 'encryption header pointer', expected: CRYPTO_EXTENSION_SIZE, actual: ext.data.length });
-  const offset = readU64Be(ext.data, 0, { format: FORMAT, file, field: 'encryption header offset' });
-  const length = readU64Be(ext.data, 8, { format: FORMAT, file, field: 'encryption header length' });
+  if (ext.data.length !== CRYPTO_EXTENSION_SIZE)
+    throw corrupt(FORMAT, file, `the encryption header pointer is ${ext.data.length} bytes (expected ${CRYPTO_EXTENSION_SIZE})`, { field: 'encryption header pointer', offset: at - 4, expected: CRYPTO_EXTENSION_SIZE, actual: ext.data.length });
+  // Both read as numbers whatever their size (a value past 2^53 is refused below with the rest).
+  const offset = readU32Be(ext.data, 0) * 2 ** 32 + readU32Be(ext.data, 4);
+  const length = readU32Be(ext.data, 8) * 2 ** 32 + readU32Be(ext.data, 12);
   if (offset % clusterSize !== 0 || offset < clusterSize || length < LUKS_HEADER_SIZE || length > MAX_CRYPTO_AREA || offset + length > fileSize) {
     throw corrupt(FORMAT, file, `the encryption header at ${hex(offset)} (${length} bytes) is unaligned, overlaps the header, is not the size of a LUKS header (${LUKS_HEADER_SIZE} bytes to 16 MiB) or lies past the end of the file`, {
       field: 'encryption header offset',
+      offset: at,
       actual: offset,
     });
   }

@@ -156,3 +156,14 @@ export function parseBitmapsExtension(ext: HeaderExtension | undefined, file?: s
     bitmapDirectoryOffset: readU64Be(ext.data, 16, { field: 'bitmap_directory_offset', format: FORMAT, file }), // 16
   };
 }
+
+/** The file offset of extension `type`'s data in the header cluster (the extensions follow the header at `start`, each padded to 8), or undefined. */
+export function extensionDataOffset(extensions: readonly HeaderExtension[], start: number, type: number): number | undefined {
+  let pos = start;
+  for (const ext of extensions) {
+    if (ext.type === EXT_END) break;
+    if (ext.type === type) return pos + 8;
+    pos += 8 + Math.ceil(ext.data.length / 8) * 8;
+  }
+  return undefined;
+}

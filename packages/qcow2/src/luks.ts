@@ -38,6 +38,8 @@ export interface LuksKeySlot {
 }
 
 export interface LuksHeader {
+  /** Where the LUKS header is in the image file. */
+  at: number;
   cipherName: string;
   cipherModeText: string;
   hash: string;
@@ -117,6 +119,7 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
     slots.push(slot);
   }
   return {
+    at: offset,
     cipherName,
     cipherModeText,
     hash,
@@ -178,15 +181,15 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, file: string): void {
   const hashes = [h.hash, ...(h.spec.ivgenHash !== undefined ? [h.spec.ivgenHash] : [])];
   for (const name of hashes) {
-    if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', actual: name });
+    if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', offset: h.at + (name === h.hash ? 72 : 40), actual: name });
   }
   if (h.spec.ivgenHash !== undefined && !validKeyBytes('cbc', crypto.hashLength(h.spec.ivgenHash)!)) {
-    throw unsupported(FORMAT, file, `essiv:${h.spec.ivgenHash} gives a ${crypto.hashLength(h.spec.ivgenHash)}-byte IV key, not an AES key size`, { field: 'LUKS cipher_mode', actual: h.cipherModeText });
+    throw unsupported(FORMAT, file, `essiv:${h.spec.ivgenHash} gives a ${crypto.hashLength(h.spec.ivgenHash)}-byte IV key, not an AES key size`, { field: 'LUKS cipher_mode', offset: h.at + 40, actual: h.cipherModeText });
   }
-  const tooMany = (what: string, n: number) => unsupported(FORMAT, file, `${what} asks for ${n} PBKDF2 iterations, more than img runs (${MAX_PBKDF2_ITERATIONS})`, { field: 'LUKS iterations', actual: n });
-  if (h.mkDigestIterations > MAX_PBKDF2_ITERATIONS) throw tooMany('the master key digest', h.mkDigestIterations);
+  const tooMany = (what: string, n: number, at: number) => unsupported(FORMAT, file, `${what} asks for ${n} PBKDF2 iterations, more than img runs (${MAX_PBKDF2_ITERATIONS})`, { field: 'LUKS iterations', offset: h.at + at, actual: n });
+  if (h.mkDigestIterations > MAX_PBKDF2_ITERATIONS) throw tooMany('the master key digest', h.mkDigestIterations, 164);
   h.slots.forEach((s, i) => {
-    if (s.active && s.iterations > MAX_PBKDF2_ITERATIONS) throw tooMany(`key slot ${i}`, s.iterations);
+    if (s.active && s.iterations > MAX_PBKDF2_ITERATIONS) throw tooMany(`key slot ${i}`, s.iterations, 208 + i * 48 + 4);
   });
 }
 

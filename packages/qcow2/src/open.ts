@@ -113,7 +113,7 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
   const dataFileName = extensionString(findExtension(extensions, EXT_DATA_FILE));
   const rawDataFileBit = hasFeature(header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
 
-  const encryption = header.cryptMethod !== 0 ? await readEncryption(storage, header.cryptMethod, extensions, fileSize, cs, file) : undefined;
+  const encryption = header.cryptMethod !== 0 ? await readEncryption(storage, header.cryptMethod, extensions, header.headerLength, fileSize, cs, file) : undefined;
   // A check's repair and amend change metadata only, which is never encrypted: they need no key.
   if (encryption && !readOnly && !options.checkOnly) {
     // qemu's old AES method is read for data liberation only; a LUKS image is written with its key.

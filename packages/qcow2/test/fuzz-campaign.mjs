@@ -36,6 +36,8 @@ const { values: args } = parseArgs({
     out: { type: 'string', default: '/tmp/fuzzq/campaign' },
     work: { type: 'string', default: '/dev/shm/fuzzq/work' },
     keep: { type: 'boolean', default: false },
+    // Only the seed images whose names match this regular expression (e.g. "luks|aes").
+    seeds: { type: 'string' },
   },
 });
 
@@ -177,6 +179,23 @@ function buildSeeds(dir) {
     create(p, '4M', 'cluster_size=4096,lazy_refcounts=on');
     io(p, 'write -P 4 0 64k');
   });
+  // Encrypted seeds (the worker opens every image with this passphrase, and judges them with qemu-img given it).
+  // qemu-img times PBKDF2 for encrypt.iter-time and here now and then fails "Unable to get accurate CPU usage": retried.
+  const encrypted = (name, o) =>
+    made(name, (d, p) => {
+      for (const ms of [100, 200, 500, 1000, 100, 200]) {
+        try {
+          sh('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=fz,data=fuzz', '-o', `${o},encrypt.key-secret=fz${o.includes('luks') ? `,encrypt.iter-time=${ms}` : ''}`, p, '4M']);
+          break;
+        } catch (e) {
+          if (!/accurate CPU usage/.test(String(e))) throw e;
+        }
+      }
+      sh('qemu-io', ['--object', 'secret,id=fz,data=fuzz', '--image-opts', `driver=qcow2,file.filename=${p},encrypt.key-secret=fz`, '-c', 'write -P 7 0 64k', '-c', 'write -P 8 1M 12k'], d);
+    });
+  encrypted('luks-xts', 'encrypt.format=luks,cluster_size=4096');
+  encrypted('luks-cbc-essiv', 'encrypt.format=luks,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv');
+  encrypted('aes', 'encrypt.format=aes,cluster_size=4096');
   for (const kind of QCOW2_CORRUPTIONS) {
     for (const version of [2, 3]) {
       made(`corrupt-${kind}-v${version}`, (d, p) => writeCorruptQcow2(p, kind, version));
@@ -297,7 +316,8 @@ async function main() {
   mkdirSync(work, { recursive: true });
   chmodSync(work, 0o777);
   mkdirSync(join(out, 'failures'), { recursive: true });
-  const seeds = buildSeeds(join(dirname(work), 'seeds'));
+  const seeds = buildSeeds(join(dirname(work), 'seeds')).filter((s) => args.seeds === undefined || new RegExp(args.seeds).test(s.name));
+  if (seeds.length === 0) throw new Error(`no seed image matches --seeds ${args.seeds}`);
   console.log(`qcow2 hostile input campaign: seed ${seed}, ${seeds.length} seed images, op limit ${OP_MS} ms, RSS limit ${RSS_MIB} MiB`);
   const known = new Map();
   const totals = { cases: 0, findings: 0, stats: {} };

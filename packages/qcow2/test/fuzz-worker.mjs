@@ -6,7 +6,7 @@
 // too long or its RSS grows too large, and starts another.
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { ImageError } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { amendQcow2, checkQcow2, compactQcow2, editQcow2Bitmaps, listQcow2Bitmaps, openQcow2, readQcow2DirtyBitmap, readQcow2Stream, sparsifyQcow2 } from '@img/qcow2';
@@ -47,9 +47,33 @@ function run(cmd, args, cwd, timeout = CLI_TIMEOUT) {
   return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr, error: r.error };
 }
 
+/** The passphrase of the encrypted seeds (LUKS, AES): every open is given it; it unlocks only those. */
+const PASSPHRASE = 'fuzz';
+
+/**
+ * How qemu-img names `file`: with the seeds' secret where its header says it is encrypted (crypt_method at 0x20),
+ * for its backing file too where it has one (rebase-unsafe makes an encrypted seed the backing of its copy).
+ */
+function qemuImage(file, cwd) {
+  let method = 0;
+  let backing = false;
+  try {
+    const fd = openSync(resolve(cwd, file), 'r');
+    const b = Buffer.alloc(36);
+    readSync(fd, b, 0, 36, 0);
+    closeSync(fd);
+    method = b.readUInt32BE(32);
+    backing = b.readBigUInt64BE(8) !== 0n;
+  } catch {
+    method = 0;
+  }
+  if (method === 0) return ['-f', 'qcow2', file];
+  return ['--object', `secret,id=fz,data=${PASSPHRASE}`, '--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=fz${backing ? ',backing.encrypt.key-secret=fz' : ''}`];
+}
+
 /** qemu-img check: status 0 clean, 1 could not check, 2 corrupt, 3 leaks only. */
 function qcheck(file, cwd) {
-  const r = run('qemu-img', ['check', '-f', 'qcow2', '--output=json', file], cwd);
+  const r = run('qemu-img', ['check', '--output=json', ...qemuImage(file, cwd)], cwd);
   let json;
   try {
     json = JSON.parse(r.stdout);
@@ -78,7 +102,7 @@ function headerSize(file) {
 /** qemu's guest view as a raw file, or undefined when qemu cannot read it (or it is too large to compare). */
 function qraw(file, cwd, out) {
   if (headerSize(file) > MAX_COMPARE) return undefined;
-  const r = run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', file, out], cwd);
+  const r = run('qemu-img', ['convert', ...qemuImage(file, cwd), '-O', 'raw', out], cwd);
   return r.status === 0 && !r.signal ? out : undefined;
 }
 
@@ -161,7 +185,7 @@ async function withDisk(file, options, fn) {
   const storage = await FileStorage.open(file, { readOnly: options.readOnly ?? true });
   let disk;
   try {
-    disk = await openQcow2(storage, { resolver: fileResolver, ...options });
+    disk = await openQcow2(storage, { resolver: fileResolver, passphrase: PASSPHRASE, ...options });
   } catch (e) {
     await storage.close();
     throw e;
