@@ -18,13 +18,12 @@
 import { corrupt, hex, readOnlyError, readU32Be, readU64Be, unsafe, unsupported, writeU32Be, type Storage } from '@img/block';
 import { type Qcow2Header } from './header.js';
 import { readHeaderCluster } from './header-check.js';
-import { extensionDataOffset } from './extensions.js';
-import { parseBitmapsExtension, parseExtensions, type HeaderExtension } from './extensions.js';
+import { extensionDataOffset, parseBitmapsExtension, parseExtensions } from './extensions.js';
 import { readRefcount, writeRefcount } from './refcount-entry.js';
 import { readSnapshotTable, snapshotEntrySize } from './snapshot.js';
 import { entryHex, forEachL2Entry, forEachL2Table, l1FlagsWithoutOffset, l2TableOffsets } from './l2-walk.js';
 import { entryOffset } from './mapping.js';
-import { EXT_BITMAPS, EXT_END, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, KNOWN_INCOMPAT_MASK, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
+import { EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTENDED_L2, KNOWN_INCOMPAT_MASK, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, MAX_L1_TABLE_BYTES, MAX_REFCOUNT_TABLE_BYTES } from './constants.js';
 
 const FORMAT = 'qcow2';
 const TWO32 = 0x1_0000_0000;
