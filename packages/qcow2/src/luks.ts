@@ -45,7 +45,12 @@ export interface LuksHeader {
   hash: string;
   /** Bytes from the start of the LUKS header (informational in qcow2). */
   payloadOffset: number;
-  spec: CipherSpec;
+  /** Bytes of the master key. */
+  keyBytes: number;
+  /** The cipher as qemu-img info names it: `aes-256`, `xts`, `plain64`, ... (any cipher, decrypted or not). */
+  names: { cipherAlg: string; cipherMode: string; ivgenAlg?: string; ivgenHashAlg?: string };
+  /** How img decrypts it; undefined for a cipher img does not (the image opens and describes itself, its data does not read). */
+  spec: CipherSpec | undefined;
   mkDigest: Uint8Array;
   mkDigestSalt: Uint8Array;
   mkDigestIterations: number;
@@ -86,11 +91,19 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
   const keyBytes = readU32Be(area, 108);
   const mkDigestIterations = readU32Be(area, 164);
   const uuid = text(area, 168, 40);
-  const mode = parseMode(cipherModeText);
-  if (cipherName !== 'aes' || !mode) {
-    throw unsupported(FORMAT, file, `LUKS header at ${hex(offset)}: the cipher "${cipherName}-${cipherModeText}" is not one img decrypts (aes with xts or cbc, IVs plain, plain64 or essiv)`, { field: 'LUKS cipher', offset: offset + 8, actual: `${cipherName}-${cipherModeText}` });
-  }
-  if (!validKeyBytes(mode.mode, keyBytes)) throw bad(`key_bytes ${keyBytes} is not a key size of aes-${mode.mode}`, 108, 'LUKS key_bytes', keyBytes);
+  // Any cipher is described (qemu-img info shows serpent and twofish images too); img decrypts AES in XTS and CBC.
+  const general = /^([a-z0-9]+)(?:-([a-z0-9]+)(?::([a-z0-9]+))?)?$/.exec(cipherModeText);
+  if (!/^[a-z0-9]+$/.test(cipherName) || !general) throw bad(`the cipher "${cipherName}" in mode "${cipherModeText}" is not a LUKS cipher name`, 8, 'LUKS cipher', `${cipherName}-${cipherModeText}`);
+  const xtsLike = general[1] === 'xts';
+  if (keyBytes === 0 || keyBytes > 128 || (xtsLike && keyBytes % 2 !== 0)) throw bad(`key_bytes ${keyBytes} is not a key size of ${cipherName}-${general[1]}`, 108, 'LUKS key_bytes', keyBytes);
+  const mode = cipherName === 'aes' ? parseMode(cipherModeText) : undefined;
+  if (mode && !validKeyBytes(mode.mode, keyBytes)) throw bad(`key_bytes ${keyBytes} is not a key size of aes-${mode.mode}`, 108, 'LUKS key_bytes', keyBytes);
+  const names = {
+    cipherAlg: `${cipherName}-${(xtsLike ? keyBytes / 2 : keyBytes) * 8}`,
+    cipherMode: general[1]!,
+    ...(general[2] !== undefined ? { ivgenAlg: general[2] } : {}),
+    ...(general[3] !== undefined ? { ivgenHashAlg: general[3] } : {}),
+  };
   if (mkDigestIterations === 0) throw bad('mk_digest_iter is 0', 164, 'LUKS mk_digest_iter', 0);
   const splitBytes = keyBytes * LUKS_STRIPES;
   const splitSectors = Math.ceil(splitBytes / SECTOR);
@@ -124,7 +137,9 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
     cipherModeText,
     hash,
     payloadOffset: payloadSectors * SECTOR,
-    spec: { ...mode, keyBytes },
+    keyBytes,
+    names,
+    spec: mode ? { ...mode, keyBytes } : undefined,
     mkDigest: area.slice(112, 112 + DIGEST_BYTES),
     mkDigestSalt: area.slice(132, 164),
     mkDigestIterations,
@@ -136,14 +151,14 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
 /** `qemu-img info`'s "encrypt" object for a LUKS image (keys as qemu names them). */
 export function describeLuks(h: LuksHeader): Record<string, unknown> {
   const out: Record<string, unknown> = {
-    'ivgen-alg': h.spec.ivgen,
+    ...(h.names.ivgenAlg !== undefined ? { 'ivgen-alg': h.names.ivgenAlg } : {}),
     'hash-alg': h.hash,
-    'cipher-alg': `aes-${(h.spec.mode === 'xts' ? h.spec.keyBytes / 2 : h.spec.keyBytes) * 8}`,
+    'cipher-alg': h.names.cipherAlg,
     uuid: h.uuid,
   };
-  if (h.spec.ivgenHash !== undefined) out['ivgen-hash-alg'] = h.spec.ivgenHash;
+  if (h.names.ivgenHashAlg !== undefined) out['ivgen-hash-alg'] = h.names.ivgenHashAlg;
   out.format = 'luks';
-  out['cipher-mode'] = h.spec.mode;
+  out['cipher-mode'] = h.names.cipherMode;
   out.slots = h.slots.map((s) => (s.active ? { active: true, iters: s.iterations, 'key-offset': s.keyOffset, stripes: s.stripes } : { active: false, 'key-offset': s.keyOffset }));
   out['payload-offset'] = h.payloadOffset;
   out['master-key-iters'] = h.mkDigestIterations;
@@ -178,7 +193,14 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /** Refuses a header img cannot unlock on this platform, or whose iterations are past the bound, before any PBKDF2 runs. */
-export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, file: string): void {
+export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, file: string): asserts h is LuksHeader & { spec: CipherSpec } {
+  if (!h.spec) {
+    throw unsupported(FORMAT, file, `the LUKS cipher "${h.cipherName}-${h.cipherModeText}" is not one img decrypts (aes with xts or cbc, IVs plain, plain64 or essiv): the image describes itself, its data does not read`, {
+      field: 'LUKS cipher',
+      offset: h.at + 8,
+      actual: `${h.cipherName}-${h.cipherModeText}`,
+    });
+  }
   const hashes = [h.hash, ...(h.spec.ivgenHash !== undefined ? [h.spec.ivgenHash] : [])];
   for (const name of hashes) {
     if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', offset: h.at + (name === h.hash ? 72 : 40), actual: name });
@@ -199,7 +221,7 @@ function materialBytes(keyBytes: number): number {
 }
 
 /** The master key `passphrase` opens through active slot `slot`, or undefined (the digest does not match). */
-export async function openSlot(crypto: Qcow2CryptoPrimitives, h: LuksHeader, slot: LuksKeySlot, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>): Promise<Uint8Array | undefined> {
+export async function openSlot(crypto: Qcow2CryptoPrimitives, h: LuksHeader & { spec: CipherSpec }, slot: LuksKeySlot, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>): Promise<Uint8Array | undefined> {
   const keyBytes = h.spec.keyBytes;
   const slotKey = await crypto.pbkdf2(passphrase, slot.salt, slot.iterations, keyBytes, h.hash);
   const material = await readArea(slot.keyOffset, materialBytes(keyBytes));
@@ -226,7 +248,8 @@ export async function unlockMasterKey(crypto: Qcow2CryptoPrimitives, h: LuksHead
 
 /** {@link unlockMasterKey}, as the cipher of the data. */
 export async function unlockLuks(crypto: Qcow2CryptoPrimitives, h: LuksHeader, passphrase: Uint8Array, readArea: (at: number, length: number) => Promise<Uint8Array>, file: string): Promise<SectorCipher> {
-  return new SectorCipher(crypto, h.spec, await unlockMasterKey(crypto, h, passphrase, readArea, file));
+  const key = await unlockMasterKey(crypto, h, passphrase, readArea, file);
+  return new SectorCipher(crypto, h.spec!, key);
 }
 
 /** A key slot sealed under `passphrase`: its salt, iterations and encrypted key material (the master key split in 4000 stripes). */
