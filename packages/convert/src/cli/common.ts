@@ -150,11 +150,3 @@ export function rateLimitOption(text: string): number {
     throw new UsageError('Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
   }
 }
-
-/** Options img does not implement, refused in one line instead of being ignored. */
-export function refuseQemuOnly(values: { 'image-opts'?: boolean; 'target-image-opts'?: boolean; object?: readonly string[] }): void {
-  // One line, no pointer to --help: the option is understood, and refused (README: "one line, status 1").
-  if (values.object !== undefined) throw new ExitCode(1, '--object (QEMU user-creatable objects: secrets, TLS credentials) is not supported');
-  if (values['image-opts']) throw new ExitCode(1, '--image-opts is not supported: name the input as a file or an NBD URI');
-  if (values['target-image-opts']) throw new ExitCode(1, '--target-image-opts is not supported: name the output as a file');
-}

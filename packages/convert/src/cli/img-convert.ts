@@ -9,7 +9,7 @@ import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
 import { storedBackingFormat } from './commands/shared.js';
-import { checkCacheModes, describeErrno, ExitCode, rateLimitOption, refuseQemuOnly, runCommand, UsageError, version, type Io } from './common.js';
+import { checkCacheModes, describeErrno, ExitCode, rateLimitOption, runCommand, UsageError, version, type Io } from './common.js';
 import { progressPrinter, qemuProgressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
 
@@ -102,9 +102,6 @@ export function convertOptions() {
     'force-share': { type: 'boolean', short: 'U' },
     progress: { type: 'boolean', short: 'p' },
     quiet: { type: 'boolean', short: 'q' },
-    'image-opts': { type: 'boolean' },
-    'target-image-opts': { type: 'boolean' },
-    object: { type: 'string', multiple: true },
     'json-progress': { type: 'boolean' },
     'force-format': { type: 'boolean' },
     untrusted: { type: 'boolean' },
@@ -171,7 +168,6 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const parsed = parseArgs({ args: await takeQemuObjects(argv), options: convertOptions(), allowPositionals: true, strict: true });
     const { positionals } = parsed;
     const long = parsed.values;
-    refuseQemuOnly(long);
     // The 7.2 short letters, whatever spelling the user chose.
     const values = {
       ...long,

@@ -86,7 +86,6 @@ export const bench: Handler = async (argv, io) => {
       t: { type: 'string' },
       i: { type: 'string' },
       n: { type: 'boolean' },
-      'image-opts': { type: 'boolean' },
     },
     allowPositionals: true,
   });
@@ -95,7 +94,6 @@ export const bench: Handler = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  if (values['image-opts']) throw new ExitCode(1, '--image-opts is not supported: name the image as a file or an NBD URI');
   const requests = count(values.c, 75000, 0, 'Invalid request count specified');
   // qemu-img takes a depth of 0 and then never finishes: img refuses it.
   const depth = count(values.d, 64, 1, 'Invalid queue depth specified');

@@ -53,8 +53,6 @@ export const bitmap: Handler = async (argv, io) => {
       b: { type: 'string' },
       F: { type: 'string' },
       g: { type: 'string' },
-      object: { type: 'string', multiple: true },
-      'image-opts': { type: 'boolean' },
     },
     allowPositionals: true,
     tokens: true,
@@ -64,8 +62,6 @@ export const bitmap: Handler = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  if (values.object?.length) throw unsupported('img', undefined, '--object is not supported (img needs no secrets for qcow2 bitmaps)');
-  if (values['image-opts']) throw unsupported('img', undefined, '--image-opts is not supported: give a file name and -f');
   const kinds = tokens.filter((t) => t.kind === 'option' && (OPS as readonly string[]).includes(t.name));
   if (kinds.length === 0) throw new UsageError('Need at least one of --add, --remove, --clear, --enable, --disable, or --merge');
   if (positionals.length !== 2) throw new UsageError('Expecting filename and bitmap name');

@@ -6,7 +6,7 @@ import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError } from '@img/block';
-import { checkCacheModes, ExitCode, rateLimitOption, refuseQemuOnly } from '../common.js';
+import { checkCacheModes, ExitCode, rateLimitOption } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { openImageFile } from '../../node.js';
@@ -54,8 +54,6 @@ export const commit: Handler = async (argv, io) => {
       cache: { type: 'string' },
       r: { type: 'string' },
       'rate-limit': { type: 'string' },
-      'image-opts': { type: 'boolean' },
-      object: { type: 'string', multiple: true },
     },
     allowPositionals: true,
   });
@@ -64,7 +62,6 @@ export const commit: Handler = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  refuseQemuOnly(values);
   checkCacheModes(values.t ?? values.cache);
   const rateText = values.r ?? values['rate-limit'];
   const rate = rateText === undefined ? {} : { rateLimit: rateLimitOption(rateText) };

@@ -6,7 +6,7 @@ import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError, invalidArg, type Disk } from '@img/block';
 import { fileResolverWith, resolveRelative } from '@img/block/node';
-import { checkCacheModes, ExitCode, refuseQemuOnly, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { defaultRegistry } from '../../formats.js';
@@ -59,8 +59,6 @@ export const rebase: Handler = async (argv, io) => {
       t: { type: 'string' },
       T: { type: 'string' },
       ...shareOption,
-      'image-opts': { type: 'boolean' },
-      object: { type: 'string', multiple: true },
     },
     allowPositionals: true,
   });
@@ -70,7 +68,6 @@ export const rebase: Handler = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  refuseQemuOnly(parsed.values);
   checkCacheModes(parsed.values.t, parsed.values.T);
   // -U, as qemu-img: the backing files (old and new) are read without locks; the image itself is always locked.
   const forceShare = parsed.values['force-share'] ?? false;
