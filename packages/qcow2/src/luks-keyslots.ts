@@ -13,7 +13,7 @@ import { invalidArg, lentStorage, unsupported, utf8Encode, type OptionTable } fr
 import type { Storage } from '@img/block';
 import { qcow2CryptoPrimitives } from './crypto-primitives.js';
 import { closeQcow2 } from './io.js';
-import { checkUnlockable, iterationsFor, openSlot, sealSlot, slotEntry, slotEntryOffset, unlockMasterKey } from './luks.js';
+import { checkUnlockable, iterationsFor, materialBytes, openSlot, sealSlot, slotEntry, slotEntryOffset, unlockMasterKey } from './luks.js';
 import { openQcow2Image } from './open.js';
 
 const FORMAT = 'qcow2';
@@ -113,7 +113,7 @@ export async function amendQcow2KeySlots(storage: Storage, change: Qcow2KeySlotC
     const keyOffset = h.slots[i]!.keyOffset;
     await storage.write(area.offset + slotEntryOffset(i), slotEntry(false, keyOffset));
     await storage.flush();
-    await storage.write(area.offset + keyOffset, crypto.randomBytes(Math.ceil((h.spec.keyBytes * 4000) / 512) * 512));
+    await storage.write(area.offset + keyOffset, crypto.randomBytes(materialBytes(h.spec.keyBytes)));
     await storage.flush();
   }
   return chosen;

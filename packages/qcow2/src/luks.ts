@@ -105,8 +105,7 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
     ...(general[3] !== undefined ? { ivgenHashAlg: general[3] } : {}),
   };
   if (mkDigestIterations === 0) throw bad('mk_digest_iter is 0', 164, 'LUKS mk_digest_iter', 0);
-  const splitBytes = keyBytes * LUKS_STRIPES;
-  const splitSectors = Math.ceil(splitBytes / SECTOR);
+  const splitSectors = materialBytes(keyBytes) / SECTOR;
   const slots: LuksKeySlot[] = [];
   for (let i = 0; i < SLOTS; i++) {
     const at = 208 + i * 48;
@@ -216,7 +215,7 @@ export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, fi
 }
 
 /** The bytes of a slot's key material as stored (its stripes, to whole sectors). */
-function materialBytes(keyBytes: number): number {
+export function materialBytes(keyBytes: number): number {
   return Math.ceil((keyBytes * LUKS_STRIPES) / SECTOR) * SECTOR;
 }
 
