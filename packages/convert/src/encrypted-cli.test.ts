@@ -111,6 +111,31 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
     expect(existsSync(p('cc.qcow2'))).toBe(false);
   });
 
+  it('img convert -n --target-image-opts writes into an existing LUKS image, as qemu-img convert does', () => {
+    // The target: a LUKS image qemu-img made (the luks.qcow2 of beforeAll holds src.raw; overwritten with other data).
+    const other = p('other.raw');
+    qemuImg(['create', '-q', '-f', 'raw', other, '32M']);
+    qemuIo(other, 'raw', ['write -P 0x77 4M 2M', 'write -P 0x01 31M 64k']);
+    const target = p('target.qcow2');
+    writeFileSync(target, readFileSync(p('luks.qcow2')));
+    const r = run('img', ['convert', '-n', ...secret, '--target-image-opts', other, opts(target)]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(qemuImg(['compare', ...secret, '--image-opts', opts(target), `driver=raw,file.filename=${other}`]).stdout).toBe('Images are identical.\n');
+    expect(qemuImg(['check', ...secret, '--image-opts', opts(target)]).status).toBe(0);
+    // From an encrypted input into it (both option strings), the driver probed when the string names none.
+    const again = run('img', ['convert', '-n', ...secret, '--image-opts', '--target-image-opts', opts(p('luks.qcow2')), `file.filename=${target},encrypt.key-secret=sec0`]);
+    expect(again.stderr).toBe('');
+    expect(qemuImg(['compare', ...secret, '--image-opts', opts(target), `driver=raw,file.filename=${p('src.raw')}`]).stdout).toBe('Images are identical.\n');
+    // Refused as qemu-img refuses: without -n; and without the passphrase, img says how to give it.
+    const noN = run('img', ['convert', ...secret, '--target-image-opts', other, opts(target)]);
+    expect([noN.status, noN.stderr.split('\n')[0]]).toEqual([1, 'img convert: --target-image-opts requires use of -n flag']);
+    const noKey = run('img', ['convert', '-n', '-O', 'qcow2', other, target]);
+    expect(noKey.status).toBe(1);
+    expect(noKey.stderr).toMatch(/is encrypted \(LUKS\): writing into it needs its passphrase .*--target-image-opts/);
+    expect(qemuImg(['compare', ...secret, '--image-opts', opts(target), `driver=raw,file.filename=${p('src.raw')}`]).status).toBe(0);
+  });
+
   it('img amend adds and erases LUKS passphrases, as qemu-img amend does', () => {
     const file = p('slots.qcow2');
     expect(run('img', ['convert', ...secret, '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=20', p('src.raw'), file]).status).toBe(0);

@@ -124,10 +124,14 @@ export async function openQcow2Image(storage: Storage, options: Qcow2OpenOptions
         actual: header.cryptMethod,
       });
     if (options.passphrase === undefined)
-      throw invalidArg(FORMAT, `${file} is encrypted (LUKS): writing into it needs its passphrase (img: --object secret,id=sec0,data=... with --image-opts driver=qcow2,file.filename=${file},encrypt.key-secret=sec0; API: the passphrase open option)`, {
-        file,
-        field: 'passphrase',
-      });
+      throw invalidArg(
+        FORMAT,
+        `${file} is encrypted (LUKS): writing into it needs its passphrase (img: --object secret,id=sec0,data=... with --image-opts driver=qcow2,file.filename=${file},encrypt.key-secret=sec0, or --target-image-opts for the output of convert -n; API: the passphrase open option)`,
+        {
+          file,
+          field: 'passphrase',
+        },
+      );
   }
   if (encryption && options.passphrase !== undefined) await unlockEncryption(encryption, storage, options.passphrase, file);
 

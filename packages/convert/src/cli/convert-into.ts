@@ -18,6 +18,8 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   /** The input's passphrase (an encrypted qcow2). */
   passphrase?: Uint8Array;
   dstFormat: string;
+  /** The target's passphrase (an encrypted qcow2: its data is written encrypted). */
+  dstPassphrase?: Uint8Array;
   registry: FormatRegistry;
   forceFormat?: boolean;
   untrusted?: boolean;
@@ -63,6 +65,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
       registry: options.registry,
       readOnly: false,
       forceFormat: options.forceFormat ?? false,
+      ...(options.dstPassphrase !== undefined ? { passphrase: options.dstPassphrase } : {}),
       ...(cache === 'none' || cache === 'directsync' ? { direct: true } : {}),
       cache: cache === 'unsafe' ? 'unsafe' : 'writeback',
     });

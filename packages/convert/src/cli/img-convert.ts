@@ -2,7 +2,7 @@
  * img-convert <src-format> <dst-format> <input> <output> [options], and
  * qemu-img's spelling: img convert [-f fmt] [-O fmt] ... <input> <output>.
  */
-import { imageOpenOptions, takeQemuObjects } from './qemu-objects.js';
+import { imageOpenOptions, takeQemuObjects, targetImageOptsPath } from './qemu-objects.js';
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@img/block';
 import { qemuFormatName } from './info-human.js';
@@ -67,7 +67,7 @@ Options (qemu-img 7.2's letters; 10.1's long names):
   --object secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]
                       a secret: the passphrase of an encrypted qcow2 input (LUKS or AES)
   --image-opts        the input is an option string: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID
-  (--target-image-opts is refused: name the output as a file)
+  --target-image-opts the output is an option string (with -n: an existing image, such as an encrypted one)
 
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
@@ -165,7 +165,7 @@ export interface ConvertMainOptions {
 export async function convertMain(prog: string, argv: string[], io: Io, options: ConvertMainOptions = {}): Promise<number> {
   const summary = options.summary ?? true;
   return runCommand(prog, argv, io, async () => {
-    const parsed = parseArgs({ args: await takeQemuObjects(argv), options: convertOptions(), allowPositionals: true, strict: true });
+    const parsed = parseArgs({ args: await takeQemuObjects(argv, { targetImageOpts: true }), options: convertOptions(), allowPositionals: true, strict: true });
     const { positionals } = parsed;
     const long = parsed.values;
     // The 7.2 short letters, whatever spelling the user chose.
@@ -208,6 +208,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     }
     if (values.B !== undefined && values.b !== undefined) throw new UsageError('-B and -b (--backing) are the same option: give one');
     if (values['target-is-zero'] && !values.n) throw new UsageError('--target-is-zero requires use of -n flag');
+    if (targetImageOptsPath() !== undefined && !values.n) throw new UsageError('--target-image-opts requires use of -n flag');
     if (values['target-is-zero'] && (values.B ?? values.b) !== undefined) throw new UsageError('--target-is-zero cannot be used with a backing file (-b)');
     const backing = values.B ?? values.b;
     // The formats and the file-level copy load here, not at start-up: --version and a usage error do without them.
@@ -234,7 +235,14 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const opened = imageOpenOptions(input, qemuForm ? values.f : positionals[0]!);
     const passphrase = opened.passphrase ? { passphrase: opened.passphrase } : {};
     let srcFormat = opened.format;
-    const dstFormat = qemuForm ? (values.O ?? 'raw') : positionals[1]!;
+    // --target-image-opts (with -n): the output's driver (probed when neither it nor -O names one) and its passphrase.
+    const target = targetImageOptsPath() !== undefined ? imageOpenOptions(output, qemuForm ? values.O : positionals[1]!) : undefined;
+    let dstFormat = target ? target.format : qemuForm ? (values.O ?? 'raw') : positionals[1]!;
+    if (dstFormat === undefined) {
+      const probe = await openImageFile(output, { registry, noBacking: true });
+      dstFormat = probe.format;
+      await probe.close();
+    }
     if (srcFormat === undefined) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
@@ -301,6 +309,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           srcFormat,
           ...passphrase,
           dstFormat,
+          ...(target?.passphrase ? { dstPassphrase: target.passphrase } : {}),
           registry,
           minZeroRun,
           forceFormat: values['force-format'] ?? false,

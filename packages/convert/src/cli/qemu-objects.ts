@@ -17,6 +17,7 @@ export interface ImageOpts {
 
 let images = new Map<string, ImageOpts>();
 let secrets = new Map<string, Uint8Array>();
+let target: string | undefined;
 
 /** The value of the --object secret `id` of the running command. */
 export function secretValue(id: string): Uint8Array {
@@ -28,6 +29,11 @@ export function secretValue(id: string): Uint8Array {
 /** The options given for `path` with --image-opts in the running command. */
 export function imageOptsFor(path: string): ImageOpts | undefined {
   return images.get(path);
+}
+
+/** The output file convert's --target-image-opts named (its options are {@link imageOptsFor} that name). */
+export function targetImageOptsPath(): string | undefined {
+  return target;
 }
 
 /** The open options --image-opts gave `path`: its passphrase, and its format where -f gave none. */
@@ -98,17 +104,40 @@ async function secretOf(spec: Map<string, string>, text: string): Promise<{ id: 
 /** The keys of an option string img reads (anything else is refused rather than ignored). */
 const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format'];
 
+/** Turns one option string into its file name, recording what it said. */
+function takeImageOpts(arg: string): string {
+  // qemu-img dd names its input if=OPTIONS.
+  const prefix = arg.startsWith('if=') ? 'if=' : '';
+  const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
+  for (const key of spec.keys()) if (!IMAGE_OPT_KEYS.includes(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver and encrypt.key-secret, not "${key}"`);
+  const path = spec.get('file.filename');
+  if (path === undefined) throw new ExitCode(1, `--image-opts ${arg}: file.filename is missing`);
+  if (path === '') throw new ExitCode(1, `--image-opts ${arg}: file.filename is empty`);
+  const fileDriver = spec.get('file.driver');
+  if (fileDriver !== undefined && fileDriver !== 'file') throw new ExitCode(1, `--image-opts ${arg}: file.driver=${fileDriver}: img reads files (file.driver=file)`);
+  const secretId = spec.get('encrypt.key-secret');
+  const passphrase = secretId !== undefined ? secrets.get(secretId) : undefined;
+  if (secretId !== undefined && !passphrase) throw new ExitCode(1, `No secret with id '${secretId}'`);
+  const driver = spec.get('driver');
+  images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}) });
+  return prefix + path;
+}
+
 /**
  * Takes --object and --image-opts out of `argv` (up to "--"), reads the
  * secrets, turns each option string into its file name and records what it
- * said (see {@link imageOptsFor}).
+ * said (see {@link imageOptsFor}). With `targetImageOpts` (convert), also
+ * --target-image-opts: the last argument is then the output's option string
+ * ({@link targetImageOptsPath}).
  */
-export async function takeQemuObjects(argv: readonly string[]): Promise<string[]> {
+export async function takeQemuObjects(argv: readonly string[], options: { targetImageOpts?: boolean } = {}): Promise<string[]> {
   images = new Map();
   secrets = new Map();
+  target = undefined;
   const rest: string[] = [];
   const objects: string[] = [];
   let imageOpts = false;
+  let targetOpts = false;
   let i = 0;
   for (; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -118,7 +147,8 @@ export async function takeQemuObjects(argv: readonly string[]): Promise<string[]
       objects.push(argv[++i]!);
     } else if (arg.startsWith('--object=')) objects.push(arg.slice('--object='.length));
     else if (arg === '--image-opts') imageOpts = true;
-    else if (arg === '--target-image-opts') throw new ExitCode(1, '--target-image-opts is not supported: name the output as a file');
+    else if (arg === '--target-image-opts' && options.targetImageOpts) targetOpts = true;
+    else if (arg === '--target-image-opts') throw new ExitCode(1, '--target-image-opts is an option of convert only');
     else rest.push(arg);
   }
   rest.push(...argv.slice(i));
@@ -130,26 +160,23 @@ export async function takeQemuObjects(argv: readonly string[]): Promise<string[]
     if (secrets.has(id)) throw new ExitCode(1, `--object: two secrets have the id "${id}"`);
     secrets.set(id, bytes);
   }
-  if (!imageOpts) return rest;
+  // The output is the last positional argument; an option string is told apart from a file name by its file.filename.
+  let targetAt = -1;
+  if (targetOpts) {
+    for (let k = rest.length - 1; k >= 0 && targetAt < 0; k--) if (!rest[k]!.startsWith('-') && rest[k]!.includes('file.filename=')) targetAt = k;
+    if (targetAt < 0) throw new ExitCode(1, '--target-image-opts: give the output as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
+  }
+  if (!imageOpts && !targetOpts) return rest;
   let named = 0;
-  const out = rest.map((arg) => {
-    if (arg.startsWith('-') || !arg.includes('file.filename=')) return arg;
-    // qemu-img dd names its input if=OPTIONS.
-    const prefix = arg.startsWith('if=') ? 'if=' : '';
-    const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
-    for (const key of spec.keys()) if (!IMAGE_OPT_KEYS.includes(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver and encrypt.key-secret, not "${key}"`);
-    const path = spec.get('file.filename')!;
-    if (path === '') throw new ExitCode(1, `--image-opts ${arg}: file.filename is empty`);
-    const fileDriver = spec.get('file.driver');
-    if (fileDriver !== undefined && fileDriver !== 'file') throw new ExitCode(1, `--image-opts ${arg}: file.driver=${fileDriver}: img reads files (file.driver=file)`);
-    const secretId = spec.get('encrypt.key-secret');
-    const passphrase = secretId !== undefined ? secrets.get(secretId) : undefined;
-    if (secretId !== undefined && !passphrase) throw new ExitCode(1, `No secret with id '${secretId}'`);
-    const driver = spec.get('driver');
-    images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}) });
+  const out = rest.map((arg, k) => {
+    if (k === targetAt) {
+      target = takeImageOpts(arg);
+      return target;
+    }
+    if (!imageOpts || arg.startsWith('-') || !arg.includes('file.filename=')) return arg;
     named++;
-    return prefix + path;
+    return takeImageOpts(arg);
   });
-  if (named === 0) throw new ExitCode(1, '--image-opts names no image: give it as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
+  if (imageOpts && named === 0) throw new ExitCode(1, '--image-opts names no image: give it as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
   return out;
 }
