@@ -202,6 +202,22 @@ export interface OpenOptions {
    * its data does not read. Formats without encryption ignore it.
    */
   passphrase?: string | Uint8Array;
+  /**
+   * Options for the backing file alone, as qemu's `backing.*` image options:
+   * its passphrase when it is encrypted under another one than this image's
+   * (qemu's `backing.encrypt.key-secret`), and, nested, its own backing
+   * file's. Where none is given, a backing file is tried with this image's
+   * passphrase.
+   */
+  backing?: BackingOpenOptions;
+}
+
+/** What {@link OpenOptions.backing} may say about a backing file. */
+export interface BackingOpenOptions {
+  /** The backing file's passphrase. */
+  passphrase?: string | Uint8Array;
+  /** The same for the backing file's own backing file. */
+  backing?: BackingOpenOptions;
 }
 
 /**

@@ -79,6 +79,7 @@ export {
   type Resolver,
   type OpenOptions,
   type ChainOpenOptions,
+  type BackingOpenOptions,
   type CreateOptions,
   type DriverCreateOptions,
   type FormatRegistryLike,

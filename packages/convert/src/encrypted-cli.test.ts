@@ -2,6 +2,7 @@
 // to qemu-img's), and --object secret with --image-opts for the commands that read data (convert, compare, dd,
 // map), checked against qemu-img's own decryption; the refusals a user meets (no key, a wrong key, a secret that
 // is not there) are one line, exit 1, and leave no output behind.
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -136,6 +137,35 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
     expect(qemuImg(['compare', ...secret, '--image-opts', opts(target), `driver=raw,file.filename=${p('src.raw')}`]).status).toBe(0);
   });
 
+  it('a chain whose files have their own passphrases: backing.encrypt.key-secret (nested for deeper files), as qemu-img takes them', () => {
+    const objects = ['s1', 's2', 's3'].flatMap((id) => ['--object', `secret,id=${id},data=pass-${id}`]);
+    const luks = (id: string, args: string[]) => {
+      for (const ms of [10, 13, 17, 23, 29, 37]) {
+        const r = qemuImg(['create', '-q', '-f', 'qcow2', ...objects, '-o', `encrypt.format=luks,encrypt.key-secret=${id},encrypt.iter-time=${ms}`, ...args, '8M'], { allowFail: true });
+        if (r.status === 0) return;
+        if (!/accurate CPU usage/.test(r.stderr)) throw new Error(r.stderr);
+      }
+      throw new Error('qemu-img could not create a LUKS image');
+    };
+    luks('s1', [p('c-base.qcow2')]);
+    luks('s2', ['-u', '-b', p('c-base.qcow2'), '-F', 'qcow2', p('c-mid.qcow2')]);
+    luks('s3', ['-u', '-b', p('c-mid.qcow2'), '-F', 'qcow2', p('c-top.qcow2')]);
+    const chainOpts = `driver=qcow2,file.filename=${p('c-top.qcow2')},encrypt.key-secret=s3,backing.encrypt.key-secret=s2,backing.backing.encrypt.key-secret=s1`;
+    const write = (options: string, command: string) => execFileSync('qemu-io', [...objects, '--image-opts', '-c', command, options], { encoding: 'utf8' });
+    write(`driver=qcow2,file.filename=${p('c-base.qcow2')},encrypt.key-secret=s1`, 'write -P 0x61 0 4M');
+    write(chainOpts, 'write -P 0x63 3M 64k');
+    qemuImg(['convert', ...objects, '--image-opts', chainOpts, '-O', 'raw', p('c-qemu.raw')]);
+    const r = run('img', ['convert', ...objects, '--image-opts', chainOpts, '-O', 'raw', p('c-img.raw')]);
+    expect(r.stderr).toBe('');
+    expect(readFileSync(p('c-img.raw')).equals(readFileSync(p('c-qemu.raw')))).toBe(true);
+    expect(run('img', ['compare', ...objects, '--image-opts', chainOpts, `driver=raw,file.filename=${p('c-qemu.raw')}`]).stdout).toBe('Images are identical.\n');
+    // Without the base's secret the base is tried with its overlay's passphrase, which does not unlock it: one line naming the base.
+    const short = run('img', ['convert', ...objects, '--image-opts', chainOpts.replace(',backing.backing.encrypt.key-secret=s1', ''), '-O', 'raw', p('c-short.raw')]);
+    expect(short.status).toBe(1);
+    expect(short.stderr).toMatch(/^img convert: ERR_IMG_INVALID_ARG: qcow2: .*c-base\.qcow2: the passphrase unlocks none of the image's 1 active LUKS key slot/);
+    expect(existsSync(p('c-short.raw'))).toBe(false);
+  });
+
   it('img amend adds and erases LUKS passphrases, as qemu-img amend does', () => {
     const file = p('slots.qcow2');
     expect(run('img', ['convert', ...secret, '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=20', p('src.raw'), file]).status).toBe(0);
@@ -166,7 +196,7 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
       [['convert', '-O', 'raw', p('luks.qcow2'), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*luks\.qcow2 is encrypted \(LUKS\): its data reads only with the passphrase/],
       [['convert', '--object', 'secret,id=sec0,data=wrong', '--image-opts', '-O', 'raw', opts(p('luks.qcow2')), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*the passphrase unlocks none of the image's 1 active LUKS key slot/],
       [['convert', ...secret, '--image-opts', '-O', 'raw', opts(p('luks.qcow2'), 'other'), p('x.raw')], /^img convert: No secret with id 'other'$/],
-      [['compare', ...secret, '--image-opts', `${opts(p('luks.qcow2'))},cache.direct=on`, p('src.raw')], /^img compare: --image-opts .*: img reads driver, file.filename, file.driver and encrypt.key-secret, not "cache.direct"$/],
+      [['compare', ...secret, '--image-opts', `${opts(p('luks.qcow2'))},cache.direct=on`, p('src.raw')], /^img compare: --image-opts .*: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "cache.direct"$/],
       [['info', '--object', 'secret,id=a', p('luks.qcow2')], /^img info: --object secret,id=a: give the secret's value as data= or file=, one of them$/],
       [['convert', ...secret, '--image-opts', '-f', 'raw', '-O', 'raw', opts(p('luks.qcow2')), p('x.raw')], /^img convert: -f raw and --image-opts driver=qcow2 disagree about /],
       [['resize', ...secret, '--image-opts', opts(p('aes.qcow2')), '+1M'], /^img resize: ERR_IMG_UNSUPPORTED: qcow2: .*aes\.qcow2 is encrypted with qemu's old AES method, which img reads \(with the passphrase\) but does not write/],

@@ -5,7 +5,7 @@
 import type { WriteStream } from 'node:fs';
 import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { abortError, concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import { abortError, concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type BackingOpenOptions, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolver, fileResolverWith, fsError, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -55,6 +55,8 @@ export interface OpenImageOptions {
   backingWritable?: boolean;
   /** The passphrase of an encrypted image (qcow2 with LUKS or AES): without it the image opens, but its data does not read. */
   passphrase?: string | Uint8Array;
+  /** The backing file's own passphrase, where it differs (qemu's backing.encrypt.key-secret); nested for deeper ones. */
+  backing?: BackingOpenOptions;
   /** Take no image locks, so an image a running qemu holds can be read (qemu-img -U); read-only opens only. */
   forceShare?: boolean;
   /**
@@ -121,6 +123,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
       ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+      ...(options.backing !== undefined ? { backing: options.backing } : {}),
     });
     rememberFiles(disk, files);
     if (!readOnly) {
@@ -171,6 +174,8 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   forceShare?: boolean;
   /** The input's passphrase, if it is an encrypted qcow2 image (LUKS or AES). */
   passphrase?: string | Uint8Array;
+  /** The passphrases of the input's backing files, where they differ from its own (see OpenImageOptions.backing). */
+  backing?: BackingOpenOptions;
   /** Where input "-" reads from (default process.stdin). */
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
@@ -297,6 +302,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+    ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
@@ -504,6 +510,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+    ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
   let snapshot: Disk | undefined;
   let created = false;

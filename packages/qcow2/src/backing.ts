@@ -58,7 +58,16 @@ export async function openBacking(from: Storage, name: string, format: string | 
     const driver = formats.get(chosen);
     if (!driver) throw unsupported(FORMAT, file, `backing file "${name}" has format "${chosen}", which is not registered`, { field: 'backing format', actual: chosen });
     // Only the immediate backing file is opened writable (commit writes into it), never deeper layers.
-    const below: ChainOpenOptions = { ...options, readOnly: !writable, backingWritable: false, chain };
+    // The backing file's own options (qemu's backing.*) move up one level; without them it takes this image's passphrase.
+    const { backing: own, ...rest } = options;
+    const below: ChainOpenOptions = {
+      ...rest,
+      readOnly: !writable,
+      backingWritable: false,
+      chain,
+      ...(own?.passphrase !== undefined ? { passphrase: own.passphrase } : {}),
+      ...(own?.backing !== undefined ? { backing: own.backing } : {}),
+    };
     const disk = await driver.open(storage, below);
     return { disk, format: driver.name, probed, fullName: storage.name };
   } catch (e) {

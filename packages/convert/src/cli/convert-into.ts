@@ -4,7 +4,7 @@
  * assumed to read as zeros, so the source's zero and unallocated ranges are
  * written as zeros too, and a target smaller than the source is refused.
  */
-import { invalidArg, sparseCopy, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
+import { invalidArg, sparseCopy, type BackingOpenOptions, type Disk, type FormatRegistry, type SparseCopyOptions } from '@img/block';
 import type { ConvertResult } from '../convert.js';
 import { salvagingDisk, type SalvageEvent } from '../salvage.js';
 import { openDiskSnapshot, openImageFile } from '../node.js';
@@ -15,8 +15,9 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   input: string;
   output: string;
   srcFormat: string;
-  /** The input's passphrase (an encrypted qcow2). */
+  /** The input's passphrase (an encrypted qcow2), and its backing files' where they differ. */
   passphrase?: Uint8Array;
+  backing?: BackingOpenOptions;
   dstFormat: string;
   /** The target's passphrase (an encrypted qcow2: its data is written encrypted). */
   dstPassphrase?: Uint8Array;
@@ -51,6 +52,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     untrusted: options.untrusted ?? false,
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
+    ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
   let snapshot: Disk | undefined;
   let dst: Disk | undefined;

@@ -7,12 +7,15 @@
  * command parses them: each option string becomes its file name, and what
  * it said is looked up by that name when the command opens the file.
  */
+import type { BackingOpenOptions } from '@img/block';
 import { ExitCode } from './common.js';
 
 /** What an option string said about one image file. */
 export interface ImageOpts {
   format?: string;
   passphrase?: Uint8Array;
+  /** backing.encrypt.key-secret (backing.backing.... for deeper files): a backing file's own passphrase. */
+  backing?: BackingOpenOptions;
 }
 
 let images = new Map<string, ImageOpts>();
@@ -37,14 +40,14 @@ export function targetImageOptsPath(): string | undefined {
 }
 
 /** The open options --image-opts gave `path`: its passphrase, and its format where -f gave none. */
-export function imageOpenOptions(path: string, format: string | undefined): { format?: string; passphrase?: Uint8Array } {
+export function imageOpenOptions(path: string, format: string | undefined): ImageOpts {
   const o = images.get(path);
   if (!o) return format !== undefined ? { format } : {};
   if (format !== undefined && o.format !== undefined && format !== o.format && !(format === 'vhd' && o.format === 'vpc') && !(format === 'vpc' && o.format === 'vhd')) {
     throw new ExitCode(1, `-f ${format} and --image-opts driver=${o.format} disagree about ${path}`);
   }
   const chosen = format ?? o.format;
-  return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}) };
+  return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}), ...(o.backing ? { backing: o.backing } : {}) };
 }
 
 /** Splits qemu's `key=value,...` (",," is a comma inside a value); a first item without "=" is `implied`'s value. */
@@ -103,23 +106,38 @@ async function secretOf(spec: Map<string, string>, text: string): Promise<{ id: 
 
 /** The keys of an option string img reads (anything else is refused rather than ignored). */
 const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format'];
+/** qemu's option for a backing file's secret, at any depth. */
+const BACKING_SECRET = /^(backing\.)+encrypt\.key-secret$/;
 
 /** Turns one option string into its file name, recording what it said. */
 function takeImageOpts(arg: string): string {
   // qemu-img dd names its input if=OPTIONS.
   const prefix = arg.startsWith('if=') ? 'if=' : '';
   const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
-  for (const key of spec.keys()) if (!IMAGE_OPT_KEYS.includes(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver and encrypt.key-secret, not "${key}"`);
+  for (const key of spec.keys()) {
+    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "${key}"`);
+  }
   const path = spec.get('file.filename');
   if (path === undefined) throw new ExitCode(1, `--image-opts ${arg}: file.filename is missing`);
   if (path === '') throw new ExitCode(1, `--image-opts ${arg}: file.filename is empty`);
   const fileDriver = spec.get('file.driver');
   if (fileDriver !== undefined && fileDriver !== 'file') throw new ExitCode(1, `--image-opts ${arg}: file.driver=${fileDriver}: img reads files (file.driver=file)`);
-  const secretId = spec.get('encrypt.key-secret');
-  const passphrase = secretId !== undefined ? secrets.get(secretId) : undefined;
-  if (secretId !== undefined && !passphrase) throw new ExitCode(1, `No secret with id '${secretId}'`);
+  const secretOfKey = (key: string) => {
+    const id = spec.get(key);
+    const value = id !== undefined ? secrets.get(id) : undefined;
+    if (id !== undefined && !value) throw new ExitCode(1, `No secret with id '${id}'`);
+    return value;
+  };
+  const passphrase = secretOfKey('encrypt.key-secret');
+  // backing.encrypt.key-secret, backing.backing.encrypt.key-secret, ...: nested, one level per "backing.".
+  let backing: BackingOpenOptions | undefined;
+  const depths = [...spec.keys()].filter((k) => BACKING_SECRET.test(k)).map((k) => k.split('.').length - 2);
+  for (let depth = Math.max(0, ...depths); depth >= 1; depth--) {
+    const value = secretOfKey(`${'backing.'.repeat(depth)}encrypt.key-secret`);
+    if (value || backing) backing = { ...(value ? { passphrase: value } : {}), ...(backing ? { backing } : {}) };
+  }
   const driver = spec.get('driver');
-  images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}) });
+  images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}) });
   return prefix + path;
 }
 

@@ -117,6 +117,7 @@ export const dd: Handler = async (argv, io) => {
       forceFormat,
       range: { offset, length },
       ...(opened.passphrase ? { passphrase: opened.passphrase } : {}),
+      ...(opened.backing ? { backing: opened.backing } : {}),
       signal: controller.signal,
       ...(values.p ? { onProgress: progressPrinter(io, false) } : {}),
     });
