@@ -53,7 +53,21 @@ describeQemu('img compare exit status when an image fails after it opened, as qe
     expect(ours.stderr).toMatch(/^img compare: ERR_IMG_CORRUPT: qcow2: .*bad-deflate\.qcow2: compressed cluster/);
   });
 
-  it('2 still: an image that does not open', () => {
+  it('2 still: an image that does not open; where both fail, the first one is named (they open at once)', () => {
     expect(run('img', ['compare', p('missing.qcow2'), p('missing.qcow2')]).status).toBe(2);
+    const good = p('good2.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', good, '1M']);
+    writeFileSync(p('junk.qcow2'), Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 9, ...Buffer.alloc(504, 0xee)])); // qcow2 version 9
+    for (const [a, b, named] of [
+      [p('first-missing.qcow2'), p('junk.qcow2'), /first-missing\.qcow2/],
+      [p('junk.qcow2'), p('second-missing.qcow2'), /junk\.qcow2/],
+      [good, p('second-missing.qcow2'), /second-missing\.qcow2/],
+      [p('first-missing.qcow2'), good, /first-missing\.qcow2/],
+    ] as const) {
+      const r = run('img', ['compare', a, b]);
+      expect(r.status).toBe(qemuImg(['compare', a, b], { allowFail: true }).status);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(named);
+    }
   });
 });

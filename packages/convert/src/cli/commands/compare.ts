@@ -27,8 +27,15 @@ export const compare: Handler = async (argv, io) => {
   }
   try {
     if (positionals.length !== 2) throw new UsageError('expected <a> <b>');
-    const a = await openForCommand(positionals[0]!, values, true, io);
-    const b = await openForCommand(positionals[1]!, { ...values, f: values.F }, true, io);
+    // Both open at once (an encrypted image's key derivation takes its seconds on a thread of its own); a failure
+    // is the first image's where both fail, as qemu-img, which opens them in turn, reports it.
+    const [openedA, openedB] = await Promise.allSettled([openForCommand(positionals[0]!, values, true, io), openForCommand(positionals[1]!, { ...values, f: values.F }, true, io)]);
+    if (openedA.status === 'rejected' || openedB.status === 'rejected') {
+      for (const o of [openedA, openedB]) if (o.status === 'fulfilled') await o.value.close();
+      throw openedA.status === 'rejected' ? openedA.reason : (openedB as PromiseRejectedResult).reason;
+    }
+    const a = openedA.value;
+    const b = openedB.value;
     try {
       // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
       // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).
