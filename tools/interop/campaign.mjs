@@ -36,10 +36,10 @@ mkdirSync(opt.work, { recursive: true });
 const log = join(opt.work, 'cases.jsonl');
 if (!opt.only) writeFileSync(log, '');
 
-/** The option names `img create -f X -o help` prints. */
+/** The option names `img create -f X -o help` prints (encrypt.key-secret and the other encrypt.* names have hyphens). */
 function imgOptionNames(fmt) {
   const r = img(new Budget(20_000), opt.heap, ['create', '-f', fmt, '-o', 'help']);
-  return [...r.stdout.matchAll(/^\s+([a-z0-9_.]+)=/gm)].map((m) => m[1]);
+  return [...r.stdout.matchAll(/^\s+([a-z0-9_.-]+)=/gm)].map((m) => m[1]);
 }
 
 const cases = [];

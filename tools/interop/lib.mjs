@@ -1,5 +1,6 @@
 // Helpers of the interoperability campaign: a seeded generator, bounded
-// child processes, byte patterns and file comparison.
+// child processes, byte patterns, file comparison and the spelling of an
+// encrypted image's passphrase.
 import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -84,3 +85,51 @@ export function json(text) {
 }
 
 export const hex = (n) => `0x${n.toString(16)}`;
+
+/** The id of the secret object that holds a LUKS image's passphrase (`-o encrypt.key-secret=`). */
+export const SECRET_ID = 'sec0';
+
+/** `--object secret,...` holding `pass`, as qemu-img, qemu-io and img take it. */
+export const secretObject = (pass, id = SECRET_ID) => ['--object', `secret,id=${id},data=${pass}`];
+
+/**
+ * How a command names an image: `{ flags: ['-f', fmt], name: path }`, or
+ * for an encrypted one (`pass` given) the secret object and an
+ * `--image-opts` string that names it, the spelling qemu-img and qemu-io
+ * need to read a LUKS image and img accepts. `[...flags, ...other options,
+ * name]` then makes the command line.
+ */
+export function imageArgs(fmt, path, pass, id = SECRET_ID) {
+  if (pass === undefined) return { flags: ['-f', fmt], name: path };
+  return { flags: [...secretObject(pass, id), '--image-opts'], name: `driver=${fmt},file.filename=${path},encrypt.key-secret=${id}` };
+}
+
+/**
+ * The arguments of `compare` between an image (encrypted when `pass` is
+ * given) and a raw file: with a passphrase both are named by
+ * `--image-opts` strings, which is how qemu-img compare takes a secret.
+ */
+export function compareArgs(fmt, path, raw, pass) {
+  if (pass === undefined) return ['-f', fmt, '-F', 'raw', path, raw];
+  const a = imageArgs(fmt, path, pass);
+  return [...a.flags, a.name, `driver=raw,file.filename=${raw}`];
+}
+
+/** qemu-img 7.2 times PBKDF2 from the process's CPU time, which on a busy VM sometimes fails: "Unable to get accurate CPU usage". */
+export const PBKDF2_TIMING = /Unable to get accurate CPU usage/;
+
+/**
+ * Runs a qemu-img command that makes a LUKS image, `argvFor(iterTime)`,
+ * again with another `encrypt.iter-time` while qemu-img fails to time
+ * PBKDF2 (PBKDF2_TIMING); other failures are returned as they are. When
+ * every try hits the timing failure the preparation is skipped (PrepError),
+ * not counted as a difference.
+ */
+export function qemuLuks(budget, argvFor, iterTimes, options) {
+  let r;
+  for (const t of iterTimes) {
+    r = run(budget, 'qemu-img', argvFor(t), options);
+    if (r.status === 0 || !PBKDF2_TIMING.test(r.stderr)) return r;
+  }
+  throw new PrepError(`qemu-img ${argvFor(iterTimes.at(-1)).join(' ')}: ${r?.stderr.trim()} (every encrypt.iter-time tried: ${iterTimes.join(', ')})`);
+}

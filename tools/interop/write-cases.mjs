@@ -1,9 +1,12 @@
 // Direction 2: images img writes (create, convert, resize, snapshot, amend,
 // commit, rebase, bitmap), judged by qemu-img check / info / compare and
-// qemu-io, then written by qemu-io and read back by img.
+// qemu-io, then written by qemu-io and read back by img. Some qcow2 images
+// are LUKS-encrypted (luks.mjs): both tools then get the passphrase.
 import { copyFileSync, openSync, writeSync, closeSync, ftruncateSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstDifference, img, json, must, rng, run } from './lib.mjs';
+import { SECRET_ID, compareArgs, firstDifference, imageArgs, img, json, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
+import { ITER_TIMES, LUKS_VALUES, expectedEncrypt, luksFits, luksOptions, luksPassphrase, optionList } from './luks.mjs';
+import { jsonDiff } from './oracle.mjs';
 
 const MiB = 1 << 20;
 
@@ -22,6 +25,7 @@ const VALUES = {
     data_file: ['data.bin'],
     data_file_raw: ['on', 'off'],
     header_length: ['104', '112'],
+    ...LUKS_VALUES,
   },
   vpc: {
     subformat: ['dynamic', 'fixed'],
@@ -87,21 +91,45 @@ function sourceRaw(path, size, r) {
   return kept;
 }
 
-/** The shared judgment of an image img wrote: qemu-img check, info, compare, qemu-io read -P, then qemu-io writes read back by img. */
-function judge(ctx, path, fmt, expectRaw, regions, { qemuWrites = true } = {}) {
+/**
+ * What qemu-img info says of an encrypted image img wrote: LUKS with the
+ * cipher, mode, IV generator and hashes asked for (or qemu's defaults), and
+ * img info's encrypt block (uuid, every key slot) as qemu-img's.
+ */
+function judgeEncryption(ctx, path, qinfo, options) {
+  const diffs = [];
+  if (qinfo?.encrypted !== true) diffs.push({ check: 'qemu-img info encrypt', detail: `encrypted is ${qinfo?.encrypted}` });
+  const seen = qinfo?.['format-specific']?.data?.encrypt ?? {};
+  const want = expectedEncrypt(options);
+  for (const k of new Set([...Object.keys(want), 'ivgen-hash-alg'])) if (seen[k] !== want[k]) diffs.push({ check: 'qemu-img info encrypt', detail: `${k} is ${seen[k]}, asked ${want[k] ?? 'none'}` });
+  const ii = img(ctx.budget, ctx.heap, ['info', '-f', 'qcow2', '--output=json', path], { cwd: ctx.dir });
+  for (const line of jsonDiff(json(ii.stdout)?.['format-specific']?.data?.encrypt, seen, '.encrypt', true)) diffs.push({ check: 'img info encrypt', detail: line });
+  return diffs;
+}
+
+/**
+ * The shared judgment of an image img wrote: qemu-img check, info, compare,
+ * qemu-io read -P, then qemu-io writes read back by img. With `luks` ({ pass,
+ * options }) the image is encrypted: every command that reads its data gets
+ * the passphrase (lib.mjs imageArgs), and the encryption must be the one
+ * asked for; info needs no passphrase (metadata is not encrypted).
+ */
+function judge(ctx, path, fmt, expectRaw, regions, { qemuWrites = true, luks } = {}) {
   const diffs = [];
   const d = (check, detail) => diffs.push({ check, detail });
   const q = (argv) => run(ctx.budget, 'qemu-img', argv, { cwd: ctx.dir });
-  const k = q(['check', '-f', fmt, '--output=json', path]);
+  const a = imageArgs(fmt, path, luks?.pass);
+  const k = q(['check', '--output=json', ...a.flags, a.name]);
   // 63: the format has no check (raw, flat VMDK in some versions); not a judgment on the image.
   if (k.status !== 0 && k.status !== 63) d('qemu-img check', `exit ${k.status}: ${(k.stdout + k.stderr).trim().split('\n').slice(0, 3).join(' | ')}`);
   const info = q(['info', '-f', fmt, '--output=json', path]);
   if (info.status !== 0) d('qemu-img info', `exit ${info.status}: ${info.stderr.trim()}`);
-  const c = q(['compare', '-f', 'raw', '-F', fmt, expectRaw, path]);
+  else if (luks) diffs.push(...judgeEncryption(ctx, path, json(info.stdout), luks.options));
+  const c = q(['compare', ...compareArgs(fmt, path, expectRaw, luks?.pass)]);
   if (c.status !== 0) d('qemu-img compare', `exit ${c.status}: ${(c.stdout + c.stderr).trim().split('\n')[0]}`);
   const reads = regions.slice(0, 8).flatMap((g) => ['-c', `read -P 0x${g.pat.toString(16)} ${g.off} ${g.len}`]);
   if (reads.length) {
-    const rd = run(ctx.budget, 'qemu-io', ['-r', '-f', fmt, ...reads, path], { cwd: ctx.dir });
+    const rd = run(ctx.budget, 'qemu-io', ['-r', ...a.flags, ...reads, a.name], { cwd: ctx.dir });
     if (rd.status !== 0 || /verification failed|error/i.test(rd.stdout + rd.stderr)) d('qemu-io read -P', (rd.stdout + rd.stderr).split('\n').find((l) => /fail|error/i.test(l)) ?? `exit ${rd.status}`);
   }
   if (!qemuWrites) return diffs;
@@ -109,19 +137,19 @@ function judge(ctx, path, fmt, expectRaw, regions, { qemuWrites = true } = {}) {
   if (!size) return diffs;
   const r = rng(size);
   const off = r.int(size - 90_000);
-  const w = run(ctx.budget, 'qemu-io', ['-f', fmt, '-c', `write -P 0xa7 ${off} 66001`, '-c', `write -z ${off + 80_000} 3333`, '-c', `write -P 0x3e ${size - 700} 700`, path], { cwd: ctx.dir });
+  const w = run(ctx.budget, 'qemu-io', [...a.flags, '-c', `write -P 0xa7 ${off} 66001`, '-c', `write -z ${off + 80_000} 3333`, '-c', `write -P 0x3e ${size - 700} 700`, a.name], { cwd: ctx.dir });
   if (w.status !== 0 || /error|fail/i.test(w.stdout + w.stderr)) {
     d('qemu-io write', (w.stdout + w.stderr).trim().split('\n')[0]);
     return diffs;
   }
   const q2 = join(ctx.dir, 'after-qemu.raw');
   const i2 = join(ctx.dir, 'after-img.raw');
-  must(ctx.budget, 'qemu-img', ['convert', '-f', fmt, '-O', 'raw', path, q2], { cwd: ctx.dir });
-  const ic = img(ctx.budget, ctx.heap, ['convert', '-f', fmt, '-O', 'raw', path, i2], { cwd: ctx.dir });
+  must(ctx.budget, 'qemu-img', ['convert', ...a.flags, '-O', 'raw', a.name, q2], { cwd: ctx.dir });
+  const ic = img(ctx.budget, ctx.heap, ['convert', ...a.flags, '-O', 'raw', a.name, i2], { cwd: ctx.dir });
   if (ic.status !== 0) d('img read after qemu-io', `img convert exits ${ic.status}: ${ic.stderr.trim().split('\n')[0]}`);
   else if (firstDifference(i2, q2) !== -1) d('img read after qemu-io', `raw contents differ at ${firstDifference(i2, q2)}`);
-  const ik = img(ctx.budget, ctx.heap, ['check', '-f', fmt, path], { cwd: ctx.dir });
-  const qk = q(['check', '-f', fmt, path]);
+  const ik = img(ctx.budget, ctx.heap, ['check', ...a.flags, a.name], { cwd: ctx.dir });
+  const qk = q(['check', ...a.flags, a.name]);
   // 63: qemu-img has no check for the format (vpc), so there is nothing to agree with.
   if (qk.status !== 63 && ik.status !== qk.status) d('img check after qemu-io', `img exits ${ik.status}, qemu-img ${qk.status}`);
   return diffs;
@@ -147,14 +175,32 @@ function imgMust(ctx, argv) {
   return r;
 }
 
+/**
+ * LUKS for a qcow2 option case: an encrypt.* option comes with a random set
+ * of the others, and the other options get one now and then where img
+ * takes it beside them. Drawn from a generator of its own, so that the
+ * case's sizes and patterns stay what they were before LUKS was drawn.
+ */
+function caseLuks(fmt, key, value, opts, seed) {
+  if (fmt !== 'qcow2') return undefined;
+  const lr = rng(~seed >>> 0);
+  const own = key.startsWith('encrypt.');
+  if (!own && !(luksFits(opts) && lr.chance(0.2))) return undefined;
+  return { pass: luksPassphrase(lr), options: luksOptions(lr, own ? { [key]: value } : {}) };
+}
+
 /** One create-or-convert case for one option value. */
 function optionCase(fmt, key, value, mode, seed) {
   const r = rng(seed);
-  const opts = [...companions(fmt, key, value), `${key}=${value}`];
+  let opts = [...companions(fmt, key, value), `${key}=${value}`];
+  const luks = caseLuks(fmt, key, value, opts, seed);
+  if (luks) opts = [...opts.filter((o) => !o.startsWith('encrypt.')), ...optionList(luks.options)];
+  // The passphrase, on every img command of the case: `-o encrypt.key-secret=sec0` names it.
+  const sec = luks ? secretObject(luks.pass) : [];
   return {
     format: fmt,
-    label: `${mode} ${key}=${value}`,
-    options: [`${key}=${value}`],
+    label: `${mode} ${key}=${value}${luks && !key.startsWith('encrypt.') ? ' luks' : ''}`,
+    options: luks ? [...new Set([`${key}=${value}`, ...optionList(luks.options)])] : [`${key}=${value}`],
     desc: `img ${mode} -f ${fmt} -o ${opts.join(',')}`,
     run(ctx) {
       const size = 3 * MiB + 512 * (1 + r.int(3000));
@@ -169,26 +215,26 @@ function optionCase(fmt, key, value, mode, seed) {
         const bf = fmt === 'vpc' ? 'vpc' : 'qcow2';
         must(ctx.budget, 'qemu-img', ['convert', '-f', 'raw', '-O', bf, src, b]);
         const rest = opts.filter((o) => !o.startsWith('backing_file=') && !o.startsWith('backing_fmt='));
-        const cr = imgMust(ctx, ['create', '-f', fmt, ...(rest.length ? ['-o', rest.join(',')] : []), '-b', b, '-F', bf, out]);
+        const cr = imgMust(ctx, ['create', ...sec, '-f', fmt, ...(rest.length ? ['-o', rest.join(',')] : []), '-b', b, '-F', bf, out]);
         if (cr.status !== 0) return [{ check: 'img create', detail: `exit ${cr.status}: ${cr.stderr.trim()}` }];
         if (fmt === 'vpc') return differencingVhd(ctx, out, src);
-        return judge(ctx, out, fmt, src, regions);
+        return judge(ctx, out, fmt, src, regions, { luks });
       }
       if (mode === 'convert') {
-        const cv = imgMust(ctx, ['convert', '-f', 'raw', '-O', fmt, '-o', opts.join(','), src, out]);
+        const cv = imgMust(ctx, ['convert', ...sec, '-f', 'raw', '-O', fmt, '-o', opts.join(','), src, out]);
         if (cv.status !== 0) return [{ check: 'img convert', detail: `exit ${cv.status}: ${cv.stderr.trim()}` }];
         const qemuWrites = !(fmt === 'vmdk' && value === 'streamOptimized');
-        diffs.push(...judge(ctx, out, fmt, src, regions, { qemuWrites }));
+        diffs.push(...judge(ctx, out, fmt, src, regions, { qemuWrites, luks }));
         return diffs;
       }
-      const cr = imgMust(ctx, ['create', '-f', fmt, '-o', opts.join(','), out, String(size)]);
+      const cr = imgMust(ctx, ['create', ...sec, '-f', fmt, '-o', opts.join(','), out, String(size)]);
       if (cr.status !== 0) return [{ check: 'img create', detail: `exit ${cr.status}: ${cr.stderr.trim()}` }];
       // An empty image: compare with zeros of the size qemu sees (a VHD's CHS rounding may grow it).
       const zeros = join(ctx.dir, 'zeros.raw');
       writeFileSync(zeros, '');
       const qi = json(must(ctx.budget, 'qemu-img', ['info', '--output=json', '-f', fmt, out], { cwd: ctx.dir }));
       truncateSync(zeros, qi?.['virtual-size'] ?? size);
-      return judge(ctx, out, fmt, zeros, [], { qemuWrites: !(fmt === 'vmdk' && value === 'streamOptimized') });
+      return judge(ctx, out, fmt, zeros, [], { qemuWrites: !(fmt === 'vmdk' && value === 'streamOptimized'), luks });
     },
   };
 }
@@ -197,13 +243,13 @@ function optionCase(fmt, key, value, mode, seed) {
 function opCases(seed) {
   const cases = [];
   const add = (format, label, body) => cases.push({ format, label, options: [label], desc: label, run: body });
-  const prep = (ctx, fmt, opts = []) => {
+  const prep = (ctx, fmt, opts = [], flags = []) => {
     const r = rng(seed + cases.length);
     const size = 4 * MiB + 512 * (1 + r.int(3000));
     const src = join(ctx.dir, 'src.raw');
     const regions = sourceRaw(src, size, r);
     const out = join(ctx.dir, `out.${fmt}`);
-    const cv = imgMust(ctx, ['convert', '-f', 'raw', '-O', fmt, ...(opts.length ? ['-o', opts.join(',')] : []), src, out]);
+    const cv = imgMust(ctx, ['convert', ...flags, '-f', 'raw', '-O', fmt, ...(opts.length ? ['-o', opts.join(',')] : []), src, out]);
     if (cv.status !== 0) throw new Error(`img convert: ${cv.stderr.trim()}`);
     return { size, src, regions, out };
   };
@@ -429,8 +475,122 @@ function opCases(seed) {
     diffs.push(...judge(ctx, out, 'qcow2', src, regions));
     return diffs;
   });
+  cases.push(...luksOpCases(seed, prep, failed));
   return cases;
 }
+
+/**
+ * Operations on LUKS images img converted, each with its own random
+ * encrypt.* options and passphrase: resize, snapshots, key slots; and what
+ * both tools refuse beside encryption or without the passphrase.
+ */
+function luksOpCases(seed, prep, failed) {
+  const cases = [];
+  const add = (label, body) => {
+    const lr = rng((seed * 7727 + 31 * cases.length) >>> 0);
+    const luks = { pass: luksPassphrase(lr), options: luksOptions(lr) };
+    const opts = optionList(luks.options);
+    cases.push({ format: 'qcow2', label: `luks ${label}`, options: [`luks ${label}`], desc: `luks ${label}: -o ${opts.join(',')}`, run: (ctx) => body(ctx, luks, opts) });
+  };
+  const sec = (luks) => secretObject(luks.pass);
+  const named = (out, luks) => imageArgs('qcow2', out, luks.pass);
+  for (const grow of [true, false]) {
+    add(`resize ${grow ? 'grow' : 'shrink'}`, (ctx, luks, opts) => {
+      const { size, src, out } = prep(ctx, 'qcow2', opts, sec(luks));
+      const n = grow ? size + MiB + 512 * 7 : size - MiB - 512 * 3;
+      const a = named(out, luks);
+      const r = imgMust(ctx, ['resize', ...a.flags, ...(grow ? [] : ['--shrink']), a.name, String(n)]);
+      if (r.status !== 0) return failed('img resize', r);
+      truncateSync(src, n);
+      return judge(ctx, out, 'qcow2', src, [], { luks });
+    });
+  }
+  add('snapshot -c/-a/-d', (ctx, luks, opts) => {
+    const { src, regions, out } = prep(ctx, 'qcow2', opts, sec(luks));
+    const a = named(out, luks);
+    let r = imgMust(ctx, ['snapshot', '-c', 's1', ...a.flags, a.name]);
+    if (r.status !== 0) return failed('img snapshot -c', r);
+    const diffs = judge(ctx, out, 'qcow2', src, regions, { qemuWrites: false, luks });
+    must(ctx.budget, 'qemu-io', [...a.flags, '-c', 'write -P 0x99 1000 300000', a.name]);
+    r = imgMust(ctx, ['snapshot', '-a', 's1', ...a.flags, a.name]);
+    if (r.status !== 0) return [...diffs, ...failed('img snapshot -a', r)];
+    diffs.push(...judge(ctx, out, 'qcow2', src, regions, { qemuWrites: false, luks }));
+    r = imgMust(ctx, ['snapshot', '-d', 's1', ...a.flags, a.name]);
+    if (r.status !== 0) return [...diffs, ...failed('img snapshot -d', r)];
+    diffs.push(...judge(ctx, out, 'qcow2', src, regions, { luks }));
+    return diffs;
+  });
+  add('amend key slots (add a passphrase, erase the first)', (ctx, luks, opts) => {
+    const { src, regions, out } = prep(ctx, 'qcow2', opts, sec(luks));
+    const second = { ...luks, pass: `${luks.pass}-2` };
+    const both = [...secretObject(luks.pass), ...secretObject(second.pass, 'sec1')];
+    let r = imgMust(ctx, ['amend', ...both, '-o', `encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=${luks.options['encrypt.iter-time']}`, '--image-opts', imageArgs('qcow2', out, luks.pass).name]);
+    if (r.status !== 0) return failed('img amend encrypt.state=active', r);
+    const diffs = judge(ctx, out, 'qcow2', src, regions, { qemuWrites: false, luks: second });
+    r = imgMust(ctx, ['amend', ...both, '-o', `encrypt.state=inactive,encrypt.old-secret=${SECRET_ID}`, '--image-opts', imageArgs('qcow2', out, second.pass, 'sec1').name]);
+    if (r.status !== 0) return [...diffs, ...failed('img amend encrypt.state=inactive', r)];
+    const slots = json(must(ctx.budget, 'qemu-img', ['info', '--output=json', out]))?.['format-specific']?.data?.encrypt?.slots ?? [];
+    const active = slots.map((s, i) => (s.active ? i : -1)).filter((i) => i >= 0);
+    if (active.join() !== '1') diffs.push({ check: 'qemu-img info slots after amend', detail: `active slots ${JSON.stringify(active)}, expected [1]` });
+    const old = run(ctx.budget, 'qemu-img', ['compare', ...compareArgs('qcow2', out, src, luks.pass)], { cwd: ctx.dir });
+    if (old.status !== 2) diffs.push({ check: 'qemu-img with the erased passphrase', detail: `compare exits ${old.status}, expected 2 (no slot opens)` });
+    diffs.push(...judge(ctx, out, 'qcow2', src, regions, { luks: second }));
+    return diffs;
+  });
+  // Refused beside encryption by both tools: compressed clusters are never encrypted.
+  add('convert -c (refused)', (ctx, luks, opts) => {
+    const src = join(ctx.dir, 'src.raw');
+    sourceRaw(src, 2 * MiB, rng(seed));
+    const i = imgMust(ctx, ['convert', ...sec(luks), '-c', '-f', 'raw', '-O', 'qcow2', '-o', opts.join(','), src, join(ctx.dir, 'img.qcow2')]);
+    const q = qemuLuks(ctx.budget, (t) => ['convert', ...sec(luks), '-c', '-f', 'raw', '-O', 'qcow2', '-o', withIterTime(opts, t), src, join(ctx.dir, 'qemu.qcow2')], ITER_TIMES, { cwd: ctx.dir });
+    return (i.status === 0) === (q.status === 0) ? [] : [{ check: 'convert -c with encryption', detail: `img exits ${i.status}, qemu-img ${q.status}: ${(i.stderr || q.stderr).trim().split('\n')[0]}` }];
+  });
+  // img refuses preallocation beside encryption; qemu-img 7.2 makes the image, whose clusters read as the decryption of zeros (README, luks-preallocation).
+  for (const prealloc of ['metadata', 'falloc', 'full']) {
+    add(`create preallocation=${prealloc}`, (ctx, luks, opts) => {
+      const size = 2 * MiB + 512 * 5;
+      const i = imgMust(ctx, ['create', ...sec(luks), '-f', 'qcow2', '-o', [...opts, `preallocation=${prealloc}`].join(','), join(ctx.dir, 'img.qcow2'), String(size)]);
+      const qp = join(ctx.dir, 'qemu.qcow2');
+      const q = qemuLuks(ctx.budget, (t) => ['create', '-q', ...sec(luks), '-f', 'qcow2', '-o', `${withIterTime(opts, t)},preallocation=${prealloc}`, qp, String(size)], ITER_TIMES, { cwd: ctx.dir });
+      if (i.status === 0) {
+        // img made it: it must read as zeros, as a new disk does.
+        const zeros = join(ctx.dir, 'zeros.raw');
+        writeFileSync(zeros, '');
+        truncateSync(zeros, size);
+        return judge(ctx, join(ctx.dir, 'img.qcow2'), 'qcow2', zeros, [], { luks });
+      }
+      if (q.status !== 0) return [];
+      const a = named(qp, luks);
+      const rd = run(ctx.budget, 'qemu-io', ['-r', ...a.flags, '-c', `read -P 0 0 ${size}`, a.name], { cwd: ctx.dir });
+      const zero = rd.status === 0 && !/verification failed/i.test(rd.stdout + rd.stderr);
+      return [{ check: 'preallocation with encryption', detail: `img refuses it (exit ${i.status}); qemu-img makes the image, which reads ${zero ? 'as zeros' : 'not as zeros (the decryption of zeros)'}` }];
+    });
+  }
+  // Without the passphrase, or with a wrong one: the same exit codes (img check and map read no data, and take an image without its passphrase: not compared).
+  add('without or with a wrong passphrase', (ctx, luks, opts) => {
+    const { src, out } = prep(ctx, 'qcow2', opts, sec(luks));
+    const diffs = [];
+    const wrong = `${luks.pass}x`;
+    const a = named(out, { pass: wrong });
+    const tries = [
+      ['compare, no passphrase', ['compare', ...compareArgs('qcow2', out, src)]],
+      ['convert -O raw, no passphrase', ['convert', '-f', 'qcow2', '-O', 'raw', out, join(ctx.dir, 'out.raw')]],
+      ['compare, wrong passphrase', ['compare', ...compareArgs('qcow2', out, src, wrong)]],
+      ['convert -O raw, wrong passphrase', ['convert', ...a.flags, '-O', 'raw', a.name, join(ctx.dir, 'out.raw')]],
+      ['check, wrong passphrase', ['check', ...a.flags, a.name]],
+    ];
+    for (const [what, argv] of tries) {
+      const i = imgMust(ctx, argv);
+      const q = run(ctx.budget, 'qemu-img', argv, { cwd: ctx.dir });
+      if (i.status !== q.status) diffs.push({ check: what, detail: `img exits ${i.status}, qemu-img ${q.status}: img ${JSON.stringify((i.stderr || i.stdout).trim().split('\n')[0])}, qemu-img ${JSON.stringify((q.stderr || q.stdout).trim().split('\n')[0])}` });
+    }
+    return diffs;
+  });
+  return cases;
+}
+
+/** The options with encrypt.iter-time set to `t` ms (a retry after qemu-img failed to time PBKDF2). */
+const withIterTime = (opts, t) => [...opts.filter((o) => !o.startsWith('encrypt.iter-time=')), `encrypt.iter-time=${t}`].join(',');
 
 /** Reads `img create -f X -o help` and builds one case per option value and mode. */
 export function writeCases(seed, formats, imgHelp) {
