@@ -1,7 +1,8 @@
 // The test page: what a web app does with the SDK. Files arrive through
 // <input type=file>; each (qcow2, VHD, streamOptimized VMDK, raw) is opened through BlobStorage, its guest bytes
 // hashed with WebCrypto and its extents listed; a qcow2 is converted to a
-// dynamic VHD in memory and read back; a deflate-compressed qcow2 is
+// dynamic VHD in memory and read back (an encrypted one, *-luks.qcow2, is
+// opened with its passphrase); a deflate-compressed qcow2 is
 // written in memory for the Node side to hand to qemu-img. Results go to
 // window.__imgResults (and, as JSON, into #results).
 import { BlobStorage, BlobTarget, openRaw, sparseCopy, type Disk } from '@img/block';
@@ -63,6 +64,8 @@ async function sha256Of(disk: Disk, size = disk.size): Promise<string> {
 
 async function open(file: File): Promise<{ format: string; disk: Disk }> {
   const storage = new BlobStorage(file);
+  // An encrypted test image (*-luks.qcow2) opens with the passphrase the test made it with.
+  if (file.name.endsWith('-luks.qcow2')) return { format: 'qcow2', disk: await openQcow2(storage, { readOnly: true, passphrase: 'browser pass' }) };
   if (file.name.endsWith('.qcow2')) return { format: 'qcow2', disk: await openQcow2(storage, { readOnly: true }) };
   if (file.name.endsWith('.vhd')) return { format: 'vhd', disk: await openVhd(storage, { readOnly: true }) };
   // A streamOptimized VMDK holds its descriptor and grains in the one file: no resolver needed (nor given).
