@@ -73,8 +73,8 @@ for (const c of cases) {
   try {
     let diffs;
     if (c.build) {
-      const { path, fmt } = c.build(ctx);
-      diffs = compareRead(ctx, path, fmt);
+      const { path, fmt, pass } = c.build(ctx);
+      diffs = compareRead(ctx, path, fmt, pass);
     } else diffs = c.run(ctx);
     result = { status: diffs.length ? 'diff' : 'pass', diffs };
   } catch (e) {

@@ -121,15 +121,16 @@ export const PBKDF2_TIMING = /Unable to get accurate CPU usage/;
 /**
  * Runs a qemu-img command that makes a LUKS image, `argvFor(iterTime)`,
  * again with another `encrypt.iter-time` while qemu-img fails to time
- * PBKDF2 (PBKDF2_TIMING); other failures are returned as they are. When
- * every try hits the timing failure the preparation is skipped (PrepError),
- * not counted as a difference.
+ * PBKDF2 (PBKDF2_TIMING); returns the last try's result and `argv`, a
+ * failure of another kind included. When every try hits the timing failure
+ * the preparation is skipped (PrepError), not counted as a difference.
  */
 export function qemuLuks(budget, argvFor, iterTimes, options) {
   let r;
   for (const t of iterTimes) {
-    r = run(budget, 'qemu-img', argvFor(t), options);
-    if (r.status === 0 || !PBKDF2_TIMING.test(r.stderr)) return r;
+    const argv = argvFor(t);
+    r = run(budget, 'qemu-img', argv, options);
+    if (r.status === 0 || !PBKDF2_TIMING.test(r.stderr)) return { ...r, argv };
   }
   throw new PrepError(`qemu-img ${argvFor(iterTimes.at(-1)).join(' ')}: ${r?.stderr.trim()} (every encrypt.iter-time tried: ${iterTimes.join(', ')})`);
 }

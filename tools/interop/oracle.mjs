@@ -3,7 +3,7 @@
 // ({ check, detail }); an empty list is agreement.
 import { copyFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstDifference, img, json, run } from './lib.mjs';
+import { compareArgs, firstDifference, imageArgs, img, json, run } from './lib.mjs';
 
 /**
  * Paths where two JSON values differ. Keys qemu prints that img lacks count;
@@ -36,19 +36,25 @@ function flippedCopy(raw, into) {
   return into;
 }
 
-export function compareRead(ctx, path, fmt) {
+/**
+ * Every comparison of one image. With `pass` the image is LUKS-encrypted:
+ * both tools get the passphrase (lib.mjs imageArgs) for every command that
+ * reads data; info reads metadata only and is run without it.
+ */
+export function compareRead(ctx, path, fmt, pass) {
   const diffs = [];
   const d = (check, detail) => diffs.push({ check, detail });
   const { budget, heap, dir } = ctx;
   const q = (argv) => run(budget, 'qemu-img', argv, { cwd: dir });
   const i = (argv) => img(budget, heap, argv, { cwd: dir });
+  const a = imageArgs(fmt, path, pass);
 
   // Contents: img convert -O raw against qemu-img convert -O raw.
   const qraw = join(dir, 'qemu.raw');
   const iraw = join(dir, 'img.raw');
-  const qc = q(['convert', '-f', fmt, '-O', 'raw', path, qraw]);
+  const qc = q(['convert', ...a.flags, '-O', 'raw', a.name, qraw]);
   if (qc.status !== 0) throw new Error(`qemu-img convert failed: ${qc.stderr.trim()}`);
-  const ic = i(['convert', '-f', fmt, '-O', 'raw', path, iraw]);
+  const ic = i(['convert', ...a.flags, '-O', 'raw', a.name, iraw]);
   if (ic.status !== 0) d('convert', `img convert -O raw exits ${ic.status}: ${ic.stderr.trim().split('\n')[0]}`);
   else {
     const at = firstDifference(iraw, qraw);
@@ -57,16 +63,16 @@ export function compareRead(ctx, path, fmt) {
 
   // Internal snapshots: each read as qemu-img convert -l reads it, and the same list.
   if (fmt === 'qcow2') {
-    const ql = q(['snapshot', '-l', path]);
-    const il = i(['snapshot', '-l', path]);
+    const ql = q(['snapshot', '-l', ...(pass === undefined ? [] : a.flags), a.name]);
+    const il = i(['snapshot', '-l', ...(pass === undefined ? [] : a.flags), a.name]);
     if (il.stdout !== ql.stdout) d('snapshot -l', `img lists ${JSON.stringify(il.stdout.trim().split('\n').slice(2))}, qemu-img ${JSON.stringify(ql.stdout.trim().split('\n').slice(2))}`);
     for (const line of ql.stdout.split('\n').slice(2)) {
       const name = line.trim().split(/\s+/)[1];
       if (!name) continue;
       const qs = join(dir, 'qemu-snap.raw');
       const is = join(dir, 'img-snap.raw');
-      if (q(['convert', '-l', `snapshot.name=${name}`, '-f', fmt, '-O', 'raw', path, qs]).status !== 0) continue;
-      const r = i(['convert', '-l', name, '-f', fmt, '-O', 'raw', path, is]);
+      if (q(['convert', '-l', `snapshot.name=${name}`, ...a.flags, '-O', 'raw', a.name, qs]).status !== 0) continue;
+      const r = i(['convert', '-l', name, ...a.flags, '-O', 'raw', a.name, is]);
       if (r.status !== 0) d('snapshot convert', `img convert -l ${name} exits ${r.status}: ${r.stderr.trim().split('\n')[0]}`);
       else {
         const at = firstDifference(is, qs);
@@ -83,9 +89,9 @@ export function compareRead(ctx, path, fmt) {
     [qraw, 'equal'],
     [flipped, 'flipped'],
   ]) {
-    const a = i(['compare', '-f', fmt, '-F', 'raw', path, other]);
-    const b = q(['compare', '-f', fmt, '-F', 'raw', path, other]);
-    if (a.status !== b.status) d('compare', `${label}: img exits ${a.status}, qemu-img ${b.status} (${a.stderr.trim().split('\n')[0] ?? ''})`);
+    const ia = i(['compare', ...compareArgs(fmt, path, other, pass)]);
+    const qa = q(['compare', ...compareArgs(fmt, path, other, pass)]);
+    if (ia.status !== qa.status) d('compare', `${label}: img exits ${ia.status}, qemu-img ${qa.status} (${ia.stderr.trim().split('\n')[0] ?? ''})`);
   }
 
   // info: the whole JSON.
@@ -101,8 +107,8 @@ export function compareRead(ctx, path, fmt) {
   else for (const line of jsonDiff(json(ib.stdout), json(qb.stdout), '', true)) d('info --backing-chain', line);
 
   // map: entry by entry.
-  const im = i(['map', '-f', fmt, '--output=json', path]);
-  const qm = q(['map', '-f', fmt, '--output=json', path]);
+  const im = i(['map', '--output=json', ...a.flags, a.name]);
+  const qm = q(['map', '--output=json', ...a.flags, a.name]);
   if (im.status !== qm.status) d('map', `img exits ${im.status}, qemu-img ${qm.status}: ${im.stderr.trim()}`);
   else {
     const a = json(im.stdout) ?? [];
@@ -117,18 +123,23 @@ export function compareRead(ctx, path, fmt) {
     ['-O', 'qcow2', '-o', 'cluster_size=4k'],
     ['-O', 'raw'],
   ]) {
-    const a = i(['measure', '--output=json', '-f', fmt, ...argv, path]);
-    const b = q(['measure', '--output=json', '-f', fmt, ...argv, path]);
-    if (a.status !== b.status) d('measure', `${argv.join(' ')}: img exits ${a.status}, qemu-img ${b.status}: ${a.stderr.trim()}`);
-    else for (const line of jsonDiff(json(a.stdout), json(b.stdout))) d('measure', `${argv.join(' ')}: ${line}`);
+    const im = i(['measure', '--output=json', ...a.flags, ...argv, a.name]);
+    const qm = q(['measure', '--output=json', ...a.flags, ...argv, a.name]);
+    if (im.status !== qm.status) d('measure', `${argv.join(' ')}: img exits ${im.status}, qemu-img ${qm.status}: ${im.stderr.trim()}`);
+    else for (const line of jsonDiff(json(im.stdout), json(qm.stdout))) d('measure', `${argv.join(' ')}: ${line}`);
   }
 
   // check: exit code and counts.
-  const ik = i(['check', '-f', fmt, '--output=json', path]);
-  const qk = q(['check', '-f', fmt, '--output=json', path]);
+  const ik = i(['check', '--output=json', ...a.flags, a.name]);
+  const qk = q(['check', '--output=json', ...a.flags, a.name]);
   // 63: qemu-img has no check for the format (vpc, some VMDK subformats); img's own check is not compared.
   if (qk.status === 63) return diffs;
   if (ik.status !== qk.status) d('check', `img exits ${ik.status}, qemu-img ${qk.status}: ${(ik.stderr || ik.stdout).trim().split('\n')[0]}`);
-  else if (qk.status === 0 || qk.status === 2 || qk.status === 3) for (const line of jsonDiff(json(ik.stdout), json(qk.stdout))) d('check', line);
+  else if (qk.status === 0 || qk.status === 2 || qk.status === 3) {
+    // With --image-opts qemu-img's filename is the option string as given, img's the file's name: not compared.
+    const [ij, qj] = [json(ik.stdout), json(qk.stdout)];
+    if (pass !== undefined) for (const j of [ij, qj]) if (j) delete j.filename;
+    for (const line of jsonDiff(ij, qj)) d('check', line);
+  }
   return diffs;
 }

@@ -1,9 +1,11 @@
 // Direction 1: images qemu-img and qemu-io write, over the option matrix.
-// Each case is { id, format, label, options, build(ctx) -> { path, fmt } };
-// build runs qemu-img / qemu-io only, in ctx.dir.
+// Each case is { id, format, label, options, build(ctx) -> { path, fmt,
+// pass } }; build runs qemu-img / qemu-io only, in ctx.dir. `pass` is the
+// passphrase of a LUKS image (luks.mjs), undefined for the others.
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { must, rng, run } from './lib.mjs';
+import { PrepError, SECRET_ID, imageArgs, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
+import { RETRY_ITER_TIMES, luksOptions, luksPassphrase, optionList } from './luks.mjs';
 
 const MiB = 1 << 20;
 const CLUSTERS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 2097152];
@@ -45,10 +47,12 @@ export function fillScript(r, size, { cluster = 65536, compress = true, zeroes =
   return c;
 }
 
-function qemuIo(ctx, fmt, file, script) {
-  const argv = ['-f', fmt];
+/** qemu-io runs `script` on `file` (encrypted with passphrase `pass` when given). */
+function qemuIo(ctx, fmt, file, script, pass) {
+  const a = imageArgs(fmt, file, pass);
+  const argv = [...a.flags];
   for (const s of script) argv.push('-c', s);
-  argv.push(file);
+  argv.push(a.name);
   const out = must(ctx.budget, 'qemu-io', argv, { cwd: ctx.dir });
   if (/error|failed/i.test(out))
     throw new Error(
@@ -57,12 +61,20 @@ function qemuIo(ctx, fmt, file, script) {
         .split('\n')
         .find((l) => /error|failed/i.test(l))}`,
     );
-  ctx.log.push(`qemu-io -f ${fmt} ${script.map((s) => `-c '${s}'`).join(' ')} ${file}`);
+  ctx.log.push(`qemu-io ${a.flags.join(' ')} ${script.map((s) => `-c '${s}'`).join(' ')} ${a.name}`);
 }
 
 function qemuImg(ctx, argv) {
   ctx.log.push(`qemu-img ${argv.join(' ')}`);
   return must(ctx.budget, 'qemu-img', argv, { cwd: ctx.dir });
+}
+
+/** qemu-img makes a LUKS image, `argvFor(iterTime)`: the case's encrypt.iter-time first, others after a PBKDF2 timing failure (lib.mjs qemuLuks). */
+function qemuImgLuks(ctx, luks, argvFor) {
+  const first = luks.options['encrypt.iter-time'];
+  const r = qemuLuks(ctx.budget, argvFor, [first, ...RETRY_ITER_TIMES.filter((t) => t !== first)], { cwd: ctx.dir });
+  ctx.log.push(`qemu-img ${r.argv.join(' ')}`);
+  if (r.status !== 0) throw new PrepError(`qemu-img ${r.argv.join(' ')}: exit ${r.status}: ${`${r.stderr}${r.stdout}`.trim().split('\n')[0]}`);
 }
 
 /** A raw file filled with patterns and zero runs, through qemu-io. */
@@ -134,12 +146,33 @@ function qcow2Options(r, force) {
   return { o, extras };
 }
 
+/**
+ * LUKS for a qcow2 read case (`force.luks`: true, false, or the whole
+ * encrypt.* option set, such as one only qemu-img takes), drawn from a
+ * generator of its own so that the case's other draws stay those of
+ * earlier seeds.
+ */
+function caseLuks(seed, force) {
+  const lr = rng(~seed >>> 0);
+  const want = force.luks ?? lr.chance(0.15);
+  if (!want) return undefined;
+  return { pass: luksPassphrase(lr), options: typeof want === 'object' ? want : luksOptions(lr) };
+}
+
 function qcow2Case(seed, force, label) {
   const r = rng(seed);
   const { o, extras } = qcow2Options(r, force);
-  const opts = Object.entries(o)
-    .map(([k, v]) => `${k}=${v}`)
-    .join(',');
+  const luks = caseLuks(seed, force);
+  if (luks) {
+    // qemu-img refuses compression beside encryption; amend, commit and rebase would need the passphrase on every layer's command line: left out.
+    extras.convertCompressed = false;
+    extras.amend = undefined;
+    extras.chainOp = undefined;
+  }
+  const opts = [...Object.entries(o).map(([k, v]) => `${k}=${v}`), ...(luks ? optionList(luks.options) : [])].join(',');
+  // The options with another encrypt.iter-time, for a retry (lib.mjs qemuLuks).
+  const optsFor = (t) => opts.replace(/encrypt\.iter-time=\d+/, `encrypt.iter-time=${t}`);
+  const sec = luks ? secretObject(luks.pass) : [];
   const desc = [
     opts,
     extras.convertCompressed && 'qemu-img convert -c',
@@ -155,13 +188,17 @@ function qcow2Case(seed, force, label) {
   return {
     format: 'qcow2',
     label: label ?? 'random',
-    options: [...Object.keys(o), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize', 'convertCompressed', 'chainOp', 'crash'].filter((k) => extras[k])],
+    options: [...Object.keys(o), ...(luks ? optionList(luks.options) : []), ...['backing', 'snapshot', 'bitmap', 'amend', 'resize', 'convertCompressed', 'chainOp', 'crash'].filter((k) => extras[k])],
     desc,
     build(ctx) {
       const size = oddSize(r);
       const top = join(ctx.dir, 'top.qcow2');
+      // How qemu-img and qemu-io name the top image: with its passphrase when encrypted.
+      const a = imageArgs('qcow2', top, luks?.pass);
+      const named = luks ? [...a.flags, a.name] : [top];
       const cluster = o.cluster_size;
-      const compress = !o.data_file;
+      // qemu-io writes no compressed cluster into a data file or an encrypted image.
+      const compress = !o.data_file && !luks;
       let size2 = size;
       if (extras.backing) {
         const { depth, base, sizes } = extras.backing;
@@ -175,13 +212,16 @@ function qcow2Case(seed, force, label) {
           below = mid;
           belowFmt = 'qcow2';
         }
-        qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, '-b', below, '-F', belowFmt, top, String(size)]);
+        const argvFor = (t) => ['create', '-q', ...sec, '-f', 'qcow2', '-o', optsFor(t), '-b', below, '-F', belowFmt, top, String(size)];
+        if (luks) qemuImgLuks(ctx, luks, argvFor);
+        else qemuImg(ctx, argvFor(undefined));
       } else if (extras.convertCompressed) {
         // qemu-img convert -c: every cluster with data compressed.
         const raw = rawFilled(ctx, 'src.raw', size, r);
         qemuImg(ctx, ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', opts, raw, top]);
-      } else qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, top, String(size)]);
-      if (!extras.convertCompressed) qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: compress && !o.preallocation }));
+      } else if (luks) qemuImgLuks(ctx, luks, (t) => ['create', '-q', ...sec, '-f', 'qcow2', '-o', optsFor(t), top, String(size)]);
+      else qemuImg(ctx, ['create', '-q', '-f', 'qcow2', '-o', opts, top, String(size)]);
+      if (!extras.convertCompressed) qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: compress && !o.preallocation }), luks?.pass);
       // qemu-img commit / rebase over the chain before the rest (qcow2 layers only: commit writes into the one below).
       if (extras.backing && extras.chainOp && extras.backing.depth >= 2) {
         const base = join(ctx.dir, `base.${extras.backing.base}`);
@@ -189,35 +229,35 @@ function qcow2Case(seed, force, label) {
         else qemuImg(ctx, ['rebase', ...(extras.chainOp === 'rebase-u' ? ['-u'] : []), '-b', base, '-F', extras.backing.base, top]);
       }
       if (extras.snapshot) {
-        qemuImg(ctx, ['snapshot', '-c', 'snap1', top]);
-        qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 5 }));
+        qemuImg(ctx, ['snapshot', '-c', 'snap1', ...named]);
+        qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 5 }), luks?.pass);
         if (o.refcount_bits !== 2 && r.chance(0.5)) {
-          qemuImg(ctx, ['snapshot', '-c', 'snap2', top]);
-          qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 3 }));
+          qemuImg(ctx, ['snapshot', '-c', 'snap2', ...named]);
+          qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 3 }), luks?.pass);
         }
       }
       if (extras.bitmap) {
-        qemuImg(ctx, ['bitmap', '--add', ...(r.chance(0.5) ? ['-g', String(r.pick([65536, 1 << 20, 512 << 10]))] : []), top, 'bm0']);
-        if (r.chance(0.5)) qemuImg(ctx, ['bitmap', '--add', '--disable', top, 'bm1']);
-        qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 3 }));
+        qemuImg(ctx, ['bitmap', '--add', ...(r.chance(0.5) ? ['-g', String(r.pick([65536, 1 << 20, 512 << 10]))] : []), ...named, 'bm0']);
+        if (r.chance(0.5)) qemuImg(ctx, ['bitmap', '--add', '--disable', ...named, 'bm1']);
+        qemuIo(ctx, 'qcow2', top, fillScript(r, size, { cluster, compress: false, count: 3 }), luks?.pass);
       }
       if (extras.amend) qemuImg(ctx, ['amend', '-o', `compat=${extras.amend}`, top]);
       if (extras.resize === 'grow') {
         size2 = size + MiB + 512 * r.int(1000);
-        qemuImg(ctx, ['resize', '-q', top, String(size2)]);
-        qemuIo(ctx, 'qcow2', top, [`write -P 0x77 ${size2 - 1000} 1000`]);
+        qemuImg(ctx, ['resize', '-q', ...named, String(size2)]);
+        qemuIo(ctx, 'qcow2', top, [`write -P 0x77 ${size2 - 1000} 1000`], luks?.pass);
       } else if (extras.resize === 'shrink') {
         size2 = size - MiB + 512 * r.int(1000);
-        qemuImg(ctx, ['resize', '-q', '--shrink', top, String(size2)]);
+        qemuImg(ctx, ['resize', '-q', '--shrink', ...named, String(size2)]);
       }
       if (extras.crash && o.lazy_refcounts) {
         const script = fillScript(r, size2, { cluster, compress: false, count: 4 });
-        const argv = ['-f', 'qcow2', ...script.flatMap((c) => ['-c', c]), '-c', 'flush', '-c', 'abort', top];
+        const argv = [...a.flags, ...script.flatMap((c) => ['-c', c]), '-c', 'flush', '-c', 'abort', a.name];
         ctx.log.push(`qemu-io ${argv.join(' ')}`);
         // abort ends qemu-io with SIGABRT on purpose.
         run(ctx.budget, 'qemu-io', argv, { cwd: ctx.dir });
       }
-      return { path: top, fmt: 'qcow2' };
+      return { path: top, fmt: 'qcow2', pass: luks?.pass };
     },
   };
 }
@@ -321,6 +361,18 @@ export function readCases(seed, randomCount, formats) {
   q({ compat: '0.10', amend: '1.1' }, 'amend 0.10->1.1');
   q({ resize: 'grow' }, 'resize grow');
   q({ resize: 'shrink', snapshot: false, bitmap: false }, 'resize shrink');
+  // LUKS (luks.mjs), also where img writes none itself: compat=0.10, 512-byte clusters, a data file, preallocation.
+  q({ luks: true, backing: false, snapshot: false, resize: false }, 'luks');
+  q({ luks: true, compat: '0.10', backing: false }, 'luks compat=0.10');
+  q({ luks: true, cluster_size: 512, backing: false }, 'luks cluster_size=512');
+  q({ luks: true, compat: '1.1', data_file: true, data_file_raw: false }, 'luks data_file');
+  q({ luks: true, compat: '1.1', data_file: true, data_file_raw: true }, 'luks data_file_raw');
+  q({ luks: true, preallocation: 'metadata', backing: false, cluster_size: 65536 }, 'luks preallocation=metadata');
+  q({ luks: true, snapshot: true, data_file: false, preallocation: false }, 'luks snapshot');
+  q({ luks: true, data_file: false, backing: { depth: 2, base: 'qcow2', sizes: 'shorter' } }, 'luks over a backing chain');
+  q({ luks: true, compat: '1.1', lazy_refcounts: true, crash: true, data_file: false }, 'luks lazy_refcounts crash (dirty)');
+  // qemu-img takes ivgen-hash-alg beside plain64 and stores it in the cipher name ("xts-plain64:sha256"); img create refuses it.
+  q({ luks: { 'encrypt.format': 'luks', 'encrypt.key-secret': SECRET_ID, 'encrypt.ivgen-alg': 'plain64', 'encrypt.ivgen-hash-alg': 'sha256', 'encrypt.iter-time': '10' }, backing: false }, 'luks plain64 with ivgen-hash-alg (qemu-img only)');
   const v = (force, label) => forced.push(['vpc', force, label]);
   for (const sub of ['dynamic', 'fixed']) for (const fs of ['on', 'off', undefined]) for (const convert of [false, true]) v({ subformat: sub, force_size: fs, convert }, `${sub} force_size=${fs ?? 'default'}${convert ? ' convert' : ''}`);
   v({ subformat: 'dynamic', size: 127 * MiB + 3 * 512 }, 'dynamic odd CHS size');

@@ -5,7 +5,7 @@
 import { copyFileSync, openSync, writeSync, closeSync, ftruncateSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SECRET_ID, compareArgs, firstDifference, imageArgs, img, json, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
-import { ITER_TIMES, LUKS_VALUES, expectedEncrypt, luksFits, luksOptions, luksPassphrase, optionList } from './luks.mjs';
+import { RETRY_ITER_TIMES, LUKS_VALUES, expectedEncrypt, luksFits, luksOptions, luksPassphrase, optionList } from './luks.mjs';
 import { jsonDiff } from './oracle.mjs';
 
 const MiB = 1 << 20;
@@ -542,7 +542,7 @@ function luksOpCases(seed, prep, failed) {
     const src = join(ctx.dir, 'src.raw');
     sourceRaw(src, 2 * MiB, rng(seed));
     const i = imgMust(ctx, ['convert', ...sec(luks), '-c', '-f', 'raw', '-O', 'qcow2', '-o', opts.join(','), src, join(ctx.dir, 'img.qcow2')]);
-    const q = qemuLuks(ctx.budget, (t) => ['convert', ...sec(luks), '-c', '-f', 'raw', '-O', 'qcow2', '-o', withIterTime(opts, t), src, join(ctx.dir, 'qemu.qcow2')], ITER_TIMES, { cwd: ctx.dir });
+    const q = qemuLuks(ctx.budget, (t) => ['convert', ...sec(luks), '-c', '-f', 'raw', '-O', 'qcow2', '-o', withIterTime(opts, t), src, join(ctx.dir, 'qemu.qcow2')], RETRY_ITER_TIMES, { cwd: ctx.dir });
     return (i.status === 0) === (q.status === 0) ? [] : [{ check: 'convert -c with encryption', detail: `img exits ${i.status}, qemu-img ${q.status}: ${(i.stderr || q.stderr).trim().split('\n')[0]}` }];
   });
   // img refuses preallocation beside encryption; qemu-img 7.2 makes the image, whose clusters read as the decryption of zeros (README, luks-preallocation).
@@ -551,7 +551,7 @@ function luksOpCases(seed, prep, failed) {
       const size = 2 * MiB + 512 * 5;
       const i = imgMust(ctx, ['create', ...sec(luks), '-f', 'qcow2', '-o', [...opts, `preallocation=${prealloc}`].join(','), join(ctx.dir, 'img.qcow2'), String(size)]);
       const qp = join(ctx.dir, 'qemu.qcow2');
-      const q = qemuLuks(ctx.budget, (t) => ['create', '-q', ...sec(luks), '-f', 'qcow2', '-o', `${withIterTime(opts, t)},preallocation=${prealloc}`, qp, String(size)], ITER_TIMES, { cwd: ctx.dir });
+      const q = qemuLuks(ctx.budget, (t) => ['create', '-q', ...sec(luks), '-f', 'qcow2', '-o', `${withIterTime(opts, t)},preallocation=${prealloc}`, qp, String(size)], RETRY_ITER_TIMES, { cwd: ctx.dir });
       if (i.status === 0) {
         // img made it: it must read as zeros, as a new disk does.
         const zeros = join(ctx.dir, 'zeros.raw');
