@@ -143,7 +143,10 @@ describeQemu('qemu-img 10.1 spellings through the bins, judged by qemu-img 7.2',
     ['img info --fo qcow2 top.qcow2', "img info: option '--fo' is ambiguous; possibilities: '--force-format' '--force-share' '--format'"],
     ['img info --formt qcow2 top.qcow2', "img info: Unknown option '--formt'"],
     ['img convert --object tls-creds-x509,id=t0 top.qcow2 x.raw', 'img convert: --object tls-creds-x509: img takes secret objects only (the passphrase of an encrypted image)'],
-    ['img convert --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on x.raw', 'img convert: --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on: img reads driver, file.filename, file.driver and encrypt.key-secret, not "cache.direct"'],
+    [
+      'img convert --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on x.raw',
+      'img convert: --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "cache.direct"',
+    ],
     ['img convert --object secret,id=s0,data=x --image-opts driver=qcow2,file.filename=top.qcow2,encrypt.key-secret=s1 x.raw', "img convert: No secret with id 's1'"],
   ];
   for (const [cmd, first] of typos) {
