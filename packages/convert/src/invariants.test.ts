@@ -40,7 +40,7 @@ function walk(dir: string): string[] {
 
 describe('package invariants', () => {
   it('finds every package', () => {
-    expect(packages.sort()).toEqual(['block', 'convert', 'nbd', 'qcow2', 'vhd', 'vmdk']);
+    expect(packages.sort()).toEqual(['block', 'convert', 'luks', 'nbd', 'qcow2', 'vhd', 'vmdk']);
   });
 
   for (const name of packages) {

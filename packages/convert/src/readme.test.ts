@@ -18,7 +18,7 @@ const work = tempDir('img-readme-');
 const startDir = process.cwd();
 
 describe('README examples type-check against the shipped types', () => {
-  const readmes = ['README.md', ...['block', 'qcow2', 'vhd', 'vmdk', 'convert', 'nbd'].map((p) => join('packages', p, 'README.md'))].filter((p) => existsSync(join(repoRoot, p)));
+  const readmes = ['README.md', ...['block', 'qcow2', 'vhd', 'vmdk', 'luks', 'convert', 'nbd'].map((p) => join('packages', p, 'README.md'))].filter((p) => existsSync(join(repoRoot, p)));
   const checkDir = join(repoRoot, 'packages', 'convert', '.readme-typecheck');
   afterAll(() => rmSync(checkDir, { recursive: true, force: true }));
 

@@ -28,6 +28,8 @@ export const ENTRY_POINTS = [
   'packages/nbd/src/index.ts',
   'packages/vmdk/src/index.ts',
   'packages/vmdk/src/node.ts',
+  'packages/luks/src/index.ts',
+  'packages/luks/src/node.ts',
 ].filter((p) => {
   try {
     return statSync(join(root, p)).isFile();

@@ -54,12 +54,22 @@ export function createOptionsFromCli(io: Io, prog: string, driver: FormatDriver,
   return withSecretPassphrase(optionsFromText(driver.name, table, text));
 }
 
-/** `encrypt.key-secret=ID` (a --object secret) as the passphrase itself, which is what the formats take. */
+/**
+ * `encrypt.key-secret=ID` (qcow2) and `key-secret=ID` (luks), ids of --object
+ * secrets, as the passphrase itself, which is what the formats take
+ * (`encryptPassphrase`, `passphrase`).
+ */
 function withSecretPassphrase(options: Record<string, unknown>): Record<string, unknown> {
-  const id = options.encryptKeySecret;
-  if (id === undefined) return options;
-  const { encryptKeySecret: _id, ...rest } = options;
-  return { ...rest, encryptPassphrase: secretValue(String(id)) };
+  let out = options;
+  if (out.encryptKeySecret !== undefined) {
+    const { encryptKeySecret: id, ...rest } = out;
+    out = { ...rest, encryptPassphrase: secretValue(String(id)) };
+  }
+  if (out.keySecret !== undefined) {
+    const { keySecret: id, ...rest } = out;
+    out = { ...rest, passphrase: secretValue(String(id)) };
+  }
+  return out;
 }
 
 /**

@@ -1,11 +1,12 @@
 /**
  * qemu-img's `--object secret,...` and `--image-opts`, as far as img has a
- * use for them: a secret is the passphrase of an encrypted qcow2 image,
- * and an image option string (`driver=qcow2,file.filename=vm.qcow2,
- * encrypt.key-secret=sec0`) names a file, its format and the secret that
- * unlocks it. They are taken out of a command's arguments before the
- * command parses them: each option string becomes its file name, and what
- * it said is looked up by that name when the command opens the file.
+ * use for them: a secret is the passphrase of an encrypted image, and an
+ * image option string (`driver=qcow2,file.filename=vm.qcow2,
+ * encrypt.key-secret=sec0`, `driver=luks,file.filename=vm.luks,key-secret=sec0`)
+ * names a file, its format and the secret that unlocks it. They are taken
+ * out of a command's arguments before the command parses them: each option
+ * string becomes its file name, and what it said is looked up by that name
+ * when the command opens the file.
  */
 import type { BackingOpenOptions } from '@img/block';
 import { ExitCode } from './common.js';
@@ -105,7 +106,7 @@ async function secretOf(spec: Map<string, string>, text: string): Promise<{ id: 
 }
 
 /** The keys of an option string img reads (anything else is refused rather than ignored). */
-const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format'];
+const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format', 'key-secret'];
 /** qemu's option for a backing file's secret, at any depth. */
 const BACKING_SECRET = /^(backing\.)+encrypt\.key-secret$/;
 
@@ -115,7 +116,7 @@ function takeImageOpts(arg: string): string {
   const prefix = arg.startsWith('if=') ? 'if=' : '';
   const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
   for (const key of spec.keys()) {
-    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "${key}"`);
+    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret (qcow2), key-secret (luks) and backing.encrypt.key-secret, not "${key}"`);
   }
   const path = spec.get('file.filename');
   if (path === undefined) throw new ExitCode(1, `--image-opts ${arg}: file.filename is missing`);
@@ -128,7 +129,12 @@ function takeImageOpts(arg: string): string {
     if (id !== undefined && !value) throw new ExitCode(1, `No secret with id '${id}'`);
     return value;
   };
-  const passphrase = secretOfKey('encrypt.key-secret');
+  // qcow2 names its secret encrypt.key-secret, luks (the whole file a LUKS volume) key-secret.
+  const driver = spec.get('driver');
+  if (spec.has('key-secret') && (spec.has('encrypt.key-secret') || (driver !== undefined && driver !== 'luks'))) {
+    throw new ExitCode(1, `--image-opts ${arg}: key-secret is the secret of driver=luks${driver !== undefined && driver !== 'luks' ? ` (driver=${driver} takes encrypt.key-secret)` : ', and encrypt.key-secret is given too'}`);
+  }
+  const passphrase = secretOfKey('encrypt.key-secret') ?? secretOfKey('key-secret');
   // backing.encrypt.key-secret, backing.backing.encrypt.key-secret, ...: nested, one level per "backing.".
   let backing: BackingOpenOptions | undefined;
   const depths = [...spec.keys()].filter((k) => BACKING_SECRET.test(k)).map((k) => k.split('.').length - 2);
@@ -136,7 +142,6 @@ function takeImageOpts(arg: string): string {
     const value = secretOfKey(`${'backing.'.repeat(depth)}encrypt.key-secret`);
     if (value || backing) backing = { ...(value ? { passphrase: value } : {}), ...(backing ? { backing } : {}) };
   }
-  const driver = spec.get('driver');
   images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}) });
   return prefix + path;
 }

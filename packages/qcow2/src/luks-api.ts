@@ -1,0 +1,28 @@
+// @img/qcow2/luks: the LUKS1 machinery encrypted qcow2 images are built on (the header
+// codec and its bounds, key slots, the sector cipher, the crypto primitives), for
+// @img/luks, whose images are a LUKS1 header and encrypted sectors with no qcow2
+// around them. Errors raised here name the format "qcow2"; a caller of another
+// format renames them. Applications use the root (@img/qcow2) or @img/luks.
+export {
+  parseLuksHeader,
+  describeLuks,
+  checkUnlockable,
+  materialBytes,
+  openSlot,
+  unlockMasterKey,
+  unlockLuks,
+  sealSlot,
+  slotEntry,
+  slotEntryOffset,
+  luksAreaBytes,
+  iterationsFor,
+  createLuksArea,
+  LUKS_HEADER_SIZE,
+  LUKS_STRIPES,
+  MAX_PBKDF2_ITERATIONS,
+  type LuksHeader,
+  type LuksKeySlot,
+  type LuksCreateSpec,
+} from './luks.js';
+export { SectorCipher, SECTOR, validKeyBytes, type CipherSpec, type CipherMode, type IvGenerator } from './sector-cipher.js';
+export { qcow2CryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
