@@ -260,7 +260,7 @@ static napi_value lock_style(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* The other files' entry points (copy.c, inflate.c, zstd.c), exported with this file's under these names. */
+/* The other files' entry points (copy.c, inflate.c, zstd.c, space.c, pbkdf2.c), exported with this file's under these names. */
 napi_value img_copy_runs(napi_env env, napi_callback_info info);
 napi_value img_read_runs(napi_env env, napi_callback_info info);
 napi_value img_zero_target_available(napi_env env, napi_callback_info info);
@@ -272,6 +272,8 @@ napi_value img_zstd_clusters(napi_env env, napi_callback_info info);
 napi_value img_zstd_version(napi_env env, napi_callback_info info);
 napi_value img_punch_hole(napi_env env, napi_callback_info info);
 napi_value img_allocate_range(napi_env env, napi_callback_info info);
+napi_value img_pbkdf2(napi_env env, napi_callback_info info);
+napi_value img_pbkdf2_hashes(napi_env env, napi_callback_info info);
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   static const struct {
@@ -280,7 +282,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   } entries[] = {
       {"copyRuns", img_copy_runs},   {"readRuns", img_read_runs}, {"inflateInto", img_inflate_into}, {"inflateAvailable", img_inflate_available},
       {"zstdClusters", img_zstd_clusters}, {"zstdVersion", img_zstd_version}, {"zeroTargetAvailable", img_zero_target_available}, {"directAutoAvailable", img_direct_auto_available}, {"writeAt", img_write_at}, {"seekRanges", seek_ranges}, {"nowait", nowait_io},
-      {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},     {"punchHole", img_punch_hole}, {"allocateRange", img_allocate_range},
+      {"lockByte", lock_byte},       {"lockTest", lock_test},     {"lockStyle", lock_style},     {"punchHole", img_punch_hole}, {"allocateRange", img_allocate_range}, {"pbkdf2", img_pbkdf2}, {"pbkdf2Hashes", img_pbkdf2_hashes},
   };
   for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) CHECK(img_export(env, exports, entries[i].name, entries[i].cb));
   return exports;

@@ -5,4 +5,5 @@ export { fileResolver, fileResolverWith, resolveRelative, type FileResolverOptio
 export { nativeStatus, type NativeStatus, type NativeFeatures } from './native-loader.js';
 export { inflateBlocks, nativeInflateAvailable, type InflateBlock, type InflateResult } from './inflate.js';
 export { compressZstdClusters, nativeZstdAvailable } from './zstd.js';
+export { nativePbkdf2, nativePbkdf2Hashes } from './pbkdf2.js';
 export { fsError } from './fs-errors.js';

@@ -45,6 +45,7 @@ export function nativeReport(): string {
     `  copy_file_range: ${on(f.copyFileRange, 'the kernel copies raw runs', s.loaded ? 'not in this build of the helper' : 'copies go through user space')}`,
     `  hole punching (fallocate): ${on(f.punchHole, "zeros and discards deallocate a raw file's blocks", s.loaded ? 'not in this build of the helper' : 'zeros are written as zeros')}`,
     `  batch inflate: ${on(f.inflate, 'compressed grains and clusters are inflated on every core', s.loaded ? (process.env.IMG_NATIVE_INFLATE === '0' ? 'IMG_NATIVE_INFLATE=0 is set' : 'no zlib found in this process, or not in this build of the helper') : 'node:zlib inflates one block at a time')}`,
+    `  LUKS key derivation (PBKDF2 on OpenSSL's SHA functions): ${on(f.pbkdf2.length > 0, `${f.pbkdf2.join(', ')}, output blocks side by side`, s.loaded ? (process.env.IMG_NATIVE_PBKDF2 === '0' ? 'IMG_NATIVE_PBKDF2=0 is set' : 'no OpenSSL SHA functions found in this process or on this system') : "node:crypto's PBKDF2")}`,
     `  zstd clusters (system libzstd): ${on(f.zstd !== undefined, `libzstd ${f.zstd}, on every core without a copy`, s.loaded ? (process.env.IMG_NATIVE_ZSTD === '0' ? 'IMG_NATIVE_ZSTD=0 is set' : 'no libzstd.so.1 (1.4 or newer) found on this system') : 'zstd clusters are compressed in worker threads')}`,
   ];
   if (s.tried.length > 0) lines.push(`  looked at: ${s.tried.join('; ')}`);

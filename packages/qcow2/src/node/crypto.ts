@@ -1,8 +1,10 @@
 /**
  * node:crypto's primitives for encrypted images (OpenSSL's AES, hashes and
- * PBKDF2; PBKDF2 runs on libuv's thread pool).
+ * PBKDF2; PBKDF2 runs on libuv's thread pool, in @img/block's native
+ * helper where it is loaded).
  */
 import { createCipheriv, createDecipheriv, createHash, getHashes, pbkdf2, randomBytes } from 'node:crypto';
+import { nativePbkdf2 } from '@img/block/node';
 import { setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from '../crypto-primitives.js';
 
 function aesName(key: Uint8Array, mode: 'ecb' | 'cbc'): string {
@@ -30,6 +32,9 @@ export const nodeCryptoPrimitives: Qcow2CryptoPrimitives = {
     return run(createCipheriv(aesName(key, 'cbc'), key, iv), data);
   },
   pbkdf2(password, salt, iterations, length, hash) {
+    // The native helper's, where it has the hash: about four times faster (see @img/block/node's nativePbkdf2).
+    const native = nativePbkdf2(password, salt, iterations, length, hash);
+    if (native) return native;
     return new Promise((resolve, reject) => {
       pbkdf2(password, salt, iterations, length, hash, (err, key) => (err ? reject(err) : resolve(new Uint8Array(key.buffer, key.byteOffset, key.length))));
     });
