@@ -25,7 +25,6 @@
  *   The derived key, `length` bytes (1 to 1024), iterations 1 to 2^31-1.
  */
 #include <node_api.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -217,26 +216,26 @@ static void run_part(pbkdf2_job *j, size_t first) {
   }
 }
 
-static void *part_thread(void *arg) {
+static void part_thread(void *arg) {
   pbkdf2_part *p = arg;
   run_part(p->job, p->first);
-  return NULL;
 }
 
 static void execute(napi_env env, void *data) {
   (void)env;
   pbkdf2_job *j = data;
-  pthread_t t[8];
+  /* libuv's threads (Node's own libuv), not pthread_create: a glibc 2.34 symbol version the prebuilt helper must not need. */
+  uv_thread_t t[8];
   pbkdf2_part parts[8];
   bool running[8] = {false};
   /* A thread for each share of the blocks but the first, which this thread takes; a share whose thread did not start is done here too. */
   for (size_t i = 1; i < j->threads; i++) {
     parts[i] = (pbkdf2_part){j, i};
-    running[i] = pthread_create(&t[i], NULL, part_thread, &parts[i]) == 0;
+    running[i] = uv_thread_create(&t[i], part_thread, &parts[i]) == 0;
   }
   run_part(j, 0);
   for (size_t i = 1; i < j->threads; i++) {
-    if (running[i]) pthread_join(t[i], NULL);
+    if (running[i]) uv_thread_join(&t[i]);
     else run_part(j, i);
   }
 }
