@@ -35,7 +35,8 @@ describeQemu('luks images on the command line', () => {
     writeFileSync(p('src.raw'), src);
     qemuLuks(['convert', ...secret, '-f', 'raw', '-O', 'luks', '-o', 'key-secret=sec0', p('src.raw'), p('q.luks')]);
     qemuLuks(['convert', ...secret, '-f', 'raw', '-O', 'luks', '-o', 'key-secret=sec0,cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv', p('src.raw'), p('q-cbc.luks')]);
-  });
+    // qemu-img times PBKDF2 for each image (and again where it fails to): minutes on a loaded machine.
+  }, 300_000);
   afterAll(() => tmp.cleanup());
 
   it("img info: qemu-img's lines and JSON, without the passphrase, of images either tool made", () => {
@@ -94,7 +95,7 @@ describeQemu('luks images on the command line', () => {
     const missing = run('img', ['create', '-f', 'luks', p('n.luks'), '1M']);
     expect(missing.status).toBe(1);
     expect(missing.stderr).toMatch(/^img create: .*Parameter 'key-secret' is required for cipher/);
-  });
+  }, 300_000);
 
   it("img map, check, measure and resize answer as qemu-img's", () => {
     const io = ['--image-opts', opts(p('q.luks'))];
@@ -128,7 +129,7 @@ describeQemu('luks images on the command line', () => {
       qemuImg(['resize', ...secret, ...words.slice(0, -1), '--image-opts', opts(p('r-theirs.luks')), words.at(-1)!]);
       expect(readFileSync(p('r-ours.luks')).equals(readFileSync(p('r-theirs.luks'))), size).toBe(true);
     }
-  });
+  }, 300_000);
 
   it('refusals without the key: one line naming the file, exit 1, nothing written', () => {
     const r = run('img', ['convert', '-O', 'raw', p('q.luks'), p('nokey.raw')]);

@@ -75,7 +75,8 @@ describeQemu('luks images with qemu-img', () => {
       // qemu-img's own decryption is the oracle.
       qemuImg(['convert', ...secret, '--image-opts', opts(p(`${name}.luks`)), '-O', 'raw', p(`${name}.raw`)]);
     }
-  });
+    // qemu-img times PBKDF2 for each image (and again where it fails to): minutes on a loaded machine.
+  }, 300_000);
   afterAll(() => tmp.cleanup());
 
   const open = async (name: string, options: { passphrase?: string; readOnly?: boolean } = {}) => {
@@ -208,7 +209,7 @@ describeQemu('luks images with qemu-img', () => {
       expect(JSON.parse(theirs)).toEqual({ required: ours.required, 'fully-allocated': ours.fullyAllocated });
     }
     await expect(measureLuks({ size: 1 << 20 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG', message: "luks: Parameter 'key-secret' is required for cipher" });
-  });
+  }, 300_000);
 
   it('refuses a wrong passphrase and a writable open without one, naming the file', async () => {
     const name = 'aes-128-cbc-essiv';

@@ -116,7 +116,7 @@ function takeImageOpts(arg: string): string {
   const prefix = arg.startsWith('if=') ? 'if=' : '';
   const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
   for (const key of spec.keys()) {
-    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret (qcow2), key-secret (luks) and backing.encrypt.key-secret, not "${key}"`);
+    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "${key}"`);
   }
   const path = spec.get('file.filename');
   if (path === undefined) throw new ExitCode(1, `--image-opts ${arg}: file.filename is missing`);
