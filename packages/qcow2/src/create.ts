@@ -226,6 +226,9 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
   };
 }
 
+/** The hashes qemu takes for LUKS (its QCryptoHashAlgorithm names). */
+const LUKS_HASHES = ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'];
+
 /** The `encrypt.*` options: a LUKS spec and passphrase, undefined without `encrypt.format`. */
 function parseEncryption(o: Record<string, unknown>, version: 2 | 3, prealloc: string, dataFile: string | undefined): Qcow2Layout['encrypt'] {
   const format = pick(o, 'encryptFormat');
@@ -261,7 +264,8 @@ function parseEncryption(o: Record<string, unknown>, version: 2 | 3, prealloc: s
   const ivgen = String(pick(o, 'encryptIvgenAlg') ?? 'plain64');
   if (ivgen !== 'plain' && ivgen !== 'plain64' && ivgen !== 'essiv') throw invalidArg(FORMAT, `invalid encrypt.ivgen-alg "${ivgen}" (plain, plain64 or essiv)`, { field: 'encrypt.ivgen-alg' });
   const ivgenHash = pick(o, 'encryptIvgenHashAlg');
-  if (ivgenHash !== undefined && ivgen !== 'essiv') throw invalidArg(FORMAT, 'encrypt.ivgen-hash-alg applies to encrypt.ivgen-alg=essiv only', { field: 'encrypt.ivgen-hash-alg' });
+  // With plain or plain64 the hash is only written into the cipher mode ("xts-plain64:sha256"), as qemu-img writes it.
+  if (ivgenHash !== undefined && !LUKS_HASHES.includes(String(ivgenHash))) throw invalidArg(FORMAT, `invalid encrypt.ivgen-hash-alg "${String(ivgenHash)}" (${LUKS_HASHES.join(', ')})`, { field: 'encrypt.ivgen-hash-alg' });
   const iterTime = Number(pick(o, 'encryptIterTime') ?? 2000);
   if (!Number.isFinite(iterTime) || iterTime <= 0) throw invalidArg(FORMAT, `invalid encrypt.iter-time "${String(pick(o, 'encryptIterTime'))}" (milliseconds above 0)`, { field: 'encrypt.iter-time' });
   return {
@@ -269,6 +273,7 @@ function parseEncryption(o: Record<string, unknown>, version: 2 | 3, prealloc: s
       spec: { mode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: String(ivgenHash ?? 'sha256') } : {}), keyBytes: mode === 'xts' ? bits * 2 : bits },
       hash: String(pick(o, 'encryptHashAlg') ?? 'sha256'),
       iterTimeMs: iterTime,
+      ...(ivgenHash !== undefined && ivgen !== 'essiv' ? { unusedIvgenHash: String(ivgenHash) } : {}),
     },
     passphrase: typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase,
   };

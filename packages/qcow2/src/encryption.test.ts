@@ -1,12 +1,13 @@
 // Encrypted images (LUKS and the old AES method) made by qemu-img, read with their passphrase and compared
 // with qemu-img's own decryption (convert -O raw with the secret); their headers as qemu-img info shows them;
 // and hostile LUKS headers, refused before any key is derived.
+import { execFileSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lentStorage, MemoryStorage } from '@img/block';
-import { FileStorage } from '@img/block/node';
+import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir } from '@img/testkit';
 import { openQcow2 } from './open.js';
 import { createQcow2 } from './create.js';
@@ -87,6 +88,8 @@ describeQemu('encrypted images qemu-img made', () => {
     'luks-cbc-essiv': 'encrypt.format=luks,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256',
     'luks-cbc-plain64-256': 'encrypt.format=luks,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha512',
     'luks-xts-plain-128': 'encrypt.format=luks,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=xts,encrypt.ivgen-alg=plain',
+    // qemu-img writes the hash into the mode ("xts-plain64:sha256"), reads it, and does not show it (interop seed 11).
+    'luks-plain64-with-hash': 'encrypt.format=luks,encrypt.ivgen-alg=plain64,encrypt.ivgen-hash-alg=sha256',
     aes: 'encrypt.format=aes',
   };
   beforeAll(() => {
@@ -161,6 +164,20 @@ describeQemu('encrypted images qemu-img made', () => {
     const keyed = JSON.parse(qemuImg(['check', '--output=json', ...secret('s', 'pass phrase'), ...opts(p(`${name}.qcow2`), 's')]).stdout) as { 'allocated-clusters': number; 'image-end-offset': number };
     expect(report.allocatedClusters).toBe(keyed['allocated-clusters']);
     expect(report.imageEndOffset).toBe(keyed['image-end-offset']);
+  });
+
+  it('a LUKS image with an external data file reads as qemu-img decrypts it, past the end of the qcow2 file too (interop seed 11)', async () => {
+    const file = p('with-data-file.qcow2');
+    qemuLuks(['create', '-q', '-f', 'qcow2', ...secret('s', 'pass phrase'), '-o', `encrypt.format=luks,encrypt.key-secret=s,data_file=${p('with-data-file.bin')}`, file, '8M']);
+    const keyed = ['--object', 'secret,id=s,data=pass phrase', '--image-opts', `driver=qcow2,file.filename=${file},encrypt.key-secret=s`];
+    execFileSync('qemu-io', [...keyed, '-c', 'write -P 0x3c 0 1M', '-c', 'write -P 0x4d 6M 1536k'], { encoding: 'utf8' });
+    qemuImg(['convert', ...keyed, '-O', 'raw', p('with-data-file.raw')]);
+    const disk = await openQcow2(await FileStorage.open(file, { readOnly: true }), { passphrase: 'pass phrase', resolver: fileResolver });
+    try {
+      expect(Buffer.from(await disk.read(0, disk.size)).equals(readFileSync(p('with-data-file.raw')))).toBe(true);
+    } finally {
+      await disk.close();
+    }
   });
 
   it('serpent and twofish LUKS images (ciphers img does not decrypt) describe themselves as qemu-img describes them', async () => {
@@ -325,6 +342,7 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
     ['aes-128-cbc-essiv:sha256, sha512', { encryptCipherAlg: 'aes-128', encryptCipherMode: 'cbc', encryptIvgenAlg: 'essiv', encryptHashAlg: 'sha512' }],
     ['aes-128-xts-plain, sha1, 4 KiB clusters', { encryptCipherAlg: 'aes-128', encryptIvgenAlg: 'plain', encryptHashAlg: 'sha1', clusterSize: 4096 }],
     ['aes-192-xts-plain64, extended L2', { encryptCipherAlg: 'aes-192', extendedL2: true, clusterSize: 65536 }],
+    ['aes-256-xts-plain64:sha256 (a hash plain64 does not use, written as qemu-img writes it)', { encryptIvgenHashAlg: 'sha256' }],
   ] as const)('%s: writes of every shape, a snapshot and a copy-on-write read back through qemu-img, which checks it clean', async (name, extra) => {
     const file = p(`${name.replace(/[^a-z0-9]/g, '')}.qcow2`);
     const size = 8 << 20;

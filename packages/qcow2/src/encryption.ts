@@ -97,14 +97,15 @@ export function lockedImageError(e: Qcow2Encryption, file: string): Error {
  * `host` in `storage`, and decrypts them: whole sectors are read around
  * them (host and guest offsets share their place in a sector).
  */
-export async function readDecrypted(e: Qcow2Encryption, storage: Storage, fileSize: number, host: number, guest: number, target: Uint8Array, file: string): Promise<void> {
+export async function readDecrypted(e: Qcow2Encryption, storage: Storage, host: number, guest: number, target: Uint8Array, file: string): Promise<void> {
   const cipher = e.cipher;
   if (!cipher) throw lockedImageError(e, file);
   const head = host % SECTOR;
   const start = host - head;
   const length = Math.ceil((head + target.length) / SECTOR) * SECTOR;
   const buf = head === 0 && length === target.length ? target : new Uint8Array(length);
-  const n = start < fileSize ? await storage.readInto(start, buf) : 0;
+  // `storage` is the image file or its external data file: what lies past its end reads as zeros, as qemu reads it.
+  const n = await storage.readInto(start, buf);
   if (n < buf.length) buf.fill(0, n);
   cipher.decrypt((e.method === 'luks' ? start : guest - head) / SECTOR, buf);
   if (buf !== target) target.set(buf.subarray(head, head + target.length));

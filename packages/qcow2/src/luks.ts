@@ -69,8 +69,9 @@ function parseMode(mode: string): { mode: 'xts' | 'cbc'; ivgen: IvGenerator; ivg
   const m = /^(xts|cbc)-(plain|plain64|essiv)(?::([a-z0-9]+))?$/.exec(mode);
   if (!m) return undefined;
   const ivgen = m[2] as IvGenerator;
-  if ((ivgen === 'essiv') !== (m[3] !== undefined)) return undefined;
-  return { mode: m[1] as 'xts' | 'cbc', ivgen, ...(m[3] !== undefined ? { ivgenHash: m[3] } : {}) };
+  // essiv needs its hash; plain and plain64 ignore one (qemu-img create -o encrypt.ivgen-alg=plain64,encrypt.ivgen-hash-alg=sha256 writes "xts-plain64:sha256" and reads it).
+  if (ivgen === 'essiv' && m[3] === undefined) return undefined;
+  return { mode: m[1] as 'xts' | 'cbc', ivgen, ...(ivgen === 'essiv' ? { ivgenHash: m[3]! } : {}) };
 }
 
 /**
@@ -102,7 +103,8 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
     cipherAlg: `${cipherName}-${(xtsLike ? keyBytes / 2 : keyBytes) * 8}`,
     cipherMode: general[1]!,
     ...(general[2] !== undefined ? { ivgenAlg: general[2] } : {}),
-    ...(general[3] !== undefined ? { ivgenHashAlg: general[3] } : {}),
+    // qemu-img info names the IV hash of essiv only (a plain64 one is in the header, and unused).
+    ...(general[3] !== undefined && general[2] === 'essiv' ? { ivgenHashAlg: general[3] } : {}),
   };
   if (mkDigestIterations === 0) throw bad('mk_digest_iter is 0', 164, 'LUKS mk_digest_iter', 0);
   const splitSectors = materialBytes(keyBytes) / SECTOR;
@@ -296,6 +298,12 @@ export interface LuksCreateSpec {
   hash: string;
   /** Milliseconds of PBKDF2 each key slot takes to open (qemu's iter-time; default 2000). */
   iterTimeMs: number;
+  /**
+   * A hash named after a plain or plain64 IV generator in the cipher mode
+   * ("xts-plain64:sha256"), which they do not use: qemu-img create writes
+   * one where encrypt.ivgen-hash-alg is given with them.
+   */
+  unusedIvgenHash?: string;
 }
 
 /** The anti-forensic split: `stripes` stripes, all random but the last, which merges with them into `key`. */
@@ -354,7 +362,8 @@ export async function createLuksArea(crypto: Qcow2CryptoPrimitives, c: LuksCreat
   area.set(MAGIC, 0);
   v.setUint16(6, 1);
   writeText(area, 8, 32, 'aes');
-  writeText(area, 40, 32, `${spec.mode}-${spec.ivgen}${spec.ivgenHash !== undefined ? `:${spec.ivgenHash}` : ''}`);
+  const modeHash = spec.ivgenHash ?? c.unusedIvgenHash;
+  writeText(area, 40, 32, `${spec.mode}-${spec.ivgen}${modeHash !== undefined ? `:${modeHash}` : ''}`);
   writeText(area, 72, 32, hash);
   v.setUint32(104, payload / SECTOR);
   v.setUint32(108, keyBytes);

@@ -178,7 +178,7 @@ export async function readRange(state: ReaderState, caches: ReadCaches, view: Ma
           track(readBacking(state.backing, seg.offset, sub));
           break;
         case 'data':
-          track(state.encryption ? readDecrypted(state.encryption, state.dataStorage, state.fileSize, seg.host!, seg.offset, sub, state.file) : readHost(state.dataStorage, seg.host!, sub));
+          track(state.encryption ? readDecrypted(state.encryption, state.dataStorage, seg.host!, seg.offset, sub, state.file) : readHost(state.dataStorage, seg.host!, sub));
           break;
         case 'compressed': {
           const host = seg.host!;

@@ -9,7 +9,8 @@ import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
-import { imageFormatOf, refusingResolver } from '../../node.js';
+import { imageFormatOf, openImageFile, refusingResolver } from '../../node.js';
+import { imageOpenOptions } from '../qemu-objects.js';
 import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
 
 /** img check. */
@@ -28,6 +29,16 @@ export const check: Handler = async (argv, io) => {
   if (values.r !== undefined && values.r !== 'leaks' && values.r !== 'all') throw new UsageError('-r takes leaks or all');
   if (values.r !== undefined && values['force-share']) throw new UsageError('-U reads without locks: it cannot go with -r, which writes');
   const registry = defaultRegistry();
+  // As qemu-img check, which opens the image with the passphrase it is given: a wrong one fails the check (status 1).
+  // The check itself needs none (it reads metadata only), and an image that does not open otherwise is left to it.
+  const opened = imageOpenOptions(path, values.f);
+  if (opened.passphrase !== undefined) {
+    try {
+      await (await openImageFile(path, { ...opened, registry, noBacking: true, forceShare: values['force-share'] ?? false })).close();
+    } catch (e) {
+      if (ImageError.isInstance(e) && e.data.field === 'passphrase') throw new ExitCode(1, `${e.code}: ${e.message}`);
+    }
+  }
   const storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: values.r !== undefined }) : await FileStorage.open(path, { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false });
   let result;
   try {

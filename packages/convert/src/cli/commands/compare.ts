@@ -7,6 +7,7 @@ import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
+import { imageOpenOptions } from '../qemu-objects.js';
 import { type Handler, commonNoOutput, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
@@ -36,6 +37,18 @@ export const compare: Handler = async (argv, io) => {
     }
     const a = openedA.value;
     const b = openedB.value;
+    // As qemu-img compare: an encrypted image given without its passphrase does not open (status 2), where img could
+    // compare its unallocated ranges and then fail at the first encrypted one (4).
+    for (const [path, disk, format] of [
+      [positionals[0]!, a, values.f],
+      [positionals[1]!, b, values.F],
+    ] as const) {
+      if (imageOpenOptions(path, format).passphrase === undefined && (await disk.info?.())?.encrypted) {
+        await a.close();
+        await b.close();
+        throw new ExitCode(2, `Could not open '${path}': Parameter '${disk.format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`);
+      }
+    }
     try {
       // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
       // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).

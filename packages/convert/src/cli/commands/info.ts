@@ -119,8 +119,10 @@ export const info: Handler = async (argv, io) => {
   const mode = outputMode(values.output);
   const path = onePath(positionals);
   // Without --backing-chain the backing file is not needed: do not open it.
+  // As qemu-img info, which opens an image without I/O: an encrypted image's passphrase is not tried (a wrong one does no harm).
+  const { format } = imageOpenOptions(path, values.f);
   const disk = await openImageFile(path, {
-    ...imageOpenOptions(path, values.f),
+    ...(format !== undefined ? { format } : {}),
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,

@@ -1,0 +1,75 @@
+// Where qemu-img and img met encrypted images differently (interop campaign seed 11): info with a wrong passphrase
+// (qemu-img info opens without I/O and does not try it), check with a wrong one (qemu-img fails it), compare without
+// one (qemu-img does not open the image: status 2), and encrypt.ivgen-hash-alg with plain64 (written into the
+// cipher mode, as qemu-img writes it).
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { describeQemu, qemuImg, tempDir } from '@img/testkit';
+import { run } from './test/cli.js';
+
+describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
+  const tmp = tempDir('img-enc-parity-');
+  const p = (n: string) => join(tmp.path, n);
+  const right = ['--object', 'secret,id=s,data=right one'];
+  const wrong = ['--object', 'secret,id=s,data=wrong one'];
+  const opts = (file: string) => `driver=qcow2,file.filename=${file},encrypt.key-secret=s`;
+  beforeAll(() => {
+    qemuImg(['create', '-q', '-f', 'raw', p('plain.raw'), '4M']);
+    const made = run('img', ['create', '-q', '-f', 'qcow2', ...right, '-o', 'encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=20', p('enc.qcow2'), '4M']);
+    expect(made.status, made.stderr).toBe(0);
+  });
+  afterAll(() => tmp.cleanup());
+
+  it('info with a wrong passphrase: the image described, status 0, as qemu-img info', () => {
+    const ours = run('img', ['info', '--output=json', ...wrong, '--image-opts', opts(p('enc.qcow2'))]);
+    const theirs = qemuImg(['info', '--output=json', ...wrong, '--image-opts', opts(p('enc.qcow2'))]);
+    expect(ours.status).toBe(0);
+    // qemu-img names an image given by options with a json: pseudo-file name, img by its file name.
+    const strip = (text: string) => ({ ...(JSON.parse(text) as Record<string, unknown>), filename: undefined });
+    expect(strip(ours.stdout)).toEqual(strip(theirs.stdout));
+  });
+
+  it('check with a wrong passphrase fails (status 1) as qemu-img check does; with the right one, or none, it checks', () => {
+    const theirs = qemuImg(['check', ...wrong, '--image-opts', opts(p('enc.qcow2'))], { allowFail: true });
+    const ours = run('img', ['check', ...wrong, '--image-opts', opts(p('enc.qcow2'))]);
+    expect(ours.status).toBe(theirs.status);
+    expect(ours.status).toBe(1);
+    expect(ours.stderr).toMatch(/^img check: ERR_IMG_INVALID_ARG: qcow2: .*enc\.qcow2: the passphrase unlocks none of the image's 1 active LUKS key slot/);
+    expect(ours.stdout).toBe('');
+    expect(run('img', ['check', ...right, '--image-opts', opts(p('enc.qcow2'))]).stdout).toMatch(/^No errors were found on the image\./);
+    // Without one img checks the metadata (qemu-img wants the key even for that).
+    expect(run('img', ['check', p('enc.qcow2')]).status).toBe(0);
+  });
+
+  it('compare without the passphrase: the image does not open, status 2, in qemu-img words', () => {
+    const theirs = qemuImg(['compare', '-f', 'qcow2', '-F', 'raw', p('enc.qcow2'), p('plain.raw')], { allowFail: true });
+    const ours = run('img', ['compare', '-f', 'qcow2', '-F', 'raw', p('enc.qcow2'), p('plain.raw')]);
+    expect(ours.status).toBe(theirs.status);
+    expect(ours.status).toBe(2);
+    expect(ours.stderr).toBe(`img compare: Could not open '${p('enc.qcow2')}': Parameter 'encrypt.key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)\n`);
+    expect(run('img', ['compare', ...right, '--image-opts', opts(p('enc.qcow2')), `driver=raw,file.filename=${p('plain.raw')}`]).stdout).toBe('Images are identical.\n');
+  });
+
+  it('encrypt.ivgen-hash-alg with plain64: in the cipher mode ("xts-plain64:sha256"), described without it, as qemu-img does both', () => {
+    const o = 'encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=20,encrypt.ivgen-alg=plain64,encrypt.ivgen-hash-alg=sha256';
+    const made = run('img', ['create', '-q', '-f', 'qcow2', ...right, '-o', o, p('p64.qcow2'), '1M']);
+    expect(made.status, made.stderr).toBe(0);
+    const bytes = readFileSync(p('p64.qcow2'));
+    const at = bytes.indexOf(Buffer.from('LUKS\xba\xbe', 'latin1'));
+    expect(
+      bytes
+        .subarray(at + 40, at + 72)
+        .toString('latin1')
+        .replace(/\0+$/, ''),
+    ).toBe('xts-plain64:sha256');
+    const info = (tool: 'img' | 'qemu') => {
+      const args = ['info', '--output=json', p('p64.qcow2')];
+      const data = JSON.parse(tool === 'img' ? run('img', args).stdout : qemuImg(args).stdout) as { 'format-specific': { data: { encrypt: Record<string, unknown> } } };
+      return data['format-specific'].data.encrypt;
+    };
+    expect(info('img')).toEqual(info('qemu'));
+    expect(info('img')['ivgen-hash-alg']).toBeUndefined();
+    expect(qemuImg(['check', ...right, '--image-opts', opts(p('p64.qcow2'))]).status).toBe(0);
+  });
+});
