@@ -8,8 +8,9 @@
  */
 import { invalidArg, lentStorage, unsupported, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
-import { CRYPT_LUKS, EXT_CRYPTO } from './constants.js';
+import { CRYPT_LUKS, EXT_CRYPTO, EXT_FEATURE_TABLE } from './constants.js';
 import { qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { headerClusterBytes } from './header-cluster.js';
 import { writeHeaderCluster } from './header-cluster-write.js';
 import { closeQcow2 } from './io.js';
 import { createLuksArea, type LuksCreateSpec } from './luks.js';
@@ -43,7 +44,10 @@ export async function encryptNewImage(storage: Storage, spec: LuksCreateSpec, pa
     writeU64Be(pointer, 0, at);
     writeU64Be(pointer, 8, area.length);
     core.setHeader({ cryptMethod: CRYPT_LUKS });
-    core.setExtensions([{ type: EXT_CRYPTO, data: pointer }, ...core.extensions]);
+    const withPointer = [{ type: EXT_CRYPTO, data: pointer }, ...core.extensions];
+    // The feature name table is a courtesy (create.ts): it gives way to the pointer where both do not fit (512-byte clusters).
+    const fits = headerClusterBytes(core.header, withPointer, core.backingName) <= cs;
+    core.setExtensions(fits ? withPointer : withPointer.filter((e) => e.type !== EXT_FEATURE_TABLE));
     await writeHeaderCluster(core, (need, size) => unsupported(FORMAT, storage.name, `the header and its extensions with the encryption header pointer need ${need} bytes, more than one ${size}-byte cluster`, { field: 'cluster_size' }));
     await core.storage.flush();
   } finally {
