@@ -84,8 +84,8 @@ export function luksPassphrase(r) {
   return r.chance(0.3) ? `${p}\u00e9\u00df` : p;
 }
 
-/** qcow2 options img refuses beside LUKS (README: not supported by img): a data file, preallocation. */
-const NOT_WITH_LUKS = [/^data_file(_raw)?=/, /^preallocation=(metadata|falloc|full)$/];
+/** qcow2 options img refuses beside LUKS (README: not supported by img): a raw data file, preallocation. */
+const NOT_WITH_LUKS = [/^data_file_raw=on$/, /^preallocation=(metadata|falloc|full)$/];
 
 /** Whether the other qcow2 options of a case (`name=value` strings) leave room for LUKS in img. */
 export const luksFits = (opts) => !opts.some((o) => NOT_WITH_LUKS.some((re) => re.test(o)));

@@ -2,7 +2,8 @@
 // (qemu-img info opens without I/O and does not try it), check with a wrong one (qemu-img fails it), compare without
 // one (qemu-img does not open the image: status 2), and encrypt.ivgen-hash-alg with plain64 (written into the
 // cipher mode, as qemu-img writes it).
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
@@ -49,6 +50,21 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
     expect(ours.status).toBe(2);
     expect(ours.stderr).toBe(`img compare: Could not open '${p('enc.qcow2')}': Parameter 'encrypt.key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)\n`);
     expect(run('img', ['compare', ...right, '--image-opts', opts(p('enc.qcow2')), `driver=raw,file.filename=${p('plain.raw')}`]).stdout).toBe('Images are identical.\n');
+  });
+
+  it('LUKS with an external data file, as qemu-img writes it: the data file holds ciphertext, qemu-img reads and checks it; a raw data file is refused', () => {
+    qemuImg(['create', '-q', '-f', 'raw', p('src8.raw'), '8M']);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 1M', '-c', 'write -P 0x62 5M 3M', p('src8.raw')]);
+    const r = run('img', ['convert', ...right, '-O', 'qcow2', '-o', `encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=20,data_file=${p('df.bin')}`, p('src8.raw'), p('df.qcow2')]);
+    expect(r.stderr).toBe('');
+    expect(qemuImg(['check', ...right, '--image-opts', opts(p('df.qcow2'))]).status).toBe(0);
+    expect(qemuImg(['compare', ...right, '--image-opts', opts(p('df.qcow2')), `driver=raw,file.filename=${p('src8.raw')}`]).stdout).toBe('Images are identical.\n');
+    expect(readFileSync(p('df.bin')).subarray(0, 4096).equals(Buffer.alloc(4096, 0x61))).toBe(false);
+    // data_file_raw maps every cluster: those not written would decrypt from zeros (qemu-img marks them zero instead).
+    const refused = run('img', ['convert', ...right, '-O', 'qcow2', '-o', `encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=20,data_file=${p('dfr.bin')},data_file_raw=on`, p('src8.raw'), p('dfr.qcow2')]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/encryption with a raw external data file \(data_file_raw=on\) is not supported/);
+    expect(existsSync(p('dfr.qcow2')) || existsSync(p('dfr.bin'))).toBe(false);
   });
 
   it('encrypt.ivgen-hash-alg with plain64: in the cipher mode ("xts-plain64:sha256"), described without it, as qemu-img does both', () => {

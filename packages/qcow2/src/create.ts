@@ -206,7 +206,9 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
   need(backingFile === undefined || prealloc === 'off', 'preallocation cannot be combined with a backing file', 'preallocation');
   need(backingFile === undefined || utf8Encode(backingFile).length <= MAX_BACKING_FILE_NAME, 'backing file name longer than 1023 bytes', 'backing_file');
   need(backingFile === undefined || backingFile.length > 0, 'empty backing file name', 'backing_file');
-  const encrypt = parseEncryption(o, prealloc, dataFile);
+  const encrypt = parseEncryption(o, prealloc);
+  // A raw data file maps every cluster, written or not: one img has not written holds zeros, which would not decrypt to zeros.
+  if (encrypt && dataFileRaw) throw unsupported(FORMAT, undefined, 'encryption with a raw external data file (data_file_raw=on) is not supported: the clusters not written would read as the decryption of zeros; leave data_file_raw off', { field: 'data_file_raw' });
   return {
     size,
     version,
@@ -230,7 +232,7 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
 const LUKS_HASHES = ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'];
 
 /** The `encrypt.*` options: a LUKS spec and passphrase, undefined without `encrypt.format`. */
-function parseEncryption(o: Record<string, unknown>, prealloc: string, dataFile: string | undefined): Qcow2Layout['encrypt'] {
+function parseEncryption(o: Record<string, unknown>, prealloc: string): Qcow2Layout['encrypt'] {
   const format = pick(o, 'encryptFormat');
   const others = ['encryptPassphrase', 'encryptKeySecret', 'encryptCipherAlg', 'encryptCipherMode', 'encryptIvgenAlg', 'encryptIvgenHashAlg', 'encryptHashAlg', 'encryptIterTime'].filter((k) => pick(o, k) !== undefined);
   if (format === undefined) {
@@ -252,7 +254,6 @@ function parseEncryption(o: Record<string, unknown>, prealloc: string, dataFile:
   }
   if (typeof passphrase !== 'string' && !(passphrase instanceof Uint8Array)) throw invalidArg(FORMAT, 'encryptPassphrase is a string or bytes', { field: 'encryptPassphrase' });
   if (prealloc !== 'off') throw unsupported(FORMAT, undefined, 'preallocation of an encrypted image is not supported (preallocated clusters would read as the decryption of zeros)', { field: 'preallocation' });
-  if (dataFile !== undefined) throw unsupported(FORMAT, undefined, 'an encrypted image with an external data file is not supported', { field: 'data_file' });
   const alg = String(pick(o, 'encryptCipherAlg') ?? 'aes-256');
   const bits = { 'aes-128': 16, 'aes-192': 24, 'aes-256': 32 }[alg];
   if (bits === undefined) throw invalidArg(FORMAT, `invalid encrypt.cipher-alg "${alg}" (aes-128, aes-192 or aes-256)`, { field: 'encrypt.cipher-alg' });
