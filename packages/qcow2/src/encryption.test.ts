@@ -108,7 +108,7 @@ describeQemu('encrypted images qemu-img made', () => {
       // qemu-img's own decryption is the oracle.
       qemuImg(['convert', ...secret('s', 'pass phrase'), ...opts(p(`${name}.qcow2`), 's'), '-O', 'raw', p(`${name}.raw`)]);
     }
-  });
+  }, 300_000); // qemu-img times PBKDF2 for every image it makes: minutes on a loaded machine
   afterAll(() => tmp.cleanup());
 
   const open = async (name: string, passphrase?: string, readOnly = true) => {

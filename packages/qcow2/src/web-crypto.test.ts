@@ -89,7 +89,7 @@ describeQemu('encrypted images through the web crypto primitives', () => {
       }
       if (!made) throw new Error(`qemu-img could not make ${name}.qcow2 (PBKDF2 timing failed every time)`);
     }
-  });
+  }, 300_000); // qemu-img times PBKDF2 for every image it makes: minutes on a loaded machine
   afterAll(() => {
     setQcow2CryptoPrimitives(previous);
     tmp.cleanup();
