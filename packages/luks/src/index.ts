@@ -6,3 +6,4 @@ export { measureLuks } from './measure.js';
 export { luksDriver } from './driver.js';
 export { probeLuks, readLuksVolume, LUKS_MAGIC, LUKS_VERSION, type LuksVolume } from './header.js';
 export type { LuksHeader, LuksKeySlot } from '@img/qcow2/luks';
+export { amendLuksKeySlots, LUKS_AMEND_OPTIONS, type LuksKeySlotChange } from './keyslots.js';
