@@ -1,12 +1,14 @@
 /**
- * img amend: change format options of a qcow2 image in place.
+ * img amend: change format options of a qcow2 image in place, or the key
+ * slots of a luks image.
  */
 import { parseArgs } from '../parse-args.js';
-import { parseSize, unsupported } from '@img/block';
+import { optionsFromText, parseSize, unknownOptionName, unsupported, type OptionTable } from '@img/block';
+import { amendLuksKeySlots, LUKS_AMEND_OPTIONS, LUKS_CREATE_OPTIONS } from '@img/luks';
 import { FileStorage } from '@img/block/node';
 import { amendQcow2, amendQcow2KeySlots, QCOW2_AMEND_KEYSLOT_OPTIONS, QCOW2_AMEND_OPTIONS, QCOW2_CREATE_OPTIONS } from '@img/qcow2';
 import { imageOpenOptions, imageOptsFor, secretValue } from '../qemu-objects.js';
-import { checkCacheModes, UsageError } from '../common.js';
+import { checkCacheModes, ExitCode, UsageError, type Io } from '../common.js';
 import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
@@ -24,7 +26,8 @@ export const amend: Handler = async (argv, io) => {
         'data_file=<name>: the name an image with an external data file keeps, size=<size>: a resize, smaller too;\n' +
         'LUKS key slots: encrypt.state=active with encrypt.new-secret=ID adds a passphrase (the image given with --image-opts\n' +
         '...,encrypt.key-secret=ID), encrypt.state=inactive with encrypt.keyslot=N or encrypt.old-secret=ID erases slots;\n' +
-        '--force erases the last one).\n' +
+        '--force erases the last one; a luks image takes the same options without "encrypt.": state=, new-secret=, ...,\n' +
+        'given with --image-opts driver=luks,file.filename=F,key-secret=ID).\n' +
         "-p and -t are qemu-img's: accepted (a bad cache mode fails as with qemu-img); img's amend shows no progress\n" +
         'and picks its own caching.\n\nExample:\n  img amend -o compat=0.10 disk.qcow2\n',
     );
@@ -35,15 +38,24 @@ export const amend: Handler = async (argv, io) => {
   // The format comes first, as qemu-img: only qcow2 images can be amended, and for any other format
   // (named by -f or probed) that is the answer to -o help and to every option.
   const path = positionals.length === 1 ? positionals[0]! : undefined;
-  let format = values.f;
+  // An option string's driver names the format, as -f would (a luks image is then not unlocked twice).
+  let format = values.f ?? (path !== undefined ? imageOptsFor(path)?.format : undefined);
   if (format === undefined && path !== undefined) {
     const probe = await openForCommand(path, values);
     format = probe.format;
     await probe.close();
   }
   const driver = format === undefined ? undefined : defaultRegistry().require(format);
-  if (driver !== undefined && driver.name !== 'qcow2') {
+  if (driver !== undefined && driver.name !== 'qcow2' && driver.name !== 'luks') {
     throw unsupported(driver.name, path, `Format driver '${qemuFormatName(driver.name)}' does not support option amendment`);
+  }
+  if (driver?.name === 'luks') {
+    if (optionText.help) {
+      io.stdout(`Amend options for 'luks':\n${qemuHelpLines(LUKS_AMEND_OPTIONS).join('\n')}\n`);
+      return 0;
+    }
+    await amendLuks(io, onePath(positionals), optionText.text, values.force ?? false);
+    return 0;
   }
   // -o help without a file or -f shows qcow2's, the one format img amends.
   if (optionText.help) {
@@ -93,6 +105,46 @@ export const amend: Handler = async (argv, io) => {
   if (newSize !== undefined && !downgrade) await resizeTo(file, newSize);
   return 0;
 };
+
+/**
+ * qemu-img's `-o help` lines for a short table: names padded to 22 columns,
+ * as qemu prints them (optionHelpLines pads to the longest name only).
+ */
+function qemuHelpLines(table: OptionTable): string[] {
+  return table.map((o) => `  ${`${o.name}=<${o.kind}>`.padEnd(22)} - ${o.help}`);
+}
+
+/**
+ * amend of a luks image: its key slots (qemu-img amend's `state`, `new-secret`, `old-secret`, `keyslot`,
+ * `iter-time`; the secrets are --object ids, the current passphrase the image's key-secret in --image-opts).
+ * A name qemu-img amend refuses is refused in its words ("Invalid parameter 'size'", and for a create
+ * option "This option is only supported for image creation"), status 1.
+ */
+async function amendLuks(io: Io, file: string, text: Readonly<Record<string, string>>, force: boolean): Promise<void> {
+  if (Object.keys(text).length === 0) throw new UsageError('expected -o key=value[,...]');
+  const bad = unknownOptionName(LUKS_AMEND_OPTIONS, Object.keys(text));
+  if (bad !== undefined) {
+    io.stderr(`img amend: Invalid parameter '${bad}'\n${LUKS_CREATE_OPTIONS.some((o) => o.name === bad) ? 'This option is only supported for image creation\n' : ''}`);
+    throw new ExitCode(1);
+  }
+  const { state, newSecret, oldSecret, keyslot, iterTime } = optionsFromText('luks', LUKS_AMEND_OPTIONS, text);
+  if (state === undefined) throw new ExitCode(1, "Parameter 'state' is missing");
+  const passphrase = imageOptsFor(file)?.passphrase;
+  const storage = await FileStorage.open(file, { readOnly: false });
+  try {
+    await amendLuksKeySlots(storage, {
+      state: String(state) as 'active' | 'inactive',
+      ...(passphrase ? { passphrase } : {}),
+      ...(newSecret !== undefined ? { newPassphrase: secretValue(String(newSecret)) } : {}),
+      ...(oldSecret !== undefined ? { oldPassphrase: secretValue(String(oldSecret)) } : {}),
+      ...(keyslot !== undefined ? { keyslot: Number(keyslot) } : {}),
+      ...(iterTime !== undefined ? { iterTimeMs: Number(iterTime) } : {}),
+      force,
+    });
+  } finally {
+    await storage.close();
+  }
+}
 
 /** amend's size=: the image resized as `img resize --shrink` would, opened with its chain (what shows through past the old end). */
 async function resizeTo(file: string, size: number): Promise<void> {
