@@ -20,7 +20,7 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
     for (const [name, o] of [
       ['luks.qcow2', 'encrypt.format=luks'],
       ['aes.qcow2', 'encrypt.format=aes'],
-    ]) {
+    ] as const) {
       for (const ms of [100, 200, 100, 500, 200, 1000, 100, 500]) {
         const r = qemuImg(['convert', ...secret, '-O', 'qcow2', '-o', `${o},encrypt.key-secret=sec0${o.includes('luks') ? `,encrypt.iter-time=${ms}` : ''}`, p('src.raw'), p(name!)], { allowFail: true });
         if (r.status === 0) break;

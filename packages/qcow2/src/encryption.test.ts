@@ -289,7 +289,7 @@ describeQemu('encrypted images qemu-img made', () => {
             // The pointer (offset and length, 8 bytes each), or its extension's length field.
             const f = pointerAt + (r() < 0.2 ? -4 : Math.floor(r() * 16));
             v.setUint32(f - ((f - pointerAt) & 3), NASTY[Math.floor(r() * NASTY.length)]!);
-          } else if (r() < 0.5) b[at] ^= 1 << Math.floor(r() * 8);
+          } else if (r() < 0.5) b[at] = b[at]! ^ (1 << Math.floor(r() * 8));
           else v.setUint32(at & ~3, NASTY[Math.floor(r() * NASTY.length)]!);
         }
         let outcome = 'read';
