@@ -4,8 +4,10 @@
  * options encrypted qcow2 spells `encrypt.*`): a passphrase added in a slot,
  * sealing the master key the current passphrase unlocks, or slots erased,
  * chosen by number or by the passphrase they open. Refusals are qemu-img's
- * sentences. The header is at offset 0, so slot entries and key material are
- * written at their offsets in the file.
+ * sentences. The rules are encrypted qcow2's (`changeLuksKeySlots` of
+ * @img/qcow2/luks: qemu's LUKS layer is one for both formats); here the
+ * header is at offset 0, so slot entries and key material are written at
+ * their offsets in the file.
  *
  * Crash ordering: a new slot's key material is written and flushed before
  * its header entry (an active slot overwritten with `force` is disabled and
@@ -13,41 +15,13 @@
  * key material is overwritten with random bytes. A crash leaves the old
  * slots or the new ones, never an active entry over material not its own.
  */
-import { invalidArg, readOnlyStorageError, unsupported, utf8Encode, type OptionTable, type Storage } from '@img/block';
-import { checkUnlockable, iterationsFor, materialBytes, openSlot, qcow2CryptoPrimitives, sealSlot, slotEntry, slotEntryOffset, unlockMasterKey } from '@img/qcow2/luks';
+import { readOnlyStorageError, type OptionTable, type Storage } from '@img/block';
+import { changeLuksKeySlots, type LuksKeySlotChange as SharedKeySlotChange } from '@img/qcow2/luks';
 import { readLuksVolume } from './header.js';
-import { asLuksError, FORMAT, luksCall } from './luks-errors.js';
+import { FORMAT, luksCall } from './luks-errors.js';
 
-const SLOTS = 8;
-/** qemu's default PBKDF2 time of a new slot, and its least iterations of one. */
-const DEFAULT_ITER_TIME_MS = 2000;
-const MIN_SLOT_ITERATIONS = 1000;
-
-/** A change of key slots ({@link amendLuksKeySlots}). */
-export interface LuksKeySlotChange {
-  /** 'active' adds `newPassphrase`; 'inactive' erases the slots `keyslot` or `oldPassphrase` select (qemu's `state`). */
-  state: 'active' | 'inactive';
-  /**
-   * The passphrase that opens the image now (qemu's `key-secret` of the
-   * image). Needed to add a slot (it unlocks the master key the new slot
-   * seals); when given to erase, it must open the image, as qemu-img checks
-   * on open.
-   */
-  passphrase?: string | Uint8Array;
-  /** The passphrase of the new slot (`new-secret`). */
-  newPassphrase?: string | Uint8Array;
-  /** Erase the active slots this passphrase opens (`old-secret`); with `keyslot`, that slot only, if it opens. */
-  oldPassphrase?: string | Uint8Array;
-  /** The slot (0-7) to fill or erase (`keyslot`); by default the first free one is filled. */
-  keyslot?: number;
-  /** Milliseconds of PBKDF2 the new slot takes to open (`iter-time`, default 2000). */
-  iterTimeMs?: number;
-  /**
-   * qemu-img amend's `--force`: overwrite an active slot, or erase the last
-   * active ones (the image then opens with no passphrase: its data is lost).
-   */
-  force?: boolean;
-}
+/** A change of key slots ({@link amendLuksKeySlots}): the one encrypted qcow2 images take, as qemu-img amend takes both. */
+export type LuksKeySlotChange = SharedKeySlotChange;
 
 /** qemu-img amend's options of a luks image (`qemu-img amend -f luks -o help`): typed key, `-o` name, help. */
 export const LUKS_AMEND_OPTIONS: OptionTable = [
@@ -57,8 +31,6 @@ export const LUKS_AMEND_OPTIONS: OptionTable = [
   { key: 'oldSecret', name: 'old-secret', kind: 'str', help: 'Select all keyslots that match this password' },
   { key: 'state', name: 'state', kind: 'str', help: 'Select new state of affected keyslots (active/inactive)' },
 ];
-
-const bytesOf = (p: string | Uint8Array) => (typeof p === 'string' ? utf8Encode(p) : p);
 
 /**
  * Adds or erases key slots of the luks image in `storage` (writable; the
@@ -76,74 +48,7 @@ const bytesOf = (p: string | Uint8Array) => (typeof p === 'string' ? utf8Encode(
 export async function amendLuksKeySlots(storage: Storage, change: LuksKeySlotChange): Promise<number[]> {
   const file = storage.name;
   if (storage.readOnly) throw readOnlyStorageError(FORMAT, file);
-  if (change.state !== 'active' && change.state !== 'inactive') throw invalidArg(FORMAT, `Parameter 'state' does not accept value '${String(change.state)}'`, { field: 'state', actual: String(change.state) });
-  const { keyslot } = change;
-  if (keyslot !== undefined && !(Number.isInteger(keyslot) && keyslot >= 0 && keyslot < SLOTS)) {
-    throw invalidArg(FORMAT, `Invalid keyslot ${keyslot} specified, must be between 0 and ${SLOTS - 1}`, { field: 'keyslot', actual: keyslot });
-  }
-  const { header: h } = await readLuksVolume(storage, await storage.size(), file);
-  const crypto = qcow2CryptoPrimitives();
-  if (!crypto) throw unsupported(FORMAT, file, 'changing key slots needs crypto primitives, and this platform has none installed (setQcow2CryptoPrimitives of @img/qcow2)', { field: 'state' });
-  try {
-    checkUnlockable(crypto, h, file);
-  } catch (e) {
-    throw asLuksError(e);
-  }
-  const readArea = (at: number, length: number) => storage.read(at, length);
-  // As qemu-img, which opens the image with its key-secret before it amends anything: a passphrase given must open it.
-  const master = change.passphrase !== undefined ? await luksCall(() => unlockMasterKey(crypto, h, bytesOf(change.passphrase!), readArea, file)) : undefined;
-
-  if (change.state === 'active') {
-    if (change.newPassphrase === undefined) throw invalidArg(FORMAT, "'new-secret' is required to activate a keyslot", { field: 'new-secret' });
-    if (change.oldPassphrase !== undefined) throw invalidArg(FORMAT, "'old-secret' must not be given when activating keyslots", { field: 'old-secret' });
-    const slot = keyslot ?? h.slots.findIndex((s) => !s.active);
-    if (slot < 0) throw invalidArg(FORMAT, "Can't add a keyslot - all keyslots are in use", { field: 'keyslot' });
-    const entry = h.slots[slot]!;
-    if (entry.active && !change.force) throw invalidArg(FORMAT, `Refusing to overwrite active keyslot ${slot} - please erase it first`, { field: 'keyslot', actual: slot });
-    if (!master) throw invalidArg(FORMAT, `${file}: adding a key slot needs the image's current passphrase (key-secret in --image-opts; API: passphrase)`, { file, field: 'passphrase' });
-    const iterations = await iterationsFor(crypto, h.hash, h.spec.keyBytes, change.iterTimeMs ?? DEFAULT_ITER_TIME_MS, MIN_SLOT_ITERATIONS);
-    const sealed = await sealSlot(crypto, h.spec, h.hash, master, bytesOf(change.newPassphrase), iterations);
-    if (entry.active) {
-      // Overwritten with --force: disabled first, so no crash leaves it active over the new material.
-      await storage.write(slotEntryOffset(slot), slotEntry(false, entry.keyOffset));
-      await storage.flush();
-    }
-    await storage.write(entry.keyOffset, sealed.material);
-    await storage.flush();
-    await storage.write(slotEntryOffset(slot), slotEntry(true, entry.keyOffset, sealed));
-    await storage.flush();
-    return [slot];
-  }
-
-  if (change.newPassphrase !== undefined) throw invalidArg(FORMAT, "'new-secret' must not be given when erasing keyslots", { field: 'new-secret' });
-  const activeCount = h.slots.filter((s) => s.active).length;
-  const opens = async (i: number) => (await openSlot(crypto, h, h.slots[i]!, bytesOf(change.oldPassphrase!), readArea)) !== undefined;
-  let chosen: number[];
-  if (keyslot !== undefined) {
-    if (!h.slots[keyslot]!.active) throw invalidArg(FORMAT, `Given keyslot ${keyslot} is already erased (inactive)`, { field: 'keyslot', actual: keyslot });
-    if (change.oldPassphrase !== undefined && !(await opens(keyslot))) {
-      throw invalidArg(FORMAT, `Given keyslot ${keyslot} doesn't contain the given old password for erase operation`, { field: 'old-secret', actual: keyslot });
-    }
-    if (activeCount === 1 && !change.force) {
-      throw invalidArg(FORMAT, `Attempt to erase the only active keyslot ${keyslot} which will erase all the data in the image irreversibly - refusing operation`, { field: 'keyslot', actual: keyslot });
-    }
-    chosen = [keyslot];
-  } else if (change.oldPassphrase !== undefined) {
-    chosen = [];
-    for (let i = 0; i < SLOTS; i++) if (h.slots[i]!.active && (await opens(i))) chosen.push(i);
-    if (chosen.length === 0) throw invalidArg(FORMAT, 'No keyslots match given (old) password for erase operation', { field: 'old-secret' });
-    if (chosen.length === activeCount && !change.force) {
-      throw invalidArg(FORMAT, 'All the active keyslots match the (old) password that was given and erasing them will erase all the data in the image irreversibly - refusing operation', { field: 'old-secret' });
-    }
-  } else {
-    throw invalidArg(FORMAT, 'To erase keyslot(s), either explicit keyslot index or the password currently contained in them must be given', { field: 'keyslot' });
-  }
-  for (const i of chosen) {
-    const keyOffset = h.slots[i]!.keyOffset;
-    await storage.write(slotEntryOffset(i), slotEntry(false, keyOffset));
-    await storage.flush();
-    await storage.write(keyOffset, crypto.randomBytes(materialBytes(h.spec.keyBytes)));
-    await storage.flush();
-  }
-  return chosen;
+  const { header } = await readLuksVolume(storage, await storage.size(), file);
+  // The header is at offset 0 of the volume; the slot logic is encrypted qcow2's (its errors renamed).
+  return luksCall(() => changeLuksKeySlots(storage, 0, header, change, file));
 }
