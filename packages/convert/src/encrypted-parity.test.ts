@@ -48,7 +48,7 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
     const ours = run('img', ['compare', '-f', 'qcow2', '-F', 'raw', p('enc.qcow2'), p('plain.raw')]);
     expect(ours.status).toBe(theirs.status);
     expect(ours.status).toBe(2);
-    expect(ours.stderr).toBe(`img compare: Could not open '${p('enc.qcow2')}': Parameter 'encrypt.key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)\n`);
+    expect(ours.stderr).toBe(`img compare: ERR_IMG_INVALID_ARG: qcow2: ${p('enc.qcow2')}: Parameter 'encrypt.key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)\n`);
     expect(run('img', ['compare', ...right, '--image-opts', opts(p('enc.qcow2')), `driver=raw,file.filename=${p('plain.raw')}`]).stdout).toBe('Images are identical.\n');
   });
 

@@ -2,7 +2,7 @@
  * img compare: whether two images read the same, as qemu-img compare.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, type Disk, type Extent } from '@img/block';
+import { ImageError, invalidArg, type Disk, type Extent } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
@@ -46,7 +46,7 @@ export const compare: Handler = async (argv, io) => {
       if (imageOpenOptions(path, format).passphrase === undefined && (await disk.info?.())?.encrypted) {
         await a.close();
         await b.close();
-        throw new ExitCode(2, `Could not open '${path}': Parameter '${disk.format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`);
+        throw invalidArg(disk.format, `${path}: Parameter '${disk.format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
       }
     }
     try {
