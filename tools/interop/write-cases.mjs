@@ -40,6 +40,7 @@ const VALUES = {
     hwversion: ['4', '6', '7', '21'],
     toolsversion: ['10240'],
     zeroed_grain: ['on', 'off'],
+    compat6: ['on', 'off'],
   },
   raw: { preallocation: ['off', 'falloc', 'full'] },
 };
