@@ -5,23 +5,11 @@
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { describeQemu, qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuImg, seededBytes, tempDir, qemuImgLuks } from '@img/testkit';
 import { run } from './test/cli.js';
 
-/** qemu-img runs that time PBKDF2 fail now and then here ("Unable to get accurate CPU usage"): tried again with other iter-times. */
-function qemuLuks(args: string[]): { stdout: string } {
-  let last = '';
-  for (const ms of [10, 20, 50, 10, 100, 20, 200, 50]) {
-    const r = qemuImg(
-      args.map((a, i) => (args[i - 1] === '-o' ? `${a},iter-time=${ms}` : a)),
-      { allowFail: true },
-    );
-    if (r.status === 0) return r;
-    last = r.stderr;
-    if (!/accurate CPU usage/.test(r.stderr)) break;
-  }
-  throw new Error(`qemu-img ${args.join(' ')}: ${last}`);
-}
+/** qemu-img with LUKS options, tried again while it fails to time PBKDF2 (see qemuImgLuks). */
+const qemuLuks = (args: string[]) => qemuImgLuks(args);
 
 describeQemu('luks images on the command line', () => {
   const tmp = tempDir('img-luks-cli-');

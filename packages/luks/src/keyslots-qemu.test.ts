@@ -9,7 +9,7 @@ import { MemoryStorage, optionHelpLines, type Storage } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { installNodeCryptoPrimitives } from '@img/qcow2/node';
 import { LUKS_HEADER_SIZE, slotEntryOffset } from '@img/qcow2/luks';
-import { describeQemu, qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, qemuImg, seededBytes, tempDir, qemuImgLuks } from '@img/testkit';
 import { createLuks } from './create.js';
 import { amendLuksKeySlots, LUKS_AMEND_OPTIONS, type LuksKeySlotChange } from './keyslots.js';
 import { readLuksVolume } from './header.js';
@@ -20,20 +20,8 @@ const SECRETS: Record<string, string> = { s0: 'correct horse', s1: 'battery stap
 const objects = Object.entries(SECRETS).flatMap(([id, data]) => ['--object', `secret,id=${id},data=${data}`]);
 const opts = (file: string, id = 's0') => `driver=luks,file.filename=${file},key-secret=${id}`;
 
-/** qemu-img runs that time PBKDF2 fail now and then here ("Unable to get accurate CPU usage"): tried again with other iter-times. */
-function qemuLuks(args: string[]): { stdout: string } {
-  let last = '';
-  for (const ms of [10, 20, 50, 10, 100, 20, 200, 50]) {
-    const r = qemuImg(
-      args.map((a, i) => (args[i - 1] === '-o' ? `${a},iter-time=${ms}` : a)),
-      { allowFail: true },
-    );
-    if (r.status === 0) return r;
-    last = r.stderr;
-    if (!/accurate CPU usage/.test(r.stderr)) break;
-  }
-  throw new Error(`qemu-img ${args.join(' ')}: ${last}`);
-}
+/** qemu-img with LUKS options, tried again while it fails to time PBKDF2 (see qemuImgLuks). */
+const qemuLuks = (args: string[]) => qemuImgLuks(args);
 
 async function amendFile(file: string, change: LuksKeySlotChange): Promise<number[]> {
   const storage = await FileStorage.open(file, { readOnly: false });

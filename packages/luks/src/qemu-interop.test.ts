@@ -9,7 +9,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ImageError, sparseCopy } from '@img/block';
 import { FileStorage } from '@img/block/node';
 import { installNodeCryptoPrimitives } from '@img/qcow2/node';
-import { describeQemu, qemuImg, seededBytes, seededRandom, tempDir } from '@img/testkit';
+import { describeQemu, qemuImg, seededBytes, seededRandom, tempDir, qemuImgLuks } from '@img/testkit';
 import { createLuks } from './create.js';
 import { luksDriver } from './driver.js';
 import { measureLuks } from './measure.js';
@@ -21,23 +21,8 @@ const PASS = 'correct horse';
 const secret = ['--object', `secret,id=s,data=${PASS}`];
 const opts = (file: string) => `driver=luks,file.filename=${file},key-secret=s`;
 
-/**
- * qemu-img with LUKS options times PBKDF2 for iter-time and here, now and then, fails "Unable to get accurate CPU
- * usage": tried again with other times before giving up. `args` holds one `-o` list; iter-time is appended to it.
- */
-function qemuLuks(args: string[]): { stdout: string } {
-  let last = '';
-  for (const ms of [10, 20, 50, 10, 100, 20, 200, 50]) {
-    const r = qemuImg(
-      args.map((a, i) => (args[i - 1] === '-o' ? `${a},iter-time=${ms}` : a)),
-      { allowFail: true },
-    );
-    if (r.status === 0) return r;
-    last = r.stderr;
-    if (!/accurate CPU usage/.test(r.stderr)) break;
-  }
-  throw new Error(`qemu-img ${args.join(' ')}: ${last}`);
-}
+/** qemu-img with LUKS options, tried again while it fails to time PBKDF2 (see qemuImgLuks). */
+const qemuLuks = (args: string[]) => qemuImgLuks(args);
 
 /** Cipher sets qemu-img and img both make (aes-192-cbc is left out: qemu-img 7.2 aborts on it). */
 const CIPHERS: Record<string, string> = {

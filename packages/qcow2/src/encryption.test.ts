@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lentStorage, MemoryStorage } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir } from '@img/testkit';
+import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir, qemuImgLuks } from '@img/testkit';
 import { openQcow2 } from './open.js';
 import { createQcow2 } from './create.js';
 import { amendQcow2KeySlots } from './luks-keyslots.js';
@@ -24,16 +24,8 @@ installNodeCryptoPrimitives();
  * accurate CPU usage" (nearly always for 16-byte keys and sha1): tried again, with other times, before giving up.
  */
 function qemuLuks(args: string[], luks = true): void {
-  const times = luks ? [100, 200, 100, 500, 200, 1000, 100, 500] : [0];
-  let last = '';
-  for (const ms of times) {
-    const withTime = luks ? args.map((a, i) => (args[i - 1] === '-o' ? `${a},encrypt.iter-time=${ms}` : a)) : args;
-    const r = qemuImg(withTime, { allowFail: true });
-    if (r.status === 0) return;
-    last = r.stderr;
-    if (!/accurate CPU usage/.test(r.stderr)) break;
-  }
-  throw new Error(`qemu-img ${args.join(' ')}: ${last}`);
+  if (luks) qemuImgLuks(args, { timeKey: 'encrypt.iter-time', times: [100, 200, 100, 500, 200, 1000, 100, 500] });
+  else qemuImg(args);
 }
 
 describe('sector cipher', () => {
