@@ -8,7 +8,7 @@
  * non-zero blocks are written, so the file is as sparse as qemu's.
  */
 import { driverOptions, invalidArg, isAllZero, unsupported, utf8Encode, type CreateOptions, type OptionTable, type Storage } from '@img/block';
-import { createLuksArea, qcow2CryptoPrimitives, type LuksCreateSpec } from '@img/qcow2/luks';
+import { createLuksArea, luksCreateSpecOf, qcow2CryptoPrimitives, type LuksCreateSpec } from '@img/qcow2/luks';
 import { LuksDisk } from './disk.js';
 import { LuksImage } from './image.js';
 import { FORMAT, luksCall } from './luks-errors.js';
@@ -26,7 +26,7 @@ export interface LuksCreateOptions extends CreateOptions {
   cipherMode?: string;
   /** plain64 (default), plain or essiv. */
   ivgenAlg?: string;
-  /** The hash essiv keys its IV cipher with (default sha256). */
+  /** The hash essiv keys its IV cipher with (default sha256); beside plain or plain64 it is only named in the cipher mode, as qemu-img writes it. */
   ivgenHashAlg?: string;
   /** The hash of PBKDF2 and the anti-forensic splitter (default sha256). */
   hashAlg?: string;
@@ -49,28 +49,9 @@ export const LUKS_CREATE_OPTIONS: OptionTable = [
 /** Typed keys create takes beyond the table. */
 export const LUKS_TYPED_CREATE_KEYS: readonly string[] = ['passphrase'];
 
-/** The cipher, hash and PBKDF2 time of a new header, checked (no passphrase needed: measure uses it too). */
+/** The cipher, hash and PBKDF2 time of a new header, checked as encrypted qcow2's are (no passphrase needed: measure uses it too). */
 export function luksCreateSpec(o: Record<string, unknown>): LuksCreateSpec {
-  const alg = String(o.cipherAlg ?? 'aes-256');
-  const bytes = { 'aes-128': 16, 'aes-192': 24, 'aes-256': 32 }[alg];
-  if (bytes === undefined) {
-    const message = /^(aes|serpent|twofish|cast5|des)/.test(alg) ? `cipher-alg=${alg}: img writes AES only (aes-128, aes-192, aes-256)` : `invalid cipher-alg "${alg}" (aes-128, aes-192 or aes-256)`;
-    throw /^(serpent|twofish|cast5|des)/.test(alg) ? unsupported(FORMAT, undefined, message, { field: 'cipher-alg', actual: alg }) : invalidArg(FORMAT, message, { field: 'cipher-alg', actual: alg });
-  }
-  const mode = String(o.cipherMode ?? 'xts');
-  if (mode !== 'xts' && mode !== 'cbc') throw invalidArg(FORMAT, `invalid cipher-mode "${mode}" (xts or cbc)`, { field: 'cipher-mode', actual: mode });
-  // 24-byte keys in 4000 stripes are 187.5 sectors of key material: qemu-img 7.2 aborts on such an image.
-  if (bytes === 24 && mode === 'cbc') throw unsupported(FORMAT, undefined, 'aes-192 in cbc mode makes key material of 187.5 sectors, which qemu-img 7.2 aborts on (an assertion) when it opens the image: use aes-128, aes-256, or xts', { field: 'cipher-alg' });
-  const ivgen = String(o.ivgenAlg ?? 'plain64');
-  if (ivgen !== 'plain' && ivgen !== 'plain64' && ivgen !== 'essiv') throw invalidArg(FORMAT, `invalid ivgen-alg "${ivgen}" (plain, plain64 or essiv)`, { field: 'ivgen-alg', actual: ivgen });
-  if (o.ivgenHashAlg !== undefined && ivgen !== 'essiv') throw invalidArg(FORMAT, 'ivgen-hash-alg applies to ivgen-alg=essiv only', { field: 'ivgen-hash-alg' });
-  const iterTime = Number(o.iterTime ?? 2000);
-  if (!Number.isFinite(iterTime) || iterTime <= 0) throw invalidArg(FORMAT, `invalid iter-time "${String(o.iterTime)}" (milliseconds above 0)`, { field: 'iter-time' });
-  return {
-    spec: { mode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: String(o.ivgenHashAlg ?? 'sha256') } : {}), keyBytes: mode === 'xts' ? bytes * 2 : bytes },
-    hash: String(o.hashAlg ?? 'sha256'),
-    iterTimeMs: iterTime,
-  };
+  return luksCreateSpecOf(o, FORMAT, '');
 }
 
 /** The options of a create, under typed keys (`-o` names accepted too), with the passphrase required. */

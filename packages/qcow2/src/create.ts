@@ -35,7 +35,7 @@ import { writeRefcount } from './refcount-entry.js';
 import { openQcow2 } from './open.js';
 import { type Qcow2Disk } from './image.js';
 import { encryptNewImage } from './create-encrypted.js';
-import type { LuksCreateSpec } from './luks.js';
+import { luksCreateSpecOf, type LuksCreateSpec } from './luks.js';
 
 const FORMAT = 'qcow2';
 
@@ -228,9 +228,6 @@ export function parseCreateOptions(options: Qcow2CreateOptions, extra: readonly 
   };
 }
 
-/** The hashes qemu takes for LUKS (its QCryptoHashAlgorithm names). */
-const LUKS_HASHES = ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'];
-
 /** The `encrypt.*` options: a LUKS spec and passphrase, undefined without `encrypt.format`. */
 function parseEncryption(o: Record<string, unknown>, prealloc: string): Qcow2Layout['encrypt'] {
   const format = pick(o, 'encryptFormat');
@@ -254,27 +251,13 @@ function parseEncryption(o: Record<string, unknown>, prealloc: string): Qcow2Lay
   }
   if (typeof passphrase !== 'string' && !(passphrase instanceof Uint8Array)) throw invalidArg(FORMAT, 'encryptPassphrase is a string or bytes', { field: 'encryptPassphrase' });
   if (prealloc !== 'off') throw unsupported(FORMAT, undefined, 'preallocation of an encrypted image is not supported (preallocated clusters would read as the decryption of zeros)', { field: 'preallocation' });
-  const alg = String(pick(o, 'encryptCipherAlg') ?? 'aes-256');
-  const bits = { 'aes-128': 16, 'aes-192': 24, 'aes-256': 32 }[alg];
-  if (bits === undefined) throw invalidArg(FORMAT, `invalid encrypt.cipher-alg "${alg}" (aes-128, aes-192 or aes-256)`, { field: 'encrypt.cipher-alg' });
-  const mode = String(pick(o, 'encryptCipherMode') ?? 'xts');
-  if (mode !== 'xts' && mode !== 'cbc') throw invalidArg(FORMAT, `invalid encrypt.cipher-mode "${mode}" (xts or cbc)`, { field: 'encrypt.cipher-mode' });
-  // 24-byte keys in 4000 stripes are 187.5 sectors of key material: LUKS pads them, qemu-img 7.2 aborts on them.
-  if (bits === 24 && mode === 'cbc') throw unsupported(FORMAT, undefined, 'aes-192 in cbc mode makes key material of 187.5 sectors, which qemu-img 7.2 aborts on (an assertion) when it opens the image: use aes-128, aes-256, or xts', { field: 'encrypt.cipher-alg' });
-  const ivgen = String(pick(o, 'encryptIvgenAlg') ?? 'plain64');
-  if (ivgen !== 'plain' && ivgen !== 'plain64' && ivgen !== 'essiv') throw invalidArg(FORMAT, `invalid encrypt.ivgen-alg "${ivgen}" (plain, plain64 or essiv)`, { field: 'encrypt.ivgen-alg' });
-  const ivgenHash = pick(o, 'encryptIvgenHashAlg');
-  // With plain or plain64 the hash is only written into the cipher mode ("xts-plain64:sha256"), as qemu-img writes it.
-  if (ivgenHash !== undefined && !LUKS_HASHES.includes(String(ivgenHash))) throw invalidArg(FORMAT, `invalid encrypt.ivgen-hash-alg "${String(ivgenHash)}" (${LUKS_HASHES.join(', ')})`, { field: 'encrypt.ivgen-hash-alg' });
-  const iterTime = Number(pick(o, 'encryptIterTime') ?? 2000);
-  if (!Number.isFinite(iterTime) || iterTime <= 0) throw invalidArg(FORMAT, `invalid encrypt.iter-time "${String(pick(o, 'encryptIterTime'))}" (milliseconds above 0)`, { field: 'encrypt.iter-time' });
+  const luks = luksCreateSpecOf(
+    { cipherAlg: pick(o, 'encryptCipherAlg'), cipherMode: pick(o, 'encryptCipherMode'), ivgenAlg: pick(o, 'encryptIvgenAlg'), ivgenHashAlg: pick(o, 'encryptIvgenHashAlg'), hashAlg: pick(o, 'encryptHashAlg'), iterTime: pick(o, 'encryptIterTime') },
+    FORMAT,
+    'encrypt.',
+  );
   return {
-    luks: {
-      spec: { mode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: String(ivgenHash ?? 'sha256') } : {}), keyBytes: mode === 'xts' ? bits * 2 : bits },
-      hash: String(pick(o, 'encryptHashAlg') ?? 'sha256'),
-      iterTimeMs: iterTime,
-      ...(ivgenHash !== undefined && ivgen !== 'essiv' ? { unusedIvgenHash: String(ivgenHash) } : {}),
-    },
+    luks,
     passphrase: typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase,
   };
 }
