@@ -8,7 +8,7 @@
  * non-zero blocks are written, so the file is as sparse as qemu's.
  */
 import { driverOptions, invalidArg, isAllZero, unsupported, utf8Encode, type CreateOptions, type OptionTable, type Storage } from '@img/block';
-import { createLuksArea, luksCreateSpecOf, qcow2CryptoPrimitives, type LuksCreateSpec } from '@img/qcow2/luks';
+import { createLuksArea, luksCreateSpecOf, readyCryptoPrimitives, type LuksCreateSpec } from '@img/qcow2/luks';
 import { LuksDisk } from './disk.js';
 import { LuksImage } from './image.js';
 import { FORMAT, luksCall } from './luks-errors.js';
@@ -89,7 +89,7 @@ const WRITE_BLOCK = 4096;
  */
 export async function createLuks(storage: Storage, options: LuksCreateOptions): Promise<LuksDisk> {
   const { size, spec, passphrase } = luksCreateOptionsFrom(options);
-  const crypto = qcow2CryptoPrimitives();
+  const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, storage.name, 'creating a LUKS image needs crypto primitives, and this platform has none installed (setQcow2CryptoPrimitives of @img/qcow2)', { field: 'cipher-alg' });
   for (const hash of [spec.hash, ...(spec.spec.ivgenHash !== undefined ? [spec.spec.ivgenHash] : [])]) {
     if (crypto.hashLength(hash) === undefined) throw unsupported(FORMAT, storage.name, `the hash "${hash}" is not one this platform's crypto (${crypto.name}) has`, { field: hash === spec.hash ? 'hash-alg' : 'ivgen-hash-alg', actual: hash });

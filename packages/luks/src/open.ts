@@ -8,7 +8,7 @@
  * open is the same open.
  */
 import { invalidArg, readOnlyStorageError, utf8Encode, unsupported, type OpenOptions, type Storage } from '@img/block';
-import { qcow2CryptoPrimitives, unlockLuks, type LuksHeader, type SectorCipher } from '@img/qcow2/luks';
+import { readyCryptoPrimitives, unlockLuks, type LuksHeader, type SectorCipher } from '@img/qcow2/luks';
 import { LuksDisk } from './disk.js';
 import { readLuksVolume } from './header.js';
 import { LuksImage } from './image.js';
@@ -19,7 +19,7 @@ export type LuksOpenOptions = Pick<OpenOptions, 'readOnly' | 'passphrase' | 'unt
 
 /** The data key the passphrase unlocks (ERR_IMG_INVALID_ARG when it opens no key slot). */
 async function unlock(storage: Storage, header: LuksHeader, passphrase: string | Uint8Array, file: string): Promise<SectorCipher> {
-  const crypto = qcow2CryptoPrimitives();
+  const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, file, `${file} is encrypted and this platform has no crypto primitives installed for it (setQcow2CryptoPrimitives of @img/qcow2)`, { field: 'passphrase' });
   const secret = typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase;
   return luksCall(() => unlockLuks(crypto, header, secret, (at, length) => storage.read(at, length), file));

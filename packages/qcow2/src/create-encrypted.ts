@@ -9,7 +9,7 @@
 import { invalidArg, lentStorage, unsupported, writeU64Be } from '@img/block';
 import type { Storage } from '@img/block';
 import { CRYPT_LUKS, EXT_CRYPTO, EXT_FEATURE_TABLE } from './constants.js';
-import { qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { readyCryptoPrimitives } from './crypto-primitives.js';
 import { headerClusterBytes } from './header-cluster.js';
 import { writeHeaderCluster } from './header-cluster-write.js';
 import { closeQcow2 } from './io.js';
@@ -20,7 +20,7 @@ const FORMAT = 'qcow2';
 
 /** Makes the empty image in `storage` a LUKS image whose one key slot opens with `passphrase`. */
 export async function encryptNewImage(storage: Storage, spec: LuksCreateSpec, passphrase: Uint8Array): Promise<void> {
-  const crypto = qcow2CryptoPrimitives();
+  const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, storage.name, 'encrypting an image needs crypto primitives, and this platform has none installed (setQcow2CryptoPrimitives)', { field: 'encrypt.format' });
   for (const hash of [spec.hash, ...(spec.spec.ivgenHash !== undefined ? [spec.spec.ivgenHash] : [])]) {
     if (crypto.hashLength(hash) === undefined) throw unsupported(FORMAT, storage.name, `the hash "${hash}" is not one this platform's crypto (${crypto.name}) has`, { field: 'encrypt.hash-alg', actual: hash });

@@ -8,6 +8,12 @@
 export interface Qcow2CryptoPrimitives {
   /** For messages and tests: "node", ... */
   readonly name: string;
+  /**
+   * Loads what the other calls need, where that is costly (the web
+   * primitives' AES tables): awaited before the primitives are used
+   * ({@link readyCryptoPrimitives}). Optional.
+   */
+  prepare?(): Promise<void>;
   /** AES on whole 16-byte blocks, each on its own (ECB, no padding); `key` is 16, 24 or 32 bytes. */
   aesBlocks(key: Uint8Array, direction: 'encrypt' | 'decrypt', data: Uint8Array): Uint8Array;
   /** AES-CBC over whole blocks from `iv`, no padding (encryption is serial, so it is its own call). */

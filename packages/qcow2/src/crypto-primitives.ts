@@ -21,6 +21,13 @@ export function qcow2CryptoPrimitives(): Qcow2CryptoPrimitives | undefined {
   return current;
 }
 
+/** The primitives in use, ready for their synchronous calls ({@link Qcow2CryptoPrimitives.prepare} awaited), or undefined. */
+export async function readyCryptoPrimitives(): Promise<Qcow2CryptoPrimitives | undefined> {
+  const c = current;
+  await c?.prepare?.();
+  return c;
+}
+
 /** Installs the primitives encrypted images are read with; returns the previous ones. */
 export function setQcow2CryptoPrimitives(next: Qcow2CryptoPrimitives | undefined): Qcow2CryptoPrimitives | undefined {
   const previous = current;

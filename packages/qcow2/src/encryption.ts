@@ -14,7 +14,7 @@
 import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Encode } from '@img/block';
 import type { Storage } from '@img/block';
 import { CRYPT_AES, CRYPT_LUKS, EXT_CRYPTO } from './constants.js';
-import { qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { readyCryptoPrimitives } from './crypto-primitives.js';
 import { extensionDataOffset, findExtension, type HeaderExtension } from './extensions.js';
 import { describeLuks, LUKS_HEADER_SIZE, parseLuksHeader, unlockLuks, type LuksHeader } from './luks.js';
 import { SECTOR, SectorCipher } from './sector-cipher.js';
@@ -69,7 +69,7 @@ export function describeEncryption(e: Qcow2Encryption): Record<string, unknown> 
 
 /** Unlocks the data key with `passphrase` (ERR_IMG_INVALID_ARG if it opens no LUKS key slot). */
 export async function unlockEncryption(e: Qcow2Encryption, storage: Storage, passphrase: string | Uint8Array, file: string): Promise<void> {
-  const crypto = qcow2CryptoPrimitives();
+  const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, file, `${file} is encrypted and this platform has no crypto primitives installed for it (setQcow2CryptoPrimitives)`, { field: 'crypt_method' });
   const secret = typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase;
   if (e.method === 'aes') {

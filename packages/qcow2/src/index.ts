@@ -22,7 +22,7 @@ export { DEFAULT_L2_CACHE_BYTES } from './l2-cache.js';
 export { qcow2Codecs, setQcow2Codecs } from './compression.js';
 export { webCodecs } from './web-codecs.js';
 export { type Qcow2Codecs, type ZstdEncoderKind, type CompressedClusters } from './codecs.js';
-export { qcow2CryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
+export { qcow2CryptoPrimitives, readyCryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
 export { webCryptoPrimitives } from './web-crypto.js';
 export { compactQcow2, type Qcow2CompactOptions, type Qcow2CompactResult } from './compact.js';
 export { sparsifyQcow2, QCOW2_DEFAULT_MIN_ZERO_RUN, type Qcow2SparsifyOptions, type Qcow2SparsifyResult } from './sparsify.js';

@@ -28,5 +28,5 @@ export {
   type LuksCreateSpec,
 } from './luks.js';
 export { SectorCipher, SECTOR, validKeyBytes, type CipherSpec, type CipherMode, type IvGenerator } from './sector-cipher.js';
-export { qcow2CryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
+export { qcow2CryptoPrimitives, readyCryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
 export { changeLuksKeySlots, type LuksKeySlotChange } from './luks-keyslots.js';

@@ -13,7 +13,7 @@
  */
 import { invalidArg, lentStorage, readOnlyStorageError, unsupported, utf8Encode, type OptionTable } from '@img/block';
 import type { Storage } from '@img/block';
-import { qcow2CryptoPrimitives } from './crypto-primitives.js';
+import { readyCryptoPrimitives } from './crypto-primitives.js';
 import { closeQcow2 } from './io.js';
 import { checkUnlockable, iterationsFor, materialBytes, openSlot, sealSlot, slotEntry, slotEntryOffset, unlockMasterKey, type LuksHeader } from './luks.js';
 import { openQcow2Image } from './open.js';
@@ -100,7 +100,7 @@ export async function changeLuksKeySlots(storage: Storage, offset: number, h: Lu
   if (keyslot !== undefined && !(Number.isInteger(keyslot) && keyslot >= 0 && keyslot < SLOTS)) {
     throw invalidArg(FORMAT, `Invalid keyslot ${keyslot} specified, must be between 0 and ${SLOTS - 1}`, { field: 'keyslot', actual: keyslot });
   }
-  const crypto = qcow2CryptoPrimitives();
+  const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, file, 'changing key slots needs crypto primitives, and this platform has none installed (setQcow2CryptoPrimitives)', { field: 'state' });
   checkUnlockable(crypto, h, file);
   const readArea = (at: number, length: number) => storage.read(offset + at, length);

@@ -17,6 +17,9 @@ const node = nodeCryptoPrimitives;
 const bytes = (n: number) => new Uint8Array(randomBytes(n));
 
 describe('web crypto primitives, against node:crypto', () => {
+  // The @noble modules load on prepare() (the image code awaits it through readyCryptoPrimitives).
+  beforeAll(() => web.prepare!());
+
   it('are installed from the start (this file imports no Node entry, which would install node:crypto)', () => {
     expect(qcow2CryptoPrimitives()).toBe(web);
   });
