@@ -27,7 +27,7 @@ import { openVmdkImage, type VmdkOpenOptions } from './open.js';
 import { hasSparseMagic, SECTOR } from './sparse-header.js';
 import type { GrainMap } from './grain-map.js';
 import { parseSeSparseEntries, SE_INVALID, SE_ZERO } from './sesparse-header.js';
-import { SPAN_GRAIN, SPAN_REDUNDANT_TABLE, SPAN_TABLE, spanOverlaps } from './write-guard.js';
+import { LayoutSpans } from './layout-spans.js';
 
 /** What a check found wrong, in one word. */
 export type VmdkProblemCode = 'entry-invalid' | 'table-out-of-bounds' | 'table-overlap' | 'table-shared' | 'grain-out-of-bounds' | 'grain-overlap' | 'grain-shared' | 'redundant-mismatch' | 'open-failed' | 'check-failed';
@@ -149,12 +149,11 @@ class ProblemSink {
 async function checkMap(map: GrainMap, problems: ProblemSink): Promise<{ allocated: number; end: number }> {
   const file = map.storage.name;
   const n = map.header.numGTEsPerGT;
-  const seen = new Set<number>();
   const tables = new Set<number>();
   let allocated = 0;
   let end = map.fileSize;
-  // Grains and tables by their start (kind in the low bits): a grain sharing sectors with a table or another grain.
-  const spans: number[] = [];
+  // Grains and tables by their start: a grain sharing sectors with a table or another grain (two entries naming one grain among them).
+  const spans = new LayoutSpans(map.grainBytes, map.tableBytes);
   for (let t = 0; t < map.gd.length; t++) {
     const sector = map.gd[t]!;
     if (sector === GTE_UNALLOCATED) continue;
@@ -173,7 +172,7 @@ async function checkMap(map: GrainMap, problems: ProblemSink): Promise<{ allocat
       continue;
     }
     tables.add(sector);
-    spans.push(at + SPAN_TABLE);
+    spans.addTable(at, false);
     const sesparse = map.layout === 'sesparse';
     const table = sesparse ? parseSeSparseEntries(await map.storage.read(at, n * 8), n) : parseEntries(await map.storage.read(at, n * ENTRY_BYTES), n);
     if (map.redundant && map.rgd && map.rgd[t]) {
@@ -184,7 +183,7 @@ async function checkMap(map: GrainMap, problems: ProblemSink): Promise<{ allocat
         const copy = parseEntries(await map.storage.read(rat, n * ENTRY_BYTES), n);
         const differ = table.findIndex((v, i) => v !== copy[i]);
         if (differ >= 0) problems.add({ code: 'redundant-mismatch', file, offset: rat + differ * ENTRY_BYTES, message: `redundant grain table ${t} differs from the primary at entry ${differ}` });
-        spans.push(rat + SPAN_REDUNDANT_TABLE);
+        spans.addTable(rat, true);
       } else problems.add({ code: 'table-out-of-bounds', file, offset: map.rgdOffset + t * map.entryBytes, message: `redundant grain directory entry ${t} points past the end of the file` });
     }
     for (let i = 0; i < n; i++) {
@@ -207,17 +206,12 @@ async function checkMap(map: GrainMap, problems: ProblemSink): Promise<{ allocat
         problems.add({ code: 'grain-overlap', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} overlaps the ${hit.what}` });
         continue;
       }
-      if (!map.compressed && seen.has(gte)) {
-        problems.add({ code: 'grain-shared', file, offset: entryAt, message: `grain ${grain} at ${hex(g)} is also used by another grain` });
-        continue;
-      }
-      seen.add(gte);
-      if (!map.compressed) spans.push(g + SPAN_GRAIN);
+      if (!map.compressed) spans.addGrain(g);
       allocated++;
       end = Math.max(end, g + span);
     }
   }
-  for (const o of spanOverlaps(spans, map, 100)) problems.add({ code: o.what === 'grain' ? 'grain-overlap' : 'table-overlap', file, offset: o.offset, message: o.message });
+  for (const o of spans.overlaps(100)) problems.add({ code: o.shared ? 'grain-shared' : o.what === 'grain' ? 'grain-overlap' : 'table-overlap', file, offset: o.offset, message: o.message });
   return { allocated, end };
 }
 

@@ -12,18 +12,15 @@
 import { corrupt, hex } from '@img/block';
 import { GTE_UNALLOCATED } from './grain-table.js';
 import type { GrainMap } from './grain-map.js';
+import { LayoutSpans } from './layout-spans.js';
 import { SECTOR } from './sparse-header.js';
 
 const FORMAT = 'vmdk';
-/** Span kinds, kept in the low bits of a sector-aligned start so one numeric sort orders them all. */
-const GRAIN = 0;
-const TABLE = 1;
-const REDUNDANT_TABLE = 2;
 
 /**
  * Throws ERR_IMG_CORRUPT when writing `map` in place could overwrite
  * metadata or other data. Reads every grain table once (the metadata a
- * check reads); memory is about 16 bytes per allocated grain (a list, then a sorted copy).
+ * check reads); memory is 8 bytes per allocated grain ({@link LayoutSpans}).
  */
 export async function assertWritableLayout(map: GrainMap): Promise<void> {
   const file = map.storage.name;
@@ -37,22 +34,21 @@ export async function assertWritableLayout(map: GrainMap): Promise<void> {
     const b = sorted[i]!;
     if (b.start < a.end) throw refuse(`the ${b.what} at ${hex(b.start)} overlaps the ${a.what} (${hex(a.start)}..${hex(a.end)})`, b.what, b.start);
   }
-  const spans: number[] = [];
-  const push = (at: number, kind: number) => spans.push(at + kind);
+  const spans = new LayoutSpans(map.grainBytes, map.tableBytes);
   for (let t = 0; t < map.gd.length; t++) {
     const sector = map.gd[t]!;
     if (sector !== GTE_UNALLOCATED) {
       map.checkTableOffset(sector, t, 'grain directory');
       const hit = map.overlap(sector * SECTOR, sector * SECTOR + map.tableBytes);
       if (hit) throw refuse(`grain directory entry ${t} points to a grain table at ${hex(sector * SECTOR)}, inside the ${hit.what}`, `grain directory entry ${t}`, map.gdOffset + 4 * t);
-      push(sector * SECTOR, TABLE);
+      spans.addTable(sector * SECTOR, false);
     }
     const redundant = map.rgd?.[t] ?? GTE_UNALLOCATED;
     if (redundant !== GTE_UNALLOCATED) {
       map.checkTableOffset(redundant, t, 'redundant grain directory');
       const hit = map.overlap(redundant * SECTOR, redundant * SECTOR + map.tableBytes);
       if (hit) throw refuse(`redundant grain directory entry ${t} points to a grain table at ${hex(redundant * SECTOR)}, inside the ${hit.what}`, `redundant grain directory entry ${t}`, map.rgdOffset + 4 * t);
-      push(redundant * SECTOR, REDUNDANT_TABLE);
+      spans.addTable(redundant * SECTOR, true);
     }
     if (sector === GTE_UNALLOCATED) continue;
     const table = await map.table(t);
@@ -63,54 +59,9 @@ export async function assertWritableLayout(map: GrainMap): Promise<void> {
       if (e.hostOffset + map.grainBytes > map.fileSize) {
         throw refuse(`grain table entry for grain ${t * n + i} points to a grain at ${hex(e.hostOffset)} that runs past the end of the file (${hex(map.fileSize)})`, `grain table entry for grain ${t * n + i}`, sector * SECTOR + 4 * i);
       }
-      push(e.hostOffset, GRAIN);
+      spans.addGrain(e.hostOffset);
     }
   }
-  const hit = spanOverlaps(spans, map, 1)[0];
+  const hit = spans.overlaps(1)[0];
   if (hit) throw refuse(hit.message, hit.what, hit.offset);
-}
-
-/** One overlap found by {@link spanOverlaps}. */
-export interface SpanOverlap {
-  /** The later span's start, and what it is ('grain', 'grain table', 'redundant grain table'). */
-  offset: number;
-  what: string;
-  message: string;
-}
-
-/**
- * Overlaps among grains and grain tables, `spans` holding each one's byte
- * start plus its kind (0 grain, 1 table, 2 redundant table) in the low bits;
- * at most `limit` of them. Shared with check, which reports what a writable
- * open refuses.
- */
-export function spanOverlaps(spans: readonly number[], map: Pick<GrainMap, 'grainBytes' | 'tableBytes'>, limit: number): SpanOverlap[] {
-  const out: SpanOverlap[] = [];
-  const starts = Float64Array.from(spans).sort();
-  let end = 0;
-  let previous = -1;
-  for (const v of starts) {
-    const kind = v % SECTOR;
-    const at = v - kind;
-    if (previous >= 0 && at < end) {
-      out.push({ offset: at, what: what(kind), message: `the ${what(kind)} at ${hex(at)} overlaps the ${what(previous % SECTOR)} at ${hex(previous - (previous % SECTOR))}` });
-      if (out.length >= limit) break;
-    }
-    if (at + (kind === GRAIN ? map.grainBytes : map.tableBytes) > end) {
-      end = at + (kind === GRAIN ? map.grainBytes : map.tableBytes);
-      previous = v;
-    }
-  }
-  return out;
-}
-
-/** The kind bits {@link spanOverlaps} reads: a grain. */
-export const SPAN_GRAIN = GRAIN;
-/** The kind bits {@link spanOverlaps} reads: a grain table. */
-export const SPAN_TABLE = TABLE;
-/** The kind bits {@link spanOverlaps} reads: a redundant grain table. */
-export const SPAN_REDUNDANT_TABLE = REDUNDANT_TABLE;
-
-function what(kind: number): string {
-  return kind === GRAIN ? 'grain' : kind === TABLE ? 'grain table' : 'redundant grain table';
 }
