@@ -3,7 +3,7 @@
 //
 //   nice -n 10 node tools/interop/campaign.mjs [--seed 1] [--random 40] [--part read,write]
 //        [--formats qcow2,vpc,vmdk,raw] [--work /tmp/interop] [--timeout 20000] [--heap-mib 512]
-//        [--only r17] [--match text] [--keep]
+//        [--only r17] [--match text] [--keep] [--luks-ciphers aes|all]
 //
 // Direction 1 (read cases, ids r*): qemu-img / qemu-io write an image over the
 // option matrix; img's convert -O raw, compare, info, map and check must
@@ -14,21 +14,24 @@
 // --timeout (all its processes together) and img runs under
 // --max-old-space-size; cases run one after another, so the campaign uses one
 // core. The summary goes to <work>/summary.json and stdout; every case's
-// result to <work>/cases.jsonl.
+// result to <work>/cases.jsonl. `luks` (qemu's luks format) draws its
+// ciphers from luks.mjs's table: AES in xts and cbc, what img decrypts, or
+// with `--luks-ciphers all` every cipher and mode qemu-img 7.2 writes.
 import { appendFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Budget, CaseTimeout, PrepError, img } from './lib.mjs';
 import { campaignArgs } from '../hostile/lib.mjs';
 import { compareRead } from './oracle.mjs';
 import { knownReason } from './known.mjs';
+import { luksCipherSet } from './luks.mjs';
 import { readCases } from './read-cases.mjs';
 import { writeCases } from './write-cases.mjs';
 
-const USAGE = 'usage: nice node tools/interop/campaign.mjs [--seed 1] [--random 40] [--part read,write] [--formats qcow2,vpc,vmdk,raw] [--work /tmp/interop] [--timeout 20000] [--heap-mib 512] [--only r17] [--match text] [--keep]\n';
+const USAGE = 'usage: nice node tools/interop/campaign.mjs [--seed 1] [--random 40] [--part read,write] [--formats qcow2,vpc,vmdk,raw] [--work /tmp/interop] [--timeout 20000] [--heap-mib 512] [--only r17] [--match text] [--keep] [--luks-ciphers aes|all]\n';
 
 function args() {
-  const a = campaignArgs({ seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined }, USAGE);
-  return { ...a, seed: Number(a.seed), random: Number(a.random), timeout: Number(a.timeout), heap: Number(a['heap-mib']), part: a.part.split(','), formats: a.formats.split(',') };
+  const a = campaignArgs({ seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined, 'luks-ciphers': 'aes' }, USAGE);
+  return { ...a, luksCiphers: luksCipherSet(a['luks-ciphers']), seed: Number(a.seed), random: Number(a.random), timeout: Number(a.timeout), heap: Number(a['heap-mib']), part: a.part.split(','), formats: a.formats.split(',') };
 }
 
 const opt = args();
@@ -49,17 +52,18 @@ if (opt.part.includes('read'))
       opt.seed,
       opt.random,
       opt.formats.filter((f) => f !== 'raw'),
+      opt.luksCiphers,
     ),
   );
 let uncovered = [];
 if (opt.part.includes('write')) {
-  const w = writeCases(opt.seed, opt.formats, imgOptionNames);
+  const w = writeCases(opt.seed, opt.formats, imgOptionNames, opt.luksCiphers);
   cases.push(...w.cases);
   uncovered = w.uncovered;
 }
 
-/** @type {{ seed: number, cases: number, perFormat: Record<string, any>, options: Record<string, number>, passed: number, differences: string[], documented: string[], skipped: string[], timeouts: number, harnessErrors: string[], uncoveredOptions: string[], seconds?: number }} */
-const summary = { seed: opt.seed, cases: 0, perFormat: {}, options: {}, passed: 0, differences: [], documented: [], skipped: [], timeouts: 0, harnessErrors: [], uncoveredOptions: uncovered };
+/** @type {{ seed: number, luksCiphers: string, cases: number, perFormat: Record<string, any>, options: Record<string, number>, passed: number, differences: string[], documented: string[], skipped: string[], timeouts: number, harnessErrors: string[], uncoveredOptions: string[], seconds?: number }} */
+const summary = { seed: opt.seed, luksCiphers: opt['luks-ciphers'], cases: 0, perFormat: {}, options: {}, passed: 0, differences: [], documented: [], skipped: [], timeouts: 0, harnessErrors: [], uncoveredOptions: uncovered };
 const started = Date.now();
 for (const c of cases) {
   if (opt.only && c.id !== opt.only) continue;

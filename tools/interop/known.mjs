@@ -20,6 +20,11 @@ export const KNOWN = [
     reason: 'qemu-img 7.2 preallocates a LUKS qcow2 with clusters of zeros in the file, which read as their decryption, not as zeros; img refuses preallocation with encryption (ERR_IMG_UNSUPPORTED)',
   },
   {
+    id: 'luks-keyslot-minus-one',
+    match: /amend -o state=active,new-secret=sec1,keyslot=-1: img says "Invalid keyslot -1 specified, must be between 0 and 7", qemu-img "Invalid keyslot 4294967295 specified/,
+    reason: 'qemu-img 7.2 reads keyslot=-1 into an unsigned 32-bit field and prints 4294967295; img names the value given (packages/luks README, Differences from qemu-img); both refuse it, exit 1',
+  },
+  {
     id: 'measure-host-holes',
     match: /subformat=fixed.* :: measure: -O qcow2.*\.required:/,
     reason: 'a fixed VHD: qemu-img 7.2 reads it as raw and counts its 512-byte footer as data (one more cluster required); img reads it as vpc, without the footer (vhd README)',

@@ -97,11 +97,13 @@ export const secretObject = (pass, id = SECRET_ID) => ['--object', `secret,id=${
  * for an encrypted one (`pass` given) the secret object and an
  * `--image-opts` string that names it, the spelling qemu-img and qemu-io
  * need to read a LUKS image and img accepts. `[...flags, ...other options,
- * name]` then makes the command line.
+ * name]` then makes the command line. A qcow2 names its secret
+ * `encrypt.key-secret`, the luks driver `key-secret`.
  */
 export function imageArgs(fmt, path, pass, id = SECRET_ID) {
   if (pass === undefined) return { flags: ['-f', fmt], name: path };
-  return { flags: [...secretObject(pass, id), '--image-opts'], name: `driver=${fmt},file.filename=${path},encrypt.key-secret=${id}` };
+  const key = fmt === 'luks' ? 'key-secret' : 'encrypt.key-secret';
+  return { flags: [...secretObject(pass, id), '--image-opts'], name: `driver=${fmt},file.filename=${path},${key}=${id}` };
 }
 
 /**
@@ -109,9 +111,9 @@ export function imageArgs(fmt, path, pass, id = SECRET_ID) {
  * given) and a raw file: with a passphrase both are named by
  * `--image-opts` strings, which is how qemu-img compare takes a secret.
  */
-export function compareArgs(fmt, path, raw, pass) {
+export function compareArgs(fmt, path, raw, pass, id = SECRET_ID) {
   if (pass === undefined) return ['-f', fmt, '-F', 'raw', path, raw];
-  const a = imageArgs(fmt, path, pass);
+  const a = imageArgs(fmt, path, pass, id);
   return [...a.flags, a.name, `driver=raw,file.filename=${raw}`];
 }
 

@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { PrepError, SECRET_ID, imageArgs, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
-import { RETRY_ITER_TIMES, luksOptions, luksPassphrase, optionList } from './luks.mjs';
+import { LUKS_VALUES, RETRY_ITER_TIMES, luksCipherSet, luksFormatOptions, luksOptions, luksPassphrase, luksWithIterTime, optionList } from './luks.mjs';
 
 const MiB = 1 << 20;
 const CLUSTERS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 2097152];
@@ -290,6 +290,80 @@ function vpcCase(seed, force, label) {
   };
 }
 
+/**
+ * qemu's luks format: qemu-img create (or convert -O luks) with random
+ * options from the cipher set `set` (luks.mjs luksFormatOptions), a
+ * preallocation (a file option qemu-img takes for luks), a size that may
+ * end inside a sector; qemu-io writes; then perhaps qemu-img resize and
+ * qemu-img amend (a second passphrase in another slot, the first erased
+ * now and then: the case reads with the second). Every qemu-img command
+ * that makes key material is tried again on a PBKDF2 timing failure.
+ */
+function luksCase(seed, force, label, set) {
+  const r = rng(seed);
+  const o = luksFormatOptions(r, set, force.options ?? {});
+  const pass = luksPassphrase(r);
+  const via = force.via ?? (r.chance(0.3) ? 'convert' : 'create');
+  const prealloc = force.preallocation ?? (r.chance(0.3) ? r.pick(['off', 'metadata', 'falloc', 'full']) : undefined);
+  const resize = force.resize ?? (r.chance(0.2) ? r.pick(['grow', 'shrink']) : undefined);
+  const amend = force.amend ?? (r.chance(0.2) ? r.pick(['add', 'replace']) : undefined);
+  const unaligned = force.unaligned ?? r.chance(0.3);
+  const opts = [...optionList(o), ...(prealloc ? [`preallocation=${prealloc}`] : [])];
+  const optsFor = (t) => [luksWithIterTime(o, t), ...(prealloc ? [`preallocation=${prealloc}`] : [])].join(',');
+  const iterTimes = [o['iter-time'], ...RETRY_ITER_TIMES.filter((t) => t !== o['iter-time'])];
+  const desc = [opts.join(','), via === 'convert' && 'qemu-img convert -O luks', unaligned && 'size not a whole sector', resize && `resize ${resize}`, amend && `amend ${amend === 'add' ? 'a second passphrase' : 'a second passphrase, the first erased'}`]
+    .filter(Boolean)
+    .join('; ');
+  return {
+    format: 'luks',
+    label: label ?? 'random',
+    options: [
+      ...optionList(o).filter((x) => !x.startsWith('key-secret=') && !x.startsWith('iter-time=')),
+      ...(prealloc ? [`preallocation=${prealloc}`] : []),
+      via,
+      ...(unaligned ? ['unaligned size'] : []),
+      ...(resize ? [`resize ${resize}`] : []),
+      ...(amend ? [`amend ${amend}`] : []),
+    ],
+    desc,
+    build(ctx) {
+      const size = oddSize(r, 2, 8) + (unaligned ? 1 + r.int(511) : 0);
+      const p = join(ctx.dir, 'disk.luks');
+      const sec = secretObject(pass);
+      const make = (argvFor) => {
+        const q = qemuLuks(ctx.budget, argvFor, iterTimes, { cwd: ctx.dir });
+        ctx.log.push(`qemu-img ${q.argv.join(' ')}`);
+        if (q.status !== 0) throw new PrepError(`qemu-img ${q.argv.join(' ')}: exit ${q.status}: ${`${q.stderr}${q.stdout}`.trim().split('\n')[0]}`);
+      };
+      if (via === 'convert') {
+        const raw = rawFilled(ctx, 'src.raw', size, r);
+        make((t) => ['convert', '-q', ...sec, '-f', 'raw', '-O', 'luks', '-o', optsFor(t), raw, p]);
+      } else make((t) => ['create', '-q', ...sec, '-f', 'luks', '-o', optsFor(t), p, String(size)]);
+      let named = imageArgs('luks', p, pass);
+      qemuIo(ctx, 'luks', p, fillScript(r, size, { cluster: 4096, compress: false, count: via === 'convert' ? 3 : 8 }), pass);
+      let readPass = pass;
+      let cur = size;
+      if (resize) {
+        const size2 = resize === 'grow' ? size + MiB + 512 * r.int(1000) + (unaligned ? 7 : 0) : size - MiB + 512 * r.int(1000);
+        qemuImg(ctx, ['resize', '-q', ...(resize === 'shrink' ? ['--shrink'] : []), ...named.flags, named.name, String(size2)]);
+        if (resize === 'grow') qemuIo(ctx, 'luks', p, [`write -P 0x77 ${size2 - 1000} 1000`], pass);
+        cur = size2;
+      }
+      if (amend) {
+        const second = `${pass}-2`;
+        const slot = 1 + r.int(7);
+        const both = [...sec, ...secretObject(second, 'sec1')];
+        make((t) => ['amend', ...both, '--image-opts', named.name, '-o', `state=active,new-secret=sec1,keyslot=${slot},iter-time=${t}`]);
+        if (amend === 'replace') qemuImg(ctx, ['amend', ...both, '--image-opts', imageArgs('luks', p, second, 'sec1').name, '-o', `state=inactive,old-secret=${SECRET_ID}`]);
+        readPass = second;
+        named = imageArgs('luks', p, second);
+        qemuIo(ctx, 'luks', p, [`write -P 0x6b ${r.int(cur - 70000)} 65537`], second);
+      }
+      return { path: p, fmt: 'luks', pass: readPass };
+    },
+  };
+}
+
 const VMDK_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'];
 
 function vmdkCase(seed, force, label) {
@@ -335,7 +409,7 @@ function vmdkCase(seed, force, label) {
  * The read cases: first one per option value (so every value is covered
  * whatever the count), then random combinations.
  */
-export function readCases(seed, randomCount, formats) {
+export function readCases(seed, randomCount, formats, set = luksCipherSet('aes')) {
   const forced = [];
   const q = (force, label) => forced.push(['qcow2', force, label]);
   q({ compat: '0.10' }, 'compat=0.10');
@@ -383,7 +457,22 @@ export function readCases(seed, randomCount, formats) {
   k({ compat6: true }, 'compat6');
   for (const s of ['monolithicSparse', 'twoGbMaxExtentSparse', 'streamOptimized']) k({ subformat: s, zeroed_grain: true }, `zeroed_grain ${s}`);
   for (const s of ['monolithicSparse', 'twoGbMaxExtentSparse']) k({ subformat: s, backing: true }, `backing ${s}`);
-  const make = { qcow2: qcow2Case, vpc: vpcCase, vmdk: vmdkCase };
+  // qemu's luks format: each cipher and mode of the set, each IV generator and hash, preallocation, odd sizes, resize, key slots.
+  // luks cases come after the random ones, so the ids and seeds of the other formats' cases stay those of earlier runs.
+  const forcedLuks = [];
+  const l = (force, label) => forcedLuks.push(['luks', force, label]);
+  for (const alg of set.algs) l({ options: { 'cipher-alg': alg } }, `luks cipher-alg=${alg}`);
+  for (const mode of set.modes) l({ options: { 'cipher-mode': mode } }, `luks cipher-mode=${mode}`);
+  for (const iv of ['plain', 'plain64', 'essiv']) l({ options: { 'ivgen-alg': iv } }, `luks ivgen-alg=${iv}`);
+  for (const h of ['md5', 'sha256']) l({ options: { 'ivgen-alg': 'essiv', 'ivgen-hash-alg': h } }, `luks essiv ivgen-hash-alg=${h}`);
+  l({ options: { 'ivgen-alg': 'plain64', 'ivgen-hash-alg': 'sha256' } }, 'luks plain64 with ivgen-hash-alg');
+  for (const h of LUKS_VALUES['encrypt.hash-alg']) l({ options: { 'hash-alg': h } }, `luks hash-alg=${h}`);
+  for (const p of ['off', 'metadata', 'falloc', 'full']) l({ preallocation: p, resize: false, via: 'create' }, `luks preallocation=${p}`);
+  l({ unaligned: true, resize: false, via: 'create' }, 'luks size not a whole sector');
+  l({ via: 'convert', unaligned: true }, 'luks qemu-img convert -O luks');
+  for (const rs of ['grow', 'shrink']) for (const u of [false, true]) l({ resize: rs, unaligned: u, amend: false }, `luks resize ${rs}${u ? ' (size not a whole sector)' : ''}`);
+  for (const a of ['add', 'replace']) l({ amend: a }, `luks amend ${a}`);
+  const make = { qcow2: qcow2Case, vpc: vpcCase, vmdk: vmdkCase, luks: (s, f, lb) => luksCase(s, f, lb, set) };
   const out = [];
   let i = 0;
   for (const [fmt, force, label] of forced) {
@@ -396,6 +485,10 @@ export function readCases(seed, randomCount, formats) {
   for (let j = 0; randomFormats.length && j < randomCount; j++, i++) {
     const fmt = r.pick(randomFormats);
     out.push({ id: `r${i}`, ...make[fmt](seed * 7919 + i, {}, undefined) });
+  }
+  for (const [fmt, force, label] of forcedLuks) {
+    if (formats.includes(fmt)) out.push({ id: `r${i}`, ...make[fmt](seed * 7919 + i, force, label) });
+    i++;
   }
   return out;
 }

@@ -2,10 +2,10 @@
 // commit, rebase, bitmap), judged by qemu-img check / info / compare and
 // qemu-io, then written by qemu-io and read back by img. Some qcow2 images
 // are LUKS-encrypted (luks.mjs): both tools then get the passphrase.
-import { copyFileSync, openSync, writeSync, closeSync, ftruncateSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, openSync, writeSync, closeSync, ftruncateSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SECRET_ID, compareArgs, firstDifference, imageArgs, img, json, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
-import { RETRY_ITER_TIMES, LUKS_VALUES, expectedEncrypt, luksFits, luksOptions, luksPassphrase, optionList } from './luks.mjs';
+import { PBKDF2_TIMING, PrepError, SECRET_ID, compareArgs, firstDifference, imageArgs, img, json, must, qemuLuks, rng, run, secretObject } from './lib.mjs';
+import { RETRY_ITER_TIMES, LUKS_VALUES, expectedEncrypt, expectedLuks, luksCipherSet, luksFits, luksFormatOptions, luksFormatValues, luksOptions, luksPassphrase, luksWithIterTime, optionList } from './luks.mjs';
 import { jsonDiff } from './oracle.mjs';
 
 const MiB = 1 << 20;
@@ -109,6 +109,23 @@ function judgeEncryption(ctx, path, qinfo, options) {
 }
 
 /**
+ * What qemu-img info says of a luks image img wrote: encrypted, the
+ * cipher, mode, IV generator and hashes asked for (or qemu's defaults), and
+ * img info's format-specific data (uuid, payload offset, every key slot) as
+ * qemu-img's.
+ */
+function judgeLuksVolume(ctx, path, qinfo, options) {
+  const diffs = [];
+  if (qinfo?.encrypted !== true || qinfo?.format !== 'luks') diffs.push({ check: 'qemu-img info luks', detail: `format ${qinfo?.format}, encrypted ${qinfo?.encrypted}` });
+  const seen = qinfo?.['format-specific']?.data ?? {};
+  const want = expectedLuks(options);
+  for (const k of new Set([...Object.keys(want), 'ivgen-hash-alg'])) if (seen[k] !== want[k]) diffs.push({ check: 'qemu-img info luks', detail: `${k} is ${seen[k]}, asked ${want[k] ?? 'none'}` });
+  const ii = img(ctx.budget, ctx.heap, ['info', '-f', 'luks', '--output=json', path], { cwd: ctx.dir });
+  for (const line of jsonDiff(json(ii.stdout)?.['format-specific']?.data, seen, '.luks', true)) diffs.push({ check: 'img info luks', detail: line });
+  return diffs;
+}
+
+/**
  * The shared judgment of an image img wrote: qemu-img check, info, compare,
  * qemu-io read -P, then qemu-io writes read back by img. With `luks` ({ pass,
  * options }) the image is encrypted: every command that reads its data gets
@@ -125,7 +142,7 @@ function judge(ctx, path, fmt, expectRaw, regions, { qemuWrites = true, luks } =
   if (k.status !== 0 && k.status !== 63) d('qemu-img check', `exit ${k.status}: ${(k.stdout + k.stderr).trim().split('\n').slice(0, 3).join(' | ')}`);
   const info = q(['info', '-f', fmt, '--output=json', path]);
   if (info.status !== 0) d('qemu-img info', `exit ${info.status}: ${info.stderr.trim()}`);
-  else if (luks) diffs.push(...judgeEncryption(ctx, path, json(info.stdout), luks.options));
+  else if (luks) diffs.push(...(fmt === 'luks' ? judgeLuksVolume : judgeEncryption)(ctx, path, json(info.stdout), luks.options));
   const c = q(['compare', ...compareArgs(fmt, path, expectRaw, luks?.pass)]);
   if (c.status !== 0) d('qemu-img compare', `exit ${c.status}: ${(c.stdout + c.stderr).trim().split('\n')[0]}`);
   const reads = regions.slice(0, 8).flatMap((g) => ['-c', `read -P 0x${g.pat.toString(16)} ${g.off} ${g.len}`]);
@@ -590,26 +607,305 @@ function luksOpCases(seed, prep, failed) {
   return cases;
 }
 
+/** qemu-img makes a luks image, `argvFor(iterTime)`, tried again on a PBKDF2 timing failure; a refusal of another kind is a preparation failure (skipped). */
+function qemuLuksMust(ctx, o, argvFor) {
+  const q = qemuLuks(ctx.budget, argvFor, [o['iter-time'], ...RETRY_ITER_TIMES.filter((t) => t !== o['iter-time'])], { cwd: ctx.dir });
+  ctx.log.push(`qemu-img ${q.argv.join(' ')}`);
+  if (q.status !== 0) throw new PrepError(`qemu-img ${q.argv.join(' ')}: exit ${q.status}: ${`${q.stderr}${q.stdout}`.trim().split('\n')[0]}`);
+}
+
+/** qemu-img's decryption of a luks image, into `name` in the case's directory. */
+function qemuRaw(ctx, path, pass, name) {
+  const a = imageArgs('luks', path, pass);
+  const out = join(ctx.dir, name);
+  must(ctx.budget, 'qemu-img', ['convert', ...a.flags, '-O', 'raw', a.name, out], { cwd: ctx.dir });
+  return out;
+}
+
+/**
+ * qemu-img info of a luks image without what differs between two
+ * creations with the same options (the uuid, PBKDF2 iteration counts timed
+ * on each run, the file's allocation).
+ */
+function luksLayout(ctx, path) {
+  const info = json(must(ctx.budget, 'qemu-img', ['info', '--output=json', '-f', 'luks', path], { cwd: ctx.dir })) ?? {};
+  const data = { ...info['format-specific']?.data };
+  delete data.uuid;
+  delete data['master-key-iters'];
+  data.slots = (data.slots ?? []).map((slot) => {
+    const kept = { ...slot };
+    delete kept.iters;
+    return kept;
+  });
+  return { 'virtual-size': info['virtual-size'], encrypted: info.encrypted, data };
+}
+
+/**
+ * One create-or-convert case for one luks option value, the others drawn
+ * at random (luksFormatOptions). convert: qemu-img must read the source.
+ * create: a new luks image reads as the decryption of whatever the file
+ * holds (noise), so img's header area, file size and key slot layout must be
+ * those of qemu-img create with the same options, and both tools must
+ * decrypt the new image alike; then qemu-io writes into it, read back by img.
+ */
+function luksOptionCase(key, value, mode, seed, set) {
+  const r = rng(seed);
+  const luks = { pass: luksPassphrase(r), options: luksFormatOptions(r, set, { [key]: value }) };
+  const opts = optionList(luks.options);
+  const sec = secretObject(luks.pass);
+  const unaligned = mode === 'create' && r.chance(0.3);
+  return {
+    format: 'luks',
+    label: `${mode} ${key}=${value}`,
+    options: [`${key}=${value}`],
+    desc: `img ${mode} -f luks -o ${opts.join(',')}${unaligned ? ' (size not a whole sector)' : ''}`,
+    run(ctx) {
+      const size = 3 * MiB + 512 * (1 + r.int(3000)) + (unaligned ? 1 + r.int(511) : 0);
+      const out = join(ctx.dir, 'out.luks');
+      if (mode === 'convert') {
+        const src = join(ctx.dir, 'src.raw');
+        const regions = sourceRaw(src, size, r);
+        const cv = imgMust(ctx, ['convert', ...sec, '-f', 'raw', '-O', 'luks', '-o', opts.join(','), src, out]);
+        if (cv.status !== 0) return [{ check: 'img convert', detail: `exit ${cv.status}: ${cv.stderr.trim()}` }];
+        return judge(ctx, out, 'luks', src, regions, { luks });
+      }
+      const cr = imgMust(ctx, ['create', ...sec, '-f', 'luks', '-o', opts.join(','), out, String(size)]);
+      if (cr.status !== 0) return [{ check: 'img create', detail: `exit ${cr.status}: ${cr.stderr.trim()}` }];
+      const theirs = join(ctx.dir, 'qemu.luks');
+      qemuLuksMust(ctx, luks.options, (t) => ['create', '-q', ...sec, '-f', 'luks', '-o', luksWithIterTime(luks.options, t), theirs, String(size)]);
+      const diffs = [];
+      const [fi, fq] = [statSync(out).size, statSync(theirs).size];
+      if (fi !== fq) diffs.push({ check: 'file size after create', detail: `img ${fi}, qemu-img ${fq}` });
+      for (const line of jsonDiff(luksLayout(ctx, out), luksLayout(ctx, theirs))) diffs.push({ check: 'layout after create (qemu-img info)', detail: line });
+      const expect = qemuRaw(ctx, out, luks.pass, 'new-qemu.raw');
+      const a = imageArgs('luks', out, luks.pass);
+      const ic = imgMust(ctx, ['convert', ...a.flags, '-O', 'raw', a.name, join(ctx.dir, 'new-img.raw')]);
+      if (ic.status !== 0) diffs.push({ check: 'img read of a new image', detail: `exit ${ic.status}: ${ic.stderr.trim().split('\n')[0]}` });
+      else if (firstDifference(join(ctx.dir, 'new-img.raw'), expect) !== -1) diffs.push({ check: 'img read of a new image', detail: `raw contents differ from qemu-img's at ${firstDifference(join(ctx.dir, 'new-img.raw'), expect)}` });
+      diffs.push(...judge(ctx, out, 'luks', expect, [], { luks }));
+      return diffs;
+    },
+  };
+}
+
+/** `qemu-img: ` or `img amend: ERR_IMG_...: luks: ` off a refusal's first line, for comparing the sentences. */
+const refusal = (text) =>
+  text
+    .trim()
+    .split('\n')[0]
+    .replace(/^(qemu-img|img \w+): (ERR_IMG_[A-Z_]+: )?(luks: )?/, '')
+    .trim();
+
+/**
+ * Operations on luks images img converted, each with its own random
+ * options and passphrase: resize (the file byte for byte as qemu-img
+ * resize leaves it), key slots added and erased (by passphrase and by
+ * slot) with qemu-img adding one in between, qemu-img amend's refusals,
+ * conversions out of luks, and what both tools refuse: compression,
+ * preallocation (qemu-img takes it for luks), no or a wrong passphrase.
+ */
+function luksVolumeOpCases(seed, set) {
+  const cases = [];
+  const add = (label, body) => {
+    const lr = rng((seed * 7741 + 37 * cases.length) >>> 0);
+    const luks = { pass: luksPassphrase(lr), options: luksFormatOptions(lr, set) };
+    const opts = optionList(luks.options);
+    cases.push({ format: 'luks', label, options: [label], desc: `luks ${label}: -o ${opts.join(',')}`, run: (ctx) => body(ctx, luks, opts, lr) });
+  };
+  const failed = (what, r) => [{ check: what, detail: `exit ${r.status}: ${r.stderr.trim().split('\n')[0]}` }];
+  const prep = (ctx, luks, opts, lr) => {
+    const size = 4 * MiB + 512 * (1 + lr.int(3000));
+    const src = join(ctx.dir, 'src.raw');
+    const regions = sourceRaw(src, size, lr);
+    const out = join(ctx.dir, 'out.luks');
+    const cv = imgMust(ctx, ['convert', ...secretObject(luks.pass), '-f', 'raw', '-O', 'luks', '-o', opts.join(','), src, out]);
+    if (cv.status !== 0) throw new Error(`img convert: ${cv.stderr.trim()}`);
+    return { size, src, regions, out, a: imageArgs('luks', out, luks.pass) };
+  };
+  for (const [label, to] of [
+    ['resize grow', (n) => n + MiB + 512 * 7],
+    ['resize grow to a size not a whole sector', (n) => n + MiB + 300],
+    ['resize shrink', (n) => n - MiB - 512 * 3],
+    ['resize shrink to a size not a whole sector', (n) => n - MiB - 1000],
+  ]) {
+    add(label, (ctx, luks, opts, lr) => {
+      const { size, src, regions, out, a } = prep(ctx, luks, opts, lr);
+      const n = to(size);
+      const shrink = n < size;
+      const theirs = join(ctx.dir, 'qemu.luks');
+      copyFileSync(out, theirs);
+      const r = imgMust(ctx, ['resize', ...a.flags, ...(shrink ? ['--shrink'] : []), a.name, String(n)]);
+      if (r.status !== 0) return failed('img resize', r);
+      const qa = imageArgs('luks', theirs, luks.pass);
+      must(ctx.budget, 'qemu-img', ['resize', '-q', ...qa.flags, ...(shrink ? ['--shrink'] : []), qa.name, String(n)], { cwd: ctx.dir });
+      const diffs = [];
+      const at = firstDifference(out, theirs);
+      if (at !== -1) diffs.push({ check: 'file after resize', detail: `img's differs from qemu-img resize's at ${at}` });
+      // Grown space, and the part of a last sector past the file's end, read as the decryption of zeros in both tools: qemu-img's reading is the expected one, the old contents kept up to the new size.
+      const expect = qemuRaw(ctx, out, luks.pass, 'expect.raw');
+      const kept = firstDifference(expect, src, true);
+      if (kept !== -1 && kept < Math.min(n, size)) diffs.push({ check: 'contents after resize', detail: `differ from the source at ${kept}` });
+      diffs.push(...judge(ctx, out, 'luks', expect, shrink ? [] : regions, { luks }));
+      return diffs;
+    });
+  }
+  add('amend key slots (add by slot, erase by passphrase, qemu-img adds one, erase by slot)', (ctx, luks, opts, lr) => {
+    const { src, regions, out, a } = prep(ctx, luks, opts, lr);
+    const pass2 = `${luks.pass}-2`;
+    const pass3 = `${luks.pass}-3`;
+    const all = [...secretObject(luks.pass), ...secretObject(pass2, 'sec1'), ...secretObject(pass3, 'sec2')];
+    const slot = 1 + lr.int(7);
+    const iter = luks.options['iter-time'];
+    const diffs = [];
+    const slots = () => (json(must(ctx.budget, 'qemu-img', ['info', '--output=json', out]))?.['format-specific']?.data?.slots ?? []).map((s, i) => (s.active ? i : -1)).filter((i) => i >= 0);
+    const opensIn = (pass, id) => run(ctx.budget, 'qemu-img', ['compare', ...compareArgs('luks', out, src, pass, id)], { cwd: ctx.dir }).status;
+    let r = imgMust(ctx, ['amend', ...all, '--image-opts', a.name, '-o', `state=active,new-secret=sec1,keyslot=${slot},iter-time=${iter}`]);
+    if (r.status !== 0) return failed(`img amend state=active,keyslot=${slot}`, r);
+    if (slots().join() !== `0,${slot}`) diffs.push({ check: 'qemu-img info slots after adding', detail: `active ${slots().join()}, expected 0,${slot}` });
+    diffs.push(...judge(ctx, out, 'luks', src, regions, { qemuWrites: false, luks: { ...luks, pass: pass2 } }));
+    r = imgMust(ctx, ['amend', ...all, '--image-opts', imageArgs('luks', out, pass2, 'sec1').name, '-o', `state=inactive,old-secret=${SECRET_ID}`]);
+    if (r.status !== 0) return [...diffs, ...failed('img amend state=inactive,old-secret', r)];
+    if (slots().join() !== `${slot}`) diffs.push({ check: 'qemu-img info slots after erasing by passphrase', detail: `active ${slots().join()}, expected ${slot}` });
+    if (opensIn(luks.pass, SECRET_ID) !== 2) diffs.push({ check: 'qemu-img with the erased passphrase', detail: 'compare does not exit 2' });
+    // qemu-img adds a third passphrase to the header img wrote; img must read with it.
+    const q = qemuLuks(ctx.budget, (t) => ['amend', ...all, '--image-opts', imageArgs('luks', out, pass2, 'sec1').name, '-o', `state=active,new-secret=sec2,iter-time=${t}`], [iter, ...RETRY_ITER_TIMES.filter((t) => t !== iter)], { cwd: ctx.dir });
+    if (q.status !== 0) return [...diffs, { check: "qemu-img amend on img's image", detail: `exit ${q.status}: ${q.stderr.trim().split('\n')[0]}` }];
+    const third = slots().find((s) => s !== slot);
+    const i3 = img(ctx.budget, ctx.heap, ['compare', ...compareArgs('luks', out, src, pass3)], { cwd: ctx.dir });
+    if (i3.status !== 0) diffs.push({ check: 'img with the passphrase qemu-img added', detail: `compare exits ${i3.status}: ${i3.stderr.trim().split('\n')[0]}` });
+    r = imgMust(ctx, ['amend', ...all, '--image-opts', imageArgs('luks', out, pass3, 'sec2').name, '-o', `state=inactive,keyslot=${slot}`]);
+    if (r.status !== 0) return [...diffs, ...failed(`img amend state=inactive,keyslot=${slot}`, r)];
+    if (slots().join() !== `${third}`) diffs.push({ check: 'qemu-img info slots after erasing by slot', detail: `active ${slots().join()}, expected ${third}` });
+    if (opensIn(pass2, 'sec1') !== 2) diffs.push({ check: 'qemu-img with the passphrase of the erased slot', detail: 'compare does not exit 2' });
+    diffs.push(...judge(ctx, out, 'luks', src, regions, { luks: { ...luks, pass: pass3 } }));
+    return diffs;
+  });
+  add('amend refusals (as qemu-img amend, the file unchanged)', (ctx, luks, opts, lr) => {
+    const { out, a } = prep(ctx, luks, opts, lr);
+    const all = [...secretObject(luks.pass), ...secretObject(`${luks.pass}-2`, 'sec1')];
+    const diffs = [];
+    for (const o of [
+      'state=active,new-secret=sec1,keyslot=0',
+      `state=inactive,old-secret=${SECRET_ID}`,
+      'state=inactive,keyslot=0',
+      'state=inactive,keyslot=9',
+      'state=active',
+      'state=inactive,keyslot=3',
+      'state=active,new-secret=sec1,keyslot=8',
+      'state=inactive,old-secret=sec1',
+      'state=active,new-secret=sec1,keyslot=-1',
+    ]) {
+      const mine = join(ctx.dir, 'img.luks');
+      const theirs = join(ctx.dir, 'qemu.luks');
+      copyFileSync(out, mine);
+      copyFileSync(out, theirs);
+      const i = imgMust(ctx, ['amend', ...all, '--image-opts', a.name.replace(out, mine), '-o', o]);
+      const q = run(ctx.budget, 'qemu-img', ['amend', ...all, '--image-opts', a.name.replace(out, theirs), '-o', o], { cwd: ctx.dir });
+      if (PBKDF2_TIMING.test(q.stderr)) continue;
+      if (i.status !== q.status) diffs.push({ check: `amend -o ${o}`, detail: `img exits ${i.status}, qemu-img ${q.status}: img ${JSON.stringify(refusal(i.stderr))}, qemu-img ${JSON.stringify(refusal(q.stderr))}` });
+      else if (q.status !== 0 && refusal(i.stderr) !== refusal(q.stderr)) diffs.push({ check: `amend -o ${o}`, detail: `img says ${JSON.stringify(refusal(i.stderr))}, qemu-img ${JSON.stringify(refusal(q.stderr))}` });
+      if (i.status !== 0 && firstDifference(mine, out) !== -1) diffs.push({ check: `amend -o ${o}`, detail: 'img refused it but changed the file' });
+    }
+    return diffs;
+  });
+  add('convert luks -> qcow2 and -> luks under another passphrase', (ctx, luks, opts, lr) => {
+    const { src, regions, a } = prep(ctx, luks, opts, lr);
+    const diffs = [];
+    const q2 = join(ctx.dir, 'out.qcow2');
+    let r = imgMust(ctx, ['convert', ...a.flags, '-O', 'qcow2', a.name, q2]);
+    if (r.status !== 0) diffs.push(...failed('img convert -O qcow2', r));
+    else diffs.push(...judge(ctx, q2, 'qcow2', src, regions, { qemuWrites: false }));
+    const other = { pass: `${luks.pass}-new`, options: luksFormatOptions(lr, set) };
+    const o2 = optionList({ ...other.options, 'key-secret': 'sec1' }).join(',');
+    const l2 = join(ctx.dir, 'out2.luks');
+    r = imgMust(ctx, ['convert', ...a.flags.slice(0, 2), ...secretObject(other.pass, 'sec1'), '--image-opts', a.name, '-O', 'luks', '-o', o2, l2]);
+    if (r.status !== 0) return [...diffs, ...failed('img convert -O luks -o key-secret=sec1', r)];
+    diffs.push(...judge(ctx, l2, 'luks', src, regions, { luks: other }));
+    return diffs;
+  });
+  add('convert -c -O luks (refused)', (ctx, luks, opts) => {
+    const src = join(ctx.dir, 'src.raw');
+    sourceRaw(src, 2 * MiB, rng(seed));
+    const sec = secretObject(luks.pass);
+    const i = imgMust(ctx, ['convert', ...sec, '-c', '-f', 'raw', '-O', 'luks', '-o', opts.join(','), src, join(ctx.dir, 'img.luks')]);
+    const q = qemuLuks(ctx.budget, (t) => ['convert', ...sec, '-c', '-f', 'raw', '-O', 'luks', '-o', luksWithIterTime(luks.options, t), src, join(ctx.dir, 'qemu.luks')], RETRY_ITER_TIMES, { cwd: ctx.dir });
+    return i.status === q.status ? [] : [{ check: 'convert -c -O luks', detail: `img exits ${i.status}, qemu-img ${q.status}: img ${JSON.stringify(refusal(i.stderr))}, qemu-img ${JSON.stringify(refusal(q.stderr))}` }];
+  });
+  // qemu-img takes preallocation for luks (an option of the file below it): the payload written as zeros (falloc, full) or not (off, metadata).
+  for (const prealloc of ['metadata', 'falloc', 'full']) {
+    add(`create preallocation=${prealloc}`, (ctx, luks, opts) => {
+      const size = 2 * MiB + 512 * 5;
+      const sec = secretObject(luks.pass);
+      const mine = join(ctx.dir, 'img.luks');
+      const i = imgMust(ctx, ['create', ...sec, '-f', 'luks', '-o', [...opts, `preallocation=${prealloc}`].join(','), mine, String(size)]);
+      const theirs = join(ctx.dir, 'qemu.luks');
+      qemuLuksMust(ctx, luks.options, (t) => ['create', '-q', ...sec, '-f', 'luks', '-o', `${luksWithIterTime(luks.options, t)},preallocation=${prealloc}`, theirs, String(size)]);
+      if (i.status !== 0) return [{ check: 'create -f luks with preallocation', detail: `img exits ${i.status} (${refusal(i.stderr)}); qemu-img makes the image` }];
+      const diffs = [];
+      for (const line of jsonDiff(luksLayout(ctx, mine), luksLayout(ctx, theirs))) diffs.push({ check: 'layout after create (qemu-img info)', detail: line });
+      const [fi, fq] = [statSync(mine).size, statSync(theirs).size];
+      if (fi !== fq) diffs.push({ check: 'file size after create', detail: `img ${fi}, qemu-img ${fq}` });
+      diffs.push(...judge(ctx, mine, 'luks', qemuRaw(ctx, mine, luks.pass, 'expect.raw'), [], { luks }));
+      return diffs;
+    });
+  }
+  // Without the passphrase, or with a wrong one: the same exit codes (check and map read no data without one: img's on purpose, not compared).
+  add('without or with a wrong passphrase', (ctx, luks, opts, lr) => {
+    const { src, out } = prep(ctx, luks, opts, lr);
+    const diffs = [];
+    const wrong = `${luks.pass}x`;
+    const a = imageArgs('luks', out, wrong);
+    const tries = [
+      ['compare, no passphrase', ['compare', ...compareArgs('luks', out, src)]],
+      ['convert -O raw, no passphrase', ['convert', '-f', 'luks', '-O', 'raw', out, join(ctx.dir, 'out.raw')]],
+      ['compare, wrong passphrase', ['compare', ...compareArgs('luks', out, src, wrong)]],
+      ['convert -O raw, wrong passphrase', ['convert', ...a.flags, '-O', 'raw', a.name, join(ctx.dir, 'out.raw')]],
+      ['map, wrong passphrase', ['map', '--output=json', ...a.flags, a.name]],
+      ['check, wrong passphrase', ['check', ...a.flags, a.name]],
+      ['resize, wrong passphrase', ['resize', ...a.flags, a.name, String(8 * MiB)]],
+      ['resize, no passphrase', ['resize', '-f', 'luks', out, String(8 * MiB)]],
+    ];
+    for (const [what, argv] of tries) {
+      const i = imgMust(ctx, argv);
+      const q = run(ctx.budget, 'qemu-img', argv, { cwd: ctx.dir });
+      if (i.status !== q.status) diffs.push({ check: what, detail: `img exits ${i.status}, qemu-img ${q.status}: img ${JSON.stringify((i.stderr || i.stdout).trim().split('\n')[0])}, qemu-img ${JSON.stringify((q.stderr || q.stdout).trim().split('\n')[0])}` });
+    }
+    return diffs;
+  });
+  return cases;
+}
+
 /** The options with encrypt.iter-time set to `t` ms (a retry after qemu-img failed to time PBKDF2). */
 const withIterTime = (opts, t) => [...opts.filter((o) => !o.startsWith('encrypt.iter-time=')), `encrypt.iter-time=${t}`].join(',');
 
-/** Reads `img create -f X -o help` and builds one case per option value and mode. */
-export function writeCases(seed, formats, imgHelp) {
+/**
+ * Reads `img create -f X -o help` and builds one case per option value and
+ * mode; luks (qemu's luks format) draws its ciphers from `set`
+ * (luks.mjs luksCipherSet). luks cases come last, so the ids and seeds of
+ * the other formats' cases stay those of earlier runs.
+ */
+export function writeCases(seed, formats, imgHelp, set = luksCipherSet('aes')) {
   const out = [];
   const uncovered = [];
   let i = 0;
-  for (const fmt of formats) {
+  const values = { ...VALUES, luks: luksFormatValues(set) };
+  const optionCases = (fmt) => {
     const names = imgHelp(fmt);
     for (const key of names) {
       if (key === 'size') continue;
-      const values = VALUES[fmt]?.[key];
-      if (!values) {
+      const list = values[fmt]?.[key];
+      if (!list) {
         uncovered.push(`${fmt}:${key}`);
         continue;
       }
-      for (const v of values) for (const mode of ['convert', 'create']) out.push({ id: `w${i}`, ...optionCase(fmt, key, v, mode, seed * 104729 + i++) });
+      for (const v of list) for (const mode of ['convert', 'create']) out.push({ id: `w${i}`, ...(fmt === 'luks' ? luksOptionCase(key, v, mode, seed * 104729 + i++, set) : optionCase(fmt, key, v, mode, seed * 104729 + i++)) });
     }
-  }
+  };
+  for (const fmt of formats) if (fmt !== 'luks') optionCases(fmt);
   for (const c of opCases(seed)) if (formats.includes(c.format)) out.push({ id: `w${i++}`, ...c });
+  if (formats.includes('luks')) {
+    optionCases('luks');
+    for (const c of luksVolumeOpCases(seed, set)) out.push({ id: `w${i++}`, ...c });
+  }
   return { cases: out, uncovered };
 }
