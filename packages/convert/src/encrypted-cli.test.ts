@@ -196,9 +196,10 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
       [['convert', '-O', 'raw', p('luks.qcow2'), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*luks\.qcow2 is encrypted \(LUKS\): its data reads only with the passphrase/],
       [['convert', '--object', 'secret,id=sec0,data=wrong', '--image-opts', '-O', 'raw', opts(p('luks.qcow2')), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*the passphrase unlocks none of the image's 1 active LUKS key slot/],
       [['convert', ...secret, '--image-opts', '-O', 'raw', opts(p('luks.qcow2'), 'other'), p('x.raw')], /^img convert: No secret with id 'other'$/],
-      [['compare', ...secret, '--image-opts', `${opts(p('luks.qcow2'))},cache.direct=on`, p('src.raw')], /^img compare: --image-opts .*: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "cache.direct"$/],
+      [['compare', ...secret, '--image-opts', `${opts(p('luks.qcow2'))},cache.direct=on`, p('src.raw')], /^img compare: --image-opts .*: img reads driver, file.driver \(file or nbd\), file.filename, file.server.\*, file.export and the key-secret options, not "cache.direct"$/],
       [['info', '--object', 'secret,id=a', p('luks.qcow2')], /^img info: --object secret,id=a: give the secret's value as data= or file=, one of them$/],
       [['convert', ...secret, '--image-opts', '-f', 'raw', '-O', 'raw', opts(p('luks.qcow2')), p('x.raw')], /^img convert: -f raw and --image-opts driver=qcow2 disagree about /],
+      [['convert', '-n', ...secret, '-O', 'raw', p('src.raw'), '--target-image-opts', opts(p('luks.qcow2'))], /^img convert: -O raw and --target-image-opts driver=qcow2 disagree about /],
       [['resize', ...secret, '--image-opts', opts(p('aes.qcow2')), '+1M'], /^img resize: ERR_IMG_UNSUPPORTED: qcow2: .*aes\.qcow2 is encrypted with qemu's old AES method, which img reads \(with the passphrase\) but does not write/],
       [['resize', p('luks.qcow2'), '+1M'], /^img resize: ERR_IMG_INVALID_ARG: qcow2: .*luks\.qcow2 is encrypted \(LUKS\): writing into it needs its passphrase/],
     ];

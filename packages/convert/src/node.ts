@@ -6,7 +6,7 @@ import type { WriteStream } from 'node:fs';
 import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { abortError, concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type BackingOpenOptions, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
-import { FileStorage, fileResolver, fileResolverWith, fsError, resolveRelative } from '@img/block/node';
+import { FileStorage, fileResolver, fsError, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
 import { checkDeclaredFormat, detectFormat } from './probe.js';
@@ -22,6 +22,7 @@ import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
 import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
 import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/device-output.js';
 import { nbdAwareResolver } from './node/nbd-backing.js';
+import { qemuResolverWith } from './node/qemu-names.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -119,7 +120,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
       readOnly,
       formats: registry,
       untrusted: options.untrusted ?? false,
-      resolver: recordingResolver(options.untrusted ? refusingResolver : nbdAwareResolver(options.resolver ?? (options.forceShare ? fileResolverWith({ forceShare: true }) : fileResolver)), files),
+      resolver: recordingResolver(options.untrusted ? refusingResolver : options.resolver ? nbdAwareResolver(options.resolver) : qemuResolverWith({ forceShare: options.forceShare ?? false }), files),
       noBacking: options.noBacking ?? false,
       backingWritable: options.backingWritable ?? false,
       ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),

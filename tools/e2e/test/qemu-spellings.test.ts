@@ -145,7 +145,7 @@ describeQemu('qemu-img 10.1 spellings through the bins, judged by qemu-img 7.2',
     ['img convert --object tls-creds-x509,id=t0 top.qcow2 x.raw', 'img convert: --object tls-creds-x509: img takes secret objects only (the passphrase of an encrypted image)'],
     [
       'img convert --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on x.raw',
-      'img convert: --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "cache.direct"',
+      'img convert: --image-opts driver=qcow2,file.filename=top.qcow2,cache.direct=on: img reads driver, file.driver (file or nbd), file.filename, file.server.*, file.export and the key-secret options, not "cache.direct"',
     ],
     ['img convert --object secret,id=s0,data=x --image-opts driver=qcow2,file.filename=top.qcow2,encrypt.key-secret=s1 x.raw', "img convert: No secret with id 's1'"],
   ];

@@ -61,7 +61,8 @@ export function formattingLine(path: string, format: string, size: number, given
     ? order.flatMap((o) => {
         const v = values[o.key] ?? o.default;
         if (v === undefined) return [];
-        return [`${o.key}=${o.size ? safeSize(v) : v}`];
+        // A comma inside a value is doubled, as qemu prints its option strings (backing_file=json:{"driver":"qcow2",,...}).
+        return [`${o.key}=${o.size ? safeSize(v) : v.replaceAll(',', ',,')}`];
       })
     : [`size=${size}`];
   return `Formatting '${path}', fmt=${fmt} ${parts.join(' ')}\n`;

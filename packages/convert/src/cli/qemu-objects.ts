@@ -8,7 +8,8 @@
  * string becomes its file name, and what it said is looked up by that name
  * when the command opens the file.
  */
-import type { BackingOpenOptions } from '@img/block';
+import { ImageError, type BackingOpenOptions } from '@img/block';
+import { isJsonName, jsonNameOptions, qemuImageSpec, type QemuImageSpec } from '../node/qemu-names.js';
 import { ExitCode } from './common.js';
 
 /** What an option string said about one image file. */
@@ -45,7 +46,8 @@ export function imageOpenOptions(path: string, format: string | undefined): Imag
   const o = images.get(path);
   if (!o) return format !== undefined ? { format } : {};
   if (format !== undefined && o.format !== undefined && format !== o.format && !(format === 'vhd' && o.format === 'vpc') && !(format === 'vpc' && o.format === 'vhd')) {
-    throw new ExitCode(1, `-f ${format} and --image-opts driver=${o.format} disagree about ${path}`);
+    const [flag, opts] = path === target ? ['-O', '--target-image-opts'] : ['-f', '--image-opts'];
+    throw new ExitCode(1, `${flag} ${format} and ${opts} driver=${o.format} disagree about ${path}`);
   }
   const chosen = format ?? o.format;
   return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}), ...(o.backing ? { backing: o.backing } : {}) };
@@ -105,45 +107,55 @@ async function secretOf(spec: Map<string, string>, text: string): Promise<{ id: 
   return { id, bytes };
 }
 
-/** The keys of an option string img reads (anything else is refused rather than ignored). */
-const IMAGE_OPT_KEYS = ['driver', 'file.filename', 'file.driver', 'file', 'encrypt.key-secret', 'encrypt.format', 'key-secret'];
-/** qemu's option for a backing file's secret, at any depth. */
-const BACKING_SECRET = /^(backing\.)+encrypt\.key-secret$/;
+/** The options whose value is a backing file name (create, rebase, convert -B, commit -b, bitmap -b). */
+const BACKING_FLAGS = new Set(['-b', '-B']);
 
-/** Turns one option string into its file name, recording what it said. */
+/** Is `arg` (without dd's `if=`) an option string rather than a file name? */
+function isOptionString(arg: string): boolean {
+  return /^(driver|file\.[a-z.-]+|server\.[a-z]+|export)=/.test(arg) || /(^|,)file\.filename=/.test(arg);
+}
+
+/**
+ * Turns one option string (`--image-opts` keys, or a `json:` name) into the
+ * image's location (a file name or an NBD URI), recording what it said.
+ */
 function takeImageOpts(arg: string): string {
   // qemu-img dd names its input if=OPTIONS.
   const prefix = arg.startsWith('if=') ? 'if=' : '';
-  const spec = splitOptions(arg.slice(prefix.length), undefined, `--image-opts ${arg}`);
-  for (const key of spec.keys()) {
-    if (!IMAGE_OPT_KEYS.includes(key) && !BACKING_SECRET.test(key)) throw new ExitCode(1, `--image-opts ${arg}: img reads driver, file.filename, file.driver, encrypt.key-secret and backing.encrypt.key-secret, not "${key}"`);
+  const text = arg.slice(prefix.length);
+  const json = isJsonName(text);
+  const what = json ? text : `--image-opts ${arg}`;
+  let spec: QemuImageSpec;
+  try {
+    spec = qemuImageSpec(json ? jsonNameOptions(text) : splitOptions(text, undefined, what), what);
+  } catch (e) {
+    // One line, as the other refusals of a command's arguments: the sentence without the error code.
+    if (ImageError.isInstance(e)) throw new ExitCode(1, e.message.replace(/^(json|nbd): /, ''));
+    throw e;
   }
-  const path = spec.get('file.filename');
-  if (path === undefined) throw new ExitCode(1, `--image-opts ${arg}: file.filename is missing`);
-  if (path === '') throw new ExitCode(1, `--image-opts ${arg}: file.filename is empty`);
-  const fileDriver = spec.get('file.driver');
-  if (fileDriver !== undefined && fileDriver !== 'file') throw new ExitCode(1, `--image-opts ${arg}: file.driver=${fileDriver}: img reads files (file.driver=file)`);
   const secretOfKey = (key: string) => {
-    const id = spec.get(key);
+    const id = spec.secrets.get(key);
     const value = id !== undefined ? secrets.get(id) : undefined;
     if (id !== undefined && !value) throw new ExitCode(1, `No secret with id '${id}'`);
     return value;
   };
   // qcow2 names its secret encrypt.key-secret, luks (the whole file a LUKS volume) key-secret.
-  const driver = spec.get('driver');
-  if (spec.has('key-secret') && (spec.has('encrypt.key-secret') || (driver !== undefined && driver !== 'luks'))) {
-    throw new ExitCode(1, `--image-opts ${arg}: key-secret is the secret of driver=luks${driver !== undefined && driver !== 'luks' ? ` (driver=${driver} takes encrypt.key-secret)` : ', and encrypt.key-secret is given too'}`);
+  const driver = spec.format;
+  if (spec.secrets.has('key-secret') && (spec.secrets.has('encrypt.key-secret') || (driver !== undefined && driver !== 'luks'))) {
+    throw new ExitCode(1, `${what}: key-secret is the secret of driver=luks${driver !== undefined && driver !== 'luks' ? ` (driver=${driver} takes encrypt.key-secret)` : ', and encrypt.key-secret is given too'}`);
   }
   const passphrase = secretOfKey('encrypt.key-secret') ?? secretOfKey('key-secret');
   // backing.encrypt.key-secret, backing.backing.encrypt.key-secret, ...: nested, one level per "backing.".
   let backing: BackingOpenOptions | undefined;
-  const depths = [...spec.keys()].filter((k) => BACKING_SECRET.test(k)).map((k) => k.split('.').length - 2);
+  const depths = [...spec.secrets.keys()].filter((k) => k.startsWith('backing.')).map((k) => k.split('.').length - 2);
   for (let depth = Math.max(0, ...depths); depth >= 1; depth--) {
     const value = secretOfKey(`${'backing.'.repeat(depth)}encrypt.key-secret`);
     if (value || backing) backing = { ...(value ? { passphrase: value } : {}), ...(backing ? { backing } : {}) };
   }
-  images.set(path, { ...(driver !== undefined ? { format: driver } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}) });
-  return prefix + path;
+  // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.
+  const format = spec.protocolOnly ? 'raw' : driver;
+  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}) });
+  return prefix + spec.location;
 }
 
 /**
@@ -186,17 +198,20 @@ export async function takeQemuObjects(argv: readonly string[], options: { target
   // The output is the last positional argument; an option string is told apart from a file name by its file.filename.
   let targetAt = -1;
   if (targetOpts) {
-    for (let k = rest.length - 1; k >= 0 && targetAt < 0; k--) if (!rest[k]!.startsWith('-') && rest[k]!.includes('file.filename=')) targetAt = k;
+    for (let k = rest.length - 1; k >= 0 && targetAt < 0; k--) if (!rest[k]!.startsWith('-') && (isOptionString(rest[k]!) || isJsonName(rest[k]!))) targetAt = k;
     if (targetAt < 0) throw new ExitCode(1, '--target-image-opts: give the output as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
   }
-  if (!imageOpts && !targetOpts) return rest;
   let named = 0;
   const out = rest.map((arg, k) => {
     if (k === targetAt) {
       target = takeImageOpts(arg);
       return target;
     }
-    if (!imageOpts || arg.startsWith('-') || !arg.includes('file.filename=')) return arg;
+    // A json: name is an option string with or without --image-opts, as qemu-img takes it; not as the value of
+    // -b or -B, a backing file name, which is stored as given.
+    const bare = arg.startsWith('if=') ? arg.slice(3) : arg;
+    if (isJsonName(bare) && !BACKING_FLAGS.has(rest[k - 1] ?? '')) return takeImageOpts(arg);
+    if (!imageOpts || arg.startsWith('-') || !isOptionString(bare)) return arg;
     named++;
     return takeImageOpts(arg);
   });

@@ -6,7 +6,8 @@
  * BASE alone changes, so the image reads the same after the commit.
  */
 import { invalidArg, ratePace, throwIfAborted, type CopyProgress, type Disk, type Extent, type Resolver } from '@img/block';
-import { FileStorage, fileResolver, resolveRelative } from '@img/block/node';
+import { FileStorage, resolveRelative } from '@img/block/node';
+import { qemuLocation, qemuResolverWith } from './qemu-names.js';
 import type { FormatRegistry } from '@img/block';
 import { openImageFile } from '../node.js';
 import { identityOfPath, identityOfStorage, type FileIdentity } from './same-file.js';
@@ -84,10 +85,11 @@ export async function commitIntoBase(path: string, base: string, options: Commit
   // 2. The base, writable (its own backing files read-only); then the chain again, reading the base without a lock of its own.
   const target = await openImageFile(basePath, { ...common, format: baseFormat, readOnly: false });
   try {
+    const names = qemuResolverWith();
     const resolver: Resolver = async (request) => {
-      const resolved = resolveRelative(request);
+      const resolved = qemuLocation(request.name, request.from.name);
       if (!request.writable && sameFile(identityOfPath(resolved), baseId)) return FileStorage.open(resolved, { readOnly: true, forceShare: true });
-      return fileResolver(request);
+      return names(request);
     };
     const top = await openImageFile(path, { ...common, ...(options.format !== undefined ? { format: options.format } : {}), resolver });
     try {

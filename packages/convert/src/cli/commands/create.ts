@@ -5,7 +5,7 @@ import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { abortError, ImageError, invalidUsage, missingFileError, parseSize, sameFileError, unsupported, type Storage } from '@img/block';
-import { FileStorage, fileResolverWith, resolveRelative } from '@img/block/node';
+import { FileStorage } from '@img/block/node';
 import { ExitCode, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { createOptionsFromCli, createOptionsTitle, printOptionHelp, readOptionText } from '../options.js';
@@ -13,6 +13,7 @@ import { formattingLine } from '../formatting-line.js';
 import { qemuFormatName } from '../info-human.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
+import { qemuLocation, qemuResolverWith } from '../../node/qemu-names.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
 import { checkDeviceFormat, isBlockDevicePath } from '../../node/device-output.js';
 import { type Handler, commonNoOutput, quietOption, quietIo, requireBackingFormat, storedBackingFormat } from './shared.js';
@@ -75,7 +76,7 @@ export const create: Handler = async (argv, io) => {
   // Files a format keeps beside the image (a vmdk monolithicFlat extent) are created through it. The backing
   // file is only read, without locks, as qemu-img create reads it: an overlay of the image a running VM
   // holds is how an external snapshot starts.
-  options.resolver = fileResolverWith({ forceShare: true });
+  options.resolver = qemuResolverWith({ forceShare: true });
   // The backing file and its format by -b/-F or by -o backing_file=,backing_fmt= (as qemu-img: either way,
   // the size may come from it); -b wins over -o.
   const backingName = values.b ?? (typeof options.backingFile === 'string' ? options.backingFile : undefined);
@@ -98,7 +99,7 @@ export const create: Handler = async (argv, io) => {
       // -u (qemu-img's unsafe create): the backing file is not opened, so its format and the size must be given;
       // it must still not be the new image itself.
       requireBackingFormat(driver.name, path, values.b, values.F);
-      const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
+      const backingPath = qemuLocation(values.b, path);
       const named = identityOfPath(backingPath);
       if (named) assertNotRead(target, [named], 'new image');
       // Neither exists yet: the names are compared instead.
@@ -107,7 +108,7 @@ export const create: Handler = async (argv, io) => {
     } else {
       // The size comes from the backing file, opened relative to the new image; and a new image
       // must not replace a file of its own backing chain (it would be read after being truncated).
-      const backingPath = resolveRelative({ name: values.b, from: { name: path } as Storage });
+      const backingPath = qemuLocation(values.b, path);
       const backing = await openImageFile(backingPath, {
         ...(values.F !== undefined ? { format: values.F } : {}),
         registry,

@@ -12,6 +12,7 @@ import { probeVmdk } from '@img/vmdk';
 import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
 import { openImageFile } from '../../node.js';
 import { relativeToNbd } from '../../node/nbd-backing.js';
+import { isJsonName, qemuNameResolver } from '../../node/qemu-names.js';
 import { UsageError } from '../common.js';
 import { type Handler, common, shareOption, outputMode, onePath, combinePath, backingOf } from './shared.js';
 
@@ -55,9 +56,11 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
  */
 function qemuNamesResolver(forceShare: boolean): Resolver {
   const files = fileResolverWith({ forceShare });
+  const qemuNames = qemuNameResolver(files, { forceShare });
   return async (request) => {
     const { name, from } = request;
-    if (request.create || isAbsolute(name) || name.startsWith('file:') || isNbdUri(name) || isNbdUri(from.name)) return files(request);
+    if (!request.create && (isJsonName(name) || isNbdUri(name))) return qemuNames(request);
+    if (request.create || isAbsolute(name) || name.startsWith('file:') || isNbdUri(from.name)) return files(request);
     // A differencing VHD's parent is found through its locators and named as found (qemu-img reads no VHD chain).
     if (request.kind === 'parent' && !(await isVmdk(from))) return files(request);
     return FileStorage.open(combinePath(from.name, name), { readOnly: !request.writable, forceShare: !request.writable && forceShare });
@@ -80,7 +83,8 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
   // Over NBD a relative name has no directory to be joined to: qemu-img says it "cannot determine actual path".
   const unresolved = data.backingFile !== undefined && relativeToNbd(path, data.backingFile);
   if (unresolved) delete data.fullBackingFile;
-  else if (data.backingFile !== undefined && data.format !== 'vhd') data.fullBackingFile = combinePath(path, data.backingFile);
+  // A name with a protocol prefix (a ":" before any "/": json:{...}, nbd://..., file:...) is its own full name, as qemu's path_combine leaves it.
+  else if (data.backingFile !== undefined && data.format !== 'vhd') data.fullBackingFile = /^[^/]*:/.test(data.backingFile) ? data.backingFile : combinePath(path, data.backingFile);
   let actual: number | undefined = 0;
   try {
     actual = isNbdUri(path) ? undefined : (await stat(path)).blocks * 512;
@@ -134,7 +138,11 @@ export const info: Handler = async (argv, io) => {
     const layers = [await describe(disk, path)];
     if (values['backing-chain']) {
       // Each layer is named as the one above names it, as in qemu-img's list.
-      for (let b = backingOf(disk); b; b = backingOf(b)) layers.push(await describe(b, layers[layers.length - 1]!.data.fullBackingFile ?? b.storage.name));
+      // A json: name is shown as the file it names, as qemu-img shows the image it opened.
+      for (let b = backingOf(disk); b; b = backingOf(b)) {
+        const full = layers[layers.length - 1]!.data.fullBackingFile;
+        layers.push(await describe(b, full !== undefined && !isJsonName(full) ? full : b.storage.name));
+      }
     }
     if (mode === 'json') {
       const objects = layers.map((l) => infoJson(l.path, l.data, l.actual));

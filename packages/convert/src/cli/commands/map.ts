@@ -5,6 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { hex, parseSize, unsupported, type Disk } from '@img/block';
 import { fileHoleStorages, mapExtents, type MapExtent } from '../file-holes.js';
+import { isJsonName } from '../../node/qemu-names.js';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
 
 /** One entry of qemu-img map --output=json for an extent. */
@@ -36,7 +37,8 @@ async function layerNames(disk: Disk, path: string): Promise<Map<string, string>
     const dataFile = info?.formatSpecific?.['data-file'];
     if (typeof dataFile === 'string') names.set(resolve(dirname(resolve(layer.storage.name)), dataFile), combinePath(name, dataFile));
     if (info?.backingFile === undefined) break;
-    name = combinePath(name, info.backingFile);
+    // A json: name is shown as the file it names, as qemu-img shows the image it opened.
+    name = isJsonName(info.backingFile) ? (backingOf(layer)?.storage.name ?? info.backingFile) : combinePath(name, info.backingFile);
   }
   return names;
 }

@@ -5,12 +5,13 @@ import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { isNoSpace, noSpaceExit } from '../no-space.js';
 import { ImageError, invalidArg, type Disk } from '@img/block';
-import { fileResolverWith, resolveRelative } from '@img/block/node';
+import { resolveRelative } from '@img/block/node';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { abortOnSignals, interruptedStatus } from '../interrupt.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
+import { qemuResolverWith } from '../../node/qemu-names.js';
 import { assertNotRead, filesOf, identityOfPath, identityOfStorage } from '../../node/same-file.js';
 import { rebaseDisk } from '../../maintain.js';
 import { type Handler, commonNoOutput, oneOf, onePath, quietOption, quietIo, shareOption, storedBackingFormat } from './shared.js';
@@ -90,7 +91,7 @@ export const rebase: Handler = async (argv, io) => {
     readOnly: false,
     registry,
     noBacking: values.u ?? false,
-    ...(forceShare ? { resolver: fileResolverWith({ forceShare: true }) } : {}),
+    ...(forceShare ? { resolver: qemuResolverWith({ forceShare: true }) } : {}),
   });
   let next: Disk | undefined;
   try {
