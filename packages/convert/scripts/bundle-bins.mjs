@@ -40,7 +40,7 @@
 //   other `import.meta` property fail the build (nothing uses them yet).
 // Static imports of third-party packages (fzstd, uuid) are bundled.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createRequire, isBuiltin } from 'node:module';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -49,6 +49,12 @@ import { build } from 'esbuild';
 
 const pkgDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const binDir = join(pkgDir, 'dist', 'bin');
+// Everything is built beside dist/bin, at the same depth (the bundle finds its package from its own directory, and the
+// source map's paths are relative to it), then renamed into place file by file: a command started while the bins are
+// rebuilt (a campaign, a test run) reads whole files, the old ones or the new, never a half-written one. A bundle and a
+// code cache from different builds do not meet: the launcher checks the cache's CRC of the bundle and compiles from
+// source where they differ.
+const stageDir = join(pkgDir, 'dist', '.bin-next');
 const MARK = '/* img-bundle */';
 const OWN_NAME = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')).name;
 const ENTRIES = ['img-convert', 'img'];
@@ -211,9 +217,10 @@ const keepLocation = {
   },
 };
 
+rmSync(stageDir, { recursive: true, force: true });
 const result = await build({
   entryPoints: ENTRIES.map((name) => ({ in: join(binDir, `${name}-main.js`), out: `${name}.bundle` })),
-  outdir: binDir,
+  outdir: stageDir,
   outExtension: { '.js': '.cjs' },
   allowOverwrite: true,
   bundle: true,
@@ -236,7 +243,7 @@ const result = await build({
 });
 const outputs = Object.keys(result.metafile.outputs).filter((f) => f.endsWith('.cjs'));
 for (const name of ENTRIES) {
-  const bytes = readFileSync(join(binDir, `${name}.bundle.cjs`));
+  const bytes = readFileSync(join(stageDir, `${name}.bundle.cjs`));
   const at = bytes.findIndex((b) => b > 0x7f);
   if (at >= 0) throw new Error(`bundle-bins: ${name}.bundle.cjs has a byte over 0x7f at ${at}: the launcher reads it as latin1`);
   // One dynamic import only, __imgImport's own fallback: any other would fail when the bundle runs from the code cache on Node 20.
@@ -244,12 +251,8 @@ for (const name of ENTRIES) {
   if (imports.length !== 1) throw new Error(`bundle-bins: ${name}.bundle.cjs has ${imports.length} import() calls, not just __imgImport's: write import('literal') in the source (rewritten to __imgImport) or extend scripts/bundle-bins.mjs`);
 }
 // The launchers are CommonJS: Node starts them without initialising its ES module loader (5-8 ms).
-writeFileSync(join(binDir, 'package.json'), `${JSON.stringify({ type: 'commonjs' }, null, 2)}\n`);
-for (const name of ENTRIES) {
-  writeFileSync(join(binDir, `${name}.js`), launcher(name), { mode: 0o755 });
-  // tsc's map of the file the launcher replaced.
-  rmSync(join(binDir, `${name}.js.map`), { force: true });
-}
+writeFileSync(join(stageDir, 'package.json'), `${JSON.stringify({ type: 'commonjs' }, null, 2)}\n`);
+for (const name of ENTRIES) writeFileSync(join(stageDir, `${name}.js`), launcher(name), { mode: 0o755 });
 
 // The code caches: each command converts a small raw image to qcow2 once, with the cache written at its exit.
 const work = mkdtempSync(join(tmpdir(), 'img-bundle-'));
@@ -260,12 +263,12 @@ try {
   data.fill(0x5a, 65536, 3 * 65536);
   writeFileSync(input, data);
   for (const name of ENTRIES) {
-    const cache = join(binDir, `${name}.bundle.cjs.cache`);
+    const cache = join(stageDir, `${name}.bundle.cjs.cache`);
     rmSync(cache, { force: true });
     const args = name === 'img' ? ['convert', '-f', 'raw', '-O', 'qcow2', input, join(work, `${name}.qcow2`)] : ['raw', 'qcow2', input, join(work, `${name}.qcow2`)];
     const env = { ...process.env, IMG_CODE_CACHE_WRITE: cache };
     delete env.IMG_CODE_CACHE;
-    const r = spawnSync(process.execPath, [join(binDir, `${name}.js`), ...args], { env, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [join(stageDir, `${name}.js`), ...args], { env, encoding: 'utf8' });
     if (r.status === 0 && existsSync(cache)) cached++;
     // Without a cache the command still works, compiled from source: say so, do not fail the build.
     else console.warn(`bundle-bins: no code cache for ${name} (exit ${r.status}${r.error ? `, ${r.error.message}` : ''}): ${(r.stderr || '').trim().split('\n')[0] ?? ''}`);
@@ -273,4 +276,19 @@ try {
 } finally {
   rmSync(work, { recursive: true, force: true });
 }
+// Into place: each command's map, bundle and cache, then the launchers (the one file of the old build that the new
+// one does not replace is an old cache, where this build made none: removed).
+for (const name of ENTRIES) {
+  for (const file of [`${name}.bundle.cjs.map`, `${name}.bundle.cjs`, `${name}.bundle.cjs.cache`]) {
+    if (existsSync(join(stageDir, file))) renameSync(join(stageDir, file), join(binDir, file));
+    else rmSync(join(binDir, file), { force: true });
+  }
+}
+renameSync(join(stageDir, 'package.json'), join(binDir, 'package.json'));
+for (const name of ENTRIES) {
+  renameSync(join(stageDir, `${name}.js`), join(binDir, `${name}.js`));
+  // tsc's map of the file the launcher replaced.
+  rmSync(join(binDir, `${name}.js.map`), { force: true });
+}
+rmSync(stageDir, { recursive: true, force: true });
 console.log(`bundle-bins: ${ENTRIES.join(', ')}: ${Object.keys(result.metafile.inputs).length} modules into ${outputs.length} files, ${cached} code caches`);
