@@ -872,6 +872,39 @@ function luksVolumeOpCases(seed, set) {
     }
     return diffs;
   });
+  // A source that ends inside a sector: the image is a whole sector longer, as qemu-img convert makes it, and reads as the source then zeros.
+  add('convert a source not a whole sector', (ctx, luks, opts, lr) => {
+    const size = 3 * MiB + 512 * lr.int(100) + 1 + lr.int(511);
+    const src = join(ctx.dir, 'src.raw');
+    const regions = sourceRaw(src, size, lr);
+    const out = join(ctx.dir, 'out.luks');
+    const sec = secretObject(luks.pass);
+    const cv = imgMust(ctx, ['convert', ...sec, '-f', 'raw', '-O', 'luks', '-o', opts.join(','), src, out]);
+    if (cv.status !== 0) return failed('img convert', cv);
+    const theirs = join(ctx.dir, 'qemu.luks');
+    qemuLuksMust(ctx, luks.options, (t) => ['convert', ...sec, '-f', 'raw', '-O', 'luks', '-o', luksWithIterTime(luks.options, t), src, theirs]);
+    const diffs = [];
+    const [fi, fq] = [statSync(out).size, statSync(theirs).size];
+    if (fi !== fq) diffs.push({ check: 'file size after convert', detail: `img ${fi}, qemu-img ${fq}` });
+    const mine = qemuRaw(ctx, out, luks.pass, 'img-image.raw');
+    const at = firstDifference(mine, qemuRaw(ctx, theirs, luks.pass, 'qemu-image.raw'));
+    if (at !== -1) diffs.push({ check: 'contents after convert', detail: `img's image reads unlike qemu-img's at ${at}` });
+    diffs.push(...judge(ctx, out, 'luks', mine, regions, { luks }));
+    return diffs;
+  });
+  // img writes into a luks image qemu-img made (convert -n --target-image-opts).
+  add('convert -n into an image qemu-img made', (ctx, luks, opts, lr) => {
+    const size = 3 * MiB + 512 * lr.int(3000);
+    const src = join(ctx.dir, 'src.raw');
+    const regions = sourceRaw(src, size, lr);
+    const out = join(ctx.dir, 'out.luks');
+    const sec = secretObject(luks.pass);
+    qemuLuksMust(ctx, luks.options, (t) => ['create', '-q', ...sec, '-f', 'luks', '-o', luksWithIterTime(luks.options, t), out, String(size)]);
+    const a = imageArgs('luks', out, luks.pass);
+    const cv = imgMust(ctx, ['convert', '-n', ...sec, '-f', 'raw', '--target-image-opts', src, a.name]);
+    if (cv.status !== 0) return failed('img convert -n --target-image-opts', cv);
+    return judge(ctx, out, 'luks', src, regions, { luks });
+  });
   return cases;
 }
 
