@@ -905,6 +905,28 @@ function luksVolumeOpCases(seed, set) {
     if (cv.status !== 0) return failed('img convert -n --target-image-opts', cv);
     return judge(ctx, out, 'luks', src, regions, { luks });
   });
+  // measure -O luks: the header area (its key material sized by the cipher) plus the source's size, from a raw and from a luks source.
+  add('measure -O luks', (ctx, luks, opts, lr) => {
+    const { src, a } = prep(ctx, luks, opts, lr);
+    const diffs = [];
+    // One option set: qemu-img measure -O luks times PBKDF2 as a create does, seconds each.
+    {
+      const o = luksFormatOptions(lr, set);
+      /** @type {Array<[string, string[]]>} */
+      const sources = [
+        ['raw', ['-f', 'raw', src]],
+        ['luks', [...a.flags, a.name]],
+      ];
+      for (const [from, source] of sources) {
+        const argvFor = (t) => ['measure', '--output=json', ...secretObject(luks.pass), '-O', 'luks', '-o', luksWithIterTime(o, t), ...source.filter((x) => x !== '--object' && !x.startsWith('secret,'))];
+        const q = qemuLuks(ctx.budget, argvFor, [o['iter-time'], ...RETRY_ITER_TIMES.filter((t) => t !== o['iter-time'])], { cwd: ctx.dir });
+        const i = imgMust(ctx, argvFor(o['iter-time']));
+        if (i.status !== q.status) diffs.push({ check: `measure -O luks -o ${optionList(o).join(',')} of ${from}`, detail: `img exits ${i.status}, qemu-img ${q.status}: ${refusal(i.stderr || q.stderr)}` });
+        else for (const line of jsonDiff(json(i.stdout), json(q.stdout))) diffs.push({ check: `measure -O luks -o ${optionList(o).join(',')} of ${from}`, detail: line });
+      }
+    }
+    return diffs;
+  });
   return cases;
 }
 
