@@ -5,7 +5,25 @@
 import type { WriteStream } from 'node:fs';
 import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { abortError, concatBytes, findSignatures, ImageError, invalidUsage, ioError, SIGNATURE_TAIL_BYTES, streamLengthError, unsafe, unsupported, untrustedReferenceError, type BackingOpenOptions, type Disk, type FormatRegistry, type Resolver, type Storage } from '@img/block';
+import {
+  abortError,
+  concatBytes,
+  findSignatures,
+  ImageError,
+  invalidArg,
+  invalidUsage,
+  ioError,
+  SIGNATURE_TAIL_BYTES,
+  streamLengthError,
+  unsafe,
+  unsupported,
+  untrustedReferenceError,
+  type BackingOpenOptions,
+  type Disk,
+  type FormatRegistry,
+  type Resolver,
+  type Storage,
+} from '@img/block';
 import { FileStorage, fileResolver, fsError, resolveRelative } from '@img/block/node';
 import { convertInto, type ConvertDiskOptions, type ConvertResult } from './convert.js';
 import { defaultRegistry } from './formats.js';
@@ -22,7 +40,7 @@ import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
 import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
 import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/device-output.js';
 import { nbdAwareResolver } from './node/nbd-backing.js';
-import { qemuResolverWith } from './node/qemu-names.js';
+import { isJsonName, jsonNameOptions, qemuImageSpec, qemuResolverWith } from './node/qemu-names.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -102,10 +120,20 @@ export async function imageFormatOf(storage: Storage, options: Pick<OpenImageOpt
 
 /**
  * Opens an image file. With no format given, probes it (raw only if nothing else matches).
+ * `path` may also be an NBD URI or a `json:{...}` name (qemu's options:
+ * the file or export it names, in its format; secrets by id are the
+ * command line's, so the API takes `passphrase` instead).
  * A writable open refuses an image whose chain reaches its own file again
  * (ERR_IMG_SAME_FILE): writing it would change what it reads.
  */
 export async function openImageFile(path: string, options: OpenImageOptions = {}): Promise<Disk> {
+  if (isJsonName(path)) {
+    const spec = qemuImageSpec(jsonNameOptions(path), path);
+    if (spec.secrets.size > 0) throw invalidArg('json', `${path}: secrets are named by --object ids on the command line; give the passphrase open option instead`, { field: [...spec.secrets.keys()][0]! });
+    const format = spec.protocolOnly ? 'raw' : spec.format;
+    if (format !== undefined && options.format !== undefined && format !== options.format) throw invalidArg(format, `${path}: the format ${options.format} and the driver ${format} disagree`, { field: 'format' });
+    return openImageFile(spec.location, { ...options, ...(format !== undefined ? { format } : {}) });
+  }
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
   // An NBD URI (nbd://, nbd+unix://) is an export of a server, read as qemu-img reads one: probed like a file.

@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { openImageFile } from './node.js';
 import { isJsonName, jsonNameOptions, qemuImageSpec, qemuLocation } from './node/qemu-names.js';
 import { bin, run } from './test/cli.js';
 
@@ -96,7 +97,7 @@ describeQemu('json: and NBD backing names, through the img command', () => {
     expect(img(['map', 'abs.qcow2']).stdout).toBe(qemu(['map', 'abs.qcow2']).stdout);
   });
 
-  it('the data reads through the named backing file: compare, convert, and a json: name on the command line', () => {
+  it('the data reads through the named backing file: compare, convert, and a json: name on the command line and in the API', async () => {
     for (const file of ['abs.qcow2', 'uri.qcow2', 'jnbd.qcow2']) {
       expect(img(['convert', '-O', 'raw', file, `${file}.raw`]).status, file).toBe(0);
       expect(qemu(['compare', file, `${file}.raw`]).status, file).toBe(0);
@@ -106,6 +107,14 @@ describeQemu('json: and NBD backing names, through the img command', () => {
     const cli = `json:{"driver":"qcow2","file":{"driver":"file","filename":"abs.qcow2"}}`;
     for (const args of [['info'], ['info', '--backing-chain', '--output=json'], ['map', '--output=json']]) expect(img([...args, cli]).stdout, args.join(' ')).toBe(qemu([...args, cli]).stdout);
     expect(img(['compare', cli, 'abs.qcow2.raw']).status).toBe(0);
+    // The API takes the same names.
+    const disk = await openImageFile(`json:{"driver":"qcow2","file":{"driver":"file","filename":"${p('abs.qcow2')}"}}`);
+    try {
+      expect([disk.format, disk.storage.name, disk.backing?.storage.name]).toEqual(['qcow2', p('abs.qcow2'), p('base.qcow2')]);
+    } finally {
+      await disk.close();
+    }
+    await expect(openImageFile(`json:{"driver":"qcow2","file.filename":"x","encrypt.key-secret":"s"}`)).rejects.toThrow(/give the passphrase open option instead/);
     const nbd = ['--image-opts', `driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=${p('base.sock')}`];
     expect(img(['compare', ...nbd, 'driver=qcow2,file.filename=base.qcow2']).status).toBe(0);
   });
