@@ -2,7 +2,7 @@
  * CAST-128's eight S-boxes (RFC 2144, Appendix A): S1-S4 are the round function's,
  * S5-S8 the key schedule's. Each is 256 32-bit words, written here as one string
  * of 2048 hex digits; cast5.ts unpacks them once, when a CAST-128 key is first
- * scheduled. cast5.test.ts checks them through RFC 2144's test vectors (B.1) and
+ * scheduled. block-ciphers.test.ts checks them through RFC 2144's test vectors (B.1) and
  * its full maintenance test (B.2), which run every entry many times over.
  */
 

@@ -62,30 +62,29 @@ const KEYS_FROM_X2: readonly (readonly number[])[] = [
   [0xe, 0xf, 0x1, 0x0, 7, 0xd],
 ];
 
+/** Byte n of the key schedule's state: bytes 0-15 are x0..xF, 16-31 z0..zF, four to a big-endian word. */
+function byteOf(w: Uint32Array, n: number): number {
+  return (w[n >>> 2]! >>> (24 - 8 * (n & 3))) & 0xff;
+}
+
 /** The 32 subkeys of a key of 5 to 16 bytes (zero-padded to 16): Km1..Km16, then Kr1..Kr16 (their low 5 bits are the rotations). */
 function cast5Subkeys(key: Uint8Array): Uint32Array {
-  const [, , , , s5, s6, s7, s8] = sboxes() as [Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array];
-  const sk = [s5, s6, s7, s8];
-  const xz = new Uint8Array(32);
-  xz.set(key);
-  const word = (at: number) => ((xz[at]! << 24) | (xz[at + 1]! << 16) | (xz[at + 2]! << 8) | xz[at + 3]!) >>> 0;
-  const setWord = (at: number, w: number) => {
-    xz[at] = w >>> 24;
-    xz[at + 1] = (w >>> 16) & 0xff;
-    xz[at + 2] = (w >>> 8) & 0xff;
-    xz[at + 3] = w & 0xff;
-  };
-  const step = (rows: readonly (readonly number[])[]) => {
-    for (const [to, from, a, b, c, d, extraBox, extraByte] of rows as readonly [number, number, number, number, number, number, number, number][]) {
-      setWord(to, (word(from) ^ s5[xz[a]!]! ^ s6[xz[b]!]! ^ s7[xz[c]!]! ^ s8[xz[d]!]! ^ sk[extraBox - 4]![xz[extraByte]!]!) >>> 0);
-    }
-  };
+  const all = sboxes();
+  const sk = [all[4]!, all[5]!, all[6]!, all[7]!];
+  const [s5, s6, s7, s8] = sk as [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
+  const padded = new Uint8Array(16);
+  padded.set(key);
+  const w = new Uint32Array(8);
+  for (let i = 0; i < 4; i++) w[i] = ((padded[4 * i]! << 24) | (padded[4 * i + 1]! << 16) | (padded[4 * i + 2]! << 8) | padded[4 * i + 3]!) >>> 0;
   const out = new Uint32Array(32);
   let n = 0;
-  const keys = (rows: readonly (readonly number[])[]) => {
-    for (const [a, b, c, d, extraBox, extraByte] of rows as readonly [number, number, number, number, number, number][]) {
-      out[n++] = s5[xz[a]!]! ^ s6[xz[b]!]! ^ s7[xz[c]!]! ^ s8[xz[d]!]! ^ sk[extraBox - 4]![xz[extraByte]!]!;
+  const step = (rows: readonly (readonly number[])[]) => {
+    for (const r of rows) {
+      w[r[0]! >>> 2] = w[r[1]! >>> 2]! ^ s5[byteOf(w, r[2]!)]! ^ s6[byteOf(w, r[3]!)]! ^ s7[byteOf(w, r[4]!)]! ^ s8[byteOf(w, r[5]!)]! ^ sk[r[6]! - 4]![byteOf(w, r[7]!)]!;
     }
+  };
+  const keys = (rows: readonly (readonly number[])[]) => {
+    for (const r of rows) out[n++] = s5[byteOf(w, r[0]!)]! ^ s6[byteOf(w, r[1]!)]! ^ s7[byteOf(w, r[2]!)]! ^ s8[byteOf(w, r[3]!)]! ^ sk[r[4]! - 4]![byteOf(w, r[5]!)]!;
   };
   // Twice through the four steps: the first 16 words are the masking keys, the next 16 the rotations.
   for (let half = 0; half < 2; half++) {
@@ -108,7 +107,10 @@ export class Cast5 {
   readonly #km: Uint32Array;
   readonly #kr: Uint32Array;
   readonly #rounds: number;
-  readonly #s: [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
+  readonly #s1: Uint32Array;
+  readonly #s2: Uint32Array;
+  readonly #s3: Uint32Array;
+  readonly #s4: Uint32Array;
 
   constructor(key: Uint8Array) {
     if (key.length < 5 || key.length > 16) throw new RangeError(`a CAST-128 key is 5 to 16 bytes, not ${key.length}`);
@@ -117,37 +119,39 @@ export class Cast5 {
     this.#kr = k.slice(16);
     // RFC 2144, 2.5: keys of 80 bits or fewer run 12 rounds.
     this.#rounds = key.length <= 10 ? 12 : 16;
-    this.#s = sboxes().slice(0, 4) as [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
+    const s = sboxes();
+    this.#s1 = s[0]!;
+    this.#s2 = s[1]!;
+    this.#s3 = s[2]!;
+    this.#s4 = s[3]!;
   }
 
-  /** f of round i (0-based): type 1, 2, 3 in turn (RFC 2144, 2.2). */
-  #f(i: number, d: number): number {
-    const [s1, s2, s3, s4] = this.#s;
-    const km = this.#km[i]!;
-    const kr = this.#kr[i]!;
-    const type = i % 3;
-    let t = type === 0 ? (km + d) | 0 : type === 1 ? km ^ d : (km - d) | 0;
-    t = (t << kr) | (t >>> (32 - kr));
-    const a = s1[t >>> 24]!;
-    const b = s2[(t >>> 16) & 0xff]!;
-    const c = s3[(t >>> 8) & 0xff]!;
-    const e = s4[t & 0xff]!;
-    if (type === 0) return (((a ^ b) - c) | 0) + e;
-    if (type === 1) return (((a - b) | 0) + c) ^ e;
-    return (((a + b) | 0) ^ c) - e;
-  }
-
+  /** The rounds, first to last or last to first: round i's f is of type 1, 2, 3 in turn (RFC 2144, 2.2), and the halves leave swapped. */
   #run(b: Uint8Array, at: number, forward: boolean): void {
+    const s1 = this.#s1;
+    const s2 = this.#s2;
+    const s3 = this.#s3;
+    const s4 = this.#s4;
+    const km = this.#km;
+    const kr = this.#kr;
     let l = (b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!;
     let r = (b[at + 4]! << 24) | (b[at + 5]! << 16) | (b[at + 6]! << 8) | b[at + 7]!;
     const n = this.#rounds;
     for (let j = 0; j < n; j++) {
       const i = forward ? j : n - 1 - j;
-      const next = l ^ this.#f(i, r);
+      const type = i % 3;
+      let t = type === 0 ? (km[i]! + r) | 0 : type === 1 ? km[i]! ^ r : (km[i]! - r) | 0;
+      const rot = kr[i]!;
+      t = (t << rot) | (t >>> (32 - rot));
+      const a = s1[t >>> 24]!;
+      const c = s2[(t >>> 16) & 0xff]!;
+      const d = s3[(t >>> 8) & 0xff]!;
+      const e = s4[t & 0xff]!;
+      const f = type === 0 ? ((a ^ c) - d + e) | 0 : type === 1 ? ((a - c + d) | 0) ^ e : (((a + c) | 0) ^ d) - e;
+      const next = l ^ f;
       l = r;
       r = next;
     }
-    // The halves leave swapped: R then L.
     b[at] = r >>> 24;
     b[at + 1] = r >>> 16;
     b[at + 2] = r >>> 8;

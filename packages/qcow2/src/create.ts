@@ -81,10 +81,10 @@ export interface Qcow2CreateOptions extends CreateOptions {
   encryptPassphrase?: string | Uint8Array;
   /** qemu-img's `encrypt.key-secret`: the id of a `--object secret` (the command line resolves it to `encryptPassphrase`). */
   encryptKeySecret?: string;
-  /** aes-128, aes-192 or aes-256 (default). */
-  encryptCipherAlg?: 'aes-128' | 'aes-192' | 'aes-256';
-  /** xts (default) or cbc. */
-  encryptCipherMode?: 'xts' | 'cbc';
+  /** aes-256 (default), aes-128, aes-192, serpent-128/192/256, twofish-128/192/256 or cast5-128 (192-bit keys in xts mode only). */
+  encryptCipherAlg?: 'aes-128' | 'aes-192' | 'aes-256' | 'serpent-128' | 'serpent-192' | 'serpent-256' | 'twofish-128' | 'twofish-192' | 'twofish-256' | 'cast5-128';
+  /** xts (default), cbc, ecb or ctr (cast5: not xts). */
+  encryptCipherMode?: 'xts' | 'cbc' | 'ecb' | 'ctr';
   /** plain64 (default), plain or essiv. */
   encryptIvgenAlg?: 'plain' | 'plain64' | 'essiv';
   /** The hash essiv keys its IV cipher with (default sha256). */
@@ -112,8 +112,8 @@ export const QCOW2_CREATE_OPTIONS: OptionTable = [
   { key: 'headerLength', name: 'header_length', kind: 'num', help: '104 or 112 (default)' },
   { key: 'encryptFormat', name: 'encrypt.format', kind: 'str', help: "Encrypt the image: 'luks' (img reads 'aes' images, and does not write them)" },
   { key: 'encryptKeySecret', name: 'encrypt.key-secret', kind: 'str', help: 'ID of the secret (--object secret) holding the LUKS passphrase' },
-  { key: 'encryptCipherAlg', name: 'encrypt.cipher-alg', kind: 'str', help: 'aes-128, aes-192 or aes-256 (default)' },
-  { key: 'encryptCipherMode', name: 'encrypt.cipher-mode', kind: 'str', help: 'xts (default) or cbc' },
+  { key: 'encryptCipherAlg', name: 'encrypt.cipher-alg', kind: 'str', help: 'aes-256 (default), aes-128, aes-192, serpent-128/192/256, twofish-128/192/256 or cast5-128' },
+  { key: 'encryptCipherMode', name: 'encrypt.cipher-mode', kind: 'str', help: 'xts (default), cbc, ecb or ctr' },
   { key: 'encryptIvgenAlg', name: 'encrypt.ivgen-alg', kind: 'str', help: 'plain64 (default), plain or essiv' },
   { key: 'encryptIvgenHashAlg', name: 'encrypt.ivgen-hash-alg', kind: 'str', help: 'the hash essiv uses (default sha256)' },
   { key: 'encryptHashAlg', name: 'encrypt.hash-alg', kind: 'str', help: 'the hash of PBKDF2 and the key splitter (default sha256)' },

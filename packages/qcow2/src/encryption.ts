@@ -76,7 +76,7 @@ export async function unlockEncryption(e: Qcow2Encryption, storage: Storage, pas
     // qemu's old method: the passphrase's bytes, at most 16, zero-padded, are the AES-128 key.
     const key = new Uint8Array(16);
     key.set(secret.subarray(0, 16));
-    e.cipher = new SectorCipher(crypto, { mode: 'cbc', ivgen: 'plain64', keyBytes: 16 }, key);
+    e.cipher = new SectorCipher(crypto, { cipher: 'aes', mode: 'cbc', ivgen: 'plain64', keyBytes: 16 }, key);
     return;
   }
   const area = e.area!;

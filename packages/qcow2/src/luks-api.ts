@@ -27,6 +27,7 @@ export {
   type LuksKeySlot,
   type LuksCreateSpec,
 } from './luks.js';
-export { SectorCipher, SECTOR, validKeyBytes, type CipherSpec, type CipherMode, type IvGenerator } from './sector-cipher.js';
+export { SectorCipher, SECTOR, validKeyBytes, essivKeyValid, type CipherSpec, type CipherMode, type IvGenerator, type CipherAlgorithm } from './sector-cipher.js';
+export { blockCipher, CIPHER_ALGORITHMS, type BlockCipher } from './block-cipher.js';
 export { qcow2CryptoPrimitives, readyCryptoPrimitives, setQcow2CryptoPrimitives, type Qcow2CryptoPrimitives } from './crypto-primitives.js';
 export { changeLuksKeySlots, type LuksKeySlotChange } from './luks-keyslots.js';

@@ -8,7 +8,8 @@
  */
 import { corrupt, hex, invalidArg, readU32Be, unsupported, utf8Decode } from '@img/block';
 import type { Qcow2CryptoPrimitives } from './crypto-primitives.js';
-import { SECTOR, SectorCipher, validKeyBytes, type CipherSpec, type IvGenerator } from './sector-cipher.js';
+import { CIPHER_ALGORITHMS, isCipherAlgorithm, type CipherAlgorithm } from './block-cipher.js';
+import { essivKeyValid, SECTOR, SectorCipher, validKeyBytes, type CipherMode, type CipherSpec, type IvGenerator } from './sector-cipher.js';
 
 const FORMAT = 'qcow2';
 
@@ -64,14 +65,14 @@ function text(b: Uint8Array, at: number, length: number): string {
   return utf8Decode(nul < 0 ? field : field.subarray(0, nul));
 }
 
-/** "xts-plain64" / "cbc-essiv:sha256" as a mode and IV generator; undefined where img cannot decrypt it. */
-function parseMode(mode: string): { mode: 'xts' | 'cbc'; ivgen: IvGenerator; ivgenHash?: string } | undefined {
-  const m = /^(xts|cbc)-(plain|plain64|essiv)(?::([a-z0-9]+))?$/.exec(mode);
+/** "xts-plain64" / "cbc-essiv:sha256" as a mode and IV generator; undefined where img cannot decrypt it (qemu needs the IV generator named, for ecb too). */
+function parseMode(mode: string): { mode: CipherMode; ivgen: IvGenerator; ivgenHash?: string } | undefined {
+  const m = /^(ecb|cbc|xts|ctr)-(plain|plain64|essiv)(?::([a-z0-9]+))?$/.exec(mode);
   if (!m) return undefined;
   const ivgen = m[2] as IvGenerator;
   // essiv needs its hash; plain and plain64 ignore one (qemu-img create -o encrypt.ivgen-alg=plain64,encrypt.ivgen-hash-alg=sha256 writes "xts-plain64:sha256" and reads it).
   if (ivgen === 'essiv' && m[3] === undefined) return undefined;
-  return { mode: m[1] as 'xts' | 'cbc', ivgen, ...(ivgen === 'essiv' ? { ivgenHash: m[3]! } : {}) };
+  return { mode: m[1] as CipherMode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: m[3]! } : {}) };
 }
 
 /**
@@ -92,13 +93,15 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
   const keyBytes = readU32Be(area, 108);
   const mkDigestIterations = readU32Be(area, 164);
   const uuid = text(area, 168, 40);
-  // Any cipher is described (qemu-img info shows serpent and twofish images too); img decrypts AES in XTS and CBC.
+  // Any cipher is described (qemu-img info shows what it cannot open too); img decrypts those of block-cipher.ts in the modes of sector-cipher.ts.
   const general = /^([a-z0-9]+)(?:-([a-z0-9]+)(?::([a-z0-9]+))?)?$/.exec(cipherModeText);
   if (!/^[a-z0-9]+$/.test(cipherName) || !general) throw bad(`the cipher "${cipherName}" in mode "${cipherModeText}" is not a LUKS cipher name`, 8, 'LUKS cipher', `${cipherName}-${cipherModeText}`);
   const xtsLike = general[1] === 'xts';
   if (keyBytes === 0 || keyBytes > 128 || (xtsLike && keyBytes % 2 !== 0)) throw bad(`key_bytes ${keyBytes} is not a key size of ${cipherName}-${general[1]}`, 108, 'LUKS key_bytes', keyBytes);
-  const mode = cipherName === 'aes' ? parseMode(cipherModeText) : undefined;
-  if (mode && !validKeyBytes(mode.mode, keyBytes)) throw bad(`key_bytes ${keyBytes} is not a key size of aes-${mode.mode}`, 108, 'LUKS key_bytes', keyBytes);
+  const mode = isCipherAlgorithm(cipherName) ? parseMode(cipherModeText) : undefined;
+  // XTS of a 64-bit block cipher (cast5) is no mode at all: described, not decrypted, as qemu refuses it.
+  const spec = mode && isCipherAlgorithm(cipherName) && (mode.mode !== 'xts' || CIPHER_ALGORITHMS[cipherName].blockBytes === 16) ? { cipher: cipherName, ...mode, keyBytes } : undefined;
+  if (spec && !validKeyBytes(spec.cipher, spec.mode, keyBytes)) throw bad(`key_bytes ${keyBytes} is not a key size of ${cipherName}-${spec.mode}`, 108, 'LUKS key_bytes', keyBytes);
   const names = {
     cipherAlg: `${cipherName}-${(xtsLike ? keyBytes / 2 : keyBytes) * 8}`,
     cipherMode: general[1]!,
@@ -140,7 +143,7 @@ export function parseLuksHeader(area: Uint8Array, offset: number, length: number
     payloadOffset: payloadSectors * SECTOR,
     keyBytes,
     names,
-    spec: mode ? { ...mode, keyBytes } : undefined,
+    spec,
     mkDigest: area.slice(112, 112 + DIGEST_BYTES),
     mkDigestSalt: area.slice(132, 164),
     mkDigestIterations,
@@ -196,18 +199,23 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 /** Refuses a header img cannot unlock on this platform, or whose iterations are past the bound, before any PBKDF2 runs. */
 export function checkUnlockable(crypto: Qcow2CryptoPrimitives, h: LuksHeader, file: string): asserts h is LuksHeader & { spec: CipherSpec } {
   if (!h.spec) {
-    throw unsupported(FORMAT, file, `the LUKS cipher "${h.cipherName}-${h.cipherModeText}" is not one img decrypts (aes with xts or cbc, IVs plain, plain64 or essiv): the image describes itself, its data does not read`, {
-      field: 'LUKS cipher',
-      offset: h.at + 8,
-      actual: `${h.cipherName}-${h.cipherModeText}`,
-    });
+    throw unsupported(
+      FORMAT,
+      file,
+      `the LUKS cipher "${h.cipherName}-${h.cipherModeText}" is not one img decrypts (aes, serpent or twofish in ecb, cbc, xts or ctr mode, cast5 in ecb, cbc or ctr; IVs plain, plain64 or essiv:hash): the image describes itself, its data does not read`,
+      {
+        field: 'LUKS cipher',
+        offset: h.at + 8,
+        actual: `${h.cipherName}-${h.cipherModeText}`,
+      },
+    );
   }
   const hashes = [h.hash, ...(h.spec.ivgenHash !== undefined ? [h.spec.ivgenHash] : [])];
   for (const name of hashes) {
     if (crypto.hashLength(name) === undefined) throw unsupported(FORMAT, file, `the LUKS header names the hash "${name}", which this platform's crypto (${crypto.name}) does not have`, { field: 'LUKS hash_spec', offset: h.at + (name === h.hash ? 72 : 40), actual: name });
   }
-  if (h.spec.ivgenHash !== undefined && !validKeyBytes('cbc', crypto.hashLength(h.spec.ivgenHash)!)) {
-    throw unsupported(FORMAT, file, `essiv:${h.spec.ivgenHash} gives a ${crypto.hashLength(h.spec.ivgenHash)}-byte IV key, not an AES key size`, { field: 'LUKS cipher_mode', offset: h.at + 40, actual: h.cipherModeText });
+  if (h.spec.ivgenHash !== undefined && !essivKeyValid(h.spec.cipher, crypto.hashLength(h.spec.ivgenHash)!)) {
+    throw unsupported(FORMAT, file, `essiv:${h.spec.ivgenHash} gives a ${crypto.hashLength(h.spec.ivgenHash)}-byte IV key, not a ${h.spec.cipher} key size`, { field: 'LUKS cipher_mode', offset: h.at + 40, actual: h.cipherModeText });
   }
   const tooMany = (what: string, n: number, at: number) => unsupported(FORMAT, file, `${what} asks for ${n} PBKDF2 iterations, more than img runs (${MAX_PBKDF2_ITERATIONS})`, { field: 'LUKS iterations', offset: h.at + at, actual: n });
   if (h.mkDigestIterations > MAX_PBKDF2_ITERATIONS) throw tooMany('the master key digest', h.mkDigestIterations, 164);
@@ -319,34 +327,68 @@ export interface LuksCipherOptions {
   iterTime?: unknown;
 }
 
+/** The digest lengths of {@link LUKS_HASHES}, for essiv's IV key (it is the whole digest). */
+const LUKS_HASH_BYTES: Readonly<Record<string, number>> = { md5: 16, sha1: 20, sha224: 28, sha256: 32, sha384: 48, sha512: 64, ripemd160: 20 };
+
+/** The `cipher-alg` values qemu-img 7.2 takes here, as cipher and key bytes (one key; xts takes two). */
+const CREATE_CIPHERS: Readonly<Record<string, { cipher: CipherAlgorithm; bytes: number }>> = Object.fromEntries(
+  (Object.entries(CIPHER_ALGORITHMS) as [CipherAlgorithm, (typeof CIPHER_ALGORITHMS)['aes']][]).flatMap(([cipher, c]) => c.keyBytes.map((bytes) => [`${cipher}-${bytes * 8}`, { cipher, bytes }])),
+);
+const MODES: readonly string[] = ['ecb', 'cbc', 'xts', 'ctr'];
+/** The names qemu's essiv refusals give the ciphers. */
+const ESSIV_NAMES: Readonly<Record<CipherAlgorithm, string>> = { aes: 'AES', serpent: 'Serpent', twofish: 'Twofish', cast5: 'CAST5' };
+
 /**
  * The header a new LUKS image is made with, from qemu-img's options, checked
- * with qemu's defaults (aes-256, xts, plain64, sha256, 2000 ms): img writes
- * AES only, and not aes-192 in cbc mode (qemu-img 7.2 aborts opening it); an
- * IV hash beside plain or plain64 is kept for the cipher mode's name, unused,
- * as qemu-img writes it. `format` and `prefix` ("encrypt." for qcow2) name
- * the refusals.
+ * with qemu's defaults (aes-256, xts, plain64, sha256, 2000 ms) and refused
+ * where qemu-img 7.2 refuses: aes, serpent and twofish of 128, 192 or 256
+ * bits and cast5-128, in ecb, cbc, xts (not cast5: its blocks are 8 bytes)
+ * or ctr mode; a 192-bit key only in xts (qemu-img 7.2 aborts on the others);
+ * essiv only with a hash whose digest is a key size of the cipher (its IV
+ * cipher is keyed with the digest). An IV hash beside plain or plain64 is
+ * kept for the cipher mode's name, unused, as qemu-img writes it. `format`
+ * and `prefix` ("encrypt." for qcow2) name the refusals.
  */
 export function luksCreateSpecOf(o: LuksCipherOptions, format: string, prefix: string): LuksCreateSpec {
   const name = (key: string) => `${prefix}${key}`;
   const alg = String(o.cipherAlg ?? 'aes-256');
-  const bytes = { 'aes-128': 16, 'aes-192': 24, 'aes-256': 32 }[alg];
-  if (bytes === undefined) {
-    if (/^(serpent|twofish|cast5|des)/.test(alg)) throw unsupported(format, undefined, `${name('cipher-alg')}=${alg}: img writes AES only (aes-128, aes-192, aes-256)`, { field: name('cipher-alg'), actual: alg });
-    throw invalidArg(format, `invalid ${name('cipher-alg')} "${alg}" (aes-128, aes-192 or aes-256)`, { field: name('cipher-alg'), actual: alg });
+  const known = Object.hasOwn(CREATE_CIPHERS, alg) ? CREATE_CIPHERS[alg] : undefined;
+  if (known === undefined) {
+    if (/^(des|3des)$/.test(alg)) throw unsupported(format, undefined, `${name('cipher-alg')}=${alg}: qemu-img 7.2 here does not support it (Algorithm '${alg}' not supported), nor does img`, { field: name('cipher-alg'), actual: alg });
+    throw invalidArg(format, `invalid ${name('cipher-alg')} "${alg}" (${Object.keys(CREATE_CIPHERS).join(', ')})`, { field: name('cipher-alg'), actual: alg });
   }
+  const { cipher, bytes } = known;
   const mode = String(o.cipherMode ?? 'xts');
-  if (mode !== 'xts' && mode !== 'cbc') throw invalidArg(format, `invalid ${name('cipher-mode')} "${mode}" (xts or cbc)`, { field: name('cipher-mode'), actual: mode });
-  // 24-byte keys in 4000 stripes are 187.5 sectors of key material: LUKS pads them, qemu-img 7.2 aborts on them.
-  if (bytes === 24 && mode === 'cbc') throw unsupported(format, undefined, 'aes-192 in cbc mode makes key material of 187.5 sectors, which qemu-img 7.2 aborts on (an assertion) when it opens the image: use aes-128, aes-256, or xts', { field: name('cipher-alg') });
+  if (!MODES.includes(mode)) throw invalidArg(format, `invalid ${name('cipher-mode')} "${mode}" (${MODES.join(', ')})`, { field: name('cipher-mode'), actual: mode });
+  if (mode === 'xts' && CIPHER_ALGORITHMS[cipher].blockBytes !== 16) {
+    throw invalidArg(format, `${name('cipher-mode')}=xts needs a cipher of 16-byte blocks, and ${alg} has ${CIPHER_ALGORITHMS[cipher].blockBytes}-byte ones (qemu-img: Unsupported cipher mode xts): use ecb, cbc or ctr`, { field: name('cipher-mode'), actual: mode });
+  }
+  // 24-byte keys in 4000 stripes are 187.5 sectors of key material: LUKS pads them, qemu-img 7.2 aborts on them (xts keys are 48 bytes: whole sectors).
+  if (bytes === 24 && mode !== 'xts') {
+    throw unsupported(format, undefined, `${alg} in ${mode} mode makes key material of 187.5 sectors, which qemu-img 7.2 aborts on (an assertion) when it makes or opens the image: use a 128- or 256-bit key, or xts`, { field: name('cipher-alg') });
+  }
   const ivgen = String(o.ivgenAlg ?? 'plain64');
   if (ivgen !== 'plain' && ivgen !== 'plain64' && ivgen !== 'essiv') throw invalidArg(format, `invalid ${name('ivgen-alg')} "${ivgen}" (plain, plain64 or essiv)`, { field: name('ivgen-alg'), actual: ivgen });
   const ivgenHash = o.ivgenHashAlg === undefined ? undefined : String(o.ivgenHashAlg);
   if (ivgenHash !== undefined && !LUKS_HASHES.includes(ivgenHash)) throw invalidArg(format, `invalid ${name('ivgen-hash-alg')} "${ivgenHash}" (${LUKS_HASHES.join(', ')})`, { field: name('ivgen-hash-alg'), actual: ivgenHash });
+  if (ivgen === 'essiv') {
+    const hash = ivgenHash ?? 'sha256';
+    const digest = LUKS_HASH_BYTES[hash]!;
+    if (!essivKeyValid(cipher, digest)) {
+      const sizes = CIPHER_ALGORITHMS[cipher].keyBytes;
+      throw invalidArg(
+        format,
+        `${name('ivgen-hash-alg')}=${hash} gives a ${digest}-byte digest, and essiv keys ${cipher} with it (${sizes.join(', ')} bytes: ${sizes.includes(32) ? 'sha256' : 'md5'}, say); qemu-img: ${
+          cipher === 'cast5' ? `Cipher ${alg} not supported with essiv` : `No ${ESSIV_NAMES[cipher]} cipher with key size ${digest} available`
+        }`,
+        { field: name('ivgen-hash-alg'), actual: hash },
+      );
+    }
+  }
   const iterTime = Number(o.iterTime ?? 2000);
   if (!Number.isFinite(iterTime) || iterTime <= 0) throw invalidArg(format, `invalid ${name('iter-time')} "${String(o.iterTime)}" (milliseconds above 0)`, { field: name('iter-time') });
   return {
-    spec: { mode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: ivgenHash ?? 'sha256' } : {}), keyBytes: mode === 'xts' ? bytes * 2 : bytes },
+    spec: { cipher, mode: mode as CipherMode, ivgen, ...(ivgen === 'essiv' ? { ivgenHash: ivgenHash ?? 'sha256' } : {}), keyBytes: mode === 'xts' ? bytes * 2 : bytes },
     hash: String(o.hashAlg ?? 'sha256'),
     iterTimeMs: iterTime,
     ...(ivgenHash !== undefined && ivgen !== 'essiv' ? { unusedIvgenHash: ivgenHash } : {}),
@@ -408,7 +450,7 @@ export async function createLuksArea(crypto: Qcow2CryptoPrimitives, c: LuksCreat
   const master = crypto.randomBytes(keyBytes);
   area.set(MAGIC, 0);
   v.setUint16(6, 1);
-  writeText(area, 8, 32, 'aes');
+  writeText(area, 8, 32, spec.cipher);
   const modeHash = spec.ivgenHash ?? c.unusedIvgenHash;
   writeText(area, 40, 32, `${spec.mode}-${spec.ivgen}${modeHash !== undefined ? `:${modeHash}` : ''}`);
   writeText(area, 72, 32, hash);

@@ -1,25 +1,31 @@
 /**
- * Sector encryption as qcow2's two methods use it: AES in XTS or CBC mode
- * over 512-byte sectors, each with its own IV made from its sector number
- * (plain: the low 32 bits, plain64: all 64, little-endian; essiv: plain64
- * encrypted under a hash of the key). XTS and CBC decryption are built
- * from the platform's AES block function over a whole run of sectors at
- * once (one call for the tweaks or IVs, one for the data), instead of a
- * cipher object per sector.
+ * Sector encryption as LUKS (and qcow2's old AES method) use it: a block
+ * cipher (block-cipher.ts) in ECB, CBC, XTS or CTR mode over 512-byte
+ * sectors, each with its own IV made from its sector number (plain: the
+ * low 32 bits, plain64: all 64, little-endian; essiv: plain64 encrypted
+ * under a hash of the key), cut to the cipher's block (8 bytes for
+ * CAST-128), as qemu does. Each mode is built from the cipher's ECB over a
+ * whole run of sectors at once (one call for the tweaks, IVs or counters,
+ * one for the data), instead of a cipher object per sector: for AES that
+ * is one platform call each, its hot path.
  */
-import type { Qcow2CryptoPrimitives } from './crypto-primitives.js';
+import type { Qcow2CryptoPrimitives } from './crypto-interface.js';
+import { blockCipher, CIPHER_ALGORITHMS, type BlockCipher, type CipherAlgorithm } from './block-cipher.js';
 
 /** The unit of encryption: each 512-byte sector has its own IV. */
 export const SECTOR = 512;
-const BLOCK = 16;
+/** XTS's block (it is defined for 16-byte ciphers only). */
+const XTS_BLOCK = 16;
 
-/** AES modes encrypted images use. */
-export type CipherMode = 'xts' | 'cbc';
+export type { CipherAlgorithm } from './block-cipher.js';
+/** The block cipher modes of LUKS volumes. */
+export type CipherMode = 'ecb' | 'cbc' | 'xts' | 'ctr';
 /** How a sector number becomes its IV. */
 export type IvGenerator = 'plain' | 'plain64' | 'essiv';
 
-/** What a key encrypts with: AES, a mode, and how IVs are made. */
+/** What a key encrypts with: a cipher, a mode, and how IVs are made. */
 export interface CipherSpec {
+  cipher: CipherAlgorithm;
   mode: CipherMode;
   ivgen: IvGenerator;
   /** essiv: the hash of the key that keys the IV cipher. */
@@ -28,15 +34,25 @@ export interface CipherSpec {
   keyBytes: number;
 }
 
-/** AES key sizes a mode takes (XTS: two keys). */
-export function validKeyBytes(mode: CipherMode, keyBytes: number): boolean {
-  const one = mode === 'xts' ? keyBytes / 2 : keyBytes;
-  return one === 16 || one === 24 || one === 32;
+/** Whether `cipher` takes `keyBytes` of key in `mode` (XTS: two keys of a size the cipher takes, and a 16-byte block). */
+export function validKeyBytes(cipher: CipherAlgorithm, mode: CipherMode, keyBytes: number): boolean {
+  const c = CIPHER_ALGORITHMS[cipher];
+  if (mode === 'xts') return c.blockBytes === XTS_BLOCK && c.keyBytes.includes(keyBytes / 2);
+  return c.keyBytes.includes(keyBytes);
 }
 
-/** XORs `src` into `dst` (equal lengths, multiples of 16). */
+/**
+ * Whether essiv works for `cipher` with a hash of `digestBytes`: its IV cipher is the same cipher keyed with
+ * the whole digest (qemu's rule, after dm-crypt: aes-128 with essiv:sha256 makes its IVs with aes-256), so the
+ * digest must be one of the cipher's key sizes.
+ */
+export function essivKeyValid(cipher: CipherAlgorithm, digestBytes: number): boolean {
+  return CIPHER_ALGORITHMS[cipher].keyBytes.includes(digestBytes);
+}
+
+/** XORs `src` into `dst` (equal lengths). */
 function xorInto(dst: Uint8Array, src: Uint8Array): void {
-  if (dst.byteOffset % 4 === 0 && src.byteOffset % 4 === 0) {
+  if (dst.byteOffset % 4 === 0 && src.byteOffset % 4 === 0 && dst.length % 4 === 0) {
     const d = new Uint32Array(dst.buffer, dst.byteOffset, dst.length / 4);
     const s = new Uint32Array(src.buffer, src.byteOffset, src.length / 4);
     for (let i = 0; i < d.length; i++) d[i]! ^= s[i]!;
@@ -45,14 +61,14 @@ function xorInto(dst: Uint8Array, src: Uint8Array): void {
   for (let i = 0; i < dst.length; i++) dst[i]! ^= src[i]!;
 }
 
-/** The sectors' plain64 (or plain) IV blocks, one 16-byte block each. */
-function plainIvs(first: number, count: number, bits: 32 | 64): Uint8Array {
-  const out = new Uint8Array(count * BLOCK);
+/** The sectors' plain64 (or plain) IVs, `size` bytes each: the sector number, little-endian, cut to the size. */
+function plainIvs(first: number, count: number, bits: 32 | 64, size: number): Uint8Array {
+  const out = new Uint8Array(count * size);
   const v = new DataView(out.buffer);
   for (let i = 0; i < count; i++) {
     const s = first + i;
-    v.setUint32(i * BLOCK, s % 2 ** 32, true);
-    if (bits === 64) v.setUint32(i * BLOCK + 4, Math.floor(s / 2 ** 32), true);
+    v.setUint32(i * size, s % 2 ** 32, true);
+    if (bits === 64 && size >= 8) v.setUint32(i * size + 4, Math.floor(s / 2 ** 32), true);
   }
   return out;
 }
@@ -77,7 +93,7 @@ function xorTweaks(data: Uint8Array, t0: Uint8Array): void {
       let w1 = t[i * 4 + 1]!;
       let w2 = t[i * 4 + 2]!;
       let w3 = t[i * 4 + 3]!;
-      for (let j = 0; j < SECTOR / BLOCK; j++, w += 4) {
+      for (let j = 0; j < SECTOR / XTS_BLOCK; j++, w += 4) {
         d[w]! ^= w0;
         d[w + 1]! ^= w1;
         d[w + 2]! ^= w2;
@@ -95,11 +111,11 @@ function xorTweaks(data: Uint8Array, t0: Uint8Array): void {
   const dv = new DataView(data.buffer, data.byteOffset, data.length);
   const tv = new DataView(t0.buffer, t0.byteOffset, t0.length);
   for (let i = 0, at = 0; i < sectors; i++) {
-    let w0 = tv.getUint32(i * BLOCK, true);
-    let w1 = tv.getUint32(i * BLOCK + 4, true);
-    let w2 = tv.getUint32(i * BLOCK + 8, true);
-    let w3 = tv.getUint32(i * BLOCK + 12, true);
-    for (let j = 0; j < SECTOR / BLOCK; j++, at += BLOCK) {
+    let w0 = tv.getUint32(i * XTS_BLOCK, true);
+    let w1 = tv.getUint32(i * XTS_BLOCK + 4, true);
+    let w2 = tv.getUint32(i * XTS_BLOCK + 8, true);
+    let w3 = tv.getUint32(i * XTS_BLOCK + 12, true);
+    for (let j = 0; j < SECTOR / XTS_BLOCK; j++, at += XTS_BLOCK) {
       dv.setUint32(at, dv.getUint32(at, true) ^ w0, true);
       dv.setUint32(at + 4, dv.getUint32(at + 4, true) ^ w1, true);
       dv.setUint32(at + 8, dv.getUint32(at + 8, true) ^ w2, true);
@@ -113,39 +129,80 @@ function xorTweaks(data: Uint8Array, t0: Uint8Array): void {
   }
 }
 
+/**
+ * CTR's counter blocks for whole sectors: sector i's block j is its IV plus j, a big-endian number the
+ * width of the block (qemu's nettle and gcrypt backends count so).
+ */
+function counterBlocks(ivs: Uint8Array, count: number, block: number): Uint8Array {
+  const perSector = SECTOR / block;
+  const out = new Uint8Array(count * SECTOR);
+  for (let i = 0; i < count; i++) {
+    let at = i * SECTOR;
+    out.set(ivs.subarray(i * block, (i + 1) * block), at);
+    for (let j = 1; j < perSector; j++, at += block) {
+      out.copyWithin(at + block, at, at + block);
+      for (let b = at + 2 * block - 1; b >= at + block; b--) {
+        const v = (out[b]! + 1) & 0xff;
+        out[b] = v;
+        if (v !== 0) break;
+      }
+    }
+  }
+  return out;
+}
+
 /** Encrypts and decrypts runs of whole sectors under one key. */
 export class SectorCipher {
   readonly spec: CipherSpec;
-  readonly #crypto: Qcow2CryptoPrimitives;
-  /** The data key (XTS: the first half). */
-  readonly #key: Uint8Array;
-  /** XTS: the tweak key (the second half). */
-  readonly #tweakKey: Uint8Array | undefined;
-  /** essiv: the IV key, the hash of the whole key. */
-  readonly #ivKey: Uint8Array | undefined;
+  /** The data cipher (XTS: keyed with the first half). */
+  readonly #data: BlockCipher;
+  /** XTS: the tweak cipher (the second half). */
+  readonly #tweak: BlockCipher | undefined;
+  /** essiv: the IV cipher, keyed with the hash of the whole key. */
+  readonly #iv: BlockCipher | undefined;
+  readonly #block: number;
 
   constructor(crypto: Qcow2CryptoPrimitives, spec: CipherSpec, key: Uint8Array) {
-    if (key.length !== spec.keyBytes || !validKeyBytes(spec.mode, spec.keyBytes)) throw new RangeError(`a ${spec.mode} key of ${key.length} bytes`);
+    if (key.length !== spec.keyBytes || !validKeyBytes(spec.cipher, spec.mode, spec.keyBytes)) throw new RangeError(`a ${spec.cipher}-${spec.mode} key of ${key.length} bytes`);
     this.spec = spec;
-    this.#crypto = crypto;
     const half = key.length / 2;
-    this.#key = spec.mode === 'xts' ? key.slice(0, half) : key.slice();
-    this.#tweakKey = spec.mode === 'xts' ? key.slice(half) : undefined;
-    this.#ivKey = spec.ivgen === 'essiv' ? crypto.digest(spec.ivgenHash!, key) : undefined;
+    this.#data = blockCipher(crypto, spec.cipher, spec.mode === 'xts' ? key.subarray(0, half) : key);
+    this.#tweak = spec.mode === 'xts' ? blockCipher(crypto, spec.cipher, key.subarray(half)) : undefined;
+    this.#block = this.#data.blockBytes;
+    // ECB has no IV (qemu makes none); essiv's IV cipher is the data cipher's family keyed with the hash.
+    this.#iv = spec.ivgen === 'essiv' && spec.mode !== 'ecb' ? blockCipher(crypto, spec.cipher, crypto.digest(spec.ivgenHash!, key)) : undefined;
   }
 
-  /** The IVs of `count` sectors from sector `first`. */
+  /** The IVs of `count` sectors from sector `first`, one block each. */
   #ivs(first: number, count: number): Uint8Array {
-    const plain = plainIvs(first, count, this.spec.ivgen === 'plain' ? 32 : 64);
-    return this.#ivKey ? this.#crypto.aesBlocks(this.#ivKey, 'encrypt', plain) : plain;
+    const size = this.#block;
+    if (!this.#iv) return plainIvs(first, count, this.spec.ivgen === 'plain' ? 32 : 64, size);
+    // essiv: plain64 in the IV cipher's block, encrypted, cut (or zero-padded) to the data cipher's block.
+    const ivBlock = this.#iv.blockBytes;
+    const ivs = plainIvs(first, count, 64, ivBlock);
+    this.#iv.encrypt(ivs);
+    if (ivBlock === size) return ivs;
+    const out = new Uint8Array(count * size);
+    for (let i = 0; i < count; i++) out.set(ivs.subarray(i * ivBlock, i * ivBlock + Math.min(ivBlock, size)), i * size);
+    return out;
   }
 
   /** XTS in either direction: each sector's first tweak (its IV under the tweak key), then tweak, block cipher, tweak. */
   #xts(first: number, data: Uint8Array, direction: 'encrypt' | 'decrypt'): void {
-    const t0 = this.#crypto.aesBlocks(this.#tweakKey!, 'encrypt', this.#ivs(first, data.length / SECTOR));
+    const t0 = this.#ivs(first, data.length / SECTOR);
+    this.#tweak!.encrypt(t0);
     xorTweaks(data, t0);
-    data.set(this.#crypto.aesBlocks(this.#key, direction, data));
+    if (direction === 'encrypt') this.#data.encrypt(data);
+    else this.#data.decrypt(data);
     xorTweaks(data, t0);
+  }
+
+  /** CTR (its own inverse): the data XORed with the cipher of its counter blocks. */
+  #ctr(first: number, data: Uint8Array): void {
+    const count = data.length / SECTOR;
+    const stream = counterBlocks(this.#ivs(first, count), count, this.#block);
+    this.#data.encrypt(stream);
+    xorInto(data, stream);
   }
 
   /** Decrypts whole sectors in place; `first` is the first one's number. */
@@ -153,16 +210,26 @@ export class SectorCipher {
     const count = data.length / SECTOR;
     if (!Number.isInteger(count)) throw new RangeError('decrypt: not whole sectors');
     if (count === 0) return;
-    if (this.spec.mode === 'xts') return this.#xts(first, data, 'decrypt');
+    switch (this.spec.mode) {
+      case 'xts':
+        return this.#xts(first, data, 'decrypt');
+      case 'ecb':
+        return this.#data.decrypt(data);
+      case 'ctr':
+        return this.#ctr(first, data);
+      case 'cbc':
+        break;
+    }
     // CBC: each block is the block cipher's inverse of it, XORed with the block before it (the IV for a sector's first).
+    const block = this.#block;
     const ivs = this.#ivs(first, count);
     const before = new Uint8Array(data.length);
     for (let i = 0; i < count; i++) {
       const at = i * SECTOR;
-      before.set(ivs.subarray(i * BLOCK, (i + 1) * BLOCK), at);
-      before.set(data.subarray(at, at + SECTOR - BLOCK), at + BLOCK);
+      before.set(ivs.subarray(i * block, (i + 1) * block), at);
+      before.set(data.subarray(at, at + SECTOR - block), at + block);
     }
-    data.set(this.#crypto.aesBlocks(this.#key, 'decrypt', data));
+    this.#data.decrypt(data);
     xorInto(data, before);
   }
 
@@ -171,11 +238,18 @@ export class SectorCipher {
     const count = data.length / SECTOR;
     if (!Number.isInteger(count)) throw new RangeError('encrypt: not whole sectors');
     if (count === 0) return;
-    if (this.spec.mode === 'xts') return this.#xts(first, data, 'encrypt');
-    const ivs = this.#ivs(first, count);
-    for (let i = 0; i < count; i++) {
-      const sector = data.subarray(i * SECTOR, (i + 1) * SECTOR);
-      sector.set(this.#crypto.aesCbcEncrypt(this.#key, ivs.subarray(i * BLOCK, (i + 1) * BLOCK), sector));
+    switch (this.spec.mode) {
+      case 'xts':
+        return this.#xts(first, data, 'encrypt');
+      case 'ecb':
+        return this.#data.encrypt(data);
+      case 'ctr':
+        return this.#ctr(first, data);
+      case 'cbc':
+        break;
     }
+    const block = this.#block;
+    const ivs = this.#ivs(first, count);
+    for (let i = 0; i < count; i++) this.#data.cbcEncrypt(ivs.subarray(i * block, (i + 1) * block), data.subarray(i * SECTOR, (i + 1) * SECTOR));
   }
 }

@@ -4,7 +4,7 @@
  * normal form (the XOR of the products of input bits its truth table
  * gives), written out as word operations, so one call substitutes all 32
  * nibbles of a block at once. The circuits were derived from the tables
- * by that transform; serpent.test.ts checks each of them, and its
+ * by that transform; block-ciphers.test.ts checks each of them, and its
  * inverse, against the table for all 16 inputs.
  */
 
