@@ -2,6 +2,8 @@
 // the little-endian byte order of Linux, nettle and cryptsetup), the Twofish paper's test vectors and its
 // chained 49-step "intermediate value" tables, and RFC 2144's examples and maintenance test for CAST-128.
 // Every block function is also checked to undo itself, and the bit-sliced Serpent circuits against their tables.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { seededBytes } from '@img/testkit';
 import { Cast5 } from './cast5.js';
@@ -40,6 +42,11 @@ describe('Serpent', () => {
         expect(out(5), `S${s} inverse`).toBe(v);
       }
     }
+  });
+
+  it('its circuits and written-out rounds are what scripts/serpent-circuits.mjs makes of the tables', () => {
+    const script = fileURLToPath(new URL('../scripts/serpent-circuits.mjs', import.meta.url));
+    expect(spawnSync(process.execPath, [script, '--check'], { encoding: 'utf8' })).toMatchObject({ status: 0, stdout: '' });
   });
 
   it.each([

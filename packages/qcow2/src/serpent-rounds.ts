@@ -3,9 +3,9 @@
  * (S0..S7 in turn), with every S-box circuit (serpent-sboxes.ts) and the
  * linear transform written out on local variables: no call and no
  * typed-array traffic inside a round, which makes a block two to three
- * times faster than calling the circuits. Derived from the S-box tables as
- * serpent-sboxes.ts's circuits are; block-ciphers.test.ts checks the whole
- * cipher against the NESSIE vectors.
+ * times faster than calling the circuits. Written by
+ * scripts/serpent-circuits.mjs from the S-box tables; block-ciphers.test.ts
+ * checks the whole cipher against the NESSIE vectors.
  */
 
 /** Encrypts the block in `x` (four words) with round keys `k`, in place. */

@@ -3,9 +3,10 @@
  * bit-sliced circuits serpent.ts runs them as: each output bit's algebraic
  * normal form (the XOR of the products of input bits its truth table
  * gives), written out as word operations, so one call substitutes all 32
- * nibbles of a block at once. The circuits were derived from the tables
- * by that transform; block-ciphers.test.ts checks each of them, and its
- * inverse, against the table for all 16 inputs.
+ * nibbles of a block at once. scripts/serpent-circuits.mjs writes the
+ * circuits from the tables (and serpent-rounds.ts); block-ciphers.test.ts
+ * checks each of them, and its inverse, against the table for all 16
+ * inputs, and that the script would write what is here.
  */
 
 /** S0..S7: entry v is the image of nibble v. */
