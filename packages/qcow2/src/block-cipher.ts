@@ -38,11 +38,13 @@ export interface BlockCipher {
   cbcEncrypt(iv: Uint8Array, data: Uint8Array): void;
 }
 
-/** A pure-TypeScript cipher's one-block functions. */
+/** A pure-TypeScript cipher's block functions: one block at `at`, or every block. */
 interface BlockFunction {
   readonly blockBytes: number;
   encryptBlock(b: Uint8Array, at: number): void;
   decryptBlock(b: Uint8Array, at: number): void;
+  encryptBlocks(b: Uint8Array): void;
+  decryptBlocks(b: Uint8Array): void;
 }
 
 /** ECB and CBC over a cipher's one-block functions. */
@@ -56,11 +58,11 @@ class PureBlockCipher implements BlockCipher {
   }
 
   encrypt(data: Uint8Array): void {
-    for (let at = 0; at < data.length; at += this.blockBytes) this.#f.encryptBlock(data, at);
+    this.#f.encryptBlocks(data);
   }
 
   decrypt(data: Uint8Array): void {
-    for (let at = 0; at < data.length; at += this.blockBytes) this.#f.decryptBlock(data, at);
+    this.#f.decryptBlocks(data);
   }
 
   cbcEncrypt(iv: Uint8Array, data: Uint8Array): void {
