@@ -59,42 +59,57 @@ async function layerAnswerEnd(layer: Disk): Promise<AnswerEnd | undefined> {
   return undefined;
 }
 
-/** One image as img_compare walks it: the status word and answer length at a position, positions only going up. */
+/**
+ * One image as img_compare walks it: the status word and answer length at a
+ * position, positions only going up. Extents are pulled as the walk needs
+ * them (a list of them took ~100 bytes an extent: gigabytes for an image of
+ * tens of millions).
+ */
 class StatusWalk {
-  private index = 0;
+  #extent: MapExtent | undefined;
+  #done = false;
 
-  constructor(
-    private readonly extents: readonly MapExtent[],
+  private constructor(
+    private readonly extents: AsyncIterator<MapExtent>,
     private readonly limits: readonly AnswerEnd[],
     private readonly size: number,
+    readonly close: () => Promise<void>,
   ) {}
 
+  static async open(disk: Disk): Promise<StatusWalk> {
+    const { storages, close } = await fileHoleStorages(disk);
+    try {
+      const limits: AnswerEnd[] = [];
+      for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
+        const limit = await layerAnswerEnd(layer);
+        if (limit) limits.push(limit);
+      }
+      const extents = mapExtents(disk, storages, { offset: 0, length: disk.size });
+      return new StatusWalk(extents, limits, disk.size, async () => {
+        await extents.return(undefined);
+        await close();
+      });
+    } catch (e) {
+      await close();
+      throw e;
+    }
+  }
+
   /** The status word at `pos`, and where that answer ends. */
-  at(pos: number): { status: string; end: number } {
-    while (this.index < this.extents.length - 1 && this.extents[this.index]!.offset + this.extents[this.index]!.length <= pos) this.index++;
-    const e = this.extents[this.index]!;
+  async at(pos: number): Promise<{ status: string; end: number }> {
+    // The extent that holds `pos`, or the last one (extents cover the disk).
+    while (!this.#done && (this.#extent === undefined || this.#extent.offset + this.#extent.length <= pos)) {
+      const next = await this.extents.next();
+      if (next.done) this.#done = true;
+      else this.#extent = next.value;
+    }
+    const e = this.#extent!;
     let end = Math.min(e.offset + e.length, this.size);
     for (const limit of this.limits) end = Math.min(end, limit(pos, e));
     const present = e.kind !== 'hole';
     const zero = e.kind !== 'data' || e.inHole === true;
     const status = `${present ? 'P' : '-'}${zero ? 'Z' : '-'}${e.kind === 'data' ? 'D' : '-'}${e.hostOffset !== undefined ? 'O' : '-'}${end === this.size ? 'E' : '-'}`;
     return { status, end };
-  }
-}
-
-async function statusWalk(disk: Disk): Promise<StatusWalk> {
-  const { storages, close } = await fileHoleStorages(disk);
-  try {
-    const extents: MapExtent[] = [];
-    for await (const e of mapExtents(disk, storages, { offset: 0, length: disk.size })) extents.push(e);
-    const limits: AnswerEnd[] = [];
-    for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer)) {
-      const limit = await layerAnswerEnd(layer);
-      if (limit) limits.push(limit);
-    }
-    return new StatusWalk(extents, limits, disk.size);
-  } finally {
-    await close();
   }
 }
 
@@ -106,12 +121,21 @@ async function statusWalk(disk: Disk): Promise<StatusWalk> {
 export async function firstStatusMismatch(a: Disk, b: Disk): Promise<number | undefined> {
   const size = Math.min(a.size, b.size);
   if (size === 0) return undefined;
-  const [wa, wb] = [await statusWalk(a), await statusWalk(b)];
-  for (let pos = 0; pos < size;) {
-    const sa = wa.at(pos);
-    const sb = wb.at(pos);
-    if (sa.status !== sb.status) return pos;
-    pos = Math.max(pos + 1, Math.min(sa.end, sb.end));
+  const wa = await StatusWalk.open(a);
+  try {
+    const wb = await StatusWalk.open(b);
+    try {
+      for (let pos = 0; pos < size;) {
+        const sa = await wa.at(pos);
+        const sb = await wb.at(pos);
+        if (sa.status !== sb.status) return pos;
+        pos = Math.max(pos + 1, Math.min(sa.end, sb.end));
+      }
+      return undefined;
+    } finally {
+      await wb.close();
+    }
+  } finally {
+    await wa.close();
   }
-  return undefined;
 }

@@ -8,8 +8,24 @@ import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { detectMetadataPreallocation } from '@img/qcow2';
 import { FileStorage } from '@img/block/node';
-import type { Disk, Extent, Storage } from '@img/block';
+import type { Disk, Extent, Storage, StorageRange } from '@img/block';
 import { backingOf } from './commands/shared.js';
+
+/**
+ * How much of a file one question about its holes covers at least. Extents
+ * come in guest order and their bytes mostly climb through the file, so one
+ * answer serves the extents that follow: asking once per extent cost two
+ * lseeks and a promise each, 90 s for the 20 M extents of a 1.2 TiB qcow2
+ * whose every other cluster is allocated, where qemu-img map took 19 s.
+ */
+const HOLE_WINDOW = 64 * 1024 * 1024;
+
+/** The last answer a storage gave about its holes: `ranges` covers `[start, end)` (or stops early at the end of the file). */
+interface HoleWindow {
+  start: number;
+  end: number;
+  ranges: StorageRange[];
+}
 
 /**
  * An extent as qemu-img map sees it: `inHole` marks data the format
@@ -27,10 +43,11 @@ export type MapExtent = Extent & { inHole?: boolean };
  */
 export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>, range: { offset: number; length: number }): AsyncGenerator<MapExtent> {
   let pending: MapExtent | undefined;
+  const windows = new Map<Storage, HoleWindow>();
   const alike = (a: MapExtent, b: MapExtent): boolean =>
     a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
   for await (const e of disk.extents({ ...range, hostOffsets: true })) {
-    for (const piece of await splitAtFileHoles(e, storages)) {
+    for (const piece of await splitAtFileHoles(e, storages, windows)) {
       if (pending && alike(pending, piece)) pending = { ...pending, length: pending.length + piece.length };
       else {
         if (pending) yield pending;
@@ -67,8 +84,33 @@ async function asksFileBelow(layer: Disk): Promise<boolean> {
   return (await layer.info?.())?.formatSpecific?.type === 'fixed';
 }
 
+/** A storage that can tell its holes. */
+type HoleStorage = Storage & { ranges: NonNullable<Storage['ranges']> };
+
+/** The ranges `storage` reports for `[start, end)`, from the last answer when it covers them, else from a new one that starts at `start` and reaches at least a window further. */
+async function rangesAt(storage: HoleStorage, start: number, end: number, windows: Map<Storage, HoleWindow>): Promise<StorageRange[]> {
+  let w = windows.get(storage);
+  if (!w || start < w.start || end > w.end) {
+    const length = Math.max(end - start, HOLE_WINDOW);
+    w = { start, end: start + length, ranges: await storage.ranges(start, length) };
+    windows.set(storage, w);
+  }
+  const ranges = w.ranges;
+  // The first range that ends after `start`, by binary search; then those that start before `end`.
+  let lo = 0;
+  let hi = ranges.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ranges[mid]!.offset + ranges[mid]!.length <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  let last = lo;
+  while (last < ranges.length && ranges[last]!.offset < end) last++;
+  return ranges.slice(lo, last);
+}
+
 /** `e` cut where its bytes lie in a hole of its file (or past its end): those pieces are marked `inHole`. */
-async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage>): Promise<MapExtent[]> {
+async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage>, windows: Map<Storage, HoleWindow>): Promise<MapExtent[]> {
   const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(resolve(e.file)) : undefined;
   if (!storage?.ranges || e.hostOffset === undefined) return [e];
   const start = e.hostOffset;
@@ -81,7 +123,7 @@ async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage
     if (last && (last.inHole === true) === inHole) last.length += to - from;
     else pieces.push({ ...e, offset: e.offset + from - start, length: to - from, hostOffset: from, ...(inHole ? { inHole: true } : {}) });
   };
-  for (const r of await storage.ranges(start, e.length)) {
+  for (const r of await rangesAt(storage as HoleStorage, start, end, windows)) {
     const from = Math.max(pos, r.offset);
     const to = Math.min(end, r.offset + r.length);
     if (from > pos) push(pos, from, false);

@@ -97,11 +97,39 @@ async function stage<T>(status: 3 | 4, work: Promise<T>): Promise<T> {
   }
 }
 
-/** Zero-or-hole ranges of a disk as a sorted list, for skipping reads that cannot differ. */
-async function sparseRanges(disk: Disk): Promise<Array<[number, number]>> {
-  const out: Array<[number, number]> = [];
-  for await (const e of disk.extents()) if (e.kind !== 'data') out.push([e.offset, e.offset + e.length]);
-  return out;
+/**
+ * A disk's zero-or-hole ranges for skipping reads that cannot differ, pulled
+ * from its extents as the comparison moves forward. A list of them cost ~50
+ * bytes a range: gigabytes, or a failed comparison, for an image of tens of
+ * millions of extents.
+ */
+class SparseWalk {
+  readonly #extents: AsyncIterator<Extent>;
+  #start = 0;
+  #end = 0;
+  #done = false;
+
+  constructor(disk: Disk) {
+    this.#extents = disk.extents()[Symbol.asyncIterator]();
+  }
+
+  /** Where the zero-or-hole range at `pos` ends, or `pos` where there is data; `pos` never goes back. */
+  async zeroUntil(pos: number): Promise<number> {
+    while (!this.#done && this.#end <= pos) {
+      const next = await this.#extents.next();
+      if (next.done) this.#done = true;
+      else if (next.value.kind !== 'data') {
+        this.#start = next.value.offset;
+        this.#end = next.value.offset + next.value.length;
+      }
+    }
+    return this.#start <= pos && pos < this.#end ? this.#end : pos;
+  }
+
+  /** Ends the walk early (a difference found, a read failed). */
+  async close(): Promise<void> {
+    if (!this.#done) await this.#extents.return?.();
+  }
 }
 
 /**
@@ -115,58 +143,56 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
   if (end !== undefined) return firstDifference(diskWindow(a, 0, end), diskWindow(b, 0, end), false, onProgress);
   const common = Math.min(a.size, b.size);
   const longerSize = Math.max(a.size, b.size);
-  const za = await stage(3, sparseRanges(a));
-  const zb = await stage(3, sparseRanges(b));
   const chunk = 1024 * 1024;
   const bufA = new Uint8Array(chunk);
   const bufB = new Uint8Array(chunk);
-  let ia = 0;
-  let ib = 0;
-  const zeroUntil = (ranges: Array<[number, number]>, idx: number, pos: number): [number, number] => {
-    while (idx < ranges.length && ranges[idx]![1] <= pos) idx++;
-    const r = ranges[idx];
-    return [idx, r && r[0] <= pos ? r[1] : pos];
-  };
-  let pos = 0;
-  while (pos < common) {
-    let endA: number;
-    let endB: number;
-    [ia, endA] = zeroUntil(za, ia, pos);
-    [ib, endB] = zeroUntil(zb, ib, pos);
-    const skip = Math.min(endA, endB, common);
-    if (skip > pos) {
-      pos = skip;
-      continue;
+  const za = new SparseWalk(a);
+  const zb = new SparseWalk(b);
+  try {
+    let pos = 0;
+    while (pos < common) {
+      const endA = await stage(3, za.zeroUntil(pos));
+      const endB = await stage(3, zb.zeroUntil(pos));
+      const skip = Math.min(endA, endB, common);
+      if (skip > pos) {
+        pos = skip;
+        continue;
+      }
+      const n = Math.min(chunk, common - pos);
+      await stage(4, a.readInto(pos, bufA.subarray(0, n)));
+      await stage(4, b.readInto(pos, bufB.subarray(0, n)));
+      for (let i = 0; i < n; i++) {
+        if (bufA[i] !== bufB[i]) {
+          const at = pos + i;
+          return { offset: at, message: mismatch(at) };
+        }
+      }
+      pos += n;
+      if (pos < longerSize) onProgress?.(pos, longerSize);
     }
-    const n = Math.min(chunk, common - pos);
-    await stage(4, a.readInto(pos, bufA.subarray(0, n)));
-    await stage(4, b.readInto(pos, bufB.subarray(0, n)));
-    for (let i = 0; i < n; i++) {
-      if (bufA[i] !== bufB[i]) {
-        const at = pos + i;
-        return { offset: at, message: mismatch(at) };
+  } finally {
+    await za.close();
+    await zb.close();
+  }
+  // The longer image must read as zeros past the shorter one's end: its data extents there, read as they come.
+  const longer = a.size > b.size ? a : b;
+  const tail = longer.extents({ offset: common, length: longer.size - common })[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const next = await stage(3, tail.next());
+      if (next.done) break;
+      const e = next.value;
+      if (e.kind !== 'data') continue;
+      for (let p = e.offset; p < e.offset + e.length; p += chunk) {
+        const n = Math.min(chunk, e.offset + e.length - p);
+        const view = bufA.subarray(0, n);
+        await stage(4, longer.readInto(p, view));
+        const i = view.findIndex((x) => x !== 0);
+        if (i >= 0) return { offset: p + i, message: mismatch(p + i) };
       }
     }
-    pos += n;
-    if (pos < longerSize) onProgress?.(pos, longerSize);
-  }
-  // The longer image must read as zeros past the shorter one's end.
-  const longer = a.size > b.size ? a : b;
-  const tail: Extent[] = [];
-  await stage(
-    3,
-    (async () => {
-      for await (const e of longer.extents({ offset: common, length: longer.size - common })) if (e.kind === 'data') tail.push(e);
-    })(),
-  );
-  for (const e of tail) {
-    for (let p = e.offset; p < e.offset + e.length; p += chunk) {
-      const n = Math.min(chunk, e.offset + e.length - p);
-      const view = bufA.subarray(0, n);
-      await stage(4, longer.readInto(p, view));
-      const i = view.findIndex((x) => x !== 0);
-      if (i >= 0) return { offset: p + i, message: mismatch(p + i) };
-    }
+  } finally {
+    await tail.return?.();
   }
   onProgress?.(longerSize, longerSize);
   return undefined;
