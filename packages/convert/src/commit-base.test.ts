@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { describeQemu, qemuCompare, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
 const tmp = tempDir('commit-base-');
@@ -65,6 +65,23 @@ describeQemu('img commit -b (into an ancestor), against qemu-img commit -b', () 
     expect(qemuImg(['commit', '-b', theirs[1]!, theirs[3]!]).status).toBe(0);
     expect(run('img', ['commit', '-b', ours[1]!, ours[3]!]).status).toBe(0);
     for (let i = 0; i < 4; i++) expect(rawOf(ours[i]!).equals(rawOf(theirs[i]!)), `layer ${i}`).toBe(true);
+  });
+
+  it('copies a 3 GiB chain a window of 1 GiB at a time: data across the windows ends up in the base as qemu-img leaves it', () => {
+    const dir = dirOf('windows');
+    const layer = (i: number) => join(dir, `w${i}.qcow2`);
+    qemuImg(['create', '-q', '-f', 'qcow2', layer(0), '3G']);
+    qemuIo(layer(0), 'qcow2', ['write -P 1 1023M 2M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'w0.qcow2', '-F', 'qcow2', layer(1)]);
+    qemuIo(layer(1), 'qcow2', ['write -P 2 1073737728 8k', 'write -z 2047M 2M', 'write -P 3 3071M 1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'w1.qcow2', '-F', 'qcow2', layer(2)]);
+    qemuIo(layer(2), 'qcow2', ['write -P 4 2147479552 8k']);
+    const before = join(dir, 'before.raw');
+    qemuImg(['convert', '-O', 'raw', layer(2), before]);
+    const r = run('img', ['commit', '-b', 'w0.qcow2', layer(2)]);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(qemuCompare(layer(0), before, 'qcow2', 'raw')).toBe(true);
+    expect(qemuCompare(layer(2), before, 'qcow2', 'raw')).toBe(true);
   });
 
   it('a base that is not in the chain, or the image itself: status 1 and one line, as qemu-img', () => {
