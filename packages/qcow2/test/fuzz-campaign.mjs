@@ -197,6 +197,10 @@ function buildSeeds(dir) {
     });
   encrypted('luks-xts', 'encrypt.format=luks,cluster_size=4096');
   encrypted('luks-cbc-essiv', 'encrypt.format=luks,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv');
+  // The pure-TypeScript ciphers: Serpent, Twofish (CTR) and CAST5 (64-bit blocks, essiv over md5).
+  encrypted('luks-serpent-xts', 'encrypt.format=luks,encrypt.cipher-alg=serpent-256,cluster_size=4096');
+  encrypted('luks-twofish-ctr', 'encrypt.format=luks,encrypt.cipher-alg=twofish-128,encrypt.cipher-mode=ctr');
+  encrypted('luks-cast5-cbc-essiv', 'encrypt.format=luks,encrypt.cipher-alg=cast5-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=md5');
   encrypted('aes', 'encrypt.format=aes,cluster_size=4096');
   for (const kind of QCOW2_CORRUPTIONS) {
     for (const version of [2, 3]) {
