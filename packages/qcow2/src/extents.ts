@@ -3,39 +3,72 @@
  * only: unallocated ranges are resolved through the backing chain (depth
  * = layer), unless the caller asks for the top layer alone.
  */
-import { extentRange, mergeExtents } from '@img/block';
+import { extentRange } from '@img/block';
 import type { Extent, ExtentOptions } from '@img/block';
 import { segmentExtent } from './reader.js';
 import type { MappingView } from './mapping-view.js';
-import { segments } from './segments.js';
+import { segmentBatches } from './segments.js';
 import type { Qcow2Image } from './core.js';
 
 /** The merged extents of `view` over the requested range. */
 export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent> {
   core.assertOpen();
   const { start, end } = extentRange(options, view.size);
-  return mergeExtents(extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false));
+  return extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false);
 }
 
+/**
+ * The extents, merged as `mergeExtents` merges them, in this one generator
+ * over batches of segments: an image of tens of millions of extents paid
+ * a promise per extent in each of three generators (segments, runs, merge),
+ * more than the walk itself.
+ */
 async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean): AsyncGenerator<Extent> {
   const fileName = core.dataFile?.name ?? core.storage.name;
-  for await (const seg of segments(core, view, start, end)) {
-    const backing = core.backing;
-    if (seg.kind !== 'hole' || topOnly || !backing) {
-      // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either).
-      yield segmentExtent(seg, hostOffsets && !core.encryption, fileName);
-      continue;
+  // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either).
+  const hosts = hostOffsets && !core.encryption;
+  let pending: Extent | undefined;
+  /** `e` merged into the pending extent, or the pending one to yield (and `e` pending in its place). */
+  const next = (e: Extent): Extent | undefined => {
+    if (e.length === 0) return undefined;
+    if (pending && canMerge(pending, e)) {
+      pending.length += e.length;
+      return undefined;
     }
-    const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
-    if (inBacking > 0) {
-      for await (const e of backing.extents({ offset: seg.offset, length: inBacking, hostOffsets })) {
-        yield { ...e, depth: (e.depth ?? 0) + 1 };
+    const out = pending;
+    pending = e;
+    return out;
+  };
+  for await (const batch of segmentBatches(core, view, start, end)) {
+    for (const seg of batch) {
+      const backing = core.backing;
+      if (seg.kind !== 'hole' || topOnly || !backing) {
+        const out = next(segmentExtent(seg, hosts, fileName));
+        if (out) yield out;
+        continue;
+      }
+      const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
+      const { offset, length, host } = seg;
+      if (inBacking > 0) {
+        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets })) {
+          const out = next({ ...e, depth: (e.depth ?? 0) + 1 });
+          if (out) yield out;
+        }
+      }
+      // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
+      if (inBacking < length) {
+        const rest = host !== undefined ? host + inBacking : undefined;
+        const out = next(segmentExtent({ kind: 'hole', offset: offset + inBacking, length: length - inBacking, ...(rest !== undefined ? { host: rest } : {}) }, hosts, fileName));
+        if (out) yield out;
       }
     }
-    // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
-    if (inBacking < seg.length) {
-      const host = seg.host !== undefined ? seg.host + inBacking : undefined;
-      yield segmentExtent({ ...seg, offset: seg.offset + inBacking, length: seg.length - inBacking, ...(host !== undefined ? { host } : {}) }, hostOffsets && !core.encryption, fileName);
-    }
   }
+  if (pending) yield pending;
+}
+
+/** Whether `b` continues `a` as one extent (mergeExtents' rule): same kind, depth and file, adjacent, host offsets both absent or contiguous. */
+function canMerge(a: Extent, b: Extent): boolean {
+  if (a.kind !== b.kind || a.depth !== b.depth || a.file !== b.file || a.offset + a.length !== b.offset) return false;
+  if (a.hostOffset === undefined || b.hostOffset === undefined) return a.hostOffset === b.hostOffset;
+  return a.hostOffset + a.length === b.hostOffset;
 }

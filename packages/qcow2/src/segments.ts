@@ -145,11 +145,37 @@ export async function* segments(state: ReaderState, view: MappingView, start: nu
     else walkTable(state, m, await loadL2(state, l2Offset, l1Index), l2Offset, pos, l1End);
     pos = l1End;
     if (m.out.length) {
-      // One yield per segment: `yield*` over an array wraps it in an async iterator, which a 4 KiB read pays for.
+      // One yield per segment: `yield*` over an array wraps it in an async iterator, which a 4 KiB read pays for
+      // (and so would a generator of batches under this one).
       for (const seg of m.out) yield seg;
       m.out.length = 0;
     }
   }
   m.flush();
   for (const seg of m.out) yield seg;
+}
+
+/**
+ * {@link segments} an L2 table's worth at a time, for walks over millions
+ * of them (extents): a promise per segment cost more than the walk. Each
+ * batch is reused for the next one: take what it holds before asking again.
+ */
+export async function* segmentBatches(state: ReaderState, view: MappingView, start: number, end: number): AsyncGenerator<readonly Segment[]> {
+  const { clusterSize: cs, l2Coverage } = state.geom;
+  const m = new RunMerger();
+  let pos = start;
+  while (pos < end) {
+    const l1Index = Math.floor(pos / l2Coverage);
+    const l1End = Math.min(end, (l1Index + 1) * l2Coverage);
+    const l2Offset = l1EntryOffset(view.l1, l1Index, cs, state.file, view.l1Offset);
+    if (l2Offset === 0) m.add(HOLE, pos, l1End - pos, -1);
+    else walkTable(state, m, await loadL2(state, l2Offset, l1Index), l2Offset, pos, l1End);
+    pos = l1End;
+    if (m.out.length) {
+      yield m.out;
+      m.out.length = 0;
+    }
+  }
+  m.flush();
+  if (m.out.length) yield m.out;
 }

@@ -46,16 +46,44 @@ export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Stor
   const windows = new Map<Storage, HoleWindow>();
   const alike = (a: MapExtent, b: MapExtent): boolean =>
     a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
+  // Whether `pending` is a copy made here (grown in place), not an extent as it came.
+  let owned = false;
+  const files = new FileNames();
   for await (const e of disk.extents({ ...range, hostOffsets: true })) {
-    for (const piece of await splitAtFileHoles(e, storages, windows)) {
-      if (pending && alike(pending, piece)) pending = { ...pending, length: pending.length + piece.length };
-      else {
+    const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(files.resolve(e.file)) : undefined;
+    let pieces: MapExtent | MapExtent[] = e;
+    if (storage?.ranges) {
+      // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
+      const w = holeWindow(storage as HoleStorage, e.hostOffset!, e.hostOffset! + e.length, windows);
+      pieces = splitAtFileHoles(e, w instanceof Promise ? await w : w);
+    }
+    for (const piece of Array.isArray(pieces) ? pieces : [pieces]) {
+      if (pending && alike(pending, piece)) {
+        if (owned) pending.length += piece.length;
+        else pending = { ...pending, length: pending.length + piece.length };
+        owned = true;
+      } else {
         if (pending) yield pending;
         pending = piece;
+        owned = false;
       }
     }
   }
   if (pending) yield pending;
+}
+
+/** Extents' file names resolved, the last one remembered (an image's extents name one or two files). */
+class FileNames {
+  #name: string | undefined;
+  #resolved = '';
+
+  resolve(name: string): string {
+    if (name !== this.#name) {
+      this.#name = name;
+      this.#resolved = resolve(name);
+    }
+    return this.#resolved;
+  }
 }
 
 /** The files of a VMDK layer's flat extents (FLAT, VMFS: raw files), as its info lists them. */
@@ -87,14 +115,20 @@ async function asksFileBelow(layer: Disk): Promise<boolean> {
 /** A storage that can tell its holes. */
 type HoleStorage = Storage & { ranges: NonNullable<Storage['ranges']> };
 
-/** The ranges `storage` reports for `[start, end)`, from the last answer when it covers them, else from a new one that starts at `start` and reaches at least a window further. */
-async function rangesAt(storage: HoleStorage, start: number, end: number, windows: Map<Storage, HoleWindow>): Promise<StorageRange[]> {
-  let w = windows.get(storage);
-  if (!w || start < w.start || end > w.end) {
-    const length = Math.max(end - start, HOLE_WINDOW);
-    w = { start, end: start + length, ranges: await storage.ranges(start, length) };
-    windows.set(storage, w);
-  }
+/** The window of `storage`'s last answer when it covers `[start, end)`, else a new answer that starts at `start` and reaches at least a window further. */
+function holeWindow(storage: HoleStorage, start: number, end: number, windows: Map<Storage, HoleWindow>): HoleWindow | Promise<HoleWindow> {
+  const w = windows.get(storage);
+  if (w && start >= w.start && end <= w.end) return w;
+  const length = Math.max(end - start, HOLE_WINDOW);
+  return storage.ranges(start, length).then((ranges) => {
+    const fresh = { start, end: start + length, ranges };
+    windows.set(storage, fresh);
+    return fresh;
+  });
+}
+
+/** The ranges of `w` that meet `[start, end)`. */
+function rangesIn(w: HoleWindow, start: number, end: number): StorageRange[] {
   const ranges = w.ranges;
   // The first range that ends after `start`, by binary search; then those that start before `end`.
   let lo = 0;
@@ -109,12 +143,14 @@ async function rangesAt(storage: HoleStorage, start: number, end: number, window
   return ranges.slice(lo, last);
 }
 
-/** `e` cut where its bytes lie in a hole of its file (or past its end): those pieces are marked `inHole`. */
-async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage>, windows: Map<Storage, HoleWindow>): Promise<MapExtent[]> {
-  const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(resolve(e.file)) : undefined;
-  if (!storage?.ranges || e.hostOffset === undefined) return [e];
-  const start = e.hostOffset;
+/** `e` (data at an offset of a file, whose holes `w` covers) cut where its bytes lie in a hole of the file (or past its end): those pieces are marked `inHole`. One piece comes back as itself, not in an array. */
+function splitAtFileHoles(e: Extent, w: HoleWindow): MapExtent | MapExtent[] {
+  const start = e.hostOffset!;
   const end = start + e.length;
+  const ranges = rangesIn(w, start, end);
+  // Most extents lie in one range of the file: all data, or all hole.
+  const only = ranges.length === 1 ? ranges[0]! : undefined;
+  if (only && only.offset <= start && only.offset + only.length >= end) return only.data ? e : { ...e, inHole: true };
   const pieces: MapExtent[] = [];
   let pos = start;
   const push = (from: number, to: number, inHole: boolean) => {
@@ -123,7 +159,7 @@ async function splitAtFileHoles(e: Extent, storages: ReadonlyMap<string, Storage
     if (last && (last.inHole === true) === inHole) last.length += to - from;
     else pieces.push({ ...e, offset: e.offset + from - start, length: to - from, hostOffset: from, ...(inHole ? { inHole: true } : {}) });
   };
-  for (const r of await rangesAt(storage as HoleStorage, start, end, windows)) {
+  for (const r of ranges) {
     const from = Math.max(pos, r.offset);
     const to = Math.min(end, r.offset + r.length);
     if (from > pos) push(pos, from, false);
@@ -192,8 +228,7 @@ export function withFileHoles(disk: Disk, storages: ReadonlyMap<string, Storage>
         yield e;
         continue;
       }
-      const { inHole: _inHole, hostOffset: _host, file: _file, ...rest } = e;
-      yield { ...rest, kind: 'zero' };
+      yield { offset: e.offset, length: e.length, kind: 'zero', ...(e.depth !== undefined ? { depth: e.depth } : {}) };
     }
   }
   return new Proxy(disk, {
