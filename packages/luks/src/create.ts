@@ -7,7 +7,7 @@
  * plus the size, nothing of the payload written. Only the header's
  * non-zero blocks are written, so the file is as sparse as qemu's.
  */
-import { driverOptions, invalidArg, isAllZero, unsupported, utf8Encode, type CreateOptions, type OptionTable, type Storage } from '@img/block';
+import { driverOptions, invalidArg, isAllZero, preallocateRange, unsupported, utf8Encode, type CreateOptions, type OptionTable, type Storage } from '@img/block';
 import { createLuksArea, luksCreateSpecOf, readyCryptoPrimitives, type LuksCreateSpec } from '@img/qcow2/luks';
 import { LuksDisk } from './disk.js';
 import { LuksImage } from './image.js';
@@ -32,6 +32,13 @@ export interface LuksCreateOptions extends CreateOptions {
   hashAlg?: string;
   /** Milliseconds of PBKDF2 a key slot takes to open (default 2000). */
   iterTime?: number;
+  /**
+   * off (default) and metadata leave the file sparse; falloc and full give
+   * the whole file its space (fallocate, or zeros), as qemu-img's luks
+   * create does with them. Either way the unwritten payload reads as the
+   * decryption of whatever the file holds there, as with qemu.
+   */
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
 }
 
 /** qemu-img's luks create options, in its `-o help` order and words. */
@@ -44,7 +51,11 @@ export const LUKS_CREATE_OPTIONS: OptionTable = [
   { key: 'ivgenHashAlg', name: 'ivgen-hash-alg', kind: 'str', help: 'Name of IV generator hash algorithm' },
   { key: 'keySecret', name: 'key-secret', kind: 'str', help: 'ID of the secret that provides the keyslot passphrase' },
   { key: 'size', name: 'size', kind: 'size', help: 'Virtual disk size' },
+  // qemu-img takes it as an option of the file underneath (its -o help lists it under "the protocol level").
+  { key: 'preallocation', name: 'preallocation', kind: 'str', help: 'off (default), metadata, falloc or full: falloc and full give the whole file its space' },
 ];
+
+const PREALLOCATIONS = ['off', 'metadata', 'falloc', 'full'] as const;
 
 /** Typed keys create takes beyond the table. */
 export const LUKS_TYPED_CREATE_KEYS: readonly string[] = ['passphrase'];
@@ -55,10 +66,14 @@ export function luksCreateSpec(o: Record<string, unknown>): LuksCreateSpec {
 }
 
 /** The options of a create, under typed keys (`-o` names accepted too), with the passphrase required. */
-export function luksCreateOptionsFrom(given: object): { size: number; spec: LuksCreateSpec; passphrase: Uint8Array } {
+export function luksCreateOptionsFrom(given: object): { size: number; spec: LuksCreateSpec; passphrase: Uint8Array; preallocation: (typeof PREALLOCATIONS)[number] } {
   const o = driverOptions(FORMAT, LUKS_CREATE_OPTIONS, given, { extra: LUKS_TYPED_CREATE_KEYS });
   const size = o.size;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw invalidArg(FORMAT, `invalid size ${String(size)}`, { field: 'size' });
+  const preallocation = o.preallocation ?? 'off';
+  if (!(PREALLOCATIONS as readonly unknown[]).includes(preallocation)) {
+    throw invalidArg(FORMAT, `Parameter 'preallocation' does not accept value '${String(preallocation)}' (off, metadata, falloc, full)`, { field: 'preallocation', actual: preallocation });
+  }
   const spec = luksCreateSpec(o);
   const passphrase = o.passphrase;
   if (passphrase === undefined) {
@@ -71,7 +86,7 @@ export function luksCreateOptionsFrom(given: object): { size: number; spec: Luks
     );
   }
   if (typeof passphrase !== 'string' && !(passphrase instanceof Uint8Array)) throw invalidArg(FORMAT, 'passphrase is a string or bytes', { field: 'passphrase' });
-  return { size, spec, passphrase: typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase };
+  return { size, spec, passphrase: typeof passphrase === 'string' ? utf8Encode(passphrase) : passphrase, preallocation: preallocation as (typeof PREALLOCATIONS)[number] };
 }
 
 /** The zero blocks of the header area are left unwritten (holes, as qemu leaves the key material of unused slots). */
@@ -88,7 +103,8 @@ const WRITE_BLOCK = 4096;
  * ```
  */
 export async function createLuks(storage: Storage, options: LuksCreateOptions): Promise<LuksDisk> {
-  const { size, spec, passphrase } = luksCreateOptionsFrom(options);
+  const { size, spec, passphrase, preallocation } = luksCreateOptionsFrom(options);
+  const allocate = preallocation === 'falloc' || preallocation === 'full';
   const crypto = await readyCryptoPrimitives();
   if (!crypto) throw unsupported(FORMAT, storage.name, 'creating a LUKS image needs crypto primitives, and this platform has none installed (setQcow2CryptoPrimitives of @img/qcow2)', { field: 'cipher-alg' });
   for (const hash of [spec.hash, ...(spec.spec.ivgenHash !== undefined ? [spec.spec.ivgenHash] : [])]) {
@@ -99,9 +115,11 @@ export async function createLuks(storage: Storage, options: LuksCreateOptions): 
   await storage.truncate(0);
   for (let at = 0; at < area.length; at += WRITE_BLOCK) {
     const block = area.subarray(at, Math.min(area.length, at + WRITE_BLOCK));
-    if (!isAllZero(block)) await storage.write(at, block);
+    // Preallocated: the header's zero blocks are written too, so that the whole file has its space.
+    if (allocate || !isAllZero(block)) await storage.write(at, block);
   }
   await storage.truncate(area.length + size);
+  if (allocate) await preallocateRange(storage, area.length, size, preallocation);
   await storage.flush();
   // Read back as any open reads it, so that the new image is held to the same bounds.
   const { header, payloadOffset } = await readLuksVolume(storage, area.length + size, storage.name);

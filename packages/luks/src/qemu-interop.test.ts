@@ -196,6 +196,30 @@ describeQemu('luks images with qemu-img', () => {
     await expect(measureLuks({ size: 1 << 20 })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG', message: "luks: Parameter 'key-secret' is required for cipher" });
   }, 300_000);
 
+  it('preallocation: falloc and full give the whole file its space, as qemu-img create -f luks does; off and metadata leave it sparse', async () => {
+    for (const mode of ['off', 'metadata', 'falloc', 'full'] as const) {
+      qemuLuks(['create', '-q', '-f', 'luks', ...secret, '-o', `key-secret=s,iter-time=10,preallocation=${mode}`, p(`q-${mode}.luks`), '3M']);
+      const storage = await FileStorage.create(p(`i-${mode}.luks`));
+      const disk = await createLuks(storage, { size: 3 << 20, passphrase: PASS, iterTime: 10, preallocation: mode });
+      await disk.close();
+      await storage.close();
+      const [q, i] = [statSync(p(`q-${mode}.luks`)), statSync(p(`i-${mode}.luks`))];
+      expect(i.size, mode).toBe(q.size);
+      const full = (st: typeof q) => st.blocks * 512 >= st.size;
+      expect([full(i), full(q)], mode).toEqual(mode === 'falloc' || mode === 'full' ? [true, true] : [false, false]);
+      // Whatever the payload holds, both tools decrypt it alike.
+      qemuImg(['convert', ...secret, '--image-opts', opts(p(`i-${mode}.luks`)), '-O', 'raw', p(`i-${mode}.raw`)]);
+      const mine = await open(`i-${mode}.luks`, { passphrase: PASS });
+      const bytes = new Uint8Array(mine.size);
+      await mine.readInto(0, bytes);
+      await mine.close();
+      expect(Buffer.from(bytes).equals(readFileSync(p(`i-${mode}.raw`))), mode).toBe(true);
+    }
+    const bad = await FileStorage.create(p('bad.luks'));
+    await expect(createLuks(bad, { size: 1 << 20, passphrase: PASS, iterTime: 10, preallocation: 'sparse' as 'off' })).rejects.toThrow("luks: Parameter 'preallocation' does not accept value 'sparse' (off, metadata, falloc, full)");
+    await bad.close();
+  }, 300_000);
+
   it('refuses a wrong passphrase and a writable open without one, naming the file', async () => {
     const name = 'aes-128-cbc-essiv';
     await expect(open(`${name}.luks`, { passphrase: 'wrong' })).rejects.toMatchObject({ code: 'ERR_IMG_INVALID_ARG', message: expect.stringMatching(/^luks: .*passphrase unlocks none/) });

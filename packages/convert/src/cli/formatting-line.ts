@@ -42,7 +42,7 @@ const ORDER: Record<string, Printed[]> = {
   vpc: [{ key: 'size' }, { key: 'subformat' }, { key: 'force_size' }],
   vmdk: [{ key: 'size' }, { key: 'adapter_type' }, { key: 'backing_file' }, { key: 'backing_fmt' }, { key: 'compat6', default: 'off' }, { key: 'hwversion', default: 'undefined' }, { key: 'toolsversion' }, { key: 'subformat' }, { key: 'zeroed_grain' }],
   raw: [{ key: 'size' }, { key: 'preallocation' }],
-  luks: [{ key: 'size' }, { key: 'key-secret' }, { key: 'cipher-alg' }, { key: 'cipher-mode' }, { key: 'ivgen-alg' }, { key: 'ivgen-hash-alg' }, { key: 'hash-alg' }, { key: 'iter-time' }],
+  luks: [{ key: 'size' }, { key: 'key-secret' }, { key: 'cipher-alg' }, { key: 'cipher-mode' }, { key: 'ivgen-alg' }, { key: 'ivgen-hash-alg' }, { key: 'hash-alg' }, { key: 'iter-time' }, { key: 'preallocation' }],
 };
 
 /**
