@@ -30,7 +30,7 @@ import { writeCases } from './write-cases.mjs';
 const USAGE = 'usage: nice node tools/interop/campaign.mjs [--seed 1] [--random 40] [--part read,write] [--formats qcow2,vpc,vmdk,raw] [--work /tmp/interop] [--timeout 20000] [--heap-mib 512] [--only r17] [--match text] [--keep] [--luks-ciphers aes|all]\n';
 
 function args() {
-  const a = campaignArgs({ seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined, 'luks-ciphers': 'aes' }, USAGE);
+  const a = campaignArgs({ seed: 1, random: 40, part: 'read,write', formats: 'qcow2,vpc,vmdk,raw', work: '/tmp/interop', timeout: 20_000, 'heap-mib': 512, only: undefined, match: undefined, 'luks-ciphers': 'all' }, USAGE);
   return { ...a, luksCiphers: luksCipherSet(a['luks-ciphers']), seed: Number(a.seed), random: Number(a.random), timeout: Number(a.timeout), heap: Number(a['heap-mib']), part: a.part.split(','), formats: a.formats.split(',') };
 }
 
