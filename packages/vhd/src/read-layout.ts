@@ -15,6 +15,7 @@ import { SIZE_MODES, type VhdOpenOptions } from './open-options.js';
 import { MAX_LOCATOR_DATA, PLATFORM_CODE } from './parent-locator.js';
 import { vhdProblem, type VhdProblem } from './problems.js';
 import { blockAlignment, isWriterPadding, reservedSpace } from './reserved-space.js';
+import { overlappingBlocks, sortedBlockStarts } from './block-starts.js';
 import { FORMAT, MAX_BLOCK_SIZE, type VhdState } from './state.js';
 
 /** Largest block size an untrusted open accepts (the largest any known writer uses). */
@@ -336,8 +337,12 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
   for (const m of metadata) nextFree = Math.max(nextFree, m.end);
   nextFree = Math.ceil(nextFree / VHD_SECTOR) * VHD_SECTOR;
   const span = s.bitmapBytes + bs;
-  const blocks: Array<{ start: number; index: number }> = [];
   const signed = signedEntries(s.bat);
+  let allocated = 0;
+  for (let i = nextAllocated(signed, 0, entries); i < entries; i = nextAllocated(signed, i + 1, entries)) allocated++;
+  // One number a block (see block-starts.ts); entries found bad are left out, so the array is cut to those kept.
+  const starts = new Float64Array(allocated);
+  let kept = 0;
   for (let i = nextAllocated(signed, 0, entries); i < entries; i = nextAllocated(signed, i + 1, entries)) {
     const e = s.bat[i]!;
     const start = e * VHD_SECTOR;
@@ -368,40 +373,25 @@ async function readDynamic(s: VhdState, fileSize: number, options: VhdOpenOption
       s.bat[i] = BAT_UNUSED;
       continue;
     }
-    blocks.push({ start, index: i });
+    starts[kept++] = start;
     nextFree = Math.max(nextFree, start + span);
   }
-  blocks.sort((a, b) => a.start - b.start);
-  for (let k = 1; k < blocks.length; k++) {
-    const a = blocks[k - 1]!;
-    const b = blocks[k]!;
-    if (a.start + span > b.start) {
-      if (batProblems) {
-        const batAt = h.tableOffset + b.index * 4;
-        batProblems.push(vhdProblem('bat-entries-overlap', 'corruption', `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, batAt));
-        continue;
-      }
-      throw corrupt(FORMAT, file, `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`, {
-        field: `BAT entry ${b.index}`,
-        offset: h.tableOffset + b.index * 4,
-      });
-    }
+  const blocks = sortedBlockStarts(starts.subarray(0, kept), span);
+  const overlapping = overlappingBlocks(blocks, s.bat, batProblems ? Infinity : 1);
+  for (const [a, b] of overlapping) {
+    const batAt = h.tableOffset + b.index * 4;
+    const message = `BAT entries ${a.index} and ${b.index} point at overlapping blocks (${hex(a.start)}, ${hex(b.start)})`;
+    if (!batProblems) throw corrupt(FORMAT, file, message, { field: `BAT entry ${b.index}`, offset: batAt });
+    batProblems.push(vhdProblem('bat-entries-overlap', 'corruption', message, batAt));
   }
   // Space a writer reserved (locator space, blktap's batmap) is never allocated over.
-  s.reserved = await reservedSpace(
-    s,
-    fileSize,
-    blocks.map((b) => ({ start: b.start, end: b.start + span })),
-  );
+  s.reserved = await reservedSpace(s, fileSize, blocks);
   for (const r of s.reserved) nextFree = Math.max(nextFree, r.end);
   // A footer behind alignment padding (a BAT padded to 2 MiB, blocks aligned) stays where its writer put it.
   const tailAt = fileSize - FOOTER_SIZE;
   if (tailFooterValid && tailAt > nextFree) {
-    const alignment = blockAlignment(
-      blocks.map((b) => b.start),
-      s.bitmapBytes,
-    );
-    if (isWriterPadding({ start: nextFree, end: tailAt }, { beforeFirstBlock: blocks.length === 0, nextIsBlock: false, blockSpan: span, ...alignment })) nextFree = tailAt;
+    const alignment = blockAlignment(blocks.starts, s.bitmapBytes);
+    if (isWriterPadding({ start: nextFree, end: tailAt }, { beforeFirstBlock: blocks.starts.length === 0, nextIsBlock: false, blockSpan: span, ...alignment })) nextFree = tailAt;
   }
   s.nextFree = nextFree;
 }

@@ -11,6 +11,7 @@ import { readU32Be, type Storage } from '@img/block';
 import { FOOTER_SIZE, readCookie } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdState } from './state.js';
+import { blockOverlaps, type BlockStarts } from './block-starts.js';
 
 /** A byte range of the file, [start, end). */
 export interface VhdRegion {
@@ -70,12 +71,12 @@ async function batmapRegions(storage: Storage, at: number, limit: number): Promi
  * the header, the BAT or a block, or reach into the footer at the end, is
  * not one (the writer cannot have meant it) and is left out.
  */
-export async function reservedSpace(s: VhdState, fileSize: number, blocks: ReadonlyArray<{ start: number; end: number }>): Promise<VhdRegion[]> {
+export async function reservedSpace(s: VhdState, fileSize: number, blocks: BlockStarts): Promise<VhdRegion[]> {
   const h = s.header;
   if (!h) return [];
   const limit = fileSize - FOOTER_SIZE;
   const fixed = s.metadata.slice(0, 3);
-  const clear = (r: VhdRegion) => r.start >= VHD_SECTOR && r.end <= limit && !fixed.some((m) => overlaps(m, r)) && !blocks.some((b) => overlaps(b, r));
+  const clear = (r: VhdRegion) => r.start >= VHD_SECTOR && r.end <= limit && !fixed.some((m) => overlaps(m, r)) && !blockOverlaps(blocks, r);
   const out: VhdRegion[] = [];
   h.parentLocators.forEach((l, i) => {
     const start = l.platformDataOffset;
@@ -99,11 +100,11 @@ export async function reservedSpace(s: VhdState, fileSize: number, blocks: Reado
  * Windows aligns data to 4 KiB, Hyper-V blocks to 2 MiB. 0 when there are
  * no blocks or the first is not aligned to 4 KiB or more.
  */
-export function blockAlignment(blockStarts: readonly number[], bitmapBytes: number): { alignment: number; anchor: number } {
+export function blockAlignment(blockStarts: ArrayLike<number>, bitmapBytes: number): { alignment: number; anchor: number } {
   let best = { alignment: 0, anchor: 0 };
   if (blockStarts.length === 0) return best;
   let first = Infinity;
-  for (const b of blockStarts) first = Math.min(first, b);
+  for (let i = 0; i < blockStarts.length; i++) first = Math.min(first, blockStarts[i]!);
   for (const anchor of [0, bitmapBytes]) {
     for (const a of WRITER_ALIGNMENTS) if (a > best.alignment && (first + anchor) % a === 0) best = { alignment: a, anchor };
   }
