@@ -26,6 +26,7 @@
  */
 import { ImageError, hex, type CheckOptions, type CheckResult, type Storage } from '@img/block';
 import { nextAllocated, signedEntries } from './bat.js';
+import { sortedBlockStarts } from './block-starts.js';
 import { testBit } from './bitmap.js';
 import { FOOTER_SIZE } from './footer.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -184,18 +185,21 @@ async function checkOnce(storage: Storage, options: VhdCheckOptions): Promise<Vh
   }
   const needed = Math.ceil(s.size / s.blockSize);
   const span = s.bitmapBytes + s.blockSize;
-  const regions: Array<{ start: number; end: number; block: boolean }> = [...s.metadata, ...(s.reserved ?? [])].map((m) => ({ start: m.start, end: m.end, block: false }));
-  const blockStarts: number[] = [];
+  // Metadata and reserved regions are few; blocks are one number each (see block-starts.ts), merged with them by start.
+  const others = [...s.metadata, ...(s.reserved ?? [])].map((m) => ({ start: m.start, end: m.end })).sort((a, b) => a.start - b.start);
+  const signed = signedEntries(s.bat);
+  let entries = 0;
+  for (let i = nextAllocated(signed, 0, s.bat.length); i < s.bat.length; i = nextAllocated(signed, i + 1, s.bat.length)) entries++;
+  const starts = new Float64Array(entries);
+  let kept = 0;
   let allocated = 0;
   let fragmented = 0;
   let previousEnd = -1;
   let paddedBlocks = 0;
-  const signed = signedEntries(s.bat);
   for (let i = nextAllocated(signed, 0, s.bat.length); i < s.bat.length; i = nextAllocated(signed, i + 1, s.bat.length)) {
     const e = s.bat[i]!;
     const start = e * VHD_SECTOR;
-    regions.push({ start, end: start + span, block: true });
-    blockStarts.push(start);
+    starts[kept++] = start;
     if (i >= needed) {
       report(vhdProblem('bat-entry-past-disk', 'leak', `BAT entry ${i} is allocated (${hex(start)}) but lies past the end of the disk`, s.header!.tableOffset + i * 4));
       continue;
@@ -206,19 +210,22 @@ async function checkOnce(storage: Storage, options: VhdCheckOptions): Promise<Vh
     if (await paddingBitsSet(s, i)) paddedBlocks++;
   }
   if (paddedBlocks) report(vhdProblem('bitmap-padding', 'info', `${paddedBlocks} blocks have sector bitmap padding bits set (harmless: qemu sets them)`));
-  regions.sort((a, b) => a.start - b.start);
-  let firstBlock = Infinity;
-  for (const b of blockStarts) firstBlock = Math.min(firstBlock, b);
-  const alignment = blockAlignment(blockStarts, s.bitmapBytes);
+  const blocks = sortedBlockStarts(starts, span).starts;
+  const firstBlock = blocks.length ? blocks[0]! : Infinity;
+  const alignment = blockAlignment(blocks, s.bitmapBytes);
   let pos = 0;
-  for (const r of regions) {
-    if (r.start > pos && pos >= FOOTER_SIZE) {
-      const gap = { start: pos, end: r.start };
-      if (!isWriterPadding(gap, { beforeFirstBlock: r.start <= firstBlock, nextIsBlock: r.block, blockSpan: span, ...alignment })) {
-        report(vhdProblem('unreferenced-space', 'leak', `${r.start - pos} unreferenced bytes at ${hex(pos)}`, pos));
+  // Regions by start, a metadata region before a block that starts with it.
+  for (let m = 0, b = 0; m < others.length || b < blocks.length;) {
+    const block = m >= others.length || (b < blocks.length && blocks[b]! < others[m]!.start);
+    const rStart = block ? blocks[b]! : others[m]!.start;
+    const rEnd = block ? blocks[b++]! + span : others[m++]!.end;
+    if (rStart > pos && pos >= FOOTER_SIZE) {
+      const gap = { start: pos, end: rStart };
+      if (!isWriterPadding(gap, { beforeFirstBlock: rStart <= firstBlock, nextIsBlock: block, blockSpan: span, ...alignment })) {
+        report(vhdProblem('unreferenced-space', 'leak', `${rStart - pos} unreferenced bytes at ${hex(pos)}`, pos));
       }
     }
-    pos = Math.max(pos, r.end);
+    pos = Math.max(pos, rEnd);
   }
   const end = s.nextFree + FOOTER_SIZE;
   result.imageEndOffset = end;
