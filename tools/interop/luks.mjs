@@ -7,10 +7,10 @@ import { SECRET_ID } from './lib.mjs';
 export const LUKS_VALUES = {
   'encrypt.format': ['luks'],
   'encrypt.key-secret': [SECRET_ID],
-  'encrypt.cipher-alg': ['aes-128', 'aes-192', 'aes-256'],
-  'encrypt.cipher-mode': ['xts', 'cbc'],
+  'encrypt.cipher-alg': ['aes-128', 'aes-192', 'aes-256', 'serpent-128', 'serpent-192', 'serpent-256', 'twofish-128', 'twofish-192', 'twofish-256', 'cast5-128'],
+  'encrypt.cipher-mode': ['xts', 'cbc', 'ecb', 'ctr'],
   'encrypt.ivgen-alg': ['plain', 'plain64', 'essiv'],
-  // essiv keys AES with the digest: 16 bytes (md5) or 32 (sha256); sha1, sha224, sha384 and sha512 are refused by both tools.
+  // essiv keys the cipher with the digest: 16 bytes (md5) or 32 (sha256, not cast5); sha1, sha224, sha384 and sha512 are refused by both tools.
   'encrypt.ivgen-hash-alg': ['sha256', 'md5'],
   'encrypt.hash-alg': ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'],
   'encrypt.iter-time': ['10', '50'],
@@ -31,29 +31,17 @@ const DEFAULTS = { 'encrypt.cipher-alg': 'aes-256', 'encrypt.cipher-mode': 'xts'
 
 /**
  * Random encrypt.* options (name -> value) valid for both tools, with
- * `force` fixing some. Each option not forced is left out (its default)
- * now and then. aes-192 goes with xts only: in cbc mode its key material
- * is 187.5 sectors, and qemu-img 7.2 aborts on an assertion opening such an
- * image. ivgen-hash-alg beside plain or plain64 is stored in the cipher
- * name ("xts-plain64:sha256") by both tools and not used. iter-time is always
- * given: the default, 2 s of PBKDF2 per open, would use up the case's
- * budget.
+ * `force` fixing some: the luks format's draws (luksFormatOptions, every
+ * cipher and mode qemu-img 7.2 writes) under the encrypt. prefix. Each
+ * option not forced is left out (its default) now and then; iter-time is
+ * always given: the default, 2 s of PBKDF2 per open, would use up the
+ * case's budget.
  */
 export function luksOptions(r, force = {}) {
-  const pick = (key) => (key in force ? force[key] : r.chance(0.25) ? undefined : r.pick(LUKS_VALUES[key]));
+  const own = {};
+  for (const [k, v] of Object.entries(force)) if (k.startsWith('encrypt.') && k !== 'encrypt.format' && k !== 'encrypt.key-secret') own[k.slice('encrypt.'.length)] = v;
   const o = { 'encrypt.format': 'luks', 'encrypt.key-secret': SECRET_ID };
-  for (const key of ['encrypt.cipher-alg', 'encrypt.cipher-mode', 'encrypt.ivgen-alg', 'encrypt.ivgen-hash-alg', 'encrypt.hash-alg']) {
-    const v = pick(key);
-    if (v !== undefined) o[key] = v;
-  }
-  if ((o['encrypt.cipher-alg'] ?? DEFAULTS['encrypt.cipher-alg']) === 'aes-192' && o['encrypt.cipher-mode'] === 'cbc') {
-    if ('encrypt.cipher-alg' in force) o['encrypt.cipher-mode'] = 'xts';
-    else o['encrypt.cipher-alg'] = r.pick(['aes-128', 'aes-256']);
-  }
-  if ('encrypt.ivgen-hash-alg' in force) o['encrypt.ivgen-alg'] = 'essiv';
-  // Beside plain or plain64 the hash is kept half the time: both tools write it into the cipher name, unused.
-  if (o['encrypt.ivgen-alg'] !== 'essiv' && r.chance(0.5)) delete o['encrypt.ivgen-hash-alg'];
-  o['encrypt.iter-time'] = force['encrypt.iter-time'] ?? r.pick(ITER_TIMES);
+  for (const [k, v] of Object.entries(luksFormatOptions(r, luksCipherSet('all'), own))) if (k !== 'key-secret') o[`encrypt.${k}`] = v;
   return o;
 }
 
