@@ -134,25 +134,8 @@ function walkTable(state: ReaderState, m: RunMerger, table: Uint8Array, l2Offset
  * contiguous; compressed clusters never), from L1/L2 metadata only.
  */
 export async function* segments(state: ReaderState, view: MappingView, start: number, end: number): AsyncGenerator<Segment> {
-  const { clusterSize: cs, l2Coverage } = state.geom;
-  const m = new RunMerger();
-  let pos = start;
-  while (pos < end) {
-    const l1Index = Math.floor(pos / l2Coverage);
-    const l1End = Math.min(end, (l1Index + 1) * l2Coverage);
-    const l2Offset = l1EntryOffset(view.l1, l1Index, cs, state.file, view.l1Offset);
-    if (l2Offset === 0) m.add(HOLE, pos, l1End - pos, -1);
-    else walkTable(state, m, await loadL2(state, l2Offset, l1Index), l2Offset, pos, l1End);
-    pos = l1End;
-    if (m.out.length) {
-      // One yield per segment: `yield*` over an array wraps it in an async iterator, which a 4 KiB read pays for
-      // (and so would a generator of batches under this one).
-      for (const seg of m.out) yield seg;
-      m.out.length = 0;
-    }
-  }
-  m.flush();
-  for (const seg of m.out) yield seg;
+  // One yield per segment: `yield*` over a batch would wrap it in an async iterator, which a 4 KiB read pays for.
+  for await (const batch of segmentBatches(state, view, start, end)) for (const seg of batch) yield seg;
 }
 
 /**
