@@ -119,6 +119,10 @@ describeQemu('luks images on the command line', () => {
     expect(c.status).toBe(qemuImg(['check', ...secret, ...io], { allowFail: true }).status);
     expect(c.status).toBe(63);
     expect(c.stderr).toMatch(/does not support checks/);
+    // Without the secret the volume does not open, in qemu-img as in img: status 1.
+    const locked = run('img', ['check', p('q.luks')]);
+    expect([locked.status, qemuImg(['check', p('q.luks')], { allowFail: true }).status]).toEqual([1, 1]);
+    expect(locked.stderr).toMatch(/^img check: ERR_IMG_INVALID_ARG: luks: .*q\.luks: Parameter 'key-secret' is required for cipher/);
     for (const args of [
       ['-O', 'luks', '-o', 'key-secret=sec0', '--size', '1G'],
       ['-O', 'luks', '-o', 'key-secret=sec0,cipher-alg=aes-128,cipher-mode=cbc', '--size', '1000'],

@@ -2,7 +2,7 @@
  * img check: consistency check and repair, with qemu-img check's output and exit status.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, unsupported } from '@img/block';
+import { ImageError, invalidArg, unsupported } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
@@ -51,6 +51,11 @@ export const check: Handler = async (argv, io) => {
       ...(values.f !== undefined ? { format: values.f } : {}),
     });
     const driver = registry.require(format);
+    // A luks volume without its passphrase does not open in qemu-img (status 1); with it, it has no check (63).
+    if (driver.name === 'luks' && opened.passphrase === undefined) {
+      const e = invalidArg('luks', `${path}: Parameter 'key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
+      throw new ExitCode(1, `${e.code}: ${e.message}`);
+    }
     // As qemu-img check: status 63 says the format has no check (scripts tell it from a failed one, 1).
     if (!driver.check) throw new ExitCode(63, `ERR_IMG_UNSUPPORTED: ${unsupported(driver.name, path, 'this format does not support checks').message}`);
     // A VMDK's extent files are the image itself, not its chain: they are opened and checked (a missing one fails the
