@@ -207,19 +207,8 @@ export class SectorCipher {
 
   /** Decrypts whole sectors in place; `first` is the first one's number. */
   decrypt(first: number, data: Uint8Array): void {
-    const count = data.length / SECTOR;
-    if (!Number.isInteger(count)) throw new RangeError('decrypt: not whole sectors');
+    const count = this.#streamModes(first, data, 'decrypt');
     if (count === 0) return;
-    switch (this.spec.mode) {
-      case 'xts':
-        return this.#xts(first, data, 'decrypt');
-      case 'ecb':
-        return this.#data.decrypt(data);
-      case 'ctr':
-        return this.#ctr(first, data);
-      case 'cbc':
-        break;
-    }
     // CBC: each block is the block cipher's inverse of it, XORed with the block before it (the IV for a sector's first).
     const block = this.#block;
     const ivs = this.#ivs(first, count);
@@ -235,21 +224,35 @@ export class SectorCipher {
 
   /** Encrypts whole sectors in place; `first` is the first one's number. */
   encrypt(first: number, data: Uint8Array): void {
-    const count = data.length / SECTOR;
-    if (!Number.isInteger(count)) throw new RangeError('encrypt: not whole sectors');
+    const count = this.#streamModes(first, data, 'encrypt');
     if (count === 0) return;
-    switch (this.spec.mode) {
-      case 'xts':
-        return this.#xts(first, data, 'encrypt');
-      case 'ecb':
-        return this.#data.encrypt(data);
-      case 'ctr':
-        return this.#ctr(first, data);
-      case 'cbc':
-        break;
-    }
     const block = this.#block;
     const ivs = this.#ivs(first, count);
     for (let i = 0; i < count; i++) this.#data.cbcEncrypt(ivs.subarray(i * block, (i + 1) * block), data.subarray(i * SECTOR, (i + 1) * SECTOR));
+  }
+
+  /**
+   * Checks that `data` is whole sectors and runs the modes whose two
+   * directions share their code (xts, ecb, ctr); answers the sectors CBC,
+   * whose directions differ, has left to do (0 once done).
+   */
+  #streamModes(first: number, data: Uint8Array, direction: 'encrypt' | 'decrypt'): number {
+    const count = data.length / SECTOR;
+    if (!Number.isInteger(count)) throw new RangeError(`${direction}: not whole sectors`);
+    if (count === 0) return 0;
+    switch (this.spec.mode) {
+      case 'xts':
+        this.#xts(first, data, direction);
+        return 0;
+      case 'ecb':
+        if (direction === 'encrypt') this.#data.encrypt(data);
+        else this.#data.decrypt(data);
+        return 0;
+      case 'ctr':
+        this.#ctr(first, data);
+        return 0;
+      case 'cbc':
+        return count;
+    }
   }
 }
