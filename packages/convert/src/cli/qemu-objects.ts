@@ -8,7 +8,7 @@
  * string becomes its file name, and what it said is looked up by that name
  * when the command opens the file.
  */
-import { ImageError, type BackingOpenOptions } from '@img/block';
+import { ImageError, invalidArg, type BackingOpenOptions } from '@img/block';
 import { isJsonName, jsonNameOptions, qemuImageSpec, type QemuImageSpec } from '../node/qemu-names.js';
 import { ExitCode } from './common.js';
 
@@ -39,6 +39,11 @@ export function imageOptsFor(path: string): ImageOpts | undefined {
 /** The output file convert's --target-image-opts named (its options are {@link imageOptsFor} that name). */
 export function targetImageOptsPath(): string | undefined {
   return target;
+}
+
+/** qemu-img's refusal of an encrypted image given without its secret (luks names it key-secret, qcow2 encrypt.key-secret). */
+export function missingSecretError(format: string, path: string): ImageError {
+  return invalidArg(format, `${path}: Parameter '${format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
 }
 
 /** The open options --image-opts gave `path`: its passphrase, and its format where -f gave none. */

@@ -2,7 +2,7 @@
  * img check: consistency check and repair, with qemu-img check's output and exit status.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, invalidArg, unsupported } from '@img/block';
+import { ImageError, unsupported } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
@@ -10,7 +10,7 @@ import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf, openImageFile, refusingResolver } from '../../node.js';
-import { imageOpenOptions } from '../qemu-objects.js';
+import { imageOpenOptions, missingSecretError } from '../qemu-objects.js';
 import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
 
 /** img check. */
@@ -53,7 +53,7 @@ export const check: Handler = async (argv, io) => {
     const driver = registry.require(format);
     // A luks volume without its passphrase does not open in qemu-img (status 1); with it, it has no check (63).
     if (driver.name === 'luks' && opened.passphrase === undefined) {
-      const e = invalidArg('luks', `${path}: Parameter 'key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
+      const e = missingSecretError('luks', path);
       throw new ExitCode(1, `${e.code}: ${e.message}`);
     }
     // As qemu-img check: status 63 says the format has no check (scripts tell it from a failed one, 1).

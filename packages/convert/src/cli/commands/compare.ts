@@ -2,12 +2,12 @@
  * img compare: whether two images read the same, as qemu-img compare.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, invalidArg, type Disk, type Extent } from '@img/block';
+import { ImageError, type Disk, type Extent } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
-import { imageOpenOptions } from '../qemu-objects.js';
+import { imageOpenOptions, missingSecretError } from '../qemu-objects.js';
 import { type Handler, commonNoOutput, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
@@ -46,7 +46,7 @@ export const compare: Handler = async (argv, io) => {
       if (imageOpenOptions(path, format).passphrase === undefined && (await disk.info?.())?.encrypted) {
         await a.close();
         await b.close();
-        throw invalidArg(disk.format, `${path}: Parameter '${disk.format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
+        throw missingSecretError(disk.format, path);
       }
     }
     try {
