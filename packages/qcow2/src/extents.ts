@@ -3,7 +3,7 @@
  * only: unallocated ranges are resolved through the backing chain (depth
  * = layer), unless the caller asks for the top layer alone.
  */
-import { extentRange } from '@img/block';
+import { extentRange, FileHoles, splitAtFileHoles } from '@img/block';
 import type { Extent, ExtentOptions } from '@img/block';
 import { segmentExtent } from './reader.js';
 import type { MappingView } from './mapping-view.js';
@@ -14,7 +14,7 @@ import type { Qcow2Image } from './core.js';
 export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent> {
   core.assertOpen();
   const { start, end } = extentRange(options, view.size);
-  return extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false);
+  return extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false, options?.fileHoles ?? false);
 }
 
 /**
@@ -23,10 +23,14 @@ export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: Exte
  * a promise per extent in each of three generators (segments, runs, merge),
  * more than the walk itself.
  */
-async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean): AsyncGenerator<Extent> {
-  const fileName = core.dataFile?.name ?? core.storage.name;
-  // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either).
+async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean, fileHoles: boolean): AsyncGenerator<Extent> {
+  const file = core.dataFile ?? core.storage;
+  const fileName = file.name;
+  // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either),
+  // and a hole of its file reads as zeros before decryption, not after.
   const hosts = hostOffsets && !core.encryption;
+  // With fileHoles, clusters stored over holes of the file (preallocation=metadata, a sparse copy of the image) are zeros.
+  const holes = fileHoles && !core.encryption ? await FileHoles.of(file) : undefined;
   let pending: Extent | undefined;
   /** `e` merged into the pending extent, or the pending one to yield (and `e` pending in its place). */
   const next = (e: Extent): Extent | undefined => {
@@ -43,14 +47,23 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
     for (const seg of batch) {
       const backing = core.backing;
       if (seg.kind !== 'hole' || topOnly || !backing) {
-        const out = next(segmentExtent(seg, hosts, fileName));
+        const e = segmentExtent(seg, hosts, fileName);
+        if (holes && seg.kind === 'data' && seg.host !== undefined) {
+          const split = splitAtFileHoles(e, seg.host, file, holes);
+          for (const piece of split instanceof Promise ? await split : split) {
+            const out = next(piece);
+            if (out) yield out;
+          }
+          continue;
+        }
+        const out = next(e);
         if (out) yield out;
         continue;
       }
       const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
       const { offset, length, host } = seg;
       if (inBacking > 0) {
-        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets })) {
+        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets, fileHoles })) {
           const out = next({ ...e, depth: (e.depth ?? 0) + 1 });
           if (out) yield out;
         }

@@ -4,10 +4,9 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, isAllZero, mergeExtents, parentExtents, startedAhead, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, FileHoles, mergeExtents, parentExtents, splitAtFileHoles, startedAhead, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { bitRuns } from './bitmap.js';
-import { HostRanges } from './host-ranges.js';
 import { VHD_SECTOR } from './geometry.js';
 import type { VhdImage } from './image.js';
 import { FORMAT, type VhdState } from './state.js';
@@ -51,7 +50,7 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
 async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
   const s = core.state;
   if (start >= end) return;
-  const host = options.fileHoles ? await holeMap(s) : undefined;
+  const host = options.fileHoles ? await FileHoles.of(s.storage) : undefined;
   if (s.type === 'fixed') {
     yield* fileRuns(s, start, end, start, options, host);
     return;
@@ -88,84 +87,15 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
 }
 
 /**
- * One map of the file's holes for the whole walk (asked a window at a
- * time, not once per block), or none where the storage cannot tell or
- * says it holds every byte of the file (then there is no hole to find, and
- * on tmpfs the question alone walks every page up to the end of the file).
- */
-async function holeMap(s: VhdState): Promise<HostRanges | undefined> {
-  const storage = s.storage;
-  if (!storage.ranges) return undefined;
-  const fileEnd = await storage.size();
-  if (storage.allocatedBytes && (await storage.allocatedBytes()) >= fileEnd) return undefined;
-  return new HostRanges({ ranges: (o, n) => storage.ranges!(o, n) }, fileEnd);
-}
-
-/**
  * Guest [from, to), stored at `hostOffset` in this layer's file: data, except
  * where the file has a hole (a block qemu-img allocated but wrote only in
  * part), which reads as zeros and is `zero` here, so a copy neither reads
- * nor scans it (with `fileHoles`: the file system is asked; of the data only
- * the sectors of a page beside a hole are read, to see which are zeros).
+ * nor scans it (with `fileHoles`: the file system is asked).
  */
-async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: HostRanges | undefined): AsyncGenerator<Extent> {
-  const data = (at: number, n: number): Extent => ({ offset: at, length: n, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: hostOffset + at - from, file: s.storage.name } : {}) });
-  if (!host) {
-    yield data(from, to - from);
-    return;
-  }
-  // What lies past the end of the file is a hole too: it reads as zeros.
-  const holes = await host.holes(hostOffset, to - from);
-  const pieces: Extent[] = [];
-  let pos = from;
-  for (const [holeStart, holeEnd] of holes) {
-    // Holes are pages, sectors 512 bytes: only whole sectors become zero (a partial one stays data).
-    const start = Math.max(pos, Math.ceil((from + holeStart - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
-    const stop = Math.min(to, Math.floor((from + holeEnd - hostOffset) / VHD_SECTOR) * VHD_SECTOR);
-    if (stop <= start) continue;
-    if (start > pos) pieces.push(data(pos, start - pos));
-    pieces.push({ offset: start, length: stop - start, kind: 'zero', depth: 0 });
-    pos = stop;
-  }
-  if (pos < to) pieces.push(data(pos, to - pos));
-  if (pieces.length === 1) {
-    yield pieces[0]!;
-    return;
-  }
-  // A hole starts and ends on a page boundary, so the data beside it may end (or start) with the
-  // zeros of a page written in part: those sectors (at most a page's worth) are read and become
-  // zero too, so a copy finds no zero edge to leave out and nothing to give back afterwards.
-  for (let i = 0; i < pieces.length; i++) {
-    const e = pieces[i]!;
-    if (e.kind !== 'data') {
-      yield e;
-      continue;
-    }
-    let head = e.offset;
-    let tail = e.offset + e.length;
-    if (i + 1 < pieces.length) tail -= await zeroSectors(s, hostOffset + tail - from, Math.min(EDGE, tail - head), 'tail');
-    if (i > 0 && tail > head) head += await zeroSectors(s, hostOffset + head - from, Math.min(EDGE, tail - head), 'head');
-    if (head > e.offset) yield { offset: e.offset, length: head - e.offset, kind: 'zero', depth: 0 };
-    if (tail > head) yield data(head, tail - head);
-    if (tail < e.offset + e.length) yield { offset: Math.max(head, tail), length: e.offset + e.length - Math.max(head, tail), kind: 'zero', depth: 0 };
-  }
-}
-
-/** The most bytes read beside a hole (a page of the common file systems). */
-const EDGE = 4096;
-
-/** How many whole zero sectors end (`tail`: the bytes before `at`) or start (`head`: from `at`) a `length`-byte window of the file. */
-async function zeroSectors(s: VhdState, at: number, length: number, side: 'head' | 'tail'): Promise<number> {
-  const bytes = new Uint8Array(length);
-  const n = await s.storage.readInto(side === 'tail' ? at - length : at, bytes);
-  if (n < length) bytes.fill(0, n);
-  let zero = 0;
-  for (let k = 0; k + VHD_SECTOR <= length; k += VHD_SECTOR) {
-    const sector = side === 'tail' ? bytes.subarray(length - k - VHD_SECTOR, length - k) : bytes.subarray(k, k + VHD_SECTOR);
-    if (!isAllZero(sector)) break;
-    zero += VHD_SECTOR;
-  }
-  return zero;
+async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: FileHoles | undefined): AsyncGenerator<Extent> {
+  const e: Extent = { offset: from, length: to - from, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset, file: s.storage.name } : {}) };
+  if (!host) yield e;
+  else yield* await splitAtFileHoles(e, hostOffset, s.storage, host);
 }
 
 /** Bitmaps asked for ahead of the walk (allocated blocks only). */

@@ -4,7 +4,7 @@
  * data; zeroed: zero; unallocated: the parent's extents one layer down,
  * or a hole), and an unallocated grain table skips its whole span at once.
  */
-import { parentExtents, type Extent, type ExtentOptions } from '@img/block';
+import { FileHoles, parentExtents, splitAtFileHoles, type Extent, type ExtentOptions, type Storage } from '@img/block';
 import { extentFileName, type SparseExtent, type VmdkImage } from './image.js';
 import { GTE_UNALLOCATED } from './grain-table.js';
 
@@ -13,13 +13,17 @@ export async function* extentRuns(core: VmdkImage, start: number, end: number, o
   if (start >= end) return;
   let index = core.extentIndexAt(start);
   let pos = start;
+  const holes = options.fileHoles ? new StoredZeros() : undefined;
   while (pos < end) {
     const e = core.extents[index]!;
     const stop = Math.min(end, e.start + e.length);
     if (e.kind === 'zero') yield { offset: pos, length: stop - pos, kind: 'zero', depth: 0 };
     else if (e.kind === 'flat') {
-      yield { offset: pos, length: stop - pos, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: e.fileOffset + (pos - e.start), file: extentFileName(core, e) } : {}) };
-    } else yield* sparseRuns(core, e, pos, stop, options);
+      const host = e.fileOffset + (pos - e.start);
+      const run: Extent = { offset: pos, length: stop - pos, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: host, file: extentFileName(core, e) } : {}) };
+      if (holes) yield* await holes.split(run, host, e.storage);
+      else yield run;
+    } else yield* sparseRuns(core, e, pos, stop, options, holes);
     pos = stop;
     index++;
   }
@@ -39,20 +43,25 @@ interface PendingRun {
  * next to each other in the file, when host offsets are asked for) leave as
  * one extent, so a table of 512 grains costs one await, not 512.
  */
-async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
+async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: number, options: ExtentOptions, holes: StoredZeros | undefined): AsyncGenerator<Extent> {
   const map = e.map;
   const n = map.header.numGTEsPerGT;
-  const file = options.hostOffsets ? extentFileName(core, e) : undefined;
+  // Host offsets are followed for fileHoles too (the grains over holes of the file split off as zeros).
+  const file = options.hostOffsets || holes ? extentFileName(core, e) : undefined;
   let pos = from;
   // Runs of unallocated grains are gathered and asked of the parent as one range.
   let holeStart = -1;
   let run: PendingRun | undefined;
-  const take = (): Extent | undefined => {
+  const take = (): Extent | Extent[] | Promise<Extent[]> | undefined => {
     const r = run;
     run = undefined;
     if (!r) return undefined;
     if (r.kind === 'zero') return { offset: r.offset, length: r.length, kind: 'zero', depth: 0 };
-    return { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(file !== undefined && r.hostOffset !== undefined ? { hostOffset: r.hostOffset, file } : {}) };
+    if (holes && r.hostOffset !== undefined) {
+      const stored: Extent = { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: r.hostOffset, file: file! } : {}) };
+      return holes.split(stored, r.hostOffset, e.storage);
+    }
+    return { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(options.hostOffsets && r.hostOffset !== undefined ? { hostOffset: r.hostOffset, file: file! } : {}) };
   };
   while (pos < to) {
     const inExtent = pos - e.start;
@@ -62,7 +71,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
     const table = writer ? undefined : await map.table(tableIndex);
     if (!writer && !table) {
       const done = take();
-      if (done) yield done;
+      if (done) yield* await runsOf(done);
       if (holeStart < 0) holeStart = pos;
       pos = tableEnd;
       continue;
@@ -73,7 +82,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(table![grain % n] ?? GTE_UNALLOCATED, grain);
       if (entry.kind === 'unallocated') {
         const done = take();
-        if (done) yield done;
+        if (done) yield* await runsOf(done);
         if (holeStart < 0) holeStart = pos;
         pos = next;
         continue;
@@ -88,15 +97,36 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       if (joins) run!.length += next - pos;
       else {
         const done = take();
-        if (done) yield done;
+        if (done) yield* await runsOf(done);
         run = { kind, offset: pos, length: next - pos, ...(host !== undefined ? { hostOffset: host } : {}) };
       }
       pos = next;
     }
   }
   const done = take();
-  if (done) yield done;
+  if (done) yield* await runsOf(done);
   if (holeStart >= 0) yield* extentsBelow(core, holeStart, to, options);
+}
+
+/** What `take` gave, as extents to yield. */
+async function runsOf(done: Extent | Extent[] | Promise<Extent[]>): Promise<Extent[]> {
+  return Array.isArray(done) ? done : done instanceof Promise ? await done : [done];
+}
+
+/**
+ * The holes of each extent file, asked for in one walk that wants
+ * `fileHoles`: the grains and flat bytes over them are zeros.
+ */
+class StoredZeros {
+  readonly #holes = new Map<Storage, Promise<FileHoles | undefined>>();
+
+  /** `run` (stored from `host` in `storage`) split at the file's holes. */
+  async split(run: Extent, host: number, storage: Storage): Promise<Extent[]> {
+    let holes = this.#holes.get(storage);
+    if (!holes) this.#holes.set(storage, (holes = FileHoles.of(storage)));
+    const h = await holes;
+    return h ? splitAtFileHoles(run, host, storage, h) : [run];
+  }
 }
 
 /**

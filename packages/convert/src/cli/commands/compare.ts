@@ -2,7 +2,8 @@
  * img compare: whether two images read the same, as qemu-img compare.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, type Disk, type Extent } from '@img/block';
+import { Buffer } from 'node:buffer';
+import { ImageError, isAllZero, type Disk, type Extent } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
@@ -110,7 +111,9 @@ class SparseWalk {
   #done = false;
 
   constructor(disk: Disk) {
-    this.#extents = disk.extents()[Symbol.asyncIterator]();
+    // Down to the file's holes, as qemu-img compare asks its block status: a cluster allocated over a hole of the
+    // file (preallocation=metadata, a sparse copy) reads as zeros without reading it.
+    this.#extents = disk.extents({ fileHoles: true })[Symbol.asyncIterator]();
   }
 
   /** Where the zero-or-hole range at `pos` ends, or `pos` where there is data; `pos` never goes back. */
@@ -159,13 +162,15 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
         continue;
       }
       const n = Math.min(chunk, common - pos);
-      await stage(4, a.readInto(pos, bufA.subarray(0, n)));
-      await stage(4, b.readInto(pos, bufB.subarray(0, n)));
-      for (let i = 0; i < n; i++) {
-        if (bufA[i] !== bufB[i]) {
-          const at = pos + i;
-          return { offset: at, message: mismatch(at) };
-        }
+      const viewA = bufA.subarray(0, n);
+      const viewB = bufB.subarray(0, n);
+      await stage(4, a.readInto(pos, viewA));
+      await stage(4, b.readInto(pos, viewB));
+      if (Buffer.compare(viewA, viewB) !== 0) {
+        let i = 0;
+        while (viewA[i] === viewB[i]) i++;
+        const at = pos + i;
+        return { offset: at, message: mismatch(at) };
       }
       pos += n;
       if (pos < longerSize) onProgress?.(pos, longerSize);
@@ -176,7 +181,7 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
   }
   // The longer image must read as zeros past the shorter one's end: its data extents there, read as they come.
   const longer = a.size > b.size ? a : b;
-  const tail = longer.extents({ offset: common, length: longer.size - common })[Symbol.asyncIterator]();
+  const tail = longer.extents({ offset: common, length: longer.size - common, fileHoles: true })[Symbol.asyncIterator]();
   try {
     for (;;) {
       const next = await stage(3, tail.next());
@@ -187,8 +192,9 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
         const n = Math.min(chunk, e.offset + e.length - p);
         const view = bufA.subarray(0, n);
         await stage(4, longer.readInto(p, view));
+        if (isAllZero(view)) continue;
         const i = view.findIndex((x) => x !== 0);
-        if (i >= 0) return { offset: p + i, message: mismatch(p + i) };
+        return { offset: p + i, message: mismatch(p + i) };
       }
     }
   } finally {
