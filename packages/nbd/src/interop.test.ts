@@ -420,4 +420,37 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
       await disk.close();
     }
   });
+
+  it('sends the clusters a qcow2 preallocated with metadata stores over holes of its file as holes, without reading them', async () => {
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', at('pre.qcow2'), '32M']);
+    qemuIo(at('pre.qcow2'), 'qcow2', ['write -P 0x5a 4M 4k']);
+    const disk = await openQcow2(await FileStorage.open(at('pre.qcow2')), { resolver: fileResolver });
+    let bytesRead = 0;
+    const counted = new Proxy(disk, {
+      get(target, key) {
+        if (key === 'readInto') {
+          return (offset: number, buf: Uint8Array) => {
+            bytesRead += buf.length;
+            return target.readInto(offset, buf);
+          };
+        }
+        const value: unknown = Reflect.get(target, key, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const server = await serveNbd([{ name: '', disk: counted }], { socket: at('pre.sock') });
+    const client = await NbdStorage.connect(uri(at('pre.sock')));
+    try {
+      const bytes = new Uint8Array(8 * 1024 * 1024);
+      await client.readInto(0, bytes);
+      expect(bytes.subarray(4 * 1024 * 1024, 4 * 1024 * 1024 + 4096).every((b) => b === 0x5a)).toBe(true);
+      expect(bytes.subarray(0, 4 * 1024 * 1024).every((b) => b === 0)).toBe(true);
+      // The 4 KiB written (a page of the file), not the 8 MiB asked for.
+      expect(bytesRead).toBeLessThanOrEqual(64 * 1024);
+    } finally {
+      await client.close();
+      await server.close();
+      await disk.close();
+    }
+  });
 });

@@ -193,9 +193,10 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
       const head = structured ? chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, [offsetField(req.offset), data]) : undefined;
       return written(head ? write(head) : simpleReply(req, 0, data), data);
     }
-    // Sparse read: holes and zero runs as OFFSET_HOLE chunks, data as OFFSET_DATA, all in one write.
+    // Sparse read: holes and zero runs as OFFSET_HOLE chunks, data as OFFSET_DATA, all in one write. Data the
+    // format stores over holes of its file (preallocation=metadata) is a zero run too: neither read nor sent.
     const runs: Extent[] = [];
-    for await (const e of disk.extents({ offset: req.offset, length: req.length })) runs.push(e);
+    for await (const e of disk.extents({ offset: req.offset, length: req.length, fileHoles: true })) runs.push(e);
     if (runs.length === 0) return write(chunk(req, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
     const hasData = runs.some((e) => e.kind === 'data');
     // One buffer for the request; data runs read into their place in it.
