@@ -130,7 +130,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
   if (isJsonName(path)) {
     const spec = qemuImageSpec(jsonNameOptions(path), path);
     if (spec.secrets.size > 0) throw invalidArg('json', `${path}: secrets are named by --object ids on the command line; give the passphrase open option instead`, { field: [...spec.secrets.keys()][0]! });
-    const format = spec.protocolOnly ? 'raw' : spec.format;
+    const format = spec.protocol !== undefined ? 'raw' : spec.format;
     if (format !== undefined && options.format !== undefined && format !== options.format) throw invalidArg(format, `${path}: the format ${options.format} and the driver ${format} disagree`, { field: 'format' });
     return openImageFile(spec.location, { ...options, ...(format !== undefined ? { format } : {}) });
   }

@@ -23,7 +23,7 @@ describe('json: names', () => {
     ]);
     expect(spec('json:{"driver":"qcow2","file":{"driver":"file","filename":"a.qcow2"}}')).toEqual({ location: 'a.qcow2', format: 'qcow2', secrets: new Map() });
     expect(spec('json:{"file.filename":"a.qcow2"}')).toEqual({ location: 'a.qcow2', secrets: new Map() });
-    expect(spec('json:{"driver":"file","filename":"/x/a.img"}')).toEqual({ location: '/x/a.img', protocolOnly: true, secrets: new Map() });
+    expect(spec('json:{"driver":"file","filename":"/x/a.img"}')).toEqual({ location: '/x/a.img', protocol: 'file', secrets: new Map() });
     expect(spec('json:{"driver":"qcow2","file.filename":"e.qcow2","encrypt.key-secret":"s0","backing.encrypt.key-secret":"s1"}').secrets).toEqual(
       new Map([
         ['encrypt.key-secret', 's0'],
@@ -31,7 +31,7 @@ describe('json: names', () => {
       ]),
     );
     expect(spec('json:{"driver":"raw","file":{"driver":"nbd","server":{"type":"unix","path":"/run/a b.sock"},"export":"vm/1"}}').location).toBe('nbd+unix:///vm%2F1?socket=%2Frun%2Fa%20b.sock');
-    expect(spec('json:{"driver":"nbd","server":{"type":"inet","host":"::1","port":"10810"}}')).toEqual({ location: 'nbd://[::1]:10810/', protocolOnly: true, secrets: new Map() });
+    expect(spec('json:{"driver":"nbd","server":{"type":"inet","host":"::1","port":"10810"}}')).toEqual({ location: 'nbd://[::1]:10810/', protocol: 'nbd', secrets: new Map() });
     expect(spec('json:{"file":{"driver":"nbd","server":{"type":"inet","host":"h"}}}').location).toBe('nbd://h:10809/');
     expect(spec('json:{"driver":"qcow2","file.filename":"e.qcow2","encrypt.format":"luks"}').format).toBe('qcow2');
     expect(isJsonName('json:{}')).toBe(true);
@@ -95,6 +95,27 @@ describeQemu('json: and NBD backing names, through the img command', () => {
       }
     }
     expect(img(['map', 'abs.qcow2']).stdout).toBe(qemu(['map', 'abs.qcow2']).stdout);
+  });
+
+  it('info names an image opened by its protocol driver alone after it (file format: nbd, file), as qemu-img does; raw over it stays raw', () => {
+    const sock = p('base.sock');
+    const names = [
+      ['--image-opts', `driver=nbd,server.type=unix,server.path=${sock}`],
+      [`json:{"driver":"nbd","server":{"type":"unix","path":"${sock}"}}`],
+      ['--image-opts', `driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=${sock}`],
+      [`json:{"driver":"raw","file":{"driver":"nbd","server":{"type":"unix","path":"${sock}"}}}`],
+      ['--image-opts', 'driver=file,filename=other.raw'],
+      ['json:{"driver":"file","filename":"other.raw"}'],
+    ];
+    writeFileSync(p('other.raw'), Buffer.alloc(1 << 20, 1));
+    for (const name of names) {
+      for (const args of [['info'], ['info', '--output=json']]) {
+        const mine = img([...args, ...name]);
+        const theirs = qemu([...args, ...name]);
+        expect([mine.status, mine.stdout], `${args.join(' ')} ${name.join(' ')}`).toEqual([0, theirs.stdout]);
+      }
+    }
+    expect(img(['info', ...names[0]!]).stdout).toContain('file format: nbd\n');
   });
 
   it('the data reads through the named backing file: compare, convert, and a json: name on the command line and in the API', async () => {

@@ -18,6 +18,8 @@ export interface ImageOpts {
   passphrase?: Uint8Array;
   /** backing.encrypt.key-secret (backing.backing.... for deeper files): a backing file's own passphrase. */
   backing?: BackingOpenOptions;
+  /** driver=file or driver=nbd: a protocol at the top, read as raw (`format`), which qemu-img info names after the protocol. */
+  protocol?: string;
 }
 
 let images = new Map<string, ImageOpts>();
@@ -158,8 +160,9 @@ function takeImageOpts(arg: string): string {
     if (value || backing) backing = { ...(value ? { passphrase: value } : {}), ...(backing ? { backing } : {}) };
   }
   // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.
-  const format = spec.protocolOnly ? 'raw' : driver;
-  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}) });
+  const { protocol } = spec;
+  const format = protocol !== undefined ? 'raw' : driver;
+  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}) });
   return prefix + spec.location;
 }
 

@@ -30,8 +30,8 @@ export interface QemuImageSpec {
   location: string;
   /** `driver` where it is a format; undefined for a protocol at the top (driver=file, driver=nbd: the bytes as they are). */
   format?: string;
-  /** The protocol driver named at the top (file or nbd), where no format driver is. */
-  protocolOnly?: boolean;
+  /** The protocol driver named at the top (file or nbd), where no format driver is: the bytes as they are, read as raw. */
+  protocol?: string;
   /** The keys that name secrets (encrypt.key-secret, key-secret, backing.encrypt.key-secret, ...), with their ids. */
   secrets: Map<string, string>;
 }
@@ -134,7 +134,7 @@ export function qemuImageSpec(keys: Map<string, string>, what: string): QemuImag
     if (filename === '') throw invalidArg('json', `${what}: ${prefix}filename is empty`, { field: `${prefix}filename` });
     location = filename;
   }
-  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocolOnly: true } : {}), secrets };
+  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets };
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * img info: an image's format, sizes, backing chain and snapshots, as qemu-img info prints them.
  */
-import { imageOpenOptions } from '../qemu-objects.js';
+import { imageOpenOptions, imageOptsFor } from '../qemu-objects.js';
 import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
@@ -28,8 +28,8 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
   if (info.backingFile !== undefined) out['backing-filename'] = info.backingFile;
   if (info.fullBackingFile !== undefined) out['full-backing-filename'] = info.fullBackingFile;
   if (info.backingFormat !== undefined) out['backing-filename-format'] = info.backingFormat;
-  // qemu-img has no dirty flag to report for a raw image over NBD (its NBD driver has no image info), and leaves the key out.
-  if (!(info.format === 'raw' && isNbdUri(path))) out['dirty-flag'] = info.dirty ?? false;
+  // qemu-img has no dirty flag to report for an image over NBD, raw or the export itself (its NBD driver has no image info), and leaves the key out.
+  if (!((info.format === 'raw' || info.format === 'nbd') && isNbdUri(path))) out['dirty-flag'] = info.dirty ?? false;
   if (info.encrypted) out.encrypted = true;
   if (info.snapshots?.length) {
     out.snapshots = info.snapshots.map((s) => ({
@@ -136,6 +136,10 @@ export const info: Handler = async (argv, io) => {
   });
   try {
     const layers = [await describe(disk, path)];
+    // An image opened by its protocol driver alone (driver=nbd, driver=file: the bytes as they are, which img reads as
+    // raw) is of that driver's format in qemu-img's report ("file format: nbd"), not raw's.
+    const protocol = imageOptsFor(path)?.protocol;
+    if (protocol !== undefined) layers[0]!.data.format = protocol;
     if (values['backing-chain']) {
       // Each layer is named as the one above names it, as in qemu-img's list.
       // A json: name is shown as the file it names, as qemu-img shows the image it opened.
