@@ -1,12 +1,12 @@
 // Where qemu-img and img met encrypted images differently (interop campaign seed 11): info with a wrong passphrase
 // (qemu-img info opens without I/O and does not try it), check with a wrong one (qemu-img fails it), compare without
-// one (qemu-img does not open the image: status 2), and encrypt.ivgen-hash-alg with plain64 (written into the
-// cipher mode, as qemu-img writes it).
+// one (qemu-img does not open the image: status 2; nor for map, measure, snapshot -l or bench: status 1), and
+// encrypt.ivgen-hash-alg with plain64 (written into the cipher mode, as qemu-img writes it).
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { describeQemu, qemuImg, tempDir } from '@img/testkit';
+import { describeQemu, qemuImg, qemuImgLuks, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
 describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
@@ -50,6 +50,37 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
     expect(ours.status).toBe(2);
     expect(ours.stderr).toBe(`img compare: ERR_IMG_INVALID_ARG: qcow2: ${p('enc.qcow2')}: Parameter 'encrypt.key-secret' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)\n`);
     expect(run('img', ['compare', ...right, '--image-opts', opts(p('enc.qcow2')), `driver=raw,file.filename=${p('plain.raw')}`]).stdout).toBe('Images are identical.\n');
+  });
+
+  it('map, measure, snapshot -l, bench and compare without the passphrase: the image, or its encrypted backing file, does not open, as in qemu-img; info describes it', () => {
+    // Made by qemu-img, nothing written: img answered map and measure from the metadata alone.
+    qemuImgLuks(['create', '-q', '-f', 'luks', ...right, '-o', 'key-secret=s', p('vol.luks'), '4M']);
+    qemuImgLuks(['create', '-q', '-f', 'qcow2', ...right, '-o', 'encrypt.format=luks,encrypt.key-secret=s', p('qenc.qcow2'), '4M'], { timeKey: 'encrypt.iter-time' });
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', p('qenc.qcow2'), '-F', 'qcow2', '-u', p('over.qcow2'), '4M']);
+    const key = { 'vol.luks': 'key-secret', 'qenc.qcow2': 'encrypt.key-secret', 'over.qcow2': 'encrypt.key-secret' } as const;
+    for (const [name, param] of Object.entries(key)) {
+      const file = p(name);
+      for (const args of [['map'], ['map', '--output=json'], ['measure', '-O', 'qcow2'], ['snapshot', '-l'], ['bench', '-c', '1'], ['compare', file]]) {
+        // img snapshot opens the image alone, without its backing file (as it always has): not the overlay's.
+        if (name === 'over.qcow2' && args[0] === 'snapshot') continue;
+        const what = `${args.join(' ')} ${name}`;
+        const theirs = qemuImg([...args, file], { allowFail: true });
+        const ours = run('img', [...args, file]);
+        expect(theirs.stderr, what).toContain(`Parameter '${param}' is required for cipher`);
+        expect([ours.status, ours.stdout], what).toEqual([theirs.status, theirs.stdout]);
+        expect(ours.status, what).toBe(args[0] === 'compare' ? 2 : 1);
+        const whose = name === 'over.qcow2' ? `${file}: Could not open backing file ${p('qenc.qcow2')}: ` : `${file}: `;
+        expect(ours.stderr, what).toBe(
+          `img ${args[0]}: ERR_IMG_INVALID_ARG: ${name.endsWith('.luks') ? 'luks' : 'qcow2'}: ${whose}Parameter '${param}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts${name === 'over.qcow2' ? ` backing.${param}=ID` : ''})\n`,
+        );
+      }
+      expect(run('img', ['info', file]).status, name).toBe(qemuImg(['info', file]).status);
+    }
+    // With the passphrases, as qemu-img: the same map.
+    for (const opened of [`driver=luks,file.filename=${p('vol.luks')},key-secret=s`, opts(p('qenc.qcow2')), `driver=qcow2,file.filename=${p('over.qcow2')},backing.encrypt.key-secret=s`]) {
+      const args = ['map', '--output=json', ...right, '--image-opts', opened];
+      expect(run('img', args).stdout, opened).toBe(qemuImg(args).stdout);
+    }
   });
 
   it('LUKS with an external data file, as qemu-img writes it: the data file holds ciphertext, qemu-img reads and checks it; a raw data file is refused', () => {

@@ -43,9 +43,18 @@ export function targetImageOptsPath(): string | undefined {
   return target;
 }
 
-/** qemu-img's refusal of an encrypted image given without its secret (luks names it key-secret, qcow2 encrypt.key-secret). */
-export function missingSecretError(format: string, path: string): ImageError {
-  return invalidArg(format, `${path}: Parameter '${format === 'luks' ? 'key-secret' : 'encrypt.key-secret'}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
+/**
+ * qemu-img's refusal of an encrypted image given without its secret (luks names it key-secret, qcow2 encrypt.key-secret).
+ * With `backing`, the encrypted file is that backing file of `path`, `depth` levels down (qemu-img: "Could not open
+ * backing file: Parameter ..."), whose secret --image-opts names backing.encrypt.key-secret (once per level).
+ */
+export function missingSecretError(format: string, path: string, backing?: { name: string; depth: number }): ImageError {
+  const key = format === 'luks' ? 'key-secret' : 'encrypt.key-secret';
+  if (backing === undefined) return invalidArg(format, `${path}: Parameter '${key}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts)`, { file: path, field: 'passphrase' });
+  return invalidArg(format, `${path}: Could not open backing file ${backing.name}: Parameter '${key}' is required for cipher (give its passphrase: --object secret,id=ID,data=... with --image-opts ${'backing.'.repeat(backing.depth)}${key}=ID)`, {
+    file: backing.name,
+    field: 'passphrase',
+  });
 }
 
 /** The open options --image-opts gave `path`: its passphrase, and its format where -f gave none. */

@@ -13,7 +13,7 @@ import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { qemuFormatName } from '../info-human.js';
-import { type Handler, commonNoOutput, onePath, openForCommand, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, onePath, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
@@ -41,7 +41,9 @@ export const amend: Handler = async (argv, io) => {
   // An option string's driver names the format, as -f would (a luks image is then not unlocked twice).
   let format = values.f ?? (path !== undefined ? imageOptsFor(path)?.format : undefined);
   if (format === undefined && path !== undefined) {
-    const probe = await openForCommand(path, values);
+    // The format alone, without openForCommand's refusal of an encrypted image given without its passphrase: img
+    // erases a key slot named by encrypt.old-secret without it (qemu-img amend does not open such an image).
+    const probe = await openImageFile(path, { ...imageOpenOptions(path, values.f), untrusted: values.untrusted ?? false, forceFormat: values['force-format'] ?? false });
     format = probe.format;
     await probe.close();
   }

@@ -85,7 +85,9 @@ export const bitmap: Handler = async (argv, io) => {
   // The format: qcow2 is the only one with persistent bitmaps.
   let format = values.f;
   if (format === undefined) {
-    const probe = await openForCommand(path, values);
+    // The format alone: the image without its backing file, as qemu-img bitmap opens it (an encrypted backing file
+    // needs no passphrase here).
+    const probe = await openForCommand(path, values, true, undefined, { noBacking: true });
     format = probe.format;
     await probe.close();
   }
@@ -138,7 +140,7 @@ function sameFile(a: string, b: string): boolean {
 }
 
 async function probeFormat(path: string, values: { untrusted?: boolean; 'force-format'?: boolean }): Promise<string> {
-  const disk = await openForCommand(path, values);
+  const disk = await openForCommand(path, values, true, undefined, { noBacking: true });
   const format = disk.format;
   await disk.close();
   return format;

@@ -8,7 +8,6 @@ import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
 import { diskWindow } from '../../disk-window.js';
-import { imageOpenOptions, missingSecretError } from '../qemu-objects.js';
 import { type Handler, commonNoOutput, shareOption, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img compare. */
@@ -30,7 +29,9 @@ export const compare: Handler = async (argv, io) => {
   try {
     if (positionals.length !== 2) throw new UsageError('expected <a> <b>');
     // Both open at once (an encrypted image's key derivation takes its seconds on a thread of its own); a failure
-    // is the first image's where both fail, as qemu-img, which opens them in turn, reports it.
+    // is the first image's where both fail, as qemu-img, which opens them in turn, reports it. As qemu-img compare, an
+    // encrypted image given without its passphrase does not open (status 2; see refuseWithoutSecret), where img could
+    // compare its unallocated ranges and then fail at the first encrypted one (4).
     const [openedA, openedB] = await Promise.allSettled([openForCommand(positionals[0]!, values, true, io), openForCommand(positionals[1]!, { ...values, f: values.F }, true, io)]);
     if (openedA.status === 'rejected' || openedB.status === 'rejected') {
       for (const o of [openedA, openedB]) if (o.status === 'fulfilled') await o.value.close();
@@ -38,18 +39,6 @@ export const compare: Handler = async (argv, io) => {
     }
     const a = openedA.value;
     const b = openedB.value;
-    // As qemu-img compare: an encrypted image given without its passphrase does not open (status 2), where img could
-    // compare its unallocated ranges and then fail at the first encrypted one (4).
-    for (const [path, disk, format] of [
-      [positionals[0]!, a, values.f],
-      [positionals[1]!, b, values.F],
-    ] as const) {
-      if (imageOpenOptions(path, format).passphrase === undefined && (await disk.info?.())?.encrypted) {
-        await a.close();
-        await b.close();
-        throw missingSecretError(disk.format, path);
-      }
-    }
     try {
       // As qemu-img: images of different sizes are compared anyway (the longer one must read as zeros past the
       // shorter one's end), after a warning on stdout; --strict refuses them (firstDifference says so).

@@ -1,9 +1,9 @@
 /**
  * What the subcommands of img share: the Handler shape, common options, opening an image.
  */
-import { imageOpenOptions } from '../qemu-objects.js';
+import { imageOpenOptions, missingSecretError, type ImageOpts } from '../qemu-objects.js';
 import { isAbsolute } from 'node:path';
-import { invalidArg, unsupported, type Disk, type FormatRegistry } from '@img/block';
+import { invalidArg, unsupported, type BackingOpenOptions, type Disk, type FormatRegistry } from '@img/block';
 import { UsageError, type Io } from '../common.js';
 import { openImageFile, type OpenImageOptions } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
@@ -52,20 +52,46 @@ export function onePath(positionals: string[], what = '<file>'): string {
 }
 
 /**
- * Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U).
+ * Opens an image as the read-only commands do (-f, --untrusted, --force-format, -U), refusing an encrypted one
+ * given without its passphrase as qemu-img does ({@link refuseWithoutSecret}).
  * Given `io` (the commands that read the data), a raw file without the native helper gets its one warning.
  */
-export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io, cache: Pick<OpenImageOptions, 'direct' | 'cache'> = {}): Promise<Disk> {
+export async function openForCommand(path: string, values: { f?: string; untrusted?: boolean; 'force-format'?: boolean; 'force-share'?: boolean }, readOnly = true, io?: Io, more: Pick<OpenImageOptions, 'direct' | 'cache' | 'noBacking'> = {}): Promise<Disk> {
+  const opened = imageOpenOptions(path, values.f);
   const disk = await openImageFile(path, {
-    ...cache,
-    ...imageOpenOptions(path, values.f),
+    ...more,
+    ...opened,
     readOnly,
     untrusted: values.untrusted ?? false,
     forceFormat: values['force-format'] ?? false,
     forceShare: values['force-share'] ?? false,
   });
+  try {
+    await refuseWithoutSecret(disk, path, opened);
+  } catch (e) {
+    await disk.close().catch(() => undefined);
+    throw e;
+  }
   if (io) warnIfRawReadInFull(io, 'img', disk.format, path);
   return disk;
+}
+
+/**
+ * As qemu-img, which opens an encrypted image only with its secret (info, which reads no data, alone opens it
+ * without): refuses `disk` (missingSecretError) where it, or a backing file of its open chain, is encrypted and no
+ * passphrase reached it. img opens such an image and maps it, and only its reads fail: map, measure and compare
+ * answered from its metadata where qemu-img does not open it. A backing file without a passphrase of its own
+ * (backing.encrypt.key-secret) is given the one of the image above it, as the formats open it.
+ */
+export async function refuseWithoutSecret(disk: Disk, path: string, opened: ImageOpts): Promise<void> {
+  let keyed = false;
+  let options: BackingOpenOptions | undefined = opened;
+  let depth = 0;
+  for (let layer: Disk | undefined = disk; layer; layer = backingOf(layer), depth++) {
+    keyed ||= options?.passphrase !== undefined;
+    if (!keyed && (await layer.info?.())?.encrypted) throw missingSecretError(layer.format, path, depth === 0 ? undefined : { name: layer.storage.name, depth });
+    options = options?.backing;
+  }
 }
 
 /**

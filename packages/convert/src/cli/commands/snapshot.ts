@@ -8,7 +8,7 @@ import { notFoundError, unsupported, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { qemuJsonEscapes, snapshotTable } from '../info-human.js';
 import { openImageFile } from '../../node.js';
-import { type Handler, common, shareOption, onePath, outputMode, quietOption, quietIo } from './shared.js';
+import { type Handler, common, shareOption, onePath, outputMode, quietOption, quietIo, refuseWithoutSecret } from './shared.js';
 import { infoJson } from './info.js';
 
 interface SnapshotDisk extends Disk {
@@ -41,13 +41,16 @@ export const snapshot: Handler = async (argv, io) => {
   const [apply] = values.a ?? [];
   const [remove] = values.d ?? [];
   if (values['force-share'] && !values.l) throw new UsageError('-U reads without locks: it goes with -l only');
+  const opened = imageOpenOptions(path, values.f);
   const disk = await openImageFile(path, {
-    ...imageOpenOptions(path, values.f),
+    ...opened,
     readOnly: Boolean(values.l),
     noBacking: true,
     forceShare: values['force-share'] ?? false,
   });
   try {
+    // -l too: as qemu-img snapshot, an encrypted image does not open without its passphrase.
+    await refuseWithoutSecret(disk, path, opened);
     // No action: as qemu-img, the image is opened for writing (so a held lock is reported) and left as it was.
     if (ops.length === 0) return 0;
     const s = disk as Partial<SnapshotDisk>;
