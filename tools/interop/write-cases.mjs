@@ -584,7 +584,7 @@ function luksOpCases(seed, prep, failed) {
       return [{ check: 'preallocation with encryption', detail: `img refuses it (exit ${i.status}); qemu-img makes the image, which reads ${zero ? 'as zeros' : 'not as zeros (the decryption of zeros)'}` }];
     });
   }
-  // Without the passphrase, or with a wrong one: the same exit codes (img check reads no data, and takes an image without its passphrase: not compared).
+  // Without the passphrase, or with a wrong one: the same exit codes.
   add('without or with a wrong passphrase', (ctx, luks, opts) => {
     const { src, out } = prep(ctx, 'qcow2', opts, sec(luks));
     const diffs = [];
@@ -595,6 +595,7 @@ function luksOpCases(seed, prep, failed) {
       ['convert -O raw, no passphrase', ['convert', '-f', 'qcow2', '-O', 'raw', out, join(ctx.dir, 'out.raw')]],
       ['map, no passphrase', ['map', '--output=json', '-f', 'qcow2', out]],
       ['measure, no passphrase', ['measure', '-f', 'qcow2', '-O', 'qcow2', out]],
+      ['check, no passphrase', ['check', '-f', 'qcow2', out]],
       ['compare, wrong passphrase', ['compare', ...compareArgs('qcow2', out, src, wrong)]],
       ['convert -O raw, wrong passphrase', ['convert', ...a.flags, '-O', 'raw', a.name, join(ctx.dir, 'out.raw')]],
       ['check, wrong passphrase', ['check', ...a.flags, a.name]],

@@ -2,7 +2,7 @@
  * img check: consistency check and repair, with qemu-img check's output and exit status.
  */
 import { parseArgs } from '../parse-args.js';
-import { ImageError, unsupported } from '@img/block';
+import { ImageError, lentStorage, unsupported, type FormatDriver, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
@@ -12,6 +12,24 @@ import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf, openImageFile, refusingResolver } from '../../node.js';
 import { imageOpenOptions, missingSecretError } from '../qemu-objects.js';
 import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
+
+/**
+ * Whether the image in `storage` opens and says it is encrypted. The check reads the file's metadata alone and needs
+ * no passphrase; an image that does not open here (a corrupt table) is left to the check, which counts what is wrong.
+ */
+async function opensEncrypted(driver: FormatDriver, storage: Storage, forceShare: boolean): Promise<boolean> {
+  let disk;
+  try {
+    disk = await driver.open(lentStorage(storage), { readOnly: true, noBacking: true, resolver: fileResolverWith({ forceShare }) });
+  } catch {
+    return false;
+  }
+  try {
+    return (await disk.info?.())?.encrypted === true;
+  } finally {
+    await disk.close();
+  }
+}
 
 /** img check. */
 export const check: Handler = async (argv, io) => {
@@ -51,9 +69,10 @@ export const check: Handler = async (argv, io) => {
       ...(values.f !== undefined ? { format: values.f } : {}),
     });
     const driver = registry.require(format);
-    // A luks volume without its passphrase does not open in qemu-img (status 1); with it, it has no check (63).
-    if (driver.name === 'luks' && opened.passphrase === undefined) {
-      const e = missingSecretError('luks', path);
+    // An encrypted image without its passphrase does not open in qemu-img check (status 1): a luks volume (with it, it
+    // has no check: 63), or a qcow2 image encrypted with LUKS or AES (checked with it, as qemu-img does).
+    if (opened.passphrase === undefined && (driver.name === 'luks' || (driver.name === 'qcow2' && (await opensEncrypted(driver, storage, values['force-share'] ?? false))))) {
+      const e = missingSecretError(driver.name, path);
       throw new ExitCode(1, `${e.code}: ${e.message}`);
     }
     // As qemu-img check: status 63 says the format has no check (scripts tell it from a failed one, 1).
