@@ -2,13 +2,15 @@
 // and a monolithicFlat VMDK it created (all sparse files), with a few bytes written into them. Asked for fileHoles
 // (what a copy and a comparison ask, as qemu's block status asks the file below the format), those holes are zeros
 // and nothing of them is read: `img compare` of a 64 GiB qcow2 preallocated with metadata read all 64 GiB (143 s
-// where qemu-img took 1.2 s). An encrypted image's holes are not zeros once decrypted, and stay data.
+// where qemu-img took 1.2 s), and a safe rebase between two such backing files compared all of both (8 GiB: 19.8 s,
+// qemu-img 7.4 s; now 0.2 s). An encrypted image's holes are not zeros once decrypted, and stay data.
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, qemuImgLuks, qemuIo, tempDir } from '@img/testkit';
 import type { Disk } from '@img/block';
 import { openImageFile } from './node.js';
 import { firstDifference } from './cli/commands/compare.js';
+import { rebaseDisk } from './maintain.js';
 import { run } from './test/cli.js';
 
 const tmp = tempDir('img-file-holes-zeros-');
@@ -95,6 +97,33 @@ describeQemu('data over holes of the file reads as zeros without a read', () => 
       expect(run('img', ['compare', '-f', c.format, '-F', 'raw', file, reference]).stdout).toBe('Images are identical.\n');
     });
   }
+
+  it('a safe rebase between backing files preallocated with metadata compares only where they hold data', async () => {
+    const make = (name: string, writes: string[]) => {
+      qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', join(tmp.path, name), String(SIZE)]);
+      qemuIo(join(tmp.path, name), 'qcow2', writes);
+    };
+    make('old.qcow2', ['write -P 0x71 32M 1M', 'write -P 0x72 100M 64k']);
+    make('new.qcow2', ['write -P 0x73 32M 64k']);
+    const top = join(tmp.path, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'old.qcow2', '-F', 'qcow2', top]);
+    qemuIo(top, 'qcow2', ['write -P 0x74 0 1M']);
+    const before = join(tmp.path, 'top-before.raw');
+    qemuImg(['convert', '-O', 'raw', top, before]);
+    const disk = await openImageFile(top, { format: 'qcow2', readOnly: false });
+    const next = counted(await openImageFile(join(tmp.path, 'new.qcow2'), { format: 'qcow2', readOnly: true }));
+    try {
+      const { bytesCopied } = await rebaseDisk(disk, next, 'new.qcow2', 'qcow2');
+      // Where either backing file holds data: 1 MiB and 64 KiB of the old one (the new one's 64 KiB lies inside).
+      expect(bytesCopied).toBe(MiB + 64 * 1024);
+      expect(next.bytesRead).toBeLessThanOrEqual(2 * MiB);
+    } finally {
+      await next.close();
+      await disk.close();
+    }
+    expect(qemuImg(['compare', '-F', 'raw', top, before]).stdout).toBe('Images are identical.\n');
+    expect(qemuImg(['check', top]).status).toBe(0);
+  });
 
   it('an encrypted qcow2 preallocated with metadata: its holes decrypt to noise, stay data, and read as qemu-img reads them', async () => {
     const file = join(tmp.path, 'enc.qcow2');

@@ -63,6 +63,32 @@ describeQemu('img rebase', () => {
     expect(qemuCheck(top, 'qcow2').status).toBe(0);
   });
 
+  it('safe rebase onto a base that differs in scattered clusters allocates in the top what qemu-img rebase allocates', () => {
+    // 8 MiB of data in the old base; the new one is a copy with a few clusters changed, one byte at a cluster's edge,
+    // one byte in the middle of a MiB, and a run of three clusters; the top holds some clusters of its own.
+    const old = p('rebase-scatter-old.qcow2');
+    const next = p('rebase-scatter-new.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', old, '12M']);
+    qemuIo(old, 'qcow2', ['write -P 0x31 0 8M']);
+    copyFileSync(old, next);
+    qemuIo(next, 'qcow2', ['write -P 0x32 65535 1', 'write -P 0x33 1572864 1', 'write -P 0x34 3M 192k', 'write -P 0x35 9M 64k']);
+    const tops = ['img', 'qemu'].map((who) => {
+      const top = p(`rebase-scatter-${who}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'rebase-scatter-old.qcow2', '-F', 'qcow2', top]);
+      qemuIo(top, 'qcow2', ['write -P 0x41 3M 64k', 'write -P 0x42 7M 1M']);
+      return top;
+    });
+    const flat = p('rebase-scatter-flat.img');
+    qemuImg(['convert', '-O', 'raw', tops[0]!, flat]);
+    const r = run('img', ['rebase', '-b', 'rebase-scatter-new.qcow2', '-F', 'qcow2', tops[0]!]);
+    expect(r.status, r.stderr).toBe(0);
+    qemuImg(['rebase', '-b', 'rebase-scatter-new.qcow2', '-F', 'qcow2', tops[1]!]);
+    expect(qemuCompare(tops[0]!, flat, 'qcow2', 'raw')).toBe(true);
+    expect(qemuCheck(tops[0]!, 'qcow2').status).toBe(0);
+    const allocation = (top: string) => qemuImg(['map', '--output=json', top]).stdout.replace(/, "offset": \d+/g, '');
+    expect(allocation(tops[0]!)).toBe(allocation(tops[1]!));
+  });
+
   it('-b "" removes the backing file and keeps the content', () => {
     const { top, flat } = chain('rebase-none');
     expect(run('img', ['rebase', '-b', '', top]).status).toBe(0);

@@ -3,6 +3,7 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
+import { Buffer } from 'node:buffer';
 import { abortError, backingReadOnlyError, bytesEqual, invalidArg, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
@@ -86,7 +87,8 @@ async function* dataUnits(disks: ReadonlyArray<Disk | undefined>, offset: number
   try {
     for (const disk of disks) {
       if (!disk || offset >= disk.size) continue;
-      const it = disk.extents({ offset, length: Math.min(length, disk.size - offset) })[Symbol.asyncIterator]();
+      // Down to the file's holes: a backing file preallocated with metadata holds zeros there, not data to compare.
+      const it = disk.extents({ offset, length: Math.min(length, disk.size - offset), fileHoles: true })[Symbol.asyncIterator]();
       walks.push({ it, head: undefined });
     }
     const pull = async (w: (typeof walks)[number]) => {
@@ -155,25 +157,109 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
   return { bytesCopied: copied };
 }
 
-/** Safe rebase's copy for some holes of the top, in order: the bytes copied. `done` is told each hole's length as it is done. */
+/** The most bytes of consecutive units a safe rebase compares in one piece. */
+const REBASE_RUN = 1 << 20;
+/** Pieces a safe rebase has in flight: reads of the next while the last are compared and written. */
+const REBASE_RUNS_IN_FLIGHT = 4;
+
+/**
+ * Safe rebase's copy for some holes of the top, in order: the bytes copied. `done` is told each hole's length as
+ * it is done. Consecutive units go as one piece of up to a MiB, read from both sides at once, a few pieces in
+ * flight: one unit at a time, each awaited, made a rebase of a GiB of data 5-12x slower than qemu-img's.
+ */
 async function rebaseHoles(top: Disk, old: Disk | undefined, newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: Disk['writeCompressed'], options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
+  if (writeCompressed) return rebaseCompressed(top, old, newBacking, holes, unit, writeCompressed, options, done);
   let copied = 0;
-  // Compressed clusters are written whole: a hole smaller than a cluster (a subcluster of an image with
-  // extended L2 entries) makes its whole cluster the unit, read through the chain, written once.
+  let failure: { error: unknown } | undefined;
+  const inFlight = new Set<Promise<void>>();
+  const launch = async (start: number, end: number) => {
+    while (inFlight.size >= REBASE_RUNS_IN_FLIGHT) await Promise.race(inFlight);
+    if (failure) return;
+    const p: Promise<void> = rebaseRun(top, newBacking, start, end, unit).then(
+      (n) => {
+        copied += n;
+      },
+      (error: unknown) => {
+        failure ??= { error };
+      },
+    );
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+  };
+  try {
+    for (const hole of holes) {
+      const holeEnd = hole.offset + hole.length;
+      let runStart = -1;
+      let runEnd = -1;
+      // Only where the old chain or the new backing has data can they differ.
+      for await (const u of dataUnits([old, newBacking], hole.offset, hole.length, unit)) {
+        if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
+        if (failure) break;
+        const start = Math.max(hole.offset, u * unit);
+        const end = Math.min(holeEnd, (u + 1) * unit);
+        if (runStart >= 0 && start === runEnd && end - runStart <= REBASE_RUN) {
+          runEnd = end;
+          continue;
+        }
+        if (runStart >= 0) await launch(runStart, runEnd);
+        runStart = start;
+        runEnd = end;
+      }
+      if (runStart >= 0 && !failure) await launch(runStart, runEnd);
+      if (failure) break;
+      done(hole.length);
+    }
+  } finally {
+    await Promise.all(inFlight);
+  }
+  if (failure) throw failure.error;
+  return copied;
+}
+
+/** One piece of a safe rebase: `[start, end)` as the top reads it now, written where the new backing differs (whole units). */
+async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number, end: number, unit: number): Promise<number> {
+  const before = new Uint8Array(end - start);
+  const after = new Uint8Array(end - start);
+  const stop = newBacking ? Math.min(end, newBacking.size) : start;
+  await Promise.all([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
+  if (Buffer.compare(before, after) === 0) return 0;
+  let copied = 0;
+  // A run of differing units is one write.
+  let from = -1;
+  for (let pos = start; pos <= end;) {
+    const next = Math.min(end, (Math.floor(pos / unit) + 1) * unit);
+    const differs = pos < end && Buffer.compare(before.subarray(pos - start, next - start), after.subarray(pos - start, next - start)) !== 0;
+    if (differs) {
+      if (from < 0) from = pos;
+    } else if (from >= 0) {
+      await top.write(from, before.subarray(from - start, pos - start));
+      copied += pos - from;
+      from = -1;
+    }
+    if (pos === end) break;
+    pos = next;
+  }
+  return copied;
+}
+
+/** Safe rebase with `-c`: whole clusters, compared and written compressed one at a time (a cluster two holes share once). */
+async function rebaseCompressed(top: Disk, old: Disk | undefined, newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: NonNullable<Disk['writeCompressed']>, options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
+  let copied = 0;
+  // A hole smaller than a cluster (a subcluster of an image with extended L2 entries) makes its whole cluster the
+  // unit, read through the chain, written once.
   const written = new Set<number>();
   for (const hole of holes) {
-    // Only where the old chain or the new backing has data can they differ.
     for await (const u of dataUnits([old, newBacking], hole.offset, hole.length, unit)) {
       if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
-      if (writeCompressed && written.has(u)) continue;
-      const start = writeCompressed ? u * unit : Math.max(hole.offset, u * unit);
-      const end = writeCompressed ? Math.min(top.size, (u + 1) * unit) : Math.min(hole.offset + hole.length, (u + 1) * unit);
+      if (written.has(u)) continue;
+      const start = u * unit;
+      const end = Math.min(top.size, (u + 1) * unit);
       const before = await top.read(start, end - start);
       const after = new Uint8Array(end - start);
       if (newBacking && start < newBacking.size) await newBacking.readInto(start, after.subarray(0, Math.min(end, newBacking.size) - start));
       if (!bytesEqual(before, after)) {
-        await (writeCompressed ? writeCompressed(start, before) : top.write(start, before));
-        if (writeCompressed) written.add(u);
+        await writeCompressed(start, before);
+        written.add(u);
         copied += before.length;
       }
     }
