@@ -3,6 +3,7 @@
  * (convert -B): before each write, compare with what the overlay already
  * reads (its backing's bytes) and write only the units that differ.
  */
+import { Buffer } from 'node:buffer';
 import { isAllZero, type Disk } from '@img/block';
 
 /** Writes into an overlay (convert -B) only the units whose bytes differ from what the overlay already reads through its backing image. */
@@ -39,7 +40,8 @@ export class OverlayDiff {
 
   /** Makes `[offset, offset+length)` read as zeros, touching only ranges where the backing has non-zero data. */
   async writeZeroes(offset: number, length: number): Promise<void> {
-    for await (const e of this.#dst.extents({ offset, length })) {
+    // Down to the file's holes: a backing file's data over holes of its file (preallocation=metadata) reads as zeros already.
+    for await (const e of this.#dst.extents({ offset, length, fileHoles: true })) {
       if (e.kind !== 'data') continue;
       const chunk = 1024 * 1024;
       for (let p = e.offset; p < e.offset + e.length; p += chunk) {
@@ -51,7 +53,7 @@ export class OverlayDiff {
   }
 }
 
+/** Whether `a` and `b` hold the same bytes in `[start, end)` (a memcmp: a byte loop here took 2 s a GiB). */
 function equalRange(a: Uint8Array, b: Uint8Array, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) if (a[i] !== b[i]) return false;
-  return true;
+  return Buffer.compare(a.subarray(start, end), b.subarray(start, end)) === 0;
 }

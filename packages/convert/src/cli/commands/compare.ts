@@ -153,8 +153,10 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
       const n = Math.min(chunk, common - pos);
       const viewA = bufA.subarray(0, n);
       const viewB = bufB.subarray(0, n);
-      await stage(4, a.readInto(pos, viewA));
-      await stage(4, b.readInto(pos, viewB));
+      // Both sides at once; where both fail, the first image's failure is the one told (as reading them in turn).
+      const [readA, readB] = await Promise.allSettled([a.readInto(pos, viewA), b.readInto(pos, viewB)]);
+      if (readA.status === 'rejected') throw new CompareStageError(4, readA.reason);
+      if (readB.status === 'rejected') throw new CompareStageError(4, readB.reason);
       if (Buffer.compare(viewA, viewB) !== 0) {
         let i = 0;
         while (viewA[i] === viewB[i]) i++;
