@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { readAscii, readI32Be, readU16Be, readU16Le, readU32Be, readU32Le, readU64Be, readU64BeParts, writeAscii, writeU16Be, writeU16Le, writeU32Be, writeU32Le, writeU64Be } from './bytes.js';
+import { bytesEqual, readAscii, readI32Be, readU16Be, readU16Le, readU32Be, readU32Le, readU64Be, readU64BeParts, writeAscii, writeU16Be, writeU16Le, writeU32Be, writeU32Le, writeU64Be } from './bytes.js';
 import { ImageError } from './errors.js';
 
 describe('big-endian codecs', () => {
@@ -81,5 +81,23 @@ describe('ImageError', () => {
     expect(ImageError.isInstance(foreign)).toBe(true);
     expect(e.data.offset).toBe(5);
     expect(e.name).toBe('ImageError');
+  });
+});
+
+describe('bytesEqual', () => {
+  it('finds a single differing byte anywhere, whatever the offsets and lengths of the views', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 7 }), fc.nat(), (n, offA, offB, at) => {
+        const a = new Uint8Array(n + 8).subarray(offA, offA + n);
+        const b = new Uint8Array(n + 8).subarray(offB, offB + n);
+        for (let i = 0; i < n; i++) a[i] = b[i] = (i * 31 + 7) & 0xff;
+        expect(bytesEqual(a, b)).toBe(true);
+        if (n === 0) return;
+        b[at % n] ^= 0x40;
+        expect(bytesEqual(a, b)).toBe(false);
+        expect(bytesEqual(a, b.subarray(0, n - 1))).toBe(false);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

@@ -168,10 +168,21 @@ export function writeAscii(buf: Uint8Array, offset: number, length: number, valu
   for (let i = 0; i < length; i++) buf[offset + i] = i < value.length ? value.charCodeAt(i) & 0xff : 0;
 }
 
-/** True if two byte arrays hold the same bytes. */
+/** True if two byte arrays hold the same bytes (32-bit words at a time where both share an alignment). */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  const n = a.length;
+  if (n !== b.length) return false;
+  let i = 0;
+  if (n >= 64 && (a.byteOffset & 3) === (b.byteOffset & 3)) {
+    const skew = (4 - (a.byteOffset & 3)) & 3;
+    for (; i < skew; i++) if (a[i] !== b[i]) return false;
+    const words = (n - skew) >>> 2;
+    const wa = new Uint32Array(a.buffer, a.byteOffset + skew, words);
+    const wb = new Uint32Array(b.buffer, b.byteOffset + skew, words);
+    for (let k = 0; k < words; k++) if (wa[k] !== wb[k]) return false;
+    i = skew + words * 4;
+  }
+  for (; i < n; i++) if (a[i] !== b[i]) return false;
   return true;
 }
 

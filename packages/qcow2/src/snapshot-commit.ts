@@ -30,7 +30,7 @@
  * bit is not needed, so version 2 images are as safe as version 3.
  */
 import { FreshClusters } from './allocator.js';
-import { corrupt, hex, unsupported, writeU64Be } from '@img/block';
+import { bytesEqual, corrupt, hex, unsupported, writeU64Be } from '@img/block';
 import { entryCopied, setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount } from './refcount-entry.js';
@@ -195,12 +195,6 @@ async function allocate(s: Qcow2Image, rc: Refcounts, count: number): Promise<nu
   return offset;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 /**
  * Refuses a snapshot operation while a refcount block cannot be trusted
  * (the commit copies every block whose counts change). The operations call
@@ -342,7 +336,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
       setEntryCopied(l1, i * 8, refs === 1);
     }
     const l1Bytes = change.active.entries * 8;
-    const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && sameBytes(l1, view.l1.subarray(0, l1Bytes));
+    const sameL1 = change.oldL1 === 'release' && l1Bytes === s.header.l1Size * 8 && bytesEqual(l1, view.l1.subarray(0, l1Bytes));
     let l1Offset = view.l1Offset;
     if (!sameL1 && l1Bytes) {
       const padded = new Uint8Array(Math.ceil(l1Bytes / cs) * cs);

@@ -15,7 +15,7 @@
  * having reached the disk, so they need no flush between them; one flush
  * ends the run. Running it again after a crash finishes the job.
  */
-import { findZeroRuns, invalidArg, startedAhead, throwIfAborted, type Resolver, type Storage } from '@img/block';
+import { bytesEqual, findZeroRuns, invalidArg, startedAhead, throwIfAborted, type Resolver, type Storage } from '@img/block';
 import { BAT_UNUSED } from './bat.js';
 import { setBits, testBit } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -219,14 +219,8 @@ async function releaseBlock(core: VhdImage, block: number, { bitmap, releasable 
   const at = s.bat[block]! * VHD_SECTOR;
   for (let off = 0; off < updated.length; off += VHD_SECTOR) {
     const piece = updated.subarray(off, off + VHD_SECTOR);
-    if (!sameBytes(piece, bitmap.subarray(off, off + VHD_SECTOR))) await s.storage.write(at + off, piece);
+    if (!bytesEqual(piece, bitmap.subarray(off, off + VHD_SECTOR))) await s.storage.write(at + off, piece);
   }
   core.setBitmap(block, updated);
   return { sectors: released, freed: false };
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
