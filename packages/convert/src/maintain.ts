@@ -3,7 +3,6 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
-import { Buffer } from 'node:buffer';
 import { abortError, backingReadOnlyError, bytesEqual, invalidArg, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
@@ -222,13 +221,13 @@ async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number,
   const after = new Uint8Array(end - start);
   const stop = newBacking ? Math.min(end, newBacking.size) : start;
   await Promise.all([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
-  if (Buffer.compare(before, after) === 0) return 0;
+  if (bytesEqual(before, after)) return 0;
   let copied = 0;
   // A run of differing units is one write.
   let from = -1;
   for (let pos = start; pos <= end;) {
     const next = Math.min(end, (Math.floor(pos / unit) + 1) * unit);
-    const differs = pos < end && Buffer.compare(before.subarray(pos - start, next - start), after.subarray(pos - start, next - start)) !== 0;
+    const differs = pos < end && !bytesEqual(before.subarray(pos - start, next - start), after.subarray(pos - start, next - start));
     if (differs) {
       if (from < 0) from = pos;
     } else if (from >= 0) {
