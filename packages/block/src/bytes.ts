@@ -168,10 +168,14 @@ export function writeAscii(buf: Uint8Array, offset: number, length: number, valu
   for (let i = 0; i < length; i++) buf[offset + i] = i < value.length ? value.charCodeAt(i) & 0xff : 0;
 }
 
-/** True if two byte arrays hold the same bytes (32-bit words at a time where both share an alignment). */
+/** Node's memcmp where there is one: found at run time (this module imports nothing from Node, for browsers). */
+const nodeCompare = (globalThis as { Buffer?: { compare?: (a: Uint8Array, b: Uint8Array) => number } }).Buffer?.compare?.bind((globalThis as { Buffer?: unknown }).Buffer);
+
+/** True if two byte arrays hold the same bytes (a memcmp under Node; else 32-bit words at a time where both share an alignment). */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   const n = a.length;
   if (n !== b.length) return false;
+  if (n >= 256 && nodeCompare) return nodeCompare(a, b) === 0;
   let i = 0;
   if (n >= 64 && (a.byteOffset & 3) === (b.byteOffset & 3)) {
     const skew = (4 - (a.byteOffset & 3)) & 3;
