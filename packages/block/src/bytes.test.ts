@@ -93,7 +93,7 @@ describe('bytesEqual', () => {
         for (let i = 0; i < n; i++) a[i] = b[i] = (i * 31 + 7) & 0xff;
         expect(bytesEqual(a, b)).toBe(true);
         if (n === 0) return;
-        b[at % n] ^= 0x40;
+        b[at % n] = b[at % n]! ^ 0x40;
         expect(bytesEqual(a, b)).toBe(false);
         expect(bytesEqual(a, b.subarray(0, n - 1))).toBe(false);
       }),
