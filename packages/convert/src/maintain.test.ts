@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuInfo, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
+import { openImageFile } from './node.js';
+import { rebaseDisk } from './maintain.js';
 
 const tmp = tempDir('img-maintain-');
 afterAll(() => tmp.cleanup());
@@ -87,6 +89,55 @@ describeQemu('img rebase', () => {
     expect(qemuCheck(tops[0]!, 'qcow2').status).toBe(0);
     const allocation = (top: string) => qemuImg(['map', '--output=json', top]).stdout.replace(/, "offset": \d+/g, '');
     expect(allocation(tops[0]!)).toBe(allocation(tops[1]!));
+  });
+
+  it('dropping the middle of a chain reads from the base only what the dropped layer holds, and places clusters as qemu-img does', async () => {
+    // base (8 MiB of data) <- mid (1 MiB) <- top (its own 512 KiB); rebase top onto base.
+    const make = (who: string) => {
+      const base = p(`drop-${who}-base.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', base, '16M']);
+      qemuIo(base, 'qcow2', ['write -P 0x51 0 8M']);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-b', `drop-${who}-base.qcow2`, '-F', 'qcow2', p(`drop-${who}-mid.qcow2`)]);
+      qemuIo(p(`drop-${who}-mid.qcow2`), 'qcow2', ['write -P 0x52 2M 1M', 'write -z 6M 64k', 'write -P 0x53 12M 64k']);
+      const top = p(`drop-${who}-top.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-b', `drop-${who}-mid.qcow2`, '-F', 'qcow2', top]);
+      qemuIo(top, 'qcow2', ['write -P 0x54 2560k 512k']);
+      return { base, top };
+    };
+    const ours = make('img');
+    const theirs = make('qemu');
+    const flat = p('drop-flat.img');
+    qemuImg(['convert', '-O', 'raw', ours.top, flat]);
+    const top = await openImageFile(ours.top, { format: 'qcow2', readOnly: false });
+    const base = await openImageFile(ours.base, { format: 'qcow2', readOnly: true });
+    let read = 0;
+    const counted = new Proxy(base, {
+      get(target, key) {
+        if (key === 'readInto') {
+          return (offset: number, buf: Uint8Array) => {
+            read += buf.length;
+            return target.readInto(offset, buf);
+          };
+        }
+        const value: unknown = Reflect.get(target, key, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    try {
+      const { bytesCopied } = await rebaseDisk(top, counted, 'drop-img-base.qcow2', 'qcow2');
+      // What mid holds under no data of top: the half of its 2M+1M run top does not cover, the zeroed 64 KiB, the 64 KiB at 12M.
+      expect(bytesCopied).toBe(512 * 1024 + 64 * 1024 + 64 * 1024);
+      // The base is read where mid decides (1 MiB, 64 KiB, 64 KiB less what top holds), not its 8 MiB of data.
+      expect(read).toBeLessThanOrEqual(2 * 1024 * 1024);
+    } finally {
+      await base.close();
+      await top.close();
+    }
+    qemuImg(['rebase', '-b', 'drop-qemu-base.qcow2', '-F', 'qcow2', theirs.top]);
+    expect(qemuCompare(ours.top, flat, 'qcow2', 'raw')).toBe(true);
+    expect(qemuCheck(ours.top, 'qcow2').status).toBe(0);
+    const mapOf = (file: string) => qemuImg(['map', '--output=json', file]).stdout.replaceAll(/drop-(img|qemu)-/g, '');
+    expect(mapOf(ours.top)).toBe(mapOf(theirs.top));
   });
 
   it('-b "" removes the backing file and keeps the content', () => {

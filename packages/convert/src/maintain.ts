@@ -76,31 +76,65 @@ export interface RebaseOptions {
 const REBASE_WINDOW = 1 << 30;
 
 /**
- * The units (multiples of `unit`) that data of any of `disks` touches in
+ * Where a safe rebase looks for differences: the data of `disk` in `[start, end)`, or with `above`, every extent
+ * its chain decides above that layer (depth < `above`, whatever its kind).
+ */
+interface UnitSource {
+  disk: Disk;
+  start?: number;
+  end?: number;
+  above?: number;
+}
+
+/**
+ * Where the old chain and the new backing file can read differently. Where the new backing file is a layer of
+ * the old chain (`rebase -b base top` dropping the layers between, as qemu-img's prefix chain), only what the
+ * layers above it decide, and its own data past the old chain's end: a flattening of a chain over a large base
+ * reads the layers it drops, not the whole base twice.
+ */
+function rebaseSources(old: Disk | undefined, newBacking: Disk | undefined): UnitSource[] {
+  if (old && newBacking?.storage.identity !== undefined) {
+    let depth = 0;
+    for (let layer: Disk | undefined = old; layer; layer = backingOf(layer), depth++) {
+      if (layer.storage.identity === newBacking.storage.identity && layer.format === newBacking.format) {
+        return [
+          { disk: old, above: depth },
+          { disk: newBacking, start: old.size },
+        ];
+      }
+    }
+  }
+  return [old, newBacking].filter((d): d is Disk => d !== undefined).map((disk) => ({ disk }));
+}
+
+/**
+ * The units (multiples of `unit`) that the ranges of `sources` touch in
  * `[offset, offset+length)`, in order, each once, pulled from their extents
  * as the copy goes: a hole of a terabyte over a backing file full of data
  * has millions of them (a Set of them passed V8's 2^24 entries).
  */
-async function* dataUnits(disks: ReadonlyArray<Disk | undefined>, offset: number, length: number, unit: number): AsyncGenerator<number> {
-  const walks: Array<{ it: AsyncIterator<Extent>; head: Extent | undefined }> = [];
+async function* dataUnits(sources: readonly UnitSource[], offset: number, length: number, unit: number): AsyncGenerator<number> {
+  const walks: Array<{ it: AsyncIterator<Extent>; head: Extent | undefined; wanted: (e: Extent) => boolean }> = [];
   try {
-    for (const disk of disks) {
-      if (!disk || offset >= disk.size) continue;
+    for (const { disk, start = 0, end = disk.size, above } of sources) {
+      const from = Math.max(offset, start);
+      const to = Math.min(offset + length, end, disk.size);
+      if (from >= to) continue;
       // Down to the file's holes: a backing file preallocated with metadata holds zeros there, not data to compare.
-      const it = disk.extents({ offset, length: Math.min(length, disk.size - offset), fileHoles: true })[Symbol.asyncIterator]();
-      walks.push({ it, head: undefined });
+      const it = disk.extents({ offset: from, length: to - from, fileHoles: true })[Symbol.asyncIterator]();
+      walks.push({ it, head: undefined, wanted: above === undefined ? (e) => e.kind === 'data' : (e) => (e.depth ?? 0) < above });
     }
     const pull = async (w: (typeof walks)[number]) => {
       for (;;) {
         const next = await w.it.next();
         if (next.done) return undefined;
-        if (next.value.kind === 'data') return next.value;
+        if (w.wanted(next.value)) return next.value;
       }
     };
     for (const w of walks) w.head = await pull(w);
     let last = -1;
     for (;;) {
-      // The data extent that starts first among the walks.
+      // The wanted extent that starts first among the walks.
       let first: (typeof walks)[number] | undefined;
       for (const w of walks) if (w.head && (!first || w.head.offset < first.head!.offset)) first = w;
       if (!first) return;
@@ -132,7 +166,7 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
   if (!options.unsafe) {
     const cluster = writeCompressed ? (await top.info?.())?.clusterSize : undefined;
     const unit = cluster ?? options.unit ?? 65536;
-    const old = backingOf(top);
+    const sources = rebaseSources(backingOf(top), newBacking);
     let bytesTotal = 0;
     for await (const e of top.extents({ topOnly: true })) if (e.kind === 'hole') bytesTotal += e.length;
     let bytesDone = 0;
@@ -144,7 +178,7 @@ export async function rebaseDisk(top: Disk, newBacking: Disk | undefined, name: 
     for (let from = 0; from < top.size; from += window) {
       const holes: Extent[] = [];
       for await (const e of top.extents({ topOnly: true, offset: from, length: Math.min(window, top.size - from) })) if (e.kind === 'hole') holes.push(e);
-      copied += await rebaseHoles(top, old, newBacking, holes, unit, writeCompressed, options, (n) => {
+      copied += await rebaseHoles(top, sources, newBacking, holes, unit, writeCompressed, options, (n) => {
         bytesDone += n;
         options.onProgress?.({ bytesDone, bytesTotal });
       });
@@ -166,24 +200,34 @@ const REBASE_RUNS_IN_FLIGHT = 4;
  * it is done. Consecutive units go as one piece of up to a MiB, read from both sides at once, a few pieces in
  * flight: one unit at a time, each awaited, made a rebase of a GiB of data 5-12x slower than qemu-img's.
  */
-async function rebaseHoles(top: Disk, old: Disk | undefined, newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: Disk['writeCompressed'], options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
-  if (writeCompressed) return rebaseCompressed(top, old, newBacking, holes, unit, writeCompressed, options, done);
+async function rebaseHoles(top: Disk, sources: readonly UnitSource[], newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: Disk['writeCompressed'], options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
+  if (writeCompressed) return rebaseCompressed(top, sources, newBacking, holes, unit, writeCompressed, options, done);
   let copied = 0;
   let failure: { error: unknown } | undefined;
   const inFlight = new Set<Promise<void>>();
+  // Each piece writes after the one before it has written (or found nothing to write, or failed).
+  let turn: Promise<void> = Promise.resolve();
   const launch = async (start: number, end: number) => {
     while (inFlight.size >= REBASE_RUNS_IN_FLIGHT) await Promise.race(inFlight);
     if (failure) return;
-    const p: Promise<void> = rebaseRun(top, newBacking, start, end, unit).then(
-      (n) => {
-        copied += n;
-      },
-      (error: unknown) => {
-        failure ??= { error };
-      },
-    );
+    const mine = turn;
+    let release!: () => void;
+    turn = new Promise<void>((resolve) => (release = resolve));
+    const p: Promise<void> = rebaseRun(top, newBacking, start, end, unit, mine)
+      .then(
+        (n) => {
+          copied += n;
+        },
+        (error: unknown) => {
+          failure ??= { error };
+        },
+      )
+      .finally(() => {
+        // Not before the turn before it: a piece with nothing to write must not let the next one write early.
+        void mine.then(release);
+        inFlight.delete(p);
+      });
     inFlight.add(p);
-    void p.finally(() => inFlight.delete(p));
   };
   try {
     for (const hole of holes) {
@@ -191,7 +235,7 @@ async function rebaseHoles(top: Disk, old: Disk | undefined, newBacking: Disk | 
       let runStart = -1;
       let runEnd = -1;
       // Only where the old chain or the new backing has data can they differ.
-      for await (const u of dataUnits([old, newBacking], hole.offset, hole.length, unit)) {
+      for await (const u of dataUnits(sources, hole.offset, hole.length, unit)) {
         if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
         if (failure) break;
         const start = Math.max(hole.offset, u * unit);
@@ -216,12 +260,15 @@ async function rebaseHoles(top: Disk, old: Disk | undefined, newBacking: Disk | 
 }
 
 /** One piece of a safe rebase: `[start, end)` as the top reads it now, written where the new backing differs (whole units). */
-async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number, end: number, unit: number): Promise<number> {
+async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number, end: number, unit: number, turn: Promise<void>): Promise<number> {
   const before = new Uint8Array(end - start);
   const after = new Uint8Array(end - start);
   const stop = newBacking ? Math.min(end, newBacking.size) : start;
   await Promise.all([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
   if (bytesEqual(before, after)) return 0;
+  // Pieces are read side by side but written in order, so the clusters they allocate follow the guest's order in
+  // the file, as qemu-img rebase places them.
+  await turn;
   let copied = 0;
   // A run of differing units is one write.
   let from = -1;
@@ -242,13 +289,13 @@ async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number,
 }
 
 /** Safe rebase with `-c`: whole clusters, compared and written compressed one at a time (a cluster two holes share once). */
-async function rebaseCompressed(top: Disk, old: Disk | undefined, newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: NonNullable<Disk['writeCompressed']>, options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
+async function rebaseCompressed(top: Disk, sources: readonly UnitSource[], newBacking: Disk | undefined, holes: readonly Extent[], unit: number, writeCompressed: NonNullable<Disk['writeCompressed']>, options: RebaseOptions, done: (bytes: number) => void): Promise<number> {
   let copied = 0;
   // A hole smaller than a cluster (a subcluster of an image with extended L2 entries) makes its whole cluster the
   // unit, read through the chain, written once.
   const written = new Set<number>();
   for (const hole of holes) {
-    for await (const u of dataUnits([old, newBacking], hole.offset, hole.length, unit)) {
+    for await (const u of dataUnits(sources, hole.offset, hole.length, unit)) {
       if (options.signal?.aborted) throw abortError(options.signal, 'rebase');
       if (written.has(u)) continue;
       const start = u * unit;
