@@ -95,8 +95,10 @@ async function stage<T>(status: 3 | 4, work: Promise<T>): Promise<T> {
  */
 class SparseWalk {
   readonly #extents: AsyncIterator<Extent>;
+  /** The last extent pulled: `[start, end)`, zero-or-hole or data. */
   #start = 0;
   #end = 0;
+  #zero = false;
   #done = false;
 
   constructor(disk: Disk) {
@@ -105,17 +107,24 @@ class SparseWalk {
     this.#extents = disk.extents({ fileHoles: true })[Symbol.asyncIterator]();
   }
 
+  /** What {@link zeroUntil} answers for `pos` from the extents pulled so far, or undefined where it must pull more. */
+  known(pos: number): number | undefined {
+    if (pos < this.#end) return this.#zero && this.#start <= pos ? this.#end : pos;
+    return this.#done ? pos : undefined;
+  }
+
   /** Where the zero-or-hole range at `pos` ends, or `pos` where there is data; `pos` never goes back. */
   async zeroUntil(pos: number): Promise<number> {
     while (!this.#done && this.#end <= pos) {
       const next = await this.#extents.next();
       if (next.done) this.#done = true;
-      else if (next.value.kind !== 'data') {
+      else {
         this.#start = next.value.offset;
         this.#end = next.value.offset + next.value.length;
+        this.#zero = next.value.kind !== 'data';
       }
     }
-    return this.#start <= pos && pos < this.#end ? this.#end : pos;
+    return this.known(pos)!;
   }
 
   /** Ends the walk early (a difference found, a read failed). */
@@ -123,6 +132,9 @@ class SparseWalk {
     if (!this.#done) await this.#extents.return?.();
   }
 }
+
+/** Chunks a comparison reads ahead of the one it compares. */
+const COMPARE_AHEAD = 4;
 
 /**
  * Where two disks first differ, or undefined if they read the same:
@@ -136,40 +148,72 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
   const common = Math.min(a.size, b.size);
   const longerSize = Math.max(a.size, b.size);
   const chunk = 1024 * 1024;
-  const bufA = new Uint8Array(chunk);
-  const bufB = new Uint8Array(chunk);
   const za = new SparseWalk(a);
   const zb = new SparseWalk(b);
-  try {
-    let pos = 0;
-    while (pos < common) {
-      const endA = await stage(3, za.zeroUntil(pos));
-      const endB = await stage(3, zb.zeroUntil(pos));
-      const skip = Math.min(endA, endB, common);
-      if (skip > pos) {
-        pos = skip;
+  // Reads run ahead of the comparison, a few chunks deep: one chunk at a time, each read awaited before the next
+  // was asked for, left the disks idle while the chunk before was compared.
+  const queue: Array<{ pos: number; n: number; bufs: [Uint8Array, Uint8Array]; reads: Promise<[PromiseSettledResult<void>, PromiseSettledResult<void>]> } | { error: unknown }> = [];
+  const free: Array<[Uint8Array, Uint8Array]> = [];
+  for (let k = 0; k < COMPARE_AHEAD; k++) free.push([new Uint8Array(chunk), new Uint8Array(chunk)]);
+  let next = 0;
+  /** Asks for the reads of the chunks ahead that have buffers; a failed block status waits in the queue for its turn. */
+  const fill = async () => {
+    while (free.length > 0 && next < common && !queue.some((q) => 'error' in q)) {
+      let endA = za.known(next);
+      let endB = zb.known(next);
+      // Ahead of the comparison only as far as the extents pulled so far tell: a difference in the first chunk must
+      // not wait for a walk over millions of extents after it.
+      if ((endA === undefined || endB === undefined) && queue.length > 0) return;
+      let skip: number;
+      try {
+        endA ??= await za.zeroUntil(next);
+        endB ??= await zb.zeroUntil(next);
+        skip = Math.min(endA, endB, common);
+      } catch (error) {
+        queue.push({ error });
+        return;
+      }
+      if (skip > next) {
+        next = skip;
         continue;
       }
-      const n = Math.min(chunk, common - pos);
-      const viewA = bufA.subarray(0, n);
-      const viewB = bufB.subarray(0, n);
-      // Both sides at once; where both fail, the first image's failure is the one told (as reading them in turn).
-      const [readA, readB] = await Promise.allSettled([a.readInto(pos, viewA), b.readInto(pos, viewB)]);
+      const n = Math.min(chunk, common - next);
+      const bufs = free.pop()!;
+      const viewA = bufs[0].subarray(0, n);
+      const viewB = bufs[1].subarray(0, n);
+      queue.push({ pos: next, n, bufs, reads: Promise.allSettled([a.readInto(next, viewA), b.readInto(next, viewB)]) });
+      next += n;
+    }
+  };
+  try {
+    for (;;) {
+      await fill();
+      const head = queue.shift();
+      if (!head) break;
+      if ('error' in head) throw new CompareStageError(3, head.error);
+      // Where both sides fail, the first image's failure is the one told (as reading them in turn).
+      const [readA, readB] = await head.reads;
       if (readA.status === 'rejected') throw new CompareStageError(4, readA.reason);
       if (readB.status === 'rejected') throw new CompareStageError(4, readB.reason);
+      const viewA = head.bufs[0].subarray(0, head.n);
+      const viewB = head.bufs[1].subarray(0, head.n);
       if (Buffer.compare(viewA, viewB) !== 0) {
         let i = 0;
         while (viewA[i] === viewB[i]) i++;
-        const at = pos + i;
+        const at = head.pos + i;
         return { offset: at, message: mismatch(at) };
       }
-      pos += n;
-      if (pos < longerSize) onProgress?.(pos, longerSize);
+      free.push(head.bufs);
+      const done = head.pos + head.n;
+      if (done < longerSize) onProgress?.(done, longerSize);
     }
   } finally {
+    // Reads still running when a difference or a failure ends the walk are let finish (they fill buffers no one reads).
+    await Promise.all(queue.flatMap((q) => ('reads' in q ? [q.reads] : [])));
     await za.close();
     await zb.close();
   }
+  const bufA = free[0]?.[0] ?? new Uint8Array(chunk);
   // The longer image must read as zeros past the shorter one's end: its data extents there, read as they come.
   const longer = a.size > b.size ? a : b;
   const tail = longer.extents({ offset: common, length: longer.size - common, fileHoles: true })[Symbol.asyncIterator]();
