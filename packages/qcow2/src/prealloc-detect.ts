@@ -15,11 +15,12 @@ const HEADER_BYTES = 112;
 
 /**
  * Whether the qcow2 image in `storage`, whose file occupies
- * `allocatedBytes` on its device (st_blocks * 512), counts more clusters
- * with a nonzero refcount than max(10/9 of the allocated clusters, the
- * allocated clusters + 2): qemu's test for metadata preallocation, which
+ * `allocatedBytes` on its device (st_blocks * 512), counts at least
+ * max(10/9 of the allocated clusters, the allocated clusters + 2) clusters
+ * with a nonzero refcount: qemu's test for metadata preallocation, which
  * decides whether `qemu-img map` looks for holes inside data clusters.
- * Counting stops past that threshold.
+ * Counting stops at that threshold (qemu's does too, so reaching it is
+ * enough: an image that reaches it exactly is preallocated to qemu).
  */
 export async function detectMetadataPreallocation(storage: Storage, allocatedBytes: number): Promise<boolean> {
   const fileSize = await storage.size();
@@ -38,11 +39,11 @@ export async function detectMetadataPreallocation(storage: Storage, allocatedByt
   await storage.readInto(h.refcountTableOffset, table);
   const block = new Uint8Array(cs);
   let counted = 0;
-  for (let b = 0; b * perBlock < endCluster && (b + 1) * 8 <= table.length && counted <= threshold; b++) {
+  for (let b = 0; b * perBlock < endCluster && (b + 1) * 8 <= table.length && counted < threshold; b++) {
     const off = entryOffset(readU32Be(table, b * 8), readU32Be(table, b * 8 + 4));
     if (!off || off % cs || off + cs > fileSize) continue;
     await storage.readInto(off, block);
-    for (let k = 0; k < perBlock && b * perBlock + k < endCluster && counted <= threshold; k++) if (readRefcount(block, k, bits) > 0) counted++;
+    for (let k = 0; k < perBlock && b * perBlock + k < endCluster && counted < threshold; k++) if (readRefcount(block, k, bits) > 0) counted++;
   }
-  return counted > threshold;
+  return counted >= threshold;
 }
