@@ -42,9 +42,13 @@ interface Window {
   data: Float64Array;
 }
 
+/** The hole maps of read-only storages, kept while the storage is (see {@link FileHoles.of}). */
+const readOnlyHoles = new WeakMap<Storage, Promise<FileHoles | undefined>>();
+
 /**
  * What the file system says about the holes of one file, for one extent
- * walk (formats use it to answer `fileHoles`).
+ * walk (formats use it to answer `fileHoles`), or for every walk over a
+ * read-only file.
  */
 export class FileHoles {
   readonly #source: RangesSource;
@@ -55,11 +59,21 @@ export class FileHoles {
   asked = 0;
 
   /**
-   * The holes of `storage` for one walk, or undefined where it cannot tell
-   * or says it holds every byte of its file (then there is no hole to find,
-   * and on tmpfs the question alone walks every page up to the end).
+   * The holes of `storage` for one walk (for all of them, when it is
+   * read-only), or undefined where it cannot tell or says it holds every
+   * byte of its file (then there is no hole to find, and on tmpfs the
+   * question alone walks every page up to the end).
    */
-  static async of(storage: Storage): Promise<FileHoles | undefined> {
+  static of(storage: Storage): Promise<FileHoles | undefined> {
+    // A read-only storage keeps its holes: one map serves every walk over it (a backing file is walked once per
+    // hole of the image above it: asked afresh each time, that was two system calls and a window per hole).
+    if (!storage.readOnly) return FileHoles.#open(storage);
+    let known = readOnlyHoles.get(storage);
+    if (!known) readOnlyHoles.set(storage, (known = FileHoles.#open(storage)));
+    return known;
+  }
+
+  static async #open(storage: Storage): Promise<FileHoles | undefined> {
     if (!storage.ranges) return undefined;
     const fileEnd = await storage.size();
     if (storage.allocatedBytes && (await storage.allocatedBytes()) >= fileEnd) return undefined;
