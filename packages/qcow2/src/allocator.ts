@@ -289,6 +289,39 @@ export class Allocator {
   }
 
   /**
+   * Releases what each entry pointed to, as {@link releaseEntry} does, with
+   * the data clusters that follow each other in the file released as one
+   * run: a refcount write per run, not per cluster (emptying a 512 MiB
+   * overlay wrote 8192 two-byte refcount entries one at a time).
+   */
+  async releaseEntries(entries: readonly Entry[]): Promise<void> {
+    const img = this.#img;
+    const cs = img.geom.clusterSize;
+    let runStart = -1;
+    let runEnd = -1;
+    const flush = async () => {
+      if (runStart < 0) return;
+      // Data clusters that are also metadata are corruption: dropping their references would free the metadata.
+      img.overlap?.check(img.file, runStart, runEnd - runStart);
+      const [from, to] = [runStart, runEnd];
+      runStart = runEnd = -1;
+      await this.release(from, to - from);
+    };
+    for (const e of entries) {
+      if (e.compressed || e.host === undefined || img.dataFile) {
+        await flush();
+        await this.releaseEntry(e);
+      } else if (e.host === runEnd) runEnd += cs;
+      else {
+        await flush();
+        runStart = e.host;
+        runEnd = e.host + cs;
+      }
+    }
+    await flush();
+  }
+
+  /**
    * Finds room for compressed bytes of each length, in order (see
    * {@link #placeCompressed}). The refcount blocks are written once per
    * call, and the file grown once, before it answers.

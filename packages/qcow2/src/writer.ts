@@ -282,7 +282,7 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
   }
   if (stale.length) {
     await scheduler.barrier();
-    for (const p of stale) await allocator.releaseEntry(p.old);
+    await allocator.releaseEntries(stale.map((p) => p.old));
   }
   return undefined;
 }
@@ -393,7 +393,7 @@ async function zeroInTable(core: Qcow2Image, l1Index: number, start: number, end
   if (first >= 0) await map.writeTableRange(tableOffset, table, first, last);
   if (stale.length) {
     await scheduler.barrier();
-    for (const e of stale) await allocator.releaseEntry(e);
+    await allocator.releaseEntries(stale);
   }
   await writeZeros(core, l1Index, partial);
 }
@@ -476,6 +476,6 @@ async function compressedInTable(core: Qcow2Image, l1Index: number, items: Reado
   const stale = olds.filter((o) => o.compressed || o.host !== undefined);
   if (stale.length) {
     await scheduler.barrier();
-    for (const o of stale) await allocator.releaseEntry(o);
+    await allocator.releaseEntries(stale);
   }
 }
