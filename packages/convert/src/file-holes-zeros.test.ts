@@ -6,8 +6,7 @@
 // qemu-img 7.4 s; now 0.2 s). An encrypted image's holes are not zeros once decrypted, and stay data.
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { describeQemu, qemuImg, qemuImgLuks, qemuIo, tempDir } from '@img/testkit';
-import type { Disk } from '@img/block';
+import { countReads, describeQemu, qemuImg, qemuImgLuks, qemuIo, tempDir } from '@img/testkit';
 import { openImageFile } from './node.js';
 import { firstDifference } from './cli/commands/compare.js';
 import { rebaseDisk } from './maintain.js';
@@ -18,28 +17,6 @@ afterAll(() => tmp.cleanup());
 
 const MiB = 1024 * 1024;
 const SIZE = 256 * MiB;
-
-/** `disk` with the bytes read through it counted. */
-function counted(disk: Disk): Disk & { bytesRead: number } {
-  const count = { bytesRead: 0 };
-  const readInto = (offset: number, target: Uint8Array): Promise<void> => {
-    count.bytesRead += target.length;
-    return disk.readInto(offset, target);
-  };
-  return new Proxy(disk, {
-    get(target, key) {
-      if (key === 'readInto') return readInto;
-      if (key === 'bytesRead') return count.bytesRead;
-      const value: unknown = Reflect.get(target, key, target);
-      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-    },
-    set(target, key, value) {
-      if (key !== 'bytesRead') return Reflect.set(target, key, value, target);
-      count.bytesRead = value as number;
-      return true;
-    },
-  }) as Disk & { bytesRead: number };
-}
 
 /** Writes in part of a page, whole pages and across a page edge, so holes and zero sectors meet data in every way. */
 const WRITES = ['write -P 0x11 1M 1536', 'write -P 0x22 8M 64k', 'write -P 0x33 100M 3k', 'write -P 0x44 200M 512'];
@@ -60,8 +37,9 @@ describeQemu('data over holes of the file reads as zeros without a read', () => 
       const reference = join(tmp.path, `img${i}.raw`);
       qemuImg(['convert', '-f', c.format, '-O', 'raw', file, reference]);
 
-      const disk = counted(await openImageFile(file, { format: c.format, readOnly: true }));
-      const raw = counted(await openImageFile(reference, { format: 'raw', readOnly: true }));
+      const reads = countReads(await openImageFile(file, { format: c.format, readOnly: true }));
+      const disk = reads.disk;
+      const raw = await openImageFile(reference, { format: 'raw', readOnly: true });
       try {
         let data = 0;
         for await (const e of disk.extents({ fileHoles: true })) {
@@ -74,10 +52,9 @@ describeQemu('data over holes of the file reads as zeros without a read', () => 
         // The written pages, not the 256 MiB the format stores (a VHD's size is rounded up past SIZE).
         expect(data).toBeGreaterThanOrEqual(1536 + 64 * 1024 + 3 * 1024 + 512);
         expect(data).toBeLessThanOrEqual(5 * 64 * 1024);
-        disk.bytesRead = 0;
-        raw.bytesRead = 0;
+        reads.reset();
         expect(await firstDifference(disk, raw, false)).toBeUndefined();
-        expect(disk.bytesRead).toBeLessThanOrEqual(8 * MiB);
+        expect(reads.bytesRead()).toBeLessThanOrEqual(8 * MiB);
       } finally {
         await disk.close();
         await raw.close();
@@ -111,12 +88,13 @@ describeQemu('data over holes of the file reads as zeros without a read', () => 
     const before = join(tmp.path, 'top-before.raw');
     qemuImg(['convert', '-O', 'raw', top, before]);
     const disk = await openImageFile(top, { format: 'qcow2', readOnly: false });
-    const next = counted(await openImageFile(join(tmp.path, 'new.qcow2'), { format: 'qcow2', readOnly: true }));
+    const reads = countReads(await openImageFile(join(tmp.path, 'new.qcow2'), { format: 'qcow2', readOnly: true }));
+    const next = reads.disk;
     try {
       const { bytesCopied } = await rebaseDisk(disk, next, 'new.qcow2', 'qcow2');
       // Where either backing file holds data: 1 MiB and 64 KiB of the old one (the new one's 64 KiB lies inside).
       expect(bytesCopied).toBe(MiB + 64 * 1024);
-      expect(next.bytesRead).toBeLessThanOrEqual(2 * MiB);
+      expect(reads.bytesRead()).toBeLessThanOrEqual(2 * MiB);
     } finally {
       await next.close();
       await disk.close();

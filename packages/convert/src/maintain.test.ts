@@ -2,7 +2,7 @@
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { describeQemu, qemuCheck, qemuCompare, qemuImg, qemuInfo, qemuIo, tempDir } from '@img/testkit';
+import { countReads, describeQemu, qemuCheck, qemuCompare, qemuImg, qemuInfo, qemuIo, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 import { openImageFile } from './node.js';
 import { rebaseDisk } from './maintain.js';
@@ -110,25 +110,13 @@ describeQemu('img rebase', () => {
     qemuImg(['convert', '-O', 'raw', ours.top, flat]);
     const top = await openImageFile(ours.top, { format: 'qcow2', readOnly: false });
     const base = await openImageFile(ours.base, { format: 'qcow2', readOnly: true });
-    let read = 0;
-    const counted = new Proxy(base, {
-      get(target, key) {
-        if (key === 'readInto') {
-          return (offset: number, buf: Uint8Array) => {
-            read += buf.length;
-            return target.readInto(offset, buf);
-          };
-        }
-        const value: unknown = Reflect.get(target, key, target);
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
+    const reads = countReads(base);
     try {
-      const { bytesCopied } = await rebaseDisk(top, counted, 'drop-img-base.qcow2', 'qcow2');
+      const { bytesCopied } = await rebaseDisk(top, reads.disk, 'drop-img-base.qcow2', 'qcow2');
       // What mid holds under no data of top: the half of its 2M+1M run top does not cover, the zeroed 64 KiB, the 64 KiB at 12M.
       expect(bytesCopied).toBe(512 * 1024 + 64 * 1024 + 64 * 1024);
       // The base is read where mid decides (1 MiB, 64 KiB, 64 KiB less what top holds), not its 8 MiB of data.
-      expect(read).toBeLessThanOrEqual(2 * 1024 * 1024);
+      expect(reads.bytesRead()).toBeLessThanOrEqual(2 * 1024 * 1024);
     } finally {
       await base.close();
       await top.close();

@@ -6,7 +6,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { openQcow2, readQcow2DirtyBitmap } from '@img/qcow2';
-import { describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
+import { countReads, describeWith, qemuImg, qemuIo, tempDir } from '@img/testkit';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { NbdStorage, serveNbd, type NbdServer } from './index.js';
 
@@ -425,20 +425,8 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', at('pre.qcow2'), '32M']);
     qemuIo(at('pre.qcow2'), 'qcow2', ['write -P 0x5a 4M 4k']);
     const disk = await openQcow2(await FileStorage.open(at('pre.qcow2')), { resolver: fileResolver });
-    let bytesRead = 0;
-    const counted = new Proxy(disk, {
-      get(target, key) {
-        if (key === 'readInto') {
-          return (offset: number, buf: Uint8Array) => {
-            bytesRead += buf.length;
-            return target.readInto(offset, buf);
-          };
-        }
-        const value: unknown = Reflect.get(target, key, target);
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    const server = await serveNbd([{ name: '', disk: counted }], { socket: at('pre.sock') });
+    const reads = countReads(disk);
+    const server = await serveNbd([{ name: '', disk: reads.disk }], { socket: at('pre.sock') });
     const client = await NbdStorage.connect(uri(at('pre.sock')));
     try {
       const bytes = new Uint8Array(8 * 1024 * 1024);
@@ -446,7 +434,7 @@ describeWith('nbdinfo', 'img serve against nbdinfo, qemu-img and qemu-nbd', () =
       expect(bytes.subarray(4 * 1024 * 1024, 4 * 1024 * 1024 + 4096).every((b) => b === 0x5a)).toBe(true);
       expect(bytes.subarray(0, 4 * 1024 * 1024).every((b) => b === 0)).toBe(true);
       // The 4 KiB written (a page of the file), not the 8 MiB asked for.
-      expect(bytesRead).toBeLessThanOrEqual(64 * 1024);
+      expect(reads.bytesRead()).toBeLessThanOrEqual(64 * 1024);
     } finally {
       await client.close();
       await server.close();

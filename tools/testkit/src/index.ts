@@ -19,3 +19,4 @@ export { pageCacheBytes } from './page-cache.js';
 export { withStorage } from './with-storage.js';
 export { fullAt, type FillableStorage } from './full-storage.js';
 export { countWrites, type WritableStorage } from './count-writes.js';
+export { countReads, type ReadableDisk } from './count-reads.js';
