@@ -52,16 +52,16 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
   // Runs of unallocated grains are gathered and asked of the parent as one range.
   let holeStart = -1;
   let run: PendingRun | undefined;
-  const take = (): Extent | Extent[] | Promise<Extent[]> | undefined => {
+  const take = (): Extent[] | Promise<Extent[]> | undefined => {
     const r = run;
     run = undefined;
     if (!r) return undefined;
-    if (r.kind === 'zero') return { offset: r.offset, length: r.length, kind: 'zero', depth: 0 };
+    if (r.kind === 'zero') return [{ offset: r.offset, length: r.length, kind: 'zero', depth: 0 }];
     if (holes && r.hostOffset !== undefined) {
       const stored: Extent = { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: r.hostOffset, file: file! } : {}) };
       return holes.split(stored, r.hostOffset, e.storage);
     }
-    return { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(options.hostOffsets && r.hostOffset !== undefined ? { hostOffset: r.hostOffset, file: file! } : {}) };
+    return [{ offset: r.offset, length: r.length, kind: 'data', depth: 0, ...(options.hostOffsets && r.hostOffset !== undefined ? { hostOffset: r.hostOffset, file: file! } : {}) }];
   };
   while (pos < to) {
     const inExtent = pos - e.start;
@@ -71,7 +71,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
     const table = writer ? undefined : await map.table(tableIndex);
     if (!writer && !table) {
       const done = take();
-      if (done) yield* await runsOf(done);
+      if (done) yield* done instanceof Promise ? await done : done;
       if (holeStart < 0) holeStart = pos;
       pos = tableEnd;
       continue;
@@ -82,7 +82,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(table![grain % n] ?? GTE_UNALLOCATED, grain);
       if (entry.kind === 'unallocated') {
         const done = take();
-        if (done) yield* await runsOf(done);
+        if (done) yield* done instanceof Promise ? await done : done;
         if (holeStart < 0) holeStart = pos;
         pos = next;
         continue;
@@ -97,20 +97,15 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       if (joins) run!.length += next - pos;
       else {
         const done = take();
-        if (done) yield* await runsOf(done);
+        if (done) yield* done instanceof Promise ? await done : done;
         run = { kind, offset: pos, length: next - pos, ...(host !== undefined ? { hostOffset: host } : {}) };
       }
       pos = next;
     }
   }
   const done = take();
-  if (done) yield* await runsOf(done);
+  if (done) yield* done instanceof Promise ? await done : done;
   if (holeStart >= 0) yield* extentsBelow(core, holeStart, to, options);
-}
-
-/** What `take` gave, as extents to yield. */
-async function runsOf(done: Extent | Extent[] | Promise<Extent[]>): Promise<Extent[]> {
-  return Array.isArray(done) ? done : done instanceof Promise ? await done : [done];
 }
 
 /**

@@ -2,8 +2,7 @@
  * img compare: whether two images read the same, as qemu-img compare.
  */
 import { parseArgs } from '../parse-args.js';
-import { Buffer } from 'node:buffer';
-import { ImageError, isAllZero, type Disk, type Extent } from '@img/block';
+import { bytesEqual, ImageError, isAllZero, type Disk, type Extent } from '@img/block';
 import { checkCacheModes, ExitCode, UsageError } from '../common.js';
 import { qemuProgressPrinter } from '../progress.js';
 import { firstStatusMismatch } from '../compare-status.js';
@@ -197,7 +196,7 @@ export async function firstDifference(a: Disk, b: Disk, strict: boolean, onProgr
       if (readB.status === 'rejected') throw new CompareStageError(4, readB.reason);
       const viewA = head.bufs[0].subarray(0, head.n);
       const viewB = head.bufs[1].subarray(0, head.n);
-      if (Buffer.compare(viewA, viewB) !== 0) {
+      if (!bytesEqual(viewA, viewB)) {
         let i = 0;
         while (viewA[i] === viewB[i]) i++;
         const at = head.pos + i;
