@@ -193,7 +193,7 @@ describeQemu('encrypted qcow2 inputs on the command line', () => {
 
   it('refusals are one line, exit 1, with no output left', () => {
     const cases: Array<[string[], RegExp]> = [
-      [['convert', '-O', 'raw', p('luks.qcow2'), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*luks\.qcow2 is encrypted \(LUKS\): its data reads only with the passphrase/],
+      [['convert', '-O', 'raw', p('luks.qcow2'), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*luks\.qcow2: Parameter 'encrypt\.key-secret' is required for cipher \(give its passphrase/],
       [['convert', '--object', 'secret,id=sec0,data=wrong', '--image-opts', '-O', 'raw', opts(p('luks.qcow2')), p('x.raw')], /^img convert: ERR_IMG_INVALID_ARG: qcow2: .*the passphrase unlocks none of the image's 1 active LUKS key slot/],
       [['convert', ...secret, '--image-opts', '-O', 'raw', opts(p('luks.qcow2'), 'other'), p('x.raw')], /^img convert: No secret with id 'other'$/],
       [['compare', ...secret, '--image-opts', `${opts(p('luks.qcow2'))},cache.direct=on`, p('src.raw')], /^img compare: --image-opts .*: img reads driver, file.driver \(file or nbd\), file.filename, file.server.\*, file.export and the key-secret options, not "cache.direct"$/],

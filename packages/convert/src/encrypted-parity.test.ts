@@ -77,8 +77,6 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
     for (const [name, param] of Object.entries(key)) {
       const file = p(name);
       for (const args of [['map'], ['map', '--output=json'], ['measure', '-O', 'qcow2'], ['snapshot', '-l'], ['bench', '-c', '1'], ['compare', file]]) {
-        // img snapshot opens the image alone, without its backing file (as it always has): not the overlay's.
-        if (name === 'over.qcow2' && args[0] === 'snapshot') continue;
         const what = `${args.join(' ')} ${name}`;
         const theirs = qemuImg([...args, file], { allowFail: true });
         const ours = run('img', [...args, file]);
@@ -97,6 +95,47 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
       const args = ['map', '--output=json', ...right, '--image-opts', opened];
       expect(run('img', args).stdout, opened).toBe(qemuImg(args).stdout);
     }
+  });
+
+  it('convert, dd, amend, snapshot and check without the passphrase, or over a missing backing file: refused (status 1) with nothing written, as qemu-img', () => {
+    qemuImgLuks(['create', '-q', '-f', 'qcow2', ...right, '-o', 'encrypt.format=luks,encrypt.key-secret=s', p('e2.qcow2'), '4M'], { timeKey: 'encrypt.iter-time' });
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', p('e2.qcow2'), '-F', 'qcow2', '-u', p('over2.qcow2'), '4M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', p('gone.qcow2'), '-F', 'qcow2', '-u', p('orphan.qcow2'), '4M']);
+    // Nothing is allocated in any of them: img converted, dd-copied and amended them (status 0), and checked the overlays.
+    const cases: [string, string[], RegExp][] = [];
+    for (const name of ['e2.qcow2', 'over2.qcow2']) {
+      const secret = name === 'e2.qcow2' ? /Parameter 'encrypt.key-secret' is required for cipher/ : /Could not open backing file .*e2\.qcow2: Parameter 'encrypt.key-secret' is required/;
+      cases.push([name, ['convert', '-O', 'raw', p(name), p('out.raw')], secret]);
+      cases.push([name, ['convert', '-O', 'qcow2', p(name), p('out.raw')], secret]);
+      cases.push([name, ['dd', `if=${p(name)}`, `of=${p('out.raw')}`, 'bs=1M', 'count=1'], secret]);
+      cases.push([name, ['amend', '-o', 'lazy_refcounts=on', p(name)], secret]);
+    }
+    for (const name of ['over2.qcow2', 'orphan.qcow2']) {
+      const why = name === 'orphan.qcow2' ? /ERR_IMG_NOT_FOUND: .*gone\.qcow2/ : /Could not open backing file .*e2\.qcow2: Parameter 'encrypt.key-secret' is required/;
+      cases.push([name, ['check', p(name)], why]);
+      cases.push([name, ['check', '--output=json', p(name)], why]);
+      cases.push([name, ['snapshot', '-l', p(name)], why]);
+      cases.push([name, ['snapshot', '-c', 'one', p(name)], why]);
+    }
+    for (const [name, args, why] of cases) {
+      const what = `${args.join(' ')}`;
+      const before = readFileSync(p(name));
+      const theirs = qemuImg(args, { allowFail: true });
+      expect(existsSync(p('out.raw')), what).toBe(false);
+      const ours = run('img', args);
+      expect([ours.status, ours.stdout], what).toEqual([theirs.status, theirs.stdout]);
+      expect(ours.status, what).toBe(1);
+      expect(ours.stderr, what).toMatch(why);
+      expect(existsSync(p('out.raw')), what).toBe(false);
+      expect(readFileSync(p(name)).equals(before), what).toBe(true);
+    }
+    // With the passphrase each of them works.
+    const keyed = ['--image-opts', `driver=qcow2,file.filename=${p('over2.qcow2')},backing.encrypt.key-secret=s`];
+    expect(run('img', ['check', ...right, ...keyed]).status).toBe(0);
+    expect(run('img', ['snapshot', '-l', ...right, ...keyed]).status).toBe(0);
+    const copied = run('img', ['convert', ...right, '-O', 'raw', ...keyed, p('out.raw')]);
+    expect(copied.status, copied.stderr).toBe(0);
+    expect(readFileSync(p('out.raw')).equals(Buffer.alloc(4 << 20))).toBe(true);
   });
 
   it('LUKS with an external data file, as qemu-img writes it: the data file holds ciphertext, qemu-img reads and checks it; a raw data file is refused', () => {

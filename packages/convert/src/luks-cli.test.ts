@@ -146,7 +146,7 @@ describeQemu('luks images on the command line', () => {
   it('refusals without the key: one line naming the file, exit 1, nothing written', () => {
     const r = run('img', ['convert', '-O', 'raw', p('q.luks'), p('nokey.raw')]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`^img convert: ERR_IMG_INVALID_ARG: luks: ${p('q.luks').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is a LUKS encrypted volume: its data reads and writes only with the passphrase .*\n$`));
+    expect(r.stderr).toMatch(new RegExp(`^img convert: ERR_IMG_INVALID_ARG: luks: ${p('q.luks').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: Parameter 'key-secret' is required for cipher \\(give its passphrase: .*\n$`));
     const w = run('img', ['resize', p('q.luks'), '20M']);
     expect(w.status).toBe(1);
     expect(w.stderr).toMatch(/writing into it needs its passphrase/);

@@ -71,12 +71,13 @@ export function qemuImg(args: string[], options: { allowFail?: boolean; cwd?: st
 /**
  * qemu-img with LUKS options (`qemu-img create -f luks -o ...`, `-o encrypt.format=luks,...`, amend): it times
  * PBKDF2 for the iter-time, and on a loaded machine now and then fails "Unable to get accurate CPU usage". Each try
- * appends `,<timeKey>=<ms>` to the argument after `-o` with the next of `times`; another failure, or the last one,
- * throws with qemu-img's stderr.
+ * appends `,<timeKey>=<ms>` to the argument after `-o` with the next of `times`, after a pause that grows with each
+ * failure; another failure, or the last one, throws with qemu-img's stderr.
  */
 export function qemuImgLuks(args: string[], options: { timeKey?: string; times?: readonly number[] } = {}): { stdout: string; stderr: string; status: number } {
   const timeKey = options.timeKey ?? 'iter-time';
   let last = '';
+  let tries = 0;
   for (const ms of options.times ?? [10, 20, 50, 10, 100, 20, 200, 50]) {
     const r = qemuImg(
       args.map((a, i) => (args[i - 1] === '-o' ? `${a},${timeKey}=${ms}` : a)),
@@ -85,6 +86,8 @@ export function qemuImgLuks(args: string[], options: { timeKey?: string; times?:
     if (r.status === 0) return r;
     last = r.stderr;
     if (!/accurate CPU usage/.test(r.stderr)) break;
+    // The failures come in bursts while the machine is busy: wait a little longer after each one.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100 * ++tries);
   }
   throw new Error(`qemu-img ${args.join(' ')}: ${last}`);
 }

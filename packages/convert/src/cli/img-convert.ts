@@ -8,7 +8,7 @@ import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@i
 import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
-import { storedBackingFormat } from './commands/shared.js';
+import { refuseWithoutSecret, storedBackingFormat } from './commands/shared.js';
 import { checkCacheModes, describeErrno, ExitCode, rateLimitOption, runCommand, UsageError, version, type Io } from './common.js';
 import { progressPrinter, qemuProgressPrinter } from './progress.js';
 import { abortOnSignals, interruptedStatus } from './interrupt.js';
@@ -243,16 +243,28 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       dstFormat = probe.format;
       await probe.close();
     }
+    // An input opened with its chain, as qemu-img convert opens it: an encrypted image or backing file given no
+    // passphrase is refused (status 1) before anything is created, whatever it holds.
+    const refuseLocked = async () => {
+      const probe = await openImageFile(input, { registry, untrusted, forceShare, forceFormat: values['force-format'] ?? false, ...(srcFormat !== undefined ? { format: srcFormat } : {}), ...passphrase });
+      try {
+        await refuseWithoutSecret(probe, input, opened);
+      } finally {
+        await probe.close();
+      }
+      return probe.format;
+    };
+    let refused = false;
     if (srcFormat === undefined) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
-      const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true, ...passphrase });
-      srcFormat = probe.format;
-      await probe.close();
+      srcFormat = await refuseLocked();
+      refused = true;
     }
     registry.require(srcFormat);
     (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     const dstDriver = registry.require(dstFormat);
+    if (!refused && input !== '-') await refuseLocked();
     const optionText = readOptionText(values.o);
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);

@@ -13,7 +13,7 @@ import { amendOptionsFromCli, printOptionHelp, readOptionText } from '../options
 import { defaultRegistry } from '../../formats.js';
 import { openImageFile } from '../../node.js';
 import { qemuFormatName } from '../info-human.js';
-import { type Handler, commonNoOutput, onePath, quietOption, quietIo } from './shared.js';
+import { type Handler, commonNoOutput, onePath, openForCommand, quietOption, quietIo } from './shared.js';
 
 /** img amend. */
 export const amend: Handler = async (argv, io) => {
@@ -90,6 +90,9 @@ export const amend: Handler = async (argv, io) => {
     }
     return 0;
   }
+  // As qemu-img amend, which opens the image with its chain before it changes anything: an encrypted image (or
+  // backing file) given no passphrase is refused, status 1, with nothing changed.
+  await (await openForCommand(file, { f: 'qcow2', untrusted: values.untrusted ?? false, 'force-format': values['force-format'] ?? false })).close();
   // size= is a resize (to any size, smaller too, as qemu-img amend): after an upgrade to version 3, before a
   // downgrade to version 2 (a version 2 image with snapshots cannot be resized), as qemu orders them.
   const newSize = size === undefined ? undefined : parseSize(String(size));

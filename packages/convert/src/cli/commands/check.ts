@@ -10,8 +10,8 @@ import { qdictSorted, qemuFormatName, qemuJson } from '../info-human.js';
 import { printfFixed } from '../printf.js';
 import { defaultRegistry } from '../../formats.js';
 import { imageFormatOf, openImageFile, refusingResolver } from '../../node.js';
-import { imageOpenOptions, missingSecretError } from '../qemu-objects.js';
-import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo } from './shared.js';
+import { imageOpenOptions, missingSecretError, type ImageOpts } from '../qemu-objects.js';
+import { type Handler, common, shareOption, outputMode, onePath, quietOption, quietIo, refuseWithoutSecret } from './shared.js';
 
 /**
  * Whether the image in `storage` opens and says it is encrypted. The check reads the file's metadata alone and needs
@@ -28,6 +28,37 @@ async function opensEncrypted(driver: FormatDriver, storage: Storage, forceShare
     return (await disk.info?.())?.encrypted === true;
   } finally {
     await disk.close();
+  }
+}
+
+/**
+ * As qemu-img check, which opens the image with its backing chain before it checks anything: a backing file that
+ * is missing, does not open, or is encrypted and given no passphrase fails the check (status 1, its reason on
+ * stderr). The check itself reads this file alone; an image that does not open on its own (a corrupt table) is
+ * left to the check, which counts what is wrong, and an image without a backing file is not opened twice.
+ */
+async function refuseUnopenableChain(path: string, opened: ImageOpts, registry: ReturnType<typeof defaultRegistry>, forceShare: boolean): Promise<void> {
+  let backed = false;
+  try {
+    const top = await openImageFile(path, { ...opened, registry, readOnly: true, noBacking: true, forceShare });
+    try {
+      backed = (await top.info?.())?.backingFile !== undefined;
+    } finally {
+      await top.close();
+    }
+  } catch {
+    return;
+  }
+  if (!backed) return;
+  let disk;
+  try {
+    disk = await openImageFile(path, { ...opened, registry, readOnly: true, forceShare });
+    await refuseWithoutSecret(disk, path, opened);
+  } catch (e) {
+    if (ImageError.isInstance(e)) throw new ExitCode(1, `${e.code}: ${e.message}`);
+    throw e;
+  } finally {
+    await disk?.close();
   }
 }
 
@@ -57,11 +88,14 @@ export const check: Handler = async (argv, io) => {
       if (ImageError.isInstance(e) && e.data.field === 'passphrase') throw new ExitCode(1, `${e.code}: ${e.message}`);
     }
   }
+  // (--untrusted refuses an image that names another file before it is checked.)
+  if (!isNbdUri(path) && !values.untrusted) await refuseUnopenableChain(path, opened, registry, values['force-share'] ?? false);
   const storage = isNbdUri(path) ? await NbdStorage.connect(path, { writable: values.r !== undefined }) : await FileStorage.open(path, { readOnly: values.r === undefined, forceShare: values['force-share'] ?? false });
   let result;
   try {
     // The format comes from the bytes alone (head and tail), as qemu-img check's probe: opening the image to learn it
-    // would refuse the very metadata problems check is there to count. The check reads this file only, never its chain.
+    // would refuse the very metadata problems check is there to count. The check reads this file only (its chain was
+    // opened above only to see that it opens).
     const format = await imageFormatOf(storage, {
       registry,
       untrusted: values.untrusted ?? false,

@@ -13,7 +13,7 @@ import { abortOnSignals } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
-import { type Handler, commonNoOutput, shareOption } from './shared.js';
+import { type Handler, commonNoOutput, refuseWithoutSecret, shareOption } from './shared.js';
 
 /** The largest bs qemu-img dd takes (INT_MAX). */
 const MAX_BLOCK = 2 ** 31 - 1;
@@ -90,13 +90,20 @@ export const dd: Handler = async (argv, io) => {
   const untrusted = values.untrusted ?? false;
   const forceShare = values['force-share'] ?? false;
   const forceFormat = values['force-format'] ?? false;
-  // The range is known only from the input's size: open it (without its chain) before anything is created.
+  // The range is known only from the input's size: open it before anything is created.
   const opened = imageOpenOptions(input, values.f);
-  const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat, noBacking: true });
+  // With its chain, as qemu-img dd opens it: an encrypted image (or backing file) given no passphrase is refused,
+  // whatever the range holds.
+  const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat });
+  let size;
+  try {
+    await refuseWithoutSecret(probe, input, opened);
+    size = probe.size;
+  } finally {
+    await probe.close();
+  }
   const srcFormat = probe.format;
   warnIfRawReadInFull(io, 'img', srcFormat, input);
-  const size = probe.size;
-  await probe.close();
   const offset = ops.skip * ops.bs;
   if (!Number.isSafeInteger(offset) || offset > size) throw new UsageError(`${input}: cannot skip to specified offset (${ops.skip} blocks of ${ops.bs} bytes is past the end of the ${size}-byte image)`);
   // As qemu-img dd: count= bounds the input read from its start, skipped blocks included (GNU dd counts after

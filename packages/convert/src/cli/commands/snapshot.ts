@@ -45,7 +45,8 @@ export const snapshot: Handler = async (argv, io) => {
   const disk = await openImageFile(path, {
     ...opened,
     readOnly: Boolean(values.l),
-    noBacking: true,
+    // With its chain, as qemu-img snapshot opens it: an overlay whose backing file is missing (or encrypted and given
+    // no passphrase) is refused, status 1, whatever the operation.
     forceShare: values['force-share'] ?? false,
   });
   try {
