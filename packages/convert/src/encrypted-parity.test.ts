@@ -9,6 +9,12 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, qemuImgLuks, tempDir } from '@img/testkit';
 import { run } from './test/cli.js';
 
+/** The backing file fields of qemu-img info's JSON. */
+function qemuInfoBacking(file: string): Record<string, unknown> {
+  const info = JSON.parse(qemuImg(['info', '--output=json', file]).stdout) as Record<string, unknown>;
+  return { 'backing-filename': info['backing-filename'], 'backing-filename-format': info['backing-filename-format'], 'virtual-size': info['virtual-size'] };
+}
+
 describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
   const tmp = tempDir('img-enc-parity-');
   const p = (n: string) => join(tmp.path, n);
@@ -136,6 +142,28 @@ describeQemu('encrypted images: the statuses and lines qemu-img gives', () => {
     const copied = run('img', ['convert', ...right, '-O', 'raw', ...keyed, p('out.raw')]);
     expect(copied.status, copied.stderr).toBe(0);
     expect(readFileSync(p('out.raw')).equals(Buffer.alloc(4 << 20))).toBe(true);
+  });
+
+  it('a luks volume as a backing file (-F luks), its passphrase given as backing.key-secret: created, read and converted as qemu-img does', () => {
+    qemuImgLuks(['create', '-q', '-f', 'luks', ...right, '-o', 'key-secret=s', p('b.luks'), '4M']);
+    execFileSync('qemu-io', [...right, '--image-opts', '-c', 'write -P 0x5a 1M 64k', `driver=luks,file.filename=${p('b.luks')},key-secret=s`]);
+    const made = run('img', ['create', '-q', '-f', 'qcow2', '-b', p('b.luks'), '-F', 'luks', p('over-luks.qcow2')]);
+    expect(made.status, made.stderr).toBe(0);
+    expect(qemuInfoBacking(p('over-luks.qcow2'))).toEqual({ 'backing-filename': p('b.luks'), 'backing-filename-format': 'luks', 'virtual-size': 4 << 20 });
+    const keyed = ['--image-opts', `driver=qcow2,file.filename=${p('over-luks.qcow2')},backing.key-secret=s`];
+    for (const tool of ['img', 'qemu'] as const) {
+      const args = ['convert', ...right, '-O', 'raw', ...keyed, p(`from-luks-${tool}.raw`)];
+      const r = tool === 'img' ? run('img', args) : qemuImg(args);
+      expect(r.status, r.stderr).toBe(0);
+    }
+    const ours = readFileSync(p('from-luks-img.raw'));
+    expect(ours.equals(readFileSync(p('from-luks-qemu.raw')))).toBe(true);
+    expect(ours.subarray(1 << 20, (1 << 20) + 65536).equals(Buffer.alloc(65536, 0x5a))).toBe(true);
+    // Without it, refused by both.
+    const theirs = qemuImg(['convert', '-O', 'raw', p('over-luks.qcow2'), p('nokey.raw')], { allowFail: true });
+    const refused = run('img', ['convert', '-O', 'raw', p('over-luks.qcow2'), p('nokey.raw')]);
+    expect([refused.status, theirs.status]).toEqual([1, 1]);
+    expect(refused.stderr).toMatch(/Could not open backing file .*b\.luks: Parameter 'key-secret' is required for cipher .*backing\.key-secret=ID/);
   });
 
   it('LUKS with an external data file, as qemu-img writes it: the data file holds ciphertext, qemu-img reads and checks it; a raw data file is refused', () => {

@@ -161,11 +161,13 @@ function takeImageOpts(arg: string): string {
     throw new ExitCode(1, `${what}: key-secret is the secret of driver=luks${driver !== undefined && driver !== 'luks' ? ` (driver=${driver} takes encrypt.key-secret)` : ', and encrypt.key-secret is given too'}`);
   }
   const passphrase = secretOfKey('encrypt.key-secret') ?? secretOfKey('key-secret');
-  // backing.encrypt.key-secret, backing.backing.encrypt.key-secret, ...: nested, one level per "backing.".
+  // backing.encrypt.key-secret, backing.backing.encrypt.key-secret, ...: nested, one level per "backing."; a luks
+  // backing file's is backing.key-secret, as qemu names it.
   let backing: BackingOpenOptions | undefined;
-  const depths = [...spec.secrets.keys()].filter((k) => k.startsWith('backing.')).map((k) => k.split('.').length - 2);
+  const depths = [...spec.secrets.keys()].map((k) => /^(?:backing\.)*/.exec(k)![0].length / 'backing.'.length);
   for (let depth = Math.max(0, ...depths); depth >= 1; depth--) {
-    const value = secretOfKey(`${'backing.'.repeat(depth)}encrypt.key-secret`);
+    const at = 'backing.'.repeat(depth);
+    const value = secretOfKey(`${at}encrypt.key-secret`) ?? secretOfKey(`${at}key-secret`);
     if (value || backing) backing = { ...(value ? { passphrase: value } : {}), ...(backing ? { backing } : {}) };
   }
   // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.

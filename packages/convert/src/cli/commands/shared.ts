@@ -156,7 +156,7 @@ export function storedBackingFormat(registry: FormatRegistry, format: string | u
 }
 
 /** The formats img writes as a backing format that qemu opens too. */
-const QEMU_BACKING_FORMATS: readonly string[] = ['raw', 'qcow2', 'vhd', 'vmdk'];
+const QEMU_BACKING_FORMATS: readonly string[] = ['raw', 'qcow2', 'vhd', 'vmdk', 'luks'];
 
 /** Formats whose images name a backing file's format beside its name (qemu-img writes no backing file there without one). */
 const RECORDS_BACKING_FORMAT: readonly string[] = ['qcow2', 'vmdk'];
