@@ -220,7 +220,7 @@ function sameLayout(a: Uint8Array, b: Uint8Array): boolean {
   // Dropping the parent (rebase to none) turns a differencing disk into a dynamic one, footer first.
   const sparse = (x: Uint8Array) => readU32Be(x, 0x3c) === 3 || readU32Be(x, 0x3c) === 4;
   const retyped = sparse(a) && sparse(b);
-  const changing = (i: number) => i < 8 || (i >= 0x18 && i < 0x1c) || (i >= 0x30 && i < 0x3c) || (retyped && i >= 0x3c && i < 0x40) || (i >= 64 && i < 68);
+  const changing = (i: number) => i < 8 || (i >= 0x18 && i < 0x1c) || (i >= 0x28 && i < 0x3c) || (retyped && i >= 0x3c && i < 0x40) || (i >= 64 && i < 68);
   for (let i = 0; i < FOOTER_SIZE; i++) if (!changing(i) && a[i] !== b[i]) return false;
   return true;
 }

@@ -48,7 +48,7 @@ async function writeZeros(s: VhdState, at: number, length: number): Promise<void
   for (let pos = 0; pos < length; pos += COPY_CHUNK) await s.storage.write(at + pos, new Uint8Array(Math.min(COPY_CHUNK, length - pos)));
 }
 
-/** Sets the footer's sizes and geometry for `newSize`, keeping the sizing rule readers apply. */
+/** Sets the footer's sizes (current and original) and geometry for `newSize`, keeping the sizing rule readers apply. */
 function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
   const f = { ...s.footer };
   const sectors = newSize / VHD_SECTOR;
@@ -63,6 +63,9 @@ function footerForSize(s: VhdState, newSize: number): VhdState['footer'] {
     f.geometry = g;
   }
   f.currentSize = newSize;
+  // The original size too: the spec calls it informational, but libvhdi (vhdiinfo, vhdimount) takes the disk's size
+  // from it, and would show a grown disk at its old size (and a shrunk one past its end).
+  f.originalSize = newSize;
   return f;
 }
 

@@ -107,4 +107,24 @@ describeWith('vhdimount', 'vhdimount (libvhdi) reads our images', () => {
       expect(theirs.equals(Buffer.from(model))).toBe(true);
     }
   });
+
+  it.skipIf(!fuse)("resized disks: libvhdi reads them at their new size (it takes the size from the footer's original size)", async () => {
+    for (const type of ['dynamic', 'fixed'] as const) {
+      const path = join(tmp.path, `resized-${type}.vhd`);
+      const disk = await createVhdFile(path, { type, size: 4 * BLOCK });
+      await disk.write(BLOCK, seededBytes(BLOCK, 9));
+      for (const [size, shrink] of [
+        [40 * BLOCK, false],
+        [3 * BLOCK, true],
+      ] as const) {
+        await disk.resize!(size, { shrink });
+        await disk.flush();
+        const ours = Buffer.from(await disk.read(0, disk.size));
+        const theirs = mountRead(path, join(tmp.path, `mnt-resized-${type}-${size}`));
+        expect([type, size, theirs.length]).toEqual([type, size, size]);
+        expect(theirs.equals(ours), `${type} ${size}`).toBe(true);
+      }
+      await disk.close();
+    }
+  });
 });
