@@ -4,7 +4,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describeWith, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
+import { describeWith, hasTool, qemuImg, qemuIo, tempDir, waitForSocket } from '@img/testkit';
 import { afterAll, afterEach, expect, it } from 'vitest';
 import { nbdUri } from './cli/commands/serve.js';
 import { run } from './test/cli.js';
@@ -104,6 +104,35 @@ describeWith('nbdinfo', 'img serve', () => {
     server.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(existsSync(sock)).toBe(false);
+  });
+
+  it.skipIf(!hasTool('qemu-nbd'))('answers base:allocation as qemu-nbd: data over holes of a preallocated file is "zero" (2), in a chain, a fixed VHD and a flat VMDK', async () => {
+    const at = (n: string) => join(tmp.path, n);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', at('pre-base.qcow2'), '64M']);
+    qemuIo(at('pre-base.qcow2'), 'qcow2', ['write -P 1 1M 1M', 'write -z 4M 1M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', at('pre-base.qcow2'), '-F', 'qcow2', at('pre-top.qcow2')]);
+    qemuIo(at('pre-top.qcow2'), 'qcow2', ['write -P 2 1536k 1M', 'write -z 8M 64k']);
+    qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', at('pre-fixed.vhd'), '32M']);
+    qemuIo(at('pre-fixed.vhd'), 'vpc', ['write -P 3 2M 64k']);
+    qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', at('pre-flat.vmdk'), '32M']);
+    qemuIo(at('pre-flat.vmdk'), 'vmdk', ['write -P 4 3M 64k']);
+    for (const [file, format] of [
+      ['pre-top.qcow2', 'qcow2'],
+      ['pre-fixed.vhd', 'vpc'],
+      ['pre-flat.vmdk', 'vmdk'],
+    ] as const) {
+      const ours = await startServe(['-k', at(`${file}.img.sock`), at(file)]);
+      const qemu = spawn('qemu-nbd', ['-t', '-r', '-f', format, '-k', at(`${file}.qemu.sock`), at(file)], { stdio: 'ignore' });
+      started.push(qemu);
+      expect(await waitForSocket(at(`${file}.qemu.sock`))).toBe(true);
+      const theirs = await client('nbdinfo', ['--map', `nbd+unix:///?socket=${at(`${file}.qemu.sock`)}`]);
+      const mine = await client('nbdinfo', ['--map', `nbd+unix:///?socket=${at(`${file}.img.sock`)}`]);
+      expect(theirs.stdout, file).toMatch(/\b2\s+zero/);
+      expect(mine.stdout, `${file}: ${ours.stderr()}`).toBe(theirs.stdout);
+      ours.server.kill('SIGINT');
+      expect(await ours.exited).toBe(0);
+      qemu.kill();
+    }
   });
 
   it('takes img convert -n into a writable export: zero runs go as WRITE_ZEROES and leave the target sparse', async () => {

@@ -2,7 +2,7 @@
  * What a server offers: named exports over open disks, and the metadata
  * contexts each one answers BLOCK_STATUS with.
  */
-import type { Disk } from '@img/block';
+import type { Disk, Extent } from '@img/block';
 import { CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP } from './protocol.js';
 
 /**
@@ -16,6 +16,12 @@ export interface NbdDirtyBitmap {
   runs(offset: number, length: number): Iterable<{ offset: number; length: number; dirty: boolean }>;
 }
 
+/**
+ * An extent as an export's `allocation` gives it: `inHole` marks data the
+ * disk stores over a hole of its file, which reads as zeros.
+ */
+export type NbdExtent = Extent & { inHole?: boolean };
+
 /** One export: a disk under a name. */
 export interface NbdExport {
   /** The export name clients ask for ("" is the default export, as qemu-nbd's). */
@@ -28,6 +34,14 @@ export interface NbdExport {
   writable?: boolean;
   /** Dirty bitmaps offered as `qemu:dirty-bitmap:NAME` contexts (as qemu-nbd -B NAME). */
   bitmaps?: readonly NbdDirtyBitmap[];
+  /**
+   * The allocation BLOCK_STATUS reports, in place of the disk's extents:
+   * data marked `inHole` is answered `NBD_STATE_ZERO` (data that reads as
+   * zeros), as qemu-nbd answers the clusters of a qcow2 preallocated with
+   * metadata, or a fixed VHD or flat VMDK extent, over holes of their file
+   * (`img serve` gives the ranges qemu asks the file below about).
+   */
+  allocation?: (offset: number, length: number) => AsyncIterable<NbdExtent>;
 }
 
 /** The metadata contexts of an export, in the order their ids are given. */

@@ -5,7 +5,7 @@
  * The disk keeps call order for overlapping requests.
  */
 import { ImageError, type Extent } from '@img/block';
-import { bitmapOf } from './export.js';
+import { bitmapOf, type NbdExtent } from './export.js';
 import type { Agreement } from './handshake.js';
 import { MAX_REQUEST } from './handshake.js';
 import * as P from './protocol.js';
@@ -227,11 +227,11 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     // Allocation contexts share one extents walk, started only if one of them was chosen and taken only as far as
     // a context's answer needs: with REQ_ONE, until its one run changes state (as qemu-nbd answers, so a client
     // probing one extent at a time makes no more round trips than it must). At most maxExtents extents are walked.
-    const extents: Extent[] = [];
-    let walk: AsyncIterator<Extent> | undefined;
+    const extents: NbdExtent[] = [];
+    let walk: AsyncIterator<NbdExtent> | undefined;
     let walked = false;
-    const extentAt = async (i: number): Promise<Extent | undefined> => {
-      walk ??= disk.extents({ offset: req.offset, length: req.length })[Symbol.asyncIterator]();
+    const extentAt = async (i: number): Promise<NbdExtent | undefined> => {
+      walk ??= (exp.allocation ? exp.allocation(req.offset, req.length) : disk.extents({ offset: req.offset, length: req.length }))[Symbol.asyncIterator]();
       while (extents.length <= i && !walked && extents.length < limits.maxExtents) {
         const next = await walk.next();
         if (next.done) walked = true;
@@ -267,7 +267,7 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
         for (let i = 0; ; i++) {
           const e = await extentAt(i);
           if (!e) break;
-          const flags = name === P.CONTEXT_BASE_ALLOCATION ? (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
+          const flags = name === P.CONTEXT_BASE_ALLOCATION ? baseAllocation(e) : e.kind === 'hole' ? 0 : (e.depth ?? 0) + 1;
           if (!add(flags, e.length)) break;
         }
       }
@@ -365,4 +365,10 @@ export async function transmit(reader: ByteReader, write: Write, agreement: Agre
     await Promise.allSettled(running);
   }
   if (failed) throw failed.error;
+}
+
+/** base:allocation's flags for an extent: data 0, data over a hole of its file NBD_STATE_ZERO, zeros and holes both bits (as qemu-nbd). */
+function baseAllocation(e: NbdExtent): number {
+  if (e.kind !== 'data') return P.STATE_HOLE | P.STATE_ZERO;
+  return e.inHole ? P.STATE_ZERO : 0;
 }

@@ -7,11 +7,12 @@ import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
 import { parseSize, type Disk } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { serveNbd, type NbdDirtyBitmap } from '@img/nbd';
+import { serveNbd, type NbdDirtyBitmap, type NbdExport } from '@img/nbd';
 import { readQcow2DirtyBitmap } from '@img/qcow2';
 import { UsageError } from '../common.js';
 import { openDiskSnapshot, openImageFile } from '../../node.js';
 import { assertNotRead, filesOf, identityOfPath } from '../../node/same-file.js';
+import { fileHoleStorages, mapExtents } from '../file-holes.js';
 import { type Handler, commonNoOutput, onePath, shareOption } from './shared.js';
 
 const SERVE_HELP = `Usage: img serve [-f fmt] [-w] [-k socket | -p port [-b address]] [-x name] [-l snapshot] [-B bitmap]... [-e clients] <file>
@@ -98,6 +99,7 @@ export const serve: Handler = async (argv, io) => {
     forceShare: values['force-share'] ?? false,
   });
   let exported: Disk = disk;
+  let closeHoleFiles = async () => {};
   try {
     // The socket replaces what is at its path: never a file of the chain served (-k typed before the image's name).
     if (values.socket !== undefined) assertNotRead(identityOfPath(values.socket), filesOf(disk), 'socket');
@@ -113,7 +115,15 @@ export const serve: Handler = async (argv, io) => {
       }
     }
     const name = values['export-name'] ?? '';
-    const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path, bitmaps }], {
+    // As qemu-nbd: where qemu asks the file below the format (a qcow2 preallocated with metadata, a fixed VHD, a flat
+    // VMDK extent), data over holes of that file is answered as data that reads as zeros (NBD_STATE_ZERO).
+    let allocation: NbdExport['allocation'];
+    if (exported === disk) {
+      const holes = await fileHoleStorages(disk);
+      closeHoleFiles = holes.close;
+      if (holes.storages.size > 0) allocation = (offset, length) => mapExtents(disk, holes.storages, { offset, length });
+    }
+    const server = await serveNbd([{ name, disk: exported, writable: values.writable ?? false, description: path, bitmaps, ...(allocation ? { allocation } : {}) }], {
       ...(values.socket !== undefined ? { socket: values.socket } : { host: values.bind ?? '127.0.0.1', port: port ?? 10809 }),
       maxConnections: shared,
       ...(idle !== undefined ? { idleTimeoutMs: idle * 1000 } : {}),
@@ -141,6 +151,7 @@ export const serve: Handler = async (argv, io) => {
       process.off('SIGTERM', onSignal);
     }
   } finally {
+    await closeHoleFiles();
     if (exported !== disk) await exported.close();
     await disk.close();
   }
