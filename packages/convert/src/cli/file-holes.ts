@@ -25,6 +25,8 @@ interface HoleWindow {
   start: number;
   end: number;
   ranges: StorageRange[];
+  /** The range the last extent began in: the next one, further up the file, begins there or after it. */
+  at: number;
 }
 
 /**
@@ -39,37 +41,58 @@ export type MapExtent = Extent & { inHole?: boolean };
  * file split off and marked, as qemu-img map asks the file below the
  * format (file system holes, by SEEK_DATA/SEEK_HOLE where the storage can
  * tell), and neighbours that then look alike merged again, as qemu-img
- * map merges them.
+ * map merges them. With `holesAsZeros`, that data comes as `zero` extents
+ * (without host offsets), as qemu-img measure counts it.
  */
-export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>, range: { offset: number; length: number }): AsyncGenerator<MapExtent> {
+export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Storage>, range: { offset: number; length: number }, options: { holesAsZeros?: boolean } = {}): AsyncGenerator<MapExtent> {
+  const asZeros = options.holesAsZeros ?? false;
   let pending: MapExtent | undefined;
   const windows = new Map<Storage, HoleWindow>();
-  const alike = (a: MapExtent, b: MapExtent): boolean =>
-    a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
   // Whether `pending` is a copy made here (grown in place), not an extent as it came.
   let owned = false;
   const files = new FileNames();
+  // One piece: merged into `pending`, or `pending` returned to be yielded (and the piece pending in its place).
+  const take = (given: MapExtent): MapExtent | undefined => {
+    const piece: MapExtent = asZeros && given.inHole ? { offset: given.offset, length: given.length, kind: 'zero', ...(given.depth !== undefined ? { depth: given.depth } : {}) } : given;
+    if (pending && alike(pending, piece)) {
+      if (owned) pending.length += piece.length;
+      else pending = { ...pending, length: pending.length + piece.length };
+      owned = true;
+      return undefined;
+    }
+    const out = pending;
+    pending = piece;
+    owned = piece !== given;
+    return out;
+  };
   for await (const e of disk.extents({ ...range, hostOffsets: true })) {
     const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(files.resolve(e.file)) : undefined;
-    let pieces: MapExtent | MapExtent[] = e;
-    if (storage?.ranges) {
-      // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
-      const w = holeWindow(storage as HoleStorage, e.hostOffset!, e.hostOffset! + e.length, windows);
-      pieces = splitAtFileHoles(e, w instanceof Promise ? await w : w);
+    if (!storage?.ranges) {
+      const out = take(e);
+      if (out) yield out;
+      continue;
     }
-    for (const piece of Array.isArray(pieces) ? pieces : [pieces]) {
-      if (pending && alike(pending, piece)) {
-        if (owned) pending.length += piece.length;
-        else pending = { ...pending, length: pending.length + piece.length };
-        owned = true;
-      } else {
-        if (pending) yield pending;
-        pending = piece;
-        owned = false;
-      }
+    // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
+    const w = holeWindow(storage as HoleStorage, e.hostOffset!, e.hostOffset! + e.length, windows);
+    const pieces = splitAtFileHoles(e, w instanceof Promise ? await w : w);
+    if (!Array.isArray(pieces)) {
+      const out = take(pieces);
+      if (out) yield out;
+      continue;
+    }
+    for (const piece of pieces) {
+      const out = take(piece);
+      if (out) yield out;
     }
   }
   if (pending) yield pending;
+}
+
+/** Whether `b` continues `a` as one extent of qemu-img map's output: the same kind, depth, file and hole state, adjacent in the guest and in the file. */
+function alike(a: MapExtent, b: MapExtent): boolean {
+  return (
+    a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length)
+  );
 }
 
 /** Extents' file names resolved, the last one remembered (an image's extents name one or two files). */
@@ -121,16 +144,23 @@ function holeWindow(storage: HoleStorage, start: number, end: number, windows: M
   if (w && start >= w.start && end <= w.end) return w;
   const length = Math.max(end - start, HOLE_WINDOW);
   return storage.ranges(start, length).then((ranges) => {
-    const fresh = { start, end: start + length, ranges };
+    const fresh = { start, end: start + length, ranges, at: 0 };
     windows.set(storage, fresh);
     return fresh;
   });
 }
 
-/** The ranges of `w` that meet `[start, end)`. */
-function rangesIn(w: HoleWindow, start: number, end: number): StorageRange[] {
+/** The index of the first range of `w` that ends after `start` (the ranges' count if none does). */
+function firstRangeAfter(w: HoleWindow, start: number): number {
   const ranges = w.ranges;
-  // The first range that ends after `start`, by binary search; then those that start before `end`.
+  // Extents mostly climb through the file: the range the last one began in, or the next, is usually the one.
+  for (let i = w.at; i < ranges.length && i < w.at + 2; i++) {
+    if (ranges[i]!.offset + ranges[i]!.length > start) {
+      if (i === 0 || ranges[i - 1]!.offset + ranges[i - 1]!.length <= start) return (w.at = i);
+      break;
+    }
+  }
+  // Otherwise by binary search.
   let lo = 0;
   let hi = ranges.length;
   while (lo < hi) {
@@ -138,6 +168,14 @@ function rangesIn(w: HoleWindow, start: number, end: number): StorageRange[] {
     if (ranges[mid]!.offset + ranges[mid]!.length <= start) lo = mid + 1;
     else hi = mid;
   }
+  w.at = Math.min(lo, Math.max(0, ranges.length - 1));
+  return lo;
+}
+
+/** The ranges of `w` that meet `[start, end)`. */
+function rangesIn(w: HoleWindow, start: number, end: number): StorageRange[] {
+  const ranges = w.ranges;
+  const lo = firstRangeAfter(w, start);
   let last = lo;
   while (last < ranges.length && ranges[last]!.offset < end) last++;
   return ranges.slice(lo, last);
@@ -147,10 +185,10 @@ function rangesIn(w: HoleWindow, start: number, end: number): StorageRange[] {
 function splitAtFileHoles(e: Extent, w: HoleWindow): MapExtent | MapExtent[] {
   const start = e.hostOffset!;
   const end = start + e.length;
+  // Most extents lie in one range of the file, all data or all hole: answered without a list.
+  const first = w.ranges[firstRangeAfter(w, start)];
+  if (first && first.offset <= start && first.offset + first.length >= end) return first.data ? e : { ...e, inHole: true };
   const ranges = rangesIn(w, start, end);
-  // Most extents lie in one range of the file: all data, or all hole.
-  const only = ranges.length === 1 ? ranges[0]! : undefined;
-  if (only && only.offset <= start && only.offset + only.length >= end) return only.data ? e : { ...e, inHole: true };
   const pieces: MapExtent[] = [];
   let pos = start;
   const push = (from: number, to: number, inHole: boolean) => {
@@ -220,17 +258,10 @@ export async function fileHoleStorages(disk: Disk): Promise<{ storages: Map<stri
  */
 export function withFileHoles(disk: Disk, storages: ReadonlyMap<string, Storage>): Disk {
   if (storages.size === 0) return disk;
-  async function* extents(options?: { offset?: number; length?: number }): AsyncGenerator<Extent> {
+  const extents = (options?: { offset?: number; length?: number }): AsyncGenerator<Extent> => {
     const offset = options?.offset ?? 0;
-    const range = { offset, length: options?.length ?? disk.size - offset };
-    for await (const e of mapExtents(disk, storages, range)) {
-      if (!e.inHole) {
-        yield e;
-        continue;
-      }
-      yield { offset: e.offset, length: e.length, kind: 'zero', ...(e.depth !== undefined ? { depth: e.depth } : {}) };
-    }
-  }
+    return mapExtents(disk, storages, { offset, length: options?.length ?? disk.size - offset }, { holesAsZeros: true });
+  };
   return new Proxy(disk, {
     get(target, key) {
       if (key === 'extents') return extents;
