@@ -90,9 +90,7 @@ export async function* mapExtents(disk: Disk, storages: ReadonlyMap<string, Stor
 
 /** Whether `b` continues `a` as one extent of qemu-img map's output: the same kind, depth, file and hole state, adjacent in the guest and in the file. */
 function alike(a: MapExtent, b: MapExtent): boolean {
-  return (
-    a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length)
-  );
+  return a.kind === b.kind && (a.depth ?? 0) === (b.depth ?? 0) && a.inHole === b.inHole && a.file === b.file && a.offset + a.length === b.offset && (a.hostOffset === undefined ? b.hostOffset === undefined : b.hostOffset === a.hostOffset + a.length);
 }
 
 /** Extents' file names resolved, the last one remembered (an image's extents name one or two files). */
