@@ -264,7 +264,9 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     registry.require(srcFormat);
     (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     const dstDriver = registry.require(dstFormat);
-    if (!refused && input !== '-') await refuseLocked();
+    // Only qcow2 and luks images are encrypted, and only qcow2 ones name a backing file that may be: the others are not
+    // opened twice.
+    if (!refused && input !== '-' && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
     const optionText = readOptionText(values.o);
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
