@@ -3,7 +3,7 @@
  * capabilities (backing, setBacking, makeEmpty): built on extents and
  * sparseCopy, so they are written once for every format.
  */
-import { abortError, backingReadOnlyError, bytesEqual, invalidArg, sparseCopy, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
+import { abortError, backingReadOnlyError, bytesEqual, giveIoBuffer, invalidArg, sparseCopy, takeIoBuffer, unsupported, type CopyProgress, type Disk, type Extent } from '@img/block';
 
 function backingOf(disk: Disk): Disk | undefined {
   return disk.backing ?? (disk as { parent?: Disk }).parent;
@@ -213,7 +213,10 @@ async function rebaseHoles(top: Disk, sources: readonly UnitSource[], newBacking
     const mine = turn;
     let release!: () => void;
     turn = new Promise<void>((resolve) => (release = resolve));
-    const p: Promise<void> = rebaseRun(top, newBacking, start, end, unit, mine)
+    // Pooled: a fresh pair per MiB, zero-filled, was a third of a rebase's CPU time with the garbage collector's share.
+    const size = Math.max(REBASE_RUN, end - start);
+    const buffers: [Uint8Array, Uint8Array] = [takeIoBuffer(size), takeIoBuffer(size)];
+    const p: Promise<void> = rebaseRun(top, newBacking, start, end, unit, mine, buffers)
       .then(
         (n) => {
           copied += n;
@@ -225,6 +228,7 @@ async function rebaseHoles(top: Disk, sources: readonly UnitSource[], newBacking
       .finally(() => {
         // Not before the turn before it: a piece with nothing to write must not let the next one write early.
         void mine.then(release);
+        for (const b of buffers) giveIoBuffer(b);
         inFlight.delete(p);
       });
     inFlight.add(p);
@@ -259,11 +263,16 @@ async function rebaseHoles(top: Disk, sources: readonly UnitSource[], newBacking
   return copied;
 }
 
-/** One piece of a safe rebase: `[start, end)` as the top reads it now, written where the new backing differs (whole units). */
-async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number, end: number, unit: number, turn: Promise<void>): Promise<number> {
-  const before = new Uint8Array(end - start);
-  const after = new Uint8Array(end - start);
+/**
+ * One piece of a safe rebase: `[start, end)` as the top reads it now, written where the new backing differs (whole
+ * units). `buffers` are the piece's two, of at least its length, left as they were by the piece before.
+ */
+async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number, end: number, unit: number, turn: Promise<void>, buffers: [Uint8Array, Uint8Array]): Promise<number> {
+  const before = buffers[0].subarray(0, end - start);
+  const after = buffers[1].subarray(0, end - start);
   const stop = newBacking ? Math.min(end, newBacking.size) : start;
+  // Past the new backing file's end it reads as zeros.
+  after.fill(0, Math.max(0, stop - start));
   await Promise.all([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
   if (bytesEqual(before, after)) return 0;
   // Pieces are read side by side but written in order, so the clusters they allocate follow the guest's order in
