@@ -254,19 +254,19 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       }
       return probe.format;
     };
-    let refused = false;
+    let chainChecked = false;
     if (srcFormat === undefined) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
       srcFormat = await refuseLocked();
-      refused = true;
+      chainChecked = true;
     }
     registry.require(srcFormat);
     (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     const dstDriver = registry.require(dstFormat);
     // Only qcow2 and luks images are encrypted, and only qcow2 ones name a backing file that may be: the others are not
     // opened twice.
-    if (!refused && input !== '-' && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
+    if (!chainChecked && input !== '-' && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
     const optionText = readOptionText(values.o);
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
