@@ -34,8 +34,9 @@ async function opensEncrypted(driver: FormatDriver, storage: Storage, forceShare
 /**
  * As qemu-img check, which opens the image with its backing chain before it checks anything: a backing file that
  * is missing, does not open, or is encrypted and given no passphrase fails the check (status 1, its reason on
- * stderr). The check itself reads this file alone; an image that does not open on its own (a corrupt table) is
- * left to the check, which counts what is wrong, and an image without a backing file is not opened twice.
+ * stderr), and so does a missing external data file. The check itself reads this file alone; an image that does
+ * not open on its own for another reason (a corrupt table) is left to the check, which counts what is wrong, and an
+ * image without a backing file is not opened twice.
  */
 async function refuseUnopenableChain(path: string, opened: ImageOpts, registry: ReturnType<typeof defaultRegistry>, forceShare: boolean): Promise<void> {
   let backed = false;
@@ -46,7 +47,9 @@ async function refuseUnopenableChain(path: string, opened: ImageOpts, registry: 
     } finally {
       await top.close();
     }
-  } catch {
+  } catch (e) {
+    // A file the image names that is not there (an external data file) fails the check, as qemu-img's open fails.
+    if (ImageError.isInstance(e) && e.code === 'ERR_IMG_NOT_FOUND') throw new ExitCode(1, `${e.code}: ${e.message}`);
     return;
   }
   if (!backed) return;

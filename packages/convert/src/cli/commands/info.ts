@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { isNbdUri, parseNbdUri, qemuNbdFilename } from '@img/nbd';
-import { PROBE_BYTES, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
+import { ImageError, PROBE_BYTES, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { probeVmdk } from '@img/vmdk';
 import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
@@ -57,7 +57,7 @@ export function infoJson(path: string, info: ImageInfo, actualSize: number | und
 function qemuNamesResolver(forceShare: boolean): Resolver {
   const files = fileResolverWith({ forceShare });
   const qemuNames = qemuNameResolver(files, { forceShare });
-  return async (request) => {
+  const resolve: Resolver = async (request) => {
     const { name, from } = request;
     if (!request.create && (isJsonName(name) || isNbdUri(name))) return qemuNames(request);
     if (request.create || isAbsolute(name) || name.startsWith('file:') || isNbdUri(from.name)) return files(request);
@@ -65,6 +65,23 @@ function qemuNamesResolver(forceShare: boolean): Resolver {
     if (request.kind === 'parent' && !(await isVmdk(from))) return files(request);
     return FileStorage.open(combinePath(from.name, name), { readOnly: !request.writable, forceShare: !request.writable && forceShare });
   };
+  return (request) => {
+    // As qemu-img info, which opens an image without I/O: a qcow2 whose external data file is missing is described
+    // (its "data file:" line names it); only a read of its data would need the file.
+    if (request.kind !== 'data-file' || request.writable) return resolve(request);
+    return resolve(request).catch((e: unknown) => {
+      if (!ImageError.isInstance(e) || e.code !== 'ERR_IMG_NOT_FOUND') throw e;
+      return absentFile(request.name, e);
+    });
+  };
+}
+
+/** A file that is not there: named, sized 0, and every read or write fails with `error`. */
+function absentFile(name: string, error: ImageError): Storage {
+  const fail = async (): Promise<never> => {
+    throw error;
+  };
+  return { name, readOnly: true, size: async () => 0, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
 
 async function isVmdk(storage: Storage): Promise<boolean> {
