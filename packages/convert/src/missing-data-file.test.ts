@@ -31,7 +31,13 @@ describeQemu('a qcow2 image whose external data file is missing', () => {
 
   it('check, map, compare, convert and snapshot -l: status 1 as qemu-img, naming the data file', () => {
     for (const name of ['rel.qcow2', 'abs.qcow2']) {
-      for (const full of [['check', name], ['map', name], ['compare', name, name], ['convert', '-O', 'raw', name, 'out.raw'], ['snapshot', '-l', name]]) {
+      for (const full of [
+        ['check', name],
+        ['map', name],
+        ['compare', name, name],
+        ['convert', '-O', 'raw', name, 'out.raw'],
+        ['snapshot', '-l', name],
+      ]) {
         const what = full.join(' ');
         const theirs = qemuImg(full, { allowFail: true, cwd: tmp.path });
         const ours = run('img', full, { cwd: tmp.path });
