@@ -171,7 +171,11 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
 }
 
 export interface ConvertFileOptions extends ConvertDiskOptions {
-  srcFormat: string;
+  /**
+   * The input's format; probed from its bytes when absent, as {@link openImageFile} probes (an NBD export is then
+   * connected to once). A stream input (`'-'`) needs it.
+   */
+  srcFormat?: string;
   dstFormat: string;
   input: string;
   output: string;
@@ -468,8 +472,9 @@ async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerat
 
 async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
   const started = Date.now();
+  if (options.srcFormat === undefined) throw invalidUsage('an image read from a stream needs its format (srcFormat)', { field: 'srcFormat' });
   if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined || options.range !== undefined) {
-    throw unsupported(options.srcFormat, 'standard input', '-c, -B, -l and a range need the input in a file, not a stream');
+    throw unsupported(options.srcFormat ?? 'raw', 'standard input', '-c, -B, -l and a range need the input in a file, not a stream');
   }
   const srcDriver = registry.require(options.srcFormat);
   if (options.untrusted && srcDriver.name !== 'raw') {

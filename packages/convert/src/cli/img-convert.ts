@@ -5,6 +5,7 @@
 import { imageOpenOptions, takeQemuObjects, targetImageOptsPath } from './qemu-objects.js';
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@img/block';
+import { isNbdUri } from '@img/nbd';
 import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
@@ -255,18 +256,24 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       return probe.format;
     };
     let chainChecked = false;
-    if (srcFormat === undefined) {
+    // An NBD export is connected to once, as qemu-img connects to it (a qemu-nbd started without --persistent serves
+    // one connection, then exits): its format is probed by the conversion's own open, and an encrypted image in it is
+    // refused at its first read. -n and --bitmaps look at the input first, and connect twice.
+    const nbdInput = isNbdUri(input);
+    if (srcFormat === undefined && !(nbdInput && !values.n && !values.bitmaps)) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
       srcFormat = await refuseLocked();
       chainChecked = true;
     }
-    registry.require(srcFormat);
-    (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
+    if (srcFormat !== undefined) {
+      registry.require(srcFormat);
+      (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
+    }
     const dstDriver = registry.require(dstFormat);
     // Only qcow2 and luks images are encrypted, and only qcow2 ones name a backing file that may be: the others are not
     // opened twice.
-    if (!chainChecked && input !== '-' && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
+    if (!chainChecked && srcFormat !== undefined && input !== '-' && !nbdInput && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
     const optionText = readOptionText(values.o);
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
@@ -292,7 +299,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       if (output === '-') throw new UsageError('--bitmaps needs an output file, not "-"');
       const { planBitmapCopy } = await import('./convert-bitmaps.js');
       const compat = (createOptions as { compat?: unknown }).compat;
-      bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
+      bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat!).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
     }
     const minZeroRun = values.S === undefined ? 4096 : sparseSize(values.S);
     const json = values['json-progress'] ?? false;
@@ -320,7 +327,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
         result = await convertIntoExisting({
           input,
           output,
-          srcFormat,
+          srcFormat: srcFormat!,
           ...passphrase,
           dstFormat,
           ...(target?.passphrase ? { dstPassphrase: target.passphrase } : {}),
@@ -383,7 +390,10 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     }
     if (quiet || !summary) return 0;
     const secs = (result.durationMs / 1000).toFixed(2);
-    io.stderr(`${prog}: converted ${srcFormat} ${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` + `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`);
+    io.stderr(
+      `${prog}: converted ${srcFormat !== undefined ? `${srcFormat} ` : ''}${input} -> ${dstFormat} ${output}: ${formatSize(result.virtualSize)} virtual, ` +
+        `${formatSize(result.bytesRead)} read, ${formatSize(result.bytesWritten)} written, ${formatSize(result.bytesSkipped)} left sparse, ${secs} s\n`,
+    );
     return 0;
   });
 }
