@@ -98,6 +98,22 @@ describeQemu('img check counts broken metadata instead of refusing to open it', 
     }
   });
 
+  it('--image-opts driver=FORMAT is -f FORMAT: a qcow2 given as raw is refused, or with --force-format has no check (63) as in qemu-img', () => {
+    qemuImg(['create', '-q', '-f', 'qcow2', p('plain.qcow2'), '1M']);
+    for (const args of [
+      ['-f', 'raw', 'plain.qcow2'],
+      ['--image-opts', 'driver=raw,file.filename=plain.qcow2'],
+    ]) {
+      const refused = img(['check', ...args]);
+      expect(refused.status, refused.stderr).toBe(1);
+      expect(refused.stderr).toMatch(/ERR_IMG_UNSAFE: raw: plain\.qcow2: the file looks like qcow2, not raw/);
+      const forced = img(['check', '--force-format', ...args]);
+      expect(forced.status, forced.stderr).toBe(qemuImg(['check', ...args], { allowFail: true, cwd: dir.path }).status);
+      expect(forced.status).toBe(63);
+    }
+    expect(img(['check', '--image-opts', 'driver=qcow2,file.filename=plain.qcow2']).status).toBe(0);
+  });
+
   it('check opens the backing chain as qemu-img check does: an image whose backing file is gone fails (status 1)', () => {
     const r = img(['check', 'orphan.qcow2']);
     expect(r.status, r.stderr).toBe(1);

@@ -103,7 +103,7 @@ export const check: Handler = async (argv, io) => {
       registry,
       untrusted: values.untrusted ?? false,
       forceFormat: values['force-format'] ?? false,
-      ...(values.f !== undefined ? { format: values.f } : {}),
+      ...(opened.format !== undefined ? { format: opened.format } : {}),
     });
     const driver = registry.require(format);
     // An encrypted image without its passphrase does not open in qemu-img check (status 1): a luks volume (with it, it
