@@ -83,16 +83,17 @@ describeQemu('FIFOs are refused, never waited on', () => {
     });
   }
 
-  it('img check: a FIFO image is refused, and so is an image over a FIFO (check opens the chain, as qemu-img check)', () => {
+  it('img check: a FIFO image is refused, and so is a qcow2 over a FIFO (check opens its chain, as qemu-img check); a VHD child is checked alone', () => {
     const top = run('img', ['check', 'top.img']);
     expect(top.status).toBe(1);
     expect(top.stderr).toMatch(FIFO_MESSAGE);
     // qemu-img 7.2's check opens the backing chain too: on over-fifo.qcow2 it blocks until a writer opens the FIFO.
-    for (const image of ['over-fifo.qcow2', 'child.vhd']) {
-      const r = run('img', ['check', image]);
-      expect(r.status, `${image}: ${r.stderr}`).toBe(1);
-      expect(r.stderr).toMatch(FIFO_MESSAGE);
-    }
+    const over = run('img', ['check', 'over-fifo.qcow2']);
+    expect(over.status, over.stderr).toBe(1);
+    expect(over.stderr).toMatch(FIFO_MESSAGE);
+    // qemu-img reads no VHD chain: the child's own file is checked, its parent (the FIFO) never opened.
+    const child = run('img', ['check', 'child.vhd']);
+    expect(child.status, child.stderr).toBe(0);
   });
 
   it('img-convert and img create refuse a FIFO as output', () => {

@@ -43,7 +43,8 @@ async function refuseUnopenableChain(path: string, opened: ImageOpts, registry: 
   try {
     const top = await openImageFile(path, { ...opened, registry, readOnly: true, noBacking: true, forceShare });
     try {
-      backed = (await top.info?.())?.backingFile !== undefined;
+      // qemu-img reads no VHD chain (a differencing VHD is a disk of its own to it): a VHD's parent is not opened.
+      backed = top.format !== 'vhd' && (await top.info?.())?.backingFile !== undefined;
     } finally {
       await top.close();
     }
