@@ -216,9 +216,10 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   /**
    * Convert only this byte range of the source (qemu-img dd's skip= and
    * count=): the output is `length` bytes and its byte 0 is the source's
-   * byte `offset`.
+   * byte `offset`. A function is given the source's size once it is open
+   * and returns the range (what it throws fails the conversion).
    */
-  range?: { offset: number; length: number };
+  range?: { offset: number; length: number } | ((size: number) => { offset: number; length: number });
   /**
    * The output's cache mode, in qemu-img convert's words (-t). `unsafe`
    * (the default, as qemu-img's): the output is left to the page cache,
@@ -247,7 +248,9 @@ async function syncFile(path: string): Promise<void> {
 
 /** The source a conversion copies: the disk, or the window of it that `range` names. */
 function sourceView(disk: Disk, range: ConvertFileOptions['range']): Disk {
-  return range ? diskWindow(disk, range.offset, range.length) : disk;
+  if (!range) return disk;
+  const { offset, length } = typeof range === 'function' ? range(disk.size) : range;
+  return diskWindow(disk, offset, length);
 }
 
 interface SnapshotCapable extends Disk {

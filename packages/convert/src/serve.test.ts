@@ -287,17 +287,18 @@ describeWith('qemu-nbd', 'img reads NBD URIs as qemu-img does', () => {
       server.kill();
     }
   });
-  it('connects once to convert from a qemu-nbd that serves one connection (no --persistent), with and without -f, as qemu-img', async () => {
+  it('connects once to convert (with and without -f) and dd from a qemu-nbd that serves one connection (no --persistent), as qemu-img', async () => {
     const file = join(tmp.path, 'once.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', file, '16M']);
     qemuIo(file, 'qcow2', ['write -P 0x71 2M 1M']);
-    for (const [i, args] of [[], ['-f', 'raw']].entries()) {
+    const runs: Array<(uri: string, out: string) => string[]> = [(uri, out) => ['convert', '-O', 'qcow2', uri, out], (uri, out) => ['convert', '-f', 'raw', '-O', 'qcow2', uri, out], (uri, out) => ['dd', `if=${uri}`, `of=${out}`, '-O', 'qcow2', 'bs=1M', 'count=16']];
+    for (const [i, args] of runs.entries()) {
       const sock = join(tmp.path, `once${i}.sock`);
       const server = spawn('qemu-nbd', ['-f', 'qcow2', '-k', sock, file], { stdio: 'ignore' });
       started.push(server);
       expect(await waitForSocket(sock)).toBe(true);
       const out = join(tmp.path, `once${i}.qcow2`);
-      const r = run('img', ['convert', ...args, '-O', 'qcow2', `nbd+unix:///?socket=${sock}`, out]);
+      const r = run('img', args(`nbd+unix:///?socket=${sock}`, out));
       expect(r.status, r.stderr).toBe(0);
       expect(qemuImg(['compare', file, out], { allowFail: true }).status).toBe(0);
     }

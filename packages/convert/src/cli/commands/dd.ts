@@ -14,6 +14,7 @@ import { defaultRegistry } from '../../formats.js';
 import { convertFile, openImageFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
 import { type Handler, commonNoOutput, refuseWithoutSecret, shareOption } from './shared.js';
+import { isNbdUri } from '@img/nbd';
 
 /** The largest bs qemu-img dd takes (INT_MAX). */
 const MAX_BLOCK = 2 ** 31 - 1;
@@ -90,31 +91,37 @@ export const dd: Handler = async (argv, io) => {
   const untrusted = values.untrusted ?? false;
   const forceShare = values['force-share'] ?? false;
   const forceFormat = values['force-format'] ?? false;
-  // The range is known only from the input's size: open it before anything is created.
   const opened = imageOpenOptions(input, values.f);
-  // With its chain, as qemu-img dd opens it: an encrypted image (or backing file) given no passphrase is refused,
-  // whatever the range holds.
-  const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat });
-  let size;
-  try {
-    await refuseWithoutSecret(probe, input, opened);
-    size = probe.size;
-  } finally {
-    await probe.close();
-  }
-  const srcFormat = probe.format;
-  warnIfRawReadInFull(io, 'img', srcFormat, input);
   const offset = ops.skip * ops.bs;
-  if (!Number.isSafeInteger(offset) || offset > size) throw new UsageError(`${input}: cannot skip to specified offset (${ops.skip} blocks of ${ops.bs} bytes is past the end of the ${size}-byte image)`);
   // As qemu-img dd: count= bounds the input read from its start, skipped blocks included (GNU dd counts after
   // the skip), so the output is min(count * bs, size) - skip * bs bytes, at least 0.
-  const end = ops.count === undefined ? size : Math.min(size, ops.count * ops.bs);
-  const length = Math.max(0, end - offset);
+  const rangeOf = (size: number) => {
+    if (!Number.isSafeInteger(offset) || offset > size) throw new UsageError(`${input}: cannot skip to specified offset (${ops.skip} blocks of ${ops.bs} bytes is past the end of the ${size}-byte image)`);
+    const end = ops.count === undefined ? size : Math.min(size, ops.count * ops.bs);
+    return { offset, length: Math.max(0, end - offset) };
+  };
+  let srcFormat = opened.format;
+  let range: ReturnType<typeof rangeOf> | typeof rangeOf = rangeOf;
+  // An NBD export is connected to once, as qemu-img connects to it (a qemu-nbd started without --persistent serves
+  // one connection): the conversion's own open gives the size and the format. A file is opened first, before
+  // anything is created, with its chain, as qemu-img dd opens it: an encrypted image (or backing file) given no
+  // passphrase is refused, whatever the range holds.
+  if (!isNbdUri(input)) {
+    const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat });
+    try {
+      await refuseWithoutSecret(probe, input, opened);
+      range = rangeOf(probe.size);
+    } finally {
+      await probe.close();
+    }
+    srcFormat = probe.format;
+    warnIfRawReadInFull(io, 'img', srcFormat, input);
+  }
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
   try {
     const result = await convertFile({
-      srcFormat,
+      ...(srcFormat !== undefined ? { srcFormat } : {}),
       dstFormat,
       input,
       output,
@@ -122,7 +129,7 @@ export const dd: Handler = async (argv, io) => {
       untrusted,
       forceShare,
       forceFormat,
-      range: { offset, length },
+      range,
       ...(opened.passphrase ? { passphrase: opened.passphrase } : {}),
       ...(opened.backing ? { backing: opened.backing } : {}),
       signal: controller.signal,
