@@ -63,6 +63,7 @@ export {
 export type { Storage, StorageRange, RunCopyOptions, RunCopyResult, RunReadResult } from './storage.js';
 export { MemoryStorage, type MemoryStorageOptions } from './memory-storage.js';
 export { lentStorage } from './lent-storage.js';
+export { unavailableStorage } from './unavailable-storage.js';
 export { BlobStorage, BlobTarget, storageToBlob, type BlobLike, type BlobStorageOptions, type BlobTargetOptions, type StorageToBlobOptions } from './blob-storage.js';
 export { inflateWebBounded, deflateWeb, CODEC_TOO_LARGE, CODEC_UNAVAILABLE, INFLATE_OK, INFLATE_BAD, INFLATE_TOO_LARGE, INFLATE_TRUNCATED, type WebDeflateFormat } from './web-compression.js';
 export {

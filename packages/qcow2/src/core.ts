@@ -7,7 +7,7 @@
  * writes make (dirty and corrupt bits). The overlap map is built by
  * image-overlap.ts, cluster 0 rewritten by header-cluster-write.ts.
  */
-import { CallOrder, corrupt, diskClosedError, notFoundError, type ImageError } from '@img/block';
+import { CallOrder, corrupt, diskClosedError, notFoundError, unavailableStorage, type ImageError } from '@img/block';
 import type { Disk, Storage } from '@img/block';
 import { INCOMPAT_DIRTY, INCOMPAT_CORRUPT, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './constants.js';
 import { hasFeature, type Qcow2Header, type Qcow2Geometry } from './header.js';
@@ -439,10 +439,7 @@ export function writeHeader(s: Qcow2Image): Promise<void> {
 
 /** A data file that was not opened: metadata works, data reads fail clearly. */
 export function missingDataFile(file: string, name: string | undefined): Storage {
-  const fail = async (): Promise<never> => {
-    throw notFoundError(file, `the external data file "${name ?? ''}" was not opened`, { format: FORMAT, field: 'data file' });
-  };
-  return { name: name ?? 'data file', readOnly: true, size: fail, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
+  return unavailableStorage(name ?? 'data file', () => notFoundError(file, `the external data file "${name ?? ''}" was not opened`, { format: FORMAT, field: 'data file' }));
 }
 
 /**

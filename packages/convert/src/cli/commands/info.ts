@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { isNbdUri, parseNbdUri, qemuNbdFilename } from '@img/nbd';
-import { ImageError, PROBE_BYTES, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
+import { ImageError, PROBE_BYTES, unavailableStorage, type Disk, type ImageInfo, type Resolver, type Storage } from '@img/block';
 import { FileStorage, fileResolverWith } from '@img/block/node';
 import { probeVmdk } from '@img/vmdk';
 import { humanInfo, qdictSorted, qemuFormatName, qemuJson, type InfoLayer } from '../info-human.js';
@@ -71,17 +71,9 @@ function qemuNamesResolver(forceShare: boolean): Resolver {
     if (request.kind !== 'data-file' || request.writable) return resolve(request);
     return resolve(request).catch((e: unknown) => {
       if (!ImageError.isInstance(e) || e.code !== 'ERR_IMG_NOT_FOUND') throw e;
-      return absentFile(request.name, e);
+      return unavailableStorage(request.name, () => e);
     });
   };
-}
-
-/** A file that is not there: named, sized 0, and every read or write fails with `error`. */
-function absentFile(name: string, error: ImageError): Storage {
-  const fail = async (): Promise<never> => {
-    throw error;
-  };
-  return { name, readOnly: true, size: async () => 0, read: fail, readInto: fail, write: fail, truncate: fail, flush: async () => undefined, close: async () => undefined };
 }
 
 async function isVmdk(storage: Storage): Promise<boolean> {
