@@ -273,7 +273,9 @@ async function rebaseRun(top: Disk, newBacking: Disk | undefined, start: number,
   const stop = newBacking ? Math.min(end, newBacking.size) : start;
   // Past the new backing file's end it reads as zeros.
   after.fill(0, Math.max(0, stop - start));
-  await Promise.all([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
+  // Both reads settle before a failure is told: the buffers go back to the pool after this piece, never still filling.
+  const reads = await Promise.allSettled([top.readInto(start, before), stop > start ? newBacking!.readInto(start, after.subarray(0, stop - start)) : undefined]);
+  for (const r of reads) if (r.status === 'rejected') throw r.reason;
   if (bytesEqual(before, after)) return 0;
   // Pieces are read side by side but written in order, so the clusters they allocate follow the guest's order in
   // the file, as qemu-img rebase places them.
