@@ -221,6 +221,12 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
    */
   range?: { offset: number; length: number } | ((size: number) => { offset: number; length: number });
   /**
+   * Called with the source (and its chain) once it is open, before anything
+   * is created or written: what it throws fails the conversion (the CLI
+   * refuses an encrypted layer no passphrase reached here, as qemu-img does).
+   */
+  onSourceOpen?: (source: Disk) => void | Promise<void>;
+  /**
    * The output's cache mode, in qemu-img convert's words (-t). `unsafe`
    * (the default, as qemu-img's): the output is left to the page cache,
    * complete but not yet on disk when the call returns. `writeback` and
@@ -340,6 +346,12 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
+  try {
+    await options.onSourceOpen?.(src);
+  } catch (e) {
+    await src.close().catch(() => undefined);
+    throw e;
+  }
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
   // Files the writer creates beside the output through the default resolver (a VMDK's extents): this
@@ -549,6 +561,12 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
+  try {
+    await options.onSourceOpen?.(src);
+  } catch (e) {
+    await src.close().catch(() => undefined);
+    throw e;
+  }
   let snapshot: Disk | undefined;
   let created = false;
   let locked: FileStorage | undefined;

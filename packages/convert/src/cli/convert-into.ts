@@ -15,6 +15,8 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   input: string;
   output: string;
   srcFormat: string;
+  /** As convertFile's: called with the source once it is open, before the output is touched. */
+  onSourceOpen?: (source: Disk) => void | Promise<void>;
   /** The input's passphrase (an encrypted qcow2), and its backing files' where they differ. */
   passphrase?: Uint8Array;
   backing?: BackingOpenOptions;
@@ -54,6 +56,12 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
+  try {
+    await options.onSourceOpen?.(src);
+  } catch (e) {
+    await src.close().catch(() => undefined);
+    throw e;
+  }
   let snapshot: Disk | undefined;
   let dst: Disk | undefined;
   try {

@@ -4,7 +4,7 @@
  */
 import { imageOpenOptions, takeQemuObjects, targetImageOptsPath } from './qemu-objects.js';
 import { parseArgs } from './parse-args.js';
-import { formatSize, ImageError, invalidUsage, parseSize, unsupported } from '@img/block';
+import { formatSize, ImageError, invalidUsage, parseSize, unsupported, type Disk } from '@img/block';
 import { isNbdUri } from '@img/nbd';
 import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
@@ -244,36 +244,24 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       dstFormat = probe.format;
       await probe.close();
     }
-    // An input opened with its chain, as qemu-img convert opens it: an encrypted image or backing file given no
-    // passphrase is refused (status 1) before anything is created, whatever it holds.
-    const refuseLocked = async () => {
-      const probe = await openImageFile(input, { registry, untrusted, forceShare, forceFormat: values['force-format'] ?? false, ...(srcFormat !== undefined ? { format: srcFormat } : {}), ...passphrase });
-      try {
-        await refuseWithoutSecret(probe, input, opened);
-      } finally {
-        await probe.close();
-      }
-      return probe.format;
-    };
-    let chainChecked = false;
     // An NBD export is connected to once, as qemu-img connects to it (a qemu-nbd started without --persistent serves
-    // one connection, then exits): its format is probed by the conversion's own open, and an encrypted image in it is
-    // refused at its first read. -n and --bitmaps look at the input first, and connect twice.
-    const nbdInput = isNbdUri(input);
-    if (srcFormat === undefined && !(nbdInput && !values.n && !values.bitmaps)) {
+    // one connection, then exits): its format is probed by the conversion's own open. -n and --bitmaps look at the
+    // input first, and connect twice.
+    if (srcFormat === undefined && !(isNbdUri(input) && !values.n && !values.bitmaps)) {
       if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
-      srcFormat = await refuseLocked();
-      chainChecked = true;
+      const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true, ...passphrase });
+      srcFormat = probe.format;
+      await probe.close();
     }
     if (srcFormat !== undefined) {
       registry.require(srcFormat);
       (await import('./native-notice.js')).warnIfRawReadInFull(io, prog.split(' ')[0]!, srcFormat, input);
     }
     const dstDriver = registry.require(dstFormat);
-    // Only qcow2 and luks images are encrypted, and only qcow2 ones name a backing file that may be: the others are not
-    // opened twice.
-    if (!chainChecked && srcFormat !== undefined && input !== '-' && !nbdInput && ['qcow2', 'luks'].includes(registry.require(srcFormat).name)) await refuseLocked();
+    // As qemu-img convert, which opens the input with its chain: an encrypted image or backing file given no
+    // passphrase is refused (status 1) before anything is created, whatever it holds.
+    const onSourceOpen = (source: Disk) => refuseWithoutSecret(source, input, opened);
     const optionText = readOptionText(values.o);
     if (optionText.help) {
       printOptionHelp(io, createOptionsTitle(dstDriver), dstDriver.createOptionTable ?? []);
@@ -328,6 +316,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
           input,
           output,
           srcFormat: srcFormat!,
+          onSourceOpen,
           ...passphrase,
           dstFormat,
           ...(target?.passphrase ? { dstPassphrase: target.passphrase } : {}),
@@ -347,6 +336,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       } else {
         result = await convertFile({
           srcFormat,
+          onSourceOpen,
           ...passphrase,
           dstFormat,
           input,

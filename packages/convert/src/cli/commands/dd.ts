@@ -6,15 +6,14 @@
  */
 import { imageOpenOptions } from '../qemu-objects.js';
 import { parseArgs } from '../parse-args.js';
-import { formatSize, parseSize } from '@img/block';
+import { formatSize, parseSize, type Disk } from '@img/block';
 import { UsageError } from '../common.js';
 import { progressPrinter } from '../progress.js';
 import { abortOnSignals } from '../interrupt.js';
 import { defaultRegistry } from '../../formats.js';
-import { convertFile, openImageFile } from '../../node.js';
+import { convertFile } from '../../node.js';
 import { warnIfRawReadInFull } from '../native-notice.js';
 import { type Handler, commonNoOutput, refuseWithoutSecret, shareOption } from './shared.js';
-import { isNbdUri } from '@img/nbd';
 
 /** The largest bs qemu-img dd takes (INT_MAX). */
 const MAX_BLOCK = 2 ** 31 - 1;
@@ -100,28 +99,19 @@ export const dd: Handler = async (argv, io) => {
     const end = ops.count === undefined ? size : Math.min(size, ops.count * ops.bs);
     return { offset, length: Math.max(0, end - offset) };
   };
-  let srcFormat = opened.format;
-  let range: ReturnType<typeof rangeOf> | typeof rangeOf = rangeOf;
-  // An NBD export is connected to once, as qemu-img connects to it (a qemu-nbd started without --persistent serves
-  // one connection): the conversion's own open gives the size and the format. A file is opened first, before
-  // anything is created, with its chain, as qemu-img dd opens it: an encrypted image (or backing file) given no
-  // passphrase is refused, whatever the range holds.
-  if (!isNbdUri(input)) {
-    const probe = await openImageFile(input, { ...opened, registry, untrusted, forceShare, forceFormat });
-    try {
-      await refuseWithoutSecret(probe, input, opened);
-      range = rangeOf(probe.size);
-    } finally {
-      await probe.close();
-    }
-    srcFormat = probe.format;
-    warnIfRawReadInFull(io, 'img', srcFormat, input);
-  }
+  // Opened once, by the conversion (an NBD export too: a qemu-nbd started without --persistent serves one
+  // connection), with its chain as qemu-img dd opens it: an encrypted image (or backing file) given no passphrase is
+  // refused before anything is written, whatever the range holds; the range follows from its size.
+  const onSourceOpen = async (source: Disk) => {
+    await refuseWithoutSecret(source, input, opened);
+    warnIfRawReadInFull(io, 'img', source.format, input);
+  };
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
   try {
     const result = await convertFile({
-      ...(srcFormat !== undefined ? { srcFormat } : {}),
+      ...(opened.format !== undefined ? { srcFormat: opened.format } : {}),
+      onSourceOpen,
       dstFormat,
       input,
       output,
@@ -129,7 +119,7 @@ export const dd: Handler = async (argv, io) => {
       untrusted,
       forceShare,
       forceFormat,
-      range,
+      range: rangeOf,
       ...(opened.passphrase ? { passphrase: opened.passphrase } : {}),
       ...(opened.backing ? { backing: opened.backing } : {}),
       signal: controller.signal,
