@@ -1,13 +1,24 @@
 /*
  * The floor of a copy on this machine, without img or qemu-img: a cached
- * file copied into a new one in 1 MiB pieces, by pread + pwrite (with the
- * zero scan a converter does, one byte per 4 KiB, which stops at once on
- * random data) or by copy_file_range, on 1 or 2 threads taking pieces in
- * turn. BENCHMARKS.md (session 31) quotes it.
+ * file copied into a new one in 1 MiB pieces, on 1 or 2 threads taking
+ * pieces in turn, by
+ *   rw   pread + the zero scan a converter does (one byte per 4 KiB, which
+ *        stops at once on random data) + pwrite,
+ *   cfr  copy_file_range,
+ *   spl  splice through a pipe of 1 MiB per thread (one copy in the kernel,
+ *        one write call per piece).
+ * BENCHMARKS.md (sessions 31 and 32) quotes it.
+ *
+ * Environment:
+ *   FLOOR_FALLOC=all  allocate the whole output (fallocate, KEEP_SIZE) before the copy
+ *   FLOOR_FALLOC=N    allocate it N MiB at a time, each unit by the thread whose piece starts it
+ *   FLOOR_SPARSE=1    copy only the source's data (SEEK_DATA/SEEK_HOLE), packed one piece
+ *                     after another in the output, as a conversion of a sparse raw into a
+ *                     new qcow2 does
  *
  *   gcc -O2 -pthread -o copy-floor copy-floor.c
  *   head -c 1G /dev/urandom > src.bin && cat src.bin > /dev/null
- *   ./copy-floor rw 2 src.bin dst.bin; rm dst.bin
+ *   FLOOR_FALLOC=all ./copy-floor rw 2 src.bin dst.bin; rm dst.bin
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -19,8 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int in_fd, out_fd, use_cfr, threads;
-static long pieces;
+enum { RW, CFR, SPL };
+static int in_fd, out_fd, mode, threads;
+static long pieces, unit;
+static off_t *src_at; /* FLOOR_SPARSE: the source offset of each piece */
 static const long PIECE = 1 << 20;
 
 static double now(void) {
@@ -32,19 +45,34 @@ static double now(void) {
 static void *work(void *arg) {
   long first = (long)arg;
   unsigned char *buf = aligned_alloc(4096, PIECE);
+  int p[2] = {-1, -1};
+  if (mode == SPL && (pipe(p) || fcntl(p[1], F_SETPIPE_SZ, PIECE) < 0)) { perror("pipe"); exit(1); }
   for (long i = first; i < pieces; i += threads) {
-    off_t at = i * PIECE, to = at;
-    if (use_cfr) {
+    off_t at = src_at ? src_at[i] : i * PIECE, to = i * PIECE;
+    if (unit && to % unit == 0) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, to, unit);
+    if (mode == CFR) {
       for (long left = PIECE; left > 0;) {
         ssize_t n = copy_file_range(in_fd, &at, out_fd, &to, left, 0);
         if (n <= 0) { perror("copy_file_range"); exit(1); }
         left -= n;
       }
+    } else if (mode == SPL) {
+      long held = 0;
+      while (held < PIECE) {
+        ssize_t n = splice(in_fd, &at, p[1], NULL, PIECE - held, SPLICE_F_MOVE);
+        if (n <= 0) { perror("splice"); exit(1); }
+        held += n;
+      }
+      while (held > 0) {
+        ssize_t n = splice(p[0], NULL, out_fd, &to, held, SPLICE_F_MOVE);
+        if (n <= 0) { perror("splice"); exit(1); }
+        held -= n;
+      }
     } else {
       if (pread(in_fd, buf, PIECE, at) != PIECE) { perror("pread"); exit(1); }
       volatile long nonzero = 0;
       for (long k = 0; k < PIECE; k += 4096) nonzero += buf[k] != 0;
-      if (pwrite(out_fd, buf, PIECE, at) != PIECE) { perror("pwrite"); exit(1); }
+      if (pwrite(out_fd, buf, PIECE, to) != PIECE) { perror("pwrite"); exit(1); }
     }
   }
   free(buf);
@@ -52,11 +80,11 @@ static void *work(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5 || (strcmp(argv[1], "rw") && strcmp(argv[1], "cfr"))) {
-    fprintf(stderr, "usage: copy-floor rw|cfr THREADS SRC DST\n");
+  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : -1;
+  if (mode < 0) {
+    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl THREADS SRC DST\n");
     return 2;
   }
-  use_cfr = !strcmp(argv[1], "cfr");
   threads = atoi(argv[2]);
   if (threads < 1 || threads > 8) threads = 1;
   in_fd = open(argv[3], O_RDONLY);
@@ -66,7 +94,22 @@ int main(int argc, char **argv) {
   struct stat st;
   fstat(in_fd, &st);
   pieces = st.st_size / PIECE;
+  const char *sparse = getenv("FLOOR_SPARSE"), *falloc = getenv("FLOOR_FALLOC");
+  if (sparse && !strcmp(sparse, "1")) {
+    src_at = malloc(sizeof *src_at * (size_t)pieces);
+    long n = 0;
+    for (off_t pos = 0;;) {
+      off_t d = lseek(in_fd, pos, SEEK_DATA);
+      if (d < 0) break;
+      off_t h = lseek(in_fd, d, SEEK_HOLE);
+      for (off_t x = d; x + PIECE <= h && n < pieces; x += PIECE) src_at[n++] = x;
+      pos = h;
+    }
+    pieces = n;
+  }
   double start = now();
+  if (falloc && !strcmp(falloc, "all")) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, 0, pieces * PIECE);
+  else if (falloc) unit = atol(falloc) * PIECE;
   pthread_t t[8];
   for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, (void *)i);
   for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
