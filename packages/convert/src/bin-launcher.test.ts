@@ -81,4 +81,19 @@ describe('the command launchers', () => {
     expect(readFileSync(join(dir, 'img.bundle.cjs.cache')).equals(cacheBefore)).toBe(true);
     expect(cacheBefore.readUInt32LE(MAGIC.length + 4)).toBe(crc32(readFileSync(join(dir, 'img.bundle.cjs'))));
   });
+
+  it('loads node:crypto only where a command needs it: not for a conversion into qcow2, but for a VHD id', () => {
+    // node:crypto starts OpenSSL's side of Node (about 2 ms): every command paid it while @img/qcow2 imported it for encrypted images.
+    const input = join(work, 'crypto-input.raw');
+    writeFileSync(input, new Uint8Array(1 << 20).fill(7));
+    const probe = join(work, 'crypto-probe.cjs');
+    writeFileSync(probe, "process.on('exit', () => process.stderr.write('crypto modules: ' + process.moduleLoadList.filter((m) => /crypto/.test(m)).length + '\\n'));\n");
+    const loaded = (format: string): number => {
+      const r = spawnSync(process.execPath, ['-r', probe, join(binDir, 'img-convert.js'), '-f', 'raw', '-O', format, input, join(work, `crypto-output.${format}`)], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      return Number(/crypto modules: (\d+)/.exec(r.stderr)?.[1]);
+    };
+    expect(loaded('qcow2')).toBe(0);
+    expect(loaded('vpc')).toBeGreaterThan(0);
+  });
 });
