@@ -574,7 +574,7 @@ static void record_cache_write(double ns, size_t bytes) {
   else if (avg < LOCK_FAST_NS_PER_BYTE) __atomic_store_n(&cache_slow, false, __ATOMIC_RELAXED);
 }
 
-/* directAuto: nanoseconds the last write_full or write_direct_fixed spent writing, lock wait left out (see write_auto). */
+/* directAuto: nanoseconds the last write_full or write_direct_fixed spent writing, the wait for the writers' lock left out (see write_auto); a buffered write taken without that lock counts its spin on the kernel's. */
 static __thread double io_ns;
 static double now_ns(void);
 
