@@ -41,6 +41,7 @@ import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
 import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/device-output.js';
 import { nbdAwareResolver } from './node/nbd-backing.js';
 import { isJsonName, jsonNameOptions, qemuImageSpec, qemuResolverWith } from './node/qemu-names.js';
+import { sourceOpened } from './node/source-hook.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -346,12 +347,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
-  try {
-    await options.onSourceOpen?.(src);
-  } catch (e) {
-    await src.close().catch(() => undefined);
-    throw e;
-  }
+  await sourceOpened(src, options.onSourceOpen);
   let target: FileStorage | undefined;
   let snapshot: Disk | undefined;
   // Files the writer creates beside the output through the default resolver (a VMDK's extents): this
@@ -561,12 +557,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
-  try {
-    await options.onSourceOpen?.(src);
-  } catch (e) {
-    await src.close().catch(() => undefined);
-    throw e;
-  }
+  await sourceOpened(src, options.onSourceOpen);
   let snapshot: Disk | undefined;
   let created = false;
   let locked: FileStorage | undefined;

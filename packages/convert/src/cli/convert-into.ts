@@ -10,6 +10,7 @@ import { salvagingDisk, type SalvageEvent } from '../salvage.js';
 import { openDiskSnapshot, openImageFile } from '../node.js';
 import type { CacheMode } from '../cache-mode.js';
 import { assertNotRead, filesOf, identityOfPath } from '../node/same-file.js';
+import { sourceOpened } from '../node/source-hook.js';
 
 export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun' | 'onProgress' | 'signal' | 'rateLimit'> {
   input: string;
@@ -56,12 +57,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
   });
-  try {
-    await options.onSourceOpen?.(src);
-  } catch (e) {
-    await src.close().catch(() => undefined);
-    throw e;
-  }
+  await sourceOpened(src, options.onSourceOpen);
   let snapshot: Disk | undefined;
   let dst: Disk | undefined;
   try {
