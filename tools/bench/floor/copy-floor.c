@@ -6,12 +6,19 @@
  *        stops at once on random data) + pwrite,
  *   cfr  copy_file_range,
  *   spl  splice through a pipe of 1 MiB per thread (one copy in the kernel,
- *        one write call per piece).
+ *        one write call per piece),
+ *   mmw  the piece mapped (mmap of the source), scanned in place and written
+ *        from the mapping with pwrite (one copy, by the write).
  * BENCHMARKS.md (sessions 31 and 32) quotes it.
  *
  * Environment:
  *   FLOOR_FALLOC=all  allocate the whole output (fallocate, KEEP_SIZE) before the copy
  *   FLOOR_FALLOC=N    allocate it N MiB at a time, each unit by the thread whose piece starts it
+ *   FLOOR_PIECE=N     pieces of N KiB instead of 1 MiB (the buffer each thread reads into and writes from)
+ *   FLOOR_WRITE=N     rw: write each piece in pwrites that end on multiples of N KiB (img's 1 MiB cap)
+ *   FLOOR_SHIFT=N     place the output N KiB further (a new qcow2's data area starts a few clusters in)
+ *   FLOOR_MAP=N       mmw: map N MiB of the source at a time (default 1: each piece alone)
+ *   FLOOR_POPULATE=1  mmw: map with MAP_POPULATE (page tables filled at once, not by faults)
  *   FLOOR_SPARSE=1    copy only the source's data (SEEK_DATA/SEEK_HOLE), packed one piece
  *                     after another in the output, as a conversion of a sparse raw into a
  *                     new qcow2 does
@@ -26,15 +33,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { RW, CFR, SPL };
+enum { RW, CFR, SPL, MMW };
 static int in_fd, out_fd, mode, threads;
-static long pieces, unit;
+static long pieces, unit, map_span = 1 << 20, write_max, shift;
+static int map_flags = MAP_SHARED;
 static off_t *src_at; /* FLOOR_SPARSE: the source offset of each piece */
-static const long PIECE = 1 << 20;
+static long PIECE = 1 << 20; /* FLOOR_PIECE (KiB) changes it */
 
 static double now(void) {
   struct timespec t;
@@ -48,7 +57,7 @@ static void *work(void *arg) {
   int p[2] = {-1, -1};
   if (mode == SPL && (pipe(p) || fcntl(p[1], F_SETPIPE_SZ, PIECE) < 0)) { perror("pipe"); exit(1); }
   for (long i = first; i < pieces; i += threads) {
-    off_t at = src_at ? src_at[i] : i * PIECE, to = i * PIECE;
+    off_t at = src_at ? src_at[i] : i * PIECE, to = shift + i * PIECE;
     if (unit && to % unit == 0) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, to, unit);
     if (mode == CFR) {
       for (long left = PIECE; left > 0;) {
@@ -68,11 +77,26 @@ static void *work(void *arg) {
         if (n <= 0) { perror("splice"); exit(1); }
         held -= n;
       }
+    } else if (mode == MMW) {
+      /* The mapping of the span holding this piece (pieces a thread takes are `threads` apart, so each span is mapped once per thread that copies from it). */
+      off_t base = at / map_span * map_span;
+      unsigned char *m = mmap(NULL, map_span, PROT_READ, map_flags, in_fd, base);
+      if (m == MAP_FAILED) { perror("mmap"); exit(1); }
+      const unsigned char *q = m + (at - base);
+      volatile long nonzero = 0;
+      for (long k = 0; k < PIECE; k += 4096) nonzero += q[k] != 0;
+      if (pwrite(out_fd, q, PIECE, to) != PIECE) { perror("pwrite"); exit(1); }
+      munmap(m, map_span);
     } else {
       if (pread(in_fd, buf, PIECE, at) != PIECE) { perror("pread"); exit(1); }
       volatile long nonzero = 0;
       for (long k = 0; k < PIECE; k += 4096) nonzero += buf[k] != 0;
-      if (pwrite(out_fd, buf, PIECE, to) != PIECE) { perror("pwrite"); exit(1); }
+      for (long done = 0; done < PIECE;) {
+        long n = write_max ? write_max - (to + done) % write_max : PIECE;
+        if (n > PIECE - done) n = PIECE - done;
+        if (pwrite(out_fd, buf + done, n, to + done) != n) { perror("pwrite"); exit(1); }
+        done += n;
+      }
     }
   }
   free(buf);
@@ -80,9 +104,9 @@ static void *work(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : -1;
+  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : argc == 5 && !strcmp(argv[1], "mmw") ? MMW : -1;
   if (mode < 0) {
-    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl THREADS SRC DST\n");
+    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl|mmw THREADS SRC DST\n");
     return 2;
   }
   threads = atoi(argv[2]);
@@ -93,6 +117,10 @@ int main(int argc, char **argv) {
   if (in_fd < 0 || out_fd < 0) { perror("open"); return 1; }
   struct stat st;
   fstat(in_fd, &st);
+  const char *piece = getenv("FLOOR_PIECE"), *wmax = getenv("FLOOR_WRITE"), *sh = getenv("FLOOR_SHIFT");
+  if (wmax) write_max = atol(wmax) * 1024;
+  if (sh) shift = atol(sh) * 1024;
+  if (piece && atol(piece) >= 4) PIECE = atol(piece) * 1024;
   pieces = st.st_size / PIECE;
   const char *sparse = getenv("FLOOR_SPARSE"), *falloc = getenv("FLOOR_FALLOC");
   if (sparse && !strcmp(sparse, "1")) {
@@ -107,8 +135,11 @@ int main(int argc, char **argv) {
     }
     pieces = n;
   }
+  const char *map = getenv("FLOOR_MAP"), *populate = getenv("FLOOR_POPULATE");
+  if (map && atol(map) > 0) map_span = atol(map) * PIECE;
+  if (populate && !strcmp(populate, "1")) map_flags |= MAP_POPULATE;
   double start = now();
-  if (falloc && !strcmp(falloc, "all")) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, 0, pieces * PIECE);
+  if (falloc && !strcmp(falloc, "all")) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, shift, pieces * PIECE);
   else if (falloc) unit = atol(falloc) * PIECE;
   pthread_t t[8];
   for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, (void *)i);
