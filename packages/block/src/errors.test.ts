@@ -1,6 +1,6 @@
 // The helpers that replaced inline `new ImageError(` calls keep each call site's code, wording and data.
 import { describe, expect, it } from 'vitest';
-import { abortError, backingReadOnlyError, ERROR_CODES, ImageError, invalidUsage, storageClosedError, storageReadOnlyError, streamLengthError, unknownFormatError, untrustedReferenceError } from './errors.js';
+import { abortError, backingReadOnlyError, cannotOpenError, ERROR_CODES, ImageError, invalidUsage, missingFileError, noResolverError, shown, storageClosedError, storageReadOnlyError, streamLengthError, unknownFormatError, untrustedReferenceError } from './errors.js';
 import { MemoryStorage } from './memory-storage.js';
 import { FormatRegistry } from './registry.js';
 
@@ -46,5 +46,22 @@ describe('error helpers', () => {
       data: { file: 'a.qcow2', field: 'backing', actual: 'b.qcow2' },
     });
     expect(fields(streamLengthError('vhd', 100, 90))).toEqual({ code: ERROR_CODES.IO, message: 'vhd: the stream announced 100 bytes but produced 90', data: { format: 'vhd', expected: 100, actual: 90 } });
+  });
+
+  it('names an image gives are quoted on one line, their control characters as \\xNN (a backing file "b\\n\\x1b[31m.qcow2")', () => {
+    const name = 'b\n\x1b[31m.qcow2';
+    expect(shown(name)).toBe('b\\x0a\\x1b[31m.qcow2');
+    expect(shown('plain é ✓')).toBe('plain é ✓');
+    const messages = [
+      missingFileError('qcow2', 'a.qcow2', 'backing file', name, `/x/${name}`, { alsoTried: [`/y/${name}`] }).message,
+      cannotOpenError('qcow2', 'a.qcow2', 'backing file', name, new Error('EACCES')).message,
+      noResolverError('qcow2', 'a.qcow2', 'backing file', name).message,
+      untrustedReferenceError('a.qcow2', 'backing', name).message,
+    ];
+    for (const m of messages) {
+      expect(m).toContain('"b\\x0a\\x1b[31m.qcow2"');
+      expect(m).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
+    }
+    expect(missingFileError('qcow2', 'a.qcow2', 'backing file', name).data.expected).toBe(name);
   });
 });

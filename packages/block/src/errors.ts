@@ -94,6 +94,22 @@ export function hex(value: number): string {
   return `0x${value.toString(16)}`;
 }
 
+/**
+ * Text an image supplies (a backing file's name, a tar member's, a header
+ * field), as a message quotes it: control characters written as `\xNN`,
+ * so that the message stays one line and no terminal escape in a hostile
+ * image reaches the screen.
+ */
+export function shown(text: unknown): string {
+  const s = String(text);
+  let out = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    out += c < 0x20 || (c >= 0x7f && c <= 0x9f) ? `\\x${c.toString(16).padStart(2, '0')}` : s[i];
+  }
+  return out;
+}
+
 /** Prefix for messages: "qcow2: a.qcow2: " or "qcow2: " when the name is unknown. */
 export function where(format: string, file?: string): string {
   return file ? `${format}: ${file}: ` : `${format}: `;
@@ -202,7 +218,7 @@ export function unknownFormatError(name: string, known?: readonly string[]): Ima
  * names it.
  */
 export function untrustedReferenceError(file: string, kind: string, name: string): ImageError {
-  return new ImageError(ERROR_CODES.UNSAFE, `${file}: refusing to open ${kind} "${name}" named inside an untrusted image`, { data: { file, field: kind, actual: name } });
+  return new ImageError(ERROR_CODES.UNSAFE, `${file}: refusing to open ${kind} "${shown(name)}" named inside an untrusted image`, { data: { file, field: kind, actual: name } });
 }
 
 /** An image stream that produced another number of bytes than it announced: ERR_IMG_IO, naming the format written. */
@@ -277,7 +293,7 @@ export function ioError(file: string, message: string, data: ImageErrorData = {}
  * One wording for every format's backing chain.
  */
 export function noResolverError(format: string, file: string | undefined, what: string, name: string, skip?: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, where(format, file) + `the image has ${what} "${name}" but no resolver was given to open it (pass a resolver${skip ? `, or ${skip}` : ''})`, {
+  return new ImageError(ERROR_CODES.INVALID_ARG, where(format, file) + `the image has ${what} "${shown(name)}" but no resolver was given to open it (pass a resolver${skip ? `, or ${skip}` : ''})`, {
     data: { format, file, ...data },
   });
 }
@@ -317,7 +333,7 @@ export function parentMismatchError(format: string, file: string | undefined, pa
  * {@link missingFileError}): ERR_IMG_IO, the resolver's error as `cause`.
  */
 export function cannotOpenError(format: string, file: string | undefined, what: string, name: string, cause: unknown, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.IO, where(format, file) + `cannot open ${what} "${name}": ${(cause as Error | undefined)?.message ?? String(cause)}`, { cause, data: { format, file, ...data } });
+  return new ImageError(ERROR_CODES.IO, where(format, file) + `cannot open ${what} "${shown(name)}": ${(cause as Error | undefined)?.message ?? String(cause)}`, { cause, data: { format, file, ...data } });
 }
 
 /**
@@ -326,9 +342,9 @@ export function cannotOpenError(format: string, file: string | undefined, what: 
  * and `resolved` the path it was looked for at (left out when the same).
  */
 export function missingFileError(format: string, file: string | undefined, what: string, name: string, resolved?: string, options: { cause?: unknown; data?: ImageErrorData; alsoTried?: readonly string[] } = {}): ImageError {
-  const at = resolved !== undefined && resolved !== name ? ` (resolved to ${resolved})` : '';
-  const also = options.alsoTried?.length ? `; also looked for ${options.alsoTried.join(', ')}` : '';
-  return new ImageError(ERROR_CODES.NOT_FOUND, where(format, file) + `${what} "${name}"${at} does not exist${also}`, {
+  const at = resolved !== undefined && resolved !== name ? ` (resolved to ${shown(resolved)})` : '';
+  const also = options.alsoTried?.length ? `; also looked for ${options.alsoTried.map(shown).join(', ')}` : '';
+  return new ImageError(ERROR_CODES.NOT_FOUND, where(format, file) + `${what} "${shown(name)}"${at} does not exist${also}`, {
     cause: options.cause,
     data: { format, file, field: what, expected: name, ...(resolved !== undefined ? { actual: resolved } : {}), ...options.data },
   });

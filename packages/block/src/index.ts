@@ -35,6 +35,7 @@ export {
   parentMismatchError,
   chainCycleError,
   cannotOpenError,
+  shown,
 } from './errors.js';
 export {
   readU8,

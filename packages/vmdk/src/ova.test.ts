@@ -129,6 +129,23 @@ describeQemu('openOva', () => {
     writeFileSync(at('evil.ova'), evil);
     const e = await expectCode(openOva(await FileStorage.open(at('evil.ova'))), ERROR_CODES.UNSAFE);
     expect(e.message).toContain('../x');
+    // A name with a newline and a terminal escape: quoted on one line, the control characters as \xNN.
+    evil.fill(0, header, header + 100);
+    evil.write('../x\n\x1b[31my', header, 'latin1');
+    evil.fill(0x20, header + 148, header + 156);
+    sum = 0;
+    for (let i = 0; i < 512; i++) sum += evil[header + i]!;
+    evil.write(`${sum.toString(8).padStart(6, '0')}\0 `, header + 148, 'latin1');
+    writeFileSync(at('evil-name.ova'), evil);
+    const n = await expectCode(openOva(await FileStorage.open(at('evil-name.ova'))), ERROR_CODES.UNSAFE);
+    expect(n.message).toContain('"../x\\x0a\\x1b[31my"');
+    expect(n.message).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
+    // A checksum field that is not octal, with a newline in it (hostile campaign seed 1059 case 70).
+    evil.write('1\n\x07', header + 148, 'latin1');
+    writeFileSync(at('evil-sum.ova'), evil);
+    const c = await expectCode(openOva(await FileStorage.open(at('evil-sum.ova'))), ERROR_CODES.CORRUPT);
+    expect(c.message).toMatch(/chksum that is not octal \("1\\x0a\\x07/);
+    expect(c.message).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
     writeFileSync(at('cut.ova'), bytes.subarray(0, members[1]!.offset + 1000));
     const t = await expectCode(openOva(await FileStorage.open(at('cut.ova'))), ERROR_CODES.CORRUPT);
     expect(t.message).toMatch(/truncated/);
