@@ -36,15 +36,4 @@ describe('SlotMap', () => {
     // Unit 0 at slot 1, units 1-3 new at slots 2-4: one piece, host = guest here.
     expect(pieces).toEqual([[100, 100, 1536]]);
   });
-
-  it('startAt moves the first slot and its byte while none is handed out, and changes nothing after', () => {
-    const m = new SlotMap(4, 4, 65536, 4 * 65536);
-    m.startAt(16, 16 * 65536);
-    expect([m.firstSlot, m.next]).toEqual([16, 16]);
-    expect(m.slot(0, true)).toBe(16);
-    expect(m.position(16)).toBe(1024 * 1024);
-    m.startAt(32, 32 * 65536);
-    expect([m.firstSlot, m.next]).toEqual([16, 17]);
-    expect(m.position(17)).toBe(1024 * 1024 + 65536);
-  });
 });

@@ -26,8 +26,8 @@ export class SlotMap {
   #sorted = true;
 
   readonly unitBytes: number;
-  #firstSlot: number;
-  #base: number;
+  readonly #firstSlot: number;
+  readonly #base: number;
   /** Slots a run with skipped zeros covered in part: looked at by dropEmptyEdges, when no batch can still write there. */
   readonly #maybeEmpty = new Set<number>();
 
@@ -101,23 +101,6 @@ export class SlotMap {
   /** The slot after the last one handed out. */
   get next(): number {
     return this.#next;
-  }
-
-  /** The first slot (at byte `base` of the file). */
-  get firstSlot(): number {
-    return this.#firstSlot;
-  }
-
-  /**
-   * Moves where the slots start, while none has been handed out (else
-   * nothing changes): a bulk writer whose slots a file-to-file copy fills
-   * starts them on a boundary the page cache likes (see the qcow2 bulk
-   * writer's layout).
-   */
-  startAt(firstSlot: number, base: number): void {
-    if (this.#next !== this.#firstSlot || this.#free.length || this.tables.size) return;
-    this.#next = this.#firstSlot = firstSlot;
-    this.#base = base;
   }
 
   /** The slot of `unit`, handing one out (a given-back one first, lowest first) when `allocate`; 0: none. */

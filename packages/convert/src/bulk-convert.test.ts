@@ -19,23 +19,6 @@ import { convertFile } from './node.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Bytes of `file` on the disk, written back first (until then ext4 may count blocks it only reserved). */
-function allocated(file: string): number {
-  const fd = openSync(file, 'r+');
-  fsyncSync(fd);
-  closeSync(fd);
-  return statSync(file).blocks * 512;
-}
-
-/**
- * No larger a file than `than`: no more space on the disk, and at most the
- * MiB the data's alignment adds to its length (a hole: see the bulk writer).
- */
-function expectNoLarger(file: string, than: string): void {
-  expect(allocated(file)).toBeLessThanOrEqual(allocated(than));
-  expect(statSync(file).size).toBeLessThanOrEqual(statSync(than).size + MiB);
-}
-
 /** Guest ranges holding data, merged whatever their host offsets. */
 function dataRanges(file: string): Array<[number, number]> {
   const out: Array<[number, number]> = [];
@@ -86,34 +69,9 @@ describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img conver
       expect(check.status, check.stderr).toBe(0);
       expect(qemuCompare(ours, source, 'qcow2', 'raw')).toBe(true);
       expect(dataRanges(ours)).toEqual(dataRanges(theirs));
-      expectNoLarger(ours, theirs);
+      expect(statSync(ours).size).toBeLessThanOrEqual(statSync(theirs).size);
     });
   }
-
-  it('starts the data on a MiB boundary: runs copied file to file lie MiB-aligned, the clusters before them are free (check clean, no leaks) and a hole in the file', async () => {
-    const aligned = p('aligned.raw');
-    const fd = openSync(aligned, 'w');
-    ftruncateSync(fd, 64 * MiB);
-    for (const at of [3, 17, 40]) writeSync(fd, seededBytes(MiB, at), 0, MiB, at * MiB);
-    closeSync(fd);
-    const out = p('aligned.qcow2');
-    await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: aligned, output: out });
-    const runs = qemuMap(out, 'qcow2').filter((m) => m.data);
-    expect(runs.map((m) => [m.start / MiB, m.length / MiB])).toEqual([
-      [3, 1],
-      [17, 1],
-      [40, 1],
-    ]);
-    // Each 1 MiB run one MiB after the other from the first boundary past the empty image (4 clusters of 64 KiB).
-    expect(runs.map((m) => m.offset! / MiB)).toEqual([1, 2, 3]);
-    const check = qemuCheck(out, 'qcow2');
-    expect(check.status, check.stderr).toBe(0);
-    expect(check.result?.leaks ?? 0).toBe(0);
-    expect(qemuCompare(out, aligned, 'qcow2', 'raw')).toBe(true);
-    // The free clusters between the empty image and the data were never written: a hole of the file.
-    const file = qemuMap(out, 'raw');
-    expect(file.some((m) => m.data && m.start < MiB && m.start + m.length > 4 * 64 * KiB)).toBe(false);
-  });
 
   it('byte-identical outputs with the target allocated ahead of the copy (IMG_COPY_PREALLOC=1) and without (0), qcow2, raw and vpc', async () => {
     const before = process.env.IMG_COPY_PREALLOC;
@@ -173,7 +131,7 @@ describeQemu('img-convert into a new qcow2 (bulk writer) against qemu-img conver
     await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: general, bulk: false });
     await convertFile({ srcFormat: 'raw', dstFormat: 'qcow2', input: source, output: bulk });
     expect(dataRanges(bulk)).toEqual(dataRanges(general));
-    expectNoLarger(bulk, general);
+    expect(statSync(bulk).size).toBeLessThanOrEqual(statSync(general).size);
     // qcow2 -> qcow2: the source's clusters, as qemu-img copies them.
     const again = p('again.qcow2');
     const theirs = p('again-theirs.qcow2');

@@ -8,16 +8,7 @@
  * table), so from the first flush on the file is a valid qcow2 image that
  * reads as zeros, as `qemu-img convert`'s target is; qemu's lock probe
  * then sees a qcow2 image. The data and the L2 tables go after it, which
- * leaves that image untouched until the commit. Where a copy places the
- * runs (file to file, through the page cache) the data starts on the first
- * MiB boundary after the empty image (`dataAt`; the clusters before it stay
- * free, a hole in the file), so that the runs lie in the file as they would
- * in a raw file: the page cache gives a write as large a folio as its
- * offset's alignment allows, and 1 MiB writes 320 KiB off a MiB boundary
- * (qemu-img's layout, and ours until session 33) took 0.19-0.21 s per GiB
- * on the bench VM where aligned ones took 0.12-0.14
- * (`tools/bench/floor/copy-floor.c`, FLOOR_SHIFT). Written through the
- * writer instead (in memory, say), the data follows the empty image.
+ * leaves that image untouched until the commit.
  *
  * The commit keeps the image valid at every write: data and L2 tables
  * flushed; the refcount blocks (in place, new ones appended), flushed; the
@@ -38,8 +29,6 @@ const FORMAT = 'qcow2';
 /** Metadata goes out in writes of at most this many bytes (the tables of a 1 TiB image can be 128 MiB). */
 const METADATA_PIECE = 4 * 1024 * 1024;
 const SECTOR = 512;
-/** The data of a bulk-written image starts at a multiple of this (or of the cluster size, if larger): see the module comment. */
-const DATA_ALIGN = 1024 * 1024;
 
 /** Where the empty image keeps its tables, in clusters. */
 export interface BulkLayout {
@@ -53,10 +42,8 @@ export interface BulkLayout {
   rtClusters: number;
   blocksAt: number;
   blocks: number;
-  /** The first cluster after the empty image. */
+  /** The first cluster after the empty image: data starts here. */
   end: number;
-  /** Where placed runs start the data: `end` rounded up to DATA_ALIGN (clusters in between stay free). */
-  dataAt: number;
 }
 
 /**
@@ -87,9 +74,7 @@ export function bulkLayout(l: Qcow2Layout): BulkLayout | undefined {
   const rtAt = 1;
   const blocksAt = rtAt + rtClusters;
   const l1At = blocksAt + blocks;
-  const end = l1At + l1Clusters;
-  const align = Math.max(1, DATA_ALIGN / cs);
-  return { clusterSize: cs, perTable, l1Entries, l1At, l1Clusters, rtAt, rtClusters, blocksAt, blocks, end, dataAt: Math.ceil(end / align) * align };
+  return { clusterSize: cs, perTable, l1Entries, l1At, l1Clusters, rtAt, rtClusters, blocksAt, blocks, end: l1At + l1Clusters };
 }
 
 /**
@@ -110,22 +95,18 @@ export async function writeEmptyImage(storage: Storage, l: Qcow2Layout, b: BulkL
 }
 
 /**
- * Makes the data part of the image. Host clusters `[dataStart, dataEnd)` hold
- * data (every one of them in use; those from `b.end` to `dataStart` stay
- * free, and with no data at all the tables follow the empty image); `tables` maps each L1 index in use to
+ * Makes the data part of the image. Host clusters `[b.end, dataEnd)` hold
+ * data (every one of them in use); `tables` maps each L1 index in use to
  * the host cluster of each entry of its L2 table (0: unallocated). The L2
  * tables go after the data, new refcount blocks (and a moved refcount
  * table) after them; see the module comment for the order.
  */
-export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkLayout, tables: ReadonlyMap<number, Float64Array>, dataStart: number, dataEnd: number): Promise<void> {
+export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkLayout, tables: ReadonlyMap<number, Float64Array>, dataEnd: number): Promise<void> {
   const cs = b.clusterSize;
   const bits = 2 ** l.refcountOrder;
   const perBlock = (cs * 8) / bits;
   const order = [...tables.keys()].sort((x, y) => x - y);
-  // The clusters between the empty image and the aligned data: free (refcount 0), unless there is no data.
-  const hasData = dataEnd > dataStart;
-  const gap: Gap = { start: b.end, end: hasData ? dataStart : b.end };
-  const l2At = hasData ? dataEnd : b.end;
+  const l2At = dataEnd;
   const afterL2 = l2At + order.length;
   // New refcount blocks (and a new table where the old one is too small) count themselves: grow until they cover every cluster.
   let blocks = b.blocks;
@@ -160,8 +141,8 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
   await storage.flush();
 
   // 2. Refcount blocks: every cluster of the file is in use once (the old table too, until nothing points at it).
-  await writeBlocks(storage, 0, b.blocks, b.blocksAt, total, l.refcountOrder, cs, 1, gap);
-  await writeBlocks(storage, b.blocks, blocks, newBlocksAt, total, l.refcountOrder, cs, 1, gap);
+  await writeBlocks(storage, 0, b.blocks, b.blocksAt, total, l.refcountOrder, cs, 1);
+  await writeBlocks(storage, b.blocks, blocks, newBlocksAt, total, l.refcountOrder, cs, 1);
   // The file ends at its last cluster: blocks the copy allocated ahead of the data and nothing used go back.
   await storage.truncate(total * cs);
   await storage.flush();
@@ -191,7 +172,7 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
     const oldEnd = b.rtAt + b.rtClusters;
     const firstBlock = Math.floor(b.rtAt / perBlock);
     const lastBlock = Math.floor((oldEnd - 1) / perBlock);
-    await writeBlocks(storage, firstBlock, lastBlock + 1, b.blocksAt + firstBlock, total, l.refcountOrder, cs, (c) => (c >= b.rtAt && c < oldEnd ? 0 : 1), gap);
+    await writeBlocks(storage, firstBlock, lastBlock + 1, b.blocksAt + firstBlock, total, l.refcountOrder, cs, (c) => (c >= b.rtAt && c < oldEnd ? 0 : 1));
     await storage.flush();
   }
 }
@@ -202,20 +183,13 @@ async function writeHeader(storage: Storage, l: Qcow2Layout, b: BulkLayout, rtAt
   await storage.write(0, headerCluster(l, h, cs));
 }
 
-/** Free host clusters `[start, end)` inside the file (refcount 0 whatever the count says). */
-interface Gap {
-  start: number;
-  end: number;
-}
-
 /** Writes refcount blocks `[from, to)` (contiguous from host cluster `at`) for a file of `total` clusters. */
-async function writeBlocks(storage: Storage, from: number, to: number, at: number, total: number, order: number, cs: number, count: number | ((cluster: number) => number), gap?: Gap): Promise<void> {
+async function writeBlocks(storage: Storage, from: number, to: number, at: number, total: number, order: number, cs: number, count: number | ((cluster: number) => number)): Promise<void> {
   const perPiece = Math.max(1, Math.floor(METADATA_PIECE / cs));
   for (let k = from; k < to; k += perPiece) {
     const n = Math.min(perPiece, to - k);
     const buf = new Uint8Array(n * cs);
     fillRefcountBlocks(buf, k, k + n, total, order, cs, count);
-    if (gap) freeClusters(buf, k, k + n, order, cs, gap);
     await storage.write((at + k - from) * cs, buf);
   }
 }
@@ -239,15 +213,6 @@ function fillRefcountBlocks(buf: Uint8Array, from: number, to: number, total: nu
     return;
   }
   for (let c = first; c < end; c++) writeRefcount(buf, c - first, bits, typeof count === 'number' ? count : count(c));
-}
-
-/** Sets the refcounts of the clusters of `gap` that blocks `[from, to)` (in `buf`) cover to 0. */
-function freeClusters(buf: Uint8Array, from: number, to: number, order: number, cs: number, gap: Gap): void {
-  const perBlock = (cs * 8) / 2 ** order;
-  const first = from * perBlock;
-  const start = Math.max(gap.start, first);
-  const end = Math.min(gap.end, to * perBlock);
-  for (let c = start; c < end; c++) writeRefcount(buf, c - first, 2 ** order, 0);
 }
 
 function fillRefcountTable(buf: Uint8Array, blocks: number, offsetOf: (k: number) => number): void {

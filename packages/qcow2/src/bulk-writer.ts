@@ -95,15 +95,8 @@ class Qcow2BulkWriter implements FreshImageWriter {
     return this.#state === 'open' && typeof this.storage.ranges === 'function';
   }
 
-  /**
-   * Allocates guest `[offset, offset + length)` and answers its (guest
-   * offset, host position, length) pieces. The first runs placed (before
-   * any other write) start the data on a MiB boundary: a copy that places
-   * runs writes them file to file through the page cache, where aligned
-   * writes get large folios (see bulk-writer-metadata.ts).
-   */
+  /** Allocates guest `[offset, offset + length)` and answers its (guest offset, host position, length) pieces. */
   placeRuns(offset: number, length: number): number[] {
-    this.#slots.startAt(this.#layout.dataAt, this.#layout.dataAt * this.#cs);
     return this.#io.place(offset, length);
   }
 
@@ -217,7 +210,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       if (this.#io.failure !== undefined) throw this.#io.failure;
       await this.#slots.dropEmptyEdges(this.storage);
       await this.#closeGaps();
-      await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.firstSlot, this.#slots.next);
+      await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.next);
       this.#state = 'finished';
     } catch (e) {
       this.#state = 'aborted';
