@@ -1,6 +1,26 @@
 // The helpers that replaced inline `new ImageError(` calls keep each call site's code, wording and data.
 import { describe, expect, it } from 'vitest';
-import { abortError, backingReadOnlyError, cannotOpenError, ERROR_CODES, ImageError, invalidUsage, missingFileError, noResolverError, shown, storageClosedError, storageReadOnlyError, streamLengthError, unknownFormatError, untrustedReferenceError } from './errors.js';
+import {
+  abortError,
+  backingReadOnlyError,
+  cannotOpenError,
+  chainCycleError,
+  corrupt,
+  ERROR_CODES,
+  ImageError,
+  invalidUsage,
+  missingFileError,
+  noResolverError,
+  shown,
+  storageClosedError,
+  unsafe,
+  unsupported,
+  invalidArg,
+  storageReadOnlyError,
+  streamLengthError,
+  unknownFormatError,
+  untrustedReferenceError,
+} from './errors.js';
 import { MemoryStorage } from './memory-storage.js';
 import { FormatRegistry } from './registry.js';
 
@@ -63,5 +83,23 @@ describe('error helpers', () => {
       expect(m).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
     }
     expect(missingFileError('qcow2', 'a.qcow2', 'backing file', name).data.expected).toBe(name);
+  });
+
+  it('every helper keeps its message on one line, whatever text a call site quotes (a bitmap or snapshot name, a path)', () => {
+    const name = 'bm\n\x1b[2J\x9b';
+    const messages = [
+      corrupt('qcow2', 'a.qcow2', `bitmap "${name}" has granularity_bits 40`).message,
+      unsupported('qcow2', `dir\n/a.qcow2`, `bitmap "${name}" has type 2`).message,
+      unsafe('vmdk', 'a.vmdk', `extent "${name}"`).message,
+      invalidArg('qcow2', `no persistent bitmap named "${name}"`).message,
+      chainCycleError('qcow2', 'a.qcow2', `backing file "${name}"`).message,
+      unknownFormatError(name).message,
+    ];
+    for (const m of messages) {
+      expect(m).toContain('bm\\x0a\\x1b[2J\\x9b');
+      expect(m).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20 || (c >= 0x7f && c <= 0x9f)));
+    }
+    expect(unsupported('qcow2', 'dir\n/a.qcow2', 'x').message).toBe('qcow2: dir\\x0a/a.qcow2: x');
+    expect(corrupt('qcow2', 'a.qcow2', 'plain é ✓').message).toBe('qcow2: a.qcow2: plain é ✓');
   });
 });

@@ -102,6 +102,12 @@ export function hex(value: number): string {
  */
 export function shown(text: unknown): string {
   const s = String(text);
+  let clean = true;
+  for (let i = 0; i < s.length && clean; i++) {
+    const c = s.charCodeAt(i);
+    clean = !(c < 0x20 || (c >= 0x7f && c <= 0x9f));
+  }
+  if (clean) return s;
   let out = '';
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -112,27 +118,27 @@ export function shown(text: unknown): string {
 
 /** Prefix for messages: "qcow2: a.qcow2: " or "qcow2: " when the name is unknown. */
 export function where(format: string, file?: string): string {
-  return file ? `${format}: ${file}: ` : `${format}: `;
+  return file ? `${format}: ${shown(file)}: ` : `${format}: `;
 }
 
 /** Shorthand for the most common error: metadata that cannot be right. */
 export function corrupt(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + message, { data: { format, file, ...data } });
+  return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + shown(message), { data: { format, file, ...data } });
 }
 
 /** A valid image using something this code does not implement: ERR_IMG_UNSUPPORTED, the message prefixed with format and file. */
 export function unsupported(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + message, { data: { format, file, ...data } });
+  return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + shown(message), { data: { format, file, ...data } });
 }
 
 /** Something an untrusted image asks for that is refused (a file it names, a layout that could harm): ERR_IMG_UNSAFE. */
 export function unsafe(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.UNSAFE, where(format, file) + message, { data: { format, file, ...data } });
+  return new ImageError(ERROR_CODES.UNSAFE, where(format, file) + shown(message), { data: { format, file, ...data } });
 }
 
 /** A misuse of the API (a bad option or argument, named in `data.field`): ERR_IMG_INVALID_ARG. */
 export function invalidArg(format: string, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, where(format) + message, { data: { format, ...data } });
+  return new ImageError(ERROR_CODES.INVALID_ARG, where(format) + shown(message), { data: { format, ...data } });
 }
 
 /** A change asked of an image opened read-only: ERR_IMG_READ_ONLY. */
@@ -191,7 +197,7 @@ export function storageReadOnlyError(file: string, message: string): ImageError 
  * read-only: ERR_IMG_READ_ONLY, naming the option that opens it writable.
  */
 export function backingReadOnlyError(format: string, file: string | undefined, backing: string): ImageError {
-  return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + `the backing image ${backing} is open read-only (open with backingWritable)`, { data: { file: backing } });
+  return new ImageError(ERROR_CODES.READ_ONLY, where(format, file) + `the backing image ${shown(backing)} is open read-only (open with backingWritable)`, { data: { file: backing } });
 }
 
 /**
@@ -209,7 +215,7 @@ export function invalidUsage(message: string, data: ImageErrorData = {}, cause?:
  */
 export function unknownFormatError(name: string, known?: readonly string[]): ImageError {
   const list = known ? ` (known: ${known.join(', ')})` : '';
-  return new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${name}"${list}`, { data: { actual: name, ...(known ? { expected: [...known] } : {}) } });
+  return new ImageError(ERROR_CODES.UNKNOWN_FORMAT, `unknown format "${shown(name)}"${list}`, { data: { actual: name, ...(known ? { expected: [...known] } : {}) } });
 }
 
 /**
@@ -233,7 +239,7 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
 
 /** Another process holds the image: `file` is the path, `hint` says who may hold it. */
 export function lockedError(file: string, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.LOCKED, `${file}: ${message}`, { data: { file, ...data } });
+  return new ImageError(ERROR_CODES.LOCKED, `${shown(file)}: ${shown(message)}`, { data: { file, ...data } });
 }
 
 /** A command would write `written`, which is (or is linked to) `read`, a file it reads. */
@@ -277,12 +283,12 @@ export function notAnImageFile(file: string, kind: string, data: ImageErrorData 
 
 /** A file the caller named does not exist; `cause` is the system's error. */
 export function notFoundError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
-  return new ImageError(ERROR_CODES.NOT_FOUND, `${file}: ${message}`, { data: { file, ...data }, cause });
+  return new ImageError(ERROR_CODES.NOT_FOUND, `${shown(file)}: ${shown(message)}`, { data: { file, ...data }, cause });
 }
 
 /** The storage under an image failed (a system call returned an error); `cause` is the system's error. */
 export function ioError(file: string, message: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
-  return new ImageError(ERROR_CODES.IO, `${file}: ${message}`, { data: { file, ...data }, cause });
+  return new ImageError(ERROR_CODES.IO, `${shown(file)}: ${shown(message)}`, { data: { file, ...data }, cause });
 }
 
 /**
@@ -309,7 +315,7 @@ export function chainTooDeepError(format: string, file: string | undefined, maxD
  * "b.qcow2" (/images/b.qcow2)', "parent unique id ...").
  */
 export function chainCycleError(format: string, file: string | undefined, what: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.CHAIN, where(format, file) + `${what} is already in the chain: a cycle`, { data: { format, file, ...data } });
+  return new ImageError(ERROR_CODES.CHAIN, where(format, file) + `${shown(what)} is already in the chain: a cycle`, { data: { format, file, ...data } });
 }
 
 /**
@@ -322,7 +328,7 @@ export function chainCycleError(format: string, file: string | undefined, what: 
  * format's backing chain.
  */
 export function parentMismatchError(format: string, file: string | undefined, parent: string, id: { label: string; parentLabel: string; expected: string; actual: string; allow: string }, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.MISMATCH, where(format, file) + `the parent ${parent} has ${id.parentLabel} ${id.actual}, but this image's ${id.label} is ${id.expected}: the parent changed after this image was made (${id.allow} opens it anyway)`, {
+  return new ImageError(ERROR_CODES.MISMATCH, where(format, file) + `the parent ${shown(parent)} has ${id.parentLabel} ${id.actual}, but this image's ${id.label} is ${id.expected}: the parent changed after this image was made (${id.allow} opens it anyway)`, {
     data: { format, file, expected: id.expected, actual: id.actual, ...data },
   });
 }
