@@ -9,6 +9,9 @@
  *        one write call per piece),
  *   mmw  the piece mapped (mmap of the source), scanned in place and written
  *        from the mapping with pwrite (one copy, by the write).
+ *   pipe one thread reads and scans pieces into a ring of buffers, another
+ *        writes them (THREADS ignored: the writes never contend for the
+ *        output's inode lock).
  * BENCHMARKS.md (sessions 31 and 32) quotes it.
  *
  * Environment:
@@ -38,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { RW, CFR, SPL, MMW };
+enum { RW, CFR, SPL, MMW, PIPE };
 static int in_fd, out_fd, mode, threads;
 static long pieces, unit, map_span = 1 << 20, write_max, shift;
 static int map_flags = MAP_SHARED;
@@ -103,10 +106,53 @@ static void *work(void *arg) {
   return NULL;
 }
 
+/* pipe: a ring of RING pieces, filled by the reader, emptied by the writer. */
+#define RING 8
+static unsigned char *ring[RING];
+static long filled, emptied; /* pieces read, pieces written */
+static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ring_cond = PTHREAD_COND_INITIALIZER;
+
+static void *pipe_reader(void *arg) {
+  (void)arg;
+  for (long i = 0; i < pieces; i++) {
+    pthread_mutex_lock(&ring_lock);
+    while (i - emptied >= RING) pthread_cond_wait(&ring_cond, &ring_lock);
+    pthread_mutex_unlock(&ring_lock);
+    unsigned char *buf = ring[i % RING];
+    off_t at = src_at ? src_at[i] : i * PIECE;
+    if (pread(in_fd, buf, PIECE, at) != PIECE) { perror("pread"); exit(1); }
+    volatile long nonzero = 0;
+    for (long k = 0; k < PIECE; k += 4096) nonzero += buf[k] != 0;
+    pthread_mutex_lock(&ring_lock);
+    filled = i + 1;
+    pthread_cond_broadcast(&ring_cond);
+    pthread_mutex_unlock(&ring_lock);
+  }
+  return NULL;
+}
+
+static void *pipe_writer(void *arg) {
+  (void)arg;
+  for (long i = 0; i < pieces; i++) {
+    pthread_mutex_lock(&ring_lock);
+    while (filled <= i) pthread_cond_wait(&ring_cond, &ring_lock);
+    pthread_mutex_unlock(&ring_lock);
+    off_t to = shift + i * PIECE;
+    if (unit && to % unit == 0) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, to, unit);
+    if (pwrite(out_fd, ring[i % RING], PIECE, to) != PIECE) { perror("pwrite"); exit(1); }
+    pthread_mutex_lock(&ring_lock);
+    emptied = i + 1;
+    pthread_cond_broadcast(&ring_cond);
+    pthread_mutex_unlock(&ring_lock);
+  }
+  return NULL;
+}
+
 int main(int argc, char **argv) {
-  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : argc == 5 && !strcmp(argv[1], "mmw") ? MMW : -1;
+  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : argc == 5 && !strcmp(argv[1], "mmw") ? MMW : argc == 5 && !strcmp(argv[1], "pipe") ? PIPE : -1;
   if (mode < 0) {
-    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl|mmw THREADS SRC DST\n");
+    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl|mmw|pipe THREADS SRC DST\n");
     return 2;
   }
   threads = atoi(argv[2]);
@@ -142,6 +188,15 @@ int main(int argc, char **argv) {
   if (falloc && !strcmp(falloc, "all")) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, shift, pieces * PIECE);
   else if (falloc) unit = atol(falloc) * PIECE;
   pthread_t t[8];
+  if (mode == PIPE) {
+    for (int i = 0; i < RING; i++) ring[i] = aligned_alloc(4096, PIECE);
+    pthread_create(&t[0], NULL, pipe_reader, NULL);
+    pthread_create(&t[1], NULL, pipe_writer, NULL);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    printf("pipe: %.3f s\n", now() - start);
+    return 0;
+  }
   for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, (void *)i);
   for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
   printf("%s x%d: %.3f s\n", argv[1], threads, now() - start);
