@@ -656,6 +656,36 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
     await src.close();
   });
 
+  it('sparseCopy sends the end of a file-to-file copy in small batches, so the copy threads finish together', async () => {
+    // 100 MiB of data in 1 MiB runs with 1 MiB holes between: batches of 32 MiB, then the last full one and the rest split.
+    const size = 200 * MiB;
+    const srcPath = join(tmp.path, 'tail-src.raw');
+    const s = await FileStorage.create(srcPath, { lock: false });
+    await s.truncate(size);
+    for (let i = 0; i < 100; i++) await s.write(2 * i * MiB, patterned(MiB, 200 + i).fill(7, 0, 1));
+    await s.close();
+    const file = await FileStorage.open(srcPath, { lock: false });
+    const sizes: number[] = [];
+    const copyRunsTo = file.copyRunsTo!.bind(file);
+    file.copyRunsTo = (target, runs, options) => {
+      let bytes = 0;
+      for (let k = 2; k < runs.length; k += 3) bytes += runs[k]!;
+      sizes.push(bytes);
+      return copyRunsTo(target, runs, options);
+    };
+    const src = await openRaw(file);
+    const outPath = join(tmp.path, 'tail-out.raw');
+    const dst = await createRaw(await FileStorage.create(outPath, { lock: false }), { size });
+    const result = await sparseCopy(src, dst, { chunkSize: MiB });
+    await dst.close();
+    await src.close();
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(100 * MiB);
+    expect(result.bytesRead).toBe(100 * MiB);
+    // Two full batches (64 MiB), then the held third (32 MiB) and the last 4 MiB in 4 MiB pieces.
+    expect(sizes).toEqual([32 * MiB, 32 * MiB, ...Array.from({ length: 9 }, () => 4 * MiB)]);
+    expect(Buffer.compare(readFileSync(outPath), readFileSync(srcPath))).toBe(0);
+  });
+
   it('sparseCopy through readRuns reports a destination write that fails, and stops writing the batch', async () => {
     const size = 16 * MiB;
     const src = await openRaw(await FileStorage.open(file(patterned(size, 5)), { lock: false }));
