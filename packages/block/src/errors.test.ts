@@ -101,5 +101,7 @@ describe('error helpers', () => {
     }
     expect(unsupported('qcow2', 'dir\n/a.qcow2', 'x').message).toBe('qcow2: dir\\x0a/a.qcow2: x');
     expect(corrupt('qcow2', 'a.qcow2', 'plain é ✓').message).toBe('qcow2: a.qcow2: plain é ✓');
+    // Lines given as lines stay lines (qemu-img's two-line amend refusal); each is quoted on its own.
+    expect(unsupported('qcow2', 'a.qcow2', ['first \x1b', 'second']).message).toBe('qcow2: a.qcow2: first \\x1b\nsecond');
   });
 });

@@ -126,9 +126,13 @@ export function corrupt(format: string, file: string | undefined, message: strin
   return new ImageError(ERROR_CODES.CORRUPT, where(format, file) + shown(message), { data: { format, file, ...data } });
 }
 
-/** A valid image using something this code does not implement: ERR_IMG_UNSUPPORTED, the message prefixed with format and file. */
-export function unsupported(format: string, file: string | undefined, message: string, data: ImageErrorData = {}): ImageError {
-  return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + shown(message), { data: { format, file, ...data } });
+/**
+ * A valid image using something this code does not implement: ERR_IMG_UNSUPPORTED, the message prefixed with format
+ * and file. Lines given as an array stay lines (qemu-img prints some refusals over two); each is quoted as shown().
+ */
+export function unsupported(format: string, file: string | undefined, message: string | readonly string[], data: ImageErrorData = {}): ImageError {
+  const text = typeof message === 'string' ? shown(message) : message.map(shown).join('\n');
+  return new ImageError(ERROR_CODES.UNSUPPORTED, where(format, file) + text, { data: { format, file, ...data } });
 }
 
 /** Something an untrusted image asks for that is refused (a file it names, a layout that could harm): ERR_IMG_UNSAFE. */

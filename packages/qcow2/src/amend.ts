@@ -5,7 +5,7 @@
  * qcow2_amend_options, qcow2_upgrade, qcow2_downgrade,
  * qcow2_expand_zero_clusters).
  */
-import { ERROR_CODES, ImageError, corrupt, invalidArg, lentStorage, parseBool, suggestOptionKey, unsupported, utf8Decode, where } from '@img/block';
+import { corrupt, invalidArg, lentStorage, parseBool, suggestOptionKey, unsupported, utf8Decode } from '@img/block';
 import type { OptionTable, Storage } from '@img/block';
 import {
   QCOW2_V2_HEADER_LENGTH,
@@ -219,9 +219,8 @@ function checkBacking(s: Qcow2Image, want: Qcow2AmendRequest): void {
   // As qemu compares them: both, the one not given counting as none.
   const given = want.backingFile !== undefined || want.backingFormat !== undefined;
   if (given && (want.backingFile !== s.backingName || want.backingFormat !== currentFormat)) {
-    // Two lines on purpose, as qemu-img prints it (the helpers keep messages to one line).
-    const field = want.backingFile !== undefined ? 'backing_file' : 'backing_fmt';
-    throw new ImageError(ERROR_CODES.UNSUPPORTED, where(FORMAT, s.file) + "Cannot amend the backing file\nYou can use 'img rebase' instead.", { data: { format: FORMAT, file: s.file, field } });
+    // Two lines, as qemu-img prints it.
+    throw unsupported(FORMAT, s.file, ['Cannot amend the backing file', "You can use 'img rebase' instead."], { field: want.backingFile !== undefined ? 'backing_file' : 'backing_fmt' });
   }
 }
 

@@ -2,7 +2,7 @@
  * Backing files and external data files: named inside the image, opened
  * through the caller's resolver, never through the file system directly.
  */
-import { ERROR_CODES, ImageError, PROBE_BYTES, cannotOpenError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, unsafe, unsupported, shown } from '@img/block';
+import { ERROR_CODES, ImageError, PROBE_BYTES, cannotOpenError, chainCycleError, chainTooDeepError, missingFileError, noResolverError, unsafe, unsupported } from '@img/block';
 import type { ChainOpenOptions, Disk, FormatRegistryLike, OpenOptions, ResolveRequest, Resolver, Storage } from '@img/block';
 
 const FORMAT = 'qcow2';
@@ -27,7 +27,7 @@ export interface OpenedBacking {
 export async function openBacking(from: Storage, name: string, format: string | undefined, options: ChainOpenOptions, formats: FormatRegistryLike): Promise<OpenedBacking> {
   const file = from.name;
   if (options.untrusted) {
-    throw unsafe(FORMAT, file, `refusing to open backing file "${shown(name)}" of an untrusted image`, { field: 'backing_file' });
+    throw unsafe(FORMAT, file, `refusing to open backing file "${name}" of an untrusted image`, { field: 'backing_file' });
   }
   if (!options.resolver) {
     throw noResolverError(FORMAT, file, 'a backing file', name, 'noBacking to read without it', { field: 'backing_file' });
@@ -51,12 +51,12 @@ export async function openBacking(from: Storage, name: string, format: string | 
       const head = await storage.read(0, Math.min(PROBE_BYTES, size));
       const tail = size >= 512 ? await storage.read(size - 512, 512) : undefined;
       const best = formats.probe(head, size, tail)[0];
-      if (!best) throw unsupported(FORMAT, file, `cannot tell the format of backing file "${shown(name)}"`, { field: 'backing_file' });
+      if (!best) throw unsupported(FORMAT, file, `cannot tell the format of backing file "${name}"`, { field: 'backing_file' });
       chosen = best.format;
       probed = true;
     }
     const driver = formats.get(chosen);
-    if (!driver) throw unsupported(FORMAT, file, `backing file "${shown(name)}" has format "${shown(chosen)}", which is not registered`, { field: 'backing format', actual: chosen });
+    if (!driver) throw unsupported(FORMAT, file, `backing file "${name}" has format "${chosen}", which is not registered`, { field: 'backing format', actual: chosen });
     // Only the immediate backing file is opened writable (commit writes into it), never deeper layers.
     // The backing file's own options (qemu's backing.*) move up one level; without them it takes this image's passphrase.
     const { backing: own, ...rest } = options;
@@ -82,7 +82,7 @@ export async function openDataFile(from: Storage, name: string | undefined, opti
   if (name === undefined) {
     throw unsupported(FORMAT, file, 'the image uses an external data file but names none (no data file name extension)', { field: 'data file' });
   }
-  if (options.untrusted) throw unsafe(FORMAT, file, `refusing to open external data file "${shown(name)}" of an untrusted image`, { field: 'data file' });
+  if (options.untrusted) throw unsafe(FORMAT, file, `refusing to open external data file "${name}" of an untrusted image`, { field: 'data file' });
   if (!options.resolver) {
     throw noResolverError(FORMAT, file, 'an external data file', name, 'noDataFile to read its metadata only', { field: 'data file' });
   }

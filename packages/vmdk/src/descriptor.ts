@@ -9,7 +9,7 @@
  * parse and serialize keep each field's order and quoting, so a descriptor
  * written by qemu-img or VMware serializes back to the same text.
  */
-import { corrupt, unsupported, shown } from '@img/block';
+import { corrupt, unsupported } from '@img/block';
 
 /** The largest descriptor read (qemu reads at most 1 MiB - 1 of it). */
 export const MAX_DESCRIPTOR_BYTES = (1 << 20) - 1;
@@ -116,7 +116,7 @@ export function parseDescriptor(text: string, file?: string): VmdkDescriptor {
 function parseExtentLine(line: string, file?: string): DescriptorExtent {
   // access sectors type ["file name" [offset]]
   const m = /^(\S+)\s+(\d+)\s+(\S+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$/.exec(line);
-  const bad = (why: string) => corrupt('vmdk', file, `invalid extent line "${shown(line.slice(0, 200))}": ${why}`, { field: 'extent line' });
+  const bad = (why: string) => corrupt('vmdk', file, `invalid extent line "${line.slice(0, 200)}": ${why}`, { field: 'extent line' });
   if (!m) throw bad('expected: access sectors type "file" [offset]');
   const [, access, sectorsText, type, fileName, offsetText] = m;
   if (!TYPES.includes(type!)) throw bad(`unknown extent type ${type}`);

@@ -3,7 +3,7 @@
  * the file), after reading the OVF descriptor and, in untrusted mode (or
  * when asked), checking the `.mf` manifest.
  */
-import { ByteStreamReader, ImageError, invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage, shown } from '@img/block';
+import { ByteStreamReader, ImageError, invalidArg, corrupt, unsafe, unsupported, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { OvaDisk, type OvaContents } from './ova-disk.js';
 import { parseManifest, verifyManifest } from './ova-manifest.js';
 import { readTar, type TarMember } from './ova.js';
@@ -35,14 +35,14 @@ export async function readOva(storage: Storage): Promise<{ members: TarMember[];
   const members = await readTar(storage);
   const ovfMember = members.find((m) => m.name.toLowerCase().endsWith('.ovf'));
   if (!ovfMember) throw corrupt('ova', storage.name, 'the tar archive holds no .ovf descriptor, so it is not an OVA', { field: 'ovf' });
-  if (ovfMember.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the OVF "${shown(ovfMember.name)}" is ${ovfMember.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: ovfMember.size });
+  if (ovfMember.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the OVF "${ovfMember.name}" is ${ovfMember.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: ovfMember.size });
   const ovf = parseOvf(new TextDecoder().decode(await storage.read(ovfMember.offset, ovfMember.size)), `${storage.name}:${ovfMember.name}`);
   const mf = members.find((m) => m.name.toLowerCase().endsWith('.mf'));
   let manifest: OvaContents['manifest'];
   let manifestError: ImageError | undefined;
   if (mf) {
     try {
-      if (mf.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the manifest "${shown(mf.name)}" is ${mf.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: mf.size });
+      if (mf.size > MAX_OVF_BYTES) throw unsupported('ova', storage.name, `the manifest "${mf.name}" is ${mf.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: mf.size });
       manifest = parseManifest(new TextDecoder().decode(await storage.read(mf.offset, mf.size)), `${storage.name}:${mf.name}`);
     } catch (e) {
       if (!ImageError.isInstance(e)) throw e;
@@ -76,15 +76,14 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   }
   const d = ovf.disks[index]!;
   const ref = ovf.files.find((f) => f.id === d.fileRef);
-  if (!ref) throw corrupt('ova', storage.name, `the OVF disk "${shown(d.diskId)}" refers to file "${shown(d.fileRef ?? '')}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
+  if (!ref) throw corrupt('ova', storage.name, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
   refuseEncoding(ref, storage.name);
   const names = hrefMemberNames(ref.href);
   // A file split into chunks (ovf:chunkSize) is its chunks joined in order; otherwise one member.
   const parts = ref.chunkSize !== undefined ? findChunks(members, names, ref.chunkSize, ref.size, storage.name) : [names.map((n) => members.find((m) => m.name === n)).find((m) => m !== undefined)].filter((m) => m !== undefined);
   const member = parts?.[0];
-  if (!parts || !member) throw corrupt('ova', storage.name, `the OVF's file "${shown(ref.href)}" is not in the OVA`, { field: 'href', actual: ref.href });
-  if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== member.size)
-    throw corrupt('ova', storage.name, `the OVF says "${shown(ref.href)}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
+  if (!parts || !member) throw corrupt('ova', storage.name, `the OVF's file "${ref.href}" is not in the OVA`, { field: 'href', actual: ref.href });
+  if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== member.size) throw corrupt('ova', storage.name, `the OVF says "${ref.href}" holds ${ref.size} bytes, the tar member holds ${member.size}`, { field: 'size', expected: ref.size, actual: member.size });
   if (options.verifyManifest ?? options.untrusted ?? false) {
     if (manifestError) throw manifestError;
     if (!contents.manifest && options.verifyManifest) throw corrupt('ova', storage.name, 'a manifest check was asked for, but the OVA holds no .mf file', { field: 'manifest' });
@@ -92,7 +91,7 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
     // A manifest that leaves the disk (or one of its chunks) out checks nothing that matters: untrusted mode refuses it
     // (as the pipe reader does).
     const unlisted = contents.manifest && options.untrusted ? parts.find((p) => !contents.manifest!.some((e) => e.name === p.name)) : undefined;
-    if (unlisted) throw unsafe('ova', storage.name, `the manifest does not list the disk "${shown(unlisted.name)}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted.name });
+    if (unlisted) throw unsafe('ova', storage.name, `the manifest does not list the disk "${unlisted.name}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted.name });
   }
   const window =
     ref.chunkSize !== undefined
@@ -115,7 +114,7 @@ export async function openOva(storage: Storage, options: OvaOpenOptions = {}): P
   } else if (options.openMember) {
     inner = await options.openMember(window, d.format);
   } else {
-    throw unsupported('ova', storage.name, `disk "${shown(d.diskId)}" ("${shown(member.name)}") is not a sparse VMDK; opening other formats needs openMember (use @img/convert)`, { field: 'format', actual: d.format ?? '' });
+    throw unsupported('ova', storage.name, `disk "${d.diskId}" ("${member.name}") is not a sparse VMDK; opening other formats needs openMember (use @img/convert)`, { field: 'format', actual: d.format ?? '' });
   }
   // The disk is what the member holds, as VirtualBox and VMware take it: an OVF capacity rounded to whole units
   // (`byte * 2^30`), or larger than the disk (ovftool would grow it on deploy), is no reason to refuse the data.

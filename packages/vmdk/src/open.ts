@@ -5,7 +5,7 @@
  * vmfs). Extent files and the parent are opened through the caller's
  * resolver; an untrusted open refuses every name found in the image.
  */
-import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, readOnlyStorageError, unsafe, unsupported, wrongFormat, type ChainOpenOptions, type Disk, type OpenOptions, type Storage, shown } from '@img/block';
+import { chainCycleError, chainTooDeepError, corrupt, hex, invalidArg, noResolverError, readOnlyStorageError, unsafe, unsupported, wrongFormat, type ChainOpenOptions, type Disk, type OpenOptions, type Storage } from '@img/block';
 import { CID_NO_PARENT, decodeDescriptorBytes, descriptorField, looksLikeDescriptor, MAX_DESCRIPTOR_BYTES, parseCid, parseDescriptor, type DescriptorExtent, type VmdkDescriptor } from './descriptor.js';
 import { VmdkDisk } from './disk.js';
 import { FORMAT, VmdkImage, type VmdkExtent } from './image.js';
@@ -100,7 +100,7 @@ async function openCore(storage: Storage, options: VmdkOpenOptions, owned: Stora
     descriptor = parseDescriptor(text, file);
     createType = descriptorField(descriptor, 'createType') ?? '';
     if (!DESCRIPTOR_FILE_TYPES.includes(createType)) {
-      throw unsupported(FORMAT, file, `createType "${shown(createType)}" is not supported in a descriptor file`, { field: 'createType', actual: createType });
+      throw unsupported(FORMAT, file, `createType "${createType}" is not supported in a descriptor file`, { field: 'createType', actual: createType });
     }
     extents = await openExtents(storage, descriptor, options, owned, readOnly);
     home = { storage, offset: 0 };
@@ -177,7 +177,7 @@ async function openExtents(storage: Storage, d: VmdkDescriptor, options: VmdkOpe
     const size = await extentStorage.size();
     const fileOffset = (line.offset ?? 0) * SECTOR;
     if (fileOffset + length > size) {
-      throw corrupt(FORMAT, file, `extent ${i + 1} ("${shown(line.fileName)}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
+      throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") needs ${length} bytes from ${hex(fileOffset)}, but the file holds ${size}`, { field: `extent ${i + 1}`, expected: fileOffset + length, actual: size });
     }
     out.push({ kind: 'flat', type: line.type, fileName: line.fileName!, start, length, storage: extentStorage, fileOffset });
     start = extentEnd(file, start, length, i);
@@ -194,7 +194,7 @@ async function openGrainMap(file: string, line: DescriptorExtent, i: number, ext
     return openCowdExtent(extentStorage);
   }
   const head = await extentStorage.read(0, Math.min(size, SECTOR));
-  if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${shown(line.fileName)}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
+  if (!hasSparseMagic(head)) throw corrupt(FORMAT, file, `extent ${i + 1} ("${line.fileName}") is not a sparse extent (no KDMV or COWD magic)`, { field: `extent ${i + 1}`, expected: SPARSE_MAGIC });
   const opened = await openSparseExtent(extentStorage, head);
   if (!readOnly && opened.map.compressed) throw unsupported(FORMAT, file, `extent ${i + 1} is compressed and can only be opened read-only`, { field: `extent ${i + 1}` });
   if (!readOnly) await assertWritableLayout(opened.map);
@@ -227,7 +227,7 @@ async function resolveExtent(storage: Storage, line: DescriptorExtent, i: number
   const file = storage.name;
   const name = line.fileName!;
   if (options.untrusted) {
-    throw unsafe(FORMAT, file, `extent ${i + 1} is the data file "${shown(name)}", outside the given storage; untrusted opens do not open files named inside an image`, { field: `extent ${i + 1}`, actual: name });
+    throw unsafe(FORMAT, file, `extent ${i + 1} is the data file "${name}", outside the given storage; untrusted opens do not open files named inside an image`, { field: `extent ${i + 1}`, actual: name });
   }
   if (!options.resolver) {
     throw invalidArg(FORMAT, `${file}: extent ${i + 1} is the file "${name}": pass a resolver (fileResolver) to open it`, { field: 'resolver', actual: name });
@@ -240,7 +240,7 @@ async function openParent(storage: Storage, d: VmdkDescriptor, options: VmdkOpen
   const file = storage.name;
   const name = descriptorField(d, 'parentFileNameHint');
   if (name === undefined || name === '' || options.noBacking) return undefined;
-  if (options.untrusted) throw unsafe(FORMAT, file, `the image refers to a parent "${shown(name)}"; untrusted opens do not follow it (use noBacking)`, { field: 'parentFileNameHint', actual: name });
+  if (options.untrusted) throw unsafe(FORMAT, file, `the image refers to a parent "${name}"; untrusted opens do not follow it (use noBacking)`, { field: 'parentFileNameHint', actual: name });
   if (!options.resolver) throw noResolverError(FORMAT, file, 'a parent', name, 'noBacking to read without it', { field: 'resolver', actual: name });
   const chain = [...(options.chain ?? []), file];
   const max = options.maxChainDepth ?? DEFAULT_MAX_CHAIN;

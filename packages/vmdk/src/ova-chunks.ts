@@ -6,7 +6,7 @@
  * the rule on their sizes, the chunks found in a seekable archive, and a
  * read-only Storage that joins them where they lie in the tar.
  */
-import { corrupt, readOnlyError, unsupported, type Storage, shown } from '@img/block';
+import { corrupt, readOnlyError, unsupported, type Storage } from '@img/block';
 import type { TarMember } from './ova.js';
 
 /** The name of chunk `index` of the file `base`. */
@@ -22,9 +22,9 @@ export function chunkName(base: string, index: number): string {
  */
 export function checkChunk(name: string, index: number, actual: number, chunkSize: number, size: number | undefined, file: string): boolean {
   const expected = size === undefined ? undefined : Math.min(chunkSize, size - index * chunkSize);
-  if (expected !== undefined && expected <= 0) throw corrupt('ova', file, `the chunk "${shown(name)}" lies past the ${size} bytes the OVF gives its file`, { field: 'chunkSize', actual: index });
+  if (expected !== undefined && expected <= 0) throw corrupt('ova', file, `the chunk "${name}" lies past the ${size} bytes the OVF gives its file`, { field: 'chunkSize', actual: index });
   if (actual === 0 || actual > chunkSize || (expected !== undefined && actual !== expected)) {
-    throw corrupt('ova', file, `the chunk "${shown(name)}" holds ${actual} bytes, but ovf:chunkSize="${shown(chunkSize)}"${size === undefined ? '' : ` and ovf:size="${shown(size)}"`} give it ${expected ?? `1 to ${chunkSize}`}`, {
+    throw corrupt('ova', file, `the chunk "${name}" holds ${actual} bytes, but ovf:chunkSize="${chunkSize}"${size === undefined ? '' : ` and ovf:size="${size}"`} give it ${expected ?? `1 to ${chunkSize}`}`, {
       field: 'chunkSize',
       expected: expected ?? chunkSize,
       actual,
@@ -47,12 +47,12 @@ export function findChunks(members: readonly TarMember[], bases: readonly string
     const m = byName.get(chunkName(base, i));
     if (!m) {
       if (size === undefined && out.length > 0 && out[out.length - 1]!.size === chunkSize) return out; // the file is whole chunks
-      throw corrupt('ova', file, `the chunk "${shown(chunkName(base, i))}" of "${shown(base)}" is not in the OVA`, { field: 'chunkSize', actual: chunkName(base, i) });
+      throw corrupt('ova', file, `the chunk "${chunkName(base, i)}" of "${base}" is not in the OVA`, { field: 'chunkSize', actual: chunkName(base, i) });
     }
     out.push(m);
     if (checkChunk(m.name, i, m.size, chunkSize, size, file)) return out;
   }
-  throw unsupported('ova', file, `"${shown(base)}" has more chunks than the OVA has members`, { field: 'chunkSize' });
+  throw unsupported('ova', file, `"${base}" has more chunks than the OVA has members`, { field: 'chunkSize' });
 }
 
 /** A read-only Storage joining byte ranges of `base` (chunks where they lie in a tar) into one file. */

@@ -15,7 +15,7 @@
  * decompression bomb is ERR_IMG_CORRUPT before it costs more than the disk
  * it claims to be; memory stays at a few MiB whatever the ratio.
  */
-import { CODEC_UNAVAILABLE, ImageError, corrupt, unsupported, type Storage, shown } from '@img/block';
+import { CODEC_UNAVAILABLE, ImageError, corrupt, unsupported, type Storage } from '@img/block';
 import { GZIP_BAD, GZIP_BAD_CHECK, GZIP_TRUNCATED } from './codecs.js';
 import { vmdkCodecs } from './compression.js';
 import { ENTRY_BYTES } from './grain-table.js';
@@ -103,7 +103,7 @@ export async function* gunzipMember(compressed: AsyncIterable<Uint8Array>, ctx: 
         if (headBytes === HEAD_BOUND) limit = headerBound(head);
       }
       if (limit !== undefined && inflated + piece.length > limit) {
-        throw corrupt('ova', ctx.file, `"${shown(ctx.member)}" (ovf:compression="gzip") inflates to more than ${limit} bytes, more than a streamOptimized VMDK of its header's capacity can hold: a decompression bomb`, {
+        throw corrupt('ova', ctx.file, `"${ctx.member}" (ovf:compression="gzip") inflates to more than ${limit} bytes, more than a streamOptimized VMDK of its header's capacity can hold: a decompression bomb`, {
           field: 'compression',
           expected: limit,
           actual: inflated + piece.length,
@@ -138,9 +138,9 @@ function gzipFailure(e: unknown, ctx: GzipMemberContext, inflated: number): unkn
   const code = (e as { code?: string } | undefined)?.code;
   const message = e instanceof Error ? e.message : String(e);
   const data = { field: 'compression', actual: inflated, cause: e };
-  if (code === CODEC_UNAVAILABLE) return unsupported('ova', ctx.file, `"${shown(ctx.member)}" is gzip-compressed (ovf:compression="gzip"), and ${message}`, data);
-  if (code === GZIP_TRUNCATED) return corrupt('ova', ctx.file, `the gzip stream of "${shown(ctx.member)}" ends early, after ${inflated} bytes inflated: the member is truncated`, data);
-  if (code === GZIP_BAD_CHECK) return corrupt('ova', ctx.file, `"${shown(ctx.member)}" fails its gzip check (${message}) after ${inflated} bytes inflated: the member is damaged`, data);
+  if (code === CODEC_UNAVAILABLE) return unsupported('ova', ctx.file, `"${ctx.member}" is gzip-compressed (ovf:compression="gzip"), and ${message}`, data);
+  if (code === GZIP_TRUNCATED) return corrupt('ova', ctx.file, `the gzip stream of "${ctx.member}" ends early, after ${inflated} bytes inflated: the member is truncated`, data);
+  if (code === GZIP_BAD_CHECK) return corrupt('ova', ctx.file, `"${ctx.member}" fails its gzip check (${message}) after ${inflated} bytes inflated: the member is damaged`, data);
   if (code !== GZIP_BAD) return e;
-  return corrupt('ova', ctx.file, `"${shown(ctx.member)}" is not valid gzip data (${message}) after ${inflated} bytes inflated`, data);
+  return corrupt('ova', ctx.file, `"${ctx.member}" is not valid gzip data (${message}) after ${inflated} bytes inflated`, data);
 }

@@ -3,7 +3,7 @@
  * also OpenSSL 3's `SHA2-256(name)= hex` and BSD's `SHA256 (name) = hex`),
  * checked against the members' bytes, read in bounded chunks.
  */
-import { corrupt, unsafe, type Storage, shown } from '@img/block';
+import { corrupt, unsafe, type Storage } from '@img/block';
 import type { TarMember } from './ova.js';
 import { newHasher, type ManifestAlgorithm } from './sha.js';
 
@@ -38,18 +38,18 @@ export function parseManifest(text: string, file: string): ManifestEntry[] {
 export async function verifyManifest(storage: Storage, entries: readonly ManifestEntry[], members: readonly TarMember[], signal?: AbortSignal): Promise<void> {
   for (const e of entries) {
     const member = members.find((m) => m.name === e.name);
-    if (!member) throw unsafe('ova', storage.name, `the manifest names "${shown(e.name)}", which the OVA does not hold`, { field: 'manifest', actual: e.name });
+    if (!member) throw unsafe('ova', storage.name, `the manifest names "${e.name}", which the OVA does not hold`, { field: 'manifest', actual: e.name });
     const hash = newHasher(e.algorithm);
     const buf = new Uint8Array(Math.min(CHUNK, Math.max(1, member.size)));
     for (let done = 0; done < member.size;) {
       signal?.throwIfAborted();
       const n = Math.min(buf.length, member.size - done);
       const got = await storage.readInto(member.offset + done, buf.subarray(0, n));
-      if (got !== n) throw corrupt('ova', storage.name, `member "${shown(e.name)}" ends early while hashing`, { field: 'size', offset: member.offset + done });
+      if (got !== n) throw corrupt('ova', storage.name, `member "${e.name}" ends early while hashing`, { field: 'size', offset: member.offset + done });
       hash.update(buf.subarray(0, n));
       done += n;
     }
     const actual = hash.hex();
-    if (actual !== e.digest) throw unsafe('ova', storage.name, `the ${e.algorithm.toUpperCase()} of "${shown(e.name)}" is ${actual}, but the manifest says ${e.digest}`, { field: 'manifest', expected: e.digest, actual });
+    if (actual !== e.digest) throw unsafe('ova', storage.name, `the ${e.algorithm.toUpperCase()} of "${e.name}" is ${actual}, but the manifest says ${e.digest}`, { field: 'manifest', expected: e.digest, actual });
   }
 }

@@ -14,7 +14,7 @@
  * consumer that stops at the first error (as img-convert, which then
  * removes its output) never takes the data as good.
  */
-import { ByteStreamReader, corrupt, invalidArg, unsupported, type OpenOptions, type StreamSource, shown } from '@img/block';
+import { ByteStreamReader, corrupt, invalidArg, unsupported, type OpenOptions, type StreamSource } from '@img/block';
 import { MAX_TAR_MEMBERS, MAX_TAR_EXTENDED_HEADER, applyExtended, confinePath, longNameOf, parsePax, parseTarHeader } from './ova.js';
 import { parseManifest, type ManifestEntry } from './ova-manifest.js';
 import { checkStreamManifest, MemberDigests } from './ova-stream-manifest.js';
@@ -67,10 +67,10 @@ async function nextMember(r: ByteStreamReader): Promise<Member | undefined> {
     const { name, size } = applyExtended(header, pax, longName, NAME, pos);
     pax = undefined;
     longName = undefined;
-    if (header.type === '1' || header.type === '2') throw corrupt('ova', NAME, `the tar member "${shown(name)}" at ${pos} is a link, which an OVA may not hold`, { field: 'typeflag', offset: pos + 156 });
+    if (header.type === '1' || header.type === '2') throw corrupt('ova', NAME, `the tar member "${name}" at ${pos} is a link, which an OVA may not hold`, { field: 'typeflag', offset: pos + 156 });
     const path = confinePath(name, NAME, pos);
     if (header.type === '5') continue;
-    if (header.type !== '0' && header.type !== '\0' && header.type !== '7') throw unsupported('ova', NAME, `the tar member "${shown(path)}" at ${pos} has type "${shown(header.type)}"`, { field: 'typeflag', offset: pos + 156 });
+    if (header.type !== '0' && header.type !== '\0' && header.type !== '7') throw unsupported('ova', NAME, `the tar member "${path}" at ${pos} has type "${header.type}"`, { field: 'typeflag', offset: pos + 156 });
     return { name: path, size, at: r.position };
   }
   throw unsupported('ova', NAME, `the tar holds more than ${MAX_TAR_MEMBERS} members`, { field: 'members' });
@@ -79,14 +79,14 @@ async function nextMember(r: ByteStreamReader): Promise<Member | undefined> {
 /** Skips the rest of member `m` and its padding. */
 async function skipMember(r: ByteStreamReader, m: Member): Promise<void> {
   const end = m.at + Math.ceil(m.size / BLOCK) * BLOCK;
-  await r.skipTo(end, `the tar member "${shown(m.name)}"`);
+  await r.skipTo(end, `the tar member "${m.name}"`);
 }
 
 /** The next piece of member `m` (at most 1 MiB), hashed into `digests` as it is taken. */
 async function memberPiece(r: ByteStreamReader, m: Member, digests: MemberDigests | undefined): Promise<Uint8Array> {
   const end = m.at + m.size;
   const piece = await r.some(Math.min(end - r.position, 1 << 20));
-  if (!piece) throw corrupt('ova', NAME, `the stream ends inside "${shown(m.name)}" (${end - r.position} of its ${m.size} bytes missing)`, { field: 'size', offset: r.position });
+  if (!piece) throw corrupt('ova', NAME, `the stream ends inside "${m.name}" (${end - r.position} of its ${m.size} bytes missing)`, { field: 'size', offset: r.position });
   digests?.update(piece);
   return piece;
 }
@@ -141,7 +141,7 @@ class DiskMembers {
     if (next?.name === want) return this.#start(next);
     // Only a file of whole chunks whose ovf:size is absent may end here; otherwise a chunk is missing or out of order.
     if (c.fileSize !== undefined || m.size !== c.size) {
-      throw unsupported('ova', NAME, `the chunk "${shown(want)}" does not follow "${shown(m.name)}" in the archive${next ? ` ("${shown(next.name)}" does)` : ''}; save the OVA to a file first`, { field: 'chunkSize', actual: want });
+      throw unsupported('ova', NAME, `the chunk "${want}" does not follow "${m.name}" in the archive${next ? ` ("${next.name}" does)` : ''}; save the OVA to a file first`, { field: 'chunkSize', actual: want });
     }
     this.after = next;
     this.#done = true;
@@ -191,7 +191,7 @@ function isManifest(m: Member): boolean {
 
 /** Reads and parses manifest member `m` (the reader at its data). */
 async function readManifest(r: ByteStreamReader, m: Member): Promise<ManifestEntry[]> {
-  if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the manifest "${shown(m.name)}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: m.size });
+  if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the manifest "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'manifest', actual: m.size });
   return parseManifest(new TextDecoder().decode(await r.exact(m.size, 'the manifest')), `${NAME}:${m.name}`);
 }
 
@@ -219,7 +219,7 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
         await skipMember(r, m);
         continue;
       }
-      if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the OVF "${shown(m.name)}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: m.size });
+      if (m.size > MAX_OVF_BYTES) throw unsupported('ova', NAME, `the OVF "${m.name}" is ${m.size} bytes (at most ${MAX_OVF_BYTES})`, { field: 'ovf', actual: m.size });
       const text = await r.exact(m.size, 'the OVF descriptor');
       if (verify) {
         const digests = new MemberDigests();
@@ -237,21 +237,21 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     }
     const d = ovf.disks[index]!;
     const ref = ovf.files.find((f) => f.id === d.fileRef);
-    if (!ref) throw corrupt('ova', NAME, `the OVF disk "${shown(d.diskId)}" refers to file "${shown(d.fileRef ?? '')}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
+    if (!ref) throw corrupt('ova', NAME, `the OVF disk "${d.diskId}" refers to file "${d.fileRef ?? ''}", which References does not list`, { field: 'fileRef', actual: d.fileRef ?? '' });
     refuseEncoding(ref, NAME);
     const names = hrefMemberNames(ref.href);
     // A file split by ovf:chunkSize starts at its chunk 0.
     const firstNames = ref.chunkSize !== undefined ? names.map((n) => chunkName(n, 0)) : names;
     const href = firstNames.find((n) => passed.includes(n)) ?? firstNames[0]!;
     if (passed.includes(href)) {
-      throw unsupported('ova', NAME, `disk "${shown(d.diskId)}" ("${shown(href)}") comes before the OVF descriptor in the archive, and a stream cannot go back to it; save the OVA to a file first`, { field: 'order', actual: href });
+      throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") comes before the OVF descriptor in the archive, and a stream cannot go back to it; save the OVA to a file first`, { field: 'order', actual: href });
     }
     let disk: Member | undefined;
     // DSP0243 lets the manifest come right after the OVF, before the disks, as well as last.
     let early: ManifestEntry[] | undefined;
     for (;;) {
       const m = await nextMember(r);
-      if (!m) throw corrupt('ova', NAME, `the OVF's file "${shown(href)}" is not in the OVA`, { field: 'href', actual: href });
+      if (!m) throw corrupt('ova', NAME, `the OVF's file "${href}" is not in the OVA`, { field: 'href', actual: href });
       passed.push(m.name);
       if (firstNames.includes(m.name)) {
         disk = m;
@@ -260,7 +260,7 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
       if (verify && !early && isManifest(m)) early = await readManifest(r, m);
       await skipMember(r, m);
     }
-    if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${shown(href)}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
+    if (ref.chunkSize === undefined && ref.size !== undefined && ref.size !== disk.size) throw corrupt('ova', NAME, `the OVF says "${href}" holds ${ref.size} bytes, the tar member holds ${disk.size}`, { field: 'size', expected: ref.size, actual: disk.size });
     const base = names[firstNames.indexOf(disk.name)]!;
     const diskMembers = new DiskMembers(r, disk, ref.chunkSize !== undefined ? { base, size: ref.chunkSize, fileSize: ref.size } : undefined, verify ? hashed : undefined);
     // A gzip member (ovf:compression="gzip") is inflated as it passes; what is hashed is the member as stored.
@@ -268,7 +268,7 @@ export async function readOvaStream(input: AsyncIterable<Uint8Array>, options: O
     const head = await bytes.next();
     const first = head.done ? new Uint8Array(0) : head.value;
     if (first.length >= 4 && !hasSparseMagic(first)) {
-      throw unsupported('ova', NAME, `disk "${shown(d.diskId)}" ("${shown(href)}") is not a streamOptimized VMDK; only those can be read from a stream (save the OVA to a file first)`, { field: 'format', actual: d.format ?? '' });
+      throw unsupported('ova', NAME, `disk "${d.diskId}" ("${href}") is not a streamOptimized VMDK; only those can be read from a stream (save the OVA to a file first)`, { field: 'format', actual: d.format ?? '' });
     }
     async function* rest(): AsyncGenerator<Uint8Array> {
       yield first;

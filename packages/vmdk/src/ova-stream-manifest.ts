@@ -8,7 +8,7 @@
  * untrusted mode so is a manifest that names a member the archive does
  * not hold, or that does not name the disk read.
  */
-import { unsafe, shown } from '@img/block';
+import { unsafe } from '@img/block';
 import type { ManifestEntry } from './ova-manifest.js';
 import { newHasher, type Hasher, type ManifestAlgorithm } from './sha.js';
 
@@ -48,14 +48,14 @@ export function checkStreamManifest(entries: readonly ManifestEntry[], passed: P
   for (const e of entries) {
     const digests = passed.hashed.get(e.name);
     if (!digests) {
-      if (untrusted && !passed.names.has(e.name)) throw unsafe('ova', file, `the manifest names "${shown(e.name)}", which the OVA does not hold`, { field: 'manifest', actual: e.name });
+      if (untrusted && !passed.names.has(e.name)) throw unsafe('ova', file, `the manifest names "${e.name}", which the OVA does not hold`, { field: 'manifest', actual: e.name });
       continue;
     }
     const actual = digests.digest(e.algorithm);
-    if (actual !== e.digest) throw unsafe('ova', file, `the ${e.algorithm.toUpperCase()} of "${shown(e.name)}" is ${actual}, but the manifest says ${e.digest}`, { field: 'manifest', expected: e.digest, actual });
+    if (actual !== e.digest) throw unsafe('ova', file, `the ${e.algorithm.toUpperCase()} of "${e.name}" is ${actual}, but the manifest says ${e.digest}`, { field: 'manifest', expected: e.digest, actual });
   }
   const unlisted = untrusted ? passed.disk.find((name) => !entries.some((e) => e.name === name)) : undefined;
   if (unlisted !== undefined) {
-    throw unsafe('ova', file, `the manifest does not list the disk "${shown(unlisted)}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted });
+    throw unsafe('ova', file, `the manifest does not list the disk "${unlisted}", so its bytes cannot be checked`, { field: 'manifest', actual: unlisted });
   }
 }

@@ -4,7 +4,7 @@
  * read; member data stays in the file. Every path is confined: absolute
  * paths and `..` segments are refused.
  */
-import { corrupt, hex, unsafe, unsupported, type Storage, shown } from '@img/block';
+import { corrupt, hex, unsafe, unsupported, type Storage } from '@img/block';
 
 const BLOCK = 512;
 /** Most members an OVA may hold. */
@@ -43,7 +43,7 @@ function octal(block: Uint8Array, start: number, length: number, file: string, o
   }
   const s = text(block, start, length).trim();
   if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw corrupt('ova', file, `the tar header at ${hex(offset)} has a ${field} that is not octal ("${shown(s)}")`, { field, offset: offset + start, actual: s });
+  if (!/^[0-7]+$/.test(s)) throw corrupt('ova', file, `the tar header at ${hex(offset)} has a ${field} that is not octal ("${s}")`, { field, offset: offset + start, actual: s });
   return parseInt(s, 8);
 }
 
@@ -57,7 +57,7 @@ function checksumOk(block: Uint8Array, stored: number): boolean {
 export function confinePath(name: string, file: string, offset: number): string {
   const clean = name.replace(/^(\.\/)+/, '');
   if (clean === '' || clean.startsWith('/') || /^[A-Za-z]:/.test(clean) || clean.includes('\\') || clean.includes('\0') || clean.split('/').some((s) => s === '..')) {
-    throw unsafe('ova', file, `the tar member at ${hex(offset)} has the path "${shown(name)}", which is absolute or leaves the archive`, { field: 'name', offset, actual: name });
+    throw unsafe('ova', file, `the tar member at ${hex(offset)} has the path "${name}", which is absolute or leaves the archive`, { field: 'name', offset, actual: name });
   }
   if (clean.length > MAX_PATH) throw corrupt('ova', file, `the tar member at ${hex(offset)} has a path longer than ${MAX_PATH} bytes`, { field: 'name', offset });
   return clean;
@@ -101,7 +101,7 @@ export function parseTarHeader(block: Uint8Array, file: string, pos: number): Ta
   const stored = octal(block, 148, 8, file, pos, 'chksum');
   if (!checksumOk(block, stored)) throw corrupt('ova', file, `the tar header at ${hex(pos)} has a bad checksum (is this a tar file?)`, { field: 'chksum', offset: pos + 148 });
   const magic = text(block, 257, 6);
-  if (magic !== 'ustar' && magic !== 'ustar ') throw unsupported('ova', file, `the tar header at ${hex(pos)} is not ustar (magic "${shown(magic)}")`, { field: 'magic', offset: pos + 257, actual: magic });
+  if (magic !== 'ustar' && magic !== 'ustar ') throw unsupported('ova', file, `the tar header at ${hex(pos)} is not ustar (magic "${magic}")`, { field: 'magic', offset: pos + 257, actual: magic });
   let name = text(block, 0, 100);
   const prefix = text(block, 345, 155);
   if (magic === 'ustar' && prefix) name = `${prefix}/${name}`;
@@ -118,7 +118,7 @@ export function applyExtended(header: TarHeader, pax: Map<string, string> | unde
   if (pax?.has('path')) name = pax.get('path')!;
   if (pax?.has('size')) {
     const s = pax.get('size')!;
-    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw corrupt('ova', file, `the pax size of the member at ${hex(pos)} is not a number ("${shown(s)}")`, { field: 'size', offset: pos, actual: s });
+    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw corrupt('ova', file, `the pax size of the member at ${hex(pos)} is not a number ("${s}")`, { field: 'size', offset: pos, actual: s });
     size = Number(s);
   }
   return { name, size };
@@ -169,13 +169,13 @@ export async function readTar(storage: Storage): Promise<TarMember[]> {
     pax = undefined;
     longName = undefined;
     const isFile = type === '0' || type === '\0' || type === '7';
-    if (type === '1' || type === '2') throw unsafe('ova', file, `the tar member "${shown(name)}" at ${hex(pos)} is a link, which an OVA may not hold`, { field: 'typeflag', offset: pos + 156, actual: type });
+    if (type === '1' || type === '2') throw unsafe('ova', file, `the tar member "${name}" at ${hex(pos)} is a link, which an OVA may not hold`, { field: 'typeflag', offset: pos + 156, actual: type });
     const path = confinePath(name, file, pos);
-    if (!isFile && type !== '5') throw unsupported('ova', file, `the tar member "${shown(path)}" at ${hex(pos)} has type "${shown(type)}" (only files and directories are read)`, { field: 'typeflag', offset: pos + 156, actual: type });
+    if (!isFile && type !== '5') throw unsupported('ova', file, `the tar member "${path}" at ${hex(pos)} has type "${type}" (only files and directories are read)`, { field: 'typeflag', offset: pos + 156, actual: type });
     if (!isFile) size = 0;
-    if (dataAt + size > fileSize) throw corrupt('ova', file, `the tar is truncated: member "${shown(path)}" needs ${size} bytes from ${hex(dataAt)}, but the file ends at ${hex(fileSize)}`, { field: 'size', offset: pos + 124, expected: dataAt + size, actual: fileSize });
+    if (dataAt + size > fileSize) throw corrupt('ova', file, `the tar is truncated: member "${path}" needs ${size} bytes from ${hex(dataAt)}, but the file ends at ${hex(fileSize)}`, { field: 'size', offset: pos + 124, expected: dataAt + size, actual: fileSize });
     if (isFile) {
-      if (members.some((m) => m.name === path)) throw unsafe('ova', file, `the tar holds "${shown(path)}" twice (at ${hex(pos)})`, { field: 'name', offset: pos, actual: path });
+      if (members.some((m) => m.name === path)) throw unsafe('ova', file, `the tar holds "${path}" twice (at ${hex(pos)})`, { field: 'name', offset: pos, actual: path });
       members.push({ name: path, offset: dataAt, size });
     }
     pos = dataAt + Math.ceil(size / BLOCK) * BLOCK;
