@@ -581,20 +581,25 @@ static double now_ns(void);
 /*
  * Buffered writes go to the kernel in pieces of at most CACHE_WRITE_MAX
  * bytes, each ending on a multiple of it. The page cache sizes a new folio
- * by the write that asks for it (ext4 has large folios on 6.x kernels), so a
- * write of 2 MiB or more gets 2 MiB folios, and on a VM whose kernel hands
- * free memory back to the host (free page reporting) the free 2 MiB blocks
- * are exactly the ones handed back: every page of them is a host fault.
- * Smaller folios come from the smaller free blocks the kernel never hands
- * back. Measured on the bench VM, 64 MiB written 8 s after the last
- * conversion freed its memory: `dd bs=4M` 0.16-0.18 s of system time,
- * `bs=1M` 0.02-0.03 s (128 MiB: 0.33 against 0.07 s; 256 MiB: 0.73 against
- * 0.10 s; 1 GiB about the same either way); C qcow2->raw in a running
- * process 119-150 ms against 31-45 ms. With warm memory the two cost the
- * same. IMG_COPY_CACHE_WRITE_MAX (bytes, 0 for no limit) overrides it, for
- * measuring.
+ * by the write that asks for it (ext4 has large folios on 6.x kernels), and
+ * on a VM whose kernel hands free memory back to the host (free page
+ * reporting, here of 2 MiB blocks and up) the large free blocks are the
+ * ones handed back: every page of them is a host fault when it is used
+ * again. A big folio comes from a big free block, and a file of big folios,
+ * once deleted, leaves big free blocks behind to be handed back. Measured
+ * on the bench VM: 64 MiB written 8 s after the last conversion freed its
+ * memory, `dd bs=4M` 0.16-0.18 s of system time, `bs=1M` 0.02-0.03 s; and
+ * D (2 GiB of data) into qcow2, alternating with qemu-img (2 MiB writes at
+ * offsets a few 64 KiB into a 2 MiB block: mostly small folios): with 1 MiB
+ * pieces one img run in two took 1.26-1.76 s against 0.47-0.68 s, each
+ * slow one after the kernel had handed back 300-400 MiB; with 512 KiB
+ * pieces every run 0.38-0.46 s and with 64-256 KiB 0.37-0.57 s (qemu-img
+ * 0.52-0.71), and after the first round no memory was handed back at all.
+ * With warm memory the sizes cost the same (B, 1 GiB: 512 KiB and 256 KiB
+ * within 0.03 s). IMG_COPY_CACHE_WRITE_MAX (bytes, 0 for no limit)
+ * overrides it, for measuring.
  */
-#define CACHE_WRITE_MAX ((size_t)1024 * 1024)
+#define CACHE_WRITE_MAX ((size_t)512 * 1024)
 static size_t cache_write_max(void) {
   static long long max = -1;
   if (max < 0) {
