@@ -12,7 +12,11 @@
  *   pipe one thread reads and scans pieces into a ring of buffers, another
  *        writes them (THREADS ignored: the writes never contend for the
  *        output's inode lock).
- * BENCHMARKS.md (sessions 31 and 32) quotes it.
+ *   mmo  the output mapped (its size set first, so no write extends it):
+ *        pread from the source straight into the mapping, then the scan
+ *        (one copy, by the read; page faults instead of the output's inode
+ *        lock).
+ * BENCHMARKS.md (sessions 31, 32, 34 and 35) quotes it.
  *
  * Environment:
  *   FLOOR_FALLOC=all  allocate the whole output (fallocate, KEEP_SIZE) before the copy
@@ -41,7 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { RW, CFR, SPL, MMW, PIPE };
+enum { RW, CFR, SPL, MMW, PIPE, MMO };
+static unsigned char *out_map;
 static int in_fd, out_fd, mode, threads;
 static long pieces, unit, map_span = 1 << 20, write_max, shift;
 static int map_flags = MAP_SHARED;
@@ -90,6 +95,11 @@ static void *work(void *arg) {
       for (long k = 0; k < PIECE; k += 4096) nonzero += q[k] != 0;
       if (pwrite(out_fd, q, PIECE, to) != PIECE) { perror("pwrite"); exit(1); }
       munmap(m, map_span);
+    } else if (mode == MMO) {
+      unsigned char *q = out_map + to;
+      if (pread(in_fd, q, PIECE, at) != PIECE) { perror("pread"); exit(1); }
+      volatile long nonzero = 0;
+      for (long k = 0; k < PIECE; k += 4096) nonzero += q[k] != 0;
     } else {
       if (pread(in_fd, buf, PIECE, at) != PIECE) { perror("pread"); exit(1); }
       volatile long nonzero = 0;
@@ -150,16 +160,16 @@ static void *pipe_writer(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : argc == 5 && !strcmp(argv[1], "mmw") ? MMW : argc == 5 && !strcmp(argv[1], "pipe") ? PIPE : -1;
+  mode = argc == 5 && !strcmp(argv[1], "rw") ? RW : argc == 5 && !strcmp(argv[1], "cfr") ? CFR : argc == 5 && !strcmp(argv[1], "spl") ? SPL : argc == 5 && !strcmp(argv[1], "mmw") ? MMW : argc == 5 && !strcmp(argv[1], "pipe") ? PIPE : argc == 5 && !strcmp(argv[1], "mmo") ? MMO : -1;
   if (mode < 0) {
-    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl|mmw|pipe THREADS SRC DST\n");
+    fprintf(stderr, "usage: [FLOOR_FALLOC=all|MiB] [FLOOR_SPARSE=1] copy-floor rw|cfr|spl|mmw|pipe|mmo THREADS SRC DST\n");
     return 2;
   }
   threads = atoi(argv[2]);
   if (threads < 1 || threads > 8) threads = 1;
   in_fd = open(argv[3], O_RDONLY);
   unlink(argv[4]);
-  out_fd = open(argv[4], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  out_fd = open(argv[4], (mode == MMO ? O_RDWR : O_WRONLY) | O_CREAT | O_TRUNC, 0644);
   if (in_fd < 0 || out_fd < 0) { perror("open"); return 1; }
   struct stat st;
   fstat(in_fd, &st);
@@ -187,6 +197,12 @@ int main(int argc, char **argv) {
   double start = now();
   if (falloc && !strcmp(falloc, "all")) fallocate(out_fd, FALLOC_FL_KEEP_SIZE, shift, pieces * PIECE);
   else if (falloc) unit = atol(falloc) * PIECE;
+  if (mode == MMO) {
+    size_t len = (size_t)(shift + pieces * PIECE);
+    if (ftruncate(out_fd, (off_t)len) != 0) { perror("ftruncate"); return 1; }
+    out_map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, out_fd, 0);
+    if (out_map == MAP_FAILED) { perror("mmap"); return 1; }
+  }
   pthread_t t[8];
   if (mode == PIPE) {
     for (int i = 0; i < RING; i++) ring[i] = aligned_alloc(4096, PIECE);
@@ -199,6 +215,7 @@ int main(int argc, char **argv) {
   }
   for (long i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, (void *)i);
   for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+  if (out_map) munmap(out_map, (size_t)(shift + pieces * PIECE));
   printf("%s x%d: %.3f s\n", argv[1], threads, now() - start);
   return 0;
 }
