@@ -130,6 +130,45 @@ export class SlotMap {
     return table[i]!;
   }
 
+  /** The first slot #freshRun handed out. */
+  #freshFirst = 0;
+
+  /**
+   * Hands out the next slots, in order, to the units from `unit` on (up to
+   * `endUnit`, within one table) that have none, and answers how many
+   * (0 when `unit` has one); the first is #freshFirst. What slot() does for
+   * each of them when no slot was given back, without a call per unit: a
+   * new image's copy places some 16,000 clusters per GiB.
+   */
+  #freshRun(unit: number, endUnit: number): number {
+    const t = Math.floor(unit / this.perTable);
+    const base = t * this.perTable;
+    let table = this.tables.get(t);
+    const first = unit - base;
+    if (table && table[first] !== 0) return 0;
+    if (!table) {
+      table = new Float64Array(this.perTable);
+      this.tables.set(t, table);
+    }
+    const limit = Math.min(this.perTable, endUnit - base);
+    let stop = first + 1;
+    while (stop < limit && table[stop] === 0) stop++;
+    const count = stop - first;
+    const slot = this.#next;
+    this.#next += count;
+    if (this.#next > this.#unitIn.length) {
+      const grown = new Float64Array(Math.max(this.#next, this.#unitIn.length * 2));
+      grown.set(this.#unitIn);
+      this.#unitIn = grown;
+    }
+    for (let k = 0; k < count; k++) {
+      table[first + k] = slot + k;
+      this.#unitIn[slot + k] = unit + k + 1;
+    }
+    this.#freshFirst = slot;
+    return count;
+  }
+
   /** The unit slot `slot` holds, or -1. */
   unitIn(slot: number): number {
     return slot < this.#unitIn.length ? this.#unitIn[slot]! - 1 : -1;
@@ -159,6 +198,21 @@ export class SlotMap {
     let runLength = 0;
     for (let pos = offset; pos < end;) {
       const u = Math.floor(pos / unitBytes);
+      // Units that have no slot yet, while none was given back: the next slots in one go (see #freshRun).
+      const fresh = allocate && this.#free.length === 0 ? this.#freshRun(u, Math.ceil(end / unitBytes)) : 0;
+      if (fresh > 0) {
+        const stop = Math.min(end, (u + fresh) * unitBytes);
+        const at = this.position(this.#freshFirst) + (pos - u * unitBytes);
+        if (runLength && runHost + runLength === at) runLength += stop - pos;
+        else {
+          if (runLength) each(runGuest, runHost, runLength);
+          runGuest = pos;
+          runHost = at;
+          runLength = stop - pos;
+        }
+        pos = stop;
+        continue;
+      }
       const n = Math.min(end - pos, (u + 1) * unitBytes - pos);
       const slot = this.slot(u, allocate);
       if (slot === 0) {
