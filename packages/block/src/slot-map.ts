@@ -24,6 +24,8 @@ export class SlotMap {
   /** Slots given back; #sorted: in descending order, so pop() answers the lowest. */
   #free: number[] = [];
   #sorted = true;
+  /** The first slot #freshRun handed out. */
+  #freshFirst = 0;
 
   readonly unitBytes: number;
   readonly #firstSlot: number;
@@ -130,9 +132,6 @@ export class SlotMap {
     return table[i]!;
   }
 
-  /** The first slot #freshRun handed out. */
-  #freshFirst = 0;
-
   /**
    * Hands out the next slots, in order, to the units from `unit` on (up to
    * `endUnit`, within one table) that have none, and answers how many
@@ -198,23 +197,10 @@ export class SlotMap {
     let runLength = 0;
     for (let pos = offset; pos < end;) {
       const u = Math.floor(pos / unitBytes);
-      // Units that have no slot yet, while none was given back: the next slots in one go (see #freshRun).
+      // Units that have no slot yet, while none was given back, take the next slots in one go (see #freshRun); else one unit at a time.
       const fresh = allocate && this.#free.length === 0 ? this.#freshRun(u, Math.ceil(end / unitBytes)) : 0;
-      if (fresh > 0) {
-        const stop = Math.min(end, (u + fresh) * unitBytes);
-        const at = this.position(this.#freshFirst) + (pos - u * unitBytes);
-        if (runLength && runHost + runLength === at) runLength += stop - pos;
-        else {
-          if (runLength) each(runGuest, runHost, runLength);
-          runGuest = pos;
-          runHost = at;
-          runLength = stop - pos;
-        }
-        pos = stop;
-        continue;
-      }
-      const n = Math.min(end - pos, (u + 1) * unitBytes - pos);
-      const slot = this.slot(u, allocate);
+      const slot = fresh > 0 ? this.#freshFirst : this.slot(u, allocate);
+      const n = Math.min(end, (u + Math.max(fresh, 1)) * unitBytes) - pos;
       if (slot === 0) {
         if (runLength) each(runGuest, runHost, runLength);
         runLength = 0;
