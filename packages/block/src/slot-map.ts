@@ -24,8 +24,6 @@ export class SlotMap {
   /** Slots given back; #sorted: in descending order, so pop() answers the lowest. */
   #free: number[] = [];
   #sorted = true;
-  /** The first slot #freshRun handed out. */
-  #freshFirst = 0;
 
   readonly unitBytes: number;
   readonly #firstSlot: number;
@@ -108,12 +106,8 @@ export class SlotMap {
   /** The slot of `unit`, handing one out (a given-back one first, lowest first) when `allocate`; 0: none. */
   slot(unit: number, allocate: boolean): number {
     const t = Math.floor(unit / this.perTable);
-    let table = this.tables.get(t);
-    if (!table) {
-      if (!allocate) return 0;
-      table = new Float64Array(this.perTable);
-      this.tables.set(t, table);
-    }
+    const table = allocate ? this.#table(t) : this.tables.get(t);
+    if (!table) return 0;
     const i = unit - t * this.perTable;
     if (table[i] === 0 && allocate) {
       if (!this.#sorted) {
@@ -121,50 +115,55 @@ export class SlotMap {
         this.#sorted = true;
       }
       const slot = this.#free.pop() ?? this.#next++;
-      if (slot >= this.#unitIn.length) {
-        const grown = new Float64Array(Math.max(slot + 1, this.#unitIn.length * 2));
-        grown.set(this.#unitIn);
-        this.#unitIn = grown;
-      }
+      this.#holdSlots(slot + 1);
       this.#unitIn[slot] = unit + 1;
       table[i] = slot;
     }
     return table[i]!;
   }
 
-  /**
-   * Hands out the next slots, in order, to the units from `unit` on (up to
-   * `endUnit`, within one table) that have none, and answers how many
-   * (0 when `unit` has one); the first is #freshFirst. What slot() does for
-   * each of them when no slot was given back, without a call per unit: a
-   * new image's copy places some 16,000 clusters per GiB.
-   */
-  #freshRun(unit: number, endUnit: number): number {
-    const t = Math.floor(unit / this.perTable);
-    const base = t * this.perTable;
+  /** Table `t`, made empty where there is none yet. */
+  #table(t: number): Float64Array {
     let table = this.tables.get(t);
-    const first = unit - base;
-    if (table && table[first] !== 0) return 0;
     if (!table) {
       table = new Float64Array(this.perTable);
       this.tables.set(t, table);
     }
+    return table;
+  }
+
+  /** #unitIn with room for slots below `end`. */
+  #holdSlots(end: number): void {
+    if (end <= this.#unitIn.length) return;
+    const grown = new Float64Array(Math.max(end, this.#unitIn.length * 2));
+    grown.set(this.#unitIn);
+    this.#unitIn = grown;
+  }
+
+  /**
+   * Hands out the next slots, in order, to the units from `unit` on (up to
+   * `endUnit`, within one table) that have none, and answers how many
+   * (0 when `unit` has one); they end at `next`. What slot() does for each
+   * of them when no slot was given back, without a call per unit: a new
+   * image's copy places some 16,000 clusters per GiB.
+   */
+  #freshRun(unit: number, endUnit: number): number {
+    const t = Math.floor(unit / this.perTable);
+    const base = t * this.perTable;
+    const first = unit - base;
+    if (this.tables.get(t)?.[first]) return 0;
+    const table = this.#table(t);
     const limit = Math.min(this.perTable, endUnit - base);
     let stop = first + 1;
     while (stop < limit && table[stop] === 0) stop++;
     const count = stop - first;
     const slot = this.#next;
     this.#next += count;
-    if (this.#next > this.#unitIn.length) {
-      const grown = new Float64Array(Math.max(this.#next, this.#unitIn.length * 2));
-      grown.set(this.#unitIn);
-      this.#unitIn = grown;
-    }
+    this.#holdSlots(this.#next);
     for (let k = 0; k < count; k++) {
       table[first + k] = slot + k;
       this.#unitIn[slot + k] = unit + k + 1;
     }
-    this.#freshFirst = slot;
     return count;
   }
 
@@ -199,7 +198,7 @@ export class SlotMap {
       const u = Math.floor(pos / unitBytes);
       // Units that have no slot yet, while none was given back, take the next slots in one go (see #freshRun); else one unit at a time.
       const fresh = allocate && this.#free.length === 0 ? this.#freshRun(u, Math.ceil(end / unitBytes)) : 0;
-      const slot = fresh > 0 ? this.#freshFirst : this.slot(u, allocate);
+      const slot = fresh > 0 ? this.#next - fresh : this.slot(u, allocate);
       const n = Math.min(end, (u + Math.max(fresh, 1)) * unitBytes) - pos;
       if (slot === 0) {
         if (runLength) each(runGuest, runHost, runLength);
