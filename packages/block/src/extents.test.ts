@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Extent } from './disk.js';
-import { assertExtentCover, chunkExtent, chunkExtents, clipExtents, collectExtents, mergeExtents, validateExtentCover } from './extents.js';
+import { assertExtentCover, chunkExtent, chunkExtents, clipExtents, collectExtents, diskExtentBatches, flattenExtentBatches, mergeExtentBatches, mergeExtents, validateExtentCover } from './extents.js';
+import type { Disk } from './disk.js';
 
 const kinds = ['data', 'zero', 'hole'] as const;
 const runsArb = fc.array(fc.record({ length: fc.integer({ min: 1, max: 10_000 }), kind: fc.constantFrom(...kinds), depth: fc.integer({ min: 0, max: 2 }) }), {
@@ -39,6 +40,53 @@ describe('extent tools', () => {
       }),
       { seed: 1, numRuns: 200 },
     );
+  });
+
+  it('mergeExtentBatches merges across the arrays as mergeExtents merges the extents in a row, and hands over no empty array', async () => {
+    await fc.assert(
+      fc.asyncProperty(runsArb, fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 40 }), async (runs, cuts) => {
+        const input = toExtents(runs);
+        // Cut the extents into arrays of 0 to 4 (empty arrays too), hosts contiguous in places so that host runs cross cuts.
+        const withHosts = input.map((e, i) => (i % 3 === 0 ? e : { ...e, hostOffset: 1_000_000 + e.offset }));
+        const arrays: Extent[][] = [];
+        let at = 0;
+        for (const n of cuts) {
+          arrays.push(withHosts.slice(at, at + n).map((e) => ({ ...e })));
+          at += n;
+        }
+        arrays.push(withHosts.slice(at).map((e) => ({ ...e })));
+        async function* feed() {
+          yield* arrays;
+        }
+        const out: Extent[][] = [];
+        for await (const a of mergeExtentBatches(feed())) out.push(a);
+        expect(out.every((a) => a.length > 0)).toBe(true);
+        expect(out.flat()).toEqual(await collectExtents(mergeExtents(withHosts)));
+        expect(await collectExtents(flattenExtentBatches(mergeExtentBatches(feed())))).toEqual(out.flat());
+      }),
+      { seed: 3, numRuns: 200 },
+    );
+  });
+
+  it('diskExtentBatches takes a disk\u2019s own arrays where it has them, else its extents one per array', async () => {
+    const extents: Extent[] = [
+      { offset: 0, length: 10, kind: 'data', depth: 0 },
+      { offset: 10, length: 5, kind: 'hole', depth: 0 },
+    ];
+    async function* one() {
+      yield* extents;
+    }
+    const plain = { extents: () => one() } as unknown as Disk;
+    const seen: Extent[][] = [];
+    for await (const a of diskExtentBatches(plain)) seen.push([...a]);
+    expect(seen).toEqual([[extents[0]], [extents[1]]]);
+    async function* both() {
+      yield extents;
+    }
+    const batched = { extents: () => one(), extentBatches: () => both() } as unknown as Disk;
+    seen.length = 0;
+    for await (const a of diskExtentBatches(batched)) seen.push([...a]);
+    expect(seen).toEqual([extents]);
   });
 
   it('clipExtents keeps exactly the requested range', async () => {

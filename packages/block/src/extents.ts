@@ -29,6 +29,56 @@ export async function* mergeExtents(extents: Extents): AsyncGenerator<Extent> {
   if (pending) yield pending;
 }
 
+/**
+ * Merges arrays of extents as {@link mergeExtents} merges single ones,
+ * across the arrays too: each array out holds the merged extents so far
+ * but the last, which waits for the next array (it may go on there). No
+ * array out is empty. For formats that find their extents an array at a
+ * time (Disk.extentBatches).
+ */
+export async function* mergeExtentBatches(batches: AsyncIterable<readonly Extent[]>): AsyncGenerator<Extent[]> {
+  let pending: Extent | undefined;
+  for await (const batch of batches) {
+    const out: Extent[] = [];
+    for (const e of batch) {
+      if (e.length === 0) continue;
+      if (pending && canMerge(pending, e)) {
+        pending.length += e.length;
+        continue;
+      }
+      if (pending) out.push(pending);
+      pending = { ...e };
+    }
+    if (out.length) yield out;
+  }
+  if (pending) yield [pending];
+}
+
+/** The extents of arrays of them, one at a time (a format's extents() over its extentBatches()). */
+export async function* flattenExtentBatches(batches: AsyncIterable<readonly Extent[]>): AsyncGenerator<Extent> {
+  for await (const batch of batches) yield* batch;
+}
+
+/** Each extent alone in an array: extents() as extentBatches() hands them over. */
+export async function* singleExtentBatches(extents: Extents): AsyncGenerator<Extent[]> {
+  for await (const e of extents) yield [e];
+}
+
+/**
+ * A disk's extents in arrays: its {@link Disk.extentBatches} where it has
+ * them, else its extents() one per array.
+ *
+ * @example
+ * ```ts
+ * for await (const batch of diskExtentBatches(disk, { hostOffsets: true })) {
+ *   for (const e of batch) if (e.kind === 'data') dataBytes += e.length;
+ * }
+ * ```
+ */
+export function diskExtentBatches(disk: Disk, options?: ExtentOptions): AsyncIterable<readonly Extent[]> {
+  return disk.extentBatches ? disk.extentBatches(options) : singleExtentBatches(disk.extents(options));
+}
+
 /** Clips extents to `[offset, offset + length)`, dropping what lies outside. */
 export async function* clipExtents(extents: Extents, offset: number, length: number): AsyncGenerator<Extent> {
   const end = offset + length;

@@ -102,7 +102,7 @@ export { PlacedRuns, joinPlacedExtent, type PieceWalk, type PlacedRunsOwner, typ
 export { SlotMap } from './slot-map.js';
 export { preallocateRange } from './preallocate.js';
 export { CallOrder, type CallOrderRunOptions } from './call-order.js';
-export { mergeExtents, clipExtents, collectExtents, validateExtentCover, assertExtentCover, chunkExtents, extentRange, summarizeExtents, diskExtents, parentExtents } from './extents.js';
+export { mergeExtents, mergeExtentBatches, flattenExtentBatches, diskExtentBatches, clipExtents, collectExtents, validateExtentCover, assertExtentCover, chunkExtents, extentRange, summarizeExtents, diskExtents, parentExtents } from './extents.js';
 export { isAllZero, type ZeroRun, findZeroRuns } from './zero.js';
 export { looksIncompressible } from './incompressible.js';
 export { FormatRegistry } from './registry.js';

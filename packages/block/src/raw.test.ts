@@ -2,7 +2,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { goldenSuite, tempDir } from '@img/testkit';
-import { diskExtents } from './extents.js';
+import { diskExtents, validateExtentCover } from './extents.js';
+import type { Extent } from './disk.js';
 import { MemoryStorage } from './memory-storage.js';
 import { FileStorage } from './node/file-storage.js';
 import { createRaw, openRaw, rawDriver } from './raw.js';
@@ -90,6 +91,35 @@ describe('raw format', () => {
     const storage = new MemoryStorage();
     await createRaw(storage, { size: 64 * 1024, preallocation: 'falloc' });
     expect(await storage.ranges(0, 64 * 1024)).toEqual([{ offset: 0, length: 64 * 1024, data: true }]);
+  });
+
+  it('hands a sparse file\u2019s extents over a window of ranges at a time, runs across the windows\u2019 edges whole', async () => {
+    const MiB = 1024 * 1024;
+    const path = join(tmp.path, 'windows.img');
+    const storage = await FileStorage.create(path);
+    await storage.truncate(256 * MiB);
+    // Across the first window's end (64 MiB) and the second's (64 + 128 MiB).
+    await storage.write(64 * MiB - 512 * 1024, new Uint8Array(MiB).fill(1));
+    await storage.write(192 * MiB - 4096, new Uint8Array(8192).fill(2));
+    const disk = await openRaw(storage);
+    try {
+      const arrays: Extent[][] = [];
+      for await (const a of disk.extentBatches({ hostOffsets: true })) arrays.push([...a]);
+      expect(arrays.every((a) => a.length > 0)).toBe(true);
+      const flat = arrays.flat();
+      expect(validateExtentCover(flat, 0, disk.size)).toEqual([]);
+      const data = flat.filter((e) => e.kind === 'data').map((e) => [e.offset, e.length, e.hostOffset, e.file]);
+      // Without SEEK_DATA the whole file is one data run.
+      if (data.length > 1) {
+        expect(data).toEqual([
+          [64 * MiB - 512 * 1024, MiB, 64 * MiB - 512 * 1024, path],
+          [192 * MiB - 4096, 8192, 192 * MiB - 4096, path],
+        ]);
+      }
+      expect(await diskExtents(disk, { hostOffsets: true })).toEqual(flat);
+    } finally {
+      await disk.close();
+    }
   });
 
   it('probes anything weakly', () => {

@@ -9,7 +9,7 @@ import { DiskOperations } from './disk-operations.js';
 import { checkOptionKeys, optionHelp, type OptionTable } from './create-options.js';
 import { preallocateRange } from './preallocate.js';
 import { abortError, invalidArg, readOnlyError, readOnlyStorageError, unsupported } from './errors.js';
-import { extentRange, mergeExtents } from './extents.js';
+import { extentRange, flattenExtentBatches, mergeExtentBatches } from './extents.js';
 import type { Storage } from './storage.js';
 import { findSignatures } from './signatures.js';
 
@@ -157,37 +157,40 @@ export class RawDisk implements Disk {
   }
 
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
-    this.#ops.check();
-    const { start, end } = extentRange(options, this.#size);
-    return mergeExtents(this.#runs(start, end, options?.hostOffsets ?? false));
+    return flattenExtentBatches(this.extentBatches(options));
   }
 
-  async *#runs(start: number, end: number, hostOffsets: boolean): AsyncGenerator<Extent> {
+  extentBatches(options?: ExtentOptions): AsyncIterable<Extent[]> {
+    this.#ops.check();
+    const { start, end } = extentRange(options, this.#size);
+    return mergeExtentBatches(this.#windows(start, end, options?.hostOffsets ?? false));
+  }
+
+  /** The file's data and zero runs, a window at a time (merged across windows by mergeExtentBatches). */
+  async *#windows(start: number, end: number, hostOffsets: boolean): AsyncGenerator<Extent[]> {
     if (start >= end) return;
     const fileSize = await this.storage.size();
     const fileEnd = Math.min(end, Math.max(start, fileSize));
-    const host = (offset: number) => (hostOffsets ? { hostOffset: offset, file: this.storage.name } : {});
+    const file = this.storage.name;
+    const extent = (offset: number, length: number, data: boolean): Extent => (hostOffsets ? { offset, length, kind: data ? 'data' : 'zero', depth: 0, hostOffset: offset, file } : { offset, length, kind: data ? 'data' : 'zero', depth: 0 });
     if (start < fileEnd) {
       if (this.storage.ranges) {
         // Asked in windows that double (64 MiB first), so a copy starts on the first runs while the rest
         // of the file is still to be asked about: the whole of a 16 GiB file with 1024 runs is 15 ms of
-        // lseek on the calling thread. Runs split at a window's edge are joined again by mergeExtents.
+        // lseek on the calling thread.
         let window = RANGE_WINDOW;
         for (let pos = start; pos < fileEnd;) {
           const n = Math.min(window, fileEnd - pos);
-          for (const r of await this.storage.ranges(pos, n)) {
-            if (r.data) yield { offset: r.offset, length: r.length, kind: 'data', depth: 0, ...host(r.offset) };
-            else yield { offset: r.offset, length: r.length, kind: 'zero', depth: 0, ...host(r.offset) };
-          }
+          yield (await this.storage.ranges(pos, n)).map((r) => extent(r.offset, r.length, r.data));
           pos += n;
           window *= 2;
         }
       } else {
-        yield { offset: start, length: fileEnd - start, kind: 'data', depth: 0, ...host(start) };
+        yield [extent(start, fileEnd - start, true)];
       }
     }
     // The sector padding past the end of the file reads as zeros.
-    if (fileEnd < end) yield { offset: fileEnd, length: end - fileEnd, kind: 'zero', depth: 0, ...host(fileEnd) };
+    if (fileEnd < end) yield [extent(fileEnd, end - fileEnd, false)];
   }
 }
 

@@ -2,10 +2,10 @@
  * sparseCopy: copy a disk into another through the extent iterator, so
  * that cost grows with allocated data and not with virtual size.
  */
-import type { Disk, Extent, FreshImageWriter } from './disk.js';
+import type { Disk, Extent, ExtentOptions, FreshImageWriter } from './disk.js';
 import { giveIoBuffer, takeIoBuffer } from './buffer-pool.js';
 import { ImageError, abortError, invalidArg } from './errors.js';
-import { chunkExtent } from './extents.js';
+import { chunkExtent, diskExtentBatches, singleExtentBatches } from './extents.js';
 import { pacedBatchBytes, pacedChunkSize, ratePace } from './rate-limit.js';
 import { RawDisk } from './raw.js';
 import type { RunCopyOptions, Storage } from './storage.js';
@@ -405,39 +405,41 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
     return b;
   };
 
-  const raw = src.extents({ offset, length, topOnly: options.topOnly ?? false, fileHoles: true, ...(mode ? { hostOffsets: true } : {}) });
-  const source = options.alignment !== undefined ? alignDataExtents(raw, alignment, offset + length) : raw;
+  const walk: ExtentOptions = { offset, length, topOnly: options.topOnly ?? false, fileHoles: true, ...(mode ? { hostOffsets: true } : {}) };
+  // In arrays as the source finds them (Disk.extentBatches): one await per array, not per extent.
+  const lists = options.alignment !== undefined ? singleExtentBatches(alignDataExtents(src.extents(walk), alignment, offset + length)) : diskExtentBatches(src, walk);
   // Per extent, only the I/O awaits: holes are counted on the spot and data runs join a batch.
   try {
-    for await (const big of source) {
-      if (failure) break;
-      if (signal?.aborted) throw aborted();
-      // Extents that only need skipping are handled whole; anything that
-      // reads or writes is split into chunks, so progress and abort stay responsive.
-      if (big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly))) {
-        skip(big);
-        continue;
-      }
-      for (const e of chunkExtent(big, chunkSize)) {
-        if (failure) break;
+    walking: for await (const list of lists) {
+      for (const big of list) {
+        if (failure) break walking;
         if (signal?.aborted) throw aborted();
-        const from = batchSource(e);
-        if (from) {
-          if (batch && (batch.from !== from || batch.bytes + e.length > batchLimit)) await flushBatch();
-          const b = addRun(from, e);
-          if (b.bytes >= batchLimit || b.runs.length >= 3 * BATCH_RUNS) await flushBatch();
+        // Extents that only need skipping are handled whole; anything that
+        // reads or writes is split into chunks, so progress and abort stay responsive.
+        if (big.kind !== 'data' && minZeroRun > 0 && (dstIsZero || (big.kind === 'hole' && options.topOnly))) {
+          skip(big);
           continue;
         }
-        while (inFlight.size >= slots) await Promise.race(inFlight);
-        if (failure) break;
-        // Data, and zeros written as data (-S 0), move at the limit's pace.
-        if (pace && (e.kind === 'data' || minZeroRun === 0)) {
-          await pace(e.length);
+        for (const e of chunkExtent(big, chunkSize)) {
+          if (failure) break walking;
           if (signal?.aborted) throw aborted();
+          const from = batchSource(e);
+          if (from) {
+            if (batch && (batch.from !== from || batch.bytes + e.length > batchLimit)) await flushBatch();
+            const b = addRun(from, e);
+            if (b.bytes >= batchLimit || b.runs.length >= 3 * BATCH_RUNS) await flushBatch();
+            continue;
+          }
+          while (inFlight.size >= slots) await Promise.race(inFlight);
+          if (failure) break walking;
+          // Data, and zeros written as data (-S 0), move at the limit's pace.
+          if (pace && (e.kind === 'data' || minZeroRun === 0)) {
+            await pace(e.length);
+            if (signal?.aborted) throw aborted();
+          }
+          launch(e, e.kind === 'data' ? copyData : copyZero);
         }
-        launch(e, e.kind === 'data' ? copyData : copyZero);
       }
-      if (failure) break;
     }
     if (!failure) await flushTail();
   } finally {

@@ -3,7 +3,7 @@
  * only: unallocated ranges are resolved through the backing chain (depth
  * = layer), unless the caller asks for the top layer alone.
  */
-import { extentRange, FileHoles, splitAtFileHoles } from '@img/block';
+import { extentRange, FileHoles, flattenExtentBatches, splitAtFileHoles } from '@img/block';
 import type { Extent, ExtentOptions } from '@img/block';
 import { segmentExtent } from './reader.js';
 import type { MappingView } from './mapping-view.js';
@@ -12,6 +12,11 @@ import type { Qcow2Image } from './core.js';
 
 /** The merged extents of `view` over the requested range. */
 export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent> {
+  return flattenExtentBatches(qcow2ExtentBatches(core, view, options));
+}
+
+/** The same extents in arrays, one per batch of segments (Disk.extentBatches). */
+export function qcow2ExtentBatches(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent[]> {
   core.assertOpen();
   const { start, end } = extentRange(options, view.size);
   return extentRuns(core, view, start, end, options?.topOnly ?? false, options?.hostOffsets ?? false, options?.fileHoles ?? false);
@@ -19,11 +24,11 @@ export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: Exte
 
 /**
  * The extents, merged as `mergeExtents` merges them, in this one generator
- * over batches of segments: an image of tens of millions of extents paid
- * a promise per extent in each of three generators (segments, runs, merge),
- * more than the walk itself.
+ * over batches of segments, an array per batch: an image of tens of
+ * millions of extents paid a promise per extent in each of three
+ * generators (segments, runs, merge), more than the walk itself.
  */
-async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean, fileHoles: boolean): AsyncGenerator<Extent> {
+async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, end: number, topOnly: boolean, hostOffsets: boolean, fileHoles: boolean): AsyncGenerator<Extent[]> {
   const file = core.dataFile ?? core.storage;
   const fileName = file.name;
   // An encrypted image's bytes at a host offset are not the guest's: no host offsets (qemu-img map shows none either),
@@ -32,16 +37,16 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
   // With fileHoles, clusters stored over holes of the file (preallocation=metadata, a sparse copy of the image) are zeros.
   const holes = fileHoles && !core.encryption ? await FileHoles.of(file) : undefined;
   let pending: Extent | undefined;
-  /** `e` merged into the pending extent, or the pending one to yield (and `e` pending in its place). */
-  const next = (e: Extent): Extent | undefined => {
-    if (e.length === 0) return undefined;
+  let out: Extent[] = [];
+  /** Merges `e` into the pending extent, or puts the pending one out (and `e` pending in its place). */
+  const next = (e: Extent): void => {
+    if (e.length === 0) return;
     if (pending && canMerge(pending, e)) {
       pending.length += e.length;
-      return undefined;
+      return;
     }
-    const out = pending;
+    if (pending) out.push(pending);
     pending = e;
-    return out;
   };
   for await (const batch of segmentBatches(core, view, start, end)) {
     for (const seg of batch) {
@@ -50,33 +55,29 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
         const e = segmentExtent(seg, hosts, fileName);
         if (holes && seg.kind === 'data' && seg.host !== undefined) {
           const split = splitAtFileHoles(e, seg.host, file, holes);
-          for (const piece of split instanceof Promise ? await split : split) {
-            const out = next(piece);
-            if (out) yield out;
-          }
+          for (const piece of split instanceof Promise ? await split : split) next(piece);
           continue;
         }
-        const out = next(e);
-        if (out) yield out;
+        next(e);
         continue;
       }
       const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
       const { offset, length, host } = seg;
       if (inBacking > 0) {
-        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets, fileHoles })) {
-          const out = next({ ...e, depth: (e.depth ?? 0) + 1 });
-          if (out) yield out;
-        }
+        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets, fileHoles })) next({ ...e, depth: (e.depth ?? 0) + 1 });
       }
       // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
       if (inBacking < length) {
         const rest = host !== undefined ? host + inBacking : undefined;
-        const out = next(segmentExtent({ kind: 'hole', offset: offset + inBacking, length: length - inBacking, ...(rest !== undefined ? { host: rest } : {}) }, hosts, fileName));
-        if (out) yield out;
+        next(segmentExtent({ kind: 'hole', offset: offset + inBacking, length: length - inBacking, ...(rest !== undefined ? { host: rest } : {}) }, hosts, fileName));
       }
     }
+    if (out.length) {
+      yield out;
+      out = [];
+    }
   }
-  if (pending) yield pending;
+  if (pending) yield [pending];
 }
 
 /** Whether `b` continues `a` as one extent (mergeExtents' rule): same kind, depth and file, adjacent, host offsets both absent or contiguous. */

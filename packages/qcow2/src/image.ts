@@ -12,7 +12,7 @@ import { snapshotInfo } from './snapshot.js';
 import type { MappingView } from './mapping-view.js';
 import type { Qcow2Image } from './core.js';
 import { closeQcow2, flushQcow2, readQcow2Into, writeQcow2, writeQcow2Compressed, writeQcow2Zeroes, zeroOrDiscardQcow2 } from './io.js';
-import { qcow2Extents } from './extents.js';
+import { qcow2ExtentBatches, qcow2Extents } from './extents.js';
 import { createQcow2Snapshot, applyQcow2Snapshot, deleteQcow2Snapshot, snapshotView, type SnapshotCreateOptions } from './snapshot-ops.js';
 import { setQcow2Backing, makeQcow2Empty } from './rebase.js';
 import { qcow2Info } from './info.js';
@@ -208,6 +208,13 @@ export class Qcow2Disk implements Disk {
     this.#ops.check();
     this.#check();
     return qcow2Extents(this.#core, this.#view, options);
+  }
+
+  /** The same extents in arrays, an L2 table's worth or so at a time (see Disk.extentBatches). */
+  extentBatches(options?: ExtentOptions): AsyncIterable<Extent[]> {
+    this.#ops.check();
+    this.#check();
+    return qcow2ExtentBatches(this.#core, this.#view, options);
   }
 
   /** Internal snapshots (qemu-img snapshot -l). */
