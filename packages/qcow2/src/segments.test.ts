@@ -161,6 +161,55 @@ describe('segments', () => {
     }
   });
 
+  it.each([512, 65536, 2 * 1024 * 1024])('joins entries that name the next clusters of the file as the model does, across carries and up to the largest offset (%i-byte clusters)', async (cs) => {
+    const storage = new MemoryStorage();
+    const created = await createQcow2(storage, { size: (cs / 8) * cs, clusterSize: cs });
+    await created.write(0, new Uint8Array(512).fill(1));
+    await created.close();
+    const bytes = storage.toBytes();
+    const probe = await openQcow2Image(MemoryStorage.from(bytes.slice()));
+    const l2 = Number(new DataView(probe.active.l1.buffer, probe.active.l1.byteOffset).getBigUint64(0) & 0x00ff_ffff_ffff_fe00n);
+    await closeQcow2(probe);
+    const max = 2 ** 53 - 8 * 1024 * 1024;
+    // Offsets just below where a carry crosses a byte (or several), and below the largest offset a reader takes.
+    const bases = [cs, 2 ** 16 - 2 * cs, 2 ** 24 - 3 * cs, 2 ** 32 - 2 * cs, 2 ** 40 - cs, 2 ** 48 - 2 * cs, max - 3 * cs].map((b) => Math.max(cs, Math.floor(b / cs) * cs));
+    let seed = cs;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return Math.floor(seed / 65536) % n; // the high bits: the low ones of this generator repeat every few steps
+    };
+    for (let round = 0; round < 12; round++) {
+      const image = bytes.slice();
+      const dv = new DataView(image.buffer, image.byteOffset);
+      const entries = Math.min(cs / 8, 600);
+      let host = bases[rand(bases.length)]!;
+      let flags = 0x8000_0000_0000_0000n;
+      for (let i = 0; i < entries; i++) {
+        const step = rand(32);
+        // Mostly the next cluster; now and then a gap, a step back, no COPIED flag, the zero flag, a reserved bit, a hole, a compressed flag, a new base.
+        if (step === 0) host += 2 * cs;
+        else if (step === 1) host = Math.max(cs, host - cs);
+        else if (step === 2) flags ^= 0x8000_0000_0000_0000n;
+        else if (step === 3) host = bases[rand(bases.length)]!;
+        else if (i > 0) host += cs;
+        let value = flags | BigInt(Math.min(host, 2 ** 56 - cs));
+        if (step === 4) value |= 1n;
+        if (step === 5 && round % 4 === 0) value |= 1n << 56n;
+        if (step === 6) value = 0n;
+        // A compressed descriptor whose bytes below the top one continue the run: not a data cluster at all.
+        if (step === 7) value |= 1n << 62n;
+        dv.setBigUint64(l2 + i * 8, value);
+      }
+      const core = await openQcow2Image(MemoryStorage.from(image));
+      try {
+        await expectModelWalk(core, 0, core.active.size);
+        await expectModelWalk(core, cs * 3 + 512, Math.min(core.active.size, cs * 300 + 1024));
+      } finally {
+        await closeQcow2(core);
+      }
+    }
+  });
+
   it('refuses a corrupt L2 entry with the codec\u2019s error', async () => {
     const bytes = loadFixture('v3-64k.qcow2');
     const core = await openQcow2Image(MemoryStorage.from(bytes.slice()));
