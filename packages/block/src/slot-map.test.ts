@@ -82,6 +82,16 @@ describe('SlotMap', () => {
       for (let u = 0; u < 96; u++) expect(fast.slot(u, false)).toBe(slow.slot(u, false));
       for (let s = 3; s < fast.next; s++) expect(fast.unitIn(s)).toBe(slow.unitIn(s));
       expect(fast.closeGaps()).toEqual(slow.closeGaps());
+      // Every unit that holds a slot, before and after the moves, is in one of its table's `used` pairs, in both maps.
+      for (const m of [fast, slow]) {
+        for (const [t, table] of m.tables) {
+          const pairs = m.used.get(t) ?? [];
+          table.forEach((slot, i) => {
+            if (slot !== 0) expect(pairs.some((_, k) => k % 2 === 0 && pairs[k]! <= i && i < pairs[k]! + pairs[k + 1]!)).toBe(true);
+          });
+          for (let k = 0; k < pairs.length; k += 2) expect(pairs[k]! + pairs[k + 1]!).toBeLessThanOrEqual(8);
+        }
+      }
     }
   });
 });

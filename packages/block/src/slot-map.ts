@@ -18,6 +18,14 @@ export class SlotMap {
   readonly perTable: number;
   /** Table index -> the slot of each of its units (0: none). */
   readonly tables = new Map<number, Float64Array>();
+  /**
+   * Table index -> the units of it that were given a slot, as (first unit
+   * in the table, count) pairs in the order they were given (adjacent ones
+   * joined): every unit that holds a slot is in one, so a writer encoding a
+   * table looks at these instead of every entry (a sparse table is mostly
+   * empty). Giving slots back or moving them leaves the pairs as they are.
+   */
+  readonly used = new Map<number, number[]>();
   /** Slot -> unit + 1 (0: free). */
   #unitIn = new Float64Array(1024);
   #next: number;
@@ -118,6 +126,7 @@ export class SlotMap {
       this.#holdSlots(slot + 1);
       this.#unitIn[slot] = unit + 1;
       table[i] = slot;
+      this.#noteUsed(t, i, 1);
     }
     return table[i]!;
   }
@@ -164,7 +173,20 @@ export class SlotMap {
       table[first + k] = slot + k;
       this.#unitIn[slot + k] = unit + k + 1;
     }
+    this.#noteUsed(t, first, count);
     return count;
+  }
+
+  /** Units [first, first + count) of table `t` were given slots (see `used`). */
+  #noteUsed(t: number, first: number, count: number): void {
+    let pairs = this.used.get(t);
+    if (!pairs) {
+      pairs = [];
+      this.used.set(t, pairs);
+    }
+    const n = pairs.length;
+    if (n && pairs[n - 2]! + pairs[n - 1]! === first) pairs[n - 1]! += count;
+    else pairs.push(first, count);
   }
 
   /** The unit slot `slot` holds, or -1. */

@@ -83,14 +83,15 @@ describe.runIf(hasDevFull)('a failing stdout (ENOSPC on /dev/full) is one line o
 });
 
 describe('the last-resort handler', () => {
-  // An error nobody catches, thrown from a timer the command does not know about, once the command is running (or done).
-  const boom = `--import "data:text/javascript,setTimeout(() => { throw new Error('boom') }, 300)"`;
+  // An error nobody catches, thrown from a timer the command does not know about, while the command runs (a command
+  // that has returned ends its process at once, timers or not: see exitWhenWritten).
+  const boom = `--import "data:text/javascript,setTimeout(() => { throw new Error('boom') }, 0)"`;
 
   it('prints one line and a hint, never the bundle', () => {
     const r = sh(`"${process.execPath}" ${boom} "${bin('img')}" info ${clean} >/dev/null`);
     expect(r.status).toBe(1);
     expect(r.stderr).toBe('img: internal error: boom\nimg: run with --debug for a stack\n');
-    const c = sh(`"${process.execPath}" ${boom} "${bin('img-convert')}" --version >/dev/null`);
+    const c = sh(`"${process.execPath}" ${boom} "${bin('img-convert')}" -O raw ${clean} - >/dev/null`);
     expect(c.stderr).toBe('img-convert: internal error: boom\nimg-convert: run with --debug for a stack\n');
   });
 
@@ -98,6 +99,25 @@ describe('the last-resort handler', () => {
     const r = sh(`"${process.execPath}" ${boom} "${bin('img')}" info --debug ${clean} >/dev/null`);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^img: internal error: boom\nError: boom\n\s+at /);
+  });
+});
+
+describe('a command that has returned ends its process at once', () => {
+  it('after every byte of its output, through a pipe read slowly, with its status', () => {
+    const whole = spawnSync(process.execPath, [bin('img'), 'map', '--output=json', clean], { encoding: 'utf8' });
+    expect(whole.status).toBe(0);
+    expect(whole.stdout.length).toBeGreaterThan(100);
+    const slow = spawnSync('bash', ['-c', `${img} map --output=json ${clean} | (sleep 0.3; cat); exit \${PIPESTATUS[0]}`], { encoding: 'utf8' });
+    expect(slow.status).toBe(0);
+    expect(slow.stdout).toBe(whole.stdout);
+    expect(sh(`${img} check ${dirty} | (sleep 0.3; cat >/dev/null)`).status).toBe(2);
+  });
+
+  it('without waiting for a timer it did not set', () => {
+    const started = Date.now();
+    const r = sh(`"${process.execPath}" --import "data:text/javascript,setTimeout(() => {}, 30000)" "${bin('img')}" info ${clean} >/dev/null`);
+    expect(r.status).toBe(0);
+    expect(Date.now() - started).toBeLessThan(20000);
   });
 });
 

@@ -97,11 +97,13 @@ export async function writeEmptyImage(storage: Storage, l: Qcow2Layout, b: BulkL
 /**
  * Makes the data part of the image. Host clusters `[b.end, dataEnd)` hold
  * data (every one of them in use); `tables` maps each L1 index in use to
- * the host cluster of each entry of its L2 table (0: unallocated). The L2
+ * the host cluster of each entry of its L2 table (0: unallocated), and
+ * `used` (where given) the entries of each that may hold one, as (first,
+ * count) pairs (SlotMap.used): the others are not looked at. The L2
  * tables go after the data, new refcount blocks (and a moved refcount
  * table) after them; see the module comment for the order.
  */
-export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkLayout, tables: ReadonlyMap<number, Float64Array>, dataEnd: number): Promise<void> {
+export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkLayout, tables: ReadonlyMap<number, Float64Array>, dataEnd: number, used?: ReadonlyMap<number, readonly number[]>): Promise<void> {
   const cs = b.clusterSize;
   const bits = 2 ** l.refcountOrder;
   const perBlock = (cs * 8) / bits;
@@ -135,7 +137,7 @@ export async function commitBulkImage(storage: Storage, l: Qcow2Layout, b: BulkL
   for (let k = 0; k < order.length; k += perPiece) {
     const group = order.slice(k, k + perPiece);
     const buf = new Uint8Array(group.length * cs);
-    group.forEach((t, j) => encodeDataEntries(buf.subarray(j * cs, (j + 1) * cs), tables.get(t)!, g));
+    group.forEach((t, j) => encodeDataEntries(buf.subarray(j * cs, (j + 1) * cs), tables.get(t)!, g, used?.get(t)));
     await storage.write((l2At + k) * cs, buf);
   }
   await storage.flush();

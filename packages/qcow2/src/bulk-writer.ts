@@ -210,7 +210,7 @@ class Qcow2BulkWriter implements FreshImageWriter {
       if (this.#io.failure !== undefined) throw this.#io.failure;
       await this.#slots.dropEmptyEdges(this.storage);
       await this.#closeGaps();
-      await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.next);
+      await commitBulkImage(this.storage, this.#l, this.#layout, this.#slots.tables, this.#slots.next, this.#slots.used);
       this.#state = 'finished';
     } catch (e) {
       this.#state = 'aborted';

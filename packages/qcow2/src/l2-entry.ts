@@ -50,18 +50,24 @@ export function writerEntry(e: ClusterEntry, g: EntryGeometry): Entry {
  * cluster number of each entry, 0: leave it unallocated) as allocated,
  * COPIED data clusters, every unit allocated: what encodeEntry writes for
  * such an entry, written directly (a fresh image's 16384 entries per GiB,
- * in code that runs once and so is not optimised).
+ * in code that runs once and so is not optimised). Where `used` is given,
+ * only the entries of its (first, count) pairs are looked at.
  */
-export function encodeDataEntries(table: Uint8Array, hosts: Float64Array, g: EntryGeometry): void {
+export function encodeDataEntries(table: Uint8Array, hosts: Float64Array, g: EntryGeometry, used?: readonly number[]): void {
   const width = g.extendedL2 ? 16 : 8;
   if (hosts.length * width > table.length) throw new RangeError(`${hosts.length} entries do not fit in an L2 table of ${table.length} bytes`);
-  for (let i = 0; i < hosts.length; i++) {
-    const c = hosts[i]!;
-    if (c === 0) continue;
-    const host = c * g.clusterSize;
-    put64(table, i * width, ENTRY_COPIED_HI | Math.floor(host / TWO32), host);
-    // Extended entries: no unit reads as zeros, every unit allocated.
-    if (width === 16) put64(table, i * width + 8, 0, 0xffffffff);
+  // Only the entries `used` names ((first, count) pairs) may be set: a sparse image's tables are mostly empty.
+  const pairs = used ?? [0, hosts.length];
+  for (let k = 0; k + 1 < pairs.length; k += 2) {
+    const end = Math.min(hosts.length, pairs[k]! + pairs[k + 1]!);
+    for (let i = pairs[k]!; i < end; i++) {
+      const c = hosts[i]!;
+      if (c === 0) continue;
+      const host = c * g.clusterSize;
+      put64(table, i * width, ENTRY_COPIED_HI | Math.floor(host / TWO32), host);
+      // Extended entries: no unit reads as zeros, every unit allocated.
+      if (width === 16) put64(table, i * width + 8, 0, 0xffffffff);
+    }
   }
 }
 

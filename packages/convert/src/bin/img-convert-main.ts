@@ -5,7 +5,7 @@
  */
 export async function main(): Promise<void> {
   // First of all: no error, wherever it comes from, may end this process with Node's report (a stack and a line of the bundle's source).
-  const { guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
+  const { exitWhenWritten, guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
   guardProcess({ prog: 'img-convert', internalErrorStatus: 1, onStdoutError: imageOutputFailed('img-convert') });
   // libuv's pool runs every file read and write; its default of 4 threads is
   // shared by reads, writes and flushes of both images, so a copy with
@@ -15,4 +15,5 @@ export async function main(): Promise<void> {
   // Built, the bundle holds every module the command uses (scripts/bundle-bins.mjs).
   const { convertMain } = await import('../cli/img-convert.js');
   process.exitCode = await convertMain('img-convert', process.argv.slice(2), processIo);
+  exitWhenWritten();
 }

@@ -5,7 +5,7 @@
  */
 export async function main(): Promise<void> {
   // First of all: no error, wherever it comes from, may end this process with Node's report (a stack and a line of the bundle's source).
-  const { guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
+  const { exitWhenWritten, guardProcess, imageOutputFailed, processIo } = await import('../cli/process-io.js');
   const argv = process.argv.slice(2);
   guardProcess({
     prog: 'img',
@@ -19,4 +19,5 @@ export async function main(): Promise<void> {
   // Built, the bundle holds every module the command uses (scripts/bundle-bins.mjs); the formats are set up when a command needs them.
   const { imgMain } = await import('../cli/img.js');
   process.exitCode = await imgMain(argv, processIo);
+  exitWhenWritten();
 }

@@ -97,3 +97,18 @@ export function imageOutputFailed(prog: string): (e: NodeJS.ErrnoException) => v
     process.exit(1);
   };
 }
+
+/**
+ * Ends the process with `process.exitCode` once a command has returned,
+ * after one turn of the event loop (a write that failed reports it there,
+ * and its handler decides the status), when stdout and stderr hold nothing
+ * still to be written (where they are asynchronous, a pipe on some
+ * systems, the process ends as Node ends it, after them). Node's own way
+ * out takes the heap down page by page first: 3 ms of a conversion's last
+ * 6 (B raw->qcow2 on the bench VM).
+ */
+export function exitWhenWritten(): void {
+  setImmediate(() => {
+    if (process.stdout.writableLength === 0 && process.stderr.writableLength === 0) process.exit();
+  });
+}
