@@ -214,12 +214,14 @@ export async function sparseCopy(src: Disk, dst: Disk, options: SparseCopyOption
   const zeroTarget = !dstIsZero && minZeroRun > 0 && dst instanceof RawDisk;
   const copyMode = batching && (dst instanceof RawDisk || placer !== undefined) && !dst.readOnly && options.writeData === undefined && options.writeZeroes === undefined && (dstIsZero || minZeroRun === 0 || zeroTarget) && src.storage.canCopyRunsTo?.(dst.storage) === true;
   const mode: RunMode = copyMode ? 'copy' : batching && typeof src.storage.readRuns === 'function' ? 'read' : undefined;
-  // A raw file's data runs are its storage's ranges() answers: the helper need not probe them for holes.
+  // The data runs come from extents asked with fileHoles (the walk below): a raw file's are its storage's ranges()
+  // answers, and a format splits its data at the holes of its file (FileHoles). The helper need not probe them for
+  // holes again (B qcow2->qcow2: 8192 lseeks per GiB of data, 2% of the CPU; on tmpfs each walks the page cache).
   const runOptions: RunCopyOptions = {
     minZeroRun: minZeroRun === 0 ? 0 : Math.max(minZeroRun, alignment),
     granule: Math.max(512, alignment),
     chunkSize,
-    probeHoles: !(src instanceof RawDisk),
+    probeHoles: false,
     // A raw file keeps its holes; a placing writer says what it allows (see FreshImageWriter.copyPreallocation).
     preallocate: placer ? (placer.copyPreallocation ?? 'never') : 'holes',
     ...(zeroTarget ? { zeroTarget: true } : {}),
