@@ -4,7 +4,7 @@
  */
 import { type Disk, type Extent, type ExtentOptions, type ImageInfo, type ResizeOptions, type Storage, type WriteZeroesOptions, DiskOperations, checkDiskData, checkDiskRange, unsupported } from '@img/block';
 import { makeVhdEmpty, setVhdBacking } from './backing.js';
-import { vhdExtents, vhdSectorLocation, type VhdSectorLocation } from './extents.js';
+import { vhdExtentBatches, vhdExtents, vhdSectorLocation, type VhdSectorLocation } from './extents.js';
 import type { VhdImage } from './image.js';
 import { vhdInfo } from './info.js';
 import type { VhdProblem } from './problems.js';
@@ -138,6 +138,12 @@ export class VhdDisk implements Disk {
   extents(options?: ExtentOptions): AsyncIterable<Extent> {
     this.#ops.check();
     return vhdExtents(this.#core, options);
+  }
+
+  /** The same extents in arrays, a few blocks' worth at a time (see Disk.extentBatches). */
+  extentBatches(options?: ExtentOptions): AsyncIterable<Extent[]> {
+    this.#ops.check();
+    return vhdExtentBatches(this.#core, options);
   }
 
   /** Which layer and file offset hold the sector containing `offset`. */

@@ -4,7 +4,7 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, FileHoles, mergeExtents, parentExtents, splitAtFileHoles, startedAhead, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, FileHoles, flattenExtentBatches, mergeExtentBatches, parentExtents, splitAtFileHoles, startedAhead, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -25,9 +25,14 @@ export interface VhdSectorLocation {
 
 /** The merged extents of the requested range (see VhdDisk.extents). */
 export function vhdExtents(core: VhdImage, options?: ExtentOptions): AsyncIterable<Extent> {
+  return flattenExtentBatches(vhdExtentBatches(core, options));
+}
+
+/** The same extents in arrays, a few blocks' worth at a time (see Disk.extentBatches). */
+export function vhdExtentBatches(core: VhdImage, options?: ExtentOptions): AsyncIterable<Extent[]> {
   core.assertOpen();
   const { start, end } = extentRange(options, core.size);
-  return mergeExtents(extentRuns(core, start, end, options ?? {}));
+  return mergeExtentBatches(extentRuns(core, start, end, options ?? {}));
 }
 
 /** Which layer and file offset hold the sector containing `offset`. */
@@ -46,15 +51,26 @@ export async function vhdSectorLocation(core: VhdImage, offset: number): Promise
   throw new RangeError(`vhd: no extent covers ${offset}`);
 }
 
-/** Raw (unmerged) extents of [start, end). */
-async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent> {
+/** The first array of raw extents holds up to this many; each next one twice as many, up to BATCH_MAX. */
+const BATCH_FIRST = 16;
+const BATCH_MAX = 1024;
+
+/**
+ * Raw (unmerged) extents of [start, end), in arrays: the first small, so
+ * that a copy starts on them while the walk reads the next blocks'
+ * bitmaps, then larger (one generator step per array, not per extent).
+ */
+async function* extentRuns(core: VhdImage, start: number, end: number, options: ExtentOptions): AsyncGenerator<Extent[]> {
   const s = core.state;
   if (start >= end) return;
   const host = options.fileHoles ? await FileHoles.of(s.storage) : undefined;
+  let out: Extent[] = [];
   if (s.type === 'fixed') {
-    yield* fileRuns(s, start, end, start, options, host);
+    await fileRuns(s, start, end, start, options, host, out);
+    yield out;
     return;
   }
+  let limit = BATCH_FIRST;
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
   let pos = start;
   while (pos < end) {
@@ -67,9 +83,8 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       const stop = Math.min(Math.ceil(end / s.blockSize), s.bat.length);
       const allocated = nextAllocated(signedEntries(s.bat), block + 1, stop);
       const runEnd = allocated < stop ? allocated * s.blockSize : end;
-      yield* extentsBelow(s, pos, runEnd, options);
+      await extentsBelow(s, pos, runEnd, options, out);
       pos = runEnd;
-      continue;
     } else {
       const bitmap = await bitmaps.get(block);
       const dataStart = entry * VHD_SECTOR + s.bitmapBytes;
@@ -78,24 +93,35 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       for (const run of bitRuns(bitmap, first, last - first)) {
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
-        if (run.set) yield* fileRuns(s, from, to, dataStart + from - base, options, host);
-        else yield* extentsBelow(s, from, to, options);
+        if (run.set) await fileRuns(s, from, to, dataStart + from - base, options, host, out);
+        else await extentsBelow(s, from, to, options, out);
       }
+      pos = next;
     }
-    pos = next;
+    if (out.length >= limit) {
+      yield out;
+      out = [];
+      limit = Math.min(BATCH_MAX, limit * 2);
+    }
   }
+  if (out.length) yield out;
 }
 
 /**
- * Guest [from, to), stored at `hostOffset` in this layer's file: data, except
- * where the file has a hole (a block qemu-img allocated but wrote only in
- * part), which reads as zeros and is `zero` here, so a copy neither reads
- * nor scans it (with `fileHoles`: the file system is asked).
+ * Guest [from, to), stored at `hostOffset` in this layer's file, into
+ * `out`: data, except where the file has a hole (a block qemu-img
+ * allocated but wrote only in part), which reads as zeros and is `zero`
+ * here, so a copy neither reads nor scans it (with `fileHoles`: the file
+ * system is asked).
  */
-async function* fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: FileHoles | undefined): AsyncGenerator<Extent> {
+async function fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: FileHoles | undefined, out: Extent[]): Promise<void> {
   const e: Extent = { offset: from, length: to - from, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset, file: s.storage.name } : {}) };
-  if (!host) yield e;
-  else yield* await splitAtFileHoles(e, hostOffset, s.storage, host);
+  if (!host) {
+    out.push(e);
+    return;
+  }
+  const split = splitAtFileHoles(e, hostOffset, s.storage, host);
+  for (const piece of split instanceof Promise ? await split : split) out.push(piece);
 }
 
 /** Bitmaps asked for ahead of the walk (allocated blocks only). */
@@ -133,10 +159,11 @@ class BitmapPrefetch {
   }
 }
 
-async function* extentsBelow(s: VhdState, from: number, to: number, options: ExtentOptions): AsyncGenerator<Extent> {
+/** What [from, to) of this layer reads from below, into `out`: zeros (dynamic), or the parent's extents one layer down. */
+async function extentsBelow(s: VhdState, from: number, to: number, options: ExtentOptions, out: Extent[]): Promise<void> {
   if (s.type === 'dynamic') {
-    yield { offset: from, length: to - from, kind: 'zero', depth: 0 };
+    out.push({ offset: from, length: to - from, kind: 'zero', depth: 0 });
     return;
   }
-  yield* parentExtents(s.parent, from, to, options);
+  for await (const e of parentExtents(s.parent, from, to, options)) out.push(e);
 }
