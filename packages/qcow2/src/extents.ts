@@ -10,6 +10,9 @@ import type { MappingView } from './mapping-view.js';
 import { segmentBatches } from './segments.js';
 import type { Qcow2Image } from './core.js';
 
+/** An array handed over holds at most about this many extents (the segments of one L2 table aside). */
+const BATCH_MAX = 1024;
+
 /** The merged extents of `view` over the requested range. */
 export function qcow2Extents(core: Qcow2Image, view: MappingView, options?: ExtentOptions): AsyncIterable<Extent> {
   return flattenExtentBatches(qcow2ExtentBatches(core, view, options));
@@ -64,7 +67,14 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
       const inBacking = Math.max(0, Math.min(seg.length, backing.size - seg.offset));
       const { offset, length, host } = seg;
       if (inBacking > 0) {
-        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets, fileHoles })) next({ ...e, depth: (e.depth ?? 0) + 1 });
+        for await (const e of backing.extents({ offset, length: inBacking, hostOffsets, fileHoles })) {
+          next({ ...e, depth: (e.depth ?? 0) + 1 });
+          // A hole of this layer may cover millions of the backing file's extents: they go out as they come.
+          if (out.length >= BATCH_MAX) {
+            yield out;
+            out = [];
+          }
+        }
       }
       // Past the backing file's end the hole is this layer's own; an unallocated subcluster keeps its cluster's host offset (as qemu-img map shows it).
       if (inBacking < length) {

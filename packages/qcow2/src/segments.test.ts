@@ -128,6 +128,27 @@ describe('segments', () => {
     }
   });
 
+  it('hands a backing file\u2019s many extents under one hole of the top over in bounded arrays', async () => {
+    const base = new MemoryStorage({ name: 'base.qcow2' });
+    const b = await createQcow2(base, { size: 4 << 20, clusterSize: 512 });
+    // Every other 512-byte cluster: 4096 runs of data and as many holes.
+    for (let c = 0; c < 8192; c += 2) await b.write(c * 512, new Uint8Array(512).fill(1));
+    await b.close();
+    const top = new MemoryStorage({ name: 'top.qcow2' });
+    const baseRead = MemoryStorage.from(base.toBytes(), { name: 'base.qcow2', readOnly: true });
+    const t = await createQcow2(top, { size: 4 << 20, backingFile: 'base.qcow2', backingFormat: 'qcow2', noBacking: true });
+    await t.close();
+    const disk = await openQcow2(MemoryStorage.from(top.toBytes(), { name: 'top.qcow2', readOnly: true }), { resolver: async () => baseRead });
+    try {
+      const sizes: number[] = [];
+      for await (const a of disk.extentBatches()) sizes.push(a.length);
+      expect(sizes.reduce((x, y) => x + y, 0)).toBe(8192);
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(1025);
+    } finally {
+      await disk.close();
+    }
+  });
+
   it('merges host-contiguous data clusters, splits fragmented ones, keeps zero and compressed clusters apart', async () => {
     const cs = 65536;
     const storage = new MemoryStorage();

@@ -98,6 +98,27 @@ describe('vhd extents over sector bitmaps', () => {
     }
   });
 
+  it('hands a parent\u2019s many extents under one unallocated run over in bounded arrays', async () => {
+    const ps = new MemoryStorage({ name: 'p.vhd' });
+    const parent = await createVhd(ps, { size: BLOCK * 8192, blockSize: BLOCK });
+    // Every other block: 4096 runs of data and as many of zeros.
+    for (let b = 0; b < 8192; b += 2) await parent.write(b * BLOCK, seededBytes(512, b));
+    const cs = new MemoryStorage({ name: 'c.vhd' });
+    const child = await createVhd(cs, { parent: { disk: parent, relativePath: 'p.vhd' }, blockSize: BLOCK });
+    await child.close();
+    await parent.close();
+    const pr = MemoryStorage.from(ps.toBytes(), { name: 'p.vhd', readOnly: true });
+    const disk = await openVhd(MemoryStorage.from(cs.toBytes(), { name: 'c.vhd', readOnly: true }), { resolver: async () => pr });
+    try {
+      const sizes: number[] = [];
+      for await (const a of disk.extentBatches()) sizes.push(a.length);
+      expect(sizes.reduce((x, y) => x + y, 0)).toBe(8192);
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(1025);
+    } finally {
+      await disk.close();
+    }
+  });
+
   it('a walk stopped early leaves no bitmap read behind to fail unheard', async () => {
     const { child } = await partialChain();
     const storage = MemoryStorage.from(child, { name: 'c.vhd', readOnly: true });

@@ -71,6 +71,25 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
     return;
   }
   let limit = BATCH_FIRST;
+  /**
+   * What [from, to) of this layer reads from below, into `out`: zeros
+   * (dynamic), or the parent's extents one layer down, handed over
+   * whenever `out` is full (a run of unallocated blocks may cover millions
+   * of them).
+   */
+  async function* below(from: number, to: number): AsyncGenerator<Extent[]> {
+    if (s.type === 'dynamic') {
+      out.push({ offset: from, length: to - from, kind: 'zero', depth: 0 });
+      return;
+    }
+    for await (const e of parentExtents(s.parent, from, to, options)) {
+      out.push(e);
+      if (out.length >= BATCH_MAX) {
+        yield out;
+        out = [];
+      }
+    }
+  }
   const bitmaps = new BitmapPrefetch(core, Math.ceil(end / s.blockSize));
   let pos = start;
   while (pos < end) {
@@ -83,7 +102,7 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
       const stop = Math.min(Math.ceil(end / s.blockSize), s.bat.length);
       const allocated = nextAllocated(signedEntries(s.bat), block + 1, stop);
       const runEnd = allocated < stop ? allocated * s.blockSize : end;
-      await extentsBelow(s, pos, runEnd, options, out);
+      yield* below(pos, runEnd);
       pos = runEnd;
     } else {
       const bitmap = await bitmaps.get(block);
@@ -94,7 +113,7 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
         const from = Math.max(base + run.start * VHD_SECTOR, pos);
         const to = Math.min(base + (run.start + run.count) * VHD_SECTOR, next);
         if (run.set) await fileRuns(s, from, to, dataStart + from - base, options, host, out);
-        else await extentsBelow(s, from, to, options, out);
+        else yield* below(from, to);
       }
       pos = next;
     }
@@ -157,13 +176,4 @@ class BitmapPrefetch {
     this.#pending.delete(block);
     return p;
   }
-}
-
-/** What [from, to) of this layer reads from below, into `out`: zeros (dynamic), or the parent's extents one layer down. */
-async function extentsBelow(s: VhdState, from: number, to: number, options: ExtentOptions, out: Extent[]): Promise<void> {
-  if (s.type === 'dynamic') {
-    out.push({ offset: from, length: to - from, kind: 'zero', depth: 0 });
-    return;
-  }
-  for await (const e of parentExtents(s.parent, from, to, options)) out.push(e);
 }
