@@ -2,7 +2,7 @@
  * The optional native helper of @img/block (Linux and other systems with
  * SEEK_DATA; Node has neither lseek, preadv2 flags nor fcntl locks).
  *
- * seek_ranges(fd, offset, length) -> Float64Array [start0, end0, start1, end1, ...]
+ * seek_ranges(fd, offset, length[, maxRuns]) -> Float64Array [start0, end0, start1, end1, ...]
  *
  * The data runs of [offset, offset+length) of an open file, found with
  * lseek(SEEK_DATA / SEEK_HOLE): holes are never read. Node has no lseek,
@@ -41,9 +41,16 @@ static napi_value throw_errno(napi_env env, int err, const char *what) {
   return NULL;
 }
 
+/*
+ * With maxRuns > 0 the walk stops after that many data runs, so a file of
+ * millions of runs is asked a bounded piece at a time: the answer then
+ * covers [offset, end of its last run), and the caller asks again from
+ * there. An older helper ignores the argument and answers the whole
+ * window, which callers accept as well.
+ */
 static napi_value seek_ranges(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 3) {
     napi_throw_type_error(env, NULL, "seekRanges(fd, offset, length)");
@@ -54,6 +61,14 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_value_double(env, argv[1], &offset_d));
   CHECK(napi_get_value_double(env, argv[2], &length_d));
+  double max_runs_d = 0;
+  if (argc >= 4) {
+    napi_valuetype t;
+    CHECK(napi_typeof(env, argv[3], &t));
+    if (t == napi_number) CHECK(napi_get_value_double(env, argv[3], &max_runs_d));
+  }
+  if (!(max_runs_d >= 0)) max_runs_d = 0;
+  const size_t max_n = max_runs_d >= 1 && max_runs_d < 1e9 ? 2 * (size_t)max_runs_d : 0;
   if (offset_d < 0 || length_d < 0 || offset_d + length_d > 9007199254740991.0) {
     napi_throw_range_error(env, NULL, "seekRanges: offset/length out of range");
     return NULL;
@@ -64,7 +79,7 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
   size_t cap = 64, n = 0;
   double *runs = malloc(cap * sizeof(double));
   if (!runs) return throw_errno(env, ENOMEM, "seekRanges");
-  while (pos < end) {
+  while (pos < end && (max_n == 0 || n < max_n)) {
     off_t data = lseek(fd, pos, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break; /* no data past pos: the rest is a hole */

@@ -254,9 +254,9 @@ export class BlobTarget implements Storage {
     this.#check();
   }
 
-  async ranges(offset: number, length: number): Promise<StorageRange[]> {
+  async ranges(offset: number, length: number, limit?: number): Promise<StorageRange[]> {
     this.#check();
-    return this.#memory.ranges(offset, length);
+    return this.#memory.ranges(offset, length, limit);
   }
 
   async punchHole(offset: number, length: number): Promise<boolean> {

@@ -50,6 +50,30 @@ describe('FileHoles', () => {
     );
   });
 
+  it('answers as the storage does when the storage stops short of each window (a limit on the ranges of one answer)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.boolean(), { minLength: 1, maxLength: 40 }),
+        fc.integer({ min: 1, max: 6 }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 44 * 64 * KiB }), fc.integer({ min: 1, max: 10 * 64 * KiB })), { minLength: 1, maxLength: 30 }),
+        async (pages, windowPages, cut, questions) => {
+          const storage = new MemoryStorage({ name: 'h' });
+          await storage.truncate(pages.length * 64 * KiB);
+          for (let i = 0; i < pages.length; i++) if (pages[i]) await storage.write(i * 64 * KiB + 100, new Uint8Array([1]));
+          const limits: Array<number | undefined> = [];
+          const source = { ranges: (o: number, n: number, limit?: number) => (limits.push(limit), storage.ranges(o, n, Math.min(limit ?? Infinity, cut))) };
+          const map = new FileHoles(source, await storage.size(), windowPages * 64 * KiB);
+          for (const [offset, length] of questions) {
+            expect(await map.holes(offset, length)).toEqual(await directHoles(storage, offset, length));
+          }
+          expect(limits.every((l) => l !== undefined && l > 0 && l <= 16384)).toBe(true);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
   it('asks a dense file once for many blocks, and grows its window', async () => {
     const storage = new MemoryStorage({ name: 'd' });
     await storage.write(0, new Uint8Array(64 * MiB).fill(1));

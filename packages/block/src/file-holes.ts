@@ -20,7 +20,7 @@ import { isAllZero } from './zero.js';
 
 /** What the walk needs of a storage. */
 export interface RangesSource {
-  ranges(offset: number, length: number): Promise<StorageRange[]>;
+  ranges(offset: number, length: number, limit?: number): Promise<StorageRange[]>;
 }
 
 const MiB = 1024 * 1024;
@@ -32,6 +32,8 @@ const MAX_WINDOW = 64 * 1024 * MiB;
 const MIN_WINDOW = 4 * MiB;
 /** A window with more data runs than this makes the next one half as large (memory: 16 bytes a run). */
 const MANY_RUNS = 8192;
+/** The most ranges asked of the storage at once (a window of a dense file ends where they do). */
+const RANGE_LIMIT = 2 * MANY_RUNS;
 /** Windows kept: blocks placed out of order in the file (Hyper-V, compact) still find theirs. */
 const KEPT_WINDOWS = 4;
 
@@ -77,7 +79,7 @@ export class FileHoles {
     if (!storage.ranges) return undefined;
     const fileEnd = await storage.size();
     if (storage.allocatedBytes && (await storage.allocatedBytes()) >= fileEnd) return undefined;
-    return new FileHoles({ ranges: (o, n) => storage.ranges!(o, n) }, fileEnd);
+    return new FileHoles({ ranges: (o, n, limit) => storage.ranges!(o, n, limit) }, fileEnd);
   }
 
   /**
@@ -107,18 +109,31 @@ export class FileHoles {
   }
 
   async #fetch(offset: number, end: number): Promise<Window> {
-    const stop = Math.max(end, Math.min(offset + this.#windowSize, this.#fileEnd));
-    this.asked++;
-    const found = await this.#source.ranges(offset, stop - offset);
+    let stop = Math.max(end, Math.min(offset + this.#windowSize, this.#fileEnd));
     const pairs: number[] = [];
-    for (const r of found) {
-      if (!r.data || r.length <= 0) continue;
-      const a = Math.max(offset, r.offset);
-      const b = Math.min(stop, r.offset + r.length);
-      if (b <= a) continue;
-      // Storages may split one run in two; joined, the search below stays simple.
-      if (pairs.length > 0 && pairs[pairs.length - 1] === a) pairs[pairs.length - 1] = b;
-      else pairs.push(a, b);
+    // Asked at most RANGE_LIMIT ranges at a time: an answer cut short past `end` ends the window there (a
+    // window of a dense file stays a few thousand runs); one cut short before it is asked on from where it stopped.
+    for (let at = offset; at < stop;) {
+      this.asked++;
+      const found = await this.#source.ranges(at, stop - at, RANGE_LIMIT);
+      let reached = at;
+      for (const r of found) {
+        reached = Math.max(reached, r.offset + r.length);
+        if (!r.data || r.length <= 0) continue;
+        const a = Math.max(at, r.offset);
+        const b = Math.min(stop, r.offset + r.length);
+        if (b <= a) continue;
+        // Storages may split one run in two; joined, the search below stays simple.
+        if (pairs.length > 0 && pairs[pairs.length - 1] === a) pairs[pairs.length - 1] = b;
+        else pairs.push(a, b);
+      }
+      // The whole window answered, or nothing (the rest is a hole).
+      if (reached >= stop || reached <= at) break;
+      if (reached >= end) {
+        stop = reached;
+        break;
+      }
+      at = reached;
     }
     const w: Window = { start: offset, end: stop, data: Float64Array.from(pairs) };
     const runs = pairs.length / 2;

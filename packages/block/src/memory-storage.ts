@@ -153,11 +153,12 @@ export class MemoryStorage implements Storage {
     this.#closed = true;
   }
 
-  async ranges(offset: number, length: number): Promise<StorageRange[]> {
+  async ranges(offset: number, length: number, limit?: number): Promise<StorageRange[]> {
     this.#check();
     checkStorageArgs(this.name, 'MemoryStorage.ranges', offset, length);
     const end = Math.min(offset + length, this.#size);
     const out: StorageRange[] = [];
+    const max = limit !== undefined && limit > 0 ? limit : Infinity;
     let pos = offset;
     while (pos < end) {
       const index = Math.floor(pos / PAGE);
@@ -165,6 +166,7 @@ export class MemoryStorage implements Storage {
       const data = this.#pages.has(index);
       const last = out[out.length - 1];
       if (last && last.data === data) last.length += next - pos;
+      else if (out.length >= max) break;
       else out.push({ offset: pos, length: next - pos, data });
       pos = next;
     }

@@ -122,6 +122,31 @@ describe('raw format', () => {
     }
   });
 
+  it('walks a file of many runs a bounded number of ranges at a time, and a storage that answers less than asked still gives every extent', async () => {
+    const page = 64 * 1024;
+    // 300 runs of 64 KiB data and 64 KiB holes (MemoryStorage keeps 64 KiB pages).
+    const runs = async () => {
+      const m = new MemoryStorage({ name: 'runs' });
+      await m.truncate(600 * page);
+      for (let i = 0; i < 300; i++) await m.write(2 * i * page, new Uint8Array(page).fill(i & 255));
+      return m;
+    };
+    const expected = await diskExtents(await openRaw(await runs()));
+    expect(expected.filter((e) => e.kind === 'data')).toHaveLength(300);
+    for (const cut of [1, 2, 3, 7]) {
+      // A storage that stops after `cut` ranges, whatever the limit: the walk must ask on from where each answer ends.
+      const limits: Array<number | undefined> = [];
+      const short = await runs();
+      const ranges = short.ranges.bind(short);
+      Object.defineProperty(short, 'ranges', { value: (offset: number, length: number, limit?: number) => (limits.push(limit), ranges(offset, length, Math.min(limit ?? Infinity, cut))) });
+      const disk = await openRaw(short);
+      expect(await diskExtents(disk)).toEqual(expected);
+      // Every question carried a limit of a few thousand ranges.
+      expect(limits.length).toBeGreaterThanOrEqual(Math.floor(600 / cut));
+      expect(limits.every((l) => l !== undefined && l > 0 && l <= 4096)).toBe(true);
+    }
+  });
+
   it('probes anything weakly', () => {
     expect(rawDriver.probe(new Uint8Array(10), 10)).toBe(1);
   });

@@ -19,8 +19,14 @@ const RAW_PREALLOC_PIECE = 64 * 1024 * 1024;
 /** The sector size raw disks align to (bytes). */
 export const RAW_SECTOR = 512;
 const ZERO_CHUNK = 1024 * 1024;
-/** The first window of a raw file's range walk (see #runs); each next one is twice as large. */
+/** The first window of a raw file's range walk (see #windows); each next one is twice as large. */
 const RANGE_WINDOW = 64 * 1024 * 1024;
+/**
+ * The most ranges one window of that walk asks for: a file of millions of
+ * runs is then walked a few thousand runs at a time, not held whole (a
+ * window of 4 GiB over 8 KiB runs was a million objects at once).
+ */
+const RANGE_LIMIT = 4096;
 
 /** A raw image: the file is the guest disk, byte for byte (holes of a sparse file read as zeros). */
 export class RawDisk implements Disk {
@@ -181,7 +187,17 @@ export class RawDisk implements Disk {
         let window = RANGE_WINDOW;
         for (let pos = start; pos < fileEnd;) {
           const n = Math.min(window, fileEnd - pos);
-          yield (await this.storage.ranges(pos, n)).map((r) => extent(r.offset, r.length, r.data));
+          const found = await this.storage.ranges(pos, n, RANGE_LIMIT);
+          const last = found[found.length - 1];
+          const reached = last ? Math.min(pos + n, last.offset + last.length) : pos;
+          if (reached > pos) yield found.map((r) => extent(r.offset, r.length, r.data));
+          // An answer that stops short was cut at the limit: the walk goes on from where it stopped. One
+          // that says nothing at all leaves the window to read as zeros (the file ended under the walk).
+          if (reached <= pos) yield [extent(pos, n, false)];
+          else if (reached < pos + n) {
+            pos = reached;
+            continue;
+          }
           pos += n;
           window *= 2;
         }

@@ -140,9 +140,15 @@ export interface Storage {
   close(): Promise<void>;
   /**
    * Optional: where the storage holds data and where it has holes, for
-   * `[offset, offset+length)`. Backends that cannot tell omit it.
+   * `[offset, offset+length)`, in order. Backends that cannot tell omit it.
+   *
+   * With `limit`, a backend may stop after about that many ranges, so that
+   * a file of millions of runs is not held in memory at once: the answer
+   * then covers only the start of the window (up to the end of its last
+   * range), and the caller asks again from there. Without it, or from a
+   * backend that ignores it, the answer covers the whole window.
    */
-  ranges?(offset: number, length: number): Promise<StorageRange[]>;
+  ranges?(offset: number, length: number, limit?: number): Promise<StorageRange[]>;
   /**
    * Optional: the bytes the backend holds for this storage (a file's
    * allocated blocks). At least `size()` means it has no holes, so a

@@ -54,7 +54,7 @@ export class FileStorage implements Storage {
    * Data and hole runs of the file (SEEK_DATA/SEEK_HOLE). Present only when
    * the native helper is available; otherwise callers read everything.
    */
-  readonly ranges?: (offset: number, length: number) => Promise<StorageRange[]>;
+  readonly ranges?: (offset: number, length: number, limit?: number) => Promise<StorageRange[]>;
   /**
    * Deallocates `[offset, offset + length)` (fallocate PUNCH_HOLE, the size
    * kept), as qemu does for a write of zeros that may unmap: the range reads
@@ -122,7 +122,7 @@ export class FileStorage implements Storage {
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
     // A block device has no holes to tell (Linux: lseek SEEK_DATA on one is EINVAL): every byte counts as data.
-    if (addon && !this.fixedSize) this.ranges = (offset, length) => this.#ranges(addon.seekRanges, offset, length);
+    if (addon && !this.fixedSize) this.ranges = (offset, length, limit) => this.#ranges(addon.seekRanges, offset, length, limit);
     const punch = addon?.punchHole;
     if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punchHole', 'punching a hole');
     const allocate = addon?.allocateRange;
@@ -145,11 +145,13 @@ export class FileStorage implements Storage {
     throw fsError(this.name, `${what} at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-result)?.[1] ?? code), { code }));
   }
 
-  async #ranges(seekRanges: (fd: number, offset: number, length: number) => Float64Array, offset: number, length: number): Promise<StorageRange[]> {
+  async #ranges(seekRanges: SeekAddon['seekRanges'], offset: number, length: number, limit?: number): Promise<StorageRange[]> {
     this.#check();
+    // At most `limit` ranges: a data run and the hole before it are two.
+    const maxRuns = limit !== undefined && limit > 0 ? Math.max(1, Math.floor(limit / 2)) : 0;
     let runs: Float64Array;
     try {
-      runs = seekRanges(this.#fh.fd, offset, length);
+      runs = seekRanges(this.#fh.fd, offset, length, maxRuns);
     } catch (e) {
       throw fsError(this.name, `lseek at ${offset}`, e);
     }
@@ -162,6 +164,8 @@ export class FileStorage implements Storage {
       out.push({ offset: start, length: end - start, data: true });
       pos = end;
     }
+    // Stopped at the limit: the answer covers up to its last run, and what follows is not known yet.
+    if (maxRuns > 0 && runs.length / 2 >= maxRuns) return out;
     if (pos < offset + length) out.push({ offset: pos, length: offset + length - pos, data: false });
     return out;
   }

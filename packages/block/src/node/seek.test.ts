@@ -96,6 +96,26 @@ describe('SEEK_DATA/SEEK_HOLE helper', () => {
     await disk.close();
   });
 
+  it.skipIf(!seekAddon())('ranges with a limit stop after about that many and cover up to the end of their last data run', async () => {
+    const s = await FileStorage.create(join(tmp.path, 'limit.raw'));
+    await s.truncate(8 * MiB);
+    // 100 runs: 4 KiB of data every 64 KiB, from 32 KiB on.
+    for (let i = 0; i < 100; i++) await s.write(32 * 1024 + i * 64 * 1024, new Uint8Array(4096).fill(9));
+    const whole = await s.ranges!(0, 8 * MiB);
+    if (whole.filter((r) => r.data).length === 100) {
+      expect(whole).toHaveLength(201);
+      const cut = await s.ranges!(0, 8 * MiB, 20);
+      expect(cut).toEqual(whole.slice(0, 20));
+      expect(cut.at(-1)).toMatchObject({ data: true });
+      // Asked on from there, the rest as the whole answer has it.
+      const end = cut.at(-1)!.offset + cut.at(-1)!.length;
+      expect(await s.ranges!(end, 8 * MiB - end)).toEqual(whole.slice(20));
+      // A limit the file does not reach: the whole window, its trailing hole included.
+      expect(await s.ranges!(0, 8 * MiB, 1000)).toEqual(whole);
+    }
+    await s.close();
+  });
+
   it.skipIf(!seekAddon()?.nowait)('reads small ranges from the page cache on the calling thread, short at the end of the file', async () => {
     const path = join(tmp.path, 'nowait.bin');
     const s = await FileStorage.create(path);

@@ -9,8 +9,12 @@
 import { nativeExports } from './native-loader.js';
 
 export interface SeekAddon {
-  /** Data runs of `[offset, offset+length)` as [start, end, start, end, ...]. */
-  seekRanges: (fd: number, offset: number, length: number) => Float64Array;
+  /**
+   * Data runs of `[offset, offset+length)` as [start, end, start, end, ...];
+   * with `maxRuns`, at most that many (a helper built before it answers the
+   * whole window).
+   */
+  seekRanges: (fd: number, offset: number, length: number, maxRuns?: number) => Float64Array;
   /**
    * preadv2/pwritev2 with RWF_NOWAIT on the calling thread: bytes moved,
    * -1 if it would block (not in the page cache), -2 if unsupported here.
