@@ -121,6 +121,25 @@ describe('a command that has returned ends its process at once', () => {
   });
 });
 
+describe("the process's stdout", () => {
+  it('asks a command to wait once megabytes are queued on a pipe nobody reads yet, and lets it go on when they have gone out', () => {
+    const io = fileURLToPath(new URL('../dist/cli/process-io.js', import.meta.url));
+    const script = [
+      `import { processIo } from ${JSON.stringify(io)};`,
+      `const mib = 'x'.repeat(1 << 20);`,
+      `processIo.stdout(mib);`,
+      `process.stderr.write((processIo.stdoutRoom() ? 'wait' : 'room') + '\\n');`,
+      `for (let i = 0; i < 5; i++) processIo.stdout(mib);`,
+      `const room = processIo.stdoutRoom();`,
+      `process.stderr.write((room ? 'wait' : 'room') + '\\n');`,
+      `if (room) { await room; process.stderr.write('went out ' + (process.stdout.writableLength < (4 << 20)) + '\\n'); }`,
+    ].join('\n');
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" --input-type=module -e "$SCRIPT" | (sleep 0.5; wc -c)`], { encoding: 'utf8', env: { ...process.env, SCRIPT: script } });
+    expect(r.stderr).toBe('room\nwait\nwent out true\n');
+    expect(r.stdout.trim()).toBe(String(6 << 20));
+  });
+});
+
 describe('statusAfterOutput', () => {
   const io = (failure?: string) => {
     const err: string[] = [];

@@ -99,4 +99,40 @@ describeQemu('img map --output=json on many extents', () => {
     expect(Math.max(...chunks.map((c) => c.length))).toBeLessThan(1.1 * 2 ** 20);
     expect(chunks.join('')).toBe(qemuImg(['map', '-f', 'raw', '--output=json', file]).stdout);
   });
+
+  it('waits while stdout has no room: a slow reader holds the walk back and the output does not pile up', async () => {
+    // 60,000 extents: 5.3 MB of JSON, 3.3 MB of the human form.
+    const file = join(tmp.path, 'slow.raw');
+    const fd = openSync(file, 'w');
+    const page = new Uint8Array(4096).fill(7);
+    for (let i = 0; i < 60_000; i += 2) writeSync(fd, page, 0, page.length, i * 4096);
+    ftruncateSync(fd, 60_000 * 4096);
+    closeSync(fd);
+    for (const output of ['json', 'human']) {
+      // A stdout that holds 1.5 MiB; the reader takes what is queued 2 ms after each wait begins.
+      let queued = 0;
+      let most = 0;
+      let waits = 0;
+      const chunks: string[] = [];
+      const io: Io = {
+        stdout: (text) => {
+          chunks.push(text);
+          queued += text.length;
+          most = Math.max(most, queued);
+        },
+        stderr: () => undefined,
+        isTTY: false,
+        stdoutRoom: () => {
+          if (queued < 1.5 * 2 ** 20) return undefined;
+          waits++;
+          return new Promise((resolve) => setTimeout(() => ((queued = 0), resolve()), 2));
+        },
+      };
+      expect(await map(['-f', 'raw', `--output=${output}`, file], io)).toBe(0);
+      expect(waits).toBeGreaterThan(0);
+      // At most what the stdout holds and one more chunk of 1 MiB.
+      expect(most).toBeLessThan(2.6 * 2 ** 20);
+      expect(chunks.join('')).toBe(qemuImg(['map', '-f', 'raw', `--output=${output}`, file]).stdout);
+    }
+  });
 });

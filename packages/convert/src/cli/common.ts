@@ -28,6 +28,13 @@ export interface Io {
    * them, if one did (EPIPE when the reader went away, ENOSPC, EIO...).
    */
   stdoutFailure?: () => Promise<NodeJS.ErrnoException | undefined>;
+  /**
+   * Undefined while stdout has room; else a promise that resolves once the
+   * writes queued on it have gone out (or failed). A command that prints a
+   * lot waits on it, so a slow reader (`img map ... | less`) holds the
+   * command back instead of the output piling up in memory.
+   */
+  stdoutRoom?: () => Promise<void> | undefined;
 }
 
 /**

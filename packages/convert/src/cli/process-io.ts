@@ -17,6 +17,14 @@ function recordFailure(e: unknown): void {
   failure ??= (e ?? new Error('unknown error')) as NodeJS.ErrnoException;
 }
 
+/**
+ * Bytes queued on stdout past which `stdoutRoom` asks the command to wait:
+ * writes to a pipe are not synchronous, and a reader slower than the
+ * command (or a command that never lets the event loop run) otherwise
+ * queues the whole output in memory.
+ */
+const STDOUT_QUEUE_MAX = 4 * 1024 * 1024;
+
 /** The process's stdout and stderr. Stdout writes stop, silently, after the first failure. */
 export const processIo: Io = {
   stdout: (text) => {
@@ -38,6 +46,21 @@ export const processIo: Io = {
     }
   },
   isTTY: Boolean(process.stderr.isTTY),
+  stdoutRoom: () => {
+    const out = process.stdout;
+    if (failure !== undefined || out.destroyed || out.writableLength < STDOUT_QUEUE_MAX) return undefined;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        out.off('drain', done);
+        out.off('close', done);
+        out.off('error', done);
+        resolve();
+      };
+      out.on('drain', done);
+      out.on('close', done);
+      out.on('error', done);
+    });
+  },
   stdoutFailure: async () => {
     // Writes in flight finish (or fail) before the verdict is given.
     if (failure === undefined && !process.stdout.destroyed && process.stdout.writableLength > 0) {

@@ -65,8 +65,13 @@ function mapEntryText(entry: Record<string, unknown>): string {
 /** How much text is gathered before it is written. */
 const MAP_CHUNK = 1 << 20;
 
-/** Stdout written a chunk at a time; `flush` writes what is left (what was printed before an error too, as qemu-img's). */
-function chunkedStdout(io: Io): { write: (text: string) => void; flush: () => void } {
+/**
+ * Stdout written a chunk at a time; `flush` writes what is left (what was
+ * printed before an error too, as qemu-img's). `write` returns a promise
+ * (to be awaited) when stdout has no room: a slow reader then holds the
+ * walk back.
+ */
+function chunkedStdout(io: Io): { write: (text: string) => Promise<void> | undefined; flush: () => void } {
   let chunk = '';
   const flush = () => {
     if (chunk !== '') io.stdout(chunk);
@@ -75,7 +80,9 @@ function chunkedStdout(io: Io): { write: (text: string) => void; flush: () => vo
   return {
     write: (text) => {
       chunk += text;
-      if (chunk.length >= MAP_CHUNK) flush();
+      if (chunk.length < MAP_CHUNK) return undefined;
+      flush();
+      return io.stdoutRoom?.();
     },
     flush,
   };
@@ -106,15 +113,18 @@ export const map: Handler = async (argv, io) => {
     try {
       if (mode === 'json') {
         let rows = 0;
-        for await (const e of mapExtents(disk, storages, range)) out.write(`${rows++ === 0 ? '[' : ',\n'}${mapExtentText(e)}`);
+        for await (const e of mapExtents(disk, storages, range)) {
+          const room = out.write(`${rows++ === 0 ? '[' : ',\n'}${mapExtentText(e)}`);
+          if (room) await room;
+        }
         // An empty disk: qemu-img map prints one entry of length 0 with every flag false.
-        if (rows === 0) out.write(`[${mapEntryText({ start, length: 0, depth: 0, present: false, zero: false, data: false })}`);
-        out.write(']\n');
+        if (rows === 0) await out.write(`[${mapEntryText({ start, length: 0, depth: 0, present: false, zero: false, data: false })}`);
+        await out.write(']\n');
       } else {
         // qemu-img's columns: 16 wide, offsets in printf's %#x (plain 0 for zero).
         const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
         const names = await layerNames(disk, path);
-        out.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
+        await out.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
         for await (const e of mapExtents(disk, storages, range)) {
           // As qemu-img: only data that does not read as zeros is listed.
           if (e.kind !== 'data' || e.inHole) continue;
@@ -123,7 +133,8 @@ export const map: Handler = async (argv, io) => {
             throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
           }
           const file = e.file === undefined ? '' : (names.get(resolve(e.file)) ?? e.file);
-          out.write(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
+          const room = out.write(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
+          if (room) await room;
         }
       }
     } finally {
