@@ -4,7 +4,7 @@
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from '../parse-args.js';
 import { hex, parseSize, unsupported, type Disk } from '@img/block';
-import { fileHoleStorages, mapExtents, type MapExtent } from '../file-holes.js';
+import { fileHoleStorages, mapExtentBatches, type MapExtent } from '../file-holes.js';
 import { isJsonName } from '../../node/qemu-names.js';
 import type { Io } from '../common.js';
 import { type Handler, common, shareOption, outputMode, onePath, openForCommand, combinePath, backingOf } from './shared.js';
@@ -113,9 +113,11 @@ export const map: Handler = async (argv, io) => {
     try {
       if (mode === 'json') {
         let rows = 0;
-        for await (const e of mapExtents(disk, storages, range)) {
-          const room = out.write(`${rows++ === 0 ? '[' : ',\n'}${mapExtentText(e)}`);
-          if (room) await room;
+        for await (const batch of mapExtentBatches(disk, storages, range)) {
+          for (const e of batch) {
+            const room = out.write(`${rows++ === 0 ? '[' : ',\n'}${mapExtentText(e)}`);
+            if (room) await room;
+          }
         }
         // An empty disk: qemu-img map prints one entry of length 0 with every flag false.
         if (rows === 0) await out.write(`[${mapEntryText({ start, length: 0, depth: 0, present: false, zero: false, data: false })}`);
@@ -125,16 +127,18 @@ export const map: Handler = async (argv, io) => {
         const hex16 = (n: number) => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
         const names = await layerNames(disk, path);
         await out.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
-        for await (const e of mapExtents(disk, storages, range)) {
-          // As qemu-img: only data that does not read as zeros is listed.
-          if (e.kind !== 'data' || e.inHole) continue;
-          if (e.hostOffset === undefined) {
-            // As qemu-img: data that is not stored as itself at an offset of a file cannot be shown in this form.
-            throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
+        for await (const batch of mapExtentBatches(disk, storages, range)) {
+          for (const e of batch) {
+            // As qemu-img: only data that does not read as zeros is listed.
+            if (e.kind !== 'data' || e.inHole) continue;
+            if (e.hostOffset === undefined) {
+              // As qemu-img: data that is not stored as itself at an offset of a file cannot be shown in this form.
+              throw unsupported(disk.format, path, `the data at guest offset ${hex(e.offset)} is compressed, encrypted or external: it has no offset in the file to show (--output=json lists it)`, { offset: e.offset });
+            }
+            const file = e.file === undefined ? '' : (names.get(resolve(e.file)) ?? e.file);
+            const room = out.write(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
+            if (room) await room;
           }
-          const file = e.file === undefined ? '' : (names.get(resolve(e.file)) ?? e.file);
-          const room = out.write(`${hex16(e.offset)}${hex16(e.length)}${hex16(e.hostOffset)}${file}\n`);
-          if (room) await room;
         }
       }
     } finally {
