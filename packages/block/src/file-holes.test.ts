@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Extent } from './disk.js';
-import { FileHoles, splitAtFileHoles } from './file-holes.js';
+import { FILE_HOLES_SLICE, FileHoles, fileHolePieces, splitAtFileHoles } from './file-holes.js';
 import { MemoryStorage } from './memory-storage.js';
 
 const KiB = 1024;
@@ -81,6 +81,53 @@ describe('FileHoles', () => {
     for (let at = 0; at < 64 * MiB; at += 2 * MiB) expect(await map.holes(at, 2 * MiB)).toEqual([]);
     // Windows of 4, 8, 16, 32 MiB, then one that reaches the end.
     expect(map.asked).toBeLessThanOrEqual(5);
+  });
+});
+
+describe('fileHolePieces', () => {
+  it('splits a long extent a slice at a time, each slice as the holes lie, data across a slice edge in two pieces', async () => {
+    const slice = FILE_HOLES_SLICE;
+    const storage = new MemoryStorage({ name: 'long' });
+    await storage.truncate(3 * slice);
+    const data: Array<[number, number]> = [
+      [slice - 64 * KiB, slice + 64 * KiB],
+      [100 * MiB, 100 * MiB + 64 * KiB],
+      [2 * slice - 64 * KiB, 2 * slice + 128 * KiB],
+    ];
+    for (const [a, b] of data) await storage.write(a, new Uint8Array(b - a).fill(3));
+    const holes = new FileHoles(storage, await storage.size());
+    const e: Extent = { offset: 1 << 20, length: 3 * slice, kind: 'data', depth: 2, hostOffset: 0, file: 'long' };
+    const pieces: Extent[] = [];
+    let k = 0;
+    for await (const part of fileHolePieces(e, 0, storage, holes)) {
+      // Each array covers its own slice exactly.
+      expect(part[0]!.offset).toBe(e.offset + k * slice);
+      expect(part.reduce((n, p) => n + p.length, 0)).toBe(slice);
+      pieces.push(...part);
+      k++;
+    }
+    expect(k).toBe(3);
+    for (const p of pieces) {
+      expect(p.depth).toBe(2);
+      if (p.kind === 'data') expect(p.hostOffset).toBe(p.offset - e.offset);
+    }
+    // Joined where they touch: the data ranges, zeros between them.
+    const joined: Array<[number, number, string]> = [];
+    for (const p of pieces) {
+      const last = joined.at(-1);
+      if (last && last[2] === p.kind && last[1] === p.offset) last[1] += p.length;
+      else joined.push([p.offset, p.offset + p.length, p.kind]);
+    }
+    const expected: Array<[number, number, string]> = [];
+    let pos = 0;
+    for (const [a, b] of data) {
+      expected.push([e.offset + pos, e.offset + a, 'zero'], [e.offset + a, e.offset + b, 'data']);
+      pos = b;
+    }
+    expected.push([e.offset + pos, e.offset + 3 * slice, 'zero']);
+    expect(joined).toEqual(expected);
+    // The data across the first edge comes as two pieces, one in each slice.
+    expect(pieces.filter((p) => p.kind === 'data')).toHaveLength(5);
   });
 });
 

@@ -184,8 +184,45 @@ const EDGE = 4096;
  * (or start) with the zeros of a page written in part: those sectors (at
  * most a page's worth) are read and become zero too, so a copy finds no
  * zero edge to leave out and nothing to give back afterwards.
+ *
+ * All the pieces come in one array, however long `e` is: a walk over
+ * extents that may be long takes them in slices ({@link fileHolePieces}).
  */
 export function splitAtFileHoles(e: Extent, host: number, storage: Storage, holes: FileHoles): Extent[] | Promise<Extent[]> {
+  if (e.length > FILE_HOLES_SLICE) return collectPieces(fileHolePieces(e, host, storage, holes));
+  return splitSlice(e, host, storage, holes);
+}
+
+/**
+ * The most bytes of an extent {@link fileHolePieces} splits at a time: a
+ * slice of a file with a hole every other 4 KiB page is 16,384 pieces.
+ */
+export const FILE_HOLES_SLICE = 64 * 1024 * 1024;
+
+/**
+ * {@link splitAtFileHoles} for an extent of any length, in arrays of the
+ * pieces of at most {@link FILE_HOLES_SLICE} bytes of it each: an extent of
+ * gigabytes stored over millions of holes (a sparse copy of an image) is
+ * not held in pieces all at once. Pieces on either side of a slice's edge
+ * are not joined (the caller's merge joins them).
+ */
+export async function* fileHolePieces(e: Extent, host: number, storage: Storage, holes: FileHoles): AsyncGenerator<Extent[]> {
+  for (let at = 0; at < e.length; at += FILE_HOLES_SLICE) {
+    const n = Math.min(FILE_HOLES_SLICE, e.length - at);
+    const slice: Extent = at === 0 && n === e.length ? e : { ...e, offset: e.offset + at, length: n };
+    if (slice !== e && e.hostOffset !== undefined) slice.hostOffset = e.hostOffset + at;
+    const pieces = splitSlice(slice, host + at, storage, holes);
+    yield pieces instanceof Promise ? await pieces : pieces;
+  }
+}
+
+async function collectPieces(parts: AsyncIterable<Extent[]>): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for await (const part of parts) for (const p of part) out.push(p);
+  return out;
+}
+
+function splitSlice(e: Extent, host: number, storage: Storage, holes: FileHoles): Extent[] | Promise<Extent[]> {
   const cached = holes.cachedHoles(host, e.length);
   if (cached) return cached.length === 0 ? [e] : zeroPieces(e, host, storage, cached);
   return holes.holes(host, e.length).then((h) => (h.length === 0 ? [e] : zeroPieces(e, host, storage, h)));

@@ -115,5 +115,5 @@ export { findSignatures, SIGNATURE_FORMATS, SIGNATURE_TAIL_BYTES, type Signature
 export { LIMITS } from './limits.js';
 export { ByteStreamReader } from './byte-stream.js';
 export { startedAhead } from './started.js';
-export { FileHoles, splitAtFileHoles, type RangesSource } from './file-holes.js';
+export { FILE_HOLES_SLICE, FileHoles, fileHolePieces, splitAtFileHoles, type RangesSource } from './file-holes.js';
 export { takeIoBuffer, giveIoBuffer } from './buffer-pool.js';

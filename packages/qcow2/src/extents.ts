@@ -3,7 +3,7 @@
  * only: unallocated ranges are resolved through the backing chain (depth
  * = layer), unless the caller asks for the top layer alone.
  */
-import { extentRange, FileHoles, flattenExtentBatches, splitAtFileHoles } from '@img/block';
+import { extentRange, FILE_HOLES_SLICE, FileHoles, fileHolePieces, flattenExtentBatches, splitAtFileHoles } from '@img/block';
 import type { Extent, ExtentOptions } from '@img/block';
 import { segmentExtent } from './reader.js';
 import type { MappingView } from './mapping-view.js';
@@ -57,8 +57,19 @@ async function* extentRuns(core: Qcow2Image, view: MappingView, start: number, e
       if (seg.kind !== 'hole' || topOnly || !backing) {
         const e = segmentExtent(seg, hosts, fileName);
         if (holes && seg.kind === 'data' && seg.host !== undefined) {
-          const split = splitAtFileHoles(e, seg.host, file, holes);
-          for (const piece of split instanceof Promise ? await split : split) next(piece);
+          if (e.length <= FILE_HOLES_SLICE) {
+            const split = splitAtFileHoles(e, seg.host, file, holes);
+            for (const piece of split instanceof Promise ? await split : split) next(piece);
+            continue;
+          }
+          // A run of gigabytes over a file of millions of holes: its pieces go out a slice at a time.
+          for await (const part of fileHolePieces(e, seg.host, file, holes)) {
+            for (const piece of part) next(piece);
+            if (out.length >= BATCH_MAX) {
+              yield out;
+              out = [];
+            }
+          }
           continue;
         }
         next(e);

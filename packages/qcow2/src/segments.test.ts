@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRaw, MemoryStorage, sparseCopy, bytesEqual, validateExtentCover, type Extent } from '@img/block';
+import { createRaw, MemoryStorage, sparseCopy, bytesEqual, validateExtentCover, collectExtents, diskExtents, lentStorage, mergeExtents, type Extent } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
 import { describeQemu, qemuImg, qemuIo, qemuMap, tempDir } from '@img/testkit';
 import { segments } from './segments.js';
@@ -144,6 +144,39 @@ describe('segments', () => {
       for await (const a of disk.extentBatches()) sizes.push(a.length);
       expect(sizes.reduce((x, y) => x + y, 0)).toBe(8192);
       expect(Math.max(...sizes)).toBeLessThanOrEqual(1025);
+    } finally {
+      await disk.close();
+    }
+  });
+
+  it('hands a run of data clusters over a file of thousands of holes over in bounded arrays, split as the holes lie', async () => {
+    const page = 64 * 1024; // MemoryStorage's page: its holes are whole pages
+    const size = 256 * 1024 * 1024;
+    const storage = new MemoryStorage({ name: 'holes.qcow2' });
+    const w = await createQcow2(lentStorage(storage), { size });
+    const chunk = new Uint8Array(16 * 1024 * 1024).fill(0x5a);
+    for (let at = 0; at < size; at += chunk.length) await w.write(at, chunk);
+    const stored = await diskExtents(w, { hostOffsets: true });
+    await w.close();
+    // One run of data clusters, one after another in the file.
+    expect(stored).toHaveLength(1);
+    const host = stored[0]!.hostOffset!;
+    // Every other page of the data punched out of the file: 2048 holes under one run.
+    for (let p = 0; p < size; p += 2 * page) expect(await storage.punchHole(host + p, page)).toBe(true);
+    const disk = await openQcow2(storage);
+    try {
+      const sizes: number[] = [];
+      const flat: Extent[] = [];
+      for await (const a of disk.extentBatches({ fileHoles: true })) {
+        sizes.push(a.length);
+        for (const e of a) flat.push({ offset: e.offset, length: e.length, kind: e.kind });
+      }
+      const expected: Extent[] = [];
+      for (let p = 0; p < size; p += page) expected.push({ offset: p, length: page, kind: (p / page) % 2 === 0 ? 'zero' : 'data' });
+      expect(await collectExtents(mergeExtents(flat))).toEqual(expected);
+      // A slice of 64 MiB of the run at a time (1024 pieces, put out once 1024 are waiting), not the 4096 pieces of the
+      // whole run in one array.
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(2048);
     } finally {
       await disk.close();
     }

@@ -4,7 +4,7 @@
  * data; zeroed: zero; unallocated: the parent's extents one layer down,
  * or a hole), and an unallocated grain table skips its whole span at once.
  */
-import { FileHoles, parentExtents, splitAtFileHoles, type Extent, type ExtentOptions, type Storage } from '@img/block';
+import { FileHoles, fileHolePieces, parentExtents, type Extent, type ExtentOptions, type Storage } from '@img/block';
 import { extentFileName, type SparseExtent, type VmdkImage } from './image.js';
 import { GTE_UNALLOCATED } from './grain-table.js';
 
@@ -21,7 +21,7 @@ export async function* extentRuns(core: VmdkImage, start: number, end: number, o
     else if (e.kind === 'flat') {
       const host = e.fileOffset + (pos - e.start);
       const run: Extent = { offset: pos, length: stop - pos, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset: host, file: extentFileName(core, e) } : {}) };
-      if (holes) yield* await holes.split(run, host, e.storage);
+      if (holes) yield* holes.split(run, host, e.storage);
       else yield run;
     } else yield* sparseRuns(core, e, pos, stop, options, holes);
     pos = stop;
@@ -52,7 +52,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
   // Runs of unallocated grains are gathered and asked of the parent as one range.
   let holeStart = -1;
   let run: PendingRun | undefined;
-  const take = (): Extent[] | Promise<Extent[]> | undefined => {
+  const take = (): Extent[] | AsyncIterable<Extent> | undefined => {
     const r = run;
     run = undefined;
     if (!r) return undefined;
@@ -71,7 +71,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
     const table = writer ? undefined : await map.table(tableIndex);
     if (!writer && !table) {
       const done = take();
-      if (done) yield* done instanceof Promise ? await done : done;
+      if (done) yield* done;
       if (holeStart < 0) holeStart = pos;
       pos = tableEnd;
       continue;
@@ -82,7 +82,7 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       const entry = writer ? (writer.pendingGrain(grain) || writer.appendedSector(grain) ? ({ kind: 'data', hostOffset: 0, compressed: true } as const) : ({ kind: 'unallocated' } as const)) : map.decode(table![grain % n] ?? GTE_UNALLOCATED, grain);
       if (entry.kind === 'unallocated') {
         const done = take();
-        if (done) yield* done instanceof Promise ? await done : done;
+        if (done) yield* done;
         if (holeStart < 0) holeStart = pos;
         pos = next;
         continue;
@@ -97,14 +97,14 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
       if (joins) run!.length += next - pos;
       else {
         const done = take();
-        if (done) yield* done instanceof Promise ? await done : done;
+        if (done) yield* done;
         run = { kind, offset: pos, length: next - pos, ...(host !== undefined ? { hostOffset: host } : {}) };
       }
       pos = next;
     }
   }
   const done = take();
-  if (done) yield* done instanceof Promise ? await done : done;
+  if (done) yield* done;
   if (holeStart >= 0) yield* extentsBelow(core, holeStart, to, options);
 }
 
@@ -115,12 +115,16 @@ async function* sparseRuns(core: VmdkImage, e: SparseExtent, from: number, to: n
 class StoredZeros {
   readonly #holes = new Map<Storage, Promise<FileHoles | undefined>>();
 
-  /** `run` (stored from `host` in `storage`) split at the file's holes. */
-  async split(run: Extent, host: number, storage: Storage): Promise<Extent[]> {
+  /** `run` (stored from `host` in `storage`) split at the file's holes, a slice of it at a time (a flat extent may be terabytes). */
+  async *split(run: Extent, host: number, storage: Storage): AsyncGenerator<Extent> {
     let holes = this.#holes.get(storage);
     if (!holes) this.#holes.set(storage, (holes = FileHoles.of(storage)));
     const h = await holes;
-    return h ? splitAtFileHoles(run, host, storage, h) : [run];
+    if (!h) {
+      yield run;
+      return;
+    }
+    for await (const part of fileHolePieces(run, host, storage, h)) yield* part;
   }
 }
 
