@@ -7,8 +7,9 @@ import { openSync, closeSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { describeQemu, qemuImg, tempDir } from '@img/testkit';
+import { openImageFile } from './node.js';
 import type { Disk, Extent, Storage, StorageRange } from '@img/block';
-import { mapExtents } from './cli/file-holes.js';
+import { fileHoleStorages, mapExtentBatches, mapExtents } from './cli/file-holes.js';
 import { firstDifference } from './cli/commands/compare.js';
 import { firstStatusMismatch } from './cli/compare-status.js';
 import { map } from './cli/commands/map.js';
@@ -98,6 +99,34 @@ describeQemu('img map --output=json on many extents', () => {
     expect(chunks.length).toBeGreaterThan(1);
     expect(Math.max(...chunks.map((c) => c.length))).toBeLessThan(1.1 * 2 ** 20);
     expect(chunks.join('')).toBe(qemuImg(['map', '-f', 'raw', '--output=json', file]).stdout);
+  });
+
+  it('maps a long run of clusters over a file of thousands of holes a window at a time, as qemu-img maps it', async () => {
+    // 96 MiB of clusters in one run of the file (preallocation=metadata: all of it a hole), then every other 4 KiB
+    // page of the run written: 12,288 holes under one run.
+    const file = join(tmp.path, 'punched.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', file, '96M']);
+    const run = (JSON.parse(qemuImg(['map', '--output=json', file]).stdout) as Array<{ present: boolean; offset?: number }>).find((r) => r.offset !== undefined)!;
+    const fd = openSync(file, 'r+');
+    const page = new Uint8Array(4096).fill(0x5a);
+    for (let p = 4096; p < 96 * 2 ** 20; p += 8192) writeSync(fd, page, 0, page.length, run.offset! + p);
+    closeSync(fd);
+    const sizes: number[] = [];
+    const disk = await openImageFile(file);
+    try {
+      const { storages, close } = await fileHoleStorages(disk);
+      for await (const a of mapExtentBatches(disk, storages, { offset: 0, length: disk.size })) sizes.push(a.length);
+      await close();
+    } finally {
+      await disk.close();
+    }
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(24_576);
+    // A window (64 MiB: 16,384 pieces) past the 4096 waiting, not the 24,576 pieces of the run at once.
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(4096 + 16_384);
+    const chunks: string[] = [];
+    const io: Io = { stdout: (text) => chunks.push(text), stderr: () => undefined, isTTY: false };
+    expect(await map(['--output=json', file], io)).toBe(0);
+    expect(chunks.join('')).toBe(qemuImg(['map', '--output=json', file]).stdout);
   });
 
   it('waits while stdout has no room: a slow reader holds the walk back and the output does not pile up', async () => {

@@ -20,6 +20,9 @@ import { backingOf } from './commands/shared.js';
  */
 const HOLE_WINDOW = 64 * 1024 * 1024;
 
+/** Pieces gathered before they are handed over, within one array of the disk's extents. */
+const PIECES_OUT = 4096;
+
 /** The last answer a storage gave about its holes: `ranges` covers `[start, end)` (or stops early at the end of the file). */
 interface HoleWindow {
   start: number;
@@ -75,7 +78,7 @@ export async function* mapExtentBatches(disk: Disk, storages: ReadonlyMap<string
     return out;
   };
   for await (const batch of diskExtentBatches(disk, { ...range, hostOffsets: true })) {
-    const out: MapExtent[] = [];
+    let out: MapExtent[] = [];
     for (const e of batch) {
       const storage = e.kind === 'data' && e.hostOffset !== undefined && e.file !== undefined ? storages.get(files.resolve(e.file)) : undefined;
       if (!storage?.ranges) {
@@ -83,17 +86,27 @@ export async function* mapExtentBatches(disk: Disk, storages: ReadonlyMap<string
         if (done) out.push(done);
         continue;
       }
-      // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
-      const w = holeWindow(storage as HoleStorage, e.hostOffset!, e.hostOffset! + e.length, windows);
-      const pieces = splitAtFileHoles(e, w instanceof Promise ? await w : w);
-      if (!Array.isArray(pieces)) {
-        const done = take(pieces);
-        if (done) out.push(done);
-        continue;
-      }
-      for (const piece of pieces) {
-        const done = take(piece);
-        if (done) out.push(done);
+      // A window of the file at a time: a run of gigabytes over millions of holes (a sparse copy of an image) is not
+      // asked about, nor split, all at once. The pieces of neighbouring slices join again in `take`.
+      for (let at = 0; at < e.length; at += HOLE_WINDOW) {
+        const part: MapExtent = at === 0 && e.length <= HOLE_WINDOW ? e : { ...e, offset: e.offset + at, length: Math.min(HOLE_WINDOW, e.length - at), hostOffset: e.hostOffset! + at };
+        // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
+        const host = e.hostOffset! + at;
+        const w = holeWindow(storage as HoleStorage, host, host + part.length, windows);
+        const pieces = splitAtFileHoles(part, w instanceof Promise ? await w : w);
+        if (!Array.isArray(pieces)) {
+          const done = take(pieces);
+          if (done) out.push(done);
+          continue;
+        }
+        for (const piece of pieces) {
+          const done = take(piece);
+          if (done) out.push(done);
+        }
+        if (out.length >= PIECES_OUT) {
+          yield out;
+          out = [];
+        }
       }
     }
     if (out.length > 0) yield out;
