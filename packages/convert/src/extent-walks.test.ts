@@ -84,15 +84,21 @@ describe('walks over many extents', () => {
   });
 });
 
+/** A raw file of `pages` 4 KiB pages in the temporary folder, data in every other one (from the first). */
+function everyOtherPage(name: string, pages: number): string {
+  const file = join(tmp.path, name);
+  const fd = openSync(file, 'w');
+  const page = new Uint8Array(4096).fill(7);
+  for (let i = 0; i < pages; i += 2) writeSync(fd, page, 0, page.length, i * 4096);
+  ftruncateSync(fd, pages * 4096);
+  closeSync(fd);
+  return file;
+}
+
 describeQemu('img map --output=json on many extents', () => {
   it('prints as it walks, a chunk at a time, what qemu-img map prints', async () => {
     // A raw file with data in every other 4 KiB page: 20,000 extents, 1.8 MB of JSON.
-    const file = join(tmp.path, 'pages.raw');
-    const fd = openSync(file, 'w');
-    const page = new Uint8Array(4096).fill(7);
-    for (let i = 0; i < 20_000; i += 2) writeSync(fd, page, 0, page.length, i * 4096);
-    ftruncateSync(fd, 20_000 * 4096);
-    closeSync(fd);
+    const file = everyOtherPage('pages.raw', 20_000);
     const chunks: string[] = [];
     const io: Io = { stdout: (text) => chunks.push(text), stderr: () => undefined, isTTY: false };
     expect(await map(['-f', 'raw', '--output=json', file], io)).toBe(0);
@@ -131,12 +137,7 @@ describeQemu('img map --output=json on many extents', () => {
 
   it('waits while stdout has no room: a slow reader holds the walk back and the output does not pile up', async () => {
     // 60,000 extents: 5.3 MB of JSON, 3.3 MB of the human form.
-    const file = join(tmp.path, 'slow.raw');
-    const fd = openSync(file, 'w');
-    const page = new Uint8Array(4096).fill(7);
-    for (let i = 0; i < 60_000; i += 2) writeSync(fd, page, 0, page.length, i * 4096);
-    ftruncateSync(fd, 60_000 * 4096);
-    closeSync(fd);
+    const file = everyOtherPage('slow.raw', 60_000);
     for (const output of ['json', 'human']) {
       // A stdout that holds 1.5 MiB; the reader takes what is queued 2 ms after each wait begins.
       let queued = 0;
