@@ -158,6 +158,13 @@ describeWith('qemu-nbd', 'NbdStorage against qemu-nbd', () => {
       const theirs = (JSON.parse(qemuImg(['map', '--output=json', '-f', 'raw', `nbd+unix:///?socket=${at('q.sock')}`]).stdout) as Array<{ start: number; length: number; data: boolean }>).filter((e) => e.data).map((e) => [e.start, e.length]);
       expect(data).toEqual(theirs);
       expect(data).toContainEqual([9 << 20, 65536]);
+      // With a limit: the first ranges of the same answer, and asked on from their end, the rest of it.
+      const whole = await storage.ranges(0, 16 << 20);
+      expect(whole.length).toBeGreaterThan(2);
+      const head = await storage.ranges(0, 16 << 20, 2);
+      expect(head).toEqual(whole.slice(0, 2));
+      const from = head[1]!.offset + head[1]!.length;
+      expect(await storage.ranges(from, (16 << 20) - from)).toEqual(whole.slice(2));
     } finally {
       await storage.close();
     }

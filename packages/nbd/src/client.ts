@@ -434,9 +434,11 @@ export class NbdStorage implements Storage {
 
   /**
    * Allocation from BLOCK_STATUS (base:allocation); all data when the server
-   * offers no block status, and past MAX_RANGES ranges in one call.
+   * offers no block status, and past MAX_RANGES ranges in one call. With
+   * `limit`, the answer stops after that many ranges (covering the start of
+   * the window only: ask again from its end).
    */
-  async ranges(offset: number, length: number): Promise<StorageRange[]> {
+  async ranges(offset: number, length: number, limit?: number): Promise<StorageRange[]> {
     const end = Math.min(this.#size, offset + length);
     if (this.#allocationContext === undefined) return end > offset ? [{ offset, length: end - offset, data: true }] : [];
     const out: StorageRange[] = [];
@@ -454,6 +456,7 @@ export class NbdStorage implements Storage {
         const data = (flags & P.STATE_ZERO) === 0; // a range known to read as zeros needs no reading
         const last = out[out.length - 1];
         if (last && last.data === data && last.offset + last.length === at) last.length += n;
+        else if (limit !== undefined && limit > 0 && out.length >= limit) return out;
         else out.push({ offset: at, length: n, data });
         at += n;
       }
