@@ -12,7 +12,7 @@ import { ensureInput, layouts } from './inputs.mjs';
 import { haveNbdTools, nbdRow } from './nbd-bench.mjs';
 import { vmdkRows } from './vmdk-bench.mjs';
 import { startInproc } from './inproc-bench.mjs';
-import { cachedMiB, childEnv, clearOutputs, median, reportedKiB, run, timed } from './proc.mjs';
+import { LOW_FREE_MIB, cachedMiB, childEnv, clearOutputs, median, memoryMiB, reportedKiB, run, timed } from './proc.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 export const repoRoot = join(here, '..', '..', '..');
@@ -274,6 +274,7 @@ export async function machine() {
       .join(' '),
     envDropped: childEnv.dropped,
     reportedKiB: reportedKiB(),
+    memoryAtStart: memoryMiB(),
     settle: process.env.IMG_BENCH_SETTLE === '1',
     date: new Date().toISOString(),
   };
@@ -293,6 +294,10 @@ export async function runBench(cfg) {
   await mkdir(cfg.dir, { recursive: true });
   const layout = layouts(cfg.scale);
   const result = { config: { runs: cfg.runs, warmup: cfg.warmup, scale: cfg.scale }, machine: await machine(), layout, convert: [], compress: [], disk: [], vmdk: [], inproc: [], cacheNone: [] };
+  const mem = result.machine.memoryAtStart;
+  if (mem && mem.free < LOW_FREE_MIB) {
+    cfg.log(`bench: only ${(mem.free / 1024).toFixed(1)} GiB of memory free (${((mem.shmem ?? 0) / 1024).toFixed(1)} GiB held by tmpfs files): the ratios of this run will be worse than the machine's; the report says so`);
+  }
   result.startup = await startupRow(cfg);
   // One long-running Node process for every in-process row, started only if some input asks for them.
   const wantsInproc = cfg.inproc.some((n) => cfg.inputs.includes(n) || cfg.vmdkFrom.includes(n));

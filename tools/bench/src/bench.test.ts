@@ -4,13 +4,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configFromEnv, runBench } from './bench.mjs';
-import { renderMarkdown, targets, writeReport, START, END } from './report.mjs';
+import { memoryLine, renderMarkdown, targets, writeReport, START, END } from './report.mjs';
 
 const haveQemu = spawnSync('qemu-img', ['--version']).status === 0;
 if (!haveQemu) {
   if (process.env.CI) throw new Error('qemu-img is required in CI (qemu-utils)');
   console.warn('qemu-img not found: the bench smoke run is skipped (install qemu-utils)');
 }
+
+describe('the report on the memory a run started with', () => {
+  it('gives the free memory, the page cache and tmpfs, and warns when little was free', () => {
+    const plenty = memoryLine({ free: 12 * 1024, cached: 6 * 1024, shmem: 512 });
+    expect(plenty).toBe('- Memory at start: 12.0 GiB free, 6.0 GiB page cache (0.5 GiB of it tmpfs, which only swap can free)');
+    const low = memoryLine({ free: 4 * 1024, cached: 19 * 1024, shmem: 4 * 1024 });
+    expect(low).toMatch(/^- \*\*Little free memory at start\*\*: 4\.0 GiB free, 19\.0 GiB page cache \(4\.0 GiB of it tmpfs/);
+    expect(low).toContain('remove old scratch files');
+  });
+});
 
 describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assertions)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'img-bench-smoke-'));
@@ -46,6 +56,7 @@ describe.skipIf(!haveQemu)('pnpm bench, smoke run (tiny inputs, no timing assert
     }
     const md = renderMarkdown(result);
     expect(md).toContain('| B | qcow2->vpc |');
+    if (process.platform === 'linux') expect(md).toMatch(/^- (Memory|\*\*Little free memory) at start/m);
     if (spawnSync('nbdcopy', ['--version']).status === 0) {
       expect(result.nbd).toHaveLength(1);
       expect(result.nbd[0].ok).toBe(true);

@@ -52,6 +52,30 @@ const REPORTED = '/sys/module/page_reporting/parameters/reported_kib';
  * taken by the host, several microseconds per 4 KiB page, paid by whichever
  * process touches it.
  */
+/**
+ * Free memory, page cache and tmpfs (shmem) in MiB from /proc/meminfo, or
+ * undefined where there is none. Memory held by tmpfs files cannot be
+ * reclaimed without swap; a page cache near the machine's size makes every
+ * new page a reclaim first.
+ */
+export function memoryMiB() {
+  try {
+    const info = readFileSync('/proc/meminfo', 'utf8');
+    const field = (name) => {
+      const m = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(info);
+      return m ? Number(m[1]) / 1024 : undefined;
+    };
+    const free = field('MemFree');
+    if (free === undefined) return undefined;
+    return { free, available: field('MemAvailable'), cached: field('Cached'), shmem: field('Shmem') };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Below this much free memory at the start, the report says the run is suspect (session 38: 4 GB free cost img's rows 0.06-0.5 in ratio). */
+export const LOW_FREE_MIB = 8 * 1024;
+
 export function reportedKiB() {
   try {
     return Number(readFileSync(REPORTED, 'utf8'));
