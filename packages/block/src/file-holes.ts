@@ -189,8 +189,9 @@ const EDGE = 4096;
  * extents that may be long takes them in slices ({@link fileHolePieces}).
  */
 export function splitAtFileHoles(e: Extent, host: number, storage: Storage, holes: FileHoles): Extent[] | Promise<Extent[]> {
-  if (e.length > FILE_HOLES_SLICE) return collectPieces(fileHolePieces(e, host, storage, holes));
-  return splitSlice(e, host, storage, holes);
+  const cached = holes.cachedHoles(host, e.length);
+  if (cached) return cached.length === 0 ? [e] : zeroPieces(e, host, storage, cached);
+  return holes.holes(host, e.length).then((h) => (h.length === 0 ? [e] : zeroPieces(e, host, storage, h)));
 }
 
 /**
@@ -211,21 +212,9 @@ export async function* fileHolePieces(e: Extent, host: number, storage: Storage,
     const n = Math.min(FILE_HOLES_SLICE, e.length - at);
     const slice: Extent = at === 0 && n === e.length ? e : { ...e, offset: e.offset + at, length: n };
     if (slice !== e && e.hostOffset !== undefined) slice.hostOffset = e.hostOffset + at;
-    const pieces = splitSlice(slice, host + at, storage, holes);
+    const pieces = splitAtFileHoles(slice, host + at, storage, holes);
     yield pieces instanceof Promise ? await pieces : pieces;
   }
-}
-
-async function collectPieces(parts: AsyncIterable<Extent[]>): Promise<Extent[]> {
-  const out: Extent[] = [];
-  for await (const part of parts) for (const p of part) out.push(p);
-  return out;
-}
-
-function splitSlice(e: Extent, host: number, storage: Storage, holes: FileHoles): Extent[] | Promise<Extent[]> {
-  const cached = holes.cachedHoles(host, e.length);
-  if (cached) return cached.length === 0 ? [e] : zeroPieces(e, host, storage, cached);
-  return holes.holes(host, e.length).then((h) => (h.length === 0 ? [e] : zeroPieces(e, host, storage, h)));
 }
 
 async function zeroPieces(e: Extent, host: number, storage: Storage, holes: ReadonlyArray<readonly [number, number]>): Promise<Extent[]> {

@@ -215,6 +215,27 @@ describe('fileHoles: blocks written in part', () => {
     await disk.close();
   });
 
+  it('a large sparse fixed disk: split at the holes of its file a slice at a time, in bounded arrays', async () => {
+    const page = 64 * 1024; // MemoryStorage's page: a page never written is a hole
+    const size = 160 * MiB;
+    const storage = new MemoryStorage({ name: 'big-fixed.vhd' });
+    const disk = await createVhd(storage, { type: 'fixed', size });
+    // Data in every other page: 1280 runs of data and 1280 holes under the one run of a fixed disk.
+    for (let p = page; p < size; p += 2 * page) await disk.write(p, seededBytes(page, p / page));
+    const sizes: number[] = [];
+    const flat: Extent[] = [];
+    for await (const a of disk.extentBatches({ fileHoles: true })) {
+      sizes.push(a.length);
+      flat.push(...a);
+    }
+    const expected: Extent[] = [];
+    for (let p = 0; p < size; p += page) expected.push({ offset: p, length: page, kind: (p / page) % 2 === 0 ? 'zero' : 'data', depth: 0 });
+    expect(flat).toEqual(expected);
+    // 64 MiB of the file at a time (1024 pieces), not the 2560 pieces of the whole disk in one array.
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(1024);
+    await disk.close();
+  });
+
   it('a fixed disk: the holes of its data area are zero with fileHoles', async () => {
     const storage = new MemoryStorage({ name: 'f.vhd' });
     const disk = await createVhd(storage, { type: 'fixed', size: 4 * MiB });

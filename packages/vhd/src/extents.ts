@@ -4,7 +4,7 @@
  * disks ask their parent (depth + 1), or say `hole` with `topOnly` or
  * without a parent.
  */
-import { checkDiskRange, extentRange, FileHoles, flattenExtentBatches, mergeExtentBatches, parentExtents, splitAtFileHoles, startedAhead, type Extent, type ExtentOptions } from '@img/block';
+import { checkDiskRange, extentRange, FileHoles, fileHolePieces, flattenExtentBatches, mergeExtentBatches, parentExtents, splitAtFileHoles, startedAhead, type Extent, type ExtentOptions } from '@img/block';
 import { BAT_UNUSED, nextAllocated, signedEntries } from './bat.js';
 import { bitRuns } from './bitmap.js';
 import { VHD_SECTOR } from './geometry.js';
@@ -66,8 +66,11 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
   const host = options.fileHoles ? await FileHoles.of(s.storage) : undefined;
   let out: Extent[] = [];
   if (s.type === 'fixed') {
-    await fileRuns(s, start, end, start, options, host, out);
-    yield out;
+    // The whole disk is one run of the file: over its holes (qemu-img leaves a fixed disk sparse) it is split a
+    // slice at a time, not all at once.
+    const e = storedExtent(s, start, end, start, options);
+    if (host) yield* fileHolePieces(e, start, s.storage, host);
+    else yield [e];
     return;
   }
   let limit = BATCH_FIRST;
@@ -134,13 +137,18 @@ async function* extentRuns(core: VhdImage, start: number, end: number, options: 
  * system is asked).
  */
 async function fileRuns(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions, host: FileHoles | undefined, out: Extent[]): Promise<void> {
-  const e: Extent = { offset: from, length: to - from, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset, file: s.storage.name } : {}) };
+  const e = storedExtent(s, from, to, hostOffset, options);
   if (!host) {
     out.push(e);
     return;
   }
   const split = splitAtFileHoles(e, hostOffset, s.storage, host);
   for (const piece of split instanceof Promise ? await split : split) out.push(piece);
+}
+
+/** Guest [from, to) as data stored at `hostOffset` of this layer's file. */
+function storedExtent(s: VhdState, from: number, to: number, hostOffset: number, options: ExtentOptions): Extent {
+  return { offset: from, length: to - from, kind: 'data', depth: 0, ...(options.hostOffsets ? { hostOffset, file: s.storage.name } : {}) };
 }
 
 /** Bitmaps asked for ahead of the walk (allocated blocks only). */

@@ -89,9 +89,9 @@ export async function* mapExtentBatches(disk: Disk, storages: ReadonlyMap<string
       // A window of the file at a time: a run of gigabytes over millions of holes (a sparse copy of an image) is not
       // asked about, nor split, all at once. The pieces of neighbouring slices join again in `take`.
       for (let at = 0; at < e.length; at += HOLE_WINDOW) {
-        const part: MapExtent = at === 0 && e.length <= HOLE_WINDOW ? e : { ...e, offset: e.offset + at, length: Math.min(HOLE_WINDOW, e.length - at), hostOffset: e.hostOffset! + at };
-        // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
         const host = e.hostOffset! + at;
+        const part: MapExtent = at === 0 && e.length <= HOLE_WINDOW ? e : { ...e, offset: e.offset + at, length: Math.min(HOLE_WINDOW, e.length - at), hostOffset: host };
+        // Awaited only when a new answer is asked for: a promise per extent was much of a map's time.
         const w = holeWindow(storage as HoleStorage, host, host + part.length, windows);
         const pieces = splitAtFileHoles(part, w instanceof Promise ? await w : w);
         if (!Array.isArray(pieces)) {
