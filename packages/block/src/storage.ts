@@ -49,7 +49,10 @@ export interface RunCopyOptions {
    * runs it skips stay holes, so a raw output is as sparse as its source.
    * `'any'`: skipped runs may stay allocated and unwritten (they read as
    * zeros, and SEEK_DATA reports them as holes), for a writer that fills or
-   * truncates those places itself, such as a new qcow2 image's data area.
+   * truncates those places itself, such as a new qcow2 image's data area;
+   * in tmpfs the file may also grow to the end of the batch's runs before
+   * they are written (so that they can be written through a mapping), and
+   * the writer cuts what stays unwritten.
    * `'never'`: no allocation ahead, for a writer whose own writes between
    * the runs would end up scattered around them (a VHD's block bitmaps).
    */

@@ -887,6 +887,185 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
   });
 });
 
+/** Whether /dev/shm is a tmpfs here (the tests of a tmpfs destination run there). */
+const shmIsTmpfs = (() => {
+  try {
+    return existsSync('/dev/shm') && statfsSync('/dev/shm').type === 0x01021994;
+  } catch {
+    return false;
+  }
+})();
+
+describe.skipIf(!native || !shmIsTmpfs)('a tmpfs destination: pieces written through a mapping while the other copy thread writes (IMG_COPY_SHM_MAP)', () => {
+  /** Runs `script` (an ES module in the package's directory) in a child with IMG_COPY_SHM_MAP=`mode` (read once per process) and answers its last line, parsed. */
+  const child = <T>(script: string, mode: string): T => {
+    const env: Record<string, string | undefined> = { ...process.env, IMG_COPY_SHM_MAP: mode };
+    if (!mode) delete env.IMG_COPY_SHM_MAP;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: new URL('../..', import.meta.url).pathname, env, encoding: 'utf8' });
+    return JSON.parse(out.trim().split('\n').pop()!) as T;
+  };
+
+  // Three copies into /dev/shm: a presized raw target written by two jobs at once; a placing writer's target
+  // (preallocate 2) that grows past its end, with a zero tail it skips; a growing target that must stay sparse
+  // (preallocate 1), every piece past its end. Each answers whether its bytes are right, what it wrote through a
+  // mapping, its size, its blocks and its data runs (SEEK_DATA).
+  const copies = `
+    import { seekAddon } from './dist/node/seek.js';
+    import { nativeRunOptions } from './dist/node/native-runs.js';
+    import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+    import { join } from 'node:path';
+    const addon = seekAddon();
+    const MiB = 1 << 20, KiB = 1024;
+    const dir = mkdtempSync('/dev/shm/img-shm-map-');
+    try {
+      const data = new Uint8Array(12 * MiB);
+      let x = 7;
+      for (let i = 0; i < data.length; i += 4) { x = (x * 1103515245 + 12345) >>> 0; data[i] = (x >>> 24) | 1; }
+      for (let at = 300 * KiB; at < data.length; at += MiB) data.fill(0, at, at + 256 * KiB);
+      data.fill(0, data.length - 512 * KiB);
+      // The last data byte: the zeros of the last MiB start 300 KiB into it and reach the zero tail.
+      const lastData = 11 * MiB + 300 * KiB;
+      writeFileSync(join(dir, 'src'), data);
+      const srcFd = openSync(join(dir, 'src'), 'r');
+      const copy = async (name, presize, jobs, preallocate) => {
+        const path = join(dir, name);
+        writeFileSync(path, new Uint8Array(0));
+        const fd = openSync(path, 'r+');
+        if (presize) ftruncateSync(fd, presize);
+        const options = { ...nativeRunOptions({ minZeroRun: 4096, chunkSize: MiB, preallocate }), copyRange: 0 };
+        const done = await Promise.all(jobs.map((runs) => addon.copyRuns(srcFd, fd, Float64Array.from(runs), options, new Int32Array(1))));
+        const ranges = Array.from(addon.seekRanges(fd, 0, statSync(path).size));
+        closeSync(fd);
+        return { bytes: readFileSync(path), size: statSync(path).size, allocated: statSync(path).blocks * 512, ranges,
+          written: done.reduce((n, r) => n + r[1], 0), mapped: done.reduce((n, r) => n + (r[4] ?? 0), 0) };
+      };
+      const expect = (got, at) => {
+        const want = new Uint8Array(Math.max(got.bytes.length, at + data.length));
+        want.set(data, at);
+        return Buffer.compare(got.bytes, Buffer.from(want.subarray(0, got.bytes.length))) === 0 && got.bytes.length >= at + lastData;
+      };
+      // 1. Presized raw: two jobs, each every other MiB.
+      const halves = [[], []];
+      for (let k = 0; k < 12; k++) halves[k % 2].push(k * MiB, k * MiB, MiB);
+      const raw = await copy('raw', 16 * MiB, halves, 'holes');
+      // 2. A placing writer: the runs land at 4 MiB and up in an empty file.
+      const placed = await copy('placed', 0, [[0, 4 * MiB, 6 * MiB], [6 * MiB, 10 * MiB, 6 * MiB]], 'any');
+      // 3. Past the end, staying sparse: one job, every piece past the end when written.
+      const grown = await copy('grown', 0, [[0, 0, data.length]], 'holes');
+      const out = (c, at) => ({ same: expect(c, at), size: c.size, allocated: c.allocated, mapped: c.mapped, written: c.written, ranges: c.ranges });
+      console.log(JSON.stringify({ raw: out(raw, 0), placed: out(placed, 4 * MiB), grown: out(grown, 0) }));
+    } finally { rmSync(dir, { recursive: true, force: true }); }
+  `;
+  type Copy = { same: boolean; size: number; allocated: number; mapped: number; written: number; ranges: number[] };
+  type Copies = { raw: Copy; placed: Copy; grown: Copy };
+
+  it("the same bytes and holes whether every piece, the pieces that find the lock taken, or none go through a mapping; a placing writer's file grows to the end of its runs, its skipped tail a hole", () => {
+    const MiB = 1024 * 1024;
+    // The source's last data byte (see the script).
+    const lastData = 11 * MiB + 300 * 1024;
+    const runs: Record<'always' | 'auto' | 'never', Copies> = { always: child<Copies>(copies, '1'), auto: child<Copies>(copies, ''), never: child<Copies>(copies, '0') };
+    for (const [mode, got] of Object.entries(runs)) {
+      for (const c of [got.raw, got.placed, got.grown]) expect({ mode, same: c.same }).toEqual({ mode, same: true });
+      // The zero runs (256 KiB each MiB, the 512 KiB tail) stay holes: blocks for the data only.
+      expect(got.raw.allocated).toBeLessThanOrEqual(got.raw.written + 64 * 1024);
+      expect(got.raw.size).toBe(16 * MiB);
+      // Nothing past the end of what a sparse growing target was written, mapped or not.
+      expect(got.grown.mapped).toBe(0);
+      expect(got.grown.size).toBe(lastData);
+      // The placing writer's skipped tail: no data there, whatever the size.
+      expect(Math.max(...got.placed.ranges.filter((_, i) => i % 2 === 1))).toBe(4 * MiB + lastData);
+    }
+    expect(runs.never.raw.mapped + runs.never.placed.mapped).toBe(0);
+    // Every piece of 64 KiB or more inside the file (or the runs of a placing writer) went through a mapping.
+    expect(runs.always.raw.mapped).toBe(runs.always.raw.written);
+    expect(runs.always.placed.mapped).toBe(runs.always.placed.written);
+    // The placing writer's file was grown to the end of its runs (its writer cuts what stays unwritten); without mappings it grows with its writes.
+    expect(runs.always.placed.size).toBe(16 * MiB);
+    expect(runs.never.placed.size).toBe(4 * MiB + lastData);
+  });
+
+  it('survives a target cut short while pieces are written through its mapping (SIGBUS is caught)', () => {
+    // Without the guard, a page past the new end kills the process with SIGBUS.
+    const script = `
+      import { FileStorage } from './dist/node/index.js';
+      import { mkdtempSync, rmSync, writeFileSync, openSync, ftruncateSync, closeSync } from 'node:fs';
+      import { join } from 'node:path';
+      const dir = mkdtempSync('/dev/shm/img-shm-bus-');
+      let done = 0;
+      const codes = new Set();
+      try {
+        for (let round = 0; round < 12; round++) {
+          const bytes = new Uint8Array(16 << 20).fill(round + 1);
+          const path = join(dir, 'src' + round);
+          writeFileSync(path, bytes);
+          const dstPath = join(dir, 'dst' + round);
+          const src = await FileStorage.open(path, { lock: false });
+          const dst = await FileStorage.create(dstPath, { lock: false });
+          await dst.truncate(bytes.length);
+          const runs = [];
+          for (let at = 0; at < bytes.length; at += 1 << 20) runs.push(at, at, 1 << 20);
+          const copy = src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, chunkSize: 1 << 20 }).then(() => 'ok', (e) => e.code ?? String(e));
+          await new Promise((r) => setTimeout(r, round % 4));
+          const fd = openSync(dstPath, 'r+');
+          ftruncateSync(fd, 4096 * (round % 3));
+          closeSync(fd);
+          codes.add(await copy);
+          done++;
+          await src.close();
+          await dst.close();
+        }
+      } finally { rmSync(dir, { recursive: true, force: true }); }
+      console.log(JSON.stringify({ done, codes: [...codes] }));
+    `;
+    const got = child<{ done: number; codes: string[] }>(script, '1');
+    expect(got.done).toBe(12);
+    expect(got.codes.every((c) => c === 'ok')).toBe(true);
+  });
+
+  // A tmpfs of 1 MiB, mounted in a user and mount namespace of its own; where the system allows none, skipped with a notice.
+  const smallTmpfs = (() => {
+    try {
+      execFileSync('unshare', ['-rm', 'sh', '-c', 'd=$(mktemp -d) && mount -t tmpfs -o size=1m none "$d"'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      console.warn('copy-runs.test: no user namespaces here (unshare -rm): the full-tmpfs test is skipped');
+      return false;
+    }
+  })();
+
+  it.skipIf(!smallTmpfs)('a full tmpfs fails the copy with ENOSPC through the mapping as through pwrite, not with a signal', () => {
+    const script = `
+      import { FileStorage } from './dist/node/index.js';
+      import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+      import { join } from 'node:path';
+      const mnt = process.env.IMG_TEST_MNT;
+      const dir = mkdtempSync('/dev/shm/img-shm-full-');
+      try {
+        writeFileSync(join(dir, 'src'), new Uint8Array(4 << 20).fill(3));
+        const src = await FileStorage.open(join(dir, 'src'), { lock: false });
+        const dst = await FileStorage.create(mnt + '/dst', { lock: false });
+        await dst.truncate(8 << 20);
+        const runs = [];
+        for (let at = 0; at < 4 << 20; at += 1 << 20) runs.push(at, at, 1 << 20);
+        const got = await src.copyRunsTo(dst, Float64Array.from(runs), { minZeroRun: 4096, chunkSize: 1 << 20 }).then(() => 'ok', (e) => ({ code: e.code, message: e.message }));
+        await src.close();
+        await dst.close();
+        console.log(JSON.stringify(got));
+      } finally { rmSync(dir, { recursive: true, force: true }); }
+    `;
+    for (const mode of ['1', '0']) {
+      const out = execFileSync('unshare', ['-rm', 'sh', '-c', 'd=$(mktemp -d) && mount -t tmpfs -o size=1m none "$d" && IMG_TEST_MNT="$d" exec "$0" --input-type=module -e "$1"', process.execPath, script], {
+        cwd: new URL('../..', import.meta.url).pathname,
+        env: { ...process.env, IMG_COPY_SHM_MAP: mode },
+        encoding: 'utf8',
+      });
+      const got = JSON.parse(out.trim().split('\n').pop()!) as { code: string; message: string };
+      expect({ mode, code: got.code }).toEqual({ mode, code: 'ERR_IMG_IO' });
+      expect(got.message).toMatch(/\/dst: write at \d+ failed: .*\(ENOSPC\)/);
+    }
+  });
+});
+
 describe('without the native helper (IMG_NO_NATIVE=1)', () => {
   it('FileStorage has no batch copy and sparseCopy copies through JavaScript, byte for byte', () => {
     const script = `

@@ -35,7 +35,9 @@ export interface SeekAddon {
   /**
    * copy.c: copies (source, destination, length) runs between two
    * descriptors on a pool thread, skipping zero runs; resolves with
-   * [bytesRead, bytesWritten, bytesSkipped, cancelled]. Setting `cancel[0]`
+   * [bytesRead, bytesWritten, bytesSkipped, cancelled, bytesMapped]
+   * (bytesMapped, from helpers that have it: of bytesWritten, what went
+   * through a mapping of a tmpfs destination). Setting `cancel[0]`
    * to 1 stops it between chunks. Absent from helpers built before it existed.
    */
   copyRuns?: (srcFd: number, dstFd: number, runs: Float64Array, options: NativeRunOptions, cancel: Int32Array) => Promise<Float64Array>;
