@@ -2,7 +2,12 @@
  * The optional native helper of @img/block (Linux and other systems with
  * SEEK_DATA; Node has neither lseek, preadv2 flags nor fcntl locks).
  *
- * seek_ranges(fd, offset, length[, maxRuns]) -> Float64Array [start0, end0, start1, end1, ...]
+ * seek_ranges(fd, offset, length[, maxRuns]) -> Float64Array [start0, end0, start1, end1, ...[, reach]]
+ *
+ * When the last data run goes on past offset+length, its end there is
+ * given, and one more number follows: where that run really ends (its
+ * SEEK_HOLE). Asking it cost the kernel the walk to it (tmpfs walks page
+ * by page), so a caller may keep it instead of asking again.
  *
  * The data runs of [offset, offset+length) of an open file, found with
  * lseek(SEEK_DATA / SEEK_HOLE): holes are never read. Node has no lseek,
@@ -77,6 +82,7 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
   off_t end = (off_t)(offset_d + length_d);
 
   size_t cap = 64, n = 0;
+  off_t reach = 0; /* the real end of a last run cut at end */
   double *runs = malloc(cap * sizeof(double));
   if (!runs) return throw_errno(env, ENOMEM, "seekRanges");
   while (pos < end && (max_n == 0 || n < max_n)) {
@@ -94,9 +100,9 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
       free(runs);
       return throw_errno(env, err, "lseek(SEEK_HOLE)");
     }
-    if (hole > end) hole = end;
+    if (hole > end) reach = hole, hole = end;
     if (hole <= data) break; /* cannot happen on a sane file system; never loop forever */
-    if (n + 2 > cap) {
+    if (n + 3 > cap) { /* one to spare for reach */
       cap *= 2;
       double *grown = realloc(runs, cap * sizeof(double));
       if (!grown) {
@@ -110,6 +116,7 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
     pos = hole;
   }
 
+  if (reach > 0) runs[n++] = (double)reach;
   napi_value ab, out;
   void *bytes;
   if (napi_create_arraybuffer(env, n * sizeof(double), &bytes, &ab) != napi_ok) {

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '@img/testkit';
 import { FileStorage } from './file-storage.js';
@@ -137,6 +138,35 @@ describe('SEEK_DATA/SEEK_HOLE helper', () => {
     expect(into).toEqual(data.subarray(123, 423));
     await s.close();
     await expect(s.readInto(0, into)).rejects.toMatchObject({ code: 'ERR_IMG_CLOSED' });
+  });
+
+  it.skipIf(!seekAddon())('a read-only file keeps a data run a question found going on past its window: later questions inside it are not asked again', async () => {
+    const path = join(tmp.path, 'known.raw');
+    const w = await FileStorage.create(path);
+    await w.write(0, new Uint8Array(8 * MiB).fill(7));
+    await w.truncate(16 * MiB);
+    // The helper gives where a cut run really ends.
+    const fd = openSync(path, 'r');
+    expect(Array.from(seekAddon()!.seekRanges(fd, MiB, MiB))).toEqual([MiB, 2 * MiB, 8 * MiB]);
+    expect(Array.from(seekAddon()!.seekRanges(fd, MiB, 10 * MiB))).toEqual([MiB, 8 * MiB]);
+    closeSync(fd);
+    const ro = await FileStorage.open(path, { lock: false });
+    expect(await ro.ranges!(0, MiB)).toEqual([{ offset: 0, length: MiB, data: true }]);
+    // A hole punched meanwhile by another writer: the read-only storage still says data (it reads as zeros either way), a new one asks.
+    if (await w.punchHole!(2 * MiB, MiB)) {
+      expect(await ro.ranges!(2 * MiB, MiB)).toEqual([{ offset: 2 * MiB, length: MiB, data: true }]);
+      const fresh = await FileStorage.open(path, { lock: false });
+      expect(await fresh.ranges!(2 * MiB, MiB)).toEqual([{ offset: 2 * MiB, length: MiB, data: false }]);
+      await fresh.close();
+      // Past the run it knew, and from a writable storage, the kernel is asked.
+      expect(await ro.ranges!(7 * MiB, 2 * MiB)).toEqual([
+        { offset: 7 * MiB, length: MiB, data: true },
+        { offset: 8 * MiB, length: MiB, data: false },
+      ]);
+      expect(await w.ranges!(2 * MiB, MiB)).toEqual([{ offset: 2 * MiB, length: MiB, data: false }]);
+    }
+    await ro.close();
+    await w.close();
   });
 
   it.skipIf(!seekAddon())('reports an I/O error (not a crash) on a closed descriptor', async () => {

@@ -12,7 +12,9 @@ export interface SeekAddon {
   /**
    * Data runs of `[offset, offset+length)` as [start, end, start, end, ...];
    * with `maxRuns`, at most that many (a helper built before it answers the
-   * whole window).
+   * whole window). When the last run goes on past the window, one more
+   * number follows its (cut) end: where it really ends (helpers built
+   * before it leave it out).
    */
   seekRanges: (fd: number, offset: number, length: number, maxRuns?: number) => Float64Array;
   /**
