@@ -542,13 +542,16 @@ static pthread_mutex_t write_locks[WRITE_LOCKS] = {[0 ... WRITE_LOCKS - 1] = PTH
 #define LOCK_SLOW_NS_PER_BYTE 0.5
 #define LOCK_FAST_NS_PER_BYTE 0.3
 
+/* A switch from the environment: 0 for "0", 1 for "1", 2 (the default) for anything else or unset. */
+static int env_mode(const char *name) {
+  const char *env = getenv(name);
+  return env && strcmp(env, "0") == 0 ? 0 : env && strcmp(env, "1") == 0 ? 1 : 2;
+}
+
 /* IMG_COPY_WRITE_LOCK: 0 never, 1 always, 2 (unset) while writes are slow. */
 static int write_lock_mode(void) {
   static int mode = -1;
-  if (mode < 0) {
-    const char *env = getenv("IMG_COPY_WRITE_LOCK");
-    mode = env && strcmp(env, "0") == 0 ? 0 : env && strcmp(env, "1") == 0 ? 1 : 2;
-  }
+  if (mode < 0) mode = env_mode("IMG_COPY_WRITE_LOCK");
   return mode;
 }
 
@@ -659,10 +662,7 @@ static __thread sigjmp_buf *volatile guard_jump;
 /* IMG_COPY_SHM_MAP: 0 off, 1 every piece it can, 2 (unset) pieces that find another copy thread writing. */
 static int shm_map_mode(void) {
   static int mode = -1;
-  if (mode < 0) {
-    const char *env = getenv("IMG_COPY_SHM_MAP");
-    mode = env && strcmp(env, "0") == 0 ? 0 : env && strcmp(env, "1") == 0 ? 1 : 2;
-  }
+  if (mode < 0) mode = env_mode("IMG_COPY_SHM_MAP");
   return mode;
 }
 
@@ -1453,7 +1453,7 @@ static void execute_job(copy_job *j) {
     if (total < need) need = total ? total : 1;
     auto_setup(j);
     j->shm_map = shm_map_wanted(j->dst_fd);
-    for (size_t r = 0; r < j->nruns; r++)
+    for (size_t r = 0; j->shm_map && r < j->nruns; r++)
       if (j->runs[3 * r + 1] + j->runs[3 * r + 2] > (double)j->span_end) j->span_end = (off_t)(j->runs[3 * r + 1] + j->runs[3 * r + 2]);
     /* Direct writes: room to place each chunk at its destination offset's place in a page (see buf below). */
     if (j->direct_fd >= 0) need += (size_t)DIRECT_ALIGN_MAX;
