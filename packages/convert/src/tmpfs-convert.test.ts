@@ -3,20 +3,14 @@
 // each batch first: the outputs must read as the input (qemu-img compare), a qcow2 must check clean and end where
 // qemu-img's own output of the same input ends, and a raw output must keep the input's holes.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { qemuImg, seededRandom } from '@img/testkit';
+import { qemuImg, seededRandom, shmDir } from '@img/testkit';
 import { bin } from './test/cli.js';
 
 const MIB = 2 ** 20;
-const tmpfs = (() => {
-  try {
-    return existsSync('/dev/shm') && statfsSync('/dev/shm').type === 0x01021994;
-  } catch {
-    return false;
-  }
-})();
+const tmpfs = shmDir() !== undefined;
 
 describe.runIf(tmpfs)('img-convert within tmpfs (writes through a mapping of the output)', () => {
   const dir = tmpfs ? mkdtempSync('/dev/shm/img-tmpfs-convert-') : '';

@@ -1,7 +1,7 @@
 export * from './qemu.js';
 export * from './golden.js';
 export { seededBytes, seededText } from './random.js';
-export { tempDir } from './temp.js';
+export { shmDir, tempDir } from './temp.js';
 export { chunked, collectBytes, crashWindow, killedBytes, type CrashModelState, type RecordedOp } from './harness.js';
 export { holdWithQemuIo, lockedBytes, lockedBytesOf, QEMU_RO_LOCK_BYTES, QEMU_RW_LOCK_BYTES, type QemuIoHolder } from './qemu-hold.js';
 export { makeFifo, settleWithin } from './fifo.js';

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -6,4 +6,13 @@ import { join } from 'node:path';
 export function tempDir(prefix = 'img-test-'): { path: string; cleanup: () => void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** /dev/shm where it is a tmpfs (Linux), else undefined: where tests reach the code paths of memory-backed files. */
+export function shmDir(): string | undefined {
+  try {
+    return statfsSync('/dev/shm').type === 0x01021994 ? '/dev/shm' : undefined;
+  } catch {
+    return undefined;
+  }
 }

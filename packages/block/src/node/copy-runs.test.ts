@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { pageCacheBytes as cached, tempDir } from '@img/testkit';
+import { pageCacheBytes as cached, shmDir, tempDir } from '@img/testkit';
 import { seededRandom } from '@img/testkit';
 import { ImageError } from '../errors.js';
 import { MemoryStorage } from '../memory-storage.js';
@@ -888,13 +888,7 @@ describe.skipIf(!native)('native batch copy (copy.c)', () => {
 });
 
 /** Whether /dev/shm is a tmpfs here (the tests of a tmpfs destination run there). */
-const shmIsTmpfs = (() => {
-  try {
-    return existsSync('/dev/shm') && statfsSync('/dev/shm').type === 0x01021994;
-  } catch {
-    return false;
-  }
-})();
+const shmIsTmpfs = shmDir() !== undefined;
 
 describe.skipIf(!native || !shmIsTmpfs)('a tmpfs destination: pieces written through a mapping while the other copy thread writes (IMG_COPY_SHM_MAP)', () => {
   /** Runs `script` (an ES module in the package's directory) in a child with IMG_COPY_SHM_MAP=`mode` (read once per process) and answers its last line, parsed. */

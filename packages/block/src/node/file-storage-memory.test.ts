@@ -1,16 +1,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, statfsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { shmDir } from '@img/testkit';
 import { FileStorage } from './file-storage.js';
 
-/** /dev/shm where it is a tmpfs (Linux), the file system whose small I/O FileStorage does on the calling thread. */
-const shm = (() => {
-  try {
-    return statfsSync('/dev/shm').type === 0x01021994 ? '/dev/shm' : undefined;
-  } catch {
-    return undefined;
-  }
-})();
+/** /dev/shm where it is a tmpfs: the file system whose small I/O FileStorage does on the calling thread. */
+const shm = shmDir();
 
 describe.skipIf(!shm)('FileStorage on tmpfs (small I/O on the calling thread)', () => {
   const dir = shm ? mkdtempSync(join(shm, 'img-test-')) : '';
