@@ -137,7 +137,6 @@ const { readFileSync, writeFileSync } = require('node:fs');
 const nodeModule = require('node:module');
 const { join } = require('node:path');
 const vm = require('node:vm');
-const zlib = require('node:zlib');
 
 const file = join(__dirname, '${name}.bundle.cjs');
 const requireBundle = nodeModule.createRequire(file);
@@ -147,7 +146,7 @@ const dynamicImport = (specifier) => import(specifier);
 const MAGIC = ${JSON.stringify(CACHE_MAGIC)};
 
 /** The cache, if it was made from exactly these bytes of the bundle. */
-function cachedData(source) {
+function cachedData(source, crc32) {
   let cache;
   try {
     cache = readFileSync(file + '.cache');
@@ -156,18 +155,21 @@ function cachedData(source) {
   }
   const at = MAGIC.length;
   if (cache.length <= at + 8 || cache.toString('latin1', 0, at) !== MAGIC) return undefined;
-  if (cache.readUInt32LE(at) !== source.length || cache.readUInt32LE(at + 4) !== zlib.crc32(source)) return undefined;
+  if (cache.readUInt32LE(at) !== source.length || cache.readUInt32LE(at + 4) !== crc32(source)) return undefined;
   return cache.subarray(at + 8);
 }
 
 /** Loads the bundle: its exports. */
 function load() {
-  if (nodeModule.enableCompileCache || typeof zlib.crc32 !== 'function' || process.env.IMG_CODE_CACHE === '0') {
+  if (nodeModule.enableCompileCache || process.env.IMG_CODE_CACHE === '0') {
     nodeModule.enableCompileCache?.();
     return requireBundle(file);
   }
+  // Only here: node:zlib loads Node's streams, which a command that prints nothing does not otherwise use.
+  const { crc32 } = require('node:zlib');
+  if (typeof crc32 !== 'function') return requireBundle(file);
   const source = readFileSync(file);
-  const data = cachedData(source);
+  const data = cachedData(source, crc32);
   // The build checked that the bundle is ASCII: latin1 is its text, and decodes faster than UTF-8.
   const script = new vm.Script('(function (exports, require, module, __filename, __dirname, __imgDynamicImport) {' + source.toString('latin1') + '\\n})', {
     filename: file,
@@ -182,7 +184,7 @@ function load() {
       const head = Buffer.alloc(MAGIC.length + 8);
       head.write(MAGIC, 'latin1');
       head.writeUInt32LE(source.length, MAGIC.length);
-      head.writeUInt32LE(zlib.crc32(source), MAGIC.length + 4);
+      head.writeUInt32LE(crc32(source), MAGIC.length + 4);
       writeFileSync(out, Buffer.concat([head, script.createCachedData()]));
     });
   }

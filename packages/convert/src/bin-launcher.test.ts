@@ -96,4 +96,25 @@ describe('the command launchers', () => {
     expect(loaded('qcow2')).toBe(0);
     expect(loaded('vpc')).toBeGreaterThan(0);
   });
+
+  it.each(['1', '0'])('a conversion that prints nothing, its stdout and stderr pipes, loads neither node:net nor node:tty (IMG_CODE_CACHE=%s)', (useCache) => {
+    // Node makes a pipe's stream, with node:net and its streams (about 2 ms), on first use: the process guard used to
+    // touch stdout and stderr at the start and the end of every command, and the NBD client imported node:net.
+    const input = join(work, 'quiet-input.raw');
+    writeFileSync(input, new Uint8Array(1 << 20).fill(7));
+    const probe = join(work, 'quiet-probe.cjs');
+    writeFileSync(probe, "process.on('exit', () => require('node:fs').writeSync(2, 'modules: ' + process.moduleLoadList.join(',') + '\\n'));\n");
+    const r = spawnSync(process.execPath, ['-r', probe, join(binDir, 'img.js'), 'convert', '-f', 'raw', '-O', 'qcow2', input, join(work, `quiet-output-${useCache}.qcow2`)], {
+      encoding: 'utf8',
+      env: { ...process.env, IMG_CODE_CACHE: useCache },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe('');
+    const modules = (/^modules: (.*)$/m.exec(r.stderr)?.[1] ?? '').split(',');
+    expect(modules).toContain('NativeModule fs/promises');
+    expect(modules).not.toContain('NativeModule net');
+    expect(modules).not.toContain('NativeModule tty');
+    // Without the launcher's CRC of the bundle (IMG_CODE_CACHE=0, or Node's own compile cache), not node:zlib either.
+    if (useCache === '0') expect(modules).not.toContain('NativeModule zlib');
+  });
 });

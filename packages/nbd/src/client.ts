@@ -4,13 +4,18 @@
  * BLOCK_STATUS, and zero runs written as WRITE_ZEROES. Requests are pipelined: many may be in flight, each answered
  * by cookie.
  */
-import { createConnection, type Socket } from 'node:net';
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
 import { ImageError, invalidArg, ioError, readOnlyError, type Storage, type StorageRange } from '@img/block';
 import { clientHandshake, printable, protocolError, type ClientAgreement } from './client-handshake.js';
 import * as P from './protocol.js';
 import { ReadCoverage } from './read-coverage.js';
 import { parseNbdUri, type NbdAddress } from './uri.js';
 import { ByteReader, ConnectionClosed, FieldReader, MessageBuilder } from './wire.js';
+
+// node:net is loaded on the first connection: it brings Node's streams, which every command without an nbd:// image
+// would otherwise load at its start.
+const requireBuiltin = createRequire(import.meta.url);
 
 /** How to connect, and how long to wait for a server. */
 export interface NbdConnectOptions {
@@ -145,6 +150,7 @@ export class NbdStorage implements Storage {
     ] as const) {
       if (!Number.isFinite(v) || v < 0) throw invalidArg('nbd', `${field} must be a number of milliseconds, not ${v}`, { field });
     }
+    const { createConnection } = requireBuiltin('node:net') as typeof import('node:net');
     const s = 'socket' in address ? createConnection(address.socket) : createConnection(address.port, address.host);
     // Errors reach the handshake and the receive loop through reads and writes; a listener keeps them off the process.
     s.on('error', () => {});

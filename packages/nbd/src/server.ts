@@ -2,13 +2,17 @@
  * `serveNbd`: exports disks over NBD on a Unix socket or TCP, to any number
  * of clients at once, until closed (as `qemu-nbd --persistent`).
  */
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createRequire } from 'node:module';
+import type { AddressInfo, Server, Socket } from 'node:net';
 import { lstat, rm } from 'node:fs/promises';
 import { invalidArg } from '@img/block';
 import type { NbdExport } from './export.js';
 import { negotiate, type HandshakeLimits } from './handshake.js';
 import { transmit, type TransmissionLimits } from './transmission.js';
 import { ByteReader, ConnectionClosed } from './wire.js';
+
+// node:net is loaded when a server starts (see client.ts).
+const requireBuiltin = createRequire(import.meta.url);
 
 /** Where and how to serve, with limits per connection (each has the default given on it). */
 export interface NbdServeOptions extends Partial<HandshakeLimits>, Partial<TransmissionLimits> {
@@ -176,6 +180,7 @@ export async function serveNbd(exports: NbdExport | readonly NbdExport[], option
     }
   };
 
+  const { createServer } = requireBuiltin('node:net') as typeof import('node:net');
   const server: Server = createServer((socket) => {
     socket.on('error', () => {}); // reported through the session's reads and writes
     if (stopping.signal.aborted) {

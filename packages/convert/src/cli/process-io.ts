@@ -8,6 +8,7 @@
  * tells the caller what went wrong, so it can choose the exit status
  * (see `statusAfterOutput` in common.ts).
  */
+import { fstatSync } from 'node:fs';
 import { describeErrno, type Io } from './common.js';
 import { endProgressLine } from './progress.js';
 
@@ -24,6 +25,31 @@ function recordFailure(e: unknown): void {
  * queues the whole output in memory.
  */
 const STDOUT_QUEUE_MAX = 4 * 1024 * 1024;
+
+type StdName = 'stdout' | 'stderr';
+
+/**
+ * The standard streams guardProcess set up that nothing has used since. Node
+ * creates each on first use, and for a pipe or a terminal loads node:net and
+ * its streams (~2 ms): a command that prints nothing does not pay for that.
+ */
+const unused = new Set<StdName>();
+
+let stderrTTY: boolean | undefined;
+
+/** Whether stderr is a terminal, without making its stream where it is a pipe or a file (not a character device). */
+function stderrIsTTY(): boolean {
+  if (stderrTTY === undefined) {
+    let device = false;
+    try {
+      device = fstatSync(2).isCharacterDevice();
+    } catch {
+      // fd 2 closed: not a terminal.
+    }
+    stderrTTY = device && Boolean(process.stderr.isTTY);
+  }
+  return stderrTTY;
+}
 
 /** The process's stdout and stderr. Stdout writes stop, silently, after the first failure. */
 export const processIo: Io = {
@@ -45,8 +71,11 @@ export const processIo: Io = {
       // Nowhere left to say it.
     }
   },
-  isTTY: Boolean(process.stderr.isTTY),
+  get isTTY() {
+    return stderrIsTTY();
+  },
   stdoutRoom: () => {
+    if (unused.has('stdout')) return undefined;
     const out = process.stdout;
     if (failure !== undefined || out.destroyed || out.writableLength < STDOUT_QUEUE_MAX) return undefined;
     return new Promise<void>((resolve) => {
@@ -63,7 +92,7 @@ export const processIo: Io = {
   },
   stdoutFailure: async () => {
     // Writes in flight finish (or fail) before the verdict is given.
-    if (failure === undefined && !process.stdout.destroyed && process.stdout.writableLength > 0) {
+    if (failure === undefined && !unused.has('stdout') && !process.stdout.destroyed && process.stdout.writableLength > 0) {
       await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
     }
     await new Promise<void>((resolve) => setImmediate(resolve));
@@ -92,12 +121,14 @@ export interface GuardOptions {
  */
 export function guardProcess(options: GuardOptions): void {
   const debug = process.argv.includes('--debug');
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    const first = failure === undefined;
-    recordFailure(e);
-    if (first) options.onStdoutError?.(e);
-  });
-  process.stderr.on('error', () => undefined);
+  whenUsed('stdout', (out) =>
+    out.on('error', (e: NodeJS.ErrnoException) => {
+      const first = failure === undefined;
+      recordFailure(e);
+      if (first) options.onStdoutError?.(e);
+    }),
+  );
+  whenUsed('stderr', (err) => err.on('error', () => undefined));
   const fatal = (e: unknown) => {
     const message = e instanceof Error ? e.message : String(e);
     processIo.stderr(`${options.prog}: internal error: ${message}\n`);
@@ -107,6 +138,36 @@ export function guardProcess(options: GuardOptions): void {
   };
   process.on('uncaughtException', fatal);
   process.on('unhandledRejection', fatal);
+}
+
+/**
+ * Runs `setup` on the process's stdout or stderr when something first uses
+ * it (through Node's own getter, put back then), or now where the stream is
+ * not behind a getter that can be replaced.
+ */
+function whenUsed(name: StdName, setup: (stream: NodeJS.WriteStream) => void): void {
+  const own = Object.getOwnPropertyDescriptor(process, name);
+  if (!own?.get || !own.configurable) {
+    setup(process[name]);
+    return;
+  }
+  unused.add(name);
+  Object.defineProperty(process, name, {
+    configurable: true,
+    enumerable: own.enumerable,
+    get() {
+      Object.defineProperty(process, name, own);
+      unused.delete(name);
+      const stream = process[name];
+      setup(stream);
+      return stream;
+    },
+  });
+}
+
+/** Whether a standard stream holds nothing still to be written (one never used holds nothing). */
+function drained(name: StdName): boolean {
+  return unused.has(name) || process[name].writableLength === 0;
 }
 
 /**
@@ -132,6 +193,6 @@ export function imageOutputFailed(prog: string): (e: NodeJS.ErrnoException) => v
  */
 export function exitWhenWritten(): void {
   setImmediate(() => {
-    if (process.stdout.writableLength === 0 && process.stderr.writableLength === 0) process.exit();
+    if (drained('stdout') && drained('stderr')) process.exit();
   });
 }

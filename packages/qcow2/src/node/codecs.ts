@@ -12,7 +12,8 @@
  * Node-only; installed by Node's entry (root.ts) so that the core modules
  * import nothing from Node.
  */
-import * as zlib from 'node:zlib';
+import { createRequire } from 'node:module';
+import type * as Zlib from 'node:zlib';
 import { inflateBlocks } from '@img/block/node';
 import type { CompressedClusters, Qcow2Codecs, ZstdEncoderKind } from '../codecs.js';
 import { setQcow2Codecs } from '../compression.js';
@@ -22,26 +23,33 @@ import { compressInPool, releasePooled } from './compress-pool.js';
 import { compressZstdNative, releaseNativeZstd } from './native-zstd.js';
 import { loadNativeZstd, zstdModulePaths } from './zstd-native.js';
 
+// node:zlib is loaded when a compressed cluster or grain is first met: it brings Node's streams, which a command
+// without compressed data would otherwise load at its start.
+const requireBuiltin = createRequire(import.meta.url);
+let zlibModule: typeof Zlib | undefined;
+const zlib = (): typeof Zlib => (zlibModule ??= requireBuiltin('node:zlib') as typeof Zlib);
+
 type ZstdSync = (input: Uint8Array, options?: { maxOutputLength?: number }) => Uint8Array;
-const nodeZstdDecompress = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
-const nodeZstdCompress = (zlib as unknown as { zstdCompressSync?: (input: Uint8Array) => Uint8Array }).zstdCompressSync;
+/** node:zlib's zstd functions, where the platform has them (Node >= 22.15). */
+const nodeZstd = () => zlib() as unknown as { zstdDecompressSync?: ZstdSync; zstdCompressSync?: (input: Uint8Array) => Uint8Array };
 
 function inflateRawNode(input: Uint8Array, limit: number): Uint8Array {
   // A stream cut short yields what it holds (Z_SYNC_FLUSH); past `limit`, node:zlib throws ERR_BUFFER_TOO_LARGE.
-  return zlib.inflateRawSync(input, {
-    finishFlush: zlib.constants.Z_SYNC_FLUSH,
+  return zlib().inflateRawSync(input, {
+    finishFlush: zlib().constants.Z_SYNC_FLUSH,
     maxOutputLength: limit,
     chunkSize: Math.max(64, limit),
   });
 }
 
 function deflateRawNode(input: Uint8Array): Uint8Array {
-  return zlib.deflateRawSync(input, { level: 6, windowBits: 12 });
+  return zlib().deflateRawSync(input, { level: 6, windowBits: 12 });
 }
 
 function zstdDecompressNode(frame: Uint8Array, limit: number): Uint8Array {
   // Past the limit node:zlib throws ERR_BUFFER_TOO_LARGE, the code the codecs use (TOO_LARGE).
-  return nodeZstdDecompress ? nodeZstdDecompress(frame, { maxOutputLength: limit }) : fzstdBounded(frame, limit);
+  const decompress = nodeZstd().zstdDecompressSync;
+  return decompress ? decompress(frame, { maxOutputLength: limit }) : fzstdBounded(frame, limit);
 }
 
 let zstdEncoder: Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> | undefined;
@@ -49,7 +57,8 @@ let zstdEncoder: Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) 
 /** node:zlib's zstd encoder where the platform has one, else the native addon where it loads, else libzstd in WebAssembly. */
 function nodeZstdEncoder(): Promise<{ kind: ZstdEncoderKind; compress: (input: Uint8Array) => Uint8Array }> {
   zstdEncoder ??= (async () => {
-    if (nodeZstdCompress) return { kind: 'node:zlib' as const, compress: nodeZstdCompress };
+    const compress = nodeZstd().zstdCompressSync;
+    if (compress) return { kind: 'node:zlib' as const, compress };
     const native = loadNativeZstd(zstdModulePaths().native);
     if (native) return { kind: 'native' as const, compress: native };
     return wasmZstdEncoder();

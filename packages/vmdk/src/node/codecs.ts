@@ -9,9 +9,16 @@ import { availableParallelism } from 'node:os';
 import { looksIncompressible } from '@img/block';
 import { inflateBlocks } from '@img/block/node';
 import { once } from 'node:events';
-import * as zlib from 'node:zlib';
+import { createRequire } from 'node:module';
+import type * as Zlib from 'node:zlib';
 import { DEFLATE_LEVEL, GZIP_BAD, GZIP_BAD_CHECK, GZIP_TRUNCATED, type VmdkCodecs } from '../codecs.js';
 import { setVmdkCodecs } from '../compression.js';
+
+// node:zlib is loaded when a compressed cluster or grain is first met: it brings Node's streams, which a command
+// without compressed data would otherwise load at its start.
+const requireBuiltin = createRequire(import.meta.url);
+let zlibModule: typeof Zlib | undefined;
+const zlib = (): typeof Zlib => (zlibModule ??= requireBuiltin('node:zlib') as typeof Zlib);
 
 function inflateNode(input: Uint8Array, limit: number): Uint8Array {
   // One grain is small: inflating it here costs less than a hop to the thread pool and back.
@@ -19,12 +26,12 @@ function inflateNode(input: Uint8Array, limit: number): Uint8Array {
   // The output chunk is one byte longer than the limit: a whole grain then fills it only in
   // part, and node:zlib stops there instead of allocating a second chunk to look for more
   // output (half the garbage per grain; a stream that goes on still fails the limit).
-  const out = zlib.inflateSync(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit + 1) });
+  const out = zlib().inflateSync(input, { maxOutputLength: limit, chunkSize: Math.max(1024, limit + 1) });
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
 function deflateNode(input: Uint8Array): Uint8Array {
-  const out = zlib.deflateSync(input, { level: levelFor(input, DEFLATE_LEVEL), chunkSize: outputChunk(input.length) });
+  const out = zlib().deflateSync(input, { level: levelFor(input, DEFLATE_LEVEL), chunkSize: outputChunk(input.length) });
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
@@ -47,7 +54,7 @@ function outputChunk(bytes: number): number {
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. Each grain is one `zlib.deflate` call, which node:zlib runs on
+ * writes. Each grain is one `zlib().deflate` call, which node:zlib runs on
  * libuv's thread pool; at most IMG_COMPRESS_THREADS (or two per core, at
  * most 4) run at once (img-convert sets UV_THREADPOOL_SIZE to 8, so file
  * I/O on the same pool still gets threads).
@@ -94,7 +101,7 @@ function asBytes(b: Buffer): Uint8Array {
 }
 
 async function deflateOnPool(grain: Uint8Array, level: number, width: number): Promise<Uint8Array> {
-  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib.deflate(grain, { level: levelFor(grain, level), chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
+  return onPool(width, () => new Promise<Uint8Array>((resolve, reject) => zlib().deflate(grain, { level: levelFor(grain, level), chunkSize: outputChunk(grain.length) }, (e, b) => (e ? reject(e) : resolve(asBytes(b))))));
 }
 
 /**
@@ -136,7 +143,7 @@ function gzipError(e: unknown): Error {
  * input.
  */
 export async function* gunzipNode(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const z = zlib.createGunzip({ chunkSize: GUNZIP_CHUNK });
+  const z = zlib().createGunzip({ chunkSize: GUNZIP_CHUNK });
   const stop = new AbortController();
   const it = input[Symbol.asyncIterator]();
   let inputFailure: { error: unknown } | undefined;
