@@ -97,24 +97,34 @@ describe('the command launchers', () => {
     expect(loaded('vpc')).toBeGreaterThan(0);
   });
 
-  it.each(['1', '0'])('a conversion that prints nothing, its stdout and stderr pipes, loads neither node:net nor node:tty (IMG_CODE_CACHE=%s)', (useCache) => {
+  it.each(['1', '0'])('a conversion into a file, stdout and stderr pipes, loads neither node:net nor node:tty (IMG_CODE_CACHE=%s)', (useCache) => {
     // Node makes a pipe's stream, with node:net and its streams (about 2 ms), on first use: the process guard used to
-    // touch stdout and stderr at the start and the end of every command, and the NBD client imported node:net.
+    // touch stdout and stderr at the start and the end of every command, img-convert's last line made stderr's, and
+    // the NBD client imported node:net.
     const input = join(work, 'quiet-input.raw');
     writeFileSync(input, new Uint8Array(1 << 20).fill(7));
     const probe = join(work, 'quiet-probe.cjs');
     writeFileSync(probe, "process.on('exit', () => require('node:fs').writeSync(2, 'modules: ' + process.moduleLoadList.join(',') + '\\n'));\n");
-    const r = spawnSync(process.execPath, ['-r', probe, join(binDir, 'img.js'), 'convert', '-f', 'raw', '-O', 'qcow2', input, join(work, `quiet-output-${useCache}.qcow2`)], {
-      encoding: 'utf8',
-      env: { ...process.env, IMG_CODE_CACHE: useCache },
-    });
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toBe('');
-    const modules = (/^modules: (.*)$/m.exec(r.stderr)?.[1] ?? '').split(',');
-    expect(modules).toContain('NativeModule fs/promises');
-    expect(modules).not.toContain('NativeModule net');
-    expect(modules).not.toContain('NativeModule tty');
-    // Without the launcher's CRC of the bundle (IMG_CODE_CACHE=0, or Node's own compile cache), not node:zlib either.
-    if (useCache === '0') expect(modules).not.toContain('NativeModule zlib');
+    const commands: Array<[string, string[]]> = [
+      ['img.js', ['convert', '-f', 'raw', '-O', 'qcow2']],
+      ['img-convert.js', ['raw', 'qcow2']],
+    ];
+    for (const [bin, args] of commands) {
+      const r = spawnSync(process.execPath, ['-r', probe, join(binDir, bin), ...args, input, join(work, `quiet-output-${useCache}.qcow2`)], {
+        encoding: 'utf8',
+        env: { ...process.env, IMG_CODE_CACHE: useCache },
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toBe('');
+      // img convert says nothing (as qemu-img); img-convert says what it did, in one line, before the probe's.
+      const lines = r.stderr.split('\n');
+      expect(lines[0], bin).toMatch(bin === 'img.js' ? /^modules: / : /^img-convert: converted raw .* -> qcow2 .*quiet-output/);
+      const modules = (/^modules: (.*)$/m.exec(r.stderr)?.[1] ?? '').split(',');
+      expect(modules, bin).toContain('NativeModule fs/promises');
+      expect(modules, bin).not.toContain('NativeModule net');
+      expect(modules, bin).not.toContain('NativeModule tty');
+      // Without the launcher's CRC of the bundle (IMG_CODE_CACHE=0, or Node's own compile cache), not node:zlib either.
+      if (useCache === '0') expect(modules, bin).not.toContain('NativeModule zlib');
+    }
   });
 });

@@ -8,7 +8,7 @@
  * tells the caller what went wrong, so it can choose the exit status
  * (see `statusAfterOutput` in common.ts).
  */
-import { fstatSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import { describeErrno, type Io } from './common.js';
 import { endProgressLine } from './progress.js';
 
@@ -34,6 +34,22 @@ type StdName = 'stdout' | 'stderr';
  * its streams (~2 ms): a command that prints nothing does not pay for that.
  */
 const unused = new Set<StdName>();
+
+/**
+ * Writes to descriptor 2 itself while nothing has made stderr's stream: a
+ * command's last line need not make a pipe's stream (and load node:net) on
+ * its way out. What a non-blocking descriptor cannot take now goes to the
+ * stream; another error drops the text, as the stream's handler would.
+ */
+function stderrDirect(text: string): void {
+  const bytes = Buffer.from(text);
+  let done = 0;
+  try {
+    while (done < bytes.length) done += writeSync(2, bytes, done);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EAGAIN') process.stderr.write(bytes.subarray(done));
+  }
+}
 
 let stderrTTY: boolean | undefined;
 
@@ -65,6 +81,10 @@ export const processIo: Io = {
   },
   stderr: (text) => {
     endProgressLine();
+    if (unused.has('stderr')) {
+      stderrDirect(text);
+      return;
+    }
     try {
       process.stderr.write(text);
     } catch {
