@@ -52,10 +52,18 @@ static napi_value throw_errno(napi_env env, int err, const char *what) {
  * covers [offset, end of its last run), and the caller asks again from
  * there. An older helper ignores the argument and answers the whole
  * window, which callers accept as well.
+ *
+ * With a unit > 1 (seekRanges(fd, offset, length, maxRuns, unit)), a run
+ * is widened to the units it touches (aligned to multiples of unit, cut at
+ * offset and at the window's end) and the walk asks on from the end of its
+ * last unit: two lseeks per run of units holding data, not per run of the
+ * file (a caller that counts clusters needs no more). Runs that meet are
+ * joined. An older helper ignores it: the runs are then exact, which such
+ * callers accept as well.
  */
 static napi_value seek_ranges(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 3) {
     napi_throw_type_error(env, NULL, "seekRanges(fd, offset, length)");
@@ -74,6 +82,14 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
   }
   if (!(max_runs_d >= 0)) max_runs_d = 0;
   const size_t max_n = max_runs_d >= 1 && max_runs_d < 1e9 ? 2 * (size_t)max_runs_d : 0;
+  double unit_d = 1;
+  if (argc >= 5) {
+    napi_valuetype t;
+    CHECK(napi_typeof(env, argv[4], &t));
+    if (t == napi_number) CHECK(napi_get_value_double(env, argv[4], &unit_d));
+  }
+  /* At most 1 GiB, and a whole number: anything else is taken as 1 (exact runs). */
+  const off_t unit = unit_d >= 2 && unit_d <= 1073741824.0 && unit_d == (double)(off_t)unit_d ? (off_t)unit_d : 1;
   if (offset_d < 0 || length_d < 0 || offset_d + length_d > 9007199254740991.0) {
     napi_throw_range_error(env, NULL, "seekRanges: offset/length out of range");
     return NULL;
@@ -100,8 +116,13 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
       free(runs);
       return throw_errno(env, err, "lseek(SEEK_HOLE)");
     }
-    if (hole > end) reach = hole, hole = end;
     if (hole <= data) break; /* cannot happen on a sane file system; never loop forever */
+    if (unit > 1) {
+      off_t first = data - data % unit;
+      data = first < pos ? pos : first;
+      if (hole % unit) hole += unit - hole % unit;
+    }
+    if (hole > end) reach = hole, hole = end;
     if (n + 3 > cap) { /* one to spare for reach */
       cap *= 2;
       double *grown = realloc(runs, cap * sizeof(double));
@@ -111,8 +132,12 @@ static napi_value seek_ranges(napi_env env, napi_callback_info info) {
       }
       runs = grown;
     }
-    runs[n++] = (double)data;
-    runs[n++] = (double)hole;
+    if (n >= 2 && runs[n - 1] >= (double)data) {
+      runs[n - 1] = (double)hole; /* units that meet: one run */
+    } else {
+      runs[n++] = (double)data;
+      runs[n++] = (double)hole;
+    }
     pos = hole;
   }
 

@@ -59,6 +59,15 @@ export interface ExtentOptions {
    * (raw images always do it).
    */
   fileHoles?: boolean;
+  /**
+   * For a caller that counts whole units of this many bytes (a measure
+   * counting clusters): a format may report each data extent widened to
+   * the units it touches, aligned to multiples of it, and skip the
+   * questions inside them (a raw file's SEEK_HOLE per run), so `data` may
+   * then cover holes and zeros. A hint: formats that cannot use it answer
+   * exactly. Default: exact extents.
+   */
+  granularity?: number;
 }
 
 export interface WriteZeroesOptions {

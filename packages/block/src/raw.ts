@@ -169,11 +169,11 @@ export class RawDisk implements Disk {
   extentBatches(options?: ExtentOptions): AsyncIterable<Extent[]> {
     this.#ops.check();
     const { start, end } = extentRange(options, this.#size);
-    return mergeExtentBatches(this.#windows(start, end, options?.hostOffsets ?? false));
+    return mergeExtentBatches(this.#windows(start, end, options?.hostOffsets ?? false, options?.granularity));
   }
 
   /** The file's data and zero runs, a window at a time (merged across windows by mergeExtentBatches). */
-  async *#windows(start: number, end: number, hostOffsets: boolean): AsyncGenerator<Extent[]> {
+  async *#windows(start: number, end: number, hostOffsets: boolean, granularity: number | undefined): AsyncGenerator<Extent[]> {
     if (start >= end) return;
     const fileSize = await this.storage.size();
     const fileEnd = Math.min(end, Math.max(start, fileSize));
@@ -187,7 +187,7 @@ export class RawDisk implements Disk {
         let window = RANGE_WINDOW;
         for (let pos = start; pos < fileEnd;) {
           const n = Math.min(window, fileEnd - pos);
-          const found = await this.storage.ranges(pos, n, RANGE_LIMIT);
+          const found = await this.storage.ranges(pos, n, RANGE_LIMIT, granularity);
           const last = found[found.length - 1];
           const reached = last ? Math.min(pos + n, last.offset + last.length) : pos;
           if (reached > pos) yield found.map((r) => extent(r.offset, r.length, r.data));

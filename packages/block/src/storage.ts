@@ -150,8 +150,14 @@ export interface Storage {
    * then covers only the start of the window (up to the end of its last
    * range), and the caller asks again from there. Without it, or from a
    * backend that ignores it, the answer covers the whole window.
+   *
+   * With `granularity` (bytes, > 1), a caller that counts whole units (a
+   * measure counting clusters) lets the backend widen each data range to
+   * the units it touches, aligned to multiples of `granularity` and cut to
+   * the window, and skip the questions inside them: data ranges may then
+   * cover holes. A backend may ignore it and answer exactly.
    */
-  ranges?(offset: number, length: number, limit?: number): Promise<StorageRange[]>;
+  ranges?(offset: number, length: number, limit?: number, granularity?: number): Promise<StorageRange[]>;
   /**
    * Optional: the bytes the backend holds for this storage (a file's
    * allocated blocks). At least `size()` means it has no holes, so a

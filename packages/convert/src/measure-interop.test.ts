@@ -1,4 +1,5 @@
 // img measure against qemu-img measure on sources the interop campaign (tools/interop) found disagreeing.
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '@img/testkit';
@@ -42,6 +43,26 @@ describeQemu('img measure as qemu-img measure', () => {
         expect(ours.status).toBe(0);
         expect({ src, out, got: JSON.parse(ours.stdout) as unknown }).toEqual({ src, out, got: JSON.parse(qemuImg(argv).stdout) as unknown });
       }
+    }
+  });
+
+  it('counts a raw file of many small runs in whole clusters, as qemu-img, whatever the cluster size', () => {
+    // Runs of 4-12 KiB at scattered page offsets (some in the same cluster, some across a cluster's edge), in a file
+    // whose size is not a whole number of clusters: a walk widened to clusters must still count each cluster once.
+    const path = p('runs.raw');
+    const fd = openSync(path, 'w');
+    ftruncateSync(fd, 48 * 1024 * 1024 + 12345);
+    let seed = 7;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31);
+    for (let i = 0; i < 600; i++) writeSync(fd, new Uint8Array(4096 * (1 + (next() % 3))).fill(1 + (i % 200)), 0, undefined, (next() % 12288) * 4096);
+    // The file's last bytes: data in the cluster cut by the end.
+    writeSync(fd, new Uint8Array(100).fill(9), 0, 100, 48 * 1024 * 1024 + 12000);
+    closeSync(fd);
+    for (const cluster of ['512', '4096', '65536', '2M']) {
+      const argv = ['measure', '--output=json', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${cluster}`, path];
+      const ours = run('img', argv);
+      expect(ours.status, ours.stderr).toBe(0);
+      expect({ cluster, got: JSON.parse(ours.stdout) as unknown }).toEqual({ cluster, got: JSON.parse(qemuImg(argv).stdout) as unknown });
     }
   });
 });

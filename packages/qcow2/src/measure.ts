@@ -64,9 +64,10 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
     // As qemu-img: the new backing file may share nothing with the source, so every cluster may need writing.
     data = virtual;
   } else if (input.source) {
-    // Clusters that hold data anywhere in the source's chain (zeros and holes need none).
+    // Clusters that hold data anywhere in the source's chain (zeros and holes need none). Counted in whole clusters:
+    // a format may answer so (a raw file of a million runs is then asked once per run of clusters, as qemu-img does).
     let counted = -1;
-    for await (const e of input.source.extents()) {
+    for await (const e of input.source.extents({ granularity: cs })) {
       if (e.kind !== 'data') continue;
       const first = Math.max(Math.floor(e.offset / cs), counted + 1);
       const last = Math.floor((e.offset + e.length - 1) / cs);

@@ -54,7 +54,7 @@ export class FileStorage implements Storage {
    * Data and hole runs of the file (SEEK_DATA/SEEK_HOLE). Present only when
    * the native helper is available; otherwise callers read everything.
    */
-  readonly ranges?: (offset: number, length: number, limit?: number) => Promise<StorageRange[]>;
+  readonly ranges?: (offset: number, length: number, limit?: number, granularity?: number) => Promise<StorageRange[]>;
   /**
    * Deallocates `[offset, offset + length)` (fallocate PUNCH_HOLE, the size
    * kept), as qemu does for a write of zeros that may unmap: the range reads
@@ -131,7 +131,7 @@ export class FileStorage implements Storage {
     if (!this.#copyRuns) this.canCopyRunsTo = undefined;
     if (!this.#readRuns) this.readRuns = undefined;
     // A block device has no holes to tell (Linux: lseek SEEK_DATA on one is EINVAL): every byte counts as data.
-    if (addon && !this.fixedSize) this.ranges = (offset, length, limit) => this.#ranges(addon.seekRanges, offset, length, limit);
+    if (addon && !this.fixedSize) this.ranges = (offset, length, limit, granularity) => this.#ranges(addon.seekRanges, offset, length, limit, granularity);
     const punch = addon?.punchHole;
     if (punch && !readOnly) this.punchHole = (offset, length) => this.#punch(punch, offset, length, 'punchHole', 'punching a hole');
     const allocate = addon?.allocateRange;
@@ -154,20 +154,22 @@ export class FileStorage implements Storage {
     throw fsError(this.name, `${what} at ${offset}`, Object.assign(new Error(getSystemErrorMap().get(-result)?.[1] ?? code), { code }));
   }
 
-  async #ranges(seekRanges: SeekAddon['seekRanges'], offset: number, length: number, limit?: number): Promise<StorageRange[]> {
+  async #ranges(seekRanges: SeekAddon['seekRanges'], offset: number, length: number, limit?: number, granularity?: number): Promise<StorageRange[]> {
     this.#check();
     // Inside the data run a question before found to go on past its window: data, without asking again.
     const known = this.#knownData;
     if (known && offset >= known[0] && offset + length <= known[1]) return length > 0 ? [{ offset, length, data: true }] : [];
     // At most `limit` ranges: a data run and the hole before it are two.
     const maxRuns = limit !== undefined && limit > 0 ? Math.max(1, Math.floor(limit / 2)) : 0;
+    // Runs widened to whole units (the helper's fifth argument) may cover holes: not kept as known data.
+    const unit = granularity !== undefined && Number.isSafeInteger(granularity) && granularity > 1 ? granularity : 1;
     let runs: Float64Array;
     try {
-      runs = seekRanges(this.#fh.fd, offset, length, maxRuns);
+      runs = unit > 1 ? seekRanges(this.#fh.fd, offset, length, maxRuns, unit) : seekRanges(this.#fh.fd, offset, length, maxRuns);
     } catch (e) {
       throw fsError(this.name, `lseek at ${offset}`, e);
     }
-    if (this.readOnly && runs.length % 2 === 1 && runs.length >= 3) this.#knownData = [runs[runs.length - 3]!, runs[runs.length - 1]!];
+    if (unit === 1 && this.readOnly && runs.length % 2 === 1 && runs.length >= 3) this.#knownData = [runs[runs.length - 3]!, runs[runs.length - 1]!];
     const out: StorageRange[] = [];
     let pos = offset;
     for (let i = 0; i + 1 < runs.length; i += 2) {

@@ -117,6 +117,53 @@ describe('SEEK_DATA/SEEK_HOLE helper', () => {
     await s.close();
   });
 
+  it.skipIf(!seekAddon())('ranges in whole units: each data run widened to the units it touches, runs that meet joined, cut at the window', async () => {
+    const K = 1024;
+    const unit = 64 * K;
+    const s = await FileStorage.create(join(tmp.path, 'units.raw'));
+    await s.truncate(8 * MiB);
+    // Inside unit 1; across the edge of units 1 and 2; inside unit 3; inside unit 8.
+    for (const [at, len] of [
+      [68 * K, 4 * K],
+      [120 * K, 16 * K],
+      [200 * K, 4 * K],
+      [512 * K, 4 * K],
+    ]) {
+      await s.write(at!, new Uint8Array(len!).fill(3));
+    }
+    const exact = await s.ranges!(0, 8 * MiB);
+    // Only where the file system keeps holes of 4 KiB (the exact answer shows the four runs).
+    if (exact.filter((r) => r.data).length === 4) {
+      const range = (from: number, to: number, data: boolean) => ({ offset: from * K, length: (to - from) * K, data });
+      expect(await s.ranges!(0, 8 * MiB, undefined, unit)).toEqual([range(0, 64, false), range(64, 256, true), range(256, 512, false), range(512, 576, true), range(576, 8 * 1024, false)]);
+      // Cut at the question's start and end.
+      expect(await s.ranges!(100 * K, 30 * K, undefined, unit)).toEqual([range(100, 130, true)]);
+      expect(await s.ranges!(300 * K, 300 * K, undefined, unit)).toEqual([range(300, 512, false), range(512, 576, true), range(576, 600, false)]);
+      // A unit of 1 (or none) is the exact answer; so is a unit the helper cannot take.
+      expect(await s.ranges!(0, 8 * MiB, undefined, 1)).toEqual(exact);
+      expect(await s.ranges!(0, 8 * MiB, undefined, 1.5)).toEqual(exact);
+      // Raw extents in clusters: what a measure counts.
+      const disk = await openRaw(s);
+      const kinds: Array<[number, number, string]> = [];
+      for await (const e of disk.extents({ granularity: unit })) kinds.push([e.offset / K, e.length / K, e.kind]);
+      expect(kinds).toEqual([
+        [0, 64, 'zero'],
+        [64, 192, 'data'],
+        [256, 256, 'zero'],
+        [512, 64, 'data'],
+        [576, 8 * 1024 - 576, 'zero'],
+      ]);
+      // The read-only memory of a data run is of exact runs only: a widened one covers holes.
+      await s.close();
+      const ro = await FileStorage.open(join(tmp.path, 'units.raw'), { lock: false });
+      expect(await ro.ranges!(100 * K, 30 * K, undefined, unit)).toEqual([range(100, 130, true)]);
+      expect(await ro.ranges!(100 * K, 10 * K)).toEqual([range(100, 110, false)]);
+      await ro.close();
+      return;
+    }
+    await s.close();
+  });
+
   it.skipIf(!seekAddon()?.nowait)('reads small ranges from the page cache on the calling thread, short at the end of the file', async () => {
     const path = join(tmp.path, 'nowait.bin');
     const s = await FileStorage.create(path);

@@ -16,7 +16,7 @@ export interface SeekAddon {
    * number follows its (cut) end: where it really ends (helpers built
    * before it leave it out).
    */
-  seekRanges: (fd: number, offset: number, length: number, maxRuns?: number) => Float64Array;
+  seekRanges: (fd: number, offset: number, length: number, maxRuns?: number, unit?: number) => Float64Array;
   /**
    * preadv2/pwritev2 with RWF_NOWAIT on the calling thread: bytes moved,
    * -1 if it would block (not in the page cache), -2 if unsupported here.
