@@ -133,7 +133,7 @@ export async function openImageFile(path: string, options: OpenImageOptions = {}
     if (spec.secrets.size > 0) throw invalidArg('json', `${path}: secrets are named by --object ids on the command line; give the passphrase open option instead`, { field: [...spec.secrets.keys()][0]! });
     const format = spec.protocol !== undefined ? 'raw' : spec.format;
     if (format !== undefined && options.format !== undefined && format !== options.format) throw invalidArg(format, `${path}: the format ${options.format} and the driver ${format} disagree`, { field: 'format' });
-    return openImageFile(spec.location, { ...options, ...(format !== undefined ? { format } : {}) });
+    return openImageFile(spec.location, { ...options, ...(format !== undefined ? { format } : {}), ...(spec.noBacking ? { noBacking: true } : {}) });
   }
   const registry = options.registry ?? defaultRegistry();
   const readOnly = options.readOnly ?? true;
@@ -210,6 +210,8 @@ export interface ConvertFileOptions extends ConvertDiskOptions {
   passphrase?: string | Uint8Array;
   /** The passphrases of the input's backing files, where they differ from its own (see OpenImageOptions.backing). */
   backing?: BackingOpenOptions;
+  /** Read the input without its backing file: what it does not hold reads as zeros (qemu's `"backing": null`). */
+  noBacking?: boolean;
   /** Where input "-" reads from (default process.stdin). */
   stdin?: AsyncIterable<Uint8Array>;
   /** Where output "-" writes to (default process.stdout). */
@@ -346,6 +348,7 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
+    ...(options.noBacking ? { noBacking: true } : {}),
   });
   await sourceOpened(src, options.onSourceOpen);
   let target: FileStorage | undefined;
@@ -556,6 +559,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
+    ...(options.noBacking ? { noBacking: true } : {}),
   });
   await sourceOpened(src, options.onSourceOpen);
   let snapshot: Disk | undefined;

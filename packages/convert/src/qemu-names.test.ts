@@ -179,4 +179,45 @@ describeQemu('json: and NBD backing names, through the img command', () => {
       expect(r.stderr.trimEnd(), args.join(' ')).toMatch(line);
     }
   });
+
+  it('"backing": null and backing= read the image alone, as qemu-img does: convert, map, measure, info, compare, the API; the same file named twice is refused', async () => {
+    // 64 KiB at 512 KiB over the base (1 MiB at 0, 512 KiB at 3 MiB), named by a json: name.
+    qemu(['create', '-q', '-f', 'qcow2', '-b', absJson(), '-F', 'qcow2', 'lone.qcow2', '8M']);
+    qemuIo(p('lone.qcow2'), 'qcow2', ['write -P 5 512k 64k']);
+    const alone = `json:{"driver":"qcow2","file":{"driver":"file","filename":"lone.qcow2"},"backing":null}`;
+    const opts = ['--image-opts', 'driver=qcow2,file.filename=lone.qcow2,backing='];
+    for (const args of [
+      ['map', '--output=json', alone],
+      ['measure', '-O', 'qcow2', alone],
+      ['info', alone],
+      ['map', ...opts],
+    ]) {
+      const mine = img(args);
+      expect([mine.status, mine.stdout], args.join(' ')).toEqual([0, qemu(args).stdout]);
+    }
+    for (const [name, args] of [
+      ['json', [alone]],
+      ['opts', opts],
+    ] as const) {
+      expect(img(['convert', '-O', 'raw', ...args, `alone-${name}.raw`]).status).toBe(0);
+      expect(qemu(['convert', '-O', 'raw', ...args, `q-alone-${name}.raw`]).status).toBe(0);
+      expect(qemu(['compare', '-f', 'raw', '-F', 'raw', `alone-${name}.raw`, `q-alone-${name}.raw`]).status, name).toBe(0);
+    }
+    // Only the overlay's own 64 KiB: the base's data is not there.
+    expect(qemuIo(p('alone-json.raw'), 'raw', ['read -P 0 0 512k', 'read -P 5 512k 64k', 'read -P 0 576k 7616k'])).not.toMatch(/fail/i);
+    expect(img(['compare', alone, 'alone-json.raw'])).toMatchObject({ status: 0, stdout: 'Images are identical.\n' });
+    expect(img(['compare', alone, 'lone.qcow2'])).toMatchObject({ status: 1, stderr: 'img compare: lone.qcow2 is named twice, once without its backing file (backing=, "backing": null): give it once\n' });
+    // The API: openImageFile takes the same name (file names from the working directory: given whole here).
+    const disk = await openImageFile(`json:{"driver":"qcow2","file":{"driver":"file","filename":"${p('lone.qcow2')}"},"backing":null}`);
+    try {
+      expect(disk.backing).toBeUndefined();
+      expect(await disk.read(0, 4)).toEqual(new Uint8Array(4));
+      expect(await disk.read(512 * 1024, 4)).toEqual(new Uint8Array(4).fill(5));
+    } finally {
+      await disk.close();
+    }
+    const node = img(['info', 'json:{"driver":"qcow2","file":{"driver":"file","filename":"lone.qcow2"},"backing":"node0"}']);
+    expect(node.status).toBe(1);
+    expect(node.stderr).toMatch(/backing="node0" names a block node, which img has not/);
+  });
 });

@@ -21,6 +21,8 @@ export interface ConvertIntoOptions extends Pick<SparseCopyOptions, 'minZeroRun'
   /** The input's passphrase (an encrypted qcow2), and its backing files' where they differ. */
   passphrase?: Uint8Array;
   backing?: BackingOpenOptions;
+  /** Read the input without its backing file (qemu's `"backing": null`). */
+  noBacking?: boolean;
   dstFormat: string;
   /** The target's passphrase (an encrypted qcow2: its data is written encrypted). */
   dstPassphrase?: Uint8Array;
@@ -56,6 +58,7 @@ export async function convertIntoExisting(options: ConvertIntoOptions): Promise<
     forceShare: options.forceShare ?? false,
     ...(options.passphrase !== undefined ? { passphrase: options.passphrase } : {}),
     ...(options.backing !== undefined ? { backing: options.backing } : {}),
+    ...(options.noBacking ? { noBacking: true } : {}),
   });
   await sourceOpened(src, options.onSourceOpen);
   let snapshot: Disk | undefined;

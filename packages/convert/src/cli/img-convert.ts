@@ -234,7 +234,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     const untrusted = values.untrusted ?? false;
     // --image-opts: the input's driver (unless -f names one), its passphrase and its backing files'.
     const opened = imageOpenOptions(input, qemuForm ? values.f : positionals[0]!);
-    const passphrase = { ...(opened.passphrase ? { passphrase: opened.passphrase } : {}), ...(opened.backing ? { backing: opened.backing } : {}) };
+    const passphrase = { ...(opened.passphrase ? { passphrase: opened.passphrase } : {}), ...(opened.backing ? { backing: opened.backing } : {}), ...(opened.noBacking ? { noBacking: true } : {}) };
     let srcFormat = opened.format;
     // --target-image-opts (with -n): the output's driver (probed when neither it nor -O names one) and its passphrase.
     const target = targetImageOptsPath() !== undefined ? imageOpenOptions(output, qemuForm ? values.O : positionals[1]!) : undefined;

@@ -20,6 +20,8 @@ export interface ImageOpts {
   backing?: BackingOpenOptions;
   /** driver=file or driver=nbd: a protocol at the top, read as raw (`format`), which qemu-img info names after the protocol. */
   protocol?: string;
+  /** backing= (json: "backing": null): the image without its backing file. */
+  noBacking?: boolean;
 }
 
 let images = new Map<string, ImageOpts>();
@@ -66,7 +68,7 @@ export function imageOpenOptions(path: string, format: string | undefined): Imag
     throw new ExitCode(1, `${flag} ${format} and ${opts} driver=${o.format} disagree about ${path}`);
   }
   const chosen = format ?? o.format;
-  return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}), ...(o.backing ? { backing: o.backing } : {}) };
+  return { ...(chosen !== undefined ? { format: chosen } : {}), ...(o.passphrase ? { passphrase: o.passphrase } : {}), ...(o.backing ? { backing: o.backing } : {}), ...(o.noBacking ? { noBacking: true } : {}) };
 }
 
 /** Splits qemu's `key=value,...` (",," is a comma inside a value); a first item without "=" is `implied`'s value. */
@@ -173,7 +175,7 @@ function takeImageOpts(arg: string): string {
   // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.
   const { protocol } = spec;
   const format = protocol !== undefined ? 'raw' : driver;
-  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}) });
+  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}), ...(spec.noBacking ? { noBacking: true } : {}) });
   return prefix + spec.location;
 }
 
@@ -235,5 +237,12 @@ export async function takeQemuObjects(argv: readonly string[], options: { target
     return takeImageOpts(arg);
   });
   if (imageOpts && named === 0) throw new ExitCode(1, '--image-opts names no image: give it as driver=FORMAT,file.filename=PATH[,encrypt.key-secret=ID]');
+  // The options are the file's (the commands look them up by name): a file named again, with or without its
+  // backing file, would be read as the other naming says.
+  for (const [location, o] of images) {
+    if (o.noBacking && out.filter((a) => a === location || a === `if=${location}`).length > 1) {
+      throw new ExitCode(1, `${location} is named twice, once without its backing file (backing=, "backing": null): give it once`);
+    }
+  }
   return out;
 }

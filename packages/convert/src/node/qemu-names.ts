@@ -34,6 +34,8 @@ export interface QemuImageSpec {
   protocol?: string;
   /** The keys that name secrets (encrypt.key-secret, key-secret, backing.encrypt.key-secret, ...), with their ids. */
   secrets: Map<string, string>;
+  /** `backing=` (`"backing": null`): the image without its backing file, unallocated ranges reading as zeros. */
+  noBacking?: boolean;
 }
 
 /** Is `name` a `json:` pseudo-filename? */
@@ -52,6 +54,8 @@ function flatten(value: unknown, prefix: string, out: Map<string, string>, name:
     for (const [k, v] of entries) flatten(v, prefix ? `${prefix}.${k}` : k, out, name, depth + 1);
     return;
   }
+  // "backing": null opens the image without its backing file, as qemu does (which also takes "", deprecated).
+  if (value === null && prefix === 'backing') value = '';
   if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
     throw invalidArg('json', `${name}: the option ${prefix} is ${value === null ? 'null' : typeof value}: img reads strings, numbers and booleans`, { field: prefix });
   }
@@ -119,9 +123,12 @@ export function qemuImageSpec(keys: Map<string, string>, what: string): QemuImag
   if (!PROTOCOLS.has(fileDriver)) throw unsupported('json', what, `file.driver=${fileDriver}: img reads files (file) and NBD exports (nbd)`, { field: 'file.driver', actual: fileDriver });
   const prefix = top ? '' : 'file.';
   // encrypt.format (luks, aes) is read from the image's header anyway: accepted, as qemu-img accepts it.
-  const known = new Set(['driver', ...(top ? [] : ['file.driver', 'encrypt.format']), ...protocolKeys(fileDriver).map((k) => prefix + k)]);
+  const known = new Set(['driver', ...(top ? [] : ['file.driver', 'encrypt.format', 'backing']), ...protocolKeys(fileDriver).map((k) => prefix + k)]);
   for (const key of keys.keys()) {
     if (key === 'file' && !top) throw invalidArg('json', `${what}: file="${keys.get(key)}" names a block node, which img has not: give file.filename (or file.driver=nbd and file.server.*)`, { field: 'file' });
+    if (key === 'backing' && keys.get(key) !== '' && !top) {
+      throw invalidArg('json', `${what}: backing="${keys.get(key)}" names a block node, which img has not: give backing= (json: "backing": null) to open the image without its backing file`, { field: 'backing' });
+    }
     if (!known.has(key) && !secrets.has(key)) {
       throw invalidArg('json', `${what}: img reads driver, file.driver (file or nbd), file.filename, file.server.*, file.export and the key-secret options, not "${key}"`, { field: key });
     }
@@ -134,7 +141,7 @@ export function qemuImageSpec(keys: Map<string, string>, what: string): QemuImag
     if (filename === '') throw invalidArg('json', `${what}: ${prefix}filename is empty`, { field: `${prefix}filename` });
     location = filename;
   }
-  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets };
+  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets, ...(keys.get('backing') === '' && !top ? { noBacking: true } : {}) };
 }
 
 /**
@@ -149,7 +156,10 @@ export function qemuNameResolver(inner: Resolver, options: FileResolverOptions =
   return async (request): Promise<Storage> => {
     const { name } = request;
     if (request.create || (!isNbdUri(name) && !isJsonName(name))) return inner(request);
-    const location = isJsonName(name) ? qemuImageSpec(jsonNameOptions(name), `${request.kind === 'data-file' ? 'external data file' : request.kind === 'parent' ? 'parent' : 'backing file'} ${name}`).location : name;
+    const spec = isJsonName(name) ? qemuImageSpec(jsonNameOptions(name), `${request.kind === 'data-file' ? 'external data file' : request.kind === 'parent' ? 'parent' : 'backing file'} ${name}`) : undefined;
+    // The resolver hands over a file; the layer below it is opened from that file's own header.
+    if (spec?.noBacking) throw unsupported('json', name, 'a name stored in an image says "backing": null: img opens the file it names with its own backing file', { field: 'backing' });
+    const location = spec ? spec.location : name;
     if (isNbdUri(location)) return NbdStorage.connect(location, { writable: request.writable });
     return FileStorage.open(location, { readOnly: !request.writable, lock: options.lock ?? true, forceShare: !request.writable && options.forceShare === true });
   };
