@@ -40,10 +40,12 @@ describe('core entry points import nothing from Node (as a browser bundler resol
   });
 
   it('control: the Node entries are seen importing from Node', async () => {
+    // (node:zlib is loaded there when first needed, through createRequire: node:module is what a bundler sees.)
     const v = await bundleForBrowser(`export * from '@img/vmdk/node';`);
-    expect(v.nodeImports.some((i) => i.endsWith('-> node:zlib'))).toBe(true);
+    expect(v.nodeImports.some((i) => i.endsWith('-> node:module'))).toBe(true);
+    expect(v.nodeImports.some((i) => i.endsWith('-> node:os'))).toBe(true);
     const q = await bundleForBrowser(`export * from '@img/qcow2/node';`);
-    expect(q.nodeImports.some((i) => i.endsWith('-> node:zlib'))).toBe(true);
+    expect(q.nodeImports.some((i) => i.endsWith('-> node:module'))).toBe(true);
     expect(q.nodeImports.some((i) => i.endsWith('-> node:os'))).toBe(true);
     const b = await bundleForBrowser(`export * from '@img/block/node';`);
     expect(b.nodeImports.length).toBeGreaterThan(0);
