@@ -98,7 +98,7 @@ describe('the command launchers', () => {
   });
 
   it.each(['1', '0'])('a conversion into a file, stdout and stderr pipes, loads neither node:net nor node:tty (IMG_CODE_CACHE=%s)', (useCache) => {
-    // Node makes a pipe's stream, with node:net and its streams (about 2 ms), on first use: the process guard used to
+    // Node makes a pipe's stream, with node:net and its streams (about a millisecond), on first use: the process guard used to
     // touch stdout and stderr at the start and the end of every command, img-convert's last line made stderr's, and
     // the NBD client imported node:net.
     const input = join(work, 'quiet-input.raw');

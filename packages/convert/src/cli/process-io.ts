@@ -31,7 +31,7 @@ type StdName = 'stdout' | 'stderr';
 /**
  * The standard streams guardProcess set up that nothing has used since. Node
  * creates each on first use, and for a pipe or a terminal loads node:net and
- * its streams (~2 ms): a command that prints nothing does not pay for that.
+ * its streams (about a millisecond): a command that prints nothing does not pay for that.
  */
 const unused = new Set<StdName>();
 
