@@ -97,6 +97,21 @@ describeQemu('json: and NBD backing names, through the img command', () => {
     expect(img(['map', 'abs.qcow2']).stdout).toBe(qemu(['map', 'abs.qcow2']).stdout);
   });
 
+  it('info names an export given "export": "" (or file.export=) with the slash qemu-img writes, and one given none without', () => {
+    const server = `"server":{"type":"unix","path":"${p('base.sock')}"}`;
+    for (const args of [
+      ['info', `json:{"driver":"raw","file":{"driver":"nbd",${server},"export":""}}`],
+      ['info', '--output=json', `json:{"driver":"raw","file":{"driver":"nbd",${server},"export":""}}`],
+      ['info', `json:{"driver":"raw","file":{"driver":"nbd",${server}}}`],
+      ['info', '--image-opts', `driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=${p('base.sock')},file.export=`],
+    ]) {
+      const mine = img(args);
+      const theirs = qemu(args);
+      expect([mine.status, mine.stdout.split('\n').find((l) => /image:|"filename"/.test(l))], args.join(' ')).toEqual([0, theirs.stdout.split('\n').find((l) => /image:|"filename"/.test(l))]);
+    }
+    expect(img(['info', `json:{"driver":"raw","file":{"driver":"nbd",${server},"export":""}}`]).stdout).toMatch(/^image: nbd\+unix:\/\/\/\?socket=/);
+  });
+
   it('info names an image opened by its protocol driver alone after it (file format: nbd, file), as qemu-img does; raw over it stays raw', () => {
     const sock = p('base.sock');
     const names = [

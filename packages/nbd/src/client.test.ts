@@ -51,6 +51,10 @@ describe('NBD URIs', () => {
     ]) {
       expect(qemuNbdFilename(parseNbdUri(given!)), given).toBe(named);
     }
+    // An export option given empty (a json: name's "export": ""): qemu writes the slash before the empty name.
+    expect(qemuNbdFilename(parseNbdUri('nbd+unix:///?socket=/tmp/m.sock'), true)).toBe('nbd+unix:///?socket=/tmp/m.sock');
+    expect(qemuNbdFilename(parseNbdUri('nbd://127.0.0.1:10811/'), true)).toBe('nbd://127.0.0.1:10811/');
+    expect(qemuNbdFilename(parseNbdUri('nbd://127.0.0.1:10811/e'), true)).toBe('nbd://127.0.0.1:10811/e');
   });
 
   it('refuse what they cannot honour: TLS and vsock schemes, a query on nbd://, unknown or repeated parameters', () => {

@@ -110,7 +110,10 @@ export function parseNbdUri(text: string): NbdAddress {
  * The name qemu gives an NBD export it opened, whichever spelling named it
  * (its refresh_filename, what `qemu-img info` prints as the image):
  * `nbd://HOST:PORT[/EXPORT]`, the port always written (10809 where the URI
- * named none), or `nbd+unix://[/EXPORT]?socket=PATH`.
+ * named none), or `nbd+unix://[/EXPORT]?socket=PATH`. With `exportNamed`
+ * (an `export` option given, as in a `json:` name, even an empty one) the
+ * slash is written before an empty name too, as qemu writes it; a URI's
+ * empty path names none.
  *
  * @example
  * ```ts
@@ -118,8 +121,9 @@ export function parseNbdUri(text: string): NbdAddress {
  * qemuNbdFilename(parseNbdUri('nbd://localhost/'));              // 'nbd://localhost:10809'
  * ```
  */
-export function qemuNbdFilename(address: NbdAddress): string {
+export function qemuNbdFilename(address: NbdAddress, exportNamed = false): string {
   const name = address.exportName;
-  if ('socket' in address) return name ? `nbd+unix:///${name}?socket=${address.socket}` : `nbd+unix://?socket=${address.socket}`;
-  return name ? `nbd://${address.host}:${address.port}/${name}` : `nbd://${address.host}:${address.port}`;
+  const path = name || exportNamed ? `/${name}` : '';
+  if ('socket' in address) return `nbd+unix://${path}?socket=${address.socket}`;
+  return `nbd://${address.host}:${address.port}${path}`;
 }

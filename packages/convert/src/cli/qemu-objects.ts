@@ -22,6 +22,8 @@ export interface ImageOpts {
   protocol?: string;
   /** backing= (json: "backing": null): the image without its backing file. */
   noBacking?: boolean;
+  /** An NBD export named by an `export` option (even empty): qemu-img info writes a slash before its name. */
+  exportNamed?: boolean;
 }
 
 let images = new Map<string, ImageOpts>();
@@ -175,7 +177,7 @@ function takeImageOpts(arg: string): string {
   // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.
   const { protocol } = spec;
   const format = protocol !== undefined ? 'raw' : driver;
-  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}), ...(spec.noBacking ? { noBacking: true } : {}) });
+  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}), ...(spec.noBacking ? { noBacking: true } : {}), ...(spec.exportNamed ? { exportNamed: true } : {}) });
   return prefix + spec.location;
 }
 

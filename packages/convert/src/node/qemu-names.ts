@@ -36,6 +36,8 @@ export interface QemuImageSpec {
   secrets: Map<string, string>;
   /** `backing=` (`"backing": null`): the image without its backing file, unallocated ranges reading as zeros. */
   noBacking?: boolean;
+  /** An NBD export named by its `export` option, even an empty one (qemu then names the image with a slash before it). */
+  exportNamed?: boolean;
 }
 
 /** Is `name` a `json:` pseudo-filename? */
@@ -141,7 +143,7 @@ export function qemuImageSpec(keys: Map<string, string>, what: string): QemuImag
     if (filename === '') throw invalidArg('json', `${what}: ${prefix}filename is empty`, { field: `${prefix}filename` });
     location = filename;
   }
-  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets, ...(keys.get('backing') === '' && !top ? { noBacking: true } : {}) };
+  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets, ...(keys.get('backing') === '' && !top ? { noBacking: true } : {}), ...(fileDriver === 'nbd' && keys.has(`${prefix}export`) ? { exportNamed: true } : {}) };
 }
 
 /**

@@ -112,7 +112,7 @@ async function describe(disk: Disk, path: string): Promise<InfoLayer> {
     }
   }
   // An export is named as qemu names it, whichever spelling opened it (nbd:unix:PATH is nbd+unix://?socket=PATH).
-  const shown = isNbdUri(path) ? qemuNbdFilename(parseNbdUri(path)) : path;
+  const shown = isNbdUri(path) ? qemuNbdFilename(parseNbdUri(path), imageOptsFor(path)?.exportNamed ?? false) : path;
   return { data, actual, path: shown, ...(unresolved ? { backingUnresolved: true } : {}) };
 }
 
