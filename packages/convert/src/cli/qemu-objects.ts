@@ -177,7 +177,14 @@ function takeImageOpts(arg: string): string {
   // A protocol at the top (driver=file, driver=nbd) is the bytes as they are: raw.
   const { protocol } = spec;
   const format = protocol !== undefined ? 'raw' : driver;
-  images.set(spec.location, { ...(format !== undefined ? { format } : {}), ...(passphrase ? { passphrase } : {}), ...(backing ? { backing } : {}), ...(protocol !== undefined ? { protocol } : {}), ...(spec.noBacking ? { noBacking: true } : {}), ...(spec.exportNamed ? { exportNamed: true } : {}) });
+  images.set(spec.location, {
+    ...(format !== undefined ? { format } : {}),
+    ...(passphrase ? { passphrase } : {}),
+    ...(backing ? { backing } : {}),
+    ...(protocol !== undefined ? { protocol } : {}),
+    ...(spec.noBacking ? { noBacking: true } : {}),
+    ...(spec.exportNamed ? { exportNamed: true } : {}),
+  });
   return prefix + spec.location;
 }
 

@@ -143,7 +143,14 @@ export function qemuImageSpec(keys: Map<string, string>, what: string): QemuImag
     if (filename === '') throw invalidArg('json', `${what}: ${prefix}filename is empty`, { field: `${prefix}filename` });
     location = filename;
   }
-  return { location, ...(driver !== undefined && !top ? { format: driver } : {}), ...(top ? { protocol: driver } : {}), secrets, ...(keys.get('backing') === '' && !top ? { noBacking: true } : {}), ...(fileDriver === 'nbd' && keys.has(`${prefix}export`) ? { exportNamed: true } : {}) };
+  return {
+    location,
+    ...(driver !== undefined && !top ? { format: driver } : {}),
+    ...(top ? { protocol: driver } : {}),
+    secrets,
+    ...(keys.get('backing') === '' && !top ? { noBacking: true } : {}),
+    ...(fileDriver === 'nbd' && keys.has(`${prefix}export`) ? { exportNamed: true } : {}),
+  };
 }
 
 /**
