@@ -165,7 +165,7 @@ export class FileStorage implements Storage {
     const unit = granularity !== undefined && Number.isSafeInteger(granularity) && granularity > 1 ? granularity : 1;
     let runs: Float64Array;
     try {
-      runs = unit > 1 ? seekRanges(this.#fh.fd, offset, length, maxRuns, unit) : seekRanges(this.#fh.fd, offset, length, maxRuns);
+      runs = seekRanges(this.#fh.fd, offset, length, maxRuns, unit);
     } catch (e) {
       throw fsError(this.name, `lseek at ${offset}`, e);
     }

@@ -54,7 +54,7 @@ function outputChunk(bytes: number): number {
 /**
  * Compressing many grains off the main thread, so that writing a
  * streamOptimized image uses every core while the main thread reads and
- * writes. Each grain is one `zlib().deflate` call, which node:zlib runs on
+ * writes. Each grain is one `deflate` call of node:zlib, which it runs on
  * libuv's thread pool; at most IMG_COMPRESS_THREADS (or two per core, at
  * most 4) run at once (img-convert sets UV_THREADPOOL_SIZE to 8, so file
  * I/O on the same pool still gets threads).
