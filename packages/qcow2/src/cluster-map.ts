@@ -54,7 +54,7 @@ export class ClusterMap {
     return decodeEntry(table, index, this.#img.entryGeom, this.#img.file, tableOffset);
   }
 
-  /** Sets entry `index` of an L2 table in memory (written by {@link writeTableRange} or {@link deferTableRange}). */
+  /** Sets entry `index` of an L2 table in memory (written by {@link writeTableRange} or {@link queueTableRange}). */
   encode(table: Uint8Array, index: number, e: Entry): void {
     encodeEntry(table, index, e, this.#img.entryGeom);
   }
@@ -132,31 +132,38 @@ export class ClusterMap {
     return { table, offset: fresh };
   }
 
-  /** Writes entries first..last of an L2 table (and keeps the table in the cache). */
+  /**
+   * Writes entries first..last of an L2 table now (and keeps the table in
+   * the cache), after the entries queued by {@link queueTableRange} have
+   * landed: an older queued write of the same entries must not land over
+   * these.
+   */
   async writeTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): Promise<void> {
     const img = this.#img;
     const es = img.geom.l2EntrySize;
     img.overlap?.check(img.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
+    await this.#sched.barrierWritesLanded(tableOffset);
     img.cache.put(tableOffset, table);
     await img.storage.write(tableOffset + first * es, table.subarray(first * es, (last + 1) * es));
   }
 
   /**
-   * Writes entries first..last of an L2 table without waiting for it: for
-   * a guest write that only filled unallocated entries (nothing to release
-   * after it), so that the table's lock is free for the next write while
-   * this one lands ({@link Scheduler.defer}); the table stays pinned in
-   * the cache until then. Overlapping writes of one table send the table
-   * as it is when they run, so the latest entries win.
+   * Writes entries first..last of an L2 table as they are now, after the
+   * next flush barrier, without waiting for either
+   * ({@link Scheduler.afterBarrier}): for a guest write that only filled
+   * unallocated entries with data it has written (nothing to release
+   * after it), so that the data is on disk before the entries that map it
+   * and the table's lock is free for the next write meanwhile. The table
+   * stays pinned in the cache until the entries land.
    */
-  deferTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
+  queueTableRange(tableOffset: number, table: Uint8Array, first: number, last: number): void {
     const img = this.#img;
     const es = img.geom.l2EntrySize;
     // Checked now, so that the guest write that needs it fails (and marks the image corrupt).
     img.overlap?.check(img.file, tableOffset + first * es, (last - first + 1) * es, OVERLAP.L2);
     const cache = img.cache;
     cache.pin(tableOffset, table);
-    this.#sched.defer(this.writeTableRange(tableOffset, table, first, last).finally(() => cache.unpin(tableOffset)));
+    this.#sched.afterBarrier({ key: tableOffset, at: tableOffset + first * es, bytes: table.slice(first * es, (last + 1) * es), keyBytes: table.length, landed: () => cache.unpin(tableOffset) });
   }
 
   /**

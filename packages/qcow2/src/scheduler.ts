@@ -14,7 +14,10 @@
  *   write that changes no entry writes its data after its table's lock is
  *   released (in-flight.ts); L2 entry writes that nothing depends on before
  *   the next flush are left in flight ({@link Scheduler.defer}) and
- *   {@link Scheduler.settle} waits for all of them.
+ *   {@link Scheduler.settle} waits for all of them. The L2 entries of new
+ *   data wait for a barrier that starts after their data landed
+ *   ({@link Scheduler.afterBarrier}): the writes of a copy share one flush
+ *   per round instead of each waiting for its own.
  */
 import type { Storage } from '@img/block';
 import { InFlightWrites, TableLocks } from './in-flight.js';
@@ -37,6 +40,27 @@ export interface FirstWrite {
   wait(): Promise<void>;
 }
 
+/** Metadata bytes to write after the next barrier ({@link Scheduler.afterBarrier}). */
+export interface BarrierWrite {
+  /** Writes with the same key land in the order they were queued (an L2 table's offset). */
+  readonly key: number;
+  /** Where in the image file. */
+  readonly at: number;
+  /** The bytes as they were when queued. */
+  readonly bytes: Uint8Array;
+  /** Memory the write holds until it lands besides its bytes, once per key (the L2 table kept in the cache). */
+  readonly keyBytes: number;
+  /** Called once the bytes are written, or given up after a failure. */
+  readonly landed: () => void;
+}
+
+/**
+ * Writes wait for a barrier of their own (one that something else needs, a flush) until they hold this many
+ * bytes, or their keys this much memory ({@link Scheduler.afterBarrier}).
+ */
+const WAITING_BYTES = 256 * 1024;
+const WAITING_KEY_BYTES = 8 * 1024 * 1024;
+
 /** Locks, call order and write ordering of one writable image (see the module comment). */
 export class Scheduler {
   /** One lock per L2 table (by L1 index). */
@@ -51,6 +75,14 @@ export class Scheduler {
   /** Metadata writes left in flight ({@link defer}). */
   readonly #deferred = new Set<Promise<void>>();
   #deferredError: unknown;
+  /** Writes waiting for the next barrier, in the order queued. */
+  #waiting: BarrierWrite[] = [];
+  #waitingBytes = 0;
+  /** Writes queued and not landed, by key, and the memory their keys hold. */
+  readonly #queuedKeys = new Map<number, number>();
+  #queuedKeyBytes = 0;
+  /** The loop that flushes and writes them, while it runs. */
+  #pump: Promise<void> | undefined;
   #exclusives = 0;
   #entering = 0;
   #gate: Promise<void> = Promise.resolve();
@@ -94,9 +126,110 @@ export class Scheduler {
     this.#deferred.add(p);
   }
 
+  /**
+   * Writes `w.bytes` after a barrier that starts after this call: the L2
+   * entries of data just written, which must not reach the disk before it
+   * (and its refcounts). Nothing needs them on disk before the next flush:
+   * they wait for it ({@link settle}), or for a direct write to the same
+   * table ({@link barrierWritesLanded}), or until they hold more than a
+   * bounded amount of memory, and the caller waits for none of these. A
+   * copy of a GiB into an image then pays one barrier instead of one per
+   * write. A crash before they land leaves clusters that nothing maps
+   * (leaks), as qemu's L2 cache does. The failure of a barrier or a write
+   * is reported by the next {@link settle}.
+   */
+  afterBarrier(w: BarrierWrite): void {
+    this.#waiting.push(w);
+    this.#waitingBytes += w.bytes.length;
+    const n = this.#queuedKeys.get(w.key) ?? 0;
+    this.#queuedKeys.set(w.key, n + 1);
+    if (n === 0) this.#queuedKeyBytes += w.keyBytes;
+    if (this.#waitingBytes >= WAITING_BYTES || this.#queuedKeyBytes >= WAITING_KEY_BYTES) this.#kick();
+  }
+
+  /** Starts landing the waiting writes, unless that is under way. */
+  #kick(): void {
+    if (this.#waiting.length) this.#pump ??= this.#startPump();
+  }
+
+  #landed(w: BarrierWrite): void {
+    const n = this.#queuedKeys.get(w.key)! - 1;
+    if (n === 0) {
+      this.#queuedKeys.delete(w.key);
+      this.#queuedKeyBytes -= w.keyBytes;
+    } else this.#queuedKeys.set(w.key, n);
+    w.landed();
+  }
+
+  #startPump(): Promise<void> {
+    const run = (async () => {
+      try {
+        while (this.#waiting.length) {
+          const round = this.#waiting.splice(0);
+          this.#waitingBytes = 0;
+          try {
+            await this.barrier();
+            await this.#writeRound(round);
+          } finally {
+            for (const w of round) this.#landed(w);
+          }
+        }
+      } finally {
+        // After a failure, what was queued meanwhile gets a barrier of its own (the failure is kept for settle).
+        this.#pump = this.#waiting.length ? this.#startPump() : undefined;
+      }
+    })();
+    this.defer(run);
+    return run;
+  }
+
+  /**
+   * One round's writes, keys in parallel. Per key in the order queued, or by offset where none overlaps
+   * another (the order then makes no difference); writes that meet are joined into one.
+   */
+  async #writeRound(round: readonly BarrierWrite[]): Promise<void> {
+    const byKey = new Map<number, BarrierWrite[]>();
+    for (const w of round) {
+      const list = byKey.get(w.key);
+      if (list) list.push(w);
+      else byKey.set(w.key, [w]);
+    }
+    const storage = this.#storage;
+    await Promise.all(
+      [...byKey.values()].map(async (queued) => {
+        const sorted = [...queued].sort((x, y) => x.at - y.at);
+        const disjoint = sorted.every((w, i) => i === 0 || w.at >= sorted[i - 1]!.at + sorted[i - 1]!.bytes.length);
+        const list = disjoint ? sorted : queued;
+        for (let i = 0; i < list.length;) {
+          let j = i + 1;
+          let end = list[i]!.at + list[i]!.bytes.length;
+          while (j < list.length && list[j]!.at === end) end += list[j++]!.bytes.length;
+          const bytes = j === i + 1 ? list[i]!.bytes : new Uint8Array(end - list[i]!.at);
+          if (j > i + 1) for (let k = i, pos = 0; k < j; pos += list[k]!.bytes.length, k++) bytes.set(list[k]!.bytes, pos);
+          await storage.write(list[i]!.at, bytes);
+          i = j;
+        }
+      }),
+    );
+  }
+
+  /**
+   * Waits until no write queued by {@link afterBarrier} with this key is
+   * left: before entries of the same L2 table are written directly, which
+   * puts the table's other entries on disk with them, and must not be
+   * overtaken by an older queued write of the same entries.
+   */
+  async barrierWritesLanded(key: number): Promise<void> {
+    while (this.#queuedKeys.has(key)) {
+      this.#kick();
+      await this.#pump?.catch(() => undefined);
+    }
+  }
+
   /** Waits for the data writes in flight and every deferred write; reports the first deferred write that failed. */
   async settle(): Promise<void> {
     await this.flights.settled();
+    this.#kick();
     while (this.#deferred.size) await Promise.all([...this.#deferred]);
     if (this.#deferredError !== undefined) {
       const e = this.#deferredError;

@@ -275,10 +275,13 @@ async function writeInTable(core: Qcow2Image, l1Index: number, offset: number, d
   }
   const stale = plans.filter((p) => p.fresh && (p.old.compressed || (p.old.host !== undefined && !s.dataFile)));
   if (first >= 0) {
-    await scheduler.barrier();
-    // Nothing to release after it: the entries need not be on disk before the next flush.
-    if (stale.length) await map.writeTableRange(tableOffset, table, first, last);
-    else map.deferTableRange(tableOffset, table, first, last);
+    if (stale.length) {
+      await scheduler.barrier();
+      await map.writeTableRange(tableOffset, table, first, last);
+    } else {
+      // Nothing to release after it: the entries land after the next barrier, shared with the writes around this one.
+      map.queueTableRange(tableOffset, table, first, last);
+    }
   }
   if (stale.length) {
     await scheduler.barrier();
