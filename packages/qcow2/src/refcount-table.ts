@@ -204,6 +204,21 @@ export class RefcountTable {
     });
   }
 
+  /**
+   * The refcount of cluster `index` if it is known without reading the
+   * file (its block cached, absent or untrusted), as {@link get} answers
+   * it; undefined otherwise. For walks over millions of clusters, where an
+   * await each is most of the time.
+   */
+  peek(index: number): number | undefined {
+    const t = Math.floor(index / this.perBlock);
+    if (this.#untrusted.size !== 0 && this.#untrusted.has(t)) return index < this.#loadEnd ? 1 : 0;
+    const offset = this.#table[t] ?? 0;
+    if (offset === 0) return 0;
+    const block = this.#blocks.peek(offset);
+    return block ? readRefcount(block, index - t * this.perBlock, this.bits) : undefined;
+  }
+
   /** The refcount of cluster `index`. */
   async get(index: number): Promise<number> {
     const t = Math.floor(index / this.perBlock);

@@ -91,6 +91,11 @@ export class Refcounts {
     return this.#table.get(index);
   }
 
+  /** The refcount of cluster `index` if known without I/O, else undefined (see RefcountTable.peek). */
+  peek(index: number): number | undefined {
+    return this.#table.peek(index);
+  }
+
   /**
    * Adds `delta` to the refcounts of clusters [first, first+count). Blocks
    * are created where needed; each changed block is written once. With

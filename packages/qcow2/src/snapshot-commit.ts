@@ -31,7 +31,7 @@
  */
 import { FreshClusters } from './allocator.js';
 import { bytesEqual, corrupt, hex, unsupported, writeU64Be } from '@img/block';
-import { entryCopied, setEntryCopied, writeEntryOffset } from './mapping.js';
+import { decodeL2Entry, entryCopied, MAX_HOST_OFFSET, setEntryCopied, standardEntryCluster, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount } from './refcount-entry.js';
 import type { Refcounts } from './refcount.js';
@@ -40,7 +40,7 @@ import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from '.
 import { OVERLAP } from './overlap.js';
 import type { Qcow2Image } from './core.js';
 import { checkedWrite } from './image-overlap.js';
-import { forEachL2Entry, l2TableOffsets, type L1Table } from './l2-walk.js';
+import { forEachL2Entry, l2EntriesPerTable, l2TableOffsets, type L1Table } from './l2-walk.js';
 
 const FORMAT = 'qcow2';
 /** The header switch must be one sector write to be atomic. */
@@ -98,6 +98,24 @@ function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, 
 /** The entries of an L2 table that carry a COPIED flag (they map a host cluster of their own, not compressed), with that cluster. */
 function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Array<{ j: number; cluster: number }> {
   const out: Array<{ j: number; cluster: number }> = [];
+  const g = s.entryGeom;
+  if (!g.extendedL2) {
+    // A table of a million-cluster image at a time: most entries name an aligned cluster, known without decoding
+    // them into objects; the rest (none, compressed, unaligned, out of range) are decoded, and refused as before.
+    const cs = s.geom.clusterSize;
+    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    const entries = l2EntriesPerTable(g);
+    for (let j = 0; j < entries; j++) {
+      const c = standardEntryCluster(dv.getUint32(j * 8), dv.getUint32(j * 8 + 4), g.clusterBits);
+      if (c >= 0 && c * cs <= MAX_HOST_OFFSET) {
+        out.push({ j, cluster: c });
+        continue;
+      }
+      const e = decodeL2Entry(table, j, g, s.file, tableOffset);
+      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) out.push({ j, cluster: e.host / cs });
+    }
+    return out;
+  }
   forEachL2Entry(
     s,
     table,
@@ -232,9 +250,10 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   const d = new Deltas();
   for (const t of change.leaving) await countTree(s, tablesOf(s, t), -1, d);
   await countTree(s, newTables, 1, d);
-  const after = async (c: number): Promise<number> => (await rc.get(c)) + d.get(c);
+  // Over millions of clusters: an await only where a refcount block must be read first.
+  const after = async (c: number): Promise<number> => (rc.peek(c) ?? (await rc.get(c))) + d.get(c);
   for (const [c, delta] of d.entries()) {
-    const now = await rc.get(c);
+    const now = rc.peek(c) ?? (await rc.get(c));
     if (now + delta < 0) {
       throw corrupt(FORMAT, s.file, `refcount of cluster ${c} (${hex(c * cs)}) would drop below zero: it is ${now}, but more references to it go`, { field: 'refcount', offset: c * cs, actual: now });
     }
@@ -251,7 +270,8 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     const table = (await loadL2(s, at, i)).slice();
     let changed = false;
     for (const { j, cluster: c } of flagClusters(s, table, at)) {
-      const own = s.entryGeom.dataFile || (await after(c)) === 1;
+      const known = rc.peek(c);
+      const own = s.entryGeom.dataFile || (known === undefined ? await after(c) : known + d.get(c)) === 1;
       if (setEntryCopied(table, j * es, own)) changed = true;
     }
     return changed ? table : undefined;
