@@ -95,7 +95,18 @@ export class AllocationFrontier {
       const untrusted = table.isUntrusted(t);
       const block = untrusted ? undefined : await table.block(t);
       const stop = Math.min(this.#end, (t + 1) * per);
+      const base = t * per;
+      const nextZero = block ? zeroFinder(block, table.bits) : undefined;
       for (; i < stop; i++) {
+        if (run === 0 && nextZero) {
+          // Outside a run, straight to the next count of 0: a full image's walk is one native search per block.
+          const k = nextZero(i - base);
+          if (k < 0 || base + k >= stop) {
+            i = stop;
+            break;
+          }
+          i = base + k;
+        }
         const refs = untrusted ? (i < table.loadEnd ? 1 : 0) : block ? readRefcount(block, i % per, table.bits) : 0;
         if (this.#free(i, refs)) {
           if (firstFree < 0) firstFree = i;
@@ -117,5 +128,35 @@ export class AllocationFrontier {
       if (firstFree === start) this.#freeHint = Math.max(this.#freeHint, start + count);
     }
     return start;
+  }
+}
+
+/**
+ * The index of the next refcount of 0 in `block` at or after an entry, or -1, searched natively where the
+ * width has a typed array of its own (8, 16, 32, 64 bits: a count is 0 when all its bytes are); undefined for
+ * narrower widths.
+ */
+function zeroFinder(block: Uint8Array, bits: number): ((from: number) => number) | undefined {
+  const { buffer, byteOffset, length } = block;
+  switch (bits) {
+    case 8:
+      return (from) => block.indexOf(0, from);
+    case 16: {
+      if (byteOffset % 2) return undefined;
+      const view = new Uint16Array(buffer, byteOffset, length / 2);
+      return (from) => view.indexOf(0, from);
+    }
+    case 32: {
+      if (byteOffset % 4) return undefined;
+      const view = new Uint32Array(buffer, byteOffset, length / 4);
+      return (from) => view.indexOf(0, from);
+    }
+    case 64: {
+      if (byteOffset % 8) return undefined;
+      const view = new BigUint64Array(buffer, byteOffset, length / 8);
+      return (from) => view.indexOf(0n, from);
+    }
+    default:
+      return undefined;
   }
 }

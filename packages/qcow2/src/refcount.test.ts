@@ -91,3 +91,69 @@ describe('refcount batches', () => {
     expect([20, 21].map((c) => readRefcount(block, c, 16))).toEqual([await rc.get(20), await rc.get(21)]);
   });
 });
+
+describe('free cluster search', () => {
+  it.each([1, 2, 4, 8, 16, 32, 64])('refcount_bits=%i: allocations land where first fit from the hints of the allocator puts them, never on held clusters (the native search for a 0 count, at 8-64 bits, finds what the scan of each count finds)', async (bits) => {
+    // Header, refcount table, one refcount block, then clusters in use or free in a seeded pattern, up to 400
+    // (what is allocated past them stays within the one block at 64 bits: 512 clusters).
+    const clusters = 400;
+    const bytes = new Uint8Array(clusters * CS);
+    writeU64Be(bytes, CS, 2 * CS);
+    const block = bytes.subarray(2 * CS, 3 * CS);
+    const used = new Array<boolean>(clusters).fill(false);
+    let seed = bits * 7919;
+    const random = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 16) / 65536;
+    for (let c = 0; c < clusters; c++) {
+      used[c] = c < 3 || c === clusters - 1 || random() < (c < 200 ? 0.85 : 0.5);
+      if (used[c]) writeRefcount(block, c, bits, 1);
+    }
+    // A few free clusters the overlap map holds (metadata a damaged image points at): never handed out.
+    const held = [40, 41, 260, 300, 350].filter((c) => !used[c]);
+    const map = new OverlapMap(CS);
+    map.add(OVERLAP.HEADER, 0, CS);
+    for (const c of held) map.add(OVERLAP.L2, c * CS, CS);
+    const storage = MemoryStorage.from(bytes, { name: 'f.qcow2' });
+    const rc = await Refcounts.load({
+      storage,
+      file: 'f.qcow2',
+      clusterSize: CS,
+      refcountBits: bits,
+      tableOffset: CS,
+      tableClusters: 1,
+      fileSize: bytes.length,
+      onTableMoved: () => Promise.resolve(),
+      barrier: () => Promise.resolve(),
+      overlap: map,
+    });
+    const taken = (c: number) => used[c] === true || held.includes(c);
+    // First fit from the allocator's hints (AllocationFrontier: single clusters and runs keep separate ones).
+    let freeHint = 0;
+    let runHint = 0;
+    const model = (count: number): number => {
+      const from = count === 1 ? freeHint : Math.max(freeHint, runHint);
+      let run = 0;
+      let firstFree = -1;
+      let start = -1;
+      for (let c = from; c < used.length && start < 0; c++) {
+        if (taken(c)) run = 0;
+        else {
+          if (firstFree < 0) firstFree = c;
+          if (++run === count) start = c - count + 1;
+        }
+      }
+      // A free run touching the end goes on past it.
+      if (start < 0) start = used.length - run;
+      if (count === 1) freeHint = start + 1;
+      else {
+        runHint = start + count;
+        if (firstFree === start) freeHint = Math.max(freeHint, start + count);
+      }
+      return start;
+    };
+    for (const count of [1, 1, 3, 1, 2, 5, 1, 1, 8, 2, 1, 13, 1, 4, 1, 1, 30, 1]) {
+      const expected = model(count);
+      expect({ count, at: (await rc.allocate(count)) / CS }).toEqual({ count, at: expected });
+      for (let c = expected; c < expected + count; c++) used[c] = true;
+    }
+  });
+});
