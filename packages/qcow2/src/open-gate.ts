@@ -116,10 +116,13 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
   const entrySize = s.geom.l2EntrySize;
   // Active L2 tables with a COPIED entry, and the first such entry: checked against the tables snapshots share.
   const copiedEntryIn = new Map<number, number>();
+  // The first COPIED entry of the table being walked (-1: none yet): kept here, not looked up per entry.
+  let firstCopied = -1;
   const noteCopied = (l2: number, j: number, isCopied: boolean) => {
-    if (isCopied && !copiedEntryIn.has(l2)) copiedEntryIn.set(l2, l2 + j * entrySize);
+    if (isCopied && firstCopied < 0) firstCopied = l2 + j * entrySize;
   };
   await forEachL2Table(s, tables, (table, l2) => {
+    firstCopied = copiedEntryIn.get(l2) ?? -1;
     forEachEntryCluster(
       s,
       table,
@@ -153,6 +156,7 @@ export async function inspectForWriting(s: Qcow2Image, view: MappingView, refcou
         for (let c = Math.floor(offset / cs); c * cs < offset + cs; c++) useExclusive(c, 'unaligned data cluster', l2 + j * entrySize, isCopied);
       },
     );
+    if (firstCopied >= 0) copiedEntryIn.set(l2, firstCopied);
   });
   const l2Tables = tables.length;
   if (sharedCount > shared.length) {
