@@ -81,6 +81,34 @@ function rethrow(error: Error): never {
 /** Calls `onRun(first, count)` for the host clusters each entry of an L2 table holds a reference to (compressed data may span two). */
 function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, onRun: (first: number, count: number) => void): void {
   const cs = s.geom.clusterSize;
+  const g = s.entryGeom;
+  if (!g.extendedL2) {
+    // Plain entries (most of a large image's) are read without decoding, neighbours in the file as one run.
+    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    let runFirst = -1;
+    let runCount = 0;
+    for (let j = 0; j < l2EntriesPerTable(g); j++) {
+      const c = plainCluster(dv, j, g.clusterBits, cs);
+      if (c === UNALLOCATED) continue;
+      if (c >= 0) {
+        if (g.dataFile) continue;
+        if (runCount && c === runFirst + runCount) runCount++;
+        else {
+          if (runCount) onRun(runFirst, runCount);
+          runFirst = c;
+          runCount = 1;
+        }
+        continue;
+      }
+      const e = decodeL2Entry(table, j, g, s.file, tableOffset);
+      if (e.type === 'compressed') {
+        const first = Math.floor(e.host / cs);
+        onRun(first, Math.floor((e.host + e.size - 1) / cs) - first + 1);
+      } else if (e.type !== 'unallocated' && e.host !== undefined && !g.dataFile) onRun(e.host / cs, 1);
+    }
+    if (runCount) onRun(runFirst, runCount);
+    return;
+  }
   forEachL2Entry(
     s,
     table,
@@ -95,6 +123,21 @@ function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, 
   );
 }
 
+/** {@link plainCluster}: an entry of all zeros (unallocated, no flags). */
+const UNALLOCATED = -1;
+
+/**
+ * Standard entry `j`: its host cluster when it is a plain one (not compressed, aligned, within bounds: what
+ * decodeL2Entry accepts and maps, flags aside), UNALLOCATED for an entry of all zeros, or -2: decode it.
+ */
+function plainCluster(dv: DataView, j: number, clusterBits: number, cs: number): number {
+  const hi = dv.getUint32(j * 8);
+  const lo = dv.getUint32(j * 8 + 4);
+  if (hi === 0 && lo === 0) return UNALLOCATED;
+  const c = standardEntryCluster(hi, lo, clusterBits);
+  return c >= 0 && c * cs <= MAX_HOST_OFFSET ? c : -2;
+}
+
 /** The entries of an L2 table that carry a COPIED flag (they map a host cluster of their own, not compressed), with that cluster. */
 function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Array<{ j: number; cluster: number }> {
   const out: Array<{ j: number; cluster: number }> = [];
@@ -106,8 +149,9 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Ar
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const entries = l2EntriesPerTable(g);
     for (let j = 0; j < entries; j++) {
-      const c = standardEntryCluster(dv.getUint32(j * 8), dv.getUint32(j * 8 + 4), g.clusterBits);
-      if (c >= 0 && c * cs <= MAX_HOST_OFFSET) {
+      const c = plainCluster(dv, j, g.clusterBits, cs);
+      if (c === UNALLOCATED) continue;
+      if (c >= 0) {
         out.push({ j, cluster: c });
         continue;
       }
@@ -137,6 +181,19 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Ar
  */
 function withoutCompressedCopied(s: Qcow2Image, table: Uint8Array, tableOffset: number): Uint8Array | undefined {
   let copy: Uint8Array | undefined;
+  const g = s.entryGeom;
+  if (!g.extendedL2) {
+    // Only compressed descriptors change, and entries that may not decode are refused as before: plain ones are skipped unread.
+    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    for (let j = 0; j < l2EntriesPerTable(g); j++) {
+      if (plainCluster(dv, j, g.clusterBits, s.geom.clusterSize) !== -2) continue;
+      const e = decodeL2Entry(table, j, g, s.file, tableOffset);
+      if (e.type !== 'compressed' || !entryCopied(table, j * 8)) continue;
+      copy ??= table.slice();
+      setEntryCopied(copy, j * 8, false);
+    }
+    return copy;
+  }
   forEachL2Entry(
     s,
     table,
