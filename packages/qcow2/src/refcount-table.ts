@@ -219,6 +219,17 @@ export class RefcountTable {
     return block ? readRefcount(block, index - t * this.perBlock, this.bits) : undefined;
   }
 
+  /**
+   * Refcount block `t` if it can be read without I/O: the cached block,
+   * null where the table has none (every count 0), undefined where the
+   * block is not cached or cannot be trusted (ask {@link get}).
+   */
+  peekBlock(t: number): Uint8Array | null | undefined {
+    if (this.#untrusted.size !== 0 && this.#untrusted.has(t)) return undefined;
+    const offset = this.#table[t] ?? 0;
+    return offset === 0 ? null : this.#blocks.peek(offset);
+  }
+
   /** The refcount of cluster `index`. */
   async get(index: number): Promise<number> {
     const t = Math.floor(index / this.perBlock);

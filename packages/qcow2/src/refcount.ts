@@ -91,6 +91,11 @@ export class Refcounts {
     return this.#table.get(index);
   }
 
+  /** Refcount block `t` if readable without I/O (see RefcountTable.peekBlock). */
+  peekBlock(t: number): Uint8Array | null | undefined {
+    return this.#table.peekBlock(t);
+  }
+
   /** The refcount of cluster `index` if known without I/O, else undefined (see RefcountTable.peek). */
   peek(index: number): number | undefined {
     return this.#table.peek(index);

@@ -219,21 +219,58 @@ const CHUNK = 4096;
 /** Refcount changes by cluster, in dense chunks of {@link CHUNK} clusters (allocated as touched). */
 class Deltas {
   readonly #chunks = new Map<number, Int32Array>();
+  /** The chunk {@link get} read last (chunks are never replaced). */
+  #lastK = -1;
+  #last: Int32Array | undefined;
   add(first: number, count: number, d: number): void {
-    for (let c = first; c < first + count; c++) {
+    for (let c = first; c < first + count;) {
       const k = Math.floor(c / CHUNK);
       let chunk = this.#chunks.get(k);
       if (!chunk) this.#chunks.set(k, (chunk = new Int32Array(CHUNK)));
-      chunk[c - k * CHUNK]! += d;
+      const stop = Math.min(first + count, (k + 1) * CHUNK);
+      for (let i = c - k * CHUNK; c < stop; c++, i++) chunk[i]! += d;
     }
   }
   get(c: number): number {
     const k = Math.floor(c / CHUNK);
-    return this.#chunks.get(k)?.[c - k * CHUNK] ?? 0;
+    if (k !== this.#lastK) {
+      const chunk = this.#chunks.get(k);
+      if (!chunk) return 0;
+      this.#lastK = k;
+      this.#last = chunk;
+    }
+    return this.#last![c - k * CHUNK]!;
   }
-  /** Every change: [cluster, delta]. */
-  *entries(): Generator<[number, number]> {
-    for (const [k, chunk] of this.#chunks) for (let i = 0; i < CHUNK; i++) if (chunk[i]) yield [k * CHUNK + i, chunk[i]!];
+  /** The chunks of changes: [first cluster, delta per cluster]. */
+  *chunks(): Generator<[number, Int32Array]> {
+    for (const [k, chunk] of this.#chunks) yield [k * CHUNK, chunk];
+  }
+}
+
+/**
+ * Refcounts read cluster by cluster without an await where the block is in memory: the block of the read before
+ * is kept until {@link CountReader.forget}, which a caller calls after any await (a block may have been replaced).
+ */
+class CountReader {
+  readonly #rc: Refcounts;
+  #t = -1;
+  #block: Uint8Array | null | undefined;
+  constructor(rc: Refcounts) {
+    this.#rc = rc;
+  }
+  /** The count of cluster `c`, or undefined: ask Refcounts.get (then call forget). */
+  read(c: number): number | undefined {
+    const rc = this.#rc;
+    const t = Math.floor(c / rc.perBlock);
+    if (t !== this.#t) {
+      this.#block = rc.peekBlock(t);
+      this.#t = t;
+    }
+    const b = this.#block;
+    return b === null ? 0 : b === undefined ? undefined : readRefcount(b, c - t * rc.perBlock, rc.bits);
+  }
+  forget(): void {
+    this.#t = -1;
   }
 }
 
@@ -308,16 +345,33 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   for (const t of change.leaving) await countTree(s, tablesOf(s, t), -1, d);
   await countTree(s, newTables, 1, d);
   // Over millions of clusters: an await only where a refcount block must be read first.
-  const after = async (c: number): Promise<number> => (rc.peek(c) ?? (await rc.get(c))) + d.get(c);
-  for (const [c, delta] of d.entries()) {
-    const now = rc.peek(c) ?? (await rc.get(c));
-    if (now + delta < 0) {
-      throw corrupt(FORMAT, s.file, `refcount of cluster ${c} (${hex(c * cs)}) would drop below zero: it is ${now}, but more references to it go`, { field: 'refcount', offset: c * cs, actual: now });
-    }
-    if (now + delta > rc.maxRefcount) {
-      throw unsupported(FORMAT, s.file, `refcount_bits ${rc.bits} cannot count the references ${change.verb} to cluster ${c} (${hex(c * cs)}): ${now} + ${delta} > ${rc.maxRefcount}; use wider refcounts (qemu-img amend -o refcount_bits=16)`, {
-        field: 'refcount_bits',
-      });
+  const counts = new CountReader(rc);
+  const countOf = async (c: number): Promise<number> => {
+    const now = counts.read(c);
+    if (now !== undefined) return now;
+    const read = await rc.get(c);
+    counts.forget();
+    return read;
+  };
+  const after = async (c: number): Promise<number> => (await countOf(c)) + d.get(c);
+  for (const [base, chunk] of d.chunks()) {
+    for (let i = 0; i < CHUNK; i++) {
+      const delta = chunk[i]!;
+      if (!delta) continue;
+      const c = base + i;
+      let now = counts.read(c);
+      if (now === undefined) {
+        now = await rc.get(c);
+        counts.forget();
+      }
+      if (now + delta < 0) {
+        throw corrupt(FORMAT, s.file, `refcount of cluster ${c} (${hex(c * cs)}) would drop below zero: it is ${now}, but more references to it go`, { field: 'refcount', offset: c * cs, actual: now });
+      }
+      if (now + delta > rc.maxRefcount) {
+        throw unsupported(FORMAT, s.file, `refcount_bits ${rc.bits} cannot count the references ${change.verb} to cluster ${c} (${hex(c * cs)}): ${now} + ${delta} > ${rc.maxRefcount}; use wider refcounts (qemu-img amend -o refcount_bits=16)`, {
+          field: 'refcount_bits',
+        });
+      }
     }
   }
   // The active L2 tables whose COPIED flags change: copied if the active layer reaches them now,
@@ -325,9 +379,11 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
   // they are not all held at once.)
   const withFlags = async (at: number, i: number): Promise<Uint8Array | undefined> => {
     const table = (await loadL2(s, at, i)).slice();
+    // Blocks may have changed hands while this awaited (the write phase allocates between calls).
+    counts.forget();
     let changed = false;
     for (const { j, cluster: c } of flagClusters(s, table, at)) {
-      const known = rc.peek(c);
+      const known = counts.read(c);
       const own = s.entryGeom.dataFile || (known === undefined ? await after(c) : known + d.get(c)) === 1;
       if (setEntryCopied(table, j * es, own)) changed = true;
     }
@@ -442,7 +498,7 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     }
     // Refcount blocks whose counts change are copied with the new counts, under a new refcount table.
     const blocks = new Set<number>();
-    for (const [c] of d.entries()) blocks.add(Math.floor(c / rc.perBlock));
+    for (const [base, chunk] of d.chunks()) for (let i = 0; i < CHUNK; i++) if (chunk[i]) blocks.add(Math.floor((base + i) / rc.perBlock));
     const freshBlocks = new Map<number, number>();
     for (const t of blocks) freshBlocks.set(t, await take(1));
     let tableClusters = rc.tableClusters;
