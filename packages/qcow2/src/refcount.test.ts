@@ -14,19 +14,17 @@ import { readRefcount, writeRefcount } from './refcount-entry.js';
 
 const CS = 4096;
 
-async function load(held: number[]): Promise<{ rc: Refcounts; storage: MemoryStorage; map: OverlapMap }> {
-  // Header, refcount table (entry 0 empty: its block is missing), two data clusters.
-  const bytes = new Uint8Array(4 * CS);
-  bytes.fill(0x5a, 2 * CS);
-  const storage = MemoryStorage.from(bytes, { name: 'r.qcow2' });
+/** Refcounts of `bytes` (header at 0, a one-cluster refcount table at CS) with `held` clusters in the overlap map as L2 tables. */
+async function loadFrom(bytes: Uint8Array, name: string, refcountBits: number, held: number[]): Promise<{ rc: Refcounts; storage: MemoryStorage; map: OverlapMap }> {
+  const storage = MemoryStorage.from(bytes, { name });
   const map = new OverlapMap(CS);
   map.add(OVERLAP.HEADER, 0, CS);
   for (const c of held) map.add(OVERLAP.L2, c * CS, CS);
   const rc = await Refcounts.load({
     storage,
-    file: 'r.qcow2',
+    file: name,
     clusterSize: CS,
-    refcountBits: 16,
+    refcountBits,
     tableOffset: CS,
     tableClusters: 1,
     fileSize: bytes.length,
@@ -35,6 +33,13 @@ async function load(held: number[]): Promise<{ rc: Refcounts; storage: MemorySto
     overlap: map,
   });
   return { rc, storage, map };
+}
+
+function load(held: number[]): Promise<{ rc: Refcounts; storage: MemoryStorage; map: OverlapMap }> {
+  // Header, refcount table (entry 0 empty: its block is missing), two data clusters.
+  const bytes = new Uint8Array(4 * CS);
+  bytes.fill(0x5a, 2 * CS);
+  return loadFrom(bytes, 'r.qcow2', 16, held);
 }
 
 describe('refcount repairs and the overlap map', () => {
@@ -109,22 +114,7 @@ describe('free cluster search', () => {
     }
     // A few free clusters the overlap map holds (metadata a damaged image points at): never handed out.
     const held = [40, 41, 260, 300, 350].filter((c) => !used[c]);
-    const map = new OverlapMap(CS);
-    map.add(OVERLAP.HEADER, 0, CS);
-    for (const c of held) map.add(OVERLAP.L2, c * CS, CS);
-    const storage = MemoryStorage.from(bytes, { name: 'f.qcow2' });
-    const rc = await Refcounts.load({
-      storage,
-      file: 'f.qcow2',
-      clusterSize: CS,
-      refcountBits: bits,
-      tableOffset: CS,
-      tableClusters: 1,
-      fileSize: bytes.length,
-      onTableMoved: () => Promise.resolve(),
-      barrier: () => Promise.resolve(),
-      overlap: map,
-    });
+    const { rc } = await loadFrom(bytes, 'f.qcow2', bits, held);
     const taken = (c: number) => used[c] === true || held.includes(c);
     // First fit from the allocator's hints (AllocationFrontier: single clusters and runs keep separate ones).
     let freeHint = 0;
