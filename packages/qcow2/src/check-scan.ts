@@ -7,14 +7,14 @@
  * disagree with the refcounts, entries out of range) is collected.
  */
 import { hex, readU32Be, unsupported } from '@img/block';
-import { decodeL2Entry, entryOffset, MAX_HOST_OFFSET, standardEntryCluster, type ClusterEntry } from './mapping.js';
+import { decodeL2Entry, ENTRY_EMPTY, entryOffset, MAX_HOST_OFFSET, plainEntryCluster, type ClusterEntry } from './mapping.js';
 import type { MappingView } from './mapping-view.js';
 import { readRefcount, refcountTableEntryOffset } from './refcount-entry.js';
 import { findExtension, parseBitmapsExtension } from './extensions.js';
 import { snapshotEntrySize } from './snapshot.js';
 import { snapshotsWithDataFileLine } from './check-snapshots.js';
 import { bitmapRanges } from './bitmaps.js';
-import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, EXT_BITMAPS } from './constants.js';
+import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, EXT_BITMAPS, L2_RESERVED_HI, L2_RESERVED_LO } from './constants.js';
 import type { Qcow2Image } from './core.js';
 import { entryHex, forEachL1Entry, forEachL2Entry, forEachL2Table, l1EntryCopied, l1FlagsWithoutOffset, l2EntriesPerTable, snapshotL1Tables } from './l2-walk.js';
 
@@ -95,8 +95,6 @@ export interface ReservedBitsFix {
  */
 const L1_RESERVED_HI = 0x7f000000;
 const L1_RESERVED_LO = 0x000001ff;
-const L2_RESERVED_HI = 0x3f000000;
-const L2_RESERVED_LO = 0x000001fe;
 
 /** Messages kept per check (the counts are always complete). */
 export const MAX_MESSAGES = 1000;
@@ -414,19 +412,17 @@ export async function scan(s: Qcow2Image, view: MappingView): Promise<Scan> {
     // compressed): counted as onEntry counts them, without decoding each into an object. The rest are decoded.
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     for (let j = 0; j < entries; j++) {
-      const hi = dv.getUint32(j * 8);
-      const lo = dv.getUint32(j * 8 + 4);
-      if (hi === 0 && lo === 0) continue;
-      const c = (hi & (L2_RESERVED_HI | ENTRY_COMPRESSED_HI)) === 0 && (lo & L2_RESERVED_LO) === 0 ? standardEntryCluster(hi, lo, g.clusterBits) : -2;
+      const c = plainEntryCluster(dv, j, g.clusterBits);
+      if (c === ENTRY_EMPTY) continue;
       const at = l2Offset + j * 8;
-      if (c >= 0 && c * cs <= MAX_HOST_OFFSET) {
+      if (c >= 0) {
         const host = c * cs;
         if (!g.dataFile) ref(host, cs, 'data cluster', times);
         if (activeTimes) {
           r.allocated += activeTimes;
           if (nextContiguous && host !== nextContiguous) r.fragmented += activeTimes;
           nextContiguous = host + cs;
-          copied(at, c, (hi & ENTRY_COPIED_HI) !== 0, g.dataFile, () => entryHex(table, j * 8));
+          copied(at, c, (dv.getUint32(j * 8) & ENTRY_COPIED_HI) !== 0, g.dataFile, () => entryHex(table, j * 8));
         }
         continue;
       }

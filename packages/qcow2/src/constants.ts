@@ -110,6 +110,10 @@ export const KNOWN_FEATURE_NAMES: ReadonlyArray<{ type: number; bit: number; nam
 export const ENTRY_COPIED_HI = 0x80000000;
 /** Bit 62 of an L2 entry, in its high 32 bits: the cluster is compressed. */
 export const ENTRY_COMPRESSED_HI = 0x40000000;
+/** Reserved bits of a standard L2 entry in its high 32 bits (bits 56-61). */
+export const L2_RESERVED_HI = 0x3f000000;
+/** Reserved bits of a standard L2 entry in its low 32 bits (bits 1-8). */
+export const L2_RESERVED_LO = 0x000001fe;
 /** Bits 9-55 of an offset: mask of the high half (bits 32-55). */
 export const OFFSET_MASK_HI = 0x00ffffff;
 /** Bits 9-31 of an offset: mask of the low half. */

@@ -4,7 +4,7 @@
  * stored at a host offset, compressed, or split into subclusters.
  */
 import { readU32Be, writeU32Be, writeU64BeParts, corrupt, hex } from '@img/block';
-import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
+import { ENTRY_COMPRESSED_HI, ENTRY_COPIED_HI, L2_RESERVED_HI, L2_RESERVED_LO, OFFSET_MASK_HI, OFFSET_MASK_LO, COMPRESSED_SECTOR } from './constants.js';
 
 const FORMAT = 'qcow2';
 /** Host offsets past this cannot be file positions (2^53 minus room for a 2 MiB cluster and its compressed tail). */
@@ -95,6 +95,26 @@ export function standardEntryCluster(hi: number, lo: number, clusterBits: number
   if ((lo & OFFSET_MASK_LO & ((1 << clusterBits) - 1)) !== 0) return -1;
   const cluster = (hi & OFFSET_MASK_HI) * (1 << (32 - clusterBits)) + (lo >>> clusterBits);
   return cluster === 0 ? -1 : cluster;
+}
+
+/** {@link plainEntryCluster}: a standard L2 entry of all zeros (unallocated, no flags). */
+export const ENTRY_EMPTY = -1;
+/** {@link plainEntryCluster}: any other entry that names no plain cluster; decode it with decodeL2Entry. */
+export const ENTRY_DECODE = -2;
+
+/**
+ * Standard (8-byte) L2 entry `j` of a table: its host cluster when it is a plain one (not compressed, no
+ * reserved bit, aligned, within bounds: what decodeL2Entry accepts and maps, the COPIED and zero flags aside),
+ * ENTRY_EMPTY for an entry of all zeros, else ENTRY_DECODE. For walks over every entry of a large image, which
+ * then make no object for most entries and decode the rest.
+ */
+export function plainEntryCluster(dv: DataView, j: number, clusterBits: number): number {
+  const hi = dv.getUint32(j * 8);
+  const lo = dv.getUint32(j * 8 + 4);
+  if (hi === 0 && lo === 0) return ENTRY_EMPTY;
+  if ((hi & (L2_RESERVED_HI | ENTRY_COMPRESSED_HI)) !== 0 || (lo & L2_RESERVED_LO) !== 0) return ENTRY_DECODE;
+  const c = standardEntryCluster(hi, lo, clusterBits);
+  return c >= 0 && c * 2 ** clusterBits <= MAX_HOST_OFFSET ? c : ENTRY_DECODE;
 }
 
 /** The geometry fields decodeL2Entry needs. */

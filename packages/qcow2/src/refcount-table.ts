@@ -205,21 +205,6 @@ export class RefcountTable {
   }
 
   /**
-   * The refcount of cluster `index` if it is known without reading the
-   * file (its block cached, absent or untrusted), as {@link get} answers
-   * it; undefined otherwise. For walks over millions of clusters, where an
-   * await each is most of the time.
-   */
-  peek(index: number): number | undefined {
-    const t = Math.floor(index / this.perBlock);
-    if (this.#untrusted.size !== 0 && this.#untrusted.has(t)) return index < this.#loadEnd ? 1 : 0;
-    const offset = this.#table[t] ?? 0;
-    if (offset === 0) return 0;
-    const block = this.#blocks.peek(offset);
-    return block ? readRefcount(block, index - t * this.perBlock, this.bits) : undefined;
-  }
-
-  /**
    * Refcount block `t` if it can be read without I/O: the cached block,
    * null where the table has none (every count 0), undefined where the
    * block is not cached or cannot be trusted (ask {@link get}).

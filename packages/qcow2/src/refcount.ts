@@ -96,11 +96,6 @@ export class Refcounts {
     return this.#table.peekBlock(t);
   }
 
-  /** The refcount of cluster `index` if known without I/O, else undefined (see RefcountTable.peek). */
-  peek(index: number): number | undefined {
-    return this.#table.peek(index);
-  }
-
   /**
    * Adds `delta` to the refcounts of clusters [first, first+count). Blocks
    * are created where needed; each changed block is written once. With

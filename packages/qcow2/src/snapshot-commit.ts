@@ -31,7 +31,7 @@
  */
 import { FreshClusters } from './allocator.js';
 import { bytesEqual, corrupt, hex, unsupported, writeU64Be } from '@img/block';
-import { decodeL2Entry, entryCopied, MAX_HOST_OFFSET, setEntryCopied, standardEntryCluster, writeEntryOffset } from './mapping.js';
+import { decodeL2Entry, ENTRY_DECODE, ENTRY_EMPTY, entryCopied, plainEntryCluster, setEntryCopied, writeEntryOffset } from './mapping.js';
 import { loadL2, type MappingView } from './mapping-view.js';
 import { readRefcount, writeRefcount } from './refcount-entry.js';
 import type { Refcounts } from './refcount.js';
@@ -88,8 +88,8 @@ function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, 
     let runFirst = -1;
     let runCount = 0;
     for (let j = 0; j < l2EntriesPerTable(g); j++) {
-      const c = plainCluster(dv, j, g.clusterBits, cs);
-      if (c === UNALLOCATED) continue;
+      const c = plainEntryCluster(dv, j, g.clusterBits);
+      if (c === ENTRY_EMPTY) continue;
       if (c >= 0) {
         if (g.dataFile) continue;
         if (runCount && c === runFirst + runCount) runCount++;
@@ -123,21 +123,6 @@ function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, 
   );
 }
 
-/** {@link plainCluster}: an entry of all zeros (unallocated, no flags). */
-const UNALLOCATED = -1;
-
-/**
- * Standard entry `j`: its host cluster when it is a plain one (not compressed, aligned, within bounds: what
- * decodeL2Entry accepts and maps, flags aside), UNALLOCATED for an entry of all zeros, or -2: decode it.
- */
-function plainCluster(dv: DataView, j: number, clusterBits: number, cs: number): number {
-  const hi = dv.getUint32(j * 8);
-  const lo = dv.getUint32(j * 8 + 4);
-  if (hi === 0 && lo === 0) return UNALLOCATED;
-  const c = standardEntryCluster(hi, lo, clusterBits);
-  return c >= 0 && c * cs <= MAX_HOST_OFFSET ? c : -2;
-}
-
 /** The entries of an L2 table that carry a COPIED flag (they map a host cluster of their own, not compressed), with that cluster. */
 function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Array<{ j: number; cluster: number }> {
   const out: Array<{ j: number; cluster: number }> = [];
@@ -149,8 +134,8 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Ar
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const entries = l2EntriesPerTable(g);
     for (let j = 0; j < entries; j++) {
-      const c = plainCluster(dv, j, g.clusterBits, cs);
-      if (c === UNALLOCATED) continue;
+      const c = plainEntryCluster(dv, j, g.clusterBits);
+      if (c === ENTRY_EMPTY) continue;
       if (c >= 0) {
         out.push({ j, cluster: c });
         continue;
@@ -186,7 +171,7 @@ function withoutCompressedCopied(s: Qcow2Image, table: Uint8Array, tableOffset: 
     // Only compressed descriptors change, and entries that may not decode are refused as before: plain ones are skipped unread.
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     for (let j = 0; j < l2EntriesPerTable(g); j++) {
-      if (plainCluster(dv, j, g.clusterBits, s.geom.clusterSize) !== -2) continue;
+      if (plainEntryCluster(dv, j, g.clusterBits) !== ENTRY_DECODE) continue;
       const e = decodeL2Entry(table, j, g, s.file, tableOffset);
       if (e.type !== 'compressed' || !entryCopied(table, j * 8)) continue;
       copy ??= table.slice();
