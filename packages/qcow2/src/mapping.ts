@@ -102,6 +102,9 @@ export const ENTRY_EMPTY = -1;
 /** {@link plainEntryCluster}: any other entry that names no plain cluster; decode it with decodeL2Entry. */
 export const ENTRY_DECODE = -2;
 
+/** floor(MAX_HOST_OFFSET / 2^32): an entry whose offset's high word is below it is within MAX_HOST_OFFSET. */
+const PLAIN_HI_LIMIT = Math.floor(MAX_HOST_OFFSET / 2 ** 32);
+
 /**
  * Standard (8-byte) L2 entry `j` of a table: its host cluster when it is a plain one (not compressed, no
  * reserved bit, aligned, within bounds: what decodeL2Entry accepts and maps, the COPIED and zero flags aside),
@@ -112,9 +115,13 @@ export function plainEntryCluster(dv: DataView, j: number, clusterBits: number):
   const hi = dv.getUint32(j * 8);
   const lo = dv.getUint32(j * 8 + 4);
   if (hi === 0 && lo === 0) return ENTRY_EMPTY;
-  if ((hi & (L2_RESERVED_HI | ENTRY_COMPRESSED_HI)) !== 0 || (lo & L2_RESERVED_LO) !== 0) return ENTRY_DECODE;
+  // The bound on the high word alone (integer compares, no float multiply per entry): below PLAIN_HI_LIMIT * 2^32
+  // every offset is within MAX_HOST_OFFSET; the few entries above it are left to decodeL2Entry's exact bound.
+  if ((hi & (L2_RESERVED_HI | ENTRY_COMPRESSED_HI)) !== 0 || (lo & L2_RESERVED_LO) !== 0 || (hi & OFFSET_MASK_HI) >= PLAIN_HI_LIMIT) {
+    return ENTRY_DECODE;
+  }
   const c = standardEntryCluster(hi, lo, clusterBits);
-  return c >= 0 && c * 2 ** clusterBits <= MAX_HOST_OFFSET ? c : ENTRY_DECODE;
+  return c > 0 ? c : ENTRY_DECODE;
 }
 
 /** The geometry fields decodeL2Entry needs. */

@@ -123,25 +123,37 @@ function forEachEntryRun(s: Qcow2Image, table: Uint8Array, tableOffset: number, 
   );
 }
 
+/** What flagClusters finds: entry `index[k]` of the table maps host cluster `cluster[k]`, for k < count. */
+interface FlagClusters {
+  count: number;
+  index: Uint32Array;
+  cluster: Float64Array;
+}
+
 /** The entries of an L2 table that carry a COPIED flag (they map a host cluster of their own, not compressed), with that cluster. */
-function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Array<{ j: number; cluster: number }> {
-  const out: Array<{ j: number; cluster: number }> = [];
+function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): FlagClusters {
   const g = s.entryGeom;
+  const cs = s.geom.clusterSize;
+  const entries = l2EntriesPerTable(g);
+  // Two typed arrays per table, not an object per entry: a million-cluster image's walk made millions of them.
+  const out: FlagClusters = { count: 0, index: new Uint32Array(entries), cluster: new Float64Array(entries) };
+  const add = (j: number, c: number): void => {
+    out.index[out.count] = j;
+    out.cluster[out.count++] = c;
+  };
   if (!g.extendedL2) {
-    // A table of a million-cluster image at a time: most entries name an aligned cluster, known without decoding
-    // them into objects; the rest (none, compressed, unaligned, out of range) are decoded, and refused as before.
-    const cs = s.geom.clusterSize;
+    // Most entries name an aligned cluster, known without decoding them into objects; the rest (none, compressed,
+    // unaligned, out of range) are decoded, and refused as before.
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const entries = l2EntriesPerTable(g);
     for (let j = 0; j < entries; j++) {
       const c = plainEntryCluster(dv, j, g.clusterBits);
       if (c === ENTRY_EMPTY) continue;
       if (c >= 0) {
-        out.push({ j, cluster: c });
+        add(j, c);
         continue;
       }
       const e = decodeL2Entry(table, j, g, s.file, tableOffset);
-      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) out.push({ j, cluster: e.host / cs });
+      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) add(j, e.host / cs);
     }
     return out;
   }
@@ -150,7 +162,7 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Ar
     table,
     tableOffset,
     (e, j) => {
-      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) out.push({ j, cluster: e.host / s.geom.clusterSize });
+      if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) add(j, e.host / cs);
     },
     rethrow,
   );
@@ -367,7 +379,10 @@ export async function commitChange(s: Qcow2Image, view: MappingView, rc: Refcoun
     // Blocks may have changed hands while this awaited (the write phase allocates between calls).
     counts.forget();
     let changed = false;
-    for (const { j, cluster: c } of flagClusters(s, table, at)) {
+    const flags = flagClusters(s, table, at);
+    for (let k = 0; k < flags.count; k++) {
+      const j = flags.index[k]!;
+      const c = flags.cluster[k]!;
       const known = counts.read(c);
       const own = s.entryGeom.dataFile || (known === undefined ? await after(c) : known + d.get(c)) === 1;
       if (setEntryCopied(table, j * es, own)) changed = true;
