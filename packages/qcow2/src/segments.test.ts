@@ -240,11 +240,14 @@ describe('segments', () => {
       let flags = 0x8000_0000_0000_0000n;
       for (let i = 0; i < entries; i++) {
         const step = rand(32);
-        // Mostly the next cluster; now and then a gap, a step back, no COPIED flag, the zero flag, a reserved bit, a hole, a compressed flag, a new base.
+        // Mostly the next cluster; now and then a gap, a step back, no COPIED flag, the zero flag, a reserved bit, a hole, a compressed flag, a new base, a jump.
         if (step === 0) host += 2 * cs;
         else if (step === 1) host = Math.max(cs, host - cs);
         else if (step === 2) flags ^= 0x8000_0000_0000_0000n;
         else if (step === 3) host = bases[rand(bases.length)]!;
+        // The next cluster but 4 GiB or 256 TiB on: every 16-bit half but one continues the run.
+        else if (step === 8) host += cs + 2 ** 32;
+        else if (step === 9 && host + cs + 2 ** 48 < max) host += cs + 2 ** 48;
         else if (i > 0) host += cs;
         let value = flags | BigInt(Math.min(host, 2 ** 56 - cs));
         if (step === 4) value |= 1n;
