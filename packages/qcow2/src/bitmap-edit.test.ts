@@ -111,14 +111,14 @@ describeWith('nbdinfo', 'editQcow2Bitmaps against qemu-img bitmap', () => {
     copyFileSync(base(), ours);
     copyFileSync(at('base.qcow2'), theirs);
     qemuImg(['bitmap', '--merge', 'x', '-b', other, '-F', 'qcow2', theirs, 'b0']);
-    const src = await readQcow2DirtyBitmap(await FileStorage.open(other, { readOnly: true }), 'x', other);
+    const src = await withStorage(FileStorage.open(other, { readOnly: true }), (s) => readQcow2DirtyBitmap(s, 'x', other));
     await withStorage(FileStorage.open(ours, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'b0', source: src }]));
     expect(seen(ours)).toEqual(seen(theirs));
     expect(qemuCheck(ours, 'qcow2').status).toBe(0);
     // Different virtual sizes: refused with qemu's sentence.
     qemuImg(['create', '-q', '-f', 'qcow2', at('small.qcow2'), '4M']);
     qemuImg(['bitmap', '--add', at('small.qcow2'), 's']);
-    const small = await readQcow2DirtyBitmap(await FileStorage.open(at('small.qcow2'), { readOnly: true }), 's');
+    const small = await withStorage(FileStorage.open(at('small.qcow2'), { readOnly: true }), (s) => readQcow2DirtyBitmap(s, 's'));
     await expect(withStorage(FileStorage.open(ours, { readOnly: false }), (s) => editQcow2Bitmaps(s, [{ op: 'merge', name: 'b0', source: small }]))).rejects.toMatchObject({
       code: 'ERR_IMG_INVALID_ARG',
       message: expect.stringContaining("Bitmaps are of different sizes (destination size is 8388608, source size is 4194304) and can't be merged"),

@@ -124,7 +124,9 @@ export function bitmapCoveredLength(size: number): number {
  *
  * @example
  * ```ts
- * const bitmap = await readQcow2DirtyBitmap(await FileStorage.open('vm.qcow2', { readOnly: true }), 'b0');
+ * const storage = await FileStorage.open('vm.qcow2', { readOnly: true });
+ * // The bits are read whole: the storage may be closed once the call returns.
+ * const bitmap = await readQcow2DirtyBitmap(storage, 'b0').finally(() => storage.close());
  * for (const run of bitmap.runs(0, bitmap.virtualSize)) if (run.dirty) console.log(run.offset, run.length);
  * ```
  */

@@ -544,7 +544,16 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
     expect((await imageError(plainOpen(luks, { readOnly: false }))).message).toMatch(/writing into it needs its passphrase/);
     expect((await imageError(plainOpen(luks, { readOnly: false, passphrase: 'y' }))).message).toMatch(/unlocks none/);
     let n = 0;
-    const create = (o: Record<string, unknown>) => FileStorage.create(p(`n${n++}.qcow2`)).then((s) => createQcow2(s, { size: 1 << 20, encryptPassphrase: 'x', ...o }));
+    // A create that refuses leaves the storage to the caller, as an open that refuses does.
+    const create = async (o: Record<string, unknown>) => {
+      const s = await FileStorage.create(p(`n${n++}.qcow2`));
+      try {
+        return await createQcow2(s, { size: 1 << 20, encryptPassphrase: 'x', ...o });
+      } catch (e) {
+        await s.close();
+        throw e;
+      }
+    };
     expect((await imageError(create({ encryptFormat: 'aes' }))).code).toBe('ERR_IMG_UNSUPPORTED');
     expect((await imageError(create({ encryptFormat: 'luks', preallocation: 'metadata' }))).code).toBe('ERR_IMG_UNSUPPORTED');
     expect((await imageError(create({ encryptFormat: 'luks', encryptCipherMode: 'ofb' }))).message).toMatch(/invalid encrypt.cipher-mode "ofb"/);
