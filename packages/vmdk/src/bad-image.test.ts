@@ -10,6 +10,17 @@ import { checkVmdk } from './check.js';
 
 const fixture = (name: string) => readVmdkBytes(join(testImagesDir, 'vmdk', name));
 
+/** openVmdk on a file: the storage is closed when the open refuses (it stays the caller's then), and with the disk otherwise. */
+async function openVmdkFile(path: string, options: Parameters<typeof openVmdk>[1]): ReturnType<typeof openVmdk> {
+  const storage = await FileStorage.open(path);
+  try {
+    return await openVmdk(storage, options);
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}
+
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     const v = (await p) as { close?: () => Promise<void> };
@@ -185,9 +196,9 @@ describe('names inside an image', () => {
       asked.push(r.name);
       return fileResolver(r);
     };
-    expect(await codeOf(openVmdk(await FileStorage.open(path), { untrusted: true, resolver: spy }))).toBe('ERR_IMG_UNSAFE');
+    expect(await codeOf(openVmdkFile(path, { untrusted: true, resolver: spy }))).toBe('ERR_IMG_UNSAFE');
     expect(asked).toEqual([]);
-    expect(await codeOf(openVmdk(await FileStorage.open(path), { resolver: spy }))).toBe('ERR_IMG_CORRUPT');
+    expect(await codeOf(openVmdkFile(path, { resolver: spy }))).toBe('ERR_IMG_CORRUPT');
     expect(asked).toEqual(['/etc/passwd']);
     dir.cleanup();
   });

@@ -79,11 +79,22 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<ImageError
   return e as ImageError;
 }
 
+/** openOva on a file: the storage is closed when the open refuses (it stays the caller's then), and with the disk otherwise. */
+async function openOvaFile(file: string, options?: Parameters<typeof openOva>[1]): ReturnType<typeof openOva> {
+  const storage = await FileStorage.open(file);
+  try {
+    return await openOva(storage, options);
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}
+
 describeQemu('openOva', () => {
   it('reads each disk of an OVA in place, equal to the source raw (qemu-img made the streamOptimized VMDKs)', async () => {
     const ova = buildOva('good');
     for (const i of [0, 1]) {
-      await using disk = await openOva(await FileStorage.open(ova), { disk: i, untrusted: true });
+      await using disk = await openOvaFile(ova, { disk: i, untrusted: true });
       const src = readFileSync(at(`good-src${i}.raw`));
       expect(disk.size).toBe(src.length);
       expect(Buffer.from(await disk.read(0, disk.size)).equals(src)).toBe(true);
@@ -94,20 +105,20 @@ describeQemu('openOva', () => {
       expect(fs.disks.map((d) => d.capacity)).toEqual([SIZE, SIZE + 1024 * 1024]);
       expect(fs.files.map((f) => f.name)).toEqual(['good.ovf', 'good-disk0.vmdk', 'good-disk1.vmdk', 'good.mf']);
     }
-    await expectCode(openOva(await FileStorage.open(ova), { disk: 2 }), ERROR_CODES.INVALID_ARG);
+    await expectCode(openOvaFile(ova, { disk: 2 }), ERROR_CODES.INVALID_ARG);
   });
 
   it('refuses a manifest mismatch in untrusted mode, and ignores it when trusted', async () => {
     const ova = buildOva('badmf', { badManifest: true });
-    const e = await expectCode(openOva(await FileStorage.open(ova), { untrusted: true }), ERROR_CODES.UNSAFE);
+    const e = await expectCode(openOvaFile(ova, { untrusted: true }), ERROR_CODES.UNSAFE);
     expect(e.message).toContain('badmf-disk0.vmdk');
-    await using disk = await openOva(await FileStorage.open(ova));
+    await using disk = await openOvaFile(ova);
     expect(disk.size).toBe(SIZE);
   });
 
   it('refuses an OVF with a DOCTYPE/ENTITY', async () => {
     const ova = buildOva('entity', { ovfExtra: '\n<!DOCTYPE Envelope [<!ENTITY x "boom">]>' });
-    const e = await expectCode(openOva(await FileStorage.open(ova)), ERROR_CODES.UNSAFE);
+    const e = await expectCode(openOvaFile(ova), ERROR_CODES.UNSAFE);
     expect(e.message).toMatch(/DOCTYPE/);
   });
 
@@ -127,7 +138,7 @@ describeQemu('openOva', () => {
     for (let i = 0; i < 512; i++) sum += evil[header + i]!;
     evil.write(`${sum.toString(8).padStart(6, '0')}\0 `, header + 148, 'latin1');
     writeFileSync(at('evil.ova'), evil);
-    const e = await expectCode(openOva(await FileStorage.open(at('evil.ova'))), ERROR_CODES.UNSAFE);
+    const e = await expectCode(openOvaFile(at('evil.ova')), ERROR_CODES.UNSAFE);
     expect(e.message).toContain('../x');
     // A name with a newline and a terminal escape: quoted on one line, the control characters as \xNN.
     evil.fill(0, header, header + 100);
@@ -137,17 +148,17 @@ describeQemu('openOva', () => {
     for (let i = 0; i < 512; i++) sum += evil[header + i]!;
     evil.write(`${sum.toString(8).padStart(6, '0')}\0 `, header + 148, 'latin1');
     writeFileSync(at('evil-name.ova'), evil);
-    const n = await expectCode(openOva(await FileStorage.open(at('evil-name.ova'))), ERROR_CODES.UNSAFE);
+    const n = await expectCode(openOvaFile(at('evil-name.ova')), ERROR_CODES.UNSAFE);
     expect(n.message).toContain('"../x\\x0a\\x1b[31my"');
     expect(n.message).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
     // A checksum field that is not octal, with a newline in it (hostile campaign seed 1059 case 70).
     evil.write('1\n\x07', header + 148, 'latin1');
     writeFileSync(at('evil-sum.ova'), evil);
-    const c = await expectCode(openOva(await FileStorage.open(at('evil-sum.ova'))), ERROR_CODES.CORRUPT);
+    const c = await expectCode(openOvaFile(at('evil-sum.ova')), ERROR_CODES.CORRUPT);
     expect(c.message).toMatch(/chksum that is not octal \("1\\x0a\\x07/);
     expect(c.message).not.toSatisfy((text: string) => Array.from({ length: text.length }, (_, i) => text.charCodeAt(i)).some((c) => c < 0x20));
     writeFileSync(at('cut.ova'), bytes.subarray(0, members[1]!.offset + 1000));
-    const t = await expectCode(openOva(await FileStorage.open(at('cut.ova'))), ERROR_CODES.CORRUPT);
+    const t = await expectCode(openOvaFile(at('cut.ova')), ERROR_CODES.CORRUPT);
     expect(t.message).toMatch(/truncated/);
   });
 });
