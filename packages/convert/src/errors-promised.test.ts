@@ -186,7 +186,14 @@ describe('a missing backing file names the overlay and the name it holds', () =>
     expect(existsSync(join(dir, 'base.qcow2'))).toBe(false);
     // The refused open leaves its storage to the caller: closed here.
     const storage = await FileStorage.open(overlay);
-    await expectCode(() => openQcow2(storage, { resolver: fileResolver }).finally(() => storage.close()), 'ERR_IMG_NOT_FOUND', `qcow2: ${overlay}: backing file "base.qcow2" (resolved to ${resolve(dir, 'base.qcow2')}) does not exist`);
+    const refused = async () => {
+      try {
+        return await openQcow2(storage, { resolver: fileResolver });
+      } finally {
+        await storage.close();
+      }
+    };
+    await expectCode(refused, 'ERR_IMG_NOT_FOUND', `qcow2: ${overlay}: backing file "base.qcow2" (resolved to ${resolve(dir, 'base.qcow2')}) does not exist`);
     await expectCode(() => openImageFile(overlay), 'ERR_IMG_NOT_FOUND', /backing file "base.qcow2" \(resolved to .*base\.qcow2\) does not exist$/);
     await expectCode(() => convertFile({ srcFormat: 'qcow2', dstFormat: 'raw', input: overlay, output: join(dir, 'out.raw') }), 'ERR_IMG_NOT_FOUND', /overlay\.qcow2: backing file "base\.qcow2"/);
   });
