@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lentStorage, MemoryStorage } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { describeQemu, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir, qemuImgLuks } from '@img/testkit';
+import { describeQemu, openOwning, qemuCheck, qemuImg, qemuInfo, seededBytes, seededRandom, tempDir, qemuImgLuks } from '@img/testkit';
 import { openQcow2 } from './open.js';
 import { createQcow2 } from './create.js';
 import { amendQcow2KeySlots } from './luks-keyslots.js';
@@ -527,15 +527,7 @@ describeQemu('LUKS images img writes, read by qemu-img', () => {
   });
 
   it('refuses what it does not write: AES, no passphrase, compression, preallocation, aes-192-cbc, and what qemu-img refuses', async () => {
-    const plainOpen = async (file: string, options: Parameters<typeof openQcow2>[1]) => {
-      const storage = await FileStorage.open(file, { readOnly: false });
-      try {
-        return await openQcow2(storage, options);
-      } catch (e) {
-        await storage.close();
-        throw e;
-      }
-    };
+    const plainOpen = (file: string, options: Parameters<typeof openQcow2>[1]) => openOwning(FileStorage.open(file, { readOnly: false }), (storage) => openQcow2(storage, options));
     const luks = p('r.qcow2');
     const made = await createQcow2(await FileStorage.create(luks), { size: 1 << 20, encryptFormat: 'luks', encryptPassphrase: 'x', encryptIterTime: 10 });
     expect((await imageError(made.writeCompressed(0, new Uint8Array(65536)))).message).toMatch(/Compression and encryption not supported/);

@@ -1,6 +1,6 @@
 import { ImageError, MemoryStorage, diskExtents, type Storage } from '@img/block';
 import { FileStorage, fileResolver } from '@img/block/node';
-import { readVmdkBytes, tempDir, testImagesDir, withStorage } from '@img/testkit';
+import { openOwning, readVmdkBytes, tempDir, testImagesDir, withStorage } from '@img/testkit';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
@@ -11,14 +11,8 @@ import { checkVmdk } from './check.js';
 const fixture = (name: string) => readVmdkBytes(join(testImagesDir, 'vmdk', name));
 
 /** openVmdk on a file: the storage is closed when the open refuses (it stays the caller's then), and with the disk otherwise. */
-async function openVmdkFile(path: string, options: Parameters<typeof openVmdk>[1]): ReturnType<typeof openVmdk> {
-  const storage = await FileStorage.open(path);
-  try {
-    return await openVmdk(storage, options);
-  } catch (e) {
-    await storage.close();
-    throw e;
-  }
+function openVmdkFile(path: string, options: Parameters<typeof openVmdk>[1]): ReturnType<typeof openVmdk> {
+  return openOwning(FileStorage.open(path), (storage) => openVmdk(storage, options));
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {

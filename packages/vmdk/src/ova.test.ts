@@ -1,6 +1,6 @@
 import { ERROR_CODES, ImageError } from '@img/block';
 import { FileStorage } from '@img/block/node';
-import { describeQemu, qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { describeQemu, openOwning, qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -80,14 +80,8 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<ImageError
 }
 
 /** openOva on a file: the storage is closed when the open refuses (it stays the caller's then), and with the disk otherwise. */
-async function openOvaFile(file: string, options?: Parameters<typeof openOva>[1]): ReturnType<typeof openOva> {
-  const storage = await FileStorage.open(file);
-  try {
-    return await openOva(storage, options);
-  } catch (e) {
-    await storage.close();
-    throw e;
-  }
+function openOvaFile(file: string, options?: Parameters<typeof openOva>[1]): ReturnType<typeof openOva> {
+  return openOwning(FileStorage.open(file), (storage) => openOva(storage, options));
 }
 
 describeQemu('openOva', () => {

@@ -16,7 +16,7 @@ export { qemuDirtyBitmap, qemuBitmapList, setQcow2BitmapInUse, type BitmapRun } 
 export { ModelDisk, modelFromRuns, type ModelExtent, type ModelExtentOptions } from './model-disk.js';
 export { waitForSocket } from './socket.js';
 export { pageCacheBytes } from './page-cache.js';
-export { withStorage } from './with-storage.js';
+export { openOwning, withStorage } from './with-storage.js';
 export { fullAt, type FillableStorage } from './full-storage.js';
 export { countWrites, type WritableStorage } from './count-writes.js';
 export { countReads, type ReadableDisk } from './count-reads.js';
