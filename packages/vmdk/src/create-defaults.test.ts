@@ -1,8 +1,9 @@
 // The adapter a new VMDK records when none is asked for: qemu-img's default, ide (with IDE's 16/63 geometry), for
 // every subformat, as `-o help` says ("ide (default)"); streamOptimized used to default to lsilogic.
 import { MemoryStorage, openRaw } from '@img/block';
+import { FileStorage } from '@img/block/node';
 import { collectBytes, describeQemu, qemuImg, tempDir } from '@img/testkit';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createVmdk, VMDK_CREATE_OPTIONS } from './create.js';
@@ -61,5 +62,14 @@ describeQemu('the default adapter and geometry match qemu-img create', () => {
     const text = readFileSync(path, 'latin1');
     const theirs = Object.fromEntries(GEOMETRY.map((k) => [k, new RegExp(`^${k.replace(/\./g, '\\.')} = "([^"]*)"`, 'm').exec(text)?.[1]]));
     expect(await created('streamOptimized')).toEqual(theirs);
+  });
+
+  it("monolithicSparse: the new file holds the blocks qemu-img's does (the descriptor's unused sectors stay a hole), so `disk size` agrees", async () => {
+    const theirs = join(dir.path, 'q-sparse.vmdk');
+    const ours = join(dir.path, 'o-sparse.vmdk');
+    qemuImg(['create', '-q', '-f', 'vmdk', theirs, String(SIZE)]);
+    await (await createVmdk(await FileStorage.create(ours), { size: SIZE })).close();
+    expect(statSync(ours).size).toBe(statSync(theirs).size);
+    expect(statSync(ours).blocks).toBe(statSync(theirs).blocks);
   });
 });

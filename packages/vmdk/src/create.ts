@@ -283,7 +283,9 @@ async function layoutSparseExtent(storage: Storage, sectors: number, zeroedGrain
     gd[t] = gdOffset + gdSectors + t * gtSectors;
   }
   await storage.truncate(0);
-  const head = new Uint8Array(SECTOR * (1 + descSectors));
+  // The header and the descriptor's text, not the rest of its 20 sectors: they read as zeros from the file's hole,
+  // as in qemu-img's (whose `disk size` is then the same).
+  const head = new Uint8Array(SECTOR * (1 + Math.ceil((descriptorText?.length ?? 0) / SECTOR)));
   head.set(serializeSparseHeader(header), 0);
   if (descriptorText) head.set(descriptorText, SECTOR);
   await storage.write(0, head);
