@@ -2,7 +2,7 @@
  * The file-level API the commands use: open an image file by format,
  * convert a file into a new one. Node only (uses the file system).
  */
-import type { WriteStream } from 'node:fs';
+import type { Writable } from 'node:stream';
 import { lstat, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import {
@@ -42,6 +42,7 @@ import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/
 import { nbdAwareResolver } from './node/nbd-backing.js';
 import { isJsonName, jsonNameOptions, qemuImageSpec, qemuResolverWith } from './node/qemu-names.js';
 import { sourceOpened } from './node/source-hook.js';
+import { isStdoutStream, openPipeOutput } from './node/pipe-output.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -330,6 +331,12 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
   }
   if (options.input === '-') return convertFromStream(options, registry);
   if (options.output === '-') return convertToStream(options, registry);
+  // /dev/stdout when standard output is a pipe or a socket is "-"; another named pipe takes the image front to back too.
+  if (!isNbdUri(options.output) && options.stdout === undefined && isStdoutStream(options.output)) return convertToStream(options, registry);
+  if (!isNbdUri(options.output) && (await stat(options.output).catch(() => undefined))?.isFIFO()) {
+    if (options.compress && !dstDriver.streamOnly?.(options.createOptions ?? {})) throw unsupported(dstDriver.name, options.output, '-c needs the output in a file, not a pipe');
+    return convertToStream(options, registry, options.output);
+  }
   // An NBD URI names an export that exists already: written into as it is (see node/nbd-output.ts), as qemu-img does.
   const intoExport = isNbdUri(options.output);
   // A block device exists with its size, as an export: written into, never created, truncated or removed.
@@ -575,20 +582,22 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
     const given = options.createOptions ?? {};
     // The caller's detect_zeroes (either spelling) wins over the one -S implies.
     const zeroes = given.detectZeroes === undefined && given.detect_zeroes === undefined ? { detectZeroes: (options.minZeroRun ?? 4096) > 0 ? 'on' : 'off' } : {};
-    const createOptions = { ...zeroes, ...given, ...(file !== undefined ? { fileName: basename(file) } : {}) };
+    // A pipe is a stream too: what reads it names the file.
+    const kind = file !== undefined ? await stat(file).catch(() => undefined) : undefined;
+    const regular = file !== undefined && (kind === undefined || kind.isFile());
+    const createOptions = { ...zeroes, ...given, ...(regular ? { fileName: basename(file) } : {}) };
     const view = sourceView(snapshot ?? src, options.range);
     const stream = await toStream(options.salvage ? salvagingDisk(view, options.onSalvage ? { onSalvage: options.onSalvage } : {}) : view, options.dstFormat, { registry, createOptions });
     let target: NodeWritableLike = options.stdout ?? process.stdout;
-    let out: WriteStream | undefined;
+    let out: Writable | undefined;
     if (file !== undefined) {
       // qemu's image locks, as every other output file takes them: a file a running qemu holds is refused before it is
       // truncated, and the lock is kept while the stream is written. A FIFO or a character device has none to take.
-      const kind = await stat(file).catch(() => undefined);
-      if (kind === undefined || kind.isFile()) {
+      if (regular) {
         locked = await FileStorage.create(file, { cache: OUTPUT_CACHE });
         created = true;
       }
-      const writer = (await openStreamOutput(file)).createWriteStream();
+      const writer = kind?.isFIFO() ? await openPipeOutput(file, options.signal, `conversion of ${options.input} to ${file}`) : (await openStreamOutput(file)).createWriteStream();
       out = writer;
       created = true;
       target = writer;

@@ -93,11 +93,20 @@ export async function pipeImageStream(stream: ImageStream, target: NodeWritableL
       if (failure) throw failure.error;
       written += chunk.length;
       if (!target.write(chunk)) {
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          target.once('drain', () => resolve());
-        });
-        wake = undefined;
+        // An abort ends the wait too: a reader that has stopped reading (`img convert ... - | less`, left open) must not
+        // keep a Ctrl-C from ending the command.
+        const onAbort = () => wake?.();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            target.once('drain', () => resolve());
+          });
+        } finally {
+          signal?.removeEventListener('abort', onAbort);
+          wake = undefined;
+        }
+        if (signal?.aborted) throw abortError(signal);
       }
     }
     if (failure) throw failure.error;

@@ -6,6 +6,8 @@ import { imageOpenOptions, takeQemuObjects, targetImageOptsPath } from './qemu-o
 import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize, unsupported, type Disk } from '@img/block';
 import { isNbdUri } from '@img/nbd';
+import { statSync } from 'node:fs';
+import { isStdoutStream } from '../node/pipe-output.js';
 import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
@@ -371,7 +373,11 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
       }
     } catch (e) {
       // Nothing can be taken back from a pipe: say what the reader holds instead of "removed".
-      if (output === '-' && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
+      if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') {
+        if (output === '-' || (!isNbdUri(output) && isStdoutStream(output))) throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
+        // Another named pipe is written as "-" is, and keeps what it was given.
+        if (!isNbdUri(output) && statSync(output, { throwIfNoEntry: false })?.isFIFO()) throw new ExitCode(interruptedStatus(), `interrupted; the image written to ${output} is incomplete`);
+      }
       // -n writes into an image that was there before: it stays, whatever the copy reached.
       if (values.n && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${output} (an existing image, -n) was written only in part, and is kept`);
       throw e;

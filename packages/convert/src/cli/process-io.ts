@@ -11,6 +11,7 @@
 import { fstatSync, writeSync } from 'node:fs';
 import { describeErrno, type Io } from './common.js';
 import { endProgressLine } from './progress.js';
+import { wasInterrupted } from './interrupt.js';
 
 let failure: NodeJS.ErrnoException | undefined;
 
@@ -111,8 +112,9 @@ export const processIo: Io = {
     });
   },
   stdoutFailure: async () => {
-    // Writes in flight finish (or fail) before the verdict is given.
-    if (failure === undefined && !unused.has('stdout') && !process.stdout.destroyed && process.stdout.writableLength > 0) {
+    // Writes in flight finish (or fail) before the verdict is given; after a Ctrl-C, what is left of an output cut short
+    // is not waited for (a reader that has stopped reading would hold the command as long as it does).
+    if (failure === undefined && !wasInterrupted() && !unused.has('stdout') && !process.stdout.destroyed && process.stdout.writableLength > 0) {
       await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
     }
     await new Promise<void>((resolve) => setImmediate(resolve));
@@ -207,12 +209,15 @@ export function imageOutputFailed(prog: string): (e: NodeJS.ErrnoException) => v
  * after one turn of the event loop (a write that failed reports it there,
  * and its handler decides the status), when stdout and stderr hold nothing
  * still to be written (where they are asynchronous, a pipe on some
- * systems, the process ends as Node ends it, after them). Node's own way
+ * systems, the process ends as Node ends it, after them; after a Ctrl-C,
+ * without waiting for stdout). Node's own way
  * out takes the heap down page by page first: 3 ms of a conversion's last
  * 6 (B raw->qcow2 on the bench VM).
  */
 export function exitWhenWritten(): void {
   setImmediate(() => {
-    if (drained('stdout') && drained('stderr')) process.exit();
+    // An interrupted command's image on stdout is incomplete: what a reader that has stopped reading has not taken
+    // yet is not waited for (the process would wait as long as the reader does).
+    if ((drained('stdout') || wasInterrupted()) && drained('stderr')) process.exit();
   });
 }

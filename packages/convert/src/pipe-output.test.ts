@@ -1,0 +1,128 @@
+// A conversion into a pipe: "-" when the reader stops reading, and a named pipe (a FIFO, or /dev/stdout when it is
+// one) written as "-" is. Ctrl-C ends the command at once in every case: before, a reader that stopped reading (or a
+// FIFO nobody opened) held it until the reader went away, with every further signal absorbed.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createReadStream, existsSync, lstatSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ERROR_CODES } from '@img/block';
+import { qemuImg, seededBytes, tempDir } from '@img/testkit';
+import { writeFileSync } from 'node:fs';
+import { convertFile } from './node.js';
+
+const tmp = tempDir('img-pipe-out-');
+afterAll(() => tmp.cleanup());
+const img = new URL('../dist/bin/img.js', import.meta.url).pathname;
+
+// 8 MiB of data: more than a pipe holds, so a writer whose reader does not read waits.
+const input = join(tmp.path, 'in.raw');
+writeFileSync(input, seededBytes(8 << 20, 7));
+
+function fifo(name: string): string {
+  const path = join(tmp.path, name);
+  expect(spawnSync('mkfifo', [path]).status).toBe(0);
+  return path;
+}
+
+/** Runs `img args` (stdout: `stdout`), sends SIGINT after `delayMs`, and says how it ended and how long after the signal. */
+function interruptedAfter(args: string[], stdout: 'pipe' | 'ignore', delayMs: number): Promise<{ status: number | null; stderr: string; afterSignalMs: number; child: ChildProcess }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [img, ...args], { stdio: ['ignore', stdout, 'pipe'] });
+    // A reader that never reads: the pipe fills, and the writer waits.
+    child.stdout?.pause();
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    let sentAt = 0;
+    setTimeout(() => {
+      sentAt = performance.now();
+      child.kill('SIGINT');
+    }, delayMs);
+    // Whatever happens, the test ends: a command still running 10 s after the signal has failed it.
+    const guard = setTimeout(() => child.kill('SIGKILL'), delayMs + 10_000);
+    child.on('exit', (status) => {
+      clearTimeout(guard);
+      resolve({ status, stderr, afterSignalMs: performance.now() - sentAt, child });
+    });
+  });
+}
+
+describe('img convert into a pipe, on Ctrl-C', () => {
+  it('"-" whose reader has stopped reading: ends at once with 130 and says the image is incomplete', async () => {
+    const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'raw', input, '-'], 'pipe', 1500);
+    r.child.stdout?.destroy();
+    expect(r.stderr).toBe('img convert: interrupted; the image written to standard output is incomplete\n');
+    expect(r.status).toBe(130);
+    expect(r.afterSignalMs).toBeLessThan(5000);
+  });
+
+  it('/dev/stdout when it is a pipe whose reader has stopped reading: the same as "-"', async () => {
+    const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'raw', input, '/dev/stdout'], 'pipe', 1500);
+    r.child.stdout?.destroy();
+    expect(r.stderr).toBe('img convert: interrupted; the image written to standard output is incomplete\n');
+    expect(r.status).toBe(130);
+    expect(r.afterSignalMs).toBeLessThan(5000);
+  });
+
+  it('a FIFO nobody has opened: waits for a reader without holding a thread, and ends at once with 130', async () => {
+    const path = fifo('nobody');
+    const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'qcow2', input, path], 'ignore', 1000);
+    expect(r.stderr).toBe(`img convert: interrupted; the image written to ${path} is incomplete\n`);
+    expect(r.status).toBe(130);
+    expect(r.afterSignalMs).toBeLessThan(5000);
+    expect(lstatSync(path).isFIFO()).toBe(true);
+  });
+
+  it('a FIFO whose reader has stopped reading: ends at once with 130, the FIFO left in place', async () => {
+    const path = fifo('stalled');
+    // Opened for reading and never read: the writer's open succeeds, and its writes fill the pipe.
+    const reader = spawn('sh', ['-c', `exec sleep 30 < '${path}'`], { stdio: 'ignore' });
+    try {
+      const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'raw', input, path], 'ignore', 1500);
+      expect(r.stderr).toBe(`img convert: interrupted; the image written to ${path} is incomplete\n`);
+      expect(r.status).toBe(130);
+      expect(r.afterSignalMs).toBeLessThan(5000);
+      expect(lstatSync(path).isFIFO()).toBe(true);
+    } finally {
+      reader.kill('SIGKILL');
+    }
+  });
+});
+
+describe('a named pipe as the output', () => {
+  it('convertFile writes each format into a FIFO front to back, as to "-": the bytes its reader gets are the image', async () => {
+    for (const format of ['raw', 'qcow2', 'vhd', 'vmdk']) {
+      const path = fifo(`out-${format}`);
+      const chunks: Buffer[] = [];
+      const got = new Promise<Buffer>((resolve, reject) => {
+        createReadStream(path)
+          .on('data', (c) => chunks.push(c as Buffer))
+          .on('end', () => resolve(Buffer.concat(chunks)))
+          .on('error', reject);
+      });
+      await convertFile({ input, output: path, srcFormat: 'raw', dstFormat: format });
+      const file = join(tmp.path, `got.${format}`);
+      writeFileSync(file, await got);
+      // An independent reader takes it as the same disk.
+      expect(qemuImg(['compare', '-f', 'raw', '-F', format === 'vhd' ? 'vpc' : format, input, file]).stdout).toBe('Images are identical.\n');
+      expect(lstatSync(path).isFIFO()).toBe(true);
+    }
+  });
+
+  it('img convert -O qcow2 into /dev/stdout when it is a pipe: the image, as with "-"', () => {
+    const viaStdout = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', input, '/dev/stdout'], { maxBuffer: 64 << 20 });
+    expect(viaStdout.status).toBe(0);
+    const viaDash = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', input, '-'], { maxBuffer: 64 << 20 });
+    expect(Buffer.compare(viaStdout.stdout, viaDash.stdout)).toBe(0);
+    const file = join(tmp.path, 'stdout.qcow2');
+    writeFileSync(file, viaStdout.stdout);
+    expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', input, file]).stdout).toBe('Images are identical.\n');
+  });
+
+  it('-c into a FIFO is refused before anything is written (a compressed qcow2 needs a file)', async () => {
+    const path = fifo('compressed');
+    await expect(convertFile({ input, output: path, srcFormat: 'raw', dstFormat: 'qcow2', compress: true })).rejects.toMatchObject({ code: ERROR_CODES.UNSUPPORTED, message: expect.stringMatching(/-c needs the output in a file, not a pipe/) });
+    expect(lstatSync(path).isFIFO()).toBe(true);
+    expect(existsSync(join(tmp.path, 'compressed'))).toBe(true);
+    expect(readFileSync(input).length).toBe(8 << 20);
+  });
+});
