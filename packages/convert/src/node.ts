@@ -34,7 +34,7 @@ import { diskWindow } from './disk-window.js';
 import { parseSnapshotSelector, selectSnapshotId } from './snapshot-select.js';
 import { isNbdUri, NbdStorage } from '@img/nbd';
 import { VMDK_SUBFORMATS, vmdkExtentFileNames, type VmdkSubformat } from '@img/vmdk';
-import { copyStreamToDisk, fromStream, pipeImageStream, toStream, type NodeWritableLike } from './streams.js';
+import { copyStreamToDisk, fromStream, pipeImageStream, toStream, untilAborted, type NodeWritableLike } from './streams.js';
 import { assertChainDistinct, assertNotRead, filesOf, identityOfFd, identityOfPath, recordingResolver, rememberFiles, type FileIdentity } from './node/same-file.js';
 import { cacheModeNames, isCacheMode, type CacheMode } from './cache-mode.js';
 import { checkNbdOutput, convertIntoNbdExport } from './node/nbd-output.js';
@@ -507,7 +507,8 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
       [identityOfFd(0, 'standard input')].filter((x) => x !== undefined),
       'output',
     );
-  const input = (options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>;
+  // Read until the signal aborts: a writer that has stopped writing must not keep a Ctrl-C from ending the conversion.
+  const input = untilAborted((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>, options.signal, `conversion of standard input to ${options.output}`);
   const source = await fromStream(srcDriver.name === 'raw' && (options.untrusted || !options.forceFormat) ? refuseContainers(input) : input, srcDriver.name, { registry });
   const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
   try {

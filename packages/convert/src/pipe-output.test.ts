@@ -88,6 +88,26 @@ describe('img convert into a pipe, on Ctrl-C', () => {
   });
 });
 
+describe('img convert from a pipe, on Ctrl-C', () => {
+  it('"-" as the input, whose writer has stopped writing: ends at once with 130, and the new output is removed', async () => {
+    const out = join(tmp.path, 'from-stdin.qcow2');
+    // stdin a pipe nobody writes into (and never closes): the conversion waits for its first bytes.
+    const child = spawn(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', '-', out], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const guard = setTimeout(() => child.kill('SIGKILL'), 11_000);
+    setTimeout(() => child.kill('SIGINT'), 1000);
+    const sent = performance.now() + 1000;
+    const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    clearTimeout(guard);
+    child.stdin.destroy();
+    expect(stderr).toBe('img convert: interrupted; the partial output was removed\n');
+    expect(status).toBe(130);
+    expect(performance.now() - sent).toBeLessThan(5000);
+    expect(existsSync(out)).toBe(false);
+  });
+});
+
 describe('a named pipe as the output', () => {
   it('convertFile writes each format into a FIFO front to back, as to "-": the bytes its reader gets are the image', async () => {
     for (const format of ['raw', 'qcow2', 'vhd', 'vmdk']) {

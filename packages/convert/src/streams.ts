@@ -161,9 +161,49 @@ export async function copyStreamToDisk(source: StreamSource, dst: Disk, options:
     if (!dst.resize) throw unsupported(dst.format, undefined, "cannot set the size of the stream's image");
     await dst.resize(source.size, { shrink: true });
   }
+  // A stream that ended after an abort (a reader woken by it) is not a whole image.
+  if (options.signal?.aborted) throw abortError(options.signal, `copy of an image stream into ${dst.storage.name}`);
   progress.bytesTotal = dst.size;
   progress.bytesDone = dst.size;
   return progress;
+}
+
+/**
+ * `source`'s items until `signal` aborts: then the wait for the next one
+ * ends at once with ERR_IMG_ABORTED (`what` names the work), whether or not
+ * the source ever gives another (a writer into stdin that has stopped
+ * writing, `ssh host cat disk.img | img convert ... -`, must not keep a
+ * Ctrl-C from ending the command). The read left pending is abandoned.
+ */
+export async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | undefined, what: string): AsyncGenerator<T> {
+  if (!signal) {
+    yield* source;
+    return;
+  }
+  const it = source[Symbol.asyncIterator]();
+  let onAbort = (): void => undefined;
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(abortError(signal, what));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  // Never left unhandled: it is only raced below.
+  aborted.catch(() => undefined);
+  let finished = false;
+  try {
+    for (;;) {
+      const next = await Promise.race([it.next(), aborted]);
+      if (next.done) {
+        finished = true;
+        return;
+      }
+      yield next.value;
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    // Not awaited: after an abort the source may be waiting for data that never comes.
+    if (!finished) void Promise.resolve(it.return?.()).catch(() => undefined);
+  }
 }
 
 /** A stream's pieces cut to at most one burst of `pace` each (their offsets kept), each handed on when it is due. */
