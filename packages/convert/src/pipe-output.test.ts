@@ -138,6 +138,13 @@ describe('a named pipe as the output', () => {
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', input, file]).stdout).toBe('Images are identical.\n');
   });
 
+  it('--bitmaps into a FIFO is refused before anything is written (they are added to the image file after the copy)', () => {
+    const path = fifo('bitmaps');
+    const r = spawnSync(process.execPath, [img, 'convert', '--bitmaps', '-f', 'raw', '-O', 'qcow2', input, path], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^img convert: --bitmaps needs an output file, not a pipe\n/);
+  });
+
   it('-c into a FIFO is refused before anything is written (a compressed qcow2 needs a file)', async () => {
     const path = fifo('compressed');
     await expect(convertFile({ input, output: path, srcFormat: 'raw', dstFormat: 'qcow2', compress: true })).rejects.toMatchObject({ code: ERROR_CODES.UNSUPPORTED, message: expect.stringMatching(/-c needs the output in a file, not a pipe/) });

@@ -286,7 +286,7 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     if (values['skip-broken-bitmaps'] && !values.bitmaps) throw new UsageError('Use of --skip-broken-bitmaps requires --bitmaps');
     let bitmapCopy: import('./convert-bitmaps.js').BitmapCopy | undefined;
     if (values.bitmaps) {
-      if (output === '-') throw new UsageError('--bitmaps needs an output file, not "-"');
+      if (output === '-' || pipeOutput(output) !== undefined) throw new UsageError(`--bitmaps needs an output file, not ${output === '-' ? '"-"' : 'a pipe'}`);
       const { planBitmapCopy } = await import('./convert-bitmaps.js');
       const compat = (createOptions as { compat?: unknown }).compat;
       bitmapCopy = await planBitmapCopy({ input, srcFormat: registry.require(srcFormat!).name, dstFormat: dstDriver.name, ...(compat !== undefined ? { dstCompat: String(compat) } : {}), skipBroken: values['skip-broken-bitmaps'] ?? false, forceShare, io, prog });
@@ -374,9 +374,9 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     } catch (e) {
       // Nothing can be taken back from a pipe: say what the reader holds instead of "removed".
       if (ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') {
-        if (output === '-' || (!isNbdUri(output) && isStdoutStream(output))) throw new ExitCode(interruptedStatus(), 'interrupted; the image written to standard output is incomplete');
-        // Another named pipe is written as "-" is, and keeps what it was given.
-        if (!isNbdUri(output) && statSync(output, { throwIfNoEntry: false })?.isFIFO()) throw new ExitCode(interruptedStatus(), `interrupted; the image written to ${output} is incomplete`);
+        // A pipe keeps what it was given: nothing to remove.
+        const pipe = output === '-' ? 'stdout' : pipeOutput(output);
+        if (pipe !== undefined) throw new ExitCode(interruptedStatus(), `interrupted; the image written to ${pipe === 'stdout' ? 'standard output' : output} is incomplete`);
       }
       // -n writes into an image that was there before: it stays, whatever the copy reached.
       if (values.n && ImageError.isInstance(e) && e.code === 'ERR_IMG_ABORTED') throw new ExitCode(interruptedStatus(), `interrupted; ${output} (an existing image, -n) was written only in part, and is kept`);
@@ -392,4 +392,11 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     );
     return 0;
   });
+}
+
+/** An output named by a path that is a pipe (written as "-" is, see convertFile): 'stdout' for standard output as one, 'fifo' for another named pipe. */
+function pipeOutput(output: string): 'stdout' | 'fifo' | undefined {
+  if (isNbdUri(output)) return undefined;
+  if (isStdoutStream(output)) return 'stdout';
+  return statSync(output, { throwIfNoEntry: false })?.isFIFO() ? 'fifo' : undefined;
 }
