@@ -536,6 +536,8 @@ async function convertFromStream(options: ConvertFileOptions, registry: FormatRe
 function streamWriteError(file: string, e: unknown): unknown {
   const err = e as NodeJS.ErrnoException | undefined;
   if (ImageError.isInstance(e) || typeof err?.code !== 'string') return e;
+  // A pipe whose reader went away, said as "-" says it.
+  if (err.code === 'EPIPE') return ioError(file, 'the pipe was closed before the image was complete (EPIPE)', { errno: 'EPIPE' }, e);
   return fsError(file, 'write', e);
 }
 

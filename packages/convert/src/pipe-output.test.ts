@@ -138,6 +138,16 @@ describe('a named pipe as the output', () => {
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', input, file]).stdout).toBe('Images are identical.\n');
   });
 
+  it('a FIFO whose reader goes away before the end: one line naming it, status 1', () => {
+    const path = fifo('short');
+    const reader = spawn('sh', ['-c', `head -c 100 < '${path}' > /dev/null`], { stdio: 'ignore' });
+    const r = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'raw', input, path], { encoding: 'utf8', timeout: 20_000 });
+    reader.kill('SIGKILL');
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`img convert: ERR_IMG_IO: ${path}: the pipe was closed before the image was complete (EPIPE)\n`);
+    expect(lstatSync(path).isFIFO()).toBe(true);
+  });
+
   it('--bitmaps into a FIFO is refused before anything is written (they are added to the image file after the copy)', () => {
     const path = fifo('bitmaps');
     const r = spawnSync(process.execPath, [img, 'convert', '--bitmaps', '-f', 'raw', '-O', 'qcow2', input, path], { encoding: 'utf8', timeout: 20_000 });
