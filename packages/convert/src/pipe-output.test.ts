@@ -9,6 +9,8 @@ import { ERROR_CODES } from '@img/block';
 import { qemuImg, seededBytes, tempDir } from '@img/testkit';
 import { writeFileSync } from 'node:fs';
 import { convertFile } from './node.js';
+import type { Io } from './cli/common.js';
+import { imgMain } from './cli/img.js';
 
 const tmp = tempDir('img-pipe-out-');
 afterAll(() => tmp.cleanup());
@@ -161,5 +163,30 @@ describe('a named pipe as the output', () => {
     expect(lstatSync(path).isFIFO()).toBe(true);
     expect(existsSync(join(tmp.path, 'compressed'))).toBe(true);
     expect(readFileSync(input).length).toBe(8 << 20);
+  });
+});
+
+describe('"-" onto a terminal', () => {
+  it('is refused before anything is written, as gzip refuses: one line, status 1', async () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const io: Io = { stdout: (t) => out.push(t), stderr: (t) => err.push(t), isTTY: false, stdoutTTY: true };
+    expect(await imgMain(['convert', '-f', 'raw', '-O', 'qcow2', input, '-'], io)).toBe(1);
+    expect(out).toEqual([]);
+    expect(err.join('')).toMatch(/^img convert: refusing to write a disk image to a terminal: redirect standard output to a file or a pipe\n/);
+    // Not a terminal: written.
+    const piped: string[] = [];
+    const written = await imgMain(['convert', '-f', 'raw', '-O', 'raw', '-S', '0', input, join(tmp.path, 'not-tty.raw')], { stdout: (t) => piped.push(t), stderr: () => undefined, isTTY: false, stdoutTTY: true });
+    expect(written).toBe(0);
+  });
+
+  it('the bins on a pseudo-terminal (util-linux script) refuse it; /dev/null is not a terminal and takes it', () => {
+    const onTty = spawnSync('script', ['-qec', `"${process.execPath}" "${img}" convert -f raw -O raw "${input}" -; echo "status $?"`, '/dev/null'], { encoding: 'latin1', timeout: 20_000 });
+    if (onTty.error) return; // no script(1) here: the in-process test above stands
+    expect(onTty.stdout).toMatch(/refusing to write a disk image to a terminal/);
+    expect(onTty.stdout).toMatch(/status 1/);
+    expect(onTty.stdout.length).toBeLessThan(4096);
+    const toNull = spawnSync('sh', ['-c', `"${process.execPath}" "${img}" convert -f raw -O raw "${input}" - > /dev/null`]);
+    expect(toNull.status).toBe(0);
   });
 });

@@ -23,6 +23,8 @@ export interface Io {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   isTTY: boolean;
+  /** Whether stdout is a terminal (where no image is written: `img convert ... -` refuses it). */
+  readonly stdoutTTY?: boolean;
   /**
    * Waits for stdout writes in flight and returns the error that stopped
    * them, if one did (EPIPE when the reader went away, ENOSPC, EIO...).

@@ -279,6 +279,8 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     if (backing !== undefined && values.F === undefined && ['qcow2', 'vmdk'].includes(dstDriver.name)) {
       throw invalidUsage(`${output}: use of a backing file (-B) requires its format (-F)`, { file: output, field: 'backing format' });
     }
+    // As gzip: a disk image is not written onto a terminal.
+    if (output === '-' && io.stdoutTTY) throw new UsageError('refusing to write a disk image to a terminal: redirect standard output to a file or a pipe');
     if (values.n) {
       if (output === '-' || input === '-') throw new UsageError('-n writes into an existing image file: not with "-"');
       if (backing !== undefined || values.c || (values.o?.length ?? 0) > 0) throw new UsageError('-n writes into an existing image: -B, -c and -o apply to a new one');

@@ -95,6 +95,13 @@ export const processIo: Io = {
   get isTTY() {
     return stderrIsTTY();
   },
+  get stdoutTTY() {
+    try {
+      return fstatSync(1).isCharacterDevice() && Boolean(process.stdout.isTTY);
+    } catch {
+      return false;
+    }
+  },
   stdoutRoom: () => {
     if (unused.has('stdout')) return undefined;
     const out = process.stdout;
