@@ -42,7 +42,7 @@ import { checkDeviceFormat, convertOntoDevice, isBlockDevicePath } from './node/
 import { nbdAwareResolver } from './node/nbd-backing.js';
 import { isJsonName, jsonNameOptions, qemuImageSpec, qemuResolverWith } from './node/qemu-names.js';
 import { sourceOpened } from './node/source-hook.js';
-import { isStdoutStream, openPipeOutput } from './node/pipe-output.js';
+import { isPipePath, isStdinStream, isStdoutStream, openPipeOutput, readPipe } from './node/pipe-output.js';
 
 /**
  * How conversion outputs are opened: `unsafe`, as `qemu-img convert`
@@ -330,6 +330,9 @@ export async function convertFile(options: ConvertFileOptions): Promise<ConvertR
     throw invalidUsage('input and output cannot both be streams: convert into a file, or from one', { field: 'input' });
   }
   if (options.input === '-') return convertFromStream(options, registry);
+  // /dev/stdin when standard input is a pipe is "-"; another named pipe (a process substitution's /dev/fd/63) is read as one.
+  if (!isNbdUri(options.input) && options.stdin === undefined && isStdinStream(options.input)) return convertFromStream(options, registry);
+  if (!isNbdUri(options.input) && isPipePath(options.input)) return convertFromStream(options, registry, options.input);
   if (options.output === '-') return convertToStream(options, registry);
   // /dev/stdout when standard output is a pipe or a socket is "-"; another named pipe takes the image front to back too.
   if (!isNbdUri(options.output) && options.stdout === undefined && isStdoutStream(options.output)) return convertToStream(options, registry);
@@ -491,24 +494,26 @@ async function* refuseContainers(input: AsyncIterable<Uint8Array>): AsyncGenerat
   if (rest && rest.length) yield rest;
 }
 
-async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry): Promise<ConvertResult> {
+async function convertFromStream(options: ConvertFileOptions, registry: FormatRegistry, pipe?: string): Promise<ConvertResult> {
   const started = Date.now();
-  if (options.srcFormat === undefined) throw invalidUsage('an image read from a stream needs its format (srcFormat)', { field: 'srcFormat' });
+  const named = pipe ?? 'standard input';
+  if (options.srcFormat === undefined) throw invalidUsage(`an image read from a stream (${named}) needs its format (srcFormat, -f)`, { field: 'srcFormat' });
   if (options.compress || options.backingFile !== undefined || options.snapshot !== undefined || options.range !== undefined) {
-    throw unsupported(options.srcFormat ?? 'raw', 'standard input', '-c, -B, -l and a range need the input in a file, not a stream');
+    throw unsupported(options.srcFormat ?? 'raw', named, '-c, -B, -l and a range need the input in a file, not a stream');
   }
   const srcDriver = registry.require(options.srcFormat);
   if (options.untrusted && srcDriver.name !== 'raw') {
     throw unsafe(srcDriver.name, undefined, `an untrusted ${srcDriver.name} image cannot be inspected as a stream; save it to a file first`);
   }
-  if (options.stdin === undefined)
+  if (options.stdin === undefined && pipe === undefined)
     assertNotRead(
       identityOfPath(options.output),
       [identityOfFd(0, 'standard input')].filter((x) => x !== undefined),
       'output',
     );
   // Read until the signal aborts: a writer that has stopped writing must not keep a Ctrl-C from ending the conversion.
-  const input = untilAborted((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>, options.signal, `conversion of standard input to ${options.output}`);
+  const what = `conversion of ${named} to ${options.output}`;
+  const input = untilAborted(pipe !== undefined ? readPipe(pipe, options.signal) : ((options.stdin ?? process.stdin) as AsyncIterable<Uint8Array>), options.signal, what);
   const source = await fromStream(srcDriver.name === 'raw' && (options.untrusted || !options.forceFormat) ? refuseContainers(input) : input, srcDriver.name, { registry });
   const target = await FileStorage.create(options.output, { cache: OUTPUT_CACHE });
   try {
@@ -600,7 +605,7 @@ async function convertToStream(options: ConvertFileOptions, registry: FormatRegi
         locked = await FileStorage.create(file, { cache: OUTPUT_CACHE });
         created = true;
       }
-      const writer = kind?.isFIFO() ? await openPipeOutput(file, options.signal, `conversion of ${options.input} to ${file}`) : (await openStreamOutput(file)).createWriteStream();
+      const writer = kind?.isFIFO() ? await openPipeOutput(file) : (await openStreamOutput(file)).createWriteStream();
       out = writer;
       created = true;
       target = writer;

@@ -1,6 +1,8 @@
-// A conversion into a pipe: "-" when the reader stops reading, and a named pipe (a FIFO, or /dev/stdout when it is
-// one) written as "-" is. Ctrl-C ends the command at once in every case: before, a reader that stopped reading (or a
-// FIFO nobody opened) held it until the reader went away, with every further signal absorbed.
+// Conversions through pipes: "-" when the other end stalls, and a named pipe (a FIFO, a process substitution's
+// /dev/fd/63, /dev/stdin or /dev/stdout as one) taken as "-" is while its other end is open; one nobody has open at
+// the other end is refused at once, never waited on. Ctrl-C ends the command at once in every case: before, a
+// reader that stopped reading (or a writer that stopped writing) held it until it went away, every further signal
+// absorbed.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createReadStream, existsSync, lstatSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -65,12 +67,11 @@ describe('img convert into a pipe, on Ctrl-C', () => {
     expect(r.afterSignalMs).toBeLessThan(5000);
   });
 
-  it('a FIFO nobody has opened: waits for a reader without holding a thread, and ends at once with 130', async () => {
+  it('a FIFO nobody has opened for reading: refused at once, never waited on (as every FIFO named as an image)', () => {
     const path = fifo('nobody');
-    const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'qcow2', input, path], 'ignore', 1000);
-    expect(r.stderr).toBe(`img convert: interrupted; the image written to ${path} is incomplete\n`);
-    expect(r.status).toBe(130);
-    expect(r.afterSignalMs).toBeLessThan(5000);
+    const r = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', input, path], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`img convert: ERR_IMG_INVALID_ARG: ${path}: is a FIFO, not an image file: nothing has it open for reading (a conversion streams through a pipe only while the other end is open)\n`);
     expect(lstatSync(path).isFIFO()).toBe(true);
   });
 
@@ -78,6 +79,7 @@ describe('img convert into a pipe, on Ctrl-C', () => {
     const path = fifo('stalled');
     // Opened for reading and never read: the writer's open succeeds, and its writes fill the pipe.
     const reader = spawn('sh', ['-c', `exec sleep 30 < '${path}'`], { stdio: 'ignore' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
     try {
       const r = await interruptedAfter(['convert', '-f', 'raw', '-O', 'raw', input, path], 'ignore', 1500);
       expect(r.stderr).toBe(`img convert: interrupted; the image written to ${path} is incomplete\n`);
@@ -121,6 +123,8 @@ describe('a named pipe as the output', () => {
           .on('end', () => resolve(Buffer.concat(chunks)))
           .on('error', reject);
       });
+      // The reader's open is under way (it waits there for a writer) before the conversion looks for one.
+      await new Promise((resolve) => setTimeout(resolve, 100));
       await convertFile({ input, output: path, srcFormat: 'raw', dstFormat: format });
       const file = join(tmp.path, `got.${format}`);
       writeFileSync(file, await got);
@@ -140,9 +144,10 @@ describe('a named pipe as the output', () => {
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', input, file]).stdout).toBe('Images are identical.\n');
   });
 
-  it('a FIFO whose reader goes away before the end: one line naming it, status 1', () => {
+  it('a FIFO whose reader goes away before the end: one line naming it, status 1', async () => {
     const path = fifo('short');
     const reader = spawn('sh', ['-c', `head -c 100 < '${path}' > /dev/null`], { stdio: 'ignore' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
     const r = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'raw', input, path], { encoding: 'utf8', timeout: 20_000 });
     reader.kill('SIGKILL');
     expect(r.status).toBe(1);
@@ -188,5 +193,64 @@ describe('"-" onto a terminal', () => {
     expect(onTty.stdout.length).toBeLessThan(4096);
     const toNull = spawnSync('sh', ['-c', `"${process.execPath}" "${img}" convert -f raw -O raw "${input}" - > /dev/null`]);
     expect(toNull.status).toBe(0);
+  });
+});
+
+describe('a named pipe as the input', () => {
+  const same = (file: string, format = 'qcow2') => qemuImg(['compare', '-f', 'raw', '-F', format, input, file]).stdout;
+
+  it('a process substitution (/dev/fd/63) and /dev/stdin as a pipe are read as "-" is', () => {
+    const viaSubst = join(tmp.path, 'subst.qcow2');
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${img}" convert -f raw -O qcow2 <(cat "${input}") "${viaSubst}"`], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(same(viaSubst)).toBe('Images are identical.\n');
+    const viaStdin = join(tmp.path, 'dev-stdin.qcow2');
+    const s = spawnSync('sh', ['-c', `cat "${input}" | "${process.execPath}" "${img}" convert -f raw -O qcow2 /dev/stdin "${viaStdin}"`], { encoding: 'utf8', timeout: 30_000 });
+    expect(s.status, s.stderr).toBe(0);
+    expect(same(viaStdin)).toBe('Images are identical.\n');
+  });
+
+  it('a FIFO whose writer waits in its open is read whole; nobody writing: refused at once; without -f: refused by name', async () => {
+    const path = fifo('in-waiting');
+    const out = join(tmp.path, 'waiting.qcow2');
+    // The writer opens first and waits there for a reader (Linux counts it as a writer already).
+    const writer = spawn('sh', ['-c', `cat "${input}" > "${path}"`], { stdio: 'ignore' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const r = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', path, out], { encoding: 'utf8', timeout: 30_000 });
+    await new Promise((resolve) => writer.on('exit', resolve));
+    expect(r.status, r.stderr).toBe(0);
+    expect(same(out)).toBe('Images are identical.\n');
+    const alone = spawnSync(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', path, join(tmp.path, 'alone.qcow2')], { encoding: 'utf8', timeout: 20_000 });
+    expect(alone.status).toBe(1);
+    expect(alone.stderr).toBe(`img convert: ERR_IMG_INVALID_ARG: ${path}: is a FIFO, not an image file: nothing has it open for writing (a conversion streams through a pipe only while the other end is open)\n`);
+    expect(existsSync(join(tmp.path, 'alone.qcow2'))).toBe(false);
+    const probe = spawnSync(process.execPath, [img, 'convert', '-O', 'qcow2', path, join(tmp.path, 'probed.qcow2')], { encoding: 'utf8', timeout: 20_000 });
+    expect(probe.status).toBe(1);
+    expect(probe.stderr.split('\n')[0]).toBe(`img convert: -f is needed to read an image from a pipe (${path})`);
+  });
+
+  it('a pipe whose writer has stopped writing: Ctrl-C ends the command at once with 130, the new output removed', async () => {
+    const path = fifo('in-stalled-writer');
+    const out = join(tmp.path, 'stalled-writer.qcow2');
+    // Opened for writing and never written.
+    const writer = spawn('sh', ['-c', `exec sleep 30 > '${path}'`], { stdio: 'ignore' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    try {
+      const child = spawn(process.execPath, [img, 'convert', '-f', 'raw', '-O', 'qcow2', path, out], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const guard = setTimeout(() => child.kill('SIGKILL'), 11_000);
+      setTimeout(() => child.kill('SIGINT'), 1000);
+      const sent = performance.now() + 1000;
+      const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      clearTimeout(guard);
+      expect(stderr).toBe('img convert: interrupted; the partial output was removed\n');
+      expect(status).toBe(130);
+      expect(performance.now() - sent).toBeLessThan(5000);
+      expect(existsSync(out)).toBe(false);
+    } finally {
+      writer.kill('SIGKILL');
+    }
   });
 });

@@ -7,7 +7,7 @@ import { parseArgs } from './parse-args.js';
 import { formatSize, ImageError, invalidUsage, parseSize, unsupported, type Disk } from '@img/block';
 import { isNbdUri } from '@img/nbd';
 import { statSync } from 'node:fs';
-import { isStdoutStream } from '../node/pipe-output.js';
+import { isPipePath, isStdinStream, isStdoutStream } from '../node/pipe-output.js';
 import { qemuFormatName } from './info-human.js';
 import type { SalvageEvent } from '../salvage.js';
 import { isCacheMode } from '../cache-mode.js';
@@ -250,7 +250,8 @@ export async function convertMain(prog: string, argv: string[], io: Io, options:
     // one connection, then exits): its format is probed by the conversion's own open. -n and --bitmaps look at the
     // input first, and connect twice.
     if (srcFormat === undefined && !(isNbdUri(input) && !values.n && !values.bitmaps)) {
-      if (input === '-') throw new UsageError('-f is needed to read an image from stdin');
+      if (input === '-' || (!isNbdUri(input) && isStdinStream(input))) throw new UsageError('-f is needed to read an image from stdin');
+      if (!isNbdUri(input) && isPipePath(input)) throw new UsageError(`-f is needed to read an image from a pipe (${input})`);
       // Probed as qemu-img does (raw when nothing else matches); an untrusted input is inspected first.
       const probe = await openImageFile(input, { registry, untrusted, forceShare, noBacking: true, ...passphrase });
       srcFormat = probe.format;

@@ -1,61 +1,52 @@
 /**
  * A named pipe as a conversion's output (`img convert -O qcow2 a.raw
  * fifo`, or `/dev/stdout` when standard output is a pipe): the image is
- * written front to back, as to "-".
+ * written front to back, as to "-". And as its input (`img convert -f raw
+ * <(zcat disk.raw.gz) out.qcow2`, a FIFO, `/dev/stdin` as a pipe): read
+ * front to back, as "-" is.
  *
- * A blocking open of a FIFO waits for a reader, and a blocking write for
- * the reader to read: either holds one of libuv's pool threads, which no
- * Ctrl-C can take back, and the command (which absorbs further signals
- * while it cleans up, see cli/interrupt.ts) would never end. So the pipe is
- * opened without blocking (ENXIO while nobody has it open for reading: tried
- * again every 50 ms until someone does, or the signal aborts) and written as
- * a socket on libuv's event loop, the way Node writes to a standard output
- * that is a pipe: an abort destroys it at once, whatever the reader does.
+ * Nothing here waits for the other end, and nothing blocks a thread (a
+ * thread blocked in a FIFO's open or read would hold the process even at
+ * its exit, whatever a Ctrl-C asked). A pipe is taken only while its other
+ * end is there: a reader for an output (a process substitution `>(...)`, a
+ * reader already waiting in its open, a shell's `| gzip`), a writer for an
+ * input (`<(...)`, `cat x |`, a writer waiting in its open: Linux counts it
+ * before it waits). A FIFO nobody has open at the other end is refused at
+ * once, as every FIFO named as an image was before ("is a FIFO, not an
+ * image file", saying what is missing). Once taken, the pipe is read or
+ * written as a socket on libuv's event loop, the way Node uses a standard
+ * input or output that is a pipe: an abort destroys it at once, whatever
+ * the other end does.
  */
-import { constants, fstatSync, open, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, open, read, statSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { abortError } from '@img/block';
+import { ERROR_CODES, ImageError } from '@img/block';
 import { fsError } from '@img/block/node';
 
-/** How long to wait before trying again to open a pipe that nobody reads yet. */
-const READER_POLL_MS = 50;
-
-function openNonBlocking(path: string): Promise<number> {
-  return new Promise((resolve, reject) => open(path, constants.O_WRONLY | constants.O_NONBLOCK, (e, fd) => (e ? reject(e) : resolve(fd))));
+function openNonBlocking(path: string, mode: number): Promise<number> {
+  return new Promise((resolve, reject) => open(path, mode | constants.O_NONBLOCK, (e, fd) => (e ? reject(e) : resolve(fd))));
 }
 
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
+/** A FIFO with nobody at its other end: refused as a FIFO named as an image always was, saying what is missing. */
+function unpartnered(path: string, missing: string, cause?: unknown): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, `${path}: is a FIFO, not an image file: ${missing} (a conversion streams through a pipe only while the other end is open)`, { data: { file: path, field: 'file type', actual: 'a FIFO' }, ...(cause !== undefined ? { cause } : {}) });
 }
 
 /**
- * Opens the FIFO `path` for writing once something reads it, as a socket
- * (see above). Rejects with ERR_IMG_ABORTED when `signal` aborts first, and
- * with the file system's error (ERR_IMG_IO, ERR_IMG_NOT_FOUND, ...) naming
- * `path` otherwise.
+ * Opens the FIFO `path` for writing, as a socket (see above), if something
+ * has it open for reading; else refuses it (ERR_IMG_INVALID_ARG). Other
+ * failures are the file system's error naming `path`.
  */
-export async function openPipeOutput(path: string, signal: AbortSignal | undefined, what: string): Promise<Socket> {
+export async function openPipeOutput(path: string): Promise<Socket> {
   const { Socket } = await import('node:net');
-  for (;;) {
-    if (signal?.aborted) throw abortError(signal, what);
-    let fd: number;
-    try {
-      fd = await openNonBlocking(path);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw fsError(path, 'open', e);
-      await pause(READER_POLL_MS, signal);
-      continue;
-    }
-    return new Socket({ fd, readable: false, writable: true });
+  let fd: number;
+  try {
+    fd = await openNonBlocking(path, constants.O_WRONLY);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENXIO') throw unpartnered(path, 'nothing has it open for reading', e);
+    throw fsError(path, 'open', e);
   }
+  return new Socket({ fd, readable: false, writable: true });
 }
 
 /**
@@ -72,5 +63,70 @@ export function isStdoutStream(path: string): boolean {
     return out.dev === named.dev && out.ino === named.ino;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Whether `path` names this process's standard input and that is a pipe or
+ * a socket (`/dev/stdin` under `cat disk.img | img convert ...`): read as
+ * "-" is.
+ */
+export function isStdinStream(path: string): boolean {
+  try {
+    const named = statSync(path, { bigint: true, throwIfNoEntry: false });
+    if (!named || !(named.isFIFO() || named.isSocket())) return false;
+    const input = fstatSync(0, { bigint: true });
+    return input.dev === named.dev && input.ino === named.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `path` is a named pipe (after links: `/dev/fd/63` of a process substitution is one). */
+export function isPipePath(path: string): boolean {
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isFIFO() === true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The bytes of the pipe `path`, front to back, until its writer closes it,
+ * if something has it open for writing (a first read without blocking gives
+ * bytes, or says EAGAIN: none yet); else (it gives 0 bytes: no writer)
+ * refused, ERR_IMG_INVALID_ARG. Read as a socket (see above), which an
+ * abort destroys at once.
+ */
+export async function* readPipe(path: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+  let fd: number;
+  try {
+    fd = await openNonBlocking(path, constants.O_RDONLY);
+  } catch (e) {
+    throw fsError(path, 'open', e);
+  }
+  let first: Uint8Array | undefined;
+  try {
+    const buffer = new Uint8Array(64 * 1024);
+    const n = await new Promise<number>((resolve, reject) => read(fd, buffer, 0, buffer.length, null, (e, got) => (e ? reject(e) : resolve(got)))).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return -1;
+      throw fsError(path, 'read', e);
+    });
+    if (n === 0) throw unpartnered(path, 'nothing has it open for writing');
+    if (n > 0) first = buffer.subarray(0, n);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  const { Socket } = await import('node:net');
+  const socket = new Socket({ fd, readable: true, writable: false });
+  const onAbort = () => socket.destroy();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    if (first) yield first;
+    for await (const chunk of socket) yield chunk as Uint8Array;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    socket.destroy();
   }
 }
