@@ -49,6 +49,18 @@ export async function openPipeOutput(path: string): Promise<Socket> {
   return new Socket({ fd, readable: false, writable: true });
 }
 
+/** Whether `path` names the open file `fd` of this process, and that is a pipe or a socket. */
+function namesStream(path: string, fd: number): boolean {
+  try {
+    const named = statSync(path, { bigint: true, throwIfNoEntry: false });
+    if (!named || !(named.isFIFO() || named.isSocket())) return false;
+    const open = fstatSync(fd, { bigint: true });
+    return open.dev === named.dev && open.ino === named.ino;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Whether `path` names this process's standard output and that is a pipe or
  * a socket (`/dev/stdout`, `/proc/self/fd/1` under `| gzip`, or a spawning
@@ -56,14 +68,7 @@ export async function openPipeOutput(path: string): Promise<Socket> {
  * name, and a pipe opened again would be a second writer of the same pipe.
  */
 export function isStdoutStream(path: string): boolean {
-  try {
-    const named = statSync(path, { bigint: true, throwIfNoEntry: false });
-    if (!named || !(named.isFIFO() || named.isSocket())) return false;
-    const out = fstatSync(1, { bigint: true });
-    return out.dev === named.dev && out.ino === named.ino;
-  } catch {
-    return false;
-  }
+  return namesStream(path, 1);
 }
 
 /**
@@ -72,14 +77,7 @@ export function isStdoutStream(path: string): boolean {
  * "-" is.
  */
 export function isStdinStream(path: string): boolean {
-  try {
-    const named = statSync(path, { bigint: true, throwIfNoEntry: false });
-    if (!named || !(named.isFIFO() || named.isSocket())) return false;
-    const input = fstatSync(0, { bigint: true });
-    return input.dev === named.dev && input.ino === named.ino;
-  } catch {
-    return false;
-  }
+  return namesStream(path, 0);
 }
 
 /** Whether `path` is a named pipe (after links: `/dev/fd/63` of a process substitution is one). */
