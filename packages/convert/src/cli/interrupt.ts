@@ -1,15 +1,17 @@
 /**
- * Ctrl-C (SIGINT) and SIGTERM during a long command. The command stops
- * through an AbortSignal, cleans up, and exits as a shell expects of a
- * process that a signal ended: 128 + the signal's number, 130 for SIGINT
- * and 143 for SIGTERM (`timeout`, `kill`, systemd and container runtimes
- * send SIGTERM, and scripts tell the two apart by the status).
+ * Ctrl-C (SIGINT), SIGTERM and SIGHUP during a long command. The command
+ * stops through an AbortSignal, cleans up, and exits as a shell expects of
+ * a process that a signal ended: 128 + the signal's number, 130 for SIGINT,
+ * 143 for SIGTERM (`timeout`, `kill`, systemd and container runtimes send
+ * SIGTERM, and scripts tell the two apart by the status) and 129 for SIGHUP
+ * (the terminal or ssh session the command ran in went away: its partial
+ * output is removed as after Ctrl-C, not left behind).
  *
  * Signals come in bursts: two Ctrl-C, or `timeout -s INT`, which signals
  * the process and its group. A signal that ended the process the default
  * way while a command cleans up would leave a half-written output behind,
  * without a word. So once a command has been interrupted, every later
- * SIGINT and SIGTERM is absorbed until the process exits: the cleanup
+ * SIGINT, SIGTERM and SIGHUP is absorbed until the process exits: the cleanup
  * (removing a partial output, closing an image consistently) always runs
  * to its end, and the status is the first signal's.
  *
@@ -22,7 +24,7 @@
  */
 import { constants } from 'node:os';
 
-const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** The first signal that stopped a command in this process. */
 let received: (typeof SIGNALS)[number] | undefined;
@@ -70,7 +72,7 @@ function absorbLaterSignals(): void {
 }
 
 /**
- * Aborts `controller` at the first SIGINT or SIGTERM, and remembers which
+ * Aborts `controller` at the first SIGINT, SIGTERM or SIGHUP, and remembers which
  * one came. From then on, further signals are absorbed until the process
  * exits, so the command's cleanup cannot be cut short. Returns the
  * function to call once the command's long work is done: a signal after
@@ -100,12 +102,12 @@ export function lateSignalStatus(): number | undefined {
   return late === undefined ? undefined : 128 + constants.signals[late];
 }
 
-/** Whether a SIGINT or SIGTERM has stopped a command in this process. */
+/** Whether a SIGINT, SIGTERM or SIGHUP has stopped a command in this process. */
 export function wasInterrupted(): boolean {
   return received !== undefined;
 }
 
-/** The exit status of a command a signal stopped: 130 after SIGINT, 143 after SIGTERM. */
+/** The exit status of a command a signal stopped: 130 after SIGINT, 143 after SIGTERM, 129 after SIGHUP. */
 export function interruptedStatus(): number {
   return 128 + constants.signals[received ?? 'SIGINT'];
 }
