@@ -75,7 +75,10 @@ Options (qemu-img 7.2's letters; 10.1's long names):
 Input "-" reads the image from stdin (raw; qcow2 and vhd whose metadata comes
 before the data; vmdk streamOptimized; an ova whose .ovf comes before its
 streamOptimized disk; -f is needed); output "-" writes it to stdout (its
-length known up front, except vmdk streamOptimized's).
+length known up front, except vmdk streamOptimized's). A pipe whose other end
+is open is taken the same way: <(zcat disk.raw.gz), >(gzip > disk.qcow2.gz),
+/dev/stdin, /dev/stdout, a FIFO; a FIFO with nobody at the other end is
+refused. Ctrl-C ends the command at once (status 130).
 
 Examples:
   PROG raw qcow2 disk.img disk.qcow2 -o cluster_size=64k
