@@ -326,17 +326,19 @@ function creationRecordingResolver(created: string[]): Resolver {
 export async function convertFile(options: ConvertFileOptions): Promise<ConvertResult> {
   const registry = options.registry ?? defaultRegistry();
   const dstDriver = registry.require(options.dstFormat);
-  if (options.input === '-' && options.output === '-') {
+  // Pipes: "-", /dev/stdin and /dev/stdout when they are pipes or sockets, another named pipe (a process substitution's
+  // /dev/fd/63, a FIFO) are read or written front to back as streams (see node/pipe-output.ts).
+  const stdinPath = options.input !== '-' && !isNbdUri(options.input) && options.stdin === undefined && isStdinStream(options.input);
+  const inPipe = options.input !== '-' && !stdinPath && !isNbdUri(options.input) && isPipePath(options.input);
+  const stdoutPath = options.output !== '-' && !isNbdUri(options.output) && options.stdout === undefined && isStdoutStream(options.output);
+  const outPipe = options.output !== '-' && !stdoutPath && !isNbdUri(options.output) && isPipePath(options.output);
+  if ((options.input === '-' || stdinPath || inPipe) && (options.output === '-' || stdoutPath || outPipe)) {
     throw invalidUsage('input and output cannot both be streams: convert into a file, or from one', { field: 'input' });
   }
-  if (options.input === '-') return convertFromStream(options, registry);
-  // /dev/stdin when standard input is a pipe is "-"; another named pipe (a process substitution's /dev/fd/63) is read as one.
-  if (!isNbdUri(options.input) && options.stdin === undefined && isStdinStream(options.input)) return convertFromStream(options, registry);
-  if (!isNbdUri(options.input) && isPipePath(options.input)) return convertFromStream(options, registry, options.input);
-  if (options.output === '-') return convertToStream(options, registry);
-  // /dev/stdout when standard output is a pipe or a socket is "-"; another named pipe takes the image front to back too.
-  if (!isNbdUri(options.output) && options.stdout === undefined && isStdoutStream(options.output)) return convertToStream(options, registry);
-  if (!isNbdUri(options.output) && (await stat(options.output).catch(() => undefined))?.isFIFO()) {
+  if (options.input === '-' || stdinPath) return convertFromStream(options, registry);
+  if (inPipe) return convertFromStream(options, registry, options.input);
+  if (options.output === '-' || stdoutPath) return convertToStream(options, registry);
+  if (outPipe) {
     if (options.compress && !dstDriver.streamOnly?.(options.createOptions ?? {})) throw unsupported(dstDriver.name, options.output, '-c needs the output in a file, not a pipe');
     return convertToStream(options, registry, options.output);
   }

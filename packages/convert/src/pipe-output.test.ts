@@ -199,6 +199,18 @@ describe('a named pipe as the input', () => {
     expect(same(viaStdin)).toBe('Images are identical.\n');
   });
 
+  it('pipes on both sides are refused before anything is created (stdin piped, "-" out: no file named "-")', () => {
+    for (const [from, to] of [
+      ['/dev/stdin', '-'],
+      ['-', '/dev/stdout'],
+      ['/dev/stdin', '/dev/stdout'],
+    ]) {
+      const r = spawnSync('sh', ['-c', `cat "${input}" | "${process.execPath}" "${img}" convert -f raw -O qcow2 ${from} ${to} | cat > /dev/null`], { cwd: tmp.path, encoding: 'utf8', timeout: 20_000 });
+      expect(r.stderr, `${from} -> ${to}`).toBe('img convert: ERR_IMG_INVALID_ARG: input and output cannot both be streams: convert into a file, or from one\n');
+      expect(existsSync(join(tmp.path, '-'))).toBe(false);
+    }
+  });
+
   it('a FIFO whose writer waits in its open is read whole; nobody writing: refused at once; without -f: refused by name', async () => {
     const path = fifo('in-waiting');
     const out = join(tmp.path, 'waiting.qcow2');
