@@ -40,7 +40,7 @@ import { serializeSnapshotTable, snapshotEntrySize, type Qcow2Snapshot } from '.
 import { OVERLAP } from './overlap.js';
 import type { Qcow2Image } from './core.js';
 import { checkedWrite } from './image-overlap.js';
-import { forEachL2Entry, l2EntriesPerTable, l2TableOffsets, type L1Table } from './l2-walk.js';
+import { entryHex, forEachL2Entry, l2EntriesPerTable, l2TableOffsets, type L1Table } from './l2-walk.js';
 import { L2_RESERVED_HI, L2_RESERVED_LO } from './constants.js';
 
 const FORMAT = 'qcow2';
@@ -154,7 +154,7 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Fl
         continue;
       }
       const e = decodeL2Entry(table, j, g, s.file, tableOffset);
-      if (e.type !== 'compressed') refuseReservedBits(s, dv, j * (g.extendedL2 ? 16 : 8), tableOffset);
+      if (e.type !== 'compressed') refuseReservedBits(s, table, dv, j * (g.extendedL2 ? 16 : 8), tableOffset);
       if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) add(j, e.host / cs);
     }
     return out;
@@ -165,7 +165,7 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Fl
     table,
     tableOffset,
     (e, j) => {
-      if (e.type !== 'compressed') refuseReservedBits(s, dv, j * (g.extendedL2 ? 16 : 8), tableOffset);
+      if (e.type !== 'compressed') refuseReservedBits(s, table, dv, j * (g.extendedL2 ? 16 : 8), tableOffset);
       if (e.type !== 'unallocated' && e.type !== 'compressed' && e.host !== undefined) add(j, e.host / cs);
     },
     rethrow,
@@ -178,11 +178,9 @@ function flagClusters(s: Qcow2Image, table: Uint8Array, tableOffset: number): Fl
  * change copies and rewrites the tables that hold it, and left a second corrupt entry beside the first (fuzz seed
  * 1151 case 185: a snapshot created over one, then a failed write). `img check -r all` clears them, as qemu-img's.
  */
-function refuseReservedBits(s: Qcow2Image, dv: DataView, at: number, tableOffset: number): void {
-  const hi = dv.getUint32(at);
-  const lo = dv.getUint32(at + 4);
-  if ((hi & L2_RESERVED_HI) === 0 && (lo & L2_RESERVED_LO) === 0) return;
-  const entry = hex(hi * 2 ** 32 + lo);
+function refuseReservedBits(s: Qcow2Image, table: Uint8Array, dv: DataView, at: number, tableOffset: number): void {
+  if ((dv.getUint32(at) & L2_RESERVED_HI) === 0 && (dv.getUint32(at + 4) & L2_RESERVED_LO) === 0) return;
+  const entry = `0x${entryHex(table, at)}`;
   throw corrupt(FORMAT, s.file, `L2 entry at ${hex(tableOffset + at)} has reserved bits set (${entry}): run img check -r all before changing snapshots`, { field: 'L2 entry', offset: tableOffset + at, actual: entry });
 }
 
