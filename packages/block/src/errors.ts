@@ -279,10 +279,11 @@ export function wrongFormat(format: string, file: string | undefined, looksLike?
 /**
  * A file opened by name is not something an image can live in (a FIFO, a
  * socket, a character device): "a.img: is a FIFO, not an image file".
- * `kind` says what it is, with its article.
+ * `kind` says what it is, with its article; `detail`, when given, follows
+ * after a colon (what would have made it usable).
  */
-export function notAnImageFile(file: string, kind: string, data: ImageErrorData = {}, cause?: unknown): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, `${file}: is ${kind}, not an image file`, { data: { file, field: 'file type', actual: kind, ...data }, cause });
+export function notAnImageFile(file: string, kind: string, data: ImageErrorData = {}, cause?: unknown, detail?: string): ImageError {
+  return new ImageError(ERROR_CODES.INVALID_ARG, `${file}: is ${kind}, not an image file${detail ? `: ${detail}` : ''}`, { data: { file, field: 'file type', actual: kind, ...data }, cause });
 }
 
 /** A file the caller named does not exist; `cause` is the system's error. */

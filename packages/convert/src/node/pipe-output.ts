@@ -20,7 +20,7 @@
  */
 import { closeSync, constants, fstatSync, open, read, statSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { ERROR_CODES, ImageError } from '@img/block';
+import { notAnImageFile, type ImageError } from '@img/block';
 import { fsError } from '@img/block/node';
 
 function openNonBlocking(path: string, mode: number): Promise<number> {
@@ -29,7 +29,7 @@ function openNonBlocking(path: string, mode: number): Promise<number> {
 
 /** A FIFO with nobody at its other end: refused as a FIFO named as an image always was, saying what is missing. */
 function unpartnered(path: string, missing: string, cause?: unknown): ImageError {
-  return new ImageError(ERROR_CODES.INVALID_ARG, `${path}: is a FIFO, not an image file: ${missing} (a conversion streams through a pipe only while the other end is open)`, { data: { file: path, field: 'file type', actual: 'a FIFO' }, ...(cause !== undefined ? { cause } : {}) });
+  return notAnImageFile(path, 'a FIFO', {}, cause, `${missing} (a conversion streams through a pipe only while the other end is open)`);
 }
 
 /**
